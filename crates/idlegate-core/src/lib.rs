@@ -1,1 +1,5 @@
-pub fn x(){}
+pub mod checksum;
+pub mod config;
+pub mod expiry;
+pub mod packet;
+pub mod profile;

@@ -1,0 +1,695 @@
+//! The gateway's configuration: a TOML file named after Azure's resource model.
+//!
+//! [`Config::from_toml`] parses and validates in one step and returns either a [`Config`] the
+//! engine can run as is, or the first [`ConfigError`], which names the file, line and field
+//! and says what is allowed. Timeouts are checked against the profile's ranges *before*
+//! `time_scale` divides them; [`Config::scaled`] gives the timer the engine actually runs.
+//!
+//! ```toml
+//! profile = "azure-lb"      # defaults and allowed ranges
+//! time_scale = 60           # divide every timer by 60: 4 min become 4 s
+//! [[frontend]]
+//! name = "public"
+//! address = "203.0.113.10"
+//! [[backend_pool]]
+//! name = "vms"
+//! members = [{ name = "vm1", address = "192.0.2.11" }]
+//! [[lb_rule]]
+//! name = "app"
+//! frontend = "public"
+//! protocol = "tcp"
+//! frontend_port = 7000
+//! backend_pool = "vms"
+//! backend_port = 7000
+//! idle_timeout = "4m"
+//! expiry = "silent"         # or "reset", "reset-on-next"
+//! [[outbound_rule]]
+//! name = "egress"
+//! frontend = "public"
+//! backend_pool = "vms"
+//! ```
+
+use crate::expiry::Expiry;
+use crate::packet::Protocol;
+use crate::profile::{self, Profile, TimeoutRange};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub profile: &'static Profile,
+    /// Every timer is divided by this (≥ 1).
+    pub time_scale: u32,
+    pub frontends: Vec<Frontend>,
+    pub backend_pools: Vec<BackendPool>,
+    pub lb_rules: Vec<LbRule>,
+    pub outbound_rules: Vec<OutboundRule>,
+}
+
+/// A public address of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+/// A set of inside hosts that rules balance to and translate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPool {
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+/// One inside host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+/// How long an established flow may stay idle, and what happens when it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    /// Unscaled, as written in the config (or the profile's default).
+    pub timeout: Duration,
+    pub expiry: Expiry,
+}
+
+/// Inbound load balancing: `frontend:frontend_port` → a pool member's `backend_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbRule {
+    pub name: String,
+    /// Index into [`Config::frontends`].
+    pub frontend: usize,
+    pub protocol: Protocol,
+    pub frontend_port: u16,
+    /// Index into [`Config::backend_pools`].
+    pub backend_pool: usize,
+    pub backend_port: u16,
+    pub idle: Idle,
+}
+
+/// Outbound SNAT: the pool's connections leave from the frontend address and a gateway port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRule {
+    pub name: String,
+    pub frontend: usize,
+    pub backend_pool: usize,
+    pub idle: Idle,
+}
+
+impl Config {
+    /// The timer the engine runs for a configured duration: divided by `time_scale`.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d / self.time_scale
+    }
+
+    /// Parses and validates `text`; `file` names it in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            ConfigError::at(file, text, span, message)
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = match e.span().and_then(|s| setting_at(text, s.start)) {
+                Some(setting) => format!("{setting}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            at(e.span(), message)
+        })?;
+        Validator::default()
+            .validate(raw)
+            .map_err(|(span, message)| at(Some(span), message))
+    }
+}
+
+/// A configuration mistake, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the position is unknown.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(file: &str, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+/// The `key = value` line around `offset`, to name the field in a TOML syntax or type error.
+fn setting_at(text: &str, offset: usize) -> Option<&str> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?.trim();
+    (line.contains('=') && line.len() <= 60).then_some(line)
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// A duration as people write it in these messages: "4 min", "30 s", "500 ms".
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{} min", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{ms} ms")
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    profile: Option<S<String>>,
+    time_scale: Option<S<u32>>,
+    #[serde(default)]
+    frontend: Vec<S<RawFrontend>>,
+    #[serde(default)]
+    backend_pool: Vec<S<RawPool>>,
+    #[serde(default)]
+    lb_rule: Vec<S<RawLbRule>>,
+    #[serde(default)]
+    outbound_rule: Vec<S<RawOutboundRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrontend {
+    name: S<String>,
+    address: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: S<String>,
+    members: Vec<S<RawMember>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    name: S<String>,
+    address: S<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLbRule {
+    name: S<String>,
+    frontend: S<String>,
+    protocol: Option<S<String>>,
+    frontend_port: S<u16>,
+    backend_pool: S<String>,
+    backend_port: S<u16>,
+    idle_timeout: Option<S<String>>,
+    expiry: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutboundRule {
+    name: S<String>,
+    frontend: S<String>,
+    backend_pool: S<String>,
+    idle_timeout: Option<S<String>>,
+    expiry: Option<S<String>>,
+}
+
+// ---- validation ----------------------------------------------------------------------------
+
+type Invalid = (Range<usize>, String);
+
+#[derive(Default)]
+struct Validator {
+    frontends: HashMap<String, usize>,
+    pools: HashMap<String, usize>,
+    rules: std::collections::HashSet<String>,
+}
+
+fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err((span, message.into()))
+}
+
+fn names_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let mut v: Vec<&str> = names.map(String::as_str).collect();
+    v.sort_unstable();
+    if v.is_empty() {
+        "none is defined".to_string()
+    } else {
+        format!("defined: {}", v.join(", "))
+    }
+}
+
+impl Validator {
+    fn validate(mut self, raw: RawConfig) -> Result<Config, Invalid> {
+        let profile = match &raw.profile {
+            None => profile::default_profile(),
+            Some(p) => profile::find(p.get_ref()).ok_or_else(|| {
+                let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
+                (
+                    p.span(),
+                    format!(
+                        "profile = \"{}\" is not a known profile; known: {}",
+                        p.get_ref(),
+                        known.join(", ")
+                    ),
+                )
+            })?,
+        };
+        let time_scale = match &raw.time_scale {
+            None => 1,
+            Some(t) if *t.get_ref() == 0 => {
+                return invalid(t.span(), "time_scale = 0: must be at least 1")
+            }
+            Some(t) => *t.get_ref(),
+        };
+        let frontends = self.frontends(&raw.frontend)?;
+        let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
+        let mut lb_rules = Vec::new();
+        for r in &raw.lb_rule {
+            lb_rules.push(self.lb_rule(r, profile, &lb_rules)?);
+        }
+        let mut outbound_rules = Vec::new();
+        for r in &raw.outbound_rule {
+            outbound_rules.push(self.outbound_rule(r, profile, &outbound_rules)?);
+        }
+        if lb_rules.is_empty() && outbound_rules.is_empty() {
+            return invalid(
+                0..0,
+                "no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet",
+            );
+        }
+        Ok(Config {
+            profile,
+            time_scale,
+            frontends,
+            backend_pools,
+            lb_rules,
+            outbound_rules,
+        })
+    }
+
+    fn frontends(&mut self, raw: &[S<RawFrontend>]) -> Result<Vec<Frontend>, Invalid> {
+        let mut out: Vec<Frontend> = Vec::new();
+        for f in raw {
+            let f = f.get_ref();
+            let name = unique_name(&mut self.frontends, &f.name, out.len(), "frontend")?;
+            let address = ipv4(&f.address)?;
+            if let Some(other) = out.iter().find(|o| o.address == address) {
+                return invalid(
+                    f.address.span(),
+                    format!("address {address} is already frontend \"{}\"'s", other.name),
+                );
+            }
+            out.push(Frontend { name, address });
+        }
+        Ok(out)
+    }
+
+    fn pools(
+        &mut self,
+        raw: &[S<RawPool>],
+        frontends: &[Frontend],
+    ) -> Result<Vec<BackendPool>, Invalid> {
+        let mut out = Vec::new();
+        let mut members_seen: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<Ipv4Addr, String> = HashMap::new();
+        for p in raw {
+            let p = p.get_ref();
+            let name = unique_name(&mut self.pools, &p.name, out.len(), "backend_pool")?;
+            if p.members.is_empty() {
+                return invalid(
+                    p.name.span(),
+                    format!("backend_pool \"{name}\" has no members"),
+                );
+            }
+            let mut members = Vec::new();
+            for m in &p.members {
+                let m = m.get_ref();
+                let member_name = unique_name(&mut members_seen, &m.name, 0, "member")?;
+                let address = ipv4(&m.address)?;
+                if let Some(f) = frontends.iter().find(|f| f.address == address) {
+                    return invalid(
+                        m.address.span(),
+                        format!(
+                            "address {address} is frontend \"{}\"'s; a member needs its own",
+                            f.name
+                        ),
+                    );
+                }
+                if let Some(other) = addresses.insert(address, member_name.clone()) {
+                    return invalid(
+                        m.address.span(),
+                        format!("address {address} is already member \"{other}\"'s"),
+                    );
+                }
+                members.push(Member {
+                    name: member_name,
+                    address,
+                });
+            }
+            out.push(BackendPool { name, members });
+        }
+        Ok(out)
+    }
+
+    fn lb_rule(
+        &mut self,
+        r: &S<RawLbRule>,
+        profile: &Profile,
+        earlier: &[LbRule],
+    ) -> Result<LbRule, Invalid> {
+        let r = r.get_ref();
+        let name = self.rule_name(&r.name)?;
+        let frontend = self.frontend_ref(&r.frontend)?;
+        let backend_pool = self.pool_ref(&r.backend_pool)?;
+        let protocol = protocol(r.protocol.as_ref())?;
+        let frontend_port = port(&r.frontend_port, "frontend_port")?;
+        let backend_port = port(&r.backend_port, "backend_port")?;
+        if let Some(other) = earlier.iter().find(|o| {
+            o.frontend == frontend && o.frontend_port == frontend_port && o.protocol == protocol
+        }) {
+            return invalid(r.frontend_port.span(), format!("frontend_port = {frontend_port} on frontend \"{}\" is already used by lb_rule \"{}\"", r.frontend.get_ref(), other.name));
+        }
+        let idle = idle(
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            &profile.lb_rule_idle,
+            profile,
+        )?;
+        Ok(LbRule {
+            name,
+            frontend,
+            protocol,
+            frontend_port,
+            backend_pool,
+            backend_port,
+            idle,
+        })
+    }
+
+    fn outbound_rule(
+        &mut self,
+        r: &S<RawOutboundRule>,
+        profile: &Profile,
+        earlier: &[OutboundRule],
+    ) -> Result<OutboundRule, Invalid> {
+        let r = r.get_ref();
+        let name = self.rule_name(&r.name)?;
+        let frontend = self.frontend_ref(&r.frontend)?;
+        let backend_pool = self.pool_ref(&r.backend_pool)?;
+        if let Some(other) = earlier.iter().find(|o| o.backend_pool == backend_pool) {
+            return invalid(r.backend_pool.span(), format!("backend_pool \"{}\" already has outbound_rule \"{}\"; a pool's outbound connections can follow only one", r.backend_pool.get_ref(), other.name));
+        }
+        let idle = idle(
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            &profile.outbound_rule_idle,
+            profile,
+        )?;
+        Ok(OutboundRule {
+            name,
+            frontend,
+            backend_pool,
+            idle,
+        })
+    }
+
+    fn rule_name(&mut self, name: &S<String>) -> Result<String, Invalid> {
+        if self.rules.contains(name.get_ref()) {
+            return invalid(
+                name.span(),
+                format!(
+                    "rule name \"{}\" is used twice; rule names must be unique",
+                    name.get_ref()
+                ),
+            );
+        }
+        self.rules.insert(name.get_ref().clone());
+        Ok(name.get_ref().clone())
+    }
+
+    fn frontend_ref(&self, name: &S<String>) -> Result<usize, Invalid> {
+        self.frontends.get(name.get_ref()).copied().ok_or_else(|| {
+            (
+                name.span(),
+                format!(
+                    "frontend = \"{}\" names no [[frontend]] ({})",
+                    name.get_ref(),
+                    names_list(self.frontends.keys())
+                ),
+            )
+        })
+    }
+
+    fn pool_ref(&self, name: &S<String>) -> Result<usize, Invalid> {
+        self.pools.get(name.get_ref()).copied().ok_or_else(|| {
+            (
+                name.span(),
+                format!(
+                    "backend_pool = \"{}\" names no [[backend_pool]] ({})",
+                    name.get_ref(),
+                    names_list(self.pools.keys())
+                ),
+            )
+        })
+    }
+}
+
+fn unique_name(
+    seen: &mut HashMap<String, usize>,
+    name: &S<String>,
+    index: usize,
+    what: &str,
+) -> Result<String, Invalid> {
+    let n = name.get_ref();
+    if n.is_empty() {
+        return invalid(name.span(), format!("{what} name is empty"));
+    }
+    if seen.insert(n.clone(), index).is_some() {
+        return invalid(name.span(), format!("{what} name \"{n}\" is used twice"));
+    }
+    Ok(n.clone())
+}
+
+fn ipv4(address: &S<String>) -> Result<Ipv4Addr, Invalid> {
+    let a = address.get_ref();
+    let ip: Ipv4Addr = a.parse().or_else(|_| {
+        invalid(
+            address.span(),
+            format!("address = \"{a}\" is not an IPv4 address"),
+        )
+    })?;
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+        return invalid(address.span(), format!("address = \"{a}\" cannot be a host's address (unspecified, broadcast, multicast or loopback)"));
+    }
+    Ok(ip)
+}
+
+fn port(p: &S<u16>, field: &str) -> Result<u16, Invalid> {
+    match *p.get_ref() {
+        0 => invalid(p.span(), format!("{field} = 0: must be 1–65535")),
+        n => Ok(n),
+    }
+}
+
+fn protocol(p: Option<&S<String>>) -> Result<Protocol, Invalid> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(p) if p.get_ref() == "tcp" => Ok(Protocol::Tcp),
+        Some(p) => invalid(
+            p.span(),
+            format!("protocol = \"{}\": only \"tcp\" is supported", p.get_ref()),
+        ),
+    }
+}
+
+fn idle(
+    timeout: Option<&S<String>>,
+    expiry: Option<&S<String>>,
+    range: &TimeoutRange,
+    profile: &Profile,
+) -> Result<Idle, Invalid> {
+    let timeout = match timeout {
+        None => range.default,
+        Some(t) => {
+            let d = humantime::parse_duration(t.get_ref())
+                .or_else(|_| invalid(t.span(), format!("idle_timeout = \"{}\" is not a duration (write e.g. \"4m\", \"30s\", \"1h 30m\")", t.get_ref())))?;
+            if d < range.min {
+                return invalid(
+                    t.span(),
+                    format!(
+                        "idle_timeout = {} is below {}'s minimum of {}",
+                        t.get_ref(),
+                        profile.title,
+                        human(range.min)
+                    ),
+                );
+            }
+            if d > range.max {
+                return invalid(
+                    t.span(),
+                    format!(
+                        "idle_timeout = {} is above {}'s maximum of {}",
+                        t.get_ref(),
+                        profile.title,
+                        human(range.max)
+                    ),
+                );
+            }
+            d
+        }
+    };
+    let expiry = match expiry {
+        None => profile.default_expiry,
+        Some(e) => e
+            .get_ref()
+            .parse()
+            .or_else(|err| invalid(e.span(), format!("expiry = \"{}\": {err}", e.get_ref())))?,
+    };
+    Ok(Idle { timeout, expiry })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+protocol = "tcp"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "4m"
+expiry = "silent"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+idle_timeout = "4m"
+expiry = "silent"
+"#;
+
+    #[test]
+    fn the_documented_example_is_valid_and_scaled() {
+        let c = Config::from_toml(VALID, "gw.toml").unwrap();
+        assert_eq!(c.profile.name, "azure-lb");
+        assert_eq!(c.backend_pools[0].members.len(), 2);
+        let rule = &c.lb_rules[0];
+        assert_eq!(
+            (rule.frontend_port, rule.backend_port, rule.idle.expiry),
+            (7000, 7000, Expiry::Silent)
+        );
+        assert_eq!(c.scaled(rule.idle.timeout), Duration::from_secs(4));
+        assert_eq!(c.outbound_rules[0].name, "egress");
+    }
+
+    #[test]
+    fn omitted_settings_take_the_profiles_defaults() {
+        let text = VALID
+            .replace("idle_timeout = \"4m\"\n", "")
+            .replace("expiry = \"silent\"\n", "");
+        let c = Config::from_toml(&text, "gw.toml").unwrap();
+        // Azure LB: 4 min, silent drop by default (seed 002).
+        assert_eq!(
+            c.lb_rules[0].idle,
+            Idle {
+                timeout: Duration::from_secs(240),
+                expiry: Expiry::Silent
+            }
+        );
+    }
+
+    /// Each kind of mistake, the line it is on, and the words of its message.
+    #[test]
+    #[rustfmt::skip]
+    fn each_mistake_is_refused_with_file_line_and_field() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("idle_timeout = \"4m\"", "idle_timeout = \"2m\"", 16, "idle_timeout = 2m is below Azure LB's minimum of 4 min"),
+            ("idle_timeout = \"4m\"", "idle_timeout = \"101m\"", 16, "idle_timeout = 101m is above Azure LB's maximum of 100 min"),
+            ("idle_timeout = \"4m\"", "idle_timeout = \"4 parsecs\"", 16, "is not a duration"),
+            ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
+            ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
+            ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
+            ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
+            ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 address"),
+            ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
+            ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),
+            ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": only \"tcp\" is supported"),
+            ("frontend_port = 7000", "frontend_port = 70000", 13, "frontend_port"),
+            ("frontend_port = 7000", "frontend_port = 0", 13, "frontend_port = 0: must be 1–65535"),
+            ("idle_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", "idel_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", 16, "unknown field `idel_timeout`"),
+            ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm1\", address = \"192.0.2.12\" }", 8, "member name \"vm1\" is used twice"),
+            ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm2\", address = \"192.0.2.11\" }", 8, "address 192.0.2.11 is already member \"vm1\"'s"),
+            ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm2\", address = \"203.0.113.10\" }", 8, "is frontend \"public\"'s"),
+            ("name = \"egress\"", "name = \"app\"", 19, "rule name \"app\" is used twice"),
+            ("time_scale = 60", "time_scale = 60\nbogus = 1", 3, "unknown field `bogus`"),
+        ];
+        for (from, to, line, words) in cases {
+            assert!(VALID.contains(from), "case {to:?}: base text lacks {from:?}");
+            let text = VALID.replacen(from, to, 1);
+            let err = Config::from_toml(&text, "gw.toml").expect_err(to);
+            assert_eq!(err.file, "gw.toml");
+            assert_eq!(err.line, *line, "case {to:?}: {err}");
+            assert!(err.message.contains(words), "case {to:?}: got {err}");
+            assert!(err.to_string().starts_with(&format!("gw.toml:{line}:")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_config_without_rules_is_refused() {
+        let text = VALID.split("[[lb_rule]]").next().unwrap();
+        let err = Config::from_toml(text, "gw.toml").unwrap_err();
+        assert!(
+            err.message
+                .contains("no [[lb_rule]] and no [[outbound_rule]]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_rules_on_one_frontend_port_are_refused() {
+        let second = "[[lb_rule]]\nname = \"app2\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 8000\n";
+        let err = Config::from_toml(&format!("{VALID}{second}"), "gw.toml").unwrap_err();
+        assert!(
+            err.message.contains(
+                "frontend_port = 7000 on frontend \"public\" is already used by lb_rule \"app\""
+            ),
+            "{err}"
+        );
+        assert_eq!(err.line, 27);
+    }
+}

@@ -1,0 +1,472 @@
+//! Typed views of the IPv4 packets the engine reads and rewrites in place.
+//!
+//! [`Headers::parse`] validates a raw packet once (version, lengths, header checksum, no
+//! fragment, TCP or UDP) and keeps what the engine needs: the two endpoints, the protocol and,
+//! for TCP, the segment's flags and sequence space. [`rewrite_src`] and [`rewrite_dst`] change an
+//! endpoint in place and patch the IPv4 and transport checksums incrementally. [`Reset`] builds
+//! the RST segments the gateway itself sends. Field access goes through `smoltcp::wire`; nothing
+//! here allocates or panics on any input.
+
+use crate::checksum;
+use smoltcp::wire::{IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber, UdpPacket};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// The transport protocols the engine translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Protocol {
+    Tcp = 6,
+    Udp = 17,
+}
+
+/// Why a packet could not be parsed. Each maps to a counted drop reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not IPv4 (IPv6 or garbage in the version nibble).
+    NotIpv4,
+    /// Shorter than its headers or its own length fields say.
+    Truncated,
+    /// The IPv4 header checksum is wrong.
+    BadChecksum,
+    /// An IPv4 fragment: ports are not in every fragment, so it cannot be matched to a flow.
+    Fragment,
+    /// Neither TCP nor UDP.
+    UnsupportedProtocol,
+}
+
+/// TCP control flags, as on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpFlags(u8);
+
+impl TcpFlags {
+    pub const FIN: TcpFlags = TcpFlags(0x01);
+    pub const SYN: TcpFlags = TcpFlags(0x02);
+    pub const RST: TcpFlags = TcpFlags(0x04);
+    pub const ACK: TcpFlags = TcpFlags(0x10);
+
+    pub fn contains(self, other: TcpFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub fn syn(self) -> bool {
+        self.contains(Self::SYN)
+    }
+    pub fn ack(self) -> bool {
+        self.contains(Self::ACK)
+    }
+    pub fn fin(self) -> bool {
+        self.contains(Self::FIN)
+    }
+    pub fn rst(self) -> bool {
+        self.contains(Self::RST)
+    }
+    /// A connection request: SYN without ACK.
+    pub fn is_connect(self) -> bool {
+        self.syn() && !self.ack()
+    }
+}
+
+impl std::ops::BitOr for TcpFlags {
+    type Output = TcpFlags;
+    fn bitor(self, rhs: TcpFlags) -> TcpFlags {
+        TcpFlags(self.0 | rhs.0)
+    }
+}
+
+/// The sequence-space facts of one TCP segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub flags: TcpFlags,
+    pub seq: u32,
+    pub ack: u32,
+    /// Sequence space the segment occupies: payload bytes, plus one each for SYN and FIN.
+    pub len: u32,
+}
+
+impl TcpSegment {
+    /// The sequence number just after this segment: the sender's SND.NXT once it is sent.
+    pub fn end(&self) -> u32 {
+        self.seq.wrapping_add(self.len)
+    }
+}
+
+/// The validated headers of one IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub protocol: Protocol,
+    /// TCP only: flags and sequence numbers.
+    pub tcp: Option<TcpSegment>,
+    /// Offset of the transport header.
+    l4: usize,
+}
+
+impl Headers {
+    /// Validates `packet` and reads its headers. Trailing bytes past the IPv4 total length are
+    /// ignored, as a receiving stack would.
+    pub fn parse(packet: &[u8]) -> Result<Headers, ParseError> {
+        let ip = Ipv4Packet::new_checked(packet).map_err(|_| match packet.first() {
+            Some(b) if b >> 4 != 4 => ParseError::NotIpv4,
+            _ => ParseError::Truncated,
+        })?;
+        if ip.version() != 4 {
+            return Err(ParseError::NotIpv4);
+        }
+        if !ip.verify_checksum() {
+            return Err(ParseError::BadChecksum);
+        }
+        if ip.more_frags() || ip.frag_offset() != 0 {
+            return Err(ParseError::Fragment);
+        }
+        let l4 = usize::from(ip.header_len());
+        let l4_bytes = &packet[l4..usize::from(ip.total_len())];
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        match ip.next_header() {
+            IpProtocol::Tcp => Self::parse_tcp(src, dst, l4, l4_bytes),
+            IpProtocol::Udp => Self::parse_udp(src, dst, l4, l4_bytes),
+            _ => Err(ParseError::UnsupportedProtocol),
+        }
+    }
+
+    fn parse_tcp(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        l4: usize,
+        bytes: &[u8],
+    ) -> Result<Headers, ParseError> {
+        let tcp = TcpPacket::new_checked(bytes).map_err(|_| ParseError::Truncated)?;
+        let mut flags = TcpFlags::default();
+        for (set, flag) in [
+            (tcp.fin(), TcpFlags::FIN),
+            (tcp.syn(), TcpFlags::SYN),
+            (tcp.rst(), TcpFlags::RST),
+            (tcp.ack(), TcpFlags::ACK),
+        ] {
+            if set {
+                flags = flags | flag;
+            }
+        }
+        let segment = TcpSegment {
+            flags,
+            seq: tcp.seq_number().0 as u32,
+            ack: tcp.ack_number().0 as u32,
+            len: tcp.segment_len() as u32,
+        };
+        Ok(Headers {
+            src: SocketAddrV4::new(src, tcp.src_port()),
+            dst: SocketAddrV4::new(dst, tcp.dst_port()),
+            protocol: Protocol::Tcp,
+            tcp: Some(segment),
+            l4,
+        })
+    }
+
+    fn parse_udp(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        l4: usize,
+        bytes: &[u8],
+    ) -> Result<Headers, ParseError> {
+        let udp = UdpPacket::new_checked(bytes).map_err(|_| ParseError::Truncated)?;
+        Ok(Headers {
+            src: SocketAddrV4::new(src, udp.src_port()),
+            dst: SocketAddrV4::new(dst, udp.dst_port()),
+            protocol: Protocol::Udp,
+            tcp: None,
+            l4,
+        })
+    }
+}
+
+/// Which endpoint of a packet to rewrite.
+#[derive(Clone, Copy)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// Replaces the packet's source endpoint with `new` (SNAT), patching checksums.
+pub fn rewrite_src(packet: &mut [u8], headers: &Headers, new: SocketAddrV4) {
+    rewrite(packet, headers, Side::Src, headers.src, new);
+}
+
+/// Replaces the packet's destination endpoint with `new` (DNAT), patching checksums.
+pub fn rewrite_dst(packet: &mut [u8], headers: &Headers, new: SocketAddrV4) {
+    rewrite(packet, headers, Side::Dst, headers.dst, new);
+}
+
+fn rewrite(packet: &mut [u8], headers: &Headers, side: Side, old: SocketAddrV4, new: SocketAddrV4) {
+    let (old_ip, new_ip) = (u32::from(*old.ip()), u32::from(*new.ip()));
+    let mut ip = Ipv4Packet::new_unchecked(&mut *packet);
+    match side {
+        Side::Src => ip.set_src_addr(*new.ip()),
+        Side::Dst => ip.set_dst_addr(*new.ip()),
+    }
+    let sum = checksum::update_u32(ip.checksum(), old_ip, new_ip);
+    ip.set_checksum(sum);
+
+    // The transport checksum covers the pseudo-header's addresses and the port.
+    let l4 = &mut packet[headers.l4..];
+    let patch = |sum: u16| {
+        let sum = checksum::update_u32(sum, old_ip, new_ip);
+        checksum::update_u16(sum, old.port(), new.port())
+    };
+    match headers.protocol {
+        Protocol::Tcp => {
+            let mut tcp = TcpPacket::new_unchecked(l4);
+            match side {
+                Side::Src => tcp.set_src_port(new.port()),
+                Side::Dst => tcp.set_dst_port(new.port()),
+            }
+            tcp.set_checksum(patch(tcp.checksum()));
+        }
+        Protocol::Udp => {
+            let mut udp = UdpPacket::new_unchecked(l4);
+            match side {
+                Side::Src => udp.set_src_port(new.port()),
+                Side::Dst => udp.set_dst_port(new.port()),
+            }
+            // RFC 768: zero means "no checksum"; a computed zero is sent as all ones.
+            if udp.checksum() != 0 {
+                let sum = patch(udp.checksum());
+                udp.set_checksum(if sum == 0 { 0xffff } else { sum });
+            }
+        }
+    }
+}
+
+/// A TCP RST the gateway sends on its own behalf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reset {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub seq: u32,
+    /// With `Some`, the ACK flag is set and this is the acknowledgment number.
+    pub ack: Option<u32>,
+}
+
+/// Length of the packets [`Reset::write`] produces: IPv4 and TCP headers without options.
+pub const RESET_LEN: usize = 40;
+
+impl Reset {
+    /// The RST that answers `segment`, sent from the packet's destination to its source, as
+    /// RFC 9293 §3.10.7.1 prescribes for a segment that belongs to no connection: if it
+    /// carried an ACK, `<SEQ=SEG.ACK><CTL=RST>`, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`.
+    pub fn answering(headers: &Headers, segment: &TcpSegment) -> Reset {
+        let (seq, ack) = if segment.flags.ack() {
+            (segment.ack, None)
+        } else {
+            (0, Some(segment.end()))
+        };
+        Reset {
+            src: headers.dst,
+            dst: headers.src,
+            seq,
+            ack,
+        }
+    }
+
+    /// Writes the packet into `buf` and returns its length, or `None` if `buf` is too short.
+    pub fn write(&self, buf: &mut [u8]) -> Option<usize> {
+        let buf = buf.get_mut(..RESET_LEN)?;
+        buf.fill(0);
+        let mut ip = Ipv4Packet::new_unchecked(&mut *buf);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(RESET_LEN as u16);
+        ip.set_dont_frag(true);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Tcp);
+        ip.set_src_addr(*self.src.ip());
+        ip.set_dst_addr(*self.dst.ip());
+        ip.fill_checksum();
+        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+        tcp.set_src_port(self.src.port());
+        tcp.set_dst_port(self.dst.port());
+        tcp.set_seq_number(TcpSeqNumber(self.seq as i32));
+        tcp.set_header_len(20);
+        tcp.set_rst(true);
+        if let Some(ack) = self.ack {
+            tcp.set_ack(true);
+            tcp.set_ack_number(TcpSeqNumber(ack as i32));
+        }
+        tcp.fill_checksum(&(*self.src.ip()).into(), &(*self.dst.ip()).into());
+        Some(RESET_LEN)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Builds a valid IPv4/TCP packet (checksums filled) for tests.
+    pub fn tcp_packet(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: TcpFlags,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let len = 40 + payload.len();
+        let mut buf = vec![0u8; len];
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(len as u16);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Tcp);
+        ip.set_src_addr(*src.ip());
+        ip.set_dst_addr(*dst.ip());
+        ip.fill_checksum();
+        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+        tcp.set_src_port(src.port());
+        tcp.set_dst_port(dst.port());
+        tcp.set_seq_number(TcpSeqNumber(seq as i32));
+        tcp.set_ack_number(TcpSeqNumber(ack as i32));
+        tcp.set_header_len(20);
+        tcp.set_syn(flags.syn());
+        tcp.set_ack(flags.ack());
+        tcp.set_fin(flags.fin());
+        tcp.set_rst(flags.rst());
+        tcp.set_window_len(65535);
+        tcp.payload_mut().copy_from_slice(payload);
+        tcp.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+        buf
+    }
+
+    pub fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+        let len = 28 + payload.len();
+        let mut buf = vec![0u8; len];
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len(len as u16);
+        ip.set_hop_limit(64);
+        ip.set_next_header(IpProtocol::Udp);
+        ip.set_src_addr(*src.ip());
+        ip.set_dst_addr(*dst.ip());
+        ip.fill_checksum();
+        let mut udp = UdpPacket::new_unchecked(&mut buf[20..]);
+        udp.set_src_port(src.port());
+        udp.set_dst_port(dst.port());
+        udp.set_len((8 + payload.len()) as u16);
+        udp.payload_mut().copy_from_slice(payload);
+        udp.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+        buf
+    }
+
+    /// Full verification of both checksums, as a receiving stack would do.
+    pub fn checksums_valid(packet: &[u8]) -> bool {
+        let ip = Ipv4Packet::new_checked(packet).expect("ipv4");
+        let (src, dst) = (ip.src_addr().into(), ip.dst_addr().into());
+        let l4 = &packet[usize::from(ip.header_len())..usize::from(ip.total_len())];
+        ip.verify_checksum()
+            && match ip.next_header() {
+                IpProtocol::Tcp => TcpPacket::new_checked(l4)
+                    .expect("tcp")
+                    .verify_checksum(&src, &dst),
+                IpProtocol::Udp => UdpPacket::new_checked(l4)
+                    .expect("udp")
+                    .verify_checksum(&src, &dst),
+                _ => false,
+            }
+    }
+
+    fn endpoint() -> impl Strategy<Value = SocketAddrV4> {
+        (any::<u32>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddrV4::new(Ipv4Addr::from(ip), port))
+    }
+
+    #[test]
+    fn parses_tcp_syn_with_its_sequence_space() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 100), 40000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
+        let p = tcp_packet(a, b, TcpFlags::SYN, 1000, 0, b"");
+        let h = Headers::parse(&p).unwrap();
+        assert_eq!((h.src, h.dst, h.protocol), (a, b, Protocol::Tcp));
+        let seg = h.tcp.unwrap();
+        assert!(seg.flags.is_connect());
+        assert_eq!((seg.seq, seg.len, seg.end()), (1000, 1, 1001));
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_translate() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), 1);
+        let b = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 12), 2);
+        let good = tcp_packet(a, b, TcpFlags::ACK, 1, 1, b"hello");
+        assert_eq!(Headers::parse(&good[..30]), Err(ParseError::Truncated));
+        assert_eq!(Headers::parse(&[0x60; 60]), Err(ParseError::NotIpv4));
+        assert_eq!(Headers::parse(&[]), Err(ParseError::Truncated));
+        let mut bad_sum = good.clone();
+        bad_sum[10] ^= 0xff;
+        assert_eq!(Headers::parse(&bad_sum), Err(ParseError::BadChecksum));
+        let mut frag = good.clone();
+        Ipv4Packet::new_unchecked(&mut frag[..]).set_more_frags(true);
+        Ipv4Packet::new_unchecked(&mut frag[..]).fill_checksum();
+        assert_eq!(Headers::parse(&frag), Err(ParseError::Fragment));
+        let mut icmp = good.clone();
+        Ipv4Packet::new_unchecked(&mut icmp[..]).set_next_header(IpProtocol::Icmp);
+        Ipv4Packet::new_unchecked(&mut icmp[..]).fill_checksum();
+        assert_eq!(Headers::parse(&icmp), Err(ParseError::UnsupportedProtocol));
+    }
+
+    #[test]
+    fn reset_answering_an_ack_takes_its_sequence_from_the_ack() {
+        // RFC 9293 §3.10.7.1: <SEQ=SEG.ACK><CTL=RST> when the segment had an ACK.
+        let a = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 100), 40000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
+        let p = tcp_packet(a, b, TcpFlags::ACK, 5000, 9000, b"c");
+        let h = Headers::parse(&p).unwrap();
+        let rst = Reset::answering(&h, &h.tcp.unwrap());
+        assert_eq!(
+            rst,
+            Reset {
+                src: b,
+                dst: a,
+                seq: 9000,
+                ack: None
+            }
+        );
+        let mut buf = [0u8; 64];
+        let n = rst.write(&mut buf).unwrap();
+        assert!(checksums_valid(&buf[..n]));
+        let seg = Headers::parse(&buf[..n]).unwrap().tcp.unwrap();
+        assert!(seg.flags.rst() && !seg.flags.ack());
+        assert_eq!(seg.seq, 9000);
+    }
+
+    proptest! {
+        // RFC 1624 in place: after any rewrite both checksums verify like a full recomputation.
+        #[test]
+        fn rewritten_tcp_packets_keep_valid_checksums(
+            src in endpoint(), dst in endpoint(), new in endpoint(),
+            seq in any::<u32>(), payload in proptest::collection::vec(any::<u8>(), 0..64),
+            dnat in any::<bool>(),
+        ) {
+            let mut p = tcp_packet(src, dst, TcpFlags::ACK, seq, 7, &payload);
+            let h = Headers::parse(&p).unwrap();
+            if dnat { rewrite_dst(&mut p, &h, new) } else { rewrite_src(&mut p, &h, new) }
+            prop_assert!(checksums_valid(&p));
+            let h2 = Headers::parse(&p).unwrap();
+            prop_assert_eq!(if dnat { h2.dst } else { h2.src }, new);
+        }
+
+        #[test]
+        fn rewritten_udp_packets_keep_valid_checksums(
+            src in endpoint(), dst in endpoint(), new in endpoint(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut p = udp_packet(src, dst, &payload);
+            let h = Headers::parse(&p).unwrap();
+            rewrite_src(&mut p, &h, new);
+            prop_assert!(checksums_valid(&p));
+        }
+
+        #[test]
+        fn parsing_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Headers::parse(&bytes);
+        }
+    }
+}
