@@ -1,5 +1,34 @@
+//! The sans-IO core of idlegate: a stateful NAT / L4 load balancer that forgets idle flows the
+//! way real middleboxes do (Azure Load Balancer and SNAT first).
+//!
+//! Packets and `Instant`s go in; rewritten packets with a verdict, generated packets, events and
+//! the next deadline come out. Nothing here reads a clock, makes a syscall or spawns a thread, so
+//! tests drive it in virtual time. Start at [`Engine`]; the driver with TUN devices lives in the
+//! `idlegate` crate.
+//!
+//! | module | domain word |
+//! |---|---|
+//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events, counters |
+//! | [`flow`] | flows, their TCP state and the two-key flow table |
+//! | [`timer`] | the timing wheel behind every idle timeout |
+//! | [`snat`] | SNAT ports lent to outbound flows |
+//! | [`expiry`] | what happens when a flow is forgotten |
+//! | [`config`] | the TOML config, validated |
+//! | [`profile`] | the real middleboxes' timers, with sources |
+//! | [`packet`] | typed views of IPv4/TCP/UDP, in-place rewriting, RSTs |
+//! | [`checksum`] | RFC 1624 incremental checksum update |
+
 pub mod checksum;
 pub mod config;
+pub mod engine;
 pub mod expiry;
+pub mod flow;
 pub mod packet;
 pub mod profile;
+pub mod snat;
+pub mod timer;
+
+pub use config::Config;
+pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};
+pub use expiry::Expiry;
+pub use flow::{Interface, TcpState};

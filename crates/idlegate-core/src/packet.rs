@@ -59,6 +59,11 @@ impl TcpFlags {
     pub fn rst(self) -> bool {
         self.contains(Self::RST)
     }
+    /// Flags from their wire bits (the low byte of the TCP flags field).
+    pub fn from_bits(bits: u8) -> TcpFlags {
+        TcpFlags(bits)
+    }
+
     /// A connection request: SYN without ACK.
     pub fn is_connect(self) -> bool {
         self.syn() && !self.ack()

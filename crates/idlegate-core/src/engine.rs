@@ -1,0 +1,640 @@
+//! The engine: a stateful NAT / L4 load balancer that forgets idle flows, driven from outside.
+//!
+//! In the manner of `quinn-proto`, the engine performs no I/O and reads no clock. The driver
+//! hands it each packet with the [`Interface`] it came from and the current `Instant`;
+//! [`Engine::handle_packet`] rewrites the packet in place and returns a [`Verdict`]: forward it
+//! out of the other interface, or drop it for a counted [`DropReason`]. Between packets the
+//! driver sleeps until [`Engine::poll_timeout`], then calls [`Engine::handle_timeout`], which
+//! expires idle flows. Packets the engine makes itself (RSTs) are taken with
+//! [`Engine::poll_transmit`], and what happened to flows with [`Engine::poll_event`].
+//!
+//! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
+//! at or after `t + timeout`, never before.
+
+use crate::config::Config;
+use crate::expiry::Expiry;
+use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
+use crate::packet::{self, Headers, ParseError, Protocol, Reset, TcpSegment};
+use crate::snat::SnatPorts;
+use crate::timer::{Tick, TimerWheel};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+pub use crate::flow::Interface;
+
+/// What to do with a packet the driver handed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (rewritten) packet out of this interface.
+    Forward(Interface),
+    /// Discard it.
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped. Each reason has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    NotIpv4,
+    Truncated,
+    BadChecksum,
+    Fragment,
+    UnsupportedProtocol,
+    /// A new connection (or a UDP datagram) that no rule accepts.
+    NoRule,
+    /// A TCP segment other than a SYN that belongs to no flow: never seen, or expired and
+    /// forgotten. This is the middlebox's silent drop.
+    NoFlow,
+    /// A SYN from a member whose outbound rule has no SNAT port left.
+    PortExhausted,
+    /// A SYN whose translated tuple is already another flow's.
+    TupleInUse,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::NotIpv4,
+        DropReason::Truncated,
+        DropReason::BadChecksum,
+        DropReason::Fragment,
+        DropReason::UnsupportedProtocol,
+        DropReason::NoRule,
+        DropReason::NoFlow,
+        DropReason::PortExhausted,
+        DropReason::TupleInUse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::NotIpv4 => "not-ipv4",
+            DropReason::Truncated => "truncated",
+            DropReason::BadChecksum => "bad-checksum",
+            DropReason::Fragment => "fragment",
+            DropReason::UnsupportedProtocol => "unsupported-protocol",
+            DropReason::NoRule => "no-rule",
+            DropReason::NoFlow => "no-flow",
+            DropReason::PortExhausted => "snat-port-exhausted",
+            DropReason::TupleInUse => "tuple-in-use",
+        }
+    }
+}
+
+impl From<ParseError> for DropReason {
+    fn from(e: ParseError) -> DropReason {
+        match e {
+            ParseError::NotIpv4 => DropReason::NotIpv4,
+            ParseError::Truncated => DropReason::Truncated,
+            ParseError::BadChecksum => DropReason::BadChecksum,
+            ParseError::Fragment => DropReason::Fragment,
+            ParseError::UnsupportedProtocol => DropReason::UnsupportedProtocol,
+        }
+    }
+}
+
+/// What the engine has done, for the driver's counters and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub forwarded: u64,
+    pub flows_created: u64,
+    pub flows_expired: u64,
+    /// RSTs the engine generated (expiry `reset` and `reset-on-next`).
+    pub resets_sent: u64,
+    drops: [u64; DropReason::ALL.len()],
+}
+
+impl Counters {
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// Every drop reason with its count.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().map(|r| (r, self.dropped(r)))
+    }
+}
+
+/// The endpoints and rule of a flow, as reported in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSummary {
+    pub rule: RuleId,
+    pub protocol: Protocol,
+    pub remote: SocketAddrV4,
+    pub public: SocketAddrV4,
+    pub private: SocketAddrV4,
+}
+
+impl From<&Flow> for FlowSummary {
+    fn from(f: &Flow) -> FlowSummary {
+        FlowSummary {
+            rule: f.rule,
+            protocol: f.protocol,
+            remote: f.remote,
+            public: f.public,
+            private: f.private,
+        }
+    }
+}
+
+/// Something that happened to a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Created {
+        flow: FlowSummary,
+    },
+    Expired {
+        flow: FlowSummary,
+        /// The state the flow expired in.
+        state: TcpState,
+        /// The timeout that ran out (scaled).
+        timeout: Duration,
+        /// What was done: `Reset` only when RSTs were actually sent.
+        action: Expiry,
+    },
+}
+
+/// A packet the engine generated, written into the driver's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Send it out of this interface.
+    pub interface: Interface,
+    /// Its length in the buffer.
+    pub len: usize,
+}
+
+/// How a rule translates.
+#[derive(Debug, Clone)]
+enum Translation {
+    /// Inbound: frontend → one of `members` at `backend_port`.
+    LoadBalance {
+        frontend: SocketAddrV4,
+        members: Vec<Ipv4Addr>,
+        backend_port: u16,
+    },
+    /// Outbound: members leave from `frontend` with a port from `snat[pool]`.
+    Outbound {
+        frontend: Ipv4Addr,
+        members: Vec<Ipv4Addr>,
+        snat: usize,
+    },
+}
+
+/// A rule as the engine runs it: timers already scaled to ticks.
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    translation: Translation,
+    idle: Tick,
+    transitory: Tick,
+    expiry: Expiry,
+}
+
+impl Rule {
+    /// The side that opens this rule's connections.
+    fn origin(&self) -> Interface {
+        match self.translation {
+            Translation::LoadBalance { .. } => Interface::Outside,
+            Translation::Outbound { .. } => Interface::Inside,
+        }
+    }
+
+    fn timeout(&self, state: TcpState) -> Tick {
+        if state.is_established() {
+            self.idle
+        } else {
+            self.transitory
+        }
+    }
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    epoch: Instant,
+    rules: Vec<Rule>,
+    flows: FlowTable,
+    wheel: TimerWheel,
+    /// One SNAT port pool per frontend address that has an outbound rule.
+    snat: Vec<SnatPorts>,
+    /// Picks a member from the 5-tuple; fixed, so the choice does not depend on the seed.
+    member_hash: foldhash::fast::FixedState,
+    transmits: VecDeque<(Interface, Reset)>,
+    events: VecDeque<Event>,
+    counters: Counters,
+}
+
+const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
+
+impl Engine {
+    /// An engine for `config`, with its clock starting at `now`. `seed` keys the flow table's
+    /// hash; take it from a random source in production.
+    pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
+        let mut snat_frontends: Vec<Ipv4Addr> = Vec::new();
+        let mut snat = Vec::new();
+        let ticks = |d: Duration| config.scaled(d).as_millis() as Tick;
+        let transitory = ticks(config.profile.transitory);
+        let members = |pool: usize| {
+            config.backend_pools[pool]
+                .members
+                .iter()
+                .map(|m| m.address)
+                .collect()
+        };
+        let mut rules = Vec::new();
+        for r in &config.lb_rules {
+            let frontend = SocketAddrV4::new(config.frontends[r.frontend].address, r.frontend_port);
+            rules.push(Rule {
+                name: r.name.clone(),
+                translation: Translation::LoadBalance {
+                    frontend,
+                    members: members(r.backend_pool),
+                    backend_port: r.backend_port,
+                },
+                idle: ticks(r.idle.timeout),
+                transitory,
+                expiry: r.idle.expiry,
+            });
+        }
+        for r in &config.outbound_rules {
+            let frontend = config.frontends[r.frontend].address;
+            let pool = match snat_frontends.iter().position(|&f| f == frontend) {
+                Some(i) => i,
+                None => {
+                    let lb_ports: Vec<u16> = config
+                        .lb_rules
+                        .iter()
+                        .filter(|l| config.frontends[l.frontend].address == frontend)
+                        .map(|l| l.frontend_port)
+                        .collect();
+                    snat_frontends.push(frontend);
+                    snat.push(SnatPorts::new(1024..=65535, |p| lb_ports.contains(&p)));
+                    snat.len() - 1
+                }
+            };
+            rules.push(Rule {
+                name: r.name.clone(),
+                translation: Translation::Outbound {
+                    frontend,
+                    members: members(r.backend_pool),
+                    snat: pool,
+                },
+                idle: ticks(r.idle.timeout),
+                transitory,
+                expiry: r.idle.expiry,
+            });
+        }
+        Engine {
+            epoch: now,
+            rules,
+            flows: FlowTable::new(seed),
+            wheel: TimerWheel::default(),
+            snat,
+            member_hash: foldhash::fast::FixedState::with_seed(MEMBER_HASH_SEED),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
+    pub fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+        let headers = match Headers::parse(packet) {
+            Ok(h) => h,
+            Err(e) => return self.drop(e.into()),
+        };
+        let now = self.tick(now);
+        match self
+            .flows
+            .find(from, headers.src, headers.dst, headers.protocol)
+        {
+            Some(id) if self.flows.get(id).deadline > now => {
+                self.forward(id, from, &headers, packet, now)
+            }
+            Some(id) => {
+                // Past its deadline but not yet reaped: it is dead, whatever comes now.
+                self.expire(id);
+                self.no_flow(from, &headers, packet, now)
+            }
+            None => self.no_flow(from, &headers, packet, now),
+        }
+    }
+
+    /// The next time [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wheel
+            .next_wakeup()
+            .map(|t| self.epoch + Duration::from_millis(t))
+    }
+
+    /// Expires every flow whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.tick(now);
+        while let Some(id) = self.wheel.poll_expired(&mut self.flows, now) {
+            self.expire(id);
+        }
+    }
+
+    /// Writes the next packet the engine generated into `buf` (at least [`packet::RESET_LEN`]
+    /// bytes) and says where it goes.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        let (interface, reset) = self.transmits.pop_front()?;
+        let len = reset.write(buf)?;
+        Some(Transmit { interface, len })
+    }
+
+    /// The next flow event, oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Number of flows the gateway remembers.
+    pub fn flow_count(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// The name of rule `id` as written in the config.
+    pub fn rule_name(&self, id: RuleId) -> &str {
+        self.rules
+            .get(usize::from(id))
+            .map_or("?", |r| r.name.as_str())
+    }
+
+    /// Bytes held by the flow table (slab and index), for the memory benchmark.
+    pub fn flow_memory_bytes(&self) -> usize {
+        self.flows.memory_bytes()
+    }
+
+    // ---- the per-packet path ---------------------------------------------------------------
+
+    fn tick(&self, now: Instant) -> Tick {
+        now.saturating_duration_since(self.epoch).as_millis() as Tick
+    }
+
+    fn drop(&mut self, reason: DropReason) -> Verdict {
+        self.counters.drops[reason as usize] += 1;
+        Verdict::Drop(reason)
+    }
+
+    /// A packet of a live flow: track it, refresh the flow, translate, forward.
+    fn forward(
+        &mut self,
+        id: FlowId,
+        from: Interface,
+        headers: &Headers,
+        packet: &mut [u8],
+        now: Tick,
+    ) -> Verdict {
+        let rule = &self.rules[usize::from(self.flows.get(id).rule)];
+        let from_initiator = from == rule.origin();
+        let flow = self.flows.get_mut(id);
+        if let Some(segment) = headers.tcp {
+            if segment.flags.is_connect()
+                && from_initiator
+                && matches!(flow.state, TcpState::Closing | TcpState::Closed)
+            {
+                // The tuple is reused for a new connection.
+                flow.state = TcpState::SynSent;
+            }
+            flow.track_sequence(from, &segment);
+            flow.state = flow.state.after(segment.flags, from_initiator);
+        }
+        let deadline = now + rule.timeout(flow.state);
+        self.set_deadline(id, deadline);
+        let flow = self.flows.get(id);
+        match from {
+            Interface::Outside => packet::rewrite_dst(packet, headers, flow.private),
+            Interface::Inside => packet::rewrite_src(packet, headers, flow.public),
+        }
+        self.counters.forwarded += 1;
+        Verdict::Forward(from.opposite())
+    }
+
+    /// Moves a flow's deadline. Later: just stored, the wheel re-files lazily. Earlier: re-filed.
+    fn set_deadline(&mut self, id: FlowId, deadline: Tick) {
+        let flow = self.flows.get_mut(id);
+        let earlier = deadline < flow.deadline;
+        flow.deadline = deadline;
+        if earlier {
+            self.wheel.remove(&mut self.flows, id);
+            self.wheel.insert(&mut self.flows, id, deadline);
+        }
+    }
+
+    /// A packet that belongs to no flow: a new connection, or the silent drop.
+    fn no_flow(
+        &mut self,
+        from: Interface,
+        headers: &Headers,
+        packet: &mut [u8],
+        now: Tick,
+    ) -> Verdict {
+        let Some(segment) = headers.tcp else {
+            return self.drop(DropReason::NoRule);
+        };
+        if segment.flags.is_connect() {
+            return self.connect(from, headers, &segment, packet, now);
+        }
+        if !segment.flags.rst() && self.resets_unknown(from, headers) {
+            self.queue_reset(from, Reset::answering(headers, &segment));
+        }
+        self.drop(DropReason::NoFlow)
+    }
+
+    /// A SYN: find the rule that accepts it and create the flow.
+    fn connect(
+        &mut self,
+        from: Interface,
+        headers: &Headers,
+        segment: &TcpSegment,
+        packet: &mut [u8],
+        now: Tick,
+    ) -> Verdict {
+        let Some((rule_id, public, private)) = self.translate_new(from, headers) else {
+            return self.drop(DropReason::NoRule);
+        };
+        let Some(public) = public.or_else(|| self.lend_port(rule_id)) else {
+            return self.drop(DropReason::PortExhausted);
+        };
+        let remote = match from {
+            Interface::Outside => headers.src,
+            Interface::Inside => headers.dst,
+        };
+        let taken = self
+            .flows
+            .find(Interface::Outside, remote, public, headers.protocol)
+            .is_some()
+            || self
+                .flows
+                .find(Interface::Inside, private, remote, headers.protocol)
+                .is_some();
+        if taken {
+            self.release_port(rule_id, public);
+            return self.drop(DropReason::TupleInUse);
+        }
+        let mut flow = Flow::new(remote, public, private, rule_id);
+        flow.track_sequence(from, segment);
+        flow.deadline = now + self.rules[usize::from(rule_id)].transitory;
+        let id = self.flows.insert(flow);
+        self.wheel.insert(&mut self.flows, id, flow.deadline);
+        self.counters.flows_created += 1;
+        self.events.push_back(Event::Created {
+            flow: FlowSummary::from(&flow),
+        });
+        self.forward_new(from, headers, packet, &flow)
+    }
+
+    fn forward_new(
+        &mut self,
+        from: Interface,
+        headers: &Headers,
+        packet: &mut [u8],
+        flow: &Flow,
+    ) -> Verdict {
+        match from {
+            Interface::Outside => packet::rewrite_dst(packet, headers, flow.private),
+            Interface::Inside => packet::rewrite_src(packet, headers, flow.public),
+        }
+        self.counters.forwarded += 1;
+        Verdict::Forward(from.opposite())
+    }
+
+    /// The rule for a new connection and its endpoints: `(rule, public, private)`, with
+    /// `public` left `None` when a SNAT port must still be lent.
+    fn translate_new(
+        &self,
+        from: Interface,
+        headers: &Headers,
+    ) -> Option<(RuleId, Option<SocketAddrV4>, SocketAddrV4)> {
+        self.rules.iter().enumerate().find_map(|(i, rule)| {
+            let id = i as RuleId;
+            match (&rule.translation, from) {
+                (
+                    Translation::LoadBalance {
+                        frontend,
+                        members,
+                        backend_port,
+                    },
+                    Interface::Outside,
+                ) if *frontend == headers.dst => {
+                    let member = members[self.pick_member(headers, members.len())];
+                    Some((
+                        id,
+                        Some(*frontend),
+                        SocketAddrV4::new(member, *backend_port),
+                    ))
+                }
+                (Translation::Outbound { members, .. }, Interface::Inside)
+                    if members.contains(headers.src.ip()) =>
+                {
+                    Some((id, None, headers.src))
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Azure-style distribution: a hash of the 5-tuple picks the member.
+    fn pick_member(&self, headers: &Headers, members: usize) -> usize {
+        let tuple = (headers.src, headers.dst, headers.protocol as u8);
+        (self.member_hash.hash_one(tuple) % members as u64) as usize
+    }
+
+    fn lend_port(&mut self, rule: RuleId) -> Option<SocketAddrV4> {
+        match self.rules[usize::from(rule)].translation {
+            Translation::Outbound { frontend, snat, .. } => self.snat[snat]
+                .allocate()
+                .map(|port| SocketAddrV4::new(frontend, port)),
+            Translation::LoadBalance { .. } => None,
+        }
+    }
+
+    fn release_port(&mut self, rule: RuleId, public: SocketAddrV4) {
+        if let Translation::Outbound { snat, .. } = self.rules[usize::from(rule)].translation {
+            self.snat[snat].release(public.port());
+        }
+    }
+
+    /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
+    fn resets_unknown(&self, from: Interface, headers: &Headers) -> bool {
+        self.rules
+            .iter()
+            .filter(|r| r.expiry == Expiry::ResetOnNext)
+            .any(|rule| match (&rule.translation, from) {
+                (Translation::LoadBalance { frontend, .. }, Interface::Outside) => {
+                    *frontend == headers.dst
+                }
+                (
+                    Translation::LoadBalance {
+                        members,
+                        backend_port,
+                        ..
+                    },
+                    Interface::Inside,
+                ) => headers.src.port() == *backend_port && members.contains(headers.src.ip()),
+                (Translation::Outbound { frontend, .. }, Interface::Outside) => {
+                    frontend == headers.dst.ip()
+                }
+                (Translation::Outbound { members, .. }, Interface::Inside) => {
+                    members.contains(headers.src.ip())
+                }
+            })
+    }
+
+    fn queue_reset(&mut self, interface: Interface, reset: Reset) {
+        self.counters.resets_sent += 1;
+        self.transmits.push_back((interface, reset));
+    }
+
+    // ---- expiry ----------------------------------------------------------------------------
+
+    /// Forgets a flow whose deadline has passed, carrying out its rule's expiry action.
+    fn expire(&mut self, id: FlowId) {
+        self.wheel.remove(&mut self.flows, id);
+        let flow = self.flows.remove(id);
+        let rule = &self.rules[usize::from(flow.rule)];
+        let timeout = Duration::from_millis(rule.timeout(flow.state));
+        // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
+        let action = match rule.expiry {
+            Expiry::Reset if flow.state.is_established() => Expiry::Reset,
+            Expiry::Reset => Expiry::Silent,
+            other => other,
+        };
+        if action == Expiry::Reset {
+            self.reset_both(&flow);
+        }
+        self.release_port(flow.rule, flow.public);
+        self.counters.flows_expired += 1;
+        self.events.push_back(Event::Expired {
+            flow: FlowSummary::from(&flow),
+            state: flow.state,
+            timeout,
+            action,
+        });
+    }
+
+    /// RSTs to both endpoints, each with the exact sequence number its stack expects next
+    /// (RFC 5961 §3.2 accepts a RST only if SEG.SEQ = RCV.NXT).
+    fn reset_both(&mut self, flow: &Flow) {
+        let to_remote = Reset {
+            src: flow.public,
+            dst: flow.remote,
+            seq: flow.private_next_seq,
+            ack: Some(flow.remote_next_seq),
+        };
+        let to_private = Reset {
+            src: flow.remote,
+            dst: flow.private,
+            seq: flow.remote_next_seq,
+            ack: Some(flow.private_next_seq),
+        };
+        self.queue_reset(Interface::Outside, to_remote);
+        self.queue_reset(Interface::Inside, to_private);
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

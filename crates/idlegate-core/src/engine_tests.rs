@@ -1,0 +1,666 @@
+//! Engine tests in virtual time: no sleeping, every `Instant` is made up.
+
+use super::*;
+use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
+use crate::packet::TcpFlags;
+use proptest::prelude::*;
+
+const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+const VM1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const VM2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+
+/// Azure LB, 4 min idle scaled by 60 to 4 s; transitory 30 s scaled to 500 ms.
+const IDLE_MS: u64 = 4_000;
+const TRANSITORY_MS: u64 = 500;
+
+fn config(expiry: &str, members: &str) -> Config {
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{members}]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "4m"
+expiry = "{expiry}"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+expiry = "{expiry}"
+"#
+    );
+    Config::from_toml(&text, "test.toml").unwrap()
+}
+
+const ONE_VM: &str = r#"{ name = "vm1", address = "192.0.2.11" }"#;
+const TWO_VMS: &str =
+    r#"{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }"#;
+
+fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+/// An engine, a virtual clock, and what came out of it.
+struct Harness {
+    engine: Engine,
+    t0: Instant,
+    now: u64,
+    sent: Vec<(Interface, Vec<u8>)>,
+    events: Vec<(u64, Event)>,
+}
+
+/// One side of a TCP connection, tracking its own SND.NXT like a real stack.
+#[derive(Clone, Copy)]
+struct Peer {
+    addr: SocketAddrV4,
+    iface: Interface,
+    snd_nxt: u32,
+}
+
+impl Harness {
+    fn new(expiry: &str) -> Harness {
+        Harness::with(config(expiry, ONE_VM))
+    }
+
+    fn with(config: Config) -> Harness {
+        let t0 = Instant::now();
+        Harness {
+            engine: Engine::new(&config, t0, 1),
+            t0,
+            now: 0,
+            sent: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+
+    /// Advances the clock to `ms`, waking the engine at every deadline it asks for on the way.
+    fn advance_to(&mut self, ms: u64) {
+        while let Some(t) = self.engine.poll_timeout().filter(|&t| t <= self.at(ms)) {
+            self.engine.handle_timeout(t);
+            self.now = (t - self.t0).as_millis() as u64;
+            self.drain();
+        }
+        self.now = ms;
+        self.engine.handle_timeout(self.at(ms));
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 64];
+        while let Some(tx) = self.engine.poll_transmit(&mut buf) {
+            self.sent.push((tx.interface, buf[..tx.len].to_vec()));
+        }
+        while let Some(e) = self.engine.poll_event() {
+            self.events.push((self.now, e));
+        }
+    }
+
+    /// Sends a segment from `peer` to `dst` now; returns the verdict and the packet as it left.
+    fn send(
+        &mut self,
+        peer: &mut Peer,
+        dst: SocketAddrV4,
+        flags: TcpFlags,
+        ack: u32,
+        payload: &[u8],
+    ) -> (Verdict, Vec<u8>) {
+        let mut p = tcp_packet(peer.addr, dst, flags, peer.snd_nxt, ack, payload);
+        let seg_len = payload.len() as u32 + u32::from(flags.syn()) + u32::from(flags.fin());
+        peer.snd_nxt = peer.snd_nxt.wrapping_add(seg_len);
+        let verdict = self
+            .engine
+            .handle_packet(self.at(self.now), peer.iface, &mut p);
+        self.drain();
+        (verdict, p)
+    }
+
+    /// Sends a raw segment with an explicit sequence number (a keepalive probe, say).
+    fn send_seq(
+        &mut self,
+        peer: &Peer,
+        dst: SocketAddrV4,
+        flags: TcpFlags,
+        seq: u32,
+        ack: u32,
+        payload: &[u8],
+    ) -> Verdict {
+        let mut p = tcp_packet(peer.addr, dst, flags, seq, ack, payload);
+        let verdict = self
+            .engine
+            .handle_packet(self.at(self.now), peer.iface, &mut p);
+        self.drain();
+        verdict
+    }
+
+    /// A client on the internet connects to the frontend; returns (client, server) peers after
+    /// the three-way handshake, both in ESTABLISHED.
+    fn connect_inbound(&mut self, client_port: u16) -> (Peer, Peer) {
+        let mut client = Peer {
+            addr: ep(CLIENT, client_port),
+            iface: Interface::Outside,
+            snd_nxt: 1_000,
+        };
+        let frontend = ep(FRONTEND, 7000);
+        let (v, syn) = self.send(&mut client, frontend, TcpFlags::SYN, 0, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        let member = Headers::parse(&syn).unwrap().dst;
+        let mut server = Peer {
+            addr: member,
+            iface: Interface::Inside,
+            snd_nxt: 50_000,
+        };
+        let (v, _) = self.send(
+            &mut server,
+            client.addr,
+            TcpFlags::SYN | TcpFlags::ACK,
+            client.snd_nxt,
+            b"",
+        );
+        assert_eq!(v, Verdict::Forward(Interface::Outside));
+        let (v, _) = self.send(&mut client, frontend, TcpFlags::ACK, server.snd_nxt, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        (client, server)
+    }
+
+    fn expired(&self) -> Vec<(u64, Expiry)> {
+        self.events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::Expired { action, .. } => Some((*t, *action)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+const FRONTEND_7000: SocketAddrV4 = SocketAddrV4::new(FRONTEND, 7000);
+
+#[test]
+fn idle_flow_expires_exactly_at_deadline() {
+    let mut h = Harness::new("silent");
+    h.advance_to(1_000);
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.advance_to(1_000 + IDLE_MS - 1);
+    assert_eq!(h.engine.flow_count(), 1, "not a millisecond early");
+    h.advance_to(1_000 + IDLE_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+    assert_eq!(h.expired(), vec![(1_000 + IDLE_MS, Expiry::Silent)]);
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    assert_eq!(h.engine.counters().dropped(DropReason::NoFlow), 1);
+    assert!(h.sent.is_empty(), "silent: nothing is sent");
+}
+
+#[test]
+fn a_flow_past_its_deadline_is_dead_even_before_the_timer_runs() {
+    let mut h = Harness::new("silent");
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.now = IDLE_MS; // no handle_timeout call in between
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    assert_eq!(h.engine.flow_count(), 0);
+}
+
+#[test]
+fn pure_ack_refreshes_the_flow() {
+    let mut h = Harness::new("silent");
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS - 1);
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    h.advance_to(2 * IDLE_MS - 2);
+    assert_eq!(h.engine.flow_count(), 1);
+    h.advance_to(2 * IDLE_MS - 1);
+    assert_eq!(h.expired(), vec![(2 * IDLE_MS - 1, Expiry::Silent)]);
+}
+
+#[test]
+fn keepalive_probes_refresh_the_flow() {
+    // RFC 9293 §3.8.4 / RFC 1122 §4.2.3.6: a probe is SEG.SEQ = SND.NXT − 1 with 0 or 1 byte.
+    let mut h = Harness::new("silent");
+    let (client, server) = h.connect_inbound(40_000);
+    for round in 1..=5u64 {
+        h.advance_to(round * (IDLE_MS / 2));
+        let payload: &[u8] = if round % 2 == 0 { b"" } else { b"\0" };
+        let v = h.send_seq(
+            &client,
+            FRONTEND_7000,
+            TcpFlags::ACK,
+            client.snd_nxt.wrapping_sub(1),
+            server.snd_nxt,
+            payload,
+        );
+        assert_eq!(v, Verdict::Forward(Interface::Inside), "probe {round}");
+    }
+    assert_eq!(h.engine.flow_count(), 1);
+    assert!(h.expired().is_empty());
+    // The probes did not move the tracked sequence back: a reset would still be accepted.
+    assert_eq!(
+        h.engine.flows.iter().next().unwrap().1.remote_next_seq,
+        client.snd_nxt
+    );
+}
+
+#[test]
+fn packets_from_the_member_refresh_the_flow_too() {
+    let mut h = Harness::new("silent");
+    let (client, mut server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS - 1);
+    let (v, out) = h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"pong",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(
+        Headers::parse(&out).unwrap().src,
+        FRONTEND_7000,
+        "leaves from the frontend"
+    );
+    h.advance_to(2 * IDLE_MS - 2);
+    assert_eq!(h.engine.flow_count(), 1);
+}
+
+#[test]
+fn expiry_reset_sends_exactly_one_rst_to_each_endpoint_with_the_expected_sequence() {
+    let mut h = Harness::new("reset");
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"a",
+    );
+    h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"ok",
+    );
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::Reset)]);
+    assert_eq!(h.sent.len(), 2);
+    for (iface, packet) in &h.sent {
+        assert!(checksums_valid(packet));
+        let hd = Headers::parse(packet).unwrap();
+        let seg = hd.tcp.unwrap();
+        assert!(seg.flags.rst() && seg.flags.ack() && !seg.flags.syn() && !seg.flags.fin());
+        assert_eq!(seg.len, 0);
+        match iface {
+            // Azure TCP reset (seed 002): to the client, from the frontend, at the client's RCV.NXT.
+            Interface::Outside => {
+                assert_eq!((hd.src, hd.dst), (FRONTEND_7000, client.addr));
+                assert_eq!((seg.seq, seg.ack), (server.snd_nxt, client.snd_nxt));
+            }
+            // ... and to the member, from the client's address, at the member's RCV.NXT.
+            Interface::Inside => {
+                assert_eq!((hd.src, hd.dst), (client.addr, server.addr));
+                assert_eq!((seg.seq, seg.ack), (client.snd_nxt, server.snd_nxt));
+            }
+        }
+    }
+    assert_eq!(h.engine.counters().resets_sent, 2);
+}
+
+#[test]
+fn expiry_silent_sends_nothing_and_later_packets_vanish_both_ways() {
+    let mut h = Harness::new("silent");
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS);
+    let (v1, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    let (v2, _) = h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"d",
+    );
+    assert_eq!(
+        (v1, v2),
+        (
+            Verdict::Drop(DropReason::NoFlow),
+            Verdict::Drop(DropReason::NoFlow)
+        )
+    );
+    assert!(h.sent.is_empty());
+}
+
+#[test]
+fn expiry_reset_on_next_is_silent_then_resets_whoever_sends_next() {
+    let mut h = Harness::new("reset-on-next");
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::ResetOnNext)]);
+    assert!(h.sent.is_empty(), "nothing at the moment of expiry");
+
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK | TcpFlags::FIN,
+        server.snd_nxt,
+        b"c",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    let (iface, rst) = h.sent.pop().unwrap();
+    let hd = Headers::parse(&rst).unwrap();
+    let seg = hd.tcp.unwrap();
+    // RFC 9293 §3.10.7.1: <SEQ=SEG.ACK><CTL=RST>, which is exactly the sender's RCV.NXT.
+    assert_eq!(
+        (iface, hd.src, hd.dst),
+        (Interface::Outside, FRONTEND_7000, client.addr)
+    );
+    assert_eq!(
+        (seg.seq, seg.flags.rst(), seg.flags.ack()),
+        (server.snd_nxt, true, false)
+    );
+
+    let (v, _) = h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"d",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    let (iface, rst) = h.sent.pop().unwrap();
+    let hd = Headers::parse(&rst).unwrap();
+    assert_eq!(
+        (iface, hd.src, hd.dst),
+        (Interface::Inside, client.addr, server.addr)
+    );
+
+    // A RST is never answered with a RST.
+    h.send(&mut client, FRONTEND_7000, TcpFlags::RST, 0, b"");
+    assert!(h.sent.is_empty());
+}
+
+#[test]
+fn reset_is_sent_only_for_established_flows() {
+    // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
+    let mut h = Harness::new("reset");
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 7,
+    };
+    h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    h.advance_to(TRANSITORY_MS);
+    assert_eq!(h.expired(), vec![(TRANSITORY_MS, Expiry::Silent)]);
+    assert!(h.sent.is_empty());
+}
+
+#[test]
+fn half_open_flow_expires_at_the_transitory_timeout() {
+    let mut h = Harness::new("silent");
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 7,
+    };
+    h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    h.advance_to(TRANSITORY_MS - 1);
+    assert_eq!(h.engine.flow_count(), 1);
+    h.advance_to(TRANSITORY_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+}
+
+#[test]
+fn closing_and_closed_flows_use_the_transitory_timeout() {
+    for last in [TcpFlags::FIN | TcpFlags::ACK, TcpFlags::RST] {
+        let mut h = Harness::new("silent");
+        let (mut client, server) = h.connect_inbound(40_000);
+        h.advance_to(1_000);
+        h.send(&mut client, FRONTEND_7000, last, server.snd_nxt, b"");
+        let state = h.engine.flows.iter().next().unwrap().1.state;
+        assert!(
+            matches!(state, TcpState::Closing | TcpState::Closed),
+            "{state:?}"
+        );
+        h.advance_to(1_000 + TRANSITORY_MS - 1);
+        assert_eq!(h.engine.flow_count(), 1);
+        h.advance_to(1_000 + TRANSITORY_MS);
+        assert_eq!(h.engine.flow_count(), 0, "after {last:?}");
+    }
+}
+
+#[test]
+fn non_syn_segment_without_a_flow_is_dropped_and_counted() {
+    let mut h = Harness::new("silent");
+    let mut stray = Peer {
+        addr: ep(CLIENT, 40_001),
+        iface: Interface::Outside,
+        snd_nxt: 99,
+    };
+    let (v, _) = h.send(&mut stray, FRONTEND_7000, TcpFlags::ACK, 1, b"x");
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    let (v, _) = h.send(&mut stray, ep(FRONTEND, 7001), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::NoRule), "no rule on port 7001");
+    assert_eq!(h.engine.counters().dropped(DropReason::NoFlow), 1);
+    assert_eq!(h.engine.counters().dropped(DropReason::NoRule), 1);
+    assert_eq!(h.engine.flow_count(), 0);
+}
+
+#[test]
+fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
+    let mut h = Harness::new("silent");
+    let server_addr = ep(CLIENT, 8_000);
+    let mut vm = Peer {
+        addr: ep(VM1, 33_000),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (v, syn) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert!(checksums_valid(&syn));
+    let public = Headers::parse(&syn).unwrap().src;
+    assert_eq!(*public.ip(), FRONTEND);
+    let mut server = Peer {
+        addr: server_addr,
+        iface: Interface::Outside,
+        snd_nxt: 900,
+    };
+    let (v, reply) = h.send(
+        &mut server,
+        public,
+        TcpFlags::SYN | TcpFlags::ACK,
+        vm.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert!(checksums_valid(&reply));
+    assert_eq!(Headers::parse(&reply).unwrap().dst, vm.addr);
+}
+
+#[test]
+fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry() {
+    let mut h = Harness::new("silent");
+    let server_addr = ep(CLIENT, 8_000);
+    let mut ports = std::collections::HashSet::new();
+    // Every port of the frontend, then one more.
+    for i in 0.. {
+        let src = ep(VM1, 1 + (i % 60_000) as u16);
+        let mut vm = Peer {
+            addr: src,
+            iface: Interface::Inside,
+            snd_nxt: 5,
+        };
+        let dst = ep(CLIENT, 8_000 + (i / 60_000) as u16);
+        let (v, syn) = h.send(&mut vm, dst, TcpFlags::SYN, 0, b"");
+        match v {
+            Verdict::Forward(_) => assert!(
+                ports.insert(Headers::parse(&syn).unwrap().src.port()),
+                "port lent twice"
+            ),
+            Verdict::Drop(DropReason::PortExhausted) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // 1024–65535 less the LB rule's frontend port 7000.
+    assert_eq!(ports.len(), 65535 - 1024 + 1 - 1);
+    assert!(!ports.contains(&7000));
+    h.advance_to(TRANSITORY_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+    let mut vm = Peer {
+        addr: ep(VM1, 2),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (v, _) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Outside), "ports came back");
+}
+
+#[test]
+fn lb_member_is_chosen_by_5_tuple_hash_and_fixed_for_the_flows_life() {
+    let mut h = Harness::with(config("silent", TWO_VMS));
+    let mut chosen = std::collections::HashMap::new();
+    for port in 40_000..40_064 {
+        let (mut client, server) = h.connect_inbound(port);
+        chosen.insert(port, *server.addr.ip());
+        for _ in 0..3 {
+            let (_, p) = h.send(
+                &mut client,
+                FRONTEND_7000,
+                TcpFlags::ACK,
+                server.snd_nxt,
+                b"x",
+            );
+            assert_eq!(
+                Headers::parse(&p).unwrap().dst,
+                server.addr,
+                "same member for the flow's life"
+            );
+        }
+    }
+    let vm1 = chosen.values().filter(|&&m| m == VM1).count();
+    let vm2 = chosen.values().filter(|&&m| m == VM2).count();
+    assert_eq!(vm1 + vm2, 64);
+    assert!(vm1 > 10 && vm2 > 10, "both members get flows: {vm1}/{vm2}");
+}
+
+#[test]
+fn syn_reusing_a_closed_tuple_starts_a_new_connection() {
+    let mut h = Harness::new("silent");
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::RST,
+        server.snd_nxt,
+        b"",
+    );
+    client.snd_nxt = 777_777;
+    let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(
+        h.engine.flows.iter().next().unwrap().1.state,
+        TcpState::SynSent
+    );
+}
+
+#[test]
+fn udp_without_a_rule_is_dropped_and_counted() {
+    let mut h = Harness::new("silent");
+    let mut p = udp_packet(ep(CLIENT, 53), FRONTEND_7000, b"q");
+    assert_eq!(
+        h.engine.handle_packet(h.at(0), Interface::Outside, &mut p),
+        Verdict::Drop(DropReason::NoRule)
+    );
+}
+
+#[test]
+fn poll_timeout_is_none_when_no_flow_exists() {
+    let mut h = Harness::new("silent");
+    assert_eq!(h.engine.poll_timeout(), None);
+    h.connect_inbound(40_000);
+    assert!(h.engine.poll_timeout().is_some());
+    h.advance_to(10 * IDLE_MS);
+    assert_eq!(h.engine.poll_timeout(), None);
+}
+
+proptest! {
+    #[test]
+    fn malformed_packets_are_dropped_and_counted_never_a_panic(
+        packets in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..80), any::<bool>()), 1..64),
+    ) {
+        let mut h = Harness::new("reset-on-next");
+        let mut drops = 0;
+        for (mut p, inside) in packets {
+            let iface = if inside { Interface::Inside } else { Interface::Outside };
+            if let Verdict::Drop(_) = h.engine.handle_packet(h.at(0), iface, &mut p) {
+                drops += 1;
+            }
+        }
+        let counted: u64 = h.engine.counters().drops().map(|(_, n)| n).sum();
+        prop_assert_eq!(counted, drops);
+    }
+
+    #[test]
+    fn random_valid_segments_keep_checksums_valid_and_never_panic(
+        segments in proptest::collection::vec((any::<u8>(), any::<u16>(), any::<u32>(), any::<bool>()), 1..64),
+    ) {
+        let mut h = Harness::new("reset");
+        for (flags, port, seq, inside) in segments {
+            let flags = TcpFlags::from_bits(flags & 0x17);
+            let (src, dst, iface) = if inside {
+                (ep(VM1, 7000), ep(CLIENT, port), Interface::Inside)
+            } else {
+                (ep(CLIENT, port), FRONTEND_7000, Interface::Outside)
+            };
+            let mut p = tcp_packet(src, dst, flags, seq, seq ^ 0x5555, b"data");
+            if let Verdict::Forward(_) = h.engine.handle_packet(h.at(h.now), iface, &mut p) {
+                prop_assert!(checksums_valid(&p));
+            }
+            h.now += 100;
+            h.advance_to(h.now);
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Flows: the gateway's memory of each connection, found from either direction.
+//!
+//! A [`Flow`] joins three endpoints. `remote` is the peer on the outside; `public` is the
+//! gateway's frontend address and port as the remote sees it; `private` is the backend pool
+//! member's address and port. Load-balanced and SNAT flows have the same shape: an LB flow's
+//! `public` is the rule's frontend, an outbound flow's `public` is the frontend with a lent SNAT
+//! port. Packets from the outside are `remote → public`, packets from the inside are
+//! `private → remote`: those are the flow's two keys.
+//!
+//! [`FlowTable`] keeps flows in a slab and indexes both keys in one hash table whose buckets
+//! hold only a 32-bit reference (slab index and key side); the key itself is read from the flow,
+//! so a flow costs its 48 bytes plus two 4-byte buckets. No flow allocates on its own.
+
+use crate::packet::{Protocol, TcpFlags, TcpSegment};
+use crate::timer::{Link, SlotId, Tick, Timers};
+use hashbrown::HashTable;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddrV4;
+
+/// The side of the gateway a packet arrives on or leaves from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Interface {
+    /// The backend pool's side.
+    Inside,
+    /// The internet's side.
+    Outside,
+}
+
+impl Interface {
+    /// The other side.
+    pub fn opposite(self) -> Interface {
+        match self {
+            Interface::Inside => Interface::Outside,
+            Interface::Outside => Interface::Inside,
+        }
+    }
+}
+
+/// The TCP connection state the gateway tracks (a subset of conntrack's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    /// The initiator's SYN went through.
+    SynSent,
+    /// The responder's SYN-ACK went through.
+    SynReceived,
+    /// The initiator acknowledged the SYN-ACK: the only state with the rule's idle timeout.
+    Established,
+    /// A FIN went through, in either direction.
+    Closing,
+    /// A RST went through.
+    Closed,
+}
+
+impl TcpState {
+    /// The state after a segment with `flags`, sent by the initiator or the responder.
+    pub fn after(self, flags: TcpFlags, from_initiator: bool) -> TcpState {
+        use TcpState::*;
+        if flags.rst() {
+            return Closed;
+        }
+        match self {
+            SynSent if !from_initiator && flags.syn() && flags.ack() => SynReceived,
+            SynReceived if from_initiator && flags.ack() && !flags.syn() => {
+                if flags.fin() {
+                    Closing
+                } else {
+                    Established
+                }
+            }
+            Established if flags.fin() => Closing,
+            state => state,
+        }
+    }
+
+    /// Established flows use the rule's idle timeout; all others the transitory timeout.
+    pub fn is_established(self) -> bool {
+        self == TcpState::Established
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynReceived => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::Closing => "CLOSING",
+            TcpState::Closed => "CLOSED",
+        }
+    }
+}
+
+/// Index of a rule in the engine's rule table.
+pub type RuleId = u16;
+
+/// One connection through the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub remote: SocketAddrV4,
+    pub public: SocketAddrV4,
+    pub private: SocketAddrV4,
+    pub protocol: Protocol,
+    pub state: TcpState,
+    pub rule: RuleId,
+    /// The remote's SND.NXT as last seen: the sequence number the member expects next.
+    pub remote_next_seq: u32,
+    /// The member's SND.NXT as last seen: the sequence number the remote expects next.
+    pub private_next_seq: u32,
+    /// When the flow expires unless a packet refreshes it.
+    pub deadline: Tick,
+    // The timer wheel's links, kept flat so the flow packs into 48 bytes.
+    wheel_prev: u32,
+    wheel_next: u32,
+    wheel_slot: SlotId,
+}
+
+impl Flow {
+    pub fn new(
+        remote: SocketAddrV4,
+        public: SocketAddrV4,
+        private: SocketAddrV4,
+        rule: RuleId,
+    ) -> Flow {
+        Flow {
+            remote,
+            public,
+            private,
+            protocol: Protocol::Tcp,
+            state: TcpState::SynSent,
+            rule,
+            remote_next_seq: 0,
+            private_next_seq: 0,
+            deadline: 0,
+            wheel_prev: Link::UNFILED.prev,
+            wheel_next: Link::UNFILED.next,
+            wheel_slot: Link::UNFILED.slot,
+        }
+    }
+
+    /// Records the sender's sequence space: the highest end seen, in sequence-number order
+    /// (RFC 9293 §3.4), so keepalive probes (SND.NXT−1) and retransmissions never move it back.
+    pub fn track_sequence(&mut self, from: Interface, segment: &TcpSegment) {
+        let next = match from {
+            Interface::Outside => &mut self.remote_next_seq,
+            Interface::Inside => &mut self.private_next_seq,
+        };
+        let end = segment.end();
+        if segment.flags.syn() || (end.wrapping_sub(*next) as i32) > 0 {
+            *next = end;
+        }
+    }
+
+    /// The flow's key as seen in packets arriving on `side`: (source, destination).
+    fn key(&self, side: Interface) -> (SocketAddrV4, SocketAddrV4) {
+        match side {
+            Interface::Outside => (self.remote, self.public),
+            Interface::Inside => (self.private, self.remote),
+        }
+    }
+}
+
+/// Reference to a flow in the table.
+pub type FlowId = u32;
+
+/// All flows, found by either key.
+pub struct FlowTable {
+    flows: Vec<Flow>,
+    free: Vec<FlowId>,
+    /// Entries are `id << 1 | side`, side 1 for the outside key.
+    index: HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl FlowTable {
+    /// An empty table; `seed` keys the hash so outsiders cannot aim collisions at it.
+    pub fn new(seed: u64) -> FlowTable {
+        FlowTable {
+            flows: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    /// Number of flows.
+    pub fn len(&self) -> usize {
+        self.flows.len() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The flow whose `side` key is `src → dst`.
+    #[inline]
+    pub fn find(
+        &self,
+        side: Interface,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        protocol: Protocol,
+    ) -> Option<FlowId> {
+        let hash = self.hash(side, src, dst, protocol);
+        let flows = &self.flows;
+        self.index
+            .find(hash, |&entry| {
+                let (id, entry_side) = decode(entry);
+                entry_side == side && {
+                    let f = &flows[id as usize];
+                    f.protocol == protocol && f.key(side) == (src, dst)
+                }
+            })
+            .map(|&entry| decode(entry).0)
+    }
+
+    /// Adds `flow` under both keys. The caller checks first that neither key is taken.
+    pub fn insert(&mut self, flow: Flow) -> FlowId {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.flows[id as usize] = flow;
+                id
+            }
+            None => {
+                self.flows.push(flow);
+                (self.flows.len() - 1) as FlowId
+            }
+        };
+        for side in [Interface::Inside, Interface::Outside] {
+            let (src, dst) = flow.key(side);
+            let hash = self.hash(side, src, dst, flow.protocol);
+            let (flows, hasher) = (&self.flows, &self.hasher);
+            self.index
+                .insert_unique(hash, encode(id, side), |&e| rehash(hasher, flows, e));
+        }
+        id
+    }
+
+    /// Removes the flow and returns it. It must already be out of the timer wheel.
+    pub fn remove(&mut self, id: FlowId) -> Flow {
+        let flow = self.flows[id as usize];
+        for side in [Interface::Inside, Interface::Outside] {
+            let (src, dst) = flow.key(side);
+            let hash = self.hash(side, src, dst, flow.protocol);
+            if let Ok(entry) = self.index.find_entry(hash, |&e| e == encode(id, side)) {
+                entry.remove();
+            }
+        }
+        self.free.push(id);
+        flow
+    }
+
+    pub fn get(&self, id: FlowId) -> &Flow {
+        &self.flows[id as usize]
+    }
+
+    pub fn get_mut(&mut self, id: FlowId) -> &mut Flow {
+        &mut self.flows[id as usize]
+    }
+
+    /// Every flow, with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow)> {
+        self.index
+            .iter()
+            .filter(|&&e| decode(e).1 == Interface::Outside)
+            .map(|&e| {
+                let id = decode(e).0;
+                (id, &self.flows[id as usize])
+            })
+    }
+
+    /// Bytes the table holds: slab, free list and index (for the memory benchmark).
+    pub fn memory_bytes(&self) -> usize {
+        self.flows.capacity() * std::mem::size_of::<Flow>()
+            + self.free.capacity() * std::mem::size_of::<FlowId>()
+            + self.index.allocation_size()
+    }
+
+    #[inline]
+    fn hash(
+        &self,
+        side: Interface,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        protocol: Protocol,
+    ) -> u64 {
+        key_hash(&self.hasher, side, src, dst, protocol)
+    }
+}
+
+#[inline]
+fn key_hash(
+    hasher: &foldhash::fast::FixedState,
+    side: Interface,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    protocol: Protocol,
+) -> u64 {
+    let mut h = hasher.build_hasher();
+    h.write_u64(u64::from(u32::from(*src.ip())) << 32 | u64::from(u32::from(*dst.ip())));
+    h.write_u64(
+        u64::from(src.port()) << 32
+            | u64::from(dst.port()) << 16
+            | (protocol as u64) << 8
+            | side as u64,
+    );
+    h.finish()
+}
+
+fn rehash(hasher: &foldhash::fast::FixedState, flows: &[Flow], entry: u32) -> u64 {
+    let (id, side) = decode(entry);
+    let f = &flows[id as usize];
+    let (src, dst) = f.key(side);
+    key_hash(hasher, side, src, dst, f.protocol)
+}
+
+fn encode(id: FlowId, side: Interface) -> u32 {
+    id << 1 | u32::from(side == Interface::Outside)
+}
+
+fn decode(entry: u32) -> (FlowId, Interface) {
+    let side = if entry & 1 == 1 {
+        Interface::Outside
+    } else {
+        Interface::Inside
+    };
+    (entry >> 1, side)
+}
+
+impl Timers for FlowTable {
+    #[inline]
+    fn link(&self, id: u32) -> Link {
+        let f = &self.flows[id as usize];
+        Link {
+            prev: f.wheel_prev,
+            next: f.wheel_next,
+            slot: f.wheel_slot,
+        }
+    }
+    #[inline]
+    fn set_link(&mut self, id: u32, link: Link) {
+        let f = &mut self.flows[id as usize];
+        (f.wheel_prev, f.wheel_next, f.wheel_slot) = (link.prev, link.next, link.slot);
+    }
+    fn deadline(&self, id: u32) -> Tick {
+        self.flows[id as usize].deadline
+    }
+}
+
+// The memory budget per flow (issue: < 128 bytes at 1 M flows, index included).
+const _: () = assert!(std::mem::size_of::<Flow>() == 48);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ep(a: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, a), port)
+    }
+
+    #[test]
+    fn flow_is_found_by_both_keys_and_forgotten_after_removal() {
+        let mut table = FlowTable::new(7);
+        let flow = Flow::new(ep(100, 40000), ep(10, 7000), ep(11, 7000), 0);
+        let id = table.insert(flow);
+        assert_eq!(
+            table.find(
+                Interface::Outside,
+                ep(100, 40000),
+                ep(10, 7000),
+                Protocol::Tcp
+            ),
+            Some(id)
+        );
+        assert_eq!(
+            table.find(
+                Interface::Inside,
+                ep(11, 7000),
+                ep(100, 40000),
+                Protocol::Tcp
+            ),
+            Some(id)
+        );
+        assert_eq!(
+            table.find(
+                Interface::Inside,
+                ep(100, 40000),
+                ep(10, 7000),
+                Protocol::Tcp
+            ),
+            None
+        );
+        assert_eq!(
+            table.find(
+                Interface::Outside,
+                ep(100, 40000),
+                ep(10, 7000),
+                Protocol::Udp
+            ),
+            None
+        );
+        table.remove(id);
+        assert_eq!(
+            table.find(
+                Interface::Outside,
+                ep(100, 40000),
+                ep(10, 7000),
+                Protocol::Tcp
+            ),
+            None
+        );
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn keepalive_probe_does_not_move_the_tracked_sequence_back() {
+        // RFC 9293 §3.8.4: a keepalive probe carries SEG.SEQ = SND.NXT − 1.
+        let mut flow = Flow::new(ep(100, 1), ep(10, 2), ep(11, 3), 0);
+        let seg = |flags, seq, len| TcpSegment {
+            flags,
+            seq,
+            ack: 0,
+            len,
+        };
+        flow.track_sequence(Interface::Outside, &seg(TcpFlags::SYN, u32::MAX, 1));
+        assert_eq!(flow.remote_next_seq, 0, "wraps");
+        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 0, 5));
+        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 4, 0));
+        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 4, 1));
+        assert_eq!(flow.remote_next_seq, 5);
+    }
+}
