@@ -1,1 +1,233 @@
-fn main(){}
+//! `idlegate`: emulate, measure and survive the middleboxes that silently forget idle TCP
+//! connections. This file is the command line only; the work is in the library modules.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use idlegate::gateway::{Gateway, Port, Stopper};
+use idlegate::lab::{self, Lab};
+use idlegate::tun::Tun;
+use idlegate::{demo, netns};
+use idlegate_core::engine::Interface;
+use idlegate_core::Config;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "idlegate",
+    version,
+    about = "Emulate, measure and survive the middleboxes that silently forget idle TCP connections"
+)]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the emulated middlebox between two TUN devices.
+    Gateway(GatewayArgs),
+    /// Build network namespaces around the gateway: real hosts to test applications with.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    /// The gateway's TOML config.
+    #[arg(long)]
+    config: PathBuf,
+    /// TUN device on the backend pool's side.
+    #[arg(long, default_value = "igw-inside")]
+    inside: String,
+    /// TUN device on the internet's side.
+    #[arg(long, default_value = "igw-outside")]
+    outside: String,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Create the lab's hosts and run the gateway between them until SIGINT/SIGTERM.
+    Up {
+        #[arg(long)]
+        config: PathBuf,
+        /// Lab name, so several labs can run at once.
+        #[arg(long, default_value = "lab")]
+        name: String,
+    },
+    /// Run a program in a host of a running lab (a member's name, or `internet`).
+    Exec {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// The host: a backend pool member's name, or `internet`.
+        host: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Replay the idle-drop experiment (seed 004) in seconds: three connections, three fates.
+    Demo(demo::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Lab(LabCommand::Demo(_)));
+    init_logging(cli.verbose, quiet);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("idlegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (verbose, quiet) {
+        (0, true) => "warn",
+        (0, false) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Gateway(args) => gateway(args).map(|()| ExitCode::SUCCESS),
+        Command::Lab(LabCommand::Up { config, name }) => {
+            lab_up(&config, &name).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Lab(LabCommand::Exec {
+            name,
+            host,
+            command,
+        }) => {
+            let (program, args) = command.split_first().context("no command given after --")?;
+            let status = lab::exec(&name, &host, program, args)?;
+            Ok(exit_code(status))
+        }
+        Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// Reads and validates a config file; nothing starts on a bad one.
+fn load_config(path: &Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Config::from_toml(&text, &path.display().to_string())?)
+}
+
+fn gateway(args: GatewayArgs) -> Result<()> {
+    let config = load_config(&args.config)?;
+    let mut ports = Vec::new();
+    for (name, interface) in [
+        (&args.inside, Interface::Inside),
+        (&args.outside, Interface::Outside),
+    ] {
+        let tun = Tun::create(name)?;
+        netns::ip(&["link", "set", name, "up"])?;
+        ports.push(Port {
+            tun,
+            interface,
+            host: None,
+        });
+    }
+    tracing::info!(
+        "TUN {} (inside) and {} (outside) are up: route the backend pool's traffic into {} and the frontend addresses into {}",
+        args.inside,
+        args.outside,
+        args.inside,
+        args.outside
+    );
+    let mut gateway = Gateway::new(&config, ports)?;
+    stop_on_signals(gateway.stopper())?;
+    gateway.run()
+}
+
+fn lab_up(config_path: &Path, name: &str) -> Result<()> {
+    let config = load_config(config_path)?;
+    let mut lab = Lab::up(name, &config)?;
+    let mut gateway = lab.gateway(&config)?;
+    stop_on_signals(gateway.stopper())?;
+    for host in lab.hosts() {
+        let side = if host.interface == Interface::Inside {
+            "backend pool member"
+        } else {
+            "outside host"
+        };
+        tracing::info!(
+            "host {} ({side}) at {} in namespace {}",
+            host.name,
+            host.address,
+            lab::namespace(name, &host.name)
+        );
+    }
+    for rule in &config.lb_rules {
+        let frontend = &config.frontends[rule.frontend];
+        tracing::info!(
+            "lb_rule {}: {}:{} → pool {} port {}, idle timeout {:?}, expiry {}",
+            rule.name,
+            frontend.address,
+            rule.frontend_port,
+            config.backend_pools[rule.backend_pool].name,
+            rule.backend_port,
+            config.scaled(rule.idle.timeout),
+            rule.idle.expiry
+        );
+    }
+    for rule in &config.outbound_rules {
+        tracing::info!(
+            "outbound_rule {}: pool {} leaves from {}, idle timeout {:?}, expiry {}",
+            rule.name,
+            config.backend_pools[rule.backend_pool].name,
+            config.frontends[rule.frontend].address,
+            config.scaled(rule.idle.timeout),
+            rule.idle.expiry
+        );
+    }
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    gateway.run()?;
+    drop(gateway);
+    drop(lab);
+    tracing::info!("lab {name} removed");
+    Ok(())
+}
+
+/// Stops the gateway on SIGINT or SIGTERM, so the lab is always taken down.
+fn stop_on_signals(stopper: Stopper) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!("signal {signal}: stopping");
+                stopper.stop();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// The exit code of a program run in the lab: its own, or 128 + the signal that ended it.
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1);
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,166 @@
+//! Engine micro-benchmark: one established-flow packet (lookup, TCP tracking, rewrite with
+//! checksum update, timer refresh) with 10 k and 1 M active flows, visited in random order so
+//! the flow table is not all in cache; and bytes of memory per flow.
+//!
+//! Each iteration first aims the one packet buffer at the next flow (two in-place rewrites
+//! with incremental checksum updates, as a stand-in for the kernel handing in a new packet);
+//! `aim only` measures that part alone so it can be subtracted:
+//! engine cost per packet = `handle_packet` − `aim only`.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use idlegate_core::engine::{Engine, Interface, Verdict};
+use idlegate_core::packet::{self, Headers};
+use idlegate_core::Config;
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+"#;
+
+const FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
+
+fn remote(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(198, 51, 100, (i / 64_000) as u8),
+        1024 + (i % 64_000) as u16,
+    )
+}
+
+/// A minimal IPv4/TCP segment with valid checksums.
+fn segment(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.ip().octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let ip_sum = !fold(sum(&p[..20]));
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    p[20..22].copy_from_slice(&src.port().to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..28].copy_from_slice(&seq.to_be_bytes());
+    p[28..32].copy_from_slice(&ack.to_be_bytes());
+    p[32] = 5 << 4;
+    p[33] = flags;
+    p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::from(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let tcp_sum = !fold(sum(&pseudo) + sum(&p[20..40]));
+    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    p
+}
+
+fn sum(b: &[u8]) -> u32 {
+    b.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut s: u32) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// An engine holding `n` established flows, and the time they were made.
+fn engine_with(n: u32) -> (Engine, Instant) {
+    let config = Config::from_toml(CONFIG, "bench").expect("config");
+    let t0 = Instant::now();
+    let mut engine = Engine::new(&config, t0, 42);
+    for i in 0..n {
+        let mut syn = segment(remote(i), FRONTEND, SYN, 1, 0);
+        assert!(matches!(
+            engine.handle_packet(t0, Interface::Outside, &mut syn),
+            Verdict::Forward(_)
+        ));
+        let member = Headers::parse(&syn).expect("syn").dst;
+        let mut syn_ack = segment(member, remote(i), SYN | ACK, 100, 2);
+        engine.handle_packet(t0, Interface::Inside, &mut syn_ack);
+        let mut ack = segment(remote(i), FRONTEND, ACK, 2, 101);
+        engine.handle_packet(t0, Interface::Outside, &mut ack);
+        while engine.poll_event().is_some() {}
+    }
+    assert_eq!(engine.flow_count(), n as usize);
+    (engine, t0)
+}
+
+/// A random visiting order (xorshift), fixed between runs.
+fn order(n: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n).collect();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+/// Points the packet at flow `i`: source = its remote, destination = the frontend again.
+#[inline]
+fn aim(buf: &mut [u8], i: u32) {
+    let h = Headers::parse(buf).expect("valid");
+    packet::rewrite_src(buf, &h, remote(i));
+    let h = Headers::parse(buf).expect("valid");
+    packet::rewrite_dst(buf, &h, FRONTEND);
+}
+
+fn bench(c: &mut Criterion) {
+    for n in [10_000u32, 1_000_000] {
+        let (mut engine, t0) = engine_with(n);
+        let per_flow = engine.flow_memory_bytes() as f64 / f64::from(n);
+        eprintln!(
+            "flows: {n:>9}  flow table: {:>11} bytes  = {per_flow:.1} bytes/flow (Flow itself: {} bytes)",
+            engine.flow_memory_bytes(),
+            std::mem::size_of::<idlegate_core::flow::Flow>()
+        );
+        let order = order(n);
+        let mut buf = segment(remote(0), FRONTEND, ACK, 2, 101);
+        let mut k = 0usize;
+        let now = t0 + Duration::from_secs(1);
+        let mut group = c.benchmark_group(format!("{n} flows"));
+        group.bench_function("aim only", |b| {
+            b.iter(|| {
+                k = (k + 1) % order.len();
+                aim(&mut buf, order[k]);
+                black_box(&buf);
+            })
+        });
+        group.bench_function("aim + handle_packet", |b| {
+            b.iter(|| {
+                k = (k + 1) % order.len();
+                aim(&mut buf, order[k]);
+                black_box(engine.handle_packet(now, Interface::Outside, &mut buf))
+            })
+        });
+        group.finish();
+        engine.handle_timeout(now + Duration::from_secs(60));
+        while engine.poll_event().is_some() {}
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);

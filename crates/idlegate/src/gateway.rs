@@ -1,0 +1,266 @@
+//! The gateway: the sans-IO engine driven by TUN devices and the monotonic clock.
+//!
+//! One thread runs one event loop. It waits (with `mio`) until a TUN device is readable, the
+//! engine's next deadline comes, or [`Stopper::stop`] is called; it then drains every readable
+//! device through [`Engine::handle_packet`], writes each forwarded packet to the device that
+//! leads to its destination, runs [`Engine::handle_timeout`], sends the RSTs the engine made
+//! and logs flow creation and expiry with `tracing`. The packet buffer is reused: nothing is
+//! allocated per packet.
+
+use crate::tun::Tun;
+use anyhow::{bail, Context, Result};
+use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
+use idlegate_core::expiry::Expiry;
+use idlegate_core::Config;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A TUN device attached to one side of the gateway.
+pub struct Port {
+    pub tun: Tun,
+    pub interface: Interface,
+    /// The address of the host behind it, or `None` for a port that takes every destination
+    /// on its side (a router-style attachment).
+    pub host: Option<Ipv4Addr>,
+}
+
+/// Stops a running gateway from another thread or a signal handler thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // A failed wake only delays the stop until the next packet or deadline.
+        let _ = self.waker.wake();
+    }
+}
+
+const WAKER: Token = Token(usize::MAX);
+/// Largest IPv4 packet; TUN devices hand out at most their MTU.
+const BUF_LEN: usize = 65_535;
+
+/// The engine and its devices.
+pub struct Gateway {
+    engine: Engine,
+    ports: Vec<Port>,
+    poll: Poll,
+    stopper: Stopper,
+    buf: Box<[u8; BUF_LEN]>,
+    /// Packets the kernel refused to take (full queue): counted, not fatal.
+    tx_errors: u64,
+}
+
+impl Gateway {
+    /// A gateway running `config` on `ports`; at least one port per side.
+    pub fn new(config: &Config, ports: Vec<Port>) -> Result<Gateway> {
+        for side in [Interface::Inside, Interface::Outside] {
+            if !ports.iter().any(|p| p.interface == side) {
+                bail!("the gateway needs a TUN device on the {side:?} side");
+            }
+        }
+        let poll = Poll::new().context("creating the event loop")?;
+        for (i, port) in ports.iter().enumerate() {
+            poll.registry()
+                .register(
+                    &mut SourceFd(&port.tun.as_raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                )
+                .with_context(|| format!("watching TUN device {}", port.tun.name()))?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
+        let stopper = Stopper {
+            flag: Arc::new(AtomicBool::new(false)),
+            waker,
+        };
+        let engine = Engine::new(config, Instant::now(), random_seed());
+        Ok(Gateway {
+            engine,
+            ports,
+            poll,
+            stopper,
+            buf: Box::new([0; BUF_LEN]),
+            tx_errors: 0,
+        })
+    }
+
+    /// A handle that stops [`Gateway::run`].
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        self.engine.counters()
+    }
+
+    /// Runs until stopped; fails if a device disappears.
+    pub fn run(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(64);
+        while !self.stopper.flag.load(Ordering::SeqCst) {
+            let timeout = self
+                .engine
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            match self.poll.poll(&mut events, timeout) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other.context("waiting for packets")?,
+            }
+            for event in events.iter() {
+                if event.token() != WAKER {
+                    self.drain(event.token().0)?;
+                }
+            }
+            self.engine.handle_timeout(Instant::now());
+            self.flush();
+        }
+        self.log_counters();
+        Ok(())
+    }
+
+    /// Reads every packet queued on port `i` (the devices are edge-triggered).
+    fn drain(&mut self, i: usize) -> Result<()> {
+        loop {
+            let port = &self.ports[i];
+            let n = match port.tun.recv(&mut self.buf[..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "reading TUN device {} (was its namespace deleted?)",
+                            port.tun.name()
+                        )
+                    })
+                }
+            };
+            let interface = port.interface;
+            match self
+                .engine
+                .handle_packet(Instant::now(), interface, &mut self.buf[..n])
+            {
+                Verdict::Forward(out) => self.send(out, n),
+                Verdict::Drop(reason) => {
+                    tracing::trace!(?interface, reason = reason.as_str(), "packet dropped")
+                }
+            }
+            self.flush();
+        }
+    }
+
+    /// Writes the first `len` bytes of the buffer out of the port that leads to their
+    /// destination on side `out`.
+    fn send(&mut self, out: Interface, len: usize) {
+        let packet = &self.buf[..len];
+        let Some(dst) = destination(packet) else {
+            return;
+        };
+        let port = self
+            .ports
+            .iter()
+            .find(|p| p.interface == out && p.host == Some(dst))
+            .or_else(|| {
+                self.ports
+                    .iter()
+                    .find(|p| p.interface == out && p.host.is_none())
+            });
+        match port {
+            Some(port) => {
+                if let Err(e) = port.tun.send(packet) {
+                    self.tx_errors += 1;
+                    tracing::debug!(device = port.tun.name(), "write failed: {e}");
+                }
+            }
+            None => tracing::debug!(%dst, "no device leads to this destination; packet dropped"),
+        }
+    }
+
+    /// Sends the packets the engine generated and logs its events.
+    fn flush(&mut self) {
+        let mut packet = [0u8; 64];
+        while let Some(tx) = self.engine.poll_transmit(&mut packet) {
+            self.buf[..tx.len].copy_from_slice(&packet[..tx.len]);
+            self.send(tx.interface, tx.len);
+        }
+        while let Some(event) = self.engine.poll_event() {
+            self.log(event);
+        }
+    }
+
+    fn log(&self, event: Event) {
+        match event {
+            Event::Created { flow } => tracing::info!(
+                rule = self.engine.rule_name(flow.rule),
+                "flow created: {} → {} → {}",
+                flow.remote,
+                flow.public,
+                flow.private
+            ),
+            Event::Expired {
+                flow,
+                state,
+                timeout,
+                action,
+            } => {
+                let what = match action {
+                    Expiry::Silent => "silent: its packets will be dropped",
+                    Expiry::Reset => "RST sent to both ends",
+                    Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
+                };
+                tracing::info!(
+                    rule = self.engine.rule_name(flow.rule),
+                    "flow expired after {:?} idle in {}: {} ↔ {} ↔ {}; {what}",
+                    timeout,
+                    state.as_str(),
+                    flow.remote,
+                    flow.public,
+                    flow.private
+                );
+            }
+        }
+    }
+
+    fn log_counters(&self) {
+        let c = self.engine.counters();
+        let drops: Vec<String> = c
+            .drops()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect();
+        tracing::info!(
+            forwarded = c.forwarded,
+            flows_created = c.flows_created,
+            flows_expired = c.flows_expired,
+            resets_sent = c.resets_sent,
+            tx_errors = self.tx_errors,
+            "gateway stopped; drops: {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+}
+
+/// The IPv4 destination of a packet the engine accepted (so its header is valid).
+fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
+    let bytes: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+    Some(Ipv4Addr::from(bytes))
+}
+
+/// A seed for the flow table's hash, so outsiders cannot aim collisions at it.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}

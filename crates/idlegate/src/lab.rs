@@ -1,0 +1,250 @@
+//! The lab: real Linux hosts, each in its own network namespace, wired to the gateway.
+//!
+//! [`Lab::up`] creates one namespace per backend pool member (with the member's address from
+//! the config) and one for the `internet` host (203.0.113.100). Each host gets its own TUN
+//! device whose file descriptor the gateway holds; the host's default route points into it,
+//! so every packet a host sends off-host reaches the gateway, and the gateway delivers to a
+//! host by writing to its device. Namespaces are called `ig-LAB-HOST`.
+//!
+//! A lab owns a lock file, `/run/idlegate/lab-LAB.lock`, while it is up: a second `up` of the
+//! same lab is refused, and an `up` that finds the lock free removes whatever namespaces a
+//! crashed run of that lab left behind. Dropping the [`Lab`] removes its namespaces; the TUN
+//! devices vanish with the file descriptors.
+
+use crate::gateway::{Gateway, Port};
+use crate::netns::{self, Namespace};
+use crate::tun::Tun;
+use anyhow::{bail, ensure, Context, Result};
+use idlegate_core::engine::Interface;
+use idlegate_core::Config;
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// The outside host every lab has.
+pub const INTERNET: &str = "internet";
+/// Its address.
+pub const INTERNET_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+
+const LOCK_DIR: &str = "/run/idlegate";
+
+/// A host of the lab.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub interface: Interface,
+}
+
+/// A running lab: its namespaces and the TUN devices that join them to the gateway.
+pub struct Lab {
+    name: String,
+    hosts: Vec<Host>,
+    ports: Vec<Port>,
+    // Declared after `ports`: devices close before their namespaces go.
+    namespaces: Vec<Namespace>,
+    _lock: File,
+}
+
+impl Lab {
+    /// Builds the lab `name` for `config`'s backend pool members plus the internet host.
+    pub fn up(name: &str, config: &Config) -> Result<Lab> {
+        check_lab_name(name)?;
+        ensure_root()?;
+        let hosts = hosts(config)?;
+        let lock = lock(name)?;
+        remove_stale(name)?;
+        let mut lab = Lab {
+            name: name.to_string(),
+            hosts: Vec::new(),
+            ports: Vec::new(),
+            namespaces: Vec::new(),
+            _lock: lock,
+        };
+        for (i, host) in hosts.into_iter().enumerate() {
+            lab.add_host(i, host)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_host(&mut self, index: usize, host: Host) -> Result<()> {
+        let ns = Namespace::create(&namespace(&self.name, &host.name))?;
+        let tun = Tun::create(&device_name(&self.name, index))?;
+        tun.move_to(ns.name(), host.address)
+            .with_context(|| format!("wiring host {} of lab {}", host.name, self.name))?;
+        self.namespaces.push(ns);
+        self.ports.push(Port {
+            tun,
+            interface: host.interface,
+            host: Some(host.address),
+        });
+        self.hosts.push(host);
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The namespace of `host`, for running code there.
+    pub fn namespace_of(&self, host: &str) -> Result<String> {
+        ensure!(
+            self.hosts.iter().any(|h| h.name == host),
+            "lab {} has no host {host} (hosts: {})",
+            self.name,
+            self.hosts
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(namespace(&self.name, host))
+    }
+
+    /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
+    pub fn gateway(&mut self, config: &Config) -> Result<Gateway> {
+        Gateway::new(config, std::mem::take(&mut self.ports))
+    }
+}
+
+/// The backend pool members and the internet host, refused if two would share an address.
+fn hosts(config: &Config) -> Result<Vec<Host>> {
+    let mut hosts: Vec<Host> = Vec::new();
+    for member in config.backend_pools.iter().flat_map(|p| &p.members) {
+        ensure!(
+            member.name != INTERNET,
+            "a member may not be called \"{INTERNET}\": the lab's outside host has that name"
+        );
+        ensure!(
+            member.address != INTERNET_ADDRESS,
+            "member {} has address {INTERNET_ADDRESS}, which is the lab's {INTERNET} host",
+            member.name
+        );
+        hosts.push(Host {
+            name: member.name.clone(),
+            address: member.address,
+            interface: Interface::Inside,
+        });
+    }
+    hosts.push(Host {
+        name: INTERNET.to_string(),
+        address: INTERNET_ADDRESS,
+        interface: Interface::Outside,
+    });
+    Ok(hosts)
+}
+
+/// The namespace name of `host` in lab `lab`.
+pub fn namespace(lab: &str, host: &str) -> String {
+    format!("ig-{lab}-{host}")
+}
+
+/// A TUN name unique to the lab and host index, within IFNAMSIZ (15 bytes).
+fn device_name(lab: &str, index: usize) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(lab) as u32;
+    format!("ig{hash:08x}-{index}")
+}
+
+fn check_lab_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ensure!(
+        ok,
+        "lab name {name:?}: use 1–32 letters, digits, '-' or '_'"
+    );
+    Ok(())
+}
+
+/// Namespaces and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN.
+pub fn ensure_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the lab needs root: it creates network namespaces and TUN devices (run it with sudo)"
+        );
+    }
+    Ok(())
+}
+
+fn lock_path(lab: &str) -> PathBuf {
+    PathBuf::from(LOCK_DIR).join(format!("lab-{lab}.lock"))
+}
+
+/// Takes the lab's lock, or says who holds it.
+fn lock(lab: &str) -> Result<File> {
+    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let path = lock_path(lab);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor `file` keeps open.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        bail!(
+            "lab {lab} is already up (pid {}); stop it first or pick another --name",
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    write!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// Whether a process holds lab `lab`'s lock, i.e. the lab is up.
+fn is_up(lab: &str) -> Result<bool> {
+    let file = match File::open(lock_path(lab)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path(lab).display())),
+    };
+    // SAFETY: flock on a descriptor `file` keeps open; the shared lock is released on close.
+    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    Ok(!free)
+}
+
+/// Removes the namespaces of an earlier run of `lab` that did not clean up (crash, kill -9).
+fn remove_stale(lab: &str) -> Result<()> {
+    let prefix = format!("ig-{lab}-");
+    for ns in netns::list()? {
+        if ns.starts_with(&prefix) {
+            tracing::warn!("removing namespace {ns} left by an earlier run of lab {lab}");
+            netns::delete(&ns)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `program` in `host` of the running lab `lab`; its exit status passes through.
+pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
+    check_lab_name(lab)?;
+    ensure_root()?;
+    ensure!(
+        is_up(lab)?,
+        "lab {lab} is not up: start it with `idlegate lab up --config FILE --name {lab}`"
+    );
+    let ns = namespace(lab, host);
+    if !netns::exists(&ns) {
+        let prefix = format!("ig-{lab}-");
+        let hosts: Vec<String> = netns::list()?
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+            .collect();
+        bail!("lab {lab} has no host {host} (hosts: {})", hosts.join(", "));
+    }
+    netns::exec(&ns, program, args)
+}

@@ -1,0 +1,18 @@
+//! The I/O edges of idlegate around the sans-IO engine in `idlegate-core`: TUN devices,
+//! network namespaces, the gateway's event loop, the lab, and the demo.
+//!
+//! | module | domain word |
+//! |---|---|
+//! | [`gateway`] | the engine driven by TUN devices and the clock |
+//! | [`lab`] | namespaces of real hosts wired to the gateway |
+//! | [`demo`] | the idle-drop experiment replayed in the lab |
+//! | [`scenario`] | scripted connections observed from both ends |
+//! | [`netns`] | named network namespaces |
+//! | [`tun`] | TUN devices living in another namespace |
+
+pub mod demo;
+pub mod gateway;
+pub mod lab;
+pub mod netns;
+pub mod scenario;
+pub mod tun;

@@ -1,0 +1,102 @@
+//! TUN devices held by the gateway (root namespace) but living in a lab host's namespace.
+//!
+//! Contract: [`Tun::create`] makes an IPv4-ready layer-3 TUN (`IFF_TUN | IFF_NO_PI`: one
+//! raw IP packet per read/write, no header) in the current namespace, with a
+//! non-blocking fd, MTU 1500, txqueuelen 1000, left down and without address.
+//! [`Tun::move_to`] moves it into a namespace, gives it an address /32 plus a default
+//! route, and brings it up: the host's kernel then routes all its off-host traffic
+//! into the fd, and what we write to the fd enters its stack. IPv6 link-local
+//! autoconfiguration is turned off (`addrgenmode none`), otherwise the kernel writes
+//! IPv6 router solicitations into the fd a moment after the device comes up.
+//!
+//! What tun-rs 2.8 does (read in its source; lifetime checked by tests/netns_tun.rs):
+//! `build_sync` opens
+//! `/dev/net/tun` (O_CLOEXEC, blocking), `TUNSETIFF`, resets the offload mask, then
+//! applies MTU/txqueuelen via ioctls on a socket of the *caller's* namespace and brings
+//! the device up unless `.enable(false)` (we pass it: no point being up in the root
+//! namespace, and moving a device sets it down anyway). On Linux it never sets
+//! `TUNSETPERSIST`, so the device exists as long as the fd: dropping [`Tun`] closes
+//! the fd and the kernel destroys the device, in whichever namespace it lives. Deleting
+//! the namespace destroys the device too (the fd then fails with `EBADFD`). tun-rs
+//! setters (`set_mtu`, `enabled`, ...) cannot work once the device has moved, because
+//! their control socket is in our namespace; hence all later configuration uses `ip -n`.
+
+use crate::netns;
+use anyhow::{Context, Result};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// MTU given to every device.
+const MTU: u16 = 1500;
+/// Transmit queue length (the TUN driver default is 500).
+const TX_QUEUE_LEN: u32 = 1000;
+
+/// A TUN device whose fd is held by this process; the device itself may have moved.
+pub struct Tun {
+    dev: SyncDevice,
+    name: String,
+}
+
+impl Tun {
+    /// Creates TUN device `name` (≤ 15 bytes) in the current namespace, down, no address.
+    pub fn create(name: &str) -> Result<Tun> {
+        let dev = DeviceBuilder::new()
+            .name(name)
+            .mtu(MTU)
+            .tx_queue_len(TX_QUEUE_LEN)
+            .enable(false)
+            .build_sync()
+            .with_context(|| format!("creating TUN device {name}"))?;
+        dev.set_nonblocking(true)
+            .with_context(|| format!("making TUN device {name} non-blocking"))?;
+        Ok(Tun {
+            dev,
+            name: name.to_owned(),
+        })
+    }
+
+    /// Moves the device into namespace `netns` and configures it there:
+    /// no IPv6 link-local address, `address/32`, up, default route through it.
+    pub fn move_to(&self, netns: &str, address: Ipv4Addr) -> Result<()> {
+        let dev = self.name.as_str();
+        let addr = format!("{address}/32");
+        netns::ip(&["link", "set", dev, "netns", netns])
+            .with_context(|| format!("moving TUN device {dev} into network namespace {netns}"))?;
+        let steps: [&[&str]; 4] = [
+            &["link", "set", dev, "addrgenmode", "none"],
+            &["addr", "add", &addr, "dev", dev],
+            &["link", "set", dev, "up"],
+            &["route", "add", "default", "dev", dev],
+        ];
+        for step in steps {
+            let args = [&["-n", netns], step].concat();
+            netns::ip(&args).with_context(|| {
+                format!("configuring TUN device {dev} in network namespace {netns}")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads one IP packet; `WouldBlock` when none is queued.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.dev.recv(buf)
+    }
+
+    /// Writes one IP packet, which enters the stack of the device's namespace.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.dev.send(buf)
+    }
+
+    /// The device name (the same in every namespace).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl AsRawFd for Tun {
+    fn as_raw_fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+}
