@@ -10,7 +10,7 @@
 
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
 use crate::scenario::{self, Outcome, Script};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use idlegate_core::engine::Counters;
 use idlegate_core::expiry::Expiry;
 use idlegate_core::{config, Config};
@@ -165,22 +165,9 @@ fn run_in_lab(
     config: &Config,
     idle: Duration,
 ) -> Result<(Vec<Outcome>, Counters)> {
-    let mut lab = Lab::up(&options.name, config)?;
-    let mut gateway = lab.gateway(config)?;
-    let stopper = gateway.stopper();
-    let gateway_thread = std::thread::Builder::new()
-        .name("gateway".into())
-        .spawn(move || gateway.run().map(|()| gateway.counters().clone()))
-        .context("starting the gateway thread")?;
-    let scripts = scripts(&lab, idle);
-    let outcomes = scripts.and_then(scenario::run);
-    stopper.stop();
-    let counters = match gateway_thread.join() {
-        Ok(result) => result?,
-        Err(_) => bail!("the gateway thread panicked"),
-    };
-    drop(lab);
-    Ok((outcomes?, counters))
+    Lab::with_gateway(&options.name, config, |lab| {
+        scenario::run(scripts(lab, idle)?)
+    })
 }
 
 fn scripts(lab: &Lab, idle: Duration) -> Result<Vec<Script>> {

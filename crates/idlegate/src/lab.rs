@@ -15,7 +15,7 @@ use crate::gateway::{Gateway, Port};
 use crate::netns::{self, Namespace};
 use crate::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
-use idlegate_core::engine::Interface;
+use idlegate_core::engine::{Counters, Interface};
 use idlegate_core::Config;
 use std::fs::File;
 use std::io::Write;
@@ -111,6 +111,30 @@ impl Lab {
     /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
     pub fn gateway(&mut self, config: &Config) -> Result<Gateway> {
         Gateway::new(config, std::mem::take(&mut self.ports))
+    }
+
+    /// Brings lab `name` up, runs its gateway on a thread while `work` runs, then takes it all
+    /// down. Returns what `work` returned and the gateway's counters.
+    pub fn with_gateway<T>(
+        name: &str,
+        config: &Config,
+        work: impl FnOnce(&Lab) -> Result<T>,
+    ) -> Result<(T, Counters)> {
+        let mut lab = Lab::up(name, config)?;
+        let mut gateway = lab.gateway(config)?;
+        let stopper = gateway.stopper();
+        let thread = std::thread::Builder::new()
+            .name("gateway".into())
+            .spawn(move || gateway.run().map(|()| gateway.counters().clone()))
+            .context("starting the gateway thread")?;
+        let result = work(&lab);
+        stopper.stop();
+        let counters = match thread.join() {
+            Ok(counters) => counters?,
+            Err(_) => bail!("the gateway thread panicked"),
+        };
+        drop(lab);
+        Ok((result?, counters))
     }
 }
 

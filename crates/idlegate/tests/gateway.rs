@@ -1,0 +1,230 @@
+//! End-to-end tests of the gateway with real Linux TCP stacks in network namespaces.
+//!
+//! Needs root (namespaces, TUN devices): without it these tests fail loudly, they never skip.
+//! Each test builds its own lab with a unique name, and the lab removes its namespaces when it
+//! is dropped, even if an assertion fails. Idle timeouts are Azure's 4 minutes scaled by 60 to
+//! 4 s, with margins of a second or more on either side of every expiry.
+
+use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
+use idlegate::scenario::{self, Outcome, Script};
+use idlegate_core::{Config, DropReason};
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The scaled idle timeout every test here uses.
+const IDLE: Duration = Duration::from_secs(4);
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these end-to-end tests need root: they build network namespaces and TUN devices"
+    );
+}
+
+/// Runs `idlegate lab demo --json` with `args` and returns its report.
+fn demo(args: &[&str]) -> Value {
+    require_root();
+    let name = unique("dm");
+    let output = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(["lab", "demo", "--json", "--name", &name])
+        .args(args)
+        .output()
+        .expect("running idlegate lab demo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "lab demo failed: {stderr}");
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("demo printed no JSON ({e}): {stderr}"))
+}
+
+fn connection<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn demo_shows_silent_loss_survival_with_keepalive_and_reset_on_both_sides() {
+    let report = demo(&[]);
+    assert_eq!(report["idle_timeout_s"], 4.0);
+
+    // Azure's default: the flow is forgotten and "c" vanishes, nobody is told (seed 004).
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["sent"]), ["a", "b", "c"]);
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+
+    // Keepalive probes refresh the flow (seeds 000, 003).
+    let keepalive = connection(&report, "keepalive");
+    assert_eq!(strings(&keepalive["delivered"]), ["a", "b", "c"]);
+    assert_eq!(
+        (&keepalive["client_error"], &keepalive["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+
+    // Azure "TCP reset on idle": both endpoints get a RST at expiry (seed 002).
+    let reset = connection(&report, "tcp-reset");
+    assert_eq!(strings(&reset["delivered"]), ["a", "b"]);
+    assert_eq!(reset["client_error"], "ECONNRESET");
+    assert_eq!(reset["server_error"], "ECONNRESET");
+
+    assert_eq!(report["gateway"]["flows_expired"], 2);
+    assert_eq!(report["gateway"]["resets_sent"], 2);
+    assert!(
+        report["gateway"]["dropped_no_flow"].as_u64().unwrap() >= 1,
+        "the silent drop is counted"
+    );
+}
+
+#[test]
+fn reset_on_next_answers_the_senders_next_packet_with_a_rst() {
+    // AWS NAT gateway / NLB: silent at expiry, RST to whoever sends next.
+    let report = demo(&["--expiry", "reset-on-next"]);
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        plain["client_error"], "ECONNRESET",
+        "the client sent \"c\" and was reset"
+    );
+    assert_eq!(
+        plain["server_error"],
+        Value::Null,
+        "the idle server is never told"
+    );
+    let keepalive = connection(&report, "keepalive");
+    assert_eq!(strings(&keepalive["delivered"]), ["a", "b", "c"]);
+}
+
+/// Two pools so that one outbound rule is silent and the other resets.
+fn outbound_config() -> Config {
+    let text = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "quiet"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[backend_pool]]
+name = "loud"
+members = [{ name = "vm2", address = "192.0.2.12" }]
+[[outbound_rule]]
+name = "egress-silent"
+frontend = "public"
+backend_pool = "quiet"
+idle_timeout = "4m"
+expiry = "silent"
+[[outbound_rule]]
+name = "egress-reset"
+frontend = "public"
+backend_pool = "loud"
+idle_timeout = "4m"
+expiry = "reset"
+"#;
+    Config::from_toml(text, "outbound test config").unwrap()
+}
+
+fn outcome<'a>(outcomes: &'a [Outcome], name: &str) -> &'a Outcome {
+    outcomes.iter().find(|o| o.name == name).unwrap()
+}
+
+#[test]
+fn outbound_flows_die_silently_survive_with_keepalive_and_reset_both_sides() {
+    require_root();
+    let config = outbound_config();
+    let (outcomes, counters) = Lab::with_gateway(&unique("ob"), &config, |lab| {
+        let server_ns = lab.namespace_of(INTERNET)?;
+        let script = |name: &str,
+                      member: &str,
+                      port: u16,
+                      keepalive: Option<Duration>|
+         -> anyhow::Result<Script> {
+            Ok(Script {
+                name: name.to_string(),
+                client_ns: lab.namespace_of(member)?,
+                server_ns: server_ns.clone(),
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+                connect: SocketAddrV4::new(INTERNET_ADDRESS, port),
+                keepalive,
+                sends: vec![
+                    (Duration::ZERO, "a".into()),
+                    (IDLE / 4, "b".into()),
+                    (IDLE / 4 + IDLE * 9 / 8, "c".into()),
+                ],
+                observe: Duration::from_millis(1500),
+            })
+        };
+        scenario::run(vec![
+            script("no-keepalive", "vm1", 8000, None)?,
+            script("keepalive", "vm1", 8001, Some(IDLE / 2))?,
+            script("tcp-reset", "vm2", 8002, None)?,
+        ])
+    })
+    .expect("lab run");
+
+    let plain = outcome(&outcomes, "no-keepalive");
+    assert_eq!(plain.delivered, ["a", "b"]);
+    assert_eq!(
+        (plain.client_error.as_deref(), plain.server_error.as_deref()),
+        (None, None)
+    );
+    assert!(
+        plain.unacked_at_end > 0,
+        "\"c\" was written but never acknowledged"
+    );
+
+    let keepalive = outcome(&outcomes, "keepalive");
+    assert_eq!(keepalive.delivered, ["a", "b", "c"]);
+    assert_eq!(
+        (
+            keepalive.client_error.as_deref(),
+            keepalive.server_error.as_deref()
+        ),
+        (None, None)
+    );
+
+    let reset = outcome(&outcomes, "tcp-reset");
+    assert_eq!(reset.delivered, ["a", "b"]);
+    assert_eq!(
+        reset.client_error.as_deref(),
+        Some("ECONNRESET"),
+        "the member is reset"
+    );
+    assert_eq!(
+        reset.server_error.as_deref(),
+        Some("ECONNRESET"),
+        "the internet server is reset"
+    );
+
+    assert_eq!(counters.flows_created, 3);
+    assert_eq!(counters.flows_expired, 2);
+    assert!(counters.dropped(DropReason::NoFlow) >= 1);
+}
