@@ -129,7 +129,7 @@ impl Config {
 
 /// A configuration mistake, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {message}")]
+#[error("{}", self.located())]
 pub struct ConfigError {
     pub file: String,
     /// 1-based; 0 when the position is unknown.
@@ -139,6 +139,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// `file:line:column: message`, or `file: message` for a mistake of the whole file.
+    fn located(&self) -> String {
+        match self.line {
+            0 => format!("{}: {}", self.file, self.message),
+            line => format!("{}:{line}:{}: {}", self.file, self.column, self.message),
+        }
+    }
+
     fn at(file: &str, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
         let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
         ConfigError {

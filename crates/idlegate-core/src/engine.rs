@@ -301,20 +301,22 @@ impl Engine {
             Ok(h) => h,
             Err(e) => return self.drop(e.into()),
         };
-        let now = self.tick(now);
+        // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
+        // neither ever cuts a flow short.
+        let (now, since) = (self.tick(now), self.tick_up(now));
         match self
             .flows
             .find(from, headers.src, headers.dst, headers.protocol)
         {
             Some(id) if self.flows.get(id).deadline > now => {
-                self.forward(id, from, &headers, packet, now)
+                self.forward(id, from, &headers, packet, since)
             }
             Some(id) => {
                 // Past its deadline but not yet reaped: it is dead, whatever comes now.
                 self.expire(id);
-                self.no_flow(from, &headers, packet, now)
+                self.no_flow(from, &headers, packet, since)
             }
-            None => self.no_flow(from, &headers, packet, now),
+            None => self.no_flow(from, &headers, packet, since),
         }
     }
 
@@ -369,8 +371,15 @@ impl Engine {
 
     // ---- the per-packet path ---------------------------------------------------------------
 
+    /// `now` in ticks, rounded down.
     fn tick(&self, now: Instant) -> Tick {
         now.saturating_duration_since(self.epoch).as_millis() as Tick
+    }
+
+    /// `now` in ticks, rounded up.
+    fn tick_up(&self, now: Instant) -> Tick {
+        let elapsed = now.saturating_duration_since(self.epoch);
+        elapsed.as_millis() as Tick + Tick::from(elapsed.subsec_nanos() % 1_000_000 != 0)
     }
 
     fn drop(&mut self, reason: DropReason) -> Verdict {

@@ -228,6 +228,37 @@ fn a_flow_past_its_deadline_is_dead_even_before_the_timer_runs() {
 }
 
 #[test]
+fn a_flow_refreshed_between_two_milliseconds_never_expires_early() {
+    let mut h = Harness::new("silent");
+    let (mut client, server) = h.connect_inbound(40_000);
+    let (_, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    // A packet 0.3 ms into millisecond 1000: the flow may not die before 1000.3 ms + 4 s.
+    let mut p = tcp_packet(
+        client.addr,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        server.snd_nxt,
+        b"",
+    );
+    let at = h.at(1_000) + Duration::from_micros(300);
+    assert_eq!(
+        h.engine.handle_packet(at, Interface::Outside, &mut p),
+        Verdict::Forward(Interface::Inside)
+    );
+    h.engine.handle_timeout(at + Duration::from_millis(IDLE_MS));
+    assert_eq!(h.engine.flow_count(), 1, "not before 4 s have passed");
+    h.engine.handle_timeout(h.at(1_001 + IDLE_MS));
+    assert_eq!(h.engine.flow_count(), 0, "and at most one tick late");
+}
+
+#[test]
 fn pure_ack_refreshes_the_flow() {
     let mut h = Harness::new("silent");
     let (mut client, server) = h.connect_inbound(40_000);
