@@ -123,7 +123,7 @@ impl Config {
         })?;
         Validator::default()
             .validate(raw)
-            .map_err(|(span, message)| at(Some(span), message))
+            .map_err(|(span, message)| at(span, message))
     }
 }
 
@@ -249,7 +249,8 @@ struct RawOutboundRule {
 
 // ---- validation ----------------------------------------------------------------------------
 
-type Invalid = (Range<usize>, String);
+/// A mistake: where it is (`None` for the whole file) and what it is.
+type Invalid = (Option<Range<usize>>, String);
 
 #[derive(Default)]
 struct Validator {
@@ -259,7 +260,7 @@ struct Validator {
 }
 
 fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
-    Err((span, message.into()))
+    Err((Some(span), message.into()))
 }
 
 fn names_list<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -279,7 +280,7 @@ impl Validator {
             Some(p) => profile::find(p.get_ref()).ok_or_else(|| {
                 let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
                 (
-                    p.span(),
+                    Some(p.span()),
                     format!(
                         "profile = \"{}\" is not a known profile; known: {}",
                         p.get_ref(),
@@ -306,10 +307,9 @@ impl Validator {
             outbound_rules.push(self.outbound_rule(r, profile, &outbound_rules)?);
         }
         if lb_rules.is_empty() && outbound_rules.is_empty() {
-            return invalid(
-                0..0,
-                "no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet",
-            );
+            let message =
+                "no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet";
+            return Err((None, message.to_string()));
         }
         Ok(Config {
             profile,
@@ -464,7 +464,7 @@ impl Validator {
     fn frontend_ref(&self, name: &S<String>) -> Result<usize, Invalid> {
         self.frontends.get(name.get_ref()).copied().ok_or_else(|| {
             (
-                name.span(),
+                Some(name.span()),
                 format!(
                     "frontend = \"{}\" names no [[frontend]] ({})",
                     name.get_ref(),
@@ -477,7 +477,7 @@ impl Validator {
     fn pool_ref(&self, name: &S<String>) -> Result<usize, Invalid> {
         self.pools.get(name.get_ref()).copied().ok_or_else(|| {
             (
-                name.span(),
+                Some(name.span()),
                 format!(
                     "backend_pool = \"{}\" names no [[backend_pool]] ({})",
                     name.get_ref(),
@@ -681,10 +681,9 @@ expiry = "silent"
     fn a_config_without_rules_is_refused() {
         let text = VALID.split("[[lb_rule]]").next().unwrap();
         let err = Config::from_toml(text, "gw.toml").unwrap_err();
-        assert!(
-            err.message
-                .contains("no [[lb_rule]] and no [[outbound_rule]]"),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "gw.toml: no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet"
         );
     }
 
