@@ -379,7 +379,7 @@ impl Engine {
     /// `now` in ticks, rounded up.
     fn tick_up(&self, now: Instant) -> Tick {
         let elapsed = now.saturating_duration_since(self.epoch);
-        elapsed.as_millis() as Tick + Tick::from(elapsed.subsec_nanos() % 1_000_000 != 0)
+        elapsed.as_millis() as Tick + Tick::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000))
     }
 
     fn drop(&mut self, reason: DropReason) -> Verdict {
@@ -394,7 +394,7 @@ impl Engine {
         from: Interface,
         headers: &Headers,
         packet: &mut [u8],
-        now: Tick,
+        since: Tick,
     ) -> Verdict {
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         let from_initiator = from == rule.origin();
@@ -410,8 +410,19 @@ impl Engine {
             flow.track_sequence(from, &segment);
             flow.state = flow.state.after(segment.flags, from_initiator);
         }
-        let deadline = now + rule.timeout(flow.state);
+        let deadline = since + rule.timeout(flow.state);
         self.set_deadline(id, deadline);
+        self.translate(id, from, headers, packet)
+    }
+
+    /// Rewrites a packet of flow `id` for the other side: DNAT inbound, SNAT outbound.
+    fn translate(
+        &mut self,
+        id: FlowId,
+        from: Interface,
+        headers: &Headers,
+        packet: &mut [u8],
+    ) -> Verdict {
         let flow = self.flows.get(id);
         match from {
             Interface::Outside => packet::rewrite_dst(packet, headers, flow.private),
@@ -438,13 +449,13 @@ impl Engine {
         from: Interface,
         headers: &Headers,
         packet: &mut [u8],
-        now: Tick,
+        since: Tick,
     ) -> Verdict {
         let Some(segment) = headers.tcp else {
             return self.drop(DropReason::NoRule);
         };
         if segment.flags.is_connect() {
-            return self.connect(from, headers, &segment, packet, now);
+            return self.connect(from, headers, &segment, packet, since);
         }
         if !segment.flags.rst() && self.resets_unknown(from, headers) {
             self.queue_reset(from, Reset::answering(headers, &segment));
@@ -459,9 +470,9 @@ impl Engine {
         headers: &Headers,
         segment: &TcpSegment,
         packet: &mut [u8],
-        now: Tick,
+        since: Tick,
     ) -> Verdict {
-        let Some((rule_id, public, private)) = self.translate_new(from, headers) else {
+        let Some((rule_id, public, private)) = self.match_rule(from, headers) else {
             return self.drop(DropReason::NoRule);
         };
         let Some(public) = public.or_else(|| self.lend_port(rule_id)) else {
@@ -485,34 +496,19 @@ impl Engine {
         }
         let mut flow = Flow::new(remote, public, private, rule_id);
         flow.track_sequence(from, segment);
-        flow.deadline = now + self.rules[usize::from(rule_id)].transitory;
+        flow.deadline = since + self.rules[usize::from(rule_id)].transitory;
         let id = self.flows.insert(flow);
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
         self.events.push_back(Event::Created {
             flow: FlowSummary::from(&flow),
         });
-        self.forward_new(from, headers, packet, &flow)
-    }
-
-    fn forward_new(
-        &mut self,
-        from: Interface,
-        headers: &Headers,
-        packet: &mut [u8],
-        flow: &Flow,
-    ) -> Verdict {
-        match from {
-            Interface::Outside => packet::rewrite_dst(packet, headers, flow.private),
-            Interface::Inside => packet::rewrite_src(packet, headers, flow.public),
-        }
-        self.counters.forwarded += 1;
-        Verdict::Forward(from.opposite())
+        self.translate(id, from, headers, packet)
     }
 
     /// The rule for a new connection and its endpoints: `(rule, public, private)`, with
     /// `public` left `None` when a SNAT port must still be lent.
-    fn translate_new(
+    fn match_rule(
         &self,
         from: Interface,
         headers: &Headers,
