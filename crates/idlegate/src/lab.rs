@@ -49,6 +49,15 @@ pub struct Lab {
     _lock: File,
 }
 
+impl Drop for Lab {
+    /// Devices first, then namespaces, then the lock file (unlinked while still locked).
+    fn drop(&mut self) {
+        self.ports.clear();
+        self.namespaces.clear();
+        let _ = std::fs::remove_file(lock_path(&self.name));
+    }
+}
+
 impl Lab {
     /// Builds the lab `name` for `config`'s backend pool members plus the internet host.
     pub fn up(name: &str, config: &Config) -> Result<Lab> {
@@ -180,12 +189,12 @@ fn device_name(lab: &str, index: usize) -> String {
 fn check_lab_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 32
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    // No '-': it separates the lab from the host in `ig-LAB-HOST`, so `ig-a-b-c` cannot
+    // belong to two labs.
     ensure!(
         ok,
-        "lab name {name:?}: use 1–32 letters, digits, '-' or '_'"
+        "lab name {name:?}: use 1–32 letters, digits or '_' (it becomes part of namespace names ig-NAME-HOST)"
     );
     Ok(())
 }
