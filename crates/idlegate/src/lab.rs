@@ -46,12 +46,21 @@ pub struct Lab {
     ports: Vec<Port>,
     // Declared after `ports`: devices close before their namespaces go.
     namespaces: Vec<Namespace>,
-    _lock: File,
+    /// Holds `PID` while the lab is being built and `PID ready` once it is up.
+    lock: File,
 }
 
 impl Drop for Lab {
-    /// Devices first, then namespaces, then the lock file (unlinked while still locked).
+    /// Programs still running in the hosts get SIGTERM; then devices go, then namespaces,
+    /// then the lock file (unlinked while still locked).
     fn drop(&mut self) {
+        for ns in &self.namespaces {
+            for pid in netns::pids(ns.name()).unwrap_or_default() {
+                tracing::info!("stopping process {pid} still running in {}", ns.name());
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
         self.ports.clear();
         self.namespaces.clear();
         let _ = std::fs::remove_file(lock_path(&self.name));
@@ -71,7 +80,7 @@ impl Lab {
             hosts: Vec::new(),
             ports: Vec::new(),
             namespaces: Vec::new(),
-            _lock: lock,
+            lock,
         };
         for (i, host) in hosts.into_iter().enumerate() {
             lab.add_host(i, host)?;
@@ -118,8 +127,11 @@ impl Lab {
     }
 
     /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
+    /// Marks the lab ready for `lab exec`: its hosts exist and the gateway holds their devices.
     pub fn gateway(&mut self, config: &Config) -> Result<Gateway> {
-        Gateway::new(config, std::mem::take(&mut self.ports))
+        let gateway = Gateway::new(config, std::mem::take(&mut self.ports))?;
+        write!(self.lock, " {READY}").context("marking the lab ready in its lock file")?;
+        Ok(gateway)
     }
 
     /// Brings lab `name` up, runs its gateway on a thread while `work` runs, then takes it all
@@ -238,7 +250,51 @@ fn lock(lab: &str) -> Result<File> {
     Ok(file)
 }
 
-/// Whether a process holds lab `lab`'s lock, i.e. the lab is up.
+/// What `lab exec` finds of a lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Down,
+    Starting,
+    Ready,
+}
+
+const READY: &str = "ready";
+
+fn state(lab: &str) -> Result<State> {
+    if !is_up(lab)? {
+        return Ok(State::Down);
+    }
+    let content = std::fs::read_to_string(lock_path(lab)).unwrap_or_default();
+    Ok(if content.split_whitespace().any(|w| w == READY) {
+        State::Ready
+    } else {
+        State::Starting
+    })
+}
+
+/// Waits until lab `lab` is ready: briefly if it is down (its `lab up` may have just been
+/// started in the background), longer while it is being built.
+fn wait_ready(lab: &str) -> Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        let waited = start.elapsed();
+        match state(lab)? {
+            State::Ready => return Ok(()),
+            State::Down if waited > DOWN_GRACE => {
+                bail!("lab {lab} is not up: start it with `idlegate lab up --config FILE --name {lab}`")
+            }
+            State::Starting if waited > STARTING_GRACE => {
+                bail!("lab {lab} did not become ready in {STARTING_GRACE:?}")
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+const DOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const STARTING_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a process holds lab `lab`'s lock, i.e. the lab is up or coming up.
 fn is_up(lab: &str) -> Result<bool> {
     let file = match File::open(lock_path(lab)) {
         Ok(f) => f,
@@ -266,10 +322,7 @@ fn remove_stale(lab: &str) -> Result<()> {
 pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
     check_lab_name(lab)?;
     ensure_root()?;
-    ensure!(
-        is_up(lab)?,
-        "lab {lab} is not up: start it with `idlegate lab up --config FILE --name {lab}`"
-    );
+    wait_ready(lab)?;
     let ns = namespace(lab, host);
     if !netns::exists(&ns) {
         let prefix = format!("ig-{lab}-");

@@ -136,6 +136,8 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         (&args.outside, Interface::Outside),
     ] {
         let tun = Tun::create(name)?;
+        // No IPv6 link-local address: the kernel would send router solicitations into it.
+        netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
         netns::ip(&["link", "set", name, "up"])?;
         ports.push(Port {
             tun,
@@ -144,7 +146,8 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         });
     }
     tracing::info!(
-        "TUN {} (inside) and {} (outside) are up: route the backend pool's traffic into {} and the frontend addresses into {}",
+        "TUN {} (inside) and {} (outside) are up: route every packet arriving from the backend pool into {} \
+         and every packet arriving from the internet into {} (policy routing by incoming interface; see the README)",
         args.inside,
         args.outside,
         args.inside,
@@ -152,7 +155,16 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     );
     let mut gateway = Gateway::new(&config, ports)?;
     stop_on_signals(gateway.stopper())?;
+    print_ready()?;
     gateway.run()
+}
+
+/// Tells a script on stdout that traffic can flow.
+fn print_ready() -> Result<()> {
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    Ok(())
 }
 
 fn lab_up(config_path: &Path, name: &str) -> Result<()> {
@@ -196,9 +208,7 @@ fn lab_up(config_path: &Path, name: &str) -> Result<()> {
             rule.idle.expiry
         );
     }
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
+    print_ready()?;
     gateway.run()?;
     drop(gateway);
     drop(lab);

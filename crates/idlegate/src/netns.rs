@@ -131,6 +131,24 @@ pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
         .with_context(|| format!("could not run `ip netns exec {name} {program}`"))
 }
 
+/// The processes running in namespace `name` (`ip netns pids`).
+pub fn pids(name: &str) -> Result<Vec<libc::pid_t>> {
+    check_name(name)?;
+    let output = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .with_context(|| format!("could not run `ip netns pids {name}`"))?;
+    ensure!(
+        output.status.success(),
+        "`ip netns pids {name}` failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
 /// A named namespace that is deleted when dropped.
 #[derive(Debug)]
 pub struct Namespace {

@@ -1,0 +1,364 @@
+//! End-to-end tests of `idlegate gateway` run as a router in a network namespace of its own,
+//! wired the way README's "The gateway" and `examples/gateway-in-a-namespace.sh` describe:
+//!
+//! ```text
+//! vm1 192.0.2.11 ── 192.0.2.1  gw  203.0.113.1 ── 203.0.113.100 internet
+//!                     idlegate gateway: frontend 203.0.113.10
+//! ```
+//!
+//! The real binary runs in `gw` (`ip netns exec GW idlegate gateway --config …`); policy
+//! routing by incoming interface sends every packet from a host into one of its TUN devices,
+//! and the kernel routes what it writes back by destination. The hosts are real Linux TCP
+//! stacks.
+//!
+//! Needs root (namespaces, veth pairs, TUN devices) and `ip` and `sysctl`: without them these
+//! tests fail loudly, they never skip. Each test builds its own three namespaces with unique
+//! names; the [`Router`] guard stops the gateway and removes them even when an assertion
+//! fails. The TUN devices have fixed names: they live in the test's own `gw` namespace.
+
+use anyhow::{bail, ensure, Context, Result};
+use idlegate::netns::{self, Namespace};
+use idlegate::scenario::{self, Script};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::NamedTempFile;
+
+const MEMBER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// `gw`'s own addresses on its two veths.
+const GW_INSIDE: &str = "192.0.2.1";
+const GW_OUTSIDE: &str = "203.0.113.1";
+/// The gateway's TUN devices, passed with `--inside` / `--outside`.
+const TUN_INSIDE: &str = "tun-inside";
+const TUN_OUTSIDE: &str = "tun-outside";
+/// `gw`'s veths and the routing tables that send their traffic into the TUN devices.
+const TO_VM1: &str = "to-vm1";
+const TO_INTERNET: &str = "to-internet";
+const TABLE_OUTSIDE: &str = "100";
+const TABLE_INSIDE: &str = "101";
+
+/// Azure's 4 min scaled by `time_scale = 60`.
+const IDLE: Duration = Duration::from_secs(4);
+/// Bound on every wait for the network or the gateway.
+const TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+const CONFIG: &str = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+protocol = "tcp"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "4m"
+expiry = "silent"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+idle_timeout = "4m"
+expiry = "silent"
+"#;
+
+/// A fresh namespace name: `igr` + pid + counter + role.
+fn unique(role: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("igr{:05}x{n}-{role}", std::process::id() % 100_000)
+}
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these end-to-end tests need root: they build network namespaces and TUN devices"
+    );
+}
+
+/// `ip -n NS ARGS…`.
+fn ip(ns: &Namespace, args: &[&str]) -> Result<()> {
+    netns::ip(&[&["-n", ns.name()], args].concat())
+}
+
+/// `ip netns exec NS sysctl -qw SETTING`.
+fn sysctl(ns: &Namespace, setting: &str) -> Result<()> {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "sysctl", "-qw", setting])
+        .output()
+        .with_context(|| format!("running sysctl in {}", ns.name()))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "sysctl -w {setting} in {} failed: {stderr}",
+        ns.name()
+    );
+    Ok(())
+}
+
+/// The three namespaces and the gateway running in `gw`. Dropping it stops the gateway
+/// (SIGTERM, SIGKILL after a bounded wait), then removes the namespaces.
+struct Router {
+    gateway: Child,
+    log: NamedTempFile,
+    _config: NamedTempFile,
+    gw: Namespace,
+    vm1: Namespace,
+    internet: Namespace,
+}
+
+impl Router {
+    /// Builds the topology, starts `idlegate gateway` in `gw` and routes into its devices.
+    fn start() -> Result<Router> {
+        require_root();
+        let gw = Namespace::create(&unique("gw"))?;
+        let vm1 = Namespace::create(&unique("vm1"))?;
+        let internet = Namespace::create(&unique("inet"))?;
+
+        // gw forwards. Strict reverse-path filtering (the strictest value a host may hand
+        // down to new namespaces) is set on purpose: the recipe must work with it.
+        sysctl(&gw, "net.ipv4.ip_forward=1")?;
+        sysctl(&gw, "net.ipv4.conf.all.rp_filter=1")?;
+        for (dev, host, gw_addr, host_addr) in [
+            (TO_VM1, &vm1, GW_INSIDE, MEMBER),
+            (TO_INTERNET, &internet, GW_OUTSIDE, INTERNET),
+        ] {
+            #[rustfmt::skip]
+            ip(&gw, &["link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", host.name()])?;
+            ip(&gw, &["addr", "add", &format!("{gw_addr}/24"), "dev", dev])?;
+            ip(&gw, &["link", "set", dev, "up"])?;
+            ip(
+                host,
+                &["addr", "add", &format!("{host_addr}/24"), "dev", "eth0"],
+            )?;
+            ip(host, &["link", "set", "eth0", "up"])?;
+        }
+        ip(&vm1, &["route", "add", "default", "via", GW_INSIDE])?;
+        // The frontend is no address of gw, so nobody answers ARP for it: route it via gw.
+        let frontend = format!("{FRONTEND}/32");
+        ip(&internet, &["route", "add", &frontend, "via", GW_OUTSIDE])?;
+
+        // Everything from a host goes into a TUN; what the gateway writes back is routed by
+        // destination (main table). Blackholes: no untranslated forwarding without it.
+        for (dev, table) in [(TO_INTERNET, TABLE_OUTSIDE), (TO_VM1, TABLE_INSIDE)] {
+            ip(&gw, &["rule", "add", "iif", dev, "lookup", table])?;
+            #[rustfmt::skip]
+            ip(&gw, &["route", "add", "blackhole", "default", "table", table, "metric", "100"])?;
+        }
+
+        let mut config = NamedTempFile::new().context("creating the config file")?;
+        config.write_all(CONFIG.as_bytes())?;
+        let log = NamedTempFile::new().context("creating the gateway's log file")?;
+        let gateway = Command::new("ip")
+            .args(["netns", "exec", gw.name(), env!("CARGO_BIN_EXE_idlegate")])
+            .args(["gateway", "--config"])
+            .arg(config.path())
+            .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen()?)
+            .spawn()
+            .context("starting idlegate gateway")?;
+        let mut router = Router {
+            gateway,
+            log,
+            _config: config,
+            gw,
+            vm1,
+            internet,
+        };
+        router.wait_for_devices()?;
+        for (tun, table) in [(TUN_OUTSIDE, TABLE_OUTSIDE), (TUN_INSIDE, TABLE_INSIDE)] {
+            ip(
+                &router.gw,
+                &["route", "add", "default", "dev", tun, "table", table],
+            )?;
+        }
+        Ok(router)
+    }
+
+    /// Waits (≤ [`TIMEOUT`]) until both TUN devices exist in `gw` and are up.
+    fn wait_for_devices(&mut self) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.gateway.try_wait()? {
+                bail!("idlegate gateway exited ({status}): {}", self.log());
+            }
+            let output = Command::new("ip")
+                .args(["-n", self.gw.name(), "-o", "link", "show", "up"])
+                .output()
+                .context("listing gw's devices")?;
+            let up = String::from_utf8_lossy(&output.stdout);
+            let has = |dev: &str| up.lines().any(|l| l.contains(&format!(": {dev}:")));
+            if has(TUN_INSIDE) && has(TUN_OUTSIDE) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("no TUN devices up in gw after {TIMEOUT:?}: {}", self.log());
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// What the gateway logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.gateway.id()).unwrap_or(libc::pid_t::MAX);
+        // SAFETY: plain syscall; `pid` is our child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            match self.gateway.try_wait() {
+                Ok(None) => thread::sleep(POLL_INTERVAL),
+                _ => return,
+            }
+        }
+        eprintln!("idlegate gateway ignored SIGTERM for {TIMEOUT:?}; killing it");
+        let _ = self.gateway.kill();
+        let _ = self.gateway.wait();
+    }
+}
+
+/// What the server saw of one connection.
+struct Received {
+    bytes: Vec<u8>,
+    peer: SocketAddr,
+}
+
+/// A server in `server_ns` listening on `0.0.0.0:port` accepts one connection; a client in
+/// `client_ns` connects to `connect`, sends `message` and closes. Every wait is bounded.
+fn exchange(
+    server_ns: &Namespace,
+    port: u16,
+    client_ns: &Namespace,
+    connect: SocketAddrV4,
+    message: &'static [u8],
+) -> Result<Received> {
+    let listen = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let listener = netns::spawn_in(server_ns.name(), move || TcpListener::bind(listen))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("listener thread panicked"))??;
+    let client = netns::spawn_in(client_ns.name(), move || -> std::io::Result<()> {
+        let mut stream = TcpStream::connect_timeout(&connect.into(), TIMEOUT)?;
+        stream.write_all(message)
+    })?;
+    let received = accept_and_read(&listener);
+    let sent = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+    sent.with_context(|| format!("client connecting to {connect}"))?;
+    received
+}
+
+/// Accepts one connection (≤ [`TIMEOUT`]) and reads it to its end.
+fn accept_and_read(listener: &TcpListener) -> Result<Received> {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = i32::try_from(TIMEOUT.as_millis())?;
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
+    ensure!(ready == 1, "no connection arrived within {TIMEOUT:?}");
+    let (mut stream, peer) = listener.accept()?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes)?;
+    Ok(Received { bytes, peer })
+}
+
+fn ipv4(peer: SocketAddr) -> Option<Ipv4Addr> {
+    match peer {
+        SocketAddr::V4(v4) => Some(*v4.ip()),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+#[test]
+fn standalone_gateway_balances_inbound_connections_to_the_member() {
+    let router = Router::start().expect("building the router");
+    let frontend = SocketAddrV4::new(FRONTEND, 7000);
+    let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    assert_eq!(received.bytes, b"hello");
+    assert_eq!(
+        ipv4(received.peer),
+        Some(INTERNET),
+        "the load balancer does not translate the client's address"
+    );
+}
+
+#[test]
+fn standalone_gateway_translates_outbound_connections_to_the_frontend_address() {
+    let router = Router::start().expect("building the router");
+    let server = SocketAddrV4::new(INTERNET, 8000);
+    let received = exchange(&router.internet, 8000, &router.vm1, server, b"hello")
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    assert_eq!(received.bytes, b"hello");
+    assert_eq!(
+        ipv4(received.peer),
+        Some(FRONTEND),
+        "the member's connection leaves from the frontend address"
+    );
+}
+
+#[test]
+fn standalone_gateway_forgets_an_idle_flow() {
+    let router = Router::start().expect("building the router");
+    let script = Script {
+        name: "idle".into(),
+        client_ns: router.internet.name().into(),
+        server_ns: router.vm1.name().into(),
+        listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000),
+        connect: SocketAddrV4::new(FRONTEND, 7000),
+        keepalive: None,
+        sends: vec![
+            (Duration::ZERO, "a".into()),
+            (IDLE / 4, "b".into()),
+            (IDLE / 4 + IDLE * 9 / 8, "c".into()),
+        ],
+        observe: Duration::from_millis(1500),
+    };
+    let outcomes = scenario::run(vec![script]).expect("running the script");
+    let outcome = &outcomes[0];
+    let context = format!(
+        "{}gateway log:\n{}",
+        scenario::render_timeline(&outcomes),
+        router.log()
+    );
+    assert_eq!(outcome.sent, ["a", "b", "c"], "{context}");
+    assert_eq!(outcome.delivered, ["a", "b"], "\"c\" is lost: {context}");
+    assert_eq!(
+        (
+            outcome.client_error.as_deref(),
+            outcome.server_error.as_deref()
+        ),
+        (None, None),
+        "nobody is told: {context}"
+    );
+    assert!(
+        outcome.unacked_at_end > 0,
+        "\"c\" was written but never acknowledged: {context}"
+    );
+}
