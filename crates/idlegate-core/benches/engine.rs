@@ -5,7 +5,8 @@
 //! Each iteration first aims the one packet buffer at the next flow (two in-place rewrites
 //! with incremental checksum updates, as a stand-in for the kernel handing in a new packet);
 //! `aim only` measures that part alone so it can be subtracted:
-//! engine cost per packet = `handle_packet` − `aim only`.
+//! engine cost per packet = `handle_packet` − `aim only`. `reference/…` measures one load that
+//! misses every cache, the floor for a lookup in a table that does not fit in them.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use idlegate_core::engine::{Engine, Interface, Verdict};
@@ -158,9 +159,29 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Reference: one dependent load from memory too large for the caches (a pointer chase through
+/// a random cycle over 64 MiB, like the flow table at 1 M flows). A flow lookup that misses the
+/// caches costs at least one of these, so this is the floor for unbatched random lookups.
+fn memory_latency(c: &mut Criterion) {
+    let n = 8 << 20; // 8 Mi entries × 8 bytes = 64 MiB
+    let order = order(n as u32);
+    let mut next = vec![0usize; n];
+    for w in order.windows(2) {
+        next[w[0] as usize] = w[1] as usize;
+    }
+    next[order[n - 1] as usize] = order[0] as usize;
+    let mut at = order[0] as usize;
+    c.bench_function("reference/one dependent load from 64 MiB", |b| {
+        b.iter(|| {
+            at = next[at];
+            black_box(at)
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench
+    targets = bench, memory_latency
 }
 criterion_main!(benches);
