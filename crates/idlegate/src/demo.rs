@@ -241,7 +241,7 @@ pub fn verdict(o: &Outcome) -> String {
     };
     match (&o.client_error, &o.server_error) {
         (None, None) => format!(
-            "{lost} silently: the client's write succeeded, the server never got it, neither side was told ({} unacknowledged, {} retransmissions)",
+            "{lost} silently: the client's write succeeded, the server never got it, neither side was told ({} segment(s) never acknowledged, {} retransmissions)",
             o.unacked_at_end, o.retransmits_at_end
         ),
         (client, server) => format!(
