@@ -82,6 +82,7 @@ pub struct GatewayReport {
 
 /// Runs the demo and prints its report.
 pub fn run(options: &Options) -> Result<()> {
+    crate::lab::ensure_root()?;
     let config = Config::from_toml(&config_text(options), "demo config")?;
     let idle = config.scaled(config.lb_rules[0].idle.timeout);
     if idle < Duration::from_secs(2) {
