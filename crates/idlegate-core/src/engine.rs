@@ -50,10 +50,12 @@ pub enum DropReason {
     PortExhausted,
     /// A SYN whose translated tuple is already another flow's.
     TupleInUse,
+    /// A SYN that would need more flows than the table can number (2^31).
+    TableFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NotIpv4,
         DropReason::Truncated,
         DropReason::BadChecksum,
@@ -63,6 +65,7 @@ impl DropReason {
         DropReason::NoFlow,
         DropReason::PortExhausted,
         DropReason::TupleInUse,
+        DropReason::TableFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +79,7 @@ impl DropReason {
             DropReason::NoFlow => "no-flow",
             DropReason::PortExhausted => "snat-port-exhausted",
             DropReason::TupleInUse => "tuple-in-use",
+            DropReason::TableFull => "table-full",
         }
     }
 }
@@ -407,8 +411,14 @@ impl Engine {
                 // The tuple is reused for a new connection.
                 flow.state = TcpState::SynSent;
             }
-            flow.track_sequence(from, &segment);
-            flow.state = flow.state.after(segment.flags, from_initiator);
+            // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
+            // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
+            if !segment.flags.rst() {
+                flow.track_sequence(from, &segment);
+                flow.state = flow.state.after(segment.flags, from_initiator);
+            } else if flow.accepts_reset(from, &segment) {
+                flow.state = TcpState::Closed;
+            }
         }
         let deadline = since + rule.timeout(flow.state);
         self.set_deadline(id, deadline);
@@ -482,19 +492,18 @@ impl Engine {
             Interface::Outside => headers.src,
             Interface::Inside => headers.dst,
         };
-        let taken = self
-            .flows
-            .find(Interface::Outside, remote, public, headers.protocol)
-            .is_some()
-            || self
-                .flows
-                .find(Interface::Inside, private, remote, headers.protocol)
-                .is_some();
-        if taken {
-            self.release_port(rule_id, public);
-            return self.drop(DropReason::TupleInUse);
-        }
         let mut flow = Flow::new(remote, public, private, rule_id);
+        let refused = if self.flows.either_key_taken(&flow) {
+            Some(DropReason::TupleInUse)
+        } else if self.flows.is_full() {
+            Some(DropReason::TableFull)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            self.release_port(rule_id, public);
+            return self.drop(reason);
+        }
         flow.track_sequence(from, segment);
         flow.deadline = since + self.rules[usize::from(rule_id)].transitory;
         let id = self.flows.insert(flow);
@@ -506,6 +515,36 @@ impl Engine {
         self.translate(id, from, headers, packet)
     }
 
+    /// The rule a packet belongs to. LB rules come first (they are first in `rules`): on the
+    /// outside a packet belongs to the rule of its destination (an LB frontend and port, else an
+    /// outbound rule's frontend address), on the inside to the rule of its source (a member at an
+    /// LB rule's backend port, else a member of a pool with an outbound rule). A new connection
+    /// (`connect`) from the outside is only ever load-balanced, from the inside only outbound.
+    fn owner(&self, from: Interface, headers: &Headers, connect: bool) -> Option<RuleId> {
+        let (src, dst) = (headers.src, headers.dst);
+        let position = self
+            .rules
+            .iter()
+            .position(|rule| match (&rule.translation, from) {
+                (Translation::LoadBalance { frontend, .. }, Interface::Outside) => *frontend == dst,
+                (
+                    Translation::LoadBalance {
+                        members,
+                        backend_port,
+                        ..
+                    },
+                    Interface::Inside,
+                ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                (Translation::Outbound { frontend, .. }, Interface::Outside) => {
+                    !connect && frontend == dst.ip()
+                }
+                (Translation::Outbound { members, .. }, Interface::Inside) => {
+                    members.contains(src.ip())
+                }
+            });
+        position.map(|i| i as RuleId)
+    }
+
     /// The rule for a new connection and its endpoints: `(rule, public, private)`, with
     /// `public` left `None` when a SNAT port must still be lent.
     fn match_rule(
@@ -513,32 +552,22 @@ impl Engine {
         from: Interface,
         headers: &Headers,
     ) -> Option<(RuleId, Option<SocketAddrV4>, SocketAddrV4)> {
-        self.rules.iter().enumerate().find_map(|(i, rule)| {
-            let id = i as RuleId;
-            match (&rule.translation, from) {
-                (
-                    Translation::LoadBalance {
-                        frontend,
-                        members,
-                        backend_port,
-                    },
-                    Interface::Outside,
-                ) if *frontend == headers.dst => {
-                    let member = members[self.pick_member(headers, members.len())];
-                    Some((
-                        id,
-                        Some(*frontend),
-                        SocketAddrV4::new(member, *backend_port),
-                    ))
-                }
-                (Translation::Outbound { members, .. }, Interface::Inside)
-                    if members.contains(headers.src.ip()) =>
-                {
-                    Some((id, None, headers.src))
-                }
-                _ => None,
+        let id = self.owner(from, headers, true)?;
+        match &self.rules[usize::from(id)].translation {
+            Translation::LoadBalance {
+                frontend,
+                members,
+                backend_port,
+            } => {
+                let member = members[self.pick_member(headers, members.len())];
+                Some((
+                    id,
+                    Some(*frontend),
+                    SocketAddrV4::new(member, *backend_port),
+                ))
             }
-        })
+            Translation::Outbound { .. } => Some((id, None, headers.src)),
+        }
     }
 
     /// Azure-style distribution: a hash of the 5-tuple picks the member.
@@ -564,28 +593,8 @@ impl Engine {
 
     /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
     fn resets_unknown(&self, from: Interface, headers: &Headers) -> bool {
-        self.rules
-            .iter()
-            .filter(|r| r.expiry == Expiry::ResetOnNext)
-            .any(|rule| match (&rule.translation, from) {
-                (Translation::LoadBalance { frontend, .. }, Interface::Outside) => {
-                    *frontend == headers.dst
-                }
-                (
-                    Translation::LoadBalance {
-                        members,
-                        backend_port,
-                        ..
-                    },
-                    Interface::Inside,
-                ) => headers.src.port() == *backend_port && members.contains(headers.src.ip()),
-                (Translation::Outbound { frontend, .. }, Interface::Outside) => {
-                    frontend == headers.dst.ip()
-                }
-                (Translation::Outbound { members, .. }, Interface::Inside) => {
-                    members.contains(headers.src.ip())
-                }
-            })
+        self.owner(from, headers, false)
+            .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }
 
     fn queue_reset(&mut self, interface: Interface, reset: Reset) {

@@ -504,6 +504,130 @@ fn closing_and_closed_flows_use_the_transitory_timeout() {
 }
 
 #[test]
+fn a_rst_outside_the_receivers_window_is_passed_on_but_does_not_end_the_flow() {
+    // RFC 5961 §3.2: a RST whose SEG.SEQ is not exactly RCV.NXT is not accepted by the receiver.
+    let mut h = Harness::new("silent");
+    let (client, server) = h.connect_inbound(40_000);
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::RST,
+        client.snd_nxt.wrapping_add(5_000),
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    h.advance_to(TRANSITORY_MS + 1);
+    assert_eq!(
+        h.engine.flow_count(),
+        1,
+        "still established: the idle timeout applies"
+    );
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::RST,
+        client.snd_nxt,
+        0,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    h.advance_to(2 * TRANSITORY_MS + 2);
+    assert_eq!(h.engine.flow_count(), 0, "an acceptable RST closes it");
+}
+
+#[test]
+fn a_rst_refusing_the_syn_closes_the_flow() {
+    // RFC 9293 §3.10.7.3: in SYN-SENT a RST is acceptable if it acknowledges the SYN.
+    let mut h = Harness::new("silent");
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 7,
+    };
+    let (_, syn) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    let server = Peer {
+        addr: Headers::parse(&syn).unwrap().dst,
+        iface: Interface::Inside,
+        snd_nxt: 0,
+    };
+    let v = h.send_seq(
+        &server,
+        client.addr,
+        TcpFlags::RST | TcpFlags::ACK,
+        0,
+        client.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(
+        h.engine.flows.iter().next().unwrap().1.state,
+        TcpState::Closed
+    );
+}
+
+#[test]
+fn reset_on_next_of_one_rule_does_not_reset_another_rules_packets() {
+    // The outbound rule resets on next; the LB rule on the same frontend and members is silent.
+    let text = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+expiry = "silent"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+expiry = "reset-on-next"
+"#;
+    let mut h = Harness::with(Config::from_toml(text, "test.toml").unwrap());
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS);
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"d",
+    );
+    assert!(
+        h.sent.is_empty(),
+        "the LB rule's dead flow stays silent on both sides"
+    );
+    // A stray segment of the outbound rule (to a SNAT port, or from vm1's ephemeral port) is reset.
+    let mut stray = Peer {
+        addr: ep(CLIENT, 8_000),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    h.send(&mut stray, ep(FRONTEND, 40_123), TcpFlags::ACK, 1, b"x");
+    let mut vm = Peer {
+        addr: ep(VM1, 40_321),
+        iface: Interface::Inside,
+        snd_nxt: 1,
+    };
+    h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::ACK, 1, b"y");
+    assert_eq!(h.sent.len(), 2);
+}
+
+#[test]
 fn non_syn_segment_without_a_flow_is_dropped_and_counted() {
     let mut h = Harness::new("silent");
     let mut stray = Peer {

@@ -9,7 +9,8 @@
 //!
 //! [`FlowTable`] keeps flows in a slab and indexes both keys in one hash table whose buckets
 //! hold only a 32-bit reference (slab index and key side); the key itself is read from the flow,
-//! so a flow costs its 48 bytes plus two 4-byte buckets. No flow allocates on its own.
+//! so a flow costs its 48 bytes plus two 4-byte buckets and their control bytes, with the hash
+//! table's spare capacity (71–95 bytes per flow measured). No flow allocates on its own.
 
 use crate::packet::{Protocol, TcpFlags, TcpSegment};
 use crate::timer::{Link, SlotId, Tick, Timers};
@@ -148,6 +149,18 @@ impl Flow {
         }
     }
 
+    /// Whether the receiver of a RST from `from` would accept it: its sequence number is the
+    /// sender's SND.NXT, which the receiver expects next (RFC 5961 §3.2); or, answering a SYN,
+    /// it acknowledges exactly the SYN (RFC 9293 §3.10.7.3).
+    pub fn accepts_reset(&self, from: Interface, segment: &TcpSegment) -> bool {
+        let (sent, received) = match from {
+            Interface::Outside => (self.remote_next_seq, self.private_next_seq),
+            Interface::Inside => (self.private_next_seq, self.remote_next_seq),
+        };
+        segment.seq == sent
+            || (self.state == TcpState::SynSent && segment.flags.ack() && segment.ack == received)
+    }
+
     /// The flow's key as seen in packets arriving on `side`: (source, destination).
     fn key(&self, side: Interface) -> (SocketAddrV4, SocketAddrV4) {
         match side {
@@ -159,6 +172,9 @@ impl Flow {
 
 /// Reference to a flow in the table.
 pub type FlowId = u32;
+
+/// Index entries keep the key side in the low bit, so ids must fit in 31 bits.
+const MAX_FLOWS: usize = 1 << 31;
 
 /// All flows, found by either key.
 pub struct FlowTable {
@@ -211,7 +227,23 @@ impl FlowTable {
             .map(|&entry| decode(entry).0)
     }
 
-    /// Adds `flow` under both keys. The caller checks first that neither key is taken.
+    /// Whether another flow already has one of `flow`'s keys.
+    pub fn either_key_taken(&self, flow: &Flow) -> bool {
+        [Interface::Inside, Interface::Outside]
+            .into_iter()
+            .any(|side| {
+                let (src, dst) = flow.key(side);
+                self.find(side, src, dst, flow.protocol).is_some()
+            })
+    }
+
+    /// Whether the table holds as many flows as its references can number.
+    pub fn is_full(&self) -> bool {
+        self.free.is_empty() && self.flows.len() >= MAX_FLOWS
+    }
+
+    /// Adds `flow` under both keys. The caller checks first that neither key is taken and
+    /// that the table is not full.
     pub fn insert(&mut self, flow: Flow) -> FlowId {
         let id = match self.free.pop() {
             Some(id) => {
