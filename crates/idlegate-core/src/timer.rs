@@ -1,7 +1,8 @@
 //! One hierarchical timing wheel for every flow's deadline.
 //!
-//! Time is counted in [`Tick`]s, milliseconds since the engine's epoch. Six levels of 64 slots
-//! cover 2^36 ms (about two years); level `l` slots are 64^l ms wide. Entries are the flows
+//! Time is counted in [`Tick`]s, milliseconds since the engine's epoch. Seven levels of 64 slots
+//! (level `l` slots are 64^l ms wide) span 2^42 ms, 139 years of uptime; a deadline more than
+//! 2^36 ms (two years) ahead is filed at that horizon and filed again when it comes. Entries are the flows
 //! themselves, linked through a [`Link`] stored in each flow, so filing a timer never allocates.
 //!
 //! Refreshing a flow only moves its deadline later, so the engine does not re-file it: the wheel
@@ -15,9 +16,9 @@ pub type Tick = u64;
 
 const BITS: u32 = 6;
 const SLOTS: usize = 1 << BITS;
-const LEVELS: usize = 6;
+const LEVELS: usize = 7;
 /// Deadlines further out than this are filed at the horizon and re-filed when it comes.
-const HORIZON: Tick = (1 << (BITS as usize * LEVELS)) - 1;
+const HORIZON: Tick = (1 << 36) - 1;
 const NIL: u32 = u32::MAX;
 
 /// Where a flow is filed: level × 64 + slot, or [`Link::UNFILED`].
@@ -176,7 +177,8 @@ impl TimerWheel {
     fn position(&self, deadline: Tick) -> (usize, usize) {
         let deadline = deadline.clamp(self.elapsed, self.elapsed + HORIZON);
         let differing = (self.elapsed ^ deadline) | (SLOTS as u64 - 1);
-        let level = ((63 - differing.leading_zeros()) / BITS) as usize;
+        // Below LEVELS until the 2^42 ms of uptime the wheel spans; clamped rather than trusted.
+        let level = (((63 - differing.leading_zeros()) / BITS) as usize).min(LEVELS - 1);
         let index = (deadline >> (level as u32 * BITS)) as usize % SLOTS;
         (level, index)
     }
@@ -294,17 +296,20 @@ mod tests {
             deadlines in proptest::collection::vec(0u64..5_000_000, 1..200),
             extend in proptest::collection::vec(0u64..100_000, 1..200),
             removed in proptest::collection::vec(any::<bool>(), 1..200),
-            start in 0u64..1_000_000,
+            start in prop_oneof![0u64..1_000_000, (1u64 << 36) - 10_000..(1u64 << 36) + 10_000],
+            far in any::<bool>(),
         ) {
             let (mut wheel, mut store) = (TimerWheel::default(), Store::default());
             let mut fired = Vec::new();
             run_until(&mut wheel, &mut store, start, &mut fired);
-            let ids: Vec<u32> = deadlines.iter().map(|d| store.add(&mut wheel, start + d)).collect();
+            // Far deadlines reach the top levels and the horizon (days to years ahead).
+            let scale = if far { 20_000 } else { 1 };
+            let ids: Vec<u32> = deadlines.iter().map(|d| store.add(&mut wheel, start + d * scale)).collect();
             for (i, &id) in ids.iter().enumerate() {
                 store.deadlines[id as usize] += extend[i % extend.len()];
                 if removed[i % removed.len()] { wheel.remove(&mut store, id); }
             }
-            run_until(&mut wheel, &mut store, start + 6_000_000, &mut fired);
+            run_until(&mut wheel, &mut store, start + 5_000_000 * scale + 200_000, &mut fired);
             let mut expected: Vec<(u32, Tick)> = ids.iter().enumerate()
                 .filter(|(i, _)| !removed[i % removed.len()])
                 .map(|(_, &id)| (id, store.deadlines[id as usize])).collect();
