@@ -172,6 +172,22 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// No timer may be scaled below this: a flow must outlive its own handshake.
+pub const MIN_SCALED_TIMER: Duration = Duration::from_millis(10);
+
+fn shortest_timer(profile: &Profile) -> Duration {
+    profile
+        .transitory
+        .min(profile.lb_rule_idle.min)
+        .min(profile.outbound_rule_idle.min)
+}
+
+/// The largest `time_scale` that keeps every timer of `profile` at or above [`MIN_SCALED_TIMER`].
+pub fn max_time_scale(profile: &Profile) -> u32 {
+    u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
+        .unwrap_or(u32::MAX)
+}
+
 /// A duration as people write it in these messages: "4 min", "30 s", "500 ms".
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -294,7 +310,20 @@ impl Validator {
             Some(t) if *t.get_ref() == 0 => {
                 return invalid(t.span(), "time_scale = 0: must be at least 1")
             }
-            Some(t) => *t.get_ref(),
+            Some(t) => {
+                let max = max_time_scale(profile);
+                if *t.get_ref() > max {
+                    let message = format!(
+                        "time_scale = {}: at most {max} with profile {}, so that no timer (the shortest is {}) runs under {}",
+                        t.get_ref(),
+                        profile.name,
+                        human(shortest_timer(profile)),
+                        human(MIN_SCALED_TIMER)
+                    );
+                    return invalid(t.span(), message);
+                }
+                *t.get_ref()
+            }
         };
         let frontends = self.frontends(&raw.frontend)?;
         let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
@@ -653,6 +682,7 @@ expiry = "silent"
             ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
             ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
             ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
+            ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
             ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 address"),
             ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
             ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),

@@ -234,7 +234,8 @@ impl Engine {
     pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
         let mut snat_frontends: Vec<Ipv4Addr> = Vec::new();
         let mut snat = Vec::new();
-        let ticks = |d: Duration| config.scaled(d).as_millis() as Tick;
+        // Rounded up: a scaled timer never runs short.
+        let ticks = |d: Duration| config.scaled(d).as_nanos().div_ceil(1_000_000) as Tick;
         let transitory = ticks(config.profile.transitory);
         let members = |pool: usize| {
             config.backend_pools[pool]
