@@ -190,17 +190,26 @@ enum Side {
     Dst,
 }
 
-/// Replaces the packet's source endpoint with `new` (SNAT), patching checksums.
+/// Replaces the packet's source endpoint with `new` (SNAT), patching checksums. `headers` must
+/// be the packet's own, from [`Headers::parse`]; a packet too short for them is left unchanged.
 pub fn rewrite_src(packet: &mut [u8], headers: &Headers, new: SocketAddrV4) {
     rewrite(packet, headers, Side::Src, headers.src, new);
 }
 
-/// Replaces the packet's destination endpoint with `new` (DNAT), patching checksums.
+/// Replaces the packet's destination endpoint with `new` (DNAT), patching checksums. `headers`
+/// must be the packet's own; a packet too short for them is left unchanged.
 pub fn rewrite_dst(packet: &mut [u8], headers: &Headers, new: SocketAddrV4) {
     rewrite(packet, headers, Side::Dst, headers.dst, new);
 }
 
 fn rewrite(packet: &mut [u8], headers: &Headers, side: Side, old: SocketAddrV4, new: SocketAddrV4) {
+    let l4_len = match headers.protocol {
+        Protocol::Tcp => 20,
+        Protocol::Udp => 8,
+    };
+    if packet.len() < headers.l4 + l4_len {
+        return; // `headers` are not this packet's: leave it alone rather than panic.
+    }
     let (old_ip, new_ip) = (u32::from(*old.ip()), u32::from(*new.ip()));
     let mut ip = Ipv4Packet::new_unchecked(&mut *packet);
     match side {

@@ -11,6 +11,7 @@ use crate::tun::Tun;
 use anyhow::{bail, Context, Result};
 use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
 use idlegate_core::expiry::Expiry;
+use idlegate_core::packet;
 use idlegate_core::Config;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -48,6 +49,8 @@ impl Stopper {
 const WAKER: Token = Token(usize::MAX);
 /// Largest IPv4 packet; TUN devices hand out at most their MTU.
 const BUF_LEN: usize = 65_535;
+/// Packets read from one device before the others get their turn.
+const BUDGET: usize = 64;
 
 /// The engine and its devices.
 pub struct Gateway {
@@ -56,8 +59,14 @@ pub struct Gateway {
     poll: Poll,
     stopper: Stopper,
     buf: Box<[u8; BUF_LEN]>,
+    /// Which devices may still hold packets.
+    readable: Vec<bool>,
+    /// Where the engine writes the packets it generates.
+    tx_buf: [u8; packet::RESET_LEN],
     /// Packets the kernel refused to take (full queue): counted, not fatal.
     tx_errors: u64,
+    /// Forwarded packets for a destination no device leads to.
+    undeliverable: u64,
 }
 
 impl Gateway {
@@ -86,11 +95,14 @@ impl Gateway {
         let engine = Engine::new(config, Instant::now(), random_seed());
         Ok(Gateway {
             engine,
+            readable: vec![false; ports.len()],
             ports,
             poll,
             stopper,
             buf: Box::new([0; BUF_LEN]),
+            tx_buf: [0; packet::RESET_LEN],
             tx_errors: 0,
+            undeliverable: 0,
         })
     }
 
@@ -107,17 +119,26 @@ impl Gateway {
     pub fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(64);
         while !self.stopper.flag.load(Ordering::SeqCst) {
-            let timeout = self
-                .engine
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            // A device left with packets (budget spent) is served again without waiting.
+            let timeout = if self.readable.contains(&true) {
+                Some(std::time::Duration::ZERO)
+            } else {
+                self.engine
+                    .poll_timeout()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            };
             match self.poll.poll(&mut events, timeout) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => other.context("waiting for packets")?,
             }
             for event in events.iter() {
                 if event.token() != WAKER {
-                    self.drain(event.token().0)?;
+                    self.readable[event.token().0] = true;
+                }
+            }
+            for i in 0..self.ports.len() {
+                if self.readable[i] {
+                    self.readable[i] = self.drain(i)?;
                 }
             }
             self.engine.handle_timeout(Instant::now());
@@ -127,13 +148,15 @@ impl Gateway {
         Ok(())
     }
 
-    /// Reads every packet queued on port `i` (the devices are edge-triggered).
-    fn drain(&mut self, i: usize) -> Result<()> {
-        loop {
+    /// Reads the packets queued on port `i`, at most [`BUDGET`] so that one busy device cannot
+    /// starve the others, the timers or a stop. True if packets may be left (the devices are
+    /// edge-triggered, so the caller must come back without waiting for another event).
+    fn drain(&mut self, i: usize) -> Result<bool> {
+        for _ in 0..BUDGET {
             let port = &self.ports[i];
             let n = match port.tun.recv(&mut self.buf[..]) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     return Err(e).with_context(|| {
@@ -156,6 +179,7 @@ impl Gateway {
             }
             self.flush();
         }
+        Ok(true)
     }
 
     /// Writes the first `len` bytes of the buffer out of the port that leads to their
@@ -181,15 +205,17 @@ impl Gateway {
                     tracing::debug!(device = port.tun.name(), "write failed: {e}");
                 }
             }
-            None => tracing::debug!(%dst, "no device leads to this destination; packet dropped"),
+            None => {
+                self.undeliverable += 1;
+                tracing::debug!(%dst, "no device leads to this destination; packet dropped");
+            }
         }
     }
 
     /// Sends the packets the engine generated and logs its events.
     fn flush(&mut self) {
-        let mut packet = [0u8; 64];
-        while let Some(tx) = self.engine.poll_transmit(&mut packet) {
-            self.buf[..tx.len].copy_from_slice(&packet[..tx.len]);
+        while let Some(tx) = self.engine.poll_transmit(&mut self.tx_buf) {
+            self.buf[..tx.len].copy_from_slice(&self.tx_buf[..tx.len]);
             self.send(tx.interface, tx.len);
         }
         while let Some(event) = self.engine.poll_event() {
@@ -243,6 +269,7 @@ impl Gateway {
             flows_expired = c.flows_expired,
             resets_sent = c.resets_sent,
             tx_errors = self.tx_errors,
+            undeliverable = self.undeliverable,
             "gateway stopped; drops: {}",
             if drops.is_empty() {
                 "none".to_string()

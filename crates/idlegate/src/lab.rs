@@ -30,6 +30,8 @@ pub const INTERNET: &str = "internet";
 pub const INTERNET_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
 
 const LOCK_DIR: &str = "/run/idlegate";
+/// How long programs left in a host get between SIGTERM and SIGKILL when the lab goes down.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A host of the lab.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,14 +53,14 @@ pub struct Lab {
 }
 
 impl Drop for Lab {
-    /// Programs still running in the hosts get SIGTERM; then devices go, then namespaces,
+    /// Programs still running in the hosts are stopped; then devices go, then namespaces,
     /// then the lock file (unlinked while still locked).
     fn drop(&mut self) {
         for ns in &self.namespaces {
-            for pid in netns::pids(ns.name()).unwrap_or_default() {
-                tracing::info!("stopping process {pid} still running in {}", ns.name());
-                // SAFETY: kill has no memory-safety preconditions.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
+            match netns::stop_processes(ns.name(), STOP_GRACE) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("stopped {n} process(es) still running in {}", ns.name()),
+                Err(e) => tracing::warn!("stopping the processes in {}: {e:#}", ns.name()),
             }
         }
         self.ports.clear();
@@ -230,24 +232,39 @@ fn lock_path(lab: &str) -> PathBuf {
 fn lock(lab: &str) -> Result<File> {
     std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
     let path = lock_path(lab);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a descriptor `file` keeps open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let holder = std::fs::read_to_string(&path).unwrap_or_default();
-        bail!(
-            "lab {lab} is already up (pid {}); stop it first or pick another --name",
-            holder.trim()
-        );
-    }
+    // A lab going down unlinks its lock file while holding it: a lock won on a file that is no
+    // longer at `path` is worthless, so try again with the new one.
+    let mut file = loop {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor `file` keeps open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "lab {lab} is already up (pid {}); stop it first or pick another --name",
+                holder.trim()
+            );
+        }
+        if same_file(&file, &path) {
+            break file;
+        }
+    };
     file.set_len(0)?;
     write!(file, "{}", std::process::id())?;
     Ok(file)
+}
+
+fn same_file(file: &File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// What `lab exec` finds of a lab.
@@ -312,6 +329,7 @@ fn remove_stale(lab: &str) -> Result<()> {
     for ns in netns::list()? {
         if ns.starts_with(&prefix) {
             tracing::warn!("removing namespace {ns} left by an earlier run of lab {lab}");
+            netns::stop_processes(&ns, STOP_GRACE)?;
             netns::delete(&ns)?;
         }
     }

@@ -12,6 +12,8 @@ use idlegate_core::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -130,6 +132,7 @@ fn load_config(path: &Path) -> Result<Config> {
 
 fn gateway(args: GatewayArgs) -> Result<()> {
     let config = load_config(&args.config)?;
+    let interrupt = Interrupt::install()?;
     let mut ports = Vec::new();
     for (name, interface) in [
         (&args.inside, Interface::Inside),
@@ -154,7 +157,9 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         args.outside
     );
     let mut gateway = Gateway::new(&config, ports)?;
-    stop_on_signals(gateway.stopper())?;
+    if interrupt.attach(gateway.stopper()) {
+        return Ok(());
+    }
     print_ready()?;
     gateway.run()
 }
@@ -169,9 +174,13 @@ fn print_ready() -> Result<()> {
 
 fn lab_up(config_path: &Path, name: &str) -> Result<()> {
     let config = load_config(config_path)?;
-    let mut lab = Lab::up(name, &config)?;
+    // Handled from here on, so a signal while the lab is being built still takes it down.
+    let interrupt = Interrupt::install()?;
+    let mut lab = Lab::up(name, &config).with_context(|| format!("{}", config_path.display()))?;
     let mut gateway = lab.gateway(&config)?;
-    stop_on_signals(gateway.stopper())?;
+    if interrupt.attach(gateway.stopper()) {
+        return Ok(());
+    }
     for host in lab.hosts() {
         let side = if host.interface == Interface::Inside {
             "backend pool member"
@@ -216,21 +225,51 @@ fn lab_up(config_path: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Stops the gateway on SIGINT or SIGTERM, so the lab is always taken down.
-fn stop_on_signals(stopper: Stopper) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing signal handlers")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!("signal {signal}: stopping");
-                stopper.stop();
-            }
-        })
-        .context("starting the signal thread")?;
-    Ok(())
+/// SIGINT and SIGTERM for the whole run: the first stops the gateway (or, during setup, the
+/// command as soon as setup ends), so the lab is always taken down; a second exits at once.
+struct Interrupt {
+    received: Arc<AtomicBool>,
+    stopper: Arc<Mutex<Option<Stopper>>>,
+}
+
+impl Interrupt {
+    fn install() -> Result<Interrupt> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+            .context("installing signal handlers")?;
+        let interrupt = Interrupt {
+            received: Arc::default(),
+            stopper: Arc::default(),
+        };
+        let (received, stopper) = (interrupt.received.clone(), interrupt.stopper.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for signal in signals.forever() {
+                    if received.swap(true, Ordering::SeqCst) {
+                        eprintln!("idlegate: signal {signal} again: exiting without cleaning up");
+                        std::process::exit(128 + signal);
+                    }
+                    tracing::info!("signal {signal}: stopping (send it again to exit at once)");
+                    if let Some(stopper) = lock(&stopper).as_ref() {
+                        stopper.stop();
+                    }
+                }
+            })
+            .context("starting the signal thread")?;
+        Ok(interrupt)
+    }
+
+    /// Lets a signal stop `stopper`'s gateway; true if one already came.
+    fn attach(&self, stopper: Stopper) -> bool {
+        let mut slot = lock(&self.stopper);
+        *slot = Some(stopper);
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The exit code of a program run in the lab: its own, or 128 + the signal that ended it.

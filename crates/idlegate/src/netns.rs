@@ -149,6 +149,33 @@ pub fn pids(name: &str) -> Result<Vec<libc::pid_t>> {
         .collect())
 }
 
+/// Stops every process in namespace `name`: SIGTERM, up to `grace` to exit, then SIGKILL.
+/// Returns how many processes there were.
+pub fn stop_processes(name: &str, grace: std::time::Duration) -> Result<usize> {
+    let running = pids(name)?;
+    signal_all(&running, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while !pids(name)?.is_empty() && std::time::Instant::now() < deadline {
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = pids(name)?;
+    if !left.is_empty() {
+        tracing::warn!(
+            "{} process(es) in {name} ignored SIGTERM for {grace:?}: SIGKILL",
+            left.len()
+        );
+        signal_all(&left, libc::SIGKILL);
+    }
+    Ok(running.len())
+}
+
+fn signal_all(pids: &[libc::pid_t], signal: libc::c_int) {
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
 /// A named namespace that is deleted when dropped.
 #[derive(Debug)]
 pub struct Namespace {
