@@ -10,11 +10,12 @@
 //! namespace left behind, and the [`Programs`] guard kills the programs a test started, even
 //! when an assertion fails.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -42,16 +43,8 @@ fn example_config() -> PathBuf {
 
 /// A fresh lab name; fails the test at once unless we are root.
 fn lab_name() -> String {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests build network namespaces and TUN devices: run them as root \
-         (e.g. `sudo -E cargo test -p idlegate --test cli`)"
-    );
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("cli{}x{n}", std::process::id() % 100_000)
+    common::require_root();
+    common::unique("cli")
 }
 
 /// The names `ip netns list` shows.

@@ -5,35 +5,20 @@
 //! is dropped, even if an assertion fails. Idle timeouts are Azure's 4 minutes scaled by 60 to
 //! 4 s, with margins of a second or more on either side of every expiry.
 
+mod common;
+
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
 use idlegate::scenario::{self, Outcome, Script};
 use idlegate_core::{Config, DropReason};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The scaled idle timeout every test here uses.
 const IDLE: Duration = Duration::from_secs(4);
 
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}{}x{}",
-        std::process::id() % 100_000,
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these end-to-end tests need root: they build network namespaces and TUN devices"
-    );
-}
+use common::{require_root, unique};
 
 /// Runs `idlegate lab demo --json` with `args` and returns its report.
 fn demo(args: &[&str]) -> Value {

@@ -5,13 +5,14 @@
 //! Every namespace and device name is unique per process and test, and is removed by
 //! the `Namespace` / `Tun` guards even when an assertion fails.
 
+mod common;
+
 use anyhow::{anyhow, Context, Result};
 use idlegate::netns::{self, Namespace};
 use idlegate::tun::Tun;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,9 +25,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A fresh name, ≤ 15 bytes so it is also a valid interface name: `igt` + pid + counter.
 fn unique() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("igt{:05}{n}", std::process::id() % 100_000)
+    common::require_root();
+    common::unique("igt")
 }
 
 /// A namespace holding a TUN whose fd we keep; fields drop in order: device, namespace.

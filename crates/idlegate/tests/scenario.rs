@@ -6,12 +6,13 @@
 //! loudly. Namespace and interface names are unique per process and test; the
 //! `Namespace` guards delete them (and so the veth pair) even when an assertion fails.
 
+mod common;
+
 use anyhow::{anyhow, Context, Result};
 use idlegate::netns::{self, Namespace};
 use idlegate::scenario::{self, Moment, Outcome, Script, Side};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,9 +21,8 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 
 /// A fresh name, ≤ 15 bytes so it is also a valid interface name: `igs` + pid + counter.
 fn unique() -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("igs{:05}{n}", std::process::id() % 100_000)
+    common::require_root();
+    common::unique("igs")
 }
 
 /// Two namespaces joined by a veth pair: `client` has [`CLIENT`], `server` has [`SERVER`].

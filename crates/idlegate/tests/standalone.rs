@@ -16,6 +16,8 @@
 //! names; the [`Router`] guard stops the gateway and removes them even when an assertion
 //! fails. The TUN devices have fixed names: they live in the test's own `gw` namespace.
 
+mod common;
+
 use anyhow::{bail, ensure, Context, Result};
 use idlegate::netns::{self, Namespace};
 use idlegate::scenario::{self, Script};
@@ -23,7 +25,6 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::NamedTempFile;
@@ -77,19 +78,10 @@ expiry = "silent"
 
 /// A fresh namespace name: `igr` + pid + counter + role.
 fn unique(role: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("igr{:05}x{n}-{role}", std::process::id() % 100_000)
+    format!("{}-{role}", common::unique("igr"))
 }
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "these end-to-end tests need root: they build network namespaces and TUN devices"
-    );
-}
+use common::require_root;
 
 /// `ip -n NS ARGS…`.
 fn ip(ns: &Namespace, args: &[&str]) -> Result<()> {
