@@ -711,6 +711,22 @@ fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry() {
     };
     let (v, _) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
     assert_eq!(v, Verdict::Forward(Interface::Outside), "ports came back");
+    // ... every one of them.
+    let mut again = 1;
+    for i in 1.. {
+        let mut vm = Peer {
+            addr: ep(VM1, 2 + i as u16 % 60_000),
+            iface: Interface::Inside,
+            snd_nxt: 5,
+        };
+        let dst = ep(CLIENT, 9_000 + (i / 60_000) as u16);
+        match h.send(&mut vm, dst, TcpFlags::SYN, 0, b"").0 {
+            Verdict::Forward(_) => again += 1,
+            Verdict::Drop(DropReason::PortExhausted) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(again, ports.len());
 }
 
 #[test]
@@ -762,6 +778,28 @@ fn syn_reusing_a_closed_tuple_starts_a_new_connection() {
 }
 
 #[test]
+fn a_new_connection_whose_translation_is_another_flows_is_refused() {
+    // vm1 opened an outbound connection from its port 7000 to the client's port 40000; an
+    // inbound connection from that client port would map onto the very same inside tuple.
+    let mut h = Harness::new("silent");
+    let mut vm = Peer {
+        addr: ep(VM1, 7000),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (v, _) = h.send(&mut vm, ep(CLIENT, 40_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::TupleInUse));
+    assert_eq!(h.engine.flow_count(), 1);
+}
+
+#[test]
 fn udp_without_a_rule_is_dropped_and_counted() {
     let mut h = Harness::new("silent");
     let mut p = udp_packet(ep(CLIENT, 53), FRONTEND_7000, b"q");
@@ -785,10 +823,32 @@ proptest! {
     #[test]
     fn malformed_packets_are_dropped_and_counted_never_a_panic(
         packets in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..80), any::<bool>()), 1..64),
+        mutations in proptest::collection::vec((any::<u8>(), any::<prop::sample::Index>(), any::<u8>(), any::<bool>(), any::<bool>()), 1..64),
     ) {
         let mut h = Harness::new("reset-on-next");
+        let (client, server) = h.connect_inbound(40_000);
         let mut drops = 0;
-        for (mut p, inside) in packets {
+        // Random bytes (which rarely get past the IPv4 checks), then packets of the live flow
+        // with a byte changed, truncated or not, and the IPv4 checksum mended so that the
+        // damage reaches the TCP parser and the flow logic.
+        let mangled = mutations.into_iter().map(|(cut, at, byte, mend, inside)| {
+            let (src, dst) = if inside { (server.addr, client.addr) } else { (client.addr, FRONTEND_7000) };
+            let mut p = tcp_packet(src, dst, TcpFlags::ACK, client.snd_nxt, server.snd_nxt, b"payload");
+            let i = at.index(p.len());
+            p[i] = byte;
+            p.truncate(p.len() - usize::from(cut) % 24);
+            if mend && p.len() >= 20 {
+                p[10] = 0;
+                p[11] = 0;
+                let sum: u32 = p[..20].chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c[1]]))).sum();
+                let folded = (sum & 0xffff) + (sum >> 16);
+                let folded = !(((folded & 0xffff) + (folded >> 16)) as u16);
+                p[10..12].copy_from_slice(&folded.to_be_bytes());
+            }
+            (p, inside)
+        });
+        let all: Vec<(Vec<u8>, bool)> = packets.into_iter().chain(mangled).collect();
+        for (mut p, inside) in all {
             let iface = if inside { Interface::Inside } else { Interface::Outside };
             if let Verdict::Drop(_) = h.engine.handle_packet(h.at(0), iface, &mut p) {
                 drops += 1;
