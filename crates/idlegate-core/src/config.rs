@@ -100,6 +100,8 @@ pub struct OutboundRule {
     pub name: String,
     pub frontend: usize,
     pub backend_pool: usize,
+    /// SNAT ports each member of the pool owns on the frontend.
+    pub ports_per_member: u16,
     pub idle: Idle,
 }
 
@@ -259,6 +261,7 @@ struct RawOutboundRule {
     name: S<String>,
     frontend: S<String>,
     backend_pool: S<String>,
+    ports_per_member: Option<S<u32>>,
     idle_timeout: Option<S<String>>,
     expiry: Option<S<String>>,
 }
@@ -335,6 +338,14 @@ impl Validator {
         for r in &raw.outbound_rule {
             outbound_rules.push(self.outbound_rule(r, profile, &outbound_rules)?);
         }
+        check_snat_totals(
+            &raw.outbound_rule,
+            &outbound_rules,
+            &lb_rules,
+            &frontends,
+            &backend_pools,
+            profile,
+        )?;
         if lb_rules.is_empty() && outbound_rules.is_empty() {
             let message =
                 "no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet";
@@ -468,10 +479,12 @@ impl Validator {
             &profile.outbound_rule_idle,
             profile,
         )?;
+        let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
         Ok(OutboundRule {
             name,
             frontend,
             backend_pool,
+            ports_per_member,
             idle,
         })
     }
@@ -546,6 +559,63 @@ fn ipv4(address: &S<String>) -> Result<Ipv4Addr, Invalid> {
     }
     Ok(ip)
 }
+
+fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invalid> {
+    let policy = &profile.snat;
+    let Some(p) = p else {
+        return Ok(policy.ports_per_member);
+    };
+    let n = *p.get_ref();
+    let step = u32::from(policy.ports_per_member_step);
+    if n == 0 || n % step != 0 || n > policy.ports_per_frontend {
+        let message = format!(
+            "ports_per_member = {n}: {} allocates SNAT ports in multiples of {step}, from {step} to {}",
+            profile.title, policy.ports_per_frontend
+        );
+        return invalid(p.span(), message);
+    }
+    Ok(n as u16)
+}
+
+/// All outbound rules on one frontend together may lend at most the profile's ports per
+/// frontend IP, and no more than its port range holds besides its LB rules' ports.
+fn check_snat_totals(
+    raw: &[S<RawOutboundRule>],
+    rules: &[OutboundRule],
+    lb_rules: &[LbRule],
+    frontends: &[Frontend],
+    pools: &[BackendPool],
+    profile: &Profile,
+) -> Result<(), Invalid> {
+    let mut totals = vec![0u32; frontends.len()];
+    for (raw, rule) in raw.iter().zip(rules) {
+        let total = &mut totals[rule.frontend];
+        *total += u32::from(rule.ports_per_member) * pools[rule.backend_pool].members.len() as u32;
+        let lb_ports = lb_rules
+            .iter()
+            .filter(|l| l.frontend == rule.frontend && l.frontend_port >= SNAT_PORTS_FROM)
+            .count();
+        let room = (u32::from(u16::MAX) - u32::from(SNAT_PORTS_FROM) + 1 - lb_ports as u32)
+            .min(profile.snat.ports_per_frontend);
+        if *total > room {
+            let frontend = &frontends[rule.frontend].name;
+            let span = raw
+                .get_ref()
+                .ports_per_member
+                .as_ref()
+                .map_or(raw.get_ref().name.span(), |p| p.span());
+            let message = format!(
+                "outbound rules on frontend \"{frontend}\" need {} SNAT ports up to rule \"{}\" (ports_per_member × members); {} allows at most {room} on it",
+                *total, rule.name, profile.title
+            );
+            return invalid(span, message);
+        }
+    }
+    Ok(())
+}
+
+/// The first port SNAT lends: below it are the well-known and registered ports of the gateway.
+pub const SNAT_PORTS_FROM: u16 = 1024;
 
 fn port(p: &S<u16>, field: &str) -> Result<u16, Invalid> {
     match *p.get_ref() {
@@ -668,6 +738,8 @@ expiry = "silent"
                 expiry: Expiry::Silent
             }
         );
+        // Azure's default: 1,024 SNAT ports per member.
+        assert_eq!(c.outbound_rules[0].ports_per_member, 1024);
     }
 
     /// Each kind of mistake, the line it is on, and the words of its message.
@@ -695,6 +767,8 @@ expiry = "silent"
             ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm2\", address = \"203.0.113.10\" }", 8, "is frontend \"public\"'s"),
             ("name = \"egress\"", "name = \"app\"", 19, "rule name \"app\" is used twice"),
             ("time_scale = 60", "time_scale = 60\nbogus = 1", 3, "unknown field `bogus`"),
+            ("name = \"egress\"", "name = \"egress\"\nports_per_member = 12", 20, "ports_per_member = 12: Azure LB allocates SNAT ports in multiples of 8, from 8 to 64000"),
+            ("name = \"egress\"", "name = \"egress\"\nports_per_member = 40000", 20, "outbound rules on frontend \"public\" need 80000 SNAT ports up to rule \"egress\" (ports_per_member × members); Azure LB allows at most 64000 on it"),
         ];
         for (from, to, line, words) in cases {
             assert!(VALID.contains(from), "case {to:?}: base text lacks {from:?}");

@@ -11,11 +11,11 @@
 //! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
 //! at or after `t + timeout`, never before.
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
 use crate::packet::{self, Headers, ParseError, Protocol, Reset, TcpSegment};
-use crate::snat::SnatPorts;
+use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -155,6 +155,12 @@ pub enum Event {
         /// What was done: `Reset` only when RSTs were actually sent.
         action: Expiry,
     },
+    /// A member's new outbound connection found no free SNAT port; its SYN was dropped.
+    PortExhausted {
+        rule: RuleId,
+        frontend: Ipv4Addr,
+        member: Ipv4Addr,
+    },
 }
 
 /// A packet the engine generated, written into the driver's buffer.
@@ -228,11 +234,40 @@ pub struct Engine {
 
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
 
+/// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
+/// leaves from it, in rule order, from the ports its LB rules do not use.
+fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tick) -> SnatPorts {
+    let lb_ports: Vec<u16> = config
+        .lb_rules
+        .iter()
+        .filter(|l| l.frontend == frontend)
+        .map(|l| l.frontend_port)
+        .collect();
+    let blocks: Vec<(Ipv4Addr, usize)> = config
+        .outbound_rules
+        .iter()
+        .filter(|r| r.frontend == frontend)
+        .flat_map(|r| {
+            config.backend_pools[r.backend_pool]
+                .members
+                .iter()
+                .map(|m| (m.address, usize::from(r.ports_per_member)))
+        })
+        .collect();
+    let ports = (config::SNAT_PORTS_FROM..=u16::MAX).filter(|p| !lb_ports.contains(p));
+    let policy = &config.profile.snat;
+    let holds = Holds {
+        after_fin: ticks(policy.hold_after_fin),
+        after_rst: ticks(policy.hold_after_rst),
+    };
+    SnatPorts::new(&blocks, ports, holds)
+}
+
 impl Engine {
     /// An engine for `config`, with its clock starting at `now`. `seed` keys the flow table's
     /// hash; take it from a random source in production.
     pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
-        let mut snat_frontends: Vec<Ipv4Addr> = Vec::new();
+        let mut snat_frontends: Vec<usize> = Vec::new();
         let mut snat = Vec::new();
         // Rounded up: a scaled timer never runs short.
         let ticks = |d: Duration| config.scaled(d).as_nanos().div_ceil(1_000_000) as Tick;
@@ -261,17 +296,11 @@ impl Engine {
         }
         for r in &config.outbound_rules {
             let frontend = config.frontends[r.frontend].address;
-            let pool = match snat_frontends.iter().position(|&f| f == frontend) {
+            let pool = match snat_frontends.iter().position(|&f| f == r.frontend) {
                 Some(i) => i,
                 None => {
-                    let lb_ports: Vec<u16> = config
-                        .lb_rules
-                        .iter()
-                        .filter(|l| config.frontends[l.frontend].address == frontend)
-                        .map(|l| l.frontend_port)
-                        .collect();
-                    snat_frontends.push(frontend);
-                    snat.push(SnatPorts::new(1024..=65535, |p| lb_ports.contains(&p)));
+                    snat_frontends.push(r.frontend);
+                    snat.push(snat_ports(config, r.frontend, &ticks));
                     snat.len() - 1
                 }
             };
@@ -486,8 +515,8 @@ impl Engine {
         let Some((rule_id, public, private)) = self.match_rule(from, headers) else {
             return self.drop(DropReason::NoRule);
         };
-        let Some(public) = public.or_else(|| self.lend_port(rule_id)) else {
-            return self.drop(DropReason::PortExhausted);
+        let Some(public) = public.or_else(|| self.lend_port(rule_id, *private.ip(), since)) else {
+            return self.port_exhausted(rule_id, *private.ip());
         };
         let remote = match from {
             Interface::Outside => headers.src,
@@ -502,7 +531,9 @@ impl Engine {
             None
         };
         if let Some(reason) = refused {
-            self.release_port(rule_id, public);
+            if let Some(snat) = self.snat_of(rule_id) {
+                self.snat[snat].release_unused(*private.ip(), public.port());
+            }
             return self.drop(reason);
         }
         flow.track_sequence(from, segment);
@@ -577,19 +608,51 @@ impl Engine {
         (self.member_hash.hash_one(tuple) % members as u64) as usize
     }
 
-    fn lend_port(&mut self, rule: RuleId) -> Option<SocketAddrV4> {
+    /// The SNAT port pool of an outbound rule.
+    fn snat_of(&self, rule: RuleId) -> Option<usize> {
+        match self.rules[usize::from(rule)].translation {
+            Translation::Outbound { snat, .. } => Some(snat),
+            Translation::LoadBalance { .. } => None,
+        }
+    }
+
+    fn lend_port(&mut self, rule: RuleId, member: Ipv4Addr, now: Tick) -> Option<SocketAddrV4> {
         match self.rules[usize::from(rule)].translation {
             Translation::Outbound { frontend, snat, .. } => self.snat[snat]
-                .allocate()
+                .allocate(member, now)
                 .map(|port| SocketAddrV4::new(frontend, port)),
             Translation::LoadBalance { .. } => None,
         }
     }
 
-    fn release_port(&mut self, rule: RuleId, public: SocketAddrV4) {
-        if let Translation::Outbound { snat, .. } = self.rules[usize::from(rule)].translation {
-            self.snat[snat].release(public.port());
+    /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
+    fn port_exhausted(&mut self, rule: RuleId, member: Ipv4Addr) -> Verdict {
+        if let Translation::Outbound { frontend, .. } = self.rules[usize::from(rule)].translation {
+            self.events.push_back(Event::PortExhausted {
+                rule,
+                frontend,
+                member,
+            });
         }
+        self.drop(DropReason::PortExhausted)
+    }
+
+    /// Gives an expired outbound flow's port back. A connection closed with FIN or RST holds it
+    /// from its last packet; one forgotten while open, which its remote may still believe in,
+    /// holds it like a RST from the moment of expiry.
+    fn release_port(&mut self, flow: &Flow) {
+        let Some(snat) = self.snat_of(flow.rule) else {
+            return;
+        };
+        let last_packet = flow
+            .deadline
+            .saturating_sub(self.rules[usize::from(flow.rule)].timeout(flow.state));
+        let (ending, ended) = match flow.state {
+            TcpState::Closing => (Ending::Fin, last_packet),
+            TcpState::Closed => (Ending::Rst, last_packet),
+            _ => (Ending::Rst, flow.deadline),
+        };
+        self.snat[snat].release(*flow.private.ip(), flow.public.port(), ending, ended);
     }
 
     /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
@@ -620,7 +683,7 @@ impl Engine {
         if action == Expiry::Reset {
             self.reset_both(&flow);
         }
-        self.release_port(flow.rule, flow.public);
+        self.release_port(&flow);
         self.counters.flows_expired += 1;
         self.events.push_back(Event::Expired {
             flow: FlowSummary::from(&flow),

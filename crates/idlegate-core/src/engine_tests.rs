@@ -676,57 +676,179 @@ fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
 }
 
 #[test]
-fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry() {
+fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry_and_hold() {
     let mut h = Harness::new("silent");
-    let server_addr = ep(CLIENT, 8_000);
-    let mut ports = std::collections::HashSet::new();
-    // Every port of the frontend, then one more.
-    for i in 0.. {
-        let src = ep(VM1, 1 + (i % 60_000) as u16);
-        let mut vm = Peer {
-            addr: src,
-            iface: Interface::Inside,
-            snd_nxt: 5,
-        };
-        let dst = ep(CLIENT, 8_000 + (i / 60_000) as u16);
-        let (v, syn) = h.send(&mut vm, dst, TcpFlags::SYN, 0, b"");
-        match v {
-            Verdict::Forward(_) => assert!(
-                ports.insert(Headers::parse(&syn).unwrap().src.port()),
-                "port lent twice"
-            ),
-            Verdict::Drop(DropReason::PortExhausted) => break,
-            other => panic!("{other:?}"),
+    // Every port of vm1's block, then one more.
+    let lend_all = |h: &mut Harness, from_port: u16| -> Vec<u16> {
+        let mut ports = Vec::new();
+        for i in 0u16.. {
+            let mut vm = Peer {
+                addr: ep(VM1, from_port + i),
+                iface: Interface::Inside,
+                snd_nxt: 5,
+            };
+            let (v, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+            match v {
+                Verdict::Forward(_) => ports.push(Headers::parse(&syn).unwrap().src.port()),
+                Verdict::Drop(DropReason::PortExhausted) => return ports,
+                other => panic!("{other:?}"),
+            }
         }
-    }
-    // 1024–65535 less the LB rule's frontend port 7000.
-    assert_eq!(ports.len(), 65535 - 1024 + 1 - 1);
-    assert!(!ports.contains(&7000));
+        unreachable!()
+    };
+    let ports = lend_all(&mut h, 1);
+    let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(unique.len(), ports.len(), "no port lent twice");
+    // Azure's default: 1,024 ports per member; none of them the LB rule's frontend port.
+    assert_eq!(ports.len(), 1024);
+    assert!(!unique.contains(&7000));
+    // The half-open flows expire at the transitory timeout; their ports are then held like
+    // after a RST (15 s scaled to 250 ms) before they can be lent again.
     h.advance_to(TRANSITORY_MS);
     assert_eq!(h.engine.flow_count(), 0);
-    let mut vm = Peer {
-        addr: ep(VM1, 2),
+    assert!(lend_all(&mut h, 2_000).is_empty(), "still held");
+    h.advance_to(TRANSITORY_MS + 250);
+    let again: std::collections::HashSet<u16> = lend_all(&mut h, 4_000).into_iter().collect();
+    assert_eq!(again, unique, "every port came back");
+}
+
+#[test]
+fn snat_port_exhaustion_drops_the_syn_says_so_and_spares_other_members_and_flows() {
+    // Azure: on SNAT port exhaustion the new connection fails; existing flows are unaffected.
+    let mut config = config("silent", TWO_VMS);
+    config.outbound_rules[0].ports_per_member = 8;
+    let mut h = Harness::with(config);
+    let mut first = Peer {
+        addr: ep(VM1, 30_000),
         iface: Interface::Inside,
         snd_nxt: 5,
     };
-    let (v, _) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside), "ports came back");
-    // ... every one of them.
-    let mut again = 1;
-    for i in 1.. {
+    h.send(&mut first, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    for port in 30_001..30_008 {
         let mut vm = Peer {
-            addr: ep(VM1, 2 + i as u16 % 60_000),
+            addr: ep(VM1, port),
             iface: Interface::Inside,
             snd_nxt: 5,
         };
-        let dst = ep(CLIENT, 9_000 + (i / 60_000) as u16);
-        match h.send(&mut vm, dst, TcpFlags::SYN, 0, b"").0 {
-            Verdict::Forward(_) => again += 1,
-            Verdict::Drop(DropReason::PortExhausted) => break,
-            other => panic!("{other:?}"),
-        }
+        assert!(matches!(
+            h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"").0,
+            Verdict::Forward(_)
+        ));
     }
-    assert_eq!(again, ports.len());
+    let mut ninth = Peer {
+        addr: ep(VM1, 30_008),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (v, _) = h.send(&mut ninth, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::PortExhausted));
+    let exhausted = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::PortExhausted { member, .. } if *member == VM1))
+        .count();
+    assert_eq!(exhausted, 1);
+    let mut other = Peer {
+        addr: ep(VM2, 30_000),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    assert!(
+        matches!(
+            h.send(&mut other, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"")
+                .0,
+            Verdict::Forward(_)
+        ),
+        "vm2 has its own block"
+    );
+    let (v, _) = h.send(
+        &mut first,
+        ep(CLIENT, 8_000),
+        TcpFlags::ACK,
+        1,
+        b"still here",
+    );
+    assert_eq!(
+        v,
+        Verdict::Forward(Interface::Outside),
+        "existing flows are unaffected"
+    );
+}
+
+#[test]
+fn a_port_closed_with_fin_is_held_longer_than_one_closed_with_rst() {
+    // Azure LB SNAT: 240 s after FIN, 15 s after RST (scaled by 60: 4 s and 250 ms).
+    let mut config = config("silent", ONE_VM);
+    config.outbound_rules[0].ports_per_member = 8;
+    let mut h = Harness::with(config);
+    // An established outbound connection from vm1's `port`: (vm, server, its SNAT port).
+    let open = |h: &mut Harness, port: u16| -> (Peer, Peer, Verdict, u16) {
+        let mut vm = Peer {
+            addr: ep(VM1, port),
+            iface: Interface::Inside,
+            snd_nxt: 5,
+        };
+        let (v, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+        let public = Headers::parse(&syn).unwrap().src;
+        let mut server = Peer {
+            addr: ep(CLIENT, 8_000),
+            iface: Interface::Outside,
+            snd_nxt: 900,
+        };
+        h.send(
+            &mut server,
+            public,
+            TcpFlags::SYN | TcpFlags::ACK,
+            vm.snd_nxt,
+            b"",
+        );
+        h.send(
+            &mut vm,
+            ep(CLIENT, 8_000),
+            TcpFlags::ACK,
+            server.snd_nxt,
+            b"",
+        );
+        (vm, server, v, public.port())
+    };
+    let mut conns: Vec<(Peer, Peer, Verdict, u16)> =
+        (0..8).map(|i| open(&mut h, 31_000 + i)).collect();
+    let (fin_port, rst_port) = (conns[0].3, conns[1].3);
+    let (vm, server, ..) = &mut conns[0];
+    h.send(
+        vm,
+        ep(CLIENT, 8_000),
+        TcpFlags::FIN | TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    let (vm, server, ..) = &mut conns[1];
+    h.send(vm, ep(CLIENT, 8_000), TcpFlags::RST, server.snd_nxt, b"");
+    // Both flows are gone at the transitory timeout (500 ms); the other six idle until 4 s.
+    h.advance_to(249);
+    assert_eq!(
+        open(&mut h, 32_000).2,
+        Verdict::Drop(DropReason::PortExhausted)
+    );
+    h.advance_to(TRANSITORY_MS);
+    let (.., v, port) = open(&mut h, 32_001);
+    assert_eq!(
+        (v, port),
+        (Verdict::Forward(Interface::Outside), rst_port),
+        "RST: held 250 ms"
+    );
+    h.advance_to(3_999);
+    assert_eq!(
+        open(&mut h, 32_002).2,
+        Verdict::Drop(DropReason::PortExhausted)
+    );
+    h.advance_to(4_000);
+    let (.., v, port) = open(&mut h, 32_003);
+    assert_eq!(
+        (v, port),
+        (Verdict::Forward(Interface::Outside), fin_port),
+        "FIN: held 4 s"
+    );
 }
 
 #[test]

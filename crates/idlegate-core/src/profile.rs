@@ -31,6 +31,23 @@ pub struct Profile {
     pub transitory: Duration,
     /// The expiry action of a rule that names none.
     pub default_expiry: Expiry,
+    /// Outbound SNAT ports.
+    pub snat: SnatPolicy,
+}
+
+/// How a middlebox lends SNAT ports to the members behind an outbound rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatPolicy {
+    /// Ports each member gets when the rule names no `ports_per_member`.
+    pub ports_per_member: u16,
+    /// `ports_per_member` must be a multiple of this.
+    pub ports_per_member_step: u16,
+    /// All outbound rules on one frontend address may lend at most this many ports.
+    pub ports_per_frontend: u32,
+    /// How long a port is held before reuse after its flow ended with a FIN...
+    pub hold_after_fin: Duration,
+    /// ... and after a RST (or an idle expiry, which Azure does not document separately).
+    pub hold_after_rst: Duration,
 }
 
 const fn minutes(m: u64) -> Duration {
@@ -46,6 +63,11 @@ const fn minutes(m: u64) -> Duration {
 /// - At expiry: silent drop by default; "TCP reset" per rule (seed 002).
 /// - Transitory: Azure LB documents no timer for half-open or closing flows. idlegate uses
 ///   30 s, the half-open (SYN only) timer Azure documents for NAT Gateway ("NAT gateway timers").
+/// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
+///   allocated per member in multiples of 8; 1,024 per member by default (pools of up to 50);
+///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
+///   its idle timeout holds its port like a RST, counted from the expiry: Azure documents no
+///   separate figure.
 pub static AZURE_LB: Profile = Profile {
     name: "azure-lb",
     title: "Azure LB",
@@ -61,6 +83,13 @@ pub static AZURE_LB: Profile = Profile {
     },
     transitory: Duration::from_secs(30),
     default_expiry: Expiry::Silent,
+    snat: SnatPolicy {
+        ports_per_member: 1024,
+        ports_per_member_step: 8,
+        ports_per_frontend: 64_000,
+        hold_after_fin: Duration::from_secs(240),
+        hold_after_rst: Duration::from_secs(15),
+    },
 };
 
 /// Every profile idlegate knows.

@@ -1,48 +1,149 @@
-//! SNAT ports: the frontend ports an outbound rule lends to its members' connections.
+//! SNAT ports: the frontend ports outbound rules lend to their members' connections.
 //!
-//! Each frontend address has one [`SnatPorts`]. A port is lent to exactly one active flow and
-//! comes back when the flow ends or expires. Free ports are handed out oldest-freed first, so a
-//! port returns to use as late as possible and a remote still holding the old connection in
-//! TIME_WAIT rarely sees it again soon. All storage is allocated up front.
+//! Each frontend address has one [`SnatPorts`]. As on Azure, every member owns a fixed block of
+//! `ports_per_member` ports of that frontend, so one busy member exhausts its own block and no
+//! other's. A port is lent to exactly one flow at a time. When the flow ends the port is *held*
+//! before it can be lent again (Azure LB: 240 s after a FIN, 15 s after a RST), so a remote that
+//! still remembers the old connection never sees the port reused too soon; held ports return to
+//! the free list lazily, when their member next asks for one. Free ports are lent oldest first.
+//! All storage is allocated up front.
 
-use std::collections::VecDeque;
+use crate::timer::Tick;
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 
-/// The free and lent ports of one frontend address.
+/// How a flow holding a port ended, which decides how long the port is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Closed with FIN.
+    Fin,
+    /// Reset, or forgotten at its idle timeout.
+    Rst,
+}
+
+/// How long a port is held after each kind of ending, in ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Holds {
+    pub after_fin: Tick,
+    pub after_rst: Tick,
+}
+
+/// One member's block of ports.
+#[derive(Debug, Clone)]
+struct Block {
+    free: VecDeque<u16>,
+    /// Ports held after a FIN and after a RST, each in order of release: (port, free again at).
+    held_fin: VecDeque<(u16, Tick)>,
+    held_rst: VecDeque<(u16, Tick)>,
+}
+
+/// The SNAT ports of one frontend address.
 #[derive(Debug, Clone)]
 pub struct SnatPorts {
-    free: VecDeque<u16>,
+    blocks: Vec<Block>,
+    by_member: HashMap<Ipv4Addr, usize>,
+    holds: Holds,
     lent: Box<[u64; 1024]>,
 }
 
 impl SnatPorts {
-    /// A pool of `ports`, skipping the ones `reserved` claims (e.g. load-balancing ports).
-    pub fn new(ports: impl IntoIterator<Item = u16>, reserved: impl Fn(u16) -> bool) -> SnatPorts {
-        let free: VecDeque<u16> = ports.into_iter().filter(|&p| !reserved(p)).collect();
+    /// A frontend whose members each own a block of ports: `(member, block size)`, the blocks
+    /// taken in order from `ports` (which leaves out what the caller reserves, such as LB
+    /// frontend ports). If `ports` run out, the last blocks are short: the config's validation
+    /// sees to it that they do not.
+    pub fn new(
+        members: &[(Ipv4Addr, usize)],
+        mut ports: impl Iterator<Item = u16>,
+        holds: Holds,
+    ) -> SnatPorts {
+        let blocks = members
+            .iter()
+            .map(|&(_, size)| {
+                let free: VecDeque<u16> = ports.by_ref().take(size).collect();
+                let capacity = free.len();
+                Block {
+                    free,
+                    held_fin: VecDeque::with_capacity(capacity),
+                    held_rst: VecDeque::with_capacity(capacity),
+                }
+            })
+            .collect();
+        let by_member = members
+            .iter()
+            .enumerate()
+            .map(|(i, &(m, _))| (m, i))
+            .collect();
         SnatPorts {
-            free,
+            blocks,
+            by_member,
+            holds,
             lent: Box::new([0; 1024]),
         }
     }
 
-    /// Lends a port, or `None` when every port is lent (port exhaustion).
-    pub fn allocate(&mut self) -> Option<u16> {
-        let port = self.free.pop_front()?;
+    /// Lends one of `member`'s ports at `now`, or `None` when its block is exhausted (or it has
+    /// none here).
+    pub fn allocate(&mut self, member: Ipv4Addr, now: Tick) -> Option<u16> {
+        let block = &mut self.blocks[*self.by_member.get(&member)?];
+        for held in [&mut block.held_fin, &mut block.held_rst] {
+            while let Some(&(port, until)) = held.front() {
+                if until > now {
+                    break;
+                }
+                held.pop_front();
+                block.free.push_back(port);
+            }
+        }
+        let port = block.free.pop_front()?;
         self.lent[usize::from(port) / 64] |= 1 << (port % 64);
         Some(port)
     }
 
-    /// Takes a lent port back. A port that is not lent is ignored.
-    pub fn release(&mut self, port: u16) {
-        let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
-        if self.lent[word] & bit != 0 {
-            self.lent[word] &= !bit;
-            self.free.push_back(port);
+    /// Takes back `member`'s `port`, from a flow that ended with `ending` at tick `ended`.
+    /// A port that is not lent is ignored.
+    pub fn release(&mut self, member: Ipv4Addr, port: u16, ending: Ending, ended: Tick) {
+        if !self.take_lent(port) {
+            return;
+        }
+        let Some(&i) = self.by_member.get(&member) else {
+            return;
+        };
+        let block = &mut self.blocks[i];
+        match ending {
+            Ending::Fin => block
+                .held_fin
+                .push_back((port, ended + self.holds.after_fin)),
+            Ending::Rst => block
+                .held_rst
+                .push_back((port, ended + self.holds.after_rst)),
         }
     }
 
-    /// How many ports are free.
-    pub fn available(&self) -> usize {
-        self.free.len()
+    /// Takes back a port that was lent but never used (its connection was refused at once).
+    pub fn release_unused(&mut self, member: Ipv4Addr, port: u16) {
+        if !self.take_lent(port) {
+            return;
+        }
+        if let Some(&i) = self.by_member.get(&member) {
+            self.blocks[i].free.push_front(port);
+        }
+    }
+
+    /// Ports `member` could be lent at `now`: free, or held with the hold over.
+    pub fn available(&self, member: Ipv4Addr, now: Tick) -> usize {
+        self.by_member.get(&member).map_or(0, |&i| {
+            let b = &self.blocks[i];
+            let matured =
+                |q: &VecDeque<(u16, Tick)>| q.iter().filter(|&&(_, until)| until <= now).count();
+            b.free.len() + matured(&b.held_fin) + matured(&b.held_rst)
+        })
+    }
+
+    fn take_lent(&mut self, port: u16) -> bool {
+        let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
+        let was = self.lent[word] & bit != 0;
+        self.lent[word] &= !bit;
+        was
     }
 }
 
@@ -50,19 +151,62 @@ impl SnatPorts {
 mod tests {
     use super::*;
 
+    const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+    const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+    const HOLDS: Holds = Holds {
+        after_fin: 240,
+        after_rst: 15,
+    };
+
     #[test]
-    fn ports_are_unique_until_released_and_reused_oldest_first() {
-        let mut pool = SnatPorts::new(1024..=1027, |p| p == 1025);
-        let a = pool.allocate().unwrap();
-        let b = pool.allocate().unwrap();
-        let c = pool.allocate().unwrap();
-        assert_eq!([a, b, c], [1024, 1026, 1027]);
-        assert_eq!(pool.allocate(), None, "exhausted");
-        pool.release(b);
-        pool.release(b); // a second release of the same port changes nothing
-        pool.release(a);
-        assert_eq!(pool.allocate(), Some(b));
-        assert_eq!(pool.allocate(), Some(a));
-        assert_eq!(pool.allocate(), None);
+    fn each_member_owns_its_own_block() {
+        let mut pool = SnatPorts::new(&[(A, 2), (B, 2)], (1024..).filter(|&p| p != 1025), HOLDS);
+        assert_eq!(
+            [pool.allocate(A, 0), pool.allocate(A, 0)],
+            [Some(1024), Some(1026)]
+        );
+        assert_eq!(pool.allocate(A, 0), None, "A's block is exhausted");
+        assert_eq!(
+            [pool.allocate(B, 0), pool.allocate(B, 0)],
+            [Some(1027), Some(1028)],
+            "B's is not A's"
+        );
+        assert_eq!(
+            pool.allocate(Ipv4Addr::new(192, 0, 2, 99), 0),
+            None,
+            "not a member here"
+        );
+    }
+
+    #[test]
+    fn blocks_may_differ_in_size_and_run_short_when_ports_run_out() {
+        let mut pool = SnatPorts::new(&[(A, 1), (B, 8)], 1024..1030, HOLDS);
+        assert_eq!(pool.available(A, 0), 1);
+        assert_eq!(pool.available(B, 0), 5);
+        assert_eq!(pool.allocate(A, 0), Some(1024));
+        assert_eq!(pool.allocate(B, 0), Some(1025));
+    }
+
+    #[test]
+    fn a_released_port_is_held_for_its_endings_time_then_lent_again() {
+        // Azure LB SNAT: a port is reused 240 s after a FIN, 15 s after a RST.
+        let mut pool = SnatPorts::new(&[(A, 2)], 1024.., HOLDS);
+        let (p, q) = (pool.allocate(A, 0).unwrap(), pool.allocate(A, 0).unwrap());
+        pool.release(A, p, Ending::Fin, 100);
+        pool.release(A, q, Ending::Rst, 100);
+        pool.release(A, q, Ending::Rst, 100); // a second release changes nothing
+        assert_eq!(pool.allocate(A, 114), None);
+        assert_eq!(pool.available(A, 115), 1);
+        assert_eq!(pool.allocate(A, 115), Some(q));
+        assert_eq!(pool.allocate(A, 339), None);
+        assert_eq!(pool.allocate(A, 340), Some(p));
+    }
+
+    #[test]
+    fn an_unused_port_comes_back_at_once() {
+        let mut pool = SnatPorts::new(&[(A, 1)], 1024.., HOLDS);
+        let p = pool.allocate(A, 0).unwrap();
+        pool.release_unused(A, p);
+        assert_eq!(pool.allocate(A, 0), Some(p));
     }
 }

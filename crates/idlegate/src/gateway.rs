@@ -59,6 +59,8 @@ pub struct Gateway {
     poll: Poll,
     stopper: Stopper,
     buf: Box<[u8; BUF_LEN]>,
+    /// Member addresses and names, for log lines.
+    member_names: Vec<(Ipv4Addr, String)>,
     /// Which devices may still hold packets.
     readable: Vec<bool>,
     /// Where the engine writes the packets it generates.
@@ -96,6 +98,12 @@ impl Gateway {
         Ok(Gateway {
             engine,
             readable: vec![false; ports.len()],
+            member_names: config
+                .backend_pools
+                .iter()
+                .flat_map(|p| &p.members)
+                .map(|m| (m.address, m.name.clone()))
+                .collect(),
             ports,
             poll,
             stopper,
@@ -251,6 +259,21 @@ impl Gateway {
                     flow.remote,
                     flow.public,
                     flow.private
+                );
+            }
+            Event::PortExhausted {
+                rule,
+                frontend,
+                member,
+            } => {
+                let name = self
+                    .member_names
+                    .iter()
+                    .find(|(a, _)| *a == member)
+                    .map_or("?", |(_, n)| n.as_str());
+                tracing::warn!(
+                    rule = self.engine.rule_name(rule),
+                    "SNAT port exhaustion on frontend {frontend} for member {name} ({member}): its new connection's SYN was dropped"
                 );
             }
         }

@@ -213,3 +213,154 @@ fn outbound_flows_die_silently_survive_with_keepalive_and_reset_both_sides() {
     assert_eq!(counters.flows_expired, 2);
     assert!(counters.dropped(DropReason::NoFlow) >= 1);
 }
+
+const SNAT_CONFIG: &str = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+ports_per_member = 8
+"#;
+
+/// An echo server on `port` in the current namespace, until `stop`.
+fn echo_server(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    listener.set_nonblocking(true)?;
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false)?;
+                conn.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    while !stop.load(Ordering::SeqCst) {
+                        match conn.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+            // No pending connection: wait on the listener for at most 50 ms, then look again.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                use std::os::fd::AsRawFd;
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn echoes(conn: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let mut buf = [0u8; 1];
+    conn.set_read_timeout(Some(Duration::from_secs(3))).is_ok()
+        && conn.write_all(b"x").is_ok()
+        && conn.read_exact(&mut buf).is_ok()
+        && &buf == b"x"
+}
+
+#[test]
+fn snat_port_exhaustion_refuses_the_extra_connection_spares_the_others_and_the_port_comes_back() {
+    // Azure: with every SNAT port of a member lent, its new connection fails and the existing
+    // ones keep working; a port is reused 15 s after a RST (scaled by 60: 250 ms).
+    require_root();
+    let config = Config::from_toml(SNAT_CONFIG, "snat test config").unwrap();
+    let target = SocketAddrV4::new(INTERNET_ADDRESS, 8000);
+    let ((ninth, all_echo, reconnected), counters) =
+        Lab::with_gateway(&unique("sn"), &config, |lab| {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let server_stop = stop.clone();
+            let server = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, move || {
+                echo_server(8000, server_stop)
+            })?;
+            let client = idlegate::netns::spawn_in(&lab.namespace_of("vm1")?, move || {
+                let connect =
+                    |timeout| std::net::TcpStream::connect_timeout(&target.into(), timeout);
+                // The server may need a moment to listen: retry the first connection briefly.
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let first = loop {
+                    match connect(Duration::from_secs(1)) {
+                        Ok(c) => break c,
+                        Err(e) if std::time::Instant::now() > deadline => {
+                            panic!("first connection: {e}")
+                        }
+                        Err(_) => {}
+                    }
+                };
+                let mut conns = vec![first];
+                for _ in 1..8 {
+                    conns.push(
+                        connect(Duration::from_secs(2)).expect("connections 2 to 8 get ports"),
+                    );
+                }
+                let ninth = connect(Duration::from_millis(1500))
+                    .map(|_| ())
+                    .map_err(|e| e.kind());
+                let all_echo = conns.iter_mut().all(echoes);
+                // Close one with a RST (linger 0); its port comes back after the hold.
+                socket2::SockRef::from(&conns[0])
+                    .set_linger(Some(Duration::ZERO))
+                    .expect("linger");
+                drop(conns.remove(0));
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                let reconnected = loop {
+                    match connect(Duration::from_millis(500)) {
+                        Ok(mut c) => break echoes(&mut c),
+                        Err(_) if std::time::Instant::now() < deadline => {}
+                        Err(_) => break false,
+                    }
+                };
+                (ninth, all_echo, reconnected)
+            })?;
+            let result = client
+                .join()
+                .map_err(|_| anyhow::anyhow!("client thread panicked"));
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = server.join();
+            result
+        })
+        .expect("lab run");
+    assert_eq!(
+        ninth,
+        Err(std::io::ErrorKind::TimedOut),
+        "the ninth connection's SYN is dropped"
+    );
+    assert!(all_echo, "the eight existing connections keep working");
+    assert!(
+        reconnected,
+        "the port came back after the hold and a new connection works"
+    );
+    assert!(counters.dropped(DropReason::PortExhausted) >= 1);
+}
