@@ -56,6 +56,8 @@ pub struct Config {
 pub struct Frontend {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The frontend's own idle timeout for inbound flows, if it sets one (unscaled).
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A set of inside hosts that rules balance to and translate for.
@@ -77,7 +79,16 @@ pub struct Member {
 pub struct Idle {
     /// Unscaled, as written in the config (or the profile's default).
     pub timeout: Duration,
+    /// Whether the rule sets `timeout` or takes the profile's default.
+    pub timeout_from: TimeoutFrom,
     pub expiry: Expiry,
+}
+
+/// Where a rule's own idle timeout comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutFrom {
+    Rule,
+    ProfileDefault,
 }
 
 /// Inbound load balancing: `frontend:frontend_port` → a pool member's `backend_port`.
@@ -226,6 +237,7 @@ struct RawConfig {
 struct RawFrontend {
     name: S<String>,
     address: S<String>,
+    idle_timeout: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -328,7 +340,7 @@ impl Validator {
                 *t.get_ref()
             }
         };
-        let frontends = self.frontends(&raw.frontend)?;
+        let frontends = self.frontends(&raw.frontend, profile)?;
         let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
         let mut lb_rules = Vec::new();
         for r in &raw.lb_rule {
@@ -361,7 +373,11 @@ impl Validator {
         })
     }
 
-    fn frontends(&mut self, raw: &[S<RawFrontend>]) -> Result<Vec<Frontend>, Invalid> {
+    fn frontends(
+        &mut self,
+        raw: &[S<RawFrontend>],
+        profile: &Profile,
+    ) -> Result<Vec<Frontend>, Invalid> {
         let mut out: Vec<Frontend> = Vec::new();
         for f in raw {
             let f = f.get_ref();
@@ -373,7 +389,22 @@ impl Validator {
                     format!("address {address} is already frontend \"{}\"'s", other.name),
                 );
             }
-            out.push(Frontend { name, address });
+            let idle_timeout = match (&f.idle_timeout, &profile.frontend_idle) {
+                (None, _) => None,
+                (Some(t), Some(range)) => Some(timeout(t, range, profile)?),
+                (Some(t), None) => {
+                    let message = format!(
+                        "idle_timeout: a {} frontend has no idle timeout of its own",
+                        profile.title
+                    );
+                    return invalid(t.span(), message);
+                }
+            };
+            out.push(Frontend {
+                name,
+                address,
+                idle_timeout,
+            });
         }
         Ok(out)
     }
@@ -636,40 +667,14 @@ fn protocol(p: Option<&S<String>>) -> Result<Protocol, Invalid> {
 }
 
 fn idle(
-    timeout: Option<&S<String>>,
+    timeout_setting: Option<&S<String>>,
     expiry: Option<&S<String>>,
     range: &TimeoutRange,
     profile: &Profile,
 ) -> Result<Idle, Invalid> {
-    let timeout = match timeout {
-        None => range.default,
-        Some(t) => {
-            let d = humantime::parse_duration(t.get_ref())
-                .or_else(|_| invalid(t.span(), format!("idle_timeout = \"{}\" is not a duration (write e.g. \"4m\", \"30s\", \"1h 30m\")", t.get_ref())))?;
-            if d < range.min {
-                return invalid(
-                    t.span(),
-                    format!(
-                        "idle_timeout = {} is below {}'s minimum of {}",
-                        t.get_ref(),
-                        profile.title,
-                        human(range.min)
-                    ),
-                );
-            }
-            if d > range.max {
-                return invalid(
-                    t.span(),
-                    format!(
-                        "idle_timeout = {} is above {}'s maximum of {}",
-                        t.get_ref(),
-                        profile.title,
-                        human(range.max)
-                    ),
-                );
-            }
-            d
-        }
+    let (timeout, timeout_from) = match timeout_setting {
+        None => (range.default, TimeoutFrom::ProfileDefault),
+        Some(t) => (timeout(t, range, profile)?, TimeoutFrom::Rule),
     };
     let expiry = match expiry {
         None => profile.default_expiry,
@@ -678,7 +683,40 @@ fn idle(
             .parse()
             .or_else(|err| invalid(e.span(), format!("expiry = \"{}\": {err}", e.get_ref())))?,
     };
-    Ok(Idle { timeout, expiry })
+    Ok(Idle {
+        timeout,
+        timeout_from,
+        expiry,
+    })
+}
+
+/// An `idle_timeout` setting, parsed and checked against the profile's range.
+fn timeout(t: &S<String>, range: &TimeoutRange, profile: &Profile) -> Result<Duration, Invalid> {
+    let text = t.get_ref();
+    let d = humantime::parse_duration(text).or_else(|_| {
+        invalid(t.span(), format!("idle_timeout = \"{text}\" is not a duration (write e.g. \"4m\", \"30s\", \"1h 30m\")"))
+    })?;
+    if d < range.min {
+        return invalid(
+            t.span(),
+            format!(
+                "idle_timeout = {text} is below {}'s minimum of {}",
+                profile.title,
+                human(range.min)
+            ),
+        );
+    }
+    if d > range.max {
+        return invalid(
+            t.span(),
+            format!(
+                "idle_timeout = {text} is above {}'s maximum of {}",
+                profile.title,
+                human(range.max)
+            ),
+        );
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -735,6 +773,7 @@ expiry = "silent"
             c.lb_rules[0].idle,
             Idle {
                 timeout: Duration::from_secs(240),
+                timeout_from: TimeoutFrom::ProfileDefault,
                 expiry: Expiry::Silent
             }
         );

@@ -15,6 +15,7 @@ use crate::config::{self, Config};
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
 use crate::packet::{self, Headers, ParseError, Protocol, Reset, TcpSegment};
+use crate::precedence;
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -280,7 +281,7 @@ impl Engine {
                 .collect()
         };
         let mut rules = Vec::new();
-        for r in &config.lb_rules {
+        for (i, r) in config.lb_rules.iter().enumerate() {
             let frontend = SocketAddrV4::new(config.frontends[r.frontend].address, r.frontend_port);
             rules.push(Rule {
                 name: r.name.clone(),
@@ -289,12 +290,12 @@ impl Engine {
                     members: members(r.backend_pool),
                     backend_port: r.backend_port,
                 },
-                idle: ticks(r.idle.timeout),
+                idle: ticks(precedence::lb_rule(config, i).timeout),
                 transitory,
                 expiry: r.idle.expiry,
             });
         }
-        for r in &config.outbound_rules {
+        for (i, r) in config.outbound_rules.iter().enumerate() {
             let frontend = config.frontends[r.frontend].address;
             let pool = match snat_frontends.iter().position(|&f| f == r.frontend) {
                 Some(i) => i,
@@ -311,7 +312,7 @@ impl Engine {
                     members: members(r.backend_pool),
                     snat: pool,
                 },
-                idle: ticks(r.idle.timeout),
+                idle: ticks(precedence::outbound_rule(config, i).timeout),
                 transitory,
                 expiry: r.idle.expiry,
             });

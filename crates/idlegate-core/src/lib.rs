@@ -14,6 +14,7 @@
 //! | [`snat`] | SNAT ports lent to outbound flows |
 //! | [`expiry`] | what happens when a flow is forgotten |
 //! | [`config`] | the TOML config, validated |
+//! | [`precedence`] | which idle timeout wins when several settings name one |
 //! | [`profile`] | the real middleboxes' timers, with sources |
 //! | [`packet`] | typed views of IPv4/TCP/UDP, in-place rewriting, RSTs |
 //! | [`checksum`] | RFC 1624 incremental checksum update |
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod expiry;
 pub mod flow;
 pub mod packet;
+pub mod precedence;
 pub mod profile;
 pub mod snat;
 pub mod timer;

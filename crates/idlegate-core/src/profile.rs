@@ -27,6 +27,8 @@ pub struct Profile {
     pub lb_rule_idle: TimeoutRange,
     /// Idle timeout of outbound (SNAT) rules.
     pub outbound_rule_idle: TimeoutRange,
+    /// Idle timeout a frontend address may carry for its inbound flows, if the box has one.
+    pub frontend_idle: Option<TimeoutRange>,
     /// Timeout of flows that are not established: handshake, closing (FIN) and closed (RST).
     pub transitory: Duration,
     /// The expiry action of a rule that names none.
@@ -60,6 +62,9 @@ const fn minutes(m: u64) -> Duration {
 ///   ("Configure load balancer TCP reset and idle timeout"; older API docs say 4–30 min, the
 ///   newest page is taken, seed 002).
 /// - Outbound rules: 4 min default, 4–120 min ("Outbound rules" docs; some pages say 100).
+/// - Frontend (public IP address) idle timeout: 4 min default, 4–30 min (the public IP
+///   address resource's `idleTimeoutInMinutes`); it beats the LB rule's for inbound flows
+///   (seed 002, "Order of precedence"). Its outbound idle timeout is locked at 4 min.
 /// - At expiry: silent drop by default; "TCP reset" per rule (seed 002).
 /// - Transitory: Azure LB documents no timer for half-open or closing flows. idlegate uses
 ///   30 s, the half-open (SYN only) timer Azure documents for NAT Gateway ("NAT gateway timers").
@@ -81,6 +86,11 @@ pub static AZURE_LB: Profile = Profile {
         min: minutes(4),
         max: minutes(120),
     },
+    frontend_idle: Some(TimeoutRange {
+        default: minutes(4),
+        min: minutes(4),
+        max: minutes(30),
+    }),
     transitory: Duration::from_secs(30),
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {

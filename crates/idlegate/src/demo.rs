@@ -13,7 +13,7 @@ use crate::scenario::{self, Outcome, Script};
 use anyhow::{bail, Result};
 use idlegate_core::engine::Counters;
 use idlegate_core::expiry::Expiry;
-use idlegate_core::{config, Config};
+use idlegate_core::{config, precedence, Config};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -84,7 +84,7 @@ pub struct GatewayReport {
 pub fn run(options: &Options) -> Result<()> {
     crate::lab::ensure_root()?;
     let config = Config::from_toml(&config_text(options), "demo config")?;
-    let idle = config.scaled(config.lb_rules[0].idle.timeout);
+    let idle = config.scaled(precedence::lb_rule(&config, 0).timeout);
     if idle < Duration::from_secs(2) {
         bail!(
             "--time-scale {} makes the idle timeout {idle:?}; the demo needs at least 2 s, because TCP keepalive counts whole seconds and must fire at half the timeout",

@@ -8,7 +8,7 @@ use idlegate::lab::{self, Lab};
 use idlegate::tun::Tun;
 use idlegate::{demo, netns};
 use idlegate_core::engine::Interface;
-use idlegate_core::Config;
+use idlegate_core::{precedence, Config};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +49,10 @@ struct GatewayArgs {
     /// TUN device on the internet's side.
     #[arg(long, default_value = "igw-outside")]
     outside: String,
+    /// Print, for every rule, the idle timeout and expiry action that will apply and which
+    /// setting won, then exit without starting.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +61,10 @@ enum LabCommand {
     Up {
         #[arg(long)]
         config: PathBuf,
+        /// Print, for every rule, the idle timeout and expiry action that will apply and which
+        /// setting won, then exit without starting.
+        #[arg(long)]
+        explain: bool,
         /// Lab name, so several labs can run at once.
         #[arg(long, default_value = "lab")]
         name: String,
@@ -106,8 +114,18 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Gateway(GatewayArgs {
+            config,
+            explain: true,
+            ..
+        }) => explain(&config).map(|()| ExitCode::SUCCESS),
         Command::Gateway(args) => gateway(args).map(|()| ExitCode::SUCCESS),
-        Command::Lab(LabCommand::Up { config, name }) => {
+        Command::Lab(LabCommand::Up {
+            config,
+            explain: true,
+            ..
+        }) => explain(&config).map(|()| ExitCode::SUCCESS),
+        Command::Lab(LabCommand::Up { config, name, .. }) => {
             lab_up(&config, &name).map(|()| ExitCode::SUCCESS)
         }
         Command::Lab(LabCommand::Exec {
@@ -121,6 +139,12 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `--explain`: what every rule's flows will get, and why.
+fn explain(path: &Path) -> Result<()> {
+    print!("{}", precedence::explain(&load_config(path)?));
+    Ok(())
 }
 
 /// Reads and validates a config file; nothing starts on a bad one.
@@ -196,26 +220,25 @@ fn lab_up(config_path: &Path, name: &str) -> Result<()> {
     }
     for rule in &config.lb_rules {
         let frontend = &config.frontends[rule.frontend];
+        let pool = &config.backend_pools[rule.backend_pool].name;
         tracing::info!(
-            "lb_rule {}: {}:{} → pool {} port {}, idle timeout {:?}, expiry {}",
+            "lb_rule {}: {}:{} → pool {pool} port {}",
             rule.name,
             frontend.address,
             rule.frontend_port,
-            config.backend_pools[rule.backend_pool].name,
-            rule.backend_port,
-            config.scaled(rule.idle.timeout),
-            rule.idle.expiry
+            rule.backend_port
         );
     }
     for rule in &config.outbound_rules {
+        let pool = &config.backend_pools[rule.backend_pool].name;
         tracing::info!(
-            "outbound_rule {}: pool {} leaves from {}, idle timeout {:?}, expiry {}",
+            "outbound_rule {}: pool {pool} leaves from {}",
             rule.name,
-            config.backend_pools[rule.backend_pool].name,
-            config.frontends[rule.frontend].address,
-            config.scaled(rule.idle.timeout),
-            rule.idle.expiry
+            config.frontends[rule.frontend].address
         );
+    }
+    for line in precedence::explain(&config).lines() {
+        tracing::info!("{line}");
     }
     print_ready()?;
     gateway.run()?;

@@ -822,3 +822,31 @@ fn a_lab_name_that_could_collide_with_another_labs_namespaces_is_refused() {
     );
     assert!(namespaces_of(&base).is_empty(), "nothing was created");
 }
+
+#[test]
+fn explain_prints_every_rules_timeout_and_why_without_starting_anything() {
+    let output = Command::new(IDLEGATE)
+        .args(["lab", "up", "--explain", "--config"])
+        .arg(example_config())
+        .output()
+        .expect("running idlegate lab up --explain");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("lb_rule app: idle timeout 4 min (runs 4s), expiry silent"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("lb_rule app-with-reset: idle timeout 4 min (runs 4s), expiry reset"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("outbound_rule egress: idle timeout 4 min"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("because:"), "{stdout}");
+}

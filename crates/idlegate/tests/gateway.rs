@@ -364,3 +364,71 @@ fn snat_port_exhaustion_refuses_the_extra_connection_spares_the_others_and_the_p
     );
     assert!(counters.dropped(DropReason::PortExhausted) >= 1);
 }
+
+#[test]
+fn a_frontends_idle_timeout_beats_its_lb_rules() {
+    // Azure, seed 002: "the load balancer frontend IP idle timeout takes precedence".
+    require_root();
+    let text = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "short"
+address = "203.0.113.10"
+idle_timeout = "4m"
+[[frontend]]
+name = "plain"
+address = "203.0.113.11"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "via-short"
+frontend = "short"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "10m"
+[[lb_rule]]
+name = "via-plain"
+frontend = "plain"
+frontend_port = 7001
+backend_pool = "vms"
+backend_port = 7001
+idle_timeout = "10m"
+"#;
+    let config = Config::from_toml(text, "precedence test config").unwrap();
+    let (outcomes, _) = Lab::with_gateway(&unique("pr"), &config, |lab| {
+        let script = |name: &str, frontend: Ipv4Addr, port: u16| -> anyhow::Result<Script> {
+            Ok(Script {
+                name: name.to_string(),
+                client_ns: lab.namespace_of(INTERNET)?,
+                server_ns: lab.namespace_of("vm1")?,
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+                connect: SocketAddrV4::new(frontend, port),
+                keepalive: None,
+                // Idle 5.5 s: past the frontend's 4 min (4 s), well within the rule's 10 min (10 s).
+                sends: vec![
+                    (Duration::ZERO, "a".into()),
+                    (Duration::from_millis(5500), "b".into()),
+                ],
+                observe: Duration::from_millis(1500),
+            })
+        };
+        scenario::run(vec![
+            script("via-short", Ipv4Addr::new(203, 0, 113, 10), 7000)?,
+            script("via-plain", Ipv4Addr::new(203, 0, 113, 11), 7001)?,
+        ])
+    })
+    .expect("lab run");
+    assert_eq!(
+        outcome(&outcomes, "via-short").delivered,
+        ["a"],
+        "the frontend's 4 min won"
+    );
+    assert_eq!(
+        outcome(&outcomes, "via-plain").delivered,
+        ["a", "b"],
+        "the rule's 10 min applies"
+    );
+}

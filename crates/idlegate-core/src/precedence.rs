@@ -1,0 +1,225 @@
+//! Which idle timeout a rule's flows get when several settings name one.
+//!
+//! Azure's "Order of precedence" (seed 002): for inbound flows, a frontend IP's own idle timeout
+//! beats the load-balancing rule's; for outbound flows, the outbound rule's idle timeout beats
+//! the public IP's outbound idle timeout, which is locked at 4 minutes (a frontend's own
+//! `idle_timeout` does not reach outbound flows). [`lb_rule`] and [`outbound_rule`] resolve one
+//! rule and say which setting won and why; the engine runs exactly what they say, and
+//! [`explain`] prints it for `--explain`.
+
+use crate::config::{human, Config, TimeoutFrom};
+use crate::expiry::Expiry;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// The setting that decided a rule's idle timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    /// The rule's own `idle_timeout`.
+    Rule,
+    /// The frontend's `idle_timeout`, which beats the rule's for inbound flows.
+    Frontend,
+    /// Nobody set one: the profile's default.
+    ProfileDefault,
+}
+
+/// The idle timeout and expiry action a rule's flows get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Unscaled.
+    pub timeout: Duration,
+    pub expiry: Expiry,
+    pub winner: Winner,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// The idle timeout of load-balancing rule `i`'s flows.
+pub fn lb_rule(config: &Config, i: usize) -> Applied {
+    let rule = &config.lb_rules[i];
+    let frontend = &config.frontends[rule.frontend];
+    let own = rule.idle.timeout;
+    let (timeout, winner, reason) = match (frontend.idle_timeout, rule.idle.timeout_from) {
+        (Some(f), TimeoutFrom::Rule) if f != own => (
+            f,
+            Winner::Frontend,
+            format!(
+                "frontend \"{}\" sets {}, which beats the rule's {} (Azure: a frontend IP's idle timeout takes precedence over the LB rule's)",
+                frontend.name,
+                human(f),
+                human(own)
+            ),
+        ),
+        (Some(f), TimeoutFrom::Rule) => (f, Winner::Rule, format!("the rule and frontend \"{}\" both set {}", frontend.name, human(f))),
+        (Some(f), TimeoutFrom::ProfileDefault) => (
+            f,
+            Winner::Frontend,
+            format!("frontend \"{}\" sets {}; the rule sets none", frontend.name, human(f)),
+        ),
+        (None, TimeoutFrom::Rule) => (own, Winner::Rule, format!("the rule's own; frontend \"{}\" sets none", frontend.name)),
+        (None, TimeoutFrom::ProfileDefault) => (
+            own,
+            Winner::ProfileDefault,
+            format!("{}'s default: neither the rule nor frontend \"{}\" sets one", config.profile.title, frontend.name),
+        ),
+    };
+    Applied {
+        timeout,
+        expiry: rule.idle.expiry,
+        winner,
+        reason,
+    }
+}
+
+/// The idle timeout of outbound rule `i`'s flows.
+pub fn outbound_rule(config: &Config, i: usize) -> Applied {
+    let rule = &config.outbound_rules[i];
+    let frontend = &config.frontends[rule.frontend];
+    let locked = config.profile.outbound_rule_idle.default;
+    let timeout = rule.idle.timeout;
+    let (winner, mut reason) = match rule.idle.timeout_from {
+        TimeoutFrom::Rule if timeout != locked => (
+            Winner::Rule,
+            format!(
+                "the rule's {}, which beats the public IP's outbound idle timeout, locked at {} (Azure: the outbound rule's takes precedence)",
+                human(timeout),
+                human(locked)
+            ),
+        ),
+        TimeoutFrom::Rule => (Winner::Rule, format!("the rule's own, the same as the public IP's locked {}", human(locked))),
+        TimeoutFrom::ProfileDefault => (
+            Winner::ProfileDefault,
+            format!("{}'s default: the public IP's outbound idle timeout, locked at {}", config.profile.title, human(locked)),
+        ),
+    };
+    if let Some(f) = frontend.idle_timeout {
+        let _ = write!(
+            reason,
+            "; frontend \"{}\"'s {} applies to inbound flows only",
+            frontend.name,
+            human(f)
+        );
+    }
+    Applied {
+        timeout,
+        expiry: rule.idle.expiry,
+        winner,
+        reason,
+    }
+}
+
+/// For every rule, the timeout and expiry action its flows get and which setting won: the
+/// report of `--explain`.
+pub fn explain(config: &Config) -> String {
+    let mut out = format!(
+        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n",
+        config.profile.name, config.profile.title, config.time_scale, config.time_scale
+    );
+    let lines = (0..config.lb_rules.len())
+        .map(|i| ("lb_rule", &config.lb_rules[i].name, lb_rule(config, i)))
+        .chain((0..config.outbound_rules.len()).map(|i| {
+            (
+                "outbound_rule",
+                &config.outbound_rules[i].name,
+                outbound_rule(config, i),
+            )
+        }));
+    for (kind, name, applied) in lines {
+        let _ = writeln!(
+            out,
+            "{kind} {name}: idle timeout {} (runs {:?}), expiry {}\n    because: {}",
+            human(applied.timeout),
+            config.scaled(applied.timeout),
+            applied.expiry,
+            applied.reason
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(
+        frontend_idle: Option<&str>,
+        lb_idle: Option<&str>,
+        outbound_idle: Option<&str>,
+    ) -> Config {
+        let line =
+            |key: &str, v: Option<&str>| v.map_or(String::new(), |v| format!("{key} = \"{v}\"\n"));
+        let text = format!(
+            "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n{}\
+             [[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"192.0.2.11\" }}]\n\
+             [[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\n{}\
+             [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n{}",
+            line("idle_timeout", frontend_idle),
+            line("idle_timeout", lb_idle),
+            line("idle_timeout", outbound_idle),
+        );
+        Config::from_toml(&text, "test").unwrap()
+    }
+
+    /// Seed 002, "Order of precedence", pair by pair.
+    #[test]
+    #[rustfmt::skip]
+    fn every_precedence_pair_of_azures_list_resolves_as_documented() {
+        let min = |m: u64| Duration::from_secs(m * 60);
+        // (frontend, lb_rule, outbound_rule idle_timeout) → (minutes, winner) for each rule.
+        type Settings<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+        type Expected = (u64, Winner);
+        let cases: &[(Settings, Expected, Expected)] = &[
+            // Inbound: "the load balancer frontend IP idle timeout takes precedence" over the LB rule's.
+            ((Some("10m"), Some("20m"), None), (10, Winner::Frontend), (4, Winner::ProfileDefault)),
+            ((Some("10m"), None, None), (10, Winner::Frontend), (4, Winner::ProfileDefault)),
+            ((Some("10m"), Some("10m"), None), (10, Winner::Rule), (4, Winner::ProfileDefault)),
+            ((None, Some("20m"), None), (20, Winner::Rule), (4, Winner::ProfileDefault)),
+            ((None, None, None), (4, Winner::ProfileDefault), (4, Winner::ProfileDefault)),
+            // Outbound: "the outbound rule idle timeout takes precedence" over the public IP's locked 4 min,
+            // and the frontend's own idle timeout does not reach outbound flows.
+            ((None, None, Some("30m")), (4, Winner::ProfileDefault), (30, Winner::Rule)),
+            ((Some("10m"), None, Some("30m")), (10, Winner::Frontend), (30, Winner::Rule)),
+            ((Some("10m"), None, None), (10, Winner::Frontend), (4, Winner::ProfileDefault)),
+            ((None, None, Some("4m")), (4, Winner::ProfileDefault), (4, Winner::Rule)),
+        ];
+        for ((frontend, lb, outbound), (lb_min, lb_winner), (out_min, out_winner)) in cases {
+            let c = config(*frontend, *lb, *outbound);
+            let (l, o) = (lb_rule(&c, 0), outbound_rule(&c, 0));
+            let case = format!("frontend {frontend:?}, lb_rule {lb:?}, outbound_rule {outbound:?}");
+            assert_eq!((l.timeout, l.winner), (min(*lb_min), *lb_winner), "lb_rule, {case}: {}", l.reason);
+            assert_eq!((o.timeout, o.winner), (min(*out_min), *out_winner), "outbound_rule, {case}: {}", o.reason);
+        }
+    }
+
+    #[test]
+    fn explain_names_every_rule_its_timeout_and_the_winning_setting() {
+        let report = explain(&config(Some("10m"), Some("20m"), Some("30m")));
+        assert!(
+            report.contains("lb_rule app: idle timeout 10 min"),
+            "{report}"
+        );
+        assert!(
+            report.contains("frontend \"public\" sets 10 min, which beats the rule's 20 min"),
+            "{report}"
+        );
+        assert!(
+            report.contains("outbound_rule egress: idle timeout 30 min"),
+            "{report}"
+        );
+        assert!(report.contains("locked at 4 min"), "{report}");
+    }
+
+    #[test]
+    fn a_frontend_idle_timeout_outside_the_public_ips_range_is_refused() {
+        let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\nidle_timeout = \"31m\"\n\
+                    [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                    [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n";
+        let err = Config::from_toml(text, "t.toml").unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(
+            err.message
+                .contains("idle_timeout = 31m is above Azure LB's maximum of 30 min"),
+            "{err}"
+        );
+    }
+}
