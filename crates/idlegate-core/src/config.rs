@@ -48,6 +48,7 @@ pub struct Config {
     pub frontends: Vec<Frontend>,
     pub backend_pools: Vec<BackendPool>,
     pub lb_rules: Vec<LbRule>,
+    pub inbound_nat_rules: Vec<InboundNatRule>,
     pub outbound_rules: Vec<OutboundRule>,
 }
 
@@ -105,6 +106,23 @@ pub struct LbRule {
     pub idle: Idle,
 }
 
+/// Inbound NAT: frontend ports mapped one to one onto members, `first_port` onto the first.
+/// The single form (`frontend_port` and `member`) is a range of one; the range form
+/// (`frontend_port_range` and `backend_pool`) gives each member of the pool, in order, the next
+/// port of the range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundNatRule {
+    pub name: String,
+    pub frontend: usize,
+    pub protocol: Protocol,
+    pub first_port: u16,
+    /// The last port the rule claims on the frontend (a range may be longer than the pool).
+    pub last_port: u16,
+    pub members: Vec<Member>,
+    pub backend_port: u16,
+    pub idle: Idle,
+}
+
 /// Outbound SNAT: the pool's connections leave from the frontend address and a gateway port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboundRule {
@@ -120,6 +138,31 @@ impl Config {
     /// The timer the engine runs for a configured duration: divided by `time_scale`.
     pub fn scaled(&self, d: Duration) -> Duration {
         d / self.time_scale
+    }
+
+    /// The ports of `frontend` that inbound rules (LB and inbound NAT) claim.
+    pub fn inbound_ports(
+        &self,
+        frontend: usize,
+    ) -> impl Iterator<Item = std::ops::RangeInclusive<u16>> + '_ {
+        let lb = self
+            .lb_rules
+            .iter()
+            .filter(move |r| r.frontend == frontend)
+            .map(|r| r.frontend_port..=r.frontend_port);
+        let nat = self
+            .inbound_nat_rules
+            .iter()
+            .filter(move |r| r.frontend == frontend)
+            .map(|r| r.first_port..=r.last_port);
+        lb.chain(nat)
+    }
+
+    /// The ports of `frontend` SNAT may lend, in order: from [`SNAT_PORTS_FROM`] up, less the
+    /// ports inbound rules claim.
+    pub fn snat_port_candidates(&self, frontend: usize) -> impl Iterator<Item = u16> + '_ {
+        let claimed: Vec<std::ops::RangeInclusive<u16>> = self.inbound_ports(frontend).collect();
+        (SNAT_PORTS_FROM..=u16::MAX).filter(move |p| !claimed.iter().any(|r| r.contains(p)))
     }
 
     /// Parses and validates `text`; `file` names it in error messages.
@@ -229,6 +272,8 @@ struct RawConfig {
     #[serde(default)]
     lb_rule: Vec<S<RawLbRule>>,
     #[serde(default)]
+    inbound_nat_rule: Vec<S<RawInboundNatRule>>,
+    #[serde(default)]
     outbound_rule: Vec<S<RawOutboundRule>>,
 }
 
@@ -269,6 +314,21 @@ struct RawLbRule {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawInboundNatRule {
+    name: S<String>,
+    frontend: S<String>,
+    protocol: Option<S<String>>,
+    frontend_port: Option<S<u16>>,
+    member: Option<S<String>>,
+    frontend_port_range: Option<S<[u16; 2]>>,
+    backend_pool: Option<S<String>>,
+    backend_port: S<u16>,
+    idle_timeout: Option<S<String>>,
+    expiry: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawOutboundRule {
     name: S<String>,
     frontend: S<String>,
@@ -288,6 +348,8 @@ struct Validator {
     frontends: HashMap<String, usize>,
     pools: HashMap<String, usize>,
     rules: std::collections::HashSet<String>,
+    /// Frontend ports claimed by inbound rules: (frontend, first, last, rule).
+    claimed: Vec<(usize, u16, u16, String)>,
 }
 
 fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
@@ -344,33 +406,31 @@ impl Validator {
         let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
         let mut lb_rules = Vec::new();
         for r in &raw.lb_rule {
-            lb_rules.push(self.lb_rule(r, profile, &lb_rules)?);
+            lb_rules.push(self.lb_rule(r, profile)?);
+        }
+        let mut inbound_nat_rules = Vec::new();
+        for r in &raw.inbound_nat_rule {
+            inbound_nat_rules.push(self.inbound_nat_rule(r, profile, &backend_pools)?);
         }
         let mut outbound_rules = Vec::new();
         for r in &raw.outbound_rule {
             outbound_rules.push(self.outbound_rule(r, profile, &outbound_rules)?);
         }
-        check_snat_totals(
-            &raw.outbound_rule,
-            &outbound_rules,
-            &lb_rules,
-            &frontends,
-            &backend_pools,
-            profile,
-        )?;
-        if lb_rules.is_empty() && outbound_rules.is_empty() {
-            let message =
-                "no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet";
+        if lb_rules.is_empty() && inbound_nat_rules.is_empty() && outbound_rules.is_empty() {
+            let message = "no [[lb_rule]], [[inbound_nat_rule]] or [[outbound_rule]]: the gateway would drop every packet";
             return Err((None, message.to_string()));
         }
-        Ok(Config {
+        let config = Config {
             profile,
             time_scale,
             frontends,
             backend_pools,
             lb_rules,
+            inbound_nat_rules,
             outbound_rules,
-        })
+        };
+        check_snat_totals(&raw.outbound_rule, &config)?;
+        Ok(config)
     }
 
     fn frontends(
@@ -456,12 +516,7 @@ impl Validator {
         Ok(out)
     }
 
-    fn lb_rule(
-        &mut self,
-        r: &S<RawLbRule>,
-        profile: &Profile,
-        earlier: &[LbRule],
-    ) -> Result<LbRule, Invalid> {
+    fn lb_rule(&mut self, r: &S<RawLbRule>, profile: &Profile) -> Result<LbRule, Invalid> {
         let r = r.get_ref();
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
@@ -469,11 +524,14 @@ impl Validator {
         let protocol = protocol(r.protocol.as_ref())?;
         let frontend_port = port(&r.frontend_port, "frontend_port")?;
         let backend_port = port(&r.backend_port, "backend_port")?;
-        if let Some(other) = earlier.iter().find(|o| {
-            o.frontend == frontend && o.frontend_port == frontend_port && o.protocol == protocol
-        }) {
-            return invalid(r.frontend_port.span(), format!("frontend_port = {frontend_port} on frontend \"{}\" is already used by lb_rule \"{}\"", r.frontend.get_ref(), other.name));
-        }
+        self.claim_ports(
+            frontend,
+            frontend_port,
+            frontend_port,
+            &name,
+            &r.frontend_port.span(),
+            "frontend_port",
+        )?;
         let idle = idle(
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
@@ -489,6 +547,127 @@ impl Validator {
             backend_port,
             idle,
         })
+    }
+
+    fn inbound_nat_rule(
+        &mut self,
+        r: &S<RawInboundNatRule>,
+        profile: &Profile,
+        pools: &[BackendPool],
+    ) -> Result<InboundNatRule, Invalid> {
+        let whole = r.span();
+        let r = r.get_ref();
+        let name = self.rule_name(&r.name)?;
+        let frontend = self.frontend_ref(&r.frontend)?;
+        let protocol = protocol(r.protocol.as_ref())?;
+        let backend_port = port(&r.backend_port, "backend_port")?;
+        let (first_port, last_port, members, span, field) = match (
+            &r.frontend_port,
+            &r.member,
+            &r.frontend_port_range,
+            &r.backend_pool,
+        ) {
+            (Some(p), Some(m), None, None) => {
+                let port = port(p, "frontend_port")?;
+                let member = pools
+                    .iter()
+                    .flat_map(|pool| &pool.members)
+                    .find(|x| &x.name == m.get_ref())
+                    .ok_or_else(|| {
+                        let known: Vec<&String> = pools
+                            .iter()
+                            .flat_map(|pool| &pool.members)
+                            .map(|x| &x.name)
+                            .collect();
+                        (
+                            Some(m.span()),
+                            format!(
+                                "member = \"{}\" is no backend pool's member ({})",
+                                m.get_ref(),
+                                names_list(known.into_iter())
+                            ),
+                        )
+                    })?;
+                (port, port, vec![member.clone()], p.span(), "frontend_port")
+            }
+            (None, None, Some(range), Some(pool)) => {
+                let [first, last] = *range.get_ref();
+                if first == 0 || last < first {
+                    return invalid(range.span(), format!("frontend_port_range = [{first}, {last}]: give [first, last] with 1 ≤ first ≤ last ≤ 65535"));
+                }
+                let members = &pools[self.pool_ref(pool)?].members;
+                if usize::from(last - first) + 1 < members.len() {
+                    let message = format!(
+                        "frontend_port_range = [{first}, {last}] has {} port(s) for the {} members of backend_pool \"{}\": one port per member",
+                        last - first + 1,
+                        members.len(),
+                        pool.get_ref()
+                    );
+                    return invalid(range.span(), message);
+                }
+                (
+                    first,
+                    last,
+                    members.clone(),
+                    range.span(),
+                    "frontend_port_range",
+                )
+            }
+            _ => {
+                let message = format!(
+                    "inbound_nat_rule \"{name}\": give either frontend_port and member, or frontend_port_range and backend_pool"
+                );
+                return invalid(whole, message);
+            }
+        };
+        self.claim_ports(frontend, first_port, last_port, &name, &span, field)?;
+        let idle = idle(
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            &profile.lb_rule_idle,
+            profile,
+        )?;
+        Ok(InboundNatRule {
+            name,
+            frontend,
+            protocol,
+            first_port,
+            last_port,
+            members,
+            backend_port,
+            idle,
+        })
+    }
+
+    /// Claims frontend ports `first..=last` of `frontend` for rule `rule`, refusing an overlap.
+    fn claim_ports(
+        &mut self,
+        frontend: usize,
+        first: u16,
+        last: u16,
+        rule: &str,
+        span: &Range<usize>,
+        field: &str,
+    ) -> Result<(), Invalid> {
+        if let Some((_, _, _, other)) = self
+            .claimed
+            .iter()
+            .find(|(f, lo, hi, _)| *f == frontend && first <= *hi && *lo <= last)
+        {
+            let name = self
+                .frontends
+                .iter()
+                .find(|(_, &i)| i == frontend)
+                .map_or("?", |(n, _)| n.as_str());
+            let message = if first == last {
+                format!("{field}: port {first} of frontend \"{name}\" already belongs to rule \"{other}\"")
+            } else {
+                format!("{field}: ports {first}–{last} of frontend \"{name}\" overlap rule \"{other}\"'s")
+            };
+            return invalid(span.clone(), message);
+        }
+        self.claimed.push((frontend, first, last, rule.to_string()));
+        Ok(())
     }
 
     fn outbound_rule(
@@ -610,26 +789,16 @@ fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invali
 
 /// All outbound rules on one frontend together may lend at most the profile's ports per
 /// frontend IP, and no more than its port range holds besides its LB rules' ports.
-fn check_snat_totals(
-    raw: &[S<RawOutboundRule>],
-    rules: &[OutboundRule],
-    lb_rules: &[LbRule],
-    frontends: &[Frontend],
-    pools: &[BackendPool],
-    profile: &Profile,
-) -> Result<(), Invalid> {
-    let mut totals = vec![0u32; frontends.len()];
-    for (raw, rule) in raw.iter().zip(rules) {
+fn check_snat_totals(raw: &[S<RawOutboundRule>], config: &Config) -> Result<(), Invalid> {
+    let mut totals = vec![0u32; config.frontends.len()];
+    for (raw, rule) in raw.iter().zip(&config.outbound_rules) {
         let total = &mut totals[rule.frontend];
-        *total += u32::from(rule.ports_per_member) * pools[rule.backend_pool].members.len() as u32;
-        let lb_ports = lb_rules
-            .iter()
-            .filter(|l| l.frontend == rule.frontend && l.frontend_port >= SNAT_PORTS_FROM)
-            .count();
-        let room = (u32::from(u16::MAX) - u32::from(SNAT_PORTS_FROM) + 1 - lb_ports as u32)
-            .min(profile.snat.ports_per_frontend);
+        *total += u32::from(rule.ports_per_member)
+            * config.backend_pools[rule.backend_pool].members.len() as u32;
+        let free = config.snat_port_candidates(rule.frontend).count() as u32;
+        let room = free.min(config.profile.snat.ports_per_frontend);
         if *total > room {
-            let frontend = &frontends[rule.frontend].name;
+            let frontend = &config.frontends[rule.frontend].name;
             let span = raw
                 .get_ref()
                 .ports_per_member
@@ -637,7 +806,7 @@ fn check_snat_totals(
                 .map_or(raw.get_ref().name.span(), |p| p.span());
             let message = format!(
                 "outbound rules on frontend \"{frontend}\" need {} SNAT ports up to rule \"{}\" (ports_per_member × members); {} allows at most {room} on it",
-                *total, rule.name, profile.title
+                *total, rule.name, config.profile.title
             );
             return invalid(span, message);
         }
@@ -820,13 +989,33 @@ expiry = "silent"
         }
     }
 
+    /// Inbound NAT rule mistakes, each with its message and line.
+    #[test]
+    #[rustfmt::skip]
+    fn each_inbound_nat_rule_mistake_is_refused() {
+        let head = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n[[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }, { name = \"vm2\", address = \"192.0.2.12\" }]\n[[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\n[[inbound_nat_rule]]\nname = \"nat\"\nfrontend = \"public\"\nbackend_port = 22\n";
+        let cases: &[(&str, usize, &str)] = &[
+            ("frontend_port = 50001\nmember = \"vm3\"\n", 18, "member = \"vm3\" is no backend pool's member (defined: vm1, vm2)"),
+            ("frontend_port = 7000\nmember = \"vm1\"\n", 17, "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\""),
+            ("frontend_port_range = [6990, 7010]\nbackend_pool = \"vms\"\n", 17, "ports 6990–7010 of frontend \"public\" overlap rule \"app\"'s"),
+            ("frontend_port_range = [50000, 50000]\nbackend_pool = \"vms\"\n", 17, "has 1 port(s) for the 2 members of backend_pool \"vms\": one port per member"),
+            ("frontend_port_range = [50010, 50000]\nbackend_pool = \"vms\"\n", 17, "give [first, last] with 1 ≤ first ≤ last ≤ 65535"),
+            ("frontend_port = 50001\nbackend_pool = \"vms\"\n", 13, "give either frontend_port and member, or frontend_port_range and backend_pool"),
+        ];
+        for (tail, line, words) in cases {
+            let err = Config::from_toml(&format!("{head}{tail}"), "nat.toml").expect_err(tail);
+            assert_eq!(err.line, *line, "{tail:?}: {err}");
+            assert!(err.message.contains(words), "{tail:?}: {err}");
+        }
+    }
+
     #[test]
     fn a_config_without_rules_is_refused() {
         let text = VALID.split("[[lb_rule]]").next().unwrap();
         let err = Config::from_toml(text, "gw.toml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "gw.toml: no [[lb_rule]] and no [[outbound_rule]]: the gateway would drop every packet"
+            "gw.toml: no [[lb_rule]], [[inbound_nat_rule]] or [[outbound_rule]]: the gateway would drop every packet"
         );
     }
 
@@ -836,7 +1025,7 @@ expiry = "silent"
         let err = Config::from_toml(&format!("{VALID}{second}"), "gw.toml").unwrap_err();
         assert!(
             err.message.contains(
-                "frontend_port = 7000 on frontend \"public\" is already used by lb_rule \"app\""
+                "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\""
             ),
             "{err}"
         );

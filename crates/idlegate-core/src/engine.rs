@@ -11,7 +11,7 @@
 //! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
 //! at or after `t + timeout`, never before.
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
 use crate::packet::{self, Headers, ParseError, Protocol, Reset, TcpSegment};
@@ -182,6 +182,14 @@ enum Translation {
         members: Vec<Ipv4Addr>,
         backend_port: u16,
     },
+    /// Inbound NAT: frontend ports from `first_port` map one to one onto `members`, each at
+    /// `backend_port`.
+    InboundNat {
+        frontend: Ipv4Addr,
+        first_port: u16,
+        members: Vec<Ipv4Addr>,
+        backend_port: u16,
+    },
     /// Outbound: members leave from `frontend` with a port from `snat[pool]`.
     Outbound {
         frontend: Ipv4Addr,
@@ -204,7 +212,7 @@ impl Rule {
     /// The side that opens this rule's connections.
     fn origin(&self) -> Interface {
         match self.translation {
-            Translation::LoadBalance { .. } => Interface::Outside,
+            Translation::LoadBalance { .. } | Translation::InboundNat { .. } => Interface::Outside,
             Translation::Outbound { .. } => Interface::Inside,
         }
     }
@@ -236,14 +244,8 @@ pub struct Engine {
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
 
 /// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
-/// leaves from it, in rule order, from the ports its LB rules do not use.
+/// leaves from it, in rule order, from the ports its inbound rules do not claim.
 fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tick) -> SnatPorts {
-    let lb_ports: Vec<u16> = config
-        .lb_rules
-        .iter()
-        .filter(|l| l.frontend == frontend)
-        .map(|l| l.frontend_port)
-        .collect();
     let blocks: Vec<(Ipv4Addr, usize)> = config
         .outbound_rules
         .iter()
@@ -255,7 +257,7 @@ fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tic
                 .map(|m| (m.address, usize::from(r.ports_per_member)))
         })
         .collect();
-    let ports = (config::SNAT_PORTS_FROM..=u16::MAX).filter(|p| !lb_ports.contains(p));
+    let ports = config.snat_port_candidates(frontend);
     let policy = &config.profile.snat;
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
@@ -291,6 +293,20 @@ impl Engine {
                     backend_port: r.backend_port,
                 },
                 idle: ticks(precedence::lb_rule(config, i).timeout),
+                transitory,
+                expiry: r.idle.expiry,
+            });
+        }
+        for (i, r) in config.inbound_nat_rules.iter().enumerate() {
+            rules.push(Rule {
+                name: r.name.clone(),
+                translation: Translation::InboundNat {
+                    frontend: config.frontends[r.frontend].address,
+                    first_port: r.first_port,
+                    members: r.members.iter().map(|m| m.address).collect(),
+                    backend_port: r.backend_port,
+                },
+                idle: ticks(precedence::inbound_nat_rule(config, i).timeout),
                 transitory,
                 expiry: r.idle.expiry,
             });
@@ -548,11 +564,12 @@ impl Engine {
         self.translate(id, from, headers, packet)
     }
 
-    /// The rule a packet belongs to. LB rules come first (they are first in `rules`): on the
-    /// outside a packet belongs to the rule of its destination (an LB frontend and port, else an
-    /// outbound rule's frontend address), on the inside to the rule of its source (a member at an
-    /// LB rule's backend port, else a member of a pool with an outbound rule). A new connection
-    /// (`connect`) from the outside is only ever load-balanced, from the inside only outbound.
+    /// The rule a packet belongs to. Inbound rules come first (they are first in `rules`): on
+    /// the outside a packet belongs to the rule of its destination (an LB or inbound NAT
+    /// frontend port, else an outbound rule's frontend address), on the inside to the rule of
+    /// its source (a member at an inbound rule's backend port, else a member of a pool with an
+    /// outbound rule). A new connection (`connect`) from the outside is only ever inbound, from
+    /// the inside only outbound.
     fn owner(&self, from: Interface, headers: &Headers, connect: bool) -> Option<RuleId> {
         let (src, dst) = (headers.src, headers.dst);
         let position = self
@@ -562,6 +579,29 @@ impl Engine {
                 (Translation::LoadBalance { frontend, .. }, Interface::Outside) => *frontend == dst,
                 (
                     Translation::LoadBalance {
+                        members,
+                        backend_port,
+                        ..
+                    },
+                    Interface::Inside,
+                ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                (
+                    Translation::InboundNat {
+                        frontend,
+                        first_port,
+                        members,
+                        ..
+                    },
+                    Interface::Outside,
+                ) => {
+                    frontend == dst.ip()
+                        && dst
+                            .port()
+                            .checked_sub(*first_port)
+                            .is_some_and(|i| usize::from(i) < members.len())
+                }
+                (
+                    Translation::InboundNat {
                         members,
                         backend_port,
                         ..
@@ -599,6 +639,19 @@ impl Engine {
                     SocketAddrV4::new(member, *backend_port),
                 ))
             }
+            Translation::InboundNat {
+                first_port,
+                members,
+                backend_port,
+                ..
+            } => {
+                let member = members[usize::from(headers.dst.port() - first_port)];
+                Some((
+                    id,
+                    Some(headers.dst),
+                    SocketAddrV4::new(member, *backend_port),
+                ))
+            }
             Translation::Outbound { .. } => Some((id, None, headers.src)),
         }
     }
@@ -613,7 +666,7 @@ impl Engine {
     fn snat_of(&self, rule: RuleId) -> Option<usize> {
         match self.rules[usize::from(rule)].translation {
             Translation::Outbound { snat, .. } => Some(snat),
-            Translation::LoadBalance { .. } => None,
+            Translation::LoadBalance { .. } | Translation::InboundNat { .. } => None,
         }
     }
 
@@ -622,7 +675,7 @@ impl Engine {
             Translation::Outbound { frontend, snat, .. } => self.snat[snat]
                 .allocate(member, now)
                 .map(|port| SocketAddrV4::new(frontend, port)),
-            Translation::LoadBalance { .. } => None,
+            Translation::LoadBalance { .. } | Translation::InboundNat { .. } => None,
         }
     }
 

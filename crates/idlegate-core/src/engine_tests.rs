@@ -922,6 +922,69 @@ fn a_new_connection_whose_translation_is_another_flows_is_refused() {
 }
 
 #[test]
+fn inbound_nat_rules_map_each_frontend_port_to_its_one_member() {
+    // Azure inbound NAT rules: frontend IP:port → one member:port; the range form gives each
+    // member of the pool, in order, the next frontend port.
+    let text = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }]
+[[inbound_nat_rule]]
+name = "ssh-vm2"
+frontend = "public"
+frontend_port = 50001
+member = "vm2"
+backend_port = 22
+[[inbound_nat_rule]]
+name = "ssh-range"
+frontend = "public"
+frontend_port_range = [50100, 50109]
+backend_pool = "vms"
+backend_port = 2222
+expiry = "reset-on-next"
+"#;
+    let mut h = Harness::with(Config::from_toml(text, "test.toml").unwrap());
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    let mut to = |h: &mut Harness, port: u16| {
+        let (v, p) = h.send(&mut client, ep(FRONTEND, port), TcpFlags::SYN, 0, b"");
+        (v, Headers::parse(&p).unwrap().dst)
+    };
+    assert_eq!(
+        to(&mut h, 50001),
+        (Verdict::Forward(Interface::Inside), ep(VM2, 22))
+    );
+    assert_eq!(
+        to(&mut h, 50100),
+        (Verdict::Forward(Interface::Inside), ep(VM1, 2222))
+    );
+    assert_eq!(
+        to(&mut h, 50101),
+        (Verdict::Forward(Interface::Inside), ep(VM2, 2222))
+    );
+    assert_eq!(
+        to(&mut h, 50102).0,
+        Verdict::Drop(DropReason::NoRule),
+        "no third member"
+    );
+    // A stray segment to a port of the range is that rule's: reset-on-next answers it.
+    let mut stray = Peer {
+        addr: ep(CLIENT, 40_001),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    h.send(&mut stray, ep(FRONTEND, 50101), TcpFlags::ACK, 1, b"x");
+    assert_eq!(h.sent.len(), 1);
+}
+
+#[test]
 fn udp_without_a_rule_is_dropped_and_counted() {
     let mut h = Harness::new("silent");
     let mut p = udp_packet(ep(CLIENT, 53), FRONTEND_7000, b"q");

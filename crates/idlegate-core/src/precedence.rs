@@ -7,7 +7,7 @@
 //! rule and say which setting won and why; the engine runs exactly what they say, and
 //! [`explain`] prints it for `--explain`.
 
-use crate::config::{human, Config, TimeoutFrom};
+use crate::config::{human, Config, Idle, TimeoutFrom};
 use crate::expiry::Expiry;
 use std::fmt::Write;
 use std::time::Duration;
@@ -37,14 +37,25 @@ pub struct Applied {
 /// The idle timeout of load-balancing rule `i`'s flows.
 pub fn lb_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.lb_rules[i];
-    let frontend = &config.frontends[rule.frontend];
-    let own = rule.idle.timeout;
-    let (timeout, winner, reason) = match (frontend.idle_timeout, rule.idle.timeout_from) {
+    inbound(config, rule.frontend, &rule.idle, "LB rule")
+}
+
+/// The idle timeout of inbound NAT rule `i`'s flows.
+pub fn inbound_nat_rule(config: &Config, i: usize) -> Applied {
+    let rule = &config.inbound_nat_rules[i];
+    inbound(config, rule.frontend, &rule.idle, "inbound NAT rule")
+}
+
+/// An inbound rule's own idle timeout against its frontend's.
+fn inbound(config: &Config, frontend: usize, idle: &Idle, kind: &str) -> Applied {
+    let frontend = &config.frontends[frontend];
+    let own = idle.timeout;
+    let (timeout, winner, reason) = match (frontend.idle_timeout, idle.timeout_from) {
         (Some(f), TimeoutFrom::Rule) if f != own => (
             f,
             Winner::Frontend,
             format!(
-                "frontend \"{}\" sets {}, which beats the rule's {} (Azure: a frontend IP's idle timeout takes precedence over the LB rule's)",
+                "frontend \"{}\" sets {}, which beats the rule's {} (Azure: a frontend IP's idle timeout takes precedence over the {kind}'s)",
                 frontend.name,
                 human(f),
                 human(own)
@@ -65,7 +76,7 @@ pub fn lb_rule(config: &Config, i: usize) -> Applied {
     };
     Applied {
         timeout,
-        expiry: rule.idle.expiry,
+        expiry: idle.expiry,
         winner,
         reason,
     }
@@ -117,6 +128,13 @@ pub fn explain(config: &Config) -> String {
     );
     let lines = (0..config.lb_rules.len())
         .map(|i| ("lb_rule", &config.lb_rules[i].name, lb_rule(config, i)))
+        .chain((0..config.inbound_nat_rules.len()).map(|i| {
+            (
+                "inbound_nat_rule",
+                &config.inbound_nat_rules[i].name,
+                inbound_nat_rule(config, i),
+            )
+        }))
         .chain((0..config.outbound_rules.len()).map(|i| {
             (
                 "outbound_rule",
@@ -189,6 +207,27 @@ mod tests {
             assert_eq!((l.timeout, l.winner), (min(*lb_min), *lb_winner), "lb_rule, {case}: {}", l.reason);
             assert_eq!((o.timeout, o.winner), (min(*out_min), *out_winner), "outbound_rule, {case}: {}", o.reason);
         }
+    }
+
+    #[test]
+    fn a_frontends_idle_timeout_beats_an_inbound_nat_rules() {
+        // Seed 002: "If there's an inbound NAT rule with an idle timeout value set differently than
+        // the idle timeout of the frontend IP it references, the frontend IP idle timeout takes precedence."
+        let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\nidle_timeout = \"10m\"\n\
+                    [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                    [[inbound_nat_rule]]\nname = \"ssh\"\nfrontend = \"public\"\nfrontend_port = 50001\nmember = \"vm1\"\nbackend_port = 22\nidle_timeout = \"20m\"\n";
+        let c = Config::from_toml(text, "test").unwrap();
+        let applied = inbound_nat_rule(&c, 0);
+        assert_eq!(
+            (applied.timeout, applied.winner),
+            (Duration::from_secs(600), Winner::Frontend)
+        );
+        assert!(
+            applied.reason.contains("over the inbound NAT rule's"),
+            "{}",
+            applied.reason
+        );
+        assert!(explain(&c).contains("inbound_nat_rule ssh: idle timeout 10 min"));
     }
 
     #[test]

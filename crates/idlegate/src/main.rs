@@ -229,6 +229,18 @@ fn lab_up(config_path: &Path, name: &str) -> Result<()> {
             rule.backend_port
         );
     }
+    for rule in &config.inbound_nat_rules {
+        let address = config.frontends[rule.frontend].address;
+        for (i, member) in rule.members.iter().enumerate() {
+            let port = usize::from(rule.first_port) + i;
+            tracing::info!(
+                "inbound_nat_rule {}: {address}:{port} → {} port {}",
+                rule.name,
+                member.name,
+                rule.backend_port
+            );
+        }
+    }
     for rule in &config.outbound_rules {
         let pool = &config.backend_pools[rule.backend_pool].name;
         tracing::info!(

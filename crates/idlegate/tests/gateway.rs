@@ -432,3 +432,108 @@ idle_timeout = "10m"
         "the rule's 10 min applies"
     );
 }
+
+/// A server on `port` that answers every connection with `name` and closes, until `stop`.
+fn name_server(
+    port: u16,
+    name: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    listener.set_nonblocking(true)?;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((mut conn, _)) => {
+                conn.set_nonblocking(false)?;
+                conn.write_all(name.as_bytes())?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                use std::os::fd::AsRawFd;
+                let mut pfd = libc::pollfd {
+                    fd: listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn inbound_nat_rules_reach_the_one_member_each_frontend_port_names() {
+    require_root();
+    let text = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }]
+[[inbound_nat_rule]]
+name = "to-vm2"
+frontend = "public"
+frontend_port = 50001
+member = "vm2"
+backend_port = 2222
+[[inbound_nat_rule]]
+name = "range"
+frontend = "public"
+frontend_port_range = [50100, 50101]
+backend_pool = "vms"
+backend_port = 2222
+"#;
+    let config = Config::from_toml(text, "inbound NAT test config").unwrap();
+    let (answers, _) = Lab::with_gateway(&unique("nt"), &config, |lab| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut servers = Vec::new();
+        for name in ["vm1", "vm2"] {
+            let s = stop.clone();
+            servers.push(idlegate::netns::spawn_in(
+                &lab.namespace_of(name)?,
+                move || name_server(2222, name, s),
+            )?);
+        }
+        let client = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
+            [50001u16, 50100, 50101].map(|port| {
+                use std::io::Read;
+                let target = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), port);
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    // The servers may need a moment to listen.
+                    match std::net::TcpStream::connect_timeout(
+                        &target.into(),
+                        Duration::from_secs(1),
+                    ) {
+                        Ok(mut c) => {
+                            let mut answer = String::new();
+                            let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+                            let _ = c.read_to_string(&mut answer);
+                            break answer;
+                        }
+                        Err(e) if std::time::Instant::now() > deadline => {
+                            break format!("error: {e}")
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            })
+        })?;
+        let answers = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in servers {
+            let _ = s.join();
+        }
+        answers
+    })
+    .expect("lab run");
+    assert_eq!(answers, ["vm2", "vm1", "vm2"]);
+}
