@@ -14,7 +14,7 @@
 use crate::config::Config;
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
-use crate::packet::{self, Headers, ParseError, Protocol, Reset, TcpSegment};
+use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
@@ -105,6 +105,8 @@ pub struct Counters {
     pub flows_expired: u64,
     /// RSTs the engine generated (expiry `reset` and `reset-on-next`).
     pub resets_sent: u64,
+    /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
+    pub acks_sent: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
@@ -236,7 +238,7 @@ pub struct Engine {
     snat: Vec<SnatPorts>,
     /// Picks a member from the 5-tuple; fixed, so the choice does not depend on the seed.
     member_hash: foldhash::fast::FixedState,
-    transmits: VecDeque<(Interface, Reset)>,
+    transmits: VecDeque<(Interface, Control)>,
     events: VecDeque<Event>,
     counters: Counters,
 }
@@ -386,11 +388,11 @@ impl Engine {
         }
     }
 
-    /// Writes the next packet the engine generated into `buf` (at least [`packet::RESET_LEN`]
+    /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
     /// bytes) and says where it goes.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (interface, reset) = self.transmits.pop_front()?;
-        let len = reset.write(buf)?;
+        let (interface, control) = self.transmits.pop_front()?;
+        let len = control.write(buf)?;
         Some(Transmit { interface, len })
     }
 
@@ -515,7 +517,7 @@ impl Engine {
             return self.connect(from, headers, &segment, packet, since);
         }
         if !segment.flags.rst() && self.resets_unknown(from, headers) {
-            self.queue_reset(from, Reset::answering(headers, &segment));
+            self.queue(from, Control::reset_answering(headers, &segment));
         }
         self.drop(DropReason::NoFlow)
     }
@@ -715,9 +717,12 @@ impl Engine {
             .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }
 
-    fn queue_reset(&mut self, interface: Interface, reset: Reset) {
-        self.counters.resets_sent += 1;
-        self.transmits.push_back((interface, reset));
+    fn queue(&mut self, interface: Interface, control: Control) {
+        match control.kind {
+            ControlKind::Reset => self.counters.resets_sent += 1,
+            ControlKind::Ack => self.counters.acks_sent += 1,
+        }
+        self.transmits.push_back((interface, control));
     }
 
     // ---- expiry ----------------------------------------------------------------------------
@@ -750,20 +755,22 @@ impl Engine {
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next
     /// (RFC 5961 §3.2 accepts a RST only if SEG.SEQ = RCV.NXT).
     fn reset_both(&mut self, flow: &Flow) {
-        let to_remote = Reset {
+        let to_remote = Control {
+            kind: ControlKind::Reset,
             src: flow.public,
             dst: flow.remote,
             seq: flow.private_next_seq,
             ack: Some(flow.remote_next_seq),
         };
-        let to_private = Reset {
+        let to_private = Control {
+            kind: ControlKind::Reset,
             src: flow.remote,
             dst: flow.private,
             seq: flow.remote_next_seq,
             ack: Some(flow.private_next_seq),
         };
-        self.queue_reset(Interface::Outside, to_remote);
-        self.queue_reset(Interface::Inside, to_private);
+        self.queue(Interface::Outside, to_remote);
+        self.queue(Interface::Inside, to_private);
     }
 }
 

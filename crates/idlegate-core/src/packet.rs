@@ -4,7 +4,7 @@
 //! fragment, TCP or UDP) and keeps what the engine needs: the two endpoints, the protocol and,
 //! for TCP, the segment's flags and sequence space. [`rewrite_src`] and [`rewrite_dst`] change an
 //! endpoint in place and patch the IPv4 and transport checksums incrementally. [`Reset`] builds
-//! the RST segments the gateway itself sends. Field access goes through `smoltcp::wire`; nothing
+//! the RST and ACK segments the gateway itself sends. Field access goes through `smoltcp::wire`; nothing
 //! here allocates or panics on any input.
 
 use crate::checksum;
@@ -249,9 +249,19 @@ fn rewrite(packet: &mut [u8], headers: &Headers, side: Side, old: SocketAddrV4, 
     }
 }
 
-/// A TCP RST the gateway sends on its own behalf.
+/// What a [`Control`] segment is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reset {
+pub enum ControlKind {
+    /// A RST, with the ACK flag if it carries an acknowledgment number.
+    Reset,
+    /// A bare ACK with an open window.
+    Ack,
+}
+
+/// A TCP segment without data that the gateway sends on its own behalf: a RST or a bare ACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub kind: ControlKind,
     pub src: SocketAddrV4,
     pub dst: SocketAddrV4,
     pub seq: u32,
@@ -259,20 +269,21 @@ pub struct Reset {
     pub ack: Option<u32>,
 }
 
-/// Length of the packets [`Reset::write`] produces: IPv4 and TCP headers without options.
-pub const RESET_LEN: usize = 40;
+/// Length of the packets [`Control::write`] produces: IPv4 and TCP headers without options.
+pub const CONTROL_LEN: usize = 40;
 
-impl Reset {
+impl Control {
     /// The RST that answers `segment`, sent from the packet's destination to its source, as
     /// RFC 9293 §3.10.7.1 prescribes for a segment that belongs to no connection: if it
     /// carried an ACK, `<SEQ=SEG.ACK><CTL=RST>`, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`.
-    pub fn answering(headers: &Headers, segment: &TcpSegment) -> Reset {
+    pub fn reset_answering(headers: &Headers, segment: &TcpSegment) -> Control {
         let (seq, ack) = if segment.flags.ack() {
             (segment.ack, None)
         } else {
             (0, Some(segment.end()))
         };
-        Reset {
+        Control {
+            kind: ControlKind::Reset,
             src: headers.dst,
             dst: headers.src,
             seq,
@@ -280,14 +291,25 @@ impl Reset {
         }
     }
 
+    /// The ACK a receiver at `seq` would send for `segment`: everything up to its end.
+    pub fn ack_of(headers: &Headers, segment: &TcpSegment, seq: u32) -> Control {
+        Control {
+            kind: ControlKind::Ack,
+            src: headers.dst,
+            dst: headers.src,
+            seq,
+            ack: Some(segment.end()),
+        }
+    }
+
     /// Writes the packet into `buf` and returns its length, or `None` if `buf` is too short.
     pub fn write(&self, buf: &mut [u8]) -> Option<usize> {
-        let buf = buf.get_mut(..RESET_LEN)?;
+        let buf = buf.get_mut(..CONTROL_LEN)?;
         buf.fill(0);
         let mut ip = Ipv4Packet::new_unchecked(&mut *buf);
         ip.set_version(4);
         ip.set_header_len(20);
-        ip.set_total_len(RESET_LEN as u16);
+        ip.set_total_len(CONTROL_LEN as u16);
         ip.set_dont_frag(true);
         ip.set_hop_limit(64);
         ip.set_next_header(IpProtocol::Tcp);
@@ -299,13 +321,16 @@ impl Reset {
         tcp.set_dst_port(self.dst.port());
         tcp.set_seq_number(TcpSeqNumber(self.seq as i32));
         tcp.set_header_len(20);
-        tcp.set_rst(true);
+        match self.kind {
+            ControlKind::Reset => tcp.set_rst(true),
+            ControlKind::Ack => tcp.set_window_len(u16::MAX),
+        }
         if let Some(ack) = self.ack {
             tcp.set_ack(true);
             tcp.set_ack_number(TcpSeqNumber(ack as i32));
         }
         tcp.fill_checksum(&(*self.src.ip()).into(), &(*self.dst.ip()).into());
-        Some(RESET_LEN)
+        Some(CONTROL_LEN)
     }
 }
 
@@ -433,10 +458,11 @@ pub(crate) mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
         let p = tcp_packet(a, b, TcpFlags::ACK, 5000, 9000, b"c");
         let h = Headers::parse(&p).unwrap();
-        let rst = Reset::answering(&h, &h.tcp.unwrap());
+        let rst = Control::reset_answering(&h, &h.tcp.unwrap());
         assert_eq!(
             rst,
-            Reset {
+            Control {
+                kind: ControlKind::Reset,
                 src: b,
                 dst: a,
                 seq: 9000,

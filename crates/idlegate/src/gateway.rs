@@ -64,7 +64,7 @@ pub struct Gateway {
     /// Which devices may still hold packets.
     readable: Vec<bool>,
     /// Where the engine writes the packets it generates.
-    tx_buf: [u8; packet::RESET_LEN],
+    tx_buf: [u8; packet::CONTROL_LEN],
     /// Packets the kernel refused to take (full queue): counted, not fatal.
     tx_errors: u64,
     /// Forwarded packets for a destination no device leads to.
@@ -108,7 +108,7 @@ impl Gateway {
             poll,
             stopper,
             buf: Box::new([0; BUF_LEN]),
-            tx_buf: [0; packet::RESET_LEN],
+            tx_buf: [0; packet::CONTROL_LEN],
             tx_errors: 0,
             undeliverable: 0,
         })
