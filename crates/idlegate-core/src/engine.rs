@@ -53,10 +53,12 @@ pub enum DropReason {
     TupleInUse,
     /// A SYN that would need more flows than the table can number (2^31).
     TableFull,
+    /// A segment of a flow expired under `ack-and-discard`: acknowledged, never delivered.
+    Discarded,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::NotIpv4,
         DropReason::Truncated,
         DropReason::BadChecksum,
@@ -67,6 +69,7 @@ impl DropReason {
         DropReason::PortExhausted,
         DropReason::TupleInUse,
         DropReason::TableFull,
+        DropReason::Discarded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl DropReason {
             DropReason::PortExhausted => "snat-port-exhausted",
             DropReason::TupleInUse => "tuple-in-use",
             DropReason::TableFull => "table-full",
+            DropReason::Discarded => "ack-and-discard",
         }
     }
 }
@@ -220,7 +224,7 @@ impl Rule {
     }
 
     fn timeout(&self, state: TcpState) -> Tick {
-        if state.is_established() {
+        if state.uses_idle_timeout() {
             self.idle
         } else {
             self.transitory
@@ -365,9 +369,13 @@ impl Engine {
                 self.forward(id, from, &headers, packet, since)
             }
             Some(id) => {
-                // Past its deadline but not yet reaped: it is dead, whatever comes now.
-                self.expire(id);
-                self.no_flow(from, &headers, packet, since)
+                // Past its deadline but not yet reaped: it is dead, whatever comes now (or,
+                // under ack-and-discard, it is discarding).
+                if self.expire(id) {
+                    self.no_flow(from, &headers, packet, since)
+                } else {
+                    self.forward(id, from, &headers, packet, since)
+                }
             }
             None => self.no_flow(from, &headers, packet, since),
         }
@@ -449,6 +457,9 @@ impl Engine {
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
+        if self.flows.get(id).state == TcpState::Discarding {
+            return self.discard(id, from, headers, since);
+        }
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         let from_initiator = from == rule.origin();
         let flow = self.flows.get_mut(id);
@@ -489,6 +500,28 @@ impl Engine {
         }
         self.counters.forwarded += 1;
         Verdict::Forward(from.opposite())
+    }
+
+    /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
+    /// receiver would (data, FIN, a keepalive probe), and dropped. Pure ACKs and RSTs get no
+    /// answer. Every segment keeps the discarding flow for another idle timeout.
+    fn discard(&mut self, id: FlowId, from: Interface, headers: &Headers, since: Tick) -> Verdict {
+        if let Some(segment) = headers.tcp.filter(|s| !s.flags.rst()) {
+            let flow = self.flows.get_mut(id);
+            let (expected, _) = flow.next_seqs(from);
+            flow.track_sequence(from, &segment);
+            if segment.len > 0 || segment.seq != expected {
+                let (sender_next, own_next) = flow.next_seqs(from);
+                let ack = Control {
+                    ack: Some(sender_next),
+                    ..Control::ack_of(headers, &segment, own_next)
+                };
+                self.queue(from, ack);
+            }
+        }
+        let rule = &self.rules[usize::from(self.flows.get(id).rule)];
+        self.set_deadline(id, since + rule.idle);
+        self.drop(DropReason::Discarded)
     }
 
     /// Moves a flow's deadline. Later: just stored, the wheel re-files lazily. Earlier: re-filed.
@@ -728,28 +761,57 @@ impl Engine {
     // ---- expiry ----------------------------------------------------------------------------
 
     /// Forgets a flow whose deadline has passed, carrying out its rule's expiry action.
-    fn expire(&mut self, id: FlowId) {
+    /// Returns whether the flow is gone (under `ack-and-discard` it stays, discarding).
+    fn expire(&mut self, id: FlowId) -> bool {
         self.wheel.remove(&mut self.flows, id);
-        let flow = self.flows.remove(id);
+        let flow = *self.flows.get(id);
         let rule = &self.rules[usize::from(flow.rule)];
-        let timeout = Duration::from_millis(rule.timeout(flow.state));
-        // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
-        let action = match rule.expiry {
-            Expiry::Reset if flow.state.is_established() => Expiry::Reset,
-            Expiry::Reset => Expiry::Silent,
-            other => other,
+        let (idle, timeout) = (rule.idle, Duration::from_millis(rule.timeout(flow.state)));
+        // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002);
+        // idlegate holds ack-and-discard to the same.
+        let action = match (rule.expiry, flow.state) {
+            (_, TcpState::Discarding) => {
+                // A discarding flow quiet for an idle timeout: now it is forgotten for good.
+                self.forget(id);
+                return true;
+            }
+            (Expiry::Reset | Expiry::AckAndDiscard, state) if !state.is_established() => {
+                Expiry::Silent
+            }
+            (action, _) => action,
         };
-        if action == Expiry::Reset {
-            self.reset_both(&flow);
-        }
-        self.release_port(&flow);
         self.counters.flows_expired += 1;
+        let summary = FlowSummary::from(&flow);
         self.events.push_back(Event::Expired {
-            flow: FlowSummary::from(&flow),
+            flow: summary,
             state: flow.state,
             timeout,
             action,
         });
+        match action {
+            Expiry::AckAndDiscard => {
+                let deadline = flow.deadline + idle;
+                let ghost = self.flows.get_mut(id);
+                (ghost.state, ghost.deadline) = (TcpState::Discarding, deadline);
+                self.wheel.insert(&mut self.flows, id, deadline);
+                false
+            }
+            Expiry::Reset => {
+                self.reset_both(&flow);
+                self.forget(id);
+                true
+            }
+            Expiry::Silent | Expiry::ResetOnNext => {
+                self.forget(id);
+                true
+            }
+        }
+    }
+
+    /// Removes a flow for good and gives its SNAT port back.
+    fn forget(&mut self, id: FlowId) {
+        let flow = self.flows.remove(id);
+        self.release_port(&flow);
     }
 
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next

@@ -455,6 +455,81 @@ fn expiry_reset_on_next_is_silent_then_resets_whoever_sends_next() {
 }
 
 #[test]
+fn ack_and_discard_acknowledges_what_the_sender_sends_and_delivers_nothing() {
+    // Seed 004: after the timeout the data was ACKed, and never reached the server.
+    let mut h = Harness::new("ack-and-discard");
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::AckAndDiscard)]);
+    assert!(h.sent.is_empty(), "nothing is sent at the moment of expiry");
+    assert_eq!(h.engine.flow_count(), 1, "the flow is kept, discarding");
+
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded), "never delivered");
+    let (iface, ack) = h.sent.pop().expect("an ACK");
+    assert!(checksums_valid(&ack));
+    let hd = Headers::parse(&ack).unwrap();
+    let seg = hd.tcp.unwrap();
+    assert_eq!(
+        (iface, hd.src, hd.dst),
+        (Interface::Outside, FRONTEND_7000, client.addr)
+    );
+    assert!(seg.flags.ack() && !seg.flags.rst() && !seg.flags.syn() && !seg.flags.fin());
+    // Exactly what the server would have acknowledged: everything, "c" included.
+    assert_eq!((seg.seq, seg.ack), (server.snd_nxt, client.snd_nxt));
+
+    // A keepalive probe is answered like a live peer would, so keepalive is fooled too.
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        client.snd_nxt.wrapping_sub(1),
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded));
+    let (_, ack) = h.sent.pop().expect("an ACK of the probe");
+    assert_eq!(
+        Headers::parse(&ack).unwrap().tcp.unwrap().ack,
+        client.snd_nxt
+    );
+    // A pure ACK gets no answer (no ACK ping-pong); the server's side is discarded likewise.
+    h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        server.snd_nxt,
+        b"",
+    );
+    assert!(h.sent.is_empty());
+    let (v, _) = h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"d",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded));
+    assert_eq!(
+        h.sent.pop().map(|(iface, _)| iface),
+        Some(Interface::Inside)
+    );
+
+    // Quiet for another idle timeout, it is forgotten for good.
+    let last = h.now;
+    h.advance_to(last + IDLE_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+    assert_eq!(h.expired().len(), 1, "one expiry, not two");
+}
+
+#[test]
 fn reset_is_sent_only_for_established_flows() {
     // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
     let mut h = Harness::new("reset");

@@ -3,7 +3,7 @@
 //! The three behaviours real boxes show (see `shared/reference/middleboxes.md`): Azure's default
 //! silent drop, Azure's optional "TCP reset" that resets both endpoints at the moment of expiry,
 //! and the AWS NAT gateway / NLB way of staying silent until the dead flow's next packet, which
-//! is answered with a RST.
+//! is answered with a RST; and, as a test double, acknowledging data it will never deliver.
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,10 +19,19 @@ pub enum Expiry {
     /// Silent at expiry; the next packet of the dead flow, from either side, is answered with a
     /// RST to its sender (AWS NAT gateway, AWS NLB).
     ResetOnNext,
+    /// After expiry the gateway answers the sender's data with a valid ACK and never delivers
+    /// it: what seed 004's author first saw. No real box is known to do it on purpose; it is a
+    /// test double for probes and applications that must detect it. Only for ESTABLISHED flows.
+    AckAndDiscard,
 }
 
 impl Expiry {
-    pub const ALL: [Expiry; 3] = [Expiry::Silent, Expiry::Reset, Expiry::ResetOnNext];
+    pub const ALL: [Expiry; 4] = [
+        Expiry::Silent,
+        Expiry::Reset,
+        Expiry::ResetOnNext,
+        Expiry::AckAndDiscard,
+    ];
 
     /// The name used in the config file and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -30,6 +39,7 @@ impl Expiry {
             Expiry::Silent => "silent",
             Expiry::Reset => "reset",
             Expiry::ResetOnNext => "reset-on-next",
+            Expiry::AckAndDiscard => "ack-and-discard",
         }
     }
 }
@@ -42,7 +52,7 @@ impl fmt::Display for Expiry {
 
 /// The error for a name that is not an expiry action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("must be one of \"silent\", \"reset\", \"reset-on-next\"")]
+#[error("must be one of \"silent\", \"reset\", \"reset-on-next\", \"ack-and-discard\"")]
 pub struct UnknownExpiry;
 
 impl FromStr for Expiry {

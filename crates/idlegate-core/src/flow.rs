@@ -50,6 +50,9 @@ pub enum TcpState {
     Closing,
     /// A RST went through.
     Closed,
+    /// Expired under `ack-and-discard`: the gateway answers what the endpoints send with ACKs
+    /// and delivers nothing, until the flow has been quiet for another idle timeout.
+    Discarding,
 }
 
 impl TcpState {
@@ -78,6 +81,11 @@ impl TcpState {
         self == TcpState::Established
     }
 
+    /// Which timeout runs in this state.
+    pub fn uses_idle_timeout(self) -> bool {
+        matches!(self, TcpState::Established | TcpState::Discarding)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TcpState::SynSent => "SYN_SENT",
@@ -85,6 +93,7 @@ impl TcpState {
             TcpState::Established => "ESTABLISHED",
             TcpState::Closing => "CLOSING",
             TcpState::Closed => "CLOSED",
+            TcpState::Discarding => "DISCARDING",
         }
     }
 }
@@ -153,12 +162,18 @@ impl Flow {
     /// sender's SND.NXT, which the receiver expects next (RFC 5961 §3.2); or, answering a SYN,
     /// it acknowledges exactly the SYN (RFC 9293 §3.10.7.3).
     pub fn accepts_reset(&self, from: Interface, segment: &TcpSegment) -> bool {
-        let (sent, received) = match from {
-            Interface::Outside => (self.remote_next_seq, self.private_next_seq),
-            Interface::Inside => (self.private_next_seq, self.remote_next_seq),
-        };
+        let (sent, received) = self.next_seqs(from);
         segment.seq == sent
             || (self.state == TcpState::SynSent && segment.flags.ack() && segment.ack == received)
+    }
+
+    /// The sequence numbers a receiver on each side of a segment from `from` expects next:
+    /// (the sender's SND.NXT, the other side's SND.NXT).
+    pub fn next_seqs(&self, from: Interface) -> (u32, u32) {
+        match from {
+            Interface::Outside => (self.remote_next_seq, self.private_next_seq),
+            Interface::Inside => (self.private_next_seq, self.remote_next_seq),
+        }
     }
 
     /// The flow's key as seen in packets arriving on `side`: (source, destination).

@@ -68,6 +68,8 @@ pub struct ConnectionReport {
     pub delivered: Vec<String>,
     pub client_error: Option<String>,
     pub server_error: Option<String>,
+    /// Segments the client sent that its peer never acknowledged, at the end.
+    pub unacknowledged_at_end: u32,
     pub verdict: String,
 }
 
@@ -209,6 +211,7 @@ fn report(options: &Options, idle: Duration, outcomes: &[Outcome], counters: &Co
                 delivered: o.delivered.clone(),
                 client_error: o.client_error.clone(),
                 server_error: o.server_error.clone(),
+                unacknowledged_at_end: o.unacked_at_end,
                 verdict: verdict(o),
             })
             .collect(),
@@ -241,6 +244,9 @@ pub fn verdict(o: &Outcome) -> String {
         format!("LOST {}", lost.join(" "))
     };
     match (&o.client_error, &o.server_error) {
+        (None, None) if o.unacked_at_end == 0 => format!(
+            "{lost}: acknowledged, so the client believes it was delivered, but the server never got it; neither side was told"
+        ),
         (None, None) => format!(
             "{lost} silently: the client's write succeeded, the server never got it, neither side was told ({} segment(s) never acknowledged, {} retransmissions)",
             o.unacked_at_end, o.retransmits_at_end

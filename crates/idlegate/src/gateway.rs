@@ -250,6 +250,9 @@ impl Gateway {
                     Expiry::Silent => "silent: its packets will be dropped",
                     Expiry::Reset => "RST sent to both ends",
                     Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
+                    Expiry::AckAndDiscard => {
+                        "what either end sends now is acknowledged and discarded"
+                    }
                 };
                 tracing::info!(
                     rule = self.engine.rule_name(flow.rule),

@@ -537,3 +537,24 @@ backend_port = 2222
     .expect("lab run");
     assert_eq!(answers, ["vm2", "vm1", "vm2"]);
 }
+
+#[test]
+fn ack_and_discard_acknowledges_the_clients_data_and_the_server_never_gets_it() {
+    // Seed 004's first observation, as a test double: ACKed but never delivered.
+    let report = demo(&["--expiry", "ack-and-discard"]);
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(
+        plain["unacknowledged_at_end"], 0,
+        "the gateway acknowledged \"c\""
+    );
+    let reset = connection(&report, "tcp-reset");
+    assert_eq!(
+        reset["client_error"], "ECONNRESET",
+        "the tcp-reset rule is unchanged"
+    );
+}
