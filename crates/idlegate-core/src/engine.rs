@@ -147,6 +147,17 @@ impl From<&Flow> for FlowSummary {
     }
 }
 
+/// A flow as `idlegate flows` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub flow: FlowSummary,
+    pub state: TcpState,
+    /// Since the flow's last packet.
+    pub idle_for: Duration,
+    /// Until it expires, unless a packet comes.
+    pub expires_in: Duration,
+}
+
 /// Something that happened to a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -371,7 +382,7 @@ impl Engine {
             Some(id) => {
                 // Past its deadline but not yet reaped: it is dead, whatever comes now (or,
                 // under ack-and-discard, it is discarding).
-                if self.expire(id) {
+                if self.expire(id, now) {
                     self.no_flow(from, &headers, packet, since)
                 } else {
                     self.forward(id, from, &headers, packet, since)
@@ -392,7 +403,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
         while let Some(id) = self.wheel.poll_expired(&mut self.flows, now) {
-            self.expire(id);
+            self.expire(id, now);
         }
     }
 
@@ -423,6 +434,38 @@ impl Engine {
         self.rules
             .get(usize::from(id))
             .map_or("?", |r| r.name.as_str())
+    }
+
+    /// Every flow the gateway remembers, as it stands at `now`.
+    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+        let now = self.tick(now);
+        self.flows.iter().map(move |(_, f)| {
+            let timeout = self.rules[usize::from(f.rule)].timeout(f.state);
+            let last_packet = f.deadline.saturating_sub(timeout);
+            FlowInfo {
+                flow: FlowSummary::from(f),
+                state: f.state,
+                idle_for: Duration::from_millis(now.saturating_sub(last_packet)),
+                expires_in: Duration::from_millis(f.deadline.saturating_sub(now)),
+            }
+        })
+    }
+
+    /// Expires now, with their rules' expiry actions, the flows whose rule `matches` (as a
+    /// platform event would: a load balancer redeployed, a NAT gateway swapped). Returns how
+    /// many. Not for the per-packet path: it collects the matching flows first.
+    pub fn expire_now(&mut self, now: Instant, matches: impl Fn(&str) -> bool) -> usize {
+        let now = self.tick(now);
+        let ids: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| matches(self.rule_name(f.rule)))
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &ids {
+            self.expire(id, now);
+        }
+        ids.len()
     }
 
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
@@ -729,7 +772,7 @@ impl Engine {
     /// Gives an expired outbound flow's port back. A connection closed with FIN or RST holds it
     /// from its last packet; one forgotten while open, which its remote may still believe in,
     /// holds it like a RST from the moment of expiry.
-    fn release_port(&mut self, flow: &Flow) {
+    fn release_port(&mut self, flow: &Flow, now: Tick) {
         let Some(snat) = self.snat_of(flow.rule) else {
             return;
         };
@@ -739,7 +782,7 @@ impl Engine {
         let (ending, ended) = match flow.state {
             TcpState::Closing => (Ending::Fin, last_packet),
             TcpState::Closed => (Ending::Rst, last_packet),
-            _ => (Ending::Rst, flow.deadline),
+            _ => (Ending::Rst, now),
         };
         self.snat[snat].release(*flow.private.ip(), flow.public.port(), ending, ended);
     }
@@ -762,7 +805,7 @@ impl Engine {
 
     /// Forgets a flow whose deadline has passed, carrying out its rule's expiry action.
     /// Returns whether the flow is gone (under `ack-and-discard` it stays, discarding).
-    fn expire(&mut self, id: FlowId) -> bool {
+    fn expire(&mut self, id: FlowId, now: Tick) -> bool {
         self.wheel.remove(&mut self.flows, id);
         let flow = *self.flows.get(id);
         let rule = &self.rules[usize::from(flow.rule)];
@@ -772,7 +815,7 @@ impl Engine {
         let action = match (rule.expiry, flow.state) {
             (_, TcpState::Discarding) => {
                 // A discarding flow quiet for an idle timeout: now it is forgotten for good.
-                self.forget(id);
+                self.forget(id, now);
                 return true;
             }
             (Expiry::Reset | Expiry::AckAndDiscard, state) if !state.is_established() => {
@@ -790,7 +833,7 @@ impl Engine {
         });
         match action {
             Expiry::AckAndDiscard => {
-                let deadline = flow.deadline + idle;
+                let deadline = now.max(flow.deadline) + idle;
                 let ghost = self.flows.get_mut(id);
                 (ghost.state, ghost.deadline) = (TcpState::Discarding, deadline);
                 self.wheel.insert(&mut self.flows, id, deadline);
@@ -798,20 +841,20 @@ impl Engine {
             }
             Expiry::Reset => {
                 self.reset_both(&flow);
-                self.forget(id);
+                self.forget(id, now);
                 true
             }
             Expiry::Silent | Expiry::ResetOnNext => {
-                self.forget(id);
+                self.forget(id, now);
                 true
             }
         }
     }
 
     /// Removes a flow for good and gives its SNAT port back.
-    fn forget(&mut self, id: FlowId) {
+    fn forget(&mut self, id: FlowId, now: Tick) {
         let flow = self.flows.remove(id);
-        self.release_port(&flow);
+        self.release_port(&flow, now);
     }
 
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next

@@ -530,6 +530,57 @@ fn ack_and_discard_acknowledges_what_the_sender_sends_and_delivers_nothing() {
 }
 
 #[test]
+fn flows_shows_each_flow_with_its_state_idle_time_and_time_left() {
+    let mut h = Harness::new("silent");
+    h.connect_inbound(40_000);
+    h.advance_to(1_500);
+    let flows: Vec<FlowInfo> = h.engine.flows(h.at(1_500)).collect();
+    assert_eq!(flows.len(), 1);
+    let f = flows[0];
+    assert_eq!(
+        (f.flow.remote, f.flow.public, f.flow.private),
+        (ep(CLIENT, 40_000), FRONTEND_7000, ep(VM1, 7000))
+    );
+    assert_eq!(h.engine.rule_name(f.flow.rule), "app");
+    assert_eq!(f.state, TcpState::Established);
+    assert_eq!(
+        (f.idle_for, f.expires_in),
+        (
+            Duration::from_millis(1_500),
+            Duration::from_millis(IDLE_MS - 1_500)
+        )
+    );
+}
+
+#[test]
+fn expire_now_applies_each_matching_rules_expiry_action_at_once() {
+    // As a platform event would: the flows of rule "app" go now, with its action (reset).
+    let mut h = Harness::new("reset");
+    let (client, _) = h.connect_inbound(40_000);
+    let mut vm = Peer {
+        addr: ep(VM1, 33_000),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(h.engine.flow_count(), 2);
+    assert_eq!(h.engine.expire_now(h.at(10), |rule| rule == "app"), 1);
+    h.drain();
+    assert_eq!(
+        h.engine.flow_count(),
+        1,
+        "the outbound flow is another rule's"
+    );
+    assert_eq!(h.sent.len(), 2, "RST to both ends");
+    assert!(h
+        .sent
+        .iter()
+        .any(|(_, p)| Headers::parse(p).unwrap().dst == client.addr));
+    assert_eq!(h.engine.expire_now(h.at(10), |_| true), 1);
+    assert_eq!(h.engine.flow_count(), 0);
+}
+
+#[test]
 fn reset_is_sent_only_for_established_flows() {
     // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
     let mut h = Harness::new("reset");
