@@ -16,7 +16,7 @@ CONFIG=$(mktemp --suffix=.toml)
 cleanup() {
     if [[ -n ${PID:-} ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
     for ns in "$GW" "$VM" "$NET"; do ip netns del "$ns" 2>/dev/null || true; done
-    rm -f "$CONFIG"
+    rm -f "$CONFIG" "${CONTROL:-}"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -78,7 +78,8 @@ EOF
 
 # The gateway creates igw-inside and igw-outside in gw and brings them up (outside last);
 # routes into them can only be added once they are up.
-ip netns exec "$GW" "$IDLEGATE" gateway --config "$CONFIG" &
+CONTROL=$(dirname "$CONFIG")/igw$$.sock    # where `idlegate flows --control` asks
+ip netns exec "$GW" "$IDLEGATE" gateway --config "$CONFIG" --control "$CONTROL" &
 PID=$!
 for i in $(seq 100); do                  # up to 10 s
     ip -n "$GW" link show dev igw-outside up 2>/dev/null | grep -q UP && break
@@ -97,6 +98,7 @@ ready. In another terminal (as root):
   ip netns exec $NET curl http://203.0.113.10:7000/       # in through the LB rule
   ip netns exec $NET python3 -m http.server 8000      # a server on the internet
   ip netns exec $VM curl http://203.0.113.100:8000/       # out: it sees 203.0.113.10
+  $IDLEGATE flows --control $CONTROL                      # the gateway's flows
 Ctrl-C stops the gateway and removes the namespaces.
 EOF
 wait "$PID"

@@ -7,6 +7,7 @@
 //! and logs flow creation and expiry with `tracing`. The packet buffer is reused: nothing is
 //! allocated per packet.
 
+use crate::control::Control;
 use crate::tun::Tun;
 use anyhow::{bail, Context, Result};
 use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
@@ -18,6 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +49,7 @@ impl Stopper {
 }
 
 const WAKER: Token = Token(usize::MAX);
+const CONTROL: Token = Token(usize::MAX - 1);
 /// Largest IPv4 packet; TUN devices hand out at most their MTU.
 const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
@@ -58,6 +61,8 @@ pub struct Gateway {
     ports: Vec<Port>,
     poll: Poll,
     stopper: Stopper,
+    /// Where `idlegate flows` asks.
+    control: Option<Control>,
     buf: Box<[u8; BUF_LEN]>,
     /// Member addresses and names, for log lines.
     member_names: Vec<(Ipv4Addr, String)>,
@@ -72,8 +77,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway running `config` on `ports`; at least one port per side.
-    pub fn new(config: &Config, ports: Vec<Port>) -> Result<Gateway> {
+    /// A gateway running `config` on `ports` (at least one per side), answering `idlegate
+    /// flows` on the control socket at `control`, if given.
+    pub fn new(config: &Config, ports: Vec<Port>, control: Option<&Path>) -> Result<Gateway> {
         for side in [Interface::Inside, Interface::Outside] {
             if !ports.iter().any(|p| p.interface == side) {
                 bail!("the gateway needs a TUN device on the {side:?} side");
@@ -90,6 +96,15 @@ impl Gateway {
                 .with_context(|| format!("watching TUN device {}", port.tun.name()))?;
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
+        let control = match control {
+            Some(path) => {
+                let mut control = Control::bind(path)?;
+                poll.registry()
+                    .register(control.listener(), CONTROL, Interest::READABLE)?;
+                Some(control)
+            }
+            None => None,
+        };
         let stopper = Stopper {
             flag: Arc::new(AtomicBool::new(false)),
             waker,
@@ -97,6 +112,7 @@ impl Gateway {
         let engine = Engine::new(config, Instant::now(), random_seed());
         Ok(Gateway {
             engine,
+            control,
             readable: vec![false; ports.len()],
             member_names: config
                 .backend_pools
@@ -140,8 +156,14 @@ impl Gateway {
                 other => other.context("waiting for packets")?,
             }
             for event in events.iter() {
-                if event.token() != WAKER {
-                    self.readable[event.token().0] = true;
+                match event.token() {
+                    WAKER => {}
+                    CONTROL => {
+                        if let Some(control) = &mut self.control {
+                            control.serve(&mut self.engine);
+                        }
+                    }
+                    Token(i) => self.readable[i] = true,
                 }
             }
             for i in 0..self.ports.len() {

@@ -131,7 +131,11 @@ impl Lab {
     /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
     /// Marks the lab ready for `lab exec`: its hosts exist and the gateway holds their devices.
     pub fn gateway(&mut self, config: &Config) -> Result<Gateway> {
-        let gateway = Gateway::new(config, std::mem::take(&mut self.ports))?;
+        let gateway = Gateway::new(
+            config,
+            std::mem::take(&mut self.ports),
+            Some(&control_path(&self.name)),
+        )?;
         write!(self.lock, " {READY}").context("marking the lab ready in its lock file")?;
         Ok(gateway)
     }
@@ -222,6 +226,11 @@ pub fn ensure_root() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The control socket of lab `lab`'s gateway, for `idlegate flows --lab`.
+pub fn control_path(lab: &str) -> PathBuf {
+    PathBuf::from(LOCK_DIR).join(format!("lab-{lab}.sock"))
 }
 
 fn lock_path(lab: &str) -> PathBuf {

@@ -4,12 +4,14 @@
 //! | module | domain word |
 //! |---|---|
 //! | [`gateway`] | the engine driven by TUN devices and the clock |
+//! | [`control`] | the control socket: `idlegate flows` |
 //! | [`lab`] | namespaces of real hosts wired to the gateway |
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
 //! | [`scenario`] | scripted connections observed from both ends |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
 
+pub mod control;
 pub mod demo;
 pub mod gateway;
 pub mod lab;

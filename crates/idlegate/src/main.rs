@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use idlegate::control::{self, FlowRow, Request, Response};
 use idlegate::gateway::{Gateway, Port, Stopper};
 use idlegate::lab::{self, Lab};
 use idlegate::tun::Tun;
@@ -36,6 +37,8 @@ enum Command {
     /// Build network namespaces around the gateway: real hosts to test applications with.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Show a running gateway's flows (or expire them: `flows expire`).
+    Flows(FlowsArgs),
 }
 
 #[derive(Args)]
@@ -53,6 +56,39 @@ struct GatewayArgs {
     /// setting won, then exit without starting.
     #[arg(long)]
     explain: bool,
+    /// The control socket `idlegate flows` talks to.
+    #[arg(long, default_value = DEFAULT_CONTROL)]
+    control: PathBuf,
+}
+
+const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
+
+#[derive(Args)]
+struct FlowsArgs {
+    #[command(subcommand)]
+    action: Option<FlowsAction>,
+    /// Ask the gateway of this running lab.
+    #[arg(long, global = true, conflicts_with = "control")]
+    lab: Option<String>,
+    /// Ask the gateway with this control socket.
+    #[arg(long, global = true, default_value = DEFAULT_CONTROL)]
+    control: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum FlowsAction {
+    /// Expire flows now, with their rules' expiry actions, as a platform event would.
+    Expire {
+        /// Only the flows of this rule.
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        rule: Option<String>,
+        /// Every flow.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -138,7 +174,44 @@ fn run(command: Command) -> Result<ExitCode> {
             Ok(exit_code(status))
         }
         Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
+        Command::Flows(args) => flows(args).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `idlegate flows` and `idlegate flows expire`.
+fn flows(args: FlowsArgs) -> Result<()> {
+    let path = args.lab.as_deref().map_or(args.control, lab::control_path);
+    let request = match &args.action {
+        None => Request::Flows,
+        Some(FlowsAction::Expire { rule, .. }) => Request::Expire { rule: rule.clone() },
+    };
+    match control::ask(&path, &request)? {
+        Response::Error { message } => anyhow::bail!("the gateway refused: {message}"),
+        Response::Expired { count } if args.json => {
+            println!("{}", serde_json::json!({ "expired": count }))
+        }
+        Response::Expired { count } => println!("expired {count} flow(s)"),
+        Response::Flows { flows } if args.json => {
+            println!("{}", serde_json::to_string_pretty(&flows)?)
+        }
+        Response::Flows { flows } => print!("{}", flow_table(&flows)),
+    }
+    Ok(())
+}
+
+fn flow_table(flows: &[FlowRow]) -> String {
+    let mut out = format!(
+        "{:<16} {:<22} {:<22} {:<22} {:<12} {:>9} {:>11}\n",
+        "RULE", "REMOTE", "PUBLIC", "PRIVATE", "STATE", "IDLE FOR", "EXPIRES IN"
+    );
+    for f in flows {
+        out += &format!(
+            "{:<16} {:<22} {:<22} {:<22} {:<12} {:>8.1}s {:>10.1}s\n",
+            f.rule, f.remote, f.public, f.private, f.state, f.idle_for_s, f.expires_in_s
+        );
+    }
+    out += &format!("{} flow(s)\n", flows.len());
+    out
 }
 
 /// `--explain`: what every rule's flows will get, and why.
@@ -180,7 +253,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         args.inside,
         args.outside
     );
-    let mut gateway = Gateway::new(&config, ports)?;
+    let mut gateway = Gateway::new(&config, ports, Some(&args.control))?;
     if interrupt.attach(gateway.stopper()) {
         return Ok(());
     }

@@ -850,3 +850,77 @@ fn explain_prints_every_rules_timeout_and_why_without_starting_anything() {
     );
     assert!(stdout.contains("because:"), "{stdout}");
 }
+
+/// Connects to argv[1]:argv[2], sends "a", then waits up to 10 s for anything; says how it ended
+/// and how long after connecting.
+const HOLD_CLIENT: &str = r#"
+import signal, socket, sys, time
+signal.alarm(20)
+start = time.monotonic()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.sendall(b"a")
+print("sent a", flush=True)
+c.settimeout(10)
+try:
+    data = c.recv(100)
+    print("got " + repr(data))
+except OSError as e:
+    print("%s after %.1fs" % (type(e).__name__, time.monotonic() - start))
+"#;
+
+#[test]
+fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once() {
+    let lab = Lab::up(&lab_name());
+    let mut programs = Programs::new(&lab);
+    let servers = [("vm1:7001", "vm1", "7001"), ("vm2:7001", "vm2", "7001")];
+    for (tag, host, port) in servers {
+        programs.python(tag, host, CHUNK_SERVER, &[port]);
+    }
+    programs.wait_each(&servers.map(|s| s.0), "listening", LISTEN_TIMEOUT);
+    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, "7001"]);
+    programs.wait_line(
+        &servers.map(|s| s.0),
+        |l| l == "got a",
+        Duration::from_secs(10),
+    );
+
+    let listed = idlegate(&["flows", "--lab", &lab.name, "--json"], COMMAND_TIMEOUT);
+    assert!(listed.status.success(), "{}", listed.stderr);
+    let flows: serde_json::Value =
+        serde_json::from_str(&listed.stdout).expect("flows --json prints JSON");
+    let flows = flows.as_array().expect("an array of flows");
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["rule"], "app-with-reset");
+    assert_eq!(flows[0]["state"], "ESTABLISHED");
+    assert_eq!(flows[0]["public"], format!("{FRONTEND}:7001"));
+
+    // The rule resets on expiry: expiring its flows now resets both ends now, long before the
+    // 4 s idle timeout.
+    let expired = idlegate(
+        &[
+            "flows",
+            "expire",
+            "--lab",
+            &lab.name,
+            "--rule",
+            "app-with-reset",
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(expired.status.success(), "{}", expired.stderr);
+    assert_eq!(expired.stdout.trim(), "expired 1 flow(s)");
+    let (_, client) = programs.finish("client", Duration::from_secs(15));
+    let report = programs.report();
+    let seconds: f64 = client
+        .last()
+        .and_then(|l| l.strip_prefix("ConnectionResetError after "))
+        .and_then(|l| l.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("the client must be reset\n{report}"));
+    assert!(
+        seconds < 3.0,
+        "reset by the expiry, not by the idle timeout\n{report}"
+    );
+
+    let refused = idlegate(&["flows", "expire", "--lab", &lab.name], COMMAND_TIMEOUT);
+    assert!(!refused.status.success(), "expire needs --rule or --all");
+}

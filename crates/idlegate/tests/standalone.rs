@@ -108,6 +108,7 @@ fn sysctl(ns: &Namespace, setting: &str) -> Result<()> {
 struct Router {
     gateway: Child,
     log: NamedTempFile,
+    _control: tempfile::TempDir,
     _config: NamedTempFile,
     gw: Namespace,
     vm1: Namespace,
@@ -156,11 +157,15 @@ impl Router {
         let mut config = NamedTempFile::new().context("creating the config file")?;
         config.write_all(CONFIG.as_bytes())?;
         let log = NamedTempFile::new().context("creating the gateway's log file")?;
+        // Each test's gateway has its own control socket: they run side by side.
+        let control = tempfile::tempdir().context("creating the control socket's directory")?;
         let gateway = Command::new("ip")
             .args(["netns", "exec", gw.name(), env!("CARGO_BIN_EXE_idlegate")])
             .args(["gateway", "--config"])
             .arg(config.path())
             .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
+            .arg("--control")
+            .arg(control.path().join("control.sock"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log.reopen()?)
@@ -169,6 +174,7 @@ impl Router {
         let mut router = Router {
             gateway,
             log,
+            _control: control,
             _config: config,
             gw,
             vm1,

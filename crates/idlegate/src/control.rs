@@ -1,0 +1,211 @@
+//! The control socket: a running gateway answers `idlegate flows` and `idlegate flows expire`.
+//!
+//! A Unix stream socket, mode 0600, owned by the gateway's user. A client connects, writes one
+//! [`Request`] as a JSON line, reads one [`Response`] as a JSON line, and the gateway closes the
+//! connection. The gateway serves it from its own event loop ([`Control::serve`] is called when
+//! the listener is readable), so a request sees the flow table between two packets. A client
+//! that sends nothing within [`CLIENT_TIMEOUT`] is dropped.
+
+use anyhow::{bail, Context, Result};
+use idlegate_core::engine::{Engine, FlowInfo};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long the gateway waits for a client's request line.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    /// The live flow table.
+    Flows,
+    /// Expire now, with their rules' actions, the flows of `rule`, or all flows.
+    Expire { rule: Option<String> },
+}
+
+/// What the gateway answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum Response {
+    Flows { flows: Vec<FlowRow> },
+    Expired { count: usize },
+    Error { message: String },
+}
+
+/// One flow, as `idlegate flows --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    pub rule: String,
+    pub protocol: String,
+    /// The outside peer.
+    pub remote: String,
+    /// The frontend address and port the remote sees.
+    pub public: String,
+    /// The backend pool member's address and port.
+    pub private: String,
+    pub state: String,
+    pub idle_for_s: f64,
+    pub expires_in_s: f64,
+}
+
+impl FlowRow {
+    fn new(engine: &Engine, f: &FlowInfo) -> FlowRow {
+        FlowRow {
+            rule: engine.rule_name(f.flow.rule).to_string(),
+            protocol: format!("{:?}", f.flow.protocol).to_lowercase(),
+            remote: f.flow.remote.to_string(),
+            public: f.flow.public.to_string(),
+            private: f.flow.private.to_string(),
+            state: f.state.as_str().to_string(),
+            idle_for_s: f.idle_for.as_secs_f64(),
+            expires_in_s: f.expires_in.as_secs_f64(),
+        }
+    }
+}
+
+/// The gateway's end: a listening socket, removed when dropped.
+pub struct Control {
+    listener: mio::net::UnixListener,
+    path: PathBuf,
+}
+
+impl Control {
+    /// Listens at `path` (mode 0600). A live socket there is refused; a stale one is replaced.
+    pub fn bind(path: &Path) -> Result<Control> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        if UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is the control socket of a running gateway; give another with --control",
+                path.display()
+            );
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = mio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+        Ok(Control {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The listener, to register with the event loop.
+    pub fn listener(&mut self) -> &mut mio::net::UnixListener {
+        &mut self.listener
+    }
+
+    /// Answers every client waiting to be accepted.
+    pub fn serve(&mut self, engine: &mut Engine) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = answer(stream, engine) {
+                        tracing::debug!("control client: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("control socket {}: {e}", self.path.display());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn answer(stream: mio::net::UnixStream, engine: &mut Engine) -> Result<()> {
+    // mio's stream is a plain socket: serve it blocking, briefly.
+    let stream: UnixStream = std::os::fd::OwnedFd::from(stream).into();
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .take(64 * 1024)
+        .read_line(&mut line)?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => respond(request, engine),
+        Err(e) => Response::Error {
+            message: format!("not a request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_string(&response)?;
+    out.push('\n');
+    (&stream).write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn respond(request: Request, engine: &mut Engine) -> Response {
+    let now = Instant::now();
+    match request {
+        Request::Flows => {
+            let flows = engine
+                .flows(now)
+                .map(|f| FlowRow::new(engine, &f))
+                .collect();
+            Response::Flows { flows }
+        }
+        Request::Expire { rule } => {
+            let count = engine.expire_now(now, |name| rule.as_deref().is_none_or(|r| r == name));
+            if let Some(rule) = &rule {
+                tracing::info!("control: expired {count} flow(s) of rule {rule} now");
+            } else {
+                tracing::info!("control: expired all {count} flow(s) now");
+            }
+            Response::Expired { count }
+        }
+    }
+}
+
+/// The client's end: sends `request` to the gateway at `path` and returns its answer.
+pub fn ask(path: &Path, request: &Request) -> Result<Response> {
+    let mut stream = UnixStream::connect(path).with_context(|| {
+        format!(
+            "connecting to the gateway's control socket {} (is it running?)",
+            path.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading the gateway's answer")?;
+    serde_json::from_str(&answer)
+        .with_context(|| format!("the gateway's answer is not a response: {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_responses_read_as_json_lines() {
+        let expire = serde_json::to_string(&Request::Expire {
+            rule: Some("app".into()),
+        })
+        .unwrap();
+        assert_eq!(expire, r#"{"request":"expire","rule":"app"}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"request":"flows"}"#).unwrap(),
+            Request::Flows
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+}
