@@ -7,6 +7,7 @@
 //! and logs flow creation and expiry with `tracing`. The packet buffer is reused: nothing is
 //! allocated per packet.
 
+use crate::capture::Capture;
 use crate::control::Control;
 use crate::tun::Tun;
 use anyhow::{bail, Context, Result};
@@ -19,7 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,15 @@ pub struct Port {
     /// The address of the host behind it, or `None` for a port that takes every destination
     /// on its side (a router-style attachment).
     pub host: Option<Ipv4Addr>,
+}
+
+/// What a gateway offers besides forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The control socket `idlegate flows` talks to.
+    pub control: Option<PathBuf>,
+    /// A pcap file of every packet seen and made.
+    pub pcap: Option<PathBuf>,
 }
 
 /// Stops a running gateway from another thread or a signal handler thread.
@@ -63,6 +73,8 @@ pub struct Gateway {
     stopper: Stopper,
     /// Where `idlegate flows` asks.
     control: Option<Control>,
+    /// Where `--pcap` records packets.
+    capture: Option<Capture>,
     buf: Box<[u8; BUF_LEN]>,
     /// Member addresses and names, for log lines.
     member_names: Vec<(Ipv4Addr, String)>,
@@ -77,9 +89,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway running `config` on `ports` (at least one per side), answering `idlegate
-    /// flows` on the control socket at `control`, if given.
-    pub fn new(config: &Config, ports: Vec<Port>, control: Option<&Path>) -> Result<Gateway> {
+    /// A gateway running `config` on `ports` (at least one per side), with the extras `options`
+    /// ask for.
+    pub fn new(config: &Config, ports: Vec<Port>, options: &Options) -> Result<Gateway> {
         for side in [Interface::Inside, Interface::Outside] {
             if !ports.iter().any(|p| p.interface == side) {
                 bail!("the gateway needs a TUN device on the {side:?} side");
@@ -96,7 +108,8 @@ impl Gateway {
                 .with_context(|| format!("watching TUN device {}", port.tun.name()))?;
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
-        let control = match control {
+        let capture = options.pcap.as_deref().map(Capture::create).transpose()?;
+        let control = match &options.control {
             Some(path) => {
                 let mut control = Control::bind(path)?;
                 poll.registry()
@@ -113,6 +126,7 @@ impl Gateway {
         Ok(Gateway {
             engine,
             control,
+            capture,
             readable: vec![false; ports.len()],
             member_names: config
                 .backend_pools
@@ -173,6 +187,10 @@ impl Gateway {
             }
             self.engine.handle_timeout(Instant::now());
             self.flush();
+            if let Some(Err(e)) = self.capture.as_mut().map(Capture::flush) {
+                tracing::warn!("{e:#}; capture stopped");
+                self.capture = None;
+            }
         }
         self.log_counters();
         Ok(())
@@ -198,6 +216,7 @@ impl Gateway {
                 }
             };
             let interface = port.interface;
+            self.record(n);
             match self
                 .engine
                 .handle_packet(Instant::now(), interface, &mut self.buf[..n])
@@ -230,6 +249,12 @@ impl Gateway {
             });
         match port {
             Some(port) => {
+                if let Some(capture) = &mut self.capture {
+                    if let Err(e) = capture.record(packet) {
+                        tracing::warn!("{e:#}; capture stopped");
+                        self.capture = None;
+                    }
+                }
                 if let Err(e) = port.tun.send(packet) {
                     self.tx_errors += 1;
                     tracing::debug!(device = port.tun.name(), "write failed: {e}");
@@ -238,6 +263,16 @@ impl Gateway {
             None => {
                 self.undeliverable += 1;
                 tracing::debug!(%dst, "no device leads to this destination; packet dropped");
+            }
+        }
+    }
+
+    /// Records the first `len` bytes of the buffer in the capture, if there is one.
+    fn record(&mut self, len: usize) {
+        if let Some(capture) = &mut self.capture {
+            if let Err(e) = capture.record(&self.buf[..len]) {
+                tracing::warn!("{e:#}; capture stopped");
+                self.capture = None;
             }
         }
     }

@@ -11,7 +11,7 @@
 //! crashed run of that lab left behind. Dropping the [`Lab`] removes its namespaces; the TUN
 //! devices vanish with the file descriptors.
 
-use crate::gateway::{Gateway, Port};
+use crate::gateway::{Gateway, Options, Port};
 use crate::netns::{self, Namespace};
 use crate::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 
 /// The outside host every lab has.
@@ -129,13 +129,14 @@ impl Lab {
     }
 
     /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
-    /// Marks the lab ready for `lab exec`: its hosts exist and the gateway holds their devices.
-    pub fn gateway(&mut self, config: &Config) -> Result<Gateway> {
-        let gateway = Gateway::new(
-            config,
-            std::mem::take(&mut self.ports),
-            Some(&control_path(&self.name)),
-        )?;
+    /// The lab's gateway, holding its devices, answering `idlegate flows --lab` and recording
+    /// to `pcap` if given; marks the lab ready for `lab exec`. The lab must outlive its run.
+    pub fn gateway(&mut self, config: &Config, pcap: Option<&Path>) -> Result<Gateway> {
+        let options = Options {
+            control: Some(control_path(&self.name)),
+            pcap: pcap.map(Path::to_path_buf),
+        };
+        let gateway = Gateway::new(config, std::mem::take(&mut self.ports), &options)?;
         write!(self.lock, " {READY}").context("marking the lab ready in its lock file")?;
         Ok(gateway)
     }
@@ -148,7 +149,7 @@ impl Lab {
         work: impl FnOnce(&Lab) -> Result<T>,
     ) -> Result<(T, Counters)> {
         let mut lab = Lab::up(name, config)?;
-        let mut gateway = lab.gateway(config)?;
+        let mut gateway = lab.gateway(config, None)?;
         let stopper = gateway.stopper();
         let thread = std::thread::Builder::new()
             .name("gateway".into())

@@ -5,12 +5,14 @@
 //! |---|---|
 //! | [`gateway`] | the engine driven by TUN devices and the clock |
 //! | [`control`] | the control socket: `idlegate flows` |
+//! | [`capture`] | `--pcap`: every packet seen or made, for Wireshark |
 //! | [`lab`] | namespaces of real hosts wired to the gateway |
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
 //! | [`scenario`] | scripted connections observed from both ends |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
 
+pub mod capture;
 pub mod control;
 pub mod demo;
 pub mod gateway;

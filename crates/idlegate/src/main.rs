@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlegate::control::{self, FlowRow, Request, Response};
-use idlegate::gateway::{Gateway, Port, Stopper};
+use idlegate::gateway::{Gateway, Options, Port, Stopper};
 use idlegate::lab::{self, Lab};
 use idlegate::tun::Tun;
 use idlegate::{demo, netns};
@@ -59,6 +59,9 @@ struct GatewayArgs {
     /// The control socket `idlegate flows` talks to.
     #[arg(long, default_value = DEFAULT_CONTROL)]
     control: PathBuf,
+    /// Write every packet the gateway sees or makes to this pcap file.
+    #[arg(long)]
+    pcap: Option<PathBuf>,
 }
 
 const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
@@ -104,6 +107,9 @@ enum LabCommand {
         /// Lab name, so several labs can run at once.
         #[arg(long, default_value = "lab")]
         name: String,
+        /// Write every packet the gateway sees or makes to this pcap file.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
     },
     /// Run a program in a host of a running lab (a member's name, or `internet`).
     Exec {
@@ -161,9 +167,9 @@ fn run(command: Command) -> Result<ExitCode> {
             explain: true,
             ..
         }) => explain(&config).map(|()| ExitCode::SUCCESS),
-        Command::Lab(LabCommand::Up { config, name, .. }) => {
-            lab_up(&config, &name).map(|()| ExitCode::SUCCESS)
-        }
+        Command::Lab(LabCommand::Up {
+            config, name, pcap, ..
+        }) => lab_up(&config, &name, pcap.as_deref()).map(|()| ExitCode::SUCCESS),
         Command::Lab(LabCommand::Exec {
             name,
             host,
@@ -253,7 +259,11 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         args.inside,
         args.outside
     );
-    let mut gateway = Gateway::new(&config, ports, Some(&args.control))?;
+    let options = Options {
+        control: Some(args.control),
+        pcap: args.pcap,
+    };
+    let mut gateway = Gateway::new(&config, ports, &options)?;
     if interrupt.attach(gateway.stopper()) {
         return Ok(());
     }
@@ -269,12 +279,12 @@ fn print_ready() -> Result<()> {
     Ok(())
 }
 
-fn lab_up(config_path: &Path, name: &str) -> Result<()> {
+fn lab_up(config_path: &Path, name: &str, pcap: Option<&Path>) -> Result<()> {
     let config = load_config(config_path)?;
     // Handled from here on, so a signal while the lab is being built still takes it down.
     let interrupt = Interrupt::install()?;
     let mut lab = Lab::up(name, &config).with_context(|| format!("{}", config_path.display()))?;
-    let mut gateway = lab.gateway(&config)?;
+    let mut gateway = lab.gateway(&config, pcap)?;
     if interrupt.attach(gateway.stopper()) {
         return Ok(());
     }

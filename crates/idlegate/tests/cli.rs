@@ -186,10 +186,15 @@ impl Lab {
     }
 
     fn up_with(name: &str, config: &Path) -> Lab {
+        Lab::up_with_args(name, config, &[])
+    }
+
+    fn up_with_args(name: &str, config: &Path, extra: &[&str]) -> Lab {
         let mut child = Command::new(IDLEGATE)
             .args(["lab", "up", "--config"])
             .arg(config)
             .args(["--name", name])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -869,8 +874,10 @@ except OSError as e:
 "#;
 
 #[test]
-fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once() {
-    let lab = Lab::up(&lab_name());
+fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_shows() {
+    let pcap = tempfile::NamedTempFile::new().expect("a capture file");
+    let pcap_path = pcap.path().to_str().expect("a UTF-8 path").to_string();
+    let mut lab = Lab::up_with_args(&lab_name(), &example_config(), &["--pcap", &pcap_path]);
     let mut programs = Programs::new(&lab);
     let servers = [("vm1:7001", "vm1", "7001"), ("vm2:7001", "vm2", "7001")];
     for (tag, host, port) in servers {
@@ -923,4 +930,42 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once() {
 
     let refused = idlegate(&["flows", "expire", "--lab", &lab.name], COMMAND_TIMEOUT);
     assert!(!refused.status.success(), "expire needs --rule or --all");
+
+    // The capture holds both sides of the translation and the two RSTs the gateway made.
+    assert!(lab.terminate().success());
+    let file = std::fs::File::open(pcap.path()).expect("the capture file");
+    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
+    let mut headers = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.expect("a readable packet");
+        if let Ok(h) = idlegate_core::packet::Headers::parse(&packet.data) {
+            headers.push(h);
+        }
+    }
+    let frontend: std::net::SocketAddrV4 = format!("{FRONTEND}:7001").parse().unwrap();
+    let syn = |h: &idlegate_core::packet::Headers| h.tcp.is_some_and(|t| t.flags.is_connect());
+    assert!(
+        headers.iter().any(|h| syn(h) && h.dst == frontend),
+        "the SYN as it came in"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| syn(h) && h.dst.port() == 7001 && h.dst != frontend),
+        "the SYN as it left, translated"
+    );
+    let resets: Vec<_> = headers
+        .iter()
+        .filter(|h| h.tcp.is_some_and(|t| t.flags.rst()))
+        .collect();
+    assert!(
+        resets.iter().any(|h| h.src == frontend),
+        "the RST to the client: {resets:?}"
+    );
+    assert!(
+        resets
+            .iter()
+            .any(|h| h.dst.port() == 7001 && h.dst != frontend),
+        "the RST to the member: {resets:?}"
+    );
 }
