@@ -112,9 +112,16 @@ pub struct Counters {
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
     drops: [u64; DropReason::ALL.len()],
+    expiries: [u64; Expiry::ALL.len()],
 }
 
 impl Counters {
+    /// Flows expired with `action` (as carried out: a `reset` rule's non-established flows
+    /// count as `silent`).
+    pub fn expired(&self, action: Expiry) -> u64 {
+        self.expiries[action as usize]
+    }
+
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }
@@ -280,7 +287,7 @@ fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tic
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
     };
-    SnatPorts::new(&blocks, ports, holds)
+    SnatPorts::new(config.frontends[frontend].address, &blocks, ports, holds)
 }
 
 impl Engine {
@@ -466,6 +473,13 @@ impl Engine {
             self.expire(id, now);
         }
         ids.len()
+    }
+
+    /// SNAT ports per frontend address with outbound rules: (frontend, lent, not lent).
+    pub fn snat_usage(&self) -> impl Iterator<Item = (Ipv4Addr, usize, usize)> + '_ {
+        self.snat
+            .iter()
+            .map(|s| (s.frontend(), s.lent(), s.total() - s.lent()))
     }
 
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
@@ -824,6 +838,7 @@ impl Engine {
             (action, _) => action,
         };
         self.counters.flows_expired += 1;
+        self.counters.expiries[action as usize] += 1;
         let summary = FlowSummary::from(&flow);
         self.events.push_back(Event::Expired {
             flow: summary,

@@ -40,7 +40,11 @@ struct Block {
 /// The SNAT ports of one frontend address.
 #[derive(Debug, Clone)]
 pub struct SnatPorts {
+    frontend: Ipv4Addr,
     blocks: Vec<Block>,
+    /// Ports in all blocks, and how many of them are lent.
+    total: usize,
+    lent_count: usize,
     by_member: HashMap<Ipv4Addr, usize>,
     holds: Holds,
     lent: Box<[u64; 1024]>,
@@ -52,11 +56,12 @@ impl SnatPorts {
     /// frontend ports). If `ports` run out, the last blocks are short: the config's validation
     /// sees to it that they do not.
     pub fn new(
+        frontend: Ipv4Addr,
         members: &[(Ipv4Addr, usize)],
         mut ports: impl Iterator<Item = u16>,
         holds: Holds,
     ) -> SnatPorts {
-        let blocks = members
+        let blocks: Vec<Block> = members
             .iter()
             .map(|&(_, size)| {
                 let free: VecDeque<u16> = ports.by_ref().take(size).collect();
@@ -73,12 +78,31 @@ impl SnatPorts {
             .enumerate()
             .map(|(i, &(m, _))| (m, i))
             .collect();
+        let total = blocks.iter().map(|b| b.free.len()).sum();
         SnatPorts {
+            frontend,
             blocks,
+            total,
+            lent_count: 0,
             by_member,
             holds,
             lent: Box::new([0; 1024]),
         }
+    }
+
+    /// The frontend address these ports belong to.
+    pub fn frontend(&self) -> Ipv4Addr {
+        self.frontend
+    }
+
+    /// How many ports all blocks hold.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// How many ports are lent to flows now (held ports are not lent).
+    pub fn lent(&self) -> usize {
+        self.lent_count
     }
 
     /// Lends one of `member`'s ports at `now`, or `None` when its block is exhausted (or it has
@@ -96,6 +120,7 @@ impl SnatPorts {
         }
         let port = block.free.pop_front()?;
         self.lent[usize::from(port) / 64] |= 1 << (port % 64);
+        self.lent_count += 1;
         Some(port)
     }
 
@@ -143,6 +168,7 @@ impl SnatPorts {
         let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
         let was = self.lent[word] & bit != 0;
         self.lent[word] &= !bit;
+        self.lent_count -= usize::from(was);
         was
     }
 }
@@ -160,7 +186,12 @@ mod tests {
 
     #[test]
     fn each_member_owns_its_own_block() {
-        let mut pool = SnatPorts::new(&[(A, 2), (B, 2)], (1024..).filter(|&p| p != 1025), HOLDS);
+        let mut pool = SnatPorts::new(
+            Ipv4Addr::new(203, 0, 113, 10),
+            &[(A, 2), (B, 2)],
+            (1024..).filter(|&p| p != 1025),
+            HOLDS,
+        );
         assert_eq!(
             [pool.allocate(A, 0), pool.allocate(A, 0)],
             [Some(1024), Some(1026)]
@@ -180,7 +211,12 @@ mod tests {
 
     #[test]
     fn blocks_may_differ_in_size_and_run_short_when_ports_run_out() {
-        let mut pool = SnatPorts::new(&[(A, 1), (B, 8)], 1024..1030, HOLDS);
+        let mut pool = SnatPorts::new(
+            Ipv4Addr::new(203, 0, 113, 10),
+            &[(A, 1), (B, 8)],
+            1024..1030,
+            HOLDS,
+        );
         assert_eq!(pool.available(A, 0), 1);
         assert_eq!(pool.available(B, 0), 5);
         assert_eq!(pool.allocate(A, 0), Some(1024));
@@ -190,7 +226,7 @@ mod tests {
     #[test]
     fn a_released_port_is_held_for_its_endings_time_then_lent_again() {
         // Azure LB SNAT: a port is reused 240 s after a FIN, 15 s after a RST.
-        let mut pool = SnatPorts::new(&[(A, 2)], 1024.., HOLDS);
+        let mut pool = SnatPorts::new(Ipv4Addr::new(203, 0, 113, 10), &[(A, 2)], 1024.., HOLDS);
         let (p, q) = (pool.allocate(A, 0).unwrap(), pool.allocate(A, 0).unwrap());
         pool.release(A, p, Ending::Fin, 100);
         pool.release(A, q, Ending::Rst, 100);
@@ -204,7 +240,7 @@ mod tests {
 
     #[test]
     fn an_unused_port_comes_back_at_once() {
-        let mut pool = SnatPorts::new(&[(A, 1)], 1024.., HOLDS);
+        let mut pool = SnatPorts::new(Ipv4Addr::new(203, 0, 113, 10), &[(A, 1)], 1024.., HOLDS);
         let p = pool.allocate(A, 0).unwrap();
         pool.release_unused(A, p);
         assert_eq!(pool.allocate(A, 0), Some(p));

@@ -9,6 +9,7 @@
 
 use crate::capture::Capture;
 use crate::control::Control;
+use crate::metrics::{Direction, Metrics, Traffic};
 use crate::tun::Tun;
 use anyhow::{bail, Context, Result};
 use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
@@ -41,6 +42,8 @@ pub struct Options {
     pub control: Option<PathBuf>,
     /// A pcap file of every packet seen and made.
     pub pcap: Option<PathBuf>,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Stops a running gateway from another thread or a signal handler thread.
@@ -60,6 +63,7 @@ impl Stopper {
 
 const WAKER: Token = Token(usize::MAX);
 const CONTROL: Token = Token(usize::MAX - 1);
+const METRICS: Token = Token(usize::MAX - 2);
 /// Largest IPv4 packet; TUN devices hand out at most their MTU.
 const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
@@ -75,6 +79,10 @@ pub struct Gateway {
     control: Option<Control>,
     /// Where `--pcap` records packets.
     capture: Option<Capture>,
+    /// Where `--metrics` serves Prometheus.
+    metrics: Option<Metrics>,
+    /// Packets and bytes per interface and direction.
+    traffic: Traffic,
     buf: Box<[u8; BUF_LEN]>,
     /// Member addresses and names, for log lines.
     member_names: Vec<(Ipv4Addr, String)>,
@@ -109,6 +117,15 @@ impl Gateway {
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let capture = options.pcap.as_deref().map(Capture::create).transpose()?;
+        let metrics = match options.metrics {
+            Some(addr) => {
+                let mut metrics = Metrics::bind(addr)?;
+                poll.registry()
+                    .register(metrics.listener(), METRICS, Interest::READABLE)?;
+                Some(metrics)
+            }
+            None => None,
+        };
         let control = match &options.control {
             Some(path) => {
                 let mut control = Control::bind(path)?;
@@ -127,6 +144,8 @@ impl Gateway {
             engine,
             control,
             capture,
+            metrics,
+            traffic: Traffic::default(),
             readable: vec![false; ports.len()],
             member_names: config
                 .backend_pools
@@ -177,6 +196,11 @@ impl Gateway {
                             control.serve(&mut self.engine);
                         }
                     }
+                    METRICS => {
+                        if let Some(metrics) = &mut self.metrics {
+                            metrics.serve(&self.engine, &self.traffic);
+                        }
+                    }
                     Token(i) => self.readable[i] = true,
                 }
             }
@@ -216,6 +240,7 @@ impl Gateway {
                 }
             };
             let interface = port.interface;
+            self.traffic.count(interface, Direction::In, n);
             self.record(n);
             match self
                 .engine
@@ -255,6 +280,7 @@ impl Gateway {
                         self.capture = None;
                     }
                 }
+                self.traffic.count(out, Direction::Out, len);
                 if let Err(e) = port.tun.send(packet) {
                     self.tx_errors += 1;
                     tracing::debug!(device = port.tun.name(), "write failed: {e}");

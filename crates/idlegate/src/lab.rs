@@ -21,8 +21,17 @@ use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitStatus;
+
+/// What a lab's gateway offers besides forwarding and `idlegate flows`.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// A pcap file of every packet seen and made.
+    pub pcap: Option<PathBuf>,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
+}
 
 /// The outside host every lab has.
 pub const INTERNET: &str = "internet";
@@ -128,13 +137,13 @@ impl Lab {
         Ok(namespace(&self.name, host))
     }
 
-    /// The gateway for this lab, holding its devices. The lab must outlive the gateway's run.
-    /// The lab's gateway, holding its devices, answering `idlegate flows --lab` and recording
-    /// to `pcap` if given; marks the lab ready for `lab exec`. The lab must outlive its run.
-    pub fn gateway(&mut self, config: &Config, pcap: Option<&Path>) -> Result<Gateway> {
+    /// The lab's gateway, holding its devices, answering `idlegate flows --lab`, with `extras`;
+    /// marks the lab ready for `lab exec`. The lab must outlive its run.
+    pub fn gateway(&mut self, config: &Config, extras: Extras) -> Result<Gateway> {
         let options = Options {
             control: Some(control_path(&self.name)),
-            pcap: pcap.map(Path::to_path_buf),
+            pcap: extras.pcap,
+            metrics: extras.metrics,
         };
         let gateway = Gateway::new(config, std::mem::take(&mut self.ports), &options)?;
         write!(self.lock, " {READY}").context("marking the lab ready in its lock file")?;
@@ -149,7 +158,7 @@ impl Lab {
         work: impl FnOnce(&Lab) -> Result<T>,
     ) -> Result<(T, Counters)> {
         let mut lab = Lab::up(name, config)?;
-        let mut gateway = lab.gateway(config, None)?;
+        let mut gateway = lab.gateway(config, Extras::default())?;
         let stopper = gateway.stopper();
         let thread = std::thread::Builder::new()
             .name("gateway".into())

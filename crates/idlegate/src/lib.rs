@@ -6,6 +6,7 @@
 //! | [`gateway`] | the engine driven by TUN devices and the clock |
 //! | [`control`] | the control socket: `idlegate flows` |
 //! | [`capture`] | `--pcap`: every packet seen or made, for Wireshark |
+//! | [`metrics`] | `--metrics`: Prometheus metrics |
 //! | [`lab`] | namespaces of real hosts wired to the gateway |
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
 //! | [`scenario`] | scripted connections observed from both ends |
@@ -17,6 +18,7 @@ pub mod control;
 pub mod demo;
 pub mod gateway;
 pub mod lab;
+pub mod metrics;
 pub mod netns;
 pub mod scenario;
 pub mod tun;

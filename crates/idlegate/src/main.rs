@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlegate::control::{self, FlowRow, Request, Response};
 use idlegate::gateway::{Gateway, Options, Port, Stopper};
+use idlegate::lab::Extras;
 use idlegate::lab::{self, Lab};
 use idlegate::tun::Tun;
 use idlegate::{demo, netns};
@@ -62,6 +63,9 @@ struct GatewayArgs {
     /// Write every packet the gateway sees or makes to this pcap file.
     #[arg(long)]
     pcap: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
@@ -110,6 +114,9 @@ enum LabCommand {
         /// Write every packet the gateway sees or makes to this pcap file.
         #[arg(long)]
         pcap: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run a program in a host of a running lab (a member's name, or `internet`).
     Exec {
@@ -168,8 +175,12 @@ fn run(command: Command) -> Result<ExitCode> {
             ..
         }) => explain(&config).map(|()| ExitCode::SUCCESS),
         Command::Lab(LabCommand::Up {
-            config, name, pcap, ..
-        }) => lab_up(&config, &name, pcap.as_deref()).map(|()| ExitCode::SUCCESS),
+            config,
+            name,
+            pcap,
+            metrics,
+            ..
+        }) => lab_up(&config, &name, Extras { pcap, metrics }).map(|()| ExitCode::SUCCESS),
         Command::Lab(LabCommand::Exec {
             name,
             host,
@@ -262,6 +273,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     let options = Options {
         control: Some(args.control),
         pcap: args.pcap,
+        metrics: args.metrics,
     };
     let mut gateway = Gateway::new(&config, ports, &options)?;
     if interrupt.attach(gateway.stopper()) {
@@ -279,12 +291,12 @@ fn print_ready() -> Result<()> {
     Ok(())
 }
 
-fn lab_up(config_path: &Path, name: &str, pcap: Option<&Path>) -> Result<()> {
+fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
     let config = load_config(config_path)?;
     // Handled from here on, so a signal while the lab is being built still takes it down.
     let interrupt = Interrupt::install()?;
     let mut lab = Lab::up(name, &config).with_context(|| format!("{}", config_path.display()))?;
-    let mut gateway = lab.gateway(&config, pcap)?;
+    let mut gateway = lab.gateway(&config, extras)?;
     if interrupt.attach(gateway.stopper()) {
         return Ok(());
     }

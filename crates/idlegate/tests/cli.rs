@@ -969,3 +969,77 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_show
         "the RST to the member: {resets:?}"
     );
 }
+
+/// `GET path` from the metrics listener at `addr`: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect(addr).expect("connecting to the metrics listener");
+    stream.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn metrics_show_flows_by_rule_and_state_snat_ports_and_traffic() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let lab = Lab::up_with_args(&lab_name(), &example_config(), &["--metrics", &addr]);
+    let mut programs = Programs::new(&lab);
+    let servers = [("vm1:7000", "vm1", "7000"), ("vm2:7000", "vm2", "7000")];
+    for (tag, host, port) in servers {
+        programs.python(tag, host, CHUNK_SERVER, &[port]);
+    }
+    programs.wait_each(&servers.map(|s| s.0), "listening", LISTEN_TIMEOUT);
+    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, "7000"]);
+    programs.wait_line(
+        &servers.map(|s| s.0),
+        |l| l == "got a",
+        Duration::from_secs(10),
+    );
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    assert_eq!(
+        value("idlegate_flows{rule=\"app\",state=\"ESTABLISHED\"}"),
+        1
+    );
+    assert_eq!(value("idlegate_flows_created_total"), 1);
+    // Two members with Azure's default 1,024 SNAT ports each, none lent.
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"free\"}"),
+        2048
+    );
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"in_use\"}"),
+        0
+    );
+    assert!(
+        value("idlegate_packets_total{interface=\"outside\",direction=\"in\"}") >= 3,
+        "SYN, ACK, data"
+    );
+    assert!(value("idlegate_bytes_total{interface=\"inside\",direction=\"out\"}") >= 120);
+    assert_eq!(value("idlegate_expiries_total{action=\"silent\"}"), 0);
+    assert!(
+        body.contains("# TYPE idlegate_drops_total counter"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/nothing").0, "HTTP/1.1 404 Not Found");
+}

@@ -1,0 +1,241 @@
+//! `--metrics ADDR`: Prometheus metrics over HTTP, served from the gateway's event loop.
+//!
+//! `GET /metrics` answers the text exposition format (version 0.0.4) with the engine's counters
+//! and the flow table as it stands: flows by rule and TCP state, expiries by action, drops by
+//! reason, SNAT ports in use and free per frontend, packets and bytes per interface and
+//! direction. The listener binds only where it is told. Each scrape is answered at once and the
+//! connection closed; a client that sends no request within [`CLIENT_TIMEOUT`] is dropped.
+//! The exposition is written by hand: it is a few lines of text over values the engine already
+//! counts, which a metrics library would only copy into its own registry.
+
+use anyhow::{Context, Result};
+use idlegate_core::engine::{DropReason, Engine, Interface};
+use idlegate_core::expiry::Expiry;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long the gateway waits for a scraper's request.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Packets and bytes through the gateway's devices, by interface and direction.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    /// Indexed by [`Traffic::slot`].
+    packets: [u64; 4],
+    bytes: [u64; 4],
+}
+
+/// Into or out of the gateway.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// Read from a device.
+    In,
+    /// Written to a device.
+    Out,
+}
+
+impl Traffic {
+    pub fn count(&mut self, interface: Interface, direction: Direction, len: usize) {
+        let i = Self::slot(interface, direction);
+        self.packets[i] += 1;
+        self.bytes[i] += len as u64;
+    }
+
+    fn slot(interface: Interface, direction: Direction) -> usize {
+        2 * usize::from(interface == Interface::Outside)
+            + usize::from(matches!(direction, Direction::Out))
+    }
+}
+
+/// The metrics listener.
+pub struct Metrics {
+    listener: mio::net::TcpListener,
+}
+
+impl Metrics {
+    pub fn bind(addr: SocketAddr) -> Result<Metrics> {
+        let listener = mio::net::TcpListener::bind(addr)
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        tracing::info!(
+            "metrics on http://{}/metrics",
+            listener.local_addr().unwrap_or(addr)
+        );
+        Ok(Metrics { listener })
+    }
+
+    /// The listener, to register with the event loop.
+    pub fn listener(&mut self) -> &mut mio::net::TcpListener {
+        &mut self.listener
+    }
+
+    /// Answers every scraper waiting to be accepted.
+    pub fn serve(&mut self, engine: &Engine, traffic: &Traffic) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let stream: TcpStream = std::os::fd::OwnedFd::from(stream).into();
+                    if let Err(e) = answer(stream, engine, traffic) {
+                        tracing::debug!("metrics client: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!("metrics listener: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, engine: &Engine, traffic: &Traffic) -> Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut request = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..n]);
+    }
+    let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ");
+    let (status, body) = if wanted {
+        ("200 OK", render(engine, traffic, Instant::now()))
+    } else {
+        (
+            "404 Not Found",
+            "idlegate serves GET /metrics\n".to_string(),
+        )
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())?;
+    Ok(())
+}
+
+/// The exposition text.
+pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let mut by_rule_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for f in engine.flows(now) {
+        *by_rule_state
+            .entry((engine.rule_name(f.flow.rule).to_string(), f.state.as_str()))
+            .or_default() += 1;
+    }
+    let flows: Vec<(String, u64)> = by_rule_state
+        .into_iter()
+        .map(|((rule, state), n)| (format!("{{rule=\"{rule}\",state=\"{state}\"}}"), n))
+        .collect();
+    family(
+        "idlegate_flows",
+        "gauge",
+        "Flows the gateway remembers, by rule and TCP state.",
+        &flows,
+    );
+    let c = engine.counters();
+    family(
+        "idlegate_flows_created_total",
+        "counter",
+        "Flows created.",
+        &[(String::new(), c.flows_created)],
+    );
+    let expiries: Vec<(String, u64)> = Expiry::ALL
+        .iter()
+        .map(|a| (format!("{{action=\"{a}\"}}"), c.expired(*a)))
+        .collect();
+    family(
+        "idlegate_expiries_total",
+        "counter",
+        "Flows expired, by the action carried out.",
+        &expiries,
+    );
+    let drops: Vec<(String, u64)> = DropReason::ALL
+        .iter()
+        .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), c.dropped(*r)))
+        .collect();
+    family(
+        "idlegate_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+        &drops,
+    );
+    family(
+        "idlegate_resets_sent_total",
+        "counter",
+        "RSTs the gateway made.",
+        &[(String::new(), c.resets_sent)],
+    );
+    family(
+        "idlegate_acks_sent_total",
+        "counter",
+        "ACKs the gateway made for data it discarded.",
+        &[(String::new(), c.acks_sent)],
+    );
+    let snat: Vec<(String, u64)> = engine
+        .snat_usage()
+        .flat_map(|(frontend, lent, free)| {
+            [
+                (
+                    format!("{{frontend=\"{frontend}\",state=\"in_use\"}}"),
+                    lent as u64,
+                ),
+                (
+                    format!("{{frontend=\"{frontend}\",state=\"free\"}}"),
+                    free as u64,
+                ),
+            ]
+        })
+        .collect();
+    family(
+        "idlegate_snat_ports",
+        "gauge",
+        "SNAT ports per frontend: lent to flows, or not.",
+        &snat,
+    );
+    let sides = [
+        (Interface::Inside, "inside"),
+        (Interface::Outside, "outside"),
+    ];
+    let directions = [(Direction::In, "in"), (Direction::Out, "out")];
+    let per = |values: &[u64; 4]| -> Vec<(String, u64)> {
+        sides
+            .iter()
+            .flat_map(|&(i, iname)| {
+                directions.iter().map(move |&(d, dname)| {
+                    (
+                        format!("{{interface=\"{iname}\",direction=\"{dname}\"}}"),
+                        values[Traffic::slot(i, d)],
+                    )
+                })
+            })
+            .collect()
+    };
+    family(
+        "idlegate_packets_total",
+        "counter",
+        "Packets read from and written to the devices.",
+        &per(&traffic.packets),
+    );
+    family(
+        "idlegate_bytes_total",
+        "counter",
+        "Bytes read from and written to the devices.",
+        &per(&traffic.bytes),
+    );
+    out
+}
