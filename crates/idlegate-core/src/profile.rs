@@ -114,3 +114,99 @@ pub fn find(name: &str) -> Option<&'static Profile> {
 pub fn default_profile() -> &'static Profile {
     &AZURE_LB
 }
+
+/// A complete config for `profile` with every default written out and every range in a
+/// comment: what `idlegate profiles show NAME` prints, and `--config` accepts as it is.
+pub fn example_config(profile: &Profile) -> String {
+    use crate::config::human;
+    let range = |r: &TimeoutRange| format!("{}–{}", human(r.min), human(r.max));
+    let minutes = |d: Duration| {
+        if d.as_secs().is_multiple_of(60) {
+            format!("{}m", d.as_secs() / 60)
+        } else {
+            format!("{}s", d.as_secs())
+        }
+    };
+    let frontend_idle = match &profile.frontend_idle {
+        Some(r) => format!(
+            "# idle_timeout = \"{}\"          # {}; beats the LB and inbound NAT rules' for inbound flows\n",
+            minutes(r.default),
+            range(r)
+        ),
+        None => String::new(),
+    };
+    let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
+    format!(
+        r#"# {title} (profile {name}). Timers not set below take these defaults; transitory
+# (handshake, FIN, RST) flows live {transitory}.
+profile = "{name}"
+time_scale = 60                  # every timer runs 1/60 as long: 4 min become 4 s
+
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+{frontend_idle}
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}, {{ name = "vm2", address = "192.0.2.12" }}]
+
+[[lb_rule]]
+name = "app"
+frontend = "public"
+protocol = "tcp"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "{lb_idle}"              # {lb_range}
+expiry = "{expiry}"              # {expiries}
+
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+ports_per_member = {ports}          # multiples of {step}, at most {per_frontend} per frontend address
+idle_timeout = "{out_idle}"              # {out_range}
+expiry = "{expiry}"
+"#,
+        title = profile.title,
+        name = profile.name,
+        transitory = human(profile.transitory),
+        lb_idle = minutes(profile.lb_rule_idle.default),
+        lb_range = range(&profile.lb_rule_idle),
+        out_idle = minutes(profile.outbound_rule_idle.default),
+        out_range = range(&profile.outbound_rule_idle),
+        expiry = profile.default_expiry,
+        expiries = expiries.join(" | "),
+        ports = profile.snat.ports_per_member,
+        step = profile.snat.ports_per_member_step,
+        per_frontend = profile.snat.ports_per_frontend,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {
+        for profile in ALL {
+            let text = example_config(profile);
+            let config =
+                Config::from_toml(&text, profile.name).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(config.profile, profile);
+            assert_eq!(
+                config.lb_rules[0].idle.timeout,
+                profile.lb_rule_idle.default
+            );
+            assert_eq!(
+                config.outbound_rules[0].idle.timeout,
+                profile.outbound_rule_idle.default
+            );
+            assert_eq!(
+                config.outbound_rules[0].ports_per_member,
+                profile.snat.ports_per_member
+            );
+        }
+    }
+}

@@ -9,8 +9,9 @@ use idlegate::lab::Extras;
 use idlegate::lab::{self, Lab};
 use idlegate::tun::Tun;
 use idlegate::{demo, netns};
+use idlegate_core::config::human;
 use idlegate_core::engine::Interface;
-use idlegate_core::{precedence, Config};
+use idlegate_core::{precedence, profile, Config};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -40,6 +41,18 @@ enum Command {
     Lab(LabCommand),
     /// Show a running gateway's flows (or expire them: `flows expire`).
     Flows(FlowsArgs),
+    /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
+    /// prints one as a config).
+    Profiles {
+        #[command(subcommand)]
+        action: Option<ProfilesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfilesAction {
+    /// Print a complete config for the profile, every default written out, that --config accepts.
+    Show { name: String },
 }
 
 #[derive(Args)]
@@ -192,6 +205,20 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Flows(args) => flows(args).map(|()| ExitCode::SUCCESS),
+        Command::Profiles { action: None } => {
+            print!("{}", profiles_table());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profiles {
+            action: Some(ProfilesAction::Show { name }),
+        } => {
+            let Some(p) = profile::find(&name) else {
+                let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
+                anyhow::bail!("no profile {name:?}; known: {}", known.join(", "));
+            };
+            print!("{}", profile::example_config(p));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -228,6 +255,48 @@ fn flow_table(flows: &[FlowRow]) -> String {
         );
     }
     out += &format!("{} flow(s)\n", flows.len());
+    out
+}
+
+/// `idlegate profiles`: one line per profile.
+fn profiles_table() -> String {
+    let range = |r: &profile::TimeoutRange| {
+        format!("{} ({}–{})", human(r.default), human(r.min), human(r.max))
+    };
+    let mut out = String::new();
+    for p in profile::ALL {
+        out += &format!("{} ({})\n", p.name, p.title);
+        out += &format!(
+            "  lb_rule and inbound_nat_rule idle timeout  {}\n",
+            range(&p.lb_rule_idle)
+        );
+        out += &format!(
+            "  outbound_rule idle timeout                 {}\n",
+            range(&p.outbound_rule_idle)
+        );
+        if let Some(f) = &p.frontend_idle {
+            out += &format!(
+                "  frontend idle timeout (inbound)            {}\n",
+                range(f)
+            );
+        }
+        out += &format!(
+            "  transitory (SYN, FIN, RST)                 {}\n",
+            human(p.transitory)
+        );
+        out += &format!(
+            "  at expiry, by default                      {}\n",
+            p.default_expiry
+        );
+        out += &format!(
+            "  SNAT ports per member                      {} (multiples of {}, ≤ {} per frontend), held {} after FIN, {} after RST\n",
+            p.snat.ports_per_member,
+            p.snat.ports_per_member_step,
+            p.snat.ports_per_frontend,
+            human(p.snat.hold_after_fin),
+            human(p.snat.hold_after_rst)
+        );
+    }
     out
 }
 
