@@ -92,13 +92,44 @@ pub enum TimeoutFrom {
     ProfileDefault,
 }
 
+/// The transport protocols a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    Tcp,
+    Udp,
+    /// TCP and UDP.
+    All,
+}
+
+impl Protocols {
+    pub fn matches(self, protocol: Protocol) -> bool {
+        matches!(
+            (self, protocol),
+            (Protocols::All, _) | (Protocols::Tcp, Protocol::Tcp) | (Protocols::Udp, Protocol::Udp)
+        )
+    }
+
+    /// Whether two rules with these protocols could claim the same packets.
+    pub fn overlaps(self, other: Protocols) -> bool {
+        self == Protocols::All || other == Protocols::All || self == other
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocols::Tcp => "tcp",
+            Protocols::Udp => "udp",
+            Protocols::All => "all",
+        }
+    }
+}
+
 /// Inbound load balancing: `frontend:frontend_port` → a pool member's `backend_port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LbRule {
     pub name: String,
     /// Index into [`Config::frontends`].
     pub frontend: usize,
-    pub protocol: Protocol,
+    pub protocol: Protocols,
     pub frontend_port: u16,
     /// Index into [`Config::backend_pools`].
     pub backend_pool: usize,
@@ -114,7 +145,7 @@ pub struct LbRule {
 pub struct InboundNatRule {
     pub name: String,
     pub frontend: usize,
-    pub protocol: Protocol,
+    pub protocol: Protocols,
     pub first_port: u16,
     /// The last port the rule claims on the frontend (a range may be longer than the pool).
     pub last_port: u16,
@@ -129,6 +160,7 @@ pub struct OutboundRule {
     pub name: String,
     pub frontend: usize,
     pub backend_pool: usize,
+    pub protocol: Protocols,
     /// SNAT ports each member of the pool owns on the frontend.
     pub ports_per_member: u16,
     pub idle: Idle,
@@ -234,6 +266,8 @@ pub const MIN_SCALED_TIMER: Duration = Duration::from_millis(10);
 fn shortest_timer(profile: &Profile) -> Duration {
     profile
         .transitory
+        .min(profile.udp.unreplied)
+        .min(profile.udp.replied)
         .min(profile.lb_rule_idle.min)
         .min(profile.outbound_rule_idle.min)
 }
@@ -333,6 +367,7 @@ struct RawOutboundRule {
     name: S<String>,
     frontend: S<String>,
     backend_pool: S<String>,
+    protocol: Option<S<String>>,
     ports_per_member: Option<S<u32>>,
     idle_timeout: Option<S<String>>,
     expiry: Option<S<String>>,
@@ -343,13 +378,31 @@ struct RawOutboundRule {
 /// A mistake: where it is (`None` for the whole file) and what it is.
 type Invalid = (Option<Range<usize>>, String);
 
+/// Frontend ports `first..=last` of `frontend`, for `protocol`.
+#[derive(Debug, Clone, Copy)]
+struct Claim {
+    frontend: usize,
+    protocol: Protocols,
+    first: u16,
+    last: u16,
+}
+
+impl Claim {
+    fn overlaps(&self, other: &Claim) -> bool {
+        self.frontend == other.frontend
+            && self.protocol.overlaps(other.protocol)
+            && self.first <= other.last
+            && other.first <= self.last
+    }
+}
+
 #[derive(Default)]
 struct Validator {
     frontends: HashMap<String, usize>,
     pools: HashMap<String, usize>,
     rules: std::collections::HashSet<String>,
-    /// Frontend ports claimed by inbound rules: (frontend, first, last, rule).
-    claimed: Vec<(usize, u16, u16, String)>,
+    /// Frontend ports claimed by inbound rules, and by which.
+    claimed: Vec<(Claim, String)>,
 }
 
 fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
@@ -521,17 +574,16 @@ impl Validator {
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let backend_pool = self.pool_ref(&r.backend_pool)?;
-        let protocol = protocol(r.protocol.as_ref())?;
+        let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
         let frontend_port = port(&r.frontend_port, "frontend_port")?;
         let backend_port = port(&r.backend_port, "backend_port")?;
-        self.claim_ports(
+        let claim = Claim {
             frontend,
-            frontend_port,
-            frontend_port,
-            &name,
-            &r.frontend_port.span(),
-            "frontend_port",
-        )?;
+            protocol,
+            first: frontend_port,
+            last: frontend_port,
+        };
+        self.claim_ports(claim, &name, &r.frontend_port.span(), "frontend_port")?;
         let idle = idle(
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
@@ -559,7 +611,7 @@ impl Validator {
         let r = r.get_ref();
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
-        let protocol = protocol(r.protocol.as_ref())?;
+        let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
         let backend_port = port(&r.backend_port, "backend_port")?;
         let (first_port, last_port, members, span, field) = match (
             &r.frontend_port,
@@ -620,7 +672,13 @@ impl Validator {
                 return invalid(whole, message);
             }
         };
-        self.claim_ports(frontend, first_port, last_port, &name, &span, field)?;
+        let claim = Claim {
+            frontend,
+            protocol,
+            first: first_port,
+            last: last_port,
+        };
+        self.claim_ports(claim, &name, &span, field)?;
         let idle = idle(
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
@@ -639,21 +697,21 @@ impl Validator {
         })
     }
 
-    /// Claims frontend ports `first..=last` of `frontend` for rule `rule`, refusing an overlap.
+    /// Claims frontend ports for rule `rule`, refusing an overlap with another rule's.
     fn claim_ports(
         &mut self,
-        frontend: usize,
-        first: u16,
-        last: u16,
+        claim: Claim,
         rule: &str,
         span: &Range<usize>,
         field: &str,
     ) -> Result<(), Invalid> {
-        if let Some((_, _, _, other)) = self
-            .claimed
-            .iter()
-            .find(|(f, lo, hi, _)| *f == frontend && first <= *hi && *lo <= last)
-        {
+        let Claim {
+            frontend,
+            first,
+            last,
+            ..
+        } = claim;
+        if let Some((_, other)) = self.claimed.iter().find(|(c, _)| c.overlaps(&claim)) {
             let name = self
                 .frontends
                 .iter()
@@ -666,7 +724,7 @@ impl Validator {
             };
             return invalid(span.clone(), message);
         }
-        self.claimed.push((frontend, first, last, rule.to_string()));
+        self.claimed.push((claim, rule.to_string()));
         Ok(())
     }
 
@@ -690,10 +748,12 @@ impl Validator {
             profile,
         )?;
         let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
+        let protocol = protocol(r.protocol.as_ref(), Protocols::All)?;
         Ok(OutboundRule {
             name,
             frontend,
             backend_pool,
+            protocol,
             ports_per_member,
             idle,
         })
@@ -824,13 +884,16 @@ fn port(p: &S<u16>, field: &str) -> Result<u16, Invalid> {
     }
 }
 
-fn protocol(p: Option<&S<String>>) -> Result<Protocol, Invalid> {
-    match p {
-        None => Ok(Protocol::Tcp),
-        Some(p) if p.get_ref() == "tcp" => Ok(Protocol::Tcp),
-        Some(p) => invalid(
+/// A rule's `protocol`; `default` when it names none.
+fn protocol(p: Option<&S<String>>, default: Protocols) -> Result<Protocols, Invalid> {
+    let Some(p) = p else { return Ok(default) };
+    match p.get_ref().as_str() {
+        "tcp" => Ok(Protocols::Tcp),
+        "udp" => Ok(Protocols::Udp),
+        "all" => Ok(Protocols::All),
+        other => invalid(
             p.span(),
-            format!("protocol = \"{}\": only \"tcp\" is supported", p.get_ref()),
+            format!("protocol = \"{other}\": must be one of \"tcp\", \"udp\", \"all\""),
         ),
     }
 }
@@ -966,7 +1029,7 @@ expiry = "silent"
             ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 address"),
             ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
             ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),
-            ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": only \"tcp\" is supported"),
+            ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": must be one of \"tcp\", \"udp\", \"all\""),
             ("frontend_port = 7000", "frontend_port = 70000", 13, "frontend_port"),
             ("frontend_port = 7000", "frontend_port = 0", 13, "frontend_port = 0: must be 1–65535"),
             ("idle_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", "idel_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", 16, "unknown field `idel_timeout`"),
@@ -1007,6 +1070,24 @@ expiry = "silent"
             assert_eq!(err.line, *line, "{tail:?}: {err}");
             assert!(err.message.contains(words), "{tail:?}: {err}");
         }
+    }
+
+    #[test]
+    fn tcp_and_udp_rules_may_share_a_port_but_all_claims_both() {
+        let rule = |name: &str, protocol: &str| {
+            format!("[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nprotocol = \"{protocol}\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\n")
+        };
+        let head = VALID.split("[[lb_rule]]").next().unwrap();
+        let both = format!("{head}{}{}", rule("t", "tcp"), rule("u", "udp"));
+        let c = Config::from_toml(&both, "gw.toml").unwrap();
+        assert_eq!(c.lb_rules[1].protocol, Protocols::Udp);
+        let clash = format!("{head}{}{}", rule("t", "tcp"), rule("a", "all"));
+        let err = Config::from_toml(&clash, "gw.toml").unwrap_err();
+        assert!(
+            err.message
+                .contains("port 7000 of frontend \"public\" already belongs to rule \"t\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,9 +11,9 @@
 //! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
 //! at or after `t + timeout`, never before.
 
-use crate::config::Config;
+use crate::config::{Config, Protocols};
 use crate::expiry::Expiry;
-use crate::flow::{Flow, FlowId, FlowTable, RuleId, TcpState};
+use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
 use crate::snat::{Ending, Holds, SnatPorts};
@@ -158,7 +158,7 @@ impl From<&Flow> for FlowSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowInfo {
     pub flow: FlowSummary,
-    pub state: TcpState,
+    pub state: FlowState,
     /// Since the flow's last packet.
     pub idle_for: Duration,
     /// Until it expires, unless a packet comes.
@@ -174,7 +174,7 @@ pub enum Event {
     Expired {
         flow: FlowSummary,
         /// The state the flow expired in.
-        state: TcpState,
+        state: FlowState,
         /// The timeout that ran out (scaled).
         timeout: Duration,
         /// What was done: `Reset` only when RSTs were actually sent.
@@ -227,9 +227,18 @@ enum Translation {
 struct Rule {
     name: String,
     translation: Translation,
+    protocols: Protocols,
     idle: Tick,
     transitory: Tick,
+    udp: UdpTicks,
     expiry: Expiry,
+}
+
+/// A profile's UDP timeouts, in ticks.
+#[derive(Debug, Clone, Copy)]
+struct UdpTicks {
+    unreplied: Tick,
+    replied: Tick,
 }
 
 impl Rule {
@@ -241,11 +250,12 @@ impl Rule {
         }
     }
 
-    fn timeout(&self, state: TcpState) -> Tick {
-        if state.uses_idle_timeout() {
-            self.idle
-        } else {
-            self.transitory
+    fn timeout(&self, state: FlowState) -> Tick {
+        match state {
+            FlowState::Unreplied => self.udp.unreplied,
+            FlowState::Replied => self.udp.replied,
+            state if state.uses_idle_timeout() => self.idle,
+            _ => self.transitory,
         }
     }
 }
@@ -299,6 +309,10 @@ impl Engine {
         // Rounded up: a scaled timer never runs short.
         let ticks = |d: Duration| config.scaled(d).as_nanos().div_ceil(1_000_000) as Tick;
         let transitory = ticks(config.profile.transitory);
+        let udp = UdpTicks {
+            unreplied: ticks(config.profile.udp.unreplied),
+            replied: ticks(config.profile.udp.replied),
+        };
         let members = |pool: usize| {
             config.backend_pools[pool]
                 .members
@@ -316,8 +330,10 @@ impl Engine {
                     members: members(r.backend_pool),
                     backend_port: r.backend_port,
                 },
+                protocols: r.protocol,
                 idle: ticks(precedence::lb_rule(config, i).timeout),
                 transitory,
+                udp,
                 expiry: r.idle.expiry,
             });
         }
@@ -330,8 +346,10 @@ impl Engine {
                     members: r.members.iter().map(|m| m.address).collect(),
                     backend_port: r.backend_port,
                 },
+                protocols: r.protocol,
                 idle: ticks(precedence::inbound_nat_rule(config, i).timeout),
                 transitory,
+                udp,
                 expiry: r.idle.expiry,
             });
         }
@@ -352,8 +370,10 @@ impl Engine {
                     members: members(r.backend_pool),
                     snat: pool,
                 },
+                protocols: r.protocol,
                 idle: ticks(precedence::outbound_rule(config, i).timeout),
                 transitory,
+                udp,
                 expiry: r.idle.expiry,
             });
         }
@@ -514,19 +534,22 @@ impl Engine {
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
-        if self.flows.get(id).state == TcpState::Discarding {
+        if self.flows.get(id).state == FlowState::Discarding {
             return self.discard(id, from, headers, since);
         }
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         let from_initiator = from == rule.origin();
         let flow = self.flows.get_mut(id);
+        if headers.tcp.is_none() {
+            flow.state = flow.state.after_datagram(from_initiator);
+        }
         if let Some(segment) = headers.tcp {
             if segment.flags.is_connect()
                 && from_initiator
-                && matches!(flow.state, TcpState::Closing | TcpState::Closed)
+                && matches!(flow.state, FlowState::Closing | FlowState::Closed)
             {
                 // The tuple is reused for a new connection.
-                flow.state = TcpState::SynSent;
+                flow.state = FlowState::SynSent;
             }
             // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
             // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
@@ -534,7 +557,7 @@ impl Engine {
                 flow.track_sequence(from, &segment);
                 flow.state = flow.state.after(segment.flags, from_initiator);
             } else if flow.accepts_reset(from, &segment) {
-                flow.state = TcpState::Closed;
+                flow.state = FlowState::Closed;
             }
         }
         let deadline = since + rule.timeout(flow.state);
@@ -601,10 +624,11 @@ impl Engine {
         since: Tick,
     ) -> Verdict {
         let Some(segment) = headers.tcp else {
-            return self.drop(DropReason::NoRule);
+            // UDP has no handshake: any datagram a rule accepts opens a flow.
+            return self.connect(from, headers, None, packet, since);
         };
         if segment.flags.is_connect() {
-            return self.connect(from, headers, &segment, packet, since);
+            return self.connect(from, headers, Some(&segment), packet, since);
         }
         if !segment.flags.rst() && self.resets_unknown(from, headers) {
             self.queue(from, Control::reset_answering(headers, &segment));
@@ -612,12 +636,12 @@ impl Engine {
         self.drop(DropReason::NoFlow)
     }
 
-    /// A SYN: find the rule that accepts it and create the flow.
+    /// A SYN (or a UDP datagram): find the rule that accepts it and create the flow.
     fn connect(
         &mut self,
         from: Interface,
         headers: &Headers,
-        segment: &TcpSegment,
+        segment: Option<&TcpSegment>,
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
@@ -631,7 +655,7 @@ impl Engine {
             Interface::Outside => headers.src,
             Interface::Inside => headers.dst,
         };
-        let mut flow = Flow::new(remote, public, private, rule_id);
+        let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
         let refused = if self.flows.either_key_taken(&flow) {
             Some(DropReason::TupleInUse)
         } else if self.flows.is_full() {
@@ -645,8 +669,10 @@ impl Engine {
             }
             return self.drop(reason);
         }
-        flow.track_sequence(from, segment);
-        flow.deadline = since + self.rules[usize::from(rule_id)].transitory;
+        if let Some(segment) = segment {
+            flow.track_sequence(from, segment);
+        }
+        flow.deadline = since + self.rules[usize::from(rule_id)].timeout(flow.state);
         let id = self.flows.insert(flow);
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
@@ -664,49 +690,51 @@ impl Engine {
     /// the inside only outbound.
     fn owner(&self, from: Interface, headers: &Headers, connect: bool) -> Option<RuleId> {
         let (src, dst) = (headers.src, headers.dst);
-        let position = self
-            .rules
-            .iter()
-            .position(|rule| match (&rule.translation, from) {
-                (Translation::LoadBalance { frontend, .. }, Interface::Outside) => *frontend == dst,
-                (
-                    Translation::LoadBalance {
-                        members,
-                        backend_port,
-                        ..
-                    },
-                    Interface::Inside,
-                ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
-                (
-                    Translation::InboundNat {
-                        frontend,
-                        first_port,
-                        members,
-                        ..
-                    },
-                    Interface::Outside,
-                ) => {
-                    frontend == dst.ip()
-                        && dst
-                            .port()
-                            .checked_sub(*first_port)
-                            .is_some_and(|i| usize::from(i) < members.len())
+        let position = self.rules.iter().position(|rule| {
+            rule.protocols.matches(headers.protocol)
+                && match (&rule.translation, from) {
+                    (Translation::LoadBalance { frontend, .. }, Interface::Outside) => {
+                        *frontend == dst
+                    }
+                    (
+                        Translation::LoadBalance {
+                            members,
+                            backend_port,
+                            ..
+                        },
+                        Interface::Inside,
+                    ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                    (
+                        Translation::InboundNat {
+                            frontend,
+                            first_port,
+                            members,
+                            ..
+                        },
+                        Interface::Outside,
+                    ) => {
+                        frontend == dst.ip()
+                            && dst
+                                .port()
+                                .checked_sub(*first_port)
+                                .is_some_and(|i| usize::from(i) < members.len())
+                    }
+                    (
+                        Translation::InboundNat {
+                            members,
+                            backend_port,
+                            ..
+                        },
+                        Interface::Inside,
+                    ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                    (Translation::Outbound { frontend, .. }, Interface::Outside) => {
+                        !connect && frontend == dst.ip()
+                    }
+                    (Translation::Outbound { members, .. }, Interface::Inside) => {
+                        members.contains(src.ip())
+                    }
                 }
-                (
-                    Translation::InboundNat {
-                        members,
-                        backend_port,
-                        ..
-                    },
-                    Interface::Inside,
-                ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
-                (Translation::Outbound { frontend, .. }, Interface::Outside) => {
-                    !connect && frontend == dst.ip()
-                }
-                (Translation::Outbound { members, .. }, Interface::Inside) => {
-                    members.contains(src.ip())
-                }
-            });
+        });
         position.map(|i| i as RuleId)
     }
 
@@ -794,8 +822,8 @@ impl Engine {
             .deadline
             .saturating_sub(self.rules[usize::from(flow.rule)].timeout(flow.state));
         let (ending, ended) = match flow.state {
-            TcpState::Closing => (Ending::Fin, last_packet),
-            TcpState::Closed => (Ending::Rst, last_packet),
+            FlowState::Closing => (Ending::Fin, last_packet),
+            FlowState::Closed => (Ending::Rst, last_packet),
             _ => (Ending::Rst, now),
         };
         self.snat[snat].release(*flow.private.ip(), flow.public.port(), ending, ended);
@@ -827,11 +855,13 @@ impl Engine {
         // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002);
         // idlegate holds ack-and-discard to the same.
         let action = match (rule.expiry, flow.state) {
-            (_, TcpState::Discarding) => {
+            (_, FlowState::Discarding) => {
                 // A discarding flow quiet for an idle timeout: now it is forgotten for good.
                 self.forget(id, now);
                 return true;
             }
+            // UDP flows end silently: there is no connection to reset or to acknowledge.
+            (_, FlowState::Unreplied | FlowState::Replied) => Expiry::Silent,
             (Expiry::Reset | Expiry::AckAndDiscard, state) if !state.is_established() => {
                 Expiry::Silent
             }
@@ -850,7 +880,7 @@ impl Engine {
             Expiry::AckAndDiscard => {
                 let deadline = now.max(flow.deadline) + idle;
                 let ghost = self.flows.get_mut(id);
-                (ghost.state, ghost.deadline) = (TcpState::Discarding, deadline);
+                (ghost.state, ghost.deadline) = (FlowState::Discarding, deadline);
                 self.wheel.insert(&mut self.flows, id, deadline);
                 false
             }

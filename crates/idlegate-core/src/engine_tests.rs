@@ -542,7 +542,7 @@ fn flows_shows_each_flow_with_its_state_idle_time_and_time_left() {
         (ep(CLIENT, 40_000), FRONTEND_7000, ep(VM1, 7000))
     );
     assert_eq!(h.engine.rule_name(f.flow.rule), "app");
-    assert_eq!(f.state, TcpState::Established);
+    assert_eq!(f.state, FlowState::Established);
     assert_eq!(
         (f.idle_for, f.expires_in),
         (
@@ -619,7 +619,7 @@ fn closing_and_closed_flows_use_the_transitory_timeout() {
         h.send(&mut client, FRONTEND_7000, last, server.snd_nxt, b"");
         let state = h.engine.flows.iter().next().unwrap().1.state;
         assert!(
-            matches!(state, TcpState::Closing | TcpState::Closed),
+            matches!(state, FlowState::Closing | FlowState::Closed),
             "{state:?}"
         );
         h.advance_to(1_000 + TRANSITORY_MS - 1);
@@ -688,7 +688,7 @@ fn a_rst_refusing_the_syn_closes_the_flow() {
     assert_eq!(v, Verdict::Forward(Interface::Outside));
     assert_eq!(
         h.engine.flows.iter().next().unwrap().1.state,
-        TcpState::Closed
+        FlowState::Closed
     );
 }
 
@@ -1021,7 +1021,7 @@ fn syn_reusing_a_closed_tuple_starts_a_new_connection() {
     assert_eq!(v, Verdict::Forward(Interface::Inside));
     assert_eq!(
         h.engine.flows.iter().next().unwrap().1.state,
-        TcpState::SynSent
+        FlowState::SynSent
     );
 }
 
@@ -1108,6 +1108,119 @@ expiry = "reset-on-next"
     };
     h.send(&mut stray, ep(FRONTEND, 50101), TcpFlags::ACK, 1, b"x");
     assert_eq!(h.sent.len(), 1);
+}
+
+fn udp_config(expiry: &str) -> Config {
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[lb_rule]]
+name = "dns"
+frontend = "public"
+protocol = "udp"
+frontend_port = 53
+backend_pool = "vms"
+backend_port = 5353
+expiry = "{expiry}"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+expiry = "{expiry}"
+"#
+    );
+    Config::from_toml(&text, "udp.toml").unwrap()
+}
+
+/// The UDP timeout of azure-lb (4 min) scaled by 60.
+const UDP_MS: u64 = 4_000;
+
+#[test]
+fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
+    let mut h = Harness::with(udp_config("reset"));
+    let client = ep(CLIENT, 40_000);
+    let mut query = udp_packet(client, ep(FRONTEND, 53), b"query");
+    assert_eq!(
+        h.engine
+            .handle_packet(h.at(0), Interface::Outside, &mut query),
+        Verdict::Forward(Interface::Inside)
+    );
+    assert!(checksums_valid(&query));
+    assert_eq!(Headers::parse(&query).unwrap().dst, ep(VM1, 5353));
+    assert_eq!(
+        h.engine.flows(h.at(0)).next().unwrap().state,
+        FlowState::Unreplied
+    );
+    h.advance_to(1_000);
+    let mut answer = udp_packet(ep(VM1, 5353), client, b"answer");
+    assert_eq!(
+        h.engine
+            .handle_packet(h.at(1_000), Interface::Inside, &mut answer),
+        Verdict::Forward(Interface::Outside)
+    );
+    assert_eq!(Headers::parse(&answer).unwrap().src, ep(FRONTEND, 53));
+    assert_eq!(
+        h.engine.flows(h.at(1_000)).next().unwrap().state,
+        FlowState::Replied
+    );
+    h.advance_to(1_000 + UDP_MS - 1);
+    assert_eq!(h.engine.flow_count(), 1);
+    h.advance_to(1_000 + UDP_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+    // The rule says reset, but a UDP flow ends silently.
+    assert_eq!(h.expired(), vec![(1_000 + UDP_MS, Expiry::Silent)]);
+    assert!(h.sent.is_empty());
+    // A late answer is a new outbound datagram now: it leaves from a SNAT port, not from the
+    // frontend port the client asked, so the client's socket never takes it.
+    let mut late = udp_packet(ep(VM1, 5353), client, b"late");
+    assert_eq!(
+        h.engine
+            .handle_packet(h.at(6_000), Interface::Inside, &mut late),
+        Verdict::Forward(Interface::Outside)
+    );
+    assert_ne!(Headers::parse(&late).unwrap().src, ep(FRONTEND, 53));
+}
+
+#[test]
+fn a_members_udp_datagrams_leave_from_the_frontend_with_a_snat_port() {
+    let mut h = Harness::with(udp_config("silent"));
+    let mut out = udp_packet(ep(VM1, 33_000), ep(CLIENT, 123), b"ntp");
+    assert_eq!(
+        h.engine.handle_packet(h.at(0), Interface::Inside, &mut out),
+        Verdict::Forward(Interface::Outside)
+    );
+    let public = Headers::parse(&out).unwrap().src;
+    assert_eq!(*public.ip(), FRONTEND);
+    let mut back = udp_packet(ep(CLIENT, 123), public, b"time");
+    assert_eq!(
+        h.engine
+            .handle_packet(h.at(1), Interface::Outside, &mut back),
+        Verdict::Forward(Interface::Inside)
+    );
+    assert_eq!(Headers::parse(&back).unwrap().dst, ep(VM1, 33_000));
+    assert!(checksums_valid(&back));
+}
+
+#[test]
+fn a_rules_protocol_decides_which_packets_it_takes() {
+    let mut h = Harness::with(udp_config("silent"));
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    let (v, _) = h.send(&mut client, ep(FRONTEND, 53), TcpFlags::SYN, 0, b"");
+    assert_eq!(
+        v,
+        Verdict::Drop(DropReason::NoRule),
+        "the UDP rule takes no TCP"
+    );
 }
 
 #[test]

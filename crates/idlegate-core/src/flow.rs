@@ -37,9 +37,10 @@ impl Interface {
     }
 }
 
-/// The TCP connection state the gateway tracks (a subset of conntrack's).
+/// What the gateway knows of a flow: for TCP, the connection state it tracks (a subset of
+/// conntrack's); for UDP, whether the flow has been answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TcpState {
+pub enum FlowState {
     /// The initiator's SYN went through.
     SynSent,
     /// The responder's SYN-ACK went through.
@@ -53,12 +54,33 @@ pub enum TcpState {
     /// Expired under `ack-and-discard`: the gateway answers what the endpoints send with ACKs
     /// and delivers nothing, until the flow has been quiet for another idle timeout.
     Discarding,
+    /// UDP: datagrams went one way only.
+    Unreplied,
+    /// UDP: the responder answered.
+    Replied,
 }
 
-impl TcpState {
+impl FlowState {
+    /// The state a new flow of `protocol` starts in.
+    pub fn initial(protocol: Protocol) -> FlowState {
+        match protocol {
+            Protocol::Tcp => FlowState::SynSent,
+            Protocol::Udp => FlowState::Unreplied,
+        }
+    }
+
+    /// A UDP flow's state after a datagram from the initiator or the responder.
+    pub fn after_datagram(self, from_initiator: bool) -> FlowState {
+        if from_initiator {
+            self
+        } else {
+            FlowState::Replied
+        }
+    }
+
     /// The state after a segment with `flags`, sent by the initiator or the responder.
-    pub fn after(self, flags: TcpFlags, from_initiator: bool) -> TcpState {
-        use TcpState::*;
+    pub fn after(self, flags: TcpFlags, from_initiator: bool) -> FlowState {
+        use FlowState::*;
         if flags.rst() {
             return Closed;
         }
@@ -78,22 +100,24 @@ impl TcpState {
 
     /// Established flows use the rule's idle timeout; all others the transitory timeout.
     pub fn is_established(self) -> bool {
-        self == TcpState::Established
+        self == FlowState::Established
     }
 
     /// Which timeout runs in this state.
     pub fn uses_idle_timeout(self) -> bool {
-        matches!(self, TcpState::Established | TcpState::Discarding)
+        matches!(self, FlowState::Established | FlowState::Discarding)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            TcpState::SynSent => "SYN_SENT",
-            TcpState::SynReceived => "SYN_RECV",
-            TcpState::Established => "ESTABLISHED",
-            TcpState::Closing => "CLOSING",
-            TcpState::Closed => "CLOSED",
-            TcpState::Discarding => "DISCARDING",
+            FlowState::SynSent => "SYN_SENT",
+            FlowState::SynReceived => "SYN_RECV",
+            FlowState::Established => "ESTABLISHED",
+            FlowState::Closing => "CLOSING",
+            FlowState::Closed => "CLOSED",
+            FlowState::Discarding => "DISCARDING",
+            FlowState::Unreplied => "UNREPLIED",
+            FlowState::Replied => "REPLIED",
         }
     }
 }
@@ -108,7 +132,7 @@ pub struct Flow {
     pub public: SocketAddrV4,
     pub private: SocketAddrV4,
     pub protocol: Protocol,
-    pub state: TcpState,
+    pub state: FlowState,
     pub rule: RuleId,
     /// The remote's SND.NXT as last seen: the sequence number the member expects next.
     pub remote_next_seq: u32,
@@ -124,6 +148,7 @@ pub struct Flow {
 
 impl Flow {
     pub fn new(
+        protocol: Protocol,
         remote: SocketAddrV4,
         public: SocketAddrV4,
         private: SocketAddrV4,
@@ -133,8 +158,8 @@ impl Flow {
             remote,
             public,
             private,
-            protocol: Protocol::Tcp,
-            state: TcpState::SynSent,
+            protocol,
+            state: FlowState::initial(protocol),
             rule,
             remote_next_seq: 0,
             private_next_seq: 0,
@@ -164,7 +189,7 @@ impl Flow {
     pub fn accepts_reset(&self, from: Interface, segment: &TcpSegment) -> bool {
         let (sent, received) = self.next_seqs(from);
         segment.seq == sent
-            || (self.state == TcpState::SynSent && segment.flags.ack() && segment.ack == received)
+            || (self.state == FlowState::SynSent && segment.flags.ack() && segment.ack == received)
     }
 
     /// The sequence numbers a receiver on each side of a segment from `from` expects next:
@@ -406,7 +431,7 @@ mod tests {
     #[test]
     fn flow_is_found_by_both_keys_and_forgotten_after_removal() {
         let mut table = FlowTable::new(7);
-        let flow = Flow::new(ep(100, 40000), ep(10, 7000), ep(11, 7000), 0);
+        let flow = Flow::new(Protocol::Tcp, ep(100, 40000), ep(10, 7000), ep(11, 7000), 0);
         let id = table.insert(flow);
         assert_eq!(
             table.find(
@@ -460,7 +485,7 @@ mod tests {
     #[test]
     fn keepalive_probe_does_not_move_the_tracked_sequence_back() {
         // RFC 9293 §3.8.4: a keepalive probe carries SEG.SEQ = SND.NXT − 1.
-        let mut flow = Flow::new(ep(100, 1), ep(10, 2), ep(11, 3), 0);
+        let mut flow = Flow::new(Protocol::Tcp, ep(100, 1), ep(10, 2), ep(11, 3), 0);
         let seg = |flags, seq, len| TcpSegment {
             flags,
             seq,

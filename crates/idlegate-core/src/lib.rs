@@ -33,4 +33,4 @@ pub mod timer;
 pub use config::Config;
 pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};
 pub use expiry::Expiry;
-pub use flow::{Interface, TcpState};
+pub use flow::{FlowState, Interface};

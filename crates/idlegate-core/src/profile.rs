@@ -35,6 +35,17 @@ pub struct Profile {
     pub default_expiry: Expiry,
     /// Outbound SNAT ports.
     pub snat: SnatPolicy,
+    /// Idle timeouts of UDP flows, which have no connection state.
+    pub udp: UdpTimeouts,
+}
+
+/// How long a UDP flow lives without a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpTimeouts {
+    /// While only the initiator has sent.
+    pub unreplied: Duration,
+    /// Once the responder has answered.
+    pub replied: Duration,
 }
 
 /// How a middlebox lends SNAT ports to the members behind an outbound rule.
@@ -73,6 +84,9 @@ const fn minutes(m: u64) -> Duration {
 ///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
 ///   its idle timeout holds its port like a RST, counted from the expiry: Azure documents no
 ///   separate figure.
+/// - UDP: the configurable idle timeout does not apply to UDP rules (seed 002, "Limitations").
+///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
+///   documents for NAT Gateway. At expiry UDP flows are always silent.
 pub static AZURE_LB: Profile = Profile {
     name: "azure-lb",
     title: "Azure LB",
@@ -99,6 +113,10 @@ pub static AZURE_LB: Profile = Profile {
         ports_per_frontend: 64_000,
         hold_after_fin: Duration::from_secs(240),
         hold_after_rst: Duration::from_secs(15),
+    },
+    udp: UdpTimeouts {
+        unreplied: minutes(4),
+        replied: minutes(4),
     },
 };
 

@@ -558,3 +558,83 @@ fn ack_and_discard_acknowledges_the_clients_data_and_the_server_never_gets_it() 
         "the tcp-reset rule is unchanged"
     );
 }
+
+#[test]
+fn a_udp_answer_after_the_idle_timeout_never_reaches_the_client() {
+    // UDP flows live the profile's UDP timeout (azure-lb: 4 min, scaled to 4 s) and end silently.
+    require_root();
+    let text = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "udp"
+frontend = "public"
+protocol = "udp"
+frontend_port = 5300
+backend_pool = "vms"
+backend_port = 5300
+[[lb_rule]]
+name = "udp-late"
+frontend = "public"
+protocol = "udp"
+frontend_port = 5301
+backend_pool = "vms"
+backend_port = 5301
+"#;
+    let config = Config::from_toml(text, "UDP test config").unwrap();
+    let (answers, _) = Lab::with_gateway(&unique("ud"), &config, |lab| {
+        // The server answers each datagram after `delay`: 1 s on 5300, 5.5 s on 5301.
+        let mut servers = Vec::new();
+        for (port, delay) in [(5300u16, 1000u64), (5301, 5500)] {
+            servers.push(idlegate::netns::spawn_in(
+                &lab.namespace_of("vm1")?,
+                move || -> std::io::Result<()> {
+                    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+                    socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut buf = [0u8; 64];
+                    let (n, peer) = socket.recv_from(&mut buf)?;
+                    std::thread::sleep(Duration::from_millis(delay)); // the scenario's idle time
+                    socket.send_to(&buf[..n], peer)?;
+                    Ok(())
+                },
+            )?);
+        }
+        let client = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
+            [5300u16, 5301]
+                .map(|port| {
+                    std::thread::spawn(move || -> std::io::Result<bool> {
+                        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                        socket.connect((Ipv4Addr::new(203, 0, 113, 10), port))?;
+                        socket.set_read_timeout(Some(Duration::from_secs(8)))?;
+                        socket.send(b"q")?;
+                        let mut buf = [0u8; 64];
+                        Ok(socket.recv(&mut buf).is_ok())
+                    })
+                })
+                .map(|t| {
+                    t.join()
+                        .map_err(|_| "client thread panicked")
+                        .and_then(|r| r.map_err(|_| "client socket error"))
+                })
+        })?;
+        let answers = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        for s in servers {
+            let _ = s.join();
+        }
+        Ok(answers)
+    })
+    .expect("lab run");
+    assert_eq!(
+        answers,
+        [Ok(true), Ok(false)],
+        "answered in time; answered after the UDP timeout"
+    );
+}
