@@ -31,7 +31,7 @@
 
 use crate::expiry::Expiry;
 use crate::packet::Protocol;
-use crate::profile::{self, Profile, TimeoutRange};
+use crate::profile::{self, Allocation, Profile, TimeoutRange};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -571,6 +571,7 @@ impl Validator {
 
     fn lb_rule(&mut self, r: &S<RawLbRule>, profile: &Profile) -> Result<LbRule, Invalid> {
         let r = r.get_ref();
+        offers(profile.rules.inbound(), &r.name, "lb_rule", profile)?;
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let backend_pool = self.pool_ref(&r.backend_pool)?;
@@ -609,6 +610,12 @@ impl Validator {
     ) -> Result<InboundNatRule, Invalid> {
         let whole = r.span();
         let r = r.get_ref();
+        offers(
+            profile.rules.inbound(),
+            &r.name,
+            "inbound_nat_rule",
+            profile,
+        )?;
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
@@ -735,6 +742,7 @@ impl Validator {
         earlier: &[OutboundRule],
     ) -> Result<OutboundRule, Invalid> {
         let r = r.get_ref();
+        offers(profile.rules.outbound(), &r.name, "outbound_rule", profile)?;
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let backend_pool = self.pool_ref(&r.backend_pool)?;
@@ -830,11 +838,39 @@ fn ipv4(address: &S<String>) -> Result<Ipv4Addr, Invalid> {
     Ok(ip)
 }
 
+/// Refuses a kind of rule the profile's box does not have.
+fn offers(has: bool, name: &S<String>, kind: &str, profile: &Profile) -> Result<(), Invalid> {
+    if has {
+        return Ok(());
+    }
+    let what = if profile.rules.inbound() {
+        "only inbound rules"
+    } else {
+        "only outbound rules"
+    };
+    invalid(
+        name.span(),
+        format!(
+            "{kind} \"{}\": {} (profile {}) has {what}",
+            name.get_ref(),
+            profile.title,
+            profile.name
+        ),
+    )
+}
+
 fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invalid> {
     let policy = &profile.snat;
     let Some(p) = p else {
         return Ok(policy.ports_per_member);
     };
+    if policy.allocation == Allocation::Shared {
+        let message = format!(
+            "ports_per_member: {} lends ports on demand from the frontend's range; it takes no ports_per_member",
+            profile.title
+        );
+        return invalid(p.span(), message);
+    }
     let n = *p.get_ref();
     let step = u32::from(policy.ports_per_member_step);
     if n == 0 || n % step != 0 || n > policy.ports_per_frontend {
@@ -851,6 +887,9 @@ fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invali
 /// frontend IP, and no more than its port range holds besides its LB rules' ports.
 fn check_snat_totals(raw: &[S<RawOutboundRule>], config: &Config) -> Result<(), Invalid> {
     let mut totals = vec![0u32; config.frontends.len()];
+    if config.profile.snat.allocation == Allocation::Shared {
+        return Ok(());
+    }
     for (raw, rule) in raw.iter().zip(&config.outbound_rules) {
         let total = &mut totals[rule.frontend];
         *total += u32::from(rule.ports_per_member)
@@ -928,6 +967,14 @@ fn timeout(t: &S<String>, range: &TimeoutRange, profile: &Profile) -> Result<Dur
     let d = humantime::parse_duration(text).or_else(|_| {
         invalid(t.span(), format!("idle_timeout = \"{text}\" is not a duration (write e.g. \"4m\", \"30s\", \"1h 30m\")"))
     })?;
+    if range.min == range.max && d != range.min {
+        let message = format!(
+            "idle_timeout = {text}: {}'s idle timeout is fixed at {}",
+            profile.title,
+            human(range.min)
+        );
+        return invalid(t.span(), message);
+    }
     if d < range.min {
         return invalid(
             t.span(),
@@ -1088,6 +1135,29 @@ expiry = "silent"
                 .contains("port 7000 of frontend \"public\" already belongs to rule \"t\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_profile_refuses_what_its_box_does_not_have() {
+        let natgw = VALID.replace("profile = \"azure-lb\"", "profile = \"aws-natgw\"");
+        let err = Config::from_toml(&natgw, "gw.toml").unwrap_err();
+        assert!(
+            err.message.contains(
+                "lb_rule \"app\": AWS NAT Gateway (profile aws-natgw) has only outbound rules"
+            ),
+            "{err}"
+        );
+        let head = natgw.split("[[lb_rule]]").next().unwrap();
+        let fixed = format!("{head}[[outbound_rule]]\nname = \"e\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"10m\"\n");
+        let err = Config::from_toml(&fixed, "gw.toml").unwrap_err();
+        assert!(
+            err.message
+                .contains("idle_timeout = 10m: AWS NAT Gateway's idle timeout is fixed at 350 s"),
+            "{err}"
+        );
+        let shared = format!("{head}[[outbound_rule]]\nname = \"e\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nports_per_member = 64\n");
+        let err = Config::from_toml(&shared, "gw.toml").unwrap_err();
+        assert!(err.message.contains("lends ports on demand"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
+use crate::profile::{Allocation, ResetTarget};
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -270,6 +271,8 @@ pub struct Engine {
     snat: Vec<SnatPorts>,
     /// Picks a member from the 5-tuple; fixed, so the choice does not depend on the seed.
     member_hash: foldhash::fast::FixedState,
+    /// Who `reset-on-next` answers.
+    reset_target: ResetTarget,
     transmits: VecDeque<(Interface, Control)>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -280,7 +283,7 @@ const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
 /// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
 /// leaves from it, in rule order, from the ports its inbound rules do not claim.
 fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tick) -> SnatPorts {
-    let blocks: Vec<(Ipv4Addr, usize)> = config
+    let members = config
         .outbound_rules
         .iter()
         .filter(|r| r.frontend == frontend)
@@ -289,15 +292,22 @@ fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tic
                 .members
                 .iter()
                 .map(|m| (m.address, usize::from(r.ports_per_member)))
-        })
-        .collect();
+        });
+    let blocks: Vec<(Ipv4Addr, usize)> = members.collect();
     let ports = config.snat_port_candidates(frontend);
     let policy = &config.profile.snat;
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
     };
-    SnatPorts::new(config.frontends[frontend].address, &blocks, ports, holds)
+    let address = config.frontends[frontend].address;
+    match policy.allocation {
+        Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),
+        Allocation::Shared => {
+            let members: Vec<Ipv4Addr> = blocks.iter().map(|&(m, _)| m).collect();
+            SnatPorts::shared(address, &members, ports, holds)
+        }
+    }
 }
 
 impl Engine {
@@ -384,6 +394,7 @@ impl Engine {
             wheel: TimerWheel::default(),
             snat,
             member_hash: foldhash::fast::FixedState::with_seed(MEMBER_HASH_SEED),
+            reset_target: config.profile.reset_on_next,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -831,6 +842,9 @@ impl Engine {
 
     /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
     fn resets_unknown(&self, from: Interface, headers: &Headers) -> bool {
+        if self.reset_target == ResetTarget::InsideOnly && from == Interface::Outside {
+            return false;
+        }
         self.owner(from, headers, false)
             .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }

@@ -1224,6 +1224,74 @@ fn a_rules_protocol_decides_which_packets_it_takes() {
 }
 
 #[test]
+fn aws_nat_gateway_resets_only_the_inside_host() {
+    // AWS NAT gateway: after the 350 s idle timeout the inside host's next packet gets a RST;
+    // packets from the outside are dropped silently.
+    let text = r#"profile = "aws-natgw"
+time_scale = 70
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+"#;
+    let mut h = Harness::with(Config::from_toml(text, "aws.toml").unwrap());
+    let mut vm = Peer {
+        addr: ep(VM1, 33_000),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (_, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    let public = Headers::parse(&syn).unwrap().src;
+    let mut server = Peer {
+        addr: ep(CLIENT, 8_000),
+        iface: Interface::Outside,
+        snd_nxt: 900,
+    };
+    h.send(
+        &mut server,
+        public,
+        TcpFlags::SYN | TcpFlags::ACK,
+        vm.snd_nxt,
+        b"",
+    );
+    h.send(
+        &mut vm,
+        ep(CLIENT, 8_000),
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    h.advance_to(5_000); // 350 s / 70
+    assert_eq!(h.expired(), vec![(5_000, Expiry::ResetOnNext)]);
+    h.send(
+        &mut server,
+        public,
+        TcpFlags::ACK,
+        vm.snd_nxt,
+        b"from outside",
+    );
+    assert!(h.sent.is_empty(), "the outside sender is not told");
+    h.send(
+        &mut vm,
+        ep(CLIENT, 8_000),
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"from inside",
+    );
+    let (iface, rst) = h.sent.pop().expect("a RST to the inside host");
+    assert_eq!(
+        (iface, Headers::parse(&rst).unwrap().dst),
+        (Interface::Inside, vm.addr)
+    );
+}
+
+#[test]
 fn udp_without_a_rule_is_dropped_and_counted() {
     let mut h = Harness::new("silent");
     let mut p = udp_packet(ep(CLIENT, 53), FRONTEND_7000, b"q");

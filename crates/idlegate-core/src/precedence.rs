@@ -86,10 +86,10 @@ fn inbound(config: &Config, frontend: usize, idle: &Idle, kind: &str) -> Applied
 pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.outbound_rules[i];
     let frontend = &config.frontends[rule.frontend];
-    let locked = config.profile.outbound_rule_idle.default;
     let timeout = rule.idle.timeout;
-    let (winner, mut reason) = match rule.idle.timeout_from {
-        TimeoutFrom::Rule if timeout != locked => (
+    let title = config.profile.title;
+    let (winner, mut reason) = match (rule.idle.timeout_from, config.profile.public_ip_outbound_idle) {
+        (TimeoutFrom::Rule, Some(locked)) if timeout != locked => (
             Winner::Rule,
             format!(
                 "the rule's {}, which beats the public IP's outbound idle timeout, locked at {} (Azure: the outbound rule's takes precedence)",
@@ -97,11 +97,15 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
                 human(locked)
             ),
         ),
-        TimeoutFrom::Rule => (Winner::Rule, format!("the rule's own, the same as the public IP's locked {}", human(locked))),
-        TimeoutFrom::ProfileDefault => (
+        (TimeoutFrom::Rule, Some(locked)) => {
+            (Winner::Rule, format!("the rule's own, the same as the public IP's locked {}", human(locked)))
+        }
+        (TimeoutFrom::Rule, None) => (Winner::Rule, "the rule's own".to_string()),
+        (TimeoutFrom::ProfileDefault, Some(locked)) => (
             Winner::ProfileDefault,
-            format!("{}'s default: the public IP's outbound idle timeout, locked at {}", config.profile.title, human(locked)),
+            format!("{title}'s default: the public IP's outbound idle timeout, locked at {}", human(locked)),
         ),
+        (TimeoutFrom::ProfileDefault, None) => (Winner::ProfileDefault, format!("{title}'s default")),
     };
     if let Some(f) = frontend.idle_timeout {
         let _ = write!(

@@ -23,12 +23,19 @@ pub struct Profile {
     pub name: &'static str,
     /// The product's name as its vendor writes it, for messages.
     pub title: &'static str,
+    /// Which rules the box has.
+    pub rules: Rules,
     /// Idle timeout of load-balancing rules.
     pub lb_rule_idle: TimeoutRange,
     /// Idle timeout of outbound (SNAT) rules.
     pub outbound_rule_idle: TimeoutRange,
     /// Idle timeout a frontend address may carry for its inbound flows, if the box has one.
     pub frontend_idle: Option<TimeoutRange>,
+    /// The public IP's own outbound idle timeout, which an outbound rule's beats (Azure: locked
+    /// at 4 min), if the box has one.
+    pub public_ip_outbound_idle: Option<Duration>,
+    /// Who gets the RST under `reset-on-next`.
+    pub reset_on_next: ResetTarget,
     /// Timeout of flows that are not established: handshake, closing (FIN) and closed (RST).
     pub transitory: Duration,
     /// The expiry action of a rule that names none.
@@ -37,6 +44,35 @@ pub struct Profile {
     pub snat: SnatPolicy,
     /// Idle timeouts of UDP flows, which have no connection state.
     pub udp: UdpTimeouts,
+}
+
+/// The rules a box offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// Load-balancing and inbound NAT rules, and outbound rules (Azure LB).
+    InboundAndOutbound,
+    /// Only inbound rules (a load balancer without SNAT for its members).
+    InboundOnly,
+    /// Only outbound rules (a NAT gateway).
+    OutboundOnly,
+}
+
+impl Rules {
+    pub fn inbound(self) -> bool {
+        self != Rules::OutboundOnly
+    }
+    pub fn outbound(self) -> bool {
+        self != Rules::InboundOnly
+    }
+}
+
+/// Who gets the RST when a dead flow's next packet arrives under `reset-on-next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    /// Whoever sent it, from either side.
+    Sender,
+    /// Only a sender on the inside; packets from the outside are dropped silently.
+    InsideOnly,
 }
 
 /// How long a UDP flow lives without a datagram.
@@ -51,6 +87,8 @@ pub struct UdpTimeouts {
 /// How a middlebox lends SNAT ports to the members behind an outbound rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatPolicy {
+    /// Whether members own fixed blocks of ports or draw from one pool.
+    pub allocation: Allocation,
     /// Ports each member gets when the rule names no `ports_per_member`.
     pub ports_per_member: u16,
     /// `ports_per_member` must be a multiple of this.
@@ -61,6 +99,15 @@ pub struct SnatPolicy {
     pub hold_after_fin: Duration,
     /// ... and after a RST (or an idle expiry, which Azure does not document separately).
     pub hold_after_rst: Duration,
+}
+
+/// How SNAT ports are shared among the members behind a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Each member owns `ports_per_member` ports (Azure LB, GCP Cloud NAT's minimum).
+    PerMember,
+    /// Every member draws from the frontend's whole range on demand (Azure NAT Gateway).
+    Shared,
 }
 
 const fn minutes(m: u64) -> Duration {
@@ -90,6 +137,7 @@ const fn minutes(m: u64) -> Duration {
 pub static AZURE_LB: Profile = Profile {
     name: "azure-lb",
     title: "Azure LB",
+    rules: Rules::InboundAndOutbound,
     lb_rule_idle: TimeoutRange {
         default: minutes(4),
         min: minutes(4),
@@ -105,9 +153,12 @@ pub static AZURE_LB: Profile = Profile {
         min: minutes(4),
         max: minutes(30),
     }),
+    public_ip_outbound_idle: Some(minutes(4)),
+    reset_on_next: ResetTarget::Sender,
     transitory: Duration::from_secs(30),
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
+        allocation: Allocation::PerMember,
         ports_per_member: 1024,
         ports_per_member_step: 8,
         ports_per_frontend: 64_000,
@@ -120,8 +171,163 @@ pub static AZURE_LB: Profile = Profile {
     },
 };
 
+const fn fixed(d: Duration) -> TimeoutRange {
+    TimeoutRange {
+        default: d,
+        min: d,
+        max: d,
+    }
+}
+
+/// Azure NAT Gateway (shared/reference/middleboxes.md: Azure NAT Gateway "resource" and
+/// "timers" docs).
+///
+/// - Outbound only. TCP idle timeout 4 min by default, 4–120 min. It beats outbound rules and
+///   public IPs (seed 002), which a profile of its own makes moot here.
+/// - At expiry: silent, then a RST to the next sender.
+/// - Half-open (SYN only) 30 s, used for every transitory state: the docs give no other.
+/// - A port is reused 65 s after a FIN, 16 s after a RST; ports are allocated on demand from
+///   the public IP's range, not in fixed blocks per VM.
+/// - UDP idle timeout 4 min, fixed.
+pub static AZURE_NATGW: Profile = Profile {
+    name: "azure-natgw",
+    title: "Azure NAT Gateway",
+    rules: Rules::OutboundOnly,
+    lb_rule_idle: fixed(minutes(4)),
+    outbound_rule_idle: TimeoutRange {
+        default: minutes(4),
+        min: minutes(4),
+        max: minutes(120),
+    },
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::ResetOnNext,
+    snat: SnatPolicy {
+        allocation: Allocation::Shared,
+        ports_per_member: 0,
+        ports_per_member_step: 8,
+        ports_per_frontend: 64_512,
+        hold_after_fin: Duration::from_secs(65),
+        hold_after_rst: Duration::from_secs(16),
+    },
+    udp: UdpTimeouts {
+        unreplied: minutes(4),
+        replied: minutes(4),
+    },
+};
+
+/// AWS Network Load Balancer ("Update the TCP idle timeout for your Network Load Balancer
+/// listener").
+///
+/// - Inbound only (listeners). TCP idle timeout 350 s by default, 60–6000 s per listener.
+/// - At expiry: silent; the next packet of the dead flow is answered with a RST.
+/// - UDP flows: 120 s.
+/// - Transitory: AWS documents none; idlegate uses 30 s, as for the other boxes.
+pub static AWS_NLB: Profile = Profile {
+    name: "aws-nlb",
+    title: "AWS NLB",
+    rules: Rules::InboundOnly,
+    lb_rule_idle: TimeoutRange {
+        default: Duration::from_secs(350),
+        min: Duration::from_secs(60),
+        max: Duration::from_secs(6000),
+    },
+    outbound_rule_idle: fixed(Duration::from_secs(350)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::ResetOnNext,
+    snat: NO_SNAT,
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(120),
+        replied: Duration::from_secs(120),
+    },
+};
+
+/// AWS NAT Gateway (AWS VPC "NAT gateways" troubleshooting docs).
+///
+/// - Outbound only. TCP idle timeout 350 s, fixed.
+/// - At expiry: silent; the inside host's next packet is answered with a RST (only toward the
+///   inside host: packets from the outside are dropped silently).
+/// - Transitory and UDP: AWS documents none here; idlegate uses 30 s transitory and 350 s UDP.
+/// - Ports on demand from the public IP's range (AWS documents connection, not port, limits).
+pub static AWS_NATGW: Profile = Profile {
+    name: "aws-natgw",
+    title: "AWS NAT Gateway",
+    rules: Rules::OutboundOnly,
+    lb_rule_idle: fixed(Duration::from_secs(350)),
+    outbound_rule_idle: fixed(Duration::from_secs(350)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::InsideOnly,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::ResetOnNext,
+    snat: SnatPolicy {
+        allocation: Allocation::Shared,
+        ports_per_member: 0,
+        ports_per_member_step: 1,
+        ports_per_frontend: 64_512,
+        hold_after_fin: Duration::ZERO,
+        hold_after_rst: Duration::ZERO,
+    },
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(350),
+        replied: Duration::from_secs(350),
+    },
+};
+
+/// GCP Cloud NAT ("NAT timeouts" docs).
+///
+/// - Outbound only. TCP established idle timeout 1200 s (20 min) by default; GCP lets it be
+///   set, idlegate accepts 30 s–24 h.
+/// - At expiry: silent.
+/// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies as the hold of a
+///   port after a FIN; UDP 30 s.
+/// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
+pub static GCP_NAT: Profile = Profile {
+    name: "gcp-nat",
+    title: "GCP Cloud NAT",
+    rules: Rules::OutboundOnly,
+    lb_rule_idle: fixed(Duration::from_secs(1200)),
+    outbound_rule_idle: TimeoutRange {
+        default: Duration::from_secs(1200),
+        min: Duration::from_secs(30),
+        max: Duration::from_secs(86_400),
+    },
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::Silent,
+    snat: SnatPolicy {
+        allocation: Allocation::PerMember,
+        ports_per_member: 64,
+        ports_per_member_step: 1,
+        ports_per_frontend: 64_512,
+        hold_after_fin: Duration::from_secs(120),
+        hold_after_rst: Duration::ZERO,
+    },
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(30),
+        replied: Duration::from_secs(30),
+    },
+};
+
+/// The SNAT policy of a box that does no SNAT (never used: its outbound rules are refused).
+const NO_SNAT: SnatPolicy = SnatPolicy {
+    allocation: Allocation::Shared,
+    ports_per_member: 0,
+    ports_per_member_step: 1,
+    ports_per_frontend: 0,
+    hold_after_fin: Duration::ZERO,
+    hold_after_rst: Duration::ZERO,
+};
+
 /// Every profile idlegate knows.
-pub static ALL: [&Profile; 1] = [&AZURE_LB];
+pub static ALL: [&Profile; 5] = [&AZURE_LB, &AZURE_NATGW, &AWS_NLB, &AWS_NATGW, &GCP_NAT];
 
 /// The profile called `name`.
 pub fn find(name: &str) -> Option<&'static Profile> {
@@ -154,51 +360,46 @@ pub fn example_config(profile: &Profile) -> String {
         None => String::new(),
     };
     let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
-    format!(
-        r#"# {title} (profile {name}). Timers not set below take these defaults; transitory
-# (handshake, FIN, RST) flows live {transitory}.
-profile = "{name}"
-time_scale = 60                  # every timer runs 1/60 as long: 4 min become 4 s
-
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-{frontend_idle}
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}, {{ name = "vm2", address = "192.0.2.12" }}]
-
-[[lb_rule]]
-name = "app"
-frontend = "public"
-protocol = "tcp"
-frontend_port = 7000
-backend_pool = "vms"
-backend_port = 7000
-idle_timeout = "{lb_idle}"              # {lb_range}
-expiry = "{expiry}"              # {expiries}
-
-[[outbound_rule]]
-name = "egress"
-frontend = "public"
-backend_pool = "vms"
-ports_per_member = {ports}          # multiples of {step}, at most {per_frontend} per frontend address
-idle_timeout = "{out_idle}"              # {out_range}
-expiry = "{expiry}"
-"#,
+    let expiries = expiries.join(" | ");
+    let expiry = profile.default_expiry;
+    let mut text = format!(
+        "# {title} (profile {name}). Timers not set below take these defaults; transitory\n\
+         # (handshake, FIN, RST) flows live {transitory}, UDP flows {udp}.\n\
+         profile = \"{name}\"\n\
+         time_scale = 60                  # every timer runs 1/60 as long: 4 min become 4 s\n\n\
+         [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n{frontend_idle}\n\
+         [[backend_pool]]\nname = \"vms\"\n\
+         members = [{{ name = \"vm1\", address = \"192.0.2.11\" }}, {{ name = \"vm2\", address = \"192.0.2.12\" }}]\n",
         title = profile.title,
         name = profile.name,
         transitory = human(profile.transitory),
-        lb_idle = minutes(profile.lb_rule_idle.default),
-        lb_range = range(&profile.lb_rule_idle),
-        out_idle = minutes(profile.outbound_rule_idle.default),
-        out_range = range(&profile.outbound_rule_idle),
-        expiry = profile.default_expiry,
-        expiries = expiries.join(" | "),
-        ports = profile.snat.ports_per_member,
-        step = profile.snat.ports_per_member_step,
-        per_frontend = profile.snat.ports_per_frontend,
-    )
+        udp = human(profile.udp.replied),
+    );
+    if profile.rules.inbound() {
+        text += &format!(
+            "\n[[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nprotocol = \"tcp\"\nfrontend_port = 7000\n\
+             backend_pool = \"vms\"\nbackend_port = 7000\n\
+             idle_timeout = \"{}\"              # {}\nexpiry = \"{expiry}\"              # {expiries}\n",
+            minutes(profile.lb_rule_idle.default),
+            range(&profile.lb_rule_idle),
+        );
+    }
+    if profile.rules.outbound() {
+        let ports = match profile.snat.allocation {
+            Allocation::PerMember => format!(
+                "ports_per_member = {}          # multiples of {}, at most {} per frontend address\n",
+                profile.snat.ports_per_member, profile.snat.ports_per_member_step, profile.snat.ports_per_frontend
+            ),
+            Allocation::Shared => "# ports are lent on demand from the frontend's range\n".to_string(),
+        };
+        text += &format!(
+            "\n[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n{ports}\
+             idle_timeout = \"{}\"              # {}\nexpiry = \"{expiry}\"              # {expiries}\n",
+            minutes(profile.outbound_rule_idle.default),
+            range(&profile.outbound_rule_idle),
+        );
+    }
+    text
 }
 
 #[cfg(test)]
@@ -213,18 +414,15 @@ mod tests {
             let config =
                 Config::from_toml(&text, profile.name).unwrap_or_else(|e| panic!("{e}\n{text}"));
             assert_eq!(config.profile, profile);
-            assert_eq!(
-                config.lb_rules[0].idle.timeout,
-                profile.lb_rule_idle.default
-            );
-            assert_eq!(
-                config.outbound_rules[0].idle.timeout,
-                profile.outbound_rule_idle.default
-            );
-            assert_eq!(
-                config.outbound_rules[0].ports_per_member,
-                profile.snat.ports_per_member
-            );
+            if let Some(rule) = config.lb_rules.first() {
+                assert_eq!(rule.idle.timeout, profile.lb_rule_idle.default);
+            }
+            if let Some(rule) = config.outbound_rules.first() {
+                assert_eq!(rule.idle.timeout, profile.outbound_rule_idle.default);
+                assert_eq!(rule.ports_per_member, profile.snat.ports_per_member);
+            }
+            assert_eq!(config.lb_rules.is_empty(), !profile.rules.inbound());
+            assert_eq!(config.outbound_rules.is_empty(), !profile.rules.outbound());
         }
     }
 }

@@ -90,6 +90,19 @@ impl SnatPorts {
         }
     }
 
+    /// A frontend whose `members` all draw from one pool of `ports` on demand.
+    pub fn shared(
+        frontend: Ipv4Addr,
+        members: &[Ipv4Addr],
+        ports: impl Iterator<Item = u16>,
+        holds: Holds,
+    ) -> SnatPorts {
+        let all = usize::from(u16::MAX);
+        let mut pool = SnatPorts::new(frontend, &[(Ipv4Addr::UNSPECIFIED, all)], ports, holds);
+        pool.by_member = members.iter().map(|&m| (m, 0)).collect();
+        pool
+    }
+
     /// The frontend address these ports belong to.
     pub fn frontend(&self) -> Ipv4Addr {
         self.frontend
@@ -236,6 +249,22 @@ mod tests {
         assert_eq!(pool.allocate(A, 115), Some(q));
         assert_eq!(pool.allocate(A, 339), None);
         assert_eq!(pool.allocate(A, 340), Some(p));
+    }
+
+    #[test]
+    fn shared_ports_go_to_whichever_member_asks_first() {
+        let mut pool =
+            SnatPorts::shared(Ipv4Addr::new(203, 0, 113, 10), &[A, B], 1024..1027, HOLDS);
+        assert_eq!(
+            [
+                pool.allocate(A, 0),
+                pool.allocate(A, 0),
+                pool.allocate(B, 0)
+            ],
+            [Some(1024), Some(1025), Some(1026)]
+        );
+        assert_eq!(pool.allocate(B, 0), None);
+        assert_eq!((pool.total(), pool.lent()), (3, 3));
     }
 
     #[test]

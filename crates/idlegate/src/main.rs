@@ -261,41 +261,61 @@ fn flow_table(flows: &[FlowRow]) -> String {
 /// `idlegate profiles`: one line per profile.
 fn profiles_table() -> String {
     let range = |r: &profile::TimeoutRange| {
-        format!("{} ({}–{})", human(r.default), human(r.min), human(r.max))
+        if r.min == r.max {
+            format!("{} (fixed)", human(r.default))
+        } else {
+            format!("{} ({}–{})", human(r.default), human(r.min), human(r.max))
+        }
     };
     let mut out = String::new();
     for p in profile::ALL {
         out += &format!("{} ({})\n", p.name, p.title);
-        out += &format!(
-            "  lb_rule and inbound_nat_rule idle timeout  {}\n",
-            range(&p.lb_rule_idle)
-        );
-        out += &format!(
-            "  outbound_rule idle timeout                 {}\n",
-            range(&p.outbound_rule_idle)
-        );
-        if let Some(f) = &p.frontend_idle {
-            out += &format!(
-                "  frontend idle timeout (inbound)            {}\n",
-                range(f)
+        let mut line = |what: &str, value: String| out += &format!("  {what:<43}{value}\n");
+        if p.rules.inbound() {
+            line(
+                "lb_rule and inbound_nat_rule idle timeout",
+                range(&p.lb_rule_idle),
             );
         }
-        out += &format!(
-            "  transitory (SYN, FIN, RST)                 {}\n",
-            human(p.transitory)
+        if p.rules.outbound() {
+            line("outbound_rule idle timeout", range(&p.outbound_rule_idle));
+        }
+        if let Some(f) = &p.frontend_idle {
+            line("frontend idle timeout (inbound)", range(f));
+        }
+        line("transitory (SYN, FIN, RST)", human(p.transitory));
+        line(
+            "UDP (unanswered / answered)",
+            format!("{} / {}", human(p.udp.unreplied), human(p.udp.replied)),
         );
-        out += &format!(
-            "  at expiry, by default                      {}\n",
-            p.default_expiry
+        let reset_next = match p.reset_on_next {
+            profile::ResetTarget::Sender => "",
+            profile::ResetTarget::InsideOnly => ", to the inside host only",
+        };
+        line(
+            "at expiry, by default",
+            format!("{}{reset_next}", p.default_expiry),
         );
-        out += &format!(
-            "  SNAT ports per member                      {} (multiples of {}, ≤ {} per frontend), held {} after FIN, {} after RST\n",
-            p.snat.ports_per_member,
-            p.snat.ports_per_member_step,
-            p.snat.ports_per_frontend,
-            human(p.snat.hold_after_fin),
-            human(p.snat.hold_after_rst)
-        );
+        if p.rules.outbound() {
+            let ports = match p.snat.allocation {
+                profile::Allocation::PerMember => format!(
+                    "{} per member (multiples of {}, ≤ {} per frontend)",
+                    p.snat.ports_per_member,
+                    p.snat.ports_per_member_step,
+                    p.snat.ports_per_frontend
+                ),
+                profile::Allocation::Shared => "on demand from the frontend's range".to_string(),
+            };
+            line("SNAT ports", ports);
+            line(
+                "SNAT port held after FIN / RST",
+                format!(
+                    "{} / {}",
+                    human(p.snat.hold_after_fin),
+                    human(p.snat.hold_after_rst)
+                ),
+            );
+        }
     }
     out
 }
