@@ -13,6 +13,7 @@ use crate::scenario::{self, Outcome, Script};
 use anyhow::{bail, Result};
 use idlegate_core::engine::Counters;
 use idlegate_core::expiry::Expiry;
+use idlegate_core::profile::{self, Profile};
 use idlegate_core::{config, precedence, Config};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -27,12 +28,14 @@ pub struct Options {
     /// The middlebox to emulate.
     #[arg(long, default_value = "azure-lb")]
     pub profile: String,
-    /// What the gateway does when the first two connections' flows expire.
-    #[arg(long, default_value = "silent", value_parser = parse_expiry)]
-    pub expiry: Expiry,
-    /// Divide every timer by this: 60 turns Azure's 4 minutes into 4 seconds.
-    #[arg(long, default_value_t = 60)]
-    pub time_scale: u32,
+    /// What the gateway does when the first two connections' flows expire (default: the
+    /// profile's).
+    #[arg(long, value_parser = parse_expiry)]
+    pub expiry: Option<Expiry>,
+    /// Divide every timer by this (default: whatever brings the profile's idle timeout to
+    /// about 4 s; 60 for Azure's 4 minutes).
+    #[arg(long)]
+    pub time_scale: Option<u32>,
     /// Lab name, so demos can run side by side.
     #[arg(long, default_value = "demo")]
     pub name: String,
@@ -44,6 +47,57 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
 
 const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const VM1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const VM2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+/// The idle timeout the automatic time scale aims at.
+const DEMO_IDLE: Duration = Duration::from_secs(4);
+
+/// The demo as it will run: the options resolved against the profile.
+struct Plan {
+    profile: &'static Profile,
+    expiry: Expiry,
+    time_scale: u32,
+    /// Inbound through LB rules, or outbound through outbound rules for a box with no inbound
+    /// rules (a NAT gateway).
+    direction: Direction,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Plan {
+    fn new(options: &Options) -> Result<Plan> {
+        let Some(profile) = profile::find(&options.profile) else {
+            let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
+            bail!(
+                "--profile {}: no such profile; known: {}",
+                options.profile,
+                known.join(", ")
+            );
+        };
+        let direction = if profile.rules.inbound() {
+            Direction::Inbound
+        } else {
+            Direction::Outbound
+        };
+        let default_idle = match direction {
+            Direction::Inbound => profile.lb_rule_idle.default,
+            Direction::Outbound => profile.outbound_rule_idle.default,
+        };
+        let auto = (default_idle.as_secs_f64() / DEMO_IDLE.as_secs_f64()).round() as u32;
+        let time_scale = options
+            .time_scale
+            .unwrap_or_else(|| auto.clamp(1, config::max_time_scale(profile)));
+        Ok(Plan {
+            profile,
+            expiry: options.expiry.unwrap_or(profile.default_expiry),
+            time_scale,
+            direction,
+        })
+    }
+}
 const CONNECTIONS: [(&str, u16); 3] = [
     ("no-keepalive", 7000),
     ("keepalive", 7001),
@@ -85,19 +139,25 @@ pub struct GatewayReport {
 /// Runs the demo and prints its report.
 pub fn run(options: &Options) -> Result<()> {
     crate::lab::ensure_root()?;
-    let config = Config::from_toml(&config_text(options), "demo config")?;
-    let idle = config.scaled(precedence::lb_rule(&config, 0).timeout);
+    let plan = Plan::new(options)?;
+    let config = Config::from_toml(&config_text(&plan), "demo config")?;
+    let idle = config.scaled(match plan.direction {
+        Direction::Inbound => precedence::lb_rule(&config, 0).timeout,
+        Direction::Outbound => precedence::outbound_rule(&config, 0).timeout,
+    });
     if idle < Duration::from_secs(2) {
         bail!(
             "--time-scale {} makes the idle timeout {idle:?}; the demo needs at least 2 s, because TCP keepalive counts whole seconds and must fire at half the timeout",
-            options.time_scale
+            plan.time_scale
         );
     }
     if !options.json {
-        println!("{}", header(options, &config, idle));
+        println!("{}", header(&plan, idle));
     }
-    let (outcomes, counters) = run_in_lab(options, &config, idle)?;
-    let report = report(options, idle, &outcomes, &counters);
+    let (outcomes, counters) = Lab::with_gateway(&options.name, &config, |lab| {
+        scenario::run(scripts(&plan, lab, idle)?)
+    })?;
+    let report = report(&plan, idle, &outcomes, &counters);
     if options.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -119,39 +179,64 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// The lab's config: one rule per connection, all to `vm1`.
-fn config_text(options: &Options) -> String {
+/// The lab's config. Inbound: one LB rule per connection, all to a server in `vm1`. Outbound:
+/// `vm1`'s pool leaves through a rule with the plan's expiry, `vm2`'s through one that resets.
+fn config_text(plan: &Plan) -> String {
     let mut text = format!(
-        "profile = \"{}\"\ntime_scale = {}\n[[frontend]]\nname = \"public\"\naddress = \"{FRONTEND}\"\n\
-         [[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"{VM1}\" }}]\n",
-        options.profile, options.time_scale
+        "profile = \"{}\"\ntime_scale = {}\n[[frontend]]\nname = \"public\"\naddress = \"{FRONTEND}\"\n",
+        plan.profile.name, plan.time_scale
     );
-    for (name, port) in CONNECTIONS {
-        let expiry = if name == "tcp-reset" {
-            Expiry::Reset
-        } else {
-            options.expiry
-        };
-        text += &format!(
-            "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
-             backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
-        );
+    match plan.direction {
+        Direction::Inbound => {
+            text += &format!("[[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"{VM1}\" }}]\n");
+            for (name, port) in CONNECTIONS {
+                let expiry = if name == "tcp-reset" {
+                    Expiry::Reset
+                } else {
+                    plan.expiry
+                };
+                text += &format!(
+                    "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
+                     backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
+                );
+            }
+        }
+        Direction::Outbound => {
+            for (pool, member, address, expiry) in [
+                ("vms", "vm1", VM1, plan.expiry),
+                ("reset-vms", "vm2", VM2, Expiry::Reset),
+            ] {
+                text += &format!(
+                    "[[backend_pool]]\nname = \"{pool}\"\nmembers = [{{ name = \"{member}\", address = \"{address}\" }}]\n\
+                     [[outbound_rule]]\nname = \"{pool}-out\"\nfrontend = \"public\"\nbackend_pool = \"{pool}\"\nexpiry = \"{expiry}\"\n"
+                );
+            }
+        }
     }
     text
 }
 
-fn header(options: &Options, config: &Config, idle: Duration) -> String {
+fn header(plan: &Plan, idle: Duration) -> String {
     let t = idle.as_secs_f64();
+    let path = match plan.direction {
+        Direction::Inbound => format!("client in `{INTERNET}` ({INTERNET_ADDRESS}) → frontend {FRONTEND}:7000-7002 → server in `vm1` ({VM1})"),
+        Direction::Outbound => format!(
+            "clients in `vm1` ({VM1}; `vm2` for tcp-reset) → SNAT from {FRONTEND} → server in `{INTERNET}` ({INTERNET_ADDRESS}):8000-8002"
+        ),
+    };
+    let default_idle = match plan.direction {
+        Direction::Inbound => plan.profile.lb_rule_idle.default,
+        Direction::Outbound => plan.profile.outbound_rule_idle.default,
+    };
     format!(
-        "idlegate lab demo: {} (profile {}), idle timeout {} scaled 1/{} to {t:.1}s, expiry {}\n\
-         client in `{INTERNET}` ({INTERNET_ADDRESS}) → frontend {FRONTEND}:7000-7002 → server in `vm1` ({VM1})\n\
+        "idlegate lab demo: {} (profile {}), idle timeout {} scaled 1/{} to {t:.1}s, expiry {}\n{path}\n\
          each connection sends \"a\", idles {:.1}s (¼ of the timeout), sends \"b\", idles {:.1}s (1⅛), sends \"c\"\n\
          no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s · tcp-reset: rule with expiry = \"reset\"\n",
-        config.profile.title,
-        config.profile.name,
-        config::human(config.lb_rules[0].idle.timeout),
-        options.time_scale,
-        options.expiry,
+        plan.profile.title,
+        plan.profile.name,
+        config::human(default_idle),
+        plan.time_scale,
+        plan.expiry,
         t / 4.0,
         t * 9.0 / 8.0,
         keepalive_interval(idle).as_secs_f64(),
@@ -163,29 +248,25 @@ fn keepalive_interval(idle: Duration) -> Duration {
     Duration::from_secs((idle.as_secs() / 2).max(1))
 }
 
-fn run_in_lab(
-    options: &Options,
-    config: &Config,
-    idle: Duration,
-) -> Result<(Vec<Outcome>, Counters)> {
-    Lab::with_gateway(&options.name, config, |lab| {
-        scenario::run(scripts(lab, idle)?)
-    })
-}
-
-fn scripts(lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
-    let (client_ns, server_ns) = (lab.namespace_of(INTERNET)?, lab.namespace_of("vm1")?);
+fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
     let b = idle / 4;
     let c = b + idle * 9 / 8;
     let observe = (idle / 2).max(Duration::from_millis(1500));
-    Ok(CONNECTIONS
-        .iter()
-        .map(|&(name, port)| Script {
+    let mut scripts = Vec::new();
+    for &(name, port) in &CONNECTIONS {
+        let (client, server, connect, port) = match plan.direction {
+            Direction::Inbound => (INTERNET, "vm1", FRONTEND, port),
+            Direction::Outbound => {
+                let client = if name == "tcp-reset" { "vm2" } else { "vm1" };
+                (client, INTERNET, INTERNET_ADDRESS, port + 1000)
+            }
+        };
+        scripts.push(Script {
             name: name.to_string(),
-            client_ns: client_ns.clone(),
-            server_ns: server_ns.clone(),
+            client_ns: lab.namespace_of(client)?,
+            server_ns: lab.namespace_of(server)?,
             listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-            connect: SocketAddrV4::new(FRONTEND, port),
+            connect: SocketAddrV4::new(connect, port),
             keepalive: (name == "keepalive").then(|| keepalive_interval(idle)),
             sends: vec![
                 (Duration::ZERO, "a".into()),
@@ -193,15 +274,16 @@ fn scripts(lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
                 (c, "c".into()),
             ],
             observe,
-        })
-        .collect())
+        });
+    }
+    Ok(scripts)
 }
 
-fn report(options: &Options, idle: Duration, outcomes: &[Outcome], counters: &Counters) -> Report {
+fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters) -> Report {
     Report {
-        profile: options.profile.clone(),
-        expiry: options.expiry.to_string(),
-        time_scale: options.time_scale,
+        profile: plan.profile.name.to_string(),
+        expiry: plan.expiry.to_string(),
+        time_scale: plan.time_scale,
         idle_timeout_s: idle.as_secs_f64(),
         connections: outcomes
             .iter()

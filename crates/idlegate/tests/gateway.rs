@@ -638,3 +638,68 @@ backend_port = 5301
         "answered in time; answered after the UDP timeout"
     );
 }
+
+/// The demo under `profile` with its defaults: the plain connection's fate, and the other two.
+fn profile_demo(profile: &str) -> Value {
+    let report = demo(&["--profile", profile]);
+    assert_eq!(report["profile"], profile);
+    let keepalive = connection(&report, "keepalive");
+    assert_eq!(
+        strings(&keepalive["delivered"]),
+        ["a", "b", "c"],
+        "{profile}: keepalive keeps the flow"
+    );
+    let reset = connection(&report, "tcp-reset");
+    assert_eq!(
+        (&reset["client_error"], &reset["server_error"]),
+        (&Value::from("ECONNRESET"), &Value::from("ECONNRESET"))
+    );
+    report
+}
+
+#[test]
+fn gcp_cloud_nat_forgets_an_idle_outbound_flow_silently() {
+    // GCP Cloud NAT "NAT timeouts": 1200 s established, silent.
+    let report = profile_demo("gcp-nat");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+}
+
+#[test]
+fn azure_nat_gateway_resets_the_next_sender_of_an_expired_outbound_flow() {
+    // Azure NAT Gateway: silent at expiry, then a RST to the next sender.
+    let report = profile_demo("azure-natgw");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::from("ECONNRESET"), &Value::Null)
+    );
+}
+
+#[test]
+fn aws_nat_gateway_resets_the_inside_host_that_sends_after_350_s() {
+    // AWS NAT gateway: 350 s fixed; RST to the inside host on its next packet.
+    let report = profile_demo("aws-natgw");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::from("ECONNRESET"), &Value::Null)
+    );
+}
+
+#[test]
+fn aws_nlb_resets_the_client_that_sends_on_an_expired_inbound_flow() {
+    // AWS NLB: 350 s default; the next packet of the dead flow is answered with a RST.
+    let report = profile_demo("aws-nlb");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::from("ECONNRESET"), &Value::Null)
+    );
+}
