@@ -50,6 +50,18 @@ pub struct Config {
     pub lb_rules: Vec<LbRule>,
     pub inbound_nat_rules: Vec<InboundNatRule>,
     pub outbound_rules: Vec<OutboundRule>,
+    pub nat_gateways: Vec<NatGateway>,
+}
+
+/// An Azure NAT gateway: the pools it serves leave through its own frontend, whatever their
+/// outbound rules say (seed 002: "a NAT gateway will always take precedence over load balancer
+/// outbound rules"). It runs with the `azure-natgw` profile's timers and SNAT policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatGateway {
+    pub name: String,
+    pub frontend: usize,
+    pub backend_pools: Vec<usize>,
+    pub idle: Idle,
 }
 
 /// A public address of the gateway.
@@ -309,6 +321,18 @@ struct RawConfig {
     inbound_nat_rule: Vec<S<RawInboundNatRule>>,
     #[serde(default)]
     outbound_rule: Vec<S<RawOutboundRule>>,
+    #[serde(default)]
+    nat_gateway: Vec<S<RawNatGateway>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNatGateway {
+    name: S<String>,
+    frontend: S<String>,
+    backend_pools: S<Vec<String>>,
+    idle_timeout: Option<S<String>>,
+    expiry: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -469,8 +493,23 @@ impl Validator {
         for r in &raw.outbound_rule {
             outbound_rules.push(self.outbound_rule(r, profile, &outbound_rules)?);
         }
-        if lb_rules.is_empty() && inbound_nat_rules.is_empty() && outbound_rules.is_empty() {
-            let message = "no [[lb_rule]], [[inbound_nat_rule]] or [[outbound_rule]]: the gateway would drop every packet";
+        let mut nat_gateways = Vec::new();
+        for g in &raw.nat_gateway {
+            nat_gateways.push(self.nat_gateway(
+                g,
+                profile,
+                &nat_gateways,
+                &lb_rules,
+                &inbound_nat_rules,
+                &outbound_rules,
+            )?);
+        }
+        if lb_rules.is_empty()
+            && inbound_nat_rules.is_empty()
+            && outbound_rules.is_empty()
+            && nat_gateways.is_empty()
+        {
+            let message = "no [[lb_rule]], [[inbound_nat_rule]], [[outbound_rule]] or [[nat_gateway]]: the gateway would drop every packet";
             return Err((None, message.to_string()));
         }
         let config = Config {
@@ -481,6 +520,7 @@ impl Validator {
             lb_rules,
             inbound_nat_rules,
             outbound_rules,
+            nat_gateways,
         };
         check_snat_totals(&raw.outbound_rule, &config)?;
         Ok(config)
@@ -763,6 +803,68 @@ impl Validator {
             backend_pool,
             protocol,
             ports_per_member,
+            idle,
+        })
+    }
+
+    fn nat_gateway(
+        &mut self,
+        g: &S<RawNatGateway>,
+        profile: &Profile,
+        earlier: &[NatGateway],
+        lb_rules: &[LbRule],
+        nat_rules: &[InboundNatRule],
+        outbound_rules: &[OutboundRule],
+    ) -> Result<NatGateway, Invalid> {
+        let g = g.get_ref();
+        if profile.name != profile::AZURE_LB.name {
+            let message = format!("nat_gateway \"{}\": a NAT gateway belongs to the Azure LB model (profile azure-lb); for a NAT gateway alone use profile azure-natgw", g.name.get_ref());
+            return invalid(g.name.span(), message);
+        }
+        let name = self.rule_name(&g.name)?;
+        let frontend = self.frontend_ref(&g.frontend)?;
+        let used = lb_rules.iter().any(|r| r.frontend == frontend)
+            || nat_rules.iter().any(|r| r.frontend == frontend)
+            || outbound_rules.iter().any(|r| r.frontend == frontend)
+            || earlier.iter().any(|n| n.frontend == frontend);
+        if used {
+            let message = format!(
+                "frontend = \"{}\": a NAT gateway needs a frontend of its own, which no rule uses",
+                g.frontend.get_ref()
+            );
+            return invalid(g.frontend.span(), message);
+        }
+        let mut backend_pools = Vec::new();
+        for pool in g.backend_pools.get_ref() {
+            let Some(&i) = self.pools.get(pool) else {
+                let message = format!(
+                    "backend_pools: \"{pool}\" names no [[backend_pool]] ({})",
+                    names_list(self.pools.keys())
+                );
+                return invalid(g.backend_pools.span(), message);
+            };
+            if let Some(other) = earlier.iter().find(|n| n.backend_pools.contains(&i)) {
+                return invalid(
+                    g.backend_pools.span(),
+                    format!(
+                        "backend_pools: \"{pool}\" is already served by nat_gateway \"{}\"",
+                        other.name
+                    ),
+                );
+            }
+            backend_pools.push(i);
+        }
+        let natgw = &profile::AZURE_NATGW;
+        let idle = idle(
+            g.idle_timeout.as_ref(),
+            g.expiry.as_ref(),
+            &natgw.outbound_rule_idle,
+            natgw,
+        )?;
+        Ok(NatGateway {
+            name,
+            frontend,
+            backend_pools,
             idle,
         })
     }
@@ -1166,7 +1268,7 @@ expiry = "silent"
         let err = Config::from_toml(text, "gw.toml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "gw.toml: no [[lb_rule]], [[inbound_nat_rule]] or [[outbound_rule]]: the gateway would drop every packet"
+            "gw.toml: no [[lb_rule]], [[inbound_nat_rule]], [[outbound_rule]] or [[nat_gateway]]: the gateway would drop every packet"
         );
     }
 

@@ -11,12 +11,12 @@
 //! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
 //! at or after `t + timeout`, never before.
 
-use crate::config::{Config, Protocols};
+use crate::config::{Config, NatGateway, Protocols};
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
-use crate::profile::{Allocation, ResetTarget};
+use crate::profile::{self, Allocation, ResetTarget};
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -280,6 +280,31 @@ pub struct Engine {
 
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
 
+/// A NAT gateway's ports: its frontend's whole range, lent on demand to the members of the
+/// pools it serves, held as Azure NAT Gateway holds them.
+fn nat_gateway_ports(
+    config: &Config,
+    g: &NatGateway,
+    ticks: &impl Fn(Duration) -> Tick,
+) -> SnatPorts {
+    let policy = &profile::AZURE_NATGW.snat;
+    let holds = Holds {
+        after_fin: ticks(policy.hold_after_fin),
+        after_rst: ticks(policy.hold_after_rst),
+    };
+    let members: Vec<Ipv4Addr> = g
+        .backend_pools
+        .iter()
+        .flat_map(|&p| config.backend_pools[p].members.iter().map(|m| m.address))
+        .collect();
+    SnatPorts::shared(
+        config.frontends[g.frontend].address,
+        &members,
+        config.snat_port_candidates(g.frontend),
+        holds,
+    )
+}
+
 /// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
 /// leaves from it, in rule order, from the ports its inbound rules do not claim.
 fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tick) -> SnatPorts {
@@ -361,6 +386,34 @@ impl Engine {
                 transitory,
                 udp,
                 expiry: r.idle.expiry,
+            });
+        }
+        // NAT gateways before outbound rules: for the pools they serve they take precedence.
+        let natgw = &profile::AZURE_NATGW;
+        for g in &config.nat_gateways {
+            let members = g
+                .backend_pools
+                .iter()
+                .flat_map(|&p| config.backend_pools[p].members.iter().map(|m| m.address))
+                .collect();
+            let pool = snat.len();
+            snat_frontends.push(g.frontend);
+            snat.push(nat_gateway_ports(config, g, &ticks));
+            rules.push(Rule {
+                name: g.name.clone(),
+                translation: Translation::Outbound {
+                    frontend: config.frontends[g.frontend].address,
+                    members,
+                    snat: pool,
+                },
+                protocols: Protocols::All,
+                idle: ticks(g.idle.timeout),
+                transitory: ticks(natgw.transitory),
+                udp: UdpTicks {
+                    unreplied: ticks(natgw.udp.unreplied),
+                    replied: ticks(natgw.udp.replied),
+                },
+                expiry: g.idle.expiry,
             });
         }
         for (i, r) in config.outbound_rules.iter().enumerate() {

@@ -21,6 +21,8 @@ pub enum Winner {
     Frontend,
     /// Nobody set one: the profile's default.
     ProfileDefault,
+    /// A NAT gateway serves the rule's pool: its timeout applies, not the rule's.
+    NatGateway,
 }
 
 /// The idle timeout and expiry action a rule's flows get.
@@ -85,6 +87,26 @@ fn inbound(config: &Config, frontend: usize, idle: &Idle, kind: &str) -> Applied
 /// The idle timeout of outbound rule `i`'s flows.
 pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.outbound_rules[i];
+    // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+    if let Some(g) = config
+        .nat_gateways
+        .iter()
+        .find(|g| g.backend_pools.contains(&rule.backend_pool))
+    {
+        let reason = format!(
+            "nat_gateway \"{}\" serves pool \"{}\" and takes precedence over outbound rules (Azure): its {} applies, not the rule's {}",
+            g.name,
+            config.backend_pools[rule.backend_pool].name,
+            human(g.idle.timeout),
+            human(rule.idle.timeout)
+        );
+        return Applied {
+            timeout: g.idle.timeout,
+            expiry: g.idle.expiry,
+            winner: Winner::NatGateway,
+            reason,
+        };
+    }
     let frontend = &config.frontends[rule.frontend];
     let timeout = rule.idle.timeout;
     let title = config.profile.title;
@@ -123,6 +145,24 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     }
 }
 
+/// The idle timeout of NAT gateway `i`'s flows.
+pub fn nat_gateway(config: &Config, i: usize) -> Applied {
+    let g = &config.nat_gateways[i];
+    let (winner, reason) = match g.idle.timeout_from {
+        TimeoutFrom::Rule => (Winner::Rule, "the NAT gateway's own".to_string()),
+        TimeoutFrom::ProfileDefault => (
+            Winner::ProfileDefault,
+            "Azure NAT Gateway's default".to_string(),
+        ),
+    };
+    Applied {
+        timeout: g.idle.timeout,
+        expiry: g.idle.expiry,
+        winner,
+        reason,
+    }
+}
+
 /// For every rule, the timeout and expiry action its flows get and which setting won: the
 /// report of `--explain`.
 pub fn explain(config: &Config) -> String {
@@ -137,6 +177,13 @@ pub fn explain(config: &Config) -> String {
                 "inbound_nat_rule",
                 &config.inbound_nat_rules[i].name,
                 inbound_nat_rule(config, i),
+            )
+        }))
+        .chain((0..config.nat_gateways.len()).map(|i| {
+            (
+                "nat_gateway",
+                &config.nat_gateways[i].name,
+                nat_gateway(config, i),
             )
         }))
         .chain((0..config.outbound_rules.len()).map(|i| {
@@ -232,6 +279,36 @@ mod tests {
             applied.reason
         );
         assert!(explain(&c).contains("inbound_nat_rule ssh: idle timeout 10 min"));
+    }
+
+    #[test]
+    fn a_nat_gateway_beats_the_outbound_rule_of_the_pools_it_serves() {
+        // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+        let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+                    [[frontend]]\nname = \"natgw-ip\"\naddress = \"203.0.113.20\"\n\
+                    [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                    [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"30m\"\n\
+                    [[nat_gateway]]\nname = \"natgw\"\nfrontend = \"natgw-ip\"\nbackend_pools = [\"vms\"]\nidle_timeout = \"10m\"\n";
+        let c = Config::from_toml(text, "test").unwrap();
+        let applied = outbound_rule(&c, 0);
+        assert_eq!(
+            (applied.timeout, applied.winner),
+            (Duration::from_secs(600), Winner::NatGateway)
+        );
+        assert_eq!(
+            applied.expiry,
+            Expiry::ResetOnNext,
+            "the NAT gateway's behaviour"
+        );
+        let report = explain(&c);
+        assert!(
+            report.contains("nat_gateway natgw: idle timeout 10 min"),
+            "{report}"
+        );
+        assert!(
+            report.contains("takes precedence over outbound rules"),
+            "{report}"
+        );
     }
 
     #[test]

@@ -425,6 +425,19 @@ fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
             );
         }
     }
+    for g in &config.nat_gateways {
+        let pools: Vec<&str> = g
+            .backend_pools
+            .iter()
+            .map(|&p| config.backend_pools[p].name.as_str())
+            .collect();
+        tracing::info!(
+            "nat_gateway {}: pools {} leave from {}",
+            g.name,
+            pools.join(", "),
+            config.frontends[g.frontend].address
+        );
+    }
     for rule in &config.outbound_rules {
         let pool = &config.backend_pools[rule.backend_pool].name;
         tracing::info!(

@@ -703,3 +703,79 @@ fn aws_nlb_resets_the_client_that_sends_on_an_expired_inbound_flow() {
         (&Value::from("ECONNRESET"), &Value::Null)
     );
 }
+
+#[test]
+fn a_nat_gateway_beats_the_outbound_rule_of_the_pool_it_serves() {
+    // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+    require_root();
+    let text = r#"
+profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[frontend]]
+name = "natgw-ip"
+address = "203.0.113.20"
+[[backend_pool]]
+name = "served"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[backend_pool]]
+name = "unserved"
+members = [{ name = "vm2", address = "192.0.2.12" }]
+[[outbound_rule]]
+name = "egress-served"
+frontend = "public"
+backend_pool = "served"
+idle_timeout = "30m"
+[[outbound_rule]]
+name = "egress-unserved"
+frontend = "public"
+backend_pool = "unserved"
+idle_timeout = "30m"
+[[nat_gateway]]
+name = "natgw"
+frontend = "natgw-ip"
+backend_pools = ["served"]
+idle_timeout = "4m"
+"#;
+    let config = Config::from_toml(text, "NAT gateway test config").unwrap();
+    let (outcomes, _) = Lab::with_gateway(&unique("ng"), &config, |lab| {
+        let script = |name: &str, member: &str, port: u16| -> anyhow::Result<Script> {
+            Ok(Script {
+                name: name.to_string(),
+                client_ns: lab.namespace_of(member)?,
+                server_ns: lab.namespace_of(INTERNET)?,
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+                connect: SocketAddrV4::new(INTERNET_ADDRESS, port),
+                keepalive: None,
+                // Idle 5.5 s: past the NAT gateway's 4 min (4 s), within the rules' 30 min.
+                sends: vec![
+                    (Duration::ZERO, "a".into()),
+                    (Duration::from_millis(5500), "b".into()),
+                ],
+                observe: Duration::from_millis(1500),
+            })
+        };
+        scenario::run(vec![
+            script("via-natgw", "vm1", 8000)?,
+            script("via-outbound-rule", "vm2", 8001)?,
+        ])
+    })
+    .expect("lab run");
+    let served = outcome(&outcomes, "via-natgw");
+    assert_eq!(
+        served.delivered,
+        ["a"],
+        "the NAT gateway's 4 min won over the rule's 30 min"
+    );
+    assert_eq!(
+        served.client_error.as_deref(),
+        Some("ECONNRESET"),
+        "and its reset to the next sender"
+    );
+    assert_eq!(
+        outcome(&outcomes, "via-outbound-rule").delivered,
+        ["a", "b"]
+    );
+}
