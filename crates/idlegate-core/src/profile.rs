@@ -316,6 +316,105 @@ pub static GCP_NAT: Profile = Profile {
     },
 };
 
+/// Azure default outbound access: a VM without an outbound rule or NAT gateway, SNATed by the
+/// platform (seeds 000 and 003; Azure "SNAT for outbound connections").
+///
+/// - Outbound only. Idle timeout 4 min, fixed ("cannot be adjusted", seed 003). Silent.
+/// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
+///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
+/// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
+pub static AZURE_SNAT: Profile = Profile {
+    name: "azure-snat",
+    title: "Azure default outbound access",
+    rules: Rules::OutboundOnly,
+    lb_rule_idle: fixed(minutes(4)),
+    outbound_rule_idle: fixed(minutes(4)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::Silent,
+    snat: SnatPolicy {
+        allocation: Allocation::PerMember,
+        ports_per_member: 1024,
+        ports_per_member_step: 8,
+        ports_per_frontend: 64_000,
+        hold_after_fin: Duration::from_secs(240),
+        hold_after_rst: Duration::from_secs(15),
+    },
+    udp: UdpTimeouts {
+        unreplied: minutes(4),
+        replied: minutes(4),
+    },
+};
+
+/// Azure Firewall (Azure Firewall FAQ).
+///
+/// - DNAT (inbound) and SNAT (outbound) rules. TCP idle timeout 4 min, not configurable.
+/// - At expiry: a RST to both endpoints.
+/// - Transitory and UDP: not documented here; idlegate uses 30 s and 4 min. SNAT port limits
+///   are not modelled: ports are lent on demand from the frontend's range.
+pub static AZURE_FIREWALL: Profile = Profile {
+    name: "azure-firewall",
+    title: "Azure Firewall",
+    rules: Rules::InboundAndOutbound,
+    lb_rule_idle: fixed(minutes(4)),
+    outbound_rule_idle: fixed(minutes(4)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: Duration::from_secs(30),
+    default_expiry: Expiry::Reset,
+    snat: SnatPolicy {
+        allocation: Allocation::Shared,
+        ports_per_member: 0,
+        ports_per_member_step: 1,
+        ports_per_frontend: 64_512,
+        hold_after_fin: Duration::ZERO,
+        hold_after_rst: Duration::ZERO,
+    },
+    udp: UdpTimeouts {
+        unreplied: minutes(4),
+        replied: minutes(4),
+    },
+};
+
+/// The minimums the IETF requires of NATs: RFC 5382 (TCP) and RFC 4787 (UDP).
+///
+/// - Outbound only. Established idle timeout at least 2 h 4 min (RFC 5382 REQ-5), so 2 h 4 min
+///   by default and up to 5 days; transitory at least 4 min (REQ-5); UDP mappings at least
+///   2 min (RFC 4787 REQ-5; 5 min recommended).
+/// - At expiry: the RFCs prescribe nothing; idlegate drops silently.
+/// - Ports on demand, released without a hold.
+pub static RFC5382: Profile = Profile {
+    name: "rfc5382",
+    title: "an RFC 5382 NAT",
+    rules: Rules::OutboundOnly,
+    lb_rule_idle: fixed(Duration::from_secs(7440)),
+    outbound_rule_idle: TimeoutRange {
+        default: Duration::from_secs(7440),
+        min: Duration::from_secs(7440),
+        max: Duration::from_secs(432_000),
+    },
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    transitory: minutes(4),
+    default_expiry: Expiry::Silent,
+    snat: SnatPolicy {
+        allocation: Allocation::Shared,
+        ports_per_member: 0,
+        ports_per_member_step: 1,
+        ports_per_frontend: 64_512,
+        hold_after_fin: Duration::ZERO,
+        hold_after_rst: Duration::ZERO,
+    },
+    udp: UdpTimeouts {
+        unreplied: minutes(2),
+        replied: minutes(2),
+    },
+};
+
 /// The SNAT policy of a box that does no SNAT (never used: its outbound rules are refused).
 const NO_SNAT: SnatPolicy = SnatPolicy {
     allocation: Allocation::Shared,
@@ -327,7 +426,16 @@ const NO_SNAT: SnatPolicy = SnatPolicy {
 };
 
 /// Every profile idlegate knows.
-pub static ALL: [&Profile; 5] = [&AZURE_LB, &AZURE_NATGW, &AWS_NLB, &AWS_NATGW, &GCP_NAT];
+pub static ALL: [&Profile; 8] = [
+    &AZURE_LB,
+    &AZURE_SNAT,
+    &AZURE_NATGW,
+    &AZURE_FIREWALL,
+    &AWS_NLB,
+    &AWS_NATGW,
+    &GCP_NAT,
+    &RFC5382,
+];
 
 /// The profile called `name`.
 pub fn find(name: &str) -> Option<&'static Profile> {

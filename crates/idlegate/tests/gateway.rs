@@ -779,3 +779,43 @@ idle_timeout = "4m"
         ["a", "b"]
     );
 }
+
+#[test]
+fn azure_default_outbound_access_forgets_an_idle_flow_silently_after_4_min() {
+    // Seeds 000 and 003: outbound SNAT, 4 min fixed, no RST.
+    let report = profile_demo("azure-snat");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+}
+
+#[test]
+fn azure_firewall_resets_both_ends_of_an_idle_flow() {
+    // Azure Firewall FAQ: 4 min, then a RST to both endpoints.
+    let report = profile_demo("azure-firewall");
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::from("ECONNRESET"), &Value::from("ECONNRESET"))
+    );
+}
+
+#[test]
+fn an_rfc_5382_nat_forgets_an_idle_flow_no_sooner_than_2_h_4_min() {
+    // RFC 5382 REQ-5: at least 2 h 4 min established; scaled here to about 4 s.
+    let report = profile_demo("rfc5382");
+    assert!(
+        report["idle_timeout_s"].as_f64().unwrap() >= 3.9,
+        "{report}"
+    );
+    let plain = connection(&report, "no-keepalive");
+    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
+    assert_eq!(
+        (&plain["client_error"], &plain["server_error"]),
+        (&Value::Null, &Value::Null)
+    );
+}
