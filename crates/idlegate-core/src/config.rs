@@ -616,6 +616,12 @@ impl Validator {
         let frontend = self.frontend_ref(&r.frontend)?;
         let backend_pool = self.pool_ref(&r.backend_pool)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
+        udp_takes_no_idle_settings(
+            protocol,
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            profile,
+        )?;
         let frontend_port = port(&r.frontend_port, "frontend_port")?;
         let backend_port = port(&r.backend_port, "backend_port")?;
         let claim = Claim {
@@ -659,6 +665,12 @@ impl Validator {
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
+        udp_takes_no_idle_settings(
+            protocol,
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            profile,
+        )?;
         let backend_port = port(&r.backend_port, "backend_port")?;
         let (first_port, last_port, members, span, field) = match (
             &r.frontend_port,
@@ -797,6 +809,12 @@ impl Validator {
         )?;
         let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::All)?;
+        udp_takes_no_idle_settings(
+            protocol,
+            r.idle_timeout.as_ref(),
+            r.expiry.as_ref(),
+            profile,
+        )?;
         Ok(OutboundRule {
             name,
             frontend,
@@ -1023,6 +1041,30 @@ fn port(p: &S<u16>, field: &str) -> Result<u16, Invalid> {
         0 => invalid(p.span(), format!("{field} = 0: must be 1–65535")),
         n => Ok(n),
     }
+}
+
+/// UDP flows live the profile's UDP timeout and end silently: a UDP-only rule's own
+/// `idle_timeout` or `expiry` would do nothing, so it is refused.
+fn udp_takes_no_idle_settings(
+    protocol: Protocols,
+    timeout: Option<&S<String>>,
+    expiry: Option<&S<String>>,
+    profile: &Profile,
+) -> Result<(), Invalid> {
+    if protocol != Protocols::Udp {
+        return Ok(());
+    }
+    let udp = human(profile.udp.replied);
+    if let Some(t) = timeout {
+        return invalid(t.span(), format!("idle_timeout: a UDP rule's flows live {}'s UDP timeout ({udp}); it takes no idle_timeout", profile.title));
+    }
+    if let Some(e) = expiry {
+        return invalid(
+            e.span(),
+            "expiry: UDP flows always end silently; a UDP rule takes no expiry",
+        );
+    }
+    Ok(())
 }
 
 /// A rule's `protocol`; `default` when it names none.
@@ -1260,6 +1302,19 @@ expiry = "silent"
         let shared = format!("{head}[[outbound_rule]]\nname = \"e\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nports_per_member = 64\n");
         let err = Config::from_toml(&shared, "gw.toml").unwrap_err();
         assert!(err.message.contains("lends ports on demand"), "{err}");
+    }
+
+    #[test]
+    fn a_udp_rule_takes_no_idle_timeout_or_expiry() {
+        let udp = VALID.replace("protocol = \"tcp\"", "protocol = \"udp\"");
+        let err = Config::from_toml(&udp, "gw.toml").unwrap_err();
+        assert_eq!(err.line, 16);
+        assert!(
+            err.message.contains(
+                "a UDP rule's flows live Azure LB's UDP timeout (4 min); it takes no idle_timeout"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -155,6 +155,18 @@ impl From<&Flow> for FlowSummary {
     }
 }
 
+/// The SNAT ports of one frontend address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatUsage {
+    pub frontend: Ipv4Addr,
+    /// Lent to flows.
+    pub lent: usize,
+    /// Waiting out their hold after a flow ended.
+    pub held: usize,
+    /// Ready to lend (held ports whose hold is over count as held until lent again).
+    pub free: usize,
+}
+
 /// A flow as `idlegate flows` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowInfo {
@@ -520,6 +532,11 @@ impl Engine {
         self.flows.len()
     }
 
+    /// The names of all rules, as written in the config.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+
     /// The name of rule `id` as written in the config.
     pub fn rule_name(&self, id: RuleId) -> &str {
         self.rules
@@ -559,11 +576,14 @@ impl Engine {
         ids.len()
     }
 
-    /// SNAT ports per frontend address with outbound rules: (frontend, lent, not lent).
-    pub fn snat_usage(&self) -> impl Iterator<Item = (Ipv4Addr, usize, usize)> + '_ {
-        self.snat
-            .iter()
-            .map(|s| (s.frontend(), s.lent(), s.total() - s.lent()))
+    /// SNAT ports per frontend address with outbound rules.
+    pub fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
+        self.snat.iter().map(|s| SnatUsage {
+            frontend: s.frontend(),
+            lent: s.lent(),
+            held: s.held(),
+            free: s.total() - s.lent() - s.held(),
+        })
     }
 
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
@@ -599,7 +619,7 @@ impl Engine {
         since: Tick,
     ) -> Verdict {
         if self.flows.get(id).state == FlowState::Discarding {
-            return self.discard(id, from, headers, since);
+            return self.discard(id, from, headers, packet, since);
         }
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         let from_initiator = from == rule.origin();
@@ -649,8 +669,30 @@ impl Engine {
     /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
     /// receiver would (data, FIN, a keepalive probe), and dropped. Pure ACKs and RSTs get no
     /// answer. Every segment keeps the discarding flow for another idle timeout.
-    fn discard(&mut self, id: FlowId, from: Interface, headers: &Headers, since: Tick) -> Verdict {
-        if let Some(segment) = headers.tcp.filter(|s| !s.flags.rst()) {
+    fn discard(
+        &mut self,
+        id: FlowId,
+        from: Interface,
+        headers: &Headers,
+        packet: &mut [u8],
+        since: Tick,
+    ) -> Verdict {
+        let from_initiator = from == self.rules[usize::from(self.flows.get(id).rule)].origin();
+        match headers.tcp {
+            // A RST ends it; a new connection on the tuple replaces it.
+            Some(segment) if segment.flags.rst() => {
+                self.wheel.remove(&mut self.flows, id);
+                self.forget(id, since);
+                return self.drop(DropReason::Discarded);
+            }
+            Some(segment) if segment.flags.is_connect() && from_initiator => {
+                self.wheel.remove(&mut self.flows, id);
+                self.forget(id, since);
+                return self.no_flow(from, headers, packet, since);
+            }
+            _ => {}
+        }
+        if let Some(segment) = headers.tcp {
             let flow = self.flows.get_mut(id);
             let (expected, _) = flow.next_seqs(from);
             flow.track_sequence(from, &segment);
@@ -864,13 +906,19 @@ impl Engine {
     }
 
     /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
+    /// Every refused connection is counted; the event (and so the log line) comes once per
+    /// exhaustion, not on every packet.
     fn port_exhausted(&mut self, rule: RuleId, member: Ipv4Addr) -> Verdict {
-        if let Translation::Outbound { frontend, .. } = self.rules[usize::from(rule)].translation {
-            self.events.push_back(Event::PortExhausted {
-                rule,
-                frontend,
-                member,
-            });
+        if let Translation::Outbound { frontend, snat, .. } =
+            self.rules[usize::from(rule)].translation
+        {
+            if self.snat[snat].newly_exhausted(member) {
+                self.events.push_back(Event::PortExhausted {
+                    rule,
+                    frontend,
+                    member,
+                });
+            }
         }
         self.drop(DropReason::PortExhausted)
     }
@@ -945,7 +993,7 @@ impl Engine {
         });
         match action {
             Expiry::AckAndDiscard => {
-                let deadline = now.max(flow.deadline) + idle;
+                let deadline = now + idle;
                 let ghost = self.flows.get_mut(id);
                 (ghost.state, ghost.deadline) = (FlowState::Discarding, deadline);
                 self.wheel.insert(&mut self.flows, id, deadline);

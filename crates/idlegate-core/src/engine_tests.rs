@@ -581,6 +581,44 @@ fn expire_now_applies_each_matching_rules_expiry_action_at_once() {
 }
 
 #[test]
+fn a_discarding_flow_ends_at_a_rst_and_gives_way_to_a_new_connection() {
+    let mut h = Harness::new("ack-and-discard");
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS);
+    assert_eq!(
+        h.engine.flows(h.at(IDLE_MS)).next().unwrap().state,
+        FlowState::Discarding
+    );
+    // A new connection on the same tuple replaces the discarding flow.
+    client.snd_nxt = 555;
+    let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(
+        h.engine.flows(h.at(IDLE_MS)).next().unwrap().state,
+        FlowState::SynSent
+    );
+    // And a RST ends a discarding flow at once.
+    let (mut other, other_server) = h.connect_inbound(40_001);
+    h.advance_to(2 * IDLE_MS + 1);
+    let discarding = |h: &Harness| {
+        h.engine
+            .flows(h.at(h.now))
+            .filter(|f| f.state == FlowState::Discarding)
+            .count()
+    };
+    assert_eq!(discarding(&h), 1);
+    h.send(
+        &mut other,
+        FRONTEND_7000,
+        TcpFlags::RST,
+        other_server.snd_nxt,
+        b"",
+    );
+    assert_eq!(discarding(&h), 0);
+    let _ = server;
+}
+
+#[test]
 fn reset_is_sent_only_for_established_flows() {
     // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
     let mut h = Harness::new("reset");
@@ -1123,11 +1161,19 @@ members = [{{ name = "vm1", address = "192.0.2.11" }}]
 [[lb_rule]]
 name = "dns"
 frontend = "public"
-protocol = "udp"
+protocol = "all"
 frontend_port = 53
 backend_pool = "vms"
 backend_port = 5353
+idle_timeout = "10m"
 expiry = "{expiry}"
+[[lb_rule]]
+name = "udp-only"
+frontend = "public"
+protocol = "udp"
+frontend_port = 54
+backend_pool = "vms"
+backend_port = 5454
 [[outbound_rule]]
 name = "egress"
 frontend = "public"
@@ -1173,7 +1219,7 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
     assert_eq!(h.engine.flow_count(), 1);
     h.advance_to(1_000 + UDP_MS);
     assert_eq!(h.engine.flow_count(), 0);
-    // The rule says reset, but a UDP flow ends silently.
+    // The rule says reset after 10 min, but a UDP flow lives the UDP timeout and ends silently.
     assert_eq!(h.expired(), vec![(1_000 + UDP_MS, Expiry::Silent)]);
     assert!(h.sent.is_empty());
     // A late answer is a new outbound datagram now: it leaves from a SNAT port, not from the
@@ -1215,11 +1261,17 @@ fn a_rules_protocol_decides_which_packets_it_takes() {
         iface: Interface::Outside,
         snd_nxt: 1,
     };
-    let (v, _) = h.send(&mut client, ep(FRONTEND, 53), TcpFlags::SYN, 0, b"");
+    let (v, _) = h.send(&mut client, ep(FRONTEND, 54), TcpFlags::SYN, 0, b"");
     assert_eq!(
         v,
         Verdict::Drop(DropReason::NoRule),
         "the UDP rule takes no TCP"
+    );
+    let (v, _) = h.send(&mut client, ep(FRONTEND, 53), TcpFlags::SYN, 0, b"");
+    assert_eq!(
+        v,
+        Verdict::Forward(Interface::Inside),
+        "the \"all\" rule takes TCP too"
     );
 }
 

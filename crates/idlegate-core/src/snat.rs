@@ -35,6 +35,8 @@ struct Block {
     /// Ports held after a FIN and after a RST, each in order of release: (port, free again at).
     held_fin: VecDeque<(u16, Tick)>,
     held_rst: VecDeque<(u16, Tick)>,
+    /// Exhaustion was reported and no port has been lent since.
+    exhausted: bool,
 }
 
 /// The SNAT ports of one frontend address.
@@ -70,6 +72,7 @@ impl SnatPorts {
                     free,
                     held_fin: VecDeque::with_capacity(capacity),
                     held_rst: VecDeque::with_capacity(capacity),
+                    exhausted: false,
                 }
             })
             .collect();
@@ -132,6 +135,7 @@ impl SnatPorts {
             }
         }
         let port = block.free.pop_front()?;
+        block.exhausted = false;
         self.lent[usize::from(port) / 64] |= 1 << (port % 64);
         self.lent_count += 1;
         Some(port)
@@ -147,14 +151,31 @@ impl SnatPorts {
             return;
         };
         let block = &mut self.blocks[i];
-        match ending {
-            Ending::Fin => block
-                .held_fin
-                .push_back((port, ended + self.holds.after_fin)),
-            Ending::Rst => block
-                .held_rst
-                .push_back((port, ended + self.holds.after_rst)),
-        }
+        let (held, until) = match ending {
+            Ending::Fin => (&mut block.held_fin, ended + self.holds.after_fin),
+            Ending::Rst => (&mut block.held_rst, ended + self.holds.after_rst),
+        };
+        // Kept in order of release, so `allocate` need only look at the front: flows end at
+        // their last packet or at their expiry, which are not always in order.
+        let at = held.partition_point(|&(_, u)| u <= until);
+        held.insert(at, (port, until));
+    }
+
+    /// Whether `member`'s block has run out, the first time since it last lent a port: for
+    /// telling of exhaustion once, not on every packet.
+    pub fn newly_exhausted(&mut self, member: Ipv4Addr) -> bool {
+        let Some(&i) = self.by_member.get(&member) else {
+            return false;
+        };
+        !std::mem::replace(&mut self.blocks[i].exhausted, true)
+    }
+
+    /// Ports of all blocks that are held, not yet free again.
+    pub fn held(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| b.held_fin.len() + b.held_rst.len())
+            .sum()
     }
 
     /// Takes back a port that was lent but never used (its connection was refused at once).
@@ -265,6 +286,20 @@ mod tests {
         );
         assert_eq!(pool.allocate(B, 0), None);
         assert_eq!((pool.total(), pool.lent()), (3, 3));
+    }
+
+    #[test]
+    fn a_port_whose_hold_ended_first_is_lent_first_whatever_the_release_order() {
+        // A half-open flow expiring at 130 holds its port to 145; a flow reset at 101 and
+        // released at 131 holds its port only to 116.
+        let mut pool = SnatPorts::new(Ipv4Addr::new(203, 0, 113, 10), &[(A, 2)], 1024.., HOLDS);
+        let (p, q) = (pool.allocate(A, 0).unwrap(), pool.allocate(A, 0).unwrap());
+        pool.release(A, p, Ending::Rst, 130);
+        pool.release(A, q, Ending::Rst, 101);
+        assert_eq!(pool.held(), 2);
+        assert_eq!(pool.allocate(A, 131), Some(q));
+        assert_eq!(pool.allocate(A, 131), None);
+        assert_eq!(pool.allocate(A, 145), Some(p));
     }
 
     #[test]

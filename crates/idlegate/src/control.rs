@@ -20,12 +20,17 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "kebab-case")]
+#[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// The live flow table.
     Flows,
-    /// Expire now, with their rules' actions, the flows of `rule`, or all flows.
-    Expire { rule: Option<String> },
+    /// Expire now, with their rules' actions, the flows of `rule`, or with `all`, every flow.
+    Expire {
+        #[serde(default)]
+        rule: Option<String>,
+        #[serde(default)]
+        all: bool,
+    },
 }
 
 /// What the gateway answers.
@@ -112,6 +117,11 @@ impl Control {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!("control socket {}: {e}", self.path.display());
                     return;
@@ -131,13 +141,9 @@ fn answer(stream: mio::net::UnixStream, engine: &mut Engine) -> Result<()> {
     // mio's stream is a plain socket: serve it blocking, briefly.
     let stream: UnixStream = std::os::fd::OwnedFd::from(stream).into();
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .take(64 * 1024)
-        .read_line(&mut line)?;
-    let response = match serde_json::from_str::<Request>(&line) {
+    let line = read_request(&stream)?;
+    let response = match serde_json::from_slice::<Request>(&line) {
         Ok(request) => respond(request, engine),
         Err(e) => Response::Error {
             message: format!("not a request: {e}"),
@@ -159,7 +165,25 @@ fn respond(request: Request, engine: &mut Engine) -> Response {
                 .collect();
             Response::Flows { flows }
         }
-        Request::Expire { rule } => {
+        Request::Expire {
+            rule: None,
+            all: false,
+        }
+        | Request::Expire {
+            rule: Some(_),
+            all: true,
+        } => Response::Error {
+            message: "expire needs either a rule or all".to_string(),
+        },
+        Request::Expire {
+            rule: Some(rule), ..
+        } if !engine.rule_names().any(|r| r == rule) => {
+            let names: Vec<&str> = engine.rule_names().collect();
+            Response::Error {
+                message: format!("no rule {rule:?}; rules: {}", names.join(", ")),
+            }
+        }
+        Request::Expire { rule, .. } => {
             let count = engine.expire_now(now, |name| rule.as_deref().is_none_or(|r| r == name));
             if let Some(rule) = &rule {
                 tracing::info!("control: expired {count} flow(s) of rule {rule} now");
@@ -169,6 +193,27 @@ fn respond(request: Request, engine: &mut Engine) -> Response {
             Response::Expired { count }
         }
     }
+}
+
+/// Reads the request line, all of it within [`CLIENT_TIMEOUT`] however slowly it comes, and at
+/// most 64 KiB.
+fn read_request(stream: &UnixStream) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
+    let mut line = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    while !line.contains(&b'\n') && line.len() < 64 * 1024 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("no request within {CLIENT_TIMEOUT:?}");
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = (&*stream).read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&chunk[..n]);
+    }
+    Ok(line)
 }
 
 /// The client's end: sends `request` to the gateway at `path` and returns its answer.
@@ -199,9 +244,12 @@ mod tests {
     fn requests_and_responses_read_as_json_lines() {
         let expire = serde_json::to_string(&Request::Expire {
             rule: Some("app".into()),
+            all: false,
         })
         .unwrap();
-        assert_eq!(expire, r#"{"request":"expire","rule":"app"}"#);
+        assert_eq!(expire, r#"{"request":"expire","rule":"app","all":false}"#);
+        // A misspelt field is refused, not taken for "expire everything".
+        assert!(serde_json::from_str::<Request>(r#"{"request":"expire","rul":"app"}"#).is_err());
         assert_eq!(
             serde_json::from_str::<Request>(r#"{"request":"flows"}"#).unwrap(),
             Request::Flows

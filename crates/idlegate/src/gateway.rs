@@ -81,8 +81,8 @@ pub struct Gateway {
     capture: Option<Capture>,
     /// Where `--metrics` serves Prometheus.
     metrics: Option<Metrics>,
-    /// Packets and bytes per interface and direction.
-    traffic: Traffic,
+    /// Packets and bytes per interface and direction, counted only for `--metrics`.
+    traffic: Option<Traffic>,
     buf: Box<[u8; BUF_LEN]>,
     /// Member addresses and names, for log lines.
     member_names: Vec<(Ipv4Addr, String)>,
@@ -145,7 +145,7 @@ impl Gateway {
             control,
             capture,
             metrics,
-            traffic: Traffic::default(),
+            traffic: options.metrics.map(|_| Traffic::default()),
             readable: vec![false; ports.len()],
             member_names: config
                 .backend_pools
@@ -197,8 +197,8 @@ impl Gateway {
                         }
                     }
                     METRICS => {
-                        if let Some(metrics) = &mut self.metrics {
-                            metrics.serve(&self.engine, &self.traffic);
+                        if let (Some(metrics), Some(traffic)) = (&mut self.metrics, &self.traffic) {
+                            metrics.serve(&self.engine, traffic);
                         }
                     }
                     Token(i) => self.readable[i] = true,
@@ -240,7 +240,9 @@ impl Gateway {
                 }
             };
             let interface = port.interface;
-            self.traffic.count(interface, Direction::In, n);
+            if let Some(traffic) = &mut self.traffic {
+                traffic.count(interface, Direction::In, n);
+            }
             self.record(n);
             match self
                 .engine
@@ -280,7 +282,9 @@ impl Gateway {
                         self.capture = None;
                     }
                 }
-                self.traffic.count(out, Direction::Out, len);
+                if let Some(traffic) = &mut self.traffic {
+                    traffic.count(out, Direction::Out, len);
+                }
                 if let Err(e) = port.tun.send(packet) {
                     self.tx_errors += 1;
                     tracing::debug!(device = port.tun.name(), "write failed: {e}");

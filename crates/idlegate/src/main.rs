@@ -227,7 +227,10 @@ fn flows(args: FlowsArgs) -> Result<()> {
     let path = args.lab.as_deref().map_or(args.control, lab::control_path);
     let request = match &args.action {
         None => Request::Flows,
-        Some(FlowsAction::Expire { rule, .. }) => Request::Expire { rule: rule.clone() },
+        Some(FlowsAction::Expire { rule, all }) => Request::Expire {
+            rule: rule.clone(),
+            all: *all,
+        },
     };
     match control::ask(&path, &request)? {
         Response::Error { message } => anyhow::bail!("the gateway refused: {message}"),
@@ -245,13 +248,20 @@ fn flows(args: FlowsArgs) -> Result<()> {
 
 fn flow_table(flows: &[FlowRow]) -> String {
     let mut out = format!(
-        "{:<16} {:<22} {:<22} {:<22} {:<12} {:>9} {:>11}\n",
-        "RULE", "REMOTE", "PUBLIC", "PRIVATE", "STATE", "IDLE FOR", "EXPIRES IN"
+        "{:<16} {:<5} {:<22} {:<22} {:<22} {:<12} {:>9} {:>11}\n",
+        "RULE", "PROTO", "REMOTE", "PUBLIC", "PRIVATE", "STATE", "IDLE FOR", "EXPIRES IN"
     );
     for f in flows {
         out += &format!(
-            "{:<16} {:<22} {:<22} {:<22} {:<12} {:>8.1}s {:>10.1}s\n",
-            f.rule, f.remote, f.public, f.private, f.state, f.idle_for_s, f.expires_in_s
+            "{:<16} {:<5} {:<22} {:<22} {:<22} {:<12} {:>8.1}s {:>10.1}s\n",
+            f.rule,
+            f.protocol,
+            f.remote,
+            f.public,
+            f.private,
+            f.state,
+            f.idle_for_s,
+            f.expires_in_s
         );
     }
     out += &format!("{} flow(s)\n", flows.len());

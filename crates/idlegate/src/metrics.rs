@@ -82,6 +82,12 @@ impl Metrics {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // One client's failure must not leave the others queued (edge-triggered).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     tracing::warn!("metrics listener: {e}");
                     return;
@@ -93,11 +99,17 @@ impl Metrics {
 
 fn answer(mut stream: TcpStream, engine: &Engine, traffic: &Traffic) -> Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    // The whole request within CLIENT_TIMEOUT, however slowly its bytes come.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            anyhow::bail!("no request within {CLIENT_TIMEOUT:?}");
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             break;
@@ -122,6 +134,14 @@ fn answer(mut stream: TcpStream, engine: &Engine, traffic: &Traffic) -> Result<(
     Ok(())
 }
 
+/// A label value as the exposition format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The exposition text.
 pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
     let mut out = String::new();
@@ -131,15 +151,24 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let mut by_rule_state: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    // Counted by (rule id, state) without allocating per flow; named once per series.
+    let mut by_rule_state: BTreeMap<(u16, &'static str), u64> = BTreeMap::new();
     for f in engine.flows(now) {
         *by_rule_state
-            .entry((engine.rule_name(f.flow.rule).to_string(), f.state.as_str()))
+            .entry((f.flow.rule, f.state.as_str()))
             .or_default() += 1;
     }
     let flows: Vec<(String, u64)> = by_rule_state
         .into_iter()
-        .map(|((rule, state), n)| (format!("{{rule=\"{rule}\",state=\"{state}\"}}"), n))
+        .map(|((rule, state), n)| {
+            (
+                format!(
+                    "{{rule=\"{}\",state=\"{state}\"}}",
+                    escape(engine.rule_name(rule))
+                ),
+                n,
+            )
+        })
         .collect();
     family(
         "idlegate_flows",
@@ -188,23 +217,19 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
     );
     let snat: Vec<(String, u64)> = engine
         .snat_usage()
-        .flat_map(|(frontend, lent, free)| {
-            [
+        .flat_map(|u| {
+            [("in_use", u.lent), ("held", u.held), ("free", u.free)].map(|(state, n)| {
                 (
-                    format!("{{frontend=\"{frontend}\",state=\"in_use\"}}"),
-                    lent as u64,
-                ),
-                (
-                    format!("{{frontend=\"{frontend}\",state=\"free\"}}"),
-                    free as u64,
-                ),
-            ]
+                    format!("{{frontend=\"{}\",state=\"{state}\"}}", u.frontend),
+                    n as u64,
+                )
+            })
         })
         .collect();
     family(
         "idlegate_snat_ports",
         "gauge",
-        "SNAT ports per frontend: lent to flows, or not.",
+        "SNAT ports per frontend: lent to flows, held after a flow ended, or free.",
         &snat,
     );
     let sides = [

@@ -1031,6 +1031,10 @@ fn metrics_show_flows_by_rule_and_state_snat_ports_and_traffic() {
         value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"in_use\"}"),
         0
     );
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"held\"}"),
+        0
+    );
     assert!(
         value("idlegate_packets_total{interface=\"outside\",direction=\"in\"}") >= 3,
         "SYN, ACK, data"
