@@ -1145,7 +1145,13 @@ expiry = "reset-on-next"
         snd_nxt: 1,
     };
     h.send(&mut stray, ep(FRONTEND, 50101), TcpFlags::ACK, 1, b"x");
-    assert_eq!(h.sent.len(), 1);
+    let (iface, rst) = h.sent.pop().expect("a RST");
+    let hd = Headers::parse(&rst).unwrap();
+    assert!(hd.tcp.unwrap().flags.rst());
+    assert_eq!(
+        (iface, hd.src, hd.dst),
+        (Interface::Outside, ep(FRONTEND, 50101), stray.addr)
+    );
 }
 
 fn udp_config(expiry: &str) -> Config {
