@@ -542,12 +542,8 @@ backend_port = 2222
 fn ack_and_discard_acknowledges_the_clients_data_and_the_server_never_gets_it() {
     // Seed 004's first observation, as a test double: ACKed but never delivered.
     let report = demo(&["--expiry", "ack-and-discard"]);
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
     let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
-    assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::Null, &Value::Null)
-    );
     assert_eq!(
         plain["unacknowledged_at_end"], 0,
         "the gateway acknowledged \"c\""
@@ -639,6 +635,16 @@ backend_port = 5301
     );
 }
 
+/// The plain connection's fate in a demo report: what arrived, and the errno each side saw.
+fn plain_fate(report: &Value) -> (Vec<&str>, Option<&str>, Option<&str>) {
+    let plain = connection(report, "no-keepalive");
+    (
+        strings(&plain["delivered"]),
+        plain["client_error"].as_str(),
+        plain["server_error"].as_str(),
+    )
+}
+
 /// The demo under `profile` with its defaults: the plain connection's fate, and the other two.
 fn profile_demo(profile: &str) -> Value {
     let report = demo(&["--profile", profile]);
@@ -661,23 +667,16 @@ fn profile_demo(profile: &str) -> Value {
 fn gcp_cloud_nat_forgets_an_idle_outbound_flow_silently() {
     // GCP Cloud NAT "NAT timeouts": 1200 s established, silent.
     let report = profile_demo("gcp-nat");
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
-    assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::Null, &Value::Null)
-    );
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }
 
 #[test]
 fn azure_nat_gateway_resets_the_next_sender_of_an_expired_outbound_flow() {
     // Azure NAT Gateway: silent at expiry, then a RST to the next sender.
     let report = profile_demo("azure-natgw");
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
     assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::from("ECONNRESET"), &Value::Null)
+        plain_fate(&report),
+        (vec!["a", "b"], Some("ECONNRESET"), None)
     );
 }
 
@@ -685,10 +684,9 @@ fn azure_nat_gateway_resets_the_next_sender_of_an_expired_outbound_flow() {
 fn aws_nat_gateway_resets_the_inside_host_that_sends_after_350_s() {
     // AWS NAT gateway: 350 s fixed; RST to the inside host on its next packet.
     let report = profile_demo("aws-natgw");
-    let plain = connection(&report, "no-keepalive");
     assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::from("ECONNRESET"), &Value::Null)
+        plain_fate(&report),
+        (vec!["a", "b"], Some("ECONNRESET"), None)
     );
 }
 
@@ -696,11 +694,9 @@ fn aws_nat_gateway_resets_the_inside_host_that_sends_after_350_s() {
 fn aws_nlb_resets_the_client_that_sends_on_an_expired_inbound_flow() {
     // AWS NLB: 350 s default; the next packet of the dead flow is answered with a RST.
     let report = profile_demo("aws-nlb");
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
     assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::from("ECONNRESET"), &Value::Null)
+        plain_fate(&report),
+        (vec!["a", "b"], Some("ECONNRESET"), None)
     );
 }
 
@@ -784,23 +780,16 @@ idle_timeout = "4m"
 fn azure_default_outbound_access_forgets_an_idle_flow_silently_after_4_min() {
     // Seeds 000 and 003: outbound SNAT, 4 min fixed, no RST.
     let report = profile_demo("azure-snat");
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
-    assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::Null, &Value::Null)
-    );
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }
 
 #[test]
 fn azure_firewall_resets_both_ends_of_an_idle_flow() {
     // Azure Firewall FAQ: 4 min, then a RST to both endpoints.
     let report = profile_demo("azure-firewall");
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
     assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::from("ECONNRESET"), &Value::from("ECONNRESET"))
+        plain_fate(&report),
+        (vec!["a", "b"], Some("ECONNRESET"), Some("ECONNRESET"))
     );
 }
 
@@ -812,10 +801,5 @@ fn an_rfc_5382_nat_forgets_an_idle_flow_no_sooner_than_2_h_4_min() {
         report["idle_timeout_s"].as_f64().unwrap() >= 3.9,
         "{report}"
     );
-    let plain = connection(&report, "no-keepalive");
-    assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
-    assert_eq!(
-        (&plain["client_error"], &plain["server_error"]),
-        (&Value::Null, &Value::Null)
-    );
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }
