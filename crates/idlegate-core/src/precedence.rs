@@ -7,7 +7,7 @@
 //! rule and say which setting won and why; the engine runs exactly what they say, and
 //! [`explain`] prints it for `--explain`.
 
-use crate::config::{human, Config, Idle, TimeoutFrom};
+use crate::config::{human, Config, Idle, Protocols, TimeoutFrom};
 use crate::expiry::Expiry;
 use std::fmt::Write;
 use std::time::Duration;
@@ -171,11 +171,20 @@ pub fn explain(config: &Config) -> String {
         config.profile.name, config.profile.title, config.time_scale, config.time_scale
     );
     let lines = (0..config.lb_rules.len())
-        .map(|i| ("lb_rule", &config.lb_rules[i].name, lb_rule(config, i)))
+        .map(|i| {
+            (
+                "lb_rule",
+                &config.lb_rules[i].name,
+                config.lb_rules[i].protocol,
+                lb_rule(config, i),
+            )
+        })
         .chain((0..config.inbound_nat_rules.len()).map(|i| {
+            let rule = &config.inbound_nat_rules[i];
             (
                 "inbound_nat_rule",
-                &config.inbound_nat_rules[i].name,
+                &rule.name,
+                rule.protocol,
                 inbound_nat_rule(config, i),
             )
         }))
@@ -183,25 +192,41 @@ pub fn explain(config: &Config) -> String {
             (
                 "nat_gateway",
                 &config.nat_gateways[i].name,
+                Protocols::All,
                 nat_gateway(config, i),
             )
         }))
         .chain((0..config.outbound_rules.len()).map(|i| {
+            let rule = &config.outbound_rules[i];
             (
                 "outbound_rule",
-                &config.outbound_rules[i].name,
+                &rule.name,
+                rule.protocol,
                 outbound_rule(config, i),
             )
         }));
-    for (kind, name, applied) in lines {
-        let _ = writeln!(
-            out,
-            "{kind} {name}: idle timeout {} (runs {:?}), expiry {}\n    because: {}",
-            human(applied.timeout),
-            config.scaled(applied.timeout),
-            applied.expiry,
-            applied.reason
-        );
+    let udp = &config.profile.udp;
+    for (kind, name, protocols, applied) in lines {
+        if protocols != Protocols::Udp {
+            let _ = writeln!(
+                out,
+                "{kind} {name}: idle timeout {} (runs {:?}), expiry {}\n    because: {}",
+                human(applied.timeout),
+                config.scaled(applied.timeout),
+                applied.expiry,
+                applied.reason
+            );
+        }
+        if protocols != Protocols::Tcp {
+            let _ = writeln!(
+                out,
+                "{kind} {name}: UDP flows live {} ({} while unanswered), runs {:?}, and end silently\n    because: {}'s UDP timeout; the rule's idle settings are for TCP",
+                human(udp.replied),
+                human(udp.unreplied),
+                config.scaled(udp.replied),
+                config.profile.title
+            );
+        }
     }
     out
 }
@@ -327,6 +352,15 @@ mod tests {
             "{report}"
         );
         assert!(report.contains("locked at 4 min"), "{report}");
+        // The outbound rule takes UDP too ("all"): its UDP flows are told apart.
+        assert!(
+            report.contains("outbound_rule egress: UDP flows live 4 min"),
+            "{report}"
+        );
+        assert!(
+            !report.contains("lb_rule app: UDP"),
+            "the LB rule is TCP only: {report}"
+        );
     }
 
     #[test]
