@@ -616,12 +616,6 @@ impl Validator {
         let frontend = self.frontend_ref(&r.frontend)?;
         let backend_pool = self.pool_ref(&r.backend_pool)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
-        udp_takes_no_idle_settings(
-            protocol,
-            r.idle_timeout.as_ref(),
-            r.expiry.as_ref(),
-            profile,
-        )?;
         let frontend_port = port(&r.frontend_port, "frontend_port")?;
         let backend_port = port(&r.backend_port, "backend_port")?;
         let claim = Claim {
@@ -632,6 +626,7 @@ impl Validator {
         };
         self.claim_ports(claim, &name, &r.frontend_port.span(), "frontend_port")?;
         let idle = idle(
+            protocol,
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
             &profile.lb_rule_idle,
@@ -665,12 +660,6 @@ impl Validator {
         let name = self.rule_name(&r.name)?;
         let frontend = self.frontend_ref(&r.frontend)?;
         let protocol = protocol(r.protocol.as_ref(), Protocols::Tcp)?;
-        udp_takes_no_idle_settings(
-            protocol,
-            r.idle_timeout.as_ref(),
-            r.expiry.as_ref(),
-            profile,
-        )?;
         let backend_port = port(&r.backend_port, "backend_port")?;
         let (first_port, last_port, members, span, field) = match (
             &r.frontend_port,
@@ -739,6 +728,7 @@ impl Validator {
         };
         self.claim_ports(claim, &name, &span, field)?;
         let idle = idle(
+            protocol,
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
             &profile.lb_rule_idle,
@@ -801,20 +791,15 @@ impl Validator {
         if let Some(other) = earlier.iter().find(|o| o.backend_pool == backend_pool) {
             return invalid(r.backend_pool.span(), format!("backend_pool \"{}\" already has outbound_rule \"{}\"; a pool's outbound connections can follow only one", r.backend_pool.get_ref(), other.name));
         }
+        let protocol = protocol(r.protocol.as_ref(), Protocols::All)?;
         let idle = idle(
+            protocol,
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
             &profile.outbound_rule_idle,
             profile,
         )?;
         let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
-        let protocol = protocol(r.protocol.as_ref(), Protocols::All)?;
-        udp_takes_no_idle_settings(
-            protocol,
-            r.idle_timeout.as_ref(),
-            r.expiry.as_ref(),
-            profile,
-        )?;
         Ok(OutboundRule {
             name,
             frontend,
@@ -874,6 +859,7 @@ impl Validator {
         }
         let natgw = &profile::AZURE_NATGW;
         let idle = idle(
+            Protocols::All,
             g.idle_timeout.as_ref(),
             g.expiry.as_ref(),
             &natgw.outbound_rule_idle,
@@ -1081,12 +1067,16 @@ fn protocol(p: Option<&S<String>>, default: Protocols) -> Result<Protocols, Inva
     }
 }
 
+/// A rule's idle settings, or the profile's defaults. A UDP-only rule takes none (see
+/// [`udp_takes_no_idle_settings`]).
 fn idle(
+    protocol: Protocols,
     timeout_setting: Option<&S<String>>,
     expiry: Option<&S<String>>,
     range: &TimeoutRange,
     profile: &Profile,
 ) -> Result<Idle, Invalid> {
+    udp_takes_no_idle_settings(protocol, timeout_setting, expiry, profile)?;
     let (timeout, timeout_from) = match timeout_setting {
         None => (range.default, TimeoutFrom::ProfileDefault),
         Some(t) => (timeout(t, range, profile)?, TimeoutFrom::Rule),

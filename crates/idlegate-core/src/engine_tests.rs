@@ -146,6 +146,34 @@ impl Harness {
         verdict
     }
 
+    /// A member opens a connection from `vm_port` to the server at 203.0.113.100:8000; returns
+    /// (member, server, the SYN's verdict, the SNAT endpoint it left from) after the three-way
+    /// handshake. The SNAT endpoint is the member's own address if the SYN was dropped.
+    fn connect_outbound(&mut self, vm_port: u16) -> (Peer, Peer, Verdict, SocketAddrV4) {
+        let server_addr = ep(CLIENT, 8_000);
+        let mut vm = Peer {
+            addr: ep(VM1, vm_port),
+            iface: Interface::Inside,
+            snd_nxt: 5,
+        };
+        let (v, syn) = self.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
+        let public = Headers::parse(&syn).unwrap().src;
+        let mut server = Peer {
+            addr: server_addr,
+            iface: Interface::Outside,
+            snd_nxt: 900,
+        };
+        self.send(
+            &mut server,
+            public,
+            TcpFlags::SYN | TcpFlags::ACK,
+            vm.snd_nxt,
+            b"",
+        );
+        self.send(&mut vm, server_addr, TcpFlags::ACK, server.snd_nxt, b"");
+        (vm, server, v, public)
+    }
+
     /// A client on the internet connects to the frontend; returns (client, server) peers after
     /// the three-way handshake, both in ESTABLISHED.
     fn connect_inbound(&mut self, client_port: u16) -> (Peer, Peer) {
@@ -945,34 +973,9 @@ fn a_port_closed_with_fin_is_held_longer_than_one_closed_with_rst() {
     let mut config = config("silent", ONE_VM);
     config.outbound_rules[0].ports_per_member = 8;
     let mut h = Harness::with(config);
-    // An established outbound connection from vm1's `port`: (vm, server, its SNAT port).
-    let open = |h: &mut Harness, port: u16| -> (Peer, Peer, Verdict, u16) {
-        let mut vm = Peer {
-            addr: ep(VM1, port),
-            iface: Interface::Inside,
-            snd_nxt: 5,
-        };
-        let (v, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
-        let public = Headers::parse(&syn).unwrap().src;
-        let mut server = Peer {
-            addr: ep(CLIENT, 8_000),
-            iface: Interface::Outside,
-            snd_nxt: 900,
-        };
-        h.send(
-            &mut server,
-            public,
-            TcpFlags::SYN | TcpFlags::ACK,
-            vm.snd_nxt,
-            b"",
-        );
-        h.send(
-            &mut vm,
-            ep(CLIENT, 8_000),
-            TcpFlags::ACK,
-            server.snd_nxt,
-            b"",
-        );
+    // An established outbound connection from vm1's `port`: (vm, server, verdict, SNAT port).
+    let open = |h: &mut Harness, port: u16| {
+        let (vm, server, v, public) = h.connect_outbound(port);
         (vm, server, v, public.port())
     };
     let mut conns: Vec<(Peer, Peer, Verdict, u16)> =
@@ -1299,32 +1302,7 @@ frontend = "public"
 backend_pool = "vms"
 "#;
     let mut h = Harness::with(Config::from_toml(text, "aws.toml").unwrap());
-    let mut vm = Peer {
-        addr: ep(VM1, 33_000),
-        iface: Interface::Inside,
-        snd_nxt: 5,
-    };
-    let (_, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
-    let public = Headers::parse(&syn).unwrap().src;
-    let mut server = Peer {
-        addr: ep(CLIENT, 8_000),
-        iface: Interface::Outside,
-        snd_nxt: 900,
-    };
-    h.send(
-        &mut server,
-        public,
-        TcpFlags::SYN | TcpFlags::ACK,
-        vm.snd_nxt,
-        b"",
-    );
-    h.send(
-        &mut vm,
-        ep(CLIENT, 8_000),
-        TcpFlags::ACK,
-        server.snd_nxt,
-        b"",
-    );
+    let (mut vm, mut server, _, public) = h.connect_outbound(33_000);
     h.advance_to(5_000); // 350 s / 70
     assert_eq!(h.expired(), vec![(5_000, Expiry::ResetOnNext)]);
     h.send(
