@@ -873,23 +873,27 @@ except OSError as e:
     print("%s after %.1fs" % (type(e).__name__, time.monotonic() - start))
 "#;
 
+/// A server on `port` in both members and a client in `internet` that has sent "a" through
+/// the frontend and holds the connection open; returns once a server got the "a".
+fn hold_connection(programs: &mut Programs, port: &str) {
+    let servers =
+        [("vm1", "vm1"), ("vm2", "vm2")].map(|(tag, host)| (format!("{tag}:{port}"), host));
+    for (tag, host) in &servers {
+        programs.python(tag, host, CHUNK_SERVER, &[port]);
+    }
+    let tags = [servers[0].0.as_str(), servers[1].0.as_str()];
+    programs.wait_each(&tags, "listening", LISTEN_TIMEOUT);
+    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, port]);
+    programs.wait_line(&tags, |l| l == "got a", Duration::from_secs(10));
+}
+
 #[test]
 fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_shows() {
     let pcap = tempfile::NamedTempFile::new().expect("a capture file");
     let pcap_path = pcap.path().to_str().expect("a UTF-8 path").to_string();
     let mut lab = Lab::up_with_args(&lab_name(), &example_config(), &["--pcap", &pcap_path]);
     let mut programs = Programs::new(&lab);
-    let servers = [("vm1:7001", "vm1", "7001"), ("vm2:7001", "vm2", "7001")];
-    for (tag, host, port) in servers {
-        programs.python(tag, host, CHUNK_SERVER, &[port]);
-    }
-    programs.wait_each(&servers.map(|s| s.0), "listening", LISTEN_TIMEOUT);
-    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, "7001"]);
-    programs.wait_line(
-        &servers.map(|s| s.0),
-        |l| l == "got a",
-        Duration::from_secs(10),
-    );
+    hold_connection(&mut programs, "7001");
 
     let listed = idlegate(&["flows", "--lab", &lab.name, "--json"], COMMAND_TIMEOUT);
     assert!(listed.status.success(), "{}", listed.stderr);
@@ -998,17 +1002,7 @@ fn metrics_show_flows_by_rule_and_state_snat_ports_and_traffic() {
     let addr = format!("127.0.0.1:{port}");
     let lab = Lab::up_with_args(&lab_name(), &example_config(), &["--metrics", &addr]);
     let mut programs = Programs::new(&lab);
-    let servers = [("vm1:7000", "vm1", "7000"), ("vm2:7000", "vm2", "7000")];
-    for (tag, host, port) in servers {
-        programs.python(tag, host, CHUNK_SERVER, &[port]);
-    }
-    programs.wait_each(&servers.map(|s| s.0), "listening", LISTEN_TIMEOUT);
-    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, "7000"]);
-    programs.wait_line(
-        &servers.map(|s| s.0),
-        |l| l == "got a",
-        Duration::from_secs(10),
-    );
+    hold_connection(&mut programs, "7000");
 
     let (status, body) = http_get(&addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
