@@ -474,7 +474,7 @@ impl Engine {
         };
         // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
         // neither ever cuts a flow short.
-        let (now, since) = (self.tick(now), self.tick_up(now));
+        let (now, since) = self.ticks(now);
         match self
             .flows
             .find(from, headers.src, headers.dst, headers.protocol)
@@ -598,10 +598,14 @@ impl Engine {
         now.saturating_duration_since(self.epoch).as_millis() as Tick
     }
 
-    /// `now` in ticks, rounded up.
-    fn tick_up(&self, now: Instant) -> Tick {
+    /// `now` in ticks, rounded down and rounded up.
+    fn ticks(&self, now: Instant) -> (Tick, Tick) {
         let elapsed = now.saturating_duration_since(self.epoch);
-        elapsed.as_millis() as Tick + Tick::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000))
+        let down = elapsed.as_millis() as Tick;
+        (
+            down,
+            down + Tick::from(!elapsed.subsec_nanos().is_multiple_of(1_000_000)),
+        )
     }
 
     fn drop(&mut self, reason: DropReason) -> Verdict {
