@@ -31,7 +31,7 @@
 
 use crate::expiry::Expiry;
 use crate::packet::Protocol;
-use crate::profile::{self, Allocation, Profile, TimeoutRange};
+use crate::profile::{self, Pickup, Profile, TimeoutRange};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -45,6 +45,9 @@ pub struct Config {
     pub profile: &'static Profile,
     /// Every timer is divided by this (≥ 1).
     pub time_scale: u32,
+    /// Which TCP segments open a flow: the profile's, or `loose_pickup` where the profile
+    /// lets a config choose.
+    pub pickup: Pickup,
     pub frontends: Vec<Frontend>,
     pub backend_pools: Vec<BackendPool>,
     pub lb_rules: Vec<LbRule>,
@@ -277,7 +280,8 @@ pub const MIN_SCALED_TIMER: Duration = Duration::from_millis(10);
 
 fn shortest_timer(profile: &Profile) -> Duration {
     profile
-        .transitory
+        .tcp
+        .shortest()
         .min(profile.udp.unreplied)
         .min(profile.udp.replied)
         .min(profile.lb_rule_idle.min)
@@ -290,10 +294,16 @@ pub fn max_time_scale(profile: &Profile) -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-/// A duration as people write it in these messages: "4 min", "30 s", "500 ms".
+/// A duration as people write it in these messages: "5 days", "24 h", "4 min", "30 s",
+/// "500 ms".
 pub fn human(d: Duration) -> String {
+    const HOUR: u128 = 3_600_000;
     let ms = d.as_millis();
-    if ms.is_multiple_of(60_000) && ms > 0 {
+    if ms.is_multiple_of(24 * HOUR) && ms >= 48 * HOUR {
+        format!("{} days", ms / (24 * HOUR))
+    } else if ms.is_multiple_of(HOUR) && ms >= 3 * HOUR {
+        format!("{} h", ms / HOUR)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{} min", ms / 60_000)
     } else if ms.is_multiple_of(1000) {
         format!("{} s", ms / 1000)
@@ -311,6 +321,7 @@ type S<T> = Spanned<T>;
 struct RawConfig {
     profile: Option<S<String>>,
     time_scale: Option<S<u32>>,
+    loose_pickup: Option<S<bool>>,
     #[serde(default)]
     frontend: Vec<S<RawFrontend>>,
     #[serde(default)]
@@ -479,6 +490,18 @@ impl Validator {
                 *t.get_ref()
             }
         };
+        let pickup = match &raw.loose_pickup {
+            None => profile.pickup.default,
+            Some(l) if !profile.pickup.configurable => {
+                let message = format!(
+                    "loose_pickup: {} (profile {}) has no such setting; it is Linux conntrack's (profiles linux-conntrack, kube-proxy)",
+                    profile.title, profile.name
+                );
+                return invalid(l.span(), message);
+            }
+            Some(l) if *l.get_ref() => Pickup::Loose,
+            Some(_) => Pickup::SynOnly,
+        };
         let frontends = self.frontends(&raw.frontend, profile)?;
         let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
         let mut lb_rules = Vec::new();
@@ -515,6 +538,7 @@ impl Validator {
         let config = Config {
             profile,
             time_scale,
+            pickup,
             frontends,
             backend_pools,
             lb_rules,
@@ -970,7 +994,7 @@ fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invali
     let Some(p) = p else {
         return Ok(policy.ports_per_member);
     };
-    if policy.allocation == Allocation::Shared {
+    if policy.allocation.on_demand() {
         let message = format!(
             "ports_per_member: {} lends ports on demand from the frontend's range; it takes no ports_per_member",
             profile.title
@@ -993,7 +1017,7 @@ fn ports_per_member(p: Option<&S<u32>>, profile: &Profile) -> Result<u16, Invali
 /// frontend IP, and no more than its port range holds besides its LB rules' ports.
 fn check_snat_totals(raw: &[S<RawOutboundRule>], config: &Config) -> Result<(), Invalid> {
     let mut totals = vec![0u32; config.frontends.len()];
-    if config.profile.snat.allocation == Allocation::Shared {
+    if config.profile.snat.allocation.on_demand() {
         return Ok(());
     }
     for (raw, rule) in raw.iter().zip(&config.outbound_rules) {
@@ -1205,6 +1229,8 @@ expiry = "silent"
             ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
             ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
             ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
+            ("time_scale = 60", "time_scale = 60\nloose_pickup = true", 3, "loose_pickup: Azure LB (profile azure-lb) has no such setting; it is Linux conntrack's"),
+            ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup"),
             ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
             ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
             ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 address"),

@@ -16,7 +16,7 @@ use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
-use crate::profile::{self, Allocation, ResetTarget};
+use crate::profile::{self, Allocation, Pickup, Refresh, ResetTarget, TcpTimers};
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -242,9 +242,35 @@ struct Rule {
     translation: Translation,
     protocols: Protocols,
     idle: Tick,
-    transitory: Tick,
+    tcp: TcpTicks,
     udp: UdpTicks,
     expiry: Expiry,
+}
+
+/// A profile's timers of TCP states other than ESTABLISHED, in ticks.
+#[derive(Debug, Clone, Copy)]
+struct TcpTicks {
+    syn_sent: Tick,
+    syn_received: Tick,
+    fin_wait: Tick,
+    close_wait: Tick,
+    last_ack: Tick,
+    time_wait: Tick,
+    close: Tick,
+}
+
+impl TcpTicks {
+    fn new(t: &TcpTimers, ticks: &impl Fn(Duration) -> Tick) -> TcpTicks {
+        TcpTicks {
+            syn_sent: ticks(t.syn_sent),
+            syn_received: ticks(t.syn_received),
+            fin_wait: ticks(t.fin_wait),
+            close_wait: ticks(t.close_wait),
+            last_ack: ticks(t.last_ack),
+            time_wait: ticks(t.time_wait),
+            close: ticks(t.close),
+        }
+    }
 }
 
 /// A profile's UDP timeouts, in ticks.
@@ -265,10 +291,16 @@ impl Rule {
 
     fn timeout(&self, state: FlowState) -> Tick {
         match state {
+            FlowState::Established | FlowState::Discarding => self.idle,
+            FlowState::SynSent => self.tcp.syn_sent,
+            FlowState::SynReceived => self.tcp.syn_received,
+            FlowState::FinWait => self.tcp.fin_wait,
+            FlowState::CloseWait => self.tcp.close_wait,
+            FlowState::LastAck => self.tcp.last_ack,
+            FlowState::TimeWait => self.tcp.time_wait,
+            FlowState::Closed => self.tcp.close,
             FlowState::Unreplied => self.udp.unreplied,
             FlowState::Replied => self.udp.replied,
-            state if state.uses_idle_timeout() => self.idle,
-            _ => self.transitory,
         }
     }
 }
@@ -285,6 +317,12 @@ pub struct Engine {
     member_hash: foldhash::fast::FixedState,
     /// Who `reset-on-next` answers.
     reset_target: ResetTarget,
+    /// Which segments open a flow.
+    pickup: Pickup,
+    /// Which packets keep a flow alive.
+    refresh: Refresh,
+    /// How outbound rules pick a flow's public port.
+    snat_allocation: Allocation,
     transmits: VecDeque<(Interface, Control)>,
     events: VecDeque<Event>,
     counters: Counters,
@@ -340,7 +378,7 @@ fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tic
     let address = config.frontends[frontend].address;
     match policy.allocation {
         Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),
-        Allocation::Shared => {
+        Allocation::Shared | Allocation::PreservePort => {
             let members: Vec<Ipv4Addr> = blocks.iter().map(|&(m, _)| m).collect();
             SnatPorts::shared(address, &members, ports, holds)
         }
@@ -355,7 +393,7 @@ impl Engine {
         let mut snat = Vec::new();
         // Rounded up: a scaled timer never runs short.
         let ticks = |d: Duration| config.scaled(d).as_nanos().div_ceil(1_000_000) as Tick;
-        let transitory = ticks(config.profile.transitory);
+        let tcp = TcpTicks::new(&config.profile.tcp, &ticks);
         let udp = UdpTicks {
             unreplied: ticks(config.profile.udp.unreplied),
             replied: ticks(config.profile.udp.replied),
@@ -379,7 +417,7 @@ impl Engine {
                 },
                 protocols: r.protocol,
                 idle: ticks(precedence::lb_rule(config, i).timeout),
-                transitory,
+                tcp,
                 udp,
                 expiry: r.idle.expiry,
             });
@@ -395,7 +433,7 @@ impl Engine {
                 },
                 protocols: r.protocol,
                 idle: ticks(precedence::inbound_nat_rule(config, i).timeout),
-                transitory,
+                tcp,
                 udp,
                 expiry: r.idle.expiry,
             });
@@ -420,7 +458,7 @@ impl Engine {
                 },
                 protocols: Protocols::All,
                 idle: ticks(g.idle.timeout),
-                transitory: ticks(natgw.transitory),
+                tcp: TcpTicks::new(&natgw.tcp, &ticks),
                 udp: UdpTicks {
                     unreplied: ticks(natgw.udp.unreplied),
                     replied: ticks(natgw.udp.replied),
@@ -447,7 +485,7 @@ impl Engine {
                 },
                 protocols: r.protocol,
                 idle: ticks(precedence::outbound_rule(config, i).timeout),
-                transitory,
+                tcp,
                 udp,
                 expiry: r.idle.expiry,
             });
@@ -460,6 +498,9 @@ impl Engine {
             snat,
             member_hash: foldhash::fast::FixedState::with_seed(MEMBER_HASH_SEED),
             reset_target: config.profile.reset_on_next,
+            pickup: config.pickup,
+            refresh: config.profile.refresh,
+            snat_allocation: config.profile.snat.allocation,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -628,17 +669,21 @@ impl Engine {
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         let from_initiator = from == rule.origin();
         let flow = self.flows.get_mut(id);
+        let before = flow.state;
+        let mut new_data = true;
         if headers.tcp.is_none() {
             flow.state = flow.state.after_datagram(from_initiator);
         }
         if let Some(segment) = headers.tcp {
             if segment.flags.is_connect()
                 && from_initiator
-                && matches!(flow.state, FlowState::Closing | FlowState::Closed)
+                && (flow.state.is_closing() || flow.state == FlowState::Closed)
             {
                 // The tuple is reused for a new connection.
                 flow.state = FlowState::SynSent;
             }
+            let (expected, _) = flow.next_seqs(from);
+            new_data = segment.flags.rst() || (segment.end().wrapping_sub(expected) as i32) > 0;
             // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
             // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
             if !segment.flags.rst() {
@@ -648,8 +693,12 @@ impl Engine {
                 flow.state = FlowState::Closed;
             }
         }
-        let deadline = since + rule.timeout(flow.state);
-        self.set_deadline(id, deadline);
+        // A box that counts only data (AWS ALB) lets ACKs and keepalive probes through
+        // without refreshing the flow; a change of state always restarts its timer.
+        if self.refresh == Refresh::AnyPacket || new_data || flow.state != before {
+            let deadline = since + rule.timeout(flow.state);
+            self.set_deadline(id, deadline);
+        }
         self.translate(id, from, headers, packet)
     }
 
@@ -737,7 +786,7 @@ impl Engine {
             // UDP has no handshake: any datagram a rule accepts opens a flow.
             return self.connect(from, headers, None, packet, since);
         };
-        if segment.flags.is_connect() {
+        if segment.flags.is_connect() || self.picks_up(from, headers, &segment) {
             return self.connect(from, headers, Some(&segment), packet, since);
         }
         if !segment.flags.rst() && self.resets_unknown(from, headers) {
@@ -746,7 +795,19 @@ impl Engine {
         self.drop(DropReason::NoFlow)
     }
 
-    /// A SYN (or a UDP datagram): find the rule that accepts it and create the flow.
+    /// Whether loose pickup makes `segment`, of a connection the gateway does not know, open a
+    /// flow: a plain ACK (conntrack's NONE + ACK → ESTABLISHED) that a rule would accept as a
+    /// new connection from `from`.
+    fn picks_up(&self, from: Interface, headers: &Headers, segment: &TcpSegment) -> bool {
+        let flags = segment.flags;
+        self.pickup == Pickup::Loose
+            && flags.ack()
+            && !(flags.syn() || flags.fin() || flags.rst())
+            && self.owner(from, headers, true).is_some()
+    }
+
+    /// A SYN (or a UDP datagram, or a segment loose pickup takes up): find the rule that
+    /// accepts it and create the flow.
     fn connect(
         &mut self,
         from: Interface,
@@ -758,12 +819,13 @@ impl Engine {
         let Some((rule_id, public, private)) = self.match_rule(from, headers) else {
             return self.drop(DropReason::NoRule);
         };
-        let Some(public) = public.or_else(|| self.lend_port(rule_id, *private.ip(), since)) else {
-            return self.port_exhausted(rule_id, *private.ip());
-        };
         let remote = match from {
             Interface::Outside => headers.src,
             Interface::Inside => headers.dst,
+        };
+        let public = public.or_else(|| self.lend_port(rule_id, headers, since));
+        let Some(public) = public else {
+            return self.port_exhausted(rule_id, *private.ip());
         };
         let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
         let refused = if self.flows.either_key_taken(&flow) {
@@ -781,6 +843,11 @@ impl Engine {
         }
         if let Some(segment) = segment {
             flow.track_sequence(from, segment);
+            if !segment.flags.syn() {
+                // Picked up mid-stream: the ACK tells where the other side stands.
+                flow.state = FlowState::Established;
+                flow.learn_peer_sequence(from, segment.ack);
+            }
         }
         flow.deadline = since + self.rules[usize::from(rule_id)].timeout(flow.state);
         let id = self.flows.insert(flow);
@@ -900,13 +967,27 @@ impl Engine {
         }
     }
 
-    fn lend_port(&mut self, rule: RuleId, member: Ipv4Addr, now: Tick) -> Option<SocketAddrV4> {
-        match self.rules[usize::from(rule)].translation {
-            Translation::Outbound { frontend, snat, .. } => self.snat[snat]
-                .allocate(member, now)
-                .map(|port| SocketAddrV4::new(frontend, port)),
-            Translation::LoadBalance { .. } | Translation::InboundNat { .. } => None,
+    /// A public address for a member's new outbound connection (`headers` is its first
+    /// packet): its own source port where the profile keeps it and no flow to the same remote
+    /// holds it, else a port lent from the rule's pool.
+    fn lend_port(&mut self, rule: RuleId, headers: &Headers, now: Tick) -> Option<SocketAddrV4> {
+        let Translation::Outbound { frontend, snat, .. } =
+            self.rules[usize::from(rule)].translation
+        else {
+            return None;
+        };
+        if self.snat_allocation == Allocation::PreservePort {
+            let own = SocketAddrV4::new(frontend, headers.src.port());
+            let taken = self
+                .flows
+                .find(Interface::Outside, headers.dst, own, headers.protocol);
+            if taken.is_none() {
+                return Some(own);
+            }
         }
+        self.snat[snat]
+            .allocate(*headers.src.ip(), now)
+            .map(|port| SocketAddrV4::new(frontend, port))
     }
 
     /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
@@ -938,7 +1019,7 @@ impl Engine {
             .deadline
             .saturating_sub(self.rules[usize::from(flow.rule)].timeout(flow.state));
         let (ending, ended) = match flow.state {
-            FlowState::Closing => (Ending::Fin, last_packet),
+            state if state.is_closing() => (Ending::Fin, last_packet),
             FlowState::Closed => (Ending::Rst, last_packet),
             _ => (Ending::Rst, now),
         };

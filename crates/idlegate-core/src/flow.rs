@@ -45,10 +45,17 @@ pub enum FlowState {
     SynSent,
     /// The responder's SYN-ACK went through.
     SynReceived,
-    /// The initiator acknowledged the SYN-ACK: the only state with the rule's idle timeout.
+    /// The initiator acknowledged the SYN-ACK (or, under loose pickup, an ACK of a connection
+    /// already under way opened the flow): the only state with the rule's idle timeout.
     Established,
     /// A FIN went through, in either direction.
-    Closing,
+    FinWait,
+    /// An ACK followed the FIN: one side is done, the other may still send (half-closed).
+    CloseWait,
+    /// FINs went both ways; the last ACK is awaited.
+    LastAck,
+    /// The last ACK went through.
+    TimeWait,
     /// A RST went through.
     Closed,
     /// Expired under `ack-and-discard`: the gateway answers what the endpoints send with ACKs
@@ -78,24 +85,33 @@ impl FlowState {
         }
     }
 
-    /// The state after a segment with `flags`, sent by the initiator or the responder.
+    /// The state after a segment with `flags`, sent by the initiator or the responder. The
+    /// closing states follow conntrack's table (nf_conntrack_proto_tcp.c): a FIN moves on
+    /// from ESTABLISHED or a FIN state, any other ACK moves a FIN state on, whoever sends it.
     pub fn after(self, flags: TcpFlags, from_initiator: bool) -> FlowState {
         use FlowState::*;
         if flags.rst() {
             return Closed;
         }
+        let (fin, ack) = (flags.fin(), flags.ack() && !flags.syn());
         match self {
             SynSent if !from_initiator && flags.syn() && flags.ack() => SynReceived,
-            SynReceived if from_initiator && flags.ack() && !flags.syn() => {
-                if flags.fin() {
-                    Closing
-                } else {
-                    Established
-                }
-            }
-            Established if flags.fin() => Closing,
+            SynReceived if fin => FinWait,
+            SynReceived if from_initiator && ack => Established,
+            Established if fin => FinWait,
+            FinWait | CloseWait if fin => LastAck,
+            FinWait if ack => CloseWait,
+            LastAck if ack && !fin => TimeWait,
             state => state,
         }
+    }
+
+    /// Whether a FIN has gone through (FIN_WAIT to TIME_WAIT).
+    pub fn is_closing(self) -> bool {
+        matches!(
+            self,
+            FlowState::FinWait | FlowState::CloseWait | FlowState::LastAck | FlowState::TimeWait
+        )
     }
 
     /// Established flows use the rule's idle timeout; all others the transitory timeout.
@@ -103,17 +119,15 @@ impl FlowState {
         self == FlowState::Established
     }
 
-    /// Which timeout runs in this state.
-    pub fn uses_idle_timeout(self) -> bool {
-        matches!(self, FlowState::Established | FlowState::Discarding)
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             FlowState::SynSent => "SYN_SENT",
             FlowState::SynReceived => "SYN_RECV",
             FlowState::Established => "ESTABLISHED",
-            FlowState::Closing => "CLOSING",
+            FlowState::FinWait => "FIN_WAIT",
+            FlowState::CloseWait => "CLOSE_WAIT",
+            FlowState::LastAck => "LAST_ACK",
+            FlowState::TimeWait => "TIME_WAIT",
             FlowState::Closed => "CLOSED",
             FlowState::Discarding => "DISCARDING",
             FlowState::Unreplied => "UNREPLIED",
@@ -180,6 +194,15 @@ impl Flow {
         let end = segment.end();
         if segment.flags.syn() || (end.wrapping_sub(*next) as i32) > 0 {
             *next = end;
+        }
+    }
+
+    /// Records where the side opposite `from` stands, from the acknowledgement number of a
+    /// segment from `from` (for a flow picked up mid-stream, whose other side is not yet seen).
+    pub fn learn_peer_sequence(&mut self, from: Interface, ack: u32) {
+        match from {
+            Interface::Outside => self.private_next_seq = ack,
+            Interface::Inside => self.remote_next_seq = ack,
         }
     }
 

@@ -36,8 +36,13 @@ pub struct Profile {
     pub public_ip_outbound_idle: Option<Duration>,
     /// Who gets the RST under `reset-on-next`.
     pub reset_on_next: ResetTarget,
-    /// Timeout of flows that are not established: handshake, closing (FIN) and closed (RST).
-    pub transitory: Duration,
+    /// Timeouts of TCP flows that are not established: handshake, closing (FIN) and closed
+    /// (RST).
+    pub tcp: TcpTimers,
+    /// Which segments may open a flow.
+    pub pickup: PickupPolicy,
+    /// Which packets keep a flow alive.
+    pub refresh: Refresh,
     /// The expiry action of a rule that names none.
     pub default_expiry: Expiry,
     /// Outbound SNAT ports.
@@ -75,6 +80,122 @@ pub enum ResetTarget {
     InsideOnly,
 }
 
+/// How long a TCP flow lives without a segment in each state but ESTABLISHED (whose timeout is
+/// the rule's). The states are conntrack's; a box that documents one transitory timer has it in
+/// every field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTimers {
+    /// The initiator's SYN went through.
+    pub syn_sent: Duration,
+    /// The responder's SYN-ACK went through.
+    pub syn_received: Duration,
+    /// A FIN went through, not yet acknowledged.
+    pub fin_wait: Duration,
+    /// A FIN was acknowledged; the other side may still send (half-closed).
+    pub close_wait: Duration,
+    /// FINs went both ways; the last ACK is awaited.
+    pub last_ack: Duration,
+    /// The last ACK went through.
+    pub time_wait: Duration,
+    /// A RST went through.
+    pub close: Duration,
+}
+
+impl TcpTimers {
+    /// One timeout for every state but ESTABLISHED.
+    pub const fn transitory(d: Duration) -> TcpTimers {
+        TcpTimers {
+            syn_sent: d,
+            syn_received: d,
+            fin_wait: d,
+            close_wait: d,
+            last_ack: d,
+            time_wait: d,
+            close: d,
+        }
+    }
+
+    /// Every timer, for finding the shortest.
+    pub fn all(&self) -> [Duration; 7] {
+        [
+            self.syn_sent,
+            self.syn_received,
+            self.fin_wait,
+            self.close_wait,
+            self.last_ack,
+            self.time_wait,
+            self.close,
+        ]
+    }
+
+    /// The shortest of them.
+    pub fn shortest(&self) -> Duration {
+        self.all().into_iter().min().unwrap_or(Duration::ZERO)
+    }
+
+    /// The longest of them.
+    pub fn longest(&self) -> Duration {
+        self.all().into_iter().max().unwrap_or(Duration::ZERO)
+    }
+
+    /// "30 s" when one timer serves every state, else each state with its timer.
+    pub fn summary(&self) -> String {
+        use crate::config::human;
+        if self.shortest() == self.longest() {
+            return human(self.syn_sent);
+        }
+        let names = [
+            "SYN_SENT",
+            "SYN_RECV",
+            "FIN_WAIT",
+            "CLOSE_WAIT",
+            "LAST_ACK",
+            "TIME_WAIT",
+            "CLOSE",
+        ];
+        let parts: Vec<String> = names
+            .iter()
+            .zip(self.all())
+            .map(|(name, d)| format!("{name} {}", human(d)))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Which TCP segments may open a flow that the box does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pickup {
+    /// Only a SYN; any other segment of an unknown connection is dropped.
+    SynOnly,
+    /// Also an ACK of a connection already under way (Linux `nf_conntrack_tcp_loose=1`): a
+    /// flow forgotten at its idle timeout comes back with the next packet its initiator's side
+    /// sends, in ESTABLISHED.
+    Loose,
+}
+
+/// A box's pickup and whether a config may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PickupPolicy {
+    pub default: Pickup,
+    /// Whether the config's `loose_pickup` may change it (a sysctl on Linux).
+    pub configurable: bool,
+}
+
+const SYN_ONLY: PickupPolicy = PickupPolicy {
+    default: Pickup::SynOnly,
+    configurable: false,
+};
+
+/// Which packets keep a flow alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Every packet in either direction, TCP keepalive probes included.
+    AnyPacket,
+    /// Only segments that carry new data (or SYN, FIN, RST): a proxy that terminates TCP
+    /// answers keepalive probes itself and never counts them (AWS ALB).
+    DataOnly,
+}
+
 /// How long a UDP flow lives without a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpTimeouts {
@@ -108,6 +229,17 @@ pub enum Allocation {
     PerMember,
     /// Every member draws from the frontend's whole range on demand (Azure NAT Gateway).
     Shared,
+    /// The member's own source port when no other flow to the same remote holds it, else one
+    /// on demand from the frontend's range (Linux masquerade, which changes a source port only
+    /// to keep tuples unique).
+    PreservePort,
+}
+
+impl Allocation {
+    /// Whether ports are lent on demand rather than from a block per member.
+    pub fn on_demand(self) -> bool {
+        self != Allocation::PerMember
+    }
 }
 
 const fn minutes(m: u64) -> Duration {
@@ -155,7 +287,9 @@ pub static AZURE_LB: Profile = Profile {
     }),
     public_ip_outbound_idle: Some(minutes(4)),
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -202,7 +336,9 @@ pub static AZURE_NATGW: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -238,7 +374,9 @@ pub static AWS_NLB: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::ResetOnNext,
     snat: NO_SNAT,
     udp: UdpTimeouts {
@@ -263,7 +401,9 @@ pub static AWS_NATGW: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::InsideOnly,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -284,8 +424,8 @@ pub static AWS_NATGW: Profile = Profile {
 /// - Outbound only. TCP established idle timeout 1200 s (20 min) by default; GCP lets it be
 ///   set, idlegate accepts 30 s–24 h.
 /// - At expiry: silent.
-/// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies as the hold of a
-///   port after a FIN; UDP 30 s.
+/// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies both to the flow
+///   after its last ACK and as the hold of its port after a FIN; UDP 30 s.
 /// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
 pub static GCP_NAT: Profile = Profile {
     name: "gcp-nat",
@@ -300,7 +440,12 @@ pub static GCP_NAT: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers {
+        time_wait: Duration::from_secs(120),
+        ..TcpTimers::transitory(Duration::from_secs(30))
+    },
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -332,7 +477,9 @@ pub static AZURE_SNAT: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -363,7 +510,9 @@ pub static AZURE_FIREWALL: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: Duration::from_secs(30),
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Reset,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -399,7 +548,9 @@ pub static RFC5382: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    transitory: minutes(4),
+    tcp: TcpTimers::transitory(minutes(4)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -415,6 +566,206 @@ pub static RFC5382: Profile = Profile {
     },
 };
 
+/// The largest timeout a Linux conntrack or IPVS sysctl holds: INT_MAX jiffies at HZ=1000.
+const SYSCTL_MAX: Duration = Duration::from_secs(2_147_483);
+
+/// What the kernel's conntrack does, as `net.netfilter.nf_conntrack_*` sets it.
+const CONNTRACK_TCP: TcpTimers = TcpTimers {
+    syn_sent: Duration::from_secs(120),
+    syn_received: Duration::from_secs(60),
+    fin_wait: Duration::from_secs(120),
+    close_wait: Duration::from_secs(60),
+    last_ack: Duration::from_secs(30),
+    time_wait: Duration::from_secs(120),
+    close: Duration::from_secs(10),
+};
+
+/// Linux masquerade: a member keeps its source port unless the tuple would clash; the port is
+/// free again the moment its entry is gone.
+const MASQUERADE: SnatPolicy = SnatPolicy {
+    allocation: Allocation::PreservePort,
+    ports_per_member: 0,
+    ports_per_member_step: 1,
+    ports_per_frontend: 64_512,
+    hold_after_fin: Duration::ZERO,
+    hold_after_rst: Duration::ZERO,
+};
+
+/// Linux netfilter connection tracking with NAT (nftables or iptables `dnat` and `masquerade`),
+/// at the kernel's defaults (Documentation/networking/nf_conntrack-sysctl.rst).
+///
+/// - `nf_conntrack_tcp_timeout_established` 432,000 s (5 days). A sysctl sets it for the whole
+///   namespace; an nftables `ct timeout` object sets it per rule, which is what a rule's
+///   `idle_timeout` here stands for. Accepted: 1 s up to what the sysctl holds (2,147,483 s).
+/// - Other states: SYN_SENT 120 s, SYN_RECV 60 s, FIN_WAIT 120 s, CLOSE_WAIT 60 s (a
+///   half-closed connection dies after a minute), LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s.
+///   Not modelled: `timeout_unacknowledged` and `timeout_max_retrans` (300 s while data waits
+///   for an ACK), which shorten a dead connection's entry, not an idle one's.
+/// - UDP: `nf_conntrack_udp_timeout` 30 s, `nf_conntrack_udp_timeout_stream` 120 s once
+///   answered (the kernel waits 2 s of two-way traffic before granting it; idlegate at once).
+/// - At expiry: silent; the entry is simply gone. With `nf_conntrack_tcp_loose=1` (the
+///   default; `loose_pickup = false` turns it off) the next ACK segment from the side that
+///   opened the connection makes a new entry in ESTABLISHED, so a client that speaks first
+///   after the timeout carries on; a server that speaks first is dropped (a router's input
+///   chain drops what is not its own).
+/// - Masquerade keeps the member's source port when the tuple stays unique, and frees it as
+///   soon as the entry is gone.
+pub static LINUX_CONNTRACK: Profile = CONNTRACK;
+
+/// Kubernetes kube-proxy in iptables or nftables mode: Linux conntrack, with the two timers
+/// kube-proxy sets at start-up (kube-proxy reference: `--conntrack-tcp-timeout-established`
+/// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h). Everything else is the kernel's, as in
+/// `linux-conntrack`. A Service is an `lb_rule` (DNAT to its endpoints), masquerade an
+/// `outbound_rule`.
+pub static KUBE_PROXY: Profile = Profile {
+    name: "kube-proxy",
+    title: "kube-proxy",
+    rules: Rules::InboundAndOutbound,
+    lb_rule_idle: TimeoutRange {
+        default: Duration::from_secs(86_400),
+        min: Duration::from_secs(1),
+        max: SYSCTL_MAX,
+    },
+    outbound_rule_idle: TimeoutRange {
+        default: Duration::from_secs(86_400),
+        min: Duration::from_secs(1),
+        max: SYSCTL_MAX,
+    },
+    tcp: TcpTimers {
+        close_wait: Duration::from_secs(3600),
+        ..CONNTRACK_TCP
+    },
+    ..CONNTRACK
+};
+
+/// Plain conntrack, as a `const` so that kube-proxy can start from it.
+const CONNTRACK: Profile = Profile {
+    name: "linux-conntrack",
+    title: "Linux conntrack",
+    rules: Rules::InboundAndOutbound,
+    lb_rule_idle: TimeoutRange {
+        default: Duration::from_secs(432_000),
+        min: Duration::from_secs(1),
+        max: SYSCTL_MAX,
+    },
+    outbound_rule_idle: TimeoutRange {
+        default: Duration::from_secs(432_000),
+        min: Duration::from_secs(1),
+        max: SYSCTL_MAX,
+    },
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    tcp: CONNTRACK_TCP,
+    pickup: PickupPolicy {
+        default: Pickup::Loose,
+        configurable: true,
+    },
+    refresh: Refresh::AnyPacket,
+    default_expiry: Expiry::Silent,
+    snat: MASQUERADE,
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(30),
+        replied: Duration::from_secs(120),
+    },
+};
+
+/// Linux IPVS, the kernel's L4 load balancer (ipvsadm(8), `--set tcp tcpfin udp`; the
+/// kernel's `ip_vs_proto_tcp.c` and `ip_vs_proto_udp.c` for the other states).
+///
+/// - Inbound only (virtual services). ESTABLISHED 900 s, set by `ipvsadm --set` to any number
+///   of seconds (idlegate: 1 s up to 2,147,483 s).
+/// - FIN_WAIT and TIME_WAIT 120 s (`tcpfin`), SYN_SENT 120 s, SYN_RECV 60 s, CLOSE_WAIT 60 s,
+///   LAST_ACK 30 s, CLOSE 10 s. UDP 300 s.
+/// - At expiry: silent. Only a SYN schedules a new connection (`net.ipv4.vs.sloppy_tcp=0`).
+///   Note: a director whose firewall lets a dead flow's next packet reach its own stack
+///   answers it with a RST; `expiry = "reset-on-next"` models that director.
+pub static IPVS: Profile = Profile {
+    name: "ipvs",
+    title: "Linux IPVS",
+    rules: Rules::InboundOnly,
+    lb_rule_idle: TimeoutRange {
+        default: Duration::from_secs(900),
+        min: Duration::from_secs(1),
+        max: SYSCTL_MAX,
+    },
+    outbound_rule_idle: fixed(Duration::from_secs(900)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    tcp: CONNTRACK_TCP,
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
+    default_expiry: Expiry::Silent,
+    snat: NO_SNAT,
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(300),
+        replied: Duration::from_secs(300),
+    },
+};
+
+/// GCP VPC firewall rules' connection tracking (GCP VPC firewall docs).
+///
+/// - Tracked connections are forgotten after 10 min idle, not configurable; silently.
+/// - GCP documents one figure; idlegate applies it to UDP too, and uses 30 s for transitory
+///   TCP states, as for the other boxes.
+/// - The firewall translates nothing: idlegate still maps its frontend to the members, which
+///   changes nothing of what an idle flow meets. Outbound ports are the member's own.
+pub static GCP_FIREWALL: Profile = Profile {
+    name: "gcp-firewall",
+    title: "GCP VPC firewall",
+    rules: Rules::InboundAndOutbound,
+    lb_rule_idle: fixed(minutes(10)),
+    outbound_rule_idle: fixed(minutes(10)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::AnyPacket,
+    default_expiry: Expiry::Silent,
+    snat: MASQUERADE,
+    udp: UdpTimeouts {
+        unreplied: minutes(10),
+        replied: minutes(10),
+    },
+};
+
+/// AWS Application Load Balancer (AWS ALB docs, "Connection idle timeout").
+///
+/// - Inbound only. Idle timeout 60 s by default, 1–4000 s.
+/// - Only data refreshes it: the ALB terminates TCP and answers keepalive probes itself, so
+///   TCP keepalive does not keep a connection open; idlegate counts only segments that carry
+///   new bytes (or SYN, FIN, RST).
+/// - At expiry the ALB closes both connections. An L4 gateway cannot close a TCP connection
+///   it is not an end of without a RST, so idlegate resets both ends: the application sees
+///   ECONNRESET where an ALB's client would read an end of stream.
+/// - Transitory: AWS documents none; idlegate uses 30 s. No UDP (idlegate: 60 s, unused by
+///   HTTP).
+pub static AWS_ALB: Profile = Profile {
+    name: "aws-alb",
+    title: "AWS ALB",
+    rules: Rules::InboundOnly,
+    lb_rule_idle: TimeoutRange {
+        default: Duration::from_secs(60),
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(4000),
+    },
+    outbound_rule_idle: fixed(Duration::from_secs(60)),
+    frontend_idle: None,
+    public_ip_outbound_idle: None,
+    reset_on_next: ResetTarget::Sender,
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    pickup: SYN_ONLY,
+    refresh: Refresh::DataOnly,
+    default_expiry: Expiry::Reset,
+    snat: NO_SNAT,
+    udp: UdpTimeouts {
+        unreplied: Duration::from_secs(60),
+        replied: Duration::from_secs(60),
+    },
+};
+
 /// The SNAT policy of a box that does no SNAT (never used: its outbound rules are refused).
 const NO_SNAT: SnatPolicy = SnatPolicy {
     allocation: Allocation::Shared,
@@ -426,14 +777,19 @@ const NO_SNAT: SnatPolicy = SnatPolicy {
 };
 
 /// Every profile idlegate knows.
-pub static ALL: [&Profile; 8] = [
+pub static ALL: [&Profile; 13] = [
     &AZURE_LB,
     &AZURE_SNAT,
     &AZURE_NATGW,
     &AZURE_FIREWALL,
     &AWS_NLB,
     &AWS_NATGW,
+    &AWS_ALB,
     &GCP_NAT,
+    &GCP_FIREWALL,
+    &LINUX_CONNTRACK,
+    &KUBE_PROXY,
+    &IPVS,
     &RFC5382,
 ];
 
@@ -453,7 +809,11 @@ pub fn example_config(profile: &Profile) -> String {
     use crate::config::human;
     let range = |r: &TimeoutRange| format!("{}–{}", human(r.min), human(r.max));
     let minutes = |d: Duration| {
-        if d.as_secs().is_multiple_of(60) {
+        if d.as_secs().is_multiple_of(86_400) {
+            format!("{}d", d.as_secs() / 86_400)
+        } else if d.as_secs().is_multiple_of(3600) && d.as_secs() >= 3 * 3600 {
+            format!("{}h", d.as_secs() / 3600)
+        } else if d.as_secs().is_multiple_of(60) {
             format!("{}m", d.as_secs() / 60)
         } else {
             format!("{}s", d.as_secs())
@@ -470,18 +830,36 @@ pub fn example_config(profile: &Profile) -> String {
     let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
     let expiries = expiries.join(" | ");
     let expiry = profile.default_expiry;
+    let pickup = if profile.pickup.configurable {
+        format!(
+            "loose_pickup = {}              # an ACK of an unknown connection opens a flow (nf_conntrack_tcp_loose)\n",
+            profile.pickup.default == Pickup::Loose
+        )
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "# {title} (profile {name}). Timers not set below take these defaults; transitory\n\
-         # (handshake, FIN, RST) flows live {transitory}, UDP flows {udp}.\n\
+        "# {title} (profile {name}). Timers not set below take these defaults.\n\
+         # TCP flows not established (handshake, FIN, RST): {transitory}\n\
+         # UDP flows: {udp}\n\
          profile = \"{name}\"\n\
-         time_scale = 60                  # every timer runs 1/60 as long: 4 min become 4 s\n\n\
+         time_scale = {scale}                  # every timer runs 1/{scale} as long\n{pickup}\n\
          [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n{frontend_idle}\n\
          [[backend_pool]]\nname = \"vms\"\n\
          members = [{{ name = \"vm1\", address = \"192.0.2.11\" }}, {{ name = \"vm2\", address = \"192.0.2.12\" }}]\n",
         title = profile.title,
         name = profile.name,
-        transitory = human(profile.transitory),
-        udp = human(profile.udp.replied),
+        transitory = profile.tcp.summary(),
+        udp = if profile.udp.unreplied == profile.udp.replied {
+            human(profile.udp.replied)
+        } else {
+            format!(
+                "{} unanswered, {} answered",
+                human(profile.udp.unreplied),
+                human(profile.udp.replied)
+            )
+        },
+        scale = crate::config::max_time_scale(profile).min(60),
     );
     if profile.rules.inbound() {
         text += &format!(
@@ -499,6 +877,9 @@ pub fn example_config(profile: &Profile) -> String {
                 profile.snat.ports_per_member, profile.snat.ports_per_member_step, profile.snat.ports_per_frontend
             ),
             Allocation::Shared => "# ports are lent on demand from the frontend's range\n".to_string(),
+            Allocation::PreservePort => {
+                "# members keep their source ports where the tuple stays unique\n".to_string()
+            }
         };
         text += &format!(
             "\n[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n{ports}\

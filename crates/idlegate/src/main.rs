@@ -293,7 +293,24 @@ fn profiles_table() -> String {
         if let Some(f) = &p.frontend_idle {
             line("frontend idle timeout (inbound)", range(f));
         }
-        line("transitory (SYN, FIN, RST)", human(p.transitory));
+        line("TCP not established (SYN, FIN, RST)", p.tcp.summary());
+        if p.pickup.default == profile::Pickup::Loose {
+            let configurable = if p.pickup.configurable {
+                " (loose_pickup = false turns it off)"
+            } else {
+                ""
+            };
+            line(
+                "unknown connections",
+                format!("an ACK re-opens a forgotten flow{configurable}"),
+            );
+        }
+        if p.refresh == profile::Refresh::DataOnly {
+            line(
+                "kept alive by",
+                "data only: TCP keepalive does not refresh".to_string(),
+            );
+        }
         line(
             "UDP (unanswered / answered)",
             format!("{} / {}", human(p.udp.unreplied), human(p.udp.replied)),
@@ -315,6 +332,9 @@ fn profiles_table() -> String {
                     p.snat.ports_per_frontend
                 ),
                 profile::Allocation::Shared => "on demand from the frontend's range".to_string(),
+                profile::Allocation::PreservePort => {
+                    "the member's own, unless the tuple clashes".to_string()
+                }
             };
             line("SNAT ports", ports);
             line(
