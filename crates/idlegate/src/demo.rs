@@ -56,6 +56,9 @@ struct Plan {
     profile: &'static Profile,
     expiry: Expiry,
     time_scale: u32,
+    /// The rules' `idle_timeout`, when the profile's default is too long to scale down to a
+    /// demo (Linux conntrack's 5 days); else the rules take the default.
+    idle_timeout: Option<Duration>,
     /// Inbound through LB rules, or outbound through outbound rules for a box with no inbound
     /// rules (a NAT gateway).
     direction: Direction,
@@ -82,18 +85,22 @@ impl Plan {
         } else {
             Direction::Outbound
         };
-        let default_idle = match direction {
-            Direction::Inbound => profile.lb_rule_idle.default,
-            Direction::Outbound => profile.outbound_rule_idle.default,
+        let range = match direction {
+            Direction::Inbound => profile.lb_rule_idle,
+            Direction::Outbound => profile.outbound_rule_idle,
         };
-        let auto = (default_idle.as_secs_f64() / DEMO_IDLE.as_secs_f64()).round() as u32;
+        let auto = (range.default.as_secs_f64() / DEMO_IDLE.as_secs_f64()).round() as u32;
         let time_scale = options
             .time_scale
             .unwrap_or_else(|| auto.clamp(1, config::max_time_scale(profile)));
+        let too_long = range.default / time_scale > DEMO_IDLE * 2;
+        let idle_timeout = (options.time_scale.is_none() && too_long)
+            .then(|| (DEMO_IDLE * time_scale).clamp(range.min, range.max));
         Ok(Plan {
             profile,
             expiry: options.expiry.unwrap_or(profile.default_expiry),
             time_scale,
+            idle_timeout,
             direction,
         })
     }
@@ -186,6 +193,10 @@ fn config_text(plan: &Plan) -> String {
         "profile = \"{}\"\ntime_scale = {}\n[[frontend]]\nname = \"public\"\naddress = \"{FRONTEND}\"\n",
         plan.profile.name, plan.time_scale
     );
+    let idle = match plan.idle_timeout {
+        Some(d) => format!("idle_timeout = \"{}s\"\n", d.as_secs()),
+        None => String::new(),
+    };
     match plan.direction {
         Direction::Inbound => {
             text += &format!("[[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"{VM1}\" }}]\n");
@@ -197,7 +208,7 @@ fn config_text(plan: &Plan) -> String {
                 };
                 text += &format!(
                     "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
-                     backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
+                     backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n{idle}"
                 );
             }
         }
@@ -208,7 +219,7 @@ fn config_text(plan: &Plan) -> String {
             ] {
                 text += &format!(
                     "[[backend_pool]]\nname = \"{pool}\"\nmembers = [{{ name = \"{member}\", address = \"{address}\" }}]\n\
-                     [[outbound_rule]]\nname = \"{pool}-out\"\nfrontend = \"public\"\nbackend_pool = \"{pool}\"\nexpiry = \"{expiry}\"\n"
+                     [[outbound_rule]]\nname = \"{pool}-out\"\nfrontend = \"public\"\nbackend_pool = \"{pool}\"\nexpiry = \"{expiry}\"\n{idle}"
                 );
             }
         }
@@ -228,13 +239,21 @@ fn header(plan: &Plan, idle: Duration) -> String {
         Direction::Inbound => plan.profile.lb_rule_idle.default,
         Direction::Outbound => plan.profile.outbound_rule_idle.default,
     };
+    let timeout = match plan.idle_timeout {
+        Some(d) => format!(
+            "idle timeout set to {} (the default, {}, would take {:.0} min here)",
+            config::human(d),
+            config::human(default_idle),
+            (default_idle / plan.time_scale).as_secs_f64() / 60.0
+        ),
+        None => format!("idle timeout {}", config::human(default_idle)),
+    };
     format!(
-        "idlegate lab demo: {} (profile {}), idle timeout {} scaled 1/{} to {t:.1}s, expiry {}\n{path}\n\
+        "idlegate lab demo: {} (profile {}), {timeout} scaled 1/{} to {t:.1}s, expiry {}\n{path}\n\
          each connection sends \"a\", idles {:.1}s (¼ of the timeout), sends \"b\", idles {:.1}s (1⅛), sends \"c\"\n\
          no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s · tcp-reset: rule with expiry = \"reset\"\n",
         plan.profile.title,
         plan.profile.name,
-        config::human(default_idle),
         plan.time_scale,
         plan.expiry,
         t / 4.0,

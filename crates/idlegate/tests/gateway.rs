@@ -803,3 +803,51 @@ fn an_rfc_5382_nat_forgets_an_idle_flow_no_sooner_than_2_h_4_min() {
     );
     assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }
+
+#[test]
+fn linux_conntrack_forgets_an_idle_flow_and_loose_pickup_lets_the_client_carry_on() {
+    // nf_conntrack_tcp_loose=1: the client's next segment after the established timeout makes
+    // a new entry to the same member, so "c" arrives; the gateway counted the expiry.
+    let report = profile_demo("linux-conntrack");
+    assert_eq!(plain_fate(&report), (vec!["a", "b", "c"], None, None));
+    assert!(report["gateway"]["flows_expired"].as_u64().unwrap() >= 2);
+    assert!(report["gateway"]["flows_created"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn kube_proxy_is_linux_conntrack_with_its_own_established_timeout() {
+    // kube-proxy: --conntrack-tcp-timeout-established 24 h, otherwise the kernel's conntrack.
+    let report = profile_demo("kube-proxy");
+    assert_eq!(plain_fate(&report), (vec!["a", "b", "c"], None, None));
+}
+
+#[test]
+fn ipvs_forgets_an_idle_flow_silently() {
+    // ipvsadm(8): 900 s established by default; silent.
+    let report = profile_demo("ipvs");
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
+}
+
+#[test]
+fn gcp_vpc_firewall_forgets_an_idle_flow_silently_after_10_min() {
+    // GCP VPC firewall connection tracking: 10 min, silent.
+    let report = profile_demo("gcp-firewall");
+    assert_eq!(report["idle_timeout_s"], 4.0);
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
+}
+
+#[test]
+fn aws_alb_closes_idle_connections_even_with_tcp_keepalive() {
+    // AWS ALB: only data refreshes the idle timeout, so keepalive probes do not save the
+    // connection; at expiry both ends are closed (reset, for an L4 gateway).
+    let report = demo(&["--profile", "aws-alb"]);
+    for name in ["no-keepalive", "keepalive"] {
+        let c = connection(&report, name);
+        assert_eq!(strings(&c["delivered"]), ["a", "b"], "{name}");
+        assert_eq!(
+            (&c["client_error"], &c["server_error"]),
+            (&Value::from("ECONNRESET"), &Value::from("ECONNRESET")),
+            "{name}"
+        );
+    }
+}
