@@ -24,6 +24,22 @@ pub fn update_u32(checksum: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// The Internet checksum (RFC 1071) of `bytes`: zero for a header whose own checksum field
+/// is right. For short headers off the per-packet path (a quoted IP header in an ICMP error).
+pub fn of(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in bytes.chunks(2) {
+        let word = match pair {
+            [hi, lo] => u16::from_be_bytes([*hi, *lo]),
+            [hi] => u16::from_be_bytes([*hi, 0]),
+            _ => 0,
+        };
+        sum += u32::from(word);
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !fold(sum)
+}
+
 #[inline]
 fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);

@@ -14,6 +14,7 @@
 use crate::config::{Config, NatGateway, Protocols};
 use crate::expiry::Expiry;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
+use crate::icmp::{self, IcmpError, QuotedSide};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
 use crate::precedence;
 use crate::profile::{self, Allocation, Pickup, Refresh, ResetTarget, TcpTimers};
@@ -110,6 +111,7 @@ pub struct Counters {
     pub flows_expired: u64,
     /// RSTs the engine generated (expiry `reset` and `reset-on-next`).
     pub resets_sent: u64,
+    icmp_errors: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
     drops: [u64; DropReason::ALL.len()],
@@ -117,6 +119,11 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// ICMP errors about a flow's packet, translated and passed on (RFC 5508).
+    pub fn icmp_errors_translated(&self) -> u64 {
+        self.icmp_errors
+    }
+
     /// Flows expired with `action` (as carried out: a `reset` rule's non-established flows
     /// count as `silent`).
     pub fn expired(&self, action: Expiry) -> u64 {
@@ -511,6 +518,9 @@ impl Engine {
     pub fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
         let headers = match Headers::parse(packet) {
             Ok(h) => h,
+            Err(ParseError::UnsupportedProtocol) if icmp::is_icmp(packet) => {
+                return self.icmp_error(now, from, packet)
+            }
             Err(e) => return self.drop(e.into()),
         };
         // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
@@ -761,6 +771,35 @@ impl Engine {
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];
         self.set_deadline(id, since + rule.idle);
         self.drop(DropReason::Discarded)
+    }
+
+    /// An ICMP error arriving on `from` about a packet of a live flow: the quoted packet is put
+    /// back as the flow's endpoint on that side sent it and the error goes on to that endpoint
+    /// (RFC 5508 REQ-4, REQ-5). It neither refreshes nor ends the flow. Errors about no live
+    /// flow are dropped (RFC 5508: "SHOULD silently drop").
+    fn icmp_error(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+        let error = match IcmpError::parse(packet) {
+            Ok(e) => e,
+            Err(e) => return self.drop(e.into()),
+        };
+        // The quoted packet went the other way: from the outside, it is one the gateway sent
+        // out (public → remote); from the inside, one it delivered in (remote → private).
+        let (src, dst) = (error.quoted_dst, error.quoted_src);
+        let now = self.tick(now);
+        let Some(id) = self.flows.find(from, src, dst, error.protocol) else {
+            return self.drop(DropReason::NoFlow);
+        };
+        let flow = self.flows.get(id);
+        if flow.deadline <= now || flow.state == FlowState::Discarding {
+            return self.drop(DropReason::NoFlow);
+        }
+        match from {
+            Interface::Outside => error.translate(packet, QuotedSide::Source, flow.private),
+            Interface::Inside => error.translate(packet, QuotedSide::Destination, flow.public),
+        }
+        self.counters.icmp_errors += 1;
+        self.counters.forwarded += 1;
+        Verdict::Forward(from.opposite())
     }
 
     /// Moves a flow's deadline. Later: just stored, the wheel re-files lazily. Earlier: re-filed.

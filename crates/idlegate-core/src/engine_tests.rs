@@ -1633,3 +1633,88 @@ fn aws_alb_keepalive_probes_do_not_refresh_a_flow_data_does() {
     h.advance_to(2 * idle - 1);
     assert_eq!(h.expired(), vec![(2 * idle - 1, Expiry::Reset)]);
 }
+
+#[test]
+fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet() {
+    // RFC 5508 REQ-5: the quoted packet is put back as the member sent it, the error goes to
+    // the member, and it neither refreshes nor ends the flow.
+    use crate::icmp::tests::icmp_error;
+    let mut h = Harness::new("silent");
+    let (vm, server, _, public) = h.connect_outbound(33_000);
+    h.advance_to(1_000);
+    let sent = tcp_packet(vm.addr, server.addr, TcpFlags::ACK, vm.snd_nxt, 0, &[7; 64]);
+    let mut seen_outside = sent.clone();
+    let headers = Headers::parse(&seen_outside).unwrap();
+    packet::rewrite_src(&mut seen_outside, &headers, public);
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    let mut error = icmp_error(router, *public.ip(), 3, 4, &seen_outside, 48);
+    let verdict = h
+        .engine
+        .handle_packet(h.at(1_000), Interface::Outside, &mut error);
+    assert_eq!(verdict, Verdict::Forward(Interface::Inside));
+    let translated = IcmpError::parse(&error).unwrap();
+    assert_eq!(
+        (translated.quoted_src, translated.quoted_dst),
+        (vm.addr, server.addr)
+    );
+    assert_eq!(&error[28..76], &sent[..48]);
+    assert_eq!(h.engine.counters().icmp_errors_translated(), 1);
+    h.advance_to(IDLE_MS);
+    assert_eq!(
+        h.engine.flow_count(),
+        0,
+        "the error did not refresh the flow"
+    );
+}
+
+#[test]
+fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
+    // RFC 5508 REQ-4: an error from the inside about an inbound packet goes to the remote,
+    // from the public address, quoting the packet the remote sent.
+    use crate::icmp::tests::icmp_error;
+    let mut h = Harness::with(udp_config("silent"));
+    let client = ep(CLIENT, 5353);
+    let mut query = udp_packet(client, ep(FRONTEND, 53), b"q");
+    let original = query.clone();
+    let v = h
+        .engine
+        .handle_packet(h.at(0), Interface::Outside, &mut query);
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    let member = Headers::parse(&query).unwrap().dst;
+    let mut unreachable = icmp_error(*member.ip(), *client.ip(), 3, 3, &query, 28);
+    let v = h
+        .engine
+        .handle_packet(h.at(10), Interface::Inside, &mut unreachable);
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    let outer = smoltcp::wire::Ipv4Packet::new_checked(&unreachable[..]).unwrap();
+    assert_eq!((outer.src_addr(), outer.dst_addr()), (FRONTEND, CLIENT));
+    let quoted = IcmpError::parse(&unreachable).unwrap();
+    assert_eq!(
+        (quoted.quoted_src, quoted.quoted_dst),
+        (client, ep(FRONTEND, 53))
+    );
+    assert_eq!(&unreachable[28..56], &original[..28]);
+}
+
+#[test]
+fn an_icmp_error_about_no_live_flow_is_dropped() {
+    // RFC 5508 REQ-4/REQ-5: no active mapping, silently dropped.
+    use crate::icmp::tests::icmp_error;
+    let mut h = Harness::new("silent");
+    let (vm, server, _, public) = h.connect_outbound(33_000);
+    let seen = tcp_packet(public, server.addr, TcpFlags::ACK, vm.snd_nxt, 0, b"x");
+    let mut stranger = seen.clone();
+    let headers = Headers::parse(&stranger).unwrap();
+    packet::rewrite_src(&mut stranger, &headers, ep(FRONTEND, 9));
+    let mut unknown = icmp_error(*server.addr.ip(), FRONTEND, 3, 3, &stranger, 28);
+    let v = h
+        .engine
+        .handle_packet(h.at(0), Interface::Outside, &mut unknown);
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    h.advance_to(IDLE_MS);
+    let mut late = icmp_error(*server.addr.ip(), FRONTEND, 3, 3, &seen, 28);
+    let v = h
+        .engine
+        .handle_packet(h.at(IDLE_MS), Interface::Outside, &mut late);
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+}

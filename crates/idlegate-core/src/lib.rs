@@ -17,6 +17,7 @@
 //! | [`precedence`] | which idle timeout wins when several settings name one |
 //! | [`profile`] | the real middleboxes' timers, with sources |
 //! | [`packet`] | typed views of IPv4/TCP/UDP, in-place rewriting, RSTs |
+//! | [`icmp`] | ICMP errors about translated packets, translated back (RFC 5508) |
 //! | [`checksum`] | RFC 1624 incremental checksum update |
 
 pub mod checksum;
@@ -24,6 +25,7 @@ pub mod config;
 pub mod engine;
 pub mod expiry;
 pub mod flow;
+pub mod icmp;
 pub mod packet;
 pub mod precedence;
 pub mod profile;

@@ -4,7 +4,8 @@
 //! the config) and one for the `internet` host (203.0.113.100). Each host gets its own TUN
 //! device whose file descriptor the gateway holds; the host's default route points into it,
 //! so every packet a host sends off-host reaches the gateway, and the gateway delivers to a
-//! host by writing to its device. Namespaces are called `ig-LAB-HOST`.
+//! host by writing to its device; packets for outside addresses that are no host's go to the
+//! `internet` host, which may route them further. Namespaces are called `ig-LAB-HOST`.
 //!
 //! A lab owns a lock file, `/run/idlegate/lab-LAB.lock`, while it is up: a second `up` of the
 //! same lab is refused, and an `up` that finds the lock free removes whatever namespaces a
@@ -105,10 +106,16 @@ impl Lab {
         tun.move_to(ns.name(), host.address)
             .with_context(|| format!("wiring host {} of lab {}", host.name, self.name))?;
         self.namespaces.push(ns);
+        // The internet host is also the way to every other outside address, so that a test
+        // can put more of the internet behind it (a router, a narrower link).
+        let only = match host.interface {
+            Interface::Inside => Some(host.address),
+            Interface::Outside => None,
+        };
         self.ports.push(Port {
             tun,
             interface: host.interface,
-            host: Some(host.address),
+            host: only,
         });
         self.hosts.push(host);
         Ok(())

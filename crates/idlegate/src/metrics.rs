@@ -215,6 +215,12 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
         "ACKs the gateway made for data it discarded.",
         &[(String::new(), c.acks_sent)],
     );
+    family(
+        "idlegate_icmp_errors_translated_total",
+        "counter",
+        "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",
+        &[(String::new(), c.icmp_errors_translated())],
+    );
     let snat: Vec<(String, u64)> = engine
         .snat_usage()
         .flat_map(|u| {

@@ -1,0 +1,128 @@
+//! ICMP errors through the gateway (RFC 5508), with real Linux stacks: a refused UDP datagram
+//! and path MTU discovery over a narrower link behind the internet host. Root only.
+
+mod common;
+
+use common::{require_root, unique};
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::netns::{self, Namespace};
+use idlegate_core::Config;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+fn config() -> Config {
+    let text = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+"#;
+    Config::from_toml(text, "icmp test config").unwrap()
+}
+
+#[test]
+fn a_member_sees_econnrefused_when_the_server_refuses_its_udp_datagram() {
+    // The internet host answers a datagram to a closed port with ICMP port unreachable, sent
+    // to the frontend; translated, it reaches the member's connected socket as ECONNREFUSED.
+    require_root();
+    let (errors, counters) = Lab::with_gateway(&unique("iu"), &config(), |lab| {
+        let vm1 = lab.namespace_of("vm1")?;
+        let client = netns::spawn_in(&vm1, || -> std::io::Result<Vec<ErrorKind>> {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect("203.0.113.100:9")?;
+            socket.set_read_timeout(Some(Duration::from_secs(3)))?;
+            socket.send(b"anyone?")?;
+            let mut buf = [0u8; 16];
+            Ok(vec![socket.recv(&mut buf).expect_err("no answer").kind()])
+        })?;
+        Ok(client.join().expect("client thread")?)
+    })
+    .expect("lab run");
+    assert_eq!(errors, [ErrorKind::ConnectionRefused]);
+    assert_eq!(counters.icmp_errors_translated(), 1);
+}
+
+/// A namespace behind the lab's internet host, over a link whose internet end has MTU 1280
+/// while the far end (and so the MSS it announces) is at 1500: only path MTU discovery can
+/// get full-sized segments across.
+fn narrow_link(lab: &Lab, far: &str) {
+    let internet = lab.namespace_of(INTERNET).unwrap();
+    let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    ip(&[
+        "-n", &internet, "link", "add", "narrow0", "mtu", "1280", "type", "veth", "peer", "name",
+        "far0", "netns", far,
+    ]);
+    ip(&[
+        "-n",
+        &internet,
+        "addr",
+        "add",
+        "198.51.100.1/24",
+        "dev",
+        "narrow0",
+    ]);
+    ip(&["-n", &internet, "link", "set", "narrow0", "up"]);
+    ip(&["-n", far, "addr", "add", "198.51.100.5/24", "dev", "far0"]);
+    ip(&["-n", far, "link", "set", "far0", "up"]);
+    ip(&["-n", far, "route", "add", "default", "via", "198.51.100.1"]);
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &internet,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .expect("sysctl");
+    assert!(status.success(), "enabling forwarding in {internet}");
+}
+
+#[test]
+fn path_mtu_discovery_works_through_the_gateway() {
+    // RFC 5508 REQ-5 for "fragmentation needed": without the translated error the member's
+    // full-sized segments vanish in the narrow link and the transfer stalls.
+    require_root();
+    const BYTES: usize = 256 * 1024;
+    let far = Namespace::create(&format!("ig-{}-far", unique("pm"))).expect("namespace");
+    let far_name = far.name().to_string();
+    let (received, counters) = Lab::with_gateway(&unique("pm"), &config(), |lab| {
+        narrow_link(lab, &far_name);
+        let address: SocketAddr = "198.51.100.5:8200".parse()?;
+        let listener = netns::spawn_in(&far_name, move || TcpListener::bind(address))?
+            .join()
+            .expect("bind thread")?;
+        let server = std::thread::spawn(move || -> std::io::Result<usize> {
+            let (mut conn, _) = listener.accept()?;
+            conn.set_read_timeout(Some(Duration::from_secs(15)))?;
+            let mut received = Vec::new();
+            conn.read_to_end(&mut received)?;
+            Ok(received.len())
+        });
+        let client = netns::spawn_in(&lab.namespace_of("vm1")?, move || -> std::io::Result<()> {
+            let mut conn = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+            conn.set_write_timeout(Some(Duration::from_secs(15)))?;
+            conn.write_all(&vec![0x5a; BYTES])?;
+            conn.shutdown(Shutdown::Write)
+        })?;
+        client.join().expect("client thread")?;
+        Ok(server.join().expect("server thread")?)
+    })
+    .expect("lab run");
+    drop(far);
+    assert_eq!(received, BYTES, "every byte crossed the narrow link");
+    assert!(
+        counters.icmp_errors_translated() >= 1,
+        "the member learned the path MTU from a translated error"
+    );
+}
