@@ -34,7 +34,7 @@ use crate::packet::Protocol;
 use crate::profile::{self, Pickup, Profile, TimeoutRange};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
@@ -71,7 +71,8 @@ pub struct NatGateway {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frontend {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6; a rule's frontend and members are of one family.
+    pub address: IpAddr,
     /// The frontend's own idle timeout for inbound flows, if it sets one (unscaled).
     pub idle_timeout: Option<Duration>,
 }
@@ -87,7 +88,7 @@ pub struct BackendPool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 /// How long an established flow may stay idle, and what happens when it does.
@@ -546,6 +547,7 @@ impl Validator {
             outbound_rules,
             nat_gateways,
         };
+        check_families(&raw, &config)?;
         check_snat_totals(&raw.outbound_rule, &config)?;
         Ok(config)
     }
@@ -559,7 +561,7 @@ impl Validator {
         for f in raw {
             let f = f.get_ref();
             let name = unique_name(&mut self.frontends, &f.name, out.len(), "frontend")?;
-            let address = ipv4(&f.address)?;
+            let address = ip(&f.address)?;
             if let Some(other) = out.iter().find(|o| o.address == address) {
                 return invalid(
                     f.address.span(),
@@ -593,7 +595,7 @@ impl Validator {
     ) -> Result<Vec<BackendPool>, Invalid> {
         let mut out = Vec::new();
         let mut members_seen: HashMap<String, usize> = HashMap::new();
-        let mut addresses: HashMap<Ipv4Addr, String> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, String> = HashMap::new();
         for p in raw {
             let p = p.get_ref();
             let name = unique_name(&mut self.pools, &p.name, out.len(), "backend_pool")?;
@@ -607,7 +609,7 @@ impl Validator {
             for m in &p.members {
                 let m = m.get_ref();
                 let member_name = unique_name(&mut members_seen, &m.name, 0, "member")?;
-                let address = ipv4(&m.address)?;
+                let address = ip(&m.address)?;
                 if let Some(f) = frontends.iter().find(|f| f.address == address) {
                     return invalid(
                         m.address.span(),
@@ -954,18 +956,100 @@ fn unique_name(
     Ok(n.clone())
 }
 
-fn ipv4(address: &S<String>) -> Result<Ipv4Addr, Invalid> {
+fn ip(address: &S<String>) -> Result<IpAddr, Invalid> {
     let a = address.get_ref();
-    let ip: Ipv4Addr = a.parse().or_else(|_| {
+    let ip: IpAddr = a.parse().or_else(|_| {
         invalid(
             address.span(),
-            format!("address = \"{a}\" is not an IPv4 address"),
+            format!("address = \"{a}\" is not an IPv4 or IPv6 address"),
         )
     })?;
-    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || broadcast || ip.is_multicast() || ip.is_loopback() {
         return invalid(address.span(), format!("address = \"{a}\" cannot be a host's address (unspecified, broadcast, multicast or loopback)"));
     }
     Ok(ip)
+}
+
+fn family(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
+
+/// Refuses a rule whose frontend and members are not all of one address family: idlegate
+/// translates addresses, never families (no NAT64).
+fn same_family<'a>(
+    kind: &str,
+    rule: &str,
+    frontend: &Frontend,
+    members: impl IntoIterator<Item = &'a Member>,
+    span: Range<usize>,
+) -> Result<(), Invalid> {
+    match members
+        .into_iter()
+        .find(|m| m.address.is_ipv4() != frontend.address.is_ipv4())
+    {
+        None => Ok(()),
+        Some(m) => invalid(
+            span,
+            format!(
+                "{kind} \"{rule}\": frontend \"{}\" is {} but member \"{}\" ({}) is {}; a rule's frontend and members must be of one address family",
+                frontend.name,
+                family(frontend.address),
+                m.name,
+                m.address,
+                family(m.address)
+            ),
+        ),
+    }
+}
+
+/// Every rule's frontend and members are of one family (see [`same_family`]).
+fn check_families(raw: &RawConfig, c: &Config) -> Result<(), Invalid> {
+    let pool = |i: usize| &c.backend_pools[i].members;
+    for (r, raw) in c.lb_rules.iter().zip(&raw.lb_rule) {
+        let span = raw.get_ref().backend_pool.span();
+        same_family(
+            "lb_rule",
+            &r.name,
+            &c.frontends[r.frontend],
+            pool(r.backend_pool),
+            span,
+        )?;
+    }
+    for (r, raw) in c.inbound_nat_rules.iter().zip(&raw.inbound_nat_rule) {
+        same_family(
+            "inbound_nat_rule",
+            &r.name,
+            &c.frontends[r.frontend],
+            &r.members,
+            raw.span(),
+        )?;
+    }
+    for (r, raw) in c.outbound_rules.iter().zip(&raw.outbound_rule) {
+        let span = raw.get_ref().backend_pool.span();
+        same_family(
+            "outbound_rule",
+            &r.name,
+            &c.frontends[r.frontend],
+            pool(r.backend_pool),
+            span,
+        )?;
+    }
+    for (g, raw) in c.nat_gateways.iter().zip(&raw.nat_gateway) {
+        let members = g.backend_pools.iter().flat_map(|&p| pool(p));
+        let span = raw.get_ref().backend_pools.span();
+        same_family(
+            "nat_gateway",
+            &g.name,
+            &c.frontends[g.frontend],
+            members,
+            span,
+        )?;
+    }
+    Ok(())
 }
 
 /// Refuses a kind of rule the profile's box does not have.
@@ -1233,7 +1317,9 @@ expiry = "silent"
             ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup"),
             ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
             ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
-            ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 address"),
+            ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 or IPv6 address"),
+            ("address = \"192.0.2.12\"", "address = \"fd00::12\"", 14, "lb_rule \"app\": frontend \"public\" is IPv4 but member \"vm2\" (fd00::12) is IPv6; a rule's frontend and members must be of one address family"),
+            ("address = \"203.0.113.10\"", "address = \"ff02::1\"", 5, "cannot be a host's address"),
             ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
             ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),
             ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": must be one of \"tcp\", \"udp\", \"all\""),

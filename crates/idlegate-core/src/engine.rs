@@ -13,6 +13,7 @@
 
 use crate::config::{Config, NatGateway, Protocols};
 use crate::expiry::Expiry;
+use crate::family::Endpoint;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::icmp::{self, IcmpError, QuotedSide};
 use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
@@ -22,7 +23,7 @@ use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::{Duration, Instant};
 
 pub use crate::flow::Interface;
@@ -39,7 +40,7 @@ pub enum Verdict {
 /// Why a packet was dropped. Each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
-    NotIpv4,
+    NotIp,
     Truncated,
     BadChecksum,
     Fragment,
@@ -61,7 +62,7 @@ pub enum DropReason {
 
 impl DropReason {
     pub const ALL: [DropReason; 11] = [
-        DropReason::NotIpv4,
+        DropReason::NotIp,
         DropReason::Truncated,
         DropReason::BadChecksum,
         DropReason::Fragment,
@@ -76,7 +77,7 @@ impl DropReason {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            DropReason::NotIpv4 => "not-ipv4",
+            DropReason::NotIp => "not-ip",
             DropReason::Truncated => "truncated",
             DropReason::BadChecksum => "bad-checksum",
             DropReason::Fragment => "fragment",
@@ -94,7 +95,7 @@ impl DropReason {
 impl From<ParseError> for DropReason {
     fn from(e: ParseError) -> DropReason {
         match e {
-            ParseError::NotIpv4 => DropReason::NotIpv4,
+            ParseError::NotIp => DropReason::NotIp,
             ParseError::Truncated => DropReason::Truncated,
             ParseError::BadChecksum => DropReason::BadChecksum,
             ParseError::Fragment => DropReason::Fragment,
@@ -138,6 +139,22 @@ impl Counters {
     pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL.into_iter().map(|r| (r, self.dropped(r)))
     }
+
+    /// Adds `other`'s counts to these.
+    fn add(&mut self, other: &Counters) {
+        self.forwarded += other.forwarded;
+        self.flows_created += other.flows_created;
+        self.flows_expired += other.flows_expired;
+        self.resets_sent += other.resets_sent;
+        self.acks_sent += other.acks_sent;
+        self.icmp_errors += other.icmp_errors;
+        for (a, b) in self.drops.iter_mut().zip(other.drops) {
+            *a += b;
+        }
+        for (a, b) in self.expiries.iter_mut().zip(other.expiries) {
+            *a += b;
+        }
+    }
 }
 
 /// The endpoints and rule of a flow, as reported in events.
@@ -145,27 +162,15 @@ impl Counters {
 pub struct FlowSummary {
     pub rule: RuleId,
     pub protocol: Protocol,
-    pub remote: SocketAddrV4,
-    pub public: SocketAddrV4,
-    pub private: SocketAddrV4,
-}
-
-impl From<&Flow> for FlowSummary {
-    fn from(f: &Flow) -> FlowSummary {
-        FlowSummary {
-            rule: f.rule,
-            protocol: f.protocol,
-            remote: f.remote,
-            public: f.public,
-            private: f.private,
-        }
-    }
+    pub remote: SocketAddr,
+    pub public: SocketAddr,
+    pub private: SocketAddr,
 }
 
 /// The SNAT ports of one frontend address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatUsage {
-    pub frontend: Ipv4Addr,
+    pub frontend: IpAddr,
     /// Lent to flows.
     pub lent: usize,
     /// Waiting out their hold after a flow ended.
@@ -203,8 +208,8 @@ pub enum Event {
     /// A member's new outbound connection found no free SNAT port; its SYN was dropped.
     PortExhausted {
         rule: RuleId,
-        frontend: Ipv4Addr,
-        member: Ipv4Addr,
+        frontend: IpAddr,
+        member: IpAddr,
     },
 }
 
@@ -219,34 +224,35 @@ pub struct Transmit {
 
 /// How a rule translates.
 #[derive(Debug, Clone)]
-enum Translation {
+enum Translation<E: Endpoint> {
     /// Inbound: frontend → one of `members` at `backend_port`.
     LoadBalance {
-        frontend: SocketAddrV4,
-        members: Vec<Ipv4Addr>,
+        frontend: E,
+        members: Vec<E::Ip>,
         backend_port: u16,
     },
     /// Inbound NAT: frontend ports from `first_port` map one to one onto `members`, each at
     /// `backend_port`.
     InboundNat {
-        frontend: Ipv4Addr,
+        frontend: E::Ip,
         first_port: u16,
-        members: Vec<Ipv4Addr>,
+        members: Vec<E::Ip>,
         backend_port: u16,
     },
     /// Outbound: members leave from `frontend` with a port from `snat[pool]`.
     Outbound {
-        frontend: Ipv4Addr,
-        members: Vec<Ipv4Addr>,
+        frontend: E::Ip,
+        members: Vec<E::Ip>,
         snat: usize,
     },
 }
 
 /// A rule as the engine runs it: timers already scaled to ticks.
 #[derive(Debug, Clone)]
-struct Rule {
-    name: String,
-    translation: Translation,
+struct Rule<E: Endpoint> {
+    /// The rule's place in the whole config (both families).
+    id: RuleId,
+    translation: Translation<E>,
     protocols: Protocols,
     idle: Tick,
     tcp: TcpTicks,
@@ -287,7 +293,7 @@ struct UdpTicks {
     replied: Tick,
 }
 
-impl Rule {
+impl<E: Endpoint> Rule<E> {
     /// The side that opens this rule's connections.
     fn origin(&self) -> Interface {
         match self.translation {
@@ -312,14 +318,14 @@ impl Rule {
     }
 }
 
-/// The engine. See the module documentation.
-pub struct Engine {
+/// The engine of one address family, over the rules whose addresses are of that family.
+struct Core<E: Endpoint> {
     epoch: Instant,
-    rules: Vec<Rule>,
-    flows: FlowTable,
+    rules: Vec<Rule<E>>,
+    flows: FlowTable<E>,
     wheel: TimerWheel,
     /// One SNAT port pool per frontend address that has an outbound rule.
-    snat: Vec<SnatPorts>,
+    snat: Vec<SnatPorts<E::Ip>>,
     /// Picks a member from the 5-tuple; fixed, so the choice does not depend on the seed.
     member_hash: foldhash::fast::FixedState,
     /// Who `reset-on-next` answers.
@@ -330,7 +336,7 @@ pub struct Engine {
     refresh: Refresh,
     /// How outbound rules pick a flow's public port.
     snat_allocation: Allocation,
-    transmits: VecDeque<(Interface, Control)>,
+    transmits: VecDeque<(Interface, Control<E>)>,
     events: VecDeque<Event>,
     counters: Counters,
 }
@@ -339,23 +345,24 @@ const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
 
 /// A NAT gateway's ports: its frontend's whole range, lent on demand to the members of the
 /// pools it serves, held as Azure NAT Gateway holds them.
-fn nat_gateway_ports(
+fn nat_gateway_ports<E: Endpoint>(
     config: &Config,
     g: &NatGateway,
+    frontend: E::Ip,
     ticks: &impl Fn(Duration) -> Tick,
-) -> SnatPorts {
+) -> SnatPorts<E::Ip> {
     let policy = &profile::AZURE_NATGW.snat;
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
     };
-    let members: Vec<Ipv4Addr> = g
+    let members: Vec<E::Ip> = g
         .backend_pools
         .iter()
-        .flat_map(|&p| config.backend_pools[p].members.iter().map(|m| m.address))
+        .flat_map(|&p| members_of::<E>(config, p))
         .collect();
     SnatPorts::shared(
-        config.frontends[g.frontend].address,
+        frontend,
         &members,
         config.snat_port_candidates(g.frontend),
         holds,
@@ -364,38 +371,62 @@ fn nat_gateway_ports(
 
 /// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
 /// leaves from it, in rule order, from the ports its inbound rules do not claim.
-fn snat_ports(config: &Config, frontend: usize, ticks: &impl Fn(Duration) -> Tick) -> SnatPorts {
+fn snat_ports<E: Endpoint>(
+    config: &Config,
+    frontend: usize,
+    address: E::Ip,
+    ticks: &impl Fn(Duration) -> Tick,
+) -> SnatPorts<E::Ip> {
     let members = config
         .outbound_rules
         .iter()
         .filter(|r| r.frontend == frontend)
         .flat_map(|r| {
-            config.backend_pools[r.backend_pool]
-                .members
-                .iter()
-                .map(|m| (m.address, usize::from(r.ports_per_member)))
+            members_of::<E>(config, r.backend_pool).map(|m| (m, usize::from(r.ports_per_member)))
         });
-    let blocks: Vec<(Ipv4Addr, usize)> = members.collect();
+    let blocks: Vec<(E::Ip, usize)> = members.collect();
     let ports = config.snat_port_candidates(frontend);
     let policy = &config.profile.snat;
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
     };
-    let address = config.frontends[frontend].address;
     match policy.allocation {
         Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),
         Allocation::Shared | Allocation::PreservePort => {
-            let members: Vec<Ipv4Addr> = blocks.iter().map(|&(m, _)| m).collect();
+            let members: Vec<E::Ip> = blocks.iter().map(|&(m, _)| m).collect();
             SnatPorts::shared(address, &members, ports, holds)
         }
     }
 }
 
-impl Engine {
-    /// An engine for `config`, with its clock starting at `now`. `seed` keys the flow table's
-    /// hash; take it from a random source in production.
-    pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
+/// The addresses of pool `pool`'s members of family `E` (a rule's members are all of its
+/// frontend's family: the config sees to it).
+fn members_of<E: Endpoint>(config: &Config, pool: usize) -> impl Iterator<Item = E::Ip> + '_ {
+    config.backend_pools[pool]
+        .members
+        .iter()
+        .filter_map(|m| E::ip_of(m.address))
+}
+
+/// The rules in the engine's order, which is their [`RuleId`]: LB rules, inbound NAT rules,
+/// NAT gateways (before outbound rules: for the pools they serve they take precedence),
+/// outbound rules. Each with its name and frontend address.
+fn rule_order(config: &Config) -> Vec<(&str, IpAddr)> {
+    let frontend = |i: usize| config.frontends[i].address;
+    let lb = config
+        .lb_rules
+        .iter()
+        .map(|r| (r.name.as_str(), frontend(r.frontend)));
+    let nat = (config.inbound_nat_rules.iter()).map(|r| (r.name.as_str(), frontend(r.frontend)));
+    let gw = (config.nat_gateways.iter()).map(|g| (g.name.as_str(), frontend(g.frontend)));
+    let out = (config.outbound_rules.iter()).map(|r| (r.name.as_str(), frontend(r.frontend)));
+    lb.chain(nat).chain(gw).chain(out).collect()
+}
+
+impl<E: Endpoint> Core<E> {
+    /// The engine of family `E`: the rules of `config` whose frontend is of that family.
+    fn new(config: &Config, now: Instant, seed: u64) -> Core<E> {
         let mut snat_frontends: Vec<usize> = Vec::new();
         let mut snat = Vec::new();
         // Rounded up: a scaled timer never runs short.
@@ -405,20 +436,19 @@ impl Engine {
             unreplied: ticks(config.profile.udp.unreplied),
             replied: ticks(config.profile.udp.replied),
         };
-        let members = |pool: usize| {
-            config.backend_pools[pool]
-                .members
-                .iter()
-                .map(|m| m.address)
-                .collect()
-        };
+        let ours = |i: usize| E::ip_of(config.frontends[i].address);
+        let members = |pool: usize| members_of::<E>(config, pool).collect();
         let mut rules = Vec::new();
+        let mut id: RuleId = 0;
         for (i, r) in config.lb_rules.iter().enumerate() {
-            let frontend = SocketAddrV4::new(config.frontends[r.frontend].address, r.frontend_port);
+            id += 1;
+            let Some(address) = ours(r.frontend) else {
+                continue;
+            };
             rules.push(Rule {
-                name: r.name.clone(),
+                id: id - 1,
                 translation: Translation::LoadBalance {
-                    frontend,
+                    frontend: E::at(address, r.frontend_port),
                     members: members(r.backend_pool),
                     backend_port: r.backend_port,
                 },
@@ -430,12 +460,20 @@ impl Engine {
             });
         }
         for (i, r) in config.inbound_nat_rules.iter().enumerate() {
+            id += 1;
+            let Some(address) = ours(r.frontend) else {
+                continue;
+            };
             rules.push(Rule {
-                name: r.name.clone(),
+                id: id - 1,
                 translation: Translation::InboundNat {
-                    frontend: config.frontends[r.frontend].address,
+                    frontend: address,
                     first_port: r.first_port,
-                    members: r.members.iter().map(|m| m.address).collect(),
+                    members: r
+                        .members
+                        .iter()
+                        .filter_map(|m| E::ip_of(m.address))
+                        .collect(),
                     backend_port: r.backend_port,
                 },
                 protocols: r.protocol,
@@ -445,22 +483,24 @@ impl Engine {
                 expiry: r.idle.expiry,
             });
         }
-        // NAT gateways before outbound rules: for the pools they serve they take precedence.
         let natgw = &profile::AZURE_NATGW;
         for g in &config.nat_gateways {
+            id += 1;
+            let Some(address) = ours(g.frontend) else {
+                continue;
+            };
             let members = g
                 .backend_pools
                 .iter()
-                .flat_map(|&p| config.backend_pools[p].members.iter().map(|m| m.address))
-                .collect();
+                .flat_map(|&p| members_of::<E>(config, p));
             let pool = snat.len();
             snat_frontends.push(g.frontend);
-            snat.push(nat_gateway_ports(config, g, &ticks));
+            snat.push(nat_gateway_ports::<E>(config, g, address, &ticks));
             rules.push(Rule {
-                name: g.name.clone(),
+                id: id - 1,
                 translation: Translation::Outbound {
-                    frontend: config.frontends[g.frontend].address,
-                    members,
+                    frontend: address,
+                    members: members.collect(),
                     snat: pool,
                 },
                 protocols: Protocols::All,
@@ -474,19 +514,22 @@ impl Engine {
             });
         }
         for (i, r) in config.outbound_rules.iter().enumerate() {
-            let frontend = config.frontends[r.frontend].address;
+            id += 1;
+            let Some(address) = ours(r.frontend) else {
+                continue;
+            };
             let pool = match snat_frontends.iter().position(|&f| f == r.frontend) {
                 Some(i) => i,
                 None => {
                     snat_frontends.push(r.frontend);
-                    snat.push(snat_ports(config, r.frontend, &ticks));
+                    snat.push(snat_ports::<E>(config, r.frontend, address, &ticks));
                     snat.len() - 1
                 }
             };
             rules.push(Rule {
-                name: r.name.clone(),
+                id: id - 1,
                 translation: Translation::Outbound {
-                    frontend,
+                    frontend: address,
                     members: members(r.backend_pool),
                     snat: pool,
                 },
@@ -497,7 +540,7 @@ impl Engine {
                 expiry: r.idle.expiry,
             });
         }
-        Engine {
+        Core {
             epoch: now,
             rules,
             flows: FlowTable::new(seed),
@@ -514,9 +557,20 @@ impl Engine {
         }
     }
 
+    /// What events and `idlegate flows` say of a flow.
+    fn summary(&self, f: &Flow<E>) -> FlowSummary {
+        FlowSummary {
+            rule: self.rules[usize::from(f.rule)].id,
+            protocol: f.protocol,
+            remote: f.remote.into(),
+            public: f.public.into(),
+            private: f.private.into(),
+        }
+    }
+
     /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
-    pub fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
-        let headers = match Headers::parse(packet) {
+    fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+        let headers = match Headers::<E>::parse(packet) {
             Ok(h) => h,
             Err(ParseError::UnsupportedProtocol) if icmp::is_icmp(packet) => {
                 return self.icmp_error(now, from, packet)
@@ -547,14 +601,14 @@ impl Engine {
     }
 
     /// The next time [`Engine::handle_timeout`] has work to do.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.wheel
             .next_wakeup()
             .map(|t| self.epoch + Duration::from_millis(t))
     }
 
     /// Expires every flow whose deadline is at or before `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
         while let Some(id) = self.wheel.poll_expired(&mut self.flows, now) {
             self.expire(id, now);
@@ -563,46 +617,34 @@ impl Engine {
 
     /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
     /// bytes) and says where it goes.
-    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         let (interface, control) = self.transmits.pop_front()?;
         let len = control.write(buf)?;
         Some(Transmit { interface, len })
     }
 
     /// The next flow event, oldest first.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
-    pub fn counters(&self) -> &Counters {
+    fn counters(&self) -> &Counters {
         &self.counters
     }
 
     /// Number of flows the gateway remembers.
-    pub fn flow_count(&self) -> usize {
+    fn flow_count(&self) -> usize {
         self.flows.len()
     }
 
-    /// The names of all rules, as written in the config.
-    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().map(|r| r.name.as_str())
-    }
-
-    /// The name of rule `id` as written in the config.
-    pub fn rule_name(&self, id: RuleId) -> &str {
-        self.rules
-            .get(usize::from(id))
-            .map_or("?", |r| r.name.as_str())
-    }
-
     /// Every flow the gateway remembers, as it stands at `now`.
-    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+    fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
         let now = self.tick(now);
         self.flows.iter().map(move |(_, f)| {
             let timeout = self.rules[usize::from(f.rule)].timeout(f.state);
             let last_packet = f.deadline.saturating_sub(timeout);
             FlowInfo {
-                flow: FlowSummary::from(f),
+                flow: self.summary(f),
                 state: f.state,
                 idle_for: Duration::from_millis(now.saturating_sub(last_packet)),
                 expires_in: Duration::from_millis(f.deadline.saturating_sub(now)),
@@ -613,12 +655,12 @@ impl Engine {
     /// Expires now, with their rules' expiry actions, the flows whose rule `matches` (as a
     /// platform event would: a load balancer redeployed, a NAT gateway swapped). Returns how
     /// many. Not for the per-packet path: it collects the matching flows first.
-    pub fn expire_now(&mut self, now: Instant, matches: impl Fn(&str) -> bool) -> usize {
+    fn expire_now(&mut self, now: Instant, matches: impl Fn(RuleId) -> bool) -> usize {
         let now = self.tick(now);
         let ids: Vec<FlowId> = self
             .flows
             .iter()
-            .filter(|(_, f)| matches(self.rule_name(f.rule)))
+            .filter(|(_, f)| matches(self.rules[usize::from(f.rule)].id))
             .map(|(id, _)| id)
             .collect();
         for &id in &ids {
@@ -628,9 +670,9 @@ impl Engine {
     }
 
     /// SNAT ports per frontend address with outbound rules.
-    pub fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
+    fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
         self.snat.iter().map(|s| SnatUsage {
-            frontend: s.frontend(),
+            frontend: s.frontend().into(),
             lent: s.lent(),
             held: s.held(),
             free: s.total() - s.lent() - s.held(),
@@ -638,7 +680,7 @@ impl Engine {
     }
 
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
-    pub fn flow_memory_bytes(&self) -> usize {
+    fn flow_memory_bytes(&self) -> usize {
         self.flows.memory_bytes()
     }
 
@@ -669,7 +711,7 @@ impl Engine {
         &mut self,
         id: FlowId,
         from: Interface,
-        headers: &Headers,
+        headers: &Headers<E>,
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
@@ -717,7 +759,7 @@ impl Engine {
         &mut self,
         id: FlowId,
         from: Interface,
-        headers: &Headers,
+        headers: &Headers<E>,
         packet: &mut [u8],
     ) -> Verdict {
         let flow = self.flows.get(id);
@@ -736,7 +778,7 @@ impl Engine {
         &mut self,
         id: FlowId,
         from: Interface,
-        headers: &Headers,
+        headers: &Headers<E>,
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
@@ -778,7 +820,7 @@ impl Engine {
     /// (RFC 5508 REQ-4, REQ-5). It neither refreshes nor ends the flow. Errors about no live
     /// flow are dropped (RFC 5508: "SHOULD silently drop").
     fn icmp_error(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
-        let error = match IcmpError::parse(packet) {
+        let error = match IcmpError::<E>::parse(packet) {
             Ok(e) => e,
             Err(e) => return self.drop(e.into()),
         };
@@ -817,7 +859,7 @@ impl Engine {
     fn no_flow(
         &mut self,
         from: Interface,
-        headers: &Headers,
+        headers: &Headers<E>,
         packet: &mut [u8],
         since: Tick,
     ) -> Verdict {
@@ -837,7 +879,7 @@ impl Engine {
     /// Whether loose pickup makes `segment`, of a connection the gateway does not know, open a
     /// flow: a plain ACK (conntrack's NONE + ACK → ESTABLISHED) that a rule would accept as a
     /// new connection from `from`.
-    fn picks_up(&self, from: Interface, headers: &Headers, segment: &TcpSegment) -> bool {
+    fn picks_up(&self, from: Interface, headers: &Headers<E>, segment: &TcpSegment) -> bool {
         let flags = segment.flags;
         self.pickup == Pickup::Loose
             && flags.ack()
@@ -850,7 +892,7 @@ impl Engine {
     fn connect(
         &mut self,
         from: Interface,
-        headers: &Headers,
+        headers: &Headers<E>,
         segment: Option<&TcpSegment>,
         packet: &mut [u8],
         since: Tick,
@@ -864,7 +906,7 @@ impl Engine {
         };
         let public = public.or_else(|| self.lend_port(rule_id, headers, since));
         let Some(public) = public else {
-            return self.port_exhausted(rule_id, *private.ip());
+            return self.port_exhausted(rule_id, private.addr());
         };
         let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
         let refused = if self.flows.either_key_taken(&flow) {
@@ -876,7 +918,7 @@ impl Engine {
         };
         if let Some(reason) = refused {
             if let Some(snat) = self.snat_of(rule_id) {
-                self.snat[snat].release_unused(*private.ip(), public.port());
+                self.snat[snat].release_unused(private.addr(), public.port());
             }
             return self.drop(reason);
         }
@@ -893,7 +935,7 @@ impl Engine {
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
         self.events.push_back(Event::Created {
-            flow: FlowSummary::from(&flow),
+            flow: self.summary(&flow),
         });
         self.translate(id, from, headers, packet)
     }
@@ -904,7 +946,7 @@ impl Engine {
     /// its source (a member at an inbound rule's backend port, else a member of a pool with an
     /// outbound rule). A new connection (`connect`) from the outside is only ever inbound, from
     /// the inside only outbound.
-    fn owner(&self, from: Interface, headers: &Headers, connect: bool) -> Option<RuleId> {
+    fn owner(&self, from: Interface, headers: &Headers<E>, connect: bool) -> Option<RuleId> {
         let (src, dst) = (headers.src, headers.dst);
         let position = self.rules.iter().position(|rule| {
             rule.protocols.matches(headers.protocol)
@@ -919,7 +961,7 @@ impl Engine {
                             ..
                         },
                         Interface::Inside,
-                    ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                    ) => !connect && src.port() == *backend_port && members.contains(&src.addr()),
                     (
                         Translation::InboundNat {
                             frontend,
@@ -929,7 +971,7 @@ impl Engine {
                         },
                         Interface::Outside,
                     ) => {
-                        frontend == dst.ip()
+                        *frontend == dst.addr()
                             && dst
                                 .port()
                                 .checked_sub(*first_port)
@@ -942,12 +984,12 @@ impl Engine {
                             ..
                         },
                         Interface::Inside,
-                    ) => !connect && src.port() == *backend_port && members.contains(src.ip()),
+                    ) => !connect && src.port() == *backend_port && members.contains(&src.addr()),
                     (Translation::Outbound { frontend, .. }, Interface::Outside) => {
-                        !connect && frontend == dst.ip()
+                        !connect && *frontend == dst.addr()
                     }
                     (Translation::Outbound { members, .. }, Interface::Inside) => {
-                        members.contains(src.ip())
+                        members.contains(&src.addr())
                     }
                 }
         });
@@ -956,11 +998,7 @@ impl Engine {
 
     /// The rule for a new connection and its endpoints: `(rule, public, private)`, with
     /// `public` left `None` when a SNAT port must still be lent.
-    fn match_rule(
-        &self,
-        from: Interface,
-        headers: &Headers,
-    ) -> Option<(RuleId, Option<SocketAddrV4>, SocketAddrV4)> {
+    fn match_rule(&self, from: Interface, headers: &Headers<E>) -> Option<(RuleId, Option<E>, E)> {
         let id = self.owner(from, headers, true)?;
         match &self.rules[usize::from(id)].translation {
             Translation::LoadBalance {
@@ -969,11 +1007,7 @@ impl Engine {
                 backend_port,
             } => {
                 let member = members[self.pick_member(headers, members.len())];
-                Some((
-                    id,
-                    Some(*frontend),
-                    SocketAddrV4::new(member, *backend_port),
-                ))
+                Some((id, Some(*frontend), E::at(member, *backend_port)))
             }
             Translation::InboundNat {
                 first_port,
@@ -982,18 +1016,14 @@ impl Engine {
                 ..
             } => {
                 let member = members[usize::from(headers.dst.port() - first_port)];
-                Some((
-                    id,
-                    Some(headers.dst),
-                    SocketAddrV4::new(member, *backend_port),
-                ))
+                Some((id, Some(headers.dst), E::at(member, *backend_port)))
             }
             Translation::Outbound { .. } => Some((id, None, headers.src)),
         }
     }
 
     /// Azure-style distribution: a hash of the 5-tuple picks the member.
-    fn pick_member(&self, headers: &Headers, members: usize) -> usize {
+    fn pick_member(&self, headers: &Headers<E>, members: usize) -> usize {
         let tuple = (headers.src, headers.dst, headers.protocol as u8);
         (self.member_hash.hash_one(tuple) % members as u64) as usize
     }
@@ -1009,14 +1039,14 @@ impl Engine {
     /// A public address for a member's new outbound connection (`headers` is its first
     /// packet): its own source port where the profile keeps it and no flow to the same remote
     /// holds it, else a port lent from the rule's pool.
-    fn lend_port(&mut self, rule: RuleId, headers: &Headers, now: Tick) -> Option<SocketAddrV4> {
+    fn lend_port(&mut self, rule: RuleId, headers: &Headers<E>, now: Tick) -> Option<E> {
         let Translation::Outbound { frontend, snat, .. } =
             self.rules[usize::from(rule)].translation
         else {
             return None;
         };
         if self.snat_allocation == Allocation::PreservePort {
-            let own = SocketAddrV4::new(frontend, headers.src.port());
+            let own = E::at(frontend, headers.src.port());
             let taken = self
                 .flows
                 .find(Interface::Outside, headers.dst, own, headers.protocol);
@@ -1025,22 +1055,22 @@ impl Engine {
             }
         }
         self.snat[snat]
-            .allocate(*headers.src.ip(), now)
-            .map(|port| SocketAddrV4::new(frontend, port))
+            .allocate(headers.src.addr(), now)
+            .map(|port| E::at(frontend, port))
     }
 
     /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
     /// Every refused connection is counted; the event (and so the log line) comes once per
     /// exhaustion, not on every packet.
-    fn port_exhausted(&mut self, rule: RuleId, member: Ipv4Addr) -> Verdict {
+    fn port_exhausted(&mut self, rule: RuleId, member: E::Ip) -> Verdict {
         if let Translation::Outbound { frontend, snat, .. } =
             self.rules[usize::from(rule)].translation
         {
             if self.snat[snat].newly_exhausted(member) {
                 self.events.push_back(Event::PortExhausted {
-                    rule,
-                    frontend,
-                    member,
+                    rule: self.rules[usize::from(rule)].id,
+                    frontend: frontend.into(),
+                    member: member.into(),
                 });
             }
         }
@@ -1050,7 +1080,7 @@ impl Engine {
     /// Gives an expired outbound flow's port back. A connection closed with FIN or RST holds it
     /// from its last packet; one forgotten while open, which its remote may still believe in,
     /// holds it like a RST from the moment of expiry.
-    fn release_port(&mut self, flow: &Flow, now: Tick) {
+    fn release_port(&mut self, flow: &Flow<E>, now: Tick) {
         let Some(snat) = self.snat_of(flow.rule) else {
             return;
         };
@@ -1062,11 +1092,11 @@ impl Engine {
             FlowState::Closed => (Ending::Rst, last_packet),
             _ => (Ending::Rst, now),
         };
-        self.snat[snat].release(*flow.private.ip(), flow.public.port(), ending, ended);
+        self.snat[snat].release(flow.private.addr(), flow.public.port(), ending, ended);
     }
 
     /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
-    fn resets_unknown(&self, from: Interface, headers: &Headers) -> bool {
+    fn resets_unknown(&self, from: Interface, headers: &Headers<E>) -> bool {
         if self.reset_target == ResetTarget::InsideOnly && from == Interface::Outside {
             return false;
         }
@@ -1074,7 +1104,7 @@ impl Engine {
             .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }
 
-    fn queue(&mut self, interface: Interface, control: Control) {
+    fn queue(&mut self, interface: Interface, control: Control<E>) {
         match control.kind {
             ControlKind::Reset => self.counters.resets_sent += 1,
             ControlKind::Ack => self.counters.acks_sent += 1,
@@ -1108,7 +1138,7 @@ impl Engine {
         };
         self.counters.flows_expired += 1;
         self.counters.expiries[action as usize] += 1;
-        let summary = FlowSummary::from(&flow);
+        let summary = self.summary(&flow);
         self.events.push_back(Event::Expired {
             flow: summary,
             state: flow.state,
@@ -1143,7 +1173,7 @@ impl Engine {
 
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next
     /// (RFC 5961 §3.2 accepts a RST only if SEG.SEQ = RCV.NXT).
-    fn reset_both(&mut self, flow: &Flow) {
+    fn reset_both(&mut self, flow: &Flow<E>) {
         let to_remote = Control {
             kind: ControlKind::Reset,
             src: flow.public,
@@ -1160,6 +1190,115 @@ impl Engine {
         };
         self.queue(Interface::Outside, to_remote);
         self.queue(Interface::Inside, to_private);
+    }
+}
+
+/// The engine. See the module documentation. It runs one [`Core`] per address family, each
+/// over the rules of its family; a packet goes to the core of its IP version.
+pub struct Engine {
+    v4: Core<SocketAddrV4>,
+    v6: Core<SocketAddrV6>,
+    /// Every rule's name, by [`RuleId`].
+    rule_names: Vec<String>,
+}
+
+impl Engine {
+    /// An engine for `config`, with its clock starting at `now`. `seed` keys the flow tables'
+    /// hash; take it from a random source in production.
+    pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
+        Engine {
+            v4: Core::new(config, now, seed),
+            v6: Core::new(config, now, seed.rotate_left(17)),
+            rule_names: rule_order(config)
+                .into_iter()
+                .map(|(name, _)| name.to_string())
+                .collect(),
+        }
+    }
+
+    /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
+    #[inline]
+    pub fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+        match packet.first().map(|b| b >> 4) {
+            Some(6) => self.v6.handle_packet(now, from, packet),
+            // IPv4, or nothing the IPv4 core will take: it counts the drop.
+            _ => self.v4.handle_packet(now, from, packet),
+        }
+    }
+
+    /// The next time [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.v4.poll_timeout(), self.v6.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Expires every flow whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.v4.handle_timeout(now);
+        self.v6.handle_timeout(now);
+    }
+
+    /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
+    /// bytes) and says where it goes.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        self.v4
+            .poll_transmit(buf)
+            .or_else(|| self.v6.poll_transmit(buf))
+    }
+
+    /// The next flow event, oldest first within each family.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.v4.poll_event().or_else(|| self.v6.poll_event())
+    }
+
+    /// What both families' cores have done.
+    pub fn counters(&self) -> Counters {
+        let mut sum = self.v4.counters().clone();
+        sum.add(self.v6.counters());
+        sum
+    }
+
+    /// Number of flows the gateway remembers.
+    pub fn flow_count(&self) -> usize {
+        self.v4.flow_count() + self.v6.flow_count()
+    }
+
+    /// The names of all rules, as written in the config.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rule_names.iter().map(String::as_str)
+    }
+
+    /// The name of rule `id` as written in the config.
+    pub fn rule_name(&self, id: RuleId) -> &str {
+        self.rule_names
+            .get(usize::from(id))
+            .map_or("?", String::as_str)
+    }
+
+    /// Every flow the gateway remembers, as it stands at `now`.
+    pub fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
+        self.v4.flows(now).chain(self.v6.flows(now))
+    }
+
+    /// Expires now, with their rules' expiry actions, the flows whose rule `matches` (as a
+    /// platform event would: a load balancer redeployed, a NAT gateway swapped). Returns how
+    /// many. Not for the per-packet path: it collects the matching flows first.
+    pub fn expire_now(&mut self, now: Instant, matches: impl Fn(&str) -> bool) -> usize {
+        let names = &self.rule_names;
+        let by_id = |id: RuleId| names.get(usize::from(id)).is_some_and(|n| matches(n));
+        self.v4.expire_now(now, by_id) + self.v6.expire_now(now, by_id)
+    }
+
+    /// SNAT ports per frontend address with outbound rules.
+    pub fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
+        self.v4.snat_usage().chain(self.v6.snat_usage())
+    }
+
+    /// Bytes held by the flow tables (slab and index), for the memory benchmark.
+    pub fn flow_memory_bytes(&self) -> usize {
+        self.v4.flow_memory_bytes() + self.v6.flow_memory_bytes()
     }
 }
 

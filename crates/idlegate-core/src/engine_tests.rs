@@ -4,6 +4,7 @@ use super::*;
 use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
 use crate::packet::TcpFlags;
 use proptest::prelude::*;
+use std::net::Ipv4Addr;
 
 const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
@@ -157,7 +158,7 @@ impl Harness {
             snd_nxt: 5,
         };
         let (v, syn) = self.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
-        let public = Headers::parse(&syn).unwrap().src;
+        let public = Headers::<SocketAddrV4>::parse(&syn).unwrap().src;
         let mut server = Peer {
             addr: server_addr,
             iface: Interface::Outside,
@@ -185,7 +186,7 @@ impl Harness {
         let frontend = ep(FRONTEND, 7000);
         let (v, syn) = self.send(&mut client, frontend, TcpFlags::SYN, 0, b"");
         assert_eq!(v, Verdict::Forward(Interface::Inside));
-        let member = Headers::parse(&syn).unwrap().dst;
+        let member = Headers::<SocketAddrV4>::parse(&syn).unwrap().dst;
         let mut server = Peer {
             addr: member,
             iface: Interface::Inside,
@@ -327,7 +328,7 @@ fn keepalive_probes_refresh_the_flow() {
     assert!(h.expired().is_empty());
     // The probes did not move the tracked sequence back: a reset would still be accepted.
     assert_eq!(
-        h.engine.flows.iter().next().unwrap().1.remote_next_seq,
+        h.engine.v4.flows.iter().next().unwrap().1.remote_next_seq,
         client.snd_nxt
     );
 }
@@ -346,7 +347,7 @@ fn packets_from_the_member_refresh_the_flow_too() {
     );
     assert_eq!(v, Verdict::Forward(Interface::Outside));
     assert_eq!(
-        Headers::parse(&out).unwrap().src,
+        Headers::<SocketAddrV4>::parse(&out).unwrap().src,
         FRONTEND_7000,
         "leaves from the frontend"
     );
@@ -384,7 +385,7 @@ fn expiry_reset_sends_exactly_one_rst_to_each_endpoint_with_the_expected_sequenc
     assert_eq!(h.sent.len(), 2);
     for (iface, packet) in &h.sent {
         assert!(checksums_valid(packet));
-        let hd = Headers::parse(packet).unwrap();
+        let hd = Headers::<SocketAddrV4>::parse(packet).unwrap();
         let seg = hd.tcp.unwrap();
         assert!(seg.flags.rst() && seg.flags.ack() && !seg.flags.syn() && !seg.flags.fin());
         assert_eq!(seg.len, 0);
@@ -450,7 +451,7 @@ fn expiry_reset_on_next_is_silent_then_resets_whoever_sends_next() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
     let (iface, rst) = h.sent.pop().unwrap();
-    let hd = Headers::parse(&rst).unwrap();
+    let hd = Headers::<SocketAddrV4>::parse(&rst).unwrap();
     let seg = hd.tcp.unwrap();
     // RFC 9293 §3.10.7.1: <SEQ=SEG.ACK><CTL=RST>, which is exactly the sender's RCV.NXT.
     assert_eq!(
@@ -471,7 +472,7 @@ fn expiry_reset_on_next_is_silent_then_resets_whoever_sends_next() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
     let (iface, rst) = h.sent.pop().unwrap();
-    let hd = Headers::parse(&rst).unwrap();
+    let hd = Headers::<SocketAddrV4>::parse(&rst).unwrap();
     assert_eq!(
         (iface, hd.src, hd.dst),
         (Interface::Inside, client.addr, server.addr)
@@ -502,7 +503,7 @@ fn ack_and_discard_acknowledges_what_the_sender_sends_and_delivers_nothing() {
     assert_eq!(v, Verdict::Drop(DropReason::Discarded), "never delivered");
     let (iface, ack) = h.sent.pop().expect("an ACK");
     assert!(checksums_valid(&ack));
-    let hd = Headers::parse(&ack).unwrap();
+    let hd = Headers::<SocketAddrV4>::parse(&ack).unwrap();
     let seg = hd.tcp.unwrap();
     assert_eq!(
         (iface, hd.src, hd.dst),
@@ -524,7 +525,11 @@ fn ack_and_discard_acknowledges_what_the_sender_sends_and_delivers_nothing() {
     assert_eq!(v, Verdict::Drop(DropReason::Discarded));
     let (_, ack) = h.sent.pop().expect("an ACK of the probe");
     assert_eq!(
-        Headers::parse(&ack).unwrap().tcp.unwrap().ack,
+        Headers::<SocketAddrV4>::parse(&ack)
+            .unwrap()
+            .tcp
+            .unwrap()
+            .ack,
         client.snd_nxt
     );
     // A pure ACK gets no answer (no ACK ping-pong); the server's side is discarded likewise.
@@ -567,7 +572,11 @@ fn flows_shows_each_flow_with_its_state_idle_time_and_time_left() {
     let f = flows[0];
     assert_eq!(
         (f.flow.remote, f.flow.public, f.flow.private),
-        (ep(CLIENT, 40_000), FRONTEND_7000, ep(VM1, 7000))
+        (
+            ep(CLIENT, 40_000).into(),
+            FRONTEND_7000.into(),
+            ep(VM1, 7000).into()
+        )
     );
     assert_eq!(h.engine.rule_name(f.flow.rule), "app");
     assert_eq!(f.state, FlowState::Established);
@@ -603,7 +612,7 @@ fn expire_now_applies_each_matching_rules_expiry_action_at_once() {
     assert!(h
         .sent
         .iter()
-        .any(|(_, p)| Headers::parse(p).unwrap().dst == client.addr));
+        .any(|(_, p)| Headers::<SocketAddrV4>::parse(p).unwrap().dst == client.addr));
     assert_eq!(h.engine.expire_now(h.at(10), |_| true), 1);
     assert_eq!(h.engine.flow_count(), 0);
 }
@@ -683,7 +692,7 @@ fn closing_and_closed_flows_use_the_transitory_timeout() {
         let (mut client, server) = h.connect_inbound(40_000);
         h.advance_to(1_000);
         h.send(&mut client, FRONTEND_7000, last, server.snd_nxt, b"");
-        let state = h.engine.flows.iter().next().unwrap().1.state;
+        let state = h.engine.v4.flows.iter().next().unwrap().1.state;
         assert!(
             matches!(state, FlowState::FinWait | FlowState::Closed),
             "{state:?}"
@@ -739,7 +748,7 @@ fn a_rst_refusing_the_syn_closes_the_flow() {
     };
     let (_, syn) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
     let server = Peer {
-        addr: Headers::parse(&syn).unwrap().dst,
+        addr: Headers::<SocketAddrV4>::parse(&syn).unwrap().dst,
         iface: Interface::Inside,
         snd_nxt: 0,
     };
@@ -753,7 +762,7 @@ fn a_rst_refusing_the_syn_closes_the_flow() {
     );
     assert_eq!(v, Verdict::Forward(Interface::Outside));
     assert_eq!(
-        h.engine.flows.iter().next().unwrap().1.state,
+        h.engine.v4.flows.iter().next().unwrap().1.state,
         FlowState::Closed
     );
 }
@@ -848,7 +857,7 @@ fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
     let (v, syn) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
     assert_eq!(v, Verdict::Forward(Interface::Outside));
     assert!(checksums_valid(&syn));
-    let public = Headers::parse(&syn).unwrap().src;
+    let public = Headers::<SocketAddrV4>::parse(&syn).unwrap().src;
     assert_eq!(*public.ip(), FRONTEND);
     let mut server = Peer {
         addr: server_addr,
@@ -864,7 +873,7 @@ fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
     );
     assert_eq!(v, Verdict::Forward(Interface::Inside));
     assert!(checksums_valid(&reply));
-    assert_eq!(Headers::parse(&reply).unwrap().dst, vm.addr);
+    assert_eq!(Headers::<SocketAddrV4>::parse(&reply).unwrap().dst, vm.addr);
 }
 
 #[test]
@@ -881,7 +890,9 @@ fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry_and_hold() {
             };
             let (v, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
             match v {
-                Verdict::Forward(_) => ports.push(Headers::parse(&syn).unwrap().src.port()),
+                Verdict::Forward(_) => {
+                    ports.push(Headers::<SocketAddrV4>::parse(&syn).unwrap().src.port())
+                }
                 Verdict::Drop(DropReason::PortExhausted) => return ports,
                 other => panic!("{other:?}"),
             }
@@ -1034,7 +1045,7 @@ fn lb_member_is_chosen_by_5_tuple_hash_and_fixed_for_the_flows_life() {
                 b"x",
             );
             assert_eq!(
-                Headers::parse(&p).unwrap().dst,
+                Headers::<SocketAddrV4>::parse(&p).unwrap().dst,
                 server.addr,
                 "same member for the flow's life"
             );
@@ -1061,7 +1072,7 @@ fn syn_reusing_a_closed_tuple_starts_a_new_connection() {
     let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
     assert_eq!(v, Verdict::Forward(Interface::Inside));
     assert_eq!(
-        h.engine.flows.iter().next().unwrap().1.state,
+        h.engine.v4.flows.iter().next().unwrap().1.state,
         FlowState::SynSent
     );
 }
@@ -1122,7 +1133,7 @@ expiry = "reset-on-next"
     };
     let mut to = |h: &mut Harness, port: u16| {
         let (v, p) = h.send(&mut client, ep(FRONTEND, port), TcpFlags::SYN, 0, b"");
-        (v, Headers::parse(&p).unwrap().dst)
+        (v, Headers::<SocketAddrV4>::parse(&p).unwrap().dst)
     };
     assert_eq!(
         to(&mut h, 50001),
@@ -1149,7 +1160,7 @@ expiry = "reset-on-next"
     };
     h.send(&mut stray, ep(FRONTEND, 50101), TcpFlags::ACK, 1, b"x");
     let (iface, rst) = h.sent.pop().expect("a RST");
-    let hd = Headers::parse(&rst).unwrap();
+    let hd = Headers::<SocketAddrV4>::parse(&rst).unwrap();
     assert!(hd.tcp.unwrap().flags.rst());
     assert_eq!(
         (iface, hd.src, hd.dst),
@@ -1207,7 +1218,10 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
         Verdict::Forward(Interface::Inside)
     );
     assert!(checksums_valid(&query));
-    assert_eq!(Headers::parse(&query).unwrap().dst, ep(VM1, 5353));
+    assert_eq!(
+        Headers::<SocketAddrV4>::parse(&query).unwrap().dst,
+        ep(VM1, 5353)
+    );
     assert_eq!(
         h.engine.flows(h.at(0)).next().unwrap().state,
         FlowState::Unreplied
@@ -1219,7 +1233,10 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
             .handle_packet(h.at(1_000), Interface::Inside, &mut answer),
         Verdict::Forward(Interface::Outside)
     );
-    assert_eq!(Headers::parse(&answer).unwrap().src, ep(FRONTEND, 53));
+    assert_eq!(
+        Headers::<SocketAddrV4>::parse(&answer).unwrap().src,
+        ep(FRONTEND, 53)
+    );
     assert_eq!(
         h.engine.flows(h.at(1_000)).next().unwrap().state,
         FlowState::Replied
@@ -1239,7 +1256,10 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
             .handle_packet(h.at(6_000), Interface::Inside, &mut late),
         Verdict::Forward(Interface::Outside)
     );
-    assert_ne!(Headers::parse(&late).unwrap().src, ep(FRONTEND, 53));
+    assert_ne!(
+        Headers::<SocketAddrV4>::parse(&late).unwrap().src,
+        ep(FRONTEND, 53)
+    );
 }
 
 #[test]
@@ -1250,7 +1270,7 @@ fn a_members_udp_datagrams_leave_from_the_frontend_with_a_snat_port() {
         h.engine.handle_packet(h.at(0), Interface::Inside, &mut out),
         Verdict::Forward(Interface::Outside)
     );
-    let public = Headers::parse(&out).unwrap().src;
+    let public = Headers::<SocketAddrV4>::parse(&out).unwrap().src;
     assert_eq!(*public.ip(), FRONTEND);
     let mut back = udp_packet(ep(CLIENT, 123), public, b"time");
     assert_eq!(
@@ -1258,7 +1278,10 @@ fn a_members_udp_datagrams_leave_from_the_frontend_with_a_snat_port() {
             .handle_packet(h.at(1), Interface::Outside, &mut back),
         Verdict::Forward(Interface::Inside)
     );
-    assert_eq!(Headers::parse(&back).unwrap().dst, ep(VM1, 33_000));
+    assert_eq!(
+        Headers::<SocketAddrV4>::parse(&back).unwrap().dst,
+        ep(VM1, 33_000)
+    );
     assert!(checksums_valid(&back));
 }
 
@@ -1322,7 +1345,7 @@ backend_pool = "vms"
     );
     let (iface, rst) = h.sent.pop().expect("a RST to the inside host");
     assert_eq!(
-        (iface, Headers::parse(&rst).unwrap().dst),
+        (iface, Headers::<SocketAddrV4>::parse(&rst).unwrap().dst),
         (Interface::Inside, vm.addr)
     );
 }
@@ -1439,7 +1462,7 @@ idle_timeout = "{idle}"
 
 /// The state of the only flow.
 fn only_state(h: &Harness) -> FlowState {
-    let mut flows = h.engine.flows.iter();
+    let mut flows = h.engine.v4.flows.iter();
     let state = flows.next().expect("a flow").1.state;
     assert!(flows.next().is_none(), "one flow only");
     state
@@ -1519,7 +1542,7 @@ fn loose_pickup_brings_a_forgotten_outbound_flow_back_on_the_members_next_ack() 
     assert_eq!(h.engine.flow_count(), 0);
     let (v, p) = h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"late");
     assert_eq!(v, Verdict::Forward(Interface::Outside));
-    assert_eq!(Headers::parse(&p).unwrap().src, public);
+    assert_eq!(Headers::<SocketAddrV4>::parse(&p).unwrap().src, public);
     assert_eq!(only_state(&h), FlowState::Established);
     let (v, _) = h.send(&mut server, public, TcpFlags::ACK, vm.snd_nxt, b"reply");
     assert_eq!(v, Verdict::Forward(Interface::Inside));
@@ -1568,7 +1591,7 @@ fn loose_pickup_of_an_inbound_flow_returns_to_the_same_member() {
         b"x",
     );
     assert_eq!(v, Verdict::Forward(Interface::Inside));
-    assert_eq!(Headers::parse(&p).unwrap().dst, server.addr);
+    assert_eq!(Headers::<SocketAddrV4>::parse(&p).unwrap().dst, server.addr);
 }
 
 #[test]
@@ -1585,7 +1608,7 @@ fn masquerade_changes_a_source_port_only_when_the_tuple_would_clash() {
     };
     let (v, syn) = h.send(&mut vm2, server, TcpFlags::SYN, 0, b"");
     assert_eq!(v, Verdict::Forward(Interface::Outside));
-    let second = Headers::parse(&syn).unwrap().src;
+    let second = Headers::<SocketAddrV4>::parse(&syn).unwrap().src;
     assert_eq!(*second.ip(), FRONTEND);
     assert_ne!(second.port(), 33_000);
 }
@@ -1644,7 +1667,7 @@ fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet
     h.advance_to(1_000);
     let sent = tcp_packet(vm.addr, server.addr, TcpFlags::ACK, vm.snd_nxt, 0, &[7; 64]);
     let mut seen_outside = sent.clone();
-    let headers = Headers::parse(&seen_outside).unwrap();
+    let headers = Headers::<SocketAddrV4>::parse(&seen_outside).unwrap();
     packet::rewrite_src(&mut seen_outside, &headers, public);
     let router = Ipv4Addr::new(203, 0, 113, 1);
     let mut error = icmp_error(router, *public.ip(), 3, 4, &seen_outside, 48);
@@ -1652,7 +1675,7 @@ fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet
         .engine
         .handle_packet(h.at(1_000), Interface::Outside, &mut error);
     assert_eq!(verdict, Verdict::Forward(Interface::Inside));
-    let translated = IcmpError::parse(&error).unwrap();
+    let translated = IcmpError::<SocketAddrV4>::parse(&error).unwrap();
     assert_eq!(
         (translated.quoted_src, translated.quoted_dst),
         (vm.addr, server.addr)
@@ -1680,7 +1703,7 @@ fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
         .engine
         .handle_packet(h.at(0), Interface::Outside, &mut query);
     assert_eq!(v, Verdict::Forward(Interface::Inside));
-    let member = Headers::parse(&query).unwrap().dst;
+    let member = Headers::<SocketAddrV4>::parse(&query).unwrap().dst;
     let mut unreachable = icmp_error(*member.ip(), *client.ip(), 3, 3, &query, 28);
     let v = h
         .engine
@@ -1688,7 +1711,7 @@ fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
     assert_eq!(v, Verdict::Forward(Interface::Outside));
     let outer = smoltcp::wire::Ipv4Packet::new_checked(&unreachable[..]).unwrap();
     assert_eq!((outer.src_addr(), outer.dst_addr()), (FRONTEND, CLIENT));
-    let quoted = IcmpError::parse(&unreachable).unwrap();
+    let quoted = IcmpError::<SocketAddrV4>::parse(&unreachable).unwrap();
     assert_eq!(
         (quoted.quoted_src, quoted.quoted_dst),
         (client, ep(FRONTEND, 53))
@@ -1704,7 +1727,7 @@ fn an_icmp_error_about_no_live_flow_is_dropped() {
     let (vm, server, _, public) = h.connect_outbound(33_000);
     let seen = tcp_packet(public, server.addr, TcpFlags::ACK, vm.snd_nxt, 0, b"x");
     let mut stranger = seen.clone();
-    let headers = Headers::parse(&stranger).unwrap();
+    let headers = Headers::<SocketAddrV4>::parse(&stranger).unwrap();
     packet::rewrite_src(&mut stranger, &headers, ep(FRONTEND, 9));
     let mut unknown = icmp_error(*server.addr.ip(), FRONTEND, 3, 3, &stranger, 28);
     let v = h

@@ -12,6 +12,7 @@
 //! so a flow costs its 48 bytes plus two 4-byte buckets and their control bytes, with the hash
 //! table's spare capacity (71–95 bytes per flow measured). No flow allocates on its own.
 
+use crate::family::Endpoint;
 use crate::packet::{Protocol, TcpFlags, TcpSegment};
 use crate::timer::{Link, SlotId, Tick, Timers};
 use hashbrown::HashTable;
@@ -141,10 +142,10 @@ pub type RuleId = u16;
 
 /// One connection through the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Flow {
-    pub remote: SocketAddrV4,
-    pub public: SocketAddrV4,
-    pub private: SocketAddrV4,
+pub struct Flow<E: Endpoint = SocketAddrV4> {
+    pub remote: E,
+    pub public: E,
+    pub private: E,
     pub protocol: Protocol,
     pub state: FlowState,
     pub rule: RuleId,
@@ -160,14 +161,8 @@ pub struct Flow {
     wheel_slot: SlotId,
 }
 
-impl Flow {
-    pub fn new(
-        protocol: Protocol,
-        remote: SocketAddrV4,
-        public: SocketAddrV4,
-        private: SocketAddrV4,
-        rule: RuleId,
-    ) -> Flow {
+impl<E: Endpoint> Flow<E> {
+    pub fn new(protocol: Protocol, remote: E, public: E, private: E, rule: RuleId) -> Flow<E> {
         Flow {
             remote,
             public,
@@ -225,7 +220,7 @@ impl Flow {
     }
 
     /// The flow's key as seen in packets arriving on `side`: (source, destination).
-    fn key(&self, side: Interface) -> (SocketAddrV4, SocketAddrV4) {
+    fn key(&self, side: Interface) -> (E, E) {
         match side {
             Interface::Outside => (self.remote, self.public),
             Interface::Inside => (self.private, self.remote),
@@ -240,17 +235,17 @@ pub type FlowId = u32;
 const MAX_FLOWS: usize = 1 << 31;
 
 /// All flows, found by either key.
-pub struct FlowTable {
-    flows: Vec<Flow>,
+pub struct FlowTable<E: Endpoint = SocketAddrV4> {
+    flows: Vec<Flow<E>>,
     free: Vec<FlowId>,
     /// Entries are `id << 1 | side`, side 1 for the outside key.
     index: HashTable<u32>,
     hasher: foldhash::fast::FixedState,
 }
 
-impl FlowTable {
+impl<E: Endpoint> FlowTable<E> {
     /// An empty table; `seed` keys the hash so outsiders cannot aim collisions at it.
-    pub fn new(seed: u64) -> FlowTable {
+    pub fn new(seed: u64) -> FlowTable<E> {
         FlowTable {
             flows: Vec::new(),
             free: Vec::new(),
@@ -270,13 +265,7 @@ impl FlowTable {
 
     /// The flow whose `side` key is `src → dst`.
     #[inline]
-    pub fn find(
-        &self,
-        side: Interface,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        protocol: Protocol,
-    ) -> Option<FlowId> {
+    pub fn find(&self, side: Interface, src: E, dst: E, protocol: Protocol) -> Option<FlowId> {
         let hash = self.hash(side, src, dst, protocol);
         let flows = &self.flows;
         self.index
@@ -291,7 +280,7 @@ impl FlowTable {
     }
 
     /// Whether another flow already has one of `flow`'s keys.
-    pub fn either_key_taken(&self, flow: &Flow) -> bool {
+    pub fn either_key_taken(&self, flow: &Flow<E>) -> bool {
         [Interface::Inside, Interface::Outside]
             .into_iter()
             .any(|side| {
@@ -307,7 +296,7 @@ impl FlowTable {
 
     /// Adds `flow` under both keys. The caller checks first that neither key is taken and
     /// that the table is not full.
-    pub fn insert(&mut self, flow: Flow) -> FlowId {
+    pub fn insert(&mut self, flow: Flow<E>) -> FlowId {
         let id = match self.free.pop() {
             Some(id) => {
                 self.flows[id as usize] = flow;
@@ -329,7 +318,7 @@ impl FlowTable {
     }
 
     /// Removes the flow and returns it. It must already be out of the timer wheel.
-    pub fn remove(&mut self, id: FlowId) -> Flow {
+    pub fn remove(&mut self, id: FlowId) -> Flow<E> {
         let flow = self.flows[id as usize];
         for side in [Interface::Inside, Interface::Outside] {
             let (src, dst) = flow.key(side);
@@ -342,16 +331,16 @@ impl FlowTable {
         flow
     }
 
-    pub fn get(&self, id: FlowId) -> &Flow {
+    pub fn get(&self, id: FlowId) -> &Flow<E> {
         &self.flows[id as usize]
     }
 
-    pub fn get_mut(&mut self, id: FlowId) -> &mut Flow {
+    pub fn get_mut(&mut self, id: FlowId) -> &mut Flow<E> {
         &mut self.flows[id as usize]
     }
 
     /// Every flow, with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow)> {
+    pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow<E>)> {
         self.index
             .iter()
             .filter(|&&e| decode(e).1 == Interface::Outside)
@@ -363,33 +352,27 @@ impl FlowTable {
 
     /// Bytes the table holds: slab, free list and index (for the memory benchmark).
     pub fn memory_bytes(&self) -> usize {
-        self.flows.capacity() * std::mem::size_of::<Flow>()
+        self.flows.capacity() * std::mem::size_of::<Flow<E>>()
             + self.free.capacity() * std::mem::size_of::<FlowId>()
             + self.index.allocation_size()
     }
 
     #[inline]
-    fn hash(
-        &self,
-        side: Interface,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        protocol: Protocol,
-    ) -> u64 {
+    fn hash(&self, side: Interface, src: E, dst: E, protocol: Protocol) -> u64 {
         key_hash(&self.hasher, side, src, dst, protocol)
     }
 }
 
 #[inline]
-fn key_hash(
+fn key_hash<E: Endpoint>(
     hasher: &foldhash::fast::FixedState,
     side: Interface,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
+    src: E,
+    dst: E,
     protocol: Protocol,
 ) -> u64 {
     let mut h = hasher.build_hasher();
-    h.write_u64(u64::from(u32::from(*src.ip())) << 32 | u64::from(u32::from(*dst.ip())));
+    E::hash_addrs(&mut h, src.addr(), dst.addr());
     h.write_u64(
         u64::from(src.port()) << 32
             | u64::from(dst.port()) << 16
@@ -399,7 +382,7 @@ fn key_hash(
     h.finish()
 }
 
-fn rehash(hasher: &foldhash::fast::FixedState, flows: &[Flow], entry: u32) -> u64 {
+fn rehash<E: Endpoint>(hasher: &foldhash::fast::FixedState, flows: &[Flow<E>], entry: u32) -> u64 {
     let (id, side) = decode(entry);
     let f = &flows[id as usize];
     let (src, dst) = f.key(side);
@@ -419,7 +402,7 @@ fn decode(entry: u32) -> (FlowId, Interface) {
     (entry >> 1, side)
 }
 
-impl Timers for FlowTable {
+impl<E: Endpoint> Timers for FlowTable<E> {
     #[inline]
     fn link(&self, id: u32) -> Link {
         let f = &self.flows[id as usize];
@@ -440,7 +423,7 @@ impl Timers for FlowTable {
 }
 
 // The memory budget per flow (issue: < 128 bytes at 1 M flows, index included).
-const _: () = assert!(std::mem::size_of::<Flow>() == 48);
+const _: () = assert!(std::mem::size_of::<Flow<SocketAddrV4>>() == 48);
 
 #[cfg(test)]
 mod tests {

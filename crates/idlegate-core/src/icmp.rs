@@ -6,29 +6,35 @@
 //! gateway must carry the error to the real endpoint and put the quoted packet back as that
 //! endpoint sent it: otherwise path MTU discovery breaks and a refused UDP datagram goes unseen.
 //!
-//! [`IcmpError::parse`] validates an IPv4 ICMP error (outer header, ICMP checksum, the quoted
-//! IP header and its checksum: RFC 5508 REQ-3) and reads the quoted endpoints.
+//! [`IcmpError::parse`] validates an ICMP or ICMPv6 error (outer header, ICMP checksum, the
+//! quoted IP header and, for IPv4, its checksum: RFC 5508 REQ-3) and reads the quoted
+//! endpoints. ICMPv6 errors (RFC 4443: packet too big is how IPv6 finds its path MTU) are
+//! translated the same way.
 //! [`IcmpError::translate`] rewrites one quoted endpoint and the outer address on the same
 //! side, patching the quoted IP and transport checksums (when quoted) incrementally and then
 //! the ICMP checksum over the message. Nothing here allocates or panics on any input.
 
 use crate::checksum;
+use crate::family::{Endpoint, Side};
 use crate::packet::{ParseError, Protocol};
-use smoltcp::wire::{Icmpv4Packet, IpProtocol, Ipv4Packet};
+use smoltcp::wire::IpProtocol;
 use std::net::SocketAddrV4;
 
-/// The ICMP types that report a failed packet and quote it: destination unreachable (which
-/// includes "fragmentation needed"), time exceeded, parameter problem.
-const ERROR_TYPES: [u8; 3] = [3, 11, 12];
 /// An ICMP header before the quoted packet.
 const ICMP_HEADER: usize = 8;
-/// Transport bytes an error must quote: ports, and for TCP the sequence number (RFC 792).
+/// Transport bytes an error must quote: ports, and for TCP the sequence number (RFC 792,
+/// RFC 4443).
 const QUOTED_TRANSPORT: usize = 8;
 
-/// Whether `packet` is (or claims to be) IPv4 ICMP; cheap, for routing a packet that
-/// [`crate::packet::Headers::parse`] found to be neither TCP nor UDP.
+/// Whether `packet` is (or claims to be) ICMP or ICMPv6, without a routing header in front;
+/// cheap, for routing a packet that [`crate::packet::Headers::parse`] found to be neither TCP
+/// nor UDP.
 pub fn is_icmp(packet: &[u8]) -> bool {
-    packet.first().is_some_and(|b| b >> 4 == 4) && packet.get(9) == Some(&1)
+    match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(9) == Some(&1),
+        Some(6) => packet.get(6) == Some(&58),
+        _ => false,
+    }
 }
 
 /// Which endpoint of the quoted packet a translation replaces.
@@ -42,13 +48,16 @@ pub enum QuotedSide {
     Destination,
 }
 
-/// A validated ICMP error about a TCP or UDP packet.
+/// A validated ICMP error about a TCP or UDP packet of family `E`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcmpError {
+pub struct IcmpError<E: Endpoint = SocketAddrV4> {
     /// The quoted packet's endpoints and protocol.
-    pub quoted_src: SocketAddrV4,
-    pub quoted_dst: SocketAddrV4,
+    pub quoted_src: E,
+    pub quoted_dst: E,
     pub protocol: Protocol,
+    /// The error's own addresses.
+    outer_src: E::Ip,
+    outer_dst: E::Ip,
     /// Offsets in the packet: the ICMP header, the quoted IP header, the quoted transport
     /// header, and the end of the ICMP message.
     icmp: usize,
@@ -57,70 +66,49 @@ pub struct IcmpError {
     end: usize,
 }
 
-impl IcmpError {
-    /// Validates `packet` as an IPv4 ICMP error quoting a TCP or UDP packet.
-    pub fn parse(packet: &[u8]) -> Result<IcmpError, ParseError> {
-        let ip = Ipv4Packet::new_checked(packet).map_err(|_| ParseError::Truncated)?;
-        if ip.version() != 4 {
-            return Err(ParseError::NotIpv4);
-        }
-        if !ip.verify_checksum() {
-            return Err(ParseError::BadChecksum);
-        }
-        if ip.more_frags() || ip.frag_offset() != 0 {
-            return Err(ParseError::Fragment);
-        }
-        if ip.next_header() != IpProtocol::Icmp {
+impl<E: Endpoint> IcmpError<E> {
+    /// Validates `packet` as an ICMP error of family `E` quoting a TCP or UDP packet.
+    pub fn parse(packet: &[u8]) -> Result<IcmpError<E>, ParseError> {
+        let ip = E::parse_ip(packet)?;
+        if ip.protocol != E::ICMP {
             return Err(ParseError::UnsupportedProtocol);
         }
-        let (icmp, end) = (usize::from(ip.header_len()), usize::from(ip.total_len()));
-        let message =
-            Icmpv4Packet::new_checked(&packet[icmp..end]).map_err(|_| ParseError::Truncated)?;
-        if !ERROR_TYPES.contains(&u8::from(message.msg_type())) {
+        let message = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;
+        let message_type = *message.first().ok_or(ParseError::Truncated)?;
+        if message.len() < ICMP_HEADER {
+            return Err(ParseError::Truncated);
+        }
+        if !E::is_icmp_error(message_type) {
             return Err(ParseError::UnsupportedProtocol);
         }
         // RFC 5508 REQ-3: an error whose ICMP checksum fails is dropped.
-        if !message.verify_checksum() {
+        if !E::verify_icmp(message, ip.src, ip.dst) {
             return Err(ParseError::BadChecksum);
         }
-        let quoted_ip = icmp + ICMP_HEADER;
-        Self::parse_quoted(&packet[..end], icmp, quoted_ip)
-    }
-
-    fn parse_quoted(packet: &[u8], icmp: usize, at: usize) -> Result<IcmpError, ParseError> {
-        let bytes = packet.get(at..).ok_or(ParseError::Truncated)?;
-        // The quoted packet is cut short by design: check only its header, not its length.
-        let ip = Ipv4Packet::new_unchecked(bytes);
-        let header_len = usize::from(*bytes.first().ok_or(ParseError::Truncated)? & 0x0f) * 4;
-        if ip.version() != 4 {
-            return Err(ParseError::NotIpv4);
-        }
-        if header_len < 20 || bytes.len() < header_len + QUOTED_TRANSPORT {
-            return Err(ParseError::Truncated);
-        }
-        // RFC 5508 REQ-3 a): an error whose quoted IP header checksum fails is dropped.
-        if checksum::of(&bytes[..header_len]) != 0 {
-            return Err(ParseError::BadChecksum);
-        }
-        // Only a first fragment quotes ports.
-        if ip.frag_offset() != 0 {
-            return Err(ParseError::Fragment);
-        }
-        let protocol = match ip.next_header() {
+        let quoted_ip = ip.l4 + ICMP_HEADER;
+        // RFC 5508 REQ-3 a): so is one whose quoted IP header checksum fails (IPv4).
+        let quoted = E::parse_quoted_ip(&packet[quoted_ip..ip.end])?;
+        let protocol = match quoted.protocol {
             IpProtocol::Tcp => Protocol::Tcp,
             IpProtocol::Udp => Protocol::Udp,
             _ => return Err(ParseError::UnsupportedProtocol),
         };
-        let l4 = &bytes[header_len..];
+        let quoted_l4 = quoted_ip + quoted.l4;
+        let l4 = packet
+            .get(quoted_l4..quoted_l4 + QUOTED_TRANSPORT)
+            .filter(|_| quoted_l4 + QUOTED_TRANSPORT <= ip.end)
+            .ok_or(ParseError::Truncated)?;
         let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
         Ok(IcmpError {
-            quoted_src: SocketAddrV4::new(ip.src_addr(), port(0)),
-            quoted_dst: SocketAddrV4::new(ip.dst_addr(), port(2)),
+            quoted_src: E::at(quoted.src, port(0)),
+            quoted_dst: E::at(quoted.dst, port(2)),
             protocol,
-            icmp,
-            quoted_ip: at,
-            quoted_l4: at + header_len,
-            end: packet.len(),
+            outer_src: ip.src,
+            outer_dst: ip.dst,
+            icmp: ip.l4,
+            quoted_ip,
+            quoted_l4,
+            end: ip.end,
         })
     }
 
@@ -128,7 +116,7 @@ impl IcmpError {
     /// the outer address on the same side (RFC 5508 REQ-4 and REQ-5: the error goes to the
     /// quoted packet's real sender, about the packet as it sent it). `packet` must be the one
     /// parsed; a packet too short for it is left unchanged.
-    pub fn translate(&self, packet: &mut [u8], side: QuotedSide, new: SocketAddrV4) {
+    pub fn translate(&self, packet: &mut [u8], side: QuotedSide, new: E) {
         if packet.len() < self.end {
             return;
         }
@@ -137,43 +125,35 @@ impl IcmpError {
             QuotedSide::Destination => self.quoted_dst,
         };
         self.patch_quoted(packet, side, old, new);
-        // The ICMP checksum covers the whole message, quoted packet included.
-        let mut message = Icmpv4Packet::new_unchecked(&mut packet[self.icmp..self.end]);
-        message.fill_checksum();
-        // The outer header: the error now goes to (or comes from) the real endpoint.
-        let mut outer = Ipv4Packet::new_unchecked(&mut *packet);
-        let outer_old = match side {
+        // The error now goes to (or comes from) the real endpoint.
+        let (outer_src, outer_dst) = match side {
             QuotedSide::Source => {
-                let was = outer.dst_addr();
-                outer.set_dst_addr(*new.ip());
-                was
+                E::set_ip(packet, Side::Dst, self.outer_dst, new.addr());
+                (self.outer_src, new.addr())
             }
             QuotedSide::Destination => {
-                let was = outer.src_addr();
-                outer.set_src_addr(*new.ip());
-                was
+                E::set_ip(packet, Side::Src, self.outer_src, new.addr());
+                (new.addr(), self.outer_dst)
             }
         };
-        let sum = checksum::update_u32(outer.checksum(), outer_old.into(), (*new.ip()).into());
-        outer.set_checksum(sum);
+        // The ICMP checksum covers the whole message, quoted packet included (and for
+        // ICMPv6 the outer addresses).
+        E::fill_icmp(&mut packet[self.icmp..self.end], outer_src, outer_dst);
     }
 
-    /// Rewrites the quoted address, port, IP checksum and (if quoted) transport checksum.
-    fn patch_quoted(
-        &self,
-        packet: &mut [u8],
-        side: QuotedSide,
-        old: SocketAddrV4,
-        new: SocketAddrV4,
-    ) {
-        let (old_ip, new_ip) = (u32::from(*old.ip()), u32::from(*new.ip()));
-        let mut ip = Ipv4Packet::new_unchecked(&mut packet[self.quoted_ip..self.quoted_l4]);
-        match side {
-            QuotedSide::Source => ip.set_src_addr(*new.ip()),
-            QuotedSide::Destination => ip.set_dst_addr(*new.ip()),
-        }
-        let sum = checksum::update_u32(ip.checksum(), old_ip, new_ip);
-        ip.set_checksum(sum);
+    /// Rewrites the quoted address, port, IP checksum (IPv4) and, if quoted, transport
+    /// checksum.
+    fn patch_quoted(&self, packet: &mut [u8], side: QuotedSide, old: E, new: E) {
+        let ip_side = match side {
+            QuotedSide::Source => Side::Src,
+            QuotedSide::Destination => Side::Dst,
+        };
+        E::set_ip(
+            &mut packet[self.quoted_ip..self.quoted_l4],
+            ip_side,
+            old.addr(),
+            new.addr(),
+        );
         let l4 = &mut packet[self.quoted_l4..self.end];
         let port_at = match side {
             QuotedSide::Source => 0,
@@ -192,7 +172,7 @@ impl IcmpError {
         if self.protocol == Protocol::Udp && old_sum == 0 {
             return; // RFC 768: no checksum.
         }
-        let sum = checksum::update_u32(old_sum, old_ip, new_ip);
+        let sum = E::update_checksum(old_sum, old.addr(), new.addr());
         let mut sum = checksum::update_u16(sum, old.port(), new.port());
         if self.protocol == Protocol::Udp && sum == 0 {
             sum = 0xffff;
@@ -207,6 +187,7 @@ pub(crate) mod tests {
     use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
     use crate::packet::TcpFlags;
     use proptest::prelude::*;
+    use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
     use std::net::Ipv4Addr;
 
     /// An ICMP error of `icmp_type`/`code` from `from` to `to`, quoting the first `quote`
@@ -249,7 +230,7 @@ pub(crate) mod tests {
 
     /// Whether the outer header, the ICMP message and the quoted IP header all verify.
     fn all_checksums_valid(p: &[u8]) -> bool {
-        IcmpError::parse(p).is_ok()
+        IcmpError::<SocketAddrV4>::parse(p).is_ok()
     }
 
     #[test]
@@ -265,7 +246,7 @@ pub(crate) mod tests {
             &original,
             28,
         );
-        let e = IcmpError::parse(&p).unwrap();
+        let e = IcmpError::<SocketAddrV4>::parse(&p).unwrap();
         assert_eq!(
             (e.quoted_src, e.quoted_dst, e.protocol),
             (public, server, Protocol::Tcp)
@@ -277,22 +258,31 @@ pub(crate) mod tests {
         let (a, b) = (ep([192, 0, 2, 11], 5000), ep([203, 0, 113, 100], 53));
         let original = udp_packet(a, b, b"query");
         let good = icmp_error(*b.ip(), *a.ip(), 3, 3, &original, 28);
-        assert!(IcmpError::parse(&good).is_ok());
+        assert!(IcmpError::<SocketAddrV4>::parse(&good).is_ok());
         // REQ-3: a bad ICMP checksum, a bad quoted IP checksum.
         let mut bad = good.clone();
         bad[22] ^= 0xff;
-        assert_eq!(IcmpError::parse(&bad), Err(ParseError::BadChecksum));
+        assert_eq!(
+            IcmpError::<SocketAddrV4>::parse(&bad),
+            Err(ParseError::BadChecksum)
+        );
         let mut quoted_bad = good.clone();
         quoted_bad[28 + 10] ^= 0xff;
         Icmpv4Packet::new_unchecked(&mut quoted_bad[20..]).fill_checksum();
-        assert_eq!(IcmpError::parse(&quoted_bad), Err(ParseError::BadChecksum));
+        assert_eq!(
+            IcmpError::<SocketAddrV4>::parse(&quoted_bad),
+            Err(ParseError::BadChecksum)
+        );
         // Too little quoted to hold the ports.
         let short = icmp_error(*b.ip(), *a.ip(), 3, 3, &original, 24);
-        assert_eq!(IcmpError::parse(&short), Err(ParseError::Truncated));
+        assert_eq!(
+            IcmpError::<SocketAddrV4>::parse(&short),
+            Err(ParseError::Truncated)
+        );
         // An echo request is not an error.
         let echo = icmp_error(*b.ip(), *a.ip(), 8, 0, &original, 28);
         assert_eq!(
-            IcmpError::parse(&echo),
+            IcmpError::<SocketAddrV4>::parse(&echo),
             Err(ParseError::UnsupportedProtocol)
         );
     }
@@ -305,11 +295,11 @@ pub(crate) mod tests {
         let server = ep([198, 51, 100, 5], 8000);
         let sent = tcp_packet(member, server, TcpFlags::ACK, 7, 9, &[1; 100]);
         let mut seen_outside = sent.clone();
-        let h = crate::packet::Headers::parse(&seen_outside).unwrap();
+        let h = crate::packet::Headers::<SocketAddrV4>::parse(&seen_outside).unwrap();
         crate::packet::rewrite_src(&mut seen_outside, &h, public);
         let router = Ipv4Addr::new(203, 0, 113, 100);
         let mut p = icmp_error(router, *public.ip(), 3, 4, &seen_outside, 20 + 20);
-        let e = IcmpError::parse(&p).unwrap();
+        let e = IcmpError::<SocketAddrV4>::parse(&p).unwrap();
         e.translate(&mut p, QuotedSide::Source, member);
         assert!(all_checksums_valid(&p));
         assert_eq!(
@@ -337,11 +327,11 @@ pub(crate) mod tests {
                 udp_packet(s, d, b"payload bytes")
             };
             let mut p = icmp_error(Ipv4Addr::new(203, 0, 113, 1), *s.ip(), 3, 3, &original, quote);
-            let e = IcmpError::parse(&p).unwrap();
+            let e = IcmpError::<SocketAddrV4>::parse(&p).unwrap();
             let side = if inbound { QuotedSide::Destination } else { QuotedSide::Source };
             let new = SocketAddrV4::new(new.into(), nport);
             e.translate(&mut p, side, new);
-            let t = IcmpError::parse(&p).unwrap();
+            let t = IcmpError::<SocketAddrV4>::parse(&p).unwrap();
             prop_assert_eq!(if inbound { t.quoted_dst } else { t.quoted_src }, new);
             if quote >= original.len() {
                 prop_assert!(checksums_valid(&p[28..]));
@@ -351,8 +341,8 @@ pub(crate) mod tests {
         #[test]
         fn parsing_random_errors_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
             let mut p = icmp_error(Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(5, 6, 7, 8), 3, 3, &bytes, 96);
-            let _ = IcmpError::parse(&p);
-            if let Ok(e) = IcmpError::parse(&p) {
+            let _ = IcmpError::<SocketAddrV4>::parse(&p);
+            if let Ok(e) = IcmpError::<SocketAddrV4>::parse(&p) {
                 e.translate(&mut p, QuotedSide::Source, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1));
             }
         }

@@ -24,6 +24,7 @@ pub mod checksum;
 pub mod config;
 pub mod engine;
 pub mod expiry;
+pub mod family;
 pub mod flow;
 pub mod icmp;
 pub mod packet;

@@ -10,6 +10,7 @@
 
 use crate::timer::Tick;
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 
 /// How a flow holding a port ended, which decides how long the port is held.
@@ -41,28 +42,28 @@ struct Block {
 
 /// The SNAT ports of one frontend address.
 #[derive(Debug, Clone)]
-pub struct SnatPorts {
-    frontend: Ipv4Addr,
+pub struct SnatPorts<A = Ipv4Addr> {
+    frontend: A,
     blocks: Vec<Block>,
     /// Ports in all blocks, and how many of them are lent.
     total: usize,
     lent_count: usize,
-    by_member: HashMap<Ipv4Addr, usize>,
+    by_member: HashMap<A, usize>,
     holds: Holds,
     lent: Box<[u64; 1024]>,
 }
 
-impl SnatPorts {
+impl<A: Copy + Eq + Hash> SnatPorts<A> {
     /// A frontend whose members each own a block of ports: `(member, block size)`, the blocks
     /// taken in order from `ports` (which leaves out what the caller reserves, such as LB
     /// frontend ports). If `ports` run out, the last blocks are short: the config's validation
     /// sees to it that they do not.
     pub fn new(
-        frontend: Ipv4Addr,
-        members: &[(Ipv4Addr, usize)],
+        frontend: A,
+        members: &[(A, usize)],
         mut ports: impl Iterator<Item = u16>,
         holds: Holds,
-    ) -> SnatPorts {
+    ) -> SnatPorts<A> {
         let blocks: Vec<Block> = members
             .iter()
             .map(|&(_, size)| {
@@ -95,19 +96,19 @@ impl SnatPorts {
 
     /// A frontend whose `members` all draw from one pool of `ports` on demand.
     pub fn shared(
-        frontend: Ipv4Addr,
-        members: &[Ipv4Addr],
+        frontend: A,
+        members: &[A],
         ports: impl Iterator<Item = u16>,
         holds: Holds,
-    ) -> SnatPorts {
+    ) -> SnatPorts<A> {
         let all = usize::from(u16::MAX);
-        let mut pool = SnatPorts::new(frontend, &[(Ipv4Addr::UNSPECIFIED, all)], ports, holds);
+        let mut pool = SnatPorts::new(frontend, &[(frontend, all)], ports, holds);
         pool.by_member = members.iter().map(|&m| (m, 0)).collect();
         pool
     }
 
     /// The frontend address these ports belong to.
-    pub fn frontend(&self) -> Ipv4Addr {
+    pub fn frontend(&self) -> A {
         self.frontend
     }
 
@@ -123,7 +124,7 @@ impl SnatPorts {
 
     /// Lends one of `member`'s ports at `now`, or `None` when its block is exhausted (or it has
     /// none here).
-    pub fn allocate(&mut self, member: Ipv4Addr, now: Tick) -> Option<u16> {
+    pub fn allocate(&mut self, member: A, now: Tick) -> Option<u16> {
         let block = &mut self.blocks[*self.by_member.get(&member)?];
         for held in [&mut block.held_fin, &mut block.held_rst] {
             while let Some(&(port, until)) = held.front() {
@@ -143,7 +144,7 @@ impl SnatPorts {
 
     /// Takes back `member`'s `port`, from a flow that ended with `ending` at tick `ended`.
     /// A port that is not lent is ignored.
-    pub fn release(&mut self, member: Ipv4Addr, port: u16, ending: Ending, ended: Tick) {
+    pub fn release(&mut self, member: A, port: u16, ending: Ending, ended: Tick) {
         if !self.take_lent(port) {
             return;
         }
@@ -163,7 +164,7 @@ impl SnatPorts {
 
     /// Whether `member`'s block has run out, the first time since it last lent a port: for
     /// telling of exhaustion once, not on every packet.
-    pub fn newly_exhausted(&mut self, member: Ipv4Addr) -> bool {
+    pub fn newly_exhausted(&mut self, member: A) -> bool {
         let Some(&i) = self.by_member.get(&member) else {
             return false;
         };
@@ -179,7 +180,7 @@ impl SnatPorts {
     }
 
     /// Takes back a port that was lent but never used (its connection was refused at once).
-    pub fn release_unused(&mut self, member: Ipv4Addr, port: u16) {
+    pub fn release_unused(&mut self, member: A, port: u16) {
         if !self.take_lent(port) {
             return;
         }
@@ -189,7 +190,7 @@ impl SnatPorts {
     }
 
     /// Ports `member` could be lent at `now`: free, or held with the hold over.
-    pub fn available(&self, member: Ipv4Addr, now: Tick) -> usize {
+    pub fn available(&self, member: A, now: Tick) -> usize {
         self.by_member.get(&member).map_or(0, |&i| {
             let b = &self.blocks[i];
             let matured =

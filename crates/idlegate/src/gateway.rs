@@ -19,7 +19,7 @@ use idlegate_core::Config;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,7 @@ pub struct Port {
     pub interface: Interface,
     /// The address of the host behind it, or `None` for a port that takes every destination
     /// on its side (a router-style attachment).
-    pub host: Option<Ipv4Addr>,
+    pub host: Option<IpAddr>,
 }
 
 /// What a gateway offers besides forwarding.
@@ -85,7 +85,7 @@ pub struct Gateway {
     traffic: Option<Traffic>,
     buf: Box<[u8; BUF_LEN]>,
     /// Member addresses and names, for log lines.
-    member_names: Vec<(Ipv4Addr, String)>,
+    member_names: Vec<(IpAddr, String)>,
     /// Which devices may still hold packets.
     readable: Vec<bool>,
     /// Where the engine writes the packets it generates.
@@ -168,7 +168,7 @@ impl Gateway {
         self.stopper.clone()
     }
 
-    pub fn counters(&self) -> &Counters {
+    pub fn counters(&self) -> Counters {
         self.engine.counters()
     }
 
@@ -393,10 +393,19 @@ impl Gateway {
     }
 }
 
-/// The IPv4 destination of a packet the engine accepted (so its header is valid).
-fn destination(packet: &[u8]) -> Option<Ipv4Addr> {
-    let bytes: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-    Some(Ipv4Addr::from(bytes))
+/// The destination of a packet the engine accepted (so its header is valid).
+fn destination(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 => {
+            let bytes: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
+            Some(Ipv4Addr::from(bytes).into())
+        }
+        6 => {
+            let bytes: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
+            Some(Ipv6Addr::from(bytes).into())
+        }
+        _ => None,
+    }
 }
 
 /// A seed for the flow table's hash, so outsiders cannot aim collisions at it.

@@ -20,7 +20,7 @@ use idlegate_core::engine::{Counters, Interface};
 use idlegate_core::Config;
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -38,6 +38,8 @@ pub struct Extras {
 pub const INTERNET: &str = "internet";
 /// Its address.
 pub const INTERNET_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+/// Its IPv6 address, for configs with IPv6 frontends (fd00::/8, unique local).
+pub const INTERNET_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 0x100);
 
 const LOCK_DIR: &str = "/run/idlegate";
 /// How long programs left in a host get between SIGTERM and SIGKILL when the lab goes down.
@@ -47,7 +49,7 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub interface: Interface,
 }
 
@@ -103,7 +105,11 @@ impl Lab {
     fn add_host(&mut self, index: usize, host: Host) -> Result<()> {
         let ns = Namespace::create(&namespace(&self.name, &host.name))?;
         let tun = Tun::create(&device_name(&self.name, index))?;
-        tun.move_to(ns.name(), host.address)
+        let addresses = match host.interface {
+            Interface::Inside => vec![host.address],
+            Interface::Outside => vec![INTERNET_ADDRESS.into(), INTERNET_ADDRESS_V6.into()],
+        };
+        tun.move_to(ns.name(), &addresses)
             .with_context(|| format!("wiring host {} of lab {}", host.name, self.name))?;
         self.namespaces.push(ns);
         // The internet host is also the way to every other outside address, so that a test
@@ -191,9 +197,11 @@ fn hosts(config: &Config) -> Result<Vec<Host>> {
             "a member may not be called \"{INTERNET}\": the lab's outside host has that name"
         );
         ensure!(
-            member.address != INTERNET_ADDRESS,
-            "member {} has address {INTERNET_ADDRESS}, which is the lab's {INTERNET} host",
-            member.name
+            member.address != IpAddr::from(INTERNET_ADDRESS)
+                && member.address != IpAddr::from(INTERNET_ADDRESS_V6),
+            "member {} has address {}, which is the lab's {INTERNET} host",
+            member.name,
+            member.address,
         );
         hosts.push(Host {
             name: member.name.clone(),
@@ -203,7 +211,7 @@ fn hosts(config: &Config) -> Result<Vec<Host>> {
     }
     hosts.push(Host {
         name: INTERNET.to_string(),
-        address: INTERNET_ADDRESS,
+        address: INTERNET_ADDRESS.into(),
         interface: Interface::Outside,
     });
     Ok(hosts)

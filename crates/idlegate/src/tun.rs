@@ -24,7 +24,7 @@
 use crate::netns;
 use anyhow::{Context, Result};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use tun_rs::{DeviceBuilder, SyncDevice};
 
@@ -57,20 +57,35 @@ impl Tun {
         })
     }
 
-    /// Moves the device into namespace `netns` and configures it there:
-    /// no IPv6 link-local address, `address/32`, up, default route through it.
-    pub fn move_to(&self, netns: &str, address: Ipv4Addr) -> Result<()> {
+    /// Moves the device into namespace `netns` and configures it there: no IPv6 link-local
+    /// address, each of `addresses` as a host address (IPv6 without duplicate address
+    /// detection, so it is usable at once), up, and a default route through it for each
+    /// family it has an address of.
+    pub fn move_to(&self, netns: &str, addresses: &[IpAddr]) -> Result<()> {
         let dev = self.name.as_str();
-        let addr = format!("{address}/32");
         netns::ip(&["link", "set", dev, "netns", netns])
             .with_context(|| format!("moving TUN device {dev} into network namespace {netns}"))?;
-        let steps: [&[&str]; 4] = [
-            &["link", "set", dev, "addrgenmode", "none"],
-            &["addr", "add", &addr, "dev", dev],
-            &["link", "set", dev, "up"],
-            &["route", "add", "default", "dev", dev],
-        ];
-        for step in steps {
+        let mut steps: Vec<Vec<String>> = vec![vec!["link", "set", dev, "addrgenmode", "none"]
+            .into_iter()
+            .map(String::from)
+            .collect()];
+        for a in addresses {
+            let step = match a {
+                IpAddr::V4(_) => format!("addr add {a}/32 dev {dev}"),
+                IpAddr::V6(_) => format!("addr add {a}/128 dev {dev} nodad"),
+            };
+            steps.push(step.split(' ').map(String::from).collect());
+        }
+        steps.push(["link", "set", dev, "up"].map(String::from).to_vec());
+        for (family, v6) in [("-4", false), ("-6", true)] {
+            if addresses.iter().any(|a| a.is_ipv6() == v6) {
+                let step = [family, "route", "add", "default", "dev", dev];
+                steps.push(step.map(String::from).to_vec());
+            }
+        }
+        for step in &steps {
+            let step: Vec<&str> = step.iter().map(String::as_str).collect();
+            let step = step.as_slice();
             let args = [&["-n", netns], step].concat();
             netns::ip(&args).with_context(|| {
                 format!("configuring TUN device {dev} in network namespace {netns}")

@@ -39,7 +39,7 @@ struct Host {
 fn host(addr: Ipv4Addr) -> Result<Host> {
     let ns = Namespace::create(&unique())?;
     let tun = Tun::create(&unique())?;
-    tun.move_to(ns.name(), addr)?;
+    tun.move_to(ns.name(), &[addr.into()])?;
     Ok(Host { tun, ns, addr })
 }
 
