@@ -4,7 +4,7 @@ use super::*;
 use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
 use crate::packet::TcpFlags;
 use proptest::prelude::*;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
@@ -1740,4 +1740,150 @@ fn an_icmp_error_about_no_live_flow_is_dropped() {
         .engine
         .handle_packet(h.at(IDLE_MS), Interface::Outside, &mut late);
     assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+}
+
+/// A config with an IPv4 and an IPv6 frontend, each with an LB rule (port 7000) to its own
+/// pool, and an IPv6 outbound rule.
+fn dual_stack_config(expiry: &str) -> Config {
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public4"
+address = "203.0.113.10"
+[[frontend]]
+name = "public6"
+address = "fd00:203::10"
+[[backend_pool]]
+name = "vms4"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[backend_pool]]
+name = "vms6"
+members = [{{ name = "vm6", address = "fd00:192::11" }}]
+[[lb_rule]]
+name = "app4"
+frontend = "public4"
+frontend_port = 7000
+backend_pool = "vms4"
+backend_port = 7000
+expiry = "{expiry}"
+[[lb_rule]]
+name = "app6"
+frontend = "public6"
+frontend_port = 7000
+backend_pool = "vms6"
+backend_port = 7000
+expiry = "{expiry}"
+[[outbound_rule]]
+name = "egress6"
+frontend = "public6"
+backend_pool = "vms6"
+expiry = "{expiry}"
+"#
+    );
+    Config::from_toml(&text, "dual.toml").unwrap()
+}
+
+fn ep6(ip: &str, port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(ip.parse().unwrap(), port, 0, 0)
+}
+
+/// Hands `packet` to the engine at `ms`; returns the verdict and the packet as it left.
+fn pass(h: &mut Harness, ms: u64, from: Interface, mut packet: Vec<u8>) -> (Verdict, Vec<u8>) {
+    let v = h.engine.handle_packet(h.at(ms), from, &mut packet);
+    h.drain();
+    (v, packet)
+}
+
+/// An IPv6 client connects to the IPv6 frontend; returns the member it reached.
+fn connect_inbound6(h: &mut Harness, client: SocketAddrV6) -> SocketAddrV6 {
+    let frontend = ep6("fd00:203::10", 7000);
+    let syn = tcp_packet(client, frontend, TcpFlags::SYN, 100, 0, b"");
+    let (v, out) = pass(h, 0, Interface::Outside, syn);
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert!(checksums_valid(&out));
+    let member = Headers::<SocketAddrV6>::parse(&out).unwrap().dst;
+    let synack = tcp_packet(member, client, TcpFlags::SYN | TcpFlags::ACK, 500, 101, b"");
+    let (v, out) = pass(h, 0, Interface::Inside, synack);
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(Headers::<SocketAddrV6>::parse(&out).unwrap().src, frontend);
+    assert!(checksums_valid(&out));
+    let ack = tcp_packet(client, frontend, TcpFlags::ACK, 101, 501, b"");
+    assert_eq!(
+        pass(h, 0, Interface::Outside, ack).0,
+        Verdict::Forward(Interface::Inside)
+    );
+    member
+}
+
+#[test]
+fn an_ipv6_flow_is_translated_and_reset_at_expiry_like_an_ipv4_one() {
+    let mut h = Harness::with(dual_stack_config("reset"));
+    let client = ep6("fd00:203::100", 40_000);
+    let member = connect_inbound6(&mut h, client);
+    assert_eq!(member, ep6("fd00:192::11", 7000));
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::Reset)]);
+    assert_eq!(h.sent.len(), 2);
+    for (iface, rst) in &h.sent {
+        assert!(checksums_valid(rst), "{iface:?}");
+        let rst_headers = Headers::<SocketAddrV6>::parse(rst).unwrap();
+        let expected = match iface {
+            Interface::Outside => (ep6("fd00:203::10", 7000), client, 501),
+            Interface::Inside => (client, member, 101),
+        };
+        assert_eq!(
+            (
+                rst_headers.src,
+                rst_headers.dst,
+                rst_headers.tcp.unwrap().seq
+            ),
+            expected
+        );
+    }
+}
+
+#[test]
+fn ipv4_and_ipv6_rules_run_side_by_side_and_keep_their_names() {
+    let mut h = Harness::with(dual_stack_config("silent"));
+    let (client4, _) = h.connect_inbound(40_000);
+    connect_inbound6(&mut h, ep6("fd00:203::100", 40_001));
+    let mut flows: Vec<(String, SocketAddr)> = h
+        .engine
+        .flows(h.at(0))
+        .map(|f| (h.engine.rule_name(f.flow.rule).to_string(), f.flow.remote))
+        .collect();
+    flows.sort();
+    assert_eq!(
+        flows,
+        [
+            ("app4".to_string(), client4.addr.into()),
+            ("app6".to_string(), ep6("fd00:203::100", 40_001).into())
+        ]
+    );
+    assert_eq!(h.engine.counters().flows_created, 2);
+    h.engine.expire_now(h.at(10), |rule| rule == "app6");
+    assert_eq!(h.engine.flow_count(), 1);
+}
+
+#[test]
+fn an_icmpv6_packet_too_big_reaches_the_ipv6_member_translated() {
+    // RFC 5508 REQ-5, with RFC 4443's packet too big: IPv6 finds its path MTU only this way.
+    use crate::icmp::tests::icmpv6_error;
+    let mut h = Harness::with(dual_stack_config("silent"));
+    let (member, server) = (ep6("fd00:192::11", 33_000), ep6("fd00:198::5", 8000));
+    let syn = tcp_packet(member, server, TcpFlags::SYN, 1, 0, b"");
+    let (v, out) = pass(&mut h, 0, Interface::Inside, syn);
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    let public = Headers::<SocketAddrV6>::parse(&out).unwrap().src;
+    assert_eq!(*public.ip(), "fd00:203::10".parse::<Ipv6Addr>().unwrap());
+    let big = tcp_packet(public, server, TcpFlags::ACK, 2, 1, &[0; 1400]);
+    let router: Ipv6Addr = "fd00:203::1".parse().unwrap();
+    let error = icmpv6_error(router, *public.ip(), 2, 0, &big, 1232);
+    let (v, out) = pass(&mut h, 5, Interface::Outside, error);
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    let e = IcmpError::<SocketAddrV6>::parse(&out).expect("valid after translation");
+    assert_eq!((e.quoted_src, e.quoted_dst), (member, server));
+    let outer = smoltcp::wire::Ipv6Packet::new_checked(&out[..]).unwrap();
+    assert_eq!((outer.src_addr(), outer.dst_addr()), (router, *member.ip()));
 }

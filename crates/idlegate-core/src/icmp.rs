@@ -188,7 +188,7 @@ pub(crate) mod tests {
     use crate::packet::TcpFlags;
     use proptest::prelude::*;
     use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     /// An ICMP error of `icmp_type`/`code` from `from` to `to`, quoting the first `quote`
     /// bytes of `original`.
@@ -221,6 +221,35 @@ pub(crate) mod tests {
         }
         p[28..].copy_from_slice(quoted);
         Icmpv4Packet::new_unchecked(&mut p[20..]).fill_checksum();
+        p
+    }
+
+    /// An ICMPv6 error of `icmp_type`/`code` from `from` to `to`, quoting the first `quote`
+    /// bytes of `original` (an IPv6 packet).
+    pub fn icmpv6_error(
+        from: Ipv6Addr,
+        to: Ipv6Addr,
+        icmp_type: u8,
+        code: u8,
+        original: &[u8],
+        quote: usize,
+    ) -> Vec<u8> {
+        let quoted = &original[..quote.min(original.len())];
+        let mut p = vec![0u8; 40 + ICMP_HEADER + quoted.len()];
+        SocketAddrV6::write_ip_header(
+            &mut p,
+            from,
+            to,
+            IpProtocol::Icmpv6,
+            ICMP_HEADER + quoted.len(),
+        );
+        p[40] = icmp_type;
+        p[41] = code;
+        if icmp_type == 2 {
+            p[44..48].copy_from_slice(&1280u32.to_be_bytes()); // the MTU
+        }
+        p[48..].copy_from_slice(quoted);
+        SocketAddrV6::fill_icmp(&mut p[40..], from, to);
         p
     }
 

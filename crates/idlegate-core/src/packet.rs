@@ -295,30 +295,28 @@ impl<E: Endpoint> Control<E> {
 pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
-    use smoltcp::wire::Ipv4Packet;
-    use std::net::Ipv4Addr;
+    use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
-    /// Builds a valid IPv4/TCP packet (checksums filled) for tests.
-    pub fn tcp_packet(
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
+    /// Builds a valid TCP packet of `src`'s family (checksums filled) for tests.
+    pub fn tcp_packet<E: Endpoint>(
+        src: E,
+        dst: E,
         flags: TcpFlags,
         seq: u32,
         ack: u32,
         payload: &[u8],
     ) -> Vec<u8> {
-        let len = 40 + payload.len();
-        let mut buf = vec![0u8; len];
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(len as u16);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Tcp);
-        ip.set_src_addr(*src.ip());
-        ip.set_dst_addr(*dst.ip());
-        ip.fill_checksum();
-        let mut tcp = TcpPacket::new_unchecked(&mut buf[20..]);
+        let h = E::IP_HEADER_LEN;
+        let mut buf = vec![0u8; h + 20 + payload.len()];
+        E::write_ip_header(
+            &mut buf,
+            src.addr(),
+            dst.addr(),
+            IpProtocol::Tcp,
+            20 + payload.len(),
+        );
+        let mut tcp = TcpPacket::new_unchecked(&mut buf[h..]);
         tcp.set_src_port(src.port());
         tcp.set_dst_port(dst.port());
         tcp.set_seq_number(TcpSeqNumber(seq as i32));
@@ -330,38 +328,57 @@ pub(crate) mod tests {
         tcp.set_rst(flags.rst());
         tcp.set_window_len(65535);
         tcp.payload_mut().copy_from_slice(payload);
-        tcp.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+        tcp.fill_checksum(&src.addr().into(), &dst.addr().into());
         buf
     }
 
-    pub fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-        let len = 28 + payload.len();
-        let mut buf = vec![0u8; len];
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
-        ip.set_version(4);
-        ip.set_header_len(20);
-        ip.set_total_len(len as u16);
-        ip.set_hop_limit(64);
-        ip.set_next_header(IpProtocol::Udp);
-        ip.set_src_addr(*src.ip());
-        ip.set_dst_addr(*dst.ip());
-        ip.fill_checksum();
-        let mut udp = UdpPacket::new_unchecked(&mut buf[20..]);
+    /// Builds a valid UDP packet of `src`'s family for tests.
+    pub fn udp_packet<E: Endpoint>(src: E, dst: E, payload: &[u8]) -> Vec<u8> {
+        let h = E::IP_HEADER_LEN;
+        let mut buf = vec![0u8; h + 8 + payload.len()];
+        E::write_ip_header(
+            &mut buf,
+            src.addr(),
+            dst.addr(),
+            IpProtocol::Udp,
+            8 + payload.len(),
+        );
+        let mut udp = UdpPacket::new_unchecked(&mut buf[h..]);
         udp.set_src_port(src.port());
         udp.set_dst_port(dst.port());
         udp.set_len((8 + payload.len()) as u16);
         udp.payload_mut().copy_from_slice(payload);
-        udp.fill_checksum(&(*src.ip()).into(), &(*dst.ip()).into());
+        udp.fill_checksum(&src.addr().into(), &dst.addr().into());
         buf
     }
 
-    /// Full verification of both checksums, as a receiving stack would do.
+    /// Full verification of the IPv4 header checksum (if any) and the transport checksum, as
+    /// a receiving stack would do.
     pub fn checksums_valid(packet: &[u8]) -> bool {
-        let ip = Ipv4Packet::new_checked(packet).expect("ipv4");
-        let (src, dst) = (ip.src_addr().into(), ip.dst_addr().into());
-        let l4 = &packet[usize::from(ip.header_len())..usize::from(ip.total_len())];
-        ip.verify_checksum()
-            && match ip.next_header() {
+        let (src, dst, protocol, l4, header_ok): (IpAddress, IpAddress, _, _, _) =
+            if packet[0] >> 4 == 6 {
+                let ip = Ipv6Packet::new_checked(packet).expect("ipv6");
+                let end = 40 + usize::from(ip.payload_len());
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    ip.next_header(),
+                    &packet[40..end],
+                    true,
+                )
+            } else {
+                let ip = Ipv4Packet::new_checked(packet).expect("ipv4");
+                let l4 = &packet[usize::from(ip.header_len())..usize::from(ip.total_len())];
+                (
+                    ip.src_addr().into(),
+                    ip.dst_addr().into(),
+                    ip.next_header(),
+                    l4,
+                    ip.verify_checksum(),
+                )
+            };
+        header_ok
+            && match protocol {
                 IpProtocol::Tcp => TcpPacket::new_checked(l4)
                     .expect("tcp")
                     .verify_checksum(&src, &dst),
@@ -370,6 +387,63 @@ pub(crate) mod tests {
                     .verify_checksum(&src, &dst),
                 _ => false,
             }
+    }
+
+    fn endpoint6() -> impl Strategy<Value = SocketAddrV6> {
+        (any::<u128>(), any::<u16>())
+            .prop_map(|(ip, port)| SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0))
+    }
+
+    #[test]
+    fn an_ipv6_packet_is_read_by_the_ipv6_view_only() {
+        let a = SocketAddrV6::new("fd00:203::100".parse().unwrap(), 40000, 0, 0);
+        let b = SocketAddrV6::new("fd00:203::10".parse().unwrap(), 7000, 0, 0);
+        let p = tcp_packet(a, b, TcpFlags::SYN, 1000, 0, b"");
+        let h = Headers::<SocketAddrV6>::parse(&p).unwrap();
+        assert_eq!((h.src, h.dst, h.protocol), (a, b, Protocol::Tcp));
+        assert_eq!(Headers::<SocketAddrV4>::parse(&p), Err(ParseError::NotIp));
+        let v4 = tcp_packet(
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 1),
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 2),
+            TcpFlags::SYN,
+            1,
+            0,
+            b"",
+        );
+        assert_eq!(Headers::<SocketAddrV6>::parse(&v4), Err(ParseError::NotIp));
+        // A fragment header: ports may not be in this packet.
+        let mut frag = p.clone();
+        Ipv6Packet::new_unchecked(&mut frag[..]).set_next_header(IpProtocol::Ipv6Frag);
+        assert_eq!(
+            Headers::<SocketAddrV6>::parse(&frag),
+            Err(ParseError::Fragment)
+        );
+        assert_eq!(
+            Headers::<SocketAddrV6>::parse(&p[..50]),
+            Err(ParseError::Truncated)
+        );
+    }
+
+    #[test]
+    fn an_ipv6_reset_carries_valid_checksums() {
+        let a = SocketAddrV6::new("fd00:203::100".parse().unwrap(), 40000, 0, 0);
+        let b = SocketAddrV6::new("fd00:192::11".parse().unwrap(), 7000, 0, 0);
+        let rst = Control {
+            kind: ControlKind::Reset,
+            src: a,
+            dst: b,
+            seq: 5,
+            ack: Some(9),
+        };
+        let mut buf = [0u8; CONTROL_LEN];
+        let n = rst.write(&mut buf).unwrap();
+        assert_eq!(n, 60);
+        assert!(checksums_valid(&buf[..n]));
+        let seg = Headers::<SocketAddrV6>::parse(&buf[..n])
+            .unwrap()
+            .tcp
+            .unwrap();
+        assert!(seg.flags.rst() && seg.flags.ack());
     }
 
     fn endpoint() -> impl Strategy<Value = SocketAddrV4> {
@@ -487,6 +561,26 @@ pub(crate) mod tests {
         #[test]
         fn parsing_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = Headers::<SocketAddrV4>::parse(&bytes);
+            let _ = Headers::<SocketAddrV6>::parse(&bytes);
+        }
+
+        // RFC 1624 over IPv6's pseudo-header: eight address words change, no header checksum.
+        #[test]
+        fn rewritten_ipv6_packets_keep_valid_checksums(
+            src in endpoint6(), dst in endpoint6(), new in endpoint6(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            dnat in any::<bool>(), tcp in any::<bool>(),
+        ) {
+            let mut p = if tcp {
+                tcp_packet(src, dst, TcpFlags::ACK, 9, 7, &payload)
+            } else {
+                udp_packet(src, dst, &payload)
+            };
+            let h = Headers::<SocketAddrV6>::parse(&p).unwrap();
+            if dnat { rewrite_dst(&mut p, &h, new) } else { rewrite_src(&mut p, &h, new) }
+            prop_assert!(checksums_valid(&p));
+            let h2 = Headers::<SocketAddrV6>::parse(&p).unwrap();
+            prop_assert_eq!(if dnat { h2.dst } else { h2.src }, new);
         }
     }
 }
