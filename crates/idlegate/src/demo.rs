@@ -284,8 +284,8 @@ fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
             name: name.to_string(),
             client_ns: lab.namespace_of(client)?,
             server_ns: lab.namespace_of(server)?,
-            listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-            connect: SocketAddrV4::new(connect, port),
+            listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+            connect: SocketAddrV4::new(connect, port).into(),
             keepalive: (name == "keepalive").then(|| keepalive_interval(idle)),
             sends: vec![
                 (Duration::ZERO, "a".into()),

@@ -30,7 +30,7 @@ use serde::{Serialize, Serializer};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use std::fmt;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,9 +52,9 @@ pub struct Script {
     pub client_ns: String,
     pub server_ns: String,
     /// The server binds here, inside `server_ns`.
-    pub listen: SocketAddrV4,
+    pub listen: SocketAddr,
     /// The client connects here (may differ from `listen` when a gateway translates).
-    pub connect: SocketAddrV4,
+    pub connect: SocketAddr,
     /// Client keepalive: SO_KEEPALIVE with TCP_KEEPIDLE = TCP_KEEPINTVL = this, in whole
     /// seconds (truncated, at least 1 s), and TCP_KEEPCNT 3.
     pub keepalive: Option<Duration>,
@@ -348,7 +348,7 @@ impl Hangup {
     }
 }
 
-fn await_ready(ready: &Receiver<io::Result<()>>, listen: SocketAddrV4) -> Result<()> {
+fn await_ready(ready: &Receiver<io::Result<()>>, listen: SocketAddr) -> Result<()> {
     match ready.recv_timeout(SIGNAL_TIMEOUT) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(err).with_context(|| format!("listening on {listen}")),
@@ -371,7 +371,7 @@ struct ServerSeen {
     error: Option<String>,
 }
 
-fn serve(listen: SocketAddrV4, links: ServerLinks, log: &Log) -> ServerSeen {
+fn serve(listen: SocketAddr, links: ServerLinks, log: &Log) -> ServerSeen {
     let listener = match listener(listen) {
         Ok(listener) => listener,
         Err(err) => {
@@ -403,8 +403,8 @@ fn serve(listen: SocketAddrV4, links: ServerLinks, log: &Log) -> ServerSeen {
     }
 }
 
-fn listener(addr: SocketAddrV4) -> io::Result<Socket> {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+fn listener(addr: SocketAddr) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     sock.set_reuse_address(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1)?;
@@ -482,7 +482,11 @@ fn converse(script: &Script, links: ClientLinks, log: &Log) -> ClientSeen {
 }
 
 fn connect(script: &Script) -> io::Result<Socket> {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let sock = Socket::new(
+        Domain::for_address(script.connect),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
     sock.set_tcp_nodelay(true)?;
     if let Some(keepalive) = script.keepalive {
         let every = Duration::from_secs(keepalive.as_secs().max(1));

@@ -156,8 +156,8 @@ fn outbound_flows_die_silently_survive_with_keepalive_and_reset_both_sides() {
                 name: name.to_string(),
                 client_ns: lab.namespace_of(member)?,
                 server_ns: server_ns.clone(),
-                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-                connect: SocketAddrV4::new(INTERNET_ADDRESS, port),
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+                connect: SocketAddrV4::new(INTERNET_ADDRESS, port).into(),
                 keepalive,
                 sends: vec![
                     (Duration::ZERO, "a".into()),
@@ -404,8 +404,8 @@ idle_timeout = "10m"
                 name: name.to_string(),
                 client_ns: lab.namespace_of(INTERNET)?,
                 server_ns: lab.namespace_of("vm1")?,
-                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-                connect: SocketAddrV4::new(frontend, port),
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+                connect: SocketAddrV4::new(frontend, port).into(),
                 keepalive: None,
                 // Idle 5.5 s: past the frontend's 4 min (4 s), well within the rule's 10 min (10 s).
                 sends: vec![
@@ -742,8 +742,8 @@ idle_timeout = "4m"
                 name: name.to_string(),
                 client_ns: lab.namespace_of(member)?,
                 server_ns: lab.namespace_of(INTERNET)?,
-                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
-                connect: SocketAddrV4::new(INTERNET_ADDRESS, port),
+                listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
+                connect: SocketAddrV4::new(INTERNET_ADDRESS, port).into(),
                 keepalive: None,
                 // Idle 5.5 s: past the NAT gateway's 4 min (4 s), within the rules' 30 min.
                 sends: vec![

@@ -55,8 +55,8 @@ impl Pair {
             name: name.to_owned(),
             client_ns: self.client.name().to_owned(),
             server_ns: self.server.name().to_owned(),
-            listen: SocketAddrV4::new(SERVER, port),
-            connect: SocketAddrV4::new(SERVER, port),
+            listen: SocketAddrV4::new(SERVER, port).into(),
+            connect: SocketAddrV4::new(SERVER, port).into(),
             keepalive: None,
             sends: sends.collect(),
             observe: Duration::from_millis(observe_ms),
@@ -257,7 +257,7 @@ fn keepalive_notices_a_silent_drop_while_idle() -> Result<()> {
 fn a_refused_connection_ends_the_script_at_once() -> Result<()> {
     let pair = pair()?;
     let mut script = pair.script("refused", 7006, &[(0, "a")], 100);
-    script.connect = SocketAddrV4::new(SERVER, 7007);
+    script.connect = SocketAddrV4::new(SERVER, 7007).into();
     let started = std::time::Instant::now();
     let outcomes = scenario::run(vec![script])?;
     assert!(started.elapsed() < Duration::from_secs(1));

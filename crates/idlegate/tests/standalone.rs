@@ -328,8 +328,8 @@ fn standalone_gateway_forgets_an_idle_flow() {
         name: "idle".into(),
         client_ns: router.internet.name().into(),
         server_ns: router.vm1.name().into(),
-        listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000),
-        connect: SocketAddrV4::new(FRONTEND, 7000),
+        listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7000).into(),
+        connect: SocketAddrV4::new(FRONTEND, 7000).into(),
         keepalive: None,
         sends: vec![
             (Duration::ZERO, "a".into()),
