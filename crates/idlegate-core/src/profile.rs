@@ -675,8 +675,8 @@ const CONNTRACK: Profile = Profile {
 ///
 /// - Inbound only (virtual services). ESTABLISHED 900 s, set by `ipvsadm --set` to any number
 ///   of seconds (idlegate: 1 s up to 2,147,483 s).
-/// - FIN_WAIT and TIME_WAIT 120 s (`tcpfin`), SYN_SENT 120 s, SYN_RECV 60 s, CLOSE_WAIT 60 s,
-///   LAST_ACK 30 s, CLOSE 10 s. UDP 300 s.
+/// - FIN_WAIT 120 s (`tcpfin`); the kernel's other states: SYN_SENT 120 s, SYN_RECV 60 s,
+///   CLOSE_WAIT 60 s, LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s. UDP 300 s (`udp`).
 /// - At expiry: silent. Only a SYN schedules a new connection (`net.ipv4.vs.sloppy_tcp=0`).
 ///   Note: a director whose firewall lets a dead flow's next packet reach its own stack
 ///   answers it with a RST; `expiry = "reset-on-next"` models that director.
@@ -710,7 +710,8 @@ pub static IPVS: Profile = Profile {
 /// - GCP documents one figure; idlegate applies it to UDP too, and uses 30 s for transitory
 ///   TCP states, as for the other boxes.
 /// - The firewall translates nothing: idlegate still maps its frontend to the members, which
-///   changes nothing of what an idle flow meets. Outbound ports are the member's own.
+///   changes nothing of what an idle flow meets. Outbound, members keep their source ports
+///   unless the tuple clashes.
 pub static GCP_FIREWALL: Profile = Profile {
     name: "gcp-firewall",
     title: "GCP VPC firewall",

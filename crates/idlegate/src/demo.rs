@@ -241,10 +241,12 @@ fn header(plan: &Plan, idle: Duration) -> String {
     };
     let timeout = match plan.idle_timeout {
         Some(d) => format!(
-            "idle timeout set to {} (the default, {}, would take {:.0} min here)",
+            "idle timeout set to {} (the default, {}, would take {} here)",
             config::human(d),
             config::human(default_idle),
-            (default_idle / plan.time_scale).as_secs_f64() / 60.0
+            config::human(Duration::from_secs(
+                (default_idle / plan.time_scale).as_secs()
+            ))
         ),
         None => format!("idle timeout {}", config::human(default_idle)),
     };
