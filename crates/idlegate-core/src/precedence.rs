@@ -166,10 +166,22 @@ pub fn nat_gateway(config: &Config, i: usize) -> Applied {
 /// For every rule, the timeout and expiry action its flows get and which setting won: the
 /// report of `--explain`.
 pub fn explain(config: &Config) -> String {
+    let p = config.profile;
     let mut out = format!(
-        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n",
-        config.profile.name, config.profile.title, config.time_scale, config.time_scale
+        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n\
+         TCP flows not established (handshake, FIN, RST): {}\n",
+        p.name,
+        p.title,
+        config.time_scale,
+        config.time_scale,
+        p.tcp.summary()
     );
+    if config.pickup == crate::profile::Pickup::Loose {
+        out += "loose pickup: an ACK of a forgotten connection from its initiator's side opens a new flow (loose_pickup = false turns it off)\n";
+    }
+    if p.refresh == crate::profile::Refresh::DataOnly {
+        out += "only new data keeps a flow alive: ACKs and TCP keepalive probes do not\n";
+    }
     let lines = (0..config.lb_rules.len())
         .map(|i| {
             (
@@ -375,5 +387,28 @@ mod tests {
                 .contains("idle_timeout = 31m is above Azure LB's maximum of 30 min"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn explain_tells_the_per_state_timers_pickup_and_refresh_of_the_profile() {
+        let conntrack = Config::from_toml(
+            &crate::profile::example_config(&crate::profile::LINUX_CONNTRACK),
+            "ct.toml",
+        )
+        .unwrap();
+        let report = explain(&conntrack);
+        assert!(report.contains("CLOSE_WAIT 1 min"), "{report}");
+        assert!(report.contains("loose pickup"), "{report}");
+        let alb = Config::from_toml(
+            &crate::profile::example_config(&crate::profile::AWS_ALB),
+            "alb",
+        )
+        .unwrap();
+        let report = explain(&alb);
+        assert!(
+            report.contains("only new data keeps a flow alive"),
+            "{report}"
+        );
+        assert!(!report.contains("loose pickup"), "{report}");
     }
 }

@@ -425,10 +425,13 @@ fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
         } else {
             "outside host"
         };
+        let address = match host.interface {
+            Interface::Inside => host.address.to_string(),
+            Interface::Outside => format!("{} and {}", host.address, lab::INTERNET_ADDRESS_V6),
+        };
         tracing::info!(
-            "host {} ({side}) at {} in namespace {}",
+            "host {} ({side}) at {address} in namespace {}",
             host.name,
-            host.address,
             lab::namespace(name, &host.name)
         );
     }
@@ -436,10 +439,9 @@ fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
         let frontend = &config.frontends[rule.frontend];
         let pool = &config.backend_pools[rule.backend_pool].name;
         tracing::info!(
-            "lb_rule {}: {}:{} → pool {pool} port {}",
+            "lb_rule {}: {} → pool {pool} port {}",
             rule.name,
-            frontend.address,
-            rule.frontend_port,
+            std::net::SocketAddr::new(frontend.address, rule.frontend_port),
             rule.backend_port
         );
     }
@@ -447,8 +449,9 @@ fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
         let address = config.frontends[rule.frontend].address;
         for (i, member) in rule.members.iter().enumerate() {
             let port = usize::from(rule.first_port) + i;
+            let frontend = std::net::SocketAddr::new(address, port as u16);
             tracing::info!(
-                "inbound_nat_rule {}: {address}:{port} → {} port {}",
+                "inbound_nat_rule {}: {frontend} → {} port {}",
                 rule.name,
                 member.name,
                 rule.backend_port
