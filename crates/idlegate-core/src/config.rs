@@ -493,7 +493,7 @@ impl Validator {
         };
         let pickup = match &raw.loose_pickup {
             None => profile.pickup.default,
-            Some(l) if !profile.pickup.configurable => {
+            Some(l) if profile.pickup.knob == profile::PickupKnob::Fixed => {
                 let message = format!(
                     "loose_pickup: {} (profile {}) has no such setting; it is Linux conntrack's (profiles linux-conntrack, kube-proxy)",
                     profile.title, profile.name
@@ -527,6 +527,12 @@ impl Validator {
                 &inbound_nat_rules,
                 &outbound_rules,
             )?);
+        }
+        let rules =
+            lb_rules.len() + inbound_nat_rules.len() + outbound_rules.len() + nat_gateways.len();
+        if rules > usize::from(u16::MAX) {
+            let message = format!("{rules} rules: at most {} in one config", u16::MAX);
+            return Err((None, message));
         }
         if lb_rules.is_empty()
             && inbound_nat_rules.is_empty()

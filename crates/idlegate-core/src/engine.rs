@@ -48,7 +48,7 @@ pub enum DropReason {
     /// A new connection (or a UDP datagram) that no rule accepts.
     NoRule,
     /// A TCP segment other than a SYN that belongs to no flow: never seen, or expired and
-    /// forgotten. This is the middlebox's silent drop.
+    /// forgotten. This is the middlebox's silent drop. Also an ICMP error about no live flow.
     NoFlow,
     /// A SYN from a member whose outbound rule has no SNAT port left.
     PortExhausted,
@@ -112,7 +112,8 @@ pub struct Counters {
     pub flows_expired: u64,
     /// RSTs the engine generated (expiry `reset` and `reset-on-next`).
     pub resets_sent: u64,
-    icmp_errors: u64,
+    /// ICMP errors about a flow's packet, translated and passed on (RFC 5508).
+    pub icmp_errors_translated: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
     drops: [u64; DropReason::ALL.len()],
@@ -120,11 +121,6 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// ICMP errors about a flow's packet, translated and passed on (RFC 5508).
-    pub fn icmp_errors_translated(&self) -> u64 {
-        self.icmp_errors
-    }
-
     /// Flows expired with `action` (as carried out: a `reset` rule's non-established flows
     /// count as `silent`).
     pub fn expired(&self, action: Expiry) -> u64 {
@@ -147,7 +143,7 @@ impl Counters {
         self.flows_expired += other.flows_expired;
         self.resets_sent += other.resets_sent;
         self.acks_sent += other.acks_sent;
-        self.icmp_errors += other.icmp_errors;
+        self.icmp_errors_translated += other.icmp_errors_translated;
         for (a, b) in self.drops.iter_mut().zip(other.drops) {
             *a += b;
         }
@@ -342,6 +338,8 @@ struct Core<E: Endpoint> {
 }
 
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
+/// Ports masquerade tries, after the member's own, before it gives up on a new connection.
+const MASQUERADE_TRIES: usize = 64;
 
 /// A NAT gateway's ports: its frontend's whole range, lent on demand to the members of the
 /// pools it serves, held as Azure NAT Gateway holds them.
@@ -675,7 +673,7 @@ impl<E: Endpoint> Core<E> {
             frontend: s.frontend().into(),
             lent: s.lent(),
             held: s.held(),
-            free: s.total() - s.lent() - s.held(),
+            free: s.total().saturating_sub(s.lent() + s.held()),
         })
     }
 
@@ -729,13 +727,15 @@ impl<E: Endpoint> Core<E> {
         if let Some(segment) = headers.tcp {
             if segment.flags.is_connect()
                 && from_initiator
-                && (flow.state.is_closing() || flow.state == FlowState::Closed)
+                && matches!(flow.state, FlowState::TimeWait | FlowState::Closed)
             {
-                // The tuple is reused for a new connection.
+                // The tuple is reused for a new connection (conntrack: TIME_WAIT or CLOSE +
+                // SYN → SYN_SENT; a SYN in the other closing states changes nothing).
                 flow.state = FlowState::SynSent;
             }
             let (expected, _) = flow.next_seqs(from);
-            new_data = segment.flags.rst() || (segment.end().wrapping_sub(expected) as i32) > 0;
+            // A RST counts only if accepted, which changes the state below.
+            new_data = !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
             // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
             // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
             if !segment.flags.rst() {
@@ -839,7 +839,7 @@ impl<E: Endpoint> Core<E> {
             Interface::Outside => error.translate(packet, QuotedSide::Source, flow.private),
             Interface::Inside => error.translate(packet, QuotedSide::Destination, flow.public),
         }
-        self.counters.icmp_errors += 1;
+        self.counters.icmp_errors_translated += 1;
         self.counters.forwarded += 1;
         Verdict::Forward(from.opposite())
     }
@@ -923,17 +923,21 @@ impl<E: Endpoint> Core<E> {
             return self.drop(reason);
         }
         if let Some(segment) = segment {
-            flow.track_sequence(from, segment);
-            if !segment.flags.syn() {
-                // Picked up mid-stream: the ACK tells where the other side stands.
-                flow.state = FlowState::Established;
-                flow.learn_peer_sequence(from, segment.ack);
+            if segment.flags.syn() {
+                flow.track_sequence(from, segment);
+            } else {
+                flow.pick_up(from, segment);
             }
         }
         flow.deadline = since + self.rules[usize::from(rule_id)].timeout(flow.state);
         let id = self.flows.insert(flow);
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
+        if let Some(snat) = self.snat_of(rule_id) {
+            if self.snat_allocation == Allocation::PreservePort {
+                self.snat[snat].tuple_opened();
+            }
+        }
         self.events.push_back(Event::Created {
             flow: self.summary(&flow),
         });
@@ -1037,8 +1041,8 @@ impl<E: Endpoint> Core<E> {
     }
 
     /// A public address for a member's new outbound connection (`headers` is its first
-    /// packet): its own source port where the profile keeps it and no flow to the same remote
-    /// holds it, else a port lent from the rule's pool.
+    /// packet): a port lent from the rule's pool, or under masquerade a port whose tuple is
+    /// free.
     fn lend_port(&mut self, rule: RuleId, headers: &Headers<E>, now: Tick) -> Option<E> {
         let Translation::Outbound { frontend, snat, .. } =
             self.rules[usize::from(rule)].translation
@@ -1046,17 +1050,32 @@ impl<E: Endpoint> Core<E> {
             return None;
         };
         if self.snat_allocation == Allocation::PreservePort {
-            let own = E::at(frontend, headers.src.port());
-            let taken = self
-                .flows
-                .find(Interface::Outside, headers.dst, own, headers.protocol);
-            if taken.is_none() {
-                return Some(own);
-            }
+            return self.masquerade_port(frontend, snat, headers);
         }
         self.snat[snat]
             .allocate(headers.src.addr(), now)
             .map(|port| E::at(frontend, port))
+    }
+
+    /// Linux masquerade: the member's own source port if no flow to the same remote holds it
+    /// on the frontend, else the next port of the frontend's range whose tuple is free, at most
+    /// [`MASQUERADE_TRIES`] tried. Ports are not lent: as in Linux, one port may serve many
+    /// remotes at once, and only the whole tuple must be unique.
+    fn masquerade_port(&mut self, frontend: E::Ip, snat: usize, headers: &Headers<E>) -> Option<E> {
+        let free = |flows: &FlowTable<E>, port: u16| {
+            let public = E::at(frontend, port);
+            (flows.find(Interface::Outside, headers.dst, public, headers.protocol)).is_none()
+        };
+        if free(&self.flows, headers.src.port()) {
+            return Some(E::at(frontend, headers.src.port()));
+        }
+        for _ in 0..MASQUERADE_TRIES {
+            let port = self.snat[snat].next_candidate()?;
+            if free(&self.flows, port) {
+                return Some(E::at(frontend, port));
+            }
+        }
+        None
     }
 
     /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
@@ -1084,6 +1103,10 @@ impl<E: Endpoint> Core<E> {
         let Some(snat) = self.snat_of(flow.rule) else {
             return;
         };
+        if self.snat_allocation == Allocation::PreservePort {
+            self.snat[snat].tuple_closed();
+            return;
+        }
         let last_packet = flow
             .deadline
             .saturating_sub(self.rules[usize::from(flow.rule)].timeout(flow.state));

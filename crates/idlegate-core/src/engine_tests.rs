@@ -1681,7 +1681,7 @@ fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet
         (vm.addr, server.addr)
     );
     assert_eq!(&error[28..76], &sent[..48]);
-    assert_eq!(h.engine.counters().icmp_errors_translated(), 1);
+    assert_eq!(h.engine.counters().icmp_errors_translated, 1);
     h.advance_to(IDLE_MS);
     assert_eq!(
         h.engine.flow_count(),
@@ -1886,4 +1886,70 @@ fn an_icmpv6_packet_too_big_reaches_the_ipv6_member_translated() {
     assert_eq!((e.quoted_src, e.quoted_dst), (member, server));
     let outer = smoltcp::wire::Ipv6Packet::new_checked(&out[..]).unwrap();
     assert_eq!((outer.src_addr(), outer.dst_addr()), (router, *member.ip()));
+}
+
+#[test]
+fn a_flow_picked_up_at_any_sequence_number_knows_both_sides_and_takes_an_exact_rst() {
+    // Loose pickup learns the sender's SND.NXT from the segment, whatever its value, so the
+    // endpoint's own RST (RFC 5961 §3.2: SEG.SEQ = RCV.NXT) ends the flow.
+    for start in [5u32, 0x9000_0000, u32::MAX - 1] {
+        let mut h = Harness::with(profile_config("linux-conntrack", "2s", ""));
+        let (mut vm, mut server, _, public) = h.connect_outbound(33_000);
+        h.advance_to(2_000);
+        assert_eq!(h.engine.flow_count(), 0);
+        vm.snd_nxt = start;
+        server.snd_nxt = start.wrapping_add(1_000);
+        h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"late");
+        assert_eq!(only_state(&h), FlowState::Established, "start {start:#x}");
+        let (v, _) = h.send(&mut server, public, TcpFlags::RST, 0, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        assert_eq!(only_state(&h), FlowState::Closed, "start {start:#x}");
+    }
+}
+
+#[test]
+fn masquerade_finds_another_port_whatever_the_member_ports_and_counts_its_flows() {
+    // Linux masquerade: only the whole tuple must be unique. vm1 holds F:1024 to the server;
+    // vm2 from its own port 1024 to the same server gets another port, and so does the next.
+    let mut h = Harness::with(profile_config("linux-conntrack", "1h", ""));
+    let (_, _, _, first) = h.connect_outbound(1024);
+    assert_eq!(first.port(), 1024);
+    let server = ep(CLIENT, 8_000);
+    let mut ports = vec![first.port()];
+    // Each of vm2's own ports is already another flow's tuple by the time it connects.
+    for port in [1024, 1025, 1026] {
+        let mut vm2 = Peer {
+            addr: ep(VM2, port),
+            iface: Interface::Inside,
+            snd_nxt: u32::from(port),
+        };
+        let (v, syn) = h.send(&mut vm2, server, TcpFlags::SYN, 0, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Outside), "from port {port}");
+        ports.push(Headers::<SocketAddrV4>::parse(&syn).unwrap().src.port());
+    }
+    let mut unique = ports.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ports.len(), "every tuple unique: {ports:?}");
+    let usage: Vec<SnatUsage> = h.engine.snat_usage().collect();
+    assert_eq!(usage[0].lent, 4, "four flows use the frontend's ports");
+}
+
+#[test]
+fn a_syn_in_a_closing_state_other_than_time_wait_changes_nothing() {
+    // conntrack: FIN_WAIT, CLOSE_WAIT, LAST_ACK + SYN → ignored; TIME_WAIT, CLOSE + SYN →
+    // SYN_SENT (nf_conntrack_proto_tcp.c).
+    let mut h = Harness::with(profile_config("kube-proxy", "1h", ""));
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::FIN | TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    h.send(&mut server, client.addr, TcpFlags::ACK, client.snd_nxt, b"");
+    assert_eq!(only_state(&h), FlowState::CloseWait);
+    h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(only_state(&h), FlowState::CloseWait);
 }

@@ -115,7 +115,7 @@ impl FlowState {
         )
     }
 
-    /// Established flows use the rule's idle timeout; all others the transitory timeout.
+    /// Established flows use the rule's idle timeout; the others their state's timer.
     pub fn is_established(self) -> bool {
         self == FlowState::Established
     }
@@ -192,13 +192,16 @@ impl<E: Endpoint> Flow<E> {
         }
     }
 
-    /// Records where the side opposite `from` stands, from the acknowledgement number of a
-    /// segment from `from` (for a flow picked up mid-stream, whose other side is not yet seen).
-    pub fn learn_peer_sequence(&mut self, from: Interface, ack: u32) {
-        match from {
-            Interface::Outside => self.private_next_seq = ack,
-            Interface::Inside => self.remote_next_seq = ack,
-        }
+    /// Starts a flow picked up mid-stream (loose pickup) from its first segment, sent from
+    /// `from`: ESTABLISHED, the sender's sequence space from the segment, the other side's
+    /// from its acknowledgement number.
+    pub fn pick_up(&mut self, from: Interface, segment: &TcpSegment) {
+        self.state = FlowState::Established;
+        let (sender, other) = match from {
+            Interface::Outside => (&mut self.remote_next_seq, &mut self.private_next_seq),
+            Interface::Inside => (&mut self.private_next_seq, &mut self.remote_next_seq),
+        };
+        (*sender, *other) = (segment.end(), segment.ack);
     }
 
     /// Whether the receiver of a RST from `from` would accept it: its sequence number is the

@@ -28,9 +28,10 @@ pub enum ParseError {
     NotIp,
     /// Shorter than its headers or its own length fields say.
     Truncated,
-    /// The IPv4 header checksum is wrong.
+    /// A checksum is wrong: the IPv4 header's, or an ICMP error's own or its quoted header's.
     BadChecksum,
-    /// An IPv4 fragment: ports are not in every fragment, so it cannot be matched to a flow.
+    /// An IPv4 fragment or an IPv6 packet with a fragment header: ports are not in every
+    /// fragment, so it cannot be matched to a flow.
     Fragment,
     /// Neither TCP nor UDP.
     UnsupportedProtocol,

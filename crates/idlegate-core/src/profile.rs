@@ -173,17 +173,26 @@ pub enum Pickup {
     Loose,
 }
 
+/// Whether a box's pickup can be changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickupKnob {
+    /// It cannot.
+    Fixed,
+    /// A sysctl sets it (`nf_conntrack_tcp_loose`): the config's `loose_pickup` may.
+    Sysctl,
+}
+
 /// A box's pickup and whether a config may change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PickupPolicy {
     pub default: Pickup,
-    /// Whether the config's `loose_pickup` may change it (a sysctl on Linux).
-    pub configurable: bool,
+    /// Whether the config's `loose_pickup` may change it.
+    pub knob: PickupKnob,
 }
 
 const SYN_ONLY: PickupPolicy = PickupPolicy {
     default: Pickup::SynOnly,
-    configurable: false,
+    knob: PickupKnob::Fixed,
 };
 
 /// Which packets keep a flow alive.
@@ -191,8 +200,9 @@ const SYN_ONLY: PickupPolicy = PickupPolicy {
 pub enum Refresh {
     /// Every packet in either direction, TCP keepalive probes included.
     AnyPacket,
-    /// Only segments that carry new data (or SYN, FIN, RST): a proxy that terminates TCP
-    /// answers keepalive probes itself and never counts them (AWS ALB).
+    /// Only segments that carry new data, or change the flow's state (SYN, FIN, an accepted
+    /// RST): a proxy that terminates TCP answers keepalive probes itself and never counts them
+    /// (AWS ALB).
     DataOnly,
 }
 
@@ -606,8 +616,9 @@ const MASQUERADE: SnatPolicy = SnatPolicy {
 /// - At expiry: silent; the entry is simply gone. With `nf_conntrack_tcp_loose=1` (the
 ///   default; `loose_pickup = false` turns it off) the next ACK segment from the side that
 ///   opened the connection makes a new entry in ESTABLISHED, so a client that speaks first
-///   after the timeout carries on; a server that speaks first is dropped (a router's input
-///   chain drops what is not its own).
+///   after the timeout carries on. A server on the outside that speaks first is dropped (a
+///   router's input chain drops what is not its own); a member that speaks first is picked up
+///   by its pool's outbound rule, if it has one, and leaves masqueraded.
 /// - Masquerade keeps the member's source port when the tuple stays unique, and frees it as
 ///   soon as the entry is gone.
 pub static LINUX_CONNTRACK: Profile = CONNTRACK;
@@ -659,7 +670,7 @@ const CONNTRACK: Profile = Profile {
     tcp: CONNTRACK_TCP,
     pickup: PickupPolicy {
         default: Pickup::Loose,
-        configurable: true,
+        knob: PickupKnob::Sysctl,
     },
     refresh: Refresh::AnyPacket,
     default_expiry: Expiry::Silent,
@@ -737,7 +748,7 @@ pub static GCP_FIREWALL: Profile = Profile {
 /// - Inbound only. Idle timeout 60 s by default, 1–4000 s.
 /// - Only data refreshes it: the ALB terminates TCP and answers keepalive probes itself, so
 ///   TCP keepalive does not keep a connection open; idlegate counts only segments that carry
-///   new bytes (or SYN, FIN, RST).
+///   new bytes or change the flow's state.
 /// - At expiry the ALB closes both connections. An L4 gateway cannot close a TCP connection
 ///   it is not an end of without a RST, so idlegate resets both ends: the application sees
 ///   ECONNRESET where an ALB's client would read an end of stream.
@@ -831,7 +842,7 @@ pub fn example_config(profile: &Profile) -> String {
     let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
     let expiries = expiries.join(" | ");
     let expiry = profile.default_expiry;
-    let pickup = if profile.pickup.configurable {
+    let pickup = if profile.pickup.knob == PickupKnob::Sysctl {
         format!(
             "loose_pickup = {}              # an ACK of an unknown connection opens a flow (nf_conntrack_tcp_loose)\n",
             profile.pickup.default == Pickup::Loose

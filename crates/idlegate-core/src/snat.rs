@@ -48,6 +48,8 @@ pub struct SnatPorts<A = Ipv4Addr> {
     /// Ports in all blocks, and how many of them are lent.
     total: usize,
     lent_count: usize,
+    /// Flows using a port under masquerade, which lends nothing.
+    tuples: usize,
     by_member: HashMap<A, usize>,
     holds: Holds,
     lent: Box<[u64; 1024]>,
@@ -88,6 +90,7 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
             blocks,
             total,
             lent_count: 0,
+            tuples: 0,
             by_member,
             holds,
             lent: Box::new([0; 1024]),
@@ -117,9 +120,29 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
         self.total
     }
 
-    /// How many ports are lent to flows now (held ports are not lent).
+    /// How many ports are lent to flows now (held ports are not lent); under masquerade, how
+    /// many flows use a port of the frontend.
     pub fn lent(&self) -> usize {
-        self.lent_count
+        self.lent_count + self.tuples
+    }
+
+    /// The next port of a shared pool's range, in turn, without lending it: masquerade's
+    /// candidates when a member's own port would clash. `None` for an empty pool.
+    pub fn next_candidate(&mut self) -> Option<u16> {
+        let block = self.blocks.first_mut()?;
+        let port = block.free.pop_front()?;
+        block.free.push_back(port);
+        Some(port)
+    }
+
+    /// A masquerade flow began using a port of the frontend (counted, not lent)...
+    pub fn tuple_opened(&mut self) {
+        self.tuples += 1;
+    }
+
+    /// ... and ended.
+    pub fn tuple_closed(&mut self) {
+        self.tuples = self.tuples.saturating_sub(1);
     }
 
     /// Lends one of `member`'s ports at `now`, or `None` when its block is exhausted (or it has

@@ -89,6 +89,9 @@ impl Plan {
             Direction::Inbound => profile.lb_rule_idle,
             Direction::Outbound => profile.outbound_rule_idle,
         };
+        if options.time_scale == Some(0) {
+            bail!("--time-scale 0: must be at least 1");
+        }
         let auto = (range.default.as_secs_f64() / DEMO_IDLE.as_secs_f64()).round() as u32;
         let time_scale = options
             .time_scale

@@ -295,7 +295,7 @@ fn profiles_table() -> String {
         }
         line("TCP not established (SYN, FIN, RST)", p.tcp.summary());
         if p.pickup.default == profile::Pickup::Loose {
-            let configurable = if p.pickup.configurable {
+            let configurable = if p.pickup.knob == profile::PickupKnob::Sysctl {
                 " (loose_pickup = false turns it off)"
             } else {
                 ""

@@ -219,7 +219,7 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
         "idlegate_icmp_errors_translated_total",
         "counter",
         "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",
-        &[(String::new(), c.icmp_errors_translated())],
+        &[(String::new(), c.icmp_errors_translated)],
     );
     let snat: Vec<(String, u64)> = engine
         .snat_usage()

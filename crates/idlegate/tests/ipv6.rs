@@ -216,7 +216,7 @@ fn ipv6_path_mtu_discovery_works_through_the_gateway() {
     drop(far);
     assert_eq!(received, BYTES, "every byte crossed the narrow link");
     assert!(
-        counters.icmp_errors_translated() >= 1,
+        counters.icmp_errors_translated >= 1,
         "the member learned the path MTU from a translated ICMPv6 error"
     );
 }
