@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{require_root, unique};
+use common::{require_root, transfer, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::netns::{self, Namespace};
 use idlegate_core::Config;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
@@ -99,24 +99,7 @@ fn path_mtu_discovery_works_through_the_gateway() {
     let (received, counters) = Lab::with_gateway(&unique("pm"), &config(), |lab| {
         narrow_link(lab, &far_name);
         let address: SocketAddr = "198.51.100.5:8200".parse()?;
-        let listener = netns::spawn_in(&far_name, move || TcpListener::bind(address))?
-            .join()
-            .expect("bind thread")?;
-        let server = std::thread::spawn(move || -> std::io::Result<usize> {
-            let (mut conn, _) = listener.accept()?;
-            conn.set_read_timeout(Some(Duration::from_secs(15)))?;
-            let mut received = Vec::new();
-            conn.read_to_end(&mut received)?;
-            Ok(received.len())
-        });
-        let client = netns::spawn_in(&lab.namespace_of("vm1")?, move || -> std::io::Result<()> {
-            let mut conn = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-            conn.set_write_timeout(Some(Duration::from_secs(15)))?;
-            conn.write_all(&vec![0x5a; BYTES])?;
-            conn.shutdown(Shutdown::Write)
-        })?;
-        client.join().expect("client thread")?;
-        Ok(server.join().expect("server thread")?)
+        transfer(&lab.namespace_of("vm1")?, &far_name, address, BYTES)
     })
     .expect("lab run");
     drop(far);

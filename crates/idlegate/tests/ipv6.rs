@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{require_root, unique};
+use common::{require_root, transfer, unique};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS_V6};
 use idlegate::netns::{self, Namespace};
 use idlegate::scenario::{self, Outcome, Script};
 use idlegate_core::Config;
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream};
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::process::Command;
 use std::time::Duration;
 
@@ -193,24 +193,7 @@ fn ipv6_path_mtu_discovery_works_through_the_gateway() {
             0,
             0,
         ));
-        let listener = netns::spawn_in(&far_name, move || TcpListener::bind(address))?
-            .join()
-            .expect("bind thread")?;
-        let server = std::thread::spawn(move || -> std::io::Result<usize> {
-            let (mut conn, _) = listener.accept()?;
-            conn.set_read_timeout(Some(Duration::from_secs(15)))?;
-            let mut received = Vec::new();
-            conn.read_to_end(&mut received)?;
-            Ok(received.len())
-        });
-        let client = netns::spawn_in(&lab.namespace_of("vm6")?, move || -> std::io::Result<()> {
-            let mut conn = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-            conn.set_write_timeout(Some(Duration::from_secs(15)))?;
-            conn.write_all(&vec![0x5a; BYTES])?;
-            conn.shutdown(Shutdown::Write)
-        })?;
-        client.join().expect("client thread")?;
-        Ok(server.join().expect("server thread")?)
+        transfer(&lab.namespace_of("vm6")?, &far_name, address, BYTES)
     })
     .expect("lab run");
     drop(far);

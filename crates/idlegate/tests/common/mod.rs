@@ -21,3 +21,37 @@ pub fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}{:05}x{n}", std::process::id() % 100_000)
 }
+
+/// Sends `bytes` bytes over one TCP connection from namespace `client_ns` to a server that
+/// this function runs at `address` in `server_ns`, and returns how many the server read
+/// before the client's FIN (15 s at most without progress on either side).
+#[allow(dead_code)] // not every test file moves bulk data
+pub fn transfer(
+    client_ns: &str,
+    server_ns: &str,
+    address: std::net::SocketAddr,
+    bytes: usize,
+) -> anyhow::Result<usize> {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::time::Duration;
+    let stall = Duration::from_secs(15);
+    let listener = idlegate::netns::spawn_in(server_ns, move || TcpListener::bind(address))?
+        .join()
+        .expect("bind thread")?;
+    let server = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(stall))?;
+        let mut received = Vec::new();
+        conn.read_to_end(&mut received)?;
+        Ok(received.len())
+    });
+    let client = idlegate::netns::spawn_in(client_ns, move || -> std::io::Result<()> {
+        let mut conn = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+        conn.set_write_timeout(Some(stall))?;
+        conn.write_all(&vec![0x5a; bytes])?;
+        conn.shutdown(Shutdown::Write)
+    })?;
+    client.join().expect("client thread")?;
+    Ok(server.join().expect("server thread")?)
+}
