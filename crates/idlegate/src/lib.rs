@@ -9,6 +9,7 @@
 //! | [`metrics`] | `--metrics`: Prometheus metrics |
 //! | [`lab`] | namespaces of real hosts wired to the gateway |
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
+//! | [`echo`] | `idlegate echo`, the far end of a probe, and its protocol |
 //! | [`scenario`] | scripted connections observed from both ends |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
@@ -16,6 +17,7 @@
 pub mod capture;
 pub mod control;
 pub mod demo;
+pub mod echo;
 pub mod gateway;
 pub mod lab;
 pub mod metrics;

@@ -41,12 +41,21 @@ enum Command {
     Lab(LabCommand),
     /// Show a running gateway's flows (or expire them: `flows expire`).
     Flows(FlowsArgs),
+    /// Serve as the far end of `idlegate probe`: confirm what arrives, answer after a delay.
+    Echo(EchoArgs),
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
     Profiles {
         #[command(subcommand)]
         action: Option<ProfilesAction>,
     },
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// Where to listen, e.g. 0.0.0.0:9300 or [::]:9300.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
 }
 
 #[derive(Subcommand)]
@@ -205,6 +214,7 @@ fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Flows(args) => flows(args).map(|()| ExitCode::SUCCESS),
+        Command::Echo(args) => echo(&args).map(|()| ExitCode::SUCCESS),
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -545,4 +555,15 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1);
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// `idlegate echo`: serves until SIGINT or SIGTERM.
+fn echo(args: &EchoArgs) -> Result<()> {
+    let echo = idlegate::echo::Echo::bind(args.listen)?;
+    let stop = echo.stop_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    tracing::info!("echo listening on {}", echo.local_addr()?);
+    echo.run()
 }

@@ -1,0 +1,299 @@
+//! `idlegate echo`: the cooperating far end of `idlegate probe`.
+//!
+//! Contract: [`Echo::bind`] listens on a TCP address; [`Echo::run`] accepts until stopped,
+//! serving each connection on its own thread, so many probe connections (of one or several
+//! probes) run at once. A connection speaks the protocol of [`frame`]: echo confirms every
+//! `Data` it really read, sends `LaterReply` once a `Later` request's delay has passed in
+//! silence, and keeps a [`Report`] per named connection for `Status` queries from other
+//! connections, so a probe can tell data that never arrived from a reply that never came
+//! back. A connection that breaks the protocol gets an `Error` frame and a log line naming the
+//! peer and the fault, and is closed; nothing else is affected. Reports are kept for an hour,
+//! at most [`MAX_REPORTS`] of them.
+
+pub mod frame;
+
+use anyhow::{Context, Result};
+use frame::{ConnId, Decoder, Frame, LaterOutcome, ProtocolError, Report};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Reports kept at most; the oldest hour's are dropped first when it is reached.
+pub const MAX_REPORTS: usize = 65_536;
+/// How long a report is kept.
+const REPORT_LIFETIME: Duration = Duration::from_secs(3600);
+/// How often the accept loop looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// What echo knows of every named connection.
+#[derive(Debug, Default)]
+struct Reports {
+    by_conn: Mutex<HashMap<ConnId, (Report, Instant)>>,
+}
+
+impl Reports {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ConnId, (Report, Instant)>> {
+        // A thread that panicked holding the lock left a map that is still consistent.
+        self.by_conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the report of `id`; false when echo holds as many as it may.
+    fn open(&self, id: ConnId) -> bool {
+        let mut map = self.lock();
+        if map.len() >= MAX_REPORTS {
+            map.retain(|_, (_, at)| at.elapsed() < REPORT_LIFETIME);
+        }
+        if map.len() >= MAX_REPORTS {
+            return false;
+        }
+        let fresh = Report {
+            last_received: None,
+            later: LaterOutcome::Pending,
+        };
+        map.insert(id, (fresh, Instant::now()));
+        true
+    }
+
+    fn update(&self, id: ConnId, change: impl FnOnce(&mut Report)) {
+        if let Some((report, at)) = self.lock().get_mut(&id) {
+            change(report);
+            *at = Instant::now();
+        }
+    }
+
+    fn get(&self, id: ConnId) -> Option<Report> {
+        self.lock().get(&id).map(|(r, _)| *r)
+    }
+}
+
+/// A running echo server.
+pub struct Echo {
+    listener: TcpListener,
+    reports: Arc<Reports>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    /// Listens on `addr` (port 0 picks one: see [`Echo::local_addr`]).
+    pub fn bind(addr: SocketAddr) -> Result<Echo> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+        Ok(Echo {
+            listener,
+            reports: Arc::default(),
+            stop: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// A flag that stops [`Echo::run`] when set (within [`STOP_CHECK`]).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Accepts and serves connections until the stop flag is set.
+    pub fn run(&self) -> Result<()> {
+        while !self.stop.load(Ordering::Relaxed) {
+            if !readable(&self.listener, STOP_CHECK)? {
+                continue;
+            }
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                // The peer gave up between poll and accept, or the system is short of fds.
+                Err(e) => {
+                    tracing::warn!("echo: accept failed: {e}");
+                    continue;
+                }
+            };
+            let reports = self.reports.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("echo {peer}"))
+                .spawn(move || Connection::new(stream, peer, reports).serve());
+            if let Err(e) = spawned {
+                tracing::warn!("echo: no thread for {peer}: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `listener` has a connection waiting, after at most `timeout`.
+fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
+    let mut fds = [libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout.as_millis() as libc::c_int) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(e).context("waiting for connections");
+    }
+    Ok(n > 0)
+}
+
+/// One probe connection on echo's side.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    reports: Arc<Reports>,
+    name: Option<ConnId>,
+    /// A `Later` request: its sequence number and when to answer.
+    later: Option<(u32, Instant)>,
+}
+
+/// Why serving a connection stopped early.
+enum Stop {
+    /// The peer broke the protocol.
+    Protocol(ProtocolError),
+    /// A frame that is valid but not what echo accepts here.
+    Unexpected(&'static str),
+    /// The socket failed or closed.
+    Io,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, reports: Arc<Reports>) -> Connection {
+        Connection {
+            stream,
+            peer,
+            reports,
+            name: None,
+            later: None,
+        }
+    }
+
+    fn serve(mut self) {
+        let mut decoder = Decoder::default();
+        let mut buf = [0u8; 4096];
+        let stop = loop {
+            let timeout = self.later.map(|(_, at)| {
+                at.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            if self.stream.set_read_timeout(timeout).is_err() {
+                break Stop::Io;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    if decoder.pending() > 0 {
+                        tracing::info!(
+                            "echo: {} closed in the middle of a frame ({} bytes)",
+                            self.peer,
+                            decoder.pending()
+                        );
+                    }
+                    break Stop::Io;
+                }
+                Ok(n) => {
+                    decoder.feed(&buf[..n]);
+                    if let Err(stop) = self.frames(&mut decoder) {
+                        break stop;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    self.answer_later();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break Stop::Io,
+            }
+        };
+        let fault = match stop {
+            Stop::Protocol(e) => Some(e.to_string()),
+            Stop::Unexpected(what) => Some(what.to_string()),
+            Stop::Io => None,
+        };
+        if let Some(fault) = fault {
+            tracing::warn!("echo: closing {}: {fault}", self.peer);
+            let _ = self.stream.write_all(&Frame::Error(fault).encode());
+        }
+        if let (Some(name), Some(_)) = (self.name, self.later) {
+            self.reports
+                .update(name, |r| r.later = LaterOutcome::Closed);
+        }
+    }
+
+    /// Handles every whole frame the decoder holds.
+    fn frames(&mut self, decoder: &mut Decoder) -> Result<(), Stop> {
+        while let Some(frame) = decoder.decode().map_err(Stop::Protocol)? {
+            let reply = self.handle(frame)?;
+            if let Some(reply) = reply {
+                self.stream
+                    .write_all(&reply.encode())
+                    .map_err(|_| Stop::Io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<Option<Frame>, Stop> {
+        match (frame, self.name) {
+            (Frame::Hello(id), None) => {
+                if !self.reports.open(id) {
+                    return Err(Stop::Unexpected("echo holds as many connections as it may"));
+                }
+                self.name = Some(id);
+                Ok(Some(Frame::Welcome(id)))
+            }
+            (Frame::Hello(_), Some(_)) => Err(Stop::Unexpected("a second hello")),
+            (Frame::Status(id), _) => Ok(Some(Frame::Report(self.reports.get(id)))),
+            (Frame::Data { seq, .. }, Some(name)) => {
+                self.reports.update(name, |r| {
+                    r.last_received = Some(r.last_received.map_or(seq, |s| s.max(seq)));
+                });
+                Ok(Some(Frame::Received { seq }))
+            }
+            (Frame::Later { seq, delay_ms }, Some(name)) => {
+                let at = Instant::now() + Duration::from_millis(u64::from(delay_ms));
+                self.later = Some((seq, at));
+                self.reports
+                    .update(name, |r| r.later = LaterOutcome::Pending);
+                Ok(Some(Frame::Received { seq }))
+            }
+            (Frame::Data { .. } | Frame::Later { .. }, None) => {
+                Err(Stop::Unexpected("data before hello"))
+            }
+            (
+                Frame::Welcome(_)
+                | Frame::Received { .. }
+                | Frame::LaterReply { .. }
+                | Frame::Report(_)
+                | Frame::Error(_),
+                _,
+            ) => Err(Stop::Unexpected("a frame only echo sends")),
+        }
+    }
+
+    /// Sends the `LaterReply` whose delay has run out, and records how the write went.
+    fn answer_later(&mut self) {
+        let Some((seq, at)) = self.later else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        self.later = None;
+        let outcome = match self.stream.write_all(&Frame::LaterReply { seq }.encode()) {
+            Ok(()) => LaterOutcome::Sent,
+            Err(e) => LaterOutcome::Failed(e.raw_os_error().unwrap_or(0) as u16),
+        };
+        if let Some(name) = self.name {
+            self.reports.update(name, |r| r.later = outcome);
+        }
+    }
+}
