@@ -11,6 +11,7 @@
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
 //! | [`echo`] | `idlegate echo`, the far end of a probe, and its protocol |
 //! | [`scenario`] | scripted connections observed from both ends |
+//! | [`probe`] | `idlegate probe`: a path's idle timeout and its behaviour at expiry |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
 
@@ -22,5 +23,6 @@ pub mod gateway;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod probe;
 pub mod scenario;
 pub mod tun;
