@@ -43,12 +43,41 @@ enum Command {
     Flows(FlowsArgs),
     /// Serve as the far end of `idlegate probe`: confirm what arrives, answer after a delay.
     Echo(EchoArgs),
+    /// Measure a path's idle timeout to the second, and what it does at expiry.
+    Probe(ProbeArgs),
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
     Profiles {
         #[command(subcommand)]
         action: Option<ProfilesAction>,
     },
+}
+
+#[derive(Args)]
+struct ProbeArgs {
+    /// The far end: `idlegate echo` for every check, or any TCP server for some.
+    target: String,
+    /// The longest idle time to try, e.g. 30m.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    max: std::time::Duration,
+    /// The width of the bracket wanted, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    resolution: std::time::Duration,
+    /// How long a test waits for an answer before calling the path silent (longer than the
+    /// path's round trip).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    wait: std::time::Duration,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
 }
 
 #[derive(Args)]
@@ -215,6 +244,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Lab(LabCommand::Demo(options)) => demo::run(&options).map(|()| ExitCode::SUCCESS),
         Command::Flows(args) => flows(args).map(|()| ExitCode::SUCCESS),
         Command::Echo(args) => echo(&args).map(|()| ExitCode::SUCCESS),
+        Command::Probe(args) => probe(&args).map(|()| ExitCode::SUCCESS),
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -566,4 +596,35 @@ fn echo(args: &EchoArgs) -> Result<()> {
     }
     tracing::info!("echo listening on {}", echo.local_addr()?);
     echo.run()
+}
+
+/// `idlegate probe`: runs the search and prints the report.
+fn probe(args: &ProbeArgs) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let target = args
+        .target
+        .to_socket_addrs()
+        .with_context(|| format!("{}: not HOST:PORT", args.target))?
+        .next()
+        .with_context(|| format!("{}: no address", args.target))?;
+    if args.resolution > args.max {
+        anyhow::bail!(
+            "--resolution {:?} is longer than --max {:?}",
+            args.resolution,
+            args.max
+        );
+    }
+    let options = idlegate::probe::Options {
+        target,
+        max: args.max,
+        resolution: args.resolution,
+        wait: args.wait,
+    };
+    let report = idlegate::probe::run(&options)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", idlegate::probe::summary(&report));
+    }
+    Ok(())
 }

@@ -733,7 +733,7 @@ fn send_all(sock: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+pub(crate) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain integers, for which all-zero bytes are a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
@@ -756,7 +756,7 @@ fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
 }
 
 /// TCP_KEEPCNT (socket2 offers it only with its `all` feature).
-fn set_keepalive_probes(fd: RawFd, probes: libc::c_int) -> io::Result<()> {
+pub(crate) fn set_keepalive_probes(fd: RawFd, probes: libc::c_int) -> io::Result<()> {
     let value: *const libc::c_int = &probes;
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;

@@ -11,101 +11,19 @@
 
 mod common;
 
+use common::kernel_router::KernelRouter;
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
-use idlegate::netns::{self, Namespace};
 use idlegate::scenario::{self, Outcome, Script};
+use idlegate_core::profile::Pickup;
 use idlegate_core::Config;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The established timeout both sides run: short, and in whole seconds as the sysctl takes it.
 const ESTABLISHED_S: u64 = 2;
 const ESTABLISHED: Duration = Duration::from_secs(ESTABLISHED_S);
 const MEMBER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-
-/// A Linux NAT router between a client and a server namespace, torn down on drop.
-struct KernelRouter {
-    client: String,
-    server: String,
-    // Dropped last, after nothing uses them.
-    _namespaces: [Namespace; 3],
-}
-
-fn run(args: &[&str], stdin: Option<&str>) {
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-impl KernelRouter {
-    fn new(loose: bool) -> KernelRouter {
-        let tag = unique("kr");
-        let [c, r, s] = ["c", "r", "s"].map(|h| format!("ig-{tag}-{h}"));
-        let namespaces = [&c, &r, &s].map(|n| Namespace::create(n).expect("namespace"));
-        let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
-        // Both veth pairs are made inside the namespaces: nothing is left in the root one.
-        ip(&[
-            "-n", &r, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", &c,
-        ]);
-        ip(&[
-            "-n", &r, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", &s,
-        ]);
-        for (ns, dev, addr) in [
-            (&c, "c0", "192.0.2.11/24"),
-            (&r, "in0", "192.0.2.1/24"),
-            (&r, "out0", "203.0.113.10/24"),
-            (&s, "s0", "203.0.113.100/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        ip(&["-n", &c, "route", "add", "default", "via", "192.0.2.1"]);
-        let ruleset = "table ip idlegate_reference {
-  chain forward { type filter hook forward priority 0; policy accept; ct state invalid drop; }
-  chain input { type filter hook input priority 0; policy drop; ct state established,related accept; iif \"lo\" accept; }
-  chain postrouting { type nat hook postrouting priority 100; oif \"out0\" masquerade; }
-}
-";
-        run(
-            &["ip", "netns", "exec", &r, "nft", "-f", "-"],
-            Some(ruleset),
-        );
-        // The ruleset loaded nf_conntrack, so its per-namespace sysctls now exist.
-        let established =
-            format!("net.netfilter.nf_conntrack_tcp_timeout_established={ESTABLISHED_S}");
-        let loose = format!("net.netfilter.nf_conntrack_tcp_loose={}", u8::from(loose));
-        for setting in ["net.ipv4.ip_forward=1", &established, &loose] {
-            run(&["ip", "netns", "exec", &r, "sysctl", "-qw", setting], None);
-        }
-        KernelRouter {
-            client: c,
-            server: s,
-            _namespaces: namespaces,
-        }
-    }
-}
 
 /// The connections both runs play, from the member to the server on the outside.
 fn scripts(client_ns: &str, server_ns: &str) -> Vec<Script> {
@@ -141,12 +59,13 @@ fn fate(o: &Outcome) -> (Vec<String>, Option<String>, Option<String>, bool) {
     )
 }
 
-fn through_the_kernel(loose: bool) -> Vec<Outcome> {
-    let router = KernelRouter::new(loose);
+fn through_the_kernel(pickup: Pickup) -> Vec<Outcome> {
+    let router = KernelRouter::new(ESTABLISHED_S, pickup);
     scenario::run(scripts(&router.client, &router.server)).expect("kernel run")
 }
 
-fn through_idlegate(loose: bool) -> Vec<Outcome> {
+fn through_idlegate(pickup: Pickup) -> Vec<Outcome> {
+    let loose = pickup == Pickup::Loose;
     let text = format!(
         r#"profile = "linux-conntrack"
 loose_pickup = {loose}
@@ -175,16 +94,16 @@ idle_timeout = "{ESTABLISHED_S}s"
 }
 
 /// Runs both and checks that each connection met the same fate; returns the kernel's.
-fn compare(loose: bool) -> Vec<Outcome> {
+fn compare(pickup: Pickup) -> Vec<Outcome> {
     require_root();
-    let kernel = through_the_kernel(loose);
-    let emulated = through_idlegate(loose);
+    let kernel = through_the_kernel(pickup);
+    let emulated = through_idlegate(pickup);
     for k in &kernel {
         let e = emulated.iter().find(|e| e.name == k.name).unwrap();
         assert_eq!(
             fate(e),
             fate(k),
-            "{} (loose pickup {loose}): idlegate (left) and the kernel (right) disagree\nkernel:\n{}\nidlegate:\n{}",
+            "{} ({pickup:?} pickup): idlegate (left) and the kernel (right) disagree\nkernel:\n{}\nidlegate:\n{}",
             k.name,
             scenario::render_timeline(std::slice::from_ref(k)),
             scenario::render_timeline(std::slice::from_ref(e)),
@@ -201,7 +120,7 @@ fn outcome<'a>(outcomes: &'a [Outcome], name: &str) -> &'a Outcome {
 fn with_loose_pickup_the_kernel_and_idlegate_both_let_the_member_carry_on_after_expiry() {
     // nf_conntrack_tcp_loose=1 (the default): the member's next segment after the
     // established timeout makes a new entry, and masquerade keeps its source port.
-    let kernel = compare(true);
+    let kernel = compare(Pickup::Loose);
     for name in ["within-timeout", "after-expiry", "keepalive"] {
         assert_eq!(
             fate(outcome(&kernel, name)),
@@ -214,7 +133,7 @@ fn with_loose_pickup_the_kernel_and_idlegate_both_let_the_member_carry_on_after_
 #[test]
 fn without_loose_pickup_the_kernel_and_idlegate_both_drop_the_late_segment_silently() {
     // nf_conntrack_tcp_loose=0: the late segment is invalid and the forward chain drops it.
-    let kernel = compare(false);
+    let kernel = compare(Pickup::SynOnly);
     assert_eq!(
         fate(outcome(&kernel, "after-expiry")),
         (vec!["a".into()], None, None, true)

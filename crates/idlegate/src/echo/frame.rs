@@ -44,7 +44,8 @@ pub enum LaterOutcome {
     Pending,
     /// The reply was written to the socket.
     Sent,
-    /// Writing it failed with this errno (`ECONNRESET`, `EPIPE`, `ETIMEDOUT`...).
+    /// Writing it failed, or the connection failed while it was due or after it was written,
+    /// with this errno (`ECONNRESET`, `EPIPE`, `ETIMEDOUT`...).
     Failed(u16),
     /// The connection ended (EOF or error) before the delay ran out.
     Closed,

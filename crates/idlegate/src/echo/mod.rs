@@ -150,6 +150,8 @@ struct Connection {
     name: Option<ConnId>,
     /// A `Later` request: its sequence number and when to answer.
     later: Option<(u32, Instant)>,
+    /// A `LaterReply` was written: an error after it still belongs in the report.
+    replied: bool,
 }
 
 /// Why serving a connection stopped early.
@@ -170,6 +172,7 @@ impl Connection {
             reports,
             name: None,
             later: None,
+            replied: false,
         }
     }
 
@@ -210,7 +213,16 @@ impl Connection {
                     self.answer_later();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break Stop::Io,
+                Err(e) => {
+                    // A RST while a reply was due or after it went out: the report says so.
+                    if let (Some(name), true) = (self.name, self.later.is_some() || self.replied) {
+                        let errno = e.raw_os_error().unwrap_or(0) as u16;
+                        self.reports
+                            .update(name, |r| r.later = LaterOutcome::Failed(errno));
+                        self.later = None;
+                    }
+                    break Stop::Io;
+                }
             }
         };
         let fault = match stop {
@@ -288,6 +300,7 @@ impl Connection {
             return;
         }
         self.later = None;
+        self.replied = true;
         let outcome = match self.stream.write_all(&Frame::LaterReply { seq }.encode()) {
             Ok(()) => LaterOutcome::Sent,
             Err(e) => LaterOutcome::Failed(e.raw_os_error().unwrap_or(0) as u16),

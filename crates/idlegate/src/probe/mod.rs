@@ -1,3 +1,735 @@
-//! `idlegate probe`: measure a path's idle timeout and what it does at expiry.
+//! `idlegate probe`: measure a path's idle timeout, and what it does at expiry, in both
+//! directions.
+//!
+//! Contract: [`run`] connects to `target` again and again. If the far end is `idlegate echo`
+//! (it answers the first frame), every check is made; against any other TCP server only the
+//! client-to-server ones, and the report names what it could not check. Two rounds of
+//! connections, planned by [`search`], each opened together and left idle for their own
+//! durations before a test:
+//!
+//! 1. **Coarse**: client-to-server tests at geometric idle times, until the first dead one.
+//! 2. **Fine and behaviour**: client-to-server tests that split the bracket at the resolution;
+//!    at the bracket's top plus the resolution, one connection per direction whose failure
+//!    says what the box does (reset at expiry, reset on the next packet, silent, ACKed but not
+//!    delivered); and one with TCP keepalive at half the lower bound, which must outlive the
+//!    timeout if keepalive refreshes this path.
+//!
+//! A test never waits longer than [`Options::wait`] for an answer; sockets carry a
+//! TCP_USER_TIMEOUT just above it, so a silent path never holds one for the kernel's 15 minutes.
+//! Everything that happens to the connections is data in the [`Report`]; only failing to reach
+//! the target at all is an error.
 
 pub mod search;
+
+use crate::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
+use crate::scenario::{errno_name, set_keepalive_probes, tcp_info};
+use anyhow::{bail, Context, Result};
+use search::{Outcome, Phase, Search, Settings};
+use serde::Serialize;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What `idlegate probe` is asked.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: SocketAddr,
+    /// The longest idle time tried.
+    pub max: Duration,
+    /// The width of the bracket wanted.
+    pub resolution: Duration,
+    /// How long a test waits for an answer before it calls the path silent.
+    pub wait: Duration,
+}
+
+/// How much longer each coarse idle time is than the one before: the run takes about
+/// `2 × RATIO × T`.
+const RATIO: f64 = 1.07;
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The payload of a plain (non-echo) test.
+const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
+/// The sequence number of a client-to-server test's data.
+const DATA_SEQ: u32 = 2;
+
+/// What a direction of the path does to an idle connection once the box forgot it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Behaviour {
+    /// Nothing: the connection still works (no timeout found).
+    Alive,
+    /// A RST ends the connection, at the moment of expiry or on the next packet.
+    Reset,
+    /// Packets vanish; nobody is told.
+    Silent,
+    /// The sender's data is acknowledged but never reaches the far end.
+    AckedNotDelivered,
+}
+
+/// What one test saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Observed {
+    Alive,
+    /// A RST arrived while the connection was idle.
+    ResetAtExpiry,
+    /// A RST answered the test's packet.
+    ResetOnNext,
+    Silent,
+    AckedNotDelivered,
+    /// The far end of a server-to-client test got a RST.
+    ServerReset,
+}
+
+impl Observed {
+    fn alive(self) -> bool {
+        self == Observed::Alive
+    }
+
+    fn behaviour(self) -> Behaviour {
+        match self {
+            Observed::Alive => Behaviour::Alive,
+            Observed::ResetAtExpiry | Observed::ResetOnNext | Observed::ServerReset => {
+                Behaviour::Reset
+            }
+            Observed::Silent => Behaviour::Silent,
+            Observed::AckedNotDelivered => Behaviour::AckedNotDelivered,
+        }
+    }
+
+    fn detail(self, direction: Direction) -> &'static str {
+        match (self, direction) {
+            (Observed::Alive, _) => "the connection still works",
+            (Observed::ResetAtExpiry, _) => "a RST reached the client at the moment of expiry",
+            (Observed::ResetOnNext, _) => "the client's next packet was answered with a RST",
+            (Observed::ServerReset, _) => "the server's packet was answered with a RST",
+            (Observed::Silent, Direction::ClientToServer) => {
+                "the client's data was never acknowledged; nobody was told"
+            }
+            (Observed::Silent, _) => "the server's data never arrived; nobody was told",
+            (Observed::AckedNotDelivered, _) => {
+                "the client's data was acknowledged but never reached the server"
+            }
+        }
+    }
+}
+
+/// The idle timeout found: the longest idle survived and the shortest not survived.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Bracket {
+    pub low: f64,
+    /// `None`: no timeout up to the maximum tried.
+    pub high: Option<f64>,
+}
+
+/// What `idlegate probe` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    /// Whether the far end is `idlegate echo`.
+    pub echo: bool,
+    pub idle_timeout_s: Bracket,
+    /// False when outcomes contradicted each other (flows meeting different timers).
+    pub consistent: bool,
+    pub client_to_server: Behaviour,
+    /// `None` without echo: only echo can send after an idle period.
+    pub server_to_client: Option<Behaviour>,
+    /// What each direction's failing test saw, in words.
+    pub details: Vec<String>,
+    /// Whether TCP keepalive at half the timeout kept a connection alive past it; `None` if
+    /// there was no timeout to outlive.
+    pub keepalive_refreshes: Option<bool>,
+    pub connections_used: usize,
+    pub duration_s: f64,
+    /// Checks not made, and why.
+    pub not_checked: Vec<String>,
+}
+
+/// Which way a test sends after the idle period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ClientToServer,
+    ServerToClient,
+}
+
+/// One test: its direction, idle time and whether the client socket has keepalive.
+#[derive(Debug, Clone, Copy)]
+struct Test {
+    direction: Direction,
+    idle: Duration,
+    keepalive: Option<Duration>,
+}
+
+/// A connection ready for its test: named, its idle period begun.
+struct Armed {
+    test: Test,
+    /// Whether the far end is echo (else a plain server: only TCP's acknowledgement counts).
+    echo: bool,
+    stream: TcpStream,
+    decoder: Decoder,
+    id: ConnId,
+    idle_since: Instant,
+}
+
+/// A probe in progress.
+struct Probe {
+    options: Options,
+    run: u64,
+    echo: bool,
+    next_conn: u32,
+    used: usize,
+}
+
+/// Runs a probe against `options.target` and returns what it found.
+pub fn run(options: &Options) -> Result<Report> {
+    let started = Instant::now();
+    let mut probe = Probe {
+        options: options.clone(),
+        run: run_id(),
+        echo: false,
+        next_conn: 0,
+        used: 0,
+    };
+    probe.echo = probe
+        .detect_echo()
+        .with_context(|| format!("reaching {}", options.target))?;
+    let settings = Settings {
+        first: (options.resolution * 2).max(Duration::from_secs(1)),
+        max: options.max,
+        ratio: RATIO,
+        resolution: options.resolution,
+    };
+    let mut search = Search::new(settings);
+    let client = |idle| Test {
+        direction: Direction::ClientToServer,
+        idle,
+        keepalive: None,
+    };
+    // Round 1: coarse.
+    let tests: Vec<Test> = search.round().into_iter().map(client).collect();
+    let coarse = probe.round(&tests, true)?;
+    for (test, seen) in &coarse {
+        search.record(Outcome {
+            idle: test.idle,
+            alive: seen.alive(),
+        });
+    }
+    search.end_round();
+    let verdict = search.verdict();
+    let mut details = Vec::new();
+    let mut not_checked = Vec::new();
+    if !probe.echo {
+        not_checked.push(
+            "server to client, and data acknowledged but not delivered: the server is not idlegate echo"
+                .to_string(),
+        );
+    }
+    let Some(high) = verdict.high else {
+        return Ok(probe.report(
+            &search,
+            Behaviour::Alive,
+            probe.echo.then_some(Behaviour::Alive),
+            (details, not_checked),
+            None,
+            started,
+        ));
+    };
+    // Round 2: fine, behaviour and keepalive.
+    let beyond = high + options.resolution;
+    let mut tests: Vec<Test> = if search.phase() == Phase::Fine {
+        search.round().into_iter().map(client).collect()
+    } else {
+        Vec::new()
+    };
+    let behaviour_from = tests.len();
+    tests.push(client(beyond));
+    if probe.echo {
+        tests.push(Test {
+            direction: Direction::ServerToClient,
+            idle: beyond,
+            keepalive: None,
+        });
+    }
+    let every = Duration::from_secs((verdict.low.as_secs() / 2).max(1));
+    tests.push(Test {
+        direction: Direction::ClientToServer,
+        idle: beyond,
+        keepalive: Some(every),
+    });
+    let second = probe.round(&tests, false)?;
+    for (test, seen) in &second[..behaviour_from] {
+        search.record(Outcome {
+            idle: test.idle,
+            alive: seen.alive(),
+        });
+    }
+    search.end_round();
+    let mut c2s = Behaviour::Alive;
+    let mut s2c = None;
+    let mut keepalive = None;
+    for (test, seen) in &second[behaviour_from..] {
+        match (test.keepalive, test.direction) {
+            (Some(_), _) => keepalive = Some(seen.alive()),
+            (None, direction) => {
+                let side = match direction {
+                    Direction::ClientToServer => {
+                        c2s = seen.behaviour();
+                        "client to server"
+                    }
+                    Direction::ServerToClient => {
+                        s2c = Some(seen.behaviour());
+                        "server to client"
+                    }
+                };
+                details.push(format!("{side}: {}", seen.detail(direction)));
+            }
+        }
+    }
+    Ok(probe.report(
+        &search,
+        c2s,
+        s2c,
+        (details, not_checked),
+        keepalive,
+        started,
+    ))
+}
+
+impl Probe {
+    fn report(
+        &self,
+        search: &Search,
+        c2s: Behaviour,
+        s2c: Option<Behaviour>,
+        (details, not_checked): (Vec<String>, Vec<String>),
+        keepalive: Option<bool>,
+        started: Instant,
+    ) -> Report {
+        let v = search.verdict();
+        Report {
+            target: self.options.target.to_string(),
+            echo: self.echo,
+            idle_timeout_s: Bracket {
+                low: v.low.as_secs_f64(),
+                high: v.high.map(|h| h.as_secs_f64()),
+            },
+            consistent: v.consistent,
+            client_to_server: c2s,
+            server_to_client: s2c,
+            details,
+            keepalive_refreshes: keepalive,
+            connections_used: self.used,
+            duration_s: started.elapsed().as_secs_f64(),
+            not_checked,
+        }
+    }
+
+    fn next_id(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId {
+            run: self.run,
+            conn: self.next_conn,
+        }
+    }
+
+    /// Whether the target speaks the echo protocol: it answers `hello` within the wait.
+    fn detect_echo(&mut self) -> Result<bool> {
+        let id = self.next_id();
+        let mut stream = self.connect(None)?;
+        self.used += 1;
+        stream.write_all(&Frame::Hello(id).encode())?;
+        let mut decoder = Decoder::default();
+        Ok(matches!(
+            read_frame(&mut stream, &mut decoder, Instant::now() + self.options.wait),
+            Ok(Some(Frame::Welcome(got))) if got == id
+        ))
+    }
+
+    /// A connected client socket, with TCP_USER_TIMEOUT and the test's keepalive.
+    fn connect(&self, keepalive: Option<Duration>) -> Result<TcpStream> {
+        let target = self.options.target;
+        let socket = Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        socket.set_tcp_nodelay(true)?;
+        socket.set_tcp_user_timeout(Some(self.options.wait + Duration::from_secs(1)))?;
+        if let Some(every) = keepalive {
+            let params = TcpKeepalive::new().with_time(every).with_interval(every);
+            socket.set_tcp_keepalive(&params)?;
+            set_keepalive_probes(socket.as_raw_fd(), 3)?;
+        }
+        socket
+            .connect_timeout(&target.into(), CONNECT_TIMEOUT)
+            .with_context(|| format!("connecting to {target}"))?;
+        Ok(socket.into())
+    }
+
+    /// Opens a connection for `test`, names it to echo, and for a server-to-client test asks
+    /// echo to send after the idle time. The idle period begins with the last answer.
+    fn arm(&mut self, test: Test) -> Result<Armed> {
+        let id = self.next_id();
+        let mut stream = self.connect(test.keepalive)?;
+        self.used += 1;
+        let mut decoder = Decoder::default();
+        let deadline = Instant::now() + self.options.wait;
+        if self.echo {
+            stream.write_all(&Frame::Hello(id).encode())?;
+            expect(&mut stream, &mut decoder, deadline, Frame::Welcome(id))?;
+            if test.direction == Direction::ServerToClient {
+                let delay_ms = u32::try_from(test.idle.as_millis()).unwrap_or(u32::MAX);
+                stream.write_all(&Frame::Later { seq: 1, delay_ms }.encode())?;
+                expect(
+                    &mut stream,
+                    &mut decoder,
+                    deadline,
+                    Frame::Received { seq: 1 },
+                )?;
+            }
+        }
+        Ok(Armed {
+            test,
+            echo: self.echo,
+            stream,
+            decoder,
+            id,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Arms every test, runs them on their own threads, and returns what each saw, in the
+    /// order of `tests`. With `stop_at_first_dead`, tests not yet made when one fails are
+    /// abandoned (and left out).
+    fn round(&mut self, tests: &[Test], stop_at_first_dead: bool) -> Result<Vec<(Test, Observed)>> {
+        let mut armed = Vec::new();
+        for &test in tests {
+            armed.push(self.arm(test)?);
+        }
+        let ids: Vec<ConnId> = armed.iter().map(|a| a.id).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        for (i, a) in armed.into_iter().enumerate() {
+            let (tx, stop, wait) = (tx.clone(), stop.clone(), self.options.wait);
+            std::thread::Builder::new()
+                .name(format!("probe {}", a.id.conn))
+                .spawn(move || {
+                    let seen = test(a, wait, &stop);
+                    let _ = tx.send((i, seen));
+                })
+                .context("starting a test thread")?;
+        }
+        drop(tx);
+        let mut seen: Vec<Option<Observed>> = vec![None; tests.len()];
+        for (i, observed) in rx {
+            let Some(observed) = observed else {
+                continue; // abandoned
+            };
+            seen[i] = Some(observed);
+            if stop_at_first_dead && !observed.alive() {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+        let mut out = Vec::new();
+        for (i, s) in seen.into_iter().enumerate() {
+            if let Some(s) = s {
+                let s = self.echo_side(tests[i], ids[i], s)?;
+                out.push((tests[i], s));
+            }
+        }
+        out.sort_by_key(|(t, _)| t.idle);
+        Ok(out)
+    }
+
+    /// Completes what the client saw with echo's side, asked over a fresh connection: a
+    /// server-to-client test that heard nothing (did echo's reply leave, or did echo get a
+    /// RST?), and data acknowledged without echo's confirmation (did it arrive?).
+    fn echo_side(&mut self, test: Test, id: ConnId, seen: Observed) -> Result<Observed> {
+        if !self.echo {
+            return Ok(seen);
+        }
+        let wait = self.options.wait;
+        let ask = |probe: &mut Probe| {
+            probe.used += 1;
+            echo_status(probe.options.target, id, wait)
+        };
+        Ok(match (test.direction, seen) {
+            (Direction::ServerToClient, Observed::Silent) => match ask(self)? {
+                Some(report) if matches!(report.later, LaterOutcome::Failed(_)) => {
+                    Observed::ServerReset
+                }
+                _ => Observed::Silent,
+            },
+            (Direction::ClientToServer, Observed::AckedNotDelivered) => match ask(self)? {
+                // It arrived; only echo's confirmation was lost on the way back.
+                Some(report) if report.last_received == Some(DATA_SEQ) => Observed::Silent,
+                _ => Observed::AckedNotDelivered,
+            },
+            (_, seen) => seen,
+        })
+    }
+}
+
+/// A run id: the time and the process, so two probes against one echo never mix.
+fn run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 48)
+}
+
+/// Reads until a whole frame, EOF (`None`) or `deadline` (an error of kind `TimedOut`).
+fn read_frame(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    deadline: Instant,
+) -> io::Result<Option<Frame>> {
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(frame) = decoder
+            .decode()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            return Ok(Some(frame));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => decoder.feed(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(io::ErrorKind::TimedOut.into())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the next frame and fails unless it is `want`.
+fn expect(
+    stream: &mut TcpStream,
+    decoder: &mut Decoder,
+    deadline: Instant,
+    want: Frame,
+) -> Result<()> {
+    match read_frame(stream, decoder, deadline) {
+        Ok(Some(got)) if got == want => Ok(()),
+        Ok(Some(Frame::Error(why))) => bail!("echo refused the probe: {why}"),
+        Ok(other) => bail!("echo answered {other:?}, expected {want:?}"),
+        Err(e) => Err(e).context("waiting for echo"),
+    }
+}
+
+/// Runs one test on an armed connection: idle until its time, then send (or, for a
+/// server-to-client test, wait for echo's reply). `None` if abandoned.
+fn test(mut a: Armed, wait: Duration, stop: &AtomicBool) -> Option<Observed> {
+    let due = a.idle_since + a.test.idle;
+    // The idle period: a RST may arrive during it (reset at expiry).
+    match a.test.direction {
+        Direction::ClientToServer => {
+            if let Some(seen) = idle_until(&mut a, due, stop)? {
+                return Some(seen);
+            }
+            Some(send_and_confirm(&mut a, wait))
+        }
+        Direction::ServerToClient => {
+            if let Some(seen) = idle_until(&mut a, due, stop)? {
+                return Some(seen);
+            }
+            Some(await_later(&mut a, due + wait))
+        }
+    }
+}
+
+/// Waits until `due` watching the socket. `Some(Some(seen))` if something ended the idle
+/// period early, `Some(None)` at `due`, `None` if abandoned.
+fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<Observed>> {
+    let mut buf = [0u8; 512];
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Some(None);
+        }
+        // In slices, so an abandoned round lets go promptly.
+        let slice = left.min(Duration::from_millis(200));
+        if a.stream.set_read_timeout(Some(slice)).is_err() {
+            return Some(Some(Observed::ResetAtExpiry));
+        }
+        match a.stream.read(&mut buf) {
+            // Echo's delayed reply may come early only if the clocks disagree; keep it.
+            Ok(n) if n > 0 => a.decoder.feed(&buf[..n]),
+            Ok(_) => return Some(Some(Observed::ResetAtExpiry)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Some(Some(Observed::ResetAtExpiry)),
+        }
+    }
+}
+
+/// The client-to-server test: send, then wait for echo's confirmation (or, against a plain
+/// server, the acknowledgement).
+fn send_and_confirm(a: &mut Armed, wait: Duration) -> Observed {
+    if !a.echo {
+        return plain_send(a, wait);
+    }
+    let data = Frame::Data {
+        seq: DATA_SEQ,
+        payload: b"after idle".to_vec(),
+    };
+    if a.stream.write_all(&data.encode()).is_err() {
+        return Observed::ResetOnNext;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        match read_frame(&mut a.stream, &mut a.decoder, deadline) {
+            Ok(Some(Frame::Received { seq: DATA_SEQ })) => return Observed::Alive,
+            Ok(Some(_)) => continue,
+            Ok(None) => return Observed::ResetOnNext,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return unanswered(a),
+            Err(e) if errno_name(&e) == "ETIMEDOUT" => return Observed::Silent,
+            Err(_) => return Observed::ResetOnNext,
+        }
+    }
+}
+
+/// Against a server that is not echo: the data is alive once TCP acknowledges it; a RST or
+/// silence as with echo. (Data acknowledged by a box and not delivered passes for alive.)
+fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
+    if a.stream.write_all(PLAIN_PAYLOAD).is_err() {
+        return Observed::ResetOnNext;
+    }
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 512];
+    loop {
+        match tcp_info(SockRef::from(&a.stream).as_raw_fd()) {
+            Ok(info) if info.tcpi_unacked == 0 => return Observed::Alive,
+            Ok(_) => {}
+            Err(_) => return Observed::ResetOnNext,
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Observed::Silent;
+        }
+        if a.stream
+            .set_read_timeout(Some(left.min(Duration::from_millis(20))))
+            .is_err()
+        {
+            return Observed::ResetOnNext;
+        }
+        match a.stream.read(&mut buf) {
+            // Whatever the server says back is its business; a RST is ours.
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Observed::ResetOnNext,
+        }
+    }
+}
+
+/// No confirmation within the wait: unacknowledged data is a silent path; acknowledged data
+/// that echo never confirmed was taken in and not delivered (checked with echo afterwards).
+fn unanswered(a: &Armed) -> Observed {
+    match tcp_info(SockRef::from(&a.stream).as_raw_fd()) {
+        Ok(info) if info.tcpi_unacked == 0 => Observed::AckedNotDelivered,
+        _ => Observed::Silent,
+    }
+}
+
+/// The server-to-client test: echo's reply is due at the end of the idle period.
+fn await_later(a: &mut Armed, deadline: Instant) -> Observed {
+    loop {
+        match read_frame(&mut a.stream, &mut a.decoder, deadline) {
+            Ok(Some(Frame::LaterReply { seq: 1 })) => return Observed::Alive,
+            Ok(Some(_)) => continue,
+            Ok(None) => return Observed::ResetOnNext,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Observed::Silent,
+            Err(_) => return Observed::ServerReset,
+        }
+    }
+}
+
+/// Asks echo, over a fresh connection, what became of its side of `id`.
+pub fn echo_status(target: SocketAddr, id: ConnId, wait: Duration) -> Result<Option<EchoReport>> {
+    let mut stream = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
+    stream.write_all(&Frame::Status(id).encode())?;
+    let mut decoder = Decoder::default();
+    match read_frame(&mut stream, &mut decoder, Instant::now() + wait)? {
+        Some(Frame::Report(report)) => Ok(report),
+        other => bail!("echo answered {other:?} to a status request"),
+    }
+}
+
+/// One line a person reads at a glance, then the details.
+pub fn summary(r: &Report) -> String {
+    let timeout = match r.idle_timeout_s.high {
+        Some(high) => format!(
+            "idle timeout between {:.1} s and {:.1} s",
+            r.idle_timeout_s.low, high
+        ),
+        None => format!("no idle timeout up to {:.0} s", r.idle_timeout_s.low),
+    };
+    let mut out = format!(
+        "{}: {timeout}{}\n",
+        r.target,
+        if r.consistent {
+            ""
+        } else {
+            " (outcomes contradicted each other: flows may meet different timers)"
+        }
+    );
+    let name = |b: Behaviour| {
+        serde_json::to_value(b)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    out += &format!("  client to server: {}\n", name(r.client_to_server));
+    match r.server_to_client {
+        Some(b) => out += &format!("  server to client: {}\n", name(b)),
+        None => out += "  server to client: not checked\n",
+    }
+    for d in &r.details {
+        out += &format!("    {d}\n");
+    }
+    match r.keepalive_refreshes {
+        Some(true) => {
+            out += "  TCP keepalive at half the timeout keeps a connection alive past it\n"
+        }
+        Some(false) => {
+            out += "  TCP keepalive does NOT refresh this path: a connection with it still died\n"
+        }
+        None => {}
+    }
+    for n in &r.not_checked {
+        out += &format!("  not checked: {n}\n");
+    }
+    out += &format!(
+        "  {} connections, {:.1} s\n",
+        r.connections_used, r.duration_s
+    );
+    out
+}

@@ -1,5 +1,7 @@
 //! Helpers every end-to-end test file shares (each includes this module with `mod common;`).
 
+pub mod kernel_router;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Fails the test at once, loudly, unless it runs as root: the end-to-end tests build network

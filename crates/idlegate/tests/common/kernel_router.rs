@@ -1,0 +1,97 @@
+//! A real Linux NAT router in namespaces: the independent reference the conntrack profile and
+//! the probe are checked against. The router masquerades the client's connections; its forward
+//! chain drops what conntrack calls invalid, its input chain takes only what belongs to its own
+//! connections. Root only.
+
+#![allow(dead_code)] // each test file uses what it needs
+
+use super::unique;
+use idlegate::netns::{self, Namespace};
+use idlegate_core::profile::Pickup;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// A Linux NAT router between a client and a server namespace, torn down on drop.
+pub struct KernelRouter {
+    pub client: String,
+    pub server: String,
+    // Dropped last, after nothing uses them.
+    _namespaces: [Namespace; 3],
+}
+
+fn run(args: &[&str], stdin: Option<&str>) {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl KernelRouter {
+    /// The router with `established_s` as its established timeout and loose pickup on or off.
+    pub fn new(established_s: u64, pickup: Pickup) -> KernelRouter {
+        let tag = unique("kr");
+        let [c, r, s] = ["c", "r", "s"].map(|h| format!("ig-{tag}-{h}"));
+        let namespaces = [&c, &r, &s].map(|n| Namespace::create(n).expect("namespace"));
+        let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+        // Both veth pairs are made inside the namespaces: nothing is left in the root one.
+        ip(&[
+            "-n", &r, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", &c,
+        ]);
+        ip(&[
+            "-n", &r, "link", "add", "out0", "type", "veth", "peer", "name", "s0", "netns", &s,
+        ]);
+        for (ns, dev, addr) in [
+            (&c, "c0", "192.0.2.11/24"),
+            (&r, "in0", "192.0.2.1/24"),
+            (&r, "out0", "203.0.113.10/24"),
+            (&s, "s0", "203.0.113.100/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", &c, "route", "add", "default", "via", "192.0.2.1"]);
+        let ruleset = "table ip idlegate_reference {
+  chain forward { type filter hook forward priority 0; policy accept; ct state invalid drop; }
+  chain input { type filter hook input priority 0; policy drop; ct state established,related accept; iif \"lo\" accept; }
+  chain postrouting { type nat hook postrouting priority 100; oif \"out0\" masquerade; }
+}
+";
+        run(
+            &["ip", "netns", "exec", &r, "nft", "-f", "-"],
+            Some(ruleset),
+        );
+        // The ruleset loaded nf_conntrack, so its per-namespace sysctls now exist.
+        let established =
+            format!("net.netfilter.nf_conntrack_tcp_timeout_established={established_s}");
+        let loose = format!(
+            "net.netfilter.nf_conntrack_tcp_loose={}",
+            u8::from(pickup == Pickup::Loose)
+        );
+        for setting in ["net.ipv4.ip_forward=1", &established, &loose] {
+            run(&["ip", "netns", "exec", &r, "sysctl", "-qw", setting], None);
+        }
+        KernelRouter {
+            client: c,
+            server: s,
+            _namespaces: namespaces,
+        }
+    }
+}

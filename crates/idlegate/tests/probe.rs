@@ -1,0 +1,182 @@
+//! `idlegate probe` against real middleboxes: the lab's gateway under each expiry action with
+//! an idle timeout that is not a round number (7.3 s), and a real kernel NAT (nftables
+//! masquerade). `idlegate echo` runs on the far side; the probe must bracket the true timeout
+//! within the resolution and name what each direction does at expiry. Root only.
+
+mod common;
+
+use common::kernel_router::KernelRouter;
+use common::{require_root, unique};
+use idlegate::echo::Echo;
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::netns;
+use idlegate::probe::{self, Behaviour, Options, Report};
+use idlegate_core::profile::Pickup;
+use idlegate_core::Config;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const RESOLUTION: Duration = Duration::from_secs(1);
+
+/// Runs echo in `server_ns` at `listen`, the probe in `client_ns` against `target`, and
+/// returns the report.
+fn probe_between(
+    client_ns: &str,
+    server_ns: &str,
+    listen: SocketAddr,
+    target: SocketAddr,
+) -> Report {
+    let echo = netns::spawn_in(server_ns, move || Echo::bind(listen))
+        .expect("echo thread")
+        .join()
+        .expect("echo bind")
+        .expect("echo listening");
+    let stop = echo.stop_flag();
+    let server = std::thread::spawn(move || echo.run());
+    let options = Options {
+        target,
+        max: Duration::from_secs(20),
+        resolution: RESOLUTION,
+        wait: Duration::from_secs(1),
+    };
+    let report = netns::spawn_in(client_ns, move || probe::run(&options))
+        .expect("probe thread")
+        .join()
+        .expect("probe");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    server.join().expect("echo thread").expect("echo");
+    report.expect("probe run")
+}
+
+/// The probe through the lab gateway: Azure LB, idle timeout 438 s scaled 1/60 to 7.3 s.
+fn probe_lab(expiry: &str) -> Report {
+    require_root();
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[lb_rule]]
+name = "echo"
+frontend = "public"
+frontend_port = 9300
+backend_pool = "vms"
+backend_port = 9300
+idle_timeout = "438s"
+expiry = "{expiry}"
+"#
+    );
+    let config = Config::from_toml(&text, "probe test config").unwrap();
+    let (report, _) = Lab::with_gateway(&unique("pr"), &config, |lab| {
+        Ok(probe_between(
+            &lab.namespace_of(INTERNET)?,
+            &lab.namespace_of("vm1")?,
+            "0.0.0.0:9300".parse()?,
+            "203.0.113.10:9300".parse()?,
+        ))
+    })
+    .expect("lab run");
+    report
+}
+
+/// The bracket holds `truth` and is no wider than the resolution.
+fn assert_bracket(r: &Report, truth: f64) {
+    let high = r.idle_timeout_s.high.expect("a timeout found");
+    assert!(
+        r.idle_timeout_s.low < truth && truth <= high,
+        "{truth} s not in ({}, {high}]: {r:#?}",
+        r.idle_timeout_s.low
+    );
+    assert!(
+        high - r.idle_timeout_s.low <= RESOLUTION.as_secs_f64() + 1e-9,
+        "{r:#?}"
+    );
+    assert!(r.consistent, "{r:#?}");
+    assert!(r.echo);
+}
+
+#[test]
+fn probe_finds_a_silent_drop_in_both_directions() {
+    let r = probe_lab("silent");
+    assert_bracket(&r, 7.3);
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Silent, Some(Behaviour::Silent)),
+        "{r:#?}"
+    );
+    assert_eq!(
+        r.keepalive_refreshes,
+        Some(true),
+        "Azure: keepalive refreshes the flow"
+    );
+}
+
+#[test]
+fn probe_finds_a_reset_at_expiry() {
+    let r = probe_lab("reset");
+    assert_bracket(&r, 7.3);
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Reset, Some(Behaviour::Reset)),
+        "{r:#?}"
+    );
+    assert!(
+        r.details
+            .iter()
+            .any(|d| d.contains("at the moment of expiry")),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn probe_finds_a_reset_on_the_next_packet_for_each_sender() {
+    let r = probe_lab("reset-on-next");
+    assert_bracket(&r, 7.3);
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Reset, Some(Behaviour::Reset)),
+        "{r:#?}"
+    );
+    assert!(
+        r.details.iter().any(|d| d.contains("next packet")),
+        "{r:#?}"
+    );
+    assert!(
+        r.details.iter().any(|d| d.contains("server's packet")),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn probe_finds_data_acknowledged_but_never_delivered() {
+    // Seed 004's symptom, the gateway's ack-and-discard.
+    let r = probe_lab("ack-and-discard");
+    assert_bracket(&r, 7.3);
+    assert_eq!(r.client_to_server, Behaviour::AckedNotDelivered, "{r:#?}");
+}
+
+#[test]
+fn probe_finds_the_timeout_of_a_real_kernel_nat() {
+    // An independent middlebox: nftables masquerade with nf_conntrack_tcp_timeout_established
+    // = 5 and loose pickup off, so a late packet in either direction is dropped. Conntrack
+    // keeps time in jiffies and checks expiry when a packet comes, so 5 s is the truth.
+    require_root();
+    let router = KernelRouter::new(5, Pickup::SynOnly);
+    let r = probe_between(
+        &router.client,
+        &router.server,
+        "0.0.0.0:9300".parse().unwrap(),
+        "203.0.113.100:9300".parse().unwrap(),
+    );
+    assert_bracket(&r, 5.0);
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Silent, Some(Behaviour::Silent)),
+        "{r:#?}"
+    );
+    assert_eq!(r.keepalive_refreshes, Some(true));
+}
