@@ -50,10 +50,16 @@ fn probe_between(
 
 /// The probe through the lab gateway: Azure LB, idle timeout 438 s scaled 1/60 to 7.3 s.
 fn probe_lab(expiry: &str) -> Report {
+    probe_profile("azure-lb", 60, "438s", expiry)
+}
+
+/// The probe through the lab gateway under `profile`, its LB rule's idle timeout `idle`
+/// divided by `time_scale`.
+fn probe_profile(profile: &str, time_scale: u32, idle: &str, expiry: &str) -> Report {
     require_root();
     let text = format!(
-        r#"profile = "azure-lb"
-time_scale = 60
+        r#"profile = "{profile}"
+time_scale = {time_scale}
 [[frontend]]
 name = "public"
 address = "203.0.113.10"
@@ -66,7 +72,7 @@ frontend = "public"
 frontend_port = 9300
 backend_pool = "vms"
 backend_port = 9300
-idle_timeout = "438s"
+idle_timeout = "{idle}"
 expiry = "{expiry}"
 "#
     );
@@ -179,4 +185,26 @@ fn probe_finds_the_timeout_of_a_real_kernel_nat() {
         "{r:#?}"
     );
     assert_eq!(r.keepalive_refreshes, Some(true));
+}
+
+#[test]
+fn with_loose_pickup_only_the_server_to_client_direction_dies() {
+    // Linux conntrack with nf_conntrack_tcp_loose=1: the client's late packet opens a new
+    // entry and carries on; the server's is dropped.
+    let r = probe_profile("linux-conntrack", 1, "7300ms", "silent");
+    assert_bracket(&r, 7.3);
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Alive, Some(Behaviour::Silent)),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn on_aws_alb_probe_says_keepalive_does_not_refresh_the_path() {
+    // AWS ALB: only data refreshes the idle timeout; at expiry both ends are closed.
+    let r = probe_profile("aws-alb", 1, "7300ms", "reset");
+    assert_bracket(&r, 7.3);
+    assert_eq!(r.keepalive_refreshes, Some(false), "{r:#?}");
+    assert_eq!(r.client_to_server, Behaviour::Reset, "{r:#?}");
 }

@@ -209,15 +209,25 @@ pub fn run(options: &Options) -> Result<Report> {
         idle,
         keepalive: None,
     };
+    // Each idle time is tried in both directions when echo can send: a box may forget the
+    // flow for one direction only (Linux conntrack's loose pickup lets the client's packets
+    // back in, never the server's).
+    let echo = probe.echo;
+    let both_ways = |idle| {
+        let server = Test {
+            direction: Direction::ServerToClient,
+            ..client(idle)
+        };
+        if echo {
+            vec![client(idle), server]
+        } else {
+            vec![client(idle)]
+        }
+    };
     // Round 1: coarse.
-    let tests: Vec<Test> = search.round().into_iter().map(client).collect();
+    let tests: Vec<Test> = search.round().into_iter().flat_map(both_ways).collect();
     let coarse = probe.round(&tests, true)?;
-    for (test, seen) in &coarse {
-        search.record(Outcome {
-            idle: test.idle,
-            alive: seen.alive(),
-        });
-    }
+    record(&mut search, &coarse);
     search.end_round();
     let verdict = search.verdict();
     let mut details = Vec::new();
@@ -241,11 +251,10 @@ pub fn run(options: &Options) -> Result<Report> {
     // Round 2: fine, behaviour and keepalive.
     let beyond = high + options.resolution;
     let mut tests: Vec<Test> = if search.phase() == Phase::Fine {
-        search.round().into_iter().map(client).collect()
+        search.round().into_iter().flat_map(both_ways).collect()
     } else {
         Vec::new()
     };
-    let behaviour_from = tests.len();
     tests.push(client(beyond));
     if probe.echo {
         tests.push(Test {
@@ -261,17 +270,14 @@ pub fn run(options: &Options) -> Result<Report> {
         keepalive: Some(every),
     });
     let second = probe.round(&tests, false)?;
-    for (test, seen) in &second[..behaviour_from] {
-        search.record(Outcome {
-            idle: test.idle,
-            alive: seen.alive(),
-        });
-    }
+    let (fine, behaviour): (Vec<_>, Vec<_>) =
+        second.into_iter().partition(|(t, _)| t.idle < beyond);
+    record(&mut search, &fine);
     search.end_round();
     let mut c2s = Behaviour::Alive;
     let mut s2c = None;
     let mut keepalive = None;
-    for (test, seen) in &second[behaviour_from..] {
+    for (test, seen) in &behaviour {
         match (test.keepalive, test.direction) {
             (Some(_), _) => keepalive = Some(seen.alive()),
             (None, direction) => {
@@ -471,6 +477,19 @@ impl Probe {
             },
             (_, seen) => seen,
         })
+    }
+}
+
+/// Records a round's outcomes: an idle time is survived only if every test of it (one per
+/// direction) survived.
+fn record(search: &mut Search, seen: &[(Test, Observed)]) {
+    let mut i = 0;
+    while i < seen.len() {
+        let idle = seen[i].0.idle;
+        let same = seen[i..].iter().take_while(|(t, _)| t.idle == idle);
+        let alive = same.clone().all(|(_, s)| s.alive());
+        i += same.count();
+        search.record(Outcome { idle, alive });
     }
 }
 
