@@ -208,3 +208,68 @@ fn on_aws_alb_probe_says_keepalive_does_not_refresh_the_path() {
     assert_eq!(r.keepalive_refreshes, Some(false), "{r:#?}");
     assert_eq!(r.client_to_server, Behaviour::Reset, "{r:#?}");
 }
+
+#[test]
+fn against_a_server_that_is_not_echo_probe_checks_what_it_can_and_says_what_it_cannot() {
+    // Any TCP server: here one that reads and never answers. The client-to-server checks
+    // still work from TCP's acknowledgements; the server-to-client ones cannot be made.
+    require_root();
+    let text = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "plain"
+frontend = "public"
+frontend_port = 9400
+backend_pool = "vms"
+backend_port = 9400
+idle_timeout = "438s"
+"#;
+    let config = Config::from_toml(text, "plain server config").unwrap();
+    let (report, _) = Lab::with_gateway(&unique("pp"), &config, |lab| {
+        let listener = netns::spawn_in(&lab.namespace_of("vm1")?, || {
+            std::net::TcpListener::bind("0.0.0.0:9400")
+        })?
+        .join()
+        .expect("bind thread")?;
+        // Reads whatever comes on every connection, answers nothing, until the lab goes.
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut sink = std::io::sink();
+                    let _ = std::io::copy(&mut &conn, &mut sink);
+                });
+            }
+        });
+        let options = Options {
+            target: "203.0.113.10:9400".parse()?,
+            max: Duration::from_secs(20),
+            resolution: RESOLUTION,
+            wait: Duration::from_secs(1),
+        };
+        netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?
+            .join()
+            .expect("probe thread")
+    })
+    .expect("lab run");
+    assert!(!report.echo);
+    let high = report.idle_timeout_s.high.expect("a timeout found");
+    assert!(
+        report.idle_timeout_s.low < 7.3 && 7.3 <= high,
+        "{report:#?}"
+    );
+    assert_eq!(report.client_to_server, Behaviour::Silent, "{report:#?}");
+    assert_eq!(report.server_to_client, None);
+    assert!(
+        report
+            .not_checked
+            .iter()
+            .any(|n| n.contains("not idlegate echo")),
+        "{report:#?}"
+    );
+}
