@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::kernel_router::KernelRouter;
+use common::kernel_router::{Invalid, KernelRouter};
 use common::{require_root, unique};
 use idlegate::echo::Echo;
 use idlegate::lab::{Lab, INTERNET};
@@ -271,5 +271,26 @@ idle_timeout = "438s"
             .iter()
             .any(|n| n.contains("not idlegate echo")),
         "{report:#?}"
+    );
+}
+
+#[test]
+fn probe_reports_an_icmp_error_at_expiry() {
+    // A kernel NAT whose forward chain answers a forgotten connection's packets with ICMP
+    // "administratively prohibited", as many firewalls do: the client reads it through
+    // IP_RECVERR.
+    require_root();
+    let router = KernelRouter::with(5, Pickup::SynOnly, Invalid::RejectWithIcmp);
+    let r = probe_between(
+        &router.client,
+        &router.server,
+        "0.0.0.0:9300".parse().unwrap(),
+        "203.0.113.100:9300".parse().unwrap(),
+    );
+    assert_bracket(&r, 5.0);
+    assert_eq!(r.client_to_server, Behaviour::Icmp, "{r:#?}");
+    assert!(
+        r.details.iter().any(|d| d.contains("EHOSTUNREACH")),
+        "{r:#?}"
     );
 }

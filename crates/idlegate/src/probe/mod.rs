@@ -56,6 +56,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
 /// The sequence number of a client-to-server test's data.
 const DATA_SEQ: u32 = 2;
+/// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
+const ICMP_ERRNOS: [i32; 6] = [
+    libc::EHOSTUNREACH,
+    libc::ENETUNREACH,
+    libc::EACCES,
+    libc::ECONNREFUSED,
+    libc::EPROTO,
+    libc::EMSGSIZE,
+];
 
 /// What a direction of the path does to an idle connection once the box forgot it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,6 +78,8 @@ pub enum Behaviour {
     Silent,
     /// The sender's data is acknowledged but never reaches the far end.
     AckedNotDelivered,
+    /// An ICMP error (host unreachable, administratively prohibited...) answers the packet.
+    Icmp,
 }
 
 /// What one test saw.
@@ -83,6 +94,8 @@ enum Observed {
     AckedNotDelivered,
     /// The far end of a server-to-client test got a RST.
     ServerReset,
+    /// An ICMP error reached the client (read through IP_RECVERR): its errno.
+    Icmp(i32),
 }
 
 impl Observed {
@@ -98,11 +111,31 @@ impl Observed {
             }
             Observed::Silent => Behaviour::Silent,
             Observed::AckedNotDelivered => Behaviour::AckedNotDelivered,
+            Observed::Icmp(_) => Behaviour::Icmp,
         }
     }
 
-    fn detail(self, direction: Direction) -> &'static str {
+    /// What a failed read or write on the client's socket says.
+    fn from_error(e: &io::Error, after_send: bool) -> Observed {
+        match e.raw_os_error() {
+            Some(errno) if ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
+            Some(libc::ETIMEDOUT) => Observed::Silent,
+            _ if after_send => Observed::ResetOnNext,
+            _ => Observed::ResetAtExpiry,
+        }
+    }
+
+    fn detail(self, direction: Direction) -> String {
+        if let Observed::Icmp(errno) = self {
+            let name = errno_name(&io::Error::from_raw_os_error(errno));
+            return format!("an ICMP error reached the client ({name})");
+        }
+        self.fixed_detail(direction).to_string()
+    }
+
+    fn fixed_detail(self, direction: Direction) -> &'static str {
         match (self, direction) {
+            (Observed::Icmp(_), _) => "an ICMP error reached the client",
             (Observed::Alive, _) => "the connection still works",
             (Observed::ResetAtExpiry, _) => "a RST reached the client at the moment of expiry",
             (Observed::ResetOnNext, _) => "the client's next packet was answered with a RST",
@@ -365,6 +398,8 @@ impl Probe {
         )?;
         socket.set_tcp_nodelay(true)?;
         socket.set_tcp_user_timeout(Some(self.options.wait + Duration::from_secs(1)))?;
+        // ICMP errors fail the socket at once instead of being retried away (ip(7)).
+        set_recv_err(&socket, target.is_ipv6()).context("setting IP_RECVERR")?;
         if let Some(every) = keepalive {
             let params = TcpKeepalive::new().with_time(every).with_interval(every);
             socket.set_tcp_keepalive(&params)?;
@@ -493,6 +528,25 @@ fn record(search: &mut Search, seen: &[(Test, Observed)]) {
     }
 }
 
+/// IP_RECVERR (IPV6_RECVERR): socket2 has no setter for it.
+fn set_recv_err(socket: &Socket, v6: bool) -> io::Result<()> {
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    let one: libc::c_int = 1;
+    let value: *const libc::c_int = &one;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `value` points to one readable c_int of `len` bytes during the call.
+    let rc = unsafe { libc::setsockopt(socket.as_raw_fd(), level, name, value.cast(), len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A run id: the time and the process, so two probes against one echo never mix.
 fn run_id() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -615,8 +669,8 @@ fn send_and_confirm(a: &mut Armed, wait: Duration) -> Observed {
         seq: DATA_SEQ,
         payload: b"after idle".to_vec(),
     };
-    if a.stream.write_all(&data.encode()).is_err() {
-        return Observed::ResetOnNext;
+    if let Err(e) = a.stream.write_all(&data.encode()) {
+        return Observed::from_error(&e, true);
     }
     let deadline = Instant::now() + wait;
     loop {
@@ -624,9 +678,10 @@ fn send_and_confirm(a: &mut Armed, wait: Duration) -> Observed {
             Ok(Some(Frame::Received { seq: DATA_SEQ })) => return Observed::Alive,
             Ok(Some(_)) => continue,
             Ok(None) => return Observed::ResetOnNext,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return unanswered(a),
-            Err(e) if errno_name(&e) == "ETIMEDOUT" => return Observed::Silent,
-            Err(_) => return Observed::ResetOnNext,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
+                return unanswered(a)
+            }
+            Err(e) => return Observed::from_error(&e, true),
         }
     }
 }
@@ -634,8 +689,8 @@ fn send_and_confirm(a: &mut Armed, wait: Duration) -> Observed {
 /// Against a server that is not echo: the data is alive once TCP acknowledges it; a RST or
 /// silence as with echo. (Data acknowledged by a box and not delivered passes for alive.)
 fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
-    if a.stream.write_all(PLAIN_PAYLOAD).is_err() {
-        return Observed::ResetOnNext;
+    if let Err(e) = a.stream.write_all(PLAIN_PAYLOAD) {
+        return Observed::from_error(&e, true);
     }
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 512];
@@ -685,8 +740,13 @@ fn await_later(a: &mut Armed, deadline: Instant) -> Observed {
             Ok(Some(Frame::LaterReply { seq: 1 })) => return Observed::Alive,
             Ok(Some(_)) => continue,
             Ok(None) => return Observed::ResetOnNext,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => return Observed::Silent,
-            Err(_) => return Observed::ServerReset,
+            Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
+                return Observed::Silent
+            }
+            Err(e) => match Observed::from_error(&e, true) {
+                Observed::ResetOnNext => return Observed::ServerReset,
+                other => return other,
+            },
         }
     }
 }

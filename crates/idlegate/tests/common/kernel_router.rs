@@ -12,6 +12,14 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// A Linux NAT router between a client and a server namespace, torn down on drop.
+/// What the router does with a packet conntrack calls invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    Drop,
+    /// Answer with ICMP "administratively prohibited", as many firewalls do.
+    RejectWithIcmp,
+}
+
 pub struct KernelRouter {
     pub client: String,
     pub server: String,
@@ -45,8 +53,14 @@ fn run(args: &[&str], stdin: Option<&str>) {
 }
 
 impl KernelRouter {
-    /// The router with `established_s` as its established timeout and loose pickup on or off.
+    /// The router with `established_s` as its established timeout and loose pickup on or off;
+    /// packets conntrack calls invalid (a late packet of a forgotten connection) are dropped.
     pub fn new(established_s: u64, pickup: Pickup) -> KernelRouter {
+        KernelRouter::with(established_s, pickup, Invalid::Drop)
+    }
+
+    /// The same, with `invalid` deciding what the forward chain does with invalid packets.
+    pub fn with(established_s: u64, pickup: Pickup, invalid: Invalid) -> KernelRouter {
         let tag = unique("kr");
         let [c, r, s] = ["c", "r", "s"].map(|h| format!("ig-{tag}-{h}"));
         let namespaces = [&c, &r, &s].map(|n| Namespace::create(n).expect("namespace"));
@@ -68,15 +82,19 @@ impl KernelRouter {
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         ip(&["-n", &c, "route", "add", "default", "via", "192.0.2.1"]);
-        let ruleset = "table ip idlegate_reference {
-  chain forward { type filter hook forward priority 0; policy accept; ct state invalid drop; }
-  chain input { type filter hook input priority 0; policy drop; ct state established,related accept; iif \"lo\" accept; }
-  chain postrouting { type nat hook postrouting priority 100; oif \"out0\" masquerade; }
-}
-";
+        let verdict = match invalid {
+            Invalid::Drop => "drop",
+            Invalid::RejectWithIcmp => "reject with icmp type admin-prohibited",
+        };
+        let ruleset = format!("table ip idlegate_reference {{
+  chain forward {{ type filter hook forward priority 0; policy accept; ct state invalid {verdict}; }}
+  chain input {{ type filter hook input priority 0; policy drop; ct state established,related accept; iif \"lo\" accept; }}
+  chain postrouting {{ type nat hook postrouting priority 100; oif \"out0\" masquerade; }}
+}}
+");
         run(
             &["ip", "netns", "exec", &r, "nft", "-f", "-"],
-            Some(ruleset),
+            Some(&ruleset),
         );
         // The ruleset loaded nf_conntrack, so its per-namespace sysctls now exist.
         let established =
