@@ -125,19 +125,29 @@ impl Echo {
 
 /// Whether `listener` has a connection waiting, after at most `timeout`.
 fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
+    wait_readable(listener.as_raw_fd(), Some(timeout)).context("waiting for connections")
+}
+
+/// Whether `fd` is readable (or has an error or EOF to report) within `timeout` (`None`:
+/// without limit). poll(2) keeps time to the millisecond; a socket's SO_RCVTIMEO, rounded to
+/// jiffies at every wake-up, was seen to run a percent late.
+fn wait_readable(fd: std::os::fd::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     let mut fds = [libc::pollfd {
-        fd: listener.as_raw_fd(),
+        fd,
         events: libc::POLLIN,
         revents: 0,
     }];
+    let ms = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis().div_ceil(1).max(1)).unwrap_or(libc::c_int::MAX)
+    });
     // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout.as_millis() as libc::c_int) };
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
             return Ok(false);
         }
-        return Err(e).context("waiting for connections");
+        return Err(e);
     }
     Ok(n > 0)
 }
@@ -184,8 +194,13 @@ impl Connection {
                 at.saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1))
             });
-            if self.stream.set_read_timeout(timeout).is_err() {
-                break Stop::Io;
+            match wait_readable(self.stream.as_raw_fd(), timeout) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.answer_later();
+                    continue;
+                }
+                Err(_) => break Stop::Io,
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => {

@@ -215,6 +215,46 @@ struct Probe {
     echo: bool,
     next_conn: u32,
     used: usize,
+    /// Where progress lines go: stderr when it is a terminal.
+    progress: Progress,
+}
+
+/// The progress line: the round, what is known of the timeout, and when the run should end.
+struct Progress {
+    enabled: bool,
+    started: Instant,
+}
+
+impl Progress {
+    /// Rewrites the line: `round`, the longest idle survived so far, the round's last test
+    /// due at `ends`.
+    fn show(&self, round: &str, survived: Duration, bracket_top: Option<Duration>, ends: Instant) {
+        if !self.enabled {
+            return;
+        }
+        let known = match bracket_top {
+            Some(top) => format!(
+                "timeout in ({:.0} s, {:.0} s]",
+                survived.as_secs_f64(),
+                top.as_secs_f64()
+            ),
+            None => format!("timeout > {:.0} s", survived.as_secs_f64()),
+        };
+        let left = ends.saturating_duration_since(Instant::now()).as_secs();
+        let mut err = io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[K[{round}] {known} · {:.0} s elapsed · this round ends in ≤ {left} s",
+            self.started.elapsed().as_secs_f64()
+        );
+        let _ = err.flush();
+    }
+
+    fn done(&self) {
+        if self.enabled {
+            let _ = writeln!(io::stderr(), "\r\x1b[K");
+        }
+    }
 }
 
 /// Runs a probe against `options.target` and returns what it found.
@@ -226,6 +266,10 @@ pub fn run(options: &Options) -> Result<Report> {
         echo: false,
         next_conn: 0,
         used: 0,
+        progress: Progress {
+            enabled: io::IsTerminal::is_terminal(&io::stderr()),
+            started,
+        },
     };
     probe.echo = probe
         .detect_echo()
@@ -259,7 +303,7 @@ pub fn run(options: &Options) -> Result<Report> {
     };
     // Round 1: coarse.
     let tests: Vec<Test> = search.round().into_iter().flat_map(both_ways).collect();
-    let coarse = probe.round(&tests, true)?;
+    let coarse = probe.round(&tests, true, (Duration::ZERO, None))?;
     record(&mut search, &coarse);
     search.end_round();
     let verdict = search.verdict();
@@ -302,7 +346,7 @@ pub fn run(options: &Options) -> Result<Report> {
         idle: beyond,
         keepalive: Some(every),
     });
-    let second = probe.round(&tests, false)?;
+    let second = probe.round(&tests, false, (verdict.low, Some(high)))?;
     let (fine, behaviour): (Vec<_>, Vec<_>) =
         second.into_iter().partition(|(t, _)| t.idle < beyond);
     record(&mut search, &fine);
@@ -348,6 +392,7 @@ impl Probe {
         keepalive: Option<bool>,
         started: Instant,
     ) -> Report {
+        self.progress.done();
         let v = search.verdict();
         Report {
             target: self.options.target.to_string(),
@@ -446,7 +491,12 @@ impl Probe {
     /// Arms every test, runs them on their own threads, and returns what each saw, in the
     /// order of `tests`. With `stop_at_first_dead`, tests not yet made when one fails are
     /// abandoned (and left out).
-    fn round(&mut self, tests: &[Test], stop_at_first_dead: bool) -> Result<Vec<(Test, Observed)>> {
+    fn round(
+        &mut self,
+        tests: &[Test],
+        stop_at_first_dead: bool,
+        known: (Duration, Option<Duration>),
+    ) -> Result<Vec<(Test, Observed)>> {
         let mut armed = Vec::new();
         for &test in tests {
             armed.push(self.arm(test)?);
@@ -466,14 +516,39 @@ impl Probe {
         }
         drop(tx);
         let mut seen: Vec<Option<Observed>> = vec![None; tests.len()];
-        for (i, observed) in rx {
-            let Some(observed) = observed else {
-                continue; // abandoned
-            };
-            seen[i] = Some(observed);
-            if stop_at_first_dead && !observed.alive() {
-                stop.store(true, Ordering::Relaxed);
+        let round_name = if stop_at_first_dead { "coarse" } else { "fine" };
+        let ends = Instant::now()
+            + tests.iter().map(|t| t.idle).max().unwrap_or_default()
+            + self.options.wait;
+        // What the progress line shows: the bracket, narrowed by this round's timing tests.
+        let (mut survived, mut died) = known;
+        let timing = |t: &Test| t.keepalive.is_none() && known.1.is_none_or(|top| t.idle < top);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok((i, Some(observed))) => {
+                    seen[i] = Some(observed);
+                    let t = &tests[i];
+                    tracing::debug!(
+                        "probe: connection {} ({:?}, idle {:?}, keepalive {:?}): {observed:?}",
+                        ids[i].conn,
+                        t.direction,
+                        t.idle,
+                        t.keepalive
+                    );
+                    if observed.alive() && timing(t) {
+                        survived = survived.max(t.idle);
+                    } else if !observed.alive() && timing(t) {
+                        died = Some(died.map_or(t.idle, |d| d.min(t.idle)));
+                    }
+                    if stop_at_first_dead && !observed.alive() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                Ok((_, None)) => {} // abandoned
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            self.progress.show(round_name, survived, died, ends);
         }
         let mut out = Vec::new();
         for (i, s) in seen.into_iter().enumerate() {
