@@ -180,6 +180,8 @@ pub struct Report {
     pub duration_s: f64,
     /// Checks not made, and why.
     pub not_checked: Vec<String>,
+    /// What went wrong along the way (connections that could not be opened).
+    pub warnings: Vec<String>,
 }
 
 /// Which way a test sends after the idle period.
@@ -217,6 +219,7 @@ struct Probe {
     used: usize,
     /// Where progress lines go: stderr when it is a terminal.
     progress: Progress,
+    warnings: Vec<String>,
 }
 
 /// The progress line: the round, what is known of the timeout, and when the run should end.
@@ -270,6 +273,7 @@ pub fn run(options: &Options) -> Result<Report> {
             enabled: io::IsTerminal::is_terminal(&io::stderr()),
             started,
         },
+        warnings: Vec::new(),
     };
     probe.echo = probe
         .detect_echo()
@@ -409,6 +413,7 @@ impl Probe {
             connections_used: self.used,
             duration_s: started.elapsed().as_secs_f64(),
             not_checked,
+            warnings: self.warnings.clone(),
         }
     }
 
@@ -499,8 +504,22 @@ impl Probe {
     ) -> Result<Vec<(Test, Observed)>> {
         let mut armed = Vec::new();
         for &test in tests {
-            armed.push(self.arm(test)?);
+            match self.arm(test) {
+                Ok(a) => armed.push(a),
+                // The box (or the far end) takes no more connections, e.g. a NAT out of SNAT
+                // ports: go on with those open, and say so.
+                Err(e) if !armed.is_empty() => {
+                    self.warnings.push(format!(
+                        "only {} of {} connections of a round could be opened ({e:#}): the longest idle times were not tried",
+                        armed.len(),
+                        tests.len()
+                    ));
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let tests = &tests[..armed.len()];
         let ids: Vec<ConnId> = armed.iter().map(|a| a.id).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
@@ -880,6 +899,9 @@ pub fn summary(r: &Report) -> String {
     }
     for n in &r.not_checked {
         out += &format!("  not checked: {n}\n");
+    }
+    for w in &r.warnings {
+        out += &format!("  warning: {w}\n");
     }
     out += &format!(
         "  {} connections, {:.1} s\n",
