@@ -607,12 +607,20 @@ fn probe(args: &ProbeArgs) -> Result<()> {
         .with_context(|| format!("{}: not HOST:PORT", args.target))?
         .next()
         .with_context(|| format!("{}: no address", args.target))?;
-    if args.resolution > args.max {
+    use std::time::Duration;
+    let (day, ms100) = (Duration::from_secs(86_400), Duration::from_millis(100));
+    if args.max > day {
+        anyhow::bail!("--max {:?}: at most 24 h", args.max);
+    }
+    if args.resolution < ms100 || args.resolution > args.max {
         anyhow::bail!(
-            "--resolution {:?} is longer than --max {:?}",
+            "--resolution {:?}: from 100 ms to --max ({:?})",
             args.resolution,
             args.max
         );
+    }
+    if args.wait < Duration::from_millis(10) || args.wait > Duration::from_secs(600) {
+        anyhow::bail!("--wait {:?}: from 10 ms to 10 min", args.wait);
     }
     let options = idlegate::probe::Options {
         target,

@@ -294,3 +294,31 @@ fn probe_reports_an_icmp_error_at_expiry() {
         "{r:#?}"
     );
 }
+
+#[test]
+fn a_far_end_that_closes_idle_connections_is_reported_as_closed_not_reset() {
+    // A server that is not echo and closes every connection after 3 s with a FIN (as many
+    // servers and proxies do): the probe finds its timeout and calls it `closed`. Loopback,
+    // so no root needed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(3));
+                drop(conn);
+            });
+        }
+    });
+    let r = probe::run(&Options {
+        target,
+        max: Duration::from_secs(10),
+        resolution: RESOLUTION,
+        wait: Duration::from_millis(500),
+    })
+    .unwrap();
+    let high = r.idle_timeout_s.high.expect("a timeout found");
+    assert!(r.idle_timeout_s.low < 3.0 && 3.0 <= high + 0.5, "{r:#?}");
+    assert_eq!(r.client_to_server, Behaviour::Closed, "{r:#?}");
+    assert!(!r.echo);
+}

@@ -70,7 +70,8 @@ pub enum Frame {
     Data { seq: u32, payload: Vec<u8> },
     /// Echo → probe: `Data` with this sequence number was read.
     Received { seq: u32 },
-    /// Probe → echo: send `LaterReply { seq }` after `delay_ms` of silence from echo.
+    /// Probe → echo: send `LaterReply { seq }` `delay_ms` after this request (echo sends
+    /// nothing else on the connection meanwhile, unless asked).
     Later { seq: u32, delay_ms: u32 },
     /// Echo → probe, `delay_ms` after the `Later` it answers.
     LaterReply { seq: u32 },

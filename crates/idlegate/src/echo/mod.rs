@@ -8,7 +8,9 @@
 //! connections, so a probe can tell data that never arrived from a reply that never came
 //! back. A connection that breaks the protocol gets an `Error` frame and a log line naming the
 //! peer and the fault, and is closed; nothing else is affected. Reports are kept for an hour,
-//! at most [`MAX_REPORTS`] of them.
+//! at most [`MAX_REPORTS`] of them. Bounds on what peers can hold: [`MAX_CONNECTIONS`] at once,
+//! a connection closed after [`MAX_SILENCE`] with nothing pending, writes that give up after
+//! 10 s, a decoder that refuses bodies over 1 KiB.
 
 pub mod frame;
 
@@ -22,12 +24,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Reports kept at most; the oldest hour's are dropped first when it is reached.
+/// Reports kept at most; when full, those older than an hour go, then the oldest.
 pub const MAX_REPORTS: usize = 65_536;
 /// How long a report is kept.
 const REPORT_LIFETIME: Duration = Duration::from_secs(3600);
 /// How often the accept loop looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
+/// Connections served at once at most; more are refused with an `Error` frame.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A connection silent this long with nothing pending is closed: longer than any probe's
+/// idle time, and the only way to free one whose peer vanished behind a silent box (echo never
+/// sends keepalives: they would refresh the very flows being measured).
+pub const MAX_SILENCE: Duration = Duration::from_secs(2 * 3600);
+/// How long a write may block (a peer that never reads).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What echo knows of every named connection.
 #[derive(Debug, Default)]
@@ -41,21 +51,24 @@ impl Reports {
         self.by_conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the report of `id`; false when echo holds as many as it may.
-    fn open(&self, id: ConnId) -> bool {
+    /// Starts the report of `id`.
+    fn open(&self, id: ConnId) {
         let mut map = self.lock();
         if map.len() >= MAX_REPORTS {
             map.retain(|_, (_, at)| at.elapsed() < REPORT_LIFETIME);
         }
         if map.len() >= MAX_REPORTS {
-            return false;
+            // Still full of recent ones: the oldest goes.
+            let oldest = map.iter().min_by_key(|(_, (_, at))| *at).map(|(id, _)| *id);
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
         }
         let fresh = Report {
             last_received: None,
             later: LaterOutcome::Pending,
         };
         map.insert(id, (fresh, Instant::now()));
-        true
     }
 
     fn update(&self, id: ConnId, change: impl FnOnce(&mut Report)) {
@@ -99,23 +112,40 @@ impl Echo {
 
     /// Accepts and serves connections until the stop flag is set.
     pub fn run(&self) -> Result<()> {
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         while !self.stop.load(Ordering::Relaxed) {
             if !readable(&self.listener, STOP_CHECK)? {
                 continue;
             }
-            let (stream, peer) = match self.listener.accept() {
+            let (mut stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
-                // The peer gave up between poll and accept, or the system is short of fds.
+                // The peer gave up between poll and accept, or the system is short of fds:
+                // wait a little rather than spin on a listener that stays readable.
                 Err(e) => {
                     tracing::warn!("echo: accept failed: {e}");
+                    std::thread::sleep(STOP_CHECK);
                     continue;
                 }
             };
-            let reports = self.reports.clone();
+            if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                tracing::warn!("echo: refusing {peer}: {MAX_CONNECTIONS} connections already");
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                let _ = stream.write_all(
+                    &Frame::Error("echo is serving as many connections as it may".into()).encode(),
+                );
+                continue;
+            }
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let (reports, count) = (self.reports.clone(), live.clone());
+            count.fetch_add(1, Ordering::Relaxed);
             let spawned = std::thread::Builder::new()
                 .name(format!("echo {peer}"))
-                .spawn(move || Connection::new(stream, peer, reports).serve());
+                .spawn(move || {
+                    Connection::new(stream, peer, reports).serve();
+                    count.fetch_sub(1, Ordering::Relaxed);
+                });
             if let Err(e) = spawned {
+                live.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!("echo: no thread for {peer}: {e}");
             }
         }
@@ -138,7 +168,7 @@ fn wait_readable(fd: std::os::fd::RawFd, timeout: Option<Duration>) -> io::Resul
         revents: 0,
     }];
     let ms = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_millis().div_ceil(1).max(1)).unwrap_or(libc::c_int::MAX)
+        libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
     });
     // SAFETY: one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
@@ -190,12 +220,18 @@ impl Connection {
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 4096];
         let stop = loop {
-            let timeout = self.later.map(|(_, at)| {
-                at.saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
+            let timeout = Some(match self.later {
+                Some((_, at)) => at
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+                None => MAX_SILENCE,
             });
             match wait_readable(self.stream.as_raw_fd(), timeout) {
                 Ok(true) => {}
+                Ok(false) if self.later.is_none() => {
+                    tracing::info!("echo: closing {}: silent for {MAX_SILENCE:?}", self.peer);
+                    break Stop::Io;
+                }
                 Ok(false) => {
                     self.answer_later();
                     continue;
@@ -271,9 +307,7 @@ impl Connection {
     fn handle(&mut self, frame: Frame) -> Result<Option<Frame>, Stop> {
         match (frame, self.name) {
             (Frame::Hello(id), None) => {
-                if !self.reports.open(id) {
-                    return Err(Stop::Unexpected("echo holds as many connections as it may"));
-                }
+                self.reports.open(id);
                 self.name = Some(id);
                 Ok(Some(Frame::Welcome(id)))
             }

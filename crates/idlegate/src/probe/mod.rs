@@ -56,6 +56,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
 /// The sequence number of a client-to-server test's data.
 const DATA_SEQ: u32 = 2;
+/// TCP_KEEPCNT of the keepalive test.
+const KEEPALIVE_PROBES: u32 = 3;
+/// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
+const TCP_ESTABLISHED: u8 = 1;
 /// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
 const ICMP_ERRNOS: [i32; 6] = [
     libc::EHOSTUNREACH,
@@ -80,6 +84,10 @@ pub enum Behaviour {
     AckedNotDelivered,
     /// An ICMP error (host unreachable, administratively prohibited...) answers the packet.
     Icmp,
+    /// The connection was closed with a FIN while idle: by the far end, or by a proxy on the
+    /// way (AWS ALB closes idle connections). Against a server that is not echo, possibly the
+    /// server's own idle timeout.
+    Closed,
 }
 
 /// What one test saw.
@@ -96,6 +104,10 @@ enum Observed {
     ServerReset,
     /// An ICMP error reached the client (read through IP_RECVERR): its errno.
     Icmp(i32),
+    /// A FIN arrived while the connection was idle.
+    Closed,
+    /// The client's data reached echo, but echo's confirmation never came back.
+    ConfirmationLost,
 }
 
 impl Observed {
@@ -109,9 +121,10 @@ impl Observed {
             Observed::ResetAtExpiry | Observed::ResetOnNext | Observed::ServerReset => {
                 Behaviour::Reset
             }
-            Observed::Silent => Behaviour::Silent,
+            Observed::Silent | Observed::ConfirmationLost => Behaviour::Silent,
             Observed::AckedNotDelivered => Behaviour::AckedNotDelivered,
             Observed::Icmp(_) => Behaviour::Icmp,
+            Observed::Closed => Behaviour::Closed,
         }
     }
 
@@ -136,6 +149,10 @@ impl Observed {
     fn fixed_detail(self, direction: Direction) -> &'static str {
         match (self, direction) {
             (Observed::Icmp(_), _) => "an ICMP error reached the client",
+            (Observed::Closed, _) => "the connection was closed (FIN) while idle",
+            (Observed::ConfirmationLost, _) => {
+                "the client's data arrived, but echo's confirmation never came back"
+            }
             (Observed::Alive, _) => "the connection still works",
             (Observed::ResetAtExpiry, _) => "a RST reached the client at the moment of expiry",
             (Observed::ResetOnNext, _) => "the client's next packet was answered with a RST",
@@ -329,34 +346,45 @@ pub fn run(options: &Options) -> Result<Report> {
             started,
         ));
     };
-    // Round 2: fine, behaviour and keepalive.
+    // Round 2: behaviour and keepalive (armed first: if the box takes few connections, these
+    // matter most), then the fine split of the bracket.
     let beyond = high + options.resolution;
-    let mut tests: Vec<Test> = if search.phase() == Phase::Fine {
-        search.round().into_iter().flat_map(both_ways).collect()
-    } else {
-        Vec::new()
-    };
-    tests.push(client(beyond));
-    if probe.echo {
-        tests.push(Test {
-            direction: Direction::ServerToClient,
-            idle: beyond,
-            keepalive: None,
-        });
-    }
+    let mut tests = both_ways(beyond);
     let every = Duration::from_secs((verdict.low.as_secs() / 2).max(1));
     tests.push(Test {
         direction: Direction::ClientToServer,
         idle: beyond,
         keepalive: Some(every),
     });
-    let second = probe.round(&tests, false, (verdict.low, Some(high)))?;
+    if search.phase() == Phase::Fine {
+        tests.extend(search.round().into_iter().flat_map(both_ways));
+    }
+    let second = match probe.round(&tests, false, (verdict.low, Some(high))) {
+        Ok(second) => second,
+        Err(e) => {
+            probe.warnings.push(format!(
+                "the second round could not start ({e:#}): the bracket is the coarse round's"
+            ));
+            Vec::new()
+        }
+    };
     let (fine, behaviour): (Vec<_>, Vec<_>) =
         second.into_iter().partition(|(t, _)| t.idle < beyond);
     record(&mut search, &fine);
     search.end_round();
-    let mut c2s = Behaviour::Alive;
-    let mut s2c = None;
+    // Until the behaviour tests say otherwise: what the coarse round's first failures saw.
+    let first_dead = |direction| {
+        coarse
+            .iter()
+            .find(|(t, s)| t.direction == direction && !s.alive())
+            .map(|(_, s)| s.behaviour())
+    };
+    let mut c2s = first_dead(Direction::ClientToServer).unwrap_or(Behaviour::Alive);
+    let mut s2c = if probe.echo {
+        first_dead(Direction::ServerToClient).or(Some(Behaviour::Alive))
+    } else {
+        None
+    };
     let mut keepalive = None;
     for (test, seen) in &behaviour {
         match (test.keepalive, test.direction) {
@@ -447,13 +475,19 @@ impl Probe {
             Some(Protocol::TCP),
         )?;
         socket.set_tcp_nodelay(true)?;
-        socket.set_tcp_user_timeout(Some(self.options.wait + Duration::from_secs(1)))?;
+        // Unanswered data gives up just after the wait; with keepalive, not before the kernel
+        // has sent all its probes (TCP_USER_TIMEOUT would cut them short).
+        let user_timeout = match keepalive {
+            Some(every) => every * (KEEPALIVE_PROBES + 2),
+            None => self.options.wait + Duration::from_secs(1),
+        };
+        socket.set_tcp_user_timeout(Some(user_timeout))?;
         // ICMP errors fail the socket at once instead of being retried away (ip(7)).
         set_recv_err(&socket, target.is_ipv6()).context("setting IP_RECVERR")?;
         if let Some(every) = keepalive {
             let params = TcpKeepalive::new().with_time(every).with_interval(every);
             socket.set_tcp_keepalive(&params)?;
-            set_keepalive_probes(socket.as_raw_fd(), 3)?;
+            set_keepalive_probes(socket.as_raw_fd(), KEEPALIVE_PROBES as libc::c_int)?;
         }
         socket
             .connect_timeout(&target.into(), CONNECT_TIMEOUT)
@@ -524,14 +558,18 @@ impl Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         for (i, a) in armed.into_iter().enumerate() {
-            let (tx, stop, wait) = (tx.clone(), stop.clone(), self.options.wait);
+            let (tx, flag, wait) = (tx.clone(), stop.clone(), self.options.wait);
             std::thread::Builder::new()
                 .name(format!("probe {}", a.id.conn))
                 .spawn(move || {
-                    let seen = test(a, wait, &stop);
+                    let seen = test(a, wait, &flag);
                     let _ = tx.send((i, seen));
                 })
-                .context("starting a test thread")?;
+                .map_err(|e| {
+                    // Let the tests already running go.
+                    stop.store(true, Ordering::Relaxed);
+                    anyhow::anyhow!("starting a test thread: {e}")
+                })?;
         }
         drop(tx);
         let mut seen: Vec<Option<Observed>> = vec![None; tests.len()];
@@ -588,23 +626,35 @@ impl Probe {
             return Ok(seen);
         }
         let wait = self.options.wait;
-        let ask = |probe: &mut Probe| {
-            probe.used += 1;
-            echo_status(probe.options.target, id, wait)
+        let needs_echo = matches!(
+            (test.direction, seen),
+            (Direction::ServerToClient, Observed::Silent)
+                | (Direction::ClientToServer, Observed::AckedNotDelivered)
+        );
+        if !needs_echo {
+            return Ok(seen);
+        }
+        self.used += 1;
+        let report = match echo_status(self.options.target, id, wait) {
+            Ok(report) => report,
+            Err(e) => {
+                // What the client saw stands; say why it is not completed.
+                self.warnings.push(format!(
+                    "echo could not be asked about connection {}: {e:#}",
+                    id.conn
+                ));
+                return Ok(seen);
+            }
         };
-        Ok(match (test.direction, seen) {
-            (Direction::ServerToClient, Observed::Silent) => match ask(self)? {
-                Some(report) if matches!(report.later, LaterOutcome::Failed(_)) => {
-                    Observed::ServerReset
-                }
-                _ => Observed::Silent,
-            },
-            (Direction::ClientToServer, Observed::AckedNotDelivered) => match ask(self)? {
-                // It arrived; only echo's confirmation was lost on the way back.
-                Some(report) if report.last_received == Some(DATA_SEQ) => Observed::Silent,
-                _ => Observed::AckedNotDelivered,
-            },
-            (_, seen) => seen,
+        Ok(match (test.direction, report) {
+            (Direction::ServerToClient, Some(r)) if matches!(r.later, LaterOutcome::Failed(_)) => {
+                Observed::ServerReset
+            }
+            // It arrived; only echo's confirmation was lost on the way back.
+            (Direction::ClientToServer, Some(r)) if r.last_received == Some(DATA_SEQ) => {
+                Observed::ConfirmationLost
+            }
+            _ => seen,
         })
     }
 }
@@ -739,9 +789,12 @@ fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<O
             return Some(Some(Observed::ResetAtExpiry));
         }
         match a.stream.read(&mut buf) {
-            // Echo's delayed reply may come early only if the clocks disagree; keep it.
-            Ok(n) if n > 0 => a.decoder.feed(&buf[..n]),
-            Ok(_) => return Some(Some(Observed::ResetAtExpiry)),
+            // Echo's delayed reply may come early only if the clocks disagree: keep it. A plain
+            // server's chatter is not kept.
+            Ok(n) if n > 0 && a.echo => a.decoder.feed(&buf[..n]),
+            Ok(n) if n > 0 => {}
+            // A FIN: the far end (or a proxy on the way) closed the idle connection.
+            Ok(_) => return Some(Some(Observed::Closed)),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -790,6 +843,8 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
     let mut buf = [0u8; 512];
     loop {
         match tcp_info(SockRef::from(&a.stream).as_raw_fd()) {
+            // A RST empties the send queue too: only a connection still established counts.
+            Ok(info) if info.tcpi_state != TCP_ESTABLISHED => return Observed::ResetOnNext,
             Ok(info) if info.tcpi_unacked == 0 => return Observed::Alive,
             Ok(_) => {}
             Err(_) => return Observed::ResetOnNext,
@@ -837,10 +892,8 @@ fn await_later(a: &mut Armed, deadline: Instant) -> Observed {
             Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
                 return Observed::Silent
             }
-            Err(e) => match Observed::from_error(&e, true) {
-                Observed::ResetOnNext => return Observed::ServerReset,
-                other => return other,
-            },
+            // Whatever reached the client itself: a RST to it, an ICMP error.
+            Err(e) => return Observed::from_error(&e, true),
         }
     }
 }

@@ -46,7 +46,7 @@ impl Settings {
             }
             let next = d.mul_f64(self.ratio.max(1.0 + f64::EPSILON));
             // Never closer than the resolution: finer is the fine round's job.
-            d = next.max(d + self.resolution).min(self.max);
+            d = next.max(d + self.step()).min(self.max);
         }
     }
 
@@ -54,12 +54,17 @@ impl Settings {
     /// `resolution` strictly inside the bracket.
     pub fn fine_idles(&self, low: Duration, high: Duration) -> Vec<Duration> {
         let mut idles = Vec::new();
-        let mut d = low + self.resolution;
+        let mut d = low + self.step();
         while d < high {
             idles.push(d);
-            d += self.resolution;
+            d += self.step();
         }
         idles
+    }
+
+    /// The resolution, never zero (a zero step would never end a round).
+    fn step(&self) -> Duration {
+        self.resolution.max(Duration::from_millis(1))
     }
 }
 
