@@ -12,6 +12,7 @@
 //! | [`echo`] | `idlegate echo`, the far end of a probe, and its protocol |
 //! | [`scenario`] | scripted connections observed from both ends |
 //! | [`probe`] | `idlegate probe`: a path's idle timeout and its behaviour at expiry |
+//! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
 
@@ -24,5 +25,6 @@ pub mod lab;
 pub mod metrics;
 pub mod netns;
 pub mod probe;
+pub mod relay;
 pub mod scenario;
 pub mod tun;

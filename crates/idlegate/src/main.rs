@@ -45,12 +45,34 @@ enum Command {
     Echo(EchoArgs),
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
+    /// Forward an application's connections with TCP keepalive on both sockets.
+    Relay(RelayArgs),
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
     Profiles {
         #[command(subcommand)]
         action: Option<ProfilesAction>,
     },
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Where the application connects (or where its clients connect).
+    #[arg(long, required_unless_present = "config")]
+    listen: Option<std::net::SocketAddr>,
+    /// Where its connections go, HOST:PORT.
+    #[arg(long, required_unless_present = "config")]
+    connect: Option<String>,
+    /// TCP keepalive on both sockets: IDLE,INTERVAL,COUNT.
+    #[arg(long, conflicts_with = "profile")]
+    keepalive: Option<String>,
+    /// Derive the keepalive from this middlebox profile's idle timeout (first probe at half).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Several relays from a TOML file of [[relay]] tables (listen, connect, keepalive or
+    /// profile).
+    #[arg(long, conflicts_with_all = ["listen", "connect", "keepalive", "profile"])]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -245,6 +267,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Flows(args) => flows(args).map(|()| ExitCode::SUCCESS),
         Command::Echo(args) => echo(&args).map(|()| ExitCode::SUCCESS),
         Command::Probe(args) => probe(&args).map(|()| ExitCode::SUCCESS),
+        Command::Relay(args) => relay(&args).map(|()| ExitCode::SUCCESS),
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -633,6 +656,62 @@ fn probe(args: &ProbeArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", idlegate::probe::summary(&report));
+    }
+    Ok(())
+}
+
+/// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
+fn relay(args: &RelayArgs) -> Result<()> {
+    use idlegate::relay::{parse_config, Keepalive, Relay};
+    use std::net::ToSocketAddrs;
+    let relays = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            parse_config(&text, &path.display().to_string())?
+        }
+        None => {
+            let (Some(listen), Some(connect)) = (args.listen, &args.connect) else {
+                anyhow::bail!("--listen and --connect, or --config");
+            };
+            let connect = connect
+                .to_socket_addrs()
+                .with_context(|| format!("--connect {connect}: not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("--connect {connect}: no address"))?;
+            let keepalive = match (&args.keepalive, &args.profile) {
+                (Some(k), _) => Keepalive::parse(k)?,
+                (None, Some(p)) => Keepalive::for_profile(
+                    profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
+                ),
+                (None, None) => Keepalive::for_profile(profile::default_profile()),
+            };
+            vec![(listen, connect, keepalive)]
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut threads = Vec::new();
+    for (listen, connect, keepalive) in relays {
+        let mut relay = Relay::bind(listen, connect, keepalive)?;
+        relay.set_stop_flag(stop.clone());
+        tracing::info!(
+            "relay {} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
+            relay.local_addr()?,
+            keepalive.idle,
+            keepalive.interval,
+            keepalive.count,
+            keepalive.user_timeout()
+        );
+        threads.push(std::thread::spawn(move || relay.run()));
+    }
+    for t in threads {
+        match t.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("a relay thread panicked"),
+        }
     }
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! `idlegate relay`: byte-exact forwarding with half-close, RSTs passed on and many
+//! connections over loopback; and in the lab, an application without keepalive that loses its
+//! idle connection directly and keeps it through the relay (the loopback tests need no root,
+//! the lab ones do).
+
+mod common;
+
+use common::{require_root, unique};
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::netns;
+use idlegate::relay::{Keepalive, Relay};
+use idlegate::scenario::{self, Script};
+use idlegate_core::Config;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn keepalive() -> Keepalive {
+    Keepalive::parse("1s,1s,3").unwrap()
+}
+
+/// A relay on a loopback port in front of `server`, stopped with the returned flag.
+fn start_relay(server: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server, keepalive()).unwrap();
+    let addr = relay.local_addr().unwrap();
+    let stop = relay.stop_flag();
+    std::thread::spawn(move || relay.run());
+    (addr, stop)
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn bytes_cross_exactly_both_ways_and_a_fin_one_way_leaves_the_other_flowing() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let up = pattern(3 << 20, 1);
+    let down = pattern(2 << 20, 7);
+    let expected_up = up.clone();
+    let reply = down.clone();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap(); // until the client's FIN
+        assert!(
+            got == expected_up,
+            "upstream bytes differ ({} bytes)",
+            got.len()
+        );
+        conn.write_all(&reply).unwrap(); // the other way still flows
+    });
+    let (relay, stop) = start_relay(server_addr);
+    let mut client = TcpStream::connect(relay).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(&up).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert!(got == down, "downstream bytes differ ({} bytes)", got.len());
+    server.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn a_reset_from_the_server_reaches_the_client_as_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&conn)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(conn); // a RST
+    });
+    let (relay, stop) = start_relay(server_addr);
+    let mut client = TcpStream::connect(relay).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    server.join().unwrap();
+    let mut buf = [0u8; 16];
+    let seen = client.read(&mut buf).map_err(|e| e.kind());
+    assert_eq!(seen, Err(ErrorKind::ConnectionReset));
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn many_connections_are_relayed_at_once() {
+    const N: usize = 300;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 64];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (relay, stop) = start_relay(server_addr);
+    // All open at once, then each checked.
+    let mut clients: Vec<TcpStream> = (0..N).map(|_| TcpStream::connect(relay).unwrap()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        c.write_all(format!("{i:05}").as_bytes()).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, format!("{i:05}").as_bytes());
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
+/// A lab whose gateway forgets idle flows after 3 s (Azure's 4 min scaled 1/80), with
+/// `expiry`; a client in `internet` without keepalive sends "a", idles 5 s, sends "b", both
+/// directly to the frontend and through a relay running next to it. Returns what the server
+/// got and the client's error, direct then relayed.
+fn idle_client_direct_and_through_relay(expiry: &str) -> Vec<(Vec<String>, Option<String>)> {
+    require_root();
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 80
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[lb_rule]]
+name = "direct"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+expiry = "{expiry}"
+[[lb_rule]]
+name = "relayed"
+frontend = "public"
+frontend_port = 7001
+backend_pool = "vms"
+backend_port = 7001
+expiry = "{expiry}"
+"#
+    );
+    let config = Config::from_toml(&text, "relay test config").unwrap();
+    let (outcomes, _) = Lab::with_gateway(&unique("rl"), &config, |lab| {
+        let internet = lab.namespace_of(INTERNET)?;
+        let relay = netns::spawn_in(&internet, || {
+            Relay::bind(
+                "127.0.0.1:7101".parse().unwrap(),
+                "203.0.113.10:7001".parse().unwrap(),
+                keepalive(),
+            )
+        })?
+        .join()
+        .expect("relay bind")?;
+        let stop = relay.stop_flag();
+        netns::spawn_in(&internet, move || relay.run())?;
+        let script = |name: &str, connect: &str, port: u16| Script {
+            name: name.to_string(),
+            client_ns: internet.clone(),
+            server_ns: lab.namespace_of("vm1").unwrap(),
+            listen: format!("0.0.0.0:{port}").parse().unwrap(),
+            connect: connect.parse().unwrap(),
+            keepalive: None,
+            sends: vec![
+                (Duration::ZERO, "a".into()),
+                (Duration::from_secs(5), "b".into()),
+            ],
+            observe: Duration::from_secs(2),
+        };
+        let outcomes = scenario::run(vec![
+            script("direct", "203.0.113.10:7000", 7000),
+            script("relayed", "127.0.0.1:7101", 7001),
+        ]);
+        stop.store(true, Ordering::Relaxed);
+        outcomes
+    })
+    .expect("lab run");
+    ["direct", "relayed"]
+        .iter()
+        .map(|name| {
+            let o = outcomes.iter().find(|o| &o.name == name).unwrap();
+            (o.delivered.clone(), o.client_error.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_connection_without_keepalive_dies_silently_directly_and_lives_through_the_relay() {
+    let seen = idle_client_direct_and_through_relay("silent");
+    assert_eq!(
+        seen[0],
+        (vec!["a".to_string()], None),
+        "direct: \"b\" lost silently"
+    );
+    assert_eq!(
+        seen[1],
+        (vec!["a".to_string(), "b".to_string()], None),
+        "relayed"
+    );
+}
+
+#[test]
+fn an_idle_connection_without_keepalive_is_reset_directly_and_lives_through_the_relay() {
+    let seen = idle_client_direct_and_through_relay("reset");
+    assert_eq!(
+        seen[0],
+        (vec!["a".to_string()], Some("ECONNRESET".to_string())),
+        "direct"
+    );
+    assert_eq!(
+        seen[1],
+        (vec!["a".to_string(), "b".to_string()], None),
+        "relayed"
+    );
+}
