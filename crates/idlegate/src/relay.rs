@@ -312,7 +312,11 @@ fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(
     let Ok((pipe_r, pipe_w)) = make_pipe() else {
         return copy_all(from, to, counter);
     };
-    const CHUNK: usize = 1 << 16;
+    // A larger pipe moves more per system call; the kernel may refuse (pipe-max-size), and
+    // the default 64 KiB then serves.
+    // SAFETY: fcntl on a descriptor this function owns.
+    let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    let chunk = if size > 0 { size as usize } else { 1 << 16 };
     loop {
         // SAFETY: plain syscalls on descriptors owned for the duration of the call.
         let n = unsafe {
@@ -321,7 +325,7 @@ fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(
                 std::ptr::null_mut(),
                 pipe_w.as_raw_fd(),
                 std::ptr::null_mut(),
-                CHUNK,
+                chunk,
                 libc::SPLICE_F_MOVE,
             )
         };
@@ -363,6 +367,9 @@ fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
+
+/// The pipe size asked for per direction: what the relay holds at most.
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 fn make_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
