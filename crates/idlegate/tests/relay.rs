@@ -227,3 +227,40 @@ fn an_idle_connection_without_keepalive_is_reset_directly_and_lives_through_the_
         "relayed"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_stops_the_server_instead_of_filling_the_relay() {
+    // Backpressure: what the chain accepts from the server is bounded by socket buffers and
+    // the relay's one pipe, however long the server keeps writing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let (relay, stop) = start_relay(server_addr);
+    let client = TcpStream::connect(relay).unwrap(); // never reads
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_nonblocking(true).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    let mut written = 0usize;
+    let mut stalled_since = std::time::Instant::now();
+    while stalled_since.elapsed() < Duration::from_millis(500) {
+        match conn.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                stalled_since = std::time::Instant::now();
+                assert!(
+                    written < 256 << 20,
+                    "the relay kept taking bytes: {written}"
+                );
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+    assert!(
+        written < 64 << 20,
+        "{written} bytes accepted before the writer stalled"
+    );
+    drop(client);
+    stop.store(true, Ordering::Relaxed);
+}
