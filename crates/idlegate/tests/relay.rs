@@ -31,6 +31,28 @@ fn start_relay(server: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::ato
     (addr, stop)
 }
 
+/// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit); fails the
+/// test loudly if the hard limit is lower.
+fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(
+            lim.rlim_max >= want,
+            "this test needs {want} file descriptors; the hard limit is {}",
+            lim.rlim_max
+        );
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -92,7 +114,10 @@ fn a_reset_from_the_server_reaches_the_client_as_a_reset() {
 
 #[test]
 fn many_connections_are_relayed_at_once() {
-    const N: usize = 300;
+    // About ten descriptors a connection (client, server, the relay's two sockets and two
+    // pipes): raise this process's soft limit to its hard one.
+    const N: usize = 1000;
+    raise_fd_limit(12 * N as u64);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
