@@ -73,6 +73,9 @@ struct RelayArgs {
     /// profile).
     #[arg(long, conflicts_with_all = ["listen", "connect", "keepalive", "profile"])]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9465).
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -694,9 +697,11 @@ fn relay(args: &RelayArgs) -> Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     let mut threads = Vec::new();
+    let mut stats = Vec::new();
     for (listen, connect, keepalive) in relays {
         let mut relay = Relay::bind(listen, connect, keepalive)?;
         relay.set_stop_flag(stop.clone());
+        stats.push((relay.local_addr()?, relay.stats()));
         tracing::info!(
             "relay {} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
             relay.local_addr()?,
@@ -706,6 +711,12 @@ fn relay(args: &RelayArgs) -> Result<()> {
             keepalive.user_timeout()
         );
         threads.push(std::thread::spawn(move || relay.run()));
+    }
+    if let Some(addr) = args.metrics {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+        tracing::info!("metrics on http://{addr}/metrics");
+        idlegate::relay::serve_metrics(listener, move || idlegate::relay::render_metrics(&stats));
     }
     for t in threads {
         match t.join() {

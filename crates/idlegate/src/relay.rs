@@ -96,6 +96,8 @@ impl Keepalive {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub connections: AtomicU64,
+    /// Connections being relayed now.
+    pub open: AtomicU64,
     pub bytes_to_server: AtomicU64,
     pub bytes_to_client: AtomicU64,
     /// Connections that ended with a RST passed on.
@@ -251,6 +253,8 @@ fn relay_one(
     };
     keepalive.apply(&server)?;
     stats.connections.fetch_add(1, Ordering::Relaxed);
+    stats.open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(stats);
     let (c2, s2) = (client.try_clone()?, server.try_clone()?);
     let up_stats = stats.clone();
     let upstream = std::thread::Builder::new()
@@ -262,6 +266,80 @@ fn relay_one(
         stats.resets.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Counts a connection as no longer open when dropped, however `relay_one` returns.
+struct OpenGuard<'a>(&'a Arc<Stats>);
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The Prometheus text of `relays` (each named by its listening address).
+pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, value: &dyn Fn(&Stats) -> Vec<(String, u64)>| {
+            out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for (listen, stats) in relays {
+                for (labels, v) in value(stats) {
+                    out += &format!("{name}{{listen=\"{listen}\"{labels}}} {v}\n");
+                }
+            }
+        };
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    family(
+        "idlegate_relay_connections_total",
+        "counter",
+        "Connections relayed.",
+        &|s| vec![(String::new(), load(&s.connections))],
+    );
+    family(
+        "idlegate_relay_connections_open",
+        "gauge",
+        "Connections being relayed now.",
+        &|s| vec![(String::new(), load(&s.open))],
+    );
+    family(
+        "idlegate_relay_bytes_total",
+        "counter",
+        "Bytes relayed, by direction.",
+        &|s| {
+            vec![
+                (",direction=\"to_server\"".into(), load(&s.bytes_to_server)),
+                (",direction=\"to_client\"".into(), load(&s.bytes_to_client)),
+            ]
+        },
+    );
+    family(
+        "idlegate_relay_resets_total",
+        "counter",
+        "Connections that ended with a RST passed on.",
+        &|s| vec![(String::new(), load(&s.resets))],
+    );
+    out
+}
+
+/// Serves `render()` at http://ADDR/metrics (any path) until the process ends: one short
+/// HTTP/1.0 answer per connection, a client that says nothing for a second is dropped.
+pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send + 'static) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
+            let mut request = [0u8; 1024];
+            let _ = (&conn).read(&mut request);
+            let body = render();
+            let head = format!(
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = (&conn).write_all(head.as_bytes());
+            let _ = (&conn).write_all(body.as_bytes());
+        }
+    });
 }
 
 /// How one direction ended.
