@@ -15,6 +15,7 @@
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
+//! | [`tunnel`] | the resumable tunnel (in progress): exactly-once bytes across broken legs |
 
 pub mod capture;
 pub mod control;
@@ -28,3 +29,4 @@ pub mod probe;
 pub mod relay;
 pub mod scenario;
 pub mod tun;
+pub mod tunnel;
