@@ -390,11 +390,11 @@ fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(
     let Ok((pipe_r, pipe_w)) = make_pipe() else {
         return copy_all(from, to, counter);
     };
-    // A larger pipe moves more per system call; the kernel may refuse (pipe-max-size), and
-    // the default 64 KiB then serves.
-    // SAFETY: fcntl on a descriptor this function owns.
-    let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    let chunk = if size > 0 { size as usize } else { 1 << 16 };
+    // The default 64 KiB pipe at first; a connection that fills it (bulk data) gets a larger
+    // one, which moves more per system call. Short connections never pay for it. The kernel
+    // may refuse (pipe-max-size): the default then serves.
+    let mut chunk = 1 << 16;
+    let mut grown = false;
     loop {
         // SAFETY: plain syscalls on descriptors owned for the duration of the call.
         let n = unsafe {
@@ -416,6 +416,14 @@ fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(
                 Some(libc::EINTR) => continue,
                 Some(libc::EINVAL) => return copy_all(from, to, counter),
                 _ => return Err(Side::Source),
+            }
+        }
+        if n as usize == chunk && !grown {
+            grown = true;
+            // SAFETY: fcntl on a descriptor this function owns.
+            let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            if size > 0 {
+                chunk = size as usize;
             }
         }
         let mut left = n as usize;
