@@ -95,6 +95,10 @@ struct ProbeArgs {
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     json: bool,
+    /// At most this many connections open at once, for a box that lends few ports (GCP Cloud
+    /// NAT: 64 per VM by default); the bracket may then be wider than --resolution.
+    #[arg(long)]
+    connections: Option<usize>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -653,7 +657,11 @@ fn probe(args: &ProbeArgs) -> Result<()> {
         max: args.max,
         resolution: args.resolution,
         wait: args.wait,
+        connections: args.connections,
     };
+    if args.connections.is_some_and(|n| n < 16) {
+        anyhow::bail!("--connections: at least 16");
+    }
     let report = idlegate::probe::run(&options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -38,6 +38,7 @@ fn probe_between(
         max: Duration::from_secs(20),
         resolution: RESOLUTION,
         wait: Duration::from_secs(1),
+        connections: None,
     };
     let report = netns::spawn_in(client_ns, move || probe::run(&options))
         .expect("probe thread")
@@ -251,6 +252,7 @@ idle_timeout = "438s"
             max: Duration::from_secs(20),
             resolution: RESOLUTION,
             wait: Duration::from_secs(1),
+            connections: None,
         };
         netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?
             .join()
@@ -315,6 +317,7 @@ fn a_far_end_that_closes_idle_connections_is_reported_as_closed_not_reset() {
         max: Duration::from_secs(10),
         resolution: RESOLUTION,
         wait: Duration::from_millis(500),
+        connections: None,
     })
     .unwrap();
     let high = r.idle_timeout_s.high.expect("a timeout found");

@@ -45,6 +45,8 @@ pub struct Options {
     pub resolution: Duration,
     /// How long a test waits for an answer before it calls the path silent.
     pub wait: Duration,
+    /// At most this many connections open at once (`None`: as many as the search wants).
+    pub connections: Option<usize>,
 }
 
 /// How much longer each coarse idle time is than the one before: the run takes about
@@ -295,11 +297,17 @@ pub fn run(options: &Options) -> Result<Report> {
     probe.echo = probe
         .detect_echo()
         .with_context(|| format!("reaching {}", options.target))?;
+    // Each idle time takes two connections when echo answers, one otherwise; a few more go
+    // to the behaviour and keepalive tests.
+    let per_idle = if probe.echo { 2 } else { 1 };
     let settings = Settings {
         first: (options.resolution * 2).max(Duration::from_secs(1)),
         max: options.max,
         ratio: RATIO,
         resolution: options.resolution,
+        budget: options
+            .connections
+            .map_or(usize::MAX, |n| (n.saturating_sub(4) / per_idle).max(2)),
     };
     let mut search = Search::new(settings);
     let client = |idle| Test {

@@ -32,11 +32,29 @@ pub struct Settings {
     pub ratio: f64,
     /// The width of the final bracket.
     pub resolution: Duration,
+    /// At most this many idle times per round (a box that lends few ports takes few
+    /// connections): the coarse ratio grows, and the fine round splits the bracket more
+    /// coarsely than the resolution if it must.
+    pub budget: usize,
 }
 
 impl Settings {
-    /// The idle times of the coarse round.
+    /// The idle times of the coarse round, within the budget.
     pub fn coarse_idles(&self) -> Vec<Duration> {
+        let idles = self.geometric(self.ratio);
+        if idles.len() <= self.budget.max(2) {
+            return idles;
+        }
+        // Spread the budget evenly over the same span.
+        let span = self.max.as_secs_f64() / self.first.as_secs_f64().max(1e-3);
+        let ratio = span.powf(1.0 / (self.budget.max(2) - 1) as f64);
+        let mut idles = self.geometric(ratio);
+        idles.truncate(self.budget.max(2) - 1);
+        idles.push(self.max);
+        idles
+    }
+
+    fn geometric(&self, ratio: f64) -> Vec<Duration> {
         let mut idles = Vec::new();
         let mut d = self.first.min(self.max);
         loop {
@@ -44,7 +62,7 @@ impl Settings {
             if d >= self.max {
                 return idles;
             }
-            let next = d.mul_f64(self.ratio.max(1.0 + f64::EPSILON));
+            let next = d.mul_f64(ratio.max(1.0 + f64::EPSILON));
             // Never closer than the resolution: finer is the fine round's job.
             d = next.max(d + self.step()).min(self.max);
         }
@@ -53,11 +71,17 @@ impl Settings {
     /// The idle times of the fine round for a timeout known to lie in `(low, high]`: every
     /// `resolution` strictly inside the bracket.
     pub fn fine_idles(&self, low: Duration, high: Duration) -> Vec<Duration> {
+        // Within the budget: a bracket of (budget + 1) steps at most.
+        let parts = (self.budget.max(1) as u128).saturating_add(1);
+        let width = high.saturating_sub(low).as_nanos();
+        let fitting =
+            Duration::from_nanos(u64::try_from(width.div_ceil(parts)).unwrap_or(u64::MAX));
+        let step = self.step().max(fitting);
         let mut idles = Vec::new();
-        let mut d = low + self.step();
+        let mut d = low + step;
         while d < high {
             idles.push(d);
-            d += self.step();
+            d += step;
         }
         idles
     }
@@ -144,9 +168,10 @@ impl Search {
         self.phase = match self.phase {
             Phase::Coarse => {
                 let v = self.verdict();
-                let needs_fine = v
-                    .high
-                    .is_some_and(|high| high.saturating_sub(v.low) > self.settings.resolution);
+                let needs_fine = v.high.is_some_and(|high| {
+                    high.saturating_sub(v.low) > self.settings.resolution
+                        && !self.settings.fine_idles(v.low, high).is_empty()
+                });
                 if needs_fine {
                     Phase::Fine
                 } else {
@@ -222,6 +247,7 @@ mod tests {
             max: 30 * 60 * S,
             ratio: 1.07,
             resolution: S,
+            budget: usize::MAX,
         }
     }
 
@@ -332,6 +358,47 @@ mod tests {
             assert!(
                 pair[1].as_secs_f64()
                     <= (pair[0].as_secs_f64() * 1.07).max(pair[0].as_secs_f64() + 1.0) + 1e-9
+            );
+        }
+    }
+
+    #[test]
+    fn a_small_budget_still_brackets_the_timeout_in_fewer_tests_per_round() {
+        // A NAT that lends 64 ports: at most 30 idle times a round (both directions each).
+        let budget = Settings {
+            budget: 30,
+            ..settings()
+        };
+        assert!(budget.coarse_idles().len() <= 30);
+        assert_eq!(*budget.coarse_idles().last().unwrap(), 30 * 60 * S);
+        for t_ms in [7_300u64, 240_000, 1_200_000] {
+            let t = Duration::from_millis(t_ms);
+            let mut search = Search::new(budget);
+            while search.phase() != Phase::Done {
+                let idles = search.round();
+                assert!(idles.len() <= 30, "{t:?}: {} tests in a round", idles.len());
+                for idle in idles {
+                    if search.record(Outcome {
+                        idle,
+                        alive: idle < t,
+                    }) {
+                        break;
+                    }
+                }
+                search.end_round();
+            }
+            let v = search.verdict();
+            let high = v.high.unwrap();
+            assert!(
+                v.low < t && t <= high,
+                "{t:?} not in ({:?}, {high:?}]",
+                v.low
+            );
+            // Coarser than 1 s where the budget forbids it, but a small part of the timeout.
+            assert!(
+                (high - v.low).as_secs_f64() <= 0.02 * t.as_secs_f64() + 1.0,
+                "{t:?}: {:?}",
+                high - v.low
             );
         }
     }
