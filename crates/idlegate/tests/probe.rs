@@ -163,7 +163,14 @@ fn probe_finds_data_acknowledged_but_never_delivered() {
     // Seed 004's symptom, the gateway's ack-and-discard.
     let r = probe_lab("ack-and-discard");
     assert_bracket(&r, 7.3);
-    assert_eq!(r.client_to_server, Behaviour::AckedNotDelivered, "{r:#?}");
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (
+            Behaviour::AckedNotDelivered,
+            Some(Behaviour::AckedNotDelivered)
+        ),
+        "{r:#?}"
+    );
 }
 
 #[test]

@@ -42,8 +42,10 @@ impl fmt::Display for ConnId {
 pub enum LaterOutcome {
     /// None was asked for, or its delay has not run out.
     Pending,
-    /// The reply was written to the socket.
+    /// The reply was written to the socket (and not acknowledged within a second).
     Sent,
+    /// The reply was written and TCP acknowledged it.
+    Acknowledged,
     /// Writing it failed, or the connection failed while it was due or after it was written,
     /// with this errno (`ECONNRESET`, `EPIPE`, `ETIMEDOUT`...).
     Failed(u16),
@@ -202,7 +204,7 @@ fn conn_id(id: &ConnId) -> Vec<u8> {
 
 /// `Report` body: a presence byte (0: echo never saw the connection), then a flag byte (bit 0:
 /// something was received), the last sequence number, the `Later` outcome (0 pending, 1 sent,
-/// 2 failed, 3 closed) and its errno.
+/// 2 failed, 3 closed, 4 sent and acknowledged) and its errno.
 fn report_body(report: &Option<Report>) -> Vec<u8> {
     let Some(r) = report else {
         return vec![0];
@@ -214,6 +216,7 @@ fn report_body(report: &Option<Report>) -> Vec<u8> {
         LaterOutcome::Sent => (1, 0),
         LaterOutcome::Failed(errno) => (2, errno),
         LaterOutcome::Closed => (3, 0),
+        LaterOutcome::Acknowledged => (4, 0),
     };
     b.push(code);
     b.extend_from_slice(&errno.to_be_bytes());
@@ -231,6 +234,7 @@ fn parse_report(body: &[u8]) -> Option<Option<Report>> {
                 1 => LaterOutcome::Sent,
                 2 => LaterOutcome::Failed(errno),
                 3 => LaterOutcome::Closed,
+                4 => LaterOutcome::Acknowledged,
                 _ => return None,
             };
             let last_received = match received {

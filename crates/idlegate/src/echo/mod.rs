@@ -38,6 +38,10 @@ pub const MAX_CONNECTIONS: usize = 4096;
 pub const MAX_SILENCE: Duration = Duration::from_secs(2 * 3600);
 /// How long a write may block (a peer that never reads).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long echo watches for TCP's acknowledgement of a delayed reply.
+const ACK_WAIT: Duration = Duration::from_secs(1);
+/// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
+const TCP_ESTABLISHED: u8 = 1;
 
 /// What echo knows of every named connection.
 #[derive(Debug, Default)]
@@ -356,6 +360,29 @@ impl Connection {
         };
         if let Some(name) = self.name {
             self.reports.update(name, |r| r.later = outcome);
+            if outcome == LaterOutcome::Sent && self.acknowledged_within(ACK_WAIT) {
+                self.reports.update(name, |r| {
+                    if r.later == LaterOutcome::Sent {
+                        r.later = LaterOutcome::Acknowledged;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Whether TCP acknowledges everything echo wrote within `limit` (watched through
+    /// TCP_INFO): a reply acknowledged and never seen by the probe was taken in by the box.
+    fn acknowledged_within(&self, limit: Duration) -> bool {
+        let fd = self.stream.as_raw_fd();
+        let until = Instant::now() + limit;
+        loop {
+            match crate::scenario::tcp_info(fd) {
+                // A RST empties the send queue too: only a connection still established counts.
+                Ok(info) if info.tcpi_state != TCP_ESTABLISHED => return false,
+                Ok(info) if info.tcpi_unacked == 0 => return true,
+                Ok(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+                _ => return false,
+            }
         }
     }
 }

@@ -163,8 +163,11 @@ impl Observed {
                 "the client's data was never acknowledged; nobody was told"
             }
             (Observed::Silent, _) => "the server's data never arrived; nobody was told",
-            (Observed::AckedNotDelivered, _) => {
+            (Observed::AckedNotDelivered, Direction::ClientToServer) => {
                 "the client's data was acknowledged but never reached the server"
+            }
+            (Observed::AckedNotDelivered, Direction::ServerToClient) => {
+                "the server's data was acknowledged but never reached the client"
             }
         }
     }
@@ -657,6 +660,10 @@ impl Probe {
         Ok(match (test.direction, report) {
             (Direction::ServerToClient, Some(r)) if matches!(r.later, LaterOutcome::Failed(_)) => {
                 Observed::ServerReset
+            }
+            // Acknowledged on echo's side and never seen by the client: taken in by the box.
+            (Direction::ServerToClient, Some(r)) if r.later == LaterOutcome::Acknowledged => {
+                Observed::AckedNotDelivered
             }
             // It arrived; only echo's confirmation was lost on the way back.
             (Direction::ClientToServer, Some(r)) if r.last_received == Some(DATA_SEQ) => {
