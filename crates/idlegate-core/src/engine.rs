@@ -407,19 +407,15 @@ fn members_of<E: Endpoint>(config: &Config, pool: usize) -> impl Iterator<Item =
         .filter_map(|m| E::ip_of(m.address))
 }
 
-/// The rules in the engine's order, which is their [`RuleId`]: LB rules, inbound NAT rules,
-/// NAT gateways (before outbound rules: for the pools they serve they take precedence),
-/// outbound rules. Each with its name and frontend address.
-fn rule_order(config: &Config) -> Vec<(&str, IpAddr)> {
-    let frontend = |i: usize| config.frontends[i].address;
-    let lb = config
-        .lb_rules
-        .iter()
-        .map(|r| (r.name.as_str(), frontend(r.frontend)));
-    let nat = (config.inbound_nat_rules.iter()).map(|r| (r.name.as_str(), frontend(r.frontend)));
-    let gw = (config.nat_gateways.iter()).map(|g| (g.name.as_str(), frontend(g.frontend)));
-    let out = (config.outbound_rules.iter()).map(|r| (r.name.as_str(), frontend(r.frontend)));
-    lb.chain(nat).chain(gw).chain(out).collect()
+/// The rules' names in the engine's order, which is their [`RuleId`]: LB rules, inbound NAT
+/// rules, NAT gateways (before outbound rules: for the pools they serve they take precedence),
+/// outbound rules. [`Core::new`] numbers the rules in the same order.
+fn rule_names(config: &Config) -> Vec<String> {
+    let lb = config.lb_rules.iter().map(|r| &r.name);
+    let nat = config.inbound_nat_rules.iter().map(|r| &r.name);
+    let gw = config.nat_gateways.iter().map(|g| &g.name);
+    let out = config.outbound_rules.iter().map(|r| &r.name);
+    lb.chain(nat).chain(gw).chain(out).cloned().collect()
 }
 
 impl<E: Endpoint> Core<E> {
@@ -720,6 +716,8 @@ impl<E: Endpoint> Core<E> {
         let from_initiator = from == rule.origin();
         let flow = self.flows.get_mut(id);
         let before = flow.state;
+        // Only a box that counts data alone (AWS ALB) asks whether a segment is new data.
+        let data_only = self.refresh == Refresh::DataOnly;
         let mut new_data = true;
         if headers.tcp.is_none() {
             flow.state = flow.state.after_datagram(from_initiator);
@@ -733,9 +731,12 @@ impl<E: Endpoint> Core<E> {
                 // SYN → SYN_SENT; a SYN in the other closing states changes nothing).
                 flow.state = FlowState::SynSent;
             }
-            let (expected, _) = flow.next_seqs(from);
-            // A RST counts only if accepted, which changes the state below.
-            new_data = !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
+            if data_only {
+                let (expected, _) = flow.next_seqs(from);
+                // A RST counts only if accepted, which changes the state below.
+                new_data =
+                    !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
+            }
             // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
             // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
             if !segment.flags.rst() {
@@ -747,7 +748,7 @@ impl<E: Endpoint> Core<E> {
         }
         // A box that counts only data (AWS ALB) lets ACKs and keepalive probes through
         // without refreshing the flow; a change of state always restarts its timer.
-        if self.refresh == Refresh::AnyPacket || new_data || flow.state != before {
+        if new_data || flow.state != before {
             let deadline = since + rule.timeout(flow.state);
             self.set_deadline(id, deadline);
         }
@@ -1232,10 +1233,7 @@ impl Engine {
         Engine {
             v4: Core::new(config, now, seed),
             v6: Core::new(config, now, seed.rotate_left(17)),
-            rule_names: rule_order(config)
-                .into_iter()
-                .map(|(name, _)| name.to_string())
-                .collect(),
+            rule_names: rule_names(config),
         }
     }
 

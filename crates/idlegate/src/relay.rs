@@ -12,6 +12,7 @@
 //! either side is passed on as a RST to the other. Many connections run at once, each on its
 //! own two threads.
 
+use crate::echo::wait_readable;
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
 use socket2::{SockRef, TcpKeepalive};
@@ -91,6 +92,9 @@ impl Keepalive {
         sock.set_tcp_nodelay(true)
     }
 }
+
+/// How often the accept loop looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// What a relay counts.
 #[derive(Debug, Default)]
@@ -199,7 +203,7 @@ impl Relay {
             let (client, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_readable(self.listener.as_raw_fd(), 200);
+                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
                     continue;
                 }
                 Err(e) => {
@@ -222,16 +226,6 @@ impl Relay {
         }
         Ok(())
     }
-}
-
-fn wait_readable(fd: RawFd, ms: libc::c_int) {
-    let mut fds = [libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
 }
 
 /// Relays one accepted connection until both directions are done.

@@ -42,7 +42,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one side waits for a signal from the other side's thread.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Probes sent without answer before a keepalive-enabled client gives up (TCP_KEEPCNT).
-const KEEPALIVE_PROBES: libc::c_int = 3;
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// One scripted connection.
 #[derive(Debug, Clone)]
@@ -490,9 +490,11 @@ fn connect(script: &Script) -> io::Result<Socket> {
     sock.set_tcp_nodelay(true)?;
     if let Some(keepalive) = script.keepalive {
         let every = Duration::from_secs(keepalive.as_secs().max(1));
-        let params = TcpKeepalive::new().with_time(every).with_interval(every);
+        let params = TcpKeepalive::new()
+            .with_time(every)
+            .with_interval(every)
+            .with_retries(KEEPALIVE_PROBES);
         sock.set_tcp_keepalive(&params)?;
-        set_keepalive_probes(sock.as_raw_fd(), KEEPALIVE_PROBES)?;
     }
     sock.connect_timeout(&script.connect.into(), CONNECT_TIMEOUT)?;
     Ok(sock)
@@ -733,7 +735,7 @@ fn send_all(sock: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub(crate) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain integers, for which all-zero bytes are a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
@@ -755,18 +757,14 @@ pub(crate) fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
     Ok(info)
 }
 
-/// TCP_KEEPCNT (socket2 offers it only with its `all` feature).
-pub(crate) fn set_keepalive_probes(fd: RawFd, probes: libc::c_int) -> io::Result<()> {
-    let value: *const libc::c_int = &probes;
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `value` points to one readable c_int of `len` bytes during the call.
-    let rc =
-        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, value.cast(), len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// Whether TCP has acknowledged everything written on `fd`: `Some(true)` or `Some(false)`
+/// while the connection is established, `None` once it is not (a RST empties the send queue
+/// too, so an empty queue alone proves nothing) or TCP_INFO fails.
+pub(crate) fn all_acknowledged(fd: RawFd) -> Option<bool> {
+    /// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
+    const TCP_ESTABLISHED: u8 = 1;
+    let info = tcp_info(fd).ok()?;
+    (info.tcpi_state == TCP_ESTABLISHED).then_some(info.tcpi_unacked == 0)
 }
 
 /// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).

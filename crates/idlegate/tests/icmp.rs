@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::{require_root, transfer, unique};
+use common::{narrow_link, require_root, transfer, unique, Ip};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::netns::{self, Namespace};
 use idlegate_core::Config;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 fn config() -> Config {
@@ -51,43 +50,6 @@ fn a_member_sees_econnrefused_when_the_server_refuses_its_udp_datagram() {
     assert_eq!(counters.icmp_errors_translated, 1);
 }
 
-/// A namespace behind the lab's internet host, over a link whose internet end has MTU 1280
-/// while the far end (and so the MSS it announces) is at 1500: only path MTU discovery can
-/// get full-sized segments across.
-fn narrow_link(lab: &Lab, far: &str) {
-    let internet = lab.namespace_of(INTERNET).unwrap();
-    let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
-    ip(&[
-        "-n", &internet, "link", "add", "narrow0", "mtu", "1280", "type", "veth", "peer", "name",
-        "far0", "netns", far,
-    ]);
-    ip(&[
-        "-n",
-        &internet,
-        "addr",
-        "add",
-        "198.51.100.1/24",
-        "dev",
-        "narrow0",
-    ]);
-    ip(&["-n", &internet, "link", "set", "narrow0", "up"]);
-    ip(&["-n", far, "addr", "add", "198.51.100.5/24", "dev", "far0"]);
-    ip(&["-n", far, "link", "set", "far0", "up"]);
-    ip(&["-n", far, "route", "add", "default", "via", "198.51.100.1"]);
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &internet,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .status()
-        .expect("sysctl");
-    assert!(status.success(), "enabling forwarding in {internet}");
-}
-
 #[test]
 fn path_mtu_discovery_works_through_the_gateway() {
     // RFC 5508 REQ-5 for "fragmentation needed": without the translated error the member's
@@ -97,7 +59,7 @@ fn path_mtu_discovery_works_through_the_gateway() {
     let far = Namespace::create(&format!("ig-{}-far", unique("pm"))).expect("namespace");
     let far_name = far.name().to_string();
     let (received, counters) = Lab::with_gateway(&unique("pm"), &config(), |lab| {
-        narrow_link(lab, &far_name);
+        narrow_link(&lab.namespace_of(INTERNET)?, &far_name, Ip::V4);
         let address: SocketAddr = "198.51.100.5:8200".parse()?;
         transfer(&lab.namespace_of("vm1")?, &far_name, address, BYTES)
     })

@@ -4,14 +4,13 @@
 
 mod common;
 
-use common::{require_root, transfer, unique};
+use common::{narrow_link, require_root, transfer, unique, Ip};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS_V6};
-use idlegate::netns::{self, Namespace};
+use idlegate::netns::Namespace;
 use idlegate::scenario::{self, Outcome, Script};
 use idlegate_core::Config;
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::process::Command;
 use std::time::Duration;
 
 /// Azure LB's 4 min, scaled by 60.
@@ -121,62 +120,6 @@ fn ipv6_flows_expire_silently_survive_with_keepalive_and_reset_both_sides() {
     assert_eq!(counters.resets_sent, 2);
 }
 
-/// A namespace behind the internet host over a link whose internet end has IPv6's minimum
-/// MTU, 1280, while the far end announces 1500: only ICMPv6 "packet too big" can tell the
-/// member to send smaller segments.
-fn narrow_link(lab: &Lab, far: &str) {
-    let internet = lab.namespace_of(INTERNET).unwrap();
-    let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
-    ip(&[
-        "-n", &internet, "link", "add", "narrow0", "mtu", "1280", "type", "veth", "peer", "name",
-        "far0", "netns", far,
-    ]);
-    ip(&[
-        "-n",
-        &internet,
-        "addr",
-        "add",
-        "fd00:198::1/64",
-        "dev",
-        "narrow0",
-        "nodad",
-    ]);
-    ip(&["-n", &internet, "link", "set", "narrow0", "up"]);
-    ip(&[
-        "-n",
-        far,
-        "addr",
-        "add",
-        "fd00:198::5/64",
-        "dev",
-        "far0",
-        "nodad",
-    ]);
-    ip(&["-n", far, "link", "set", "far0", "up"]);
-    ip(&[
-        "-n",
-        far,
-        "-6",
-        "route",
-        "add",
-        "default",
-        "via",
-        "fd00:198::1",
-    ]);
-    let status = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &internet,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ])
-        .status()
-        .expect("sysctl");
-    assert!(status.success(), "enabling IPv6 forwarding in {internet}");
-}
-
 #[test]
 fn ipv6_path_mtu_discovery_works_through_the_gateway() {
     // RFC 5508 REQ-5 with RFC 4443 "packet too big": routers never fragment IPv6, so without
@@ -186,7 +129,7 @@ fn ipv6_path_mtu_discovery_works_through_the_gateway() {
     let far = Namespace::create(&format!("ig-{}-far", unique("p6"))).expect("namespace");
     let far_name = far.name().to_string();
     let (received, counters) = Lab::with_gateway(&unique("p6"), &config(), |lab| {
-        narrow_link(lab, &far_name);
+        narrow_link(&lab.namespace_of(INTERNET)?, &far_name, Ip::V6);
         let address = SocketAddr::from(SocketAddrV6::new(
             "fd00:198::5".parse::<Ipv6Addr>()?,
             8200,

@@ -40,8 +40,6 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(2 * 3600);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long echo watches for TCP's acknowledgement of a delayed reply.
 const ACK_WAIT: Duration = Duration::from_secs(1);
-/// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
-const TCP_ESTABLISHED: u8 = 1;
 
 /// What echo knows of every named connection.
 #[derive(Debug, Default)]
@@ -165,7 +163,7 @@ fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
 /// Whether `fd` is readable (or has an error or EOF to report) within `timeout` (`None`:
 /// without limit). poll(2) keeps time to the millisecond; a socket's SO_RCVTIMEO, rounded to
 /// jiffies at every wake-up, was seen to run a percent late.
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
+pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
     let mut fds = [libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -376,11 +374,11 @@ impl Connection {
         let fd = self.stream.as_raw_fd();
         let until = Instant::now() + limit;
         loop {
-            match crate::scenario::tcp_info(fd) {
-                // A RST empties the send queue too: only a connection still established counts.
-                Ok(info) if info.tcpi_state != TCP_ESTABLISHED => return false,
-                Ok(info) if info.tcpi_unacked == 0 => return true,
-                Ok(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+            match crate::scenario::all_acknowledged(fd) {
+                Some(true) => return true,
+                Some(false) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
                 _ => return false,
             }
         }

@@ -22,11 +22,11 @@
 pub mod search;
 
 use crate::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
-use crate::scenario::{errno_name, set_keepalive_probes, tcp_info};
+use crate::scenario::{all_acknowledged, errno_name};
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
-use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -60,8 +60,6 @@ const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
 const DATA_SEQ: u32 = 2;
 /// TCP_KEEPCNT of the keepalive test.
 const KEEPALIVE_PROBES: u32 = 3;
-/// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
-const TCP_ESTABLISHED: u8 = 1;
 /// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
 const ICMP_ERRNOS: [i32; 6] = [
     libc::EHOSTUNREACH,
@@ -496,9 +494,11 @@ impl Probe {
         // ICMP errors fail the socket at once instead of being retried away (ip(7)).
         set_recv_err(&socket, target.is_ipv6()).context("setting IP_RECVERR")?;
         if let Some(every) = keepalive {
-            let params = TcpKeepalive::new().with_time(every).with_interval(every);
+            let params = TcpKeepalive::new()
+                .with_time(every)
+                .with_interval(every)
+                .with_retries(KEEPALIVE_PROBES);
             socket.set_tcp_keepalive(&params)?;
-            set_keepalive_probes(socket.as_raw_fd(), KEEPALIVE_PROBES as libc::c_int)?;
         }
         socket
             .connect_timeout(&target.into(), CONNECT_TIMEOUT)
@@ -857,12 +857,10 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 512];
     loop {
-        match tcp_info(SockRef::from(&a.stream).as_raw_fd()) {
-            // A RST empties the send queue too: only a connection still established counts.
-            Ok(info) if info.tcpi_state != TCP_ESTABLISHED => return Observed::ResetOnNext,
-            Ok(info) if info.tcpi_unacked == 0 => return Observed::Alive,
-            Ok(_) => {}
-            Err(_) => return Observed::ResetOnNext,
+        match all_acknowledged(a.stream.as_raw_fd()) {
+            Some(true) => return Observed::Alive,
+            Some(false) => {}
+            None => return Observed::ResetOnNext,
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -891,8 +889,8 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
 /// No confirmation within the wait: unacknowledged data is a silent path; acknowledged data
 /// that echo never confirmed was taken in and not delivered (checked with echo afterwards).
 fn unanswered(a: &Armed) -> Observed {
-    match tcp_info(SockRef::from(&a.stream).as_raw_fd()) {
-        Ok(info) if info.tcpi_unacked == 0 => Observed::AckedNotDelivered,
+    match all_acknowledged(a.stream.as_raw_fd()) {
+        Some(true) => Observed::AckedNotDelivered,
         _ => Observed::Silent,
     }
 }

@@ -57,3 +57,74 @@ pub fn transfer(
     client.join().expect("client thread")?;
     Ok(server.join().expect("server thread")?)
 }
+
+/// Which IP version a [`narrow_link`] carries.
+#[allow(dead_code)] // not every test file builds one
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ip {
+    V4,
+    V6,
+}
+
+/// A namespace `far_ns` behind `internet_ns` over a link whose near end has MTU 1280 while the
+/// far end (and so the MSS it announces) is at 1500: only path MTU discovery gets full-sized
+/// segments across. Addresses 198.51.100.1 and .5 (IPv4) or fd00:198::1 and ::5 (IPv6), the
+/// far end's default route through the near one, forwarding on in `internet_ns`.
+#[allow(dead_code)]
+pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
+    let run = |args: &[&str]| idlegate::netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    let (near, far, gateway, family, forwarding) = match ip {
+        Ip::V4 => (
+            "198.51.100.1/24",
+            "198.51.100.5/24",
+            "198.51.100.1",
+            "-4",
+            "net.ipv4.ip_forward=1",
+        ),
+        Ip::V6 => (
+            "fd00:198::1/64",
+            "fd00:198::5/64",
+            "fd00:198::1",
+            "-6",
+            "net.ipv6.conf.all.forwarding=1",
+        ),
+    };
+    run(&[
+        "-n",
+        internet_ns,
+        "link",
+        "add",
+        "narrow0",
+        "mtu",
+        "1280",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "far0",
+        "netns",
+        far_ns,
+    ]);
+    // IPv6 addresses usable at once, without duplicate address detection.
+    let nodad: &[&str] = if ip == Ip::V6 { &["nodad"] } else { &[] };
+    run(&[
+        &["-n", internet_ns, "addr", "add", near, "dev", "narrow0"][..],
+        nodad,
+    ]
+    .concat());
+    run(&["-n", internet_ns, "link", "set", "narrow0", "up"]);
+    run(&[
+        &["-n", far_ns, "addr", "add", far, "dev", "far0"][..],
+        nodad,
+    ]
+    .concat());
+    run(&["-n", far_ns, "link", "set", "far0", "up"]);
+    run(&[
+        "-n", far_ns, family, "route", "add", "default", "via", gateway,
+    ]);
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", internet_ns, "sysctl", "-qw", forwarding])
+        .status()
+        .expect("sysctl");
+    assert!(status.success(), "enabling forwarding in {internet_ns}");
+}
