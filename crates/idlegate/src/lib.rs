@@ -15,7 +15,7 @@
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
-//! | [`tunnel`] | the resumable tunnel (in progress): exactly-once bytes across broken legs |
+//! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
 
 pub mod capture;
 pub mod control;

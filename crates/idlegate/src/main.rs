@@ -45,8 +45,15 @@ enum Command {
     Echo(EchoArgs),
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
-    /// Forward an application's connections with TCP keepalive on both sockets.
+    /// Forward an application's connections with TCP keepalive on both sockets, or through a
+    /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
+    /// server's) that outlives the path under it.
     Relay(RelayArgs),
+    /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair.
+    Keygen {
+        /// Where to write it; an existing file is never overwritten.
+        file: PathBuf,
+    },
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
     Profiles {
@@ -58,11 +65,35 @@ enum Command {
 #[derive(Args)]
 struct RelayArgs {
     /// Where the application connects (or where its clients connect).
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present_any = ["config", "tunnel_listen"])]
     listen: Option<std::net::SocketAddr>,
     /// Where its connections go, HOST:PORT.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel")]
     connect: Option<String>,
+    /// Tunnel entry: carry the connections accepted on --listen to the exit at HOST:PORT.
+    #[arg(long, requires = "key", conflicts_with = "tunnel_listen")]
+    tunnel: Option<String>,
+    /// Tunnel exit: accept the entry's legs here and connect each session to --connect.
+    #[arg(long, requires = "key", conflicts_with = "listen")]
+    tunnel_listen: Option<std::net::SocketAddr>,
+    /// The tunnel pair's key file (made by `idlegate keygen FILE`), the same on both ends.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Tunnel: send a heartbeat when a leg has been quiet this long; three missed lose the
+    /// leg and start a resume. Both ends should agree.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    heartbeat: std::time::Duration,
+    /// Tunnel: how long a session may wait for a new leg before both ends reset its
+    /// application connection.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    resume_within: std::time::Duration,
+    /// Tunnel: the most unacknowledged bytes kept per direction of a session, e.g. 4MiB
+    /// (a full buffer stops reading the application; nothing is dropped).
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    replay_buffer: usize,
+    /// Tunnel exit: the most sessions held at once; more are refused.
+    #[arg(long, default_value_t = 10_000)]
+    max_sessions: usize,
     /// TCP keepalive on both sockets: IDLE,INTERVAL,COUNT.
     #[arg(long, conflicts_with = "profile")]
     keepalive: Option<String>,
@@ -99,6 +130,30 @@ struct ProbeArgs {
     /// NAT: 64 per VM by default); the bracket may then be wider than --resolution.
     #[arg(long)]
     connections: Option<usize>,
+}
+
+/// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 4MiB"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?}: too large"))?;
+    if !(1 << 16..=1 << 34).contains(&bytes) {
+        return Err(format!("{s:?}: must be 64KiB to 16GiB"));
+    }
+    Ok(bytes)
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -275,6 +330,13 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Echo(args) => echo(&args).map(|()| ExitCode::SUCCESS),
         Command::Probe(args) => probe(&args).map(|()| ExitCode::SUCCESS),
         Command::Relay(args) => relay(&args).map(|()| ExitCode::SUCCESS),
+        Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
+            println!(
+                "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }),
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -674,51 +736,107 @@ fn probe(args: &ProbeArgs) -> Result<()> {
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
 fn relay(args: &RelayArgs) -> Result<()> {
     use idlegate::relay::{parse_config, Keepalive, Relay};
-    use std::net::ToSocketAddrs;
-    let relays = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            parse_config(&text, &path.display().to_string())?
-        }
-        None => {
-            let (Some(listen), Some(connect)) = (args.listen, &args.connect) else {
-                anyhow::bail!("--listen and --connect, or --config");
-            };
-            let connect = connect
-                .to_socket_addrs()
-                .with_context(|| format!("--connect {connect}: not HOST:PORT"))?
-                .next()
-                .with_context(|| format!("--connect {connect}: no address"))?;
-            let keepalive = match (&args.keepalive, &args.profile) {
-                (Some(k), _) => Keepalive::parse(k)?,
-                (None, Some(p)) => Keepalive::for_profile(
-                    profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
-                ),
-                (None, None) => Keepalive::for_profile(profile::default_profile()),
-            };
-            vec![(listen, connect, keepalive)]
-        }
+    use idlegate::tunnel::{key::Key, Entry, Exit, Settings};
+    let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
+        use std::net::ToSocketAddrs;
+        v.to_socket_addrs()
+            .with_context(|| format!("{flag} {v}: not HOST:PORT"))?
+            .next()
+            .with_context(|| format!("{flag} {v}: no address"))
+    };
+    let keepalive = match (&args.keepalive, &args.profile) {
+        (Some(k), _) => Keepalive::parse(k)?,
+        (None, Some(p)) => Keepalive::for_profile(
+            profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
+        ),
+        (None, None) => Keepalive::for_profile(profile::default_profile()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let mut threads = Vec::new();
+    type Run = Box<dyn FnOnce() -> Result<()> + Send>;
+    let mut runs: Vec<Run> = Vec::new();
     let mut stats = Vec::new();
-    for (listen, connect, keepalive) in relays {
-        let mut relay = Relay::bind(listen, connect, keepalive)?;
-        relay.set_stop_flag(stop.clone());
-        stats.push((relay.local_addr()?, relay.stats()));
-        tracing::info!(
-            "relay {} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
-            relay.local_addr()?,
-            keepalive.idle,
-            keepalive.interval,
-            keepalive.count,
-            keepalive.user_timeout()
-        );
-        threads.push(std::thread::spawn(move || relay.run()));
+    let tunnel_settings = || -> Result<(Key, Settings)> {
+        let path = args
+            .key
+            .as_ref()
+            .context("--key FILE is needed for a tunnel")?;
+        let key = Key::load(path).with_context(|| "--key".to_string())?;
+        if args.heartbeat < std::time::Duration::from_millis(100) {
+            anyhow::bail!("--heartbeat {:?}: at least 100ms", args.heartbeat);
+        }
+        Ok((
+            key,
+            Settings {
+                heartbeat: args.heartbeat,
+                resume_within: args.resume_within,
+                replay_buffer: args.replay_buffer,
+                keepalive,
+                max_sessions: args.max_sessions,
+            },
+        ))
+    };
+    match (
+        &args.config,
+        args.listen,
+        &args.tunnel,
+        args.tunnel_listen,
+        &args.connect,
+    ) {
+        (Some(path), ..) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            for (listen, connect, keepalive) in parse_config(&text, &path.display().to_string())? {
+                let mut relay = Relay::bind(listen, connect, keepalive)?;
+                relay.set_stop_flag(stop.clone());
+                stats.push((relay.local_addr()?, relay.stats()));
+                log_relay(relay.local_addr()?, connect, &keepalive);
+                runs.push(Box::new(move || relay.run()));
+            }
+        }
+        (None, Some(listen), Some(tunnel), None, None) => {
+            let (key, settings) = tunnel_settings()?;
+            let tunnel = resolve("--tunnel", tunnel)?;
+            let mut entry = Entry::bind(listen, tunnel, key, settings.clone())?;
+            entry.set_stop_flag(stop.clone());
+            stats.push((entry.local_addr()?, entry.stats()));
+            tracing::info!(
+                "tunnel entry {} → exit {tunnel}, heartbeat {:?}, resume within {:?}, replay buffer {} KiB",
+                entry.local_addr()?,
+                settings.heartbeat,
+                settings.resume_within,
+                settings.replay_buffer >> 10
+            );
+            runs.push(Box::new(move || entry.run()));
+        }
+        (None, None, None, Some(listen), Some(connect)) => {
+            let (key, settings) = tunnel_settings()?;
+            let connect = resolve("--connect", connect)?;
+            let mut exit = Exit::bind(listen, connect, key, settings.clone())?;
+            exit.set_stop_flag(stop.clone());
+            stats.push((exit.local_addr()?, exit.stats()));
+            tracing::info!(
+                "tunnel exit {} → {connect}, heartbeat {:?}, resume within {:?}",
+                exit.local_addr()?,
+                settings.heartbeat,
+                settings.resume_within
+            );
+            runs.push(Box::new(move || exit.run()));
+        }
+        (None, Some(listen), None, None, Some(connect)) => {
+            let connect = resolve("--connect", connect)?;
+            let mut relay = Relay::bind(listen, connect, keepalive)?;
+            relay.set_stop_flag(stop.clone());
+            stats.push((relay.local_addr()?, relay.stats()));
+            log_relay(relay.local_addr()?, connect, &keepalive);
+            runs.push(Box::new(move || relay.run()));
+        }
+        _ => anyhow::bail!(
+            "give --listen and --connect (keepalive relay), --listen and --tunnel (tunnel entry), \
+             --tunnel-listen and --connect (tunnel exit), or --config"
+        ),
     }
     if let Some(addr) = args.metrics {
         let listener = std::net::TcpListener::bind(addr)
@@ -726,6 +844,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
         tracing::info!("metrics on http://{addr}/metrics");
         idlegate::relay::serve_metrics(listener, move || idlegate::relay::render_metrics(&stats));
     }
+    let threads: Vec<_> = runs.into_iter().map(std::thread::spawn).collect();
     for t in threads {
         match t.join() {
             Ok(result) => result?,
@@ -733,4 +852,18 @@ fn relay(args: &RelayArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn log_relay(
+    listen: std::net::SocketAddr,
+    connect: std::net::SocketAddr,
+    k: &idlegate::relay::Keepalive,
+) {
+    tracing::info!(
+        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
+        k.idle,
+        k.interval,
+        k.count,
+        k.user_timeout()
+    );
 }

@@ -81,7 +81,7 @@ impl Keepalive {
     }
 
     /// Sets it all on `stream`.
-    fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+    pub(crate) fn apply(&self, stream: &TcpStream) -> io::Result<()> {
         let sock = SockRef::from(stream);
         let params = TcpKeepalive::new()
             .with_time(self.idle)
@@ -106,6 +106,15 @@ pub struct Stats {
     pub bytes_to_client: AtomicU64,
     /// Connections that ended with a RST passed on.
     pub resets: AtomicU64,
+    /// Tunnel: sessions resumed on a new leg.
+    pub reconnects: AtomicU64,
+    /// Tunnel: bytes sent again after a resume.
+    pub replayed_bytes: AtomicU64,
+    /// Tunnel: legs lost because no heartbeat arrived in time.
+    pub heartbeat_misses: AtomicU64,
+    /// Tunnel: sessions ended because no new leg came within the resume limit, or the far
+    /// end no longer knew them.
+    pub expired: AtomicU64,
 }
 
 /// The relays of a config file: `[[relay]]` tables with `listen`, `connect`, and `keepalive`
@@ -312,6 +321,30 @@ pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
         "counter",
         "Connections that ended with a RST passed on.",
         &|s| vec![(String::new(), load(&s.resets))],
+    );
+    family(
+        "idlegate_relay_reconnects_total",
+        "counter",
+        "Tunnel sessions resumed on a new leg.",
+        &|s| vec![(String::new(), load(&s.reconnects))],
+    );
+    family(
+        "idlegate_relay_replayed_bytes_total",
+        "counter",
+        "Tunnel bytes sent again after a resume.",
+        &|s| vec![(String::new(), load(&s.replayed_bytes))],
+    );
+    family(
+        "idlegate_relay_heartbeat_misses_total",
+        "counter",
+        "Tunnel legs lost because no heartbeat arrived in time.",
+        &|s| vec![(String::new(), load(&s.heartbeat_misses))],
+    );
+    family(
+        "idlegate_relay_sessions_expired_total",
+        "counter",
+        "Tunnel sessions ended unresumed (time limit, or unknown to the far end).",
+        &|s| vec![(String::new(), load(&s.expired))],
     );
     out
 }

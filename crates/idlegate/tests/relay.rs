@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{require_root, unique};
+use common::{raise_fd_limit, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::netns;
 use idlegate::relay::{Keepalive, Relay};
@@ -29,28 +29,6 @@ fn start_relay(server: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::ato
     let stop = relay.stop_flag();
     std::thread::spawn(move || relay.run());
     (addr, stop)
-}
-
-/// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit); fails the
-/// test loudly if the hard limit is lower.
-fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(
-            lim.rlim_max >= want,
-            "this test needs {want} file descriptors; the hard limit is {}",
-            lim.rlim_max
-        );
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

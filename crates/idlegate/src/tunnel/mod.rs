@@ -1,4 +1,637 @@
-//! The resumable tunnel of `idlegate relay --tunnel` (in progress: the stream below is its
-//! core; the framing, legs, heartbeats and authentication are still to come).
+//! The resumable tunnel of `idlegate relay`: an application's connection that outlives the
+//! network path under it.
+//!
+//! Contract: the *entry* ([`Entry`], `--listen … --tunnel HOST:PORT`) accepts the
+//! application's connections and opens a leg to the *exit* ([`Exit`], `--tunnel-listen …
+//! --connect HOST:PORT`), which connects to the real server. Each application connection is a
+//! [`session::Session`] with its own leg. When a leg is lost (reset, closed, or silent past
+//! its heartbeat deadline), the entry opens a new one and resumes the session: each end sends
+//! again exactly the bytes the other has not acknowledged, so the applications see no error
+//! and no byte lost, doubled or reordered. A session that cannot resume within
+//! `resume_within` is ended on both ends with a RST to the application (a FIN would claim the
+//! stream ended whole). Legs are authenticated and encrypted ([`leg`]); a resume needs the
+//! session's id and its secret token, given only inside an encrypted leg.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`stream`] | exactly-once bytes across broken legs (pure) |
+//! | [`frame`] | the messages on a leg |
+//! | [`key`] | the pair's key file |
+//! | [`leg`] | one authenticated, encrypted connection (Noise) |
+//! | [`session`] | one application connection on whichever leg is alive |
 
+pub mod frame;
+pub mod key;
+pub mod leg;
+pub mod session;
 pub mod stream;
+
+use crate::echo::wait_readable;
+use crate::relay::{Keepalive, Stats};
+use anyhow::{Context, Result};
+use frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
+use key::Key;
+use leg::{Leg, LegError};
+use session::{LegEnd, Session, Side};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How a tunnel behaves; the same on both ends of a pair.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A heartbeat leaves when a leg has been quiet this long; three missed ones lose the leg.
+    pub heartbeat: Duration,
+    /// How long a session waits for a new leg before it ends.
+    pub resume_within: Duration,
+    /// The most unacknowledged bytes a session keeps per direction.
+    pub replay_buffer: usize,
+    /// TCP keepalive on the application's sockets.
+    pub keepalive: Keepalive,
+    /// The most sessions an exit holds.
+    pub max_sessions: usize,
+}
+
+impl Settings {
+    /// How long one dial and handshake may take, and how long a leg may go unheard.
+    fn leg_timeout(&self) -> Duration {
+        self.heartbeat * session::MISSED_HEARTBEATS
+    }
+}
+
+/// How often accept loops look at their stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+/// The most handshakes an exit runs at once; more connections wait in the listen queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// The end next to the client application.
+pub struct Entry {
+    listener: TcpListener,
+    tunnel: SocketAddr,
+    key: Arc<Key>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Entry {
+    pub fn bind(
+        listen: SocketAddr,
+        tunnel: SocketAddr,
+        key: Key,
+        settings: Settings,
+    ) -> Result<Entry> {
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        Ok(Entry {
+            listener,
+            tunnel,
+            key: Arc::new(key),
+            settings,
+            stats: Arc::default(),
+            stop: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
+    /// The flag that stops [`Entry::run`] (sessions already open go on).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Accepts the application's connections and carries each through the tunnel, until
+    /// stopped.
+    pub fn run(&self) -> Result<()> {
+        self.listener.set_nonblocking(true)?;
+        while !self.stop.load(Ordering::Relaxed) {
+            let (app, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("tunnel entry: accept failed: {e}");
+                    std::thread::sleep(STOP_CHECK);
+                    continue;
+                }
+            };
+            let dial = Dial {
+                tunnel: self.tunnel,
+                key: self.key.clone(),
+                settings: self.settings.clone(),
+            };
+            let stats = self.stats.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tunnel {peer}"))
+                .spawn(move || {
+                    if let Err(e) = dial.carry(app, &stats) {
+                        tracing::info!("tunnel: {peer}: {e:#}");
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!("tunnel: no thread for {peer}: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the entry needs to open legs.
+struct Dial {
+    tunnel: SocketAddr,
+    key: Arc<Key>,
+    settings: Settings,
+}
+
+impl Dial {
+    /// One leg: connect, handshake, Hello; the exit's answer.
+    fn open(
+        &self,
+        session: SessionId,
+        token: Token,
+        received: u64,
+    ) -> Result<(Leg, Frame<'static>), LegError> {
+        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
+        let stream = TcpStream::connect_timeout(&self.tunnel, timeout)?;
+        let mut leg = Leg::initiate(stream, &self.key, timeout)?;
+        leg.send_now(&Frame::Hello {
+            session,
+            token,
+            received,
+        })?;
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let n = leg.recv_now(&mut plain)?;
+        let answer = match Frame::decode(&plain[..n])? {
+            Frame::Welcome {
+                session,
+                token,
+                received,
+            } => Frame::Welcome {
+                session,
+                token,
+                received,
+            },
+            Frame::Refuse(reason) => Frame::Refuse(reason),
+            other => {
+                return Err(LegError::Io(io::Error::other(format!(
+                    "expected Welcome, got {other:?}"
+                ))))
+            }
+        };
+        leg.go_nonblocking(self.settings.leg_timeout())?;
+        Ok((leg, answer))
+    }
+
+    /// Carries one application connection until it ends.
+    fn carry(&self, app: TcpStream, stats: &Arc<Stats>) -> Result<()> {
+        let _ = self.settings.keepalive.apply(&app);
+        let (mut leg, answer) = match self.open(SessionId::NEW, Token::default(), 0) {
+            Ok(opened) => opened,
+            Err(e) => {
+                reset(&app);
+                return Err(e).with_context(|| format!("opening the tunnel to {}", self.tunnel));
+            }
+        };
+        let Frame::Welcome { session, token, .. } = answer else {
+            reset(&app);
+            anyhow::bail!("the tunnel refused a new session: {}", refusal(&answer));
+        };
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let _open = Open(stats);
+        let mut s = Session::new(
+            session,
+            token,
+            app,
+            Side::Entry,
+            self.settings.replay_buffer,
+            self.settings.heartbeat,
+            stats.clone(),
+        )?;
+        loop {
+            match s.run_leg(&mut leg, None) {
+                LegEnd::Done => {
+                    linger_until_closed(&leg, self.settings.leg_timeout());
+                    return Ok(());
+                }
+                LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
+                LegEnd::Violation(why) => {
+                    s.reset_app();
+                    anyhow::bail!("session {}: the exit broke the protocol: {why}", s.id);
+                }
+                // Only the exit's sessions are given a wake descriptor.
+                LegEnd::Replaced => {}
+                LegEnd::Lost(why) => {
+                    tracing::info!("tunnel: session {}: leg lost ({why}); resuming", s.id);
+                    leg = self.resume(&mut s, stats)?;
+                }
+            }
+        }
+    }
+
+    /// Opens legs until one resumes `s`, or `resume_within` has passed.
+    fn resume(&self, s: &mut Session, stats: &Stats) -> Result<Leg> {
+        let lost_at = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match self.open(s.id, s.token, s.received()) {
+                Ok((leg, Frame::Welcome { received, .. })) => {
+                    let replayed = s.resume(received).map_err(|e| {
+                        s.reset_app();
+                        anyhow::anyhow!("session {}: cannot resume: {e}", s.id)
+                    })?;
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        "tunnel: session {} resumed after {:.1?} ({tries} tries); {replayed} bytes sent again",
+                        s.id,
+                        lost_at.elapsed()
+                    );
+                    return Ok(leg);
+                }
+                Ok((_, answer)) => {
+                    s.reset_app();
+                    stats.expired.fetch_add(1, Ordering::Relaxed);
+                    anyhow::bail!("session {}: resume refused: {}", s.id, refusal(&answer));
+                }
+                Err(e) => tracing::debug!("tunnel: session {}: try {tries}: {e}", s.id),
+            }
+            if lost_at.elapsed() + backoff > self.settings.resume_within {
+                s.reset_app();
+                stats.expired.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!(
+                    "session {}: no new leg within {:?}; the application's connection was reset",
+                    s.id,
+                    self.settings.resume_within
+                );
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2)
+                .min(self.settings.heartbeat)
+                .max(Duration::from_millis(50));
+        }
+    }
+}
+
+fn refusal(answer: &Frame) -> String {
+    match answer {
+        Frame::Refuse(reason) => reason.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// After the session is done: a FIN, then wait (bounded) for the exit's, so the last
+/// acknowledgement is not cut off by our close.
+fn linger_until_closed(leg: &Leg, timeout: Duration) {
+    leg.finish();
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        if !wait_readable(leg.as_raw_fd(), Some(left)).unwrap_or(false) {
+            return;
+        }
+        match leg.stream().read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Counts a session as no longer open when dropped.
+struct Open<'a>(&'a Arc<Stats>);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A RST when `stream` is dropped (SO_LINGER 0), and no FIN before it.
+fn reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+    let _ = stream.shutdown(std::net::Shutdown::Read);
+}
+
+/// A session of the exit, as the acceptor of a new leg finds it.
+struct Slot {
+    token: Token,
+    /// A new leg and the `received` of its Hello, waiting for the session to take it.
+    offer: Mutex<Option<(Leg, u64)>>,
+    wake_tx: UnixStream,
+}
+
+/// The end next to the server.
+pub struct Exit {
+    listener: TcpListener,
+    connect: SocketAddr,
+    key: Arc<Key>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
+    handshakes: Arc<AtomicUsize>,
+}
+
+impl Exit {
+    pub fn bind(
+        listen: SocketAddr,
+        connect: SocketAddr,
+        key: Key,
+        settings: Settings,
+    ) -> Result<Exit> {
+        let listener =
+            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        Ok(Exit {
+            listener,
+            connect,
+            key: Arc::new(key),
+            settings,
+            stats: Arc::default(),
+            stop: Arc::default(),
+            sessions: Arc::default(),
+            handshakes: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = stop;
+    }
+
+    /// The flag that stops [`Exit::run`] (sessions already open go on).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The ids of the sessions held now (for monitoring and tests).
+    pub fn session_ids(&self) -> impl Fn() -> Vec<SessionId> + Send + 'static {
+        let sessions = self.sessions.clone();
+        move || {
+            sessions
+                .lock()
+                .map(|s| s.keys().copied().collect())
+                .unwrap_or_default()
+        }
+    }
+
+    /// Accepts legs until stopped: each one is authenticated, then starts or resumes a session.
+    pub fn run(&self) -> Result<()> {
+        self.listener.set_nonblocking(true)?;
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.handshakes.load(Ordering::Relaxed) >= MAX_HANDSHAKES {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("tunnel exit: accept failed: {e}");
+                    std::thread::sleep(STOP_CHECK);
+                    continue;
+                }
+            };
+            let _ = stream.set_nonblocking(false);
+            let this = ExitLeg {
+                connect: self.connect,
+                key: self.key.clone(),
+                settings: self.settings.clone(),
+                stats: self.stats.clone(),
+                sessions: self.sessions.clone(),
+            };
+            self.handshakes.fetch_add(1, Ordering::Relaxed);
+            let handshakes = self.handshakes.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("tunnel leg {peer}"))
+                .spawn(move || {
+                    if let Err(e) = this.serve(stream, &handshakes) {
+                        tracing::info!("tunnel: leg from {peer}: {e:#}");
+                    }
+                });
+            if let Err(e) = spawned {
+                self.handshakes.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("tunnel: no thread for {peer}: {e}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the exit needs to serve one leg.
+struct ExitLeg {
+    connect: SocketAddr,
+    key: Arc<Key>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
+}
+
+impl ExitLeg {
+    /// Authenticates the leg and reads its Hello, then starts the session it asks for or
+    /// hands the leg to the session it resumes.
+    fn serve(self, stream: TcpStream, handshakes: &AtomicUsize) -> Result<()> {
+        let greeted = self.greet(stream);
+        handshakes.fetch_sub(1, Ordering::Relaxed);
+        let (mut leg, session, token, received) = greeted?;
+        if session == SessionId::NEW {
+            return self.start(leg);
+        }
+        let slot = self
+            .sessions
+            .lock()
+            .map_err(|_| anyhow::anyhow!("session table poisoned"))?
+            .get(&session)
+            .cloned();
+        match slot {
+            Some(slot) if slot.token.matches(&token) => {
+                if let Ok(mut offer) = slot.offer.lock() {
+                    *offer = Some((leg, received));
+                }
+                (&slot.wake_tx)
+                    .write_all(&[1])
+                    .context("waking the session")?;
+                Ok(())
+            }
+            _ => {
+                let _ = leg.send_now(&Frame::Refuse(Refusal::UnknownSession));
+                anyhow::bail!("resume of unknown session {session} refused");
+            }
+        }
+    }
+
+    fn greet(&self, stream: TcpStream) -> Result<(Leg, SessionId, Token, u64)> {
+        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
+        let mut leg = Leg::respond(stream, &self.key, timeout)?;
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let n = leg.recv_now(&mut plain)?;
+        match Frame::decode(&plain[..n])? {
+            Frame::Hello {
+                session,
+                token,
+                received,
+            } => Ok((leg, session, token, received)),
+            other => anyhow::bail!("expected Hello, got {other:?}"),
+        }
+    }
+
+    /// A new session: connect to the target, welcome the entry, and carry it.
+    fn start(self, mut leg: Leg) -> Result<()> {
+        let full = self.sessions.lock().map(|s| s.len()).unwrap_or(usize::MAX)
+            >= self.settings.max_sessions;
+        if full {
+            let _ = leg.send_now(&Frame::Refuse(Refusal::Full));
+            anyhow::bail!("refused a new session: {} held", self.settings.max_sessions);
+        }
+        let app = match TcpStream::connect_timeout(
+            &self.connect,
+            self.settings.leg_timeout().max(Duration::from_secs(1)),
+        ) {
+            Ok(app) => app,
+            Err(e) => {
+                let _ = leg.send_now(&Frame::Refuse(Refusal::TargetUnreachable));
+                return Err(e).with_context(|| format!("connecting to {}", self.connect));
+            }
+        };
+        let _ = self.settings.keepalive.apply(&app);
+        let (id, token) = (SessionId(random()?), Token(random()?));
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        let slot = Arc::new(Slot {
+            token,
+            offer: Mutex::new(None),
+            wake_tx,
+        });
+        self.sessions
+            .lock()
+            .map_err(|_| anyhow::anyhow!("session table poisoned"))?
+            .insert(id, slot.clone());
+        let _forget = Forget(&self.sessions, id);
+        leg.send_now(&Frame::Welcome {
+            session: id,
+            token,
+            received: 0,
+        })?;
+        leg.go_nonblocking(self.settings.leg_timeout())?;
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        let _open = Open(&self.stats);
+        let mut s = Session::new(
+            id,
+            token,
+            app,
+            Side::Exit,
+            self.settings.replay_buffer,
+            self.settings.heartbeat,
+            self.stats.clone(),
+        )?;
+        loop {
+            let end = s.run_leg(&mut leg, Some(wake_rx.as_raw_fd()));
+            let (new_leg, received) = match end {
+                LegEnd::Done => return Ok(()),
+                LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
+                LegEnd::Violation(why) => {
+                    s.reset_app();
+                    anyhow::bail!("session {id}: the entry broke the protocol: {why}");
+                }
+                LegEnd::Replaced => match take_offer(&wake_rx, &slot) {
+                    Some(offer) => offer,
+                    None => continue,
+                },
+                LegEnd::Lost(why) => {
+                    tracing::info!("tunnel: session {id}: leg lost ({why}); waiting for the entry");
+                    let deadline = Instant::now() + self.settings.resume_within;
+                    let offer = loop {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break None;
+                        }
+                        if wait_readable(wake_rx.as_raw_fd(), Some(left)).unwrap_or(false) {
+                            if let Some(offer) = take_offer(&wake_rx, &slot) {
+                                break Some(offer);
+                            }
+                        }
+                    };
+                    let Some(offer) = offer else {
+                        s.reset_app();
+                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                        anyhow::bail!(
+                            "session {id}: not resumed within {:?}; the server's connection was reset",
+                            self.settings.resume_within
+                        );
+                    };
+                    offer
+                }
+            };
+            leg = new_leg;
+            let replayed = match s.resume(received) {
+                Ok(n) => n,
+                Err(e) => {
+                    s.reset_app();
+                    anyhow::bail!("session {id}: cannot resume: {e}");
+                }
+            };
+            leg.send_now(&Frame::Welcome {
+                session: id,
+                token,
+                received: s.received(),
+            })?;
+            leg.go_nonblocking(self.settings.leg_timeout())?;
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("tunnel: session {id} resumed; {replayed} bytes sent again");
+        }
+    }
+}
+
+/// The newest leg offered to a session, if any (older offers were replaced and closed).
+fn take_offer(wake_rx: &UnixStream, slot: &Slot) -> Option<(Leg, u64)> {
+    let mut drained = [0u8; 64];
+    while (&*wake_rx).read(&mut drained).is_ok_and(|n| n > 0) {}
+    slot.offer.lock().ok().and_then(|mut offer| offer.take())
+}
+
+/// Removes a session from the exit's table when its thread ends, however it ends.
+struct Forget<'a>(&'a Mutex<HashMap<SessionId, Arc<Slot>>>, SessionId);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut sessions) = self.0.lock() {
+            sessions.remove(&self.1);
+        }
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
+    Ok(bytes)
+}

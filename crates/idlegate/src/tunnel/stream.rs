@@ -9,6 +9,10 @@
 //! flight may be lost: on the new leg the receiver says where it stands, the sender rewinds to
 //! that point ([`Outbox::resume_from`]) and sends again. The inbox drops what it already has,
 //! so a byte is never delivered twice, and refuses a gap, so none is skipped.
+//!
+//! The application's FIN (it finished writing) takes one offset after its last byte, as in
+//! TCP's sequence space: it is sent, acknowledged and replayed like a byte, so a half-close
+//! survives a broken leg too.
 
 use std::collections::VecDeque;
 use thiserror::Error;
@@ -24,6 +28,22 @@ pub enum StreamError {
     ResumeBeyondSent { from: u64, sent: u64 },
     #[error("data at offset {offset} while expecting {expected}: a gap")]
     Gap { offset: u64, expected: u64 },
+    #[error("data at offset {offset} after the FIN at {fin}")]
+    DataAfterFin { offset: u64, fin: u64 },
+    #[error("FIN at offset {offset} while expecting {expected}")]
+    FinMisplaced { offset: u64, expected: u64 },
+}
+
+/// What an outbox sends next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<'a> {
+    /// Bytes at `offset`, in one or two slices (the outbox is a ring).
+    Data {
+        offset: u64,
+        bytes: (&'a [u8], &'a [u8]),
+    },
+    /// The application finished writing: nothing follows `offset`.
+    Fin { offset: u64 },
 }
 
 /// Bytes written by the application, kept until the other end acknowledges them.
@@ -34,6 +54,8 @@ pub struct Outbox {
     acked: u64,
     /// The next offset to send (on this leg).
     sent: u64,
+    /// The offset of the application's FIN, once it finished writing.
+    fin_at: Option<u64>,
     limit: usize,
 }
 
@@ -44,12 +66,16 @@ impl Outbox {
             buf: VecDeque::with_capacity(limit.min(1 << 20)),
             acked: 0,
             sent: 0,
+            fin_at: None,
             limit,
         }
     }
 
-    /// How many more bytes the application may write now.
+    /// How many more bytes the application may write now (none after its FIN).
     pub fn room(&self) -> usize {
+        if self.fin_at.is_some() {
+            return 0;
+        }
         self.limit - self.buf.len()
     }
 
@@ -60,17 +86,52 @@ impl Outbox {
         n
     }
 
-    /// The next bytes to send, at most `max`, with their offset; they count as sent.
-    pub fn next_frame(&mut self, max: usize) -> Option<(u64, Vec<u8>)> {
+    /// The application finished writing: a FIN follows its last byte.
+    pub fn finish(&mut self) {
+        if self.fin_at.is_none() {
+            self.fin_at = Some(self.acked + self.buf.len() as u64);
+        }
+    }
+
+    /// What to send next, at most `max` bytes; it counts as sent.
+    pub fn next(&mut self, max: usize) -> Option<Next<'_>> {
+        if self.fin_at == Some(self.sent) {
+            self.sent += 1;
+            return Some(Next::Fin {
+                offset: self.sent - 1,
+            });
+        }
         let start = usize::try_from(self.sent - self.acked).ok()?;
         let end = self.buf.len().min(start.saturating_add(max));
         if start >= end {
             return None;
         }
-        let bytes: Vec<u8> = self.buf.range(start..end).copied().collect();
         let offset = self.sent;
-        self.sent += bytes.len() as u64;
-        Some((offset, bytes))
+        self.sent += (end - start) as u64;
+        let (a, b) = self.buf.as_slices();
+        let bytes = if end <= a.len() {
+            (&a[start..end], &b[..0])
+        } else if start >= a.len() {
+            (&b[start - a.len()..end - a.len()], &b[..0])
+        } else {
+            (&a[start..], &b[..end - a.len()])
+        };
+        Some(Next::Data { offset, bytes })
+    }
+
+    /// Whether there is something to send now.
+    pub fn has_unsent(&self) -> bool {
+        self.sent < self.acked + self.buf.len() as u64 || self.fin_at == Some(self.sent)
+    }
+
+    /// Whether the other end has acknowledged the FIN (and so every byte).
+    pub fn fin_acked(&self) -> bool {
+        self.fin_at.is_some_and(|fin| self.acked > fin)
+    }
+
+    /// The offset after the last thing sent on this leg.
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// The other end has every byte before `offset`: they leave the outbox.
@@ -82,7 +143,8 @@ impl Outbox {
             });
         }
         if offset > self.acked {
-            let n = (offset - self.acked) as usize;
+            let n = usize::try_from(offset - self.acked)
+                .map_or(self.buf.len(), |n| n.min(self.buf.len()));
             self.buf.drain(..n);
             self.acked = offset;
         }
@@ -123,6 +185,7 @@ impl Outbox {
 #[derive(Debug, Default)]
 pub struct Inbox {
     next: u64,
+    fin: bool,
 }
 
 impl Inbox {
@@ -137,13 +200,40 @@ impl Inbox {
         }
         let skip = usize::try_from(self.next - offset).unwrap_or(usize::MAX);
         let new = bytes.get(skip..).unwrap_or(&[]);
+        if self.fin && !new.is_empty() {
+            return Err(StreamError::DataAfterFin {
+                offset,
+                fin: self.next,
+            });
+        }
         self.next += new.len() as u64;
         Ok(new)
     }
 
-    /// Every byte before this offset has been delivered: what acknowledgements and resumes say.
+    /// Takes the peer's FIN at `offset`: true the first time, false for a replay of it.
+    pub fn accept_fin(&mut self, offset: u64) -> Result<bool, StreamError> {
+        match (self.fin, offset == self.next) {
+            (false, true) => {
+                self.fin = true;
+                Ok(true)
+            }
+            (true, true) => Ok(false),
+            _ => Err(StreamError::FinMisplaced {
+                offset,
+                expected: self.next,
+            }),
+        }
+    }
+
+    /// Whether the peer's application has finished writing.
+    pub fn finished(&self) -> bool {
+        self.fin
+    }
+
+    /// Everything before this offset has been delivered (the FIN counts one): what
+    /// acknowledgements and resumes say.
     pub fn received(&self) -> u64 {
-        self.next
+        self.next + u64::from(self.fin)
     }
 }
 
@@ -152,16 +242,55 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A frame on the leg, owned.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Frame {
+        Data(u64, Vec<u8>),
+        Fin(u64),
+    }
+
+    fn take(out: &mut Outbox, max: usize) -> Option<Frame> {
+        Some(match out.next(max)? {
+            Next::Data { offset, bytes } => Frame::Data(offset, [bytes.0, bytes.1].concat()),
+            Next::Fin { offset } => Frame::Fin(offset),
+        })
+    }
+
+    fn arrive(inbox: &mut Inbox, frame: Frame, delivered: &mut Vec<u8>) {
+        match frame {
+            Frame::Data(offset, bytes) => {
+                delivered.extend_from_slice(inbox.accept(offset, &bytes).unwrap())
+            }
+            Frame::Fin(offset) => {
+                inbox.accept_fin(offset).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_full_outbox_takes_nothing_more_until_acknowledged() {
         let mut out = Outbox::new(8);
         assert_eq!(out.push(b"abcdefghij"), 8);
         assert_eq!(out.room(), 0);
-        let (offset, bytes) = out.next_frame(5).unwrap();
-        assert_eq!((offset, bytes.as_slice()), (0, &b"abcde"[..]));
+        assert_eq!(take(&mut out, 5), Some(Frame::Data(0, b"abcde".to_vec())));
         out.ack(5).unwrap();
         assert_eq!(out.room(), 5);
         assert_eq!(out.push(b"ij"), 2);
+    }
+
+    #[test]
+    fn a_frame_across_the_rings_end_comes_in_two_slices() {
+        let mut out = Outbox::new(8);
+        out.push(b"abcdef");
+        take(&mut out, 6);
+        out.ack(6).unwrap();
+        out.push(b"ghijkl");
+        match out.next(8) {
+            Some(Next::Data { offset: 6, bytes }) => {
+                assert_eq!([bytes.0, bytes.1].concat(), b"ghijkl")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -181,10 +310,39 @@ mod tests {
     }
 
     #[test]
+    fn the_fin_takes_one_offset_and_is_acknowledged_like_a_byte() {
+        let mut out = Outbox::new(16);
+        out.push(b"abc");
+        out.finish();
+        assert_eq!(out.room(), 0, "nothing after the FIN");
+        assert_eq!(take(&mut out, 16), Some(Frame::Data(0, b"abc".to_vec())));
+        assert_eq!(take(&mut out, 16), Some(Frame::Fin(3)));
+        assert_eq!(take(&mut out, 16), None);
+        let mut inbox = Inbox::default();
+        inbox.accept(0, b"abc").unwrap();
+        assert_eq!(inbox.accept_fin(3), Ok(true));
+        assert_eq!(inbox.accept_fin(3), Ok(false), "a replayed FIN");
+        assert_eq!(inbox.received(), 4);
+        assert!(inbox.accept(3, b"x").is_err(), "data after the FIN");
+        out.ack(3).unwrap();
+        assert!(!out.fin_acked());
+        out.ack(4).unwrap();
+        assert!(out.fin_acked());
+        // A FIN replayed on a new leg after the peer lost it.
+        let mut out = Outbox::new(16);
+        out.push(b"ab");
+        out.finish();
+        take(&mut out, 16);
+        take(&mut out, 16);
+        out.resume_from(2).unwrap();
+        assert_eq!(take(&mut out, 16), Some(Frame::Fin(2)));
+    }
+
+    #[test]
     fn a_peer_that_breaks_the_rules_is_refused() {
         let mut out = Outbox::new(16);
         out.push(b"abcdef");
-        out.next_frame(4).unwrap();
+        take(&mut out, 4).unwrap();
         assert_eq!(
             out.ack(5),
             Err(StreamError::AckBeyondSent { ack: 5, sent: 4 })
@@ -198,10 +356,15 @@ mod tests {
             out.resume_from(6),
             Err(StreamError::ResumeBeyondSent { from: 6, sent: 4 })
         );
+        let mut inbox = Inbox::default();
+        inbox.accept(0, b"ab").unwrap();
+        assert!(inbox.accept_fin(5).is_err(), "a FIN past a gap");
+        assert!(inbox.accept_fin(1).is_err(), "a FIN inside the data");
     }
 
     proptest! {
-        // Whatever the leg loses when it breaks, every byte arrives once and in order.
+        // Whatever the leg loses when it breaks, every byte arrives once and in order, and the
+        // FIN after them.
         #[test]
         fn bytes_arrive_exactly_once_in_order_across_any_breaks(
             data in proptest::collection::vec(any::<u8>(), 1..4000),
@@ -211,24 +374,28 @@ mod tests {
             let mut inbox = Inbox::default();
             let mut delivered = Vec::new();
             let mut written = 0;
-            let mut in_flight: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+            let mut in_flight: VecDeque<Frame> = VecDeque::new();
             let mut step = steps.iter().cycle();
             let mut rounds = 0;
-            while delivered.len() < data.len() {
+            while !out.fin_acked() {
                 rounds += 1;
                 prop_assert!(rounds < 100_000, "no progress");
                 let &(size, action) = step.next().unwrap();
                 written += out.push(&data[written..]);
+                if written == data.len() {
+                    out.finish();
+                }
                 // Some progress every round, whatever the random step: a frame leaves, and
-                // every other round the oldest one arrives and is acknowledged.
-                if let Some(frame) = out.next_frame(size) {
+                // every other round the oldest one arrives and an acknowledgement (a heartbeat,
+                // if nothing else) goes back.
+                if let Some(frame) = take(&mut out, size) {
                     in_flight.push_back(frame);
                 }
                 if rounds % 2 == 0 {
-                    if let Some((offset, bytes)) = in_flight.pop_front() {
-                        delivered.extend_from_slice(inbox.accept(offset, &bytes).unwrap());
-                        out.ack(inbox.received()).unwrap();
+                    if let Some(frame) = in_flight.pop_front() {
+                        arrive(&mut inbox, frame, &mut delivered);
                     }
+                    out.ack(inbox.received()).unwrap();
                 }
                 match action {
                     // The leg breaks: what is in flight is lost; resume from the inbox.
@@ -238,8 +405,8 @@ mod tests {
                     }
                     // A frame arrives; sometimes its acknowledgement too.
                     1..=4 => {
-                        if let Some((offset, bytes)) = in_flight.pop_front() {
-                            delivered.extend_from_slice(inbox.accept(offset, &bytes).unwrap());
+                        if let Some(frame) = in_flight.pop_front() {
+                            arrive(&mut inbox, frame, &mut delivered);
                             if action % 2 == 0 {
                                 out.ack(inbox.received()).unwrap();
                             }
@@ -247,13 +414,14 @@ mod tests {
                     }
                     // A frame leaves.
                     _ => {
-                        if let Some(frame) = out.next_frame(size) {
+                        if let Some(frame) = take(&mut out, size) {
                             in_flight.push_back(frame);
                         }
                     }
                 }
                 prop_assert!(out.unacked() <= 512, "bounded");
             }
+            prop_assert!(inbox.finished());
             prop_assert_eq!(delivered, data);
         }
     }

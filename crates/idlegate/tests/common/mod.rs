@@ -128,3 +128,26 @@ pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
         .expect("sysctl");
     assert!(status.success(), "enabling forwarding in {internet_ns}");
 }
+
+/// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit); fails the
+/// test loudly if the hard limit is lower.
+#[allow(dead_code)] // not every test file opens thousands
+pub fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(
+            lim.rlim_max >= want,
+            "this test needs {want} file descriptors; the hard limit is {}",
+            lim.rlim_max
+        );
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+}
