@@ -5,20 +5,22 @@
 //! forwards each connection to `connect`, byte for byte in both directions. Both of its sockets
 //! carry TCP keepalive ([`Keepalive`]: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
 //! and a matching TCP_USER_TIMEOUT, so the kernel refreshes the path under an idle application
-//! and a dead peer is found in bounded time. Each direction is copied on its own thread with
-//! splice(2) through a pipe (zero-copy; read/write where splice cannot be used), which bounds
-//! what the relay holds to one pipe per direction: a slow reader slows the writer, never grows
-//! a buffer. A FIN one way is passed on as a FIN (the other way keeps flowing); a RST from
-//! either side is passed on as a RST to the other. Many connections run at once, each on its
-//! own two threads.
+//! and a dead peer is found in bounded time. Connections run on a few event-loop workers (one
+//! per core, mio): each direction moves with non-blocking splice(2) through a pipe made at its
+//! first byte (zero-copy), which bounds what the relay holds to one pipe per direction: a slow
+//! reader slows the writer, never grows a buffer. A FIN one way is passed on as a FIN (the
+//! other way keeps flowing); a RST from either side, or a failure to deliver to it, reaches
+//! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
+//! and a few socket options.
 
-use crate::echo::wait_readable;
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
 use socket2::{SockRef, TcpKeepalive};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +83,7 @@ impl Keepalive {
     }
 
     /// Sets it all on `stream`.
-    pub(crate) fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+    pub(crate) fn apply(&self, stream: &impl AsFd) -> io::Result<()> {
         let sock = SockRef::from(stream);
         let params = TcpKeepalive::new()
             .with_time(self.idle)
@@ -178,6 +180,7 @@ impl Relay {
     pub fn bind(listen: SocketAddr, connect: SocketAddr, keepalive: Keepalive) -> Result<Relay> {
         let listener =
             TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        listener.set_nonblocking(true)?;
         Ok(Relay {
             listener,
             connect,
@@ -195,7 +198,7 @@ impl Relay {
         self.stats.clone()
     }
 
-    /// A flag that stops [`Relay::run`] when set (connections already open go on).
+    /// A flag that stops [`Relay::run`] when set; the connections it holds are closed.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -205,79 +208,321 @@ impl Relay {
         self.stop = stop;
     }
 
-    /// Accepts and relays until stopped.
+    /// Accepts and relays until stopped, on one worker per core (at most [`MAX_WORKERS`]).
     pub fn run(&self) -> Result<()> {
-        self.listener.set_nonblocking(true)?;
-        while !self.stop.load(Ordering::Relaxed) {
-            let (client, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_WORKERS);
+        std::thread::scope(|scope| {
+            let mut handles = Vec::new();
+            for i in 1..workers {
+                let listener = self.listener.try_clone()?;
+                handles.push(
+                    std::thread::Builder::new()
+                        .name(format!("relay worker {i}"))
+                        .spawn_scoped(scope, move || self.worker(listener))?,
+                );
+            }
+            let mut result = self.worker(self.listener.try_clone()?);
+            for h in handles {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a relay worker panicked")));
+                result = result.and(r);
+            }
+            result
+        })
+    }
+
+    fn worker(&self, listener: TcpListener) -> Result<()> {
+        Worker::new(self, listener)?.run()
+    }
+}
+
+/// The most worker threads per relay.
+pub const MAX_WORKERS: usize = 4;
+
+const LISTENER: Token = Token(usize::MAX);
+
+/// One event loop: its share of the listener's connections.
+struct Worker<'r> {
+    relay: &'r Relay,
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    conns: Slab<Conn>,
+}
+
+/// One relayed connection: the client's socket, the server's, and a direction each way.
+struct Conn {
+    client: mio::net::TcpStream,
+    server: mio::net::TcpStream,
+    /// The server's connect has completed.
+    connected: bool,
+    up: Direction,
+    down: Direction,
+}
+
+/// One way of a connection: what the source sent, moved to the destination with splice(2)
+/// through a pipe made at its first byte.
+#[derive(Default)]
+struct Direction {
+    pipe: Option<(OwnedFd, OwnedFd)>,
+    /// Bytes in the pipe, not yet written to the destination.
+    in_pipe: usize,
+    /// The most one splice moves: the pipe's size.
+    chunk: usize,
+    /// The pipe was offered a larger size.
+    grown: bool,
+    /// The source's EOF was passed on as a FIN.
+    done: bool,
+}
+
+/// How a direction's pump stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// Both sockets would block: wait for the next event.
+    Blocked,
+    /// The source reset (or timed out): the destination gets a RST.
+    SourceFailed,
+    /// The destination failed: the source gets a RST.
+    DestinationFailed,
+}
+
+impl<'r> Worker<'r> {
+    fn new(relay: &'r Relay, listener: TcpListener) -> Result<Worker<'r>> {
+        let poll = Poll::new()?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Worker {
+            relay,
+            poll,
+            listener,
+            conns: Slab::new(),
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            if self.relay.stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(STOP_CHECK)) {
+                if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                Err(e) => {
-                    tracing::warn!("relay: accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
+                return Err(e.into());
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    Token(t) => self.on_event(t / 2),
                 }
-            };
-            let (connect, keepalive, stats) = (self.connect, self.keepalive, self.stats.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("relay {peer}"))
-                .spawn(move || {
-                    if let Err(e) = relay_one(client, connect, keepalive, &stats) {
-                        tracing::info!("relay: {peer}: {e:#}");
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!("relay: no thread for {peer}: {e}");
             }
         }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((client, peer)) => {
+                    if let Err(e) = self.open(client) {
+                        tracing::info!("relay: {peer}: {e:#}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, most likely: the connection waits in the queue.
+                    tracing::warn!("relay: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts the connection to the server for a newly accepted client.
+    fn open(&mut self, mut client: mio::net::TcpStream) -> Result<()> {
+        let keepalive = self.relay.keepalive;
+        keepalive.apply(&client)?;
+        let mut server = match mio::net::TcpStream::connect(self.relay.connect) {
+            Ok(server) => server,
+            Err(e) => {
+                reset(&client);
+                return Err(e).with_context(|| format!("connecting to {}", self.relay.connect));
+            }
+        };
+        keepalive.apply(&server)?;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let both = Interest::READABLE | Interest::WRITABLE;
+        let registry = self.poll.registry();
+        registry.register(&mut client, Token(2 * key), both)?;
+        registry.register(&mut server, Token(2 * key + 1), both)?;
+        entry.insert(Conn {
+            client,
+            server,
+            connected: false,
+            up: Direction::default(),
+            down: Direction::default(),
+        });
+        self.relay.stats.open.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
 
-/// Relays one accepted connection until both directions are done.
-fn relay_one(
-    client: TcpStream,
-    connect: SocketAddr,
-    keepalive: Keepalive,
-    stats: &Arc<Stats>,
-) -> Result<()> {
-    client.set_nonblocking(false)?;
-    keepalive.apply(&client)?;
-    let server = match TcpStream::connect(connect) {
-        Ok(s) => s,
-        Err(e) => {
-            // The application is told as a refused connection would tell it.
-            reset(&client);
-            return Err(e).with_context(|| format!("connecting to {connect}"));
+    /// Something happened on connection `key`: move what can be moved both ways.
+    fn on_event(&mut self, key: usize) {
+        let stats = &self.relay.stats;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.connected {
+            match conn.server.take_error() {
+                Ok(None) if conn.server.peer_addr().is_ok() => {
+                    conn.connected = true;
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => return, // still connecting
+                _ => {
+                    // Refused or unreachable: the application is told as a refused
+                    // connection would tell it.
+                    tracing::info!("relay: connecting to {} failed", self.relay.connect);
+                    reset(&conn.client);
+                    self.close(key);
+                    return;
+                }
+            }
         }
-    };
-    keepalive.apply(&server)?;
-    stats.connections.fetch_add(1, Ordering::Relaxed);
-    stats.open.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenGuard(stats);
-    let (c2, s2) = (client.try_clone()?, server.try_clone()?);
-    let up_stats = stats.clone();
-    let upstream = std::thread::Builder::new()
-        .name("relay up".into())
-        .spawn(move || pipe(&c2, &s2, &up_stats.bytes_to_server))?;
-    let down = pipe(&server, &client, &stats.bytes_to_client);
-    let up = upstream.join().unwrap_or(End::Failed);
-    if down == End::Reset || up == End::Reset {
-        stats.resets.fetch_add(1, Ordering::Relaxed);
+        let up = conn
+            .up
+            .pump(&conn.client, &conn.server, &stats.bytes_to_server);
+        let down = conn
+            .down
+            .pump(&conn.server, &conn.client, &stats.bytes_to_client);
+        let failed = match (up, down) {
+            (Pump::SourceFailed, _) | (_, Pump::DestinationFailed) => Some(&conn.server),
+            (_, Pump::SourceFailed) | (Pump::DestinationFailed, _) => Some(&conn.client),
+            _ => None,
+        };
+        if let Some(peer) = failed {
+            // A RST from one side (or a failure to deliver to it) reaches the other as a RST.
+            reset(peer);
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+            self.close(key);
+        } else if conn.up.done && conn.down.done {
+            self.close(key);
+        }
     }
-    Ok(())
+
+    fn close(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let registry = self.poll.registry();
+            let _ = registry.deregister(&mut conn.client);
+            let _ = registry.deregister(&mut conn.server);
+            self.relay.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Counts a connection as no longer open when dropped, however `relay_one` returns.
-struct OpenGuard<'a>(&'a Arc<Stats>);
-
-impl Drop for OpenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+impl Direction {
+    /// Moves bytes from `from` to `to` until one of them would block; passes an EOF on as a
+    /// FIN.
+    fn pump(
+        &mut self,
+        from: &mio::net::TcpStream,
+        to: &mio::net::TcpStream,
+        counter: &AtomicU64,
+    ) -> Pump {
+        if self.done {
+            return Pump::Blocked;
+        }
+        loop {
+            while self.in_pipe > 0 {
+                let Some((pipe_r, _)) = &self.pipe else { break };
+                match splice(pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe) {
+                    Ok(0) => return Pump::DestinationFailed,
+                    Ok(n) => self.in_pipe -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
+                    Err(_) => return Pump::DestinationFailed,
+                }
+            }
+            if self.pipe.is_none() {
+                match make_pipe() {
+                    Ok(pipe) => {
+                        self.pipe = Some(pipe);
+                        self.chunk = 1 << 16;
+                    }
+                    Err(e) => {
+                        tracing::warn!("relay: no pipe: {e}");
+                        return Pump::SourceFailed;
+                    }
+                }
+            }
+            let Some((_, pipe_w)) = &self.pipe else {
+                return Pump::SourceFailed;
+            };
+            match splice(from.as_raw_fd(), pipe_w.as_raw_fd(), self.chunk) {
+                Ok(0) => {
+                    self.done = true;
+                    let _ = to.shutdown(Shutdown::Write);
+                    return Pump::Blocked;
+                }
+                Ok(n) => {
+                    self.in_pipe = n;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    if n == self.chunk && !self.grown {
+                        self.grow();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
+                Err(_) => return Pump::SourceFailed,
+            }
+        }
     }
+
+    /// A connection that fills the default 64 KiB pipe (bulk data) gets a larger one, which
+    /// moves more per system call; short connections never pay for it. The kernel may refuse
+    /// (pipe-max-size): the default then serves.
+    fn grow(&mut self) {
+        self.grown = true;
+        if let Some((_, pipe_w)) = &self.pipe {
+            // SAFETY: fcntl on a descriptor this direction owns.
+            let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+            if size > 0 {
+                self.chunk = size as usize;
+            }
+        }
+    }
+}
+
+/// One non-blocking splice(2) of up to `len` bytes.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: a plain syscall on descriptors the caller holds open.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Makes `stream` end with a RST when it is closed: SO_LINGER 0.
+fn reset(stream: &mio::net::TcpStream) {
+    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// The Prometheus text of `relays` (each named by its listening address).
@@ -369,144 +614,17 @@ pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send +
     });
 }
 
-/// How one direction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// EOF from the source, passed on as a FIN.
-    Fin,
-    /// The source was reset (or timed out): passed on as a RST.
-    Reset,
-    /// The destination failed: the source was reset.
-    Failed,
-}
-
-/// Copies `from` to `to` until EOF or an error, and passes the ending on.
-fn pipe(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> End {
-    let end = match splice_all(from, to, counter) {
-        Ok(()) => End::Fin,
-        Err(Side::Source) => End::Reset,
-        Err(Side::Destination) => End::Failed,
-    };
-    match end {
-        End::Fin => {
-            let _ = to.shutdown(Shutdown::Write);
-        }
-        End::Reset => reset(to),
-        End::Failed => reset(from),
-    }
-    end
-}
-
-/// Which socket an error came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Source,
-    Destination,
-}
-
-/// Makes `stream` end with a RST: SO_LINGER 0, so the last close sends one, and a shutdown of
-/// its read side, which wakes the thread copying from it.
-fn reset(stream: &TcpStream) {
-    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
-    let _ = stream.shutdown(Shutdown::Read);
-}
-
-/// Moves bytes with splice(2) through a pipe; falls back to read/write where splice fails
-/// with EINVAL (a kernel or socket that cannot splice).
-fn splice_all(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) -> Result<(), Side> {
-    let Ok((pipe_r, pipe_w)) = make_pipe() else {
-        return copy_all(from, to, counter);
-    };
-    // The default 64 KiB pipe at first; a connection that fills it (bulk data) gets a larger
-    // one, which moves more per system call. Short connections never pay for it. The kernel
-    // may refuse (pipe-max-size): the default then serves.
-    let mut chunk = 1 << 16;
-    let mut grown = false;
-    loop {
-        // SAFETY: plain syscalls on descriptors owned for the duration of the call.
-        let n = unsafe {
-            libc::splice(
-                from.as_raw_fd(),
-                std::ptr::null_mut(),
-                pipe_w.as_raw_fd(),
-                std::ptr::null_mut(),
-                chunk,
-                libc::SPLICE_F_MOVE,
-            )
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EINVAL) => return copy_all(from, to, counter),
-                _ => return Err(Side::Source),
-            }
-        }
-        if n as usize == chunk && !grown {
-            grown = true;
-            // SAFETY: fcntl on a descriptor this function owns.
-            let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-            if size > 0 {
-                chunk = size as usize;
-            }
-        }
-        let mut left = n as usize;
-        while left > 0 {
-            // SAFETY: as above.
-            let m = unsafe {
-                libc::splice(
-                    pipe_r.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    to.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    left,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if m < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
-                }
-                return Err(Side::Destination);
-            }
-            if m == 0 {
-                return Err(Side::Destination);
-            }
-            left -= m as usize;
-        }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-}
-
 /// The pipe size asked for per direction: what the relay holds at most.
 const PIPE_SIZE: libc::c_int = 1 << 20;
 
 fn make_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both are fresh descriptors this function now owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// The read/write fallback of [`splice_all`].
-fn copy_all(mut from: &TcpStream, mut to: &TcpStream, counter: &AtomicU64) -> Result<(), Side> {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Err(Side::Source),
-        };
-        to.write_all(&buf[..n]).map_err(|_| Side::Destination)?;
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]

@@ -91,6 +91,39 @@ fn a_reset_from_the_server_reaches_the_client_as_a_reset() {
 }
 
 #[test]
+fn a_reset_from_the_client_reaches_the_server_as_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let (relay, stop) = start_relay(server_addr);
+    let client = TcpStream::connect(relay).unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // a RST
+    let mut buf = [0u8; 16];
+    let seen = conn.read(&mut buf).map_err(|e| e.kind());
+    assert_eq!(seen, Err(ErrorKind::ConnectionReset));
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn a_server_that_refuses_the_connection_is_a_reset_for_the_client() {
+    // A port with nothing listening: the relay's connect is refused.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let (relay, stop) = start_relay(server_addr);
+    let mut client = TcpStream::connect(relay).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 16];
+    let seen = client.read(&mut buf).map_err(|e| e.kind());
+    assert_eq!(seen, Err(ErrorKind::ConnectionReset));
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
 fn many_connections_are_relayed_at_once() {
     // About ten descriptors a connection (client, server, the relay's two sockets and two
     // pipes): raise this process's soft limit to its hard one.
