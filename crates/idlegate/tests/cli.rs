@@ -1083,3 +1083,97 @@ fn profiles_lists_each_profile_and_show_prints_a_config_that_is_accepted() {
         unknown.stderr
     );
 }
+
+#[test]
+fn keygen_writes_a_private_key_and_never_overwrites_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("tunnel.key");
+    let key_arg = key.to_str().unwrap();
+    let made = idlegate(&["keygen", key_arg], COMMAND_TIMEOUT);
+    assert!(made.status.success(), "{}", made.stderr);
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&key).unwrap();
+    assert_eq!(first.trim().len(), 64);
+    let again = idlegate(&["keygen", key_arg], COMMAND_TIMEOUT);
+    assert!(!again.status.success());
+    assert!(again.stderr.contains("tunnel.key"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&key).unwrap(),
+        first,
+        "the key is kept"
+    );
+}
+
+#[test]
+fn a_tunnel_with_a_missing_or_unprotected_key_is_refused_before_it_listens() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("tunnel.key");
+    let key_arg = key.to_str().unwrap();
+    // No --key at all: clap names the missing flag.
+    let no_key = idlegate(
+        &[
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:9",
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!no_key.status.success());
+    assert!(no_key.stderr.contains("--key"), "{}", no_key.stderr);
+    // A key file others may read.
+    assert!(idlegate(&["keygen", key_arg], COMMAND_TIMEOUT)
+        .status
+        .success());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let open = idlegate(
+        &[
+            "relay",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+            "--key",
+            key_arg,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!open.status.success());
+    assert!(open.stderr.contains("chmod 600"), "{}", open.stderr);
+    // A file that is not a key.
+    std::fs::write(&key, "not a key\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bad = idlegate(
+        &[
+            "relay",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+            "--key",
+            key_arg,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("not a tunnel key"), "{}", bad.stderr);
+    // Both ends at once make no sense.
+    let both = idlegate(
+        &[
+            "relay",
+            "--tunnel",
+            "127.0.0.1:9",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--key",
+            key_arg,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!both.status.success());
+    assert!(both.stderr.contains("--tunnel"), "{}", both.stderr);
+}
