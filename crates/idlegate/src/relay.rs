@@ -250,6 +250,9 @@ struct Worker<'r> {
     poll: Poll,
     listener: mio::net::TcpListener,
     conns: Slab<Conn>,
+    /// Accepting stopped on a lack of resources (descriptors): try again at every wake-up,
+    /// since the edge-triggered listener will not say so again for connections already queued.
+    accept_again: bool,
 }
 
 /// One relayed connection: the client's socket, the server's, and a direction each way.
@@ -299,6 +302,7 @@ impl<'r> Worker<'r> {
             poll,
             listener,
             conns: Slab::new(),
+            accept_again: false,
         })
     }
 
@@ -320,10 +324,14 @@ impl<'r> Worker<'r> {
                     Token(t) => self.on_event(t / 2),
                 }
             }
+            if self.accept_again {
+                self.accept_all();
+            }
         }
     }
 
     fn accept_all(&mut self) {
+        self.accept_again = false;
         loop {
             match self.listener.accept() {
                 Ok((client, peer)) => {
@@ -332,12 +340,17 @@ impl<'r> Worker<'r> {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Out of descriptors, most likely: the connection waits in the queue.
-                    tracing::warn!("relay: accept failed: {e}");
-                    return;
-                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        // The connection waits in the queue until descriptors are free.
+                        tracing::warn!("relay: accept failed: {e}; retrying");
+                        self.accept_again = true;
+                        return;
+                    }
+                    // One connection's trouble (aborted before accept, a protocol error):
+                    // the next may be fine.
+                    _ => tracing::debug!("relay: accept: {e}"),
+                },
             }
         }
     }
@@ -400,6 +413,10 @@ impl<'r> Worker<'r> {
         let down = conn
             .down
             .pump(&conn.server, &conn.client, &stats.bytes_to_client);
+        // A side that sent its FIN may still reset later (or time out): its pump no longer
+        // reads it, so ask the socket.
+        let up = reset_after_fin(up, &conn.up, &conn.client);
+        let down = reset_after_fin(down, &conn.down, &conn.server);
         let failed = match (up, down) {
             (Pump::SourceFailed, _) | (_, Pump::DestinationFailed) => Some(&conn.server),
             (_, Pump::SourceFailed) | (Pump::DestinationFailed, _) => Some(&conn.client),
@@ -494,6 +511,15 @@ impl Direction {
             }
         }
     }
+}
+
+/// A direction whose source finished with a FIN, and whose source has since failed, counts
+/// as a failed source.
+fn reset_after_fin(pump: Pump, dir: &Direction, source: &mio::net::TcpStream) -> Pump {
+    if pump == Pump::Blocked && dir.done && matches!(source.take_error(), Ok(Some(_))) {
+        return Pump::SourceFailed;
+    }
+    pump
 }
 
 /// One non-blocking splice(2) of up to `len` bytes.

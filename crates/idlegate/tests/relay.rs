@@ -109,6 +109,56 @@ fn a_reset_from_the_client_reaches_the_server_as_a_reset() {
 }
 
 #[test]
+fn a_reset_after_a_half_close_ends_the_relayed_connection_though_the_server_is_quiet() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server_addr, keepalive()).unwrap();
+    let (addr, stats, stop) = (
+        relay.local_addr().unwrap(),
+        relay.stats(),
+        relay.stop_flag(),
+    );
+    std::thread::spawn(move || relay.run());
+    let client = TcpStream::connect(addr).unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(conn.read(&mut buf).unwrap(), 0, "the FIN first");
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client); // then a RST, while the server says nothing
+    let deadline = std::time::Instant::now() + WAIT;
+    while stats.open.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        stats.open.load(Ordering::Relaxed),
+        0,
+        "the relay let the connection go"
+    );
+    assert_eq!(stats.resets.load(Ordering::Relaxed), 1, "as a reset");
+    // The server's next write fails: its side was reset too (after a FIN, reads say only EOF).
+    let mut failed = None;
+    for _ in 0..50 {
+        if let Err(e) = conn.write_all(b"late") {
+            failed = Some(e.kind());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        matches!(
+            failed,
+            Some(ErrorKind::ConnectionReset | ErrorKind::BrokenPipe)
+        ),
+        "{failed:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
 fn a_server_that_refuses_the_connection_is_a_reset_for_the_client() {
     // A port with nothing listening: the relay's connect is refused.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();

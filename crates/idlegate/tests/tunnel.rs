@@ -306,6 +306,35 @@ fn bytes_and_a_half_close_cross_the_tunnel_exactly() {
 }
 
 #[test]
+fn a_session_that_ends_while_the_client_reads_slowly_still_delivers_its_last_bytes() {
+    // The exit finishes first (the server wrote everything and closed; the client had sent
+    // its FIN) while the entry still holds bytes for a client that is slow to read.
+    const BYTES: usize = 6 << 20;
+    let key = Key::random().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
+    let entry = start_entry(exit.addr, &key, settings(500, WAIT));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.write_all(&vec![0xab; BYTES]).unwrap();
+        let mut rest = Vec::new();
+        conn.read_to_end(&mut rest).unwrap();
+    });
+    let mut client = TcpStream::connect(entry.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), BYTES);
+    assert_eq!(entry.stats.resets.load(Ordering::Relaxed), 0);
+    assert_eq!(entry.stats.expired.load(Ordering::Relaxed), 0);
+}
+
+#[test]
 fn a_leg_cut_again_and_again_is_resumed_without_losing_a_byte() {
     const BYTES: u64 = 24 << 20;
     const CUTS: u64 = 5;
@@ -541,8 +570,8 @@ fn a_client_that_never_reads_stops_the_server_with_bounded_memory() {
     let key = Key::random().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = listener.local_addr().unwrap();
-    let (exit, _) = start_exit(server_addr, &key, settings(300, WAIT));
-    let entry = start_entry(exit.addr, &key, settings(300, WAIT));
+    let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
+    let entry = start_entry(exit.addr, &key, settings(1000, WAIT));
     let client = TcpStream::connect(entry.addr).unwrap(); // never reads
     let (mut conn, _) = listener.accept().unwrap();
     conn.set_nonblocking(true).unwrap();

@@ -1,7 +1,7 @@
 //! A leg: one TCP connection between the two ends of a tunnel, authenticated and encrypted
-//! with Noise (the `snow` crate; no cryptography of our own).
+//! with Noise (the `snow` crate, with `ring`'s AES-GCM; no cryptography of our own).
 //!
-//! Contract: the pattern is `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s` with the pair's [`Key`] as
+//! Contract: the pattern is `Noise_NNpsk0_25519_AESGCM_BLAKE2s` with the pair's [`Key`] as
 //! the pre-shared key and the protocol's name and version as the prologue. The initiator's
 //! first message already depends on the key, so the responder refuses a peer without it after
 //! one message; fresh ephemeral keys give every leg its own session keys (forward secrecy). A
@@ -20,10 +20,10 @@ use super::key::Key;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
-const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
+const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 const PROLOGUE: &[u8] = b"idlegate tunnel 1";
 const MAX_RECORD: usize = 65_535;
 /// How much a leg reads per call.
@@ -57,6 +57,8 @@ pub struct Leg {
     tx_start: usize,
     /// A frame's plaintext while it is being sealed.
     plain: Vec<u8>,
+    /// Until the leg goes non-blocking: when the handshake, Hello and Welcome must be done.
+    deadline: Instant,
 }
 
 impl std::fmt::Debug for Leg {
@@ -82,46 +84,45 @@ fn builder(key: &Key) -> Result<snow::Builder<'_>, LegError> {
 }
 
 impl Leg {
-    /// Runs the initiator's handshake on a connected stream; gives up after `timeout` of
-    /// silence.
+    /// Runs the initiator's handshake on a connected stream. The handshake and the first
+    /// message each way ([`Leg::send_now`], [`Leg::recv_now`]) must be done within `timeout`
+    /// in all, however slowly the peer trickles its bytes.
     pub fn initiate(stream: TcpStream, key: &Key, timeout: Duration) -> Result<Leg, LegError> {
+        let deadline = Instant::now() + timeout;
         let mut hs = builder(key)?
             .build_initiator()
             .map_err(LegError::Handshake)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
         let mut buf = vec![0u8; MAX_RECORD];
         let n = hs
             .write_message(&[], &mut buf)
             .map_err(LegError::Handshake)?;
-        write_record(&stream, &buf[..n])?;
-        let msg = read_record(&stream)?;
+        write_record(&stream, &buf[..n], deadline)?;
+        let msg = read_record(&stream, deadline)?;
         hs.read_message(&msg, &mut buf)
             .map_err(LegError::Handshake)?;
         let noise = hs.into_transport_mode().map_err(LegError::Handshake)?;
-        Ok(Leg::new(stream, noise))
+        Ok(Leg::new(stream, noise, deadline))
     }
 
-    /// Runs the responder's handshake on an accepted stream.
+    /// Runs the responder's handshake on an accepted stream, within `timeout` in all.
     pub fn respond(stream: TcpStream, key: &Key, timeout: Duration) -> Result<Leg, LegError> {
+        let deadline = Instant::now() + timeout;
         let mut hs = builder(key)?
             .build_responder()
             .map_err(LegError::Handshake)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
         let mut buf = vec![0u8; MAX_RECORD];
-        let msg = read_record(&stream)?;
+        let msg = read_record(&stream, deadline)?;
         hs.read_message(&msg, &mut buf)
             .map_err(LegError::Handshake)?;
         let n = hs
             .write_message(&[], &mut buf)
             .map_err(LegError::Handshake)?;
-        write_record(&stream, &buf[..n])?;
+        write_record(&stream, &buf[..n], deadline)?;
         let noise = hs.into_transport_mode().map_err(LegError::Handshake)?;
-        Ok(Leg::new(stream, noise))
+        Ok(Leg::new(stream, noise, deadline))
     }
 
-    fn new(stream: TcpStream, noise: snow::TransportState) -> Leg {
+    fn new(stream: TcpStream, noise: snow::TransportState, deadline: Instant) -> Leg {
         Leg {
             stream,
             noise,
@@ -132,6 +133,7 @@ impl Leg {
             tx: Vec::with_capacity(READ_CHUNK),
             tx_start: 0,
             plain: Vec::with_capacity(MAX_PLAINTEXT),
+            deadline,
         }
     }
 
@@ -224,22 +226,24 @@ impl Leg {
         Ok(Some(n))
     }
 
-    /// Blocking: sends one frame now (during Hello and Welcome).
+    /// Blocking: sends one frame now (during Hello and Welcome), by the handshake's deadline.
     pub fn send_now(&mut self, frame: &Frame) -> Result<(), LegError> {
         self.send(frame)?;
+        self.stream.set_write_timeout(Some(left(self.deadline)?))?;
         let result = (&self.stream).write_all(&self.tx[self.tx_start..]);
         self.tx.clear();
         self.tx_start = 0;
         Ok(result?)
     }
 
-    /// Blocking: waits (up to the handshake's timeout) for one message, into `plain`.
+    /// Blocking: waits (up to the handshake's deadline) for one message, into `plain`.
     pub fn recv_now(&mut self, plain: &mut [u8]) -> Result<usize, LegError> {
         loop {
             if let Some(n) = self.next_frame(plain)? {
                 return Ok(n);
             }
             self.make_room();
+            self.stream.set_read_timeout(Some(left(self.deadline)?))?;
             match (&self.stream).read(&mut self.rx[self.rx_end..]) {
                 Ok(0) => return Err(LegError::Closed),
                 Ok(n) => self.rx_end += n,
@@ -249,24 +253,32 @@ impl Leg {
         }
     }
 
-    /// From here on the leg does not block; TCP_USER_TIMEOUT bounds how long unacknowledged
-    /// data may wait.
-    pub fn go_nonblocking(&self, user_timeout: Duration) -> io::Result<()> {
-        let sock = socket2::SockRef::from(&self.stream);
-        sock.set_tcp_user_timeout(Some(user_timeout))?;
-        sock.set_tcp_nodelay(true)?;
+    /// From here on the leg does not block. (No TCP_USER_TIMEOUT: the heartbeats find a
+    /// dead leg, and a zero window held by a slow application must not abort it.)
+    pub fn go_nonblocking(&self) -> io::Result<()> {
+        socket2::SockRef::from(&self.stream).set_tcp_nodelay(true)?;
         self.stream.set_read_timeout(None)?;
         self.stream.set_write_timeout(None)?;
         self.stream.set_nonblocking(true)
     }
 
-    /// Ends the leg in order: a FIN after what was sent.
-    pub fn finish(&self) {
+    /// Ends the leg in order, waiting at most `timeout`: what is sealed is written, then a
+    /// FIN, then whatever the peer still sends is read until its FIN, so that closing never
+    /// turns into a RST that would discard the last frames on either side.
+    pub fn close_in_order(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(timeout));
+        let _ = (&self.stream).write_all(&self.tx[self.tx_start..]);
         let _ = self.stream.shutdown(Shutdown::Write);
-    }
-
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        let mut sink = [0u8; 4096];
+        while let Ok(wait) = left(deadline) {
+            let _ = self.stream.set_read_timeout(Some(wait));
+            match (&self.stream).read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
@@ -276,28 +288,50 @@ impl AsRawFd for Leg {
     }
 }
 
-fn write_record(mut stream: &TcpStream, msg: &[u8]) -> io::Result<()> {
+/// The time left until `deadline`, or a timeout error once it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
+fn write_record(mut stream: &TcpStream, msg: &[u8], deadline: Instant) -> io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("record too long"))?;
     let mut record = Vec::with_capacity(2 + msg.len());
     record.extend_from_slice(&len.to_be_bytes());
     record.extend_from_slice(msg);
+    stream.set_write_timeout(Some(left(deadline)?))?;
     stream.write_all(&record)
 }
 
-fn read_record(mut stream: &TcpStream) -> Result<Vec<u8>, LegError> {
+fn read_record(stream: &TcpStream, deadline: Instant) -> Result<Vec<u8>, LegError> {
     let mut len = [0u8; 2];
-    stream.read_exact(&mut len).map_err(closed_or_io)?;
+    read_exact_by(stream, &mut len, deadline)?;
     let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
-    stream.read_exact(&mut msg).map_err(closed_or_io)?;
+    read_exact_by(stream, &mut msg, deadline)?;
     Ok(msg)
 }
 
-fn closed_or_io(e: io::Error) -> LegError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        LegError::Closed
-    } else {
-        LegError::Io(e)
+/// read_exact, but the whole of it by `deadline`: a peer that trickles a byte at a time
+/// cannot hold the handshake open.
+fn read_exact_by(
+    mut stream: &TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), LegError> {
+    let mut at = 0;
+    while at < buf.len() {
+        stream.set_read_timeout(Some(left(deadline)?))?;
+        match stream.read(&mut buf[at..]) {
+            Ok(0) => return Err(LegError::Closed),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stream::StreamError;
 
 /// How a tunnel behaves; the same on both ends of a pair.
 #[derive(Debug, Clone)]
@@ -195,7 +196,7 @@ impl Dial {
                 ))))
             }
         };
-        leg.go_nonblocking(self.settings.leg_timeout())?;
+        leg.go_nonblocking()?;
         Ok((leg, answer))
     }
 
@@ -228,7 +229,7 @@ impl Dial {
         loop {
             match s.run_leg(&mut leg, None) {
                 LegEnd::Done => {
-                    linger_until_closed(&leg, self.settings.leg_timeout());
+                    leg.close_in_order(self.settings.leg_timeout());
                     return Ok(());
                 }
                 LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
@@ -295,25 +296,6 @@ fn refusal(answer: &Frame) -> String {
     match answer {
         Frame::Refuse(reason) => reason.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-/// After the session is done: a FIN, then wait (bounded) for the exit's, so the last
-/// acknowledgement is not cut off by our close.
-fn linger_until_closed(leg: &Leg, timeout: Duration) {
-    leg.finish();
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 4096];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if !wait_readable(leg.as_raw_fd(), Some(left)).unwrap_or(false) {
-            return;
-        }
-        match leg.stream().read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
     }
 }
 
@@ -506,23 +488,6 @@ impl ExitLeg {
 
     /// A new session: connect to the target, welcome the entry, and carry it.
     fn start(self, mut leg: Leg) -> Result<()> {
-        let full = self.sessions.lock().map(|s| s.len()).unwrap_or(usize::MAX)
-            >= self.settings.max_sessions;
-        if full {
-            let _ = leg.send_now(&Frame::Refuse(Refusal::Full));
-            anyhow::bail!("refused a new session: {} held", self.settings.max_sessions);
-        }
-        let app = match TcpStream::connect_timeout(
-            &self.connect,
-            self.settings.leg_timeout().max(Duration::from_secs(1)),
-        ) {
-            Ok(app) => app,
-            Err(e) => {
-                let _ = leg.send_now(&Frame::Refuse(Refusal::TargetUnreachable));
-                return Err(e).with_context(|| format!("connecting to {}", self.connect));
-            }
-        };
-        let _ = self.settings.keepalive.apply(&app);
         let (id, token) = (SessionId(random()?), Token(random()?));
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
@@ -531,17 +496,34 @@ impl ExitLeg {
             offer: Mutex::new(None),
             wake_tx,
         });
-        self.sessions
-            .lock()
-            .map_err(|_| anyhow::anyhow!("session table poisoned"))?
-            .insert(id, slot.clone());
+        {
+            let mut sessions = self
+                .sessions
+                .lock()
+                .map_err(|_| anyhow::anyhow!("session table poisoned"))?;
+            if sessions.len() >= self.settings.max_sessions {
+                drop(sessions);
+                let _ = leg.send_now(&Frame::Refuse(Refusal::Full));
+                anyhow::bail!("refused a new session: {} held", self.settings.max_sessions);
+            }
+            sessions.insert(id, slot.clone());
+        }
         let _forget = Forget(&self.sessions, id);
+        let connect_timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
+        let app = match TcpStream::connect_timeout(&self.connect, connect_timeout) {
+            Ok(app) => app,
+            Err(e) => {
+                let _ = leg.send_now(&Frame::Refuse(Refusal::TargetUnreachable));
+                return Err(e).with_context(|| format!("connecting to {}", self.connect));
+            }
+        };
+        let _ = self.settings.keepalive.apply(&app);
         leg.send_now(&Frame::Welcome {
             session: id,
             token,
             received: 0,
         })?;
-        leg.go_nonblocking(self.settings.leg_timeout())?;
+        leg.go_nonblocking()?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         let _open = Open(&self.stats);
@@ -554,60 +536,90 @@ impl ExitLeg {
             self.settings.heartbeat,
             self.stats.clone(),
         )?;
+        // While the session has no live leg: since when.
+        let mut waiting: Option<Instant> = None;
         loop {
-            let end = s.run_leg(&mut leg, Some(wake_rx.as_raw_fd()));
-            let (new_leg, received) = match end {
-                LegEnd::Done => return Ok(()),
-                LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
-                LegEnd::Violation(why) => {
-                    s.reset_app();
-                    anyhow::bail!("session {id}: the entry broke the protocol: {why}");
-                }
-                LegEnd::Replaced => match take_offer(&wake_rx, &slot) {
-                    Some(offer) => offer,
-                    None => continue,
-                },
-                LegEnd::Lost(why) => {
-                    tracing::info!("tunnel: session {id}: leg lost ({why}); waiting for the entry");
-                    let deadline = Instant::now() + self.settings.resume_within;
-                    let offer = loop {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break None;
-                        }
-                        if wait_readable(wake_rx.as_raw_fd(), Some(left)).unwrap_or(false) {
-                            if let Some(offer) = take_offer(&wake_rx, &slot) {
-                                break Some(offer);
-                            }
-                        }
-                    };
-                    let Some(offer) = offer else {
-                        s.reset_app();
-                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
-                        anyhow::bail!(
-                            "session {id}: not resumed within {:?}; the server's connection was reset",
-                            self.settings.resume_within
+            if waiting.is_none() {
+                match s.run_leg(&mut leg, Some(wake_rx.as_raw_fd())) {
+                    LegEnd::Done => {
+                        leg.close_in_order(self.settings.leg_timeout());
+                        return Ok(());
+                    }
+                    LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
+                    LegEnd::Violation(why) => {
+                        anyhow::bail!("session {id}: the entry broke the protocol: {why}")
+                    }
+                    LegEnd::Replaced => {}
+                    LegEnd::Lost(why) => {
+                        tracing::info!(
+                            "tunnel: session {id}: leg lost ({why}); waiting for the entry"
                         );
-                    };
-                    offer
+                        waiting = Some(Instant::now());
+                    }
                 }
+            }
+            let offer = match waiting {
+                None => take_offer(&wake_rx, &slot),
+                Some(since) => wait_for_offer(&wake_rx, &slot, since + self.settings.resume_within),
             };
-            leg = new_leg;
+            let Some((mut new_leg, received)) = offer else {
+                if waiting.is_none() {
+                    continue;
+                }
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!(
+                    "session {id}: not resumed within {:?}; the server's connection was reset",
+                    self.settings.resume_within
+                );
+            };
             let replayed = match s.resume(received) {
                 Ok(n) => n,
-                Err(e) => {
-                    s.reset_app();
-                    anyhow::bail!("session {id}: cannot resume: {e}");
+                // A leg the entry gave up on, overtaken by a newer one: drop it.
+                Err(StreamError::ResumeBeforeAcked { .. }) => {
+                    tracing::debug!("tunnel: session {id}: a stale leg dropped");
+                    continue;
                 }
+                Err(e) => anyhow::bail!("session {id}: cannot resume: {e}"),
             };
-            leg.send_now(&Frame::Welcome {
-                session: id,
-                token,
-                received: s.received(),
-            })?;
-            leg.go_nonblocking(self.settings.leg_timeout())?;
+            let welcomed = new_leg
+                .send_now(&Frame::Welcome {
+                    session: id,
+                    token,
+                    received: s.received(),
+                })
+                .and_then(|()| Ok(new_leg.go_nonblocking()?));
+            if let Err(e) = welcomed {
+                tracing::debug!("tunnel: session {id}: a new leg failed at once: {e}");
+                waiting.get_or_insert_with(Instant::now);
+                continue;
+            }
+            leg = new_leg;
+            if let Some(since) = waiting.take() {
+                tracing::info!(
+                    "tunnel: session {id} resumed after {:.1?}; {replayed} bytes sent again",
+                    since.elapsed()
+                );
+            } else {
+                tracing::info!(
+                    "tunnel: session {id} moved to a newer leg; {replayed} bytes sent again"
+                );
+            }
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("tunnel: session {id} resumed; {replayed} bytes sent again");
+        }
+    }
+}
+
+/// Waits until `deadline` for a leg offered to the session.
+fn wait_for_offer(wake_rx: &UnixStream, slot: &Slot, deadline: Instant) -> Option<(Leg, u64)> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        if wait_readable(wake_rx.as_raw_fd(), Some(left)).unwrap_or(false) {
+            if let Some(offer) = take_offer(wake_rx, slot) {
+                return Some(offer);
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ const TX_HIGH: usize = 1 << 18;
 pub const APP_HIGH: usize = 1 << 20;
 /// How many heartbeat intervals of silence lose a leg.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// How long a finished session may take to hand its last bytes to a slow application.
+const LAST_WRITE: Duration = Duration::from_secs(120);
 
 /// Why [`Session::run_leg`] returned.
 #[derive(Debug)]
@@ -53,8 +55,11 @@ pub enum Lost {
     HeartbeatMissed(Duration),
     /// The far end (or the path) closed the leg.
     Closed,
-    /// A socket error: a reset, or TCP_USER_TIMEOUT.
+    /// A socket error: a reset, most likely.
     Error(io::Error),
+    /// A record failed authentication: bytes injected or corrupted on the path. Only the leg
+    /// is lost; the session resumes on a new one.
+    Unauthenticated,
 }
 
 impl std::fmt::Display for Lost {
@@ -63,6 +68,7 @@ impl std::fmt::Display for Lost {
             Lost::HeartbeatMissed(silent) => write!(f, "heartbeat missed: silent for {silent:.1?}"),
             Lost::Closed => f.write_str("closed by the far end or the path"),
             Lost::Error(e) => write!(f, "{e}"),
+            Lost::Unauthenticated => f.write_str("a record failed authentication"),
         }
     }
 }
@@ -95,6 +101,16 @@ pub struct Session {
     read_buf: Vec<u8>,
     plain: Vec<u8>,
     stats: Arc<Stats>,
+    /// Ended in order; any other end resets the application when the session is dropped.
+    done: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.done {
+            self.reset_app();
+        }
+    }
 }
 
 impl Session {
@@ -124,6 +140,7 @@ impl Session {
             read_buf: vec![0; MAX_DATA],
             plain: vec![0; MAX_PLAINTEXT],
             stats,
+            done: false,
         })
     }
 
@@ -156,17 +173,22 @@ impl Session {
     pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<RawFd>) -> LegEnd {
         let mut last_rx = Instant::now();
         let mut last_tx = Instant::now();
+        // Frames that arrived with the Welcome or Hello are already in the leg's buffer.
+        if let Some(end) = self.open_frames(leg) {
+            return end;
+        }
         loop {
             if let Err(e) = self.fill_leg(leg, &mut last_tx) {
                 return LegEnd::Violation(e.to_string());
             }
             if let Err(e) = leg.flush() {
-                return LegEnd::Lost(Lost::Error(e));
+                return self.lost(Lost::Error(e));
             }
             if let Err(end) = self.write_app(leg) {
                 return end;
             }
             if self.is_done(leg) {
+                self.done = true;
                 return LegEnd::Done;
             }
             let reading_leg = self.pending_to_app() < APP_HIGH;
@@ -179,7 +201,12 @@ impl Session {
                 self.stats.heartbeat_misses.fetch_add(1, Ordering::Relaxed);
                 return LegEnd::Lost(Lost::HeartbeatMissed(now - last_rx));
             }
-            let beat_at = last_tx + self.heartbeat;
+            // A heartbeat waits behind unsent bytes: they will tell the peer as much.
+            let beat_at = if leg.pending() == 0 {
+                last_tx + self.heartbeat
+            } else {
+                dead_at
+            };
             let timeout = dead_at.min(beat_at).saturating_duration_since(now);
             let mut fds = [
                 pollfd(
@@ -193,7 +220,7 @@ impl Session {
                 pollfd(wake.unwrap_or(-1), (true, false)),
             ];
             if let Err(e) = poll(&mut fds, timeout) {
-                return LegEnd::Lost(Lost::Error(e));
+                return self.lost(Lost::Error(e));
             }
             if fds[2].revents != 0 {
                 return LegEnd::Replaced;
@@ -306,11 +333,27 @@ impl Session {
     fn app_was_reset(&mut self, leg: &mut Leg) -> LegEnd {
         self.reset_app();
         if leg.send(&Frame::Reset).is_ok() {
-            let _ = leg.stream().set_nonblocking(false);
-            let _ = leg.stream().set_write_timeout(Some(self.heartbeat));
-            let _ = leg.flush();
+            leg.close_in_order(self.heartbeat);
         }
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
+        LegEnd::AppReset
+    }
+
+    /// The leg is gone. If both applications had finished and the peer has everything, the
+    /// session is over all the same: what is left for the application here is written, and
+    /// it gets its FIN. Otherwise the session waits for a new leg.
+    fn lost(&mut self, why: Lost) -> LegEnd {
+        if !(self.outbox.fin_acked() && self.inbox.finished()) {
+            return LegEnd::Lost(why);
+        }
+        let _ = self.app.set_nonblocking(false);
+        let _ = self.app.set_write_timeout(Some(LAST_WRITE));
+        let tail = &self.to_app[self.to_app_start..];
+        if (&self.app).write_all(tail).is_ok() {
+            let _ = self.app.shutdown(Shutdown::Write);
+            self.done = true;
+            return LegEnd::Done;
+        }
         LegEnd::AppReset
     }
 
@@ -318,25 +361,27 @@ impl Session {
     fn read_leg(&mut self, leg: &mut Leg) -> Option<LegEnd> {
         let filled = match leg.fill() {
             Ok(filled) => filled,
-            Err(e) => return Some(LegEnd::Lost(Lost::Error(e))),
+            Err(e) => return Some(self.lost(Lost::Error(e))),
         };
+        if let Some(end) = self.open_frames(leg) {
+            return Some(end);
+        }
+        (filled == Filled::Eof).then(|| self.lost(Lost::Closed))
+    }
+
+    /// Handles every whole message the leg holds.
+    fn open_frames(&mut self, leg: &mut Leg) -> Option<LegEnd> {
         loop {
             let n = match leg.next_frame(&mut self.plain) {
                 Ok(Some(n)) => n,
-                Ok(None) => break,
+                Ok(None) => return None,
+                Err(LegError::Decrypt(_)) => return Some(self.lost(Lost::Unauthenticated)),
                 Err(e) => return Some(LegEnd::Violation(e.to_string())),
             };
             if let Err(end) = self.handle(n) {
                 return Some(end);
             }
         }
-        (filled == Filled::Eof).then(|| {
-            if self.is_done(leg) {
-                LegEnd::Done
-            } else {
-                LegEnd::Lost(Lost::Closed)
-            }
-        })
     }
 
     /// Handles the message in `self.plain[..n]`.
