@@ -6,9 +6,10 @@
 //! carry TCP keepalive ([`Keepalive`]: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
 //! and a matching TCP_USER_TIMEOUT, so the kernel refreshes the path under an idle application
 //! and a dead peer is found in bounded time. Connections run on a few event-loop workers (one
-//! per core, mio): each direction moves with non-blocking splice(2) through a pipe made at its
-//! first byte (zero-copy), which bounds what the relay holds to one pipe per direction: a slow
-//! reader slows the writer, never grows a buffer. A FIN one way is passed on as a FIN (the
+//! per core, mio): each direction moves through a small stack buffer until it proves bulky,
+//! then with non-blocking splice(2) through a pipe of its own (zero-copy), which bounds what
+//! the relay holds to one pipe per direction: a slow reader slows the writer, never grows a
+//! buffer. A FIN one way is passed on as a FIN (the
 //! other way keeps flowing); a RST from either side, or a failure to deliver to it, reaches
 //! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
 //! and a few socket options.
@@ -265,10 +266,14 @@ struct Conn {
     down: Direction,
 }
 
-/// One way of a connection: what the source sent, moved to the destination with splice(2)
-/// through a pipe made at its first byte.
+/// One way of a connection: what the source sent, moved to the destination. Until a read
+/// fills [`SMALL`] bytes, through a small buffer on the stack (a read and a write: most
+/// connections exchange little); after that, with splice(2) through a pipe of its own.
 #[derive(Default)]
 struct Direction {
+    /// Bytes read and not yet written because the destination took only part of them (at
+    /// most one small read).
+    held: Vec<u8>,
     pipe: Option<(OwnedFd, OwnedFd)>,
     /// Bytes in the pipe, not yet written to the destination.
     in_pipe: usize,
@@ -276,6 +281,8 @@ struct Direction {
     chunk: usize,
     /// The pipe was offered a larger size.
     grown: bool,
+    /// A read filled the small buffer: splice from now on.
+    bulk: bool,
     /// The source's EOF was passed on as a FIN.
     done: bool,
 }
@@ -433,10 +440,8 @@ impl<'r> Worker<'r> {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(mut conn) = self.conns.try_remove(key) {
-            let registry = self.poll.registry();
-            let _ = registry.deregister(&mut conn.client);
-            let _ = registry.deregister(&mut conn.server);
+        // Closing the sockets (their only descriptors) takes them out of the poll set.
+        if self.conns.try_remove(key).is_some() {
             self.relay.stats.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -462,6 +467,21 @@ impl Direction {
                     Ok(n) => self.in_pipe -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
                     Err(_) => return Pump::DestinationFailed,
+                }
+            }
+            while !self.held.is_empty() {
+                match (&*to).write(&self.held) {
+                    Ok(0) => return Pump::DestinationFailed,
+                    Ok(n) => drop(self.held.drain(..n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return Pump::DestinationFailed,
+                }
+            }
+            if !self.bulk {
+                match self.pump_small(from, to, counter) {
+                    Some(end) => return end,
+                    None => continue,
                 }
             }
             if self.pipe.is_none() {
@@ -496,6 +516,40 @@ impl Direction {
                 Err(_) => return Pump::SourceFailed,
             }
         }
+    }
+
+    /// One small read and its write; None to go on pumping.
+    fn pump_small(
+        &mut self,
+        mut from: &mio::net::TcpStream,
+        mut to: &mio::net::TcpStream,
+        counter: &AtomicU64,
+    ) -> Option<Pump> {
+        let mut buf = [0u8; SMALL];
+        let n = match from.read(&mut buf) {
+            Ok(0) => {
+                self.done = true;
+                let _ = to.shutdown(Shutdown::Write);
+                return Some(Pump::Blocked);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(Pump::Blocked),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(_) => return Some(Pump::SourceFailed),
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.bulk = n == SMALL;
+        match to.write(&buf[..n]) {
+            Ok(m) => self.held.extend_from_slice(&buf[m..n]),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                self.held.extend_from_slice(&buf[..n])
+            }
+            Err(_) => return Some(Pump::DestinationFailed),
+        }
+        None
     }
 
     /// A connection that fills the default 64 KiB pipe (bulk data) gets a larger one, which
@@ -639,6 +693,9 @@ pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send +
         }
     });
 }
+
+/// A read this large means bulk data: the direction moves to splice.
+const SMALL: usize = 16 << 10;
 
 /// The pipe size asked for per direction: what the relay holds at most.
 const PIPE_SIZE: libc::c_int = 1 << 20;
