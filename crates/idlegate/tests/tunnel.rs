@@ -76,6 +76,13 @@ fn start_entry(tunnel: SocketAddr, key: &Key, s: Settings) -> Running {
     running
 }
 
+/// A listener for the server application at a fresh loopback port.
+fn loopback_server() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
 /// Polls `done` every 10 ms until it holds or `within` passes; says whether it held.
 fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -276,8 +283,7 @@ fn forward(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<
 #[test]
 fn bytes_and_a_half_close_cross_the_tunnel_exactly() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
     let entry = start_entry(exit.addr, &key, settings(500, WAIT));
     let server = std::thread::spawn(move || {
@@ -311,8 +317,7 @@ fn a_session_that_ends_while_the_client_reads_slowly_still_delivers_its_last_byt
     // its FIN) while the entry still holds bytes for a client that is slow to read.
     const BYTES: usize = 6 << 20;
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
     let entry = start_entry(exit.addr, &key, settings(500, WAIT));
     let server = std::thread::spawn(move || {
@@ -392,8 +397,7 @@ fn a_leg_cut_again_and_again_is_resumed_without_losing_a_byte() {
 
 #[test]
 fn a_peer_with_the_wrong_key_is_refused_before_any_byte_moves() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     listener.set_nonblocking(true).unwrap();
     let (exit, _) = start_exit(server_addr, &Key::random().unwrap(), settings(300, WAIT));
     let entry = start_entry(exit.addr, &Key::random().unwrap(), settings(300, WAIT));
@@ -419,8 +423,7 @@ fn a_peer_with_the_wrong_key_is_refused_before_any_byte_moves() {
 #[test]
 fn a_replayed_handshake_opens_nothing() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     let accepted = Arc::new(AtomicU64::new(0));
     let counted = accepted.clone();
     std::thread::spawn(move || {
@@ -486,8 +489,7 @@ fn hello(exit: SocketAddr, key: &Key, session: SessionId, token: Token) -> Strin
 #[test]
 fn a_session_is_resumed_only_with_its_id_and_token() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         let mut sink = Vec::new();
@@ -516,8 +518,7 @@ fn a_session_is_resumed_only_with_its_id_and_token() {
 #[test]
 fn a_session_not_resumed_in_time_is_reset_on_both_ends() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     let (exit, ids) = start_exit(server_addr, &key, settings(200, Duration::from_secs(2)));
     let path = CutPath::new(exit.addr);
     let entry = start_entry(path.addr, &key, settings(200, Duration::from_secs(2)));
@@ -550,8 +551,7 @@ fn a_session_not_resumed_in_time_is_reset_on_both_ends() {
 #[test]
 fn a_resume_of_a_session_the_exit_expired_is_refused_and_the_application_reset() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     // The exit gives up after 1 s; the entry would keep trying for 30.
     let (exit, ids) = start_exit(server_addr, &key, settings(200, Duration::from_secs(1)));
     let path = CutPath::new(exit.addr);
@@ -588,8 +588,7 @@ fn a_resume_of_a_session_the_exit_expired_is_refused_and_the_application_reset()
 #[test]
 fn a_client_that_never_reads_stops_the_server_with_bounded_memory() {
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
     let entry = start_entry(exit.addr, &key, settings(1000, WAIT));
     let client = TcpStream::connect(entry.addr).unwrap(); // never reads
@@ -633,8 +632,7 @@ fn a_thousand_sessions_at_once() {
     const N: usize = 1000;
     common::raise_fd_limit(16 * N as u64);
     let key = Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let (listener, server_addr) = loopback_server();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {

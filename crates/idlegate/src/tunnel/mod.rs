@@ -119,39 +119,66 @@ impl Entry {
     /// Accepts the application's connections and carries each through the tunnel, until
     /// stopped.
     pub fn run(&self) -> Result<()> {
-        self.listener.set_nonblocking(true)?;
-        while !self.stop.load(Ordering::Relaxed) {
-            let (app, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("tunnel entry: accept failed: {e}");
-                    std::thread::sleep(STOP_CHECK);
-                    continue;
-                }
-            };
-            let dial = Dial {
-                tunnel: self.tunnel,
-                key: self.key.clone(),
-                settings: self.settings.clone(),
-            };
-            let stats = self.stats.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("tunnel {peer}"))
-                .spawn(move || {
-                    if let Err(e) = dial.carry(app, &stats) {
-                        tracing::info!("tunnel: {peer}: {e:#}");
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!("tunnel: no thread for {peer}: {e}");
-            }
-        }
-        Ok(())
+        accept_until_stopped(
+            &self.listener,
+            &self.stop,
+            "tunnel entry",
+            || true,
+            |app, peer| {
+                let dial = Dial {
+                    tunnel: self.tunnel,
+                    key: self.key.clone(),
+                    settings: self.settings.clone(),
+                };
+                let stats = self.stats.clone();
+                std::thread::Builder::new()
+                    .name(format!("tunnel {peer}"))
+                    .spawn(move || {
+                        if let Err(e) = dial.carry(app, &stats) {
+                            tracing::info!("tunnel: {peer}: {e:#}");
+                        }
+                    })
+                    .map(drop)
+            },
+        )
     }
+}
+
+/// Accepts connections on `listener` and hands each to `spawn`, until `stop` is set; waits
+/// while `ready` says no.
+fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    what: &str,
+    ready: impl Fn() -> bool,
+    mut spawn: impl FnMut(TcpStream, SocketAddr) -> io::Result<()>,
+) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    while !stop.load(Ordering::Relaxed) {
+        if !ready() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = wait_readable(listener.as_raw_fd(), Some(STOP_CHECK));
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("{what}: accept failed: {e}");
+                std::thread::sleep(STOP_CHECK);
+                continue;
+            }
+        };
+        if let Err(e) = stream
+            .set_nonblocking(false)
+            .and_then(|()| spawn(stream, peer))
+        {
+            tracing::warn!("{what}: no thread for {peer}: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// What the entry needs to open legs.
@@ -385,47 +412,35 @@ impl Exit {
 
     /// Accepts legs until stopped: each one is authenticated, then starts or resumes a session.
     pub fn run(&self) -> Result<()> {
-        self.listener.set_nonblocking(true)?;
-        while !self.stop.load(Ordering::Relaxed) {
-            if self.handshakes.load(Ordering::Relaxed) >= MAX_HANDSHAKES {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-            let (stream, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = wait_readable(self.listener.as_raw_fd(), Some(STOP_CHECK));
-                    continue;
+        let ready = || self.handshakes.load(Ordering::Relaxed) < MAX_HANDSHAKES;
+        accept_until_stopped(
+            &self.listener,
+            &self.stop,
+            "tunnel exit",
+            ready,
+            |stream, peer| {
+                let this = ExitLeg {
+                    connect: self.connect,
+                    key: self.key.clone(),
+                    settings: self.settings.clone(),
+                    stats: self.stats.clone(),
+                    sessions: self.sessions.clone(),
+                };
+                self.handshakes.fetch_add(1, Ordering::Relaxed);
+                let handshakes = self.handshakes.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("tunnel leg {peer}"))
+                    .spawn(move || {
+                        if let Err(e) = this.serve(stream, &handshakes) {
+                            tracing::info!("tunnel: leg from {peer}: {e:#}");
+                        }
+                    });
+                if spawned.is_err() {
+                    self.handshakes.fetch_sub(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    tracing::warn!("tunnel exit: accept failed: {e}");
-                    std::thread::sleep(STOP_CHECK);
-                    continue;
-                }
-            };
-            let _ = stream.set_nonblocking(false);
-            let this = ExitLeg {
-                connect: self.connect,
-                key: self.key.clone(),
-                settings: self.settings.clone(),
-                stats: self.stats.clone(),
-                sessions: self.sessions.clone(),
-            };
-            self.handshakes.fetch_add(1, Ordering::Relaxed);
-            let handshakes = self.handshakes.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("tunnel leg {peer}"))
-                .spawn(move || {
-                    if let Err(e) = this.serve(stream, &handshakes) {
-                        tracing::info!("tunnel: leg from {peer}: {e:#}");
-                    }
-                });
-            if let Err(e) = spawned {
-                self.handshakes.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!("tunnel: no thread for {peer}: {e}");
-            }
-        }
-        Ok(())
+                spawned.map(drop)
+            },
+        )
     }
 }
 
