@@ -12,6 +12,7 @@
 //! | [`echo`] | `idlegate echo`, the far end of a probe, and its protocol |
 //! | [`scenario`] | scripted connections observed from both ends |
 //! | [`probe`] | `idlegate probe`: a path's idle timeout and its behaviour at expiry |
+//! | [`keepalive`] | keepalive settings, read back, and given to running programs' sockets |
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
 //! | [`tun`] | TUN devices living in another namespace |
@@ -22,6 +23,7 @@ pub mod control;
 pub mod demo;
 pub mod echo;
 pub mod gateway;
+pub mod keepalive;
 pub mod lab;
 pub mod metrics;
 pub mod netns;

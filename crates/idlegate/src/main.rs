@@ -49,6 +49,12 @@ enum Command {
     /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
     /// server's) that outlives the path under it.
     Relay(RelayArgs),
+    /// Give TCP keepalive to the sockets of a running program, without restarting it
+    /// (pidfd_getfd: root, or ptrace access to the process).
+    Keepalive(KeepaliveArgs),
+    /// Start a program and give keepalive to every TCP socket it (or a process it starts)
+    /// opens, within 100 ms: no LD_PRELOAD, so static binaries too.
+    Run(RunArgs),
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair.
     Keygen {
         /// Where to write it; an existing file is never overwritten.
@@ -60,6 +66,55 @@ enum Command {
         #[command(subcommand)]
         action: Option<ProfilesAction>,
     },
+}
+
+/// The keepalive to give: explicit timers, or a profile's.
+#[derive(Args)]
+struct KeepaliveChoice {
+    /// IDLE,INTERVAL,COUNT, e.g. 120s,30s,8.
+    #[arg(long, conflicts_with = "profile")]
+    keepalive: Option<String>,
+    /// Derive it from this middlebox profile's idle timeout (first probe at half) [default:
+    /// azure-lb: 120s,30s,8].
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+impl KeepaliveChoice {
+    fn resolve(&self) -> Result<idlegate::keepalive::Keepalive> {
+        use idlegate::keepalive::Keepalive;
+        Ok(match (&self.keepalive, &self.profile) {
+            (Some(k), _) => Keepalive::parse(k)?,
+            (None, Some(p)) => Keepalive::for_profile(
+                profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
+            ),
+            (None, None) => Keepalive::for_profile(profile::default_profile()),
+        })
+    }
+}
+
+#[derive(Args)]
+struct KeepaliveArgs {
+    /// The process whose TCP sockets get keepalive.
+    #[arg(long)]
+    pid: i32,
+    /// Only this descriptor of the process.
+    #[arg(long)]
+    fd: Option<i32>,
+    #[command(flatten)]
+    choice: KeepaliveChoice,
+    /// Keep watching: give keepalive to new sockets as the process opens them, until it exits.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    choice: KeepaliveChoice,
+    /// The program and its arguments, after `--`.
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
 }
 
 #[derive(Args)]
@@ -330,6 +385,8 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Echo(args) => echo(&args).map(|()| ExitCode::SUCCESS),
         Command::Probe(args) => probe(&args).map(|()| ExitCode::SUCCESS),
         Command::Relay(args) => relay(&args).map(|()| ExitCode::SUCCESS),
+        Command::Keepalive(args) => keepalive(&args),
+        Command::Run(args) => run_watched(&args),
         Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
             println!(
                 "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
@@ -731,6 +788,68 @@ fn probe(args: &ProbeArgs) -> Result<()> {
         print!("{}", idlegate::probe::summary(&report));
     }
     Ok(())
+}
+
+/// One line per socket given keepalive: what it had and what it has now, read back.
+fn print_change(pid: i32, command: &str, change: std::io::Result<idlegate::keepalive::Change>) {
+    match change {
+        Ok(c) => println!(
+            "pid {pid} ({command}) {}: {} → {}",
+            c.socket, c.before, c.after
+        ),
+        Err(e) => println!("pid {pid} ({command}): a socket could not be changed: {e}"),
+    }
+}
+
+/// `idlegate keepalive --pid`: fixes a running program's sockets (once, or as they come).
+fn keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
+    use idlegate::keepalive::{fix, watch, Process};
+    let keepalive = args.choice.resolve()?;
+    let process = Process::open(args.pid)?;
+    let command = process.command();
+    if args.watch {
+        watch(&process, &keepalive, args.fd, false, print_change)?;
+        println!("pid {} ({command}) exited", args.pid);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sockets = process.tcp_sockets(args.fd)?;
+    if sockets.is_empty() {
+        let what = args.fd.map_or("no TCP sockets".to_string(), |fd| {
+            format!("fd {fd} is not a TCP socket")
+        });
+        eprintln!("pid {} ({command}): {what}", args.pid);
+        return Ok(ExitCode::from(if args.fd.is_some() { 1 } else { 0 }));
+    }
+    for socket in sockets {
+        print_change(args.pid, &command, fix(socket, &keepalive));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `idlegate run -- CMD…`: starts the program under a watch; exits with its status.
+fn run_watched(args: &RunArgs) -> Result<ExitCode> {
+    use idlegate::keepalive::{watch, Process};
+    use std::os::unix::process::ExitStatusExt;
+    let keepalive = args.choice.resolve()?;
+    let (program, rest) = args
+        .command
+        .split_first()
+        .context("run: the program to start, after --")?;
+    let mut child = std::process::Command::new(program)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("run: cannot start {program:?}"))?;
+    let pid = child.id() as i32;
+    let watched = Process::open(pid)
+        .map_err(anyhow::Error::from)
+        .and_then(|process| Ok(watch(&process, &keepalive, None, true, print_change)?));
+    let status = child.wait().context("run: waiting for the program")?;
+    watched?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+        (None, Some(signal)) => ExitCode::from((128 + signal).clamp(0, 255) as u8),
+        _ => ExitCode::FAILURE,
+    })
 }
 
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.

@@ -15,86 +15,17 @@
 //! and a few socket options.
 
 use anyhow::{bail, Context, Result};
-use idlegate_core::profile::Profile;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::{SockRef, TcpKeepalive};
+use socket2::SockRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// TCP keepalive settings: first probe after `idle`, then every `interval`, `count` probes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
-    pub idle: Duration,
-    pub interval: Duration,
-    pub count: u32,
-}
-
-impl Keepalive {
-    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8` (Linux's fix in seeds 000 and 003).
-    pub fn parse(s: &str) -> Result<Keepalive> {
-        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let [idle, interval, count] = parts[..] else {
-            bail!("--keepalive {s:?}: expected IDLE,INTERVAL,COUNT, e.g. 120s,30s,8");
-        };
-        let duration = |what: &str, v: &str| -> Result<Duration> {
-            let d = humantime::parse_duration(v)
-                .with_context(|| format!("--keepalive {s:?}: {what} {v:?} is not a duration"))?;
-            if d < Duration::from_secs(1) || d > Duration::from_secs(32_767) {
-                bail!("--keepalive {s:?}: {what} must be 1 s to 32,767 s (whole seconds, as the kernel takes it)");
-            }
-            Ok(d)
-        };
-        let count: u32 = count
-            .parse()
-            .ok()
-            .filter(|c| (1..=127).contains(c))
-            .with_context(|| format!("--keepalive {s:?}: COUNT {count:?} must be 1 to 127"))?;
-        Ok(Keepalive {
-            idle: duration("IDLE", idle)?,
-            interval: duration("INTERVAL", interval)?,
-            count,
-        })
-    }
-
-    /// Keepalive that fires well before `profile`'s default idle timeout `T`: first probe at
-    /// T/2, then every T/8, 8 probes (for Azure's 4 min: 120 s, 30 s, 8, the fix of seeds 000
-    /// and 003). The shortest of the profile's LB and outbound rule timeouts is taken.
-    pub fn for_profile(profile: &Profile) -> Keepalive {
-        let t = profile
-            .lb_rule_idle
-            .default
-            .min(profile.outbound_rule_idle.default)
-            .as_secs();
-        Keepalive {
-            idle: Duration::from_secs((t / 2).max(1)),
-            interval: Duration::from_secs((t / 8).max(1)),
-            count: 8,
-        }
-    }
-
-    /// How long unacknowledged data (or unanswered probes) may wait: the same as keepalive
-    /// takes to give up, so both find a dead peer at once.
-    pub fn user_timeout(&self) -> Duration {
-        self.idle + self.interval * self.count
-    }
-
-    /// Sets it all on `stream`.
-    pub(crate) fn apply(&self, stream: &impl AsFd) -> io::Result<()> {
-        let sock = SockRef::from(stream);
-        let params = TcpKeepalive::new()
-            .with_time(self.idle)
-            .with_interval(self.interval)
-            .with_retries(self.count);
-        sock.set_tcp_keepalive(&params)?;
-        sock.set_tcp_user_timeout(Some(self.user_timeout()))?;
-        sock.set_tcp_nodelay(true)
-    }
-}
+pub use crate::keepalive::Keepalive;
 
 /// How often the accept loop looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -365,7 +296,7 @@ impl<'r> Worker<'r> {
     /// Starts the connection to the server for a newly accepted client.
     fn open(&mut self, mut client: mio::net::TcpStream) -> Result<()> {
         let keepalive = self.relay.keepalive;
-        keepalive.apply(&client)?;
+        keepalive.apply_relayed(&client)?;
         let mut server = match mio::net::TcpStream::connect(self.relay.connect) {
             Ok(server) => server,
             Err(e) => {
@@ -373,7 +304,7 @@ impl<'r> Worker<'r> {
                 return Err(e).with_context(|| format!("connecting to {}", self.relay.connect));
             }
         };
-        keepalive.apply(&server)?;
+        keepalive.apply_relayed(&server)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         let both = Interest::READABLE | Interest::WRITABLE;
@@ -708,38 +639,4 @@ fn make_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded, so both are fresh descriptors this function now owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keepalive_settings_parse_and_refuse_what_the_kernel_would() {
-        let k = Keepalive::parse("120s,30s,8").unwrap();
-        assert_eq!(
-            (k.idle, k.interval, k.count),
-            (Duration::from_secs(120), Duration::from_secs(30), 8)
-        );
-        assert_eq!(k.user_timeout(), Duration::from_secs(360));
-        for bad in [
-            "120s,30s",
-            "0s,30s,8",
-            "120s,30s,0",
-            "2m,1x,8",
-            "120s,30s,200",
-        ] {
-            assert!(Keepalive::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_profiles_keepalive_fires_at_half_its_idle_timeout() {
-        // Azure LB: 4 min → 120 s, 30 s, 8 (seeds 000 and 003).
-        let k = Keepalive::for_profile(&idlegate_core::profile::AZURE_LB);
-        assert_eq!(
-            (k.idle, k.interval, k.count),
-            (Duration::from_secs(120), Duration::from_secs(30), 8)
-        );
-    }
 }

@@ -229,7 +229,7 @@ impl Dial {
 
     /// Carries one application connection until it ends.
     fn carry(&self, app: TcpStream, stats: &Arc<Stats>) -> Result<()> {
-        let _ = self.settings.keepalive.apply(&app);
+        let _ = self.settings.keepalive.apply_relayed(&app);
         let (mut leg, answer) = match self.open(SessionId::NEW, Token::default(), 0) {
             Ok(opened) => opened,
             Err(e) => {
@@ -532,7 +532,7 @@ impl ExitLeg {
                 return Err(e).with_context(|| format!("connecting to {}", self.connect));
             }
         };
-        let _ = self.settings.keepalive.apply(&app);
+        let _ = self.settings.keepalive.apply_relayed(&app);
         leg.send_now(&Frame::Welcome {
             session: id,
             token,

@@ -1,0 +1,527 @@
+//! TCP keepalive: the settings that keep a flow alive through a box that forgets idle ones,
+//! and how to give them to sockets of programs that cannot be changed.
+//!
+//! Contract: [`Keepalive`] is the setting (first probe after `idle`, then every `interval`,
+//! `count` probes, and a matching TCP_USER_TIMEOUT). [`SocketKeepalive::read`] reads what a
+//! socket really has. [`Process`] takes duplicates of another process's TCP sockets with
+//! `pidfd_getfd(2)` (Linux 5.6+; the caller needs ptrace access to the process: the same user
+//! under `kernel.yama.ptrace_scope` 0, or CAP_SYS_PTRACE) and sets keepalive on them: a socket
+//! option set on a duplicate is set on the one socket both descriptors share, so the program
+//! keeps its connection and gains keepalive without a restart. Nothing else about the socket
+//! is changed.
+
+use anyhow::{bail, Context, Result};
+use idlegate_core::profile::Profile;
+use socket2::{SockRef, TcpKeepalive};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+use thiserror::Error;
+
+/// TCP keepalive settings: first probe after `idle`, then every `interval`, `count` probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+impl Keepalive {
+    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8` (Linux's fix in seeds 000 and 003).
+    pub fn parse(s: &str) -> Result<Keepalive> {
+        let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+        let [idle, interval, count] = parts[..] else {
+            bail!("--keepalive {s:?}: expected IDLE,INTERVAL,COUNT, e.g. 120s,30s,8");
+        };
+        let duration = |what: &str, v: &str| -> Result<Duration> {
+            let d = humantime::parse_duration(v)
+                .with_context(|| format!("--keepalive {s:?}: {what} {v:?} is not a duration"))?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(32_767) {
+                bail!("--keepalive {s:?}: {what} must be 1 s to 32,767 s (whole seconds, as the kernel takes it)");
+            }
+            Ok(d)
+        };
+        let count: u32 = count
+            .parse()
+            .ok()
+            .filter(|c| (1..=127).contains(c))
+            .with_context(|| format!("--keepalive {s:?}: COUNT {count:?} must be 1 to 127"))?;
+        Ok(Keepalive {
+            idle: duration("IDLE", idle)?,
+            interval: duration("INTERVAL", interval)?,
+            count,
+        })
+    }
+
+    /// Keepalive that fires well before `profile`'s default idle timeout `T`: first probe at
+    /// T/2, then every T/8, 8 probes (for Azure's 4 min: 120 s, 30 s, 8, the fix of seeds 000
+    /// and 003). The shortest of the profile's LB and outbound rule timeouts is taken.
+    pub fn for_profile(profile: &Profile) -> Keepalive {
+        let t = profile
+            .lb_rule_idle
+            .default
+            .min(profile.outbound_rule_idle.default)
+            .as_secs();
+        Keepalive {
+            idle: Duration::from_secs((t / 2).max(1)),
+            interval: Duration::from_secs((t / 8).max(1)),
+            count: 8,
+        }
+    }
+
+    /// How long unacknowledged data (or unanswered probes) may wait: the same as keepalive
+    /// takes to give up, so both find a dead peer at once.
+    pub fn user_timeout(&self) -> Duration {
+        self.idle + self.interval * self.count
+    }
+
+    /// Sets SO_KEEPALIVE, the three timers and the matching TCP_USER_TIMEOUT on `socket`.
+    pub fn apply(&self, socket: &impl AsFd) -> io::Result<()> {
+        let sock = SockRef::from(socket);
+        let params = TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.count);
+        sock.set_tcp_keepalive(&params)?;
+        sock.set_tcp_user_timeout(Some(self.user_timeout()))
+    }
+
+    /// [`Keepalive::apply`], and TCP_NODELAY: a relay passes bytes on as they come, so Nagle
+    /// must not hold them a second time.
+    pub(crate) fn apply_relayed(&self, socket: &impl AsFd) -> io::Result<()> {
+        self.apply(socket)?;
+        SockRef::from(socket).set_tcp_nodelay(true)
+    }
+}
+
+/// What a socket really has, read back with getsockopt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketKeepalive {
+    pub enabled: bool,
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+    /// TCP_USER_TIMEOUT; zero is the kernel's default (about 15 min of retransmissions).
+    pub user_timeout: Duration,
+}
+
+impl SocketKeepalive {
+    pub fn read(socket: &impl AsFd) -> io::Result<SocketKeepalive> {
+        let sock = SockRef::from(socket);
+        Ok(SocketKeepalive {
+            enabled: sock.keepalive()?,
+            idle: sock.tcp_keepalive_time()?,
+            interval: sock.tcp_keepalive_interval()?,
+            count: sock.tcp_keepalive_retries()?,
+            user_timeout: sock.tcp_user_timeout()?.unwrap_or_default(),
+        })
+    }
+}
+
+impl std::fmt::Display for SocketKeepalive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = if self.enabled { "on" } else { "off" };
+        write!(
+            f,
+            "keepalive {on} {}s/{}s/{}, user timeout {}",
+            self.idle.as_secs(),
+            self.interval.as_secs(),
+            self.count,
+            if self.user_timeout.is_zero() {
+                "default".to_string()
+            } else {
+                format!("{}s", self.user_timeout.as_secs())
+            }
+        )
+    }
+}
+
+/// Why another process's sockets could not be taken.
+#[derive(Debug, Error)]
+pub enum TakeError {
+    #[error("no process {0}")]
+    NoProcess(i32),
+    #[error(
+        "permission denied for process {0}: taking its sockets needs ptrace access (run as its \
+         user with kernel.yama.ptrace_scope = 0, or as root / with CAP_SYS_PTRACE)"
+    )]
+    Permission(i32),
+    #[error("this kernel has no pidfd_getfd (Linux 5.6 or later is needed)")]
+    KernelTooOld,
+    #[error("process {pid}: {source}")]
+    Io { pid: i32, source: io::Error },
+}
+
+/// A running process, held by a pidfd (so its pid cannot be reused under us).
+pub struct Process {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+/// A TCP socket of another process, as a duplicate in this one.
+pub struct ForeignSocket {
+    /// Its descriptor number in the other process.
+    pub fd: RawFd,
+    /// The socket's inode: the same socket under any descriptor.
+    pub inode: u64,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// LISTEN, ESTABLISHED, … (from TCP_INFO).
+    pub state: &'static str,
+    dup: OwnedFd,
+}
+
+impl AsFd for ForeignSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dup.as_fd()
+    }
+}
+
+impl std::fmt::Display for ForeignSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |a: &Option<SocketAddr>| a.map_or("-".to_string(), |a| a.to_string());
+        write!(
+            f,
+            "fd {} {} → {} {}",
+            self.fd,
+            show(&self.local),
+            show(&self.peer),
+            self.state
+        )
+    }
+}
+
+fn errno_error(pid: i32, e: io::Error) -> TakeError {
+    match e.raw_os_error() {
+        Some(libc::ESRCH | libc::ENOENT) => TakeError::NoProcess(pid),
+        Some(libc::EPERM | libc::EACCES) => TakeError::Permission(pid),
+        Some(libc::ENOSYS) => TakeError::KernelTooOld,
+        _ => TakeError::Io { pid, source: e },
+    }
+}
+
+impl Process {
+    /// Holds process `pid`.
+    pub fn open(pid: i32) -> Result<Process, TakeError> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(errno_error(pid, io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor that this Process now owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        Ok(Process { pid, pidfd })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The pidfd: readable once the process has exited.
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The process's command name (`/proc/PID/comm`).
+    pub fn command(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into())
+    }
+
+    /// Duplicates of every TCP socket the process holds (or only descriptor `only`).
+    pub fn tcp_sockets(&self, only: Option<RawFd>) -> Result<Vec<ForeignSocket>, TakeError> {
+        let dir = format!("/proc/{}/fd", self.pid);
+        let entries = std::fs::read_dir(&dir).map_err(|e| errno_error(self.pid, e))?;
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<RawFd>().ok())
+            else {
+                continue;
+            };
+            if only.is_some_and(|o| o != fd) {
+                continue;
+            }
+            let Some(inode) = socket_inode(&entry.path()) else {
+                continue;
+            };
+            // The descriptor may close between the listing and here: skip it then.
+            match self.take(fd) {
+                Ok(dup) => {
+                    if let Some(socket) = tcp_socket(fd, inode, dup) {
+                        found.push(socket);
+                    }
+                }
+                Err(TakeError::Io { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        found.sort_by_key(|s| s.fd);
+        Ok(found)
+    }
+
+    /// pidfd_getfd: a duplicate of the process's descriptor `fd`.
+    fn take(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags; it returns a new
+        // descriptor or -1.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
+        if dup < 0 {
+            return Err(errno_error(self.pid, io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor that the caller now owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+    }
+}
+
+/// The inode of `socket:[N]`, what /proc shows for a socket descriptor.
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let target = std::fs::read_link(link).ok()?;
+    let text = target.to_str()?;
+    text.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The socket behind `dup`, if it is TCP.
+fn tcp_socket(fd: RawFd, inode: u64, dup: OwnedFd) -> Option<ForeignSocket> {
+    let sock = SockRef::from(&dup);
+    if sock.protocol().ok()?? != socket2::Protocol::TCP {
+        return None;
+    }
+    let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+    let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+    let state = tcp_state(&dup);
+    Some(ForeignSocket {
+        fd,
+        inode,
+        local,
+        peer,
+        state,
+        dup,
+    })
+}
+
+/// The TCP state name, from TCP_INFO's first byte.
+fn tcp_state(socket: &impl AsFd) -> &'static str {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return "?";
+    }
+    const NAMES: [&str; 12] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
+    NAMES.get(info[0] as usize).copied().unwrap_or("?")
+}
+
+/// One socket given keepalive: what it had and what it has now, both read back.
+pub struct Change {
+    pub socket: ForeignSocket,
+    pub before: SocketKeepalive,
+    pub after: SocketKeepalive,
+}
+
+/// Sets `keepalive` on `socket` and reads it back.
+pub fn fix(socket: ForeignSocket, keepalive: &Keepalive) -> io::Result<Change> {
+    let before = SocketKeepalive::read(&socket)?;
+    keepalive.apply(&socket)?;
+    let after = SocketKeepalive::read(&socket)?;
+    Ok(Change {
+        socket,
+        before,
+        after,
+    })
+}
+
+/// How often a watch looks for new sockets: the longest a new connection goes without
+/// keepalive.
+pub const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Gives `keepalive` to the TCP sockets of `root` (and, with `descendants`, of the processes it
+/// starts) as they appear, until `root` exits; `report` hears of each socket fixed. Sockets are
+/// known by process and inode, so each is fixed once.
+pub fn watch(
+    root: &Process,
+    keepalive: &Keepalive,
+    only_fd: Option<RawFd>,
+    descendants: bool,
+    mut report: impl FnMut(i32, &str, io::Result<Change>),
+) -> Result<(), TakeError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut others: Vec<Process> = Vec::new();
+    loop {
+        if descendants {
+            for pid in self::descendants(root.pid) {
+                if !others.iter().any(|p| p.pid == pid) {
+                    if let Ok(p) = Process::open(pid) {
+                        others.push(p);
+                    }
+                }
+            }
+        }
+        for process in std::iter::once(root).chain(others.iter()) {
+            let sockets = match process.tcp_sockets(only_fd) {
+                Ok(s) => s,
+                Err(TakeError::NoProcess(_)) if process.pid != root.pid => continue,
+                Err(TakeError::NoProcess(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            let command = process.command();
+            for socket in sockets {
+                if seen.insert((process.pid, socket.fd, socket.inode)) {
+                    report(process.pid, &command, fix(socket, keepalive));
+                }
+            }
+        }
+        others.retain(|p| !exited(p));
+        if wait_exit(root, WATCH_EVERY) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `process` has exited (its pidfd is readable).
+pub fn exited(process: &Process) -> bool {
+    wait_exit(process, Duration::ZERO)
+}
+
+/// Waits up to `timeout` for `process` to exit; says whether it did.
+fn wait_exit(process: &Process, timeout: Duration) -> bool {
+    crate::echo::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
+}
+
+/// The pids of `pid`'s descendants (children, their children, …), from
+/// `/proc/PID/task/TID/children`.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut queue = vec![pid];
+    while let Some(p) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
+                continue;
+            };
+            for child in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if !out.contains(&child) {
+                    out.push(child);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_settings_parse_and_refuse_what_the_kernel_would() {
+        let k = Keepalive::parse("120s,30s,8").unwrap();
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(120), Duration::from_secs(30), 8)
+        );
+        assert_eq!(k.user_timeout(), Duration::from_secs(360));
+        for bad in [
+            "120s,30s",
+            "0s,30s,8",
+            "120s,30s,0",
+            "2m,1x,8",
+            "120s,30s,200",
+        ] {
+            assert!(Keepalive::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_profiles_keepalive_fires_at_half_its_idle_timeout() {
+        // Azure LB: 4 min → 120 s, 30 s, 8 (seeds 000 and 003).
+        let k = Keepalive::for_profile(&idlegate_core::profile::AZURE_LB);
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(120), Duration::from_secs(30), 8)
+        );
+    }
+
+    #[test]
+    fn a_sockets_keepalive_reads_back_as_set() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = SocketKeepalive::read(&listener).unwrap();
+        assert!(!before.enabled);
+        let k = Keepalive::parse("7s,3s,4").unwrap();
+        k.apply(&listener).unwrap();
+        let after = SocketKeepalive::read(&listener).unwrap();
+        assert_eq!(
+            after,
+            SocketKeepalive {
+                enabled: true,
+                idle: Duration::from_secs(7),
+                interval: Duration::from_secs(3),
+                count: 4,
+                user_timeout: Duration::from_secs(19),
+            }
+        );
+        assert_eq!(after.to_string(), "keepalive on 7s/3s/4, user timeout 19s");
+    }
+
+    #[test]
+    fn a_processs_own_tcp_sockets_are_found_and_fixed_through_duplicates() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let me = Process::open(std::process::id() as i32).unwrap();
+        let sockets = me.tcp_sockets(Some(client.as_raw_fd())).unwrap();
+        assert_eq!(sockets.len(), 1, "only the one TCP descriptor asked for");
+        assert_eq!(sockets[0].state, "ESTABLISHED");
+        assert_eq!(sockets[0].peer, Some(listener.local_addr().unwrap()));
+        let change = fix(
+            sockets.into_iter().next().unwrap(),
+            &Keepalive::parse("5s,2s,3").unwrap(),
+        )
+        .unwrap();
+        assert!(!change.before.enabled);
+        // The program's own descriptor sees the change: it is the same socket.
+        let own = SocketKeepalive::read(&client).unwrap();
+        assert!(own.enabled);
+        assert_eq!(own.idle, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_process_that_does_not_exist_is_named_in_the_error() {
+        let e = Process::open(i32::MAX).err().unwrap();
+        assert!(matches!(e, TakeError::NoProcess(_)), "{e}");
+    }
+}

@@ -1,0 +1,288 @@
+//! `idlegate keepalive --pid` and `idlegate run`: an unmodified Python client without
+//! keepalive, idle 5 s behind a gateway that forgets flows silently after 3 s (Azure's 4 min
+//! scaled 1/80), loses its connection; fixed from outside while it runs, or started under
+//! `run`, it keeps it. Also the errors: no such process, no permission, a process that exits.
+//!
+//! Root is needed (namespaces, TUN devices, pidfd_getfd on other users' processes); the tests
+//! fail loudly without it.
+
+mod common;
+
+use common::{require_root, unique};
+use idlegate::keepalive::{Process, SocketKeepalive};
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::netns;
+use idlegate_core::Config;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Connects to the frontend, checks the path with "a", says `ready`, waits for a line on
+/// stdin, idles 5 s, sends "b" and prints the reply or the error (6 s at most).
+const CLIENT: &str = r#"
+import socket, sys, time
+c = socket.create_connection(("203.0.113.10", 7000), timeout=5)
+c.settimeout(6)
+c.sendall(b"a\n")
+print("reply", c.recv(100).decode().strip(), flush=True)
+print("ready", flush=True)
+sys.stdin.readline()
+time.sleep(5)
+c.sendall(b"b\n")
+try:
+    print("reply", c.recv(100).decode().strip(), flush=True)
+except Exception as e:
+    print("error", type(e).__name__, flush=True)
+"#;
+
+fn config() -> Config {
+    Config::from_toml(
+        r#"profile = "azure-lb"
+time_scale = 80
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+expiry = "silent"
+"#,
+        "keepalive test config",
+    )
+    .unwrap()
+}
+
+/// A server in `vm1` that answers each line with "ok LINE", for any number of connections.
+fn serve(vm1: &str) {
+    let listener = netns::spawn_in(vm1, || TcpListener::bind("0.0.0.0:7000"))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let _ = conn.write_all(format!("ok {}\n", line.trim()).as_bytes());
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// Lines a child prints, as they come.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line starting with one of `prefixes`; returns it and the lines before it.
+fn expect(rx: &mpsc::Receiver<String>, prefixes: &[&str]) -> (String, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        match rx.recv_timeout(WAIT) {
+            Ok(line) if prefixes.iter().any(|p| line.starts_with(p)) => return (line, before),
+            Ok(line) => before.push(line),
+            Err(e) => panic!("no line {prefixes:?} ({e}); got {before:?}"),
+        }
+    }
+}
+
+/// Runs the client (plain, or under `idlegate run`), lets `fix` act on its pid when it is
+/// ready, and returns its last line and every line printed before it.
+fn idle_client(under_run: bool, fix: impl FnOnce(u32)) -> (String, Vec<String>) {
+    require_root();
+    let mut outcome = None;
+    Lab::with_gateway(&unique("ka"), &config(), |lab| {
+        let internet = lab.namespace_of(INTERNET)?;
+        serve(&lab.namespace_of("vm1")?);
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &internet]);
+        if under_run {
+            command.args([IDLEGATE, "run", "--keepalive", "1s,1s,3", "--"]);
+        }
+        let mut child = command
+            .args(["python3", "-c", CLIENT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let rx = lines(&mut child);
+        let (_, mut seen) = expect(&rx, &["ready"]);
+        fix(child.id());
+        child.stdin.take().unwrap().write_all(b"go\n")?;
+        let (last, more) = expect(&rx, &["reply", "error"]);
+        seen.extend(more);
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome = Some((last, seen));
+        Ok(())
+    })
+    .expect("lab run");
+    outcome.unwrap()
+}
+
+#[test]
+fn an_idle_client_without_keepalive_loses_its_connection_silently() {
+    let (last, _) = idle_client(false, |_| {});
+    assert_eq!(
+        last, "error TimeoutError",
+        "\"b\" vanished: no reply, no error but a timeout"
+    );
+}
+
+#[test]
+fn the_same_client_given_keepalive_from_outside_keeps_its_connection() {
+    let mut report = String::new();
+    let (last, _) = idle_client(false, |pid| {
+        let out = Command::new(IDLEGATE)
+            .args([
+                "keepalive",
+                "--pid",
+                &pid.to_string(),
+                "--keepalive",
+                "1s,1s,3",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        report = String::from_utf8_lossy(&out.stdout).into_owned();
+    });
+    assert_eq!(last, "reply ok b", "the flow was kept alive");
+    // Before → after, as read back from the socket.
+    let line = report
+        .lines()
+        .find(|l| l.contains("→ 203.0.113.10:7000 ESTABLISHED"))
+        .unwrap_or_else(|| panic!("no line for the connection in {report:?}"));
+    assert!(
+        line.ends_with(
+            "keepalive off 7200s/75s/9, user timeout default → keepalive on 1s/1s/3, user timeout 4s"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn the_same_client_started_under_run_keeps_its_connection() {
+    let (last, before) = idle_client(true, |_| {});
+    assert_eq!(last, "reply ok b");
+    assert!(
+        before
+            .iter()
+            .any(|l| l.contains("203.0.113.10:7000 ESTABLISHED")
+                && l.ends_with("keepalive on 1s/1s/3, user timeout 4s")),
+        "run reported the fix: {before:?}"
+    );
+}
+
+/// A process with one idle TCP connection on loopback, as root; killed when dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn start() -> Holder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
+                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
+                 time.sleep(float(input()))",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        Holder(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn without_permission_the_error_says_what_is_needed_and_nothing_changes() {
+    require_root();
+    let holder = Holder::start();
+    let out = Command::new(IDLEGATE)
+        .args(["keepalive", "--pid", &holder.pid().to_string()])
+        .uid(65534) // nobody
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied for process"), "{stderr}");
+    assert!(stderr.contains("CAP_SYS_PTRACE"), "{stderr}");
+    let process = Process::open(holder.pid() as i32).unwrap();
+    for socket in process.tcp_sockets(None).unwrap() {
+        assert!(
+            !SocketKeepalive::read(&socket).unwrap().enabled,
+            "{socket} unchanged"
+        );
+    }
+}
+
+#[test]
+fn a_process_that_is_gone_or_exits_during_a_watch_is_reported_plainly() {
+    require_root();
+    let out = Command::new(IDLEGATE)
+        .args(["keepalive", "--pid", "2147483647"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process 2147483647"));
+    let mut holder = Holder::start();
+    let watch = Command::new(IDLEGATE)
+        .args(["keepalive", "--watch", "--pid", &holder.pid().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The holder exits one second from now, while the watch runs.
+    holder.0.stdin.take().unwrap().write_all(b"1\n").unwrap();
+    let out = watch.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ESTABLISHED"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("exited"), "{stdout}");
+}
