@@ -58,11 +58,14 @@ impl Keepalive {
     /// T/2, then every T/8, 8 probes (for Azure's 4 min: 120 s, 30 s, 8, the fix of seeds 000
     /// and 003). The shortest of the profile's LB and outbound rule timeouts is taken.
     pub fn for_profile(profile: &Profile) -> Keepalive {
-        let t = profile
-            .lb_rule_idle
-            .default
-            .min(profile.outbound_rule_idle.default)
-            .as_secs();
+        Keepalive::for_idle_timeout(profile_idle_timeout(profile))
+    }
+
+    /// Keepalive for a box that forgets flows idle for `timeout`: first probe at half of it,
+    /// then every eighth, 8 probes, in whole seconds (rounded down, at least 1 s), as the
+    /// kernel takes them.
+    pub fn for_idle_timeout(timeout: Duration) -> Keepalive {
+        let t = timeout.as_secs();
         Keepalive {
             idle: Duration::from_secs((t / 2).max(1)),
             interval: Duration::from_secs((t / 8).max(1)),
@@ -93,6 +96,15 @@ impl Keepalive {
         self.apply(socket)?;
         SockRef::from(socket).set_tcp_nodelay(true)
     }
+}
+
+/// The idle timeout a profile's flows get by default: the shorter of its LB and outbound rule
+/// timeouts.
+pub fn profile_idle_timeout(profile: &Profile) -> Duration {
+    profile
+        .lb_rule_idle
+        .default
+        .min(profile.outbound_rule_idle.default)
 }
 
 /// What a socket really has, read back with getsockopt.

@@ -3,6 +3,7 @@
 //!
 //! | module | domain word |
 //! |---|---|
+//! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
 //! | [`gateway`] | the engine driven by TUN devices and the clock |
 //! | [`control`] | the control socket: `idlegate flows` |
 //! | [`capture`] | `--pcap`: every packet seen or made, for Wireshark |
@@ -18,6 +19,7 @@
 //! | [`tun`] | TUN devices living in another namespace |
 //! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
 
+pub mod advise;
 pub mod capture;
 pub mod control;
 pub mod demo;

@@ -55,6 +55,9 @@ enum Command {
     /// Start a program and give keepalive to every TCP socket it (or a process it starts)
     /// opens, within 100 ms: no LD_PRELOAD, so static binaries too.
     Run(RunArgs),
+    /// The keepalive settings that keep connections alive through a box: system settings and
+    /// library code, each with its source.
+    Advise(AdviseArgs),
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair.
     Keygen {
         /// Where to write it; an existing file is never overwritten.
@@ -91,6 +94,22 @@ impl KeepaliveChoice {
             (None, None) => Keepalive::for_profile(profile::default_profile()),
         })
     }
+}
+
+#[derive(Args)]
+struct AdviseArgs {
+    /// The box's idle timeout, e.g. 4m.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "profile")]
+    idle_timeout: Option<std::time::Duration>,
+    /// Take the idle timeout from this middlebox profile [default: azure-lb].
+    #[arg(long)]
+    profile: Option<String>,
+    /// The operating system whose settings to write.
+    #[arg(long, value_enum, default_value = "linux")]
+    os: idlegate::advise::Os,
+    /// Also the code for this client library.
+    #[arg(long = "for", value_enum)]
+    library: Option<idlegate::advise::Library>,
 }
 
 #[derive(Args)]
@@ -386,6 +405,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Probe(args) => probe(&args).map(|()| ExitCode::SUCCESS),
         Command::Relay(args) => relay(&args).map(|()| ExitCode::SUCCESS),
         Command::Keepalive(args) => keepalive(&args),
+        Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
         Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
             println!(
@@ -787,6 +807,35 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     } else {
         print!("{}", idlegate::probe::summary(&report));
     }
+    Ok(())
+}
+
+/// `idlegate advise`: prints the settings.
+fn advise(args: &AdviseArgs) -> Result<()> {
+    use idlegate::advise::Advice;
+    let (timeout, from) = match (args.idle_timeout, &args.profile) {
+        (Some(t), _) => {
+            if t < std::time::Duration::from_secs(2) {
+                anyhow::bail!(
+                    "--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)"
+                );
+            }
+            (t, "--idle-timeout".to_string())
+        }
+        (None, name) => {
+            let name = name.as_deref().unwrap_or(profile::default_profile().name);
+            let p = profile::find(name)
+                .with_context(|| format!("--profile {name}: no such profile"))?;
+            (
+                idlegate::keepalive::profile_idle_timeout(p),
+                format!("profile {name}"),
+            )
+        }
+    };
+    print!(
+        "{}",
+        Advice::new(timeout, from, args.os, args.library).render()
+    );
     Ok(())
 }
 

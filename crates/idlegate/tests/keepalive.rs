@@ -114,7 +114,7 @@ fn expect(rx: &mpsc::Receiver<String>, prefixes: &[&str]) -> (String, Vec<String
 
 /// Runs the client (plain, or under `idlegate run`), lets `fix` act on its pid when it is
 /// ready, and returns its last line and every line printed before it.
-fn idle_client(under_run: bool, fix: impl FnOnce(u32)) -> (String, Vec<String>) {
+fn idle_client(under_run: Option<&str>, fix: impl FnOnce(u32)) -> (String, Vec<String>) {
     require_root();
     let mut outcome = None;
     Lab::with_gateway(&unique("ka"), &config(), |lab| {
@@ -122,8 +122,8 @@ fn idle_client(under_run: bool, fix: impl FnOnce(u32)) -> (String, Vec<String>) 
         serve(&lab.namespace_of("vm1")?);
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &internet]);
-        if under_run {
-            command.args([IDLEGATE, "run", "--keepalive", "1s,1s,3", "--"]);
+        if let Some(keepalive) = under_run {
+            command.args([IDLEGATE, "run", "--keepalive", keepalive, "--"]);
         }
         let mut child = command
             .args(["python3", "-c", CLIENT])
@@ -147,7 +147,7 @@ fn idle_client(under_run: bool, fix: impl FnOnce(u32)) -> (String, Vec<String>) 
 
 #[test]
 fn an_idle_client_without_keepalive_loses_its_connection_silently() {
-    let (last, _) = idle_client(false, |_| {});
+    let (last, _) = idle_client(None, |_| {});
     assert_eq!(
         last, "error TimeoutError",
         "\"b\" vanished: no reply, no error but a timeout"
@@ -157,7 +157,7 @@ fn an_idle_client_without_keepalive_loses_its_connection_silently() {
 #[test]
 fn the_same_client_given_keepalive_from_outside_keeps_its_connection() {
     let mut report = String::new();
-    let (last, _) = idle_client(false, |pid| {
+    let (last, _) = idle_client(None, |pid| {
         let out = Command::new(IDLEGATE)
             .args([
                 "keepalive",
@@ -191,7 +191,7 @@ fn the_same_client_given_keepalive_from_outside_keeps_its_connection() {
 
 #[test]
 fn the_same_client_started_under_run_keeps_its_connection() {
-    let (last, before) = idle_client(true, |_| {});
+    let (last, before) = idle_client(Some("1s,1s,3"), |_| {});
     assert_eq!(last, "reply ok b");
     assert!(
         before
@@ -200,6 +200,37 @@ fn the_same_client_started_under_run_keeps_its_connection() {
                 && l.ends_with("keepalive on 1s/1s/3, user timeout 4s")),
         "run reported the fix: {before:?}"
     );
+}
+
+#[test]
+fn the_linux_settings_advise_derives_for_the_gateways_timeout_keep_the_client_alive() {
+    // The lab's box forgets flows after 3 s: ask advise for that timeout, apply its sysctl
+    // values to the client's sockets, and the idle client keeps its connection.
+    let out = Command::new(IDLEGATE)
+        .args(["advise", "--idle-timeout", "3s", "--os", "linux"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("net.ipv4.{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+            .to_string()
+    };
+    let keepalive = format!(
+        "{}s,{}s,{}",
+        value("tcp_keepalive_time"),
+        value("tcp_keepalive_intvl"),
+        value("tcp_keepalive_probes")
+    );
+    assert_eq!(keepalive, "1s,1s,8");
+    let (last, _) = idle_client(Some(&keepalive), |_| {});
+    assert_eq!(last, "reply ok b");
 }
 
 /// A process with one idle TCP connection on loopback, as root; killed when dropped.

@@ -1,0 +1,289 @@
+//! `idlegate advise`: the keepalive settings that keep a connection alive through a box, for an
+//! operating system and, if asked, a library, each with where it comes from.
+//!
+//! Contract: pure. [`Advice::new`] derives the timers from the box's idle timeout `T` (as
+//! [`Keepalive::for_idle_timeout`]: first probe at T/2, then every T/8, 8 probes, so a dead
+//! peer is declared 1.5 T after the last data, and a box that loses one probe still sees
+//! another well before `T`). [`Advice::render`] writes them as the chosen system's settings
+//! and the chosen library's code. For Azure's 4 minutes it gives the values of seeds 000 and
+//! 003: Linux 120/30/8; Windows KeepAliveTime 120000 ms, KeepAliveInterval 30000 ms,
+//! TcpMaxDataRetransmissions 8; Python requests with urllib3's `socket_options`.
+
+use crate::keepalive::Keepalive;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// The operating system whose settings are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Os {
+    Linux,
+    Windows,
+    Macos,
+}
+
+/// The client library whose code is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Library {
+    /// Python requests (urllib3 `socket_options`).
+    PythonRequests,
+    /// PostgreSQL's libpq and what builds on it (psycopg, psql): connection parameters.
+    Psycopg,
+    /// The PostgreSQL JDBC driver.
+    Jdbc,
+    /// Go's net.Dialer.
+    Go,
+    /// Node.js net sockets.
+    Node,
+    /// .NET sockets.
+    Dotnet,
+    /// OpenSSH.
+    Ssh,
+}
+
+/// The settings for one box, system and library.
+#[derive(Debug, Clone)]
+pub struct Advice {
+    /// The box's idle timeout, and what it was taken from.
+    pub idle_timeout: Duration,
+    pub from: String,
+    pub keepalive: Keepalive,
+    pub os: Os,
+    pub library: Option<Library>,
+}
+
+impl Advice {
+    pub fn new(idle_timeout: Duration, from: String, os: Os, library: Option<Library>) -> Advice {
+        Advice {
+            idle_timeout,
+            from,
+            keepalive: Keepalive::for_idle_timeout(idle_timeout),
+            os,
+            library,
+        }
+    }
+
+    /// The advice as text: the timers and why, the system's settings, the library's code.
+    pub fn render(&self) -> String {
+        let k = &self.keepalive;
+        let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), k.count);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Idle timeout {} ({}): first keepalive probe after {idle} s (half of it), then every \
+             {intvl} s, {count} probes; a dead peer is found {} s after the last data.\n",
+            humantime::format_duration(self.idle_timeout),
+            self.from,
+            k.user_timeout().as_secs(),
+        );
+        out += &self.system();
+        out += "\nKeepalive is off on a socket until the program turns it on (SO_KEEPALIVE): the \
+                system settings above only set its timers. For a program you cannot change: \
+                `idlegate keepalive --pid PID` or `idlegate run -- PROGRAM`.\n";
+        if let Some(library) = self.library {
+            out += "\n";
+            out += &self.library(library);
+        }
+        out
+    }
+
+    fn system(&self) -> String {
+        let k = &self.keepalive;
+        let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), k.count);
+        match self.os {
+            Os::Linux => format!(
+                "Linux, system-wide (/etc/sysctl.d/90-keepalive.conf, then `sysctl --system`):\n\
+                 net.ipv4.tcp_keepalive_time = {idle}\n\
+                 net.ipv4.tcp_keepalive_intvl = {intvl}\n\
+                 net.ipv4.tcp_keepalive_probes = {count}\n\
+                 Per socket instead: TCP_KEEPIDLE {idle}, TCP_KEEPINTVL {intvl}, TCP_KEEPCNT {count}, \
+                 TCP_USER_TIMEOUT {} ms.\n\
+                 Source: tcp(7); Azure, \"TCP settings for Azure VMs\" (120/30/8 for its 4 min).\n",
+                k.user_timeout().as_millis()
+            ),
+            Os::Windows => format!(
+                "Windows, system-wide (REG_DWORD values, in milliseconds; a restart applies them):\n\
+                 HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters\n\
+                 KeepAliveTime = {}\n\
+                 KeepAliveInterval = {}\n\
+                 TcpMaxDataRetransmissions = {count}\n\
+                 reg add HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters /v KeepAliveTime /t REG_DWORD /d {} /f\n\
+                 reg add HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters /v KeepAliveInterval /t REG_DWORD /d {} /f\n\
+                 reg add HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters /v TcpMaxDataRetransmissions /t REG_DWORD /d {count} /f\n\
+                 Since Windows Vista the number of keepalive probes is fixed at 10; \
+                 TcpMaxDataRetransmissions bounds retransmissions of data.\n\
+                 Source: Microsoft, \"TCP/IP registry values\" (KeepAliveTime, KeepAliveInterval, in ms); \
+                 Azure, \"TCP settings for Azure VMs\".\n",
+                idle * 1000,
+                intvl * 1000,
+                idle * 1000,
+                intvl * 1000,
+            ),
+            Os::Macos => format!(
+                "macOS, system-wide (milliseconds; add to /etc/sysctl.conf to keep):\n\
+                 sudo sysctl -w net.inet.tcp.keepidle={} net.inet.tcp.keepintvl={} net.inet.tcp.keepcnt={count}\n\
+                 Per socket instead: TCP_KEEPALIVE {idle} s, TCP_KEEPINTVL {intvl} s, TCP_KEEPCNT {count}.\n\
+                 Source: the XNU kernel's net.inet.tcp sysctls (`sysctl net.inet.tcp`).\n",
+                idle * 1000,
+                intvl * 1000,
+            ),
+        }
+    }
+
+    fn library(&self, library: Library) -> String {
+        let k = &self.keepalive;
+        let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), k.count);
+        let user_ms = k.user_timeout().as_millis();
+        match library {
+            Library::PythonRequests => format!(
+                "Python requests (urllib3 socket_options, keeping urllib3's defaults):\n\
+                 import socket, requests\n\
+                 from urllib3.connection import HTTPConnection\n\
+                 \n\
+                 class KeepaliveAdapter(requests.adapters.HTTPAdapter):\n\
+                 \x20   def init_poolmanager(self, *args, **kwargs):\n\
+                 \x20       kwargs[\"socket_options\"] = HTTPConnection.default_socket_options + [\n\
+                 \x20           (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),\n\
+                 \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, {idle}),   # Linux\n\
+                 \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, {intvl}),\n\
+                 \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, {count}),\n\
+                 \x20       ]\n\
+                 \x20       super().init_poolmanager(*args, **kwargs)\n\
+                 \n\
+                 session = requests.Session()\n\
+                 session.mount(\"http://\", KeepaliveAdapter())\n\
+                 session.mount(\"https://\", KeepaliveAdapter())\n\
+                 Source: urllib3, HTTPConnection socket_options; the fix of \"Azure TCP Idle Timeout, \
+                 TCP keepalive, and Python\".\n"
+            ),
+            Library::Psycopg => format!(
+                "PostgreSQL libpq (psycopg, psql, …), connection parameters:\n\
+                 keepalives=1 keepalives_idle={idle} keepalives_interval={intvl} keepalives_count={count} tcp_user_timeout={user_ms}\n\
+                 e.g. psycopg.connect(\"host=db dbname=app keepalives=1 keepalives_idle={idle} \
+                 keepalives_interval={intvl} keepalives_count={count} tcp_user_timeout={user_ms}\")\n\
+                 Source: PostgreSQL documentation, libpq \"Parameter Key Words\".\n"
+            ),
+            Library::Jdbc => format!(
+                "PostgreSQL JDBC: tcpKeepAlive=true turns keepalive on; its timers are the system's \
+                 (set them as above):\n\
+                 jdbc:postgresql://db:5432/app?tcpKeepAlive=true\n\
+                 For your own sockets (Java 11+): socket.setOption(ExtendedSocketOptions.TCP_KEEPIDLE, {idle}); \
+                 TCP_KEEPINTERVAL {intvl}; TCP_KEEPCOUNT {count}.\n\
+                 Source: pgJDBC documentation, connection parameters; jdk.net.ExtendedSocketOptions.\n"
+            ),
+            Library::Go => format!(
+                "Go 1.23 or later:\n\
+                 dialer := &net.Dialer{{KeepAliveConfig: net.KeepAliveConfig{{\n\
+                 \x20   Enable: true, Idle: {idle} * time.Second, Interval: {intvl} * time.Second, Count: {count},\n\
+                 }}}}\n\
+                 Older Go: net.Dialer{{KeepAlive: {intvl} * time.Second}} (idle and interval both).\n\
+                 Source: Go documentation, package net (Dialer, KeepAliveConfig).\n"
+            ),
+            Library::Node => format!(
+                "Node.js (the interval and count are the system's: set them as above):\n\
+                 const socket = net.connect({{ host, port, keepAlive: true, keepAliveInitialDelay: {} }});\n\
+                 or socket.setKeepAlive(true, {});\n\
+                 Source: Node.js documentation, net.Socket.setKeepAlive.\n",
+                idle * 1000,
+                idle * 1000,
+            ),
+            Library::Dotnet => format!(
+                ".NET Core 3.0 or later:\n\
+                 socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.KeepAlive, true);\n\
+                 socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveTime, {idle});\n\
+                 socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveInterval, {intvl});\n\
+                 socket.SetSocketOption(SocketOptionLevel.Tcp, SocketOptionName.TcpKeepAliveRetryCount, {count});\n\
+                 Source: .NET documentation, SocketOptionName.\n"
+            ),
+            Library::Ssh => format!(
+                "OpenSSH: messages inside the encrypted channel, which the box sees as data:\n\
+                 ~/.ssh/config:   ServerAliveInterval {intvl}   ServerAliveCountMax {count}\n\
+                 sshd_config:     ClientAliveInterval {intvl}   ClientAliveCountMax {count}\n\
+                 Source: ssh_config(5), sshd_config(5).\n"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn azure(os: Os, library: Option<Library>) -> String {
+        Advice::new(Duration::from_secs(240), "azure-lb".into(), os, library).render()
+    }
+
+    #[test]
+    fn azure_on_linux_gives_the_sysctls_of_seeds_000_and_003() {
+        // Seeds 000 and 003: net.ipv4.tcp_keepalive_time/intvl/probes = 120/30/8.
+        let text = azure(Os::Linux, None);
+        for line in [
+            "net.ipv4.tcp_keepalive_time = 120",
+            "net.ipv4.tcp_keepalive_intvl = 30",
+            "net.ipv4.tcp_keepalive_probes = 8",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.contains("a dead peer is found 360 s after the last data"));
+    }
+
+    #[test]
+    fn azure_on_windows_gives_the_registry_values_in_milliseconds() {
+        // Seed 003's registry values (KeepAliveTime and KeepAliveInterval are milliseconds).
+        let text = azure(Os::Windows, None);
+        for line in [
+            "KeepAliveTime = 120000",
+            "KeepAliveInterval = 30000",
+            "TcpMaxDataRetransmissions = 8",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn azure_with_python_requests_gives_urllib3_socket_options() {
+        // Seed 000's fix: keepalive through urllib3's socket_options, keeping its defaults.
+        let text = azure(Os::Linux, Some(Library::PythonRequests));
+        for part in [
+            "HTTPConnection.default_socket_options + [",
+            "(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)",
+            "(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 120)",
+            "(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 30)",
+            "(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 8)",
+            "session.mount(\"https://\", KeepaliveAdapter())",
+        ] {
+            assert!(text.contains(part), "{part} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_system_and_library_names_its_source() {
+        for os in [Os::Linux, Os::Windows, Os::Macos] {
+            for library in [
+                Library::PythonRequests,
+                Library::Psycopg,
+                Library::Jdbc,
+                Library::Go,
+                Library::Node,
+                Library::Dotnet,
+                Library::Ssh,
+            ] {
+                let text = azure(os, Some(library));
+                assert!(
+                    text.matches("Source:").count() >= 2,
+                    "{os:?} {library:?}:\n{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn short_timeouts_keep_whole_seconds_of_at_least_one() {
+        // The kernel takes whole seconds; a 3 s box gets 1 s, 1 s, 8.
+        let advice = Advice::new(Duration::from_secs(3), "test".into(), Os::Linux, None);
+        let k = advice.keepalive;
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(1), Duration::from_secs(1), 8)
+        );
+    }
+}
