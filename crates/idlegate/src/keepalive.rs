@@ -262,7 +262,7 @@ impl Process {
                 continue;
             };
             // The descriptor may close between the listing and here: skip it then.
-            match self.take(fd) {
+            match self.duplicate(fd) {
                 Ok(dup) => {
                     if let Some(socket) = tcp_socket(fd, inode, dup) {
                         found.push(socket);
@@ -277,7 +277,7 @@ impl Process {
     }
 
     /// pidfd_getfd: a duplicate of the process's descriptor `fd`.
-    fn take(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
+    pub fn duplicate(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
         // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags; it returns a new
         // descriptor or -1.
         let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };

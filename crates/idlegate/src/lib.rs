@@ -4,6 +4,7 @@
 //! | module | domain word |
 //! |---|---|
 //! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
+//! | [`audit`] | `idlegate audit`: the host's TCP connections judged against an idle timeout |
 //! | [`gateway`] | the engine driven by TUN devices and the clock |
 //! | [`control`] | the control socket: `idlegate flows` |
 //! | [`capture`] | `--pcap`: every packet seen or made, for Wireshark |
@@ -20,6 +21,7 @@
 //! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
 
 pub mod advise;
+pub mod audit;
 pub mod capture;
 pub mod control;
 pub mod demo;

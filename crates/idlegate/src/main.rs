@@ -55,6 +55,9 @@ enum Command {
     /// Start a program and give keepalive to every TCP socket it (or a process it starts)
     /// opens, within 100 ms: no LD_PRELOAD, so static binaries too.
     Run(RunArgs),
+    /// Every TCP connection of the host (or a namespace), judged against a box's idle timeout:
+    /// safe, at-risk or stalled, with the owner and the reason.
+    Audit(AuditArgs),
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
@@ -94,6 +97,25 @@ impl KeepaliveChoice {
             (None, None) => Keepalive::for_profile(profile::default_profile()),
         })
     }
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    /// The box's idle timeout, e.g. 4m.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "profile")]
+    idle_timeout: Option<std::time::Duration>,
+    /// Take the idle timeout from this middlebox profile [default: azure-lb].
+    #[arg(long)]
+    profile: Option<String>,
+    /// The connections of this network namespace (a name `ip netns list` shows).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Print one JSON object.
+    #[arg(long, conflicts_with = "watch")]
+    json: bool,
+    /// Refresh every 2 s, like top, until interrupted.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args)]
@@ -406,6 +428,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Relay(args) => relay(&args).map(|()| ExitCode::SUCCESS),
         Command::Keepalive(args) => keepalive(&args),
         Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => audit(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
         Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
             println!(
@@ -810,28 +833,59 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     Ok(())
 }
 
+/// `idlegate audit`: the table (or JSON), once or refreshed.
+fn audit(args: &AuditArgs) -> Result<()> {
+    let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
+    let netns = args.netns.as_deref();
+    if args.json {
+        let report = idlegate::audit::audit(timeout, netns)?;
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if !args.watch {
+        print!("{}", idlegate::audit::audit(timeout, netns)?.render());
+        return Ok(());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let text = idlegate::audit::audit(timeout, netns)?.render();
+        print!("\x1b[H\x1b[2J{text}");
+        std::io::stdout().flush()?;
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// The idle timeout asked for (at least 2 s), or the profile's (azure-lb by default), and
+/// where it came from.
+fn idle_timeout(
+    given: Option<std::time::Duration>,
+    profile_name: Option<&str>,
+) -> Result<(std::time::Duration, String)> {
+    if let Some(t) = given {
+        if t < std::time::Duration::from_secs(2) {
+            anyhow::bail!("--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)");
+        }
+        return Ok((t, "--idle-timeout".to_string()));
+    }
+    let name = profile_name.unwrap_or(profile::default_profile().name);
+    let p = profile::find(name).with_context(|| format!("--profile {name}: no such profile"))?;
+    Ok((
+        idlegate::keepalive::profile_idle_timeout(p),
+        format!("profile {name}"),
+    ))
+}
+
 /// `idlegate advise`: prints the settings.
 fn advise(args: &AdviseArgs) -> Result<()> {
     use idlegate::advise::Advice;
-    let (timeout, from) = match (args.idle_timeout, &args.profile) {
-        (Some(t), _) => {
-            if t < std::time::Duration::from_secs(2) {
-                anyhow::bail!(
-                    "--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)"
-                );
-            }
-            (t, "--idle-timeout".to_string())
-        }
-        (None, name) => {
-            let name = name.as_deref().unwrap_or(profile::default_profile().name);
-            let p = profile::find(name)
-                .with_context(|| format!("--profile {name}: no such profile"))?;
-            (
-                idlegate::keepalive::profile_idle_timeout(p),
-                format!("profile {name}"),
-            )
-        }
-    };
+    let (timeout, from) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
     print!(
         "{}",
         Advice::new(timeout, from, args.os, args.library).render()

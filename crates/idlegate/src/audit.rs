@@ -1,0 +1,562 @@
+//! `idlegate audit`: every TCP connection of the host (or of a network namespace), judged
+//! against a box's idle timeout: which will die when idle, and why.
+//!
+//! Contract: [`audit`] reads the connections through sock_diag netlink (`inet_diag` with
+//! `tcp_info`, as `ss` does; not /proc/net/tcp), their owners from /proc/PID/fd, the system's
+//! keepalive sysctls of the namespace, and, where this process may (root or ptrace access),
+//! each socket's own keepalive settings from a duplicate taken with `pidfd_getfd`. Otherwise
+//! keepalive is judged from the socket's armed timer (the kernel arms the keepalive timer on a
+//! socket with SO_KEEPALIVE whenever no retransmission is pending) and its timers are
+//! `null`. [`judge`] is the pure verdict: `stalled` (unacknowledged data being retransmitted:
+//! the path is probably dead already), `at-risk` (no keepalive, or keepalive slower than the
+//! timeout), `safe`.
+
+use crate::keepalive::{Process, SocketKeepalive};
+use anyhow::{bail, Context, Result};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
+use netlink_packet_sock_diag::inet::{
+    nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer,
+};
+use netlink_packet_sock_diag::SockDiagMessage;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A connection's verdict, worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Stalled,
+    AtRisk,
+    Safe,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Stalled => "stalled",
+            Verdict::AtRisk => "at-risk",
+            Verdict::Safe => "safe",
+        })
+    }
+}
+
+/// The namespace's keepalive sysctls: the timers of sockets that turn keepalive on without
+/// setting their own.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Sysctl {
+    pub tcp_keepalive_time: u64,
+    pub tcp_keepalive_intvl: u64,
+    pub tcp_keepalive_probes: u64,
+}
+
+impl Sysctl {
+    fn read() -> Result<Sysctl> {
+        let get = |name: &str| -> Result<u64> {
+            let path = format!("/proc/sys/net/ipv4/{name}");
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {path}"))?
+                .trim()
+                .parse()
+                .with_context(|| format!("{path}: not a number"))
+        };
+        Ok(Sysctl {
+            tcp_keepalive_time: get("tcp_keepalive_time")?,
+            tcp_keepalive_intvl: get("tcp_keepalive_intvl")?,
+            tcp_keepalive_probes: get("tcp_keepalive_probes")?,
+        })
+    }
+}
+
+/// One connection and its verdict (null fields: not known).
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub pid: Option<i32>,
+    pub command: Option<String>,
+    pub state: &'static str,
+    pub keepalive: Option<bool>,
+    pub keepalive_idle_s: Option<u64>,
+    pub keepalive_interval_s: Option<u64>,
+    pub keepalive_count: Option<u32>,
+    /// When the next keepalive probe is due, if its timer is armed.
+    pub next_probe_s: Option<f64>,
+    /// Since the last data sent or received, whichever is later.
+    pub idle_s: f64,
+    /// Segments sent and not acknowledged.
+    pub unacked: u32,
+    /// Retransmissions over the connection's life.
+    pub retransmits: u32,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+/// What `idlegate audit` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub idle_timeout_s: u64,
+    pub sysctl: Sysctl,
+    /// The sysctls against the timeout.
+    pub sysctl_verdict: Verdict,
+    pub sysctl_reason: String,
+    pub connections: Vec<Connection>,
+}
+
+/// What [`judge`] looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts {
+    /// None: cannot tell (a retransmission timer hides the keepalive one, and the socket
+    /// could not be read).
+    pub keepalive: Option<bool>,
+    /// The socket's keepalive idle time, if read.
+    pub keepalive_idle: Option<Duration>,
+    /// When the armed keepalive timer fires, from now.
+    pub next_probe: Option<Duration>,
+    pub unacked: u32,
+    /// A retransmission is pending now.
+    pub retransmitting: bool,
+    pub idle: Duration,
+}
+
+/// The verdict for one connection against `timeout`.
+pub fn judge(facts: &Facts, sysctl: &Sysctl, timeout: Duration) -> (Verdict, String) {
+    let t = timeout.as_secs();
+    if facts.unacked > 0 && facts.retransmitting {
+        return (
+            Verdict::Stalled,
+            format!(
+                "{} segment(s) unacknowledged and retransmitting: the path is probably dead already",
+                facts.unacked
+            ),
+        );
+    }
+    match facts.keepalive {
+        Some(true) => {
+            // The first probe after the last data: from the socket's own timers; else from
+            // its armed timer; else the system's.
+            let (idle, source) = match (facts.keepalive_idle, facts.next_probe) {
+                (Some(idle), _) => (idle, "its own timers"),
+                (None, Some(next)) => (facts.idle + next, "its armed timer"),
+                (None, None) => (
+                    Duration::from_secs(sysctl.tcp_keepalive_time),
+                    "the system's timers",
+                ),
+            };
+            if idle < timeout {
+                (
+                    Verdict::Safe,
+                    format!(
+                        "keepalive ({source}) probes after {} s, before the {t} s timeout",
+                        idle.as_secs()
+                    ),
+                )
+            } else {
+                (
+                    Verdict::AtRisk,
+                    format!(
+                        "keepalive ({source}) probes only after {} s: the {t} s timeout comes first",
+                        idle.as_secs()
+                    ),
+                )
+            }
+        }
+        Some(false) => (
+            Verdict::AtRisk,
+            format!(
+                "no keepalive: the box forgets it after {t} s idle (idle {:.0} s now)",
+                facts.idle.as_secs_f64()
+            ),
+        ),
+        None => (
+            Verdict::AtRisk,
+            "keepalive unknown: a retransmission timer hides it and the socket could not be read"
+                .into(),
+        ),
+    }
+}
+
+/// Judges the system's keepalive sysctls.
+fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Verdict, String) {
+    let t = timeout.as_secs();
+    if sysctl.tcp_keepalive_time < t {
+        (
+            Verdict::Safe,
+            format!(
+                "a socket with keepalive on and no timers of its own probes after {} s, before the {t} s timeout",
+                sysctl.tcp_keepalive_time
+            ),
+        )
+    } else {
+        (
+            Verdict::AtRisk,
+            format!(
+                "a socket with keepalive on and no timers of its own probes only after {} s, later than the {t} s timeout (`idlegate advise`)",
+                sysctl.tcp_keepalive_time
+            ),
+        )
+    }
+}
+
+/// Audits the connections of namespace `netns` (this process's if None).
+pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
+    let (sysctl, raw) = match netns {
+        Some(ns) => crate::netns::spawn_in(ns, || -> Result<_> { Ok((Sysctl::read()?, dump()?)) })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??,
+        None => (Sysctl::read()?, dump()?),
+    };
+    let owners = owners();
+    let mut connections: Vec<Connection> = raw
+        .into_iter()
+        .map(|r| connection(r, &owners, &sysctl, timeout))
+        .collect();
+    connections.sort_by(|a, b| {
+        (a.verdict, b.idle_s)
+            .partial_cmp(&(b.verdict, a.idle_s))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let (sysctl_verdict, sysctl_reason) = judge_sysctl(&sysctl, timeout);
+    Ok(Report {
+        idle_timeout_s: timeout.as_secs(),
+        sysctl,
+        sysctl_verdict,
+        sysctl_reason,
+        connections,
+    })
+}
+
+/// What sock_diag says of one socket.
+struct Raw {
+    local: SocketAddr,
+    remote: SocketAddr,
+    state: u8,
+    timer: Option<Timer>,
+    inode: u32,
+    info: Option<netlink_packet_sock_diag::inet::nlas::TcpInfo>,
+}
+
+/// Every TCP socket but listeners and TIME_WAIT, IPv4 and IPv6, with tcp_info.
+fn dump() -> Result<Vec<Raw>> {
+    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
+    socket.bind_auto().context("binding the sock_diag socket")?;
+    socket
+        .connect(&NlAddr::new(0, 0))
+        .context("connecting the sock_diag socket")?;
+    let mut out = Vec::new();
+    for (family, id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut states = StateFlags::all();
+        states.remove(StateFlags::LISTEN | StateFlags::TIME_WAIT);
+        let mut packet = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::INFO,
+                states,
+                socket_id: id,
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0).context("asking sock_diag")?;
+        receive_all(&socket, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Reads the dump's answers until its end.
+fn receive_all(socket: &netlink_sys::Socket, out: &mut Vec<Raw>) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
+            .context("reading sock_diag")?;
+        let mut at = 0;
+        while at < n {
+            let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[at..n])
+                .map_err(|e| anyhow::anyhow!("a sock_diag answer: {e}"))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(()),
+                NetlinkPayload::Error(e) => bail!("sock_diag refused the request: {e:?}"),
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(raw(*r)),
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+    }
+}
+
+fn raw(r: InetResponse) -> Raw {
+    let id = &r.header.socket_id;
+    let info = r.nlas.into_iter().find_map(|nla| match nla {
+        Nla::TcpInfo(info) => Some(info),
+        _ => None,
+    });
+    Raw {
+        local: SocketAddr::new(id.source_address, id.source_port),
+        remote: SocketAddr::new(id.destination_address, id.destination_port),
+        state: r.header.state,
+        timer: r.header.timer,
+        inode: r.header.inode,
+        info,
+    }
+}
+
+/// Socket inode → (pid, its descriptor, command), from every /proc/PID/fd.
+fn owners() -> HashMap<u64, (i32, i32, String)> {
+    let mut map = HashMap::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return map;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let mut command = None;
+        for fd in fds.flatten() {
+            let Some(inode) = std::fs::read_link(fd.path()).ok().and_then(|t| {
+                t.to_str()?
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()
+            }) else {
+                continue;
+            };
+            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let command = command.get_or_insert_with(|| {
+                std::fs::read_to_string(entry.path().join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default()
+            });
+            map.entry(inode).or_insert((pid, n, command.clone()));
+        }
+    }
+    map
+}
+
+/// The socket's own keepalive settings, through a duplicate from its owner, if allowed.
+fn read_own(pid: i32, fd: i32) -> Option<SocketKeepalive> {
+    let process = Process::open(pid).ok()?;
+    let dup = process.duplicate(fd).ok()?;
+    SocketKeepalive::read(&dup).ok()
+}
+
+fn connection(
+    r: Raw,
+    owners: &HashMap<u64, (i32, i32, String)>,
+    sysctl: &Sysctl,
+    timeout: Duration,
+) -> Connection {
+    let owner = owners.get(&u64::from(r.inode));
+    let own = owner.and_then(|&(pid, fd, _)| read_own(pid, fd));
+    let from_timer = match r.timer {
+        Some(Timer::KeepAlive(_)) => Some(true),
+        None => Some(false),
+        _ => None,
+    };
+    let keepalive = own.map(|k| k.enabled).or(from_timer);
+    let info = r.info.as_ref();
+    let idle_ms = info.map_or(0, |i| i.last_data_sent.min(i.last_data_recv));
+    let idle = Duration::from_millis(u64::from(idle_ms));
+    let unacked = info.map_or(0, |i| i.unacked);
+    let retransmitting = matches!(r.timer, Some(Timer::Retransmit(..) | Timer::Probe(_)));
+    let facts = Facts {
+        keepalive,
+        keepalive_idle: own.filter(|k| k.enabled).map(|k| k.idle),
+        next_probe: match r.timer {
+            Some(Timer::KeepAlive(d)) => Some(d),
+            _ => None,
+        },
+        unacked,
+        retransmitting,
+        idle,
+    };
+    let (verdict, reason) = judge(&facts, sysctl, timeout);
+    let on = keepalive == Some(true);
+    Connection {
+        local: r.local,
+        remote: r.remote,
+        pid: owner.map(|o| o.0),
+        command: owner.map(|o| o.2.clone()),
+        state: state_name(r.state),
+        keepalive,
+        keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),
+        keepalive_interval_s: own.filter(|_| on).map(|k| k.interval.as_secs()),
+        keepalive_count: own.filter(|_| on).map(|k| k.count),
+        next_probe_s: match r.timer {
+            Some(Timer::KeepAlive(d)) => Some(d.as_secs_f64()),
+            _ => None,
+        },
+        idle_s: f64::from(idle_ms) / 1000.0,
+        unacked,
+        retransmits: info.map_or(0, |i| i.total_retrans),
+        verdict,
+        reason,
+    }
+}
+
+fn state_name(state: u8) -> &'static str {
+    const NAMES: [&str; 12] = [
+        "?",
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+    ];
+    NAMES.get(state as usize).copied().unwrap_or("?")
+}
+
+impl Report {
+    /// The table `idlegate audit` prints: the sysctls first, then each connection, worst first.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let s = &self.sysctl;
+        let mut out = format!(
+            "idle timeout {} s; system keepalive {}/{}/{}: {} ({})\n\n",
+            self.idle_timeout_s,
+            s.tcp_keepalive_time,
+            s.tcp_keepalive_intvl,
+            s.tcp_keepalive_probes,
+            self.sysctl_verdict,
+            self.sysctl_reason
+        );
+        let _ = writeln!(
+            out,
+            "{:<8} {:<26} {:<26} {:<11} {:<22} {:<16} {:>7} {:>7}  REASON",
+            "VERDICT", "LOCAL", "REMOTE", "STATE", "PROCESS", "KEEPALIVE", "IDLE", "UNACKED"
+        );
+        for c in &self.connections {
+            let process = match (c.pid, &c.command) {
+                (Some(pid), Some(cmd)) => format!("{pid} {cmd}"),
+                _ => "-".into(),
+            };
+            let keepalive = match (c.keepalive, c.keepalive_idle_s) {
+                (Some(true), Some(idle)) => format!(
+                    "on {idle}/{}/{}",
+                    c.keepalive_interval_s.unwrap_or(0),
+                    c.keepalive_count.unwrap_or(0)
+                ),
+                (Some(true), None) => "on (system)".into(),
+                (Some(false), _) => "off".into(),
+                (None, _) => "?".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<8} {:<26} {:<26} {:<11} {:<22} {:<16} {:>6.1}s {:>7}  {}",
+                c.verdict.to_string(),
+                c.local.to_string(),
+                c.remote.to_string(),
+                c.state,
+                process,
+                keepalive,
+                c.idle_s,
+                c.unacked,
+                c.reason
+            );
+        }
+        if self.connections.is_empty() {
+            out += "(no TCP connections)\n";
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINUX: Sysctl = Sysctl {
+        tcp_keepalive_time: 7200,
+        tcp_keepalive_intvl: 75,
+        tcp_keepalive_probes: 9,
+    };
+
+    fn facts(
+        keepalive: Option<bool>,
+        idle_s: Option<u64>,
+        unacked: u32,
+        retransmitting: bool,
+    ) -> Facts {
+        Facts {
+            keepalive,
+            keepalive_idle: idle_s.map(Duration::from_secs),
+            next_probe: None,
+            unacked,
+            retransmitting,
+            idle: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn verdicts_against_azures_four_minutes() {
+        let t = Duration::from_secs(240);
+        let v = |f: Facts| judge(&f, &LINUX, t).0;
+        assert_eq!(v(facts(Some(true), Some(120), 0, false)), Verdict::Safe);
+        assert_eq!(
+            v(facts(Some(true), Some(300), 0, false)),
+            Verdict::AtRisk,
+            "slower than the box"
+        );
+        // On with the system's timers: Linux's default 7200 s is too slow (seeds 000 and 003).
+        assert_eq!(v(facts(Some(true), None, 0, false)), Verdict::AtRisk);
+        assert_eq!(v(facts(Some(false), None, 0, false)), Verdict::AtRisk);
+        assert_eq!(v(facts(None, None, 0, false)), Verdict::AtRisk);
+        assert_eq!(v(facts(Some(true), Some(120), 2, true)), Verdict::Stalled);
+        assert_eq!(
+            v(facts(Some(false), None, 2, false)),
+            Verdict::AtRisk,
+            "unacked but not yet retransmitting"
+        );
+    }
+
+    #[test]
+    fn the_system_sysctls_are_judged_too() {
+        let t = Duration::from_secs(240);
+        assert_eq!(judge_sysctl(&LINUX, t).0, Verdict::AtRisk);
+        let fixed = Sysctl {
+            tcp_keepalive_time: 120,
+            tcp_keepalive_intvl: 30,
+            tcp_keepalive_probes: 8,
+        };
+        assert_eq!(judge_sysctl(&fixed, t).0, Verdict::Safe);
+    }
+
+    #[test]
+    fn stalled_sorts_before_at_risk_before_safe() {
+        assert!(Verdict::Stalled < Verdict::AtRisk && Verdict::AtRisk < Verdict::Safe);
+    }
+}
