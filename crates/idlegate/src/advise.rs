@@ -70,7 +70,7 @@ impl Advice {
         let _ = writeln!(
             out,
             "Idle timeout {} ({}): first keepalive probe after {idle} s (half of it), then every \
-             {intvl} s, {count} probes; a dead peer is found {} s after the last data.\n",
+             {intvl} s, {count} probes; on Linux a dead peer is found {} s after the last data.\n",
             humantime::format_duration(self.idle_timeout),
             self.from,
             k.user_timeout().as_secs(),
@@ -143,7 +143,7 @@ impl Advice {
                  \x20   def init_poolmanager(self, *args, **kwargs):\n\
                  \x20       kwargs[\"socket_options\"] = HTTPConnection.default_socket_options + [\n\
                  \x20           (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),\n\
-                 \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, {idle}),   # Linux\n\
+                 \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, {idle}),   # macOS: socket.TCP_KEEPALIVE\n\
                  \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, {intvl}),\n\
                  \x20           (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, {count}),\n\
                  \x20       ]\n\
@@ -179,7 +179,8 @@ impl Advice {
                  Source: Go documentation, package net (Dialer, KeepAliveConfig).\n"
             ),
             Library::Node => format!(
-                "Node.js (the interval and count are the system's: set them as above):\n\
+                "Node.js (this sets the first probe only; the interval and count come from libuv \
+                 or the system):\n\
                  const socket = net.connect({{ host, port, keepAlive: true, keepAliveInitialDelay: {} }});\n\
                  or socket.setKeepAlive(true, {});\n\
                  Source: Node.js documentation, net.Socket.setKeepAlive.\n",
@@ -223,7 +224,7 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
-        assert!(text.contains("a dead peer is found 360 s after the last data"));
+        assert!(text.contains("on Linux a dead peer is found 360 s after the last data"));
     }
 
     #[test]

@@ -244,9 +244,23 @@ impl Process {
 
     /// Duplicates of every TCP socket the process holds (or only descriptor `only`).
     pub fn tcp_sockets(&self, only: Option<RawFd>) -> Result<Vec<ForeignSocket>, TakeError> {
+        let mut found = Vec::new();
+        self.each_tcp_socket(only, |_, _| true, |s| found.push(s))?;
+        found.sort_by_key(|s| s.fd);
+        Ok(found)
+    }
+
+    /// Hands each TCP socket of the process (or only descriptor `only`) that `wanted(fd,
+    /// inode)` accepts to `each`, one duplicate at a time. A descriptor that closes meanwhile
+    /// (or now names another socket) is skipped; running out of descriptors is an error.
+    pub fn each_tcp_socket(
+        &self,
+        only: Option<RawFd>,
+        wanted: impl Fn(RawFd, u64) -> bool,
+        mut each: impl FnMut(ForeignSocket),
+    ) -> Result<(), TakeError> {
         let dir = format!("/proc/{}/fd", self.pid);
         let entries = std::fs::read_dir(&dir).map_err(|e| errno_error(self.pid, e))?;
-        let mut found = Vec::new();
         for entry in entries.flatten() {
             let Some(fd) = entry
                 .file_name()
@@ -261,19 +275,30 @@ impl Process {
             let Some(inode) = socket_inode(&entry.path()) else {
                 continue;
             };
-            // The descriptor may close between the listing and here: skip it then.
-            match self.duplicate(fd) {
-                Ok(dup) => {
-                    if let Some(socket) = tcp_socket(fd, inode, dup) {
-                        found.push(socket);
-                    }
+            if !wanted(fd, inode) {
+                continue;
+            }
+            let dup = match self.duplicate(fd) {
+                Ok(dup) => dup,
+                Err(TakeError::Io { source, .. })
+                    if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+                {
+                    return Err(TakeError::Io {
+                        pid: self.pid,
+                        source,
+                    })
                 }
-                Err(TakeError::Io { .. }) => {}
+                Err(TakeError::Io { .. }) => continue,
                 Err(e) => return Err(e),
+            };
+            if inode_of(&dup) != Some(inode) {
+                continue;
+            }
+            if let Some(socket) = tcp_socket(fd, inode, dup) {
+                each(socket);
             }
         }
-        found.sort_by_key(|s| s.fd);
-        Ok(found)
+        Ok(())
     }
 
     /// pidfd_getfd: a duplicate of the process's descriptor `fd`.
@@ -297,6 +322,17 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// The inode of the file behind `fd` (fstat).
+pub fn inode_of(fd: &impl AsFd) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat fills `st` when it returns 0.
+    if unsafe { libc::fstat(fd.as_fd().as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat returned 0, so `st` is initialised.
+    Some(unsafe { st.assume_init() }.st_ino)
 }
 
 /// The socket behind `dup`, if it is TCP.
@@ -398,20 +434,30 @@ pub fn watch(
             }
         }
         for process in std::iter::once(root).chain(others.iter()) {
-            let sockets = match process.tcp_sockets(only_fd) {
-                Ok(s) => s,
-                Err(TakeError::NoProcess(_)) if process.pid != root.pid => continue,
-                Err(TakeError::NoProcess(_)) => return Ok(()),
-                Err(e) => return Err(e),
-            };
             let command = process.command();
-            for socket in sockets {
-                if seen.insert((process.pid, socket.fd, socket.inode)) {
-                    report(process.pid, &command, fix(socket, keepalive));
-                }
+            let pid = process.pid;
+            let mut fresh = Vec::new();
+            let result = process.each_tcp_socket(
+                only_fd,
+                |fd, inode| !seen.contains(&(pid, fd, inode)),
+                |socket| {
+                    fresh.push((pid, socket.fd, socket.inode));
+                    report(pid, &command, fix(socket, keepalive));
+                },
+            );
+            seen.extend(fresh);
+            match result {
+                Ok(()) => {}
+                Err(TakeError::NoProcess(_)) if pid == root.pid => return Ok(()),
+                // A process the program started may be gone, or out of reach (setuid, not
+                // dumpable): the others are still watched.
+                Err(_) if pid != root.pid => {}
+                Err(e) => return Err(e),
             }
         }
         others.retain(|p| !exited(p));
+        // Forget the sockets of processes no longer watched.
+        seen.retain(|(pid, _, _)| *pid == root.pid || others.iter().any(|p| p.pid == *pid));
         if wait_exit(root, WATCH_EVERY) {
             return Ok(());
         }

@@ -893,15 +893,30 @@ fn advise(args: &AdviseArgs) -> Result<()> {
     Ok(())
 }
 
-/// One line per socket given keepalive: what it had and what it has now, read back.
-fn print_change(pid: i32, command: &str, change: std::io::Result<idlegate::keepalive::Change>) {
-    match change {
-        Ok(c) => println!(
-            "pid {pid} ({command}) {}: {} → {}",
-            c.socket, c.before, c.after
+/// One line per socket given keepalive: what it had and what it has now, read back; on
+/// `out` (stderr under `run`, whose stdout is the program's). Says whether it was changed.
+fn print_change(
+    out: &mut dyn std::io::Write,
+    pid: i32,
+    command: &str,
+    change: std::io::Result<idlegate::keepalive::Change>,
+) -> bool {
+    let (line, changed) = match change {
+        Ok(c) => (
+            format!(
+                "pid {pid} ({command}) {}: {} → {}",
+                c.socket, c.before, c.after
+            ),
+            true,
         ),
-        Err(e) => println!("pid {pid} ({command}): a socket could not be changed: {e}"),
-    }
+        Err(e) => (
+            format!("pid {pid} ({command}): a socket could not be changed: {e}"),
+            false,
+        ),
+    };
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    changed
 }
 
 /// `idlegate keepalive --pid`: fixes a running program's sockets (once, or as they come).
@@ -910,26 +925,46 @@ fn keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
     let keepalive = args.choice.resolve()?;
     let process = Process::open(args.pid)?;
     let command = process.command();
+    let mut failed = false;
     if args.watch {
-        watch(&process, &keepalive, args.fd, false, print_change)?;
+        watch(
+            &process,
+            &keepalive,
+            args.fd,
+            false,
+            |pid, command, change| {
+                failed |= !print_change(&mut std::io::stdout(), pid, command, change);
+            },
+        )?;
         println!("pid {} ({command}) exited", args.pid);
-        return Ok(ExitCode::SUCCESS);
+    } else {
+        let sockets = process.tcp_sockets(args.fd)?;
+        if sockets.is_empty() {
+            let what = args.fd.map_or("no TCP sockets".to_string(), |fd| {
+                format!("fd {fd} is not a TCP socket")
+            });
+            eprintln!("pid {} ({command}): {what}", args.pid);
+            failed = args.fd.is_some();
+        }
+        for socket in sockets {
+            failed |= !print_change(
+                &mut std::io::stdout(),
+                args.pid,
+                &command,
+                fix(socket, &keepalive),
+            );
+        }
     }
-    let sockets = process.tcp_sockets(args.fd)?;
-    if sockets.is_empty() {
-        let what = args.fd.map_or("no TCP sockets".to_string(), |fd| {
-            format!("fd {fd} is not a TCP socket")
-        });
-        eprintln!("pid {} ({command}): {what}", args.pid);
-        return Ok(ExitCode::from(if args.fd.is_some() { 1 } else { 0 }));
-    }
-    for socket in sockets {
-        print_change(args.pid, &command, fix(socket, &keepalive));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-/// `idlegate run -- CMD…`: starts the program under a watch; exits with its status.
+/// `idlegate run -- CMD…`: starts the program under a watch and exits with its status. Ctrl-C
+/// and SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
+/// passed on to it. A watch that fails says so at once; the program runs on.
 fn run_watched(args: &RunArgs) -> Result<ExitCode> {
     use idlegate::keepalive::{watch, Process};
     use std::os::unix::process::ExitStatusExt;
@@ -938,16 +973,43 @@ fn run_watched(args: &RunArgs) -> Result<ExitCode> {
         .command
         .split_first()
         .context("run: the program to start, after --")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGQUIT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("run: installing signal handlers")?;
     let mut child = std::process::Command::new(program)
         .args(rest)
         .spawn()
         .with_context(|| format!("run: cannot start {program:?}"))?;
     let pid = child.id() as i32;
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if signal == signal_hook::consts::SIGTERM || signal == signal_hook::consts::SIGHUP {
+                // SAFETY: kill with a pid we started and a valid signal number.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    });
     let watched = Process::open(pid)
         .map_err(anyhow::Error::from)
-        .and_then(|process| Ok(watch(&process, &keepalive, None, true, print_change)?));
+        .and_then(|process| {
+            Ok(watch(
+                &process,
+                &keepalive,
+                None,
+                true,
+                |pid, command, change| {
+                    print_change(&mut std::io::stderr(), pid, command, change);
+                },
+            )?)
+        });
+    if let Err(e) = watched {
+        eprintln!("idlegate run: keepalive watch stopped: {e:#}");
+    }
     let status = child.wait().context("run: waiting for the program")?;
-    watched?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
         (None, Some(signal)) => ExitCode::from((128 + signal).clamp(0, 255) as u8),

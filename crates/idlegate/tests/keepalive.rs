@@ -86,17 +86,22 @@ fn serve(vm1: &str) {
     });
 }
 
-/// Lines a child prints, as they come.
+/// Lines a child prints on stdout and stderr, as they come.
 fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
+    let forward = |out: Box<dyn Read + Send>, tx: mpsc::Sender<String>| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+    };
+    forward(Box::new(child.stdout.take().unwrap()), tx.clone());
+    if let Some(err) = child.stderr.take() {
+        forward(Box::new(err), tx);
+    }
     rx
 }
 
@@ -129,6 +134,7 @@ fn idle_client(under_run: Option<&str>, fix: impl FnOnce(u32)) -> (String, Vec<S
             .args(["python3", "-c", CLIENT])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()?;
         let rx = lines(&mut child);
         let (_, mut seen) = expect(&rx, &["ready"]);
@@ -275,7 +281,8 @@ impl Drop for Holder {
 fn without_permission_the_error_says_what_is_needed_and_nothing_changes() {
     require_root();
     let holder = Holder::start();
-    let out = Command::new(IDLEGATE)
+    let (_dir, idlegate) = common::runnable_by_anyone(IDLEGATE);
+    let out = Command::new(idlegate)
         .args(["keepalive", "--pid", &holder.pid().to_string()])
         .uid(65534) // nobody
         .gid(65534)
@@ -304,16 +311,21 @@ fn a_process_that_is_gone_or_exits_during_a_watch_is_reported_plainly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process 2147483647"));
     let mut holder = Holder::start();
-    let watch = Command::new(IDLEGATE)
+    let mut watch = Command::new(IDLEGATE)
         .args(["keepalive", "--watch", "--pid", &holder.pid().to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // The holder exits one second from now, while the watch runs.
-    holder.0.stdin.take().unwrap().write_all(b"1\n").unwrap();
-    let out = watch.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("ESTABLISHED"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("exited"), "{stdout}");
+    let rx = lines(&mut watch);
+    let next_with = |text: &str| loop {
+        let line = rx.recv_timeout(WAIT).expect("a line from the watch");
+        if line.contains(text) {
+            return line;
+        }
+    };
+    next_with("ESTABLISHED");
+    // The holder exits now, while the watch runs.
+    holder.0.stdin.take().unwrap().write_all(b"0\n").unwrap();
+    assert!(next_with("exited").starts_with(&format!("pid {}", holder.pid())));
+    assert!(watch.wait().unwrap().success());
 }

@@ -151,3 +151,16 @@ pub fn raise_fd_limit(want: u64) {
         }
     }
 }
+
+/// A copy of the binary at `path` that any user may run (the checkout may sit in a directory
+/// only root can enter), in a directory that lives as long as the returned guard.
+#[allow(dead_code)] // only the tests that run as another user
+pub fn runnable_by_anyone(path: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("idlegate");
+    std::fs::copy(path, &copy).expect("copying the binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
