@@ -437,7 +437,7 @@ fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Durati
         remote: r.remote,
         pid: owner.map(|o| o.0),
         command: owner.map(|o| o.2.clone()),
-        state: state_name(r.state),
+        state: crate::keepalive::tcp_state_name(r.state),
         keepalive,
         keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),
         keepalive_interval_s: own.filter(|_| on).map(|k| k.interval.as_secs()),
@@ -452,24 +452,6 @@ fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Durati
         verdict,
         reason,
     }
-}
-
-fn state_name(state: u8) -> &'static str {
-    const NAMES: [&str; 12] = [
-        "?",
-        "ESTABLISHED",
-        "SYN_SENT",
-        "SYN_RECV",
-        "FIN_WAIT1",
-        "FIN_WAIT2",
-        "TIME_WAIT",
-        "CLOSE",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "LISTEN",
-        "CLOSING",
-    ];
-    NAMES.get(state as usize).copied().unwrap_or("?")
 }
 
 impl Report {

@@ -371,6 +371,11 @@ fn tcp_state(socket: &impl AsFd) -> &'static str {
     if rc != 0 {
         return "?";
     }
+    tcp_state_name(info[0])
+}
+
+/// The name of a TCP state number (Linux's `TCP_ESTABLISHED` = 1 … `TCP_CLOSING` = 11).
+pub fn tcp_state_name(state: u8) -> &'static str {
     const NAMES: [&str; 12] = [
         "?",
         "ESTABLISHED",
@@ -385,7 +390,7 @@ fn tcp_state(socket: &impl AsFd) -> &'static str {
         "LISTEN",
         "CLOSING",
     ];
-    NAMES.get(info[0] as usize).copied().unwrap_or("?")
+    NAMES.get(state as usize).copied().unwrap_or("?")
 }
 
 /// One socket given keepalive: what it had and what it has now, both read back.

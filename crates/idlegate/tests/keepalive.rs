@@ -42,26 +42,7 @@ except Exception as e:
 "#;
 
 fn config() -> Config {
-    Config::from_toml(
-        r#"profile = "azure-lb"
-time_scale = 80
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{ name = "vm1", address = "192.0.2.11" }]
-[[lb_rule]]
-name = "app"
-frontend = "public"
-frontend_port = 7000
-backend_pool = "vms"
-backend_port = 7000
-expiry = "silent"
-"#,
-        "keepalive test config",
-    )
-    .unwrap()
+    common::one_rule_lab("silent")
 }
 
 /// A server in `vm1` that answers each line with "ok LINE", for any number of connections.

@@ -164,3 +164,29 @@ pub fn runnable_by_anyone(path: &str) -> (tempfile::TempDir, std::path::PathBuf)
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, copy)
 }
+
+/// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
+/// 203.0.113.10, one member `vm1` at 192.0.2.11, and one rule `app` for TCP port 7000 with
+/// `expiry`.
+#[allow(dead_code)] // not every test file uses it
+pub fn one_rule_lab(expiry: &str) -> idlegate_core::Config {
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 80
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+expiry = "{expiry}"
+"#
+    );
+    idlegate_core::Config::from_toml(&text, "one-rule lab config").expect("a valid config")
+}
