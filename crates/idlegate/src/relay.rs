@@ -227,6 +227,8 @@ enum Pump {
     SourceFailed,
     /// The destination failed: the source gets a RST.
     DestinationFailed,
+    /// The relay itself ran out (no pipe): both sides get a RST.
+    Exhausted,
 }
 
 impl<'r> Worker<'r> {
@@ -355,6 +357,13 @@ impl<'r> Worker<'r> {
         // reads it, so ask the socket.
         let up = reset_after_fin(up, &conn.up, &conn.client);
         let down = reset_after_fin(down, &conn.down, &conn.server);
+        if up == Pump::Exhausted || down == Pump::Exhausted {
+            reset(&conn.client);
+            reset(&conn.server);
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+            self.close(key);
+            return;
+        }
         let failed = match (up, down) {
             (Pump::SourceFailed, _) | (_, Pump::DestinationFailed) => Some(&conn.server),
             (_, Pump::SourceFailed) | (Pump::DestinationFailed, _) => Some(&conn.client),
@@ -423,7 +432,7 @@ impl Direction {
                     }
                     Err(e) => {
                         tracing::warn!("relay: no pipe: {e}");
-                        return Pump::SourceFailed;
+                        return Pump::Exhausted;
                     }
                 }
             }

@@ -59,6 +59,22 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Refuses settings a tunnel cannot run with: a zero heartbeat would spin, a replay
+    /// buffer smaller than one frame would never send.
+    fn check(&self) -> Result<()> {
+        if self.heartbeat < Duration::from_millis(10) {
+            anyhow::bail!("tunnel heartbeat {:?}: at least 10ms", self.heartbeat);
+        }
+        if self.replay_buffer < frame::MAX_DATA {
+            anyhow::bail!(
+                "tunnel replay buffer {} bytes: at least {} (one frame)",
+                self.replay_buffer,
+                frame::MAX_DATA
+            );
+        }
+        Ok(())
+    }
+
     /// How long one dial and handshake may take, and how long a leg may go unheard.
     fn leg_timeout(&self) -> Duration {
         self.heartbeat * session::MISSED_HEARTBEATS
@@ -87,6 +103,7 @@ impl Entry {
         key: Key,
         settings: Settings,
     ) -> Result<Entry> {
+        settings.check()?;
         let listener =
             TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Entry {
@@ -368,6 +385,7 @@ impl Exit {
         key: Key,
         settings: Settings,
     ) -> Result<Exit> {
+        settings.check()?;
         let listener =
             TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Exit {
