@@ -99,6 +99,25 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
     Ok(out)
 }
 
+/// How many connections may wait to be accepted (the kernel caps it at
+/// `net.core.somaxconn`). Std's default of 128 overflows when hundreds of clients connect at
+/// once: the kernel then drops their handshakes' last ACK, and their first data waits for
+/// retransmissions, long enough to trip a short TCP_USER_TIMEOUT.
+pub const BACKLOG: i32 = 4096;
+
+/// A listening TCP socket at `addr` with [`BACKLOG`] (and SO_REUSEADDR, as std sets it).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// A relay: one listener and where its connections go.
 pub struct Relay {
     listener: TcpListener,
@@ -110,8 +129,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn bind(listen: SocketAddr, connect: SocketAddr, keepalive: Keepalive) -> Result<Relay> {
-        let listener =
-            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
         listener.set_nonblocking(true)?;
         Ok(Relay {
             listener,

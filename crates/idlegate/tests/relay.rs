@@ -179,7 +179,7 @@ fn many_connections_are_relayed_at_once() {
     // pipes): raise this process's soft limit to its hard one.
     const N: usize = 1000;
     raise_fd_limit(12 * N as u64);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = idlegate::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {

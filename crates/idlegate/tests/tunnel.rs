@@ -632,7 +632,8 @@ fn a_thousand_sessions_at_once() {
     const N: usize = 1000;
     common::raise_fd_limit(16 * N as u64);
     let key = Key::random().unwrap();
-    let (listener, server_addr) = loopback_server();
+    let listener = idlegate::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {

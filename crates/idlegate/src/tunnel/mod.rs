@@ -105,7 +105,7 @@ impl Entry {
     ) -> Result<Entry> {
         settings.check()?;
         let listener =
-            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Entry {
             listener,
             tunnel,
@@ -387,7 +387,7 @@ impl Exit {
     ) -> Result<Exit> {
         settings.check()?;
         let listener =
-            TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+            crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Exit {
             listener,
             connect,
