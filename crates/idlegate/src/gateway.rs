@@ -94,7 +94,18 @@ pub struct Gateway {
     tx_errors: u64,
     /// Forwarded packets for a destination no device leads to.
     undeliverable: u64,
+    /// Offloads: what one read brings (a super-segment and its header).
+    whole: Vec<u8>,
+    /// Offloads: the segments it splits into, each at `tun::HEADER`.
+    segments: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+    /// Offloads: which segments go out of each port, and the coalescing state.
+    outgoing: Vec<Vec<usize>>,
+    gro: tun_rs::GROTable,
 }
+
+/// The room of one segment buffer: a header and a full-sized packet.
+const SEGMENT_LEN: usize = crate::tun::HEADER + 1600;
 
 impl Gateway {
     /// A gateway running `config` on `ports` (at least one per side), with the extras `options`
@@ -158,6 +169,11 @@ impl Gateway {
             stopper,
             buf: Box::new([0; BUF_LEN]),
             tx_buf: [0; packet::CONTROL_LEN],
+            whole: vec![0; crate::tun::HEADER + BUF_LEN],
+            segments: vec![vec![0; SEGMENT_LEN]; tun_rs::IDEAL_BATCH_SIZE],
+            sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
+            outgoing: Vec::new(),
+            gro: tun_rs::GROTable::default(),
             tx_errors: 0,
             undeliverable: 0,
         })
@@ -224,6 +240,9 @@ impl Gateway {
     /// starve the others, the timers or a stop. True if packets may be left (the devices are
     /// edge-triggered, so the caller must come back without waiting for another event).
     fn drain(&mut self, i: usize) -> Result<bool> {
+        if self.ports[i].tun.offload() {
+            return self.drain_batches(i);
+        }
         for _ in 0..BUDGET {
             let port = &self.ports[i];
             let n = match port.tun.recv(&mut self.buf[..]) {
@@ -258,6 +277,107 @@ impl Gateway {
         Ok(true)
     }
 
+    /// With offloads: reads super-segments from port `i`, hands each segment to the engine,
+    /// and writes what it forwards port by port in batches, which the device coalesces back
+    /// into super-segments.
+    fn drain_batches(&mut self, i: usize) -> Result<bool> {
+        self.outgoing.resize_with(self.ports.len(), Vec::new);
+        for _ in 0..BUDGET {
+            let port = &self.ports[i];
+            let n = match port
+                .tun
+                .recv_batch(&mut self.whole, &mut self.segments, &mut self.sizes)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error().is_none() => {
+                    // A super-segment tun-rs could not split: dropped, as a malformed packet.
+                    tracing::debug!(device = port.tun.name(), "unreadable packet: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "reading TUN device {} (was its namespace deleted?)",
+                            port.tun.name()
+                        )
+                    })
+                }
+            };
+            let interface = port.interface;
+            let now = Instant::now();
+            for k in 0..n {
+                let packet =
+                    &mut self.segments[k][crate::tun::HEADER..crate::tun::HEADER + self.sizes[k]];
+                if let Some(traffic) = &mut self.traffic {
+                    traffic.count(interface, Direction::In, packet.len());
+                }
+                if let Some(capture) = &mut self.capture {
+                    if let Err(e) = capture.record(packet) {
+                        tracing::warn!("{e:#}; capture stopped");
+                        self.capture = None;
+                    }
+                }
+                match self.engine.handle_packet(now, interface, packet) {
+                    Verdict::Forward(out) => {
+                        match port_for(&self.ports, out, &self.segments[k][crate::tun::HEADER..]) {
+                            Some(j) => self.outgoing[j].push(k),
+                            None => self.undeliverable += 1,
+                        }
+                    }
+                    Verdict::Drop(reason) => {
+                        tracing::trace!(?interface, reason = reason.as_str(), "packet dropped")
+                    }
+                }
+            }
+            self.send_batches(n);
+            self.flush();
+        }
+        Ok(true)
+    }
+
+    /// Writes the segments each port has in `outgoing`, then readies the buffers for the
+    /// next read.
+    fn send_batches(&mut self, n: usize) {
+        for j in 0..self.ports.len() {
+            if self.outgoing[j].is_empty() {
+                continue;
+            }
+            let mut packets: Vec<&mut Vec<u8>> = Vec::with_capacity(self.outgoing[j].len());
+            let mut wanted = self.outgoing[j].iter().peekable();
+            for (k, segment) in self.segments.iter_mut().enumerate().take(n) {
+                if wanted.peek() == Some(&&k) {
+                    wanted.next();
+                    segment.truncate(crate::tun::HEADER + self.sizes[k]);
+                    if let Some(capture) = &mut self.capture {
+                        if let Err(e) = capture.record(&segment[crate::tun::HEADER..]) {
+                            tracing::warn!("{e:#}; capture stopped");
+                            self.capture = None;
+                        }
+                    }
+                    if let Some(traffic) = &mut self.traffic {
+                        traffic.count(self.ports[j].interface, Direction::Out, self.sizes[k]);
+                    }
+                    packets.push(segment);
+                }
+            }
+            if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut packets) {
+                self.tx_errors += 1;
+                tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
+            }
+            self.outgoing[j].clear();
+        }
+        for segment in self.segments.iter_mut().take(n) {
+            segment.resize(SEGMENT_LEN, 0);
+        }
+    }
+
+    /// The port that leads to the destination of `packet` on side `out`.
+    fn port_for(&self, out: Interface, packet: &[u8]) -> Option<usize> {
+        port_for(&self.ports, out, packet)
+    }
+
     /// Writes the first `len` bytes of the buffer out of the port that leads to their
     /// destination on side `out`.
     fn send(&mut self, out: Interface, len: usize) {
@@ -265,15 +385,7 @@ impl Gateway {
         let Some(dst) = destination(packet) else {
             return;
         };
-        let port = self
-            .ports
-            .iter()
-            .find(|p| p.interface == out && p.host == Some(dst))
-            .or_else(|| {
-                self.ports
-                    .iter()
-                    .find(|p| p.interface == out && p.host.is_none())
-            });
+        let port = self.port_for(out, packet).map(|j| &self.ports[j]);
         match port {
             Some(port) => {
                 if let Some(capture) = &mut self.capture {
@@ -394,6 +506,19 @@ impl Gateway {
 }
 
 /// The destination of a packet the engine accepted (so its header is valid).
+/// The port of `ports` that leads to the destination of `packet` on side `out`.
+fn port_for(ports: &[Port], out: Interface, packet: &[u8]) -> Option<usize> {
+    let dst = destination(packet)?;
+    ports
+        .iter()
+        .position(|p| p.interface == out && p.host == Some(dst))
+        .or_else(|| {
+            ports
+                .iter()
+                .position(|p| p.interface == out && p.host.is_none())
+        })
+}
+
 fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
         4 => {

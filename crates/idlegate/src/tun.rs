@@ -1,8 +1,13 @@
 //! TUN devices held by the gateway (root namespace) but living in a lab host's namespace.
 //!
-//! Contract: [`Tun::create`] makes an IPv4-ready layer-3 TUN (`IFF_TUN | IFF_NO_PI`: one
-//! raw IP packet per read/write, no header) in the current namespace, with a
-//! non-blocking fd, MTU 1500, txqueuelen 1000, left down and without address.
+//! Contract: [`Tun::create`] makes an IPv4-ready layer-3 TUN (`IFF_TUN | IFF_NO_PI`) in the
+//! current namespace, with a non-blocking fd, MTU 1500, txqueuelen 1000, left down and
+//! without address. With offloads (the default; `IDLEGATE_TUN_OFFLOAD=off` turns them off,
+//! and a kernel without them falls back with a log line) it also sets `IFF_VNET_HDR` and the
+//! TSO offloads: a read may bring a TCP super-segment of up to 64 KiB, which
+//! [`Tun::recv_batch`] splits into segments with complete checksums (tun-rs does it), and
+//! [`Tun::send_batch`] coalesces a batch's segments back into super-segments. Without
+//! offloads, one raw IP packet per read and write.
 //! [`Tun::move_to`] moves it into a namespace, gives it an address /32 plus a default
 //! route, and brings it up: the host's kernel then routes all its off-host traffic
 //! into the fd, and what we write to the fd enters its stack. IPv6 link-local
@@ -23,10 +28,22 @@
 
 use crate::netns;
 use anyhow::{Context, Result};
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use tun_rs::{DeviceBuilder, SyncDevice};
+use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+
+/// The bytes before each packet on a device with offloads: the virtio-net header.
+pub const HEADER: usize = VIRTIO_NET_HDR_LEN;
+
+/// Whether new devices ask for offloads: on unless `IDLEGATE_TUN_OFFLOAD` is `0` or `off`
+/// (so that the whole suite can run both ways).
+pub fn offload_wanted() -> bool {
+    !matches!(
+        std::env::var("IDLEGATE_TUN_OFFLOAD").as_deref(),
+        Ok("0") | Ok("off")
+    )
+}
 
 /// MTU given to every device.
 const MTU: u16 = 1500;
@@ -37,23 +54,32 @@ const TX_QUEUE_LEN: u32 = 1000;
 pub struct Tun {
     dev: SyncDevice,
     name: String,
+    /// Packets cross with a virtio-net header: TCP super-segments of up to 64 KiB.
+    offload: bool,
 }
 
 impl Tun {
     /// Creates TUN device `name` (≤ 15 bytes) in the current namespace, down, no address.
     pub fn create(name: &str) -> Result<Tun> {
+        let wanted = offload_wanted();
         let dev = DeviceBuilder::new()
             .name(name)
             .mtu(MTU)
             .tx_queue_len(TX_QUEUE_LEN)
+            .offload(wanted)
             .enable(false)
             .build_sync()
             .with_context(|| format!("creating TUN device {name}"))?;
+        let offload = dev.tcp_gso();
+        if wanted && !offload {
+            tracing::warn!("TUN device {name}: no offloads on this kernel; one packet per read");
+        }
         dev.set_nonblocking(true)
             .with_context(|| format!("making TUN device {name} non-blocking"))?;
         Ok(Tun {
             dev,
             name: name.to_owned(),
+            offload,
         })
     }
 
@@ -94,14 +120,60 @@ impl Tun {
         Ok(())
     }
 
-    /// Reads one IP packet; `WouldBlock` when none is queued.
+    /// Reads one IP packet, with complete checksums; `WouldBlock` when none is queued. With
+    /// offloads, a super-segment that does not fit one packet is an error: this is for tools
+    /// and tests, the gateway reads with [`Tun::recv_batch`].
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.dev.recv(buf)
+        if !self.offload {
+            return self.dev.recv(buf);
+        }
+        let mut whole = vec![0u8; HEADER + 65_535];
+        let mut one = [vec![0u8; HEADER + buf.len()]];
+        let mut size = [0usize];
+        self.recv_batch(&mut whole, &mut one, &mut size)?;
+        let n = size[0].min(buf.len());
+        buf[..n].copy_from_slice(&one[0][HEADER..HEADER + n]);
+        Ok(n)
     }
 
-    /// Writes one IP packet, which enters the stack of the device's namespace.
+    /// Writes one IP packet (with a complete checksum), which enters the stack of the
+    /// device's namespace.
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        if self.offload {
+            let header = [0u8; HEADER];
+            let n = self
+                .dev
+                .send_vectored(&[IoSlice::new(&header), IoSlice::new(buf)])?;
+            return Ok(n.saturating_sub(HEADER));
+        }
         self.dev.send(buf)
+    }
+
+    /// Whether packets cross with offloads ([`Tun::recv_batch`], [`Tun::send_batch`]).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Offloads: reads one packet, which may be a TCP super-segment, into `whole`, and splits
+    /// it into `segments` (each at [`HEADER`], its length in `sizes`), with complete
+    /// checksums. Returns how many.
+    pub fn recv_batch(
+        &self,
+        whole: &mut [u8],
+        segments: &mut [Vec<u8>],
+        sizes: &mut [usize],
+    ) -> io::Result<usize> {
+        self.dev.recv_multiple(whole, segments, sizes, HEADER)
+    }
+
+    /// Offloads: writes `packets` (each a buffer whose packet starts at [`HEADER`] and runs
+    /// to its end), coalescing the segments of one TCP flow into super-segments.
+    pub fn send_batch(
+        &self,
+        gro: &mut GROTable,
+        packets: &mut [&mut Vec<u8>],
+    ) -> io::Result<usize> {
+        self.dev.send_multiple(gro, packets, HEADER)
     }
 
     /// The device name (the same in every namespace).
