@@ -101,6 +101,8 @@ pub struct Gateway {
     sizes: Vec<usize>,
     /// Offloads: which segments go out of each port, and the coalescing state.
     outgoing: Vec<Vec<usize>>,
+    /// Offloads: the segments one port writes, moved out of `segments` and back.
+    batch: Vec<Vec<u8>>,
     gro: tun_rs::GROTable,
 }
 
@@ -173,6 +175,7 @@ impl Gateway {
             segments: vec![vec![0; SEGMENT_LEN]; tun_rs::IDEAL_BATCH_SIZE],
             sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
             outgoing: Vec::new(),
+            batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
             gro: tun_rs::GROTable::default(),
             tx_errors: 0,
             undeliverable: 0,
@@ -321,7 +324,8 @@ impl Gateway {
                 }
                 match self.engine.handle_packet(now, interface, packet) {
                     Verdict::Forward(out) => {
-                        match port_for(&self.ports, out, &self.segments[k][crate::tun::HEADER..]) {
+                        let dst = destination(&self.segments[k][crate::tun::HEADER..]);
+                        match dst.and_then(|dst| port_for(&self.ports, out, dst)) {
                             Some(j) => self.outgoing[j].push(k),
                             None => self.undeliverable += 1,
                         }
@@ -344,38 +348,33 @@ impl Gateway {
             if self.outgoing[j].is_empty() {
                 continue;
             }
-            let mut packets: Vec<&mut Vec<u8>> = Vec::with_capacity(self.outgoing[j].len());
-            let mut wanted = self.outgoing[j].iter().peekable();
-            for (k, segment) in self.segments.iter_mut().enumerate().take(n) {
-                if wanted.peek() == Some(&&k) {
-                    wanted.next();
-                    segment.truncate(crate::tun::HEADER + self.sizes[k]);
-                    if let Some(capture) = &mut self.capture {
-                        if let Err(e) = capture.record(&segment[crate::tun::HEADER..]) {
-                            tracing::warn!("{e:#}; capture stopped");
-                            self.capture = None;
-                        }
+            // The segments move into the port's batch and back: no copy, no allocation.
+            for &k in &self.outgoing[j] {
+                let mut segment = std::mem::take(&mut self.segments[k]);
+                segment.truncate(crate::tun::HEADER + self.sizes[k]);
+                if let Some(capture) = &mut self.capture {
+                    if let Err(e) = capture.record(&segment[crate::tun::HEADER..]) {
+                        tracing::warn!("{e:#}; capture stopped");
+                        self.capture = None;
                     }
-                    if let Some(traffic) = &mut self.traffic {
-                        traffic.count(self.ports[j].interface, Direction::Out, self.sizes[k]);
-                    }
-                    packets.push(segment);
                 }
+                if let Some(traffic) = &mut self.traffic {
+                    traffic.count(self.ports[j].interface, Direction::Out, self.sizes[k]);
+                }
+                self.batch.push(segment);
             }
-            if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut packets) {
+            if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut self.batch) {
                 self.tx_errors += 1;
                 tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
+            }
+            for (&k, segment) in self.outgoing[j].iter().zip(self.batch.drain(..)) {
+                self.segments[k] = segment;
             }
             self.outgoing[j].clear();
         }
         for segment in self.segments.iter_mut().take(n) {
             segment.resize(SEGMENT_LEN, 0);
         }
-    }
-
-    /// The port that leads to the destination of `packet` on side `out`.
-    fn port_for(&self, out: Interface, packet: &[u8]) -> Option<usize> {
-        port_for(&self.ports, out, packet)
     }
 
     /// Writes the first `len` bytes of the buffer out of the port that leads to their
@@ -385,7 +384,7 @@ impl Gateway {
         let Some(dst) = destination(packet) else {
             return;
         };
-        let port = self.port_for(out, packet).map(|j| &self.ports[j]);
+        let port = port_for(&self.ports, out, dst).map(|j| &self.ports[j]);
         match port {
             Some(port) => {
                 if let Some(capture) = &mut self.capture {
@@ -506,9 +505,9 @@ impl Gateway {
 }
 
 /// The destination of a packet the engine accepted (so its header is valid).
-/// The port of `ports` that leads to the destination of `packet` on side `out`.
-fn port_for(ports: &[Port], out: Interface, packet: &[u8]) -> Option<usize> {
-    let dst = destination(packet)?;
+/// The port of `ports` that leads to `dst` on side `out`: the device of that host, else
+/// the side's catch-all device.
+fn port_for(ports: &[Port], out: Interface, dst: IpAddr) -> Option<usize> {
     ports
         .iter()
         .position(|p| p.interface == out && p.host == Some(dst))

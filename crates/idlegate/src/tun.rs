@@ -168,11 +168,7 @@ impl Tun {
 
     /// Offloads: writes `packets` (each a buffer whose packet starts at [`HEADER`] and runs
     /// to its end), coalescing the segments of one TCP flow into super-segments.
-    pub fn send_batch(
-        &self,
-        gro: &mut GROTable,
-        packets: &mut [&mut Vec<u8>],
-    ) -> io::Result<usize> {
+    pub fn send_batch(&self, gro: &mut GROTable, packets: &mut [Vec<u8>]) -> io::Result<usize> {
         self.dev.send_multiple(gro, packets, HEADER)
     }
 

@@ -10,7 +10,6 @@ use idlegate::lab::{Lab, INTERNET};
 use idlegate::netns;
 use idlegate::relay::{Keepalive, Relay};
 use idlegate::scenario::{self, Script};
-use idlegate_core::Config;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -215,32 +214,7 @@ fn many_connections_are_relayed_at_once() {
 /// got and the client's error, direct then relayed.
 fn idle_client_direct_and_through_relay(expiry: &str) -> Vec<(Vec<String>, Option<String>)> {
     require_root();
-    let text = format!(
-        r#"profile = "azure-lb"
-time_scale = 80
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "direct"
-frontend = "public"
-frontend_port = 7000
-backend_pool = "vms"
-backend_port = 7000
-expiry = "{expiry}"
-[[lb_rule]]
-name = "relayed"
-frontend = "public"
-frontend_port = 7001
-backend_pool = "vms"
-backend_port = 7001
-expiry = "{expiry}"
-"#
-    );
-    let config = Config::from_toml(&text, "relay test config").unwrap();
+    let config = common::lab_config(expiry, &[("direct", 7000), ("relayed", 7001)]);
     let (outcomes, _) = Lab::with_gateway(&unique("rl"), &config, |lab| {
         let internet = lab.namespace_of(INTERNET)?;
         let relay = netns::spawn_in(&internet, || {

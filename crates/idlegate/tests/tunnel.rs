@@ -17,7 +17,6 @@ use idlegate::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use idlegate::tunnel::key::Key;
 use idlegate::tunnel::leg::Leg;
 use idlegate::tunnel::{Entry, Exit, Settings};
-use idlegate_core::Config;
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -673,25 +672,7 @@ fn survives_the_gateway(expiry: &str) {
     require_root();
     const BYTES: u64 = 100 << 20;
     const KILLS: u64 = 3;
-    let text = format!(
-        r#"profile = "azure-lb"
-time_scale = 80
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "tunnel"
-frontend = "public"
-frontend_port = 7443
-backend_pool = "vms"
-backend_port = 7443
-expiry = "{expiry}"
-"#
-    );
-    let config = Config::from_toml(&text, "tunnel test config").unwrap();
+    let config = common::lab_config(expiry, &[("tunnel", 7443)]);
     let name = unique("tn");
     let control_path = lab::control_path(&name);
     let key = Key::random().unwrap();

@@ -166,11 +166,11 @@ pub fn runnable_by_anyone(path: &str) -> (tempfile::TempDir, std::path::PathBuf)
 }
 
 /// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
-/// 203.0.113.10, one member `vm1` at 192.0.2.11, and one rule `app` for TCP port 7000 with
-/// `expiry`.
+/// 203.0.113.10, one member `vm1` at 192.0.2.11, and a TCP rule for each `(name, port)`
+/// (frontend and backend port the same) with `expiry`.
 #[allow(dead_code)] // not every test file uses it
-pub fn one_rule_lab(expiry: &str) -> idlegate_core::Config {
-    let text = format!(
+pub fn lab_config(expiry: &str, rules: &[(&str, u16)]) -> idlegate_core::Config {
+    let mut text = String::from(
         r#"profile = "azure-lb"
 time_scale = 80
 [[frontend]]
@@ -178,15 +178,20 @@ name = "public"
 address = "203.0.113.10"
 [[backend_pool]]
 name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "app"
-frontend = "public"
-frontend_port = 7000
-backend_pool = "vms"
-backend_port = 7000
-expiry = "{expiry}"
-"#
+members = [{ name = "vm1", address = "192.0.2.11" }]
+"#,
     );
-    idlegate_core::Config::from_toml(&text, "one-rule lab config").expect("a valid config")
+    for (name, port) in rules {
+        text += &format!(
+            "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
+             backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
+        );
+    }
+    idlegate_core::Config::from_toml(&text, "lab test config").expect("a valid config")
+}
+
+/// [`lab_config`] with one rule `app` on port 7000.
+#[allow(dead_code)] // not every test file uses it
+pub fn one_rule_lab(expiry: &str) -> idlegate_core::Config {
+    lab_config(expiry, &[("app", 7000)])
 }
