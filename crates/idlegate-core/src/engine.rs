@@ -16,7 +16,9 @@ use crate::expiry::Expiry;
 use crate::family::Endpoint;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::icmp::{self, IcmpError, QuotedSide};
-use crate::packet::{self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment};
+use crate::packet::{
+    self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment, TransportChecksum,
+};
 use crate::precedence;
 use crate::profile::{self, Allocation, Pickup, Refresh, ResetTarget, TcpTimers};
 use crate::snat::{Ending, Holds, SnatPorts};
@@ -24,6 +26,7 @@ use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use crate::flow::Interface;
@@ -320,8 +323,9 @@ struct Core<E: Endpoint> {
     rules: Vec<Rule<E>>,
     flows: FlowTable<E>,
     wheel: TimerWheel,
-    /// One SNAT port pool per frontend address that has an outbound rule.
-    snat: Vec<SnatPorts<E::Ip>>,
+    /// One SNAT port pool per frontend address that has an outbound rule, shared by the
+    /// shards of a sharded engine (locked when a flow with a lent port starts or ends).
+    snat: Arc<Mutex<Vec<SnatPorts<E::Ip>>>>,
     /// Picks a member from the 5-tuple; fixed, so the choice does not depend on the seed.
     member_hash: foldhash::fast::FixedState,
     /// Who `reset-on-next` answers.
@@ -539,7 +543,7 @@ impl<E: Endpoint> Core<E> {
             rules,
             flows: FlowTable::new(seed),
             wheel: TimerWheel::default(),
-            snat,
+            snat: Arc::new(Mutex::new(snat)),
             member_hash: foldhash::fast::FixedState::with_seed(MEMBER_HASH_SEED),
             reset_target: config.profile.reset_on_next,
             pickup: config.pickup,
@@ -563,9 +567,18 @@ impl<E: Endpoint> Core<E> {
     }
 
     /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
-    fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        from: Interface,
+        packet: &mut [u8],
+        checksum: TransportChecksum,
+    ) -> Verdict {
         let headers = match Headers::<E>::parse(packet) {
-            Ok(h) => h,
+            Ok(mut h) => {
+                h.checksum = checksum;
+                h
+            }
             Err(ParseError::UnsupportedProtocol) if icmp::is_icmp(packet) => {
                 return self.icmp_error(now, from, packet)
             }
@@ -664,13 +677,22 @@ impl<E: Endpoint> Core<E> {
     }
 
     /// SNAT ports per frontend address with outbound rules.
-    fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
-        self.snat.iter().map(|s| SnatUsage {
-            frontend: s.frontend().into(),
-            lent: s.lent(),
-            held: s.held(),
-            free: s.total().saturating_sub(s.lent() + s.held()),
-        })
+    fn snat_usage(&self) -> Vec<SnatUsage> {
+        self.snat_pools()
+            .iter()
+            .map(|s| SnatUsage {
+                frontend: s.frontend().into(),
+                lent: s.lent(),
+                held: s.held(),
+                free: s.total().saturating_sub(s.lent() + s.held()),
+            })
+            .collect()
+    }
+
+    /// The SNAT port pools. A shard that panicked while holding them left them consistent
+    /// (each pool operation completes or changes nothing), so a poisoned lock is taken as is.
+    fn snat_pools(&self) -> MutexGuard<'_, Vec<SnatPorts<E::Ip>>> {
+        self.snat.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
@@ -919,7 +941,7 @@ impl<E: Endpoint> Core<E> {
         };
         if let Some(reason) = refused {
             if let Some(snat) = self.snat_of(rule_id) {
-                self.snat[snat].release_unused(private.addr(), public.port());
+                self.snat_pools()[snat].release_unused(private.addr(), public.port());
             }
             return self.drop(reason);
         }
@@ -936,7 +958,7 @@ impl<E: Endpoint> Core<E> {
         self.counters.flows_created += 1;
         if let Some(snat) = self.snat_of(rule_id) {
             if self.snat_allocation == Allocation::PreservePort {
-                self.snat[snat].tuple_opened();
+                self.snat_pools()[snat].tuple_opened();
             }
         }
         self.events.push_back(Event::Created {
@@ -1053,7 +1075,7 @@ impl<E: Endpoint> Core<E> {
         if self.snat_allocation == Allocation::PreservePort {
             return self.masquerade_port(frontend, snat, headers);
         }
-        self.snat[snat]
+        self.snat_pools()[snat]
             .allocate(headers.src.addr(), now)
             .map(|port| E::at(frontend, port))
     }
@@ -1071,7 +1093,7 @@ impl<E: Endpoint> Core<E> {
             return Some(E::at(frontend, headers.src.port()));
         }
         for _ in 0..MASQUERADE_TRIES {
-            let port = self.snat[snat].next_candidate()?;
+            let port = self.snat_pools()[snat].next_candidate()?;
             if free(&self.flows, port) {
                 return Some(E::at(frontend, port));
             }
@@ -1086,7 +1108,7 @@ impl<E: Endpoint> Core<E> {
         if let Translation::Outbound { frontend, snat, .. } =
             self.rules[usize::from(rule)].translation
         {
-            if self.snat[snat].newly_exhausted(member) {
+            if self.snat_pools()[snat].newly_exhausted(member) {
                 self.events.push_back(Event::PortExhausted {
                     rule: self.rules[usize::from(rule)].id,
                     frontend: frontend.into(),
@@ -1105,7 +1127,7 @@ impl<E: Endpoint> Core<E> {
             return;
         };
         if self.snat_allocation == Allocation::PreservePort {
-            self.snat[snat].tuple_closed();
+            self.snat_pools()[snat].tuple_closed();
             return;
         }
         let last_packet = flow
@@ -1116,7 +1138,7 @@ impl<E: Endpoint> Core<E> {
             FlowState::Closed => (Ending::Rst, last_packet),
             _ => (Ending::Rst, now),
         };
-        self.snat[snat].release(flow.private.addr(), flow.public.port(), ending, ended);
+        self.snat_pools()[snat].release(flow.private.addr(), flow.public.port(), ending, ended);
     }
 
     /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
@@ -1237,13 +1259,42 @@ impl Engine {
         }
     }
 
+    /// `shards` engines for `config` that together act as one: each owns the flows
+    /// [`crate::shard::Sharding::owner`] gives it, and all share the SNAT port pools, so a
+    /// member's ports run out exactly when they would in one engine.
+    pub fn sharded(config: &Config, now: Instant, seed: u64, shards: usize) -> Vec<Engine> {
+        let first = Engine::new(config, now, seed);
+        let mut engines = Vec::with_capacity(shards.max(1));
+        for i in 1..shards.max(1) {
+            let mut engine = Engine::new(config, now, seed.wrapping_add(i as u64));
+            engine.v4.snat = Arc::clone(&first.v4.snat);
+            engine.v6.snat = Arc::clone(&first.v6.snat);
+            engines.push(engine);
+        }
+        engines.insert(0, first);
+        engines
+    }
+
     /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
     #[inline]
     pub fn handle_packet(&mut self, now: Instant, from: Interface, packet: &mut [u8]) -> Verdict {
+        self.handle_packet_with(now, from, packet, TransportChecksum::Complete)
+    }
+
+    /// [`Engine::handle_packet`] for a packet whose transport checksum field holds what
+    /// `checksum` says: a driver that reads with checksum offload hands TCP super-segments of
+    /// up to 64 KiB with a partial checksum, and each is translated once, as one packet.
+    pub fn handle_packet_with(
+        &mut self,
+        now: Instant,
+        from: Interface,
+        packet: &mut [u8],
+        checksum: TransportChecksum,
+    ) -> Verdict {
         match packet.first().map(|b| b >> 4) {
-            Some(6) => self.v6.handle_packet(now, from, packet),
+            Some(6) => self.v6.handle_packet(now, from, packet, checksum),
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
-            _ => self.v4.handle_packet(now, from, packet),
+            _ => self.v4.handle_packet(now, from, packet, checksum),
         }
     }
 
@@ -1313,8 +1364,8 @@ impl Engine {
     }
 
     /// SNAT ports per frontend address with outbound rules.
-    pub fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> + '_ {
-        self.v4.snat_usage().chain(self.v6.snat_usage())
+    pub fn snat_usage(&self) -> impl Iterator<Item = SnatUsage> {
+        self.v4.snat_usage().into_iter().chain(self.v6.snat_usage())
     }
 
     /// Bytes held by the flow tables (slab and index), for the memory benchmark.

@@ -1,7 +1,7 @@
 //! Engine tests in virtual time: no sleeping, every `Instant` is made up.
 
 use super::*;
-use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
+use crate::packet::tests::{checksums_valid, complete, tcp_packet, to_partial, udp_packet};
 use crate::packet::TcpFlags;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -238,6 +238,40 @@ fn idle_flow_expires_exactly_at_deadline() {
     assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
     assert_eq!(h.engine.counters().dropped(DropReason::NoFlow), 1);
     assert!(h.sent.is_empty(), "silent: nothing is sent");
+}
+
+// virtio-net VIRTIO_NET_HDR_F_NEEDS_CSUM: a TCP super-segment read from a TUN device with
+// offloads carries only the pseudo-header's sum, which the other device completes.
+#[test]
+fn a_super_segment_with_a_partial_checksum_is_translated_once_both_ways() {
+    let mut h = Harness::new("silent");
+    let (client, server) = h.connect_inbound(40_000);
+    let forwarded = h.engine.counters().forwarded;
+    let payload = vec![0x5a; 60_000];
+    for (from, to) in [(client, FRONTEND_7000), (server, client.addr)] {
+        let mut p = tcp_packet(from.addr, to, TcpFlags::ACK, from.snd_nxt, 1, &payload);
+        to_partial(&mut p);
+        let verdict = h.engine.handle_packet_with(
+            h.at(h.now),
+            from.iface,
+            &mut p,
+            TransportChecksum::Partial,
+        );
+        assert_eq!(verdict, Verdict::Forward(from.iface.opposite()));
+        complete(&mut p);
+        assert!(checksums_valid(&p), "completes to a valid checksum");
+        let out = Headers::<SocketAddrV4>::parse(&p).unwrap();
+        let expected = match from.iface {
+            Interface::Outside => (client.addr, server.addr),
+            Interface::Inside => (FRONTEND_7000, client.addr),
+        };
+        assert_eq!((out.src, out.dst), expected);
+    }
+    assert_eq!(
+        h.engine.counters().forwarded,
+        forwarded + 2,
+        "one packet each"
+    );
 }
 
 #[test]
@@ -1952,4 +1986,82 @@ fn a_syn_in_a_closing_state_other_than_time_wait_changes_nothing() {
     assert_eq!(only_state(&h), FlowState::CloseWait);
     h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
     assert_eq!(only_state(&h), FlowState::CloseWait);
+}
+
+// ---- sharding: one engine per core ------------------------------------------------------------
+
+#[test]
+fn both_directions_of_a_flow_and_its_icmp_errors_have_one_owner() {
+    use crate::icmp::tests::icmp_error;
+    use crate::shard::Sharding;
+    let sharding = Sharding::new(4, 7);
+    let mut h = Harness::new("silent");
+    let mut owners = std::collections::HashSet::new();
+    for port in 40_000..40_064 {
+        // Inbound: the client's SYN to the frontend, and the member's answer to the client.
+        let syn = tcp_packet(ep(CLIENT, port), FRONTEND_7000, TcpFlags::SYN, 1, 0, b"");
+        let owner = sharding.owner(&syn, Interface::Outside).unwrap();
+        let (client, server) = h.connect_inbound(port);
+        let answer = tcp_packet(server.addr, client.addr, TcpFlags::ACK, 2, 2, b"x");
+        assert_eq!(sharding.owner(&answer, Interface::Inside), Some(owner));
+        owners.insert(owner);
+
+        // Outbound: the member's SYN, the server's answer to the frontend, and an ICMP error
+        // from a router about the translated packet.
+        let (vm, server, _, public) = h.connect_outbound(port);
+        let sent = tcp_packet(vm.addr, server.addr, TcpFlags::ACK, 9, 0, b"y");
+        let owner = sharding.owner(&sent, Interface::Inside).unwrap();
+        let answer = tcp_packet(server.addr, public, TcpFlags::ACK, 9, 0, b"z");
+        assert_eq!(sharding.owner(&answer, Interface::Outside), Some(owner));
+        let mut seen_outside = sent.clone();
+        let headers = Headers::<SocketAddrV4>::parse(&seen_outside).unwrap();
+        packet::rewrite_src(&mut seen_outside, &headers, public);
+        let error = icmp_error(
+            Ipv4Addr::new(203, 0, 113, 1),
+            *public.ip(),
+            3,
+            4,
+            &seen_outside,
+            48,
+        );
+        assert_eq!(sharding.owner(&error, Interface::Outside), Some(owner));
+    }
+    assert_eq!(owners.len(), 4, "flows spread over every shard");
+    assert_eq!(sharding.owner(b"\x45junk", Interface::Outside), None);
+}
+
+#[test]
+fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
+    // Azure: a member owns one block of SNAT ports for all its destinations; running the
+    // engine on two cores must not give it two blocks.
+    use crate::shard::Sharding;
+    let mut config = config("silent", TWO_VMS);
+    config.outbound_rules[0].ports_per_member = 8;
+    let t0 = Instant::now();
+    let mut shards = Engine::sharded(&config, t0, 1, 2);
+    let sharding = Sharding::new(2, 3);
+    let mut syn_to = |server: u16| {
+        let mut p = tcp_packet(
+            ep(VM1, 30_000 + server),
+            ep(CLIENT, server),
+            TcpFlags::SYN,
+            5,
+            0,
+            b"",
+        );
+        let owner = sharding.owner(&p, Interface::Inside).unwrap();
+        shards[owner].handle_packet(t0, Interface::Inside, &mut p)
+    };
+    for server in 8_000..8_008 {
+        assert_eq!(syn_to(server), Verdict::Forward(Interface::Outside));
+    }
+    assert_eq!(syn_to(8_008), Verdict::Drop(DropReason::PortExhausted));
+    let flows: Vec<usize> = shards.iter().map(Engine::flow_count).collect();
+    assert!(
+        flows.iter().all(|&n| n > 0),
+        "both shards hold flows: {flows:?}"
+    );
+    assert_eq!(flows.iter().sum::<usize>(), 8);
+    let lent: usize = shards[1].snat_usage().map(|u| u.lent).sum();
+    assert_eq!(lent, 8, "every shard sees the one pool");
 }

@@ -12,6 +12,7 @@
 //! | [`flow`] | flows, their TCP state and the two-key flow table |
 //! | [`timer`] | the timing wheel behind every idle timeout |
 //! | [`snat`] | SNAT ports lent to outbound flows |
+//! | [`shard`] | which of several engines (one per core) owns a packet |
 //! | [`expiry`] | what happens when a flow is forgotten |
 //! | [`config`] | the TOML config, validated |
 //! | [`precedence`] | which idle timeout wins when several settings name one |
@@ -30,6 +31,7 @@ pub mod icmp;
 pub mod packet;
 pub mod precedence;
 pub mod profile;
+pub mod shard;
 pub mod snat;
 pub mod timer;
 

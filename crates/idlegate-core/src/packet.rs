@@ -3,7 +3,9 @@
 //! [`Headers::parse`] validates a raw packet once (version, lengths, IPv4 header checksum, no
 //! fragment, TCP or UDP) and keeps what the engine needs: the two endpoints, the protocol and,
 //! for TCP, the segment's flags and sequence space. [`rewrite_src`] and [`rewrite_dst`] change an
-//! endpoint in place and patch the IPv4 header and transport checksums incrementally.
+//! endpoint in place and patch the IPv4 header and transport checksums incrementally, as a
+//! complete checksum or, for a packet handed over with checksum offload, as the partial
+//! pseudo-header sum a device completes ([`TransportChecksum`]).
 //! [`Control`] builds the RST and ACK segments the gateway itself sends. What differs between
 //! the families is in [`crate::family`]. Field access goes through `smoltcp::wire`; nothing
 //! here allocates or panics on any input.
@@ -35,6 +37,19 @@ pub enum ParseError {
     Fragment,
     /// Neither TCP nor UDP.
     UnsupportedProtocol,
+}
+
+/// What a packet's transport checksum field holds, which decides how a rewrite patches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChecksum {
+    /// The checksum of the whole segment, as on the wire.
+    #[default]
+    Complete,
+    /// Only the pseudo-header's sum, folded and not complemented: a packet handed over with
+    /// checksum offload (Linux `CHECKSUM_PARTIAL`, `VIRTIO_NET_HDR_F_NEEDS_CSUM`), such as a
+    /// TCP super-segment read from a TUN device. The device or the receiving stack completes
+    /// it from the bytes, so a rewrite patches the addresses alone: the ports are summed then.
+    Partial,
 }
 
 /// TCP control flags, as on the wire.
@@ -105,6 +120,9 @@ pub struct Headers<E: Endpoint = SocketAddrV4> {
     pub protocol: Protocol,
     /// TCP only: flags and sequence numbers.
     pub tcp: Option<TcpSegment>,
+    /// What the transport checksum field holds: [`Headers::parse`] says complete, a driver
+    /// that read the packet with checksum offload says partial.
+    pub checksum: TransportChecksum,
     /// Offset of the transport header.
     l4: usize,
 }
@@ -146,6 +164,7 @@ impl<E: Endpoint> Headers<E> {
             dst: E::at(dst, tcp.dst_port()),
             protocol: Protocol::Tcp,
             tcp: Some(segment),
+            checksum: TransportChecksum::Complete,
             l4,
         })
     }
@@ -157,6 +176,7 @@ impl<E: Endpoint> Headers<E> {
             dst: E::at(dst, udp.dst_port()),
             protocol: Protocol::Udp,
             tcp: None,
+            checksum: TransportChecksum::Complete,
             l4,
         })
     }
@@ -184,11 +204,15 @@ fn rewrite<E: Endpoint>(packet: &mut [u8], headers: &Headers<E>, side: Side, old
     }
     E::set_ip(packet, side, old.addr(), new.addr());
 
-    // The transport checksum covers the pseudo-header's addresses and the port.
+    // A complete transport checksum covers the pseudo-header's addresses and the port; a
+    // partial one holds the pseudo-header's sum alone, not complemented.
     let l4 = &mut packet[headers.l4..];
-    let patch = |sum: u16| {
-        let sum = E::update_checksum(sum, old.addr(), new.addr());
-        checksum::update_u16(sum, old.port(), new.port())
+    let patch = |sum: u16| match headers.checksum {
+        TransportChecksum::Complete => {
+            let sum = E::update_checksum(sum, old.addr(), new.addr());
+            checksum::update_u16(sum, old.port(), new.port())
+        }
+        TransportChecksum::Partial => !E::update_checksum(!sum, old.addr(), new.addr()),
     };
     match headers.protocol {
         Protocol::Tcp => {
@@ -205,10 +229,15 @@ fn rewrite<E: Endpoint>(packet: &mut [u8], headers: &Headers<E>, side: Side, old
                 Side::Src => udp.set_src_port(new.port()),
                 Side::Dst => udp.set_dst_port(new.port()),
             }
-            // RFC 768: zero means "no checksum"; a computed zero is sent as all ones.
-            if udp.checksum() != 0 {
-                let sum = patch(udp.checksum());
-                udp.set_checksum(if sum == 0 { 0xffff } else { sum });
+            // RFC 768: zero means "no checksum"; a computed zero is sent as all ones. A partial
+            // sum is completed later, so it is patched whatever its value.
+            match headers.checksum {
+                TransportChecksum::Complete if udp.checksum() == 0 => {}
+                TransportChecksum::Complete => {
+                    let sum = patch(udp.checksum());
+                    udp.set_checksum(if sum == 0 { 0xffff } else { sum });
+                }
+                TransportChecksum::Partial => udp.set_checksum(patch(udp.checksum())),
             }
         }
     }
@@ -390,6 +419,35 @@ pub(crate) mod tests {
             }
     }
 
+    /// The transport header's offset, its checksum field's offset in it, and the
+    /// pseudo-header as the checksum sums it.
+    fn transport_layout(packet: &[u8]) -> (usize, usize, Vec<u8>) {
+        let (l4, protocol, mut pseudo) = if packet[0] >> 4 == 6 {
+            (40, packet[6], [&packet[8..24], &packet[24..40]].concat())
+        } else {
+            (20, packet[9], packet[12..20].to_vec())
+        };
+        let len = (packet.len() - l4) as u16;
+        pseudo.extend_from_slice(&[0, protocol]);
+        pseudo.extend_from_slice(&len.to_be_bytes());
+        (l4, if protocol == 6 { 16 } else { 6 }, pseudo)
+    }
+
+    /// What a stack with checksum offload hands over: the pseudo-header's sum in the field.
+    pub fn to_partial(packet: &mut [u8]) {
+        let (l4, field, pseudo) = transport_layout(packet);
+        let partial = !checksum::of(&pseudo);
+        packet[l4 + field..l4 + field + 2].copy_from_slice(&partial.to_be_bytes());
+    }
+
+    /// What the device does with a partial checksum: sums the transport bytes from the
+    /// transport header on, the field included, and writes the complement.
+    pub fn complete(packet: &mut [u8]) {
+        let (l4, field, _) = transport_layout(packet);
+        let sum = checksum::of(&packet[l4..]);
+        packet[l4 + field..l4 + field + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
     fn endpoint6() -> impl Strategy<Value = SocketAddrV6> {
         (any::<u128>(), any::<u16>())
             .prop_map(|(ip, port)| SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0))
@@ -557,6 +615,46 @@ pub(crate) mod tests {
             let h = Headers::<SocketAddrV4>::parse(&p).unwrap();
             rewrite_src(&mut p, &h, new);
             prop_assert!(checksums_valid(&p));
+        }
+
+        // A super-segment read with checksum offload carries the pseudo-header's sum only
+        // (virtio-net VIRTIO_NET_HDR_F_NEEDS_CSUM): the rewrite must leave the sum that, once
+        // the device completes it, verifies for the translated packet.
+        #[test]
+        fn rewritten_partial_checksums_complete_to_valid_ones(
+            src in endpoint(), dst in endpoint(), new in endpoint(),
+            src6 in endpoint6(), dst6 in endpoint6(), new6 in endpoint6(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            dnat in any::<bool>(), tcp in any::<bool>(), v6 in any::<bool>(),
+        ) {
+            let mut p = match (v6, tcp) {
+                (false, true) => tcp_packet(src, dst, TcpFlags::ACK, 9, 7, &payload),
+                (false, false) => udp_packet(src, dst, &payload),
+                (true, true) => tcp_packet(src6, dst6, TcpFlags::ACK, 9, 7, &payload),
+                (true, false) => udp_packet(src6, dst6, &payload),
+            };
+            to_partial(&mut p);
+            if v6 {
+                let mut h = Headers::<SocketAddrV6>::parse(&p).unwrap();
+                h.checksum = TransportChecksum::Partial;
+                if dnat { rewrite_dst(&mut p, &h, new6) } else { rewrite_src(&mut p, &h, new6) }
+            } else {
+                let mut h = Headers::<SocketAddrV4>::parse(&p).unwrap();
+                h.checksum = TransportChecksum::Partial;
+                if dnat { rewrite_dst(&mut p, &h, new) } else { rewrite_src(&mut p, &h, new) }
+            }
+            let translated = p.clone();
+            complete(&mut p);
+            prop_assert!(checksums_valid(&p));
+            // The rewrite left the partial sum of the translated packet's own pseudo-header.
+            let mut expected = translated.clone();
+            to_partial(&mut expected);
+            let (l4, field, _) = transport_layout(&p);
+            let as_ones = |b: &[u8]| match u16::from_be_bytes([b[0], b[1]]) { 0xffff => 0, v => v };
+            prop_assert_eq!(
+                as_ones(&translated[l4 + field..l4 + field + 2]),
+                as_ones(&expected[l4 + field..l4 + field + 2])
+            );
         }
 
         #[test]

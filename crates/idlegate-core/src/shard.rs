@@ -1,0 +1,81 @@
+//! Shards: which of several engines owns a packet, so that a gateway can run one engine per
+//! core with no lock on the per-packet path.
+//!
+//! The engine rewrites one endpoint of a packet and never the other: inbound it changes the
+//! destination (frontend → member) and leaves the source, the remote; outbound it changes the
+//! source (member → frontend) and leaves the destination, the remote again. So the *remote
+//! endpoint* is the same in both directions of a flow, before and after translation, and
+//! [`Sharding::owner`] hashes it: both directions of every flow, and the ICMP errors about
+//! it (by the packet they quote), land on the same shard. Every flow to one remote endpoint
+//! lives in one shard, so the checks that span flows (a translated tuple already in use, a
+//! masquerade port free for this remote) stay shard-local. SNAT ports, which a member's flows
+//! to every remote share, are the one piece of state the shards share
+//! ([`crate::Engine::sharded`]); they are touched when a flow starts or ends, not per packet.
+//!
+//! A packet the engine cannot read has no owner: whoever read it lets its own engine drop and
+//! count it. Nothing here allocates or panics on any input.
+
+use crate::family::Endpoint;
+use crate::flow::Interface;
+use crate::icmp::{self, IcmpError};
+use crate::packet::Headers;
+use std::hash::BuildHasher;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// How packets are spread over `count` shards.
+#[derive(Debug, Clone)]
+pub struct Sharding {
+    count: usize,
+    hasher: foldhash::fast::FixedState,
+}
+
+impl Sharding {
+    /// `count` shards (at least one); `seed` keys the hash so outsiders cannot aim a flood at
+    /// one shard.
+    pub fn new(count: usize, seed: u64) -> Sharding {
+        Sharding {
+            count: count.max(1),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The shard that owns `packet`, which arrived on `from`; `None` if it cannot be read.
+    pub fn owner(&self, packet: &[u8], from: Interface) -> Option<usize> {
+        if self.count == 1 {
+            return Some(0);
+        }
+        let remote = remote_endpoint(packet, from)?;
+        Some((self.hasher.hash_one(remote) % self.count as u64) as usize)
+    }
+}
+
+/// The endpoint on the outside of the flow `packet` belongs to.
+fn remote_endpoint(packet: &[u8], from: Interface) -> Option<SocketAddr> {
+    match packet.first()? >> 4 {
+        6 => remote_of::<SocketAddrV6>(packet, from).map(SocketAddr::V6),
+        _ => remote_of::<SocketAddrV4>(packet, from).map(SocketAddr::V4),
+    }
+}
+
+fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
+    if let Ok(h) = Headers::<E>::parse(packet) {
+        return Some(match from {
+            Interface::Outside => h.src,
+            Interface::Inside => h.dst,
+        });
+    }
+    if !icmp::is_icmp(packet) {
+        return None;
+    }
+    // An error from the outside quotes a packet the gateway sent out (to the remote); one from
+    // the inside quotes a packet it delivered in (from the remote).
+    let error = IcmpError::<E>::parse(packet).ok()?;
+    Some(match from {
+        Interface::Outside => error.quoted_dst,
+        Interface::Inside => error.quoted_src,
+    })
+}
