@@ -94,20 +94,24 @@ pub struct Gateway {
     tx_errors: u64,
     /// Forwarded packets for a destination no device leads to.
     undeliverable: u64,
-    /// Offloads: what one read brings (a super-segment and its header).
+    /// Reads with a virtio-net header the kernel would never write: dropped.
+    malformed: u64,
+    /// Offloads: what one read brings (a packet or a super-segment, after its header).
     whole: Vec<u8>,
-    /// Offloads: the segments it splits into, each at `tun::HEADER`.
-    segments: Vec<Vec<u8>>,
-    sizes: Vec<usize>,
-    /// Offloads: which segments go out of each port, and the coalescing state.
+    /// Offloads: single packets waiting to be written in a batch, each a header and the
+    /// packet; the first `pending` hold packets.
+    singles: Vec<Vec<u8>>,
+    pending: usize,
+    /// Offloads: which of `singles` go out of each port.
     outgoing: Vec<Vec<usize>>,
-    /// Offloads: the segments one port writes, moved out of `segments` and back.
+    /// Offloads: the packets one port writes, moved out of `singles` and back.
     batch: Vec<Vec<u8>>,
+    /// Offloads: tun-rs's coalescing state.
     gro: tun_rs::GROTable,
 }
 
-/// The room of one segment buffer: a header and a full-sized packet.
-const SEGMENT_LEN: usize = crate::tun::HEADER + 1600;
+/// The room of one single-packet buffer: a header and a full-sized packet.
+const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
 
 impl Gateway {
     /// A gateway running `config` on `ports` (at least one per side), with the extras `options`
@@ -172,13 +176,16 @@ impl Gateway {
             buf: Box::new([0; BUF_LEN]),
             tx_buf: [0; packet::CONTROL_LEN],
             whole: vec![0; crate::tun::HEADER + BUF_LEN],
-            segments: vec![vec![0; SEGMENT_LEN]; tun_rs::IDEAL_BATCH_SIZE],
-            sizes: vec![0; tun_rs::IDEAL_BATCH_SIZE],
+            singles: (0..tun_rs::IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(SINGLE_LEN))
+                .collect(),
+            pending: 0,
             outgoing: Vec::new(),
             batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
             gro: tun_rs::GROTable::default(),
             tx_errors: 0,
             undeliverable: 0,
+            malformed: 0,
         })
     }
 
@@ -244,7 +251,7 @@ impl Gateway {
     /// edge-triggered, so the caller must come back without waiting for another event).
     fn drain(&mut self, i: usize) -> Result<bool> {
         if self.ports[i].tun.offload() {
-            return self.drain_batches(i);
+            return self.drain_offloaded(i);
         }
         for _ in 0..BUDGET {
             let port = &self.ports[i];
@@ -280,22 +287,23 @@ impl Gateway {
         Ok(true)
     }
 
-    /// With offloads: reads super-segments from port `i`, hands each segment to the engine,
-    /// and writes what it forwards port by port in batches, which the device coalesces back
-    /// into super-segments.
-    fn drain_batches(&mut self, i: usize) -> Result<bool> {
+    /// With offloads: reads packets and super-segments from port `i` and hands each to the
+    /// engine once. A super-segment goes out at once with its header; single packets wait
+    /// in per-port batches, written when the reads stop, which the device coalesces.
+    fn drain_offloaded(&mut self, i: usize) -> Result<bool> {
         self.outgoing.resize_with(self.ports.len(), Vec::new);
+        let mut more = true;
         for _ in 0..BUDGET {
             let port = &self.ports[i];
-            let n = match port
-                .tun
-                .recv_batch(&mut self.whole, &mut self.segments, &mut self.sizes)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            let received = match port.tun.recv_offloaded(&mut self.whole) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    more = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.raw_os_error().is_none() => {
-                    // A super-segment tun-rs could not split: dropped, as a malformed packet.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.malformed += 1;
                     tracing::debug!(device = port.tun.name(), "unreadable packet: {e}");
                     continue;
                 }
@@ -308,73 +316,99 @@ impl Gateway {
                     })
                 }
             };
-            let interface = port.interface;
-            let now = Instant::now();
-            for k in 0..n {
-                let packet =
-                    &mut self.segments[k][crate::tun::HEADER..crate::tun::HEADER + self.sizes[k]];
-                if let Some(traffic) = &mut self.traffic {
-                    traffic.count(interface, Direction::In, packet.len());
-                }
-                if let Some(capture) = &mut self.capture {
-                    if let Err(e) = capture.record(packet) {
-                        tracing::warn!("{e:#}; capture stopped");
-                        self.capture = None;
-                    }
-                }
-                match self.engine.handle_packet(now, interface, packet) {
-                    Verdict::Forward(out) => {
-                        let dst = destination(&self.segments[k][crate::tun::HEADER..]);
-                        match dst.and_then(|dst| port_for(&self.ports, out, dst)) {
-                            Some(j) => self.outgoing[j].push(k),
-                            None => self.undeliverable += 1,
-                        }
-                    }
-                    Verdict::Drop(reason) => {
-                        tracing::trace!(?interface, reason = reason.as_str(), "packet dropped")
-                    }
-                }
-            }
-            self.send_batches(n);
-            self.flush();
+            self.forward_offloaded(i, received);
         }
-        Ok(true)
+        self.send_batches();
+        self.flush();
+        Ok(more)
     }
 
-    /// Writes the segments each port has in `outgoing`, then readies the buffers for the
-    /// next read.
-    fn send_batches(&mut self, n: usize) {
-        for j in 0..self.ports.len() {
-            if self.outgoing[j].is_empty() {
-                continue;
+    /// Hands the packet in `whole` to the engine and sends or queues what it forwards.
+    fn forward_offloaded(&mut self, i: usize, received: crate::tun::Received) {
+        const H: usize = crate::tun::HEADER;
+        let interface = self.ports[i].interface;
+        let len = received.len;
+        let packet = &mut self.whole[H..H + len];
+        if let Some(traffic) = &mut self.traffic {
+            traffic.count(interface, Direction::In, len);
+        }
+        if let Some(capture) = &mut self.capture {
+            if let Err(e) = capture.record(packet) {
+                tracing::warn!("{e:#}; capture stopped");
+                self.capture = None;
             }
-            // The segments move into the port's batch and back: no copy, no allocation.
-            for &k in &self.outgoing[j] {
-                let mut segment = std::mem::take(&mut self.segments[k]);
-                segment.truncate(crate::tun::HEADER + self.sizes[k]);
-                if let Some(capture) = &mut self.capture {
-                    if let Err(e) = capture.record(&segment[crate::tun::HEADER..]) {
-                        tracing::warn!("{e:#}; capture stopped");
-                        self.capture = None;
-                    }
-                }
-                if let Some(traffic) = &mut self.traffic {
-                    traffic.count(self.ports[j].interface, Direction::Out, self.sizes[k]);
-                }
-                self.batch.push(segment);
+        }
+        let checksum = received.shape.checksum();
+        let out = match self
+            .engine
+            .handle_packet_with(Instant::now(), interface, packet, checksum)
+        {
+            Verdict::Forward(out) => out,
+            Verdict::Drop(reason) => {
+                tracing::trace!(?interface, reason = reason.as_str(), "packet dropped");
+                return;
             }
-            if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut self.batch) {
+        };
+        let dst = destination(&self.whole[H..]);
+        let Some(j) = dst.and_then(|dst| port_for(&self.ports, out, dst)) else {
+            self.undeliverable += 1;
+            return;
+        };
+        let packet = &self.whole[H..H + len];
+        if let Some(capture) = &mut self.capture {
+            if let Err(e) = capture.record(packet) {
+                tracing::warn!("{e:#}; capture stopped");
+                self.capture = None;
+            }
+        }
+        if let Some(traffic) = &mut self.traffic {
+            traffic.count(out, Direction::Out, len);
+        }
+        if received.shape == crate::tun::Shape::Single && H + len <= SINGLE_LEN {
+            let single = &mut self.singles[self.pending];
+            single.clear();
+            single.extend_from_slice(&self.whole[..H + len]);
+            self.outgoing[j].push(self.pending);
+            self.pending += 1;
+            if self.pending == self.singles.len() {
+                self.send_batches();
+            }
+        } else {
+            // What waits for this port goes first: a flow's packets keep their order.
+            self.send_batch(j);
+            if let Err(e) = self.ports[j].tun.send_offloaded(&self.whole[..H + len]) {
                 self.tx_errors += 1;
                 tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
             }
-            for (&k, segment) in self.outgoing[j].iter().zip(self.batch.drain(..)) {
-                self.segments[k] = segment;
-            }
-            self.outgoing[j].clear();
         }
-        for segment in self.segments.iter_mut().take(n) {
-            segment.resize(SEGMENT_LEN, 0);
+    }
+
+    /// Writes every port's waiting single packets.
+    fn send_batches(&mut self) {
+        for j in 0..self.ports.len() {
+            self.send_batch(j);
         }
+        self.pending = 0;
+    }
+
+    /// Writes the single packets waiting for port `j` in one batch, which the device
+    /// coalesces per TCP flow.
+    fn send_batch(&mut self, j: usize) {
+        if self.outgoing[j].is_empty() {
+            return;
+        }
+        // The buffers move into the port's batch and back: no copy, no allocation.
+        for &k in &self.outgoing[j] {
+            self.batch.push(std::mem::take(&mut self.singles[k]));
+        }
+        if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut self.batch) {
+            self.tx_errors += 1;
+            tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
+        }
+        for (&k, single) in self.outgoing[j].iter().zip(self.batch.drain(..)) {
+            self.singles[k] = single;
+        }
+        self.outgoing[j].clear();
     }
 
     /// Writes the first `len` bytes of the buffer out of the port that leads to their
@@ -494,6 +528,7 @@ impl Gateway {
             resets_sent = c.resets_sent,
             tx_errors = self.tx_errors,
             undeliverable = self.undeliverable,
+            malformed = self.malformed,
             "gateway stopped; drops: {}",
             if drops.is_empty() {
                 "none".to_string()

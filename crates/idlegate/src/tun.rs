@@ -4,10 +4,13 @@
 //! current namespace, with a non-blocking fd, MTU 1500, txqueuelen 1000, left down and
 //! without address. With offloads (the default; `IDLEGATE_TUN_OFFLOAD=off` turns them off,
 //! and a kernel without them falls back with a log line) it also sets `IFF_VNET_HDR` and the
-//! TSO offloads: a read may bring a TCP super-segment of up to 64 KiB, which
-//! [`Tun::recv_batch`] splits into segments with complete checksums (tun-rs does it), and
-//! [`Tun::send_batch`] coalesces a batch's segments back into super-segments. Without
-//! offloads, one raw IP packet per read and write.
+//! TSO/USO offloads: a read may bring a TCP super-segment of up to 64 KiB. The gateway reads
+//! with [`Tun::recv_offloaded`], which completes a single packet's checksum and leaves a
+//! super-segment as it is, with a partial checksum and its virtio-net header; it translates the
+//! super-segment once and writes it back whole with [`Tun::send_offloaded`], and the kernel
+//! on the other side takes it as one (or cuts it, if it must). Single segments go out in
+//! batches through [`Tun::send_batch`], which coalesces those of one TCP flow (tun-rs GRO).
+//! Without offloads, one raw IP packet per read and write.
 //! [`Tun::move_to`] moves it into a namespace, gives it an address /32 plus a default
 //! route, and brings it up: the host's kernel then routes all its off-host traffic
 //! into the fd, and what we write to the fd enters its stack. IPv6 link-local
@@ -28,6 +31,7 @@
 
 use crate::netns;
 use anyhow::{Context, Result};
+use idlegate_core::packet::TransportChecksum;
 use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -35,6 +39,40 @@ use tun_rs::{DeviceBuilder, GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 /// The bytes before each packet on a device with offloads: the virtio-net header.
 pub const HEADER: usize = VIRTIO_NET_HDR_LEN;
+
+/// virtio-net header flag (linux/virtio_net.h): the checksum from `csum_start` is partial.
+const NEEDS_CSUM: u8 = 1;
+/// virtio-net header GSO type: a single packet.
+const GSO_NONE: u8 = 0;
+
+/// A packet [`Tun::recv_offloaded`] read, at [`HEADER`] in the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The packet's length, without the header.
+    pub len: usize,
+    /// Whether it is one packet or a super-segment to be cut into many.
+    pub shape: Shape,
+}
+
+/// What a packet read with offloads is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One packet of at most the MTU, with a complete checksum and a zeroed header.
+    Single,
+    /// A super-segment: its transport checksum is partial and its header (kept in the
+    /// buffer) tells the receiving device how to cut it, so it is written back with it.
+    Segmented,
+}
+
+impl Shape {
+    /// What the transport checksum field holds.
+    pub fn checksum(self) -> TransportChecksum {
+        match self {
+            Shape::Single => TransportChecksum::Complete,
+            Shape::Segmented => TransportChecksum::Partial,
+        }
+    }
+}
 
 /// Whether new devices ask for offloads: on unless `IDLEGATE_TUN_OFFLOAD` is `0` or `off`
 /// (so that the whole suite can run both ways).
@@ -154,6 +192,43 @@ impl Tun {
         self.offload
     }
 
+    /// Offloads: reads one packet with its header into `buf` (at least [`HEADER`] + 64 KiB).
+    /// A single packet's partial checksum is completed; a super-segment is left as it came.
+    /// A header the kernel would never write is `InvalidData`.
+    pub fn recv_offloaded(&self, buf: &mut [u8]) -> io::Result<Received> {
+        let n = self.dev.recv(buf)?;
+        let (header, packet) = buf[..n].split_at_mut(HEADER.min(n));
+        let malformed =
+            || io::Error::new(io::ErrorKind::InvalidData, "malformed virtio-net header");
+        if packet.is_empty() {
+            return Err(malformed());
+        }
+        let flags = header[0];
+        let gso_type = header[1];
+        let csum_start = usize::from(u16::from_le_bytes([header[6], header[7]]));
+        let csum_offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
+        let shape = if gso_type == GSO_NONE {
+            if flags & NEEDS_CSUM != 0 {
+                complete_checksum(packet, csum_start, csum_offset).ok_or_else(malformed)?;
+            }
+            header.fill(0);
+            Shape::Single
+        } else if flags & NEEDS_CSUM != 0 {
+            Shape::Segmented
+        } else {
+            return Err(malformed());
+        };
+        Ok(Received {
+            len: n - HEADER,
+            shape,
+        })
+    }
+
+    /// Offloads: writes a packet with its header (as [`Tun::recv_offloaded`] left it).
+    pub fn send_offloaded(&self, buf: &[u8]) -> io::Result<usize> {
+        self.dev.send(buf)
+    }
+
     /// Offloads: reads one packet, which may be a TCP super-segment, into `whole`, and splits
     /// it into `segments` (each at [`HEADER`], its length in `sizes`), with complete
     /// checksums. Returns how many.
@@ -176,6 +251,19 @@ impl Tun {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Completes a partial checksum as the device would: sums the packet from `start` on, the
+/// field at `start + offset` (holding the pseudo-header's sum) included, and writes the
+/// complement. `None` if the offsets lie outside the packet.
+fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> Option<()> {
+    let at = start.checked_add(offset)?;
+    let field = packet.get(at..at.checked_add(2)?)?;
+    let partial = u16::from_be_bytes([field[0], field[1]]);
+    packet[at..at + 2].fill(0);
+    let sum = tun_rs::checksum(packet.get(start..)?, u64::from(partial));
+    packet[at..at + 2].copy_from_slice(&(!sum).to_be_bytes());
+    Some(())
 }
 
 impl AsRawFd for Tun {
