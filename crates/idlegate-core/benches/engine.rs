@@ -7,10 +7,17 @@
 //! `aim only` measures that part alone so it can be subtracted:
 //! engine cost per packet = `handle_packet` − `aim only`. `reference/…` measures one load that
 //! misses every cache, the floor for a lookup in a table that does not fit in them.
+//!
+//! The sharded path (one engine per worker, [`Engine::sharded`]): `sharding/owner` is what a
+//! worker adds per packet to find the shard that owns it, and `… 2 shards/…` is one packet of
+//! an established flow through the owner found that way. `super-segment` is a 60 KB TCP packet
+//! with a partial checksum (as read from a TUN device with offloads): its cost does not grow
+//! with its size, since only the headers are touched.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use idlegate_core::engine::{Engine, Interface, Verdict};
-use idlegate_core::packet::{self, Headers};
+use idlegate_core::packet::{self, Headers, TransportChecksum};
+use idlegate_core::shard::Sharding;
 use idlegate_core::Config;
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -103,6 +110,27 @@ fn engine_with(n: u32) -> (Engine, Instant) {
     (engine, t0)
 }
 
+/// `shards` engines sharing `n` established flows, each flow in the shard that owns it.
+fn shards_with(n: u32, shards: usize) -> (Vec<Engine>, Sharding, Instant) {
+    let config = Config::from_toml(CONFIG, "bench").expect("config");
+    let t0 = Instant::now();
+    let mut engines = Engine::sharded(&config, t0, 42, shards);
+    let sharding = Sharding::new(shards, 7);
+    for i in 0..n {
+        let mut syn = segment(remote(i), FRONTEND, SYN, 1, 0);
+        let owner = sharding.owner(&syn, Interface::Outside).expect("owner");
+        let engine = &mut engines[owner];
+        engine.handle_packet(t0, Interface::Outside, &mut syn);
+        let member = Headers::parse(&syn).expect("syn").dst;
+        let mut syn_ack = segment(member, remote(i), SYN | ACK, 100, 2);
+        engine.handle_packet(t0, Interface::Inside, &mut syn_ack);
+        let mut ack = segment(remote(i), FRONTEND, ACK, 2, 101);
+        engine.handle_packet(t0, Interface::Outside, &mut ack);
+        while engine.poll_event().is_some() {}
+    }
+    (engines, sharding, t0)
+}
+
 /// A random visiting order (xorshift), fixed between runs.
 fn order(n: u32) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n).collect();
@@ -153,10 +181,62 @@ fn bench(c: &mut Criterion) {
                 black_box(engine.handle_packet(now, Interface::Outside, &mut buf))
             })
         });
+        if n == 10_000 {
+            // The flow's next segment as one 60 KB super-segment with a partial checksum.
+            let mut big = segment(remote(0), FRONTEND, ACK, 2, 101);
+            big.resize(40 + 60_000, 0x5a);
+            big[2..4].copy_from_slice(&(40u16 + 60_000).to_be_bytes());
+            big[10..12].fill(0);
+            let ip_sum = !fold(sum(&big[..20]));
+            big[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+            let mut seq = 2u32;
+            group.bench_function("super-segment (60 KB, partial checksum)", |b| {
+                b.iter(|| {
+                    // Back to the frontend, and on to the next 60 KB of the stream.
+                    let h = Headers::parse(&big).expect("valid");
+                    packet::rewrite_dst(&mut big, &h, FRONTEND);
+                    seq = seq.wrapping_add(60_000);
+                    big[24..28].copy_from_slice(&seq.to_be_bytes());
+                    black_box(engine.handle_packet_with(
+                        now,
+                        Interface::Outside,
+                        &mut big,
+                        TransportChecksum::Partial,
+                    ))
+                })
+            });
+        }
         group.finish();
         engine.handle_timeout(now + Duration::from_secs(60));
         while engine.poll_event().is_some() {}
     }
+}
+
+fn bench_sharded(c: &mut Criterion) {
+    for n in [10_000u32, 1_000_000] {
+        let (mut engines, sharding, t0) = shards_with(n, 2);
+        let held: Vec<usize> = engines.iter().map(Engine::flow_count).collect();
+        eprintln!("flows: {n:>9}  in 2 shards: {held:?}");
+        let order = order(n);
+        let mut buf = segment(remote(0), FRONTEND, ACK, 2, 101);
+        let mut k = 0usize;
+        let now = t0 + Duration::from_secs(1);
+        let mut group = c.benchmark_group(format!("{n} flows, 2 shards"));
+        group.bench_function("aim + owner + handle_packet", |b| {
+            b.iter(|| {
+                k = (k + 1) % order.len();
+                aim(&mut buf, order[k]);
+                let owner = sharding.owner(&buf, Interface::Outside).unwrap_or(0);
+                black_box(engines[owner].handle_packet(now, Interface::Outside, &mut buf))
+            })
+        });
+        group.finish();
+    }
+    let sharding = Sharding::new(2, 7);
+    let buf = segment(remote(0), FRONTEND, ACK, 2, 101);
+    c.bench_function("sharding/owner", |b| {
+        b.iter(|| black_box(sharding.owner(black_box(&buf), Interface::Outside)))
+    });
 }
 
 /// Reference: one dependent load from memory too large for the caches (a pointer chase through
@@ -182,6 +262,6 @@ fn memory_latency(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench, memory_latency
+    targets = bench, bench_sharded, memory_latency
 }
 criterion_main!(benches);

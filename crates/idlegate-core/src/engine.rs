@@ -140,7 +140,7 @@ impl Counters {
     }
 
     /// Adds `other`'s counts to these.
-    fn add(&mut self, other: &Counters) {
+    pub fn add(&mut self, other: &Counters) {
         self.forwarded += other.forwarded;
         self.flows_created += other.flows_created;
         self.flows_expired += other.flows_expired;
@@ -695,6 +695,40 @@ impl<E: Endpoint> Core<E> {
         self.snat.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// See [`Engine::check_invariants`].
+    fn check_invariants(&self) -> Result<(), String> {
+        self.flows.check()?;
+        let live: Vec<FlowId> = self.flows.iter().map(|(id, _)| id).collect();
+        self.wheel.check(&self.flows, &live)?;
+        let pools = self.snat_pools();
+        let mut users = vec![0usize; pools.len()];
+        let mut lent = std::collections::HashSet::new();
+        for (id, flow) in self.flows.iter() {
+            let Some(snat) = self.snat_of(flow.rule) else {
+                continue;
+            };
+            users[snat] += 1;
+            if self.snat_allocation == Allocation::PreservePort {
+                continue;
+            }
+            let port = flow.public.port();
+            if !pools[snat].is_lent(port) || !lent.insert((snat, port)) {
+                return Err(format!("flow {id}'s SNAT port {port} is not its own"));
+            }
+        }
+        for (pool, users) in pools.iter().zip(users) {
+            pool.check()?;
+            // Shards share the pools: only a lone engine sees every user of a port.
+            if Arc::strong_count(&self.snat) == 1 && pool.lent() != users {
+                return Err(format!(
+                    "a SNAT pool counts {} ports in use for {users} flows",
+                    pool.lent()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes held by the flow table (slab and index), for the memory benchmark.
     fn flow_memory_bytes(&self) -> usize {
         self.flows.memory_bytes()
@@ -1092,8 +1126,9 @@ impl<E: Endpoint> Core<E> {
         if free(&self.flows, headers.src.port()) {
             return Some(E::at(frontend, headers.src.port()));
         }
+        let mut pools = self.snat.lock().unwrap_or_else(PoisonError::into_inner);
         for _ in 0..MASQUERADE_TRIES {
-            let port = self.snat_pools()[snat].next_candidate()?;
+            let port = pools[snat].next_candidate()?;
             if free(&self.flows, port) {
                 return Some(E::at(frontend, port));
             }
@@ -1330,6 +1365,16 @@ impl Engine {
         let mut sum = self.v4.counters().clone();
         sum.add(self.v6.counters());
         sum
+    }
+
+    /// Checks what must hold between any two calls, walking every table (for tests and
+    /// fuzzing, not the packet path): every flow is found by both of its keys and the index
+    /// holds nothing else; the timing wheel holds exactly the live flows, each once and well
+    /// linked; no SNAT port is lent to two flows, every outbound flow's port is lent, and (for
+    /// an engine that is not one of several shards) each pool counts its users exactly.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.v4.check_invariants()?;
+        self.v6.check_invariants()
     }
 
     /// Number of flows the gateway remembers.

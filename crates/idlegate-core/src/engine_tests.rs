@@ -1441,6 +1441,7 @@ proptest! {
         }
         let counted: u64 = h.engine.counters().drops().map(|(_, n)| n).sum();
         prop_assert_eq!(counted, drops);
+        prop_assert_eq!(h.engine.check_invariants(), Ok(()));
     }
 
     #[test]
@@ -1461,6 +1462,7 @@ proptest! {
             }
             h.now += 100;
             h.advance_to(h.now);
+            prop_assert_eq!(h.engine.check_invariants(), Ok(()));
         }
     }
 }
@@ -2004,7 +2006,22 @@ fn both_directions_of_a_flow_and_its_icmp_errors_have_one_owner() {
         let (client, server) = h.connect_inbound(port);
         let answer = tcp_packet(server.addr, client.addr, TcpFlags::ACK, 2, 2, b"x");
         assert_eq!(sharding.owner(&answer, Interface::Inside), Some(owner));
+        // A member's ICMP error about a packet delivered to it names the client as its source.
+        let delivered = tcp_packet(client.addr, server.addr, TcpFlags::ACK, 2, 2, b"y");
+        let error = icmp_error(*server.addr.ip(), *client.addr.ip(), 3, 3, &delivered, 28);
+        assert_eq!(sharding.owner(&error, Interface::Inside), Some(owner));
         owners.insert(owner);
+
+        // IPv6: the remote endpoint decides too.
+        let remote6 = SocketAddrV6::new("fd00:203::100".parse().unwrap(), port, 0, 0);
+        let frontend6 = SocketAddrV6::new("fd00:203::10".parse().unwrap(), 7000, 0, 0);
+        let member6 = SocketAddrV6::new("fd00:192::11".parse().unwrap(), 7000, 0, 0);
+        let inbound = tcp_packet(remote6, frontend6, TcpFlags::SYN, 1, 0, b"");
+        let reply = tcp_packet(member6, remote6, TcpFlags::ACK, 1, 2, b"");
+        assert_eq!(
+            sharding.owner(&inbound, Interface::Outside),
+            sharding.owner(&reply, Interface::Inside)
+        );
 
         // Outbound: the member's SYN, the server's answer to the frontend, and an ICMP error
         // from a router about the translated packet.
@@ -2028,6 +2045,7 @@ fn both_directions_of_a_flow_and_its_icmp_errors_have_one_owner() {
     }
     assert_eq!(owners.len(), 4, "flows spread over every shard");
     assert_eq!(sharding.owner(b"\x45junk", Interface::Outside), None);
+    assert_eq!(sharding.owner(b"", Interface::Inside), None);
 }
 
 #[test]
@@ -2040,22 +2058,39 @@ fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
     let t0 = Instant::now();
     let mut shards = Engine::sharded(&config, t0, 1, 2);
     let sharding = Sharding::new(2, 3);
-    let mut syn_to = |server: u16| {
-        let mut p = tcp_packet(
-            ep(VM1, 30_000 + server),
-            ep(CLIENT, server),
-            TcpFlags::SYN,
-            5,
-            0,
-            b"",
-        );
-        let owner = sharding.owner(&p, Interface::Inside).unwrap();
-        shards[owner].handle_packet(t0, Interface::Inside, &mut p)
+    let syn = |server: u16| {
+        let (vm, remote) = (ep(VM1, 30_000 + server), ep(CLIENT, server));
+        tcp_packet(vm, remote, TcpFlags::SYN, 5, 0, b"")
+    };
+    let owner_of = |server: u16| sharding.owner(&syn(server), Interface::Inside).unwrap();
+    let syn_to = |shards: &mut Vec<Engine>, server: u16| {
+        shards[owner_of(server)].handle_packet(t0, Interface::Inside, &mut syn(server))
     };
     for server in 8_000..8_008 {
-        assert_eq!(syn_to(server), Verdict::Forward(Interface::Outside));
+        assert_eq!(
+            syn_to(&mut shards, server),
+            Verdict::Forward(Interface::Outside)
+        );
     }
-    assert_eq!(syn_to(8_008), Verdict::Drop(DropReason::PortExhausted));
+    assert_eq!(
+        syn_to(&mut shards, 8_008),
+        Verdict::Drop(DropReason::PortExhausted)
+    );
+    // The other shard refuses too, and the exhaustion is reported once, not once per shard.
+    let other = (8_009..9_000)
+        .find(|&s| owner_of(s) != owner_of(8_008))
+        .unwrap();
+    assert_eq!(
+        syn_to(&mut shards, other),
+        Verdict::Drop(DropReason::PortExhausted)
+    );
+    let mut reported = 0;
+    for shard in shards.iter_mut() {
+        while let Some(event) = shard.poll_event() {
+            reported += usize::from(matches!(event, Event::PortExhausted { .. }));
+        }
+    }
+    assert_eq!(reported, 1);
     let flows: Vec<usize> = shards.iter().map(Engine::flow_count).collect();
     assert!(
         flows.iter().all(|&n| n > 0),

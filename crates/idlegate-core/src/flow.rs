@@ -353,6 +353,32 @@ impl<E: Endpoint> FlowTable<E> {
             })
     }
 
+    /// Checks that every flow is found by both of its keys and the index holds nothing else
+    /// (for tests and fuzzing: it walks the whole table).
+    pub fn check(&self) -> Result<(), String> {
+        let free: std::collections::HashSet<FlowId> = self.free.iter().copied().collect();
+        if free.len() != self.free.len() {
+            return Err("a flow id is free twice".into());
+        }
+        for id in (0..self.flows.len() as FlowId).filter(|id| !free.contains(id)) {
+            let flow = &self.flows[id as usize];
+            for side in [Interface::Inside, Interface::Outside] {
+                let (src, dst) = flow.key(side);
+                if self.find(side, src, dst, flow.protocol) != Some(id) {
+                    return Err(format!("flow {id} is not found by its {side:?} key"));
+                }
+            }
+        }
+        if self.index.len() != 2 * self.len() {
+            return Err(format!(
+                "the index holds {} keys for {} flows",
+                self.index.len(),
+                self.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// Bytes the table holds: slab, free list and index (for the memory benchmark).
     pub fn memory_bytes(&self) -> usize {
         self.flows.capacity() * std::mem::size_of::<Flow<E>>()

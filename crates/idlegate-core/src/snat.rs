@@ -222,6 +222,24 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
         })
     }
 
+    /// Whether `port` is lent to a flow now.
+    pub fn is_lent(&self, port: u16) -> bool {
+        self.lent[usize::from(port) / 64] & (1 << (port % 64)) != 0
+    }
+
+    /// Checks that the lent ports and their count agree (for tests and fuzzing).
+    pub fn check(&self) -> Result<(), String> {
+        let marked: u32 = self.lent.iter().map(|w| w.count_ones()).sum();
+        if marked as usize != self.lent_count {
+            return Err(format!(
+                "SNAT pool of {:?}: {marked} ports marked lent, {} counted",
+                std::any::type_name::<A>(),
+                self.lent_count
+            ));
+        }
+        Ok(())
+    }
+
     fn take_lent(&mut self, port: u16) -> bool {
         let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
         let was = self.lent[word] & bit != 0;

@@ -137,6 +137,46 @@ impl TimerWheel {
         store.set_link(id, Link::UNFILED);
     }
 
+    /// Checks the wheel against `live`, the entries that must be filed (for tests and fuzzing:
+    /// it walks every slot): each slot's list is well linked and marked occupied, each entry
+    /// records its slot, every live entry is filed exactly once, and nothing else is.
+    pub fn check<T: Timers + ?Sized>(&self, store: &T, live: &[u32]) -> Result<(), String> {
+        if self.due != NIL {
+            return Err("entries left due between calls".into());
+        }
+        let mut filed = std::collections::HashSet::new();
+        for level in 0..LEVELS {
+            for index in 0..SLOTS {
+                let head = self.heads[level][index];
+                if (head != NIL) != (self.occupied[level] & (1 << index) != 0) {
+                    return Err(format!("slot {level}/{index}: occupied bit is wrong"));
+                }
+                let (mut prev, mut id) = (NIL, head);
+                while id != NIL {
+                    let link = store.link(id);
+                    if link.prev != prev || usize::from(link.slot) != level * SLOTS + index {
+                        return Err(format!("entry {id} in slot {level}/{index} is mislinked"));
+                    }
+                    if !filed.insert(id) {
+                        return Err(format!("entry {id} is filed twice"));
+                    }
+                    (prev, id) = (id, link.next);
+                }
+            }
+        }
+        if let Some(id) = live.iter().find(|id| !filed.contains(id)) {
+            return Err(format!("live entry {id} is not filed"));
+        }
+        if filed.len() != live.len() {
+            return Err(format!(
+                "{} entries filed for {} live ones",
+                filed.len(),
+                live.len()
+            ));
+        }
+        Ok(())
+    }
+
     /// The tick at which [`TimerWheel::poll_expired`] has work next: an expiry, or a slot to
     /// re-file. `None` when nothing is filed.
     pub fn next_wakeup(&self) -> Option<Tick> {

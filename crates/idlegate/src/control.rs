@@ -3,8 +3,9 @@
 //! A Unix stream socket, mode 0600, owned by the gateway's user. A client connects, writes one
 //! [`Request`] as a JSON line, reads one [`Response`] as a JSON line, and the gateway closes the
 //! connection. The gateway serves it from its own event loop ([`Control::serve`] is called when
-//! the listener is readable), so a request sees the flow table between two packets. A client
-//! that sends nothing within [`CLIENT_TIMEOUT`] is dropped.
+//! the listener is readable) and answers from every worker's shard ([`Shards`]), each of which
+//! sees its flow table between two packets. A client that sends nothing within
+//! [`CLIENT_TIMEOUT`] is dropped.
 
 use anyhow::{bail, Context, Result};
 use idlegate_core::engine::{Engine, FlowInfo};
@@ -59,7 +60,7 @@ pub struct FlowRow {
 }
 
 impl FlowRow {
-    fn new(engine: &Engine, f: &FlowInfo) -> FlowRow {
+    pub fn new(engine: &Engine, f: &FlowInfo) -> FlowRow {
         FlowRow {
             rule: engine.rule_name(f.flow.rule).to_string(),
             protocol: format!("{:?}", f.flow.protocol).to_lowercase(),
@@ -71,6 +72,17 @@ impl FlowRow {
             expires_in_s: f.expires_in.as_secs_f64(),
         }
     }
+}
+
+/// What requests are answered from: the engine's shards, one per worker.
+pub trait Shards {
+    /// The names of the rules, as written in the config.
+    fn rule_names(&self) -> &[String];
+    /// Every flow of every shard, as it stands now; an error if a shard cannot say.
+    fn flows(&mut self) -> Result<Vec<FlowRow>, String>;
+    /// Expires now, with their rules' actions, the flows of `rule` (every flow with `None`);
+    /// returns how many, or an error if a shard did not say (it may still expire them).
+    fn expire(&mut self, rule: Option<&str>) -> Result<usize, String>;
 }
 
 /// The gateway's end: a listening socket, removed when dropped.
@@ -108,11 +120,11 @@ impl Control {
     }
 
     /// Answers every client waiting to be accepted.
-    pub fn serve(&mut self, engine: &mut Engine) {
+    pub fn serve(&mut self, shards: &mut dyn Shards) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = answer(stream, engine) {
+                    if let Err(e) = answer(stream, shards) {
                         tracing::debug!("control client: {e:#}");
                     }
                 }
@@ -137,34 +149,36 @@ impl Drop for Control {
     }
 }
 
-fn answer(stream: mio::net::UnixStream, engine: &mut Engine) -> Result<()> {
+fn answer(stream: mio::net::UnixStream, shards: &mut dyn Shards) -> Result<()> {
     // mio's stream is a plain socket: serve it blocking, briefly.
     let stream: UnixStream = std::os::fd::OwnedFd::from(stream).into();
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let line = read_request(&stream)?;
-    let response = match serde_json::from_slice::<Request>(&line) {
-        Ok(request) => respond(request, engine),
-        Err(e) => Response::Error {
-            message: format!("not a request: {e}"),
-        },
-    };
+    let response = handle_line(&line, shards);
     let mut out = serde_json::to_string(&response)?;
     out.push('\n');
     (&stream).write_all(out.as_bytes())?;
     Ok(())
 }
 
-fn respond(request: Request, engine: &mut Engine) -> Response {
-    let now = Instant::now();
+/// The answer to one request line, as a client sent it (any bytes: a line that is not a
+/// request gets an error response).
+pub fn handle_line(line: &[u8], shards: &mut dyn Shards) -> Response {
+    match serde_json::from_slice::<Request>(line) {
+        Ok(request) => respond(request, shards),
+        Err(e) => Response::Error {
+            message: format!("not a request: {e}"),
+        },
+    }
+}
+
+fn respond(request: Request, shards: &mut dyn Shards) -> Response {
     match request {
-        Request::Flows => {
-            let flows = engine
-                .flows(now)
-                .map(|f| FlowRow::new(engine, &f))
-                .collect();
-            Response::Flows { flows }
-        }
+        Request::Flows => match shards.flows() {
+            Ok(flows) => Response::Flows { flows },
+            Err(message) => Response::Error { message },
+        },
         Request::Expire {
             rule: None,
             all: false,
@@ -177,14 +191,17 @@ fn respond(request: Request, engine: &mut Engine) -> Response {
         },
         Request::Expire {
             rule: Some(rule), ..
-        } if !engine.rule_names().any(|r| r == rule) => {
-            let names: Vec<&str> = engine.rule_names().collect();
-            Response::Error {
-                message: format!("no rule {rule:?}; rules: {}", names.join(", ")),
-            }
-        }
+        } if !shards.rule_names().contains(&rule) => Response::Error {
+            message: format!(
+                "no rule {rule:?}; rules: {}",
+                shards.rule_names().join(", ")
+            ),
+        },
         Request::Expire { rule, .. } => {
-            let count = engine.expire_now(now, |name| rule.as_deref().is_none_or(|r| r == name));
+            let count = match shards.expire(rule.as_deref()) {
+                Ok(count) => count,
+                Err(message) => return Response::Error { message },
+            };
             if let Some(rule) = &rule {
                 tracing::info!("control: expired {count} flow(s) of rule {rule} now");
             } else {

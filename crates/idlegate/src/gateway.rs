@@ -1,20 +1,33 @@
-//! The gateway: the sans-IO engine driven by TUN devices and the monotonic clock.
+//! The gateway: the sans-IO engine driven by TUN devices and the monotonic clock, one worker
+//! thread per core.
 //!
-//! One thread runs one event loop. It waits (with `mio`) until a TUN device is readable, the
-//! engine's next deadline comes, or [`Stopper::stop`] is called; it then drains every readable
-//! device through [`Engine::handle_packet`], writes each forwarded packet to the device that
-//! leads to its destination, runs [`Engine::handle_timeout`], sends the RSTs the engine made
-//! and logs flow creation and expiry with `tracing`. The packet buffer is reused: nothing is
-//! allocated per packet.
+//! Every TUN device has one queue per worker, and every worker runs one shard of the engine
+//! ([`Engine::sharded`]) in its own event loop. It waits (with `mio`) until one of its queues is
+//! readable, its shard's next deadline comes or a message arrives; it then reads packets, hands
+//! each to its shard, writes what is forwarded to its queue of the device that leads to the
+//! destination, runs the timers, sends the RSTs the shard made and logs flow creation and
+//! expiry with `tracing`.
+//!
+//! A packet belongs to the shard [`Sharding::owner`] names: a hash of the flow's remote
+//! endpoint, the same both ways. The kernel picks the queue by its own hash of the flow and
+//! then by the queue the flow was last written from, so once a flow's first packets have
+//! passed nearly every packet is read by its owner. One that is not is copied into a buffer
+//! from a bounded pool and handed over through the owner's inbox; the buffer comes back the
+//! same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
+//! workers share), and no allocation once the pools are warm.
+//!
+//! The thread that calls [`Gateway::run`] serves the control socket and the metrics, asking
+//! every worker through its inbox and adding up the answers.
 
 use crate::capture::Capture;
-use crate::control::Control;
-use crate::metrics::{Direction, Metrics, Traffic};
-use crate::tun::Tun;
-use anyhow::{bail, Context, Result};
+use crate::control::{Control, FlowRow, Shards};
+use crate::metrics::{DeviceCounters, Direction, Metrics, Snapshot, Traffic};
+use crate::tun::{Received, Shape, Tun};
+use anyhow::{anyhow, bail, Context, Result};
 use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
 use idlegate_core::expiry::Expiry;
 use idlegate_core::packet;
+use idlegate_core::shard::Sharding;
 use idlegate_core::Config;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -23,12 +36,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// A TUN device attached to one side of the gateway.
 pub struct Port {
-    pub tun: Tun,
+    /// One queue per worker, all made by [`Tun::create_queues`].
+    pub queues: Vec<Tun>,
     pub interface: Interface,
     /// The address of the host behind it, or `None` for a port that takes every destination
     /// on its side (a router-style attachment).
@@ -46,94 +61,159 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// Most workers a gateway runs.
+pub const MAX_WORKERS: usize = 64;
+
+/// How many workers a gateway runs unless told: `IDLEGATE_WORKERS` if set (so that the whole
+/// suite can run with one), else one per core.
+pub fn default_workers() -> usize {
+    std::env::var("IDLEGATE_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .clamp(1, MAX_WORKERS)
+}
+
+/// Stops the gateway when dropped: when a worker returns, fails or panics.
+struct StopOnDrop(Stopper);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
 /// Stops a running gateway from another thread or a signal handler thread.
 #[derive(Clone)]
 pub struct Stopper {
     flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    /// The serving thread's and every worker's.
+    wakers: Vec<Arc<Waker>>,
 }
 
 impl Stopper {
     pub fn stop(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        // A failed wake only delays the stop until the next packet or deadline.
-        let _ = self.waker.wake();
+        for waker in &self.wakers {
+            // A failed wake only delays the stop until the next packet or deadline.
+            let _ = waker.wake();
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
     }
 }
 
 const WAKER: Token = Token(usize::MAX);
 const CONTROL: Token = Token(usize::MAX - 1);
 const METRICS: Token = Token(usize::MAX - 2);
-/// Largest IPv4 packet; TUN devices hand out at most their MTU.
+/// Largest IPv4 packet, or TCP super-segment.
 const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
 const BUDGET: usize = 64;
+/// The room of one single-packet buffer: a header and a full-sized packet.
+const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
+/// Packets a worker may have handed over and not yet got back; past it, a packet read by the
+/// wrong worker is dropped and counted (a flood of new flows cannot grow the pools).
+const HANDOFF_LIMIT: usize = 256;
+/// How long the serving thread waits for a worker's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The engine and its devices.
+/// A packet one worker read for another: its frame, as read, and who to give the buffer back
+/// to.
+struct Handover {
+    interface: Interface,
+    received: Received,
+    frame: Vec<u8>,
+    from: usize,
+}
+
+enum Query {
+    Flows,
+    Expire(Option<String>),
+    Snapshot,
+}
+
+enum Answer {
+    Flows(Vec<FlowRow>),
+    Expired(usize),
+    Snapshot(Box<Snapshot>),
+}
+
+/// How to reach one worker. The bounded channels hold as many entries as can ever be in flight
+/// (each worker lends at most [`HANDOFF_LIMIT`] buffers), so sending never blocks nor fails
+/// while the worker runs, and nothing is allocated per message.
+#[derive(Clone)]
+struct Inbox {
+    /// Packets handed over to it.
+    packets: SyncSender<Handover>,
+    /// Buffers of the packets it handed over, back for reuse.
+    spares: SyncSender<Vec<u8>>,
+    /// Questions from the control socket and the metrics, with where to answer.
+    queries: Sender<(Query, Sender<Answer>)>,
+    waker: Arc<Waker>,
+}
+
+/// A worker's ends of its [`Inbox`].
+struct Mailbox {
+    packets: Receiver<Handover>,
+    spares: Receiver<Vec<u8>>,
+    queries: Receiver<(Query, Sender<Answer>)>,
+}
+
+/// What a worker did, logged when the gateway stops.
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    counters: Counters,
+    device: DeviceCounters,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.counters.add(&other.counters);
+        self.device.add(&other.device);
+    }
+}
+
+/// The workers, and what the serving thread holds.
 pub struct Gateway {
-    engine: Engine,
-    ports: Vec<Port>,
+    workers: Vec<Worker>,
+    inboxes: Vec<Inbox>,
     poll: Poll,
     stopper: Stopper,
     /// Where `idlegate flows` asks.
     control: Option<Control>,
-    /// Where `--pcap` records packets.
-    capture: Option<Capture>,
     /// Where `--metrics` serves Prometheus.
     metrics: Option<Metrics>,
-    /// Packets and bytes per interface and direction, counted only for `--metrics`.
-    traffic: Option<Traffic>,
-    buf: Box<[u8; BUF_LEN]>,
-    /// Member addresses and names, for log lines.
-    member_names: Vec<(IpAddr, String)>,
-    /// Which devices may still hold packets.
-    readable: Vec<bool>,
-    /// Where the engine writes the packets it generates.
-    tx_buf: [u8; packet::CONTROL_LEN],
-    /// Packets the kernel refused to take (full queue): counted, not fatal.
-    tx_errors: u64,
-    /// Forwarded packets for a destination no device leads to.
-    undeliverable: u64,
-    /// Reads with a virtio-net header the kernel would never write: dropped.
-    malformed: u64,
-    /// Offloads: what one read brings (a packet or a super-segment, after its header).
-    whole: Vec<u8>,
-    /// Offloads: single packets waiting to be written in a batch, each a header and the
-    /// packet; the first `pending` hold packets.
-    singles: Vec<Vec<u8>>,
-    pending: usize,
-    /// Offloads: which of `singles` go out of each port.
-    outgoing: Vec<Vec<usize>>,
-    /// Offloads: the packets one port writes, moved out of `singles` and back.
-    batch: Vec<Vec<u8>>,
-    /// Offloads: tun-rs's coalescing state.
-    gro: tun_rs::GROTable,
+    rule_names: Vec<String>,
+    /// The workers' counters, added up once they have stopped.
+    tally: Tally,
 }
 
-/// The room of one single-packet buffer: a header and a full-sized packet.
-const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
-
 impl Gateway {
-    /// A gateway running `config` on `ports` (at least one per side), with the extras `options`
-    /// ask for.
+    /// A gateway running `config` on `ports` (at least one per side, each with one queue per
+    /// worker), with the extras `options` ask for.
     pub fn new(config: &Config, ports: Vec<Port>, options: &Options) -> Result<Gateway> {
         for side in [Interface::Inside, Interface::Outside] {
             if !ports.iter().any(|p| p.interface == side) {
                 bail!("the gateway needs a TUN device on the {side:?} side");
             }
         }
-        let poll = Poll::new().context("creating the event loop")?;
-        for (i, port) in ports.iter().enumerate() {
-            poll.registry()
-                .register(
-                    &mut SourceFd(&port.tun.as_raw_fd()),
-                    Token(i),
-                    Interest::READABLE,
-                )
-                .with_context(|| format!("watching TUN device {}", port.tun.name()))?;
+        let workers = ports.first().map_or(0, |p| p.queues.len());
+        if workers == 0 || ports.iter().any(|p| p.queues.len() != workers) {
+            bail!("every TUN device needs one queue per worker");
         }
+        let offload = ports[0].queues[0].offload();
+        if ports
+            .iter()
+            .flat_map(|p| &p.queues)
+            .any(|q| q.offload() != offload)
+        {
+            bail!("the TUN devices differ in offloads");
+        }
+        let poll = Poll::new().context("creating the event loop")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
-        let capture = options.pcap.as_deref().map(Capture::create).transpose()?;
         let metrics = match options.metrics {
             Some(addr) => {
                 let mut metrics = Metrics::bind(addr)?;
@@ -152,40 +232,98 @@ impl Gateway {
             }
             None => None,
         };
+        let capture = options
+            .pcap
+            .as_deref()
+            .map(Capture::create)
+            .transpose()?
+            .map(|c| Arc::new(Mutex::new(c)));
+
+        let engines = Engine::sharded(config, Instant::now(), random_seed(), workers);
+        let rule_names = engines[0].rule_names().map(str::to_string).collect();
+        let sharding = Sharding::new(workers, random_seed());
+        let mut polls = Vec::with_capacity(workers);
+        let mut inboxes = Vec::with_capacity(workers);
+        let mut receivers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let poll = Poll::new().context("creating a worker's event loop")?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (packets, packets_in) = mpsc::sync_channel(HANDOFF_LIMIT * workers);
+            let (spares, spares_in) = mpsc::sync_channel(HANDOFF_LIMIT);
+            let (queries, queries_in) = mpsc::channel();
+            inboxes.push(Inbox {
+                packets,
+                spares,
+                queries,
+                waker,
+            });
+            receivers.push(Mailbox {
+                packets: packets_in,
+                spares: spares_in,
+                queries: queries_in,
+            });
+            polls.push(poll);
+        }
         let stopper = Stopper {
             flag: Arc::new(AtomicBool::new(false)),
-            waker,
-        };
-        let engine = Engine::new(config, Instant::now(), random_seed());
-        Ok(Gateway {
-            engine,
-            control,
-            capture,
-            metrics,
-            traffic: options.metrics.map(|_| Traffic::default()),
-            readable: vec![false; ports.len()],
-            member_names: config
-                .backend_pools
-                .iter()
-                .flat_map(|p| &p.members)
-                .map(|m| (m.address, m.name.clone()))
+            wakers: std::iter::once(waker)
+                .chain(inboxes.iter().map(|i| Arc::clone(&i.waker)))
                 .collect(),
-            ports,
+        };
+        let member_names: Vec<(IpAddr, String)> = config
+            .backend_pools
+            .iter()
+            .flat_map(|p| &p.members)
+            .map(|m| (m.address, m.name.clone()))
+            .collect();
+
+        // Deal the queues: worker w takes queue w of every device.
+        let mut queues: Vec<Vec<WorkerPort>> = (0..workers).map(|_| Vec::new()).collect();
+        for port in ports {
+            for (w, tun) in port.queues.into_iter().enumerate() {
+                queues[w].push(WorkerPort {
+                    tun,
+                    interface: port.interface,
+                    host: port.host,
+                });
+            }
+        }
+        let mut built = Vec::with_capacity(workers);
+        let shards = polls.into_iter().zip(receivers).zip(engines);
+        for (index, (ports, ((poll, inbox), engine))) in queues.into_iter().zip(shards).enumerate()
+        {
+            for (i, port) in ports.iter().enumerate() {
+                poll.registry()
+                    .register(
+                        &mut SourceFd(&port.tun.as_raw_fd()),
+                        Token(i),
+                        Interest::READABLE,
+                    )
+                    .with_context(|| format!("watching TUN device {}", port.tun.name()))?;
+            }
+            built.push(Worker::new(
+                index,
+                engine,
+                ports,
+                poll,
+                inbox,
+                inboxes.clone(),
+                sharding.clone(),
+                offload,
+                capture.clone(),
+                member_names.clone(),
+                stopper.clone(),
+            ));
+        }
+        Ok(Gateway {
+            workers: built,
+            inboxes,
             poll,
             stopper,
-            buf: Box::new([0; BUF_LEN]),
-            tx_buf: [0; packet::CONTROL_LEN],
-            whole: vec![0; crate::tun::HEADER + BUF_LEN],
-            singles: (0..tun_rs::IDEAL_BATCH_SIZE)
-                .map(|_| Vec::with_capacity(SINGLE_LEN))
-                .collect(),
-            pending: 0,
-            outgoing: Vec::new(),
-            batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
-            gro: tun_rs::GROTable::default(),
-            tx_errors: 0,
-            undeliverable: 0,
-            malformed: 0,
+            control,
+            metrics,
+            rule_names,
+            tally: Tally::default(),
         })
     }
 
@@ -194,17 +332,308 @@ impl Gateway {
         self.stopper.clone()
     }
 
+    /// What the workers' shards did, added up; complete once [`Gateway::run`] has returned.
     pub fn counters(&self) -> Counters {
-        self.engine.counters()
+        self.tally.counters.clone()
+    }
+
+    /// Runs the workers and serves the control socket and metrics until stopped; fails if a
+    /// device disappears.
+    pub fn run(&mut self) -> Result<()> {
+        let workers = std::mem::take(&mut self.workers);
+        let count = workers.len();
+        let mut failure = None;
+        std::thread::scope(|scope| {
+            let mut threads = Vec::with_capacity(count);
+            for worker in workers {
+                let stopper = self.stopper.clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("gateway-{}", worker.index))
+                    .spawn_scoped(scope, move || {
+                        // A worker that fails or panics stops the others and the serving thread.
+                        let _stop = StopOnDrop(stopper);
+                        worker.run()
+                    });
+                match spawned {
+                    Ok(thread) => threads.push(thread),
+                    Err(e) => {
+                        failure = Some(anyhow!(e).context("starting a gateway worker"));
+                        self.stopper.stop();
+                    }
+                }
+            }
+            if let Err(e) = self.serve() {
+                failure.get_or_insert(e);
+            }
+            self.stopper.stop();
+            for thread in threads {
+                match thread.join() {
+                    Ok(Ok(tally)) => self.tally.add(&tally),
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e);
+                    }
+                    Err(_) => {
+                        failure.get_or_insert(anyhow!("a gateway worker panicked"));
+                    }
+                }
+            }
+        });
+        self.log_tally(count);
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The serving thread's loop: control socket and metrics, until stopped.
+    fn serve(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(16);
+        while !self.stopper.stopped() {
+            match self.poll.poll(&mut events, None) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other.context("waiting for control and metrics clients")?,
+            }
+            for event in events.iter() {
+                match event.token() {
+                    CONTROL => {
+                        let mut shards = Ask {
+                            inboxes: &self.inboxes,
+                            rule_names: &self.rule_names,
+                        };
+                        if let Some(control) = &mut self.control {
+                            control.serve(&mut shards);
+                        }
+                    }
+                    METRICS => {
+                        let shards = Ask {
+                            inboxes: &self.inboxes,
+                            rule_names: &self.rule_names,
+                        };
+                        if let Some(metrics) = &mut self.metrics {
+                            metrics.serve(&mut || shards.snapshot());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tally(&self, workers: usize) {
+        let t = &self.tally.device;
+        let c = &self.tally.counters;
+        let drops: Vec<String> = c
+            .drops()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.as_str()))
+            .collect();
+        tracing::info!(
+            workers,
+            forwarded = c.forwarded,
+            flows_created = c.flows_created,
+            flows_expired = c.flows_expired,
+            resets_sent = c.resets_sent,
+            tx_errors = t.tx_errors,
+            undeliverable = t.undeliverable,
+            malformed = t.malformed,
+            handed_over = t.handed_over,
+            handover_dropped = t.handover_dropped,
+            "gateway stopped; drops: {}",
+            if drops.is_empty() {
+                "none".to_string()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+}
+
+/// The serving thread's view of the shards: it asks every worker and adds up the answers.
+struct Ask<'a> {
+    inboxes: &'a [Inbox],
+    rule_names: &'a [String],
+}
+
+impl Ask<'_> {
+    /// Asks every worker. All answer, or the question fails: a sum over some of the shards
+    /// would be wrong (counters going down, an expiry count too low).
+    fn ask(&self, query: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
+        let (reply, answers) = mpsc::channel();
+        for inbox in self.inboxes {
+            inbox
+                .queries
+                .send((query(), reply.clone()))
+                .map_err(|_| "a gateway worker has stopped".to_string())?;
+            let _ = inbox.waker.wake();
+        }
+        drop(reply);
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut got = Vec::with_capacity(self.inboxes.len());
+        while got.len() < self.inboxes.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match answers.recv_timeout(left) {
+                Ok(answer) => got.push(answer),
+                Err(_) => {
+                    let missing = self.inboxes.len() - got.len();
+                    return Err(format!(
+                        "{missing} gateway worker(s) did not answer within {ANSWER_TIMEOUT:?}"
+                    ));
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// Every shard's snapshot, added up; `None` if a worker did not answer.
+    fn snapshot(&self) -> Option<Snapshot> {
+        let answers = match self.ask(|| Query::Snapshot) {
+            Ok(answers) => answers,
+            Err(e) => {
+                tracing::warn!("metrics: {e}");
+                return None;
+            }
+        };
+        let mut total = Snapshot::default();
+        for answer in answers {
+            if let Answer::Snapshot(s) = answer {
+                total.merge(*s);
+            }
+        }
+        Some(total)
+    }
+}
+
+impl Shards for Ask<'_> {
+    fn rule_names(&self) -> &[String] {
+        self.rule_names
+    }
+
+    fn flows(&mut self) -> Result<Vec<FlowRow>, String> {
+        let mut rows = Vec::new();
+        for answer in self.ask(|| Query::Flows)? {
+            if let Answer::Flows(mut r) = answer {
+                rows.append(&mut r);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn expire(&mut self, rule: Option<&str>) -> Result<usize, String> {
+        let rule = rule.map(str::to_string);
+        let answers = self.ask(|| Query::Expire(rule.clone()))?;
+        Ok(answers
+            .into_iter()
+            .map(|a| match a {
+                Answer::Expired(n) => n,
+                _ => 0,
+            })
+            .sum())
+    }
+}
+
+/// A worker's queue of one device.
+struct WorkerPort {
+    tun: Tun,
+    interface: Interface,
+    host: Option<IpAddr>,
+}
+
+/// One worker: a shard of the engine and a queue of every device.
+struct Worker {
+    index: usize,
+    engine: Engine,
+    ports: Vec<WorkerPort>,
+    poll: Poll,
+    mailbox: Mailbox,
+    /// Every worker's inbox, this one's included.
+    peers: Vec<Inbox>,
+    /// Which peers were handed packets since they were last woken.
+    to_wake: Vec<bool>,
+    sharding: Sharding,
+    stopper: Stopper,
+    /// Frames cross with a virtio-net header.
+    offload: bool,
+    /// The bytes before each packet in a frame.
+    header: usize,
+    /// What one read brings: a frame, its packet at `header`.
+    frame: Vec<u8>,
+    /// Which devices may still hold packets.
+    readable: Vec<bool>,
+    /// Handover buffers back from their owners, and how many are out.
+    spare: Vec<Vec<u8>>,
+    lent: usize,
+    /// Offloads: single packets waiting to be written in a batch, each a header and the
+    /// packet; the first `pending` hold packets.
+    singles: Vec<Vec<u8>>,
+    pending: usize,
+    /// Offloads: which of `singles` go out of each port.
+    outgoing: Vec<Vec<usize>>,
+    /// Offloads: the packets one port writes, moved out of `singles` and back.
+    batch: Vec<Vec<u8>>,
+    /// Offloads: tun-rs's coalescing state.
+    gro: tun_rs::GROTable,
+    /// Where the engine writes the packets it generates.
+    tx_buf: [u8; packet::CONTROL_LEN],
+    /// Where `--pcap` records packets; shared by the workers.
+    capture: Option<Arc<Mutex<Capture>>>,
+    traffic: Traffic,
+    /// Member addresses and names, for log lines.
+    member_names: Vec<(IpAddr, String)>,
+    tally: Tally,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        index: usize,
+        engine: Engine,
+        ports: Vec<WorkerPort>,
+        poll: Poll,
+        mailbox: Mailbox,
+        peers: Vec<Inbox>,
+        sharding: Sharding,
+        offload: bool,
+        capture: Option<Arc<Mutex<Capture>>>,
+        member_names: Vec<(IpAddr, String)>,
+        stopper: Stopper,
+    ) -> Worker {
+        let header = if offload { crate::tun::HEADER } else { 0 };
+        Worker {
+            index,
+            engine,
+            readable: vec![false; ports.len()],
+            outgoing: vec![Vec::new(); ports.len()],
+            ports,
+            poll,
+            mailbox,
+            to_wake: vec![false; peers.len()],
+            peers,
+            sharding,
+            stopper,
+            offload,
+            header,
+            frame: vec![0; header + BUF_LEN],
+            spare: Vec::new(),
+            lent: 0,
+            singles: (0..tun_rs::IDEAL_BATCH_SIZE)
+                .map(|_| Vec::with_capacity(SINGLE_LEN))
+                .collect(),
+            pending: 0,
+            batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
+            gro: tun_rs::GROTable::default(),
+            tx_buf: [0; packet::CONTROL_LEN],
+            capture,
+            traffic: Traffic::default(),
+            member_names,
+            tally: Tally::default(),
+        }
     }
 
     /// Runs until stopped; fails if a device disappears.
-    pub fn run(&mut self) -> Result<()> {
+    fn run(mut self) -> Result<Tally> {
         let mut events = Events::with_capacity(64);
-        while !self.stopper.flag.load(Ordering::SeqCst) {
+        while !self.stopper.stopped() {
             // A device left with packets (budget spent) is served again without waiting.
             let timeout = if self.readable.contains(&true) {
-                Some(std::time::Duration::ZERO)
+                Some(Duration::ZERO)
             } else {
                 self.engine
                     .poll_timeout()
@@ -215,87 +644,36 @@ impl Gateway {
                 other => other.context("waiting for packets")?,
             }
             for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    CONTROL => {
-                        if let Some(control) = &mut self.control {
-                            control.serve(&mut self.engine);
-                        }
-                    }
-                    METRICS => {
-                        if let (Some(metrics), Some(traffic)) = (&mut self.metrics, &self.traffic) {
-                            metrics.serve(&self.engine, traffic);
-                        }
-                    }
-                    Token(i) => self.readable[i] = true,
+                let Token(i) = event.token();
+                if let Some(readable) = self.readable.get_mut(i) {
+                    *readable = true;
                 }
             }
             for i in 0..self.ports.len() {
+                // Packets handed over first: they were read before what the drain reads now.
+                self.serve_inbox();
                 if self.readable[i] {
                     self.readable[i] = self.drain(i)?;
                 }
             }
+            self.serve_inbox();
             self.engine.handle_timeout(Instant::now());
             self.flush();
-            if let Some(Err(e)) = self.capture.as_mut().map(Capture::flush) {
-                tracing::warn!("{e:#}; capture stopped");
-                self.capture = None;
-            }
+            self.wake_peers();
+            self.flush_capture();
         }
-        self.log_counters();
-        Ok(())
+        self.tally.counters = self.engine.counters();
+        Ok(self.tally)
     }
 
-    /// Reads the packets queued on port `i`, at most [`BUDGET`] so that one busy device cannot
-    /// starve the others, the timers or a stop. True if packets may be left (the devices are
-    /// edge-triggered, so the caller must come back without waiting for another event).
+    /// Reads the frames queued on port `i`, at most [`BUDGET`] so that one busy device cannot
+    /// starve the others, the timers or a stop; each goes to its owner. True if frames may be
+    /// left (the devices are edge-triggered, so the caller must come back without waiting).
     fn drain(&mut self, i: usize) -> Result<bool> {
-        if self.ports[i].tun.offload() {
-            return self.drain_offloaded(i);
-        }
-        for _ in 0..BUDGET {
-            let port = &self.ports[i];
-            let n = match port.tun.recv(&mut self.buf[..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "reading TUN device {} (was its namespace deleted?)",
-                            port.tun.name()
-                        )
-                    })
-                }
-            };
-            let interface = port.interface;
-            if let Some(traffic) = &mut self.traffic {
-                traffic.count(interface, Direction::In, n);
-            }
-            self.record(n);
-            match self
-                .engine
-                .handle_packet(Instant::now(), interface, &mut self.buf[..n])
-            {
-                Verdict::Forward(out) => self.send(out, n),
-                Verdict::Drop(reason) => {
-                    tracing::trace!(?interface, reason = reason.as_str(), "packet dropped")
-                }
-            }
-            self.flush();
-        }
-        Ok(true)
-    }
-
-    /// With offloads: reads packets and super-segments from port `i` and hands each to the
-    /// engine once. A super-segment goes out at once with its header; single packets wait
-    /// in per-port batches, written when the reads stop, which the device coalesces.
-    fn drain_offloaded(&mut self, i: usize) -> Result<bool> {
-        self.outgoing.resize_with(self.ports.len(), Vec::new);
         let mut more = true;
         for _ in 0..BUDGET {
             let port = &self.ports[i];
-            let received = match port.tun.recv_offloaded(&mut self.whole) {
+            let received = match port.tun.recv_frame(&mut self.frame) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
@@ -303,7 +681,7 @@ impl Gateway {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.malformed += 1;
+                    self.tally.device.malformed += 1;
                     tracing::debug!(device = port.tun.name(), "unreadable packet: {e}");
                     continue;
                 }
@@ -316,58 +694,133 @@ impl Gateway {
                     })
                 }
             };
-            self.forward_offloaded(i, received);
+            let interface = port.interface;
+            let packet = &self.frame[self.header..self.header + received.len];
+            match self.sharding.owner(packet, interface) {
+                Some(owner) if owner != self.index => self.hand_over(owner, interface, received),
+                _ => self.forward(interface, received),
+            }
         }
         self.send_batches();
         self.flush();
         Ok(more)
     }
 
-    /// Hands the packet in `whole` to the engine and sends or queues what it forwards.
-    fn forward_offloaded(&mut self, i: usize, received: crate::tun::Received) {
-        const H: usize = crate::tun::HEADER;
-        let interface = self.ports[i].interface;
-        let len = received.len;
-        let packet = &mut self.whole[H..H + len];
-        if let Some(traffic) = &mut self.traffic {
-            traffic.count(interface, Direction::In, len);
+    /// Gives the frame just read to the worker that owns its flow.
+    fn hand_over(&mut self, owner: usize, interface: Interface, received: Received) {
+        if self.lent >= HANDOFF_LIMIT {
+            self.tally.device.handover_dropped += 1;
+            return;
         }
-        if let Some(capture) = &mut self.capture {
-            if let Err(e) = capture.record(packet) {
-                tracing::warn!("{e:#}; capture stopped");
-                self.capture = None;
+        // A buffer grows to the largest frame it has carried, once: no allocation when warm.
+        let mut frame = self.spare.pop().unwrap_or_default();
+        frame.clear();
+        frame.extend_from_slice(&self.frame[..self.header + received.len]);
+        let handover = Handover {
+            interface,
+            received,
+            frame,
+            from: self.index,
+        };
+        match self.peers[owner].packets.try_send(handover) {
+            Ok(()) => {
+                self.lent += 1;
+                self.tally.device.handed_over += 1;
+                self.to_wake[owner] = true;
+            }
+            // The owner is gone (the gateway is stopping): the packet is lost, and counted.
+            Err(TrySendError::Full(h) | TrySendError::Disconnected(h)) => {
+                self.spare.push(h.frame);
+                self.tally.device.handover_dropped += 1;
             }
         }
-        let checksum = received.shape.checksum();
-        let out = match self
-            .engine
-            .handle_packet_with(Instant::now(), interface, packet, checksum)
-        {
+    }
+
+    /// Wakes the workers handed packets since the last time, once each.
+    fn wake_peers(&mut self) {
+        for (peer, wake) in self.peers.iter().zip(&mut self.to_wake) {
+            if std::mem::take(wake) {
+                let _ = peer.waker.wake();
+            }
+        }
+    }
+
+    /// Takes what the other workers and the serving thread sent.
+    fn serve_inbox(&mut self) {
+        while let Ok(frame) = self.mailbox.spares.try_recv() {
+            self.lent = self.lent.saturating_sub(1);
+            self.spare.push(frame);
+        }
+        while let Ok(mut handover) = self.mailbox.packets.try_recv() {
+            std::mem::swap(&mut self.frame, &mut handover.frame);
+            self.forward(handover.interface, handover.received);
+            std::mem::swap(&mut self.frame, &mut handover.frame);
+            // Never full: the lender has at most HANDOFF_LIMIT out.
+            let _ = self.peers[handover.from].spares.try_send(handover.frame);
+        }
+        while let Ok((query, reply)) = self.mailbox.queries.try_recv() {
+            let _ = reply.send(self.answer(query));
+        }
+        self.send_batches();
+        self.flush();
+    }
+
+    fn answer(&mut self, query: Query) -> Answer {
+        let now = Instant::now();
+        match query {
+            Query::Flows => Answer::Flows(
+                self.engine
+                    .flows(now)
+                    .map(|f| FlowRow::new(&self.engine, &f))
+                    .collect(),
+            ),
+            Query::Expire(rule) => {
+                let count = self
+                    .engine
+                    .expire_now(now, |name| rule.as_deref().is_none_or(|r| r == name));
+                self.flush();
+                Answer::Expired(count)
+            }
+            Query::Snapshot => Answer::Snapshot(Box::new(Snapshot::of(
+                &self.engine,
+                &self.traffic,
+                &self.tally.device,
+                now,
+            ))),
+        }
+    }
+
+    /// Hands the packet in `frame` to the shard and sends or queues what it forwards.
+    fn forward(&mut self, interface: Interface, received: Received) {
+        let (h, len) = (self.header, received.len);
+        self.traffic.count(interface, Direction::In, len);
+        self.record(h, len);
+        let packet = &mut self.frame[h..h + len];
+        let verdict = self.engine.handle_packet_with(
+            Instant::now(),
+            interface,
+            packet,
+            received.shape.checksum(),
+        );
+        let out = match verdict {
             Verdict::Forward(out) => out,
             Verdict::Drop(reason) => {
                 tracing::trace!(?interface, reason = reason.as_str(), "packet dropped");
                 return;
             }
         };
-        let dst = destination(&self.whole[H..]);
+        let dst = destination(&self.frame[h..h + len]);
         let Some(j) = dst.and_then(|dst| port_for(&self.ports, out, dst)) else {
-            self.undeliverable += 1;
+            self.tally.device.undeliverable += 1;
+            tracing::debug!(?dst, "no device leads to this destination; packet dropped");
             return;
         };
-        let packet = &self.whole[H..H + len];
-        if let Some(capture) = &mut self.capture {
-            if let Err(e) = capture.record(packet) {
-                tracing::warn!("{e:#}; capture stopped");
-                self.capture = None;
-            }
-        }
-        if let Some(traffic) = &mut self.traffic {
-            traffic.count(out, Direction::Out, len);
-        }
-        if received.shape == crate::tun::Shape::Single && H + len <= SINGLE_LEN {
+        self.record(h, len);
+        self.traffic.count(out, Direction::Out, len);
+        if self.offload && received.shape == Shape::Single && h + len <= SINGLE_LEN {
             let single = &mut self.singles[self.pending];
             single.clear();
-            single.extend_from_slice(&self.whole[..H + len]);
+            single.extend_from_slice(&self.frame[..h + len]);
             self.outgoing[j].push(self.pending);
             self.pending += 1;
             if self.pending == self.singles.len() {
@@ -376,8 +829,8 @@ impl Gateway {
         } else {
             // What waits for this port goes first: a flow's packets keep their order.
             self.send_batch(j);
-            if let Err(e) = self.ports[j].tun.send_offloaded(&self.whole[..H + len]) {
-                self.tx_errors += 1;
+            if let Err(e) = self.ports[j].tun.send_frame(&self.frame[..h + len]) {
+                self.tally.device.tx_errors += 1;
                 tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
             }
         }
@@ -402,7 +855,7 @@ impl Gateway {
             self.batch.push(std::mem::take(&mut self.singles[k]));
         }
         if let Err(e) = self.ports[j].tun.send_batch(&mut self.gro, &mut self.batch) {
-            self.tx_errors += 1;
+            self.tally.device.tx_errors += 1;
             tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
         }
         for (&k, single) in self.outgoing[j].iter().zip(self.batch.drain(..)) {
@@ -411,55 +864,67 @@ impl Gateway {
         self.outgoing[j].clear();
     }
 
-    /// Writes the first `len` bytes of the buffer out of the port that leads to their
-    /// destination on side `out`.
-    fn send(&mut self, out: Interface, len: usize) {
-        let packet = &self.buf[..len];
-        let Some(dst) = destination(packet) else {
+    /// Records the packet in the frame, if there is a capture.
+    fn record(&mut self, h: usize, len: usize) {
+        let Some(capture) = &self.capture else {
             return;
         };
-        let port = port_for(&self.ports, out, dst).map(|j| &self.ports[j]);
-        match port {
-            Some(port) => {
-                if let Some(capture) = &mut self.capture {
-                    if let Err(e) = capture.record(packet) {
-                        tracing::warn!("{e:#}; capture stopped");
-                        self.capture = None;
-                    }
-                }
-                if let Some(traffic) = &mut self.traffic {
-                    traffic.count(out, Direction::Out, len);
-                }
-                if let Err(e) = port.tun.send(packet) {
-                    self.tx_errors += 1;
-                    tracing::debug!(device = port.tun.name(), "write failed: {e}");
-                }
-            }
-            None => {
-                self.undeliverable += 1;
-                tracing::debug!(%dst, "no device leads to this destination; packet dropped");
-            }
+        let mut capture = capture.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = capture.record(&self.frame[h..h + len]) {
+            tracing::warn!("{e:#}; capture stopped");
+            drop(capture);
+            self.capture = None;
         }
     }
 
-    /// Records the first `len` bytes of the buffer in the capture, if there is one.
-    fn record(&mut self, len: usize) {
-        if let Some(capture) = &mut self.capture {
-            if let Err(e) = capture.record(&self.buf[..len]) {
-                tracing::warn!("{e:#}; capture stopped");
-                self.capture = None;
-            }
+    fn flush_capture(&mut self) {
+        let Some(capture) = &self.capture else {
+            return;
+        };
+        let flushed = capture
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flush();
+        if let Err(e) = flushed {
+            tracing::warn!("{e:#}; capture stopped");
+            self.capture = None;
         }
     }
 
-    /// Sends the packets the engine generated and logs its events.
+    /// Sends the packets the shard generated and logs its events.
     fn flush(&mut self) {
         while let Some(tx) = self.engine.poll_transmit(&mut self.tx_buf) {
-            self.buf[..tx.len].copy_from_slice(&self.tx_buf[..tx.len]);
-            self.send(tx.interface, tx.len);
+            self.send_generated(tx.interface, tx.len);
         }
         while let Some(event) = self.engine.poll_event() {
             self.log(event);
+        }
+    }
+
+    /// Writes the first `len` bytes of `tx_buf` out of the port that leads to their
+    /// destination on side `out`.
+    fn send_generated(&mut self, out: Interface, len: usize) {
+        let packet = &self.tx_buf[..len];
+        let Some(dst) = destination(packet) else {
+            return;
+        };
+        let Some(j) = port_for(&self.ports, out, dst) else {
+            self.tally.device.undeliverable += 1;
+            tracing::debug!(%dst, "no device leads to this destination; packet dropped");
+            return;
+        };
+        if let Some(capture) = &self.capture {
+            let mut capture = capture.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = capture.record(packet) {
+                tracing::warn!("{e:#}; capture stopped");
+            }
+        }
+        self.traffic.count(out, Direction::Out, len);
+        // After what waits for the port: a RST follows the data before it.
+        self.send_batch(j);
+        if let Err(e) = self.ports[j].tun.send(&self.tx_buf[..len]) {
+            self.tally.device.tx_errors += 1;
+            tracing::debug!(device = self.ports[j].tun.name(), "write failed: {e}");
         }
     }
 
@@ -513,36 +978,11 @@ impl Gateway {
             }
         }
     }
-
-    fn log_counters(&self) {
-        let c = self.engine.counters();
-        let drops: Vec<String> = c
-            .drops()
-            .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| format!("{}={n}", r.as_str()))
-            .collect();
-        tracing::info!(
-            forwarded = c.forwarded,
-            flows_created = c.flows_created,
-            flows_expired = c.flows_expired,
-            resets_sent = c.resets_sent,
-            tx_errors = self.tx_errors,
-            undeliverable = self.undeliverable,
-            malformed = self.malformed,
-            "gateway stopped; drops: {}",
-            if drops.is_empty() {
-                "none".to_string()
-            } else {
-                drops.join(" ")
-            }
-        );
-    }
 }
 
-/// The destination of a packet the engine accepted (so its header is valid).
 /// The port of `ports` that leads to `dst` on side `out`: the device of that host, else
 /// the side's catch-all device.
-fn port_for(ports: &[Port], out: Interface, dst: IpAddr) -> Option<usize> {
+fn port_for(ports: &[WorkerPort], out: Interface, dst: IpAddr) -> Option<usize> {
     ports
         .iter()
         .position(|p| p.interface == out && p.host == Some(dst))
@@ -553,6 +993,7 @@ fn port_for(ports: &[Port], out: Interface, dst: IpAddr) -> Option<usize> {
         })
 }
 
+/// The destination of a packet the engine accepted (so its header is valid).
 fn destination(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
         4 => {
@@ -567,7 +1008,7 @@ fn destination(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
-/// A seed for the flow table's hash, so outsiders cannot aim collisions at it.
+/// A seed for the flow table's and the sharding's hash, so outsiders cannot aim collisions.
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())

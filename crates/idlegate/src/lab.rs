@@ -12,7 +12,7 @@
 //! crashed run of that lab left behind. Dropping the [`Lab`] removes its namespaces; the TUN
 //! devices vanish with the file descriptors.
 
-use crate::gateway::{Gateway, Options, Port};
+use crate::gateway::{self, Gateway, Options, Port};
 use crate::netns::{self, Namespace};
 use crate::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
@@ -58,6 +58,8 @@ pub struct Lab {
     name: String,
     hosts: Vec<Host>,
     ports: Vec<Port>,
+    /// Gateway workers, so queues per device.
+    workers: usize,
     // Declared after `ports`: devices close before their namespaces go.
     namespaces: Vec<Namespace>,
     /// Holds `PID` while the lab is being built and `PID ready` once it is up.
@@ -82,8 +84,14 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// Builds the lab `name` for `config`'s backend pool members plus the internet host.
+    /// Builds the lab `name` for `config`'s backend pool members plus the internet host, for a
+    /// gateway of [`gateway::default_workers`] workers.
     pub fn up(name: &str, config: &Config) -> Result<Lab> {
+        Lab::up_with_workers(name, config, gateway::default_workers())
+    }
+
+    /// [`Lab::up`] for a gateway of `workers` workers (one queue each on every device).
+    pub fn up_with_workers(name: &str, config: &Config, workers: usize) -> Result<Lab> {
         check_lab_name(name)?;
         ensure_root()?;
         let hosts = hosts(config)?;
@@ -93,6 +101,7 @@ impl Lab {
             name: name.to_string(),
             hosts: Vec::new(),
             ports: Vec::new(),
+            workers: workers.clamp(1, gateway::MAX_WORKERS),
             namespaces: Vec::new(),
             lock,
         };
@@ -104,7 +113,8 @@ impl Lab {
 
     fn add_host(&mut self, index: usize, host: Host) -> Result<()> {
         let ns = Namespace::create(&namespace(&self.name, &host.name))?;
-        let tun = Tun::create(&device_name(&self.name, index))?;
+        let queues = Tun::create_queues(&device_name(&self.name, index), self.workers)?;
+        let tun = queues.first().context("a TUN device has a queue")?;
         let addresses = match host.interface {
             Interface::Inside => vec![host.address],
             Interface::Outside => vec![INTERNET_ADDRESS.into(), INTERNET_ADDRESS_V6.into()],
@@ -119,7 +129,7 @@ impl Lab {
             Interface::Outside => None,
         };
         self.ports.push(Port {
-            tun,
+            queues,
             interface: host.interface,
             host: only,
         });

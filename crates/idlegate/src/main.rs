@@ -297,6 +297,19 @@ struct GatewayArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics: Option<std::net::SocketAddr>,
+    /// Worker threads, each with a shard of the flows and a queue of every device
+    /// [default: IDLEGATE_WORKERS, else one per core].
+    #[arg(long, value_parser = workers_in_range)]
+    workers: Option<usize>,
+}
+
+/// `--workers`: 1 to [`idlegate::gateway::MAX_WORKERS`].
+fn workers_in_range(text: &str) -> Result<usize, String> {
+    let max = idlegate::gateway::MAX_WORKERS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of workers from 1 to {max}")),
+    }
 }
 
 const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
@@ -348,6 +361,9 @@ enum LabCommand {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
+        /// Gateway worker threads [default: IDLEGATE_WORKERS, else one per core].
+        #[arg(long, value_parser = workers_in_range)]
+        workers: Option<usize>,
     },
     /// Run a program in a host of a running lab (a member's name, or `internet`).
     Exec {
@@ -410,8 +426,12 @@ fn run(command: Command) -> Result<ExitCode> {
             name,
             pcap,
             metrics,
+            workers,
             ..
-        }) => lab_up(&config, &name, Extras { pcap, metrics }).map(|()| ExitCode::SUCCESS),
+        }) => {
+            let workers = workers.unwrap_or_else(idlegate::gateway::default_workers);
+            lab_up(&config, &name, workers, Extras { pcap, metrics }).map(|()| ExitCode::SUCCESS)
+        }
         Command::Lab(LabCommand::Exec {
             name,
             host,
@@ -598,17 +618,20 @@ fn load_config(path: &Path) -> Result<Config> {
 fn gateway(args: GatewayArgs) -> Result<()> {
     let config = load_config(&args.config)?;
     let interrupt = Interrupt::install()?;
+    let workers = args
+        .workers
+        .unwrap_or_else(idlegate::gateway::default_workers);
     let mut ports = Vec::new();
     for (name, interface) in [
         (&args.inside, Interface::Inside),
         (&args.outside, Interface::Outside),
     ] {
-        let tun = Tun::create(name)?;
+        let queues = Tun::create_queues(name, workers)?;
         // No IPv6 link-local address: the kernel would send router solicitations into it.
         netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
         netns::ip(&["link", "set", name, "up"])?;
         ports.push(Port {
-            tun,
+            queues,
             interface,
             host: None,
         });
@@ -642,11 +665,12 @@ fn print_ready() -> Result<()> {
     Ok(())
 }
 
-fn lab_up(config_path: &Path, name: &str, extras: Extras) -> Result<()> {
+fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Result<()> {
     let config = load_config(config_path)?;
     // Handled from here on, so a signal while the lab is being built still takes it down.
     let interrupt = Interrupt::install()?;
-    let mut lab = Lab::up(name, &config).with_context(|| format!("{}", config_path.display()))?;
+    let mut lab = Lab::up_with_workers(name, &config, workers)
+        .with_context(|| format!("{}", config_path.display()))?;
     let mut gateway = lab.gateway(&config, extras)?;
     if interrupt.attach(gateway.stopper()) {
         return Ok(());

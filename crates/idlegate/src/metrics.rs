@@ -1,7 +1,8 @@
 //! `--metrics ADDR`: Prometheus metrics over HTTP, served from the gateway's event loop.
 //!
 //! `GET /metrics` answers the text exposition format (version 0.0.4) with the engine's counters
-//! and the flow table as it stands: flows by rule and TCP state, expiries by action, drops by
+//! and the flow table as it stands, summed over the gateway's workers (each takes a
+//! [`Snapshot`] of its shard; they [`Snapshot::merge`]): flows by rule and TCP state, expiries by action, drops by
 //! reason, SNAT ports in use and free per frontend, packets and bytes per interface and
 //! direction. The listener binds only where it is told. Each scrape is answered at once and the
 //! connection closed; a client that sends no request within [`CLIENT_TIMEOUT`] is dropped.
@@ -9,7 +10,7 @@
 //! counts, which a metrics library would only copy into its own registry.
 
 use anyhow::{Context, Result};
-use idlegate_core::engine::{DropReason, Engine, Interface};
+use idlegate_core::engine::{Counters, DropReason, Engine, Interface, SnatUsage};
 use idlegate_core::expiry::Expiry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +39,14 @@ pub enum Direction {
 }
 
 impl Traffic {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Traffic) {
+        for i in 0..4 {
+            self.packets[i] += other.packets[i];
+            self.bytes[i] += other.bytes[i];
+        }
+    }
+
     pub fn count(&mut self, interface: Interface, direction: Direction, len: usize) {
         let i = Self::slot(interface, direction);
         self.packets[i] += 1;
@@ -71,13 +80,14 @@ impl Metrics {
         &mut self.listener
     }
 
-    /// Answers every scraper waiting to be accepted.
-    pub fn serve(&mut self, engine: &Engine, traffic: &Traffic) {
+    /// Answers every scraper waiting to be accepted, with what `snapshot` takes (`None`: the
+    /// gateway cannot say now, answered 503 so that no counter seems to go down).
+    pub fn serve(&mut self, snapshot: &mut dyn FnMut() -> Option<Snapshot>) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     let stream: TcpStream = std::os::fd::OwnedFd::from(stream).into();
-                    if let Err(e) = answer(stream, engine, traffic) {
+                    if let Err(e) = answer(stream, snapshot) {
                         tracing::debug!("metrics client: {e:#}");
                     }
                 }
@@ -97,7 +107,7 @@ impl Metrics {
     }
 }
 
-fn answer(mut stream: TcpStream, engine: &Engine, traffic: &Traffic) -> Result<()> {
+fn answer(mut stream: TcpStream, snapshot: &mut dyn FnMut() -> Option<Snapshot>) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     // The whole request within CLIENT_TIMEOUT, however slowly its bytes come.
@@ -118,7 +128,13 @@ fn answer(mut stream: TcpStream, engine: &Engine, traffic: &Traffic) -> Result<(
     }
     let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ");
     let (status, body) = if wanted {
-        ("200 OK", render(engine, traffic, Instant::now()))
+        match snapshot() {
+            Some(snapshot) => ("200 OK", render(&snapshot)),
+            None => (
+                "503 Service Unavailable",
+                "a gateway worker did not answer; try again\n".to_string(),
+            ),
+        }
     } else {
         (
             "404 Not Found",
@@ -142,8 +158,87 @@ fn escape(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// What a worker counts besides its shard: packets its devices gave or refused.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceCounters {
+    /// Packets the kernel refused to take (full queue).
+    pub tx_errors: u64,
+    /// Forwarded packets for a destination no device leads to.
+    pub undeliverable: u64,
+    /// Reads with a virtio-net header the kernel would never write.
+    pub malformed: u64,
+    /// Packets read by one worker and handed to the worker that owns their flow.
+    pub handed_over: u64,
+    /// Packets dropped because the worker that read them had [`crate::gateway`]'s limit of
+    /// handed-over packets in flight, or their owner had stopped.
+    pub handover_dropped: u64,
+}
+
+impl DeviceCounters {
+    pub fn add(&mut self, other: &DeviceCounters) {
+        self.tx_errors += other.tx_errors;
+        self.undeliverable += other.undeliverable;
+        self.malformed += other.malformed;
+        self.handed_over += other.handed_over;
+        self.handover_dropped += other.handover_dropped;
+    }
+}
+
+/// What one worker's shard counts, taken between two packets.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Flows by rule name and TCP state.
+    flows: BTreeMap<(String, &'static str), u64>,
+    counters: Counters,
+    /// The SNAT pools, which the shards share: taken once.
+    snat: Vec<SnatUsage>,
+    traffic: Traffic,
+    device: DeviceCounters,
+}
+
+impl Snapshot {
+    /// The shard `engine` and its worker's `traffic` and `device` counts at `now`.
+    pub fn of(
+        engine: &Engine,
+        traffic: &Traffic,
+        device: &DeviceCounters,
+        now: Instant,
+    ) -> Snapshot {
+        // Counted by (rule id, state) without allocating per flow; named once per series.
+        let mut by_rule_state: BTreeMap<(u16, &'static str), u64> = BTreeMap::new();
+        for f in engine.flows(now) {
+            *by_rule_state
+                .entry((f.flow.rule, f.state.as_str()))
+                .or_default() += 1;
+        }
+        Snapshot {
+            flows: by_rule_state
+                .into_iter()
+                .map(|((rule, state), n)| ((engine.rule_name(rule).to_string(), state), n))
+                .collect(),
+            counters: engine.counters(),
+            snat: engine.snat_usage().collect(),
+            traffic: traffic.clone(),
+            device: device.clone(),
+        }
+    }
+
+    /// Adds another shard's snapshot to this one.
+    pub fn merge(&mut self, other: Snapshot) {
+        for (key, n) in other.flows {
+            *self.flows.entry(key).or_default() += n;
+        }
+        self.counters.add(&other.counters);
+        if self.snat.is_empty() {
+            self.snat = other.snat;
+        }
+        self.traffic.add(&other.traffic);
+        self.device.add(&other.device);
+    }
+}
+
 /// The exposition text.
-pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
+pub fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -151,22 +246,13 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    // Counted by (rule id, state) without allocating per flow; named once per series.
-    let mut by_rule_state: BTreeMap<(u16, &'static str), u64> = BTreeMap::new();
-    for f in engine.flows(now) {
-        *by_rule_state
-            .entry((f.flow.rule, f.state.as_str()))
-            .or_default() += 1;
-    }
-    let flows: Vec<(String, u64)> = by_rule_state
-        .into_iter()
+    let flows: Vec<(String, u64)> = snapshot
+        .flows
+        .iter()
         .map(|((rule, state), n)| {
             (
-                format!(
-                    "{{rule=\"{}\",state=\"{state}\"}}",
-                    escape(engine.rule_name(rule))
-                ),
-                n,
+                format!("{{rule=\"{}\",state=\"{state}\"}}", escape(rule)),
+                *n,
             )
         })
         .collect();
@@ -176,7 +262,7 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
         "Flows the gateway remembers, by rule and TCP state.",
         &flows,
     );
-    let c = engine.counters();
+    let c = &snapshot.counters;
     family(
         "idlegate_flows_created_total",
         "counter",
@@ -221,8 +307,9 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
         "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",
         &[(String::new(), c.icmp_errors_translated)],
     );
-    let snat: Vec<(String, u64)> = engine
-        .snat_usage()
+    let snat: Vec<(String, u64)> = snapshot
+        .snat
+        .iter()
         .flat_map(|u| {
             [("in_use", u.lent), ("held", u.held), ("free", u.free)].map(|(state, n)| {
                 (
@@ -259,14 +346,34 @@ pub fn render(engine: &Engine, traffic: &Traffic, now: Instant) -> String {
     family(
         "idlegate_packets_total",
         "counter",
-        "Packets read from and written to the devices.",
-        &per(&traffic.packets),
+        "Packets read from and written to the devices (a TCP super-segment counts as one).",
+        &per(&snapshot.traffic.packets),
     );
     family(
         "idlegate_bytes_total",
         "counter",
         "Bytes read from and written to the devices.",
-        &per(&traffic.bytes),
+        &per(&snapshot.traffic.bytes),
+    );
+    let d = &snapshot.device;
+    family(
+        "idlegate_handovers_total",
+        "counter",
+        "Packets one worker read for the worker that owns their flow, and handed over.",
+        &[(String::new(), d.handed_over)],
+    );
+    let device_drops = [
+        ("malformed", d.malformed),
+        ("write-failed", d.tx_errors),
+        ("undeliverable", d.undeliverable),
+        ("handover-full", d.handover_dropped),
+    ]
+    .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n));
+    family(
+        "idlegate_device_drops_total",
+        "counter",
+        "Packets lost at the devices, by reason (the engine's own drops are idlegate_drops_total).",
+        &device_drops,
     );
     out
 }

@@ -5,10 +5,11 @@
 //! without address. With offloads (the default; `IDLEGATE_TUN_OFFLOAD=off` turns them off,
 //! and a kernel without them falls back with a log line) it also sets `IFF_VNET_HDR` and the
 //! TSO/USO offloads: a read may bring a TCP super-segment of up to 64 KiB. The gateway reads
-//! with [`Tun::recv_offloaded`], which completes a single packet's checksum and leaves a
-//! super-segment as it is, with a partial checksum and its virtio-net header; it translates the
-//! super-segment once and writes it back whole with [`Tun::send_offloaded`], and the kernel
-//! on the other side takes it as one (or cuts it, if it must). Single segments go out in
+//! frames with [`Tun::recv_frame`] ([`Tun::recv_offloaded`]), which completes a single packet's
+//! checksum and leaves a super-segment as it is, with a partial checksum and its virtio-net
+//! header; it translates the super-segment once and writes it back whole with
+//! [`Tun::send_frame`], and the kernel on the other side takes it as one (or cuts it, if it
+//! must). Single segments go out in
 //! batches through [`Tun::send_batch`], which coalesces those of one TCP flow (tun-rs GRO).
 //! Without offloads, one raw IP packet per read and write.
 //! [`Tun::move_to`] moves it into a namespace, gives it an address /32 plus a default
@@ -99,12 +100,23 @@ pub struct Tun {
 impl Tun {
     /// Creates TUN device `name` (≤ 15 bytes) in the current namespace, down, no address.
     pub fn create(name: &str) -> Result<Tun> {
+        let mut queues = Tun::create_queues(name, 1)?;
+        queues.pop().context("tun-rs made no queue")
+    }
+
+    /// Creates TUN device `name` with `count` queues (`IFF_MULTI_QUEUE` when more than one),
+    /// one for each worker. The kernel spreads the packets it sends over the queues by a
+    /// symmetric hash of their flow, and then by the queue the flow was last written from.
+    /// Every queue must be made here, before the device moves: a queue is attached by name,
+    /// in the caller's namespace.
+    pub fn create_queues(name: &str, count: usize) -> Result<Vec<Tun>> {
         let wanted = offload_wanted();
         let dev = DeviceBuilder::new()
             .name(name)
             .mtu(MTU)
             .tx_queue_len(TX_QUEUE_LEN)
             .offload(wanted)
+            .multi_queue(count > 1)
             .enable(false)
             .build_sync()
             .with_context(|| format!("creating TUN device {name}"))?;
@@ -112,13 +124,25 @@ impl Tun {
         if wanted && !offload {
             tracing::warn!("TUN device {name}: no offloads on this kernel; one packet per read");
         }
-        dev.set_nonblocking(true)
-            .with_context(|| format!("making TUN device {name} non-blocking"))?;
-        Ok(Tun {
-            dev,
-            name: name.to_owned(),
-            offload,
-        })
+        let mut devs = Vec::with_capacity(count);
+        for _ in 1..count {
+            let queue = dev
+                .try_clone()
+                .with_context(|| format!("adding a queue to TUN device {name}"))?;
+            devs.push(queue);
+        }
+        devs.insert(0, dev);
+        devs.into_iter()
+            .map(|dev| {
+                dev.set_nonblocking(true)
+                    .with_context(|| format!("making TUN device {name} non-blocking"))?;
+                Ok(Tun {
+                    dev,
+                    name: name.to_owned(),
+                    offload,
+                })
+            })
+            .collect()
     }
 
     /// Moves the device into namespace `netns` and configures it there: no IPv6 link-local
@@ -160,7 +184,7 @@ impl Tun {
 
     /// Reads one IP packet, with complete checksums; `WouldBlock` when none is queued. With
     /// offloads, a super-segment that does not fit one packet is an error: this is for tools
-    /// and tests, the gateway reads with [`Tun::recv_batch`].
+    /// and tests, the gateway reads with [`Tun::recv_frame`].
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         if !self.offload {
             return self.dev.recv(buf);
@@ -187,7 +211,7 @@ impl Tun {
         self.dev.send(buf)
     }
 
-    /// Whether packets cross with offloads ([`Tun::recv_batch`], [`Tun::send_batch`]).
+    /// Whether packets cross with a virtio-net header and may be super-segments.
     pub fn offload(&self) -> bool {
         self.offload
     }
@@ -197,9 +221,11 @@ impl Tun {
     /// A header the kernel would never write is `InvalidData`.
     pub fn recv_offloaded(&self, buf: &mut [u8]) -> io::Result<Received> {
         let n = self.dev.recv(buf)?;
-        let (header, packet) = buf[..n].split_at_mut(HEADER.min(n));
         let malformed =
             || io::Error::new(io::ErrorKind::InvalidData, "malformed virtio-net header");
+        // The kernel says how long the packet was even when the buffer cut it short.
+        let frame = buf.get_mut(..n).ok_or_else(malformed)?;
+        let (header, packet) = frame.split_at_mut(HEADER.min(n));
         if packet.is_empty() {
             return Err(malformed());
         }
@@ -224,8 +250,30 @@ impl Tun {
         })
     }
 
-    /// Offloads: writes a packet with its header (as [`Tun::recv_offloaded`] left it).
-    pub fn send_offloaded(&self, buf: &[u8]) -> io::Result<usize> {
+    /// The bytes before each packet in a frame: [`HEADER`] with offloads, else none.
+    pub fn header_len(&self) -> usize {
+        if self.offload {
+            HEADER
+        } else {
+            0
+        }
+    }
+
+    /// Reads one frame, the packet at [`Tun::header_len`]: with offloads as
+    /// [`Tun::recv_offloaded`], else one plain packet.
+    pub fn recv_frame(&self, buf: &mut [u8]) -> io::Result<Received> {
+        if self.offload {
+            return self.recv_offloaded(buf);
+        }
+        let len = self.dev.recv(buf)?;
+        Ok(Received {
+            len,
+            shape: Shape::Single,
+        })
+    }
+
+    /// Writes one frame as [`Tun::recv_frame`] read it.
+    pub fn send_frame(&self, buf: &[u8]) -> io::Result<usize> {
         self.dev.send(buf)
     }
 
@@ -255,19 +303,86 @@ impl Tun {
 
 /// Completes a partial checksum as the device would: sums the packet from `start` on, the
 /// field at `start + offset` (holding the pseudo-header's sum) included, and writes the
-/// complement. `None` if the offsets lie outside the packet.
+/// complement. A computed zero is written as all ones, as Linux does (`CSUM_MANGLED_0`): zero in
+/// a UDP checksum means "none", which IPv6 forbids (RFC 8200 §8.1). `None` if the offsets lie
+/// outside the packet.
 fn complete_checksum(packet: &mut [u8], start: usize, offset: usize) -> Option<()> {
     let at = start.checked_add(offset)?;
     let field = packet.get(at..at.checked_add(2)?)?;
     let partial = u16::from_be_bytes([field[0], field[1]]);
     packet[at..at + 2].fill(0);
-    let sum = tun_rs::checksum(packet.get(start..)?, u64::from(partial));
-    packet[at..at + 2].copy_from_slice(&(!sum).to_be_bytes());
+    let sum = !tun_rs::checksum(packet.get(start..)?, u64::from(partial));
+    let sum = if sum == 0 { 0xffff } else { sum };
+    packet[at..at + 2].copy_from_slice(&sum.to_be_bytes());
     Some(())
 }
 
 impl AsRawFd for Tun {
     fn as_raw_fd(&self) -> RawFd {
         self.dev.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4/UDP packet from 192.0.2.1:1000 to 192.0.2.2:2000 carrying `payload`, its checksum
+    /// field holding the pseudo-header's sum as a stack with checksum offload leaves it.
+    fn partial_udp(payload: &[u8]) -> Vec<u8> {
+        let len = 8 + payload.len();
+        let mut p = vec![0u8; 20];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((20 + len) as u16).to_be_bytes());
+        p[9] = 17;
+        p[12..16].copy_from_slice(&[192, 0, 2, 1]);
+        p[16..20].copy_from_slice(&[192, 0, 2, 2]);
+        p.extend_from_slice(&1000u16.to_be_bytes());
+        p.extend_from_slice(&2000u16.to_be_bytes());
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        let pseudo: [u8; 12] = [192, 0, 2, 1, 192, 0, 2, 2, 0, 17, 0, len as u8];
+        p.extend_from_slice(&tun_rs::checksum(&pseudo, 0).to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// RFC 768: the pseudo-header and the datagram, checksum included, sum to all ones.
+    fn udp_checksum_valid(p: &[u8]) -> bool {
+        let len = (p.len() - 20) as u16;
+        let mut all = p[12..20].to_vec();
+        all.extend_from_slice(&[0, 17]);
+        all.extend_from_slice(&len.to_be_bytes());
+        all.extend_from_slice(&p[20..]);
+        tun_rs::checksum(&all, 0) == 0xffff
+    }
+
+    #[test]
+    fn a_completed_partial_checksum_verifies() {
+        let mut p = partial_udp(b"hello, gateway");
+        complete_checksum(&mut p, 20, 6).unwrap();
+        assert!(udp_checksum_valid(&p));
+    }
+
+    #[test]
+    fn a_checksum_that_completes_to_zero_is_sent_as_all_ones() {
+        // RFC 768 / RFC 8200 §8.1: zero means "no checksum" in UDP; Linux writes 0xffff.
+        // Two payload bytes chosen so that the whole sum is 0xffff.
+        let mut p = partial_udp(&[0, 0]);
+        let mut probe = p.clone();
+        complete_checksum(&mut probe, 20, 6).unwrap();
+        let c = u16::from_be_bytes([probe[26], probe[27]]);
+        let fill = if c == 0xffff { 0 } else { c };
+        p[28..30].copy_from_slice(&fill.to_be_bytes());
+        complete_checksum(&mut p, 20, 6).unwrap();
+        assert_eq!(u16::from_be_bytes([p[26], p[27]]), 0xffff);
+        assert!(udp_checksum_valid(&p));
+    }
+
+    #[test]
+    fn offsets_outside_the_packet_are_refused_not_a_panic() {
+        let mut p = partial_udp(b"x");
+        assert_eq!(complete_checksum(&mut p, 20, 60), None);
+        assert_eq!(complete_checksum(&mut p, usize::MAX, 6), None);
+        assert_eq!(complete_checksum(&mut p, 28, usize::MAX), None);
     }
 }
