@@ -8,6 +8,7 @@
 //! ```toml
 //! profile = "azure-lb"      # defaults and allowed ranges
 //! time_scale = 60           # divide every timer by 60: 4 min become 4 s
+//! max_flows = 1048576       # new flows past this are refused (the default)
 //! [[frontend]]
 //! name = "public"
 //! address = "203.0.113.10"
@@ -48,6 +49,9 @@ pub struct Config {
     /// Which TCP segments open a flow: the profile's, or `loose_pickup` where the profile
     /// lets a config choose.
     pub pickup: Pickup,
+    /// Flows the gateway holds at most; a new flow past it is refused and counted
+    /// (`table-full`), established ones are unaffected.
+    pub max_flows: usize,
     pub frontends: Vec<Frontend>,
     pub backend_pools: Vec<BackendPool>,
     pub lb_rules: Vec<LbRule>,
@@ -289,6 +293,11 @@ fn shortest_timer(profile: &Profile) -> Duration {
         .min(profile.outbound_rule_idle.min)
 }
 
+/// Flows a gateway holds unless the config says `max_flows`: 1 Mi, about 40 to 100 MB.
+pub const DEFAULT_MAX_FLOWS: usize = 1 << 20;
+/// The most `max_flows` may be: the flow table numbers its flows in 31 bits.
+pub const MAX_MAX_FLOWS: usize = 1 << 31;
+
 /// The largest `time_scale` that keeps every timer of `profile` at or above [`MIN_SCALED_TIMER`].
 pub fn max_time_scale(profile: &Profile) -> u32 {
     u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
@@ -323,6 +332,7 @@ struct RawConfig {
     profile: Option<S<String>>,
     time_scale: Option<S<u32>>,
     loose_pickup: Option<S<bool>>,
+    max_flows: Option<S<u64>>,
     #[serde(default)]
     frontend: Vec<S<RawFrontend>>,
     #[serde(default)]
@@ -503,6 +513,17 @@ impl Validator {
             Some(l) if *l.get_ref() => Pickup::Loose,
             Some(_) => Pickup::SynOnly,
         };
+        let max_flows = match &raw.max_flows {
+            None => DEFAULT_MAX_FLOWS,
+            Some(m) if (1..=MAX_MAX_FLOWS as u64).contains(m.get_ref()) => *m.get_ref() as usize,
+            Some(m) => {
+                let message = format!(
+                    "max_flows = {}: from 1 to {MAX_MAX_FLOWS} (the table numbers its flows in 31 bits)",
+                    m.get_ref()
+                );
+                return invalid(m.span(), message);
+            }
+        };
         let frontends = self.frontends(&raw.frontend, profile)?;
         let backend_pools = self.pools(&raw.backend_pool, &frontends)?;
         let mut lb_rules = Vec::new();
@@ -546,6 +567,7 @@ impl Validator {
             profile,
             time_scale,
             pickup,
+            max_flows,
             frontends,
             backend_pools,
             lb_rules,
@@ -1319,6 +1341,8 @@ expiry = "silent"
             ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
             ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
             ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
+            ("time_scale = 60", "time_scale = 60\nmax_flows = 0", 3, "max_flows = 0: from 1 to 2147483648"),
+            ("time_scale = 60", "time_scale = 60\nmax_flows = 2147483649", 3, "max_flows = 2147483649: from 1 to 2147483648"),
             ("time_scale = 60", "time_scale = 60\nloose_pickup = true", 3, "loose_pickup: Azure LB (profile azure-lb) has no such setting; it is Linux conntrack's"),
             ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup"),
             ("time_scale = 60", "time_scale = -1", 2, "time_scale"),

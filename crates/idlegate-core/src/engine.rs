@@ -57,7 +57,8 @@ pub enum DropReason {
     PortExhausted,
     /// A SYN whose translated tuple is already another flow's.
     TupleInUse,
-    /// A SYN that would need more flows than the table can number (2^31).
+    /// A new flow (a SYN, a UDP datagram, a segment loose pickup takes up) while the gateway
+    /// holds `max_flows` flows.
     TableFull,
     /// A segment of a flow expired under `ack-and-discard`: acknowledged, never delivered.
     Discarded,
@@ -210,6 +211,11 @@ pub enum Event {
         frontend: IpAddr,
         member: IpAddr,
     },
+    /// The gateway holds `max_flows` flows: new ones are refused until some end. Said once
+    /// until a flow is created again.
+    TableFull {
+        max_flows: usize,
+    },
 }
 
 /// A packet the engine generated, written into the driver's buffer.
@@ -339,6 +345,11 @@ struct Core<E: Endpoint> {
     transmits: VecDeque<(Interface, Control<E>)>,
     events: VecDeque<Event>,
     counters: Counters,
+    /// The engine holds its `max_flows` (set before every packet, the limit spans both
+    /// families), and whether that was said since the last flow was created.
+    full: bool,
+    full_reported: bool,
+    max_flows: usize,
 }
 
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
@@ -552,6 +563,9 @@ impl<E: Endpoint> Core<E> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
+            full: false,
+            full_reported: false,
+            max_flows: config.max_flows,
         }
     }
 
@@ -957,6 +971,9 @@ impl<E: Endpoint> Core<E> {
         let Some((rule_id, public, private)) = self.match_rule(from, headers) else {
             return self.drop(DropReason::NoRule);
         };
+        if self.full || self.flows.is_full() {
+            return self.table_full();
+        }
         let remote = match from {
             Interface::Outside => headers.src,
             Interface::Inside => headers.dst,
@@ -966,18 +983,11 @@ impl<E: Endpoint> Core<E> {
             return self.port_exhausted(rule_id, private.addr());
         };
         let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
-        let refused = if self.flows.either_key_taken(&flow) {
-            Some(DropReason::TupleInUse)
-        } else if self.flows.is_full() {
-            Some(DropReason::TableFull)
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
+        if self.flows.either_key_taken(&flow) {
             if let Some(snat) = self.snat_of(rule_id) {
                 self.snat_pools()[snat].release_unused(private.addr(), public.port());
             }
-            return self.drop(reason);
+            return self.drop(DropReason::TupleInUse);
         }
         if let Some(segment) = segment {
             if segment.flags.syn() {
@@ -990,6 +1000,7 @@ impl<E: Endpoint> Core<E> {
         let id = self.flows.insert(flow);
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
+        self.full_reported = false;
         if let Some(snat) = self.snat_of(rule_id) {
             if self.snat_allocation == Allocation::PreservePort {
                 self.snat_pools()[snat].tuple_opened();
@@ -1136,6 +1147,17 @@ impl<E: Endpoint> Core<E> {
         None
     }
 
+    /// The gateway holds `max_flows`: the new flow is refused and counted; flows it holds are
+    /// unaffected. Said once per episode, as port exhaustion is.
+    fn table_full(&mut self) -> Verdict {
+        if !std::mem::replace(&mut self.full_reported, true) {
+            self.events.push_back(Event::TableFull {
+                max_flows: self.max_flows,
+            });
+        }
+        self.drop(DropReason::TableFull)
+    }
+
     /// Azure: the new connection's SYN is dropped; existing flows are unaffected.
     /// Every refused connection is counted; the event (and so the log line) comes once per
     /// exhaustion, not on every packet.
@@ -1279,6 +1301,8 @@ impl<E: Endpoint> Core<E> {
 pub struct Engine {
     v4: Core<SocketAddrV4>,
     v6: Core<SocketAddrV6>,
+    /// Flows this engine holds at most, both families together.
+    max_flows: usize,
     /// Every rule's name, by [`RuleId`].
     rule_names: Vec<String>,
 }
@@ -1290,14 +1314,21 @@ impl Engine {
         Engine {
             v4: Core::new(config, now, seed),
             v6: Core::new(config, now, seed.rotate_left(17)),
+            max_flows: config.max_flows,
             rule_names: rule_names(config),
         }
     }
 
     /// `shards` engines for `config` that together act as one: each owns the flows
     /// [`crate::shard::Sharding::owner`] gives it, and all share the SNAT port pools, so a
-    /// member's ports run out exactly when they would in one engine.
+    /// member's ports run out exactly when they would in one engine. `max_flows` is split
+    /// evenly (rounded up): a shard refuses new flows once it holds its part.
     pub fn sharded(config: &Config, now: Instant, seed: u64, shards: usize) -> Vec<Engine> {
+        let part = config.max_flows.div_ceil(shards.max(1));
+        let config = &Config {
+            max_flows: part,
+            ..config.clone()
+        };
         let first = Engine::new(config, now, seed);
         let mut engines = Vec::with_capacity(shards.max(1));
         for i in 1..shards.max(1) {
@@ -1326,10 +1357,17 @@ impl Engine {
         packet: &mut [u8],
         checksum: TransportChecksum,
     ) -> Verdict {
+        let full = self.flow_count() >= self.max_flows;
         match packet.first().map(|b| b >> 4) {
-            Some(6) => self.v6.handle_packet(now, from, packet, checksum),
+            Some(6) => {
+                self.v6.full = full;
+                self.v6.handle_packet(now, from, packet, checksum)
+            }
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
-            _ => self.v4.handle_packet(now, from, packet, checksum),
+            _ => {
+                self.v4.full = full;
+                self.v4.handle_packet(now, from, packet, checksum)
+            }
         }
     }
 
@@ -1374,7 +1412,15 @@ impl Engine {
     /// an engine that is not one of several shards) each pool counts its users exactly.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.v4.check_invariants()?;
-        self.v6.check_invariants()
+        self.v6.check_invariants()?;
+        if self.flow_count() > self.max_flows {
+            return Err(format!(
+                "{} flows, max_flows {}",
+                self.flow_count(),
+                self.max_flows
+            ));
+        }
+        Ok(())
     }
 
     /// Number of flows the gateway remembers.

@@ -2100,3 +2100,50 @@ fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
     let lent: usize = shards[1].snat_usage().map(|u| u.lent).sum();
     assert_eq!(lent, 8, "every shard sees the one pool");
 }
+
+#[test]
+fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
+    let mut config = config("silent", ONE_VM);
+    config.max_flows = 2;
+    let mut h = Harness::with(config);
+    let (mut first, server) = h.connect_inbound(40_000);
+    h.connect_inbound(40_001);
+    for port in [40_002, 40_003] {
+        let mut late = Peer {
+            addr: ep(CLIENT, port),
+            iface: Interface::Outside,
+            snd_nxt: 1,
+        };
+        let (v, _) = h.send(&mut late, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+        assert_eq!(v, Verdict::Drop(DropReason::TableFull));
+    }
+    // An outbound flow and a UDP flow are refused the same way.
+    let mut vm = Peer {
+        addr: ep(VM1, 33_000),
+        iface: Interface::Inside,
+        snd_nxt: 1,
+    };
+    let (v, _) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::TableFull));
+    assert_eq!(h.engine.counters().dropped(DropReason::TableFull), 3);
+    let said = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::TableFull { max_flows: 2 }))
+        .count();
+    assert_eq!(said, 1, "once per episode");
+    // The flows it holds carry on.
+    let (v, _) = h.send(
+        &mut first,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"x",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(h.engine.check_invariants(), Ok(()));
+    // Once flows end, new ones are taken again.
+    h.advance_to(2 * IDLE_MS);
+    let (v, _) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+}

@@ -976,6 +976,11 @@ impl Worker {
                     "SNAT port exhaustion on frontend {frontend} for member {name} ({member}): its new connection's SYN was dropped"
                 );
             }
+            Event::TableFull { max_flows } => tracing::warn!(
+                worker = self.index,
+                "flow table full ({max_flows} flows{}): new flows are refused until some end; established ones are unaffected",
+                if self.peers.len() > 1 { " in this worker's shard of max_flows" } else { "" }
+            ),
         }
     }
 }

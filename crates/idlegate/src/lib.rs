@@ -17,6 +17,7 @@
 //! | [`keepalive`] | keepalive settings, read back, and given to running programs' sockets |
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
+//! | [`privilege`] | a running gateway gives up every privilege (`--user`) |
 //! | [`tun`] | TUN devices living in another namespace |
 //! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
 
@@ -31,6 +32,7 @@ pub mod keepalive;
 pub mod lab;
 pub mod metrics;
 pub mod netns;
+pub mod privilege;
 pub mod probe;
 pub mod relay;
 pub mod scenario;

@@ -187,9 +187,14 @@ struct RelayArgs {
     /// (a full buffer stops reading the application; nothing is dropped).
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     replay_buffer: usize,
-    /// Tunnel exit: the most sessions held at once; more are refused.
+    /// Tunnel: the most sessions held at once; the exit refuses more, the entry leaves new
+    /// application connections waiting in its listen queue until one ends.
     #[arg(long, default_value_t = 10_000)]
     max_sessions: usize,
+    /// Keepalive relay: the most connections held at once; new ones wait in the listen queue
+    /// until one ends.
+    #[arg(long, default_value_t = idlegate::relay::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
     /// TCP keepalive on both sockets: IDLE,INTERVAL,COUNT.
     #[arg(long, conflicts_with = "profile")]
     keepalive: Option<String>,
@@ -301,6 +306,10 @@ struct GatewayArgs {
     /// [default: IDLEGATE_WORKERS, else one per core].
     #[arg(long, value_parser = workers_in_range)]
     workers: Option<usize>,
+    /// Run as this user once the devices are open and the sockets bound (the control socket
+    /// is handed to it). Without it the gateway stays root but drops every capability.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 /// `--workers`: 1 to [`idlegate::gateway::MAX_WORKERS`].
@@ -617,6 +626,11 @@ fn load_config(path: &Path) -> Result<Config> {
 
 fn gateway(args: GatewayArgs) -> Result<()> {
     let config = load_config(&args.config)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(idlegate::privilege::User::lookup)
+        .transpose()?;
     let interrupt = Interrupt::install()?;
     let workers = args
         .workers
@@ -645,7 +659,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         args.outside
     );
     let options = Options {
-        control: Some(args.control),
+        control: Some(args.control.clone()),
         pcap: args.pcap,
         metrics: args.metrics,
     };
@@ -653,6 +667,16 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     if interrupt.attach(gateway.stopper()) {
         return Ok(());
     }
+    // Forwarding needs no privilege: the devices are open and the sockets bound.
+    if let Some(user) = user {
+        idlegate::privilege::give(&args.control, user)?;
+    }
+    idlegate::privilege::drop_all(user)?;
+    tracing::info!(
+        "privileges dropped: running as uid {} with no capabilities",
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
+    );
     print_ready()?;
     gateway.run()
 }
@@ -1099,6 +1123,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
             for (listen, connect, keepalive) in parse_config(&text, &path.display().to_string())? {
                 let mut relay = Relay::bind(listen, connect, keepalive)?;
                 relay.set_stop_flag(stop.clone());
+                relay.set_max_connections(args.max_connections);
                 stats.push((relay.local_addr()?, relay.stats()));
                 log_relay(relay.local_addr()?, connect, &keepalive);
                 runs.push(Box::new(move || relay.run()));
@@ -1137,6 +1162,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
             let connect = resolve("--connect", connect)?;
             let mut relay = Relay::bind(listen, connect, keepalive)?;
             relay.set_stop_flag(stop.clone());
+            relay.set_max_connections(args.max_connections);
             stats.push((relay.local_addr()?, relay.stats()));
             log_relay(relay.local_addr()?, connect, &keepalive);
             runs.push(Box::new(move || relay.run()));

@@ -118,6 +118,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Connections a relay holds at once unless told ([`Relay::set_max_connections`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// A relay: one listener and where its connections go.
 pub struct Relay {
     listener: TcpListener,
@@ -125,6 +128,9 @@ pub struct Relay {
     keepalive: Keepalive,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
+    /// At this many open connections it stops accepting: new clients wait in the listen
+    /// queue (and the kernel's backlog bounds that) until one ends.
+    max_connections: usize,
 }
 
 impl Relay {
@@ -137,6 +143,7 @@ impl Relay {
             keepalive,
             stats: Arc::default(),
             stop: Arc::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         })
     }
 
@@ -146,6 +153,11 @@ impl Relay {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
+    }
+
+    /// Holds at most `max` connections at once (at least one).
+    pub fn set_max_connections(&mut self, max: usize) {
+        self.max_connections = max.max(1);
     }
 
     /// A flag that stops [`Relay::run`] when set; the connections it holds are closed.
@@ -200,9 +212,12 @@ struct Worker<'r> {
     poll: Poll,
     listener: mio::net::TcpListener,
     conns: Slab<Conn>,
-    /// Accepting stopped on a lack of resources (descriptors): try again at every wake-up,
-    /// since the edge-triggered listener will not say so again for connections already queued.
+    /// Accepting stopped on a lack of resources (descriptors) or at the connection limit: try
+    /// again at every wake-up, since the edge-triggered listener will not say so again for
+    /// connections already queued.
     accept_again: bool,
+    /// The connection limit was reached and said so.
+    at_limit: bool,
 }
 
 /// One relayed connection: the client's socket, the server's, and a direction each way.
@@ -261,6 +276,7 @@ impl<'r> Worker<'r> {
             listener,
             conns: Slab::new(),
             accept_again: false,
+            at_limit: false,
         })
     }
 
@@ -291,6 +307,20 @@ impl<'r> Worker<'r> {
     fn accept_all(&mut self) {
         self.accept_again = false;
         loop {
+            let open = self.relay.stats.open.load(Ordering::Relaxed) as usize;
+            if open >= self.relay.max_connections {
+                // Clients wait in the listen queue; look again at the next wake-up (at
+                // most STOP_CHECK away), since the listener will not say so again.
+                if !self.at_limit {
+                    tracing::warn!(
+                        "relay: {open} connections open, the most it holds; new ones wait"
+                    );
+                }
+                self.at_limit = true;
+                self.accept_again = true;
+                return;
+            }
+            self.at_limit = false;
             match self.listener.accept() {
                 Ok((client, peer)) => {
                     if let Err(e) = self.open(client) {

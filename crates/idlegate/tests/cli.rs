@@ -1320,3 +1320,35 @@ fn workers_out_of_range_are_refused_before_anything_starts() {
         refused.stderr
     );
 }
+
+#[test]
+fn an_unknown_user_is_refused_before_the_gateway_makes_any_device() {
+    common::require_root();
+    let device = format!("igu{}", std::process::id() % 100_000);
+    let config = example_config();
+    let refused = idlegate(
+        &[
+            "gateway",
+            "--config",
+            config.to_str().expect("a UTF-8 path"),
+            "--inside",
+            &device,
+            "--user",
+            "no-such-user-here",
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        refused
+            .stderr
+            .contains("--user no-such-user-here: no such user"),
+        "{}",
+        refused.stderr
+    );
+    let links = Command::new("ip")
+        .args(["link", "show", &device])
+        .output()
+        .unwrap();
+    assert!(!links.status.success(), "no device {device} was made");
+}

@@ -378,3 +378,55 @@ fn metrics_count_connections_bytes_and_resets() {
     }
     stop.store(true, Ordering::Relaxed);
 }
+
+#[test]
+fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
+    // An echo server that serves every connection it gets.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                while conn.read(&mut byte).unwrap_or(0) == 1 {
+                    let _ = conn.write_all(&byte);
+                }
+            });
+        }
+    });
+    let mut relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server_addr, keepalive()).unwrap();
+    relay.set_max_connections(2);
+    let addr = relay.local_addr().unwrap();
+    let stop = relay.stop_flag();
+    std::thread::spawn(move || relay.run());
+
+    let echo = |client: &mut TcpStream, byte: u8| -> std::io::Result<u8> {
+        client.write_all(&[byte])?;
+        let mut back = [0u8; 1];
+        client.read_exact(&mut back)?;
+        Ok(back[0])
+    };
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for (i, client) in held.iter_mut().enumerate() {
+        client.set_read_timeout(Some(WAIT)).unwrap();
+        assert_eq!(echo(client, b'a' + i as u8).unwrap(), b'a' + i as u8);
+    }
+    // The third is in the listen queue, not accepted: its byte gets no answer...
+    let mut third = TcpStream::connect(addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_millis(600)))
+        .unwrap();
+    let waited = echo(&mut third, b'c').unwrap_err();
+    assert!(
+        matches!(waited.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{waited}"
+    );
+    // ... until one of the two ends: then it is accepted and its byte goes through.
+    drop(held.remove(0));
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    let mut back = [0u8; 1];
+    third.read_exact(&mut back).unwrap();
+    assert_eq!(back[0], b'c');
+    stop.store(true, Ordering::Relaxed);
+}

@@ -118,6 +118,11 @@ struct Router {
 impl Router {
     /// Builds the topology, starts `idlegate gateway` in `gw` and routes into its devices.
     fn start() -> Result<Router> {
+        Router::start_with(&[])
+    }
+
+    /// [`Router::start`] with `extra` arguments for `idlegate gateway`.
+    fn start_with(extra: &[&str]) -> Result<Router> {
         require_root();
         let gw = Namespace::create(&unique("gw"))?;
         let vm1 = Namespace::create(&unique("vm1"))?;
@@ -166,6 +171,7 @@ impl Router {
             .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
             .arg("--control")
             .arg(control.path().join("control.sock"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log.reopen()?)
@@ -211,6 +217,34 @@ impl Router {
             }
             thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// Waits (≤ [`TIMEOUT`]) until the gateway has logged `line`.
+    fn wait_for_log(&mut self, line: &str) -> Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.log().contains(line) {
+            if let Some(status) = self.gateway.try_wait()? {
+                bail!("idlegate gateway exited ({status}): {}", self.log());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no {line:?} in the gateway's log after {TIMEOUT:?}: {}",
+                self.log()
+            );
+            thread::sleep(POLL_INTERVAL);
+        }
+        Ok(())
+    }
+
+    /// A field of the gateway process's /proc status, e.g. `CapEff`.
+    fn status(&self, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.gateway.id()))
+            .expect("the gateway's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {field} in the gateway's status"))
     }
 
     /// What the gateway logged so far.
@@ -359,4 +393,52 @@ fn standalone_gateway_forgets_an_idle_flow() {
         outcome.unacked_at_end > 0,
         "\"c\" was written but never acknowledged: {context}"
     );
+}
+
+#[test]
+fn standalone_gateway_runs_as_the_given_user_without_any_capability_and_still_forwards() {
+    let mut router = Router::start_with(&["--user", "nobody"]).expect("building the router");
+    router
+        .wait_for_log("privileges dropped")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let nobody = idlegate::privilege::User::lookup("nobody").expect("a nobody user");
+    let uids: Vec<String> = router
+        .status("Uid")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        uids,
+        vec![nobody.uid.to_string(); 4],
+        "real, effective, saved, fs"
+    );
+    assert_eq!(router.status("CapEff"), "0000000000000000");
+    assert_eq!(router.status("CapPrm"), "0000000000000000");
+    assert_eq!(router.status("NoNewPrivs"), "1");
+    // The control socket is the user's alone.
+    let control = router._control.path().join("control.sock");
+    let meta = std::fs::metadata(&control).expect("the control socket");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.uid(), nobody.uid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let frontend = SocketAddrV4::new(FRONTEND, 7000);
+    let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    assert_eq!(received.bytes, b"hello");
+}
+
+#[test]
+fn standalone_gateway_without_a_user_stays_root_with_every_capability_dropped() {
+    let mut router = Router::start().expect("building the router");
+    router
+        .wait_for_log("privileges dropped")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(router.status("CapEff"), "0000000000000000");
+    assert_eq!(router.status("CapPrm"), "0000000000000000");
+    assert_eq!(router.status("CapBnd"), "0000000000000000");
+    let frontend = SocketAddrV4::new(FRONTEND, 7000);
+    let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    assert_eq!(received.bytes, b"hello");
 }

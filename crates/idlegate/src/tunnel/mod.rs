@@ -54,7 +54,8 @@ pub struct Settings {
     pub replay_buffer: usize,
     /// TCP keepalive on the application's sockets.
     pub keepalive: Keepalive,
-    /// The most sessions an exit holds.
+    /// The most sessions an end holds: the exit refuses more, the entry stops accepting
+    /// application connections until one ends.
     pub max_sessions: usize,
 }
 
@@ -140,7 +141,8 @@ impl Entry {
             &self.listener,
             &self.stop,
             "tunnel entry",
-            || true,
+            // At the session limit, new application connections wait in the listen queue.
+            || (self.stats.open.load(Ordering::Relaxed) as usize) < self.settings.max_sessions,
             |app, peer| {
                 let dial = Dial {
                     tunnel: self.tunnel,

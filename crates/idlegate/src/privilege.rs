@@ -1,0 +1,107 @@
+//! Least privilege for a running gateway: once its TUN devices are open and its sockets bound,
+//! it needs no privilege at all to forward, so it gives every one of them up.
+//!
+//! Contract: [`drop_all`] sets `no_new_privs`, then either becomes `user` (supplementary groups
+//! cleared, then the user's group, then the user; the kernel clears every capability when a
+//! root process takes a non-zero uid) or, without a user, stays root with every capability set
+//! emptied (effective, permitted, inheritable, ambient and the bounding set). It then reads its
+//! capabilities back and fails unless the effective and permitted sets are empty, so a partial
+//! drop never runs silently. The open TUN fds, sockets and files keep working: access is
+//! checked when they are opened, not when they are used.
+
+use anyhow::{bail, Context, Result};
+use caps::CapSet;
+use std::ffi::CString;
+use std::path::Path;
+
+/// A user to run as: its ids, looked up once at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+impl User {
+    /// Looks up `name` (or a numeric uid) in the user database.
+    pub fn lookup(name: &str) -> Result<User> {
+        let c = CString::new(name).context("a user name has no NUL byte")?;
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf` outlives the result's use.
+        let rc = unsafe {
+            libc::getpwnam_r(
+                c.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == 0 && !found.is_null() {
+            return Ok(User {
+                uid: pwd.pw_uid,
+                gid: pwd.pw_gid,
+            });
+        }
+        bail!("--user {name}: no such user")
+    }
+}
+
+/// Hands `path` (the control socket) to `user`, so that it can still be reached by that user
+/// alone once the gateway runs as it; the mode stays 0600.
+pub fn give(path: &Path, user: User) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid))
+        .with_context(|| format!("handing {} to uid {}", path.display(), user.uid))
+}
+
+/// Gives up every privilege: see the module documentation.
+pub fn drop_all(user: Option<User>) -> Result<()> {
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting no_new_privs");
+    }
+    match user {
+        Some(user) => become_user(user)?,
+        None => {
+            for cap in caps::all() {
+                // Dropping from the bounding set needs CAP_SETPCAP, which is still held here.
+                caps::drop(None, CapSet::Bounding, cap)
+                    .with_context(|| format!("dropping {cap} from the bounding set"))?;
+            }
+            caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+            caps::clear(None, CapSet::Inheritable)
+                .context("clearing the inheritable capabilities")?;
+            caps::clear(None, CapSet::Effective).context("clearing the effective capabilities")?;
+            caps::clear(None, CapSet::Permitted).context("clearing the permitted capabilities")?;
+        }
+    }
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        let left = caps::read(None, set).context("reading the capabilities back")?;
+        if !left.is_empty() {
+            bail!("capabilities left in the {set:?} set after dropping them: {left:?}");
+        }
+    }
+    Ok(())
+}
+
+fn become_user(user: User) -> Result<()> {
+    // SAFETY: plain syscalls on this process's credentials; each result is checked.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("clearing the groups");
+        }
+        if libc::setgid(user.gid) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("becoming group {}", user.gid));
+        }
+        if libc::setuid(user.uid) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("becoming user {}", user.uid));
+        }
+    }
+    if user.uid != 0 && unsafe { libc::setuid(0) } == 0 {
+        bail!("could become root again after dropping to uid {}", user.uid);
+    }
+    Ok(())
+}
