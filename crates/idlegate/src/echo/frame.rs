@@ -133,7 +133,14 @@ impl Frame {
             }
             Frame::LaterReply { seq } => (kind::LATER_REPLY, seq.to_be_bytes().to_vec()),
             Frame::Report(report) => (kind::REPORT, report_body(report)),
-            Frame::Error(text) => (kind::ERROR, text.as_bytes().to_vec()),
+            Frame::Error(text) => {
+                // Cut at a character boundary: half a character is not text.
+                let end = (0..=MAX_BODY.min(text.len()))
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                (kind::ERROR, text.as_bytes()[..end].to_vec())
+            }
         };
         body.truncate(MAX_BODY);
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
@@ -370,6 +377,19 @@ mod tests {
             decoder.feed(bytes);
             assert_eq!(decoder.decode(), Err(error), "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary() {
+        // Found by fuzzing: cutting at MAX_BODY bytes split a character in two.
+        let text = "é".repeat(MAX_BODY);
+        let bytes = Frame::Error(text).encode();
+        let mut decoder = Decoder::default();
+        decoder.feed(&bytes);
+        let Ok(Some(Frame::Error(back))) = decoder.decode() else {
+            panic!("an error frame");
+        };
+        assert_eq!(back, "é".repeat(MAX_BODY / 2));
     }
 
     #[test]
