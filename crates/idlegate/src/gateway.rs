@@ -114,9 +114,10 @@ const BUF_LEN: usize = 65_535;
 const BUDGET: usize = 64;
 /// The room of one single-packet buffer: a header and a full-sized packet.
 const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
-/// Packets a worker may have handed over and not yet got back; past it, a packet read by the
-/// wrong worker is dropped and counted (a flood of new flows cannot grow the pools).
-const HANDOFF_LIMIT: usize = 256;
+/// Packets a worker may have handed over and not yet got back: about what a device's own
+/// transmit queue holds (1,000). Past it, a packet read by the wrong worker is dropped and counted (a
+/// flood of new flows cannot grow the pools).
+const HANDOFF_LIMIT: usize = 1024;
 /// How long the serving thread waits for a worker's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -430,3 +430,75 @@ fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
     assert_eq!(back[0], b'c');
     stop.store(true, Ordering::Relaxed);
 }
+
+#[test]
+fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_port() {
+    use std::process::{Command, Stdio};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // A free port for the relay, which each run binds again.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_idlegate"))
+            .args(["relay", "--listen", &listen, "--connect"])
+            .arg(server_addr.to_string())
+            .args(["--keepalive", "1s,1s,3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let connect = || {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            match TcpStream::connect(&listen) {
+                Ok(c) => return c,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("the relay does not listen on {listen}: {e}"),
+            }
+        }
+    };
+    let echo = |c: &mut TcpStream, data: &[u8]| -> std::io::Result<Vec<u8>> {
+        c.write_all(data)?;
+        let mut back = vec![0u8; data.len()];
+        c.read_exact(&mut back)?;
+        Ok(back)
+    };
+    let mut relay = start();
+    let mut client = connect();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(echo(&mut client, b"before").unwrap(), b"before");
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    // Its connections die with it: the client is told, not left hanging.
+    let after = echo(&mut client, b"after");
+    assert!(after.is_err(), "{after:?}");
+    // Nothing of it is left to stop a restart on the same port.
+    let mut relay = start();
+    let mut client = connect();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(echo(&mut client, b"again").unwrap(), b"again");
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+}

@@ -110,6 +110,8 @@ struct Router {
     log: NamedTempFile,
     _control: tempfile::TempDir,
     _config: NamedTempFile,
+    /// The arguments `idlegate gateway` was started with, for a restart.
+    extra: Vec<String>,
     gw: Namespace,
     vm1: Namespace,
     internet: Namespace,
@@ -164,36 +166,57 @@ impl Router {
         let log = NamedTempFile::new().context("creating the gateway's log file")?;
         // Each test's gateway has its own control socket: they run side by side.
         let control = tempfile::tempdir().context("creating the control socket's directory")?;
-        let gateway = Command::new("ip")
-            .args(["netns", "exec", gw.name(), env!("CARGO_BIN_EXE_idlegate")])
-            .args(["gateway", "--config"])
-            .arg(config.path())
-            .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
-            .arg("--control")
-            .arg(control.path().join("control.sock"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.reopen()?)
-            .spawn()
-            .context("starting idlegate gateway")?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let gateway = spawn_gateway(&gw, config.path(), control.path(), &extra, &log)?;
         let mut router = Router {
             gateway,
             log,
             _control: control,
             _config: config,
+            extra,
             gw,
             vm1,
             internet,
         };
-        router.wait_for_devices()?;
+        router.route_into_devices()?;
+        Ok(router)
+    }
+
+    /// Waits for the gateway's devices, then routes each host's traffic into them (the routes
+    /// go with the devices).
+    fn route_into_devices(&mut self) -> Result<()> {
+        self.wait_for_devices()?;
         for (tun, table) in [(TUN_OUTSIDE, TABLE_OUTSIDE), (TUN_INSIDE, TABLE_INSIDE)] {
             ip(
-                &router.gw,
+                &self.gw,
                 &["route", "add", "default", "dev", tun, "table", table],
             )?;
         }
-        Ok(router)
+        Ok(())
+    }
+
+    /// Kills the gateway with SIGKILL, giving it no chance to clean up.
+    fn kill_gateway(&mut self) -> Result<()> {
+        self.gateway.kill()?;
+        self.gateway.wait()?;
+        Ok(())
+    }
+
+    /// Starts the gateway again, as it was started, and routes into its new devices.
+    fn restart_gateway(&mut self) -> Result<()> {
+        self.gateway = spawn_gateway(
+            &self.gw,
+            self._config.path(),
+            self._control.path(),
+            &self.extra,
+            &self.log,
+        )?;
+        self.route_into_devices()
+    }
+
+    /// Whether `gw` has a device called `name`.
+    fn has_device(&self, name: &str) -> bool {
+        ip(&self.gw, &["link", "show", name]).is_ok()
     }
 
     /// Waits (≤ [`TIMEOUT`]) until both TUN devices exist in `gw` and are up.
@@ -251,6 +274,29 @@ impl Router {
     fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_else(|e| format!("(no log: {e})"))
     }
+}
+
+/// `idlegate gateway` in `gw`, logging to `log`.
+fn spawn_gateway(
+    gw: &Namespace,
+    config: &std::path::Path,
+    control: &std::path::Path,
+    extra: &[String],
+    log: &NamedTempFile,
+) -> Result<Child> {
+    Command::new("ip")
+        .args(["netns", "exec", gw.name(), env!("CARGO_BIN_EXE_idlegate")])
+        .args(["gateway", "--config"])
+        .arg(config)
+        .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
+        .arg("--control")
+        .arg(control.join("control.sock"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().append(true).open(log.path())?)
+        .spawn()
+        .context("starting idlegate gateway")
 }
 
 impl Drop for Router {
@@ -441,4 +487,101 @@ fn standalone_gateway_without_a_user_stays_root_with_every_capability_dropped() 
     let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
         .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
     assert_eq!(received.bytes, b"hello");
+}
+
+#[test]
+fn a_tunnel_through_the_gateway_resumes_after_the_gateway_is_killed_and_restarted() {
+    use idlegate::relay::Keepalive;
+    use idlegate::tunnel::key::Key;
+    use idlegate::tunnel::{Entry, Exit, Settings};
+    use std::sync::atomic::Ordering;
+
+    const BYTES: usize = 24 << 20;
+    let mut router = Router::start().expect("building the router");
+    let settings = Settings {
+        heartbeat: Duration::from_millis(200),
+        resume_within: Duration::from_secs(30),
+        replay_buffer: 4 << 20,
+        keepalive: Keepalive::parse("1s,1s,3").unwrap(),
+        max_sessions: 100,
+    };
+    let key = Key::random().unwrap();
+    // The server application in vm1 reads everything and says what it got.
+    let server_at: SocketAddr = "192.0.2.11:8100".parse().unwrap();
+    let listener = netns::spawn_in(router.vm1.name(), move || TcpListener::bind(server_at))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let server = thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut got = Vec::with_capacity(BYTES);
+        conn.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    // The exit in vm1 behind the LB rule's port, the entry in internet.
+    let (k, s) = (key.clone(), settings.clone());
+    let exit = netns::spawn_in(router.vm1.name(), move || {
+        Exit::bind("0.0.0.0:7000".parse().unwrap(), server_at, k, s)
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    let exit_stop = exit.stop_flag();
+    netns::spawn_in(router.vm1.name(), move || exit.run()).unwrap();
+    let (k, s) = (key.clone(), settings.clone());
+    let entry = netns::spawn_in(router.internet.name(), move || {
+        Entry::bind(
+            "127.0.0.1:7100".parse().unwrap(),
+            SocketAddrV4::new(FRONTEND, 7000).into(),
+            k,
+            s,
+        )
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
+    let entry_stats = entry.stats();
+    let entry_stop = entry.stop_flag();
+    netns::spawn_in(router.internet.name(), move || entry.run()).unwrap();
+
+    // The client application sends a known pattern, paced so that the kill lands mid-stream.
+    let sent: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
+    let to_send = sent.clone();
+    let client = netns::spawn_in(router.internet.name(), move || -> std::io::Result<()> {
+        let mut conn = TcpStream::connect("127.0.0.1:7100")?;
+        for chunk in to_send.chunks(256 << 10) {
+            conn.write_all(chunk)?;
+            thread::sleep(Duration::from_millis(20));
+        }
+        conn.shutdown(std::net::Shutdown::Write)
+    })
+    .unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    while entry_stats.bytes_to_server.load(Ordering::Relaxed) < (BYTES / 4) as u64 {
+        assert!(Instant::now() < deadline, "no bytes through the tunnel");
+        thread::sleep(POLL_INTERVAL);
+    }
+    router.kill_gateway().unwrap();
+    // Killed, it leaves nothing behind: its devices went with it.
+    assert!(!router.has_device(TUN_INSIDE) && !router.has_device(TUN_OUTSIDE));
+    router
+        .restart_gateway()
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    client.join().unwrap().unwrap();
+    let got = server.join().unwrap().unwrap();
+    assert!(
+        got.len() == BYTES && got == sent,
+        "{} of {BYTES} bytes, in order?",
+        got.len()
+    );
+    assert!(
+        entry_stats.reconnects.load(Ordering::Relaxed) >= 1,
+        "the tunnel resumed"
+    );
+    entry_stop.store(true, Ordering::Relaxed);
+    exit_stop.store(true, Ordering::Relaxed);
 }
