@@ -37,7 +37,7 @@ for t in "${targets[@]}"; do
         status=1
         tail -n 40 "$log" >&2
     fi
-    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1)
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n 1 || true)
     results+=("$(printf '%-18s %12s  %s' "$t" "${runs:-?}" "$result")")
 done
 printf '%-18s %12s  %s\n' target executions "result (${secs} s each)"

@@ -111,6 +111,8 @@ enum Op {
 struct Input {
     profile: u8,
     expiry: u8,
+    /// A small `max_flows`, so that a full table is reached and refused.
+    max_flows: u8,
     ops: Vec<Op>,
 }
 
@@ -245,7 +247,9 @@ fn config(input: &Input) -> Config {
         "{profile}{}",
         RULES.replace("EXPIRY", expiry).replace("PORTS", ports)
     );
-    Config::from_toml(&text, "fuzz.toml").expect("the fuzz config is valid")
+    let mut config = Config::from_toml(&text, "fuzz.toml").expect("the fuzz config is valid");
+    config.max_flows = 1 + usize::from(input.max_flows % 16);
+    config
 }
 
 fuzz_target!(|input: Input| {

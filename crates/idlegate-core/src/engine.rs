@@ -26,6 +26,7 @@ use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -345,11 +346,57 @@ struct Core<E: Endpoint> {
     transmits: VecDeque<(Interface, Control<E>)>,
     events: VecDeque<Event>,
     counters: Counters,
-    /// The engine holds its `max_flows` (set before every packet, the limit spans both
-    /// families), and whether that was said since the last flow was created.
-    full: bool,
-    full_reported: bool,
-    max_flows: usize,
+    /// How many flows all cores (both families, every shard) may hold, and hold now.
+    limit: Arc<FlowLimit>,
+}
+
+/// The flows an engine (or all the shards of one) may hold: `max_flows`, counted across both
+/// families and every shard, reserved when a flow is created and given back when it is
+/// forgotten (not per packet). A full table is said once per episode: again only after it has
+/// drained below nine tenths.
+#[derive(Debug)]
+struct FlowLimit {
+    max: usize,
+    held: AtomicUsize,
+    reported: AtomicBool,
+}
+
+impl FlowLimit {
+    fn new(max: usize) -> FlowLimit {
+        FlowLimit {
+            max,
+            held: AtomicUsize::new(0),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the limit is reached (a cheap look, before any work for a new flow).
+    fn reached(&self) -> bool {
+        self.held.load(Ordering::Relaxed) >= self.max
+    }
+
+    /// Takes a place for a new flow, or says there is none.
+    fn reserve(&self) -> bool {
+        let taken = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        taken.is_ok()
+    }
+
+    /// Gives a forgotten flow's place back.
+    fn release(&self) {
+        let before = self.held.fetch_sub(1, Ordering::AcqRel);
+        if before.saturating_sub(1) < self.max - self.max / 10 {
+            self.reported.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this refusal is the first of its episode, the one to say.
+    fn first_refusal(&self) -> bool {
+        !self.reported.swap(true, Ordering::Relaxed)
+    }
 }
 
 const MEMBER_HASH_SEED: u64 = 0x1d1e_9a7e;
@@ -563,9 +610,7 @@ impl<E: Endpoint> Core<E> {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
-            full: false,
-            full_reported: false,
-            max_flows: config.max_flows,
+            limit: Arc::new(FlowLimit::new(config.max_flows)),
         }
     }
 
@@ -971,7 +1016,7 @@ impl<E: Endpoint> Core<E> {
         let Some((rule_id, public, private)) = self.match_rule(from, headers) else {
             return self.drop(DropReason::NoRule);
         };
-        if self.full || self.flows.is_full() {
+        if self.limit.reached() || self.flows.is_full() {
             return self.table_full();
         }
         let remote = match from {
@@ -983,11 +1028,22 @@ impl<E: Endpoint> Core<E> {
             return self.port_exhausted(rule_id, private.addr());
         };
         let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
-        if self.flows.either_key_taken(&flow) {
+        let refused = if self.flows.either_key_taken(&flow) {
+            Some(DropReason::TupleInUse)
+        } else if !self.limit.reserve() {
+            // Another shard took the last place since the look above.
+            Some(DropReason::TableFull)
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
             if let Some(snat) = self.snat_of(rule_id) {
                 self.snat_pools()[snat].release_unused(private.addr(), public.port());
             }
-            return self.drop(DropReason::TupleInUse);
+            return match reason {
+                DropReason::TableFull => self.table_full(),
+                reason => self.drop(reason),
+            };
         }
         if let Some(segment) = segment {
             if segment.flags.syn() {
@@ -1000,7 +1056,6 @@ impl<E: Endpoint> Core<E> {
         let id = self.flows.insert(flow);
         self.wheel.insert(&mut self.flows, id, flow.deadline);
         self.counters.flows_created += 1;
-        self.full_reported = false;
         if let Some(snat) = self.snat_of(rule_id) {
             if self.snat_allocation == Allocation::PreservePort {
                 self.snat_pools()[snat].tuple_opened();
@@ -1150,9 +1205,9 @@ impl<E: Endpoint> Core<E> {
     /// The gateway holds `max_flows`: the new flow is refused and counted; flows it holds are
     /// unaffected. Said once per episode, as port exhaustion is.
     fn table_full(&mut self) -> Verdict {
-        if !std::mem::replace(&mut self.full_reported, true) {
+        if self.limit.first_refusal() {
             self.events.push_back(Event::TableFull {
-                max_flows: self.max_flows,
+                max_flows: self.limit.max,
             });
         }
         self.drop(DropReason::TableFull)
@@ -1271,6 +1326,7 @@ impl<E: Endpoint> Core<E> {
     /// Removes a flow for good and gives its SNAT port back.
     fn forget(&mut self, id: FlowId, now: Tick) {
         let flow = self.flows.remove(id);
+        self.limit.release();
         self.release_port(&flow, now);
     }
 
@@ -1301,8 +1357,6 @@ impl<E: Endpoint> Core<E> {
 pub struct Engine {
     v4: Core<SocketAddrV4>,
     v6: Core<SocketAddrV6>,
-    /// Flows this engine holds at most, both families together.
-    max_flows: usize,
     /// Every rule's name, by [`RuleId`].
     rule_names: Vec<String>,
 }
@@ -1311,30 +1365,30 @@ impl Engine {
     /// An engine for `config`, with its clock starting at `now`. `seed` keys the flow tables'
     /// hash; take it from a random source in production.
     pub fn new(config: &Config, now: Instant, seed: u64) -> Engine {
+        let v4 = Core::new(config, now, seed);
+        let mut v6 = Core::new(config, now, seed.rotate_left(17));
+        // One limit over both families.
+        v6.limit = Arc::clone(&v4.limit);
         Engine {
-            v4: Core::new(config, now, seed),
-            v6: Core::new(config, now, seed.rotate_left(17)),
-            max_flows: config.max_flows,
+            v4,
+            v6,
             rule_names: rule_names(config),
         }
     }
 
     /// `shards` engines for `config` that together act as one: each owns the flows
-    /// [`crate::shard::Sharding::owner`] gives it, and all share the SNAT port pools, so a
-    /// member's ports run out exactly when they would in one engine. `max_flows` is split
-    /// evenly (rounded up): a shard refuses new flows once it holds its part.
+    /// [`crate::shard::Sharding::owner`] gives it, and all share the SNAT port pools and the
+    /// `max_flows` limit, so a member's ports and the table run out exactly when they would in
+    /// one engine. Both are touched when a flow starts or ends, not per packet.
     pub fn sharded(config: &Config, now: Instant, seed: u64, shards: usize) -> Vec<Engine> {
-        let part = config.max_flows.div_ceil(shards.max(1));
-        let config = &Config {
-            max_flows: part,
-            ..config.clone()
-        };
         let first = Engine::new(config, now, seed);
         let mut engines = Vec::with_capacity(shards.max(1));
         for i in 1..shards.max(1) {
             let mut engine = Engine::new(config, now, seed.wrapping_add(i as u64));
             engine.v4.snat = Arc::clone(&first.v4.snat);
             engine.v6.snat = Arc::clone(&first.v6.snat);
+            engine.v4.limit = Arc::clone(&first.v4.limit);
+            engine.v6.limit = Arc::clone(&first.v6.limit);
             engines.push(engine);
         }
         engines.insert(0, first);
@@ -1357,17 +1411,10 @@ impl Engine {
         packet: &mut [u8],
         checksum: TransportChecksum,
     ) -> Verdict {
-        let full = self.flow_count() >= self.max_flows;
         match packet.first().map(|b| b >> 4) {
-            Some(6) => {
-                self.v6.full = full;
-                self.v6.handle_packet(now, from, packet, checksum)
-            }
+            Some(6) => self.v6.handle_packet(now, from, packet, checksum),
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
-            _ => {
-                self.v4.full = full;
-                self.v4.handle_packet(now, from, packet, checksum)
-            }
+            _ => self.v4.handle_packet(now, from, packet, checksum),
         }
     }
 
@@ -1413,11 +1460,16 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.v4.check_invariants()?;
         self.v6.check_invariants()?;
-        if self.flow_count() > self.max_flows {
+        let limit = &self.v4.limit;
+        let held = limit.held.load(Ordering::Relaxed);
+        // One engine (its two families hold the limit) must account for every flow exactly;
+        // shards share it, so each sees only a part.
+        let alone = Arc::strong_count(limit) == 2;
+        if held > limit.max || (alone && held != self.flow_count()) {
             return Err(format!(
-                "{} flows, max_flows {}",
+                "{} flows, {held} places taken, max_flows {}",
                 self.flow_count(),
-                self.max_flows
+                limit.max
             ));
         }
         Ok(())

@@ -2117,7 +2117,7 @@ fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
         let (v, _) = h.send(&mut late, FRONTEND_7000, TcpFlags::SYN, 0, b"");
         assert_eq!(v, Verdict::Drop(DropReason::TableFull));
     }
-    // An outbound flow and a UDP flow are refused the same way.
+    // An outbound flow is refused the same way.
     let mut vm = Peer {
         addr: ep(VM1, 33_000),
         iface: Interface::Inside,
@@ -2142,8 +2142,57 @@ fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
     );
     assert_eq!(v, Verdict::Forward(Interface::Inside));
     assert_eq!(h.engine.check_invariants(), Ok(()));
-    // Once flows end, new ones are taken again.
+    // Once flows end, new ones are taken again, and the next episode is said again.
     h.advance_to(2 * IDLE_MS);
     let (v, _) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
     assert_eq!(v, Verdict::Forward(Interface::Outside));
+    h.connect_inbound(40_010);
+    let mut late = Peer {
+        addr: ep(CLIENT, 40_011),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    let (v, _) = h.send(&mut late, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::TableFull));
+    let said = h
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::TableFull { .. }))
+        .count();
+    assert_eq!(said, 2);
+    assert_eq!(h.engine.check_invariants(), Ok(()));
+}
+
+#[test]
+fn shards_share_one_max_flows_and_say_it_is_reached_once() {
+    use crate::shard::Sharding;
+    let mut config = config("silent", ONE_VM);
+    config.max_flows = 4;
+    let t0 = Instant::now();
+    let mut shards = Engine::sharded(&config, t0, 1, 2);
+    let sharding = Sharding::new(2, 3);
+    let mut verdicts = Vec::new();
+    for port in 40_000..40_012 {
+        let mut syn = tcp_packet(ep(CLIENT, port), FRONTEND_7000, TcpFlags::SYN, 1, 0, b"");
+        let owner = sharding.owner(&syn, Interface::Outside).unwrap();
+        verdicts.push(shards[owner].handle_packet(t0, Interface::Outside, &mut syn));
+    }
+    let taken = verdicts
+        .iter()
+        .filter(|v| matches!(v, Verdict::Forward(_)))
+        .count();
+    assert_eq!(taken, 4, "{verdicts:?}");
+    let flows: Vec<usize> = shards.iter().map(Engine::flow_count).collect();
+    assert!(
+        flows.iter().all(|&n| n > 0),
+        "both shards hold flows: {flows:?}"
+    );
+    let mut said = 0;
+    for shard in shards.iter_mut() {
+        while let Some(event) = shard.poll_event() {
+            said += usize::from(matches!(event, Event::TableFull { max_flows: 4 }));
+        }
+        assert_eq!(shard.check_invariants(), Ok(()));
+    }
+    assert_eq!(said, 1);
 }

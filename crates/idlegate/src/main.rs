@@ -631,7 +631,6 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         .as_deref()
         .map(idlegate::privilege::User::lookup)
         .transpose()?;
-    let interrupt = Interrupt::install()?;
     let workers = args
         .workers
         .unwrap_or_else(idlegate::gateway::default_workers);
@@ -664,19 +663,28 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         metrics: args.metrics,
     };
     let mut gateway = Gateway::new(&config, ports, &options)?;
-    if interrupt.attach(gateway.stopper()) {
-        return Ok(());
-    }
-    // Forwarding needs no privilege: the devices are open and the sockets bound.
+    // Forwarding needs no privilege: the devices are open and the sockets bound. This is
+    // still the only thread (capabilities and no_new_privs are per thread; threads started
+    // later inherit them), so the signal handler's thread starts only after the drop. Until
+    // then SIGINT and SIGTERM end the process as they always do, and the devices go with it.
     if let Some(user) = user {
         idlegate::privilege::give(&args.control, user)?;
     }
     idlegate::privilege::drop_all(user)?;
     tracing::info!(
-        "privileges dropped: running as uid {} with no capabilities",
+        "privileges dropped: running as uid {} with no capabilities{}",
         // SAFETY: getuid has no preconditions.
-        unsafe { libc::getuid() }
+        unsafe { libc::getuid() },
+        if user.is_none() {
+            " (still uid 0, which owns root's files: give --user for less)"
+        } else {
+            ""
+        }
     );
+    let interrupt = Interrupt::install()?;
+    if interrupt.attach(gateway.stopper()) {
+        return Ok(());
+    }
     print_ready()?;
     gateway.run()
 }

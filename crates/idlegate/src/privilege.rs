@@ -1,7 +1,9 @@
 //! Least privilege for a running gateway: once its TUN devices are open and its sockets bound,
 //! it needs no privilege at all to forward, so it gives every one of them up.
 //!
-//! Contract: [`drop_all`] sets `no_new_privs`, then either becomes `user` (supplementary groups
+//! Contract: call [`drop_all`] while the process has one thread (capabilities and
+//! `no_new_privs` are per thread; threads started later inherit them). It sets `no_new_privs`,
+//! then either becomes `user` (supplementary groups
 //! cleared, then the user's group, then the user; the kernel clears every capability when a
 //! root process takes a non-zero uid) or, without a user, stays root with every capability set
 //! emptied (effective, permitted, inheritable, ambient and the bounding set). It then reads its
@@ -22,7 +24,7 @@ pub struct User {
 }
 
 impl User {
-    /// Looks up `name` (or a numeric uid) in the user database.
+    /// Looks up `name` in the user database.
     pub fn lookup(name: &str) -> Result<User> {
         let c = CString::new(name).context("a user name has no NUL byte")?;
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -64,8 +66,9 @@ pub fn drop_all(user: Option<User>) -> Result<()> {
     match user {
         Some(user) => become_user(user)?,
         None => {
-            for cap in caps::all() {
-                // Dropping from the bounding set needs CAP_SETPCAP, which is still held here.
+            // Only what this kernel knows (a capability newer than it cannot be dropped, nor
+            // held). Dropping from the bounding set needs CAP_SETPCAP, still held here.
+            for cap in caps::runtime::thread_all_supported() {
                 caps::drop(None, CapSet::Bounding, cap)
                     .with_context(|| format!("dropping {cap} from the bounding set"))?;
             }
@@ -76,7 +79,13 @@ pub fn drop_all(user: Option<User>) -> Result<()> {
             caps::clear(None, CapSet::Permitted).context("clearing the permitted capabilities")?;
         }
     }
-    for set in [CapSet::Effective, CapSet::Permitted] {
+    let sets: &[CapSet] = match user {
+        // A uid other than 0 leaves the bounding set as it was: it grants nothing without
+        // a permitted set, and no_new_privs keeps exec from filling one.
+        Some(_) => &[CapSet::Effective, CapSet::Permitted],
+        None => &[CapSet::Effective, CapSet::Permitted, CapSet::Bounding],
+    };
+    for &set in sets {
         let left = caps::read(None, set).context("reading the capabilities back")?;
         if !left.is_empty() {
             bail!("capabilities left in the {set:?} set after dropping them: {left:?}");

@@ -320,14 +320,17 @@ impl<'r> Worker<'r> {
                 self.accept_again = true;
                 return;
             }
-            self.at_limit = false;
             match self.listener.accept() {
                 Ok((client, peer)) => {
                     if let Err(e) = self.open(client) {
                         tracing::info!("relay: {peer}: {e:#}");
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Below the limit with nobody waiting: the episode is over.
+                    self.at_limit = false;
+                    return;
+                }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                         // The connection waits in the queue until descriptors are free.

@@ -259,15 +259,29 @@ impl Router {
         Ok(())
     }
 
-    /// A field of the gateway process's /proc status, e.g. `CapEff`.
-    fn status(&self, field: &str) -> String {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.gateway.id()))
-            .expect("the gateway's /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{field}:")))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no {field} in the gateway's status"))
+    /// A field of the /proc status of every thread of the gateway, e.g. `CapEff`:
+    /// credentials and capabilities are per thread.
+    fn status(&self, field: &str) -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.gateway.id()))
+            .expect("the gateway's threads");
+        tasks
+            .map(|task| {
+                let path = task.expect("a thread").path().join("status");
+                let status = std::fs::read_to_string(&path).expect("a thread's status");
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{field}:")))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("no {field} in {}", path.display()))
+            })
+            .collect()
+    }
+
+    /// Asserts that every thread of the gateway has `value` in `field`.
+    fn assert_every_thread(&self, field: &str, value: &str) {
+        let values = self.status(field);
+        assert!(values.len() > 1, "the workers are running: {values:?}");
+        assert!(values.iter().all(|v| v == value), "{field}: {values:?}");
     }
 
     /// What the gateway logged so far.
@@ -448,19 +462,12 @@ fn standalone_gateway_runs_as_the_given_user_without_any_capability_and_still_fo
         .wait_for_log("privileges dropped")
         .unwrap_or_else(|e| panic!("{e:#}"));
     let nobody = idlegate::privilege::User::lookup("nobody").expect("a nobody user");
-    let uids: Vec<String> = router
-        .status("Uid")
-        .split_whitespace()
-        .map(String::from)
-        .collect();
-    assert_eq!(
-        uids,
-        vec![nobody.uid.to_string(); 4],
-        "real, effective, saved, fs"
-    );
-    assert_eq!(router.status("CapEff"), "0000000000000000");
-    assert_eq!(router.status("CapPrm"), "0000000000000000");
-    assert_eq!(router.status("NoNewPrivs"), "1");
+    let uid = nobody.uid.to_string();
+    let uids = [uid.as_str(); 4].join("\t"); // real, effective, saved, fs
+    router.assert_every_thread("Uid", &uids);
+    router.assert_every_thread("CapEff", "0000000000000000");
+    router.assert_every_thread("CapPrm", "0000000000000000");
+    router.assert_every_thread("NoNewPrivs", "1");
     // The control socket is the user's alone.
     let control = router._control.path().join("control.sock");
     let meta = std::fs::metadata(&control).expect("the control socket");
@@ -480,9 +487,10 @@ fn standalone_gateway_without_a_user_stays_root_with_every_capability_dropped() 
     router
         .wait_for_log("privileges dropped")
         .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(router.status("CapEff"), "0000000000000000");
-    assert_eq!(router.status("CapPrm"), "0000000000000000");
-    assert_eq!(router.status("CapBnd"), "0000000000000000");
+    router.assert_every_thread("CapEff", "0000000000000000");
+    router.assert_every_thread("CapPrm", "0000000000000000");
+    router.assert_every_thread("CapBnd", "0000000000000000");
+    router.assert_every_thread("NoNewPrivs", "1");
     let frontend = SocketAddrV4::new(FRONTEND, 7000);
     let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
         .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
@@ -553,6 +561,8 @@ fn a_tunnel_through_the_gateway_resumes_after_the_gateway_is_killed_and_restarte
     let to_send = sent.clone();
     let client = netns::spawn_in(router.internet.name(), move || -> std::io::Result<()> {
         let mut conn = TcpStream::connect("127.0.0.1:7100")?;
+        // A tunnel that never resumed would stop taking bytes: fail, don't hang.
+        conn.set_write_timeout(Some(Duration::from_secs(60)))?;
         for chunk in to_send.chunks(256 << 10) {
             conn.write_all(chunk)?;
             thread::sleep(Duration::from_millis(20));

@@ -137,12 +137,15 @@ impl Entry {
     /// Accepts the application's connections and carries each through the tunnel, until
     /// stopped.
     pub fn run(&self) -> Result<()> {
+        // Application connections taken and not yet ended, counted from the accept (a burst,
+        // or an exit that cannot be reached, must not outrun the limit while legs dial).
+        let held = Arc::new(AtomicUsize::new(0));
         accept_until_stopped(
             &self.listener,
             &self.stop,
             "tunnel entry",
             // At the session limit, new application connections wait in the listen queue.
-            || (self.stats.open.load(Ordering::Relaxed) as usize) < self.settings.max_sessions,
+            || held.load(Ordering::Relaxed) < self.settings.max_sessions,
             |app, peer| {
                 let dial = Dial {
                     tunnel: self.tunnel,
@@ -150,14 +153,20 @@ impl Entry {
                     settings: self.settings.clone(),
                 };
                 let stats = self.stats.clone();
+                held.fetch_add(1, Ordering::Relaxed);
+                let release = held.clone();
                 std::thread::Builder::new()
                     .name(format!("tunnel {peer}"))
                     .spawn(move || {
                         if let Err(e) = dial.carry(app, &stats) {
                             tracing::info!("tunnel: {peer}: {e:#}");
                         }
+                        release.fetch_sub(1, Ordering::Relaxed);
                     })
                     .map(drop)
+                    .inspect_err(|_| {
+                        held.fetch_sub(1, Ordering::Relaxed);
+                    })
             },
         )
     }
