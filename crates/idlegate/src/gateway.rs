@@ -550,9 +550,7 @@ struct Worker {
     to_wake: Vec<bool>,
     sharding: Sharding,
     stopper: Stopper,
-    /// Frames cross with a virtio-net header.
-    offload: bool,
-    /// The bytes before each packet in a frame.
+    /// The bytes before each packet in a frame: the virtio-net header with offloads, else none.
     header: usize,
     /// What one read brings: a frame, its packet at `header`.
     frame: Vec<u8>,
@@ -609,7 +607,6 @@ impl Worker {
             peers,
             sharding,
             stopper,
-            offload,
             header,
             frame: vec![0; header + BUF_LEN],
             spare: Vec::new(),
@@ -818,7 +815,8 @@ impl Worker {
         };
         self.record(h, len);
         self.traffic.count(out, Direction::Out, len);
-        if self.offload && received.shape == Shape::Single && h + len <= SINGLE_LEN {
+        // With offloads (a header), single packets wait to be coalesced.
+        if h > 0 && received.shape == Shape::Single && h + len <= SINGLE_LEN {
             let single = &mut self.singles[self.pending];
             single.clear();
             single.extend_from_slice(&self.frame[..h + len]);

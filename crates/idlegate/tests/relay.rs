@@ -379,45 +379,54 @@ fn metrics_count_connections_bytes_and_resets() {
     stop.store(true, Ordering::Relaxed);
 }
 
-#[test]
-fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
-    // An echo server that serves every connection it gets.
+/// An echo server on a loopback port that serves every connection it gets.
+fn echo_server() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { return };
             std::thread::spawn(move || {
-                let mut byte = [0u8; 1];
-                while conn.read(&mut byte).unwrap_or(0) == 1 {
-                    let _ = conn.write_all(&byte);
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
                 }
             });
         }
     });
+    addr
+}
+
+/// Writes `data` and reads as many bytes back.
+fn echo(client: &mut TcpStream, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    client.write_all(data)?;
+    let mut back = vec![0u8; data.len()];
+    client.read_exact(&mut back)?;
+    Ok(back)
+}
+
+#[test]
+fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
+    let server_addr = echo_server();
     let mut relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server_addr, keepalive()).unwrap();
     relay.set_max_connections(2);
     let addr = relay.local_addr().unwrap();
     let stop = relay.stop_flag();
     std::thread::spawn(move || relay.run());
 
-    let echo = |client: &mut TcpStream, byte: u8| -> std::io::Result<u8> {
-        client.write_all(&[byte])?;
-        let mut back = [0u8; 1];
-        client.read_exact(&mut back)?;
-        Ok(back[0])
-    };
     let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
     for (i, client) in held.iter_mut().enumerate() {
         client.set_read_timeout(Some(WAIT)).unwrap();
-        assert_eq!(echo(client, b'a' + i as u8).unwrap(), b'a' + i as u8);
+        assert_eq!(echo(client, &[b'a' + i as u8]).unwrap(), [b'a' + i as u8]);
     }
     // The third is in the listen queue, not accepted: its byte gets no answer...
     let mut third = TcpStream::connect(addr).unwrap();
     third
         .set_read_timeout(Some(Duration::from_millis(600)))
         .unwrap();
-    let waited = echo(&mut third, b'c').unwrap_err();
+    let waited = echo(&mut third, b"c").unwrap_err();
     assert!(
         matches!(waited.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
         "{waited}"
@@ -434,21 +443,7 @@ fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
 #[test]
 fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_port() {
     use std::process::{Command, Stdio};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server_addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let server_addr = echo_server();
     // A free port for the relay, which each run binds again.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -478,12 +473,6 @@ fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_po
                 Err(e) => panic!("the relay does not listen on {listen}: {e}"),
             }
         }
-    };
-    let echo = |c: &mut TcpStream, data: &[u8]| -> std::io::Result<Vec<u8>> {
-        c.write_all(data)?;
-        let mut back = vec![0u8; data.len()];
-        c.read_exact(&mut back)?;
-        Ok(back)
     };
     let mut relay = start();
     let mut client = connect();
