@@ -16,8 +16,23 @@
 //!   after the gap is lost and the connection times out, as designed (counted, not a failure).
 //!
 //! It samples the gateway's and the relay's memory (RSS) and open descriptors once every
-//! connection is up and again at the end, prints a table, and exits 1 if a promised message
-//! was lost or a connection of the first three kinds failed.
+//! connection is up and again at the end, and prints a table.
+//!
+//! Then come the faults, mid-traffic, with the soak's connections still open:
+//! 1. `kill -9` of the relay while each of its clients has a message out: every client is
+//!    told (end of stream or reset) within 10 s, none is left hanging, and a relay started again
+//!    on the same port carries new connections;
+//! 2. `kill -9` of `lab up` while the gateway's connections have messages out: its TUN devices
+//!    vanish with it, the next `lab up` of the same name removes the namespaces it left and
+//!    stops the programs in them (the old echo server), its gateway starts with no flows, and
+//!    new connections through it are echoed.
+//!
+//! (The kill -9 of a standalone `idlegate gateway` under a resumable tunnel, which must lose no
+//! byte, is the test `a_tunnel_through_the_gateway_resumes_after_the_gateway_is_killed_and_restarted`.)
+//!
+//! It exits 1 if a promised message was lost, a connection of the first three kinds failed, or
+//! a fault did not end as described; after the last `lab up` stops, no namespace of the soak's
+//! lab may be left.
 
 use idlegate::keepalive::Keepalive;
 use idlegate::netns;
@@ -33,6 +48,10 @@ type Error = Box<dyn std::error::Error>;
 
 const MESSAGE: usize = 64;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a fault may take to show (a client told, a process gone, a lab up).
+const FAULT_WAIT: Duration = Duration::from_secs(10);
+/// New connections made after each fault, each of which must be echoed.
+const AFTER_FAULT: usize = 100;
 const LISTENER: Token = Token(usize::MAX);
 const CONFIG: &str = r#"profile = "azure-lb"
 time_scale = 80
@@ -140,127 +159,339 @@ fn main() -> Result<(), Error> {
     // their own.
     raise_fd_limit(connections as u64 + 1024)?;
 
-    let name = format!("soak{}", std::process::id() % 100_000);
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("soak.toml");
     std::fs::write(&config, CONFIG)?;
-    let mut lab = Command::new(&idlegate)
-        .args(["lab", "up", "--name", &name, "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("lab.log"))?)
-        .spawn()?;
-    let stdout = lab.stdout.take().ok_or("lab up's stdout")?;
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l == "ready");
-    let result = if ready {
-        soak(
-            &idlegate,
-            &name,
-            connections,
-            Duration::from_secs(seconds),
-            &lab,
-        )
-    } else {
-        Err("lab up did not print ready".into())
+    let mut soak = Soak {
+        idlegate,
+        lab: format!("soak{}", std::process::id() % 100_000),
+        config,
+        logs: dir.path().to_path_buf(),
+        connections,
+        processes: Vec::new(),
     };
-    stop(&mut lab);
+    let result = soak.run(Duration::from_secs(seconds));
+    // Every process the soak started, the last lab up last: it removes its namespaces.
+    for mut child in soak.processes.drain(..).rev() {
+        stop(&mut child);
+    }
+    let result = result.and_then(|()| {
+        let left = namespaces_of(&soak.lab)?;
+        if left.is_empty() {
+            println!(
+                "after the last lab up stopped: no namespace of lab {} left",
+                soak.lab
+            );
+            Ok(())
+        } else {
+            Err(format!("namespaces left after lab up stopped: {}", left.join(" ")).into())
+        }
+    });
     if result.is_err() {
-        eprintln!(
-            "{}",
-            std::fs::read_to_string(dir.path().join("lab.log")).unwrap_or_default()
-        );
+        for log in ["lab.log", "lab-again.log"] {
+            if let Ok(text) = std::fs::read_to_string(dir.path().join(log)) {
+                eprintln!("{log}:\n{text}");
+            }
+        }
     }
     result
 }
 
-fn soak(
-    idlegate: &str,
-    lab: &str,
+/// The soak's settings and the processes it started (stopped in reverse order at the end).
+struct Soak {
+    idlegate: String,
+    lab: String,
+    config: std::path::PathBuf,
+    logs: std::path::PathBuf,
     connections: usize,
-    length: Duration,
-    lab_process: &Child,
-) -> Result<(), Error> {
-    let vm1 = format!("ig-{lab}-vm1");
-    let internet = format!("ig-{lab}-internet");
-    let frontend: SocketAddr = "203.0.113.10:7000".parse()?;
-    let relay_at: SocketAddr = "127.0.0.1:9000".parse()?;
-    let server: SocketAddr = "192.0.2.11:7000".parse()?;
+    processes: Vec<Child>,
+}
 
-    let me = std::env::current_exe()?;
-    let mut echo = Command::new("ip")
-        .args(["netns", "exec", &vm1])
-        .arg(&me)
-        .args(["echo", &server.to_string(), &connections.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let listening = echo
-        .stdout
-        .take()
-        .map(|out| {
+const FRONTEND: &str = "203.0.113.10:7000";
+const RELAY_AT: &str = "127.0.0.1:9000";
+const SERVER: &str = "192.0.2.11:7000";
+
+impl Soak {
+    fn run(&mut self, length: Duration) -> Result<(), Error> {
+        let lab = self.start_lab("lab.log")?;
+        let echo = self.start_echo()?;
+        let relay = self.start_relay()?;
+        let (lab_pid, relay_pid) = (self.processes[lab].id(), self.processes[relay].id());
+        let mut live = soak(
+            &self.namespace("internet"),
+            self.connections,
+            length,
+            lab_pid,
+            relay_pid,
+        )?;
+        self.kill_relay(&mut live, relay)?;
+        self.kill_lab(&mut live, lab, echo)
+    }
+
+    fn namespace(&self, host: &str) -> String {
+        format!("ig-{}-{host}", self.lab)
+    }
+
+    /// Starts `lab up` and waits for its "ready"; returns its index in `processes`.
+    fn start_lab(&mut self, log: &str) -> Result<usize, Error> {
+        let mut lab = Command::new(&self.idlegate)
+            .args(["lab", "up", "--name", &self.lab, "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.logs.join(log))?)
+            .spawn()?;
+        let stdout = lab.stdout.take().ok_or("lab up's stdout")?;
+        self.processes.push(lab);
+        let ready = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l == "ready");
+        if !ready {
+            return Err("lab up did not print ready".into());
+        }
+        Ok(self.processes.len() - 1)
+    }
+
+    /// Starts the echo server in vm1 and waits for it to listen.
+    fn start_echo(&mut self) -> Result<usize, Error> {
+        let mut echo = Command::new("ip")
+            .args(["netns", "exec", &self.namespace("vm1")])
+            .arg(std::env::current_exe()?)
+            .args(["echo", SERVER, &self.connections.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let out = echo.stdout.take();
+        self.processes.push(echo);
+        let listening = out.is_some_and(|out| {
             BufReader::new(out)
                 .lines()
                 .map_while(Result::ok)
                 .any(|l| l == "listening")
-        })
-        .unwrap_or(false);
-    if !listening {
-        stop(&mut echo);
-        return Err("the echo server did not start".into());
+        });
+        if !listening {
+            return Err("the echo server did not start".into());
+        }
+        Ok(self.processes.len() - 1)
     }
 
-    let mut relay = Command::new("ip")
-        .args(["netns", "exec", &internet, idlegate, "relay"])
-        .args([
-            "--listen",
-            "127.0.0.1:9000",
-            "--connect",
-            "203.0.113.10:7000",
-        ])
-        .args(["--keepalive", "1s,1s,3", "--max-connections"])
-        .arg((connections + 100).to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let outcome = run(
-        &internet,
-        connections,
-        length,
-        frontend,
-        relay_at,
-        lab_process.id(),
-        relay.id(),
-    );
-    stop(&mut relay);
-    stop(&mut echo);
-    outcome
+    /// Starts `idlegate relay` in the internet host and waits for it to listen.
+    fn start_relay(&mut self) -> Result<usize, Error> {
+        let internet = self.namespace("internet");
+        let relay = Command::new("ip")
+            .args(["netns", "exec", &internet, &self.idlegate, "relay"])
+            .args(["--listen", RELAY_AT, "--connect", FRONTEND])
+            .args(["--keepalive", "1s,1s,3", "--max-connections"])
+            .arg((self.connections + 2 * AFTER_FAULT).to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.processes.push(relay);
+        let relay_at: SocketAddr = RELAY_AT.parse()?;
+        let deadline = Instant::now() + FAULT_WAIT;
+        while netns::spawn_in(&internet, move || std::net::TcpStream::connect(relay_at))?
+            .join()
+            .map_err(|_| "probe thread")?
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                return Err("the relay did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(self.processes.len() - 1)
+    }
+
+    /// Fault 1: `kill -9` of the relay while each of its clients has a message out.
+    fn kill_relay(&mut self, live: &mut Live, relay: usize) -> Result<(), Error> {
+        let out = live.send(|kind| kind == Kind::Relay);
+        kill(&mut self.processes[relay])?;
+        let (told, hanging) = live.wait_told(|kind| kind == Kind::Relay, FAULT_WAIT)?;
+        self.start_relay()?;
+        let echoed = echoes(&self.namespace("internet"), RELAY_AT.parse()?, AFTER_FAULT)?;
+        println!(
+            "kill -9 relay: {out} clients with a message out, {told} told within {} s, {hanging} left hanging; relay restarted on the same port: {echoed} of {AFTER_FAULT} new connections echoed",
+            FAULT_WAIT.as_secs()
+        );
+        if hanging > 0 || echoed < AFTER_FAULT {
+            return Err("the relay's kill -9 did not end as it must".into());
+        }
+        Ok(())
+    }
+
+    /// Fault 2: `kill -9` of `lab up` while the gateway's connections have messages out.
+    fn kill_lab(&mut self, live: &mut Live, lab: usize, echo: usize) -> Result<(), Error> {
+        let held = lab_devices(&self.lab)?;
+        let out = live.send(|kind| kind != Kind::Relay);
+        kill(&mut self.processes[lab])?;
+        let left = namespaces_of(&self.lab)?;
+        let devices = lab_devices(&self.lab)?;
+        println!(
+            "kill -9 lab up ({held} TUN devices): {out} connections with a message out; {} namespaces left with {devices} TUN devices in them",
+            left.len()
+        );
+        if held == 0 || devices > 0 {
+            return Err("TUN devices outlived the killed lab up (or there were none)".into());
+        }
+        live.clients.clear();
+        self.start_lab("lab-again.log")?;
+        let log = std::fs::read_to_string(self.logs.join("lab-again.log"))?;
+        let removed = log.matches("left by an earlier run").count();
+        let echo_gone = exits_within(&mut self.processes[echo], FAULT_WAIT);
+        let flows = Command::new(&self.idlegate)
+            .args(["flows", "--lab", &self.lab, "--json"])
+            .output()?;
+        let no_flows =
+            flows.status.success() && String::from_utf8_lossy(&flows.stdout).trim() == "[]";
+        self.start_echo()?;
+        let echoed = echoes(&self.namespace("internet"), FRONTEND.parse()?, AFTER_FAULT)?;
+        println!(
+            "lab up again: removed {removed} namespaces left by the killed one, the old echo server {}, the gateway {}, {echoed} of {AFTER_FAULT} new connections echoed",
+            if echo_gone { "stopped" } else { "STILL RUNNING" },
+            if no_flows { "started with no flows" } else { "DID NOT START EMPTY" },
+        );
+        if removed != left.len() || !echo_gone || !no_flows || echoed < AFTER_FAULT {
+            return Err("the restart after lab up's kill -9 did not end as it must".into());
+        }
+        Ok(())
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
+/// The soak's client connections, still open after the timed run.
+struct Live {
+    poll: Poll,
+    clients: Vec<Client>,
+}
+
+impl Live {
+    /// Sends one message on every open connection of the kinds `which` picks that is not
+    /// waiting for an echo; returns how many went out.
+    fn send(&mut self, which: impl Fn(Kind) -> bool) -> usize {
+        let mut out = 0;
+        for c in self.clients.iter_mut().filter(|c| which(c.kind) && !c.done) {
+            if c.waiting || c.stream.write(&[0x5a; MESSAGE]).is_ok_and(|n| n == MESSAGE) {
+                c.waiting = true;
+                out += 1;
+            }
+        }
+        out
+    }
+
+    /// Reads until every open connection of the kinds `which` picks has ended (been told),
+    /// or `within` has passed; returns how many were told and how many were not.
+    fn wait_told(
+        &mut self,
+        which: impl Fn(Kind) -> bool,
+        within: Duration,
+    ) -> Result<(usize, usize), Error> {
+        let picked: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| which(self.clients[i].kind) && !self.clients[i].done)
+            .collect();
+        let deadline = Instant::now() + within;
+        let mut events = Events::with_capacity(1024);
+        let mut buf = [0u8; 4096];
+        let mut scratch = Tally::default();
+        while picked.iter().any(|&i| !self.clients[i].done) && Instant::now() < deadline {
+            self.poll
+                .poll(&mut events, Some(Duration::from_millis(100)))?;
+            for event in events.iter() {
+                let c = &mut self.clients[event.token().0 / 2];
+                receive(c, &mut buf, &mut scratch);
+            }
+        }
+        let told = picked.iter().filter(|&&i| self.clients[i].done).count();
+        Ok((told, picked.len() - told))
+    }
+}
+
+/// Makes `count` new connections to `to` from namespace `ns`, sends a message on each and
+/// returns how many were echoed whole within [`FAULT_WAIT`].
+fn echoes(ns: &str, to: SocketAddr, count: usize) -> Result<usize, Error> {
+    let echoed = netns::spawn_in(ns, move || {
+        (0..count)
+            .filter(|_| {
+                let once = || -> std::io::Result<()> {
+                    let mut s = std::net::TcpStream::connect_timeout(&to, FAULT_WAIT)?;
+                    s.set_read_timeout(Some(FAULT_WAIT))?;
+                    s.write_all(&[0x5a; MESSAGE])?;
+                    let mut back = [0u8; MESSAGE];
+                    s.read_exact(&mut back)?;
+                    if back == [0x5a; MESSAGE] {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::other("a different echo"))
+                    }
+                };
+                once().is_ok()
+            })
+            .count()
+    })?
+    .join()
+    .map_err(|_| "echo thread")?;
+    Ok(echoed)
+}
+
+/// The namespaces of lab `lab` that exist now.
+fn namespaces_of(lab: &str) -> Result<Vec<String>, Error> {
+    let prefix = format!("ig-{lab}-");
+    Ok(netns::list()?
+        .into_iter()
+        .filter(|ns| ns.starts_with(&prefix))
+        .collect())
+}
+
+/// How many TUN devices the namespaces of lab `lab` hold.
+fn lab_devices(lab: &str) -> Result<usize, Error> {
+    namespaces_of(lab)?.iter().map(|ns| devices_in(ns)).sum()
+}
+
+/// How many TUN devices namespace `ns` holds.
+fn devices_in(ns: &str) -> Result<usize, Error> {
+    let listed = Command::new("ip")
+        .args(["-n", ns, "-d", "-o", "link", "show"])
+        .output()?;
+    if !listed.status.success() {
+        return Err(format!(
+            "ip -n {ns} link show: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.contains(" tun "))
+        .count())
+}
+
+/// SIGKILL, no chance to clean up; waits for the process to be gone.
+fn kill(child: &mut Child) -> Result<(), Error> {
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// Whether `child` exits (by anyone's hand) within `within`.
+fn exits_within(child: &mut Child, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return false,
+        }
+    }
+}
+
+/// The timed run: connects every client from the internet host, exchanges messages for
+/// `length`, prints the table and returns the connections, still open.
+fn soak(
     internet: &str,
     connections: usize,
     length: Duration,
-    frontend: SocketAddr,
-    relay_at: SocketAddr,
     lab_pid: u32,
     relay_pid: u32,
-) -> Result<(), Error> {
-    // The relay listens once its namespace has it up.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while netns::spawn_in(internet, move || std::net::TcpStream::connect(relay_at))?
-        .join()
-        .map_err(|_| "probe thread")?
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err("the relay did not listen within 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-
+) -> Result<Live, Error> {
+    let frontend: SocketAddr = FRONTEND.parse()?;
+    let relay_at: SocketAddr = RELAY_AT.parse()?;
     let mut poll = Poll::new()?;
     let keepalive = Keepalive::parse("1s,1s,3")?;
     let mut clients: Vec<Client> = Vec::with_capacity(connections);
@@ -442,7 +673,7 @@ fn run(
     if broken > 0 {
         return Err(format!("{broken} promised messages or connections lost").into());
     }
-    Ok(())
+    Ok(Live { poll, clients })
 }
 
 /// The echo server: every byte read on every connection is written back, until killed.
@@ -542,6 +773,9 @@ fn sample(pid: u32) -> (u64, usize) {
 }
 
 fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     // SAFETY: plain syscall on our own child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
