@@ -307,22 +307,27 @@ impl<'r> Worker<'r> {
     fn accept_all(&mut self) {
         self.accept_again = false;
         loop {
-            let open = self.relay.stats.open.load(Ordering::Relaxed) as usize;
-            if open >= self.relay.max_connections {
+            if !self.reserve() {
                 // Clients wait in the listen queue; look again at the next wake-up (at
                 // most STOP_CHECK away), since the listener will not say so again.
                 if !self.at_limit {
                     tracing::warn!(
-                        "relay: {open} connections open, the most it holds; new ones wait"
+                        "relay: {} connections open, the most it holds; new ones wait",
+                        self.relay.max_connections
                     );
                 }
                 self.at_limit = true;
                 self.accept_again = true;
                 return;
             }
-            match self.listener.accept() {
+            let accepted = self.listener.accept();
+            if accepted.is_err() {
+                self.release();
+            }
+            match accepted {
                 Ok((client, peer)) => {
                     if let Err(e) = self.open(client) {
+                        self.release();
                         tracing::info!("relay: {peer}: {e:#}");
                     }
                 }
@@ -346,7 +351,26 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Starts the connection to the server for a newly accepted client.
+    /// Takes a place for one more connection, unless the relay holds its most. Workers share
+    /// the count, so the limit is exact however many accept at once.
+    fn reserve(&self) -> bool {
+        let max = self.relay.max_connections as u64;
+        self.relay
+            .stats
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a place [`Worker::reserve`] took for a connection that did not open.
+    fn release(&self) {
+        self.relay.stats.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Starts the connection to the server for a newly accepted client, in a place
+    /// [`Worker::reserve`] took.
     fn open(&mut self, mut client: mio::net::TcpStream) -> Result<()> {
         let keepalive = self.relay.keepalive;
         keepalive.apply_relayed(&client)?;
@@ -371,7 +395,6 @@ impl<'r> Worker<'r> {
             up: Direction::default(),
             down: Direction::default(),
         });
-        self.relay.stats.open.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -441,6 +441,36 @@ fn a_relay_at_its_connection_limit_leaves_new_clients_waiting_until_one_ends() {
 }
 
 #[test]
+fn a_relay_holds_exactly_its_connection_limit_when_many_clients_arrive_at_once() {
+    let server_addr = echo_server();
+    let mut relay = Relay::bind("127.0.0.1:0".parse().unwrap(), server_addr, keepalive()).unwrap();
+    relay.set_max_connections(3);
+    let addr = relay.local_addr().unwrap();
+    let stats = relay.stats();
+    let stop = relay.stop_flag();
+    std::thread::spawn(move || relay.run());
+
+    // Twelve clients at once, each sending one byte; every worker accepts as fast as it can.
+    let clients: Vec<_> = (0..12u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut client = TcpStream::connect(addr).unwrap();
+                client
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .unwrap();
+                let answered = echo(&mut client, &[i]).is_ok();
+                (answered, client)
+            })
+        })
+        .collect();
+    let results: Vec<(bool, TcpStream)> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let answered = results.iter().filter(|(answered, _)| *answered).count();
+    assert_eq!(answered, 3, "clients relayed");
+    assert_eq!(stats.open.load(Ordering::Relaxed), 3);
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
 fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_port() {
     use std::process::{Command, Stdio};
     let server_addr = echo_server();
