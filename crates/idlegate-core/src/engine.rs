@@ -212,8 +212,8 @@ pub enum Event {
         frontend: IpAddr,
         member: IpAddr,
     },
-    /// The gateway holds `max_flows` flows: new ones are refused until some end. Said once
-    /// until a flow is created again.
+    /// The gateway holds `max_flows` flows (all shards together): new ones are refused until
+    /// some end. Said once, and again only after the table has drained below nine tenths.
     TableFull {
         max_flows: usize,
     },

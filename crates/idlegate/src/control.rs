@@ -104,8 +104,15 @@ impl Control {
             );
         }
         let _ = std::fs::remove_file(path);
-        let listener = mio::net::UnixListener::bind(path)
-            .with_context(|| format!("listening on {}", path.display()))?;
+        // The socket is made 0600 as it is bound, so that no other user can connect in the
+        // moment before a chmod. The umask is the process's: the gateway binds before it
+        // starts any thread that makes files.
+        // SAFETY: umask only sets the process's file mode mask; the old one is put back.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = mio::net::UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("listening on {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("making {} private", path.display()))?;
         Ok(Control {

@@ -977,8 +977,7 @@ impl Worker {
             }
             Event::TableFull { max_flows } => tracing::warn!(
                 worker = self.index,
-                "flow table full ({max_flows} flows{}): new flows are refused until some end; established ones are unaffected",
-                if self.peers.len() > 1 { " in this worker's shard of max_flows" } else { "" }
+                "flow table full ({max_flows} flows, max_flows, all workers together): new flows are refused until some end; established ones are unaffected"
             ),
         }
     }

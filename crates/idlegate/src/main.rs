@@ -671,11 +671,11 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         idlegate::privilege::give(&args.control, user)?;
     }
     idlegate::privilege::drop_all(user)?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
     tracing::info!(
-        "privileges dropped: running as uid {} with no capabilities{}",
-        // SAFETY: getuid has no preconditions.
-        unsafe { libc::getuid() },
-        if user.is_none() {
+        "privileges dropped: running as uid {uid} with no capabilities{}",
+        if uid == 0 {
             " (still uid 0, which owns root's files: give --user for less)"
         } else {
             ""
@@ -1179,6 +1179,22 @@ fn relay(args: &RelayArgs) -> Result<()> {
             "give --listen and --connect (keepalive relay), --listen and --tunnel (tunnel entry), \
              --tunnel-listen and --connect (tunnel exit), or --config"
         ),
+    }
+    // Two descriptors a connection (client and server, or application and leg), per listener.
+    let most = if args.tunnel.is_some() || args.tunnel_listen.is_some() {
+        args.max_sessions
+    } else {
+        args.max_connections
+    };
+    let want = (runs.len() as u64)
+        .saturating_mul(2 * most as u64)
+        .saturating_add(64);
+    let have = idlegate::relay::raise_descriptor_limit(want)?;
+    if have < want {
+        tracing::warn!(
+            "descriptors: the hard limit is {have}, so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
+            have.saturating_sub(64) / 2 / runs.len().max(1) as u64
+        );
     }
     if let Some(addr) = args.metrics {
         let listener = std::net::TcpListener::bind(addr)

@@ -3,16 +3,17 @@
 //!
 //! Contract: call [`drop_all`] while the process has one thread (capabilities and
 //! `no_new_privs` are per thread; threads started later inherit them). It sets `no_new_privs`,
-//! then either becomes `user` (supplementary groups
-//! cleared, then the user's group, then the user; the kernel clears every capability when a
-//! root process takes a non-zero uid) or, without a user, stays root with every capability set
-//! emptied (effective, permitted, inheritable, ambient and the bounding set). It then reads its
-//! capabilities back and fails unless the effective and permitted sets are empty, so a partial
-//! drop never runs silently. The open TUN fds, sockets and files keep working: access is
-//! checked when they are opened, not when they are used.
+//! becomes `user` if given and not already (supplementary groups cleared, then the user's
+//! group, then the user: CAP_SETGID and CAP_SETUID, which root has), then empties every
+//! capability set it may: effective, permitted, inheritable, ambient, and the bounding set when
+//! it holds CAP_SETPCAP (root does; a process started with only CAP_NET_ADMIN does not, and
+//! no_new_privs already keeps an exec from gaining anything). It then reads its capabilities
+//! back and fails unless the effective and permitted sets (and the bounding set, if it was
+//! dropped) are empty, so a partial drop never runs silently. The open TUN fds, sockets and
+//! files keep working: access is checked when they are opened, not when they are used.
 
 use anyhow::{bail, Context, Result};
-use caps::CapSet;
+use caps::{CapSet, Capability};
 use std::ffi::CString;
 use std::path::Path;
 
@@ -24,7 +25,8 @@ pub struct User {
 }
 
 impl User {
-    /// Looks up `name` in the user database.
+    /// Looks up `name` in the user database. A user with uid 0 is refused: running as it
+    /// would give nothing up.
     pub fn lookup(name: &str) -> Result<User> {
         let c = CString::new(name).context("a user name has no NUL byte")?;
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -40,13 +42,20 @@ impl User {
                 &mut found,
             )
         };
-        if rc == 0 && !found.is_null() {
-            return Ok(User {
-                uid: pwd.pw_uid,
-                gid: pwd.pw_gid,
-            });
+        if rc != 0 {
+            let cause = std::io::Error::from_raw_os_error(rc);
+            bail!("--user {name}: looking the user up failed: {cause}");
         }
-        bail!("--user {name}: no such user")
+        if found.is_null() {
+            bail!("--user {name}: no such user");
+        }
+        if pwd.pw_uid == 0 {
+            bail!("--user {name}: has uid 0, which gives nothing up (leave --user out to stay root with no capabilities)");
+        }
+        Ok(User {
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+        })
     }
 }
 
@@ -63,32 +72,40 @@ pub fn drop_all(user: Option<User>) -> Result<()> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error()).context("setting no_new_privs");
     }
-    match user {
-        Some(user) => become_user(user)?,
-        None => {
-            // Only what this kernel knows (a capability newer than it cannot be dropped, nor
-            // held). Dropping from the bounding set needs CAP_SETPCAP, still held here.
-            for cap in caps::runtime::thread_all_supported() {
-                caps::drop(None, CapSet::Bounding, cap)
-                    .with_context(|| format!("dropping {cap} from the bounding set"))?;
-            }
-            caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
-            caps::clear(None, CapSet::Inheritable)
-                .context("clearing the inheritable capabilities")?;
-            caps::clear(None, CapSet::Effective).context("clearing the effective capabilities")?;
-            caps::clear(None, CapSet::Permitted).context("clearing the permitted capabilities")?;
+    if let Some(user) = user {
+        become_user(user)?;
+    }
+    // Dropping from the bounding set needs CAP_SETPCAP. Without it the bounding set stays as
+    // it was: it grants nothing without a permitted set, and no_new_privs keeps an exec from
+    // filling one.
+    let bounding = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .context("reading the capabilities")?;
+    if bounding {
+        // Only what this kernel knows (a capability newer than it cannot be dropped, nor held).
+        for cap in caps::runtime::thread_all_supported() {
+            caps::drop(None, CapSet::Bounding, cap)
+                .with_context(|| format!("dropping {cap} from the bounding set"))?;
         }
     }
-    let sets: &[CapSet] = match user {
-        // A uid other than 0 leaves the bounding set as it was: it grants nothing without
-        // a permitted set, and no_new_privs keeps exec from filling one.
-        Some(_) => &[CapSet::Effective, CapSet::Permitted],
-        None => &[CapSet::Effective, CapSet::Permitted, CapSet::Bounding],
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing the inheritable capabilities")?;
+    caps::clear(None, CapSet::Effective).context("clearing the effective capabilities")?;
+    caps::clear(None, CapSet::Permitted).context("clearing the permitted capabilities")?;
+    let sets: &[CapSet] = if bounding {
+        &[CapSet::Effective, CapSet::Permitted, CapSet::Bounding]
+    } else {
+        &[CapSet::Effective, CapSet::Permitted]
     };
     for &set in sets {
         let left = caps::read(None, set).context("reading the capabilities back")?;
         if !left.is_empty() {
             bail!("capabilities left in the {set:?} set after dropping them: {left:?}");
+        }
+    }
+    // SAFETY: plain syscall; it must fail.
+    if let Some(user) = user {
+        if unsafe { libc::setuid(0) } == 0 {
+            bail!("could become root again after dropping to uid {}", user.uid);
         }
     }
     Ok(())
@@ -97,8 +114,20 @@ pub fn drop_all(user: Option<User>) -> Result<()> {
 fn become_user(user: User) -> Result<()> {
     // SAFETY: plain syscalls on this process's credentials; each result is checked.
     unsafe {
+        let (mut r, mut e, mut s) = (0, 0, 0);
+        let (mut gr, mut ge, mut gs) = (0, 0, 0);
+        if libc::getresuid(&mut r, &mut e, &mut s) == 0
+            && libc::getresgid(&mut gr, &mut ge, &mut gs) == 0
+            && [r, e, s] == [user.uid; 3]
+            && [gr, ge, gs] == [user.gid; 3]
+        {
+            // Started as the user already (say, by systemd with User= and only
+            // CAP_NET_ADMIN): nothing to change, and no CAP_SETUID to change it with.
+            return Ok(());
+        }
         if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(std::io::Error::last_os_error()).context("clearing the groups");
+            return Err(std::io::Error::last_os_error())
+                .context("clearing the groups (becoming another user needs CAP_SETGID and CAP_SETUID, as root has)");
         }
         if libc::setgid(user.gid) != 0 {
             return Err(std::io::Error::last_os_error())
@@ -108,9 +137,6 @@ fn become_user(user: User) -> Result<()> {
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("becoming user {}", user.uid));
         }
-    }
-    if user.uid != 0 && unsafe { libc::setuid(0) } == 0 {
-        bail!("could become root again after dropping to uid {}", user.uid);
     }
     Ok(())
 }

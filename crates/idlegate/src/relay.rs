@@ -118,6 +118,30 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Raises this process's soft limit on open descriptors to `want`, or as far as the hard
+/// limit allows (the soft limit is often 1,024: about 500 relayed connections); returns the
+/// soft limit now.
+pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error()).context("reading the descriptor limit");
+        }
+        if limit.rlim_cur >= want {
+            return Ok(limit.rlim_cur);
+        }
+        limit.rlim_cur = want.min(limit.rlim_max);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(io::Error::last_os_error()).context("raising the descriptor limit");
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Connections a relay holds at once unless told ([`Relay::set_max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 

@@ -132,7 +132,12 @@ struct Finished {
 
 /// Runs `idlegate ARGS…` to completion; fails the test if it runs longer than `timeout`.
 fn idlegate(args: &[&str], timeout: Duration) -> Finished {
-    let mut child = Command::new(IDLEGATE)
+    run_bounded(IDLEGATE, args, timeout)
+}
+
+/// Runs `program ARGS…` to completion; fails the test if it runs longer than `timeout`.
+fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Finished {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -145,7 +150,7 @@ fn idlegate(args: &[&str], timeout: Duration) -> Finished {
         signal(child.id() as i32, libc::SIGKILL);
         let _ = child.wait();
         panic!(
-            "`idlegate {}` still running after {timeout:?}; stderr:\n{}",
+            "`{program} {}` still running after {timeout:?}; stderr:\n{}",
             args.join(" "),
             stderr.lock().unwrap()
         );
@@ -1322,33 +1327,40 @@ fn workers_out_of_range_are_refused_before_anything_starts() {
 }
 
 #[test]
-fn an_unknown_user_is_refused_before_the_gateway_makes_any_device() {
+fn an_unknown_user_or_root_is_refused_before_the_gateway_makes_any_device() {
     common::require_root();
-    let device = format!("igu{}", std::process::id() % 100_000);
     let config = example_config();
-    let refused = idlegate(
-        &[
-            "gateway",
-            "--config",
-            config.to_str().expect("a UTF-8 path"),
-            "--inside",
-            &device,
-            "--user",
+    for (user, why) in [
+        (
             "no-such-user-here",
-        ],
-        COMMAND_TIMEOUT,
-    );
-    assert!(!refused.status.success());
-    assert!(
-        refused
-            .stderr
-            .contains("--user no-such-user-here: no such user"),
-        "{}",
-        refused.stderr
-    );
-    let links = Command::new("ip")
-        .args(["link", "show", &device])
-        .output()
-        .unwrap();
-    assert!(!links.status.success(), "no device {device} was made");
+            "--user no-such-user-here: no such user",
+        ),
+        ("root", "--user root: has uid 0, which gives nothing up"),
+    ] {
+        // In a namespace of its own: had it made its devices, they would be there alone.
+        let ns = idlegate::netns::Namespace::create(&common::unique("igu")).unwrap();
+        let refused = run_bounded(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns.name(),
+                IDLEGATE,
+                "gateway",
+                "--config",
+                config.to_str().expect("a UTF-8 path"),
+                "--user",
+                user,
+            ],
+            COMMAND_TIMEOUT,
+        );
+        assert!(!refused.status.success());
+        assert!(refused.stderr.contains(why), "{}", refused.stderr);
+        let links = Command::new("ip")
+            .args(["-n", ns.name(), "-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    }
 }

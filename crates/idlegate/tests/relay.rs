@@ -471,6 +471,62 @@ fn a_relay_holds_exactly_its_connection_limit_when_many_clients_arrive_at_once()
 }
 
 #[test]
+fn a_relay_raises_its_descriptor_limit_to_fit_its_connection_limit() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let server_addr = echo_server();
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_idlegate"));
+    relay
+        .args(["relay", "--listen", &listen.to_string(), "--connect"])
+        .arg(server_addr.to_string())
+        .args(["--keepalive", "1s,1s,3", "--max-connections", "2000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Started with the common soft limit of 1,024 (about 500 relayed connections).
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        relay.pre_exec(|| {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = 1024;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut relay = relay.spawn().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while TcpStream::connect(listen).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay does not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", relay.id())).unwrap();
+    relay.kill().unwrap();
+    relay.wait().unwrap();
+    let soft: u64 = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"));
+    // Two descriptors a connection, and room for the listener, the poll and the log.
+    assert!(soft >= 2 * 2000 + 64, "soft limit {soft}");
+}
+
+#[test]
 fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_port() {
     use std::process::{Command, Stdio};
     let server_addr = echo_server();

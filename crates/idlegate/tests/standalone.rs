@@ -112,6 +112,8 @@ struct Router {
     _config: NamedTempFile,
     /// The arguments `idlegate gateway` was started with, for a restart.
     extra: Vec<String>,
+    /// What starts `idlegate gateway` inside `gw` (empty: nothing, it runs as root).
+    launcher: Vec<String>,
     gw: Namespace,
     vm1: Namespace,
     internet: Namespace,
@@ -125,6 +127,17 @@ impl Router {
 
     /// [`Router::start`] with `extra` arguments for `idlegate gateway`.
     fn start_with(extra: &[&str]) -> Result<Router> {
+        Router::start_as(None, extra)
+    }
+
+    /// [`Router::start`] with the gateway started by user and group `id` holding only the
+    /// ambient capabilities `caps` (`setpriv`'s syntax), as systemd's `User=` with
+    /// `AmbientCapabilities=` starts a service.
+    fn start_unprivileged(id: u32, caps: &str) -> Result<Router> {
+        Router::start_as(Some((id, caps)), &[])
+    }
+
+    fn start_as(unprivileged: Option<(u32, &str)>, extra: &[&str]) -> Result<Router> {
         require_root();
         let gw = Namespace::create(&unique("gw"))?;
         let vm1 = Namespace::create(&unique("vm1"))?;
@@ -167,13 +180,34 @@ impl Router {
         // Each test's gateway has its own control socket: they run side by side.
         let control = tempfile::tempdir().context("creating the control socket's directory")?;
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let gateway = spawn_gateway(&gw, config.path(), control.path(), &extra, &log)?;
+        let mut launcher = Vec::new();
+        if let Some((id, caps)) = unprivileged {
+            // The user reads the config and makes its socket; nothing else is theirs.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(config.path(), std::fs::Permissions::from_mode(0o644))?;
+            std::os::unix::fs::chown(control.path(), Some(id), Some(id))?;
+            launcher = [
+                "setpriv",
+                &format!("--reuid={id}"),
+                &format!("--regid={id}"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--clear-groups".to_string(),
+                format!("--inh-caps=-all,{caps}"),
+                format!("--ambient-caps=-all,{caps}"),
+            ])
+            .collect();
+        }
+        let gateway = spawn_gateway(&gw, &launcher, config.path(), control.path(), &extra, &log)?;
         let mut router = Router {
             gateway,
             log,
             _control: control,
             _config: config,
             extra,
+            launcher,
             gw,
             vm1,
             internet,
@@ -206,6 +240,7 @@ impl Router {
     fn restart_gateway(&mut self) -> Result<()> {
         self.gateway = spawn_gateway(
             &self.gw,
+            &self.launcher,
             self._config.path(),
             self._control.path(),
             &self.extra,
@@ -277,9 +312,15 @@ impl Router {
             .collect()
     }
 
-    /// Asserts that every thread of the gateway has `value` in `field`.
+    /// Asserts that every thread of the gateway has `value` in `field`, once its workers
+    /// run (it logs the drop before it starts them: wait for them, within [`TIMEOUT`]).
     fn assert_every_thread(&self, field: &str, value: &str) {
-        let values = self.status(field);
+        let deadline = Instant::now() + TIMEOUT;
+        let mut values = self.status(field);
+        while values.len() < 2 && Instant::now() < deadline {
+            thread::sleep(POLL_INTERVAL);
+            values = self.status(field);
+        }
         assert!(values.len() > 1, "the workers are running: {values:?}");
         assert!(values.iter().all(|v| v == value), "{field}: {values:?}");
     }
@@ -293,13 +334,16 @@ impl Router {
 /// `idlegate gateway` in `gw`, logging to `log`.
 fn spawn_gateway(
     gw: &Namespace,
+    launcher: &[String],
     config: &std::path::Path,
     control: &std::path::Path,
     extra: &[String],
     log: &NamedTempFile,
 ) -> Result<Child> {
     Command::new("ip")
-        .args(["netns", "exec", gw.name(), env!("CARGO_BIN_EXE_idlegate")])
+        .args(["netns", "exec", gw.name()])
+        .args(launcher)
+        .arg(env!("CARGO_BIN_EXE_idlegate"))
         .args(["gateway", "--config"])
         .arg(config)
         .args(["--inside", TUN_INSIDE, "--outside", TUN_OUTSIDE])
@@ -475,6 +519,28 @@ fn standalone_gateway_runs_as_the_given_user_without_any_capability_and_still_fo
     assert_eq!(meta.uid(), nobody.uid);
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
+    let frontend = SocketAddrV4::new(FRONTEND, 7000);
+    let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
+        .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));
+    assert_eq!(received.bytes, b"hello");
+}
+
+#[test]
+fn standalone_gateway_started_by_a_user_with_only_the_capabilities_it_needs_drops_them() {
+    // As systemd starts a service with User= and AmbientCapabilities=: CAP_NET_ADMIN for the
+    // TUN devices, CAP_DAC_OVERRIDE where /dev/net/tun is root's alone (0600 here).
+    let nobody = idlegate::privilege::User::lookup("nobody").expect("a nobody user");
+    let mut router = Router::start_unprivileged(nobody.uid, "+net_admin,+dac_override")
+        .expect("building the router");
+    router
+        .wait_for_log("privileges dropped")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let uid = nobody.uid.to_string();
+    router.assert_every_thread("Uid", &[uid.as_str(); 4].join("\t"));
+    router.assert_every_thread("CapEff", "0000000000000000");
+    router.assert_every_thread("CapPrm", "0000000000000000");
+    router.assert_every_thread("CapAmb", "0000000000000000");
+    router.assert_every_thread("NoNewPrivs", "1");
     let frontend = SocketAddrV4::new(FRONTEND, 7000);
     let received = exchange(&router.vm1, 7000, &router.internet, frontend, b"hello")
         .unwrap_or_else(|e| panic!("{e:#}\ngateway log:\n{}", router.log()));

@@ -153,20 +153,18 @@ impl Entry {
                     settings: self.settings.clone(),
                 };
                 let stats = self.stats.clone();
-                held.fetch_add(1, Ordering::Relaxed);
-                let release = held.clone();
+                // Given back when the session's thread ends, however it ends (a panic too),
+                // or when it could not start (the closure is dropped).
+                let place = Held::take(&held);
                 std::thread::Builder::new()
                     .name(format!("tunnel {peer}"))
                     .spawn(move || {
+                        let _place = place;
                         if let Err(e) = dial.carry(app, &stats) {
                             tracing::info!("tunnel: {peer}: {e:#}");
                         }
-                        release.fetch_sub(1, Ordering::Relaxed);
                     })
                     .map(drop)
-                    .inspect_err(|_| {
-                        held.fetch_sub(1, Ordering::Relaxed);
-                    })
             },
         )
     }
@@ -351,6 +349,23 @@ fn refusal(answer: &Frame) -> String {
     match answer {
         Frame::Refuse(reason) => reason.to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+/// One place of a tunnel entry's session limit, taken from the accept; given back when
+/// dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(count: &Arc<AtomicUsize>) -> Held {
+        count.fetch_add(1, Ordering::Relaxed);
+        Held(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
