@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 
 /// How long the gateway waits for a client's request line.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the gateway spends writing one answer (a `flows` answer of a full table is
+/// hundreds of MB): a client that reads slower is dropped.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request line read; the rest is not read.
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,12 +165,28 @@ fn answer(stream: mio::net::UnixStream, shards: &mut dyn Shards) -> Result<()> {
     // mio's stream is a plain socket: serve it blocking, briefly.
     let stream: UnixStream = std::os::fd::OwnedFd::from(stream).into();
     stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let line = read_request(&stream)?;
     let response = handle_line(&line, shards);
     let mut out = serde_json::to_string(&response)?;
     out.push('\n');
-    (&stream).write_all(out.as_bytes())?;
+    write_by(&stream, out.as_bytes(), Instant::now() + ANSWER_TIMEOUT)
+}
+
+/// Writes all of `bytes` before `deadline`, or fails.
+fn write_by(stream: &UnixStream, mut bytes: &[u8], deadline: Instant) -> Result<()> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("the client did not read the answer within {ANSWER_TIMEOUT:?}");
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(bytes) {
+            Ok(0) => bail!("the client closed before the answer was written"),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }
 
@@ -225,13 +246,14 @@ fn read_request(stream: &UnixStream) -> Result<Vec<u8>> {
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     let mut line = Vec::with_capacity(256);
     let mut chunk = [0u8; 1024];
-    while !line.contains(&b'\n') && line.len() < 64 * 1024 {
+    while !line.contains(&b'\n') && line.len() < MAX_REQUEST {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("no request within {CLIENT_TIMEOUT:?}");
         }
         stream.set_read_timeout(Some(left))?;
-        let n = (&*stream).read(&mut chunk)?;
+        let room = chunk.len().min(MAX_REQUEST - line.len());
+        let n = (&*stream).read(&mut chunk[..room])?;
         if n == 0 {
             break;
         }
@@ -279,5 +301,30 @@ mod tests {
             Request::Flows
         );
         assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_request_longer_than_the_limit_is_read_to_the_limit_and_no_further() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = (&client).write_all(&vec![b'x'; MAX_REQUEST + 5000]);
+            client
+        });
+        let line = read_request(&server).unwrap();
+        assert_eq!(line.len(), MAX_REQUEST);
+        drop(server);
+        drop(writer.join().unwrap());
+    }
+
+    #[test]
+    fn an_answer_the_client_does_not_read_is_given_up_at_the_deadline() {
+        let (client, server) = UnixStream::pair().unwrap();
+        // More than the socket buffers hold, to a client that never reads.
+        let answer = vec![b'x'; 8 << 20];
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let written = write_by(&server, &answer, deadline);
+        assert!(written.is_err());
+        assert!(Instant::now() >= deadline);
+        drop(client);
     }
 }

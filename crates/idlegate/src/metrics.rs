@@ -107,6 +107,9 @@ impl Metrics {
     }
 }
 
+/// The longest request read (the rest is not read); the answer is a few KiB.
+const MAX_REQUEST: usize = 8 * 1024;
+
 fn answer(mut stream: TcpStream, snapshot: &mut dyn FnMut() -> Option<Snapshot>) -> Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
@@ -114,13 +117,14 @@ fn answer(mut stream: TcpStream, snapshot: &mut dyn FnMut() -> Option<Snapshot>)
     let deadline = Instant::now() + CLIENT_TIMEOUT;
     let mut request = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             anyhow::bail!("no request within {CLIENT_TIMEOUT:?}");
         }
         stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut chunk)?;
+        let room = chunk.len().min(MAX_REQUEST - request.len());
+        let n = stream.read(&mut chunk[..room])?;
         if n == 0 {
             break;
         }
