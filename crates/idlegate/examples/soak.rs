@@ -1,13 +1,14 @@
 //! Soak, for `scripts/soak` (root): thousands of concurrent connections through a lab's
-//! gateway, and a quarter of them through `idlegate relay`, for minutes, with idle gaps
-//! shorter and longer than the box's idle timeout.
+//! gateway and as many through `idlegate relay` (and the gateway after it), for minutes, with
+//! idle gaps shorter and longer than the box's idle timeout.
 //!
 //! `soak --idlegate PATH --connections N --seconds S`
 //!
 //! It brings up `idlegate lab up` (Azure LB, 4 min scaled to 3 s, silent expiry), a relay in the
 //! lab's internet host and an echo server in `vm1` (`soak echo ADDR CONNECTIONS`, a process of
-//! its own so that each side has its own descriptor limit), then runs four kinds of
-//! connection, a quarter each, every one sending 64-byte numbered messages that are echoed:
+//! its own so that each side has its own descriptor limit), then runs N connections through
+//! the relay and N straight to the gateway, a third each of the other three kinds, every one
+//! sending 64-byte numbered messages whose echo must come back byte for byte:
 //! - `steady`: gaps of 0.2–2 s, under the idle timeout: every message must come back;
 //! - `keepalive`: gaps of 4–8 s with TCP keepalive every second: every message must come back;
 //! - `relay`: gaps of 4–8 s through the relay, no keepalive of their own: every message must
@@ -16,7 +17,8 @@
 //!   after the gap is lost and the connection times out, as designed (counted, not a failure).
 //!
 //! It samples the gateway's and the relay's memory (RSS) and open descriptors once every
-//! connection is up and again at the end, and prints a table.
+//! connection is up and again at the end, prints a table, and fails unless both stayed flat:
+//! no more descriptors at the end, and RSS grown by at most 5% + 1 MiB.
 //!
 //! Then come the faults, mid-traffic, with the soak's connections still open:
 //! 1. `kill -9` of the relay while each of its clients has a message out: every client is
@@ -80,6 +82,23 @@ enum Kind {
 
 const KINDS: [Kind; 4] = [Kind::Steady, Kind::Keepalive, Kind::Relay, Kind::Expiring];
 
+/// Connection `i`'s kind: every other one through the relay, the rest a third each.
+fn kind_of(i: usize) -> Kind {
+    const DIRECT: [Kind; 3] = [Kind::Steady, Kind::Keepalive, Kind::Expiring];
+    if i % 2 == 1 {
+        Kind::Relay
+    } else {
+        DIRECT[(i / 2) % DIRECT.len()]
+    }
+}
+
+/// Message `seq`: its number, then filler.
+fn message(seq: u64) -> [u8; MESSAGE] {
+    let mut m = [0x5a; MESSAGE];
+    m[..8].copy_from_slice(&seq.to_be_bytes());
+    m
+}
+
 impl Kind {
     fn name(self) -> &'static str {
         match self {
@@ -104,7 +123,8 @@ struct Client {
     kind: Kind,
     stream: TcpStream,
     seq: u64,
-    /// Bytes of the echo of message `seq` received so far.
+    /// The echo of message `seq` received so far: `echo[..echoed]`.
+    echo: [u8; MESSAGE],
     echoed: usize,
     /// A message is out and not yet echoed whole.
     waiting: bool,
@@ -157,7 +177,8 @@ fn main() -> Result<(), Error> {
     let seconds: u64 = value("--seconds").unwrap_or("600".into()).parse()?;
     // The client end of every connection; the echo server and the relay are processes of
     // their own.
-    raise_fd_limit(connections as u64 + 1024)?;
+    // The client holds 2 N connections; the relay, which inherits it, 2 descriptors each of N.
+    raise_fd_limit(4 * connections as u64 + 1024)?;
 
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("soak.toml");
@@ -257,7 +278,7 @@ impl Soak {
         let mut echo = Command::new("ip")
             .args(["netns", "exec", &self.namespace("vm1")])
             .arg(std::env::current_exe()?)
-            .args(["echo", SERVER, &self.connections.to_string()])
+            .args(["echo", SERVER, &(2 * self.connections).to_string()])
             .stdout(Stdio::piped())
             .spawn()?;
         let out = echo.stdout.take();
@@ -368,8 +389,16 @@ impl Live {
     fn send(&mut self, which: impl Fn(Kind) -> bool) -> usize {
         let mut out = 0;
         for c in self.clients.iter_mut().filter(|c| which(c.kind) && !c.done) {
-            if c.waiting || c.stream.write(&[0x5a; MESSAGE]).is_ok_and(|n| n == MESSAGE) {
+            if c.waiting {
+                out += 1;
+            } else if c
+                .stream
+                .write(&message(c.seq + 1))
+                .is_ok_and(|n| n == MESSAGE)
+            {
+                c.seq += 1;
                 c.waiting = true;
+                c.echoed = 0;
                 out += 1;
             }
         }
@@ -494,9 +523,9 @@ fn soak(
     let relay_at: SocketAddr = RELAY_AT.parse()?;
     let mut poll = Poll::new()?;
     let keepalive = Keepalive::parse("1s,1s,3")?;
-    let mut clients: Vec<Client> = Vec::with_capacity(connections);
+    let mut clients: Vec<Client> = Vec::with_capacity(2 * connections);
     // Connect in batches, each from the internet host's namespace.
-    for batch in (0..connections).collect::<Vec<_>>().chunks(500) {
+    for batch in (0..2 * connections).collect::<Vec<_>>().chunks(500) {
         let batch = batch.to_vec();
         let made = netns::spawn_in(
             internet,
@@ -504,7 +533,7 @@ fn soak(
                 batch
                     .iter()
                     .map(|&i| {
-                        let kind = KINDS[i % KINDS.len()];
+                        let kind = kind_of(i);
                         let to = if kind == Kind::Relay {
                             relay_at
                         } else {
@@ -537,6 +566,7 @@ fn soak(
                 kind,
                 stream,
                 seq: 0,
+                echo: [0; MESSAGE],
                 echoed: 0,
                 waiting: false,
                 done: false,
@@ -574,9 +604,7 @@ fn soak(
                 continue;
             }
             c.seq += 1;
-            let mut message = [0x5au8; MESSAGE];
-            message[..8].copy_from_slice(&c.seq.to_be_bytes());
-            match c.stream.write(&message) {
+            match c.stream.write(&message(c.seq)) {
                 Ok(MESSAGE) => {
                     c.waiting = true;
                     c.echoed = 0;
@@ -627,7 +655,7 @@ fn soak(
         }
     }
     println!(
-        "soak: {connections} connections for {} s through the lab's gateway (idle timeout {} s), a quarter through the relay",
+        "soak: {connections} connections through the relay and {connections} straight, all through the lab's gateway, for {} s (idle timeout {} s)",
         length.as_secs(),
         IDLE_TIMEOUT.as_secs()
     );
@@ -673,6 +701,14 @@ fn soak(
     if broken > 0 {
         return Err(format!("{broken} promised messages or connections lost").into());
     }
+    for (what, start, end) in [
+        ("gateway", start_gateway, end_gateway),
+        ("relay", start_relay, end_relay),
+    ] {
+        if end.1 > start.1 || end.0 > start.0 + start.0 / 20 + 1024 {
+            return Err(format!("the {what}'s descriptors or memory grew").into());
+        }
+    }
     Ok(Live { poll, clients })
 }
 
@@ -685,7 +721,8 @@ fn echo_server(addr: SocketAddr) -> Result<(), Error> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     println!("listening");
-    let mut echoes: Vec<Echo> = Vec::new();
+    // By token; a connection that ended is closed and its place stays empty.
+    let mut echoes: Vec<Option<Echo>> = Vec::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = [0u8; 4096];
     loop {
@@ -696,44 +733,58 @@ fn echo_server(addr: SocketAddr) -> Result<(), Error> {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
                             let token = Token(echoes.len());
-                            poll.registry()
-                                .register(&mut stream, token, Interest::READABLE)?;
-                            echoes.push(Echo {
+                            poll.registry().register(
+                                &mut stream,
+                                token,
+                                Interest::READABLE | Interest::WRITABLE,
+                            )?;
+                            echoes.push(Some(Echo {
                                 stream,
                                 pending: Vec::new(),
-                            });
+                            }));
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e.into()),
                     }
                 },
-                Token(t) => serve(&mut echoes[t], &mut buf),
+                Token(t) => {
+                    if let Some(echo) = echoes.get_mut(t).and_then(Option::as_mut) {
+                        if !serve(echo, &mut buf) {
+                            poll.registry().deregister(&mut echo.stream)?;
+                            echoes[t] = None;
+                        }
+                    }
+                }
             }
         }
     }
 }
 
-/// Echoes what the server side of a connection can read.
-fn serve(echo: &mut Echo, buf: &mut [u8]) {
+/// Echoes what the server side of a connection can read, keeping what it cannot write yet
+/// until the socket is writable again (and reading no more meanwhile); false once the
+/// connection has ended.
+fn serve(echo: &mut Echo, buf: &mut [u8]) -> bool {
     loop {
-        match echo.stream.read(buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => echo.pending.extend_from_slice(&buf[..n]),
-        }
         while !echo.pending.is_empty() {
             match echo.stream.write(&echo.pending) {
-                Ok(n) => {
-                    echo.pending.drain(..n);
-                }
-                Err(_) => return,
+                Ok(n) => drop(echo.pending.drain(..n)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
             }
+        }
+        match echo.stream.read(buf) {
+            Ok(0) => return false,
+            Ok(n) => echo.pending.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
     }
 }
 
-/// Reads a client's echo; a whole one ends the wait for it.
+/// Reads a client's echo; a whole one, byte for byte the message sent, ends the wait for it.
 fn receive(c: &mut Client, buf: &mut [u8], tally: &mut Tally) {
     loop {
+        let room = MESSAGE - c.echoed;
         match c.stream.read(buf) {
             Ok(0) => {
                 c.failed
@@ -741,10 +792,21 @@ fn receive(c: &mut Client, buf: &mut [u8], tally: &mut Tally) {
                 c.done = true;
                 return;
             }
+            Ok(n) if !c.waiting || n > room => {
+                c.failed = Some(format!("{n} bytes more than message {} was", c.seq));
+                c.done = true;
+                return;
+            }
             Ok(n) => {
+                c.echo[c.echoed..c.echoed + n].copy_from_slice(&buf[..n]);
                 c.echoed += n;
                 tally.bytes += n as u64;
-                if c.echoed >= MESSAGE {
+                if c.echoed == MESSAGE {
+                    if c.echo != message(c.seq) {
+                        c.failed = Some(format!("the echo of message {} differs from it", c.seq));
+                        c.done = true;
+                        return;
+                    }
                     c.waiting = false;
                     c.echoed = 0;
                 }
@@ -789,8 +851,8 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Raises this process's soft descriptor limit to at least `want` (within the hard limit);
-/// children inherit it.
+/// Raises this process's descriptor limit to at least `want`, the hard one too if it is lower
+/// (root may); children inherit it.
 fn raise_fd_limit(want: u64) -> Result<(), Error> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -801,16 +863,12 @@ fn raise_fd_limit(want: u64) -> Result<(), Error> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        if limit.rlim_max < want {
-            return Err(format!(
-                "{want} descriptors needed, the hard limit is {} (ulimit -Hn)",
-                limit.rlim_max
-            )
-            .into());
-        }
+        let hard = limit.rlim_max;
         limit.rlim_cur = limit.rlim_cur.max(want);
+        limit.rlim_max = limit.rlim_max.max(want);
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(std::io::Error::last_os_error().into());
+            let e = std::io::Error::last_os_error();
+            return Err(format!("{want} descriptors needed, the hard limit is {hard}: {e}").into());
         }
     }
     Ok(())
