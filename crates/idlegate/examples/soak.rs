@@ -82,13 +82,26 @@ enum Kind {
 
 const KINDS: [Kind; 4] = [Kind::Steady, Kind::Keepalive, Kind::Relay, Kind::Expiring];
 
-/// Connection `i`'s kind: every other one through the relay, the rest a third each.
-fn kind_of(i: usize) -> Kind {
-    const DIRECT: [Kind; 3] = [Kind::Steady, Kind::Keepalive, Kind::Expiring];
-    if i % 2 == 1 {
-        Kind::Relay
-    } else {
-        DIRECT[(i / 2) % DIRECT.len()]
+/// How many connections go straight to the gateway and how many through the relay.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    straight: usize,
+    relayed: usize,
+}
+
+impl Load {
+    fn total(self) -> usize {
+        self.straight + self.relayed
+    }
+
+    /// Connection `i`'s kind: the straight ones a third each, then the relayed ones.
+    fn kind_of(self, i: usize) -> Kind {
+        const STRAIGHT: [Kind; 3] = [Kind::Steady, Kind::Keepalive, Kind::Expiring];
+        if i < self.straight {
+            STRAIGHT[i % STRAIGHT.len()]
+        } else {
+            Kind::Relay
+        }
     }
 }
 
@@ -164,7 +177,8 @@ fn main() -> Result<(), Error> {
     if args.get(1).map(String::as_str) == Some("echo") {
         // The server side, a process of its own (its own descriptor limit), in vm1.
         let addr: SocketAddr = args.get(2).ok_or("echo ADDR")?.parse()?;
-        raise_fd_limit(args.get(3).ok_or("echo ADDR CONNECTIONS")?.parse::<u64>()? + 1024)?;
+        let connections: u64 = args.get(3).ok_or("echo ADDR CONNECTIONS")?.parse()?;
+        raise_fd_limit(connections + 1024)?;
         return echo_server(addr);
     }
     let value = |flag: &str| {
@@ -176,9 +190,22 @@ fn main() -> Result<(), Error> {
     let connections: usize = value("--connections").unwrap_or("10000".into()).parse()?;
     let seconds: u64 = value("--seconds").unwrap_or("600".into()).parse()?;
     // The client end of every connection; the echo server and the relay are processes of
-    // their own.
-    // The client holds 2 N connections; the relay, which inherits it, 2 descriptors each of N.
-    raise_fd_limit(4 * connections as u64 + 1024)?;
+    // their own, and inherit the limit. The client holds one descriptor a connection, the
+    // relay two for each of its own (and those made after its kill): as many go through the
+    // relay as both can hold, up to N.
+    let have = raise_fd_limit(4 * connections as u64 + 1024)? as usize;
+    let room_client = have.saturating_sub(connections + 300);
+    let room_relay = (have.saturating_sub(100) / 2).saturating_sub(2 * AFTER_FAULT);
+    let load = Load {
+        straight: connections,
+        relayed: connections.min(room_client).min(room_relay),
+    };
+    if load.relayed < connections {
+        println!(
+            "the descriptor limit here is {have} (and cannot be raised: ulimit -Hn): {} connections through the relay, not {connections}",
+            load.relayed
+        );
+    }
 
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("soak.toml");
@@ -188,7 +215,7 @@ fn main() -> Result<(), Error> {
         lab: format!("soak{}", std::process::id() % 100_000),
         config,
         logs: dir.path().to_path_buf(),
-        connections,
+        load,
         processes: Vec::new(),
     };
     let result = soak.run(Duration::from_secs(seconds));
@@ -224,7 +251,7 @@ struct Soak {
     lab: String,
     config: std::path::PathBuf,
     logs: std::path::PathBuf,
-    connections: usize,
+    load: Load,
     processes: Vec<Child>,
 }
 
@@ -240,7 +267,7 @@ impl Soak {
         let (lab_pid, relay_pid) = (self.processes[lab].id(), self.processes[relay].id());
         let mut live = soak(
             &self.namespace("internet"),
-            self.connections,
+            self.load,
             length,
             lab_pid,
             relay_pid,
@@ -278,7 +305,7 @@ impl Soak {
         let mut echo = Command::new("ip")
             .args(["netns", "exec", &self.namespace("vm1")])
             .arg(std::env::current_exe()?)
-            .args(["echo", SERVER, &(2 * self.connections).to_string()])
+            .args(["echo", SERVER, &self.load.total().to_string()])
             .stdout(Stdio::piped())
             .spawn()?;
         let out = echo.stdout.take();
@@ -302,7 +329,7 @@ impl Soak {
             .args(["netns", "exec", &internet, &self.idlegate, "relay"])
             .args(["--listen", RELAY_AT, "--connect", FRONTEND])
             .args(["--keepalive", "1s,1s,3", "--max-connections"])
-            .arg((self.connections + 2 * AFTER_FAULT).to_string())
+            .arg((self.load.relayed + 2 * AFTER_FAULT).to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -514,7 +541,7 @@ fn exits_within(child: &mut Child, within: Duration) -> bool {
 /// `length`, prints the table and returns the connections, still open.
 fn soak(
     internet: &str,
-    connections: usize,
+    load: Load,
     length: Duration,
     lab_pid: u32,
     relay_pid: u32,
@@ -523,9 +550,9 @@ fn soak(
     let relay_at: SocketAddr = RELAY_AT.parse()?;
     let mut poll = Poll::new()?;
     let keepalive = Keepalive::parse("1s,1s,3")?;
-    let mut clients: Vec<Client> = Vec::with_capacity(2 * connections);
+    let mut clients: Vec<Client> = Vec::with_capacity(load.total());
     // Connect in batches, each from the internet host's namespace.
-    for batch in (0..2 * connections).collect::<Vec<_>>().chunks(500) {
+    for batch in (0..load.total()).collect::<Vec<_>>().chunks(500) {
         let batch = batch.to_vec();
         let made = netns::spawn_in(
             internet,
@@ -533,7 +560,7 @@ fn soak(
                 batch
                     .iter()
                     .map(|&i| {
-                        let kind = kind_of(i);
+                        let kind = load.kind_of(i);
                         let to = if kind == Kind::Relay {
                             relay_at
                         } else {
@@ -573,6 +600,15 @@ fn soak(
                 failed: None,
             });
         }
+    }
+    // A connect returns once the kernel has the connection, before the relay accepts it:
+    // sample once it holds them all (two descriptors each).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sample(relay_pid).1 < 2 * load.relayed {
+        if Instant::now() > deadline {
+            return Err("the relay did not accept every connection within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     let start_gateway = sample(lab_pid);
     let start_relay = sample(relay_pid);
@@ -655,7 +691,9 @@ fn soak(
         }
     }
     println!(
-        "soak: {connections} connections through the relay and {connections} straight, all through the lab's gateway, for {} s (idle timeout {} s)",
+        "soak: {} connections through the relay and {} straight, all through the lab's gateway, for {} s (idle timeout {} s)",
+        load.relayed,
+        load.straight,
         length.as_secs(),
         IDLE_TIMEOUT.as_secs()
     );
@@ -851,9 +889,10 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Raises this process's descriptor limit to at least `want`, the hard one too if it is lower
-/// (root may); children inherit it.
-fn raise_fd_limit(want: u64) -> Result<(), Error> {
+/// Raises this process's descriptor limit to `want`, the hard one too if it is lower (root
+/// may, with CAP_SYS_RESOURCE), else as far as the hard one; returns the soft limit now.
+/// Children inherit it.
+fn raise_fd_limit(want: u64) -> Result<u64, Error> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -863,13 +902,20 @@ fn raise_fd_limit(want: u64) -> Result<(), Error> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return Err(std::io::Error::last_os_error().into());
         }
-        let hard = limit.rlim_max;
-        limit.rlim_cur = limit.rlim_cur.max(want);
-        limit.rlim_max = limit.rlim_max.max(want);
+        if limit.rlim_cur >= want {
+            return Ok(limit.rlim_cur);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: limit.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return Ok(want);
+        }
+        limit.rlim_cur = limit.rlim_max;
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(format!("{want} descriptors needed, the hard limit is {hard}: {e}").into());
+            return Err(std::io::Error::last_os_error().into());
         }
     }
-    Ok(())
+    Ok(limit.rlim_cur)
 }

@@ -82,10 +82,12 @@ fn a_syn_flood_fills_the_table_to_max_flows_and_the_held_connection_carries_on()
         client.set_read_timeout(Some(Duration::from_secs(5)))?;
         assert_eq!(echo(&mut client, b'a')?, b'a');
 
-        let flood = Command::new("ip")
-            .args(["netns", "exec", &internet, "python3", "-c", SYN_FLOOD])
-            .arg(FLOOD.to_string())
-            .output()?;
+        let flood = common::output_within(
+            Command::new("ip")
+                .args(["netns", "exec", &internet, "python3", "-c", SYN_FLOOD])
+                .arg(FLOOD.to_string()),
+            Duration::from_secs(60),
+        );
         assert!(
             flood.status.success(),
             "{}",

@@ -420,6 +420,59 @@ fn a_peer_with_the_wrong_key_is_refused_before_any_byte_moves() {
 }
 
 #[test]
+fn malformed_handshakes_to_a_running_exit_open_nothing_and_leave_it_serving() {
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    listener.set_nonblocking(true).unwrap();
+    let (exit, _) = start_exit(server_addr, &key, settings(300, WAIT));
+    let noise_sized: Vec<u8> = [0x00, 0x30].into_iter().chain([0xa5; 48]).collect();
+    let claims_more: Vec<u8> = [0xff, 0xff].into_iter().chain([0x01; 10]).collect();
+    let malformed: [(&str, Vec<u8>, bool); 7] = [
+        ("nothing", vec![], true),
+        ("half a length", vec![0x00], true),
+        ("an empty record", vec![0x00, 0x00], true),
+        ("a record cut short", claims_more, true),
+        ("garbage the size of a first message", noise_sized, true),
+        ("64 KiB of text", vec![b'A'; 64 << 10], true),
+        // The peer sends half a length and then nothing, holding the connection open.
+        ("a peer that stalls", vec![0x00], false),
+    ];
+    for (what, bytes, close) in malformed {
+        let mut peer = TcpStream::connect(exit.addr).unwrap();
+        peer.set_read_timeout(Some(WAIT)).unwrap();
+        let _ = peer.write_all(&bytes);
+        if close {
+            let _ = peer.shutdown(Shutdown::Write);
+        }
+        // The exit ends the connection: no hang, and no more than a refusal comes back.
+        let mut answer = Vec::new();
+        let ended = peer.read_to_end(&mut answer).map_err(|e| e.kind());
+        assert!(
+            matches!(ended, Ok(_) | Err(ErrorKind::ConnectionReset)),
+            "{what}: {ended:?}"
+        );
+        assert!(answer.len() < 100, "{what}: {} bytes back", answer.len());
+    }
+    assert_eq!(
+        listener.accept().map_err(|e| e.kind()).err(),
+        Some(ErrorKind::WouldBlock),
+        "the exit never connected to the server"
+    );
+    assert_eq!(exit.stats.connections.load(Ordering::Relaxed), 0);
+    // A peer with the key is served as if nothing had happened.
+    listener.set_nonblocking(false).unwrap();
+    let entry = start_entry(exit.addr, &key, settings(300, WAIT));
+    let mut client = TcpStream::connect(entry.addr).unwrap();
+    client.write_all(b"hello").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let (mut served, _) = listener.accept().unwrap();
+    served.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = Vec::new();
+    served.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"hello");
+}
+
+#[test]
 fn a_replayed_handshake_opens_nothing() {
     let key = Key::random().unwrap();
     let (listener, server_addr) = loopback_server();
