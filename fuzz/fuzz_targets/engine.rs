@@ -1,14 +1,18 @@
 //! The engine fed packets on either interface, valid and not, with time moving and flows
 //! expired on command, under three profiles (Azure LB with few SNAT ports, Linux conntrack with
-//! masquerade and loose pickup, kube-proxy). After every step the engine's invariants
-//! must hold ([`Engine::check_invariants`]: every flow reachable from both of its keys, no
-//! SNAT port lent twice, the timer wheel holding exactly the live flows), and nothing panics.
+//! masquerade and loose pickup, kube-proxy), as one engine or as two shards that share SNAT
+//! pools and `max_flows` (each packet to the shard that owns it, as the gateway's workers do).
+//! After every step the invariants must hold ([`Engine::check_shards`]: every flow reachable
+//! from both of its keys, no SNAT port lent twice, each pool lending exactly its flows' ports,
+//! `max_flows` counting exactly the flows, the timer wheel holding exactly the live flows), and
+//! nothing panics.
 //!
 //! Packets are mostly built from a few addresses and ports (so that they meet flows, SYNs open
 //! them and RSTs end them) and sometimes raw bytes.
 #![no_main]
 use arbitrary::Arbitrary;
 use idlegate_core::engine::{Engine, Interface};
+use idlegate_core::shard::Sharding;
 use idlegate_core::Config;
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -114,6 +118,8 @@ struct Input {
     expiry: u8,
     /// A small `max_flows`, so that a full table is reached and refused.
     max_flows: u8,
+    /// Two shards instead of one engine.
+    sharded: bool,
     ops: Vec<Op>,
 }
 
@@ -272,7 +278,18 @@ fuzz_target!(|input: Input| {
     let config = config(&input);
     let t0 = Instant::now();
     let mut now = t0;
-    let mut engine = Engine::new(&config, t0, 1);
+    let mut engines = if input.sharded {
+        Engine::sharded(&config, t0, 1, 2)
+    } else {
+        vec![Engine::new(&config, t0, 1)]
+    };
+    let sharding = Sharding::new(engines.len(), 7);
+    // Each packet to the shard that owns it; one that cannot be read to the first, as a worker
+    // that read it would keep it.
+    let deliver = |engines: &mut [Engine], now: Instant, side: Interface, p: &mut Vec<u8>| {
+        let owner = sharding.owner(p, side).unwrap_or(0);
+        engines[owner].handle_packet(now, side, p);
+    };
     let mut tx = [0u8; idlegate_core::packet::CONTROL_LEN];
     for op in input.ops.iter().take(256) {
         let side = |inside: bool| {
@@ -297,7 +314,7 @@ fuzz_target!(|input: Input| {
             } => {
                 let l4 = tcp(port(*sport), port(*dport), *flags, *seq, *ack, *len);
                 let mut p = packet(addr(*v6, *src), addr(*v6, *dst), 6, &l4);
-                engine.handle_packet(now, side(*inside), &mut p);
+                deliver(&mut engines, now, side(*inside), &mut p);
             }
             Op::Udp {
                 inside,
@@ -310,11 +327,11 @@ fuzz_target!(|input: Input| {
             } => {
                 let l4 = udp(port(*sport), port(*dport), *len);
                 let mut p = packet(addr(*v6, *src), addr(*v6, *dst), 17, &l4);
-                engine.handle_packet(now, side(*inside), &mut p);
+                deliver(&mut engines, now, side(*inside), &mut p);
             }
             Op::Raw { inside, bytes } => {
                 let mut p = bytes.clone();
-                engine.handle_packet(now, side(*inside), &mut p);
+                deliver(&mut engines, now, side(*inside), &mut p);
             }
             Op::Icmp {
                 inside,
@@ -341,19 +358,25 @@ fuzz_target!(|input: Input| {
                     addr(false, 2)
                 };
                 let mut p = packet(router, addr(false, *src), 1, &icmp);
-                engine.handle_packet(now, side(*inside), &mut p);
+                deliver(&mut engines, now, side(*inside), &mut p);
             }
             Op::Advance { ms } => {
                 now += Duration::from_millis(u64::from(*ms) * 16);
-                engine.handle_timeout(now);
+                for engine in engines.iter_mut() {
+                    engine.handle_timeout(now);
+                }
             }
             Op::ExpireAll => {
-                engine.expire_now(now, |_| true);
+                for engine in engines.iter_mut() {
+                    engine.expire_now(now, |_| true);
+                }
             }
         }
-        while engine.poll_transmit(&mut tx).is_some() {}
-        while engine.poll_event().is_some() {}
-        if let Err(broken) = engine.check_invariants() {
+        for engine in engines.iter_mut() {
+            while engine.poll_transmit(&mut tx).is_some() {}
+            while engine.poll_event().is_some() {}
+        }
+        if let Err(broken) = Engine::check_shards(&engines) {
             panic!("after {op:?}: {broken}");
         }
     }

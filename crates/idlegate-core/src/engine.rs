@@ -754,14 +754,14 @@ impl<E: Endpoint> Core<E> {
         self.snat.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// See [`Engine::check_invariants`].
-    fn check_invariants(&self) -> Result<(), String> {
-        self.flows.check()?;
-        let live: Vec<FlowId> = self.flows.iter().map(|(id, _)| id).collect();
-        self.wheel.check(&self.flows, &live)?;
-        let pools = self.snat_pools();
-        let mut users = vec![0usize; pools.len()];
-        let mut lent = std::collections::HashSet::new();
+    /// The SNAT ports this core's flows hold, by pool, failing if one is held twice or is not
+    /// marked lent in its pool (see [`Engine::check_shards`]).
+    fn snat_ports_held(
+        &self,
+        pools: &[SnatPorts<E::Ip>],
+        held: &mut std::collections::HashSet<(usize, u16)>,
+        users: &mut [usize],
+    ) -> Result<(), String> {
         for (id, flow) in self.flows.iter() {
             let Some(snat) = self.snat_of(flow.rule) else {
                 continue;
@@ -771,10 +771,21 @@ impl<E: Endpoint> Core<E> {
                 continue;
             }
             let port = flow.public.port();
-            if !pools[snat].is_lent(port) || !lent.insert((snat, port)) {
+            if !pools[snat].is_lent(port) || !held.insert((snat, port)) {
                 return Err(format!("flow {id}'s SNAT port {port} is not its own"));
             }
         }
+        Ok(())
+    }
+
+    /// See [`Engine::check_invariants`].
+    fn check_invariants(&self) -> Result<(), String> {
+        self.flows.check()?;
+        let live: Vec<FlowId> = self.flows.iter().map(|(id, _)| id).collect();
+        self.wheel.check(&self.flows, &live)?;
+        let pools = self.snat_pools();
+        let mut users = vec![0usize; pools.len()];
+        self.snat_ports_held(&pools, &mut Default::default(), &mut users)?;
         for (pool, users) in pools.iter().zip(users) {
             pool.check()?;
             // Shards share the pools: only a lone engine sees every user of a port.
@@ -1475,6 +1486,30 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks shards made together by [`Engine::sharded`] (for tests and fuzzing): each one's
+    /// own invariants, and across them the shared `max_flows` count taken by exactly their
+    /// flows, and each shared SNAT pool lending exactly the ports their flows hold, none twice.
+    pub fn check_shards(shards: &[Engine]) -> Result<(), String> {
+        let Some(first) = shards.first() else {
+            return Ok(());
+        };
+        for shard in shards {
+            shard.check_invariants()?;
+        }
+        let held = first.v4.limit.held.load(Ordering::Relaxed);
+        let flows: usize = shards.iter().map(Engine::flow_count).sum();
+        if held != flows {
+            return Err(format!(
+                "{flows} flows in {} shards, {held} places taken",
+                shards.len()
+            ));
+        }
+        let v4: Vec<&Core<SocketAddrV4>> = shards.iter().map(|s| &s.v4).collect();
+        let v6: Vec<&Core<SocketAddrV6>> = shards.iter().map(|s| &s.v6).collect();
+        check_shared_snat(&v4)?;
+        check_shared_snat(&v6)
+    }
+
     /// Number of flows the gateway remembers.
     pub fn flow_count(&self) -> usize {
         self.v4.flow_count() + self.v6.flow_count()
@@ -1520,3 +1555,28 @@ impl Engine {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+/// The SNAT pools one family's shards share lend exactly the ports of the shards' flows.
+fn check_shared_snat<E: Endpoint>(cores: &[&Core<E>]) -> Result<(), String> {
+    let Some(first) = cores.first() else {
+        return Ok(());
+    };
+    let pools = first.snat_pools();
+    let mut users = vec![0usize; pools.len()];
+    let mut held = std::collections::HashSet::new();
+    for core in cores {
+        if !Arc::ptr_eq(&core.snat, &first.snat) {
+            return Err("shards that do not share their SNAT pools".into());
+        }
+        core.snat_ports_held(&pools, &mut held, &mut users)?;
+    }
+    for (pool, users) in pools.iter().zip(users) {
+        if pool.lent() != users {
+            return Err(format!(
+                "a shared SNAT pool counts {} ports in use for {users} flows",
+                pool.lent()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -2099,6 +2099,21 @@ fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
     assert_eq!(flows.iter().sum::<usize>(), 8);
     let lent: usize = shards[1].snat_usage().map(|u| u.lent).sum();
     assert_eq!(lent, 8, "every shard sees the one pool");
+    assert_eq!(Engine::check_shards(&shards), Ok(()));
+}
+
+#[test]
+fn the_cross_shard_check_refuses_an_engine_that_is_not_one_of_the_shards() {
+    let mut config = config("silent", TWO_VMS);
+    config.outbound_rules[0].ports_per_member = 8;
+    let t0 = Instant::now();
+    let mut shards = Engine::sharded(&config, t0, 1, 2);
+    let mut syn = tcp_packet(ep(VM1, 30_000), ep(CLIENT, 8_000), TcpFlags::SYN, 5, 0, b"");
+    shards[0].handle_packet(t0, Interface::Inside, &mut syn);
+    assert_eq!(Engine::check_shards(&shards), Ok(()));
+    // A shard made apart, with a pool of its own, is not one of them.
+    shards.push(Engine::new(&config, t0, 9));
+    assert!(Engine::check_shards(&shards).is_err());
 }
 
 #[test]
@@ -2195,4 +2210,5 @@ fn shards_share_one_max_flows_and_say_it_is_reached_once() {
         assert_eq!(shard.check_invariants(), Ok(()));
     }
     assert_eq!(said, 1);
+    assert_eq!(Engine::check_shards(&shards), Ok(()));
 }

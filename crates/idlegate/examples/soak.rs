@@ -94,13 +94,17 @@ impl Load {
         self.straight + self.relayed
     }
 
-    /// Connection `i`'s kind: the straight ones a third each, then the relayed ones.
+    /// Connection `i`'s kind, in the order they connect: the relayed ones first (the relay
+    /// keeps its own connections alive while the rest connect), then the straight ones a third
+    /// each, those without keepalive last, so that none idles past the timeout before its first
+    /// message.
     fn kind_of(self, i: usize) -> Kind {
-        const STRAIGHT: [Kind; 3] = [Kind::Steady, Kind::Keepalive, Kind::Expiring];
-        if i < self.straight {
-            STRAIGHT[i % STRAIGHT.len()]
-        } else {
-            Kind::Relay
+        let third = self.straight / 3;
+        match i.checked_sub(self.relayed) {
+            None => Kind::Relay,
+            Some(j) if j < third => Kind::Keepalive,
+            Some(j) if j < 2 * third => Kind::Expiring,
+            Some(_) => Kind::Steady,
         }
     }
 }
@@ -551,65 +555,80 @@ fn soak(
     let mut poll = Poll::new()?;
     let keepalive = Keepalive::parse("1s,1s,3")?;
     let mut clients: Vec<Client> = Vec::with_capacity(load.total());
-    // Connect in batches, each from the internet host's namespace.
-    for batch in (0..load.total()).collect::<Vec<_>>().chunks(500) {
-        let batch = batch.to_vec();
-        let made = netns::spawn_in(
-            internet,
-            move || -> std::io::Result<Vec<(Kind, std::net::TcpStream)>> {
-                batch
-                    .iter()
-                    .map(|&i| {
-                        let kind = load.kind_of(i);
-                        let to = if kind == Kind::Relay {
-                            relay_at
-                        } else {
-                            frontend
-                        };
-                        let stream =
-                            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
-                        match kind {
-                            Kind::Keepalive => keepalive.apply(&stream)?,
-                            // The message after the gap must fail, not hang: 3 s for an ACK.
-                            Kind::Expiring => socket2::SockRef::from(&stream)
-                                .set_tcp_user_timeout(Some(Duration::from_secs(3)))?,
-                            _ => {}
-                        }
-                        stream.set_nodelay(true)?;
-                        Ok((kind, stream))
-                    })
-                    .collect()
-            },
-        )?
-        .join()
-        .map_err(|_| "connect thread")??;
-        for (kind, stream) in made {
-            stream.set_nonblocking(true)?;
-            let mut stream = TcpStream::from_std(stream);
-            let token = Token(2 * clients.len());
-            poll.registry()
-                .register(&mut stream, token, Interest::READABLE)?;
-            clients.push(Client {
-                kind,
-                stream,
-                seq: 0,
-                echo: [0; MESSAGE],
-                echoed: 0,
-                waiting: false,
-                done: false,
-                failed: None,
-            });
+    // Connect in batches, each from the internet host's namespace: the relayed ones, then
+    // (once the relay has accepted them all) the straight ones.
+    let mut straight_took = Duration::ZERO;
+    for range in [0..load.relayed, load.relayed..load.total()] {
+        let started = Instant::now();
+        for batch in range.clone().collect::<Vec<_>>().chunks(500) {
+            let batch = batch.to_vec();
+            let made = netns::spawn_in(
+                internet,
+                move || -> std::io::Result<Vec<(Kind, std::net::TcpStream)>> {
+                    batch
+                        .iter()
+                        .map(|&i| {
+                            let kind = load.kind_of(i);
+                            let to = if kind == Kind::Relay {
+                                relay_at
+                            } else {
+                                frontend
+                            };
+                            let stream =
+                                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+                            match kind {
+                                Kind::Keepalive => keepalive.apply(&stream)?,
+                                // The message after the gap must fail, not hang: 3 s for an ACK.
+                                Kind::Expiring => socket2::SockRef::from(&stream)
+                                    .set_tcp_user_timeout(Some(Duration::from_secs(3)))?,
+                                _ => {}
+                            }
+                            stream.set_nodelay(true)?;
+                            Ok((kind, stream))
+                        })
+                        .collect()
+                },
+            )?
+            .join()
+            .map_err(|_| "connect thread")??;
+            for (kind, stream) in made {
+                stream.set_nonblocking(true)?;
+                let mut stream = TcpStream::from_std(stream);
+                let token = Token(2 * clients.len());
+                poll.registry()
+                    .register(&mut stream, token, Interest::READABLE)?;
+                clients.push(Client {
+                    kind,
+                    stream,
+                    seq: 0,
+                    echo: [0; MESSAGE],
+                    echoed: 0,
+                    waiting: false,
+                    done: false,
+                    failed: None,
+                });
+            }
+        }
+        if range.start == 0 {
+            // A connect returns once the kernel has the connection, before the relay accepts
+            // it: go on once it holds them all (two descriptors each).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while sample(relay_pid).1 < 2 * load.relayed {
+                if Instant::now() > deadline {
+                    return Err("the relay did not accept every connection within 60 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            straight_took = started.elapsed();
         }
     }
-    // A connect returns once the kernel has the connection, before the relay accepts it:
-    // sample once it holds them all (two descriptors each).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sample(relay_pid).1 < 2 * load.relayed {
-        if Instant::now() > deadline {
-            return Err("the relay did not accept every connection within 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    println!(
+        "connected: {} through the relay, then {} straight in {:.1} s",
+        load.relayed,
+        load.straight,
+        straight_took.as_secs_f64()
+    );
     let start_gateway = sample(lab_pid);
     let start_relay = sample(relay_pid);
 
