@@ -560,37 +560,22 @@ fn soak(
     let mut straight_took = Duration::ZERO;
     for range in [0..load.relayed, load.relayed..load.total()] {
         let started = Instant::now();
-        for batch in range.clone().collect::<Vec<_>>().chunks(500) {
-            let batch = batch.to_vec();
-            let made = netns::spawn_in(
-                internet,
-                move || -> std::io::Result<Vec<(Kind, std::net::TcpStream)>> {
-                    batch
-                        .iter()
-                        .map(|&i| {
-                            let kind = load.kind_of(i);
-                            let to = if kind == Kind::Relay {
-                                relay_at
-                            } else {
-                                frontend
-                            };
-                            let stream =
-                                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
-                            match kind {
-                                Kind::Keepalive => keepalive.apply(&stream)?,
-                                // The message after the gap must fail, not hang: 3 s for an ACK.
-                                Kind::Expiring => socket2::SockRef::from(&stream)
-                                    .set_tcp_user_timeout(Some(Duration::from_secs(3)))?,
-                                _ => {}
-                            }
-                            stream.set_nodelay(true)?;
-                            Ok((kind, stream))
-                        })
-                        .collect()
-                },
-            )?
-            .join()
-            .map_err(|_| "connect thread")??;
+        // Batches of 250 connections, 8 batches at once (one after another, 10,000 took
+        // over 5 s: long enough for the first to idle out).
+        let indices: Vec<usize> = range.clone().collect();
+        let batches: Vec<Vec<usize>> = indices.chunks(250).map(<[usize]>::to_vec).collect();
+        for group in batches.chunks(8) {
+            let mut threads = Vec::with_capacity(group.len());
+            for batch in group {
+                let batch = batch.clone();
+                threads.push(netns::spawn_in(internet, move || {
+                    connect_batch(&batch, load, relay_at, frontend, keepalive)
+                })?);
+            }
+            let mut made = Vec::new();
+            for thread in threads {
+                made.extend(thread.join().map_err(|_| "connect thread")??);
+            }
             for (kind, stream) in made {
                 stream.set_nonblocking(true)?;
                 let mut stream = TcpStream::from_std(stream);
@@ -767,6 +752,37 @@ fn soak(
         }
     }
     Ok(Live { poll, clients })
+}
+
+/// Connects the clients `batch` names, from the calling thread's namespace.
+fn connect_batch(
+    batch: &[usize],
+    load: Load,
+    relay_at: SocketAddr,
+    frontend: SocketAddr,
+    keepalive: Keepalive,
+) -> std::io::Result<Vec<(Kind, std::net::TcpStream)>> {
+    batch
+        .iter()
+        .map(|&i| {
+            let kind = load.kind_of(i);
+            let to = if kind == Kind::Relay {
+                relay_at
+            } else {
+                frontend
+            };
+            let stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+            match kind {
+                Kind::Keepalive => keepalive.apply(&stream)?,
+                // The message after the gap must fail, not hang: 3 s for an ACK.
+                Kind::Expiring => socket2::SockRef::from(&stream)
+                    .set_tcp_user_timeout(Some(Duration::from_secs(3)))?,
+                _ => {}
+            }
+            stream.set_nodelay(true)?;
+            Ok((kind, stream))
+        })
+        .collect()
 }
 
 /// The echo server: every byte read on every connection is written back, until killed.
