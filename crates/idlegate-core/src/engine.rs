@@ -1495,6 +1495,9 @@ impl Engine {
         };
         for shard in shards {
             shard.check_invariants()?;
+            if !Arc::ptr_eq(&shard.v4.limit, &first.v4.limit) {
+                return Err("shards that do not share one max_flows".into());
+            }
         }
         let held = first.v4.limit.held.load(Ordering::Relaxed);
         let flows: usize = shards.iter().map(Engine::flow_count).sum();

@@ -977,7 +977,7 @@ impl Worker {
             }
             Event::TableFull { max_flows } => tracing::warn!(
                 worker = self.index,
-                "flow table full ({max_flows} flows, max_flows, all workers together): new flows are refused until some end; established ones are unaffected"
+                "flow table full: max_flows ({max_flows}) flows held by all workers together; new flows are refused until some end, established ones are unaffected"
             ),
         }
     }

@@ -1097,6 +1097,26 @@ fn relay(args: &RelayArgs) -> Result<()> {
     }
     type Run = Box<dyn FnOnce() -> Result<()> + Send>;
     let mut runs: Vec<Run> = Vec::new();
+    // Before anything listens: room for two descriptors a connection (client and server, or
+    // application and leg) on each of `listeners`.
+    let fit = |listeners: usize| -> Result<()> {
+        let most = if args.tunnel.is_some() || args.tunnel_listen.is_some() {
+            args.max_sessions
+        } else {
+            args.max_connections
+        };
+        let want = (listeners as u64)
+            .saturating_mul(2 * most as u64)
+            .saturating_add(64);
+        let soft = idlegate::relay::raise_descriptor_limit(want)?;
+        if soft < want {
+            tracing::warn!(
+                "descriptors: at most {soft} (the hard limit), so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
+                soft.saturating_sub(64) / 2 / listeners.max(1) as u64
+            );
+        }
+        Ok(())
+    };
     let mut stats = Vec::new();
     let tunnel_settings = || -> Result<(Key, Settings)> {
         let path = args
@@ -1128,7 +1148,9 @@ fn relay(args: &RelayArgs) -> Result<()> {
         (Some(path), ..) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            for (listen, connect, keepalive) in parse_config(&text, &path.display().to_string())? {
+            let relays = parse_config(&text, &path.display().to_string())?;
+            fit(relays.len())?;
+            for (listen, connect, keepalive) in relays {
                 let mut relay = Relay::bind(listen, connect, keepalive)?;
                 relay.set_stop_flag(stop.clone());
                 relay.set_max_connections(args.max_connections);
@@ -1140,6 +1162,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
         (None, Some(listen), Some(tunnel), None, None) => {
             let (key, settings) = tunnel_settings()?;
             let tunnel = resolve("--tunnel", tunnel)?;
+            fit(1)?;
             let mut entry = Entry::bind(listen, tunnel, key, settings.clone())?;
             entry.set_stop_flag(stop.clone());
             stats.push((entry.local_addr()?, entry.stats()));
@@ -1155,6 +1178,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
         (None, None, None, Some(listen), Some(connect)) => {
             let (key, settings) = tunnel_settings()?;
             let connect = resolve("--connect", connect)?;
+            fit(1)?;
             let mut exit = Exit::bind(listen, connect, key, settings.clone())?;
             exit.set_stop_flag(stop.clone());
             stats.push((exit.local_addr()?, exit.stats()));
@@ -1168,6 +1192,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
         }
         (None, Some(listen), None, None, Some(connect)) => {
             let connect = resolve("--connect", connect)?;
+            fit(1)?;
             let mut relay = Relay::bind(listen, connect, keepalive)?;
             relay.set_stop_flag(stop.clone());
             relay.set_max_connections(args.max_connections);
@@ -1179,22 +1204,6 @@ fn relay(args: &RelayArgs) -> Result<()> {
             "give --listen and --connect (keepalive relay), --listen and --tunnel (tunnel entry), \
              --tunnel-listen and --connect (tunnel exit), or --config"
         ),
-    }
-    // Two descriptors a connection (client and server, or application and leg), per listener.
-    let most = if args.tunnel.is_some() || args.tunnel_listen.is_some() {
-        args.max_sessions
-    } else {
-        args.max_connections
-    };
-    let want = (runs.len() as u64)
-        .saturating_mul(2 * most as u64)
-        .saturating_add(64);
-    let have = idlegate::relay::raise_descriptor_limit(want)?;
-    if have < want {
-        tracing::warn!(
-            "descriptors: the hard limit is {have}, so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
-            have.saturating_sub(64) / 2 / runs.len().max(1) as u64
-        );
     }
     if let Some(addr) = args.metrics {
         let listener = std::net::TcpListener::bind(addr)
