@@ -541,7 +541,7 @@ fn a_relay_raises_its_descriptor_limit_to_fit_its_connection_limit() {
 }
 
 #[test]
-fn a_relay_killed_mid_traffic_resets_its_clients_and_starts_again_on_the_same_port() {
+fn a_relay_killed_with_a_client_connected_resets_it_and_starts_again_on_the_same_port() {
     use std::process::{Command, Stdio};
     let server_addr = echo_server();
     // A free port for the relay, which each run binds again.
