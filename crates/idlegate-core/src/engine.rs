@@ -1014,6 +1014,13 @@ impl<E: Endpoint> Core<E> {
             && self.owner(from, headers, true).is_some()
     }
 
+    /// Gives back the SNAT port just lent for a flow that was not made after all.
+    fn give_back_unused(&mut self, rule: RuleId, private: E, public: E) {
+        if let Some(snat) = self.snat_of(rule) {
+            self.snat_pools()[snat].release_unused(private.addr(), public.port());
+        }
+    }
+
     /// A SYN (or a UDP datagram, or a segment loose pickup takes up): find the rule that
     /// accepts it and create the flow.
     fn connect(
@@ -1039,22 +1046,14 @@ impl<E: Endpoint> Core<E> {
             return self.port_exhausted(rule_id, private.addr());
         };
         let mut flow = Flow::new(headers.protocol, remote, public, private, rule_id);
-        let refused = if self.flows.either_key_taken(&flow) {
-            Some(DropReason::TupleInUse)
-        } else if !self.limit.reserve() {
+        if self.flows.either_key_taken(&flow) {
+            self.give_back_unused(rule_id, private, public);
+            return self.drop(DropReason::TupleInUse);
+        }
+        if !self.limit.reserve() {
             // Another shard took the last place since the look above.
-            Some(DropReason::TableFull)
-        } else {
-            None
-        };
-        if let Some(reason) = refused {
-            if let Some(snat) = self.snat_of(rule_id) {
-                self.snat_pools()[snat].release_unused(private.addr(), public.port());
-            }
-            return match reason {
-                DropReason::TableFull => self.table_full(),
-                reason => self.drop(reason),
-            };
+            self.give_back_unused(rule_id, private, public);
+            return self.table_full();
         }
         if let Some(segment) = segment {
             if segment.flags.syn() {

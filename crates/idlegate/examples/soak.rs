@@ -163,6 +163,24 @@ struct Client {
     failed_at: Option<Instant>,
 }
 
+impl Client {
+    /// Sends the next message; false, and the connection done, if it could not.
+    fn send_next(&mut self) -> bool {
+        self.seq += 1;
+        match self.stream.write(&message(self.seq)) {
+            Ok(MESSAGE) => {
+                self.waiting = true;
+                self.echoed = 0;
+                return true;
+            }
+            Ok(n) => self.failed = Some(format!("wrote {n} of {MESSAGE} bytes")),
+            Err(e) => self.failed = Some(e.to_string()),
+        }
+        self.done = true;
+        false
+    }
+}
+
 /// One server-side connection: echoes what it reads.
 struct Echo {
     stream: TcpStream,
@@ -196,7 +214,7 @@ fn main() -> Result<(), Error> {
         // The server side, a process of its own (its own descriptor limit), in vm1.
         let addr: SocketAddr = args.get(2).ok_or("echo ADDR")?.parse()?;
         let connections: u64 = args.get(3).ok_or("echo ADDR CONNECTIONS")?.parse()?;
-        raise_fd_limit(connections + 1024)?;
+        idlegate::relay::raise_descriptor_limit(connections + 1024)?;
         return echo_server(addr);
     }
     let value = |flag: &str| {
@@ -211,7 +229,7 @@ fn main() -> Result<(), Error> {
     // their own, and inherit the limit. The client holds one descriptor a connection, the
     // relay two for each of its own (and those made after its kill): as many go through the
     // relay as both can hold, up to N.
-    let have = raise_fd_limit(4 * connections as u64 + 1024)? as usize;
+    let have = idlegate::relay::raise_descriptor_limit(4 * connections as u64 + 1024)? as usize;
     let room_client = have.saturating_sub(connections + 300);
     let room_relay = (have.saturating_sub(100) / 2).saturating_sub(2 * AFTER_FAULT);
     let load = Load {
@@ -439,16 +457,7 @@ impl Live {
     fn send(&mut self, which: impl Fn(Kind) -> bool) -> usize {
         let mut out = 0;
         for c in self.clients.iter_mut().filter(|c| which(c.kind) && !c.done) {
-            if c.waiting {
-                out += 1;
-            } else if c
-                .stream
-                .write(&message(c.seq + 1))
-                .is_ok_and(|n| n == MESSAGE)
-            {
-                c.seq += 1;
-                c.waiting = true;
-                c.echoed = 0;
+            if c.waiting || c.send_next() {
                 out += 1;
             }
         }
@@ -664,18 +673,8 @@ fn soak(
             if c.done || c.waiting || now >= end {
                 continue;
             }
-            c.seq += 1;
-            match c.stream.write(&message(c.seq)) {
-                Ok(MESSAGE) => {
-                    c.waiting = true;
-                    c.echoed = 0;
-                    tally[c.kind as usize].messages += 1;
-                }
-                Ok(n) => c.failed = Some(format!("wrote {n} of {MESSAGE} bytes")),
-                Err(e) => c.failed = Some(e.to_string()),
-            }
-            if c.failed.is_some() {
-                c.done = true;
+            if c.send_next() {
+                tally[c.kind as usize].messages += 1;
             }
         }
         let all_idle = clients.iter().all(|c| c.done || !c.waiting);
@@ -1041,35 +1040,4 @@ fn stop(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// Raises this process's descriptor limit to `want`, the hard one too if it is lower (root
-/// may, with CAP_SYS_RESOURCE), else as far as the hard one; returns the soft limit now.
-/// Children inherit it.
-fn raise_fd_limit(want: u64) -> Result<u64, Error> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        if limit.rlim_cur >= want {
-            return Ok(limit.rlim_cur);
-        }
-        let raised = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: limit.rlim_max.max(want),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return Ok(want);
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok(limit.rlim_cur)
 }

@@ -118,9 +118,9 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Raises this process's soft limit on open descriptors to `want`, or as far as the hard
-/// limit allows (the soft limit is often 1,024: about 500 relayed connections); returns the
-/// soft limit now.
+/// Raises this process's soft limit on open descriptors to `want` (the soft limit is often
+/// 1,024: about 500 relayed connections), the hard limit too where it may (CAP_SYS_RESOURCE),
+/// else as far as the hard limit allows; returns the soft limit now. Children inherit it.
 pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -133,6 +133,13 @@ pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
         }
         if limit.rlim_cur >= want {
             return Ok(limit.rlim_cur);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: limit.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return Ok(want);
         }
         limit.rlim_cur = want.min(limit.rlim_max);
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {

@@ -137,32 +137,14 @@ fn idlegate(args: &[&str], timeout: Duration) -> Finished {
 
 /// Runs `program ARGS…` to completion; fails the test if it runs longer than `timeout`.
 fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Finished {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting idlegate");
-    let (stdout, stdout_thread) = collect(child.stdout.take().unwrap());
-    let (stderr, stderr_thread) = collect(child.stderr.take().unwrap());
-    let Some(status) = wait_bounded(&mut child, timeout) else {
-        signal(child.id() as i32, libc::SIGKILL);
-        let _ = child.wait();
-        panic!(
-            "`{program} {}` still running after {timeout:?}; stderr:\n{}",
-            args.join(" "),
-            stderr.lock().unwrap()
-        );
-    };
-    stdout_thread.join().unwrap();
-    stderr_thread.join().unwrap();
-    let stdout = stdout.lock().unwrap().clone();
-    let stderr = stderr.lock().unwrap().clone();
+    let out = common::output_within(
+        Command::new(program).args(args).stdin(Stdio::null()),
+        timeout,
+    );
     Finished {
-        status,
-        stdout,
-        stderr,
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

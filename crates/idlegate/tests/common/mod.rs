@@ -129,27 +129,15 @@ pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
     assert!(status.success(), "enabling forwarding in {internet_ns}");
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to at least `want` (up to the hard limit); fails the
-/// test loudly if the hard limit is lower.
+/// Raises RLIMIT_NOFILE's soft limit to at least `want` (as the relay raises its own); fails
+/// the test loudly if the hard limit does not allow it.
 #[allow(dead_code)] // not every test file opens thousands
 pub fn raise_fd_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(
-            lim.rlim_max >= want,
-            "this test needs {want} file descriptors; the hard limit is {}",
-            lim.rlim_max
-        );
-        if lim.rlim_cur < want {
-            lim.rlim_cur = want;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
+    let have = idlegate::relay::raise_descriptor_limit(want).expect("raising the descriptor limit");
+    assert!(
+        have >= want,
+        "this test needs {want} file descriptors; the hard limit allows {have}"
+    );
 }
 
 /// A copy of the binary at `path` that any user may run (the checkout may sit in a directory
@@ -210,12 +198,15 @@ pub fn output_within(
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the command");
+    // Each pipe read to its end by a thread of its own, which hands over what it read.
     let drain = |mut pipe: Box<dyn Read + Send>| {
+        let (sender, read) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
             let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
+            let _ = sender.send(bytes);
+        });
+        read
     };
     let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
     let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
@@ -227,13 +218,21 @@ pub fn output_within(
         if std::time::Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{command:?} still running after {timeout:?}");
+            // What it said so far, to tell why it hung (a process it started may still hold
+            // the pipe: wait for that no more than a second).
+            let said = stderr
+                .recv_timeout(std::time::Duration::from_secs(1))
+                .unwrap_or_default();
+            panic!(
+                "{command:?} still running after {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&said)
+            );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     std::process::Output {
         status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        stdout: stdout.recv().expect("stdout reader"),
+        stderr: stderr.recv().expect("stderr reader"),
     }
 }
