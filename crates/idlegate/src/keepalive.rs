@@ -90,12 +90,23 @@ impl Keepalive {
         sock.set_tcp_user_timeout(Some(self.user_timeout()))
     }
 
-    /// [`Keepalive::apply`], and TCP_NODELAY: a relay passes bytes on as they come, so Nagle
-    /// must not hold them a second time.
+    /// [`Keepalive::apply`]; TCP_NODELAY, since a relay passes bytes on as they come, so Nagle
+    /// must not hold them a second time; and SO_LINGER 0, so that the socket ends with a RST
+    /// if it is closed before its connection has ended in order, even when the kernel closes
+    /// it for a relay killed with SIGKILL: a stream cut short must never look whole to the
+    /// application (a FIN would say it was). [`ended_in_order`] takes that back.
     pub(crate) fn apply_relayed(&self, socket: &impl AsFd) -> io::Result<()> {
-        self.apply(socket)?;
-        SockRef::from(socket).set_tcp_nodelay(true)
+        let sock = SockRef::from(socket);
+        sock.set_linger(Some(Duration::ZERO))?;
+        sock.set_tcp_nodelay(true)?;
+        self.apply(socket)
     }
+}
+
+/// A relayed connection ended in order (each direction passed on whole, with its FIN): its
+/// socket may now close with a FIN, delivering whatever it still holds, as any socket does.
+pub(crate) fn ended_in_order(socket: &impl AsFd) {
+    let _ = SockRef::from(socket).set_linger(None);
 }
 
 /// The idle timeout a profile's flows get by default: the shorter of its LB and outbound rule

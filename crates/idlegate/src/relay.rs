@@ -191,7 +191,8 @@ impl Relay {
         self.max_connections = max.max(1);
     }
 
-    /// A flag that stops [`Relay::run`] when set; the connections it holds are closed.
+    /// A flag that stops [`Relay::run`] when set; the connections it holds are reset (they did
+    /// not end whole).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -480,6 +481,8 @@ impl<'r> Worker<'r> {
             stats.resets.fetch_add(1, Ordering::Relaxed);
             self.close(key);
         } else if conn.up.done && conn.down.done {
+            crate::keepalive::ended_in_order(&conn.client);
+            crate::keepalive::ended_in_order(&conn.server);
             self.close(key);
         }
     }

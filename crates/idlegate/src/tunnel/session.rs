@@ -101,7 +101,9 @@ pub struct Session {
     read_buf: Vec<u8>,
     plain: Vec<u8>,
     stats: Arc<Stats>,
-    /// Ended in order; any other end resets the application when the session is dropped.
+    /// Ended in order; any other end resets the application when the session is dropped. The
+    /// application's socket comes armed to reset (`Keepalive::apply_relayed`), so a killed
+    /// process resets it too.
     done: bool,
 }
 
@@ -168,6 +170,15 @@ impl Session {
         let _ = self.app.shutdown(Shutdown::Read);
     }
 
+    /// Both streams ended whole: the application's socket may now close with a FIN (until
+    /// here it was armed to reset, so that an end killed mid-stream never looks like one
+    /// that finished).
+    fn end_in_order(&mut self) -> LegEnd {
+        self.done = true;
+        crate::keepalive::ended_in_order(&self.app);
+        LegEnd::Done
+    }
+
     /// Runs the session on `leg` until it ends or the leg is lost. `wake` (the responder's)
     /// becomes readable when a newer leg arrives for this session.
     pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<RawFd>) -> LegEnd {
@@ -188,8 +199,7 @@ impl Session {
                 return end;
             }
             if self.is_done(leg) {
-                self.done = true;
-                return LegEnd::Done;
+                return self.end_in_order();
             }
             let reading_leg = self.pending_to_app() < APP_HIGH;
             let now = Instant::now();
@@ -351,8 +361,7 @@ impl Session {
         let tail = &self.to_app[self.to_app_start..];
         if (&self.app).write_all(tail).is_ok() {
             let _ = self.app.shutdown(Shutdown::Write);
-            self.done = true;
-            return LegEnd::Done;
+            return self.end_in_order();
         }
         LegEnd::AppReset
     }
