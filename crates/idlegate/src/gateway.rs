@@ -16,15 +16,18 @@
 //! same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
 //! workers share), and no allocation once the pools are warm.
 //!
-//! The thread that calls [`Gateway::run`] serves the control socket and the metrics, asking
-//! every worker through its inbox and adding up the answers.
+//! The thread that calls [`Gateway::run`] serves the control socket; the metrics (`--metrics`)
+//! have a thread of their own ([`crate::scrape`]), so that no one who can reach the metrics
+//! address can hold up `idlegate flows`. Both ask every worker through its inbox and add up
+//! the answers.
 
 use crate::capture::Capture;
 use crate::control::{Control, FlowRow, Shards};
-use crate::metrics::{DeviceCounters, Direction, Metrics, Snapshot, Traffic};
+use crate::metrics::{DeviceCounters, Direction, Snapshot, Traffic};
+use crate::scrape;
 use crate::tun::{Received, Shape, Tun};
 use anyhow::{anyhow, bail, Context, Result};
-use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
+use idlegate_core::engine::{Counters, Engine, Event, ExpiryCause, Interface, Verdict};
 use idlegate_core::expiry::Expiry;
 use idlegate_core::packet;
 use idlegate_core::shard::Sharding;
@@ -107,7 +110,6 @@ impl Stopper {
 
 const WAKER: Token = Token(usize::MAX);
 const CONTROL: Token = Token(usize::MAX - 1);
-const METRICS: Token = Token(usize::MAX - 2);
 /// Largest IPv4 packet, or TCP super-segment.
 const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
@@ -185,8 +187,8 @@ pub struct Gateway {
     stopper: Stopper,
     /// Where `idlegate flows` asks.
     control: Option<Control>,
-    /// Where `--metrics` serves Prometheus.
-    metrics: Option<Metrics>,
+    /// Where `--metrics` serves Prometheus, on its own thread while the gateway runs.
+    metrics: Option<scrape::Server>,
     rule_names: Vec<String>,
     /// The workers' counters, added up once they have stopped.
     tally: Tally,
@@ -217,9 +219,11 @@ impl Gateway {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let metrics = match options.metrics {
             Some(addr) => {
-                let mut metrics = Metrics::bind(addr)?;
-                poll.registry()
-                    .register(metrics.listener(), METRICS, Interest::READABLE)?;
+                let metrics = scrape::Server::bind(addr)?;
+                tracing::info!(
+                    "metrics on http://{}/metrics",
+                    metrics.local_addr().unwrap_or(addr)
+                );
                 Some(metrics)
             }
             None => None,
@@ -268,6 +272,7 @@ impl Gateway {
         let stopper = Stopper {
             flag: Arc::new(AtomicBool::new(false)),
             wakers: std::iter::once(waker)
+                .chain(metrics.as_ref().map(scrape::Server::waker))
                 .chain(inboxes.iter().map(|i| Arc::clone(&i.waker)))
                 .collect(),
         };
@@ -363,10 +368,39 @@ impl Gateway {
                     }
                 }
             }
+            let metrics = self.metrics.take().map(|mut server| {
+                let ask = Asker {
+                    inboxes: self.inboxes.clone(),
+                    rule_names: self.rule_names.clone(),
+                };
+                let stopper = self.stopper.clone();
+                std::thread::Builder::new()
+                    .name("gateway-metrics".into())
+                    .spawn_scoped(scope, move || {
+                        let shards = ask.view();
+                        server.run(&|| stopper.stopped(), &mut || {
+                            shards.snapshot().map(|s| crate::metrics::render(&s))
+                        })
+                    })
+            });
+            let metrics = match metrics.transpose() {
+                Ok(thread) => thread,
+                Err(e) => {
+                    failure = Some(anyhow!(e).context("starting the metrics thread"));
+                    self.stopper.stop();
+                    None
+                }
+            };
             if let Err(e) = self.serve() {
                 failure.get_or_insert(e);
             }
             self.stopper.stop();
+            // Metrics that failed leave the gateway forwarding: said, not fatal.
+            match metrics.map(|t| t.join()) {
+                Some(Ok(Err(e))) => tracing::error!("metrics stopped: {e:#}"),
+                Some(Err(_)) => tracing::error!("the metrics thread panicked"),
+                _ => {}
+            }
             for thread in threads {
                 match thread.join() {
                     Ok(Ok(tally)) => self.tally.add(&tally),
@@ -383,13 +417,13 @@ impl Gateway {
         failure.map_or(Ok(()), Err)
     }
 
-    /// The serving thread's loop: control socket and metrics, until stopped.
+    /// The serving thread's loop: the control socket, until stopped.
     fn serve(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(16);
         while !self.stopper.stopped() {
             match self.poll.poll(&mut events, None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => other.context("waiting for control and metrics clients")?,
+                other => other.context("waiting for control clients")?,
             }
             for event in events.iter() {
                 match event.token() {
@@ -400,15 +434,6 @@ impl Gateway {
                         };
                         if let Some(control) = &mut self.control {
                             control.serve(&mut shards);
-                        }
-                    }
-                    METRICS => {
-                        let shards = Ask {
-                            inboxes: &self.inboxes,
-                            rule_names: &self.rule_names,
-                        };
-                        if let Some(metrics) = &mut self.metrics {
-                            metrics.serve(&mut || shards.snapshot());
                         }
                     }
                     _ => {}
@@ -447,7 +472,22 @@ impl Gateway {
     }
 }
 
-/// The serving thread's view of the shards: it asks every worker and adds up the answers.
+/// What the metrics thread holds to ask the workers.
+struct Asker {
+    inboxes: Vec<Inbox>,
+    rule_names: Vec<String>,
+}
+
+impl Asker {
+    fn view(&self) -> Ask<'_> {
+        Ask {
+            inboxes: &self.inboxes,
+            rule_names: &self.rule_names,
+        }
+    }
+}
+
+/// A serving thread's view of the shards: it asks every worker and adds up the answers.
 struct Ask<'a> {
     inboxes: &'a [Inbox],
     rule_names: &'a [String],
@@ -940,26 +980,18 @@ impl Worker {
                 flow,
                 state,
                 timeout,
+                idle_for,
+                cause,
                 action,
-            } => {
-                let what = match action {
-                    Expiry::Silent => "silent: its packets will be dropped",
-                    Expiry::Reset => "RST sent to both ends",
-                    Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
-                    Expiry::AckAndDiscard => {
-                        "what either end sends now is acknowledged and discarded"
-                    }
-                };
-                tracing::info!(
-                    rule = self.engine.rule_name(flow.rule),
-                    "flow expired after {:?} idle in {}: {} ↔ {} ↔ {}; {what}",
-                    timeout,
-                    state.as_str(),
-                    flow.remote,
-                    flow.public,
-                    flow.private
-                );
-            }
+            } => tracing::info!(
+                rule = self.engine.rule_name(flow.rule),
+                "{}: {} ↔ {} ↔ {}; {}",
+                expiry_reason(cause, timeout, idle_for, state.as_str()),
+                flow.remote,
+                flow.public,
+                flow.private,
+                expiry_action(action)
+            ),
             Event::PortExhausted {
                 rule,
                 frontend,
@@ -980,6 +1012,28 @@ impl Worker {
                 "flow table full: max_flows ({max_flows}) flows held by all workers together; new flows are refused until some end, established ones are unaffected"
             ),
         }
+    }
+}
+
+/// Why a flow expired, for the log: its timeout ran out, or `idlegate flows expire` forced it
+/// (with how long it had really been idle).
+fn expiry_reason(cause: ExpiryCause, timeout: Duration, idle_for: Duration, state: &str) -> String {
+    match cause {
+        ExpiryCause::Idle => format!("flow expired after {timeout:?} idle in {state}"),
+        ExpiryCause::Forced => format!(
+            "flow expired by `flows expire` (forced) after {:.1}s idle in {state}",
+            idle_for.as_secs_f64()
+        ),
+    }
+}
+
+/// What an expiry did, for the log.
+fn expiry_action(action: Expiry) -> &'static str {
+    match action {
+        Expiry::Silent => "silent: its packets will be dropped",
+        Expiry::Reset => "RST sent to both ends",
+        Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
+        Expiry::AckAndDiscard => "what either end sends now is acknowledged and discarded",
     }
 }
 
