@@ -922,7 +922,7 @@ fn expiry_reason(cause: ExpiryCause, timeout: Duration, idle_for: Duration, stat
     match cause {
         ExpiryCause::Idle => format!("flow expired after {timeout:?} idle in {state}"),
         ExpiryCause::Forced => format!(
-            "flow expired by `flows expire` (forced) after {:.1}s idle in {state}",
+            "flow expired on request (flows expire) after {:.1}s idle in {state}",
             idle_for.as_secs_f64()
         ),
     }

@@ -385,7 +385,7 @@ fn a_forced_expiry_is_logged_as_forced_with_the_flows_true_idle_time() {
     assert_eq!(stdout.trim(), "expired 1 flow(s)");
     let idle_at_most = created.elapsed().as_secs_f64();
     let line = lab.log.wait_for(|l| l.contains("flow expired"), WAIT);
-    assert!(line.contains("by `flows expire` (forced)"), "{line}");
+    assert!(line.contains("on request (flows expire)"), "{line}");
     let idle: f64 = line
         .split_once("after ")
         .and_then(|(_, rest)| rest.split_once("s idle"))

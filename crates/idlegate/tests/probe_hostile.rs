@@ -159,7 +159,13 @@ fn probe_fails_promptly_in_bounded_memory_against_a_server_flooding_received_fra
     let target = listener.local_addr().unwrap();
     serve_each(listener, flood);
 
+    let started = Instant::now();
     let f = probe(target);
+    eprintln!(
+        "the probe ended after {:.2?} with at most {} kB resident",
+        started.elapsed(),
+        f.max_rss_kb
+    );
     assert_could_not_measure(&f, "received frame while the connection was idle");
     assert!(f.stderr.contains("could not measure"), "{}", f.stderr);
     assert!(f.max_rss_kb <= RSS_LIMIT_KB, "{} kB", f.max_rss_kb);
