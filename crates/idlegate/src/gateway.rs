@@ -123,6 +123,8 @@ const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
 /// transmit queue holds (1,000). Past it, a packet read by the wrong worker is dropped and counted (a
 /// flood of new flows cannot grow the pools).
 const HANDOFF_LIMIT: usize = 1024;
+/// How long one snapshot of the workers answers scrapes: at most one a second is taken.
+const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 /// How long the serving thread waits for a worker's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -381,8 +383,18 @@ impl Gateway {
                     .name("gateway-metrics".into())
                     .spawn_scoped(scope, move || {
                         let shards = ask.view();
+                        // Scrapes close together share one snapshot: whoever reaches the
+                        // metrics address makes the workers take at most one a second.
+                        let mut last: Option<(Instant, String)> = None;
                         server.run(&|| stopper.stopped(), &mut || {
-                            shards.snapshot().map(|s| crate::metrics::render(&s))
+                            if let Some((at, text)) = &last {
+                                if at.elapsed() < SNAPSHOT_REUSE {
+                                    return Some(text.clone());
+                                }
+                            }
+                            let text = crate::metrics::render(&shards.snapshot()?);
+                            last = Some((Instant::now(), text.clone()));
+                            Some(text)
                         })
                     })
             });
