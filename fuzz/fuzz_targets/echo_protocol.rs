@@ -3,7 +3,7 @@
 //! encoded, decodes to a frame that encodes the same (an error text that is not UTF-8 is read
 //! leniently, so the first encoding may differ from the bytes that came).
 #![no_main]
-use idlegate::echo::frame::{Decoder, Frame};
+use idlegate::echo::frame::{Decoder, Frame, MAX_BUFFERED};
 use libfuzzer_sys::fuzz_target;
 
 /// Every frame `decoder` gives until it needs more bytes or refuses; whether it refused.
@@ -18,8 +18,10 @@ fn drain(decoder: &mut Decoder, frames: &mut Vec<Frame>) -> bool {
 }
 
 fuzz_target!(|bytes: &[u8]| {
+    // The decoder holds at most MAX_BUFFERED bytes not yet decoded.
+    let bytes = &bytes[..bytes.len().min(MAX_BUFFERED)];
     let mut whole = Decoder::default();
-    whole.feed(bytes);
+    whole.feed(bytes).expect("within the bound");
     let mut at_once = Vec::new();
     let refused_at_once = drain(&mut whole, &mut at_once);
 
@@ -27,7 +29,7 @@ fuzz_target!(|bytes: &[u8]| {
     let mut one_by_one = Vec::new();
     let mut refused = false;
     for &b in bytes {
-        trickle.feed(&[b]);
+        trickle.feed(&[b]).expect("a reader that takes every frame stays within the bound");
         if drain(&mut trickle, &mut one_by_one) {
             refused = true;
             break;
@@ -39,7 +41,7 @@ fuzz_target!(|bytes: &[u8]| {
     for frame in at_once {
         let encoded = frame.encode();
         let mut again = Decoder::default();
-        again.feed(&encoded);
+        again.feed(&encoded).expect("one frame is within the bound");
         let decoded = again
             .decode()
             .ok()

@@ -191,6 +191,15 @@ pub struct FlowInfo {
     pub expires_in: Duration,
 }
 
+/// Why a flow expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryCause {
+    /// Its idle timeout ran out.
+    Idle,
+    /// The driver asked, whatever the flow's idle time ([`Engine::expire_now`]).
+    Forced,
+}
+
 /// Something that happened to a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -201,8 +210,12 @@ pub enum Event {
         flow: FlowSummary,
         /// The state the flow expired in.
         state: FlowState,
-        /// The timeout that ran out (scaled).
+        /// The timeout of that state (scaled): what ran out, for an idle expiry.
         timeout: Duration,
+        /// How long the flow had been idle when it expired.
+        idle_for: Duration,
+        /// Whether its timeout ran out or the driver asked.
+        cause: ExpiryCause,
         /// What was done: `Reset` only when RSTs were actually sent.
         action: Expiry,
     },
@@ -656,7 +669,7 @@ impl<E: Endpoint> Core<E> {
             Some(id) => {
                 // Past its deadline but not yet reaped: it is dead, whatever comes now (or,
                 // under ack-and-discard, it is discarding).
-                if self.expire(id, now) {
+                if self.expire(id, now, ExpiryCause::Idle) {
                     self.no_flow(from, &headers, packet, since)
                 } else {
                     self.forward(id, from, &headers, packet, since)
@@ -677,7 +690,7 @@ impl<E: Endpoint> Core<E> {
     fn handle_timeout(&mut self, now: Instant) {
         let now = self.tick(now);
         while let Some(id) = self.wheel.poll_expired(&mut self.flows, now) {
-            self.expire(id, now);
+            self.expire(id, now, ExpiryCause::Idle);
         }
     }
 
@@ -730,7 +743,7 @@ impl<E: Endpoint> Core<E> {
             .map(|(id, _)| id)
             .collect();
         for &id in &ids {
-            self.expire(id, now);
+            self.expire(id, now, ExpiryCause::Forced);
         }
         ids.len()
     }
@@ -1284,11 +1297,14 @@ impl<E: Endpoint> Core<E> {
 
     /// Forgets a flow whose deadline has passed, carrying out its rule's expiry action.
     /// Returns whether the flow is gone (under `ack-and-discard` it stays, discarding).
-    fn expire(&mut self, id: FlowId, now: Tick) -> bool {
+    fn expire(&mut self, id: FlowId, now: Tick, cause: ExpiryCause) -> bool {
         self.wheel.remove(&mut self.flows, id);
         let flow = *self.flows.get(id);
         let rule = &self.rules[usize::from(flow.rule)];
         let (idle, timeout) = (rule.idle, Duration::from_millis(rule.timeout(flow.state)));
+        // The deadline is the last packet plus the state's timeout (as `flows` shows it).
+        let last_packet = flow.deadline.saturating_sub(rule.timeout(flow.state));
+        let idle_for = Duration::from_millis(now.saturating_sub(last_packet));
         // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002);
         // idlegate holds ack-and-discard to the same.
         let action = match (rule.expiry, flow.state) {
@@ -1311,6 +1327,8 @@ impl<E: Endpoint> Core<E> {
             flow: summary,
             state: flow.state,
             timeout,
+            idle_for,
+            cause,
             action,
         });
         match action {

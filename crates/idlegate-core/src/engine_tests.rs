@@ -2212,3 +2212,39 @@ fn shards_share_one_max_flows_and_say_it_is_reached_once() {
     assert_eq!(said, 1);
     assert_eq!(Engine::check_shards(&shards), Ok(()));
 }
+
+#[test]
+fn a_forced_expiry_is_told_from_an_idle_one_and_carries_the_flows_true_idle_time() {
+    // `idlegate flows expire` 2.5 s after the last packet: the event says forced and 2.5 s,
+    // not the 4 s timeout that did not run out.
+    let mut h = Harness::new("silent");
+    h.advance_to(1_000);
+    let _ = h.connect_inbound(40_000);
+    h.advance_to(3_500);
+    assert_eq!(h.engine.expire_now(h.at(3_500), |_| true), 1);
+    h.drain();
+    // And an idle expiry of a second flow says idle, after its timeout.
+    let _ = h.connect_inbound(40_001);
+    h.advance_to(3_500 + IDLE_MS);
+    let expiries: Vec<(ExpiryCause, Duration, Duration)> = h
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Expired {
+                cause,
+                idle_for,
+                timeout,
+                ..
+            } => Some((*cause, *idle_for, *timeout)),
+            _ => None,
+        })
+        .collect();
+    let idle = Duration::from_millis(IDLE_MS);
+    assert_eq!(
+        expiries,
+        [
+            (ExpiryCause::Forced, Duration::from_millis(2_500), idle),
+            (ExpiryCause::Idle, idle, idle),
+        ]
+    );
+}

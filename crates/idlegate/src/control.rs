@@ -23,6 +23,8 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest request line read; the rest is not read.
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long `idlegate flows` waits for the gateway (for each read of its answer).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,14 +280,20 @@ pub fn ask(path: &Path, request: &Request) -> Result<Response> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(ASK_TIMEOUT))?;
+    stream.set_write_timeout(Some(ASK_TIMEOUT))?;
+    let no_answer = || format!("the gateway at {} did not answer", path.display());
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| crate::timeout::explain(e, ASK_TIMEOUT))
+        .with_context(no_answer)?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .context("reading the gateway's answer")?;
+        .map_err(|e| crate::timeout::explain(e, ASK_TIMEOUT))
+        .with_context(no_answer)?;
     serde_json::from_str(&answer)
         .with_context(|| format!("the gateway's answer is not a response: {answer:?}"))
 }

@@ -16,15 +16,21 @@
 //! same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
 //! workers share), and no allocation once the pools are warm.
 //!
-//! The thread that calls [`Gateway::run`] serves the control socket and the metrics, asking
-//! every worker through its inbox and adding up the answers.
+//! The thread that calls [`Gateway::run`] serves the control socket; the metrics (`--metrics`)
+//! have a thread of their own ([`crate::scrape`]), so that no one who can reach the metrics
+//! address can hold up `idlegate flows`. Both ask every worker through its inbox and add up
+//! the answers.
+
+mod ask;
 
 use crate::capture::Capture;
-use crate::control::{Control, FlowRow, Shards};
-use crate::metrics::{DeviceCounters, Direction, Metrics, Snapshot, Traffic};
+use crate::control::{Control, FlowRow};
+use crate::metrics::{DeviceCounters, Direction, Snapshot, Traffic};
+use crate::scrape;
 use crate::tun::{Received, Shape, Tun};
 use anyhow::{anyhow, bail, Context, Result};
-use idlegate_core::engine::{Counters, Engine, Event, Interface, Verdict};
+use ask::{Ask, Asker};
+use idlegate_core::engine::{Counters, Engine, Event, ExpiryCause, Interface, Verdict};
 use idlegate_core::expiry::Expiry;
 use idlegate_core::packet;
 use idlegate_core::shard::Sharding;
@@ -107,7 +113,6 @@ impl Stopper {
 
 const WAKER: Token = Token(usize::MAX);
 const CONTROL: Token = Token(usize::MAX - 1);
-const METRICS: Token = Token(usize::MAX - 2);
 /// Largest IPv4 packet, or TCP super-segment.
 const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
@@ -118,6 +123,8 @@ const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
 /// transmit queue holds (1,000). Past it, a packet read by the wrong worker is dropped and counted (a
 /// flood of new flows cannot grow the pools).
 const HANDOFF_LIMIT: usize = 1024;
+/// How long one snapshot of the workers answers scrapes: at most one a second is taken.
+const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 /// How long the serving thread waits for a worker's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -185,8 +192,8 @@ pub struct Gateway {
     stopper: Stopper,
     /// Where `idlegate flows` asks.
     control: Option<Control>,
-    /// Where `--metrics` serves Prometheus.
-    metrics: Option<Metrics>,
+    /// Where `--metrics` serves Prometheus, on its own thread while the gateway runs.
+    metrics: Option<scrape::Server>,
     rule_names: Vec<String>,
     /// The workers' counters, added up once they have stopped.
     tally: Tally,
@@ -217,9 +224,11 @@ impl Gateway {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let metrics = match options.metrics {
             Some(addr) => {
-                let mut metrics = Metrics::bind(addr)?;
-                poll.registry()
-                    .register(metrics.listener(), METRICS, Interest::READABLE)?;
+                let metrics = scrape::Server::bind(addr)?;
+                tracing::info!(
+                    "metrics on http://{}/metrics",
+                    metrics.local_addr().unwrap_or(addr)
+                );
                 Some(metrics)
             }
             None => None,
@@ -268,6 +277,7 @@ impl Gateway {
         let stopper = Stopper {
             flag: Arc::new(AtomicBool::new(false)),
             wakers: std::iter::once(waker)
+                .chain(metrics.as_ref().map(scrape::Server::waker))
                 .chain(inboxes.iter().map(|i| Arc::clone(&i.waker)))
                 .collect(),
         };
@@ -363,10 +373,49 @@ impl Gateway {
                     }
                 }
             }
+            let metrics = self.metrics.take().map(|mut server| {
+                let ask = Asker {
+                    inboxes: self.inboxes.clone(),
+                    rule_names: self.rule_names.clone(),
+                };
+                let stopper = self.stopper.clone();
+                std::thread::Builder::new()
+                    .name("gateway-metrics".into())
+                    .spawn_scoped(scope, move || {
+                        let shards = ask.view();
+                        // Scrapes close together share one snapshot: whoever reaches the
+                        // metrics address makes the workers take at most one a second.
+                        let mut last: Option<(Instant, String)> = None;
+                        server.run(&|| stopper.stopped(), &mut || {
+                            if let Some((at, text)) = &last {
+                                if at.elapsed() < SNAPSHOT_REUSE {
+                                    return Some(text.clone());
+                                }
+                            }
+                            let text = crate::metrics::render(&shards.snapshot()?);
+                            last = Some((Instant::now(), text.clone()));
+                            Some(text)
+                        })
+                    })
+            });
+            let metrics = match metrics.transpose() {
+                Ok(thread) => thread,
+                Err(e) => {
+                    failure = Some(anyhow!(e).context("starting the metrics thread"));
+                    self.stopper.stop();
+                    None
+                }
+            };
             if let Err(e) = self.serve() {
                 failure.get_or_insert(e);
             }
             self.stopper.stop();
+            // Metrics that failed leave the gateway forwarding: said, not fatal.
+            match metrics.map(|t| t.join()) {
+                Some(Ok(Err(e))) => tracing::error!("metrics stopped: {e:#}"),
+                Some(Err(_)) => tracing::error!("the metrics thread panicked"),
+                _ => {}
+            }
             for thread in threads {
                 match thread.join() {
                     Ok(Ok(tally)) => self.tally.add(&tally),
@@ -383,35 +432,22 @@ impl Gateway {
         failure.map_or(Ok(()), Err)
     }
 
-    /// The serving thread's loop: control socket and metrics, until stopped.
+    /// The serving thread's loop: the control socket, until stopped.
     fn serve(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(16);
         while !self.stopper.stopped() {
             match self.poll.poll(&mut events, None) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => other.context("waiting for control and metrics clients")?,
+                other => other.context("waiting for control clients")?,
             }
-            for event in events.iter() {
-                match event.token() {
-                    CONTROL => {
-                        let mut shards = Ask {
-                            inboxes: &self.inboxes,
-                            rule_names: &self.rule_names,
-                        };
-                        if let Some(control) = &mut self.control {
-                            control.serve(&mut shards);
-                        }
-                    }
-                    METRICS => {
-                        let shards = Ask {
-                            inboxes: &self.inboxes,
-                            rule_names: &self.rule_names,
-                        };
-                        if let Some(metrics) = &mut self.metrics {
-                            metrics.serve(&mut || shards.snapshot());
-                        }
-                    }
-                    _ => {}
+            // Only the control socket and the waker are registered here.
+            if events.iter().any(|e| e.token() == CONTROL) {
+                let mut shards = Ask {
+                    inboxes: &self.inboxes,
+                    rule_names: &self.rule_names,
+                };
+                if let Some(control) = &mut self.control {
+                    control.serve(&mut shards);
                 }
             }
         }
@@ -444,89 +480,6 @@ impl Gateway {
                 drops.join(" ")
             }
         );
-    }
-}
-
-/// The serving thread's view of the shards: it asks every worker and adds up the answers.
-struct Ask<'a> {
-    inboxes: &'a [Inbox],
-    rule_names: &'a [String],
-}
-
-impl Ask<'_> {
-    /// Asks every worker. All answer, or the question fails: a sum over some of the shards
-    /// would be wrong (counters going down, an expiry count too low).
-    fn ask(&self, query: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
-        let (reply, answers) = mpsc::channel();
-        for inbox in self.inboxes {
-            inbox
-                .queries
-                .send((query(), reply.clone()))
-                .map_err(|_| "a gateway worker has stopped".to_string())?;
-            let _ = inbox.waker.wake();
-        }
-        drop(reply);
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
-        let mut got = Vec::with_capacity(self.inboxes.len());
-        while got.len() < self.inboxes.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match answers.recv_timeout(left) {
-                Ok(answer) => got.push(answer),
-                Err(_) => {
-                    let missing = self.inboxes.len() - got.len();
-                    return Err(format!(
-                        "{missing} gateway worker(s) did not answer within {ANSWER_TIMEOUT:?}"
-                    ));
-                }
-            }
-        }
-        Ok(got)
-    }
-
-    /// Every shard's snapshot, added up; `None` if a worker did not answer.
-    fn snapshot(&self) -> Option<Snapshot> {
-        let answers = match self.ask(|| Query::Snapshot) {
-            Ok(answers) => answers,
-            Err(e) => {
-                tracing::warn!("metrics: {e}");
-                return None;
-            }
-        };
-        let mut total = Snapshot::default();
-        for answer in answers {
-            if let Answer::Snapshot(s) = answer {
-                total.merge(*s);
-            }
-        }
-        Some(total)
-    }
-}
-
-impl Shards for Ask<'_> {
-    fn rule_names(&self) -> &[String] {
-        self.rule_names
-    }
-
-    fn flows(&mut self) -> Result<Vec<FlowRow>, String> {
-        let mut rows = Vec::new();
-        for answer in self.ask(|| Query::Flows)? {
-            if let Answer::Flows(mut r) = answer {
-                rows.append(&mut r);
-            }
-        }
-        Ok(rows)
-    }
-
-    fn expire(&mut self, rule: Option<&str>) -> Result<usize, String> {
-        let rule = rule.map(str::to_string);
-        let answers = self.ask(|| Query::Expire(rule.clone()))?;
-        Ok(answers
-            .into_iter()
-            .map(|a| match a {
-                Answer::Expired(n) => n,
-                _ => 0,
-            })
-            .sum())
     }
 }
 
@@ -940,26 +893,18 @@ impl Worker {
                 flow,
                 state,
                 timeout,
+                idle_for,
+                cause,
                 action,
-            } => {
-                let what = match action {
-                    Expiry::Silent => "silent: its packets will be dropped",
-                    Expiry::Reset => "RST sent to both ends",
-                    Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
-                    Expiry::AckAndDiscard => {
-                        "what either end sends now is acknowledged and discarded"
-                    }
-                };
-                tracing::info!(
-                    rule = self.engine.rule_name(flow.rule),
-                    "flow expired after {:?} idle in {}: {} ↔ {} ↔ {}; {what}",
-                    timeout,
-                    state.as_str(),
-                    flow.remote,
-                    flow.public,
-                    flow.private
-                );
-            }
+            } => tracing::info!(
+                rule = self.engine.rule_name(flow.rule),
+                "{}: {} ↔ {} ↔ {}; {}",
+                expiry_reason(cause, timeout, idle_for, state.as_str()),
+                flow.remote,
+                flow.public,
+                flow.private,
+                expiry_action(action)
+            ),
             Event::PortExhausted {
                 rule,
                 frontend,
@@ -980,6 +925,28 @@ impl Worker {
                 "flow table full: max_flows ({max_flows}) flows held by all workers together; new flows are refused until some end, established ones are unaffected"
             ),
         }
+    }
+}
+
+/// Why a flow expired, for the log: its timeout ran out, or `idlegate flows expire` forced it
+/// (with how long it had really been idle).
+fn expiry_reason(cause: ExpiryCause, timeout: Duration, idle_for: Duration, state: &str) -> String {
+    match cause {
+        ExpiryCause::Idle => format!("flow expired after {timeout:?} idle in {state}"),
+        ExpiryCause::Forced => format!(
+            "flow expired on request (flows expire) after {:.1}s idle in {state}",
+            idle_for.as_secs_f64()
+        ),
+    }
+}
+
+/// What an expiry did, for the log.
+fn expiry_action(action: Expiry) -> &'static str {
+    match action {
+        Expiry::Silent => "silent: its packets will be dropped",
+        Expiry::Reset => "RST sent to both ends",
+        Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
+        Expiry::AckAndDiscard => "what either end sends now is acknowledged and discarded",
     }
 }
 

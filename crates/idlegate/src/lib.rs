@@ -9,6 +9,7 @@
 //! | [`control`] | the control socket: `idlegate flows` |
 //! | [`capture`] | `--pcap`: every packet seen or made, for Wireshark |
 //! | [`metrics`] | `--metrics`: Prometheus metrics |
+//! | [`scrape`] | the metrics' HTTP server: its own thread, scrapers that cannot stall each other |
 //! | [`lab`] | namespaces of real hosts wired to the gateway |
 //! | [`demo`] | the idle-drop experiment replayed in the lab |
 //! | [`echo`] | `idlegate echo`, the far end of a probe, and its protocol |
@@ -18,6 +19,7 @@
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`netns`] | named network namespaces |
 //! | [`privilege`] | a running gateway gives up every privilege (`--user`) |
+//! | [`timeout`] | timeouts named as timeouts (`timed out after …`), not EAGAIN |
 //! | [`tun`] | TUN devices living in another namespace |
 //! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
 
@@ -36,5 +38,7 @@ pub mod privilege;
 pub mod probe;
 pub mod relay;
 pub mod scenario;
+pub mod scrape;
+pub mod timeout;
 pub mod tun;
 pub mod tunnel;

@@ -270,6 +270,9 @@ struct EchoArgs {
     /// Where to listen, e.g. 0.0.0.0:9300 or [::]:9300.
     #[arg(long)]
     listen: std::net::SocketAddr,
+    /// The most probe connections served at once; more are refused with an error frame.
+    #[arg(long, default_value_t = idlegate::echo::MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 #[derive(Subcommand)]
@@ -837,7 +840,22 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 
 /// `idlegate echo`: serves until SIGINT or SIGTERM.
 fn echo(args: &EchoArgs) -> Result<()> {
-    let echo = idlegate::echo::Echo::bind(args.listen)?;
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections: at least 1");
+    }
+    // Each connection is a descriptor; a few dozen more for refusals and the rest.
+    let want = u64::try_from(args.max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    let limit = idlegate::relay::raise_descriptor_limit(want)?;
+    if limit < want {
+        tracing::warn!(
+            "echo: only {limit} descriptors may be open; --max-connections {} will not be reached",
+            args.max_connections
+        );
+    }
+    let mut echo = idlegate::echo::Echo::bind(args.listen)?;
+    echo.set_max_connections(args.max_connections);
     let stop = echo.stop_flag();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;

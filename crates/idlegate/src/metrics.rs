@@ -1,25 +1,19 @@
-//! `--metrics ADDR`: Prometheus metrics over HTTP, served from the gateway's event loop.
+//! `--metrics ADDR`: what the gateway's Prometheus metrics say; [`crate::scrape`] serves them
+//! over HTTP on a thread of its own.
 //!
 //! `GET /metrics` answers the text exposition format (version 0.0.4) with the engine's counters
 //! and the flow table as it stands, summed over the gateway's workers (each takes a
 //! [`Snapshot`] of its shard; they [`Snapshot::merge`]): flows by rule and TCP state, expiries by action, drops by
 //! reason, SNAT ports in use and free per frontend, packets and bytes per interface and
-//! direction. The listener binds only where it is told. Each scrape is answered at once and the
-//! connection closed; a client that sends no request within [`CLIENT_TIMEOUT`] is dropped.
+//! direction. The listener binds only where it is told.
 //! The exposition is written by hand: it is a few lines of text over values the engine already
 //! counts, which a metrics library would only copy into its own registry.
 
-use anyhow::{Context, Result};
 use idlegate_core::engine::{Counters, DropReason, Engine, Interface, SnatUsage};
 use idlegate_core::expiry::Expiry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
-/// How long the gateway waits for a scraper's request.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(500);
+use std::time::Instant;
 
 /// Packets and bytes through the gateway's devices, by interface and direction.
 #[derive(Debug, Clone, Default)]
@@ -57,101 +51,6 @@ impl Traffic {
         2 * usize::from(interface == Interface::Outside)
             + usize::from(matches!(direction, Direction::Out))
     }
-}
-
-/// The metrics listener.
-pub struct Metrics {
-    listener: mio::net::TcpListener,
-}
-
-impl Metrics {
-    pub fn bind(addr: SocketAddr) -> Result<Metrics> {
-        let listener = mio::net::TcpListener::bind(addr)
-            .with_context(|| format!("listening for metrics on {addr}"))?;
-        tracing::info!(
-            "metrics on http://{}/metrics",
-            listener.local_addr().unwrap_or(addr)
-        );
-        Ok(Metrics { listener })
-    }
-
-    /// The listener, to register with the event loop.
-    pub fn listener(&mut self) -> &mut mio::net::TcpListener {
-        &mut self.listener
-    }
-
-    /// Answers every scraper waiting to be accepted, with what `snapshot` takes (`None`: the
-    /// gateway cannot say now, answered 503 so that no counter seems to go down).
-    pub fn serve(&mut self, snapshot: &mut dyn FnMut() -> Option<Snapshot>) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    let stream: TcpStream = std::os::fd::OwnedFd::from(stream).into();
-                    if let Err(e) = answer(stream, snapshot) {
-                        tracing::debug!("metrics client: {e:#}");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                // One client's failure must not leave the others queued (edge-triggered).
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    tracing::warn!("metrics listener: {e}");
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// The longest request read (the rest is not read); the answer is a few KiB.
-const MAX_REQUEST: usize = 8 * 1024;
-
-fn answer(mut stream: TcpStream, snapshot: &mut dyn FnMut() -> Option<Snapshot>) -> Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    // The whole request within CLIENT_TIMEOUT, however slowly its bytes come.
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let mut request = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            anyhow::bail!("no request within {CLIENT_TIMEOUT:?}");
-        }
-        stream.set_read_timeout(Some(left))?;
-        let room = chunk.len().min(MAX_REQUEST - request.len());
-        let n = stream.read(&mut chunk[..room])?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&chunk[..n]);
-    }
-    let wanted = request.starts_with(b"GET /metrics ") || request.starts_with(b"GET / ");
-    let (status, body) = if wanted {
-        match snapshot() {
-            Some(snapshot) => ("200 OK", render(&snapshot)),
-            None => (
-                "503 Service Unavailable",
-                "a gateway worker did not answer; try again\n".to_string(),
-            ),
-        }
-    } else {
-        (
-            "404 Not Found",
-            "idlegate serves GET /metrics\n".to_string(),
-        )
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    Ok(())
 }
 
 /// A label value as the exposition format wants it: backslash, quote and newline escaped.

@@ -722,22 +722,14 @@ pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
     out
 }
 
-/// Serves `render()` at http://ADDR/metrics (any path) until the process ends: one short
-/// HTTP/1.0 answer per connection, a client that says nothing for a second is dropped.
+/// Serves `render()` at http://ADDR/metrics on a thread of its own until the process ends
+/// ([`crate::scrape`]: many scrapers at once, none able to stall another).
 pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send + 'static) {
     std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-            let _ = conn.set_write_timeout(Some(Duration::from_secs(1)));
-            let mut request = [0u8; 1024];
-            let _ = (&conn).read(&mut request);
-            let body = render();
-            let head = format!(
-                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            );
-            let _ = (&conn).write_all(head.as_bytes());
-            let _ = (&conn).write_all(body.as_bytes());
+        let served = crate::scrape::Server::from_std(listener)
+            .and_then(|mut server| server.run(&|| false, &mut || Some(render())));
+        if let Err(e) = served {
+            tracing::error!("metrics stopped: {e:#}");
         }
     });
 }

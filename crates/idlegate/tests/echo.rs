@@ -20,7 +20,13 @@ struct Running {
 
 impl Running {
     fn start() -> Running {
-        let echo = Echo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Running::start_with(idlegate::echo::MAX_CONNECTIONS)
+    }
+
+    /// An echo that serves at most `max` connections at once.
+    fn start_with(max: usize) -> Running {
+        let mut echo = Echo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        echo.set_max_connections(max);
         let addr = echo.local_addr().unwrap();
         let stop = echo.stop_flag();
         let thread = Some(std::thread::spawn(move || echo.run()));
@@ -65,7 +71,7 @@ impl Client {
             }
             match self.stream.read(&mut buf) {
                 Ok(0) => return None,
-                Ok(n) => self.decoder.feed(&buf[..n]),
+                Ok(n) => self.decoder.feed(&buf[..n]).unwrap(),
                 Err(e) => panic!("no frame within {WAIT:?}: {e}"),
             }
         }
@@ -233,4 +239,56 @@ fn echo_stops_when_asked() {
     drop(echo);
     let refused = TcpStream::connect_timeout(&addr, WAIT).map_err(|e| e.kind());
     assert_eq!(refused.err(), Some(ErrorKind::ConnectionRefused));
+}
+
+/// The kernel's TCP state of `stream` (TCP_INFO's `tcpi_state`: 7 is CLOSE).
+fn tcp_state(stream: &TcpStream) -> u8 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_state
+}
+
+#[test]
+fn a_full_echo_refuses_with_an_error_frame_and_an_orderly_close_never_a_reset() {
+    let echo = Running::start_with(1);
+    let mut held = echo.connect();
+    held.hello(id(4, 0));
+
+    // The hello of a refused connection, sent at once and again after echo's FIN, must not
+    // turn echo's close into a RST: the probe is to learn echo is full, not see a reset.
+    let mut refused = echo.connect();
+    refused.send(&Frame::Hello(id(4, 1)));
+    match refused.recv() {
+        Some(Frame::Error(why)) => assert_eq!(why, idlegate::echo::FULL),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+    assert_eq!(refused.recv(), None, "then a FIN");
+    refused.send(&Frame::Hello(id(4, 2)));
+    refused.stream.shutdown(Shutdown::Write).unwrap();
+    // Both FINs exchanged and acknowledged: CLOSE, with no error (a RST leaves ECONNRESET).
+    let until = Instant::now() + WAIT;
+    while tcp_state(&refused.stream) != 7 {
+        assert!(Instant::now() < until, "not closed within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(refused.stream.take_error().unwrap().map(|e| e.kind()), None);
+
+    // The held connection is served as before.
+    held.send(&Frame::Data {
+        seq: 3,
+        payload: Vec::new(),
+    });
+    assert_eq!(held.recv(), Some(Frame::Received { seq: 3 }));
 }

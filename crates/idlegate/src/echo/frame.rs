@@ -98,6 +98,8 @@ pub enum ProtocolError {
     TooLong(usize),
     #[error("{kind} frame with a body of {len} bytes")]
     BadBody { kind: &'static str, len: usize },
+    #[error("{0} bytes sent and not yet taken as frames, at most {MAX_BUFFERED}: the peer floods")]
+    Flooded(usize),
 }
 
 mod kind {
@@ -150,6 +152,21 @@ impl Frame {
         out.extend_from_slice(&(body.len() as u16).to_be_bytes());
         out.extend_from_slice(&body);
         out
+    }
+
+    /// The frame's kind as the protocol names it, for messages.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "a hello frame",
+            Frame::Welcome(_) => "a welcome frame",
+            Frame::Data { .. } => "a data frame",
+            Frame::Received { .. } => "a received frame",
+            Frame::Later { .. } => "a later frame",
+            Frame::LaterReply { .. } => "a later-reply frame",
+            Frame::Status(_) => "a status frame",
+            Frame::Report(_) => "a report frame",
+            Frame::Error(_) => "an error frame",
+        }
     }
 
     fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, ProtocolError> {
@@ -258,46 +275,73 @@ fn parse_report(body: &[u8]) -> Option<Option<Report>> {
     }
 }
 
-/// Collects the bytes of a stream and cuts whole frames out of them.
+/// The most bytes a [`Decoder`] holds that are not yet taken as frames: sixteen of the
+/// longest frames. A reader that takes every whole frame after each read never comes near it;
+/// a peer that floods a reader which is not taking frames (a probe connection in its idle
+/// period) reaches it, and [`Decoder::feed`] refuses more.
+pub const MAX_BUFFERED: usize = 16 * (HEADER_LEN + MAX_BODY);
+
+/// Collects the bytes of a stream and cuts whole frames out of them, in place: decoding moves
+/// an offset, and the bytes already decoded are dropped (one copy of what is left) only when
+/// the next [`Decoder::feed`] needs the room. It never holds more than [`MAX_BUFFERED`] bytes
+/// of undecoded input.
 #[derive(Debug, Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// Where the bytes not yet decoded begin in `buf`.
+    start: usize,
 }
 
 impl Decoder {
-    /// Appends what the stream delivered.
-    pub fn feed(&mut self, bytes: &[u8]) {
+    /// Appends what the stream delivered, or refuses it (keeping what it held) if the bytes
+    /// not yet decoded would pass [`MAX_BUFFERED`].
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), ProtocolError> {
+        let pending = self.pending();
+        if pending + bytes.len() > MAX_BUFFERED {
+            return Err(ProtocolError::Flooded(pending + bytes.len()));
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.buf.len() + bytes.len() > self.buf.capacity() {
+            // Make room by dropping what was decoded rather than by growing.
+            self.buf.copy_within(self.start.., 0);
+            self.buf.truncate(pending);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// The next whole frame, `None` if more bytes are needed, or why the stream is not the
     /// protocol (checked as soon as the header is there, before waiting for a body).
     pub fn decode(&mut self) -> Result<Option<Frame>, ProtocolError> {
-        if self.buf.len() >= 2 && self.buf[..2] != MAGIC {
-            return Err(ProtocolError::BadMagic([self.buf[0], self.buf[1]]));
+        let held = &self.buf[self.start..];
+        if held.len() >= 2 && held[..2] != MAGIC {
+            return Err(ProtocolError::BadMagic([held[0], held[1]]));
         }
-        if self.buf.len() < HEADER_LEN {
+        if held.len() < HEADER_LEN {
             return Ok(None);
         }
-        if self.buf[2] != VERSION {
-            return Err(ProtocolError::Version(self.buf[2]));
+        if held[2] != VERSION {
+            return Err(ProtocolError::Version(held[2]));
         }
-        let len = usize::from(u16::from_be_bytes([self.buf[4], self.buf[5]]));
+        let len = usize::from(u16::from_be_bytes([held[4], held[5]]));
         if len > MAX_BODY {
             return Err(ProtocolError::TooLong(len));
         }
-        if self.buf.len() < HEADER_LEN + len {
+        let Some(body) = held.get(HEADER_LEN..HEADER_LEN + len) else {
             return Ok(None);
-        }
-        let frame = Frame::decode_body(self.buf[3], &self.buf[HEADER_LEN..HEADER_LEN + len]);
-        self.buf.drain(..HEADER_LEN + len);
+        };
+        let frame = Frame::decode_body(held[3], body);
+        self.start += HEADER_LEN + len;
         frame.map(Some)
     }
 
     /// Bytes received but not yet part of a whole frame (a stream that ends with some is
     /// truncated).
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
@@ -348,7 +392,7 @@ mod tests {
         let mut decoder = Decoder::default();
         let mut out = Vec::new();
         for b in bytes {
-            decoder.feed(&[b]);
+            decoder.feed(&[b]).unwrap();
             while let Some(frame) = decoder.decode().unwrap() {
                 out.push(frame);
             }
@@ -374,7 +418,7 @@ mod tests {
         ];
         for (bytes, error) in cases {
             let mut decoder = Decoder::default();
-            decoder.feed(bytes);
+            decoder.feed(bytes).unwrap();
             assert_eq!(decoder.decode(), Err(error), "{bytes:?}");
         }
     }
@@ -385,11 +429,60 @@ mod tests {
         let text = "é".repeat(MAX_BODY);
         let bytes = Frame::Error(text).encode();
         let mut decoder = Decoder::default();
-        decoder.feed(&bytes);
+        decoder.feed(&bytes).unwrap();
         let Ok(Some(Frame::Error(back))) = decoder.decode() else {
             panic!("an error frame");
         };
         assert_eq!(back, "é".repeat(MAX_BODY / 2));
+    }
+
+    #[test]
+    fn a_peer_that_floods_a_reader_not_taking_frames_is_refused_at_the_bound() {
+        let frame = Frame::Received { seq: 1 }.encode();
+        let mut decoder = Decoder::default();
+        let mut fed = 0;
+        while decoder.feed(&frame).is_ok() {
+            fed += frame.len();
+            assert!(fed <= MAX_BUFFERED, "fed {fed} bytes without refusal");
+        }
+        assert!(fed + frame.len() > MAX_BUFFERED);
+        assert_eq!(
+            decoder.feed(&frame),
+            Err(ProtocolError::Flooded(fed + frame.len()))
+        );
+        // What it held is still there, frame by frame.
+        assert_eq!(decoder.decode(), Ok(Some(Frame::Received { seq: 1 })));
+    }
+
+    #[test]
+    fn a_long_stream_is_decoded_in_place_in_a_buffer_that_does_not_grow() {
+        let chunk: Vec<u8> = (0..1000u32)
+            .flat_map(|seq| Frame::Received { seq }.encode())
+            .collect();
+        let mut decoder = Decoder::default();
+        let mut decoded = 0u64;
+        // Cut at an odd size, so frames straddle the feeds.
+        for _ in 0..200 {
+            for piece in chunk.chunks(4093) {
+                decoder.feed(piece).unwrap();
+                while let Some(frame) = decoder.decode().unwrap() {
+                    assert_eq!(
+                        frame,
+                        Frame::Received {
+                            seq: (decoded % 1000) as u32
+                        }
+                    );
+                    decoded += 1;
+                }
+            }
+        }
+        assert_eq!(decoded, 200_000);
+        assert_eq!(decoder.pending(), 0);
+        assert!(
+            decoder.buf.capacity() <= 2 * 4093,
+            "{}",
+            decoder.buf.capacity()
+        );
     }
 
     #[test]
@@ -400,7 +493,7 @@ mod tests {
         }
         .encode();
         let mut decoder = Decoder::default();
-        decoder.feed(&bytes[..50]);
+        decoder.feed(&bytes[..50]).unwrap();
         assert_eq!(decoder.decode(), Ok(None));
         assert_eq!(decoder.pending(), 50);
     }

@@ -8,9 +8,16 @@
 //! connections, so a probe can tell data that never arrived from a reply that never came
 //! back. A connection that breaks the protocol gets an `Error` frame and a log line naming the
 //! peer and the fault, and is closed; nothing else is affected. Reports are kept for an hour,
-//! at most [`MAX_REPORTS`] of them. Bounds on what peers can hold: [`MAX_CONNECTIONS`] at once,
-//! a connection closed after [`MAX_SILENCE`] with nothing pending, writes that give up after
-//! 10 s, a decoder that refuses bodies over 1 KiB.
+//! at most [`MAX_REPORTS`] of them. Bounds on what peers can hold: [`MAX_CONNECTIONS`] at once
+//! (or [`Echo::set_max_connections`]), a connection closed after [`MAX_SILENCE`] with nothing
+//! pending, writes that give up after 10 s, a decoder that refuses bodies over 1 KiB.
+//!
+//! A connection past the limit is refused, never just closed: it gets an `Error` frame, then a
+//! FIN, and what the peer sends (its hello) is read and discarded for up to [`REFUSAL_LINGER`]
+//! until its own FIN, so that no RST can overtake the frame and the probe learns that echo is
+//! full rather than taking a bare FIN for a path that closes connections. At most
+//! [`MAX_REFUSING`] refusals linger at once; beyond them the frame and FIN are sent and the
+//! socket closed at once.
 
 pub mod frame;
 
@@ -20,7 +27,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +47,12 @@ pub const MAX_SILENCE: Duration = Duration::from_secs(2 * 3600);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long echo watches for TCP's acknowledgement of a delayed reply.
 const ACK_WAIT: Duration = Duration::from_secs(1);
+/// How long a refused connection is read (and what comes discarded) after its error frame.
+pub const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+/// Refused connections lingering at once at most (each on a short-lived thread).
+pub const MAX_REFUSING: usize = 64;
+/// The error text of a refusal for want of room.
+pub const FULL: &str = "echo is serving as many connections as it may; try again later";
 
 /// What echo knows of every named connection.
 #[derive(Debug, Default)]
@@ -90,6 +103,7 @@ pub struct Echo {
     listener: TcpListener,
     reports: Arc<Reports>,
     stop: Arc<AtomicBool>,
+    max_connections: usize,
 }
 
 impl Echo {
@@ -100,7 +114,13 @@ impl Echo {
             listener,
             reports: Arc::default(),
             stop: Arc::default(),
+            max_connections: MAX_CONNECTIONS,
         })
+    }
+
+    /// Serves at most `max` connections at once (at least one); more are refused.
+    pub fn set_max_connections(&mut self, max: usize) {
+        self.max_connections = max.max(1);
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -114,12 +134,13 @@ impl Echo {
 
     /// Accepts and serves connections until the stop flag is set.
     pub fn run(&self) -> Result<()> {
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let live = Arc::new(AtomicUsize::new(0));
+        let refusing = Arc::new(AtomicUsize::new(0));
         while !self.stop.load(Ordering::Relaxed) {
             if !readable(&self.listener, STOP_CHECK)? {
                 continue;
             }
-            let (mut stream, peer) = match self.listener.accept() {
+            let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 // The peer gave up between poll and accept, or the system is short of fds:
                 // wait a little rather than spin on a listener that stays readable.
@@ -129,12 +150,12 @@ impl Echo {
                     continue;
                 }
             };
-            if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-                tracing::warn!("echo: refusing {peer}: {MAX_CONNECTIONS} connections already");
-                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-                let _ = stream.write_all(
-                    &Frame::Error("echo is serving as many connections as it may".into()).encode(),
+            if live.load(Ordering::Relaxed) >= self.max_connections {
+                tracing::warn!(
+                    "echo: refusing {peer}: {} connections already",
+                    self.max_connections
                 );
+                refuse(stream, peer, &refusing);
                 continue;
             }
             let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
@@ -152,6 +173,41 @@ impl Echo {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses `stream` for want of room: an error frame, a FIN, then (on a thread of its own, if
+/// fewer than [`MAX_REFUSING`] are) what the peer sends is read and discarded until its FIN or
+/// [`REFUSAL_LINGER`]. Closing a socket with unread input sends a RST, which may overtake the
+/// frame; reading the peer's hello first avoids it.
+fn refuse(stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = (&stream).write_all(&Frame::Error(FULL.into()).encode());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    if refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING {
+        refusing.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let count = refusing.clone();
+    let lingering = std::thread::Builder::new()
+        .name(format!("echo refusing {peer}"))
+        .spawn(move || {
+            let until = Instant::now() + REFUSAL_LINGER;
+            let mut sink = [0u8; 1024];
+            loop {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                    break;
+                }
+                match (&stream).read(&mut sink) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            count.fetch_sub(1, Ordering::Relaxed);
+        });
+    if lingering.is_err() {
+        refusing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -252,7 +308,9 @@ impl Connection {
                     break Stop::Io;
                 }
                 Ok(n) => {
-                    decoder.feed(&buf[..n]);
+                    if let Err(e) = decoder.feed(&buf[..n]) {
+                        break Stop::Protocol(e);
+                    }
                     if let Err(stop) = self.frames(&mut decoder) {
                         break stop;
                     }

@@ -16,13 +16,20 @@
 //!
 //! A test never waits longer than [`Options::wait`] for an answer; sockets carry a
 //! TCP_USER_TIMEOUT just above it, so a silent path never holds one for the kernel's 15 minutes.
-//! Everything that happens to the connections is data in the [`Report`]; only failing to reach
-//! the target at all is an error.
+//! Everything that happens to the connections is data in the [`Report`]; failing to reach the
+//! target at all is an error, and so is a connection to echo that ends in a way echo's
+//! protocol does not allow (an `Error` frame, bytes that are not frames, a frame echo never
+//! sends at that point, a flood): then nothing was measured, and [`run`] says so rather than
+//! reporting a timeout. What a connection holds of echo's frames is bounded by the decoder
+//! ([`MAX_BUFFERED`]), and frames are taken as they come, the idle period included.
 
+mod idle;
 pub mod search;
 
+#[cfg(doc)]
+use crate::echo::frame::MAX_BUFFERED;
 use crate::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
-use crate::scenario::{all_acknowledged, errno_name};
+use crate::scenario::errno_name;
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
@@ -228,7 +235,16 @@ struct Armed {
     decoder: Decoder,
     id: ConnId,
     idle_since: Instant,
+    /// Echo's delayed reply, if it came during the idle period (clocks that disagree).
+    early_reply: bool,
 }
+
+/// Why a test measured nothing: its connection broke echo's protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Broken(String);
+
+/// What one test gives: what it saw, or why it saw nothing that counts.
+type Seen = Result<Observed, Broken>;
 
 /// A probe in progress.
 struct Probe {
@@ -240,6 +256,8 @@ struct Probe {
     /// Where progress lines go: stderr when it is a terminal.
     progress: Progress,
     warnings: Vec<String>,
+    /// Set once a connection broke echo's protocol: the probe ends without a report.
+    broken: Option<String>,
 }
 
 /// The progress line: the round, what is known of the timeout, and when the run should end.
@@ -294,6 +312,7 @@ pub fn run(options: &Options) -> Result<Report> {
             started,
         },
         warnings: Vec::new(),
+        broken: None,
     };
     probe.echo = probe
         .detect_echo()
@@ -370,6 +389,7 @@ pub fn run(options: &Options) -> Result<Report> {
     }
     let second = match probe.round(&tests, false, (verdict.low, Some(high))) {
         Ok(second) => second,
+        Err(e) if probe.broken.is_some() => return Err(e),
         Err(e) => {
             probe.warnings.push(format!(
                 "the second round could not start ({e:#}): the bracket is the coarse round's"
@@ -469,10 +489,15 @@ impl Probe {
         self.used += 1;
         stream.write_all(&Frame::Hello(id).encode())?;
         let mut decoder = Decoder::default();
-        Ok(matches!(
-            read_frame(&mut stream, &mut decoder, Instant::now() + self.options.wait),
-            Ok(Some(Frame::Welcome(got))) if got == id
-        ))
+        match read_frame(&mut stream, &mut decoder, Instant::now() + self.options.wait) {
+            Ok(Some(Frame::Welcome(got))) if got == id => Ok(true),
+            // Echo, refusing (full, or this probe's hello broke its protocol): nothing can be
+            // measured, and the target is no plain server either.
+            Ok(Some(Frame::Error(why))) => bail!(
+                "echo refused the probe: {why}\nhint: nothing was measured; try again when echo has room (see its log)"
+            ),
+            _ => Ok(false),
+        }
     }
 
     /// A connected client socket, with TCP_USER_TIMEOUT and the test's keepalive.
@@ -535,6 +560,7 @@ impl Probe {
             decoder,
             id,
             idle_since: Instant::now(),
+            early_reply: false,
         })
     }
 
@@ -573,7 +599,7 @@ impl Probe {
             std::thread::Builder::new()
                 .name(format!("probe {}", a.id.conn))
                 .spawn(move || {
-                    let seen = test(a, wait, &flag);
+                    let seen: Option<Seen> = idle::test(a, wait, &flag);
                     let _ = tx.send((i, seen));
                 })
                 .map_err(|e| {
@@ -584,6 +610,7 @@ impl Probe {
         }
         drop(tx);
         let mut seen: Vec<Option<Observed>> = vec![None; tests.len()];
+        let mut broken = None;
         let round_name = if stop_at_first_dead { "coarse" } else { "fine" };
         let ends = Instant::now()
             + tests.iter().map(|t| t.idle).max().unwrap_or_default()
@@ -593,7 +620,18 @@ impl Probe {
         let timing = |t: &Test| t.keepalive.is_none() && known.1.is_none_or(|top| t.idle < top);
         loop {
             match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok((i, Some(observed))) => {
+                Ok((i, Some(Err(Broken(why))))) => {
+                    // Nothing that counts was measured: end the round and the probe.
+                    tracing::debug!("probe: connection {}: {why}", ids[i].conn);
+                    broken.get_or_insert_with(|| {
+                        format!(
+                            "connection {} to echo broke its protocol: {why}",
+                            ids[i].conn
+                        )
+                    });
+                    stop.store(true, Ordering::Relaxed);
+                }
+                Ok((i, Some(Ok(observed)))) => {
                     seen[i] = Some(observed);
                     let t = &tests[i];
                     tracing::debug!(
@@ -617,6 +655,14 @@ impl Probe {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             self.progress.show(round_name, survived, died, ends);
+        }
+        if let Some(why) = broken {
+            self.progress.done();
+            self.broken = Some(why.clone());
+            bail!(
+                "could not measure {}: {why}\nhint: nothing was measured; is the target a current idlegate echo, and the only thing answering at that address?",
+                self.options.target
+            );
         }
         let mut out = Vec::new();
         for (i, s) in seen.into_iter().enumerate() {
@@ -714,7 +760,8 @@ fn run_id() -> u64 {
     nanos ^ (u64::from(std::process::id()) << 48)
 }
 
-/// Reads until a whole frame, EOF (`None`) or `deadline` (an error of kind `TimedOut`).
+/// Reads until a whole frame, EOF (`None`) or `deadline` (an error of kind `TimedOut`). Bytes
+/// that are not frames, or more than the decoder holds, are an error of kind `InvalidData`.
 fn read_frame(
     stream: &mut TcpStream,
     decoder: &mut Decoder,
@@ -722,10 +769,7 @@ fn read_frame(
 ) -> io::Result<Option<Frame>> {
     let mut buf = [0u8; 512];
     loop {
-        if let Some(frame) = decoder
-            .decode()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
+        if let Some(frame) = decoder.decode().map_err(invalid)? {
             return Ok(Some(frame));
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -735,7 +779,7 @@ fn read_frame(
         stream.set_read_timeout(Some(left))?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(None),
-            Ok(n) => decoder.feed(&buf[..n]),
+            Ok(n) => decoder.feed(&buf[..n]).map_err(invalid)?,
             Err(e)
                 if matches!(
                     e.kind(),
@@ -750,6 +794,10 @@ fn read_frame(
     }
 }
 
+fn invalid(e: crate::echo::frame::ProtocolError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
 /// Reads the next frame and fails unless it is `want`.
 fn expect(
     stream: &mut TcpStream,
@@ -760,154 +808,12 @@ fn expect(
     match read_frame(stream, decoder, deadline) {
         Ok(Some(got)) if got == want => Ok(()),
         Ok(Some(Frame::Error(why))) => bail!("echo refused the probe: {why}"),
-        Ok(other) => bail!("echo answered {other:?}, expected {want:?}"),
+        Ok(Some(other)) => bail!("echo answered {other:?}, expected {want:?}"),
+        Ok(None) => bail!(
+            "echo closed the connection instead of answering {}",
+            want.kind_name()
+        ),
         Err(e) => Err(e).context("waiting for echo"),
-    }
-}
-
-/// Runs one test on an armed connection: idle until its time, then send (or, for a
-/// server-to-client test, wait for echo's reply). `None` if abandoned.
-fn test(mut a: Armed, wait: Duration, stop: &AtomicBool) -> Option<Observed> {
-    let due = a.idle_since + a.test.idle;
-    // The idle period: a RST may arrive during it (reset at expiry).
-    match a.test.direction {
-        Direction::ClientToServer => {
-            if let Some(seen) = idle_until(&mut a, due, stop)? {
-                return Some(seen);
-            }
-            Some(send_and_confirm(&mut a, wait))
-        }
-        Direction::ServerToClient => {
-            if let Some(seen) = idle_until(&mut a, due, stop)? {
-                return Some(seen);
-            }
-            Some(await_later(&mut a, due + wait))
-        }
-    }
-}
-
-/// Waits until `due` watching the socket. `Some(Some(seen))` if something ended the idle
-/// period early, `Some(None)` at `due`, `None` if abandoned.
-fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<Observed>> {
-    let mut buf = [0u8; 512];
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        let left = due.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Some(None);
-        }
-        // In slices, so an abandoned round lets go promptly.
-        let slice = left.min(Duration::from_millis(200));
-        if a.stream.set_read_timeout(Some(slice)).is_err() {
-            return Some(Some(Observed::ResetAtExpiry));
-        }
-        match a.stream.read(&mut buf) {
-            // Echo's delayed reply may come early only if the clocks disagree: keep it. A plain
-            // server's chatter is not kept.
-            Ok(n) if n > 0 && a.echo => a.decoder.feed(&buf[..n]),
-            Ok(n) if n > 0 => {}
-            // A FIN: the far end (or a proxy on the way) closed the idle connection.
-            Ok(_) => return Some(Some(Observed::Closed)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Some(Some(Observed::ResetAtExpiry)),
-        }
-    }
-}
-
-/// The client-to-server test: send, then wait for echo's confirmation (or, against a plain
-/// server, the acknowledgement).
-fn send_and_confirm(a: &mut Armed, wait: Duration) -> Observed {
-    if !a.echo {
-        return plain_send(a, wait);
-    }
-    let data = Frame::Data {
-        seq: DATA_SEQ,
-        payload: b"after idle".to_vec(),
-    };
-    if let Err(e) = a.stream.write_all(&data.encode()) {
-        return Observed::from_error(&e, true);
-    }
-    let deadline = Instant::now() + wait;
-    loop {
-        match read_frame(&mut a.stream, &mut a.decoder, deadline) {
-            Ok(Some(Frame::Received { seq: DATA_SEQ })) => return Observed::Alive,
-            Ok(Some(_)) => continue,
-            Ok(None) => return Observed::ResetOnNext,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
-                return unanswered(a)
-            }
-            Err(e) => return Observed::from_error(&e, true),
-        }
-    }
-}
-
-/// Against a server that is not echo: the data is alive once TCP acknowledges it; a RST or
-/// silence as with echo. (Data acknowledged by a box and not delivered passes for alive.)
-fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
-    if let Err(e) = a.stream.write_all(PLAIN_PAYLOAD) {
-        return Observed::from_error(&e, true);
-    }
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 512];
-    loop {
-        match all_acknowledged(a.stream.as_raw_fd()) {
-            Some(true) => return Observed::Alive,
-            Some(false) => {}
-            None => return Observed::ResetOnNext,
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Observed::Silent;
-        }
-        if a.stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(20))))
-            .is_err()
-        {
-            return Observed::ResetOnNext;
-        }
-        match a.stream.read(&mut buf) {
-            // Whatever the server says back is its business; a RST is ours.
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Observed::ResetOnNext,
-        }
-    }
-}
-
-/// No confirmation within the wait: unacknowledged data is a silent path; acknowledged data
-/// that echo never confirmed was taken in and not delivered (checked with echo afterwards).
-fn unanswered(a: &Armed) -> Observed {
-    match all_acknowledged(a.stream.as_raw_fd()) {
-        Some(true) => Observed::AckedNotDelivered,
-        _ => Observed::Silent,
-    }
-}
-
-/// The server-to-client test: echo's reply is due at the end of the idle period.
-fn await_later(a: &mut Armed, deadline: Instant) -> Observed {
-    loop {
-        match read_frame(&mut a.stream, &mut a.decoder, deadline) {
-            Ok(Some(Frame::LaterReply { seq: 1 })) => return Observed::Alive,
-            Ok(Some(_)) => continue,
-            Ok(None) => return Observed::ResetOnNext,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
-                return Observed::Silent
-            }
-            // Whatever reached the client itself: a RST to it, an ICMP error.
-            Err(e) => return Observed::from_error(&e, true),
-        }
     }
 }
 

@@ -260,7 +260,9 @@ impl Dial {
             Ok(opened) => opened,
             Err(e) => {
                 reset(&app);
-                return Err(e).with_context(|| format!("opening the tunnel to {}", self.tunnel));
+                let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
+                return Err(leg_failure(e, timeout))
+                    .with_context(|| format!("opening the tunnel to {}", self.tunnel));
             }
         };
         let Frame::Welcome { session, token, .. } = answer else {
@@ -342,6 +344,15 @@ impl Dial {
                 .min(self.settings.heartbeat)
                 .max(Duration::from_millis(50));
         }
+    }
+}
+
+/// A leg that could not be opened, in words: one that ran out of time says `timed out after
+/// …`, not EAGAIN's `Resource temporarily unavailable`.
+fn leg_failure(e: LegError, timeout: Duration) -> anyhow::Error {
+    match e {
+        LegError::Io(e) => crate::timeout::explain(e, timeout).into(),
+        other => other.into(),
     }
 }
 
