@@ -61,10 +61,15 @@ enum Command {
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
-    /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair.
+    /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
+    /// with --pair an end's own key pair for the per-peer mode.
     Keygen {
         /// Where to write it; an existing file is never overwritten.
         file: PathBuf,
+        /// Write a key pair: the private key to FILE (mode 0600), the public key to FILE.pub
+        /// (a line for an exit's --peers file, named after FILE), and print the public key.
+        #[arg(long)]
+        pair: bool,
     },
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
@@ -167,14 +172,27 @@ struct RelayArgs {
     #[arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel")]
     connect: Option<String>,
     /// Tunnel entry: carry the connections accepted on --listen to the exit at HOST:PORT.
-    #[arg(long, requires = "key", conflicts_with = "tunnel_listen")]
+    #[arg(long, conflicts_with = "tunnel_listen")]
     tunnel: Option<String>,
     /// Tunnel exit: accept the entry's legs here and connect each session to --connect.
-    #[arg(long, requires = "key", conflicts_with = "listen")]
+    #[arg(long, conflicts_with = "listen")]
     tunnel_listen: Option<std::net::SocketAddr>,
     /// The tunnel pair's key file (made by `idlegate keygen FILE`), the same on both ends.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "private_key")]
     key: Option<PathBuf>,
+    /// Per-peer mode: this end's private key file (made by `idlegate keygen --pair FILE`).
+    /// An exit also needs --peers, an entry --exit-public-key.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Per-peer mode, exit: the entries it accepts, one `PUBLIC_KEY [NAME]` a line (`#`
+    /// comments). Reread when it changes (checked every second): a key taken off is refused
+    /// from its next handshake on, and its open sessions are reset.
+    #[arg(long, requires = "private_key", conflicts_with = "tunnel")]
+    peers: Option<PathBuf>,
+    /// Per-peer mode, entry: the exit's public key (44 characters of base64), or a file that
+    /// holds it (the exit's FILE.pub).
+    #[arg(long, requires = "private_key", conflicts_with = "tunnel_listen")]
+    exit_public_key: Option<String>,
     /// Tunnel: send a heartbeat when a leg has been quiet this long; three missed lose the
     /// leg and start a resume. Both ends should agree.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -459,13 +477,28 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
-        Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
-            println!(
-                "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-                file.display()
-            );
-            ExitCode::SUCCESS
-        }),
+        Command::Keygen { file, pair: false } => {
+            idlegate::tunnel::key::Key::generate(&file).map(|_| {
+                println!(
+                    "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Keygen { file, pair: true } => {
+            use idlegate::tunnel::key::PrivateKey;
+            PrivateKey::generate(&file).map(|key| {
+                println!("{}", key.public());
+                eprintln!(
+                    "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
+                     an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
+                    file.display(),
+                    PrivateKey::public_path(&file).display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -1076,7 +1109,9 @@ fn run_watched(args: &RunArgs) -> Result<ExitCode> {
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
 fn relay(args: &RelayArgs) -> Result<()> {
     use idlegate::relay::{parse_config, Keepalive, Relay};
-    use idlegate::tunnel::{key::Key, Entry, Exit, Settings};
+    use idlegate::tunnel::key::{Key, PrivateKey};
+    use idlegate::tunnel::leg::{EntryKeys, ExitKeys};
+    use idlegate::tunnel::{Entry, Exit, Settings};
     let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
         use std::net::ToSocketAddrs;
         v.to_socket_addrs()
@@ -1105,9 +1140,15 @@ fn relay(args: &RelayArgs) -> Result<()> {
         } else {
             args.max_connections
         };
+        // A tunnel exit also holds connections that have not said Hello yet.
+        let gate = if args.tunnel_listen.is_some() {
+            idlegate::tunnel::MAX_PENDING as u64
+        } else {
+            0
+        };
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
-            .saturating_add(64);
+            .saturating_add(64 + gate);
         let soft = idlegate::relay::raise_descriptor_limit(want)?;
         if soft < want {
             tracing::warn!(
@@ -1118,25 +1159,61 @@ fn relay(args: &RelayArgs) -> Result<()> {
         Ok(())
     };
     let mut stats = Vec::new();
-    let tunnel_settings = || -> Result<(Key, Settings)> {
-        let path = args
-            .key
-            .as_ref()
-            .context("--key FILE is needed for a tunnel")?;
-        let key = Key::load(path).with_context(|| "--key".to_string())?;
+    let tunnel_settings = || -> Result<Settings> {
         if args.heartbeat < std::time::Duration::from_millis(100) {
             anyhow::bail!("--heartbeat {:?}: at least 100ms", args.heartbeat);
         }
-        Ok((
-            key,
-            Settings {
-                heartbeat: args.heartbeat,
-                resume_within: args.resume_within,
-                replay_buffer: args.replay_buffer,
-                keepalive,
-                max_sessions: args.max_sessions,
-            },
-        ))
+        Ok(Settings {
+            heartbeat: args.heartbeat,
+            resume_within: args.resume_within,
+            replay_buffer: args.replay_buffer,
+            keepalive,
+            max_sessions: args.max_sessions,
+        })
+    };
+    const MAKE_KEYS: &str =
+        "make the pair's key with `idlegate keygen FILE` (the same file on both ends), \
+         or each end's key pair with `idlegate keygen --pair FILE`";
+    let private_key = |path: &PathBuf| -> Result<PrivateKey> {
+        PrivateKey::load(path).map_err(|e| with_hint(format!("--private-key: {e:#}"), MAKE_KEYS))
+    };
+    let psk = |path: &PathBuf| -> Result<Key> {
+        Key::load(path).map_err(|e| with_hint(format!("--key: {e:#}"), MAKE_KEYS))
+    };
+    let entry_keys = || -> Result<EntryKeys> {
+        match (&args.key, &args.private_key, &args.exit_public_key) {
+            (Some(path), _, _) => Ok(EntryKeys::Psk(psk(path)?)),
+            (None, Some(path), Some(exit)) => Ok(EntryKeys::Peer {
+                own: private_key(path)?,
+                exit: exit_public_key(exit)?,
+            }),
+            (None, Some(_), None) => anyhow::bail!(
+                "--private-key on a tunnel entry: --exit-public-key is missing\n\
+                 hint: give the exit's public key (its FILE.pub from `idlegate keygen --pair FILE`)"
+            ),
+            (None, None, _) => anyhow::bail!("--tunnel: no key given\nhint: give --key FILE, or --private-key FILE and --exit-public-key KEY; {}", MAKE_KEYS),
+        }
+    };
+    let exit_keys = || -> Result<ExitKeys> {
+        match (&args.key, &args.private_key, &args.peers) {
+            (Some(path), _, _) => Ok(ExitKeys::Psk(psk(path)?)),
+            (None, Some(path), Some(list)) => {
+                let peers = idlegate::tunnel::peers::Peers::load(list).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--peers: {e:#}\nhint: one entry a line: PUBLIC_KEY [NAME] (an entry's FILE.pub holds its line); # starts a comment"
+                    )
+                })?;
+                Ok(ExitKeys::Peers {
+                    own: private_key(path)?,
+                    peers: Arc::new(peers),
+                })
+            }
+            (None, Some(_), None) => anyhow::bail!(
+                "--private-key on a tunnel exit: --peers is missing\n\
+                 hint: give --peers FILE, the entries' public keys, one `PUBLIC_KEY [NAME]` a line"
+            ),
+            (None, None, _) => anyhow::bail!("--tunnel-listen: no key given\nhint: give --key FILE, or --private-key FILE and --peers FILE; {}", MAKE_KEYS),
+        }
     };
     match (
         &args.config,
@@ -1160,10 +1237,17 @@ fn relay(args: &RelayArgs) -> Result<()> {
             }
         }
         (None, Some(listen), Some(tunnel), None, None) => {
-            let (key, settings) = tunnel_settings()?;
+            let settings = tunnel_settings()?;
+            let keys = entry_keys()?;
             let tunnel = resolve("--tunnel", tunnel)?;
             fit(1)?;
-            let mut entry = Entry::bind(listen, tunnel, key, settings.clone())?;
+            if let EntryKeys::Peer { own, exit } = &keys {
+                tracing::info!(
+                    "tunnel entry: per-peer keys, this entry's public key {}, the exit's {exit}",
+                    own.public()
+                );
+            }
+            let mut entry = Entry::bind(listen, tunnel, keys, settings.clone())?;
             entry.set_stop_flag(stop.clone());
             stats.push((entry.local_addr()?, entry.stats()));
             tracing::info!(
@@ -1176,10 +1260,19 @@ fn relay(args: &RelayArgs) -> Result<()> {
             runs.push(Box::new(move || entry.run()));
         }
         (None, None, None, Some(listen), Some(connect)) => {
-            let (key, settings) = tunnel_settings()?;
+            let settings = tunnel_settings()?;
+            let keys = exit_keys()?;
             let connect = resolve("--connect", connect)?;
             fit(1)?;
-            let mut exit = Exit::bind(listen, connect, key, settings.clone())?;
+            if let ExitKeys::Peers { own, peers } = &keys {
+                tracing::info!(
+                    "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (reread when it changes)",
+                    own.public(),
+                    peers.list().len(),
+                    peers.path().display()
+                );
+            }
+            let mut exit = Exit::bind(listen, connect, keys, settings.clone())?;
             exit.set_stop_flag(stop.clone());
             stats.push((exit.local_addr()?, exit.stats()));
             tracing::info!(
@@ -1219,6 +1312,41 @@ fn relay(args: &RelayArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `message`, with `hint` unless it has one already.
+fn with_hint(message: String, hint: &str) -> anyhow::Error {
+    if message.contains("\nhint: ") {
+        anyhow::anyhow!(message)
+    } else {
+        anyhow::anyhow!("{message}\nhint: {hint}")
+    }
+}
+
+/// `--exit-public-key`: a key, or a file that holds one (its first word that is not a
+/// comment).
+fn exit_public_key(value: &str) -> Result<idlegate::tunnel::key::PublicKey> {
+    use idlegate::tunnel::key::PublicKey;
+    if let Ok(key) = PublicKey::parse(value) {
+        return Ok(key);
+    }
+    let text = std::fs::read_to_string(value).map_err(|e| {
+        let why = PublicKey::parse(value)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "--exit-public-key {value}: not a public key ({why}), nor a file that holds one ({e})\n\
+             hint: give the exit's public key, 44 characters of base64, or its FILE.pub"
+        )
+    })?;
+    let first = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("--exit-public-key {value}: no key in the file"))?;
+    PublicKey::parse(first).with_context(|| format!("--exit-public-key {value}: not a public key"))
 }
 
 fn log_relay(

@@ -90,7 +90,7 @@ fn read_secret(path: &Path, what: &str) -> Result<String> {
     let mode = meta.permissions().mode();
     if mode & 0o077 != 0 {
         bail!(
-            "{shown}: mode {:o} lets others read {what}; chmod 600 it",
+            "{shown}: mode {:o} lets others read {what}\nhint: chmod 600 {shown}",
             mode & 0o777
         );
     }
@@ -209,8 +209,10 @@ impl PrivateKey {
     pub fn generate(path: &Path) -> Result<PrivateKey> {
         let key = PrivateKey::random()?;
         let public_path = PrivateKey::public_path(path);
-        if public_path.exists() {
-            bail!("{}: already exists; not overwritten", public_path.display());
+        for path in [path, &public_path] {
+            if path.exists() {
+                bail!("{}: already exists; not overwritten", path.display());
+            }
         }
         let mut file = create_new(path, 0o600, "private key")?;
         writeln!(file, "{PRIVATE_HEADER}\n{}", BASE64.encode(key.secret))
