@@ -169,6 +169,14 @@ pub enum Peer {
 }
 
 impl Peer {
+    /// For a log line about a session: the peer's name in the per-peer mode, else nothing.
+    pub fn tag(&self) -> String {
+        match self {
+            Peer::Psk => String::new(),
+            Peer::Listed { name, .. } => format!(" (peer {name})"),
+        }
+    }
+
     /// The listed key, if any.
     pub fn key(&self) -> Option<PublicKey> {
         match self {

@@ -593,6 +593,7 @@ impl ExitLeg {
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
         let peer = leg.peer().clone();
+        let tag = peer.tag();
         let slot = Arc::new(Slot {
             token,
             peer: peer.clone(),
@@ -657,7 +658,7 @@ impl ExitLeg {
                     LegEnd::Replaced => {}
                     LegEnd::Lost(why) => {
                         tracing::info!(
-                            "tunnel: session {id} ({peer}): leg lost ({why}); waiting for the entry"
+                            "tunnel: session {id}{tag}: leg lost ({why}); waiting for the entry"
                         );
                         waiting = Some(Instant::now());
                     }
@@ -709,7 +710,7 @@ impl ExitLeg {
             leg = new_leg;
             if let Some(since) = waiting.take() {
                 tracing::info!(
-                    "tunnel: session {id} ({peer}) resumed after {:.1?}; {replayed} bytes sent again",
+                    "tunnel: session {id}{tag} resumed after {:.1?}; {replayed} bytes sent again",
                     since.elapsed()
                 );
             } else {

@@ -1,0 +1,415 @@
+//! The tunnel exit (`idlegate relay --tunnel-listen`, the real binary) facing peers it must
+//! not trust: hundreds of idle unauthenticated connections must not stop it serving keyed
+//! entries or resuming their sessions, nor fill its log; in the per-peer mode it serves the
+//! entries on its `--peers` list, refuses the others at their first message, and cuts off an
+//! entry taken off the list. The pre-shared-key mode keeps its wire format.
+//!
+//! Everything runs on loopback (no root): the attackers use other loopback source addresses
+//! (127.0.0.2, 127.0.1.x) than the entry (127.0.0.1), as hosts elsewhere would.
+
+mod common;
+
+use idlegate::relay::Keepalive;
+use idlegate::tunnel::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
+use idlegate::tunnel::key::{Key, PrivateKey, PublicKey};
+use idlegate::tunnel::leg::EntryKeys;
+use idlegate::tunnel::{Entry, Settings};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn settings(heartbeat: Duration, resume_within: Duration) -> Settings {
+    Settings {
+        heartbeat,
+        resume_within,
+        replay_buffer: 4 << 20,
+        keepalive: Keepalive::parse("1s,1s,3").unwrap(),
+        max_sessions: 10_000,
+    }
+}
+
+/// Polls `done` every 10 ms until it holds or `within` passes; says whether it held.
+fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+/// An echo server on loopback that counts the connections it accepted.
+fn echo_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            counted.fetch_add(1, Ordering::Relaxed);
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Sends `msg` on `conn` and reads it back: what the echo behind the tunnel returned, or
+/// the error the application saw.
+fn round_trip(conn: &mut TcpStream, msg: &[u8]) -> Result<Vec<u8>, ErrorKind> {
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.write_all(msg).map_err(|e| e.kind())?;
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).map_err(|e| e.kind())?;
+    Ok(back)
+}
+
+/// The exit, as the binary; its log lines as they come; killed when dropped.
+struct ExitProcess {
+    child: Child,
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ExitProcess {
+    fn start(connect: SocketAddr, auth: &[&str]) -> ExitProcess {
+        let connect = connect.to_string();
+        let mut args = vec![
+            "relay",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--connect",
+            &connect,
+            "--heartbeat",
+            "1s",
+            "--resume-within",
+            "60s",
+        ];
+        args.extend_from_slice(auth);
+        let mut child = Command::new(IDLEGATE)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting idlegate relay");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collected = lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let mut exit = ExitProcess {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            lines,
+        };
+        let mut addr = None;
+        assert!(
+            wait_until(WAIT, || {
+                addr = exit.lines().iter().find_map(|l| {
+                    let rest = &l[l.find("tunnel exit 127.0.0.1:")? + "tunnel exit ".len()..];
+                    rest.split_whitespace().next()?.parse().ok()
+                });
+                addr.is_some()
+            }),
+            "the exit did not start: {:#?}",
+            exit.lines()
+        );
+        exit.addr = addr.unwrap();
+        exit
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    fn said(&self, what: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(what))
+    }
+}
+
+impl Drop for ExitProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An entry in this process; stopped when dropped.
+struct EntryRunning {
+    addr: SocketAddr,
+    stats: Arc<idlegate::relay::Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EntryRunning {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn start_entry(tunnel: SocketAddr, keys: impl Into<EntryKeys>, s: Settings) -> EntryRunning {
+    let entry = Entry::bind("127.0.0.1:0".parse().unwrap(), tunnel, keys, s).unwrap();
+    let running = EntryRunning {
+        addr: entry.local_addr().unwrap(),
+        stats: entry.stats(),
+        stop: entry.stop_flag(),
+    };
+    std::thread::spawn(move || entry.run());
+    running
+}
+
+/// A path between entry and exit whose connections the test can cut.
+struct CutPath {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CutPath {
+    fn new(to: SocketAddr) -> CutPath {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let path = CutPath {
+            addr: listener.local_addr().unwrap(),
+            conns: Arc::default(),
+        };
+        let conns = path.conns.clone();
+        std::thread::spawn(move || {
+            for near in listener.incoming().flatten() {
+                let Ok(far) = TcpStream::connect(to) else {
+                    continue;
+                };
+                conns
+                    .lock()
+                    .unwrap()
+                    .extend([near.try_clone().unwrap(), far.try_clone().unwrap()]);
+                let (n2, f2) = (near.try_clone().unwrap(), far.try_clone().unwrap());
+                std::thread::spawn(move || forward(near, far));
+                std::thread::spawn(move || forward(f2, n2));
+            }
+        });
+        path
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn forward(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Connections that never send a byte, each reopened 100 ms after the far end drops it.
+struct IdleAttack {
+    stop: Arc<AtomicBool>,
+    /// Connections opened, in all.
+    opened: Arc<AtomicU64>,
+    /// Places whose connection was dropped and opened again at least once.
+    reopened: Arc<AtomicU64>,
+    places: u64,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdleAttack {
+    /// One connection per entry of `sources`, from that address.
+    fn start(target: SocketAddr, sources: Vec<Ipv4Addr>) -> IdleAttack {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let reopened = Arc::new(AtomicU64::new(0));
+        let places = sources.len() as u64;
+        let (stopped, counted, again) = (stop.clone(), opened.clone(), reopened.clone());
+        let thread = std::thread::spawn(move || {
+            let n = sources.len();
+            let mut conns: Vec<Option<socket2::Socket>> = (0..n).map(|_| None).collect();
+            let mut reopen_at = vec![Instant::now(); n];
+            let mut opens = vec![0u32; n];
+            while !stopped.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                for i in 0..n {
+                    if conns[i].is_some() || now < reopen_at[i] {
+                        continue;
+                    }
+                    reopen_at[i] = now + Duration::from_millis(100);
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .unwrap();
+                    let from = SocketAddr::V4(SocketAddrV4::new(sources[i], 0));
+                    if s.bind(&from.into()).is_err() || s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    match s.connect(&target.into()) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                        Err(_) => continue,
+                    }
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    opens[i] += 1;
+                    if opens[i] == 2 {
+                        again.fetch_add(1, Ordering::Relaxed);
+                    }
+                    conns[i] = Some(s);
+                }
+                // Any event on a connection that never sends is its end (a FIN or a RST).
+                let mut fds: Vec<libc::pollfd> = Vec::with_capacity(n);
+                let mut which = Vec::with_capacity(n);
+                for (i, c) in conns.iter().enumerate() {
+                    if let Some(s) = c {
+                        use std::os::fd::AsRawFd;
+                        fds.push(libc::pollfd {
+                            fd: s.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        });
+                        which.push(i);
+                    }
+                }
+                // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
+                let now = Instant::now();
+                for (fd, i) in fds.iter().zip(which) {
+                    if fd.revents != 0 {
+                        conns[i] = None;
+                        reopen_at[i] = now + Duration::from_millis(100);
+                    }
+                }
+            }
+        });
+        IdleAttack {
+            stop,
+            opened,
+            reopened,
+            places,
+            thread: Some(thread),
+        }
+    }
+
+    fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Whether every place's connection has been dropped and opened again.
+    fn all_reopened(&self) -> bool {
+        self.reopened.load(Ordering::Relaxed) == self.places
+    }
+}
+
+impl Drop for IdleAttack {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_key(dir: &Path) -> (Key, PathBuf) {
+    let path = dir.join("pair.key");
+    (Key::generate(&path).unwrap(), path)
+}
+
+#[test]
+fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_resumes_or_fill_its_log(
+) {
+    // 600 idle connections: 200 from one source (127.0.0.2), 400 from 200 others.
+    let mut sources = vec![Ipv4Addr::new(127, 0, 0, 2); 200];
+    for i in 0..200u32 {
+        let host = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + i);
+        sources.extend([host, host]);
+    }
+    common::raise_fd_limit(8192);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, key_path) = write_key(dir.path());
+    let (echo, _) = echo_server();
+    let exit = ExitProcess::start(echo, &["--key", key_path.to_str().unwrap()]);
+    let path = CutPath::new(exit.addr);
+    let s = settings(Duration::from_secs(1), Duration::from_secs(60));
+    let entry = start_entry(path.addr, key.clone(), s);
+    // A session that is up before the attack.
+    let mut live = TcpStream::connect(entry.addr).unwrap();
+    assert_eq!(round_trip(&mut live, b"before"), Ok(b"before".to_vec()));
+    let quiet_lines = exit.lines().len();
+
+    let attack = IdleAttack::start(exit.addr, sources);
+    // Every attacking connection opened, dropped and opened again: the exit has been under
+    // attack for longer than any first-message deadline.
+    assert!(
+        wait_until(Duration::from_secs(120), || attack.all_reopened()),
+        "the attack got going: {} opened",
+        attack.opened()
+    );
+
+    // A new session while the attack goes on.
+    let started = Instant::now();
+    let mut client = TcpStream::connect(entry.addr).unwrap();
+    let served = round_trip(&mut client, b"during the attack");
+    let serve_took = started.elapsed();
+    assert_eq!(
+        served,
+        Ok(b"during the attack".to_vec()),
+        "a keyed client is served during the attack"
+    );
+
+    // The live session's leg is cut: it resumes during the attack, and its bytes cross.
+    let started = Instant::now();
+    path.cut();
+    assert!(
+        wait_until(Duration::from_secs(20), || entry
+            .stats
+            .reconnects
+            .load(Ordering::Relaxed)
+            >= 1),
+        "the live session resumed during the attack; entry expired {}",
+        entry.stats.expired.load(Ordering::Relaxed)
+    );
+    let resume_took = started.elapsed();
+    assert_eq!(round_trip(&mut live, b"after"), Ok(b"after".to_vec()));
+    assert_eq!(entry.stats.expired.load(Ordering::Relaxed), 0);
+
+    // The log: a few lines, however many connections were refused.
+    let opened = attack.opened();
+    drop(attack);
+    let lines = exit.lines()[quiet_lines..].to_vec();
+    eprintln!(
+        "{opened} idle connections opened; new session served in {serve_took:.1?}, resumed in {resume_took:.1?}; {} log lines:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("refused a connection from")),
+        "the attack is logged"
+    );
+    assert!(
+        lines.len() <= 10,
+        "{} log lines for {opened} refused connections",
+        lines.len()
+    );
+}
