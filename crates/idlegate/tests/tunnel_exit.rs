@@ -7,6 +7,7 @@
 //! Everything runs on loopback (no root): the attackers use other loopback source addresses
 //! (127.0.0.2, 127.0.1.x) than the entry (127.0.0.1), as hosts elsewhere would.
 
+#[allow(dead_code)] // no root needed here: require_root is not used
 mod common;
 
 use idlegate::relay::Keepalive;
@@ -412,4 +413,300 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
         "{} log lines for {opened} refused connections",
         lines.len()
     );
+}
+
+/// Runs `idlegate ARGS` to its end (within 30 s): its status, stdout and stderr.
+fn idlegate(args: &[&str]) -> (bool, String, String) {
+    let out = common::output_within(Command::new(IDLEGATE).args(args), WAIT);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn per_peer_keys_serve_a_listed_entry_refuse_an_unlisted_one_at_its_first_message_and_cut_off_a_revoked_one(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    // The exit's and one site's pairs from the command line; two more from the library.
+    let (ok, exit_public, said) = idlegate(&["keygen", "--pair", path_str(&at("exit.key"))]);
+    assert!(ok, "{said}");
+    let exit_public = PublicKey::parse(exit_public.trim()).unwrap();
+    let (ok, _, said) = idlegate(&["keygen", "--pair", path_str(&at("site-a.key"))]);
+    assert!(ok, "{said}");
+    let site_b = PrivateKey::generate(&at("site-b.key")).unwrap();
+    let stranger = PrivateKey::random().unwrap();
+    let read = |name: &str| std::fs::read_to_string(at(name)).unwrap();
+    let peers = at("peers");
+    std::fs::write(
+        &peers,
+        format!(
+            "# the sites this exit serves\n{}{}",
+            read("site-a.key.pub"),
+            read("site-b.key.pub")
+        ),
+    )
+    .unwrap();
+    let (echo, accepted) = echo_server();
+    let exit = ExitProcess::start(
+        echo,
+        &[
+            "--private-key",
+            path_str(&at("exit.key")),
+            "--peers",
+            path_str(&peers),
+        ],
+    );
+    let s = settings(Duration::from_secs(1), WAIT);
+    let as_peer = |own: PrivateKey, exit: PublicKey| EntryKeys::Peer { own, exit };
+    let site_a = PrivateKey::load(&at("site-a.key")).unwrap();
+
+    // A listed entry is served.
+    let entry_a = start_entry(exit.addr, as_peer(site_a.clone(), exit_public), s.clone());
+    let mut a = TcpStream::connect(entry_a.addr).unwrap();
+    assert_eq!(round_trip(&mut a, b"site a"), Ok(b"site a".to_vec()));
+    let entry_b = start_entry(exit.addr, as_peer(site_b.clone(), exit_public), s.clone());
+    let mut b = TcpStream::connect(entry_b.addr).unwrap();
+    assert_eq!(round_trip(&mut b, b"site b"), Ok(b"site b".to_vec()));
+    assert_eq!(accepted.load(Ordering::Relaxed), 2);
+
+    // An entry not on the list, and a listed one that has the exit's key wrong, are refused
+    // before the exit opens anything.
+    let entry_c = start_entry(exit.addr, as_peer(stranger.clone(), exit_public), s.clone());
+    let mut c = TcpStream::connect(entry_c.addr).unwrap();
+    assert_eq!(
+        round_trip(&mut c, b"let me in"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    let wrong_exit = PrivateKey::random().unwrap().public();
+    let entry_w = start_entry(exit.addr, as_peer(site_a.clone(), wrong_exit), s.clone());
+    let mut w = TcpStream::connect(entry_w.addr).unwrap();
+    assert_eq!(
+        round_trip(&mut w, b"hello?"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        2,
+        "nothing opened for them"
+    );
+    assert!(
+        wait_until(WAIT, || exit.said("key not on the peers list")
+            && exit.said(&stranger.public().to_string())),
+        "the exit names the unlisted key: {:#?}",
+        exit.lines()
+    );
+
+    // Site b is taken off the list: its open session is reset, and it gets no new one.
+    std::fs::write(
+        &peers,
+        format!("# site-b revoked\n{}", read("site-a.key.pub")),
+    )
+    .unwrap();
+    let mut buf = [0u8; 16];
+    b.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        b.read(&mut buf).map_err(|e| e.kind()),
+        Err(ErrorKind::ConnectionReset),
+        "the revoked site's session is reset"
+    );
+    assert!(
+        wait_until(WAIT, || exit.said("revoked: site-b")),
+        "{:#?}",
+        exit.lines()
+    );
+    let mut b2 = TcpStream::connect(entry_b.addr).unwrap();
+    assert_eq!(
+        round_trip(&mut b2, b"again"),
+        Err(ErrorKind::ConnectionReset)
+    );
+    assert_eq!(accepted.load(Ordering::Relaxed), 2, "nothing opened for it");
+
+    // Site a carries on, on its open session and on a new one.
+    assert_eq!(
+        round_trip(&mut a, b"still here"),
+        Ok(b"still here".to_vec())
+    );
+    let mut a2 = TcpStream::connect(entry_a.addr).unwrap();
+    assert_eq!(round_trip(&mut a2, b"a new one"), Ok(b"a new one".to_vec()));
+    assert_eq!(accepted.load(Ordering::Relaxed), 3);
+    eprintln!("the exit's log:\n{}", exit.lines().join("\n"));
+}
+
+/// Reads one length-prefixed record.
+fn read_record(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut record = vec![0u8; u16::from_be_bytes(len) as usize];
+    stream.read_exact(&mut record).unwrap();
+    record
+}
+
+fn write_record(stream: &mut TcpStream, record: &[u8]) {
+    let mut out = (record.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(record);
+    stream.write_all(&out).unwrap();
+}
+
+#[test]
+fn the_pre_shared_key_mode_keeps_its_wire_format() {
+    // An initiator written from the documented format alone (Noise_NNpsk0_25519_AESGCM_BLAKE2s,
+    // prologue "idlegate tunnel 1", the key file's 32 bytes as the PSK, 2-byte lengths) opens
+    // a session on today's exit, as entries of earlier releases do.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key_path) = write_key(dir.path());
+    let hex = std::fs::read_to_string(&key_path).unwrap();
+    let hex = hex.trim();
+    let mut psk = [0u8; 32];
+    for (i, byte) in psk.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let (echo, accepted) = echo_server();
+    let exit = ExitProcess::start(echo, &["--key", path_str(&key_path)]);
+    let mut stream = TcpStream::connect(exit.addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
+        .prologue(b"idlegate tunnel 1")
+        .unwrap()
+        .psk(0, &psk)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    write_record(&mut stream, &buf[..n]);
+    let answer = read_record(&mut stream);
+    hs.read_message(&answer, &mut buf).unwrap();
+    let mut noise = hs.into_transport_mode().unwrap();
+    let mut hello = Vec::new();
+    Frame::Hello {
+        session: SessionId::NEW,
+        token: Token::default(),
+        received: 0,
+    }
+    .encode(&mut hello);
+    let n = noise.write_message(&hello, &mut buf).unwrap();
+    write_record(&mut stream, &buf[..n]);
+    let sealed = read_record(&mut stream);
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let n = noise.read_message(&sealed, &mut plain).unwrap();
+    assert!(
+        matches!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Welcome { received: 0, .. })
+        ),
+        "{:?}",
+        Frame::decode(&plain[..n])
+    );
+    assert!(wait_until(WAIT, || accepted.load(Ordering::Relaxed) == 1));
+}
+
+#[test]
+fn bad_key_and_peers_files_are_refused_before_the_tunnel_starts_with_the_file_line_and_a_hint() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let (ok, _, said) = idlegate(&["keygen", "--pair", path_str(&at("exit.key"))]);
+    assert!(ok, "{said}");
+    let good = PrivateKey::generate(&at("site.key")).unwrap().public();
+    let (_, pair_key) = write_key(dir.path());
+    std::fs::copy(at("exit.key"), at("open.key")).unwrap();
+    std::fs::set_permissions(at("open.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        at("bad-line"),
+        format!("# sites\n{good} site\nnot-a-key x\n"),
+    )
+    .unwrap();
+    std::fs::write(at("twice"), format!("{good} a\n\n{good} b\n")).unwrap();
+    std::fs::write(at("peers"), format!("{good} site\n")).unwrap();
+    let (exit_key, peers) = (at("exit.key"), at("peers"));
+    let (exit_key, peers) = (path_str(&exit_key), path_str(&peers));
+    let exit = |key: &str, peers: &str| -> Vec<String> {
+        [
+            "relay",
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--connect",
+            "127.0.0.1:9",
+            "--private-key",
+            key,
+            "--peers",
+            peers,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let entry = |key: &str, exit_public: &str| -> Vec<String> {
+        [
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:9",
+            "--private-key",
+            key,
+            "--exit-public-key",
+            exit_public,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let open = at("open.key");
+    let bad_line = at("bad-line");
+    let twice = at("twice");
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            exit(path_str(&open), peers),
+            format!(
+                "idlegate: --private-key: {}: mode 644 lets others read the private key\nhint: chmod 600 {}",
+                open.display(),
+                open.display()
+            ),
+        ),
+        (
+            exit(exit_key, path_str(&bad_line)),
+            format!(
+                "idlegate: --peers: {}:3: not a public key: expected 44 characters of base64",
+                bad_line.display()
+            ),
+        ),
+        (
+            exit(exit_key, path_str(&twice)),
+            format!(
+                "idlegate: --peers: {}:3: the key of line 1 again",
+                twice.display()
+            ),
+        ),
+        (
+            exit(path_str(&pair_key), peers),
+            format!(
+                "idlegate: --private-key: {}:1: not a private key (a tunnel key made by `idlegate keygen FILE` goes to --key)",
+                pair_key.display()
+            ),
+        ),
+        (
+            entry(exit_key, "no-such-key"),
+            "idlegate: --exit-public-key no-such-key: not a public key".to_string(),
+        ),
+        (
+            exit(exit_key, peers)[..7].to_vec(),
+            "idlegate: --private-key on a tunnel exit: --peers is missing".to_string(),
+        ),
+    ];
+    for (args, want) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, _, said) = idlegate(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(
+            said.starts_with(&want),
+            "{args:?}:\n{said}\nshould start with\n{want}"
+        );
+        assert!(said.contains("\nhint: "), "{args:?}: no hint in\n{said}");
+    }
 }

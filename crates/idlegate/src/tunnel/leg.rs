@@ -599,6 +599,68 @@ mod tests {
         );
     }
 
+    /// A per-peer handshake: `entry` dials an exit that holds `exit` and lists `listed`.
+    fn peer_pair(
+        entry: &PrivateKey,
+        exit_public: PublicKey,
+        exit: &PrivateKey,
+        listed: &[PublicKey],
+    ) -> (Result<Leg, LegError>, Result<Leg, LegError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text: String = listed.iter().map(|k| format!("{k}\n")).collect();
+        let list = Arc::new(PeerList::parse(&text, "peers").unwrap());
+        let exit = exit.clone();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let keys = Responding::Peers { own: &exit, list };
+            Leg::respond(s, keys, Duration::from_secs(5))
+        });
+        let keys = EntryKeys::Peer {
+            own: entry.clone(),
+            exit: exit_public,
+        };
+        let client = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &keys,
+            Duration::from_secs(5),
+        );
+        (client, server.join().unwrap())
+    }
+
+    #[test]
+    fn a_listed_peer_gets_a_leg_that_knows_it() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let (client, server) = peer_pair(&entry, exit.public(), &exit, &[entry.public()]);
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        assert_eq!(server.peer().key(), Some(entry.public()));
+        client.send_now(&Frame::Ack { received: 7 }).unwrap();
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let n = server.recv_now(&mut plain).unwrap();
+        assert_eq!(Frame::decode(&plain[..n]), Ok(Frame::Ack { received: 7 }));
+    }
+
+    #[test]
+    fn an_unlisted_peer_is_refused_at_its_first_message() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let other = PrivateKey::random().unwrap().public();
+        let (client, server) = peer_pair(&entry, exit.public(), &exit, &[other]);
+        assert!(
+            matches!(&server, Err(LegError::NotListed(k)) if *k == entry.public()),
+            "{server:?}"
+        );
+        assert!(client.is_err());
+    }
+
+    #[test]
+    fn an_entry_with_the_wrong_exit_key_is_refused_at_its_first_message() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let wrong = PrivateKey::random().unwrap().public();
+        let (client, server) = peer_pair(&entry, wrong, &exit, &[entry.public()]);
+        assert!(matches!(server, Err(LegError::Handshake(_))), "{server:?}");
+        assert!(client.is_err());
+    }
+
     #[test]
     fn a_peer_with_the_wrong_key_is_refused_at_the_first_message() {
         let (client, server) = pair(&Key::random().unwrap(), &Key::random().unwrap());
