@@ -177,7 +177,8 @@ impl PrivateKey {
         PrivateKey::from_secret(secret)
     }
 
-    fn from_secret(secret: [u8; 32]) -> Result<PrivateKey> {
+    /// The key pair of a given private key (any 32 bytes; X25519 clamps them).
+    pub fn from_secret(secret: [u8; 32]) -> Result<PrivateKey> {
         use snow::resolvers::CryptoResolver;
         let mut dh = snow::resolvers::DefaultResolver
             .resolve_dh(&snow::params::DHChoice::Curve25519)
