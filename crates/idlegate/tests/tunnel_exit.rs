@@ -227,8 +227,9 @@ fn forward(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// Connections that never send a byte, each reopened 100 ms after the far end drops it.
-struct IdleAttack {
+/// Connections that send `payload` (perhaps nothing) and then nothing more, each reopened
+/// 100 ms after the far end drops it.
+struct Attack {
     stop: Arc<AtomicBool>,
     /// Connections opened, in all.
     opened: Arc<AtomicU64>,
@@ -238,9 +239,9 @@ struct IdleAttack {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl IdleAttack {
+impl Attack {
     /// One connection per entry of `sources`, from that address.
-    fn start(target: SocketAddr, sources: Vec<Ipv4Addr>) -> IdleAttack {
+    fn start(target: SocketAddr, sources: Vec<Ipv4Addr>, payload: Vec<u8>) -> Attack {
         let stop = Arc::new(AtomicBool::new(false));
         let opened = Arc::new(AtomicU64::new(0));
         let reopened = Arc::new(AtomicU64::new(0));
@@ -248,7 +249,8 @@ impl IdleAttack {
         let (stopped, counted, again) = (stop.clone(), opened.clone(), reopened.clone());
         let thread = std::thread::spawn(move || {
             let n = sources.len();
-            let mut conns: Vec<Option<socket2::Socket>> = (0..n).map(|_| None).collect();
+            // Each place's connection, and whether it has sent the payload.
+            let mut conns: Vec<Option<(socket2::Socket, bool)>> = (0..n).map(|_| None).collect();
             let mut reopen_at = vec![Instant::now(); n];
             let mut opens = vec![0u32; n];
             while !stopped.load(Ordering::Relaxed) {
@@ -275,17 +277,21 @@ impl IdleAttack {
                     if opens[i] == 2 {
                         again.fetch_add(1, Ordering::Relaxed);
                     }
-                    conns[i] = Some(s);
+                    conns[i] = Some((s, payload.is_empty()));
                 }
                 // Any event on a connection that never sends is its end (a FIN or a RST).
                 let mut fds: Vec<libc::pollfd> = Vec::with_capacity(n);
                 let mut which = Vec::with_capacity(n);
                 for (i, c) in conns.iter().enumerate() {
-                    if let Some(s) = c {
+                    if let Some((s, sent)) = c {
                         use std::os::fd::AsRawFd;
                         fds.push(libc::pollfd {
                             fd: s.as_raw_fd(),
-                            events: libc::POLLIN,
+                            events: if *sent {
+                                libc::POLLIN
+                            } else {
+                                libc::POLLIN | libc::POLLOUT
+                            },
                             revents: 0,
                         });
                         which.push(i);
@@ -295,14 +301,31 @@ impl IdleAttack {
                 unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 20) };
                 let now = Instant::now();
                 for (fd, i) in fds.iter().zip(which) {
-                    if fd.revents != 0 {
+                    let Some((s, sent)) = &mut conns[i] else {
+                        continue;
+                    };
+                    let mut ended = fd.revents & (libc::POLLERR | libc::POLLHUP) != 0;
+                    if !ended && fd.revents & libc::POLLOUT != 0 && !*sent {
+                        // Connected: the payload, at once (a few bytes always fit).
+                        ended = !matches!(s.send(&payload), Ok(n) if n == payload.len());
+                        *sent = true;
+                    }
+                    if !ended && fd.revents & libc::POLLIN != 0 {
+                        // An answer is read and ignored; the end of the stream ends it.
+                        let mut scratch = [std::mem::MaybeUninit::new(0u8); 256];
+                        ended = match s.recv(&mut scratch) {
+                            Ok(n) => n == 0,
+                            Err(e) => e.kind() != ErrorKind::WouldBlock,
+                        };
+                    }
+                    if ended {
                         conns[i] = None;
                         reopen_at[i] = now + Duration::from_millis(100);
                     }
                 }
             }
         });
-        IdleAttack {
+        Attack {
             stop,
             opened,
             reopened,
@@ -321,7 +344,7 @@ impl IdleAttack {
     }
 }
 
-impl Drop for IdleAttack {
+impl Drop for Attack {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -335,15 +358,10 @@ fn write_key(dir: &Path) -> (Key, PathBuf) {
     (Key::generate(&path).unwrap(), path)
 }
 
-#[test]
-fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_resumes_or_fill_its_log(
-) {
-    // 600 idle connections: 200 from one source (127.0.0.2), 400 from 200 others.
-    let mut sources = vec![Ipv4Addr::new(127, 0, 0, 2); 200];
-    for i in 0..200u32 {
-        let host = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + i);
-        sources.extend([host, host]);
-    }
+/// The exit (pre-shared key, `--heartbeat 1s`) with a live session; then `attack` on it. While
+/// the attack goes on, a new session must be served and the live one, its leg cut, must
+/// resume with its bytes; the exit's log must stay at a few lines.
+fn keyed_clients_are_served_during(what: &str, attack: impl FnOnce(SocketAddr, &Path) -> Attack) {
     common::raise_fd_limit(8192);
     let dir = tempfile::tempdir().unwrap();
     let (key, key_path) = write_key(dir.path());
@@ -357,9 +375,9 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
     assert_eq!(round_trip(&mut live, b"before"), Ok(b"before".to_vec()));
     let quiet_lines = exit.lines().len();
 
-    let attack = IdleAttack::start(exit.addr, sources);
+    let attack = attack(exit.addr, &key_path);
     // Every attacking connection opened, dropped and opened again: the exit has been under
-    // attack for longer than any first-message deadline.
+    // attack for longer than any handshake deadline.
     assert!(
         wait_until(Duration::from_secs(120), || attack.all_reopened()),
         "the attack got going: {} opened",
@@ -398,7 +416,7 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
     drop(attack);
     let lines = exit.lines()[quiet_lines..].to_vec();
     eprintln!(
-        "{opened} idle connections opened; new session served in {serve_took:.1?}, resumed in {resume_took:.1?}; {} log lines:\n{}",
+        "{what}: {opened} connections opened; new session served in {serve_took:.1?}, resumed in {resume_took:.1?}; {} log lines:\n{}",
         lines.len(),
         lines.join("\n")
     );
@@ -413,6 +431,53 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
         "{} log lines for {opened} refused connections",
         lines.len()
     );
+}
+
+#[test]
+fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_resumes_or_fill_its_log(
+) {
+    keyed_clients_are_served_during("600 idle", |exit, _| {
+        // 600 idle connections: 200 from one source (127.0.0.2), 400 from 200 others.
+        let mut sources = vec![Ipv4Addr::new(127, 0, 0, 2); 200];
+        for i in 0..200u32 {
+            let host = Ipv4Addr::from(u32::from(Ipv4Addr::new(127, 0, 1, 1)) + i);
+            sources.extend([host, host]);
+        }
+        Attack::start(exit, sources, Vec::new())
+    });
+}
+
+/// A first message made with the key in `key_path`, as an observer of a real entry's leg
+/// would have recorded it, with its length.
+fn recorded_first_message(key_path: &Path) -> Vec<u8> {
+    let hex = std::fs::read_to_string(key_path).unwrap();
+    let hex = hex.trim();
+    let mut psk = [0u8; 32];
+    for (i, byte) in psk.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
+        .prologue(b"idlegate tunnel 1")
+        .unwrap()
+        .psk(0, &psk)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    let mut record = (n as u16).to_be_bytes().to_vec();
+    record.extend_from_slice(&buf[..n]);
+    record
+}
+
+#[test]
+fn a_recorded_first_message_replayed_by_the_thousand_from_one_source_keeps_no_one_else_out() {
+    keyed_clients_are_served_during("1,100 replays", |exit, key_path| {
+        // More replays than the exit has places, all from 127.0.0.3: each is answered (the
+        // message is valid) and then owes a Hello it cannot make.
+        let sources = vec![Ipv4Addr::new(127, 0, 0, 3); 1_100];
+        Attack::start(exit, sources, recorded_first_message(key_path))
+    });
 }
 
 /// Runs `idlegate ARGS` to its end (within 30 s): its status, stdout and stderr.

@@ -9,8 +9,9 @@
 //! IPv4 address, or an IPv6 /64). A connection beyond either bound takes the place of the
 //! oldest one still owing its first message (of its source, or of all), so idle connections
 //! can delay nobody: a connection that sends its first message at once is never the oldest.
-//! A connection that already answered with a valid first message is never pushed out by one
-//! that has not; if every place is held by those, the newcomer is refused. Every connection
+//! When every place is held by connections that did send a valid first message (a recorded
+//! one replayed by the thousand, say), the newcomer takes the place of the oldest of the
+//! source that holds the most, so that one source cannot keep the others out. Every connection
 //! dropped before its Hello ends with a RST (no TIME_WAIT kept for it). Refusals are counted
 //! and logged once per episode ([`Episode`]): a line when the first comes, a summary each
 //! [`REPORT_EVERY`] while they go on, and one when a quiet [`REPORT_EVERY`] ends them.
@@ -129,7 +130,7 @@ pub enum Refusal {
     NoHello,
     /// Pushed out by a newer connection from its source ([`PER_SOURCE`]).
     Crowded,
-    /// Pushed out, or refused, at [`MAX_PENDING`].
+    /// Pushed out at [`MAX_PENDING`].
     Full,
 }
 
@@ -152,7 +153,7 @@ impl Refusal {
             Refusal::NotListed => "key not on the peers list",
             Refusal::NoHello => "no Hello after the answer",
             Refusal::Crowded => "pushed out by newer ones from the same source",
-            Refusal::Full => "pushed out or refused with every place taken",
+            Refusal::Full => "pushed out with every place taken",
         }
     }
 }
@@ -352,7 +353,10 @@ impl<E: Exit> Gate<'_, E> {
             }
         }
         if self.pending.len() >= MAX_PENDING {
-            match self.oldest_owing(None) {
+            match self
+                .oldest_owing(None)
+                .or_else(|| self.oldest_of_the_largest_source())
+            {
                 Some(oldest) => self.drop_pending(oldest, Refusal::Full, "", now),
                 None => {
                     self.refused(Refusal::Full, from, "", now);
@@ -392,6 +396,20 @@ impl<E: Exit> Gate<'_, E> {
         self.pending
             .iter()
             .filter(|(_, p)| p.owes_first() && source.is_none_or(|s| s == p.source))
+            .min_by_key(|(_, p)| p.accepted)
+            .map(|(key, _)| key)
+    }
+
+    /// The oldest connection of the source that holds the most places.
+    fn oldest_of_the_largest_source(&self) -> Option<usize> {
+        let mut held: HashMap<Source, usize> = HashMap::new();
+        for (_, p) in self.pending.iter() {
+            *held.entry(p.source).or_insert(0) += 1;
+        }
+        let (largest, _) = held.into_iter().max_by_key(|(_, n)| *n)?;
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.source == largest)
             .min_by_key(|(_, p)| p.accepted)
             .map(|(key, _)| key)
     }
