@@ -1109,7 +1109,6 @@ fn run_watched(args: &RunArgs) -> Result<ExitCode> {
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
 fn relay(args: &RelayArgs) -> Result<()> {
     use idlegate::relay::{parse_config, Keepalive, Relay};
-    use idlegate::tunnel::key::{Key, PrivateKey};
     use idlegate::tunnel::leg::{EntryKeys, ExitKeys};
     use idlegate::tunnel::{Entry, Exit, Settings};
     let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
@@ -1171,49 +1170,19 @@ fn relay(args: &RelayArgs) -> Result<()> {
             max_sessions: args.max_sessions,
         })
     };
-    const MAKE_KEYS: &str =
-        "make the pair's key with `idlegate keygen FILE` (the same file on both ends), \
-         or each end's key pair with `idlegate keygen --pair FILE`";
-    let private_key = |path: &PathBuf| -> Result<PrivateKey> {
-        PrivateKey::load(path).map_err(|e| with_hint(format!("--private-key: {e:#}"), MAKE_KEYS))
+    let entry_keys = || {
+        idlegate::tunnel::key::entry_keys(
+            args.key.as_deref(),
+            args.private_key.as_deref(),
+            args.exit_public_key.as_deref(),
+        )
     };
-    let psk = |path: &PathBuf| -> Result<Key> {
-        Key::load(path).map_err(|e| with_hint(format!("--key: {e:#}"), MAKE_KEYS))
-    };
-    let entry_keys = || -> Result<EntryKeys> {
-        match (&args.key, &args.private_key, &args.exit_public_key) {
-            (Some(path), _, _) => Ok(EntryKeys::Psk(psk(path)?)),
-            (None, Some(path), Some(exit)) => Ok(EntryKeys::Peer {
-                own: private_key(path)?,
-                exit: exit_public_key(exit)?,
-            }),
-            (None, Some(_), None) => anyhow::bail!(
-                "--private-key on a tunnel entry: --exit-public-key is missing\n\
-                 hint: give the exit's public key (its FILE.pub from `idlegate keygen --pair FILE`)"
-            ),
-            (None, None, _) => anyhow::bail!("--tunnel: no key given\nhint: give --key FILE, or --private-key FILE and --exit-public-key KEY; {}", MAKE_KEYS),
-        }
-    };
-    let exit_keys = || -> Result<ExitKeys> {
-        match (&args.key, &args.private_key, &args.peers) {
-            (Some(path), _, _) => Ok(ExitKeys::Psk(psk(path)?)),
-            (None, Some(path), Some(list)) => {
-                let peers = idlegate::tunnel::peers::Peers::load(list).map_err(|e| {
-                    anyhow::anyhow!(
-                        "--peers: {e:#}\nhint: one entry a line: PUBLIC_KEY [NAME] (an entry's FILE.pub holds its line); # starts a comment"
-                    )
-                })?;
-                Ok(ExitKeys::Peers {
-                    own: private_key(path)?,
-                    peers: Arc::new(peers),
-                })
-            }
-            (None, Some(_), None) => anyhow::bail!(
-                "--private-key on a tunnel exit: --peers is missing\n\
-                 hint: give --peers FILE, the entries' public keys, one `PUBLIC_KEY [NAME]` a line"
-            ),
-            (None, None, _) => anyhow::bail!("--tunnel-listen: no key given\nhint: give --key FILE, or --private-key FILE and --peers FILE; {}", MAKE_KEYS),
-        }
+    let exit_keys = || {
+        idlegate::tunnel::key::exit_keys(
+            args.key.as_deref(),
+            args.private_key.as_deref(),
+            args.peers.as_deref(),
+        )
     };
     match (
         &args.config,
@@ -1312,41 +1281,6 @@ fn relay(args: &RelayArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `message`, with `hint` unless it has one already.
-fn with_hint(message: String, hint: &str) -> anyhow::Error {
-    if message.contains("\nhint: ") {
-        anyhow::anyhow!(message)
-    } else {
-        anyhow::anyhow!("{message}\nhint: {hint}")
-    }
-}
-
-/// `--exit-public-key`: a key, or a file that holds one (its first word that is not a
-/// comment).
-fn exit_public_key(value: &str) -> Result<idlegate::tunnel::key::PublicKey> {
-    use idlegate::tunnel::key::PublicKey;
-    if let Ok(key) = PublicKey::parse(value) {
-        return Ok(key);
-    }
-    let text = std::fs::read_to_string(value).map_err(|e| {
-        let why = PublicKey::parse(value)
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        anyhow::anyhow!(
-            "--exit-public-key {value}: not a public key ({why}), nor a file that holds one ({e})\n\
-             hint: give the exit's public key, 44 characters of base64, or its FILE.pub"
-        )
-    })?;
-    let first = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .find(|l| !l.is_empty())
-        .and_then(|l| l.split_whitespace().next())
-        .with_context(|| format!("--exit-public-key {value}: no key in the file"))?;
-    PublicKey::parse(first).with_context(|| format!("--exit-public-key {value}: not a public key"))
 }
 
 fn log_relay(

@@ -8,6 +8,9 @@
 //!   WireGuard writes them) to the other; an exit lists its entries' public keys in a
 //!   [`super::peers`] file.
 //!
+//! [`entry_keys`] and [`exit_keys`] load what an end's flags name, with errors that say which
+//! flag and file failed, why, and what to do.
+//!
 //! Contract: [`Key::generate`] and [`PrivateKey::generate`] write a new key to a file that
 //! only its owner may read and refuse to overwrite one; [`Key::load`] and [`PrivateKey::load`]
 //! refuse a file that others may read (as ssh does for private keys) or that does not hold
@@ -19,6 +22,10 @@ use base64::Engine;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::leg::{EntryKeys, ExitKeys};
+use super::peers::Peers;
 
 /// A tunnel key.
 #[derive(Clone)]
@@ -258,6 +265,104 @@ impl PrivateKey {
         }
         found.with_context(|| format!("{shown}: no key in it"))
     }
+}
+
+/// What to tell someone who has no key yet.
+const MAKE_KEYS: &str =
+    "make the pair's key with `idlegate keygen FILE` (the same file on both ends), \
+     or each end's key pair with `idlegate keygen --pair FILE`";
+
+/// `message`, with `hint` unless it has one already.
+fn with_hint(message: String, hint: &str) -> anyhow::Error {
+    if message.contains("\nhint: ") {
+        anyhow::anyhow!(message)
+    } else {
+        anyhow::anyhow!("{message}\nhint: {hint}")
+    }
+}
+
+fn load_psk(path: &Path) -> Result<Key> {
+    Key::load(path).map_err(|e| with_hint(format!("--key: {e:#}"), MAKE_KEYS))
+}
+
+fn load_private(path: &Path) -> Result<PrivateKey> {
+    PrivateKey::load(path).map_err(|e| with_hint(format!("--private-key: {e:#}"), MAKE_KEYS))
+}
+
+/// An entry's keys from its flags: `--key FILE`, or `--private-key FILE` with
+/// `--exit-public-key KEY`. Errors name the flag and carry a hint.
+pub fn entry_keys(
+    key: Option<&Path>,
+    private: Option<&Path>,
+    exit_public: Option<&str>,
+) -> Result<EntryKeys> {
+    match (key, private, exit_public) {
+        (Some(path), _, _) => Ok(EntryKeys::Psk(load_psk(path)?)),
+        (None, Some(path), Some(exit)) => Ok(EntryKeys::Peer {
+            own: load_private(path)?,
+            exit: exit_public_key(exit)?,
+        }),
+        (None, Some(_), None) => bail!(
+            "--private-key on a tunnel entry: --exit-public-key is missing\n\
+             hint: give the exit's public key (its FILE.pub from `idlegate keygen --pair FILE`)"
+        ),
+        (None, None, _) => bail!(
+            "--tunnel: no key given\n\
+             hint: give --key FILE, or --private-key FILE and --exit-public-key KEY; {MAKE_KEYS}"
+        ),
+    }
+}
+
+/// An exit's keys from its flags: `--key FILE`, or `--private-key FILE` with `--peers FILE`.
+pub fn exit_keys(
+    key: Option<&Path>,
+    private: Option<&Path>,
+    peers: Option<&Path>,
+) -> Result<ExitKeys> {
+    match (key, private, peers) {
+        (Some(path), _, _) => Ok(ExitKeys::Psk(load_psk(path)?)),
+        (None, Some(path), Some(list)) => {
+            let peers = Peers::load(list).map_err(|e| {
+                anyhow::anyhow!(
+                    "--peers: {e:#}\nhint: one entry a line: PUBLIC_KEY [NAME] (an entry's FILE.pub holds its line); # starts a comment"
+                )
+            })?;
+            Ok(ExitKeys::Peers {
+                own: load_private(path)?,
+                peers: Arc::new(peers),
+            })
+        }
+        (None, Some(_), None) => bail!(
+            "--private-key on a tunnel exit: --peers is missing\n\
+             hint: give --peers FILE, the entries' public keys, one `PUBLIC_KEY [NAME]` a line"
+        ),
+        (None, None, _) => bail!(
+            "--tunnel-listen: no key given\n\
+             hint: give --key FILE, or --private-key FILE and --peers FILE; {MAKE_KEYS}"
+        ),
+    }
+}
+
+/// `--exit-public-key`: a key, or a file that holds one (its first word that is not a
+/// comment).
+fn exit_public_key(value: &str) -> Result<PublicKey> {
+    let parsed = PublicKey::parse(value);
+    let Err(why) = parsed else {
+        return parsed;
+    };
+    let text = std::fs::read_to_string(value).map_err(|e| {
+        anyhow::anyhow!(
+            "--exit-public-key {value}: not a public key ({why:#}), nor a file that holds one ({e})\n\
+             hint: give the exit's public key, 44 characters of base64, or its FILE.pub"
+        )
+    })?;
+    let first = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .find(|l| !l.is_empty())
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("--exit-public-key {value}: no key in the file"))?;
+    PublicKey::parse(first).with_context(|| format!("--exit-public-key {value}: not a public key"))
 }
 
 #[cfg(test)]
