@@ -1234,6 +1234,12 @@ fn relay(args: &RelayArgs) -> Result<()> {
             let connect = resolve("--connect", connect)?;
             fit(1)?;
             if let ExitKeys::Peers { own, peers } = &keys {
+                if peers.list().is_empty() {
+                    tracing::warn!(
+                        "tunnel exit: {} lists no peer: every handshake is refused until it does",
+                        peers.path().display()
+                    );
+                }
                 tracing::info!(
                     "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (reread when it changes)",
                     own.public(),

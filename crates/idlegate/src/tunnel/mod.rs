@@ -272,8 +272,7 @@ impl Dial {
                     ),
                     _ => String::new(),
                 };
-                return Err(e)
-                    .with_context(|| format!("opening the tunnel to {}{hint}", self.tunnel));
+                anyhow::bail!("opening the tunnel to {}: {e}{hint}", self.tunnel);
             }
         };
         let Frame::Welcome { session, token, .. } = answer else {
