@@ -6,12 +6,12 @@
 //! soon as it has connected, so it is due within a round trip), then [`HELLO_WITHIN`] after
 //! the answer to deliver its Hello. At most [`MAX_PENDING`] connections wait at once, and at
 //! most [`PER_SOURCE`] of those still owing their first message come from one source (an
-//! IPv4 address, or an IPv6 /64). A connection beyond either bound takes the place of the
-//! oldest one still owing its first message (of its source, or of all), so idle connections
-//! can delay nobody: a connection that sends its first message at once is never the oldest.
-//! When every place is held by connections that did send a valid first message (a recorded
-//! one replayed by the thousand, say), the newcomer takes the place of the oldest of the
-//! source that holds the most, so that one source cannot keep the others out. Every connection
+//! IPv4 address, or an IPv6 /64). A connection beyond the per-source bound takes the place of
+//! its source's oldest one still owing its first message, so idle connections can delay
+//! nobody: a connection that sends its first message at once is never the oldest. At the
+//! total bound, the source that holds the most places gives one up: its oldest connection
+//! still owing its first message, or if none does (a recorded first message replayed by the
+//! thousand, say), its oldest; so one source cannot keep the others out. Every connection
 //! dropped before its Hello ends with a RST (no TIME_WAIT kept for it). Refusals are counted
 //! and logged once per episode ([`Episode`]): a line when the first comes, a summary each
 //! [`REPORT_EVERY`] while they go on, and one when a quiet [`REPORT_EVERY`] ends them.
@@ -353,10 +353,7 @@ impl<E: Exit> Gate<'_, E> {
             }
         }
         if self.pending.len() >= MAX_PENDING {
-            match self
-                .oldest_owing(None)
-                .or_else(|| self.oldest_of_the_largest_source())
-            {
+            match self.oldest_of_the_largest_source() {
                 Some(oldest) => self.drop_pending(oldest, Refusal::Full, "", now),
                 None => {
                     self.refused(Refusal::Full, from, "", now);
@@ -391,7 +388,7 @@ impl<E: Exit> Gate<'_, E> {
         self.drive(key);
     }
 
-    /// The connection owing its first message that was accepted first (of `source`).
+    /// The connection of `source` owing its first message that was accepted first.
     fn oldest_owing(&self, source: Option<Source>) -> Option<usize> {
         self.pending
             .iter()
@@ -400,18 +397,21 @@ impl<E: Exit> Gate<'_, E> {
             .map(|(key, _)| key)
     }
 
-    /// The oldest connection of the source that holds the most places.
+    /// The connection the source that holds the most places gives up: its oldest still owing
+    /// its first message, else its oldest.
     fn oldest_of_the_largest_source(&self) -> Option<usize> {
         let mut held: HashMap<Source, usize> = HashMap::new();
         for (_, p) in self.pending.iter() {
             *held.entry(p.source).or_insert(0) += 1;
         }
         let (largest, _) = held.into_iter().max_by_key(|(_, n)| *n)?;
-        self.pending
-            .iter()
-            .filter(|(_, p)| p.source == largest)
-            .min_by_key(|(_, p)| p.accepted)
-            .map(|(key, _)| key)
+        self.oldest_owing(Some(largest)).or_else(|| {
+            self.pending
+                .iter()
+                .filter(|(_, p)| p.source == largest)
+                .min_by_key(|(_, p)| p.accepted)
+                .map(|(key, _)| key)
+        })
     }
 
     /// Takes a connection out of the gate (deregistered; the caller drops or hands it on).
