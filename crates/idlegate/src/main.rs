@@ -185,8 +185,8 @@ struct RelayArgs {
     #[arg(long)]
     private_key: Option<PathBuf>,
     /// Per-peer mode, exit: the entries it accepts, one `PUBLIC_KEY [NAME]` a line (`#`
-    /// comments). Reread when it changes (checked every second): a key taken off is refused
-    /// from its next handshake on, and its open sessions are reset.
+    /// comments). Read every second; a change is used once two reads agree: a key taken off
+    /// is refused from its next handshake on, and its open sessions are reset.
     #[arg(long, requires = "private_key", conflicts_with = "tunnel")]
     peers: Option<PathBuf>,
     /// Per-peer mode, entry: the exit's public key (44 characters of base64), or a file that
@@ -1241,7 +1241,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
                     );
                 }
                 tracing::info!(
-                    "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (reread when it changes)",
+                    "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (read again every second)",
                     own.public(),
                     peers.list().len(),
                     peers.path().display()

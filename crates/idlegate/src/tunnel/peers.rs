@@ -6,10 +6,11 @@
 //! `.`, `_`, `-`, `@`, at most 64), with `#` comments and blank lines; a malformed line, a key
 //! listed twice or a name given twice is an error naming the file and line. [`Peers::load`]
 //! refuses a bad file before anything starts. While the exit runs, [`Peers::refresh`] rereads
-//! the file (at most once every [`RECHECK`]); a changed file that parses replaces the list, and
-//! the keys it no longer holds are revoked: their next handshake is refused and the exit ends
-//! their sessions. A changed file that does not parse is logged once and the list in force is
-//! kept.
+//! the file (at most once every [`RECHECK`]); a change is acted on once two reads in a row
+//! agree (a file caught half-written is never used), so within two seconds. A changed file
+//! that parses replaces the list, and the keys it no longer holds are revoked: their next
+//! handshake is refused and the exit ends their sessions. A changed file that does not parse,
+//! or that cannot be read, is logged once and the list in force is kept.
 
 use super::key::PublicKey;
 use anyhow::{bail, Context, Result};
@@ -101,8 +102,11 @@ pub struct Peers {
 #[derive(Debug)]
 struct State {
     list: Arc<PeerList>,
-    /// The file's bytes when last read, to see a change.
-    bytes: Vec<u8>,
+    /// The file's bytes at the last read (None: it could not be read), to see a change and
+    /// whether it has settled.
+    last_read: Option<Vec<u8>>,
+    /// The version last put in force or reported.
+    acted_on: Option<Vec<u8>>,
     read_at: Instant,
 }
 
@@ -127,7 +131,8 @@ impl Peers {
             path: path.to_owned(),
             state: Mutex::new(State {
                 list: Arc::new(list),
-                bytes,
+                last_read: Some(bytes.clone()),
+                acted_on: Some(bytes),
                 read_at: Instant::now(),
             }),
         })
@@ -145,7 +150,8 @@ impl Peers {
         &self.path
     }
 
-    /// Rereads the file if [`RECHECK`] has passed since the last read.
+    /// Rereads the file if [`RECHECK`] has passed since the last read. A change is acted on
+    /// once two reads in a row agree, so that a file caught half-written is never used.
     pub fn refresh(&self) -> Change {
         let Ok(mut state) = self.state.lock() else {
             return Change::None;
@@ -154,25 +160,24 @@ impl Peers {
             return Change::None;
         }
         state.read_at = Instant::now();
-        let bytes = match std::fs::read(&self.path) {
+        let read = std::fs::read(&self.path);
+        let now = read.as_ref().ok().cloned();
+        let settled = now == state.last_read;
+        state.last_read = now.clone();
+        if !settled || now == state.acted_on {
+            return Change::None;
+        }
+        state.acted_on = now;
+        let bytes = match read {
             Ok(bytes) => bytes,
             Err(e) => {
-                // Reported once, until the file is back.
-                if state.bytes.is_empty() {
-                    return Change::None;
-                }
-                state.bytes.clear();
                 return Change::Refused(format!(
                     "{}: cannot read: {e}; the list read before stays in force",
                     self.path.display()
-                ));
+                ))
             }
         };
-        if bytes == state.bytes {
-            return Change::None;
-        }
-        state.bytes = bytes;
-        match parse_bytes(&state.bytes, &self.path) {
+        match parse_bytes(&bytes, &self.path) {
             Ok(list) => {
                 let revoked = state
                     .list
@@ -253,6 +258,8 @@ mod tests {
         assert_eq!(peers.refresh(), Change::None, "not time yet");
         std::fs::write(&path, format!("{a} a\n")).unwrap();
         std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::None, "seen once: not settled yet");
+        std::thread::sleep(RECHECK);
         assert_eq!(
             peers.refresh(),
             Change::Replaced {
@@ -262,11 +269,34 @@ mod tests {
         assert_eq!(peers.list().name(&b), None);
         std::fs::write(&path, format!("{a} a\nrubbish\n")).unwrap();
         std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::None);
+        std::thread::sleep(RECHECK);
         assert!(matches!(peers.refresh(), Change::Refused(e) if e.contains(":2:")));
+        std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::None, "reported once");
         assert_eq!(
             peers.list().name(&a).as_deref(),
             Some("a"),
             "still in force"
         );
+    }
+
+    #[test]
+    fn a_file_caught_half_written_is_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers");
+        let (a, b, c) = (key(), key(), key());
+        std::fs::write(&path, format!("{a} a\n{b} b\n")).unwrap();
+        let peers = Peers::load(&path).unwrap();
+        // Truncated by an editor that is about to write the new version.
+        std::fs::write(&path, "").unwrap();
+        std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::None);
+        std::fs::write(&path, format!("{a} a\n{b} b\n{c} c\n")).unwrap();
+        std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::None);
+        std::thread::sleep(RECHECK);
+        assert_eq!(peers.refresh(), Change::Replaced { revoked: vec![] });
+        assert_eq!(peers.list().len(), 3, "nobody was revoked on the way");
     }
 }
