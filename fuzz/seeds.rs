@@ -97,6 +97,10 @@ fn main() {
     let mut record = vec![0, 48];
     record.extend_from_slice(&[0x42; 48]);
     write("tunnel_handshake", "first-message-shape", &record);
+    // The per-peer mode's: an ephemeral key, the sealed static key (32 + 16), a tag.
+    let mut record = vec![0, 96];
+    record.extend_from_slice(&[0x42; 96]);
+    write("tunnel_handshake", "peer-first-message-shape", &record);
     write(
         "tunnel_handshake",
         "oversized-length",

@@ -61,10 +61,15 @@ enum Command {
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
-    /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair.
+    /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
+    /// with --pair an end's own key pair for the per-peer mode.
     Keygen {
         /// Where to write it; an existing file is never overwritten.
         file: PathBuf,
+        /// Write a key pair: the private key to FILE (mode 0600), the public key to FILE.pub
+        /// (a line for an exit's --peers file, named after FILE), and print the public key.
+        #[arg(long)]
+        pair: bool,
     },
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
@@ -167,14 +172,27 @@ struct RelayArgs {
     #[arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel")]
     connect: Option<String>,
     /// Tunnel entry: carry the connections accepted on --listen to the exit at HOST:PORT.
-    #[arg(long, requires = "key", conflicts_with = "tunnel_listen")]
+    #[arg(long, conflicts_with = "tunnel_listen")]
     tunnel: Option<String>,
     /// Tunnel exit: accept the entry's legs here and connect each session to --connect.
-    #[arg(long, requires = "key", conflicts_with = "listen")]
+    #[arg(long, conflicts_with = "listen")]
     tunnel_listen: Option<std::net::SocketAddr>,
     /// The tunnel pair's key file (made by `idlegate keygen FILE`), the same on both ends.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "private_key")]
     key: Option<PathBuf>,
+    /// Per-peer mode: this end's private key file (made by `idlegate keygen --pair FILE`).
+    /// An exit also needs --peers, an entry --exit-public-key.
+    #[arg(long)]
+    private_key: Option<PathBuf>,
+    /// Per-peer mode, exit: the entries it accepts, one `PUBLIC_KEY [NAME]` a line (`#`
+    /// comments). Read every second; a change is used once two reads agree: a key taken off
+    /// is refused from its next handshake on, and its open sessions are reset.
+    #[arg(long, requires = "private_key", conflicts_with = "tunnel")]
+    peers: Option<PathBuf>,
+    /// Per-peer mode, entry: the exit's public key (44 characters of base64), or a file that
+    /// holds it (the exit's FILE.pub).
+    #[arg(long, requires = "private_key", conflicts_with = "tunnel_listen")]
+    exit_public_key: Option<String>,
     /// Tunnel: send a heartbeat when a leg has been quiet this long; three missed lose the
     /// leg and start a resume. Both ends should agree.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -462,13 +480,28 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
-        Command::Keygen { file } => idlegate::tunnel::key::Key::generate(&file).map(|_| {
-            println!(
-                "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-                file.display()
-            );
-            ExitCode::SUCCESS
-        }),
+        Command::Keygen { file, pair: false } => {
+            idlegate::tunnel::key::Key::generate(&file).map(|_| {
+                println!(
+                    "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Keygen { file, pair: true } => {
+            use idlegate::tunnel::key::PrivateKey;
+            PrivateKey::generate(&file).map(|key| {
+                println!("{}", key.public());
+                eprintln!(
+                    "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
+                     an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
+                    file.display(),
+                    PrivateKey::public_path(&file).display()
+                );
+                ExitCode::SUCCESS
+            })
+        }
         Command::Profiles { action: None } => {
             print!("{}", profiles_table());
             Ok(ExitCode::SUCCESS)
@@ -1094,7 +1127,8 @@ fn run_watched(args: &RunArgs) -> Result<ExitCode> {
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
 fn relay(args: &RelayArgs) -> Result<()> {
     use idlegate::relay::{parse_config, Keepalive, Relay};
-    use idlegate::tunnel::{key::Key, Entry, Exit, Settings};
+    use idlegate::tunnel::leg::{EntryKeys, ExitKeys};
+    use idlegate::tunnel::{Entry, Exit, Settings};
     let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
         use std::net::ToSocketAddrs;
         v.to_socket_addrs()
@@ -1123,9 +1157,15 @@ fn relay(args: &RelayArgs) -> Result<()> {
         } else {
             args.max_connections
         };
+        // A tunnel exit also holds connections that have not said Hello yet.
+        let gate = if args.tunnel_listen.is_some() {
+            idlegate::tunnel::MAX_PENDING as u64
+        } else {
+            0
+        };
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
-            .saturating_add(64);
+            .saturating_add(64 + gate);
         let soft = idlegate::relay::raise_descriptor_limit(want)?;
         if soft < want {
             tracing::warn!(
@@ -1136,25 +1176,31 @@ fn relay(args: &RelayArgs) -> Result<()> {
         Ok(())
     };
     let mut stats = Vec::new();
-    let tunnel_settings = || -> Result<(Key, Settings)> {
-        let path = args
-            .key
-            .as_ref()
-            .context("--key FILE is needed for a tunnel")?;
-        let key = Key::load(path).with_context(|| "--key".to_string())?;
+    let tunnel_settings = || -> Result<Settings> {
         if args.heartbeat < std::time::Duration::from_millis(100) {
             anyhow::bail!("--heartbeat {:?}: at least 100ms", args.heartbeat);
         }
-        Ok((
-            key,
-            Settings {
-                heartbeat: args.heartbeat,
-                resume_within: args.resume_within,
-                replay_buffer: args.replay_buffer,
-                keepalive,
-                max_sessions: args.max_sessions,
-            },
-        ))
+        Ok(Settings {
+            heartbeat: args.heartbeat,
+            resume_within: args.resume_within,
+            replay_buffer: args.replay_buffer,
+            keepalive,
+            max_sessions: args.max_sessions,
+        })
+    };
+    let entry_keys = || {
+        idlegate::tunnel::key::entry_keys(
+            args.key.as_deref(),
+            args.private_key.as_deref(),
+            args.exit_public_key.as_deref(),
+        )
+    };
+    let exit_keys = || {
+        idlegate::tunnel::key::exit_keys(
+            args.key.as_deref(),
+            args.private_key.as_deref(),
+            args.peers.as_deref(),
+        )
     };
     match (
         &args.config,
@@ -1178,10 +1224,17 @@ fn relay(args: &RelayArgs) -> Result<()> {
             }
         }
         (None, Some(listen), Some(tunnel), None, None) => {
-            let (key, settings) = tunnel_settings()?;
+            let settings = tunnel_settings()?;
+            let keys = entry_keys()?;
             let tunnel = resolve("--tunnel", tunnel)?;
             fit(1)?;
-            let mut entry = Entry::bind(listen, tunnel, key, settings.clone())?;
+            if let EntryKeys::Peer { own, exit } = &keys {
+                tracing::info!(
+                    "tunnel entry: per-peer keys, this entry's public key {}, the exit's {exit}",
+                    own.public()
+                );
+            }
+            let mut entry = Entry::bind(listen, tunnel, keys, settings.clone())?;
             entry.set_stop_flag(stop.clone());
             stats.push((entry.local_addr()?, entry.stats()));
             tracing::info!(
@@ -1194,10 +1247,25 @@ fn relay(args: &RelayArgs) -> Result<()> {
             runs.push(Box::new(move || entry.run()));
         }
         (None, None, None, Some(listen), Some(connect)) => {
-            let (key, settings) = tunnel_settings()?;
+            let settings = tunnel_settings()?;
+            let keys = exit_keys()?;
             let connect = resolve("--connect", connect)?;
             fit(1)?;
-            let mut exit = Exit::bind(listen, connect, key, settings.clone())?;
+            if let ExitKeys::Peers { own, peers } = &keys {
+                if peers.list().is_empty() {
+                    tracing::warn!(
+                        "tunnel exit: {} lists no peer: every handshake is refused until it does",
+                        peers.path().display()
+                    );
+                }
+                tracing::info!(
+                    "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (read again every second)",
+                    own.public(),
+                    peers.list().len(),
+                    peers.path().display()
+                );
+            }
+            let mut exit = Exit::bind(listen, connect, keys, settings.clone())?;
             exit.set_stop_flag(stop.clone());
             stats.push((exit.local_addr()?, exit.stats()));
             tracing::info!(

@@ -1,14 +1,26 @@
 //! A leg: one TCP connection between the two ends of a tunnel, authenticated and encrypted
 //! with Noise (the `snow` crate, with `ring`'s AES-GCM; no cryptography of our own).
 //!
-//! Contract: the pattern is `Noise_NNpsk0_25519_AESGCM_BLAKE2s` with the pair's [`Key`] as
-//! the pre-shared key and the protocol's name and version as the prologue. The initiator's
-//! first message already depends on the key, so the responder refuses a peer without it after
-//! one message; fresh ephemeral keys give every leg its own session keys (forward secrecy). A
-//! recorded first message replayed later gets an answer, but the replayer cannot derive the
-//! keys, so its next message (which must be the encrypted Hello) fails and the leg is closed:
-//! nothing happens before a Hello has been decrypted. On the wire every Noise message is
-//! preceded by its length (2 bytes, big-endian).
+//! Contract: two modes, each end configured for one.
+//! - PSK: the pattern is `Noise_NNpsk0_25519_AESGCM_BLAKE2s` with the pair's [`Key`] as the
+//!   pre-shared key. The initiator's first message already depends on the key, so the
+//!   responder refuses a peer without it after one message.
+//! - Per-peer: the pattern is `Noise_IK_25519_AESGCM_BLAKE2s` (WireGuard's, without its
+//!   pre-shared key): the initiator knows the responder's [`PublicKey`] beforehand and sends
+//!   its own, encrypted, in its first message, which the responder decrypts and looks up in
+//!   its [`PeerList`]; a key not on the list is refused at that first message. The leg then
+//!   knows its [`Peer`].
+//!
+//! In both, the protocol's name and version are the prologue, and fresh ephemeral keys give
+//! every leg its own session keys (forward secrecy). A recorded first message replayed later
+//! gets an answer, but the replayer cannot derive the keys, so its next message (which must
+//! be the encrypted Hello) fails and the leg is closed: nothing happens before a Hello has
+//! been decrypted. On the wire every Noise message is preceded by its length (2 bytes,
+//! big-endian); the first one has a fixed length per mode ([`first_message_len`]).
+//!
+//! The responder's side comes in two steps so that an exit can wait for first messages
+//! without a thread each (see [`super::gate`]): [`Leg::answer`] takes a first message already
+//! read; [`Leg::respond`] reads it and answers, blocking.
 //!
 //! After the handshake a leg is non-blocking: [`Leg::fill`] reads what the socket has,
 //! [`Leg::next_frame`] opens one message at a time, [`Leg::send`] seals a frame into the
@@ -16,14 +28,21 @@
 //! allocation per frame.
 
 use super::frame::{Frame, FrameError, MAX_PLAINTEXT};
-use super::key::Key;
+use super::key::{Key, PrivateKey, PublicKey};
+use super::peers::{PeerList, Peers};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
+const PSK_PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
+const PEER_PATTERN: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
+/// The initiator's first message: its ephemeral key and an empty payload's tag (PSK); and in
+/// the per-peer mode its static key, encrypted, with its tag.
+const PSK_FIRST_LEN: usize = 32 + 16;
+const PEER_FIRST_LEN: usize = 32 + (32 + 16) + 16;
 const PROLOGUE: &[u8] = b"idlegate tunnel 1";
 const MAX_RECORD: usize = 65_535;
 /// How much a leg reads per call.
@@ -42,6 +61,138 @@ pub enum LegError {
     Decrypt(snow::Error),
     #[error("a malformed message: {0}")]
     Frame(#[from] FrameError),
+    #[error("peer key {0} is not on the list of peers")]
+    NotListed(PublicKey),
+}
+
+/// What an entry authenticates with.
+#[derive(Debug, Clone)]
+pub enum EntryKeys {
+    /// The pair's pre-shared key.
+    Psk(Key),
+    /// Its own key pair, and the exit's public key.
+    Peer { own: PrivateKey, exit: PublicKey },
+}
+
+impl From<Key> for EntryKeys {
+    fn from(key: Key) -> EntryKeys {
+        EntryKeys::Psk(key)
+    }
+}
+
+/// What an exit authenticates its peers with.
+#[derive(Debug, Clone)]
+pub enum ExitKeys {
+    /// The pair's pre-shared key: every holder is the same peer.
+    Psk(Key),
+    /// Its own key pair, and the entries it accepts.
+    Peers { own: PrivateKey, peers: Arc<Peers> },
+}
+
+impl From<Key> for ExitKeys {
+    fn from(key: Key) -> ExitKeys {
+        ExitKeys::Psk(key)
+    }
+}
+
+impl ExitKeys {
+    /// The credentials of a responder now (with the peer list in force).
+    pub fn responding(&self) -> Responding<'_> {
+        match self {
+            ExitKeys::Psk(key) => Responding::Psk(key),
+            ExitKeys::Peers { own, peers } => Responding::Peers {
+                own,
+                list: peers.list(),
+            },
+        }
+    }
+}
+
+/// An initiator's credentials, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub enum Initiating<'a> {
+    Psk(&'a Key),
+    Peer {
+        own: &'a PrivateKey,
+        exit: &'a PublicKey,
+    },
+}
+
+impl<'a> From<&'a Key> for Initiating<'a> {
+    fn from(key: &'a Key) -> Initiating<'a> {
+        Initiating::Psk(key)
+    }
+}
+
+impl<'a> From<&'a EntryKeys> for Initiating<'a> {
+    fn from(keys: &'a EntryKeys) -> Initiating<'a> {
+        match keys {
+            EntryKeys::Psk(key) => Initiating::Psk(key),
+            EntryKeys::Peer { own, exit } => Initiating::Peer { own, exit },
+        }
+    }
+}
+
+/// A responder's credentials: borrowed, with the peer list in force.
+#[derive(Debug, Clone)]
+pub enum Responding<'a> {
+    Psk(&'a Key),
+    Peers {
+        own: &'a PrivateKey,
+        list: Arc<PeerList>,
+    },
+}
+
+impl<'a> From<&'a Key> for Responding<'a> {
+    fn from(key: &'a Key) -> Responding<'a> {
+        Responding::Psk(key)
+    }
+}
+
+impl Responding<'_> {
+    /// The length of the initiator's first message in this mode.
+    pub fn first_message_len(&self) -> usize {
+        match self {
+            Responding::Psk(_) => PSK_FIRST_LEN,
+            Responding::Peers { .. } => PEER_FIRST_LEN,
+        }
+    }
+}
+
+/// Who is at the far end of a leg, as the responder knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A holder of the pair's pre-shared key.
+    Psk,
+    /// An entry on the peer list.
+    Listed { key: PublicKey, name: Arc<str> },
+}
+
+impl Peer {
+    /// For a log line about a session: the peer's name in the per-peer mode, else nothing.
+    pub fn tag(&self) -> String {
+        match self {
+            Peer::Psk => String::new(),
+            Peer::Listed { name, .. } => format!(" (peer {name})"),
+        }
+    }
+
+    /// The listed key, if any.
+    pub fn key(&self) -> Option<PublicKey> {
+        match self {
+            Peer::Psk => None,
+            Peer::Listed { key, .. } => Some(*key),
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Psk => f.write_str("the pair's key"),
+            Peer::Listed { name, .. } => write!(f, "peer {name}"),
+        }
+    }
 }
 
 /// One authenticated, encrypted connection.
@@ -59,6 +210,8 @@ pub struct Leg {
     plain: Vec<u8>,
     /// Until the leg goes non-blocking: when the handshake, Hello and Welcome must be done.
     deadline: Instant,
+    /// Who is at the far end (the initiator knows its responder already: `Peer::Psk`).
+    peer: Peer,
 }
 
 impl std::fmt::Debug for Leg {
@@ -75,23 +228,32 @@ pub enum Filled {
     Eof,
 }
 
-fn builder(key: &Key) -> Result<snow::Builder<'_>, LegError> {
-    let params = PATTERN.parse().map_err(LegError::Handshake)?;
-    snow::Builder::new(params)
-        .prologue(PROLOGUE)
-        .and_then(|b| b.psk(0, &key.0))
-        .map_err(LegError::Handshake)
+fn params(pattern: &str) -> Result<snow::params::NoiseParams, LegError> {
+    pattern.parse().map_err(LegError::Handshake)
 }
 
 impl Leg {
     /// Runs the initiator's handshake on a connected stream. The handshake and the first
     /// message each way ([`Leg::send_now`], [`Leg::recv_now`]) must be done within `timeout`
     /// in all, however slowly the peer trickles its bytes.
-    pub fn initiate(stream: TcpStream, key: &Key, timeout: Duration) -> Result<Leg, LegError> {
+    pub fn initiate<'a>(
+        stream: TcpStream,
+        keys: impl Into<Initiating<'a>>,
+        timeout: Duration,
+    ) -> Result<Leg, LegError> {
         let deadline = Instant::now() + timeout;
-        let mut hs = builder(key)?
-            .build_initiator()
-            .map_err(LegError::Handshake)?;
+        let mut hs = match keys.into() {
+            Initiating::Psk(key) => snow::Builder::new(params(PSK_PATTERN)?)
+                .prologue(PROLOGUE)
+                .and_then(|b| b.psk(0, &key.0))
+                .and_then(|b| b.build_initiator()),
+            Initiating::Peer { own, exit } => snow::Builder::new(params(PEER_PATTERN)?)
+                .prologue(PROLOGUE)
+                .and_then(|b| b.local_private_key(&own.secret))
+                .and_then(|b| b.remote_public_key(&exit.0))
+                .and_then(|b| b.build_initiator()),
+        }
+        .map_err(LegError::Handshake)?;
         let mut buf = vec![0u8; MAX_RECORD];
         let n = hs
             .write_message(&[], &mut buf)
@@ -101,28 +263,81 @@ impl Leg {
         hs.read_message(&msg, &mut buf)
             .map_err(LegError::Handshake)?;
         let noise = hs.into_transport_mode().map_err(LegError::Handshake)?;
-        Ok(Leg::new(stream, noise, deadline))
+        Ok(Leg::new(stream, noise, deadline, Peer::Psk))
     }
 
     /// Runs the responder's handshake on an accepted stream, within `timeout` in all.
-    pub fn respond(stream: TcpStream, key: &Key, timeout: Duration) -> Result<Leg, LegError> {
+    pub fn respond<'a>(
+        stream: TcpStream,
+        keys: impl Into<Responding<'a>>,
+        timeout: Duration,
+    ) -> Result<Leg, LegError> {
         let deadline = Instant::now() + timeout;
-        let mut hs = builder(key)?
-            .build_responder()
-            .map_err(LegError::Handshake)?;
-        let mut buf = vec![0u8; MAX_RECORD];
         let msg = read_record(&stream, deadline)?;
-        hs.read_message(&msg, &mut buf)
+        Leg::answer(stream, &msg, &keys.into(), deadline)
+    }
+
+    /// The responder's handshake, given the initiator's first message (without its length):
+    /// checks it (and in the per-peer mode, that the initiator is listed), then writes the
+    /// answer by `deadline`, which also bounds the Hello and Welcome that follow. A stream in
+    /// non-blocking mode stays so; a fresh connection's send buffer always takes the answer.
+    pub fn answer(
+        stream: TcpStream,
+        first: &[u8],
+        keys: &Responding,
+        deadline: Instant,
+    ) -> Result<Leg, LegError> {
+        let mut hs = match keys {
+            Responding::Psk(key) => snow::Builder::new(params(PSK_PATTERN)?)
+                .prologue(PROLOGUE)
+                .and_then(|b| b.psk(0, &key.0))
+                .and_then(|b| b.build_responder()),
+            Responding::Peers { own, .. } => snow::Builder::new(params(PEER_PATTERN)?)
+                .prologue(PROLOGUE)
+                .and_then(|b| b.local_private_key(&own.secret))
+                .and_then(|b| b.build_responder()),
+        }
+        .map_err(LegError::Handshake)?;
+        if first.len() != keys.first_message_len() {
+            // Not even worth the cryptography.
+            return Err(LegError::Handshake(snow::Error::Input));
+        }
+        let mut buf = [0u8; 256];
+        hs.read_message(first, &mut buf)
             .map_err(LegError::Handshake)?;
+        let peer = match keys {
+            Responding::Psk(_) => Peer::Psk,
+            Responding::Peers { list, .. } => {
+                let key = hs
+                    .get_remote_static()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .map(PublicKey)
+                    .ok_or(LegError::Handshake(snow::Error::Input))?;
+                match list.name(&key) {
+                    Some(name) => Peer::Listed { key, name },
+                    None => return Err(LegError::NotListed(key)),
+                }
+            }
+        };
         let n = hs
             .write_message(&[], &mut buf)
             .map_err(LegError::Handshake)?;
         write_record(&stream, &buf[..n], deadline)?;
         let noise = hs.into_transport_mode().map_err(LegError::Handshake)?;
-        Ok(Leg::new(stream, noise, deadline))
+        Ok(Leg::new(stream, noise, deadline, peer))
     }
 
-    fn new(stream: TcpStream, noise: snow::TransportState, deadline: Instant) -> Leg {
+    /// Who is at the far end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The leg's socket, for its options.
+    pub fn socket(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(&self.stream)
+    }
+
+    fn new(stream: TcpStream, noise: snow::TransportState, deadline: Instant, peer: Peer) -> Leg {
         Leg {
             stream,
             noise,
@@ -134,6 +349,7 @@ impl Leg {
             tx_start: 0,
             plain: Vec::with_capacity(MAX_PLAINTEXT),
             deadline,
+            peer,
         }
     }
 
@@ -251,6 +467,13 @@ impl Leg {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Back to blocking, with `timeout` from now for the Hello and Welcome (a leg that waited
+    /// for its Hello without blocking, handed on).
+    pub fn go_blocking(&mut self, timeout: Duration) -> io::Result<()> {
+        self.deadline = Instant::now() + timeout;
+        self.stream.set_nonblocking(false)
     }
 
     /// From here on the leg does not block. (No TCP_USER_TIMEOUT: the heartbeats find a
@@ -374,6 +597,68 @@ mod tests {
         assert!(
             matches!(Frame::decode(&plain[..n]), Ok(Frame::Data { offset: 0, bytes }) if bytes.len() == 60_000)
         );
+    }
+
+    /// A per-peer handshake: `entry` dials an exit that holds `exit` and lists `listed`.
+    fn peer_pair(
+        entry: &PrivateKey,
+        exit_public: PublicKey,
+        exit: &PrivateKey,
+        listed: &[PublicKey],
+    ) -> (Result<Leg, LegError>, Result<Leg, LegError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let text: String = listed.iter().map(|k| format!("{k}\n")).collect();
+        let list = Arc::new(PeerList::parse(&text, "peers").unwrap());
+        let exit = exit.clone();
+        let server = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let keys = Responding::Peers { own: &exit, list };
+            Leg::respond(s, keys, Duration::from_secs(5))
+        });
+        let keys = EntryKeys::Peer {
+            own: entry.clone(),
+            exit: exit_public,
+        };
+        let client = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &keys,
+            Duration::from_secs(5),
+        );
+        (client, server.join().unwrap())
+    }
+
+    #[test]
+    fn a_listed_peer_gets_a_leg_that_knows_it() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let (client, server) = peer_pair(&entry, exit.public(), &exit, &[entry.public()]);
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        assert_eq!(server.peer().key(), Some(entry.public()));
+        client.send_now(&Frame::Ack { received: 7 }).unwrap();
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let n = server.recv_now(&mut plain).unwrap();
+        assert_eq!(Frame::decode(&plain[..n]), Ok(Frame::Ack { received: 7 }));
+    }
+
+    #[test]
+    fn an_unlisted_peer_is_refused_at_its_first_message() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let other = PrivateKey::random().unwrap().public();
+        let (client, server) = peer_pair(&entry, exit.public(), &exit, &[other]);
+        assert!(
+            matches!(&server, Err(LegError::NotListed(k)) if *k == entry.public()),
+            "{server:?}"
+        );
+        assert!(client.is_err());
+    }
+
+    #[test]
+    fn an_entry_with_the_wrong_exit_key_is_refused_at_its_first_message() {
+        let (entry, exit) = (PrivateKey::random().unwrap(), PrivateKey::random().unwrap());
+        let wrong = PrivateKey::random().unwrap().public();
+        let (client, server) = peer_pair(&entry, wrong, &exit, &[entry.public()]);
+        assert!(matches!(server, Err(LegError::Handshake(_))), "{server:?}");
+        assert!(client.is_err());
     }
 
     #[test]

@@ -9,20 +9,27 @@
 //! again exactly the bytes the other has not acknowledged, so the applications see no error
 //! and no byte lost, doubled or reordered. A session that cannot resume within
 //! `resume_within` is ended on both ends with a RST to the application (a FIN would claim the
-//! stream ended whole). Legs are authenticated and encrypted ([`leg`]); a resume needs the
-//! session's id and its secret token, given only inside an encrypted leg.
+//! stream ended whole). Legs are authenticated and encrypted ([`leg`]), with the pair's
+//! pre-shared key or with per-peer key pairs (the exit then knows which listed entry each
+//! session belongs to, and a session is resumed only by the peer that opened it); a resume
+//! needs the session's id and its secret token, given only inside an encrypted leg. The
+//! exit's [`gate`] holds connections without a thread each until they have said Hello.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`stream`] | exactly-once bytes across broken legs (pure) |
 //! | [`frame`] | the messages on a leg |
-//! | [`key`] | the pair's key file |
+//! | [`key`] | key files: the pair's key, an end's key pair |
+//! | [`peers`] | the exit's list of entries' public keys |
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
+//! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
 //! | [`session`] | one application connection on whichever leg is alive |
 
 pub mod frame;
+pub mod gate;
 pub mod key;
 pub mod leg;
+pub mod peers;
 pub mod session;
 pub mod stream;
 
@@ -30,8 +37,7 @@ use crate::echo::wait_readable;
 use crate::relay::{Keepalive, Stats};
 use anyhow::{Context, Result};
 use frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
-use key::Key;
-use leg::{Leg, LegError};
+use leg::{EntryKeys, ExitKeys, Leg, LegError, Peer, Responding};
 use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -84,14 +90,13 @@ impl Settings {
 
 /// How often accept loops look at their stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
-/// The most handshakes an exit runs at once; more connections wait in the listen queue.
-const MAX_HANDSHAKES: usize = 256;
+pub use gate::MAX_PENDING;
 
 /// The end next to the client application.
 pub struct Entry {
     listener: TcpListener,
     tunnel: SocketAddr,
-    key: Arc<Key>,
+    keys: Arc<EntryKeys>,
     settings: Settings,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
@@ -101,7 +106,7 @@ impl Entry {
     pub fn bind(
         listen: SocketAddr,
         tunnel: SocketAddr,
-        key: Key,
+        keys: impl Into<EntryKeys>,
         settings: Settings,
     ) -> Result<Entry> {
         settings.check()?;
@@ -110,7 +115,7 @@ impl Entry {
         Ok(Entry {
             listener,
             tunnel,
-            key: Arc::new(key),
+            keys: Arc::new(keys.into()),
             settings,
             stats: Arc::default(),
             stop: Arc::default(),
@@ -149,7 +154,7 @@ impl Entry {
             |app, peer| {
                 let dial = Dial {
                     tunnel: self.tunnel,
-                    key: self.key.clone(),
+                    keys: self.keys.clone(),
                     settings: self.settings.clone(),
                 };
                 let stats = self.stats.clone();
@@ -210,7 +215,7 @@ fn accept_until_stopped(
 /// What the entry needs to open legs.
 struct Dial {
     tunnel: SocketAddr,
-    key: Arc<Key>,
+    keys: Arc<EntryKeys>,
     settings: Settings,
 }
 
@@ -224,7 +229,7 @@ impl Dial {
     ) -> Result<(Leg, Frame<'static>), LegError> {
         let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
         let stream = TcpStream::connect_timeout(&self.tunnel, timeout)?;
-        let mut leg = Leg::initiate(stream, &self.key, timeout)?;
+        let mut leg = Leg::initiate(stream, &*self.keys, timeout)?;
         leg.send_now(&Frame::Hello {
             session,
             token,
@@ -260,9 +265,20 @@ impl Dial {
             Ok(opened) => opened,
             Err(e) => {
                 reset(&app);
+                let hint = match (&*self.keys, &e) {
+                    (EntryKeys::Peer { own, .. }, LegError::Closed | LegError::Io(_)) => format!(
+                        "\nhint: if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
+                        own.public()
+                    ),
+                    _ => String::new(),
+                };
                 let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-                return Err(leg_failure(e, timeout))
-                    .with_context(|| format!("opening the tunnel to {}", self.tunnel));
+                let err = leg_failure(e, timeout)
+                    .context(format!("opening the tunnel to {}", self.tunnel));
+                if hint.is_empty() {
+                    return Err(err);
+                }
+                anyhow::bail!("{err:#}{hint}");
             }
         };
         let Frame::Welcome { session, token, .. } = answer else {
@@ -398,6 +414,10 @@ fn reset(stream: &TcpStream) {
 /// A session of the exit, as the acceptor of a new leg finds it.
 struct Slot {
     token: Token,
+    /// Who opened the session: only they may resume it.
+    peer: Peer,
+    /// Set when the peer was taken off the list: the session ends at its next wake.
+    revoked: AtomicBool,
     /// A new leg and the `received` of its Hello, waiting for the session to take it.
     offer: Mutex<Option<(Leg, u64)>>,
     wake_tx: UnixStream,
@@ -407,19 +427,18 @@ struct Slot {
 pub struct Exit {
     listener: TcpListener,
     connect: SocketAddr,
-    key: Arc<Key>,
+    keys: Arc<ExitKeys>,
     settings: Settings,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
-    handshakes: Arc<AtomicUsize>,
 }
 
 impl Exit {
     pub fn bind(
         listen: SocketAddr,
         connect: SocketAddr,
-        key: Key,
+        keys: impl Into<ExitKeys>,
         settings: Settings,
     ) -> Result<Exit> {
         settings.check()?;
@@ -428,12 +447,11 @@ impl Exit {
         Ok(Exit {
             listener,
             connect,
-            key: Arc::new(key),
+            keys: Arc::new(keys.into()),
             settings,
             stats: Arc::default(),
             stop: Arc::default(),
             sessions: Arc::default(),
-            handshakes: Arc::default(),
         })
     }
 
@@ -465,58 +483,100 @@ impl Exit {
         }
     }
 
-    /// Accepts legs until stopped: each one is authenticated, then starts or resumes a session.
+    /// Accepts legs until stopped: each one is authenticated in the [`gate`], then starts or
+    /// resumes a session on a thread of its own.
     pub fn run(&self) -> Result<()> {
-        let ready = || self.handshakes.load(Ordering::Relaxed) < MAX_HANDSHAKES;
-        accept_until_stopped(
-            &self.listener,
-            &self.stop,
-            "tunnel exit",
-            ready,
-            |stream, peer| {
-                let this = ExitLeg {
-                    connect: self.connect,
-                    key: self.key.clone(),
-                    settings: self.settings.clone(),
-                    stats: self.stats.clone(),
-                    sessions: self.sessions.clone(),
+        gate::run(&self.listener, &self.stop, self)?;
+        Ok(())
+    }
+
+    /// Rereads the peers list if it is time; ends the sessions of peers taken off it.
+    fn refresh_peers(&self) {
+        let ExitKeys::Peers { peers, .. } = &*self.keys else {
+            return;
+        };
+        match peers.refresh() {
+            peers::Change::None => {}
+            peers::Change::Refused(why) => tracing::error!("tunnel exit: --peers: {why}"),
+            peers::Change::Replaced { revoked } => {
+                let names: Vec<&str> = revoked.iter().map(|(_, name)| &**name).collect();
+                tracing::info!(
+                    "tunnel exit: {} reread: {} peers listed{}",
+                    peers.path().display(),
+                    peers.list().len(),
+                    if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; revoked: {}", names.join(", "))
+                    }
+                );
+                let Ok(sessions) = self.sessions.lock() else {
+                    return;
                 };
-                self.handshakes.fetch_add(1, Ordering::Relaxed);
-                let handshakes = self.handshakes.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("tunnel leg {peer}"))
-                    .spawn(move || {
-                        if let Err(e) = this.serve(stream, &handshakes) {
-                            tracing::info!("tunnel: leg from {peer}: {e:#}");
-                        }
-                    });
-                if spawned.is_err() {
-                    self.handshakes.fetch_sub(1, Ordering::Relaxed);
+                for slot in sessions.values() {
+                    let key = slot.peer.key();
+                    if revoked.iter().any(|(k, _)| Some(*k) == key) {
+                        slot.revoked.store(true, Ordering::Relaxed);
+                        let _ = (&slot.wake_tx).write_all(&[1]);
+                    }
                 }
-                spawned.map(drop)
-            },
-        )
+            }
+        }
+    }
+}
+
+impl gate::Exit for Exit {
+    fn responding(&self) -> Responding<'_> {
+        self.keys.responding()
+    }
+
+    fn greeted(&self, greeted: gate::Greeted) {
+        let this = ExitLeg {
+            connect: self.connect,
+            settings: self.settings.clone(),
+            stats: self.stats.clone(),
+            sessions: self.sessions.clone(),
+        };
+        let from = greeted.from;
+        let spawned = std::thread::Builder::new()
+            .name(format!("tunnel leg {from}"))
+            .spawn(move || {
+                if let Err(e) = this.serve(greeted) {
+                    tracing::info!("tunnel: leg from {from}: {e:#}");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("tunnel exit: no thread for {from}: {e}");
+        }
+    }
+
+    fn tick(&self) {
+        self.refresh_peers();
     }
 }
 
 /// What the exit needs to serve one leg.
 struct ExitLeg {
     connect: SocketAddr,
-    key: Arc<Key>,
     settings: Settings,
     stats: Arc<Stats>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
 }
 
 impl ExitLeg {
-    /// Authenticates the leg and reads its Hello, then starts the session it asks for or
-    /// hands the leg to the session it resumes.
-    fn serve(self, stream: TcpStream, handshakes: &AtomicUsize) -> Result<()> {
-        let greeted = self.greet(stream);
-        handshakes.fetch_sub(1, Ordering::Relaxed);
-        let (mut leg, session, token, received) = greeted?;
+    /// Starts the session a greeted leg asks for, or hands the leg to the session it resumes
+    /// (if that session is its peer's).
+    fn serve(self, greeted: gate::Greeted) -> Result<()> {
+        let gate::Greeted {
+            mut leg,
+            from,
+            session,
+            token,
+            received,
+        } = greeted;
+        leg.go_blocking(self.settings.leg_timeout().max(Duration::from_secs(1)))?;
         if session == SessionId::NEW {
-            return self.start(leg);
+            return self.start(leg, from);
         }
         let slot = self
             .sessions
@@ -525,7 +585,7 @@ impl ExitLeg {
             .get(&session)
             .cloned();
         match slot {
-            Some(slot) if slot.token.matches(&token) => {
+            Some(slot) if slot.token.matches(&token) && slot.peer.key() == leg.peer().key() => {
                 if let Ok(mut offer) = slot.offer.lock() {
                     *offer = Some((leg, received));
                 }
@@ -541,28 +601,17 @@ impl ExitLeg {
         }
     }
 
-    fn greet(&self, stream: TcpStream) -> Result<(Leg, SessionId, Token, u64)> {
-        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-        let mut leg = Leg::respond(stream, &self.key, timeout)?;
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = leg.recv_now(&mut plain)?;
-        match Frame::decode(&plain[..n])? {
-            Frame::Hello {
-                session,
-                token,
-                received,
-            } => Ok((leg, session, token, received)),
-            other => anyhow::bail!("expected Hello, got {other:?}"),
-        }
-    }
-
     /// A new session: connect to the target, welcome the entry, and carry it.
-    fn start(self, mut leg: Leg) -> Result<()> {
+    fn start(self, mut leg: Leg, from: SocketAddr) -> Result<()> {
         let (id, token) = (SessionId(random()?), Token(random()?));
         let (wake_rx, wake_tx) = UnixStream::pair()?;
         wake_rx.set_nonblocking(true)?;
+        let peer = leg.peer().clone();
+        let tag = peer.tag();
         let slot = Arc::new(Slot {
             token,
+            peer: peer.clone(),
+            revoked: AtomicBool::new(false),
             offer: Mutex::new(None),
             wake_tx,
         });
@@ -593,6 +642,7 @@ impl ExitLeg {
             token,
             received: 0,
         })?;
+        tracing::debug!("tunnel: session {id} opened for {peer} from {from}");
         leg.go_nonblocking()?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -622,7 +672,7 @@ impl ExitLeg {
                     LegEnd::Replaced => {}
                     LegEnd::Lost(why) => {
                         tracing::info!(
-                            "tunnel: session {id}: leg lost ({why}); waiting for the entry"
+                            "tunnel: session {id}{tag}: leg lost ({why}); waiting for the entry"
                         );
                         waiting = Some(Instant::now());
                     }
@@ -632,6 +682,14 @@ impl ExitLeg {
                 None => take_offer(&wake_rx, &slot),
                 Some(since) => wait_for_offer(&wake_rx, &slot, since + self.settings.resume_within),
             };
+            if slot.revoked.load(Ordering::Relaxed) {
+                s.reset_app();
+                if waiting.is_none() && leg.send(&Frame::Reset).is_ok() {
+                    leg.close_in_order(self.settings.heartbeat);
+                }
+                self.stats.resets.fetch_add(1, Ordering::Relaxed);
+                anyhow::bail!("session {id}: {peer} was taken off the peers list; session reset");
+            }
             let Some((mut new_leg, received)) = offer else {
                 if waiting.is_none() {
                     continue;
@@ -666,7 +724,7 @@ impl ExitLeg {
             leg = new_leg;
             if let Some(since) = waiting.take() {
                 tracing::info!(
-                    "tunnel: session {id} resumed after {:.1?}; {replayed} bytes sent again",
+                    "tunnel: session {id}{tag} resumed after {:.1?}; {replayed} bytes sent again",
                     since.elapsed()
                 );
             } else {
@@ -689,6 +747,9 @@ fn wait_for_offer(wake_rx: &UnixStream, slot: &Slot, deadline: Instant) -> Optio
         if wait_readable(wake_rx.as_raw_fd(), Some(left)).unwrap_or(false) {
             if let Some(offer) = take_offer(wake_rx, slot) {
                 return Some(offer);
+            }
+            if slot.revoked.load(Ordering::Relaxed) {
+                return None;
             }
         }
     }
