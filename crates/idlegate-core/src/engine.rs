@@ -63,10 +63,13 @@ pub enum DropReason {
     TableFull,
     /// A segment of a flow expired under `ack-and-discard`: acknowledged, never delivered.
     Discarded,
+    /// A TCP segment whose flags no stack sends together (SYN+FIN, SYN+RST, FIN without
+    /// ACK, none of SYN, ACK, RST: conntrack's `tcp_valid_flags`). It creates nothing.
+    InvalidFlags,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::NotIp,
         DropReason::Truncated,
         DropReason::BadChecksum,
@@ -78,6 +81,7 @@ impl DropReason {
         DropReason::TupleInUse,
         DropReason::TableFull,
         DropReason::Discarded,
+        DropReason::InvalidFlags,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +97,7 @@ impl DropReason {
             DropReason::TupleInUse => "tuple-in-use",
             DropReason::TableFull => "table-full",
             DropReason::Discarded => "ack-and-discard",
+            DropReason::InvalidFlags => "invalid-tcp-flags",
         }
     }
 }
@@ -121,6 +126,9 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
+    /// TCP segments of a flow outside its windows ([`crate::window`]): passed on, but they
+    /// changed nothing and did not refresh the flow.
+    pub out_of_window: u64,
     drops: [u64; DropReason::ALL.len()],
     expiries: [u64; Expiry::ALL.len()],
 }
@@ -148,6 +156,7 @@ impl Counters {
         self.flows_expired += other.flows_expired;
         self.resets_sent += other.resets_sent;
         self.acks_sent += other.acks_sent;
+        self.out_of_window += other.out_of_window;
         self.icmp_errors_translated += other.icmp_errors_translated;
         for (a, b) in self.drops.iter_mut().zip(other.drops) {
             *a += b;
@@ -643,6 +652,9 @@ impl<E: Endpoint> Core<E> {
             }
             Err(e) => return self.drop(e.into()),
         };
+        if headers.tcp.is_some_and(|s| !s.flags.is_valid()) {
+            return self.drop(DropReason::InvalidFlags);
+        }
         // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
         // neither ever cuts a flow short.
         let (now, since) = self.ticks(now);
@@ -848,35 +860,27 @@ impl<E: Endpoint> Core<E> {
         if headers.tcp.is_none() {
             flow.state = flow.state.after_datagram(from_initiator);
         }
+        let mut in_window = true;
         if let Some(segment) = headers.tcp {
-            if segment.flags.is_connect()
-                && from_initiator
-                && matches!(flow.state, FlowState::TimeWait | FlowState::Closed)
-            {
-                // The tuple is reused for a new connection (conntrack: TIME_WAIT or CLOSE +
-                // SYN → SYN_SENT; a SYN in the other closing states changes nothing).
-                flow.state = FlowState::SynSent;
-            }
             if data_only {
                 let (expected, _) = flow.next_seqs(from);
                 // A RST counts only if accepted, which changes the state below.
                 new_data =
                     !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
             }
-            // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
-            // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
-            if !segment.flags.rst() {
-                flow.track_sequence(from, &segment);
-                flow.state = flow.state.after(segment.flags, from_initiator);
-            } else if flow.accepts_reset(from, &segment) {
-                flow.state = FlowState::Closed;
-            }
+            // A segment out of the windows (a blind FIN, RST or data segment; see
+            // [`crate::window`]) is passed on but changes nothing here and, as conntrack's
+            // INVALID packets, does not refresh the flow.
+            in_window = flow.track(from, &segment, from_initiator);
         }
         // A box that counts only data (AWS ALB) lets ACKs and keepalive probes through
         // without refreshing the flow; a change of state always restarts its timer.
-        if new_data || flow.state != before {
+        if in_window && (new_data || flow.state != before) {
             let deadline = since + rule.timeout(flow.state);
             self.set_deadline(id, deadline);
+        }
+        if !in_window {
+            self.counters.out_of_window += 1;
         }
         self.translate(id, from, headers, packet)
     }
@@ -1057,7 +1061,7 @@ impl<E: Endpoint> Core<E> {
         }
         if let Some(segment) = segment {
             if segment.flags.syn() {
-                flow.track_sequence(from, segment);
+                flow.start(from, segment);
             } else {
                 flow.pick_up(from, segment);
             }
@@ -1557,6 +1561,10 @@ impl Engine {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "engine_window_tests.rs"]
+mod window_tests;
 
 /// The SNAT pools one family's shards share lend exactly the ports of the shards' flows.
 fn check_shared_snat<E: Endpoint>(cores: &[&Core<E>]) -> Result<(), String> {

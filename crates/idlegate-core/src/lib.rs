@@ -11,6 +11,7 @@
 //! | [`engine`] | the state machine: verdicts, timeouts, transmits, events, counters |
 //! | [`flow`] | flows, their TCP state and the two-key flow table |
 //! | [`timer`] | the timing wheel behind every idle timeout |
+//! | [`window`] | TCP window tracking: which segments may change a flow |
 //! | [`snat`] | SNAT ports lent to outbound flows |
 //! | [`shard`] | which of several engines (one per core) owns a packet |
 //! | [`expiry`] | what happens when a flow is forgotten |
@@ -34,6 +35,7 @@ pub mod profile;
 pub mod shard;
 pub mod snat;
 pub mod timer;
+pub mod window;
 
 pub use config::Config;
 pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};

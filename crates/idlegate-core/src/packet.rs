@@ -86,6 +86,15 @@ impl TcpFlags {
     pub fn is_connect(self) -> bool {
         self.syn() && !self.ack()
     }
+
+    /// Whether a stack could have sent this combination of FIN, SYN, RST and ACK. The valid
+    /// ones are conntrack's (`tcp_valid_flags` in nf_conntrack_proto_tcp.c, with PSH, URG, ECE
+    /// and CWR left aside): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK and ACK. SYN+FIN, SYN+RST, a
+    /// FIN without ACK and a segment with none of the four are not, and endpoints discard them.
+    pub fn is_valid(self) -> bool {
+        const VALID: [u8; 6] = [0x02, 0x12, 0x04, 0x14, 0x11, 0x10];
+        VALID.contains(&(self.0 & 0x17))
+    }
 }
 
 impl std::ops::BitOr for TcpFlags {
@@ -95,6 +104,9 @@ impl std::ops::BitOr for TcpFlags {
     }
 }
 
+/// The largest window scale (RFC 7323 §2.3: a larger one is taken as 14).
+pub const MAX_WINDOW_SCALE: u8 = 14;
+
 /// The sequence-space facts of one TCP segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSegment {
@@ -103,6 +115,10 @@ pub struct TcpSegment {
     pub ack: u32,
     /// Sequence space the segment occupies: payload bytes, plus one each for SYN and FIN.
     pub len: u32,
+    /// The window field as sent (scaled by the sender's window scale, except on a SYN).
+    pub window: u16,
+    /// A SYN's window scale option (RFC 7323 §2.2), at most 14; other segments' is not read.
+    pub window_scale: Option<u8>,
 }
 
 impl TcpSegment {
@@ -153,11 +169,22 @@ impl<E: Endpoint> Headers<E> {
                 flags = flags | flag;
             }
         }
+        // Options are read on SYNs only: the window scale is announced there or never.
+        let window_scale = if flags.syn() {
+            tcp.options_summary()
+                .ok()
+                .and_then(|o| o.window_scale)
+                .map(|s| s.min(MAX_WINDOW_SCALE))
+        } else {
+            None
+        };
         let segment = TcpSegment {
             flags,
             seq: tcp.seq_number().0 as u32,
             ack: tcp.ack_number().0 as u32,
             len: tcp.segment_len() as u32,
+            window: tcp.window_len(),
+            window_scale,
         };
         Ok(Headers {
             src: E::at(src, tcp.src_port()),
