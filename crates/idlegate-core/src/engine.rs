@@ -15,12 +15,13 @@ use crate::config::{Config, NatGateway, Protocols};
 use crate::expiry::Expiry;
 use crate::family::Endpoint;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
+use crate::fragment::FragmentTable;
 use crate::icmp::{self, IcmpError, QuotedSide};
 use crate::packet::{
     self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment, TransportChecksum,
 };
 use crate::precedence;
-use crate::profile::{self, Allocation, Pickup, Refresh, ResetTarget, TcpTimers};
+use crate::profile::{self, Allocation, Fragments, Pickup, Refresh, ResetTarget, TcpTimers};
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -39,6 +40,9 @@ pub enum Verdict {
     Forward(Interface),
     /// Discard it.
     Drop(DropReason),
+    /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
+    /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::fragment`]).
+    Held,
 }
 
 /// Why a packet was dropped. Each reason has a counter.
@@ -47,6 +51,8 @@ pub enum DropReason {
     NotIp,
     Truncated,
     BadChecksum,
+    /// An IP fragment the profile's box drops (every IPv6 fragment, and under some profiles
+    /// every IPv4 one: see [`crate::profile::Fragments`]).
     Fragment,
     UnsupportedProtocol,
     /// A new connection (or a UDP datagram) that no rule accepts.
@@ -66,10 +72,13 @@ pub enum DropReason {
     /// A TCP segment whose flags no stack sends together (SYN+FIN, SYN+RST, FIN without
     /// ACK, none of SYN, ACK, RST: conntrack's `tcp_valid_flags`). It creates nothing.
     InvalidFlags,
+    /// A later IPv4 fragment whose first fragment (with the ports) did not come in time, or
+    /// that found no room to wait for it ([`crate::fragment`]).
+    FragmentWithoutFirst,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NotIp,
         DropReason::Truncated,
         DropReason::BadChecksum,
@@ -82,6 +91,7 @@ impl DropReason {
         DropReason::TableFull,
         DropReason::Discarded,
         DropReason::InvalidFlags,
+        DropReason::FragmentWithoutFirst,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +108,7 @@ impl DropReason {
             DropReason::TableFull => "table-full",
             DropReason::Discarded => "ack-and-discard",
             DropReason::InvalidFlags => "invalid-tcp-flags",
+            DropReason::FragmentWithoutFirst => "fragment-without-first",
         }
     }
 }
@@ -126,6 +137,8 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
+    /// IPv4 fragments passed on, translated, as the profile's box does ([`crate::fragment`]).
+    pub fragments_forwarded: u64,
     /// TCP segments of a flow outside its windows ([`crate::window`]): passed on, but they
     /// changed nothing and did not refresh the flow.
     pub out_of_window: u64,
@@ -157,6 +170,7 @@ impl Counters {
         self.resets_sent += other.resets_sent;
         self.acks_sent += other.acks_sent;
         self.out_of_window += other.out_of_window;
+        self.fragments_forwarded += other.fragments_forwarded;
         self.icmp_errors_translated += other.icmp_errors_translated;
         for (a, b) in self.drops.iter_mut().zip(other.drops) {
             *a += b;
@@ -226,6 +240,14 @@ pub enum Event {
     TableFull {
         max_flows: usize,
     },
+}
+
+/// A packet the engine sends on its own: one it makes (a RST, an ACK), or a fragment it held
+/// until its first fragment came ([`crate::fragment`]).
+#[derive(Debug)]
+enum Outgoing<E: Endpoint> {
+    Control(Control<E>),
+    Packet(Vec<u8>),
 }
 
 /// A packet the engine generated, written into the driver's buffer.
@@ -352,7 +374,10 @@ struct Core<E: Endpoint> {
     refresh: Refresh,
     /// How outbound rules pick a flow's public port.
     snat_allocation: Allocation,
-    transmits: VecDeque<(Interface, Control<E>)>,
+    /// Which IPv4 fragments pass, and the translations of the datagrams under way; shared by
+    /// the shards of a sharded engine (locked per fragment, never for other packets).
+    fragments: Arc<Mutex<FragmentTable<E::Ip>>>,
+    transmits: VecDeque<(Interface, Outgoing<E>)>,
     events: VecDeque<Event>,
     counters: Counters,
     /// How many flows all cores (both families, every shard) may hold, and hold now.
@@ -616,6 +641,11 @@ impl<E: Endpoint> Core<E> {
             pickup: config.pickup,
             refresh: config.profile.refresh,
             snat_allocation: config.profile.snat.allocation,
+            fragments: Arc::new(Mutex::new(FragmentTable::new(if E::VERSION == 4 {
+                config.profile.fragments
+            } else {
+                Fragments::Drop
+            }))),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -650,8 +680,20 @@ impl<E: Endpoint> Core<E> {
             Err(ParseError::UnsupportedProtocol) if icmp::is_icmp(packet) => {
                 return self.icmp_error(now, from, packet)
             }
+            Err(ParseError::Fragment) => return self.fragment(now, from, packet),
             Err(e) => return self.drop(e.into()),
         };
+        self.handle_headers(now, from, &headers, packet)
+    }
+
+    /// A packet whose headers are read: the flow it belongs to, or a new one, or a drop.
+    fn handle_headers(
+        &mut self,
+        now: Instant,
+        from: Interface,
+        headers: &Headers<E>,
+        packet: &mut [u8],
+    ) -> Verdict {
         if headers.tcp.is_some_and(|s| !s.flags.is_valid()) {
             return self.drop(DropReason::InvalidFlags);
         }
@@ -663,18 +705,18 @@ impl<E: Endpoint> Core<E> {
             .find(from, headers.src, headers.dst, headers.protocol)
         {
             Some(id) if self.flows.get(id).deadline > now => {
-                self.forward(id, from, &headers, packet, since)
+                self.forward(id, from, headers, packet, since)
             }
             Some(id) => {
                 // Past its deadline but not yet reaped: it is dead, whatever comes now (or,
                 // under ack-and-discard, it is discarding).
                 if self.expire(id, now) {
-                    self.no_flow(from, &headers, packet, since)
+                    self.no_flow(from, headers, packet, since)
                 } else {
-                    self.forward(id, from, &headers, packet, since)
+                    self.forward(id, from, headers, packet, since)
                 }
             }
-            None => self.no_flow(from, &headers, packet, since),
+            None => self.no_flow(from, headers, packet, since),
         }
     }
 
@@ -696,9 +738,20 @@ impl<E: Endpoint> Core<E> {
     /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
     /// bytes) and says where it goes.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (interface, control) = self.transmits.pop_front()?;
-        let len = control.write(buf)?;
-        Some(Transmit { interface, len })
+        loop {
+            let (interface, outgoing) = self.transmits.pop_front()?;
+            let len = match outgoing {
+                Outgoing::Control(control) => control.write(buf),
+                Outgoing::Packet(packet) => buf.get_mut(..packet.len()).map(|b| {
+                    b.copy_from_slice(&packet);
+                    packet.len()
+                }),
+            };
+            // A buffer too short for a held fragment loses it, and only it.
+            if let Some(len) = len {
+                return Some(Transmit { interface, len });
+            }
+        }
     }
 
     /// The next flow event, oldest first.
@@ -1281,7 +1334,8 @@ impl<E: Endpoint> Core<E> {
             ControlKind::Reset => self.counters.resets_sent += 1,
             ControlKind::Ack => self.counters.acks_sent += 1,
         }
-        self.transmits.push_back((interface, control));
+        self.transmits
+            .push_back((interface, Outgoing::Control(control)));
     }
 
     // ---- expiry ----------------------------------------------------------------------------
@@ -1400,6 +1454,7 @@ impl Engine {
         for i in 1..shards.max(1) {
             let mut engine = Engine::new(config, now, seed.wrapping_add(i as u64));
             engine.v4.snat = Arc::clone(&first.v4.snat);
+            engine.v4.fragments = Arc::clone(&first.v4.fragments);
             engine.v6.snat = Arc::clone(&first.v6.snat);
             engine.v4.limit = Arc::clone(&first.v4.limit);
             engine.v6.limit = Arc::clone(&first.v6.limit);
@@ -1446,8 +1501,9 @@ impl Engine {
         self.v6.handle_timeout(now);
     }
 
-    /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
-    /// bytes) and says where it goes.
+    /// Writes the next packet the engine generated into `buf` and says where it goes. `buf`
+    /// must hold [`packet::CONTROL_LEN`] bytes for the packets the engine makes, and
+    /// [`crate::fragment::HELD_LEN`] for the fragments it held; one that does not fit is lost.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         self.v4
             .poll_transmit(buf)
@@ -1562,9 +1618,16 @@ impl Engine {
 #[path = "engine_tests.rs"]
 mod tests;
 
+#[path = "engine_fragments.rs"]
+mod fragments;
+
 #[cfg(test)]
 #[path = "engine_window_tests.rs"]
 mod window_tests;
+
+#[cfg(test)]
+#[path = "engine_fragment_tests.rs"]
+mod fragment_tests;
 
 /// The SNAT pools one family's shards share lend exactly the ports of the shards' flows.
 fn check_shared_snat<E: Endpoint>(cores: &[&Core<E>]) -> Result<(), String> {

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`engine`] | the state machine: verdicts, timeouts, transmits, events, counters |
 //! | [`flow`] | flows, their TCP state and the two-key flow table |
+//! | [`fragment`] | IPv4 fragments: how the pieces of a datagram find their flow |
 //! | [`timer`] | the timing wheel behind every idle timeout |
 //! | [`window`] | TCP window tracking: which segments may change a flow |
 //! | [`snat`] | SNAT ports lent to outbound flows |
@@ -28,6 +29,7 @@ pub mod engine;
 pub mod expiry;
 pub mod family;
 pub mod flow;
+pub mod fragment;
 pub mod icmp;
 pub mod packet;
 pub mod precedence;

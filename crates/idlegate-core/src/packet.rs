@@ -156,6 +156,33 @@ impl<E: Endpoint> Headers<E> {
         }
     }
 
+    /// The headers of a datagram's first fragment (see [`crate::fragment`]), from its IP
+    /// header as [`Endpoint::fragment_of`] read it: the transport header must be whole in it
+    /// (RFC 1858 refuses a first fragment too short for TCP's flags). The UDP length and a TCP
+    /// segment's length count this fragment's bytes only.
+    pub fn parse_first_fragment(
+        ip: &crate::family::IpHeader<E::Ip>,
+        packet: &[u8],
+    ) -> Result<Headers<E>, ParseError> {
+        let l4_bytes = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;
+        match ip.protocol {
+            IpProtocol::Tcp => Self::parse_tcp(ip.src, ip.dst, ip.l4, l4_bytes),
+            IpProtocol::Udp => {
+                // Its length field is the whole datagram's, longer than this fragment.
+                let udp = UdpPacket::new_unchecked(l4_bytes.get(..8).ok_or(ParseError::Truncated)?);
+                Ok(Headers {
+                    src: E::at(ip.src, udp.src_port()),
+                    dst: E::at(ip.dst, udp.dst_port()),
+                    protocol: Protocol::Udp,
+                    tcp: None,
+                    checksum: TransportChecksum::Complete,
+                    l4: ip.l4,
+                })
+            }
+            _ => Err(ParseError::UnsupportedProtocol),
+        }
+    }
+
     fn parse_tcp(src: E::Ip, dst: E::Ip, l4: usize, bytes: &[u8]) -> Result<Self, ParseError> {
         let tcp = TcpPacket::new_checked(bytes).map_err(|_| ParseError::Truncated)?;
         let mut flags = TcpFlags::default();

@@ -43,6 +43,8 @@ pub struct Profile {
     pub pickup: PickupPolicy,
     /// Which packets keep a flow alive.
     pub refresh: Refresh,
+    /// What the box does with IPv4 fragments.
+    pub fragments: Fragments,
     /// The expiry action of a rule that names none.
     pub default_expiry: Expiry,
     /// Outbound SNAT ports.
@@ -206,6 +208,31 @@ pub enum Refresh {
     DataOnly,
 }
 
+/// What a box does with the IPv4 fragments of the datagrams it translates. Only the first
+/// fragment carries the ports; idlegate matches the others to it by addresses, protocol and
+/// IP ID, and holds those that come ahead of it ([`crate::fragment`]). A box that reassembles
+/// (Linux conntrack) and one that forwards fragments as they come deliver the same datagram:
+/// idlegate forwards both ways. IPv6 fragments are dropped in every profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragments {
+    /// Every fragment is dropped: the datagram never arrives.
+    Drop,
+    /// UDP fragments pass; TCP fragments are dropped (AWS NAT gateway).
+    ForwardUdp,
+    /// Fragments of both protocols pass.
+    Forward,
+}
+
+impl Fragments {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fragments::Drop => "dropped",
+            Fragments::ForwardUdp => "UDP fragments forwarded, TCP fragments dropped",
+            Fragments::Forward => "forwarded",
+        }
+    }
+}
+
 /// How long a UDP flow lives without a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpTimeouts {
@@ -300,6 +327,7 @@ pub static AZURE_LB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -349,6 +377,7 @@ pub static AZURE_NATGW: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -387,6 +416,7 @@ pub static AWS_NLB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::ResetOnNext,
     snat: NO_SNAT,
     udp: UdpTimeouts {
@@ -414,6 +444,7 @@ pub static AWS_NATGW: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::ForwardUdp,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -456,6 +487,7 @@ pub static GCP_NAT: Profile = Profile {
     },
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -490,6 +522,7 @@ pub static AZURE_SNAT: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -523,6 +556,7 @@ pub static AZURE_FIREWALL: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -561,6 +595,7 @@ pub static RFC5382: Profile = Profile {
     tcp: TcpTimers::transitory(minutes(4)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -673,6 +708,7 @@ const CONNTRACK: Profile = Profile {
         knob: PickupKnob::Sysctl,
     },
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: MASQUERADE,
     udp: UdpTimeouts {
@@ -707,6 +743,7 @@ pub static IPVS: Profile = Profile {
     tcp: CONNTRACK_TCP,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: NO_SNAT,
     udp: UdpTimeouts {
@@ -735,6 +772,7 @@ pub static GCP_FIREWALL: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: MASQUERADE,
     udp: UdpTimeouts {
@@ -770,6 +808,7 @@ pub static AWS_ALB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::DataOnly,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
     snat: NO_SNAT,
     udp: UdpTimeouts {
