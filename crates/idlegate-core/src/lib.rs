@@ -8,7 +8,8 @@
 //!
 //! | module | domain word |
 //! |---|---|
-//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events, counters |
+//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events |
+//! | [`counters`] | what the engine did, and why it dropped what it dropped |
 //! | [`flow`] | flows, their TCP state and the two-key flow table |
 //! | [`fragment`] | IPv4 fragments: how the pieces of a datagram find their flow |
 //! | [`timer`] | the timing wheel behind every idle timeout |
@@ -25,6 +26,7 @@
 
 pub mod checksum;
 pub mod config;
+pub mod counters;
 pub mod engine;
 pub mod expiry;
 pub mod family;
