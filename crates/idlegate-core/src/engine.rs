@@ -552,6 +552,7 @@ impl<E: Endpoint> Core<E> {
     }
 
     /// A packet whose headers are read: the flow it belongs to, or a new one, or a drop.
+    #[inline]
     fn handle_headers(
         &mut self,
         now: Instant,

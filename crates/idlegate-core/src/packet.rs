@@ -91,9 +91,11 @@ impl TcpFlags {
     /// ones are conntrack's (`tcp_valid_flags` in nf_conntrack_proto_tcp.c, with PSH, URG, ECE
     /// and CWR left aside): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK and ACK. SYN+FIN, SYN+RST, a
     /// FIN without ACK and a segment with none of the four are not, and endpoints discard them.
+    #[inline]
     pub fn is_valid(self) -> bool {
-        const VALID: [u8; 6] = [0x02, 0x12, 0x04, 0x14, 0x11, 0x10];
-        VALID.contains(&(self.0 & 0x17))
+        // One bit per combination of the four flags (their bits are 0x17 at most).
+        const VALID: u32 = 1 << 0x02 | 1 << 0x12 | 1 << 0x04 | 1 << 0x14 | 1 << 0x11 | 1 << 0x10;
+        VALID >> (self.0 & 0x17) & 1 == 1
     }
 }
 

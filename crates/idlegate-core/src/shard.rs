@@ -63,21 +63,10 @@ fn remote_endpoint(packet: &[u8], from: Interface) -> Option<SocketAddr> {
 }
 
 fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
-    let headers = match Headers::<E>::parse(packet) {
-        Ok(h) => Some(h),
-        // A datagram's first fragment has the ports: it goes where its flow is. A later one
-        // has none: whoever reads it looks it up in the table the shards share
-        // ([`crate::fragment`]).
-        Err(ParseError::Fragment) => E::fragment_of(packet)
-            .filter(|f| f.offset == 0)
-            .and_then(|f| Headers::<E>::parse_first_fragment(&f.ip, packet).ok()),
-        Err(_) => None,
-    };
-    if let Some(h) = headers {
-        return Some(match from {
-            Interface::Outside => h.src,
-            Interface::Inside => h.dst,
-        });
+    match Headers::<E>::parse(packet) {
+        Ok(h) => return Some(remote_in(&h, from)),
+        Err(ParseError::Fragment) => return first_fragment_remote(packet, from),
+        Err(_) => {}
     }
     if !icmp::is_icmp(packet) {
         return None;
@@ -89,4 +78,20 @@ fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
         Interface::Outside => error.quoted_dst,
         Interface::Inside => error.quoted_src,
     })
+}
+
+fn remote_in<E: Endpoint>(h: &Headers<E>, from: Interface) -> E {
+    match from {
+        Interface::Outside => h.src,
+        Interface::Inside => h.dst,
+    }
+}
+
+/// A datagram's first fragment has the ports: it goes where its flow is. A later one has none:
+/// whoever reads it looks it up in the table the shards share ([`crate::fragment`]).
+#[cold]
+fn first_fragment_remote<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
+    let fragment = E::fragment_of(packet).filter(|f| f.offset == 0)?;
+    let h = Headers::<E>::parse_first_fragment(&fragment.ip, packet).ok()?;
+    Some(remote_in(&h, from))
 }
