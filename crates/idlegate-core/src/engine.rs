@@ -15,12 +15,13 @@ use crate::config::{Config, NatGateway, Protocols};
 use crate::expiry::Expiry;
 use crate::family::Endpoint;
 use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
+use crate::fragment::FragmentTable;
 use crate::icmp::{self, IcmpError, QuotedSide};
 use crate::packet::{
     self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment, TransportChecksum,
 };
 use crate::precedence;
-use crate::profile::{self, Allocation, Pickup, Refresh, ResetTarget, TcpTimers};
+use crate::profile::{self, Allocation, Fragments, Pickup, Refresh, ResetTarget, TcpTimers};
 use crate::snat::{Ending, Holds, SnatPorts};
 use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
@@ -30,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+pub use crate::counters::{Counters, DropReason};
 pub use crate::flow::Interface;
 
 /// What to do with a packet the driver handed in.
@@ -39,123 +41,9 @@ pub enum Verdict {
     Forward(Interface),
     /// Discard it.
     Drop(DropReason),
-}
-
-/// Why a packet was dropped. Each reason has a counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    NotIp,
-    Truncated,
-    BadChecksum,
-    Fragment,
-    UnsupportedProtocol,
-    /// A new connection (or a UDP datagram) that no rule accepts.
-    NoRule,
-    /// A TCP segment other than a SYN that belongs to no flow: never seen, or expired and
-    /// forgotten. This is the middlebox's silent drop. Also an ICMP error about no live flow.
-    NoFlow,
-    /// A SYN from a member whose outbound rule has no SNAT port left.
-    PortExhausted,
-    /// A SYN whose translated tuple is already another flow's.
-    TupleInUse,
-    /// A new flow (a SYN, a UDP datagram, a segment loose pickup takes up) while the gateway
-    /// holds `max_flows` flows.
-    TableFull,
-    /// A segment of a flow expired under `ack-and-discard`: acknowledged, never delivered.
-    Discarded,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 11] = [
-        DropReason::NotIp,
-        DropReason::Truncated,
-        DropReason::BadChecksum,
-        DropReason::Fragment,
-        DropReason::UnsupportedProtocol,
-        DropReason::NoRule,
-        DropReason::NoFlow,
-        DropReason::PortExhausted,
-        DropReason::TupleInUse,
-        DropReason::TableFull,
-        DropReason::Discarded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::NotIp => "not-ip",
-            DropReason::Truncated => "truncated",
-            DropReason::BadChecksum => "bad-checksum",
-            DropReason::Fragment => "fragment",
-            DropReason::UnsupportedProtocol => "unsupported-protocol",
-            DropReason::NoRule => "no-rule",
-            DropReason::NoFlow => "no-flow",
-            DropReason::PortExhausted => "snat-port-exhausted",
-            DropReason::TupleInUse => "tuple-in-use",
-            DropReason::TableFull => "table-full",
-            DropReason::Discarded => "ack-and-discard",
-        }
-    }
-}
-
-impl From<ParseError> for DropReason {
-    fn from(e: ParseError) -> DropReason {
-        match e {
-            ParseError::NotIp => DropReason::NotIp,
-            ParseError::Truncated => DropReason::Truncated,
-            ParseError::BadChecksum => DropReason::BadChecksum,
-            ParseError::Fragment => DropReason::Fragment,
-            ParseError::UnsupportedProtocol => DropReason::UnsupportedProtocol,
-        }
-    }
-}
-
-/// What the engine has done, for the driver's counters and logs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub forwarded: u64,
-    pub flows_created: u64,
-    pub flows_expired: u64,
-    /// RSTs the engine generated (expiry `reset` and `reset-on-next`).
-    pub resets_sent: u64,
-    /// ICMP errors about a flow's packet, translated and passed on (RFC 5508).
-    pub icmp_errors_translated: u64,
-    /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
-    pub acks_sent: u64,
-    drops: [u64; DropReason::ALL.len()],
-    expiries: [u64; Expiry::ALL.len()],
-}
-
-impl Counters {
-    /// Flows expired with `action` (as carried out: a `reset` rule's non-established flows
-    /// count as `silent`).
-    pub fn expired(&self, action: Expiry) -> u64 {
-        self.expiries[action as usize]
-    }
-
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize]
-    }
-
-    /// Every drop reason with its count.
-    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        DropReason::ALL.into_iter().map(|r| (r, self.dropped(r)))
-    }
-
-    /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &Counters) {
-        self.forwarded += other.forwarded;
-        self.flows_created += other.flows_created;
-        self.flows_expired += other.flows_expired;
-        self.resets_sent += other.resets_sent;
-        self.acks_sent += other.acks_sent;
-        self.icmp_errors_translated += other.icmp_errors_translated;
-        for (a, b) in self.drops.iter_mut().zip(other.drops) {
-            *a += b;
-        }
-        for (a, b) in self.expiries.iter_mut().zip(other.expiries) {
-            *a += b;
-        }
-    }
+    /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
+    /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::fragment`]).
+    Held,
 }
 
 /// The endpoints and rule of a flow, as reported in events.
@@ -230,6 +118,14 @@ pub enum Event {
     TableFull {
         max_flows: usize,
     },
+}
+
+/// A packet the engine sends on its own: one it makes (a RST, an ACK), or a fragment it held
+/// until its first fragment came ([`crate::fragment`]).
+#[derive(Debug)]
+enum Outgoing<E: Endpoint> {
+    Control(Control<E>),
+    Packet(Vec<u8>),
 }
 
 /// A packet the engine generated, written into the driver's buffer.
@@ -356,7 +252,10 @@ struct Core<E: Endpoint> {
     refresh: Refresh,
     /// How outbound rules pick a flow's public port.
     snat_allocation: Allocation,
-    transmits: VecDeque<(Interface, Control<E>)>,
+    /// Which IPv4 fragments pass, and the translations of the datagrams under way; shared by
+    /// the shards of a sharded engine (locked per fragment, never for other packets).
+    fragments: Arc<Mutex<FragmentTable<E::Ip>>>,
+    transmits: VecDeque<(Interface, Outgoing<E>)>,
     events: VecDeque<Event>,
     counters: Counters,
     /// How many flows all cores (both families, every shard) may hold, and hold now.
@@ -620,6 +519,11 @@ impl<E: Endpoint> Core<E> {
             pickup: config.pickup,
             refresh: config.profile.refresh,
             snat_allocation: config.profile.snat.allocation,
+            fragments: Arc::new(Mutex::new(FragmentTable::new(if E::VERSION == 4 {
+                config.profile.fragments
+            } else {
+                Fragments::Drop
+            }))),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
@@ -654,8 +558,24 @@ impl<E: Endpoint> Core<E> {
             Err(ParseError::UnsupportedProtocol) if icmp::is_icmp(packet) => {
                 return self.icmp_error(now, from, packet)
             }
+            Err(ParseError::Fragment) => return self.fragment(now, from, packet),
             Err(e) => return self.drop(e.into()),
         };
+        self.handle_headers(now, from, &headers, packet)
+    }
+
+    /// A packet whose headers are read: the flow it belongs to, or a new one, or a drop.
+    #[inline]
+    fn handle_headers(
+        &mut self,
+        now: Instant,
+        from: Interface,
+        headers: &Headers<E>,
+        packet: &mut [u8],
+    ) -> Verdict {
+        if headers.tcp.is_some_and(|s| !s.flags.is_valid()) {
+            return self.drop(DropReason::InvalidFlags);
+        }
         // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
         // neither ever cuts a flow short.
         let (now, since) = self.ticks(now);
@@ -664,18 +584,18 @@ impl<E: Endpoint> Core<E> {
             .find(from, headers.src, headers.dst, headers.protocol)
         {
             Some(id) if self.flows.get(id).deadline > now => {
-                self.forward(id, from, &headers, packet, since)
+                self.forward(id, from, headers, packet, since)
             }
             Some(id) => {
                 // Past its deadline but not yet reaped: it is dead, whatever comes now (or,
                 // under ack-and-discard, it is discarding).
                 if self.expire(id, now, ExpiryCause::Idle) {
-                    self.no_flow(from, &headers, packet, since)
+                    self.no_flow(from, headers, packet, since)
                 } else {
-                    self.forward(id, from, &headers, packet, since)
+                    self.forward(id, from, headers, packet, since)
                 }
             }
-            None => self.no_flow(from, &headers, packet, since),
+            None => self.no_flow(from, headers, packet, since),
         }
     }
 
@@ -697,9 +617,20 @@ impl<E: Endpoint> Core<E> {
     /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
     /// bytes) and says where it goes.
     fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
-        let (interface, control) = self.transmits.pop_front()?;
-        let len = control.write(buf)?;
-        Some(Transmit { interface, len })
+        loop {
+            let (interface, outgoing) = self.transmits.pop_front()?;
+            let len = match outgoing {
+                Outgoing::Control(control) => control.write(buf),
+                Outgoing::Packet(packet) => buf.get_mut(..packet.len()).map(|b| {
+                    b.copy_from_slice(&packet);
+                    packet.len()
+                }),
+            };
+            // A buffer too short for a held fragment loses it, and only it.
+            if let Some(len) = len {
+                return Some(Transmit { interface, len });
+            }
+        }
     }
 
     /// The next flow event, oldest first.
@@ -861,35 +792,27 @@ impl<E: Endpoint> Core<E> {
         if headers.tcp.is_none() {
             flow.state = flow.state.after_datagram(from_initiator);
         }
+        let mut in_window = true;
         if let Some(segment) = headers.tcp {
-            if segment.flags.is_connect()
-                && from_initiator
-                && matches!(flow.state, FlowState::TimeWait | FlowState::Closed)
-            {
-                // The tuple is reused for a new connection (conntrack: TIME_WAIT or CLOSE +
-                // SYN → SYN_SENT; a SYN in the other closing states changes nothing).
-                flow.state = FlowState::SynSent;
-            }
             if data_only {
                 let (expected, _) = flow.next_seqs(from);
                 // A RST counts only if accepted, which changes the state below.
                 new_data =
                     !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
             }
-            // A RST the receiving stack would discard (RFC 5961 §3.2: not exactly RCV.NXT) is
-            // passed on but changes nothing here, so a stray or blind RST cannot end the flow.
-            if !segment.flags.rst() {
-                flow.track_sequence(from, &segment);
-                flow.state = flow.state.after(segment.flags, from_initiator);
-            } else if flow.accepts_reset(from, &segment) {
-                flow.state = FlowState::Closed;
-            }
+            // A segment out of the windows (a blind FIN, RST or data segment; see
+            // [`crate::window`]) is passed on but changes nothing here and, as conntrack's
+            // INVALID packets, does not refresh the flow.
+            in_window = flow.track(from, &segment, from_initiator);
         }
         // A box that counts only data (AWS ALB) lets ACKs and keepalive probes through
         // without refreshing the flow; a change of state always restarts its timer.
-        if new_data || flow.state != before {
+        if in_window && (new_data || flow.state != before) {
             let deadline = since + rule.timeout(flow.state);
             self.set_deadline(id, deadline);
+        }
+        if !in_window {
+            self.counters.out_of_window += 1;
         }
         self.translate(id, from, headers, packet)
     }
@@ -1070,7 +993,7 @@ impl<E: Endpoint> Core<E> {
         }
         if let Some(segment) = segment {
             if segment.flags.syn() {
-                flow.track_sequence(from, segment);
+                flow.start(from, segment);
             } else {
                 flow.pick_up(from, segment);
             }
@@ -1290,7 +1213,8 @@ impl<E: Endpoint> Core<E> {
             ControlKind::Reset => self.counters.resets_sent += 1,
             ControlKind::Ack => self.counters.acks_sent += 1,
         }
-        self.transmits.push_back((interface, control));
+        self.transmits
+            .push_back((interface, Outgoing::Control(control)));
     }
 
     // ---- expiry ----------------------------------------------------------------------------
@@ -1414,6 +1338,7 @@ impl Engine {
         for i in 1..shards.max(1) {
             let mut engine = Engine::new(config, now, seed.wrapping_add(i as u64));
             engine.v4.snat = Arc::clone(&first.v4.snat);
+            engine.v4.fragments = Arc::clone(&first.v4.fragments);
             engine.v6.snat = Arc::clone(&first.v6.snat);
             engine.v4.limit = Arc::clone(&first.v4.limit);
             engine.v6.limit = Arc::clone(&first.v6.limit);
@@ -1460,8 +1385,9 @@ impl Engine {
         self.v6.handle_timeout(now);
     }
 
-    /// Writes the next packet the engine generated into `buf` (at least [`packet::CONTROL_LEN`]
-    /// bytes) and says where it goes.
+    /// Writes the next packet the engine generated into `buf` and says where it goes. `buf`
+    /// must hold [`packet::CONTROL_LEN`] bytes for the packets the engine makes, and
+    /// [`crate::fragment::HELD_LEN`] for the fragments it held; one that does not fit is lost.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         self.v4
             .poll_transmit(buf)
@@ -1575,6 +1501,17 @@ impl Engine {
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;
+
+#[path = "engine_fragments.rs"]
+mod fragments;
+
+#[cfg(test)]
+#[path = "engine_window_tests.rs"]
+mod window_tests;
+
+#[cfg(test)]
+#[path = "engine_fragment_tests.rs"]
+mod fragment_tests;
 
 /// The SNAT pools one family's shards share lend exactly the ports of the shards' flows.
 fn check_shared_snat<E: Endpoint>(cores: &[&Core<E>]) -> Result<(), String> {

@@ -6,16 +6,16 @@ use crate::packet::TcpFlags;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
-const VM1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+pub(super) const FRONTEND: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub(super) const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 100);
+pub(super) const VM1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 const VM2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
 
 /// Azure LB, 4 min idle scaled by 60 to 4 s; transitory 30 s scaled to 500 ms.
-const IDLE_MS: u64 = 4_000;
-const TRANSITORY_MS: u64 = 500;
+pub(super) const IDLE_MS: u64 = 4_000;
+pub(super) const TRANSITORY_MS: u64 = 500;
 
-fn config(expiry: &str, members: &str) -> Config {
+pub(super) fn config(expiry: &str, members: &str) -> Config {
     let text = format!(
         r#"profile = "azure-lb"
 time_scale = 60
@@ -43,37 +43,37 @@ expiry = "{expiry}"
     Config::from_toml(&text, "test.toml").unwrap()
 }
 
-const ONE_VM: &str = r#"{ name = "vm1", address = "192.0.2.11" }"#;
+pub(super) const ONE_VM: &str = r#"{ name = "vm1", address = "192.0.2.11" }"#;
 const TWO_VMS: &str =
     r#"{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }"#;
 
-fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+pub(super) fn ep(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(ip, port)
 }
 
 /// An engine, a virtual clock, and what came out of it.
-struct Harness {
-    engine: Engine,
+pub(super) struct Harness {
+    pub(super) engine: Engine,
     t0: Instant,
-    now: u64,
-    sent: Vec<(Interface, Vec<u8>)>,
-    events: Vec<(u64, Event)>,
+    pub(super) now: u64,
+    pub(super) sent: Vec<(Interface, Vec<u8>)>,
+    pub(super) events: Vec<(u64, Event)>,
 }
 
 /// One side of a TCP connection, tracking its own SND.NXT like a real stack.
 #[derive(Clone, Copy)]
-struct Peer {
-    addr: SocketAddrV4,
-    iface: Interface,
-    snd_nxt: u32,
+pub(super) struct Peer {
+    pub(super) addr: SocketAddrV4,
+    pub(super) iface: Interface,
+    pub(super) snd_nxt: u32,
 }
 
 impl Harness {
-    fn new(expiry: &str) -> Harness {
+    pub(super) fn new(expiry: &str) -> Harness {
         Harness::with(config(expiry, ONE_VM))
     }
 
-    fn with(config: Config) -> Harness {
+    pub(super) fn with(config: Config) -> Harness {
         let t0 = Instant::now();
         Harness {
             engine: Engine::new(&config, t0, 1),
@@ -84,12 +84,12 @@ impl Harness {
         }
     }
 
-    fn at(&self, ms: u64) -> Instant {
+    pub(super) fn at(&self, ms: u64) -> Instant {
         self.t0 + Duration::from_millis(ms)
     }
 
     /// Advances the clock to `ms`, waking the engine at every deadline it asks for on the way.
-    fn advance_to(&mut self, ms: u64) {
+    pub(super) fn advance_to(&mut self, ms: u64) {
         while let Some(t) = self.engine.poll_timeout().filter(|&t| t <= self.at(ms)) {
             self.engine.handle_timeout(t);
             self.now = (t - self.t0).as_millis() as u64;
@@ -100,7 +100,7 @@ impl Harness {
         self.drain();
     }
 
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         let mut buf = [0u8; 64];
         while let Some(tx) = self.engine.poll_transmit(&mut buf) {
             self.sent.push((tx.interface, buf[..tx.len].to_vec()));
@@ -111,7 +111,7 @@ impl Harness {
     }
 
     /// Sends a segment from `peer` to `dst` now; returns the verdict and the packet as it left.
-    fn send(
+    pub(super) fn send(
         &mut self,
         peer: &mut Peer,
         dst: SocketAddrV4,
@@ -130,7 +130,7 @@ impl Harness {
     }
 
     /// Sends a raw segment with an explicit sequence number (a keepalive probe, say).
-    fn send_seq(
+    pub(super) fn send_seq(
         &mut self,
         peer: &Peer,
         dst: SocketAddrV4,
@@ -150,7 +150,7 @@ impl Harness {
     /// A member opens a connection from `vm_port` to the server at 203.0.113.100:8000; returns
     /// (member, server, the SYN's verdict, the SNAT endpoint it left from) after the three-way
     /// handshake. The SNAT endpoint is the member's own address if the SYN was dropped.
-    fn connect_outbound(&mut self, vm_port: u16) -> (Peer, Peer, Verdict, SocketAddrV4) {
+    pub(super) fn connect_outbound(&mut self, vm_port: u16) -> (Peer, Peer, Verdict, SocketAddrV4) {
         let server_addr = ep(CLIENT, 8_000);
         let mut vm = Peer {
             addr: ep(VM1, vm_port),
@@ -177,7 +177,7 @@ impl Harness {
 
     /// A client on the internet connects to the frontend; returns (client, server) peers after
     /// the three-way handshake, both in ESTABLISHED.
-    fn connect_inbound(&mut self, client_port: u16) -> (Peer, Peer) {
+    pub(super) fn connect_inbound(&mut self, client_port: u16) -> (Peer, Peer) {
         let mut client = Peer {
             addr: ep(CLIENT, client_port),
             iface: Interface::Outside,
@@ -205,7 +205,7 @@ impl Harness {
         (client, server)
     }
 
-    fn expired(&self) -> Vec<(u64, Expiry)> {
+    pub(super) fn expired(&self) -> Vec<(u64, Expiry)> {
         self.events
             .iter()
             .filter_map(|(t, e)| match e {
@@ -216,7 +216,7 @@ impl Harness {
     }
 }
 
-const FRONTEND_7000: SocketAddrV4 = SocketAddrV4::new(FRONTEND, 7000);
+pub(super) const FRONTEND_7000: SocketAddrV4 = SocketAddrV4::new(FRONTEND, 7000);
 
 #[test]
 fn idle_flow_expires_exactly_at_deadline() {
@@ -1202,7 +1202,7 @@ expiry = "reset-on-next"
     );
 }
 
-fn udp_config(expiry: &str) -> Config {
+pub(super) fn udp_config(expiry: &str) -> Config {
     let text = format!(
         r#"profile = "azure-lb"
 time_scale = 60
@@ -1469,7 +1469,7 @@ proptest! {
 
 /// A config of `profile` with one member, an LB rule (port 7000) and an outbound rule, both
 /// with `idle`, and `extra` top-level settings.
-fn profile_config(profile: &str, idle: &str, extra: &str) -> Config {
+pub(super) fn profile_config(profile: &str, idle: &str, extra: &str) -> Config {
     let text = format!(
         r#"profile = "{profile}"
 {extra}
@@ -1497,7 +1497,7 @@ idle_timeout = "{idle}"
 }
 
 /// The state of the only flow.
-fn only_state(h: &Harness) -> FlowState {
+pub(super) fn only_state(h: &Harness) -> FlowState {
     let mut flows = h.engine.v4.flows.iter();
     let state = flows.next().expect("a flow").1.state;
     assert!(flows.next().is_none(), "one flow only");

@@ -2,7 +2,7 @@
 //!
 //! The engine keeps one flow table per family and is generic over [`Endpoint`]:
 //! `SocketAddrV4` for IPv4, `SocketAddrV6` for IPv6. A flow never mixes them (the config refuses
-//! a rule whose frontend and members differ in family), so IPv4 flows keep their 48 bytes.
+//! a rule whose frontend and members differ in family), so IPv4 flows keep their 56 bytes.
 //! Here lives what differs: the IP header (IPv4 has a header checksum, IPv6 a fixed 40-byte
 //! header with no checksum and extension headers idlegate does not follow), and the words of
 //! the pseudo-header that an address change moves in a TCP or UDP checksum (RFC 1624 for both).
@@ -31,6 +31,18 @@ pub struct IpHeader<A> {
     pub l4: usize,
     /// End of the packet as its header says (trailing bytes are ignored).
     pub end: usize,
+}
+
+/// What an IPv4 fragment's header says of it (see [`crate::fragment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentHeader<A> {
+    pub ip: IpHeader<A>,
+    /// The IP ID that all fragments of one datagram share.
+    pub id: u16,
+    /// Where this fragment's bytes sit in the datagram's payload.
+    pub offset: usize,
+    /// Whether more fragments follow.
+    pub more: bool,
 }
 
 /// A transport endpoint of one address family: an address and a port.
@@ -66,6 +78,9 @@ pub trait Endpoint:
     fn update_checksum(sum: u16, old: Self::Ip, new: Self::Ip) -> u16;
     /// Validates the IP header of `packet` (version, lengths, checksum, no fragment).
     fn parse_ip(packet: &[u8]) -> Result<IpHeader<Self::Ip>, ParseError>;
+    /// The fragment header of a packet [`Endpoint::parse_ip`] called a fragment: IPv4 only
+    /// (IPv6 fragments are not followed).
+    fn fragment_of(packet: &[u8]) -> Option<FragmentHeader<Self::Ip>>;
     /// Sets one address of the IP header, patching the header checksum if it has one.
     fn set_ip(packet: &mut [u8], side: Side, old: Self::Ip, new: Self::Ip);
     /// Writes an IP header for a packet of `payload_len` transport bytes into `buf`.
@@ -176,6 +191,22 @@ impl Endpoint for SocketAddrV4 {
             protocol: ip.next_header(),
             l4: usize::from(ip.header_len()),
             end: usize::from(ip.total_len()),
+        })
+    }
+
+    fn fragment_of(packet: &[u8]) -> Option<FragmentHeader<Ipv4Addr>> {
+        let ip = Ipv4Packet::new_checked(packet).ok()?;
+        (ip.version() == 4 && ip.verify_checksum()).then(|| FragmentHeader {
+            ip: IpHeader {
+                src: ip.src_addr(),
+                dst: ip.dst_addr(),
+                protocol: ip.next_header(),
+                l4: usize::from(ip.header_len()),
+                end: usize::from(ip.total_len()),
+            },
+            id: ip.ident(),
+            offset: usize::from(ip.frag_offset()),
+            more: ip.more_frags(),
         })
     }
 
@@ -296,6 +327,10 @@ impl Endpoint for SocketAddrV6 {
         })
     }
 
+    /// IPv6 fragments are not followed: every profile drops them.
+    fn fragment_of(_: &[u8]) -> Option<FragmentHeader<Ipv6Addr>> {
+        None
+    }
     #[inline]
     fn set_ip(packet: &mut [u8], side: Side, _old: Ipv6Addr, new: Ipv6Addr) {
         let mut ip = Ipv6Packet::new_unchecked(packet);

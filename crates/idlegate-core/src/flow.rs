@@ -9,12 +9,13 @@
 //!
 //! [`FlowTable`] keeps flows in a slab and indexes both keys in one hash table whose buckets
 //! hold only a 32-bit reference (slab index and key side); the key itself is read from the flow,
-//! so a flow costs its 48 bytes plus two 4-byte buckets and their control bytes, with the hash
-//! table's spare capacity (71–95 bytes per flow measured). No flow allocates on its own.
+//! so a flow costs its 56 bytes plus two 4-byte buckets and their control bytes, with the hash
+//! table's spare capacity. No flow allocates on its own.
 
 use crate::family::Endpoint;
 use crate::packet::{Protocol, TcpFlags, TcpSegment};
 use crate::timer::{Link, SlotId, Tick, Timers};
+use crate::window::Windows;
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
@@ -153,9 +154,11 @@ pub struct Flow<E: Endpoint = SocketAddrV4> {
     pub remote_next_seq: u32,
     /// The member's SND.NXT as last seen: the sequence number the remote expects next.
     pub private_next_seq: u32,
+    /// TCP: the largest window each side has advertised ([`crate::window`]).
+    pub windows: Windows,
     /// When the flow expires unless a packet refreshes it.
     pub deadline: Tick,
-    // The timer wheel's links, kept flat so the flow packs into 48 bytes.
+    // The timer wheel's links, kept flat so the flow packs into 56 bytes.
     wheel_prev: u32,
     wheel_next: u32,
     wheel_slot: SlotId,
@@ -172,6 +175,7 @@ impl<E: Endpoint> Flow<E> {
             rule,
             remote_next_seq: 0,
             private_next_seq: 0,
+            windows: Windows::default(),
             deadline: 0,
             wheel_prev: Link::UNFILED.prev,
             wheel_next: Link::UNFILED.next,
@@ -190,18 +194,6 @@ impl<E: Endpoint> Flow<E> {
         if segment.flags.syn() || (end.wrapping_sub(*next) as i32) > 0 {
             *next = end;
         }
-    }
-
-    /// Starts a flow picked up mid-stream (loose pickup) from its first segment, sent from
-    /// `from`: ESTABLISHED, the sender's sequence space from the segment, the other side's
-    /// from its acknowledgement number.
-    pub fn pick_up(&mut self, from: Interface, segment: &TcpSegment) {
-        self.state = FlowState::Established;
-        let (sender, other) = match from {
-            Interface::Outside => (&mut self.remote_next_seq, &mut self.private_next_seq),
-            Interface::Inside => (&mut self.private_next_seq, &mut self.remote_next_seq),
-        };
-        (*sender, *other) = (segment.end(), segment.ack);
     }
 
     /// Whether the receiver of a RST from `from` would accept it: its sequence number is the
@@ -452,7 +444,7 @@ impl<E: Endpoint> Timers for FlowTable<E> {
 }
 
 // The memory budget per flow (issue: < 128 bytes at 1 M flows, index included).
-const _: () = assert!(std::mem::size_of::<Flow<SocketAddrV4>>() == 48);
+const _: () = assert!(std::mem::size_of::<Flow<SocketAddrV4>>() == 56);
 
 #[cfg(test)]
 mod tests {
@@ -526,6 +518,8 @@ mod tests {
             seq,
             ack: 0,
             len,
+            window: 65535,
+            window_scale: None,
         };
         flow.track_sequence(Interface::Outside, &seg(TcpFlags::SYN, u32::MAX, 1));
         assert_eq!(flow.remote_next_seq, 0, "wraps");

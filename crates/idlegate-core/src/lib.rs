@@ -8,9 +8,12 @@
 //!
 //! | module | domain word |
 //! |---|---|
-//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events, counters |
+//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events |
+//! | [`counters`] | what the engine did, and why it dropped what it dropped |
 //! | [`flow`] | flows, their TCP state and the two-key flow table |
+//! | [`fragment`] | IPv4 fragments: how the pieces of a datagram find their flow |
 //! | [`timer`] | the timing wheel behind every idle timeout |
+//! | [`window`] | TCP window tracking: which segments may change a flow |
 //! | [`snat`] | SNAT ports lent to outbound flows |
 //! | [`shard`] | which of several engines (one per core) owns a packet |
 //! | [`expiry`] | what happens when a flow is forgotten |
@@ -23,10 +26,12 @@
 
 pub mod checksum;
 pub mod config;
+pub mod counters;
 pub mod engine;
 pub mod expiry;
 pub mod family;
 pub mod flow;
+pub mod fragment;
 pub mod icmp;
 pub mod packet;
 pub mod precedence;
@@ -34,6 +39,7 @@ pub mod profile;
 pub mod shard;
 pub mod snat;
 pub mod timer;
+pub mod window;
 
 pub use config::Config;
 pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};

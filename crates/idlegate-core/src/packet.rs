@@ -86,6 +86,17 @@ impl TcpFlags {
     pub fn is_connect(self) -> bool {
         self.syn() && !self.ack()
     }
+
+    /// Whether a stack could have sent this combination of FIN, SYN, RST and ACK. The valid
+    /// ones are conntrack's (`tcp_valid_flags` in nf_conntrack_proto_tcp.c, with PSH, URG, ECE
+    /// and CWR left aside): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK and ACK. SYN+FIN, SYN+RST, a
+    /// FIN without ACK and a segment with none of the four are not, and endpoints discard them.
+    #[inline]
+    pub fn is_valid(self) -> bool {
+        // One bit per combination of the four flags (their bits are 0x17 at most).
+        const VALID: u32 = 1 << 0x02 | 1 << 0x12 | 1 << 0x04 | 1 << 0x14 | 1 << 0x11 | 1 << 0x10;
+        VALID >> (self.0 & 0x17) & 1 == 1
+    }
 }
 
 impl std::ops::BitOr for TcpFlags {
@@ -95,6 +106,9 @@ impl std::ops::BitOr for TcpFlags {
     }
 }
 
+/// The largest window scale (RFC 7323 §2.3: a larger one is taken as 14).
+pub const MAX_WINDOW_SCALE: u8 = 14;
+
 /// The sequence-space facts of one TCP segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpSegment {
@@ -103,6 +117,10 @@ pub struct TcpSegment {
     pub ack: u32,
     /// Sequence space the segment occupies: payload bytes, plus one each for SYN and FIN.
     pub len: u32,
+    /// The window field as sent (scaled by the sender's window scale, except on a SYN).
+    pub window: u16,
+    /// A SYN's window scale option (RFC 7323 §2.2), at most 14; other segments' is not read.
+    pub window_scale: Option<u8>,
 }
 
 impl TcpSegment {
@@ -140,6 +158,33 @@ impl<E: Endpoint> Headers<E> {
         }
     }
 
+    /// The headers of a datagram's first fragment (see [`crate::fragment`]), from its IP
+    /// header as [`Endpoint::fragment_of`] read it: the transport header must be whole in it
+    /// (RFC 1858 refuses a first fragment too short for TCP's flags). The UDP length and a TCP
+    /// segment's length count this fragment's bytes only.
+    pub fn parse_first_fragment(
+        ip: &crate::family::IpHeader<E::Ip>,
+        packet: &[u8],
+    ) -> Result<Headers<E>, ParseError> {
+        let l4_bytes = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;
+        match ip.protocol {
+            IpProtocol::Tcp => Self::parse_tcp(ip.src, ip.dst, ip.l4, l4_bytes),
+            IpProtocol::Udp => {
+                // Its length field is the whole datagram's, longer than this fragment.
+                let udp = UdpPacket::new_unchecked(l4_bytes.get(..8).ok_or(ParseError::Truncated)?);
+                Ok(Headers {
+                    src: E::at(ip.src, udp.src_port()),
+                    dst: E::at(ip.dst, udp.dst_port()),
+                    protocol: Protocol::Udp,
+                    tcp: None,
+                    checksum: TransportChecksum::Complete,
+                    l4: ip.l4,
+                })
+            }
+            _ => Err(ParseError::UnsupportedProtocol),
+        }
+    }
+
     fn parse_tcp(src: E::Ip, dst: E::Ip, l4: usize, bytes: &[u8]) -> Result<Self, ParseError> {
         let tcp = TcpPacket::new_checked(bytes).map_err(|_| ParseError::Truncated)?;
         let mut flags = TcpFlags::default();
@@ -153,11 +198,22 @@ impl<E: Endpoint> Headers<E> {
                 flags = flags | flag;
             }
         }
+        // Options are read on SYNs only: the window scale is announced there or never.
+        let window_scale = if flags.syn() {
+            tcp.options_summary()
+                .ok()
+                .and_then(|o| o.window_scale)
+                .map(|s| s.min(MAX_WINDOW_SCALE))
+        } else {
+            None
+        };
         let segment = TcpSegment {
             flags,
             seq: tcp.seq_number().0 as u32,
             ack: tcp.ack_number().0 as u32,
             len: tcp.segment_len() as u32,
+            window: tcp.window_len(),
+            window_scale,
         };
         Ok(Headers {
             src: E::at(src, tcp.src_port()),

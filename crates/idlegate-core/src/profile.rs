@@ -43,6 +43,8 @@ pub struct Profile {
     pub pickup: PickupPolicy,
     /// Which packets keep a flow alive.
     pub refresh: Refresh,
+    /// What the box does with IPv4 fragments.
+    pub fragments: Fragments,
     /// The expiry action of a rule that names none.
     pub default_expiry: Expiry,
     /// Outbound SNAT ports.
@@ -206,6 +208,31 @@ pub enum Refresh {
     DataOnly,
 }
 
+/// What a box does with the IPv4 fragments of the datagrams it translates. Only the first
+/// fragment carries the ports; idlegate matches the others to it by addresses, protocol and
+/// IP ID, and holds those that come ahead of it ([`crate::fragment`]). A box that reassembles
+/// (Linux conntrack) and one that forwards fragments as they come deliver the same datagram:
+/// idlegate forwards both ways. IPv6 fragments are dropped in every profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragments {
+    /// Every fragment is dropped: the datagram never arrives.
+    Drop,
+    /// UDP fragments pass; TCP fragments are dropped (AWS NAT gateway).
+    ForwardUdp,
+    /// Fragments of both protocols pass.
+    Forward,
+}
+
+impl Fragments {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fragments::Drop => "dropped",
+            Fragments::ForwardUdp => "UDP fragments forwarded, TCP fragments dropped",
+            Fragments::Forward => "forwarded",
+        }
+    }
+}
+
 /// How long a UDP flow lives without a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UdpTimeouts {
@@ -276,6 +303,9 @@ const fn minutes(m: u64) -> Duration {
 /// - UDP: the configurable idle timeout does not apply to UDP rules (seed 002, "Limitations").
 ///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
 ///   documents for NAT Gateway. At expiry UDP flows are always silent.
+/// - IPv4 fragments: dropped ("Azure Load Balancer components", Limitations: "Load-balancing
+///   rules don't support forwarding IP fragments"; idlegate applies it to every rule, and does
+///   not model HA-ports rules, which forward them).
 pub static AZURE_LB: Profile = Profile {
     name: "azure-lb",
     title: "Azure LB",
@@ -300,6 +330,7 @@ pub static AZURE_LB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -333,6 +364,8 @@ const fn fixed(d: Duration) -> TimeoutRange {
 /// - A port is reused 65 s after a FIN, 16 s after a RST; ports are allocated on demand from
 ///   the public IP's range, not in fixed blocks per VM.
 /// - UDP idle timeout 4 min, fixed.
+/// - IPv4 fragments: dropped ("Troubleshoot Azure NAT Gateway connectivity": "NAT gateway does
+///   not support IP fragmentation").
 pub static AZURE_NATGW: Profile = Profile {
     name: "azure-natgw",
     title: "Azure NAT Gateway",
@@ -349,6 +382,7 @@ pub static AZURE_NATGW: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -371,6 +405,7 @@ pub static AZURE_NATGW: Profile = Profile {
 /// - At expiry: silent; the next packet of the dead flow is answered with a RST.
 /// - UDP flows: 120 s.
 /// - Transitory: AWS documents none; idlegate uses 30 s, as for the other boxes.
+/// - IPv4 fragments: AWS documents nothing found; idlegate forwards them.
 pub static AWS_NLB: Profile = Profile {
     name: "aws-nlb",
     title: "AWS NLB",
@@ -387,6 +422,7 @@ pub static AWS_NLB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::ResetOnNext,
     snat: NO_SNAT,
     udp: UdpTimeouts {
@@ -402,6 +438,9 @@ pub static AWS_NLB: Profile = Profile {
 ///   inside host: packets from the outside are dropped silently).
 /// - Transitory and UDP: AWS documents none here; idlegate uses 30 s transitory and 350 s UDP.
 /// - Ports on demand from the public IP's range (AWS documents connection, not port, limits).
+/// - IPv4 fragments: UDP forwarded, TCP dropped (AWS "Compare NAT gateways and NAT
+///   instances": "Supports forwarding of IP fragmented packets for the UDP protocol. Does not
+///   support fragmentation for the TCP and ICMP protocols.").
 pub static AWS_NATGW: Profile = Profile {
     name: "aws-natgw",
     title: "AWS NAT Gateway",
@@ -414,6 +453,7 @@ pub static AWS_NATGW: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::ForwardUdp,
     default_expiry: Expiry::ResetOnNext,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -437,6 +477,7 @@ pub static AWS_NATGW: Profile = Profile {
 /// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies both to the flow
 ///   after its last ACK and as the hold of its port after a FIN; UDP 30 s.
 /// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
+/// - IPv4 fragments: GCP documents nothing found; idlegate forwards them.
 pub static GCP_NAT: Profile = Profile {
     name: "gcp-nat",
     title: "GCP Cloud NAT",
@@ -456,6 +497,7 @@ pub static GCP_NAT: Profile = Profile {
     },
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -478,6 +520,7 @@ pub static GCP_NAT: Profile = Profile {
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
 ///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
+/// - IPv4 fragments: not documented for default outbound access; dropped as Azure LB drops them.
 pub static AZURE_SNAT: Profile = Profile {
     name: "azure-snat",
     title: "Azure default outbound access",
@@ -490,6 +533,7 @@ pub static AZURE_SNAT: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
@@ -511,6 +555,7 @@ pub static AZURE_SNAT: Profile = Profile {
 /// - At expiry: a RST to both endpoints.
 /// - Transitory and UDP: not documented here; idlegate uses 30 s and 4 min. SNAT port limits
 ///   are not modelled: ports are lent on demand from the frontend's range.
+/// - IPv4 fragments: Azure documents nothing found; idlegate forwards them.
 pub static AZURE_FIREWALL: Profile = Profile {
     name: "azure-firewall",
     title: "Azure Firewall",
@@ -523,6 +568,7 @@ pub static AZURE_FIREWALL: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -545,6 +591,8 @@ pub static AZURE_FIREWALL: Profile = Profile {
 ///   2 min (RFC 4787 REQ-5; 5 min recommended).
 /// - At expiry: the RFCs prescribe nothing; idlegate drops silently.
 /// - Ports on demand, released without a hold.
+/// - IPv4 fragments: forwarded, out-of-order ones held (RFC 4787 REQ-14: "A NAT MUST support
+///   receiving in-order and out-of-order fragments").
 pub static RFC5382: Profile = Profile {
     name: "rfc5382",
     title: "an RFC 5382 NAT",
@@ -561,6 +609,7 @@ pub static RFC5382: Profile = Profile {
     tcp: TcpTimers::transitory(minutes(4)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
@@ -621,13 +670,16 @@ const MASQUERADE: SnatPolicy = SnatPolicy {
 ///   by its pool's outbound rule, if it has one, and leaves masqueraded.
 /// - Masquerade keeps the member's source port when the tuple stays unique, and frees it as
 ///   soon as the entry is gone.
+/// - IPv4 fragments: reassembled before tracking (conntrack enables `nf_defrag_ipv4`, whose hook
+///   at `NF_IP_PRI_CONNTRACK_DEFRAG` runs before conntrack and NAT) and fragmented again on
+///   output; idlegate forwards each fragment translated, which delivers the same datagram.
 pub static LINUX_CONNTRACK: Profile = CONNTRACK;
 
 /// Kubernetes kube-proxy in iptables or nftables mode: Linux conntrack, with the two timers
 /// kube-proxy sets at start-up (kube-proxy reference: `--conntrack-tcp-timeout-established`
 /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h). Everything else is the kernel's, as in
 /// `linux-conntrack`. A Service is an `lb_rule` (DNAT to its endpoints), masquerade an
-/// `outbound_rule`.
+/// `outbound_rule`. IPv4 fragments as in `linux-conntrack`.
 pub static KUBE_PROXY: Profile = Profile {
     name: "kube-proxy",
     title: "kube-proxy",
@@ -673,6 +725,7 @@ const CONNTRACK: Profile = Profile {
         knob: PickupKnob::Sysctl,
     },
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: MASQUERADE,
     udp: UdpTimeouts {
@@ -691,6 +744,8 @@ const CONNTRACK: Profile = Profile {
 /// - At expiry: silent. Only a SYN schedules a new connection (`net.ipv4.vs.sloppy_tcp=0`).
 ///   Note: a director whose firewall lets a dead flow's next packet reach its own stack
 ///   answers it with a RST; `expiry = "reset-on-next"` models that director.
+/// - IPv4 fragments: reassembled (IPVS's hooks run after the kernel's defragmentation, and
+///   `ip_vs_core.c` gathers fragments itself: `ip_vs_gather_frags`); idlegate forwards them.
 pub static IPVS: Profile = Profile {
     name: "ipvs",
     title: "Linux IPVS",
@@ -707,6 +762,7 @@ pub static IPVS: Profile = Profile {
     tcp: CONNTRACK_TCP,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: NO_SNAT,
     udp: UdpTimeouts {
@@ -723,6 +779,7 @@ pub static IPVS: Profile = Profile {
 /// - The firewall translates nothing: idlegate still maps its frontend to the members, which
 ///   changes nothing of what an idle flow meets. Outbound, members keep their source ports
 ///   unless the tuple clashes.
+/// - IPv4 fragments: GCP documents nothing found; idlegate forwards them.
 pub static GCP_FIREWALL: Profile = Profile {
     name: "gcp-firewall",
     title: "GCP VPC firewall",
@@ -735,6 +792,7 @@ pub static GCP_FIREWALL: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
     snat: MASQUERADE,
     udp: UdpTimeouts {
@@ -754,6 +812,8 @@ pub static GCP_FIREWALL: Profile = Profile {
 ///   ECONNRESET where an ALB's client would read an end of stream.
 /// - Transitory: AWS documents none; idlegate uses 30 s. No UDP (idlegate: 60 s, unused by
 ///   HTTP).
+/// - IPv4 fragments: forwarded (the ALB terminates TCP; its own stack reassembles; AWS
+///   documents nothing).
 pub static AWS_ALB: Profile = Profile {
     name: "aws-alb",
     title: "AWS ALB",
@@ -770,6 +830,7 @@ pub static AWS_ALB: Profile = Profile {
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
     pickup: SYN_ONLY,
     refresh: Refresh::DataOnly,
+    fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
     snat: NO_SNAT,
     udp: UdpTimeouts {

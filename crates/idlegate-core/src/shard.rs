@@ -13,12 +13,13 @@
 //! ([`crate::Engine::sharded`]); they are touched when a flow starts or ends, not per packet.
 //!
 //! A packet the engine cannot read has no owner: whoever read it lets its own engine drop and
-//! count it. Nothing here allocates or panics on any input.
+//! count it. Nor has a fragment after a datagram's first: it carries no ports, and whoever
+//! reads it finds its translation in the fragment table all shards share. Nothing here allocates or panics on any input.
 
 use crate::family::Endpoint;
 use crate::flow::Interface;
 use crate::icmp::{self, IcmpError};
-use crate::packet::Headers;
+use crate::packet::{Headers, ParseError};
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -62,11 +63,10 @@ fn remote_endpoint(packet: &[u8], from: Interface) -> Option<SocketAddr> {
 }
 
 fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
-    if let Ok(h) = Headers::<E>::parse(packet) {
-        return Some(match from {
-            Interface::Outside => h.src,
-            Interface::Inside => h.dst,
-        });
+    match Headers::<E>::parse(packet) {
+        Ok(h) => return Some(remote_in(&h, from)),
+        Err(ParseError::Fragment) => return first_fragment_remote(packet, from),
+        Err(_) => {}
     }
     if !icmp::is_icmp(packet) {
         return None;
@@ -78,4 +78,20 @@ fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
         Interface::Outside => error.quoted_dst,
         Interface::Inside => error.quoted_src,
     })
+}
+
+fn remote_in<E: Endpoint>(h: &Headers<E>, from: Interface) -> E {
+    match from {
+        Interface::Outside => h.src,
+        Interface::Inside => h.dst,
+    }
+}
+
+/// A datagram's first fragment has the ports: it goes where its flow is. A later one has none:
+/// whoever reads it looks it up in the table the shards share ([`crate::fragment`]).
+#[cold]
+fn first_fragment_remote<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
+    let fragment = E::fragment_of(packet).filter(|f| f.offset == 0)?;
+    let h = Headers::<E>::parse_first_fragment(&fragment.ip, packet).ok()?;
+    Some(remote_in(&h, from))
 }

@@ -220,6 +220,11 @@ impl Gateway {
         {
             bail!("the TUN devices differ in offloads");
         }
+        tracing::info!(
+            profile = config.profile.name,
+            "IPv4 fragments: {} (IPv6 fragments: dropped)",
+            config.profile.fragments.as_str()
+        );
         let poll = Poll::new().context("creating the event loop")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let metrics = match options.metrics {
@@ -468,6 +473,8 @@ impl Gateway {
             flows_created = c.flows_created,
             flows_expired = c.flows_expired,
             resets_sent = c.resets_sent,
+            out_of_window = c.out_of_window,
+            fragments_forwarded = c.fragments_forwarded,
             tx_errors = t.tx_errors,
             undeliverable = t.undeliverable,
             malformed = t.malformed,
@@ -523,7 +530,8 @@ struct Worker {
     /// Offloads: tun-rs's coalescing state.
     gro: tun_rs::GROTable,
     /// Where the engine writes the packets it generates.
-    tx_buf: [u8; packet::CONTROL_LEN],
+    /// (Fragments the engine held are longer than the packets it makes.)
+    tx_buf: Vec<u8>,
     /// Where `--pcap` records packets; shared by the workers.
     capture: Option<Arc<Mutex<Capture>>>,
     traffic: Traffic,
@@ -570,7 +578,7 @@ impl Worker {
             pending: 0,
             batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
             gro: tun_rs::GROTable::default(),
-            tx_buf: [0; packet::CONTROL_LEN],
+            tx_buf: vec![0; packet::CONTROL_LEN.max(idlegate_core::fragment::HELD_LEN)],
             capture,
             traffic: Traffic::default(),
             member_names,
@@ -759,6 +767,8 @@ impl Worker {
                 tracing::trace!(?interface, reason = reason.as_str(), "packet dropped");
                 return;
             }
+            // A fragment the engine keeps until its first fragment comes, then sends itself.
+            Verdict::Held => return,
         };
         let dst = destination(&self.frame[h..h + len]);
         let Some(j) = dst.and_then(|dst| port_for(&self.ports, out, dst)) else {

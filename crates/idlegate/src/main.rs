@@ -612,6 +612,7 @@ fn profiles_table() -> String {
             "UDP (unanswered / answered)",
             format!("{} / {}", human(p.udp.unreplied), human(p.udp.replied)),
         );
+        line("IPv4 fragments", p.fragments.as_str().to_string());
         let reset_next = match p.reset_on_next {
             profile::ResetTarget::Sender => "",
             profile::ResetTarget::InsideOnly => ", to the inside host only",

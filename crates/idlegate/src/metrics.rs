@@ -205,6 +205,18 @@ pub fn render(snapshot: &Snapshot) -> String {
         &[(String::new(), c.acks_sent)],
     );
     family(
+        "idlegate_out_of_window_total",
+        "counter",
+        "TCP segments outside their flow's windows: passed on, changing and refreshing nothing.",
+        &[(String::new(), c.out_of_window)],
+    );
+    family(
+        "idlegate_fragments_forwarded_total",
+        "counter",
+        "IPv4 fragments forwarded, translated as their datagram's first fragment.",
+        &[(String::new(), c.fragments_forwarded)],
+    );
+    family(
         "idlegate_icmp_errors_translated_total",
         "counter",
         "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",

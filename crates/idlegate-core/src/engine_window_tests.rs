@@ -1,0 +1,215 @@
+//! Engine tests of TCP window tracking and flag validity ([`crate::window`], issue 16 items 4
+//! to 6): off-path segments must not end, move or refresh a flow, and flag combinations no
+//! stack sends create nothing. Virtual time, as in `engine_tests.rs`.
+
+use super::tests::{Harness, Peer, FRONTEND_7000, IDLE_MS, TRANSITORY_MS};
+use super::*;
+use crate::packet::tests::tcp_packet;
+use crate::packet::TcpFlags;
+
+/// A connection that exchanged a little data both ways; the last packet at `now`.
+fn talking(h: &mut Harness) -> (Peer, Peer) {
+    let (mut client, mut server) = h.connect_inbound(40_000);
+    h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"ping",
+    );
+    h.send(
+        &mut server,
+        client.addr,
+        TcpFlags::ACK,
+        client.snd_nxt,
+        b"pong",
+    );
+    (client, server)
+}
+
+/// The state of the only flow.
+fn state(h: &Harness) -> FlowState {
+    let flows: Vec<FlowInfo> = h.engine.flows(h.at(h.now)).collect();
+    assert_eq!(flows.len(), 1, "one flow");
+    flows[0].state
+}
+
+/// The RST the engine sent out of `iface`: (sequence, acknowledgement).
+fn reset_to(h: &Harness, iface: Interface) -> (u32, u32) {
+    let (_, packet) = h
+        .sent
+        .iter()
+        .find(|(i, _)| *i == iface)
+        .expect("a RST that way");
+    let seg = Headers::<SocketAddrV4>::parse(packet).unwrap().tcp.unwrap();
+    assert!(seg.flags.rst());
+    (seg.seq, seg.ack)
+}
+
+#[test]
+fn a_blind_fin_with_any_numbers_neither_closes_nor_refreshes_an_established_flow() {
+    // Issue 16 item 4: FIN+ACK, seq 0x12345, ack 0x54321, from the client's address. conntrack's
+    // tcp_in_window finds it out of window (INVALID: no state change, no refresh); RFC 5961's
+    // receiver would not take it either.
+    let mut h = Harness::new("reset");
+    let (client, server) = talking(&mut h);
+    h.advance_to(1_000);
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::FIN | TcpFlags::ACK,
+        0x12345,
+        0x54321,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside), "passed on");
+    assert_eq!(state(&h), FlowState::Established);
+    assert_eq!(h.engine.counters().out_of_window, 1);
+    // Not closing: the transitory timer does not cut it short.
+    h.advance_to(1_000 + TRANSITORY_MS + 1);
+    assert_eq!(h.engine.flow_count(), 1);
+    // Not refreshed: it expires an idle timeout after the last real packet, and the rule's
+    // `reset` reaches both ends at their exact sequence numbers.
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::Reset)]);
+    assert_eq!(
+        reset_to(&h, Interface::Inside),
+        (client.snd_nxt, server.snd_nxt)
+    );
+}
+
+#[test]
+fn a_fin_in_the_window_still_closes_the_flow() {
+    let mut h = Harness::new("reset");
+    let (mut client, server) = talking(&mut h);
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::FIN | TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(state(&h), FlowState::FinWait);
+    assert_eq!(h.engine.counters().out_of_window, 0);
+}
+
+#[test]
+fn a_blind_data_segment_does_not_move_the_sequence_the_expiry_rst_carries() {
+    // Issue 16 item 5: a forged segment 2^30 ahead of the client's SND.NXT. Tracked, it would
+    // make the member's RST carry a sequence number its stack does not accept (RFC 5961 §3.2).
+    let mut h = Harness::new("reset");
+    let (client, server) = talking(&mut h);
+    let forged = client.snd_nxt.wrapping_add(0x4000_0000);
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        forged,
+        server.snd_nxt,
+        b"forged",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(h.engine.counters().out_of_window, 1);
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::Reset)]);
+    assert_eq!(
+        reset_to(&h, Interface::Inside),
+        (client.snd_nxt, server.snd_nxt),
+        "the member's RST at the client's real SND.NXT"
+    );
+    assert_eq!(
+        reset_to(&h, Interface::Outside),
+        (server.snd_nxt, client.snd_nxt)
+    );
+}
+
+#[test]
+fn after_a_blind_data_segment_the_clients_real_rst_still_ends_the_flow() {
+    // RFC 5961 §3.2: the gateway takes a RST at exactly the receiver's RCV.NXT; a forged
+    // segment must not move what it expects.
+    let mut h = Harness::new("silent");
+    let (client, server) = talking(&mut h);
+    h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        client.snd_nxt.wrapping_add(0x7000_0000),
+        server.snd_nxt,
+        b"forged",
+    );
+    h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::RST,
+        client.snd_nxt,
+        0,
+        b"",
+    );
+    assert_eq!(state(&h), FlowState::Closed);
+}
+
+#[test]
+fn an_acknowledgement_of_data_never_sent_changes_nothing() {
+    // conntrack tcp_in_window: the ACK may not run ahead of what the other side has sent.
+    let mut h = Harness::new("reset");
+    let (client, server) = talking(&mut h);
+    h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::FIN | TcpFlags::ACK,
+        client.snd_nxt,
+        server.snd_nxt.wrapping_add(100_000),
+        b"",
+    );
+    assert_eq!(state(&h), FlowState::Established);
+    assert_eq!(h.engine.counters().out_of_window, 1);
+}
+
+#[test]
+fn syn_fin_syn_rst_and_other_invalid_flags_create_nothing_and_are_counted() {
+    // conntrack tcp_valid_flags: SYN+FIN, SYN+RST, a FIN without ACK and no flags at all are
+    // INVALID; endpoints discard them.
+    let mut h = Harness::new("silent");
+    let client = SocketAddrV4::new(super::tests::CLIENT, 40_000);
+    let invalid = [
+        TcpFlags::SYN | TcpFlags::FIN,
+        TcpFlags::SYN | TcpFlags::RST,
+        TcpFlags::SYN | TcpFlags::FIN | TcpFlags::ACK,
+        TcpFlags::FIN,
+        TcpFlags::default(),
+    ];
+    for flags in invalid {
+        let mut p = tcp_packet(client, FRONTEND_7000, flags, 1_000, 0, b"");
+        let v = h.engine.handle_packet(h.at(0), Interface::Outside, &mut p);
+        assert_eq!(v, Verdict::Drop(DropReason::InvalidFlags), "{flags:?}");
+    }
+    assert_eq!(h.engine.flow_count(), 0);
+    assert_eq!(
+        h.engine.counters().dropped(DropReason::InvalidFlags),
+        invalid.len() as u64
+    );
+    assert_eq!(h.engine.counters().flows_created, 0);
+    // The valid SYN still opens the flow.
+    let mut syn = tcp_packet(client, FRONTEND_7000, TcpFlags::SYN, 1_000, 0, b"");
+    let v = h
+        .engine
+        .handle_packet(h.at(0), Interface::Outside, &mut syn);
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+}
+
+#[test]
+fn a_syn_fin_on_a_live_flow_is_dropped_and_changes_nothing() {
+    let mut h = Harness::new("silent");
+    let (client, server) = talking(&mut h);
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::SYN | TcpFlags::FIN,
+        client.snd_nxt,
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::InvalidFlags));
+    assert_eq!(state(&h), FlowState::Established);
+}
