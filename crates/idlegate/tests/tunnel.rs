@@ -832,3 +832,186 @@ fn the_tunnel_carries_100_mb_each_way_through_resets_on_the_next_packet() {
 fn the_tunnel_carries_100_mb_each_way_through_ack_and_discard() {
     survives_the_gateway("ack-and-discard");
 }
+
+/// A server that echoes as it reads, as simple ones do: `recv` up to 256 KiB, then `sendall`
+/// it back, until EOF; then a FIN. While it blocks in `sendall` it reads nothing.
+fn echo_as_it_reads_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = vec![0u8; 256 << 10];
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => return,
+                    }
+                }
+                let _ = conn.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// The client of [`echo_as_it_reads_server`]: sends `bytes` random bytes and a FIN on one
+/// thread while another, after `pause`, reads the echo to EOF. A call that makes no progress
+/// for `stall` fails. Returns (SHA-256 sent, SHA-256 received, bytes received, first error).
+fn echo_client(
+    addr: SocketAddr,
+    bytes: u64,
+    pause: Duration,
+    stall: Duration,
+) -> ([u8; 32], [u8; 32], u64, Option<String>) {
+    let conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(stall)).unwrap();
+    conn.set_write_timeout(Some(stall)).unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let sender = std::thread::spawn(move || -> ([u8; 32], Option<String>) {
+        let mut noise = Noise(bytes | 1);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            noise.fill(&mut buf[..n]);
+            if let Err(e) = writer.write_all(&buf[..n]) {
+                let sent = bytes - left;
+                return (
+                    hash.finalize().into(),
+                    Some(format!("write after {sent} bytes: {e}")),
+                );
+            }
+            hash.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let error = writer.shutdown(Shutdown::Write).err();
+        (
+            hash.finalize().into(),
+            error.map(|e| format!("shutdown: {e}")),
+        )
+    });
+    std::thread::sleep(pause);
+    let mut reader = conn;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = 0u64;
+    let mut error = None;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                received += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                error = Some(format!("read after {received} bytes: {e}"));
+                break;
+            }
+        }
+    }
+    let (sent, send_error) = sender.join().unwrap();
+    (sent, hash.finalize().into(), received, error.or(send_error))
+}
+
+#[test]
+fn two_way_bulk_through_a_server_that_echoes_as_it_reads_never_deadlocks() {
+    // Issue 16, item 1: the client sends while its echo comes back, and starts reading 0.3 s
+    // late. Every leg buffer fills both ways; acknowledgements must still be read, or each end
+    // waits for the other for ever.
+    const BYTES: u64 = 200_000_000;
+    const RUNS: usize = 6;
+    let key = Key::random().unwrap();
+    let server = echo_as_it_reads_server();
+    let (exit, _) = start_exit(server, &key, settings(500, WAIT));
+    let entry = start_entry(exit.addr, &key, settings(500, WAIT));
+    for run in 1..=RUNS {
+        let started = Instant::now();
+        let (sent, received, len, error) = echo_client(
+            entry.addr,
+            BYTES,
+            Duration::from_millis(300),
+            Duration::from_secs(20),
+        );
+        let counters = |s: &Stats| {
+            format!(
+                "heartbeat misses {}, resumes {}, expired {}, resets {}",
+                s.heartbeat_misses.load(Ordering::Relaxed),
+                s.reconnects.load(Ordering::Relaxed),
+                s.expired.load(Ordering::Relaxed),
+                s.resets.load(Ordering::Relaxed)
+            )
+        };
+        assert_eq!(
+            error,
+            None,
+            "run {run}: the client's calls stalled or failed; entry: {}; exit: {}",
+            counters(&entry.stats),
+            counters(&exit.stats)
+        );
+        assert_eq!(len, BYTES, "run {run}: bytes echoed back");
+        assert!(sent == received, "run {run}: SHA-256 of the echo differs");
+        eprintln!("run {run}: {:.1?}", started.elapsed());
+    }
+    assert_eq!(entry.stats.heartbeat_misses.load(Ordering::Relaxed), 0);
+    assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_stalled_session_is_counted_while_it_stalls_and_no_longer_once_bytes_move() {
+    // Heartbeats of 100 ms: a session whose bytes do not move for 1.2 s is stalled. TCP's user
+    // timeout on the applications' sockets (keepalive) is far longer than the test.
+    let mut s = settings(100, WAIT);
+    s.keepalive = Keepalive::parse("60s,10s,3").unwrap();
+    const BYTES: usize = 32 << 20;
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, s.clone());
+    let entry = start_entry(exit.addr, &key, s);
+    let mut client = TcpStream::connect(entry.addr).unwrap(); // does not read, for now
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_write_timeout(Some(WAIT)).unwrap();
+        conn.write_all(&vec![0x5a; BYTES]).unwrap();
+        conn.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = conn.read_to_end(&mut rest);
+    });
+    let stalled = |r: &Running| r.stats.stalled.load(Ordering::Relaxed);
+    assert!(
+        wait_until(WAIT, || stalled(&entry) == 1 && stalled(&exit) == 1),
+        "both ends report the session stalled: entry {}, exit {}",
+        stalled(&entry),
+        stalled(&exit)
+    );
+    let text = idlegate::relay::render_metrics(&[(entry.addr, entry.stats.clone())]);
+    let line = format!(
+        "idlegate_relay_sessions_stalled{{listen=\"{}\"}} 1",
+        entry.addr
+    );
+    assert!(text.contains(&line), "{line} in\n{text}");
+    // The client reads: every byte arrives, and the session is no longer stalled.
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), BYTES);
+    server.join().unwrap();
+    assert!(
+        wait_until(WAIT, || stalled(&entry) == 0 && stalled(&exit) == 0),
+        "no longer stalled: entry {}, exit {}",
+        stalled(&entry),
+        stalled(&exit)
+    );
+    assert_eq!(entry.stats.stalls.load(Ordering::Relaxed), 1);
+    assert_eq!(entry.stats.heartbeat_misses.load(Ordering::Relaxed), 0);
+}

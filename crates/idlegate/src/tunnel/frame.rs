@@ -12,7 +12,7 @@
 //! | 2 Welcome | session id (16), token (32), received (8) — the responder's answer |
 //! | 3 Refuse | reason (1) |
 //! | 4 Data | offset (8), the application's bytes |
-//! | 5 Ack | received (8) — also the heartbeat |
+//! | 5 Ack | received (8), limit (8) — the offset before which every byte arrived, and the one before which the sender may send (its window; see [`super::stream`]); also the heartbeat |
 //! | 6 Fin | offset (8) — the sender's application finished writing |
 //! | 7 Reset | — the sender's application reset its connection; the session is over |
 
@@ -104,6 +104,7 @@ pub enum Frame<'a> {
     },
     Ack {
         received: u64,
+        limit: u64,
     },
     Fin {
         offset: u64,
@@ -148,9 +149,10 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&offset.to_be_bytes());
                 out.extend_from_slice(bytes);
             }
-            Frame::Ack { received } => {
+            Frame::Ack { received, limit } => {
                 out.push(5);
                 out.extend_from_slice(&received.to_be_bytes());
+                out.extend_from_slice(&limit.to_be_bytes());
             }
             Frame::Fin { offset } => {
                 out.push(6);
@@ -220,9 +222,10 @@ impl<'a> Frame<'a> {
                 }
             }
             5 => {
-                exact(8)?;
+                exact(16)?;
                 Frame::Ack {
                     received: u64_at(0),
+                    limit: u64_at(8),
                 }
             }
             6 => {
@@ -275,7 +278,10 @@ mod tests {
                 offset: 5,
                 bytes: b"",
             },
-            Frame::Ack { received: 77 },
+            Frame::Ack {
+                received: 77,
+                limit: 1 << 22,
+            },
             Frame::Fin { offset: 12 },
             Frame::Reset,
         ] {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 const PATTERN: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
-const PROLOGUE: &[u8] = b"idlegate tunnel 1";
+const PROLOGUE: &[u8] = b"idlegate tunnel 2";
 const MAX_RECORD: usize = 65_535;
 /// How much a leg reads per call.
 const READ_CHUNK: usize = 1 << 18;
@@ -36,7 +36,7 @@ pub enum LegError {
     Io(#[from] io::Error),
     #[error("the far end closed the leg")]
     Closed,
-    #[error("handshake failed (a wrong key, or not an idlegate tunnel): {0}")]
+    #[error("handshake failed (a wrong key, another version of the tunnel, or not an idlegate tunnel): {0}")]
     Handshake(snow::Error),
     #[error("a message failed authentication: {0}")]
     Decrypt(snow::Error),
@@ -360,7 +360,12 @@ mod tests {
         let key = Key::random().unwrap();
         let (client, server) = pair(&key, &key);
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
-        client.send_now(&Frame::Ack { received: 5 }).unwrap();
+        client
+            .send_now(&Frame::Ack {
+                received: 5,
+                limit: 9,
+            })
+            .unwrap();
         client
             .send_now(&Frame::Data {
                 offset: 0,
@@ -369,7 +374,13 @@ mod tests {
             .unwrap();
         let mut plain = vec![0u8; MAX_PLAINTEXT];
         let n = server.recv_now(&mut plain).unwrap();
-        assert_eq!(Frame::decode(&plain[..n]), Ok(Frame::Ack { received: 5 }));
+        assert_eq!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Ack {
+                received: 5,
+                limit: 9
+            })
+        );
         let n = server.recv_now(&mut plain).unwrap();
         assert!(
             matches!(Frame::decode(&plain[..n]), Ok(Frame::Data { offset: 0, bytes }) if bytes.len() == 60_000)
