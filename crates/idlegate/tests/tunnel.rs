@@ -1015,3 +1015,99 @@ fn a_stalled_session_is_counted_while_it_stalls_and_no_longer_once_bytes_move() 
     assert_eq!(entry.stats.stalls.load(Ordering::Relaxed), 1);
     assert_eq!(entry.stats.heartbeat_misses.load(Ordering::Relaxed), 0);
 }
+
+/// Runs `nft -f -` with `rules` in namespace `ns`; returns what `nft` printed.
+fn nft_in(ns: &str, args: &[&str], rules: Option<&str>) -> String {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running nft (scripts/setup installs nftables)");
+    if let Some(rules) = rules {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn two_hundred_mb_each_way_cross_one_percent_loss_and_a_cut_leg_exactly() {
+    // In a namespace of its own, nftables drops 1 % of the legs' packets at random both ways
+    // (`numgen random mod 100 < 1`: this kernel has no sch_netem); half way, the leg is cut.
+    require_root();
+    const BYTES: u64 = 200_000_000;
+    let ns = netns::Namespace::create(&unique("tl")).unwrap();
+    // Ethernet-sized packets, one segment each (nftables sees a segmentation offload
+    // super-packet as one), so that the loss falls on as many packets as on a real path.
+    netns::ip(&[
+        "-n",
+        ns.name(),
+        "link",
+        "set",
+        "lo",
+        "mtu",
+        "1500",
+        "gso_max_segs",
+        "1",
+        "up",
+    ])
+    .unwrap();
+    let name = ns.name().to_string();
+    let run = netns::spawn_in(ns.name(), move || {
+        let key = Key::random().unwrap();
+        let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
+        let (exit, _) = start_exit(server_addr, &key, settings(300, WAIT));
+        let path = CutPath::new(exit.addr);
+        let entry = start_entry(path.addr, &key, settings(300, WAIT));
+        let (p, e) = (path.addr.port(), exit.addr.port());
+        let rules = format!(
+            "table inet loss {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
+             tcp dport {{ {p}, {e} }} numgen random mod 100 < 1 counter drop\n  \
+             tcp sport {{ {p}, {e} }} numgen random mod 100 < 1 counter drop\n }}\n}}\n"
+        );
+        nft_in(&name, &["-f", "-"], Some(&rules));
+        let started = Instant::now();
+        let client = TcpStream::connect(entry.addr).unwrap();
+        let client = std::thread::spawn(move || exchange(client, BYTES, 7, Duration::ZERO));
+        assert!(
+            wait_until(WAIT, || entry.stats.bytes_to_server.load(Ordering::Relaxed)
+                >= BYTES / 2
+                && entry.stats.bytes_to_client.load(Ordering::Relaxed) >= BYTES / 2),
+            "half way each way"
+        );
+        path.cut();
+        let (client, server) = (client.join().unwrap(), server.join().unwrap());
+        eprintln!("200 MB each way under 1 % loss: {:.1?}", started.elapsed());
+        let dropped: u64 = nft_in(&name, &["list", "table", "inet", "loss"], None)
+            .split("packets ")
+            .skip(1)
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        (client, server, entry.stats.clone(), exit.stats.clone(), dropped)
+    })
+    .unwrap();
+    let (client, server, entry, exit, dropped) = run.join().unwrap();
+    assert_whole(&client, &server, BYTES);
+    assert!(dropped > 0, "nftables dropped {dropped} packets");
+    assert_eq!(
+        entry.reconnects.load(Ordering::Relaxed),
+        1,
+        "the cut resumed"
+    );
+    assert_eq!(exit.reconnects.load(Ordering::Relaxed), 1);
+    eprintln!("nftables dropped {dropped} packets");
+}
