@@ -206,7 +206,8 @@ fn assert_whole(client: &Seen, server: &Seen, bytes: u64) {
 
 /// A TCP path between entry and exit that the test can cut: each connection is forwarded by
 /// two threads; `cut` closes every connection on it, `block` refuses new ones with a RST. It
-/// records what the first connection carried from the entry.
+/// records what the first connection carried from the entry. Built with several targets, it
+/// is a balancer: connection n goes to target n modulo their number.
 struct CutPath {
     addr: SocketAddr,
     conns: Arc<Mutex<Vec<TcpStream>>>,
@@ -217,6 +218,10 @@ struct CutPath {
 
 impl CutPath {
     fn new(to: SocketAddr) -> CutPath {
+        CutPath::balancing(vec![to])
+    }
+
+    fn balancing(targets: Vec<SocketAddr>) -> CutPath {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let path = CutPath {
             addr: listener.local_addr().unwrap(),
@@ -237,10 +242,11 @@ impl CutPath {
                     let _ = socket2::SockRef::from(&near).set_linger(Some(Duration::ZERO));
                     continue;
                 }
-                let Ok(far) = TcpStream::connect(to) else {
+                let n = accepted.fetch_add(1, Ordering::Relaxed);
+                let Ok(far) = TcpStream::connect(targets[n as usize % targets.len()]) else {
                     continue;
                 };
-                let first = accepted.fetch_add(1, Ordering::Relaxed) == 0;
+                let first = n == 0;
                 conns
                     .lock()
                     .unwrap()
@@ -1110,4 +1116,264 @@ fn two_hundred_mb_each_way_cross_one_percent_loss_and_a_cut_leg_exactly() {
     );
     assert_eq!(exit.reconnects.load(Ordering::Relaxed), 1);
     eprintln!("nftables dropped {dropped} packets");
+}
+
+#[test]
+fn a_resume_that_reaches_an_exit_without_the_session_dials_again_until_it_reaches_its_own() {
+    // Issue 16, item 3: two exits with the same key behind a balancer that takes turns, so
+    // every resume reaches the exit without the session first ("no such session"), which is
+    // not the last word.
+    const BYTES: u64 = 32 << 20;
+    const CUTS: u64 = 3;
+    let key = Key::random().unwrap();
+    let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
+    let (a, a_ids) = start_exit(server_addr, &key, settings(300, WAIT));
+    let (b, b_ids) = start_exit(server_addr, &key, settings(300, WAIT));
+    let path = CutPath::balancing(vec![a.addr, b.addr]);
+    let entry = start_entry(path.addr, &key, settings(300, WAIT));
+    let client = TcpStream::connect(entry.addr).unwrap();
+    let client = std::thread::spawn(move || exchange(client, BYTES, 11, Duration::ZERO));
+    for cut in 1..=CUTS {
+        wait_until(WAIT, || {
+            entry.stats.bytes_to_server.load(Ordering::Relaxed) >= cut * BYTES / (CUTS + 1)
+                || client.is_finished()
+        });
+        path.cut();
+        assert!(
+            wait_until(WAIT, || entry.stats.reconnects.load(Ordering::Relaxed)
+                >= cut
+                || client.is_finished()),
+            "resume {cut}"
+        );
+        assert_eq!(b_ids().len(), 0, "exit b never held the session");
+    }
+    let (client, server) = (client.join().unwrap(), server.join().unwrap());
+    assert_whole(&client, &server, BYTES);
+    assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), CUTS);
+    assert_eq!(a.stats.reconnects.load(Ordering::Relaxed), CUTS);
+    assert_eq!(b.stats.connections.load(Ordering::Relaxed), 0);
+    assert!(
+        path.accepted.load(Ordering::Relaxed) >= 1 + 2 * CUTS,
+        "each resume reached exit b first: {} legs",
+        path.accepted.load(Ordering::Relaxed)
+    );
+    assert_eq!(entry.stats.expired.load(Ordering::Relaxed), 0);
+    drop(a_ids);
+}
+
+/// `examples/azure-lb.toml`: two members, `vm1` and `vm2`, behind the rule `app` on port
+/// 7000 (5-tuple hash; idle timeout 4 s, `silent`).
+fn two_member_lab() -> idlegate_core::Config {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    idlegate_core::Config::from_toml(&text, "examples/azure-lb.toml").unwrap()
+}
+
+/// Starts an exit in namespace `ns` on 0.0.0.0:7000 that connects to `connect`; returns its
+/// stats and stop flag.
+fn exit_in(
+    ns: &str,
+    connect: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<(Arc<Stats>, Arc<AtomicBool>)> {
+    let k = key.clone();
+    let exit = netns::spawn_in(ns, move || {
+        Exit::bind(
+            "0.0.0.0:7000".parse().unwrap(),
+            connect,
+            k,
+            settings(300, WAIT),
+        )
+    })?
+    .join()
+    .unwrap()?;
+    let running = (exit.stats(), exit.stop_flag());
+    netns::spawn_in(ns, move || exit.run())?;
+    Ok(running)
+}
+
+/// Starts an entry in namespace `ns` on 127.0.0.1:7100 towards the lab's frontend port 7000.
+fn entry_in(ns: &str, key: &Key) -> anyhow::Result<(Arc<Stats>, Arc<AtomicBool>)> {
+    let k = key.clone();
+    let entry = netns::spawn_in(ns, move || {
+        Entry::bind(
+            "127.0.0.1:7100".parse().unwrap(),
+            "203.0.113.10:7000".parse().unwrap(),
+            k,
+            settings(300, WAIT),
+        )
+    })?
+    .join()
+    .unwrap()?;
+    let running = (entry.stats(), entry.stop_flag());
+    netns::spawn_in(ns, move || entry.run())?;
+    Ok(running)
+}
+
+/// A server application on 127.0.0.1:9000 in each of `namespaces`; the first connection any
+/// of them accepts runs [`exchange`], and its result comes on the channel.
+fn exchange_server_in_each(
+    namespaces: &[String],
+    bytes: u64,
+) -> anyhow::Result<std::sync::mpsc::Receiver<Seen>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let taken = Arc::new(AtomicBool::new(false));
+    for ns in namespaces {
+        let listener = netns::spawn_in(ns, || TcpListener::bind("127.0.0.1:9000"))?
+            .join()
+            .unwrap()?;
+        listener.set_nonblocking(true)?;
+        let (tx, taken) = (tx.clone(), taken.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + 4 * WAIT;
+            while !taken.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        taken.store(true, Ordering::Relaxed);
+                        conn.set_nonblocking(false).unwrap();
+                        let _ = tx.send(exchange(conn, bytes, 0x5eed, Duration::ZERO));
+                        return;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+#[test]
+fn a_tunnel_to_two_exits_behind_a_balancer_survives_expiries_whichever_exit_a_leg_reaches() {
+    // Issue 16, item 3: exits with the same key on vm1 and vm2 behind examples/azure-lb.toml's
+    // rule (a 5-tuple hash picks the member of each new leg); the gateway forgets the leg's
+    // flow 7 times as bytes flow, and each resume lands on either exit.
+    require_root();
+    const BYTES: u64 = 100 << 20;
+    const KILLS: u64 = 7;
+    let config = two_member_lab();
+    let name = unique("tb");
+    let control_path = lab::control_path(&name);
+    let key = Key::random().unwrap();
+    let ((client, server, entry, exits), _) = Lab::with_gateway(&name, &config, |lab| {
+        let vms = [lab.namespace_of("vm1")?, lab.namespace_of("vm2")?];
+        let server = exchange_server_in_each(&vms, BYTES)?;
+        let exits = [
+            exit_in(&vms[0], "127.0.0.1:9000".parse()?, &key)?,
+            exit_in(&vms[1], "127.0.0.1:9000".parse()?, &key)?,
+        ];
+        let internet = lab.namespace_of(INTERNET)?;
+        let (entry, entry_stop) = entry_in(&internet, &key)?;
+        let client = netns::spawn_in(&internet, move || {
+            let conn = TcpStream::connect("127.0.0.1:7100").unwrap();
+            exchange(conn, BYTES, 0xc11e47, Duration::ZERO)
+        })?;
+        for kill in 1..=KILLS {
+            wait_until(WAIT, || {
+                entry.bytes_to_server.load(Ordering::Relaxed) >= kill * BYTES / (KILLS + 1)
+                    || client.is_finished()
+            });
+            let answer = control::ask(
+                &control_path,
+                &Request::Expire {
+                    rule: Some("app".into()),
+                    all: false,
+                },
+            )?;
+            assert!(
+                matches!(answer, Response::Expired { count: 1.. }),
+                "kill {kill}: {answer:?}"
+            );
+            assert!(
+                wait_until(WAIT, || entry.reconnects.load(Ordering::Relaxed) >= kill
+                    || client.is_finished()),
+                "resume after kill {kill}"
+            );
+        }
+        let client = client.join().unwrap();
+        let server = server.recv_timeout(WAIT)?;
+        entry_stop.store(true, Ordering::Relaxed);
+        for (_, stop) in &exits {
+            stop.store(true, Ordering::Relaxed);
+        }
+        Ok((client, server, entry, exits.map(|(stats, _)| stats)))
+    })
+    .expect("lab run");
+    assert_whole(&client, &server, BYTES);
+    let resumes = entry.reconnects.load(Ordering::Relaxed);
+    assert!(resumes >= KILLS, "{resumes} resumes for {KILLS} kills");
+    let [one, two] = exits.map(|s| {
+        (
+            s.connections.load(Ordering::Relaxed),
+            s.reconnects.load(Ordering::Relaxed),
+        )
+    });
+    assert_eq!(one.0 + two.0, 1, "one exit held the session");
+    assert_eq!(one.1 + two.1, resumes, "and took every resume");
+    assert_eq!(entry.expired.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn new_connections_through_a_balancer_with_one_exit_down_dial_again_and_are_carried() {
+    // Issue 16, item 3: only vm1 runs an exit; a new leg the balancer sends to vm2 is refused
+    // there (nothing listens). The entry dials again; no application connection is reset.
+    require_root();
+    const CONNECTIONS: usize = 12;
+    let config = two_member_lab();
+    let name = unique("td");
+    let key = Key::random().unwrap();
+    let (outcomes, _) = Lab::with_gateway(&name, &config, |lab| {
+        let vm1 = lab.namespace_of("vm1")?;
+        let listener = netns::spawn_in(&vm1, || TcpListener::bind("127.0.0.1:9000"))?
+            .join()
+            .unwrap()?;
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut conn = conn;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let (_, exit_stop) = exit_in(&vm1, "127.0.0.1:9000".parse()?, &key)?;
+        let internet = lab.namespace_of(INTERNET)?;
+        let (entry, entry_stop) = entry_in(&internet, &key)?;
+        let outcomes = netns::spawn_in(&internet, move || {
+            (0..CONNECTIONS)
+                .map(|i| -> Result<(), String> {
+                    let mut conn =
+                        TcpStream::connect("127.0.0.1:7100").map_err(|e| e.to_string())?;
+                    conn.set_read_timeout(Some(WAIT)).unwrap();
+                    let msg = format!("connection {i:02}");
+                    conn.write_all(msg.as_bytes()).map_err(|e| e.to_string())?;
+                    let mut back = vec![0u8; msg.len()];
+                    conn.read_exact(&mut back)
+                        .map_err(|e| format!("connection {i}: {e}"))?;
+                    assert_eq!(back, msg.as_bytes());
+                    Ok(())
+                })
+                .collect::<Vec<_>>()
+        })?
+        .join()
+        .unwrap();
+        assert_eq!(
+            entry.connections.load(Ordering::Relaxed),
+            CONNECTIONS as u64
+        );
+        entry_stop.store(true, Ordering::Relaxed);
+        exit_stop.store(true, Ordering::Relaxed);
+        Ok(outcomes)
+    })
+    .expect("lab run");
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CONNECTIONS} failed: {failed:?}",
+        failed.len()
+    );
 }

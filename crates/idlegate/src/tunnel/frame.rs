@@ -66,12 +66,19 @@ impl std::fmt::Debug for Token {
 /// Why a responder turns a Hello down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// No such session, or it expired, or the token is wrong (not told apart, on purpose).
+    /// No such session here, or the token is wrong (not told apart, on purpose). Behind a
+    /// balancer another exit may hold it.
     UnknownSession = 1,
     /// The responder could not connect to its `--connect` target for a new session.
     TargetUnreachable = 2,
     /// The responder has as many sessions as it may hold.
     Full = 3,
+    /// The session ended here and will not resume: it expired, an application reset it, or
+    /// the peer broke the protocol (id and token both right).
+    Ended = 4,
+    /// The session finished here in order: this end had every byte and the FIN from the
+    /// peer, and the peer's were all acknowledged (id and token both right).
+    Finished = 5,
 }
 
 impl std::fmt::Display for Refusal {
@@ -80,6 +87,8 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownSession => "no such session (expired, or never ours)",
             Refusal::TargetUnreachable => "the far end could not connect to its target",
             Refusal::Full => "the far end holds as many sessions as it may",
+            Refusal::Ended => "the session ended at the far end (expired, or reset there)",
+            Refusal::Finished => "the session finished at the far end in order",
         })
     }
 }
@@ -209,6 +218,8 @@ impl<'a> Frame<'a> {
                     1 => Refusal::UnknownSession,
                     2 => Refusal::TargetUnreachable,
                     3 => Refusal::Full,
+                    4 => Refusal::Ended,
+                    5 => Refusal::Finished,
                     other => return Err(FrameError::UnknownRefusal(other)),
                 })
             }
@@ -270,6 +281,8 @@ mod tests {
             Frame::Refuse(Refusal::UnknownSession),
             Frame::Refuse(Refusal::TargetUnreachable),
             Frame::Refuse(Refusal::Full),
+            Frame::Refuse(Refusal::Ended),
+            Frame::Refuse(Refusal::Finished),
             Frame::Data {
                 offset: 5,
                 bytes: b"hello",

@@ -432,6 +432,19 @@ impl Session {
         if !(self.outbox.fin_acked() && self.inbox.finished()) {
             return LegEnd::Lost(why);
         }
+        self.end_whole()
+    }
+
+    /// The peer finished the session in order while it had no leg: it had every byte and the
+    /// FIN from here (its acknowledgement was lost with the leg). If this end has the peer's
+    /// FIN too, the session ends in order here as well; says whether it did.
+    pub fn finish_without_leg(&mut self) -> bool {
+        self.inbox.finished() && matches!(self.end_whole(), LegEnd::Done)
+    }
+
+    /// Both directions are whole: what is left for the application here is written, and it
+    /// gets its FIN.
+    fn end_whole(&mut self) -> LegEnd {
         let _ = self.app.set_nonblocking(false);
         let _ = self.app.set_write_timeout(Some(LAST_WRITE));
         if (&self.app).write_all(self.inbox.pending()).is_ok() {
