@@ -1153,8 +1153,8 @@ fn a_resume_that_reaches_an_exit_without_the_session_dials_again_until_it_reache
     assert_eq!(a.stats.reconnects.load(Ordering::Relaxed), CUTS);
     assert_eq!(b.stats.connections.load(Ordering::Relaxed), 0);
     assert!(
-        path.accepted.load(Ordering::Relaxed) >= 1 + 2 * CUTS,
-        "each resume reached exit b first: {} legs",
+        path.accepted.load(Ordering::Relaxed) > 2 * CUTS,
+        "the first leg, and each resume reached exit b first: {} legs",
         path.accepted.load(Ordering::Relaxed)
     );
     assert_eq!(entry.stats.expired.load(Ordering::Relaxed), 0);
