@@ -691,6 +691,7 @@ impl ExitLeg {
             ended: &self.ended,
             id,
             token,
+            welcomed: false,
             whole: false,
         };
         let connect_timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
@@ -707,6 +708,7 @@ impl ExitLeg {
             token,
             received: 0,
         })?;
+        forget.welcomed = true;
         leg.go_nonblocking()?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -817,12 +819,14 @@ fn take_offer(wake_rx: &UnixStream, slot: &Slot) -> Option<(Leg, u64)> {
 }
 
 /// Removes a session from the exit's table when its thread ends, however it ends, and notes
-/// how it ended for an entry that comes to resume it.
+/// how it ended for an entry that comes to resume it (if the entry was told of it at all).
 struct Forget<'a> {
     sessions: &'a Mutex<HashMap<SessionId, Arc<Slot>>>,
     ended: &'a Mutex<Ended>,
     id: SessionId,
     token: Token,
+    /// The entry was given the id and token.
+    welcomed: bool,
     /// Finished in order.
     whole: bool,
 }
@@ -831,6 +835,9 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         if let Ok(mut sessions) = self.sessions.lock() {
             sessions.remove(&self.id);
+        }
+        if !self.welcomed {
+            return;
         }
         if let Ok(mut ended) = self.ended.lock() {
             ended.note(self.id, self.token, self.whole, Instant::now());
