@@ -245,7 +245,7 @@ impl Session {
                     self.app.as_raw_fd(),
                     (
                         self.outbox.room() > 0 && !self.app_eof,
-                        !self.inbox.pending().is_empty(),
+                        self.inbox.pending() > 0,
                     ),
                 ),
                 pollfd(leg.as_raw_fd(), (true, leg.pending() > 0)),
@@ -290,7 +290,7 @@ impl Session {
     fn watch_stall(&mut self, now: Instant) -> Instant {
         let bound = self.heartbeat * STALL_HEARTBEATS;
         let position = self.position();
-        let waiting = self.outbox.unacked() > 0 || !self.inbox.pending().is_empty();
+        let waiting = self.outbox.unacked() > 0 || self.inbox.pending() > 0;
         if position != self.stall.position || !waiting {
             self.stall.position = position;
             self.stall.since = now;
@@ -318,7 +318,7 @@ impl Session {
                  the application here to read them, {} for the far end ({far})",
                 self.id,
                 now - self.stall.since,
-                self.inbox.pending().len(),
+                self.inbox.pending(),
                 self.outbox.unacked(),
             );
         }
@@ -369,15 +369,15 @@ impl Session {
 
     /// Writes what the peer sent to the application, then its FIN once all is written.
     fn write_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
-        while !self.inbox.pending().is_empty() {
-            match (&self.app).write(self.inbox.pending()) {
+        while self.inbox.pending() > 0 {
+            match (&self.app).write(self.inbox.pending_front()) {
                 Ok(n) => self.inbox.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(self.app_was_reset(leg)),
             }
         }
-        if self.inbox.pending().is_empty() && self.inbox.finished() && !self.app_shut {
+        if self.inbox.pending() == 0 && self.inbox.finished() && !self.app_shut {
             self.app_shut = true;
             let _ = self.app.shutdown(Shutdown::Write);
         }
@@ -447,12 +447,17 @@ impl Session {
     fn end_whole(&mut self) -> LegEnd {
         let _ = self.app.set_nonblocking(false);
         let _ = self.app.set_write_timeout(Some(LAST_WRITE));
-        if (&self.app).write_all(self.inbox.pending()).is_ok() {
-            let _ = self.app.shutdown(Shutdown::Write);
-            self.done = true;
-            return LegEnd::Done;
+        while self.inbox.pending() > 0 {
+            let front = self.inbox.pending_front();
+            let n = front.len();
+            if (&self.app).write_all(front).is_err() {
+                return LegEnd::AppReset;
+            }
+            self.inbox.consume(n);
         }
-        LegEnd::AppReset
+        let _ = self.app.shutdown(Shutdown::Write);
+        self.done = true;
+        LegEnd::Done
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
@@ -526,7 +531,7 @@ impl Session {
     fn is_done(&self, leg: &Leg) -> bool {
         self.outbox.fin_acked()
             && self.inbox.finished()
-            && self.inbox.pending().is_empty()
+            && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
             && leg.pending() == 0
     }

@@ -215,10 +215,9 @@ impl Outbox {
 pub struct Inbox {
     next: u64,
     fin: bool,
-    /// Arrived, not yet taken by the application: `held[held_start..]`, the stream's bytes
-    /// before `next`.
-    held: Vec<u8>,
-    held_start: usize,
+    /// Arrived, not yet taken by the application: the stream's bytes just before `next`. A
+    /// ring that grows (by doubling) to the window at most, as it is needed.
+    held: VecDeque<u8>,
     window: usize,
 }
 
@@ -229,8 +228,7 @@ impl Inbox {
         Inbox {
             next: 0,
             fin: false,
-            held: Vec::new(),
-            held_start: 0,
+            held: VecDeque::new(),
             window,
         }
     }
@@ -263,13 +261,12 @@ impl Inbox {
                 limit: self.limit(),
             });
         }
-        // What was taken leaves the front once it is at least half the buffer: each byte is
-        // moved at most once more, and the buffer stays within twice the window.
-        if self.held_start > 0 && self.held_start >= self.held.len() / 2 {
-            self.held.drain(..self.held_start);
-            self.held_start = 0;
+        let needed = self.held.len() + new.len();
+        if needed > self.held.capacity() {
+            let grown = (self.held.capacity() * 2).clamp(needed, self.window.max(needed));
+            self.held.reserve_exact(grown - self.held.len());
         }
-        self.held.extend_from_slice(new);
+        self.held.extend(new);
         self.next = end;
         Ok(new.len())
     }
@@ -289,23 +286,28 @@ impl Inbox {
         }
     }
 
-    /// The bytes waiting for the application, oldest first.
-    pub fn pending(&self) -> &[u8] {
-        &self.held[self.held_start..]
+    /// How many bytes wait for the application.
+    pub fn pending(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The oldest bytes waiting for the application, in one piece (more may follow once they
+    /// are taken); empty when none wait.
+    pub fn pending_front(&self) -> &[u8] {
+        match self.held.as_slices() {
+            ([], back) => back,
+            (front, _) => front,
+        }
     }
 
     /// The application took the first `n` pending bytes.
     pub fn consume(&mut self, n: usize) {
-        self.held_start += n.min(self.held.len() - self.held_start);
-        if self.held_start == self.held.len() {
-            self.held.clear();
-            self.held_start = 0;
-        }
+        self.held.drain(..n.min(self.held.len()));
     }
 
     /// The window's end: the sender may send the bytes before this offset. It only grows.
     pub fn limit(&self) -> u64 {
-        self.next - self.pending().len() as u64 + self.window as u64
+        self.next - self.held.len() as u64 + self.window as u64
     }
 
     /// How many bytes the sender may be ahead of the application.
@@ -364,9 +366,19 @@ mod tests {
 
     /// The application takes up to `n` bytes the inbox holds.
     fn deliver(inbox: &mut Inbox, n: usize, delivered: &mut Vec<u8>) {
-        let n = n.min(inbox.pending().len());
-        delivered.extend_from_slice(&inbox.pending()[..n]);
-        inbox.consume(n);
+        let mut left = n.min(inbox.pending());
+        while left > 0 {
+            let front = inbox.pending_front();
+            let k = front.len().min(left);
+            delivered.extend_from_slice(&front[..k]);
+            inbox.consume(k);
+            left -= k;
+        }
+    }
+
+    /// Everything the inbox holds, without taking it.
+    fn held(inbox: &Inbox) -> Vec<u8> {
+        inbox.held.iter().copied().collect()
     }
 
     #[test]
@@ -401,7 +413,7 @@ mod tests {
         assert_eq!(inbox.accept(0, b"abc").unwrap(), 3);
         assert_eq!(inbox.accept(1, b"bcde").unwrap(), 2, "overlap trimmed");
         assert_eq!(inbox.accept(0, b"ab").unwrap(), 0, "a whole replay");
-        assert_eq!(inbox.pending(), b"abcde");
+        assert_eq!(held(&inbox), b"abcde");
         assert_eq!(
             inbox.accept(9, b"x"),
             Err(StreamError::Gap {
@@ -503,13 +515,13 @@ mod tests {
             inbox.accept(0, b"abcde"),
             Err(StreamError::BeyondWindow { end: 5, limit: 4 })
         );
-        assert_eq!(inbox.pending(), b"");
+        assert_eq!(inbox.pending(), 0);
         assert_eq!(inbox.received(), 0);
         assert_eq!(inbox.accept(0, b"abcd"), Ok(4));
         inbox.consume(1);
         assert_eq!(inbox.limit(), 5);
         assert_eq!(inbox.accept(4, b"e"), Ok(1));
-        assert_eq!(inbox.pending(), b"bcde");
+        assert_eq!(held(&inbox), b"bcde");
     }
 
     #[test]
@@ -586,7 +598,8 @@ mod tests {
                     }
                 }
                 prop_assert!(out.unacked() <= 512, "bounded");
-                prop_assert!(inbox.pending().len() <= window, "within the window");
+                prop_assert!(inbox.pending() <= window, "within the window");
+                prop_assert!(inbox.held.capacity() <= window.max(8), "memory within the window");
             }
             deliver(&mut inbox, usize::MAX, &mut delivered);
             prop_assert!(inbox.finished());
