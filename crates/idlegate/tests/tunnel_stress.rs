@@ -12,7 +12,9 @@ use idlegate::control::{self, Request, Response};
 use idlegate::lab::{self, Lab, INTERNET};
 use idlegate::netns;
 use idlegate::relay::{Keepalive, Stats};
+use idlegate::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use idlegate::tunnel::key::Key;
+use idlegate::tunnel::leg::Leg;
 use idlegate::tunnel::{Entry, Exit};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
@@ -558,4 +560,114 @@ fn new_connections_through_a_balancer_with_one_exit_down_dial_again_and_are_carr
         "{} of {CONNECTIONS} failed: {failed:?}",
         failed.len()
     );
+}
+
+/// A leg to `exit` with the right key, as an entry would open it.
+fn open_leg(exit: SocketAddr, key: &Key) -> Leg {
+    Leg::initiate(TcpStream::connect(exit).unwrap(), key, WAIT).unwrap()
+}
+
+/// Sends `hello` on a new leg; returns the exit's answer, as text.
+fn answer_to(exit: SocketAddr, key: &Key, hello: Frame) -> String {
+    let mut leg = open_leg(exit, key);
+    leg.send_now(&hello).unwrap();
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let n = leg.recv_now(&mut plain).unwrap();
+    format!("{:?}", Frame::decode(&plain[..n]).unwrap())
+}
+
+/// Starts a session by hand: its id and token, and the leg.
+fn new_session(exit: SocketAddr, key: &Key) -> (SessionId, Token, Leg) {
+    let mut leg = open_leg(exit, key);
+    leg.send_now(&Frame::Hello {
+        session: SessionId::NEW,
+        token: Token::default(),
+        received: 0,
+    })
+    .unwrap();
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let n = leg.recv_now(&mut plain).unwrap();
+    match Frame::decode(&plain[..n]).unwrap() {
+        Frame::Welcome { session, token, .. } => (session, token, leg),
+        other => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_exit_tells_the_resume_of_a_session_it_finished_or_ended_so_and_nobody_else() {
+    // Issue 16, item 3: behind a balancer "no such session" sends the entry on to another exit;
+    // the exit that held the session answers for it instead, to the right token only.
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    let server = std::thread::spawn(move || {
+        // The first connection: one byte, then EOF, then a FIN back. The second: reset.
+        let (mut first, _) = listener.accept().unwrap();
+        first.set_read_timeout(Some(WAIT)).unwrap();
+        let mut got = Vec::new();
+        first.read_to_end(&mut got).unwrap();
+        first.shutdown(Shutdown::Write).unwrap();
+        let (mut second, _) = listener.accept().unwrap();
+        second.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 8];
+        (got, second.read(&mut buf).map_err(|e| e.kind()))
+    });
+    let (exit, ids) = start_exit(server_addr, &key, settings(300, WAIT));
+    // A session that finishes in order: a byte and a FIN each way, every one acknowledged.
+    let (finished, finished_token, mut leg) = new_session(exit.addr, &key);
+    let limit = 1 << 20;
+    for frame in [
+        Frame::Ack { received: 0, limit },
+        Frame::Data {
+            offset: 0,
+            bytes: b"x",
+        },
+        Frame::Fin { offset: 1 },
+    ] {
+        leg.send_now(&frame).unwrap();
+    }
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    loop {
+        let n = leg.recv_now(&mut plain).unwrap();
+        if let Frame::Fin { offset: 0 } = Frame::decode(&plain[..n]).unwrap() {
+            break;
+        }
+    }
+    leg.send_now(&Frame::Ack { received: 1, limit }).unwrap();
+    assert!(
+        wait_until(WAIT, || ids().is_empty()),
+        "the session finished"
+    );
+    drop(leg);
+    // A session the entry's application reset.
+    let (reset, reset_token, mut leg) = new_session(exit.addr, &key);
+    leg.send_now(&Frame::Reset).unwrap();
+    let (got, second) = server.join().unwrap();
+    assert_eq!(got, b"x");
+    assert_eq!(second, Err(ErrorKind::ConnectionReset));
+    assert!(wait_until(WAIT, || ids().is_empty()), "the session ended");
+    let resume = |session, token| Frame::Hello {
+        session,
+        token,
+        received: 1,
+    };
+    let refused = |why| format!("{:?}", Frame::Refuse(why));
+    assert_eq!(
+        answer_to(exit.addr, &key, resume(finished, finished_token)),
+        refused(Refusal::Finished)
+    );
+    assert_eq!(
+        answer_to(exit.addr, &key, resume(reset, reset_token)),
+        refused(Refusal::Ended)
+    );
+    for (what, session, token) in [
+        ("a wrong token", finished, reset_token),
+        ("another wrong token", reset, Token([7; 32])),
+        ("an id never given", SessionId([9; 16]), finished_token),
+    ] {
+        assert_eq!(
+            answer_to(exit.addr, &key, resume(session, token)),
+            refused(Refusal::UnknownSession),
+            "{what}"
+        );
+    }
 }
