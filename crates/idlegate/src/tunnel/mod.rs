@@ -355,10 +355,16 @@ impl Dial {
             tries += 1;
             let why = match self.open(SessionId::NEW, Token::default(), 0) {
                 Ok((leg, Frame::Welcome { session, token, .. })) => {
-                    if tries > 1 {
+                    // A dial or two that a balancer sent to an exit that is down is routine
+                    // (one line per connection would flood the log); a wait is not.
+                    let took = started.elapsed();
+                    if took >= self.settings.heartbeat {
                         tracing::info!(
-                            "tunnel: session {session} opened after {tries} tries ({:.1?})",
-                            started.elapsed()
+                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
+                        );
+                    } else if tries > 1 {
+                        tracing::debug!(
+                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
                         );
                     }
                     return Ok((leg, session, token));
