@@ -84,7 +84,13 @@ fn main() {
                 bytes: b"bytes",
             },
         ),
-        ("ack", Tunnel::Ack { received: 4101 }),
+        (
+            "ack",
+            Tunnel::Ack {
+                received: 4101,
+                limit: 4101 + (4 << 20),
+            },
+        ),
         ("fin", Tunnel::Fin { offset: 4101 }),
         ("reset", Tunnel::Reset),
     ];

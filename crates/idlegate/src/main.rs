@@ -197,12 +197,13 @@ struct RelayArgs {
     /// leg and start a resume. Both ends should agree.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     heartbeat: std::time::Duration,
-    /// Tunnel: how long a session may wait for a new leg before both ends reset its
-    /// application connection.
+    /// Tunnel: how long a session may wait for a leg (its first one included; the entry dials
+    /// again meanwhile) before both ends reset its application connection.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     resume_within: std::time::Duration,
     /// Tunnel: the most unacknowledged bytes kept per direction of a session, e.g. 4MiB
-    /// (a full buffer stops reading the application; nothing is dropped).
+    /// (a full buffer stops reading the application; nothing is dropped); also the window:
+    /// the most bytes from the far end waiting for a slow application here.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     replay_buffer: usize,
     /// Tunnel: the most sessions held at once; the exit refuses more, the entry leaves new

@@ -49,6 +49,10 @@ pub struct Stats {
     /// Tunnel: sessions ended because no new leg came within the resume limit, or the far
     /// end no longer knew them.
     pub expired: AtomicU64,
+    /// Tunnel: sessions stalled now (no byte moved for a while although bytes wait).
+    pub stalled: AtomicU64,
+    /// Tunnel: times a session was reported stalled.
+    pub stalls: AtomicU64,
 }
 
 /// The relays of a config file: `[[relay]]` tables with `listen`, `connect`, and `keepalive`
@@ -718,6 +722,18 @@ pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
         "counter",
         "Tunnel sessions ended unresumed (time limit, or unknown to the far end).",
         &|s| vec![(String::new(), load(&s.expired))],
+    );
+    family(
+        "idlegate_relay_sessions_stalled",
+        "gauge",
+        "Tunnel sessions on a live leg that moved no byte for 12 heartbeats while bytes wait.",
+        &|s| vec![(String::new(), load(&s.stalled))],
+    );
+    family(
+        "idlegate_relay_stalls_total",
+        "counter",
+        "Times a tunnel session was reported stalled.",
+        &|s| vec![(String::new(), load(&s.stalls))],
     );
     out
 }

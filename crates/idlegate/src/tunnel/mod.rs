@@ -15,16 +15,24 @@
 //! needs the session's id and its secret token, given only inside an encrypted leg. The
 //! exit's [`gate`] holds connections without a thread each until they have said Hello.
 //!
+//! Several exits may share a key behind a load balancer; each holds its own sessions. The
+//! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit is
+//! full or cannot reach its target (a new session), and when an exit does not know the
+//! session it resumes (another may hold it). An exit that ended a session says so
+//! ([`ended`]), and the entry stops at once.
+//!
 //! | module | what |
 //! |---|---|
-//! | [`stream`] | exactly-once bytes across broken legs (pure) |
+//! | [`stream`] | exactly-once bytes across broken legs, and the window (pure) |
 //! | [`frame`] | the messages on a leg |
 //! | [`key`] | key files: the pair's key, an end's key pair |
 //! | [`peers`] | the exit's list of entries' public keys |
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
 //! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
 //! | [`session`] | one application connection on whichever leg is alive |
+//! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
 
+pub mod ended;
 pub mod frame;
 pub mod gate;
 pub mod key;
@@ -36,6 +44,7 @@ pub mod stream;
 use crate::echo::wait_readable;
 use crate::relay::{Keepalive, Stats};
 use anyhow::{Context, Result};
+use ended::Ended;
 use frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use leg::{EntryKeys, ExitKeys, Leg, LegError, Peer, Responding};
 use session::{LegEnd, Session, Side};
@@ -219,6 +228,40 @@ struct Dial {
     settings: Settings,
 }
 
+/// Why a dial failed.
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    /// No connection to an exit: none listens where the dial landed (one exit of several is
+    /// down), or the path is down. Another dial may reach another exit.
+    #[error("connecting: {0}")]
+    Connect(io::Error),
+    /// Connected, but the leg failed: a wrong key, most likely.
+    #[error(transparent)]
+    Leg(#[from] LegError),
+}
+
+/// The waits between dials: 50 ms, doubling, at most a heartbeat.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(heartbeat: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(50),
+            max: heartbeat.max(Duration::from_millis(50)),
+        }
+    }
+
+    /// The next wait; the one after is twice as long (up to the most).
+    fn take(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
 impl Dial {
     /// One leg: connect, handshake, Hello; the exit's answer.
     fn open(
@@ -226,9 +269,10 @@ impl Dial {
         session: SessionId,
         token: Token,
         received: u64,
-    ) -> Result<(Leg, Frame<'static>), LegError> {
+    ) -> Result<(Leg, Frame<'static>), DialError> {
         let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-        let stream = TcpStream::connect_timeout(&self.tunnel, timeout)?;
+        let stream =
+            TcpStream::connect_timeout(&self.tunnel, timeout).map_err(DialError::Connect)?;
         let mut leg = Leg::initiate(stream, &*self.keys, timeout)?;
         leg.send_now(&Frame::Hello {
             session,
@@ -237,7 +281,7 @@ impl Dial {
         })?;
         let mut plain = vec![0u8; MAX_PLAINTEXT];
         let n = leg.recv_now(&mut plain)?;
-        let answer = match Frame::decode(&plain[..n])? {
+        let answer = match Frame::decode(&plain[..n]).map_err(LegError::from)? {
             Frame::Welcome {
                 session,
                 token,
@@ -249,41 +293,24 @@ impl Dial {
             },
             Frame::Refuse(reason) => Frame::Refuse(reason),
             other => {
-                return Err(LegError::Io(io::Error::other(format!(
+                return Err(DialError::Leg(LegError::Io(io::Error::other(format!(
                     "expected Welcome, got {other:?}"
-                ))))
+                )))))
             }
         };
-        leg.go_nonblocking()?;
+        leg.go_nonblocking().map_err(LegError::from)?;
         Ok((leg, answer))
     }
 
     /// Carries one application connection until it ends.
     fn carry(&self, app: TcpStream, stats: &Arc<Stats>) -> Result<()> {
         let _ = self.settings.keepalive.apply_relayed(&app);
-        let (mut leg, answer) = match self.open(SessionId::NEW, Token::default(), 0) {
+        let (mut leg, session, token) = match self.first_leg() {
             Ok(opened) => opened,
             Err(e) => {
                 reset(&app);
-                let hint = match (&*self.keys, &e) {
-                    (EntryKeys::Peer { own, .. }, LegError::Closed | LegError::Io(_)) => format!(
-                        "\nhint: if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
-                        own.public()
-                    ),
-                    _ => String::new(),
-                };
-                let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-                let err = leg_failure(e, timeout)
-                    .context(format!("opening the tunnel to {}", self.tunnel));
-                if hint.is_empty() {
-                    return Err(err);
-                }
-                anyhow::bail!("{err:#}{hint}");
+                return Err(e);
             }
-        };
-        let Frame::Welcome { session, token, .. } = answer else {
-            reset(&app);
-            anyhow::bail!("the tunnel refused a new session: {}", refusal(&answer));
         };
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
@@ -312,17 +339,96 @@ impl Dial {
                 LegEnd::Replaced => {}
                 LegEnd::Lost(why) => {
                     tracing::info!("tunnel: session {}: leg lost ({why}); resuming", s.id);
-                    leg = self.resume(&mut s, stats)?;
+                    match self.resume(&mut s, stats)? {
+                        Some(new) => leg = new,
+                        None => return Ok(()),
+                    }
                 }
             }
         }
     }
 
-    /// Opens legs until one resumes `s`, or `resume_within` has passed.
-    fn resume(&self, s: &mut Session, stats: &Stats) -> Result<Leg> {
-        let lost_at = Instant::now();
-        let mut backoff = Duration::from_millis(50);
+    /// Dials until an exit takes a new session. A dial that reaches no exit, or an exit that
+    /// is full or cannot reach its target, is tried again until `resume_within` (behind a
+    /// balancer the next dial may reach another exit); a leg that fails once connected (a
+    /// wrong key) is final.
+    /// A leg that connected and then failed, in words: one that ran out of time says `timed
+    /// out after …`, not EAGAIN's `Resource temporarily unavailable`; in the per-peer mode a
+    /// refused handshake comes with a hint.
+    fn leg_failure(&self, e: LegError) -> anyhow::Error {
+        let hint = match (&*self.keys, &e) {
+            (EntryKeys::Peer { own, .. }, LegError::Closed | LegError::Io(_)) => format!(
+                "\nhint: if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
+                own.public()
+            ),
+            _ => String::new(),
+        };
+        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
+        let err: anyhow::Error = match e {
+            LegError::Io(e) => crate::timeout::explain(e, timeout).into(),
+            other => other.into(),
+        };
+        let err = err.context(format!("opening the tunnel to {}", self.tunnel));
+        if hint.is_empty() {
+            err
+        } else {
+            anyhow::anyhow!("{err:#}{hint}")
+        }
+    }
+
+    fn first_leg(&self) -> Result<(Leg, SessionId, Token)> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(self.settings.heartbeat);
         let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let why = match self.open(SessionId::NEW, Token::default(), 0) {
+                Ok((leg, Frame::Welcome { session, token, .. })) => {
+                    // A dial or two that a balancer sent to an exit that is down is routine
+                    // (one line per connection would flood the log); a wait is not.
+                    let took = started.elapsed();
+                    if took >= self.settings.heartbeat {
+                        tracing::info!(
+                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
+                        );
+                    } else if tries > 1 {
+                        tracing::debug!(
+                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
+                        );
+                    }
+                    return Ok((leg, session, token));
+                }
+                Ok((_, answer @ Frame::Refuse(Refusal::Full | Refusal::TargetUnreachable))) => {
+                    refusal(&answer)
+                }
+                Ok((_, answer)) => {
+                    anyhow::bail!("the tunnel refused a new session: {}", refusal(&answer))
+                }
+                Err(DialError::Connect(e)) => format!("connecting: {e}"),
+                Err(DialError::Leg(e)) => return Err(self.leg_failure(e)),
+            };
+            let wait = backoff.take();
+            if started.elapsed() + wait > self.settings.resume_within {
+                anyhow::bail!(
+                    "no exit at {} took the connection within {:?} ({tries} tries, the last: \
+                     {why}); the application's connection was reset",
+                    self.tunnel,
+                    self.settings.resume_within
+                );
+            }
+            tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Opens legs until one resumes `s`, or `resume_within` has passed. An exit that does
+    /// not know the session is not the last word (another exit may hold it); one that ended
+    /// it is. None: the exit finished the session in order, and so did this end.
+    fn resume(&self, s: &mut Session, stats: &Stats) -> Result<Option<Leg>> {
+        let lost_at = Instant::now();
+        let mut backoff = Backoff::new(self.settings.heartbeat);
+        let mut tries = 0u32;
+        let mut unknown = 0u32;
         loop {
             tries += 1;
             match self.open(s.id, s.token, s.received()) {
@@ -333,11 +439,30 @@ impl Dial {
                     })?;
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
-                        "tunnel: session {} resumed after {:.1?} ({tries} tries); {replayed} bytes sent again",
+                        "tunnel: session {} resumed after {:.1?} ({tries} tries, {unknown} at \
+                         an exit that does not hold it); {replayed} bytes sent again",
                         s.id,
                         lost_at.elapsed()
                     );
-                    return Ok(leg);
+                    return Ok(Some(leg));
+                }
+                Ok((_, Frame::Refuse(Refusal::UnknownSession))) => {
+                    if unknown == 0 {
+                        tracing::info!(
+                            "tunnel: session {}: an exit does not hold it; trying again (another \
+                             may) until {:?} have passed",
+                            s.id,
+                            self.settings.resume_within
+                        );
+                    }
+                    unknown += 1;
+                }
+                Ok((_, Frame::Refuse(Refusal::Finished))) if s.finish_without_leg() => {
+                    tracing::info!(
+                        "tunnel: session {}: the exit had finished it in order; so has this end",
+                        s.id
+                    );
+                    return Ok(None);
                 }
                 Ok((_, answer)) => {
                     s.reset_app();
@@ -346,29 +471,19 @@ impl Dial {
                 }
                 Err(e) => tracing::debug!("tunnel: session {}: try {tries}: {e}", s.id),
             }
-            if lost_at.elapsed() + backoff > self.settings.resume_within {
+            let wait = backoff.take();
+            if lost_at.elapsed() + wait > self.settings.resume_within {
                 s.reset_app();
                 stats.expired.fetch_add(1, Ordering::Relaxed);
                 anyhow::bail!(
-                    "session {}: no new leg within {:?}; the application's connection was reset",
+                    "session {}: no new leg within {:?} ({tries} tries, {unknown} at an exit \
+                     that does not hold it); the application's connection was reset",
                     s.id,
                     self.settings.resume_within
                 );
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2)
-                .min(self.settings.heartbeat)
-                .max(Duration::from_millis(50));
+            std::thread::sleep(wait);
         }
-    }
-}
-
-/// A leg that could not be opened, in words: one that ran out of time says `timed out after
-/// …`, not EAGAIN's `Resource temporarily unavailable`.
-fn leg_failure(e: LegError, timeout: Duration) -> anyhow::Error {
-    match e {
-        LegError::Io(e) => crate::timeout::explain(e, timeout).into(),
-        other => other.into(),
     }
 }
 
@@ -432,6 +547,7 @@ pub struct Exit {
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
+    ended: Arc<Mutex<Ended>>,
 }
 
 impl Exit {
@@ -444,6 +560,7 @@ impl Exit {
         settings.check()?;
         let listener =
             crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let ended = Ended::new(settings.resume_within, settings.max_sessions);
         Ok(Exit {
             listener,
             connect,
@@ -452,6 +569,7 @@ impl Exit {
             stats: Arc::default(),
             stop: Arc::default(),
             sessions: Arc::default(),
+            ended: Arc::new(Mutex::new(ended)),
         })
     }
 
@@ -536,6 +654,7 @@ impl gate::Exit for Exit {
             settings: self.settings.clone(),
             stats: self.stats.clone(),
             sessions: self.sessions.clone(),
+            ended: self.ended.clone(),
         };
         let from = greeted.from;
         let spawned = std::thread::Builder::new()
@@ -561,6 +680,7 @@ struct ExitLeg {
     settings: Settings,
     stats: Arc<Stats>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
+    ended: Arc<Mutex<Ended>>,
 }
 
 impl ExitLeg {
@@ -595,8 +715,13 @@ impl ExitLeg {
                 Ok(())
             }
             _ => {
-                let _ = leg.send_now(&Frame::Refuse(Refusal::UnknownSession));
-                anyhow::bail!("resume of unknown session {session} refused");
+                // Not held here: ended here lately (said so), or unknown (another exit may
+                // hold it).
+                let refusal = self.ended.lock().map_or(Refusal::UnknownSession, |e| {
+                    e.refusal(session, &token, Instant::now())
+                });
+                let _ = leg.send_now(&Frame::Refuse(refusal));
+                anyhow::bail!("resume of session {session} refused: {refusal}");
             }
         }
     }
@@ -627,7 +752,14 @@ impl ExitLeg {
             }
             sessions.insert(id, slot.clone());
         }
-        let _forget = Forget(&self.sessions, id);
+        let mut forget = Forget {
+            sessions: &self.sessions,
+            ended: &self.ended,
+            id,
+            token,
+            welcomed: false,
+            whole: false,
+        };
         let connect_timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
         let app = match TcpStream::connect_timeout(&self.connect, connect_timeout) {
             Ok(app) => app,
@@ -643,6 +775,7 @@ impl ExitLeg {
             received: 0,
         })?;
         tracing::debug!("tunnel: session {id} opened for {peer} from {from}");
+        forget.welcomed = true;
         leg.go_nonblocking()?;
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         self.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -662,6 +795,7 @@ impl ExitLeg {
             if waiting.is_none() {
                 match s.run_leg(&mut leg, Some(wake_rx.as_raw_fd())) {
                     LegEnd::Done => {
+                        forget.whole = true;
                         leg.close_in_order(self.settings.leg_timeout());
                         return Ok(());
                     }
@@ -762,13 +896,29 @@ fn take_offer(wake_rx: &UnixStream, slot: &Slot) -> Option<(Leg, u64)> {
     slot.offer.lock().ok().and_then(|mut offer| offer.take())
 }
 
-/// Removes a session from the exit's table when its thread ends, however it ends.
-struct Forget<'a>(&'a Mutex<HashMap<SessionId, Arc<Slot>>>, SessionId);
+/// Removes a session from the exit's table when its thread ends, however it ends, and notes
+/// how it ended for an entry that comes to resume it (if the entry was told of it at all).
+struct Forget<'a> {
+    sessions: &'a Mutex<HashMap<SessionId, Arc<Slot>>>,
+    ended: &'a Mutex<Ended>,
+    id: SessionId,
+    token: Token,
+    /// The entry was given the id and token.
+    welcomed: bool,
+    /// Finished in order.
+    whole: bool,
+}
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if let Ok(mut sessions) = self.0.lock() {
-            sessions.remove(&self.1);
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.remove(&self.id);
+        }
+        if !self.welcomed {
+            return;
+        }
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.note(self.id, self.token, self.whole, Instant::now());
         }
     }
 }

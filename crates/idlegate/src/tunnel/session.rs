@@ -4,15 +4,20 @@
 //! until the session is over or the leg is lost, and says which ([`LegEnd`]). The session
 //! outlives its legs: its [`Outbox`] keeps what the peer has not acknowledged (bounded by the
 //! replay buffer: a full outbox stops reading the application), its [`Inbox`] knows where the
-//! peer must resume, and [`Session::resume`] rewinds the outbox on a new leg. Heartbeats (Ack
+//! peer must resume and holds what waits for the application here, and [`Session::resume`]
+//! rewinds the outbox on a new leg. The leg is always read, whatever the applications do:
+//! what the peer may send is bounded by the window this end grants in its Ack frames (the
+//! replay buffer's size, from what the application here has read), so acknowledgements and
+//! heartbeats behind the data are never held up by a slow application. Heartbeats (Ack
 //! frames) leave whenever the leg has been quiet for a heartbeat interval; a leg on which
-//! nothing arrives for three intervals (while the session is reading it) is lost. Memory per
-//! session is bounded: the outbox, one leg's buffers, and at most [`APP_HIGH`] bytes waiting
-//! for a slow application.
+//! nothing arrives for three intervals is lost. A live leg on which no byte moves for
+//! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
+//! `stalled` gauge) until bytes move again. Memory per session is bounded: the outbox, the
+//! window (bytes waiting for a slow application), and one leg's buffers.
 
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
-use super::stream::{Inbox, Next, Outbox, StreamError};
+use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::relay::Stats;
 use socket2::SockRef;
 use std::io::{self, Read, Write};
@@ -24,10 +29,11 @@ use std::time::{Duration, Instant};
 
 /// Sealed bytes a leg may hold before the session stops taking from the outbox.
 const TX_HIGH: usize = 1 << 18;
-/// Bytes from the peer waiting for a slow application before the session stops reading the leg.
-pub const APP_HIGH: usize = 1 << 20;
 /// How many heartbeat intervals of silence lose a leg.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// How many heartbeat intervals a live leg may move no byte, while bytes wait, before the
+/// session is reported stalled.
+pub const STALL_HEARTBEATS: u32 = 12;
 /// How long a finished session may take to hand its last bytes to a slow application.
 const LAST_WRITE: Duration = Duration::from_secs(120);
 
@@ -90,14 +96,14 @@ pub struct Session {
     side: Side,
     outbox: Outbox,
     inbox: Inbox,
-    /// Bytes from the peer not yet written to the application: `to_app[to_app_start..]`.
-    to_app: Vec<u8>,
-    to_app_start: usize,
     app_eof: bool,
     app_shut: bool,
     /// The last `received` told to the peer.
     acked_to_peer: u64,
+    /// The last window limit told to the peer.
+    told_limit: u64,
     heartbeat: Duration,
+    stall: StallWatch,
     read_buf: Vec<u8>,
     plain: Vec<u8>,
     stats: Arc<Stats>,
@@ -112,7 +118,20 @@ impl Drop for Session {
         if !self.done {
             self.reset_app();
         }
+        if self.stall.stalled.is_some() {
+            self.stats.stalled.fetch_sub(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// Whether bytes move: where the session's streams stood when it last saw them move.
+struct StallWatch {
+    /// The sum of every offset that grows as bytes move (see [`Session::position`]).
+    position: u64,
+    /// Since when the position has not changed.
+    since: Instant,
+    /// Reported stalled (counted in the `stalled` gauge) since this instant.
+    stalled: Option<Instant>,
 }
 
 impl Session {
@@ -132,13 +151,19 @@ impl Session {
             app,
             side,
             outbox: Outbox::new(replay_buffer),
-            inbox: Inbox::default(),
-            to_app: Vec::new(),
-            to_app_start: 0,
+            // The window granted to the peer: as much as this end keeps unacknowledged the
+            // other way, and never less than what the peer may send before it hears of it.
+            inbox: Inbox::new(replay_buffer.max(INITIAL_WINDOW as usize)),
             app_eof: false,
             app_shut: false,
             acked_to_peer: 0,
+            told_limit: 0,
             heartbeat,
+            stall: StallWatch {
+                position: 0,
+                since: Instant::now(),
+                stalled: None,
+            },
             read_buf: vec![0; MAX_DATA],
             plain: vec![0; MAX_PLAINTEXT],
             stats,
@@ -156,7 +181,9 @@ impl Session {
     pub fn resume(&mut self, peer_received: u64) -> Result<u64, StreamError> {
         let replayed = self.outbox.sent().saturating_sub(peer_received);
         self.outbox.resume_from(peer_received)?;
+        // The new leg's first Ack tells the peer where this end stands and its window.
         self.acked_to_peer = 0;
+        self.told_limit = 0;
         self.stats
             .replayed_bytes
             .fetch_add(replayed, Ordering::Relaxed);
@@ -184,6 +211,10 @@ impl Session {
     pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<RawFd>) -> LegEnd {
         let mut last_rx = Instant::now();
         let mut last_tx = Instant::now();
+        if self.stall.stalled.is_none() {
+            // A new leg: the time spent waiting for it was a lost leg, not a stall.
+            self.stall.since = last_rx;
+        }
         // Frames that arrived with the Welcome or Hello are already in the leg's buffer.
         if let Some(end) = self.open_frames(leg) {
             return end;
@@ -201,32 +232,33 @@ impl Session {
             if self.is_done(leg) {
                 return self.end_in_order();
             }
-            let reading_leg = self.pending_to_app() < APP_HIGH;
             let now = Instant::now();
-            if !reading_leg {
-                last_rx = now;
-            }
             let dead_at = last_rx + self.heartbeat * MISSED_HEARTBEATS;
             if now >= dead_at {
                 self.stats.heartbeat_misses.fetch_add(1, Ordering::Relaxed);
                 return LegEnd::Lost(Lost::HeartbeatMissed(now - last_rx));
             }
+            let look_again_at = self.watch_stall(now);
             // A heartbeat waits behind unsent bytes: they will tell the peer as much.
             let beat_at = if leg.pending() == 0 {
                 last_tx + self.heartbeat
             } else {
                 dead_at
             };
-            let timeout = dead_at.min(beat_at).saturating_duration_since(now);
+            let timeout = dead_at
+                .min(beat_at)
+                .min(look_again_at)
+                .saturating_duration_since(now);
+            // The leg is always read: the window bounds what the peer may send.
             let mut fds = [
                 pollfd(
                     self.app.as_raw_fd(),
                     (
                         self.outbox.room() > 0 && !self.app_eof,
-                        self.pending_to_app() > 0,
+                        self.inbox.pending() > 0,
                     ),
                 ),
-                pollfd(leg.as_raw_fd(), (reading_leg, leg.pending() > 0)),
+                pollfd(leg.as_raw_fd(), (true, leg.pending() > 0)),
                 pollfd(wake.unwrap_or(-1), (true, false)),
             ];
             if let Err(e) = poll(&mut fds, timeout) {
@@ -240,17 +272,70 @@ impl Session {
                     return end;
                 }
             }
-            if fds[1].revents != 0 && reading_leg {
-                last_rx = Instant::now();
-                if let Some(end) = self.read_leg(leg) {
-                    return end;
+            // Only bytes that arrive count as the peer alive (not the leg being writable).
+            if fds[1].revents & !libc::POLLOUT != 0 {
+                match self.read_leg(leg) {
+                    Ok(true) => last_rx = Instant::now(),
+                    Ok(false) => {}
+                    Err(end) => return end,
                 }
             }
         }
     }
 
-    fn pending_to_app(&self) -> usize {
-        self.to_app.len() - self.to_app_start
+    /// The sum of every offset that grows as bytes move: read from the application here,
+    /// acknowledged by the peer, received from the peer, taken by the application here (the
+    /// window's limit). It changes exactly when something moved.
+    fn position(&self) -> u64 {
+        let read_from_app = self.outbox.acked() + self.outbox.unacked() as u64;
+        read_from_app
+            .wrapping_add(self.outbox.acked())
+            .wrapping_add(self.inbox.received())
+            .wrapping_add(self.inbox.limit())
+    }
+
+    /// Notes whether bytes moved since the last look; reports the session stalled when none
+    /// has for [`STALL_HEARTBEATS`] intervals while some wait, and moving again when they
+    /// do. Returns when to look again.
+    fn watch_stall(&mut self, now: Instant) -> Instant {
+        let bound = self.heartbeat * STALL_HEARTBEATS;
+        let position = self.position();
+        let waiting = self.outbox.unacked() > 0 || self.inbox.pending() > 0;
+        if position != self.stall.position || !waiting {
+            self.stall.position = position;
+            self.stall.since = now;
+            if let Some(since) = self.stall.stalled.take() {
+                self.stats.stalled.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(
+                    "tunnel: session {}: bytes move again after a stall of {:.1?}",
+                    self.id,
+                    now - since
+                );
+            }
+            return now + bound;
+        }
+        if self.stall.stalled.is_none() && now >= self.stall.since + bound {
+            self.stall.stalled = Some(self.stall.since);
+            self.stats.stalled.fetch_add(1, Ordering::Relaxed);
+            self.stats.stalls.fetch_add(1, Ordering::Relaxed);
+            let far = if self.outbox.window_closed() {
+                "its window is closed: the application there is not reading"
+            } else {
+                "not acknowledged"
+            };
+            tracing::warn!(
+                "tunnel: session {}: stalled: no byte has moved for {:.1?}; {} bytes wait for \
+                 the application here to read them, {} for the far end ({far})",
+                self.id,
+                now - self.stall.since,
+                self.inbox.pending(),
+                self.outbox.unacked(),
+            );
+        }
+        match self.stall.stalled {
+            Some(_) => now + bound,
+            None => self.stall.since + bound,
+        }
     }
 
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
@@ -276,10 +361,15 @@ impl Session {
             }
         }
         let received = self.inbox.received();
+        let limit = self.inbox.limit();
+        // The window is told again once the application here has read a quarter of it (the
+        // peer may be waiting for it), not after every read.
+        let opened = limit >= self.told_limit + (self.inbox.window() / 4) as u64;
         let quiet = last_tx.elapsed() >= self.heartbeat && leg.pending() == 0;
-        if received != self.acked_to_peer || quiet {
-            leg.send(&Frame::Ack { received })?;
+        if received != self.acked_to_peer || opened || quiet {
+            leg.send(&Frame::Ack { received, limit })?;
             self.acked_to_peer = received;
+            self.told_limit = limit;
         }
         if leg.pending() > before {
             *last_tx = Instant::now();
@@ -289,21 +379,17 @@ impl Session {
 
     /// Writes what the peer sent to the application, then its FIN once all is written.
     fn write_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
-        while self.pending_to_app() > 0 {
-            match (&self.app).write(&self.to_app[self.to_app_start..]) {
-                Ok(n) => self.to_app_start += n,
+        while self.inbox.pending() > 0 {
+            match (&self.app).write(self.inbox.pending_front()) {
+                Ok(n) => self.inbox.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(self.app_was_reset(leg)),
             }
         }
-        if self.pending_to_app() == 0 {
-            self.to_app.clear();
-            self.to_app_start = 0;
-            if self.inbox.finished() && !self.app_shut {
-                self.app_shut = true;
-                let _ = self.app.shutdown(Shutdown::Write);
-            }
+        if self.inbox.pending() == 0 && self.inbox.finished() && !self.app_shut {
+            self.app_shut = true;
+            let _ = self.app.shutdown(Shutdown::Write);
         }
         Ok(())
     }
@@ -356,26 +442,47 @@ impl Session {
         if !(self.outbox.fin_acked() && self.inbox.finished()) {
             return LegEnd::Lost(why);
         }
-        let _ = self.app.set_nonblocking(false);
-        let _ = self.app.set_write_timeout(Some(LAST_WRITE));
-        let tail = &self.to_app[self.to_app_start..];
-        if (&self.app).write_all(tail).is_ok() {
-            let _ = self.app.shutdown(Shutdown::Write);
-            return self.end_in_order();
-        }
-        LegEnd::AppReset
+        self.end_whole()
     }
 
-    /// Reads the leg and handles every whole message in it.
-    fn read_leg(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+    /// The peer finished the session in order while it had no leg: it had every byte and the
+    /// FIN from here (its acknowledgement was lost with the leg). If this end has the peer's
+    /// FIN too, the session ends in order here as well; says whether it did.
+    pub fn finish_without_leg(&mut self) -> bool {
+        self.inbox.finished() && matches!(self.end_whole(), LegEnd::Done)
+    }
+
+    /// Both directions are whole: what is left for the application here is written, and it
+    /// gets its FIN.
+    fn end_whole(&mut self) -> LegEnd {
+        let _ = self.app.set_nonblocking(false);
+        let _ = self.app.set_write_timeout(Some(LAST_WRITE));
+        while self.inbox.pending() > 0 {
+            let front = self.inbox.pending_front();
+            let n = front.len();
+            if (&self.app).write_all(front).is_err() {
+                return LegEnd::AppReset;
+            }
+            self.inbox.consume(n);
+        }
+        let _ = self.app.shutdown(Shutdown::Write);
+        self.end_in_order()
+    }
+
+    /// Reads the leg and handles every whole message in it; says whether bytes arrived.
+    fn read_leg(&mut self, leg: &mut Leg) -> Result<bool, LegEnd> {
         let filled = match leg.fill() {
             Ok(filled) => filled,
-            Err(e) => return Some(self.lost(Lost::Error(e))),
+            Err(e) => return Err(self.lost(Lost::Error(e))),
         };
         if let Some(end) = self.open_frames(leg) {
-            return Some(end);
+            return Err(end);
         }
-        (filled == Filled::Eof).then(|| self.lost(Lost::Closed))
+        match filled {
+            Filled::Eof => Err(self.lost(Lost::Closed)),
+            Filled::Bytes(_) => Ok(true),
+            Filled::WouldBlock => Ok(false),
+        }
     }
 
     /// Handles every whole message the leg holds.
@@ -401,17 +508,19 @@ impl Session {
         match frame {
             Frame::Data { offset, bytes } => {
                 let new = self.inbox.accept(offset, bytes).map_err(violation)?;
-                self.to_app.extend_from_slice(new);
                 let counter: &AtomicU64 = match self.side {
                     Side::Entry => &self.stats.bytes_to_client,
                     Side::Exit => &self.stats.bytes_to_server,
                 };
-                counter.fetch_add(new.len() as u64, Ordering::Relaxed);
+                counter.fetch_add(new as u64, Ordering::Relaxed);
             }
             Frame::Fin { offset } => {
                 self.inbox.accept_fin(offset).map_err(violation)?;
             }
-            Frame::Ack { received } => self.outbox.ack(received).map_err(violation)?,
+            Frame::Ack { received, limit } => {
+                self.outbox.ack(received).map_err(violation)?;
+                self.outbox.grant(limit);
+            }
             Frame::Reset => {
                 self.reset_app();
                 self.stats.resets.fetch_add(1, Ordering::Relaxed);
@@ -431,7 +540,7 @@ impl Session {
     fn is_done(&self, leg: &Leg) -> bool {
         self.outbox.fin_acked()
             && self.inbox.finished()
-            && self.pending_to_app() == 0
+            && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
             && leg.pending() == 0
     }

@@ -4,15 +4,25 @@
 //! Every byte has an offset in the direction's stream. The sending side keeps an [`Outbox`]:
 //! bytes written by the application and not yet acknowledged by the other end, bounded, so a
 //! full outbox stops the relay from reading the application (backpressure, never a drop). The
-//! receiving side keeps an [`Inbox`]: the offset it expects next. Data frames carry their
-//! offset; acknowledgements carry the receiver's next offset. When a leg breaks, whatever was in
-//! flight may be lost: on the new leg the receiver says where it stands, the sender rewinds to
-//! that point ([`Outbox::resume_from`]) and sends again. The inbox drops what it already has,
-//! so a byte is never delivered twice, and refuses a gap, so none is skipped.
+//! receiving side keeps an [`Inbox`]: the offset it expects next, and the bytes that arrived
+//! but the application has not taken yet. Data frames carry their offset; acknowledgements
+//! carry the receiver's next offset. When a leg breaks, whatever was in flight may be lost: on
+//! the new leg the receiver says where it stands, the sender rewinds to that point
+//! ([`Outbox::resume_from`]) and sends again. The inbox drops what it already has, so a byte is
+//! never delivered twice, and refuses a gap, so none is skipped.
+//!
+//! Flow control is a window per direction, as in TCP: the receiver grants the offset up to
+//! which the sender may send ([`Inbox::limit`]: what its application has taken, plus the
+//! window), the sender never sends past the last grant it heard ([`Outbox::grant`]), and data
+//! past it is a broken peer ([`StreamError::BeyondWindow`]). So the receiver can always read
+//! its leg to the end, and with it every acknowledgement and heartbeat behind the data, while
+//! what waits for a slow application stays within the window. Grants only grow (what the
+//! application took stays taken), so a grant outlives the leg that carried it. Until the first
+//! grant arrives the sender may send [`INITIAL_WINDOW`] bytes.
 //!
 //! The application's FIN (it finished writing) takes one offset after its last byte, as in
 //! TCP's sequence space: it is sent, acknowledged and replayed like a byte, so a half-close
-//! survives a broken leg too.
+//! survives a broken leg too. It needs no room in the window.
 
 use std::collections::VecDeque;
 use thiserror::Error;
@@ -32,7 +42,13 @@ pub enum StreamError {
     DataAfterFin { offset: u64, fin: u64 },
     #[error("FIN at offset {offset} while expecting {expected}")]
     FinMisplaced { offset: u64, expected: u64 },
+    #[error("data up to offset {end}, past the window granted up to {limit}")]
+    BeyondWindow { end: u64, limit: u64 },
 }
+
+/// What a sender may send before the receiver's first grant: one frame's worth, the smallest
+/// window a receiver may have.
+pub const INITIAL_WINDOW: u64 = crate::tunnel::frame::MAX_DATA as u64;
 
 /// What an outbox sends next.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +73,8 @@ pub struct Outbox {
     /// The offset of the application's FIN, once it finished writing.
     fin_at: Option<u64>,
     limit: usize,
+    /// The receiver's window: data may be sent below this offset.
+    granted: u64,
 }
 
 impl Outbox {
@@ -68,6 +86,7 @@ impl Outbox {
             sent: 0,
             fin_at: None,
             limit,
+            granted: INITIAL_WINDOW,
         }
     }
 
@@ -93,7 +112,8 @@ impl Outbox {
         }
     }
 
-    /// What to send next, at most `max` bytes; it counts as sent.
+    /// What to send next, at most `max` bytes and nothing past the receiver's window; it
+    /// counts as sent.
     pub fn next(&mut self, max: usize) -> Option<Next<'_>> {
         if self.fin_at == Some(self.sent) {
             self.sent += 1;
@@ -102,7 +122,8 @@ impl Outbox {
             });
         }
         let start = usize::try_from(self.sent - self.acked).ok()?;
-        let end = self.buf.len().min(start.saturating_add(max));
+        let window = usize::try_from(self.granted.saturating_sub(self.sent)).unwrap_or(usize::MAX);
+        let end = self.buf.len().min(start.saturating_add(max.min(window)));
         if start >= end {
             return None;
         }
@@ -119,9 +140,16 @@ impl Outbox {
         Some(Next::Data { offset, bytes })
     }
 
-    /// Whether there is something to send now.
-    pub fn has_unsent(&self) -> bool {
-        self.sent < self.acked + self.buf.len() as u64 || self.fin_at == Some(self.sent)
+    /// The receiver took its application's bytes up to where it may now receive `limit`:
+    /// grants only grow, so an older one (from a leg given up on) changes nothing.
+    pub fn grant(&mut self, limit: u64) {
+        self.granted = self.granted.max(limit);
+    }
+
+    /// Whether bytes wait that the receiver's window does not let out: its application is
+    /// not reading.
+    pub fn window_closed(&self) -> bool {
+        self.sent >= self.granted && self.sent < self.acked + self.buf.len() as u64
     }
 
     /// Whether the other end has acknowledged the FIN (and so every byte).
@@ -181,17 +209,34 @@ impl Outbox {
     }
 }
 
-/// Where the receiving side of a direction stands.
-#[derive(Debug, Default)]
+/// Where the receiving side of a direction stands, and the bytes that arrived and wait for the
+/// application (at most the window).
+#[derive(Debug)]
 pub struct Inbox {
     next: u64,
     fin: bool,
+    /// Arrived, not yet taken by the application: the stream's bytes just before `next`. A
+    /// ring that grows (by doubling) to the window at most, as it is needed.
+    held: VecDeque<u8>,
+    window: usize,
 }
 
 impl Inbox {
-    /// Takes a data frame at `offset`: returns the part not delivered before (empty for a
-    /// replay of what the inbox has), or an error for a gap.
-    pub fn accept<'a>(&mut self, offset: u64, bytes: &'a [u8]) -> Result<&'a [u8], StreamError> {
+    /// An inbox that lets the sender get at most `window` bytes ahead of the application
+    /// (at least [`INITIAL_WINDOW`], which a sender assumes before it hears a grant).
+    pub fn new(window: usize) -> Inbox {
+        Inbox {
+            next: 0,
+            fin: false,
+            held: VecDeque::new(),
+            window,
+        }
+    }
+
+    /// Takes a data frame at `offset`: keeps the part not received before (none for a replay
+    /// of what the inbox has) and returns its length. A gap, data past the window or past the
+    /// FIN is an error, and nothing is kept.
+    pub fn accept(&mut self, offset: u64, bytes: &[u8]) -> Result<usize, StreamError> {
         if offset > self.next {
             return Err(StreamError::Gap {
                 offset,
@@ -200,14 +245,30 @@ impl Inbox {
         }
         let skip = usize::try_from(self.next - offset).unwrap_or(usize::MAX);
         let new = bytes.get(skip..).unwrap_or(&[]);
-        if self.fin && !new.is_empty() {
+        if new.is_empty() {
+            return Ok(0);
+        }
+        if self.fin {
             return Err(StreamError::DataAfterFin {
                 offset,
                 fin: self.next,
             });
         }
-        self.next += new.len() as u64;
-        Ok(new)
+        let end = self.next + new.len() as u64;
+        if end > self.limit() {
+            return Err(StreamError::BeyondWindow {
+                end,
+                limit: self.limit(),
+            });
+        }
+        let needed = self.held.len() + new.len();
+        if needed > self.held.capacity() {
+            let grown = (self.held.capacity() * 2).clamp(needed, self.window.max(needed));
+            self.held.reserve_exact(grown - self.held.len());
+        }
+        self.held.extend(new);
+        self.next = end;
+        Ok(new.len())
     }
 
     /// Takes the peer's FIN at `offset`: true the first time, false for a replay of it.
@@ -225,12 +286,41 @@ impl Inbox {
         }
     }
 
+    /// How many bytes wait for the application.
+    pub fn pending(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The oldest bytes waiting for the application, in one piece (more may follow once they
+    /// are taken); empty when none wait.
+    pub fn pending_front(&self) -> &[u8] {
+        match self.held.as_slices() {
+            ([], back) => back,
+            (front, _) => front,
+        }
+    }
+
+    /// The application took the first `n` pending bytes.
+    pub fn consume(&mut self, n: usize) {
+        self.held.drain(..n.min(self.held.len()));
+    }
+
+    /// The window's end: the sender may send the bytes before this offset. It only grows.
+    pub fn limit(&self) -> u64 {
+        self.next - self.held.len() as u64 + self.window as u64
+    }
+
+    /// How many bytes the sender may be ahead of the application.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Whether the peer's application has finished writing.
     pub fn finished(&self) -> bool {
         self.fin
     }
 
-    /// Everything before this offset has been delivered (the FIN counts one): what
+    /// Everything before this offset has been received (the FIN counts one): what
     /// acknowledgements and resumes say.
     pub fn received(&self) -> u64 {
         self.next + u64::from(self.fin)
@@ -256,15 +346,39 @@ mod tests {
         })
     }
 
-    fn arrive(inbox: &mut Inbox, frame: Frame, delivered: &mut Vec<u8>) {
+    /// An outbox whose receiver's first grant was `window` bytes (small, for tests).
+    fn outbox(limit: usize, window: u64) -> Outbox {
+        let mut out = Outbox::new(limit);
+        out.granted = window;
+        out
+    }
+
+    fn arrive(inbox: &mut Inbox, frame: Frame) {
         match frame {
             Frame::Data(offset, bytes) => {
-                delivered.extend_from_slice(inbox.accept(offset, &bytes).unwrap())
+                inbox.accept(offset, &bytes).unwrap();
             }
             Frame::Fin(offset) => {
                 inbox.accept_fin(offset).unwrap();
             }
         }
+    }
+
+    /// The application takes up to `n` bytes the inbox holds.
+    fn deliver(inbox: &mut Inbox, n: usize, delivered: &mut Vec<u8>) {
+        let mut left = n.min(inbox.pending());
+        while left > 0 {
+            let front = inbox.pending_front();
+            let k = front.len().min(left);
+            delivered.extend_from_slice(&front[..k]);
+            inbox.consume(k);
+            left -= k;
+        }
+    }
+
+    /// Everything the inbox holds, without taking it.
+    fn held(inbox: &Inbox) -> Vec<u8> {
+        inbox.held.iter().copied().collect()
     }
 
     #[test]
@@ -295,10 +409,11 @@ mod tests {
 
     #[test]
     fn the_inbox_drops_a_replay_and_refuses_a_gap() {
-        let mut inbox = Inbox::default();
-        assert_eq!(inbox.accept(0, b"abc").unwrap(), b"abc");
-        assert_eq!(inbox.accept(1, b"bcde").unwrap(), b"de", "overlap trimmed");
-        assert_eq!(inbox.accept(0, b"ab").unwrap(), b"", "a whole replay");
+        let mut inbox = Inbox::new(64);
+        assert_eq!(inbox.accept(0, b"abc").unwrap(), 3);
+        assert_eq!(inbox.accept(1, b"bcde").unwrap(), 2, "overlap trimmed");
+        assert_eq!(inbox.accept(0, b"ab").unwrap(), 0, "a whole replay");
+        assert_eq!(held(&inbox), b"abcde");
         assert_eq!(
             inbox.accept(9, b"x"),
             Err(StreamError::Gap {
@@ -318,7 +433,7 @@ mod tests {
         assert_eq!(take(&mut out, 16), Some(Frame::Data(0, b"abc".to_vec())));
         assert_eq!(take(&mut out, 16), Some(Frame::Fin(3)));
         assert_eq!(take(&mut out, 16), None);
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(64);
         inbox.accept(0, b"abc").unwrap();
         assert_eq!(inbox.accept_fin(3), Ok(true));
         assert_eq!(inbox.accept_fin(3), Ok(false), "a replayed FIN");
@@ -356,22 +471,80 @@ mod tests {
             out.resume_from(6),
             Err(StreamError::ResumeBeyondSent { from: 6, sent: 4 })
         );
-        let mut inbox = Inbox::default();
+        let mut inbox = Inbox::new(64);
         inbox.accept(0, b"ab").unwrap();
         assert!(inbox.accept_fin(5).is_err(), "a FIN past a gap");
         assert!(inbox.accept_fin(1).is_err(), "a FIN inside the data");
     }
 
+    #[test]
+    fn the_sender_stops_at_the_window_and_goes_on_as_the_application_reads() {
+        let mut out = outbox(64, 8);
+        let mut inbox = Inbox::new(8);
+        out.push(b"abcdefghijkl");
+        assert_eq!(
+            take(&mut out, 64),
+            Some(Frame::Data(0, b"abcdefgh".to_vec()))
+        );
+        assert_eq!(take(&mut out, 64), None, "the window is full");
+        assert!(out.window_closed());
+        arrive(&mut inbox, Frame::Data(0, b"abcdefgh".to_vec()));
+        // Received and acknowledged, but the application has not read: no more room.
+        out.ack(inbox.received()).unwrap();
+        out.grant(inbox.limit());
+        assert_eq!(take(&mut out, 64), None, "acknowledged is not read");
+        let mut delivered = Vec::new();
+        deliver(&mut inbox, 3, &mut delivered);
+        out.grant(inbox.limit());
+        assert_eq!(take(&mut out, 64), Some(Frame::Data(8, b"ijk".to_vec())));
+        assert!(out.window_closed());
+        // The FIN needs no room.
+        out.finish();
+        deliver(&mut inbox, 8, &mut delivered);
+        out.grant(inbox.limit());
+        assert_eq!(take(&mut out, 64), Some(Frame::Data(11, b"l".to_vec())));
+        assert_eq!(take(&mut out, 64), Some(Frame::Fin(12)));
+        assert!(!out.window_closed());
+    }
+
+    #[test]
+    fn data_past_the_window_is_refused_and_nothing_kept() {
+        let mut inbox = Inbox::new(4);
+        assert_eq!(inbox.limit(), 4);
+        assert_eq!(
+            inbox.accept(0, b"abcde"),
+            Err(StreamError::BeyondWindow { end: 5, limit: 4 })
+        );
+        assert_eq!(inbox.pending(), 0);
+        assert_eq!(inbox.received(), 0);
+        assert_eq!(inbox.accept(0, b"abcd"), Ok(4));
+        inbox.consume(1);
+        assert_eq!(inbox.limit(), 5);
+        assert_eq!(inbox.accept(4, b"e"), Ok(1));
+        assert_eq!(held(&inbox), b"bcde");
+    }
+
+    #[test]
+    fn a_grant_never_shrinks() {
+        let mut out = outbox(64, 8);
+        out.grant(20);
+        out.grant(10);
+        out.push(&[7; 64]);
+        assert!(matches!(take(&mut out, 64), Some(Frame::Data(0, b)) if b.len() == 20));
+    }
+
     proptest! {
-        // Whatever the leg loses when it breaks, every byte arrives once and in order, and the
-        // FIN after them.
+        // Whatever the leg loses when it breaks, and however slowly the receiving application
+        // reads, every byte arrives once and in order, and the FIN after them; the sender
+        // never overruns the window, so the receiver never holds more than it.
         #[test]
         fn bytes_arrive_exactly_once_in_order_across_any_breaks(
             data in proptest::collection::vec(any::<u8>(), 1..4000),
+            window in 1usize..700,
             steps in proptest::collection::vec((1usize..300, 0u8..10), 1..200),
         ) {
-            let mut out = Outbox::new(512);
-            let mut inbox = Inbox::default();
+            let mut out = outbox(512, window as u64);
+            let mut inbox = Inbox::new(window);
             let mut delivered = Vec::new();
             let mut written = 0;
             let mut in_flight: VecDeque<Frame> = VecDeque::new();
@@ -393,9 +566,11 @@ mod tests {
                 }
                 if rounds % 2 == 0 {
                     if let Some(frame) = in_flight.pop_front() {
-                        arrive(&mut inbox, frame, &mut delivered);
+                        arrive(&mut inbox, frame);
                     }
+                    deliver(&mut inbox, size, &mut delivered);
                     out.ack(inbox.received()).unwrap();
+                    out.grant(inbox.limit());
                 }
                 match action {
                     // The leg breaks: what is in flight is lost; resume from the inbox.
@@ -403,15 +578,18 @@ mod tests {
                         in_flight.clear();
                         out.resume_from(inbox.received()).unwrap();
                     }
-                    // A frame arrives; sometimes its acknowledgement too.
+                    // A frame arrives; sometimes its acknowledgement too (with the window).
                     1..=4 => {
                         if let Some(frame) = in_flight.pop_front() {
-                            arrive(&mut inbox, frame, &mut delivered);
+                            arrive(&mut inbox, frame);
                             if action % 2 == 0 {
                                 out.ack(inbox.received()).unwrap();
+                                out.grant(inbox.limit());
                             }
                         }
                     }
+                    // The application reads, and says nothing yet.
+                    5 => deliver(&mut inbox, size, &mut delivered),
                     // A frame leaves.
                     _ => {
                         if let Some(frame) = take(&mut out, size) {
@@ -420,7 +598,10 @@ mod tests {
                     }
                 }
                 prop_assert!(out.unacked() <= 512, "bounded");
+                prop_assert!(inbox.pending() <= window, "within the window");
+                prop_assert!(inbox.held.capacity() <= window.max(8), "memory within the window");
             }
+            deliver(&mut inbox, usize::MAX, &mut delivered);
             prop_assert!(inbox.finished());
             prop_assert_eq!(delivered, data);
         }

@@ -1,6 +1,7 @@
 //! Helpers every end-to-end test file shares (each includes this module with `mod common;`).
 
 pub mod kernel_router;
+pub mod tunnel;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
