@@ -4,6 +4,9 @@
 //! an upload, the entry during a download), each a real `idlegate relay` process over
 //! loopback; no root needed.
 
+mod common;
+
+use common::free_port;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -55,14 +58,6 @@ fn start(args: &[&str], ready: &str) -> Running {
     rx.recv_timeout(WAIT)
         .unwrap_or_else(|_| panic!("idlegate relay {args:?} did not say {ready:?}"));
     running
-}
-
-/// A loopback port nobody listens on (bound once, then let go).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Kills `end` with SIGKILL and waits until it is gone.

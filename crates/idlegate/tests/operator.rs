@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::free_port;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -38,14 +40,6 @@ fn idlegate(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// A free loopback port (bound and let go: the metrics listener binds it next).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// Sends `request` to `addr` and reads the whole answer until the server's FIN. An error

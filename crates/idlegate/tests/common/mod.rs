@@ -28,6 +28,16 @@ pub fn unique(prefix: &str) -> String {
 /// Sends `bytes` bytes over one TCP connection from namespace `client_ns` to a server that
 /// this function runs at `address` in `server_ns`, and returns how many the server read
 /// before the client's FIN (15 s at most without progress on either side).
+/// A loopback address nobody listens on: a port bound once and let go, for a program the test
+/// starts to bind next.
+#[allow(dead_code)] // not every test file starts a listener of its own
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free loopback port")
+        .local_addr()
+        .expect("its address")
+}
+
 #[allow(dead_code)] // not every test file moves bulk data
 pub fn transfer(
     client_ns: &str,
