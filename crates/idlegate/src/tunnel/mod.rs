@@ -16,10 +16,11 @@
 //! exit's [`gate`] holds connections without a thread each until they have said Hello.
 //!
 //! Several exits may share a key behind a load balancer; each holds its own sessions. The
-//! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit is
-//! full or cannot reach its target (a new session), and when an exit does not know the
-//! session it resumes (another may hold it). An exit that ended a session says so
-//! ([`ended`]), and the entry stops at once.
+//! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit resets
+//! or closes it before its answer (its [`gate`] does so under load, as to a wrong key), when
+//! an exit is full or cannot reach its target (a new session), and when an exit does not know
+//! the session it resumes (another may hold it) ([`dial`]). An exit that ended a session says
+//! so ([`ended`]), and the entry stops at once.
 //!
 //! | module | what |
 //! |---|---|
