@@ -7,16 +7,15 @@
 //! Everything runs on loopback (no root): the attackers use other loopback source addresses
 //! (127.0.0.2, 127.0.1.x) than the entry (127.0.0.1), as hosts elsewhere would.
 
-#[allow(dead_code)] // no root needed here: require_root is not used
 mod common;
 
-use idlegate::relay::Keepalive;
+use common::tunnel::{settings, start_entry_with, wait_until, CutPath, WAIT};
+
 use idlegate::tunnel::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
 use idlegate::tunnel::key::{Key, PrivateKey, PublicKey};
-use idlegate::tunnel::leg::EntryKeys;
-use idlegate::tunnel::{Entry, Settings};
+use idlegate::tunnel::leg::{EntryKeys, Leg, LegError};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,29 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
-const WAIT: Duration = Duration::from_secs(30);
-
-fn settings(heartbeat: Duration, resume_within: Duration) -> Settings {
-    Settings {
-        heartbeat,
-        resume_within,
-        replay_buffer: 4 << 20,
-        keepalive: Keepalive::parse("1s,1s,3").unwrap(),
-        max_sessions: 10_000,
-    }
-}
-
-/// Polls `done` every 10 ms until it holds or `within` passes; says whether it held.
-fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    done()
-}
 
 /// An echo server on loopback that counts the connections it accepted.
 fn echo_server() -> (SocketAddr, Arc<AtomicU64>) {
@@ -153,78 +129,6 @@ impl Drop for ExitProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// An entry in this process; stopped when dropped.
-struct EntryRunning {
-    addr: SocketAddr,
-    stats: Arc<idlegate::relay::Stats>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for EntryRunning {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn start_entry(tunnel: SocketAddr, keys: impl Into<EntryKeys>, s: Settings) -> EntryRunning {
-    let entry = Entry::bind("127.0.0.1:0".parse().unwrap(), tunnel, keys, s).unwrap();
-    let running = EntryRunning {
-        addr: entry.local_addr().unwrap(),
-        stats: entry.stats(),
-        stop: entry.stop_flag(),
-    };
-    std::thread::spawn(move || entry.run());
-    running
-}
-
-/// A path between entry and exit whose connections the test can cut.
-struct CutPath {
-    addr: SocketAddr,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl CutPath {
-    fn new(to: SocketAddr) -> CutPath {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let path = CutPath {
-            addr: listener.local_addr().unwrap(),
-            conns: Arc::default(),
-        };
-        let conns = path.conns.clone();
-        std::thread::spawn(move || {
-            for near in listener.incoming().flatten() {
-                let Ok(far) = TcpStream::connect(to) else {
-                    continue;
-                };
-                conns
-                    .lock()
-                    .unwrap()
-                    .extend([near.try_clone().unwrap(), far.try_clone().unwrap()]);
-                let (n2, f2) = (near.try_clone().unwrap(), far.try_clone().unwrap());
-                std::thread::spawn(move || forward(near, far));
-                std::thread::spawn(move || forward(f2, n2));
-            }
-        });
-        path
-    }
-
-    fn cut(&self) {
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn forward(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = vec![0u8; 1 << 16];
-    while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Connections that send `payload` (perhaps nothing) and then nothing more, each reopened
@@ -368,8 +272,8 @@ fn keyed_clients_are_served_during(what: &str, attack: impl FnOnce(SocketAddr, &
     let (echo, _) = echo_server();
     let exit = ExitProcess::start(echo, &["--key", key_path.to_str().unwrap()]);
     let path = CutPath::new(exit.addr);
-    let s = settings(Duration::from_secs(1), Duration::from_secs(60));
-    let entry = start_entry(path.addr, key.clone(), s);
+    let s = settings(1000, Duration::from_secs(60));
+    let entry = start_entry_with(path.addr, key.clone(), s);
     // A session that is up before the attack.
     let mut live = TcpStream::connect(entry.addr).unwrap();
     assert_eq!(round_trip(&mut live, b"before"), Ok(b"before".to_vec()));
@@ -528,29 +432,44 @@ fn per_peer_keys_serve_a_listed_entry_refuse_an_unlisted_one_at_its_first_messag
             path_str(&peers),
         ],
     );
-    let s = settings(Duration::from_secs(1), WAIT);
+    let s = settings(1000, WAIT);
+    // For the entries the exit refuses: it resets them unanswered (as its gate drops a
+    // crowded source), so they dial again until their resume limit, then reset the client.
+    let short = settings(1000, Duration::from_secs(3));
     let as_peer = |own: PrivateKey, exit: PublicKey| EntryKeys::Peer { own, exit };
     let site_a = PrivateKey::load(&at("site-a.key")).unwrap();
 
     // A listed entry is served.
-    let entry_a = start_entry(exit.addr, as_peer(site_a.clone(), exit_public), s.clone());
+    let entry_a = start_entry_with(exit.addr, as_peer(site_a.clone(), exit_public), s.clone());
     let mut a = TcpStream::connect(entry_a.addr).unwrap();
     assert_eq!(round_trip(&mut a, b"site a"), Ok(b"site a".to_vec()));
-    let entry_b = start_entry(exit.addr, as_peer(site_b.clone(), exit_public), s.clone());
+    let entry_b = start_entry_with(
+        exit.addr,
+        as_peer(site_b.clone(), exit_public),
+        short.clone(),
+    );
     let mut b = TcpStream::connect(entry_b.addr).unwrap();
     assert_eq!(round_trip(&mut b, b"site b"), Ok(b"site b".to_vec()));
     assert_eq!(accepted.load(Ordering::Relaxed), 2);
 
     // An entry not on the list, and a listed one that has the exit's key wrong, are refused
     // before the exit opens anything.
-    let entry_c = start_entry(exit.addr, as_peer(stranger.clone(), exit_public), s.clone());
+    let entry_c = start_entry_with(
+        exit.addr,
+        as_peer(stranger.clone(), exit_public),
+        short.clone(),
+    );
     let mut c = TcpStream::connect(entry_c.addr).unwrap();
     assert_eq!(
         round_trip(&mut c, b"let me in"),
         Err(ErrorKind::ConnectionReset)
     );
     let wrong_exit = PrivateKey::random().unwrap().public();
-    let entry_w = start_entry(exit.addr, as_peer(site_a.clone(), wrong_exit), s.clone());
+    let entry_w = start_entry_with(
+        exit.addr,
+        as_peer(site_a.clone(), wrong_exit),
+        short.clone(),
+    );
     let mut w = TcpStream::connect(entry_w.addr).unwrap();
     assert_eq!(
         round_trip(&mut w, b"hello?"),
@@ -602,6 +521,90 @@ fn per_peer_keys_serve_a_listed_entry_refuse_an_unlisted_one_at_its_first_messag
     assert_eq!(round_trip(&mut a2, b"a new one"), Ok(b"a new one".to_vec()));
     assert_eq!(accepted.load(Ordering::Relaxed), 3);
     eprintln!("the exit's log:\n{}", exit.lines().join("\n"));
+}
+
+#[test]
+fn a_leg_answered_before_its_peer_was_revoked_and_greeted_after_starts_no_session() {
+    // The gate answers a first message under the peers list in force; the Hello may come up
+    // to 2 s later. A peer taken off the list in between must not get a session, which no
+    // later reread would end.
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    let exit_key = PrivateKey::generate(&at("exit.key")).unwrap();
+    let site = PrivateKey::generate(&at("site-r.key")).unwrap();
+    PrivateKey::generate(&at("site-s.key")).unwrap();
+    let read = |name: &str| std::fs::read_to_string(at(name)).unwrap();
+    let peers = at("peers");
+    std::fs::write(
+        &peers,
+        format!("{}{}", read("site-r.key.pub"), read("site-s.key.pub")),
+    )
+    .unwrap();
+    let (echo, accepted) = echo_server();
+    let exit = ExitProcess::start(
+        echo,
+        &[
+            "--private-key",
+            path_str(&at("exit.key")),
+            "--peers",
+            path_str(&peers),
+        ],
+    );
+    let keys = EntryKeys::Peer {
+        own: site,
+        exit: exit_key.public(),
+    };
+    // Site r is taken off the list; until the exit has reread it, legs keep being answered.
+    std::fs::write(&peers, read("site-s.key.pub")).unwrap();
+    let mut answered: Vec<(Instant, Leg)> = Vec::new();
+    assert!(
+        wait_until(WAIT, || {
+            if exit.said("revoked: site-r") {
+                return true;
+            }
+            let leg = TcpStream::connect(exit.addr)
+                .map_err(LegError::from)
+                .and_then(|s| Leg::initiate(s, &keys, Duration::from_secs(1)));
+            if let Ok(leg) = leg {
+                answered.push((Instant::now(), leg));
+            }
+            std::thread::sleep(Duration::from_millis(40));
+            false
+        }),
+        "the exit rereads its peers list: {:#?}",
+        exit.lines()
+    );
+    // The legs answered shortly before the reread still have time for their Hello (2 s).
+    let fresh: Vec<Leg> = answered
+        .into_iter()
+        .filter(|(when, _)| when.elapsed() < Duration::from_millis(1200))
+        .map(|(_, leg)| leg)
+        .collect();
+    assert!(!fresh.is_empty(), "a leg was answered before the reread");
+    let tried = fresh.len();
+    for mut leg in fresh {
+        let hello = Frame::Hello {
+            session: SessionId::NEW,
+            token: Token::default(),
+            received: 0,
+        };
+        if leg.send_now(&hello).is_err() {
+            continue;
+        }
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let answer = leg
+            .recv_now(&mut plain)
+            .map(|n| format!("{:?}", Frame::decode(&plain[..n])));
+        assert!(
+            !matches!(&answer, Ok(a) if a.contains("Welcome")),
+            "a revoked peer was welcomed: {answer:?}"
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        0,
+        "nothing opened for a revoked peer ({tried} legs greeted after the reread)"
+    );
 }
 
 /// Reads one length-prefixed record.

@@ -8,14 +8,12 @@ mod common;
 
 use common::tunnel::*;
 use common::{require_root, unique};
-use idlegate::control::{self, Request, Response};
 use idlegate::lab::{self, Lab, INTERNET};
 use idlegate::netns;
 use idlegate::relay::{Keepalive, Stats};
 use idlegate::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use idlegate::tunnel::key::Key;
 use idlegate::tunnel::leg::Leg;
-use idlegate::tunnel::{Entry, Exit};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -317,20 +315,14 @@ fn a_resume_that_reaches_an_exit_without_the_session_dials_again_until_it_reache
     let entry = start_entry(path.addr, &key, settings(300, WAIT));
     let client = TcpStream::connect(entry.addr).unwrap();
     let client = std::thread::spawn(move || exchange(client, BYTES, 11, Duration::ZERO));
-    for cut in 1..=CUTS {
-        wait_until(WAIT, || {
-            entry.stats.bytes_to_server.load(Ordering::Relaxed) >= cut * BYTES / (CUTS + 1)
-                || client.is_finished()
-        });
-        path.cut();
-        assert!(
-            wait_until(WAIT, || entry.stats.reconnects.load(Ordering::Relaxed)
-                >= cut
-                || client.is_finished()),
-            "resume {cut}"
-        );
+    kill_as_bytes_flow(&entry.stats, BYTES, CUTS, &client, |_| {
+        // Checked before each cut (after the previous resume), and after the last resume.
         assert_eq!(b_ids().len(), 0, "exit b never held the session");
-    }
+        path.cut();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(b_ids().len(), 0, "exit b never held the session");
     let (client, server) = (client.join().unwrap(), server.join().unwrap());
     assert_whole(&client, &server, BYTES);
     assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), CUTS);
@@ -352,47 +344,6 @@ fn two_member_lab() -> idlegate_core::Config {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     idlegate_core::Config::from_toml(&text, "examples/azure-lb.toml").unwrap()
-}
-
-/// Starts an exit in namespace `ns` on 0.0.0.0:7000 that connects to `connect`; returns its
-/// stats and stop flag.
-fn exit_in(
-    ns: &str,
-    connect: SocketAddr,
-    key: &Key,
-) -> anyhow::Result<(Arc<Stats>, Arc<AtomicBool>)> {
-    let k = key.clone();
-    let exit = netns::spawn_in(ns, move || {
-        Exit::bind(
-            "0.0.0.0:7000".parse().unwrap(),
-            connect,
-            k,
-            settings(300, WAIT),
-        )
-    })?
-    .join()
-    .unwrap()?;
-    let running = (exit.stats(), exit.stop_flag());
-    netns::spawn_in(ns, move || exit.run())?;
-    Ok(running)
-}
-
-/// Starts an entry in namespace `ns` on 127.0.0.1:7100 towards the lab's frontend port 7000.
-fn entry_in(ns: &str, key: &Key) -> anyhow::Result<(Arc<Stats>, Arc<AtomicBool>)> {
-    let k = key.clone();
-    let entry = netns::spawn_in(ns, move || {
-        Entry::bind(
-            "127.0.0.1:7100".parse().unwrap(),
-            "203.0.113.10:7000".parse().unwrap(),
-            k,
-            settings(300, WAIT),
-        )
-    })?
-    .join()
-    .unwrap()?;
-    let running = (entry.stats(), entry.stop_flag());
-    netns::spawn_in(ns, move || entry.run())?;
-    Ok(running)
 }
 
 /// A server application on 127.0.0.1:9000 in each of `namespaces`; the first connection any
@@ -443,37 +394,36 @@ fn a_tunnel_to_two_exits_behind_a_balancer_survives_expiries_whichever_exit_a_le
         let vms = [lab.namespace_of("vm1")?, lab.namespace_of("vm2")?];
         let server = exchange_server_in_each(&vms, BYTES)?;
         let exits = [
-            exit_in(&vms[0], "127.0.0.1:9000".parse()?, &key)?,
-            exit_in(&vms[1], "127.0.0.1:9000".parse()?, &key)?,
+            exit_in(
+                &vms[0],
+                "0.0.0.0:7000".parse()?,
+                "127.0.0.1:9000".parse()?,
+                &key,
+            )?,
+            exit_in(
+                &vms[1],
+                "0.0.0.0:7000".parse()?,
+                "127.0.0.1:9000".parse()?,
+                &key,
+            )?,
         ];
         let internet = lab.namespace_of(INTERNET)?;
-        let (entry, entry_stop) = entry_in(&internet, &key)?;
-        let client = netns::spawn_in(&internet, move || {
-            let conn = TcpStream::connect("127.0.0.1:7100").unwrap();
-            exchange(conn, BYTES, 0xc11e47, Duration::ZERO)
+        let (entry, entry_stop) = entry_in(
+            &internet,
+            "127.0.0.1:7100".parse()?,
+            "203.0.113.10:7000".parse()?,
+            &key,
+        )?;
+        let client = exchange_client_in(
+            &internet,
+            "127.0.0.1:7100".parse()?,
+            BYTES,
+            0xc11e47,
+            Duration::ZERO,
+        )?;
+        kill_as_bytes_flow(&entry, BYTES, KILLS, &client, |kill| {
+            expire_rule(&control_path, "app", kill)
         })?;
-        for kill in 1..=KILLS {
-            wait_until(WAIT, || {
-                entry.bytes_to_server.load(Ordering::Relaxed) >= kill * BYTES / (KILLS + 1)
-                    || client.is_finished()
-            });
-            let answer = control::ask(
-                &control_path,
-                &Request::Expire {
-                    rule: Some("app".into()),
-                    all: false,
-                },
-            )?;
-            assert!(
-                matches!(answer, Response::Expired { count: 1.. }),
-                "kill {kill}: {answer:?}"
-            );
-            assert!(
-                wait_until(WAIT, || entry.reconnects.load(Ordering::Relaxed) >= kill
-                    || client.is_finished()),
-                "resume after kill {kill}"
-            );
-        }
         let client = client.join().unwrap();
         let server = server.recv_timeout(WAIT)?;
         entry_stop.store(true, Ordering::Relaxed);
@@ -524,9 +474,19 @@ fn new_connections_through_a_balancer_with_one_exit_down_dial_again_and_are_carr
                 });
             }
         });
-        let (_, exit_stop) = exit_in(&vm1, "127.0.0.1:9000".parse()?, &key)?;
+        let (_, exit_stop) = exit_in(
+            &vm1,
+            "0.0.0.0:7000".parse()?,
+            "127.0.0.1:9000".parse()?,
+            &key,
+        )?;
         let internet = lab.namespace_of(INTERNET)?;
-        let (entry, entry_stop) = entry_in(&internet, &key)?;
+        let (entry, entry_stop) = entry_in(
+            &internet,
+            "127.0.0.1:7100".parse()?,
+            "203.0.113.10:7000".parse()?,
+            &key,
+        )?;
         let outcomes = netns::spawn_in(&internet, move || {
             (0..CONNECTIONS)
                 .map(|i| -> Result<(), String> {

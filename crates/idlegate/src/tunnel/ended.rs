@@ -6,16 +6,21 @@
 //! whether the session finished in order) and [`Ended::refusal`] answers a resume with
 //! `Finished` or `Ended`, only for the right id and token (anything else is `UnknownSession`,
 //! as before). A record is kept for `keep` (the resume limit: no entry tries longer) and there
-//! are at most `max` of them; when that many are younger than `keep`, an end is not recorded,
-//! and an entry that asks is told `UnknownSession` and gives up at its own resume limit.
+//! are at most `max` of them; when full, a new end takes the place of the oldest record (an
+//! entry asking about that one is told `UnknownSession` and gives up at its own resume limit;
+//! the newest ends are the ones entries are still resuming). Records leave in the order they
+//! came ([`VecDeque`]): each end costs O(1), never a pass over all of them. A record is
+//! about 100 bytes (id, token, time, and the queue's copy of the id and time).
 
 use super::frame::{Refusal, SessionId, Token};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Sessions ended lately.
 pub struct Ended {
     records: HashMap<SessionId, Record>,
+    /// The ids of `records`, oldest first, with the time each was noted.
+    order: VecDeque<(SessionId, Instant)>,
     keep: Duration,
     max: usize,
 }
@@ -31,28 +36,35 @@ impl Ended {
     pub fn new(keep: Duration, max: usize) -> Ended {
         Ended {
             records: HashMap::new(),
+            order: VecDeque::new(),
             keep,
-            max,
+            max: max.max(1),
         }
     }
 
-    /// Session `id` (with `token`) ended at `now`, in order if `whole`.
+    /// Session `id` (with `token`) ended at `now`, in order if `whole`. Records past `keep`
+    /// leave; when `max` are left, the oldest leaves.
     pub fn note(&mut self, id: SessionId, token: Token, whole: bool, now: Instant) {
-        if self.records.len() >= self.max {
-            let keep = self.keep;
-            self.records
-                .retain(|_, r| now.saturating_duration_since(r.at) < keep);
+        while let Some(&(old, at)) = self.order.front() {
+            let expired = now.saturating_duration_since(at) >= self.keep;
+            if !expired && self.order.len() < self.max {
+                break;
+            }
+            self.order.pop_front();
+            // A record noted again later (the same id twice) stays until its own turn.
+            if self.records.get(&old).is_some_and(|r| r.at == at) {
+                self.records.remove(&old);
+            }
         }
-        if self.records.len() < self.max {
-            self.records.insert(
-                id,
-                Record {
-                    token,
-                    at: now,
-                    whole,
-                },
-            );
-        }
+        self.order.push_back((id, now));
+        self.records.insert(
+            id,
+            Record {
+                token,
+                at: now,
+                whole,
+            },
+        );
     }
 
     /// The answer to a resume of `id` with `token` that no live session here matched.
@@ -103,25 +115,56 @@ mod tests {
     }
 
     #[test]
-    fn the_records_stay_within_their_bound() {
+    fn when_full_the_oldest_record_makes_way_for_the_newest() {
         let t0 = Instant::now();
         let mut ended = Ended::new(Duration::from_secs(10), 2);
         for i in 0..3u8 {
-            ended.note(SessionId([i; 16]), Token([i; 32]), false, t0);
+            let at = t0 + Duration::from_millis(u64::from(i));
+            ended.note(SessionId([i; 16]), Token([i; 32]), i == 2, at);
         }
         assert_eq!(ended.records.len(), 2);
+        assert_eq!(ended.order.len(), 2);
+        assert_eq!(
+            ended.refusal(SessionId([0; 16]), &Token([0; 32]), t0),
+            Refusal::UnknownSession,
+            "the oldest made way"
+        );
+        assert_eq!(
+            ended.refusal(SessionId([1; 16]), &Token([1; 32]), t0),
+            Refusal::Ended
+        );
         assert_eq!(
             ended.refusal(SessionId([2; 16]), &Token([2; 32]), t0),
-            Refusal::UnknownSession,
-            "not recorded while the others are young"
+            Refusal::Finished,
+            "the newest end is recorded"
         );
-        // Once the old ones are past `keep`, a new end takes their place.
+        // Once the old ones are past `keep`, they leave with the next end.
         let later = t0 + Duration::from_secs(11);
         ended.note(SessionId([4; 16]), Token([4; 32]), true, later);
         assert_eq!(ended.records.len(), 1);
+        assert_eq!(ended.order.len(), 1);
         assert_eq!(
             ended.refusal(SessionId([4; 16]), &Token([4; 32]), later),
             Refusal::Finished
+        );
+    }
+
+    #[test]
+    fn a_full_record_keeps_its_bound_over_many_ends() {
+        let t0 = Instant::now();
+        let mut ended = Ended::new(Duration::from_secs(120), 1000);
+        for i in 0..100_000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            ended.note(SessionId(id), Token([1; 32]), false, t0);
+        }
+        assert_eq!(ended.records.len(), 1000);
+        assert_eq!(ended.order.len(), 1000);
+        let mut last = [0u8; 16];
+        last[..4].copy_from_slice(&99_999u32.to_le_bytes());
+        assert_eq!(
+            ended.refusal(SessionId(last), &Token([1; 32]), t0),
+            Refusal::Ended
         );
     }
 }

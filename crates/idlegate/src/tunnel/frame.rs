@@ -73,8 +73,9 @@ pub enum Refusal {
     TargetUnreachable = 2,
     /// The responder has as many sessions as it may hold.
     Full = 3,
-    /// The session ended here and will not resume: it expired, an application reset it, or
-    /// the peer broke the protocol (id and token both right).
+    /// The session ended here and will not resume: it expired, an application reset it, the
+    /// peer broke the protocol, or the peer was taken off the peers list (id and token both
+    /// right).
     Ended = 4,
     /// The session finished here in order: this end had every byte and the FIN from the
     /// peer, and the peer's were all acknowledged (id and token both right).
@@ -87,7 +88,10 @@ impl std::fmt::Display for Refusal {
             Refusal::UnknownSession => "no such session (expired, or never ours)",
             Refusal::TargetUnreachable => "the far end could not connect to its target",
             Refusal::Full => "the far end holds as many sessions as it may",
-            Refusal::Ended => "the session ended at the far end (expired, or reset there)",
+            Refusal::Ended => {
+                "the session ended at the far end (expired, reset there, or this end's key was \
+                 taken off the exit's peers list)"
+            }
             Refusal::Finished => "the session finished at the far end in order",
         })
     }

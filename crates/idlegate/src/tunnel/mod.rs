@@ -16,10 +16,11 @@
 //! exit's [`gate`] holds connections without a thread each until they have said Hello.
 //!
 //! Several exits may share a key behind a load balancer; each holds its own sessions. The
-//! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit is
-//! full or cannot reach its target (a new session), and when an exit does not know the
-//! session it resumes (another may hold it). An exit that ended a session says so
-//! ([`ended`]), and the entry stops at once.
+//! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit resets
+//! or closes it before its answer (its [`gate`] does so under load, as to a wrong key), when
+//! an exit is full or cannot reach its target (a new session), and when an exit does not know
+//! the session it resumes (another may hold it) ([`dial`]). An exit that ended a session says
+//! so ([`ended`]), and the entry stops at once.
 //!
 //! | module | what |
 //! |---|---|
@@ -30,8 +31,10 @@
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
 //! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
 //! | [`session`] | one application connection on whichever leg is alive |
+//! | [`dial`] | the entry's legs: a new session's, and each resume's |
 //! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
 
+mod dial;
 pub mod ended;
 pub mod frame;
 pub mod gate;
@@ -45,8 +48,8 @@ use crate::echo::wait_readable;
 use crate::relay::{Keepalive, Stats};
 use anyhow::{Context, Result};
 use ended::Ended;
-use frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
-use leg::{EntryKeys, ExitKeys, Leg, LegError, Peer, Responding};
+use frame::{Frame, Refusal, SessionId, Token};
+use leg::{EntryKeys, ExitKeys, Leg, Peer, Responding};
 use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -91,9 +94,25 @@ impl Settings {
         Ok(())
     }
 
-    /// How long one dial and handshake may take, and how long a leg may go unheard.
+    /// How long a leg may go unheard.
     fn leg_timeout(&self) -> Duration {
         self.heartbeat * session::MISSED_HEARTBEATS
+    }
+
+    /// How long the exit may take to connect to its target for a new session; its answer
+    /// (Welcome, or TargetUnreachable) has as long again to leave.
+    fn target_connect_timeout(&self) -> Duration {
+        self.leg_timeout().max(Duration::from_secs(1))
+    }
+
+    /// How long the entry gives one dial: the connect, then the handshake, the Hello and the
+    /// exit's answer. Longer than the exit's [`Settings::target_connect_timeout`] by a leg
+    /// timeout (the handshake's round trips, the gate, the exit's thread), so that an exit
+    /// slow to reach its target answers before the entry gives up on the leg; else the entry
+    /// would count a working exit as failed and the exit would hold a server connection for a
+    /// leg already dead.
+    fn dial_timeout(&self) -> Duration {
+        self.target_connect_timeout() + self.leg_timeout().max(Duration::from_secs(1))
     }
 }
 
@@ -161,7 +180,7 @@ impl Entry {
             // At the session limit, new application connections wait in the listen queue.
             || held.load(Ordering::Relaxed) < self.settings.max_sessions,
             |app, peer| {
-                let dial = Dial {
+                let dial = dial::Dial {
                     tunnel: self.tunnel,
                     keys: self.keys.clone(),
                     settings: self.settings.clone(),
@@ -221,279 +240,6 @@ fn accept_until_stopped(
     Ok(())
 }
 
-/// What the entry needs to open legs.
-struct Dial {
-    tunnel: SocketAddr,
-    keys: Arc<EntryKeys>,
-    settings: Settings,
-}
-
-/// Why a dial failed.
-#[derive(Debug, thiserror::Error)]
-enum DialError {
-    /// No connection to an exit: none listens where the dial landed (one exit of several is
-    /// down), or the path is down. Another dial may reach another exit.
-    #[error("connecting: {0}")]
-    Connect(io::Error),
-    /// Connected, but the leg failed: a wrong key, most likely.
-    #[error(transparent)]
-    Leg(#[from] LegError),
-}
-
-/// The waits between dials: 50 ms, doubling, at most a heartbeat.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(heartbeat: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_millis(50),
-            max: heartbeat.max(Duration::from_millis(50)),
-        }
-    }
-
-    /// The next wait; the one after is twice as long (up to the most).
-    fn take(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-}
-
-impl Dial {
-    /// One leg: connect, handshake, Hello; the exit's answer.
-    fn open(
-        &self,
-        session: SessionId,
-        token: Token,
-        received: u64,
-    ) -> Result<(Leg, Frame<'static>), DialError> {
-        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-        let stream =
-            TcpStream::connect_timeout(&self.tunnel, timeout).map_err(DialError::Connect)?;
-        let mut leg = Leg::initiate(stream, &*self.keys, timeout)?;
-        leg.send_now(&Frame::Hello {
-            session,
-            token,
-            received,
-        })?;
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = leg.recv_now(&mut plain)?;
-        let answer = match Frame::decode(&plain[..n]).map_err(LegError::from)? {
-            Frame::Welcome {
-                session,
-                token,
-                received,
-            } => Frame::Welcome {
-                session,
-                token,
-                received,
-            },
-            Frame::Refuse(reason) => Frame::Refuse(reason),
-            other => {
-                return Err(DialError::Leg(LegError::Io(io::Error::other(format!(
-                    "expected Welcome, got {other:?}"
-                )))))
-            }
-        };
-        leg.go_nonblocking().map_err(LegError::from)?;
-        Ok((leg, answer))
-    }
-
-    /// Carries one application connection until it ends.
-    fn carry(&self, app: TcpStream, stats: &Arc<Stats>) -> Result<()> {
-        let _ = self.settings.keepalive.apply_relayed(&app);
-        let (mut leg, session, token) = match self.first_leg() {
-            Ok(opened) => opened,
-            Err(e) => {
-                reset(&app);
-                return Err(e);
-            }
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        let _open = Open(stats);
-        let mut s = Session::new(
-            session,
-            token,
-            app,
-            Side::Entry,
-            self.settings.replay_buffer,
-            self.settings.heartbeat,
-            stats.clone(),
-        )?;
-        loop {
-            match s.run_leg(&mut leg, None) {
-                LegEnd::Done => {
-                    leg.close_in_order(self.settings.leg_timeout());
-                    return Ok(());
-                }
-                LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
-                LegEnd::Violation(why) => {
-                    s.reset_app();
-                    anyhow::bail!("session {}: the exit broke the protocol: {why}", s.id);
-                }
-                // Only the exit's sessions are given a wake descriptor.
-                LegEnd::Replaced => {}
-                LegEnd::Lost(why) => {
-                    tracing::info!("tunnel: session {}: leg lost ({why}); resuming", s.id);
-                    match self.resume(&mut s, stats)? {
-                        Some(new) => leg = new,
-                        None => return Ok(()),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Dials until an exit takes a new session. A dial that reaches no exit, or an exit that
-    /// is full or cannot reach its target, is tried again until `resume_within` (behind a
-    /// balancer the next dial may reach another exit); a leg that fails once connected (a
-    /// wrong key) is final.
-    /// A leg that connected and then failed, in words: one that ran out of time says `timed
-    /// out after …`, not EAGAIN's `Resource temporarily unavailable`; in the per-peer mode a
-    /// refused handshake comes with a hint.
-    fn leg_failure(&self, e: LegError) -> anyhow::Error {
-        let hint = match (&*self.keys, &e) {
-            (EntryKeys::Peer { own, .. }, LegError::Closed | LegError::Io(_)) => format!(
-                "\nhint: if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
-                own.public()
-            ),
-            _ => String::new(),
-        };
-        let timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-        let err: anyhow::Error = match e {
-            LegError::Io(e) => crate::timeout::explain(e, timeout).into(),
-            other => other.into(),
-        };
-        let err = err.context(format!("opening the tunnel to {}", self.tunnel));
-        if hint.is_empty() {
-            err
-        } else {
-            anyhow::anyhow!("{err:#}{hint}")
-        }
-    }
-
-    fn first_leg(&self) -> Result<(Leg, SessionId, Token)> {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(self.settings.heartbeat);
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            let why = match self.open(SessionId::NEW, Token::default(), 0) {
-                Ok((leg, Frame::Welcome { session, token, .. })) => {
-                    // A dial or two that a balancer sent to an exit that is down is routine
-                    // (one line per connection would flood the log); a wait is not.
-                    let took = started.elapsed();
-                    if took >= self.settings.heartbeat {
-                        tracing::info!(
-                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
-                        );
-                    } else if tries > 1 {
-                        tracing::debug!(
-                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
-                        );
-                    }
-                    return Ok((leg, session, token));
-                }
-                Ok((_, answer @ Frame::Refuse(Refusal::Full | Refusal::TargetUnreachable))) => {
-                    refusal(&answer)
-                }
-                Ok((_, answer)) => {
-                    anyhow::bail!("the tunnel refused a new session: {}", refusal(&answer))
-                }
-                Err(DialError::Connect(e)) => format!("connecting: {e}"),
-                Err(DialError::Leg(e)) => return Err(self.leg_failure(e)),
-            };
-            let wait = backoff.take();
-            if started.elapsed() + wait > self.settings.resume_within {
-                anyhow::bail!(
-                    "no exit at {} took the connection within {:?} ({tries} tries, the last: \
-                     {why}); the application's connection was reset",
-                    self.tunnel,
-                    self.settings.resume_within
-                );
-            }
-            tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);
-            std::thread::sleep(wait);
-        }
-    }
-
-    /// Opens legs until one resumes `s`, or `resume_within` has passed. An exit that does
-    /// not know the session is not the last word (another exit may hold it); one that ended
-    /// it is. None: the exit finished the session in order, and so did this end.
-    fn resume(&self, s: &mut Session, stats: &Stats) -> Result<Option<Leg>> {
-        let lost_at = Instant::now();
-        let mut backoff = Backoff::new(self.settings.heartbeat);
-        let mut tries = 0u32;
-        let mut unknown = 0u32;
-        loop {
-            tries += 1;
-            match self.open(s.id, s.token, s.received()) {
-                Ok((leg, Frame::Welcome { received, .. })) => {
-                    let replayed = s.resume(received).map_err(|e| {
-                        s.reset_app();
-                        anyhow::anyhow!("session {}: cannot resume: {e}", s.id)
-                    })?;
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        "tunnel: session {} resumed after {:.1?} ({tries} tries, {unknown} at \
-                         an exit that does not hold it); {replayed} bytes sent again",
-                        s.id,
-                        lost_at.elapsed()
-                    );
-                    return Ok(Some(leg));
-                }
-                Ok((_, Frame::Refuse(Refusal::UnknownSession))) => {
-                    if unknown == 0 {
-                        tracing::info!(
-                            "tunnel: session {}: an exit does not hold it; trying again (another \
-                             may) until {:?} have passed",
-                            s.id,
-                            self.settings.resume_within
-                        );
-                    }
-                    unknown += 1;
-                }
-                Ok((_, Frame::Refuse(Refusal::Finished))) if s.finish_without_leg() => {
-                    tracing::info!(
-                        "tunnel: session {}: the exit had finished it in order; so has this end",
-                        s.id
-                    );
-                    return Ok(None);
-                }
-                Ok((_, answer)) => {
-                    s.reset_app();
-                    stats.expired.fetch_add(1, Ordering::Relaxed);
-                    anyhow::bail!("session {}: resume refused: {}", s.id, refusal(&answer));
-                }
-                Err(e) => tracing::debug!("tunnel: session {}: try {tries}: {e}", s.id),
-            }
-            let wait = backoff.take();
-            if lost_at.elapsed() + wait > self.settings.resume_within {
-                s.reset_app();
-                stats.expired.fetch_add(1, Ordering::Relaxed);
-                anyhow::bail!(
-                    "session {}: no new leg within {:?} ({tries} tries, {unknown} at an exit \
-                     that does not hold it); the application's connection was reset",
-                    s.id,
-                    self.settings.resume_within
-                );
-            }
-            std::thread::sleep(wait);
-        }
-    }
-}
-
-fn refusal(answer: &Frame) -> String {
-    match answer {
-        Frame::Refuse(reason) => reason.to_string(),
-        other => format!("{other:?}"),
-    }
-}
-
 /// One place of a tunnel entry's session limit, taken from the accept; given back when
 /// dropped.
 struct Held(Arc<AtomicUsize>);
@@ -520,12 +266,6 @@ impl Drop for Open<'_> {
     }
 }
 
-/// A RST when `stream` is dropped (SO_LINGER 0), and no FIN before it.
-fn reset(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
-    let _ = stream.shutdown(std::net::Shutdown::Read);
-}
-
 /// A session of the exit, as the acceptor of a new leg finds it.
 struct Slot {
     token: Token,
@@ -535,7 +275,51 @@ struct Slot {
     revoked: AtomicBool,
     /// A new leg and the `received` of its Hello, waiting for the session to take it.
     offer: Mutex<Option<(Leg, u64)>>,
+    /// Non-blocking: see [`Slot::wake`].
     wake_tx: UnixStream,
+}
+
+impl Slot {
+    /// A session's slot, and the reading end of its wakes (non-blocking, as is the writing
+    /// end).
+    fn new(token: Token, peer: Peer) -> io::Result<(Slot, UnixStream)> {
+        let (wake_rx, wake_tx) = UnixStream::pair()?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        let slot = Slot {
+            token,
+            peer,
+            revoked: AtomicBool::new(false),
+            offer: Mutex::new(None),
+            wake_tx,
+        };
+        Ok((slot, wake_rx))
+    }
+
+    /// Wakes the session's thread. Never blocks (the gate's thread and the legs' threads call
+    /// it): when the socket is full a wake is already pending, and one is enough, since the
+    /// session looks at its offer and its revoked flag each time it wakes.
+    fn wake(&self) -> io::Result<()> {
+        match (&self.wake_tx).write(&[1]) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How many ended sessions an exit remembers per session it may hold (see [`ended`]).
+const ENDED_PER_SESSION: usize = 10;
+/// The fewest ended sessions an exit remembers.
+const ENDED_AT_LEAST: usize = 100_000;
+
+/// Whether `peer` is on the exit's peers list in force now (every holder of the pre-shared
+/// key is).
+fn still_listed(keys: &ExitKeys, peer: &Peer) -> bool {
+    match (keys, peer.key()) {
+        (ExitKeys::Peers { peers, .. }, Some(key)) => peers.list().name(&key).is_some(),
+        (ExitKeys::Peers { .. }, None) => false,
+        (ExitKeys::Psk(_), _) => true,
+    }
 }
 
 /// The end next to the server.
@@ -560,7 +344,13 @@ impl Exit {
         settings.check()?;
         let listener =
             crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
-        let ended = Ended::new(settings.resume_within, settings.max_sessions);
+        let ended = Ended::new(
+            settings.resume_within,
+            settings
+                .max_sessions
+                .saturating_mul(ENDED_PER_SESSION)
+                .max(ENDED_AT_LEAST),
+        );
         Ok(Exit {
             listener,
             connect,
@@ -635,7 +425,9 @@ impl Exit {
                     let key = slot.peer.key();
                     if revoked.iter().any(|(k, _)| Some(*k) == key) {
                         slot.revoked.store(true, Ordering::Relaxed);
-                        let _ = (&slot.wake_tx).write_all(&[1]);
+                        if let Err(e) = slot.wake() {
+                            tracing::warn!("tunnel exit: waking a revoked session: {e}");
+                        }
                     }
                 }
             }
@@ -651,6 +443,7 @@ impl gate::Exit for Exit {
     fn greeted(&self, greeted: gate::Greeted) {
         let this = ExitLeg {
             connect: self.connect,
+            keys: self.keys.clone(),
             settings: self.settings.clone(),
             stats: self.stats.clone(),
             sessions: self.sessions.clone(),
@@ -677,6 +470,7 @@ impl gate::Exit for Exit {
 /// What the exit needs to serve one leg.
 struct ExitLeg {
     connect: SocketAddr,
+    keys: Arc<ExitKeys>,
     settings: Settings,
     stats: Arc<Stats>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
@@ -694,7 +488,7 @@ impl ExitLeg {
             token,
             received,
         } = greeted;
-        leg.go_blocking(self.settings.leg_timeout().max(Duration::from_secs(1)))?;
+        leg.go_blocking(self.settings.target_connect_timeout())?;
         if session == SessionId::NEW {
             return self.start(leg, from);
         }
@@ -706,12 +500,19 @@ impl ExitLeg {
             .cloned();
         match slot {
             Some(slot) if slot.token.matches(&token) && slot.peer.key() == leg.peer().key() => {
+                // The gate answered under the list in force then; the peer may have been
+                // taken off it since. (If it was, the reread marks the session revoked too.)
+                if !still_listed(&self.keys, &slot.peer) {
+                    let _ = leg.send_now(&Frame::Refuse(Refusal::Ended));
+                    anyhow::bail!(
+                        "resume of session {session} refused: {} was taken off the peers list",
+                        slot.peer
+                    );
+                }
                 if let Ok(mut offer) = slot.offer.lock() {
                     *offer = Some((leg, received));
                 }
-                (&slot.wake_tx)
-                    .write_all(&[1])
-                    .context("waking the session")?;
+                slot.wake().context("waking the session")?;
                 Ok(())
             }
             _ => {
@@ -729,22 +530,24 @@ impl ExitLeg {
     /// A new session: connect to the target, welcome the entry, and carry it.
     fn start(self, mut leg: Leg, from: SocketAddr) -> Result<()> {
         let (id, token) = (SessionId(random()?), Token(random()?));
-        let (wake_rx, wake_tx) = UnixStream::pair()?;
-        wake_rx.set_nonblocking(true)?;
         let peer = leg.peer().clone();
         let tag = peer.tag();
-        let slot = Arc::new(Slot {
-            token,
-            peer: peer.clone(),
-            revoked: AtomicBool::new(false),
-            offer: Mutex::new(None),
-            wake_tx,
-        });
+        let (slot, wake_rx) = Slot::new(token, peer.clone())?;
+        let slot = Arc::new(slot);
         {
             let mut sessions = self
                 .sessions
                 .lock()
                 .map_err(|_| anyhow::anyhow!("session table poisoned"))?;
+            // Checked with the table locked: a reread that takes the peer off the list after
+            // this finds the session in the table and ends it; one before, and the peer gets
+            // nothing (the gate answered it under the list in force then). Closed unanswered,
+            // as the gate refuses a key it does not know.
+            if !still_listed(&self.keys, &peer) {
+                drop(sessions);
+                drop(leg);
+                anyhow::bail!("refused a new session: {peer} was taken off the peers list");
+            }
             if sessions.len() >= self.settings.max_sessions {
                 drop(sessions);
                 let _ = leg.send_now(&Frame::Refuse(Refusal::Full));
@@ -760,8 +563,10 @@ impl ExitLeg {
             welcomed: false,
             whole: false,
         };
-        let connect_timeout = self.settings.leg_timeout().max(Duration::from_secs(1));
-        let app = match TcpStream::connect_timeout(&self.connect, connect_timeout) {
+        let app = TcpStream::connect_timeout(&self.connect, self.settings.target_connect_timeout());
+        // The answer has its own deadline, however long the connect took.
+        leg.go_blocking(self.settings.target_connect_timeout())?;
+        let app = match app {
             Ok(app) => app,
             Err(e) => {
                 let _ = leg.send_now(&Frame::Refuse(Refusal::TargetUnreachable));
@@ -820,6 +625,9 @@ impl ExitLeg {
                 s.reset_app();
                 if waiting.is_none() && leg.send(&Frame::Reset).is_ok() {
                     leg.close_in_order(self.settings.heartbeat);
+                } else if let Some((mut new_leg, _)) = offer {
+                    // Offered before the reread: told the session is over.
+                    let _ = new_leg.send_now(&Frame::Refuse(Refusal::Ended));
                 }
                 self.stats.resets.fetch_add(1, Ordering::Relaxed);
                 anyhow::bail!("session {id}: {peer} was taken off the peers list; session reset");
@@ -927,4 +735,52 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waking_a_session_never_blocks_however_many_wakes_pile_up() {
+        // The gate's thread wakes sessions (a revoked peer); a session thread busy elsewhere
+        // reads none of them meanwhile. The socket's buffer fills after some 100,000 wakes.
+        let (slot, wake_rx) = Slot::new(Token([1; 32]), Peer::Psk).unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..1_000_000 {
+                slot.wake().unwrap();
+            }
+            let _ = done_tx.send(slot);
+        });
+        let slot = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a million wakes went through without blocking");
+        // The session still finds a wake pending, and nothing after it has drained them.
+        assert!(wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
+        assert!(take_offer(&wake_rx, &slot).is_none());
+        assert!(!wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
+    }
+
+    #[test]
+    fn the_entry_waits_for_a_welcome_longer_than_the_exit_may_take_to_reach_its_target() {
+        for heartbeat_ms in [10, 100, 300, 1000, 5000] {
+            let s = Settings {
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                resume_within: Duration::from_secs(120),
+                replay_buffer: 4 << 20,
+                keepalive: Keepalive::parse("1s,1s,3").unwrap(),
+                max_sessions: 10,
+            };
+            // The exit's clock starts after the handshake and the Hello; its answer may leave
+            // a whole connect timeout later. The entry's clock started before the handshake.
+            let margin = s.dial_timeout() - s.target_connect_timeout();
+            assert!(
+                margin >= s.leg_timeout() && margin >= Duration::from_secs(1),
+                "heartbeat {heartbeat_ms}ms: the entry waits only {margin:?} past the exit's \
+                 connect timeout {:?}",
+                s.target_connect_timeout()
+            );
+        }
+    }
 }

@@ -193,8 +193,7 @@ impl Session {
     /// Ends the application's connection with a RST, sent when the session (and so the
     /// socket) is dropped; no FIN before it, which would claim the stream ended whole.
     pub fn reset_app(&self) {
-        let _ = SockRef::from(&self.app).set_linger(Some(Duration::ZERO));
-        let _ = self.app.shutdown(Shutdown::Read);
+        reset_app(&self.app);
     }
 
     /// Both streams ended whole: the application's socket may now close with a FIN (until
@@ -580,4 +579,11 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<us
         return Err(e);
     }
     Ok(n as usize)
+}
+
+/// Arms `app` to end with a RST when dropped (SO_LINGER 0), with no FIN before it, which
+/// would claim the stream ended whole. For an application connection with no session yet too.
+pub fn reset_app(app: &TcpStream) {
+    let _ = SockRef::from(app).set_linger(Some(Duration::ZERO));
+    let _ = app.shutdown(Shutdown::Read);
 }

@@ -4,13 +4,17 @@
 
 #![allow(dead_code)] // each test file uses what it needs
 
+use idlegate::control::{self, Request, Response};
+use idlegate::netns;
 use idlegate::relay::{Keepalive, Stats};
 use idlegate::tunnel::frame::SessionId;
 use idlegate::tunnel::key::Key;
+use idlegate::tunnel::leg::EntryKeys;
 use idlegate::tunnel::{Entry, Exit, Settings};
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,7 +60,12 @@ pub fn start_exit(
 }
 
 pub fn start_entry(tunnel: SocketAddr, key: &Key, s: Settings) -> Running {
-    let entry = Entry::bind("127.0.0.1:0".parse().unwrap(), tunnel, key.clone(), s).unwrap();
+    start_entry_with(tunnel, key.clone(), s)
+}
+
+/// An entry with any keys (the pair's key, or its own key pair and the exit's public key).
+pub fn start_entry_with(tunnel: SocketAddr, keys: impl Into<EntryKeys>, s: Settings) -> Running {
+    let entry = Entry::bind("127.0.0.1:0".parse().unwrap(), tunnel, keys, s).unwrap();
     let running = Running {
         addr: entry.local_addr().unwrap(),
         stats: entry.stats(),
@@ -196,13 +205,16 @@ pub fn assert_whole(client: &Seen, server: &Seen, bytes: u64) {
 }
 
 /// A TCP path between entry and exit that the test can cut: each connection is forwarded by
-/// two threads; `cut` closes every connection on it, `block` refuses new ones with a RST. It
+/// two threads; `cut` closes every connection on it, `blocked` resets new ones once accepted
+/// (as an exit's gate drops a connection: the dial connects, then sees a RST), counted in
+/// `refused`. It
 /// records what the first connection carried from the entry. Built with several targets, it
 /// is a balancer: connection n goes to target n modulo their number.
 pub struct CutPath {
     pub addr: SocketAddr,
     pub conns: Arc<Mutex<Vec<TcpStream>>>,
     pub blocked: Arc<AtomicBool>,
+    pub refused: Arc<AtomicU64>,
     pub recorded: Arc<Mutex<Vec<u8>>>,
     pub accepted: Arc<AtomicU64>,
 }
@@ -218,12 +230,14 @@ impl CutPath {
             addr: listener.local_addr().unwrap(),
             conns: Arc::default(),
             blocked: Arc::default(),
+            refused: Arc::default(),
             recorded: Arc::default(),
             accepted: Arc::default(),
         };
-        let (conns, blocked, recorded, accepted) = (
+        let (conns, blocked, refused, recorded, accepted) = (
             path.conns.clone(),
             path.blocked.clone(),
+            path.refused.clone(),
             path.recorded.clone(),
             path.accepted.clone(),
         );
@@ -231,6 +245,7 @@ impl CutPath {
             for near in listener.incoming().flatten() {
                 if blocked.load(Ordering::Relaxed) {
                     let _ = socket2::SockRef::from(&near).set_linger(Some(Duration::ZERO));
+                    refused.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 let n = accepted.fetch_add(1, Ordering::Relaxed);
@@ -274,4 +289,103 @@ pub fn forward(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// The stats and stop flag of an end started in a namespace.
+pub type EndIn = (Arc<Stats>, Arc<AtomicBool>);
+
+/// Starts an exit in namespace `ns` on `listen` that connects to `connect` (heartbeat
+/// 300 ms); returns its stats and stop flag.
+pub fn exit_in(
+    ns: &str,
+    listen: SocketAddr,
+    connect: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<EndIn> {
+    let k = key.clone();
+    let exit = netns::spawn_in(ns, move || {
+        Exit::bind(listen, connect, k, settings(300, WAIT))
+    })?
+    .join()
+    .unwrap()?;
+    let running = (exit.stats(), exit.stop_flag());
+    netns::spawn_in(ns, move || exit.run())?;
+    Ok(running)
+}
+
+/// Starts an entry in namespace `ns` on `listen` towards `tunnel` (heartbeat 300 ms); returns
+/// its stats and stop flag.
+pub fn entry_in(
+    ns: &str,
+    listen: SocketAddr,
+    tunnel: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<EndIn> {
+    let k = key.clone();
+    let entry = netns::spawn_in(ns, move || {
+        Entry::bind(listen, tunnel, k, settings(300, WAIT))
+    })?
+    .join()
+    .unwrap()?;
+    let running = (entry.stats(), entry.stop_flag());
+    netns::spawn_in(ns, move || entry.run())?;
+    Ok(running)
+}
+
+/// The client application in namespace `ns`: connects to `to` and runs [`exchange`].
+pub fn exchange_client_in(
+    ns: &str,
+    to: SocketAddr,
+    bytes: u64,
+    seed: u64,
+    gap: Duration,
+) -> anyhow::Result<std::thread::JoinHandle<Seen>> {
+    netns::spawn_in(ns, move || {
+        let conn = TcpStream::connect(to).unwrap();
+        exchange(conn, bytes, seed, gap)
+    })
+}
+
+/// Breaks a session's leg `kills` times while `bytes` cross: each time another share has
+/// reached the server (`entry.bytes_to_server`), `kill(n)`, then asserts that the entry
+/// resumed for the nth time. Once `client` has finished there is nothing left to break (its
+/// bytes are checked after).
+pub fn kill_as_bytes_flow<T>(
+    entry: &Stats,
+    bytes: u64,
+    kills: u64,
+    client: &std::thread::JoinHandle<T>,
+    mut kill: impl FnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for n in 1..=kills {
+        // Break while bytes flow: each time after another share of the transfer has crossed.
+        wait_until(WAIT, || {
+            entry.bytes_to_server.load(Ordering::Relaxed) >= n * bytes / (kills + 1)
+                || client.is_finished()
+        });
+        kill(n)?;
+        assert!(
+            wait_until(WAIT, || entry.reconnects.load(Ordering::Relaxed) >= n
+                || client.is_finished()),
+            "resume after kill {n}"
+        );
+    }
+    Ok(())
+}
+
+/// Has the lab's gateway (control socket `control_path`) expire the flows of `rule`, as its
+/// timeout would; asserts that it expired at least one.
+pub fn expire_rule(control_path: &Path, rule: &str, kill: u64) -> anyhow::Result<()> {
+    let answer = control::ask(
+        control_path,
+        &Request::Expire {
+            rule: Some(rule.into()),
+            all: false,
+        },
+    )?;
+    assert!(
+        matches!(answer, Response::Expired { count: 1.. }),
+        "kill {kill}: {answer:?}"
+    );
+    Ok(())
 }
