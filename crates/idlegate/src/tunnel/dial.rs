@@ -201,6 +201,8 @@ impl Dial {
         let mut tries = 0u32;
         // A dial connected to an exit and was then dropped.
         let mut reached = false;
+        // The wait was logged.
+        let mut told = false;
         loop {
             tries += 1;
             let why = match self.open(SessionId::NEW, Token::default(), 0) {
@@ -247,7 +249,20 @@ impl Dial {
                     None => err,
                 });
             }
-            tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);
+            if !told && started.elapsed() >= self.settings.heartbeat {
+                // Once per connection, when its wait stops being routine: a wrong key looks
+                // like this too, and would otherwise be silent until `resume_within`.
+                told = true;
+                tracing::warn!(
+                    "tunnel: a new connection waits: {tries} dials to {} failed (the last: \
+                     {why}); trying again until {:?} have passed (if every dial fails so, \
+                     check that both ends have the same key)",
+                    self.tunnel,
+                    self.settings.resume_within
+                );
+            } else {
+                tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);
+            }
             std::thread::sleep(wait);
         }
     }
