@@ -13,7 +13,7 @@
 //! table's spare capacity. No flow allocates on its own.
 
 use crate::family::Endpoint;
-use crate::packet::{Protocol, TcpFlags, TcpSegment};
+use crate::packet::{Protocol, TcpFlags};
 use crate::timer::{Link, SlotId, Tick, Timers};
 use crate::window::{SynSpan, Windows};
 use hashbrown::HashTable;

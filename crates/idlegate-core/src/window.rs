@@ -308,7 +308,9 @@ impl<E: Endpoint> Flow<E> {
             && segment.flags.ack()
             && (handshake || self.ignored_syn == Some(from.opposite()))
             && self.syn.acknowledged_by(segment.ack);
-        answers_syn || (segment.seq == sent && !(handshake && !from_initiator))
+        // In SYN_SENT the responder's sequence number is not known yet: only its ACK counts.
+        let sequence_known = from_initiator || !handshake;
+        answers_syn || (sequence_known && segment.seq == sent)
     }
 
     /// Starts a flow picked up mid-stream (loose pickup) from its first segment, sent from
