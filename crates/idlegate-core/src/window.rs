@@ -191,9 +191,11 @@ impl<E: Endpoint> Flow<E> {
                     self.state,
                     FlowState::SynSent | FlowState::TimeWait | FlowState::Closed
                 );
+            // A repeat of the SYN being answered (its SYN-ACK was lost) is not a new one.
+            let repeat = self.state == FlowState::SynReceived && SynSpan::of(segment) == self.syn;
             if starts {
                 self.start(from, segment);
-            } else if from_initiator {
+            } else if from_initiator && !repeat {
                 self.syn = SynSpan::of(segment);
                 self.ignored_syn = Some(from);
             }
@@ -466,6 +468,23 @@ mod tests {
         let real = seg(TcpFlags::ACK, 5000, 1010, 0, 300);
         assert!(flow.track(Interface::Inside, &real, false));
         assert_ne!(flow.windows, before.windows);
+    }
+
+    #[test]
+    fn a_repeated_syn_and_syn_ack_in_syn_recv_keep_the_initiators_window() {
+        // The SYN-ACK was lost on its way to the initiator: both are sent again.
+        let mut flow = Flow::new(Protocol::Tcp, ep(100, 1), ep(10, 2), ep(11, 3), 0);
+        flow.start(Interface::Outside, &seg(TcpFlags::SYN, 1000, 0, 1, 8192));
+        let syn_ack = seg(TcpFlags::SYN | TcpFlags::ACK, 5000, 1001, 1, 65535);
+        assert!(flow.track(Interface::Inside, &syn_ack, false));
+        let before = flow;
+        flow.track(
+            Interface::Outside,
+            &seg(TcpFlags::SYN, 1000, 0, 1, 8192),
+            true,
+        );
+        assert!(flow.track(Interface::Inside, &syn_ack, false));
+        assert_eq!(flow, before);
     }
 
     #[test]
