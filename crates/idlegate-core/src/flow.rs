@@ -15,7 +15,7 @@
 use crate::family::Endpoint;
 use crate::packet::{Protocol, TcpFlags};
 use crate::timer::{Link, SlotId, Tick, Timers};
-use crate::window::{SynSpan, Windows};
+use crate::window::{OpenEnds, SynSpan, Windows};
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
@@ -161,6 +161,8 @@ pub struct Flow<E: Endpoint = SocketAddrV4> {
     /// TCP: the side of a SYN the flow ignored (conntrack's `TCP_CONNTRACK_IGNORE`), whose
     /// span is `syn`: a SYN-ACK from the other side that acknowledges it starts tracking over.
     pub ignored_syn: Option<Interface>,
+    /// TCP: the sides whose tracked end came from a first fragment ([`crate::window`]).
+    pub open_ends: OpenEnds,
     /// When the flow expires unless a packet refreshes it.
     pub deadline: Tick,
     // The timer wheel's links, kept flat so the flow packs into 64 bytes.
@@ -183,6 +185,7 @@ impl<E: Endpoint> Flow<E> {
             windows: Windows::default(),
             syn: SynSpan::default(),
             ignored_syn: None,
+            open_ends: OpenEnds::default(),
             deadline: 0,
             wheel_prev: Link::UNFILED.prev,
             wheel_next: Link::UNFILED.next,

@@ -30,6 +30,14 @@
 //! segment, as for a flow picked up; its scale the largest if the SYN-ACK announced one). A
 //! RST that acknowledges it likewise ends the flow.
 //!
+//! A TCP segment cut into IPv4 fragments is tracked from its first fragment alone, which does
+//! not tell the segment's length (only the last fragment does, and it never touches the flow
+//! table). The sender's end is then open: until the sender's next segment, the other side's
+//! ACK may run up to 65,535 bytes (a whole datagram) past it, and moves it there. Without that,
+//! the receiver's replies would acknowledge data the gateway never counted, and each side's
+//! segments would stay out of window, the flow unrefreshed, for as long as the connection
+//! lasts.
+//!
 //! Each side's largest window is kept in units of its window scale (RFC 7323), two bytes a
 //! side and one byte for both scales. Windows on SYNs are not scaled; the scales take effect
 //! with the SYN-ACK, and only if both SYNs announced one. A flow picked up mid-stream never saw
@@ -56,6 +64,30 @@ pub struct Windows {
     /// what its SYN announced ([`NO_SCALE`]: nothing) and windows are in bytes; from the
     /// SYN-ACK on, the scale in effect.
     scales: u8,
+}
+
+/// The most a fragmented segment can run past its first fragment: a whole IPv4 datagram.
+const MAX_DATAGRAM: u32 = 65_535;
+
+/// The sides whose tracked end came from the first fragment of a segment that runs on past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenEnds(u8);
+
+impl OpenEnds {
+    fn bit(side: Interface) -> u8 {
+        match side {
+            Interface::Outside => 1,
+            Interface::Inside => 2,
+        }
+    }
+
+    fn has(self, side: Interface) -> bool {
+        self.0 & OpenEnds::bit(side) != 0
+    }
+
+    fn set(&mut self, side: Interface, open: bool) {
+        self.0 = (self.0 & !OpenEnds::bit(side)) | if open { OpenEnds::bit(side) } else { 0 };
+    }
 }
 
 /// The sequence space of the initiator's latest SYN, tracked or ignored: its first number
@@ -149,6 +181,7 @@ impl<E: Endpoint> Flow<E> {
         self.state = FlowState::SynSent;
         self.syn = SynSpan::of(syn);
         self.ignored_syn = None;
+        self.open_ends = OpenEnds::default();
     }
 
     /// Starts tracking over from the SYN the flow ignored, sent from `from`, which the
@@ -167,6 +200,7 @@ impl<E: Endpoint> Flow<E> {
         self.windows.set_scale(from.opposite(), NO_SCALE);
         self.state = FlowState::SynSent;
         self.ignored_syn = None;
+        self.open_ends = OpenEnds::default();
     }
 
     /// Checks a segment sent from `from` (by the connection's initiator or not) against the
@@ -217,6 +251,18 @@ impl<E: Endpoint> Flow<E> {
         };
         if !at_or_before(segment.end(), *next) {
             *next = segment.end();
+        }
+        self.open_ends.set(from, segment.first_fragment);
+        // An ACK past a fragmented segment's first fragment shows how far the segment ran.
+        let receiver = from.opposite();
+        if flags.ack() && self.open_ends.has(receiver) {
+            let next = match receiver {
+                Interface::Outside => &mut self.remote_next_seq,
+                Interface::Inside => &mut self.private_next_seq,
+            };
+            if !at_or_before(segment.ack, *next) {
+                *next = segment.ack;
+            }
         }
         self.state = self.state.after(flags, from_initiator);
         true
@@ -287,8 +333,13 @@ impl<E: Endpoint> Flow<E> {
             || (at_or_before(segment.seq, sender_next.wrapping_add(receiver_window))
                 && at_or_before(sender_next.wrapping_sub(receiver_window), end));
         let ack_window = sender_window.max(MIN_ACK_WINDOW);
+        let open = if self.open_ends.has(from.opposite()) {
+            MAX_DATAGRAM
+        } else {
+            0
+        };
         let ack_fits = !segment.flags.ack()
-            || (at_or_before(segment.ack, receiver_next)
+            || (at_or_before(segment.ack, receiver_next.wrapping_add(open))
                 && at_or_before(receiver_next.wrapping_sub(ack_window), segment.ack));
         (sequence_fits && ack_fits).then_some(windows)
     }
@@ -330,6 +381,7 @@ impl<E: Endpoint> Flow<E> {
         self.windows.set_scale(from, MAX_WINDOW_SCALE);
         self.windows.set_scale(from.opposite(), MAX_WINDOW_SCALE);
         self.ignored_syn = None;
+        self.open_ends = OpenEnds::default();
     }
 }
 
@@ -351,6 +403,7 @@ mod tests {
             len,
             window,
             window_scale: None,
+            first_fragment: false,
         }
     }
 
