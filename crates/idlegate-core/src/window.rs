@@ -206,7 +206,7 @@ impl<E: Endpoint> Flow<E> {
     /// Checks a segment sent from `from` (by the connection's initiator or not) against the
     /// flow's windows and, if it fits, records it: the sender's highest end and largest
     /// window, and the state it leads to. Returns whether it fit; a segment that did not
-    /// changed nothing.
+    /// changed nothing, but for an ignored SYN, remembered (see the module documentation).
     pub fn track(&mut self, from: Interface, segment: &TcpSegment, from_initiator: bool) -> bool {
         let flags = segment.flags;
         if flags.rst() {
