@@ -836,7 +836,10 @@ impl<E: Endpoint> Core<E> {
 
     /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
     /// receiver would (data, FIN, a keepalive probe), and dropped. Pure ACKs and RSTs get no
-    /// answer. Every segment keeps the discarding flow for another idle timeout.
+    /// answer. A segment in the flow's windows ([`crate::window`]) keeps the discarding flow for
+    /// another idle timeout; one outside them (a blind segment) is answered with the flow's
+    /// numbers as they were, as a receiver answers an unacceptable segment (RFC 9293
+    /// §3.10.7.4), and changes nothing.
     fn discard(
         &mut self,
         id: FlowId,
@@ -847,8 +850,16 @@ impl<E: Endpoint> Core<E> {
     ) -> Verdict {
         let from_initiator = from == self.rules[usize::from(self.flows.get(id).rule)].origin();
         match headers.tcp {
-            // A RST ends it; a new connection on the tuple replaces it.
+            // A RST its receiver would accept ends it; a new connection on the tuple replaces it.
             Some(segment) if segment.flags.rst() => {
+                if !self
+                    .flows
+                    .get(id)
+                    .accepts_reset(from, &segment, from_initiator)
+                {
+                    self.counters.out_of_window += 1;
+                    return self.drop(DropReason::Discarded);
+                }
                 self.wheel.remove(&mut self.flows, id);
                 self.forget(id, since);
                 return self.drop(DropReason::Discarded);
@@ -863,14 +874,19 @@ impl<E: Endpoint> Core<E> {
         if let Some(segment) = headers.tcp {
             let flow = self.flows.get_mut(id);
             let (expected, _) = flow.next_seqs(from);
-            flow.track_sequence(from, &segment);
-            if segment.len > 0 || segment.seq != expected {
+            // The state stays DISCARDING: no other SYN is taken, and nothing else moves it.
+            let in_window = !segment.flags.syn() && flow.track(from, &segment, from_initiator);
+            if segment.len > 0 || segment.seq != expected || !in_window {
                 let (sender_next, own_next) = flow.next_seqs(from);
                 let ack = Control {
                     ack: Some(sender_next),
                     ..Control::ack_of(headers, &segment, own_next)
                 };
                 self.queue(from, ack);
+            }
+            if !in_window {
+                self.counters.out_of_window += 1;
+                return self.drop(DropReason::Discarded);
             }
         }
         let rule = &self.rules[usize::from(self.flows.get(id).rule)];

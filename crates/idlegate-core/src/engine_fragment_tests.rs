@@ -219,3 +219,91 @@ fn ipv6_fragments_are_dropped_in_every_profile() {
         Verdict::Drop(DropReason::Fragment)
     );
 }
+
+#[test]
+fn replies_to_a_fragmented_tcp_segment_are_in_window_and_refresh_the_flow() {
+    // The first fragment alone is tracked, so the server's ACK of the whole segment runs past
+    // what the gateway counted: it is taken (up to a datagram past it) and moves the member's
+    // tracked end there. Before, both sides' segments stayed out of window from then on, each
+    // acknowledging data the gateway had not counted, and the flow expired while in use.
+    let mut engine = Engine::new(&config("linux-conntrack", false), Instant::now(), 1);
+    let now = Instant::now();
+    let member = SocketAddrV4::new(VM1, 41_000);
+    let send = |engine: &mut Engine, from, src, dst, flags, seq, ack, data: &[u8]| {
+        let mut p = tcp_packet(src, dst, flags, seq, ack, data);
+        let v = engine.handle_packet(now, from, &mut p);
+        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        Headers::<SocketAddrV4>::parse(&p).unwrap().src
+    };
+    let (inside, outside) = (Interface::Inside, Interface::Outside);
+    let public = send(
+        &mut engine,
+        inside,
+        member,
+        SERVER,
+        TcpFlags::SYN,
+        100,
+        0,
+        b"",
+    );
+    let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+    send(&mut engine, outside, SERVER, public, syn_ack, 900, 101, b"");
+    send(
+        &mut engine,
+        inside,
+        member,
+        SERVER,
+        TcpFlags::ACK,
+        101,
+        901,
+        b"",
+    );
+    let segment = tcp_packet(member, SERVER, TcpFlags::ACK, 101, 901, &[7; 3_000]);
+    let (verdicts, _) = pass(&mut engine, inside, &fragments(&segment, 1_480, 11));
+    assert!(verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
+    send(
+        &mut engine,
+        outside,
+        SERVER,
+        public,
+        TcpFlags::ACK,
+        901,
+        3_101,
+        b"r",
+    );
+    send(
+        &mut engine,
+        inside,
+        member,
+        SERVER,
+        TcpFlags::ACK,
+        3_101,
+        902,
+        b"",
+    );
+    send(
+        &mut engine,
+        outside,
+        SERVER,
+        public,
+        TcpFlags::ACK,
+        902,
+        3_101,
+        b"s",
+    );
+    send(
+        &mut engine,
+        inside,
+        member,
+        SERVER,
+        TcpFlags::ACK,
+        3_101,
+        903,
+        b"t",
+    );
+    assert_eq!(engine.counters().out_of_window, 0);
+    // The open end is closed by the member's next segment: an ACK a datagram ahead is not.
+    let mut ahead = tcp_packet(SERVER, public, TcpFlags::ACK, 903, 3_102 + 30_000, b"");
+    engine.handle_packet(now, outside, &mut ahead);
+    assert_eq!(engine.counters().out_of_window, 1);
+}

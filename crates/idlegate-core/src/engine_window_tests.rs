@@ -1,6 +1,8 @@
 //! Engine tests of TCP window tracking and flag validity ([`crate::window`], issue 16 items 4
 //! to 6): off-path segments must not end, move or refresh a flow, and flag combinations no
-//! stack sends create nothing. Virtual time, as in `engine_tests.rs`.
+//! stack sends create nothing; a connection reopened on a tuple the gateway still holds, or
+//! one whose SYN-ACK acknowledges only part of a SYN, is tracked. Virtual time, as in
+//! `engine_tests.rs`.
 
 use super::tests::{Harness, Peer, FRONTEND_7000, IDLE_MS, TRANSITORY_MS};
 use super::*;
@@ -212,4 +214,149 @@ fn a_syn_fin_on_a_live_flow_is_dropped_and_changes_nothing() {
     );
     assert_eq!(v, Verdict::Drop(DropReason::InvalidFlags));
     assert_eq!(state(&h), FlowState::Established);
+}
+
+/// Client and server exchange a byte each way every `IDLE_MS / 2`, up to `until`; every packet
+/// must be forwarded.
+fn keep_talking(h: &mut Harness, client: &mut Peer, server: &mut Peer, until: u64) {
+    while h.now + IDLE_MS / 2 <= until {
+        h.advance_to(h.now + IDLE_MS / 2);
+        let (v, _) = h.send(client, FRONTEND_7000, TcpFlags::ACK, server.snd_nxt, b"q");
+        assert_eq!(v, Verdict::Forward(Interface::Inside), "at {}", h.now);
+        let (v, _) = h.send(server, client.addr, TcpFlags::ACK, client.snd_nxt, b"a");
+        assert_eq!(v, Verdict::Forward(Interface::Outside), "at {}", h.now);
+    }
+}
+
+#[test]
+fn a_connection_reopened_on_a_tuple_still_held_open_is_tracked_and_outlives_the_idle_timeout() {
+    // The gateway missed a close (or both hosts rebooted): it still holds the tuple as
+    // ESTABLISHED, FIN_WAIT or CLOSE_WAIT when the client opens a new connection on it.
+    // conntrack ignores the SYN (TCP_CONNTRACK_IGNORE) and, when the server's SYN-ACK
+    // acknowledges it, tracks the flow over as new (nf_conntrack_proto_tcp.c).
+    for closing in [
+        vec![],
+        vec![Interface::Outside],
+        vec![Interface::Outside, Interface::Inside],
+    ] {
+        let mut h = Harness::new("reset");
+        let (mut client, mut server) = talking(&mut h);
+        for from in &closing {
+            let (peer, dst, ack) = match from {
+                Interface::Outside => (&mut client, FRONTEND_7000, server.snd_nxt),
+                Interface::Inside => (&mut server, client.addr, client.snd_nxt),
+            };
+            let flags = if closing.len() > 1 && *from == Interface::Inside {
+                TcpFlags::ACK
+            } else {
+                TcpFlags::FIN | TcpFlags::ACK
+            };
+            h.send(peer, dst, flags, ack, b"");
+        }
+        let held = state(&h);
+        client.snd_nxt = 3_000_000;
+        server.snd_nxt = 7_000_000;
+        let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Inside), "{held:?}");
+        assert_eq!(state(&h), held, "the SYN alone changes nothing");
+        let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+        let (v, _) = h.send(&mut server, client.addr, syn_ack, client.snd_nxt, b"");
+        assert_eq!(v, Verdict::Forward(Interface::Outside), "{held:?}");
+        assert_eq!(state(&h), FlowState::SynReceived, "{held:?}");
+        h.send(
+            &mut client,
+            FRONTEND_7000,
+            TcpFlags::ACK,
+            server.snd_nxt,
+            b"",
+        );
+        assert_eq!(state(&h), FlowState::Established, "{held:?}");
+        keep_talking(&mut h, &mut client, &mut server, 3 * IDLE_MS);
+        assert_eq!(state(&h), FlowState::Established, "{held:?}");
+        assert!(h.expired().is_empty(), "{held:?}: {:?}", h.expired());
+        assert_eq!(h.engine.counters().out_of_window, 1, "{held:?}: the SYN");
+    }
+}
+
+#[test]
+fn a_syn_with_data_answered_by_a_syn_ack_of_only_iss_plus_one_is_tracked() {
+    // TCP Fast Open (RFC 7413 §4.2): a server that does not take the data of the SYN
+    // acknowledges only ISS+1, which RFC 9293 §3.10.7.3 accepts (ISS < SEG.ACK <= SND.NXT);
+    // the client sends the data again after the handshake.
+    let mut h = Harness::new("reset");
+    let mut client = Peer {
+        addr: SocketAddrV4::new(super::tests::CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1_000,
+    };
+    let (v, syn) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"early data");
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    let member = Headers::<SocketAddrV4>::parse(&syn).unwrap().dst;
+    let mut server = Peer {
+        addr: member,
+        iface: Interface::Inside,
+        snd_nxt: 50_000,
+    };
+    let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+    let (v, _) = h.send(&mut server, client.addr, syn_ack, 1_001, b"");
+    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(state(&h), FlowState::SynReceived);
+    client.snd_nxt = 1_001;
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"early data",
+    );
+    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(state(&h), FlowState::Established);
+    keep_talking(&mut h, &mut client, &mut server, 2 * IDLE_MS);
+    assert!(h.expired().is_empty(), "{:?}", h.expired());
+    assert_eq!(h.engine.counters().out_of_window, 0);
+}
+
+#[test]
+fn under_ack_and_discard_a_blind_segment_or_rst_changes_nothing() {
+    // A discarding flow checks segments as a live one does: a blind data segment neither moves
+    // the sequence its ACKs carry nor keeps it, and a blind RST does not end it.
+    let mut h = Harness::new("ack-and-discard");
+    let (mut client, server) = talking(&mut h);
+    let last = h.now;
+    h.advance_to(last + IDLE_MS);
+    assert_eq!(h.expired(), vec![(last + IDLE_MS, Expiry::AckAndDiscard)]);
+    h.advance_to(last + IDLE_MS + 100);
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"c",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded));
+    let kept_until = h.now + IDLE_MS;
+    h.sent.clear();
+    h.advance_to(kept_until - 100);
+    let forged = client.snd_nxt.wrapping_add(0x4000_0000);
+    let v = h.send_seq(
+        &client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        forged,
+        server.snd_nxt,
+        b"x",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded));
+    let blind_rst = client.snd_nxt.wrapping_add(1_000);
+    let v = h.send_seq(&client, FRONTEND_7000, TcpFlags::RST, blind_rst, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::Discarded));
+    assert_eq!(h.engine.counters().out_of_window, 2);
+    assert_eq!(h.engine.flow_count(), 1, "the blind RST did not end it");
+    // The blind segment is answered with the numbers as they were.
+    let (_, ack) = h.sent.pop().expect("an ACK of the blind segment");
+    let seg = Headers::<SocketAddrV4>::parse(&ack).unwrap().tcp.unwrap();
+    assert_eq!((seg.seq, seg.ack), (server.snd_nxt, client.snd_nxt));
+    // Not kept either: forgotten an idle timeout after the last real segment.
+    h.advance_to(kept_until);
+    assert_eq!(h.engine.flow_count(), 0);
 }

@@ -2,7 +2,7 @@
 //!
 //! The engine keeps one flow table per family and is generic over [`Endpoint`]:
 //! `SocketAddrV4` for IPv4, `SocketAddrV6` for IPv6. A flow never mixes them (the config refuses
-//! a rule whose frontend and members differ in family), so IPv4 flows keep their 56 bytes.
+//! a rule whose frontend and members differ in family), so IPv4 flows keep their 64 bytes.
 //! Here lives what differs: the IP header (IPv4 has a header checksum, IPv6 a fixed 40-byte
 //! header with no checksum and extension headers idlegate does not follow), and the words of
 //! the pseudo-header that an address change moves in a TCP or UDP checksum (RFC 1624 for both).

@@ -9,13 +9,13 @@
 //!
 //! [`FlowTable`] keeps flows in a slab and indexes both keys in one hash table whose buckets
 //! hold only a 32-bit reference (slab index and key side); the key itself is read from the flow,
-//! so a flow costs its 56 bytes plus two 4-byte buckets and their control bytes, with the hash
+//! so a flow costs its 64 bytes plus two 4-byte buckets and their control bytes, with the hash
 //! table's spare capacity. No flow allocates on its own.
 
 use crate::family::Endpoint;
-use crate::packet::{Protocol, TcpFlags, TcpSegment};
+use crate::packet::{Protocol, TcpFlags};
 use crate::timer::{Link, SlotId, Tick, Timers};
-use crate::window::Windows;
+use crate::window::{OpenEnds, SynSpan, Windows};
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
@@ -156,9 +156,16 @@ pub struct Flow<E: Endpoint = SocketAddrV4> {
     pub private_next_seq: u32,
     /// TCP: the largest window each side has advertised ([`crate::window`]).
     pub windows: Windows,
+    /// TCP: the initiator's latest SYN, tracked or ignored ([`crate::window`]).
+    pub syn: SynSpan,
+    /// TCP: the side of a SYN the flow ignored (conntrack's `TCP_CONNTRACK_IGNORE`), whose
+    /// span is `syn`: a SYN-ACK from the other side that acknowledges it starts tracking over.
+    pub ignored_syn: Option<Interface>,
+    /// TCP: the sides whose tracked end came from a first fragment ([`crate::window`]).
+    pub open_ends: OpenEnds,
     /// When the flow expires unless a packet refreshes it.
     pub deadline: Tick,
-    // The timer wheel's links, kept flat so the flow packs into 56 bytes.
+    // The timer wheel's links, kept flat so the flow packs into 64 bytes.
     wheel_prev: u32,
     wheel_next: u32,
     wheel_slot: SlotId,
@@ -176,33 +183,14 @@ impl<E: Endpoint> Flow<E> {
             remote_next_seq: 0,
             private_next_seq: 0,
             windows: Windows::default(),
+            syn: SynSpan::default(),
+            ignored_syn: None,
+            open_ends: OpenEnds::default(),
             deadline: 0,
             wheel_prev: Link::UNFILED.prev,
             wheel_next: Link::UNFILED.next,
             wheel_slot: Link::UNFILED.slot,
         }
-    }
-
-    /// Records the sender's sequence space: the highest end seen, in sequence-number order
-    /// (RFC 9293 §3.4), so keepalive probes (SND.NXT−1) and retransmissions never move it back.
-    pub fn track_sequence(&mut self, from: Interface, segment: &TcpSegment) {
-        let next = match from {
-            Interface::Outside => &mut self.remote_next_seq,
-            Interface::Inside => &mut self.private_next_seq,
-        };
-        let end = segment.end();
-        if segment.flags.syn() || (end.wrapping_sub(*next) as i32) > 0 {
-            *next = end;
-        }
-    }
-
-    /// Whether the receiver of a RST from `from` would accept it: its sequence number is the
-    /// sender's SND.NXT, which the receiver expects next (RFC 5961 §3.2); or, answering a SYN,
-    /// it acknowledges exactly the SYN (RFC 9293 §3.10.7.3).
-    pub fn accepts_reset(&self, from: Interface, segment: &TcpSegment) -> bool {
-        let (sent, received) = self.next_seqs(from);
-        segment.seq == sent
-            || (self.state == FlowState::SynSent && segment.flags.ack() && segment.ack == received)
     }
 
     /// The sequence numbers a receiver on each side of a segment from `from` expects next:
@@ -444,7 +432,7 @@ impl<E: Endpoint> Timers for FlowTable<E> {
 }
 
 // The memory budget per flow (issue: < 128 bytes at 1 M flows, index included).
-const _: () = assert!(std::mem::size_of::<Flow<SocketAddrV4>>() == 56);
+const _: () = assert!(std::mem::size_of::<Flow<SocketAddrV4>>() == 64);
 
 #[cfg(test)]
 mod tests {
@@ -507,25 +495,5 @@ mod tests {
             None
         );
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn keepalive_probe_does_not_move_the_tracked_sequence_back() {
-        // RFC 9293 §3.8.4: a keepalive probe carries SEG.SEQ = SND.NXT − 1.
-        let mut flow = Flow::new(Protocol::Tcp, ep(100, 1), ep(10, 2), ep(11, 3), 0);
-        let seg = |flags, seq, len| TcpSegment {
-            flags,
-            seq,
-            ack: 0,
-            len,
-            window: 65535,
-            window_scale: None,
-        };
-        flow.track_sequence(Interface::Outside, &seg(TcpFlags::SYN, u32::MAX, 1));
-        assert_eq!(flow.remote_next_seq, 0, "wraps");
-        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 0, 5));
-        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 4, 0));
-        flow.track_sequence(Interface::Outside, &seg(TcpFlags::ACK, 4, 1));
-        assert_eq!(flow.remote_next_seq, 5);
     }
 }

@@ -121,6 +121,9 @@ pub struct TcpSegment {
     pub window: u16,
     /// A SYN's window scale option (RFC 7323 §2.2), at most 14; other segments' is not read.
     pub window_scale: Option<u8>,
+    /// The segment is the first fragment of an IPv4 datagram: `len` counts only the bytes that
+    /// fragment carries, and the segment runs on past its end.
+    pub first_fragment: bool,
 }
 
 impl TcpSegment {
@@ -168,7 +171,13 @@ impl<E: Endpoint> Headers<E> {
     ) -> Result<Headers<E>, ParseError> {
         let l4_bytes = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;
         match ip.protocol {
-            IpProtocol::Tcp => Self::parse_tcp(ip.src, ip.dst, ip.l4, l4_bytes),
+            IpProtocol::Tcp => {
+                let mut headers = Self::parse_tcp(ip.src, ip.dst, ip.l4, l4_bytes)?;
+                if let Some(segment) = headers.tcp.as_mut() {
+                    segment.first_fragment = true;
+                }
+                Ok(headers)
+            }
             IpProtocol::Udp => {
                 // Its length field is the whole datagram's, longer than this fragment.
                 let udp = UdpPacket::new_unchecked(l4_bytes.get(..8).ok_or(ParseError::Truncated)?);
@@ -214,6 +223,7 @@ impl<E: Endpoint> Headers<E> {
             len: tcp.segment_len() as u32,
             window: tcp.window_len(),
             window_scale,
+            first_fragment: false,
         };
         Ok(Headers {
             src: E::at(src, tcp.src_port()),
