@@ -351,22 +351,29 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
     });
 }
 
-/// A first message made with the key in `key_path`, as an observer of a real entry's leg
-/// would have recorded it, with its length.
-fn recorded_first_message(key_path: &Path) -> Vec<u8> {
+/// An initiator of the pre-shared-key mode built from its documented format alone
+/// (Noise_NNpsk0_25519_AESGCM_BLAKE2s, prologue "idlegate tunnel 2", the key file's 32 bytes,
+/// in hex, as the PSK), not from idlegate's own code.
+fn psk_initiator(key_path: &Path) -> snow::HandshakeState {
     let hex = std::fs::read_to_string(key_path).unwrap();
     let hex = hex.trim();
     let mut psk = [0u8; 32];
     for (i, byte) in psk.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
     }
-    let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
+    snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
         .prologue(b"idlegate tunnel 2")
         .unwrap()
         .psk(0, &psk)
         .unwrap()
         .build_initiator()
-        .unwrap();
+        .unwrap()
+}
+
+/// A first message made with the key in `key_path`, as an observer of a real entry's leg
+/// would have recorded it, with its length.
+fn recorded_first_message(key_path: &Path) -> Vec<u8> {
+    let mut hs = psk_initiator(key_path);
     let mut buf = vec![0u8; 1024];
     let n = hs.write_message(&[], &mut buf).unwrap();
     let mut record = (n as u16).to_be_bytes().to_vec();
@@ -629,23 +636,11 @@ fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
     // a session on today's exit: the per-peer mode left the pre-shared-key mode as it was.
     let dir = tempfile::tempdir().unwrap();
     let (_, key_path) = write_key(dir.path());
-    let hex = std::fs::read_to_string(&key_path).unwrap();
-    let hex = hex.trim();
-    let mut psk = [0u8; 32];
-    for (i, byte) in psk.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
     let (echo, accepted) = echo_server();
     let exit = ExitProcess::start(echo, &["--key", path_str(&key_path)]);
     let mut stream = TcpStream::connect(exit.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let mut hs = snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
-        .prologue(b"idlegate tunnel 2")
-        .unwrap()
-        .psk(0, &psk)
-        .unwrap()
-        .build_initiator()
-        .unwrap();
+    let mut hs = psk_initiator(&key_path);
     let mut buf = vec![0u8; 65_535];
     let n = hs.write_message(&[], &mut buf).unwrap();
     write_record(&mut stream, &buf[..n]);
