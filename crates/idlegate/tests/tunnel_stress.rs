@@ -88,27 +88,9 @@ fn echo_client(
         )
     });
     std::thread::sleep(pause);
-    let mut reader = conn;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut received = 0u64;
-    let mut error = None;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hash.update(&buf[..n]);
-                received += n as u64;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                error = Some(format!("read after {received} bytes: {e}"));
-                break;
-            }
-        }
-    }
+    let (arrived, received, error) = read_to_end_hashed(conn);
     let (sent, send_error) = sender.join().unwrap();
-    (sent, hash.finalize().into(), received, error.or(send_error))
+    (sent, arrived, received, error.or(send_error))
 }
 
 #[test]

@@ -149,31 +149,35 @@ pub fn exchange(conn: TcpStream, bytes: u64, seed: u64, gap: Duration) -> Seen {
             .map(|e| format!("shutdown: {e}"));
         (hash, error)
     });
-    let mut reader = conn;
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut received_len = 0u64;
-    let mut error = None;
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hash.update(&buf[..n]);
-                received_len += n as u64;
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => {
-                error = Some(format!("read: {e}"));
-                break;
-            }
-        }
-    }
+    let (received, received_len, error) = read_to_end_hashed(conn);
     let (sent, send_error) = sender.join().unwrap();
     Seen {
         sent: sent.finalize().into(),
-        received: hash.finalize().into(),
+        received,
         received_len,
         error: error.or(send_error),
+    }
+}
+
+/// Reads `reader` to its end: the SHA-256 of what came, how many bytes, and the error that
+/// ended it early, if one did.
+pub fn read_to_end_hashed(mut reader: TcpStream) -> ([u8; 32], u64, Option<String>) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut received = 0u64;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return (hash.finalize().into(), received, None),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                received += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                let error = format!("read after {received} bytes: {e}");
+                return (hash.finalize().into(), received, Some(error));
+            }
+        }
     }
 }
 
