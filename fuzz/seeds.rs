@@ -1,8 +1,8 @@
 //! Writes the seed corpora: one message of every kind for the protocols, so that fuzzing starts
 //! from valid input. `cargo run --manifest-path fuzz/Cargo.toml --bin seeds` (stable is enough);
 //! the seeds are committed, this only remakes them.
-use idlegate::echo::frame::{ConnId, Frame as Echo, LaterOutcome, Report};
-use idlegate::tunnel::frame::{Frame as Tunnel, Refusal, SessionId, Token};
+use idlegate::measure::echo::frame::{ConnId, Frame as Echo, LaterOutcome, Report};
+use idlegate::survive::tunnel::frame::{Frame as Tunnel, Refusal, SessionId, Token};
 use std::path::Path;
 
 fn write(dir: &str, name: &str, bytes: &[u8]) {

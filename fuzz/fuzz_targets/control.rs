@@ -1,7 +1,7 @@
 //! The control socket's requests: any line a local client sends is answered with a response
 //! (an error for what is not a request), never a panic, and only `expire` expires anything.
 #![no_main]
-use idlegate::control::{handle_line, FlowRow, Response, Shards};
+use idlegate::gateway::control::{handle_line, FlowRow, Response, Shards};
 use libfuzzer_sys::fuzz_target;
 
 /// Two rules and one flow, counting what it is asked to do.

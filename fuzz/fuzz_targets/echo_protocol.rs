@@ -3,7 +3,7 @@
 //! encoded, decodes to a frame that encodes the same (an error text that is not UTF-8 is read
 //! leniently, so the first encoding may differ from the bytes that came).
 #![no_main]
-use idlegate::echo::frame::{Decoder, Frame, MAX_BUFFERED};
+use idlegate::measure::echo::frame::{Decoder, Frame, MAX_BUFFERED};
 use libfuzzer_sys::fuzz_target;
 
 /// Every frame `decoder` gives until it needs more bytes or refuses; whether it refused.

@@ -1,7 +1,7 @@
 //! The tunnel's frames (what a leg decrypts): any message decodes to a frame or an error,
 //! never a panic, and a frame that decodes encodes back to the same message.
 #![no_main]
-use idlegate::tunnel::frame::Frame;
+use idlegate::survive::tunnel::frame::Frame;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|msg: &[u8]| {

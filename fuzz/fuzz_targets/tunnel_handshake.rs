@@ -3,9 +3,9 @@
 //! a panic and never a leg. In the per-peer mode the fuzzer knows neither the exit's key nor a
 //! listed one, as an attacker would not.
 #![no_main]
-use idlegate::tunnel::key::{Key, PrivateKey};
-use idlegate::tunnel::leg::{Leg, Responding};
-use idlegate::tunnel::peers::PeerList;
+use idlegate::survive::tunnel::key::{Key, PrivateKey};
+use idlegate::survive::tunnel::leg::{Leg, Responding};
+use idlegate::survive::tunnel::peers::PeerList;
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};

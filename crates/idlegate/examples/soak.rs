@@ -37,8 +37,8 @@
 //! a fault did not end as described; after the last `lab up` stops, no namespace of the soak's
 //! lab may be left.
 
-use idlegate::keepalive::Keepalive;
-use idlegate::netns;
+use idlegate::survive::keepalive::Keepalive;
+use idlegate::sys::netns;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use std::collections::BinaryHeap;
@@ -214,7 +214,7 @@ fn main() -> Result<(), Error> {
         // The server side, a process of its own (its own descriptor limit), in vm1.
         let addr: SocketAddr = args.get(2).ok_or("echo ADDR")?.parse()?;
         let connections: u64 = args.get(3).ok_or("echo ADDR CONNECTIONS")?.parse()?;
-        idlegate::relay::raise_descriptor_limit(connections + 1024)?;
+        idlegate::survive::relay::raise_descriptor_limit(connections + 1024)?;
         return echo_server(addr);
     }
     let value = |flag: &str| {
@@ -229,7 +229,8 @@ fn main() -> Result<(), Error> {
     // their own, and inherit the limit. The client holds one descriptor a connection, the
     // relay two for each of its own (and those made after its kill): as many go through the
     // relay as both can hold, up to N.
-    let have = idlegate::relay::raise_descriptor_limit(4 * connections as u64 + 1024)? as usize;
+    let have =
+        idlegate::survive::relay::raise_descriptor_limit(4 * connections as u64 + 1024)? as usize;
     let room_client = have.saturating_sub(connections + 300);
     let room_relay = (have.saturating_sub(100) / 2).saturating_sub(2 * AFTER_FAULT);
     let load = Load {
@@ -895,7 +896,7 @@ fn connect_batch(
 
 /// The echo server: every byte read on every connection is written back, until killed.
 fn echo_server(addr: SocketAddr) -> Result<(), Error> {
-    let std_listener = idlegate::relay::listen(addr)?;
+    let std_listener = idlegate::survive::relay::listen(addr)?;
     std_listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(std_listener);
     let mut poll = Poll::new()?;

@@ -3,12 +3,13 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use idlegate::control::{self, FlowRow, Request, Response};
+use idlegate::gateway::control::{self, FlowRow, Request, Response};
 use idlegate::gateway::{Gateway, Options, Port, Stopper};
+use idlegate::lab::demo;
 use idlegate::lab::Extras;
 use idlegate::lab::{self, Lab};
-use idlegate::tun::Tun;
-use idlegate::{demo, netns};
+use idlegate::sys::netns;
+use idlegate::sys::tun::Tun;
 use idlegate_core::config::human;
 use idlegate_core::engine::Interface;
 use idlegate_core::{precedence, profile, Config};
@@ -92,8 +93,8 @@ struct KeepaliveChoice {
 }
 
 impl KeepaliveChoice {
-    fn resolve(&self) -> Result<idlegate::keepalive::Keepalive> {
-        use idlegate::keepalive::Keepalive;
+    fn resolve(&self) -> Result<idlegate::survive::keepalive::Keepalive> {
+        use idlegate::survive::keepalive::Keepalive;
         Ok(match (&self.keepalive, &self.profile) {
             (Some(k), _) => Keepalive::parse(k)?,
             (None, Some(p)) => Keepalive::for_profile(
@@ -133,10 +134,10 @@ struct AdviseArgs {
     profile: Option<String>,
     /// The operating system whose settings to write.
     #[arg(long, value_enum, default_value = "linux")]
-    os: idlegate::advise::Os,
+    os: idlegate::survive::advise::Os,
     /// Also the code for this client library.
     #[arg(long = "for", value_enum)]
-    library: Option<idlegate::advise::Library>,
+    library: Option<idlegate::survive::advise::Library>,
 }
 
 #[derive(Args)]
@@ -212,7 +213,7 @@ struct RelayArgs {
     max_sessions: usize,
     /// Keepalive relay: the most connections held at once; new ones wait in the listen queue
     /// until one ends.
-    #[arg(long, default_value_t = idlegate::relay::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = idlegate::survive::relay::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// TCP keepalive on both sockets: IDLE,INTERVAL,COUNT.
     #[arg(long, conflicts_with = "profile")]
@@ -290,7 +291,7 @@ struct EchoArgs {
     #[arg(long)]
     listen: std::net::SocketAddr,
     /// The most probe connections served at once; more are refused with an error frame.
-    #[arg(long, default_value_t = idlegate::echo::MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = idlegate::measure::echo::MAX_CONNECTIONS)]
     max_connections: usize,
 }
 
@@ -481,17 +482,18 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
-        Command::Keygen { file, pair: false } => {
-            idlegate::tunnel::key::Key::generate(&file).map(|_| {
-                println!(
-                    "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-                    file.display()
-                );
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Keygen { file, pair: false } => idlegate::survive::tunnel::key::Key::generate(
+            &file,
+        )
+        .map(|_| {
+            println!(
+                "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }),
         Command::Keygen { file, pair: true } => {
-            use idlegate::tunnel::key::PrivateKey;
+            use idlegate::survive::tunnel::key::PrivateKey;
             PrivateKey::generate(&file).map(|key| {
                 println!("{}", key.public());
                 eprintln!(
@@ -667,7 +669,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     let user = args
         .user
         .as_deref()
-        .map(idlegate::privilege::User::lookup)
+        .map(idlegate::sys::privilege::User::lookup)
         .transpose()?;
     let workers = args
         .workers
@@ -706,9 +708,9 @@ fn gateway(args: GatewayArgs) -> Result<()> {
     // later inherit them), so the signal handler's thread starts only after the drop. Until
     // then SIGINT and SIGTERM end the process as they always do, and the devices go with it.
     if let Some(user) = user {
-        idlegate::privilege::give(&args.control, user)?;
+        idlegate::sys::privilege::give(&args.control, user)?;
     }
-    idlegate::privilege::drop_all(user)?;
+    idlegate::sys::privilege::drop_all(user)?;
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     tracing::info!(
@@ -882,14 +884,14 @@ fn echo(args: &EchoArgs) -> Result<()> {
     let want = u64::try_from(args.max_connections)
         .unwrap_or(u64::MAX)
         .saturating_add(256);
-    let limit = idlegate::relay::raise_descriptor_limit(want)?;
+    let limit = idlegate::survive::relay::raise_descriptor_limit(want)?;
     if limit < want {
         tracing::warn!(
             "echo: only {limit} descriptors may be open; --max-connections {} will not be reached",
             args.max_connections
         );
     }
-    let mut echo = idlegate::echo::Echo::bind(args.listen)?;
+    let mut echo = idlegate::measure::echo::Echo::bind(args.listen)?;
     echo.set_max_connections(args.max_connections);
     let stop = echo.stop_flag();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -923,7 +925,7 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     if args.wait < Duration::from_millis(10) || args.wait > Duration::from_secs(600) {
         anyhow::bail!("--wait {:?}: from 10 ms to 10 min", args.wait);
     }
-    let options = idlegate::probe::Options {
+    let options = idlegate::measure::probe::Options {
         target,
         max: args.max,
         resolution: args.resolution,
@@ -933,11 +935,11 @@ fn probe(args: &ProbeArgs) -> Result<()> {
     if args.connections.is_some_and(|n| n < 16) {
         anyhow::bail!("--connections: at least 16");
     }
-    let report = idlegate::probe::run(&options)?;
+    let report = idlegate::measure::probe::run(&options)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", idlegate::probe::summary(&report));
+        print!("{}", idlegate::measure::probe::summary(&report));
     }
     Ok(())
 }
@@ -947,12 +949,15 @@ fn audit(args: &AuditArgs) -> Result<()> {
     let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
     let netns = args.netns.as_deref();
     if args.json {
-        let report = idlegate::audit::audit(timeout, netns)?;
+        let report = idlegate::survive::audit::audit(timeout, netns)?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if !args.watch {
-        print!("{}", idlegate::audit::audit(timeout, netns)?.render());
+        print!(
+            "{}",
+            idlegate::survive::audit::audit(timeout, netns)?.render()
+        );
         return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -960,7 +965,7 @@ fn audit(args: &AuditArgs) -> Result<()> {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
     while !stop.load(Ordering::Relaxed) {
-        let text = idlegate::audit::audit(timeout, netns)?.render();
+        let text = idlegate::survive::audit::audit(timeout, netns)?.render();
         print!("\x1b[H\x1b[2J{text}");
         std::io::stdout().flush()?;
         let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
@@ -986,14 +991,14 @@ fn idle_timeout(
     let name = profile_name.unwrap_or(profile::default_profile().name);
     let p = profile::find(name).with_context(|| format!("--profile {name}: no such profile"))?;
     Ok((
-        idlegate::keepalive::profile_idle_timeout(p),
+        idlegate::survive::keepalive::profile_idle_timeout(p),
         format!("profile {name}"),
     ))
 }
 
 /// `idlegate advise`: prints the settings.
 fn advise(args: &AdviseArgs) -> Result<()> {
-    use idlegate::advise::Advice;
+    use idlegate::survive::advise::Advice;
     let (timeout, from) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
     print!(
         "{}",
@@ -1008,7 +1013,7 @@ fn print_change(
     out: &mut dyn std::io::Write,
     pid: i32,
     command: &str,
-    change: std::io::Result<idlegate::keepalive::Change>,
+    change: std::io::Result<idlegate::survive::keepalive::Change>,
 ) -> bool {
     let (line, changed) = match change {
         Ok(c) => (
@@ -1030,7 +1035,7 @@ fn print_change(
 
 /// `idlegate keepalive --pid`: fixes a running program's sockets (once, or as they come).
 fn keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
-    use idlegate::keepalive::{fix, watch, Process};
+    use idlegate::survive::keepalive::{fix, watch, Process};
     let keepalive = args.choice.resolve()?;
     let process = Process::open(args.pid)?;
     let command = process.command();
@@ -1075,7 +1080,7 @@ fn keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
 /// and SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
 /// passed on to it. A watch that fails says so at once; the program runs on.
 fn run_watched(args: &RunArgs) -> Result<ExitCode> {
-    use idlegate::keepalive::{watch, Process};
+    use idlegate::survive::keepalive::{watch, Process};
     use std::os::unix::process::ExitStatusExt;
     let keepalive = args.choice.resolve()?;
     let (program, rest) = args
@@ -1128,9 +1133,9 @@ fn run_watched(args: &RunArgs) -> Result<ExitCode> {
 
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
 fn relay(args: &RelayArgs) -> Result<()> {
-    use idlegate::relay::{parse_config, Keepalive, Relay};
-    use idlegate::tunnel::leg::{EntryKeys, ExitKeys};
-    use idlegate::tunnel::{Entry, Exit, Settings};
+    use idlegate::survive::relay::{parse_config, Keepalive, Relay};
+    use idlegate::survive::tunnel::leg::{EntryKeys, ExitKeys};
+    use idlegate::survive::tunnel::{Entry, Exit, Settings};
     let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
         use std::net::ToSocketAddrs;
         v.to_socket_addrs()
@@ -1161,14 +1166,14 @@ fn relay(args: &RelayArgs) -> Result<()> {
         };
         // A tunnel exit also holds connections that have not said Hello yet.
         let gate = if args.tunnel_listen.is_some() {
-            idlegate::tunnel::MAX_PENDING as u64
+            idlegate::survive::tunnel::MAX_PENDING as u64
         } else {
             0
         };
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
             .saturating_add(64 + gate);
-        let soft = idlegate::relay::raise_descriptor_limit(want)?;
+        let soft = idlegate::survive::relay::raise_descriptor_limit(want)?;
         if soft < want {
             tracing::warn!(
                 "descriptors: at most {soft} (the hard limit), so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
@@ -1191,14 +1196,14 @@ fn relay(args: &RelayArgs) -> Result<()> {
         })
     };
     let entry_keys = || {
-        idlegate::tunnel::key::entry_keys(
+        idlegate::survive::tunnel::key::entry_keys(
             args.key.as_deref(),
             args.private_key.as_deref(),
             args.exit_public_key.as_deref(),
         )
     };
     let exit_keys = || {
-        idlegate::tunnel::key::exit_keys(
+        idlegate::survive::tunnel::key::exit_keys(
             args.key.as_deref(),
             args.private_key.as_deref(),
             args.peers.as_deref(),
@@ -1297,7 +1302,9 @@ fn relay(args: &RelayArgs) -> Result<()> {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("--metrics {addr}: cannot listen"))?;
         tracing::info!("metrics on http://{addr}/metrics");
-        idlegate::relay::serve_metrics(listener, move || idlegate::relay::render_metrics(&stats));
+        idlegate::survive::relay::serve_metrics(listener, move || {
+            idlegate::survive::relay::render_metrics(&stats)
+        });
     }
     let threads: Vec<_> = runs.into_iter().map(std::thread::spawn).collect();
     for t in threads {
@@ -1312,7 +1319,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
 fn log_relay(
     listen: std::net::SocketAddr,
     connect: std::net::SocketAddr,
-    k: &idlegate::relay::Keepalive,
+    k: &idlegate::survive::relay::Keepalive,
 ) {
     tracing::info!(
         "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",

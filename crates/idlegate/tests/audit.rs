@@ -6,7 +6,7 @@ mod common;
 
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns;
+use idlegate::sys::netns;
 use idlegate_core::Config;
 use serde_json::Value;
 use std::io::{Read, Write};

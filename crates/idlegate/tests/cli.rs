@@ -1320,7 +1320,7 @@ fn an_unknown_user_or_root_is_refused_before_the_gateway_makes_any_device() {
         ("root", "--user root: has uid 0, which gives nothing up"),
     ] {
         // In a namespace of its own: had it made its devices, they would be there alone.
-        let ns = idlegate::netns::Namespace::create(&common::unique("igu")).unwrap();
+        let ns = idlegate::sys::netns::Namespace::create(&common::unique("igu")).unwrap();
         let refused = run_bounded(
             "ip",
             &[

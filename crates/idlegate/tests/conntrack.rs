@@ -13,8 +13,8 @@ mod common;
 
 use common::kernel_router::KernelRouter;
 use common::{require_root, unique};
+use idlegate::lab::scenario::{self, Outcome, Script};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
-use idlegate::scenario::{self, Outcome, Script};
 use idlegate_core::profile::Pickup;
 use idlegate_core::Config;
 use std::net::{Ipv4Addr, SocketAddrV4};

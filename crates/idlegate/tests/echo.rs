@@ -1,8 +1,8 @@
 //! `idlegate echo` over loopback: the protocol's happy path, frames that break it, a client
 //! that vanishes mid-frame, and two probes at once. No root needed.
 
-use idlegate::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report};
-use idlegate::echo::Echo;
+use idlegate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report};
+use idlegate::measure::echo::Echo;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
@@ -20,7 +20,7 @@ struct Running {
 
 impl Running {
     fn start() -> Running {
-        Running::start_with(idlegate::echo::MAX_CONNECTIONS)
+        Running::start_with(idlegate::measure::echo::MAX_CONNECTIONS)
     }
 
     /// An echo that serves at most `max` connections at once.
@@ -271,7 +271,7 @@ fn a_full_echo_refuses_with_an_error_frame_and_an_orderly_close_never_a_reset() 
     let mut refused = echo.connect();
     refused.send(&Frame::Hello(id(4, 1)));
     match refused.recv() {
-        Some(Frame::Error(why)) => assert_eq!(why, idlegate::echo::FULL),
+        Some(Frame::Error(why)) => assert_eq!(why, idlegate::measure::echo::FULL),
         other => panic!("expected an error frame, got {other:?}"),
     }
     assert_eq!(refused.recv(), None, "then a FIN");

@@ -10,7 +10,7 @@ mod common;
 
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns::spawn_in;
+use idlegate::sys::netns::spawn_in;
 use idlegate_core::{Config, DropReason};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -7,8 +7,8 @@
 
 mod common;
 
+use idlegate::lab::scenario::{self, Outcome, Script};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
-use idlegate::scenario::{self, Outcome, Script};
 use idlegate_core::{Config, DropReason};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -302,10 +302,10 @@ fn snat_port_exhaustion_refuses_the_extra_connection_spares_the_others_and_the_p
         Lab::with_gateway(&unique("sn"), &config, |lab| {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let server_stop = stop.clone();
-            let server = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, move || {
+            let server = idlegate::sys::netns::spawn_in(&lab.namespace_of(INTERNET)?, move || {
                 echo_server(8000, server_stop)
             })?;
-            let client = idlegate::netns::spawn_in(&lab.namespace_of("vm1")?, move || {
+            let client = idlegate::sys::netns::spawn_in(&lab.namespace_of("vm1")?, move || {
                 let connect =
                     |timeout| std::net::TcpStream::connect_timeout(&target.into(), timeout);
                 // The server may need a moment to listen: retry the first connection briefly.
@@ -495,12 +495,12 @@ backend_port = 2222
         let mut servers = Vec::new();
         for name in ["vm1", "vm2"] {
             let s = stop.clone();
-            servers.push(idlegate::netns::spawn_in(
+            servers.push(idlegate::sys::netns::spawn_in(
                 &lab.namespace_of(name)?,
                 move || name_server(2222, name, s),
             )?);
         }
-        let client = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
+        let client = idlegate::sys::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
             [50001u16, 50100, 50101].map(|port| {
                 use std::io::Read;
                 let target = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), port);
@@ -588,7 +588,7 @@ backend_port = 5301
         // The server answers each datagram after `delay`: 1 s on 5300, 5.5 s on 5301.
         let mut servers = Vec::new();
         for (port, delay) in [(5300u16, 1000u64), (5301, 5500)] {
-            servers.push(idlegate::netns::spawn_in(
+            servers.push(idlegate::sys::netns::spawn_in(
                 &lab.namespace_of("vm1")?,
                 move || -> std::io::Result<()> {
                     let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
@@ -601,7 +601,7 @@ backend_port = 5301
                 },
             )?);
         }
-        let client = idlegate::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
+        let client = idlegate::sys::netns::spawn_in(&lab.namespace_of(INTERNET)?, || {
             [5300u16, 5301]
                 .map(|port| {
                     std::thread::spawn(move || -> std::io::Result<bool> {

@@ -5,7 +5,7 @@
 mod common;
 
 use idlegate::lab::Lab;
-use idlegate::netns::spawn_in;
+use idlegate::sys::netns::spawn_in;
 use idlegate_core::engine::DropReason;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,7 +5,7 @@ mod common;
 
 use common::{narrow_link, require_root, transfer, unique, Ip};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns::{self, Namespace};
+use idlegate::sys::netns::{self, Namespace};
 use idlegate_core::Config;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};

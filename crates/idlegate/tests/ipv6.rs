@@ -5,9 +5,9 @@
 mod common;
 
 use common::{narrow_link, require_root, transfer, unique, Ip};
+use idlegate::lab::scenario::{self, Outcome, Script};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS_V6};
-use idlegate::netns::Namespace;
-use idlegate::scenario::{self, Outcome, Script};
+use idlegate::sys::netns::Namespace;
 use idlegate_core::Config;
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};

@@ -9,9 +9,9 @@
 mod common;
 
 use common::{require_root, unique};
-use idlegate::keepalive::{Process, SocketKeepalive};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns;
+use idlegate::survive::keepalive::{Process, SocketKeepalive};
+use idlegate::sys::netns;
 use idlegate_core::Config;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

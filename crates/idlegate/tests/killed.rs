@@ -189,7 +189,7 @@ fn a_relay_killed_during_a_download_resets_the_client() {
 /// entry's address).
 fn tunnel(server: SocketAddr, dir: &std::path::Path) -> (Running, Running, SocketAddr) {
     let key = dir.join("tunnel.key");
-    idlegate::tunnel::key::Key::generate(&key).expect("a key");
+    idlegate::survive::tunnel::key::Key::generate(&key).expect("a key");
     let key = key.to_str().unwrap().to_string();
     let exit_addr = free_port();
     let exit = start(

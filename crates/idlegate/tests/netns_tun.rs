@@ -8,8 +8,8 @@
 mod common;
 
 use anyhow::{anyhow, Context, Result};
-use idlegate::netns::{self, Namespace};
-use idlegate::tun::Tun;
+use idlegate::sys::netns::{self, Namespace};
+use idlegate::sys::tun::Tun;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};

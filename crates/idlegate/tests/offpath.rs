@@ -10,7 +10,7 @@ mod common;
 
 use common::{one_rule_lab, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns::spawn_in;
+use idlegate::sys::netns::spawn_in;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::time::Duration;

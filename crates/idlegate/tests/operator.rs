@@ -84,7 +84,9 @@ fn idle_clients(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 fn relay_metrics() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    idlegate::relay::serve_metrics(listener, || "idlegate_relay_connections_total 0\n".into());
+    idlegate::survive::relay::serve_metrics(listener, || {
+        "idlegate_relay_connections_total 0\n".into()
+    });
     addr
 }
 
@@ -301,9 +303,9 @@ impl Drop for LabUp {
             std::thread::sleep(Duration::from_millis(20));
         }
         let prefix = format!("ig-{}-", self.name);
-        for ns in idlegate::netns::list().unwrap_or_default() {
+        for ns in idlegate::sys::netns::list().unwrap_or_default() {
             if ns.starts_with(&prefix) {
-                let _ = idlegate::netns::delete(&ns);
+                let _ = idlegate::sys::netns::delete(&ns);
             }
         }
         let _ = std::fs::remove_file(format!("/run/idlegate/lab-{}.lock", self.name));
@@ -348,7 +350,7 @@ fn a_forced_expiry_is_logged_as_forced_with_the_flows_true_idle_time() {
     let (accepted, got) = mpsc::channel();
     for vm in ["vm1", "vm2"] {
         let accepted = accepted.clone();
-        let listener = idlegate::netns::spawn_in(&lab.ns(vm), || {
+        let listener = idlegate::sys::netns::spawn_in(&lab.ns(vm), || {
             TcpListener::bind("0.0.0.0:7000").expect("listening in the member")
         })
         .unwrap()
@@ -362,7 +364,7 @@ fn a_forced_expiry_is_logged_as_forced_with_the_flows_true_idle_time() {
             }
         });
     }
-    let client = idlegate::netns::spawn_in(&lab.ns("internet"), || {
+    let client = idlegate::sys::netns::spawn_in(&lab.ns("internet"), || {
         let mut s = TcpStream::connect_timeout(&"203.0.113.10:7000".parse().unwrap(), WAIT)
             .expect("connecting through the frontend");
         s.write_all(b"a").unwrap();

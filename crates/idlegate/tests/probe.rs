@@ -7,10 +7,10 @@ mod common;
 
 use common::kernel_router::{Invalid, KernelRouter};
 use common::{require_root, unique};
-use idlegate::echo::Echo;
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns;
-use idlegate::probe::{self, Behaviour, Options, Report};
+use idlegate::measure::echo::Echo;
+use idlegate::measure::probe::{self, Behaviour, Options, Report};
+use idlegate::sys::netns;
 use idlegate_core::profile::Pickup;
 use idlegate_core::Config;
 use std::net::SocketAddr;

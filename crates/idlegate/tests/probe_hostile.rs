@@ -4,8 +4,8 @@
 //! exit non-zero, promptly and in bounded memory, instead of reporting a timeout. Loopback
 //! only, no root needed.
 
-use idlegate::echo::frame::{Decoder, Frame};
-use idlegate::echo::{Echo, FULL};
+use idlegate::measure::echo::frame::{Decoder, Frame};
+use idlegate::measure::echo::{Echo, FULL};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, ExitStatus, Stdio};
@@ -182,7 +182,7 @@ fn a_full_echo_refuses_the_probe_with_an_error_frame_and_the_probe_says_it_could
     let held: Vec<TcpStream> = (0..2u32)
         .map(|conn| {
             let mut s = TcpStream::connect(target).unwrap();
-            let id = idlegate::echo::frame::ConnId { run: 7, conn };
+            let id = idlegate::measure::echo::frame::ConnId { run: 7, conn };
             s.write_all(&Frame::Hello(id).encode()).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut decoder = Decoder::default();

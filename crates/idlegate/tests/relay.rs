@@ -6,10 +6,10 @@
 mod common;
 
 use common::{raise_fd_limit, require_root, unique};
+use idlegate::lab::scenario::{self, Script};
 use idlegate::lab::{Lab, INTERNET};
-use idlegate::netns;
-use idlegate::relay::{Keepalive, Relay};
-use idlegate::scenario::{self, Script};
+use idlegate::survive::relay::{Keepalive, Relay};
+use idlegate::sys::netns;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -178,7 +178,7 @@ fn many_connections_are_relayed_at_once() {
     // pipes): raise this process's soft limit to its hard one.
     const N: usize = 1000;
     raise_fd_limit(12 * N as u64);
-    let listener = idlegate::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = idlegate::survive::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -350,7 +350,9 @@ fn metrics_count_connections_bytes_and_resets() {
     let metrics = TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
     let relays = vec![(addr, stats)];
-    idlegate::relay::serve_metrics(metrics, move || idlegate::relay::render_metrics(&relays));
+    idlegate::survive::relay::serve_metrics(metrics, move || {
+        idlegate::survive::relay::render_metrics(&relays)
+    });
     let scrape = || {
         let mut http = TcpStream::connect(metrics_addr).unwrap();
         http.set_read_timeout(Some(WAIT)).unwrap();

@@ -9,8 +9,8 @@
 mod common;
 
 use anyhow::{anyhow, Context, Result};
-use idlegate::netns::{self, Namespace};
-use idlegate::scenario::{self, Moment, Outcome, Script, Side};
+use idlegate::lab::scenario::{self, Moment, Outcome, Script, Side};
+use idlegate::sys::netns::{self, Namespace};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::sync::{Arc, Mutex};

@@ -19,8 +19,8 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use idlegate::netns::{self, Namespace};
-use idlegate::scenario::{self, Script};
+use idlegate::lab::scenario::{self, Script};
+use idlegate::sys::netns::{self, Namespace};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -506,7 +506,7 @@ fn standalone_gateway_runs_as_the_given_user_without_any_capability_and_still_fo
     router
         .wait_for_log("privileges dropped")
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let nobody = idlegate::privilege::User::lookup("nobody").expect("a nobody user");
+    let nobody = idlegate::sys::privilege::User::lookup("nobody").expect("a nobody user");
     let uid = nobody.uid.to_string();
     let uids = [uid.as_str(); 4].join("\t"); // real, effective, saved, fs
     router.assert_every_thread("Uid", &uids);
@@ -530,7 +530,7 @@ fn standalone_gateway_runs_as_the_given_user_without_any_capability_and_still_fo
 fn standalone_gateway_started_by_a_user_with_only_the_capabilities_it_needs_drops_them() {
     // As systemd starts a service with User= and AmbientCapabilities=: CAP_NET_ADMIN for the
     // TUN devices, CAP_DAC_OVERRIDE where /dev/net/tun is root's alone (0600 here).
-    let nobody = idlegate::privilege::User::lookup("nobody").expect("a nobody user");
+    let nobody = idlegate::sys::privilege::User::lookup("nobody").expect("a nobody user");
     let mut router = Router::start_unprivileged(nobody.uid, "+net_admin,+dac_override")
         .expect("building the router");
     router
@@ -566,9 +566,9 @@ fn standalone_gateway_without_a_user_stays_root_with_every_capability_dropped() 
 
 #[test]
 fn a_tunnel_through_the_gateway_resumes_after_the_gateway_is_killed_and_restarted() {
-    use idlegate::relay::Keepalive;
-    use idlegate::tunnel::key::Key;
-    use idlegate::tunnel::{Entry, Exit, Settings};
+    use idlegate::survive::relay::Keepalive;
+    use idlegate::survive::tunnel::key::Key;
+    use idlegate::survive::tunnel::{Entry, Exit, Settings};
     use std::sync::atomic::Ordering;
 
     const BYTES: usize = 24 << 20;

@@ -11,10 +11,10 @@ mod common;
 use common::tunnel::*;
 use common::{require_root, unique};
 use idlegate::lab::{self, Lab, INTERNET};
-use idlegate::netns;
-use idlegate::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
-use idlegate::tunnel::key::Key;
-use idlegate::tunnel::leg::Leg;
+use idlegate::survive::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
+use idlegate::survive::tunnel::key::Key;
+use idlegate::survive::tunnel::leg::Leg;
+use idlegate::sys::netns;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,7 +119,7 @@ fn a_leg_cut_again_and_again_is_resumed_without_losing_a_byte() {
         "both ends count each resume"
     );
     // The metrics say so too: resumes, bytes sent again, no session lost.
-    let text = idlegate::relay::render_metrics(&[(entry.addr, entry.stats.clone())]);
+    let text = idlegate::survive::relay::render_metrics(&[(entry.addr, entry.stats.clone())]);
     let resumes = entry.stats.reconnects.load(Ordering::Relaxed);
     for line in [
         format!(
@@ -464,7 +464,7 @@ fn a_thousand_sessions_at_once() {
     const N: usize = 1000;
     common::raise_fd_limit(16 * N as u64);
     let key = Key::random().unwrap();
-    let listener = idlegate::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = idlegate::survive::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {

@@ -11,9 +11,9 @@ mod common;
 
 use common::tunnel::{settings, start_entry_with, wait_until, CutPath, WAIT};
 
-use idlegate::tunnel::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
-use idlegate::tunnel::key::{Key, PrivateKey, PublicKey};
-use idlegate::tunnel::leg::{EntryKeys, Leg, LegError};
+use idlegate::survive::tunnel::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
+use idlegate::survive::tunnel::key::{Key, PrivateKey, PublicKey};
+use idlegate::survive::tunnel::leg::{EntryKeys, Leg, LegError};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -9,11 +9,11 @@ mod common;
 use common::tunnel::*;
 use common::{require_root, unique};
 use idlegate::lab::{self, Lab, INTERNET};
-use idlegate::netns;
-use idlegate::relay::{Keepalive, Stats};
-use idlegate::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
-use idlegate::tunnel::key::Key;
-use idlegate::tunnel::leg::Leg;
+use idlegate::survive::relay::{Keepalive, Stats};
+use idlegate::survive::tunnel::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
+use idlegate::survive::tunnel::key::Key;
+use idlegate::survive::tunnel::leg::Leg;
+use idlegate::sys::netns;
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -164,7 +164,7 @@ fn a_stalled_session_is_counted_while_it_stalls_and_no_longer_once_bytes_move() 
         stalled(&entry),
         stalled(&exit)
     );
-    let text = idlegate::relay::render_metrics(&[(entry.addr, entry.stats.clone())]);
+    let text = idlegate::survive::relay::render_metrics(&[(entry.addr, entry.stats.clone())]);
     let line = format!(
         "idlegate_relay_sessions_stalled{{listen=\"{}\"}} 1",
         entry.addr

@@ -3,8 +3,8 @@
 //! answers added up. All answer, or the question fails.
 
 use super::{Answer, Inbox, Query, ANSWER_TIMEOUT};
-use crate::control::{FlowRow, Shards};
-use crate::metrics::Snapshot;
+use crate::gateway::control::{FlowRow, Shards};
+use crate::gateway::metrics::Snapshot;
 use std::sync::mpsc;
 use std::time::Instant;
 

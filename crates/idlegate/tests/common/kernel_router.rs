@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test file uses what it needs
 
 use super::unique;
-use idlegate::netns::{self, Namespace};
+use idlegate::sys::netns::{self, Namespace};
 use idlegate_core::profile::Pickup;
 use std::io::Write;
 use std::process::{Command, Stdio};

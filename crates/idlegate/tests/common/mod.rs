@@ -51,7 +51,7 @@ pub fn transfer(
     use std::net::{Shutdown, TcpListener, TcpStream};
     use std::time::Duration;
     let stall = Duration::from_secs(15);
-    let listener = idlegate::netns::spawn_in(server_ns, move || TcpListener::bind(address))?
+    let listener = idlegate::sys::netns::spawn_in(server_ns, move || TcpListener::bind(address))?
         .join()
         .expect("bind thread")?;
     let server = std::thread::spawn(move || -> std::io::Result<usize> {
@@ -61,7 +61,7 @@ pub fn transfer(
         conn.read_to_end(&mut received)?;
         Ok(received.len())
     });
-    let client = idlegate::netns::spawn_in(client_ns, move || -> std::io::Result<()> {
+    let client = idlegate::sys::netns::spawn_in(client_ns, move || -> std::io::Result<()> {
         let mut conn = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
         conn.set_write_timeout(Some(stall))?;
         conn.write_all(&vec![0x5a; bytes])?;
@@ -85,7 +85,7 @@ pub enum Ip {
 /// far end's default route through the near one, forwarding on in `internet_ns`.
 #[allow(dead_code)]
 pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
-    let run = |args: &[&str]| idlegate::netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    let run = |args: &[&str]| idlegate::sys::netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     let (near, far, gateway, family, forwarding) = match ip {
         Ip::V4 => (
             "198.51.100.1/24",
@@ -146,7 +146,8 @@ pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
 /// the test loudly if the hard limit does not allow it.
 #[allow(dead_code)] // not every test file opens thousands
 pub fn raise_fd_limit(want: u64) {
-    let have = idlegate::relay::raise_descriptor_limit(want).expect("raising the descriptor limit");
+    let have = idlegate::survive::relay::raise_descriptor_limit(want)
+        .expect("raising the descriptor limit");
     assert!(
         have >= want,
         "this test needs {want} file descriptors; the hard limit allows {have}"

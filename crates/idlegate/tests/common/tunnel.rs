@@ -4,13 +4,13 @@
 
 #![allow(dead_code)] // each test file uses what it needs
 
-use idlegate::control::{self, Request, Response};
-use idlegate::netns;
-use idlegate::relay::{Keepalive, Stats};
-use idlegate::tunnel::frame::SessionId;
-use idlegate::tunnel::key::Key;
-use idlegate::tunnel::leg::EntryKeys;
-use idlegate::tunnel::{Entry, Exit, Settings};
+use idlegate::gateway::control::{self, Request, Response};
+use idlegate::survive::relay::{Keepalive, Stats};
+use idlegate::survive::tunnel::frame::SessionId;
+use idlegate::survive::tunnel::key::Key;
+use idlegate::survive::tunnel::leg::EntryKeys;
+use idlegate::survive::tunnel::{Entry, Exit, Settings};
+use idlegate::sys::netns;
 use sha2::{Digest, Sha256};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -1,4 +1,4 @@
-//! `--metrics ADDR`: what the gateway's Prometheus metrics say; [`crate::scrape`] serves them
+//! `--metrics ADDR`: what the gateway's Prometheus metrics say; [`crate::obs::scrape`] serves them
 //! over HTTP on a thread of its own.
 //!
 //! `GET /metrics` answers the text exposition format (version 0.0.4) with the engine's counters

@@ -8,8 +8,8 @@
 //! timeout; `tcp-reset` goes through a rule with `expiry = "reset"`. The report is a timeline
 //! and a verdict per connection, or one JSON object with `--json`.
 
+use crate::lab::scenario::{self, Outcome, Script};
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
-use crate::scenario::{self, Outcome, Script};
 use anyhow::{bail, Result};
 use idlegate_core::engine::Counters;
 use idlegate_core::expiry::Expiry;

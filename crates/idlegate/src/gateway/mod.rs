@@ -17,17 +17,19 @@
 //! workers share), and no allocation once the pools are warm.
 //!
 //! The thread that calls [`Gateway::run`] serves the control socket; the metrics (`--metrics`)
-//! have a thread of their own ([`crate::scrape`]), so that no one who can reach the metrics
+//! have a thread of their own ([`crate::obs::scrape`]), so that no one who can reach the metrics
 //! address can hold up `idlegate flows`. Both ask every worker through its inbox and add up
 //! the answers.
 
 mod ask;
+pub mod control;
+pub mod metrics;
 
-use crate::capture::Capture;
-use crate::control::{Control, FlowRow};
-use crate::metrics::{DeviceCounters, Direction, Snapshot, Traffic};
-use crate::scrape;
-use crate::tun::{Received, Shape, Tun};
+use crate::gateway::control::{Control, FlowRow};
+use crate::gateway::metrics::{DeviceCounters, Direction, Snapshot, Traffic};
+use crate::obs::capture::Capture;
+use crate::obs::scrape;
+use crate::sys::tun::{Received, Shape, Tun};
 use anyhow::{anyhow, bail, Context, Result};
 use ask::{Ask, Asker};
 use idlegate_core::engine::{Counters, Engine, Event, ExpiryCause, Interface, Verdict};
@@ -118,7 +120,7 @@ const BUF_LEN: usize = 65_535;
 /// Packets read from one device before the others get their turn.
 const BUDGET: usize = 64;
 /// The room of one single-packet buffer: a header and a full-sized packet.
-const SINGLE_LEN: usize = crate::tun::HEADER + 1600;
+const SINGLE_LEN: usize = crate::sys::tun::HEADER + 1600;
 /// Packets a worker may have handed over and not yet got back: about what a device's own
 /// transmit queue holds (1,000). Past it, a packet read by the wrong worker is dropped and counted (a
 /// flood of new flows cannot grow the pools).
@@ -397,7 +399,7 @@ impl Gateway {
                                     return Some(text.clone());
                                 }
                             }
-                            let text = crate::metrics::render(&shards.snapshot()?);
+                            let text = crate::gateway::metrics::render(&shards.snapshot()?);
                             last = Some((Instant::now(), text.clone()));
                             Some(text)
                         })
@@ -555,7 +557,7 @@ impl Worker {
         member_names: Vec<(IpAddr, String)>,
         stopper: Stopper,
     ) -> Worker {
-        let header = if offload { crate::tun::HEADER } else { 0 };
+        let header = if offload { crate::sys::tun::HEADER } else { 0 };
         Worker {
             index,
             engine,

@@ -30,7 +30,7 @@
 //! setters (`set_mtu`, `enabled`, ...) cannot work once the device has moved, because
 //! their control socket is in our namespace; hence all later configuration uses `ip -n`.
 
-use crate::netns;
+use crate::sys::netns;
 use anyhow::{Context, Result};
 use idlegate_core::packet::TransportChecksum;
 use std::io::{self, IoSlice};

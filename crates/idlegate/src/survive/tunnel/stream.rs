@@ -48,7 +48,7 @@ pub enum StreamError {
 
 /// What a sender may send before the receiver's first grant: one frame's worth, the smallest
 /// window a receiver may have.
-pub const INITIAL_WINDOW: u64 = crate::tunnel::frame::MAX_DATA as u64;
+pub const INITIAL_WINDOW: u64 = crate::survive::tunnel::frame::MAX_DATA as u64;
 
 /// What an outbox sends next.
 #[derive(Debug, PartialEq, Eq)]

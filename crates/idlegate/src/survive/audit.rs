@@ -11,7 +11,7 @@
 //! the path is probably dead already), `at-risk` (no keepalive, or keepalive slower than the
 //! timeout), `safe`.
 
-use crate::keepalive::{Process, SocketKeepalive};
+use crate::survive::keepalive::{Process, SocketKeepalive};
 use anyhow::{bail, Context, Result};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -220,9 +220,11 @@ fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Verdict, String) {
 /// Audits the connections of namespace `netns` (this process's if None).
 pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     let (sysctl, raw) = match netns {
-        Some(ns) => crate::netns::spawn_in(ns, || -> Result<_> { Ok((Sysctl::read()?, dump()?)) })?
-            .join()
-            .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??,
+        Some(ns) => {
+            crate::sys::netns::spawn_in(ns, || -> Result<_> { Ok((Sysctl::read()?, dump()?)) })?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??
+        }
         None => (Sysctl::read()?, dump()?),
     };
     let owners = owners();
@@ -393,7 +395,7 @@ fn read_own(pid: i32, fd: i32, inode: u64) -> Option<SocketKeepalive> {
     let process = Process::open(pid).ok()?;
     let dup = process.duplicate(fd).ok()?;
     // The descriptor may have been closed and reused since /proc was read.
-    if crate::keepalive::inode_of(&dup) != Some(inode) {
+    if crate::survive::keepalive::inode_of(&dup) != Some(inode) {
         return None;
     }
     SocketKeepalive::read(&dup).ok()
@@ -437,7 +439,7 @@ fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Durati
         remote: r.remote,
         pid: owner.map(|o| o.0),
         command: owner.map(|o| o.2.clone()),
-        state: crate::keepalive::tcp_state_name(r.state),
+        state: crate::survive::keepalive::tcp_state_name(r.state),
         keepalive,
         keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),
         keepalive_interval_s: own.filter(|_| on).map(|k| k.interval.as_secs()),

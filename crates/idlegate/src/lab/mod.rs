@@ -12,9 +12,12 @@
 //! crashed run of that lab left behind. Dropping the [`Lab`] removes its namespaces; the TUN
 //! devices vanish with the file descriptors.
 
+pub mod demo;
+pub mod scenario;
+
 use crate::gateway::{self, Gateway, Options, Port};
-use crate::netns::{self, Namespace};
-use crate::tun::Tun;
+use crate::sys::netns::{self, Namespace};
+use crate::sys::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
 use idlegate_core::engine::{Counters, Interface};
 use idlegate_core::Config;

@@ -203,7 +203,7 @@ fn parse_bytes(bytes: &[u8], path: &Path) -> Result<PeerList> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::key::PrivateKey;
+    use crate::survive::tunnel::key::PrivateKey;
 
     fn key() -> PublicKey {
         PrivateKey::random().unwrap().public()

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::keepalive::Keepalive;
+pub use crate::survive::keepalive::Keepalive;
 
 /// How often the accept loop looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
@@ -485,8 +485,8 @@ impl<'r> Worker<'r> {
             stats.resets.fetch_add(1, Ordering::Relaxed);
             self.close(key);
         } else if conn.up.done && conn.down.done {
-            crate::keepalive::ended_in_order(&conn.client);
-            crate::keepalive::ended_in_order(&conn.server);
+            crate::survive::keepalive::ended_in_order(&conn.client);
+            crate::survive::keepalive::ended_in_order(&conn.server);
             self.close(key);
         }
     }
@@ -739,10 +739,10 @@ pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
 }
 
 /// Serves `render()` at http://ADDR/metrics on a thread of its own until the process ends
-/// ([`crate::scrape`]: many scrapers at once, none able to stall another).
+/// ([`crate::obs::scrape`]: many scrapers at once, none able to stall another).
 pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send + 'static) {
     std::thread::spawn(move || {
-        let served = crate::scrape::Server::from_std(listener)
+        let served = crate::obs::scrape::Server::from_std(listener)
             .and_then(|mut server| server.run(&|| false, &mut || Some(render())));
         if let Err(e) = served {
             tracing::error!("metrics stopped: {e:#}");

@@ -432,7 +432,7 @@ impl Connection {
         let fd = self.stream.as_raw_fd();
         let until = Instant::now() + limit;
         loop {
-            match crate::scenario::all_acknowledged(fd) {
+            match crate::lab::scenario::all_acknowledged(fd) {
                 Some(true) => return true,
                 Some(false) if Instant::now() < until => {
                     std::thread::sleep(Duration::from_millis(5))

@@ -9,7 +9,7 @@
 //! 003: Linux 120/30/8; Windows KeepAliveTime 120000 ms, KeepAliveInterval 30000 ms,
 //! TcpMaxDataRetransmissions 8; Python requests with urllib3's `socket_options`.
 
-use crate::keepalive::Keepalive;
+use crate::survive::keepalive::Keepalive;
 use std::fmt::Write;
 use std::time::Duration;
 

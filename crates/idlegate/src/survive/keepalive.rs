@@ -487,7 +487,7 @@ pub fn exited(process: &Process) -> bool {
 
 /// Waits up to `timeout` for `process` to exit; says whether it did.
 fn wait_exit(process: &Process, timeout: Duration) -> bool {
-    crate::echo::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
+    crate::measure::echo::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
 }
 
 /// The pids of `pid`'s descendants (children, their children, …), from

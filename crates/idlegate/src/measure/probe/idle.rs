@@ -4,8 +4,8 @@
 //! [`Observed`]; a connection that breaks echo's protocol is [`Broken`]: nothing measured.
 
 use super::{read_frame, Armed, Broken, Direction, Observed, Seen, DATA_SEQ, PLAIN_PAYLOAD};
-use crate::echo::frame::Frame;
-use crate::scenario::all_acknowledged;
+use crate::lab::scenario::all_acknowledged;
+use crate::measure::echo::frame::Frame;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +75,7 @@ fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<S
 
 /// Takes the frames echo sent during the idle period.
 fn take_idle_frames(a: &mut Armed, bytes: &[u8]) -> Result<(), Broken> {
-    let broken = |e: crate::echo::frame::ProtocolError| Broken(e.to_string());
+    let broken = |e: crate::measure::echo::frame::ProtocolError| Broken(e.to_string());
     a.decoder.feed(bytes).map_err(broken)?;
     while let Some(frame) = a.decoder.decode().map_err(broken)? {
         match frame {

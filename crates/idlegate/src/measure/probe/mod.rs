@@ -26,10 +26,10 @@
 mod idle;
 pub mod search;
 
+use crate::lab::scenario::errno_name;
 #[cfg(doc)]
-use crate::echo::frame::MAX_BUFFERED;
-use crate::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
-use crate::scenario::errno_name;
+use crate::measure::echo::frame::MAX_BUFFERED;
+use crate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
@@ -794,7 +794,7 @@ fn read_frame(
     }
 }
 
-fn invalid(e: crate::echo::frame::ProtocolError) -> io::Error {
+fn invalid(e: crate::measure::echo::frame::ProtocolError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 

@@ -44,8 +44,8 @@ pub mod peers;
 pub mod session;
 pub mod stream;
 
-use crate::echo::wait_readable;
-use crate::relay::{Keepalive, Stats};
+use crate::measure::echo::wait_readable;
+use crate::survive::relay::{Keepalive, Stats};
 use anyhow::{Context, Result};
 use ended::Ended;
 use frame::{Frame, Refusal, SessionId, Token};
@@ -138,8 +138,8 @@ impl Entry {
         settings: Settings,
     ) -> Result<Entry> {
         settings.check()?;
-        let listener =
-            crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let listener = crate::survive::relay::listen(listen)
+            .with_context(|| format!("listening on {listen}"))?;
         Ok(Entry {
             listener,
             tunnel,
@@ -342,8 +342,8 @@ impl Exit {
         settings: Settings,
     ) -> Result<Exit> {
         settings.check()?;
-        let listener =
-            crate::relay::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let listener = crate::survive::relay::listen(listen)
+            .with_context(|| format!("listening on {listen}"))?;
         let ended = Ended::new(
             settings.resume_within,
             settings

@@ -18,7 +18,7 @@
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
-use crate::relay::Stats;
+use crate::survive::relay::Stats;
 use socket2::SockRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -201,7 +201,7 @@ impl Session {
     /// that finished).
     fn end_in_order(&mut self) -> LegEnd {
         self.done = true;
-        crate::keepalive::ended_in_order(&self.app);
+        crate::survive::keepalive::ended_in_order(&self.app);
         LegEnd::Done
     }
 

@@ -287,12 +287,12 @@ pub fn ask(path: &Path, request: &Request) -> Result<Response> {
     line.push('\n');
     stream
         .write_all(line.as_bytes())
-        .map_err(|e| crate::timeout::explain(e, ASK_TIMEOUT))
+        .map_err(|e| crate::sys::timeout::explain(e, ASK_TIMEOUT))
         .with_context(no_answer)?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(|e| crate::timeout::explain(e, ASK_TIMEOUT))
+        .map_err(|e| crate::sys::timeout::explain(e, ASK_TIMEOUT))
         .with_context(no_answer)?;
     serde_json::from_str(&answer)
         .with_context(|| format!("the gateway's answer is not a response: {answer:?}"))

@@ -24,7 +24,7 @@
 //! side's final FIN is part of the story). Setup failures (namespace, bind, threads) are
 //! errors of [`run`]; everything that happens to the connections is data in [`Outcome`].
 
-use crate::netns;
+use crate::sys::netns;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Serialize, Serializer};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};

@@ -10,7 +10,7 @@ use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{EntryKeys, Leg, LegError};
 use super::session::{self, LegEnd, Session, Side};
 use super::{Open, Settings};
-use crate::relay::Stats;
+use crate::survive::relay::Stats;
 use anyhow::Result;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
@@ -170,7 +170,7 @@ impl Dial {
     fn dial_failure(&self, e: DialError) -> String {
         match e {
             DialError::Leg(LegError::Io(e)) => {
-                crate::timeout::explain(e, self.settings.dial_timeout()).to_string()
+                crate::sys::timeout::explain(e, self.settings.dial_timeout()).to_string()
             }
             other => other.to_string(),
         }

@@ -1,0 +1,16 @@
+//! Survive: keep connections alive across boxes that forget idle flows, for applications
+//! nobody can change.
+//!
+//! | module | domain word |
+//! |---|---|
+//! | [`keepalive`] | keepalive settings, read back, and given to running programs' sockets |
+//! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
+//! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
+//! | [`audit`] | `idlegate audit`: the host's TCP connections judged against an idle timeout |
+//! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
+
+pub mod advise;
+pub mod audit;
+pub mod keepalive;
+pub mod relay;
+pub mod tunnel;
