@@ -2,8 +2,33 @@
 //!
 //! Features (gateway, lab, measure, survive, the command line) call what is here and never
 //! `libc` themselves; a port to another operating system adds files here and nowhere else.
+//!
+//! | module | domain word |
+//! |---|---|
+//! | [`errno`] | the error numbers features tell apart, and their names |
+//! | [`file`] | flock(2) locks, inodes |
+//! | [`netns`] | network namespaces |
+//! | [`pipe`] | pipes and splice(2) |
+//! | [`poll`] | waiting on descriptors: the one poll(2) wrapper, [`poll::STOP_CHECK`] |
+//! | [`privilege`] | capabilities and dropping privileges |
+//! | [`process`] | who this process runs as, signals, pidfds |
+//! | [`resolve`] | HOST:PORT to an address |
+//! | [`rlimit`] | the descriptor limit |
+//! | [`socket`] | the listener, SO_LINGER 0 resets, IP_RECVERR, non-blocking reads, SIOCOUTQ |
+//! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
+//! | [`timeout`] | timeouts named as timeouts |
+//! | [`tun`] | TUN devices |
 
+pub mod errno;
+pub mod file;
 pub mod netns;
+pub mod pipe;
+pub mod poll;
 pub mod privilege;
+pub mod process;
+pub mod resolve;
+pub mod rlimit;
+pub mod socket;
+pub mod tcp_info;
 pub mod timeout;
 pub mod tun;
