@@ -883,7 +883,7 @@ fn echo(args: &EchoArgs) -> Result<()> {
     let want = u64::try_from(args.max_connections)
         .unwrap_or(u64::MAX)
         .saturating_add(256);
-    let limit = idlegate::survive::relay::raise_descriptor_limit(want)?;
+    let limit = idlegate::sys::rlimit::raise_descriptor_limit(want)?;
     if limit < want {
         tracing::warn!(
             "echo: only {limit} descriptors may be open; --max-connections {} will not be reached",
@@ -902,13 +902,8 @@ fn echo(args: &EchoArgs) -> Result<()> {
 
 /// `idlegate probe`: runs the search and prints the report.
 fn probe(args: &ProbeArgs) -> Result<()> {
-    use std::net::ToSocketAddrs;
-    let target = args
-        .target
-        .to_socket_addrs()
-        .with_context(|| format!("{}: not HOST:PORT", args.target))?
-        .next()
-        .with_context(|| format!("{}: no address", args.target))?;
+    let target =
+        idlegate::sys::resolve::host_port(&args.target).with_context(|| args.target.clone())?;
     use std::time::Duration;
     let (day, ms100) = (Duration::from_secs(86_400), Duration::from_millis(100));
     if args.max > day {
@@ -1136,11 +1131,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
     use idlegate::survive::tunnel::leg::{EntryKeys, ExitKeys};
     use idlegate::survive::tunnel::{Entry, Exit, Settings};
     let resolve = |flag: &str, v: &str| -> Result<std::net::SocketAddr> {
-        use std::net::ToSocketAddrs;
-        v.to_socket_addrs()
-            .with_context(|| format!("{flag} {v}: not HOST:PORT"))?
-            .next()
-            .with_context(|| format!("{flag} {v}: no address"))
+        idlegate::sys::resolve::host_port(v).with_context(|| format!("{flag} {v}"))
     };
     let keepalive = match (&args.keepalive, &args.profile) {
         (Some(k), _) => Keepalive::parse(k)?,
@@ -1172,7 +1163,7 @@ fn relay(args: &RelayArgs) -> Result<()> {
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
             .saturating_add(64 + gate);
-        let soft = idlegate::survive::relay::raise_descriptor_limit(want)?;
+        let soft = idlegate::sys::rlimit::raise_descriptor_limit(want)?;
         if soft < want {
             tracing::warn!(
                 "descriptors: at most {soft} (the hard limit), so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",

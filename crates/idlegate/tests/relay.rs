@@ -178,7 +178,7 @@ fn many_connections_are_relayed_at_once() {
     // pipes): raise this process's soft limit to its hard one.
     const N: usize = 1000;
     raise_fd_limit(12 * N as u64);
-    let listener = idlegate::survive::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = idlegate::sys::socket::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {

@@ -464,7 +464,7 @@ fn a_thousand_sessions_at_once() {
     const N: usize = 1000;
     common::raise_fd_limit(16 * N as u64);
     let key = Key::random().unwrap();
-    let listener = idlegate::survive::relay::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = idlegate::sys::socket::listen("127.0.0.1:0".parse().unwrap()).unwrap();
     let server_addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {

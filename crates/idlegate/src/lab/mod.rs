@@ -16,7 +16,9 @@ pub mod demo;
 pub mod scenario;
 
 use crate::gateway::{self, Gateway, Options, Port};
+use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
+use crate::sys::process;
 use crate::sys::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
 use idlegate_core::engine::{Counters, Interface};
@@ -24,7 +26,6 @@ use idlegate_core::Config;
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 
@@ -257,8 +258,7 @@ fn check_lab_name(name: &str) -> Result<()> {
 
 /// Namespaces and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN.
 pub fn ensure_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !process::is_root() {
         bail!(
             "the lab needs root: it creates network namespaces and TUN devices (run it with sudo)"
         );
@@ -289,8 +289,7 @@ fn lock(lab: &str) -> Result<File> {
             .truncate(false)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor `file` keeps open.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if !file::try_lock(&file, Lock::Exclusive) {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             bail!(
                 "lab {lab} is already up (pid {}); stop it first or pick another --name",
@@ -365,8 +364,8 @@ fn is_up(lab: &str) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e).with_context(|| format!("opening {}", lock_path(lab).display())),
     };
-    // SAFETY: flock on a descriptor `file` keeps open; the shared lock is released on close.
-    let free = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    // The shared lock is released when `file` closes.
+    let free = file::try_lock(&file, Lock::Shared);
     Ok(!free)
 }
 

@@ -24,14 +24,17 @@
 //! side's final FIN is part of the story). Setup failures (namespace, bind, threads) are
 //! errors of [`run`]; everything that happens to the connections is data in [`Outcome`].
 
-use crate::sys::netns;
+use crate::sys::errno::errno_name;
+use crate::sys::poll::{self, Ready};
+use crate::sys::tcp_info::TcpInfo;
+use crate::sys::{netns, socket};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Serialize, Serializer};
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -165,36 +168,6 @@ pub fn render_timeline(outcomes: &[Outcome]) -> String {
         )
     };
     moments.iter().map(line).collect()
-}
-
-/// The symbolic name of an OS error (`ECONNRESET`), or `errno N` for unlisted codes.
-pub fn errno_name(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(code) => errno_const(code).map_or_else(|| format!("errno {code}"), str::to_owned),
-        None if err.kind() == io::ErrorKind::TimedOut => "ETIMEDOUT".to_owned(),
-        None => err.to_string(),
-    }
-}
-
-fn errno_const(code: i32) -> Option<&'static str> {
-    const NAMES: &[(i32, &str)] = &[
-        (libc::ECONNRESET, "ECONNRESET"),
-        (libc::ETIMEDOUT, "ETIMEDOUT"),
-        (libc::EPIPE, "EPIPE"),
-        (libc::ECONNREFUSED, "ECONNREFUSED"),
-        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
-        (libc::ENETUNREACH, "ENETUNREACH"),
-        (libc::ECONNABORTED, "ECONNABORTED"),
-        (libc::ENOTCONN, "ENOTCONN"),
-        (libc::EHOSTDOWN, "EHOSTDOWN"),
-        (libc::ENETDOWN, "ENETDOWN"),
-        (libc::EINVAL, "EINVAL"),
-        (libc::EAGAIN, "EAGAIN"),
-    ];
-    NAMES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map(|(_, name)| *name)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -414,8 +387,8 @@ fn listener(addr: SocketAddr) -> io::Result<Socket> {
 /// The connection the client made, or the error name (`None` when none arrived in time).
 fn accept_one(listener: &Socket, log: &Log) -> Result<Socket, Option<String>> {
     let patience = SIGNAL_TIMEOUT;
-    let accepted = match poll_one(listener.as_raw_fd(), libc::POLLIN, patience) {
-        Ok(0) => {
+    let accepted = match poll::one(listener.as_raw_fd(), true, Some(patience)) {
+        Ok(ready) if !ready.any() => {
             log.record(Side::Server, format!("no connection within {patience:?}"));
             return Err(None);
         }
@@ -520,7 +493,7 @@ fn follow(
 /// Reads the client's TCP_INFO and records which written messages the peer never ACKed.
 fn report_unacked(peer: &Peer, written: &[String]) -> (u32, u32) {
     let fd = peer.sock.as_raw_fd();
-    let info = match tcp_info(fd) {
+    let info = match TcpInfo::read(fd) {
         Ok(info) => info,
         Err(err) => {
             peer.log.record(
@@ -530,9 +503,9 @@ fn report_unacked(peer: &Peer, written: &[String]) -> (u32, u32) {
             return (0, 0);
         }
     };
-    let (unacked, retransmits) = (info.tcpi_unacked, info.tcpi_total_retrans);
+    let (unacked, retransmits) = (info.unacked, info.total_retrans);
     if unacked > 0 {
-        let pending = unacked_messages(written, outq_bytes(fd).unwrap_or(0));
+        let pending = unacked_messages(written, socket::unsent_bytes(fd).unwrap_or(0));
         let what = format!(
             "{} not acknowledged: {} unacked, {}",
             pending.join(", "),
@@ -608,30 +581,29 @@ impl Peer {
             if self.dead {
                 return thread::sleep(left);
             }
-            let events = if self.eof { 0 } else { libc::POLLIN };
-            match poll_one(self.sock.as_raw_fd(), events, left) {
-                Ok(0) => {}
-                Ok(revents) => self.on_ready(revents),
+            match poll::one(self.sock.as_raw_fd(), !self.eof, Some(left)) {
+                Ok(ready) if !ready.any() => {}
+                Ok(ready) => self.on_ready(ready),
                 Err(err) => self.fail("poll failed:", &err),
             }
         }
     }
 
-    fn on_ready(&mut self, revents: i16) {
-        if revents & libc::POLLNVAL != 0 {
+    fn on_ready(&mut self, ready: Ready) {
+        if ready.invalid() {
             self.dead = true;
         } else if !self.eof {
             self.read_once(); // reports data, EOF or the pending error, in that order
-        } else if revents & libc::POLLERR != 0 {
+        } else if ready.error() {
             self.take_error();
-        } else if revents & libc::POLLHUP != 0 {
+        } else if ready.hangup() {
             self.dead = true;
         }
     }
 
     fn read_once(&mut self) {
         let mut buf = [0u8; 4096];
-        match recv_nowait(self.sock.as_raw_fd(), &mut buf) {
+        match socket::recv_nowait(self.sock.as_raw_fd(), &mut buf) {
             Ok(0) => {
                 self.eof = true;
                 self.log
@@ -665,7 +637,7 @@ impl Peer {
     /// peer may well record its reception before the write call returns.
     fn send(&mut self, message: &str) -> bool {
         let before = Instant::now();
-        match send_all(&self.sock, message.as_bytes()) {
+        match socket::send_all(&self.sock, message.as_bytes()) {
             Ok(()) => {
                 let what = format!("sent {message:?}");
                 self.log.record_at(before, self.side, what);
@@ -695,101 +667,9 @@ fn byte_message(byte: u8) -> String {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Syscalls
-
-/// Waits up to `timeout` (rounded up to whole ms) for `events`; returns `revents`,
-/// 0 on timeout or signal.
-fn poll_one(fd: RawFd, events: i16, timeout: Duration) -> io::Result<i16> {
-    let millis = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid array of one pollfd for the duration of the call.
-    match unsafe { libc::poll(&mut pfd, 1, millis) } {
-        rc if rc < 0 => match io::Error::last_os_error() {
-            err if err.kind() == io::ErrorKind::Interrupted => Ok(0),
-            err => Err(err),
-        },
-        _ => Ok(pfd.revents),
-    }
-}
-
-fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-}
-
-/// Writes all of `bytes` (blocking socket), without SIGPIPE.
-fn send_all(sock: &Socket, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match sock.send_with_flags(bytes, libc::MSG_NOSIGNAL) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
-}
-
-fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
-    // SAFETY: tcp_info is plain integers, for which all-zero bytes are a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let info_ptr: *mut libc::tcp_info = &mut info;
-    // SAFETY: `info` is writable for `len` bytes; the kernel writes at most `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info_ptr.cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info)
-}
-
-/// Whether TCP has acknowledged everything written on `fd`: `Some(true)` or `Some(false)`
-/// while the connection is established, `None` once it is not (a RST empties the send queue
-/// too, so an empty queue alone proves nothing) or TCP_INFO fails.
-pub(crate) fn all_acknowledged(fd: RawFd) -> Option<bool> {
-    /// `tcpi_state` of an established connection (TCP_ESTABLISHED in linux/tcp.h).
-    const TCP_ESTABLISHED: u8 = 1;
-    let info = tcp_info(fd).ok()?;
-    (info.tcpi_state == TCP_ESTABLISHED).then_some(info.tcpi_unacked == 0)
-}
-
-/// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
-fn outq_bytes(fd: RawFd) -> io::Result<usize> {
-    let mut bytes: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ (= SIOCOUTQ) writes one c_int through the pointer.
-    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut bytes) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    usize::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn errno_names() {
-        let name = |code| errno_name(&io::Error::from_raw_os_error(code));
-        assert_eq!(name(libc::ECONNRESET), "ECONNRESET");
-        assert_eq!(name(libc::EPIPE), "EPIPE");
-        assert_eq!(name(libc::ECONNABORTED), "ECONNABORTED");
-        assert_eq!(name(libc::ENOENT), format!("errno {}", libc::ENOENT));
-        assert_eq!(errno_name(&io::ErrorKind::TimedOut.into()), "ETIMEDOUT");
-    }
 
     #[test]
     fn unacked_messages_cover_the_send_queue_from_the_end() {

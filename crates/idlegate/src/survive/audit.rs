@@ -395,7 +395,7 @@ fn read_own(pid: i32, fd: i32, inode: u64) -> Option<SocketKeepalive> {
     let process = Process::open(pid).ok()?;
     let dup = process.duplicate(fd).ok()?;
     // The descriptor may have been closed and reused since /proc was read.
-    if crate::survive::keepalive::inode_of(&dup) != Some(inode) {
+    if crate::sys::file::inode(&dup) != Some(inode) {
         return None;
     }
     SocketKeepalive::read(&dup).ok()
@@ -439,7 +439,7 @@ fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Durati
         remote: r.remote,
         pid: owner.map(|o| o.0),
         command: owner.map(|o| o.2.clone()),
-        state: crate::survive::keepalive::tcp_state_name(r.state),
+        state: crate::sys::tcp_info::TcpState(r.state).name(),
         keepalive,
         keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),
         keepalive_interval_s: own.filter(|_| on).map(|k| k.interval.as_secs()),

@@ -10,12 +10,14 @@
 //! keeps its connection and gains keepalive without a restart. Nothing else about the socket
 //! is changed.
 
+use crate::sys::tcp_info::TcpInfo;
+use crate::sys::{errno, file, poll, process};
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
 use socket2::{SockRef, TcpKeepalive};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -96,9 +98,8 @@ impl Keepalive {
     /// it for a relay killed with SIGKILL: a stream cut short must never look whole to the
     /// application (a FIN would say it was). [`ended_in_order`] takes that back.
     pub(crate) fn apply_relayed(&self, socket: &impl AsFd) -> io::Result<()> {
-        let sock = SockRef::from(socket);
-        sock.set_linger(Some(Duration::ZERO))?;
-        sock.set_tcp_nodelay(true)?;
+        crate::sys::socket::reset(socket)?;
+        SockRef::from(socket).set_tcp_nodelay(true)?;
         self.apply(socket)
     }
 }
@@ -106,7 +107,7 @@ impl Keepalive {
 /// A relayed connection ended in order (each direction passed on whole, with its FIN): its
 /// socket may now close with a FIN, delivering whatever it still holds, as any socket does.
 pub(crate) fn ended_in_order(socket: &impl AsFd) {
-    let _ = SockRef::from(socket).set_linger(None);
+    let _ = crate::sys::socket::orderly(socket);
 }
 
 /// The idle timeout a profile's flows get by default: the shorter of its LB and outbound rule
@@ -217,9 +218,9 @@ impl std::fmt::Display for ForeignSocket {
 
 fn errno_error(pid: i32, e: io::Error) -> TakeError {
     match e.raw_os_error() {
-        Some(libc::ESRCH | libc::ENOENT) => TakeError::NoProcess(pid),
-        Some(libc::EPERM | libc::EACCES) => TakeError::Permission(pid),
-        Some(libc::ENOSYS) => TakeError::KernelTooOld,
+        Some(errno::ESRCH | errno::ENOENT) => TakeError::NoProcess(pid),
+        Some(errno::EPERM | errno::EACCES) => TakeError::Permission(pid),
+        Some(errno::ENOSYS) => TakeError::KernelTooOld,
         _ => TakeError::Io { pid, source: e },
     }
 }
@@ -227,13 +228,7 @@ fn errno_error(pid: i32, e: io::Error) -> TakeError {
 impl Process {
     /// Holds process `pid`.
     pub fn open(pid: i32) -> Result<Process, TakeError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(errno_error(pid, io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor that this Process now owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let pidfd = process::pidfd_open(pid).map_err(|e| errno_error(pid, e))?;
         Ok(Process { pid, pidfd })
     }
 
@@ -292,7 +287,7 @@ impl Process {
             let dup = match self.duplicate(fd) {
                 Ok(dup) => dup,
                 Err(TakeError::Io { source, .. })
-                    if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+                    if matches!(source.raw_os_error(), Some(errno::EMFILE | errno::ENFILE)) =>
                 {
                     return Err(TakeError::Io {
                         pid: self.pid,
@@ -302,7 +297,7 @@ impl Process {
                 Err(TakeError::Io { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            if inode_of(&dup) != Some(inode) {
+            if file::inode(&dup) != Some(inode) {
                 continue;
             }
             if let Some(socket) = tcp_socket(fd, inode, dup) {
@@ -314,14 +309,7 @@ impl Process {
 
     /// pidfd_getfd: a duplicate of the process's descriptor `fd`.
     pub fn duplicate(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
-        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags; it returns a new
-        // descriptor or -1.
-        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, self.pidfd.as_raw_fd(), fd, 0) };
-        if dup < 0 {
-            return Err(errno_error(self.pid, io::Error::last_os_error()));
-        }
-        // SAFETY: a fresh descriptor that the caller now owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+        process::pidfd_getfd(self.pidfd.as_fd(), fd).map_err(|e| errno_error(self.pid, e))
     }
 }
 
@@ -333,17 +321,6 @@ fn socket_inode(link: &std::path::Path) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
-}
-
-/// The inode of the file behind `fd` (fstat).
-pub fn inode_of(fd: &impl AsFd) -> Option<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: fstat fills `st` when it returns 0.
-    if unsafe { libc::fstat(fd.as_fd().as_raw_fd(), st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: fstat returned 0, so `st` is initialised.
-    Some(unsafe { st.assume_init() }.st_ino)
 }
 
 /// The socket behind `dup`, if it is TCP.
@@ -365,43 +342,9 @@ fn tcp_socket(fd: RawFd, inode: u64, dup: OwnedFd) -> Option<ForeignSocket> {
     })
 }
 
-/// The TCP state name, from TCP_INFO's first byte.
+/// The TCP state's name, from TCP_INFO (`?` if it cannot be read).
 fn tcp_state(socket: &impl AsFd) -> &'static str {
-    let mut info = [0u8; 8];
-    let mut len = info.len() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return "?";
-    }
-    tcp_state_name(info[0])
-}
-
-/// The name of a TCP state number (Linux's `TCP_ESTABLISHED` = 1 … `TCP_CLOSING` = 11).
-pub fn tcp_state_name(state: u8) -> &'static str {
-    const NAMES: [&str; 12] = [
-        "?",
-        "ESTABLISHED",
-        "SYN_SENT",
-        "SYN_RECV",
-        "FIN_WAIT1",
-        "FIN_WAIT2",
-        "TIME_WAIT",
-        "CLOSE",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "LISTEN",
-        "CLOSING",
-    ];
-    NAMES.get(state as usize).copied().unwrap_or("?")
+    TcpInfo::read(socket.as_fd().as_raw_fd()).map_or("?", |info| info.state.name())
 }
 
 /// One socket given keepalive: what it had and what it has now, both read back.
@@ -487,7 +430,7 @@ pub fn exited(process: &Process) -> bool {
 
 /// Waits up to `timeout` for `process` to exit; says whether it did.
 fn wait_exit(process: &Process, timeout: Duration) -> bool {
-    crate::measure::echo::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
+    poll::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
 }
 
 /// The pids of `pid`'s descendants (children, their children, …), from

@@ -14,21 +14,18 @@
 //! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
 //! and a few socket options.
 
+use crate::sys::poll::STOP_CHECK;
+use crate::sys::{errno, pipe, resolve, socket};
 use anyhow::{bail, Context, Result};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use socket2::SockRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use crate::survive::keepalive::Keepalive;
-
-/// How often the accept loop looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// What a relay counts.
 #[derive(Debug, Default)]
@@ -79,10 +76,8 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
     for (i, r) in parsed.relay.iter().enumerate() {
         let at = format!("{file}: relay {} ({})", i + 1, r.listen);
         let addr = |what: &str, v: &str| -> Result<SocketAddr> {
-            use std::net::ToSocketAddrs;
-            v.to_socket_addrs()
+            resolve::host_port(v)
                 .ok()
-                .and_then(|mut a| a.next())
                 .with_context(|| format!("{at}: {what} = {v:?} is not HOST:PORT"))
         };
         let keepalive = match (&r.keepalive, &r.profile) {
@@ -103,56 +98,6 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
     Ok(out)
 }
 
-/// How many connections may wait to be accepted (the kernel caps it at
-/// `net.core.somaxconn`). Std's default of 128 overflows when hundreds of clients connect at
-/// once: the kernel then drops their handshakes' last ACK, and their first data waits for
-/// retransmissions, long enough to trip a short TCP_USER_TIMEOUT.
-pub const BACKLOG: i32 = 4096;
-
-/// A listening TCP socket at `addr` with [`BACKLOG`] (and SO_REUSEADDR, as std sets it).
-pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// Raises this process's soft limit on open descriptors to `want` (the soft limit is often
-/// 1,024: about 500 relayed connections), the hard limit too where it may (CAP_SYS_RESOURCE),
-/// else as far as the hard limit allows; returns the soft limit now. Children inherit it.
-pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls with a valid struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error()).context("reading the descriptor limit");
-        }
-        if limit.rlim_cur >= want {
-            return Ok(limit.rlim_cur);
-        }
-        let raised = libc::rlimit {
-            rlim_cur: want,
-            rlim_max: limit.rlim_max.max(want),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-            return Ok(want);
-        }
-        limit.rlim_cur = want.min(limit.rlim_max);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(io::Error::last_os_error()).context("raising the descriptor limit");
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
 /// Connections a relay holds at once unless told ([`Relay::set_max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
@@ -170,7 +115,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn bind(listen: SocketAddr, connect: SocketAddr, keepalive: Keepalive) -> Result<Relay> {
-        let listener = self::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let listener = socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
         listener.set_nonblocking(true)?;
         Ok(Relay {
             listener,
@@ -373,7 +318,7 @@ impl<'r> Worker<'r> {
                     return;
                 }
                 Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    Some(errno::EMFILE | errno::ENFILE | errno::ENOBUFS | errno::ENOMEM) => {
                         // The connection waits in the queue until descriptors are free.
                         tracing::warn!("relay: accept failed: {e}; retrying");
                         self.accept_again = true;
@@ -413,7 +358,7 @@ impl<'r> Worker<'r> {
         let mut server = match mio::net::TcpStream::connect(self.relay.connect) {
             Ok(server) => server,
             Err(e) => {
-                reset(&client);
+                let _ = socket::reset(&client);
                 return Err(e).with_context(|| format!("connecting to {}", self.relay.connect));
             }
         };
@@ -451,7 +396,7 @@ impl<'r> Worker<'r> {
                     // Refused or unreachable: the application is told as a refused
                     // connection would tell it.
                     tracing::info!("relay: connecting to {} failed", self.relay.connect);
-                    reset(&conn.client);
+                    let _ = socket::reset(&conn.client);
                     self.close(key);
                     return;
                 }
@@ -468,8 +413,8 @@ impl<'r> Worker<'r> {
         let up = reset_after_fin(up, &conn.up, &conn.client);
         let down = reset_after_fin(down, &conn.down, &conn.server);
         if up == Pump::Exhausted || down == Pump::Exhausted {
-            reset(&conn.client);
-            reset(&conn.server);
+            let _ = socket::reset(&conn.client);
+            let _ = socket::reset(&conn.server);
             stats.resets.fetch_add(1, Ordering::Relaxed);
             self.close(key);
             return;
@@ -481,7 +426,7 @@ impl<'r> Worker<'r> {
         };
         if let Some(peer) = failed {
             // A RST from one side (or a failure to deliver to it) reaches the other as a RST.
-            reset(peer);
+            let _ = socket::reset(peer);
             stats.resets.fetch_add(1, Ordering::Relaxed);
             self.close(key);
         } else if conn.up.done && conn.down.done {
@@ -514,7 +459,7 @@ impl Direction {
         loop {
             while self.in_pipe > 0 {
                 let Some((pipe_r, _)) = &self.pipe else { break };
-                match splice(pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe) {
+                match pipe::splice(pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe) {
                     Ok(0) => return Pump::DestinationFailed,
                     Ok(n) => self.in_pipe -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
@@ -537,7 +482,7 @@ impl Direction {
                 }
             }
             if self.pipe.is_none() {
-                match make_pipe() {
+                match pipe::pipe() {
                     Ok(pipe) => {
                         self.pipe = Some(pipe);
                         self.chunk = 1 << 16;
@@ -551,7 +496,7 @@ impl Direction {
             let Some((_, pipe_w)) = &self.pipe else {
                 return Pump::SourceFailed;
             };
-            match splice(from.as_raw_fd(), pipe_w.as_raw_fd(), self.chunk) {
+            match pipe::splice(from.as_raw_fd(), pipe_w.as_raw_fd(), self.chunk) {
                 Ok(0) => {
                     self.done = true;
                     let _ = to.shutdown(Shutdown::Write);
@@ -610,10 +555,8 @@ impl Direction {
     fn grow(&mut self) {
         self.grown = true;
         if let Some((_, pipe_w)) = &self.pipe {
-            // SAFETY: fcntl on a descriptor this direction owns.
-            let size = unsafe { libc::fcntl(pipe_w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-            if size > 0 {
-                self.chunk = size as usize;
+            if let Some(size) = pipe::set_size(pipe_w, PIPE_SIZE) {
+                self.chunk = size;
             }
         }
     }
@@ -626,35 +569,6 @@ fn reset_after_fin(pump: Pump, dir: &Direction, source: &mio::net::TcpStream) ->
         return Pump::SourceFailed;
     }
     pump
-}
-
-/// One non-blocking splice(2) of up to `len` bytes.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: a plain syscall on descriptors the caller holds open.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
-/// Makes `stream` end with a RST when it is closed: SO_LINGER 0.
-fn reset(stream: &mio::net::TcpStream) {
-    let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 /// The Prometheus text of `relays` (each named by its listening address).
@@ -754,14 +668,4 @@ pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send +
 const SMALL: usize = 16 << 10;
 
 /// The pipe size asked for per direction: what the relay holds at most.
-const PIPE_SIZE: libc::c_int = 1 << 20;
-
-fn make_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so both are fresh descriptors this function now owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
+const PIPE_SIZE: usize = 1 << 20;

@@ -146,8 +146,8 @@ pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
 /// the test loudly if the hard limit does not allow it.
 #[allow(dead_code)] // not every test file opens thousands
 pub fn raise_fd_limit(want: u64) {
-    let have = idlegate::survive::relay::raise_descriptor_limit(want)
-        .expect("raising the descriptor limit");
+    let have =
+        idlegate::sys::rlimit::raise_descriptor_limit(want).expect("raising the descriptor limit");
     assert!(
         have >= want,
         "this test needs {want} file descriptors; the hard limit allows {have}"

@@ -21,6 +21,8 @@
 
 pub mod frame;
 
+use crate::sys::poll::{wait_readable, STOP_CHECK};
+use crate::sys::tcp_info::all_acknowledged;
 use anyhow::{Context, Result};
 use frame::{ConnId, Decoder, Frame, LaterOutcome, ProtocolError, Report};
 use std::collections::HashMap;
@@ -35,8 +37,6 @@ use std::time::{Duration, Instant};
 pub const MAX_REPORTS: usize = 65_536;
 /// How long a report is kept.
 const REPORT_LIFETIME: Duration = Duration::from_secs(3600);
-/// How often the accept loop looks at its stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(200);
 /// Connections served at once at most; more are refused with an `Error` frame.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A connection silent this long with nothing pending is closed: longer than any probe's
@@ -214,30 +214,6 @@ fn refuse(stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
 /// Whether `listener` has a connection waiting, after at most `timeout`.
 fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
     wait_readable(listener.as_raw_fd(), Some(timeout)).context("waiting for connections")
-}
-
-/// Whether `fd` is readable (or has an error or EOF to report) within `timeout` (`None`:
-/// without limit). poll(2) keeps time to the millisecond; a socket's SO_RCVTIMEO, rounded to
-/// jiffies at every wake-up, was seen to run a percent late.
-pub(crate) fn wait_readable(fd: std::os::fd::RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    let mut fds = [libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let ms = timeout.map_or(-1, |t| {
-        libc::c_int::try_from(t.as_millis().max(1)).unwrap_or(libc::c_int::MAX)
-    });
-    // SAFETY: one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(false);
-        }
-        return Err(e);
-    }
-    Ok(n > 0)
 }
 
 /// One probe connection on echo's side.
@@ -432,7 +408,7 @@ impl Connection {
         let fd = self.stream.as_raw_fd();
         let until = Instant::now() + limit;
         loop {
-            match crate::lab::scenario::all_acknowledged(fd) {
+            match all_acknowledged(fd) {
                 Some(true) => return true,
                 Some(false) if Instant::now() < until => {
                     std::thread::sleep(Duration::from_millis(5))

@@ -4,8 +4,8 @@
 //! [`Observed`]; a connection that breaks echo's protocol is [`Broken`]: nothing measured.
 
 use super::{read_frame, Armed, Broken, Direction, Observed, Seen, DATA_SEQ, PLAIN_PAYLOAD};
-use crate::lab::scenario::all_acknowledged;
 use crate::measure::echo::frame::Frame;
+use crate::sys::tcp_info::all_acknowledged;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,17 +26,17 @@
 mod idle;
 pub mod search;
 
-use crate::lab::scenario::errno_name;
 #[cfg(doc)]
 use crate::measure::echo::frame::MAX_BUFFERED;
 use crate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
+use crate::sys::errno::{self, errno_name};
+use crate::sys::socket::set_recv_err;
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -69,12 +69,12 @@ const DATA_SEQ: u32 = 2;
 const KEEPALIVE_PROBES: u32 = 3;
 /// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
 const ICMP_ERRNOS: [i32; 6] = [
-    libc::EHOSTUNREACH,
-    libc::ENETUNREACH,
-    libc::EACCES,
-    libc::ECONNREFUSED,
-    libc::EPROTO,
-    libc::EMSGSIZE,
+    errno::EHOSTUNREACH,
+    errno::ENETUNREACH,
+    errno::EACCES,
+    errno::ECONNREFUSED,
+    errno::EPROTO,
+    errno::EMSGSIZE,
 ];
 
 /// What a direction of the path does to an idle connection once the box forgot it.
@@ -139,7 +139,7 @@ impl Observed {
     fn from_error(e: &io::Error, after_send: bool) -> Observed {
         match e.raw_os_error() {
             Some(errno) if ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
-            Some(libc::ETIMEDOUT) => Observed::Silent,
+            Some(errno::ETIMEDOUT) => Observed::Silent,
             _ if after_send => Observed::ResetOnNext,
             _ => Observed::ResetAtExpiry,
         }
@@ -731,25 +731,6 @@ fn record(search: &mut Search, seen: &[(Test, Observed)]) {
         i += same.count();
         search.record(Outcome { idle, alive });
     }
-}
-
-/// IP_RECVERR (IPV6_RECVERR): socket2 has no setter for it.
-fn set_recv_err(socket: &Socket, v6: bool) -> io::Result<()> {
-    let (level, name) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_RECVERR)
-    };
-    let one: libc::c_int = 1;
-    let value: *const libc::c_int = &one;
-    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `value` points to one readable c_int of `len` bytes during the call.
-    let rc = unsafe { libc::setsockopt(socket.as_raw_fd(), level, name, value.cast(), len) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// A run id: the time and the process, so two probes against one echo never mix.

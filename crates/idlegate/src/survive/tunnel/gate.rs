@@ -18,6 +18,7 @@
 
 use super::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError, Responding};
+use crate::sys::socket;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll};
 use slab::Slab;
@@ -341,8 +342,7 @@ impl<E: Exit> Gate<'_, E> {
 
     fn admit(&mut self, stream: TcpStream, from: SocketAddr) {
         // Until its Hello, a connection dropped is reset.
-        let sock = socket2::SockRef::from(&stream);
-        if sock.set_linger(Some(Duration::ZERO)).is_err() || stream.set_nonblocking(true).is_err() {
+        if socket::reset(&stream).is_err() || stream.set_nonblocking(true).is_err() {
             return;
         }
         let source = Source::of(from.ip());
@@ -563,7 +563,7 @@ impl<E: Exit> Gate<'_, E> {
             return;
         };
         // From here on an orderly close.
-        let _ = leg.socket().set_linger(None);
+        let _ = socket::orderly(&*leg.socket());
         self.exit.greeted(Greeted {
             leg,
             from: p.from,

@@ -44,8 +44,8 @@ pub mod peers;
 pub mod session;
 pub mod stream;
 
-use crate::measure::echo::wait_readable;
 use crate::survive::relay::{Keepalive, Stats};
+use crate::sys::poll::{wait_readable, STOP_CHECK};
 use anyhow::{Context, Result};
 use ended::Ended;
 use frame::{Frame, Refusal, SessionId, Token};
@@ -116,8 +116,6 @@ impl Settings {
     }
 }
 
-/// How often accept loops look at their stop flag.
-const STOP_CHECK: Duration = Duration::from_millis(200);
 pub use gate::MAX_PENDING;
 
 /// The end next to the client application.
@@ -138,8 +136,8 @@ impl Entry {
         settings: Settings,
     ) -> Result<Entry> {
         settings.check()?;
-        let listener = crate::survive::relay::listen(listen)
-            .with_context(|| format!("listening on {listen}"))?;
+        let listener =
+            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Entry {
             listener,
             tunnel,
@@ -342,8 +340,8 @@ impl Exit {
         settings: Settings,
     ) -> Result<Exit> {
         settings.check()?;
-        let listener = crate::survive::relay::listen(listen)
-            .with_context(|| format!("listening on {listen}"))?;
+        let listener =
+            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
         let ended = Ended::new(
             settings.resume_within,
             settings

@@ -19,7 +19,8 @@ use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::relay::Stats;
-use socket2::SockRef;
+use crate::sys::poll::{poll, Watch};
+use crate::sys::socket;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -250,29 +251,29 @@ impl Session {
                 .saturating_duration_since(now);
             // The leg is always read: the window bounds what the peer may send.
             let mut fds = [
-                pollfd(
+                watch(
                     self.app.as_raw_fd(),
                     (
                         self.outbox.room() > 0 && !self.app_eof,
                         self.inbox.pending() > 0,
                     ),
                 ),
-                pollfd(leg.as_raw_fd(), (true, leg.pending() > 0)),
-                pollfd(wake.unwrap_or(-1), (true, false)),
+                watch(leg.as_raw_fd(), (true, leg.pending() > 0)),
+                watch(wake.unwrap_or(-1), (true, false)),
             ];
-            if let Err(e) = poll(&mut fds, timeout) {
+            if let Err(e) = poll(&mut fds, Some(timeout)) {
                 return self.lost(Lost::Error(e));
             }
-            if fds[2].revents != 0 {
+            if fds[2].ready().any() {
                 return LegEnd::Replaced;
             }
-            if fds[0].revents != 0 {
+            if fds[0].ready().any() {
                 if let Err(end) = self.read_app(leg) {
                     return end;
                 }
             }
             // Only bytes that arrive count as the peer alive (not the leg being writable).
-            if fds[1].revents & !libc::POLLOUT != 0 {
+            if fds[1].ready().beyond_writable() {
                 match self.read_leg(leg) {
                     Ok(true) => last_rx = Instant::now(),
                     Ok(false) => {}
@@ -545,45 +546,18 @@ impl Session {
     }
 }
 
-fn pollfd(fd: RawFd, (read, write): (bool, bool)) -> libc::pollfd {
-    let mut events = 0;
-    if read {
-        events |= libc::POLLIN;
-    }
-    if write {
-        events |= libc::POLLOUT;
-    }
-    libc::pollfd {
-        fd: if events == 0 { -1 } else { fd },
-        events,
-        revents: 0,
-    }
-}
-
-/// poll(2) over `fds` for at most `timeout` (an interrupted call counts as a timeout).
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // Round up so a wait never ends just before its deadline and spins.
-    let ms = if Duration::from_millis(ms as u64) < timeout {
-        ms.saturating_add(1)
+/// A watch on `fd` for reading and writing as asked; none at all if neither is.
+fn watch(fd: RawFd, (read, write): (bool, bool)) -> Watch {
+    if read || write {
+        Watch::new(fd, read, write)
     } else {
-        ms
-    };
-    // SAFETY: `fds` is a valid slice of pollfd for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(e);
+        Watch::nothing()
     }
-    Ok(n as usize)
 }
 
 /// Arms `app` to end with a RST when dropped (SO_LINGER 0), with no FIN before it, which
 /// would claim the stream ended whole. For an application connection with no session yet too.
 pub fn reset_app(app: &TcpStream) {
-    let _ = SockRef::from(app).set_linger(Some(Duration::ZERO));
+    let _ = socket::reset(app);
     let _ = app.shutdown(Shutdown::Read);
 }
