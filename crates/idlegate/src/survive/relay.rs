@@ -26,31 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use crate::survive::keepalive::Keepalive;
-
-/// What a relay counts.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    /// Connections being relayed now.
-    pub open: AtomicU64,
-    pub bytes_to_server: AtomicU64,
-    pub bytes_to_client: AtomicU64,
-    /// Connections that ended with a RST passed on.
-    pub resets: AtomicU64,
-    /// Tunnel: sessions resumed on a new leg.
-    pub reconnects: AtomicU64,
-    /// Tunnel: bytes sent again after a resume.
-    pub replayed_bytes: AtomicU64,
-    /// Tunnel: legs lost because no heartbeat arrived in time.
-    pub heartbeat_misses: AtomicU64,
-    /// Tunnel: sessions ended because no new leg came within the resume limit, or the far
-    /// end no longer knew them.
-    pub expired: AtomicU64,
-    /// Tunnel: sessions stalled now (no byte moved for a while although bytes wait).
-    pub stalled: AtomicU64,
-    /// Tunnel: times a session was reported stalled.
-    pub stalls: AtomicU64,
-}
+pub use crate::survive::stats::Stats;
 
 /// The relays of a config file: `[[relay]]` tables with `listen`, `connect`, and `keepalive`
 /// (`"120s,30s,8"`) or `profile` (`"azure-lb"`).

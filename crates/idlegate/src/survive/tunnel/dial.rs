@@ -10,7 +10,7 @@ use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{EntryKeys, Leg, LegError};
 use super::session::{self, LegEnd, Session, Side};
 use super::{Open, Settings};
-use crate::survive::relay::Stats;
+use crate::survive::stats::Stats;
 use anyhow::Result;
 use std::io;
 use std::net::{SocketAddr, TcpStream};

@@ -44,7 +44,8 @@ pub mod peers;
 pub mod session;
 pub mod stream;
 
-use crate::survive::relay::{Keepalive, Stats};
+use crate::survive::keepalive::Keepalive;
+use crate::survive::stats::Stats;
 use crate::sys::poll::{wait_readable, STOP_CHECK};
 use anyhow::{Context, Result};
 use ended::Ended;
@@ -60,6 +61,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stream::StreamError;
+
+/// The shortest heartbeat a tunnel takes (`--heartbeat`'s minimum): shorter ones would spend
+/// the path on Ack frames and lose legs to a scheduling delay of three heartbeats.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// How a tunnel behaves; the same on both ends of a pair.
 #[derive(Debug, Clone)]
@@ -78,11 +83,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Refuses settings a tunnel cannot run with: a zero heartbeat would spin, a replay
-    /// buffer smaller than one frame would never send.
-    fn check(&self) -> Result<()> {
-        if self.heartbeat < Duration::from_millis(10) {
-            anyhow::bail!("tunnel heartbeat {:?}: at least 10ms", self.heartbeat);
+    /// Refuses settings a tunnel cannot run with: a heartbeat under [`MIN_HEARTBEAT`] (a zero
+    /// one would spin), a replay buffer smaller than one frame (it would never send).
+    pub fn check(&self) -> Result<()> {
+        if self.heartbeat < MIN_HEARTBEAT {
+            anyhow::bail!(
+                "tunnel heartbeat {:?}: at least {:?}",
+                self.heartbeat,
+                MIN_HEARTBEAT
+            );
         }
         if self.replay_buffer < frame::MAX_DATA {
             anyhow::bail!(
@@ -758,6 +767,23 @@ mod tests {
         assert!(wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
         assert!(take_offer(&wake_rx, &slot).is_none());
         assert!(!wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
+    }
+
+    #[test]
+    fn heartbeats_under_the_minimum_are_refused_and_the_minimum_is_taken() {
+        let with = |heartbeat| Settings {
+            heartbeat,
+            resume_within: Duration::from_secs(120),
+            replay_buffer: 4 << 20,
+            keepalive: Keepalive::parse("1s,1s,3").unwrap(),
+            max_sessions: 10,
+        };
+        assert_eq!(MIN_HEARTBEAT, Duration::from_millis(100));
+        let e = with(Duration::from_millis(99)).check().unwrap_err();
+        assert_eq!(e.to_string(), "tunnel heartbeat 99ms: at least 100ms");
+        assert!(with(Duration::ZERO).check().is_err());
+        with(MIN_HEARTBEAT).check().unwrap();
+        with(Duration::from_secs(5)).check().unwrap();
     }
 
     #[test]

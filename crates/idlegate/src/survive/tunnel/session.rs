@@ -18,7 +18,7 @@
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
-use crate::survive::relay::Stats;
+use crate::survive::stats::Stats;
 use crate::sys::poll::{poll, Watch};
 use crate::sys::socket;
 use std::io::{self, Read, Write};
