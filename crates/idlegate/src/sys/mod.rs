@@ -5,5 +5,7 @@
 
 pub mod netns;
 pub mod privilege;
+pub mod process;
+pub mod signal;
 pub mod timeout;
 pub mod tun;
