@@ -109,11 +109,6 @@ impl RelayArgs {
                  --tunnel-listen and --connect (tunnel exit), or --config"
             ),
         };
-        if matches!(plan, Plan::Entry { .. } | Plan::Exit { .. })
-            && self.heartbeat < std::time::Duration::from_millis(100)
-        {
-            anyhow::bail!("--heartbeat {:?}: at least 100ms", self.heartbeat);
-        }
         Ok(Options {
             plan,
             keys: KeyFiles {
