@@ -1165,6 +1165,84 @@ fn a_tunnel_with_a_missing_or_unprotected_key_is_refused_before_it_listens() {
     assert!(both.stderr.contains("--tunnel"), "{}", both.stderr);
 }
 
+/// `--heartbeat`'s minimum is the tunnel's own (`tunnel::MIN_HEARTBEAT`, 100 ms), checked in
+/// that one place: a shorter heartbeat is refused before the entry listens, and a 100 ms one
+/// starts the entry, which a SIGTERM then stops with status 0.
+#[test]
+fn the_heartbeat_minimum_is_the_tunnel_settings_one_and_checked_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("tunnel.key");
+    let key_arg = key.to_str().unwrap();
+    assert!(idlegate(&["keygen", key_arg], COMMAND_TIMEOUT)
+        .status
+        .success());
+    let entry = |heartbeat: &'static str| {
+        vec![
+            "relay",
+            "--listen",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:9",
+            "--key",
+            key_arg,
+            "--heartbeat",
+            heartbeat,
+        ]
+    };
+    let short = idlegate(&entry("50ms"), COMMAND_TIMEOUT);
+    assert_eq!(short.status.code(), Some(1), "stderr: {}", short.stderr);
+    assert!(
+        short.stderr.contains("--heartbeat 50ms: at least 100ms"),
+        "{}",
+        short.stderr
+    );
+    assert!(
+        !short.stderr.contains("tunnel entry 127."),
+        "{}",
+        short.stderr
+    );
+
+    /// Kills the entry if the test fails before it stops.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut running = Running(
+        Command::new(IDLEGATE)
+            .args(entry("100ms"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting idlegate relay"),
+    );
+    let (stderr, _reader) = collect(running.0.stderr.take().unwrap());
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    while !stderr.lock().unwrap().contains("heartbeat 100ms")
+        && running.0.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(POLL);
+    }
+    assert!(
+        stderr.lock().unwrap().contains("heartbeat 100ms"),
+        "the entry did not start: {}",
+        stderr.lock().unwrap()
+    );
+    signal(running.0.id() as i32, libc::SIGTERM);
+    let status = wait_bounded(&mut running.0, STOP_TIMEOUT);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        stderr.lock().unwrap()
+    );
+}
+
 /// Server: on port argv[1], echoes every byte on every connection it accepts, one thread each,
 /// and closes when the client has.
 const MANY_ECHO_SERVER: &str = r#"

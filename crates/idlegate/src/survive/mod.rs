@@ -6,6 +6,7 @@
 //! | [`keepalive`] | keepalive settings, read back, and given to running programs' sockets |
 //! | [`relay`] | `idlegate relay`: keepalive on both sockets for unmodified applications |
 //! | [`tunnel`] | `idlegate relay --tunnel`: connections that outlive the path, resumed without a lost byte |
+//! | [`serve`] | `idlegate relay`'s wiring: the relays or tunnel end asked for, bound, served and run |
 //! | [`stats`] | what a relay or a tunnel end counts, for its metrics |
 //! | [`audit`] | `idlegate audit`: the host's TCP connections judged against an idle timeout |
 //! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
@@ -14,5 +15,6 @@ pub mod advise;
 pub mod audit;
 pub mod keepalive;
 pub mod relay;
+pub mod serve;
 pub mod stats;
 pub mod tunnel;

@@ -11,9 +11,10 @@
 //! | [`pipe`] | pipes and splice(2) |
 //! | [`poll`] | waiting on descriptors: the one poll(2) wrapper, [`poll::STOP_CHECK`] |
 //! | [`privilege`] | capabilities and dropping privileges |
-//! | [`process`] | who this process runs as, signals, pidfds |
+//! | [`process`] | who this process runs as, signals to others, pidfds, a child's exit code |
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
+//! | [`signal`] | SIGINT/SIGTERM: stop flags, the gateway's interrupt, signals passed on to a child |
 //! | [`socket`] | the listener, SO_LINGER 0 resets, IP_RECVERR, non-blocking reads, SIOCOUTQ |
 //! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
 //! | [`timeout`] | timeouts named as timeouts |
@@ -28,6 +29,7 @@ pub mod privilege;
 pub mod process;
 pub mod resolve;
 pub mod rlimit;
+pub mod signal;
 pub mod socket;
 pub mod tcp_info;
 pub mod timeout;

@@ -3,9 +3,13 @@
 //! Contract: [`is_root`] and [`uid`] say who this process is; [`signal`] sends a signal to a
 //! process; [`pidfd_open`] holds a process by a descriptor (readable once it exits: wait on
 //! it with [`super::poll`]) and [`pidfd_getfd`] duplicates one of its descriptors (Linux 5.6+,
-//! ptrace access needed). Errors are the kernel's, as `io::Error`.
+//! ptrace access needed). Errors are the kernel's, as `io::Error`. [`exit_code`] is the one
+//! mapping of a child's status to idlegate's own exit code, as a shell does: the program's code,
+//! or 128 + the signal that killed it.
 
 use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Whether this process runs with effective uid 0.
@@ -52,6 +56,21 @@ pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
 }
 
+/// The exit code that passes on a program's `status`: its own code, or 128 + the signal that
+/// ended it (137 for SIGKILL), clamped to 0–255; 1 if the status says neither.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    exit_code_of(status.code(), status.signal())
+}
+
+fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> u8 {
+    let code = match (code, signal) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    };
+    code.clamp(0, 255) as u8
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +110,30 @@ mod tests {
             super::super::file::inode(&dup),
             super::super::file::inode(&file)
         );
+    }
+
+    /// A wait(2) status: the exit code in bits 8–15, or the terminating signal in bits 0–6.
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    #[test]
+    fn exit_code_passes_on_a_programs_own_code() {
+        assert_eq!(exit_code(exited(0)), 0);
+        assert_eq!(exit_code(exited(3)), 3);
+        assert_eq!(exit_code(exited(255)), 255);
+    }
+
+    #[test]
+    fn exit_code_of_a_program_killed_by_a_signal_is_128_plus_the_signal() {
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
+        assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+
+    #[test]
+    fn exit_code_clamps_codes_no_exit_status_can_carry() {
+        assert_eq!(exit_code_of(Some(300), None), 255);
+        assert_eq!(exit_code_of(Some(-1), None), 0);
+        assert_eq!(exit_code_of(None, None), 1);
     }
 }

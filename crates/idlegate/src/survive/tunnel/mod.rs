@@ -88,7 +88,7 @@ impl Settings {
     pub fn check(&self) -> Result<()> {
         if self.heartbeat < MIN_HEARTBEAT {
             anyhow::bail!(
-                "tunnel heartbeat {:?}: at least {:?}",
+                "--heartbeat {:?}: at least {:?}",
                 self.heartbeat,
                 MIN_HEARTBEAT
             );
@@ -780,7 +780,7 @@ mod tests {
         };
         assert_eq!(MIN_HEARTBEAT, Duration::from_millis(100));
         let e = with(Duration::from_millis(99)).check().unwrap_err();
-        assert_eq!(e.to_string(), "tunnel heartbeat 99ms: at least 100ms");
+        assert_eq!(e.to_string(), "--heartbeat 99ms: at least 100ms");
         assert!(with(Duration::ZERO).check().is_err());
         with(MIN_HEARTBEAT).check().unwrap();
         with(Duration::from_secs(5)).check().unwrap();

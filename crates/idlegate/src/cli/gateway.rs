@@ -1,0 +1,130 @@
+//! `idlegate gateway`: the config read and checked, two TUN devices made and brought up,
+//! privileges dropped, then the gateway run until SIGINT or SIGTERM; `--explain` prints what
+//! every rule's flows will get instead. Also the config loading `lab up` shares.
+
+use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
+use anyhow::{Context, Result};
+use clap::Args;
+use idlegate::gateway::{Gateway, Options, Port};
+use idlegate::sys::netns;
+use idlegate::sys::signal::Interrupt;
+use idlegate::sys::tun::Tun;
+use idlegate_core::engine::Interface;
+use idlegate_core::{precedence, Config};
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+pub struct GatewayArgs {
+    /// The gateway's TOML config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// TUN device on the backend pool's side.
+    #[arg(long, default_value = "igw-inside")]
+    pub inside: String,
+    /// TUN device on the internet's side.
+    #[arg(long, default_value = "igw-outside")]
+    pub outside: String,
+    /// Print, for every rule, the idle timeout and expiry action that will apply and which
+    /// setting won, then exit without starting.
+    #[arg(long)]
+    pub explain: bool,
+    /// The control socket `idlegate flows` talks to.
+    #[arg(long, default_value = DEFAULT_CONTROL)]
+    pub control: PathBuf,
+    /// Write every packet the gateway sees or makes to this pcap file.
+    #[arg(long)]
+    pub pcap: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Worker threads, each with a shard of the flows and a queue of every device
+    /// [default: IDLEGATE_WORKERS, else one per core].
+    #[arg(long, value_parser = workers_in_range)]
+    pub workers: Option<usize>,
+    /// Run as this user once the devices are open and the sockets bound (the control socket
+    /// is handed to it). Without it the gateway stays root but drops every capability.
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
+/// `--explain`: what every rule's flows will get, and why.
+pub fn explain(path: &Path) -> Result<()> {
+    print!("{}", precedence::explain(&load_config(path)?));
+    Ok(())
+}
+
+/// Reads and validates a config file; nothing starts on a bad one.
+pub fn load_config(path: &Path) -> Result<Config> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Config::from_toml(&text, &path.display().to_string())?)
+}
+
+/// `idlegate gateway`: runs until SIGINT or SIGTERM (or, with `--explain`, prints and exits).
+pub fn run(args: GatewayArgs) -> Result<()> {
+    if args.explain {
+        return explain(&args.config);
+    }
+    let config = load_config(&args.config)?;
+    let user = args
+        .user
+        .as_deref()
+        .map(idlegate::sys::privilege::User::lookup)
+        .transpose()?;
+    let workers = args
+        .workers
+        .unwrap_or_else(idlegate::gateway::default_workers);
+    let mut ports = Vec::new();
+    for (name, interface) in [
+        (&args.inside, Interface::Inside),
+        (&args.outside, Interface::Outside),
+    ] {
+        let queues = Tun::create_queues(name, workers)?;
+        // No IPv6 link-local address: the kernel would send router solicitations into it.
+        netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
+        netns::ip(&["link", "set", name, "up"])?;
+        ports.push(Port {
+            queues,
+            interface,
+            host: None,
+        });
+    }
+    tracing::info!(target: super::LOG,
+        "TUN {} (inside) and {} (outside) are up: route every packet arriving from the backend pool into {} \
+         and every packet arriving from the internet into {} (policy routing by incoming interface; see the README)",
+        args.inside,
+        args.outside,
+        args.inside,
+        args.outside
+    );
+    let options = Options {
+        control: Some(args.control.clone()),
+        pcap: args.pcap,
+        metrics: args.metrics,
+    };
+    let mut gateway = Gateway::new(&config, ports, &options)?;
+    // Forwarding needs no privilege: the devices are open and the sockets bound. This is
+    // still the only thread (capabilities and no_new_privs are per thread; threads started
+    // later inherit them), so the signal handler's thread starts only after the drop. Until
+    // then SIGINT and SIGTERM end the process as they always do, and the devices go with it.
+    if let Some(user) = user {
+        idlegate::sys::privilege::give(&args.control, user)?;
+    }
+    idlegate::sys::privilege::drop_all(user)?;
+    let uid = idlegate::sys::process::uid();
+    tracing::info!(target: super::LOG,
+        "privileges dropped: running as uid {uid} with no capabilities{}",
+        if uid == 0 {
+            " (still uid 0, which owns root's files: give --user for less)"
+        } else {
+            ""
+        }
+    );
+    let interrupt = Interrupt::install().context("installing signal handlers")?;
+    let stopper = gateway.stopper();
+    if interrupt.attach(move || stopper.stop()) {
+        return Ok(());
+    }
+    print_ready()?;
+    gateway.run()
+}

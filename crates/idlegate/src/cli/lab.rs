@@ -1,0 +1,166 @@
+//! `idlegate lab`: `up` builds the lab's namespaces around a gateway and runs it until SIGINT
+//! or SIGTERM (the lab is taken down on the way out), `exec` runs a program in one of its
+//! hosts and exits with the program's status, `demo` replays the idle-drop experiment.
+
+use super::gateway::{explain, load_config};
+use super::{print_ready, workers_in_range};
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use idlegate::lab::demo;
+use idlegate::lab::{self, Extras, Lab};
+use idlegate::sys::signal::Interrupt;
+use idlegate_core::engine::Interface;
+use idlegate_core::precedence;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum LabCommand {
+    /// Create the lab's hosts and run the gateway between them until SIGINT/SIGTERM.
+    Up {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print, for every rule, the idle timeout and expiry action that will apply and which
+        /// setting won, then exit without starting.
+        #[arg(long)]
+        explain: bool,
+        /// Lab name, so several labs can run at once.
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// Write every packet the gateway sees or makes to this pcap file.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics: Option<std::net::SocketAddr>,
+        /// Gateway worker threads [default: IDLEGATE_WORKERS, else one per core].
+        #[arg(long, value_parser = workers_in_range)]
+        workers: Option<usize>,
+    },
+    /// Run a program in a host of a running lab (a member's name, or `internet`).
+    Exec {
+        #[arg(long, default_value = "lab")]
+        name: String,
+        /// The host: a backend pool member's name, or `internet`.
+        host: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Replay the idle-drop experiment (seed 004) in seconds: three connections, three fates.
+    Demo(demo::Options),
+}
+
+fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Result<()> {
+    let config = load_config(config_path)?;
+    // Handled from here on, so a signal while the lab is being built still takes it down.
+    let interrupt = Interrupt::install().context("installing signal handlers")?;
+    let mut lab = Lab::up_with_workers(name, &config, workers)
+        .with_context(|| format!("{}", config_path.display()))?;
+    let mut gateway = lab.gateway(&config, extras)?;
+    let stopper = gateway.stopper();
+    if interrupt.attach(move || stopper.stop()) {
+        return Ok(());
+    }
+    for host in lab.hosts() {
+        let side = if host.interface == Interface::Inside {
+            "backend pool member"
+        } else {
+            "outside host"
+        };
+        let address = match host.interface {
+            Interface::Inside => host.address.to_string(),
+            Interface::Outside => format!("{} and {}", host.address, lab::INTERNET_ADDRESS_V6),
+        };
+        tracing::info!(target: super::LOG,
+            "host {} ({side}) at {address} in namespace {}",
+            host.name,
+            lab::namespace(name, &host.name)
+        );
+    }
+    for rule in &config.lb_rules {
+        let frontend = &config.frontends[rule.frontend];
+        let pool = &config.backend_pools[rule.backend_pool].name;
+        tracing::info!(target: super::LOG,
+            "lb_rule {}: {} → pool {pool} port {}",
+            rule.name,
+            std::net::SocketAddr::new(frontend.address, rule.frontend_port),
+            rule.backend_port
+        );
+    }
+    for rule in &config.inbound_nat_rules {
+        let address = config.frontends[rule.frontend].address;
+        for (i, member) in rule.members.iter().enumerate() {
+            let port = usize::from(rule.first_port) + i;
+            let frontend = std::net::SocketAddr::new(address, port as u16);
+            tracing::info!(target: super::LOG,
+                "inbound_nat_rule {}: {frontend} → {} port {}",
+                rule.name,
+                member.name,
+                rule.backend_port
+            );
+        }
+    }
+    for g in &config.nat_gateways {
+        let pools: Vec<&str> = g
+            .backend_pools
+            .iter()
+            .map(|&p| config.backend_pools[p].name.as_str())
+            .collect();
+        tracing::info!(target: super::LOG,
+            "nat_gateway {}: pools {} leave from {}",
+            g.name,
+            pools.join(", "),
+            config.frontends[g.frontend].address
+        );
+    }
+    for rule in &config.outbound_rules {
+        let pool = &config.backend_pools[rule.backend_pool].name;
+        tracing::info!(target: super::LOG,
+            "outbound_rule {}: pool {pool} leaves from {}",
+            rule.name,
+            config.frontends[rule.frontend].address
+        );
+    }
+    for line in precedence::explain(&config).lines() {
+        tracing::info!(target: super::LOG, "{line}");
+    }
+    print_ready()?;
+    gateway.run()?;
+    drop(gateway);
+    drop(lab);
+    tracing::info!(target: super::LOG, "lab {name} removed");
+    Ok(())
+}
+
+/// `idlegate lab up`, `lab exec` (which exits with the program's status) and `lab demo`.
+pub fn run(command: LabCommand) -> Result<ExitCode> {
+    match command {
+        LabCommand::Up {
+            config,
+            explain: true,
+            ..
+        } => explain(&config).map(|()| ExitCode::SUCCESS),
+        LabCommand::Up {
+            config,
+            name,
+            pcap,
+            metrics,
+            workers,
+            ..
+        } => {
+            let workers = workers.unwrap_or_else(idlegate::gateway::default_workers);
+            lab_up(&config, &name, workers, Extras { pcap, metrics }).map(|()| ExitCode::SUCCESS)
+        }
+        LabCommand::Exec {
+            name,
+            host,
+            command,
+        } => {
+            let (program, args) = command.split_first().context("no command given after --")?;
+            let status = lab::exec(&name, &host, program, args)?;
+            Ok(ExitCode::from(idlegate::sys::process::exit_code(status)))
+        }
+        LabCommand::Demo(options) => demo::run(&options).map(|()| ExitCode::SUCCESS),
+    }
+}

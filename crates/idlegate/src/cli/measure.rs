@@ -1,0 +1,122 @@
+//! `idlegate echo` and `idlegate probe`: their arguments checked, then the far end served or
+//! the path measured and the report printed.
+
+use super::parse_duration;
+use anyhow::{Context, Result};
+use clap::Args;
+use idlegate::measure::{echo, probe};
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct EchoArgs {
+    /// Where to listen, e.g. 0.0.0.0:9300 or [::]:9300.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The most probe connections served at once; more are refused with an error frame.
+    #[arg(long, default_value_t = idlegate::measure::echo::MAX_CONNECTIONS)]
+    max_connections: usize,
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// The far end: `idlegate echo` for every check, or any TCP server for some.
+    target: String,
+    /// The longest idle time to try, e.g. 30m.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    max: Duration,
+    /// The width of the bracket wanted, e.g. 1s.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    resolution: Duration,
+    /// How long a test waits for an answer before calling the path silent (longer than the
+    /// path's round trip).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    wait: Duration,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// At most this many connections open at once, for a box that lends few ports (GCP Cloud
+    /// NAT: 64 per VM by default); the bracket may then be wider than --resolution.
+    #[arg(long)]
+    connections: Option<usize>,
+}
+
+impl EchoArgs {
+    /// Every limit of `idlegate echo`'s options.
+    fn check(&self) -> Result<()> {
+        if self.max_connections == 0 {
+            anyhow::bail!("--max-connections: at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// `idlegate echo`: serves until SIGINT or SIGTERM.
+pub fn run_echo(args: &EchoArgs) -> Result<()> {
+    args.check()?;
+    // Each connection is a descriptor; a few dozen more for refusals and the rest.
+    let want = u64::try_from(args.max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    let limit = idlegate::sys::rlimit::raise_descriptor_limit(want)?;
+    if limit < want {
+        tracing::warn!(target: super::LOG,
+            "echo: only {limit} descriptors may be open; --max-connections {} will not be reached",
+            args.max_connections
+        );
+    }
+    let mut echo = echo::Echo::bind(args.listen)?;
+    echo.set_max_connections(args.max_connections);
+    idlegate::sys::signal::stop_on_interrupt(&echo.stop_flag())
+        .context("installing signal handlers")?;
+    tracing::info!(target: super::LOG, "echo listening on {}", echo.local_addr()?);
+    echo.run()
+}
+
+impl ProbeArgs {
+    /// Every limit of `idlegate probe`'s options.
+    fn check(&self) -> Result<()> {
+        let (day, ms100) = (Duration::from_secs(86_400), Duration::from_millis(100));
+        if self.max > day {
+            anyhow::bail!("--max {:?}: at most 24 h", self.max);
+        }
+        if self.resolution < ms100 || self.resolution > self.max {
+            anyhow::bail!(
+                "--resolution {:?}: from 100 ms to --max ({:?})",
+                self.resolution,
+                self.max
+            );
+        }
+        if self.wait < Duration::from_millis(10) || self.wait > Duration::from_secs(600) {
+            anyhow::bail!("--wait {:?}: from 10 ms to 10 min", self.wait);
+        }
+        if self.connections.is_some_and(|n| n < 16) {
+            anyhow::bail!("--connections: at least 16");
+        }
+        Ok(())
+    }
+
+    /// The probe's options: the target resolved, then every limit checked.
+    fn options(&self) -> Result<probe::Options> {
+        let target =
+            idlegate::sys::resolve::host_port(&self.target).with_context(|| self.target.clone())?;
+        self.check()?;
+        Ok(probe::Options {
+            target,
+            max: self.max,
+            resolution: self.resolution,
+            wait: self.wait,
+            connections: self.connections,
+        })
+    }
+}
+
+/// `idlegate probe`: runs the search and prints the report.
+pub fn run_probe(args: &ProbeArgs) -> Result<()> {
+    let report = probe::run(&args.options()?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", probe::summary(&report));
+    }
+    Ok(())
+}

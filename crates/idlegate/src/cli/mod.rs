@@ -1,0 +1,81 @@
+//! The command line: one file per command (or family of commands), each with its clap
+//! arguments, the check that turns them into the options its feature runs with (bad input is
+//! refused before anything starts), and its printing. The work itself is in the library.
+//!
+//! | file | commands |
+//! |---|---|
+//! | [`gateway`] | `gateway` (and `--explain`) |
+//! | [`lab`] | `lab up`, `lab exec`, `lab demo` |
+//! | [`flows`] | `flows`, `flows expire` |
+//! | [`measure`] | `echo`, `probe` |
+//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit) |
+//! | [`keepalive`] | `keepalive`, `run` |
+//! | [`audit`] | `audit`, `advise` |
+//! | [`profiles`] | `profiles`, `profiles show`, `keygen` |
+
+pub mod audit;
+pub mod flows;
+pub mod gateway;
+pub mod keepalive;
+pub mod lab;
+pub mod measure;
+pub mod profiles;
+pub mod relay;
+
+use anyhow::Result;
+use std::io::Write;
+
+/// The target of the commands' own log lines: `idlegate`, as when they were all in main.rs,
+/// so a `RUST_LOG` filter or a script matching them keeps working.
+pub const LOG: &str = "idlegate";
+
+/// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size such as 4MiB"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KB" | "KiB" => 1 << 10,
+        "M" | "MB" | "MiB" => 1 << 20,
+        "G" | "GB" | "GiB" => 1 << 30,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KiB, MiB, GiB)")),
+    };
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?}: too large"))?;
+    if !(1 << 16..=1 << 34).contains(&bytes) {
+        return Err(format!("{s:?}: must be 64KiB to 16GiB"));
+    }
+    Ok(bytes)
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// `--workers`: 1 to [`idlegate::gateway::MAX_WORKERS`].
+pub fn workers_in_range(text: &str) -> Result<usize, String> {
+    let max = idlegate::gateway::MAX_WORKERS;
+    match text.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number of workers from 1 to {max}")),
+    }
+}
+
+pub const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
+
+/// Tells a script on stdout that traffic can flow.
+pub fn print_ready() -> Result<()> {
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! `idlegate relay`'s wiring: binds what [`Options`] asks for (keepalive relays from the
+//! arguments or a config file, a tunnel entry or a tunnel exit), serves their metrics, and
+//! runs them until the stop flag is set.
+//!
+//! Contract: nothing listens before every input is checked (the keys read, the addresses
+//! resolved, the descriptor limit raised for the connections asked for); an error names what
+//! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM).
+
+use crate::survive::relay::{parse_config, Keepalive, Relay};
+use crate::survive::tunnel::leg::{EntryKeys, ExitKeys};
+use crate::survive::tunnel::{Entry, Exit, Settings};
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The target of these log lines: `idlegate`, the command's, as when main.rs logged them.
+const LOG: &str = "idlegate";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Keepalive relays, one per `[[relay]]` table of this TOML file.
+    Config(PathBuf),
+    /// One keepalive relay from `listen` to `connect` (HOST:PORT).
+    Relay { listen: SocketAddr, connect: String },
+    /// A tunnel entry: connections accepted on `listen` go to the exit at `tunnel` (HOST:PORT).
+    Entry { listen: SocketAddr, tunnel: String },
+    /// A tunnel exit: legs accepted on `listen`, each session connected to `connect`.
+    Exit { listen: SocketAddr, connect: String },
+}
+
+/// Where a tunnel end's keys come from (see [`crate::survive::tunnel::key`]).
+#[derive(Debug, Clone, Default)]
+pub struct KeyFiles {
+    /// The pair's shared key file.
+    pub key: Option<PathBuf>,
+    /// Per-peer mode: this end's private key file.
+    pub private_key: Option<PathBuf>,
+    /// Per-peer mode, exit: the file of the entries it accepts.
+    pub peers: Option<PathBuf>,
+    /// Per-peer mode, entry: the exit's public key, or a file that holds it.
+    pub exit_public_key: Option<String>,
+}
+
+/// Everything `idlegate relay` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub plan: Plan,
+    pub keys: KeyFiles,
+    /// The tunnel's settings; its keepalive is also the keepalive relay's.
+    pub settings: Settings,
+    /// Keepalive relay: the most connections held at once.
+    pub max_connections: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Options {
+    fn tunneled(&self) -> bool {
+        matches!(self.plan, Plan::Entry { .. } | Plan::Exit { .. })
+    }
+
+    /// Before anything listens: room for two descriptors a connection (client and server, or
+    /// application and leg) on each of `listeners`.
+    fn fit(&self, listeners: usize) -> Result<()> {
+        let most = if self.tunneled() {
+            self.settings.max_sessions
+        } else {
+            self.max_connections
+        };
+        // A tunnel exit also holds connections that have not said Hello yet.
+        let gate = if matches!(self.plan, Plan::Exit { .. }) {
+            crate::survive::tunnel::MAX_PENDING as u64
+        } else {
+            0
+        };
+        let want = (listeners as u64)
+            .saturating_mul(2 * most as u64)
+            .saturating_add(64 + gate);
+        let soft = crate::sys::rlimit::raise_descriptor_limit(want)?;
+        if soft < want {
+            tracing::warn!(target: LOG,
+                "descriptors: at most {soft} (the hard limit), so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
+                soft.saturating_sub(64) / 2 / listeners.max(1) as u64
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `flag v` as an address: the first HOST:PORT resolves to.
+fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
+    crate::sys::resolve::host_port(v).with_context(|| format!("{flag} {v}"))
+}
+
+/// Binds every relay `options` asks for and runs them until `stop` is set; each one stops
+/// on its own once it sees the flag.
+pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
+    type Run = Box<dyn FnOnce() -> Result<()> + Send>;
+    let mut runs: Vec<Run> = Vec::new();
+    let mut stats = Vec::new();
+    let settings = &options.settings;
+    let keys = &options.keys;
+    match &options.plan {
+        Plan::Config(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let relays = parse_config(&text, &path.display().to_string())?;
+            options.fit(relays.len())?;
+            for (listen, connect, keepalive) in relays {
+                let mut relay = Relay::bind(listen, connect, keepalive)?;
+                relay.set_stop_flag(stop.clone());
+                relay.set_max_connections(options.max_connections);
+                stats.push((relay.local_addr()?, relay.stats()));
+                log_relay(relay.local_addr()?, connect, &keepalive);
+                runs.push(Box::new(move || relay.run()));
+            }
+        }
+        Plan::Entry { listen, tunnel } => {
+            let keys = crate::survive::tunnel::key::entry_keys(
+                keys.key.as_deref(),
+                keys.private_key.as_deref(),
+                keys.exit_public_key.as_deref(),
+            )?;
+            let tunnel = resolve("--tunnel", tunnel)?;
+            options.fit(1)?;
+            if let EntryKeys::Peer { own, exit } = &keys {
+                tracing::info!(target: LOG,
+                    "tunnel entry: per-peer keys, this entry's public key {}, the exit's {exit}",
+                    own.public()
+                );
+            }
+            let mut entry = Entry::bind(*listen, tunnel, keys, settings.clone())?;
+            entry.set_stop_flag(stop.clone());
+            stats.push((entry.local_addr()?, entry.stats()));
+            tracing::info!(target: LOG,
+                "tunnel entry {} → exit {tunnel}, heartbeat {:?}, resume within {:?}, replay buffer {} KiB",
+                entry.local_addr()?,
+                settings.heartbeat,
+                settings.resume_within,
+                settings.replay_buffer >> 10
+            );
+            runs.push(Box::new(move || entry.run()));
+        }
+        Plan::Exit { listen, connect } => {
+            let keys = crate::survive::tunnel::key::exit_keys(
+                keys.key.as_deref(),
+                keys.private_key.as_deref(),
+                keys.peers.as_deref(),
+            )?;
+            let connect = resolve("--connect", connect)?;
+            options.fit(1)?;
+            if let ExitKeys::Peers { own, peers } = &keys {
+                if peers.list().is_empty() {
+                    tracing::warn!(target: LOG,
+                        "tunnel exit: {} lists no peer: every handshake is refused until it does",
+                        peers.path().display()
+                    );
+                }
+                tracing::info!(target: LOG,
+                    "tunnel exit: per-peer keys, this exit's public key {}, {} peers listed in {} (read again every second)",
+                    own.public(),
+                    peers.list().len(),
+                    peers.path().display()
+                );
+            }
+            let mut exit = Exit::bind(*listen, connect, keys, settings.clone())?;
+            exit.set_stop_flag(stop.clone());
+            stats.push((exit.local_addr()?, exit.stats()));
+            tracing::info!(target: LOG,
+                "tunnel exit {} → {connect}, heartbeat {:?}, resume within {:?}",
+                exit.local_addr()?,
+                settings.heartbeat,
+                settings.resume_within
+            );
+            runs.push(Box::new(move || exit.run()));
+        }
+        Plan::Relay { listen, connect } => {
+            let connect = resolve("--connect", connect)?;
+            options.fit(1)?;
+            let keepalive = settings.keepalive;
+            let mut relay = Relay::bind(*listen, connect, keepalive)?;
+            relay.set_stop_flag(stop.clone());
+            relay.set_max_connections(options.max_connections);
+            stats.push((relay.local_addr()?, relay.stats()));
+            log_relay(relay.local_addr()?, connect, &keepalive);
+            runs.push(Box::new(move || relay.run()));
+        }
+    }
+    if let Some(addr) = options.metrics {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+        tracing::info!(target: LOG, "metrics on http://{addr}/metrics");
+        crate::survive::relay::serve_metrics(listener, move || {
+            crate::survive::relay::render_metrics(&stats)
+        });
+    }
+    let threads: Vec<_> = runs.into_iter().map(std::thread::spawn).collect();
+    for t in threads {
+        match t.join() {
+            Ok(result) => result?,
+            Err(_) => anyhow::bail!("a relay thread panicked"),
+        }
+    }
+    Ok(())
+}
+
+fn log_relay(listen: SocketAddr, connect: SocketAddr, k: &Keepalive) {
+    tracing::info!(target: LOG,
+        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
+        k.idle,
+        k.interval,
+        k.count,
+        k.user_timeout()
+    );
+}

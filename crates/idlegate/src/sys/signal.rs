@@ -1,0 +1,136 @@
+//! Signals: the one place idlegate asks for them, always with one mechanism, signal-hook's
+//! iterator: the handler only records the signal, and a thread of ours receives it as a value
+//! and acts (no code of ours runs in a signal handler).
+//!
+//! Three uses, one function each: [`stop_on_interrupt`] sets a stop flag that a serving loop
+//! polls (echo, relay, audit --watch); [`Interrupt`] stops a gateway whose stopper exists only
+//! once setup ends, and exits at once on a second signal; [`ChildSignals`] passes signals on to
+//! a program idlegate started (`idlegate run`). SIGINT and SIGTERM ([`INTERRUPTS`]) are the
+//! signals that ask idlegate itself to stop.
+
+use crate::sys::process;
+use signal_hook::iterator::Signals;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The target of these log lines: `idlegate`, the command's, as when main.rs logged them.
+const LOG: &str = "idlegate";
+
+pub use libc::c_int as Signal;
+pub use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+
+/// The signals that ask idlegate to stop: Ctrl-C and `kill`'s default.
+pub const INTERRUPTS: [Signal; 2] = [SIGINT, SIGTERM];
+
+/// Receives `signals` from now on and calls `handle` with each, on a thread named `name`.
+fn on_signals(
+    signals: Signals,
+    name: &str,
+    mut handle: impl FnMut(Signal) + Send + 'static,
+) -> io::Result<()> {
+    let mut signals = signals;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                handle(signal);
+            }
+        })?;
+    Ok(())
+}
+
+/// From now on SIGINT and SIGTERM set `stop` (and are otherwise ignored: a second one does
+/// nothing more); whoever polls `stop` ends its work.
+pub fn stop_on_interrupt(stop: &Arc<AtomicBool>) -> io::Result<()> {
+    let signals = Signals::new(INTERRUPTS)?;
+    let stop = stop.clone();
+    on_signals(signals, "signals", move |_| {
+        stop.store(true, Ordering::SeqCst)
+    })
+}
+
+type Stop = Box<dyn Fn() + Send>;
+
+/// SIGINT and SIGTERM for a whole run whose stop comes later: the first calls the attached
+/// stop (or, during setup, makes [`Interrupt::attach`] report it so the command stops as soon
+/// as setup ends, cleaning up what it built); a second exits at once with 128 + the signal.
+pub struct Interrupt {
+    received: Arc<AtomicBool>,
+    stop: Arc<Mutex<Option<Stop>>>,
+}
+
+impl Interrupt {
+    /// Handles SIGINT and SIGTERM from now on.
+    pub fn install() -> io::Result<Interrupt> {
+        let signals = Signals::new(INTERRUPTS)?;
+        let interrupt = Interrupt {
+            received: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (received, stop) = (interrupt.received.clone(), interrupt.stop.clone());
+        on_signals(signals, "signals", move |signal| {
+            if received.swap(true, Ordering::SeqCst) {
+                eprintln!("idlegate: signal {signal} again: exiting without cleaning up");
+                std::process::exit(128 + signal);
+            }
+            tracing::info!(target: LOG, "signal {signal}: stopping (send it again to exit at once)");
+            if let Some(stop) = lock(&stop).as_ref() {
+                stop();
+            }
+        })?;
+        Ok(interrupt)
+    }
+
+    /// Lets a signal call `stop`; true if one already came (then `stop` is not called: the
+    /// caller stops by itself).
+    pub fn attach(&self, stop: impl Fn() + Send + 'static) -> bool {
+        let mut slot = lock(&self.stop);
+        *slot = Some(Box::new(stop));
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Signals caught for a child that is not started yet: caught before the start so none is
+/// lost in between, then [`ChildSignals::forward_to`] the child once it runs.
+pub struct ChildSignals(Signals);
+
+impl ChildSignals {
+    /// Catches `signals` from now on: none of them ends idlegate any more.
+    pub fn catch(signals: &[Signal]) -> io::Result<ChildSignals> {
+        Ok(ChildSignals(Signals::new(signals)?))
+    }
+
+    /// Passes each caught signal that is in `forwarded` on to `pid`; the others are dropped.
+    pub fn forward_to(self, pid: i32, forwarded: &'static [Signal]) -> io::Result<()> {
+        on_signals(self.0, "signals", move |signal| {
+            if forwarded.contains(&signal) {
+                // The child may have exited already; then there is nobody to tell.
+                let _ = process::signal(pid, signal);
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn stop_on_interrupt_sets_the_flag_when_sigterm_arrives() {
+        // SIGTERM is caught for the rest of this test process: no other test here raises it.
+        let stop = Arc::new(AtomicBool::new(false));
+        stop_on_interrupt(&stop).expect("install");
+        signal_hook::low_level::raise(SIGTERM).expect("raise");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(stop.load(Ordering::SeqCst), "SIGTERM did not set the flag");
+    }
+}
