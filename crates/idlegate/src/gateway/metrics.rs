@@ -292,3 +292,79 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idlegate_core::engine::SnatUsage;
+
+    /// A snapshot with every family non-empty, two shards' worth, and a rule name that needs
+    /// escaping.
+    fn fixed_snapshot() -> Snapshot {
+        let mut counters = Counters::default();
+        counters.flows_created = 7;
+        counters.resets_sent = 2;
+        counters.acks_sent = 1;
+        counters.out_of_window = 4;
+        counters.fragments_forwarded = 5;
+        counters.icmp_errors_translated = 6;
+        let mut traffic = Traffic::default();
+        traffic.count(Interface::Inside, Direction::In, 1500);
+        traffic.count(Interface::Inside, Direction::Out, 60);
+        traffic.count(Interface::Outside, Direction::In, 40);
+        traffic.count(Interface::Outside, Direction::Out, 1500);
+        traffic.count(Interface::Outside, Direction::Out, 9000);
+        let mut snapshot = Snapshot {
+            flows: BTreeMap::from([
+                (("web".to_string(), "established"), 3),
+                (("odd \"q\" \\ x\ny".to_string(), "syn-sent"), 1),
+            ]),
+            counters,
+            snat: vec![
+                SnatUsage {
+                    frontend: "203.0.113.1".parse().unwrap(),
+                    lent: 3,
+                    held: 1,
+                    free: 60,
+                },
+                SnatUsage {
+                    frontend: "fd00::1".parse().unwrap(),
+                    lent: 0,
+                    held: 0,
+                    free: 64,
+                },
+            ],
+            traffic,
+            device: DeviceCounters {
+                tx_errors: 1,
+                undeliverable: 2,
+                malformed: 3,
+                handed_over: 4,
+                handover_dropped: 5,
+            },
+        };
+        snapshot.merge(Snapshot {
+            flows: BTreeMap::from([(("web".to_string(), "established"), 2)]),
+            ..Snapshot::default()
+        });
+        snapshot
+    }
+
+    /// The files hold what `render` wrote before it used [`crate::obs::prometheus`]: the
+    /// exposition stays byte for byte the same.
+    #[test]
+    fn exposition_of_a_fixed_snapshot_is_unchanged() {
+        assert_eq!(
+            render(&fixed_snapshot()),
+            include_str!("testdata/metrics-fixed.prom")
+        );
+    }
+
+    #[test]
+    fn exposition_of_an_empty_snapshot_is_unchanged() {
+        assert_eq!(
+            render(&Snapshot::default()),
+            include_str!("testdata/metrics-empty.prom")
+        );
+    }
+}

@@ -765,3 +765,42 @@ fn make_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: pipe2 succeeded, so both are fresh descriptors this function now owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_two_relays_are_unchanged() {
+        let a = Arc::new(Stats::default());
+        let b = Arc::new(Stats::default());
+        for (i, field) in [
+            &a.connections,
+            &a.open,
+            &a.bytes_to_server,
+            &a.bytes_to_client,
+            &a.resets,
+            &a.reconnects,
+            &a.replayed_bytes,
+            &a.heartbeat_misses,
+            &a.expired,
+            &a.stalled,
+            &a.stalls,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            field.store(i as u64 + 1, Ordering::Relaxed);
+        }
+        b.bytes_to_client.store(1 << 40, Ordering::Relaxed);
+        let relays = [
+            ("127.0.0.1:9000".parse().unwrap(), a),
+            ("[fd00::1]:443".parse().unwrap(), b),
+        ];
+        // What `render_metrics` wrote before it used `crate::obs::prometheus`.
+        assert_eq!(
+            render_metrics(&relays),
+            include_str!("testdata/relay-metrics.prom")
+        );
+    }
+}
