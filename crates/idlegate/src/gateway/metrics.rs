@@ -6,13 +6,12 @@
 //! [`Snapshot`] of its shard; they [`Snapshot::merge`]): flows by rule and TCP state, expiries by action, drops by
 //! reason, SNAT ports in use and free per frontend, packets and bytes per interface and
 //! direction. The listener binds only where it is told.
-//! The exposition is written by hand: it is a few lines of text over values the engine already
-//! counts, which a metrics library would only copy into its own registry.
+//! The exposition is written by [`crate::obs::prometheus`].
 
+use crate::obs::prometheus::{Kind, Writer};
 use idlegate_core::engine::{Counters, DropReason, Engine, Interface, SnatUsage};
 use idlegate_core::expiry::Expiry;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Instant;
 
 /// Packets and bytes through the gateway's devices, by interface and direction.
@@ -51,14 +50,6 @@ impl Traffic {
         2 * usize::from(interface == Interface::Outside)
             + usize::from(matches!(direction, Direction::Out))
     }
-}
-
-/// A label value as the exposition format wants it: backslash, quote and newline escaped.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// What a worker counts besides its shard: packets its devices gave or refused.
@@ -142,153 +133,200 @@ impl Snapshot {
 
 /// The exposition text.
 pub fn render(snapshot: &Snapshot) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let flows: Vec<(String, u64)> = snapshot
-        .flows
-        .iter()
-        .map(|((rule, state), n)| {
-            (
-                format!("{{rule=\"{}\",state=\"{state}\"}}", escape(rule)),
-                *n,
-            )
-        })
-        .collect();
-    family(
+    let mut w = Writer::new();
+    let mut flows = w.family(
         "idlegate_flows",
-        "gauge",
+        Kind::Gauge,
         "Flows the gateway remembers, by rule and TCP state.",
-        &flows,
     );
+    for ((rule, state), n) in &snapshot.flows {
+        flows.sample(&[("rule", rule), ("state", state)], *n);
+    }
     let c = &snapshot.counters;
-    family(
+    w.family(
         "idlegate_flows_created_total",
-        "counter",
+        Kind::Counter,
         "Flows created.",
-        &[(String::new(), c.flows_created)],
-    );
-    let expiries: Vec<(String, u64)> = Expiry::ALL
-        .iter()
-        .map(|a| (format!("{{action=\"{a}\"}}"), c.expired(*a)))
-        .collect();
-    family(
+    )
+    .sample(&[], c.flows_created);
+    let mut expiries = w.family(
         "idlegate_expiries_total",
-        "counter",
+        Kind::Counter,
         "Flows expired, by the action carried out.",
-        &expiries,
     );
-    let drops: Vec<(String, u64)> = DropReason::ALL
-        .iter()
-        .map(|r| (format!("{{reason=\"{}\"}}", r.as_str()), c.dropped(*r)))
-        .collect();
-    family(
+    for a in Expiry::ALL {
+        expiries.sample(&[("action", &a.to_string())], c.expired(a));
+    }
+    let mut drops = w.family(
         "idlegate_drops_total",
-        "counter",
+        Kind::Counter,
         "Packets dropped, by reason.",
-        &drops,
     );
-    family(
-        "idlegate_resets_sent_total",
-        "counter",
-        "RSTs the gateway made.",
-        &[(String::new(), c.resets_sent)],
-    );
-    family(
-        "idlegate_acks_sent_total",
-        "counter",
-        "ACKs the gateway made for data it discarded.",
-        &[(String::new(), c.acks_sent)],
-    );
-    family(
-        "idlegate_out_of_window_total",
-        "counter",
-        "TCP segments outside their flow's windows: passed on, changing and refreshing nothing.",
-        &[(String::new(), c.out_of_window)],
-    );
-    family(
-        "idlegate_fragments_forwarded_total",
-        "counter",
-        "IPv4 fragments forwarded, translated as their datagram's first fragment.",
-        &[(String::new(), c.fragments_forwarded)],
-    );
-    family(
-        "idlegate_icmp_errors_translated_total",
-        "counter",
-        "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",
-        &[(String::new(), c.icmp_errors_translated)],
-    );
-    let snat: Vec<(String, u64)> = snapshot
-        .snat
-        .iter()
-        .flat_map(|u| {
-            [("in_use", u.lent), ("held", u.held), ("free", u.free)].map(|(state, n)| {
-                (
-                    format!("{{frontend=\"{}\",state=\"{state}\"}}", u.frontend),
-                    n as u64,
-                )
-            })
-        })
-        .collect();
-    family(
+    for r in DropReason::ALL {
+        drops.sample(&[("reason", r.as_str())], c.dropped(r));
+    }
+    for (name, help, value) in [
+        (
+            "idlegate_resets_sent_total",
+            "RSTs the gateway made.",
+            c.resets_sent,
+        ),
+        (
+            "idlegate_acks_sent_total",
+            "ACKs the gateway made for data it discarded.",
+            c.acks_sent,
+        ),
+        (
+            "idlegate_out_of_window_total",
+            "TCP segments outside their flow's windows: passed on, changing and refreshing nothing.",
+            c.out_of_window,
+        ),
+        (
+            "idlegate_fragments_forwarded_total",
+            "IPv4 fragments forwarded, translated as their datagram's first fragment.",
+            c.fragments_forwarded,
+        ),
+        (
+            "idlegate_icmp_errors_translated_total",
+            "ICMP errors about a flow's packet, translated and passed on (RFC 5508).",
+            c.icmp_errors_translated,
+        ),
+    ] {
+        w.family(name, Kind::Counter, help).sample(&[], value);
+    }
+    let mut snat = w.family(
         "idlegate_snat_ports",
-        "gauge",
+        Kind::Gauge,
         "SNAT ports per frontend: lent to flows, held after a flow ended, or free.",
-        &snat,
     );
+    for u in &snapshot.snat {
+        let frontend = u.frontend.to_string();
+        for (state, n) in [("in_use", u.lent), ("held", u.held), ("free", u.free)] {
+            snat.sample(&[("frontend", &frontend), ("state", state)], n as u64);
+        }
+    }
     let sides = [
         (Interface::Inside, "inside"),
         (Interface::Outside, "outside"),
     ];
     let directions = [(Direction::In, "in"), (Direction::Out, "out")];
-    let per = |values: &[u64; 4]| -> Vec<(String, u64)> {
-        sides
-            .iter()
-            .flat_map(|&(i, iname)| {
-                directions.iter().map(move |&(d, dname)| {
-                    (
-                        format!("{{interface=\"{iname}\",direction=\"{dname}\"}}"),
-                        values[Traffic::slot(i, d)],
-                    )
-                })
-            })
-            .collect()
-    };
-    family(
-        "idlegate_packets_total",
-        "counter",
-        "Packets read from and written to the devices (a TCP super-segment counts as one).",
-        &per(&snapshot.traffic.packets),
-    );
-    family(
-        "idlegate_bytes_total",
-        "counter",
-        "Bytes read from and written to the devices.",
-        &per(&snapshot.traffic.bytes),
-    );
+    for (name, help, values) in [
+        (
+            "idlegate_packets_total",
+            "Packets read from and written to the devices (a TCP super-segment counts as one).",
+            &snapshot.traffic.packets,
+        ),
+        (
+            "idlegate_bytes_total",
+            "Bytes read from and written to the devices.",
+            &snapshot.traffic.bytes,
+        ),
+    ] {
+        let mut family = w.family(name, Kind::Counter, help);
+        for (i, iname) in sides {
+            for (d, dname) in directions {
+                family.sample(
+                    &[("interface", iname), ("direction", dname)],
+                    values[Traffic::slot(i, d)],
+                );
+            }
+        }
+    }
     let d = &snapshot.device;
-    family(
+    w.family(
         "idlegate_handovers_total",
-        "counter",
+        Kind::Counter,
         "Packets one worker read for the worker that owns their flow, and handed over.",
-        &[(String::new(), d.handed_over)],
+    )
+    .sample(&[], d.handed_over);
+    let mut device_drops = w.family(
+        "idlegate_device_drops_total",
+        Kind::Counter,
+        "Packets lost at the devices, by reason (the engine's own drops are idlegate_drops_total).",
     );
-    let device_drops = [
+    for (reason, n) in [
         ("malformed", d.malformed),
         ("write-failed", d.tx_errors),
         ("undeliverable", d.undeliverable),
         ("handover-full", d.handover_dropped),
-    ]
-    .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n));
-    family(
-        "idlegate_device_drops_total",
-        "counter",
-        "Packets lost at the devices, by reason (the engine's own drops are idlegate_drops_total).",
-        &device_drops,
-    );
-    out
+    ] {
+        device_drops.sample(&[("reason", reason)], n);
+    }
+    w.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use idlegate_core::engine::SnatUsage;
+
+    /// A snapshot with every family non-empty, two shards' worth, and a rule name that needs
+    /// escaping.
+    fn fixed_snapshot() -> Snapshot {
+        let mut counters = Counters::default();
+        counters.flows_created = 7;
+        counters.resets_sent = 2;
+        counters.acks_sent = 1;
+        counters.out_of_window = 4;
+        counters.fragments_forwarded = 5;
+        counters.icmp_errors_translated = 6;
+        let mut traffic = Traffic::default();
+        traffic.count(Interface::Inside, Direction::In, 1500);
+        traffic.count(Interface::Inside, Direction::Out, 60);
+        traffic.count(Interface::Outside, Direction::In, 40);
+        traffic.count(Interface::Outside, Direction::Out, 1500);
+        traffic.count(Interface::Outside, Direction::Out, 9000);
+        let mut snapshot = Snapshot {
+            flows: BTreeMap::from([
+                (("web".to_string(), "established"), 3),
+                (("odd \"q\" \\ x\ny".to_string(), "syn-sent"), 1),
+            ]),
+            counters,
+            snat: vec![
+                SnatUsage {
+                    frontend: "203.0.113.1".parse().unwrap(),
+                    lent: 3,
+                    held: 1,
+                    free: 60,
+                },
+                SnatUsage {
+                    frontend: "fd00::1".parse().unwrap(),
+                    lent: 0,
+                    held: 0,
+                    free: 64,
+                },
+            ],
+            traffic,
+            device: DeviceCounters {
+                tx_errors: 1,
+                undeliverable: 2,
+                malformed: 3,
+                handed_over: 4,
+                handover_dropped: 5,
+            },
+        };
+        snapshot.merge(Snapshot {
+            flows: BTreeMap::from([(("web".to_string(), "established"), 2)]),
+            ..Snapshot::default()
+        });
+        snapshot
+    }
+
+    /// The files hold what `render` wrote before it used [`crate::obs::prometheus`]: the
+    /// exposition stays byte for byte the same.
+    #[test]
+    fn exposition_of_a_fixed_snapshot_is_unchanged() {
+        assert_eq!(
+            render(&fixed_snapshot()),
+            include_str!("testdata/metrics-fixed.prom")
+        );
+    }
+
+    #[test]
+    fn exposition_of_an_empty_snapshot_is_unchanged() {
+        assert_eq!(
+            render(&Snapshot::default()),
+            include_str!("testdata/metrics-empty.prom")
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! Observability: what idlegate shows of itself while it runs.
 //!
-//! One HTTP server for the Prometheus metrics of every command that serves them
-//! ([`scrape`]), and packet capture to pcap files ([`capture`]).
+//! One writer of the Prometheus text format ([`prometheus`]) and one HTTP server
+//! ([`scrape`]) for the metrics of every command that serves them, and packet capture to
+//! pcap files ([`capture`]).
 
 pub mod capture;
+pub mod prometheus;
 pub mod scrape;

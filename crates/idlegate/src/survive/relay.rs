@@ -25,6 +25,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::obs::prometheus::{Kind, Writer};
+
 pub use crate::survive::keepalive::Keepalive;
 pub use crate::survive::stats::Stats;
 
@@ -547,85 +549,108 @@ fn reset_after_fin(pump: Pump, dir: &Direction, source: &mio::net::TcpStream) ->
     pump
 }
 
-/// The Prometheus text of `relays` (each named by its listening address).
+/// The Prometheus text of `relays` (each named by its listening address), written by
+/// [`crate::obs::prometheus`].
 pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
-    let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, value: &dyn Fn(&Stats) -> Vec<(String, u64)>| {
-            out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    /// A family with one sample per relay, labelled with its listening address: its type,
+    /// name and help, and the counter it shows.
+    type PerRelay = (Kind, &'static str, &'static str, fn(&Stats) -> &AtomicU64);
+    fn per_relay(w: &mut Writer, relays: &[(String, &Stats)], families: &[PerRelay]) {
+        for &(kind, name, help, value) in families {
+            let mut family = w.family(name, kind, help);
             for (listen, stats) in relays {
-                for (labels, v) in value(stats) {
-                    out += &format!("{name}{{listen=\"{listen}\"{labels}}} {v}\n");
-                }
+                family.sample(&[("listen", listen)], value(stats).load(Ordering::Relaxed));
             }
-        };
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    family(
-        "idlegate_relay_connections_total",
-        "counter",
-        "Connections relayed.",
-        &|s| vec![(String::new(), load(&s.connections))],
+        }
+    }
+    let relays: Vec<(String, &Stats)> = relays
+        .iter()
+        .map(|(listen, stats)| (listen.to_string(), &**stats))
+        .collect();
+    let mut w = Writer::new();
+    per_relay(
+        &mut w,
+        &relays,
+        &[
+            (
+                Kind::Counter,
+                "idlegate_relay_connections_total",
+                "Connections relayed.",
+                |s| &s.connections,
+            ),
+            (
+                Kind::Gauge,
+                "idlegate_relay_connections_open",
+                "Connections being relayed now.",
+                |s| &s.open,
+            ),
+        ],
     );
-    family(
-        "idlegate_relay_connections_open",
-        "gauge",
-        "Connections being relayed now.",
-        &|s| vec![(String::new(), load(&s.open))],
-    );
-    family(
+    let mut bytes = w.family(
         "idlegate_relay_bytes_total",
-        "counter",
+        Kind::Counter,
         "Bytes relayed, by direction.",
-        &|s| {
-            vec![
-                (",direction=\"to_server\"".into(), load(&s.bytes_to_server)),
-                (",direction=\"to_client\"".into(), load(&s.bytes_to_client)),
-            ]
-        },
     );
-    family(
-        "idlegate_relay_resets_total",
-        "counter",
-        "Connections that ended with a RST passed on.",
-        &|s| vec![(String::new(), load(&s.resets))],
+    for (listen, stats) in &relays {
+        for (direction, n) in [
+            ("to_server", &stats.bytes_to_server),
+            ("to_client", &stats.bytes_to_client),
+        ] {
+            bytes.sample(
+                &[("listen", listen), ("direction", direction)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+    per_relay(
+        &mut w,
+        &relays,
+        &[
+            (
+                Kind::Counter,
+                "idlegate_relay_resets_total",
+                "Connections that ended with a RST passed on.",
+                |s| &s.resets,
+            ),
+            (
+                Kind::Counter,
+                "idlegate_relay_reconnects_total",
+                "Tunnel sessions resumed on a new leg.",
+                |s| &s.reconnects,
+            ),
+            (
+                Kind::Counter,
+                "idlegate_relay_replayed_bytes_total",
+                "Tunnel bytes sent again after a resume.",
+                |s| &s.replayed_bytes,
+            ),
+            (
+                Kind::Counter,
+                "idlegate_relay_heartbeat_misses_total",
+                "Tunnel legs lost because no heartbeat arrived in time.",
+                |s| &s.heartbeat_misses,
+            ),
+            (
+                Kind::Counter,
+                "idlegate_relay_sessions_expired_total",
+                "Tunnel sessions ended unresumed (time limit, or unknown to the far end).",
+                |s| &s.expired,
+            ),
+            (
+                Kind::Gauge,
+                "idlegate_relay_sessions_stalled",
+                "Tunnel sessions on a live leg that moved no byte for 12 heartbeats while bytes wait.",
+                |s| &s.stalled,
+            ),
+            (
+                Kind::Counter,
+                "idlegate_relay_stalls_total",
+                "Times a tunnel session was reported stalled.",
+                |s| &s.stalls,
+            ),
+        ],
     );
-    family(
-        "idlegate_relay_reconnects_total",
-        "counter",
-        "Tunnel sessions resumed on a new leg.",
-        &|s| vec![(String::new(), load(&s.reconnects))],
-    );
-    family(
-        "idlegate_relay_replayed_bytes_total",
-        "counter",
-        "Tunnel bytes sent again after a resume.",
-        &|s| vec![(String::new(), load(&s.replayed_bytes))],
-    );
-    family(
-        "idlegate_relay_heartbeat_misses_total",
-        "counter",
-        "Tunnel legs lost because no heartbeat arrived in time.",
-        &|s| vec![(String::new(), load(&s.heartbeat_misses))],
-    );
-    family(
-        "idlegate_relay_sessions_expired_total",
-        "counter",
-        "Tunnel sessions ended unresumed (time limit, or unknown to the far end).",
-        &|s| vec![(String::new(), load(&s.expired))],
-    );
-    family(
-        "idlegate_relay_sessions_stalled",
-        "gauge",
-        "Tunnel sessions on a live leg that moved no byte for 12 heartbeats while bytes wait.",
-        &|s| vec![(String::new(), load(&s.stalled))],
-    );
-    family(
-        "idlegate_relay_stalls_total",
-        "counter",
-        "Times a tunnel session was reported stalled.",
-        &|s| vec![(String::new(), load(&s.stalls))],
-    );
-    out
+    w.finish()
 }
 
 /// Serves `render()` at http://ADDR/metrics on a thread of its own until the process ends
@@ -645,3 +670,42 @@ const SMALL: usize = 16 << 10;
 
 /// The pipe size asked for per direction: what the relay holds at most.
 const PIPE_SIZE: usize = 1 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_of_two_relays_are_unchanged() {
+        let a = Arc::new(Stats::default());
+        let b = Arc::new(Stats::default());
+        for (i, field) in [
+            &a.connections,
+            &a.open,
+            &a.bytes_to_server,
+            &a.bytes_to_client,
+            &a.resets,
+            &a.reconnects,
+            &a.replayed_bytes,
+            &a.heartbeat_misses,
+            &a.expired,
+            &a.stalled,
+            &a.stalls,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            field.store(i as u64 + 1, Ordering::Relaxed);
+        }
+        b.bytes_to_client.store(1 << 40, Ordering::Relaxed);
+        let relays = [
+            ("127.0.0.1:9000".parse().unwrap(), a),
+            ("[fd00::1]:443".parse().unwrap(), b),
+        ];
+        // What `render_metrics` wrote before it used `crate::obs::prometheus`.
+        assert_eq!(
+            render_metrics(&relays),
+            include_str!("testdata/relay-metrics.prom")
+        );
+    }
+}

@@ -18,7 +18,7 @@
 //! autoconfiguration is turned off (`addrgenmode none`), otherwise the kernel writes
 //! IPv6 router solicitations into the fd a moment after the device comes up.
 //!
-//! What tun-rs 2.8 does (read in its source; lifetime checked by tests/netns_tun.rs):
+//! What tun-rs 2.8 does (read in its source; lifetime checked by tests/e2e/netns_tun.rs):
 //! `build_sync` opens
 //! `/dev/net/tun` (O_CLOEXEC, blocking), `TUNSETIFF`, resets the offload mask, then
 //! applies MTU/txqueuelen via ioctls on a socket of the *caller's* namespace and brings

@@ -4,7 +4,7 @@
 //! an upload, the entry during a download), each a real `idlegate relay` process over
 //! loopback; no root needed.
 
-mod common;
+use crate::common;
 
 use common::free_port;
 use std::io::{ErrorKind, Read, Write};

@@ -8,7 +8,7 @@
 //! (namespaces, TUN devices) and fail loudly without it. Each lab has its own name, and its
 //! guard stops `lab up` and deletes its namespaces even when an assertion fails.
 
-mod common;
+use crate::common;
 
 use common::free_port;
 

@@ -6,7 +6,7 @@
 //! Needs root; each test builds its own lab and removes it, even on failure. Azure LB's timers
 //! scaled by 80: idle 3 s, the transitory timer a FIN would start 375 ms.
 
-mod common;
+use crate::common;
 
 use common::{one_rule_lab, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};

@@ -5,7 +5,7 @@
 //! is dropped, even if an assertion fails. Idle timeouts are Azure's 4 minutes scaled by 60 to
 //! 4 s, with margins of a second or more on either side of every expiry.
 
-mod common;
+use crate::common;
 
 use idlegate::lab::scenario::{self, Outcome, Script};
 use idlegate::lab::{Lab, INTERNET, INTERNET_ADDRESS};

@@ -5,7 +5,7 @@
 //! Every namespace and device name is unique per process and test, and is removed by
 //! the `Namespace` / `Tun` guards even when an assertion fails.
 
-mod common;
+use crate::common;
 
 use anyhow::{anyhow, Context, Result};
 use idlegate::sys::netns::{self, Namespace};

@@ -2,7 +2,7 @@
 //! many sources fills the table to `max_flows` and no further, and the connection it already
 //! holds carries on. Root only; each test builds and removes its own lab.
 
-mod common;
+use crate::common;
 
 use idlegate::lab::Lab;
 use idlegate::sys::netns::spawn_in;

@@ -9,7 +9,7 @@
 //! The reference router is a typical one: the forward chain drops what conntrack calls
 //! invalid, the input chain takes only what belongs to the router's own connections. Root only.
 
-mod common;
+use crate::common;
 
 use common::kernel_router::KernelRouter;
 use common::{require_root, unique};

@@ -4,7 +4,7 @@
 //! several exits behind a load balancer (resumes and first dials that reach the wrong exit, or
 //! none). SHA-256 of what was sent against what arrived, both ways.
 
-mod common;
+use crate::common;
 
 use common::tunnel::*;
 use common::{require_root, unique};

@@ -2,7 +2,7 @@
 //! keepalive, idle and busy, and one whose data is stuck behind the gateway's silent drop; each
 //! gets the right verdict, owner and reason. Root is needed (namespaces, TUN devices).
 
-mod common;
+use crate::common;
 
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};

@@ -1,7 +1,7 @@
 //! ICMP errors through the gateway (RFC 5508), with real Linux stacks: a refused UDP datagram
 //! and path MTU discovery over a narrower link behind the internet host. Root only.
 
-mod common;
+use crate::common;
 
 use common::{narrow_link, require_root, transfer, unique, Ip};
 use idlegate::lab::{Lab, INTERNET};

@@ -3,7 +3,7 @@
 //! masquerade). `idlegate echo` runs on the far side; the probe must bracket the true timeout
 //! within the resolution and name what each direction does at expiry. Root only.
 
-mod common;
+use crate::common;
 
 use common::kernel_router::{Invalid, KernelRouter};
 use common::{require_root, unique};

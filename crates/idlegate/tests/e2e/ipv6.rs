@@ -2,7 +2,7 @@
 //! Linux TCP stacks in namespaces, the same expiry behaviour as IPv4, and path MTU discovery
 //! through ICMPv6 "packet too big". Root only.
 
-mod common;
+use crate::common;
 
 use common::{narrow_link, require_root, transfer, unique, Ip};
 use idlegate::lab::scenario::{self, Outcome, Script};

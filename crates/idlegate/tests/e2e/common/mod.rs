@@ -144,10 +144,19 @@ pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
 
 /// Raises RLIMIT_NOFILE's soft limit to at least `want` (as the relay raises its own); fails
 /// the test loudly if the hard limit does not allow it.
+///
+/// The tests share one process (one test binary), so the limit is for all of them: every
+/// test's `want` is added to what the tests before it asked for, under a lock, so that tests
+/// running at once each have their descriptors and the limit only ever goes up.
 #[allow(dead_code)] // not every test file opens thousands
 pub fn raise_fd_limit(want: u64) {
-    let have =
-        idlegate::sys::rlimit::raise_descriptor_limit(want).expect("raising the descriptor limit");
+    static ASKED: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+    let mut asked = ASKED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *asked += want;
+    let have = idlegate::sys::rlimit::raise_descriptor_limit(*asked)
+        .expect("raising the descriptor limit");
     assert!(
         have >= want,
         "this test needs {want} file descriptors; the hard limit allows {have}"

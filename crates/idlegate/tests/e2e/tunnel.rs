@@ -6,7 +6,7 @@
 //! gateway kills the leg with each expiry action while 100 MB cross each way, with an idle gap
 //! longer than its timeout, and the SHA-256 on arrival must equal the SHA-256 sent.
 
-mod common;
+use crate::common;
 
 use common::tunnel::*;
 use common::{require_root, unique};

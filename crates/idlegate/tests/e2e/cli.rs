@@ -10,7 +10,7 @@
 //! namespace left behind, and the [`Programs`] guard kills the programs a test started, even
 //! when an assertion fails.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};

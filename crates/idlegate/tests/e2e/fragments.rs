@@ -6,7 +6,7 @@
 //!
 //! Needs root; each test builds its own lab and removes it, even on failure.
 
-mod common;
+use crate::common;
 
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};

@@ -6,7 +6,7 @@
 //! loudly. Namespace and interface names are unique per process and test; the
 //! `Namespace` guards delete them (and so the veth pair) even when an assertion fails.
 
-mod common;
+use crate::common;
 
 use anyhow::{anyhow, Context, Result};
 use idlegate::lab::scenario::{self, Moment, Outcome, Script, Side};

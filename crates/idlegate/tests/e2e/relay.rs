@@ -3,7 +3,7 @@
 //! idle connection directly and keeps it through the relay (the loopback tests need no root,
 //! the lab ones do).
 
-mod common;
+use crate::common;
 
 use common::{raise_fd_limit, require_root, unique};
 use idlegate::lab::scenario::{self, Script};

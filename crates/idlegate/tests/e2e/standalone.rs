@@ -16,7 +16,7 @@
 //! names; the [`Router`] guard stops the gateway and removes them even when an assertion
 //! fails. The TUN devices have fixed names: they live in the test's own `gw` namespace.
 
-mod common;
+use crate::common;
 
 use anyhow::{bail, ensure, Context, Result};
 use idlegate::lab::scenario::{self, Script};

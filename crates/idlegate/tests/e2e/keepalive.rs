@@ -6,7 +6,7 @@
 //! Root is needed (namespaces, TUN devices, pidfd_getfd on other users' processes); the tests
 //! fail loudly without it.
 
-mod common;
+use crate::common;
 
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};

@@ -7,7 +7,7 @@
 //! Everything runs on loopback (no root): the attackers use other loopback source addresses
 //! (127.0.0.2, 127.0.1.x) than the entry (127.0.0.1), as hosts elsewhere would.
 
-mod common;
+use crate::common;
 
 use common::tunnel::{settings, start_entry_with, wait_until, CutPath, WAIT};
 

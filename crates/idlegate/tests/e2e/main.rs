@@ -1,0 +1,35 @@
+//! idlegate's end-to-end tests, one test binary: real Linux TCP stacks in network namespaces
+//! the tests make, through the gateway, the relay, the tunnel, the probe and the CLI.
+//!
+//! One module per area (`cargo test -p idlegate --test e2e relay::` runs the relay's tests),
+//! and [`common`], the helpers they share, compiled once. The tests run in parallel threads of
+//! this one process: each uses its own names ([`common::unique`]), ports
+//! ([`common::free_port`] or port 0) and namespaces, and the one process-wide setting a test
+//! changes, the descriptor limit, is only ever raised, under a lock
+//! ([`common::raise_fd_limit`]). Privilege drops and signals happen in the `idlegate`
+//! processes the tests start, never in this one.
+
+mod common;
+
+mod audit;
+mod cli;
+mod conntrack;
+mod echo;
+mod fragments;
+mod gateway;
+mod hardening;
+mod icmp;
+mod ipv6;
+mod keepalive;
+mod killed;
+mod netns_tun;
+mod offpath;
+mod operator;
+mod probe;
+mod probe_hostile;
+mod relay;
+mod scenario;
+mod standalone;
+mod tunnel;
+mod tunnel_exit;
+mod tunnel_stress;
