@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use idlegate::gateway::control::{self, FlowRow, Request, Response};
-use idlegate::gateway::{Gateway, Options, Port, Stopper};
+use idlegate::gateway::{Attachment, Gateway, Options, Stopper};
 use idlegate::lab::demo;
 use idlegate::lab::Extras;
 use idlegate::lab::{self, Lab};
@@ -683,7 +683,7 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         // No IPv6 link-local address: the kernel would send router solicitations into it.
         netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
         netns::ip(&["link", "set", name, "up"])?;
-        ports.push(Port {
+        ports.push(Attachment {
             queues,
             interface,
             host: None,

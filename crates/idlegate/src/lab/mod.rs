@@ -15,7 +15,7 @@
 pub mod demo;
 pub mod scenario;
 
-use crate::gateway::{self, Gateway, Options, Port};
+use crate::gateway::{self, Attachment, Gateway, Options};
 use crate::sys::netns::{self, Namespace};
 use crate::sys::tun::Tun;
 use anyhow::{bail, ensure, Context, Result};
@@ -60,7 +60,7 @@ pub struct Host {
 pub struct Lab {
     name: String,
     hosts: Vec<Host>,
-    ports: Vec<Port>,
+    ports: Vec<Attachment>,
     /// Gateway workers, so queues per device.
     workers: usize,
     // Declared after `ports`: devices close before their namespaces go.
@@ -131,7 +131,7 @@ impl Lab {
             Interface::Inside => Some(host.address),
             Interface::Outside => None,
         };
-        self.ports.push(Port {
+        self.ports.push(Attachment {
             queues,
             interface: host.interface,
             host: only,
