@@ -429,3 +429,6 @@ fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
 }
+
+#[cfg(test)]
+mod tests;
