@@ -2,7 +2,7 @@
 //! thread per core.
 //!
 //! Every TUN device has one queue per worker, and every worker runs one shard of the engine
-//! ([`Engine::sharded`]) in its own event loop ([`worker`]): it reads packets from its queues,
+//! ([`Engine::sharded`]) in its own event loop (`worker.rs`): it reads packets from its queues,
 //! hands each to its shard, writes what is forwarded to its queue of the device that leads to
 //! the destination, runs the timers, sends the RSTs the shard made and logs flow creation and
 //! expiry with `tracing`. Its devices are seen through the [`io::PacketIo`] seam and the clock
@@ -13,7 +13,7 @@
 //! endpoint, the same both ways. The kernel picks the queue by its own hash of the flow and
 //! then by the queue the flow was last written from, so once a flow's first packets have
 //! passed nearly every packet is read by its owner. One that is not is copied into a buffer
-//! from a bounded pool and handed over to the owner ([`handoff`]); the buffer comes back the
+//! from a bounded pool and handed over to the owner (`handoff.rs`); the buffer comes back the
 //! same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
 //! workers share), and no allocation once the pools are warm.
 //!
