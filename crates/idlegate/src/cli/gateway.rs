@@ -5,7 +5,7 @@
 use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
 use clap::Args;
-use idlegate::gateway::{Gateway, Options, Port};
+use idlegate::gateway::{Attachment, Gateway, Options};
 use idlegate::sys::netns;
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
@@ -83,7 +83,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         // No IPv6 link-local address: the kernel would send router solicitations into it.
         netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
         netns::ip(&["link", "set", name, "up"])?;
-        ports.push(Port {
+        ports.push(Attachment {
             queues,
             interface,
             host: None,

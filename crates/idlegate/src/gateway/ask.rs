@@ -1,8 +1,9 @@
 //! How the serving threads (the control socket's, the metrics') ask the workers: a question
-//! to every worker's inbox, every answer awaited (for at most [`ANSWER_TIMEOUT`]), and the
+//! to every worker's contact, every answer awaited (for at most [`ANSWER_TIMEOUT`]), and the
 //! answers added up. All answer, or the question fails.
 
-use super::{Answer, Inbox, Query, ANSWER_TIMEOUT};
+use super::handoff::{Answer, Contact, Query};
+use super::ANSWER_TIMEOUT;
 use crate::gateway::control::{FlowRow, Shards};
 use crate::gateway::metrics::Snapshot;
 use std::sync::mpsc;
@@ -10,14 +11,14 @@ use std::time::Instant;
 
 /// What the metrics thread holds to ask the workers.
 pub(super) struct Asker {
-    pub(super) inboxes: Vec<Inbox>,
+    pub(super) contacts: Vec<Contact>,
     pub(super) rule_names: Vec<String>,
 }
 
 impl Asker {
     pub(super) fn view(&self) -> Ask<'_> {
         Ask {
-            inboxes: &self.inboxes,
+            contacts: &self.contacts,
             rule_names: &self.rule_names,
         }
     }
@@ -25,7 +26,7 @@ impl Asker {
 
 /// A serving thread's view of the shards: it asks every worker and adds up the answers.
 pub(super) struct Ask<'a> {
-    pub(super) inboxes: &'a [Inbox],
+    pub(super) contacts: &'a [Contact],
     pub(super) rule_names: &'a [String],
 }
 
@@ -34,22 +35,22 @@ impl Ask<'_> {
     /// would be wrong (counters going down, an expiry count too low).
     fn ask(&self, query: impl Fn() -> Query) -> Result<Vec<Answer>, String> {
         let (reply, answers) = mpsc::channel();
-        for inbox in self.inboxes {
-            inbox
+        for contact in self.contacts {
+            contact
                 .queries
                 .send((query(), reply.clone()))
                 .map_err(|_| "a gateway worker has stopped".to_string())?;
-            let _ = inbox.waker.wake();
+            let _ = contact.waker.wake();
         }
         drop(reply);
         let deadline = Instant::now() + ANSWER_TIMEOUT;
-        let mut got = Vec::with_capacity(self.inboxes.len());
-        while got.len() < self.inboxes.len() {
+        let mut got = Vec::with_capacity(self.contacts.len());
+        while got.len() < self.contacts.len() {
             let left = deadline.saturating_duration_since(Instant::now());
             match answers.recv_timeout(left) {
                 Ok(answer) => got.push(answer),
                 Err(_) => {
-                    let missing = self.inboxes.len() - got.len();
+                    let missing = self.contacts.len() - got.len();
                     return Err(format!(
                         "{missing} gateway worker(s) did not answer within {ANSWER_TIMEOUT:?}"
                     ));

@@ -15,7 +15,7 @@
 pub mod demo;
 pub mod scenario;
 
-use crate::gateway::{self, Gateway, Options, Port};
+use crate::gateway::{self, Attachment, Gateway, Options};
 use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
 use crate::sys::process;
@@ -61,7 +61,7 @@ pub struct Host {
 pub struct Lab {
     name: String,
     hosts: Vec<Host>,
-    ports: Vec<Port>,
+    ports: Vec<Attachment>,
     /// Gateway workers, so queues per device.
     workers: usize,
     // Declared after `ports`: devices close before their namespaces go.
@@ -132,7 +132,7 @@ impl Lab {
             Interface::Inside => Some(host.address),
             Interface::Outside => None,
         };
-        self.ports.push(Port {
+        self.ports.push(Attachment {
             queues,
             interface: host.interface,
             host: only,

@@ -221,33 +221,7 @@ impl Tun {
     /// A header the kernel would never write is `InvalidData`.
     pub fn recv_offloaded(&self, buf: &mut [u8]) -> io::Result<Received> {
         let n = self.dev.recv(buf)?;
-        let malformed =
-            || io::Error::new(io::ErrorKind::InvalidData, "malformed virtio-net header");
-        // The kernel says how long the packet was even when the buffer cut it short.
-        let frame = buf.get_mut(..n).ok_or_else(malformed)?;
-        let (header, packet) = frame.split_at_mut(HEADER.min(n));
-        if packet.is_empty() {
-            return Err(malformed());
-        }
-        let flags = header[0];
-        let gso_type = header[1];
-        let csum_start = usize::from(u16::from_le_bytes([header[6], header[7]]));
-        let csum_offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
-        let shape = if gso_type == GSO_NONE {
-            if flags & NEEDS_CSUM != 0 {
-                complete_checksum(packet, csum_start, csum_offset).ok_or_else(malformed)?;
-            }
-            header.fill(0);
-            Shape::Single
-        } else if flags & NEEDS_CSUM != 0 {
-            Shape::Segmented
-        } else {
-            return Err(malformed());
-        };
-        Ok(Received {
-            len: n - HEADER,
-            shape,
-        })
+        parse_offloaded(buf, n)
     }
 
     /// The bytes before each packet in a frame: [`HEADER`] with offloads, else none.
@@ -299,6 +273,40 @@ impl Tun {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// What a read of `n` bytes into `buf` with offloads brought: the virtio-net header at the
+/// start of `buf` checked, a single packet's partial checksum completed (and its header
+/// zeroed), a super-segment left as it came. A header the kernel would never write is
+/// `InvalidData`. (Shared with the gateway's in-memory device, so that its tests read frames
+/// exactly as the gateway reads a TUN device.)
+pub fn parse_offloaded(buf: &mut [u8], n: usize) -> io::Result<Received> {
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed virtio-net header");
+    // The kernel says how long the packet was even when the buffer cut it short.
+    let frame = buf.get_mut(..n).ok_or_else(malformed)?;
+    let (header, packet) = frame.split_at_mut(HEADER.min(n));
+    if packet.is_empty() {
+        return Err(malformed());
+    }
+    let flags = header[0];
+    let gso_type = header[1];
+    let csum_start = usize::from(u16::from_le_bytes([header[6], header[7]]));
+    let csum_offset = usize::from(u16::from_le_bytes([header[8], header[9]]));
+    let shape = if gso_type == GSO_NONE {
+        if flags & NEEDS_CSUM != 0 {
+            complete_checksum(packet, csum_start, csum_offset).ok_or_else(malformed)?;
+        }
+        header.fill(0);
+        Shape::Single
+    } else if flags & NEEDS_CSUM != 0 {
+        Shape::Segmented
+    } else {
+        return Err(malformed());
+    };
+    Ok(Received {
+        len: n - HEADER,
+        shape,
+    })
 }
 
 /// Completes a partial checksum as the device would: sums the packet from `start` on, the
