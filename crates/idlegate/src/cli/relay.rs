@@ -214,7 +214,7 @@ mod tests {
             "nope",
         ]);
         assert_eq!(
-            format!("{:#}", unknown.err().expect("refused")),
+            format!("{:#}", unknown.expect_err("refused")),
             "--profile nope: no such profile"
         );
     }
