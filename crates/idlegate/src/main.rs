@@ -121,7 +121,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Advise(args) => cli::audit::run_advise(&args).map(done),
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         Command::Run(args) => cli::keepalive::run_watched(&args),
-        Command::Keygen { file, pair } => cli::profiles::keygen(&file, pair).map(done),
+        Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),
     }
 }

@@ -105,3 +105,27 @@ pub fn run_advise(args: &AdviseArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_idle_timeout_under_2s_is_refused_and_the_default_is_azure_lbs() {
+        assert_eq!(
+            format!(
+                "{:#}",
+                idle_timeout(Some(Duration::from_secs(1)), None).unwrap_err()
+            ),
+            "--idle-timeout 1s: at least 2s (keepalive timers are whole seconds)"
+        );
+        assert_eq!(
+            idle_timeout(Some(Duration::from_secs(2)), None).unwrap(),
+            (Duration::from_secs(2), "--idle-timeout".to_string())
+        );
+        let (timeout, from) = idle_timeout(None, None).unwrap();
+        assert_eq!(from, "profile azure-lb");
+        assert_eq!(timeout, Duration::from_secs(240));
+    }
+}

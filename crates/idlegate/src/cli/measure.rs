@@ -120,3 +120,73 @@ pub fn run_probe(args: &ProbeArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Probe {
+        #[command(flatten)]
+        args: ProbeArgs,
+    }
+
+    #[derive(Parser)]
+    struct Echo {
+        #[command(flatten)]
+        args: EchoArgs,
+    }
+
+    /// `idlegate probe 192.0.2.1:9300 ARGS…`'s check: Ok, or the error's text.
+    fn probe_check(args: &[&str]) -> Result<(), String> {
+        let line = ["probe", "192.0.2.1:9300"].iter().chain(args).copied();
+        let probe = Probe::try_parse_from(line).expect("arguments clap accepts");
+        probe.args.check().map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn probe_limits_refuse_each_bad_value_with_its_flag_and_range() {
+        assert_eq!(probe_check(&[]), Ok(()));
+        assert_eq!(
+            probe_check(&["--max", "25h"]),
+            Err("--max 90000s: at most 24 h".into())
+        );
+        assert_eq!(
+            probe_check(&["--resolution", "50ms"]),
+            Err("--resolution 50ms: from 100 ms to --max (1800s)".into())
+        );
+        assert_eq!(
+            probe_check(&["--max", "10s", "--resolution", "11s"]),
+            Err("--resolution 11s: from 100 ms to --max (10s)".into())
+        );
+        assert_eq!(
+            probe_check(&["--wait", "5ms"]),
+            Err("--wait 5ms: from 10 ms to 10 min".into())
+        );
+        assert_eq!(
+            probe_check(&["--wait", "11m"]),
+            Err("--wait 660s: from 10 ms to 10 min".into())
+        );
+        assert_eq!(
+            probe_check(&["--connections", "15"]),
+            Err("--connections: at least 16".into())
+        );
+        assert_eq!(
+            probe_check(&["--connections", "16", "--max", "24h"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn echo_refuses_zero_connections_and_takes_one() {
+        let check = |n: &str| {
+            let echo =
+                Echo::try_parse_from(["echo", "--listen", "127.0.0.1:0", "--max-connections", n])
+                    .expect("arguments clap accepts");
+            echo.args.check().map_err(|e| format!("{e:#}"))
+        };
+        assert_eq!(check("0"), Err("--max-connections: at least 1".into()));
+        assert_eq!(check("1"), Ok(()));
+    }
+}

@@ -8,10 +8,10 @@
 //! | [`lab`] | `lab up`, `lab exec`, `lab demo` |
 //! | [`flows`] | `flows`, `flows expire` |
 //! | [`measure`] | `echo`, `probe` |
-//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit) |
+//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit), `keygen` (the tunnel's keys) |
 //! | [`keepalive`] | `keepalive`, `run` |
 //! | [`audit`] | `audit`, `advise` |
-//! | [`profiles`] | `profiles`, `profiles show`, `keygen` |
+//! | [`profiles`] | `profiles`, `profiles show` |
 
 pub mod audit;
 pub mod flows;

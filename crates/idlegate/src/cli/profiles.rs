@@ -1,11 +1,10 @@
 //! `idlegate profiles`: the middlebox profiles as a table, or one as a complete config
-//! (`profiles show NAME`); and `idlegate keygen`, which writes tunnel keys.
+//! (`profiles show NAME`).
 
 use anyhow::Result;
 use clap::Subcommand;
 use idlegate_core::config::human;
 use idlegate_core::profile;
-use std::path::Path;
 
 #[derive(Subcommand)]
 pub enum ProfilesAction {
@@ -112,27 +111,4 @@ pub fn run(action: Option<ProfilesAction>) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
-/// (the public key printed on stdout, what to do with it on stderr).
-pub fn keygen(file: &Path, pair: bool) -> Result<()> {
-    use idlegate::survive::tunnel::key::{Key, PrivateKey};
-    if !pair {
-        Key::generate(file)?;
-        println!(
-            "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-            file.display()
-        );
-        return Ok(());
-    }
-    let key = PrivateKey::generate(file)?;
-    println!("{}", key.public());
-    eprintln!(
-        "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
-         an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
-        file.display(),
-        PrivateKey::public_path(file).display()
-    );
-    Ok(())
 }

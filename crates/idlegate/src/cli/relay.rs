@@ -1,7 +1,8 @@
 //! `idlegate relay`: its arguments turned into [`idlegate::survive::serve::Options`] (which
 //! relays or which tunnel end, the keys, the tunnel's settings), then served until SIGINT or
 //! SIGTERM. The tunnel's limits (heartbeat, replay buffer) are checked in one place,
-//! `tunnel::Settings`, before anything listens.
+//! `tunnel::Settings`, before anything listens. Also `idlegate keygen`, which writes the
+//! tunnel's keys.
 
 use super::keepalive::keepalive_choice;
 use super::{parse_duration, parse_size};
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::survive::serve::{self, KeyFiles, Options, Plan};
 use idlegate::survive::tunnel::Settings;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -136,4 +137,126 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     idlegate::sys::signal::stop_on_interrupt(&stop).context("installing signal handlers")?;
     serve::serve(&options, stop)
+}
+
+/// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
+/// (the public key printed on stdout, what to do with it on stderr).
+pub fn keygen(file: &Path, pair: bool) -> Result<()> {
+    use idlegate::survive::tunnel::key::{Key, PrivateKey};
+    if !pair {
+        Key::generate(file)?;
+        println!(
+            "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
+            file.display()
+        );
+        return Ok(());
+    }
+    let key = PrivateKey::generate(file)?;
+    println!("{}", key.public());
+    eprintln!(
+        "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
+         an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
+        file.display(),
+        PrivateKey::public_path(file).display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Relay {
+        #[command(flatten)]
+        args: RelayArgs,
+    }
+
+    fn options(args: &[&str]) -> Result<Options> {
+        let line = std::iter::once("relay").chain(args.iter().copied());
+        Relay::try_parse_from(line)
+            .expect("arguments clap accepts")
+            .args
+            .options()
+    }
+
+    #[test]
+    fn each_pair_of_flags_picks_its_relay_or_tunnel_end() {
+        let listen: std::net::SocketAddr = "127.0.0.1:15000".parse().unwrap();
+        let relay = options(&["--listen", "127.0.0.1:15000", "--connect", "192.0.2.1:80"]).unwrap();
+        assert!(
+            matches!(&relay.plan, Plan::Relay { listen: l, connect } if *l == listen && connect == "192.0.2.1:80")
+        );
+        let entry =
+            options(&["--listen", "127.0.0.1:15000", "--tunnel", "192.0.2.1:7000"]).unwrap();
+        assert!(
+            matches!(&entry.plan, Plan::Entry { listen: l, tunnel } if *l == listen && tunnel == "192.0.2.1:7000")
+        );
+        let exit = options(&[
+            "--tunnel-listen",
+            "127.0.0.1:15000",
+            "--connect",
+            "192.0.2.1:80",
+        ])
+        .unwrap();
+        assert!(
+            matches!(&exit.plan, Plan::Exit { listen: l, connect } if *l == listen && connect == "192.0.2.1:80")
+        );
+        let config = options(&["--config", "relays.toml"]).unwrap();
+        assert!(
+            matches!(&config.plan, Plan::Config(p) if p == std::path::Path::new("relays.toml"))
+        );
+    }
+
+    #[test]
+    fn the_keepalive_is_azure_lbs_unless_given_and_a_bad_one_is_refused() {
+        let azure = options(&["--listen", "127.0.0.1:1", "--connect", "192.0.2.1:80"]).unwrap();
+        assert_eq!(
+            azure.settings.keepalive,
+            idlegate::survive::keepalive::Keepalive::parse("120s,30s,8").unwrap()
+        );
+        let given = options(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--connect",
+            "192.0.2.1:80",
+            "--keepalive",
+            "60s,10s,3",
+        ])
+        .unwrap();
+        assert_eq!(
+            given.settings.keepalive,
+            idlegate::survive::keepalive::Keepalive::parse("60s,10s,3").unwrap()
+        );
+        let unknown = options(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--connect",
+            "192.0.2.1:80",
+            "--profile",
+            "nope",
+        ]);
+        assert_eq!(
+            format!("{:#}", unknown.expect_err("refused")),
+            "--profile nope: no such profile"
+        );
+    }
+
+    #[test]
+    fn the_tunnel_settings_carry_the_flags_and_their_defaults() {
+        let entry = options(&["--listen", "127.0.0.1:1", "--tunnel", "192.0.2.1:7000"]).unwrap();
+        assert_eq!(entry.settings.heartbeat, std::time::Duration::from_secs(5));
+        assert_eq!(
+            entry.settings.resume_within,
+            std::time::Duration::from_secs(120)
+        );
+        assert_eq!(entry.settings.replay_buffer, 4 << 20);
+        assert_eq!(entry.settings.max_sessions, 10_000);
+        assert_eq!(
+            entry.max_connections,
+            idlegate::survive::relay::DEFAULT_MAX_CONNECTIONS
+        );
+        assert_eq!(entry.metrics, None);
+    }
 }
