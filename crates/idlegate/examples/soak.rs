@@ -214,7 +214,7 @@ fn main() -> Result<(), Error> {
         // The server side, a process of its own (its own descriptor limit), in vm1.
         let addr: SocketAddr = args.get(2).ok_or("echo ADDR")?.parse()?;
         let connections: u64 = args.get(3).ok_or("echo ADDR CONNECTIONS")?.parse()?;
-        idlegate::survive::relay::raise_descriptor_limit(connections + 1024)?;
+        idlegate::sys::rlimit::raise_descriptor_limit(connections + 1024)?;
         return echo_server(addr);
     }
     let value = |flag: &str| {
@@ -230,7 +230,7 @@ fn main() -> Result<(), Error> {
     // relay two for each of its own (and those made after its kill): as many go through the
     // relay as both can hold, up to N.
     let have =
-        idlegate::survive::relay::raise_descriptor_limit(4 * connections as u64 + 1024)? as usize;
+        idlegate::sys::rlimit::raise_descriptor_limit(4 * connections as u64 + 1024)? as usize;
     let room_client = have.saturating_sub(connections + 300);
     let room_relay = (have.saturating_sub(100) / 2).saturating_sub(2 * AFTER_FAULT);
     let load = Load {
@@ -896,7 +896,7 @@ fn connect_batch(
 
 /// The echo server: every byte read on every connection is written back, until killed.
 fn echo_server(addr: SocketAddr) -> Result<(), Error> {
-    let std_listener = idlegate::survive::relay::listen(addr)?;
+    let std_listener = idlegate::sys::socket::listen(addr)?;
     std_listener.set_nonblocking(true)?;
     let mut listener = TcpListener::from_std(std_listener);
     let mut poll = Poll::new()?;
