@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn an_error_without_a_number_or_timeout_keeps_its_text() {
-        let e = io::Error::new(io::ErrorKind::Other, "odd");
+        let e = io::Error::other("odd");
         assert_eq!(errno_name(&e), "odd");
     }
 }

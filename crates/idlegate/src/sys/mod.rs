@@ -6,7 +6,7 @@
 //! | module | domain word |
 //! |---|---|
 //! | [`errno`] | the error numbers features tell apart, and their names |
-//! | [`file`] | flock(2) locks, inodes |
+//! | [`file`](mod@file) | flock(2) locks, inodes |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | pipes and splice(2) |
 //! | [`poll`] | waiting on descriptors: the one poll(2) wrapper, [`poll::STOP_CHECK`] |
