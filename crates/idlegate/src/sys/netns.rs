@@ -171,8 +171,8 @@ pub fn stop_processes(name: &str, grace: std::time::Duration) -> Result<usize> {
 
 fn signal_all(pids: &[libc::pid_t], signal: libc::c_int) {
     for &pid in pids {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, signal) };
+        // A process that is gone already needs no signal.
+        let _ = super::process::signal(pid, signal);
     }
 }
 
