@@ -97,7 +97,7 @@ fn engine_with(n: u32) -> (Engine, Instant) {
         let mut syn = segment(remote(i), FRONTEND, SYN, 1, 0);
         assert!(matches!(
             engine.handle_packet(t0, Interface::Outside, &mut syn),
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ));
         let member = Headers::parse(&syn).expect("syn").dst;
         let mut syn_ack = segment(member, remote(i), SYN | ACK, 100, 2);

@@ -18,7 +18,8 @@ use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::fragment::FragmentTable;
 use crate::icmp::{self, IcmpError, QuotedSide};
 use crate::packet::{
-    self, Control, ControlKind, Headers, ParseError, Protocol, TcpSegment, TransportChecksum,
+    self, Control, ControlKind, Headers, ParseError, Parsed, Protocol, TcpSegment,
+    TransportChecksum,
 };
 use crate::precedence;
 use crate::profile::{self, Allocation, Fragments, Pickup, Refresh, ResetTarget, TcpTimers};
@@ -37,13 +38,28 @@ pub use crate::flow::Interface;
 /// What to do with a packet the driver handed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the (rewritten) packet out of this interface.
-    Forward(Interface),
+    /// Send the (rewritten) packet out of `interface`, to `destination`: the IP destination
+    /// address of the packet as rewritten, so a driver with several devices on one side picks
+    /// the one that leads there without reading the packet again.
+    Forward {
+        interface: Interface,
+        destination: IpAddr,
+    },
     /// Discard it.
     Drop(DropReason),
     /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
     /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::fragment`]).
     Held,
+}
+
+impl Verdict {
+    /// The interface a forwarded packet leaves by; `None` for a drop or a held fragment.
+    pub fn interface(&self) -> Option<Interface> {
+        match self {
+            Verdict::Forward { interface, .. } => Some(*interface),
+            Verdict::Drop(_) | Verdict::Held => None,
+        }
+    }
 }
 
 /// The endpoints and rule of a flow, as reported in events.
@@ -548,9 +564,10 @@ impl<E: Endpoint> Core<E> {
         now: Instant,
         from: Interface,
         packet: &mut [u8],
+        parsed: Result<Headers<E>, ParseError>,
         checksum: TransportChecksum,
     ) -> Verdict {
-        let headers = match Headers::<E>::parse(packet) {
+        let headers = match parsed {
             Ok(mut h) => {
                 h.checksum = checksum;
                 h
@@ -826,12 +843,21 @@ impl<E: Endpoint> Core<E> {
         packet: &mut [u8],
     ) -> Verdict {
         let flow = self.flows.get(id);
-        match from {
-            Interface::Outside => packet::rewrite_dst(packet, headers, flow.private),
-            Interface::Inside => packet::rewrite_src(packet, headers, flow.public),
-        }
+        let destination = match from {
+            Interface::Outside => {
+                packet::rewrite_dst(packet, headers, flow.private);
+                flow.private.addr()
+            }
+            Interface::Inside => {
+                packet::rewrite_src(packet, headers, flow.public);
+                headers.dst.addr()
+            }
+        };
         self.counters.forwarded += 1;
-        Verdict::Forward(from.opposite())
+        Verdict::Forward {
+            interface: from.opposite(),
+            destination: destination.into(),
+        }
     }
 
     /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
@@ -914,13 +940,22 @@ impl<E: Endpoint> Core<E> {
         if flow.deadline <= now || flow.state == FlowState::Discarding {
             return self.drop(DropReason::NoFlow);
         }
-        match from {
-            Interface::Outside => error.translate(packet, QuotedSide::Source, flow.private),
-            Interface::Inside => error.translate(packet, QuotedSide::Destination, flow.public),
-        }
+        let destination = match from {
+            Interface::Outside => {
+                error.translate(packet, QuotedSide::Source, flow.private);
+                flow.private.addr()
+            }
+            Interface::Inside => {
+                error.translate(packet, QuotedSide::Destination, flow.public);
+                error.outer_dst()
+            }
+        };
         self.counters.icmp_errors_translated += 1;
         self.counters.forwarded += 1;
-        Verdict::Forward(from.opposite())
+        Verdict::Forward {
+            interface: from.opposite(),
+            destination: destination.into(),
+        }
     }
 
     /// Moves a flow's deadline. Later: just stored, the wheel re-files lazily. Earlier: re-filed.
@@ -1380,10 +1415,26 @@ impl Engine {
         packet: &mut [u8],
         checksum: TransportChecksum,
     ) -> Verdict {
-        match packet.first().map(|b| b >> 4) {
-            Some(6) => self.v6.handle_packet(now, from, packet, checksum),
+        let parsed = Parsed::new(packet);
+        self.handle_parsed(now, from, packet, &parsed, checksum)
+    }
+
+    /// [`Engine::handle_packet_with`] for a packet the driver has already read into `parsed`
+    /// ([`Parsed::new`] of these very bytes, unchanged since), so that finding its shard
+    /// ([`crate::Sharding::owner_of`]) and handling it share one parse.
+    #[inline]
+    pub fn handle_parsed(
+        &mut self,
+        now: Instant,
+        from: Interface,
+        packet: &mut [u8],
+        parsed: &Parsed,
+        checksum: TransportChecksum,
+    ) -> Verdict {
+        match *parsed {
+            Parsed::V6(headers) => self.v6.handle_packet(now, from, packet, headers, checksum),
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
-            _ => self.v4.handle_packet(now, from, packet, checksum),
+            Parsed::V4(headers) => self.v4.handle_packet(now, from, packet, headers, checksum),
         }
     }
 

@@ -38,7 +38,7 @@ impl<E: Endpoint> Core<E> {
             Err(e) => return self.drop(e.into()),
         };
         let verdict = self.handle_headers(now, from, &headers, packet);
-        let Verdict::Forward(out) = verdict else {
+        let Verdict::Forward { interface: out, .. } = verdict else {
             return verdict;
         };
         self.counters.fragments_forwarded += 1;
@@ -83,7 +83,10 @@ impl<E: Endpoint> Core<E> {
                 translate_fragment::<E>(packet, &datagram, &translation);
                 self.counters.forwarded += 1;
                 self.counters.fragments_forwarded += 1;
-                Verdict::Forward(translation.out)
+                Verdict::Forward {
+                    interface: translation.out,
+                    destination: translation.dst.into(),
+                }
             }
             // Copied, to be sent when its first fragment comes: nothing to forward now.
             Later::Held => Verdict::Held,

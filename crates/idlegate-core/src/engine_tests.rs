@@ -185,7 +185,7 @@ impl Harness {
         };
         let frontend = ep(FRONTEND, 7000);
         let (v, syn) = self.send(&mut client, frontend, TcpFlags::SYN, 0, b"");
-        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        assert_eq!(v.interface(), Some(Interface::Inside));
         let member = Headers::<SocketAddrV4>::parse(&syn).unwrap().dst;
         let mut server = Peer {
             addr: member,
@@ -199,9 +199,9 @@ impl Harness {
             client.snd_nxt,
             b"",
         );
-        assert_eq!(v, Verdict::Forward(Interface::Outside));
+        assert_eq!(v.interface(), Some(Interface::Outside));
         let (v, _) = self.send(&mut client, frontend, TcpFlags::ACK, server.snd_nxt, b"");
-        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        assert_eq!(v.interface(), Some(Interface::Inside));
         (client, server)
     }
 
@@ -257,7 +257,7 @@ fn a_super_segment_with_a_partial_checksum_is_translated_once_both_ways() {
             &mut p,
             TransportChecksum::Partial,
         );
-        assert_eq!(verdict, Verdict::Forward(from.iface.opposite()));
+        assert_eq!(verdict.interface(), Some(from.iface.opposite()));
         complete(&mut p);
         assert!(checksums_valid(&p), "completes to a valid checksum");
         let out = Headers::<SocketAddrV4>::parse(&p).unwrap();
@@ -312,8 +312,10 @@ fn a_flow_refreshed_between_two_milliseconds_never_expires_early() {
     );
     let at = h.at(1_000) + Duration::from_micros(300);
     assert_eq!(
-        h.engine.handle_packet(at, Interface::Outside, &mut p),
-        Verdict::Forward(Interface::Inside)
+        h.engine
+            .handle_packet(at, Interface::Outside, &mut p)
+            .interface(),
+        Some(Interface::Inside)
     );
     h.engine.handle_timeout(at + Duration::from_millis(IDLE_MS));
     assert_eq!(h.engine.flow_count(), 1, "not before 4 s have passed");
@@ -333,7 +335,7 @@ fn pure_ack_refreshes_the_flow() {
         server.snd_nxt,
         b"",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     h.advance_to(2 * IDLE_MS - 2);
     assert_eq!(h.engine.flow_count(), 1);
     h.advance_to(2 * IDLE_MS - 1);
@@ -356,7 +358,7 @@ fn keepalive_probes_refresh_the_flow() {
             server.snd_nxt,
             payload,
         );
-        assert_eq!(v, Verdict::Forward(Interface::Inside), "probe {round}");
+        assert_eq!(v.interface(), Some(Interface::Inside), "probe {round}");
     }
     assert_eq!(h.engine.flow_count(), 1);
     assert!(h.expired().is_empty());
@@ -379,7 +381,7 @@ fn packets_from_the_member_refresh_the_flow_too() {
         client.snd_nxt,
         b"pong",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     assert_eq!(
         Headers::<SocketAddrV4>::parse(&out).unwrap().src,
         FRONTEND_7000,
@@ -663,7 +665,7 @@ fn a_discarding_flow_ends_at_a_rst_and_gives_way_to_a_new_connection() {
     // A new connection on the same tuple replaces the discarding flow.
     client.snd_nxt = 555;
     let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert_eq!(
         h.engine.flows(h.at(IDLE_MS)).next().unwrap().state,
         FlowState::SynSent
@@ -751,7 +753,7 @@ fn a_rst_outside_the_receivers_window_is_passed_on_but_does_not_end_the_flow() {
         server.snd_nxt,
         b"",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     h.advance_to(TRANSITORY_MS + 1);
     assert_eq!(
         h.engine.flow_count(),
@@ -766,7 +768,7 @@ fn a_rst_outside_the_receivers_window_is_passed_on_but_does_not_end_the_flow() {
         0,
         b"",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     h.advance_to(2 * TRANSITORY_MS + 2);
     assert_eq!(h.engine.flow_count(), 0, "an acceptable RST closes it");
 }
@@ -794,7 +796,7 @@ fn a_rst_refusing_the_syn_closes_the_flow() {
         client.snd_nxt,
         b"",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     assert_eq!(
         h.engine.v4.flows.iter().next().unwrap().1.state,
         FlowState::Closed
@@ -889,7 +891,7 @@ fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
         snd_nxt: 5,
     };
     let (v, syn) = h.send(&mut vm, server_addr, TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     assert!(checksums_valid(&syn));
     let public = Headers::<SocketAddrV4>::parse(&syn).unwrap().src;
     assert_eq!(*public.ip(), FRONTEND);
@@ -905,7 +907,7 @@ fn outbound_flow_leaves_from_the_frontend_and_replies_find_their_way_back() {
         vm.snd_nxt,
         b"",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert!(checksums_valid(&reply));
     assert_eq!(Headers::<SocketAddrV4>::parse(&reply).unwrap().dst, vm.addr);
 }
@@ -924,7 +926,7 @@ fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry_and_hold() {
             };
             let (v, syn) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
             match v {
-                Verdict::Forward(_) => {
+                Verdict::Forward { .. } => {
                     ports.push(Headers::<SocketAddrV4>::parse(&syn).unwrap().src.port())
                 }
                 Verdict::Drop(DropReason::PortExhausted) => return ports,
@@ -969,7 +971,7 @@ fn snat_port_exhaustion_drops_the_syn_says_so_and_spares_other_members_and_flows
         };
         assert!(matches!(
             h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"").0,
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ));
     }
     let mut ninth = Peer {
@@ -994,7 +996,7 @@ fn snat_port_exhaustion_drops_the_syn_says_so_and_spares_other_members_and_flows
         matches!(
             h.send(&mut other, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"")
                 .0,
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ),
         "vm2 has its own block"
     );
@@ -1006,8 +1008,8 @@ fn snat_port_exhaustion_drops_the_syn_says_so_and_spares_other_members_and_flows
         b"still here",
     );
     assert_eq!(
-        v,
-        Verdict::Forward(Interface::Outside),
+        v.interface(),
+        Some(Interface::Outside),
         "existing flows are unaffected"
     );
 }
@@ -1045,8 +1047,8 @@ fn a_port_closed_with_fin_is_held_longer_than_one_closed_with_rst() {
     h.advance_to(TRANSITORY_MS);
     let (.., v, port) = open(&mut h, 32_001);
     assert_eq!(
-        (v, port),
-        (Verdict::Forward(Interface::Outside), rst_port),
+        (v.interface(), port),
+        (Some(Interface::Outside), rst_port),
         "RST: held 250 ms"
     );
     h.advance_to(3_999);
@@ -1057,8 +1059,8 @@ fn a_port_closed_with_fin_is_held_longer_than_one_closed_with_rst() {
     h.advance_to(4_000);
     let (.., v, port) = open(&mut h, 32_003);
     assert_eq!(
-        (v, port),
-        (Verdict::Forward(Interface::Outside), fin_port),
+        (v.interface(), port),
+        (Some(Interface::Outside), fin_port),
         "FIN: held 4 s"
     );
 }
@@ -1104,7 +1106,7 @@ fn syn_reusing_a_closed_tuple_starts_a_new_connection() {
     );
     client.snd_nxt = 777_777;
     let (v, _) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert_eq!(
         h.engine.v4.flows.iter().next().unwrap().1.state,
         FlowState::SynSent
@@ -1122,7 +1124,7 @@ fn a_new_connection_whose_translation_is_another_flows_is_refused() {
         snd_nxt: 5,
     };
     let (v, _) = h.send(&mut vm, ep(CLIENT, 40_000), TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     let mut client = Peer {
         addr: ep(CLIENT, 40_000),
         iface: Interface::Outside,
@@ -1165,22 +1167,17 @@ expiry = "reset-on-next"
         iface: Interface::Outside,
         snd_nxt: 1,
     };
+    let to_member = |vm: Ipv4Addr| Verdict::Forward {
+        interface: Interface::Inside,
+        destination: vm.into(),
+    };
     let mut to = |h: &mut Harness, port: u16| {
         let (v, p) = h.send(&mut client, ep(FRONTEND, port), TcpFlags::SYN, 0, b"");
         (v, Headers::<SocketAddrV4>::parse(&p).unwrap().dst)
     };
-    assert_eq!(
-        to(&mut h, 50001),
-        (Verdict::Forward(Interface::Inside), ep(VM2, 22))
-    );
-    assert_eq!(
-        to(&mut h, 50100),
-        (Verdict::Forward(Interface::Inside), ep(VM1, 2222))
-    );
-    assert_eq!(
-        to(&mut h, 50101),
-        (Verdict::Forward(Interface::Inside), ep(VM2, 2222))
-    );
+    assert_eq!(to(&mut h, 50001), (to_member(VM2), ep(VM2, 22)));
+    assert_eq!(to(&mut h, 50100), (to_member(VM1), ep(VM1, 2222)));
+    assert_eq!(to(&mut h, 50101), (to_member(VM2), ep(VM2, 2222)));
     assert_eq!(
         to(&mut h, 50102).0,
         Verdict::Drop(DropReason::NoRule),
@@ -1248,8 +1245,9 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
     let mut query = udp_packet(client, ep(FRONTEND, 53), b"query");
     assert_eq!(
         h.engine
-            .handle_packet(h.at(0), Interface::Outside, &mut query),
-        Verdict::Forward(Interface::Inside)
+            .handle_packet(h.at(0), Interface::Outside, &mut query)
+            .interface(),
+        Some(Interface::Inside)
     );
     assert!(checksums_valid(&query));
     assert_eq!(
@@ -1264,8 +1262,9 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
     let mut answer = udp_packet(ep(VM1, 5353), client, b"answer");
     assert_eq!(
         h.engine
-            .handle_packet(h.at(1_000), Interface::Inside, &mut answer),
-        Verdict::Forward(Interface::Outside)
+            .handle_packet(h.at(1_000), Interface::Inside, &mut answer)
+            .interface(),
+        Some(Interface::Outside)
     );
     assert_eq!(
         Headers::<SocketAddrV4>::parse(&answer).unwrap().src,
@@ -1287,8 +1286,9 @@ fn a_udp_datagram_opens_a_flow_the_reply_finds_and_idleness_ends_silently() {
     let mut late = udp_packet(ep(VM1, 5353), client, b"late");
     assert_eq!(
         h.engine
-            .handle_packet(h.at(6_000), Interface::Inside, &mut late),
-        Verdict::Forward(Interface::Outside)
+            .handle_packet(h.at(6_000), Interface::Inside, &mut late)
+            .interface(),
+        Some(Interface::Outside)
     );
     assert_ne!(
         Headers::<SocketAddrV4>::parse(&late).unwrap().src,
@@ -1301,16 +1301,19 @@ fn a_members_udp_datagrams_leave_from_the_frontend_with_a_snat_port() {
     let mut h = Harness::with(udp_config("silent"));
     let mut out = udp_packet(ep(VM1, 33_000), ep(CLIENT, 123), b"ntp");
     assert_eq!(
-        h.engine.handle_packet(h.at(0), Interface::Inside, &mut out),
-        Verdict::Forward(Interface::Outside)
+        h.engine
+            .handle_packet(h.at(0), Interface::Inside, &mut out)
+            .interface(),
+        Some(Interface::Outside)
     );
     let public = Headers::<SocketAddrV4>::parse(&out).unwrap().src;
     assert_eq!(*public.ip(), FRONTEND);
     let mut back = udp_packet(ep(CLIENT, 123), public, b"time");
     assert_eq!(
         h.engine
-            .handle_packet(h.at(1), Interface::Outside, &mut back),
-        Verdict::Forward(Interface::Inside)
+            .handle_packet(h.at(1), Interface::Outside, &mut back)
+            .interface(),
+        Some(Interface::Inside)
     );
     assert_eq!(
         Headers::<SocketAddrV4>::parse(&back).unwrap().dst,
@@ -1335,8 +1338,8 @@ fn a_rules_protocol_decides_which_packets_it_takes() {
     );
     let (v, _) = h.send(&mut client, ep(FRONTEND, 53), TcpFlags::SYN, 0, b"");
     assert_eq!(
-        v,
-        Verdict::Forward(Interface::Inside),
+        v.interface(),
+        Some(Interface::Inside),
         "the \"all\" rule takes TCP too"
     );
 }
@@ -1457,7 +1460,7 @@ proptest! {
                 (ep(CLIENT, port), FRONTEND_7000, Interface::Outside)
             };
             let mut p = tcp_packet(src, dst, flags, seq, seq ^ 0x5555, b"data");
-            if let Verdict::Forward(_) = h.engine.handle_packet(h.at(h.now), iface, &mut p) {
+            if let Verdict::Forward { .. } = h.engine.handle_packet(h.at(h.now), iface, &mut p) {
                 prop_assert!(checksums_valid(&p));
             }
             h.now += 100;
@@ -1577,11 +1580,11 @@ fn loose_pickup_brings_a_forgotten_outbound_flow_back_on_the_members_next_ack() 
     h.advance_to(2_000);
     assert_eq!(h.engine.flow_count(), 0);
     let (v, p) = h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"late");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     assert_eq!(Headers::<SocketAddrV4>::parse(&p).unwrap().src, public);
     assert_eq!(only_state(&h), FlowState::Established);
     let (v, _) = h.send(&mut server, public, TcpFlags::ACK, vm.snd_nxt, b"reply");
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
 }
 
 #[test]
@@ -1599,7 +1602,7 @@ fn loose_pickup_takes_no_fin_rst_or_packet_from_the_outside_of_an_outbound_flow(
     }
     assert_eq!(h.engine.flow_count(), 0);
     let (v, _) = h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
 }
 
 #[test]
@@ -1626,7 +1629,7 @@ fn loose_pickup_of_an_inbound_flow_returns_to_the_same_member() {
         server.snd_nxt,
         b"x",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert_eq!(Headers::<SocketAddrV4>::parse(&p).unwrap().dst, server.addr);
 }
 
@@ -1643,7 +1646,7 @@ fn masquerade_changes_a_source_port_only_when_the_tuple_would_clash() {
         snd_nxt: 5,
     };
     let (v, syn) = h.send(&mut vm2, server, TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     let second = Headers::<SocketAddrV4>::parse(&syn).unwrap().src;
     assert_eq!(*second.ip(), FRONTEND);
     assert_ne!(second.port(), 33_000);
@@ -1667,8 +1670,8 @@ fn aws_alb_keepalive_probes_do_not_refresh_a_flow_data_does() {
         b"",
     );
     assert_eq!(
-        probe,
-        Verdict::Forward(Interface::Inside),
+        probe.interface(),
+        Some(Interface::Inside),
         "passed on, not counted"
     );
     h.send(
@@ -1710,7 +1713,7 @@ fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet
     let verdict = h
         .engine
         .handle_packet(h.at(1_000), Interface::Outside, &mut error);
-    assert_eq!(verdict, Verdict::Forward(Interface::Inside));
+    assert_eq!(verdict.interface(), Some(Interface::Inside));
     let translated = IcmpError::<SocketAddrV4>::parse(&error).unwrap();
     assert_eq!(
         (translated.quoted_src, translated.quoted_dst),
@@ -1738,13 +1741,13 @@ fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
     let v = h
         .engine
         .handle_packet(h.at(0), Interface::Outside, &mut query);
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     let member = Headers::<SocketAddrV4>::parse(&query).unwrap().dst;
     let mut unreachable = icmp_error(*member.ip(), *client.ip(), 3, 3, &query, 28);
     let v = h
         .engine
         .handle_packet(h.at(10), Interface::Inside, &mut unreachable);
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     let outer = smoltcp::wire::Ipv4Packet::new_checked(&unreachable[..]).unwrap();
     assert_eq!((outer.src_addr(), outer.dst_addr()), (FRONTEND, CLIENT));
     let quoted = IcmpError::<SocketAddrV4>::parse(&unreachable).unwrap();
@@ -1836,18 +1839,18 @@ fn connect_inbound6(h: &mut Harness, client: SocketAddrV6) -> SocketAddrV6 {
     let frontend = ep6("fd00:203::10", 7000);
     let syn = tcp_packet(client, frontend, TcpFlags::SYN, 100, 0, b"");
     let (v, out) = pass(h, 0, Interface::Outside, syn);
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert!(checksums_valid(&out));
     let member = Headers::<SocketAddrV6>::parse(&out).unwrap().dst;
     let synack = tcp_packet(member, client, TcpFlags::SYN | TcpFlags::ACK, 500, 101, b"");
     let (v, out) = pass(h, 0, Interface::Inside, synack);
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     assert_eq!(Headers::<SocketAddrV6>::parse(&out).unwrap().src, frontend);
     assert!(checksums_valid(&out));
     let ack = tcp_packet(client, frontend, TcpFlags::ACK, 101, 501, b"");
     assert_eq!(
-        pass(h, 0, Interface::Outside, ack).0,
-        Verdict::Forward(Interface::Inside)
+        pass(h, 0, Interface::Outside, ack).0.interface(),
+        Some(Interface::Inside)
     );
     member
 }
@@ -1910,14 +1913,14 @@ fn an_icmpv6_packet_too_big_reaches_the_ipv6_member_translated() {
     let (member, server) = (ep6("fd00:192::11", 33_000), ep6("fd00:198::5", 8000));
     let syn = tcp_packet(member, server, TcpFlags::SYN, 1, 0, b"");
     let (v, out) = pass(&mut h, 0, Interface::Inside, syn);
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     let public = Headers::<SocketAddrV6>::parse(&out).unwrap().src;
     assert_eq!(*public.ip(), "fd00:203::10".parse::<Ipv6Addr>().unwrap());
     let big = tcp_packet(public, server, TcpFlags::ACK, 2, 1, &[0; 1400]);
     let router: Ipv6Addr = "fd00:203::1".parse().unwrap();
     let error = icmpv6_error(router, *public.ip(), 2, 0, &big, 1232);
     let (v, out) = pass(&mut h, 5, Interface::Outside, error);
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     let e = IcmpError::<SocketAddrV6>::parse(&out).expect("valid after translation");
     assert_eq!((e.quoted_src, e.quoted_dst), (member, server));
     let outer = smoltcp::wire::Ipv6Packet::new_checked(&out[..]).unwrap();
@@ -1938,7 +1941,7 @@ fn a_flow_picked_up_at_any_sequence_number_knows_both_sides_and_takes_an_exact_r
         h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"late");
         assert_eq!(only_state(&h), FlowState::Established, "start {start:#x}");
         let (v, _) = h.send(&mut server, public, TcpFlags::RST, 0, b"");
-        assert_eq!(v, Verdict::Forward(Interface::Inside));
+        assert_eq!(v.interface(), Some(Interface::Inside));
         assert_eq!(only_state(&h), FlowState::Closed, "start {start:#x}");
     }
 }
@@ -1960,7 +1963,7 @@ fn masquerade_finds_another_port_whatever_the_member_ports_and_counts_its_flows(
             snd_nxt: u32::from(port),
         };
         let (v, syn) = h.send(&mut vm2, server, TcpFlags::SYN, 0, b"");
-        assert_eq!(v, Verdict::Forward(Interface::Outside), "from port {port}");
+        assert_eq!(v.interface(), Some(Interface::Outside), "from port {port}");
         ports.push(Headers::<SocketAddrV4>::parse(&syn).unwrap().src.port());
     }
     let mut unique = ports.clone();
@@ -2068,8 +2071,8 @@ fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
     };
     for server in 8_000..8_008 {
         assert_eq!(
-            syn_to(&mut shards, server),
-            Verdict::Forward(Interface::Outside)
+            syn_to(&mut shards, server).interface(),
+            Some(Interface::Outside)
         );
     }
     assert_eq!(
@@ -2155,12 +2158,12 @@ fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
         server.snd_nxt,
         b"x",
     );
-    assert_eq!(v, Verdict::Forward(Interface::Inside));
+    assert_eq!(v.interface(), Some(Interface::Inside));
     assert_eq!(h.engine.check_invariants(), Ok(()));
     // Once flows end, new ones are taken again, and the next episode is said again.
     h.advance_to(2 * IDLE_MS);
     let (v, _) = h.send(&mut vm, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
-    assert_eq!(v, Verdict::Forward(Interface::Outside));
+    assert_eq!(v.interface(), Some(Interface::Outside));
     h.connect_inbound(40_010);
     let mut late = Peer {
         addr: ep(CLIENT, 40_011),
@@ -2194,7 +2197,7 @@ fn shards_share_one_max_flows_and_say_it_is_reached_once() {
     }
     let taken = verdicts
         .iter()
-        .filter(|v| matches!(v, Verdict::Forward(_)))
+        .filter(|v| matches!(v, Verdict::Forward { .. }))
         .count();
     assert_eq!(taken, 4, "{verdicts:?}");
     let flows: Vec<usize> = shards.iter().map(Engine::flow_count).collect();
@@ -2247,4 +2250,131 @@ fn a_forced_expiry_is_told_from_an_idle_one_and_carries_the_flows_true_idle_time
             (ExpiryCause::Idle, idle, idle),
         ]
     );
+}
+
+/// The IP destination address of a packet as it leaves (TCP, UDP or ICMP, either family).
+fn ip_destination(packet: &[u8]) -> IpAddr {
+    match packet[0] >> 4 {
+        6 => smoltcp::wire::Ipv6Packet::new_checked(packet)
+            .unwrap()
+            .dst_addr()
+            .into(),
+        _ => smoltcp::wire::Ipv4Packet::new_checked(packet)
+            .unwrap()
+            .dst_addr()
+            .into(),
+    }
+}
+
+#[test]
+fn a_forward_verdict_names_the_interface_and_the_destination_the_packet_leaves_for() {
+    use crate::icmp::tests::icmp_error;
+    let mut h = Harness::new("silent");
+    let forward = |interface, destination: Ipv4Addr| Verdict::Forward {
+        interface,
+        destination: destination.into(),
+    };
+    // Inbound: the SYN leaves for the member, the member's answer for the client.
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1,
+    };
+    let (v, syn) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v, forward(Interface::Inside, VM1));
+    assert_eq!(ip_destination(&syn), IpAddr::V4(VM1));
+    let mut server = Peer {
+        addr: ep(VM1, 7000),
+        iface: Interface::Inside,
+        snd_nxt: 500,
+    };
+    let flags = TcpFlags::SYN | TcpFlags::ACK;
+    let (v, answer) = h.send(&mut server, client.addr, flags, client.snd_nxt, b"");
+    assert_eq!(v, forward(Interface::Outside, CLIENT));
+    assert_eq!(ip_destination(&answer), IpAddr::V4(CLIENT));
+    // Outbound: the member's segment leaves for the server, the reply for the member.
+    let (vm, mut far, v, public) = h.connect_outbound(33_000);
+    assert_eq!(v, forward(Interface::Outside, *far.addr.ip()));
+    let (v, reply) = h.send(&mut far, public, TcpFlags::ACK, vm.snd_nxt, b"r");
+    assert_eq!(v, forward(Interface::Inside, VM1));
+    assert_eq!(ip_destination(&reply), IpAddr::V4(VM1));
+    // An ICMP error from a router about the translated packet leaves for the member.
+    let mut sent = tcp_packet(vm.addr, far.addr, TcpFlags::ACK, vm.snd_nxt, 0, b"y");
+    let headers = Headers::<SocketAddrV4>::parse(&sent).unwrap();
+    packet::rewrite_src(&mut sent, &headers, public);
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    let error = icmp_error(router, *public.ip(), 3, 4, &sent, 48);
+    let (v, out) = pass(&mut h, 0, Interface::Outside, error);
+    assert_eq!(v, forward(Interface::Inside, VM1));
+    assert_eq!(ip_destination(&out), IpAddr::V4(VM1));
+    // Drops and held fragments name no interface.
+    let junk = h.send_seq(&client, FRONTEND_7000, TcpFlags::default(), 9, 0, b"");
+    assert_eq!(junk.interface(), None);
+}
+
+#[test]
+fn one_parse_serves_the_shard_owner_and_the_engine_as_two_parses_would() {
+    use crate::icmp::tests::icmp_error;
+    use crate::shard::Sharding;
+    let sharding = Sharding::new(4, 7);
+    let (t0, seed) = (Instant::now(), 1);
+    let mut twice = Engine::new(&config("reset-on-next", ONE_VM), t0, seed);
+    let mut once = Engine::new(&config("reset-on-next", ONE_VM), t0, seed);
+    let client = ep(CLIENT, 40_000);
+    let member = ep(VM1, 7000);
+    let v6 = SocketAddrV6::new("fd00:203::100".parse().unwrap(), 1, 0, 0);
+    let delivered = tcp_packet(client, member, TcpFlags::ACK, 2, 2, b"y");
+    let packets: Vec<(Interface, Vec<u8>)> = vec![
+        (
+            Interface::Outside,
+            tcp_packet(client, FRONTEND_7000, TcpFlags::SYN, 1, 0, b""),
+        ),
+        (
+            Interface::Inside,
+            tcp_packet(member, client, TcpFlags::SYN | TcpFlags::ACK, 9, 2, b""),
+        ),
+        (
+            Interface::Outside,
+            tcp_packet(client, FRONTEND_7000, TcpFlags::ACK, 2, 10, b"x"),
+        ),
+        (
+            Interface::Inside,
+            icmp_error(VM1, CLIENT, 3, 3, &delivered, 28),
+        ),
+        // No flow: dropped, and answered with a RST under reset-on-next.
+        (
+            Interface::Outside,
+            tcp_packet(ep(CLIENT, 1), FRONTEND_7000, TcpFlags::ACK, 5, 5, b"z"),
+        ),
+        (
+            Interface::Outside,
+            tcp_packet(v6, v6, TcpFlags::SYN, 1, 0, b""),
+        ),
+        (Interface::Outside, b"\x45junk".to_vec()),
+        (Interface::Inside, Vec::new()),
+    ];
+    for (i, (from, packet)) in packets.into_iter().enumerate() {
+        let (mut a, mut b) = (packet.clone(), packet);
+        let parsed = Parsed::new(&b);
+        assert_eq!(
+            sharding.owner_of(&b, &parsed, from),
+            sharding.owner(&a, from),
+            "packet {i}: one owner"
+        );
+        let checksum = TransportChecksum::Complete;
+        let expected = twice.handle_packet(t0, from, &mut a);
+        assert_eq!(
+            once.handle_parsed(t0, from, &mut b, &parsed, checksum),
+            expected,
+            "packet {i}: one verdict"
+        );
+        assert_eq!(a, b, "packet {i}: the same bytes out");
+    }
+    assert_eq!(once.counters(), twice.counters());
+    let (mut x, mut y) = ([0u8; 64], [0u8; 64]);
+    while let Some(tx) = twice.poll_transmit(&mut x) {
+        assert_eq!(once.poll_transmit(&mut y), Some(tx));
+        assert_eq!(x[..tx.len], y[..tx.len]);
+    }
+    assert_eq!(once.poll_transmit(&mut y), None);
 }

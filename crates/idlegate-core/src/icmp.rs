@@ -112,6 +112,11 @@ impl<E: Endpoint> IcmpError<E> {
         })
     }
 
+    /// The outer destination address: where the error is going.
+    pub fn outer_dst(&self) -> E::Ip {
+        self.outer_dst
+    }
+
     /// Puts `new` in place of the quoted endpoint on `side`, and `new`'s address in place of
     /// the outer address on the same side (RFC 5508 REQ-4 and REQ-5: the error goes to the
     /// quoted packet's real sender, about the packet as it sent it). `packet` must be the one

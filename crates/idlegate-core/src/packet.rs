@@ -13,7 +13,7 @@
 use crate::checksum;
 use crate::family::{Endpoint, Side};
 use smoltcp::wire::{IpProtocol, TcpPacket, TcpSeqNumber, UdpPacket};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 /// The transport protocols the engine translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,6 +245,27 @@ impl<E: Endpoint> Headers<E> {
             checksum: TransportChecksum::Complete,
             l4,
         })
+    }
+}
+
+/// A packet of either family read once: what [`Headers::parse`] made of it, for its IP version
+/// (6, or else 4, whose parse refuses anything that is not IPv4). A driver parses each packet
+/// once into this view and hands it both to [`crate::Sharding::owner_of`] and to
+/// [`crate::Engine::handle_parsed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    V4(Result<Headers<SocketAddrV4>, ParseError>),
+    V6(Result<Headers<SocketAddrV6>, ParseError>),
+}
+
+impl Parsed {
+    /// Reads `packet`'s headers; never fails, an unreadable packet is an `Err` inside.
+    #[inline]
+    pub fn new(packet: &[u8]) -> Parsed {
+        match packet.first().map(|b| b >> 4) {
+            Some(6) => Parsed::V6(Headers::parse(packet)),
+            _ => Parsed::V4(Headers::parse(packet)),
+        }
     }
 }
 

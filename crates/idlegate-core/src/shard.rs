@@ -19,7 +19,7 @@
 use crate::family::Endpoint;
 use crate::flow::Interface;
 use crate::icmp::{self, IcmpError};
-use crate::packet::{Headers, ParseError};
+use crate::packet::{Headers, ParseError, Parsed};
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -49,21 +49,35 @@ impl Sharding {
         if self.count == 1 {
             return Some(0);
         }
-        let remote = remote_endpoint(packet, from)?;
+        self.owner_of(packet, &Parsed::new(packet), from)
+    }
+
+    /// [`Sharding::owner`] of a packet already read into `parsed` ([`Parsed::new`] of
+    /// `packet`), which the driver then hands to [`crate::Engine::handle_parsed`].
+    #[inline]
+    pub fn owner_of(&self, packet: &[u8], parsed: &Parsed, from: Interface) -> Option<usize> {
+        if self.count == 1 {
+            return Some(0);
+        }
+        let remote = remote_endpoint(packet, parsed, from)?;
         Some((self.hasher.hash_one(remote) % self.count as u64) as usize)
     }
 }
 
 /// The endpoint on the outside of the flow `packet` belongs to.
-fn remote_endpoint(packet: &[u8], from: Interface) -> Option<SocketAddr> {
-    match packet.first()? >> 4 {
-        6 => remote_of::<SocketAddrV6>(packet, from).map(SocketAddr::V6),
-        _ => remote_of::<SocketAddrV4>(packet, from).map(SocketAddr::V4),
+fn remote_endpoint(packet: &[u8], parsed: &Parsed, from: Interface) -> Option<SocketAddr> {
+    match *parsed {
+        Parsed::V6(headers) => remote_of::<SocketAddrV6>(packet, headers, from).map(SocketAddr::V6),
+        Parsed::V4(headers) => remote_of::<SocketAddrV4>(packet, headers, from).map(SocketAddr::V4),
     }
 }
 
-fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
-    match Headers::<E>::parse(packet) {
+fn remote_of<E: Endpoint>(
+    packet: &[u8],
+    parsed: Result<Headers<E>, ParseError>,
+    from: Interface,
+) -> Option<E> {
+    match parsed {
         Ok(h) => return Some(remote_in(&h, from)),
         Err(ParseError::Fragment) => return first_fragment_remote(packet, from),
         Err(_) => {}

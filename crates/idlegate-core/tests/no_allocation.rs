@@ -93,7 +93,7 @@ fn forwarding_packets_of_established_flows_allocates_nothing() {
         let mut syn = segment(client(i), FRONTEND, true, false);
         assert!(matches!(
             engine.handle_packet(t0, Interface::Outside, &mut syn),
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ));
         let mut syn_ack = segment(VM1, client(i), true, true);
         engine.handle_packet(t0, Interface::Inside, &mut syn_ack);
@@ -114,16 +114,20 @@ fn forwarding_packets_of_established_flows_allocates_nothing() {
         let h = Headers::parse(&inbound).unwrap();
         packet::rewrite_dst(&mut inbound, &h, FRONTEND);
         assert_eq!(
-            engine.handle_packet(now, Interface::Outside, &mut inbound),
-            Verdict::Forward(Interface::Inside)
+            engine
+                .handle_packet(now, Interface::Outside, &mut inbound)
+                .interface(),
+            Some(Interface::Inside)
         );
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_dst(&mut outbound, &h, client(i));
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_src(&mut outbound, &h, VM1);
         assert_eq!(
-            engine.handle_packet(now, Interface::Inside, &mut outbound),
-            Verdict::Forward(Interface::Outside)
+            engine
+                .handle_packet(now, Interface::Inside, &mut outbound)
+                .interface(),
+            Some(Interface::Outside)
         );
     }
     let after = ALLOCATIONS.load(Ordering::SeqCst);

@@ -482,16 +482,15 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Advise(args) => advise(&args).map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit(&args).map(|()| ExitCode::SUCCESS),
         Command::Run(args) => run_watched(&args),
-        Command::Keygen { file, pair: false } => idlegate::survive::tunnel::key::Key::generate(
-            &file,
-        )
-        .map(|_| {
-            println!(
+        Command::Keygen { file, pair: false } => {
+            idlegate::survive::tunnel::key::Key::generate(&file).map(|_| {
+                println!(
                 "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
                 file.display()
             );
-            ExitCode::SUCCESS
-        }),
+                ExitCode::SUCCESS
+            })
+        }
         Command::Keygen { file, pair: true } => {
             use idlegate::survive::tunnel::key::PrivateKey;
             PrivateKey::generate(&file).map(|key| {

@@ -763,8 +763,11 @@ impl Worker {
             packet,
             received.shape.checksum(),
         );
-        let out = match verdict {
-            Verdict::Forward(out) => out,
+        let (out, dst) = match verdict {
+            Verdict::Forward {
+                interface,
+                destination,
+            } => (interface, destination),
             Verdict::Drop(reason) => {
                 tracing::trace!(?interface, reason = reason.as_str(), "packet dropped");
                 return;
@@ -772,10 +775,9 @@ impl Worker {
             // A fragment the engine keeps until its first fragment comes, then sends itself.
             Verdict::Held => return,
         };
-        let dst = destination(&self.frame[h..h + len]);
-        let Some(j) = dst.and_then(|dst| port_for(&self.ports, out, dst)) else {
+        let Some(j) = port_for(&self.ports, out, dst) else {
             self.tally.device.undeliverable += 1;
-            tracing::debug!(?dst, "no device leads to this destination; packet dropped");
+            tracing::debug!(%dst, "no device leads to this destination; packet dropped");
             return;
         };
         self.record(h, len);
