@@ -24,22 +24,15 @@
 //! | [`icmp`] | ICMP errors about translated packets, translated back (RFC 5508) |
 //! | [`checksum`] | RFC 1624 incremental checksum update |
 
-pub mod checksum;
-pub mod config;
-pub mod counters;
 pub mod engine;
-pub mod expiry;
-pub mod family;
-pub mod flow;
-pub mod fragment;
-pub mod icmp;
-pub mod packet;
-pub mod precedence;
-pub mod profile;
-pub mod shard;
-pub mod snat;
-pub mod timer;
-pub mod window;
+pub mod model;
+pub mod state;
+pub mod wire;
+
+pub use engine::counters;
+pub use model::{config, expiry, precedence, profile};
+pub use state::{flow, fragment, shard, snat, timer, window};
+pub use wire::{checksum, family, icmp, packet};
 
 pub use config::Config;
 pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};

@@ -1,8 +1,8 @@
 //! Engine tests in virtual time: no sleeping, every `Instant` is made up.
 
 use super::*;
-use crate::packet::tests::{checksums_valid, complete, tcp_packet, to_partial, udp_packet};
-use crate::packet::TcpFlags;
+use crate::wire::packet::tests::{checksums_valid, complete, tcp_packet, to_partial, udp_packet};
+use crate::wire::packet::TcpFlags;
 use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -1700,7 +1700,7 @@ fn aws_alb_keepalive_probes_do_not_refresh_a_flow_data_does() {
 fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet() {
     // RFC 5508 REQ-5: the quoted packet is put back as the member sent it, the error goes to
     // the member, and it neither refreshes nor ends the flow.
-    use crate::icmp::tests::icmp_error;
+    use crate::wire::icmp::tests::icmp_error;
     let mut h = Harness::new("silent");
     let (vm, server, _, public) = h.connect_outbound(33_000);
     h.advance_to(1_000);
@@ -1733,7 +1733,7 @@ fn an_icmp_error_about_an_snat_packet_reaches_the_member_as_about_its_own_packet
 fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
     // RFC 5508 REQ-4: an error from the inside about an inbound packet goes to the remote,
     // from the public address, quoting the packet the remote sent.
-    use crate::icmp::tests::icmp_error;
+    use crate::wire::icmp::tests::icmp_error;
     let mut h = Harness::with(udp_config("silent"));
     let client = ep(CLIENT, 5353);
     let mut query = udp_packet(client, ep(FRONTEND, 53), b"q");
@@ -1761,7 +1761,7 @@ fn an_icmp_error_from_a_member_leaves_from_the_frontend() {
 #[test]
 fn an_icmp_error_about_no_live_flow_is_dropped() {
     // RFC 5508 REQ-4/REQ-5: no active mapping, silently dropped.
-    use crate::icmp::tests::icmp_error;
+    use crate::wire::icmp::tests::icmp_error;
     let mut h = Harness::new("silent");
     let (vm, server, _, public) = h.connect_outbound(33_000);
     let seen = tcp_packet(public, server.addr, TcpFlags::ACK, vm.snd_nxt, 0, b"x");
@@ -1908,7 +1908,7 @@ fn ipv4_and_ipv6_rules_run_side_by_side_and_keep_their_names() {
 #[test]
 fn an_icmpv6_packet_too_big_reaches_the_ipv6_member_translated() {
     // RFC 5508 REQ-5, with RFC 4443's packet too big: IPv6 finds its path MTU only this way.
-    use crate::icmp::tests::icmpv6_error;
+    use crate::wire::icmp::tests::icmpv6_error;
     let mut h = Harness::with(dual_stack_config("silent"));
     let (member, server) = (ep6("fd00:192::11", 33_000), ep6("fd00:198::5", 8000));
     let syn = tcp_packet(member, server, TcpFlags::SYN, 1, 0, b"");
@@ -1997,8 +1997,8 @@ fn a_syn_in_a_closing_state_other_than_time_wait_changes_nothing() {
 
 #[test]
 fn both_directions_of_a_flow_and_its_icmp_errors_have_one_owner() {
-    use crate::icmp::tests::icmp_error;
-    use crate::shard::Sharding;
+    use crate::state::shard::Sharding;
+    use crate::wire::icmp::tests::icmp_error;
     let sharding = Sharding::new(4, 7);
     let mut h = Harness::new("silent");
     let mut owners = std::collections::HashSet::new();
@@ -2055,7 +2055,7 @@ fn both_directions_of_a_flow_and_its_icmp_errors_have_one_owner() {
 fn sharded_engines_share_snat_ports_so_a_member_runs_out_as_one_engine_would() {
     // Azure: a member owns one block of SNAT ports for all its destinations; running the
     // engine on two cores must not give it two blocks.
-    use crate::shard::Sharding;
+    use crate::state::shard::Sharding;
     let mut config = config("silent", TWO_VMS);
     config.outbound_rules[0].ports_per_member = 8;
     let t0 = Instant::now();
@@ -2183,7 +2183,7 @@ fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
 
 #[test]
 fn shards_share_one_max_flows_and_say_it_is_reached_once() {
-    use crate::shard::Sharding;
+    use crate::state::shard::Sharding;
     let mut config = config("silent", ONE_VM);
     config.max_flows = 4;
     let t0 = Instant::now();
@@ -2268,7 +2268,7 @@ fn ip_destination(packet: &[u8]) -> IpAddr {
 
 #[test]
 fn a_forward_verdict_names_the_interface_and_the_destination_the_packet_leaves_for() {
-    use crate::icmp::tests::icmp_error;
+    use crate::wire::icmp::tests::icmp_error;
     let mut h = Harness::new("silent");
     let forward = |interface, destination: Ipv4Addr| Verdict::Forward {
         interface,
@@ -2314,8 +2314,8 @@ fn a_forward_verdict_names_the_interface_and_the_destination_the_packet_leaves_f
 
 #[test]
 fn one_parse_serves_the_shard_owner_and_the_engine_as_two_parses_would() {
-    use crate::icmp::tests::icmp_error;
-    use crate::shard::Sharding;
+    use crate::state::shard::Sharding;
+    use crate::wire::icmp::tests::icmp_error;
     let sharding = Sharding::new(4, 7);
     let (t0, seed) = (Instant::now(), 1);
     let mut twice = Engine::new(&config("reset-on-next", ONE_VM), t0, seed);
@@ -2378,3 +2378,6 @@ fn one_parse_serves_the_shard_owner_and_the_engine_as_two_parses_would() {
     }
     assert_eq!(once.poll_transmit(&mut y), None);
 }
+
+mod fragment;
+mod window;

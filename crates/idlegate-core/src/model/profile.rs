@@ -5,7 +5,7 @@
 //! comes from (collected in `shared/reference/middleboxes.md`); where a vendor documents no
 //! value, the doc comment says so and which figure idlegate uses instead.
 
-use crate::expiry::Expiry;
+use crate::model::expiry::Expiry;
 use std::time::Duration;
 
 /// A configurable timeout: its default and the range the vendor accepts.
@@ -142,7 +142,7 @@ impl TcpTimers {
 
     /// "30 s" when one timer serves every state, else each state with its timer.
     pub fn summary(&self) -> String {
-        use crate::config::human;
+        use crate::model::config::human;
         if self.shortest() == self.longest() {
             return human(self.syn_sent);
         }
@@ -210,7 +210,7 @@ pub enum Refresh {
 
 /// What a box does with the IPv4 fragments of the datagrams it translates. Only the first
 /// fragment carries the ports; idlegate matches the others to it by addresses, protocol and
-/// IP ID, and holds those that come ahead of it ([`crate::fragment`]). A box that reassembles
+/// IP ID, and holds those that come ahead of it ([`crate::state::fragment`]). A box that reassembles
 /// (Linux conntrack) and one that forwards fragments as they come deliver the same datagram:
 /// idlegate forwards both ways. IPv6 fragments are dropped in every profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -879,7 +879,7 @@ pub fn default_profile() -> &'static Profile {
 /// A complete config for `profile` with every default written out and every range in a
 /// comment: what `idlegate profiles show NAME` prints, and `--config` accepts as it is.
 pub fn example_config(profile: &Profile) -> String {
-    use crate::config::human;
+    use crate::model::config::human;
     let range = |r: &TimeoutRange| format!("{}–{}", human(r.min), human(r.max));
     let minutes = |d: Duration| {
         if d.as_secs().is_multiple_of(86_400) {
@@ -932,7 +932,7 @@ pub fn example_config(profile: &Profile) -> String {
                 human(profile.udp.replied)
             )
         },
-        scale = crate::config::max_time_scale(profile).min(60),
+        scale = crate::model::config::max_time_scale(profile).min(60),
     );
     if profile.rules.inbound() {
         text += &format!(
@@ -967,7 +967,7 @@ pub fn example_config(profile: &Profile) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::model::config::Config;
 
     #[test]
     fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {

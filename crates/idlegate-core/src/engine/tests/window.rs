@@ -1,13 +1,13 @@
-//! Engine tests of TCP window tracking and flag validity ([`crate::window`], issue 16 items 4
+//! Engine tests of TCP window tracking and flag validity ([`crate::state::window`], issue 16 items 4
 //! to 6): off-path segments must not end, move or refresh a flow, and flag combinations no
 //! stack sends create nothing; a connection reopened on a tuple the gateway still holds, or
 //! one whose SYN-ACK acknowledges only part of a SYN, is tracked. Virtual time, as in
 //! `engine_tests.rs`.
 
-use super::tests::{Harness, Peer, FRONTEND_7000, IDLE_MS, TRANSITORY_MS};
 use super::*;
-use crate::packet::tests::tcp_packet;
-use crate::packet::TcpFlags;
+use super::{Harness, Peer, FRONTEND_7000, IDLE_MS, TRANSITORY_MS};
+use crate::wire::packet::tests::tcp_packet;
+use crate::wire::packet::TcpFlags;
 
 /// A connection that exchanged a little data both ways; the last packet at `now`.
 fn talking(h: &mut Harness) -> (Peer, Peer) {
@@ -173,7 +173,7 @@ fn syn_fin_syn_rst_and_other_invalid_flags_create_nothing_and_are_counted() {
     // conntrack tcp_valid_flags: SYN+FIN, SYN+RST, a FIN without ACK and no flags at all are
     // INVALID; endpoints discard them.
     let mut h = Harness::new("silent");
-    let client = SocketAddrV4::new(super::tests::CLIENT, 40_000);
+    let client = SocketAddrV4::new(super::CLIENT, 40_000);
     let invalid = [
         TcpFlags::SYN | TcpFlags::FIN,
         TcpFlags::SYN | TcpFlags::RST,
@@ -285,7 +285,7 @@ fn a_syn_with_data_answered_by_a_syn_ack_of_only_iss_plus_one_is_tracked() {
     // the client sends the data again after the handshake.
     let mut h = Harness::new("reset");
     let mut client = Peer {
-        addr: SocketAddrV4::new(super::tests::CLIENT, 40_000),
+        addr: SocketAddrV4::new(super::CLIENT, 40_000),
         iface: Interface::Outside,
         snd_nxt: 1_000,
     };

@@ -21,10 +21,10 @@
 //! fragment never reaches it. Shards of one gateway share it (locked per fragment), since a
 //! later fragment has no ports to tell which shard owns its flow.
 
-use crate::flow::Interface;
-use crate::packet::Protocol;
-use crate::profile::Fragments;
-use crate::timer::Tick;
+use crate::model::profile::Fragments;
+use crate::state::flow::Interface;
+use crate::state::timer::Tick;
+use crate::wire::packet::Protocol;
 
 /// Datagrams whose translation is remembered at once.
 pub const DATAGRAMS: usize = 256;

@@ -11,20 +11,20 @@
 //! Timers run in whole milliseconds: a flow refreshed at `t` expires at the first millisecond
 //! at or after `t + timeout`, never before.
 
-use crate::config::{Config, NatGateway, Protocols};
-use crate::expiry::Expiry;
-use crate::family::Endpoint;
-use crate::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
-use crate::fragment::FragmentTable;
-use crate::icmp::{self, IcmpError, QuotedSide};
-use crate::packet::{
+use crate::model::config::{Config, NatGateway, Protocols};
+use crate::model::expiry::Expiry;
+use crate::model::precedence;
+use crate::model::profile::{self, Allocation, Fragments, Pickup, Refresh, ResetTarget, TcpTimers};
+use crate::state::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
+use crate::state::fragment::FragmentTable;
+use crate::state::snat::{Ending, Holds, SnatPorts};
+use crate::state::timer::{Tick, TimerWheel};
+use crate::wire::family::Endpoint;
+use crate::wire::icmp::{self, IcmpError, QuotedSide};
+use crate::wire::packet::{
     self, Control, ControlKind, Headers, ParseError, Parsed, Protocol, TcpSegment,
     TransportChecksum,
 };
-use crate::precedence;
-use crate::profile::{self, Allocation, Fragments, Pickup, Refresh, ResetTarget, TcpTimers};
-use crate::snat::{Ending, Holds, SnatPorts};
-use crate::timer::{Tick, TimerWheel};
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -32,8 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-pub use crate::counters::{Counters, DropReason};
-pub use crate::flow::Interface;
+pub mod counters;
+pub use crate::state::flow::Interface;
+pub use counters::{Counters, DropReason};
 
 /// What to do with a packet the driver handed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,7 @@ pub enum Verdict {
     /// Discard it.
     Drop(DropReason),
     /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
-    /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::fragment`]).
+    /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::state::fragment`]).
     Held,
 }
 
@@ -137,7 +138,7 @@ pub enum Event {
 }
 
 /// A packet the engine sends on its own: one it makes (a RST, an ACK), or a fragment it held
-/// until its first fragment came ([`crate::fragment`]).
+/// until its first fragment came ([`crate::state::fragment`]).
 #[derive(Debug)]
 enum Outgoing<E: Endpoint> {
     Control(Control<E>),
@@ -818,7 +819,7 @@ impl<E: Endpoint> Core<E> {
                     !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
             }
             // A segment out of the windows (a blind FIN, RST or data segment; see
-            // [`crate::window`]) is passed on but changes nothing here and, as conntrack's
+            // [`crate::state::window`]) is passed on but changes nothing here and, as conntrack's
             // INVALID packets, does not refresh the flow.
             in_window = flow.track(from, &segment, from_initiator);
         }
@@ -862,7 +863,7 @@ impl<E: Endpoint> Core<E> {
 
     /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
     /// receiver would (data, FIN, a keepalive probe), and dropped. Pure ACKs and RSTs get no
-    /// answer. A segment in the flow's windows ([`crate::window`]) keeps the discarding flow for
+    /// answer. A segment in the flow's windows ([`crate::state::window`]) keeps the discarding flow for
     /// another idle timeout; one outside them (a blind segment) is answered with the flow's
     /// numbers as they were, as a receiver answers an unacceptable segment (RFC 9293
     /// §3.10.7.4), and changes nothing.
@@ -1380,7 +1381,7 @@ impl Engine {
     }
 
     /// `shards` engines for `config` that together act as one: each owns the flows
-    /// [`crate::shard::Sharding::owner`] gives it, and all share the SNAT port pools and the
+    /// [`crate::state::shard::Sharding::owner`] gives it, and all share the SNAT port pools and the
     /// `max_flows` limit, so a member's ports and the table run out exactly when they would in
     /// one engine. Both are touched when a flow starts or ends, not per packet.
     pub fn sharded(config: &Config, now: Instant, seed: u64, shards: usize) -> Vec<Engine> {
@@ -1454,7 +1455,7 @@ impl Engine {
 
     /// Writes the next packet the engine generated into `buf` and says where it goes. `buf`
     /// must hold [`packet::CONTROL_LEN`] bytes for the packets the engine makes, and
-    /// [`crate::fragment::HELD_LEN`] for the fragments it held; one that does not fit is lost.
+    /// [`crate::state::fragment::HELD_LEN`] for the fragments it held; one that does not fit is lost.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         self.v4
             .poll_transmit(buf)
@@ -1566,19 +1567,9 @@ impl Engine {
 }
 
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;
 
-#[path = "engine_fragments.rs"]
 mod fragments;
-
-#[cfg(test)]
-#[path = "engine_window_tests.rs"]
-mod window_tests;
-
-#[cfg(test)]
-#[path = "engine_fragment_tests.rs"]
-mod fragment_tests;
 
 /// The SNAT pools one family's shards share lend exactly the ports of the shards' flows.
 fn check_shared_snat<E: Endpoint>(cores: &[&Core<E>]) -> Result<(), String> {

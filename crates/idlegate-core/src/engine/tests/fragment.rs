@@ -1,9 +1,9 @@
-//! Engine tests of IPv4 fragments ([`crate::fragment`], issue 16 item 7): each profile does
+//! Engine tests of IPv4 fragments ([`crate::state::fragment`], issue 16 item 7): each profile does
 //! with them what its box does, by the vendor's public documentation (see the profiles).
 
 use super::*;
-use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
-use crate::packet::TcpFlags;
+use crate::wire::packet::tests::{checksums_valid, tcp_packet, udp_packet};
+use crate::wire::packet::TcpFlags;
 use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -79,7 +79,7 @@ fn pass(engine: &mut Engine, from: Interface, pieces: &[Vec<u8>]) -> (Vec<Verdic
             out.push(p);
         }
         verdicts.push(v);
-        let mut buf = [0u8; crate::fragment::HELD_LEN];
+        let mut buf = [0u8; crate::state::fragment::HELD_LEN];
         while let Some(tx) = engine.poll_transmit(&mut buf) {
             out.push(buf[..tx.len].to_vec());
         }
@@ -181,7 +181,7 @@ fn a_later_fragment_read_by_another_shard_takes_the_translation_its_first_got() 
     let config = config("linux-conntrack", true);
     let mut shards = Engine::sharded(&config, Instant::now(), 1, 2);
     let pieces = inbound_datagram();
-    let sharding = crate::shard::Sharding::new(2, 5);
+    let sharding = crate::state::shard::Sharding::new(2, 5);
     let owner = sharding
         .owner(&pieces[0], Interface::Outside)
         .expect("the first fragment has an owner");
@@ -207,7 +207,7 @@ fn a_later_fragment_whose_first_never_came_is_dropped_when_its_time_is_up() {
         Verdict::Held
     );
     // Another datagram's first fragment, after the timeout, finds the orphan expired.
-    let later = t0 + Duration::from_millis(crate::fragment::TIMEOUT + 1);
+    let later = t0 + Duration::from_millis(crate::state::fragment::TIMEOUT + 1);
     let other = udp_packet(CLIENT, SocketAddrV4::new(FRONTEND, 5300), &[1; 2_000]);
     let mut first = fragments(&other, 1_480, 7).remove(0);
     engine.handle_packet(later, Interface::Outside, &mut first);

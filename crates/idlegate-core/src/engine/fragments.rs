@@ -1,10 +1,10 @@
-//! The engine's side of IPv4 fragments ([`crate::fragment`]): the first fragment of a datagram
+//! The engine's side of IPv4 fragments ([`crate::state::fragment`]): the first fragment of a datagram
 //! goes through the flow table like a whole packet, and what it became is remembered for the
 //! later fragments, which get the same addresses (or wait for it, held).
 
 use super::*;
-use crate::family::Side;
-use crate::fragment::{Datagram, Later, Translation};
+use crate::state::fragment::{Datagram, Later, Translation};
+use crate::wire::family::Side;
 use smoltcp::wire::IpProtocol;
 
 impl<E: Endpoint> Core<E> {

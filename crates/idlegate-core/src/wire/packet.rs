@@ -7,11 +7,11 @@
 //! complete checksum or, for a packet handed over with checksum offload, as the partial
 //! pseudo-header sum a device completes ([`TransportChecksum`]).
 //! [`Control`] builds the RST and ACK segments the gateway itself sends. What differs between
-//! the families is in [`crate::family`]. Field access goes through `smoltcp::wire`; nothing
+//! the families is in [`crate::wire::family`]. Field access goes through `smoltcp::wire`; nothing
 //! here allocates or panics on any input.
 
-use crate::checksum;
-use crate::family::{Endpoint, Side};
+use crate::wire::checksum;
+use crate::wire::family::{Endpoint, Side};
 use smoltcp::wire::{IpProtocol, TcpPacket, TcpSeqNumber, UdpPacket};
 use std::net::{SocketAddrV4, SocketAddrV6};
 
@@ -161,12 +161,12 @@ impl<E: Endpoint> Headers<E> {
         }
     }
 
-    /// The headers of a datagram's first fragment (see [`crate::fragment`]), from its IP
+    /// The headers of a datagram's first fragment (see [`crate::state::fragment`]), from its IP
     /// header as [`Endpoint::fragment_of`] read it: the transport header must be whole in it
     /// (RFC 1858 refuses a first fragment too short for TCP's flags). The UDP length and a TCP
     /// segment's length count this fragment's bytes only.
     pub fn parse_first_fragment(
-        ip: &crate::family::IpHeader<E::Ip>,
+        ip: &crate::wire::family::IpHeader<E::Ip>,
         packet: &[u8],
     ) -> Result<Headers<E>, ParseError> {
         let l4_bytes = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;

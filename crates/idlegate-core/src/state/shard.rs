@@ -16,10 +16,10 @@
 //! count it. Nor has a fragment after a datagram's first: it carries no ports, and whoever
 //! reads it finds its translation in the fragment table all shards share. Nothing here allocates or panics on any input.
 
-use crate::family::Endpoint;
-use crate::flow::Interface;
-use crate::icmp::{self, IcmpError};
-use crate::packet::{Headers, ParseError, Parsed};
+use crate::state::flow::Interface;
+use crate::wire::family::Endpoint;
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::packet::{Headers, ParseError, Parsed};
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -102,7 +102,7 @@ fn remote_in<E: Endpoint>(h: &Headers<E>, from: Interface) -> E {
 }
 
 /// A datagram's first fragment has the ports: it goes where its flow is. A later one has none:
-/// whoever reads it looks it up in the table the shards share ([`crate::fragment`]).
+/// whoever reads it looks it up in the table the shards share ([`crate::state::fragment`]).
 #[cold]
 fn first_fragment_remote<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
     let fragment = E::fragment_of(packet).filter(|f| f.offset == 0)?;

@@ -8,7 +8,7 @@
 //! the free list lazily, when their member next asks for one. Free ports are lent oldest first.
 //! All storage is allocated up front.
 
-use crate::timer::Tick;
+use crate::state::timer::Tick;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::Ipv4Addr;

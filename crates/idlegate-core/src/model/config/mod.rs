@@ -30,9 +30,9 @@
 //! backend_pool = "vms"
 //! ```
 
-use crate::expiry::Expiry;
-use crate::packet::Protocol;
-use crate::profile::{self, Pickup, Profile, TimeoutRange};
+use crate::model::expiry::Expiry;
+use crate::model::profile::{self, Pickup, Profile, TimeoutRange};
+use crate::wire::packet::Protocol;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
