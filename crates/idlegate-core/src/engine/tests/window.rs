@@ -2,7 +2,7 @@
 //! to 6): off-path segments must not end, move or refresh a flow, and flag combinations no
 //! stack sends create nothing; a connection reopened on a tuple the gateway still holds, or
 //! one whose SYN-ACK acknowledges only part of a SYN, is tracked. Virtual time, as in
-//! `engine_tests.rs`.
+//! `engine/tests/mod.rs`.
 
 use super::*;
 use super::{Harness, Peer, FRONTEND_7000, IDLE_MS, TRANSITORY_MS};
