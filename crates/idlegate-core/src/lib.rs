@@ -30,7 +30,12 @@ pub mod state;
 pub mod wire;
 
 pub use engine::counters;
-pub use model::{config, expiry, precedence, profile};
+pub use model::{expiry, precedence, profile};
+pub mod config {
+    pub use crate::model::config::*;
+    pub use crate::model::profile::{max_time_scale, MIN_SCALED_TIMER};
+    pub use crate::model::units::human;
+}
 pub use state::{flow, fragment, shard, snat, timer, window};
 pub use wire::{checksum, family, icmp, packet};
 

@@ -5,7 +5,7 @@
 //! Shards' and families' counters add up with [`Counters::add`].
 
 use crate::model::expiry::Expiry;
-use crate::wire::packet::ParseError;
+use crate::wire::error::ParseError;
 
 /// Why a packet was dropped. Each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

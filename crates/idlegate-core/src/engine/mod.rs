@@ -30,11 +30,11 @@ use crate::state::flow::{Flow, FlowId, FlowState, FlowTable, RuleId};
 use crate::state::fragment::FragmentTable;
 use crate::state::snat::{Ending, Holds, SnatPorts};
 use crate::state::timer::{Tick, TimerWheel};
+use crate::wire::error::ParseError;
 use crate::wire::family::Endpoint;
 use crate::wire::icmp::{self, IcmpError, QuotedSide};
 use crate::wire::packet::{
-    self, Control, ControlKind, Headers, ParseError, Parsed, Protocol, TcpSegment,
-    TransportChecksum,
+    self, Control, ControlKind, Headers, Parsed, Protocol, TcpSegment, TransportChecksum,
 };
 use std::collections::VecDeque;
 use std::hash::BuildHasher;

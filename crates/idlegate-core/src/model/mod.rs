@@ -5,3 +5,4 @@ pub mod config;
 pub mod expiry;
 pub mod precedence;
 pub mod profile;
+pub mod units;

@@ -7,8 +7,9 @@
 //! rule and say which setting won and why; the engine runs exactly what they say, and
 //! [`explain`] prints it for `--explain`.
 
-use crate::model::config::{human, Config, Idle, Protocols, TimeoutFrom};
+use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
 use crate::model::expiry::Expiry;
+use crate::model::units::human;
 use std::fmt::Write;
 use std::time::Duration;
 

@@ -17,9 +17,10 @@
 //! reads it finds its translation in the fragment table all shards share. Nothing here allocates or panics on any input.
 
 use crate::state::flow::Interface;
+use crate::wire::error::ParseError;
 use crate::wire::family::Endpoint;
 use crate::wire::icmp::{self, IcmpError};
-use crate::wire::packet::{Headers, ParseError, Parsed};
+use crate::wire::packet::{Headers, Parsed};
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 

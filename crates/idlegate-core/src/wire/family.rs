@@ -8,7 +8,7 @@
 //! the pseudo-header that an address change moves in a TCP or UDP checksum (RFC 1624 for both).
 
 use crate::wire::checksum;
-use crate::wire::packet::ParseError;
+use crate::wire::error::ParseError;
 use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet};
 use std::fmt::{Debug, Display};
 use std::hash::{Hash, Hasher};

@@ -15,8 +15,9 @@
 //! the ICMP checksum over the message. Nothing here allocates or panics on any input.
 
 use crate::wire::checksum;
+use crate::wire::error::ParseError;
 use crate::wire::family::{Endpoint, Side};
-use crate::wire::packet::{ParseError, Protocol};
+use crate::wire::packet::Protocol;
 use smoltcp::wire::IpProtocol;
 use std::net::SocketAddrV4;
 

@@ -2,6 +2,7 @@
 //! between the two families, and checksum arithmetic. No state, no allocation on any input.
 
 pub mod checksum;
+pub mod error;
 pub mod family;
 pub mod icmp;
 pub mod packet;

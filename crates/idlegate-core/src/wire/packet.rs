@@ -11,6 +11,7 @@
 //! here allocates or panics on any input.
 
 use crate::wire::checksum;
+use crate::wire::error::ParseError;
 use crate::wire::family::{Endpoint, Side};
 use smoltcp::wire::{IpProtocol, TcpPacket, TcpSeqNumber, UdpPacket};
 use std::net::{SocketAddrV4, SocketAddrV6};
@@ -21,22 +22,6 @@ use std::net::{SocketAddrV4, SocketAddrV6};
 pub enum Protocol {
     Tcp = 6,
     Udp = 17,
-}
-
-/// Why a packet could not be parsed. Each maps to a counted drop reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParseError {
-    /// Not of the family it was handed to, or not IP at all (the version nibble).
-    NotIp,
-    /// Shorter than its headers or its own length fields say.
-    Truncated,
-    /// A checksum is wrong: the IPv4 header's, or an ICMP error's own or its quoted header's.
-    BadChecksum,
-    /// An IPv4 fragment or an IPv6 packet with a fragment header: ports are not in every
-    /// fragment, so it cannot be matched to a flow.
-    Fragment,
-    /// Neither TCP nor UDP.
-    UnsupportedProtocol,
 }
 
 /// What a packet's transport checksum field holds, which decides how a rewrite patches it.
