@@ -36,7 +36,8 @@ pub mod config {
     pub use crate::model::profile::{max_time_scale, MIN_SCALED_TIMER};
     pub use crate::model::units::human;
 }
-pub use state::{flow, fragment, shard, snat, timer, window};
+pub use state::flow::window;
+pub use state::{flow, fragment, shard, snat, timer};
 pub use wire::{checksum, family, icmp, packet};
 
 pub use config::Config;

@@ -101,7 +101,7 @@ pub struct Counters {
     pub acks_sent: u64,
     /// IPv4 fragments passed on, translated, as the profile's box does ([`crate::state::fragment`]).
     pub fragments_forwarded: u64,
-    /// TCP segments of a flow outside its windows ([`crate::state::window`]): passed on, but they
+    /// TCP segments of a flow outside its windows ([`crate::state::flow::window`]): passed on, but they
     /// changed nothing and did not refresh the flow.
     pub out_of_window: u64,
     pub(crate) drops: [u64; DropReason::ALL.len()],

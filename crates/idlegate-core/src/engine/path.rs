@@ -103,7 +103,7 @@ impl<E: Endpoint> Core<E> {
                     !segment.flags.rst() && (segment.end().wrapping_sub(expected) as i32) > 0;
             }
             // A segment out of the windows (a blind FIN, RST or data segment; see
-            // [`crate::state::window`]) is passed on but changes nothing here and, as conntrack's
+            // [`crate::state::flow::window`]) is passed on but changes nothing here and, as conntrack's
             // INVALID packets, does not refresh the flow.
             in_window = flow.track(from, &segment, from_initiator);
         }
@@ -147,7 +147,7 @@ impl<E: Endpoint> Core<E> {
 
     /// A segment of a flow expired under `ack-and-discard`: what it carries is acknowledged as a
     /// receiver would (data, FIN, a keepalive probe), and dropped. Pure ACKs and RSTs get no
-    /// answer. A segment in the flow's windows ([`crate::state::window`]) keeps the discarding flow for
+    /// answer. A segment in the flow's windows ([`crate::state::flow::window`]) keeps the discarding flow for
     /// another idle timeout; one outside them (a blind segment) is answered with the flow's
     /// numbers as they were, as a receiver answers an unacceptable segment (RFC 9293
     /// §3.10.7.4), and changes nothing.

@@ -1,4 +1,4 @@
-//! Engine tests of TCP window tracking and flag validity ([`crate::state::window`], issue 16 items 4
+//! Engine tests of TCP window tracking and flag validity ([`crate::state::flow::window`], issue 16 items 4
 //! to 6): off-path segments must not end, move or refresh a flow, and flag combinations no
 //! stack sends create nothing; a connection reopened on a tuple the gateway still holds, or
 //! one whose SYN-ACK acknowledges only part of a SYN, is tracked. Virtual time, as in

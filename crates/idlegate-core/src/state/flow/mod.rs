@@ -13,12 +13,14 @@
 //! table's spare capacity. No flow allocates on its own.
 
 use crate::state::timer::{Link, SlotId, Tick, Timers};
-use crate::state::window::{OpenEnds, SynSpan, Windows};
+pub mod window;
+
 use crate::wire::family::Endpoint;
 use crate::wire::packet::{Protocol, TcpFlags};
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
+use window::{OpenEnds, SynSpan, Windows};
 
 /// The side of the gateway a packet arrives on or leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,14 +156,14 @@ pub struct Flow<E: Endpoint = SocketAddrV4> {
     pub remote_next_seq: u32,
     /// The member's SND.NXT as last seen: the sequence number the remote expects next.
     pub private_next_seq: u32,
-    /// TCP: the largest window each side has advertised ([`crate::state::window`]).
+    /// TCP: the largest window each side has advertised ([`crate::state::flow::window`]).
     pub windows: Windows,
-    /// TCP: the initiator's latest SYN, tracked or ignored ([`crate::state::window`]).
+    /// TCP: the initiator's latest SYN, tracked or ignored ([`crate::state::flow::window`]).
     pub syn: SynSpan,
     /// TCP: the side of a SYN the flow ignored (conntrack's `TCP_CONNTRACK_IGNORE`), whose
     /// span is `syn`: a SYN-ACK from the other side that acknowledges it starts tracking over.
     pub ignored_syn: Option<Interface>,
-    /// TCP: the sides whose tracked end came from a first fragment ([`crate::state::window`]).
+    /// TCP: the sides whose tracked end came from a first fragment ([`crate::state::flow::window`]).
     pub open_ends: OpenEnds,
     /// When the flow expires unless a packet refreshes it.
     pub deadline: Tick,
