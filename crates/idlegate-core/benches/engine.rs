@@ -15,10 +15,10 @@
 //! with its size, since only the headers are touched.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use idlegate_core::engine::{Engine, Interface, Verdict};
 use idlegate_core::packet::{self, Headers, TransportChecksum};
-use idlegate_core::shard::Sharding;
 use idlegate_core::Config;
+use idlegate_core::Sharding;
+use idlegate_core::{Engine, Interface, Verdict};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -160,7 +160,7 @@ fn bench(c: &mut Criterion) {
         eprintln!(
             "flows: {n:>9}  flow table: {:>11} bytes  = {per_flow:.1} bytes/flow (Flow itself: {} bytes)",
             engine.flow_memory_bytes(),
-            std::mem::size_of::<idlegate_core::flow::Flow>()
+            Engine::FLOW_BYTES
         );
         let order = order(n);
         let mut buf = segment(remote(0), FRONTEND, ACK, 2, 101);

@@ -1,9 +1,9 @@
 //! The per-packet path allocates nothing: a counting global allocator watches the engine while
 //! it forwards packets of established flows in both directions.
 
-use idlegate_core::engine::{Engine, Interface, Verdict};
 use idlegate_core::packet::{self, Headers};
 use idlegate_core::Config;
+use idlegate_core::{Engine, Interface, Verdict};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};

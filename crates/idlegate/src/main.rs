@@ -11,7 +11,7 @@ use idlegate::lab::{self, Lab};
 use idlegate::sys::netns;
 use idlegate::sys::tun::Tun;
 use idlegate_core::config::human;
-use idlegate_core::engine::Interface;
+use idlegate_core::Interface;
 use idlegate_core::{precedence, profile, Config};
 use std::io::Write;
 use std::path::{Path, PathBuf};

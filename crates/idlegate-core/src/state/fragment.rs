@@ -105,10 +105,6 @@ impl<Ip: Copy + Eq> FragmentTable<Ip> {
         }
     }
 
-    pub fn policy(&self) -> Fragments {
-        self.policy
-    }
-
     /// Whether the box passes fragments of `protocol`.
     pub fn passes(&self, protocol: Protocol) -> bool {
         match self.policy {
@@ -181,6 +177,7 @@ impl<Ip: Copy + Eq> FragmentTable<Ip> {
     }
 
     /// How many fragments are held now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }

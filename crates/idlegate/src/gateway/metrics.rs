@@ -9,8 +9,8 @@
 //! The exposition is written by hand: it is a few lines of text over values the engine already
 //! counts, which a metrics library would only copy into its own registry.
 
-use idlegate_core::engine::{Counters, DropReason, Engine, Interface, SnatUsage};
-use idlegate_core::expiry::Expiry;
+use idlegate_core::Expiry;
+use idlegate_core::{Counters, DropReason, Engine, Interface, SnatUsage};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Instant;

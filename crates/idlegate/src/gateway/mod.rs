@@ -32,11 +32,11 @@ use crate::obs::scrape;
 use crate::sys::tun::{Received, Shape, Tun};
 use anyhow::{anyhow, bail, Context, Result};
 use ask::{Ask, Asker};
-use idlegate_core::engine::{Counters, Engine, Event, ExpiryCause, Interface, Verdict};
-use idlegate_core::expiry::Expiry;
 use idlegate_core::packet;
-use idlegate_core::shard::Sharding;
 use idlegate_core::Config;
+use idlegate_core::Expiry;
+use idlegate_core::Sharding;
+use idlegate_core::{Counters, Engine, Event, ExpiryCause, Interface, Verdict};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io;
@@ -580,7 +580,7 @@ impl Worker {
             pending: 0,
             batch: Vec::with_capacity(tun_rs::IDEAL_BATCH_SIZE),
             gro: tun_rs::GROTable::default(),
-            tx_buf: vec![0; packet::CONTROL_LEN.max(idlegate_core::fragment::HELD_LEN)],
+            tx_buf: vec![0; packet::CONTROL_LEN.max(packet::HELD_LEN)],
             capture,
             traffic: Traffic::default(),
             member_names,

@@ -127,6 +127,35 @@ fn the_cross_shard_check_refuses_an_engine_that_is_not_one_of_the_shards() {
 }
 
 #[test]
+fn the_invariant_checks_say_what_is_broken_as_a_typed_error() {
+    let config = config("silent", ONE_VM);
+    let t0 = Instant::now();
+    let mut shards = Engine::sharded(&config, t0, 1, 2);
+    // Engines made apart share neither max_flows nor SNAT pools: the first found is named.
+    shards.push(Engine::new(&config, t0, 9));
+    assert_eq!(
+        Engine::check_shards(&shards),
+        Err(InvariantError::UnsharedFlowLimit)
+    );
+    // Counted apart, one engine holds more places than max_flows allows.
+    let mut config = config.clone();
+    config.max_flows = 1;
+    let mut h = Harness::with(config);
+    h.connect_inbound(40_000);
+    h.engine.v4.limit.held.store(2, Ordering::Relaxed);
+    let broken = h.engine.check_invariants().unwrap_err();
+    assert_eq!(
+        broken,
+        InvariantError::FlowLimit {
+            flows: 1,
+            held: 2,
+            max: 1
+        }
+    );
+    assert_eq!(broken.to_string(), "1 flows, 2 places taken, max_flows 1");
+}
+
+#[test]
 fn a_full_table_refuses_new_flows_says_so_once_and_spares_the_flows_it_holds() {
     let mut config = config("silent", ONE_VM);
     config.max_flows = 2;

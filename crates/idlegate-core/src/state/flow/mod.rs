@@ -244,6 +244,7 @@ impl<E: Endpoint> FlowTable<E> {
         self.flows.len() - self.free.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -337,6 +338,7 @@ impl<E: Endpoint> FlowTable<E> {
 
     /// Checks that every flow is found by both of its keys and the index holds nothing else
     /// (for tests and fuzzing: it walks the whole table).
+    #[cfg(any(test, fuzzing))]
     pub fn check(&self) -> Result<(), String> {
         let free: std::collections::HashSet<FlowId> = self.free.iter().copied().collect();
         if free.len() != self.free.len() {
