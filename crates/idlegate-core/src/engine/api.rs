@@ -15,7 +15,7 @@ pub enum Verdict {
     /// Discard it.
     Drop(DropReason),
     /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
-    /// [`Engine::poll_transmit`] once the first fragment has come ([`crate::state::fragment`]).
+    /// [`Engine::poll_transmit`] once the first fragment has come (`crate::state::fragment`).
     Held,
 }
 

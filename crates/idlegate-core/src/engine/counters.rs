@@ -35,7 +35,7 @@ pub enum DropReason {
     /// ACK, none of SYN, ACK, RST: conntrack's `tcp_valid_flags`). It creates nothing.
     InvalidFlags,
     /// A later IPv4 fragment whose first fragment (with the ports) did not come in time, or
-    /// that found no room to wait for it ([`crate::state::fragment`]).
+    /// that found no room to wait for it (`crate::state::fragment`).
     FragmentWithoutFirst,
 }
 
@@ -99,9 +99,9 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
-    /// IPv4 fragments passed on, translated, as the profile's box does ([`crate::state::fragment`]).
+    /// IPv4 fragments passed on, translated, as the profile's box does (`crate::state::fragment`).
     pub fragments_forwarded: u64,
-    /// TCP segments of a flow outside its windows ([`crate::state::flow::window`]): passed on, but they
+    /// TCP segments of a flow outside its windows (`crate::state::flow::window`): passed on, but they
     /// changed nothing and did not refresh the flow.
     pub out_of_window: u64,
     pub(crate) drops: [u64; DropReason::ALL.len()],

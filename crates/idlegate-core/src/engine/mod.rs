@@ -256,7 +256,7 @@ impl<E: Endpoint> Core<E> {
     }
 }
 
-/// The engine. See the module documentation. It runs one [`Core`] per address family, each
+/// The engine. See the module documentation. It runs one `Core` per address family, each
 /// over the rules of its family; a packet goes to the core of its IP version.
 pub struct Engine {
     v4: Core<SocketAddrV4>,

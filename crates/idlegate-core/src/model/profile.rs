@@ -210,7 +210,7 @@ pub enum Refresh {
 
 /// What a box does with the IPv4 fragments of the datagrams it translates. Only the first
 /// fragment carries the ports; idlegate matches the others to it by addresses, protocol and
-/// IP ID, and holds those that come ahead of it ([`crate::state::fragment`]). A box that reassembles
+/// IP ID, and holds those that come ahead of it (`crate::state::fragment`). A box that reassembles
 /// (Linux conntrack) and one that forwards fragments as they come deliver the same datagram:
 /// idlegate forwards both ways. IPv6 fragments are dropped in every profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

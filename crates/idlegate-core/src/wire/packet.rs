@@ -146,8 +146,8 @@ impl<E: Endpoint> Headers<E> {
         }
     }
 
-    /// The headers of a datagram's first fragment (see [`crate::state::fragment`]), from its IP
-    /// header as [`Endpoint::fragment_of`] read it: the transport header must be whole in it
+    /// The headers of a datagram's first fragment (see `crate::state::fragment`), from its IP
+    /// header as `Endpoint::fragment_of` read it: the transport header must be whole in it
     /// (RFC 1858 refuses a first fragment too short for TCP's flags). The UDP length and a TCP
     /// segment's length count this fragment's bytes only.
     pub fn parse_first_fragment(
@@ -335,7 +335,7 @@ pub struct Control<E: Endpoint = SocketAddrV4> {
     pub ack: Option<u32>,
 }
 
-/// The longest packet [`Control::write`] produces: IPv6 and TCP headers without options
+/// The longest packet `Control::write` produces: IPv6 and TCP headers without options
 /// (IPv4: 40 bytes).
 pub const CONTROL_LEN: usize = 60;
 

@@ -222,7 +222,7 @@ impl Config {
         lb.chain(nat)
     }
 
-    /// The ports of `frontend` SNAT may lend, in order: from [`SNAT_PORTS_FROM`] up, less the
+    /// The ports of `frontend` SNAT may lend, in order: from `SNAT_PORTS_FROM` up, less the
     /// ports inbound rules claim.
     pub fn snat_port_candidates(&self, frontend: usize) -> impl Iterator<Item = u16> + '_ {
         let claimed: Vec<std::ops::RangeInclusive<u16>> = self.inbound_ports(frontend).collect();
