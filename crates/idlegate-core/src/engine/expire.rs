@@ -117,14 +117,14 @@ impl<E: Endpoint> Core<E> {
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next
     /// (RFC 5961 §3.2 accepts a RST only if SEG.SEQ = RCV.NXT).
     pub(super) fn reset_both(&mut self, flow: &Flow<E>) {
-        let to_remote = Control {
+        let to_remote = ControlSegment {
             kind: ControlKind::Reset,
             src: flow.public,
             dst: flow.remote,
             seq: flow.private_next_seq,
             ack: Some(flow.remote_next_seq),
         };
-        let to_private = Control {
+        let to_private = ControlSegment {
             kind: ControlKind::Reset,
             src: flow.remote,
             dst: flow.private,

@@ -34,7 +34,7 @@ use crate::wire::error::ParseError;
 use crate::wire::family::Endpoint;
 use crate::wire::icmp::{self, IcmpError, QuotedSide};
 use crate::wire::packet::{
-    self, Control, ControlKind, Headers, Parsed, Protocol, TcpSegment, TransportChecksum,
+    self, ControlKind, ControlSegment, Headers, Parsed, Protocol, TcpSegment, TransportChecksum,
 };
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -65,7 +65,7 @@ use rules::{rule_names, Rule, Translation};
 /// until its first fragment came ([`crate::state::fragment`]).
 #[derive(Debug)]
 enum Outgoing<E: Endpoint> {
-    Control(Control<E>),
+    ControlSegment(ControlSegment<E>),
     Packet(Vec<u8>),
 }
 
@@ -172,7 +172,7 @@ impl<E: Endpoint> Core<E> {
         loop {
             let (interface, outgoing) = self.transmits.pop_front()?;
             let len = match outgoing {
-                Outgoing::Control(control) => control.write(buf),
+                Outgoing::ControlSegment(control) => control.write(buf),
                 Outgoing::Packet(packet) => buf.get_mut(..packet.len()).map(|b| {
                     b.copy_from_slice(&packet);
                     packet.len()

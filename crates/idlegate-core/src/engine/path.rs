@@ -189,9 +189,9 @@ impl<E: Endpoint> Core<E> {
             let in_window = !segment.flags.syn() && flow.track(from, &segment, from_initiator);
             if segment.len > 0 || segment.seq != expected || !in_window {
                 let (sender_next, own_next) = flow.next_seqs(from);
-                let ack = Control {
+                let ack = ControlSegment {
                     ack: Some(sender_next),
-                    ..Control::ack_of(headers, &segment, own_next)
+                    ..ControlSegment::ack_of(headers, &segment, own_next)
                 };
                 self.queue(from, ack);
             }
@@ -275,7 +275,7 @@ impl<E: Endpoint> Core<E> {
             return self.connect(from, headers, Some(&segment), packet, since);
         }
         if !segment.flags.rst() && self.resets_unknown(from, headers) {
-            self.queue(from, Control::reset_answering(headers, &segment));
+            self.queue(from, ControlSegment::reset_answering(headers, &segment));
         }
         self.drop(DropReason::NoFlow)
     }
@@ -546,13 +546,13 @@ impl<E: Endpoint> Core<E> {
             .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }
 
-    pub(super) fn queue(&mut self, interface: Interface, control: Control<E>) {
+    pub(super) fn queue(&mut self, interface: Interface, control: ControlSegment<E>) {
         match control.kind {
             ControlKind::Reset => self.counters.resets_sent += 1,
             ControlKind::Ack => self.counters.acks_sent += 1,
         }
         self.transmits
-            .push_back((interface, Outgoing::Control(control)));
+            .push_back((interface, Outgoing::ControlSegment(control)));
     }
 
     // ---- expiry ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //! endpoint in place and patch the IPv4 header and transport checksums incrementally, as a
 //! complete checksum or, for a packet handed over with checksum offload, as the partial
 //! pseudo-header sum a device completes ([`TransportChecksum`]).
-//! [`Control`] builds the RST and ACK segments the gateway itself sends. What differs between
+//! [`ControlSegment`] builds the RST and ACK segments the gateway itself sends. What differs between
 //! the families is in [`crate::wire::family`]. Field access goes through `smoltcp::wire`; nothing
 //! here allocates or panics on any input.
 
@@ -315,7 +315,7 @@ fn rewrite<E: Endpoint>(packet: &mut [u8], headers: &Headers<E>, side: Side, old
     }
 }
 
-/// What a [`Control`] segment is.
+/// What a [`ControlSegment`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlKind {
     /// A RST, with the ACK flag if it carries an acknowledgment number.
@@ -326,7 +326,7 @@ pub enum ControlKind {
 
 /// A TCP segment without data that the gateway sends on its own behalf: a RST or a bare ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Control<E: Endpoint = SocketAddrV4> {
+pub struct ControlSegment<E: Endpoint = SocketAddrV4> {
     pub kind: ControlKind,
     pub src: E,
     pub dst: E,
@@ -335,21 +335,21 @@ pub struct Control<E: Endpoint = SocketAddrV4> {
     pub ack: Option<u32>,
 }
 
-/// The longest packet `Control::write` produces: IPv6 and TCP headers without options
+/// The longest packet `ControlSegment::write` produces: IPv6 and TCP headers without options
 /// (IPv4: 40 bytes).
 pub const CONTROL_LEN: usize = 60;
 
-impl<E: Endpoint> Control<E> {
+impl<E: Endpoint> ControlSegment<E> {
     /// The RST that answers `segment`, sent from the packet's destination to its source, as
     /// RFC 9293 §3.10.7.1 prescribes for a segment that belongs to no connection: if it
     /// carried an ACK, `<SEQ=SEG.ACK><CTL=RST>`, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`.
-    pub fn reset_answering(headers: &Headers<E>, segment: &TcpSegment) -> Control<E> {
+    pub fn reset_answering(headers: &Headers<E>, segment: &TcpSegment) -> ControlSegment<E> {
         let (seq, ack) = if segment.flags.ack() {
             (segment.ack, None)
         } else {
             (0, Some(segment.end()))
         };
-        Control {
+        ControlSegment {
             kind: ControlKind::Reset,
             src: headers.dst,
             dst: headers.src,
@@ -359,8 +359,8 @@ impl<E: Endpoint> Control<E> {
     }
 
     /// The ACK a receiver at `seq` would send for `segment`: everything up to its end.
-    pub fn ack_of(headers: &Headers<E>, segment: &TcpSegment, seq: u32) -> Control<E> {
-        Control {
+    pub fn ack_of(headers: &Headers<E>, segment: &TcpSegment, seq: u32) -> ControlSegment<E> {
+        ControlSegment {
             kind: ControlKind::Ack,
             src: headers.dst,
             dst: headers.src,
@@ -559,7 +559,7 @@ pub(crate) mod tests {
     fn an_ipv6_reset_carries_valid_checksums() {
         let a = SocketAddrV6::new("fd00:203::100".parse().unwrap(), 40000, 0, 0);
         let b = SocketAddrV6::new("fd00:192::11".parse().unwrap(), 7000, 0, 0);
-        let rst = Control {
+        let rst = ControlSegment {
             kind: ControlKind::Reset,
             src: a,
             dst: b,
@@ -640,10 +640,10 @@ pub(crate) mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
         let p = tcp_packet(a, b, TcpFlags::ACK, 5000, 9000, b"c");
         let h = Headers::<SocketAddrV4>::parse(&p).unwrap();
-        let rst = Control::reset_answering(&h, &h.tcp.unwrap());
+        let rst = ControlSegment::reset_answering(&h, &h.tcp.unwrap());
         assert_eq!(
             rst,
-            Control {
+            ControlSegment {
                 kind: ControlKind::Reset,
                 src: b,
                 dst: a,
