@@ -319,8 +319,18 @@ impl Engine {
         packet: &mut [u8],
         checksum: TransportChecksum,
     ) -> Verdict {
-        let parsed = Parsed::new(packet);
-        self.handle_parsed(now, from, packet, &parsed, checksum)
+        // As `handle_parsed` of `Parsed::new(packet)`, each family parsing into its own result.
+        match packet.first().map(|b| b >> 4) {
+            Some(6) => {
+                let headers = Headers::parse(packet);
+                self.v6.handle_packet(now, from, packet, headers, checksum)
+            }
+            // IPv4, or nothing the IPv4 core will take: it counts the drop.
+            _ => {
+                let headers = Headers::parse(packet);
+                self.v4.handle_packet(now, from, packet, headers, checksum)
+            }
+        }
     }
 
     /// [`Engine::handle_packet_with`] for a packet the driver has already read into `parsed`

@@ -50,7 +50,15 @@ impl Sharding {
         if self.count == 1 {
             return Some(0);
         }
-        self.owner_of(packet, &Parsed::new(packet), from)
+        // Each family's parse straight into its own result: no [`Parsed`] made and copied.
+        let remote =
+            match packet.first()? >> 4 {
+                6 => remote_of::<SocketAddrV6>(packet, &Headers::parse(packet), from)
+                    .map(SocketAddr::V6),
+                _ => remote_of::<SocketAddrV4>(packet, &Headers::parse(packet), from)
+                    .map(SocketAddr::V4),
+            }?;
+        Some(self.shard_of(remote))
     }
 
     /// [`Sharding::owner`] of a packet already read into `parsed` ([`Parsed::new`] of
@@ -61,13 +69,18 @@ impl Sharding {
             return Some(0);
         }
         let remote = remote_endpoint(packet, parsed, from)?;
-        Some((self.hasher.hash_one(remote) % self.count as u64) as usize)
+        Some(self.shard_of(remote))
+    }
+
+    #[inline]
+    fn shard_of(&self, remote: SocketAddr) -> usize {
+        (self.hasher.hash_one(remote) % self.count as u64) as usize
     }
 }
 
 /// The endpoint on the outside of the flow `packet` belongs to.
 fn remote_endpoint(packet: &[u8], parsed: &Parsed, from: Interface) -> Option<SocketAddr> {
-    match *parsed {
+    match parsed {
         Parsed::V6(headers) => remote_of::<SocketAddrV6>(packet, headers, from).map(SocketAddr::V6),
         Parsed::V4(headers) => remote_of::<SocketAddrV4>(packet, headers, from).map(SocketAddr::V4),
     }
@@ -75,11 +88,11 @@ fn remote_endpoint(packet: &[u8], parsed: &Parsed, from: Interface) -> Option<So
 
 fn remote_of<E: Endpoint>(
     packet: &[u8],
-    parsed: Result<Headers<E>, ParseError>,
+    parsed: &Result<Headers<E>, ParseError>,
     from: Interface,
 ) -> Option<E> {
     match parsed {
-        Ok(h) => return Some(remote_in(&h, from)),
+        Ok(h) => return Some(remote_in(h, from)),
         Err(ParseError::Fragment) => return first_fragment_remote(packet, from),
         Err(_) => {}
     }
