@@ -11,9 +11,7 @@
 //! them and RSTs end them) and sometimes raw bytes.
 #![no_main]
 use arbitrary::Arbitrary;
-use idlegate_core::engine::{Engine, Interface};
-use idlegate_core::shard::Sharding;
-use idlegate_core::Config;
+use idlegate_core::{Config, Engine, Interface, Sharding};
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;

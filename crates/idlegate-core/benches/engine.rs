@@ -10,15 +10,17 @@
 //!
 //! The sharded path (one engine per worker, [`Engine::sharded`]): `sharding/owner` is what a
 //! worker adds per packet to find the shard that owns it, and `… 2 shards/…` is one packet of
-//! an established flow through the owner found that way. `super-segment` is a 60 KB TCP packet
+//! an established flow through the owner found that way (`aim + owner + handle_packet`: two
+//! parses; `aim + parse once + …`: the gateway worker's way, one `Parsed` serving both).
+//! `super-segment` is a 60 KB TCP packet
 //! with a partial checksum (as read from a TUN device with offloads): its cost does not grow
 //! with its size, since only the headers are touched.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use idlegate_core::engine::{Engine, Interface, Verdict};
-use idlegate_core::packet::{self, Headers, TransportChecksum};
-use idlegate_core::shard::Sharding;
+use idlegate_core::packet::{self, Headers, Parsed, TransportChecksum};
 use idlegate_core::Config;
+use idlegate_core::Sharding;
+use idlegate_core::{Engine, Interface, Verdict};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -97,7 +99,7 @@ fn engine_with(n: u32) -> (Engine, Instant) {
         let mut syn = segment(remote(i), FRONTEND, SYN, 1, 0);
         assert!(matches!(
             engine.handle_packet(t0, Interface::Outside, &mut syn),
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ));
         let member = Headers::parse(&syn).expect("syn").dst;
         let mut syn_ack = segment(member, remote(i), SYN | ACK, 100, 2);
@@ -160,7 +162,7 @@ fn bench(c: &mut Criterion) {
         eprintln!(
             "flows: {n:>9}  flow table: {:>11} bytes  = {per_flow:.1} bytes/flow (Flow itself: {} bytes)",
             engine.flow_memory_bytes(),
-            std::mem::size_of::<idlegate_core::flow::Flow>()
+            Engine::FLOW_BYTES
         );
         let order = order(n);
         let mut buf = segment(remote(0), FRONTEND, ACK, 2, 101);
@@ -228,6 +230,24 @@ fn bench_sharded(c: &mut Criterion) {
                 aim(&mut buf, order[k]);
                 let owner = sharding.owner(&buf, Interface::Outside).unwrap_or(0);
                 black_box(engines[owner].handle_packet(now, Interface::Outside, &mut buf))
+            })
+        });
+        // What the gateway's worker does: one parse serves the owner and the engine.
+        group.bench_function("aim + parse once + owner_of + handle_parsed", |b| {
+            b.iter(|| {
+                k = (k + 1) % order.len();
+                aim(&mut buf, order[k]);
+                let parsed = Parsed::new(&buf);
+                let owner = sharding
+                    .owner_of(&buf, &parsed, Interface::Outside)
+                    .unwrap_or(0);
+                black_box(engines[owner].handle_parsed(
+                    now,
+                    Interface::Outside,
+                    &mut buf,
+                    &parsed,
+                    TransportChecksum::Complete,
+                ))
             })
         });
         group.finish();

@@ -6,42 +6,55 @@
 //! tests drive it in virtual time. Start at [`Engine`]; the driver with TUN devices lives in the
 //! `idlegate` crate.
 //!
-//! | module | domain word |
-//! |---|---|
-//! | [`engine`] | the state machine: verdicts, timeouts, transmits, events |
-//! | [`counters`] | what the engine did, and why it dropped what it dropped |
-//! | [`flow`] | flows, their TCP state and the two-key flow table |
-//! | [`fragment`] | IPv4 fragments: how the pieces of a datagram find their flow |
-//! | [`timer`] | the timing wheel behind every idle timeout |
-//! | [`window`] | TCP window tracking: which segments may change a flow |
-//! | [`snat`] | SNAT ports lent to outbound flows |
-//! | [`shard`] | which of several engines (one per core) owns a packet |
-//! | [`expiry`] | what happens when a flow is forgotten |
-//! | [`config`] | the TOML config, validated |
-//! | [`precedence`] | which idle timeout wins when several settings name one |
-//! | [`profile`] | the real middleboxes' timers, with sources |
-//! | [`packet`] | typed views of IPv4/TCP/UDP, in-place rewriting, RSTs |
-//! | [`icmp`] | ICMP errors about translated packets, translated back (RFC 5508) |
-//! | [`checksum`] | RFC 1624 incremental checksum update |
+//! The modules are private, in four layers; what is public is re-exported here (as
+//! `quinn-proto` does), and nothing else:
+//!
+//! | layer | what | depends on |
+//! |---|---|---|
+//! | `engine/` | the state machine: rule compilation, the packet path, expiry, checks | all below |
+//! | `state/` | flows and their table, TCP windows, the timing wheel, SNAT ports, fragments, shards | `wire`, `model` |
+//! | `model/` | the TOML config (raw, validated), profiles, precedence, expiry actions, units | `wire` (protocols) |
+//! | `wire/` | typed views of IPv4/IPv6, TCP, UDP, ICMP; checksums | nothing |
 
-pub mod checksum;
-pub mod config;
-pub mod counters;
-pub mod engine;
-pub mod expiry;
-pub mod family;
-pub mod flow;
-pub mod fragment;
-pub mod icmp;
-pub mod packet;
-pub mod precedence;
-pub mod profile;
-pub mod shard;
-pub mod snat;
-pub mod timer;
-pub mod window;
+#![forbid(unsafe_code)]
 
-pub use config::Config;
-pub use engine::{Counters, DropReason, Engine, Event, FlowSummary, Transmit, Verdict};
-pub use expiry::Expiry;
-pub use flow::{FlowState, Interface};
+mod engine;
+mod model;
+mod state;
+mod wire;
+
+#[cfg(any(test, fuzzing))]
+pub use engine::InvariantError;
+pub use engine::{
+    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, SnatUsage, Transmit,
+    Verdict,
+};
+pub use model::config::Config;
+pub use model::expiry::Expiry;
+/// Which idle timeout wins when several settings name one, and why.
+pub use model::precedence;
+/// The real middleboxes' timers and behaviours, with their public sources.
+pub use model::profile;
+pub use state::flow::{FlowState, Interface, RuleId};
+pub use state::shard::Sharding;
+
+/// The TOML config: [`Config`] and what it is made of, its limits, and how its durations read.
+pub mod config {
+    pub use crate::model::config::{
+        BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule, Member,
+        NatGateway, OutboundRule, Protocols, TimeoutFrom, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS,
+    };
+    pub use crate::model::profile::{max_time_scale, MIN_SCALED_TIMER};
+    pub use crate::model::units::human;
+}
+
+/// Typed views of the packets the engine reads, the rewrites it makes, and the buffer sizes
+/// [`Engine::poll_transmit`] needs.
+pub mod packet {
+    pub use crate::state::fragment::HELD_LEN;
+    pub use crate::wire::error::ParseError;
+    pub use crate::wire::packet::{
+        rewrite_dst, rewrite_src, Headers, Parsed, Protocol, TcpFlags, TcpSegment,
+        TransportChecksum, CONTROL_LEN,
+    };
+}

@@ -1,9 +1,9 @@
 //! The per-packet path allocates nothing: a counting global allocator watches the engine while
 //! it forwards packets of established flows in both directions.
 
-use idlegate_core::engine::{Engine, Interface, Verdict};
 use idlegate_core::packet::{self, Headers};
 use idlegate_core::Config;
+use idlegate_core::{Engine, Interface, Verdict};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,7 +93,7 @@ fn forwarding_packets_of_established_flows_allocates_nothing() {
         let mut syn = segment(client(i), FRONTEND, true, false);
         assert!(matches!(
             engine.handle_packet(t0, Interface::Outside, &mut syn),
-            Verdict::Forward(_)
+            Verdict::Forward { .. }
         ));
         let mut syn_ack = segment(VM1, client(i), true, true);
         engine.handle_packet(t0, Interface::Inside, &mut syn_ack);
@@ -114,16 +114,20 @@ fn forwarding_packets_of_established_flows_allocates_nothing() {
         let h = Headers::parse(&inbound).unwrap();
         packet::rewrite_dst(&mut inbound, &h, FRONTEND);
         assert_eq!(
-            engine.handle_packet(now, Interface::Outside, &mut inbound),
-            Verdict::Forward(Interface::Inside)
+            engine
+                .handle_packet(now, Interface::Outside, &mut inbound)
+                .interface(),
+            Some(Interface::Inside)
         );
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_dst(&mut outbound, &h, client(i));
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_src(&mut outbound, &h, VM1);
         assert_eq!(
-            engine.handle_packet(now, Interface::Inside, &mut outbound),
-            Verdict::Forward(Interface::Outside)
+            engine
+                .handle_packet(now, Interface::Inside, &mut outbound)
+                .interface(),
+            Some(Interface::Outside)
         );
     }
     let after = ALLOCATIONS.load(Ordering::SeqCst);

@@ -9,7 +9,7 @@ use idlegate::gateway::{Attachment, Gateway, Options};
 use idlegate::sys::netns;
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
-use idlegate_core::engine::Interface;
+use idlegate_core::Interface;
 use idlegate_core::{precedence, Config};
 use std::path::{Path, PathBuf};
 

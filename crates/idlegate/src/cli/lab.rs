@@ -9,8 +9,8 @@ use clap::Subcommand;
 use idlegate::lab::demo;
 use idlegate::lab::{self, Extras, Lab};
 use idlegate::sys::signal::Interrupt;
-use idlegate_core::engine::Interface;
 use idlegate_core::precedence;
+use idlegate_core::Interface;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -8,7 +8,7 @@
 //! [`CLIENT_TIMEOUT`] is dropped.
 
 use anyhow::{bail, Context, Result};
-use idlegate_core::engine::{Engine, FlowInfo};
+use idlegate_core::{Engine, FlowInfo};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;

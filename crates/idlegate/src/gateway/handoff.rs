@@ -15,7 +15,7 @@ use crate::gateway::control::FlowRow;
 use crate::gateway::metrics::{DeviceCounters, Snapshot};
 use crate::sys::tun::Received;
 use anyhow::{Context, Result};
-use idlegate_core::engine::Interface;
+use idlegate_core::Interface;
 use mio::{Poll, Token, Waker};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;

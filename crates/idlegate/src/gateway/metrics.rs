@@ -9,8 +9,8 @@
 //! The exposition is written by [`crate::obs::prometheus`].
 
 use crate::obs::prometheus::{Kind, Writer};
-use idlegate_core::engine::{Counters, DropReason, Engine, Interface, SnatUsage};
-use idlegate_core::expiry::Expiry;
+use idlegate_core::Expiry;
+use idlegate_core::{Counters, DropReason, Engine, Interface, SnatUsage};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -258,7 +258,7 @@ pub fn render(snapshot: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use idlegate_core::engine::SnatUsage;
+    use idlegate_core::SnatUsage;
 
     /// A snapshot with every family non-empty, two shards' worth, and a rule name that needs
     /// escaping.

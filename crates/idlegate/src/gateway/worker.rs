@@ -2,9 +2,10 @@
 //!
 //! [`Worker::run`] waits (with `mio`) until one of its queues is readable, its shard's next
 //! deadline comes or its waker rings, reads the clock once, and takes one [`Worker::turn`] at
-//! that instant: it reads packets (at most [`BUDGET`] per device), hands each to its shard or,
-//! if another worker owns its flow, over to that worker ([`super::handoff`]), writes what is
-//! forwarded to its queue of the device that leads to the destination (single packets in
+//! that instant: it reads packets (at most [`BUDGET`] per device), parses each once
+//! ([`Parsed`]), hands it to its shard or, if another worker owns its flow, over to that worker
+//! ([`super::handoff`]), writes what is forwarded to its queue of the device that leads to the
+//! destination the verdict names (single packets in
 //! batches with offloads), runs the timers, sends the RSTs the shard made and logs flow creation
 //! and expiry with `tracing`. The worker is generic over its devices ([`PacketIo`]) and gets
 //! the time from its caller, so tests drive [`Worker::turn`] over in-memory devices in virtual
@@ -18,13 +19,13 @@ use crate::gateway::metrics::{Direction, Snapshot, Traffic};
 use crate::obs::capture::Capture;
 use crate::sys::tun::{Received, Shape};
 use anyhow::{Context, Result};
-use idlegate_core::engine::{Engine, Event, ExpiryCause, Interface, Verdict};
-use idlegate_core::expiry::Expiry;
-use idlegate_core::packet;
-use idlegate_core::shard::Sharding;
+use idlegate_core::packet::{self, Parsed};
+use idlegate_core::Expiry;
+use idlegate_core::Sharding;
+use idlegate_core::{Engine, Event, ExpiryCause, Interface, Verdict};
 use mio::{Events, Poll, Token};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,7 @@ impl<D: PacketIo> Worker<D> {
                 engine: setup.engine,
                 sharding: setup.sharding,
                 now: Instant::now(),
-                tx_buf: vec![0; packet::CONTROL_LEN.max(idlegate_core::fragment::HELD_LEN)],
+                tx_buf: vec![0; packet::CONTROL_LEN.max(packet::HELD_LEN)],
                 member_names: setup.member_names,
             },
             books: Books {
@@ -249,7 +250,9 @@ impl<D: PacketIo> Worker<D> {
             let interface = queue.interface;
             let h = self.devices.header;
             let packet = &self.devices.frame[h..h + received.len];
-            match self.shard.sharding.owner(packet, interface) {
+            // The one parse of this packet: it finds the owner and serves the engine.
+            let parsed = Parsed::new(packet);
+            match self.shard.sharding.owner_of(packet, &parsed, interface) {
                 Some(owner) if owner != self.shard.index => self.handoff.lend(
                     owner,
                     interface,
@@ -257,7 +260,7 @@ impl<D: PacketIo> Worker<D> {
                     &self.devices.frame[..h + received.len],
                     &mut self.books.tally.device,
                 ),
-                _ => self.forward(interface, received),
+                _ => self.forward(interface, received, &parsed),
             }
         }
         self.send_batches();
@@ -270,7 +273,10 @@ impl<D: PacketIo> Worker<D> {
         self.handoff.take_spares();
         while let Some(mut handover) = self.handoff.next_packet() {
             std::mem::swap(&mut self.devices.frame, &mut handover.frame);
-            self.forward(handover.interface, handover.received);
+            // Parsed again by its owner: the lender's parse stayed with the lender.
+            let h = self.devices.header;
+            let parsed = Parsed::new(&self.devices.frame[h..h + handover.received.len]);
+            self.forward(handover.interface, handover.received, &parsed);
             std::mem::swap(&mut self.devices.frame, &mut handover.frame);
             self.handoff.give_back(handover);
         }
@@ -310,20 +316,25 @@ impl<D: PacketIo> Worker<D> {
         }
     }
 
-    /// Hands the packet in the frame to the shard and sends or queues what it forwards.
-    fn forward(&mut self, interface: Interface, received: Received) {
+    /// Hands the packet in the frame, `parsed`, to the shard and sends or queues what it
+    /// forwards.
+    fn forward(&mut self, interface: Interface, received: Received, parsed: &Parsed) {
         let (h, len) = (self.devices.header, received.len);
         self.books.traffic.count(interface, Direction::In, len);
         self.record(h, len);
         let packet = &mut self.devices.frame[h..h + len];
-        let verdict = self.shard.engine.handle_packet_with(
+        let verdict = self.shard.engine.handle_parsed(
             self.shard.now,
             interface,
             packet,
+            parsed,
             received.shape.checksum(),
         );
-        let out = match verdict {
-            Verdict::Forward(out) => out,
+        let (out, dst) = match verdict {
+            Verdict::Forward {
+                interface,
+                destination,
+            } => (interface, destination),
             Verdict::Drop(reason) => {
                 tracing::trace!(?interface, reason = reason.as_str(), "packet dropped");
                 return;
@@ -331,10 +342,9 @@ impl<D: PacketIo> Worker<D> {
             // A fragment the engine keeps until its first fragment comes, then sends itself.
             Verdict::Held => return,
         };
-        let dst = destination(&self.devices.frame[h..h + len]);
-        let Some(j) = dst.and_then(|dst| queue_for(&self.devices.queues, out, dst)) else {
+        let Some(j) = queue_for(&self.devices.queues, out, dst) else {
             self.books.tally.device.undeliverable += 1;
-            tracing::debug!(?dst, "no device leads to this destination; packet dropped");
+            tracing::debug!(%dst, "no device leads to this destination; packet dropped");
             return;
         };
         self.record(h, len);
@@ -422,7 +432,7 @@ impl<D: PacketIo> Worker<D> {
     /// Sends the packets the shard generated and logs its events.
     fn flush(&mut self) {
         while let Some(tx) = self.shard.engine.poll_transmit(&mut self.shard.tx_buf) {
-            self.send_generated(tx.interface, tx.len);
+            self.send_generated(tx.interface, tx.destination, tx.len);
         }
         while let Some(event) = self.shard.engine.poll_event() {
             self.shard.log(event);
@@ -430,12 +440,9 @@ impl<D: PacketIo> Worker<D> {
     }
 
     /// Writes the first `len` bytes of `tx_buf` out of the device that leads to their
-    /// destination on side `out`.
-    fn send_generated(&mut self, out: Interface, len: usize) {
+    /// destination `dst` on side `out`.
+    fn send_generated(&mut self, out: Interface, dst: IpAddr, len: usize) {
         let packet = &self.shard.tx_buf[..len];
-        let Some(dst) = destination(packet) else {
-            return;
-        };
         let Some(j) = queue_for(&self.devices.queues, out, dst) else {
             self.books.tally.device.undeliverable += 1;
             tracing::debug!(%dst, "no device leads to this destination; packet dropped");
@@ -560,19 +567,4 @@ fn queue_for<D>(queues: &[DeviceQueue<D>], out: Interface, dst: IpAddr) -> Optio
                 .iter()
                 .position(|q| q.interface == out && q.host.is_none())
         })
-}
-
-/// The destination of a packet the engine accepted (so its header is valid).
-fn destination(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => {
-            let bytes: [u8; 4] = packet.get(16..20)?.try_into().ok()?;
-            Some(Ipv4Addr::from(bytes).into())
-        }
-        6 => {
-            let bytes: [u8; 16] = packet.get(24..40)?.try_into().ok()?;
-            Some(Ipv6Addr::from(bytes).into())
-        }
-        _ => None,
-    }
 }

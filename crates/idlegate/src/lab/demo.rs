@@ -11,9 +11,9 @@
 use crate::lab::scenario::{self, Outcome, Script};
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
 use anyhow::{bail, Result};
-use idlegate_core::engine::Counters;
-use idlegate_core::expiry::Expiry;
 use idlegate_core::profile::{self, Profile};
+use idlegate_core::Counters;
+use idlegate_core::Expiry;
 use idlegate_core::{config, precedence, Config};
 use serde::Serialize;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -23,7 +23,7 @@ const MARKER: &[u8] = b"end";
 /// after the internet host sent a `BIG` datagram and then `MARKER` to the frontend's UDP rule
 /// under `profile`. The member waits for the marker (5 s at most), then 1 s more for a late big
 /// datagram, which only a held fragment could make late.
-fn send_big_datagram(profile: &str) -> (Vec<usize>, idlegate_core::engine::Counters) {
+fn send_big_datagram(profile: &str) -> (Vec<usize>, idlegate_core::Counters) {
     require_root();
     let text = format!(
         r#"profile = "{profile}"

@@ -6,7 +6,7 @@ use crate::common;
 
 use idlegate::lab::Lab;
 use idlegate::sys::netns::spawn_in;
-use idlegate_core::engine::DropReason;
+use idlegate_core::DropReason;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;

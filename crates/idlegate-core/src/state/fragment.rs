@@ -21,10 +21,10 @@
 //! fragment never reaches it. Shards of one gateway share it (locked per fragment), since a
 //! later fragment has no ports to tell which shard owns its flow.
 
-use crate::flow::Interface;
-use crate::packet::Protocol;
-use crate::profile::Fragments;
-use crate::timer::Tick;
+use crate::model::profile::Fragments;
+use crate::state::flow::Interface;
+use crate::state::timer::Tick;
+use crate::wire::packet::Protocol;
 
 /// Datagrams whose translation is remembered at once.
 pub const DATAGRAMS: usize = 256;
@@ -105,10 +105,6 @@ impl<Ip: Copy + Eq> FragmentTable<Ip> {
         }
     }
 
-    pub fn policy(&self) -> Fragments {
-        self.policy
-    }
-
     /// Whether the box passes fragments of `protocol`.
     pub fn passes(&self, protocol: Protocol) -> bool {
         match self.policy {
@@ -181,6 +177,7 @@ impl<Ip: Copy + Eq> FragmentTable<Ip> {
     }
 
     /// How many fragments are held now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.len()
     }

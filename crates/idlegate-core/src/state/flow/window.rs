@@ -44,9 +44,9 @@
 //! its SYNs: its scales are taken as the largest, 14, so its check stays on but is loose
 //! (conntrack turns it off for such flows: `IP_CT_TCP_FLAG_BE_LIBERAL`).
 
-use crate::family::Endpoint;
-use crate::flow::{Flow, FlowState, Interface};
-use crate::packet::{TcpSegment, MAX_WINDOW_SCALE};
+use crate::state::flow::{Flow, FlowState, Interface};
+use crate::wire::family::Endpoint;
+use crate::wire::packet::{TcpSegment, MAX_WINDOW_SCALE};
 
 /// conntrack's `MAXACKWINDOW` for a sender whose window is not known (bytes).
 const MIN_ACK_WINDOW: u32 = 66_000;
@@ -388,7 +388,7 @@ impl<E: Endpoint> Flow<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::{Protocol, TcpFlags};
+    use crate::wire::packet::{Protocol, TcpFlags};
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     fn ep(a: u8, port: u16) -> SocketAddrV4 {

@@ -7,8 +7,8 @@
 //! header with no checksum and extension headers idlegate does not follow), and the words of
 //! the pseudo-header that an address change moves in a TCP or UDP checksum (RFC 1624 for both).
 
-use crate::checksum;
-use crate::packet::ParseError;
+use crate::wire::checksum;
+use crate::wire::error::ParseError;
 use smoltcp::wire::{Icmpv4Packet, Icmpv6Packet, IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet};
 use std::fmt::{Debug, Display};
 use std::hash::{Hash, Hasher};
@@ -33,7 +33,7 @@ pub struct IpHeader<A> {
     pub end: usize,
 }
 
-/// What an IPv4 fragment's header says of it (see [`crate::fragment`]).
+/// What an IPv4 fragment's header says of it (see [`crate::state::fragment`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FragmentHeader<A> {
     pub ip: IpHeader<A>,

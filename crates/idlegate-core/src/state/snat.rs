@@ -8,7 +8,7 @@
 //! the free list lazily, when their member next asks for one. Free ports are lent oldest first.
 //! All storage is allocated up front.
 
-use crate::timer::Tick;
+use crate::state::timer::Tick;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::Ipv4Addr;
@@ -212,7 +212,8 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
         }
     }
 
-    /// Ports `member` could be lent at `now`: free, or held with the hold over.
+    /// Ports `member` could be lent at `now`: free, or held with the hold over (for tests).
+    #[cfg(test)]
     pub fn available(&self, member: A, now: Tick) -> usize {
         self.by_member.get(&member).map_or(0, |&i| {
             let b = &self.blocks[i];
@@ -222,12 +223,14 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
         })
     }
 
-    /// Whether `port` is lent to a flow now.
+    /// Whether `port` is lent to a flow now (for the invariant checks).
+    #[cfg(any(test, fuzzing))]
     pub fn is_lent(&self, port: u16) -> bool {
         self.lent[usize::from(port) / 64] & (1 << (port % 64)) != 0
     }
 
     /// Checks that the lent ports and their count agree (for tests and fuzzing).
+    #[cfg(any(test, fuzzing))]
     pub fn check(&self) -> Result<(), String> {
         let marked: u32 = self.lent.iter().map(|w| w.count_ones()).sum();
         if marked as usize != self.lent_count {

@@ -7,8 +7,9 @@
 //! rule and say which setting won and why; the engine runs exactly what they say, and
 //! [`explain`] prints it for `--explain`.
 
-use crate::config::{human, Config, Idle, Protocols, TimeoutFrom};
-use crate::expiry::Expiry;
+use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
+use crate::model::expiry::Expiry;
+use crate::model::units::human;
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -176,10 +177,10 @@ pub fn explain(config: &Config) -> String {
         config.time_scale,
         p.tcp.summary()
     );
-    if config.pickup == crate::profile::Pickup::Loose {
+    if config.pickup == crate::model::profile::Pickup::Loose {
         out += "loose pickup: an ACK of a forgotten connection from its initiator's side opens a new flow (loose_pickup = false turns it off)\n";
     }
-    if p.refresh == crate::profile::Refresh::DataOnly {
+    if p.refresh == crate::model::profile::Refresh::DataOnly {
         out += "only new data keeps a flow alive: ACKs and TCP keepalive probes do not\n";
     }
     let lines = (0..config.lb_rules.len())
@@ -392,7 +393,7 @@ mod tests {
     #[test]
     fn explain_tells_the_per_state_timers_pickup_and_refresh_of_the_profile() {
         let conntrack = Config::from_toml(
-            &crate::profile::example_config(&crate::profile::LINUX_CONNTRACK),
+            &crate::model::profile::example_config(&crate::model::profile::LINUX_CONNTRACK),
             "ct.toml",
         )
         .unwrap();
@@ -400,7 +401,7 @@ mod tests {
         assert!(report.contains("CLOSE_WAIT 1 min"), "{report}");
         assert!(report.contains("loose pickup"), "{report}");
         let alb = Config::from_toml(
-            &crate::profile::example_config(&crate::profile::AWS_ALB),
+            &crate::model::profile::example_config(&crate::model::profile::AWS_ALB),
             "alb",
         )
         .unwrap();

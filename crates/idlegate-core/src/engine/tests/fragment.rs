@@ -1,9 +1,9 @@
-//! Engine tests of IPv4 fragments ([`crate::fragment`], issue 16 item 7): each profile does
+//! Engine tests of IPv4 fragments ([`crate::state::fragment`], issue 16 item 7): each profile does
 //! with them what its box does, by the vendor's public documentation (see the profiles).
 
 use super::*;
-use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
-use crate::packet::TcpFlags;
+use crate::wire::packet::tests::{checksums_valid, tcp_packet, udp_packet};
+use crate::wire::packet::TcpFlags;
 use smoltcp::wire::{IpProtocol, Ipv4Packet, Ipv6Packet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -75,16 +75,24 @@ fn pass(engine: &mut Engine, from: Interface, pieces: &[Vec<u8>]) -> (Vec<Verdic
     for piece in pieces {
         let mut p = piece.clone();
         let v = engine.handle_packet(now, from, &mut p);
-        if let Verdict::Forward(_) = v {
+        if let Verdict::Forward { .. } = v {
             out.push(p);
         }
         verdicts.push(v);
-        let mut buf = [0u8; crate::fragment::HELD_LEN];
+        let mut buf = [0u8; crate::state::fragment::HELD_LEN];
         while let Some(tx) = engine.poll_transmit(&mut buf) {
             out.push(buf[..tx.len].to_vec());
         }
     }
     (verdicts, out)
+}
+
+/// The verdict on a fragment of the inbound datagram: forwarded to the member.
+fn inbound() -> Verdict {
+    Verdict::Forward {
+        interface: Interface::Inside,
+        destination: VM1.into(),
+    }
 }
 
 /// A 3,000-byte datagram from the client to the frontend, in three fragments.
@@ -98,7 +106,7 @@ fn a_fragmented_udp_datagram_reaches_the_member_whole_through_linux_conntrack() 
     // Linux conntrack reassembles before it tracks (nf_defrag_ipv4), then NATs the datagram.
     let mut engine = Engine::new(&config("linux-conntrack", true), Instant::now(), 1);
     let (verdicts, out) = pass(&mut engine, Interface::Outside, &inbound_datagram());
-    assert_eq!(verdicts, vec![Verdict::Forward(Interface::Inside); 3]);
+    assert_eq!(verdicts, vec![inbound(); 3]);
     let whole = reassemble(out);
     assert!(checksums_valid(&whole), "the UDP checksum verifies");
     let h = Headers::<SocketAddrV4>::parse(&whole).unwrap();
@@ -130,7 +138,16 @@ fn aws_nat_gateway_forwards_udp_fragments_and_drops_tcp_ones() {
     let member = SocketAddrV4::new(VM1, 33_000);
     let udp = udp_packet(member, SERVER, &[7; 2_000]);
     let (verdicts, out) = pass(&mut engine, Interface::Inside, &fragments(&udp, 1_480, 9));
-    assert_eq!(verdicts, vec![Verdict::Forward(Interface::Outside); 2]);
+    assert_eq!(
+        verdicts,
+        vec![
+            Verdict::Forward {
+                interface: Interface::Outside,
+                destination: (*SERVER.ip()).into()
+            };
+            2
+        ]
+    );
     let whole = reassemble(out);
     assert!(checksums_valid(&whole));
     let h = Headers::<SocketAddrV4>::parse(&whole).unwrap();
@@ -148,14 +165,7 @@ fn fragments_ahead_of_their_first_are_held_and_sent_once_it_comes() {
     let mut pieces = inbound_datagram();
     pieces.rotate_left(1); // second, third, then first
     let (verdicts, out) = pass(&mut engine, Interface::Outside, &pieces);
-    assert_eq!(
-        verdicts,
-        vec![
-            Verdict::Held,
-            Verdict::Held,
-            Verdict::Forward(Interface::Inside)
-        ]
-    );
+    assert_eq!(verdicts, vec![Verdict::Held, Verdict::Held, inbound(),]);
     assert_eq!(out.len(), 3);
     let whole = reassemble(out);
     assert!(checksums_valid(&whole));
@@ -171,15 +181,15 @@ fn a_later_fragment_read_by_another_shard_takes_the_translation_its_first_got() 
     let config = config("linux-conntrack", true);
     let mut shards = Engine::sharded(&config, Instant::now(), 1, 2);
     let pieces = inbound_datagram();
-    let sharding = crate::shard::Sharding::new(2, 5);
+    let sharding = crate::state::shard::Sharding::new(2, 5);
     let owner = sharding
         .owner(&pieces[0], Interface::Outside)
         .expect("the first fragment has an owner");
     assert_eq!(sharding.owner(&pieces[1], Interface::Outside), None);
     let (first, _) = pass(&mut shards[owner], Interface::Outside, &pieces[..1]);
     let (later, out) = pass(&mut shards[1 - owner], Interface::Outside, &pieces[1..]);
-    assert_eq!(first, vec![Verdict::Forward(Interface::Inside)]);
-    assert_eq!(later, vec![Verdict::Forward(Interface::Inside); 2]);
+    assert_eq!(first, vec![inbound()]);
+    assert_eq!(later, vec![inbound(); 2]);
     for p in out {
         assert_eq!(Ipv4Packet::new_unchecked(&p[..]).dst_addr(), VM1);
     }
@@ -197,7 +207,7 @@ fn a_later_fragment_whose_first_never_came_is_dropped_when_its_time_is_up() {
         Verdict::Held
     );
     // Another datagram's first fragment, after the timeout, finds the orphan expired.
-    let later = t0 + Duration::from_millis(crate::fragment::TIMEOUT + 1);
+    let later = t0 + Duration::from_millis(crate::state::fragment::TIMEOUT + 1);
     let other = udp_packet(CLIENT, SocketAddrV4::new(FRONTEND, 5300), &[1; 2_000]);
     let mut first = fragments(&other, 1_480, 7).remove(0);
     engine.handle_packet(later, Interface::Outside, &mut first);
@@ -232,7 +242,7 @@ fn replies_to_a_fragmented_tcp_segment_are_in_window_and_refresh_the_flow() {
     let send = |engine: &mut Engine, from, src, dst, flags, seq, ack, data: &[u8]| {
         let mut p = tcp_packet(src, dst, flags, seq, ack, data);
         let v = engine.handle_packet(now, from, &mut p);
-        assert!(matches!(v, Verdict::Forward(_)), "{v:?}");
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
         Headers::<SocketAddrV4>::parse(&p).unwrap().src
     };
     let (inside, outside) = (Interface::Inside, Interface::Outside);
@@ -260,7 +270,9 @@ fn replies_to_a_fragmented_tcp_segment_are_in_window_and_refresh_the_flow() {
     );
     let segment = tcp_packet(member, SERVER, TcpFlags::ACK, 101, 901, &[7; 3_000]);
     let (verdicts, _) = pass(&mut engine, inside, &fragments(&segment, 1_480, 11));
-    assert!(verdicts.iter().all(|v| matches!(v, Verdict::Forward(_))));
+    assert!(verdicts
+        .iter()
+        .all(|v| matches!(v, Verdict::Forward { .. })));
     send(
         &mut engine,
         outside,

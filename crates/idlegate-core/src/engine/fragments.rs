@@ -1,10 +1,10 @@
-//! The engine's side of IPv4 fragments ([`crate::fragment`]): the first fragment of a datagram
+//! The engine's side of IPv4 fragments ([`crate::state::fragment`]): the first fragment of a datagram
 //! goes through the flow table like a whole packet, and what it became is remembered for the
 //! later fragments, which get the same addresses (or wait for it, held).
 
 use super::*;
-use crate::family::Side;
-use crate::fragment::{Datagram, Later, Translation};
+use crate::state::fragment::{Datagram, Later, Translation};
+use crate::wire::family::Side;
 use smoltcp::wire::IpProtocol;
 
 impl<E: Endpoint> Core<E> {
@@ -38,7 +38,7 @@ impl<E: Endpoint> Core<E> {
             Err(e) => return self.drop(e.into()),
         };
         let verdict = self.handle_headers(now, from, &headers, packet);
-        let Verdict::Forward(out) = verdict else {
+        let Verdict::Forward { interface: out, .. } = verdict else {
             return verdict;
         };
         self.counters.fragments_forwarded += 1;
@@ -83,7 +83,10 @@ impl<E: Endpoint> Core<E> {
                 translate_fragment::<E>(packet, &datagram, &translation);
                 self.counters.forwarded += 1;
                 self.counters.fragments_forwarded += 1;
-                Verdict::Forward(translation.out)
+                Verdict::Forward {
+                    interface: translation.out,
+                    destination: translation.dst.into(),
+                }
             }
             // Copied, to be sent when its first fragment comes: nothing to forward now.
             Later::Held => Verdict::Held,

@@ -4,8 +4,8 @@
 //! (flows made and expired, RSTs and ACKs sent, segments out of window, fragments passed).
 //! Shards' and families' counters add up with [`Counters::add`].
 
-use crate::expiry::Expiry;
-use crate::packet::ParseError;
+use crate::model::expiry::Expiry;
+use crate::wire::error::ParseError;
 
 /// Why a packet was dropped. Each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -14,7 +14,7 @@ pub enum DropReason {
     Truncated,
     BadChecksum,
     /// An IP fragment the profile's box drops (every IPv6 fragment, and under some profiles
-    /// every IPv4 one: see [`crate::profile::Fragments`]).
+    /// every IPv4 one: see [`crate::model::profile::Fragments`]).
     Fragment,
     UnsupportedProtocol,
     /// A new connection (or a UDP datagram) that no rule accepts.
@@ -35,7 +35,7 @@ pub enum DropReason {
     /// ACK, none of SYN, ACK, RST: conntrack's `tcp_valid_flags`). It creates nothing.
     InvalidFlags,
     /// A later IPv4 fragment whose first fragment (with the ports) did not come in time, or
-    /// that found no room to wait for it ([`crate::fragment`]).
+    /// that found no room to wait for it (`crate::state::fragment`).
     FragmentWithoutFirst,
 }
 
@@ -99,9 +99,9 @@ pub struct Counters {
     pub icmp_errors_translated: u64,
     /// ACKs the engine generated for data it discarded (expiry `ack-and-discard`).
     pub acks_sent: u64,
-    /// IPv4 fragments passed on, translated, as the profile's box does ([`crate::fragment`]).
+    /// IPv4 fragments passed on, translated, as the profile's box does (`crate::state::fragment`).
     pub fragments_forwarded: u64,
-    /// TCP segments of a flow outside its windows ([`crate::window`]): passed on, but they
+    /// TCP segments of a flow outside its windows (`crate::state::flow::window`): passed on, but they
     /// changed nothing and did not refresh the flow.
     pub out_of_window: u64,
     pub(crate) drops: [u64; DropReason::ALL.len()],

@@ -12,13 +12,15 @@
 //! so a flow costs its 64 bytes plus two 4-byte buckets and their control bytes, with the hash
 //! table's spare capacity. No flow allocates on its own.
 
-use crate::family::Endpoint;
-use crate::packet::{Protocol, TcpFlags};
-use crate::timer::{Link, SlotId, Tick, Timers};
-use crate::window::{OpenEnds, SynSpan, Windows};
+use crate::state::timer::{Link, SlotId, Tick, Timers};
+pub mod window;
+
+use crate::wire::family::Endpoint;
+use crate::wire::packet::{Protocol, TcpFlags};
 use hashbrown::HashTable;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
+use window::{OpenEnds, SynSpan, Windows};
 
 /// The side of the gateway a packet arrives on or leaves from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,14 +156,14 @@ pub struct Flow<E: Endpoint = SocketAddrV4> {
     pub remote_next_seq: u32,
     /// The member's SND.NXT as last seen: the sequence number the remote expects next.
     pub private_next_seq: u32,
-    /// TCP: the largest window each side has advertised ([`crate::window`]).
+    /// TCP: the largest window each side has advertised ([`crate::state::flow::window`]).
     pub windows: Windows,
-    /// TCP: the initiator's latest SYN, tracked or ignored ([`crate::window`]).
+    /// TCP: the initiator's latest SYN, tracked or ignored ([`crate::state::flow::window`]).
     pub syn: SynSpan,
     /// TCP: the side of a SYN the flow ignored (conntrack's `TCP_CONNTRACK_IGNORE`), whose
     /// span is `syn`: a SYN-ACK from the other side that acknowledges it starts tracking over.
     pub ignored_syn: Option<Interface>,
-    /// TCP: the sides whose tracked end came from a first fragment ([`crate::window`]).
+    /// TCP: the sides whose tracked end came from a first fragment ([`crate::state::flow::window`]).
     pub open_ends: OpenEnds,
     /// When the flow expires unless a packet refreshes it.
     pub deadline: Tick,
@@ -242,6 +244,7 @@ impl<E: Endpoint> FlowTable<E> {
         self.flows.len() - self.free.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -335,6 +338,7 @@ impl<E: Endpoint> FlowTable<E> {
 
     /// Checks that every flow is found by both of its keys and the index holds nothing else
     /// (for tests and fuzzing: it walks the whole table).
+    #[cfg(any(test, fuzzing))]
     pub fn check(&self) -> Result<(), String> {
         let free: std::collections::HashSet<FlowId> = self.free.iter().copied().collect();
         if free.len() != self.free.len() {

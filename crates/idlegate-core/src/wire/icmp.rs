@@ -14,9 +14,10 @@
 //! side, patching the quoted IP and transport checksums (when quoted) incrementally and then
 //! the ICMP checksum over the message. Nothing here allocates or panics on any input.
 
-use crate::checksum;
-use crate::family::{Endpoint, Side};
-use crate::packet::{ParseError, Protocol};
+use crate::wire::checksum;
+use crate::wire::error::ParseError;
+use crate::wire::family::{Endpoint, Side};
+use crate::wire::packet::Protocol;
 use smoltcp::wire::IpProtocol;
 use std::net::SocketAddrV4;
 
@@ -27,7 +28,7 @@ const ICMP_HEADER: usize = 8;
 const QUOTED_TRANSPORT: usize = 8;
 
 /// Whether `packet` is (or claims to be) ICMP or ICMPv6, without a routing header in front;
-/// cheap, for routing a packet that [`crate::packet::Headers::parse`] found to be neither TCP
+/// cheap, for routing a packet that [`crate::wire::packet::Headers::parse`] found to be neither TCP
 /// nor UDP.
 pub fn is_icmp(packet: &[u8]) -> bool {
     match packet.first().map(|b| b >> 4) {
@@ -112,6 +113,11 @@ impl<E: Endpoint> IcmpError<E> {
         })
     }
 
+    /// The outer destination address: where the error is going.
+    pub fn outer_dst(&self) -> E::Ip {
+        self.outer_dst
+    }
+
     /// Puts `new` in place of the quoted endpoint on `side`, and `new`'s address in place of
     /// the outer address on the same side (RFC 5508 REQ-4 and REQ-5: the error goes to the
     /// quoted packet's real sender, about the packet as it sent it). `packet` must be the one
@@ -184,8 +190,8 @@ impl<E: Endpoint> IcmpError<E> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::packet::tests::{checksums_valid, tcp_packet, udp_packet};
-    use crate::packet::TcpFlags;
+    use crate::wire::packet::tests::{checksums_valid, tcp_packet, udp_packet};
+    use crate::wire::packet::TcpFlags;
     use proptest::prelude::*;
     use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
@@ -324,8 +330,8 @@ pub(crate) mod tests {
         let server = ep([198, 51, 100, 5], 8000);
         let sent = tcp_packet(member, server, TcpFlags::ACK, 7, 9, &[1; 100]);
         let mut seen_outside = sent.clone();
-        let h = crate::packet::Headers::<SocketAddrV4>::parse(&seen_outside).unwrap();
-        crate::packet::rewrite_src(&mut seen_outside, &h, public);
+        let h = crate::wire::packet::Headers::<SocketAddrV4>::parse(&seen_outside).unwrap();
+        crate::wire::packet::rewrite_src(&mut seen_outside, &h, public);
         let router = Ipv4Addr::new(203, 0, 113, 100);
         let mut p = icmp_error(router, *public.ip(), 3, 4, &seen_outside, 20 + 20);
         let e = IcmpError::<SocketAddrV4>::parse(&p).unwrap();

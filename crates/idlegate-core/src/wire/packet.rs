@@ -6,14 +6,15 @@
 //! endpoint in place and patch the IPv4 header and transport checksums incrementally, as a
 //! complete checksum or, for a packet handed over with checksum offload, as the partial
 //! pseudo-header sum a device completes ([`TransportChecksum`]).
-//! [`Control`] builds the RST and ACK segments the gateway itself sends. What differs between
-//! the families is in [`crate::family`]. Field access goes through `smoltcp::wire`; nothing
+//! [`ControlSegment`] builds the RST and ACK segments the gateway itself sends. What differs between
+//! the families is in [`crate::wire::family`]. Field access goes through `smoltcp::wire`; nothing
 //! here allocates or panics on any input.
 
-use crate::checksum;
-use crate::family::{Endpoint, Side};
+use crate::wire::checksum;
+use crate::wire::error::ParseError;
+use crate::wire::family::{Endpoint, Side};
 use smoltcp::wire::{IpProtocol, TcpPacket, TcpSeqNumber, UdpPacket};
-use std::net::SocketAddrV4;
+use std::net::{SocketAddrV4, SocketAddrV6};
 
 /// The transport protocols the engine translates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,22 +22,6 @@ use std::net::SocketAddrV4;
 pub enum Protocol {
     Tcp = 6,
     Udp = 17,
-}
-
-/// Why a packet could not be parsed. Each maps to a counted drop reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParseError {
-    /// Not of the family it was handed to, or not IP at all (the version nibble).
-    NotIp,
-    /// Shorter than its headers or its own length fields say.
-    Truncated,
-    /// A checksum is wrong: the IPv4 header's, or an ICMP error's own or its quoted header's.
-    BadChecksum,
-    /// An IPv4 fragment or an IPv6 packet with a fragment header: ports are not in every
-    /// fragment, so it cannot be matched to a flow.
-    Fragment,
-    /// Neither TCP nor UDP.
-    UnsupportedProtocol,
 }
 
 /// What a packet's transport checksum field holds, which decides how a rewrite patches it.
@@ -161,12 +146,12 @@ impl<E: Endpoint> Headers<E> {
         }
     }
 
-    /// The headers of a datagram's first fragment (see [`crate::fragment`]), from its IP
-    /// header as [`Endpoint::fragment_of`] read it: the transport header must be whole in it
+    /// The headers of a datagram's first fragment (see `crate::state::fragment`), from its IP
+    /// header as `Endpoint::fragment_of` read it: the transport header must be whole in it
     /// (RFC 1858 refuses a first fragment too short for TCP's flags). The UDP length and a TCP
     /// segment's length count this fragment's bytes only.
     pub fn parse_first_fragment(
-        ip: &crate::family::IpHeader<E::Ip>,
+        ip: &crate::wire::family::IpHeader<E::Ip>,
         packet: &[u8],
     ) -> Result<Headers<E>, ParseError> {
         let l4_bytes = packet.get(ip.l4..ip.end).ok_or(ParseError::Truncated)?;
@@ -248,6 +233,27 @@ impl<E: Endpoint> Headers<E> {
     }
 }
 
+/// A packet of either family read once: what [`Headers::parse`] made of it, for its IP version
+/// (6, or else 4, whose parse refuses anything that is not IPv4). A driver parses each packet
+/// once into this view and hands it both to [`crate::Sharding::owner_of`] and to
+/// [`crate::Engine::handle_parsed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    V4(Result<Headers<SocketAddrV4>, ParseError>),
+    V6(Result<Headers<SocketAddrV6>, ParseError>),
+}
+
+impl Parsed {
+    /// Reads `packet`'s headers; never fails, an unreadable packet is an `Err` inside.
+    #[inline]
+    pub fn new(packet: &[u8]) -> Parsed {
+        match packet.first().map(|b| b >> 4) {
+            Some(6) => Parsed::V6(Headers::parse(packet)),
+            _ => Parsed::V4(Headers::parse(packet)),
+        }
+    }
+}
+
 /// Replaces the packet's source endpoint with `new` (SNAT), patching checksums. `headers` must
 /// be the packet's own, from [`Headers::parse`]; a packet too short for them is left unchanged.
 pub fn rewrite_src<E: Endpoint>(packet: &mut [u8], headers: &Headers<E>, new: E) {
@@ -309,7 +315,7 @@ fn rewrite<E: Endpoint>(packet: &mut [u8], headers: &Headers<E>, side: Side, old
     }
 }
 
-/// What a [`Control`] segment is.
+/// What a [`ControlSegment`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlKind {
     /// A RST, with the ACK flag if it carries an acknowledgment number.
@@ -320,7 +326,7 @@ pub enum ControlKind {
 
 /// A TCP segment without data that the gateway sends on its own behalf: a RST or a bare ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Control<E: Endpoint = SocketAddrV4> {
+pub struct ControlSegment<E: Endpoint = SocketAddrV4> {
     pub kind: ControlKind,
     pub src: E,
     pub dst: E,
@@ -329,21 +335,21 @@ pub struct Control<E: Endpoint = SocketAddrV4> {
     pub ack: Option<u32>,
 }
 
-/// The longest packet [`Control::write`] produces: IPv6 and TCP headers without options
+/// The longest packet `ControlSegment::write` produces: IPv6 and TCP headers without options
 /// (IPv4: 40 bytes).
 pub const CONTROL_LEN: usize = 60;
 
-impl<E: Endpoint> Control<E> {
+impl<E: Endpoint> ControlSegment<E> {
     /// The RST that answers `segment`, sent from the packet's destination to its source, as
     /// RFC 9293 §3.10.7.1 prescribes for a segment that belongs to no connection: if it
     /// carried an ACK, `<SEQ=SEG.ACK><CTL=RST>`, else `<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>`.
-    pub fn reset_answering(headers: &Headers<E>, segment: &TcpSegment) -> Control<E> {
+    pub fn reset_answering(headers: &Headers<E>, segment: &TcpSegment) -> ControlSegment<E> {
         let (seq, ack) = if segment.flags.ack() {
             (segment.ack, None)
         } else {
             (0, Some(segment.end()))
         };
-        Control {
+        ControlSegment {
             kind: ControlKind::Reset,
             src: headers.dst,
             dst: headers.src,
@@ -353,8 +359,8 @@ impl<E: Endpoint> Control<E> {
     }
 
     /// The ACK a receiver at `seq` would send for `segment`: everything up to its end.
-    pub fn ack_of(headers: &Headers<E>, segment: &TcpSegment, seq: u32) -> Control<E> {
-        Control {
+    pub fn ack_of(headers: &Headers<E>, segment: &TcpSegment, seq: u32) -> ControlSegment<E> {
+        ControlSegment {
             kind: ControlKind::Ack,
             src: headers.dst,
             dst: headers.src,
@@ -553,7 +559,7 @@ pub(crate) mod tests {
     fn an_ipv6_reset_carries_valid_checksums() {
         let a = SocketAddrV6::new("fd00:203::100".parse().unwrap(), 40000, 0, 0);
         let b = SocketAddrV6::new("fd00:192::11".parse().unwrap(), 7000, 0, 0);
-        let rst = Control {
+        let rst = ControlSegment {
             kind: ControlKind::Reset,
             src: a,
             dst: b,
@@ -634,10 +640,10 @@ pub(crate) mod tests {
         let b = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 7000);
         let p = tcp_packet(a, b, TcpFlags::ACK, 5000, 9000, b"c");
         let h = Headers::<SocketAddrV4>::parse(&p).unwrap();
-        let rst = Control::reset_answering(&h, &h.tcp.unwrap());
+        let rst = ControlSegment::reset_answering(&h, &h.tcp.unwrap());
         assert_eq!(
             rst,
-            Control {
+            ControlSegment {
                 kind: ControlKind::Reset,
                 src: b,
                 dst: a,

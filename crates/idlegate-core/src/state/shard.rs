@@ -16,10 +16,11 @@
 //! count it. Nor has a fragment after a datagram's first: it carries no ports, and whoever
 //! reads it finds its translation in the fragment table all shards share. Nothing here allocates or panics on any input.
 
-use crate::family::Endpoint;
-use crate::flow::Interface;
-use crate::icmp::{self, IcmpError};
-use crate::packet::{Headers, ParseError};
+use crate::state::flow::Interface;
+use crate::wire::error::ParseError;
+use crate::wire::family::Endpoint;
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::packet::{Headers, Parsed};
 use std::hash::BuildHasher;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -49,22 +50,49 @@ impl Sharding {
         if self.count == 1 {
             return Some(0);
         }
-        let remote = remote_endpoint(packet, from)?;
-        Some((self.hasher.hash_one(remote) % self.count as u64) as usize)
+        // Each family's parse straight into its own result: no [`Parsed`] made and copied.
+        let remote =
+            match packet.first()? >> 4 {
+                6 => remote_of::<SocketAddrV6>(packet, &Headers::parse(packet), from)
+                    .map(SocketAddr::V6),
+                _ => remote_of::<SocketAddrV4>(packet, &Headers::parse(packet), from)
+                    .map(SocketAddr::V4),
+            }?;
+        Some(self.shard_of(remote))
+    }
+
+    /// [`Sharding::owner`] of a packet already read into `parsed` ([`Parsed::new`] of
+    /// `packet`), which the driver then hands to [`crate::Engine::handle_parsed`].
+    #[inline]
+    pub fn owner_of(&self, packet: &[u8], parsed: &Parsed, from: Interface) -> Option<usize> {
+        if self.count == 1 {
+            return Some(0);
+        }
+        let remote = remote_endpoint(packet, parsed, from)?;
+        Some(self.shard_of(remote))
+    }
+
+    #[inline]
+    fn shard_of(&self, remote: SocketAddr) -> usize {
+        (self.hasher.hash_one(remote) % self.count as u64) as usize
     }
 }
 
 /// The endpoint on the outside of the flow `packet` belongs to.
-fn remote_endpoint(packet: &[u8], from: Interface) -> Option<SocketAddr> {
-    match packet.first()? >> 4 {
-        6 => remote_of::<SocketAddrV6>(packet, from).map(SocketAddr::V6),
-        _ => remote_of::<SocketAddrV4>(packet, from).map(SocketAddr::V4),
+fn remote_endpoint(packet: &[u8], parsed: &Parsed, from: Interface) -> Option<SocketAddr> {
+    match parsed {
+        Parsed::V6(headers) => remote_of::<SocketAddrV6>(packet, headers, from).map(SocketAddr::V6),
+        Parsed::V4(headers) => remote_of::<SocketAddrV4>(packet, headers, from).map(SocketAddr::V4),
     }
 }
 
-fn remote_of<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
-    match Headers::<E>::parse(packet) {
-        Ok(h) => return Some(remote_in(&h, from)),
+fn remote_of<E: Endpoint>(
+    packet: &[u8],
+    parsed: &Result<Headers<E>, ParseError>,
+    from: Interface,
+) -> Option<E> {
+    match parsed {
+        Ok(h) => return Some(remote_in(h, from)),
         Err(ParseError::Fragment) => return first_fragment_remote(packet, from),
         Err(_) => {}
     }
@@ -88,7 +116,7 @@ fn remote_in<E: Endpoint>(h: &Headers<E>, from: Interface) -> E {
 }
 
 /// A datagram's first fragment has the ports: it goes where its flow is. A later one has none:
-/// whoever reads it looks it up in the table the shards share ([`crate::fragment`]).
+/// whoever reads it looks it up in the table the shards share ([`crate::state::fragment`]).
 #[cold]
 fn first_fragment_remote<E: Endpoint>(packet: &[u8], from: Interface) -> Option<E> {
     let fragment = E::fragment_of(packet).filter(|f| f.offset == 0)?;

@@ -5,7 +5,7 @@
 //! comes from (collected in `shared/reference/middleboxes.md`); where a vendor documents no
 //! value, the doc comment says so and which figure idlegate uses instead.
 
-use crate::expiry::Expiry;
+use crate::model::expiry::Expiry;
 use std::time::Duration;
 
 /// A configurable timeout: its default and the range the vendor accepts.
@@ -142,7 +142,7 @@ impl TcpTimers {
 
     /// "30 s" when one timer serves every state, else each state with its timer.
     pub fn summary(&self) -> String {
-        use crate::config::human;
+        use crate::model::units::human;
         if self.shortest() == self.longest() {
             return human(self.syn_sent);
         }
@@ -210,7 +210,7 @@ pub enum Refresh {
 
 /// What a box does with the IPv4 fragments of the datagrams it translates. Only the first
 /// fragment carries the ports; idlegate matches the others to it by addresses, protocol and
-/// IP ID, and holds those that come ahead of it ([`crate::fragment`]). A box that reassembles
+/// IP ID, and holds those that come ahead of it (`crate::state::fragment`). A box that reassembles
 /// (Linux conntrack) and one that forwards fragments as they come deliver the same datagram:
 /// idlegate forwards both ways. IPv6 fragments are dropped in every profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -871,6 +871,25 @@ pub fn find(name: &str) -> Option<&'static Profile> {
     ALL.iter().copied().find(|p| p.name == name)
 }
 
+/// No timer may be scaled below this: a flow must outlive its own handshake.
+pub const MIN_SCALED_TIMER: Duration = Duration::from_millis(10);
+
+pub(crate) fn shortest_timer(profile: &Profile) -> Duration {
+    profile
+        .tcp
+        .shortest()
+        .min(profile.udp.unreplied)
+        .min(profile.udp.replied)
+        .min(profile.lb_rule_idle.min)
+        .min(profile.outbound_rule_idle.min)
+}
+
+/// The largest `time_scale` that keeps every timer of `profile` at or above [`MIN_SCALED_TIMER`].
+pub fn max_time_scale(profile: &Profile) -> u32 {
+    u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
+        .unwrap_or(u32::MAX)
+}
+
 /// The profile used when a config names none.
 pub fn default_profile() -> &'static Profile {
     &AZURE_LB
@@ -879,7 +898,7 @@ pub fn default_profile() -> &'static Profile {
 /// A complete config for `profile` with every default written out and every range in a
 /// comment: what `idlegate profiles show NAME` prints, and `--config` accepts as it is.
 pub fn example_config(profile: &Profile) -> String {
-    use crate::config::human;
+    use crate::model::units::human;
     let range = |r: &TimeoutRange| format!("{}–{}", human(r.min), human(r.max));
     let minutes = |d: Duration| {
         if d.as_secs().is_multiple_of(86_400) {
@@ -932,7 +951,7 @@ pub fn example_config(profile: &Profile) -> String {
                 human(profile.udp.replied)
             )
         },
-        scale = crate::config::max_time_scale(profile).min(60),
+        scale = max_time_scale(profile).min(60),
     );
     if profile.rules.inbound() {
         text += &format!(
@@ -962,29 +981,4 @@ pub fn example_config(profile: &Profile) -> String {
         );
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    #[test]
-    fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {
-        for profile in ALL {
-            let text = example_config(profile);
-            let config =
-                Config::from_toml(&text, profile.name).unwrap_or_else(|e| panic!("{e}\n{text}"));
-            assert_eq!(config.profile, profile);
-            if let Some(rule) = config.lb_rules.first() {
-                assert_eq!(rule.idle.timeout, profile.lb_rule_idle.default);
-            }
-            if let Some(rule) = config.outbound_rules.first() {
-                assert_eq!(rule.idle.timeout, profile.outbound_rule_idle.default);
-                assert_eq!(rule.ports_per_member, profile.snat.ports_per_member);
-            }
-            assert_eq!(config.lb_rules.is_empty(), !profile.rules.inbound());
-            assert_eq!(config.outbound_rules.is_empty(), !profile.rules.outbound());
-        }
-    }
 }

@@ -1,0 +1,115 @@
+//! The engine's API types: what comes out of it (verdicts, transmits, events, flow reports).
+
+use super::*;
+
+/// What to do with a packet the driver handed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (rewritten) packet out of `interface`, to `destination`: the IP destination
+    /// address of the packet as rewritten, so a driver with several devices on one side picks
+    /// the one that leads there without reading the packet again.
+    Forward {
+        interface: Interface,
+        destination: IpAddr,
+    },
+    /// Discard it.
+    Drop(DropReason),
+    /// Kept: a fragment ahead of its first one, copied; the engine sends it (translated) with
+    /// [`Engine::poll_transmit`] once the first fragment has come (`crate::state::fragment`).
+    Held,
+}
+
+impl Verdict {
+    /// The interface a forwarded packet leaves by; `None` for a drop or a held fragment.
+    pub fn interface(&self) -> Option<Interface> {
+        match self {
+            Verdict::Forward { interface, .. } => Some(*interface),
+            Verdict::Drop(_) | Verdict::Held => None,
+        }
+    }
+}
+
+/// The endpoints and rule of a flow, as reported in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowSummary {
+    pub rule: RuleId,
+    pub protocol: Protocol,
+    pub remote: SocketAddr,
+    pub public: SocketAddr,
+    pub private: SocketAddr,
+}
+
+/// The SNAT ports of one frontend address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnatUsage {
+    pub frontend: IpAddr,
+    /// Lent to flows.
+    pub lent: usize,
+    /// Waiting out their hold after a flow ended.
+    pub held: usize,
+    /// Ready to lend (held ports whose hold is over count as held until lent again).
+    pub free: usize,
+}
+
+/// A flow as `idlegate flows` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub flow: FlowSummary,
+    pub state: FlowState,
+    /// Since the flow's last packet.
+    pub idle_for: Duration,
+    /// Until it expires, unless a packet comes.
+    pub expires_in: Duration,
+}
+
+/// Why a flow expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryCause {
+    /// Its idle timeout ran out.
+    Idle,
+    /// The driver asked, whatever the flow's idle time ([`Engine::expire_now`]).
+    Forced,
+}
+
+/// Something that happened to a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Created {
+        flow: FlowSummary,
+    },
+    Expired {
+        flow: FlowSummary,
+        /// The state the flow expired in.
+        state: FlowState,
+        /// The timeout of that state (scaled): what ran out, for an idle expiry.
+        timeout: Duration,
+        /// How long the flow had been idle when it expired.
+        idle_for: Duration,
+        /// Whether its timeout ran out or the driver asked.
+        cause: ExpiryCause,
+        /// What was done: `Reset` only when RSTs were actually sent.
+        action: Expiry,
+    },
+    /// A member's new outbound connection found no free SNAT port; its SYN was dropped.
+    PortExhausted {
+        rule: RuleId,
+        frontend: IpAddr,
+        member: IpAddr,
+    },
+    /// The gateway holds `max_flows` flows (all shards together): new ones are refused until
+    /// some end. Said once, and again only after the table has drained below nine tenths.
+    TableFull {
+        max_flows: usize,
+    },
+}
+
+/// A packet the engine generated, written into the driver's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Send it out of this interface.
+    pub interface: Interface,
+    /// To this IP destination (as [`Verdict::Forward`] names it for a forwarded packet).
+    pub destination: IpAddr,
+    /// Its length in the buffer.
+    pub len: usize,
+}

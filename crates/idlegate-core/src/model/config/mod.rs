@@ -1,0 +1,298 @@
+//! The gateway's configuration: a TOML file named after Azure's resource model.
+//!
+//! [`Config::from_toml`] parses and validates in one step and returns either a [`Config`] the
+//! engine can run as is, or the first [`ConfigError`], which names the file, line and field
+//! and says what is allowed. Timeouts are checked against the profile's ranges *before*
+//! `time_scale` divides them; [`Config::scaled`] gives the timer the engine actually runs.
+//!
+//! ```toml
+//! profile = "azure-lb"      # defaults and allowed ranges
+//! time_scale = 60           # divide every timer by 60: 4 min become 4 s
+//! max_flows = 1048576       # new flows past this are refused (the default)
+//! [[frontend]]
+//! name = "public"
+//! address = "203.0.113.10"
+//! [[backend_pool]]
+//! name = "vms"
+//! members = [{ name = "vm1", address = "192.0.2.11" }]
+//! [[lb_rule]]
+//! name = "app"
+//! frontend = "public"
+//! protocol = "tcp"
+//! frontend_port = 7000
+//! backend_pool = "vms"
+//! backend_port = 7000
+//! idle_timeout = "4m"
+//! expiry = "silent"         # or "reset", "reset-on-next"
+//! [[outbound_rule]]
+//! name = "egress"
+//! frontend = "public"
+//! backend_pool = "vms"
+//! ```
+
+mod fields;
+mod raw;
+#[cfg(test)]
+mod tests;
+mod validate;
+
+use crate::model::expiry::Expiry;
+use crate::model::profile::{
+    self, max_time_scale, shortest_timer, Pickup, Profile, TimeoutRange, MIN_SCALED_TIMER,
+};
+use crate::model::units::human;
+use crate::wire::packet::Protocol;
+use fields::*;
+use raw::*;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::time::Duration;
+use toml::Spanned;
+use validate::*;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub profile: &'static Profile,
+    /// Every timer is divided by this (≥ 1).
+    pub time_scale: u32,
+    /// Which TCP segments open a flow: the profile's, or `loose_pickup` where the profile
+    /// lets a config choose.
+    pub pickup: Pickup,
+    /// Flows the gateway holds at most; a new flow past it is refused and counted
+    /// (`table-full`), established ones are unaffected.
+    pub max_flows: usize,
+    pub frontends: Vec<Frontend>,
+    pub backend_pools: Vec<BackendPool>,
+    pub lb_rules: Vec<LbRule>,
+    pub inbound_nat_rules: Vec<InboundNatRule>,
+    pub outbound_rules: Vec<OutboundRule>,
+    pub nat_gateways: Vec<NatGateway>,
+}
+
+/// An Azure NAT gateway: the pools it serves leave through its own frontend, whatever their
+/// outbound rules say (seed 002: "a NAT gateway will always take precedence over load balancer
+/// outbound rules"). It runs with the `azure-natgw` profile's timers and SNAT policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatGateway {
+    pub name: String,
+    pub frontend: usize,
+    pub backend_pools: Vec<usize>,
+    pub idle: Idle,
+}
+
+/// A public address of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frontend {
+    pub name: String,
+    /// IPv4 or IPv6; a rule's frontend and members are of one family.
+    pub address: IpAddr,
+    /// The frontend's own idle timeout for inbound flows, if it sets one (unscaled).
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A set of inside hosts that rules balance to and translate for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPool {
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+/// One inside host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub address: IpAddr,
+}
+
+/// How long an established flow may stay idle, and what happens when it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    /// Unscaled, as written in the config (or the profile's default).
+    pub timeout: Duration,
+    /// Whether the rule sets `timeout` or takes the profile's default.
+    pub timeout_from: TimeoutFrom,
+    pub expiry: Expiry,
+}
+
+/// Where a rule's own idle timeout comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutFrom {
+    Rule,
+    ProfileDefault,
+}
+
+/// The transport protocols a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    Tcp,
+    Udp,
+    /// TCP and UDP.
+    All,
+}
+
+impl Protocols {
+    pub fn matches(self, protocol: Protocol) -> bool {
+        matches!(
+            (self, protocol),
+            (Protocols::All, _) | (Protocols::Tcp, Protocol::Tcp) | (Protocols::Udp, Protocol::Udp)
+        )
+    }
+
+    /// Whether two rules with these protocols could claim the same packets.
+    pub fn overlaps(self, other: Protocols) -> bool {
+        self == Protocols::All || other == Protocols::All || self == other
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocols::Tcp => "tcp",
+            Protocols::Udp => "udp",
+            Protocols::All => "all",
+        }
+    }
+}
+
+/// Inbound load balancing: `frontend:frontend_port` → a pool member's `backend_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbRule {
+    pub name: String,
+    /// Index into [`Config::frontends`].
+    pub frontend: usize,
+    pub protocol: Protocols,
+    pub frontend_port: u16,
+    /// Index into [`Config::backend_pools`].
+    pub backend_pool: usize,
+    pub backend_port: u16,
+    pub idle: Idle,
+}
+
+/// Inbound NAT: frontend ports mapped one to one onto members, `first_port` onto the first.
+/// The single form (`frontend_port` and `member`) is a range of one; the range form
+/// (`frontend_port_range` and `backend_pool`) gives each member of the pool, in order, the next
+/// port of the range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundNatRule {
+    pub name: String,
+    pub frontend: usize,
+    pub protocol: Protocols,
+    pub first_port: u16,
+    /// The last port the rule claims on the frontend (a range may be longer than the pool).
+    pub last_port: u16,
+    pub members: Vec<Member>,
+    pub backend_port: u16,
+    pub idle: Idle,
+}
+
+/// Outbound SNAT: the pool's connections leave from the frontend address and a gateway port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRule {
+    pub name: String,
+    pub frontend: usize,
+    pub backend_pool: usize,
+    pub protocol: Protocols,
+    /// SNAT ports each member of the pool owns on the frontend.
+    pub ports_per_member: u16,
+    pub idle: Idle,
+}
+
+impl Config {
+    /// The timer the engine runs for a configured duration: divided by `time_scale`.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        d / self.time_scale
+    }
+
+    /// The ports of `frontend` that inbound rules (LB and inbound NAT) claim.
+    pub fn inbound_ports(
+        &self,
+        frontend: usize,
+    ) -> impl Iterator<Item = std::ops::RangeInclusive<u16>> + '_ {
+        let lb = self
+            .lb_rules
+            .iter()
+            .filter(move |r| r.frontend == frontend)
+            .map(|r| r.frontend_port..=r.frontend_port);
+        let nat = self
+            .inbound_nat_rules
+            .iter()
+            .filter(move |r| r.frontend == frontend)
+            .map(|r| r.first_port..=r.last_port);
+        lb.chain(nat)
+    }
+
+    /// The ports of `frontend` SNAT may lend, in order: from `SNAT_PORTS_FROM` up, less the
+    /// ports inbound rules claim.
+    pub fn snat_port_candidates(&self, frontend: usize) -> impl Iterator<Item = u16> + '_ {
+        let claimed: Vec<std::ops::RangeInclusive<u16>> = self.inbound_ports(frontend).collect();
+        (SNAT_PORTS_FROM..=u16::MAX).filter(move |p| !claimed.iter().any(|r| r.contains(p)))
+    }
+
+    /// Parses and validates `text`; `file` names it in error messages.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            ConfigError::at(file, text, span, message)
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = match e.span().and_then(|s| setting_at(text, s.start)) {
+                Some(setting) => format!("{setting}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            at(e.span(), message)
+        })?;
+        Validator::default()
+            .validate(raw)
+            .map_err(|(span, message)| at(span, message))
+    }
+}
+
+/// A configuration mistake, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.located())]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the position is unknown.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// `file:line:column: message`, or `file: message` for a mistake of the whole file.
+    fn located(&self) -> String {
+        match self.line {
+            0 => format!("{}: {}", self.file, self.message),
+            line => format!("{}:{line}:{}: {}", self.file, self.column, self.message),
+        }
+    }
+
+    fn at(file: &str, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
+/// The `key = value` line around `offset`, to name the field in a TOML syntax or type error.
+fn setting_at(text: &str, offset: usize) -> Option<&str> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?.trim();
+    (line.contains('=') && line.len() <= 60).then_some(line)
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Flows a gateway holds unless the config says `max_flows`: 1 Mi, about 40 to 100 MB.
+pub const DEFAULT_MAX_FLOWS: usize = 1 << 20;
+/// The most `max_flows` may be: the flow table numbers its flows in 31 bits.
+pub const MAX_MAX_FLOWS: usize = 1 << 31;

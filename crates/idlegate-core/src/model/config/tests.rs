@@ -1,0 +1,223 @@
+//! Config tests: what is accepted, what is refused and how the refusal reads.
+
+use super::*;
+
+const VALID: &str = r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }, { name = "vm2", address = "192.0.2.12" }]
+[[lb_rule]]
+name = "app"
+frontend = "public"
+protocol = "tcp"
+frontend_port = 7000
+backend_pool = "vms"
+backend_port = 7000
+idle_timeout = "4m"
+expiry = "silent"
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+idle_timeout = "4m"
+expiry = "silent"
+"#;
+
+#[test]
+fn the_documented_example_is_valid_and_scaled() {
+    let c = Config::from_toml(VALID, "gw.toml").unwrap();
+    assert_eq!(c.profile.name, "azure-lb");
+    assert_eq!(c.backend_pools[0].members.len(), 2);
+    let rule = &c.lb_rules[0];
+    assert_eq!(
+        (rule.frontend_port, rule.backend_port, rule.idle.expiry),
+        (7000, 7000, Expiry::Silent)
+    );
+    assert_eq!(c.scaled(rule.idle.timeout), Duration::from_secs(4));
+    assert_eq!(c.outbound_rules[0].name, "egress");
+}
+
+#[test]
+fn omitted_settings_take_the_profiles_defaults() {
+    let text = VALID
+        .replace("idle_timeout = \"4m\"\n", "")
+        .replace("expiry = \"silent\"\n", "");
+    let c = Config::from_toml(&text, "gw.toml").unwrap();
+    // Azure LB: 4 min, silent drop by default (seed 002).
+    assert_eq!(
+        c.lb_rules[0].idle,
+        Idle {
+            timeout: Duration::from_secs(240),
+            timeout_from: TimeoutFrom::ProfileDefault,
+            expiry: Expiry::Silent
+        }
+    );
+    // Azure's default: 1,024 SNAT ports per member.
+    assert_eq!(c.outbound_rules[0].ports_per_member, 1024);
+}
+
+/// Each kind of mistake, the line it is on, and the words of its message.
+#[test]
+#[rustfmt::skip]
+fn each_mistake_is_refused_with_file_line_and_field() {
+    let cases: &[(&str, &str, usize, &str)] = &[
+        ("idle_timeout = \"4m\"", "idle_timeout = \"2m\"", 16, "idle_timeout = 2m is below Azure LB's minimum of 4 min"),
+        ("idle_timeout = \"4m\"", "idle_timeout = \"101m\"", 16, "idle_timeout = 101m is above Azure LB's maximum of 100 min"),
+        ("idle_timeout = \"4m\"", "idle_timeout = \"4 parsecs\"", 16, "is not a duration"),
+        ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
+        ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
+        ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
+        ("time_scale = 60", "time_scale = 60\nmax_flows = 0", 3, "max_flows = 0: from 1 to 2147483648"),
+        ("time_scale = 60", "time_scale = 60\nmax_flows = 2147483649", 3, "max_flows = 2147483649: from 1 to 2147483648"),
+        ("time_scale = 60", "time_scale = 60\nloose_pickup = true", 3, "loose_pickup: Azure LB (profile azure-lb) has no such setting; it is Linux conntrack's"),
+        ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup"),
+        ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
+        ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
+        ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 or IPv6 address"),
+        ("address = \"192.0.2.12\"", "address = \"fd00::12\"", 14, "lb_rule \"app\": frontend \"public\" is IPv4 but member \"vm2\" (fd00::12) is IPv6; a rule's frontend and members must be of one address family"),
+        ("address = \"203.0.113.10\"", "address = \"ff02::1\"", 5, "cannot be a host's address"),
+        ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
+        ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),
+        ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": must be one of \"tcp\", \"udp\", \"all\""),
+        ("frontend_port = 7000", "frontend_port = 70000", 13, "frontend_port"),
+        ("frontend_port = 7000", "frontend_port = 0", 13, "frontend_port = 0: must be 1–65535"),
+        ("idle_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", "idel_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", 16, "unknown field `idel_timeout`"),
+        ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm1\", address = \"192.0.2.12\" }", 8, "member name \"vm1\" is used twice"),
+        ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm2\", address = \"192.0.2.11\" }", 8, "address 192.0.2.11 is already member \"vm1\"'s"),
+        ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm2\", address = \"203.0.113.10\" }", 8, "is frontend \"public\"'s"),
+        ("name = \"egress\"", "name = \"app\"", 19, "rule name \"app\" is used twice"),
+        ("time_scale = 60", "time_scale = 60\nbogus = 1", 3, "unknown field `bogus`"),
+        ("name = \"egress\"", "name = \"egress\"\nports_per_member = 12", 20, "ports_per_member = 12: Azure LB allocates SNAT ports in multiples of 8, from 8 to 64000"),
+        ("name = \"egress\"", "name = \"egress\"\nports_per_member = 40000", 20, "outbound rules on frontend \"public\" need 80000 SNAT ports up to rule \"egress\" (ports_per_member × members); Azure LB allows at most 64000 on it"),
+    ];
+    for (from, to, line, words) in cases {
+        assert!(VALID.contains(from), "case {to:?}: base text lacks {from:?}");
+        let text = VALID.replacen(from, to, 1);
+        let err = Config::from_toml(&text, "gw.toml").expect_err(to);
+        assert_eq!(err.file, "gw.toml");
+        assert_eq!(err.line, *line, "case {to:?}: {err}");
+        assert!(err.message.contains(words), "case {to:?}: got {err}");
+        assert!(err.to_string().starts_with(&format!("gw.toml:{line}:")), "{err}");
+    }
+}
+
+/// Inbound NAT rule mistakes, each with its message and line.
+#[test]
+#[rustfmt::skip]
+fn each_inbound_nat_rule_mistake_is_refused() {
+    let head = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n[[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }, { name = \"vm2\", address = \"192.0.2.12\" }]\n[[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\n[[inbound_nat_rule]]\nname = \"nat\"\nfrontend = \"public\"\nbackend_port = 22\n";
+    let cases: &[(&str, usize, &str)] = &[
+        ("frontend_port = 50001\nmember = \"vm3\"\n", 18, "member = \"vm3\" is no backend pool's member (defined: vm1, vm2)"),
+        ("frontend_port = 7000\nmember = \"vm1\"\n", 17, "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\""),
+        ("frontend_port_range = [6990, 7010]\nbackend_pool = \"vms\"\n", 17, "ports 6990–7010 of frontend \"public\" overlap rule \"app\"'s"),
+        ("frontend_port_range = [50000, 50000]\nbackend_pool = \"vms\"\n", 17, "has 1 port(s) for the 2 members of backend_pool \"vms\": one port per member"),
+        ("frontend_port_range = [50010, 50000]\nbackend_pool = \"vms\"\n", 17, "give [first, last] with 1 ≤ first ≤ last ≤ 65535"),
+        ("frontend_port = 50001\nbackend_pool = \"vms\"\n", 13, "give either frontend_port and member, or frontend_port_range and backend_pool"),
+    ];
+    for (tail, line, words) in cases {
+        let err = Config::from_toml(&format!("{head}{tail}"), "nat.toml").expect_err(tail);
+        assert_eq!(err.line, *line, "{tail:?}: {err}");
+        assert!(err.message.contains(words), "{tail:?}: {err}");
+    }
+}
+
+#[test]
+fn tcp_and_udp_rules_may_share_a_port_but_all_claims_both() {
+    let rule = |name: &str, protocol: &str| {
+        format!("[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nprotocol = \"{protocol}\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\n")
+    };
+    let head = VALID.split("[[lb_rule]]").next().unwrap();
+    let both = format!("{head}{}{}", rule("t", "tcp"), rule("u", "udp"));
+    let c = Config::from_toml(&both, "gw.toml").unwrap();
+    assert_eq!(c.lb_rules[1].protocol, Protocols::Udp);
+    let clash = format!("{head}{}{}", rule("t", "tcp"), rule("a", "all"));
+    let err = Config::from_toml(&clash, "gw.toml").unwrap_err();
+    assert!(
+        err.message
+            .contains("port 7000 of frontend \"public\" already belongs to rule \"t\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn each_profile_refuses_what_its_box_does_not_have() {
+    let natgw = VALID.replace("profile = \"azure-lb\"", "profile = \"aws-natgw\"");
+    let err = Config::from_toml(&natgw, "gw.toml").unwrap_err();
+    assert!(
+        err.message.contains(
+            "lb_rule \"app\": AWS NAT Gateway (profile aws-natgw) has only outbound rules"
+        ),
+        "{err}"
+    );
+    let head = natgw.split("[[lb_rule]]").next().unwrap();
+    let fixed = format!("{head}[[outbound_rule]]\nname = \"e\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"10m\"\n");
+    let err = Config::from_toml(&fixed, "gw.toml").unwrap_err();
+    assert!(
+        err.message
+            .contains("idle_timeout = 10m: AWS NAT Gateway's idle timeout is fixed at 350 s"),
+        "{err}"
+    );
+    let shared = format!("{head}[[outbound_rule]]\nname = \"e\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nports_per_member = 64\n");
+    let err = Config::from_toml(&shared, "gw.toml").unwrap_err();
+    assert!(err.message.contains("lends ports on demand"), "{err}");
+}
+
+#[test]
+fn a_udp_rule_takes_no_idle_timeout_or_expiry() {
+    let udp = VALID.replace("protocol = \"tcp\"", "protocol = \"udp\"");
+    let err = Config::from_toml(&udp, "gw.toml").unwrap_err();
+    assert_eq!(err.line, 16);
+    assert!(
+        err.message.contains(
+            "a UDP rule's flows live Azure LB's UDP timeout (4 min); it takes no idle_timeout"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_without_rules_is_refused() {
+    let text = VALID.split("[[lb_rule]]").next().unwrap();
+    let err = Config::from_toml(text, "gw.toml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "gw.toml: no [[lb_rule]], [[inbound_nat_rule]], [[outbound_rule]] or [[nat_gateway]]: the gateway would drop every packet"
+    );
+}
+
+#[test]
+fn two_rules_on_one_frontend_port_are_refused() {
+    let second = "[[lb_rule]]\nname = \"app2\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 8000\n";
+    let err = Config::from_toml(&format!("{VALID}{second}"), "gw.toml").unwrap_err();
+    assert!(
+        err.message.contains(
+            "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\""
+        ),
+        "{err}"
+    );
+    assert_eq!(err.line, 27);
+}
+
+// Moved from the profiles: every profile's example config is a valid config.
+#[test]
+fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {
+    for profile in profile::ALL {
+        let text = profile::example_config(profile);
+        let config =
+            Config::from_toml(&text, profile.name).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.profile, profile);
+        if let Some(rule) = config.lb_rules.first() {
+            assert_eq!(rule.idle.timeout, profile.lb_rule_idle.default);
+        }
+        if let Some(rule) = config.outbound_rules.first() {
+            assert_eq!(rule.idle.timeout, profile.outbound_rule_idle.default);
+            assert_eq!(rule.ports_per_member, profile.snat.ports_per_member);
+        }
+        assert_eq!(config.lb_rules.is_empty(), !profile.rules.inbound());
+        assert_eq!(config.outbound_rules.is_empty(), !profile.rules.outbound());
+    }
+}
