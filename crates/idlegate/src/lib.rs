@@ -1,6 +1,6 @@
 //! The I/O edges of idlegate around the sans-IO engine in `idlegate-core`, in layers:
 //! features on top, the platform and observability layers below them, the core at the bottom
-//! (see ARCHITECTURE.md). A feature uses the layers below it and never another feature's
+//! (ARCHITECTURE.md is the map). A feature uses the layers below it and never another feature's
 //! internals.
 //!
 //! | module | layer | what it holds |
@@ -9,8 +9,8 @@
 //! | [`lab`] | feature: emulate | namespaces of real hosts wired to the gateway; the demo; scripted scenarios |
 //! | [`measure`] | feature: measure | `idlegate probe` and `idlegate echo` |
 //! | [`survive`] | feature: survive | `relay`, the resumable tunnel, `keepalive`, `audit`, `advise` |
-//! | [`obs`] | observability | the metrics' HTTP server, pcap capture |
-//! | [`sys`] | platform | every system call: namespaces, TUN devices, privileges, timeouts |
+//! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
+//! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 
 pub mod gateway;
 pub mod lab;
