@@ -29,18 +29,18 @@ use std::time::Duration;
 /// A connection's verdict, worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Verdict {
+pub enum Risk {
     Stalled,
     AtRisk,
     Safe,
 }
 
-impl std::fmt::Display for Verdict {
+impl std::fmt::Display for Risk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Verdict::Stalled => "stalled",
-            Verdict::AtRisk => "at-risk",
-            Verdict::Safe => "safe",
+            Risk::Stalled => "stalled",
+            Risk::AtRisk => "at-risk",
+            Risk::Safe => "safe",
         })
     }
 }
@@ -92,7 +92,7 @@ pub struct Connection {
     pub unacked: u32,
     /// Retransmissions over the connection's life.
     pub retransmits: u32,
-    pub verdict: Verdict,
+    pub verdict: Risk,
     pub reason: String,
 }
 
@@ -102,7 +102,7 @@ pub struct Report {
     pub idle_timeout_s: u64,
     pub sysctl: Sysctl,
     /// The sysctls against the timeout.
-    pub sysctl_verdict: Verdict,
+    pub sysctl_verdict: Risk,
     pub sysctl_reason: String,
     pub connections: Vec<Connection>,
 }
@@ -126,11 +126,11 @@ pub struct Facts {
 }
 
 /// The verdict for one connection against `timeout`.
-pub fn judge(facts: &Facts, timeout: Duration) -> (Verdict, String) {
+pub fn judge(facts: &Facts, timeout: Duration) -> (Risk, String) {
     let t = timeout.as_secs();
     if facts.unacked > 0 && facts.retransmitting {
         return (
-            Verdict::Stalled,
+            Risk::Stalled,
             format!(
                 "{} segment(s) unacknowledged and retransmitting: the path is probably dead already",
                 facts.unacked
@@ -144,7 +144,7 @@ pub fn judge(facts: &Facts, timeout: Duration) -> (Verdict, String) {
             };
             if idle < timeout {
                 (
-                    Verdict::Safe,
+                    Risk::Safe,
                     format!(
                         "keepalive probes after {} s, before the {t} s timeout",
                         idle.as_secs()
@@ -152,7 +152,7 @@ pub fn judge(facts: &Facts, timeout: Duration) -> (Verdict, String) {
                 )
             } else {
                 (
-                    Verdict::AtRisk,
+                    Risk::AtRisk,
                     format!(
                         "keepalive probes only after {} s: the {t} s timeout comes first",
                         idle.as_secs()
@@ -161,14 +161,14 @@ pub fn judge(facts: &Facts, timeout: Duration) -> (Verdict, String) {
             }
         }
         Some(false) => (
-            Verdict::AtRisk,
+            Risk::AtRisk,
             format!(
                 "no keepalive: the box forgets it after {t} s idle (idle {:.0} s now)",
                 facts.idle.as_secs_f64()
             ),
         ),
         None => (
-            Verdict::AtRisk,
+            Risk::AtRisk,
             "keepalive unknown: a retransmission timer hides it and the socket could not be read"
                 .into(),
         ),
@@ -178,29 +178,29 @@ pub fn judge(facts: &Facts, timeout: Duration) -> (Verdict, String) {
 /// Keepalive is on but its timers could not be read: the armed timer gives only a lower
 /// bound on the first probe (the kernel re-arms it when it fires, so it may fire early and
 /// wait again), which can prove a socket at risk but never safe.
-fn judge_unknown_timers(facts: &Facts, timeout: Duration) -> (Verdict, String) {
+fn judge_unknown_timers(facts: &Facts, timeout: Duration) -> (Risk, String) {
     let t = timeout.as_secs();
     match facts.next_probe {
         Some(next) if facts.since_received + next >= timeout => (
-            Verdict::AtRisk,
+            Risk::AtRisk,
             format!(
                 "keepalive probes no sooner than {} s after the last packet received: the {t} s timeout comes first",
                 (facts.since_received + next).as_secs()
             ),
         ),
         _ => (
-            Verdict::AtRisk,
+            Risk::AtRisk,
             "keepalive is on, but its timers cannot be read without privilege (run as root to know)".into(),
         ),
     }
 }
 
 /// Judges the system's keepalive sysctls.
-fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Verdict, String) {
+fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Risk, String) {
     let t = timeout.as_secs();
     if sysctl.tcp_keepalive_time < t {
         (
-            Verdict::Safe,
+            Risk::Safe,
             format!(
                 "a socket with keepalive on and no timers of its own probes after {} s, before the {t} s timeout",
                 sysctl.tcp_keepalive_time
@@ -208,7 +208,7 @@ fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Verdict, String) {
         )
     } else {
         (
-            Verdict::AtRisk,
+            Risk::AtRisk,
             format!(
                 "a socket with keepalive on and no timers of its own probes only after {} s, later than the {t} s timeout (`idlegate advise`)",
                 sysctl.tcp_keepalive_time
@@ -554,20 +554,20 @@ mod tests {
     fn verdicts_against_azures_four_minutes() {
         let t = Duration::from_secs(240);
         let v = |f: Facts| judge(&f, t).0;
-        assert_eq!(v(facts(Some(true), Some(120), 0, false)), Verdict::Safe);
+        assert_eq!(v(facts(Some(true), Some(120), 0, false)), Risk::Safe);
         assert_eq!(
             v(facts(Some(true), Some(300), 0, false)),
-            Verdict::AtRisk,
+            Risk::AtRisk,
             "slower than the box"
         );
         // On, but its timers unreadable: never called safe on a guess.
-        assert_eq!(v(facts(Some(true), None, 0, false)), Verdict::AtRisk);
-        assert_eq!(v(facts(Some(false), None, 0, false)), Verdict::AtRisk);
-        assert_eq!(v(facts(None, None, 0, false)), Verdict::AtRisk);
-        assert_eq!(v(facts(Some(true), Some(120), 2, true)), Verdict::Stalled);
+        assert_eq!(v(facts(Some(true), None, 0, false)), Risk::AtRisk);
+        assert_eq!(v(facts(Some(false), None, 0, false)), Risk::AtRisk);
+        assert_eq!(v(facts(None, None, 0, false)), Risk::AtRisk);
+        assert_eq!(v(facts(Some(true), Some(120), 2, true)), Risk::Stalled);
         assert_eq!(
             v(facts(Some(false), None, 2, false)),
-            Verdict::AtRisk,
+            Risk::AtRisk,
             "unacked but not yet retransmitting"
         );
     }
@@ -575,17 +575,17 @@ mod tests {
     #[test]
     fn the_system_sysctls_are_judged_too() {
         let t = Duration::from_secs(240);
-        assert_eq!(judge_sysctl(&LINUX, t).0, Verdict::AtRisk);
+        assert_eq!(judge_sysctl(&LINUX, t).0, Risk::AtRisk);
         let fixed = Sysctl {
             tcp_keepalive_time: 120,
             tcp_keepalive_intvl: 30,
             tcp_keepalive_probes: 8,
         };
-        assert_eq!(judge_sysctl(&fixed, t).0, Verdict::Safe);
+        assert_eq!(judge_sysctl(&fixed, t).0, Risk::Safe);
     }
 
     #[test]
     fn stalled_sorts_before_at_risk_before_safe() {
-        assert!(Verdict::Stalled < Verdict::AtRisk && Verdict::AtRisk < Verdict::Safe);
+        assert!(Risk::Stalled < Risk::AtRisk && Risk::AtRisk < Risk::Safe);
     }
 }

@@ -355,7 +355,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let coarse = probe.round(&tests, true, (Duration::ZERO, None))?;
     record(&mut search, &coarse);
     search.end_round();
-    let verdict = search.verdict();
+    let verdict = search.bracket();
     let mut details = Vec::new();
     let mut not_checked = Vec::new();
     if !probe.echo {
@@ -454,7 +454,7 @@ impl Probe {
         started: Instant,
     ) -> Report {
         self.progress.done();
-        let v = search.verdict();
+        let v = search.bracket();
         Report {
             target: self.options.target.to_string(),
             echo: self.echo,

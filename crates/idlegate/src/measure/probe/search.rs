@@ -16,7 +16,7 @@
 //! The whole run takes about `2 × ratio × T`: `T` to bracket it, the bracket's top again for
 //! the fine round. Outcomes that contradict each other (a connection alive after a longer
 //! idle than one found dead) are kept and reported: the bracket then spans them all, and
-//! [`Verdict::consistent`] is false, as when a load balancer spreads flows over boxes with
+//! [`Bracket::consistent`] is false, as when a load balancer spreads flows over boxes with
 //! different timers.
 
 use std::time::Duration;
@@ -109,7 +109,7 @@ pub struct Outcome {
 
 /// What the search concludes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Verdict {
+pub struct Bracket {
     /// The longest idle time a connection survived (zero if none did).
     pub low: Duration,
     /// The shortest idle time a connection did not survive; `None` if all survived up to
@@ -145,7 +145,7 @@ impl Search {
         match self.phase {
             Phase::Coarse => self.settings.coarse_idles(),
             Phase::Fine => {
-                let v = self.verdict();
+                let v = self.bracket();
                 match v.high {
                     Some(high) => self.settings.fine_idles(v.low, high),
                     None => Vec::new(),
@@ -167,7 +167,7 @@ impl Search {
     pub fn end_round(&mut self) {
         self.phase = match self.phase {
             Phase::Coarse => {
-                let v = self.verdict();
+                let v = self.bracket();
                 let needs_fine = v.high.is_some_and(|high| {
                     high.saturating_sub(v.low) > self.settings.resolution
                         && !self.settings.fine_idles(v.low, high).is_empty()
@@ -183,7 +183,7 @@ impl Search {
     }
 
     /// The bracket so far.
-    pub fn verdict(&self) -> Verdict {
+    pub fn bracket(&self) -> Bracket {
         let low_alive = self
             .outcomes
             .iter()
@@ -222,7 +222,7 @@ impl Search {
                 .or(Some(alive_max));
             (low, high)
         };
-        Verdict {
+        Bracket {
             low,
             high,
             consistent,
@@ -251,10 +251,10 @@ mod tests {
         }
     }
 
-    /// Runs the search against a box with timeout `t` in virtual time; returns the verdict,
+    /// Runs the search against a box with timeout `t` in virtual time; returns the bracket,
     /// the connections used and the wall time (each round waits for its longest test, and a
     /// coarse round stops at its first dead connection).
-    fn simulate(settings: Settings, t: Duration) -> (Verdict, usize, Duration) {
+    fn simulate(settings: Settings, t: Duration) -> (Bracket, usize, Duration) {
         let mut search = Search::new(settings);
         let (mut used, mut wall) = (0, Duration::ZERO);
         while search.phase() != Phase::Done {
@@ -273,7 +273,7 @@ mod tests {
             wall += longest;
             search.end_round();
         }
-        (search.verdict(), used, wall)
+        (search.bracket(), used, wall)
     }
 
     #[test]
@@ -324,7 +324,7 @@ mod tests {
                 alive,
             });
         }
-        let v = search.verdict();
+        let v = search.bracket();
         assert!(!v.consistent);
         assert_eq!((v.low, v.high), (8 * S, Some(14 * S)));
     }
@@ -387,7 +387,7 @@ mod tests {
                 }
                 search.end_round();
             }
-            let v = search.verdict();
+            let v = search.bracket();
             let high = v.high.unwrap();
             assert!(
                 v.low < t && t <= high,

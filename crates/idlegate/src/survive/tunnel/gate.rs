@@ -56,7 +56,7 @@ pub struct Greeted {
 }
 
 /// What the gate needs from the exit.
-pub trait Exit {
+pub trait Responder {
     /// The credentials in force now (the peer list may have been reread).
     fn responding(&self) -> Responding<'_>;
     /// Takes a connection that sent its Hello.
@@ -118,7 +118,7 @@ impl Pending {
 
 /// Why a connection was dropped before its Hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum DropCause {
     /// No whole first message within [`FIRST_MESSAGE_WITHIN`].
     Slow,
     /// Closed before its Hello.
@@ -135,26 +135,26 @@ pub enum Refusal {
     Full,
 }
 
-const REFUSALS: [Refusal; 7] = [
-    Refusal::Slow,
-    Refusal::Closed,
-    Refusal::Handshake,
-    Refusal::NotListed,
-    Refusal::NoHello,
-    Refusal::Crowded,
-    Refusal::Full,
+const REFUSALS: [DropCause; 7] = [
+    DropCause::Slow,
+    DropCause::Closed,
+    DropCause::Handshake,
+    DropCause::NotListed,
+    DropCause::NoHello,
+    DropCause::Crowded,
+    DropCause::Full,
 ];
 
-impl Refusal {
+impl DropCause {
     fn label(self) -> &'static str {
         match self {
-            Refusal::Slow => "no first message within 2s",
-            Refusal::Closed => "closed early",
-            Refusal::Handshake => "failed handshake (wrong key, or not an idlegate tunnel)",
-            Refusal::NotListed => "key not on the peers list",
-            Refusal::NoHello => "no Hello after the answer",
-            Refusal::Crowded => "pushed out by newer ones from the same source",
-            Refusal::Full => "pushed out with every place taken",
+            DropCause::Slow => "no first message within 2s",
+            DropCause::Closed => "closed early",
+            DropCause::Handshake => "failed handshake (wrong key, or not an idlegate tunnel)",
+            DropCause::NotListed => "key not on the peers list",
+            DropCause::NoHello => "no Hello after the answer",
+            DropCause::Crowded => "pushed out by newer ones from the same source",
+            DropCause::Full => "pushed out with every place taken",
         }
     }
 }
@@ -177,7 +177,7 @@ impl Episode {
     /// Counts a refusal; the line to log if it opens an episode.
     pub fn note(
         &mut self,
-        why: Refusal,
+        why: DropCause,
         from: SocketAddr,
         detail: &str,
         now: Instant,
@@ -186,7 +186,7 @@ impl Episode {
         self.counts[at] += 1;
         self.since_report += 1;
         self.total += 1;
-        if why == Refusal::NotListed && !detail.is_empty() {
+        if why == DropCause::NotListed && !detail.is_empty() {
             self.unlisted = Some(detail.to_string());
         }
         match &mut self.open {
@@ -258,7 +258,7 @@ impl Episode {
 }
 
 /// The gate's state.
-struct Gate<'a, E: Exit> {
+struct Gate<'a, E: Responder> {
     exit: &'a E,
     poll: Poll,
     pending: Slab<Pending>,
@@ -270,7 +270,7 @@ struct Gate<'a, E: Exit> {
 }
 
 /// Runs the gate on `listener` until `stop` is set.
-pub fn run<E: Exit>(listener: &TcpListener, stop: &AtomicBool, exit: &E) -> io::Result<()> {
+pub fn run<E: Responder>(listener: &TcpListener, stop: &AtomicBool, exit: &E) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let poll = Poll::new()?;
     poll.registry().register(
@@ -323,7 +323,7 @@ pub fn run<E: Exit>(listener: &TcpListener, stop: &AtomicBool, exit: &E) -> io::
     Ok(())
 }
 
-impl<E: Exit> Gate<'_, E> {
+impl<E: Responder> Gate<'_, E> {
     /// Accepts until the queue is empty; true if it should be tried again after an error.
     fn accept(&mut self, listener: &TcpListener) -> bool {
         loop {
@@ -349,14 +349,14 @@ impl<E: Exit> Gate<'_, E> {
         let now = Instant::now();
         if self.owing.get(&source).copied().unwrap_or(0) >= PER_SOURCE {
             if let Some(oldest) = self.oldest_owing(Some(source)) {
-                self.drop_pending(oldest, Refusal::Crowded, "", now);
+                self.drop_pending(oldest, DropCause::Crowded, "", now);
             }
         }
         if self.pending.len() >= MAX_PENDING {
             match self.oldest_of_the_largest_source() {
-                Some(oldest) => self.drop_pending(oldest, Refusal::Full, "", now),
+                Some(oldest) => self.drop_pending(oldest, DropCause::Full, "", now),
                 None => {
-                    self.refused(Refusal::Full, from, "", now);
+                    self.refused(DropCause::Full, from, "", now);
                     return;
                 }
             }
@@ -433,12 +433,12 @@ impl<E: Exit> Gate<'_, E> {
         }
     }
 
-    fn drop_pending(&mut self, key: usize, why: Refusal, detail: &str, now: Instant) {
+    fn drop_pending(&mut self, key: usize, why: DropCause, detail: &str, now: Instant) {
         let p = self.remove(key);
         self.refused(why, p.from, detail, now);
     }
 
-    fn refused(&mut self, why: Refusal, from: SocketAddr, detail: &str, now: Instant) {
+    fn refused(&mut self, why: DropCause, from: SocketAddr, detail: &str, now: Instant) {
         tracing::debug!("tunnel exit: {from}: {}{detail}", why.label());
         if let Some(line) = self.episode.note(why, from, detail, now) {
             tracing::warn!("{line}");
@@ -447,15 +447,15 @@ impl<E: Exit> Gate<'_, E> {
 
     /// Drops the connections past their deadline; returns the next deadline.
     fn expire(&mut self, now: Instant) -> Instant {
-        let late: Vec<(usize, Refusal)> = self
+        let late: Vec<(usize, DropCause)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
             .map(|(key, p)| {
                 let why = if p.owes_first() {
-                    Refusal::Slow
+                    DropCause::Slow
                 } else {
-                    Refusal::NoHello
+                    DropCause::NoHello
                 };
                 (key, why)
             })
@@ -489,31 +489,31 @@ impl<E: Exit> Gate<'_, E> {
                         continue;
                     }
                     if want > FIRST_BUF {
-                        self.drop_pending(key, Refusal::Handshake, "", now);
+                        self.drop_pending(key, DropCause::Handshake, "", now);
                         return;
                     }
                     let Some(stream) = stream else {
                         return;
                     };
                     match stream.read(&mut buf[*got..want]) {
-                        Ok(0) => return self.drop_pending(key, Refusal::Closed, "", now),
+                        Ok(0) => return self.drop_pending(key, DropCause::Closed, "", now),
                         Ok(n) => *got += n,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => return self.drop_pending(key, Refusal::Closed, "", now),
+                        Err(_) => return self.drop_pending(key, DropCause::Closed, "", now),
                     }
                 }
                 Stage::Hello { leg } => {
                     match leg.next_frame(&mut self.plain) {
                         Ok(Some(n)) => return self.hello(key, n, now),
                         Ok(None) => {}
-                        Err(_) => return self.drop_pending(key, Refusal::NoHello, "", now),
+                        Err(_) => return self.drop_pending(key, DropCause::NoHello, "", now),
                     }
                     match leg.fill() {
                         Ok(Filled::Bytes(_)) => {}
                         Ok(Filled::WouldBlock) => return,
                         Ok(Filled::Eof) | Err(_) => {
-                            return self.drop_pending(key, Refusal::Closed, "", now)
+                            return self.drop_pending(key, DropCause::Closed, "", now)
                         }
                     }
                 }
@@ -542,9 +542,9 @@ impl<E: Exit> Gate<'_, E> {
                 self.forget_owing(source);
             }
             Err(LegError::NotListed(peer)) => {
-                self.drop_pending(key, Refusal::NotListed, &format!("key {peer}"), now)
+                self.drop_pending(key, DropCause::NotListed, &format!("key {peer}"), now)
             }
-            Err(_) => self.drop_pending(key, Refusal::Handshake, "", now),
+            Err(_) => self.drop_pending(key, DropCause::Handshake, "", now),
         }
     }
 
@@ -556,7 +556,7 @@ impl<E: Exit> Gate<'_, E> {
                 token,
                 received,
             }) => (session, token, received),
-            _ => return self.drop_pending(key, Refusal::NoHello, "", now),
+            _ => return self.drop_pending(key, DropCause::NoHello, "", now),
         };
         let p = self.remove(key);
         let Stage::Hello { leg } = p.stage else {
@@ -586,7 +586,7 @@ mod tests {
         let mut lines = Vec::new();
         for i in 0..10_000u64 {
             let now = t0 + Duration::from_millis(i * 9); // 90 s of refusals
-            lines.extend(e.note(Refusal::Slow, from, "", now));
+            lines.extend(e.note(DropCause::Slow, from, "", now));
             lines.extend(e.report(now));
         }
         let end = t0 + Duration::from_millis(90_000);
@@ -601,7 +601,7 @@ mod tests {
         assert!(lines[2].contains("refusals over; 10000"), "{}", lines[2]);
         assert_eq!(e.report(end + REPORT_EVERY * 3), None, "quiet");
         assert!(
-            e.note(Refusal::Closed, from, "", end).is_some(),
+            e.note(DropCause::Closed, from, "", end).is_some(),
             "a new episode"
         );
     }

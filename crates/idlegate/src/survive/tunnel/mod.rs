@@ -442,7 +442,7 @@ impl Exit {
     }
 }
 
-impl gate::Exit for Exit {
+impl gate::Responder for Exit {
     fn responding(&self) -> Responding<'_> {
         self.keys.responding()
     }
