@@ -12,6 +12,12 @@
 //! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 
+/// The target of the commands' own log lines (starting, stopping, signals, what a command
+/// reports): `idlegate`, as when they were all in main.rs, so a `RUST_LOG` filter or a script
+/// matching them keeps working. Every other line's target is its module path
+/// (`idlegate::survive::relay`, `idlegate::gateway::worker`, …).
+pub const LOG_TARGET: &str = "idlegate";
+
 pub mod gateway;
 pub mod lab;
 pub mod measure;

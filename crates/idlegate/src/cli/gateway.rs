@@ -89,7 +89,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
             host: None,
         });
     }
-    tracing::info!(target: super::LOG,
+    tracing::info!(target: idlegate::LOG_TARGET,
         "TUN {} (inside) and {} (outside) are up: route every packet arriving from the backend pool into {} \
          and every packet arriving from the internet into {} (policy routing by incoming interface; see the README)",
         args.inside,
@@ -112,7 +112,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     }
     idlegate::sys::privilege::drop_all(user)?;
     let uid = idlegate::sys::process::uid();
-    tracing::info!(target: super::LOG,
+    tracing::info!(target: idlegate::LOG_TARGET,
         "privileges dropped: running as uid {uid} with no capabilities{}",
         if uid == 0 {
             " (still uid 0, which owns root's files: give --user for less)"

@@ -72,7 +72,7 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
             Interface::Inside => host.address.to_string(),
             Interface::Outside => format!("{} and {}", host.address, lab::INTERNET_ADDRESS_V6),
         };
-        tracing::info!(target: super::LOG,
+        tracing::info!(target: idlegate::LOG_TARGET,
             "host {} ({side}) at {address} in namespace {}",
             host.name,
             lab::namespace(name, &host.name)
@@ -81,7 +81,7 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
     for rule in &config.lb_rules {
         let frontend = &config.frontends[rule.frontend];
         let pool = &config.backend_pools[rule.backend_pool].name;
-        tracing::info!(target: super::LOG,
+        tracing::info!(target: idlegate::LOG_TARGET,
             "lb_rule {}: {} → pool {pool} port {}",
             rule.name,
             std::net::SocketAddr::new(frontend.address, rule.frontend_port),
@@ -93,7 +93,7 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
         for (i, member) in rule.members.iter().enumerate() {
             let port = usize::from(rule.first_port) + i;
             let frontend = std::net::SocketAddr::new(address, port as u16);
-            tracing::info!(target: super::LOG,
+            tracing::info!(target: idlegate::LOG_TARGET,
                 "inbound_nat_rule {}: {frontend} → {} port {}",
                 rule.name,
                 member.name,
@@ -107,7 +107,7 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
             .iter()
             .map(|&p| config.backend_pools[p].name.as_str())
             .collect();
-        tracing::info!(target: super::LOG,
+        tracing::info!(target: idlegate::LOG_TARGET,
             "nat_gateway {}: pools {} leave from {}",
             g.name,
             pools.join(", "),
@@ -116,20 +116,20 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
     }
     for rule in &config.outbound_rules {
         let pool = &config.backend_pools[rule.backend_pool].name;
-        tracing::info!(target: super::LOG,
+        tracing::info!(target: idlegate::LOG_TARGET,
             "outbound_rule {}: pool {pool} leaves from {}",
             rule.name,
             config.frontends[rule.frontend].address
         );
     }
     for line in precedence::explain(&config).lines() {
-        tracing::info!(target: super::LOG, "{line}");
+        tracing::info!(target: idlegate::LOG_TARGET, "{line}");
     }
     print_ready()?;
     gateway.run()?;
     drop(gateway);
     drop(lab);
-    tracing::info!(target: super::LOG, "lab {name} removed");
+    tracing::info!(target: idlegate::LOG_TARGET, "lab {name} removed");
     Ok(())
 }
 

@@ -59,7 +59,7 @@ pub fn run_echo(args: &EchoArgs) -> Result<()> {
         .saturating_add(256);
     let limit = idlegate::sys::rlimit::raise_descriptor_limit(want)?;
     if limit < want {
-        tracing::warn!(target: super::LOG,
+        tracing::warn!(target: idlegate::LOG_TARGET,
             "echo: only {limit} descriptors may be open; --max-connections {} will not be reached",
             args.max_connections
         );
@@ -68,7 +68,7 @@ pub fn run_echo(args: &EchoArgs) -> Result<()> {
     echo.set_max_connections(args.max_connections);
     idlegate::sys::signal::stop_on_interrupt(&echo.stop_flag())
         .context("installing signal handlers")?;
-    tracing::info!(target: super::LOG, "echo listening on {}", echo.local_addr()?);
+    tracing::info!(target: idlegate::LOG_TARGET, "echo listening on {}", echo.local_addr()?);
     echo.run()
 }
 

@@ -25,10 +25,6 @@ pub mod relay;
 use anyhow::Result;
 use std::io::Write;
 
-/// The target of the commands' own log lines: `idlegate`, as when they were all in main.rs,
-/// so a `RUST_LOG` filter or a script matching them keeps working.
-pub const LOG: &str = "idlegate";
-
 /// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();

@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// The target of these log lines: `idlegate`, the command's, as when main.rs logged them.
-const LOG: &str = "idlegate";
+use crate::LOG_TARGET as LOG;
 
 /// What to run.
 #[derive(Debug, Clone)]

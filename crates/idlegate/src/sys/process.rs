@@ -65,10 +65,16 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 fn exit_code_of(code: Option<i32>, signal: Option<i32>) -> u8 {
     let code = match (code, signal) {
         (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
+        (None, Some(signal)) => return signal_exit_code(signal),
         (None, None) => 1,
     };
     code.clamp(0, 255) as u8
+}
+
+/// The exit code of a program ended by `signal`, as shells report it: 128 + the signal (130
+/// for SIGINT, 143 for SIGTERM), clamped to 0–255.
+pub fn signal_exit_code(signal: i32) -> u8 {
+    (128 + signal).clamp(0, 255) as u8
 }
 
 #[cfg(test)]
@@ -128,6 +134,14 @@ mod tests {
     fn exit_code_of_a_program_killed_by_a_signal_is_128_plus_the_signal() {
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
         assert_eq!(exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+
+    #[test]
+    fn signal_exit_code_is_128_plus_the_signal_as_shells_report_it() {
+        assert_eq!(signal_exit_code(libc::SIGINT), 130);
+        assert_eq!(signal_exit_code(libc::SIGKILL), 137);
+        assert_eq!(signal_exit_code(libc::SIGTERM), 143);
+        assert_eq!(signal_exit_code(1000), 255);
     }
 
     #[test]

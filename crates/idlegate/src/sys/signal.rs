@@ -14,8 +14,8 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// The target of these log lines: `idlegate`, the command's, as when main.rs logged them.
-const LOG: &str = "idlegate";
+/// These lines are the command's own: [`crate::LOG_TARGET`].
+use crate::LOG_TARGET as LOG;
 
 pub use libc::c_int as Signal;
 pub use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
@@ -72,7 +72,7 @@ impl Interrupt {
         on_signals(signals, "signals", move |signal| {
             if received.swap(true, Ordering::SeqCst) {
                 eprintln!("idlegate: signal {signal} again: exiting without cleaning up");
-                std::process::exit(128 + signal);
+                std::process::exit(i32::from(process::signal_exit_code(signal)));
             }
             tracing::info!(target: LOG, "signal {signal}: stopping (send it again to exit at once)");
             if let Some(stop) = lock(&stop).as_ref() {
