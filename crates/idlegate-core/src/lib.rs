@@ -38,13 +38,14 @@ pub use model::profile;
 pub use state::flow::{FlowState, Interface, RuleId};
 pub use state::shard::Sharding;
 
-/// The TOML config: [`Config`] and what it is made of, its limits, and how its durations read.
+/// The TOML config: [`Config`] and what it is made of, the largest time scale a profile allows, and
+/// how its durations read.
 pub mod config {
     pub use crate::model::config::{
         BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule, Member,
-        NatGateway, OutboundRule, Protocols, TimeoutFrom, DEFAULT_MAX_FLOWS, MAX_MAX_FLOWS,
+        NatGateway, OutboundRule, Protocols, TimeoutFrom,
     };
-    pub use crate::model::profile::{max_time_scale, MIN_SCALED_TIMER};
+    pub use crate::model::profile::max_time_scale;
     pub use crate::model::units::human;
 }
 

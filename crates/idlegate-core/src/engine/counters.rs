@@ -14,7 +14,7 @@ pub enum DropReason {
     Truncated,
     BadChecksum,
     /// An IP fragment the profile's box drops (every IPv6 fragment, and under some profiles
-    /// every IPv4 one: see [`crate::model::profile::Fragments`]).
+    /// every IPv4 one: see [`crate::profile::Fragments`]).
     Fragment,
     UnsupportedProtocol,
     /// A new connection (or a UDP datagram) that no rule accepts.

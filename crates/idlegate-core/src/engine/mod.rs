@@ -294,7 +294,7 @@ impl Engine {
     }
 
     /// `shards` engines for `config` that together act as one: each owns the flows
-    /// [`crate::state::shard::Sharding::owner`] gives it, and all share the SNAT port pools and the
+    /// [`crate::Sharding::owner`] gives it, and all share the SNAT port pools and the
     /// `max_flows` limit, so a member's ports and the table run out exactly when they would in
     /// one engine. Both are touched when a flow starts or ends, not per packet.
     pub fn sharded(config: &Config, now: Instant, seed: u64, shards: usize) -> Vec<Engine> {
@@ -378,7 +378,7 @@ impl Engine {
 
     /// Writes the next packet the engine generated into `buf` and says where it goes. `buf`
     /// must hold [`packet::CONTROL_LEN`] bytes for the packets the engine makes, and
-    /// [`crate::state::fragment::HELD_LEN`] for the fragments it held; one that does not fit is lost.
+    /// [`crate::packet::HELD_LEN`] for the fragments it held; one that does not fit is lost.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
         self.v4
             .poll_transmit(buf)

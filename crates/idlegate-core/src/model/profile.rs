@@ -884,7 +884,8 @@ pub(crate) fn shortest_timer(profile: &Profile) -> Duration {
         .min(profile.outbound_rule_idle.min)
 }
 
-/// The largest `time_scale` that keeps every timer of `profile` at or above [`MIN_SCALED_TIMER`].
+/// The largest `time_scale` that keeps every timer of `profile` at or above 10 ms (no timer is
+/// scaled below that: a flow must outlive its own handshake).
 pub fn max_time_scale(profile: &Profile) -> u32 {
     u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
         .unwrap_or(u32::MAX)

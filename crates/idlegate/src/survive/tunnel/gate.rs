@@ -61,7 +61,7 @@ pub trait Responder {
     fn responding(&self) -> Responding<'_>;
     /// Takes a connection that sent its Hello.
     fn greeted(&self, greeted: Greeted);
-    /// Called about every [`TICK`].
+    /// Called about every 200 ms (`TICK`).
     fn tick(&self);
 }
 

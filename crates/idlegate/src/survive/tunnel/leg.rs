@@ -16,7 +16,7 @@
 //! gets an answer, but the replayer cannot derive the keys, so its next message (which must
 //! be the encrypted Hello) fails and the leg is closed: nothing happens before a Hello has
 //! been decrypted. On the wire every Noise message is preceded by its length (2 bytes,
-//! big-endian); the first one has a fixed length per mode ([`first_message_len`]).
+//! big-endian); the first one has a fixed length per mode ([`Responding::first_message_len`]).
 //!
 //! The responder's side comes in two steps so that an exit can wait for first messages
 //! without a thread each (see [`super::gate`]): [`Leg::answer`] takes a first message already

@@ -19,7 +19,7 @@
 //! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit resets
 //! or closes it before its answer (its [`gate`] does so under load, as to a wrong key), when
 //! an exit is full or cannot reach its target (a new session), and when an exit does not know
-//! the session it resumes (another may hold it) ([`dial`]). An exit that ended a session says
+//! the session it resumes (another may hold it) (`dial`). An exit that ended a session says
 //! so ([`ended`]), and the entry stops at once.
 //!
 //! | module | what |
@@ -31,7 +31,7 @@
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
 //! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
 //! | [`session`] | one application connection on whichever leg is alive |
-//! | [`dial`] | the entry's legs: a new session's, and each resume's |
+//! | `dial` | the entry's legs: a new session's, and each resume's |
 //! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
 
 mod dial;
