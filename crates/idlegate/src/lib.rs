@@ -12,6 +12,8 @@
 //! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 
+#![deny(unsafe_code)]
+
 /// The target of the commands' own log lines (starting, stopping, signals, what a command
 /// reports): `idlegate`, as when they were all in main.rs, so a `RUST_LOG` filter or a script
 /// matching them keeps working. Every other line's target is its module path
@@ -23,4 +25,6 @@ pub mod lab;
 pub mod measure;
 pub mod obs;
 pub mod survive;
+// The only module with `unsafe` (system calls); the rest of the crate denies it.
+#[allow(unsafe_code)]
 pub mod sys;

@@ -3,6 +3,8 @@
 //! dispatch to `cli/`, one file per command (its arguments, their check, its printing); the
 //! work is in the library modules.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 use anyhow::Result;
