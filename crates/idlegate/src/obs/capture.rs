@@ -85,3 +85,63 @@ impl Capture {
             .with_context(|| format!("writing to the capture file {}", self.path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcap_file::pcap::PcapReader;
+    use pcap_file::TsResolution;
+    use std::time::Duration;
+
+    #[test]
+    fn capture_writes_a_raw_ip_pcap_that_reads_back_packet_for_packet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("capture.pcap");
+        // An IPv4 header's start, an IPv6 one's, and a full-sized packet.
+        let packets: [Vec<u8>; 3] = [
+            vec![0x45, 0, 0, 40, 1, 2, 3, 4],
+            vec![0x60, 0, 0, 0, 0, 20, 6, 64],
+            (0..1500).map(|i| (i % 251) as u8).collect(),
+        ];
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+        let mut capture = Capture::create(&path).expect("create");
+        for packet in &packets {
+            capture.record(packet).expect("record");
+        }
+        capture.flush().expect("flush");
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+
+        let mut reader = PcapReader::new(File::open(&path).expect("open")).expect("pcap header");
+        let header = reader.header();
+        assert_eq!(header.datalink, DataLink::RAW);
+        assert_eq!(header.snaplen, 65_535);
+        assert_eq!(header.ts_resolution, TsResolution::MicroSecond);
+        let mut read = Vec::new();
+        while let Some(packet) = reader.next_packet() {
+            read.push(packet.expect("a whole packet").into_owned());
+        }
+        assert_eq!(read.len(), packets.len());
+        let mut last = Duration::ZERO;
+        for (got, sent) in read.iter().zip(&packets) {
+            assert_eq!(got.data.as_ref(), sent.as_slice());
+            assert_eq!(got.orig_len as usize, sent.len());
+            // Microseconds: the stamp is `now` truncated, so up to 1 µs before `before`.
+            assert!(got.timestamp + Duration::from_micros(1) >= before && got.timestamp <= after);
+            assert!(got.timestamp >= last, "stamps in order");
+            last = got.timestamp;
+        }
+    }
+
+    #[test]
+    fn capture_holds_packets_until_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("capture.pcap");
+        let mut capture = Capture::create(&path).expect("create");
+        capture.record(&[0x45; 20]).expect("record");
+        let len = |path: &Path| std::fs::metadata(path).expect("metadata").len();
+        assert_eq!(len(&path), 0, "header and packet still buffered");
+        capture.flush().expect("flush");
+        // The 24-byte file header, a 16-byte record header and the packet.
+        assert_eq!(len(&path), 24 + 16 + 20);
+    }
+}
