@@ -11,7 +11,7 @@
 //! is changed.
 
 use crate::sys::tcp_info::TcpInfo;
-use crate::sys::{errno, file, poll, process};
+use crate::sys::{errno, file, poll, proc, process};
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
 use socket2::{SockRef, TcpKeepalive};
@@ -243,9 +243,7 @@ impl Process {
 
     /// The process's command name (`/proc/PID/comm`).
     pub fn command(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
+        proc::comm(self.pid).unwrap_or_else(|| "?".into())
     }
 
     /// Duplicates of every TCP socket the process holds (or only descriptor `only`).
@@ -265,22 +263,11 @@ impl Process {
         wanted: impl Fn(RawFd, u64) -> bool,
         mut each: impl FnMut(ForeignSocket),
     ) -> Result<(), TakeError> {
-        let dir = format!("/proc/{}/fd", self.pid);
-        let entries = std::fs::read_dir(&dir).map_err(|e| errno_error(self.pid, e))?;
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
+        let sockets = proc::socket_fds(self.pid).map_err(|e| errno_error(self.pid, e))?;
+        for (fd, inode) in sockets {
             if only.is_some_and(|o| o != fd) {
                 continue;
             }
-            let Some(inode) = socket_inode(&entry.path()) else {
-                continue;
-            };
             if !wanted(fd, inode) {
                 continue;
             }
@@ -311,16 +298,6 @@ impl Process {
     pub fn duplicate(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
         process::pidfd_getfd(self.pidfd.as_fd(), fd).map_err(|e| errno_error(self.pid, e))
     }
-}
-
-/// The inode of `socket:[N]`, what /proc shows for a socket descriptor.
-fn socket_inode(link: &std::path::Path) -> Option<u64> {
-    let target = std::fs::read_link(link).ok()?;
-    let text = target.to_str()?;
-    text.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 /// The socket behind `dup`, if it is TCP.
@@ -433,27 +410,15 @@ fn wait_exit(process: &Process, timeout: Duration) -> bool {
     poll::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
 }
 
-/// The pids of `pid`'s descendants (children, their children, …), from
-/// `/proc/PID/task/TID/children`.
+/// The pids of `pid`'s descendants (children, their children, …).
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in text
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                if !out.contains(&child) {
-                    out.push(child);
-                    queue.push(child);
-                }
+        for child in proc::children(p) {
+            if !out.contains(&child) {
+                out.push(child);
+                queue.push(child);
             }
         }
     }
