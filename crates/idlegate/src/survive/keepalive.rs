@@ -400,6 +400,45 @@ pub fn watch(
     }
 }
 
+/// `idlegate run`: starts `command` (the program, then its arguments) under a [`watch`] that
+/// gives `keepalive` to every TCP socket of it and of the processes it starts, waits for it and
+/// returns the exit code that passes on its status ([`process::exit_code`]). SIGINT and
+/// SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
+/// passed on to it. `report` hears of each socket fixed; `warn` of what fails without stopping
+/// the program (signals that will not reach it, a watch that stopped): it runs on.
+pub fn run_program(
+    command: &[String],
+    keepalive: &Keepalive,
+    mut report: impl FnMut(i32, &str, io::Result<Change>),
+    mut warn: impl FnMut(&str),
+) -> Result<u8> {
+    use crate::sys::signal::{ChildSignals, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let (program, rest) = command
+        .split_first()
+        .context("run: the program to start, after --")?;
+    let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP])
+        .context("run: installing signal handlers")?;
+    let mut child = std::process::Command::new(program)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("run: cannot start {program:?}"))?;
+    let pid = child.id() as i32;
+    if let Err(e) = signals.forward_to(pid, &[SIGTERM, SIGHUP]) {
+        // The program runs already: it is waited for, only these signals do not reach it.
+        warn(&format!(
+            "SIGTERM and SIGHUP will not reach the program: {e}"
+        ));
+    }
+    let watched = Process::open(pid)
+        .map_err(anyhow::Error::from)
+        .and_then(|process| Ok(watch(&process, keepalive, None, true, &mut report)?));
+    if let Err(e) = watched {
+        warn(&format!("keepalive watch stopped: {e:#}"));
+    }
+    let status = child.wait().context("run: waiting for the program")?;
+    Ok(process::exit_code(status))
+}
+
 /// Whether `process` has exited (its pidfd is readable).
 pub fn exited(process: &Process) -> bool {
     wait_exit(process, Duration::ZERO)
