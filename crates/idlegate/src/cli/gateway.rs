@@ -60,17 +60,25 @@ pub fn load_config(path: &Path) -> Result<Config> {
     Ok(Config::from_toml(&text, &path.display().to_string())?)
 }
 
+/// `--user NAME` looked up, its errors named after the flag.
+fn lookup_user(name: &str) -> Result<idlegate::sys::privilege::User> {
+    use idlegate::sys::privilege::{LookupError, User};
+    User::lookup(name).map_err(|e| match e {
+        LookupError::Nul => anyhow::anyhow!("{e}"),
+        LookupError::Root => anyhow::anyhow!(
+            "--user {name}: {e} (leave --user out to stay root with no capabilities)"
+        ),
+        _ => anyhow::anyhow!("--user {name}: {e}"),
+    })
+}
+
 /// `idlegate gateway`: runs until SIGINT or SIGTERM (or, with `--explain`, prints and exits).
 pub fn run(args: GatewayArgs) -> Result<()> {
     if args.explain {
         return explain(&args.config);
     }
     let config = load_config(&args.config)?;
-    let user = args
-        .user
-        .as_deref()
-        .map(idlegate::sys::privilege::User::lookup)
-        .transpose()?;
+    let user = args.user.as_deref().map(lookup_user).transpose()?;
     let workers = args
         .workers
         .unwrap_or_else(idlegate::gateway::default_workers);

@@ -6,7 +6,6 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::survive::keepalive::Keepalive;
-use idlegate::sys::signal::{ChildSignals, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use idlegate_core::profile;
 use std::process::ExitCode;
 
@@ -132,43 +131,18 @@ pub fn run_keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
     })
 }
 
-/// `idlegate run -- CMD…`: starts the program under a watch and exits with its status. Ctrl-C
-/// and SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
-/// passed on to it. A watch that fails says so at once; the program runs on.
+/// `idlegate run -- CMD…`: starts the program under a watch and exits with its status
+/// ([`idlegate::survive::keepalive::run_program`]); each socket changed is printed on stderr,
+/// as is a watch that fails (the program runs on).
 pub fn run_watched(args: &RunArgs) -> Result<ExitCode> {
-    use idlegate::survive::keepalive::{watch, Process};
     let keepalive = args.choice.resolve()?;
-    let (program, rest) = args
-        .command
-        .split_first()
-        .context("run: the program to start, after --")?;
-    let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP])
-        .context("run: installing signal handlers")?;
-    let mut child = std::process::Command::new(program)
-        .args(rest)
-        .spawn()
-        .with_context(|| format!("run: cannot start {program:?}"))?;
-    let pid = child.id() as i32;
-    if let Err(e) = signals.forward_to(pid, &[SIGTERM, SIGHUP]) {
-        // The program runs already: it is waited for, only these signals do not reach it.
-        eprintln!("idlegate run: SIGTERM and SIGHUP will not reach the program: {e}");
-    }
-    let watched = Process::open(pid)
-        .map_err(anyhow::Error::from)
-        .and_then(|process| {
-            Ok(watch(
-                &process,
-                &keepalive,
-                None,
-                true,
-                |pid, command, change| {
-                    print_change(&mut std::io::stderr(), pid, command, change);
-                },
-            )?)
-        });
-    if let Err(e) = watched {
-        eprintln!("idlegate run: keepalive watch stopped: {e:#}");
-    }
-    let status = child.wait().context("run: waiting for the program")?;
-    Ok(ExitCode::from(idlegate::sys::process::exit_code(status)))
+    let code = idlegate::survive::keepalive::run_program(
+        &args.command,
+        &keepalive,
+        |pid, command, change| {
+            print_change(&mut std::io::stderr(), pid, command, change);
+        },
+        |warning| eprintln!("idlegate run: {warning}"),
+    )?;
+    Ok(ExitCode::from(code))
 }

@@ -2,7 +2,8 @@
 //! against a box's idle timeout: which will die when idle, and why.
 //!
 //! Contract: [`audit`] reads the connections through sock_diag netlink (`inet_diag` with
-//! `tcp_info`, as `ss` does; not /proc/net/tcp), their owners from /proc/PID/fd, the system's
+//! `tcp_info`, as `ss` does; not /proc/net/tcp: [`crate::sys::sock_diag`]), their owners from
+//! /proc/PID/fd ([`crate::sys::proc`]), the system's
 //! keepalive sysctls of the namespace, and, where this process may (root or ptrace access),
 //! each socket's own keepalive settings from a duplicate taken with `pidfd_getfd`. Otherwise
 //! keepalive is judged from the socket's armed timer (the kernel arms the keepalive timer on a
@@ -12,15 +13,9 @@
 //! timeout), `safe`.
 
 use crate::survive::keepalive::{Process, SocketKeepalive};
-use anyhow::{bail, Context, Result};
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
-use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{
-    nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer,
-};
-use netlink_packet_sock_diag::SockDiagMessage;
+use crate::sys::proc;
+use crate::sys::sock_diag::{tcp_connections, TcpConnection, Timer};
+use anyhow::Result;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,18 +51,10 @@ pub struct Sysctl {
 
 impl Sysctl {
     fn read() -> Result<Sysctl> {
-        let get = |name: &str| -> Result<u64> {
-            let path = format!("/proc/sys/net/ipv4/{name}");
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {path}"))?
-                .trim()
-                .parse()
-                .with_context(|| format!("{path}: not a number"))
-        };
         Ok(Sysctl {
-            tcp_keepalive_time: get("tcp_keepalive_time")?,
-            tcp_keepalive_intvl: get("tcp_keepalive_intvl")?,
-            tcp_keepalive_probes: get("tcp_keepalive_probes")?,
+            tcp_keepalive_time: proc::sysctl("net.ipv4.tcp_keepalive_time")?,
+            tcp_keepalive_intvl: proc::sysctl("net.ipv4.tcp_keepalive_intvl")?,
+            tcp_keepalive_probes: proc::sysctl("net.ipv4.tcp_keepalive_probes")?,
         })
     }
 }
@@ -220,12 +207,12 @@ fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Risk, String) {
 /// Audits the connections of namespace `netns` (this process's if None).
 pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     let (sysctl, raw) = match netns {
-        Some(ns) => {
-            crate::sys::netns::spawn_in(ns, || -> Result<_> { Ok((Sysctl::read()?, dump()?)) })?
-                .join()
-                .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??
-        }
-        None => (Sysctl::read()?, dump()?),
+        Some(ns) => crate::sys::netns::spawn_in(ns, || -> Result<_> {
+            Ok((Sysctl::read()?, tcp_connections()?))
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??,
+        None => (Sysctl::read()?, tcp_connections()?),
     };
     let owners = owners();
     // Inode 0: closed by its program, the kernel only finishing it; no one to warn.
@@ -249,142 +236,17 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     })
 }
 
-/// What sock_diag says of one socket.
-struct Raw {
-    local: SocketAddr,
-    remote: SocketAddr,
-    state: u8,
-    timer: Option<Timer>,
-    inode: u32,
-    info: Option<netlink_packet_sock_diag::inet::nlas::TcpInfo>,
-}
-
-/// Every TCP socket but listeners and TIME_WAIT, IPv4 and IPv6, with tcp_info.
-fn dump() -> Result<Vec<Raw>> {
-    use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a sock_diag socket")?;
-    socket.bind_auto().context("binding the sock_diag socket")?;
-    socket
-        .connect(&NlAddr::new(0, 0))
-        .context("connecting the sock_diag socket")?;
-    let mut out = Vec::new();
-    for (family, id) in [
-        (AF_INET, SocketId::new_v4()),
-        (AF_INET6, SocketId::new_v6()),
-    ] {
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        let mut states = StateFlags::all();
-        states.remove(StateFlags::LISTEN | StateFlags::TIME_WAIT);
-        let mut packet = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::INFO,
-                states,
-                socket_id: id,
-            })
-            .into(),
-        );
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        socket.send(&buf, 0).context("asking sock_diag")?;
-        receive_all(&socket, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// Reads the dump's answers until its end.
-fn receive_all(socket: &netlink_sys::Socket, out: &mut Vec<Raw>) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = socket
-            .recv(&mut &mut buf[..], 0)
-            .context("reading sock_diag")?;
-        let mut at = 0;
-        while at < n {
-            let Ok(msg) = <NetlinkMessage<SockDiagMessage>>::deserialize(&buf[at..n]) else {
-                // A record this crate cannot read (an older kernel's shorter tcp_info, say):
-                // skip it by its length and go on with the others.
-                let len = buf
-                    .get(at..at + 4)
-                    .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize);
-                if len == 0 {
-                    break;
-                }
-                at += len;
-                continue;
-            };
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(()),
-                NetlinkPayload::Error(e) => bail!("sock_diag refused the request: {e:?}"),
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => out.push(raw(*r)),
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            at += len;
-        }
-    }
-}
-
-fn raw(r: InetResponse) -> Raw {
-    let id = &r.header.socket_id;
-    let info = r.nlas.into_iter().find_map(|nla| match nla {
-        Nla::TcpInfo(info) => Some(info),
-        _ => None,
-    });
-    Raw {
-        local: SocketAddr::new(id.source_address, id.source_port),
-        remote: SocketAddr::new(id.destination_address, id.destination_port),
-        state: r.header.state,
-        timer: r.header.timer,
-        inode: r.header.inode,
-        info,
-    }
-}
-
-/// Socket inode → (pid, its descriptor, command), from every /proc/PID/fd.
+/// Socket inode → (pid, its descriptor, command), from every process's descriptors.
 fn owners() -> HashMap<u64, (i32, i32, String)> {
     let mut map = HashMap::new();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return map;
-    };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+    for pid in proc::pids() {
+        let Ok(sockets) = proc::socket_fds(pid) else {
             continue;
         };
         let mut command = None;
-        for fd in fds.flatten() {
-            let Some(inode) = std::fs::read_link(fd.path()).ok().and_then(|t| {
-                t.to_str()?
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .parse()
-                    .ok()
-            }) else {
-                continue;
-            };
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let command = command.get_or_insert_with(|| {
-                std::fs::read_to_string(entry.path().join("comm"))
-                    .map(|c| c.trim().to_string())
-                    .unwrap_or_default()
-            });
-            map.entry(inode).or_insert((pid, n, command.clone()));
+        for (fd, inode) in sockets {
+            let command = command.get_or_insert_with(|| proc::comm(pid).unwrap_or_default());
+            map.entry(inode).or_insert((pid, fd, command.clone()));
         }
     }
     map
@@ -401,30 +263,34 @@ fn read_own(pid: i32, fd: i32, inode: u64) -> Option<SocketKeepalive> {
     SocketKeepalive::read(&dup).ok()
 }
 
-fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Duration) -> Connection {
-    let owner = owners.get(&u64::from(r.inode));
-    let own = owner.and_then(|&(pid, fd, _)| read_own(pid, fd, u64::from(r.inode)));
+fn connection(
+    r: TcpConnection,
+    owners: &HashMap<u64, (i32, i32, String)>,
+    timeout: Duration,
+) -> Connection {
+    let owner = owners.get(&r.inode);
+    let own = owner.and_then(|&(pid, fd, _)| read_own(pid, fd, r.inode));
     let from_timer = match r.timer {
-        Some(Timer::KeepAlive(_)) => Some(true),
+        Some(Timer::Keepalive(_)) => Some(true),
         None => Some(false),
         _ => None,
     };
     let keepalive = own.map(|k| k.enabled).or(from_timer);
     let info = r.info.as_ref();
-    let idle_ms = info.map_or(0, |i| i.last_data_sent.min(i.last_data_recv));
+    let idle_ms = info.map_or(0, |i| i.last_data_sent_ms.min(i.last_data_recv_ms));
     let idle = Duration::from_millis(u64::from(idle_ms));
     let unacked = info.map_or(0, |i| i.unacked);
     // Retransmitting for real: an RTO has fired and not been recovered (a pending loss-probe
     // or retransmission timer alone, or a zero-window probe, is not that).
     let retransmitting = info.is_some_and(|i| i.retransmits > 0 || i.backoff > 0);
     let since_received = Duration::from_millis(u64::from(
-        info.map_or(0, |i| i.last_data_recv.min(i.last_ack_recv)),
+        info.map_or(0, |i| i.last_data_recv_ms.min(i.last_ack_recv_ms)),
     ));
     let facts = Facts {
         keepalive,
         keepalive_idle: own.filter(|k| k.enabled).map(|k| k.idle),
         next_probe: match r.timer {
-            Some(Timer::KeepAlive(d)) => Some(d),
+            Some(Timer::Keepalive(d)) => Some(d),
             _ => None,
         },
         unacked,
@@ -439,13 +305,13 @@ fn connection(r: Raw, owners: &HashMap<u64, (i32, i32, String)>, timeout: Durati
         remote: r.remote,
         pid: owner.map(|o| o.0),
         command: owner.map(|o| o.2.clone()),
-        state: crate::sys::tcp_info::TcpState(r.state).name(),
+        state: r.state.name(),
         keepalive,
         keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),
         keepalive_interval_s: own.filter(|_| on).map(|k| k.interval.as_secs()),
         keepalive_count: own.filter(|_| on).map(|k| k.count),
         next_probe_s: match r.timer {
-            Some(Timer::KeepAlive(d)) => Some(d.as_secs_f64()),
+            Some(Timer::Keepalive(d)) => Some(d.as_secs_f64()),
             _ => None,
         },
         idle_s: f64::from(idle_ms) / 1000.0,

@@ -11,7 +11,7 @@
 //! is changed.
 
 use crate::sys::tcp_info::TcpInfo;
-use crate::sys::{errno, file, poll, process};
+use crate::sys::{errno, file, poll, proc, process};
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
 use socket2::{SockRef, TcpKeepalive};
@@ -243,9 +243,7 @@ impl Process {
 
     /// The process's command name (`/proc/PID/comm`).
     pub fn command(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/comm", self.pid))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "?".into())
+        proc::comm(self.pid).unwrap_or_else(|| "?".into())
     }
 
     /// Duplicates of every TCP socket the process holds (or only descriptor `only`).
@@ -265,22 +263,11 @@ impl Process {
         wanted: impl Fn(RawFd, u64) -> bool,
         mut each: impl FnMut(ForeignSocket),
     ) -> Result<(), TakeError> {
-        let dir = format!("/proc/{}/fd", self.pid);
-        let entries = std::fs::read_dir(&dir).map_err(|e| errno_error(self.pid, e))?;
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
+        let sockets = proc::socket_fds(self.pid).map_err(|e| errno_error(self.pid, e))?;
+        for (fd, inode) in sockets {
             if only.is_some_and(|o| o != fd) {
                 continue;
             }
-            let Some(inode) = socket_inode(&entry.path()) else {
-                continue;
-            };
             if !wanted(fd, inode) {
                 continue;
             }
@@ -311,16 +298,6 @@ impl Process {
     pub fn duplicate(&self, fd: RawFd) -> Result<OwnedFd, TakeError> {
         process::pidfd_getfd(self.pidfd.as_fd(), fd).map_err(|e| errno_error(self.pid, e))
     }
-}
-
-/// The inode of `socket:[N]`, what /proc shows for a socket descriptor.
-fn socket_inode(link: &std::path::Path) -> Option<u64> {
-    let target = std::fs::read_link(link).ok()?;
-    let text = target.to_str()?;
-    text.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
 }
 
 /// The socket behind `dup`, if it is TCP.
@@ -423,6 +400,45 @@ pub fn watch(
     }
 }
 
+/// `idlegate run`: starts `command` (the program, then its arguments) under a [`watch`] that
+/// gives `keepalive` to every TCP socket of it and of the processes it starts, waits for it and
+/// returns the exit code that passes on its status ([`process::exit_code`]). SIGINT and
+/// SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
+/// passed on to it. `report` hears of each socket fixed; `warn` of what fails without stopping
+/// the program (signals that will not reach it, a watch that stopped): it runs on.
+pub fn run_program(
+    command: &[String],
+    keepalive: &Keepalive,
+    mut report: impl FnMut(i32, &str, io::Result<Change>),
+    mut warn: impl FnMut(&str),
+) -> Result<u8> {
+    use crate::sys::signal::{ChildSignals, SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let (program, rest) = command
+        .split_first()
+        .context("run: the program to start, after --")?;
+    let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP])
+        .context("run: installing signal handlers")?;
+    let mut child = std::process::Command::new(program)
+        .args(rest)
+        .spawn()
+        .with_context(|| format!("run: cannot start {program:?}"))?;
+    let pid = child.id() as i32;
+    if let Err(e) = signals.forward_to(pid, &[SIGTERM, SIGHUP]) {
+        // The program runs already: it is waited for, only these signals do not reach it.
+        warn(&format!(
+            "SIGTERM and SIGHUP will not reach the program: {e}"
+        ));
+    }
+    let watched = Process::open(pid)
+        .map_err(anyhow::Error::from)
+        .and_then(|process| Ok(watch(&process, keepalive, None, true, &mut report)?));
+    if let Err(e) = watched {
+        warn(&format!("keepalive watch stopped: {e:#}"));
+    }
+    let status = child.wait().context("run: waiting for the program")?;
+    Ok(process::exit_code(status))
+}
+
 /// Whether `process` has exited (its pidfd is readable).
 pub fn exited(process: &Process) -> bool {
     wait_exit(process, Duration::ZERO)
@@ -433,27 +449,15 @@ fn wait_exit(process: &Process, timeout: Duration) -> bool {
     poll::wait_readable(process.pidfd.as_raw_fd(), Some(timeout)).unwrap_or(false)
 }
 
-/// The pids of `pid`'s descendants (children, their children, …), from
-/// `/proc/PID/task/TID/children`.
+/// The pids of `pid`'s descendants (children, their children, …).
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let mut queue = vec![pid];
     while let Some(p) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
-                continue;
-            };
-            for child in text
-                .split_whitespace()
-                .filter_map(|c| c.parse::<i32>().ok())
-            {
-                if !out.contains(&child) {
-                    out.push(child);
-                    queue.push(child);
-                }
+        for child in proc::children(p) {
+            if !out.contains(&child) {
+                out.push(child);
+                queue.push(child);
             }
         }
     }

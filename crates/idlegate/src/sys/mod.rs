@@ -11,10 +11,12 @@
 //! | [`pipe`] | pipes and splice(2) |
 //! | [`poll`] | waiting on descriptors: the one poll(2) wrapper, [`poll::STOP_CHECK`] |
 //! | [`privilege`] | capabilities and dropping privileges |
+//! | [`proc`] | procfs: processes, their names, socket descriptors and children; sysctls |
 //! | [`process`] | who this process runs as, signals to others, pidfds, a child's exit code |
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
 //! | [`signal`] | SIGINT/SIGTERM: stop flags, the gateway's interrupt, signals passed on to a child |
+//! | [`sock_diag`] | every TCP connection of a namespace, with tcp_info (sock_diag netlink) |
 //! | [`socket`] | the listener, SO_LINGER 0 resets, IP_RECVERR, non-blocking reads, SIOCOUTQ |
 //! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
 //! | [`timeout`] | timeouts named as timeouts |
@@ -26,10 +28,12 @@ pub mod netns;
 pub mod pipe;
 pub mod poll;
 pub mod privilege;
+pub mod proc;
 pub mod process;
 pub mod resolve;
 pub mod rlimit;
 pub mod signal;
+pub mod sock_diag;
 pub mod socket;
 pub mod tcp_info;
 pub mod timeout;

@@ -24,11 +24,24 @@ pub struct User {
     pub gid: libc::gid_t,
 }
 
+/// Why a user could not be looked up (the user's name is for the caller to add).
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error("a user name has no NUL byte")]
+    Nul,
+    #[error("looking the user up failed: {0}")]
+    Failed(std::io::Error),
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("has uid 0, which gives nothing up")]
+    Root,
+}
+
 impl User {
     /// Looks up `name` in the user database. A user with uid 0 is refused: running as it
     /// would give nothing up.
-    pub fn lookup(name: &str) -> Result<User> {
-        let c = CString::new(name).context("a user name has no NUL byte")?;
+    pub fn lookup(name: &str) -> Result<User, LookupError> {
+        let c = CString::new(name).map_err(|_| LookupError::Nul)?;
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut buf = vec![0u8; 16 * 1024];
         let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -43,14 +56,13 @@ impl User {
             )
         };
         if rc != 0 {
-            let cause = std::io::Error::from_raw_os_error(rc);
-            bail!("--user {name}: looking the user up failed: {cause}");
+            return Err(LookupError::Failed(std::io::Error::from_raw_os_error(rc)));
         }
         if found.is_null() {
-            bail!("--user {name}: no such user");
+            return Err(LookupError::NoSuchUser);
         }
         if pwd.pw_uid == 0 {
-            bail!("--user {name}: has uid 0, which gives nothing up (leave --user out to stay root with no capabilities)");
+            return Err(LookupError::Root);
         }
         Ok(User {
             uid: pwd.pw_uid,
@@ -139,4 +151,27 @@ fn become_user(user: User) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_user_and_root_are_refused_without_naming_any_flag() {
+        let unknown = User::lookup("no-such-user-here").unwrap_err();
+        assert!(matches!(unknown, LookupError::NoSuchUser), "{unknown}");
+        assert_eq!(unknown.to_string(), "no such user");
+        let root = User::lookup("root").unwrap_err();
+        assert!(matches!(root, LookupError::Root), "{root}");
+        assert_eq!(root.to_string(), "has uid 0, which gives nothing up");
+        assert!(matches!(User::lookup("a\0b"), Err(LookupError::Nul)));
+    }
+
+    #[test]
+    fn a_user_other_than_root_is_found_with_its_ids() {
+        // `nobody` exists on every Linux system this runs on (Debian's uid 65534).
+        let nobody = User::lookup("nobody").unwrap();
+        assert_ne!(nobody.uid, 0);
+    }
 }

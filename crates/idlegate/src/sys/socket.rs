@@ -5,12 +5,16 @@
 //! arms a socket to end with a RST when closed (SO_LINGER 0) and [`orderly`] takes that back;
 //! [`set_recv_err`] asks for ICMP errors as socket errors (IP_RECVERR); [`recv_nowait`],
 //! [`send_all`] and [`unsent_bytes`] are the non-blocking read, the write that raises no
-//! SIGPIPE, and SIOCOUTQ.
+//! SIGPIPE, and SIOCOUTQ. [`accept_until_stopped`] is the one accept loop: it hands each
+//! connection to its caller until a stop flag is set, looking at the flag at least every
+//! [`STOP_CHECK`].
 
+use crate::sys::poll::{wait_readable, STOP_CHECK};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How many connections may wait to be accepted (the kernel caps it at
@@ -26,6 +30,46 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
+}
+
+/// Accepts connections on `listener` (made non-blocking) and hands each, blocking again, to
+/// `take`, until `stop` is set (looked at least every [`STOP_CHECK`]); waits while `ready`
+/// says no, leaving connections in the listen queue. A failed accept (out of descriptors, say)
+/// or a connection `take` refuses is logged under `what` and the loop goes on (after
+/// [`STOP_CHECK`], so a listener that stays readable is not spun on); a failed wait ends it.
+pub fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    what: &str,
+    ready: impl Fn() -> bool,
+    mut take: impl FnMut(TcpStream, SocketAddr) -> io::Result<()>,
+) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    while !stop.load(Ordering::Relaxed) {
+        if !ready() {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_readable(listener.as_raw_fd(), Some(STOP_CHECK))?;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("{what}: accept failed: {e}");
+                std::thread::sleep(STOP_CHECK);
+                continue;
+            }
+        };
+        if let Err(e) = stream
+            .set_nonblocking(false)
+            .and_then(|()| take(stream, peer))
+        {
+            tracing::warn!("{what}: no thread for {peer}: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// Arms `socket` to end with a RST when it is closed (SO_LINGER 0), with no FIN before it.
@@ -143,6 +187,78 @@ mod tests {
         // The RST arrived; writes now fail rather than kill the test with SIGPIPE.
         let failed = (0..100).any(|_| send_all(&server, b"x").is_err());
         assert!(failed);
+    }
+
+    #[test]
+    fn the_accept_loop_hands_over_a_connection_blocking_and_ends_soon_after_its_stop_flag() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let looping = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                accept_until_stopped(
+                    &listener,
+                    &stop,
+                    "test",
+                    || true,
+                    |stream, peer| {
+                        tx.send((stream, peer))
+                            .map_err(|_| io::Error::other("gone"))
+                    },
+                )
+            })
+        };
+        let client = TcpStream::connect(addr).unwrap();
+        let (mut accepted, peer) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        // Handed over blocking: a read waits for the data rather than failing with WouldBlock.
+        let mut writer = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::io::Write::write_all(&mut writer, b"x").unwrap();
+        });
+        let mut buf = [0u8; 1];
+        accepted.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+
+        let stopped = std::time::Instant::now();
+        stop.store(true, Ordering::Relaxed);
+        looping.join().unwrap().unwrap();
+        // Within STOP_CHECK, with a wide margin for a loaded machine.
+        assert!(
+            stopped.elapsed() < STOP_CHECK * 10,
+            "{:?}",
+            stopped.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_accept_loop_leaves_connections_queued_while_not_ready() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let ready = std::sync::Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let looping = {
+            let (stop, ready) = (stop.clone(), ready.clone());
+            std::thread::spawn(move || {
+                accept_until_stopped(
+                    &listener,
+                    &stop,
+                    "test",
+                    || ready.load(Ordering::Relaxed),
+                    |stream, _| tx.send(stream).map_err(|_| io::Error::other("gone")),
+                )
+            })
+        };
+        let _client = TcpStream::connect(addr).unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        ready.store(true, Ordering::Relaxed);
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        stop.store(true, Ordering::Relaxed);
+        looping.join().unwrap().unwrap();
     }
 
     #[test]

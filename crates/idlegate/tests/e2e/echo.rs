@@ -244,20 +244,10 @@ fn echo_stops_when_asked() {
 /// The kernel's TCP state of `stream` (TCP_INFO's `tcpi_state`: 7 is CLOSE).
 fn tcp_state(stream: &TcpStream) -> u8 {
     use std::os::fd::AsRawFd;
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_state
+    idlegate::sys::tcp_info::TcpInfo::read(stream.as_raw_fd())
+        .expect("TCP_INFO")
+        .state
+        .0
 }
 
 #[test]

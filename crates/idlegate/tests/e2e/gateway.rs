@@ -268,13 +268,10 @@ fn echo_server(
             // No pending connection: wait on the listener for at most 50 ms, then look again.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 use std::os::fd::AsRawFd;
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
+                let _ = idlegate::sys::poll::wait_readable(
+                    listener.as_raw_fd(),
+                    Some(std::time::Duration::from_millis(50)),
+                );
             }
             Err(e) => return Err(e),
         }
@@ -450,13 +447,10 @@ fn name_server(
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 use std::os::fd::AsRawFd;
-                let mut pfd = libc::pollfd {
-                    fd: listener.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, 50) };
+                let _ = idlegate::sys::poll::wait_readable(
+                    listener.as_raw_fd(),
+                    Some(std::time::Duration::from_millis(50)),
+                );
             }
             Err(e) => return Err(e),
         }

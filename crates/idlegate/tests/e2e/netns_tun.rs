@@ -207,18 +207,7 @@ fn recv_matching(tun: &Tun, wanted: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>> {
 /// Waits until `fd` is readable (true) or `deadline` passes (false).
 fn wait_readable(fd: RawFd, deadline: Instant) -> Result<bool> {
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(left.as_millis())?.max(1);
-    // SAFETY: `pfd` is a valid pollfd array of length 1 for the duration of the call.
-    match unsafe { libc::poll(&mut pfd, 1, millis) } {
-        rc if rc < 0 => Err(std::io::Error::last_os_error()).context("poll"),
-        0 => Ok(false),
-        _ => Ok(true),
-    }
+    idlegate::sys::poll::wait_readable(fd, Some(left.max(Duration::from_millis(1)))).context("poll")
 }
 
 fn is_udp_to(p: &[u8], dst: Ipv4Addr, port: u16) -> bool {

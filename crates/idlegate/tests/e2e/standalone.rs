@@ -409,15 +409,8 @@ fn exchange(
 
 /// Accepts one connection (≤ [`TIMEOUT`]) and reads it to its end.
 fn accept_and_read(listener: &TcpListener) -> Result<Received> {
-    let mut pfd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let millis = i32::try_from(TIMEOUT.as_millis())?;
-    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-    let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
-    ensure!(ready == 1, "no connection arrived within {TIMEOUT:?}");
+    let ready = idlegate::sys::poll::wait_readable(listener.as_raw_fd(), Some(TIMEOUT))?;
+    ensure!(ready, "no connection arrived within {TIMEOUT:?}");
     let (mut stream, peer) = listener.accept()?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     let mut bytes = Vec::new();

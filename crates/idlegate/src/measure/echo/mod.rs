@@ -21,7 +21,8 @@
 
 pub mod frame;
 
-use crate::sys::poll::{wait_readable, STOP_CHECK};
+use crate::sys::poll::wait_readable;
+use crate::sys::socket::accept_until_stopped;
 use crate::sys::tcp_info::all_acknowledged;
 use anyhow::{Context, Result};
 use frame::{ConnId, Decoder, Frame, LaterOutcome, ProtocolError, Report};
@@ -127,7 +128,7 @@ impl Echo {
         Ok(self.listener.local_addr()?)
     }
 
-    /// A flag that stops [`Echo::run`] when set (within [`STOP_CHECK`]).
+    /// A flag that stops [`Echo::run`] when set (within [`STOP_CHECK`](crate::sys::poll::STOP_CHECK)).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
@@ -136,43 +137,36 @@ impl Echo {
     pub fn run(&self) -> Result<()> {
         let live = Arc::new(AtomicUsize::new(0));
         let refusing = Arc::new(AtomicUsize::new(0));
-        while !self.stop.load(Ordering::Relaxed) {
-            if !readable(&self.listener, STOP_CHECK)? {
-                continue;
-            }
-            let (stream, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                // The peer gave up between poll and accept, or the system is short of fds:
-                // wait a little rather than spin on a listener that stays readable.
-                Err(e) => {
-                    tracing::warn!("echo: accept failed: {e}");
-                    std::thread::sleep(STOP_CHECK);
-                    continue;
+        accept_until_stopped(
+            &self.listener,
+            &self.stop,
+            "echo",
+            || true,
+            |stream, peer| {
+                if live.load(Ordering::Relaxed) >= self.max_connections {
+                    tracing::warn!(
+                        "echo: refusing {peer}: {} connections already",
+                        self.max_connections
+                    );
+                    refuse(stream, peer, &refusing);
+                    return Ok(());
                 }
-            };
-            if live.load(Ordering::Relaxed) >= self.max_connections {
-                tracing::warn!(
-                    "echo: refusing {peer}: {} connections already",
-                    self.max_connections
-                );
-                refuse(stream, peer, &refusing);
-                continue;
-            }
-            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-            let (reports, count) = (self.reports.clone(), live.clone());
-            count.fetch_add(1, Ordering::Relaxed);
-            let spawned = std::thread::Builder::new()
-                .name(format!("echo {peer}"))
-                .spawn(move || {
-                    Connection::new(stream, peer, reports).serve();
-                    count.fetch_sub(1, Ordering::Relaxed);
-                });
-            if let Err(e) = spawned {
-                live.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!("echo: no thread for {peer}: {e}");
-            }
-        }
-        Ok(())
+                let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                let (reports, count) = (self.reports.clone(), live.clone());
+                count.fetch_add(1, Ordering::Relaxed);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("echo {peer}"))
+                    .spawn(move || {
+                        Connection::new(stream, peer, reports).serve();
+                        count.fetch_sub(1, Ordering::Relaxed);
+                    });
+                if spawned.is_err() {
+                    live.fetch_sub(1, Ordering::Relaxed);
+                }
+                spawned.map(drop)
+            },
+        )
+        .context("waiting for connections")
     }
 }
 
@@ -212,10 +206,6 @@ fn refuse(stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
 }
 
 /// Whether `listener` has a connection waiting, after at most `timeout`.
-fn readable(listener: &TcpListener, timeout: Duration) -> Result<bool> {
-    wait_readable(listener.as_raw_fd(), Some(timeout)).context("waiting for connections")
-}
-
 /// One probe connection on echo's side.
 struct Connection {
     stream: TcpStream,

@@ -46,7 +46,8 @@ pub mod stream;
 
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
-use crate::sys::poll::{wait_readable, STOP_CHECK};
+use crate::sys::poll::wait_readable;
+use crate::sys::socket::accept_until_stopped;
 use anyhow::{Context, Result};
 use ended::Ended;
 use frame::{Frame, Refusal, SessionId, Token};
@@ -180,7 +181,7 @@ impl Entry {
         // Application connections taken and not yet ended, counted from the accept (a burst,
         // or an exit that cannot be reached, must not outrun the limit while legs dial).
         let held = Arc::new(AtomicUsize::new(0));
-        accept_until_stopped(
+        Ok(accept_until_stopped(
             &self.listener,
             &self.stop,
             "tunnel entry",
@@ -206,45 +207,8 @@ impl Entry {
                     })
                     .map(drop)
             },
-        )
+        )?)
     }
-}
-
-/// Accepts connections on `listener` and hands each to `spawn`, until `stop` is set; waits
-/// while `ready` says no.
-fn accept_until_stopped(
-    listener: &TcpListener,
-    stop: &AtomicBool,
-    what: &str,
-    ready: impl Fn() -> bool,
-    mut spawn: impl FnMut(TcpStream, SocketAddr) -> io::Result<()>,
-) -> Result<()> {
-    listener.set_nonblocking(true)?;
-    while !stop.load(Ordering::Relaxed) {
-        if !ready() {
-            std::thread::sleep(Duration::from_millis(10));
-            continue;
-        }
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let _ = wait_readable(listener.as_raw_fd(), Some(STOP_CHECK));
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!("{what}: accept failed: {e}");
-                std::thread::sleep(STOP_CHECK);
-                continue;
-            }
-        };
-        if let Err(e) = stream
-            .set_nonblocking(false)
-            .and_then(|()| spawn(stream, peer))
-        {
-            tracing::warn!("{what}: no thread for {peer}: {e}");
-        }
-    }
-    Ok(())
 }
 
 /// One place of a tunnel entry's session limit, taken from the accept; given back when
