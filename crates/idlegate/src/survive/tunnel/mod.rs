@@ -55,6 +55,7 @@ use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -127,31 +128,21 @@ impl Settings {
 
 pub use gate::MAX_PENDING;
 
-/// The end next to the client application.
-pub struct Entry {
+/// What an [`Entry`] and an [`Exit`] both are: a listener, its counters, and the flag that
+/// stops its `run` (sessions already open go on). Each end dereferences to its endpoint, so
+/// `entry.local_addr()` and `exit.stop_flag()` read the same code.
+pub struct Endpoint {
     listener: TcpListener,
-    tunnel: SocketAddr,
-    keys: Arc<EntryKeys>,
-    settings: Settings,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 }
 
-impl Entry {
-    pub fn bind(
-        listen: SocketAddr,
-        tunnel: SocketAddr,
-        keys: impl Into<EntryKeys>,
-        settings: Settings,
-    ) -> Result<Entry> {
-        settings.check()?;
+impl Endpoint {
+    fn bind(listen: SocketAddr) -> Result<Endpoint> {
         let listener =
             crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
-        Ok(Entry {
+        Ok(Endpoint {
             listener,
-            tunnel,
-            keys: Arc::new(keys.into()),
-            settings,
             stats: Arc::default(),
             stop: Arc::default(),
         })
@@ -169,9 +160,47 @@ impl Entry {
         self.stop = stop;
     }
 
-    /// The flag that stops [`Entry::run`] (sessions already open go on).
+    /// The flag that stops [`Entry::run`] or [`Exit::run`] (sessions already open go on).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+}
+
+/// The end next to the client application.
+pub struct Entry {
+    endpoint: Endpoint,
+    tunnel: SocketAddr,
+    keys: Arc<EntryKeys>,
+    settings: Settings,
+}
+
+impl Deref for Entry {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl DerefMut for Entry {
+    fn deref_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+}
+
+impl Entry {
+    pub fn bind(
+        listen: SocketAddr,
+        tunnel: SocketAddr,
+        keys: impl Into<EntryKeys>,
+        settings: Settings,
+    ) -> Result<Entry> {
+        settings.check()?;
+        Ok(Entry {
+            endpoint: Endpoint::bind(listen)?,
+            tunnel,
+            keys: Arc::new(keys.into()),
+            settings,
+        })
     }
 
     /// Accepts the application's connections and carries each through the tunnel, until
@@ -181,8 +210,8 @@ impl Entry {
         // or an exit that cannot be reached, must not outrun the limit while legs dial).
         let held = Arc::new(AtomicUsize::new(0));
         accept_until_stopped(
-            &self.listener,
-            &self.stop,
+            &self.endpoint.listener,
+            &self.endpoint.stop,
             "tunnel entry",
             // At the session limit, new application connections wait in the listen queue.
             || held.load(Ordering::Relaxed) < self.settings.max_sessions,
@@ -192,7 +221,7 @@ impl Entry {
                     keys: self.keys.clone(),
                     settings: self.settings.clone(),
                 };
-                let stats = self.stats.clone();
+                let stats = self.endpoint.stats.clone();
                 // Given back when the session's thread ends, however it ends (a panic too),
                 // or when it could not start (the closure is dropped).
                 let place = Held::take(&held);
@@ -331,14 +360,25 @@ fn still_listed(keys: &ExitKeys, peer: &Peer) -> bool {
 
 /// The end next to the server.
 pub struct Exit {
-    listener: TcpListener,
+    endpoint: Endpoint,
     connect: SocketAddr,
     keys: Arc<ExitKeys>,
     settings: Settings,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
     ended: Arc<Mutex<Ended>>,
+}
+
+impl Deref for Exit {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl DerefMut for Exit {
+    fn deref_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
 }
 
 impl Exit {
@@ -349,8 +389,7 @@ impl Exit {
         settings: Settings,
     ) -> Result<Exit> {
         settings.check()?;
-        let listener =
-            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let endpoint = Endpoint::bind(listen)?;
         let ended = Ended::new(
             settings.resume_within,
             settings
@@ -359,32 +398,13 @@ impl Exit {
                 .max(ENDED_AT_LEAST),
         );
         Ok(Exit {
-            listener,
+            endpoint,
             connect,
             keys: Arc::new(keys.into()),
             settings,
-            stats: Arc::default(),
-            stop: Arc::default(),
             sessions: Arc::default(),
             ended: Arc::new(Mutex::new(ended)),
         })
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
-        self.stop = stop;
-    }
-
-    /// The flag that stops [`Exit::run`] (sessions already open go on).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
     }
 
     /// The ids of the sessions held now (for monitoring and tests).
@@ -401,7 +421,7 @@ impl Exit {
     /// Accepts legs until stopped: each one is authenticated in the [`gate`], then starts or
     /// resumes a session on a thread of its own.
     pub fn run(&self) -> Result<()> {
-        gate::run(&self.listener, &self.stop, self)?;
+        gate::run(&self.endpoint.listener, &self.endpoint.stop, self)?;
         Ok(())
     }
 
@@ -452,7 +472,7 @@ impl gate::Exit for Exit {
             connect: self.connect,
             keys: self.keys.clone(),
             settings: self.settings.clone(),
-            stats: self.stats.clone(),
+            stats: self.endpoint.stats.clone(),
             sessions: self.sessions.clone(),
             ended: self.ended.clone(),
         };
