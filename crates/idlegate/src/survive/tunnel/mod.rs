@@ -44,6 +44,7 @@ pub mod peers;
 pub mod session;
 pub mod stream;
 
+use crate::survive::endpoint::{endpoint_of, Endpoint};
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
 use crate::sys::poll::{wait_readable, STOP_CHECK};
@@ -55,7 +56,6 @@ use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -128,44 +128,6 @@ impl Settings {
 
 pub use gate::MAX_PENDING;
 
-/// What an [`Entry`] and an [`Exit`] both are: a listener, its counters, and the flag that
-/// stops its `run` (sessions already open go on). Each end dereferences to its endpoint, so
-/// `entry.local_addr()` and `exit.stop_flag()` read the same code.
-pub struct Endpoint {
-    listener: TcpListener,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Endpoint {
-    fn bind(listen: SocketAddr) -> Result<Endpoint> {
-        let listener =
-            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
-        Ok(Endpoint {
-            listener,
-            stats: Arc::default(),
-            stop: Arc::default(),
-        })
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
-        self.stop = stop;
-    }
-
-    /// The flag that stops [`Entry::run`] or [`Exit::run`] (sessions already open go on).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-}
-
 /// The end next to the client application.
 pub struct Entry {
     endpoint: Endpoint,
@@ -174,18 +136,8 @@ pub struct Entry {
     settings: Settings,
 }
 
-impl Deref for Entry {
-    type Target = Endpoint;
-    fn deref(&self) -> &Endpoint {
-        &self.endpoint
-    }
-}
-
-impl DerefMut for Entry {
-    fn deref_mut(&mut self) -> &mut Endpoint {
-        &mut self.endpoint
-    }
-}
+endpoint_of!(Entry);
+endpoint_of!(Exit);
 
 impl Entry {
     pub fn bind(
@@ -366,19 +318,6 @@ pub struct Exit {
     settings: Settings,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
     ended: Arc<Mutex<Ended>>,
-}
-
-impl Deref for Exit {
-    type Target = Endpoint;
-    fn deref(&self) -> &Endpoint {
-        &self.endpoint
-    }
-}
-
-impl DerefMut for Exit {
-    fn deref_mut(&mut self) -> &mut Endpoint {
-        &mut self.endpoint
-    }
 }
 
 impl Exit {
