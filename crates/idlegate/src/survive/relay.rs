@@ -22,10 +22,11 @@ use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::obs::prometheus::{Kind, Writer};
+use crate::survive::endpoint::{endpoint_of, Endpoint};
 
 pub use crate::survive::keepalive::Keepalive;
 pub use crate::survive::stats::Stats;
@@ -79,54 +80,35 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
 /// Connections a relay holds at once unless told ([`Relay::set_max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
-/// A relay: one listener and where its connections go.
+/// A relay: one listener and where its connections go. It dereferences to its [`Endpoint`]
+/// (`local_addr`, `stats`, `stop_flag`: when set, [`Relay::run`] ends and the connections it
+/// holds are reset, as they did not end whole).
 pub struct Relay {
-    listener: TcpListener,
+    endpoint: Endpoint,
     connect: SocketAddr,
     keepalive: Keepalive,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
     /// At this many open connections it stops accepting: new clients wait in the listen
     /// queue (and the kernel's backlog bounds that) until one ends.
     max_connections: usize,
 }
 
+endpoint_of!(Relay);
+
 impl Relay {
     pub fn bind(listen: SocketAddr, connect: SocketAddr, keepalive: Keepalive) -> Result<Relay> {
-        let listener = socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
-        listener.set_nonblocking(true)?;
+        let endpoint = Endpoint::bind(listen)?;
+        endpoint.listener.set_nonblocking(true)?;
         Ok(Relay {
-            listener,
+            endpoint,
             connect,
             keepalive,
-            stats: Arc::default(),
-            stop: Arc::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
         })
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
     }
 
     /// Holds at most `max` connections at once (at least one).
     pub fn set_max_connections(&mut self, max: usize) {
         self.max_connections = max.max(1);
-    }
-
-    /// A flag that stops [`Relay::run`] when set; the connections it holds are reset (they did
-    /// not end whole).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
-    }
-
-    /// Makes `stop` the flag that stops this relay (one flag for several relays).
-    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
-        self.stop = stop;
     }
 
     /// Accepts and relays until stopped, on one worker per core (at most [`MAX_WORKERS`]).
@@ -137,14 +119,14 @@ impl Relay {
         std::thread::scope(|scope| {
             let mut handles = Vec::new();
             for i in 1..workers {
-                let listener = self.listener.try_clone()?;
+                let listener = self.endpoint.listener.try_clone()?;
                 handles.push(
                     std::thread::Builder::new()
                         .name(format!("relay worker {i}"))
                         .spawn_scoped(scope, move || self.worker(listener))?,
                 );
             }
-            let mut result = self.worker(self.listener.try_clone()?);
+            let mut result = self.worker(self.endpoint.listener.try_clone()?);
             for h in handles {
                 let r = h
                     .join()
@@ -242,7 +224,7 @@ impl<'r> Worker<'r> {
     fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
-            if self.relay.stop.load(Ordering::Relaxed) {
+            if self.relay.endpoint.stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
             if let Err(e) = self.poll.poll(&mut events, Some(STOP_CHECK)) {
@@ -325,7 +307,11 @@ impl<'r> Worker<'r> {
 
     /// Gives back a place [`Worker::reserve`] took for a connection that did not open.
     fn release(&self) {
-        self.relay.stats.open.fetch_sub(1, Ordering::AcqRel);
+        self.relay
+            .endpoint
+            .stats
+            .open
+            .fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Starts the connection to the server for a newly accepted client, in a place
@@ -359,7 +345,7 @@ impl<'r> Worker<'r> {
 
     /// Something happened on connection `key`: move what can be moved both ways.
     fn on_event(&mut self, key: usize) {
-        let stats = &self.relay.stats;
+        let stats = &self.relay.endpoint.stats;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -417,7 +403,11 @@ impl<'r> Worker<'r> {
     fn close(&mut self, key: usize) {
         // Closing the sockets (their only descriptors) takes them out of the poll set.
         if self.conns.try_remove(key).is_some() {
-            self.relay.stats.open.fetch_sub(1, Ordering::Relaxed);
+            self.relay
+                .endpoint
+                .stats
+                .open
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -202,6 +202,27 @@ fn two_rules_on_one_frontend_port_are_refused() {
     assert_eq!(err.line, 27);
 }
 
+/// `lb_rule` and `inbound_nat_rule` both claim their frontend ports first, then read their
+/// idle settings against the profile's inbound range (Azure LB: 4–100 min).
+#[test]
+fn inbound_rules_are_refused_for_their_ports_before_their_idle_settings() {
+    let head = VALID.split("[[outbound_rule]]").next().unwrap();
+    let port_taken =
+        "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\"";
+    let too_short = "idle_timeout = 2m is below Azure LB's minimum of 4 min";
+    let cases = [
+        ("[[lb_rule]]\nname = \"b\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\nidle_timeout = \"2m\"\n", 21, port_taken),
+        ("[[lb_rule]]\nname = \"b\"\nfrontend = \"public\"\nfrontend_port = 7001\nbackend_pool = \"vms\"\nbackend_port = 7000\nidle_timeout = \"2m\"\n", 24, too_short),
+        ("[[inbound_nat_rule]]\nname = \"n\"\nfrontend = \"public\"\nbackend_port = 22\nfrontend_port = 7000\nmember = \"vm1\"\nidle_timeout = \"2m\"\n", 22, port_taken),
+        ("[[inbound_nat_rule]]\nname = \"n\"\nfrontend = \"public\"\nbackend_port = 22\nfrontend_port = 7001\nmember = \"vm1\"\nidle_timeout = \"2m\"\n", 24, too_short),
+    ];
+    for (rule, line, words) in cases {
+        let err = Config::from_toml(&format!("{head}{rule}"), "gw.toml").unwrap_err();
+        assert_eq!(err.line, line, "{rule:?}: {err}");
+        assert!(err.message.contains(words), "{rule:?}: {err}");
+    }
+}
+
 // Moved from the profiles: every profile's example config is a valid config.
 #[test]
 fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {

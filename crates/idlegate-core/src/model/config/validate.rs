@@ -264,12 +264,11 @@ impl Validator {
             first: frontend_port,
             last: frontend_port,
         };
-        self.claim_ports(claim, &name, &r.frontend_port.span(), "frontend_port")?;
-        let idle = idle(
-            protocol,
-            r.idle_timeout.as_ref(),
-            r.expiry.as_ref(),
-            &profile.lb_rule_idle,
+        let idle = self.inbound_ports_and_idle(
+            claim,
+            &name,
+            (&r.frontend_port.span(), "frontend_port"),
+            (r.idle_timeout.as_ref(), r.expiry.as_ref()),
             profile,
         )?;
         Ok(LbRule {
@@ -366,12 +365,11 @@ impl Validator {
             first: first_port,
             last: last_port,
         };
-        self.claim_ports(claim, &name, &span, field)?;
-        let idle = idle(
-            protocol,
-            r.idle_timeout.as_ref(),
-            r.expiry.as_ref(),
-            &profile.lb_rule_idle,
+        let idle = self.inbound_ports_and_idle(
+            claim,
+            &name,
+            (&span, field),
+            (r.idle_timeout.as_ref(), r.expiry.as_ref()),
             profile,
         )?;
         Ok(InboundNatRule {
@@ -384,6 +382,28 @@ impl Validator {
             backend_port,
             idle,
         })
+    }
+
+    /// What every inbound rule (`lb_rule`, `inbound_nat_rule`) ends with: its frontend ports
+    /// claimed (`at`: where they are written, and as which field), then its idle settings as
+    /// written (`idle_timeout`, `expiry`) read against the profile's inbound range. In this
+    /// order: a rule with both mistakes is refused for its ports.
+    fn inbound_ports_and_idle(
+        &mut self,
+        claim: Claim,
+        rule: &str,
+        (span, field): (&Range<usize>, &str),
+        (idle_timeout, expiry): (Option<&S<String>>, Option<&S<String>>),
+        profile: &Profile,
+    ) -> Result<Idle, Invalid> {
+        self.claim_ports(claim, rule, span, field)?;
+        idle(
+            claim.protocol,
+            idle_timeout,
+            expiry,
+            &profile.lb_rule_idle,
+            profile,
+        )
     }
 
     /// Claims frontend ports for rule `rule`, refusing an overlap with another rule's.

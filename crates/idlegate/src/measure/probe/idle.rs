@@ -62,15 +62,19 @@ fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<S
             }
             // A FIN: the far end (or a proxy on the way) closed the idle connection.
             Ok(_) => return Some(Some(Ok(Observed::Closed))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if nothing_yet(&e) => {}
             Err(_) => return Some(Some(Ok(Observed::ResetAtExpiry))),
         }
     }
+}
+
+/// Whether a read that failed with `e` only ran out of its read timeout or was interrupted:
+/// nothing happened on the connection yet.
+fn nothing_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 /// Takes the frames echo sent during the idle period.
@@ -131,19 +135,10 @@ fn send_and_confirm(a: &mut Armed, wait: Duration) -> Seen {
         return Ok(Observed::from_error(&e, true));
     }
     let deadline = Instant::now() + wait;
-    match read_frame(&mut a.stream, &mut a.decoder, deadline) {
-        Ok(Some(Frame::Received { seq: DATA_SEQ })) => Ok(Observed::Alive),
-        Ok(Some(other)) => Err(unexpected(other, "its data's confirmation")),
-        Ok(None) if a.decoder.pending() > 0 => Err(Broken(format!(
-            "it ended in the middle of a frame ({} bytes)",
-            a.decoder.pending()
-        ))),
-        Ok(None) => Ok(Observed::ResetOnNext),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
-            Ok(unanswered(a))
-        }
-        Err(e) => read_failed(&e),
-    }
+    await_answer(a, deadline, "its data's confirmation", |frame| {
+        matches!(frame, Frame::Received { seq: DATA_SEQ })
+    })
+    .unwrap_or_else(|| Ok(unanswered(a)))
 }
 
 /// Against a server that is not echo: the data is alive once TCP acknowledges it; a RST or
@@ -173,12 +168,7 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
         match a.stream.read(&mut buf) {
             // Whatever the server says back is its business; a RST is ours.
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if nothing_yet(&e) => {}
             Err(_) => return Observed::ResetOnNext,
         }
     }
@@ -198,18 +188,150 @@ fn await_later(a: &mut Armed, deadline: Instant) -> Seen {
     if a.early_reply {
         return Ok(Observed::Alive);
     }
-    match read_frame(&mut a.stream, &mut a.decoder, deadline) {
-        Ok(Some(Frame::LaterReply { seq: 1 })) => Ok(Observed::Alive),
-        Ok(Some(other)) => Err(unexpected(other, "echo's delayed reply")),
+    await_answer(a, deadline, "echo's delayed reply", |frame| {
+        matches!(frame, Frame::LaterReply { seq: 1 })
+    })
+    .unwrap_or(Ok(Observed::Silent))
+}
+
+/// Waits until `deadline` for the frame a test waits for (`is_answer`, described by
+/// `waiting_for`): `Alive` when it comes; broken by any other frame or by an end in the middle
+/// of a frame; `ResetOnNext` at a FIN; what the path did at a failed read. `None` if nothing
+/// came in time (the caller says what silence means).
+fn await_answer(
+    a: &mut Armed,
+    deadline: Instant,
+    waiting_for: &str,
+    is_answer: impl Fn(&Frame) -> bool,
+) -> Option<Seen> {
+    Some(match read_frame(&mut a.stream, &mut a.decoder, deadline) {
+        Ok(Some(frame)) if is_answer(&frame) => Ok(Observed::Alive),
+        Ok(Some(other)) => Err(unexpected(other, waiting_for)),
         Ok(None) if a.decoder.pending() > 0 => Err(Broken(format!(
             "it ended in the middle of a frame ({} bytes)",
             a.decoder.pending()
         ))),
         Ok(None) => Ok(Observed::ResetOnNext),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => {
-            Ok(Observed::Silent)
-        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut && e.raw_os_error().is_none() => return None,
         // Whatever reached the client itself: a RST to it, an ICMP error.
         Err(e) => read_failed(&e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Test;
+    use super::*;
+    use crate::measure::echo::frame::{ConnId, Decoder};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+
+    /// An armed test against echo on a loopback connection, and echo's end of it.
+    fn armed(direction: Direction) -> (Armed, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (echo, _) = listener.accept().unwrap();
+        let test = Test {
+            direction,
+            idle: Duration::ZERO,
+            keepalive: None,
+        };
+        let a = Armed {
+            test,
+            echo: true,
+            stream,
+            decoder: Decoder::default(),
+            id: ConnId { run: 1, conn: 1 },
+            idle_since: Instant::now(),
+            early_reply: false,
+        };
+        (a, echo)
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn echos_confirmation_of_the_data_is_alive() {
+        let (mut a, mut echo) = armed(Direction::ClientToServer);
+        echo.write_all(&Frame::Received { seq: DATA_SEQ }.encode())
+            .unwrap();
+        assert_eq!(send_and_confirm(&mut a, WAIT), Ok(Observed::Alive));
+    }
+
+    #[test]
+    fn another_frame_than_the_one_awaited_breaks_the_protocol_and_says_what_was_awaited() {
+        let (mut a, mut echo) = armed(Direction::ClientToServer);
+        echo.write_all(&Frame::LaterReply { seq: 1 }.encode())
+            .unwrap();
+        assert_eq!(
+            send_and_confirm(&mut a, WAIT),
+            Err(Broken(
+                "echo sent a later-reply frame while the probe waited for its data's confirmation"
+                    .into()
+            ))
+        );
+        let (mut a, mut echo) = armed(Direction::ServerToClient);
+        echo.write_all(&Frame::Received { seq: 1 }.encode())
+            .unwrap();
+        assert_eq!(
+            await_later(&mut a, Instant::now() + WAIT),
+            Err(Broken(
+                "echo sent a received frame while the probe waited for echo's delayed reply".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn echos_delayed_reply_is_alive() {
+        let (mut a, mut echo) = armed(Direction::ServerToClient);
+        echo.write_all(&Frame::LaterReply { seq: 1 }.encode())
+            .unwrap();
+        assert_eq!(
+            await_later(&mut a, Instant::now() + WAIT),
+            Ok(Observed::Alive)
+        );
+    }
+
+    #[test]
+    fn a_fin_instead_of_the_answer_is_a_reset_on_the_next_packet() {
+        let (mut a, echo) = armed(Direction::ServerToClient);
+        echo.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(
+            await_later(&mut a, Instant::now() + WAIT),
+            Ok(Observed::ResetOnNext)
+        );
+    }
+
+    #[test]
+    fn a_fin_in_the_middle_of_a_frame_breaks_the_protocol() {
+        let (mut a, mut echo) = armed(Direction::ClientToServer);
+        let frame = Frame::Received { seq: DATA_SEQ }.encode();
+        echo.write_all(&frame[..3]).unwrap();
+        echo.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(
+            send_and_confirm(&mut a, WAIT),
+            Err(Broken("it ended in the middle of a frame (3 bytes)".into()))
+        );
+    }
+
+    #[test]
+    fn no_delayed_reply_by_the_deadline_is_a_silent_path() {
+        let (mut a, _echo) = armed(Direction::ServerToClient);
+        let deadline = Instant::now() + Duration::from_millis(50);
+        assert_eq!(await_later(&mut a, deadline), Ok(Observed::Silent));
+        assert!(Instant::now() >= deadline);
+    }
+
+    #[test]
+    fn only_a_read_timeout_or_an_interruption_is_nothing_yet() {
+        for kind in [
+            io::ErrorKind::WouldBlock,
+            io::ErrorKind::TimedOut,
+            io::ErrorKind::Interrupted,
+        ] {
+            assert!(nothing_yet(&kind.into()), "{kind:?}");
+        }
+        for kind in [io::ErrorKind::ConnectionReset, io::ErrorKind::InvalidData] {
+            assert!(!nothing_yet(&kind.into()), "{kind:?}");
+        }
     }
 }

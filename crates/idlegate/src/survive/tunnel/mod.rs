@@ -44,6 +44,7 @@ pub mod peers;
 pub mod session;
 pub mod stream;
 
+use crate::survive::endpoint::{endpoint_of, Endpoint};
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
 use crate::sys::poll::wait_readable;
@@ -55,7 +56,7 @@ use leg::{EntryKeys, ExitKeys, Leg, Peer, Responding};
 use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -130,13 +131,14 @@ pub use gate::MAX_PENDING;
 
 /// The end next to the client application.
 pub struct Entry {
-    listener: TcpListener,
+    endpoint: Endpoint,
     tunnel: SocketAddr,
     keys: Arc<EntryKeys>,
     settings: Settings,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
 }
+
+endpoint_of!(Entry);
+endpoint_of!(Exit);
 
 impl Entry {
     pub fn bind(
@@ -146,33 +148,12 @@ impl Entry {
         settings: Settings,
     ) -> Result<Entry> {
         settings.check()?;
-        let listener =
-            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
         Ok(Entry {
-            listener,
+            endpoint: Endpoint::bind(listen)?,
             tunnel,
             keys: Arc::new(keys.into()),
             settings,
-            stats: Arc::default(),
-            stop: Arc::default(),
         })
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
-        self.stop = stop;
-    }
-
-    /// The flag that stops [`Entry::run`] (sessions already open go on).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
     }
 
     /// Accepts the application's connections and carries each through the tunnel, until
@@ -182,8 +163,8 @@ impl Entry {
         // or an exit that cannot be reached, must not outrun the limit while legs dial).
         let held = Arc::new(AtomicUsize::new(0));
         Ok(accept_until_stopped(
-            &self.listener,
-            &self.stop,
+            &self.endpoint.listener,
+            &self.endpoint.stop,
             "tunnel entry",
             // At the session limit, new application connections wait in the listen queue.
             || held.load(Ordering::Relaxed) < self.settings.max_sessions,
@@ -193,7 +174,7 @@ impl Entry {
                     keys: self.keys.clone(),
                     settings: self.settings.clone(),
                 };
-                let stats = self.stats.clone();
+                let stats = self.endpoint.stats.clone();
                 // Given back when the session's thread ends, however it ends (a panic too),
                 // or when it could not start (the closure is dropped).
                 let place = Held::take(&held);
@@ -295,12 +276,10 @@ fn still_listed(keys: &ExitKeys, peer: &Peer) -> bool {
 
 /// The end next to the server.
 pub struct Exit {
-    listener: TcpListener,
+    endpoint: Endpoint,
     connect: SocketAddr,
     keys: Arc<ExitKeys>,
     settings: Settings,
-    stats: Arc<Stats>,
-    stop: Arc<AtomicBool>,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
     ended: Arc<Mutex<Ended>>,
 }
@@ -313,8 +292,7 @@ impl Exit {
         settings: Settings,
     ) -> Result<Exit> {
         settings.check()?;
-        let listener =
-            crate::sys::socket::listen(listen).with_context(|| format!("listening on {listen}"))?;
+        let endpoint = Endpoint::bind(listen)?;
         let ended = Ended::new(
             settings.resume_within,
             settings
@@ -323,32 +301,13 @@ impl Exit {
                 .max(ENDED_AT_LEAST),
         );
         Ok(Exit {
-            listener,
+            endpoint,
             connect,
             keys: Arc::new(keys.into()),
             settings,
-            stats: Arc::default(),
-            stop: Arc::default(),
             sessions: Arc::default(),
             ended: Arc::new(Mutex::new(ended)),
         })
-    }
-
-    pub fn local_addr(&self) -> Result<SocketAddr> {
-        Ok(self.listener.local_addr()?)
-    }
-
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
-    }
-
-    pub fn set_stop_flag(&mut self, stop: Arc<AtomicBool>) {
-        self.stop = stop;
-    }
-
-    /// The flag that stops [`Exit::run`] (sessions already open go on).
-    pub fn stop_flag(&self) -> Arc<AtomicBool> {
-        self.stop.clone()
     }
 
     /// The ids of the sessions held now (for monitoring and tests).
@@ -365,7 +324,7 @@ impl Exit {
     /// Accepts legs until stopped: each one is authenticated in the [`gate`], then starts or
     /// resumes a session on a thread of its own.
     pub fn run(&self) -> Result<()> {
-        gate::run(&self.listener, &self.stop, self)?;
+        gate::run(&self.endpoint.listener, &self.endpoint.stop, self)?;
         Ok(())
     }
 
@@ -416,7 +375,7 @@ impl gate::Responder for Exit {
             connect: self.connect,
             keys: self.keys.clone(),
             settings: self.settings.clone(),
-            stats: self.stats.clone(),
+            stats: self.endpoint.stats.clone(),
             sessions: self.sessions.clone(),
             ended: self.ended.clone(),
         };

@@ -1,0 +1,373 @@
+//! A running gateway seen from outside: `flows` and `flows expire`, the `--metrics` listener,
+//! a gateway of several `--workers`, and what `--workers` and `--user` refuse before anything
+//! starts.
+
+use super::*;
+
+/// Connects to argv[1]:argv[2], sends "a", then waits up to 10 s for anything; says how it ended
+/// and how long after connecting.
+const HOLD_CLIENT: &str = r#"
+import signal, socket, sys, time
+signal.alarm(20)
+start = time.monotonic()
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.sendall(b"a")
+print("sent a", flush=True)
+c.settimeout(10)
+try:
+    data = c.recv(100)
+    print("got " + repr(data))
+except OSError as e:
+    print("%s after %.1fs" % (type(e).__name__, time.monotonic() - start))
+"#;
+
+/// A server on `port` in both members and a client in `internet` that has sent "a" through
+/// the frontend and holds the connection open; returns once a server got the "a".
+fn hold_connection(programs: &mut Programs, port: &str) {
+    let servers =
+        [("vm1", "vm1"), ("vm2", "vm2")].map(|(tag, host)| (format!("{tag}:{port}"), host));
+    for (tag, host) in &servers {
+        programs.python(tag, host, CHUNK_SERVER, &[port]);
+    }
+    let tags = [servers[0].0.as_str(), servers[1].0.as_str()];
+    programs.wait_each(&tags, "listening", LISTEN_TIMEOUT);
+    programs.python("client", "internet", HOLD_CLIENT, &[FRONTEND, port]);
+    programs.wait_line(&tags, |l| l == "got a", Duration::from_secs(10));
+}
+
+#[test]
+fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_shows() {
+    let pcap = tempfile::NamedTempFile::new().expect("a capture file");
+    let pcap_path = pcap.path().to_str().expect("a UTF-8 path").to_string();
+    let mut lab = Lab::up_with_args(&lab_name(), &example_config(), &["--pcap", &pcap_path]);
+    let mut programs = Programs::new(&lab);
+    hold_connection(&mut programs, "7001");
+
+    let listed = idlegate(&["flows", "--lab", &lab.name, "--json"], COMMAND_TIMEOUT);
+    assert!(listed.status.success(), "{}", listed.stderr);
+    let flows: serde_json::Value =
+        serde_json::from_str(&listed.stdout).expect("flows --json prints JSON");
+    let flows = flows.as_array().expect("an array of flows");
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["rule"], "app-with-reset");
+    assert_eq!(flows[0]["state"], "ESTABLISHED");
+    assert_eq!(flows[0]["public"], format!("{FRONTEND}:7001"));
+
+    // The rule resets on expiry: expiring its flows now resets both ends now, long before the
+    // 4 s idle timeout.
+    let expired = idlegate(
+        &[
+            "flows",
+            "expire",
+            "--lab",
+            &lab.name,
+            "--rule",
+            "app-with-reset",
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(expired.status.success(), "{}", expired.stderr);
+    assert_eq!(expired.stdout.trim(), "expired 1 flow(s)");
+    let (_, client) = programs.finish("client", Duration::from_secs(15));
+    let report = programs.report();
+    let seconds: f64 = client
+        .last()
+        .and_then(|l| l.strip_prefix("ConnectionResetError after "))
+        .and_then(|l| l.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("the client must be reset\n{report}"));
+    assert!(
+        seconds < 3.0,
+        "reset by the expiry, not by the idle timeout\n{report}"
+    );
+
+    let refused = idlegate(&["flows", "expire", "--lab", &lab.name], COMMAND_TIMEOUT);
+    assert!(!refused.status.success(), "expire needs --rule or --all");
+
+    // The capture holds both sides of the translation and the two RSTs the gateway made.
+    assert!(lab.terminate().success());
+    let file = std::fs::File::open(pcap.path()).expect("the capture file");
+    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
+    let mut headers = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.expect("a readable packet");
+        if let Ok(h) = idlegate_core::packet::Headers::parse(&packet.data) {
+            headers.push(h);
+        }
+    }
+    let frontend: std::net::SocketAddrV4 = format!("{FRONTEND}:7001").parse().unwrap();
+    let syn = |h: &idlegate_core::packet::Headers| h.tcp.is_some_and(|t| t.flags.is_connect());
+    assert!(
+        headers.iter().any(|h| syn(h) && h.dst == frontend),
+        "the SYN as it came in"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| syn(h) && h.dst.port() == 7001 && h.dst != frontend),
+        "the SYN as it left, translated"
+    );
+    let resets: Vec<_> = headers
+        .iter()
+        .filter(|h| h.tcp.is_some_and(|t| t.flags.rst()))
+        .collect();
+    assert!(
+        resets.iter().any(|h| h.src == frontend),
+        "the RST to the client: {resets:?}"
+    );
+    assert!(
+        resets
+            .iter()
+            .any(|h| h.dst.port() == 7001 && h.dst != frontend),
+        "the RST to the member: {resets:?}"
+    );
+}
+
+/// `GET path` from the metrics listener at `addr`: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect(addr).expect("connecting to the metrics listener");
+    stream.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn metrics_show_flows_by_rule_and_state_snat_ports_and_traffic() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let lab = Lab::up_with_args(&lab_name(), &example_config(), &["--metrics", &addr]);
+    let mut programs = Programs::new(&lab);
+    hold_connection(&mut programs, "7000");
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let value = |series: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+    };
+    assert_eq!(
+        value("idlegate_flows{rule=\"app\",state=\"ESTABLISHED\"}"),
+        1
+    );
+    assert_eq!(value("idlegate_flows_created_total"), 1);
+    // Two members with Azure's default 1,024 SNAT ports each, none lent.
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"free\"}"),
+        2048
+    );
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"in_use\"}"),
+        0
+    );
+    assert_eq!(
+        value("idlegate_snat_ports{frontend=\"203.0.113.10\",state=\"held\"}"),
+        0
+    );
+    assert!(
+        value("idlegate_packets_total{interface=\"outside\",direction=\"in\"}") >= 3,
+        "SYN, ACK, data"
+    );
+    assert!(value("idlegate_bytes_total{interface=\"inside\",direction=\"out\"}") >= 120);
+    assert_eq!(value("idlegate_expiries_total{action=\"silent\"}"), 0);
+    assert!(
+        body.contains("# TYPE idlegate_drops_total counter"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/nothing").0, "HTTP/1.1 404 Not Found");
+}
+
+/// Server: on port argv[1], echoes every byte on every connection it accepts, one thread each,
+/// and closes when the client has.
+const MANY_ECHO_SERVER: &str = r#"
+import signal, socket, sys, threading
+signal.alarm(30)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(256)
+print("listening")
+def echo(c):
+    while True:
+        data = c.recv(1 << 16)
+        if not data:
+            break
+        c.sendall(data)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=echo, args=(c,), daemon=True).start()
+"#;
+
+/// Client: opens argv[3] connections to argv[1]:argv[2], sends a line of its own on each,
+/// prints how many came back whole, then holds them open (until killed, at most 20 s).
+const MANY_CLIENT: &str = r#"
+import signal, socket, sys, time
+signal.alarm(30)
+conns = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+         for _ in range(int(sys.argv[3]))]
+for i, c in enumerate(conns):
+    c.sendall(b"line %d\n" % i)
+ok = sum(c.makefile("rb").readline() == b"line %d\n" % i for i, c in enumerate(conns))
+print("echoed %d" % ok)
+time.sleep(20)
+"#;
+
+/// Client: sends 16 MiB of random bytes to argv[1]:argv[2] while reading what comes back, and
+/// prints `bulk ok` if exactly those bytes came back (SHA-256), else `bulk mismatch N`.
+const BULK_CLIENT: &str = r#"
+import hashlib, os, signal, socket, sys, threading
+signal.alarm(30)
+data = os.urandom(16 << 20)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+def send():
+    c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+threading.Thread(target=send, daemon=True).start()
+h, n = hashlib.sha256(), 0
+while True:
+    chunk = c.recv(1 << 16)
+    if not chunk:
+        break
+    h.update(chunk)
+    n += len(chunk)
+same = n == len(data) and h.digest() == hashlib.sha256(data).digest()
+print("bulk ok" if same else "bulk mismatch %d" % n)
+"#;
+
+#[test]
+fn a_gateway_of_four_workers_carries_every_flow_and_answers_for_all_its_shards() {
+    // Flows are spread over the workers by their remote endpoint; the kernel's queue choice
+    // does not follow it, so packets read by another worker are handed over. The control
+    // socket must see every shard.
+    let lab = Lab::up_with_args(&lab_name(), &example_config(), &["--workers", "4"]);
+    let mut programs = Programs::new(&lab);
+    for (tag, host) in [("vm1", "vm1"), ("vm2", "vm2"), ("internet", "internet")] {
+        let port = if host == "internet" { "8000" } else { "7000" };
+        programs.python(tag, host, MANY_ECHO_SERVER, &[port]);
+    }
+    programs.wait_each(&["vm1", "vm2", "internet"], "listening", LISTEN_TIMEOUT);
+    programs.python(
+        "inbound",
+        "internet",
+        MANY_CLIENT,
+        &[FRONTEND, "7000", "40"],
+    );
+    programs.python("outbound", "vm1", MANY_CLIENT, &[INTERNET, "8000", "20"]);
+    programs.wait_line(&["inbound"], |l| l == "echoed 40", Duration::from_secs(15));
+    programs.wait_line(&["outbound"], |l| l == "echoed 20", Duration::from_secs(15));
+
+    let listed = idlegate(&["flows", "--lab", &lab.name, "--json"], COMMAND_TIMEOUT);
+    assert!(listed.status.success(), "{}", listed.stderr);
+    let flows: serde_json::Value =
+        serde_json::from_str(&listed.stdout).expect("flows --json prints JSON");
+    let flows = flows.as_array().expect("an array of flows");
+    let of_rule = |rule: &str| flows.iter().filter(|f| f["rule"] == rule).count();
+    assert_eq!((of_rule("app"), of_rule("egress")), (40, 20), "{flows:?}");
+
+    let expired = idlegate(
+        &["flows", "expire", "--lab", &lab.name, "--all"],
+        COMMAND_TIMEOUT,
+    );
+    assert!(expired.status.success(), "{}", expired.stderr);
+    assert_eq!(expired.stdout.trim(), "expired 60 flow(s)");
+    let listed = idlegate(&["flows", "--lab", &lab.name, "--json"], COMMAND_TIMEOUT);
+    assert_eq!(listed.stdout.trim(), "[]", "{}", listed.stderr);
+
+    // Bulk both ways at once, in super-segments with offloads: every byte, in order.
+    programs.python("bulk-in", "internet", BULK_CLIENT, &[FRONTEND, "7000"]);
+    programs.python("bulk-out", "vm1", BULK_CLIENT, &[INTERNET, "8000"]);
+    for tag in ["bulk-in", "bulk-out"] {
+        let (_, lines) = programs.finish(tag, Duration::from_secs(30));
+        assert_eq!(lines, ["bulk ok"], "{tag}\n{}", programs.report());
+    }
+
+    // The gateway's closing line counts the packets one worker read for another.
+    drop(programs);
+    let mut lab = lab;
+    assert!(lab.terminate().success());
+    lab.stderr_reader.take().map(JoinHandle::join);
+    let stderr = lab.stderr();
+    let handed_over: u64 = stderr
+        .split_once("handed_over=")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no handed_over count in the log:\n{stderr}"));
+    assert!(handed_over > 0, "{stderr}");
+    assert!(stderr.contains("workers=4"), "{stderr}");
+}
+
+#[test]
+fn workers_out_of_range_are_refused_before_anything_starts() {
+    let refused = idlegate(
+        &[
+            "lab",
+            "up",
+            "--config",
+            "examples/azure-lb.toml",
+            "--workers",
+            "0",
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert!(!refused.status.success());
+    assert!(
+        refused
+            .stderr
+            .contains("expected a number of workers from 1 to 64"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn an_unknown_user_or_root_is_refused_before_the_gateway_makes_any_device() {
+    common::require_root();
+    let config = example_config();
+    for (user, why) in [
+        (
+            "no-such-user-here",
+            "--user no-such-user-here: no such user",
+        ),
+        ("root", "--user root: has uid 0, which gives nothing up"),
+    ] {
+        // In a namespace of its own: had it made its devices, they would be there alone.
+        let ns = idlegate::sys::netns::Namespace::create(&common::unique("igu")).unwrap();
+        let refused = run_bounded(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns.name(),
+                IDLEGATE,
+                "gateway",
+                "--config",
+                config.to_str().expect("a UTF-8 path"),
+                "--user",
+                user,
+            ],
+            COMMAND_TIMEOUT,
+        );
+        assert!(!refused.status.success());
+        assert!(refused.stderr.contains(why), "{}", refused.stderr);
+        let links = Command::new("ip")
+            .args(["-n", ns.name(), "-o", "link", "show"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    }
+}
