@@ -7,6 +7,7 @@
 //! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM).
 
 use crate::survive::relay::{parse_config, Keepalive, Relay};
+use crate::survive::stats::Stats;
 use crate::survive::tunnel::leg::{EntryKeys, ExitKeys};
 use crate::survive::tunnel::{Entry, Exit, Settings};
 use anyhow::{Context, Result};
@@ -97,7 +98,6 @@ fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
 /// Binds every relay `options` asks for and runs them until `stop` is set; each one stops
 /// on its own once it sees the flag.
 pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
-    type Run = Box<dyn FnOnce() -> Result<()> + Send>;
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = Vec::new();
     let settings = &options.settings;
@@ -109,12 +109,10 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             let relays = parse_config(&text, &path.display().to_string())?;
             options.fit(relays.len())?;
             for (listen, connect, keepalive) in relays {
-                let mut relay = Relay::bind(listen, connect, keepalive)?;
-                relay.set_stop_flag(stop.clone());
-                relay.set_max_connections(options.max_connections);
-                stats.push((relay.local_addr()?, relay.stats()));
-                log_relay(relay.local_addr()?, connect, &keepalive);
-                runs.push(Box::new(move || relay.run()));
+                let (local, relay_stats, run) =
+                    bind_relay(listen, connect, keepalive, options, &stop)?;
+                stats.push((local, relay_stats));
+                runs.push(run);
             }
         }
         Plan::Entry { listen, tunnel } => {
@@ -179,13 +177,10 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
         Plan::Relay { listen, connect } => {
             let connect = resolve("--connect", connect)?;
             options.fit(1)?;
-            let keepalive = settings.keepalive;
-            let mut relay = Relay::bind(*listen, connect, keepalive)?;
-            relay.set_stop_flag(stop.clone());
-            relay.set_max_connections(options.max_connections);
-            stats.push((relay.local_addr()?, relay.stats()));
-            log_relay(relay.local_addr()?, connect, &keepalive);
-            runs.push(Box::new(move || relay.run()));
+            let (local, relay_stats, run) =
+                bind_relay(*listen, connect, settings.keepalive, options, &stop)?;
+            stats.push((local, relay_stats));
+            runs.push(run);
         }
     }
     if let Some(addr) = options.metrics {
@@ -204,6 +199,26 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A relay or tunnel end, bound, waiting to be run on a thread of its own.
+type Run = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// Binds one keepalive relay from `listen` to `connect` with `options`' connection limit and
+/// the stop flag, says so in the log, and gives its address, its counters and its run.
+fn bind_relay(
+    listen: SocketAddr,
+    connect: SocketAddr,
+    keepalive: Keepalive,
+    options: &Options,
+    stop: &Arc<AtomicBool>,
+) -> Result<(SocketAddr, Arc<Stats>, Run)> {
+    let mut relay = Relay::bind(listen, connect, keepalive)?;
+    relay.set_stop_flag(stop.clone());
+    relay.set_max_connections(options.max_connections);
+    let local = relay.local_addr()?;
+    log_relay(local, connect, &keepalive);
+    Ok((local, relay.stats(), Box::new(move || relay.run())))
 }
 
 fn log_relay(listen: SocketAddr, connect: SocketAddr, k: &Keepalive) {
