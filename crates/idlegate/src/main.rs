@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use cli::audit::{AdviseArgs, AuditArgs};
 use cli::flows::FlowsArgs;
 use cli::gateway::GatewayArgs;
+use cli::generate::{CompletionsArgs, ManArgs};
 use cli::keepalive::{KeepaliveArgs, RunArgs};
 use cli::lab::LabCommand;
 use cli::measure::{EchoArgs, ProbeArgs};
@@ -79,6 +80,11 @@ enum Command {
         #[command(subcommand)]
         action: Option<ProfilesAction>,
     },
+    /// Print the shell completions for SHELL (bash, zsh, fish, elvish, powershell), made from
+    /// these very commands.
+    Completions(CompletionsArgs),
+    /// Print the manual page idlegate(1), or with --out DIR write one page per command.
+    Man(ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -125,5 +131,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Run(args) => cli::keepalive::run_watched(&args),
         Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),
+        Command::Completions(args) => cli::generate::completions(&args).map(done),
+        Command::Man(args) => cli::generate::man(&args).map(done),
     }
 }

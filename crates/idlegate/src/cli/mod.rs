@@ -12,10 +12,12 @@
 //! | [`keepalive`] | `keepalive`, `run` |
 //! | [`audit`] | `audit`, `advise` |
 //! | [`profiles`] | `profiles`, `profiles show` |
+//! | [`generate`] | `completions`, `man`: made from these definitions |
 
 pub mod audit;
 pub mod flows;
 pub mod gateway;
+pub mod generate;
 pub mod keepalive;
 pub mod lab;
 pub mod measure;

@@ -13,9 +13,10 @@
 //! The helpers and the scripts more than one area runs are here; the tests are in one file per
 //! command family: `lab_up` (`lab up`, `lab exec`, `explain`), `gateway_run` (`flows`,
 //! `--metrics`, `--workers`, `--user`), `profiles` (`profiles`), `tunnel_keys` (`keygen`, a
-//! tunnel's key and `--heartbeat`).
+//! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`).
 
 mod gateway_run;
+mod generate;
 mod lab_up;
 mod profiles;
 mod tunnel_keys;
