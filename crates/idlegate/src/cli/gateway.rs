@@ -6,7 +6,6 @@ use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::gateway::{Attachment, Gateway, Options};
-use idlegate::sys::netns;
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
 use idlegate_core::Interface;
@@ -89,8 +88,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     ] {
         let queues = Tun::create_queues(name, workers)?;
         // No IPv6 link-local address: the kernel would send router solicitations into it.
-        netns::ip(&["link", "set", name, "addrgenmode", "none"])?;
-        netns::ip(&["link", "set", name, "up"])?;
+        queues.first().context("tun-rs made no queue")?.bring_up()?;
         ports.push(Attachment {
             queues,
             interface,

@@ -15,6 +15,7 @@
 //! | [`process`] | who this process runs as, signals to others, pidfds, a child's exit code |
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
+//! | [`rtnl`] | links, addresses, routes (rtnetlink): what `ip link/addr/route` would set |
 //! | [`signal`] | SIGINT/SIGTERM: stop flags, the gateway's interrupt, signals passed on to a child |
 //! | [`sock_diag`] | every TCP connection of a namespace, with tcp_info (sock_diag netlink) |
 //! | [`socket`] | the listener, SO_LINGER 0 resets, IP_RECVERR, non-blocking reads, SIOCOUTQ |
@@ -32,6 +33,7 @@ pub mod proc;
 pub mod process;
 pub mod resolve;
 pub mod rlimit;
+pub mod rtnl;
 pub mod signal;
 pub mod sock_diag;
 pub mod socket;

@@ -1,45 +1,150 @@
-//! Named Linux network namespaces, as managed by `ip netns` (bind mounts in `/run/netns`).
+//! Named Linux network namespaces, as `ip netns` (iproute2) manages them: one file per
+//! namespace in `/run/netns`, a bind mount of the namespace's nsfs file. Made with syscalls
+//! only, so that namespaces made here and by `ip netns add` are interchangeable.
 //!
-//! Contract: every function needs root (CAP_SYS_ADMIN) except [`list`] and [`exists`].
-//! [`create`] fails if the namespace exists and leaves nothing behind on failure;
+//! Contract: every function needs root (CAP_SYS_ADMIN) except [`list`], [`exists`] and
+//! [`pids`]. [`create`] fails if the namespace exists and leaves nothing behind on failure;
 //! [`delete`] is idempotent. Code runs inside a namespace either in a dedicated thread
 //! ([`spawn_in`]: sockets it creates live in that namespace, the caller's thread is
-//! untouched) or in a child process ([`exec`]). Errors name the namespace and, for
-//! commands, the full command line and its stderr. [`Namespace`] deletes on drop.
+//! untouched) or in a child process ([`exec`], as `ip netns exec`). Errors name the
+//! namespace and the step that failed. [`Namespace`] deletes on drop.
 
+use super::rtnl::Rtnl;
 use anyhow::{bail, ensure, Context, Result};
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::thread::{self, JoinHandle};
 
 /// Directory where `ip netns` keeps one bind-mounted file per named namespace.
 const NETNS_DIR: &str = "/run/netns";
+/// Directory whose `NAME/FILE` files `ip netns exec NAME` bind-mounts over `/etc/FILE`.
+const NETNS_ETC_DIR: &str = "/etc/netns";
 
 /// Creates namespace `name` (`ip netns add`) and brings its `lo` up.
 /// Fails if it already exists.
 pub fn create(name: &str) -> Result<()> {
     check_name(name)?;
     ensure!(!exists(name), "network namespace {name} already exists");
-    ip(&["netns", "add", name])?;
-    if let Err(err) = ip(&["-n", name, "link", "set", "lo", "up"]) {
-        let _ = delete(name);
-        return Err(err.context(format!("bringing lo up in network namespace {name}")));
+    prepare_run_dir().with_context(|| format!("creating network namespace {name}"))?;
+    let path = ns_path(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "creating network namespace {name}: creating {}",
+                path.display()
+            )
+        })?;
+    let made = thread::Builder::new()
+        .name(format!("netns-add:{name}"))
+        .spawn({
+            let (name, path) = (name.to_owned(), path.clone());
+            move || make_and_bind(&name, &path)
+        })
+        .context("spawning a thread to make a network namespace");
+    let made = match made {
+        Ok(thread) => match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!("the thread making it panicked")),
+        },
+        Err(err) => Err(err),
+    };
+    if let Err(err) = made {
+        // Whatever was done is undone: a bind mount made, then the file.
+        let _ = unmount(&path);
+        let _ = std::fs::remove_file(&path);
+        return Err(err.context(format!("creating network namespace {name}")));
     }
     Ok(())
 }
 
-/// Deletes namespace `name` (`ip netns delete`); succeeds if it does not exist.
+/// In a throwaway thread: a new network namespace for this thread only, bind-mounted onto
+/// `path` (which keeps it alive after the thread ends), with `lo` up.
+fn make_and_bind(name: &str, path: &Path) -> Result<()> {
+    // SAFETY: plain syscall; it changes only this thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    // /proc/self would be the process's main thread, still in the old namespace.
+    let own = "/proc/thread-self/ns/net";
+    mount(Some(own), path, None, libc::MS_BIND)
+        .with_context(|| format!("bind-mounting {own} onto {}", path.display()))?;
+    let mut rtnl = Rtnl::here(format!("network namespace {name}"))?;
+    let lo = rtnl.link("lo")?;
+    rtnl.set_up(&lo)
+}
+
+/// Makes `/run/netns` a shared mount point, as `ip netns add` does, so that a namespace file
+/// unmounted in one mount namespace is unmounted in all of them (and the namespace freed).
+/// Serialised with other `ip netns add` and idlegate processes by an flock on the directory.
+fn prepare_run_dir() -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o755).create(NETNS_DIR) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(e).with_context(|| format!("making {NETNS_DIR}"));
+        }
+        _ => {}
+    }
+    let dir = File::open(NETNS_DIR).with_context(|| format!("opening {NETNS_DIR}"))?;
+    // SAFETY: flock on a descriptor `dir` keeps open; released when `dir` closes.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        tracing::warn!(
+            "could not lock {NETNS_DIR}: {}; going on without",
+            io::Error::last_os_error()
+        );
+    }
+    let dir_path = Path::new(NETNS_DIR);
+    let mut made_mount_point = false;
+    loop {
+        let shared = mount(None, dir_path, None, libc::MS_SHARED | libc::MS_REC);
+        match shared {
+            Ok(()) => return Ok(()),
+            // EINVAL: not a mount point yet; make it one, once.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !made_mount_point => {
+                mount(
+                    Some(NETNS_DIR),
+                    dir_path,
+                    None,
+                    libc::MS_BIND | libc::MS_REC,
+                )
+                .with_context(|| format!("bind-mounting {NETNS_DIR} onto itself"))?;
+                // Private then shared again: a peer group of its own.
+                mount(None, dir_path, None, libc::MS_PRIVATE | libc::MS_REC)
+                    .with_context(|| format!("making {NETNS_DIR} a private mount"))?;
+                made_mount_point = true;
+            }
+            Err(e) => return Err(e).with_context(|| format!("making {NETNS_DIR} a shared mount")),
+        }
+    }
+}
+
+/// Deletes namespace `name` (`ip netns delete`: detach the bind mount, remove the file);
+/// succeeds if it does not exist. The namespace itself lives on while a process or an open
+/// descriptor is in it.
 pub fn delete(name: &str) -> Result<()> {
     check_name(name)?;
-    if !exists(name) {
-        return Ok(());
-    }
-    match ip(&["netns", "delete", name]) {
-        Err(_) if !exists(name) => Ok(()), // lost a race with another deleter
-        other => other,
+    let path = ns_path(name);
+    // Not mounted (a half-made namespace of another program) is fine: the file goes anyway.
+    let _ = unmount(&path);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()), // none, or lost a race
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "deleting network namespace {name}: removing {}",
+                path.display()
+            )
+        }),
     }
 }
 
@@ -63,27 +168,18 @@ pub fn exists(name: &str) -> bool {
     check_name(name).is_ok() && ns_path(name).exists()
 }
 
-/// Runs `ip ARGS...`; the error carries the command line, exit status and stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let cmdline = format!("ip {}", args.join(" "));
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .with_context(|| format!("could not run `{cmdline}`"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!("`{cmdline}` failed ({}): {}", output.status, stderr.trim());
-    }
-    Ok(())
+/// Opens namespace `name`'s file, the descriptor `setns` and IFLA_NET_NS_FD take.
+pub fn open(name: &str) -> Result<File> {
+    check_name(name)?;
+    let path = ns_path(name);
+    File::open(&path)
+        .with_context(|| format!("opening network namespace {name} ({})", path.display()))
 }
 
 /// Moves the calling thread into namespace `name`, for good.
 /// Only the network namespace changes; other threads of the process are unaffected.
 pub fn enter_current_thread(name: &str) -> Result<()> {
-    check_name(name)?;
-    let path = ns_path(name);
-    let file = File::open(&path)
-        .with_context(|| format!("opening network namespace {name} ({})", path.display()))?;
+    let file = open(name)?;
     // SAFETY: plain syscall on a file descriptor that `file` keeps open for the call.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let err = io::Error::last_os_error();
@@ -120,33 +216,114 @@ where
     }
 }
 
-/// Runs `program args...` inside namespace `name` (`ip netns exec`), inheriting
-/// stdin/stdout/stderr, and returns its exit status unchanged.
+/// Runs `program args...` inside namespace `name`, inheriting stdin/stdout/stderr, and
+/// returns its exit status unchanged.
+///
+/// As `ip netns exec` does, the child also gets a mount namespace of its own (mounts do not
+/// propagate back), with `/sys` mounted afresh so that `/sys/class/net` lists the namespace's
+/// devices, and each file `/etc/netns/NAME/FILE` bind-mounted over `/etc/FILE` (a failed
+/// bind is skipped, as iproute2 does with a warning). It does not, as iproute2 does not,
+/// touch `/proc` or other namespaces.
 pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
-    check_name(name)?;
-    Command::new("ip")
-        .args(["netns", "exec", name, program])
-        .args(args)
-        .status()
-        .with_context(|| format!("could not run `ip netns exec {name} {program}`"))
+    let ns = open(name)?;
+    let fd = ns.as_raw_fd();
+    let sysfs_source = CString::new(name).context("namespace name with a NUL byte")?;
+    let etc = etc_binds(name);
+    let mut command = Command::new(program);
+    command.args(args);
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes syscalls on descriptors and C strings
+    // prepared before the fork, allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || enter_for_exec(fd, &sysfs_source, &etc));
+    }
+    let status = command.status();
+    drop(ns);
+    status.with_context(|| format!("could not run `{program}` in network namespace {name}"))
 }
 
-/// The processes running in namespace `name` (`ip netns pids`).
+/// The (source, target) pairs of the `/etc/netns/NAME` bind mounts `exec` makes.
+fn etc_binds(name: &str) -> Vec<(CString, CString)> {
+    let Ok(entries) = std::fs::read_dir(Path::new(NETNS_ETC_DIR).join(name)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let source = CString::new(entry.path().as_os_str().as_bytes()).ok()?;
+            let target = Path::new("/etc").join(entry.file_name());
+            let target = CString::new(target.as_os_str().as_bytes()).ok()?;
+            Some((source, target))
+        })
+        .collect()
+}
+
+/// In `exec`'s child, before exec: what iproute2's `netns_switch` does (lib/namespace.c).
+fn enter_for_exec(ns: RawFd, sysfs_source: &CStr, etc: &[(CString, CString)]) -> io::Result<()> {
+    let fail = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let none = c"none".as_ptr();
+    // SAFETY: syscalls on a descriptor the parent keeps open until the child has exec'd, and
+    // on NUL-terminated strings that outlive the calls.
+    unsafe {
+        fail(libc::setns(ns, libc::CLONE_NEWNET) == 0)?;
+        fail(libc::unshare(libc::CLONE_NEWNS) == 0)?;
+        // Mounts made here must not propagate back to the caller's mount namespace.
+        let flags = libc::MS_SLAVE | libc::MS_REC;
+        fail(libc::mount(c"".as_ptr(), c"/".as_ptr(), none, flags, std::ptr::null()) == 0)?;
+        let sys = c"/sys".as_ptr();
+        let mut flags = 0;
+        if libc::umount2(sys, libc::MNT_DETACH) != 0 {
+            // Cannot unmount it: mount over it, read-only if it is (a read-only sysfs
+            // cannot be shadowed by a read-write one).
+            let mut fs = std::mem::zeroed::<libc::statvfs>();
+            if libc::statvfs(sys, &mut fs) == 0 && fs.f_flag & libc::ST_RDONLY != 0 {
+                flags = libc::MS_RDONLY;
+            }
+        }
+        let sysfs = c"sysfs".as_ptr();
+        fail(libc::mount(sysfs_source.as_ptr(), sys, sysfs, flags, std::ptr::null()) == 0)?;
+        for (source, target) in etc {
+            let _ = libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The processes running in namespace `name` (`ip netns pids`): those whose
+/// `/proc/PID/ns/net` is the same nsfs inode as the namespace's file. A process that ends
+/// during the scan is left out.
 pub fn pids(name: &str) -> Result<Vec<libc::pid_t>> {
     check_name(name)?;
-    let output = Command::new("ip")
-        .args(["netns", "pids", name])
-        .output()
-        .with_context(|| format!("could not run `ip netns pids {name}`"))?;
-    ensure!(
-        output.status.success(),
-        "`ip netns pids {name}` failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
+    let path = ns_path(name);
+    let ns = std::fs::metadata(&path)
+        .with_context(|| format!("reading network namespace {name} ({})", path.display()))?;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let Ok(net) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue;
+        };
+        if (net.dev(), net.ino()) == (ns.dev(), ns.ino()) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
 }
 
 /// Stops every process in namespace `name`: SIGTERM, up to `grace` to exit, then SIGKILL.
@@ -214,4 +391,39 @@ fn check_name(name: &str) -> Result<()> {
 
 fn ns_path(name: &str) -> PathBuf {
     PathBuf::from(NETNS_DIR).join(name)
+}
+
+/// mount(2): `source` (none: an empty string), fstype "none" unless given.
+fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: u64) -> io::Result<()> {
+    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let source = CString::new(source.unwrap_or("")).map_err(invalid)?;
+    let target = CString::new(target.as_os_str().as_bytes()).map_err(invalid)?;
+    let fstype = CString::new(fstype.unwrap_or("none")).map_err(invalid)?;
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// umount2(2) with MNT_DETACH: gone from the tree now, freed when no longer busy.
+fn unmount(target: &Path) -> io::Result<()> {
+    let target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

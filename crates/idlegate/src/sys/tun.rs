@@ -28,9 +28,11 @@
 //! the fd and the kernel destroys the device, in whichever namespace it lives. Deleting
 //! the namespace destroys the device too (the fd then fails with `EBADFD`). tun-rs
 //! setters (`set_mtu`, `enabled`, ...) cannot work once the device has moved, because
-//! their control socket is in our namespace; hence all later configuration uses `ip -n`.
+//! their control socket is in our namespace; hence all later configuration goes through an
+//! rtnetlink socket opened in the device's new namespace ([`crate::sys::rtnl`]).
 
 use crate::sys::netns;
+use crate::sys::rtnl::{Dad, Family, Rtnl};
 use anyhow::{Context, Result};
 use idlegate_core::packet::TransportChecksum;
 use std::io::{self, IoSlice};
@@ -148,38 +150,25 @@ impl Tun {
     /// Moves the device into namespace `netns` and configures it there: no IPv6 link-local
     /// address, each of `addresses` as a host address (IPv6 without duplicate address
     /// detection, so it is usable at once), up, and a default route through it for each
-    /// family it has an address of.
+    /// family it has an address of. All over rtnetlink ([`crate::sys::rtnl`]).
     pub fn move_to(&self, netns: &str, addresses: &[IpAddr]) -> Result<()> {
         let dev = self.name.as_str();
-        netns::ip(&["link", "set", dev, "netns", netns])
+        let target = netns::open(netns)?;
+        let mut here = Rtnl::current()?;
+        let link = here.link(dev)?;
+        here.move_to(&link, &target, netns)
             .with_context(|| format!("moving TUN device {dev} into network namespace {netns}"))?;
-        let mut steps: Vec<Vec<String>> = vec![vec!["link", "set", dev, "addrgenmode", "none"]
-            .into_iter()
-            .map(String::from)
-            .collect()];
-        for a in addresses {
-            let step = match a {
-                IpAddr::V4(_) => format!("addr add {a}/32 dev {dev}"),
-                IpAddr::V6(_) => format!("addr add {a}/128 dev {dev} nodad"),
-            };
-            steps.push(step.split(' ').map(String::from).collect());
-        }
-        steps.push(["link", "set", dev, "up"].map(String::from).to_vec());
-        for (family, v6) in [("-4", false), ("-6", true)] {
-            if addresses.iter().any(|a| a.is_ipv6() == v6) {
-                let step = [family, "route", "add", "default", "dev", dev];
-                steps.push(step.map(String::from).to_vec());
-            }
-        }
-        for step in &steps {
-            let step: Vec<&str> = step.iter().map(String::as_str).collect();
-            let step = step.as_slice();
-            let args = [&["-n", netns], step].concat();
-            netns::ip(&args).with_context(|| {
-                format!("configuring TUN device {dev} in network namespace {netns}")
-            })?;
-        }
-        Ok(())
+        let mut there = Rtnl::open_in(netns)?;
+        configure(&mut there, dev, addresses)
+            .with_context(|| format!("configuring TUN device {dev} in network namespace {netns}"))
+    }
+
+    /// Configures the device where it is, in the current namespace: no IPv6 link-local
+    /// address (the kernel would send router solicitations into it), up, no address.
+    pub fn bring_up(&self) -> Result<()> {
+        let dev = self.name.as_str();
+        let mut here = Rtnl::current()?;
+        configure(&mut here, dev, &[]).with_context(|| format!("configuring TUN device {dev}"))
     }
 
     /// Reads one IP packet, with complete checksums; `WouldBlock` when none is queued. With
@@ -273,6 +262,25 @@ impl Tun {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// `ip link set DEV addrgenmode none`, `ip addr add A/32|A/128 nodad dev DEV` for each
+/// address, `ip link set DEV up`, `ip -4|-6 route add default dev DEV` for each family, in
+/// the namespace `rtnl` speaks to.
+fn configure(rtnl: &mut Rtnl, dev: &str, addresses: &[IpAddr]) -> Result<()> {
+    let link = rtnl.link(dev)?;
+    rtnl.set_addrgenmode_none(&link)?;
+    for &address in addresses {
+        let prefix = if address.is_ipv4() { 32 } else { 128 };
+        rtnl.add_address(&link, address, prefix, Dad::Skip)?;
+    }
+    rtnl.set_up(&link)?;
+    for family in [Family::V4, Family::V6] {
+        if addresses.iter().any(|&a| Family::of(a) == family) {
+            rtnl.add_default_route(&link, family)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a read of `n` bytes into `buf` with offloads brought: the virtio-net header at the

@@ -163,7 +163,7 @@ fn tun_device_lives_as_long_as_fd_and_namespace() -> Result<()> {
     let h = host(Ipv4Addr::new(192, 0, 2, 40))?;
     let (ns, dev) = (h.ns, h.tun.name().to_owned());
     drop(h.tun);
-    assert!(netns::ip(&["-n", ns.name(), "link", "show", &dev]).is_err());
+    assert!(crate::common::ip(&["-n", ns.name(), "link", "show", &dev]).is_err());
     // Deleting the namespace destroys the device (asynchronously, in the kernel's
     // namespace cleanup work); the fd then polls readable and reports EBADFD.
     let h = host(Ipv4Addr::new(192, 0, 2, 41))?;

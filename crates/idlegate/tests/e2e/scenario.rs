@@ -10,7 +10,7 @@ use crate::common;
 
 use anyhow::{anyhow, Context, Result};
 use idlegate::lab::scenario::{self, Moment, Outcome, Script, Side};
-use idlegate::sys::netns::{self, Namespace};
+use idlegate::sys::netns::Namespace;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -36,12 +36,12 @@ fn pair() -> Result<Pair> {
     let server = Namespace::create(&unique())?;
     let (client_if, server_if) = (unique(), unique());
     #[rustfmt::skip]
-    netns::ip(&["link", "add", &client_if, "netns", client.name(), "type", "veth",
+    crate::common::ip(&["link", "add", &client_if, "netns", client.name(), "type", "veth",
                 "peer", "name", &server_if, "netns", server.name()])?;
     for (ns, dev, addr) in [(&client, &client_if, CLIENT), (&server, &server_if, SERVER)] {
         let cidr = format!("{addr}/24");
-        netns::ip(&["-n", ns.name(), "addr", "add", &cidr, "dev", dev])?;
-        netns::ip(&["-n", ns.name(), "link", "set", dev, "up"])?;
+        crate::common::ip(&["-n", ns.name(), "addr", "add", &cidr, "dev", dev])?;
+        crate::common::ip(&["-n", ns.name(), "link", "set", dev, "up"])?;
     }
     Ok(Pair { client, server })
 }

@@ -85,7 +85,7 @@ use common::require_root;
 
 /// `ip -n NS ARGS…`.
 fn ip(ns: &Namespace, args: &[&str]) -> Result<()> {
-    netns::ip(&[&["-n", ns.name()], args].concat())
+    crate::common::ip(&[&["-n", ns.name()], args].concat())
 }
 
 /// `ip netns exec NS sysctl -qw SETTING`.

@@ -223,7 +223,7 @@ fn two_hundred_mb_each_way_cross_one_percent_loss_and_a_cut_leg_exactly() {
     let ns = netns::Namespace::create(&unique("tl")).unwrap();
     // Ethernet-sized packets, one segment each (nftables sees a segmentation offload
     // super-packet as one), so that the loss falls on as many packets as on a real path.
-    netns::ip(&[
+    crate::common::ip(&[
         "-n",
         ns.name(),
         "link",

@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test file uses what it needs
 
 use super::unique;
-use idlegate::sys::netns::{self, Namespace};
+use idlegate::sys::netns::Namespace;
 use idlegate_core::profile::Pickup;
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -64,7 +64,7 @@ impl KernelRouter {
         let tag = unique("kr");
         let [c, r, s] = ["c", "r", "s"].map(|h| format!("ig-{tag}-{h}"));
         let namespaces = [&c, &r, &s].map(|n| Namespace::create(n).expect("namespace"));
-        let ip = |args: &[&str]| netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+        let ip = |args: &[&str]| crate::common::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
         // Both veth pairs are made inside the namespaces: nothing is left in the root one.
         ip(&[
             "-n", &r, "link", "add", "in0", "type", "veth", "peer", "name", "c0", "netns", &c,

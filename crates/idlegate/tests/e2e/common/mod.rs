@@ -5,6 +5,28 @@ pub mod tunnel;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Runs iproute2's `ip ARGS...` (the tests' independent tool: idlegate itself never runs it);
+/// the error carries the command line, exit status and stderr, or says `ip` is missing.
+#[allow(dead_code)] // not every test file wires links by hand
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let cmdline = format!("ip {}", args.join(" "));
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "could not run `{cmdline}`: {e} (the tests need iproute2: scripts/setup)"
+            )
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`{cmdline}` failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
 /// Fails the test at once, loudly, unless it runs as root: the end-to-end tests build network
 /// namespaces and TUN devices, and must never pass by skipping.
 #[allow(dead_code)] // not every test file needs root
@@ -85,7 +107,7 @@ pub enum Ip {
 /// far end's default route through the near one, forwarding on in `internet_ns`.
 #[allow(dead_code)]
 pub fn narrow_link(internet_ns: &str, far_ns: &str, ip: Ip) {
-    let run = |args: &[&str]| idlegate::sys::netns::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+    let run = |args: &[&str]| self::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
     let (near, far, gateway, family, forwarding) = match ip {
         Ip::V4 => (
             "198.51.100.1/24",
