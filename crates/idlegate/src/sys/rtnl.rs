@@ -6,9 +6,9 @@
 //! made by a short-lived thread that entered it, so no thread of the caller ever changes
 //! namespace; a netlink socket keeps the namespace it was made in for its whole life). Every
 //! request asks for the kernel's acknowledgement and waits for it; a refusal (`NLMSG_ERROR`
-//! with a non-zero code) is an error naming the operation, the device and the namespace,
-//! ending with the kernel's errno (`adding address 192.0.2.1/32 to ig-x in network namespace
-//! ig-y: File exists (os error 17)`). Synchronous on purpose (see ARCHITECTURE.md): the
+//! with a non-zero code) is an error naming the device, the namespace and the operation,
+//! ending with the kernel's errno (`configuring device ig-x in network namespace ig-y: adding
+//! address 192.0.2.1/32: File exists (os error 17)`). Synchronous on purpose (see ARCHITECTURE.md): the
 //! `rtnetlink` crate is the same protocol behind an async runtime this program does not run.
 
 use anyhow::{bail, Context, Result};
@@ -140,7 +140,7 @@ impl Rtnl {
         let mut msg = link_message(link);
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.change(RouteNetlinkMessage::NewLink(msg), 0, "bringing up", link)
+        self.change(RouteNetlinkMessage::NewLink(msg), 0, "bringing it up", link)
     }
 
     /// Turns off IPv6 address generation on `link` (`ip link set NAME addrgenmode none`): no
@@ -154,7 +154,7 @@ impl Rtnl {
         self.change(
             RouteNetlinkMessage::NewLink(msg),
             0,
-            "turning IPv6 address generation off (addrgenmode none) on",
+            "turning IPv6 address generation off (addrgenmode none)",
             link,
         )
     }
@@ -166,7 +166,7 @@ impl Rtnl {
         let mut msg = link_message(link);
         msg.attributes
             .push(LinkAttribute::NetNsFd(target.as_raw_fd()));
-        let what = format!("moving into network namespace {target_name}");
+        let what = format!("moving it into network namespace {target_name}");
         self.change(RouteNetlinkMessage::NewLink(msg), 0, &what, link)
     }
 
@@ -192,7 +192,7 @@ impl Rtnl {
             msg.attributes.push(AddressAttribute::Local(address));
         }
         msg.attributes.push(AddressAttribute::Address(address));
-        let what = format!("adding address {address}/{prefix} to");
+        let what = format!("adding address {address}/{prefix}");
         self.change(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -216,8 +216,8 @@ impl Rtnl {
         msg.header.kind = RouteType::Unicast;
         msg.attributes.push(RouteAttribute::Oif(link.index));
         let what = match family {
-            Family::V4 => "adding the IPv4 default route through",
-            Family::V6 => "adding the IPv6 default route through",
+            Family::V4 => "adding the IPv4 default route through it",
+            Family::V6 => "adding the IPv6 default route through it",
         };
         self.change(
             RouteNetlinkMessage::NewRoute(msg),
@@ -227,7 +227,7 @@ impl Rtnl {
         )
     }
 
-    /// A change request: its refusal is "`what` NAME in PLACE: errno".
+    /// A change request: its refusal is "configuring device NAME in PLACE: `what`: errno".
     fn change(
         &mut self,
         msg: RouteNetlinkMessage,
@@ -237,7 +237,8 @@ impl Rtnl {
     ) -> Result<()> {
         self.request(msg, flags)
             .map(drop)
-            .with_context(|| format!("{what} {} in {}", link.name, self.place))
+            .context(what.to_owned())
+            .with_context(|| format!("configuring device {} in {}", link.name, self.place))
     }
 
     /// Sends `msg` with NLM_F_REQUEST | NLM_F_ACK | `flags` and reads until its

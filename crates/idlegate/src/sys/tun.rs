@@ -156,11 +156,8 @@ impl Tun {
         let target = netns::open(netns)?;
         let mut here = Rtnl::current()?;
         let link = here.link(dev)?;
-        here.move_to(&link, &target, netns)
-            .with_context(|| format!("moving TUN device {dev} into network namespace {netns}"))?;
-        let mut there = Rtnl::open_in(netns)?;
-        configure(&mut there, dev, addresses)
-            .with_context(|| format!("configuring TUN device {dev} in network namespace {netns}"))
+        here.move_to(&link, &target, netns)?;
+        configure(&mut Rtnl::open_in(netns)?, dev, addresses)
     }
 
     /// Configures the device where it is, in the current namespace: no IPv6 link-local
@@ -266,7 +263,7 @@ impl Tun {
 
 /// `ip link set DEV addrgenmode none`, `ip addr add A/32|A/128 nodad dev DEV` for each
 /// address, `ip link set DEV up`, `ip -4|-6 route add default dev DEV` for each family, in
-/// the namespace `rtnl` speaks to.
+/// the namespace `rtnl` speaks to. Errors name the device, the namespace and the step.
 fn configure(rtnl: &mut Rtnl, dev: &str, addresses: &[IpAddr]) -> Result<()> {
     let link = rtnl.link(dev)?;
     rtnl.set_addrgenmode_none(&link)?;

@@ -28,6 +28,7 @@ mod operator;
 mod probe;
 mod probe_hostile;
 mod relay;
+mod rtnl;
 mod scenario;
 mod standalone;
 mod tunnel;

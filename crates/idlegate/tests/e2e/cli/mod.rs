@@ -13,11 +13,13 @@
 //! The helpers and the scripts more than one area runs are here; the tests are in one file per
 //! command family: `lab_up` (`lab up`, `lab exec`, `explain`), `gateway_run` (`flows`,
 //! `--metrics`, `--workers`, `--user`), `profiles` (`profiles`), `tunnel_keys` (`keygen`, a
-//! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`).
+//! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`), `no_ip` (the lab with
+//! no `ip` program to be found).
 
 mod gateway_run;
 mod generate;
 mod lab_up;
+mod no_ip;
 mod profiles;
 mod tunnel_keys;
 
@@ -188,7 +190,12 @@ impl Lab {
     }
 
     fn up_with_args(name: &str, config: &Path, extra: &[&str]) -> Lab {
-        let mut child = Command::new(IDLEGATE)
+        Lab::up_in(name, config, extra, &mut Command::new(IDLEGATE))
+    }
+
+    /// `lab up` run as `command` (the binary, with whatever environment the test gave it).
+    fn up_in(name: &str, config: &Path, extra: &[&str], command: &mut Command) -> Lab {
+        let mut child = command
             .args(["lab", "up", "--config"])
             .arg(config)
             .args(["--name", name])

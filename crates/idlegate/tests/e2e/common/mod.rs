@@ -9,6 +9,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// the error carries the command line, exit status and stderr, or says `ip` is missing.
 #[allow(dead_code)] // not every test file wires links by hand
 pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    ip_stdout(args).map(drop)
+}
+
+/// [`ip`], returning what it printed.
+#[allow(dead_code)] // not every test file reads what `ip` shows
+pub fn ip_stdout(args: &[&str]) -> anyhow::Result<String> {
     let cmdline = format!("ip {}", args.join(" "));
     let output = std::process::Command::new("ip")
         .args(args)
@@ -24,7 +30,7 @@ pub fn ip(args: &[&str]) -> anyhow::Result<()> {
         output.status,
         String::from_utf8_lossy(&output.stderr).trim()
     );
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Fails the test at once, loudly, unless it runs as root: the end-to-end tests build network
