@@ -37,7 +37,7 @@ pub fn create(name: &str) -> Result<()> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0)
+        .mode(0o000)
         .open(&path)
         .with_context(|| {
             format!(
