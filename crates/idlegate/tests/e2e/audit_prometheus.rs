@@ -179,14 +179,9 @@ fn firing(prometheus: SocketAddr, name: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn a_real_prometheus_fires_the_at_risk_alert_for_an_idle_connection_without_keepalive() {
-    require_root();
-    let prometheus_bin = require_tool("prometheus");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let ns = Namespace::create(&unique("ap")).expect("a network namespace");
-    // An idle connection without keepalive in the namespace: both its ends are this
-    // process's, so both are at risk and owned by this process's command.
+/// An idle connection without keepalive in `ns` (and its listener): both its ends are this
+/// process's, so both are at risk and owned by this process's command.
+fn idle_connection(ns: &Namespace) -> (TcpListener, TcpStream, TcpStream) {
     let listener = netns::spawn_in(ns.name(), || TcpListener::bind("127.0.0.1:7000"))
         .unwrap()
         .join()
@@ -198,13 +193,21 @@ fn a_real_prometheus_fires_the_at_risk_alert_for_an_idle_connection_without_keep
         .unwrap()
         .unwrap();
     let (server, _) = listener.accept().unwrap();
-    let command = std::fs::read_to_string("/proc/self/comm")
+    (listener, client, server)
+}
+
+/// This process's command, as /proc/PID/comm says it (what the audit labels it with).
+fn this_command() -> String {
+    std::fs::read_to_string("/proc/self/comm")
         .unwrap()
         .trim_end()
-        .to_string();
+        .to_string()
+}
 
-    let metrics = free_port();
-    let mut audit = Running::start(
+/// `idlegate audit --netns NS --metrics ADDR --interval 1s --idle-timeout 3s`, logging into
+/// `dir`.
+fn start_audit(ns: &Namespace, metrics: SocketAddr, dir: &Path) -> Running {
+    Running::start(
         Command::new(IDLEGATE).args([
             "audit",
             "--netns",
@@ -216,27 +219,57 @@ fn a_real_prometheus_fires_the_at_risk_alert_for_an_idle_connection_without_keep
             "--idle-timeout",
             "3s",
         ]),
-        dir.path().join("audit.log"),
-    );
-    let at_risk_line = format!(
-        "idlegate_audit_command_connections{{command=\"{command}\",verdict=\"at-risk\"}} 2"
-    );
+        dir.join("audit.log"),
+    )
+}
+
+/// The line of the metrics that counts `command`'s at-risk connections as 2.
+fn at_risk_line(command: &str) -> String {
+    format!("idlegate_audit_command_connections{{command=\"{command}\",verdict=\"at-risk\"}} 2")
+}
+
+/// The audit's metrics text, if it answered 200.
+fn scrape(metrics: SocketAddr) -> Option<String> {
+    get(metrics, "/metrics")
+        .ok()
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+}
+
+/// The value of the sample `series` (name and labels as written) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until the audit at `metrics` shows the two ends of [`idle_connection`] at risk.
+fn wait_for_at_risk(metrics: SocketAddr, command: &str, audit: &Running) {
+    let line = at_risk_line(command);
     wait_for(
         "audit --metrics serving the two ends of the connection as at-risk",
         CHANGE_TIMEOUT,
-        || {
-            get(metrics, "/metrics")
-                .ok()
-                .filter(|(status, body)| *status == 200 && body.lines().any(|l| l == at_risk_line))
-        },
+        || scrape(metrics).filter(|body| body.lines().any(|l| l == line)),
         || {
             format!(
                 "metrics: {:?}\naudit log:\n{}",
-                get(metrics, "/metrics"),
+                scrape(metrics),
                 audit.log()
             )
         },
     );
+}
+
+#[test]
+fn a_real_prometheus_fires_the_at_risk_alert_for_an_idle_connection_without_keepalive() {
+    require_root();
+    let prometheus_bin = require_tool("prometheus");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ns = Namespace::create(&unique("ap")).expect("a network namespace");
+    let (listener, client, server) = idle_connection(&ns);
+    let command = this_command();
+    let metrics = free_port();
+    let mut audit = start_audit(&ns, metrics, dir.path());
+    wait_for_at_risk(metrics, &command, &audit);
 
     let rules = dir.path().join("idlegate-audit.rules.yml");
     std::fs::write(&rules, rules_with_shorter_for(AT_RISK, "2s")).unwrap();
@@ -321,4 +354,58 @@ fn a_real_prometheus_fires_the_at_risk_alert_for_an_idle_connection_without_keep
         String::new,
     );
     assert!(status.success(), "{status:?}\n{}", audit.log());
+}
+
+#[test]
+fn when_scans_fail_the_metrics_keep_the_last_good_scan_and_count_the_failures() {
+    require_root();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ns = Namespace::create(&unique("ap")).expect("a network namespace");
+    let _connection = idle_connection(&ns);
+    let command = this_command();
+    let metrics = free_port();
+    let mut audit = start_audit(&ns, metrics, dir.path());
+    wait_for_at_risk(metrics, &command, &audit);
+    // The namespace's name gone: every scan from now on fails to enter it.
+    netns::delete(ns.name()).expect("deleting the namespace");
+    let errors = "idlegate_audit_scan_errors_total";
+    let last_scan = "idlegate_audit_last_scan_timestamp_seconds";
+    let state = || {
+        format!(
+            "metrics: {:?}\naudit log:\n{}",
+            scrape(metrics),
+            audit.log()
+        )
+    };
+    let failing = wait_for(
+        "a failed scan counted",
+        CHANGE_TIMEOUT,
+        || scrape(metrics).filter(|text| sample(text, errors) >= Some(1.0)),
+        state,
+    );
+    let failed_at_first = sample(&failing, errors).unwrap();
+    let later = wait_for(
+        "two more failed scans counted",
+        CHANGE_TIMEOUT,
+        || scrape(metrics).filter(|text| sample(text, errors) >= Some(failed_at_first + 2.0)),
+        state,
+    );
+    assert!(
+        later.lines().any(|l| l == at_risk_line(&command)),
+        "the last good scan's values stay:\n{later}"
+    );
+    assert_eq!(
+        sample(&later, last_scan),
+        sample(&failing, last_scan),
+        "no successful scan since"
+    );
+    assert!(
+        audit.child.try_wait().unwrap().is_none(),
+        "the audit keeps running"
+    );
+    assert!(
+        audit.log().contains("audit scan failed"),
+        "each failure is logged:\n{}",
+        audit.log()
+    );
 }
