@@ -5,6 +5,7 @@
 use super::parse_duration;
 use anyhow::{Context, Result};
 use clap::Args;
+use idlegate::survive::audit::metrics::{self, Settings};
 use idlegate_core::profile;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,35 @@ pub struct AuditArgs {
     /// Refresh every 2 s, like top, until interrupted.
     #[arg(long)]
     watch: bool,
+    /// Keep scanning and serve Prometheus metrics at http://ADDR/metrics (e.g. 0.0.0.0:9477)
+    /// until interrupted.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["json", "watch"])]
+    metrics: Option<std::net::SocketAddr>,
+    /// With --metrics: scan this often (at least 1s) [default: 15s].
+    #[arg(long, value_parser = parse_duration, requires = "metrics")]
+    interval: Option<std::time::Duration>,
+}
+
+impl AuditArgs {
+    /// The settings of `--metrics`, checked; None without it.
+    fn metrics(&self, timeout: std::time::Duration) -> Result<Option<Settings>> {
+        let Some(listen) = self.metrics else {
+            return Ok(None);
+        };
+        let interval = self.interval.unwrap_or(metrics::DEFAULT_INTERVAL);
+        if interval < metrics::MIN_INTERVAL {
+            anyhow::bail!(
+                "--interval {interval:?}: at least {:?} (each scan reads every process's descriptors)",
+                metrics::MIN_INTERVAL
+            );
+        }
+        Ok(Some(Settings {
+            listen,
+            interval,
+            idle_timeout: timeout,
+            netns: self.netns.clone(),
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -48,6 +78,9 @@ pub struct AdviseArgs {
 /// `idlegate audit`: the table (or JSON), once or refreshed.
 pub fn run_audit(args: &AuditArgs) -> Result<()> {
     let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
+    if let Some(settings) = args.metrics(timeout)? {
+        return serve_metrics(settings);
+    }
     let netns = args.netns.as_deref();
     if args.json {
         let report = idlegate::survive::audit::audit(timeout, netns)?;
@@ -73,6 +106,27 @@ pub fn run_audit(args: &AuditArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `idlegate audit --metrics`: scans and serves until SIGINT or SIGTERM.
+fn serve_metrics(settings: Settings) -> Result<()> {
+    // Caught from before the first scan, so that none is lost while it runs.
+    let interrupt =
+        idlegate::sys::signal::Interrupt::install().context("installing signal handlers")?;
+    let (interval, netns) = (settings.interval, settings.netns.clone());
+    let exporter = metrics::Exporter::start(settings)?;
+    tracing::info!(
+        target: idlegate::LOG_TARGET,
+        "serving the audit of {} at http://{}/metrics, scanning every {}",
+        netns.map_or("this host".to_string(), |ns| format!("network namespace {ns}")),
+        exporter.local_addr()?,
+        humantime::format_duration(interval)
+    );
+    let stopper = exporter.stopper();
+    if interrupt.attach(move || stopper.stop()) {
+        return Ok(());
+    }
+    exporter.run()
 }
 
 /// The idle timeout asked for (at least 2 s), or the profile's (azure-lb by default), and
@@ -109,7 +163,58 @@ pub fn run_advise(args: &AdviseArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
     use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Audit {
+        #[command(flatten)]
+        args: AuditArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<AuditArgs, clap::Error> {
+        Audit::try_parse_from(std::iter::once("audit").chain(args.iter().copied())).map(|a| a.args)
+    }
+
+    #[test]
+    fn metrics_flags_are_checked_before_anything_starts() {
+        let timeout = Duration::from_secs(240);
+        let settings = parse(&["--metrics", "127.0.0.1:9477", "--netns", "n1"])
+            .unwrap()
+            .metrics(timeout)
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.listen, "127.0.0.1:9477".parse().unwrap());
+        assert_eq!(settings.interval, metrics::DEFAULT_INTERVAL);
+        assert_eq!(settings.netns.as_deref(), Some("n1"));
+        assert_eq!(settings.idle_timeout, timeout);
+        let one = parse(&["--metrics", "[::1]:9477", "--interval", "1s"]).unwrap();
+        assert_eq!(
+            one.metrics(timeout).unwrap().unwrap().interval,
+            Duration::from_secs(1)
+        );
+        assert!(parse(&[]).unwrap().metrics(timeout).unwrap().is_none());
+        assert_eq!(
+            format!(
+                "{:#}",
+                parse(&["--metrics", "127.0.0.1:9477", "--interval", "500ms"])
+                    .unwrap()
+                    .metrics(timeout)
+                    .unwrap_err()
+            ),
+            "--interval 500ms: at least 1s (each scan reads every process's descriptors)"
+        );
+        for refused in [
+            &["--metrics", "localhost:9477"][..],
+            &["--metrics", "127.0.0.1"],
+            &["--metrics", "127.0.0.1:9477", "--json"],
+            &["--metrics", "127.0.0.1:9477", "--watch"],
+            &["--interval", "5s"],
+            &["--metrics", "127.0.0.1:9477", "--interval", "0s"],
+        ] {
+            assert!(parse(refused).is_err(), "{refused:?} accepted");
+        }
+    }
 
     #[test]
     fn an_idle_timeout_under_2s_is_refused_and_the_default_is_azure_lbs() {

@@ -84,6 +84,27 @@ impl Writer {
 impl Family<'_> {
     /// One sample: `labels` as (name, value) pairs in the order given, then `value`.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: u64) -> &mut Self {
+        self.labels(labels);
+        let _ = writeln!(self.out, " {value}");
+        self
+    }
+
+    /// One sample with a float value (seconds, a timestamp): as [`Family::sample`].
+    pub fn sample_f64(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.labels(labels);
+        if value.is_nan() {
+            self.out.push_str(" NaN\n");
+        } else if value.is_infinite() {
+            self.out
+                .push_str(if value > 0.0 { " +Inf\n" } else { " -Inf\n" });
+        } else {
+            let _ = writeln!(self.out, " {value}");
+        }
+        self
+    }
+
+    /// The metric name and its labels, up to the value.
+    fn labels(&mut self, labels: &[(&str, &str)]) {
         self.out.push_str(self.name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -98,8 +119,6 @@ impl Family<'_> {
             }
             self.out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
-        self
     }
 }
 
@@ -182,6 +201,44 @@ mod tests {
         let mut w = Writer::new();
         w.family("y", Kind::Gauge, "Ys.").sample(&[], 1);
         w.family("y", Kind::Gauge, "Ys.").sample(&[], 2);
+    }
+
+    #[test]
+    fn float_values_are_plain_decimals_and_the_formats_special_values() {
+        let mut w = Writer::new();
+        let mut f = w.family("s_seconds", Kind::Gauge, "Seconds.");
+        for v in [
+            0.0,
+            240.0,
+            1.25,
+            1_764_000_000.5,
+            0.000_001,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            f.sample_f64(&[("k", "v")], v);
+        }
+        let text = w.finish();
+        let values: Vec<&str> = text
+            .lines()
+            .skip(2)
+            .map(|l| l.rsplit_once(' ').unwrap().1)
+            .collect();
+        assert_eq!(
+            values,
+            [
+                "0",
+                "240",
+                "1.25",
+                "1764000000.5",
+                "0.000001",
+                "NaN",
+                "+Inf",
+                "-Inf"
+            ]
+        );
+        assert!(text.contains("\ns_seconds{k=\"v\"} 1.25\n"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The HTTP side of `--metrics`, for the gateway and the relay: one thread of its own,
-//! non-blocking (mio), serving many scrapers at once so that none can hold up another, and
-//! none can hold up anything else the process serves (the gateway's control socket has its own
-//! thread).
+//! The HTTP side of `--metrics`, for the gateway, the relay and `audit --metrics`: one thread
+//! of its own, non-blocking (mio), serving many scrapers at once so that none can hold up
+//! another, and none can hold up anything else the process serves (the gateway's control
+//! socket has its own thread).
 //!
 //! Contract: [`Server::run`] serves until its stop check says so (wake it with the
 //! [`Server::waker`]). `GET /metrics` (or `GET /`, any query) is answered 200 with what the

@@ -10,7 +10,9 @@
 //! socket with SO_KEEPALIVE whenever no retransmission is pending) and its timers are
 //! `null`. [`judge`] is the pure verdict: `stalled` (unacknowledged data being retransmitted:
 //! the path is probably dead already), `at-risk` (no keepalive, or keepalive slower than the
-//! timeout), `safe`.
+//! timeout), `safe`. [`metrics`] keeps the audit running and serves it to Prometheus.
+
+pub mod metrics;
 
 use crate::survive::keepalive::{Process, SocketKeepalive};
 use crate::sys::proc;
@@ -42,7 +44,7 @@ impl std::fmt::Display for Risk {
 
 /// The namespace's keepalive sysctls: the timers of sockets that turn keepalive on without
 /// setting their own.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Sysctl {
     pub tcp_keepalive_time: u64,
     pub tcp_keepalive_intvl: u64,

@@ -12,6 +12,7 @@
 mod common;
 
 mod audit;
+mod audit_prometheus;
 mod cli;
 mod conntrack;
 mod echo;
