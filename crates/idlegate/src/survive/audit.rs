@@ -306,7 +306,9 @@ fn connection(
         local: r.local,
         remote: r.remote,
         pid: owner.map(|o| o.0),
-        command: owner.map(|o| o.2.clone()),
+        // An empty name (the process renamed itself so, or exited before it was read) is no
+        // name.
+        command: owner.map(|o| o.2.clone()).filter(|c| !c.is_empty()),
         state: r.state.name(),
         keepalive,
         keepalive_idle_s: own.filter(|_| on).map(|k| k.idle.as_secs()),

@@ -23,11 +23,13 @@ pub fn pids() -> Vec<i32> {
         .collect()
 }
 
-/// Process `pid`'s command name (`/proc/PID/comm`, without its newline), if it can be read.
+/// Process `pid`'s command name (`/proc/PID/comm`, trimmed of spaces and its newline), if it
+/// can be read. The process chooses it (any bytes but NUL): bytes that are not UTF-8 read as
+/// U+FFFD, and it may be empty.
 pub fn comm(pid: i32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    std::fs::read(format!("/proc/{pid}/comm"))
         .ok()
-        .map(|s| s.trim().to_string())
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
 /// The socket descriptors of process `pid` and their inodes, from `/proc/PID/fd`, in the
@@ -100,6 +102,32 @@ mod tests {
 
     fn me() -> i32 {
         std::process::id() as i32
+    }
+
+    /// `name` given to a thread of ours (prctl PR_SET_NAME), then `comm` of that thread's id.
+    fn comm_of_a_thread_named(name: &'static [u8]) -> Option<String> {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            buf[..name.len()].copy_from_slice(name);
+            // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from
+            // `buf`, which lives across the call; gettid has no preconditions.
+            let tid = unsafe {
+                assert_eq!(libc::prctl(libc::PR_SET_NAME, buf.as_ptr()), 0);
+                libc::gettid()
+            };
+            comm(tid)
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_read_lossily_and_an_empty_one_as_empty() {
+        assert_eq!(
+            comm_of_a_thread_named(b"bad\xffname").as_deref(),
+            Some("bad\u{fffd}name")
+        );
+        assert_eq!(comm_of_a_thread_named(b"").as_deref(), Some(""));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! Contract: [`Summary::of`] boils one [`Report`] down to what an operator alerts on, with
 //! bounded labels: connections by verdict, and by owning command and verdict for at most
 //! [`MAX_COMMANDS`] commands (names cut to [`MAX_COMMAND_BYTES`]; the rest folded into
-//! `command="other"` ([`OTHER`]), a connection with no owner found counted as `"unknown"`
-//! ([`UNKNOWN`])), the longest idle time, the system keepalive sysctls and their verdict.
+//! `command="other"` ([`OTHER`]), a connection with no owner found, or whose owner's name
+//! could not be read or is empty, counted as `"unknown"` ([`UNKNOWN`])), the longest idle
+//! time by verdict and by command and verdict (what the at-risk alert compares with the box's
+//! timeout: a connection at risk is in danger only once it idles), the system keepalive
+//! sysctls and their verdict.
 //! [`render`] writes the exposition ([`crate::obs::prometheus`]). [`Exporter::start`] binds
 //! the listener and takes a first scan, either failing refuses to start; [`Exporter::run`]
 //! then scans every interval on a thread of its own and serves scrapes through
@@ -44,6 +47,28 @@ const VERDICTS: [Risk; 3] = [Risk::Stalled, Risk::AtRisk, Risk::Safe];
 /// Counts (or seconds) by verdict, indexed as [`VERDICTS`].
 type ByVerdict<T> = [T; 3];
 
+/// One command's connections by verdict and the longest idle time among them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PerCommand {
+    pub connections: ByVerdict<u64>,
+    /// Seconds; 0 for a verdict without connections.
+    pub max_idle: ByVerdict<f64>,
+}
+
+impl PerCommand {
+    fn add(&mut self, verdict: usize, idle_s: f64) {
+        self.connections[verdict] += 1;
+        self.max_idle[verdict] = self.max_idle[verdict].max(idle_s);
+    }
+
+    fn fold(&mut self, other: &PerCommand) {
+        for i in 0..VERDICTS.len() {
+            self.connections[i] += other.connections[i];
+            self.max_idle[i] = self.max_idle[i].max(other.max_idle[i]);
+        }
+    }
+}
+
 fn slot(verdict: Risk) -> usize {
     match verdict {
         Risk::Stalled => 0,
@@ -63,8 +88,8 @@ pub struct Summary {
     pub max_idle: ByVerdict<f64>,
     /// Connections by command (cut to [`MAX_COMMAND_BYTES`]), at most [`MAX_COMMANDS`] of
     /// them and then [`OTHER`] if there were more; sorted by name, [`OTHER`] last.
-    pub by_command: Vec<(String, ByVerdict<u64>)>,
-    /// Distinct commands found, before the cap.
+    pub by_command: Vec<(String, PerCommand)>,
+    /// Distinct command labels found, before the cap ([`UNKNOWN`] counted as one).
     pub commands: usize,
 }
 
@@ -74,25 +99,29 @@ impl Summary {
     pub fn of(report: &Report) -> Summary {
         let mut connections = [0u64; 3];
         let mut max_idle = [0f64; 3];
-        let mut commands: HashMap<String, ByVerdict<u64>> = HashMap::new();
+        let mut commands: HashMap<String, PerCommand> = HashMap::new();
         for c in &report.connections {
             let i = slot(c.verdict);
             connections[i] += 1;
             max_idle[i] = max_idle[i].max(c.idle_s);
             let name = c.command.as_deref().map_or(UNKNOWN, command_label);
-            commands.entry(name.to_string()).or_default()[i] += 1;
+            commands
+                .entry(name.to_string())
+                .or_default()
+                .add(i, c.idle_s);
         }
         let found = commands.len();
-        let mut ranked: Vec<(String, ByVerdict<u64>)> = commands.into_iter().collect();
+        let mut ranked: Vec<(String, PerCommand)> = commands.into_iter().collect();
         ranked.sort_by(|(a, ca), (b, cb)| {
-            let key = |c: &ByVerdict<u64>| (c[0], c[1], c.iter().sum::<u64>());
+            let key = |c: &PerCommand| {
+                let n = &c.connections;
+                (n[0], n[1], n.iter().sum::<u64>())
+            };
             key(cb).cmp(&key(ca)).then_with(|| a.cmp(b))
         });
-        let mut other = [0u64; 3];
+        let mut other = PerCommand::default();
         for (_, counts) in ranked.iter().skip(MAX_COMMANDS) {
-            for (sum, n) in other.iter_mut().zip(counts) {
-                *sum += n;
-            }
+            other.fold(counts);
         }
         ranked.truncate(MAX_COMMANDS);
         ranked.sort_by(|(a, _), (b, _)| a.cmp(b));
@@ -111,8 +140,12 @@ impl Summary {
     }
 }
 
-/// `name` cut to at most [`MAX_COMMAND_BYTES`] bytes, at a character's boundary.
+/// `name` cut to at most [`MAX_COMMAND_BYTES`] bytes, at a character's boundary; [`UNKNOWN`]
+/// if empty (Prometheus takes an empty label for no label).
 fn command_label(name: &str) -> &str {
+    if name.is_empty() {
+        return UNKNOWN;
+    }
     let mut end = name.len().min(MAX_COMMAND_BYTES);
     while !name.is_char_boundary(end) {
         end -= 1;
@@ -132,6 +165,8 @@ pub struct Scans {
     pub scans: u64,
     /// Scans that failed.
     pub errors: u64,
+    /// The time from one scan's start to the next's.
+    pub interval: Duration,
 }
 
 /// The Prometheus text of `scans`, written by [`crate::obs::prometheus`].
@@ -156,7 +191,7 @@ pub fn render(scans: &Scans) -> String {
     );
     for (command, counts) in &s.by_command {
         for verdict in VERDICTS {
-            let n = counts[slot(verdict)];
+            let n = counts.connections[slot(verdict)];
             if n > 0 {
                 family.sample(
                     &[("command", command), ("verdict", &verdict.to_string())],
@@ -165,20 +200,30 @@ pub fn render(scans: &Scans) -> String {
             }
         }
     }
+    let mut family = w.family(
+        "idlegate_audit_command_max_idle_seconds",
+        Kind::Gauge,
+        "The longest time a connection had sent and received no data, at the last scan, by owning command and verdict (the same series as idlegate_audit_command_connections).",
+    );
+    for (command, counts) in &s.by_command {
+        for verdict in VERDICTS {
+            let i = slot(verdict);
+            if counts.connections[i] > 0 {
+                family.sample_f64(
+                    &[("command", command), ("verdict", &verdict.to_string())],
+                    counts.max_idle[i],
+                );
+            }
+        }
+    }
     w.family(
         "idlegate_audit_commands",
         Kind::Gauge,
-        "Distinct owning commands at the last scan, before those past the first 50 were folded into command=\"other\".",
+        "Distinct command labels at the last scan (\"unknown\" counted as one), before those past the first 50 were folded into command=\"other\".",
     )
     .sample(&[], s.commands as u64);
-    w.family(
-        "idlegate_audit_max_idle_seconds",
-        Kind::Gauge,
-        "The longest time a connection had sent and received no data, at the last scan (0 without connections).",
-    )
-    .sample_f64(&[], s.max_idle.iter().copied().fold(0.0, f64::max));
     let mut family = w.family(
-        "idlegate_audit_verdict_max_idle_seconds",
+        "idlegate_audit_max_idle_seconds",
         Kind::Gauge,
         "The longest time a connection had sent and received no data, at the last scan, by verdict (0 without connections).",
     );
@@ -233,6 +278,12 @@ pub fn render(scans: &Scans) -> String {
         "When the last successful scan ended, in seconds since the Unix epoch.",
     )
     .sample_f64(&[], at.as_secs_f64());
+    w.family(
+        "idlegate_audit_scan_interval_seconds",
+        Kind::Gauge,
+        "The time from one scan's start to the next's (--interval).",
+    )
+    .sample_f64(&[], scans.interval.as_secs_f64());
     w.family(
         "idlegate_audit_scan_duration_seconds",
         Kind::Gauge,
@@ -302,14 +353,24 @@ impl Stopper {
 }
 
 impl Exporter {
-    /// Listens on `settings.listen` and takes the first scan.
+    /// Listens on `settings.listen` and takes the first scan. `settings.interval` is at
+    /// least [`MIN_INTERVAL`] (the command line checks it).
     pub fn start(settings: Settings) -> Result<Exporter> {
-        anyhow::ensure!(
-            settings.interval >= MIN_INTERVAL,
-            "--interval {:?}: at least {MIN_INTERVAL:?}",
-            settings.interval
-        );
-        let server = Server::bind(settings.listen)?;
+        let server = Server::bind(settings.listen).map_err(|e| {
+            let in_use = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            });
+            if in_use {
+                anyhow::anyhow!(
+                    "{e:#}\nhint: another process has port {}: pick another --metrics port",
+                    settings.listen.port()
+                )
+            } else {
+                e
+            }
+        })?;
         let (last, last_took) = scan(&settings).context("the first scan")?;
         let (stop_scan, stopped_scan) = mpsc::channel();
         Ok(Exporter {
@@ -320,6 +381,7 @@ impl Exporter {
                 last_took,
                 scans: 1,
                 errors: 0,
+                interval: settings.interval,
             })),
             settings,
             stop: Arc::default(),
@@ -452,6 +514,7 @@ mod tests {
             last_took: Duration::from_millis(12),
             scans: 3,
             errors: 1,
+            interval: Duration::from_secs(15),
         }
     }
 
@@ -464,6 +527,8 @@ mod tests {
             connection(Some("postgres"), Risk::Safe, 600.0),
             connection(None, Risk::Stalled, 30.0),
             connection(Some("a \"quoted\" name"), Risk::AtRisk, 1.0),
+            connection(Some("postgres"), Risk::AtRisk, 0.5),
+            connection(Some("postgres"), Risk::AtRisk, 2.0),
         ]);
         assert_eq!(
             render(&scans(&report)),
@@ -478,18 +543,21 @@ mod tests {
             "idlegate_audit_connections{verdict=\"stalled\"} 0",
             "idlegate_audit_connections{verdict=\"at-risk\"} 0",
             "idlegate_audit_connections{verdict=\"safe\"} 0",
-            "idlegate_audit_max_idle_seconds 0",
+            "idlegate_audit_max_idle_seconds{verdict=\"stalled\"} 0",
+            "idlegate_audit_max_idle_seconds{verdict=\"at-risk\"} 0",
+            "idlegate_audit_max_idle_seconds{verdict=\"safe\"} 0",
             "idlegate_audit_commands 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
         }
         assert!(!text.contains("idlegate_audit_command_connections{"));
+        assert!(!text.contains("idlegate_audit_command_max_idle_seconds{"));
     }
 
     #[test]
     fn past_50_commands_the_rest_are_one_other_series_and_troubled_commands_keep_their_name() {
         let mut connections: Vec<Connection> = (0..60)
-            .map(|i| connection(Some(&format!("safe{i:02}")), Risk::Safe, 1.0))
+            .map(|i| connection(Some(&format!("safe{i:02}")), Risk::Safe, f64::from(i)))
             .collect();
         connections.push(connection(Some("zz-stalled"), Risk::Stalled, 1.0));
         connections.push(connection(Some("zz-at-risk"), Risk::AtRisk, 1.0));
@@ -500,10 +568,20 @@ mod tests {
         assert!(names.contains(&"zz-stalled") && names.contains(&"zz-at-risk"));
         assert_eq!(
             summary.by_command.last().unwrap(),
-            &(OTHER.to_string(), [0, 0, 12]),
-            "the 12 safe commands that did not fit"
+            &(
+                OTHER.to_string(),
+                PerCommand {
+                    connections: [0, 0, 12],
+                    max_idle: [0.0, 0.0, 59.0],
+                }
+            ),
+            "the 12 safe commands that did not fit, their longest idle the longest of theirs"
         );
-        let total: u64 = summary.by_command.iter().flat_map(|(_, c)| c).sum();
+        let total: u64 = summary
+            .by_command
+            .iter()
+            .flat_map(|(_, c)| c.connections)
+            .sum();
         assert_eq!(total, 62, "no connection lost in the folding");
         let text = render(&scans(&report(Vec::new())));
         assert!(
@@ -516,11 +594,36 @@ mod tests {
             last: summary,
             ..scans(&report(Vec::new()))
         });
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("idlegate_audit_command_connections{"))
-            .count();
-        assert_eq!(series, MAX_COMMANDS + 1);
+        for family in [
+            "idlegate_audit_command_connections{",
+            "idlegate_audit_command_max_idle_seconds{",
+        ] {
+            let series = text.lines().filter(|l| l.starts_with(family)).count();
+            assert_eq!(series, MAX_COMMANDS + 1, "{family}");
+        }
+    }
+
+    #[test]
+    fn a_connection_whose_owner_has_an_empty_name_is_counted_as_unknown() {
+        let summary = Summary::of(&report(vec![
+            connection(Some(""), Risk::AtRisk, 5.0),
+            connection(None, Risk::AtRisk, 9.0),
+        ]));
+        assert_eq!(
+            summary.by_command,
+            [(
+                UNKNOWN.to_string(),
+                PerCommand {
+                    connections: [0, 2, 0],
+                    max_idle: [0.0, 9.0, 0.0],
+                }
+            )]
+        );
+        let text = render(&Scans {
+            last: summary,
+            ..scans(&report(Vec::new()))
+        });
+        assert!(!text.contains("command=\"\""), "{text}");
     }
 
     #[test]
@@ -536,5 +639,6 @@ mod tests {
             1.0,
         )]));
         assert_eq!(summary.by_command[0].0, "0123456789abcde");
+        assert_eq!(command_label(""), UNKNOWN);
     }
 }
