@@ -12,10 +12,12 @@
 //!
 //! The helpers and the scripts more than one area runs are here; the tests are in one file per
 //! command family: `lab_up` (`lab up`, `lab exec`, `explain`), `gateway_run` (`flows`,
-//! `--metrics`, `--workers`, `--user`), `profiles` (`profiles`), `tunnel_keys` (`keygen`, a
+//! `--metrics`, `--workers`, `--user`), `audit_lab` (`audit --metrics` in a lab host, scraped
+//! by a real Prometheus), `profiles` (`profiles`), `tunnel_keys` (`keygen`, a
 //! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`), `no_ip` (the lab with
 //! no `ip` program to be found).
 
+mod audit_lab;
 mod gateway_run;
 mod generate;
 mod lab_up;
