@@ -627,6 +627,28 @@ mod tests {
     }
 
     #[test]
+    fn a_metrics_port_in_use_is_refused_with_a_hint() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap();
+        let Err(e) = Exporter::start(Settings {
+            listen,
+            interval: DEFAULT_INTERVAL,
+            idle_timeout: Duration::from_secs(240),
+            netns: None,
+        }) else {
+            panic!("a port in use accepted");
+        };
+        let port = listen.port();
+        assert_eq!(
+            format!("{e:#}"),
+            format!(
+                "listening for metrics on {listen}: Address already in use (os error 98)\n\
+                 hint: another process has port {port}: pick another --metrics port"
+            )
+        );
+    }
+
+    #[test]
     fn command_labels_are_cut_to_15_bytes_at_a_character_boundary() {
         assert_eq!(command_label("postgres"), "postgres");
         assert_eq!(command_label("0123456789abcdefgh"), "0123456789abcde");
