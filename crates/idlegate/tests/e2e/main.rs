@@ -14,6 +14,7 @@ mod common;
 mod audit;
 mod cli;
 mod conntrack;
+mod deploy;
 mod echo;
 mod fragments;
 mod gateway;
