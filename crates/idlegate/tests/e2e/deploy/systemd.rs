@@ -81,8 +81,8 @@ fn systemd_units_keep_their_exposure_low_by_systemd_analyze_security() {
     }
 }
 
-/// ExecStart's arguments after the program, with the environment and specifiers of the unit
-/// filled in with the values its comments show, and `$IDLEGATE_*_ARGS` (optional extra flags)
+/// ExecStart's arguments after the program, with the unit's environment filled in with the
+/// values its comments show, and `$IDLEGATE_*_ARGS` (optional extra flags)
 /// left out.
 fn exec_start_args(unit: &str) -> Vec<String> {
     let text = std::fs::read_to_string(repo().join("deploy/systemd").join(unit)).unwrap();
@@ -97,7 +97,6 @@ fn exec_start_args(unit: &str) -> Vec<String> {
         .map(|w| {
             w.replace("${IDLEGATE_LISTEN}", "0.0.0.0:7443")
                 .replace("${IDLEGATE_CONNECT}", "127.0.0.1:5432")
-                .replace("%d", "/run/credentials/idlegate-tunnel-exit.service")
         })
         .collect()
 }
