@@ -44,12 +44,7 @@ impl Image {
         static_binary();
         let tag = format!("localhost/idlegate-test:{}", common::unique("img"));
         let image = Image { tag };
-        let output = run(
-            Command::new(repo().join("scripts/build-image"))
-                .arg(&image.tag)
-                .current_dir(repo()),
-            STATIC_BUILD_TIMEOUT,
-        );
+        let output = run(script("build-image").arg(&image.tag), STATIC_BUILD_TIMEOUT);
         assert!(
             output.status.success(),
             "scripts/build-image: {}",

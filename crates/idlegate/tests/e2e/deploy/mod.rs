@@ -67,6 +67,33 @@ fn said(output: &Output) -> String {
     )
 }
 
+/// `script` of the checkout's `scripts/`, to run as from a shell in the checkout: without the
+/// variables cargo sets for a test about the test's own package. They would reach the cargo
+/// that the script runs, and ring's build script reruns when CARGO_MANIFEST_DIR changes, so
+/// the static build would be redone here and again after each `scripts/build-static` outside.
+fn script(script: &str) -> Command {
+    let mut command = Command::new(repo().join("scripts").join(script));
+    command.current_dir(repo());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let of_the_test = [
+            "CARGO",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ]
+        .contains(&name.as_ref())
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_");
+        if of_the_test {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 /// The static binary `scripts/build-static` wrote (built once per test process).
 fn static_binary() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
@@ -75,10 +102,7 @@ fn static_binary() -> &'static Path {
             "musl-gcc",
             "the static build compiles ring's C code with it",
         );
-        let output = run(
-            Command::new(repo().join("scripts/build-static")).current_dir(repo()),
-            STATIC_BUILD_TIMEOUT,
-        );
+        let output = run(&mut script("build-static"), STATIC_BUILD_TIMEOUT);
         assert!(
             output.status.success(),
             "scripts/build-static failed: {}",
