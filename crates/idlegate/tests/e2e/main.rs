@@ -15,6 +15,7 @@ mod audit;
 mod audit_prometheus;
 mod cli;
 mod conntrack;
+mod deploy;
 mod echo;
 mod fragments;
 mod gateway;
