@@ -333,8 +333,12 @@ impl Rtnl {
             let n = recv(fd, &mut buf, 0)
                 .map_err(|e| timed_out(e, self.receive_timeout))
                 .with_context(reading)?;
-            if read_answer(&buf[..n], sequence, &mut answers).with_context(reading)? {
-                return Ok(answers);
+            match read_answer(&buf[..n], sequence, &mut answers) {
+                Ok(true) => return Ok(answers),
+                Ok(false) => {}
+                // The kernel's refusal reads as its errno alone: the caller says what it was.
+                Err(refusal) if refusal.is::<io::Error>() => return Err(refusal),
+                Err(malformed) => return Err(malformed.context(reading())),
             }
         }
     }
