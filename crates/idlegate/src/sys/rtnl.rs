@@ -5,7 +5,9 @@
 //! that of the calling thread, [`Rtnl::open_in`] that of a named namespace (the socket is
 //! made by a short-lived thread that entered it, so no thread of the caller ever changes
 //! namespace; a netlink socket keeps the namespace it was made in for its whole life). Every
-//! request asks for the kernel's acknowledgement and waits for it; a refusal (`NLMSG_ERROR`
+//! request asks for the kernel's acknowledgement and waits for it (a dump, for its
+//! NLMSG_DONE), reading only the messages that carry its sequence number (a stale answer is
+//! skipped undecoded), at most 10 s for each datagram; a refusal (`NLMSG_ERROR`
 //! with a non-zero code) is an error naming the device, the namespace and the operation,
 //! ending with the kernel's errno (`configuring device ig-x in network namespace ig-y: adding
 //! address 192.0.2.1/32: File exists (os error 17)`). Synchronous on purpose (see ARCHITECTURE.md): the

@@ -300,8 +300,7 @@ fn peer_group(mount_point: &str) -> Result<Option<String>> {
     let info = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
     let line = info
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mount_point))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(mount_point))
         .with_context(|| format!("no mount at {mount_point} in {info}"))?;
     Ok(line
         .split(' ')
@@ -322,7 +321,7 @@ fn a_namespace_is_made_where_run_does_not_exist_and_run_netns_joins_its_parents_
         );
         netns::create(&name)?;
         let result = (|| -> Result<()> {
-            assert_eq!(netns::list()?, [name.clone()]);
+            assert_eq!(netns::list()?, std::slice::from_ref(&name));
             // As iproute2: /run/netns, bound onto itself, stays in the peer group of the mount
             // it was bound from, so other mount namespaces keep seeing new namespaces.
             let root = peer_group("/")?.context("the root is shared")?;
