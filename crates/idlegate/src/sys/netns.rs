@@ -3,8 +3,9 @@
 //! only, so that namespaces made here and by `ip netns add` are interchangeable.
 //!
 //! Contract: every function needs root (CAP_SYS_ADMIN) except [`list`], [`exists`] and
-//! [`pids`]. [`create`] fails if the namespace exists and leaves nothing behind on failure;
-//! [`delete`] is idempotent. Code runs inside a namespace either in a dedicated thread
+//! [`pids`]. [`create`] fails if the namespace exists (a plain file left in its place by a
+//! process killed while making it is stale, and replaced) and leaves nothing behind on
+//! failure; it makes `/run/netns` and its parents if missing; [`delete`] is idempotent. Code runs inside a namespace either in a dedicated thread
 //! ([`spawn_in`]: sockets it creates live in that namespace, the caller's thread is
 //! untouched) or in a child process ([`exec`], as `ip netns exec`). Errors name the
 //! namespace and the step that failed. [`Namespace`] deletes on drop.
@@ -13,8 +14,8 @@ use super::rtnl::Rtnl;
 use anyhow::{bail, ensure, Context, Result};
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
@@ -28,23 +29,31 @@ const NETNS_DIR: &str = "/run/netns";
 const NETNS_ETC_DIR: &str = "/etc/netns";
 
 /// Creates namespace `name` (`ip netns add`) and brings its `lo` up.
-/// Fails if it already exists.
+/// Fails if it already exists. A plain file in its place (not a mount point: what a process
+/// killed between creating the file and bind-mounting onto it leaves) is stale: removed.
 pub fn create(name: &str) -> Result<()> {
     check_name(name)?;
-    ensure!(!exists(name), "network namespace {name} already exists");
-    prepare_run_dir().with_context(|| format!("creating network namespace {name}"))?;
+    let creating = || format!("creating network namespace {name}");
+    // Held until the namespace is made: other idlegate processes wait for it.
+    let _lock = prepare_run_dir().with_context(creating)?;
     let path = ns_path(name);
-    std::fs::OpenOptions::new()
+    remove_if_stale(&path).with_context(creating)?;
+    let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o000)
-        .open(&path)
-        .with_context(|| {
-            format!(
-                "creating network namespace {name}: creating {}",
-                path.display()
-            )
-        })?;
+        .open(&path);
+    match made {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => bail!(
+            "network namespace {name} already exists\n\
+             hint: choose another name, or delete it first (`ip netns delete {name}`)"
+        ),
+        Err(e) => {
+            let what = format!("creating {}", path.display());
+            return Err(read_only_hint(e, what)).with_context(creating);
+        }
+        Ok(_) => {}
+    }
     let made = thread::Builder::new()
         .name(format!("netns-add:{name}"))
         .spawn({
@@ -68,6 +77,42 @@ pub fn create(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Removes `path` if it is a plain file of `/run/netns`, not a mount point: a namespace
+/// file is a bind mount of an nsfs file, whose device is nsfs's, not the directory's.
+/// (An `ip netns add` running at this very moment, between its create and its mount, would
+/// lose its file: it then fails, as it would had it lost the race to us.)
+fn remove_if_stale(path: &Path) -> Result<()> {
+    let file = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.with_context(|| format!("reading {}", path.display()))?,
+    };
+    let dir = std::fs::metadata(NETNS_DIR).with_context(|| format!("reading {NETNS_DIR}"))?;
+    if file.is_file() && file.dev() == dir.dev() {
+        tracing::warn!(
+            "{} is a plain file, not a mounted namespace (left by a process that died while \
+             making it): removing it",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `err` of `what`, with a hint when it is EROFS: a read-only root filesystem (a container's
+/// `--read-only`) has no writable `/run`.
+fn read_only_hint(err: io::Error, what: String) -> anyhow::Error {
+    if err.raw_os_error() == Some(libc::EROFS) {
+        anyhow::anyhow!(
+            "{what}: {err}\n\
+             hint: {NETNS_DIR} must be writable: mount a tmpfs at /run (`docker run --tmpfs /run`, \
+             `podman run --tmpfs /run`, or `mount -t tmpfs tmpfs /run`)"
+        )
+    } else {
+        anyhow::Error::new(err).context(what)
+    }
+}
+
 /// In a throwaway thread: a new network namespace for this thread only, bind-mounted onto
 /// `path` (which keeps it alive after the thread ends), with `lo` up.
 fn make_and_bind(name: &str, path: &Path) -> Result<()> {
@@ -84,17 +129,22 @@ fn make_and_bind(name: &str, path: &Path) -> Result<()> {
     rtnl.set_up(&lo)
 }
 
-/// Makes `/run/netns` a shared mount point, as `ip netns add` does, so that a namespace file
-/// unmounted in one mount namespace is unmounted in all of them (and the namespace freed).
-/// Serialised with other `ip netns add` and idlegate processes by an flock on the directory.
-fn prepare_run_dir() -> Result<()> {
+/// Makes `/run/netns` (and any missing parent: an empty container image has no `/run`) a
+/// shared mount point, exactly as `ip netns add` does (iproute2 ip/ipnetns.c): make it shared;
+/// if that fails with EINVAL (not a mount point yet), bind-mount it onto itself (MS_BIND |
+/// MS_REC) and try once more. A new bind mount of a shared mount joins its peer group, so
+/// other mount namespaces (systemd's PrivateTmp or ProtectSystem services, containers) keep
+/// seeing namespaces made later; this is why it is never made private in between. Shared so
+/// that a namespace file unmounted in one mount namespace is unmounted in all (and the
+/// namespace freed). Returns the directory, flock-ed: idlegate processes making namespaces
+/// wait for each other while they hold it (`ip netns add` takes no lock).
+fn prepare_run_dir() -> Result<File> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o755).create(NETNS_DIR) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(e).with_context(|| format!("making {NETNS_DIR}"));
-        }
-        _ => {}
-    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(NETNS_DIR)
+        .map_err(|e| read_only_hint(e, format!("making {NETNS_DIR}")))?;
     let dir = File::open(NETNS_DIR).with_context(|| format!("opening {NETNS_DIR}"))?;
     // SAFETY: flock on a descriptor `dir` keeps open; released when `dir` closes.
     if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -108,7 +158,7 @@ fn prepare_run_dir() -> Result<()> {
     loop {
         let shared = mount(None, dir_path, None, libc::MS_SHARED | libc::MS_REC);
         match shared {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(dir),
             // EINVAL: not a mount point yet; make it one, once.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !made_mount_point => {
                 mount(
@@ -118,9 +168,6 @@ fn prepare_run_dir() -> Result<()> {
                     libc::MS_BIND | libc::MS_REC,
                 )
                 .with_context(|| format!("bind-mounting {NETNS_DIR} onto itself"))?;
-                // Private then shared again: a peer group of its own.
-                mount(None, dir_path, None, libc::MS_PRIVATE | libc::MS_REC)
-                    .with_context(|| format!("making {NETNS_DIR} a private mount"))?;
                 made_mount_point = true;
             }
             Err(e) => return Err(e).with_context(|| format!("making {NETNS_DIR} a shared mount")),
@@ -178,10 +225,15 @@ pub fn open(name: &str) -> Result<File> {
 
 /// Moves the calling thread into namespace `name`, for good.
 /// Only the network namespace changes; other threads of the process are unaffected.
-pub fn enter_current_thread(name: &str) -> Result<()> {
-    let file = open(name)?;
-    // SAFETY: plain syscall on a file descriptor that `file` keeps open for the call.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+fn enter_current_thread(name: &str) -> Result<()> {
+    enter_file(&open(name)?, name)
+}
+
+/// Moves the calling thread, for good, into the network namespace `ns` refers to (an open
+/// namespace file), which errors call `name`. Only for threads made to be moved.
+pub(crate) fn enter_file(ns: &File, name: &str) -> Result<()> {
+    // SAFETY: plain syscall on a file descriptor that `ns` keeps open for the call.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         let err = io::Error::last_os_error();
         return Err(err).with_context(|| format!("setns into network namespace {name}"));
     }
@@ -225,21 +277,90 @@ where
 /// bind is skipped, as iproute2 does with a warning). It does not, as iproute2 does not,
 /// touch `/proc` or other namespaces.
 pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
+    let running = || format!("running `{program}` in network namespace {name}");
     let ns = open(name)?;
     let fd = ns.as_raw_fd();
     let sysfs_source = CString::new(name).context("namespace name with a NUL byte")?;
     let etc = etc_binds(name);
+    let sys_flags = if read_only("/sys") {
+        libc::MS_RDONLY
+    } else {
+        0
+    };
+    // The child writes the number of the step that failed here before it gives up: the error
+    // std reports is only an errno. Both ends close on exec; non-blocking, so that reading an
+    // empty pipe cannot wait.
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills `ends` with two new descriptors, owned right below.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error())
+            .context("making a pipe")
+            .with_context(running);
+    }
+    // SAFETY: just made, owned by nothing else.
+    let (read_end, write_end) = unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) };
+    let report = write_end.as_raw_fd();
     let mut command = Command::new(program);
     command.args(args);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes syscalls on descriptors and C strings
-    // prepared before the fork, allocates nothing and takes no lock.
+    // async-signal-safe calls are allowed: it makes syscalls (setns, unshare, mount, umount2,
+    // write) on descriptors and C strings prepared before the fork, allocates nothing
+    // and takes no lock.
     unsafe {
-        command.pre_exec(move || enter_for_exec(fd, &sysfs_source, &etc));
+        command.pre_exec(move || enter_for_exec(fd, &sysfs_source, &etc, sys_flags, report));
     }
-    let status = command.status();
+    let spawned = command.spawn();
+    // spawn returns once the child has exec'd or died: its step, if any, is in the pipe.
+    drop(write_end);
     drop(ns);
-    status.with_context(|| format!("could not run `{program}` in network namespace {name}"))
+    match spawned {
+        Ok(mut child) => child.wait().with_context(running),
+        Err(err) => {
+            let mut step = [0u8; 1];
+            let failed = match (&read_end).read(&mut step) {
+                Ok(1) => Step::ALL.get(usize::from(step[0])).map(|s| s.describe()),
+                _ => None,
+            };
+            match failed {
+                Some(what) => Err(err).context(what).with_context(running),
+                None => Err(err).with_context(running),
+            }
+        }
+    }
+}
+
+/// Whether the filesystem at `path` is mounted read-only (statvfs(3); false if unknown).
+fn read_only(path: &str) -> bool {
+    let Ok(path) = CString::new(path) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed statvfs, both alive for the call.
+    unsafe {
+        let mut fs = std::mem::zeroed::<libc::statvfs>();
+        libc::statvfs(path.as_ptr(), &mut fs) == 0 && fs.f_flag & libc::ST_RDONLY != 0
+    }
+}
+
+/// The steps of `exec`'s child before exec, numbered as the child reports a failed one.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Setns = 0,
+    Unshare = 1,
+    Slave = 2,
+    Sysfs = 3,
+}
+
+impl Step {
+    const ALL: [Step; 4] = [Step::Setns, Step::Unshare, Step::Slave, Step::Sysfs];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Setns => "entering it (setns)",
+            Step::Unshare => "giving it a mount namespace of its own (unshare CLONE_NEWNS)",
+            Step::Slave => "keeping its mounts from propagating back (mount / MS_SLAVE|MS_REC)",
+            Step::Sysfs => "mounting the namespace's sysfs on /sys",
+        }
+    }
 }
 
 /// The (source, target) pairs of the `/etc/netns/NAME` bind mounts `exec` makes.
@@ -259,35 +380,47 @@ fn etc_binds(name: &str) -> Vec<(CString, CString)> {
 }
 
 /// In `exec`'s child, before exec: what iproute2's `netns_switch` does (lib/namespace.c).
-fn enter_for_exec(ns: RawFd, sysfs_source: &CStr, etc: &[(CString, CString)]) -> io::Result<()> {
-    let fail = |ok: bool| {
+/// A failed step's number goes to `report` (a pipe) before its errno is returned.
+fn enter_for_exec(
+    ns: RawFd,
+    sysfs_source: &CStr,
+    etc: &[(CString, CString)],
+    sys_flags: libc::c_ulong,
+    report: RawFd,
+) -> io::Result<()> {
+    let check = |ok: bool, step: Step| {
         if ok {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
+            return Ok(());
         }
+        // Taken first: write may change errno. An Os error allocates nothing.
+        let err = io::Error::last_os_error();
+        let code = step as u8;
+        // SAFETY: a one-byte write from a live local to a descriptor open until exec; if it
+        // fails the parent reports the errno without the step.
+        let _ = unsafe { libc::write(report, (&code as *const u8).cast(), 1) };
+        Err(err)
     };
     let none = c"none".as_ptr();
     // SAFETY: syscalls on a descriptor the parent keeps open until the child has exec'd, and
     // on NUL-terminated strings that outlive the calls.
     unsafe {
-        fail(libc::setns(ns, libc::CLONE_NEWNET) == 0)?;
-        fail(libc::unshare(libc::CLONE_NEWNS) == 0)?;
+        check(libc::setns(ns, libc::CLONE_NEWNET) == 0, Step::Setns)?;
+        check(libc::unshare(libc::CLONE_NEWNS) == 0, Step::Unshare)?;
         // Mounts made here must not propagate back to the caller's mount namespace.
         let flags = libc::MS_SLAVE | libc::MS_REC;
-        fail(libc::mount(c"".as_ptr(), c"/".as_ptr(), none, flags, std::ptr::null()) == 0)?;
+        let slave = libc::mount(c"".as_ptr(), c"/".as_ptr(), none, flags, std::ptr::null());
+        check(slave == 0, Step::Slave)?;
         let sys = c"/sys".as_ptr();
-        let mut flags = 0;
+        let mut flags: libc::c_ulong = 0;
         if libc::umount2(sys, libc::MNT_DETACH) != 0 {
             // Cannot unmount it: mount over it, read-only if it is (a read-only sysfs
-            // cannot be shadowed by a read-write one).
-            let mut fs = std::mem::zeroed::<libc::statvfs>();
-            if libc::statvfs(sys, &mut fs) == 0 && fs.f_flag & libc::ST_RDONLY != 0 {
-                flags = libc::MS_RDONLY;
-            }
+            // cannot be shadowed by a read-write one). Found out before the fork: the child's
+            // mount namespace is a copy of the parent's.
+            flags = sys_flags;
         }
         let sysfs = c"sysfs".as_ptr();
-        fail(libc::mount(sysfs_source.as_ptr(), sys, sysfs, flags, std::ptr::null()) == 0)?;
+        let mounted = libc::mount(sysfs_source.as_ptr(), sys, sysfs, flags, std::ptr::null());
+        check(mounted == 0, Step::Sysfs)?;
         for (source, target) in etc {
             let _ = libc::mount(
                 source.as_ptr(),

@@ -157,15 +157,16 @@ impl Tun {
         let mut here = Rtnl::current()?;
         let link = here.link(dev)?;
         here.move_to(&link, &target, netns)?;
-        configure(&mut Rtnl::open_in(netns)?, dev, addresses)
+        configure(&mut Rtnl::open_in_file(&target, netns)?, dev, addresses)
     }
 
     /// Configures the device where it is, in the current namespace: no IPv6 link-local
     /// address (the kernel would send router solicitations into it), up, no address.
     pub fn bring_up(&self) -> Result<()> {
         let dev = self.name.as_str();
-        let mut here = Rtnl::current()?;
-        configure(&mut here, dev, &[]).with_context(|| format!("configuring TUN device {dev}"))
+        // Errors name the device and the place already ("configuring device NAME in the
+        // current network namespace: ...").
+        configure(&mut Rtnl::current()?, dev, &[])
     }
 
     /// Reads one IP packet, with complete checksums; `WouldBlock` when none is queued. With
