@@ -6,8 +6,11 @@ use super::*;
 
 /// The units, and the most exposure `systemd-analyze security` may give each (its scale: 0
 /// is the safest, 10 the least safe; `--threshold` counts tenths).
-const UNITS: [(&str, u32); 3] = [
+const UNITS: [(&str, u32); 4] = [
     ("idlegate-relay.service", 20),
+    // Other users' /proc/PID/fd and pidfd_getfd: CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, and
+    // the host's processes and network namespace in view.
+    ("idlegate-audit.service", 30),
     ("idlegate-tunnel-exit.service", 20),
     // TUN devices need CAP_NET_ADMIN and /dev/net/tun, and netlink.
     ("idlegate-gateway.service", 30),
@@ -97,6 +100,7 @@ fn exec_start_args(unit: &str) -> Vec<String> {
         .map(|w| {
             w.replace("${IDLEGATE_LISTEN}", "0.0.0.0:7443")
                 .replace("${IDLEGATE_CONNECT}", "127.0.0.1:5432")
+                .replace("${IDLEGATE_METRICS}", "0.0.0.0:9477")
         })
         .collect()
 }
@@ -121,4 +125,77 @@ fn systemd_units_start_idlegate_with_flags_it_accepts() {
             said(&output)
         );
     }
+}
+
+/// The capabilities `idlegate-audit.service` hands its made-up user (AmbientCapabilities=).
+fn audit_unit_capabilities() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/systemd/idlegate-audit.service")).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("idlegate-audit.service has AmbientCapabilities=");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+/// Runs `audit --json` as a user of its own (not root) holding `capabilities` (as the unit's
+/// DynamicUser= would), and returns what it says of the connections to or from `port`.
+fn audit_as_unprivileged_user(capabilities: &[String], port: u16) -> Vec<serde_json::Value> {
+    require_tool(
+        "setpriv",
+        "it runs the audit as another user with given capabilities",
+    );
+    let caps: Vec<String> = capabilities.iter().map(|c| format!("+{c}")).collect();
+    let caps = caps.join(",");
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=61477", "--regid=61477", "--clear-groups"]);
+    if !caps.is_empty() {
+        command.arg(format!("--inh-caps={caps}"));
+        command.arg(format!("--ambient-caps={caps}"));
+    }
+    let output = run(
+        command.args([IDLEGATE, "audit", "--idle-timeout", "4m", "--json"]),
+        COMMAND_TIMEOUT,
+    );
+    assert!(output.status.success(), "audit: {}", said(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            let ends = format!("{} {}", c["local"], c["remote"]);
+            ends.contains(&format!(":{port}\""))
+        })
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn systemd_audit_unit_capabilities_are_enough_to_name_another_users_connection_and_read_its_keepalive(
+) {
+    // A connection of this (root) process, without keepalive: another user's, seen from the
+    // unit's made-up user.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _server = listener.accept().unwrap();
+
+    let seen = audit_as_unprivileged_user(&audit_unit_capabilities(), port);
+    assert_eq!(seen.len(), 2, "both ends of the connection: {seen:#?}");
+    for connection in &seen {
+        assert!(
+            connection["command"].is_string() && connection["keepalive"] == false,
+            "with the unit's capabilities the owner is named and keepalive read: {connection:#}"
+        );
+        assert_eq!(connection["verdict"], "at-risk", "{connection:#}");
+    }
+    // And they are needed: without them the same user names no owner.
+    let seen = audit_as_unprivileged_user(&[], port);
+    assert!(
+        seen.iter().all(|c| c["command"].is_null()),
+        "without capabilities another user's process stays unnamed: {seen:#?}"
+    );
 }
