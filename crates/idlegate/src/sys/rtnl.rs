@@ -115,7 +115,7 @@ impl Rtnl {
         let mut socket = Socket::new(NETLINK_ROUTE).with_context(fail)?;
         socket.bind_auto().with_context(fail)?;
         socket.connect(&NlAddr::new(0, 0)).with_context(fail)?;
-        set_receive_timeout(socket.as_raw_fd(), RECEIVE_TIMEOUT).with_context(fail)?;
+        set_receive_timeout(&socket, RECEIVE_TIMEOUT).with_context(fail)?;
         Ok(Rtnl {
             socket,
             sequence: 0,
@@ -444,27 +444,10 @@ fn timed_out(err: io::Error, timeout: Duration) -> io::Error {
     }
 }
 
-/// Sets SO_RCVTIMEO on `fd`: a recv that waits longer fails with EAGAIN.
-fn set_receive_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `tv` is a valid timeval for the call, its size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// Sets SO_RCVTIMEO on `socket`: a recv that waits longer fails with EAGAIN. Through socket2,
+/// which knows each libc's `timeval` (musl's fields changed width in 1.2).
+fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+    socket2::SockRef::from(socket).set_read_timeout(Some(timeout))
 }
 
 /// Whether a new IPv6 address goes through duplicate address detection first.
@@ -620,7 +603,7 @@ mod tests {
     fn a_silent_kernel_is_a_timeout_error_not_an_endless_wait() {
         let mut rtnl = Rtnl::current().unwrap();
         let timeout = Duration::from_millis(200);
-        set_receive_timeout(rtnl.socket.as_raw_fd(), timeout).unwrap();
+        set_receive_timeout(&rtnl.socket, timeout).unwrap();
         rtnl.receive_timeout = timeout;
         // Nothing was sent: nothing will come.
         let started = std::time::Instant::now();
