@@ -1,6 +1,7 @@
 //! `idlegate gateway`: the config read and checked, two TUN devices made and brought up,
-//! privileges dropped, then the gateway run until SIGINT or SIGTERM; `--explain` prints what
-//! every rule's flows will get instead. Also the config loading `lab up` shares.
+//! privileges dropped, systemd told it is ready (`READY=1` to `$NOTIFY_SOCKET`, when set), then
+//! the gateway run until SIGINT or SIGTERM; `--explain` prints what every rule's flows will get
+//! instead. Also the config loading `lab up` shares.
 
 use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
@@ -109,6 +110,9 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         metrics: args.metrics,
     };
     let mut gateway = Gateway::new(&config, ports, &options)?;
+    // Connected while still privileged; told only once the devices are up and the gateway is
+    // built, so a unit's ExecStartPost= (the host's routes into the devices) runs after.
+    let notifier = idlegate::sys::notify::Notifier::from_env()?;
     // Forwarding needs no privilege: the devices are open and the sockets bound. This is
     // still the only thread (capabilities and no_new_privs are per thread; threads started
     // later inherit them), so the signal handler's thread starts only after the drop. Until
@@ -130,6 +134,9 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     let stopper = gateway.stopper();
     if interrupt.attach(move || stopper.stop()) {
         return Ok(());
+    }
+    if let Some(notifier) = &notifier {
+        notifier.ready()?;
     }
     print_ready()?;
     gateway.run()

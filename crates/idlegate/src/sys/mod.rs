@@ -9,6 +9,7 @@
 //! | [`file`](mod@file) | flock(2) locks, inodes |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | pipes and splice(2) |
+//! | [`notify`] | telling systemd the service is ready (sd_notify's `READY=1`) |
 //! | [`poll`] | waiting on descriptors: the one poll(2) wrapper, [`poll::STOP_CHECK`] |
 //! | [`privilege`] | capabilities and dropping privileges |
 //! | [`proc`] | procfs: processes, their names, socket descriptors and children; sysctls |
@@ -26,6 +27,7 @@
 pub mod errno;
 pub mod file;
 pub mod netns;
+pub mod notify;
 pub mod pipe;
 pub mod poll;
 pub mod privilege;

@@ -1,6 +1,6 @@
 //! `deploy/systemd`: each unit passes `systemd-analyze verify` without a word of warning, keeps
-//! a low exposure by `systemd-analyze security`, and starts idlegate with a command line
-//! idlegate accepts. All offline: no running systemd is needed, and no unit is started.
+//! a low exposure by `systemd-analyze security`, and starts idlegate with flags idlegate has;
+//! the gateway tells systemd it is ready (Type=notify) once its TUN devices are up. All offline: no running systemd is needed, and no unit is started.
 
 use super::*;
 
@@ -101,12 +101,13 @@ fn exec_start_args(unit: &str) -> Vec<String> {
             w.replace("${IDLEGATE_LISTEN}", "0.0.0.0:7443")
                 .replace("${IDLEGATE_CONNECT}", "127.0.0.1:5432")
                 .replace("${IDLEGATE_METRICS}", "0.0.0.0:9477")
+                .replace("${IDLEGATE_INTERVAL}", "15s")
         })
         .collect()
 }
 
 #[test]
-fn systemd_units_start_idlegate_with_flags_it_accepts() {
+fn systemd_units_exec_start_flags_exist_in_idlegate_help() {
     for (unit, _) in UNITS {
         let args = exec_start_args(unit);
         assert!(
@@ -114,7 +115,8 @@ fn systemd_units_start_idlegate_with_flags_it_accepts() {
             "{unit}: a variable or specifier this test does not fill in: {args:?}"
         );
         // clap reads the flags in order and answers --help at the end, once every flag before
-        // it is one the command has, with a value it parses.
+        // it is one the command has, with a value it parses. No more: --help stops clap before
+        // its conflict and required-flag checks and the command's own validation.
         let output = run(
             Command::new(IDLEGATE).args(&args).arg("--help"),
             COMMAND_TIMEOUT,
@@ -155,8 +157,18 @@ fn audit_as_unprivileged_user(capabilities: &[String], port: u16) -> Vec<serde_j
         command.arg(format!("--inh-caps={caps}"));
         command.arg(format!("--ambient-caps={caps}"));
     }
+    // The checkout may be under a directory other users cannot enter (/root is 0700): the
+    // binary runs from a copy in a directory everyone can search.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("idlegate");
+    std::fs::copy(IDLEGATE, &binary).expect("copying the binary");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let output = run(
-        command.args([IDLEGATE, "audit", "--idle-timeout", "4m", "--json"]),
+        command
+            .arg(&binary)
+            .args(["audit", "--idle-timeout", "4m", "--json"]),
         COMMAND_TIMEOUT,
     );
     assert!(output.status.success(), "audit: {}", said(&output));
@@ -198,4 +210,89 @@ fn systemd_audit_unit_capabilities_are_enough_to_name_another_users_connection_a
         seen.iter().all(|c| c["command"].is_null()),
         "without capabilities another user's process stays unnamed: {seen:#?}"
     );
+}
+
+/// A process this test started, ended (SIGTERM, then SIGKILL) when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = libc::pid_t::try_from(self.0.id()).unwrap_or(libc::pid_t::MAX);
+        // SAFETY: plain syscall; `pid` is our child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            match self.0.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                _ => return,
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ip -o link show DEVICE` in `ns`: the device's line, or what `ip` said.
+fn link_line(ns: &str, device: &str) -> String {
+    let output = run(
+        Command::new("ip").args(["-n", ns, "-o", "link", "show", device]),
+        COMMAND_TIMEOUT,
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn systemd_gateway_unit_is_type_notify_and_the_gateway_sends_ready_once_its_tun_devices_are_up() {
+    crate::common::require_root();
+    require_tool("ip", "the test reads the TUN devices' state with it");
+    let text =
+        std::fs::read_to_string(repo().join("deploy/systemd/idlegate-gateway.service")).unwrap();
+    for line in ["Type=notify", "NotifyAccess=main"] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "idlegate-gateway.service has {line}"
+        );
+    }
+
+    // The service manager's side: a datagram socket named in NOTIFY_SOCKET.
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify");
+    let manager = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    manager.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+    // In a namespace of its own, where its devices are alone.
+    let ns = idlegate::sys::netns::Namespace::create(&crate::common::unique("ign")).unwrap();
+    let (inside, outside) = ("igw-in-n", "igw-out-n");
+    let config = repo().join("examples/azure-lb.toml");
+    let _gateway = Running(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), IDLEGATE, "gateway", "--config"])
+            .arg(&config)
+            .args(["--inside", inside, "--outside", outside, "--control"])
+            .arg(dir.path().join("control.sock"))
+            .env("NOTIFY_SOCKET", &notify)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting idlegate gateway"),
+    );
+
+    let mut buffer = [0u8; 256];
+    let n = manager.recv(&mut buffer).unwrap_or_else(|e| {
+        panic!("no notification within {COMMAND_TIMEOUT:?} on NOTIFY_SOCKET: {e}")
+    });
+    assert_eq!(String::from_utf8_lossy(&buffer[..n]), "READY=1");
+    // Told only once both devices exist and are up: what ExecStartPost= routes need.
+    for device in [inside, outside] {
+        let line = link_line(ns.name(), device);
+        let flags = line.split(['<', '>']).nth(1).unwrap_or_default();
+        assert!(
+            flags.split(',').any(|f| f == "UP"),
+            "{device} up when READY=1 arrives: {line}"
+        );
+    }
 }
