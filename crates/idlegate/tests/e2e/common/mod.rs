@@ -236,15 +236,19 @@ pub fn one_rule_lab(expiry: &str) -> idlegate_core::Config {
 }
 
 /// Runs `command` to completion with its output captured, as `Command::output` does, but
-/// kills it and fails the test if it runs longer than `timeout`.
+/// kills it, and every process it started, and fails the test if it runs longer than
+/// `timeout`. It runs in a process group of its own, which the kill takes whole: a script's
+/// `cargo build` or `podman build` ends with it.
 #[allow(dead_code)] // not every test file runs one
 pub fn output_within(
     command: &mut std::process::Command,
     timeout: std::time::Duration,
 ) -> std::process::Output {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let mut child = command
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -267,7 +271,10 @@ pub fn output_within(
             break status;
         }
         if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
+            let group = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+            // SAFETY: plain syscall; the group is the child's own (process_group(0)), which
+            // is not yet reaped, so the id is not reused.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
             let _ = child.wait();
             // What it said so far, to tell why it hung (a process it started may still hold
             // the pipe: wait for that no more than a second).

@@ -12,10 +12,10 @@ use super::*;
 use crate::common;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Instant;
 
-/// What `podman run` needs on machines like the one these tests were written on: runc (crun's
+/// What `podman run` needs on machines whose sandbox limits cgroups (some CI runners): runc (crun's
 /// cgroup handling fails in some sandboxes) and limits within the sandbox's own.
 const RUN_FLAGS: [&str; 6] = [
     "--runtime",
@@ -42,8 +42,10 @@ impl Image {
         );
         require_tool("runc", "the container tests run their containers with it");
         static_binary();
-        let tag = format!("localhost/idlegate-test:{}", common::unique("img"));
-        let image = Image { tag };
+        // The guard first: a build that fails or times out may still leave the tag.
+        let image = Image {
+            tag: format!("localhost/idlegate-test:{}", common::unique("img")),
+        };
         let output = run(script("build-image").arg(&image.tag), STATIC_BUILD_TIMEOUT);
         assert!(
             output.status.success(),
@@ -93,6 +95,44 @@ fn connection<'a>(report: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|c| c["name"] == name)
         .unwrap_or_else(|| panic!("no {name} in {report}"))
+}
+
+/// The address the relay in `relay` listens on, from its log line `relay LISTEN → CONNECT`
+/// (it logs it once bound), read within [`CONTAINER_TIMEOUT`]; the rest of its log is drained.
+fn relay_address(relay: &mut std::process::Child, connect: SocketAddr) -> SocketAddr {
+    use std::io::BufRead;
+    let stderr = relay.stderr.take().expect("the relay's stderr, piped");
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            // Read to the end even once nobody listens, so the pipe never fills.
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + CONTAINER_TIMEOUT;
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.split_once("relay ").and_then(|(_, rest)| {
+                    let (listen, to) = rest.split_once(" → ")?;
+                    to.starts_with(&connect.to_string())
+                        .then(|| listen.parse().ok())
+                        .flatten()
+                });
+                if let Some(address) = found {
+                    return address;
+                }
+                said.push(line);
+            }
+            Err(e) => panic!(
+                "the relay in the container never said where it listens ({e}); it said:\n{}",
+                said.join("\n")
+            ),
+        }
+    }
 }
 
 #[test]
@@ -171,7 +211,6 @@ fn container_relays_bytes_between_host_sockets_as_nobody_without_capabilities() 
 
     let server = TcpListener::bind("127.0.0.1:0").expect("a server on loopback");
     let server_address = server.local_addr().unwrap();
-    let listen = common::free_port();
     let name = common::unique("igr");
     let _container = Container(name.clone());
     let mut relay = image
@@ -186,10 +225,11 @@ fn container_relays_bytes_between_host_sockets_as_nobody_without_capabilities() 
                 "--security-opt",
                 "no-new-privileges",
             ],
+            // Port 0: the kernel picks a free one, which the relay logs.
             &[
                 "relay",
                 "--listen",
-                &listen.to_string(),
+                "127.0.0.1:0",
                 "--connect",
                 &server_address.to_string(),
                 "--keepalive",
@@ -200,24 +240,9 @@ fn container_relays_bytes_between_host_sockets_as_nobody_without_capabilities() 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting podman run");
-
-    // The relay listens once the container is up: until then, connections are refused.
-    let deadline = Instant::now() + CONTAINER_TIMEOUT;
-    let mut client = loop {
-        match TcpStream::connect(listen) {
-            Ok(stream) => break stream,
-            Err(e) if Instant::now() < deadline => {
-                if let Some(status) = relay.try_wait().unwrap() {
-                    let mut stderr = String::new();
-                    let _ = relay.stderr.take().unwrap().read_to_string(&mut stderr);
-                    panic!("the relay's container ended ({status}) before listening: {stderr}");
-                }
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => panic!("the relay in the container never listened on {listen}: {e}"),
-        }
-    };
+    let listen = relay_address(&mut relay, server_address);
+    let mut client = TcpStream::connect(listen)
+        .unwrap_or_else(|e| panic!("connecting to the relay in the container at {listen}: {e}"));
     server.set_nonblocking(false).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(30)))

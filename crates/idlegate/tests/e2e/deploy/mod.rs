@@ -121,3 +121,40 @@ fn static_binary() -> &'static Path {
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
+
+/// Whether process `pid` is gone (or dead, waiting to be reaped by whoever inherited it).
+fn gone(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[test]
+fn a_command_that_runs_too_long_is_killed_with_every_process_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // A script whose own child (as a build script's cargo would be) outlives the timeout.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg("sleep 600 & echo $! > \"$1\"; wait")
+        .arg("sh")
+        .arg(&pid_file);
+    let timed_out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut command, Duration::from_secs(5))
+    }));
+    assert!(timed_out.is_err(), "the command outlived its timeout");
+    let pid = std::fs::read_to_string(&pid_file).expect("the script's child's pid");
+    let pid = pid.trim();
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    while !gone(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !gone(pid) {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+        panic!("the script's child {pid} still ran after its script was killed");
+    }
+}
