@@ -47,7 +47,8 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Replay the idle-drop experiment (seed 004) in seconds: three connections, three fates.
+    /// Replay the idle-drop experiment in seconds (send, wait, send past the idle timeout):
+    /// three connections, three fates.
     Demo(demo::Options),
 }
 
