@@ -20,11 +20,16 @@
 /// (`idlegate::survive::relay`, `idlegate::gateway::worker`, …).
 pub const LOG_TARGET: &str = "idlegate";
 
+#[cfg(target_os = "linux")]
 pub mod gateway;
+#[cfg(target_os = "linux")]
 pub mod lab;
+#[cfg(target_os = "linux")]
 pub mod measure;
+#[cfg(target_os = "linux")]
 pub mod obs;
 pub mod survive;
 // The only module with `unsafe` (system calls); the rest of the crate denies it.
+#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub mod sys;

@@ -9,15 +9,24 @@ mod cli;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use cli::audit::{AdviseArgs, AuditArgs};
+use cli::advise::AdviseArgs;
+#[cfg(target_os = "linux")]
+use cli::audit::AuditArgs;
+#[cfg(target_os = "linux")]
 use cli::flows::FlowsArgs;
+#[cfg(target_os = "linux")]
 use cli::gateway::GatewayArgs;
 use cli::generate::{CompletionsArgs, ManArgs};
+#[cfg(target_os = "linux")]
 use cli::keepalive::{KeepaliveArgs, RunArgs};
+#[cfg(target_os = "linux")]
 use cli::lab::LabCommand;
+#[cfg(target_os = "linux")]
 use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
+#[cfg(target_os = "linux")]
 use cli::relay::RelayArgs;
+#[cfg(target_os = "linux")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,33 +46,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    #[cfg(target_os = "linux")]
     /// Run the emulated middlebox between two TUN devices.
     Gateway(GatewayArgs),
+    #[cfg(target_os = "linux")]
     /// Build network namespaces around the gateway: real hosts to test applications with.
     #[command(subcommand)]
     Lab(LabCommand),
+    #[cfg(target_os = "linux")]
     /// Show a running gateway's flows (or expire them: `flows expire`).
     Flows(FlowsArgs),
+    #[cfg(target_os = "linux")]
     /// Serve as the far end of `idlegate probe`: confirm what arrives, answer after a delay.
     Echo(EchoArgs),
+    #[cfg(target_os = "linux")]
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
+    #[cfg(target_os = "linux")]
     /// Forward an application's connections with TCP keepalive on both sockets, or through a
     /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
     /// server's) that outlives the path under it.
     Relay(RelayArgs),
+    #[cfg(target_os = "linux")]
     /// Give TCP keepalive to the sockets of a running program, without restarting it
     /// (pidfd_getfd: root, or ptrace access to the process).
     Keepalive(KeepaliveArgs),
+    #[cfg(target_os = "linux")]
     /// Start a program and give keepalive to every TCP socket it (or a process it starts)
     /// opens, within 100 ms: no LD_PRELOAD, so static binaries too.
     Run(RunArgs),
+    #[cfg(target_os = "linux")]
     /// Every TCP connection of the host (or a namespace), judged against a box's idle timeout:
     /// safe, at-risk or stalled, with the owner and the reason.
     Audit(AuditArgs),
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
+    #[cfg(target_os = "linux")]
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
     /// with --pair an end's own key pair for the per-peer mode.
     Keygen {
@@ -89,7 +108,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(target_os = "linux")]
     let quiet = matches!(cli.command, Command::Lab(LabCommand::Demo(_)));
+    #[cfg(not(target_os = "linux"))]
+    let quiet = false;
     init_logging(cli.verbose, quiet);
     match run(cli.command) {
         Ok(code) => code,
@@ -119,16 +141,26 @@ fn init_logging(verbose: u8, quiet: bool) {
 fn run(command: Command) -> Result<ExitCode> {
     let done = |()| ExitCode::SUCCESS;
     match command {
+        #[cfg(target_os = "linux")]
         Command::Gateway(args) => cli::gateway::run(args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Lab(command) => cli::lab::run(command),
+        #[cfg(target_os = "linux")]
         Command::Flows(args) => cli::flows::run(args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Echo(args) => cli::measure::run_echo(&args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Probe(args) => cli::measure::run_probe(&args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Relay(args) => cli::relay::run(&args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Keepalive(args) => cli::keepalive::run_keepalive(&args),
-        Command::Advise(args) => cli::audit::run_advise(&args).map(done),
+        Command::Advise(args) => cli::advise::run_advise(&args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
+        #[cfg(target_os = "linux")]
         Command::Run(args) => cli::keepalive::run_watched(&args),
+        #[cfg(target_os = "linux")]
         Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),
         Command::Completions(args) => cli::generate::completions(&args).map(done),

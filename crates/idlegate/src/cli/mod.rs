@@ -10,23 +10,38 @@
 //! | [`measure`] | `echo`, `probe` |
 //! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit), `keygen` (the tunnel's keys) |
 //! | [`keepalive`] | `keepalive`, `run` |
-//! | [`audit`] | `audit`, `advise` |
+//! | [`audit`] | `audit` |
+//! | [`advise`] | `advise` |
 //! | [`profiles`] | `profiles`, `profiles show` |
 //! | [`generate`] | `completions`, `man`: made from these definitions |
+//!
+//! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
+//! now echo, probe, relay, keygen) is `#[cfg(target_os = "linux")]` here and in `main.rs`: other
+//! builds do not have it at all, so it is absent from their `--help`.
 
+pub mod advise;
+#[cfg(target_os = "linux")]
 pub mod audit;
+#[cfg(target_os = "linux")]
 pub mod flows;
+#[cfg(target_os = "linux")]
 pub mod gateway;
 pub mod generate;
+#[cfg(target_os = "linux")]
 pub mod keepalive;
+#[cfg(target_os = "linux")]
 pub mod lab;
+#[cfg(target_os = "linux")]
 pub mod measure;
 pub mod profiles;
+#[cfg(target_os = "linux")]
 pub mod relay;
 
 use anyhow::Result;
+#[cfg(target_os = "linux")]
 use std::io::Write;
 
+#[cfg(target_os = "linux")]
 /// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -59,6 +74,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(d)
 }
 
+#[cfg(target_os = "linux")]
 /// `--workers`: 1 to [`idlegate::gateway::MAX_WORKERS`].
 pub fn workers_in_range(text: &str) -> Result<usize, String> {
     let max = idlegate::gateway::MAX_WORKERS;
@@ -68,8 +84,10 @@ pub fn workers_in_range(text: &str) -> Result<usize, String> {
     }
 }
 
+#[cfg(target_os = "linux")]
 pub const DEFAULT_CONTROL: &str = "/run/idlegate/gateway.sock";
 
+#[cfg(target_os = "linux")]
 /// Tells a script on stdout that traffic can flow.
 pub fn print_ready() -> Result<()> {
     let mut stdout = std::io::stdout();

@@ -13,10 +13,16 @@
 //! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
 
 pub mod advise;
+#[cfg(target_os = "linux")]
 pub mod audit;
+#[cfg(target_os = "linux")]
 pub mod endpoint;
 pub mod keepalive;
+#[cfg(target_os = "linux")]
 pub mod relay;
+#[cfg(target_os = "linux")]
 pub mod serve;
+#[cfg(target_os = "linux")]
 pub mod stats;
+#[cfg(target_os = "linux")]
 pub mod tunnel;

@@ -1,0 +1,79 @@
+//! `idlegate advise`: the box's idle timeout (given, or a profile's) checked, then the
+//! keepalive settings for it printed. On every platform; `audit` shares the idle timeout's
+//! check.
+
+use super::parse_duration;
+use anyhow::{Context, Result};
+use clap::Args;
+use idlegate_core::profile;
+
+#[derive(Args)]
+pub struct AdviseArgs {
+    /// The box's idle timeout, e.g. 4m.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "profile")]
+    idle_timeout: Option<std::time::Duration>,
+    /// Take the idle timeout from this middlebox profile [default: azure-lb].
+    #[arg(long)]
+    profile: Option<String>,
+    /// The operating system whose settings to write.
+    #[arg(long, value_enum, default_value = "linux")]
+    os: idlegate::survive::advise::Os,
+    /// Also the code for this client library.
+    #[arg(long = "for", value_enum)]
+    library: Option<idlegate::survive::advise::Library>,
+}
+
+/// The idle timeout asked for (at least 2 s), or the profile's (azure-lb by default), and
+/// where it came from.
+pub(super) fn idle_timeout(
+    given: Option<std::time::Duration>,
+    profile_name: Option<&str>,
+) -> Result<(std::time::Duration, String)> {
+    if let Some(t) = given {
+        if t < std::time::Duration::from_secs(2) {
+            anyhow::bail!("--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)");
+        }
+        return Ok((t, "--idle-timeout".to_string()));
+    }
+    let name = profile_name.unwrap_or(profile::default_profile().name);
+    let p = profile::find(name).with_context(|| format!("--profile {name}: no such profile"))?;
+    Ok((
+        idlegate::survive::keepalive::profile_idle_timeout(p),
+        format!("profile {name}"),
+    ))
+}
+
+/// `idlegate advise`: prints the settings.
+pub fn run_advise(args: &AdviseArgs) -> Result<()> {
+    use idlegate::survive::advise::Advice;
+    let (timeout, from) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
+    print!(
+        "{}",
+        Advice::new(timeout, from, args.os, args.library).render()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_idle_timeout_under_2s_is_refused_and_the_default_is_azure_lbs() {
+        assert_eq!(
+            format!(
+                "{:#}",
+                idle_timeout(Some(Duration::from_secs(1)), None).unwrap_err()
+            ),
+            "--idle-timeout 1s: at least 2s (keepalive timers are whole seconds)"
+        );
+        assert_eq!(
+            idle_timeout(Some(Duration::from_secs(2)), None).unwrap(),
+            (Duration::from_secs(2), "--idle-timeout".to_string())
+        );
+        let (timeout, from) = idle_timeout(None, None).unwrap();
+        assert_eq!(from, "profile azure-lb");
+        assert_eq!(timeout, Duration::from_secs(240));
+    }
+}
