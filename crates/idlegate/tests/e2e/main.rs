@@ -36,3 +36,4 @@ mod standalone;
 mod tunnel;
 mod tunnel_exit;
 mod tunnel_stress;
+mod windows;
