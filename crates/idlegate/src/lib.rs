@@ -11,6 +11,10 @@
 //! | [`survive`] | feature: survive | `relay`, the resumable tunnel, `keepalive`, `audit`, `advise` |
 //! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
+//!
+//! Builds for other systems than Linux (Windows, in progress) have only what builds there:
+//! `survive::advise` and `survive::keepalive`'s setting today; the rest is
+//! `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
 
 #![deny(unsafe_code)]
 
