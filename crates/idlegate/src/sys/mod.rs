@@ -1,7 +1,10 @@
 //! The platform layer: every system call idlegate makes, in one place per domain word.
 //!
 //! Features (gateway, lab, measure, survive, the command line) call what is here and never
-//! `libc` themselves; a port to another operating system adds files here and nowhere else.
+//! `libc` themselves; a port to another operating system adds its side of these files here,
+//! and nowhere else. Linux-only as a whole for now: the other builds (Windows, in progress)
+//! have none of it, and `lib.rs`, `survive/mod.rs` and the command line leave out the features
+//! that need it (ARCHITECTURE.md, "The platform seam").
 //!
 //! | module | domain word |
 //! |---|---|
