@@ -9,6 +9,7 @@
 //! | module | domain word |
 //! |---|---|
 //! | [`errno`] | the error numbers features tell apart, and their names |
+//! | [`evidence`] | what the system lets a program see of its TCP connections (acknowledgements, ICMP errors, a RST told from a FIN) |
 //! | [`file`](mod@file) | flock(2) locks, inodes |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | pipes and splice(2) |
@@ -28,6 +29,7 @@
 //! | [`tun`] | TUN devices |
 
 pub mod errno;
+pub mod evidence;
 pub mod file;
 pub mod netns;
 pub mod notify;
