@@ -16,6 +16,7 @@
 //! only when Wine has none of its own.
 
 mod cli;
+mod measure;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -180,5 +181,147 @@ pub fn idlegate_exe(args: &[&str]) -> Ran {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---- Helper M (echo and probe): Wine programs in a network namespace ----------------------
+
+/// A prefix of its own for a Wine program run inside network namespace `tag`'s test: a copy of
+/// [`prefix`] whose files are hard links (no space taken) but whose registry files are real
+/// copies (the wineserver rewrites them). A Wine program's sockets belong to the wineserver of
+/// its prefix, which runs in the network namespace of the first program that started it; a
+/// prefix of its own starts a wineserver in the namespace the program runs in. Removed, with
+/// its wineserver stopped, when dropped.
+pub struct NamespacePrefix {
+    pub dir: PathBuf,
+}
+
+impl NamespacePrefix {
+    pub fn new(tag: &str) -> NamespacePrefix {
+        let base = prefix();
+        let dir = base.with_file_name(format!(
+            "{}-{tag}",
+            base.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("wine-prefix")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let copied = common::output_within(
+            Command::new("cp").arg("-al").arg(base).arg(&dir),
+            Duration::from_secs(120),
+        );
+        assert!(
+            copied.status.success(),
+            "cp -al {} {}: {}",
+            base.display(),
+            dir.display(),
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        for reg in ["system.reg", "user.reg", "userdef.reg"] {
+            let file = dir.join(reg);
+            if file.exists() {
+                let bytes = std::fs::read(&file).expect("reading a registry file");
+                std::fs::remove_file(&file).expect("unlinking a registry file");
+                std::fs::write(&file, bytes).expect("writing a registry file");
+            }
+        }
+        NamespacePrefix { dir }
+    }
+
+    /// `idlegate.exe ARGS` under Wine in network namespace `ns` with this prefix.
+    pub fn command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(wine())
+            .arg(exe())
+            .args(args)
+            .env("WINEPREFIX", &self.dir)
+            .env("WINEDEBUG", "-all")
+            .env_remove("DISPLAY");
+        command
+    }
+}
+
+impl Drop for NamespacePrefix {
+    fn drop(&mut self) {
+        // Stops this prefix's wineserver (and any program still attached to it).
+        let server = wine().with_file_name("wineserver");
+        let _ = common::output_within(
+            Command::new(if server.is_file() {
+                server
+            } else {
+                PathBuf::from("wineserver")
+            })
+            .arg("-k")
+            .env("WINEPREFIX", &self.dir),
+            Duration::from_secs(30),
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A long-running `idlegate.exe` under Wine (`echo`): its stderr lines gathered, killed (its
+/// process group) when dropped.
+pub struct WineChild {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+}
+
+impl WineChild {
+    pub fn spawn(mut command: Command) -> WineChild {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = command
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting idlegate.exe under Wine");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        WineChild {
+            child,
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Waits up to `within` for a stderr line containing `text`; false if it never came (or
+    /// the program ended first).
+    pub fn wait_for_line(&mut self, text: &str, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.stderr.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+impl Drop for WineChild {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child's own process group (process_group(0) above).
+        let _ = unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 }

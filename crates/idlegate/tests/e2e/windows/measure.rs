@@ -1,0 +1,183 @@
+//! `idlegate echo` and `idlegate probe` of the Windows build under Wine, against the Linux
+//! build, across the lab's gateway (Azure LB's rule, idle timeout 438 s scaled 1/60 to 7.3 s):
+//! a Linux probe measures the path to echo.exe, and probe.exe measures the path to a Linux
+//! echo. Each Wine program runs in its lab host's network namespace with a prefix, and so a
+//! wineserver, of its own there ([`NamespacePrefix`]). Root only.
+
+use super::{NamespacePrefix, WineChild};
+use crate::common::{self, require_root, unique};
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::measure::echo::Echo;
+use idlegate::measure::probe::{self, Behaviour, Options, Report};
+use idlegate::sys::netns;
+use idlegate_core::Config;
+use std::time::Duration;
+
+/// The path's idle timeout: 438 s at a time scale of 60.
+const TRUTH: f64 = 7.3;
+const RESOLUTION: f64 = 1.0;
+/// How long a Wine program may take to start listening (a fresh wineserver on a loaded
+/// machine).
+const START: Duration = Duration::from_secs(120);
+/// A whole probe under Wine: about 2 × 1.07 × the timeout per round, with margins.
+const PROBE_RUN: Duration = Duration::from_secs(300);
+
+/// Azure LB in front of vm1's port 9300, with `expiry` at its idle timeout.
+fn config(expiry: &str) -> Config {
+    let text = format!(
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+[[lb_rule]]
+name = "echo"
+frontend = "public"
+frontend_port = 9300
+backend_pool = "vms"
+backend_port = 9300
+idle_timeout = "438s"
+expiry = "{expiry}"
+"#
+    );
+    Config::from_toml(&text, "windows measure test config").expect("config")
+}
+
+/// The bracket `(low, high)` holds the truth and is no wider than the resolution.
+fn assert_bracket(low: f64, high: Option<f64>, shown: &dyn std::fmt::Debug) {
+    let high = high.unwrap_or_else(|| panic!("no timeout found: {shown:#?}"));
+    assert!(
+        low < TRUTH && TRUTH <= high,
+        "{TRUTH} s not in ({low}, {high}]: {shown:#?}"
+    );
+    assert!(high - low <= RESOLUTION + 1e-9, "{shown:#?}");
+}
+
+#[test]
+fn windows_echo_under_wine_answers_a_linux_probe_that_finds_a_silent_drop() {
+    require_root();
+    let (report, _) = Lab::with_gateway(&unique("we"), &config("silent"), |lab| {
+        let vm = lab.namespace_of("vm1")?;
+        let prefix = NamespacePrefix::new(&unique("we"));
+        let mut echo = WineChild::spawn(prefix.command(&vm, &["echo", "--listen", "0.0.0.0:9300"]));
+        assert!(
+            echo.wait_for_line("echo listening on", START),
+            "echo.exe under Wine did not start listening within {START:?}: {:#?}",
+            echo.stderr
+        );
+        let options = Options {
+            target: "203.0.113.10:9300".parse()?,
+            max: Duration::from_secs(20),
+            resolution: Duration::from_secs_f64(RESOLUTION),
+            wait: Duration::from_secs(2),
+            connections: None,
+        };
+        let report: Report =
+            netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the probe thread panicked"))??;
+        drop(echo);
+        Ok(report)
+    })
+    .expect("lab run");
+    assert!(
+        report.echo,
+        "the probe took echo.exe for a plain server: {report:#?}"
+    );
+    assert_bracket(
+        report.idle_timeout_s.low,
+        report.idle_timeout_s.high,
+        &report,
+    );
+    assert!(report.consistent, "{report:#?}");
+    assert_eq!(
+        (report.client_to_server, report.server_to_client),
+        (Behaviour::Silent, Some(Behaviour::Silent)),
+        "{report:#?}"
+    );
+    assert_eq!(report.keepalive_refreshes, Some(true), "{report:#?}");
+    // The Linux probe has all its evidence.
+    assert!(report.cannot_tell_apart.is_empty(), "{report:#?}");
+}
+
+#[test]
+fn windows_probe_under_wine_finds_a_reset_at_expiry_from_a_linux_echo_and_names_what_it_cannot_tell_apart(
+) {
+    require_root();
+    let (out, _) = Lab::with_gateway(&unique("wp"), &config("reset"), |lab| {
+        let echo = netns::spawn_in(&lab.namespace_of("vm1")?, || {
+            Echo::bind("0.0.0.0:9300".parse()?)
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+        let stop = echo.stop_flag();
+        let server = std::thread::spawn(move || echo.run());
+        let prefix = NamespacePrefix::new(&unique("wp"));
+        let ns = lab.namespace_of(INTERNET)?;
+        let args = [
+            "probe",
+            "203.0.113.10:9300",
+            "--max",
+            "20s",
+            "--resolution",
+            "1s",
+            "--wait",
+            "2s",
+            "--json",
+        ];
+        let out = common::output_within(&mut prefix.command(&ns, &args), PROBE_RUN);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        server
+            .join()
+            .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+        Ok(out)
+    })
+    .expect("lab run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "probe.exe under Wine failed ({}): {}\n{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("probe.exe printed no JSON ({e}): {stdout}"));
+    assert_eq!(report["echo"], true, "{report:#}");
+    assert_bracket(
+        report["idle_timeout_s"]["low"].as_f64().unwrap_or(f64::NAN),
+        report["idle_timeout_s"]["high"].as_f64(),
+        &report,
+    );
+    // Wine reads a RST as an end of stream; WSAPoll's POLLERR tells it from a FIN.
+    assert_eq!(report["client_to_server"], "reset", "{report:#}");
+    assert_eq!(report["server_to_client"], "reset", "{report:#}");
+    assert!(
+        report["details"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d
+                .as_str()
+                .is_some_and(|d| d.contains("at the moment of expiry")))),
+        "{report:#}"
+    );
+    // Keepalive through SIO_KEEPALIVE_VALS reaches the Linux socket under Wine.
+    assert_eq!(report["keepalive_refreshes"], true, "{report:#}");
+    let undecided: Vec<&str> = report["cannot_tell_apart"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        undecided
+            .iter()
+            .any(|c| c.starts_with("silent and icmp") && c.contains("IP_RECVERR")),
+        "{report:#}"
+    );
+    assert!(
+        undecided
+            .iter()
+            .any(|c| c.starts_with("silent and acked-not-delivered") && c.contains("SIO_TCP_INFO")),
+        "Wine 8.0 answers SIO_TCP_INFO with WSAEOPNOTSUPP: {report:#}"
+    );
+}
