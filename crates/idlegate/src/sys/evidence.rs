@@ -171,3 +171,54 @@ mod imp {
         rc > 0 && watch.revents & POLLERR != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn data_read_by_the_peer_is_all_acknowledged_and_a_shut_connection_is_not_established() {
+        let (mut client, mut server) = pair();
+        client.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).unwrap();
+        // Loopback acknowledges at once; the ACK may take a moment to be processed.
+        let acked = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            acknowledgement(&client) == Acknowledgement::All
+        });
+        assert!(acked, "{:?}", acknowledgement(&client));
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(acknowledgement(&client), Acknowledgement::NotEstablished);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_reports_icmp_errors_and_limits_retransmissions() {
+        let socket = Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        assert!(report_icmp_errors(&socket, false).unwrap());
+        assert!(limit_unanswered(&socket, Duration::from_millis(1500)).unwrap());
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+    }
+
+    #[test]
+    fn an_end_of_stream_after_a_fin_is_not_a_reset() {
+        let (mut client, server) = pair();
+        server.shutdown(Shutdown::Write).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        assert!(!ended_by_reset(&client));
+    }
+}
