@@ -33,13 +33,23 @@ pub enum Acknowledgement {
     Unknown,
 }
 
-pub use imp::{acknowledgement, ended_by_reset, limit_unanswered, report_icmp_errors};
+pub use imp::{acknowledgement, ended_by_reset, limit_unanswered, report_icmp_errors, ICMP_ERRNOS};
 
 #[cfg(target_os = "linux")]
 mod imp {
     use super::*;
     use crate::sys::tcp_info::all_acknowledged;
     use std::os::fd::AsRawFd;
+
+    /// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
+    pub const ICMP_ERRNOS: &[i32] = &[
+        libc::EHOSTUNREACH,
+        libc::ENETUNREACH,
+        libc::EACCES,
+        libc::ECONNREFUSED,
+        libc::EPROTO,
+        libc::EMSGSIZE,
+    ];
 
     /// Whether TCP acknowledged everything written on `stream` (TCP_INFO).
     pub fn acknowledgement(stream: &TcpStream) -> Acknowledgement {
@@ -76,6 +86,9 @@ mod imp {
         POLLRDNORM, SIO_TCP_INFO, SOCKET, SOCKET_ERROR, TCPSTATE_ESTABLISHED, TCP_MAXRT, WSAEINVAL,
         WSAENOPROTOOPT, WSAEOPNOTSUPP, WSAPOLLFD,
     };
+
+    /// None: no ICMP error reaches an established TCP socket as an error on Windows.
+    pub const ICMP_ERRNOS: &[i32] = &[];
 
     fn raw(stream: &impl AsRawSocket) -> SOCKET {
         stream.as_raw_socket() as SOCKET

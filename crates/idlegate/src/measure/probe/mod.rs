@@ -67,15 +67,6 @@ const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
 const DATA_SEQ: u32 = 2;
 /// TCP_KEEPCNT of the keepalive test.
 const KEEPALIVE_PROBES: u32 = 3;
-/// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
-const ICMP_ERRNOS: [i32; 6] = [
-    errno::EHOSTUNREACH,
-    errno::ENETUNREACH,
-    errno::EACCES,
-    errno::ECONNREFUSED,
-    errno::EPROTO,
-    errno::EMSGSIZE,
-];
 
 /// What a direction of the path does to an idle connection once the box forgot it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -138,7 +129,7 @@ impl Observed {
     /// What a failed read or write on the client's socket says.
     fn from_error(e: &io::Error, after_send: bool) -> Observed {
         match e.raw_os_error() {
-            Some(errno) if ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
+            Some(errno) if evidence::ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
             Some(errno::ETIMEDOUT) => Observed::Silent,
             _ if after_send => Observed::ResetOnNext,
             _ => Observed::ResetAtExpiry,
