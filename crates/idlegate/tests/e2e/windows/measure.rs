@@ -181,3 +181,47 @@ fn windows_probe_under_wine_finds_a_reset_at_expiry_from_a_linux_echo_and_names_
         "Wine 8.0 answers SIO_TCP_INFO with WSAEOPNOTSUPP: {report:#}"
     );
 }
+
+#[test]
+fn windows_probe_under_wine_without_sio_tcp_info_refuses_a_plain_server_and_says_why() {
+    // Wine 8.0 answers SIO_TCP_INFO with WSAEOPNOTSUPP: against a server that is not echo,
+    // only TCP's acknowledgements would tell a live connection from a silent path.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listening");
+    let target = listener.local_addr().expect("address").to_string();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            // Holds what it accepts and says nothing, until the probe has ended.
+            let mut held = Vec::new();
+            listener.set_nonblocking(true).expect("non-blocking");
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            held.len()
+        })
+    };
+    let ran = super::idlegate_exe(&["probe", &target, "--max", "5s", "--wait", "2s"]);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(!ran.status.success(), "{}\n{}", ran.stdout, ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!(
+            "idlegate: cannot measure {target}: it is not idlegate echo"
+        )),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("SIO_TCP_INFO"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("hint: run `idlegate echo`"),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        server.join().expect("server thread") >= 1,
+        "the probe never connected"
+    );
+}
