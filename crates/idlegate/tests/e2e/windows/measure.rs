@@ -56,10 +56,11 @@ fn assert_bracket(low: f64, high: Option<f64>, shown: &dyn std::fmt::Debug) {
     assert!(high - low <= RESOLUTION + 1e-9, "{shown:#?}");
 }
 
-#[test]
-fn windows_echo_under_wine_answers_a_linux_probe_that_finds_a_silent_drop() {
+/// A Linux probe in the lab's `internet` host against echo.exe under Wine in vm1, through
+/// the gateway with `expiry`: it must find echo and bracket the timeout, with all its evidence.
+fn linux_probe_to_wine_echo(expiry: &str) -> Report {
     require_root();
-    let (report, _) = Lab::with_gateway(&unique("we"), &config("silent"), |lab| {
+    let (report, _) = Lab::with_gateway(&unique("we"), &config(expiry), |lab| {
         let vm = lab.namespace_of("vm1")?;
         let prefix = NamespacePrefix::new(&unique("we"));
         let mut echo = WineChild::spawn(prefix.command(&vm, &["echo", "--listen", "0.0.0.0:9300"]));
@@ -93,14 +94,37 @@ fn windows_echo_under_wine_answers_a_linux_probe_that_finds_a_silent_drop() {
         &report,
     );
     assert!(report.consistent, "{report:#?}");
+    // The Linux probe has all its evidence.
+    assert!(report.cannot_tell_apart.is_empty(), "{report:#?}");
+    report
+}
+
+#[test]
+fn windows_echo_under_wine_answers_a_linux_probe_that_finds_a_silent_drop() {
+    let report = linux_probe_to_wine_echo("silent");
     assert_eq!(
         (report.client_to_server, report.server_to_client),
         (Behaviour::Silent, Some(Behaviour::Silent)),
         "{report:#?}"
     );
     assert_eq!(report.keepalive_refreshes, Some(true), "{report:#?}");
-    // The Linux probe has all its evidence.
-    assert!(report.cannot_tell_apart.is_empty(), "{report:#?}");
+}
+
+#[test]
+fn windows_echo_under_wine_reports_its_delayed_reply_answered_with_a_rst() {
+    // The gateway answers each sender's first packet after expiry with a RST: echo.exe's
+    // delayed reply meets one, and echo must say so when asked (Wine may read that RST as an
+    // end of stream).
+    let report = linux_probe_to_wine_echo("reset-on-next");
+    assert_eq!(
+        (report.client_to_server, report.server_to_client),
+        (Behaviour::Reset, Some(Behaviour::Reset)),
+        "{report:#?}"
+    );
+    assert!(
+        report.details.iter().any(|d| d.contains("server's packet")),
+        "{report:#?}"
+    );
 }
 
 #[test]
