@@ -2,9 +2,9 @@
 //! build, across the lab's gateway (Azure LB's rule, idle timeout 438 s scaled 1/60 to 7.3 s):
 //! a Linux probe measures the path to echo.exe, and probe.exe measures the path to a Linux
 //! echo. Each Wine program runs in its lab host's network namespace with a prefix, and so a
-//! wineserver, of its own there ([`NamespacePrefix`]). Root only.
+//! wineserver, of its own there ([`OwnPrefix`]). Root only.
 
-use super::{NamespacePrefix, WineChild};
+use super::{exe, wine_command, OwnPrefix, RunningExe};
 use crate::common::{self, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::measure::echo::Echo;
@@ -16,9 +16,6 @@ use std::time::Duration;
 /// The path's idle timeout: 438 s at a time scale of 60.
 const TRUTH: f64 = 7.3;
 const RESOLUTION: f64 = 1.0;
-/// How long a Wine program may take to start listening (a fresh wineserver on a loaded
-/// machine).
-const START: Duration = Duration::from_secs(120);
 /// A whole probe under Wine: about 2 × 1.07 × the timeout per round, with margins.
 const PROBE_RUN: Duration = Duration::from_secs(300);
 
@@ -62,13 +59,13 @@ fn linux_probe_to_wine_echo(expiry: &str) -> Report {
     require_root();
     let (report, _) = Lab::with_gateway(&unique("we"), &config(expiry), |lab| {
         let vm = lab.namespace_of("vm1")?;
-        let prefix = NamespacePrefix::new(&unique("we"));
-        let mut echo = WineChild::spawn(prefix.command(&vm, &["echo", "--listen", "0.0.0.0:9300"]));
-        assert!(
-            echo.wait_for_line("echo listening on", START),
-            "echo.exe under Wine did not start listening within {START:?}: {:#?}",
-            echo.stderr
+        let prefix = OwnPrefix::new();
+        let mut echo = RunningExe::spawn(
+            &["echo", "--listen", "0.0.0.0:9300"],
+            prefix.path(),
+            Some(&vm),
         );
+        echo.wait_listening(9300);
         let options = Options {
             target: "203.0.113.10:9300".parse()?,
             max: Duration::from_secs(20),
@@ -139,7 +136,7 @@ fn windows_probe_under_wine_finds_a_reset_at_expiry_from_a_linux_echo_and_names_
         .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
         let stop = echo.stop_flag();
         let server = std::thread::spawn(move || echo.run());
-        let prefix = NamespacePrefix::new(&unique("wp"));
+        let prefix = OwnPrefix::new();
         let ns = lab.namespace_of(INTERNET)?;
         let args = [
             "probe",
@@ -152,7 +149,17 @@ fn windows_probe_under_wine_finds_a_reset_at_expiry_from_a_linux_echo_and_names_
             "2s",
             "--json",
         ];
-        let out = common::output_within(&mut prefix.command(&ns, &args), PROBE_RUN);
+        // `ip netns exec NS wine64 idlegate.exe probe …`, with the prefix's own wineserver.
+        let wine = wine_command(prefix.path());
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &ns]).arg(wine.get_program());
+        for (key, value) in wine.get_envs() {
+            match value {
+                Some(v) => command.env(key, v),
+                None => command.env_remove(key),
+            };
+        }
+        let out = common::output_within(command.arg(exe()).args(args), PROBE_RUN);
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         server
             .join()

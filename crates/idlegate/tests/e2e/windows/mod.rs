@@ -17,6 +17,7 @@
 
 mod cli;
 mod measure;
+mod relay;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -184,144 +185,192 @@ pub fn idlegate_exe(args: &[&str]) -> Ran {
     }
 }
 
-// ---- Helper M (echo and probe): Wine programs in a network namespace ----------------------
+// ---- Helpers A (helper A, the relay): a long-running idlegate.exe under Wine, a prefix of
+// its own (for a program that must run in a network namespace), waiting for its port. ----
 
-/// A prefix of its own for a Wine program run inside network namespace `tag`'s test: a copy of
-/// [`prefix`] whose files are hard links (no space taken) but whose registry files are real
-/// copies (the wineserver rewrites them). A Wine program's sockets belong to the wineserver of
-/// its prefix, which runs in the network namespace of the first program that started it; a
-/// prefix of its own starts a wineserver in the namespace the program runs in. Removed, with
-/// its wineserver stopped, when dropped.
-pub struct NamespacePrefix {
-    pub dir: PathBuf,
+/// A Wine prefix of its own, for a program that must run in a network namespace: since Wine
+/// 6 the wineserver creates a Wine program's sockets, so they live in the network namespace
+/// the prefix's wineserver was started in, not in the one of the process that ran `wine`
+/// (measured: `ip netns exec NS wine64 idlegate.exe relay` with [`prefix`]'s wineserver
+/// already running listens in the root namespace). A new prefix gets a new wineserver,
+/// started by its first program wherever that runs. It is a hard-linked copy of [`prefix`]
+/// (`cp -al`: instant, no disk; Wine replaces the registry files it saves rather than writing
+/// into them). On drop its wineserver is killed (`wineserver -k`, for this prefix alone) and
+/// the copy removed.
+pub struct OwnPrefix {
+    dir: PathBuf,
 }
 
-impl NamespacePrefix {
-    pub fn new(tag: &str) -> NamespacePrefix {
-        let base = prefix();
-        let dir = base.with_file_name(format!(
-            "{}-{tag}",
-            base.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("wine-prefix")
+impl OwnPrefix {
+    pub fn new() -> OwnPrefix {
+        let shared = prefix();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "wine-prefix-{}-own-{}",
+            std::process::id(),
+            common::unique("a")
         ));
-        let _ = std::fs::remove_dir_all(&dir);
         let copied = common::output_within(
-            Command::new("cp").arg("-al").arg(base).arg(&dir),
+            Command::new("cp").arg("-al").arg(shared).arg(&dir),
             Duration::from_secs(120),
         );
         assert!(
             copied.status.success(),
             "cp -al {} {}: {}",
-            base.display(),
+            shared.display(),
             dir.display(),
             String::from_utf8_lossy(&copied.stderr)
         );
-        for reg in ["system.reg", "user.reg", "userdef.reg"] {
-            let file = dir.join(reg);
-            if file.exists() {
-                let bytes = std::fs::read(&file).expect("reading a registry file");
-                std::fs::remove_file(&file).expect("unlinking a registry file");
-                std::fs::write(&file, bytes).expect("writing a registry file");
-            }
-        }
-        NamespacePrefix { dir }
+        OwnPrefix { dir }
     }
 
-    /// `idlegate.exe ARGS` under Wine in network namespace `ns` with this prefix.
-    pub fn command(&self, ns: &str, args: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", ns])
-            .arg(wine())
-            .arg(exe())
-            .args(args)
-            .env("WINEPREFIX", &self.dir)
-            .env("WINEDEBUG", "-all")
-            .env_remove("DISPLAY");
-        command
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 }
 
-impl Drop for NamespacePrefix {
+impl Drop for OwnPrefix {
     fn drop(&mut self) {
-        // Stops this prefix's wineserver (and any program still attached to it).
-        let server = wine().with_file_name("wineserver");
-        let _ = common::output_within(
-            Command::new(if server.is_file() {
-                server
-            } else {
-                PathBuf::from("wineserver")
-            })
-            .arg("-k")
-            .env("WINEPREFIX", &self.dir),
-            Duration::from_secs(30),
-        );
+        let server = wine().with_file_name("wineserver64");
+        let server = if server.is_file() {
+            server
+        } else {
+            PathBuf::from("wineserver")
+        };
+        let mut kill = Command::new(server);
+        kill.arg("-k").env("WINEPREFIX", &self.dir);
+        let _ = common::output_within(&mut kill, Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// A long-running `idlegate.exe` under Wine (`echo`): its stderr lines gathered, killed (its
-/// process group) when dropped.
-pub struct WineChild {
+/// `idlegate.exe ARGS` running under Wine until dropped (then killed, SIGKILL, and reaped);
+/// what it writes to stderr is kept for the test's messages.
+pub struct RunningExe {
     child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    pub stderr: Vec<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    netns: Option<String>,
 }
 
-impl WineChild {
-    pub fn spawn(mut command: Command) -> WineChild {
-        use std::io::BufRead;
-        use std::os::unix::process::CommandExt;
-        let mut child = command
-            .process_group(0)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting idlegate.exe under Wine");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (send, lines) = std::sync::mpsc::channel();
+impl RunningExe {
+    /// Starts `idlegate.exe ARGS` in `wine_prefix`, in the named network namespace `netns`
+    /// if given (`ip netns exec`, which execs Wine: the child is the Windows program itself).
+    /// In a namespace, give it an [`OwnPrefix`] (see there).
+    pub fn spawn(args: &[&str], wine_prefix: &Path, netns: Option<&str>) -> RunningExe {
+        use std::io::Read;
+        use std::process::Stdio;
+        let exe = exe();
+        let wine_program = wine_command(wine_prefix);
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(wine_program.get_program());
+                for (key, value) in wine_program.get_envs() {
+                    match value {
+                        Some(v) => c.env(key, v),
+                        None => c.env_remove(key),
+                    };
+                }
+                c
+            }
+            None => wine_program,
+        };
+        command
+            .arg(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starting idlegate.exe under Wine");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let kept = stderr.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if send.send(line).is_err() {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
                     break;
                 }
+                kept.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        WineChild {
+        RunningExe {
             child,
-            lines,
-            stderr: Vec::new(),
+            stderr,
+            netns: netns.map(str::to_string),
         }
     }
 
-    /// Waits up to `within` for a stderr line containing `text`; false if it never came (or
-    /// the program ended first).
-    pub fn wait_for_line(&mut self, text: &str, within: Duration) -> bool {
-        let deadline = std::time::Instant::now() + within;
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most [`WINE_TIMEOUT`]) until a socket listens on TCP `port` in its network
+    /// namespace, as `ss` sees it; fails the test, with its stderr, if it exits first or the
+    /// time runs out.
+    pub fn wait_listening(&mut self, port: u16) {
+        let deadline = std::time::Instant::now() + WINE_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.stderr.push(line);
-                    if found {
-                        return true;
-                    }
-                }
-                Err(_) => return false,
+            let listening = ss(
+                self.netns.as_deref(),
+                &["-Hltn", &format!("sport = :{port}")],
+            );
+            if !listening.trim().is_empty() {
+                return;
             }
+            if let Some(status) = self.child.try_wait().expect("waiting on idlegate.exe") {
+                panic!(
+                    "idlegate.exe exited ({status}) before listening on port {port}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idlegate.exe not listening on port {port} after {WINE_TIMEOUT:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Waits (at most [`WINE_TIMEOUT`]) until its stderr holds `text`; whether it came.
+    pub fn wait_said(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + WINE_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stderr().contains(text)
     }
 }
 
-impl Drop for WineChild {
+impl Drop for RunningExe {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the child's own process group (process_group(0) above).
-        let _ = unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `ss ARGS` in the named namespace `netns` (or this one): its stdout. `ss` is iproute2's, as
+/// `ip` (scripts/setup).
+pub fn ss(netns: Option<&str>, args: &[&str]) -> String {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = common::output_within(command.args(args), Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "ss {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
