@@ -13,7 +13,7 @@
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 //!
 //! Builds for other systems than Linux (Windows, in progress) have only what builds there:
-//! `sys`'s two-sided modules, `obs`, `survive::advise` and `survive::keepalive`'s setting; the
+//! `sys`'s two-sided modules, `obs`, `measure`, `survive::advise` and `survive::keepalive`'s setting; the
 //! rest is `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
 
 #![deny(unsafe_code)]
@@ -28,7 +28,6 @@ pub const LOG_TARGET: &str = "idlegate";
 pub mod gateway;
 #[cfg(target_os = "linux")]
 pub mod lab;
-#[cfg(target_os = "linux")]
 pub mod measure;
 pub mod obs;
 pub mod survive;

@@ -21,7 +21,6 @@ use cli::generate::{CompletionsArgs, ManArgs};
 use cli::keepalive::{KeepaliveArgs, RunArgs};
 #[cfg(target_os = "linux")]
 use cli::lab::LabCommand;
-#[cfg(target_os = "linux")]
 use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
 use cli::relay::RelayArgs;
@@ -55,10 +54,8 @@ enum Command {
     #[cfg(target_os = "linux")]
     /// Show a running gateway's flows (or expire them: `flows expire`).
     Flows(FlowsArgs),
-    #[cfg(target_os = "linux")]
     /// Serve as the far end of `idlegate probe`: confirm what arrives, answer after a delay.
     Echo(EchoArgs),
-    #[cfg(target_os = "linux")]
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
     #[cfg(target_os = "linux")]
@@ -150,9 +147,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Lab(command) => cli::lab::run(command),
         #[cfg(target_os = "linux")]
         Command::Flows(args) => cli::flows::run(args).map(done),
-        #[cfg(target_os = "linux")]
         Command::Echo(args) => cli::measure::run_echo(&args).map(done),
-        #[cfg(target_os = "linux")]
         Command::Probe(args) => cli::measure::run_probe(&args).map(done),
         Command::Relay(args) => cli::relay::run(&args).map(done),
         #[cfg(target_os = "linux")]

@@ -16,8 +16,8 @@
 //! | [`generate`] | `completions`, `man`: made from these definitions |
 //!
 //! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
-//! now echo, probe, keygen and `relay`'s tunnel) is `#[cfg(target_os = "linux")]` here and in
-//! `main.rs`: other builds do not have it at all, so it is absent from their `--help`.
+//! now keygen and `relay`'s tunnel) is `#[cfg(target_os = "linux")]` here and in `main.rs`:
+//! other builds do not have it at all, so it is absent from their `--help`.
 
 pub mod advise;
 #[cfg(target_os = "linux")]
@@ -31,7 +31,6 @@ pub mod generate;
 pub mod keepalive;
 #[cfg(target_os = "linux")]
 pub mod lab;
-#[cfg(target_os = "linux")]
 pub mod measure;
 pub mod profiles;
 pub mod relay;

@@ -11,6 +11,7 @@
 //! | module | domain word |
 //! |---|---|
 //! | [`errno`] | the error numbers features tell apart, and their names |
+//! | [`evidence`] | what the system lets a program see of its TCP connections (acknowledgements, ICMP errors, a RST told from a FIN) |
 //! | [`file`](mod@file) | flock(2) locks, inodes |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | a bounded buffer between two sockets: splice(2) on Linux, a copy on Windows |
@@ -30,6 +31,7 @@
 //! | [`tun`] | TUN devices |
 
 pub mod errno;
+pub mod evidence;
 #[cfg(target_os = "linux")]
 pub mod file;
 #[cfg(target_os = "linux")]

@@ -21,15 +21,13 @@
 
 pub mod frame;
 
-use crate::sys::poll::wait_readable;
+use crate::sys::evidence::{self, Acknowledgement};
 use crate::sys::socket::accept_until_stopped;
-use crate::sys::tcp_info::all_acknowledged;
 use anyhow::{Context, Result};
 use frame::{ConnId, Decoder, Frame, LaterOutcome, ProtocolError, Report};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -244,25 +242,22 @@ impl Connection {
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 4096];
         let stop = loop {
-            let timeout = Some(match self.later {
+            // The read waits until the delayed reply is due, or for MAX_SILENCE.
+            let timeout = match self.later {
                 Some((_, at)) => at
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1)),
                 None => MAX_SILENCE,
-            });
-            match wait_readable(self.stream.as_raw_fd(), timeout) {
-                Ok(true) => {}
-                Ok(false) if self.later.is_none() => {
-                    tracing::info!("echo: closing {}: silent for {MAX_SILENCE:?}", self.peer);
-                    break Stop::Io;
-                }
-                Ok(false) => {
-                    self.answer_later();
-                    continue;
-                }
-                Err(_) => break Stop::Io,
+            };
+            if self.stream.set_read_timeout(Some(timeout)).is_err() {
+                break Stop::Io;
             }
             match self.stream.read(&mut buf) {
+                // An end of stream that was a RST (Wine reads one as an end of stream).
+                Ok(0) if evidence::ended_by_reset(&self.stream) => {
+                    self.reset_seen(u16::try_from(crate::sys::errno::ECONNRESET).unwrap_or(0));
+                    break Stop::Io;
+                }
                 Ok(0) => {
                     if decoder.pending() > 0 {
                         tracing::info!(
@@ -287,17 +282,15 @@ impl Connection {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
+                    if self.later.is_none() {
+                        tracing::info!("echo: closing {}: silent for {MAX_SILENCE:?}", self.peer);
+                        break Stop::Io;
+                    }
                     self.answer_later();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // A RST while a reply was due or after it went out: the report says so.
-                    if let (Some(name), true) = (self.name, self.later.is_some() || self.replied) {
-                        let errno = e.raw_os_error().unwrap_or(0) as u16;
-                        self.reports
-                            .update(name, |r| r.later = LaterOutcome::Failed(errno));
-                        self.later = None;
-                    }
+                    self.reset_seen(e.raw_os_error().unwrap_or(0) as u16);
                     break Stop::Io;
                 }
             }
@@ -314,6 +307,16 @@ impl Connection {
         if let (Some(name), Some(_)) = (self.name, self.later) {
             self.reports
                 .update(name, |r| r.later = LaterOutcome::Closed);
+        }
+    }
+
+    /// The connection failed with `errno` (a RST): if a reply was due or went out, the report
+    /// says so.
+    fn reset_seen(&mut self, errno: u16) {
+        if let (Some(name), true) = (self.name, self.later.is_some() || self.replied) {
+            self.reports
+                .update(name, |r| r.later = LaterOutcome::Failed(errno));
+            self.later = None;
         }
     }
 
@@ -393,14 +396,14 @@ impl Connection {
     }
 
     /// Whether TCP acknowledges everything echo wrote within `limit` (watched through
-    /// TCP_INFO): a reply acknowledged and never seen by the probe was taken in by the box.
+    /// TCP_INFO or SIO_TCP_INFO): a reply acknowledged and never seen by the probe was taken in
+    /// by the box. Where the system does not say, never (the reply stays `Sent`).
     fn acknowledged_within(&self, limit: Duration) -> bool {
-        let fd = self.stream.as_raw_fd();
         let until = Instant::now() + limit;
         loop {
-            match all_acknowledged(fd) {
-                Some(true) => return true,
-                Some(false) if Instant::now() < until => {
+            match evidence::acknowledgement(&self.stream) {
+                Acknowledgement::All => return true,
+                Acknowledgement::Pending if Instant::now() < until => {
                     std::thread::sleep(Duration::from_millis(5))
                 }
                 _ => return false,

@@ -30,7 +30,7 @@ pub mod search;
 use crate::measure::echo::frame::MAX_BUFFERED;
 use crate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
 use crate::sys::errno::{self, errno_name};
-use crate::sys::socket::set_recv_err;
+use crate::sys::evidence::{self, Acknowledgement};
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
@@ -67,15 +67,6 @@ const PLAIN_PAYLOAD: &[u8] = b"idlegate probe\n";
 const DATA_SEQ: u32 = 2;
 /// TCP_KEEPCNT of the keepalive test.
 const KEEPALIVE_PROBES: u32 = 3;
-/// The errnos an ICMP error turns into on a TCP socket with IP_RECVERR.
-const ICMP_ERRNOS: [i32; 6] = [
-    errno::EHOSTUNREACH,
-    errno::ENETUNREACH,
-    errno::EACCES,
-    errno::ECONNREFUSED,
-    errno::EPROTO,
-    errno::EMSGSIZE,
-];
 
 /// What a direction of the path does to an idle connection once the box forgot it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -138,7 +129,7 @@ impl Observed {
     /// What a failed read or write on the client's socket says.
     fn from_error(e: &io::Error, after_send: bool) -> Observed {
         match e.raw_os_error() {
-            Some(errno) if ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
+            Some(errno) if evidence::ICMP_ERRNOS.contains(&errno) => Observed::Icmp(errno),
             Some(errno::ETIMEDOUT) => Observed::Silent,
             _ if after_send => Observed::ResetOnNext,
             _ => Observed::ResetAtExpiry,
@@ -209,6 +200,9 @@ pub struct Report {
     pub not_checked: Vec<String>,
     /// What went wrong along the way (connections that could not be opened).
     pub warnings: Vec<String>,
+    /// Behaviours this system cannot tell apart, and why (empty on Linux): evidence the probe's
+    /// own system does not give (Windows has no IP_RECVERR for TCP; Wine no SIO_TCP_INFO).
+    pub cannot_tell_apart: Vec<String>,
 }
 
 /// Which way a test sends after the idle period.
@@ -258,6 +252,10 @@ struct Probe {
     warnings: Vec<String>,
     /// Set once a connection broke echo's protocol: the probe ends without a report.
     broken: Option<String>,
+    /// Whether ICMP errors fail the probe's sockets (IP_RECVERR); `None` before a connection.
+    icmp_errors: Option<bool>,
+    /// Whether this system says what TCP acknowledged (TCP_INFO, SIO_TCP_INFO).
+    acknowledgements: bool,
 }
 
 /// The progress line: the round, what is known of the timeout, and when the run should end.
@@ -313,10 +311,18 @@ pub fn run(options: &Options) -> Result<Report> {
         },
         warnings: Vec::new(),
         broken: None,
+        icmp_errors: None,
+        acknowledgements: true,
     };
     probe.echo = probe
         .detect_echo()
         .with_context(|| format!("reaching {}", options.target))?;
+    if !probe.echo && !probe.acknowledgements {
+        bail!(
+            "cannot measure {}: it is not idlegate echo, and this system does not say what TCP acknowledged (no TCP_INFO or SIO_TCP_INFO), so a live connection cannot be told from a silent path\nhint: run `idlegate echo` at the far end, or probe from a system that has SIO_TCP_INFO (Windows 10 1703 or later) or from Linux",
+            options.target
+        );
+    }
     // Each idle time takes two connections when echo answers, one otherwise; a few more go
     // to the behaviour and keepalive tests.
     let per_idle = if probe.echo { 2 } else { 1 };
@@ -471,7 +477,24 @@ impl Probe {
             duration_s: started.elapsed().as_secs_f64(),
             not_checked,
             warnings: self.warnings.clone(),
+            cannot_tell_apart: self.cannot_tell_apart(),
         }
+    }
+
+    /// What this system's missing evidence leaves undecided, in words.
+    fn cannot_tell_apart(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.icmp_errors == Some(false) {
+            out.push(
+                "silent and icmp: this system has no IP_RECVERR for TCP, so an ICMP error that answers the probe's packets reads as silence".to_string(),
+            );
+        }
+        if !self.acknowledgements && self.echo {
+            out.push(
+                "silent and acked-not-delivered, client to server: this system does not say what TCP acknowledged (no SIO_TCP_INFO), so data a box acknowledged and dropped reads as silence".to_string(),
+            );
+        }
+        out
     }
 
     fn next_id(&mut self) -> ConnId {
@@ -487,6 +510,9 @@ impl Probe {
         let id = self.next_id();
         let mut stream = self.connect(None)?;
         self.used += 1;
+        if evidence::acknowledgement(&stream) == Acknowledgement::Unknown {
+            self.acknowledgements = false;
+        }
         stream.write_all(&Frame::Hello(id).encode())?;
         let mut decoder = Decoder::default();
         match read_frame(&mut stream, &mut decoder, Instant::now() + self.options.wait) {
@@ -500,8 +526,9 @@ impl Probe {
         }
     }
 
-    /// A connected client socket, with TCP_USER_TIMEOUT and the test's keepalive.
-    fn connect(&self, keepalive: Option<Duration>) -> Result<TcpStream> {
+    /// A connected client socket, with TCP_USER_TIMEOUT (or TCP_MAXRT) and the test's
+    /// keepalive; ICMP errors fail it where the system allows (IP_RECVERR).
+    fn connect(&mut self, keepalive: Option<Duration>) -> Result<TcpStream> {
         let target = self.options.target;
         let socket = Socket::new(
             Domain::for_address(target),
@@ -515,15 +542,22 @@ impl Probe {
             Some(every) => every * (KEEPALIVE_PROBES + 2),
             None => self.options.wait + Duration::from_secs(1),
         };
-        socket.set_tcp_user_timeout(Some(user_timeout))?;
+        // Where refused (Wine), the probe's own waits still bound every test.
+        if !evidence::limit_unanswered(&socket, user_timeout)? {
+            tracing::debug!("probe: this system refuses a limit on retransmissions");
+        }
         // ICMP errors fail the socket at once instead of being retried away (ip(7)).
-        set_recv_err(&socket, target.is_ipv6()).context("setting IP_RECVERR")?;
+        let icmp = evidence::report_icmp_errors(&socket, target.is_ipv6())
+            .context("setting IP_RECVERR")?;
+        self.icmp_errors = Some(self.icmp_errors.unwrap_or(true) && icmp);
         if let Some(every) = keepalive {
-            let params = TcpKeepalive::new()
-                .with_time(every)
-                .with_interval(every)
-                .with_retries(KEEPALIVE_PROBES);
-            socket.set_tcp_keepalive(&params)?;
+            let keepalive = TcpKeepalive::new().with_time(every).with_interval(every);
+            // The count where the system takes it (Windows 10 1703 and later); Wine refuses
+            // TCP_KEEPCNT, and Windows' own count (10) only makes a dead connection end later.
+            let counted = keepalive.clone().with_retries(KEEPALIVE_PROBES);
+            if socket.set_tcp_keepalive(&counted).is_err() {
+                socket.set_tcp_keepalive(&keepalive)?;
+            }
         }
         socket
             .connect_timeout(&target.into(), CONNECT_TIMEOUT)
@@ -852,6 +886,9 @@ pub fn summary(r: &Report) -> String {
     }
     for n in &r.not_checked {
         out += &format!("  not checked: {n}\n");
+    }
+    for c in &r.cannot_tell_apart {
+        out += &format!("  cannot tell apart on this system: {c}\n");
     }
     for w in &r.warnings {
         out += &format!("  warning: {w}\n");

@@ -16,6 +16,7 @@
 //! only when Wine has none of its own.
 
 mod cli;
+mod measure;
 mod relay;
 
 use crate::common;
