@@ -1,5 +1,6 @@
 //! Windows services, through the service control manager (SCM): [`install`] registers a service
-//! that starts at boot (`SERVICE_AUTO_START`, its own process, as LocalSystem) and runs this
+//! that starts at boot (`SERVICE_AUTO_START`, its own process, as the account
+//! `NT AUTHORITY\LocalService`: no administrator rights, none needed to listen or connect) and runs this
 //! executable with the given arguments; [`uninstall`] stops it (waiting a bounded time) and
 //! deletes it; [`run_as_service`] is the started process's side: it gives its thread to the
 //! SCM's dispatcher, reports Running, runs the body with a stop flag that SERVICE_CONTROL_STOP
@@ -33,6 +34,9 @@ const ERROR_SERVICE_EXISTS: i32 = 1073;
 const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
 const ERROR_SERVICE_NOT_ACTIVE: i32 = 1062;
 const ERROR_SERVICE_MARKED_FOR_DELETE: i32 = 1072;
+
+/// The account a service runs as: Windows' built-in least-privileged service account.
+pub const ACCOUNT: &str = "NT AUTHORITY\\LocalService";
 
 /// How long [`uninstall`] waits for a running service to stop.
 pub const STOP_WITHIN: Duration = Duration::from_secs(30);
@@ -96,7 +100,7 @@ fn explained(what: &str, name: &str, e: windows_service::Error) -> anyhow::Error
     anyhow!("{what} service {name}: {why}{hint}")
 }
 
-/// Registers the service: started at boot, in its own process, as LocalSystem.
+/// Registers the service: started at boot, in its own process, as [`ACCOUNT`].
 pub fn install(spec: &Install) -> Result<()> {
     check_name(&spec.name)?;
     let manager = ServiceManager::local_computer(
@@ -113,7 +117,8 @@ pub fn install(spec: &Install) -> Result<()> {
         executable_path: spec.executable.clone(),
         launch_arguments: spec.arguments.clone(),
         dependencies: vec![],
-        account_name: None,
+        account_name: Some(ACCOUNT.into()),
+        // The built-in service accounts have no password.
         account_password: None,
     };
     let service = manager
