@@ -24,7 +24,6 @@ use cli::lab::LabCommand;
 #[cfg(target_os = "linux")]
 use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
-#[cfg(target_os = "linux")]
 use cli::relay::RelayArgs;
 #[cfg(target_os = "linux")]
 use std::path::PathBuf;
@@ -66,6 +65,10 @@ enum Command {
     /// Forward an application's connections with TCP keepalive on both sockets, or through a
     /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
     /// server's) that outlives the path under it.
+    Relay(RelayArgs),
+    #[cfg(not(target_os = "linux"))] // the tunnel: Linux-only until its Windows port
+    /// Forward an application's connections with TCP keepalive on both sockets, so that a box
+    /// that forgets idle flows (a load balancer, a NAT) sees them refreshed.
     Relay(RelayArgs),
     #[cfg(target_os = "linux")]
     /// Give TCP keepalive to the sockets of a running program, without restarting it
@@ -151,7 +154,6 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Echo(args) => cli::measure::run_echo(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Probe(args) => cli::measure::run_probe(&args).map(done),
-        #[cfg(target_os = "linux")]
         Command::Relay(args) => cli::relay::run(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Keepalive(args) => cli::keepalive::run_keepalive(&args),

@@ -1,62 +1,89 @@
 //! `idlegate relay`: its arguments turned into [`idlegate::survive::serve::Options`] (which
 //! relays or which tunnel end, the keys, the tunnel's settings), then served until SIGINT or
-//! SIGTERM. The tunnel's limits (heartbeat, replay buffer) are checked in one place,
-//! `tunnel::Settings`, before anything listens. Also `idlegate keygen`, which writes the
-//! tunnel's keys.
+//! SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closed). The tunnel's limits
+//! (heartbeat, replay buffer) are checked in one place, `tunnel::Settings`, before anything
+//! listens. Also `idlegate keygen`, which writes the tunnel's keys. The tunnel's flags and
+//! `keygen` are Linux-only until the tunnel builds on Windows (each marked
+//! `#[cfg(target_os = "linux")] // the tunnel: …`): the Windows build's `relay --help` shows
+//! the keepalive relay's flags alone.
 
-use super::keepalive::keepalive_choice;
+use super::keepalive_choice;
+#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use super::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use clap::Args;
-use idlegate::survive::serve::{self, KeyFiles, Options, Plan};
+#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
+use idlegate::survive::serve::KeyFiles;
+use idlegate::survive::serve::{self, Options, Plan};
+#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use idlegate::survive::tunnel::Settings;
-use std::path::{Path, PathBuf};
+#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
+use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 #[derive(Args)]
 pub struct RelayArgs {
     /// Where the application connects (or where its clients connect).
-    #[arg(long, required_unless_present_any = ["config", "tunnel_listen"])]
+    #[cfg_attr(target_os = "linux", arg(long, required_unless_present_any = ["config", "tunnel_listen"]))]
+    #[cfg_attr(
+        not(target_os = "linux"),
+        arg(long, required_unless_present = "config")
+    )]
     listen: Option<std::net::SocketAddr>,
     /// Where its connections go, HOST:PORT.
-    #[arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel")]
+    #[cfg_attr(target_os = "linux", arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel"))]
+    #[cfg_attr(
+        not(target_os = "linux"),
+        arg(long, required_unless_present = "config")
+    )]
     connect: Option<String>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel entry: carry the connections accepted on --listen to the exit at HOST:PORT.
     #[arg(long, conflicts_with = "tunnel_listen")]
     tunnel: Option<String>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel exit: accept the entry's legs here and connect each session to --connect.
     #[arg(long, conflicts_with = "listen")]
     tunnel_listen: Option<std::net::SocketAddr>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// The tunnel pair's key file (made by `idlegate keygen FILE`), the same on both ends.
     #[arg(long, conflicts_with = "private_key")]
     key: Option<PathBuf>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode: this end's private key file (made by `idlegate keygen --pair FILE`).
     /// An exit also needs --peers, an entry --exit-public-key.
     #[arg(long)]
     private_key: Option<PathBuf>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode, exit: the entries it accepts, one `PUBLIC_KEY [NAME]` a line (`#`
     /// comments). Read every second; a change is used once two reads agree: a key taken off
     /// is refused from its next handshake on, and its open sessions are reset.
     #[arg(long, requires = "private_key", conflicts_with = "tunnel")]
     peers: Option<PathBuf>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode, entry: the exit's public key (44 characters of base64), or a file that
     /// holds it (the exit's FILE.pub).
     #[arg(long, requires = "private_key", conflicts_with = "tunnel_listen")]
     exit_public_key: Option<String>,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: send a heartbeat when a leg has been quiet this long; three missed lose the
     /// leg and start a resume. Both ends should agree.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     heartbeat: std::time::Duration,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: how long a session may wait for a leg (its first one included; the entry dials
     /// again meanwhile) before both ends reset its application connection.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     resume_within: std::time::Duration,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: the most unacknowledged bytes kept per direction of a session, e.g. 4MiB
     /// (a full buffer stops reading the application; nothing is dropped); also the window:
     /// the most bytes from the far end waiting for a slow application here.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     replay_buffer: usize,
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: the most sessions held at once; the exit refuses more, the entry leaves new
     /// application connections waiting in its listen queue until one ends.
     #[arg(long, default_value_t = 10_000)]
@@ -85,7 +112,32 @@ impl RelayArgs {
     /// the keepalive read first, as every plan uses it.
     fn options(&self) -> Result<Options> {
         let keepalive = keepalive_choice(self.keepalive.as_deref(), self.profile.as_deref())?;
-        let plan = match (
+        Ok(Options {
+            plan: self.plan()?,
+            keepalive,
+            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
+            keys: KeyFiles {
+                key: self.key.clone(),
+                private_key: self.private_key.clone(),
+                peers: self.peers.clone(),
+                exit_public_key: self.exit_public_key.clone(),
+            },
+            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
+            settings: Settings {
+                heartbeat: self.heartbeat,
+                resume_within: self.resume_within,
+                replay_buffer: self.replay_buffer,
+                keepalive,
+                max_sessions: self.max_sessions,
+            },
+            max_connections: self.max_connections,
+            metrics: self.metrics,
+        })
+    }
+
+    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
+    fn plan(&self) -> Result<Plan> {
+        Ok(match (
             &self.config,
             self.listen,
             &self.tunnel,
@@ -109,29 +161,25 @@ impl RelayArgs {
                 "give --listen and --connect (keepalive relay), --listen and --tunnel (tunnel entry), \
                  --tunnel-listen and --connect (tunnel exit), or --config"
             ),
-        };
-        Ok(Options {
-            plan,
-            keys: KeyFiles {
-                key: self.key.clone(),
-                private_key: self.private_key.clone(),
-                peers: self.peers.clone(),
-                exit_public_key: self.exit_public_key.clone(),
+        })
+    }
+
+    /// Without the tunnel: a keepalive relay or the relays of a config file.
+    #[cfg(not(target_os = "linux"))]
+    fn plan(&self) -> Result<Plan> {
+        Ok(match (&self.config, self.listen, &self.connect) {
+            (Some(path), ..) => Plan::Config(path.clone()),
+            (None, Some(listen), Some(connect)) => Plan::Relay {
+                listen,
+                connect: connect.clone(),
             },
-            settings: Settings {
-                heartbeat: self.heartbeat,
-                resume_within: self.resume_within,
-                replay_buffer: self.replay_buffer,
-                keepalive,
-                max_sessions: self.max_sessions,
-            },
-            max_connections: self.max_connections,
-            metrics: self.metrics,
+            _ => anyhow::bail!("give --listen and --connect (keepalive relay), or --config"),
         })
     }
 }
 
-/// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
+/// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM (Windows: a console
+/// control event).
 pub fn run(args: &RelayArgs) -> Result<()> {
     let options = args.options()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,6 +187,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     serve::serve(&options, stop)
 }
 
+#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 /// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
 /// (the public key printed on stdout, what to do with it on stderr).
 pub fn keygen(file: &Path, pair: bool) -> Result<()> {
@@ -162,7 +211,7 @@ pub fn keygen(file: &Path, pair: bool) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use clap::Parser;
