@@ -271,3 +271,62 @@ fn windows_service_run_under_wine_by_hand_fails_saying_it_needs_the_service_mana
         ran.stderr
     );
 }
+
+#[test]
+fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine() {
+    // The README's `sc.exe create … binPath= "\"EXE\" service run --name NAME -- RELAY_ARGS"`,
+    // with this test's executable and ports.
+    let machine = OwnPrefix::new();
+    machine.power_off();
+    machine.power_on();
+    let name = common::unique("igsc");
+    let (upstream_address, seen) = upstream();
+    let relay_address = common::free_port();
+    let bin_path = format!(
+        "\"{}\" service run --name {name} -- --listen {relay_address} --connect {upstream_address} --keepalive 120s,30s,8",
+        exe().display()
+    );
+    let display = format!("idlegate relay ({name})");
+    let created = machine.run(
+        Path::new("sc.exe"),
+        &[
+            "create",
+            &name,
+            "start=",
+            "auto",
+            "obj=",
+            "NT AUTHORITY\\LocalService",
+            "DisplayName=",
+            &display,
+            "binPath=",
+            &bin_path,
+        ],
+    );
+    assert!(created.status.success(), "sc create: {}", created.stdout);
+    let failure = machine.run(
+        Path::new("sc.exe"),
+        &[
+            "failure",
+            &name,
+            "reset=",
+            "86400",
+            "actions=",
+            "restart/10000/restart/10000/restart/60000",
+        ],
+    );
+    assert!(failure.status.success(), "sc failure: {}", failure.stdout);
+    let started = machine.run(Path::new("sc.exe"), &["start", &name]);
+    assert!(started.status.success(), "sc start: {}", started.stdout);
+    exchange(relay_address, &seen, b"through sc create");
+    let stopped = machine.run(Path::new("sc.exe"), &["stop", &name]);
+    assert!(stopped.status.success(), "sc stop: {}", stopped.stdout);
+    assert!(
+        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
+        "still {} after sc stop",
+        state(&machine, &name)
+    );
+    let deleted = machine.run(Path::new("sc.exe"), &["delete", &name]);
+    assert!(deleted.status.success(), "sc delete: {}", deleted.stdout);
+    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
+    assert_eq!(registry_entry(reg, &name), None);
+}
