@@ -24,6 +24,8 @@ use cli::lab::LabCommand;
 use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
 use cli::relay::RelayArgs;
+#[cfg(windows)]
+use cli::service::ServiceCommand;
 #[cfg(target_os = "linux")]
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +95,11 @@ enum Command {
         #[arg(long)]
         pair: bool,
     },
+    #[cfg(windows)]
+    /// Run the keepalive relay as a Windows service that starts at boot: `service install
+    /// --name NAME -- RELAY_ARGS`, `service uninstall --name NAME`.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
     /// prints one as a config).
     Profiles {
@@ -159,8 +166,22 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Run(args) => cli::keepalive::run_watched(&args),
         #[cfg(target_os = "linux")]
         Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
+        #[cfg(windows)]
+        Command::Service(command) => cli::service::run(command).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),
         Command::Completions(args) => cli::generate::completions(&args).map(done),
         Command::Man(args) => cli::generate::man(&args).map(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_service_command_exists_in_the_windows_build_only() {
+        let found = Cli::command().find_subcommand("service").is_some();
+        assert_eq!(found, cfg!(windows));
     }
 }

@@ -15,8 +15,8 @@ pub struct AdviseArgs {
     /// Take the idle timeout from this middlebox profile [default: azure-lb].
     #[arg(long)]
     profile: Option<String>,
-    /// The operating system whose settings to write.
-    #[arg(long, value_enum, default_value = "linux")]
+    /// The operating system whose settings to write [default: this build's own].
+    #[arg(long, value_enum, default_value_t = idlegate::survive::advise::Os::this_build())]
     os: idlegate::survive::advise::Os,
     /// Also the code for this client library.
     #[arg(long = "for", value_enum)]
@@ -36,7 +36,14 @@ pub(super) fn idle_timeout(
         return Ok((t, "--idle-timeout".to_string()));
     }
     let name = profile_name.unwrap_or(profile::default_profile().name);
-    let p = profile::find(name).with_context(|| format!("--profile {name}: no such profile"))?;
+    let p = profile::find(name).with_context(|| {
+        let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
+        format!(
+            "--profile {name}: no such profile\nhint: the profiles are {} (`idlegate profiles` \
+             shows their timers)",
+            known.join(", ")
+        )
+    })?;
     Ok((
         idlegate::survive::keepalive::profile_idle_timeout(p),
         format!("profile {name}"),
@@ -75,5 +82,21 @@ mod tests {
         let (timeout, from) = idle_timeout(None, None).unwrap();
         assert_eq!(from, "profile azure-lb");
         assert_eq!(timeout, Duration::from_secs(240));
+    }
+
+    #[test]
+    fn an_unknown_profile_is_refused_with_every_real_name() {
+        let message = format!(
+            "{:#}",
+            idle_timeout(None, Some("aws-nat-gateway")).unwrap_err()
+        );
+        assert!(
+            message
+                .starts_with("--profile aws-nat-gateway: no such profile\nhint: the profiles are "),
+            "{message}"
+        );
+        for p in profile::ALL.iter() {
+            assert!(message.contains(p.name), "{} in {message}", p.name);
+        }
     }
 }

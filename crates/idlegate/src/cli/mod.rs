@@ -13,6 +13,7 @@
 //! | [`audit`] | `audit` |
 //! | [`advise`] | `advise` |
 //! | [`profiles`] | `profiles`, `profiles show` |
+//! | [`service`] | `service install`, `service uninstall`, `service run` (the Windows build only) |
 //! | [`generate`] | `completions`, `man`: made from these definitions |
 //!
 //! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
@@ -34,6 +35,8 @@ pub mod lab;
 pub mod measure;
 pub mod profiles;
 pub mod relay;
+#[cfg(any(windows, test))]
+pub mod service;
 
 use anyhow::Result;
 #[cfg(target_os = "linux")]

@@ -110,7 +110,7 @@ pub struct RelayArgs {
 impl RelayArgs {
     /// What to run: a keepalive relay, a tunnel entry or exit, or the relays of a config file;
     /// the keepalive read first, as every plan uses it.
-    fn options(&self) -> Result<Options> {
+    pub(super) fn options(&self) -> Result<Options> {
         let keepalive = keepalive_choice(self.keepalive.as_deref(), self.profile.as_deref())?;
         Ok(Options {
             plan: self.plan()?,

@@ -7,7 +7,10 @@
 //! another well before `T`). [`Advice::render`] writes them as the chosen system's settings
 //! and the chosen library's code. For Azure's 4 minutes it gives the values of seeds 000 and
 //! 003: Linux 120/30/8; Windows KeepAliveTime 120000 ms, KeepAliveInterval 30000 ms,
-//! TcpMaxDataRetransmissions 8; Python requests with urllib3's `socket_options`.
+//! TcpMaxDataRetransmissions 8; Python requests with urllib3's `socket_options`. What it says
+//! of a program that never turns keepalive on is the chosen system's fix: on Linux
+//! `keepalive --pid` and `run`; on Windows, which has neither, `relay` (with the exact command
+//! line for this timeout) kept running as a service.
 
 use crate::survive::keepalive::Keepalive;
 use std::fmt::Write;
@@ -19,6 +22,31 @@ pub enum Os {
     Linux,
     Windows,
     Macos,
+}
+
+impl Os {
+    /// The system this build runs on: `advise`'s default.
+    pub const fn this_build() -> Os {
+        if cfg!(windows) {
+            Os::Windows
+        } else if cfg!(target_os = "macos") {
+            Os::Macos
+        } else {
+            Os::Linux
+        }
+    }
+}
+
+/// Microsoft's pages for what the Windows advice says (SO_KEEPALIVE is off until a program
+/// turns it on; the registry values; the per-socket options).
+pub mod sources {
+    pub const SO_KEEPALIVE: &str =
+        "https://learn.microsoft.com/en-us/windows/win32/winsock/so-keepalive";
+    pub const KEEPALIVE_TIME: &str = "https://learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-2000-server/cc957549(v=technet.10)";
+    pub const KEEPALIVE_INTERVAL: &str = "https://learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-2000-server/cc957548(v=technet.10)";
+    pub const TCP_MAX_DATA_RETRANSMISSIONS: &str = "https://learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-2000-server/cc938210(v=technet.10)";
+    pub const TCP_SOCKET_OPTIONS: &str =
+        "https://learn.microsoft.com/en-us/windows/win32/winsock/ipproto-tcp-socket-options";
 }
 
 /// The client library whose code is written.
@@ -62,28 +90,79 @@ impl Advice {
         }
     }
 
-    /// The advice as text: the timers and why, the system's settings, the library's code.
+    /// The advice as text: the timers and why, the system's settings, what to do for a program
+    /// that never turns keepalive on, the library's code.
     pub fn render(&self) -> String {
         let k = &self.keepalive;
         let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), k.count);
         let mut out = String::new();
-        let _ = writeln!(
+        let _ = write!(
             out,
             "Idle timeout {} ({}): first keepalive probe after {idle} s (half of it), then every \
-             {intvl} s, {count} probes; on Linux a dead peer is found {} s after the last data.\n",
+             {intvl} s, {count} probes",
             humantime::format_duration(self.idle_timeout),
             self.from,
-            k.user_timeout().as_secs(),
         );
+        let _ = match self.os {
+            Os::Linux => writeln!(
+                out,
+                "; on Linux a dead peer is found {} s after the last data.\n",
+                k.user_timeout().as_secs()
+            ),
+            Os::Windows => writeln!(
+                out,
+                " (a per-socket count, TCP_KEEPCNT, needs Windows 10 version 1703 or later; \
+                 otherwise Windows sends 10).\n"
+            ),
+            Os::Macos => writeln!(out, ".\n"),
+        };
         out += &self.system();
-        out += "\nKeepalive is off on a socket until the program turns it on (SO_KEEPALIVE): the \
-                system settings above only set its timers. For a program you cannot change: \
-                `idlegate keepalive --pid PID` or `idlegate run -- PROGRAM`.\n";
+        out += "\n";
+        out += &self.unchangeable_program();
         if let Some(library) = self.library {
             out += "\n";
             out += &self.library(library);
         }
         out
+    }
+
+    /// The `idlegate relay` line that gives this keepalive to an unchangeable server's
+    /// connections: its clients (or the load balancer's rule) connect to PORT, the relay to
+    /// the application on APP_PORT of the same machine.
+    pub fn relay_args(&self) -> String {
+        let k = &self.keepalive;
+        format!(
+            "--listen 0.0.0.0:PORT --connect 127.0.0.1:APP_PORT --keepalive {}s,{}s,{}",
+            k.idle.as_secs(),
+            k.interval.as_secs(),
+            k.count
+        )
+    }
+
+    /// What to do for a program that never sets SO_KEEPALIVE, which the system settings do not
+    /// reach.
+    fn unchangeable_program(&self) -> String {
+        match self.os {
+            Os::Windows => format!(
+                "Keepalive is off on a socket until the program turns it on (SO_KEEPALIVE): the \
+                 registry values above only set its timers and do nothing for a program that \
+                 never sets SO_KEEPALIVE. For a program you cannot change, put idlegate's \
+                 keepalive relay in front of it on the same machine (its clients, or the load \
+                 balancer's rule, connect to PORT; the relay connects to the program's APP_PORT \
+                 and sets keepalive on both sockets):\n\
+                 idlegate relay {args}\n\
+                 To keep it running across reboots, install it as a Windows service (an \
+                 Administrator prompt):\n\
+                 idlegate service install --name idlegate-relay -- {args}\n\
+                 Source: Microsoft, \"SO_KEEPALIVE socket option\" ({so}).\n",
+                args = self.relay_args(),
+                so = sources::SO_KEEPALIVE,
+            ),
+            Os::Linux | Os::Macos => "Keepalive is off on a socket until the program turns it \
+                on (SO_KEEPALIVE): the system settings above only set its timers. For a program \
+                you cannot change: `idlegate keepalive --pid PID` or `idlegate run -- PROGRAM`.\n"
+                .to_string(),
+        }
     }
 
     fn system(&self) -> String {
@@ -111,12 +190,20 @@ impl Advice {
                  reg add HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters /v TcpMaxDataRetransmissions /t REG_DWORD /d {count} /f\n\
                  Since Windows Vista the number of keepalive probes is fixed at 10; \
                  TcpMaxDataRetransmissions bounds retransmissions of data.\n\
-                 Source: Microsoft, \"TCP/IP registry values\" (KeepAliveTime, KeepAliveInterval, in ms); \
-                 Azure, \"TCP settings for Azure VMs\".\n",
+                 Per socket instead: SIO_KEEPALIVE_VALS {} ms and {} ms, or TCP_KEEPIDLE {idle}, \
+                 TCP_KEEPINTVL {intvl}, TCP_KEEPCNT {count} (Windows 10 version 1703 and later).\n\
+                 Source: Microsoft, KeepAliveTime ({}), KeepAliveInterval ({}), \
+                 TcpMaxDataRetransmissions ({}), IPPROTO_TCP socket options ({}).\n",
                 idle * 1000,
                 intvl * 1000,
                 idle * 1000,
                 intvl * 1000,
+                idle * 1000,
+                intvl * 1000,
+                sources::KEEPALIVE_TIME,
+                sources::KEEPALIVE_INTERVAL,
+                sources::TCP_MAX_DATA_RETRANSMISSIONS,
+                sources::TCP_SOCKET_OPTIONS,
             ),
             Os::Macos => format!(
                 "macOS, system-wide (milliseconds; add to /etc/sysctl.conf to keep):\n\
@@ -238,6 +325,71 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn azure_on_windows_fixes_an_unchangeable_program_with_the_relay_not_linux_commands() {
+        // Windows has no `keepalive --pid`, `run` or sysctl: the relay line (with the timers
+        // for 4 minutes) and the service that keeps it, nothing of Linux.
+        let text = azure(Os::Windows, None);
+        for line in [
+            "idlegate relay --listen 0.0.0.0:PORT --connect 127.0.0.1:APP_PORT --keepalive 120s,30s,8",
+            "idlegate service install --name idlegate-relay -- --listen 0.0.0.0:PORT --connect 127.0.0.1:APP_PORT --keepalive 120s,30s,8",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(
+            text.contains("do nothing for a program that never sets SO_KEEPALIVE"),
+            "{text}"
+        );
+        for linux in [
+            "keepalive --pid",
+            "idlegate run",
+            "sysctl",
+            "Linux",
+            "TCP_USER_TIMEOUT",
+        ] {
+            assert!(!text.contains(linux), "{linux} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_windows_advice_cites_microsofts_pages_for_each_registry_value_and_so_keepalive() {
+        let text = azure(Os::Windows, None);
+        for url in [
+            sources::SO_KEEPALIVE,
+            sources::KEEPALIVE_TIME,
+            sources::KEEPALIVE_INTERVAL,
+            sources::TCP_MAX_DATA_RETRANSMISSIONS,
+        ] {
+            assert!(url.starts_with("https://learn.microsoft.com/"), "{url}");
+            assert!(text.contains(url), "{url} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_advised_relay_keepalive_is_the_advice_itself() {
+        for seconds in [3, 240, 350, 6000] {
+            let advice = Advice::new(Duration::from_secs(seconds), "t".into(), Os::Windows, None);
+            let args = advice.relay_args();
+            let given = args
+                .split_once("--keepalive ")
+                .map(|(_, k)| k)
+                .expect("a --keepalive");
+            assert_eq!(Keepalive::parse(given).unwrap(), advice.keepalive, "{args}");
+        }
+    }
+
+    #[test]
+    fn the_default_system_is_the_builds_own() {
+        let expected = if cfg!(windows) {
+            Os::Windows
+        } else if cfg!(target_os = "macos") {
+            Os::Macos
+        } else {
+            Os::Linux
+        };
+        assert_eq!(Os::this_build(), expected);
     }
 
     #[test]

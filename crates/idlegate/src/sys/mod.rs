@@ -50,6 +50,8 @@ pub mod resolve;
 pub mod rlimit;
 #[cfg(target_os = "linux")]
 pub mod rtnl;
+#[cfg(windows)]
+pub mod service;
 pub mod signal;
 #[cfg(target_os = "linux")]
 pub mod sock_diag;

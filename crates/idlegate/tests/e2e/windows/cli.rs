@@ -37,7 +37,7 @@ fn windows_build_under_wine_offers_no_linux_only_command() {
     let help = idlegate_exe(&["--help"]);
     assert!(help.status.success(), "{}", help.stderr);
     let listed = commands(&help.stdout);
-    for present in ["advise", "profiles", "completions", "man", "echo", "probe"] {
+    for present in ["advise", "profiles", "service", "completions", "man", "echo", "probe"] {
         assert!(
             listed.iter().any(|c| c == present),
             "{present} missing from:\n{}",
@@ -69,6 +69,32 @@ fn windows_build_under_wine_advises_the_windows_registry_values() {
         assert!(
             advice.stdout.contains(line),
             "{line} missing:\n{}",
+            advice.stdout
+        );
+    }
+}
+
+#[test]
+fn windows_build_under_wine_advises_the_relay_by_default_and_no_linux_command() {
+    // No --os: the Windows build's own system. Windows has no `keepalive --pid`, `run` or
+    // sysctl; a program that never sets SO_KEEPALIVE gets the relay, as a service.
+    let advice = idlegate_exe(&["advise", "--profile", "azure-lb"]);
+    assert!(advice.status.success(), "{}", advice.stderr);
+    for line in [
+        "KeepAliveTime = 120000",
+        "idlegate relay --listen 0.0.0.0:PORT --connect 127.0.0.1:APP_PORT --keepalive 120s,30s,8",
+        "idlegate service install --name idlegate-relay -- --listen 0.0.0.0:PORT --connect 127.0.0.1:APP_PORT --keepalive 120s,30s,8",
+    ] {
+        assert!(
+            advice.stdout.lines().any(|l| l == line),
+            "{line} missing:\n{}",
+            advice.stdout
+        );
+    }
+    for linux in ["keepalive --pid", "idlegate run", "sysctl"] {
+        assert!(
+            !advice.stdout.contains(linux),
+            "{linux} in:\n{}",
             advice.stdout
         );
     }

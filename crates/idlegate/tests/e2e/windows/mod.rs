@@ -18,6 +18,7 @@
 mod cli;
 mod measure;
 mod relay;
+mod service;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -373,4 +374,98 @@ pub fn ss(netns: Option<&str>, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---- Helpers S (helper S, the service): an [`OwnPrefix`] as a machine that is powered off
+// and on, for services. ----
+
+/// Wine's server, next to its loader (Debian: /usr/lib/wine/wineserver64).
+fn wineserver() -> PathBuf {
+    let beside = wine().with_file_name("wineserver64");
+    if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("wineserver")
+    }
+}
+
+/// Under Wine, services.exe and the services it runs are system processes, which the
+/// wineserver ends a few seconds after the last other program of the prefix ends. So
+/// [`OwnPrefix::power_on`] starts a persistent server (`wineserver -p`), and the next Wine
+/// program starts services.exe, which starts every automatic-start service: a boot.
+/// [`OwnPrefix::power_off`] (`wineserver -k`) kills everything of the prefix, as a power cut
+/// would.
+impl OwnPrefix {
+    /// `wineserver FLAG` for this prefix, within [`WINE_TIMEOUT`]: whether it succeeded.
+    fn server(&self, flag: &str) -> bool {
+        let mut command = Command::new(wineserver());
+        command
+            .arg(flag)
+            .env("WINEPREFIX", self.path())
+            .env("WINEDEBUG", "-all");
+        quietly(&mut command)
+    }
+
+    /// Starts the prefix's persistent server, then boots it (`wineboot`): services.exe starts,
+    /// and with it every automatic-start service. Nothing started then holds a pipe of the
+    /// test's (services.exe would keep it open for ever: a later command's output would never
+    /// end).
+    pub fn power_on(&self) {
+        assert!(
+            self.server("-p"),
+            "wineserver -p in {} failed",
+            self.path().display()
+        );
+        assert!(
+            quietly(wine_command(self.path()).arg("wineboot")),
+            "wineboot in {} failed",
+            self.path().display()
+        );
+    }
+
+    /// Kills every process of the prefix and its server (with none running, `-k` fails
+    /// saying so: nothing to stop), and waits until the server has ended.
+    pub fn power_off(&self) {
+        let _ = self.server("-k");
+        let _ = self.server("-w");
+    }
+
+    /// Runs a Wine program (`sc`, `reg`, or an .exe's path) in this prefix, within
+    /// [`WINE_TIMEOUT`].
+    pub fn run(&self, program: &Path, args: &[&str]) -> Ran {
+        let out = common::output_within(
+            wine_command(self.path()).arg(program).args(args),
+            WINE_TIMEOUT,
+        );
+        Ran {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `command` with no standard input or output, within [`WINE_TIMEOUT`]: whether it
+/// succeeded. For programs that leave a daemon behind (`wineserver -p`, a Wine boot), which
+/// would hold a pipe open for ever.
+fn quietly(command: &mut Command) -> bool {
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting a Wine command");
+    let deadline = std::time::Instant::now() + WINE_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a Wine command") {
+            return status.success();
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} still running after {WINE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

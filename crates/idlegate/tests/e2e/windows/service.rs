@@ -1,0 +1,332 @@
+//! The relay as a Windows service, under Wine's service control manager (services.exe, with
+//! Wine's own sc.exe and reg.exe as the independent witnesses): `idlegate.exe service install`
+//! writes the service's registry entry (automatic start, the `service run` command line), `sc
+//! start` runs the relay so that bytes pass both ways, `sc stop` ends it, a "reboot" of the
+//! test's own Wine machine starts it again with nobody asking, `service uninstall` stops it and
+//! removes the entry; bad relay arguments install nothing. What Wine cannot show: a real
+//! machine's shutdown (SERVICE_CONTROL_SHUTDOWN; `wineserver -k` kills instead).
+
+use super::{exe, idlegate_exe, prefix, OwnPrefix, Ran};
+use crate::common;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a started service has to listen, or a stopped one to be gone (a loaded 2-core
+/// machine starting Wine processes: seconds).
+const SERVICE_WAIT: Duration = Duration::from_secs(60);
+
+/// The service's registry entry as `reg query` prints it, if there is one.
+fn registry_entry(run: impl Fn(&str, &[&str]) -> Ran, name: &str) -> Option<String> {
+    let key = format!("HKLM\\System\\CurrentControlSet\\Services\\{name}");
+    let query = run("reg", &["query", &key]);
+    query.status.success().then_some(query.stdout)
+}
+
+/// The service's state as `sc query` names it (RUNNING, STOPPED, …).
+fn state(machine: &OwnPrefix, name: &str) -> String {
+    let query = machine.run(Path::new("sc"), &["query", name]);
+    query
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("STATE"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("(no state)")
+        .to_string()
+}
+
+/// A server on Linux loopback that, for each connection, reads until the client's FIN, then
+/// answers `reply:` and what it read and closes its side; what it read goes to the channel.
+fn upstream() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let address = listener.local_addr().expect("its address");
+    let (seen, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = conn.set_read_timeout(Some(SERVICE_WAIT));
+            let mut got = Vec::new();
+            if conn.read_to_end(&mut got).is_err() {
+                continue;
+            }
+            let _ = conn.write_all(b"reply:");
+            let _ = conn.write_all(&got);
+            let _ = conn.shutdown(Shutdown::Write);
+            if seen.send(got).is_err() {
+                return;
+            }
+        }
+    });
+    (address, received)
+}
+
+/// Connects to the relay once it listens, within [`SERVICE_WAIT`].
+fn connect_when_listening(address: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + SERVICE_WAIT;
+    loop {
+        match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
+            Ok(conn) => return conn,
+            Err(e) if Instant::now() >= deadline => {
+                panic!("the service's relay never listened on {address}: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// One exchange through the relay: `message` and a FIN out, the upstream's answer back to
+/// its FIN, and what the upstream read.
+fn exchange(relay: SocketAddr, seen: &mpsc::Receiver<Vec<u8>>, message: &[u8]) {
+    let mut conn = connect_when_listening(relay);
+    conn.set_read_timeout(Some(SERVICE_WAIT)).expect("timeout");
+    conn.write_all(message).expect("sending");
+    conn.shutdown(Shutdown::Write).expect("FIN");
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer)
+        .expect("the answer, to its FIN");
+    assert_eq!(answer, [b"reply:", message].concat());
+    assert_eq!(
+        seen.recv_timeout(SERVICE_WAIT)
+            .expect("the upstream's read"),
+        message
+    );
+}
+
+#[test]
+fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
+    let machine = OwnPrefix::new();
+    machine.power_off();
+    machine.power_on();
+    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
+    let name = common::unique("igsvc");
+    let (upstream_address, seen) = upstream();
+    let relay_address = common::free_port();
+    let listen = relay_address.to_string();
+    let connect = upstream_address.to_string();
+    let relay_args = [
+        "--listen",
+        &listen,
+        "--connect",
+        &connect,
+        "--keepalive",
+        "120s,30s,8",
+    ];
+    let mut install = vec!["service", "install", "--name", &name, "--"];
+    install.extend(relay_args);
+    let installed = machine.run(exe(), &install);
+    assert!(
+        installed.status.success(),
+        "install: {}{}",
+        installed.stdout,
+        installed.stderr
+    );
+
+    // The entry a boot starts it from: automatic start (SERVICE_AUTO_START = 2), and the
+    // command line that runs the relay under the service manager.
+    let entry = registry_entry(reg, &name).expect("the service's registry entry");
+    let value = |key: &str| {
+        entry
+            .lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(value("Start").ends_with("0x2"), "{entry}");
+    assert!(
+        value("ObjectName").ends_with("NT AUTHORITY\\LocalService"),
+        "{entry}"
+    );
+    assert!(value("ImagePath").contains("idlegate.exe"), "{entry}");
+    assert!(
+        value("ImagePath").ends_with(&format!(
+            "service run --name {name} -- {}",
+            relay_args.join(" ")
+        )),
+        "{entry}"
+    );
+
+    let started = machine.run(Path::new("sc"), &["start", &name]);
+    assert!(
+        started.status.success(),
+        "sc start: {}{}",
+        started.stdout,
+        started.stderr
+    );
+    exchange(relay_address, &seen, b"through the service");
+    assert_eq!(state(&machine, &name), "RUNNING");
+
+    // Stop: the service manager sees it stopped, and the relay's port is closed.
+    let stopped = machine.run(Path::new("sc"), &["stop", &name]);
+    assert!(stopped.status.success(), "sc stop: {}", stopped.stdout);
+    assert!(
+        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
+        "still {} after sc stop",
+        state(&machine, &name)
+    );
+    assert!(
+        TcpStream::connect_timeout(&relay_address, Duration::from_secs(5)).is_err(),
+        "the relay still listens after the service stopped"
+    );
+
+    // A reboot: everything killed, then the machine powered on again; the first program
+    // starts services.exe, which starts the service with nobody asking.
+    machine.power_off();
+    machine.power_on();
+    assert!(
+        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "RUNNING"),
+        "{} after the reboot",
+        state(&machine, &name)
+    );
+    exchange(relay_address, &seen, b"after the reboot");
+
+    let uninstalled = machine.run(exe(), &["service", "uninstall", "--name", &name]);
+    assert!(
+        uninstalled.status.success(),
+        "uninstall: {}",
+        uninstalled.stderr
+    );
+    assert!(
+        uninstalled.stdout.contains("(stopped it first)"),
+        "{}",
+        uninstalled.stdout
+    );
+    assert_eq!(registry_entry(reg, &name), None);
+    assert!(
+        TcpStream::connect_timeout(&relay_address, Duration::from_secs(5)).is_err(),
+        "the relay still listens after uninstall"
+    );
+}
+
+/// `wine PROGRAM ARGS` in this test process's shared prefix.
+fn in_shared_prefix(program: &str, args: &[&str]) -> Ran {
+    let out = common::output_within(
+        super::wine_command(prefix()).arg(program).args(args),
+        super::WINE_TIMEOUT,
+    );
+    Ran {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn windows_service_install_under_wine_refuses_bad_relay_arguments_and_installs_nothing() {
+    let name = common::unique("igbad");
+    for (relay_args, said) in [
+        (
+            vec![
+                "--listen",
+                "127.0.0.1:1",
+                "--connect",
+                "127.0.0.1:2",
+                "--profile",
+                "aws-nat-gateway",
+            ],
+            "--profile aws-nat-gateway: no such profile",
+        ),
+        (
+            vec!["--config", "relays.toml"],
+            "--config relays.toml: a relative path",
+        ),
+        (vec!["--listen", "127.0.0.1:1"], "the relay's arguments"),
+    ] {
+        let mut install = vec!["service", "install", "--name", &name, "--"];
+        install.extend(&relay_args);
+        let refused = idlegate_exe(&install);
+        assert!(!refused.status.success(), "{relay_args:?} installed");
+        assert!(
+            refused.stderr.contains(said),
+            "{relay_args:?}: {}",
+            refused.stderr
+        );
+        assert_eq!(
+            registry_entry(in_shared_prefix, &name),
+            None,
+            "{relay_args:?}"
+        );
+    }
+}
+
+#[test]
+fn windows_service_run_under_wine_by_hand_fails_saying_it_needs_the_service_manager() {
+    let name = common::unique("ighand");
+    let ran = idlegate_exe(&[
+        "service",
+        "run",
+        "--name",
+        &name,
+        "--",
+        "--listen",
+        "127.0.0.1:1",
+        "--connect",
+        "127.0.0.1:2",
+    ]);
+    assert!(!ran.status.success(), "{}", ran.stdout);
+    assert!(
+        ran.stderr.contains(&format!("sc.exe start {name}")),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine() {
+    // The README's `sc.exe create … binPath= "\"EXE\" service run --name NAME -- RELAY_ARGS"`,
+    // with this test's executable and ports.
+    let machine = OwnPrefix::new();
+    machine.power_off();
+    machine.power_on();
+    let name = common::unique("igsc");
+    let (upstream_address, seen) = upstream();
+    let relay_address = common::free_port();
+    let bin_path = format!(
+        "\"{}\" service run --name {name} -- --listen {relay_address} --connect {upstream_address} --keepalive 120s,30s,8",
+        exe().display()
+    );
+    let display = format!("idlegate relay ({name})");
+    let created = machine.run(
+        Path::new("sc.exe"),
+        &[
+            "create",
+            &name,
+            "start=",
+            "auto",
+            "obj=",
+            "NT AUTHORITY\\LocalService",
+            "DisplayName=",
+            &display,
+            "binPath=",
+            &bin_path,
+        ],
+    );
+    assert!(created.status.success(), "sc create: {}", created.stdout);
+    let failure = machine.run(
+        Path::new("sc.exe"),
+        &[
+            "failure",
+            &name,
+            "reset=",
+            "86400",
+            "actions=",
+            "restart/10000/restart/10000/restart/60000",
+        ],
+    );
+    assert!(failure.status.success(), "sc failure: {}", failure.stdout);
+    let started = machine.run(Path::new("sc.exe"), &["start", &name]);
+    assert!(started.status.success(), "sc start: {}", started.stdout);
+    exchange(relay_address, &seen, b"through sc create");
+    let stopped = machine.run(Path::new("sc.exe"), &["stop", &name]);
+    assert!(stopped.status.success(), "sc stop: {}", stopped.stdout);
+    assert!(
+        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
+        "still {} after sc stop",
+        state(&machine, &name)
+    );
+    let deleted = machine.run(Path::new("sc.exe"), &["delete", &name]);
+    assert!(deleted.status.success(), "sc delete: {}", deleted.stdout);
+    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
+    assert_eq!(registry_entry(reg, &name), None);
+}
