@@ -20,12 +20,14 @@
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
 //! | [`rtnl`] | links, addresses, routes (rtnetlink): what `ip link/addr/route` would set |
+//! | [`secret`] | files that hold secrets: readable by their owner alone (Unix modes; Windows: the directory's ACL) |
 //! | [`signal`] | SIGINT/SIGTERM: stop flags, the gateway's interrupt, signals passed on to a child |
 //! | [`sock_diag`] | every TCP connection of a namespace, with tcp_info (sock_diag netlink) |
 //! | [`socket`] | the listener, SO_LINGER 0 resets, IP_RECVERR, non-blocking reads, SIOCOUTQ |
 //! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
 //! | [`timeout`] | timeouts named as timeouts |
 //! | [`tun`] | TUN devices |
+//! | [`wake`] | waking a thread that waits in poll, from any thread, never blocking |
 
 pub mod errno;
 pub mod file;
@@ -39,9 +41,11 @@ pub mod process;
 pub mod resolve;
 pub mod rlimit;
 pub mod rtnl;
+pub mod secret;
 pub mod signal;
 pub mod sock_diag;
 pub mod socket;
 pub mod tcp_info;
 pub mod timeout;
 pub mod tun;
+pub mod wake;

@@ -21,6 +21,7 @@ use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::stats::Stats;
 use crate::sys::poll::{poll, Watch};
 use crate::sys::socket;
+use crate::sys::wake::Wakeable;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -207,8 +208,8 @@ impl Session {
     }
 
     /// Runs the session on `leg` until it ends or the leg is lost. `wake` (the responder's)
-    /// becomes readable when a newer leg arrives for this session.
-    pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<RawFd>) -> LegEnd {
+    /// is woken when a newer leg arrives for this session.
+    pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<&Wakeable>) -> LegEnd {
         let mut last_rx = Instant::now();
         let mut last_tx = Instant::now();
         if self.stall.stalled.is_none() {
@@ -259,7 +260,10 @@ impl Session {
                     ),
                 ),
                 watch(leg.as_raw_fd(), (true, leg.pending() > 0)),
-                watch(wake.unwrap_or(-1), (true, false)),
+                match wake {
+                    Some(wake) => watch(wake.raw(), (true, false)),
+                    None => Watch::nothing(),
+                },
             ];
             if let Err(e) = poll(&mut fds, Some(timeout)) {
                 return self.lost(Lost::Error(e));
