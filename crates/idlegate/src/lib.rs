@@ -13,8 +13,8 @@
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 //!
 //! Builds for other systems than Linux (Windows, in progress) have only what builds there:
-//! `survive::advise` and `survive::keepalive`'s setting today; the rest is
-//! `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
+//! `sys`'s two-sided modules, `obs`, `survive::advise` and `survive::keepalive`'s setting; the
+//! rest is `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
 
 #![deny(unsafe_code)]
 
@@ -30,10 +30,8 @@ pub mod gateway;
 pub mod lab;
 #[cfg(target_os = "linux")]
 pub mod measure;
-#[cfg(target_os = "linux")]
 pub mod obs;
 pub mod survive;
 // The only module with `unsafe` (system calls); the rest of the crate denies it.
-#[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub mod sys;

@@ -10,14 +10,12 @@
 //! keeps its connection and gains keepalive without a restart. Nothing else about the socket
 //! is changed.
 
+use crate::sys::socket::{self, Handle};
 use anyhow::{bail, Context, Result};
 use idlegate_core::profile::Profile;
-#[cfg(target_os = "linux")]
-use socket2::{SockRef, TcpKeepalive};
-#[cfg(target_os = "linux")]
+use socket2::SockRef;
 use std::io;
-#[cfg(target_os = "linux")]
-use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 // Reading keepalive back and taking other processes' sockets: Linux only (procfs, pidfds).
@@ -86,35 +84,66 @@ impl Keepalive {
         self.idle + self.interval * self.count
     }
 
-    #[cfg(target_os = "linux")]
-    /// Sets SO_KEEPALIVE, the three timers and the matching TCP_USER_TIMEOUT on `socket`.
-    pub fn apply(&self, socket: &impl AsFd) -> io::Result<()> {
-        let sock = SockRef::from(socket);
-        let params = TcpKeepalive::new()
-            .with_time(self.idle)
-            .with_interval(self.interval)
-            .with_retries(self.count);
-        sock.set_tcp_keepalive(&params)?;
-        sock.set_tcp_user_timeout(Some(self.user_timeout()))
+    /// Sets the keepalive on `socket` with the system's own options
+    /// ([`crate::sys::socket::set_keepalive`]). Linux: SO_KEEPALIVE, the three timers and the
+    /// matching TCP_USER_TIMEOUT, all of which must take. Windows: SIO_KEEPALIVE_VALS (idle
+    /// and interval) must take; TCP_KEEPCNT and TCP_MAXRT (the user timeout) are tried, and one
+    /// the system refuses is logged once per process (a warning naming the option and what it
+    /// means), never fatal: the probes still go out.
+    pub fn apply(&self, socket: &impl Handle) -> io::Result<()> {
+        let not_taken = socket::set_keepalive(
+            socket,
+            self.idle,
+            self.interval,
+            self.count,
+            self.user_timeout(),
+        )?;
+        for socket::NotTaken { option, error } in not_taken {
+            warn_once(option, &error);
+        }
+        Ok(())
     }
 
-    #[cfg(target_os = "linux")]
     /// [`Keepalive::apply`]; TCP_NODELAY, since a relay passes bytes on as they come, so Nagle
     /// must not hold them a second time; and SO_LINGER 0, so that the socket ends with a RST
     /// if it is closed before its connection has ended in order, even when the kernel closes
     /// it for a relay killed with SIGKILL: a stream cut short must never look whole to the
     /// application (a FIN would say it was). [`ended_in_order`] takes that back.
-    pub(crate) fn apply_relayed(&self, socket: &impl AsFd) -> io::Result<()> {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // until the relay builds there
+    pub(crate) fn apply_relayed(&self, socket: &impl Handle) -> io::Result<()> {
         crate::sys::socket::reset(socket)?;
         SockRef::from(socket).set_tcp_nodelay(true)?;
         self.apply(socket)
     }
 }
 
-#[cfg(target_os = "linux")]
+/// Logs, the first time only, that the system did not take `option`.
+fn warn_once(option: &str, error: &io::Error) {
+    static COUNT: AtomicBool = AtomicBool::new(false);
+    static MAXRT: AtomicBool = AtomicBool::new(false);
+    static OTHER: AtomicBool = AtomicBool::new(false);
+    let (said, means) = match option {
+        "TCP_KEEPCNT" => (
+            &COUNT,
+            "the system's default probe count applies (10 on Windows)",
+        ),
+        "TCP_MAXRT" => (
+            &MAXRT,
+            "unacknowledged data is retransmitted for the system's own time, not the keepalive's",
+        ),
+        _ => (&OTHER, "the system's own value applies"),
+    };
+    if !said.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "keepalive: the system did not take {option} ({error}): {means}; the idle time and interval are set (said once)"
+        );
+    }
+}
+
 /// A relayed connection ended in order (each direction passed on whole, with its FIN): its
 /// socket may now close with a FIN, delivering whatever it still holds, as any socket does.
-pub(crate) fn ended_in_order(socket: &impl AsFd) {
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // until the relay builds there
+pub(crate) fn ended_in_order(socket: &impl Handle) {
     let _ = crate::sys::socket::orderly(socket);
 }
 
@@ -127,7 +156,7 @@ pub fn profile_idle_timeout(profile: &Profile) -> Duration {
         .min(profile.outbound_rule_idle.default)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;

@@ -14,14 +14,14 @@
 //! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
 //! and a few socket options.
 
+use crate::sys::pipe::Pipe;
 use crate::sys::poll::STOP_CHECK;
-use crate::sys::{errno, pipe, resolve, socket};
+use crate::sys::{errno, resolve, socket};
 use anyhow::{bail, Context, Result};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -179,7 +179,7 @@ struct Direction {
     /// Bytes read and not yet written because the destination took only part of them (at
     /// most one small read).
     held: Vec<u8>,
-    pipe: Option<(OwnedFd, OwnedFd)>,
+    pipe: Option<Pipe>,
     /// Bytes in the pipe, not yet written to the destination.
     in_pipe: usize,
     /// The most one splice moves: the pipe's size.
@@ -278,7 +278,7 @@ impl<'r> Worker<'r> {
                     return;
                 }
                 Err(e) => match e.raw_os_error() {
-                    Some(errno::EMFILE | errno::ENFILE | errno::ENOBUFS | errno::ENOMEM) => {
+                    Some(code) if errno::out_of_resources(code) => {
                         // The connection waits in the queue until descriptors are free.
                         tracing::warn!("relay: accept failed: {e}; retrying");
                         self.accept_again = true;
@@ -426,8 +426,8 @@ impl Direction {
         }
         loop {
             while self.in_pipe > 0 {
-                let Some((pipe_r, _)) = &self.pipe else { break };
-                match pipe::splice(pipe_r.as_raw_fd(), to.as_raw_fd(), self.in_pipe) {
+                let Some(pipe) = &mut self.pipe else { break };
+                match pipe.drain_to(to, self.in_pipe) {
                     Ok(0) => return Pump::DestinationFailed,
                     Ok(n) => self.in_pipe -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
@@ -450,10 +450,10 @@ impl Direction {
                 }
             }
             if self.pipe.is_none() {
-                match pipe::pipe() {
+                match Pipe::new() {
                     Ok(pipe) => {
+                        self.chunk = pipe.capacity();
                         self.pipe = Some(pipe);
-                        self.chunk = 1 << 16;
                     }
                     Err(e) => {
                         tracing::warn!("relay: no pipe: {e}");
@@ -461,10 +461,10 @@ impl Direction {
                     }
                 }
             }
-            let Some((_, pipe_w)) = &self.pipe else {
+            let Some(pipe) = &mut self.pipe else {
                 return Pump::SourceFailed;
             };
-            match pipe::splice(from.as_raw_fd(), pipe_w.as_raw_fd(), self.chunk) {
+            match pipe.fill_from(from, self.chunk) {
                 Ok(0) => {
                     self.done = true;
                     let _ = to.shutdown(Shutdown::Write);
@@ -522,8 +522,8 @@ impl Direction {
     /// (pipe-max-size): the default then serves.
     fn grow(&mut self) {
         self.grown = true;
-        if let Some((_, pipe_w)) = &self.pipe {
-            if let Some(size) = pipe::set_size(pipe_w, PIPE_SIZE) {
+        if let Some(pipe) = &mut self.pipe {
+            if let Some(size) = pipe.grow(PIPE_SIZE) {
                 self.chunk = size;
             }
         }

@@ -1,17 +1,51 @@
 //! Error numbers: the ones idlegate tells apart, and their symbolic names.
 //!
-//! Contract: the constants here are the `errno` values features match on (so that they name
-//! no `libc` themselves); [`errno_name`] gives an error's symbolic name (`ECONNRESET`) for
-//! reports that show what a socket saw, `errno N` for a number it does not list, and
-//! `ETIMEDOUT` for a timeout that carries no number.
+//! Contract: the constants here are the codes features match on (so that they name no
+//! system's numbers themselves), under their POSIX names on every system: on Linux the
+//! `errno` values, on Windows the Winsock codes (`WSAE…`) that mean the same to a socket
+//! (`ECONNRESET` is WSAECONNRESET there). A name with no Winsock counterpart is Linux-only.
+//! [`errno_name`] gives an error's symbolic name as the system calls it (`ECONNRESET` on
+//! Linux, `WSAECONNRESET` on Windows) for reports that show what a socket saw, `errno N` for a
+//! number it does not list, and `ETIMEDOUT` for a timeout that carries no number.
+//! [`out_of_resources`] says whether an error means the process or system ran out of
+//! descriptors or memory, which a server waits out rather than gives up on.
 
 use std::io;
 
+#[cfg(target_os = "linux")]
 pub use libc::{
     EACCES, EAGAIN, ECONNABORTED, ECONNREFUSED, ECONNRESET, EHOSTDOWN, EHOSTUNREACH, EINVAL,
     EMFILE, EMSGSIZE, ENETDOWN, ENETUNREACH, ENFILE, ENOBUFS, ENOENT, ENOMEM, ENOSYS, ENOTCONN,
     EPERM, EPIPE, EPROTO, ESRCH, ETIMEDOUT,
 };
+
+#[cfg(windows)]
+mod wsa {
+    use windows_sys::Win32::Networking::WinSock as ws;
+    pub const EACCES: i32 = ws::WSAEACCES;
+    /// A non-blocking call that would block.
+    pub const EAGAIN: i32 = ws::WSAEWOULDBLOCK;
+    pub const ECONNABORTED: i32 = ws::WSAECONNABORTED;
+    pub const ECONNREFUSED: i32 = ws::WSAECONNREFUSED;
+    pub const ECONNRESET: i32 = ws::WSAECONNRESET;
+    pub const EHOSTDOWN: i32 = ws::WSAEHOSTDOWN;
+    pub const EHOSTUNREACH: i32 = ws::WSAEHOSTUNREACH;
+    pub const EINVAL: i32 = ws::WSAEINVAL;
+    pub const EMFILE: i32 = ws::WSAEMFILE;
+    pub const EMSGSIZE: i32 = ws::WSAEMSGSIZE;
+    pub const ENETDOWN: i32 = ws::WSAENETDOWN;
+    pub const ENETUNREACH: i32 = ws::WSAENETUNREACH;
+    pub const ENOBUFS: i32 = ws::WSAENOBUFS;
+    pub const ENOTCONN: i32 = ws::WSAENOTCONN;
+    /// A send after this end shut its sending down (Linux says EPIPE; a send to a peer that
+    /// reset says WSAECONNRESET on Windows).
+    pub const EPIPE: i32 = ws::WSAESHUTDOWN;
+    pub const ETIMEDOUT: i32 = ws::WSAETIMEDOUT;
+    /// Not enough memory (WSA_NOT_ENOUGH_MEMORY, which is ERROR_NOT_ENOUGH_MEMORY).
+    pub const ENOMEM: i32 = ws::WSA_NOT_ENOUGH_MEMORY;
+}
+#[cfg(windows)]
+pub use wsa::*;
 
 /// The symbolic name of an OS error (`ECONNRESET`), or `errno N` for unlisted codes.
 pub fn errno_name(err: &io::Error) -> String {
@@ -22,7 +56,18 @@ pub fn errno_name(err: &io::Error) -> String {
     }
 }
 
+/// Whether `code` says the process or the system ran out of descriptors, buffers or memory:
+/// a condition to wait out (the next try may succeed), not one connection's trouble.
+pub fn out_of_resources(code: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    let codes = [EMFILE, ENFILE, ENOBUFS, ENOMEM];
+    #[cfg(windows)]
+    let codes = [EMFILE, ENOBUFS, ENOMEM];
+    codes.contains(&code)
+}
+
 fn errno_const(code: i32) -> Option<&'static str> {
+    #[cfg(target_os = "linux")]
     const NAMES: &[(i32, &str)] = &[
         (ECONNRESET, "ECONNRESET"),
         (ETIMEDOUT, "ETIMEDOUT"),
@@ -37,13 +82,32 @@ fn errno_const(code: i32) -> Option<&'static str> {
         (EINVAL, "EINVAL"),
         (EAGAIN, "EAGAIN"),
     ];
+    #[cfg(windows)]
+    const NAMES: &[(i32, &str)] = &[
+        (ECONNRESET, "WSAECONNRESET"),
+        (ETIMEDOUT, "WSAETIMEDOUT"),
+        (EPIPE, "WSAESHUTDOWN"),
+        (ECONNREFUSED, "WSAECONNREFUSED"),
+        (EHOSTUNREACH, "WSAEHOSTUNREACH"),
+        (ENETUNREACH, "WSAENETUNREACH"),
+        (ECONNABORTED, "WSAECONNABORTED"),
+        (ENOTCONN, "WSAENOTCONN"),
+        (EHOSTDOWN, "WSAEHOSTDOWN"),
+        (ENETDOWN, "WSAENETDOWN"),
+        (EINVAL, "WSAEINVAL"),
+        (EAGAIN, "WSAEWOULDBLOCK"),
+        (EACCES, "WSAEACCES"),
+        (EMSGSIZE, "WSAEMSGSIZE"),
+        (EMFILE, "WSAEMFILE"),
+        (ENOBUFS, "WSAENOBUFS"),
+    ];
     NAMES
         .iter()
         .find(|(c, _)| *c == code)
         .map(|(_, name)| *name)
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
@@ -61,5 +125,15 @@ mod tests {
     fn an_error_without_a_number_or_timeout_keeps_its_text() {
         let e = io::Error::other("odd");
         assert_eq!(errno_name(&e), "odd");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_or_memory_is_told_from_one_connections_trouble() {
+        for code in [EMFILE, ENFILE, ENOBUFS, ENOMEM] {
+            assert!(out_of_resources(code), "{code}");
+        }
+        for code in [ECONNABORTED, EPROTO, ECONNRESET] {
+            assert!(!out_of_resources(code), "{code}");
+        }
     }
 }

@@ -1,14 +1,139 @@
-//! Pipes and splice(2): moving bytes between sockets without copying them through user space.
+//! Moving bytes from one socket to another through a bounded buffer of the process's own: a
+//! [`Pipe`]. On Linux a kernel pipe and splice(2), so the bytes never pass through user space;
+//! on Windows, which has no splice, a buffer in memory and a plain read and write.
 //!
-//! Contract: [`pipe`] makes a non-blocking, close-on-exec pipe; [`set_size`] asks the kernel
-//! for a larger one (it may refuse: pipe-max-size); [`splice`] moves up to `len` bytes from
-//! one descriptor to another without blocking, one of them a pipe, retrying when interrupted.
+//! Contract: [`Pipe::new`] makes an empty pipe of [`Pipe::capacity`] bytes (Linux: a
+//! non-blocking, close-on-exec pipe); [`Pipe::grow`] asks for a larger one (the kernel may
+//! refuse: pipe-max-size); [`Pipe::fill_from`] moves up to `len` bytes from a socket into an
+//! empty pipe and [`Pipe::drain_to`] up to `len` of them on to a socket, each without blocking
+//! (`WouldBlock` when the socket has nothing or takes nothing; 0 from `fill_from` at EOF),
+//! retrying when interrupted. The pipe holds at most its capacity: a slow reader slows the
+//! writer, never grows a buffer.
 
+#[cfg(target_os = "linux")]
+use crate::sys::socket::raw;
+use crate::sys::socket::Handle;
 use std::io;
+
+/// A bounded buffer between two sockets (see the module's contract).
+#[cfg(target_os = "linux")]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+#[cfg(target_os = "linux")]
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let (read, write) = pipe()?;
+        // The kernel's default pipe: 16 pages.
+        Ok(Pipe {
+            read,
+            write,
+            capacity: 1 << 16,
+        })
+    }
+
+    /// The most bytes the pipe holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Asks for a pipe of `bytes` (F_SETPIPE_SZ); the size it now has, or `None` if refused.
+    pub fn grow(&mut self, bytes: usize) -> Option<usize> {
+        let size = set_size(&self.write, bytes)?;
+        self.capacity = size;
+        Some(size)
+    }
+
+    /// Up to `len` bytes from `from` into the pipe (splice(2)).
+    pub fn fill_from(&mut self, from: &impl Handle, len: usize) -> io::Result<usize> {
+        splice(raw(from), self.write.as_raw_fd(), len)
+    }
+
+    /// Up to `len` bytes of the pipe's on to `to` (splice(2)).
+    pub fn drain_to(&mut self, to: &impl Handle, len: usize) -> io::Result<usize> {
+        splice(self.read.as_raw_fd(), raw(to), len)
+    }
+}
+
+/// A bounded buffer between two sockets (see the module's contract).
+#[cfg(windows)]
+pub struct Pipe {
+    buf: Vec<u8>,
+    /// The bytes held are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+#[cfg(windows)]
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        Ok(Pipe {
+            buf: vec![0; 1 << 16],
+            start: 0,
+            end: 0,
+        })
+    }
+
+    /// The most bytes the pipe holds.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Grows the buffer to `bytes`; the size it now has.
+    pub fn grow(&mut self, bytes: usize) -> Option<usize> {
+        if bytes > self.buf.len() {
+            self.buf.resize(bytes, 0);
+        }
+        Some(self.buf.len())
+    }
+
+    /// Up to `len` bytes from `from` into the pipe (one read, after what it holds).
+    pub fn fill_from(&mut self, from: &impl Handle, len: usize) -> io::Result<usize> {
+        use std::io::Read;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        let until = self.buf.len().min(self.end.saturating_add(len));
+        let sock = socket2::SockRef::from(from);
+        loop {
+            match (&*sock).read(&mut self.buf[self.end..until]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Up to `len` of the bytes the pipe holds on to `to` (one write).
+    pub fn drain_to(&mut self, to: &impl Handle, len: usize) -> io::Result<usize> {
+        use std::io::Write;
+        let until = self.end.min(self.start.saturating_add(len));
+        let sock = socket2::SockRef::from(to);
+        loop {
+            match (&*sock).write(&self.buf[self.start..until]) {
+                Ok(n) => {
+                    self.start += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+#[cfg(target_os = "linux")]
 /// A non-blocking, close-on-exec pipe: (read end, write end).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
@@ -18,17 +143,19 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+#[cfg(target_os = "linux")]
 /// Asks for a pipe of `bytes` (F_SETPIPE_SZ); returns the size the pipe now has, or `None` if
 /// the kernel refused.
-pub fn set_size(pipe: &OwnedFd, bytes: usize) -> Option<usize> {
+fn set_size(pipe: &OwnedFd, bytes: usize) -> Option<usize> {
     let want = libc::c_int::try_from(bytes).ok()?;
     // SAFETY: fcntl on a descriptor the caller owns.
     let size = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
     usize::try_from(size).ok().filter(|&s| s > 0)
 }
 
+#[cfg(target_os = "linux")]
 /// One non-blocking splice(2) of up to `len` bytes.
-pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     loop {
         // SAFETY: a plain syscall on descriptors the caller holds open.
         let n = unsafe {
@@ -51,7 +178,7 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::io::{Read, Write};

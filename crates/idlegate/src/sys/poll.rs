@@ -1,57 +1,153 @@
-//! Waiting on descriptors: the one poll(2) wrapper.
+//! Waiting on sockets: the one poll wrapper (poll(2) on Linux, WSAPoll on Windows).
 //!
 //! Contract: [`poll`] waits on a set of [`Watch`]es for at most a timeout and says how many
-//! reported something; [`one`] and [`wait_readable`] are the one-descriptor forms. A timeout is
-//! rounded **up** to the next whole millisecond (poll(2) counts milliseconds), so a wait never
-//! ends before its deadline and a loop waiting for that deadline never spins; `None` waits
-//! without limit. A call interrupted by a signal counts as a timeout (nothing reported).
-//! [`STOP_CHECK`] is how long every loop that waits on a descriptor between looks at its stop
-//! flag waits at most.
+//! reported something; [`one`] and [`wait_readable`] are the one-socket forms. A timeout is
+//! rounded **up** to the next whole millisecond (both calls count milliseconds), so a wait
+//! never ends before its deadline and a loop waiting for that deadline never spins; `None`
+//! waits without limit. A call interrupted by a signal counts as a timeout (nothing reported).
+//! [`STOP_CHECK`] is how long every loop that waits on a socket between looks at its stop
+//! flag waits at most. On Linux any descriptor may be watched (a pipe, a Unix socket); on
+//! Windows only sockets (WSAPoll's limit), and a set that watches none just sleeps out its
+//! timeout (WSAPoll refuses an empty set).
 
+use crate::sys::socket::Raw;
 use std::io;
-use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// How often a loop waiting on a descriptor (an accept loop) looks at its stop flag.
 pub const STOP_CHECK: Duration = Duration::from_millis(200);
 
-/// One descriptor to watch, and (after [`poll`]) what it reported.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub struct Watch(libc::pollfd);
+/// The system's side: its poll entry, its event bits, its call.
+#[cfg(unix)]
+mod os {
+    use super::Raw;
+    use std::io;
 
-impl Watch {
-    /// Watches `fd` for readability (`read`) and writability (`write`). Errors and hangups are
-    /// reported even when neither is asked for. A negative `fd` is ignored.
-    pub fn new(fd: RawFd, read: bool, write: bool) -> Watch {
-        let mut events = 0;
-        if read {
-            events |= libc::POLLIN;
-        }
-        if write {
-            events |= libc::POLLOUT;
-        }
-        Watch(libc::pollfd {
-            fd,
+    pub type Entry = libc::pollfd;
+    pub type Events = libc::c_short;
+    pub const READ: Events = libc::POLLIN;
+    pub const WRITE: Events = libc::POLLOUT;
+    pub const ERROR: Events = libc::POLLERR;
+    pub const HANGUP: Events = libc::POLLHUP;
+    pub const INVALID: Events = libc::POLLNVAL;
+    /// What a slot that watches nothing holds: poll(2) ignores a negative descriptor.
+    pub const NOTHING: Raw = -1;
+
+    pub fn entry(socket: Raw, events: Events) -> Entry {
+        libc::pollfd {
+            fd: socket,
             events,
             revents: 0,
-        })
+        }
+    }
+
+    pub fn revents(entry: &Entry) -> Events {
+        entry.revents
+    }
+
+    pub fn call(entries: &mut [Entry], timeout_ms: i32) -> io::Result<usize> {
+        let n = entries.len() as libc::nfds_t;
+        // SAFETY: `entries` is a valid slice of pollfds for the duration of the call.
+        let rc = unsafe { libc::poll(entries.as_mut_ptr(), n, timeout_ms) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+}
+
+/// The system's side: its poll entry, its event bits, its call.
+#[cfg(windows)]
+mod os {
+    use super::Raw;
+    use std::io;
+    use windows_sys::Win32::Networking::WinSock as ws;
+
+    pub type Entry = ws::WSAPOLLFD;
+    pub type Events = i16;
+    // POLLIN is POLLRDNORM | POLLRDBAND; WSAPoll refuses POLLPRI, and POLLRDNORM is what
+    // Microsoft's documentation asks for: data, a connection to accept, EOF.
+    pub const READ: Events = ws::POLLRDNORM;
+    pub const WRITE: Events = ws::POLLWRNORM;
+    pub const ERROR: Events = ws::POLLERR;
+    pub const HANGUP: Events = ws::POLLHUP;
+    pub const INVALID: Events = ws::POLLNVAL;
+    /// What a slot that watches nothing holds: WSAPoll ignores INVALID_SOCKET.
+    pub const NOTHING: Raw = ws::INVALID_SOCKET as Raw;
+
+    pub fn entry(socket: Raw, events: Events) -> Entry {
+        ws::WSAPOLLFD {
+            fd: socket as ws::SOCKET,
+            events,
+            revents: 0,
+        }
+    }
+
+    pub fn revents(entry: &Entry) -> Events {
+        entry.revents
+    }
+
+    pub fn watches_something(entry: &Entry) -> bool {
+        entry.fd != ws::INVALID_SOCKET
+    }
+
+    pub fn call(entries: &mut [Entry], timeout_ms: i32) -> io::Result<usize> {
+        if !entries.iter().any(watches_something) {
+            // WSAPoll fails (WSAEINVAL) on a set with no socket in it: wait as poll(2) would.
+            match timeout_ms {
+                t if t < 0 => loop {
+                    std::thread::park();
+                },
+                t => std::thread::sleep(std::time::Duration::from_millis(t as u64)),
+            }
+            return Ok(0);
+        }
+        let n = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        // SAFETY: `entries` is a valid slice of WSAPOLLFDs for the duration of the call.
+        let rc = unsafe { ws::WSAPoll(entries.as_mut_ptr(), n, timeout_ms) };
+        if rc < 0 {
+            // SAFETY: a plain call, reading this thread's last Winsock error.
+            return Err(io::Error::from_raw_os_error(unsafe {
+                ws::WSAGetLastError()
+            }));
+        }
+        Ok(rc as usize)
+    }
+}
+
+/// One socket to watch, and (after [`poll`]) what it reported.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Watch(os::Entry);
+
+impl Watch {
+    /// Watches `socket` for readability (`read`) and writability (`write`). Errors and hangups
+    /// are reported even when neither is asked for.
+    pub fn new(socket: Raw, read: bool, write: bool) -> Watch {
+        let mut events = 0;
+        if read {
+            events |= os::READ;
+        }
+        if write {
+            events |= os::WRITE;
+        }
+        Watch(os::entry(socket, events))
     }
 
     /// A slot that watches nothing and never reports.
     pub fn nothing() -> Watch {
-        Watch::new(-1, false, false)
+        Watch::new(os::NOTHING, false, false)
     }
 
-    /// What the descriptor reported in the last [`poll`].
+    /// What the socket reported in the last [`poll`].
     pub fn ready(&self) -> Ready {
-        Ready(self.0.revents)
+        Ready(os::revents(&self.0))
     }
 }
 
-/// What a watched descriptor reported.
+/// What a watched socket reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ready(i16);
+pub struct Ready(os::Events);
 
 impl Ready {
     /// Anything at all.
@@ -61,72 +157,63 @@ impl Ready {
 
     /// Anything but writability: data, EOF, an error or a hangup (something a read will tell).
     pub fn beyond_writable(self) -> bool {
-        self.0 & !libc::POLLOUT != 0
+        self.0 & !os::WRITE != 0
     }
 
     /// POLLERR: the socket has an error pending.
     pub fn error(self) -> bool {
-        self.0 & libc::POLLERR != 0
+        self.0 & os::ERROR != 0
     }
 
     /// POLLHUP: the connection is hung up.
     pub fn hangup(self) -> bool {
-        self.0 & libc::POLLHUP != 0
+        self.0 & os::HANGUP != 0
     }
 
     /// POLLNVAL: the descriptor is not open.
     pub fn invalid(self) -> bool {
-        self.0 & libc::POLLNVAL != 0
+        self.0 & os::INVALID != 0
     }
 }
 
-/// poll(2)'s timeout argument for `timeout`: whole milliseconds rounded up (so the wait never
-/// ends early), at most `c_int::MAX`; -1 (no limit) for `None`.
-fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+/// The timeout argument for `timeout`: whole milliseconds rounded up (so the wait never ends
+/// early), at most `i32::MAX`; -1 (no limit) for `None`.
+fn timeout_ms(timeout: Option<Duration>) -> i32 {
     let Some(t) = timeout else { return -1 };
     let ms = t.as_nanos().div_ceil(1_000_000);
-    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+    i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
 /// Waits until one of `watches` reports something or `timeout` passes; returns how many
 /// reported (0 on timeout or signal).
 pub fn poll(watches: &mut [Watch], timeout: Option<Duration>) -> io::Result<usize> {
-    let n = watches.len() as libc::nfds_t;
-    // SAFETY: `Watch` is a transparent pollfd, and `watches` is a valid slice of them for the
-    // duration of the call.
-    let rc = unsafe {
-        libc::poll(
-            watches.as_mut_ptr().cast::<libc::pollfd>(),
-            n,
-            timeout_ms(timeout),
-        )
-    };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(e);
+    // `Watch` is a transparent entry: the slice is one of entries.
+    let entries: &mut [os::Entry] =
+        // SAFETY: `Watch` is `#[repr(transparent)]` over `os::Entry`: same size, alignment and
+        // layout, so the slice may be viewed as one of entries for as long as it is borrowed.
+        unsafe { std::slice::from_raw_parts_mut(watches.as_mut_ptr().cast(), watches.len()) };
+    match os::call(entries, timeout_ms(timeout)) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        other => other,
     }
-    Ok(rc as usize)
 }
 
-/// Waits on one descriptor (see [`Watch::new`]); returns what it reported (nothing on timeout
-/// or signal).
-pub fn one(fd: RawFd, read: bool, timeout: Option<Duration>) -> io::Result<Ready> {
-    let mut watch = [Watch::new(fd, read, false)];
+/// Waits on one socket (see [`Watch::new`]); returns what it reported (nothing on timeout or
+/// signal).
+pub fn one(socket: Raw, read: bool, timeout: Option<Duration>) -> io::Result<Ready> {
+    let mut watch = [Watch::new(socket, read, false)];
     poll(&mut watch, timeout)?;
     Ok(watch[0].ready())
 }
 
-/// Whether `fd` is readable (or has an error or EOF to report) within `timeout` (`None`:
+/// Whether `socket` is readable (or has an error or EOF to report) within `timeout` (`None`:
 /// without limit). poll(2) keeps time to the millisecond; a socket's SO_RCVTIMEO, rounded to
 /// jiffies at every wake-up, was seen to run a percent late.
-pub fn wait_readable(fd: RawFd, timeout: Option<Duration>) -> io::Result<bool> {
-    Ok(one(fd, true, timeout)?.any())
+pub fn wait_readable(socket: Raw, timeout: Option<Duration>) -> io::Result<bool> {
+    Ok(one(socket, true, timeout)?.any())
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use std::io::Write;
@@ -144,10 +231,7 @@ mod tests {
         assert_eq!(ms(1_000_001), 2);
         assert_eq!(ms(1_500_000), 2);
         assert_eq!(timeout_ms(Some(Duration::from_millis(200))), 200);
-        assert_eq!(
-            timeout_ms(Some(Duration::from_secs(u64::MAX))),
-            libc::c_int::MAX
-        );
+        assert_eq!(timeout_ms(Some(Duration::from_secs(u64::MAX))), i32::MAX);
         assert_eq!(timeout_ms(None), -1);
     }
 

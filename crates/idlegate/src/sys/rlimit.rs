@@ -1,14 +1,27 @@
 //! Resource limits: the descriptor limit a process with many connections needs.
 //!
 //! Contract: [`raise_descriptor_limit`] raises RLIMIT_NOFILE's soft limit (and the hard one
-//! where it may) and says what the soft limit is now; it never lowers either.
+//! where it may) and says what the soft limit is now; it never lowers either. Windows has no
+//! such limit to raise: a socket is a kernel handle, and a process may hold about 16 million
+//! of them (2^24, bounded by memory first: Mark Russinovich, "Pushing the Limits of Windows:
+//! Handles", Microsoft's Windows blog, 2009), so there it answers that `want` fits.
 
-use anyhow::{Context, Result};
+#[cfg(unix)]
+use anyhow::Context;
+use anyhow::Result;
+#[cfg(unix)]
 use std::io;
+
+/// Windows: nothing to raise (see the module's note); `want` fits.
+#[cfg(windows)]
+pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
+    Ok(want)
+}
 
 /// Raises this process's soft limit on open descriptors to `want` (the soft limit is often
 /// 1,024: about 500 relayed connections), the hard limit too where it may (CAP_SYS_RESOURCE),
 /// else as far as the hard limit allows; returns the soft limit now. Children inherit it.
+#[cfg(unix)]
 pub fn raise_descriptor_limit(want: u64) -> Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -1,21 +1,59 @@
-//! Sockets: the options and calls std and socket2 do not give, and the ones set alike in
-//! several places.
+//! Sockets: the raw handle both systems share, and the options and calls std and socket2 do
+//! not give, or that are set alike in several places.
 //!
-//! Contract: [`listen`] opens a TCP listener with [`BACKLOG`] and SO_REUSEADDR; [`reset`]
-//! arms a socket to end with a RST when closed (SO_LINGER 0) and [`orderly`] takes that back;
-//! [`set_recv_err`] asks for ICMP errors as socket errors (IP_RECVERR); [`recv_nowait`],
-//! [`send_all`] and [`unsent_bytes`] are the non-blocking read, the write that raises no
-//! SIGPIPE, and SIOCOUTQ. [`accept_until_stopped`] is the one accept loop: it hands each
+//! Contract: [`Raw`] is a socket's raw handle (a descriptor on Linux, a SOCKET on Windows),
+//! [`Handle`] anything that holds a socket (a std or mio stream or listener, a socket2
+//! `Socket`), [`raw`] the one way from the second to the first. [`listen`] opens a TCP
+//! listener with [`BACKLOG`] (and SO_REUSEADDR on Linux); [`reset`] arms a socket to end with
+//! a RST when closed (SO_LINGER 0) and [`orderly`] takes that back; [`set_keepalive`] sets
+//! TCP keepalive and the user timeout with each system's own options, and says which of them
+//! the system did not take. [`accept_until_stopped`] is the one accept loop: it hands each
 //! connection to its caller until a stop flag is set, looking at the flag at least every
-//! [`STOP_CHECK`].
+//! [`STOP_CHECK`]. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
+//! (IP_RECVERR); [`recv_nowait`], [`send_all`] and [`unsent_bytes`] are the non-blocking read,
+//! the write that raises no SIGPIPE, and SIOCOUTQ.
 
 use crate::sys::poll::{wait_readable, STOP_CHECK};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+#[cfg(unix)]
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// A socket's raw handle: a descriptor on Linux.
+#[cfg(unix)]
+pub type Raw = std::os::fd::RawFd;
+/// A socket's raw handle: a SOCKET on Windows.
+#[cfg(windows)]
+pub type Raw = std::os::windows::io::RawSocket;
+
+/// Anything that holds a socket (`AsFd` on Linux, `AsSocket` on Windows): what the functions
+/// here take, and what socket2's `SockRef` is made from.
+#[cfg(unix)]
+pub trait Handle: std::os::fd::AsFd {}
+#[cfg(unix)]
+impl<T: std::os::fd::AsFd + ?Sized> Handle for T {}
+/// Anything that holds a socket (`AsFd` on Linux, `AsSocket` on Windows): what the functions
+/// here take, and what socket2's `SockRef` is made from.
+#[cfg(windows)]
+pub trait Handle: std::os::windows::io::AsSocket {}
+#[cfg(windows)]
+impl<T: std::os::windows::io::AsSocket + ?Sized> Handle for T {}
+
+/// The raw handle of `socket`, to watch it with [`crate::sys::poll`].
+pub fn raw(socket: &(impl Handle + ?Sized)) -> Raw {
+    #[cfg(unix)]
+    {
+        socket.as_fd().as_raw_fd()
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsRawSocket;
+        socket.as_socket().as_raw_socket()
+    }
+}
 
 /// How many connections may wait to be accepted (the kernel caps it at
 /// `net.core.somaxconn`). Std's default of 128 overflows when hundreds of clients connect at
@@ -23,9 +61,12 @@ use std::time::Duration;
 /// retransmissions, long enough to trip a short TCP_USER_TIMEOUT.
 pub const BACKLOG: i32 = 4096;
 
-/// A listening TCP socket at `addr` with [`BACKLOG`] (and SO_REUSEADDR, as std sets it).
+/// A listening TCP socket at `addr` with [`BACKLOG`]; on Linux with SO_REUSEADDR, as std sets
+/// it there. Not on Windows, where SO_REUSEADDR lets another socket take over a port in use
+/// (std does not set it there either).
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
@@ -53,7 +94,7 @@ pub fn accept_until_stopped(
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_readable(listener.as_raw_fd(), Some(STOP_CHECK))?;
+                wait_readable(raw(listener), Some(STOP_CHECK))?;
                 continue;
             }
             Err(e) => {
@@ -73,15 +114,98 @@ pub fn accept_until_stopped(
 }
 
 /// Arms `socket` to end with a RST when it is closed (SO_LINGER 0), with no FIN before it.
-pub fn reset(socket: &impl AsFd) -> io::Result<()> {
+pub fn reset(socket: &impl Handle) -> io::Result<()> {
     SockRef::from(socket).set_linger(Some(Duration::ZERO))
 }
 
 /// Takes [`reset`] back: `socket` closes with a FIN, delivering what it still holds.
-pub fn orderly(socket: &impl AsFd) -> io::Result<()> {
+pub fn orderly(socket: &impl Handle) -> io::Result<()> {
     SockRef::from(socket).set_linger(None)
 }
 
+/// A keepalive option the system did not take (see [`set_keepalive`]).
+#[derive(Debug)]
+pub struct NotTaken {
+    /// The option, as the system's documentation names it (`TCP_KEEPCNT`, `TCP_MAXRT`).
+    pub option: &'static str,
+    pub error: io::Error,
+}
+
+/// Turns on TCP keepalive on `socket`: the first probe after `idle` of silence, then one
+/// every `interval`, `count` probes; and `user_timeout`, how long sent data may go
+/// unacknowledged. Linux: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT and
+/// TCP_USER_TIMEOUT, all of which must take. Windows: SIO_KEEPALIVE_VALS (idle and interval,
+/// which must take); then TCP_KEEPCNT (Windows 10 1703 and later; fixed at 10 before) and
+/// TCP_MAXRT (in whole seconds, rounded up) are each tried on their own, and what the system
+/// refuses is returned, not failed: probes still go out, and the connection still ends after
+/// the system's own count. An error is a failure of what must take.
+pub fn set_keepalive(
+    socket: &impl Handle,
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+    user_timeout: Duration,
+) -> io::Result<Vec<NotTaken>> {
+    let sock = SockRef::from(socket);
+    let params = TcpKeepalive::new().with_time(idle).with_interval(interval);
+    #[cfg(target_os = "linux")]
+    {
+        sock.set_tcp_keepalive(&params.with_retries(count))?;
+        sock.set_tcp_user_timeout(Some(user_timeout))?;
+        Ok(Vec::new())
+    }
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::Networking::WinSock::{TCP_KEEPCNT, TCP_MAXRT};
+        sock.set_tcp_keepalive(&params)?;
+        let seconds = user_timeout.as_secs() + u64::from(user_timeout.subsec_nanos() > 0);
+        let mut not_taken = Vec::new();
+        for (option, name, value) in [
+            ("TCP_KEEPCNT", TCP_KEEPCNT, u64::from(count)),
+            ("TCP_MAXRT", TCP_MAXRT, seconds),
+        ] {
+            let value = u32::try_from(value).unwrap_or(u32::MAX);
+            if let Err(error) = windows::set_tcp_option(raw(socket), name, value) {
+                not_taken.push(NotTaken { option, error });
+            }
+        }
+        Ok(not_taken)
+    }
+}
+
+/// Windows' side of what socket2 does not set.
+#[cfg(windows)]
+mod windows {
+    use super::Raw;
+    use std::io;
+    use windows_sys::Win32::Networking::WinSock as ws;
+
+    /// setsockopt(IPPROTO_TCP, `name`) with a DWORD.
+    pub fn set_tcp_option(socket: Raw, name: i32, value: u32) -> io::Result<()> {
+        let len = std::mem::size_of::<u32>() as i32;
+        let value: *const u32 = &value;
+        // SAFETY: `value` points to one readable DWORD of `len` bytes during the call, and
+        // `socket` is a socket the caller holds open.
+        let rc = unsafe {
+            ws::setsockopt(
+                socket as ws::SOCKET,
+                ws::IPPROTO_TCP,
+                name,
+                value.cast(),
+                len,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: a plain call, reading this thread's last Winsock error.
+            return Err(io::Error::from_raw_os_error(unsafe {
+                ws::WSAGetLastError()
+            }));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(target_os = "linux")]
 /// IP_RECVERR (IPV6_RECVERR for `v6`): ICMP errors reach the socket as errors (socket2 has no
 /// setter for it).
 pub fn set_recv_err(socket: &impl AsFd, v6: bool) -> io::Result<()> {
@@ -103,6 +227,7 @@ pub fn set_recv_err(socket: &impl AsFd, v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 /// One read of what `fd` holds now (MSG_DONTWAIT): `WouldBlock` if nothing, 0 at EOF.
 pub fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
@@ -110,6 +235,7 @@ pub fn recv_nowait(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+#[cfg(target_os = "linux")]
 /// Writes all of `bytes` (blocking socket), without SIGPIPE (MSG_NOSIGNAL).
 pub fn send_all(sock: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
@@ -122,6 +248,7 @@ pub fn send_all(sock: &Socket, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 /// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
 pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
     let mut bytes: libc::c_int = 0;
@@ -132,7 +259,7 @@ pub fn unsent_bytes(fd: RawFd) -> io::Result<usize> {
     usize::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::io::Read;

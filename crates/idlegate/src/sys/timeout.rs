@@ -18,7 +18,7 @@ pub fn explain(e: io::Error, after: Duration) -> io::Error {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
