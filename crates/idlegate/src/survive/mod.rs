@@ -15,14 +15,9 @@
 pub mod advise;
 #[cfg(target_os = "linux")]
 pub mod audit;
-#[cfg(target_os = "linux")]
 pub mod endpoint;
 pub mod keepalive;
-#[cfg(target_os = "linux")]
 pub mod relay;
-#[cfg(target_os = "linux")]
 pub mod serve;
-#[cfg(target_os = "linux")]
 pub mod stats;
-#[cfg(target_os = "linux")]
 pub mod tunnel;

@@ -4,7 +4,7 @@
 //! `libc` or `windows-sys` themselves; a port to another operating system adds its side of
 //! these files here, and nowhere else. Two-sided (a Linux side and a Windows side behind the
 //! same functions, `#[cfg]` inside the file): `errno`, `pipe`, `poll`, `resolve`, `rlimit`,
-//! `signal` (`stop_on_interrupt`), `socket`, `timeout`, `secret`, `wake`; a function with no Windows side yet
+//! `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `secret`, `wake`; a function with no Windows side yet
 //! says so. The rest is Linux-only, and `lib.rs`, `survive/mod.rs` and the command line leave
 //! out the features that need it (ARCHITECTURE.md, "The platform seam").
 //!
@@ -18,6 +18,7 @@
 //! | [`poll`] | waiting on sockets: the one poll(2) / WSAPoll wrapper, [`poll::STOP_CHECK`] |
 //! | [`privilege`] | capabilities and dropping privileges |
 //! | [`proc`] | procfs: processes, their names, socket descriptors and children; sysctls |
+//! | [`readiness`] | many sockets and which are readable: mio (epoll) on Linux, WSAPoll on Windows (the tunnel exit's gate) |
 //! | [`process`] | who this process runs as, signals to others, pidfds, a child's exit code |
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
@@ -46,6 +47,7 @@ pub mod privilege;
 pub mod proc;
 #[cfg(target_os = "linux")]
 pub mod process;
+pub mod readiness;
 pub mod resolve;
 pub mod rlimit;
 #[cfg(target_os = "linux")]

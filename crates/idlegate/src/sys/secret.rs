@@ -13,6 +13,15 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::path::Path;
 
+/// How a file [`create_new`] made for [`Readers::Owner`] keeps others out, in words for a
+/// message to the operator.
+#[cfg(unix)]
+pub const OWNER_ONLY: &str = "mode 0600";
+/// How a file [`create_new`] made for [`Readers::Owner`] keeps others out, in words for a
+/// message to the operator.
+#[cfg(not(unix))]
+pub const OWNER_ONLY: &str = "no mode on Windows: it has the ACL its directory passes on";
+
 /// Who may read a file [`create_new`] makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Readers {

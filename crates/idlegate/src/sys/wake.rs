@@ -85,10 +85,8 @@ impl Wakeable {
     }
 
     /// What [`super::poll::Watch::new`] takes to watch this end.
-    #[cfg(unix)]
-    pub fn raw(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.0.as_raw_fd()
+    pub fn raw(&self) -> super::socket::Raw {
+        super::socket::raw(&self.0)
     }
 }
 

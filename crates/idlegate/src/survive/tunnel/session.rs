@@ -20,11 +20,10 @@ use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::stats::Stats;
 use crate::sys::poll::{poll, Watch};
-use crate::sys::socket;
+use crate::sys::socket::{self, Raw};
 use crate::sys::wake::Wakeable;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -253,13 +252,13 @@ impl Session {
             // The leg is always read: the window bounds what the peer may send.
             let mut fds = [
                 watch(
-                    self.app.as_raw_fd(),
+                    socket::raw(&self.app),
                     (
                         self.outbox.room() > 0 && !self.app_eof,
                         self.inbox.pending() > 0,
                     ),
                 ),
-                watch(leg.as_raw_fd(), (true, leg.pending() > 0)),
+                watch(leg.raw(), (true, leg.pending() > 0)),
                 match wake {
                     Some(wake) => watch(wake.raw(), (true, false)),
                     None => Watch::nothing(),
@@ -550,10 +549,10 @@ impl Session {
     }
 }
 
-/// A watch on `fd` for reading and writing as asked; none at all if neither is.
-fn watch(fd: RawFd, (read, write): (bool, bool)) -> Watch {
+/// A watch on `socket` for reading and writing as asked; none at all if neither is.
+fn watch(socket: Raw, (read, write): (bool, bool)) -> Watch {
     if read || write {
-        Watch::new(fd, read, write)
+        Watch::new(socket, read, write)
     } else {
         Watch::nothing()
     }
