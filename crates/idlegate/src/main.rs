@@ -26,7 +26,6 @@ use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
 #[cfg(target_os = "linux")]
 use cli::relay::RelayArgs;
-#[cfg(target_os = "linux")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -82,14 +81,15 @@ enum Command {
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
-    #[cfg(target_os = "linux")]
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
     /// with --pair an end's own key pair for the per-peer mode.
+    #[cfg_attr(windows, command(about = cli::keygen::WINDOWS_ABOUT, after_help = cli::keygen::WINDOWS_KEYS))]
     Keygen {
         /// Where to write it; an existing file is never overwritten.
         file: PathBuf,
         /// Write a key pair: the private key to FILE (mode 0600), the public key to FILE.pub
         /// (a line for an exit's --peers file, named after FILE), and print the public key.
+        #[cfg_attr(windows, arg(help = cli::keygen::WINDOWS_PAIR))]
         #[arg(long)]
         pair: bool,
     },
@@ -160,8 +160,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Run(args) => cli::keepalive::run_watched(&args),
-        #[cfg(target_os = "linux")]
-        Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
+        Command::Keygen { file, pair } => cli::keygen::keygen(&file, pair).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),
         Command::Completions(args) => cli::generate::completions(&args).map(done),
         Command::Man(args) => cli::generate::man(&args).map(done),

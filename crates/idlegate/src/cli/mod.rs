@@ -8,7 +8,8 @@
 //! | [`lab`] | `lab up`, `lab exec`, `lab demo` |
 //! | [`flows`] | `flows`, `flows expire` |
 //! | [`measure`] | `echo`, `probe` |
-//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit), `keygen` (the tunnel's keys) |
+//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit) |
+//! | [`keygen`] | `keygen` (the tunnel's keys) |
 //! | [`keepalive`] | `keepalive`, `run` |
 //! | [`audit`] | `audit` |
 //! | [`advise`] | `advise` |
@@ -16,7 +17,7 @@
 //! | [`generate`] | `completions`, `man`: made from these definitions |
 //!
 //! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
-//! now echo, probe, relay, keygen) is `#[cfg(target_os = "linux")]` here and in `main.rs`: other
+//! now echo, probe, relay) is `#[cfg(target_os = "linux")]` here and in `main.rs`: other
 //! builds do not have it at all, so it is absent from their `--help`.
 
 pub mod advise;
@@ -29,6 +30,7 @@ pub mod gateway;
 pub mod generate;
 #[cfg(target_os = "linux")]
 pub mod keepalive;
+pub mod keygen;
 #[cfg(target_os = "linux")]
 pub mod lab;
 #[cfg(target_os = "linux")]

@@ -1,8 +1,8 @@
 //! `idlegate relay`: its arguments turned into [`idlegate::survive::serve::Options`] (which
 //! relays or which tunnel end, the keys, the tunnel's settings), then served until SIGINT or
 //! SIGTERM. The tunnel's limits (heartbeat, replay buffer) are checked in one place,
-//! `tunnel::Settings`, before anything listens. Also `idlegate keygen`, which writes the
-//! tunnel's keys.
+//! `tunnel::Settings`, before anything listens. (`idlegate keygen`, which writes the
+//! tunnel's keys, is `cli/keygen.rs`.)
 
 use super::keepalive::keepalive_choice;
 use super::{parse_duration, parse_size};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::survive::serve::{self, KeyFiles, Options, Plan};
 use idlegate::survive::tunnel::Settings;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -137,29 +137,6 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     idlegate::sys::signal::stop_on_interrupt(&stop).context("installing signal handlers")?;
     serve::serve(&options, stop)
-}
-
-/// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
-/// (the public key printed on stdout, what to do with it on stderr).
-pub fn keygen(file: &Path, pair: bool) -> Result<()> {
-    use idlegate::survive::tunnel::key::{Key, PrivateKey};
-    if !pair {
-        Key::generate(file)?;
-        println!(
-            "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-            file.display()
-        );
-        return Ok(());
-    }
-    let key = PrivateKey::generate(file)?;
-    println!("{}", key.public());
-    eprintln!(
-        "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
-         an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
-        file.display(),
-        PrivateKey::public_path(file).display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]
