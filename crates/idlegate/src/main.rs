@@ -24,7 +24,6 @@ use cli::lab::LabCommand;
 #[cfg(target_os = "linux")]
 use cli::measure::{EchoArgs, ProbeArgs};
 use cli::profiles::ProfilesAction;
-#[cfg(target_os = "linux")]
 use cli::relay::RelayArgs;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,7 +60,6 @@ enum Command {
     #[cfg(target_os = "linux")]
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
-    #[cfg(target_os = "linux")]
     /// Forward an application's connections with TCP keepalive on both sockets, or through a
     /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
     /// server's) that outlives the path under it.
@@ -151,7 +149,6 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Echo(args) => cli::measure::run_echo(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Probe(args) => cli::measure::run_probe(&args).map(done),
-        #[cfg(target_os = "linux")]
         Command::Relay(args) => cli::relay::run(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Keepalive(args) => cli::keepalive::run_keepalive(&args),

@@ -3,10 +3,10 @@
 //! passes on); one line printed per socket changed. Also the keepalive choice (explicit timers
 //! or a profile's) that `relay` shares.
 
-use anyhow::{Context, Result};
+use super::keepalive_choice;
+use anyhow::Result;
 use clap::Args;
 use idlegate::survive::keepalive::Keepalive;
-use idlegate_core::profile;
 use std::process::ExitCode;
 
 /// The keepalive to give: explicit timers, or a profile's.
@@ -25,17 +25,6 @@ impl KeepaliveChoice {
     fn resolve(&self) -> Result<Keepalive> {
         keepalive_choice(self.keepalive.as_deref(), self.profile.as_deref())
     }
-}
-
-/// `--keepalive IDLE,INTERVAL,COUNT` if given, else `--profile`'s (azure-lb by default).
-pub fn keepalive_choice(keepalive: Option<&str>, profile_name: Option<&str>) -> Result<Keepalive> {
-    Ok(match (keepalive, profile_name) {
-        (Some(k), _) => Keepalive::parse(k)?,
-        (None, Some(p)) => Keepalive::for_profile(
-            profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
-        ),
-        (None, None) => Keepalive::for_profile(profile::default_profile()),
-    })
 }
 
 #[derive(Args)]

@@ -17,8 +17,8 @@
 //! | [`generate`] | `completions`, `man`: made from these definitions |
 //!
 //! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
-//! now echo, probe, relay) is `#[cfg(target_os = "linux")]` here and in `main.rs`: other
-//! builds do not have it at all, so it is absent from their `--help`.
+//! now echo and probe) is `#[cfg(target_os = "linux")]` here and in
+//! `main.rs`: other builds do not have it at all, so it is absent from their `--help`.
 
 pub mod advise;
 #[cfg(target_os = "linux")]
@@ -36,14 +36,12 @@ pub mod lab;
 #[cfg(target_os = "linux")]
 pub mod measure;
 pub mod profiles;
-#[cfg(target_os = "linux")]
 pub mod relay;
 
 use anyhow::Result;
 #[cfg(target_os = "linux")]
 use std::io::Write;
 
-#[cfg(target_os = "linux")]
 /// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -66,6 +64,23 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         return Err(format!("{s:?}: must be 64KiB to 16GiB"));
     }
     Ok(bytes)
+}
+
+/// `--keepalive IDLE,INTERVAL,COUNT` if given, else `--profile`'s (azure-lb by default).
+pub fn keepalive_choice(
+    keepalive: Option<&str>,
+    profile_name: Option<&str>,
+) -> Result<idlegate::survive::keepalive::Keepalive> {
+    use anyhow::Context;
+    use idlegate::survive::keepalive::Keepalive;
+    use idlegate_core::profile;
+    Ok(match (keepalive, profile_name) {
+        (Some(k), _) => Keepalive::parse(k)?,
+        (None, Some(p)) => Keepalive::for_profile(
+            profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
+        ),
+        (None, None) => Keepalive::for_profile(profile::default_profile()),
+    })
 }
 
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -1,14 +1,15 @@
 //! `idlegate relay`: its arguments turned into [`idlegate::survive::serve::Options`] (which
 //! relays or which tunnel end, the keys, the tunnel's settings), then served until SIGINT or
-//! SIGTERM. The tunnel's limits (heartbeat, replay buffer) are checked in one place,
-//! `tunnel::Settings`, before anything listens. (`idlegate keygen`, which writes the
-//! tunnel's keys, is `cli/keygen.rs`.)
+//! SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closed). The tunnel's limits
+//! (heartbeat, replay buffer) are checked in one place, `tunnel::Settings`, before anything
+//! listens. (`idlegate keygen`, which writes the tunnel's keys, is `cli/keygen.rs`.)
 
-use super::keepalive::keepalive_choice;
+use super::keepalive_choice;
 use super::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use clap::Args;
-use idlegate::survive::serve::{self, KeyFiles, Options, Plan};
+use idlegate::survive::serve::KeyFiles;
+use idlegate::survive::serve::{self, Options, Plan};
 use idlegate::survive::tunnel::Settings;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -85,7 +86,29 @@ impl RelayArgs {
     /// the keepalive read first, as every plan uses it.
     fn options(&self) -> Result<Options> {
         let keepalive = keepalive_choice(self.keepalive.as_deref(), self.profile.as_deref())?;
-        let plan = match (
+        Ok(Options {
+            plan: self.plan()?,
+            keepalive,
+            keys: KeyFiles {
+                key: self.key.clone(),
+                private_key: self.private_key.clone(),
+                peers: self.peers.clone(),
+                exit_public_key: self.exit_public_key.clone(),
+            },
+            settings: Settings {
+                heartbeat: self.heartbeat,
+                resume_within: self.resume_within,
+                replay_buffer: self.replay_buffer,
+                keepalive,
+                max_sessions: self.max_sessions,
+            },
+            max_connections: self.max_connections,
+            metrics: self.metrics,
+        })
+    }
+
+    fn plan(&self) -> Result<Plan> {
+        Ok(match (
             &self.config,
             self.listen,
             &self.tunnel,
@@ -109,29 +132,12 @@ impl RelayArgs {
                 "give --listen and --connect (keepalive relay), --listen and --tunnel (tunnel entry), \
                  --tunnel-listen and --connect (tunnel exit), or --config"
             ),
-        };
-        Ok(Options {
-            plan,
-            keys: KeyFiles {
-                key: self.key.clone(),
-                private_key: self.private_key.clone(),
-                peers: self.peers.clone(),
-                exit_public_key: self.exit_public_key.clone(),
-            },
-            settings: Settings {
-                heartbeat: self.heartbeat,
-                resume_within: self.resume_within,
-                replay_buffer: self.replay_buffer,
-                keepalive,
-                max_sessions: self.max_sessions,
-            },
-            max_connections: self.max_connections,
-            metrics: self.metrics,
         })
     }
 }
 
-/// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM.
+/// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM (Windows: a console
+/// control event).
 pub fn run(args: &RelayArgs) -> Result<()> {
     let options = args.options()?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -109,7 +109,6 @@ impl Keepalive {
     /// if it is closed before its connection has ended in order, even when the kernel closes
     /// it for a relay killed with SIGKILL: a stream cut short must never look whole to the
     /// application (a FIN would say it was). [`ended_in_order`] takes that back.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // until the relay builds there
     pub(crate) fn apply_relayed(&self, socket: &impl Handle) -> io::Result<()> {
         crate::sys::socket::reset(socket)?;
         SockRef::from(socket).set_tcp_nodelay(true)?;
@@ -135,14 +134,14 @@ fn warn_once(option: &str, error: &io::Error) {
     };
     if !said.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            "keepalive: the system did not take {option} ({error}): {means}; the idle time and interval are set (said once)"
+            "keepalive: the system did not take {option} ({}): {means}; the idle time and interval are set (said once)",
+            crate::sys::errno::errno_name(error)
         );
     }
 }
 
 /// A relayed connection ended in order (each direction passed on whole, with its FIN): its
 /// socket may now close with a FIN, delivering whatever it still holds, as any socket does.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // until the relay builds there
 pub(crate) fn ended_in_order(socket: &impl Handle) {
     let _ = crate::sys::socket::orderly(socket);
 }

@@ -4,7 +4,8 @@
 //!
 //! Contract: nothing listens before every input is checked (the keys read, the addresses
 //! resolved, the descriptor limit raised for the connections asked for); an error names what
-//! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM).
+//! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM;
+//! Ctrl-C or the console closing on Windows).
 
 use crate::survive::relay::{parse_config, Keepalive, Relay};
 use crate::survive::stats::Stats;
@@ -48,8 +49,11 @@ pub struct KeyFiles {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub plan: Plan,
+    /// The keepalive on a keepalive relay's sockets (a config file's relays each name theirs).
+    pub keepalive: Keepalive,
     pub keys: KeyFiles,
-    /// The tunnel's settings; its keepalive is also the keepalive relay's.
+    /// The tunnel's settings (their keepalive, on the application's sockets, is the same as
+    /// `keepalive`).
     pub settings: Settings,
     /// Keepalive relay: the most connections held at once.
     pub max_connections: usize,
@@ -58,24 +62,23 @@ pub struct Options {
 }
 
 impl Options {
-    fn tunneled(&self) -> bool {
-        matches!(self.plan, Plan::Entry { .. } | Plan::Exit { .. })
+    /// The most connections (or sessions) each listener holds, and how many more descriptors
+    /// it may hold besides (a tunnel exit's connections that have not said Hello yet).
+    fn most(&self) -> (usize, u64) {
+        match self.plan {
+            Plan::Config(_) | Plan::Relay { .. } => (self.max_connections, 0),
+            Plan::Entry { .. } => (self.settings.max_sessions, 0),
+            Plan::Exit { .. } => (
+                self.settings.max_sessions,
+                crate::survive::tunnel::MAX_PENDING as u64,
+            ),
+        }
     }
 
     /// Before anything listens: room for two descriptors a connection (client and server, or
     /// application and leg) on each of `listeners`.
     fn fit(&self, listeners: usize) -> Result<()> {
-        let most = if self.tunneled() {
-            self.settings.max_sessions
-        } else {
-            self.max_connections
-        };
-        // A tunnel exit also holds connections that have not said Hello yet.
-        let gate = if matches!(self.plan, Plan::Exit { .. }) {
-            crate::survive::tunnel::MAX_PENDING as u64
-        } else {
-            0
-        };
+        let (most, gate) = self.most();
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
             .saturating_add(64 + gate);
@@ -100,8 +103,6 @@ fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
 pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = Vec::new();
-    let settings = &options.settings;
-    let keys = &options.keys;
     match &options.plan {
         Plan::Config(path) => {
             let text = std::fs::read_to_string(path)
@@ -116,6 +117,7 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             }
         }
         Plan::Entry { listen, tunnel } => {
+            let (keys, settings) = (&options.keys, &options.settings);
             let keys = crate::survive::tunnel::key::entry_keys(
                 keys.key.as_deref(),
                 keys.private_key.as_deref(),
@@ -142,6 +144,7 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             runs.push(Box::new(move || entry.run()));
         }
         Plan::Exit { listen, connect } => {
+            let (keys, settings) = (&options.keys, &options.settings);
             let keys = crate::survive::tunnel::key::exit_keys(
                 keys.key.as_deref(),
                 keys.private_key.as_deref(),
@@ -178,7 +181,7 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             let connect = resolve("--connect", connect)?;
             options.fit(1)?;
             let (local, relay_stats, run) =
-                bind_relay(*listen, connect, settings.keepalive, options, &stop)?;
+                bind_relay(*listen, connect, options.keepalive, options, &stop)?;
             stats.push((local, relay_stats));
             runs.push(run);
         }

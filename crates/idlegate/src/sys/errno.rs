@@ -43,6 +43,8 @@ mod wsa {
     pub const ETIMEDOUT: i32 = ws::WSAETIMEDOUT;
     /// Not enough memory (WSA_NOT_ENOUGH_MEMORY, which is ERROR_NOT_ENOUGH_MEMORY).
     pub const ENOMEM: i32 = ws::WSA_NOT_ENOUGH_MEMORY;
+    /// An option the socket's protocol does not know (what Wine answers TCP_KEEPCNT with).
+    pub const ENOPROTOOPT: i32 = ws::WSAENOPROTOOPT;
 }
 #[cfg(windows)]
 pub use wsa::*;
@@ -100,6 +102,7 @@ fn errno_const(code: i32) -> Option<&'static str> {
         (EMSGSIZE, "WSAEMSGSIZE"),
         (EMFILE, "WSAEMFILE"),
         (ENOBUFS, "WSAENOBUFS"),
+        (ENOPROTOOPT, "WSAENOPROTOOPT"),
     ];
     NAMES
         .iter()

@@ -16,6 +16,7 @@
 //! only when Wine has none of its own.
 
 mod cli;
+mod relay;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -181,4 +182,194 @@ pub fn idlegate_exe(args: &[&str]) -> Ran {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+// ---- Helpers A (helper A, the relay): a long-running idlegate.exe under Wine, a prefix of
+// its own (for a program that must run in a network namespace), waiting for its port. ----
+
+/// A Wine prefix of its own, for a program that must run in a network namespace: since Wine
+/// 6 the wineserver creates a Wine program's sockets, so they live in the network namespace
+/// the prefix's wineserver was started in, not in the one of the process that ran `wine`
+/// (measured: `ip netns exec NS wine64 idlegate.exe relay` with [`prefix`]'s wineserver
+/// already running listens in the root namespace). A new prefix gets a new wineserver,
+/// started by its first program wherever that runs. It is a hard-linked copy of [`prefix`]
+/// (`cp -al`: instant, no disk; Wine replaces the registry files it saves rather than writing
+/// into them). On drop its wineserver is killed (`wineserver -k`, for this prefix alone) and
+/// the copy removed.
+pub struct OwnPrefix {
+    dir: PathBuf,
+}
+
+impl OwnPrefix {
+    pub fn new() -> OwnPrefix {
+        let shared = prefix();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "wine-prefix-{}-own-{}",
+            std::process::id(),
+            common::unique("a")
+        ));
+        let copied = common::output_within(
+            Command::new("cp").arg("-al").arg(shared).arg(&dir),
+            Duration::from_secs(120),
+        );
+        assert!(
+            copied.status.success(),
+            "cp -al {} {}: {}",
+            shared.display(),
+            dir.display(),
+            String::from_utf8_lossy(&copied.stderr)
+        );
+        OwnPrefix { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for OwnPrefix {
+    fn drop(&mut self) {
+        let server = wine().with_file_name("wineserver64");
+        let server = if server.is_file() {
+            server
+        } else {
+            PathBuf::from("wineserver")
+        };
+        let mut kill = Command::new(server);
+        kill.arg("-k").env("WINEPREFIX", &self.dir);
+        let _ = common::output_within(&mut kill, Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `idlegate.exe ARGS` running under Wine until dropped (then killed, SIGKILL, and reaped);
+/// what it writes to stderr is kept for the test's messages.
+pub struct RunningExe {
+    child: std::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    netns: Option<String>,
+}
+
+impl RunningExe {
+    /// Starts `idlegate.exe ARGS` in `wine_prefix`, in the named network namespace `netns`
+    /// if given (`ip netns exec`, which execs Wine: the child is the Windows program itself).
+    /// In a namespace, give it an [`OwnPrefix`] (see there).
+    pub fn spawn(args: &[&str], wine_prefix: &Path, netns: Option<&str>) -> RunningExe {
+        use std::io::Read;
+        use std::process::Stdio;
+        let exe = exe();
+        let wine_program = wine_command(wine_prefix);
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(wine_program.get_program());
+                for (key, value) in wine_program.get_envs() {
+                    match value {
+                        Some(v) => c.env(key, v),
+                        None => c.env_remove(key),
+                    };
+                }
+                c
+            }
+            None => wine_program,
+        };
+        command
+            .arg(exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starting idlegate.exe under Wine");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let kept = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                kept.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        RunningExe {
+            child,
+            stderr,
+            netns: netns.map(str::to_string),
+        }
+    }
+
+    /// What it has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most [`WINE_TIMEOUT`]) until a socket listens on TCP `port` in its network
+    /// namespace, as `ss` sees it; fails the test, with its stderr, if it exits first or the
+    /// time runs out.
+    pub fn wait_listening(&mut self, port: u16) {
+        let deadline = std::time::Instant::now() + WINE_TIMEOUT;
+        loop {
+            let listening = ss(
+                self.netns.as_deref(),
+                &["-Hltn", &format!("sport = :{port}")],
+            );
+            if !listening.trim().is_empty() {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().expect("waiting on idlegate.exe") {
+                panic!(
+                    "idlegate.exe exited ({status}) before listening on port {port}:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idlegate.exe not listening on port {port} after {WINE_TIMEOUT:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (at most [`WINE_TIMEOUT`]) until its stderr holds `text`; whether it came.
+    pub fn wait_said(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + WINE_TIMEOUT;
+        while std::time::Instant::now() < deadline {
+            if self.stderr().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stderr().contains(text)
+    }
+}
+
+impl Drop for RunningExe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ss ARGS` in the named namespace `netns` (or this one): its stdout. `ss` is iproute2's, as
+/// `ip` (scripts/setup).
+pub fn ss(netns: Option<&str>, args: &[&str]) -> String {
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "ss"]);
+            c
+        }
+        None => Command::new("ss"),
+    };
+    let out = common::output_within(command.args(args), Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "ss {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

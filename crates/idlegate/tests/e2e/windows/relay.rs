@@ -1,0 +1,310 @@
+//! `idlegate.exe relay` under Wine, between Linux programs: the bytes it carries (both ways,
+//! with a half-close), the keepalive it puts on its sockets (read back from Linux), and, in a
+//! lab, an unmodified client's idle connection kept alive through a gateway that forgets idle
+//! flows silently.
+//!
+//! Under Wine the relay's sockets are Linux sockets held by the prefix's wineserver, so Linux
+//! tools see them as they are: `ss -tnoi` shows their keepalive timers, and a duplicate taken
+//! from the wineserver with pidfd_getfd(2) reads back TCP_KEEPIDLE and TCP_KEEPINTVL.
+
+use super::{ss, OwnPrefix, RunningExe};
+use crate::common::tunnel::{read_to_end_hashed, Noise};
+use crate::common::{free_port, require_root, unique};
+use idlegate::lab::scenario::{self, Script};
+use idlegate::lab::{Lab, INTERNET};
+use idlegate::survive::keepalive::{Process, SocketKeepalive};
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A socket read or write that waits longer than this has failed (Wine on a loaded 2-core
+/// machine included).
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Writes `bytes` bytes of seeded noise to `conn`, then shuts its sending down; their SHA-256.
+fn send_hashed(conn: &mut TcpStream, bytes: usize, seed: u64) -> [u8; 32] {
+    let mut noise = Noise(seed | 1);
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len());
+        noise.fill(&mut buf[..n]);
+        conn.write_all(&buf[..n]).expect("write");
+        hash.update(&buf[..n]);
+        left -= n;
+    }
+    conn.shutdown(Shutdown::Write).expect("shutdown(SHUT_WR)");
+    hash.finalize().into()
+}
+
+#[test]
+fn windows_relay_carries_bytes_exactly_both_ways_with_half_close() {
+    const UP: usize = 3 << 20; // more than one 1 MiB buffer: the copy path's bulk mode too
+    const DOWN: usize = 2 << 20;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    // The server reads to the client's FIN, and only then answers: the half-close must reach
+    // it while its own direction stays open.
+    let served = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.set_write_timeout(Some(WAIT)).unwrap();
+        let received = read_to_end_hashed(conn.try_clone().unwrap());
+        let sent = send_hashed(&mut conn, DOWN, 0xd0_77);
+        (received, sent)
+    });
+
+    let listen = free_port();
+    let mut relay = RunningExe::spawn(
+        &[
+            "relay",
+            "--listen",
+            &listen.to_string(),
+            "--connect",
+            &server_addr.to_string(),
+            "--keepalive",
+            "60s,10s,3",
+        ],
+        super::prefix(),
+        None,
+    );
+    relay.wait_listening(listen.port());
+
+    let mut client = TcpStream::connect(listen).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.set_write_timeout(Some(WAIT)).unwrap();
+    let reader = client.try_clone().unwrap();
+    let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
+    let sent_up = send_hashed(&mut client, UP, 0x0b_77);
+    let (down_hash, down_len, down_error) = receiving.join().unwrap();
+    let ((up_hash, up_len, up_error), sent_down) = served.join().unwrap();
+
+    assert_eq!(up_error, None, "the server's read: {}", relay.stderr());
+    assert_eq!(up_len, UP as u64, "bytes the server got before the EOF");
+    assert!(up_hash == sent_up, "client → server: SHA-256 differs");
+    assert_eq!(down_error, None, "the client's read: {}", relay.stderr());
+    assert_eq!(
+        down_len, DOWN as u64,
+        "bytes the client got after its half-close"
+    );
+    assert!(down_hash == sent_down, "server → client: SHA-256 differs");
+}
+
+/// The pid of the process that holds the TCP socket listening on `port` (under Wine: the
+/// prefix's wineserver), from `ss -ltnp`.
+fn holder_of_listener(port: u16) -> i32 {
+    let line = ss(None, &["-Hltnp", &format!("sport = :{port}")]);
+    let pid = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok());
+    pid.unwrap_or_else(|| panic!("no pid in ss's line for port {port}: {line:?}"))
+}
+
+/// The keepalive of the socket `process` holds from `local` to `peer`, read back through a
+/// duplicate (pidfd_getfd).
+fn keepalive_of(process: &Process, local: SocketAddr, peer: SocketAddr) -> SocketKeepalive {
+    let sockets = process
+        .tcp_sockets(None)
+        .expect("the wineserver's TCP sockets");
+    let socket = sockets
+        .iter()
+        .find(|s| s.local == Some(local) && s.peer == Some(peer))
+        .unwrap_or_else(|| panic!("no socket {local} → {peer} among the wineserver's"));
+    let duplicate = process.duplicate(socket.fd).expect("pidfd_getfd");
+    SocketKeepalive::read(&duplicate).expect("getsockopt")
+}
+
+/// The `timer:(keepalive,REMAINING,PROBES)` ss shows for the connection from `local` to
+/// `peer`: the time left before its next probe.
+fn keepalive_timer(local: SocketAddr, peer: SocketAddr) -> Duration {
+    let out = ss(
+        None,
+        &[
+            "-Htno",
+            "state",
+            "established",
+            &format!("( src {local} and dst {peer} )"),
+        ],
+    );
+    let timer = out
+        .split("timer:(keepalive,")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no keepalive timer on {local} → {peer}: {out:?}"));
+    ss_time(timer)
+}
+
+/// A time as ss prints a timer (iproute2's `print_ms_timer`): `[Nmin][S(sec|.)][MMMms]`,
+/// e.g. `6.480ms` (6 s 480 ms), `6sec`, `480ms`, `1min6sec`.
+fn ss_time(text: &str) -> Duration {
+    let number = |digits: &str| -> u64 {
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("ss timer {text:?}: {digits:?} is not a number"))
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if let Some((minutes, after)) = rest.split_once("min") {
+        total += Duration::from_secs(60 * number(minutes));
+        rest = after;
+    }
+    if let Some((seconds, after)) = rest.split_once("sec").or_else(|| rest.split_once('.')) {
+        total += Duration::from_secs(number(seconds));
+        rest = after;
+    }
+    if let Some((millis, _)) = rest.split_once("ms") {
+        total += Duration::from_millis(number(millis));
+    }
+    total
+}
+
+#[test]
+fn ss_timers_read_as_iproute2_prints_them() {
+    assert_eq!(ss_time("6.480ms"), Duration::from_millis(6_480));
+    assert_eq!(ss_time("6sec"), Duration::from_secs(6));
+    assert_eq!(ss_time("480ms"), Duration::from_millis(480));
+    assert_eq!(ss_time("1min6sec"), Duration::from_secs(66));
+    assert_eq!(ss_time("12min"), Duration::from_secs(720));
+}
+
+/// What the test asked for: `--keepalive 7s,3s,4`. Wine 8.0 maps SIO_KEEPALIVE_VALS (idle,
+/// interval) onto the Linux socket and answers TCP_KEEPCNT and TCP_MAXRT with WSAENOPROTOOPT:
+/// the count stays the namespace's default, the user timeout unset, and the relay says so.
+#[test]
+fn windows_relay_keepalive_idle_and_interval_are_on_both_sockets_and_wine_refuses_keepcnt_and_maxrt(
+) {
+    require_root(); // pidfd_getfd on the wineserver
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let listen = free_port();
+    let mut relay = RunningExe::spawn(
+        &[
+            "relay",
+            "--listen",
+            &listen.to_string(),
+            "--connect",
+            &server_addr.to_string(),
+            "--keepalive",
+            "7s,3s,4",
+        ],
+        super::prefix(),
+        None,
+    );
+    relay.wait_listening(listen.port());
+    let mut client = TcpStream::connect(listen).unwrap();
+    let (mut accepted, _) = server.accept().unwrap();
+    // One byte each way: the relay has both sockets set up and connected.
+    accepted.set_read_timeout(Some(WAIT)).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(b"u").unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut accepted, &mut byte).unwrap();
+    accepted.write_all(b"d").unwrap();
+    std::io::Read::read_exact(&mut client, &mut byte).unwrap();
+
+    let client_addr = client.local_addr().unwrap();
+    let outbound_addr = accepted.peer_addr().unwrap();
+    let wineserver = Process::open(holder_of_listener(listen.port())).expect("the wineserver");
+    let default_count: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_keepalive_probes")
+        .expect("net.ipv4.tcp_keepalive_probes")
+        .trim()
+        .parse()
+        .unwrap();
+    for (what, local, peer) in [
+        ("accepted (client's side)", listen, client_addr),
+        ("outbound (server's side)", outbound_addr, server_addr),
+    ] {
+        let k = keepalive_of(&wineserver, local, peer);
+        assert!(k.enabled, "{what}: SO_KEEPALIVE off");
+        assert_eq!(k.idle, Duration::from_secs(7), "{what}: TCP_KEEPIDLE");
+        assert_eq!(k.interval, Duration::from_secs(3), "{what}: TCP_KEEPINTVL");
+        assert_eq!(
+            k.count, default_count,
+            "{what}: TCP_KEEPCNT (Wine refuses it)"
+        );
+        assert_eq!(
+            k.user_timeout,
+            Duration::ZERO,
+            "{what}: TCP_USER_TIMEOUT (Wine refuses TCP_MAXRT)"
+        );
+        let left = keepalive_timer(local, peer);
+        assert!(
+            left <= Duration::from_secs(7),
+            "{what}: the keepalive timer has {left:?} left, more than the idle time"
+        );
+    }
+    for refused in ["did not take TCP_KEEPCNT", "did not take TCP_MAXRT"] {
+        assert!(
+            relay.wait_said(refused),
+            "{refused} not said:\n{}",
+            relay.stderr()
+        );
+    }
+}
+
+/// A lab whose gateway forgets idle flows after 3 s, silently (Azure's 4 min scaled 1/80); a
+/// client in `internet` without keepalive sends "a", idles 5 s, sends "b", directly to the
+/// frontend and through idlegate.exe relaying next to it (in the same lab host, with its own
+/// wineserver there: see [`OwnPrefix`]), with keepalive every second.
+#[test]
+fn windows_relay_in_a_lab_host_keeps_an_idle_connection_alive_where_the_direct_one_dies() {
+    require_root();
+    let config = crate::common::lab_config("silent", &[("direct", 7000), ("relayed", 7001)]);
+    let (outcomes, _) = Lab::with_gateway(&unique("wr"), &config, |lab| {
+        let internet = lab.namespace_of(INTERNET)?;
+        let own = OwnPrefix::new();
+        let mut relay = RunningExe::spawn(
+            &[
+                "relay",
+                "--listen",
+                "127.0.0.1:7101",
+                "--connect",
+                "203.0.113.10:7001",
+                "--keepalive",
+                "1s,1s,3",
+            ],
+            own.path(),
+            Some(&internet),
+        );
+        relay.wait_listening(7101);
+        let script = |name: &str, connect: &str, port: u16| Script {
+            name: name.to_string(),
+            client_ns: internet.clone(),
+            server_ns: lab.namespace_of("vm1").unwrap(),
+            listen: format!("0.0.0.0:{port}").parse().unwrap(),
+            connect: connect.parse().unwrap(),
+            keepalive: None,
+            sends: vec![
+                (Duration::ZERO, "a".into()),
+                (Duration::from_secs(5), "b".into()),
+            ],
+            observe: Duration::from_secs(2),
+        };
+        let outcomes = scenario::run(vec![
+            script("direct", "203.0.113.10:7000", 7000),
+            script("relayed", "127.0.0.1:7101", 7001),
+        ]);
+        drop(relay);
+        drop(own);
+        outcomes
+    })
+    .expect("lab run");
+    let seen = |name: &str| {
+        let o = outcomes.iter().find(|o| o.name == name).unwrap();
+        (o.delivered.clone(), o.client_error.clone())
+    };
+    assert_eq!(
+        seen("direct"),
+        (vec!["a".to_string()], None),
+        "direct: \"b\" lost silently"
+    );
+    assert_eq!(
+        seen("relayed"),
+        (vec!["a".to_string(), "b".to_string()], None),
+        "through idlegate.exe"
+    );
+}
