@@ -17,6 +17,7 @@
 
 mod cli;
 mod relay;
+mod tunnel;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -372,4 +373,10 @@ pub fn ss(netns: Option<&str>, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+// ---- helper T (the tunnel) ----
+
+/// A Windows path for a Linux one: Wine's drive Z: is the Linux root.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display())
 }
