@@ -150,3 +150,33 @@ fn cut_as_bytes_flow<T>(
         );
     }
 }
+
+#[test]
+fn windows_build_under_wine_keygen_says_the_key_file_gets_its_directorys_acl() {
+    let help = idlegate_exe(&["keygen", "--help"]);
+    assert!(help.status.success(), "{}", help.stderr);
+    for said in [
+        "access control list (ACL)",
+        "icacls",
+        "neither keygen nor the relay",
+    ] {
+        assert!(
+            help.stdout.contains(said),
+            "{said:?} missing:\n{}",
+            help.stdout
+        );
+    }
+    assert!(
+        !help.stdout.contains("0600"),
+        "no Unix mode on Windows:\n{}",
+        help.stdout
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let made = idlegate_exe(&["keygen", &windows_path(&dir.path().join("t.key"))]);
+    assert!(made.status.success(), "{}", made.stderr);
+    assert!(
+        made.stdout.contains("the ACL its directory passes on") && !made.stdout.contains("0600"),
+        "{}",
+        made.stdout
+    );
+}
