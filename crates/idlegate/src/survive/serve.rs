@@ -226,7 +226,7 @@ fn bind_relay(
 
 fn log_relay(listen: SocketAddr, connect: SocketAddr, k: &Keepalive) {
     tracing::info!(target: LOG,
-        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, TCP_USER_TIMEOUT {:?}",
+        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, user timeout {:?}",
         k.idle,
         k.interval,
         k.count,
