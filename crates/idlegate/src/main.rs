@@ -26,7 +26,6 @@ use cli::profiles::ProfilesAction;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
-#[cfg(target_os = "linux")]
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -45,6 +44,9 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per run. Without the Linux-only commands, `relay`'s (its tunnel's flags) is much
+// the largest.
+#[cfg_attr(not(target_os = "linux"), allow(clippy::large_enum_variant))]
 enum Command {
     #[cfg(target_os = "linux")]
     /// Run the emulated middlebox between two TUN devices.
@@ -60,14 +62,9 @@ enum Command {
     Echo(EchoArgs),
     /// Measure a path's idle timeout to the second, and what it does at expiry.
     Probe(ProbeArgs),
-    #[cfg(target_os = "linux")]
     /// Forward an application's connections with TCP keepalive on both sockets, or through a
     /// resumable tunnel (a pair: --tunnel on the application's side, --tunnel-listen on the
     /// server's) that outlives the path under it.
-    Relay(RelayArgs),
-    #[cfg(not(target_os = "linux"))] // the tunnel: Linux-only until its Windows port
-    /// Forward an application's connections with TCP keepalive on both sockets, so that a box
-    /// that forgets idle flows (a load balancer, a NAT) sees them refreshed.
     Relay(RelayArgs),
     #[cfg(target_os = "linux")]
     /// Give TCP keepalive to the sockets of a running program, without restarting it
@@ -84,14 +81,15 @@ enum Command {
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
-    #[cfg(target_os = "linux")]
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
     /// with --pair an end's own key pair for the per-peer mode.
+    #[cfg_attr(windows, command(about = cli::keygen::WINDOWS_ABOUT, after_help = cli::keygen::WINDOWS_KEYS))]
     Keygen {
         /// Where to write it; an existing file is never overwritten.
         file: PathBuf,
         /// Write a key pair: the private key to FILE (mode 0600), the public key to FILE.pub
         /// (a line for an exit's --peers file, named after FILE), and print the public key.
+        #[cfg_attr(windows, arg(help = cli::keygen::WINDOWS_PAIR))]
         #[arg(long)]
         pair: bool,
     },
@@ -164,8 +162,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Run(args) => cli::keepalive::run_watched(&args),
-        #[cfg(target_os = "linux")]
-        Command::Keygen { file, pair } => cli::relay::keygen(&file, pair).map(done),
+        Command::Keygen { file, pair } => cli::keygen::keygen(&file, pair).map(done),
         #[cfg(windows)]
         Command::Service(command) => cli::service::run(command).map(done),
         Command::Profiles { action } => cli::profiles::run(action).map(done),

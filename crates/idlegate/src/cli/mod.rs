@@ -8,7 +8,8 @@
 //! | [`lab`] | `lab up`, `lab exec`, `lab demo` |
 //! | [`flows`] | `flows`, `flows expire` |
 //! | [`measure`] | `echo`, `probe` |
-//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit), `keygen` (the tunnel's keys) |
+//! | [`relay`] | `relay` (keepalive relays, tunnel entry and exit) |
+//! | [`keygen`] | `keygen` (the tunnel's keys) |
 //! | [`keepalive`] | `keepalive`, `run` |
 //! | [`audit`] | `audit` |
 //! | [`advise`] | `advise` |
@@ -16,8 +17,8 @@
 //! | [`service`] | `service install`, `service uninstall`, `service run` (the Windows build only) |
 //! | [`generate`] | `completions`, `man`: made from these definitions |
 //!
-//! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run, and for
-//! now keygen and `relay`'s tunnel) is `#[cfg(target_os = "linux")]` here and in `main.rs`:
+//! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run) is
+//! `#[cfg(target_os = "linux")]` here and in `main.rs`, and `service` is `#[cfg(windows)]`:
 //! other builds do not have it at all, so it is absent from their `--help`.
 
 pub mod advise;
@@ -30,6 +31,7 @@ pub mod gateway;
 pub mod generate;
 #[cfg(target_os = "linux")]
 pub mod keepalive;
+pub mod keygen;
 #[cfg(target_os = "linux")]
 pub mod lab;
 pub mod measure;
@@ -42,7 +44,6 @@ use anyhow::Result;
 #[cfg(target_os = "linux")]
 use std::io::Write;
 
-#[cfg(target_os = "linux")]
 /// A byte count: `65536`, `64KiB`, `4MiB` (or KB/MB, the same powers of two).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();

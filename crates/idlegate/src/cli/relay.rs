@@ -2,23 +2,15 @@
 //! relays or which tunnel end, the keys, the tunnel's settings), then served until SIGINT or
 //! SIGTERM (Windows: Ctrl-C, Ctrl-Break, the console closed). The tunnel's limits
 //! (heartbeat, replay buffer) are checked in one place, `tunnel::Settings`, before anything
-//! listens. Also `idlegate keygen`, which writes the tunnel's keys. The tunnel's flags and
-//! `keygen` are Linux-only until the tunnel builds on Windows (each marked
-//! `#[cfg(target_os = "linux")] // the tunnel: …`): the Windows build's `relay --help` shows
-//! the keepalive relay's flags alone.
+//! listens. (`idlegate keygen`, which writes the tunnel's keys, is `cli/keygen.rs`.)
 
 use super::keepalive_choice;
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use super::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use clap::Args;
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use idlegate::survive::serve::KeyFiles;
 use idlegate::survive::serve::{self, Options, Plan};
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use idlegate::survive::tunnel::Settings;
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
-use std::path::Path;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,64 +18,46 @@ use std::sync::Arc;
 #[derive(Args)]
 pub struct RelayArgs {
     /// Where the application connects (or where its clients connect).
-    #[cfg_attr(target_os = "linux", arg(long, required_unless_present_any = ["config", "tunnel_listen"]))]
-    #[cfg_attr(
-        not(target_os = "linux"),
-        arg(long, required_unless_present = "config")
-    )]
+    #[arg(long, required_unless_present_any = ["config", "tunnel_listen"])]
     listen: Option<std::net::SocketAddr>,
     /// Where its connections go, HOST:PORT.
-    #[cfg_attr(target_os = "linux", arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel"))]
-    #[cfg_attr(
-        not(target_os = "linux"),
-        arg(long, required_unless_present = "config")
-    )]
+    #[arg(long, required_unless_present_any = ["config", "tunnel"], conflicts_with = "tunnel")]
     connect: Option<String>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel entry: carry the connections accepted on --listen to the exit at HOST:PORT.
     #[arg(long, conflicts_with = "tunnel_listen")]
     tunnel: Option<String>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel exit: accept the entry's legs here and connect each session to --connect.
     #[arg(long, conflicts_with = "listen")]
     tunnel_listen: Option<std::net::SocketAddr>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// The tunnel pair's key file (made by `idlegate keygen FILE`), the same on both ends.
     #[arg(long, conflicts_with = "private_key")]
     key: Option<PathBuf>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode: this end's private key file (made by `idlegate keygen --pair FILE`).
     /// An exit also needs --peers, an entry --exit-public-key.
     #[arg(long)]
     private_key: Option<PathBuf>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode, exit: the entries it accepts, one `PUBLIC_KEY [NAME]` a line (`#`
     /// comments). Read every second; a change is used once two reads agree: a key taken off
     /// is refused from its next handshake on, and its open sessions are reset.
     #[arg(long, requires = "private_key", conflicts_with = "tunnel")]
     peers: Option<PathBuf>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Per-peer mode, entry: the exit's public key (44 characters of base64), or a file that
     /// holds it (the exit's FILE.pub).
     #[arg(long, requires = "private_key", conflicts_with = "tunnel_listen")]
     exit_public_key: Option<String>,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: send a heartbeat when a leg has been quiet this long; three missed lose the
     /// leg and start a resume. Both ends should agree.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     heartbeat: std::time::Duration,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: how long a session may wait for a leg (its first one included; the entry dials
     /// again meanwhile) before both ends reset its application connection.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     resume_within: std::time::Duration,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: the most unacknowledged bytes kept per direction of a session, e.g. 4MiB
     /// (a full buffer stops reading the application; nothing is dropped); also the window:
     /// the most bytes from the far end waiting for a slow application here.
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     replay_buffer: usize,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     /// Tunnel: the most sessions held at once; the exit refuses more, the entry leaves new
     /// application connections waiting in its listen queue until one ends.
     #[arg(long, default_value_t = 10_000)]
@@ -115,14 +89,12 @@ impl RelayArgs {
         Ok(Options {
             plan: self.plan()?,
             keepalive,
-            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
             keys: KeyFiles {
                 key: self.key.clone(),
                 private_key: self.private_key.clone(),
                 peers: self.peers.clone(),
                 exit_public_key: self.exit_public_key.clone(),
             },
-            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
             settings: Settings {
                 heartbeat: self.heartbeat,
                 resume_within: self.resume_within,
@@ -135,7 +107,6 @@ impl RelayArgs {
         })
     }
 
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     fn plan(&self) -> Result<Plan> {
         Ok(match (
             &self.config,
@@ -163,19 +134,6 @@ impl RelayArgs {
             ),
         })
     }
-
-    /// Without the tunnel: a keepalive relay or the relays of a config file.
-    #[cfg(not(target_os = "linux"))]
-    fn plan(&self) -> Result<Plan> {
-        Ok(match (&self.config, self.listen, &self.connect) {
-            (Some(path), ..) => Plan::Config(path.clone()),
-            (None, Some(listen), Some(connect)) => Plan::Relay {
-                listen,
-                connect: connect.clone(),
-            },
-            _ => anyhow::bail!("give --listen and --connect (keepalive relay), or --config"),
-        })
-    }
 }
 
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM (Windows: a console
@@ -187,31 +145,7 @@ pub fn run(args: &RelayArgs) -> Result<()> {
     serve::serve(&options, stop)
 }
 
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
-/// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
-/// (the public key printed on stdout, what to do with it on stderr).
-pub fn keygen(file: &Path, pair: bool) -> Result<()> {
-    use idlegate::survive::tunnel::key::{Key, PrivateKey};
-    if !pair {
-        Key::generate(file)?;
-        println!(
-            "wrote a new tunnel key to {} (mode 0600); copy it to the other end of the pair",
-            file.display()
-        );
-        return Ok(());
-    }
-    let key = PrivateKey::generate(file)?;
-    println!("{}", key.public());
-    eprintln!(
-        "wrote a private key to {} (mode 0600; keep it there) and its public key, above, to {}: \
-         an exit lists an entry's public key in its --peers file, an entry names its exit's with --exit-public-key",
-        file.display(),
-        PrivateKey::public_path(file).display()
-    );
-    Ok(())
-}
-
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;

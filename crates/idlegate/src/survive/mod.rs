@@ -20,5 +20,4 @@ pub mod keepalive;
 pub mod relay;
 pub mod serve;
 pub mod stats;
-#[cfg(target_os = "linux")]
 pub mod tunnel;

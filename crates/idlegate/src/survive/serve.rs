@@ -5,15 +5,11 @@
 //! Contract: nothing listens before every input is checked (the keys read, the addresses
 //! resolved, the descriptor limit raised for the connections asked for); an error names what
 //! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM;
-//! Ctrl-C or the console closing on Windows). The tunnel's parts (its plans, keys and
-//! settings) are Linux-only until the tunnel builds on Windows: each is marked
-//! `#[cfg(target_os = "linux")] // the tunnel: …`.
+//! Ctrl-C or the console closing on Windows).
 
 use crate::survive::relay::{parse_config, Keepalive, Relay};
 use crate::survive::stats::Stats;
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use crate::survive::tunnel::leg::{EntryKeys, ExitKeys};
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 use crate::survive::tunnel::{Entry, Exit, Settings};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -31,14 +27,11 @@ pub enum Plan {
     /// One keepalive relay from `listen` to `connect` (HOST:PORT).
     Relay { listen: SocketAddr, connect: String },
     /// A tunnel entry: connections accepted on `listen` go to the exit at `tunnel` (HOST:PORT).
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     Entry { listen: SocketAddr, tunnel: String },
     /// A tunnel exit: legs accepted on `listen`, each session connected to `connect`.
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     Exit { listen: SocketAddr, connect: String },
 }
 
-#[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
 /// Where a tunnel end's keys come from (see [`crate::survive::tunnel::key`]).
 #[derive(Debug, Clone, Default)]
 pub struct KeyFiles {
@@ -58,11 +51,9 @@ pub struct Options {
     pub plan: Plan,
     /// The keepalive on a keepalive relay's sockets (a config file's relays each name theirs).
     pub keepalive: Keepalive,
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     pub keys: KeyFiles,
     /// The tunnel's settings (their keepalive, on the application's sockets, is the same as
     /// `keepalive`).
-    #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
     pub settings: Settings,
     /// Keepalive relay: the most connections held at once.
     pub max_connections: usize,
@@ -76,9 +67,7 @@ impl Options {
     fn most(&self) -> (usize, u64) {
         match self.plan {
             Plan::Config(_) | Plan::Relay { .. } => (self.max_connections, 0),
-            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
             Plan::Entry { .. } => (self.settings.max_sessions, 0),
-            #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
             Plan::Exit { .. } => (
                 self.settings.max_sessions,
                 crate::survive::tunnel::MAX_PENDING as u64,
@@ -127,7 +116,6 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
                 runs.push(run);
             }
         }
-        #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
         Plan::Entry { listen, tunnel } => {
             let (keys, settings) = (&options.keys, &options.settings);
             let keys = crate::survive::tunnel::key::entry_keys(
@@ -155,7 +143,6 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             );
             runs.push(Box::new(move || entry.run()));
         }
-        #[cfg(target_os = "linux")] // the tunnel: Linux-only until its Windows port
         Plan::Exit { listen, connect } => {
             let (keys, settings) = (&options.keys, &options.settings);
             let keys = crate::survive::tunnel::key::exit_keys(

@@ -4,7 +4,7 @@
 //! `libc` or `windows-sys` themselves; a port to another operating system adds its side of
 //! these files here, and nowhere else. Two-sided (a Linux side and a Windows side behind the
 //! same functions, `#[cfg]` inside the file): `errno`, `pipe`, `poll`, `resolve`, `rlimit`,
-//! `signal` (`stop_on_interrupt`), `socket`, `timeout`; a function with no Windows side yet
+//! `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `secret`, `wake`; a function with no Windows side yet
 //! says so. The rest is Linux-only, and `lib.rs`, `survive/mod.rs` and the command line leave
 //! out the features that need it (ARCHITECTURE.md, "The platform seam").
 //!
@@ -19,16 +19,19 @@
 //! | [`poll`] | waiting on sockets: the one poll(2) / WSAPoll wrapper, [`poll::STOP_CHECK`] |
 //! | [`privilege`] | capabilities and dropping privileges |
 //! | [`proc`] | procfs: processes, their names, socket descriptors and children; sysctls |
+//! | [`readiness`] | many sockets and which are readable: mio (epoll) on Linux, WSAPoll on Windows (the tunnel exit's gate) |
 //! | [`process`] | who this process runs as, signals to others, pidfds, a child's exit code |
 //! | [`resolve`] | HOST:PORT to an address |
 //! | [`rlimit`] | the descriptor limit |
 //! | [`rtnl`] | links, addresses, routes (rtnetlink): what `ip link/addr/route` would set |
+//! | [`secret`] | files that hold secrets: readable by their owner alone (Unix modes; Windows: the directory's ACL) |
 //! | [`signal`] | SIGINT/SIGTERM (Windows: console control events): stop flags, the gateway's interrupt, signals passed on to a child |
 //! | [`sock_diag`] | every TCP connection of a namespace, with tcp_info (sock_diag netlink) |
 //! | [`socket`] | raw socket handles, the listener, SO_LINGER 0 resets, keepalive, IP_RECVERR, non-blocking reads, SIOCOUTQ |
 //! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
 //! | [`timeout`] | timeouts named as timeouts |
 //! | [`tun`] | TUN devices |
+//! | [`wake`] | waking a thread that waits in poll, from any thread, never blocking |
 
 pub mod errno;
 pub mod evidence;
@@ -46,10 +49,12 @@ pub mod privilege;
 pub mod proc;
 #[cfg(target_os = "linux")]
 pub mod process;
+pub mod readiness;
 pub mod resolve;
 pub mod rlimit;
 #[cfg(target_os = "linux")]
 pub mod rtnl;
+pub mod secret;
 #[cfg(windows)]
 pub mod service;
 pub mod signal;
@@ -61,3 +66,4 @@ pub mod tcp_info;
 pub mod timeout;
 #[cfg(target_os = "linux")]
 pub mod tun;
+pub mod wake;

@@ -1,7 +1,7 @@
 //! The exit's gate: accepts connections and holds each one, without a thread of its own, until
 //! it has sent a Hello inside an authenticated leg; only then is it handed on.
 //!
-//! Contract: one thread, one `mio` poll. A connection gets [`FIRST_MESSAGE_WITHIN`] from its
+//! Contract: one thread, one [`Sockets`] set (`mio` on Linux, WSAPoll on Windows). A connection gets [`FIRST_MESSAGE_WITHIN`] from its
 //! accept to deliver the initiator's whole first Noise message (the initiator sends it as
 //! soon as it has connected, so it is due within a round trip), then [`HELLO_WITHIN`] after
 //! the answer to deliver its Hello. At most [`MAX_PENDING`] connections wait at once, and at
@@ -18,14 +18,12 @@
 
 use super::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError, Responding};
-use crate::sys::socket;
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll};
+use crate::sys::readiness::Sockets;
+use crate::sys::socket::{self, Raw};
 use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,7 +42,8 @@ const TICK: Duration = Duration::from_millis(200);
 /// The longest first message of either mode, with its length.
 const FIRST_BUF: usize = 2 + 128;
 
-const LISTENER: mio::Token = mio::Token(usize::MAX);
+/// The listener's key in the gate's [`Sockets`].
+const LISTENER: usize = usize::MAX;
 
 /// A connection that sent a Hello in an authenticated leg.
 pub struct Greeted {
@@ -102,7 +101,7 @@ enum Stage {
 }
 
 struct Pending {
-    fd: RawFd,
+    socket: Raw,
     from: SocketAddr,
     source: Source,
     accepted: Instant,
@@ -260,7 +259,7 @@ impl Episode {
 /// The gate's state.
 struct Gate<'a, E: Responder> {
     exit: &'a E,
-    poll: Poll,
+    sockets: Sockets,
     pending: Slab<Pending>,
     /// Connections still owing their first message, by source.
     owing: HashMap<Source, usize>,
@@ -272,21 +271,17 @@ struct Gate<'a, E: Responder> {
 /// Runs the gate on `listener` until `stop` is set.
 pub fn run<E: Responder>(listener: &TcpListener, stop: &AtomicBool, exit: &E) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let poll = Poll::new()?;
-    poll.registry().register(
-        &mut SourceFd(&listener.as_raw_fd()),
-        LISTENER,
-        Interest::READABLE,
-    )?;
+    let mut sockets = Sockets::new(1024)?;
+    sockets.add(socket::raw(listener), LISTENER)?;
     let mut gate = Gate {
         exit,
-        poll,
+        sockets,
         pending: Slab::with_capacity(MAX_PENDING),
         owing: HashMap::new(),
         episode: Episode::default(),
         plain: vec![0u8; MAX_PLAINTEXT],
     };
-    let mut events = Events::with_capacity(1024);
+    let mut ready = Vec::with_capacity(1024);
     // After an accept error (out of descriptors, say) the listener is tried again soon,
     // since an edge-triggered poll would not say so again.
     let mut accept_again = true;
@@ -308,15 +303,11 @@ pub fn run<E: Responder>(listener: &TcpListener, stop: &AtomicBool, exit: &E) ->
         if accept_again {
             timeout = timeout.min(Duration::from_millis(50));
         }
-        if let Err(e) = gate.poll.poll(&mut events, Some(timeout)) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-        for event in events.iter() {
-            match event.token() {
+        gate.sockets.wait(Some(timeout), &mut ready)?;
+        for &key in &ready {
+            match key {
                 LISTENER => accept_again = true,
-                mio::Token(key) => gate.drive(key),
+                key => gate.drive(key),
             }
         }
     }
@@ -361,9 +352,9 @@ impl<E: Responder> Gate<'_, E> {
                 }
             }
         }
-        let fd = stream.as_raw_fd();
+        let raw = socket::raw(&stream);
         let key = self.pending.insert(Pending {
-            fd,
+            socket: raw,
             from,
             source,
             accepted: now,
@@ -375,12 +366,7 @@ impl<E: Responder> Gate<'_, E> {
             },
         });
         *self.owing.entry(source).or_insert(0) += 1;
-        if self
-            .poll
-            .registry()
-            .register(&mut SourceFd(&fd), mio::Token(key), Interest::READABLE)
-            .is_err()
-        {
+        if self.sockets.add(raw, key).is_err() {
             self.remove(key);
             return;
         }
@@ -417,7 +403,7 @@ impl<E: Responder> Gate<'_, E> {
     /// Takes a connection out of the gate (deregistered; the caller drops or hands it on).
     fn remove(&mut self, key: usize) -> Pending {
         let p = self.pending.remove(key);
-        let _ = self.poll.registry().deregister(&mut SourceFd(&p.fd));
+        self.sockets.remove(p.socket, key);
         if p.owes_first() {
             self.forget_owing(p.source);
         }

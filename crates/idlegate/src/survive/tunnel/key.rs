@@ -14,18 +14,19 @@
 //! Contract: [`Key::generate`] and [`PrivateKey::generate`] write a new key to a file that
 //! only its owner may read and refuse to overwrite one; [`Key::load`] and [`PrivateKey::load`]
 //! refuse a file that others may read (as ssh does for private keys) or that does not hold
-//! exactly one key of its kind.
+//! exactly one key of its kind. Who may read is the file's mode on Unix; on Windows it is the
+//! ACL the key's directory passes on, not set nor checked here ([`crate::sys::secret`]).
 
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::leg::{EntryKeys, ExitKeys};
 use super::peers::Peers;
+use crate::sys::secret::{self, Readers};
 
 /// A tunnel key.
 #[derive(Clone)]
@@ -45,14 +46,11 @@ impl Key {
         Ok(Key(bytes))
     }
 
-    /// Writes a new key to `path`, mode 0600; an existing file is left alone.
+    /// Writes a new key to `path`, mode 0600 (on Windows: the ACL its directory passes on;
+    /// see [`crate::sys::secret`]); an existing file is left alone.
     pub fn generate(path: &Path) -> Result<Key> {
         let key = Key::random()?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
+        let mut file = secret::create_new(path, Readers::Owner)
             .with_context(|| format!("{}: cannot create a new key file", path.display()))?;
         writeln!(file, "{}", key.hex()).with_context(|| format!("writing {}", path.display()))?;
         Ok(key)
@@ -94,23 +92,19 @@ impl Key {
 fn read_secret(path: &Path, what: &str) -> Result<String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).with_context(|| format!("{shown}: cannot read"))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
+    if let Some(exposed) = secret::exposed(path, &meta) {
         bail!(
-            "{shown}: mode {:o} lets others read {what}\nhint: chmod 600 {shown}",
-            mode & 0o777
+            "{shown}: {} lets others read {what}\nhint: {}",
+            exposed.why,
+            exposed.fix
         );
     }
     std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))
 }
 
-/// Creates `path` with `mode`, never over an existing file.
-fn create_new(path: &Path, mode: u32, what: &str) -> Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
+/// Creates `path` readable by `readers`, never over an existing file.
+fn create_new(path: &Path, readers: Readers, what: &str) -> Result<std::fs::File> {
+    secret::create_new(path, readers)
         .with_context(|| format!("{}: cannot create a new {what} file", path.display()))
 }
 
@@ -212,7 +206,7 @@ impl PrivateKey {
     }
 
     /// Writes a new key pair: the private key to `path` (mode 0600), the public key to
-    /// `path.pub` (mode 0644) as a line for an exit's peers file, named after the file
+    /// `path.pub` (mode 0644) (on Windows both with the ACL their directory passes on) as a line for an exit's peers file, named after the file
     /// (`site-a.key` → `site-a`). Existing files are left alone.
     pub fn generate(path: &Path) -> Result<PrivateKey> {
         let key = PrivateKey::random()?;
@@ -222,10 +216,10 @@ impl PrivateKey {
                 bail!("{}: already exists; not overwritten", path.display());
             }
         }
-        let mut file = create_new(path, 0o600, "private key")?;
+        let mut file = create_new(path, Readers::Owner, "private key")?;
         writeln!(file, "{PRIVATE_HEADER}\n{}", BASE64.encode(key.secret))
             .with_context(|| format!("writing {}", path.display()))?;
-        let mut file = create_new(&public_path, 0o644, "public key")?;
+        let mut file = create_new(&public_path, Readers::Anyone, "public key")?;
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -368,6 +362,8 @@ fn exit_public_key(value: &str) -> Result<PublicKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_generated_key_loads_back_and_is_not_overwritten() {
@@ -379,6 +375,7 @@ mod tests {
         assert_eq!(Key::load(&path).unwrap().0, key.0);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_key_others_can_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -405,8 +402,11 @@ mod tests {
         let loaded = PrivateKey::load(&path).unwrap();
         assert_eq!(loaded.secret, key.secret);
         assert_eq!(loaded.public(), key.public());
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        #[cfg(unix)]
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let line = std::fs::read_to_string(dir.path().join("site-a.key.pub")).unwrap();
         assert_eq!(line, format!("{} site-a\n", key.public()));
         assert_eq!(
@@ -420,6 +420,7 @@ mod tests {
         assert_eq!(PrivateKey::load(&path).unwrap().secret, key.secret);
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_private_key_others_can_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -30,9 +30,9 @@
 use super::frame::{Frame, FrameError, MAX_PLAINTEXT};
 use super::key::{Key, PrivateKey, PublicKey};
 use super::peers::{PeerList, Peers};
+use crate::sys::socket::{self, Raw};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -505,9 +505,10 @@ impl Leg {
     }
 }
 
-impl AsRawFd for Leg {
-    fn as_raw_fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
+impl Leg {
+    /// The leg's socket, to watch it with [`crate::sys::poll`].
+    pub fn raw(&self) -> Raw {
+        socket::raw(&self.stream)
     }
 }
 

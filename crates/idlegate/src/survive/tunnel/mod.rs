@@ -47,18 +47,16 @@ pub mod stream;
 use crate::survive::endpoint::{endpoint_of, Endpoint};
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
-use crate::sys::poll::wait_readable;
 use crate::sys::socket::accept_until_stopped;
+use crate::sys::wake::{self, Wakeable, Waker};
 use anyhow::{Context, Result};
 use ended::Ended;
 use frame::{Frame, Refusal, SessionId, Token};
 use leg::{EntryKeys, ExitKeys, Leg, Peer, Responding};
 use session::{LegEnd, Session, Side};
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -227,35 +225,29 @@ struct Slot {
     revoked: AtomicBool,
     /// A new leg and the `received` of its Hello, waiting for the session to take it.
     offer: Mutex<Option<(Leg, u64)>>,
-    /// Non-blocking: see [`Slot::wake`].
-    wake_tx: UnixStream,
+    /// Never blocks: see [`Slot::wake`].
+    waker: Waker,
 }
 
 impl Slot {
-    /// A session's slot, and the reading end of its wakes (non-blocking, as is the writing
-    /// end).
-    fn new(token: Token, peer: Peer) -> io::Result<(Slot, UnixStream)> {
-        let (wake_rx, wake_tx) = UnixStream::pair()?;
-        wake_rx.set_nonblocking(true)?;
-        wake_tx.set_nonblocking(true)?;
+    /// A session's slot, and the end its thread watches for wakes.
+    fn new(token: Token, peer: Peer) -> io::Result<(Slot, Wakeable)> {
+        let (waker, wake_rx) = wake::pair()?;
         let slot = Slot {
             token,
             peer,
             revoked: AtomicBool::new(false),
             offer: Mutex::new(None),
-            wake_tx,
+            waker,
         };
         Ok((slot, wake_rx))
     }
 
     /// Wakes the session's thread. Never blocks (the gate's thread and the legs' threads call
-    /// it): when the socket is full a wake is already pending, and one is enough, since the
+    /// it): when wakes pile up unread one is pending already, and one is enough, since the
     /// session looks at its offer and its revoked flag each time it wakes.
     fn wake(&self) -> io::Result<()> {
-        match (&self.wake_tx).write(&[1]) {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-            _ => Ok(()),
-        }
+        self.waker.wake()
     }
 }
 
@@ -528,7 +520,7 @@ impl ExitLeg {
         let mut waiting: Option<Instant> = None;
         loop {
             if waiting.is_none() {
-                match s.run_leg(&mut leg, Some(wake_rx.as_raw_fd())) {
+                match s.run_leg(&mut leg, Some(&wake_rx)) {
                     LegEnd::Done => {
                         forget.whole = true;
                         leg.close_in_order(self.settings.leg_timeout());
@@ -610,13 +602,13 @@ impl ExitLeg {
 }
 
 /// Waits until `deadline` for a leg offered to the session.
-fn wait_for_offer(wake_rx: &UnixStream, slot: &Slot, deadline: Instant) -> Option<(Leg, u64)> {
+fn wait_for_offer(wake_rx: &Wakeable, slot: &Slot, deadline: Instant) -> Option<(Leg, u64)> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return None;
         }
-        if wait_readable(wake_rx.as_raw_fd(), Some(left)).unwrap_or(false) {
+        if wake_rx.wait(Some(left)).unwrap_or(false) {
             if let Some(offer) = take_offer(wake_rx, slot) {
                 return Some(offer);
             }
@@ -628,9 +620,8 @@ fn wait_for_offer(wake_rx: &UnixStream, slot: &Slot, deadline: Instant) -> Optio
 }
 
 /// The newest leg offered to a session, if any (older offers were replaced and closed).
-fn take_offer(wake_rx: &UnixStream, slot: &Slot) -> Option<(Leg, u64)> {
-    let mut drained = [0u8; 64];
-    while (&*wake_rx).read(&mut drained).is_ok_and(|n| n > 0) {}
+fn take_offer(wake_rx: &Wakeable, slot: &Slot) -> Option<(Leg, u64)> {
+    wake_rx.drain();
     slot.offer.lock().ok().and_then(|mut offer| offer.take())
 }
 
@@ -687,9 +678,9 @@ mod tests {
             .recv_timeout(Duration::from_secs(60))
             .expect("a million wakes went through without blocking");
         // The session still finds a wake pending, and nothing after it has drained them.
-        assert!(wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
+        assert!(wake_rx.wait(Some(Duration::ZERO)).unwrap());
         assert!(take_offer(&wake_rx, &slot).is_none());
-        assert!(!wait_readable(wake_rx.as_raw_fd(), Some(Duration::ZERO)).unwrap());
+        assert!(!wake_rx.wait(Some(Duration::ZERO)).unwrap());
     }
 
     #[test]

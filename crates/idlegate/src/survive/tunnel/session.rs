@@ -21,9 +21,9 @@ use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::stats::Stats;
 use crate::sys::poll::{poll, Watch};
 use crate::sys::socket;
+use crate::sys::wake::Wakeable;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,8 +207,8 @@ impl Session {
     }
 
     /// Runs the session on `leg` until it ends or the leg is lost. `wake` (the responder's)
-    /// becomes readable when a newer leg arrives for this session.
-    pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<RawFd>) -> LegEnd {
+    /// is woken when a newer leg arrives for this session.
+    pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<&Wakeable>) -> LegEnd {
         let mut last_rx = Instant::now();
         let mut last_tx = Instant::now();
         if self.stall.stalled.is_none() {
@@ -249,31 +249,44 @@ impl Session {
                 .min(beat_at)
                 .min(look_again_at)
                 .saturating_duration_since(now);
-            // The leg is always read: the window bounds what the peer may send.
+            // The leg is always read: the window bounds what the peer may send. Only what is
+            // watched goes into the set: WSAPoll (Windows) reports an empty slot as invalid
+            // at once, as Wine 8.0 was seen to do, which would spin this loop.
+            let (app_read, app_write) = (
+                self.outbox.room() > 0 && !self.app_eof,
+                self.inbox.pending() > 0,
+            );
             let mut fds = [
-                watch(
-                    self.app.as_raw_fd(),
-                    (
-                        self.outbox.room() > 0 && !self.app_eof,
-                        self.inbox.pending() > 0,
-                    ),
-                ),
-                watch(leg.as_raw_fd(), (true, leg.pending() > 0)),
-                watch(wake.unwrap_or(-1), (true, false)),
+                Watch::new(leg.raw(), true, leg.pending() > 0),
+                Watch::nothing(),
+                Watch::nothing(),
             ];
-            if let Err(e) = poll(&mut fds, Some(timeout)) {
+            let mut watched = 1;
+            let mut add = |fds: &mut [Watch; 3], w: Watch| {
+                fds[watched] = w;
+                watched += 1;
+                watched - 1
+            };
+            let app_at = (app_read || app_write).then(|| {
+                add(
+                    &mut fds,
+                    Watch::new(socket::raw(&self.app), app_read, app_write),
+                )
+            });
+            let wake_at = wake.map(|w| add(&mut fds, Watch::new(w.raw(), true, false)));
+            if let Err(e) = poll(&mut fds[..watched], Some(timeout)) {
                 return self.lost(Lost::Error(e));
             }
-            if fds[2].ready().any() {
+            if wake_at.is_some_and(|i| fds[i].ready().any()) {
                 return LegEnd::Replaced;
             }
-            if fds[0].ready().any() {
+            if app_at.is_some_and(|i| fds[i].ready().any()) {
                 if let Err(end) = self.read_app(leg) {
                     return end;
                 }
             }
             // Only bytes that arrive count as the peer alive (not the leg being writable).
-            if fds[1].ready().beyond_writable() {
+            if fds[0].ready().beyond_writable() {
                 match self.read_leg(leg) {
                     Ok(true) => last_rx = Instant::now(),
                     Ok(false) => {}
@@ -543,15 +556,6 @@ impl Session {
             && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
             && leg.pending() == 0
-    }
-}
-
-/// A watch on `fd` for reading and writing as asked; none at all if neither is.
-fn watch(fd: RawFd, (read, write): (bool, bool)) -> Watch {
-    if read || write {
-        Watch::new(fd, read, write)
-    } else {
-        Watch::nothing()
     }
 }
 

@@ -19,6 +19,7 @@ mod cli;
 mod measure;
 mod relay;
 mod service;
+mod tunnel;
 
 use crate::common;
 use std::path::{Path, PathBuf};
@@ -468,4 +469,9 @@ fn quietly(command: &mut Command) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+// ---- helper T (the tunnel) ----
+
+/// A Windows path for a Linux one: Wine's drive Z: is the Linux root.
+pub fn windows_path(path: &Path) -> String {
+    format!("Z:{}", path.display())
 }

@@ -1,0 +1,182 @@
+//! The resumable tunnel between the Windows build (under Wine) and the Linux build, both ways
+//! round: an application's connection crosses a leg that is cut again and again, and every
+//! byte arrives once and in order (the SHA-256 of each direction on arrival equals the one
+//! sent). The pair's key comes from the other build's `keygen`, so key files carry across too.
+//! Everything runs over 127.0.0.1 in the test's own namespace, where the wineserver of the
+//! test's prefix (which owns a Wine program's sockets) runs too.
+
+use super::{idlegate_exe, prefix, windows_path, RunningExe};
+use crate::common::free_port;
+use crate::common::tunnel::*;
+use idlegate::survive::relay::Stats;
+use idlegate::survive::tunnel::key::Key;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Bytes each application sends: enough to be cut mid-stream three times over Wine's sockets.
+const BYTES: u64 = 16 << 20;
+const CUTS: u64 = 3;
+/// Heartbeat and resume limit of both ends: a cut closes the leg, which both ends see at once,
+/// so the heartbeat only has to be long enough for Wine on a loaded machine not to miss three.
+const HEARTBEAT: &str = "1s";
+const RESUME_WITHIN: &str = "60s";
+
+#[test]
+fn windows_build_under_wine_tunnel_entry_resumes_to_a_linux_exit_after_cuts_with_every_byte_in_order(
+) {
+    // The pair's key, made by idlegate.exe, loaded by the Linux build.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("tunnel.key");
+    let made = idlegate_exe(&["keygen", &windows_path(&key_path)]);
+    assert!(made.status.success(), "keygen: {}", made.stderr);
+    let text = std::fs::read_to_string(&key_path).unwrap();
+    assert_eq!(text.trim().len(), 64, "64 hex digits: {text:?}");
+    // Wine gives the file a Unix mode from the umask; a copy to Linux must be made 0600, as the
+    // README says, and then loads as a key made there would.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key = Key::load(&key_path).expect("the Linux build loads idlegate.exe's key");
+
+    let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
+    let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
+    let path = CutPath::new(exit.addr);
+    let listen = free_port();
+    let mut entry = RunningExe::spawn(
+        &[
+            "relay",
+            "--listen",
+            &listen.to_string(),
+            "--tunnel",
+            &path.addr.to_string(),
+            "--key",
+            &windows_path(&key_path),
+            "--heartbeat",
+            HEARTBEAT,
+            "--resume-within",
+            RESUME_WITHIN,
+        ],
+        prefix(),
+        None,
+    );
+    entry.wait_listening(listen.port());
+    let client = TcpStream::connect(listen).unwrap();
+    let client = std::thread::spawn(move || exchange(client, BYTES, 42, Duration::ZERO));
+    // The exit counts what the Windows entry carried and each resume.
+    cut_as_bytes_flow(&exit.stats, &path, &client, || entry.stderr());
+    let (client, server) = (client.join().unwrap(), server.join().unwrap());
+    assert_whole(&client, &server, BYTES);
+    assert!(
+        exit.stats.reconnects.load(Ordering::Relaxed) >= CUTS,
+        "every cut was resumed; the entry said:\n{}",
+        entry.stderr()
+    );
+    assert!(
+        entry.wait_said("resumed after"),
+        "the Windows entry logs its resumes:\n{}",
+        entry.stderr()
+    );
+}
+
+#[test]
+fn windows_build_under_wine_tunnel_exit_resumes_a_linux_entrys_session_after_cuts_with_every_byte_in_order(
+) {
+    // The pair's key, made by the Linux build (mode 0600), loaded by idlegate.exe.
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("tunnel.key");
+    let key = Key::generate(&key_path).unwrap();
+
+    let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
+    let tunnel_listen = free_port();
+    let mut exit = RunningExe::spawn(
+        &[
+            "relay",
+            "--tunnel-listen",
+            &tunnel_listen.to_string(),
+            "--connect",
+            &server_addr.to_string(),
+            "--key",
+            &windows_path(&key_path),
+            "--heartbeat",
+            HEARTBEAT,
+            "--resume-within",
+            RESUME_WITHIN,
+        ],
+        prefix(),
+        None,
+    );
+    exit.wait_listening(tunnel_listen.port());
+    let path = CutPath::new(tunnel_listen);
+    let entry = start_entry(path.addr, &key, settings(1000, WAIT));
+    let client = TcpStream::connect(entry.addr).unwrap();
+    let client = std::thread::spawn(move || exchange(client, BYTES, 43, Duration::ZERO));
+    cut_as_bytes_flow(&entry.stats, &path, &client, || exit.stderr());
+    let (client, server) = (client.join().unwrap(), server.join().unwrap());
+    assert_whole(&client, &server, BYTES);
+    assert!(
+        entry.stats.reconnects.load(Ordering::Relaxed) >= CUTS,
+        "every cut was resumed; the exit said:\n{}",
+        exit.stderr()
+    );
+    assert!(
+        exit.wait_said("resumed after"),
+        "the Windows exit logs its resumes:\n{}",
+        exit.stderr()
+    );
+}
+
+/// Cuts `path` [`CUTS`] times, each after another share of [`BYTES`] has reached the server
+/// (as the Linux end counts it), and waits for the Linux end to count each resume; a failure
+/// shows what the Windows end logged (`said`).
+fn cut_as_bytes_flow<T>(
+    linux_end: &Stats,
+    path: &CutPath,
+    client: &std::thread::JoinHandle<T>,
+    said: impl Fn() -> String,
+) {
+    for cut in 1..=CUTS {
+        wait_until(WAIT, || {
+            linux_end.bytes_to_server.load(Ordering::Relaxed) >= cut * BYTES / (CUTS + 1)
+                || client.is_finished()
+        });
+        path.cut();
+        assert!(
+            wait_until(WAIT, || linux_end.reconnects.load(Ordering::Relaxed) >= cut
+                || client.is_finished()),
+            "no resume after cut {cut}; idlegate.exe said:\n{}",
+            said()
+        );
+    }
+}
+
+#[test]
+fn windows_build_under_wine_keygen_says_the_key_file_gets_its_directorys_acl() {
+    let help = idlegate_exe(&["keygen", "--help"]);
+    assert!(help.status.success(), "{}", help.stderr);
+    for said in [
+        "access control list (ACL)",
+        "icacls",
+        "neither keygen nor the relay",
+    ] {
+        assert!(
+            help.stdout.contains(said),
+            "{said:?} missing:\n{}",
+            help.stdout
+        );
+    }
+    assert!(
+        !help.stdout.contains("0600"),
+        "no Unix mode on Windows:\n{}",
+        help.stdout
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let made = idlegate_exe(&["keygen", &windows_path(&dir.path().join("t.key"))]);
+    assert!(made.status.success(), "{}", made.stderr);
+    assert!(
+        made.stdout.contains("the ACL its directory passes on") && !made.stdout.contains("0600"),
+        "{}",
+        made.stdout
+    );
+}
