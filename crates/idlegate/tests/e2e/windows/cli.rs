@@ -37,7 +37,17 @@ fn windows_build_under_wine_offers_no_linux_only_command() {
     let help = idlegate_exe(&["--help"]);
     assert!(help.status.success(), "{}", help.stderr);
     let listed = commands(&help.stdout);
-    for present in ["advise", "profiles", "service", "completions", "man", "echo", "probe"] {
+    for present in [
+        "relay",
+        "keygen",
+        "echo",
+        "probe",
+        "advise",
+        "profiles",
+        "service",
+        "completions",
+        "man",
+    ] {
         assert!(
             listed.iter().any(|c| c == present),
             "{present} missing from:\n{}",

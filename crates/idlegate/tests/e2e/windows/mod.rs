@@ -469,6 +469,8 @@ fn quietly(command: &mut Command) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
 // ---- helper T (the tunnel) ----
 
 /// A Windows path for a Linux one: Wine's drive Z: is the Linux root.
