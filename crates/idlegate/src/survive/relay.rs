@@ -14,6 +14,7 @@
 //! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
 //! and a few socket options.
 
+use crate::sys::evidence;
 use crate::sys::pipe::Pipe;
 use crate::sys::poll::STOP_CHECK;
 use crate::sys::{errno, resolve, socket};
@@ -465,6 +466,7 @@ impl Direction {
                 return Pump::SourceFailed;
             };
             match pipe.fill_from(from, self.chunk) {
+                Ok(0) if evidence::ended_by_reset(from) => return Pump::SourceFailed,
                 Ok(0) => {
                     self.done = true;
                     let _ = to.shutdown(Shutdown::Write);
@@ -492,6 +494,7 @@ impl Direction {
     ) -> Option<Pump> {
         let mut buf = [0u8; SMALL];
         let n = match from.read(&mut buf) {
+            Ok(0) if evidence::ended_by_reset(from) => return Some(Pump::SourceFailed),
             Ok(0) => {
                 self.done = true;
                 let _ = to.shutdown(Shutdown::Write);

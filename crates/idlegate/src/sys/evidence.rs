@@ -1,5 +1,6 @@
 //! What this system lets a program see of its own TCP connections besides their bytes: the
-//! evidence `idlegate probe` and `idlegate echo` tell a path's behaviours apart with.
+//! evidence `idlegate probe` and `idlegate echo` tell a path's behaviours apart with, and that
+//! the relay passes a RST on with.
 //!
 //! Contract: [`acknowledgement`] says whether TCP acknowledged everything written on a
 //! connection (Linux: TCP_INFO; Windows: SIO_TCP_INFO, Windows 10 1703 and later), or that this
@@ -14,6 +15,7 @@
 //! read as ECONNRESET/WSAECONNRESET, but Wine 8.0's `recv` returns 0 for it (its wineserver
 //! takes the socket's error first), while WSAPoll still reports POLLERR.
 
+use crate::sys::socket::Handle;
 use socket2::Socket;
 use std::io;
 use std::net::TcpStream;
@@ -72,7 +74,7 @@ mod imp {
     }
 
     /// Linux hands a RST to the read itself (ECONNRESET): an end of stream is a FIN.
-    pub fn ended_by_reset(_stream: &TcpStream) -> bool {
+    pub fn ended_by_reset(_stream: &impl Handle) -> bool {
         false
     }
 }
@@ -173,9 +175,9 @@ mod imp {
 
     /// Whether WSAPoll reports an error on `stream` now (POLLERR): a RST, where the read
     /// itself saw only an end of stream (Wine 8.0).
-    pub fn ended_by_reset(stream: &TcpStream) -> bool {
+    pub fn ended_by_reset(stream: &impl Handle) -> bool {
         let mut watch = WSAPOLLFD {
-            fd: raw(stream),
+            fd: crate::sys::socket::raw(stream) as SOCKET,
             events: POLLRDNORM,
             revents: 0,
         };

@@ -111,6 +111,12 @@ mod os {
                 ws::WSAGetLastError()
             }));
         }
+        // Measured under Wine 8.0: a slot holding INVALID_SOCKET comes back with POLLNVAL,
+        // though it is neither counted nor ends the wait. A slot that watches nothing never
+        // reports (the contract of `Watch::nothing`), whatever the system says.
+        for entry in entries.iter_mut().filter(|e| !watches_something(e)) {
+            entry.revents = 0;
+        }
         Ok(rc as usize)
     }
 }
