@@ -117,7 +117,14 @@ fn main() -> ExitCode {
     let quiet = matches!(cli.command, Command::Lab(LabCommand::Demo(_)));
     #[cfg(not(target_os = "linux"))]
     let quiet = false;
-    init_logging(cli.verbose, quiet);
+    #[cfg(windows)]
+    let event_source = match &cli.command {
+        Command::Service(command) => cli::service::event_source(command).map(str::to_string),
+        _ => None,
+    };
+    #[cfg(not(windows))]
+    let event_source: Option<String> = None;
+    init_logging(cli.verbose, quiet, event_source.as_deref());
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -127,7 +134,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Log lines to stderr, or for a Windows service (`event_source`) to the Event Log.
+fn init_logging(verbose: u8, quiet: bool, event_source: Option<&str>) {
     let default = match (verbose, quiet) {
         (0, true) => "warn",
         (0, false) => "info",
@@ -136,6 +144,18 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    #[cfg(windows)]
+    if let Some(log) = event_source.and_then(idlegate::sys::service::EventLog::open) {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(idlegate::sys::service::EventLogWriter::new(log))
+            .with_ansi(false)
+            .without_time()
+            .init();
+        return;
+    }
+    #[cfg(not(windows))]
+    let _ = event_source;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,9 +1,11 @@
 //! `idlegate service` (the Windows build only): the keepalive relay as a Windows service that
 //! starts at boot. `install --name NAME -- RELAY_ARGS` checks the relay's arguments exactly as
-//! `idlegate relay` would (and refuses relative paths: a service starts in
+//! `idlegate relay` would (and refuses relative file paths, `--exit-public-key`'s too when it
+//! names a file: a service starts in
 //! C:\Windows\System32), then registers `idlegate.exe service run --name NAME -- RELAY_ARGS`;
 //! bad input installs nothing. `run` is what the service manager starts: the relay, stopped by
-//! the service's Stop control or the machine's shutdown. `uninstall` stops and deletes it.
+//! the service's Stop control or the machine's shutdown, its log lines and its error written
+//! to the Windows Event Log (Application, source NAME). `uninstall` stops and deletes it.
 //! The checks build everywhere (the Linux build's unit tests run them); the commands exist in
 //! the Windows build only.
 
@@ -15,6 +17,7 @@ use idlegate::survive::serve;
 use idlegate::survive::serve::Options;
 #[cfg(test)]
 use idlegate::survive::serve::Plan;
+use idlegate::survive::tunnel::key::PublicKey;
 #[cfg(windows)]
 use idlegate::sys::service;
 use std::ffi::OsString;
@@ -110,22 +113,29 @@ pub fn relay_options(relay: &[OsString]) -> Result<Options> {
 
 /// The relay's flags that name a file.
 const PATH_FLAGS: [&str; 4] = ["--config", "--key", "--private-key", "--peers"];
+/// The relay's flag that names a file unless its value is a key itself.
+const KEY_OR_PATH_FLAG: &str = "--exit-public-key";
 
 /// The first file named by a relative path in the relay's arguments (`--key FILE` or
-/// `--key=FILE`), if any.
+/// `--key=FILE`; `--exit-public-key` when its value is not a public key), if any.
 fn relative_path(relay: &[OsString]) -> Option<(&'static str, PathBuf)> {
     let mut words = relay.iter();
     while let Some(word) = words.next() {
         let text = word.to_string_lossy();
-        for flag in PATH_FLAGS {
-            let path = if text == flag {
-                words.next().map(PathBuf::from)
+        for flag in PATH_FLAGS.into_iter().chain([KEY_OR_PATH_FLAG]) {
+            let value = if text == flag {
+                words.next().map(|w| w.to_string_lossy().into_owned())
             } else {
                 text.strip_prefix(flag)
                     .and_then(|rest| rest.strip_prefix('='))
-                    .map(PathBuf::from)
+                    .map(str::to_string)
             };
-            if let Some(path) = path.filter(|p| !p.is_absolute()) {
+            let Some(value) = value else { continue };
+            if flag == KEY_OR_PATH_FLAG && PublicKey::parse(&value).is_ok() {
+                continue;
+            }
+            let path = PathBuf::from(value);
+            if !path.is_absolute() {
                 return Some((flag, path));
             }
         }
@@ -141,6 +151,16 @@ pub fn run_line(name: &str, relay: &[OsString]) -> Vec<OsString> {
         .collect();
     line.extend(relay.iter().cloned());
     line
+}
+
+/// The Event Log source a command's log lines go to instead of stderr: `service run`'s
+/// service name (a service has no console).
+#[cfg(windows)]
+pub fn event_source(command: &ServiceCommand) -> Option<&str> {
+    match command {
+        ServiceCommand::Run(args) => Some(&args.name.name),
+        _ => None,
+    }
 }
 
 #[cfg(windows)]
@@ -160,8 +180,18 @@ pub fn run(command: ServiceCommand) -> Result<()> {
             Ok(())
         }
         ServiceCommand::Run(args) => {
-            let options = relay_options(&args.relay)?;
-            service::run_as_service(&args.name.name, move |stop| serve::serve(&options, stop))
+            let name = args.name.name.clone();
+            let outcome = relay_options(&args.relay).and_then(|options| {
+                service::run_as_service(&name, move |stop, running| {
+                    serve::serve_then(&options, stop, running)
+                })
+            });
+            // A service has no console: the error goes to the Event Log too (main's line on
+            // stderr reaches someone only when run by hand).
+            if let Err(e) = &outcome {
+                tracing::error!(target: idlegate::LOG_TARGET, "idlegate: service {name}: {e:#}");
+            }
+            outcome
         }
     }
 }
@@ -172,7 +202,7 @@ fn install(args: &InstallArgs) -> Result<()> {
     service::check_name(name)?;
     relay_options(&args.relay)?;
     let executable = std::env::current_exe().context("finding idlegate.exe's own path")?;
-    service::install(&service::Install {
+    let recovery = service::install(&service::Install {
         name: name.clone(),
         display_name: args
             .display_name
@@ -185,7 +215,7 @@ fn install(args: &InstallArgs) -> Result<()> {
         arguments: run_line(name, &args.relay),
     })?;
     println!(
-        "installed service {name}: starts at boot and runs {} {}\nstart it now with: sc.exe start {name}",
+        "installed service {name}: starts at boot and runs {} {}",
         executable.display(),
         run_line(name, &args.relay)
             .iter()
@@ -193,6 +223,23 @@ fn install(args: &InstallArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    match recovery {
+        service::Recovery::Set => println!(
+            "restarted when it fails, also when it stops with an error: after {}",
+            service::RESTART_AFTER
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect::<Vec<_>>()
+                .join(", then ")
+                + " each time after that (failures forgotten after a day without one)"
+        ),
+        service::Recovery::Refused(why) => eprintln!(
+            "idlegate: warning: {why:#}: the service is installed, but not restarted when it \
+             fails\nhint: set it with: sc.exe failure {name} reset= 86400 actions= \
+             restart/10000/restart/10000/restart/60000 and: sc.exe failureflag {name} 1"
+        ),
+    }
+    println!("start it now with: sc.exe start {name}");
     Ok(())
 }
 
@@ -257,7 +304,51 @@ mod tests {
             let refused = relay_options(&os(args)).unwrap_err();
             assert!(format!("{refused:#}").contains(said), "{refused:#}");
         }
-        assert!(relay_options(&os(&["--config", "/etc/idlegate/relays.toml"])).is_ok());
+        // What is absolute depends on the system the build is for.
+        let absolute = if cfg!(windows) {
+            "C:\\ProgramData\\idlegate\\relays.toml"
+        } else {
+            "/etc/idlegate/relays.toml"
+        };
+        assert_eq!(relative_path(&os(&["--config", absolute])), None);
+        assert!(relay_options(&os(&["--config", absolute])).is_ok());
+        if !cfg!(windows) {
+            // Not absolute on Windows: no drive.
+            assert!(relative_path(&os(&["--config", "\\relays.toml"])).is_some());
+        }
+    }
+
+    #[test]
+    fn an_exit_public_key_given_as_a_relative_file_is_refused_for_a_service_and_a_key_is_not() {
+        let entry = |value: &str| {
+            os(&[
+                "--listen",
+                "127.0.0.1:15000",
+                "--tunnel",
+                "192.0.2.1:7000",
+                "--private-key",
+                if cfg!(windows) {
+                    "C:\\ProgramData\\idlegate\\entry.key"
+                } else {
+                    "/etc/idlegate/entry.key"
+                },
+                "--exit-public-key",
+                value,
+            ])
+        };
+        assert_eq!(
+            relative_path(&entry("exit.key.pub")),
+            Some(("--exit-public-key", PathBuf::from("exit.key.pub")))
+        );
+        assert_eq!(
+            relative_path(&entry(&format!("{}", PublicKey([7; 32])))),
+            None
+        );
+        let refused = relay_options(&entry("exit.key.pub")).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("--exit-public-key exit.key.pub: a relative path"),
+            "{refused:#}"
+        );
     }
 
     #[derive(Parser)]

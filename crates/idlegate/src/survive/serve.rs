@@ -5,7 +5,8 @@
 //! Contract: nothing listens before every input is checked (the keys read, the addresses
 //! resolved, the descriptor limit raised for the connections asked for); an error names what
 //! failed. The caller decides what sets the stop flag (`idlegate relay`: SIGINT or SIGTERM;
-//! Ctrl-C or the console closing on Windows).
+//! Ctrl-C or the console closing on Windows; `idlegate service run`: the service's Stop control,
+//! and it reports Running once [`serve_then`] says everything is bound).
 
 use crate::survive::relay::{parse_config, Keepalive, Relay};
 use crate::survive::stats::Stats;
@@ -101,6 +102,12 @@ fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
 /// Binds every relay `options` asks for and runs them until `stop` is set; each one stops
 /// on its own once it sees the flag.
 pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
+    serve_then(options, stop, || {})
+}
+
+/// [`serve`], calling `serving` once everything is bound (every listener, and the metrics')
+/// and before anything runs: a Windows service reports Running then, not before.
+pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce()) -> Result<()> {
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = Vec::new();
     match &options.plan {
@@ -194,6 +201,7 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
             crate::survive::relay::render_metrics(&stats)
         });
     }
+    serving();
     let threads: Vec<_> = runs.into_iter().map(std::thread::spawn).collect();
     for t in threads {
         match t.join() {
