@@ -23,9 +23,10 @@ FILE.pub (a line for an exit's --peers file, named after FILE), and print the pu
 #[cfg_attr(not(windows), allow(dead_code))]
 pub const WINDOWS_KEYS: &str = "On Windows a file has no mode: the key file gets the access \
 control list (ACL) its directory passes on to new files, and neither keygen nor the relay \
-narrows or checks it. Write keys into a directory that only the relay's account and \
-Administrators may read, for example one made with: icacls C:\\ProgramData\\idlegate \
-/inheritance:r /grant:r SYSTEM:(OI)(CI)F Administrators:(OI)(CI)F";
+narrows or checks it. Write keys into a directory that only SYSTEM, Administrators and \
+the relay's account (a service: NT AUTHORITY\\LocalService) may read, for example one made \
+with: icacls C:\\ProgramData\\idlegate /inheritance:r /grant:r \"SYSTEM:(OI)(CI)F\" \
+\"Administrators:(OI)(CI)F\" \"NT AUTHORITY\\LocalService:(OI)(CI)R\"";
 
 /// `idlegate keygen FILE`: a pair's shared tunnel key; with `pair`, an end's own key pair
 /// (the public key printed on stdout, what to do with it on stderr).

@@ -1,9 +1,10 @@
 //! Signals: the one place idlegate asks for them. On Linux always with one mechanism,
 //! signal-hook's iterator: the handler only records the signal, and a thread of ours receives
 //! it as a value and acts (no code of ours runs in a signal handler). On Windows, console
-//! control events (Ctrl-C, Ctrl-Break, the console closed, logoff, shutdown) through
-//! SetConsoleCtrlHandler, whose handler the system runs on a thread of its own: it only sets
-//! the stop flags.
+//! control events (Ctrl-C, Ctrl-Break, the console closed) through SetConsoleCtrlHandler,
+//! whose handler the system runs on a thread of its own: it only sets the stop flags. (Logoff
+//! and shutdown reach services only; a console program is ended at logoff without an event:
+//! Microsoft, HandlerRoutine.)
 //!
 //! Three uses, one function each: [`stop_on_interrupt`] sets a stop flag that a serving loop
 //! polls (echo, relay, audit --watch), on both systems; Linux alone: [`Interrupt`] stops a
@@ -35,9 +36,11 @@ mod windows {
 
     /// Runs on a thread the system starts for the event. For Ctrl-C and Ctrl-Break, setting
     /// the flags is all (TRUE: handled, the process goes on and stops by itself). For the
-    /// console closed, logoff and shutdown the system ends the process once this returns, so
-    /// it gives the serving loops a moment to see their flag first (the system allows a
-    /// handler 5 s for those).
+    /// console closed the system ends the process once this returns, so it gives the serving
+    /// loops a moment to see their flag first (the system allows a handler 5 s for it).
+    /// CTRL_LOGOFF_EVENT and CTRL_SHUTDOWN_EVENT reach services only (Microsoft,
+    /// HandlerRoutine: interactive programs are ended at logoff without them); they are
+    /// handled the same way in case a process that installed this handler runs as one.
     unsafe extern "system" fn on_control(event: u32) -> BOOL {
         let stops = STOPS.lock().unwrap_or_else(PoisonError::into_inner);
         for stop in stops.iter() {
@@ -54,7 +57,7 @@ mod windows {
         }
     }
 
-    /// From now on Ctrl-C, Ctrl-Break, closing the console, logoff and shutdown set `stop`
+    /// From now on Ctrl-C, Ctrl-Break and closing the console set `stop`
     /// (and are otherwise handled: a second one does nothing more); whoever polls `stop` ends
     /// its work.
     pub fn stop_on_interrupt(stop: &Arc<AtomicBool>) -> io::Result<()> {
