@@ -234,8 +234,8 @@ fn install(args: &InstallArgs) -> Result<()> {
                 + " each time after that (failures forgotten after a day without one)"
         ),
         service::Recovery::Refused(why) => eprintln!(
-            "idlegate: warning: {why:#}: the service is installed, but not restarted when it \
-             fails\nhint: set it with: sc.exe failure {name} reset= 86400 actions= \
+            "idlegate: warning: {why:#}: the service is installed without all of its \
+             recovery settings (a restart after it fails)\nhint: set them with: sc.exe failure {name} reset= 86400 actions= \
              restart/10000/restart/10000/restart/60000 and: sc.exe failureflag {name} 1"
         ),
     }
