@@ -176,15 +176,42 @@ fn wine_command(prefix: &Path) -> Command {
     command
 }
 
-/// Runs `idlegate.exe ARGS` under Wine, within [`WINE_TIMEOUT`].
-pub fn idlegate_exe(args: &[&str]) -> Ran {
-    let exe = exe();
-    let out = common::output_within(wine_command(prefix()).arg(exe).args(args), WINE_TIMEOUT);
+/// What a finished command printed, and how it ended, as text.
+pub fn ran(out: std::process::Output) -> Ran {
     Ran {
         status: out.status,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Wine's server, next to its loader (Debian: /usr/lib/wine/wineserver64), or `wineserver`
+/// on PATH.
+fn wineserver() -> PathBuf {
+    let beside = wine().with_file_name("wineserver64");
+    if beside.is_file() {
+        beside
+    } else {
+        PathBuf::from("wineserver")
+    }
+}
+
+/// Runs `idlegate.exe ARGS` under Wine, within [`WINE_TIMEOUT`].
+pub fn idlegate_exe(args: &[&str]) -> Ran {
+    let exe = exe();
+    ran(common::output_within(
+        wine_command(prefix()).arg(exe).args(args),
+        WINE_TIMEOUT,
+    ))
+}
+
+/// Runs the Wine program `program` (`sc`, `reg`, or an .exe's path) in this test process's
+/// shared [`prefix`], within [`WINE_TIMEOUT`].
+pub fn in_shared_prefix(program: &str, args: &[&str]) -> Ran {
+    ran(common::output_within(
+        wine_command(prefix()).arg(program).args(args),
+        WINE_TIMEOUT,
+    ))
 }
 
 // ---- Helpers A (helper A, the relay): a long-running idlegate.exe under Wine, a prefix of
@@ -232,13 +259,7 @@ impl OwnPrefix {
 
 impl Drop for OwnPrefix {
     fn drop(&mut self) {
-        let server = wine().with_file_name("wineserver64");
-        let server = if server.is_file() {
-            server
-        } else {
-            PathBuf::from("wineserver")
-        };
-        let mut kill = Command::new(server);
+        let mut kill = Command::new(wineserver());
         kill.arg("-k").env("WINEPREFIX", &self.dir);
         let _ = common::output_within(&mut kill, Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -380,16 +401,6 @@ pub fn ss(netns: Option<&str>, args: &[&str]) -> String {
 // ---- Helpers S (helper S, the service): an [`OwnPrefix`] as a machine that is powered off
 // and on, for services. ----
 
-/// Wine's server, next to its loader (Debian: /usr/lib/wine/wineserver64).
-fn wineserver() -> PathBuf {
-    let beside = wine().with_file_name("wineserver64");
-    if beside.is_file() {
-        beside
-    } else {
-        PathBuf::from("wineserver")
-    }
-}
-
 /// Under Wine, services.exe and the services it runs are system processes, which the
 /// wineserver ends a few seconds after the last other program of the prefix ends. So
 /// [`OwnPrefix::power_on`] starts a persistent server (`wineserver -p`), and the next Wine
@@ -404,7 +415,7 @@ impl OwnPrefix {
             .arg(flag)
             .env("WINEPREFIX", self.path())
             .env("WINEDEBUG", "-all");
-        quietly(&mut command)
+        quietly(&mut command, std::process::Stdio::null())
     }
 
     /// Starts the prefix's persistent server, then boots it (`wineboot`): services.exe starts,
@@ -412,13 +423,40 @@ impl OwnPrefix {
     /// test's (services.exe would keep it open for ever: a later command's output would never
     /// end).
     pub fn power_on(&self) {
+        self.boot(None);
+    }
+
+    /// [`OwnPrefix::power_on`], with what services.exe (and the services it starts) write to
+    /// stderr appended to `log`, Wine's FIXME messages of its service channel included
+    /// (`WINEDEBUG=-all,fixme+service`): what a call to the service manager that Wine does not
+    /// implement asked for.
+    pub fn power_on_logging_services(&self, log: &Path) {
+        self.boot(Some(log));
+    }
+
+    fn boot(&self, log: Option<&Path>) {
         assert!(
             self.server("-p"),
             "wineserver -p in {} failed",
             self.path().display()
         );
+        let mut boot = wine_command(self.path());
+        boot.arg("wineboot");
+        let stderr = match log {
+            Some(log) => {
+                boot.env("WINEDEBUG", "-all,fixme+service");
+                std::process::Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(log)
+                        .expect("the services.exe log"),
+                )
+            }
+            None => std::process::Stdio::null(),
+        };
         assert!(
-            quietly(wine_command(self.path()).arg("wineboot")),
+            quietly(&mut boot, stderr),
             "wineboot in {} failed",
             self.path().display()
         );
@@ -434,27 +472,22 @@ impl OwnPrefix {
     /// Runs a Wine program (`sc`, `reg`, or an .exe's path) in this prefix, within
     /// [`WINE_TIMEOUT`].
     pub fn run(&self, program: &Path, args: &[&str]) -> Ran {
-        let out = common::output_within(
+        ran(common::output_within(
             wine_command(self.path()).arg(program).args(args),
             WINE_TIMEOUT,
-        );
-        Ran {
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        ))
     }
 }
 
-/// Runs `command` with no standard input or output, within [`WINE_TIMEOUT`]: whether it
-/// succeeded. For programs that leave a daemon behind (`wineserver -p`, a Wine boot), which
-/// would hold a pipe open for ever.
-fn quietly(command: &mut Command) -> bool {
+/// Runs `command` with no standard input or output and `stderr` (null, or a file), within
+/// [`WINE_TIMEOUT`]: whether it succeeded. For programs that leave a daemon behind
+/// (`wineserver -p`, a Wine boot), which would hold a pipe open for ever.
+fn quietly(command: &mut Command, stderr: std::process::Stdio) -> bool {
     use std::process::Stdio;
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("starting a Wine command");
     let deadline = std::time::Instant::now() + WINE_TIMEOUT;
