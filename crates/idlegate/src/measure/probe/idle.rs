@@ -2,10 +2,15 @@
 //! or echo's frames, taken as they come and bounded by the decoder), then the send or the wait
 //! that says whether the path still holds the connection. What a test sees is an
 //! [`Observed`]; a connection that breaks echo's protocol is [`Broken`]: nothing measured.
+//! The idle period and the wait after a plain send poll the socket ([`wait_readable`]) and
+//! read only when it has something to say, never a read that times out and then another: on
+//! Windows a receive that timed out leaves the socket "indeterminate" (SO_RCVTIMEO).
 
 use super::{read_frame, Armed, Broken, Direction, Observed, Seen, DATA_SEQ, PLAIN_PAYLOAD};
 use crate::measure::echo::frame::Frame;
 use crate::sys::evidence::{self, Acknowledgement};
+use crate::sys::poll::wait_readable;
+use crate::sys::socket;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -40,8 +45,10 @@ fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<S
         }
         // In slices, so an abandoned round lets go promptly.
         let slice = left.min(Duration::from_millis(200));
-        if a.stream.set_read_timeout(Some(slice)).is_err() {
-            return Some(Some(Ok(Observed::ResetAtExpiry)));
+        match wait_readable(socket::raw(&a.stream), Some(slice)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return Some(Some(Ok(Observed::ResetAtExpiry))),
         }
         match a.stream.read(&mut buf) {
             Ok(n) if n > 0 && a.echo => {
@@ -163,11 +170,13 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
         if left.is_zero() {
             return Observed::Silent;
         }
-        if a.stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(20))))
-            .is_err()
-        {
-            return Observed::ResetOnNext;
+        match wait_readable(
+            socket::raw(&a.stream),
+            Some(left.min(Duration::from_millis(20))),
+        ) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return Observed::ResetOnNext,
         }
         match a.stream.read(&mut buf) {
             // Whatever the server says back is its business; a RST is ours.
