@@ -5,6 +5,7 @@
 //! rounded **up** to the next whole millisecond (both calls count milliseconds), so a wait
 //! never ends before its deadline and a loop waiting for that deadline never spins; `None`
 //! waits without limit. A call interrupted by a signal counts as a timeout (nothing reported).
+//! [`read_within`] is a read with a time limit after which the socket may be read again.
 //! [`STOP_CHECK`] is how long every loop that waits on a socket between looks at its stop
 //! flag waits at most. On Linux any descriptor may be watched (a pipe, a Unix socket); on
 //! Windows only sockets (WSAPoll's limit), and a set that watches none just sleeps out its
@@ -217,6 +218,32 @@ pub fn one(socket: Raw, read: bool, timeout: Option<Duration>) -> io::Result<Rea
 /// jiffies at every wake-up, was seen to run a percent late.
 pub fn wait_readable(socket: Raw, timeout: Option<Duration>) -> io::Result<bool> {
     Ok(one(socket, true, timeout)?.any())
+}
+
+/// Reads what `stream` has within `timeout` (more than zero): the bytes read (0 at an end of
+/// stream), or an error of kind `WouldBlock` or `TimedOut` if nothing came in time, on which
+/// the caller may read the socket again. Linux: SO_RCVTIMEO and the read, as `probe` always
+/// read (the wait ends on a jiffy: a little late). Windows: [`wait_readable`], then the read
+/// of a socket that has something to say: after a receive that timed out "the socket state is
+/// indeterminate, and should not be used" (Microsoft's SOL_SOCKET page, SO_RCVTIMEO).
+pub fn read_within(
+    stream: &std::net::TcpStream,
+    buf: &mut [u8],
+    timeout: Duration,
+) -> io::Result<usize> {
+    use std::io::Read;
+    #[cfg(unix)]
+    {
+        stream.set_read_timeout(Some(timeout))?;
+    }
+    #[cfg(windows)]
+    {
+        if !wait_readable(crate::sys::socket::raw(stream), Some(timeout))? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    }
+    let mut stream = stream;
+    stream.read(buf)
 }
 
 #[cfg(all(test, unix))]

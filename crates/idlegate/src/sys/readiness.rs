@@ -7,7 +7,11 @@
 //! it would block. On Linux it is `mio` (epoll, edge-triggered: a socket is reported when
 //! something new arrives); on Windows, where `mio` registers only its own socket types, it is
 //! [`super::poll`] (WSAPoll, level-triggered: a socket is reported as long as it is readable),
-//! so a caller that reads until it would block sees the same on both.
+//! so a caller that reads until it would block sees the same on both. The two differ for a
+//! socket left readable (an accept that failed for want of descriptors): Linux reports it
+//! again only when something new arrives, Windows at every wait, at once. Such a socket is
+//! [`Sockets::remove`]d until the caller tries it again, and [`Sockets::add`]ed back: a socket
+//! added while readable is reported at the next wait on both systems.
 
 use super::socket::Raw;
 use std::io;
@@ -146,5 +150,30 @@ mod tests {
             .wait(Some(Duration::from_millis(50)), &mut ready)
             .unwrap();
         assert!(ready.is_empty(), "removed: {ready:?}");
+    }
+
+    #[test]
+    fn a_readable_socket_removed_is_not_reported_and_added_back_is_reported_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut sockets = Sockets::new(16).unwrap();
+        sockets.add(raw(&listener), 1).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut ready = Vec::new();
+        sockets
+            .wait(Some(Duration::from_secs(5)), &mut ready)
+            .unwrap();
+        assert_eq!(ready, [1]);
+        // Not accepted (as when accept fails): out of the set, it is not reported.
+        sockets.remove(raw(&listener), 1);
+        sockets
+            .wait(Some(Duration::from_millis(50)), &mut ready)
+            .unwrap();
+        assert!(ready.is_empty(), "removed: {ready:?}");
+        // Back in the set with the connection still waiting: reported without anything new.
+        sockets.add(raw(&listener), 1).unwrap();
+        sockets
+            .wait(Some(Duration::from_secs(5)), &mut ready)
+            .unwrap();
+        assert_eq!(ready, [1]);
     }
 }

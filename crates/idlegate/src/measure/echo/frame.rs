@@ -47,7 +47,10 @@ pub enum LaterOutcome {
     /// The reply was written and TCP acknowledged it.
     Acknowledged,
     /// Writing it failed, or the connection failed while it was due or after it was written,
-    /// with this errno (`ECONNRESET`, `EPIPE`, `ETIMEDOUT`...).
+    /// with this OS error code of **echo's** system: an errno from a Linux echo (`ECONNRESET`
+    /// 104, `EPIPE`, `ETIMEDOUT`...), a Winsock code from a Windows one (`WSAECONNRESET` 10054,
+    /// `WSAETIMEDOUT`...). The two builds talk to each other, so a probe reads only that it
+    /// failed, never the number as one of its own system's.
     Failed(u16),
     /// The connection ended (EOF or error) before the delay ran out.
     Closed,

@@ -22,7 +22,8 @@
 pub mod frame;
 
 use crate::sys::evidence::{self, Acknowledgement};
-use crate::sys::socket::accept_until_stopped;
+use crate::sys::poll::wait_readable;
+use crate::sys::socket::{self, accept_until_stopped};
 use anyhow::{Context, Result};
 use frame::{ConnId, Decoder, Frame, LaterOutcome, ProtocolError, Report};
 use std::collections::HashMap;
@@ -203,7 +204,6 @@ fn refuse(stream: TcpStream, peer: SocketAddr, refusing: &Arc<AtomicUsize>) {
     }
 }
 
-/// Whether `listener` has a connection waiting, after at most `timeout`.
 /// One probe connection on echo's side.
 struct Connection {
     stream: TcpStream,
@@ -242,15 +242,27 @@ impl Connection {
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 4096];
         let stop = loop {
-            // The read waits until the delayed reply is due, or for MAX_SILENCE.
-            let timeout = match self.later {
+            // Wait (poll, to the millisecond) until the delayed reply is due, or for
+            // MAX_SILENCE; read only a socket that has something to say. No read timeout: on
+            // Windows a receive that timed out leaves the socket "indeterminate" (SO_RCVTIMEO,
+            // Microsoft's SOL_SOCKET options page), and on Linux it runs late.
+            let timeout = Some(match self.later {
                 Some((_, at)) => at
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1)),
                 None => MAX_SILENCE,
-            };
-            if self.stream.set_read_timeout(Some(timeout)).is_err() {
-                break Stop::Io;
+            });
+            match wait_readable(socket::raw(&self.stream), timeout) {
+                Ok(true) => {}
+                Ok(false) if self.later.is_none() => {
+                    tracing::info!("echo: closing {}: silent for {MAX_SILENCE:?}", self.peer);
+                    break Stop::Io;
+                }
+                Ok(false) => {
+                    self.answer_later();
+                    continue;
+                }
+                Err(_) => break Stop::Io,
             }
             match self.stream.read(&mut buf) {
                 // An end of stream that was a RST (Wine reads one as an end of stream).
@@ -282,10 +294,6 @@ impl Connection {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    if self.later.is_none() {
-                        tracing::info!("echo: closing {}: silent for {MAX_SILENCE:?}", self.peer);
-                        break Stop::Io;
-                    }
                     self.answer_later();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

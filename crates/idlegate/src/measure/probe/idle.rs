@@ -2,11 +2,14 @@
 //! or echo's frames, taken as they come and bounded by the decoder), then the send or the wait
 //! that says whether the path still holds the connection. What a test sees is an
 //! [`Observed`]; a connection that breaks echo's protocol is [`Broken`]: nothing measured.
+//! The idle period and the wait after a plain send read in slices ([`read_within`]: on Windows
+//! a poll first, since a receive that timed out leaves the socket "indeterminate").
 
 use super::{read_frame, Armed, Broken, Direction, Observed, Seen, DATA_SEQ, PLAIN_PAYLOAD};
 use crate::measure::echo::frame::Frame;
 use crate::sys::evidence::{self, Acknowledgement};
-use std::io::{self, Read, Write};
+use crate::sys::poll::read_within;
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,10 +43,7 @@ fn idle_until(a: &mut Armed, due: Instant, stop: &AtomicBool) -> Option<Option<S
         }
         // In slices, so an abandoned round lets go promptly.
         let slice = left.min(Duration::from_millis(200));
-        if a.stream.set_read_timeout(Some(slice)).is_err() {
-            return Some(Some(Ok(Observed::ResetAtExpiry)));
-        }
-        match a.stream.read(&mut buf) {
+        match read_within(&a.stream, &mut buf, slice) {
             Ok(n) if n > 0 && a.echo => {
                 if let Err(broken) = take_idle_frames(a, &buf[..n]) {
                     return Some(Some(Err(broken)));
@@ -163,13 +163,7 @@ fn plain_send(a: &mut Armed, wait: Duration) -> Observed {
         if left.is_zero() {
             return Observed::Silent;
         }
-        if a.stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(20))))
-            .is_err()
-        {
-            return Observed::ResetOnNext;
-        }
-        match a.stream.read(&mut buf) {
+        match read_within(&a.stream, &mut buf, left.min(Duration::from_millis(20))) {
             // Whatever the server says back is its business; a RST is ours.
             Ok(_) => {}
             Err(e) if nothing_yet(&e) => {}

@@ -31,10 +31,11 @@ use crate::measure::echo::frame::MAX_BUFFERED;
 use crate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
 use crate::sys::errno::{self, errno_name};
 use crate::sys::evidence::{self, Acknowledgement};
+use crate::sys::socket::set_keepalive;
 use anyhow::{bail, Context, Result};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
-use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -551,12 +552,13 @@ impl Probe {
             .context("setting IP_RECVERR")?;
         self.icmp_errors = Some(self.icmp_errors.unwrap_or(true) && icmp);
         if let Some(every) = keepalive {
-            let keepalive = TcpKeepalive::new().with_time(every).with_interval(every);
-            // The count where the system takes it (Windows 10 1703 and later); Wine refuses
-            // TCP_KEEPCNT, and Windows' own count (10) only makes a dead connection end later.
-            let counted = keepalive.clone().with_retries(KEEPALIVE_PROBES);
-            if socket.set_tcp_keepalive(&counted).is_err() {
-                socket.set_tcp_keepalive(&keepalive)?;
+            // On Linux every option must take (an error otherwise); on Windows the count is
+            // tried on its own where the system takes it (Windows 10 1703 and later): Wine
+            // refuses TCP_KEEPCNT, and Windows' own count (10) only makes a dead connection
+            // end later.
+            let not_taken = set_keepalive(&socket, every, every, KEEPALIVE_PROBES, user_timeout)?;
+            for n in not_taken {
+                tracing::debug!("probe: this system did not take {}: {}", n.option, n.error);
             }
         }
         socket

@@ -1,12 +1,15 @@
 //! The exit's gate: accepts connections and holds each one, without a thread of its own, until
 //! it has sent a Hello inside an authenticated leg; only then is it handed on.
 //!
-//! Contract: one thread, one [`Sockets`] set (`mio` on Linux, WSAPoll on Windows). A connection gets [`FIRST_MESSAGE_WITHIN`] from its
-//! accept to deliver the initiator's whole first Noise message (the initiator sends it as
-//! soon as it has connected, so it is due within a round trip), then [`HELLO_WITHIN`] after
-//! the answer to deliver its Hello. At most [`MAX_PENDING`] connections wait at once, and at
-//! most [`PER_SOURCE`] of those still owing their first message come from one source (an
-//! IPv4 address, or an IPv6 /64). A connection beyond the per-source bound takes the place of
+//! Contract: one thread, one [`Sockets`] set (`mio` on Linux, WSAPoll on Windows); every
+//! socket it is given is read until it would block, and the listener, while accepts fail (out
+//! of descriptors, say), is out of the set and tried again every 50 ms, so the gate never
+//! spins on a socket the set reports level-triggered. A connection gets
+//! [`FIRST_MESSAGE_WITHIN`] from its accept to deliver the initiator's whole first Noise
+//! message (the initiator sends it as soon as it has connected, so it is due within a round
+//! trip), then [`HELLO_WITHIN`] after the answer to deliver its Hello. At most
+//! [`MAX_PENDING`] connections wait at once, and at most [`PER_SOURCE`] of those still owing
+//! their first message come from one source (an IPv4 address, or an IPv6 /64). A connection beyond the per-source bound takes the place of
 //! its source's oldest one still owing its first message, so idle connections can delay
 //! nobody: a connection that sends its first message at once is never the oldest. At the
 //! total bound, the source that holds the most places gives one up: its oldest connection
@@ -282,13 +285,25 @@ pub fn run<E: Responder>(listener: &TcpListener, stop: &AtomicBool, exit: &E) ->
         plain: vec![0u8; MAX_PLAINTEXT],
     };
     let mut ready = Vec::with_capacity(1024);
-    // After an accept error (out of descriptors, say) the listener is tried again soon,
-    // since an edge-triggered poll would not say so again.
+    // After an accept error (out of descriptors, say) the listener is tried again every
+    // 50 ms, since an edge-triggered poll (Linux) would not say so again. Meanwhile it is out
+    // of the set: a level-triggered one (WSAPoll, Windows) would report it at once, again and
+    // again, and the gate would spin.
     let mut accept_again = true;
+    let mut listener_watched = true;
     let mut next_tick = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if accept_again {
             accept_again = gate.accept(listener);
+        }
+        if accept_again == listener_watched {
+            if accept_again {
+                gate.sockets.remove(socket::raw(listener), LISTENER);
+            } else {
+                // Added back while connections wait, it is reported at the next wait.
+                gate.sockets.add(socket::raw(listener), LISTENER)?;
+            }
+            listener_watched = !accept_again;
         }
         let now = Instant::now();
         if now >= next_tick {
@@ -479,7 +494,9 @@ impl<E: Responder> Gate<'_, E> {
                         return;
                     }
                     let Some(stream) = stream else {
-                        return;
+                        // Never left so (`answer` takes it and moves on); if it were, it
+                        // would be reported readable again and again: drop it.
+                        return self.drop_pending(key, DropCause::Handshake, "", now);
                     };
                     match stream.read(&mut buf[*got..want]) {
                         Ok(0) => return self.drop_pending(key, DropCause::Closed, "", now),
@@ -517,7 +534,7 @@ impl<E: Responder> Gate<'_, E> {
         };
         let (first, len) = (*buf, *got);
         let Some(stream) = stream.take() else {
-            return;
+            return self.drop_pending(key, DropCause::Handshake, "", now);
         };
         let keys = self.exit.responding();
         match Leg::answer(stream, &first[2..len], &keys, now + HELLO_WITHIN) {

@@ -13,14 +13,17 @@
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
 //! `stalled` gauge) until bytes move again. Memory per session is bounded: the outbox, the
-//! window (bytes waiting for a slow application), and one leg's buffers.
+//! window (bytes waiting for a slow application), and one leg's buffers. The loop waits on
+//! its sockets and never spins: once the application's socket reports a hangup (on Windows,
+//! as soon as the application's FIN arrives), bytes for it are tried again every
+//! [`WRITE_RETRY`] instead of waiting for it to be writable.
 
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::stats::Stats;
 use crate::sys::poll::{poll, Watch};
-use crate::sys::socket;
+use crate::sys::socket::{self, Raw};
 use crate::sys::wake::Wakeable;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -37,6 +40,9 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 pub const STALL_HEARTBEATS: u32 = 12;
 /// How long a finished session may take to hand its last bytes to a slow application.
 const LAST_WRITE: Duration = Duration::from_secs(120);
+/// How often bytes for the application are tried again once its socket reported a hangup
+/// (see [`Session::run_leg`]): writability can no longer be waited for there.
+const WRITE_RETRY: Duration = Duration::from_millis(10);
 
 /// Why [`Session::run_leg`] returned.
 #[derive(Debug)]
@@ -99,6 +105,9 @@ pub struct Session {
     inbox: Inbox,
     app_eof: bool,
     app_shut: bool,
+    /// The application's socket reported a hangup (its FIN, on Windows): it is no longer
+    /// watched for writing.
+    app_hung_up: bool,
     /// The last `received` told to the peer.
     acked_to_peer: u64,
     /// The last window limit told to the peer.
@@ -157,6 +166,7 @@ impl Session {
             inbox: Inbox::new(replay_buffer.max(INITIAL_WINDOW as usize)),
             app_eof: false,
             app_shut: false,
+            app_hung_up: false,
             acked_to_peer: 0,
             told_limit: 0,
             heartbeat,
@@ -249,44 +259,46 @@ impl Session {
                 .min(beat_at)
                 .min(look_again_at)
                 .saturating_duration_since(now);
-            // The leg is always read: the window bounds what the peer may send. Only what is
-            // watched goes into the set: WSAPoll (Windows) reports an empty slot as invalid
-            // at once, as Wine 8.0 was seen to do, which would spin this loop.
-            let (app_read, app_write) = (
-                self.outbox.room() > 0 && !self.app_eof,
-                self.inbox.pending() > 0,
-            );
-            let mut fds = [
-                Watch::new(leg.raw(), true, leg.pending() > 0),
-                Watch::nothing(),
-                Watch::nothing(),
-            ];
-            let mut watched = 1;
-            let mut add = |fds: &mut [Watch; 3], w: Watch| {
-                fds[watched] = w;
-                watched += 1;
-                watched - 1
+            // The leg is always read: the window bounds what the peer may send. The application
+            // is not watched for writing once its socket reported a hangup: WSAPoll (Windows)
+            // reports POLLHUP as soon as the application's FIN arrives, and then at every wait,
+            // at once, whatever was asked (Linux only once both directions are closed, or on a
+            // reset, when the next write fails), which would spin this loop while a slow
+            // application reads; its writes are then tried again every WRITE_RETRY.
+            let app_write = self.inbox.pending() > 0;
+            let timeout = if app_write && self.app_hung_up {
+                timeout.min(WRITE_RETRY)
+            } else {
+                timeout
             };
-            let app_at = (app_read || app_write).then(|| {
-                add(
-                    &mut fds,
-                    Watch::new(socket::raw(&self.app), app_read, app_write),
-                )
-            });
-            let wake_at = wake.map(|w| add(&mut fds, Watch::new(w.raw(), true, false)));
-            if let Err(e) = poll(&mut fds[..watched], Some(timeout)) {
+            let mut fds = [
+                watch(
+                    socket::raw(&self.app),
+                    (
+                        self.outbox.room() > 0 && !self.app_eof,
+                        app_write && !self.app_hung_up,
+                    ),
+                ),
+                watch(leg.raw(), (true, leg.pending() > 0)),
+                wake.map_or_else(Watch::nothing, |w| Watch::new(w.raw(), true, false)),
+            ];
+            if let Err(e) = poll(&mut fds, Some(timeout)) {
                 return self.lost(Lost::Error(e));
             }
-            if wake_at.is_some_and(|i| fds[i].ready().any()) {
+            if fds[2].ready().any() {
                 return LegEnd::Replaced;
             }
-            if app_at.is_some_and(|i| fds[i].ready().any()) {
+            let app = fds[0].ready();
+            if app.hangup() {
+                self.app_hung_up = true;
+            }
+            if app.any() {
                 if let Err(end) = self.read_app(leg) {
                     return end;
                 }
             }
             // Only bytes that arrive count as the peer alive (not the leg being writable).
-            if fds[0].ready().beyond_writable() {
+            if fds[1].ready().beyond_writable() {
                 match self.read_leg(leg) {
                     Ok(true) => last_rx = Instant::now(),
                     Ok(false) => {}
@@ -556,6 +568,15 @@ impl Session {
             && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
             && leg.pending() == 0
+    }
+}
+
+/// A watch on `socket` for reading and writing as asked; none at all if neither is.
+fn watch(socket: Raw, (read, write): (bool, bool)) -> Watch {
+    if read || write {
+        Watch::new(socket, read, write)
+    } else {
+        Watch::nothing()
     }
 }
 

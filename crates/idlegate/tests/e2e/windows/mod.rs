@@ -510,3 +510,27 @@ fn quietly(command: &mut Command, stderr: std::process::Stdio) -> bool {
 pub fn windows_path(path: &Path) -> String {
     format!("Z:{}", path.display())
 }
+
+// ---- helper F2 (the tunnel session's and echo's fixes) ----
+
+impl RunningExe {
+    /// The CPU time (user and system) its process has used so far, from /proc/PID/stat. The
+    /// child Wine started is the Windows program itself, whose loop runs there; its sockets'
+    /// work is the wineserver's, not counted here.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/stat of idlegate.exe: {e}"));
+        // The command (field 2) is in parentheses and may hold spaces: count after it.
+        let after = &stat[stat.rfind(')').expect("/proc/PID/stat has (comm)") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5); 3 is the first after comm.
+        let ticks: u64 = [fields[14 - 3], fields[15 - 3]]
+            .iter()
+            .map(|f| f.parse::<u64>().expect("utime/stime are numbers"))
+            .sum();
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+    }
+}

@@ -10,9 +10,10 @@ use crate::common::free_port;
 use crate::common::tunnel::*;
 use idlegate::survive::relay::Stats;
 use idlegate::survive::tunnel::key::Key;
-use std::net::TcpStream;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes each application sends: enough to be cut mid-stream three times over Wine's sockets.
 const BYTES: u64 = 16 << 20;
@@ -124,6 +125,97 @@ fn windows_build_under_wine_tunnel_exit_resumes_a_linux_entrys_session_after_cut
         exit.wait_said("resumed after"),
         "the Windows exit logs its resumes:\n{}",
         exit.stderr()
+    );
+}
+
+/// What the server sends the application that half-closed: far more than every buffer on the
+/// way holds (the client's receive buffer, the entry's send buffer, the tunnel's window), so
+/// that the Windows entry keeps bytes it cannot write.
+const TO_SLOW_READER: u64 = 32 << 20;
+/// How long the Windows entry is watched while the application does not read, and the CPU
+/// time it may use meanwhile: a session that waits uses next to none; one that spins, a
+/// large part of a core.
+const WATCHED: Duration = Duration::from_secs(3);
+const CPU_BOUND: Duration = Duration::from_millis(300);
+
+/// WSAPoll reports POLLHUP on a socket as soon as its peer's FIN arrives (Linux's poll only
+/// once both directions are closed): a session whose application half-closed and then reads
+/// slowly must not spin on it while it waits to write.
+#[test]
+fn windows_build_under_wine_tunnel_entry_does_not_spin_while_an_application_that_half_closed_reads_slowly(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("tunnel.key");
+    let key = Key::generate(&key_path).unwrap();
+    let (server_addr, server) = exchange_server(TO_SLOW_READER, Duration::ZERO);
+    let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
+    let listen = free_port();
+    let mut entry = RunningExe::spawn(
+        &[
+            "relay",
+            "--listen",
+            &listen.to_string(),
+            "--tunnel",
+            &exit.addr.to_string(),
+            "--key",
+            &windows_path(&key_path),
+            "--heartbeat",
+            HEARTBEAT,
+        ],
+        prefix(),
+        None,
+    );
+    entry.wait_listening(listen.port());
+    // The application: a small receive buffer, a request, its FIN, and then it reads nothing.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.connect(&listen.into()).unwrap();
+    let mut client: TcpStream = socket.into();
+    let request = vec![0x5au8; 64 << 10];
+    client.write_all(&request).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    // The server's bytes flow until every buffer on the way is full, then stop.
+    let (mut last, mut still_since) = (0, Instant::now());
+    let stalled = wait_until(WAIT, || {
+        let now = exit.stats.bytes_to_client.load(Ordering::Relaxed);
+        if now != last || now == 0 {
+            (last, still_since) = (now, Instant::now());
+        }
+        still_since.elapsed() >= Duration::from_secs(1)
+    });
+    assert!(
+        stalled && last < TO_SLOW_READER,
+        "the bytes to the application never stopped ({last} of {TO_SLOW_READER}):
+{}",
+        entry.stderr()
+    );
+    let before = entry.cpu_time();
+    std::thread::sleep(WATCHED);
+    let used = entry.cpu_time() - before;
+    eprintln!("idlegate.exe used {used:?} of CPU in {WATCHED:?} with bytes it could not write");
+    // The application reads at last: every byte comes, in order, then the FIN.
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let (received, received_len, error) = read_to_end_hashed(client);
+    let server = server.join().unwrap();
+    assert_eq!(error, None, "the application's read");
+    assert_eq!(
+        received_len, TO_SLOW_READER,
+        "bytes the application received"
+    );
+    assert_eq!(
+        received, server.sent,
+        "what the application received, in order"
+    );
+    assert_eq!(
+        server.received_len,
+        request.len() as u64,
+        "bytes the server received"
+    );
+    assert_eq!(server.error, None, "the server application saw an error");
+    assert!(
+        used < CPU_BOUND,
+        "idlegate.exe used {used:?} of CPU in {WATCHED:?} while the application did not read \
+         (at most {CPU_BOUND:?}): its session spins"
     );
 }
 
