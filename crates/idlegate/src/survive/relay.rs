@@ -3,23 +3,28 @@
 //!
 //! Contract: a [`Relay`] listens where the application connects (or accepts its clients) and
 //! forwards each connection to `connect`, byte for byte in both directions. Both of its sockets
-//! carry TCP keepalive ([`Keepalive`]: SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT)
-//! and a matching TCP_USER_TIMEOUT, so the kernel refreshes the path under an idle application
-//! and a dead peer is found in bounded time. Connections run on a few event-loop workers (one
-//! per core, mio): each direction moves through a small stack buffer until it proves bulky,
-//! then with non-blocking splice(2) through a pipe of its own (zero-copy), which bounds what
-//! the relay holds to one pipe per direction: a slow reader slows the writer, never grows a
-//! buffer. A FIN one way is passed on as a FIN (the
-//! other way keeps flowing); a RST from either side, or a failure to deliver to it, reaches
-//! the other as a RST. A connection costs no thread: setting one up is an accept, a connect
-//! and a few socket options.
+//! carry TCP keepalive ([`Keepalive`], set by `sys::socket::set_keepalive`: SO_KEEPALIVE,
+//! TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT on Linux, SIO_KEEPALIVE_VALS and TCP_KEEPCNT on
+//! Windows) and a matching user timeout (TCP_USER_TIMEOUT on Linux, TCP_MAXRT on Windows), so
+//! the kernel refreshes the path under an idle application and a dead peer is found in bounded
+//! time. Connections run on a few event-loop workers (one per core, mio): each direction moves
+//! through a small stack buffer until it proves bulky, then through a [`Pipe`] of its own
+//! (`sys::pipe`: non-blocking splice(2) through a kernel pipe on Linux, zero-copy; a buffer and
+//! a copy on Windows), which bounds what the relay holds to one pipe per direction: a slow
+//! reader slows the writer, never grows a buffer. A socket is watched for writing only while
+//! bytes wait for it (and the server's until its connect completes), and for reading only
+//! while its direction may read: mio's Windows selector re-arms every interest of a socket
+//! after each read that would block, so a socket watched for writing all the time would wake
+//! its worker at once, for ever. A FIN one way is passed on as a FIN (the other way keeps
+//! flowing); a RST from either side, or a failure to deliver to it, reaches the other as a RST.
+//! A connection costs no thread: setting one up is an accept, a connect and a few socket
+//! options.
 
-use crate::sys::evidence;
 use crate::sys::pipe::Pipe;
 use crate::sys::poll::STOP_CHECK;
 use crate::sys::{errno, resolve, socket};
 use anyhow::{bail, Context, Result};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
@@ -170,11 +175,14 @@ struct Conn {
     connected: bool,
     up: Direction,
     down: Direction,
+    /// What each socket is registered for now ([`Conn::watch`]).
+    client_watch: Interest,
+    server_watch: Interest,
 }
 
 /// One way of a connection: what the source sent, moved to the destination. Until a read
 /// fills [`SMALL`] bytes, through a small buffer on the stack (a read and a write: most
-/// connections exchange little); after that, with splice(2) through a pipe of its own.
+/// connections exchange little); after that, through a [`Pipe`] of its own.
 #[derive(Default)]
 struct Direction {
     /// Bytes read and not yet written because the destination took only part of them (at
@@ -183,11 +191,11 @@ struct Direction {
     pipe: Option<Pipe>,
     /// Bytes in the pipe, not yet written to the destination.
     in_pipe: usize,
-    /// The most one splice moves: the pipe's size.
+    /// The most one move through the pipe takes: its size.
     chunk: usize,
     /// The pipe was offered a larger size.
     grown: bool,
-    /// A read filled the small buffer: splice from now on.
+    /// A read filled the small buffer: through the pipe from now on.
     bulk: bool,
     /// The source's EOF was passed on as a FIN.
     done: bool,
@@ -330,16 +338,20 @@ impl<'r> Worker<'r> {
         keepalive.apply_relayed(&server)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let both = Interest::READABLE | Interest::WRITABLE;
+        // The client for reading; the server for reading and for its connect's completion.
+        let client_watch = interest(true, false);
+        let server_watch = interest(true, true);
         let registry = self.poll.registry();
-        registry.register(&mut client, Token(2 * key), both)?;
-        registry.register(&mut server, Token(2 * key + 1), both)?;
+        registry.register(&mut client, Token(2 * key), client_watch)?;
+        registry.register(&mut server, Token(2 * key + 1), server_watch)?;
         entry.insert(Conn {
             client,
             server,
             connected: false,
             up: Direction::default(),
             down: Direction::default(),
+            client_watch,
+            server_watch,
         });
         Ok(())
     }
@@ -398,6 +410,12 @@ impl<'r> Worker<'r> {
             crate::survive::keepalive::ended_in_order(&conn.client);
             crate::survive::keepalive::ended_in_order(&conn.server);
             self.close(key);
+        } else if let Err(e) = conn.watch(self.poll.registry(), key) {
+            tracing::warn!("relay: watching a connection's sockets: {e}");
+            let _ = socket::reset(&conn.client);
+            let _ = socket::reset(&conn.server);
+            stats.resets.fetch_add(1, Ordering::Relaxed);
+            self.close(key);
         }
     }
 
@@ -413,7 +431,47 @@ impl<'r> Worker<'r> {
     }
 }
 
+impl Conn {
+    /// Registers each socket of connection `key` for what it waits for now, where that
+    /// changed: reading while its direction may read, writing while bytes wait for it (the
+    /// server also until its connect completes).
+    fn watch(&mut self, registry: &Registry, key: usize) -> io::Result<()> {
+        let client = interest(self.up.reading(), self.down.waiting());
+        if client != self.client_watch {
+            registry.reregister(&mut self.client, Token(2 * key), client)?;
+            self.client_watch = client;
+        }
+        let server = interest(self.down.reading(), !self.connected || self.up.waiting());
+        if server != self.server_watch {
+            registry.reregister(&mut self.server, Token(2 * key + 1), server)?;
+            self.server_watch = server;
+        }
+        Ok(())
+    }
+}
+
+/// What to register a socket for: `read`, `write`, or both. A socket waiting for neither is
+/// registered for reading (mio needs an interest; both systems report an error or a hang-up
+/// whatever the interest, and no read or write of it can re-arm it on Windows meanwhile).
+fn interest(read: bool, write: bool) -> Interest {
+    match (read, write) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        (_, false) => Interest::READABLE,
+    }
+}
+
 impl Direction {
+    /// Bytes read from the source wait for the destination.
+    fn waiting(&self) -> bool {
+        !self.held.is_empty() || self.in_pipe > 0
+    }
+
+    /// The source is to be read: it has not ended, and nothing it sent waits.
+    fn reading(&self) -> bool {
+        !self.done && !self.waiting()
+    }
+
     /// Moves bytes from `from` to `to` until one of them would block; passes an EOF on as a
     /// FIN.
     fn pump(
@@ -428,7 +486,9 @@ impl Direction {
         loop {
             while self.in_pipe > 0 {
                 let Some(pipe) = &mut self.pipe else { break };
-                match pipe.drain_to(to, self.in_pipe) {
+                // try_io: on Windows a write that would block re-arms the socket's events in
+                // mio, as mio's own writes do (on Linux it only calls the closure).
+                match to.try_io(|| pipe.drain_to(to, self.in_pipe)) {
                     Ok(0) => return Pump::DestinationFailed,
                     Ok(n) => self.in_pipe -= n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Pump::Blocked,
@@ -465,8 +525,8 @@ impl Direction {
             let Some(pipe) = &mut self.pipe else {
                 return Pump::SourceFailed;
             };
-            match pipe.fill_from(from, self.chunk) {
-                Ok(0) if evidence::ended_by_reset(from) => return Pump::SourceFailed,
+            match from.try_io(|| pipe.fill_from(from, self.chunk)) {
+                Ok(0) if socket::ended_by_reset(from) => return Pump::SourceFailed,
                 Ok(0) => {
                     self.done = true;
                     let _ = to.shutdown(Shutdown::Write);
@@ -494,7 +554,7 @@ impl Direction {
     ) -> Option<Pump> {
         let mut buf = [0u8; SMALL];
         let n = match from.read(&mut buf) {
-            Ok(0) if evidence::ended_by_reset(from) => return Some(Pump::SourceFailed),
+            Ok(0) if socket::ended_by_reset(from) => return Some(Pump::SourceFailed),
             Ok(0) => {
                 self.done = true;
                 let _ = to.shutdown(Shutdown::Write);
@@ -521,8 +581,9 @@ impl Direction {
     }
 
     /// A connection that fills the default 64 KiB pipe (bulk data) gets a larger one, which
-    /// moves more per system call; short connections never pay for it. The kernel may refuse
-    /// (pipe-max-size): the default then serves.
+    /// moves more per system call; short connections never pay for it. `sys::pipe` may refuse
+    /// (Linux's pipe-max-size and pipe-user-pages-soft, or the Windows build's budget): the
+    /// pipe it has then serves.
     fn grow(&mut self) {
         self.grown = true;
         if let Some(pipe) = &mut self.pipe {
@@ -533,10 +594,10 @@ impl Direction {
     }
 }
 
-/// A direction whose source finished with a FIN, and whose source has since failed, counts
-/// as a failed source.
+/// A direction whose source finished with a FIN, and whose source has since failed (a RST, a
+/// timeout: [`socket::failed_after_end`]), counts as a failed source.
 fn reset_after_fin(pump: Pump, dir: &Direction, source: &mio::net::TcpStream) -> Pump {
-    if pump == Pump::Blocked && dir.done && matches!(source.take_error(), Ok(Some(_))) {
+    if pump == Pump::Blocked && dir.done && socket::failed_after_end(source) {
         return Pump::SourceFailed;
     }
     pump
@@ -658,10 +719,11 @@ pub fn serve_metrics(listener: TcpListener, render: impl Fn() -> String + Send +
     });
 }
 
-/// A read this large means bulk data: the direction moves to splice.
+/// A read this large means bulk data: the direction moves to its pipe.
 const SMALL: usize = 16 << 10;
 
-/// The pipe size asked for per direction: what the relay holds at most.
+/// The pipe size asked for per direction: what the relay holds at most (`sys::pipe` may give
+/// less: Linux's pipe-max-size and pipe-user-pages-soft, or the Windows build's budget).
 const PIPE_SIZE: usize = 1 << 20;
 
 #[cfg(test)]

@@ -234,10 +234,11 @@ fn bind_relay(
 
 fn log_relay(listen: SocketAddr, connect: SocketAddr, k: &Keepalive) {
     tracing::info!(target: LOG,
-        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, user timeout {:?}",
+        "relay {listen} → {connect}, keepalive {:?}/{:?}/{}, {} {:?}",
         k.idle,
         k.interval,
         k.count,
+        crate::sys::socket::USER_TIMEOUT,
         k.user_timeout()
     );
 }

@@ -13,9 +13,9 @@
 //! `false` where the system refuses it. [`ended_by_reset`] tells, once a read saw the end of a
 //! connection, whether a RST rather than a FIN ended it: Linux and Windows hand a RST to the
 //! read as ECONNRESET/WSAECONNRESET, but Wine 8.0's `recv` returns 0 for it (its wineserver
-//! takes the socket's error first), while WSAPoll still reports POLLERR.
+//! takes the socket's error first), while WSAPoll still reports POLLERR (it is
+//! `sys::socket`'s, which the relay uses too, re-exported here).
 
-use crate::sys::socket::Handle;
 use socket2::Socket;
 use std::io;
 use std::net::TcpStream;
@@ -35,7 +35,8 @@ pub enum Acknowledgement {
     Unknown,
 }
 
-pub use imp::{acknowledgement, ended_by_reset, limit_unanswered, report_icmp_errors, ICMP_ERRNOS};
+pub use crate::sys::socket::ended_by_reset;
+pub use imp::{acknowledgement, limit_unanswered, report_icmp_errors, ICMP_ERRNOS};
 
 #[cfg(target_os = "linux")]
 mod imp {
@@ -72,29 +73,19 @@ mod imp {
     pub fn limit_unanswered(socket: &Socket, after: Duration) -> io::Result<bool> {
         socket.set_tcp_user_timeout(Some(after)).map(|()| true)
     }
-
-    /// Linux hands a RST to the read itself (ECONNRESET): an end of stream is a FIN.
-    pub fn ended_by_reset(_stream: &impl Handle) -> bool {
-        false
-    }
 }
 
 #[cfg(windows)]
 mod imp {
     use super::*;
-    use std::os::windows::io::AsRawSocket;
+    use crate::sys::socket::{raw, set_tcp_option};
     use windows_sys::Win32::Networking::WinSock::{
-        setsockopt, TCP_INFO_v0, WSAGetLastError, WSAIoctl, WSAPoll, IPPROTO_TCP, POLLERR,
-        POLLRDNORM, SIO_TCP_INFO, SOCKET, SOCKET_ERROR, TCPSTATE_ESTABLISHED, TCP_MAXRT, WSAEINVAL,
-        WSAENOPROTOOPT, WSAEOPNOTSUPP, WSAPOLLFD,
+        TCP_INFO_v0, WSAGetLastError, WSAIoctl, SIO_TCP_INFO, SOCKET, SOCKET_ERROR,
+        TCPSTATE_ESTABLISHED, TCP_MAXRT, WSAEINVAL, WSAENOPROTOOPT, WSAEOPNOTSUPP,
     };
 
     /// None: no ICMP error reaches an established TCP socket as an error on Windows.
     pub const ICMP_ERRNOS: &[i32] = &[];
-
-    fn raw(stream: &impl AsRawSocket) -> SOCKET {
-        stream.as_raw_socket() as SOCKET
-    }
 
     /// Whether TCP acknowledged everything written on `stream` (SIO_TCP_INFO version 0:
     /// `State` and `BytesInFlight`); `Unknown` where the system does not implement it.
@@ -112,7 +103,7 @@ mod imp {
         // `out_len` bytes, both alive for this synchronous call (no OVERLAPPED).
         let rc = unsafe {
             WSAIoctl(
-                raw(stream),
+                raw(stream) as SOCKET,
                 SIO_TCP_INFO,
                 version_ptr.cast(),
                 in_len,
@@ -149,41 +140,14 @@ mod imp {
     /// TCP_MAXRT (whole seconds, rounded up): `Ok(false)` where the system refuses it (Wine 8.0:
     /// WSAENOPROTOOPT).
     pub fn limit_unanswered(socket: &Socket, after: Duration) -> io::Result<bool> {
-        let seconds = i32::try_from(after.as_secs() + u64::from(after.subsec_nanos() > 0))
-            .unwrap_or(i32::MAX);
-        let value: *const i32 = &seconds;
-        // SAFETY: `value` points to one readable i32 of the length given, during the call.
-        let rc = unsafe {
-            setsockopt(
-                raw(socket),
-                IPPROTO_TCP,
-                TCP_MAXRT,
-                value.cast(),
-                std::mem::size_of::<i32>() as i32,
-            )
-        };
-        if rc == SOCKET_ERROR {
-            // SAFETY: as above.
-            let code = unsafe { WSAGetLastError() };
-            if code == WSAENOPROTOOPT {
-                return Ok(false);
-            }
-            return Err(io::Error::from_raw_os_error(code));
+        // DWORD seconds, as set_keepalive sets it (TCP_MAXRT takes an int; both are 4 bytes).
+        let seconds = (after.as_secs() + u64::from(after.subsec_nanos() > 0)).min(i32::MAX as u64);
+        let seconds = u32::try_from(seconds).unwrap_or(i32::MAX as u32);
+        match set_tcp_option(raw(socket), TCP_MAXRT, seconds) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(WSAENOPROTOOPT) => Ok(false),
+            Err(e) => Err(e),
         }
-        Ok(true)
-    }
-
-    /// Whether WSAPoll reports an error on `stream` now (POLLERR): a RST, where the read
-    /// itself saw only an end of stream (Wine 8.0).
-    pub fn ended_by_reset(stream: &impl Handle) -> bool {
-        let mut watch = WSAPOLLFD {
-            fd: crate::sys::socket::raw(stream) as SOCKET,
-            events: POLLRDNORM,
-            revents: 0,
-        };
-        // SAFETY: one valid WSAPOLLFD, a zero timeout.
-        let rc = unsafe { WSAPoll(&mut watch, 1, 0) };
-        rc > 0 && watch.revents & POLLERR != 0
     }
 }
 

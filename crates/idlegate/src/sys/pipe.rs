@@ -3,16 +3,20 @@
 //! on Windows, which has no splice, a buffer in memory and a plain read and write.
 //!
 //! Contract: [`Pipe::new`] makes an empty pipe of [`Pipe::capacity`] bytes (Linux: a
-//! non-blocking, close-on-exec pipe); [`Pipe::grow`] asks for a larger one (the kernel may
-//! refuse: pipe-max-size); [`Pipe::fill_from`] moves up to `len` bytes from a socket into an
-//! empty pipe and [`Pipe::drain_to`] up to `len` of them on to a socket, each without blocking
-//! (`WouldBlock` when the socket has nothing or takes nothing; 0 from `fill_from` at EOF),
-//! retrying when interrupted. The pipe holds at most its capacity: a slow reader slows the
-//! writer, never grows a buffer.
+//! non-blocking, close-on-exec pipe); [`Pipe::grow`] asks for a larger one and may be refused;
+//! [`Pipe::fill_from`] moves up to `len` bytes from a socket into an empty pipe and
+//! [`Pipe::drain_to`] up to `len` of them on to a socket, each without blocking (`WouldBlock`
+//! when the socket has nothing or takes nothing; 0 from `fill_from` at EOF), retrying when
+//! interrupted. The pipe holds at most its capacity: a slow reader slows the writer, never
+//! grows a buffer. What all pipes hold together is bounded as Linux bounds an unprivileged
+//! user's pipes (pipe(7)): there, pipe-max-size (1 MiB) caps one pipe and, once the user's
+//! pipes hold pipe-user-pages-soft (64 MiB by default), a new pipe gets one page and none
+//! grows (a root relay, with CAP_SYS_RESOURCE, is exempt from both); on Windows the same
+//! rule, with a budget of 64 MiB for the process.
 
 #[cfg(target_os = "linux")]
-use crate::sys::socket::raw;
-use crate::sys::socket::Handle;
+use crate::sys::socket::{raw, Handle};
+#[cfg(target_os = "linux")]
 use std::io;
 
 /// A bounded buffer between two sockets (see the module's contract).
@@ -58,72 +62,209 @@ impl Pipe {
     }
 }
 
-/// A bounded buffer between two sockets (see the module's contract).
 #[cfg(windows)]
-pub struct Pipe {
-    buf: Vec<u8>,
-    /// The bytes held are `buf[start..end]`.
-    start: usize,
-    end: usize,
-}
+pub use copy::Pipe;
 
-#[cfg(windows)]
-impl Pipe {
-    pub fn new() -> io::Result<Pipe> {
-        Ok(Pipe {
-            buf: vec![0; 1 << 16],
-            start: 0,
-            end: 0,
-        })
+/// The Windows side: a buffer and a copy, within a process-wide budget. It builds for the
+/// Linux build's unit tests too (a copy works on any socket), so they test it.
+#[cfg(any(windows, test))]
+mod copy {
+    use crate::sys::socket::Handle;
+    use std::io::{self, Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// What a new pipe holds: Linux's default pipe, 16 pages.
+    const DEFAULT: usize = 1 << 16;
+    /// What a new pipe holds past the budget: one page, as Linux gives then.
+    const LEAST: usize = 1 << 12;
+
+    /// The bytes all of a process's pipes may hold together before new ones get [`LEAST`] and
+    /// none grows: Linux's default pipe-user-pages-soft for an unprivileged user, 16,384 pages
+    /// (pipe(7)).
+    pub const BUDGET: usize = 64 << 20;
+
+    /// Bytes the pipes of a process hold, against a limit.
+    pub struct Budget {
+        limit: usize,
+        held: AtomicUsize,
     }
 
-    /// The most bytes the pipe holds.
-    pub fn capacity(&self) -> usize {
-        self.buf.len()
+    impl Budget {
+        pub const fn new(limit: usize) -> Budget {
+            Budget {
+                limit,
+                held: AtomicUsize::new(0),
+            }
+        }
+
+        /// Takes `bytes` if they fit under the limit.
+        fn take(&self, bytes: usize) -> bool {
+            self.held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    held.checked_add(bytes).filter(|&after| after <= self.limit)
+                })
+                .is_ok()
+        }
+
+        /// Takes `bytes` whatever the limit (a pipe past the budget still gets [`LEAST`]).
+        fn take_anyway(&self, bytes: usize) {
+            self.held.fetch_add(bytes, Ordering::AcqRel);
+        }
+
+        fn give(&self, bytes: usize) {
+            self.held.fetch_sub(bytes, Ordering::AcqRel);
+        }
     }
 
-    /// Grows the buffer to `bytes`; the size it now has.
-    pub fn grow(&mut self, bytes: usize) -> Option<usize> {
-        if bytes > self.buf.len() {
+    /// Every pipe of the process.
+    #[cfg_attr(not(windows), allow(dead_code))] // the Linux build's tests use their own
+    static PIPES: Budget = Budget::new(BUDGET);
+
+    /// A bounded buffer between two sockets (see the module's contract).
+    pub struct Pipe {
+        buf: Vec<u8>,
+        /// The bytes held are `buf[start..end]`.
+        start: usize,
+        end: usize,
+        budget: &'static Budget,
+    }
+
+    impl Pipe {
+        /// An empty pipe of 64 KiB, or of one page once the process's pipes hold [`BUDGET`].
+        #[cfg_attr(not(windows), allow(dead_code))]
+        pub fn new() -> io::Result<Pipe> {
+            Ok(Pipe::within(&PIPES))
+        }
+
+        fn within(budget: &'static Budget) -> Pipe {
+            let size = if budget.take(DEFAULT) {
+                DEFAULT
+            } else {
+                budget.take_anyway(LEAST);
+                LEAST
+            };
+            Pipe {
+                buf: vec![0; size],
+                start: 0,
+                end: 0,
+                budget,
+            }
+        }
+
+        /// The most bytes the pipe holds.
+        pub fn capacity(&self) -> usize {
+            self.buf.len()
+        }
+
+        /// Grows the buffer to `bytes` if the budget has room; the size it now has, or `None`
+        /// if refused.
+        pub fn grow(&mut self, bytes: usize) -> Option<usize> {
+            let more = bytes.checked_sub(self.buf.len()).filter(|&m| m > 0)?;
+            if !self.budget.take(more) {
+                return None;
+            }
             self.buf.resize(bytes, 0);
+            Some(self.buf.len())
         }
-        Some(self.buf.len())
-    }
 
-    /// Up to `len` bytes from `from` into the pipe (one read, after what it holds).
-    pub fn fill_from(&mut self, from: &impl Handle, len: usize) -> io::Result<usize> {
-        use std::io::Read;
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        }
-        let until = self.buf.len().min(self.end.saturating_add(len));
-        let sock = socket2::SockRef::from(from);
-        loop {
-            match (&*sock).read(&mut self.buf[self.end..until]) {
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(n);
+        /// Up to `len` bytes from `from` into the pipe (one read, after what it holds).
+        pub fn fill_from(&mut self, from: &impl Handle, len: usize) -> io::Result<usize> {
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+            }
+            let until = self.buf.len().min(self.end.saturating_add(len));
+            let sock = socket2::SockRef::from(from);
+            loop {
+                match (&*sock).read(&mut self.buf[self.end..until]) {
+                    Ok(n) => {
+                        self.end += n;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            }
+        }
+
+        /// Up to `len` of the bytes the pipe holds on to `to` (one write).
+        pub fn drain_to(&mut self, to: &impl Handle, len: usize) -> io::Result<usize> {
+            let until = self.end.min(self.start.saturating_add(len));
+            let sock = socket2::SockRef::from(to);
+            loop {
+                match (&*sock).write(&self.buf[self.start..until]) {
+                    Ok(n) => {
+                        self.start += n;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
 
-    /// Up to `len` of the bytes the pipe holds on to `to` (one write).
-    pub fn drain_to(&mut self, to: &impl Handle, len: usize) -> io::Result<usize> {
-        use std::io::Write;
-        let until = self.end.min(self.start.saturating_add(len));
-        let sock = socket2::SockRef::from(to);
-        loop {
-            match (&*sock).write(&self.buf[self.start..until]) {
-                Ok(n) => {
-                    self.start += n;
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            self.budget.give(self.buf.len());
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn budget(limit: usize) -> &'static Budget {
+            Box::leak(Box::new(Budget::new(limit)))
+        }
+
+        #[test]
+        fn pipes_grow_within_the_budget_and_past_it_get_a_page_and_do_not_grow() {
+            let budget = budget(1 << 20);
+            let mut first = Pipe::within(budget);
+            assert_eq!(first.capacity(), DEFAULT);
+            assert_eq!(
+                first.grow(1 << 20),
+                Some(1 << 20),
+                "room for one grown pipe"
+            );
+            let mut second = Pipe::within(budget);
+            assert_eq!(second.capacity(), LEAST, "past the budget: one page");
+            assert_eq!(second.grow(1 << 20), None, "and it does not grow");
+            drop(first);
+            assert_eq!(
+                second.grow(1 << 20),
+                Some(1 << 20),
+                "a dropped pipe gave its bytes back"
+            );
+            drop(second);
+            assert_eq!(budget.held.load(Ordering::Acquire), 0);
+        }
+
+        #[test]
+        fn bytes_copied_through_a_pipe_come_out_whole_and_an_empty_socket_would_block() {
+            use crate::sys::poll::wait_readable;
+            use crate::sys::socket::raw;
+            use std::net::{TcpListener, TcpStream};
+            use std::time::Duration;
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let pair = || {
+                let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                let (far, _) = listener.accept().unwrap();
+                (near, far)
+            };
+            let (mut sender, from) = pair();
+            let (to, mut receiver) = pair();
+            from.set_nonblocking(true).unwrap();
+            let mut pipe = Pipe::within(budget(BUDGET));
+            let e = pipe.fill_from(&from, 64).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+            sender.write_all(b"copied").unwrap();
+            assert!(wait_readable(raw(&from), Some(Duration::from_secs(10))).unwrap());
+            assert_eq!(pipe.fill_from(&from, 64).unwrap(), 6);
+            assert_eq!(pipe.drain_to(&to, 64).unwrap(), 6);
+            let mut out = [0u8; 6];
+            receiver.read_exact(&mut out).unwrap();
+            assert_eq!(&out, b"copied");
         }
     }
 }

@@ -7,9 +7,13 @@
 //! listener with [`BACKLOG`] (and SO_REUSEADDR on Linux); [`reset`] arms a socket to end with
 //! a RST when closed (SO_LINGER 0) and [`orderly`] takes that back; [`set_keepalive`] sets
 //! TCP keepalive and the user timeout with each system's own options, and says which of them
-//! the system did not take. [`accept_until_stopped`] is the one accept loop: it hands each
-//! connection to its caller until a stop flag is set, looking at the flag at least every
-//! [`STOP_CHECK`]. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
+//! the system did not take ([`USER_TIMEOUT`] names the user timeout's option). [`ended_by_reset`]
+//! and [`failed_after_end`] are the one way to tell a RST that comes with or after a
+//! connection's end of stream: Linux and Windows hand a RST to the read itself
+//! (ECONNRESET/WSAECONNRESET), but Wine 8.0's `recv` returns 0 for it, as for a FIN, and leaves
+//! SO_ERROR 0, while WSAPoll still reports POLLERR. [`accept_until_stopped`] is the one accept
+//! loop: it hands each connection to its caller until a stop flag is set, looking at the flag
+//! at least every [`STOP_CHECK`]. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
 //! (IP_RECVERR); [`recv_nowait`], [`send_all`] and [`unsent_bytes`] are the non-blocking read,
 //! the write that raises no SIGPIPE, and SIOCOUTQ.
 
@@ -123,6 +127,38 @@ pub fn orderly(socket: &impl Handle) -> io::Result<()> {
     SockRef::from(socket).set_linger(None)
 }
 
+/// The option [`set_keepalive`] bounds unacknowledged data with, as the system's documentation
+/// names it: what the relay's start line says.
+#[cfg(unix)]
+pub const USER_TIMEOUT: &str = "TCP_USER_TIMEOUT";
+/// The option [`set_keepalive`] bounds unacknowledged data with, as the system's documentation
+/// names it: what the relay's start line says.
+#[cfg(windows)]
+pub const USER_TIMEOUT: &str = "TCP_MAXRT";
+
+/// Whether the end of stream a read just returned on `socket` was in fact a RST. Linux and
+/// Windows hand a RST to the read itself (ECONNRESET, WSAECONNRESET), so there a 0 is a FIN:
+/// `false`, with no system call on Linux. Wine 8.0's `recv` returns 0 for a RST too; WSAPoll
+/// then reports POLLERR on the socket, which is what the Windows side asks.
+pub fn ended_by_reset(socket: &impl Handle) -> bool {
+    #[cfg(unix)]
+    {
+        let _ = socket;
+        false
+    }
+    #[cfg(windows)]
+    {
+        windows::poll_error(raw(socket))
+    }
+}
+
+/// Whether `socket`, whose end of stream was read earlier and which is not read any more,
+/// has failed since (a RST after its FIN, a user timeout): its pending error (SO_ERROR, taken),
+/// and on Windows also [`ended_by_reset`]'s POLLERR (Wine 8.0 leaves SO_ERROR 0).
+pub fn failed_after_end(socket: &impl Handle) -> bool {
+    matches!(SockRef::from(socket).take_error(), Ok(Some(_))) || ended_by_reset(socket)
+}
+
 /// A keepalive option the system did not take (see [`set_keepalive`]).
 #[derive(Debug)]
 pub struct NotTaken {
@@ -173,12 +209,27 @@ pub fn set_keepalive(
     }
 }
 
-/// Windows' side of what socket2 does not set.
+#[cfg(windows)]
+pub(crate) use windows::set_tcp_option;
+
+/// Windows' side of what socket2 does not set or ask.
 #[cfg(windows)]
 mod windows {
     use super::Raw;
     use std::io;
     use windows_sys::Win32::Networking::WinSock as ws;
+
+    /// Whether WSAPoll reports an error on `socket` now (POLLERR), without waiting.
+    pub fn poll_error(socket: Raw) -> bool {
+        let mut watch = ws::WSAPOLLFD {
+            fd: socket as ws::SOCKET,
+            events: ws::POLLRDNORM,
+            revents: 0,
+        };
+        // SAFETY: one valid WSAPOLLFD, a zero timeout.
+        let rc = unsafe { ws::WSAPoll(&mut watch, 1, 0) };
+        rc > 0 && watch.revents & ws::POLLERR != 0
+    }
 
     /// setsockopt(IPPROTO_TCP, `name`) with a DWORD.
     pub fn set_tcp_option(socket: Raw, name: i32, value: u32) -> io::Result<()> {

@@ -593,3 +593,61 @@ fn a_relay_killed_with_a_client_connected_resets_it_and_starts_again_on_the_same
     relay.kill().unwrap();
     relay.wait().unwrap();
 }
+
+#[test]
+fn the_relay_start_line_names_the_user_timeout_tcp_user_timeout_as_linux_calls_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let server_addr = echo_server();
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    /// Kills the relay however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut relay = Killed(
+        Command::new(env!("CARGO_BIN_EXE_idlegate"))
+            .args(["relay", "--listen", &listen.to_string(), "--connect"])
+            .arg(server_addr.to_string())
+            .args(["--keepalive", "1s,1s,3"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = relay.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let line = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(&format!("relay {listen} → ")) => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "no start line within {WAIT:?}; it said:\n{}",
+                seen.join("\n")
+            ),
+        }
+    };
+    assert!(
+        line.ends_with(&format!(
+            "relay {listen} → {server_addr}, keepalive 1s/1s/3, TCP_USER_TIMEOUT 4s"
+        )),
+        "{line}"
+    );
+}

@@ -325,6 +325,13 @@ impl RunningExe {
         }
     }
 
+    /// Its process id: under Wine, `wine64` becomes the Windows program itself (its loader
+    /// execs the preloader, which loads the .exe in place), so this is idlegate.exe's process,
+    /// with its threads; its sockets, though, are the wineserver's (see [`OwnPrefix`]).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it has written to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()

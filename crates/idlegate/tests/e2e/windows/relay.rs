@@ -420,3 +420,155 @@ fn scrape(addr: SocketAddr) -> String {
     conn.read_to_string(&mut answer).unwrap();
     answer
 }
+
+/// The CPU time process `pid` has used so far, its threads included: utime + stime of
+/// /proc/PID/stat (proc(5)), in clock ticks of `sysconf(_SC_CLK_TCK)`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // The fields after the command's name, which ends with the last ')': state is field 3,
+    // utime field 14, stime field 15.
+    let (_, rest) = stat
+        .rsplit_once(") ")
+        .unwrap_or_else(|| panic!("/proc/{pid}/stat: {stat:?}"));
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .map(|&i| fields[i].parse::<u64>().expect("utime/stime"))
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// How much CPU time idlegate.exe uses over `window` while the test's connection is idle.
+fn cpu_over(relay: &RunningExe, window: Duration) -> Duration {
+    let before = cpu_time(relay.pid());
+    // The measurement window itself: nothing is awaited here.
+    std::thread::sleep(window);
+    cpu_time(relay.pid()).saturating_sub(before)
+}
+
+/// mio's Windows selector emulates edge-triggering: a read that would block re-arms every
+/// interest of its socket (mio's `src/sys/windows/selector.rs`). A relay that watched its
+/// sockets for writing all the time was woken at once by every such re-arm, pumped, read
+/// nothing, re-armed: one idle connection kept a core busy. Watched for writing only while
+/// bytes wait, an idle connection costs what an idle relay costs: the wake-ups to look at the
+/// stop flag.
+#[test]
+fn windows_relay_holding_an_idle_connection_uses_almost_no_cpu_under_wine() {
+    use std::io::Read;
+    const WINDOW: Duration = Duration::from_secs(3);
+    const MOST: Duration = Duration::from_millis(300);
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (relay, listen) = relay_to(server.local_addr().unwrap(), &[]);
+    // Idle with no connection first: what the process costs on its own (reported).
+    let alone = cpu_over(&relay, WINDOW);
+    let mut client = TcpStream::connect(listen).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(b"u").unwrap();
+    let (mut accepted, _) = server.accept().unwrap();
+    accepted.set_read_timeout(Some(WAIT)).unwrap();
+    let mut byte = [0u8; 1];
+    accepted.read_exact(&mut byte).unwrap();
+    accepted.write_all(b"d").unwrap();
+    client.read_exact(&mut byte).unwrap();
+    // Both ways crossed: the connection is set up, and now idle.
+    let idle = cpu_over(&relay, WINDOW);
+    assert!(
+        idle < MOST,
+        "idlegate.exe used {idle:?} of CPU over {WINDOW:?} holding one idle connection (with \
+         none: {alone:?})\n{}",
+        relay.stderr()
+    );
+    // Still relaying after the idle time.
+    client.write_all(b"again").unwrap();
+    let mut again = [0u8; 5];
+    accepted.read_exact(&mut again).unwrap();
+    assert_eq!(&again, b"again");
+}
+
+/// 8 MiB each way at once, both directions in bulk mode (the copy path) together, each side
+/// writing and reading at the same time: every byte arrives, in order, both ways. On Windows
+/// the copy path's reads and writes must re-arm mio's emulated edge-triggering as its own
+/// reads do, or a direction that once would block is never woken again.
+#[test]
+fn windows_relay_carries_bulk_both_ways_at_once_exactly() {
+    const EACH_WAY: usize = 8 << 20;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let served = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        conn.set_write_timeout(Some(WAIT)).unwrap();
+        let reader = conn.try_clone().unwrap();
+        let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
+        let sent = send_hashed(&mut conn, EACH_WAY, 0x5e_77);
+        (receiving.join().unwrap(), sent)
+    });
+    let (relay, listen) = relay_to(server_addr, &[]);
+    let mut client = TcpStream::connect(listen).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.set_write_timeout(Some(WAIT)).unwrap();
+    let reader = client.try_clone().unwrap();
+    let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
+    let sent_up = send_hashed(&mut client, EACH_WAY, 0xc1_77);
+    let (down_hash, down_len, down_error) = receiving.join().unwrap();
+    let ((up_hash, up_len, up_error), sent_down) = served.join().unwrap();
+    assert_eq!(up_error, None, "the server's read: {}", relay.stderr());
+    assert_eq!(up_len, EACH_WAY as u64, "bytes the server got");
+    assert!(up_hash == sent_up, "client → server: SHA-256 differs");
+    assert_eq!(down_error, None, "the client's read: {}", relay.stderr());
+    assert_eq!(down_len, EACH_WAY as u64, "bytes the client got");
+    assert!(down_hash == sent_down, "server → client: SHA-256 differs");
+}
+
+/// The start line names the option the user timeout is set with on Windows (Linux's says
+/// TCP_USER_TIMEOUT).
+#[test]
+fn windows_relay_start_line_names_the_user_timeout_tcp_maxrt_as_windows_calls_it() {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = server.local_addr().unwrap();
+    let (relay, listen) = relay_to(server_addr, &[]);
+    // --keepalive 60s,10s,3: a user timeout of 60 s + 3 × 10 s.
+    let line = format!("relay {listen} → {server_addr}, keepalive 60s/10s/3, TCP_MAXRT 90s");
+    assert!(
+        relay.wait_said(&line),
+        "{line:?} not said:\n{}",
+        relay.stderr()
+    );
+}
+
+/// A client that sent its FIN and then resets, while the server says nothing: the relay
+/// ends the connection and the server is reset too. Wine 8.0 leaves SO_ERROR 0 after that
+/// RST, so the relay asks WSAPoll too (`sys::socket::failed_after_end`).
+#[test]
+fn windows_relay_passes_a_reset_after_a_half_close_on_though_the_server_is_quiet() {
+    use std::io::Read;
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = free_port();
+    let metrics_arg = metrics.to_string();
+    let (mut relay, listen) = relay_to(server.local_addr().unwrap(), &["--metrics", &metrics_arg]);
+    relay.wait_listening(metrics.port());
+    let client = TcpStream::connect(listen).unwrap();
+    let (mut conn, _) = server.accept().unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(conn.read(&mut buf).unwrap(), 0, "the FIN first");
+    reset(client); // then a RST, while the server says nothing
+    let label = format!("listen=\"{listen}\"");
+    let wanted = [
+        format!("idlegate_relay_connections_open{{{label}}} 0"),
+        format!("idlegate_relay_resets_total{{{label}}} 1"),
+    ];
+    let mut page = String::new();
+    let ended = crate::common::tunnel::wait_until(WAIT, || {
+        page = scrape(metrics);
+        wanted.iter().all(|line| page.contains(line.as_str()))
+    });
+    assert!(ended, "wanted {wanted:#?}\nin:\n{page}\n{}", relay.stderr());
+    // The server's side was reset: its next write fails (after a FIN, reads say only EOF).
+    let failed = crate::common::tunnel::wait_until(WAIT, || conn.write_all(b"late").is_err());
+    assert!(failed, "the server's writes still succeed");
+}
