@@ -12,9 +12,10 @@
 //! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 //!
-//! Builds for other systems than Linux (Windows, in progress) have only what builds there:
-//! `sys`'s two-sided modules, `obs`, `measure`, `survive::advise` and `survive::keepalive`'s setting; the
-//! rest is `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
+//! The Windows build (`idlegate.exe`) has what makes sense there: `sys`'s two-sided modules
+//! (and `sys::service`, Windows only), `obs`, `measure`, and `survive` but `audit` and the
+//! reading of other processes' keepalive; `gateway`, `lab` and the rest are
+//! `#[cfg(target_os = "linux")]` (ARCHITECTURE.md, "The platform seam").
 
 #![deny(unsafe_code)]
 

@@ -3,9 +3,9 @@
 //! Features (gateway, lab, measure, survive, the command line) call what is here and never
 //! `libc` or `windows-sys` themselves; a port to another operating system adds its side of
 //! these files here, and nowhere else. Two-sided (a Linux side and a Windows side behind the
-//! same functions, `#[cfg]` inside the file): `errno`, `pipe`, `poll`, `resolve`, `rlimit`,
-//! `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `secret`, `wake`; a function with no Windows side yet
-//! says so. The rest is Linux-only, and `lib.rs`, `survive/mod.rs` and the command line leave
+//! same functions, `#[cfg]` inside the file): `errno`, `evidence`, `pipe`, `poll`, `resolve`,
+//! `rlimit`, `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `secret`, `wake`;
+//! a function with no Windows side says so. `service` is Windows only. The rest is Linux-only, and `lib.rs`, `survive/mod.rs` and the command line leave
 //! out the features that need it (ARCHITECTURE.md, "The platform seam").
 //!
 //! | module | domain word |
