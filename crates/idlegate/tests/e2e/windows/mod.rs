@@ -266,6 +266,27 @@ impl Drop for OwnPrefix {
     }
 }
 
+/// Wine's loader for `wine_prefix` (as [`wine_command`]), run in the named network namespace
+/// `netns` if given: `ip netns exec NS wine64 …`, which execs Wine, with Wine's environment.
+/// In a namespace, give it an [`OwnPrefix`] (see there).
+pub fn wine_in(wine_prefix: &Path, netns: Option<&str>) -> Command {
+    let wine_program = wine_command(wine_prefix);
+    let Some(ns) = netns else {
+        return wine_program;
+    };
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .arg(wine_program.get_program());
+    for (key, value) in wine_program.get_envs() {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
+    command
+}
+
 /// `idlegate.exe ARGS` running under Wine until dropped (then killed, SIGKILL, and reaped);
 /// what it writes to stderr is kept for the test's messages.
 pub struct RunningExe {
@@ -282,22 +303,7 @@ impl RunningExe {
         use std::io::Read;
         use std::process::Stdio;
         let exe = exe();
-        let wine_program = wine_command(wine_prefix);
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns])
-                    .arg(wine_program.get_program());
-                for (key, value) in wine_program.get_envs() {
-                    match value {
-                        Some(v) => c.env(key, v),
-                        None => c.env_remove(key),
-                    };
-                }
-                c
-            }
-            None => wine_program,
-        };
+        let mut command = wine_in(wine_prefix, netns);
         command
             .arg(exe)
             .args(args)
