@@ -331,13 +331,6 @@ impl RunningExe {
         }
     }
 
-    /// Its process id: under Wine, `wine64` becomes the Windows program itself (its loader
-    /// execs the preloader, which loads the .exe in place), so this is idlegate.exe's process,
-    /// with its threads; its sockets, though, are the wineserver's (see [`OwnPrefix`]).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// What it has written to stderr so far.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
@@ -527,9 +520,11 @@ pub fn windows_path(path: &Path) -> String {
 // ---- helper F2 (the tunnel session's and echo's fixes) ----
 
 impl RunningExe {
-    /// The CPU time (user and system) its process has used so far, from /proc/PID/stat. The
-    /// child Wine started is the Windows program itself, whose loop runs there; its sockets'
-    /// work is the wineserver's, not counted here.
+    /// The CPU time (user and system) its process has used so far, from /proc/PID/stat. Under
+    /// Wine, `wine64` becomes the Windows program itself (its loader execs the preloader, which
+    /// loads the .exe in place), so the child is idlegate.exe's process, whose loop runs there
+    /// with its threads; its sockets' work is the wineserver's (see [`OwnPrefix`]), not counted
+    /// here.
     pub fn cpu_time(&self) -> Duration {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -545,5 +540,13 @@ impl RunningExe {
         // SAFETY: sysconf reads a constant of the system.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+    }
+
+    /// How much CPU time it uses over `window` (slept through: the measurement window itself,
+    /// nothing is awaited).
+    pub fn cpu_over(&self, window: Duration) -> Duration {
+        let before = self.cpu_time();
+        std::thread::sleep(window);
+        self.cpu_time().saturating_sub(before)
     }
 }

@@ -421,34 +421,6 @@ fn scrape(addr: SocketAddr) -> String {
     answer
 }
 
-/// The CPU time process `pid` has used so far, its threads included: utime + stime of
-/// /proc/PID/stat (proc(5)), in clock ticks of `sysconf(_SC_CLK_TCK)`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // The fields after the command's name, which ends with the last ')': state is field 3,
-    // utime field 14, stime field 15.
-    let (_, rest) = stat
-        .rsplit_once(") ")
-        .unwrap_or_else(|| panic!("/proc/{pid}/stat: {stat:?}"));
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&i| fields[i].parse::<u64>().expect("utime/stime"))
-        .sum();
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
-    Duration::from_millis(ticks * 1000 / per_second)
-}
-
-/// How much CPU time idlegate.exe uses over `window` while the test's connection is idle.
-fn cpu_over(relay: &RunningExe, window: Duration) -> Duration {
-    let before = cpu_time(relay.pid());
-    // The measurement window itself: nothing is awaited here.
-    std::thread::sleep(window);
-    cpu_time(relay.pid()).saturating_sub(before)
-}
-
 /// mio's Windows selector emulates edge-triggering: a read that would block re-arms every
 /// interest of its socket (mio's `src/sys/windows/selector.rs`). A relay that watched its
 /// sockets for writing all the time was woken at once by every such re-arm, pumped, read
@@ -463,7 +435,7 @@ fn windows_relay_holding_an_idle_connection_uses_almost_no_cpu_under_wine() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let (relay, listen) = relay_to(server.local_addr().unwrap(), &[]);
     // Idle with no connection first: what the process costs on its own (reported).
-    let alone = cpu_over(&relay, WINDOW);
+    let alone = relay.cpu_over(WINDOW);
     let mut client = TcpStream::connect(listen).unwrap();
     client.set_read_timeout(Some(WAIT)).unwrap();
     client.write_all(b"u").unwrap();
@@ -474,7 +446,7 @@ fn windows_relay_holding_an_idle_connection_uses_almost_no_cpu_under_wine() {
     accepted.write_all(b"d").unwrap();
     client.read_exact(&mut byte).unwrap();
     // Both ways crossed: the connection is set up, and now idle.
-    let idle = cpu_over(&relay, WINDOW);
+    let idle = relay.cpu_over(WINDOW);
     assert!(
         idle < MOST,
         "idlegate.exe used {idle:?} of CPU over {WINDOW:?} holding one idle connection (with \
