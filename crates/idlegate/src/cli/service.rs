@@ -46,6 +46,21 @@ pub struct NameArg {
     name: String,
 }
 
+/// The relay's own arguments, the last of `install`'s and `run`'s.
+#[derive(Args)]
+pub struct RelayWords {
+    /// The relay's arguments, as `idlegate relay` takes them, after `--` (or without it:
+    /// Windows PowerShell 5.1 drops a bare `--` on its way to a program).
+    #[arg(
+        id = "relay",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "RELAY_ARGS"
+    )]
+    words: Vec<OsString>,
+}
+
 #[derive(Args)]
 pub struct InstallArgs {
     #[command(flatten)]
@@ -53,29 +68,16 @@ pub struct InstallArgs {
     /// The name the Services console shows [default: "idlegate relay (NAME)"].
     #[arg(long)]
     display_name: Option<String>,
-    /// The relay's arguments, as `idlegate relay` takes them, after `--` (or without it:
-    /// Windows PowerShell 5.1 drops a bare `--` on its way to a program).
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true,
-        value_name = "RELAY_ARGS"
-    )]
-    relay: Vec<OsString>,
+    #[command(flatten)]
+    relay: RelayWords,
 }
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
     name: NameArg,
-    /// The relay's arguments, after `--`.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true,
-        value_name = "RELAY_ARGS"
-    )]
-    relay: Vec<OsString>,
+    #[command(flatten)]
+    relay: RelayWords,
 }
 
 /// `idlegate relay`'s arguments on their own, to check them as the relay would.
@@ -181,7 +183,7 @@ pub fn run(command: ServiceCommand) -> Result<()> {
         }
         ServiceCommand::Run(args) => {
             let name = args.name.name.clone();
-            let outcome = relay_options(&args.relay).and_then(|options| {
+            let outcome = relay_options(&args.relay.words).and_then(|options| {
                 service::run_as_service(&name, move |stop, running| {
                     serve::serve_then(&options, stop, running)
                 })
@@ -200,7 +202,7 @@ pub fn run(command: ServiceCommand) -> Result<()> {
 fn install(args: &InstallArgs) -> Result<()> {
     let name = &args.name.name;
     service::check_name(name)?;
-    relay_options(&args.relay)?;
+    relay_options(&args.relay.words)?;
     let executable = std::env::current_exe().context("finding idlegate.exe's own path")?;
     let recovery = service::install(&service::Install {
         name: name.clone(),
@@ -212,12 +214,12 @@ fn install(args: &InstallArgs) -> Result<()> {
                       sockets, so that idle ones outlive a load balancer's or NAT's idle timeout"
             .to_string(),
         executable: executable.clone(),
-        arguments: run_line(name, &args.relay),
+        arguments: run_line(name, &args.relay.words),
     })?;
     println!(
         "installed service {name}: starts at boot and runs {} {}",
         executable.display(),
-        run_line(name, &args.relay)
+        run_line(name, &args.relay.words)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -363,7 +365,7 @@ mod tests {
             .expect("clap accepts it")
             .command
         {
-            ServiceCommand::Install(args) => (args.name.name, args.relay),
+            ServiceCommand::Install(args) => (args.name.name, args.relay.words),
             _ => panic!("not install"),
         }
     }

@@ -4,7 +4,7 @@
 //! echo. Each Wine program runs in its lab host's network namespace with a prefix, and so a
 //! wineserver, of its own there ([`OwnPrefix`]). Root only.
 
-use super::{exe, wine_command, OwnPrefix, RunningExe};
+use super::{exe, wine_in, OwnPrefix, RunningExe};
 use crate::common::{self, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::measure::echo::Echo;
@@ -150,16 +150,10 @@ fn windows_probe_under_wine_finds_a_reset_at_expiry_from_a_linux_echo_and_names_
             "--json",
         ];
         // `ip netns exec NS wine64 idlegate.exe probe …`, with the prefix's own wineserver.
-        let wine = wine_command(prefix.path());
-        let mut command = std::process::Command::new("ip");
-        command.args(["netns", "exec", &ns]).arg(wine.get_program());
-        for (key, value) in wine.get_envs() {
-            match value {
-                Some(v) => command.env(key, v),
-                None => command.env_remove(key),
-            };
-        }
-        let out = common::output_within(command.arg(exe()).args(args), PROBE_RUN);
+        let out = common::output_within(
+            wine_in(prefix.path(), Some(&ns)).arg(exe()).args(args),
+            PROBE_RUN,
+        );
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         server
             .join()

@@ -266,6 +266,27 @@ impl Drop for OwnPrefix {
     }
 }
 
+/// Wine's loader for `wine_prefix` (as [`wine_command`]), run in the named network namespace
+/// `netns` if given: `ip netns exec NS wine64 …`, which execs Wine, with Wine's environment.
+/// In a namespace, give it an [`OwnPrefix`] (see there).
+pub fn wine_in(wine_prefix: &Path, netns: Option<&str>) -> Command {
+    let wine_program = wine_command(wine_prefix);
+    let Some(ns) = netns else {
+        return wine_program;
+    };
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", ns])
+        .arg(wine_program.get_program());
+    for (key, value) in wine_program.get_envs() {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
+    command
+}
+
 /// `idlegate.exe ARGS` running under Wine until dropped (then killed, SIGKILL, and reaped);
 /// what it writes to stderr is kept for the test's messages.
 pub struct RunningExe {
@@ -282,22 +303,7 @@ impl RunningExe {
         use std::io::Read;
         use std::process::Stdio;
         let exe = exe();
-        let wine_program = wine_command(wine_prefix);
-        let mut command = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns])
-                    .arg(wine_program.get_program());
-                for (key, value) in wine_program.get_envs() {
-                    match value {
-                        Some(v) => c.env(key, v),
-                        None => c.env_remove(key),
-                    };
-                }
-                c
-            }
-            None => wine_program,
-        };
+        let mut command = wine_in(wine_prefix, netns);
         command
             .arg(exe)
             .args(args)
@@ -323,13 +329,6 @@ impl RunningExe {
             stderr,
             netns: netns.map(str::to_string),
         }
-    }
-
-    /// Its process id: under Wine, `wine64` becomes the Windows program itself (its loader
-    /// execs the preloader, which loads the .exe in place), so this is idlegate.exe's process,
-    /// with its threads; its sockets, though, are the wineserver's (see [`OwnPrefix`]).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// What it has written to stderr so far.
@@ -521,9 +520,11 @@ pub fn windows_path(path: &Path) -> String {
 // ---- helper F2 (the tunnel session's and echo's fixes) ----
 
 impl RunningExe {
-    /// The CPU time (user and system) its process has used so far, from /proc/PID/stat. The
-    /// child Wine started is the Windows program itself, whose loop runs there; its sockets'
-    /// work is the wineserver's, not counted here.
+    /// The CPU time (user and system) its process has used so far, from /proc/PID/stat. Under
+    /// Wine, `wine64` becomes the Windows program itself (its loader execs the preloader, which
+    /// loads the .exe in place), so the child is idlegate.exe's process, whose loop runs there
+    /// with its threads; its sockets' work is the wineserver's (see [`OwnPrefix`]), not counted
+    /// here.
     pub fn cpu_time(&self) -> Duration {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -539,5 +540,13 @@ impl RunningExe {
         // SAFETY: sysconf reads a constant of the system.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         Duration::from_nanos(ticks * 1_000_000_000 / per_second)
+    }
+
+    /// How much CPU time it uses over `window` (slept through: the measurement window itself,
+    /// nothing is awaited).
+    pub fn cpu_over(&self, window: Duration) -> Duration {
+        let before = self.cpu_time();
+        std::thread::sleep(window);
+        self.cpu_time().saturating_sub(before)
     }
 }

@@ -16,6 +16,7 @@ use idlegate::survive::keepalive::{Process, SocketKeepalive};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 /// A socket read or write that waits longer than this has failed (Wine on a loaded 2-core
@@ -39,6 +40,88 @@ fn send_hashed(conn: &mut TcpStream, bytes: usize, seed: u64) -> [u8; 32] {
     hash.finalize().into()
 }
 
+/// [`send_hashed`] on `conn` while another thread reads it to its end: what was read (as
+/// [`read_to_end_hashed`] says) and the SHA-256 of what was sent.
+fn send_while_reading(
+    conn: &mut TcpStream,
+    bytes: usize,
+    seed: u64,
+) -> (([u8; 32], u64, Option<String>), [u8; 32]) {
+    let reader = conn.try_clone().unwrap();
+    let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
+    let sent = send_hashed(conn, bytes, seed);
+    (receiving.join().unwrap(), sent)
+}
+
+/// `conn`, its reads and writes failing after [`WAIT`].
+fn timed(conn: TcpStream) -> TcpStream {
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.set_write_timeout(Some(WAIT)).unwrap();
+    conn
+}
+
+/// idlegate.exe relaying from `listen` to `server` with `--keepalive KEEPALIVE` and `more`
+/// arguments, in `wine_prefix` (in the named network namespace `netns` if given: see
+/// [`RunningExe::spawn`]); listening when returned.
+fn spawn_relay(
+    wine_prefix: &Path,
+    netns: Option<&str>,
+    listen: SocketAddr,
+    server: SocketAddr,
+    keepalive: &str,
+    more: &[&str],
+) -> RunningExe {
+    let (listen_arg, server_arg) = (listen.to_string(), server.to_string());
+    let mut args = vec![
+        "relay",
+        "--listen",
+        &listen_arg,
+        "--connect",
+        &server_arg,
+        "--keepalive",
+        keepalive,
+    ];
+    args.extend_from_slice(more);
+    let mut relay = RunningExe::spawn(&args, wine_prefix, netns);
+    relay.wait_listening(listen.port());
+    relay
+}
+
+/// idlegate.exe relaying from a fresh loopback port to `server`, with the tests' keepalive,
+/// and `more` arguments, in this process's shared prefix; listening when returned.
+fn relay_to(server: SocketAddr, more: &[&str]) -> (RunningExe, SocketAddr) {
+    let listen = free_port();
+    let relay = spawn_relay(super::prefix(), None, listen, server, "60s,10s,3", more);
+    (relay, listen)
+}
+
+/// A client connected to the relay at `listen` and the connection `server` accepted from
+/// the relay, each reading with a [`WAIT`] timeout, once `hello` from the client has reached
+/// the server: both legs are up.
+fn connect_through(
+    listen: SocketAddr,
+    server: &TcpListener,
+    hello: &[u8],
+) -> (TcpStream, TcpStream) {
+    let mut client = TcpStream::connect(listen).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.write_all(hello).unwrap();
+    let (mut accepted, _) = server.accept().unwrap();
+    accepted.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = vec![0u8; hello.len()];
+    std::io::Read::read_exact(&mut accepted, &mut got).unwrap();
+    (client, accepted)
+}
+
+/// [`connect_through`], and one byte back from the server to the client: both ways crossed.
+fn one_byte_each_way(listen: SocketAddr, server: &TcpListener) -> (TcpStream, TcpStream) {
+    let (mut client, mut accepted) = connect_through(listen, server, b"u");
+    accepted.write_all(b"d").unwrap();
+    let mut byte = [0u8; 1];
+    std::io::Read::read_exact(&mut client, &mut byte).unwrap();
+    (client, accepted)
+}
+
 #[test]
 fn windows_relay_carries_bytes_exactly_both_ways_with_half_close() {
     const UP: usize = 3 << 20; // more than one 1 MiB buffer: the copy path's bulk mode too
@@ -48,37 +131,16 @@ fn windows_relay_carries_bytes_exactly_both_ways_with_half_close() {
     // The server reads to the client's FIN, and only then answers: the half-close must reach
     // it while its own direction stays open.
     let served = std::thread::spawn(move || {
-        let (mut conn, _) = server.accept().unwrap();
-        conn.set_read_timeout(Some(WAIT)).unwrap();
-        conn.set_write_timeout(Some(WAIT)).unwrap();
+        let mut conn = timed(server.accept().unwrap().0);
         let received = read_to_end_hashed(conn.try_clone().unwrap());
         let sent = send_hashed(&mut conn, DOWN, 0xd0_77);
         (received, sent)
     });
 
-    let listen = free_port();
-    let mut relay = RunningExe::spawn(
-        &[
-            "relay",
-            "--listen",
-            &listen.to_string(),
-            "--connect",
-            &server_addr.to_string(),
-            "--keepalive",
-            "60s,10s,3",
-        ],
-        super::prefix(),
-        None,
-    );
-    relay.wait_listening(listen.port());
+    let (relay, listen) = relay_to(server_addr, &[]);
 
-    let mut client = TcpStream::connect(listen).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.set_write_timeout(Some(WAIT)).unwrap();
-    let reader = client.try_clone().unwrap();
-    let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
-    let sent_up = send_hashed(&mut client, UP, 0x0b_77);
-    let (down_hash, down_len, down_error) = receiving.join().unwrap();
+    let mut client = timed(TcpStream::connect(listen).unwrap());
+    let ((down_hash, down_len, down_error), sent_up) = send_while_reading(&mut client, UP, 0x0b_77);
     let ((up_hash, up_len, up_error), sent_down) = served.join().unwrap();
 
     assert_eq!(up_error, None, "the server's read: {}", relay.stderr());
@@ -181,30 +243,9 @@ fn windows_relay_keepalive_idle_and_interval_are_on_both_sockets_and_wine_refuse
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap();
     let listen = free_port();
-    let mut relay = RunningExe::spawn(
-        &[
-            "relay",
-            "--listen",
-            &listen.to_string(),
-            "--connect",
-            &server_addr.to_string(),
-            "--keepalive",
-            "7s,3s,4",
-        ],
-        super::prefix(),
-        None,
-    );
-    relay.wait_listening(listen.port());
-    let mut client = TcpStream::connect(listen).unwrap();
-    let (mut accepted, _) = server.accept().unwrap();
+    let relay = spawn_relay(super::prefix(), None, listen, server_addr, "7s,3s,4", &[]);
     // One byte each way: the relay has both sockets set up and connected.
-    accepted.set_read_timeout(Some(WAIT)).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(b"u").unwrap();
-    let mut byte = [0u8; 1];
-    std::io::Read::read_exact(&mut accepted, &mut byte).unwrap();
-    accepted.write_all(b"d").unwrap();
-    std::io::Read::read_exact(&mut client, &mut byte).unwrap();
+    let (client, accepted) = one_byte_each_way(listen, &server);
 
     let client_addr = client.local_addr().unwrap();
     let outbound_addr = accepted.peer_addr().unwrap();
@@ -257,20 +298,14 @@ fn windows_relay_in_a_lab_host_keeps_an_idle_connection_alive_where_the_direct_o
     let (outcomes, _) = Lab::with_gateway(&unique("wr"), &config, |lab| {
         let internet = lab.namespace_of(INTERNET)?;
         let own = OwnPrefix::new();
-        let mut relay = RunningExe::spawn(
-            &[
-                "relay",
-                "--listen",
-                "127.0.0.1:7101",
-                "--connect",
-                "203.0.113.10:7001",
-                "--keepalive",
-                "1s,1s,3",
-            ],
+        let relay = spawn_relay(
             own.path(),
             Some(&internet),
+            "127.0.0.1:7101".parse()?,
+            "203.0.113.10:7001".parse()?,
+            "1s,1s,3",
+            &[],
         );
-        relay.wait_listening(7101);
         let script = |name: &str, connect: &str, port: u16| Script {
             name: name.to_string(),
             client_ns: internet.clone(),
@@ -309,26 +344,6 @@ fn windows_relay_in_a_lab_host_keeps_an_idle_connection_alive_where_the_direct_o
     );
 }
 
-/// idlegate.exe relaying from a fresh loopback port to `server`, with the tests' keepalive,
-/// and `more` arguments; listening when returned.
-fn relay_to(server: SocketAddr, more: &[&str]) -> (RunningExe, SocketAddr) {
-    let listen = free_port();
-    let (listen_arg, server_arg) = (listen.to_string(), server.to_string());
-    let mut args = vec![
-        "relay",
-        "--listen",
-        &listen_arg,
-        "--connect",
-        &server_arg,
-        "--keepalive",
-        "60s,10s,3",
-    ];
-    args.extend_from_slice(more);
-    let mut relay = RunningExe::spawn(&args, super::prefix(), None);
-    relay.wait_listening(listen.port());
-    (relay, listen)
-}
-
 /// Closes `conn` with a RST (SO_LINGER 0).
 fn reset(conn: TcpStream) {
     socket2::SockRef::from(&conn)
@@ -346,14 +361,9 @@ fn windows_relay_passes_a_reset_from_either_side_on_as_a_reset_though_wine_reads
         let what = if server_resets { "server" } else { "client" };
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let (relay, listen) = relay_to(server.local_addr().unwrap(), &[]);
-        let mut client = TcpStream::connect(listen).unwrap();
-        client.set_read_timeout(Some(WAIT)).unwrap();
         // One byte across: both legs are up before one side resets.
-        client.write_all(b"x").unwrap();
-        let (mut accepted, _) = server.accept().unwrap();
-        accepted.set_read_timeout(Some(WAIT)).unwrap();
+        let (client, accepted) = connect_through(listen, &server, b"x");
         let mut byte = [0u8; 1];
-        accepted.read_exact(&mut byte).unwrap();
         let (resetting, mut other) = if server_resets {
             (accepted, client)
         } else {
@@ -373,17 +383,8 @@ fn windows_relay_passes_a_reset_from_either_side_on_as_a_reset_though_wine_reads
 fn windows_relay_serves_its_metrics_under_wine() {
     use std::io::Read;
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics = free_port();
-    let metrics_arg = metrics.to_string();
-    let (mut relay, listen) = relay_to(server.local_addr().unwrap(), &["--metrics", &metrics_arg]);
-    relay.wait_listening(metrics.port());
-    let mut client = TcpStream::connect(listen).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(b"hello").unwrap();
-    let (mut accepted, _) = server.accept().unwrap();
-    accepted.set_read_timeout(Some(WAIT)).unwrap();
-    let mut got = [0u8; 5];
-    accepted.read_exact(&mut got).unwrap();
+    let (relay, listen, metrics) = relay_with_metrics_to(server.local_addr().unwrap());
+    let (mut client, mut accepted) = connect_through(listen, &server, b"hello");
     accepted.write_all(b"hi").unwrap();
     let mut back = [0u8; 2];
     client.read_exact(&mut back).unwrap();
@@ -397,16 +398,32 @@ fn windows_relay_serves_its_metrics_under_wine() {
         format!("idlegate_relay_connections_open{{{label}}} 0"),
     ];
     // The counters settle once the relay has seen both FINs: ask until they do (bounded).
-    let mut page = String::new();
-    let settled = crate::common::tunnel::wait_until(WAIT, || {
-        page = scrape(metrics);
-        wanted.iter().all(|line| page.contains(line.as_str()))
-    });
+    let (settled, page) = metrics_settle(metrics, &wanted);
     assert!(
         settled,
         "wanted {wanted:#?}\nin:\n{page}\n{}",
         relay.stderr()
     );
+}
+
+/// [`relay_to`] `server` with `--metrics` at a fresh loopback port, both listening when
+/// returned: the relay, the address it relays from, its metrics' address.
+fn relay_with_metrics_to(server: SocketAddr) -> (RunningExe, SocketAddr, SocketAddr) {
+    let metrics = free_port();
+    let (mut relay, listen) = relay_to(server, &["--metrics", &metrics.to_string()]);
+    relay.wait_listening(metrics.port());
+    (relay, listen, metrics)
+}
+
+/// Scrapes `metrics` until its page holds every line of `wanted`, at most [`WAIT`]: whether
+/// it came to, and the last page.
+fn metrics_settle(metrics: SocketAddr, wanted: &[String]) -> (bool, String) {
+    let mut page = String::new();
+    let settled = crate::common::tunnel::wait_until(WAIT, || {
+        page = scrape(metrics);
+        wanted.iter().all(|line| page.contains(line.as_str()))
+    });
+    (settled, page)
 }
 
 /// `GET /metrics` from `addr`: the answer's body.
@@ -419,34 +436,6 @@ fn scrape(addr: SocketAddr) -> String {
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     answer
-}
-
-/// The CPU time process `pid` has used so far, its threads included: utime + stime of
-/// /proc/PID/stat (proc(5)), in clock ticks of `sysconf(_SC_CLK_TCK)`.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // The fields after the command's name, which ends with the last ')': state is field 3,
-    // utime field 14, stime field 15.
-    let (_, rest) = stat
-        .rsplit_once(") ")
-        .unwrap_or_else(|| panic!("/proc/{pid}/stat: {stat:?}"));
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .map(|&i| fields[i].parse::<u64>().expect("utime/stime"))
-        .sum();
-    // SAFETY: sysconf reads a constant of the system.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
-    Duration::from_millis(ticks * 1000 / per_second)
-}
-
-/// How much CPU time idlegate.exe uses over `window` while the test's connection is idle.
-fn cpu_over(relay: &RunningExe, window: Duration) -> Duration {
-    let before = cpu_time(relay.pid());
-    // The measurement window itself: nothing is awaited here.
-    std::thread::sleep(window);
-    cpu_time(relay.pid()).saturating_sub(before)
 }
 
 /// mio's Windows selector emulates edge-triggering: a read that would block re-arms every
@@ -463,18 +452,10 @@ fn windows_relay_holding_an_idle_connection_uses_almost_no_cpu_under_wine() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let (relay, listen) = relay_to(server.local_addr().unwrap(), &[]);
     // Idle with no connection first: what the process costs on its own (reported).
-    let alone = cpu_over(&relay, WINDOW);
-    let mut client = TcpStream::connect(listen).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.write_all(b"u").unwrap();
-    let (mut accepted, _) = server.accept().unwrap();
-    accepted.set_read_timeout(Some(WAIT)).unwrap();
-    let mut byte = [0u8; 1];
-    accepted.read_exact(&mut byte).unwrap();
-    accepted.write_all(b"d").unwrap();
-    client.read_exact(&mut byte).unwrap();
+    let alone = relay.cpu_over(WINDOW);
+    let (mut client, mut accepted) = one_byte_each_way(listen, &server);
     // Both ways crossed: the connection is set up, and now idle.
-    let idle = cpu_over(&relay, WINDOW);
+    let idle = relay.cpu_over(WINDOW);
     assert!(
         idle < MOST,
         "idlegate.exe used {idle:?} of CPU over {WINDOW:?} holding one idle connection (with \
@@ -498,22 +479,13 @@ fn windows_relay_carries_bulk_both_ways_at_once_exactly() {
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = server.local_addr().unwrap();
     let served = std::thread::spawn(move || {
-        let (mut conn, _) = server.accept().unwrap();
-        conn.set_read_timeout(Some(WAIT)).unwrap();
-        conn.set_write_timeout(Some(WAIT)).unwrap();
-        let reader = conn.try_clone().unwrap();
-        let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
-        let sent = send_hashed(&mut conn, EACH_WAY, 0x5e_77);
-        (receiving.join().unwrap(), sent)
+        let mut conn = timed(server.accept().unwrap().0);
+        send_while_reading(&mut conn, EACH_WAY, 0x5e_77)
     });
     let (relay, listen) = relay_to(server_addr, &[]);
-    let mut client = TcpStream::connect(listen).unwrap();
-    client.set_read_timeout(Some(WAIT)).unwrap();
-    client.set_write_timeout(Some(WAIT)).unwrap();
-    let reader = client.try_clone().unwrap();
-    let receiving = std::thread::spawn(move || read_to_end_hashed(reader));
-    let sent_up = send_hashed(&mut client, EACH_WAY, 0xc1_77);
-    let (down_hash, down_len, down_error) = receiving.join().unwrap();
+    let mut client = timed(TcpStream::connect(listen).unwrap());
+    let ((down_hash, down_len, down_error), sent_up) =
+        send_while_reading(&mut client, EACH_WAY, 0xc1_77);
     let ((up_hash, up_len, up_error), sent_down) = served.join().unwrap();
     assert_eq!(up_error, None, "the server's read: {}", relay.stderr());
     assert_eq!(up_len, EACH_WAY as u64, "bytes the server got");
@@ -546,10 +518,7 @@ fn windows_relay_start_line_names_the_user_timeout_tcp_maxrt_as_windows_calls_it
 fn windows_relay_passes_a_reset_after_a_half_close_on_though_the_server_is_quiet() {
     use std::io::Read;
     let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let metrics = free_port();
-    let metrics_arg = metrics.to_string();
-    let (mut relay, listen) = relay_to(server.local_addr().unwrap(), &["--metrics", &metrics_arg]);
-    relay.wait_listening(metrics.port());
+    let (relay, listen, metrics) = relay_with_metrics_to(server.local_addr().unwrap());
     let client = TcpStream::connect(listen).unwrap();
     let (mut conn, _) = server.accept().unwrap();
     conn.set_read_timeout(Some(WAIT)).unwrap();
@@ -562,11 +531,7 @@ fn windows_relay_passes_a_reset_after_a_half_close_on_though_the_server_is_quiet
         format!("idlegate_relay_connections_open{{{label}}} 0"),
         format!("idlegate_relay_resets_total{{{label}}} 1"),
     ];
-    let mut page = String::new();
-    let ended = crate::common::tunnel::wait_until(WAIT, || {
-        page = scrape(metrics);
-        wanted.iter().all(|line| page.contains(line.as_str()))
-    });
+    let (ended, page) = metrics_settle(metrics, &wanted);
     assert!(ended, "wanted {wanted:#?}\nin:\n{page}\n{}", relay.stderr());
     // The server's side was reset: its next write fails (after a FIN, reads say only EOF).
     let failed = crate::common::tunnel::wait_until(WAIT, || conn.write_all(b"late").is_err());

@@ -40,6 +40,47 @@ fn state(machine: &OwnPrefix, name: &str) -> String {
         .to_string()
 }
 
+/// Whether the service comes to `wanted` state (as [`state`] names it) within
+/// [`SERVICE_WAIT`].
+fn comes_to(machine: &OwnPrefix, name: &str, wanted: &str) -> bool {
+    common::tunnel::wait_until(SERVICE_WAIT, || state(machine, name) == wanted)
+}
+
+/// The test's own Wine machine ([`OwnPrefix`]), powered off and on: its services.exe runs.
+fn booted_machine() -> OwnPrefix {
+    let machine = OwnPrefix::new();
+    machine.power_off();
+    machine.power_on();
+    machine
+}
+
+/// [`registry_entry`] as `machine`'s reg.exe reads it.
+fn registry_entry_in(machine: &OwnPrefix, name: &str) -> Option<String> {
+    registry_entry(|program, args| machine.run(Path::new(program), args), name)
+}
+
+/// The line of the registry entry `entry` (as `reg query` prints it) that names `value`, or
+/// an empty one.
+fn value_line(entry: &str, value: &str) -> String {
+    entry
+        .lines()
+        .find(|l| l.trim_start().starts_with(value))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `service install --name NAME -- RELAY_ARGS`.
+fn install_line<'a>(name: &'a str, relay_args: &[&'a str]) -> Vec<&'a str> {
+    let mut line = vec!["service", "install", "--name", name, "--"];
+    line.extend_from_slice(relay_args);
+    line
+}
+
+/// `idlegate.exe service uninstall --name NAME` in `machine`.
+fn uninstall(machine: &OwnPrefix, name: &str) -> Ran {
+    machine.run(exe(), &["service", "uninstall", "--name", name])
+}
+
 /// A server on Linux loopback that, for each connection, reads until the client's FIN, then
 /// answers `reply:` and what it read and closes its side; what it read goes to the channel.
 fn upstream() -> (SocketAddr, mpsc::Receiver<Vec<u8>>) {
@@ -99,10 +140,7 @@ fn exchange(relay: SocketAddr, seen: &mpsc::Receiver<Vec<u8>>, message: &[u8]) {
 
 #[test]
 fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
-    let machine = OwnPrefix::new();
-    machine.power_off();
-    machine.power_on();
-    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
+    let machine = booted_machine();
     let name = common::unique("igsvc");
     let (upstream_address, seen) = upstream();
     let relay_address = common::free_port();
@@ -116,9 +154,7 @@ fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
         "--keepalive",
         "120s,30s,8",
     ];
-    let mut install = vec!["service", "install", "--name", &name, "--"];
-    install.extend(relay_args);
-    let installed = machine.run(exe(), &install);
+    let installed = machine.run(exe(), &install_line(&name, &relay_args));
     assert!(
         installed.status.success(),
         "install: {}{}",
@@ -127,14 +163,8 @@ fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
     );
     // The entry a boot starts it from: automatic start (SERVICE_AUTO_START = 2), and the
     // command line that runs the relay under the service manager.
-    let entry = registry_entry(reg, &name).expect("the service's registry entry");
-    let value = |key: &str| {
-        entry
-            .lines()
-            .find(|l| l.trim_start().starts_with(key))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let entry = registry_entry_in(&machine, &name).expect("the service's registry entry");
+    let value = |key: &str| value_line(&entry, key);
     assert!(value("Start").ends_with("0x2"), "{entry}");
     assert!(
         value("ObjectName").ends_with("NT AUTHORITY\\LocalService"),
@@ -163,7 +193,7 @@ fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
     let stopped = machine.run(Path::new("sc"), &["stop", &name]);
     assert!(stopped.status.success(), "sc stop: {}", stopped.stdout);
     assert!(
-        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
+        comes_to(&machine, &name, "STOPPED"),
         "still {} after sc stop",
         state(&machine, &name)
     );
@@ -177,13 +207,13 @@ fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
     machine.power_off();
     machine.power_on();
     assert!(
-        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "RUNNING"),
+        comes_to(&machine, &name, "RUNNING"),
         "{} after the reboot",
         state(&machine, &name)
     );
     exchange(relay_address, &seen, b"after the reboot");
 
-    let uninstalled = machine.run(exe(), &["service", "uninstall", "--name", &name]);
+    let uninstalled = uninstall(&machine, &name);
     assert!(
         uninstalled.status.success(),
         "uninstall: {}",
@@ -194,7 +224,7 @@ fn windows_service_under_wine_starts_at_boot_relays_stops_and_uninstalls() {
         "{}",
         uninstalled.stdout
     );
-    assert_eq!(registry_entry(reg, &name), None);
+    assert_eq!(registry_entry_in(&machine, &name), None);
     assert!(
         TcpStream::connect_timeout(&relay_address, Duration::from_secs(5)).is_err(),
         "the relay still listens after uninstall"
@@ -222,9 +252,7 @@ fn windows_service_install_under_wine_refuses_bad_relay_arguments_and_installs_n
         ),
         (vec!["--listen", "127.0.0.1:1"], "the relay's arguments"),
     ] {
-        let mut install = vec!["service", "install", "--name", &name, "--"];
-        install.extend(&relay_args);
-        let refused = idlegate_exe(&install);
+        let refused = idlegate_exe(&install_line(&name, &relay_args));
         assert!(!refused.status.success(), "{relay_args:?} installed");
         assert!(
             refused.stderr.contains(said),
@@ -288,9 +316,7 @@ fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine
     // The README's sc.exe lines, each run by cmd.exe from a batch file as written, with this
     // test's name and ports; the executable where the README has it, under
     // C:\Program Files\idlegate (a path with a space, which binPath's \" quoting is for).
-    let machine = OwnPrefix::new();
-    machine.power_off();
-    machine.power_on();
+    let machine = booted_machine();
     let name = common::unique("igsc");
     let (upstream_address, seen) = upstream();
     let relay_address = common::free_port();
@@ -338,13 +364,9 @@ fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine
         }
         match verb {
             "create" => {
-                let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
-                let entry = registry_entry(reg, &name).expect("the service's registry entry");
-                let image = entry
-                    .lines()
-                    .find(|l| l.trim_start().starts_with("ImagePath"))
-                    .unwrap_or_default()
-                    .to_string();
+                let entry =
+                    registry_entry_in(&machine, &name).expect("the service's registry entry");
+                let image = value_line(&entry, "ImagePath");
                 assert!(
                     image.ends_with(&format!(
                         "\"C:\\Program Files\\idlegate\\idlegate.exe\" service run --name {name} -- --listen {relay_address} --connect {upstream_address} --keepalive 120s,30s,8"
@@ -357,15 +379,14 @@ fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine
                 assert_eq!(state(&machine, &name), "RUNNING");
             }
             "stop" => assert!(
-                common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
+                comes_to(&machine, &name, "STOPPED"),
                 "still {} after sc stop",
                 state(&machine, &name)
             ),
             _ => {}
         }
     }
-    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
-    assert_eq!(registry_entry(reg, &name), None);
+    assert_eq!(registry_entry_in(&machine, &name), None);
 }
 
 #[test]
@@ -373,36 +394,20 @@ fn windows_service_under_wine_whose_port_is_taken_ends_stopped_with_its_error_co
     // The relay cannot bind (a Linux listener holds the port): the service never serves,
     // and the service manager is told so: STOPPED, WIN32_EXIT_CODE 1066
     // (ERROR_SERVICE_SPECIFIC_ERROR) with SERVICE_EXIT_CODE 1, what the README says to read.
-    let machine = OwnPrefix::new();
-    machine.power_off();
-    machine.power_on();
+    let machine = booted_machine();
     let name = common::unique("igtaken");
     let holder = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
     let taken = holder.local_addr().unwrap().to_string();
     let installed = machine.run(
         exe(),
-        &[
-            "service",
-            "install",
-            "--name",
-            &name,
-            "--",
-            "--listen",
-            &taken,
-            "--connect",
-            "192.0.2.1:9",
-        ],
+        &install_line(&name, &["--listen", &taken, "--connect", "192.0.2.1:9"]),
     );
     assert!(installed.status.success(), "install: {}", installed.stderr);
     // Whether `sc start` itself reports the failure depends on when the service manager
     // answers; the state it ends in does not.
     let _ = machine.run(Path::new("sc"), &["start", &name]);
     let query = || machine.run(Path::new("sc"), &["query", &name]).stdout;
-    assert!(
-        common::tunnel::wait_until(SERVICE_WAIT, || state(&machine, &name) == "STOPPED"),
-        "{}",
-        query()
-    );
+    assert!(comes_to(&machine, &name, "STOPPED"), "{}", query());
     let stopped = query();
     let field = |key: &str| {
         stopped
@@ -415,7 +420,7 @@ fn windows_service_under_wine_whose_port_is_taken_ends_stopped_with_its_error_co
     };
     assert_eq!(field("WIN32_EXIT_CODE"), "1066", "{stopped}");
     assert_eq!(field("SERVICE_EXIT_CODE"), "1", "{stopped}");
-    let uninstalled = machine.run(exe(), &["service", "uninstall", "--name", &name]);
+    let uninstalled = uninstall(&machine, &name);
     assert!(uninstalled.status.success(), "{}", uninstalled.stderr);
     drop(holder);
 }
@@ -435,17 +440,10 @@ fn windows_service_install_under_wine_asks_for_restarts_which_wine_takes_unstore
     let name = common::unique("igrec");
     let installed = machine.run(
         exe(),
-        &[
-            "service",
-            "install",
-            "--name",
+        &install_line(
             &name,
-            "--",
-            "--listen",
-            "127.0.0.1:1",
-            "--connect",
-            "127.0.0.1:2",
-        ],
+            &["--listen", "127.0.0.1:1", "--connect", "127.0.0.1:2"],
+        ),
     );
     assert!(installed.status.success(), "{}", installed.stderr);
     let asked = std::fs::read_to_string(&services_log).unwrap_or_default();
@@ -463,9 +461,8 @@ fn windows_service_install_under_wine_asks_for_restarts_which_wine_takes_unstore
         "{}",
         installed.stderr
     );
-    let reg = |program: &str, args: &[&str]| machine.run(Path::new(program), args);
-    let entry = registry_entry(reg, &name).expect("the service's registry entry");
+    let entry = registry_entry_in(&machine, &name).expect("the service's registry entry");
     assert!(!entry.contains("FailureActions"), "{entry}");
-    let uninstalled = machine.run(exe(), &["service", "uninstall", "--name", &name]);
+    let uninstalled = uninstall(&machine, &name);
     assert!(uninstalled.status.success(), "{}", uninstalled.stderr);
 }

@@ -11,7 +11,8 @@ use crate::common::tunnel::*;
 use idlegate::survive::relay::Stats;
 use idlegate::survive::tunnel::key::Key;
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -44,87 +45,131 @@ fn windows_build_under_wine_tunnel_entry_resumes_to_a_linux_exit_after_cuts_with
     let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
     let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
     let path = CutPath::new(exit.addr);
-    let listen = free_port();
-    let mut entry = RunningExe::spawn(
-        &[
-            "relay",
-            "--listen",
-            &listen.to_string(),
-            "--tunnel",
-            &path.addr.to_string(),
-            "--key",
-            &windows_path(&key_path),
-            "--heartbeat",
-            HEARTBEAT,
-            "--resume-within",
-            RESUME_WITHIN,
-        ],
-        prefix(),
-        None,
+    let (entry, listen) = windows_end(
+        Role::Entry,
+        path.addr,
+        &key_path,
+        &["--resume-within", RESUME_WITHIN],
     );
-    entry.wait_listening(listen.port());
-    let client = TcpStream::connect(listen).unwrap();
-    let client = std::thread::spawn(move || exchange(client, BYTES, 42, Duration::ZERO));
     // The exit counts what the Windows entry carried and each resume.
-    cut_as_bytes_flow(&exit.stats, &path, &client, || entry.stderr());
-    let (client, server) = (client.join().unwrap(), server.join().unwrap());
-    assert_whole(&client, &server, BYTES);
-    assert!(
-        exit.stats.reconnects.load(Ordering::Relaxed) >= CUTS,
-        "every cut was resumed; the entry said:\n{}",
-        entry.stderr()
-    );
-    assert!(
-        entry.wait_said("resumed after"),
-        "the Windows entry logs its resumes:\n{}",
-        entry.stderr()
-    );
+    carries_every_byte_across_cuts(listen, 42, server, &exit.stats, &path, &entry, Role::Entry);
 }
 
 #[test]
 fn windows_build_under_wine_tunnel_exit_resumes_a_linux_entrys_session_after_cuts_with_every_byte_in_order(
 ) {
     // The pair's key, made by the Linux build (mode 0600), loaded by idlegate.exe.
+    let (_dir, key_path, key) = linux_key();
+
+    let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
+    let (exit, tunnel_listen) = windows_end(
+        Role::Exit,
+        server_addr,
+        &key_path,
+        &["--resume-within", RESUME_WITHIN],
+    );
+    let path = CutPath::new(tunnel_listen);
+    let entry = start_entry(path.addr, &key, settings(1000, WAIT));
+    carries_every_byte_across_cuts(
+        entry.addr,
+        43,
+        server,
+        &entry.stats,
+        &path,
+        &exit,
+        Role::Exit,
+    );
+}
+
+/// A tunnel end's role.
+#[derive(Clone, Copy)]
+enum Role {
+    /// `--listen` for applications, `--tunnel` to the exit.
+    Entry,
+    /// `--tunnel-listen` for entries, `--connect` to the server.
+    Exit,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Entry => "entry",
+            Role::Exit => "exit",
+        }
+    }
+}
+
+/// The pair's key, made by the Linux build (mode 0600) in a new temporary directory (removed
+/// when the first value is dropped): the directory, the key file's path, the key.
+fn linux_key() -> (tempfile::TempDir, std::path::PathBuf, Key) {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("tunnel.key");
     let key = Key::generate(&key_path).unwrap();
+    (dir, key_path, key)
+}
 
-    let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
-    let tunnel_listen = free_port();
-    let mut exit = RunningExe::spawn(
-        &[
-            "relay",
-            "--tunnel-listen",
-            &tunnel_listen.to_string(),
-            "--connect",
-            &server_addr.to_string(),
-            "--key",
-            &windows_path(&key_path),
-            "--heartbeat",
-            HEARTBEAT,
-            "--resume-within",
-            RESUME_WITHIN,
-        ],
-        prefix(),
-        None,
-    );
-    exit.wait_listening(tunnel_listen.port());
-    let path = CutPath::new(tunnel_listen);
-    let entry = start_entry(path.addr, &key, settings(1000, WAIT));
-    let client = TcpStream::connect(entry.addr).unwrap();
-    let client = std::thread::spawn(move || exchange(client, BYTES, 43, Duration::ZERO));
-    cut_as_bytes_flow(&entry.stats, &path, &client, || exit.stderr());
+/// idlegate.exe as the tunnel's `role` under Wine, in this process's shared prefix, at a
+/// fresh loopback port, to `to` (the exit for an entry, the server for an exit), with the key
+/// file at `key_path`, [`HEARTBEAT`] and `more` arguments; listening when returned: it and
+/// the address it listens on.
+fn windows_end(
+    role: Role,
+    to: SocketAddr,
+    key_path: &Path,
+    more: &[&str],
+) -> (RunningExe, SocketAddr) {
+    let (listen_flag, to_flag) = match role {
+        Role::Entry => ("--listen", "--tunnel"),
+        Role::Exit => ("--tunnel-listen", "--connect"),
+    };
+    let listen = free_port();
+    let (listen_arg, to_arg, key_arg) =
+        (listen.to_string(), to.to_string(), windows_path(key_path));
+    let mut args = vec![
+        "relay",
+        listen_flag,
+        &listen_arg,
+        to_flag,
+        &to_arg,
+        "--key",
+        &key_arg,
+        "--heartbeat",
+        HEARTBEAT,
+    ];
+    args.extend_from_slice(more);
+    let mut end = RunningExe::spawn(&args, prefix(), None);
+    end.wait_listening(listen.port());
+    (end, listen)
+}
+
+/// An application connected to `listen` exchanges [`BYTES`] each way (seeded with `seed`)
+/// with `server` while `path` is cut [`CUTS`] times: every byte arrives once and in order,
+/// `linux_end` counts every resume, and the Windows end (`windows`, the tunnel's `role`)
+/// logs its resumes.
+fn carries_every_byte_across_cuts(
+    listen: SocketAddr,
+    seed: u64,
+    server: std::thread::JoinHandle<Seen>,
+    linux_end: &Stats,
+    path: &CutPath,
+    windows: &RunningExe,
+    role: Role,
+) {
+    let client = TcpStream::connect(listen).unwrap();
+    let client = std::thread::spawn(move || exchange(client, BYTES, seed, Duration::ZERO));
+    cut_as_bytes_flow(linux_end, path, &client, || windows.stderr());
     let (client, server) = (client.join().unwrap(), server.join().unwrap());
     assert_whole(&client, &server, BYTES);
+    let role = role.name();
     assert!(
-        entry.stats.reconnects.load(Ordering::Relaxed) >= CUTS,
-        "every cut was resumed; the exit said:\n{}",
-        exit.stderr()
+        linux_end.reconnects.load(Ordering::Relaxed) >= CUTS,
+        "every cut was resumed; the {role} said:\n{}",
+        windows.stderr()
     );
     assert!(
-        exit.wait_said("resumed after"),
-        "the Windows exit logs its resumes:\n{}",
-        exit.stderr()
+        windows.wait_said("resumed after"),
+        "the Windows {role} logs its resumes:\n{}",
+        windows.stderr()
     );
 }
 
@@ -144,28 +189,10 @@ const CPU_BOUND: Duration = Duration::from_millis(300);
 #[test]
 fn windows_build_under_wine_tunnel_entry_does_not_spin_while_an_application_that_half_closed_reads_slowly(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("tunnel.key");
-    let key = Key::generate(&key_path).unwrap();
+    let (_dir, key_path, key) = linux_key();
     let (server_addr, server) = exchange_server(TO_SLOW_READER, Duration::ZERO);
     let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
-    let listen = free_port();
-    let mut entry = RunningExe::spawn(
-        &[
-            "relay",
-            "--listen",
-            &listen.to_string(),
-            "--tunnel",
-            &exit.addr.to_string(),
-            "--key",
-            &windows_path(&key_path),
-            "--heartbeat",
-            HEARTBEAT,
-        ],
-        prefix(),
-        None,
-    );
-    entry.wait_listening(listen.port());
+    let (entry, listen) = windows_end(Role::Entry, exit.addr, &key_path, &[]);
     // The application: a small receive buffer, a request, its FIN, and then it reads nothing.
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
@@ -189,9 +216,7 @@ fn windows_build_under_wine_tunnel_entry_does_not_spin_while_an_application_that
 {}",
         entry.stderr()
     );
-    let before = entry.cpu_time();
-    std::thread::sleep(WATCHED);
-    let used = entry.cpu_time() - before;
+    let used = entry.cpu_over(WATCHED);
     eprintln!("idlegate.exe used {used:?} of CPU in {WATCHED:?} with bytes it could not write");
     // The application reads at last: every byte comes, in order, then the FIN.
     client.set_read_timeout(Some(WAIT)).unwrap();
