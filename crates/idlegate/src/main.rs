@@ -26,6 +26,7 @@ use cli::profiles::ProfilesAction;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
+use idlegate::obs::report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -128,8 +129,8 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("idlegate: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("{}", report::render(&e));
+            ExitCode::from(report::status(&e).code())
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! One writer of the Prometheus text format ([`prometheus`]) and one HTTP server
 //! ([`scrape`]) for the metrics of every command that serves them, and packet capture to
-//! pcap files ([`capture`]).
+//! pcap files ([`capture`]); and what a failed command tells its user ([`report`]: the
+//! `idlegate: …` line, its hint and its exit status).
 
 pub mod capture;
 pub mod prometheus;
+pub mod report;
 pub mod scrape;
