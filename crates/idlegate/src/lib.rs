@@ -9,7 +9,7 @@
 //! | [`lab`] | feature: emulate | namespaces of real hosts wired to the gateway; the demo; scripted scenarios |
 //! | [`measure`] | feature: measure | `idlegate probe` and `idlegate echo` |
 //! | [`survive`] | feature: survive | `relay`, the resumable tunnel, `keepalive`, `audit`, `advise` |
-//! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcap capture |
+//! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcapng capture |
 //! | [`sys`] | platform | every system call: poll, sockets, TCP_INFO, signals, processes, rlimits, namespaces, TUN devices, privileges |
 //!
 //! The Windows build (`idlegate.exe`) has what makes sense there: `sys`'s two-sided modules

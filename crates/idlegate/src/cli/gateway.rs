@@ -31,7 +31,9 @@ pub struct GatewayArgs {
     /// The control socket `idlegate flows` talks to.
     #[arg(long, default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
-    /// Write every packet the gateway sees or makes to this pcap file.
+    /// Write every packet the gateway sees or makes to this file, as pcapng (whatever its
+    /// name): one interface per side (inside, outside), each packet marked inbound or
+    /// outbound. Open it in Wireshark or tshark.
     #[arg(long)]
     pub pcap: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).

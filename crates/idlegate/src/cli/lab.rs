@@ -27,7 +27,9 @@ pub enum LabCommand {
         /// Lab name, so several labs can run at once.
         #[arg(long, default_value = "lab")]
         name: String,
-        /// Write every packet the gateway sees or makes to this pcap file.
+        /// Write every packet the gateway sees or makes to this file, as pcapng (whatever its
+        /// name): one interface per side (inside, outside), each packet marked inbound or
+        /// outbound. Open it in Wireshark or tshark.
         #[arg(long)]
         pcap: Option<PathBuf>,
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).

@@ -31,7 +31,7 @@ mod worker;
 
 use crate::gateway::control::Control;
 use crate::gateway::metrics::DeviceCounters;
-use crate::obs::capture::Capture;
+use crate::obs::capture::{self, Capture};
 use crate::obs::scrape;
 use crate::sys::tun::Tun;
 use anyhow::{anyhow, bail, Context, Result};
@@ -64,7 +64,7 @@ pub struct Attachment {
 pub struct Options {
     /// The control socket `idlegate flows` talks to.
     pub control: Option<PathBuf>,
-    /// A pcap file of every packet seen and made.
+    /// A capture file (pcapng) of every packet seen and made, on its side, in or out.
     pub pcap: Option<PathBuf>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
@@ -202,12 +202,22 @@ impl Gateway {
             }
             None => None,
         };
-        let capture = options
-            .pcap
-            .as_deref()
-            .map(Capture::create)
-            .transpose()?
-            .map(|c| Arc::new(Mutex::new(c)));
+        let capture = match &options.pcap {
+            Some(path) => {
+                let mut devices = capture::Devices::default();
+                for attachment in &attachments {
+                    let names = match attachment.interface {
+                        Interface::Inside => &mut devices.inside,
+                        Interface::Outside => &mut devices.outside,
+                    };
+                    if let Some(tun) = attachment.queues.first() {
+                        names.push(tun.name().to_string());
+                    }
+                }
+                Some(Arc::new(Mutex::new(Capture::create(path, &devices)?)))
+            }
+            None => None,
+        };
 
         let engines = Engine::sharded(config, Instant::now(), random_seed(), workers);
         let rule_names = engines[0].rule_names().map(str::to_string).collect();

@@ -16,7 +16,7 @@ use super::io::PacketIo;
 use super::{Stopper, Tally};
 use crate::gateway::control::FlowRow;
 use crate::gateway::metrics::{Direction, Snapshot, Traffic};
-use crate::obs::capture::Capture;
+use crate::obs::capture::{self, Capture};
 use crate::sys::tun::{Received, Shape};
 use anyhow::{Context, Result};
 use idlegate_core::packet::{self, Parsed};
@@ -105,6 +105,24 @@ struct Books {
     tally: Tally,
     /// Where `--pcap` records packets; shared by the workers.
     capture: Option<Arc<Mutex<Capture>>>,
+}
+
+impl Books {
+    /// Records `packet`, crossing a device on `side` `direction`, if there is a capture; a
+    /// failed write stops this worker's capture with one log line.
+    fn record(&mut self, side: Interface, direction: capture::Direction, packet: &[u8]) {
+        let Some(capture) = &self.capture else {
+            return;
+        };
+        let recorded = capture
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(side, direction, packet);
+        if let Err(e) = recorded {
+            tracing::warn!("{e:#}; capture stopped");
+            self.capture = None;
+        }
+    }
 }
 
 /// One worker: a shard of the engine and a queue of every device.
@@ -321,7 +339,7 @@ impl<D: PacketIo> Worker<D> {
     fn forward(&mut self, interface: Interface, received: Received, parsed: &Parsed) {
         let (h, len) = (self.devices.header, received.len);
         self.books.traffic.count(interface, Direction::In, len);
-        self.record(h, len);
+        self.record(interface, capture::Direction::Inbound, h, len);
         let packet = &mut self.devices.frame[h..h + len];
         let verdict = self.shard.engine.handle_parsed(
             self.shard.now,
@@ -347,7 +365,7 @@ impl<D: PacketIo> Worker<D> {
             tracing::debug!(%dst, "no device leads to this destination; packet dropped");
             return;
         };
-        self.record(h, len);
+        self.record(out, capture::Direction::Outbound, h, len);
         self.books.traffic.count(out, Direction::Out, len);
         // With offloads (a header), single packets wait to be coalesced.
         if h > 0 && received.shape == Shape::Single && h + len <= SINGLE_LEN {
@@ -402,17 +420,11 @@ impl<D: PacketIo> Worker<D> {
         devices.outgoing[j].clear();
     }
 
-    /// Records the packet in the frame, if there is a capture.
-    fn record(&mut self, h: usize, len: usize) {
-        let Some(capture) = &self.books.capture else {
-            return;
-        };
-        let mut capture = capture.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = capture.record(&self.devices.frame[h..h + len]) {
-            tracing::warn!("{e:#}; capture stopped");
-            drop(capture);
-            self.books.capture = None;
-        }
+    /// Records the packet in the frame, crossing a device on `side` `direction`, if there is
+    /// a capture.
+    fn record(&mut self, side: Interface, direction: capture::Direction, h: usize, len: usize) {
+        self.books
+            .record(side, direction, &self.devices.frame[h..h + len]);
     }
 
     fn flush_capture(&mut self) {
@@ -448,12 +460,7 @@ impl<D: PacketIo> Worker<D> {
             tracing::debug!(%dst, "no device leads to this destination; packet dropped");
             return;
         };
-        if let Some(capture) = &self.books.capture {
-            let mut capture = capture.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = capture.record(packet) {
-                tracing::warn!("{e:#}; capture stopped");
-            }
-        }
+        self.books.record(out, capture::Direction::Outbound, packet);
         self.books.traffic.count(out, Direction::Out, len);
         // After what waits for the device: a RST follows the data before it.
         self.send_batch(j);

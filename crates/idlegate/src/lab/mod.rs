@@ -32,7 +32,7 @@ use std::process::ExitStatus;
 /// What a lab's gateway offers besides forwarding and `idlegate flows`.
 #[derive(Debug, Clone, Default)]
 pub struct Extras {
-    /// A pcap file of every packet seen and made.
+    /// A capture file (pcapng) of every packet seen and made, on its side, in or out.
     pub pcap: Option<PathBuf>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,

@@ -1,147 +1,208 @@
-//! `--pcap FILE`: every packet the gateway sees or makes, in a file Wireshark opens.
+//! `--pcap FILE`: every packet the gateway sees or makes, in a pcapng file Wireshark opens
+//! with each packet's side and direction marked.
 //!
 //! Each packet read from a device is recorded as it arrived (before translation), each packet
 //! written as it left (after translation), and the RSTs and ACKs the engine makes as they leave,
-//! so both sides of every translation and the moment of expiry are in the file. The format is
-//! classic pcap with link type RAW (101, bare IP packets), timestamps in microseconds. Writes are
-//! buffered and flushed after each batch of packets; a write error stops the capture with one
-//! log line and leaves the gateway running.
+//! so both sides of every translation and the moment of expiry are in the file.
+//!
+//! Format (pcapng, draft-ietf-opsawg-pcapng, <https://datatracker.ietf.org/doc/draft-ietf-opsawg-pcapng/>):
+//! one Section Header Block, then one Interface Description Block per side of the gateway,
+//! interface 0 the inside (the backend pool's side) and interface 1 the outside (the internet's
+//! side), each with link type RAW (101, bare IPv4/IPv6 packets), no snapshot limit, `if_name`
+//! the side's TUN devices, `if_description` the side, and `if_tsresol` 9 (timestamps in
+//! nanoseconds since the Unix epoch). Then one Enhanced Packet Block per packet, on its side's
+//! interface, with the `epb_flags` option's direction bits (bits 0–1: 01 inbound, read from the
+//! device; 10 outbound, written to it). Little-endian whatever the file's name; Wireshark and
+//! tshark read pcapng by its magic, so a name ending in `.pcap` holds pcapng too.
+//!
+//! The writer is written here rather than taken from the `pcap-file` crate (2.0.0, its latest
+//! stable release): that crate's Enhanced Packet Block carries its options in a `Vec`, one
+//! allocation per packet for the flags, and serialises every block twice to learn its length.
+//! Here a packet costs a few `write_all`s of stack arrays into a buffered file: no allocation.
+//! Writes are buffered and flushed after each batch of packets; a write error stops the capture
+//! with one log line and leaves the gateway running.
 
 use anyhow::{Context, Result};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-use pcap_file::DataLink;
+use idlegate_core::Interface;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Which way a packet crossed its device, as the `epb_flags` direction bits say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Read from the device: into the gateway.
+    Inbound,
+    /// Written to the device: out of the gateway.
+    Outbound,
+}
+
+impl Direction {
+    /// The `epb_flags` word: bits 0–1 the direction (01 inbound, 10 outbound), the rest 0
+    /// (reception type and FCS length not known).
+    fn flags(self) -> u32 {
+        match self {
+            Direction::Inbound => 0b01,
+            Direction::Outbound => 0b10,
+        }
+    }
+}
+
+/// The TUN devices on each side, named in the file's interfaces.
+#[derive(Debug, Clone, Default)]
+pub struct Devices {
+    pub inside: Vec<String>,
+    pub outside: Vec<String>,
+}
 
 /// An open capture file.
 pub struct Capture {
-    writer: PcapWriter<Shared>,
-    /// The same buffered file, to flush it: `PcapWriter` does not lend its writer.
-    file: Shared,
+    out: BufWriter<File>,
     path: PathBuf,
 }
 
-/// A buffered file written through two handles (only ever from the gateway's thread, so the
-/// lock is never contended).
-#[derive(Clone)]
-struct Shared(Arc<Mutex<BufWriter<File>>>);
+const SECTION_HEADER: u32 = 0x0A0D_0D0A;
+const INTERFACE_DESCRIPTION: u32 = 0x0000_0001;
+const ENHANCED_PACKET: u32 = 0x0000_0006;
+const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
+/// LINKTYPE_RAW: each packet a bare IPv4 or IPv6 packet.
+const LINKTYPE_RAW: u16 = 101;
+const OPT_ENDOFOPT: u16 = 0;
+const IF_NAME: u16 = 2;
+const IF_DESCRIPTION: u16 = 3;
+const IF_TSRESOL: u16 = 9;
+const EPB_FLAGS: u16 = 2;
+/// `if_tsresol`: 10^-9 s.
+const NANOSECONDS: u8 = 9;
 
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BufWriter<File>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// Pads `len` to a multiple of 4, as every pcapng field is.
+fn padded(len: usize) -> usize {
+    len.div_ceil(4) * 4
 }
 
-impl Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.lock().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.lock().flush()
+/// The interface a side's packets are recorded on.
+fn interface_id(side: Interface) -> u32 {
+    match side {
+        Interface::Inside => 0,
+        Interface::Outside => 1,
     }
 }
 
 impl Capture {
-    /// Creates (or truncates) `path` and writes the pcap header.
-    pub fn create(path: &Path) -> Result<Capture> {
+    /// Creates (or truncates) `path` and writes the section header and the two interfaces.
+    pub fn create(path: &Path, devices: &Devices) -> Result<Capture> {
         let file = File::create(path)
             .with_context(|| format!("creating the capture file {}", path.display()))?;
-        let header = PcapHeader {
-            datalink: DataLink::RAW,
-            snaplen: 65_535,
-            ..PcapHeader::default()
-        };
-        let file = Shared(Arc::new(Mutex::new(BufWriter::new(file))));
-        let writer = PcapWriter::with_header(file.clone(), header)
-            .with_context(|| format!("writing the pcap header to {}", path.display()))?;
-        Ok(Capture {
-            writer,
-            file,
+        let mut capture = Capture {
+            out: BufWriter::new(file),
             path: path.to_path_buf(),
-        })
+        };
+        capture
+            .write_head(devices)
+            .with_context(|| format!("writing to the capture file {}", path.display()))?;
+        Ok(capture)
     }
 
-    /// Records one IP packet, stamped now.
-    pub fn record(&mut self, packet: &[u8]) -> Result<()> {
+    fn write_head(&mut self, devices: &Devices) -> std::io::Result<()> {
+        // The section header: no options, section length not given (-1).
+        let out = &mut self.out;
+        out.write_all(&SECTION_HEADER.to_le_bytes())?;
+        out.write_all(&28u32.to_le_bytes())?;
+        out.write_all(&BYTE_ORDER_MAGIC.to_le_bytes())?;
+        out.write_all(&1u16.to_le_bytes())?;
+        out.write_all(&0u16.to_le_bytes())?;
+        out.write_all(&(-1i64).to_le_bytes())?;
+        out.write_all(&28u32.to_le_bytes())?;
+        for (names, description) in [
+            (&devices.inside, "inside: the backend pool's side"),
+            (&devices.outside, "outside: the internet's side"),
+        ] {
+            let name = if names.is_empty() {
+                description
+                    .split_once(':')
+                    .map_or(description, |(side, _)| side)
+                    .to_string()
+            } else {
+                names.join(",")
+            };
+            write_interface(out, &name, description)?;
+        }
+        Ok(())
+    }
+
+    /// Records one IP packet on `side`'s interface, crossing it `direction`, stamped now.
+    pub fn record(&mut self, side: Interface, direction: Direction, packet: &[u8]) -> Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        self.record_at(now.as_nanos(), side, direction, packet)
+            .with_context(|| format!("writing to the capture file {}", self.path.display()))
+    }
+
+    /// Records one packet stamped `nanos` after the Unix epoch.
+    fn record_at(
+        &mut self,
+        nanos: u128,
+        side: Interface,
+        direction: Direction,
+        packet: &[u8],
+    ) -> std::io::Result<()> {
         let len = u32::try_from(packet.len()).unwrap_or(u32::MAX);
-        self.writer
-            .write_packet(&PcapPacket::new(now, len, packet))
-            .with_context(|| format!("writing to the capture file {}", self.path.display()))?;
-        Ok(())
+        let data = padded(packet.len());
+        // Type, length, interface, stamp (2), captured and original lengths, the data, the
+        // flags option (4 + 4), the end of options (4), the length again.
+        let total = u32::try_from(28 + data + 8 + 4 + 4).unwrap_or(u32::MAX);
+        let stamp = u64::try_from(nanos).unwrap_or(u64::MAX);
+        let out = &mut self.out;
+        out.write_all(&ENHANCED_PACKET.to_le_bytes())?;
+        out.write_all(&total.to_le_bytes())?;
+        out.write_all(&interface_id(side).to_le_bytes())?;
+        out.write_all(&((stamp >> 32) as u32).to_le_bytes())?;
+        out.write_all(&(stamp as u32).to_le_bytes())?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(&len.to_le_bytes())?;
+        out.write_all(packet)?;
+        out.write_all(&[0; 3][..data - packet.len()])?;
+        write_option(out, EPB_FLAGS, &direction.flags().to_le_bytes())?;
+        write_option(out, OPT_ENDOFOPT, &[])?;
+        out.write_all(&total.to_le_bytes())
     }
 
     /// Pushes buffered packets to the file.
     pub fn flush(&mut self) -> Result<()> {
-        self.file
+        self.out
             .flush()
             .with_context(|| format!("writing to the capture file {}", self.path.display()))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pcap_file::pcap::PcapReader;
-    use pcap_file::TsResolution;
-    use std::time::Duration;
-
-    #[test]
-    fn capture_writes_a_raw_ip_pcap_that_reads_back_packet_for_packet() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("capture.pcap");
-        // An IPv4 header's start, an IPv6 one's, and a full-sized packet.
-        let packets: [Vec<u8>; 3] = [
-            vec![0x45, 0, 0, 40, 1, 2, 3, 4],
-            vec![0x60, 0, 0, 0, 0, 20, 6, 64],
-            (0..1500).map(|i| (i % 251) as u8).collect(),
-        ];
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
-        let mut capture = Capture::create(&path).expect("create");
-        for packet in &packets {
-            capture.record(packet).expect("record");
-        }
-        capture.flush().expect("flush");
-        let after = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
-
-        let mut reader = PcapReader::new(File::open(&path).expect("open")).expect("pcap header");
-        let header = reader.header();
-        assert_eq!(header.datalink, DataLink::RAW);
-        assert_eq!(header.snaplen, 65_535);
-        assert_eq!(header.ts_resolution, TsResolution::MicroSecond);
-        let mut read = Vec::new();
-        while let Some(packet) = reader.next_packet() {
-            read.push(packet.expect("a whole packet").into_owned());
-        }
-        assert_eq!(read.len(), packets.len());
-        let mut last = Duration::ZERO;
-        for (got, sent) in read.iter().zip(&packets) {
-            assert_eq!(got.data.as_ref(), sent.as_slice());
-            assert_eq!(got.orig_len as usize, sent.len());
-            // Microseconds: the stamp is `now` truncated, so up to 1 µs before `before`.
-            assert!(got.timestamp + Duration::from_micros(1) >= before && got.timestamp <= after);
-            assert!(got.timestamp >= last, "stamps in order");
-            last = got.timestamp;
-        }
-    }
-
-    #[test]
-    fn capture_holds_packets_until_flushed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("capture.pcap");
-        let mut capture = Capture::create(&path).expect("create");
-        capture.record(&[0x45; 20]).expect("record");
-        let len = |path: &Path| std::fs::metadata(path).expect("metadata").len();
-        assert_eq!(len(&path), 0, "header and packet still buffered");
-        capture.flush().expect("flush");
-        // The 24-byte file header, a 16-byte record header and the packet.
-        assert_eq!(len(&path), 24 + 16 + 20);
-    }
+/// One Interface Description Block: RAW, no snapshot limit, `name`, `description`, stamps in
+/// nanoseconds.
+fn write_interface(out: &mut impl Write, name: &str, description: &str) -> std::io::Result<()> {
+    let options = 4 + padded(name.len()) + 4 + padded(description.len()) + 4 + 4 + 4;
+    let total = u32::try_from(16 + options + 4).unwrap_or(u32::MAX);
+    out.write_all(&INTERFACE_DESCRIPTION.to_le_bytes())?;
+    out.write_all(&total.to_le_bytes())?;
+    out.write_all(&LINKTYPE_RAW.to_le_bytes())?;
+    out.write_all(&0u16.to_le_bytes())?;
+    // Snapshot length 0: no limit (a TCP super-segment with offloads is up to 64 KiB).
+    out.write_all(&0u32.to_le_bytes())?;
+    write_option(out, IF_NAME, name.as_bytes())?;
+    write_option(out, IF_DESCRIPTION, description.as_bytes())?;
+    write_option(out, IF_TSRESOL, &[NANOSECONDS])?;
+    write_option(out, OPT_ENDOFOPT, &[])?;
+    out.write_all(&total.to_le_bytes())
 }
+
+/// One option: code, length, value padded to 32 bits.
+fn write_option(out: &mut impl Write, code: u16, value: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(value.len()).unwrap_or(u16::MAX);
+    out.write_all(&code.to_le_bytes())?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&value[..usize::from(len)])?;
+    out.write_all(&[0; 3][..padded(usize::from(len)) - usize::from(len)])
+}
+
+#[cfg(test)]
+mod tests;

@@ -2,7 +2,7 @@
 //!
 //! One writer of the Prometheus text format ([`prometheus`]) and one HTTP server
 //! ([`scrape`]) for the metrics of every command that serves them, and packet capture to
-//! pcap files ([`capture`]); and what a failed command tells its user ([`report`]: the
+//! pcapng files ([`capture`]); and what a failed command tells its user ([`report`]: the
 //! `idlegate: …` line, its hint and its exit status).
 
 pub mod capture;

@@ -86,12 +86,14 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_show
     // The capture holds both sides of the translation and the two RSTs the gateway made.
     assert!(lab.terminate().success());
     let file = std::fs::File::open(pcap.path()).expect("the capture file");
-    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("a pcap file");
+    let mut reader = pcap_file::pcapng::PcapNgReader::new(file).expect("a pcapng file");
     let mut headers = Vec::new();
-    while let Some(packet) = reader.next_packet() {
-        let packet = packet.expect("a readable packet");
-        if let Ok(h) = idlegate_core::packet::Headers::parse(&packet.data) {
-            headers.push(h);
+    while let Some(block) = reader.next_block() {
+        let block = block.expect("a readable block");
+        if let pcap_file::pcapng::Block::EnhancedPacket(packet) = block {
+            if let Ok(h) = idlegate_core::packet::Headers::parse(&packet.data) {
+                headers.push(h);
+            }
         }
     }
     let frontend: std::net::SocketAddrV4 = format!("{FRONTEND}:7001").parse().unwrap();
@@ -119,6 +121,126 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_show
             .iter()
             .any(|h| h.dst.port() == 7001 && h.dst != frontend),
         "the RST to the member: {resets:?}"
+    );
+}
+
+/// Server: on argv[1]:argv[2], accepts one connection, echoes one line, then closes.
+const LINE_ECHO: &str = r#"
+import signal, socket, sys
+signal.alarm(20)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("listening")
+c, _ = s.accept()
+c.settimeout(5)
+c.sendall(c.makefile("rb").readline())
+c.close()
+"#;
+
+/// Client: connects to argv[1]:argv[2], sends argv[3] and a newline, prints the line it gets.
+const LINE_CLIENT: &str = r#"
+import signal, socket, sys
+signal.alarm(20)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.sendall((sys.argv[3] + "\n").encode())
+print(c.makefile("rb").readline().decode().strip())
+"#;
+
+/// `tshark -r FILE -T fields` of every TCP packet with `fields`, one row of fields each;
+/// fails the test, naming it, if tshark is not installed.
+fn tshark_rows(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let path = file.to_str().expect("a UTF-8 path");
+    let mut args = vec!["-r", path, "-Y", "tcp", "-T", "fields", "-E", "separator=|"];
+    for field in fields {
+        args.extend(["-e", field]);
+    }
+    let which = Command::new("tshark").arg("--version").output();
+    assert!(
+        which.is_ok_and(|o| o.status.success()),
+        "tshark is not installed (Debian package tshark; scripts/setup installs it)"
+    );
+    let out = run_bounded("tshark", &args, COMMAND_TIMEOUT);
+    assert!(out.status.success(), "tshark failed: {}", out.stderr);
+    out.stdout
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn the_pcap_file_is_pcapng_whose_interfaces_and_direction_flags_tshark_shows() {
+    let dir = tempfile::tempdir().expect("a directory for the capture");
+    // A name ending in .pcap still holds pcapng: tshark reads it by its magic.
+    let pcap = dir.path().join("exchange.pcap");
+    let pcap_path = pcap.to_str().expect("a UTF-8 path").to_string();
+    let mut lab = Lab::up_with_args(&lab_name(), &example_config(), &["--pcap", &pcap_path]);
+    let mut programs = Programs::new(&lab);
+    // vm1 (inside) connects out to the internet host (outside) through the outbound rule.
+    programs.python("server", "internet", LINE_ECHO, &[INTERNET, "8000"]);
+    programs.wait_each(&["server"], "listening", LISTEN_TIMEOUT);
+    programs.python("client", "vm1", LINE_CLIENT, &[INTERNET, "8000", "ping"]);
+    let (status, client) = programs.finish("client", Duration::from_secs(10));
+    let report = programs.report();
+    assert!(status.success(), "client failed: {status}\n{report}");
+    assert_eq!(client, ["ping"], "\n{report}");
+    assert!(lab.terminate().success());
+
+    let rows = tshark_rows(
+        &pcap,
+        &[
+            "frame.interface_description",
+            "frame.packet_flags_direction",
+            "ip.src",
+            "ip.dst",
+            "tcp.flags.syn",
+            "tcp.flags.ack",
+        ],
+    );
+    let table = rows
+        .iter()
+        .map(|r| r.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    // tshark shows the direction in hex (0x00000001), some versions in decimal.
+    let number = |field: &str| match field.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => field.parse().ok(),
+    };
+    let has = |side: &str, direction: u32, src: &str, dst: &str, syn: bool, ack: bool| {
+        let flag = |set: bool| if set { "1" } else { "0" };
+        rows.iter().any(|r| {
+            r.len() == 6
+                && r[0].starts_with(side)
+                && number(&r[1]) == Some(direction)
+                && r[2] == src
+                && r[3] == dst
+                && (r[4] == flag(syn) || r[4] == if syn { "True" } else { "False" })
+                && (r[5] == flag(ack) || r[5] == if ack { "True" } else { "False" })
+        })
+    };
+    // epb_flags direction: 1 inbound, 2 outbound (draft-ietf-opsawg-pcapng, epb_flags).
+    assert!(
+        has("inside", 1, VM1, INTERNET, true, false),
+        "the SYN read from vm1's device, inbound on the inside:\n{table}"
+    );
+    assert!(
+        has("outside", 2, FRONTEND, INTERNET, true, false),
+        "the SYN written translated, outbound on the outside:\n{table}"
+    );
+    assert!(
+        has("outside", 1, INTERNET, FRONTEND, true, true),
+        "the SYN-ACK read, inbound on the outside:\n{table}"
+    );
+    assert!(
+        has("inside", 2, INTERNET, VM1, true, true),
+        "the SYN-ACK written back to vm1, outbound on the inside:\n{table}"
+    );
+    let names = tshark_rows(&pcap, &["frame.interface_name"]);
+    assert!(
+        names.iter().all(|r| !r[0].is_empty()),
+        "every packet on a named interface: {names:?}"
     );
 }
 
