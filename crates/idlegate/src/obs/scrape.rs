@@ -4,10 +4,12 @@
 //! socket has its own thread).
 //!
 //! Contract: [`Server::run`] serves until its stop check says so (wake it with the
-//! [`Server::waker`]). `GET /metrics` (or `GET /`, any query) is answered 200 with what the
-//! render function gives (`None`: 503, so that no counter ever seems to go down); another path
-//! 404; another method 405; a request line without an HTTP version (an HTTP/0.9 "simple
-//! request") 400, as Go's net/http answers it ("malformed HTTP request"), which serves
+//! [`Server::waker`]). `GET /metrics` (with or without a query: Prometheus may add parameters)
+//! is answered 200 with what the render function gives (`None`: 503, so that no counter ever
+//! seems to go down), and `HEAD /metrics` with the same head and no body (RFC 9110, section
+//! 9.3.2, as Go's net/http answers HEAD for a GET handler); any other path, `/` included, 404
+//! with a one-line body naming the path served; any other method 405 with `Allow: GET, HEAD`;
+//! a request line without an HTTP version (an HTTP/0.9 "simple request") 400, as Go's net/http answers it ("malformed HTTP request"), which serves
 //! Prometheus's own exporters (client_golang's promhttp, node_exporter): an HTTP/0.9 answer
 //! would have no status line and no headers, and Prometheus always scrapes with HTTP/1.1; a
 //! request head longer than [`MAX_REQUEST`] 431 (RFC 6585). Every answer says
@@ -75,11 +77,20 @@ enum Phase {
     Lingering,
 }
 
+/// The methods served: HEAD answers as GET does, without the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+}
+
 /// What a request asks, once its head is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
-    Metrics,
-    NotFound,
+    /// `/metrics`.
+    Metrics(Method),
+    /// Any other path.
+    NotFound(Method),
     MethodNotAllowed,
     /// A request line without an HTTP version: HTTP/0.9.
     Simple,
@@ -390,17 +401,21 @@ fn parse(head: &[u8]) -> Option<Request> {
         return (head.len() + start > MAX_REQUEST).then_some(Request::TooLarge);
     }
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Some(match (method, path) {
-        ("GET", "/metrics" | "/") => Request::Metrics,
-        ("GET", _) => Request::NotFound,
-        _ => Request::MethodNotAllowed,
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => return Some(Request::MethodNotAllowed),
+    };
+    Some(match path {
+        "/metrics" => Request::Metrics(method),
+        _ => Request::NotFound(method),
     })
 }
 
 /// The whole answer to `request`.
 fn answer(request: Request, render: &mut dyn FnMut() -> Option<String>) -> Vec<u8> {
     let (status, extra, body) = match request {
-        Request::Metrics => match render() {
+        Request::Metrics(_) => match render() {
             Some(text) => ("200 OK", "", text),
             None => (
                 "503 Service Unavailable",
@@ -408,14 +423,14 @@ fn answer(request: Request, render: &mut dyn FnMut() -> Option<String>) -> Vec<u
                 "the metrics could not be gathered now; try again\n".to_string(),
             ),
         },
-        Request::NotFound => (
+        Request::NotFound(_) => (
             "404 Not Found",
             "",
             "idlegate serves GET /metrics\n".to_string(),
         ),
         Request::MethodNotAllowed => (
             "405 Method Not Allowed",
-            "Allow: GET\r\n",
+            "Allow: GET, HEAD\r\n",
             "idlegate serves GET /metrics\n".to_string(),
         ),
         Request::Simple => (
@@ -440,7 +455,7 @@ fn answer(request: Request, render: &mut dyn FnMut() -> Option<String>) -> Vec<u
             format!("a request head of at most {MAX_REQUEST} bytes\n"),
         ),
     };
-    let content_type = if request == Request::Metrics && status.starts_with("200") {
+    let content_type = if matches!(request, Request::Metrics(_)) && status.starts_with("200") {
         "text/plain; version=0.0.4; charset=utf-8"
     } else {
         "text/plain; charset=utf-8"
@@ -450,7 +465,12 @@ fn answer(request: Request, render: &mut dyn FnMut() -> Option<String>) -> Vec<u
         body.len()
     )
     .into_bytes();
-    out.extend_from_slice(body.as_bytes());
+    if !matches!(
+        request,
+        Request::Metrics(Method::Head) | Request::NotFound(Method::Head)
+    ) {
+        out.extend_from_slice(body.as_bytes());
+    }
     out
 }
 
@@ -463,15 +483,24 @@ mod tests {
         let cases: [(&[u8], Option<Request>); 14] = [
             (
                 b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-                Some(Request::Metrics),
+                Some(Request::Metrics(Method::Get)),
             ),
-            (b"GET /metrics HTTP/1.0\r\n\r\n", Some(Request::Metrics)),
-            (b"\r\nGET /?x=1 HTTP/1.1\r\n\r\n", Some(Request::Metrics)),
+            (
+                b"GET /metrics HTTP/1.0\r\n\r\n",
+                Some(Request::Metrics(Method::Get)),
+            ),
+            (
+                b"\r\nGET /metrics?x=1 HTTP/1.1\r\n\r\n",
+                Some(Request::Metrics(Method::Get)),
+            ),
             (
                 b"GET /metrics?name[]=up HTTP/1.1\n\n",
-                Some(Request::Metrics),
+                Some(Request::Metrics(Method::Get)),
             ),
-            (b"GET /nothing HTTP/1.1\r\n\r\n", Some(Request::NotFound)),
+            (
+                b"GET /nothing HTTP/1.1\r\n\r\n",
+                Some(Request::NotFound(Method::Get)),
+            ),
             (
                 b"POST /metrics HTTP/1.1\r\n\r\n",
                 Some(Request::MethodNotAllowed),
@@ -493,6 +522,54 @@ mod tests {
         for (head, want) in cases {
             assert_eq!(parse(head), want, "{:?}", String::from_utf8_lossy(head));
         }
+    }
+
+    #[test]
+    fn only_slash_metrics_is_served_and_only_to_get_and_head() {
+        let cases: [(&str, Option<Request>); 10] = [
+            ("GET /metrics", Some(Request::Metrics(Method::Get))),
+            ("GET /metrics?", Some(Request::Metrics(Method::Get))),
+            ("HEAD /metrics", Some(Request::Metrics(Method::Head))),
+            ("GET /", Some(Request::NotFound(Method::Get))),
+            ("GET /?x=1", Some(Request::NotFound(Method::Get))),
+            ("GET /metrics/", Some(Request::NotFound(Method::Get))),
+            ("GET /metricsx", Some(Request::NotFound(Method::Get))),
+            ("HEAD /", Some(Request::NotFound(Method::Head))),
+            ("PUT /metrics", Some(Request::MethodNotAllowed)),
+            ("DELETE /", Some(Request::MethodNotAllowed)),
+        ];
+        for (line, want) in cases {
+            let head = format!("{line} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(parse(head.as_bytes()), want, "{line}");
+        }
+    }
+
+    /// The answer as text: (status line, headers, body).
+    fn answered(request: Request) -> (String, String, String) {
+        let mut render = || Some("idlegate_up 1\n".to_string());
+        let answer = String::from_utf8(answer(request, &mut render)).expect("UTF-8");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+        let (status, headers) = head.split_once("\r\n").expect("a status line");
+        (status.to_string(), headers.to_string(), body.to_string())
+    }
+
+    #[test]
+    fn the_metrics_are_200_head_is_their_head_alone_another_path_404_another_method_405() {
+        let (status, headers, body) = answered(Request::Metrics(Method::Get));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("Content-Length: 14\r\n"), "{headers}");
+        assert_eq!(body, "idlegate_up 1\n");
+        let (status, headers, body) = answered(Request::Metrics(Method::Head));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("Content-Length: 14\r\n"), "{headers}");
+        assert_eq!(body, "");
+        let (status, _, body) = answered(Request::NotFound(Method::Get));
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert_eq!(body, "idlegate serves GET /metrics\n");
+        assert_eq!(answered(Request::NotFound(Method::Head)).2, "");
+        let (status, headers, _) = answered(Request::MethodNotAllowed);
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert!(headers.contains("Allow: GET, HEAD\r\n"), "{headers}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! A running gateway seen from outside: `flows` and `flows expire`, the `--metrics` listener,
-//! a gateway of several `--workers`, and what `--workers` and `--user` refuse before anything
-//! starts.
+//! A running gateway seen from outside: `flows` and `flows expire`, the `--metrics` listener
+//! (its paths and methods, through curl), the `--pcap` file as tshark reads it, a gateway of
+//! several `--workers`, and what `--workers` and `--user` refuse before anything starts.
 
 use super::*;
 
@@ -310,6 +310,73 @@ fn metrics_show_flows_by_rule_and_state_snat_ports_and_traffic() {
         "{body}"
     );
     assert_eq!(http_get(&addr, "/nothing").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(http_get(&addr, "/").0, "HTTP/1.1 404 Not Found");
+}
+
+/// `curl -s -i ARGS… URL` against the metrics listener: (status line, the whole answer).
+fn curl(url: &str, args: &[&str]) -> (String, String) {
+    let mut all = vec!["-s", "-i", "--max-time", "5"];
+    all.extend_from_slice(args);
+    all.push(url);
+    let out = run_bounded("curl", &all, COMMAND_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "curl {all:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    let status = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    (status, out.stdout)
+}
+
+#[test]
+fn the_metrics_listener_serves_slash_metrics_alone_404_elsewhere_and_405_to_other_methods() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _lab = Lab::up_with_args(&lab_name(), &example_config(), &["--metrics", &addr]);
+    let url = |path: &str| format!("http://{addr}{path}");
+
+    let (status, answer) = curl(&url("/metrics"), &[]);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{answer}");
+    assert!(
+        answer.contains("\nidlegate_flows_created_total 0"),
+        "{answer}"
+    );
+    // Prometheus may add parameters to the scrape URL.
+    let (status, answer) = curl(&url("/metrics?name%5B%5D=up"), &[]);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{answer}");
+    assert!(answer.contains("idlegate_flows_created_total"), "{answer}");
+    // HEAD: the head of the GET answer, no body.
+    let (status, answer) = curl(&url("/metrics"), &["--head"]);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{answer}");
+    assert!(!answer.contains("idlegate_flows_created_total"), "{answer}");
+
+    for path in ["/", "/?x=1", "/metrics/", "/index.html"] {
+        let (status, answer) = curl(&url(path), &[]);
+        assert_eq!(status, "HTTP/1.1 404 Not Found", "{path}: {answer}");
+        assert!(
+            answer.ends_with("\r\n\r\nidlegate serves GET /metrics\n"),
+            "{answer}"
+        );
+    }
+    for method in ["POST", "PUT", "DELETE"] {
+        let (status, answer) = curl(&url("/metrics"), &["-X", method]);
+        assert_eq!(
+            status, "HTTP/1.1 405 Method Not Allowed",
+            "{method}: {answer}"
+        );
+        assert!(answer.contains("\r\nAllow: GET, HEAD\r\n"), "{answer}");
+    }
 }
 
 /// Server: on port argv[1], echoes every byte on every connection it accepts, one thread each,

@@ -12,7 +12,7 @@
 //!
 //! The helpers and the scripts more than one area runs are here; the tests are in one file per
 //! command family: `lab_up` (`lab up`, `lab exec`, `explain`), `gateway_run` (`flows`,
-//! `--metrics`, `--workers`, `--user`), `audit_lab` (`audit --metrics` in a lab host, scraped
+//! `--metrics`, `--pcap`, `--workers`, `--user`), `audit_lab` (`audit --metrics` in a lab host, scraped
 //! by a real Prometheus), `profiles` (`profiles`), `tunnel_keys` (`keygen`, a
 //! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`), `no_ip` (the lab with
 //! no `ip` program to be found).
