@@ -43,7 +43,7 @@ pub use state::shard::Sharding;
 pub mod config {
     pub use crate::model::config::{
         BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule, Member,
-        NatGateway, OutboundRule, Protocols, TimeoutFrom,
+        NatGateway, OutboundRule, Protocols, TimeoutFrom, LAB_ENV, TIME_SCALE_ENV,
     };
     pub use crate::model::profile::max_time_scale;
     pub use crate::model::units::human;
