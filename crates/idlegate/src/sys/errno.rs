@@ -125,6 +125,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reason_is_the_os_message_without_its_number() {
+        let e = io::Error::from_raw_os_error(ENOENT);
+        assert_eq!(reason(&e), "No such file or directory");
+    }
+
+    #[test]
     fn errno_names() {
         let name = |code| errno_name(&io::Error::from_raw_os_error(code));
         assert_eq!(name(ECONNRESET), "ECONNRESET");
@@ -148,16 +154,5 @@ mod tests {
         for code in [ECONNABORTED, EPROTO, ECONNRESET] {
             assert!(!out_of_resources(code), "{code}");
         }
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reason_is_the_os_message_without_its_number() {
-        let e = io::Error::from_raw_os_error(libc::ENOENT);
-        assert_eq!(reason(&e), "No such file or directory");
     }
 }
