@@ -285,7 +285,8 @@ pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
 #[derive(Debug)]
 pub enum SpawnError {
     /// A step before the program, in the child (entering the namespace, its mounts) or in
-    /// the parent (the pipe, the fork): the error names the step and the namespace.
+    /// the parent (the pipe, the fork): the error names the step; the caller names the
+    /// namespace and the program.
     Entering(anyhow::Error),
     /// The program itself could not be executed: execve(2)'s errno (ENOENT: not found;
     /// EACCES: not executable, or a directory; ENOEXEC: not a format the kernel runs).
@@ -303,7 +304,6 @@ pub enum SpawnError {
 /// not leave it running: call it from a thread that lives until the child is waited for (the
 /// main thread).
 pub fn spawn(name: &str, command: &mut Command) -> Result<std::process::Child, SpawnError> {
-    let entering = || format!("entering network namespace {name}");
     let ns = open(name).map_err(SpawnError::Entering)?;
     let fd = ns.as_raw_fd();
     let sysfs_source = CString::new(name)
@@ -324,9 +324,7 @@ pub fn spawn(name: &str, command: &mut Command) -> Result<std::process::Child, S
     // SAFETY: pipe2 fills `ends` with two new descriptors, owned right below.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
         return Err(SpawnError::Entering(
-            anyhow::Error::new(io::Error::last_os_error())
-                .context("making a pipe")
-                .context(entering()),
+            anyhow::Error::new(io::Error::last_os_error()).context("making a pipe"),
         ));
     }
     // SAFETY: just made, owned by nothing else.
@@ -351,9 +349,7 @@ pub fn spawn(name: &str, command: &mut Command) -> Result<std::process::Child, S
             _ => None,
         };
         match failed {
-            Some(what) => {
-                SpawnError::Entering(anyhow::Error::new(err).context(what).context(entering()))
-            }
+            Some(what) => SpawnError::Entering(anyhow::Error::new(err).context(what)),
             None => SpawnError::Exec(err),
         }
     })
