@@ -327,3 +327,95 @@ fn flows_expire_without_a_selector_names_both_rule_and_all() {
         refused.stderr
     );
 }
+
+/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N.
+const SIGINT_COUNTER: &str = r#"
+import signal, sys, time
+signal.alarm(30)
+n = 0
+def on(*a):
+    global n
+    n += 1
+signal.signal(signal.SIGINT, on)
+print("ready", flush=True)
+while n == 0:
+    time.sleep(0.05)
+time.sleep(1.5)
+print("sigints", n, flush=True)
+sys.exit(n)
+"#;
+
+#[test]
+fn lab_exec_passes_on_a_sigint_a_process_sends() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(&lab.name, "vm1", &["python3", "-u", "-c", SIGINT_COUNTER]);
+    let ready = exec.lines.recv_timeout(LISTEN_TIMEOUT);
+    assert_eq!(ready.as_deref(), Ok("ready"), "{}", exec.stderr());
+    signal(exec.child.id() as i32, libc::SIGINT);
+    let status = exec.exit();
+    assert_eq!(status.code(), Some(1), "{status}: {}", exec.stderr());
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_reaches_the_program_of_lab_exec_once() {
+    let lab = Lab::up(&lab_name());
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), SIGINT_COUNTER).unwrap();
+    // `script` (util-linux) runs lab exec on a pseudo-terminal whose input is our pipe: the
+    // ^C written there makes the terminal send SIGINT to its foreground process group, lab
+    // exec and its program alike. The program must count one, and lab exec pass on its status.
+    let command = format!(
+        "{IDLEGATE} lab exec --name {} vm1 -- python3 -u {}",
+        lab.name,
+        script.path().display()
+    );
+    let mut terminal = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("running `script` (util-linux), which this test needs for a terminal");
+    let mut keys = terminal.stdin.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = BufReader::new(terminal.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (stderr, _) = collect(terminal.stderr.take().unwrap());
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            signal(-(self.0.id() as i32), libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+    let mut terminal = Kill(terminal);
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.trim() == "ready") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no ready ({e}): {seen:?} {}", stderr.lock().unwrap()),
+        }
+    }
+    std::io::Write::write_all(&mut keys, b"\x03").unwrap();
+    let status = wait_bounded(&mut terminal.0, COMMAND_TIMEOUT).expect("script exited");
+    // Everything `script` printed: its stdout ends with it.
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(COMMAND_TIMEOUT) {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l.ends_with("sigints 1")),
+        "{rest:?} {}",
+        stderr.lock().unwrap()
+    );
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+}
