@@ -22,8 +22,9 @@ pub fn human(d: Duration) -> String {
 }
 
 /// The first keepalive probe for a box that forgets flows idle for `timeout`: half the idle
-/// timeout, to the nearest whole second (TCP_KEEPIDLE takes seconds), at least 1 s, and
-/// rounded down instead where rounding up would reach the timeout (3.98 s → 2 s; 1.8 s → 1 s).
+/// timeout, to the nearest whole second (TCP_KEEPIDLE takes seconds; a tie goes to the earlier
+/// second), at least 1 s, and rounded down instead where rounding up would reach the timeout
+/// (3.98 s → 2 s; 3 s → 1 s; 1.8 s → 1 s).
 pub fn half_the_idle_timeout(timeout: Duration) -> Duration {
     let half = whole_seconds(timeout / 2);
     if half >= timeout && half > Duration::from_secs(1) {
@@ -32,7 +33,9 @@ pub fn half_the_idle_timeout(timeout: Duration) -> Duration {
     half
 }
 
-/// `d` to the nearest whole second, at least 1 s (a keepalive timer the kernel takes).
+/// `d` to the nearest whole second, a tie to the lower one (the earlier probe keeps more margin
+/// to the timeout), at least 1 s: a keepalive timer the kernel takes.
 pub fn whole_seconds(d: Duration) -> Duration {
-    Duration::from_secs((d.as_secs_f64().round() as u64).max(1))
+    let nearest = (d.as_secs_f64() - 0.5).ceil().max(0.0) as u64;
+    Duration::from_secs(nearest.max(1))
 }

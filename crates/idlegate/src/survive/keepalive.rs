@@ -12,7 +12,7 @@
 
 use crate::sys::socket::{self, Handle};
 use anyhow::{bail, Context, Result};
-use idlegate_core::config::{half_the_idle_timeout, whole_seconds, LAB_ENV, TIME_SCALE_ENV};
+use idlegate_core::config::{half_the_idle_timeout, LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::profile::Profile;
 use socket2::SockRef;
 use std::io;
@@ -99,13 +99,13 @@ impl Keepalive {
 
     /// Keepalive for a box that forgets flows idle for `timeout`: the first probe at half the
     /// idle timeout, then every eighth of it, 8 probes. Whole seconds, as the kernel takes
-    /// them (TCP_KEEPIDLE, TCP_KEEPINTVL): each rounded to the nearest second, at least 1 s,
-    /// and the first probe rounded down instead where rounding up would reach the timeout
-    /// (3.98 s → 2 s, not 1 s; 1.8 s → 1 s).
+    /// them (TCP_KEEPIDLE, TCP_KEEPINTVL): the first probe at [`half_the_idle_timeout`] (to the
+    /// nearest second, never reaching the timeout: 3.98 s → 2 s, not 1 s), the interval rounded
+    /// down (more probes, never fewer), both at least 1 s.
     pub fn for_idle_timeout(timeout: Duration) -> Keepalive {
         Keepalive {
             idle: half_the_idle_timeout(timeout),
-            interval: whole_seconds(timeout / 8),
+            interval: Duration::from_secs((timeout / 8).as_secs().max(1)),
             count: 8,
         }
     }
@@ -242,9 +242,14 @@ mod tests {
             half_the_idle_timeout(Duration::from_millis(3_980)),
             Duration::from_secs(2)
         );
+        // A tie goes to the earlier second.
         assert_eq!(
             half_the_idle_timeout(Duration::from_secs(5)),
-            Duration::from_secs(3)
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_secs(3)),
+            Duration::from_secs(1)
         );
         // Never at or past the timeout where a whole second below it exists.
         assert_eq!(
