@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use idlegate::lab::demo;
 use idlegate::lab::{self, Extras, Lab};
+use idlegate::obs::report::{Report, Status};
 use idlegate::sys::signal::Interrupt;
 use idlegate_core::precedence;
 use idlegate_core::Interface;
@@ -76,6 +77,10 @@ pub enum LabCommand {
 
 fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Result<()> {
     let config = load_config(config_path)?;
+    // What makes the file unfit for a lab is the file's: named, and a usage error.
+    lab::check(&config)
+        .with_context(|| config_path.display().to_string())
+        .status(Status::Usage)?;
     // Handled from here on, so a signal while the lab is being built still takes it down.
     let interrupt = Interrupt::install().context("installing signal handlers")?;
     // Not blamed on the config file: what fails here (privileges, a lab already up) is not

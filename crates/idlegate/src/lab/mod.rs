@@ -251,6 +251,12 @@ impl Lab {
     }
 }
 
+/// Whether `config` makes a lab: its members can be hosts (none is called `internet` or has
+/// that host's address). A failure is the config's; the caller names the file.
+pub fn check(config: &Config) -> Result<()> {
+    hosts(config).map(drop)
+}
+
 /// The backend pool members and the internet host, refused if two would share an address.
 fn hosts(config: &Config) -> Result<Vec<Host>> {
     let mut hosts: Vec<Host> = Vec::new();

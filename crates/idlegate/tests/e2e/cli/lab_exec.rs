@@ -419,3 +419,34 @@ fn ctrl_c_in_a_terminal_reaches_the_program_of_lab_exec_once() {
     );
     assert_eq!(status.code(), Some(1), "{rest:?}");
 }
+
+#[test]
+fn a_config_unfit_for_a_lab_is_a_usage_error_that_names_the_file() {
+    let name = lab_name();
+    let text = std::fs::read_to_string(example_config()).unwrap();
+    let bad = text.replacen("name = \"vm2\"", "name = \"internet\"", 1);
+    assert_ne!(text, bad);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lab.toml");
+    std::fs::write(&path, bad).unwrap();
+    let refused = idlegate(
+        &[
+            "lab",
+            "up",
+            "--config",
+            path.to_str().unwrap(),
+            "--name",
+            &name,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "idlegate: {}: a member may not be called \"internet\": the lab's outside host has that name\n",
+            path.display()
+        )
+    );
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
