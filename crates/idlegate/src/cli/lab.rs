@@ -63,7 +63,7 @@ pub enum LabCommand {
     },
     /// Take a lab down (SIGTERM to its `lab up`) and wait until it is gone.
     Down {
-        /// The lab: the --name it was started with.
+        /// The lab: the --name it was started with (without one, the default lab, `lab`).
         #[arg(conflicts_with = "name_flag", value_name = "NAME")]
         name: Option<String>,
         /// The lab, as a flag (the same as NAME).
