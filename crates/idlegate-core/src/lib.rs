@@ -43,10 +43,10 @@ pub use state::shard::Sharding;
 pub mod config {
     pub use crate::model::config::{
         BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule, Member,
-        NatGateway, OutboundRule, Protocols, TimeoutFrom,
+        NatGateway, OutboundRule, Protocols, TimeoutFrom, LAB_ENV, TIME_SCALE_ENV,
     };
     pub use crate::model::profile::max_time_scale;
-    pub use crate::model::units::human;
+    pub use crate::model::units::{half_the_idle_timeout, human, whole_seconds};
 }
 
 /// Typed views of the packets the engine reads, the rewrites it makes, and the buffer sizes

@@ -1,4 +1,5 @@
-//! Durations as people write them in idlegate's messages and tables.
+//! Durations as people write them in idlegate's messages and tables, and as the kernel takes
+//! TCP keepalive timers (whole seconds).
 
 use std::time::Duration;
 
@@ -18,4 +19,23 @@ pub fn human(d: Duration) -> String {
     } else {
         format!("{ms} ms")
     }
+}
+
+/// The first keepalive probe for a box that forgets flows idle for `timeout`: half the idle
+/// timeout, to the nearest whole second (TCP_KEEPIDLE takes seconds; a tie goes to the earlier
+/// second), at least 1 s, and rounded down instead where rounding up would reach the timeout
+/// (3.98 s → 2 s; 3 s → 1 s; 1.8 s → 1 s).
+pub fn half_the_idle_timeout(timeout: Duration) -> Duration {
+    let half = whole_seconds(timeout / 2);
+    if half >= timeout && half > Duration::from_secs(1) {
+        return half - Duration::from_secs(1);
+    }
+    half
+}
+
+/// `d` to the nearest whole second, a tie to the lower one (the earlier probe keeps more margin
+/// to the timeout), at least 1 s: a keepalive timer the kernel takes.
+pub fn whole_seconds(d: Duration) -> Duration {
+    let nearest = (d.as_secs_f64() - 0.5).ceil().max(0.0) as u64;
+    Duration::from_secs(nearest.max(1))
 }

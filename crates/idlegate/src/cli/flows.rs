@@ -25,10 +25,12 @@ pub struct FlowsArgs {
 
 #[derive(Subcommand)]
 pub enum FlowsAction {
-    /// Expire flows now, with their rules' expiry actions, as a platform event would.
+    /// Expire flows now, with their rules' expiry actions, as a platform event would; say
+    /// which: --rule RULE or --all.
+    #[command(group(clap::ArgGroup::new("selector").required(true).args(["rule", "all"])))]
     Expire {
         /// Only the flows of this rule.
-        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        #[arg(long)]
         rule: Option<String>,
         /// Every flow.
         #[arg(long)]
@@ -38,6 +40,9 @@ pub enum FlowsAction {
 
 /// `idlegate flows` and `idlegate flows expire`.
 pub fn run(args: FlowsArgs) -> Result<()> {
+    if let Some(name) = &args.lab {
+        lab::ensure_up(name)?;
+    }
     let path = args.lab.as_deref().map_or(args.control, lab::control_path);
     let request = match &args.action {
         None => Request::Flows,

@@ -1,6 +1,7 @@
 //! `idlegate lab`: `up` builds the lab's namespaces around a gateway and runs it until SIGINT
 //! or SIGTERM (the lab is taken down on the way out), `exec` runs a program in one of its
-//! hosts and exits with the program's status, `demo` replays the idle-drop experiment.
+//! hosts and exits with the program's status, `list` shows the labs that are up, `down` takes
+//! one down, `demo` replays the idle-drop experiment.
 
 use super::gateway::{explain, load_config};
 use super::{print_ready, workers_in_range};
@@ -8,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use idlegate::lab::demo;
 use idlegate::lab::{self, Extras, Lab};
+use idlegate::obs::report::{Report, Status};
 use idlegate::sys::signal::Interrupt;
 use idlegate_core::precedence;
 use idlegate_core::Interface;
@@ -18,6 +20,8 @@ use std::process::ExitCode;
 pub enum LabCommand {
     /// Create the lab's hosts and run the gateway between them until SIGINT/SIGTERM.
     Up {
+        /// The gateway config (TOML: profile, time_scale, frontends, backend pools, rules),
+        /// e.g. examples/azure-lb.toml; every backend pool member becomes a host.
         #[arg(long)]
         config: PathBuf,
         /// Print, for every rule, the idle timeout and expiry action that will apply and which
@@ -39,8 +43,11 @@ pub enum LabCommand {
         #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
     },
-    /// Run a program in a host of a running lab (a member's name, or `internet`).
+    /// Run a program in a host of a running lab (a member's name, or `internet`); exits with
+    /// the program's status, passes signals on to it, and gives it the lab's time scale in
+    /// IDLEGATE_TIME_SCALE.
     Exec {
+        /// The lab to run in: the --name it was started with.
         #[arg(long, default_value = "lab")]
         name: String,
         /// The host: a backend pool member's name, or `internet`.
@@ -49,6 +56,22 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// List the labs that are up: name, state, pid of their `lab up`, config, time scale and
+    /// hosts.
+    List {
+        /// Print one JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a lab down (SIGTERM to its `lab up`) and wait until it is gone.
+    Down {
+        /// The lab: the --name it was started with (without one, the default lab, `lab`).
+        #[arg(conflicts_with = "name_flag", value_name = "NAME")]
+        name: Option<String>,
+        /// The lab, as a flag (the same as NAME).
+        #[arg(long = "name", id = "name_flag", value_name = "NAME")]
+        name_flag: Option<String>,
+    },
     /// Replay the idle-drop experiment in seconds (send, wait, send past the idle timeout):
     /// three connections, three fates.
     Demo(demo::Options),
@@ -56,10 +79,15 @@ pub enum LabCommand {
 
 fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Result<()> {
     let config = load_config(config_path)?;
+    // What makes the file unfit for a lab is the file's: named, and a usage error.
+    lab::check(&config)
+        .with_context(|| config_path.display().to_string())
+        .status(Status::Usage)?;
     // Handled from here on, so a signal while the lab is being built still takes it down.
     let interrupt = Interrupt::install().context("installing signal handlers")?;
-    let mut lab = Lab::up_with_workers(name, &config, workers)
-        .with_context(|| format!("{}", config_path.display()))?;
+    // Not blamed on the config file: what fails here (privileges, a lab already up) is not
+    // in it, and what is in it was checked by `load_config`.
+    let mut lab = Lab::up_with_workers(name, &config, workers)?;
     let mut gateway = lab.gateway(&config, extras)?;
     let stopper = gateway.stopper();
     if interrupt.attach(move || stopper.stop()) {
@@ -132,7 +160,7 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
     gateway.run()?;
     drop(gateway);
     drop(lab);
-    tracing::info!(target: idlegate::LOG_TARGET, "lab {name} removed");
+    tracing::info!(target: idlegate::LOG_TARGET, "{} removed", lab::called(name));
     Ok(())
 }
 
@@ -153,7 +181,12 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
             ..
         } => {
             let workers = workers.unwrap_or_else(idlegate::gateway::default_workers);
-            lab_up(&config, &name, workers, Extras { pcap, metrics }).map(|()| ExitCode::SUCCESS)
+            let extras = Extras {
+                pcap,
+                metrics,
+                config_path: Some(std::path::absolute(&config).unwrap_or(config.clone())),
+            };
+            lab_up(&config, &name, workers, extras).map(|()| ExitCode::SUCCESS)
         }
         LabCommand::Exec {
             name,
@@ -162,8 +195,49 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
         } => {
             let (program, args) = command.split_first().context("no command given after --")?;
             let status = lab::exec(&name, &host, program, args)?;
+            // The program's own status, not a failure of ours: passed on as it is.
             Ok(ExitCode::from(idlegate::sys::process::exit_code(status)))
+        }
+        LabCommand::List { json } => list(json).map(|()| ExitCode::SUCCESS),
+        LabCommand::Down { name, name_flag } => {
+            let name = name.or(name_flag).unwrap_or_else(|| "lab".to_string());
+            lab::down(&name)?;
+            tracing::info!(target: idlegate::LOG_TARGET, "{} is down", lab::called(&name));
+            Ok(ExitCode::SUCCESS)
         }
         LabCommand::Demo(options) => demo::run(&options).map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `idlegate lab list`: a table, or with `json` one JSON array, of the labs that are up.
+fn list(json: bool) -> Result<()> {
+    let labs = lab::list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&labs)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<8} {:>8} {:>10}  {:<24} CONFIG",
+        "NAME", "STATE", "PID", "TIME SCALE", "HOSTS"
+    );
+    for l in &labs {
+        let hosts: Vec<&str> = l.hosts.iter().map(|h| h.name.as_str()).collect();
+        println!(
+            "{:<20} {:<8} {:>8} {:>10}  {:<24} {}",
+            l.name,
+            l.state,
+            l.pid.map_or("-".to_string(), |p| p.to_string()),
+            l.time_scale.map_or("-".to_string(), |t| format!("1/{t}")),
+            if hosts.is_empty() {
+                "-".to_string()
+            } else {
+                hosts.join(",")
+            },
+            l.config
+                .as_ref()
+                .map_or("-".to_string(), |c| c.display().to_string())
+        );
+    }
+    println!("{} lab(s) up", labs.len());
+    Ok(())
 }

@@ -78,10 +78,10 @@ pub fn keepalive_choice(
     use idlegate_core::profile;
     Ok(match (keepalive, profile_name) {
         (Some(k), _) => Keepalive::parse(k)?,
-        (None, Some(p)) => Keepalive::for_profile(
+        (None, Some(p)) => Keepalive::for_profile_here(
             profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
-        ),
-        (None, None) => Keepalive::for_profile(profile::default_profile()),
+        )?,
+        (None, None) => Keepalive::for_profile_here(profile::default_profile())?,
     })
 }
 

@@ -274,12 +274,7 @@ fn read_request(stream: &UnixStream) -> Result<Vec<u8>> {
 
 /// The client's end: sends `request` to the gateway at `path` and returns its answer.
 pub fn ask(path: &Path, request: &Request) -> Result<Response> {
-    let mut stream = UnixStream::connect(path).with_context(|| {
-        format!(
-            "connecting to the gateway's control socket {} (is it running?)",
-            path.display()
-        )
-    })?;
+    let mut stream = connect(path)?;
     stream.set_read_timeout(Some(ASK_TIMEOUT))?;
     stream.set_write_timeout(Some(ASK_TIMEOUT))?;
     let no_answer = || format!("the gateway at {} did not answer", path.display());
@@ -296,6 +291,29 @@ pub fn ask(path: &Path, request: &Request) -> Result<Response> {
         .with_context(no_answer)?;
     serde_json::from_str(&answer)
         .with_context(|| format!("the gateway's answer is not a response: {answer:?}"))
+}
+
+/// Connects to the control socket at `path`; a failure says what the OS's reason means for
+/// it and what to do.
+fn connect(path: &Path) -> Result<UnixStream> {
+    use crate::obs::report::Report;
+    let at = path.display();
+    UnixStream::connect(path).or_else(|e| {
+        let reason = crate::sys::errno::reason(&e);
+        let failed = Err(anyhow::anyhow!("{reason}"));
+        match e.kind() {
+            std::io::ErrorKind::NotFound => failed
+                .with_context(|| format!("connecting to the gateway's control socket {at}"))
+                .hint("start the gateway (`idlegate gateway --config FILE`), or give its socket with --control"),
+            std::io::ErrorKind::ConnectionRefused => failed
+                .with_context(|| format!("connecting to the gateway's control socket {at}: nothing listens there"))
+                .hint("the gateway that made it has stopped: start it again, or give the running one's socket with --control"),
+            std::io::ErrorKind::PermissionDenied => failed
+                .with_context(|| format!("the gateway's control socket {at} is there, but this user may not connect to it"))
+                .with_hint(|| format!("run as root, or as the socket's owner (it is mode 0600: `ls -l {at}`)")),
+            _ => failed.with_context(|| format!("connecting to the gateway's control socket {at}")),
+        }
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! `idlegate lab demo`: the idle-drop experiment of seed 004, replayed in seconds.
+//! `idlegate lab demo`: the idle-drop experiment (a connection left idle past a load
+//! balancer's idle timeout loses its next message without either end being told), replayed in
+//! seconds.
 //!
 //! A lab with one backend member (`vm1`) and the `internet` host, and a gateway whose idle
 //! timeout is the profile's (Azure LB: 4 min) divided by `--time-scale`. Three connections from
@@ -6,7 +8,8 @@
 //! "a", waits ¼ of the timeout, sends "b", waits 1⅛ of the timeout (so the flow expires), and
 //! sends "c". `no-keepalive` does nothing more; `keepalive` turns on TCP keepalive at half the
 //! timeout; `tcp-reset` goes through a rule with `expiry = "reset"`. The report is a timeline
-//! and a verdict per connection, or one JSON object with `--json`.
+//! and a verdict per connection, or one JSON object with `--json` ([`Report`]: a [`Verdict`]
+//! per connection and the timeline, in real and in lab-scaled milliseconds).
 
 use crate::lab::scenario::{self, Outcome, Script};
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
@@ -22,7 +25,8 @@ use std::time::Duration;
 /// Options of `idlegate lab demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Print one JSON object instead of the timeline.
+    /// Print one JSON object instead: the settings, a verdict per connection (survived,
+    /// lost-silently, lost-acknowledged, reset, failed) and the timeline in ms.
     #[arg(long)]
     pub json: bool,
     /// The middlebox to emulate.
@@ -121,7 +125,11 @@ pub struct Report {
     pub expiry: String,
     pub time_scale: u32,
     pub idle_timeout_s: f64,
+    /// The keepalive connection's first probe (and interval), in whole seconds.
+    pub keepalive_s: u64,
     pub connections: Vec<ConnectionReport>,
+    /// Every connection's moments, in time order.
+    pub timeline: Vec<Event>,
     pub gateway: GatewayReport,
 }
 
@@ -134,7 +142,39 @@ pub struct ConnectionReport {
     pub server_error: Option<String>,
     /// Segments the client sent that its peer never acknowledged, at the end.
     pub unacknowledged_at_end: u32,
-    pub verdict: String,
+    pub verdict: Verdict,
+    /// The verdict as a sentence.
+    pub explanation: String,
+}
+
+/// What became of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every message delivered, no error on either side.
+    Survived,
+    /// A message never arrived and neither side was told: the client's write succeeded, its
+    /// data went unacknowledged.
+    LostSilently,
+    /// A message never arrived though it was acknowledged; neither side was told.
+    LostAcknowledged,
+    /// A side saw the connection reset (ECONNRESET, or EPIPE writing after one).
+    Reset,
+    /// A side saw another error.
+    Failed,
+}
+
+/// One moment of the timeline.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    /// Since the demo's connections started, in real milliseconds.
+    pub at_ms: u64,
+    /// The same in the emulated box's time: `at_ms` × `time_scale`.
+    pub lab_at_ms: u64,
+    pub connection: String,
+    /// `client` or `server`.
+    pub side: String,
+    pub what: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +209,7 @@ pub fn run(options: &Options) -> Result<()> {
     })?;
     let report = report(&plan, idle, &outcomes, &counters);
     if options.json {
+        // One document on stdout, nothing else.
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("timeline");
@@ -176,7 +217,7 @@ pub fn run(options: &Options) -> Result<()> {
         println!("\nverdicts");
         let width = CONNECTIONS.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
         for c in &report.connections {
-            println!("  {:width$}  {}", c.name, c.verdict);
+            println!("  {:width$}  {}", c.name, c.explanation);
         }
         println!(
             "\ngateway: {} flows created, {} expired, {} RSTs sent, {} packets dropped for want of a flow",
@@ -267,9 +308,10 @@ fn header(plan: &Plan, idle: Duration) -> String {
     )
 }
 
-/// Keepalive at half the timeout, in whole seconds as the kernel takes it.
+/// Keepalive at half the idle timeout, in whole seconds as the kernel takes it (rounded to the
+/// nearest, below the timeout: [`config::half_the_idle_timeout`]).
 fn keepalive_interval(idle: Duration) -> Duration {
-    Duration::from_secs((idle.as_secs() / 2).max(1))
+    config::half_the_idle_timeout(idle)
 }
 
 fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
@@ -304,11 +346,25 @@ fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
 }
 
 fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters) -> Report {
+    let mut moments: Vec<&scenario::Moment> = outcomes.iter().flat_map(|o| &o.timeline).collect();
+    moments.sort_by_key(|m| m.at);
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     Report {
         profile: plan.profile.name.to_string(),
         expiry: plan.expiry.to_string(),
         time_scale: plan.time_scale,
         idle_timeout_s: idle.as_secs_f64(),
+        keepalive_s: keepalive_interval(idle).as_secs(),
+        timeline: moments
+            .into_iter()
+            .map(|m| Event {
+                at_ms: ms(m.at),
+                lab_at_ms: ms(m.at).saturating_mul(u64::from(plan.time_scale)),
+                connection: m.connection.clone(),
+                side: m.side.as_str().to_string(),
+                what: m.what.clone(),
+            })
+            .collect(),
         connections: outcomes
             .iter()
             .map(|o| ConnectionReport {
@@ -318,7 +374,8 @@ fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters
                 client_error: o.client_error.clone(),
                 server_error: o.server_error.clone(),
                 unacknowledged_at_end: o.unacked_at_end,
-                verdict: verdict(o),
+                verdict: Verdict::of(o),
+                explanation: verdict(o),
             })
             .collect(),
         gateway: GatewayReport {
@@ -327,6 +384,32 @@ fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters
             resets_sent: counters.resets_sent,
             dropped_no_flow: counters.dropped(idlegate_core::DropReason::NoFlow),
         },
+    }
+}
+
+impl Verdict {
+    /// The verdict on `o`.
+    pub fn of(o: &Outcome) -> Verdict {
+        let lost = o.sent.iter().any(|m| !o.delivered.contains(m));
+        let errors: Vec<&str> = [&o.client_error, &o.server_error]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if errors
+            .iter()
+            .any(|e| e.contains("ECONNRESET") || e.contains("EPIPE"))
+        {
+            Verdict::Reset
+        } else if !errors.is_empty() {
+            Verdict::Failed
+        } else if !lost {
+            Verdict::Survived
+        } else if o.unacked_at_end == 0 {
+            Verdict::LostAcknowledged
+        } else {
+            Verdict::LostSilently
+        }
     }
 }
 

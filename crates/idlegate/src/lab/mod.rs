@@ -10,19 +10,26 @@
 //! A lab owns a lock file, `/run/idlegate/lab-LAB.lock`, while it is up: a second `up` of the
 //! same lab is refused, and an `up` that finds the lock free removes whatever namespaces a
 //! crashed run of that lab left behind. Dropping the [`Lab`] removes its namespaces; the TUN
-//! devices vanish with the file descriptors.
+//! devices vanish with the file descriptors. Once its gateway exists, a lab also describes
+//! itself in `/run/idlegate/lab-LAB.json` ([`Info`]: config, pid, hosts, time scale) for
+//! [`list`] and [`exec`], which gives the programs it runs the lab's time scale in
+//! [`idlegate_core::config::TIME_SCALE_ENV`]. A lab that is not up is reported one way,
+//! [`not_up`], by every command that needs one.
 
 pub mod demo;
 pub mod scenario;
 
 use crate::gateway::{self, Attachment, Gateway, Options};
+use crate::obs::report::{Report, Status};
 use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
-use crate::sys::process;
 use crate::sys::tun::Tun;
-use anyhow::{bail, ensure, Context, Result};
+use crate::sys::{errno, process, signal};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use idlegate_core::config::{LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::Config;
 use idlegate_core::{Counters, Interface};
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,6 +43,29 @@ pub struct Extras {
     pub pcap: Option<PathBuf>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The file the config was read from, for `lab list`.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What a lab that is up says of itself (`/run/idlegate/lab-LAB.json`, `lab list --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    pub name: String,
+    /// The config file, if the lab was started from one.
+    pub config: Option<PathBuf>,
+    /// The process running the lab's gateway (`lab up`'s).
+    pub pid: u32,
+    pub hosts: Vec<HostInfo>,
+    /// Every timer of the lab runs 1/time_scale as long.
+    pub time_scale: u32,
+}
+
+/// A host, as [`Info`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub name: String,
+    pub address: IpAddr,
+    pub namespace: String,
 }
 
 /// The outside host every lab has.
@@ -83,6 +113,7 @@ impl Drop for Lab {
         }
         self.ports.clear();
         self.namespaces.clear();
+        let _ = std::fs::remove_file(info_path(&self.name));
         let _ = std::fs::remove_file(lock_path(&self.name));
     }
 }
@@ -173,6 +204,24 @@ impl Lab {
             metrics: extras.metrics,
         };
         let gateway = Gateway::new(config, std::mem::take(&mut self.ports), &options)?;
+        let info = Info {
+            name: self.name.clone(),
+            config: extras.config_path,
+            pid: std::process::id(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostInfo {
+                    name: h.name.clone(),
+                    address: h.address,
+                    namespace: namespace(&self.name, &h.name),
+                })
+                .collect(),
+            time_scale: config.time_scale,
+        };
+        let path = info_path(&self.name);
+        std::fs::write(&path, serde_json::to_string_pretty(&info)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         write!(self.lock, " {READY}").context("marking the lab ready in its lock file")?;
         Ok(gateway)
     }
@@ -200,6 +249,12 @@ impl Lab {
         drop(lab);
         Ok((result?, counters))
     }
+}
+
+/// Whether `config` makes a lab: its members can be hosts (none is called `internet` or has
+/// that host's address). A failure is the config's; the caller names the file.
+pub fn check(config: &Config) -> Result<()> {
+    hosts(config).map(drop)
 }
 
 /// The backend pool members and the internet host, refused if two would share an address.
@@ -256,12 +311,150 @@ fn check_lab_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Namespaces and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN.
+/// Namespaces and TUN devices need CAP_SYS_ADMIN and CAP_NET_ADMIN: `lab up` and `lab demo`.
 pub fn ensure_root() -> Result<()> {
     if !process::is_root() {
-        bail!(
-            "the lab needs root: it creates network namespaces and TUN devices (run it with sudo)"
-        );
+        return Err(anyhow!(
+            "building a lab needs root: it creates network namespaces and TUN devices (CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+        ))
+        .hint("run it as root, e.g. with sudo");
+    }
+    Ok(())
+}
+
+/// Entering a host's namespace (setns) needs CAP_SYS_ADMIN: `lab exec`.
+fn ensure_may_enter(lab: &str, host: &str) -> Result<()> {
+    if !process::is_root() {
+        return Err(anyhow!(
+            "lab exec: entering host {host} of {} needs CAP_SYS_ADMIN (setns into its network namespace)",
+            called(lab)
+        ))
+        .hint("run it as root, e.g. with sudo");
+    }
+    Ok(())
+}
+
+/// How messages name lab `lab`: `the lab "lab"`, so the default name reads well too.
+pub fn called(lab: &str) -> String {
+    format!("the lab \"{lab}\"")
+}
+
+/// The one error every command gives for a lab that is not up, with how to start it and
+/// which labs are up.
+pub fn not_up(lab: &str) -> anyhow::Error {
+    let others = names_up();
+    let start = format!("start it with `idlegate lab up --name {lab} --config FILE`");
+    let hint = if others.is_empty() {
+        start
+    } else {
+        format!("{start} (labs up: {})", others.join(", "))
+    };
+    Err::<(), _>(anyhow!("{} is not up", called(lab)))
+        .hint(hint)
+        .unwrap_err()
+}
+
+/// Fails with [`not_up`] unless lab `lab` is up or coming up.
+pub fn ensure_up(lab: &str) -> Result<()> {
+    check_lab_name(lab)?;
+    if !is_up(lab)? {
+        return Err(not_up(lab));
+    }
+    Ok(())
+}
+
+fn info_path(lab: &str) -> PathBuf {
+    PathBuf::from(LOCK_DIR).join(format!("lab-{lab}.json"))
+}
+
+/// What lab `lab` says of itself, if it is up and has said it.
+pub fn info(lab: &str) -> Option<Info> {
+    let text = std::fs::read_to_string(info_path(lab)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The names of the labs that are up (or coming up), sorted.
+pub fn names_up() -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let name = file
+                .strip_prefix("lab-")?
+                .strip_suffix(".lock")?
+                .to_string();
+            is_up(&name).ok()?.then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// A lab that is up, as `lab list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub name: String,
+    /// `ready`, or `starting` while `lab up` builds it.
+    pub state: &'static str,
+    /// `lab up`'s pid, from the lock file.
+    pub pid: Option<u32>,
+    pub config: Option<PathBuf>,
+    pub time_scale: Option<u32>,
+    pub hosts: Vec<HostInfo>,
+}
+
+/// The labs that are up or coming up.
+pub fn list() -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for name in names_up() {
+        let ready = state(&name)? == State::Ready;
+        let info = info(&name);
+        out.push(Listed {
+            state: if ready { "ready" } else { "starting" },
+            pid: info.as_ref().map(|i| i.pid).or_else(|| holder(&name)),
+            config: info.as_ref().and_then(|i| i.config.clone()),
+            time_scale: info.as_ref().map(|i| i.time_scale),
+            hosts: info.map(|i| i.hosts).unwrap_or_default(),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+/// The pid `lab up` wrote into lab `lab`'s lock file.
+fn holder(lab: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(lock_path(lab)).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// How long [`down`] waits for a lab to go.
+pub const DOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Takes lab `lab` down: SIGTERM to its `lab up`, then waits until its lock is free.
+pub fn down(lab: &str) -> Result<()> {
+    ensure_up(lab)?;
+    let pid =
+        holder(lab).with_context(|| format!("{}: its lock file names no process", called(lab)))?;
+    process::signal(pid as i32, libc::SIGTERM)
+        .with_context(|| format!("stopping {} (SIGTERM to lab up, pid {pid})", called(lab)))
+        .with_hint(|| {
+            "only the user who started it (root) may stop it: run it as root, e.g. with sudo"
+        })?;
+    let start = std::time::Instant::now();
+    while is_up(lab)? {
+        if start.elapsed() > DOWN_TIMEOUT {
+            return Err(anyhow!(
+                "{} did not go down within {DOWN_TIMEOUT:?} of SIGTERM (pid {pid})",
+                called(lab)
+            ))
+            .hint(format!(
+                "kill it with `kill -KILL {pid}`; the next `lab up --name {lab}` removes what it leaves"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
 }
@@ -291,10 +484,10 @@ fn lock(lab: &str) -> Result<File> {
             .with_context(|| format!("opening {}", path.display()))?;
         if !file::try_lock(&file, Lock::Exclusive) {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            bail!(
-                "lab {lab} is already up (pid {}); stop it first or pick another --name",
-                holder.trim()
-            );
+            let pid = holder.split_whitespace().next().unwrap_or("?").to_string();
+            return Err(anyhow!("{} is already up (pid {pid})", called(lab))).hint(format!(
+                "take it down with `idlegate lab down {lab}`, or pick another --name"
+            ));
         }
         if same_file(&file, &path) {
             break file;
@@ -343,11 +536,9 @@ fn wait_ready(lab: &str) -> Result<()> {
         let waited = start.elapsed();
         match state(lab)? {
             State::Ready => return Ok(()),
-            State::Down if waited > DOWN_GRACE => {
-                bail!("lab {lab} is not up: start it with `idlegate lab up --config FILE --name {lab}`")
-            }
+            State::Down if waited > DOWN_GRACE => return Err(not_up(lab)),
             State::Starting if waited > STARTING_GRACE => {
-                bail!("lab {lab} did not become ready in {STARTING_GRACE:?}")
+                bail!("{} did not become ready in {STARTING_GRACE:?}", called(lab))
             }
             _ => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
@@ -382,10 +573,19 @@ fn remove_stale(lab: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `program` in `host` of the running lab `lab`; its exit status passes through.
+/// Runs `program` in `host` of the running lab `lab`, in the foreground: its exit status
+/// passes through. Every signal a process sends to this one (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+/// SIGUSR1/2, SIGALRM, SIGWINCH) is passed on to the program, and this one returns only once
+/// the program has ended; signals a terminal raises reach the program directly and are not
+/// passed on a second time ([`signal::PassOn`]). Killed with SIGKILL, this process takes the
+/// program with it (PR_SET_PDEATHSIG, [`netns::spawn`]). The program finds the lab's time
+/// scale in [`TIME_SCALE_ENV`] and the lab's name in [`LAB_ENV`].
+///
+/// A program that cannot be run fails with [`Status::NotFound`] (127) or
+/// [`Status::CannotExecute`] (126), as a shell does.
 pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
     check_lab_name(lab)?;
-    ensure_root()?;
+    ensure_may_enter(lab, host)?;
     wait_ready(lab)?;
     let ns = namespace(lab, host);
     if !netns::exists(&ns) {
@@ -394,7 +594,32 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
             .into_iter()
             .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
             .collect();
-        bail!("lab {lab} has no host {host} (hosts: {})", hosts.join(", "));
+        return Err(anyhow!("{} has no host {host}", called(lab)))
+            .hint(format!("its hosts: {}", hosts.join(", ")))
+            .status(Status::Usage);
     }
-    netns::exec(&ns, program, args)
+    let mut command = std::process::Command::new(program);
+    command.args(args).env(LAB_ENV, lab);
+    if let Some(info) = info(lab) {
+        command.env(TIME_SCALE_ENV, info.time_scale.to_string());
+    }
+    let signals = signal::PassOn::catch().context("lab exec: catching signals to pass on")?;
+    let running = || format!("lab exec: running {program:?} in {host}");
+    let mut child = match netns::spawn(&ns, &mut command) {
+        Ok(child) => child,
+        Err(netns::SpawnError::Entering(e)) => return Err(e).with_context(running),
+        Err(netns::SpawnError::Exec(e)) => {
+            let status = match e.raw_os_error() {
+                Some(libc::ENOENT) => Status::NotFound,
+                _ => Status::CannotExecute,
+            };
+            return Err(anyhow!("{}", errno::reason(&e)))
+                .with_context(running)
+                .status(status);
+        }
+    };
+    if let Err(e) = signals.to(child.id() as i32) {
+        tracing::warn!("lab exec: signals sent to idlegate will not reach {program:?}: {e}");
+    }
+    child.wait().with_context(running)
 }

@@ -12,6 +12,7 @@
 
 use crate::sys::socket::{self, Handle};
 use anyhow::{bail, Context, Result};
+use idlegate_core::config::{half_the_idle_timeout, LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::profile::Profile;
 use socket2::SockRef;
 use std::io;
@@ -33,7 +34,7 @@ pub struct Keepalive {
 }
 
 impl Keepalive {
-    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8` (Linux's fix in seeds 000 and 003).
+    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8`.
     pub fn parse(s: &str) -> Result<Keepalive> {
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
         let [idle, interval, count] = parts[..] else {
@@ -60,20 +61,51 @@ impl Keepalive {
     }
 
     /// Keepalive that fires well before `profile`'s default idle timeout `T`: first probe at
-    /// T/2, then every T/8, 8 probes (for Azure's 4 min: 120 s, 30 s, 8, the fix of seeds 000
-    /// and 003). The shortest of the profile's LB and outbound rule timeouts is taken.
+    /// T/2, then every T/8, 8 probes (for Azure's 4 min: 120 s, 30 s, 8). The shortest of the
+    /// profile's LB and outbound rule timeouts is taken.
     pub fn for_profile(profile: &Profile) -> Keepalive {
         Keepalive::for_idle_timeout(profile_idle_timeout(profile))
     }
 
-    /// Keepalive for a box that forgets flows idle for `timeout`: first probe at half of it,
-    /// then every eighth, 8 probes, in whole seconds (rounded down, at least 1 s), as the
-    /// kernel takes them.
+    /// [`Keepalive::for_profile`] with the profile's idle timeout divided by `time_scale`, as a
+    /// lab with that `time_scale` runs it.
+    pub fn for_profile_scaled(profile: &Profile, time_scale: u32) -> Keepalive {
+        Keepalive::for_idle_timeout(profile_idle_timeout(profile) / time_scale.max(1))
+    }
+
+    /// [`Keepalive::for_profile`] for this process: scaled by the lab's time scale when it runs
+    /// in a lab host (`lab exec` sets [`TIME_SCALE_ENV`]), which it says once at info. A value
+    /// that is not a whole number ≥ 1 is refused.
+    pub fn for_profile_here(profile: &Profile) -> Result<Keepalive> {
+        let Some(scale) = time_scale_from_env()? else {
+            return Ok(Keepalive::for_profile(profile));
+        };
+        let k = Keepalive::for_profile_scaled(profile, scale);
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if !SAID.swap(true, Ordering::Relaxed) {
+            let lab =
+                std::env::var(LAB_ENV).map_or("the lab".to_string(), |l| format!("lab \"{l}\""));
+            tracing::info!(target: crate::LOG_TARGET,
+                "profile {} in {lab}'s time scale 1/{scale} ({TIME_SCALE_ENV}): keepalive {}s,{}s,{} (half, then an eighth, of the idle timeout {:?}, in whole seconds)",
+                profile.name,
+                k.idle.as_secs(),
+                k.interval.as_secs(),
+                k.count,
+                profile_idle_timeout(profile) / scale
+            );
+        }
+        Ok(k)
+    }
+
+    /// Keepalive for a box that forgets flows idle for `timeout`: the first probe at half the
+    /// idle timeout, then every eighth of it, 8 probes. Whole seconds, as the kernel takes
+    /// them (TCP_KEEPIDLE, TCP_KEEPINTVL): the first probe at [`half_the_idle_timeout`] (to the
+    /// nearest second, never reaching the timeout: 3.98 s → 2 s, not 1 s), the interval rounded
+    /// down (more probes, never fewer), both at least 1 s.
     pub fn for_idle_timeout(timeout: Duration) -> Keepalive {
-        let t = timeout.as_secs();
         Keepalive {
-            idle: Duration::from_secs((t / 2).max(1)),
-            interval: Duration::from_secs((t / 8).max(1)),
+            idle: half_the_idle_timeout(timeout),
+            interval: Duration::from_secs((timeout / 8).as_secs().max(1)),
             count: 8,
         }
     }
@@ -146,6 +178,27 @@ pub(crate) fn ended_in_order(socket: &impl Handle) {
     let _ = crate::sys::socket::orderly(socket);
 }
 
+/// The time scale this process runs under: [`TIME_SCALE_ENV`] if set (by `lab exec`), else
+/// none. Not a whole number ≥ 1: refused, naming the variable.
+pub fn time_scale_from_env() -> Result<Option<u32>> {
+    let Ok(text) = std::env::var(TIME_SCALE_ENV) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(scale) if scale >= 1 => Ok(Some(scale)),
+        _ => {
+            use crate::obs::report::{Report, Status};
+            Err(anyhow::anyhow!(
+                "{TIME_SCALE_ENV}={text:?}: not a time scale (a whole number, 1 or more)"
+            ))
+            .hint(format!(
+                "unset {TIME_SCALE_ENV}, or set it to the lab's time_scale"
+            ))
+            .status(Status::Usage)
+        }
+    }
+}
+
 /// The idle timeout a profile's flows get by default: the shorter of its LB and outbound rule
 /// timeouts.
 pub fn profile_idle_timeout(profile: &Profile) -> Duration {
@@ -180,8 +233,57 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_fires_at_half_the_idle_timeout_rounded_to_the_nearest_second() {
+        // Half the idle timeout: AWS NLB's 350 s scaled 1/88 is 3.98 s, whose half is 1.99 s:
+        // 2 s, not the 1 s that rounding down gave.
+        let aws = Keepalive::for_idle_timeout(Duration::from_secs(350) / 88);
+        assert_eq!(aws.idle, Duration::from_secs(2));
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_millis(3_980)),
+            Duration::from_secs(2)
+        );
+        // A tie goes to the earlier second.
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_secs(5)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        // Never at or past the timeout where a whole second below it exists.
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_millis(1_800)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_millis(2_500)),
+            Duration::from_secs(1)
+        );
+        // The kernel takes no less than 1 s.
+        assert_eq!(
+            half_the_idle_timeout(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_profiles_keepalive_in_a_labs_time_scale_is_the_scaled_timeouts_half() {
+        // Azure LB's 4 min at time_scale 60 (examples/azure-lb.toml): 4 s, so 2 s, 1 s, 8.
+        let k = Keepalive::for_profile_scaled(&idlegate_core::profile::AZURE_LB, 60);
+        assert_eq!(
+            (k.idle, k.interval, k.count),
+            (Duration::from_secs(2), Duration::from_secs(1), 8)
+        );
+        assert_eq!(
+            Keepalive::for_profile_scaled(&idlegate_core::profile::AZURE_LB, 1),
+            Keepalive::for_profile(&idlegate_core::profile::AZURE_LB)
+        );
+    }
+
+    #[test]
     fn a_profiles_keepalive_fires_at_half_its_idle_timeout() {
-        // Azure LB: 4 min → 120 s, 30 s, 8 (seeds 000 and 003).
+        // Azure LB: 4 min → 120 s, 30 s, 8.
         let k = Keepalive::for_profile(&idlegate_core::profile::AZURE_LB);
         assert_eq!(
             (k.idle, k.interval, k.count),

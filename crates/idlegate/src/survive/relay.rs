@@ -68,10 +68,10 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
         let keepalive = match (&r.keepalive, &r.profile) {
             (Some(k), None) => Keepalive::parse(k).with_context(|| at.clone())?,
             (None, Some(p)) => match idlegate_core::profile::find(p) {
-                Some(profile) => Keepalive::for_profile(profile),
+                Some(profile) => Keepalive::for_profile_here(profile)?,
                 None => bail!("{at}: profile = {p:?} is not a known profile"),
             },
-            (None, None) => Keepalive::for_profile(idlegate_core::profile::default_profile()),
+            (None, None) => Keepalive::for_profile_here(idlegate_core::profile::default_profile())?,
             (Some(_), Some(_)) => bail!("{at}: keepalive and profile: give one"),
         };
         out.push((

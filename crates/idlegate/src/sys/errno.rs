@@ -58,6 +58,16 @@ pub fn errno_name(err: &io::Error) -> String {
     }
 }
 
+/// The OS's reason for `err` as a person reads it, without std's ` (os error N)` suffix:
+/// `No such file or directory`.
+pub fn reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
 /// Whether `code` says the process or the system ran out of descriptors, buffers or memory:
 /// a condition to wait out (the next try may succeed), not one connection's trouble.
 pub fn out_of_resources(code: i32) -> bool {
@@ -113,6 +123,12 @@ fn errno_const(code: i32) -> Option<&'static str> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_is_the_os_message_without_its_number() {
+        let e = io::Error::from_raw_os_error(ENOENT);
+        assert_eq!(reason(&e), "No such file or directory");
+    }
 
     #[test]
     fn errno_names() {

@@ -7,7 +7,7 @@
 //! process killed while making it is stale, and replaced) and leaves nothing behind on
 //! failure; it makes `/run/netns` and its parents if missing; [`delete`] is idempotent. Code runs inside a namespace either in a dedicated thread
 //! ([`spawn_in`]: sockets it creates live in that namespace, the caller's thread is
-//! untouched) or in a child process ([`exec`], as `ip netns exec`). Errors name the
+//! untouched) or in a child process ([`exec`] and [`spawn`], as `ip netns exec`). Errors name the
 //! namespace and the step that failed. [`Namespace`] deletes on drop.
 
 use super::rtnl::Rtnl;
@@ -269,64 +269,90 @@ where
 }
 
 /// Runs `program args...` inside namespace `name`, inheriting stdin/stdout/stderr, and
-/// returns its exit status unchanged.
+/// returns its exit status unchanged ([`spawn`], then wait).
+pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
+    let running = || format!("running `{program}` in network namespace {name}");
+    let mut command = Command::new(program);
+    command.args(args);
+    match spawn(name, &mut command) {
+        Ok(mut child) => child.wait().with_context(running),
+        Err(SpawnError::Entering(e)) => Err(e).with_context(running),
+        Err(SpawnError::Exec(e)) => Err(e).with_context(running),
+    }
+}
+
+/// How [`spawn`] failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// A step before the program, in the child (entering the namespace, its mounts) or in
+    /// the parent (the pipe, the fork): the error names the step; the caller names the
+    /// namespace and the program.
+    Entering(anyhow::Error),
+    /// The program itself could not be executed: execve(2)'s errno (ENOENT: not found;
+    /// EACCES: not executable, or a directory; ENOEXEC: not a format the kernel runs).
+    Exec(io::Error),
+}
+
+/// Starts `command` inside namespace `name` and returns it running.
 ///
 /// As `ip netns exec` does, the child also gets a mount namespace of its own (mounts do not
 /// propagate back), with `/sys` mounted afresh so that `/sys/class/net` lists the namespace's
 /// devices, and each file `/etc/netns/NAME/FILE` bind-mounted over `/etc/FILE` (a failed
 /// bind is skipped, as iproute2 does with a warning). It does not, as iproute2 does not,
-/// touch `/proc` or other namespaces.
-pub fn exec(name: &str, program: &str, args: &[String]) -> Result<ExitStatus> {
-    let running = || format!("running `{program}` in network namespace {name}");
-    let ns = open(name)?;
+/// touch `/proc` or other namespaces. Unlike `ip netns exec`, the child is killed (SIGKILL,
+/// PR_SET_PDEATHSIG) when the thread that started it ends, so a caller that is killed does
+/// not leave it running: call it from a thread that lives until the child is waited for (the
+/// main thread).
+pub fn spawn(name: &str, command: &mut Command) -> Result<std::process::Child, SpawnError> {
+    let ns = open(name).map_err(SpawnError::Entering)?;
     let fd = ns.as_raw_fd();
-    let sysfs_source = CString::new(name).context("namespace name with a NUL byte")?;
+    let sysfs_source = CString::new(name)
+        .context("namespace name with a NUL byte")
+        .map_err(SpawnError::Entering)?;
     let etc = etc_binds(name);
     let sys_flags = if read_only("/sys") {
         libc::MS_RDONLY
     } else {
         0
     };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // The child writes the number of the step that failed here before it gives up: the error
     // std reports is only an errno. Both ends close on exec; non-blocking, so that reading an
     // empty pipe cannot wait.
     let mut ends = [0; 2];
     // SAFETY: pipe2 fills `ends` with two new descriptors, owned right below.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(io::Error::last_os_error())
-            .context("making a pipe")
-            .with_context(running);
+        return Err(SpawnError::Entering(
+            anyhow::Error::new(io::Error::last_os_error()).context("making a pipe"),
+        ));
     }
     // SAFETY: just made, owned by nothing else.
     let (read_end, write_end) = unsafe { (File::from_raw_fd(ends[0]), File::from_raw_fd(ends[1])) };
     let report = write_end.as_raw_fd();
-    let mut command = Command::new(program);
-    command.args(args);
     // SAFETY: the closure runs in the child between fork and exec, where only
-    // async-signal-safe calls are allowed: it makes syscalls (setns, unshare, mount, umount2,
-    // write) on descriptors and C strings prepared before the fork, allocates nothing
-    // and takes no lock.
+    // async-signal-safe calls are allowed: it makes syscalls (prctl, getppid, setns, unshare,
+    // mount, umount2, write) on descriptors and C strings prepared before the fork,
+    // allocates nothing and takes no lock.
     unsafe {
-        command.pre_exec(move || enter_for_exec(fd, &sysfs_source, &etc, sys_flags, report));
+        command
+            .pre_exec(move || enter_for_exec(fd, &sysfs_source, &etc, sys_flags, parent, report));
     }
     let spawned = command.spawn();
     // spawn returns once the child has exec'd or died: its step, if any, is in the pipe.
     drop(write_end);
     drop(ns);
-    match spawned {
-        Ok(mut child) => child.wait().with_context(running),
-        Err(err) => {
-            let mut step = [0u8; 1];
-            let failed = match (&read_end).read(&mut step) {
-                Ok(1) => Step::ALL.get(usize::from(step[0])).map(|s| s.describe()),
-                _ => None,
-            };
-            match failed {
-                Some(what) => Err(err).context(what).with_context(running),
-                None => Err(err).with_context(running),
-            }
+    spawned.map_err(|err| {
+        let mut step = [0u8; 1];
+        let failed = match (&read_end).read(&mut step) {
+            Ok(1) => Step::ALL.get(usize::from(step[0])).map(|s| s.describe()),
+            _ => None,
+        };
+        match failed {
+            Some(what) => SpawnError::Entering(anyhow::Error::new(err).context(what)),
+            None => SpawnError::Exec(err),
         }
-    }
+    })
 }
 
 /// Whether the filesystem at `path` is mounted read-only (statvfs(3); false if unknown).
@@ -348,10 +374,17 @@ enum Step {
     Unshare = 1,
     Slave = 2,
     Sysfs = 3,
+    DeathSignal = 4,
 }
 
 impl Step {
-    const ALL: [Step; 4] = [Step::Setns, Step::Unshare, Step::Slave, Step::Sysfs];
+    const ALL: [Step; 5] = [
+        Step::Setns,
+        Step::Unshare,
+        Step::Slave,
+        Step::Sysfs,
+        Step::DeathSignal,
+    ];
 
     fn describe(self) -> &'static str {
         match self {
@@ -359,6 +392,9 @@ impl Step {
             Step::Unshare => "giving it a mount namespace of its own (unshare CLONE_NEWNS)",
             Step::Slave => "keeping its mounts from propagating back (mount / MS_SLAVE|MS_REC)",
             Step::Sysfs => "mounting the namespace's sysfs on /sys",
+            Step::DeathSignal => {
+                "tying the program's life to its starter's (prctl PR_SET_PDEATHSIG; the starter had ended)"
+            }
         }
     }
 }
@@ -386,6 +422,7 @@ fn enter_for_exec(
     sysfs_source: &CStr,
     etc: &[(CString, CString)],
     sys_flags: libc::c_ulong,
+    parent: libc::pid_t,
     report: RawFd,
 ) -> io::Result<()> {
     let check = |ok: bool, step: Step| {
@@ -404,6 +441,14 @@ fn enter_for_exec(
     // SAFETY: syscalls on a descriptor the parent keeps open until the child has exec'd, and
     // on NUL-terminated strings that outlive the calls.
     unsafe {
+        // Killed with the thread that started it; if that already ended before this took,
+        // the child has a new parent and gives up at once.
+        let tied = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0;
+        check(tied, Step::DeathSignal)?;
+        if libc::getppid() != parent {
+            *libc::__errno_location() = libc::ESRCH;
+            check(false, Step::DeathSignal)?;
+        }
         check(libc::setns(ns, libc::CLONE_NEWNET) == 0, Step::Setns)?;
         check(libc::unshare(libc::CLONE_NEWNS) == 0, Step::Unshare)?;
         // Mounts made here must not propagate back to the caller's mount namespace.

@@ -9,7 +9,10 @@
 //! Three uses, one function each: [`stop_on_interrupt`] sets a stop flag that a serving loop
 //! polls (echo, relay, audit --watch), on both systems; Linux alone: [`Interrupt`] stops a
 //! gateway whose stopper exists only once setup ends, and exits at once on a second signal;
-//! [`ChildSignals`] passes signals on to a program idlegate started (`idlegate run`). SIGINT
+//! [`ChildSignals`] passes signals on to a program idlegate started (`idlegate run`), and
+//! [`PassOn`] passes every signal a process sends on to a program run in the foreground
+//! (`lab exec`), but not those the kernel raised for a terminal, which reach the program
+//! too. SIGINT
 //! and SIGTERM ([`INTERRUPTS`]) are the signals that ask idlegate itself to stop.
 
 use std::io;
@@ -85,7 +88,12 @@ mod linux {
     use crate::LOG_TARGET as LOG;
 
     pub use libc::c_int as Signal;
-    pub use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    pub use signal_hook::consts::{
+        SIGALRM, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
+    };
+    use signal_hook::iterator::exfiltrator::origin::WithOrigin;
+    use signal_hook::iterator::SignalsInfo;
+    use signal_hook::low_level::siginfo::Cause;
 
     /// The signals that ask idlegate to stop: Ctrl-C and `kill`'s default.
     pub const INTERRUPTS: [Signal; 2] = [SIGINT, SIGTERM];
@@ -181,6 +189,53 @@ mod linux {
                 }
             })
         }
+    }
+
+    /// The signals [`PassOn`] passes on: those that ask a program to stop, hang up, reload or
+    /// look again (every one a shell's `kill` is used for that a program may handle).
+    pub const PASSED_ON: [Signal; 8] = [
+        SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGALRM, SIGWINCH,
+    ];
+
+    /// [`PASSED_ON`], caught for a program that is not started yet (so none is lost in
+    /// between: none of them ends idlegate any more), then passed on to it with
+    /// [`PassOn::to`]. A signal another process sent (kill(2), sigqueue(3)) is passed on; one
+    /// the kernel raised is not: those are a terminal's (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, a
+    /// hang-up's SIGHUP, a resize's SIGWINCH), which the kernel sends to the terminal's whole
+    /// foreground process group, so the program, in idlegate's group, has it already; passing
+    /// it on would deliver it twice.
+    pub struct PassOn(SignalsInfo<WithOrigin>);
+
+    impl PassOn {
+        pub fn catch() -> io::Result<PassOn> {
+            Ok(PassOn(SignalsInfo::with_exfiltrator(
+                PASSED_ON,
+                WithOrigin::default(),
+            )?))
+        }
+
+        /// From now on passes each signal a process sends on to `pid`, on a thread of its own.
+        pub fn to(self, pid: i32) -> io::Result<()> {
+            let mut signals = self.0;
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    for origin in signals.forever() {
+                        if !from_a_process(&origin.cause) {
+                            continue;
+                        }
+                        // The program may have exited already: then nobody is left to tell.
+                        let _ = process::signal(pid, origin.signal);
+                    }
+                })?;
+            Ok(())
+        }
+    }
+
+    /// Whether a signal was sent by a process rather than raised by the kernel (a terminal's
+    /// keys, a hang-up). An unknown cause counts as sent: better twice than never.
+    fn from_a_process(cause: &Cause) -> bool {
+        !matches!(cause, Cause::Kernel)
     }
 }
 

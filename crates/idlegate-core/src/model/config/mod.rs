@@ -52,6 +52,13 @@ use std::time::Duration;
 use toml::Spanned;
 use validate::*;
 
+/// The environment variable a lab gives the programs it runs (`idlegate lab exec`): the lab's
+/// `time_scale`, a whole number ≥ 1. Every timer of the lab runs 1/time_scale as long, so an
+/// idlegate command that derives a timer from a profile in such a program divides it by this.
+pub const TIME_SCALE_ENV: &str = "IDLEGATE_TIME_SCALE";
+/// The environment variable that names the lab a program runs in (`idlegate lab exec`).
+pub const LAB_ENV: &str = "IDLEGATE_LAB";
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -20,6 +20,8 @@
 mod audit_lab;
 mod gateway_run;
 mod generate;
+mod lab_exec;
+mod lab_list;
 mod lab_up;
 mod no_ip;
 mod profiles;

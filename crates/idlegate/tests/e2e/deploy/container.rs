@@ -164,8 +164,12 @@ fn container_runs_lab_demo_privileged_with_its_three_verdicts() {
         (&plain["client_error"], &plain["server_error"]),
         (&Value::Null, &Value::Null)
     );
+    assert_eq!(plain["verdict"], "lost-silently", "{plain}");
     assert!(
-        plain["verdict"].as_str().unwrap().starts_with("LOST \"c\""),
+        plain["explanation"]
+            .as_str()
+            .unwrap()
+            .starts_with("LOST \"c\""),
         "{plain}"
     );
 
@@ -175,8 +179,9 @@ fn container_runs_lab_demo_privileged_with_its_three_verdicts() {
         serde_json::json!(["a", "b", "c"]),
         "{keepalive}"
     );
+    assert_eq!(keepalive["verdict"], "survived", "{keepalive}");
     assert!(
-        keepalive["verdict"]
+        keepalive["explanation"]
             .as_str()
             .unwrap()
             .starts_with("survived"),

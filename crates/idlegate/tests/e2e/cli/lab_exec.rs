@@ -1,0 +1,452 @@
+//! `lab exec` in the foreground: signals passed on to its program, which it outlives by
+//! nothing (SIGKILL of `lab exec` takes the program too); a program that cannot run exits 127
+//! or 126 as in a shell; what an ordinary user is told; and the one way every command says a
+//! lab is not up.
+
+use super::*;
+use std::sync::mpsc::Receiver;
+
+/// Prints its pid, then holds a listening socket on port argv[1] for up to 60 s. With argv[2]
+/// `usr1`, SIGUSR1 makes it exit 7.
+const HOLDER: &str = r#"
+import os, signal, socket, sys, time
+signal.alarm(60)
+if len(sys.argv) > 2 and sys.argv[2] == "usr1":
+    signal.signal(signal.SIGUSR1, lambda *a: os._exit(7))
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(1)
+print(os.getpid())
+time.sleep(60)
+"#;
+
+/// `idlegate lab exec` running in the background in a process group of its own; dropping it
+/// kills the group (`lab exec` and what it runs).
+struct Background {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Background {
+    fn start(lab: &str, host: &str, command: &[&str]) -> Background {
+        let mut child = Command::new(IDLEGATE)
+            .args(["lab", "exec", "--name", lab, host, "--"])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("starting idlegate lab exec");
+        let (tx, lines) = mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (stderr, _) = collect(child.stderr.take().unwrap());
+        Background {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The pid the program printed first.
+    fn program_pid(&self) -> i32 {
+        let line = self
+            .lines
+            .recv_timeout(LISTEN_TIMEOUT)
+            .unwrap_or_else(|e| panic!("the program printed no pid ({e}): {}", self.stderr()));
+        line.trim().parse().expect("a pid")
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for `lab exec` to exit.
+    fn exit(&mut self) -> ExitStatus {
+        wait_bounded(&mut self.child, COMMAND_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "lab exec still running {COMMAND_TIMEOUT:?} later: {}",
+                self.stderr()
+            )
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal(-(self.child.id() as i32), libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The processes running in `host` of `lab`.
+fn pids_in(lab: &str, host: &str) -> Vec<i32> {
+    idlegate::sys::netns::pids(&idlegate::lab::namespace(lab, host)).expect("listing pids")
+}
+
+/// Waits (bounded) until nothing runs in `host` of `lab`; what still runs, if anything.
+fn emptied(lab: &str, host: &str) -> Vec<i32> {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let pids = pids_in(lab, host);
+        if pids.is_empty() || Instant::now() > deadline {
+            return pids;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn lab_exec_passes_sigterm_on_and_exits_only_once_its_program_has_ended() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(&lab.name, "vm1", &["python3", "-u", "-c", HOLDER, "7100"]);
+    let pid = exec.program_pid();
+    signal(exec.child.id() as i32, libc::SIGTERM);
+    let status = exec.exit();
+    // The program's own end, passed on: killed by SIGTERM, so 128 + 15, as a shell says.
+    assert_eq!(status.code(), Some(143), "{status}: {}", exec.stderr());
+    assert!(!alive(pid), "the program {pid} outlived lab exec");
+    assert_eq!(pids_in(&lab.name, "vm1"), Vec::<i32>::new());
+}
+
+#[test]
+fn lab_exec_passes_sigusr1_on_and_exits_with_the_programs_own_code() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(
+        &lab.name,
+        "vm1",
+        &["python3", "-u", "-c", HOLDER, "7101", "usr1"],
+    );
+    let pid = exec.program_pid();
+    signal(exec.child.id() as i32, libc::SIGUSR1);
+    let status = exec.exit();
+    assert_eq!(status.code(), Some(7), "{status}: {}", exec.stderr());
+    assert!(!alive(pid));
+}
+
+#[test]
+fn lab_exec_killed_with_sigkill_takes_idlegate_echo_with_it() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(
+        &lab.name,
+        "vm1",
+        &[IDLEGATE, "echo", "--listen", "0.0.0.0:9300"],
+    );
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    while pids_in(&lab.name, "vm1").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "idlegate echo did not start: {}",
+            exec.stderr()
+        );
+        std::thread::sleep(POLL);
+    }
+    signal(exec.child.id() as i32, libc::SIGKILL);
+    assert_eq!(exec.exit().signal(), Some(libc::SIGKILL));
+    // PR_SET_PDEATHSIG: the kernel kills the program once lab exec is gone.
+    assert_eq!(
+        emptied(&lab.name, "vm1"),
+        Vec::<i32>::new(),
+        "idlegate echo outlived lab exec"
+    );
+}
+
+#[test]
+fn lab_exec_of_a_program_not_found_exits_127_and_of_one_not_executable_126() {
+    let lab = Lab::up(&lab_name());
+    let missing = lab_exec(&lab.name, "vm1", &["/nonexistent"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", missing.stderr);
+    assert_eq!(
+        missing.stderr,
+        "idlegate: lab exec: running \"/nonexistent\" in vm1: No such file or directory\n"
+    );
+    let dir = lab_exec(&lab.name, "vm1", &["/etc"]);
+    assert_eq!(dir.status.code(), Some(126), "{}", dir.stderr);
+    assert_eq!(
+        dir.stderr,
+        "idlegate: lab exec: running \"/etc\" in vm1: Permission denied\n"
+    );
+    let plain = tempfile::NamedTempFile::new().unwrap();
+    let path = plain.path().to_str().unwrap();
+    let not_executable = lab_exec(&lab.name, "vm1", &[path]);
+    assert_eq!(
+        not_executable.status.code(),
+        Some(126),
+        "{}",
+        not_executable.stderr
+    );
+}
+
+/// `setpriv` running `program` as nobody:nogroup with no supplementary groups.
+fn as_nobody(program: &Path, args: &[&str]) -> Finished {
+    let mut all = vec![
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        program.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    run_bounded("setpriv", &all, COMMAND_TIMEOUT)
+}
+
+#[test]
+fn an_ordinary_user_is_told_what_exec_flows_and_up_need_without_blaming_the_config() {
+    let lab = Lab::up(&lab_name());
+    let (dir, binary) = common::runnable_by_anyone(IDLEGATE);
+
+    let exec = as_nobody(
+        &binary,
+        &["lab", "exec", "--name", &lab.name, "vm1", "--", "true"],
+    );
+    assert_eq!(exec.status.code(), Some(1), "{}", exec.stderr);
+    assert_eq!(
+        exec.stderr,
+        format!(
+            "idlegate: lab exec: entering host vm1 of the lab \"{}\" needs CAP_SYS_ADMIN (setns into its network namespace)\n\
+             hint: run it as root, e.g. with sudo\n",
+            lab.name
+        )
+    );
+
+    let flows = as_nobody(&binary, &["flows", "--lab", &lab.name]);
+    assert_eq!(flows.status.code(), Some(1), "{}", flows.stderr);
+    let socket = idlegate::lab::control_path(&lab.name);
+    assert_eq!(
+        flows.stderr,
+        format!(
+            "idlegate: the gateway's control socket {0} is there, but this user may not connect to it: Permission denied\n\
+             hint: run as root, or as the socket's owner (it is mode 0600: `ls -l {0}`)\n",
+            socket.display()
+        )
+    );
+
+    let config = dir.path().join("lab.toml");
+    std::fs::copy(example_config(), &config).unwrap();
+    let other = common::unique("cli");
+    let up = as_nobody(
+        &binary,
+        &[
+            "lab",
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            &other,
+        ],
+    );
+    assert_eq!(up.status.code(), Some(1), "{}", up.stderr);
+    assert_eq!(
+        up.stderr,
+        "idlegate: building a lab needs root: it creates network namespaces and TUN devices (CAP_SYS_ADMIN and CAP_NET_ADMIN)\n\
+         hint: run it as root, e.g. with sudo\n"
+    );
+    assert_eq!(namespaces_of(&other), Vec::<String>::new());
+}
+
+#[test]
+fn a_second_up_of_a_running_lab_names_the_lab_not_the_config_file() {
+    let lab = Lab::up(&lab_name());
+    let config = example_config();
+    let second = idlegate(
+        &[
+            "lab",
+            "up",
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            &lab.name,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
+    let lines: Vec<&str> = second.stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "idlegate: the lab \"{}\" is already up (pid {})",
+                lab.name,
+                lab.pid()
+            ),
+            format!(
+                "hint: take it down with `idlegate lab down {}`, or pick another --name",
+                lab.name
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_lab_that_is_not_up_is_reported_the_same_way_by_exec_flows_and_down() {
+    let name = lab_name();
+    let runs: [&[&str]; 4] = [
+        &["lab", "exec", "--name", &name, "vm1", "--", "true"],
+        &["flows", "--lab", &name],
+        &["lab", "down", &name],
+        &["lab", "down", "--name", &name],
+    ];
+    for args in runs {
+        let refused = idlegate(args, COMMAND_TIMEOUT);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            refused.stderr
+        );
+        let lines: Vec<&str> = refused.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {}", refused.stderr);
+        assert_eq!(lines[0], format!("idlegate: the lab \"{name}\" is not up"));
+        // Other tests' labs may be up meanwhile: the hint then lists them after this.
+        let hint = format!("hint: start it with `idlegate lab up --name {name} --config FILE`");
+        assert!(lines[1].starts_with(&hint), "{args:?}: {}", lines[1]);
+    }
+}
+
+#[test]
+fn flows_expire_without_a_selector_names_both_rule_and_all() {
+    let refused = idlegate(&["flows", "expire"], COMMAND_TIMEOUT);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("<--rule <RULE>|--all>"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N.
+const SIGINT_COUNTER: &str = r#"
+import signal, sys, time
+signal.alarm(30)
+n = 0
+def on(*a):
+    global n
+    n += 1
+signal.signal(signal.SIGINT, on)
+print("ready", flush=True)
+while n == 0:
+    time.sleep(0.05)
+time.sleep(1.5)
+print("sigints", n, flush=True)
+sys.exit(n)
+"#;
+
+#[test]
+fn lab_exec_passes_on_a_sigint_a_process_sends() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(&lab.name, "vm1", &["python3", "-u", "-c", SIGINT_COUNTER]);
+    let ready = exec.lines.recv_timeout(LISTEN_TIMEOUT);
+    assert_eq!(ready.as_deref(), Ok("ready"), "{}", exec.stderr());
+    signal(exec.child.id() as i32, libc::SIGINT);
+    let status = exec.exit();
+    assert_eq!(status.code(), Some(1), "{status}: {}", exec.stderr());
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_reaches_the_program_of_lab_exec_once() {
+    let lab = Lab::up(&lab_name());
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), SIGINT_COUNTER).unwrap();
+    // `script` (util-linux) runs lab exec on a pseudo-terminal whose input is our pipe: the
+    // ^C written there makes the terminal send SIGINT to its foreground process group, lab
+    // exec and its program alike. The program must count one, and lab exec pass on its status.
+    let command = format!(
+        "{IDLEGATE} lab exec --name {} vm1 -- python3 -u {}",
+        lab.name,
+        script.path().display()
+    );
+    let mut terminal = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("running `script` (util-linux), which this test needs for a terminal");
+    let mut keys = terminal.stdin.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = BufReader::new(terminal.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (stderr, _) = collect(terminal.stderr.take().unwrap());
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            signal(-(self.0.id() as i32), libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+    let mut terminal = Kill(terminal);
+    let deadline = Instant::now() + LISTEN_TIMEOUT;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.trim() == "ready") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no ready ({e}): {seen:?} {}", stderr.lock().unwrap()),
+        }
+    }
+    std::io::Write::write_all(&mut keys, b"\x03").unwrap();
+    let status = wait_bounded(&mut terminal.0, COMMAND_TIMEOUT).expect("script exited");
+    // Everything `script` printed: its stdout ends with it.
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(COMMAND_TIMEOUT) {
+        rest.push(line);
+    }
+    assert!(
+        rest.iter().any(|l| l.ends_with("sigints 1")),
+        "{rest:?} {}",
+        stderr.lock().unwrap()
+    );
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+}
+
+#[test]
+fn a_config_unfit_for_a_lab_is_a_usage_error_that_names_the_file() {
+    let name = lab_name();
+    let text = std::fs::read_to_string(example_config()).unwrap();
+    let bad = text.replacen("name = \"vm2\"", "name = \"internet\"", 1);
+    assert_ne!(text, bad);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lab.toml");
+    std::fs::write(&path, bad).unwrap();
+    let refused = idlegate(
+        &[
+            "lab",
+            "up",
+            "--config",
+            path.to_str().unwrap(),
+            "--name",
+            &name,
+        ],
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr,
+        format!(
+            "idlegate: {}: a member may not be called \"internet\": the lab's outside host has that name\n",
+            path.display()
+        )
+    );
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}

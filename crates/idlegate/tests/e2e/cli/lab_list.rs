@@ -1,0 +1,160 @@
+//! `lab list` and `lab down NAME`, `lab demo --json`'s verdicts and timeline, and a profile's
+//! keepalive in a lab host, scaled by the lab's time scale.
+
+use super::*;
+
+#[test]
+fn lab_list_shows_a_running_lab_and_lab_down_name_takes_it_down() {
+    let mut lab = Lab::up(&lab_name());
+    let listed = idlegate(&["lab", "list", "--json"], COMMAND_TIMEOUT);
+    assert_eq!(listed.status.code(), Some(0), "{}", listed.stderr);
+    let labs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("one JSON array");
+    let this = labs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|l| l["name"] == lab.name.as_str())
+        .unwrap_or_else(|| panic!("{} not listed: {}", lab.name, listed.stdout));
+    assert_eq!(this["state"], "ready");
+    assert_eq!(this["pid"], lab.pid());
+    assert_eq!(this["time_scale"], 60, "examples/azure-lb.toml's");
+    let hosts: Vec<&str> = this["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["vm1", "vm2", "internet"]);
+    let config = this["config"].as_str().unwrap();
+    assert!(config.ends_with("examples/azure-lb.toml"), "{config}");
+
+    let down = idlegate(&["lab", "down", &lab.name], COMMAND_TIMEOUT);
+    assert_eq!(down.status.code(), Some(0), "{}", down.stderr);
+    // `lab down` returns once the lab is gone: its `lab up` has exited, cleanly.
+    let status = wait_bounded(&mut lab.child, STOP_TIMEOUT).expect("lab up exited");
+    assert_eq!(status.code(), Some(0), "{}", lab.stderr());
+    assert_eq!(namespaces_of(&lab.name), Vec::<String>::new());
+    let listed = idlegate(&["lab", "list", "--json"], COMMAND_TIMEOUT);
+    let labs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("one JSON array");
+    assert!(
+        !labs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == lab.name.as_str()),
+        "{}",
+        listed.stdout
+    );
+}
+
+#[test]
+fn lab_demo_json_gives_each_connections_verdict_and_the_timeline_and_nothing_else() {
+    let name = lab_name();
+    let demo = idlegate(
+        &["lab", "demo", "--json", "--name", &name],
+        Duration::from_secs(60),
+    );
+    assert_eq!(demo.status.code(), Some(0), "{}", demo.stderr);
+    // The whole of stdout is one JSON document.
+    let report: serde_json::Value = serde_json::from_str(&demo.stdout).expect("one JSON object");
+    let verdicts: Vec<(&str, &str)> = report["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("no-keepalive", "lost-silently"),
+            ("keepalive", "survived"),
+            ("tcp-reset", "reset"),
+        ]
+    );
+    assert_eq!(report["time_scale"], 60);
+    // Azure LB's 4 min scaled 1/60: 4 s, keepalive at half of it.
+    assert_eq!(report["keepalive_s"], 2);
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty());
+    let mut last = 0;
+    for event in timeline {
+        let at = event["at_ms"].as_u64().unwrap();
+        assert!(at >= last, "in time order: {event}");
+        assert_eq!(event["lab_at_ms"].as_u64().unwrap(), at * 60);
+        last = at;
+    }
+    assert!(timeline.iter().any(|e| e["connection"] == "no-keepalive"
+        && e["side"] == "client"
+        && e["what"] == "sent \"c\""));
+    assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+/// Client: connects to 127.0.0.1:argv[1] (retrying for 10 s while the relay starts), sends
+/// "a", stays idle 6 s (past the lab's 4 s idle timeout: the scenario), sends "b", prints
+/// `sent b`.
+const IDLE_THROUGH_RELAY: &str = r#"
+import signal, socket, sys, time
+signal.alarm(30)
+deadline = time.monotonic() + 10
+while True:
+    try:
+        c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.1)
+c.sendall(b"a")
+print("sent a")
+time.sleep(6)
+c.sendall(b"b")
+print("sent b")
+time.sleep(1)
+"#;
+
+#[test]
+fn relay_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_scale() {
+    let lab = Lab::up(&lab_name());
+    let mut programs = Programs::new(&lab);
+    // The LB's hash picks either member: both serve. Rule `app` (port 7000) drops silently.
+    programs.python("vm1", "vm1", CHUNK_SERVER, &["7000"]);
+    programs.python("vm2", "vm2", CHUNK_SERVER, &["7000"]);
+    programs.wait_each(&["vm1", "vm2"], "listening", LISTEN_TIMEOUT);
+    // No --keepalive: the profile's, which the lab's time scale (60) brings to 2 s, 1 s, 8.
+    let mut relay = Command::new(IDLEGATE)
+        .args(["lab", "exec", "--name", &lab.name, "internet", "--"])
+        .args([IDLEGATE, "relay", "--profile", "azure-lb"])
+        .args([
+            "--listen",
+            "127.0.0.1:15000",
+            "--connect",
+            "203.0.113.10:7000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting the relay");
+    let (relay_log, _) = collect(relay.stderr.take().unwrap());
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            signal(-(self.0.id() as i32), libc::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+    let _relay = Kill(relay);
+    programs.python("client", "internet", IDLE_THROUGH_RELAY, &["15000"]);
+    let (status, client) = programs.finish("client", Duration::from_secs(20));
+    let report = programs.report();
+    assert!(status.success(), "client failed: {status}\n{report}");
+    assert_eq!(client, ["sent a", "sent b"], "\n{report}");
+    // "b" crossed the box after 6 s idle, past its 4 s timeout: the keepalive kept the flow.
+    programs.wait_line(&["vm1", "vm2"], |l| l == "got b", Duration::from_secs(5));
+    let log = relay_log.lock().unwrap().clone();
+    assert!(
+        log.contains("time scale 1/60") && log.contains("keepalive 2s,1s,8"),
+        "the relay must say how it scaled the profile: {log}"
+    );
+}
