@@ -30,6 +30,7 @@ mod operator;
 mod probe;
 mod probe_hostile;
 mod relay;
+mod relay_messages;
 mod rtnl;
 mod scenario;
 mod standalone;
