@@ -106,6 +106,7 @@ impl ProbeArgs {
             resolution: self.resolution,
             wait: self.wait,
             connections: self.connections,
+            progress: probe::ProgressTo::stderr(),
         })
     }
 }

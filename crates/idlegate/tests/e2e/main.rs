@@ -29,6 +29,7 @@ mod offpath;
 mod operator;
 mod probe;
 mod probe_hostile;
+mod probe_trust;
 mod relay;
 mod relay_messages;
 mod rtnl;

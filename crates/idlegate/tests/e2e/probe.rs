@@ -39,6 +39,7 @@ fn probe_between(
         resolution: RESOLUTION,
         wait: Duration::from_secs(1),
         connections: None,
+        progress: probe::ProgressTo::Off,
     };
     let report = netns::spawn_in(client_ns, move || probe::run(&options))
         .expect("probe thread")
@@ -260,6 +261,7 @@ idle_timeout = "438s"
             resolution: RESOLUTION,
             wait: Duration::from_secs(1),
             connections: None,
+            progress: probe::ProgressTo::Off,
         };
         netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?
             .join()
@@ -325,6 +327,7 @@ fn a_far_end_that_closes_idle_connections_is_reported_as_closed_not_reset() {
         resolution: RESOLUTION,
         wait: Duration::from_millis(500),
         connections: None,
+        progress: probe::ProgressTo::Off,
     })
     .unwrap();
     let high = r.idle_timeout_s.high.expect("a timeout found");
