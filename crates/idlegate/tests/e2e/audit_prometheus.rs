@@ -160,15 +160,17 @@ pub(crate) fn firing(prometheus: SocketAddr, name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// An idle connection without keepalive in `ns` (and its listener): both its ends are this
+/// An idle connection without keepalive in `ns` (and its listener), between two addresses
+/// that are not loopback (the audit leaves loopback connections out): both its ends are this
 /// process's, so both are at risk and owned by this process's command.
 fn idle_connection(ns: &Namespace) -> (TcpListener, TcpStream, TcpStream) {
-    let listener = netns::spawn_in(ns.name(), || TcpListener::bind("127.0.0.1:7000"))
+    let [server, _] = common::non_loopback_pair(ns.name());
+    let listener = netns::spawn_in(ns.name(), move || TcpListener::bind((server, 7000)))
         .unwrap()
         .join()
         .unwrap()
         .unwrap();
-    let client = netns::spawn_in(ns.name(), || TcpStream::connect("127.0.0.1:7000"))
+    let client = netns::spawn_in(ns.name(), move || TcpStream::connect((server, 7000)))
         .unwrap()
         .join()
         .unwrap()
