@@ -120,9 +120,15 @@ impl Options {
     }
 }
 
-/// `flag v` as an address: the first HOST:PORT resolves to. Text that is not HOST:PORT is a
-/// usage error; a name that does not resolve says so, with what to check.
+/// `flag v` as an address: the first HOST:PORT resolves to.
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
+    resolve_as(&format!("{flag} {v}"), v)
+}
+
+/// `v` (HOST:PORT) as the first address it resolves to, an error saying `what` it was. Text
+/// that is not HOST:PORT is a usage error; a name that does not resolve says so, with what to
+/// check. (`idlegate probe TARGET` resolves its target so too.)
+pub fn resolve_as(what: &str, v: &str) -> Result<SocketAddr> {
     use crate::obs::report::{Report, Status};
     use crate::sys::resolve::{host_port, Unresolved};
     let e = match host_port(v) {
@@ -147,7 +153,7 @@ fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
         ),
     };
     Err(e)
-        .with_context(|| format!("{flag} {v}"))
+        .with_context(|| what.to_string())
         .hint(hint)
         .status(status)
 }

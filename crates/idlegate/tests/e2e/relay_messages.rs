@@ -2,7 +2,8 @@
 //! does not resolve is a failed lookup (not bad syntax), a refused upstream connection says
 //! why, a tunnel entry with the wrong key says the exit refused its handshake and what to
 //! check, and the descriptor limit is warned about only when it cannot hold the connections
-//! asked for. Everything on loopback.
+//! asked for; `idlegate probe` resolves its target the same way. Everything on loopback (or in
+//! a network namespace with no interface up, for the lookups).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -325,5 +326,23 @@ fn a_relay_asked_for_more_connections_than_its_descriptors_hold_warns_with_the_n
             "descriptors: --max-connections 2000 needs 4064 descriptors but the limit is 1024 (the hard limit), so each listener holds at most 480 connections (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the systemd unit; or give a smaller --max-connections)"
         ),
         "{warning}"
+    );
+}
+
+#[test]
+fn a_probe_target_is_resolved_as_the_relay_resolves_its_addresses() {
+    crate::common::require_root();
+    let (code, stderr) = run_isolated(&["probe", "db.example.invalid"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some("idlegate: db.example.invalid: not HOST:PORT: no :PORT"),
+        "{stderr}"
+    );
+    let (code, stderr) = run_isolated(&["probe", "db.example.invalid:9300"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.starts_with("idlegate: db.example.invalid:9300: looking up db.example.invalid: "),
+        "{stderr}"
     );
 }
