@@ -305,3 +305,38 @@ fn when_scans_fail_the_metrics_keep_the_last_good_scan_and_count_the_failures() 
         audit.log()
     );
 }
+
+#[test]
+fn the_metrics_count_loopback_connections_apart_and_judge_only_the_others() {
+    require_root();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ns = Namespace::create(&unique("al")).expect("a network namespace");
+    let _connection = idle_connection(&ns);
+    // An idle loopback connection without keepalive in the same namespace: through a box it
+    // would be at risk; on loopback it is only counted.
+    let listener = netns::spawn_in(ns.name(), || TcpListener::bind("127.0.0.1:7001"))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let _loopback_client = netns::spawn_in(ns.name(), || TcpStream::connect("127.0.0.1:7001"))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let _loopback_server = listener.accept().unwrap();
+    let command = this_command();
+    let (audit, metrics) = start_audit(&ns, dir.path());
+    wait_for_at_risk(metrics, &command, &audit);
+    let text = scrape(metrics).expect("the metrics");
+    assert_eq!(
+        sample(&text, "idlegate_audit_loopback_connections"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "idlegate_audit_connections{verdict=\"at-risk\"}"),
+        Some(2.0),
+        "only the two ends of the non-loopback connection are judged:\n{text}"
+    );
+}
