@@ -33,9 +33,9 @@ enum DialError {
     /// down), or the path is down. Another dial may reach another exit.
     #[error("connecting: {0}")]
     Connect(io::Error),
-    /// Connected, but the leg failed. Only [`DialError::is_final`] failures say the exit
-    /// will never take this entry; a reset or close may be the exit's gate dropping the
-    /// connection (crowded, or its first message or Hello late) as well as a wrong key.
+    /// Connected, but the leg failed (after the exit's answer, or in a way that is not the
+    /// exit dropping the handshake: that is [`DialError::Dropped`]). Only
+    /// [`DialError::is_final`] failures say the exit will never take this entry.
     #[error(transparent)]
     Leg(#[from] LegError),
     /// The exit closed or reset the connection before its answer to the Hello: its gate
@@ -220,8 +220,9 @@ impl Dial {
     /// as it drops a wrong key: the entry cannot tell them apart), and an exit that is full
     /// or cannot reach its target are tried again until `resume_within` (behind a balancer
     /// the next dial may reach another exit). Only a failure that proves a wrong key or a
-    /// broken protocol ([`DialError::is_final`]) ends at once. The per-peer key hint comes
-    /// with the last error, when a dial had reached an exit.
+    /// broken protocol ([`DialError::is_final`]) ends at once. The key hint (which key to
+    /// check, in either mode) comes with the wait's warning and the last error, when a dial
+    /// had reached an exit.
     fn first_leg(&self) -> Result<(Leg, SessionId, Token)> {
         let started = Instant::now();
         let mut backoff = Backoff::new(self.settings.heartbeat);
