@@ -21,6 +21,10 @@ pub struct AdviseArgs {
     /// Also the code for this client library.
     #[arg(long = "for", value_enum)]
     library: Option<idlegate::survive::advise::Library>,
+    /// Print one JSON object instead of the text: the system, the profile, the idle timeout,
+    /// the timers, and every setting with its value, unit, where it goes and its source.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The idle timeout asked for (at least 2 s), or the profile's (azure-lb by default), and
@@ -54,10 +58,21 @@ pub(super) fn idle_timeout(
 pub fn run_advise(args: &AdviseArgs) -> Result<()> {
     use idlegate::survive::advise::Advice;
     let (timeout, from) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
-    print!(
-        "{}",
-        Advice::new(timeout, from, args.os, args.library).render()
-    );
+    let advice = Advice::new(timeout, from, args.os, args.library);
+    if args.json {
+        // The profile the idle timeout was taken from (none when --idle-timeout gave it).
+        let profile = match args.idle_timeout {
+            Some(_) => None,
+            None => Some(
+                args.profile
+                    .as_deref()
+                    .unwrap_or(profile::default_profile().name),
+            ),
+        };
+        println!("{}", serde_json::to_string_pretty(&advice.json(profile))?);
+    } else {
+        print!("{}", advice.render());
+    }
     Ok(())
 }
 

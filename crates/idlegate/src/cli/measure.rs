@@ -97,8 +97,7 @@ impl ProbeArgs {
 
     /// The probe's options: the target resolved, then every limit checked.
     fn options(&self) -> Result<probe::Options> {
-        let target =
-            idlegate::sys::resolve::host_port(&self.target).with_context(|| self.target.clone())?;
+        let target = idlegate::survive::serve::resolve_as(&self.target, &self.target)?;
         self.check()?;
         Ok(probe::Options {
             target,
@@ -106,6 +105,7 @@ impl ProbeArgs {
             resolution: self.resolution,
             wait: self.wait,
             connections: self.connections,
+            progress: probe::ProgressTo::stderr(),
         })
     }
 }

@@ -9,11 +9,14 @@ use super::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::survive::serve::KeyFiles;
-use idlegate::survive::serve::{self, Options, Plan};
+use idlegate::survive::serve::{self, Limit, Options, Plan};
 use idlegate::survive::tunnel::Settings;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// Sessions a tunnel end holds at once unless told.
+const DEFAULT_MAX_SESSIONS: usize = 10_000;
 
 #[derive(Args)]
 pub struct RelayArgs {
@@ -59,13 +62,14 @@ pub struct RelayArgs {
     #[arg(long, default_value = "4MiB", value_parser = parse_size)]
     replay_buffer: usize,
     /// Tunnel: the most sessions held at once; the exit refuses more, the entry leaves new
-    /// application connections waiting in its listen queue until one ends.
-    #[arg(long, default_value_t = 10_000)]
-    max_sessions: usize,
+    /// application connections waiting in its listen queue until one ends. [default: 10000,
+    /// or as many as the descriptor limit holds if fewer]
+    #[arg(long)]
+    max_sessions: Option<usize>,
     /// Keepalive relay: the most connections held at once; new ones wait in the listen queue
-    /// until one ends.
-    #[arg(long, default_value_t = idlegate::survive::relay::DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
+    /// until one ends. [default: 10000, or as many as the descriptor limit holds if fewer]
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// TCP keepalive on both sockets: IDLE,INTERVAL,COUNT.
     #[arg(long, conflicts_with = "profile")]
     keepalive: Option<String>,
@@ -100,9 +104,16 @@ impl RelayArgs {
                 resume_within: self.resume_within,
                 replay_buffer: self.replay_buffer,
                 keepalive,
-                max_sessions: self.max_sessions,
+                max_sessions: self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
             },
-            max_connections: self.max_connections,
+            max_connections: self
+                .max_connections
+                .unwrap_or(idlegate::survive::relay::DEFAULT_MAX_CONNECTIONS),
+            limit: if self.max_sessions.is_some() || self.max_connections.is_some() {
+                Limit::Asked
+            } else {
+                Limit::Default
+            },
             metrics: self.metrics,
         })
     }

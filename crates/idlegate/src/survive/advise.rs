@@ -5,19 +5,22 @@
 //! [`Keepalive::for_idle_timeout`]: first probe at T/2, then every T/8, 8 probes, so a dead
 //! peer is declared 1.5 T after the last data, and a box that loses one probe still sees
 //! another well before `T`). [`Advice::render`] writes them as the chosen system's settings
-//! and the chosen library's code. For Azure's 4 minutes it gives the values of seeds 000 and
-//! 003: Linux 120/30/8; Windows KeepAliveTime 120000 ms, KeepAliveInterval 30000 ms,
-//! TcpMaxDataRetransmissions 8; Python requests with urllib3's `socket_options`. What it says
-//! of a program that never turns keepalive on is the chosen system's fix: on Linux
-//! `keepalive --pid` and `run`; on Windows, which has neither, `relay` (with the exact command
-//! line for this timeout) kept running as a service.
+//! and the chosen library's code; [`Advice::json`] gives the same settings as data (each with
+//! its value, unit, where it goes and its source). For Azure's 4 minutes: Linux 120/30/8;
+//! Windows KeepAliveTime 120000 ms, KeepAliveInterval 30000 ms, TcpMaxDataRetransmissions 8;
+//! macOS net.inet.tcp.keepidle 120000 ms, keepintvl 30000 ms, keepcnt 8. Each system's advice
+//! says only what is true there; what it says of a program that never turns keepalive on is
+//! that system's fix: on Linux `keepalive --pid` and `run`; on Windows, which has neither,
+//! `relay` (with the exact command line for this timeout) kept running as a service; on macOS
+//! the kernel's `net.inet.tcp.always_keepalive`.
 
 use crate::survive::keepalive::Keepalive;
 use std::fmt::Write;
 use std::time::Duration;
 
 /// The operating system whose settings are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Os {
     Linux,
     Windows,
@@ -47,10 +50,20 @@ pub mod sources {
     pub const TCP_MAX_DATA_RETRANSMISSIONS: &str = "https://learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-2000-server/cc938210(v=technet.10)";
     pub const TCP_SOCKET_OPTIONS: &str =
         "https://learn.microsoft.com/en-us/windows/win32/winsock/ipproto-tcp-socket-options";
+    /// Linux: tcp(7), the net.ipv4.tcp_keepalive_* sysctls and the per-socket options.
+    pub const LINUX_TCP: &str = "https://man7.org/linux/man-pages/man7/tcp.7.html";
+    /// macOS: XNU's tcp(4) (TCP_KEEPALIVE in seconds, its default net.inet.tcp.keepidle;
+    /// TCP_KEEPINTVL, TCP_KEEPCNT).
+    pub const MACOS_TCP: &str =
+        "https://github.com/apple-oss-distributions/xnu/blob/main/bsd/man/man4/tcp.4";
+    /// The BSD tcp(4) macOS's stack comes from: net.inet.tcp.keepidle, keepintvl (in
+    /// milliseconds) and always_keepalive.
+    pub const FREEBSD_TCP: &str = "https://man.freebsd.org/cgi/man.cgi?query=tcp&sektion=4";
 }
 
 /// The client library whose code is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Library {
     /// Python requests (urllib3 `socket_options`).
     PythonRequests,
@@ -66,6 +79,30 @@ pub enum Library {
     Dotnet,
     /// OpenSSH.
     Ssh,
+}
+
+/// What a setting's value counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unit {
+    Seconds,
+    Milliseconds,
+    Probes,
+    Retransmissions,
+    /// 1 on, 0 off.
+    Switch,
+}
+
+/// One setting: its name, value and unit, where it goes, and the public page that says so.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Setting {
+    pub name: String,
+    pub value: u64,
+    pub unit: Unit,
+    /// Where it goes: a sysctl file, the registry, a socket option.
+    #[serde(rename = "where")]
+    pub place: String,
+    pub source: &'static str,
 }
 
 /// The settings for one box, system and library.
@@ -158,10 +195,18 @@ impl Advice {
                 args = self.relay_args(),
                 so = sources::SO_KEEPALIVE,
             ),
-            Os::Linux | Os::Macos => "Keepalive is off on a socket until the program turns it \
+            Os::Linux => "Keepalive is off on a socket until the program turns it \
                 on (SO_KEEPALIVE): the system settings above only set its timers. For a program \
                 you cannot change: `idlegate keepalive --pid PID` or `idlegate run -- PROGRAM`.\n"
                 .to_string(),
+            Os::Macos => format!(
+                "Keepalive is off on a socket until the program turns it on (SO_KEEPALIVE): the \
+                 timers above do nothing for a program that never sets it. For a program you \
+                 cannot change, the kernel can turn keepalive on for every TCP connection:\n\
+                 sudo sysctl -w net.inet.tcp.always_keepalive=1\n\
+                 Source: tcp(4) of FreeBSD, whose stack macOS's comes from ({}).\n",
+                sources::FREEBSD_TCP
+            ),
         }
     }
 
@@ -176,8 +221,9 @@ impl Advice {
                  net.ipv4.tcp_keepalive_probes = {count}\n\
                  Per socket instead: TCP_KEEPIDLE {idle}, TCP_KEEPINTVL {intvl}, TCP_KEEPCNT {count}, \
                  TCP_USER_TIMEOUT {} ms.\n\
-                 Source: tcp(7); Azure, \"TCP settings for Azure VMs\" (120/30/8 for its 4 min).\n",
-                k.user_timeout().as_millis()
+                 Source: tcp(7) ({}).\n",
+                k.user_timeout().as_millis(),
+                sources::LINUX_TCP,
             ),
             Os::Windows => format!(
                 "Windows, system-wide (REG_DWORD values, in milliseconds; a restart applies them):\n\
@@ -208,12 +254,141 @@ impl Advice {
             Os::Macos => format!(
                 "macOS, system-wide (milliseconds; add to /etc/sysctl.conf to keep):\n\
                  sudo sysctl -w net.inet.tcp.keepidle={} net.inet.tcp.keepintvl={} net.inet.tcp.keepcnt={count}\n\
-                 Per socket instead: TCP_KEEPALIVE {idle} s, TCP_KEEPINTVL {intvl} s, TCP_KEEPCNT {count}.\n\
-                 Source: the XNU kernel's net.inet.tcp sysctls (`sysctl net.inet.tcp`).\n",
+                 Per socket instead: TCP_KEEPALIVE {idle} s (macOS's name for the idle time; an \
+                 accepted socket does not inherit it from its listener), TCP_KEEPINTVL {intvl} s, \
+                 TCP_KEEPCNT {count}.\n\
+                 Source: Apple, XNU tcp(4) ({}); FreeBSD tcp(4) ({}).\n",
                 idle * 1000,
                 intvl * 1000,
+                sources::MACOS_TCP,
+                sources::FREEBSD_TCP,
             ),
         }
+    }
+
+    /// Every setting of the chosen system: system-wide ones, then the per-socket options.
+    pub fn settings(&self) -> Vec<Setting> {
+        let k = &self.keepalive;
+        let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), u64::from(k.count));
+        let set = |name: &str, value: u64, unit: Unit, place: &str, source: &'static str| Setting {
+            name: name.to_string(),
+            value,
+            unit,
+            place: place.to_string(),
+            source,
+        };
+        match self.os {
+            Os::Linux => {
+                let sysctl = "sysctl (/etc/sysctl.d/90-keepalive.conf, then `sysctl --system`)";
+                let socket = "setsockopt(IPPROTO_TCP), per socket";
+                let url = sources::LINUX_TCP;
+                let user_ms = u64::try_from(k.user_timeout().as_millis()).unwrap_or(u64::MAX);
+                vec![
+                    set(
+                        "net.ipv4.tcp_keepalive_time",
+                        idle,
+                        Unit::Seconds,
+                        sysctl,
+                        url,
+                    ),
+                    set(
+                        "net.ipv4.tcp_keepalive_intvl",
+                        intvl,
+                        Unit::Seconds,
+                        sysctl,
+                        url,
+                    ),
+                    set(
+                        "net.ipv4.tcp_keepalive_probes",
+                        count,
+                        Unit::Probes,
+                        sysctl,
+                        url,
+                    ),
+                    set("TCP_KEEPIDLE", idle, Unit::Seconds, socket, url),
+                    set("TCP_KEEPINTVL", intvl, Unit::Seconds, socket, url),
+                    set("TCP_KEEPCNT", count, Unit::Probes, socket, url),
+                    set("TCP_USER_TIMEOUT", user_ms, Unit::Milliseconds, socket, url),
+                ]
+            }
+            Os::Windows => {
+                let registry = "registry: REG_DWORD in HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters (a restart applies it)";
+                let socket =
+                    "setsockopt(IPPROTO_TCP), per socket (Windows 10 version 1703 and later)";
+                let options = sources::TCP_SOCKET_OPTIONS;
+                let ms = Unit::Milliseconds;
+                vec![
+                    set(
+                        "KeepAliveTime",
+                        idle * 1000,
+                        ms,
+                        registry,
+                        sources::KEEPALIVE_TIME,
+                    ),
+                    set(
+                        "KeepAliveInterval",
+                        intvl * 1000,
+                        ms,
+                        registry,
+                        sources::KEEPALIVE_INTERVAL,
+                    ),
+                    set(
+                        "TcpMaxDataRetransmissions",
+                        count,
+                        Unit::Retransmissions,
+                        registry,
+                        sources::TCP_MAX_DATA_RETRANSMISSIONS,
+                    ),
+                    set("TCP_KEEPIDLE", idle, Unit::Seconds, socket, options),
+                    set("TCP_KEEPINTVL", intvl, Unit::Seconds, socket, options),
+                    set("TCP_KEEPCNT", count, Unit::Probes, socket, options),
+                ]
+            }
+            Os::Macos => {
+                let sysctl = "sysctl (`sudo sysctl -w`; /etc/sysctl.conf to keep)";
+                let socket = "setsockopt(IPPROTO_TCP), per socket";
+                let (bsd, apple, ms) =
+                    (sources::FREEBSD_TCP, sources::MACOS_TCP, Unit::Milliseconds);
+                vec![
+                    set("net.inet.tcp.keepidle", idle * 1000, ms, sysctl, bsd),
+                    set("net.inet.tcp.keepintvl", intvl * 1000, ms, sysctl, bsd),
+                    set("net.inet.tcp.keepcnt", count, Unit::Probes, sysctl, apple),
+                    set(
+                        "net.inet.tcp.always_keepalive",
+                        1,
+                        Unit::Switch,
+                        sysctl,
+                        bsd,
+                    ),
+                    set("TCP_KEEPALIVE", idle, Unit::Seconds, socket, apple),
+                    set("TCP_KEEPINTVL", intvl, Unit::Seconds, socket, apple),
+                    set("TCP_KEEPCNT", count, Unit::Probes, socket, apple),
+                ]
+            }
+        }
+    }
+
+    /// The advice as one JSON document: the system, the profile (if the idle timeout is a
+    /// profile's), the box's idle timeout and where it came from, the timers, every setting,
+    /// and the library's code if one was asked for.
+    pub fn json(&self, profile: Option<&str>) -> serde_json::Value {
+        let k = &self.keepalive;
+        serde_json::json!({
+            "os": self.os,
+            "profile": profile,
+            "idle_timeout_s": self.idle_timeout.as_secs_f64(),
+            "from": self.from,
+            "keepalive": {
+                "idle_s": k.idle.as_secs(),
+                "interval_s": k.interval.as_secs(),
+                "count": k.count,
+            },
+            "settings": self.settings(),
+            "library": self.library.map(|l| serde_json::json!({
+                "name": l,
+                "text": self.library(l),
+            })),
+        })
     }
 
     fn library(&self, library: Library) -> String {
@@ -301,8 +476,8 @@ mod tests {
     }
 
     #[test]
-    fn azure_on_linux_gives_the_sysctls_of_seeds_000_and_003() {
-        // Seeds 000 and 003: net.ipv4.tcp_keepalive_time/intvl/probes = 120/30/8.
+    fn azure_on_linux_gives_the_sysctls_120_30_8() {
+        // Half of Azure's 4 minutes, then every 30 s, 8 probes.
         let text = azure(Os::Linux, None);
         for line in [
             "net.ipv4.tcp_keepalive_time = 120",
@@ -316,7 +491,7 @@ mod tests {
 
     #[test]
     fn azure_on_windows_gives_the_registry_values_in_milliseconds() {
-        // Seed 003's registry values (KeepAliveTime and KeepAliveInterval are milliseconds).
+        // KeepAliveTime and KeepAliveInterval are milliseconds (Microsoft's pages in sources).
         let text = azure(Os::Windows, None);
         for line in [
             "KeepAliveTime = 120000",
@@ -394,7 +569,7 @@ mod tests {
 
     #[test]
     fn azure_with_python_requests_gives_urllib3_socket_options() {
-        // Seed 000's fix: keepalive through urllib3's socket_options, keeping its defaults.
+        // Keepalive through urllib3's socket_options, keeping its defaults.
         let text = azure(Os::Linux, Some(Library::PythonRequests));
         for part in [
             "HTTPConnection.default_socket_options + [",
@@ -438,5 +613,99 @@ mod tests {
             (k.idle, k.interval, k.count),
             (Duration::from_secs(1), Duration::from_secs(1), 8)
         );
+    }
+    #[test]
+    fn macos_advice_says_only_what_exists_on_macos() {
+        let text = azure(Os::Macos, None);
+        for line in [
+            "sudo sysctl -w net.inet.tcp.keepidle=120000 net.inet.tcp.keepintvl=30000 net.inet.tcp.keepcnt=8",
+            "sudo sysctl -w net.inet.tcp.always_keepalive=1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.contains("TCP_KEEPALIVE 120 s"), "{text}");
+        assert!(text.contains(sources::MACOS_TCP), "{text}");
+        assert!(text.contains(sources::FREEBSD_TCP), "{text}");
+        // Linux's and Windows's tools and options are not macOS's.
+        for absent in [
+            "Linux",
+            "keepalive --pid",
+            "idlegate run",
+            "idlegate relay",
+            "service install",
+            "TCP_USER_TIMEOUT",
+            "TCP_KEEPIDLE",
+            "net.ipv4",
+            "KeepAliveTime",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn linux_advice_names_linux_tools_and_nothing_of_windows_or_macos() {
+        let text = azure(Os::Linux, None);
+        for present in [
+            "keepalive --pid PID",
+            "idlegate run -- PROGRAM",
+            "TCP_USER_TIMEOUT",
+        ] {
+            assert!(text.contains(present), "{present} in\n{text}");
+        }
+        for absent in [
+            "KeepAliveTime",
+            "service install",
+            "net.inet.tcp",
+            "TCP_KEEPALIVE ",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn windows_advice_says_nothing_of_linux_or_macos() {
+        let text = azure(Os::Windows, None);
+        for absent in [
+            "on Linux",
+            "net.inet.tcp",
+            "always_keepalive",
+            "keepalive --pid",
+        ] {
+            assert!(!text.contains(absent), "{absent} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_setting_in_the_json_is_in_the_text_with_its_value_unit_place_and_source() {
+        for os in [Os::Linux, Os::Windows, Os::Macos] {
+            let advice = Advice::new(
+                Duration::from_secs(240),
+                "profile azure-lb".into(),
+                os,
+                None,
+            );
+            let text = advice.render();
+            let json = advice.json(Some("azure-lb"));
+            let parsed: serde_json::Value =
+                serde_json::from_str(&serde_json::to_string(&json).unwrap()).unwrap();
+            assert_eq!(parsed["profile"], "azure-lb");
+            assert_eq!(parsed["idle_timeout_s"], 240.0);
+            assert_eq!(parsed["keepalive"]["idle_s"], 120);
+            let settings = parsed["settings"].as_array().unwrap();
+            assert!(settings.len() >= 6, "{os:?}: {parsed:#}");
+            for s in settings {
+                let name = s["name"].as_str().unwrap();
+                let value = s["value"].as_u64().unwrap();
+                assert!(text.contains(name), "{os:?}: {name} not in\n{text}");
+                assert!(text.contains(&value.to_string()), "{os:?}: {name} {value}");
+                assert!(s["unit"].as_str().is_some_and(|u| !u.is_empty()));
+                assert!(s["where"].as_str().is_some_and(|w| !w.is_empty()));
+                let source = s["source"].as_str().unwrap();
+                assert!(source.starts_with("https://"), "{source}");
+                assert!(text.contains(source), "{os:?}: {source} not in\n{text}");
+            }
+        }
+        let os = serde_json::to_value(Os::Macos).unwrap();
+        assert_eq!(os, "macos");
     }
 }

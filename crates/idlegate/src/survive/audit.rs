@@ -10,7 +10,10 @@
 //! socket with SO_KEEPALIVE whenever no retransmission is pending) and its timers are
 //! `null`. [`judge`] is the pure verdict: `stalled` (unacknowledged data being retransmitted:
 //! the path is probably dead already), `at-risk` (no keepalive, or keepalive slower than the
-//! timeout), `safe`. [`metrics`] keeps the audit running and serves it to Prometheus.
+//! timeout), `safe`. Loopback connections (127.0.0.0/8, ::1, and IPv4-mapped 127.x) never
+//! cross a box: they are not judged, only counted ([`Report::loopback_connections`]), in the
+//! text, the JSON and the metrics alike. [`metrics`] keeps the audit running and serves it to
+//! Prometheus.
 
 pub mod metrics;
 
@@ -94,6 +97,19 @@ pub struct Report {
     pub sysctl_verdict: Risk,
     pub sysctl_reason: String,
     pub connections: Vec<Connection>,
+    /// Loopback connections seen and not judged: no box sits on loopback.
+    pub loopback_connections: usize,
+}
+
+/// Whether `addr` is a loopback address: 127.0.0.0/8, ::1, or 127.x mapped into IPv6
+/// (`::ffff:127.0.0.1`, what a dual-stack socket shows).
+pub fn is_loopback(addr: std::net::IpAddr) -> bool {
+    match addr {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 /// What [`judge`] looks at.
@@ -211,16 +227,20 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     let (sysctl, raw) = match netns {
         Some(ns) => crate::sys::netns::spawn_in(ns, || -> Result<_> {
             Ok((Sysctl::read()?, tcp_connections()?))
-        })?
+        })
+        .map_err(|e| needs_privilege(e, ns))?
         .join()
         .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??,
         None => (Sysctl::read()?, tcp_connections()?),
     };
     let owners = owners();
     // Inode 0: closed by its program, the kernel only finishing it; no one to warn.
-    let mut connections: Vec<Connection> = raw
+    let (loopback, through): (Vec<_>, Vec<_>) = raw
         .into_iter()
         .filter(|r| r.inode != 0)
+        .partition(|r| is_loopback(r.remote.ip()));
+    let mut connections: Vec<Connection> = through
+        .into_iter()
         .map(|r| connection(r, &owners, timeout))
         .collect();
     connections.sort_by(|a, b| {
@@ -235,7 +255,28 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
         sysctl_verdict,
         sysctl_reason,
         connections,
+        loopback_connections: loopback.len(),
     })
+}
+
+/// A failure to enter namespace `ns` for want of privilege gets what to do (setns(2) into
+/// another network namespace needs CAP_SYS_ADMIN); any other failure is kept as it is.
+fn needs_privilege(e: anyhow::Error, ns: &str) -> anyhow::Error {
+    use crate::obs::report::Report;
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied {
+        return e;
+    }
+    Err::<(), _>(e)
+        .with_hint(|| {
+            format!(
+                "entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {ns}"
+            )
+        })
+        .unwrap_err()
 }
 
 /// Socket inode → (pid, its descriptor, command), from every process's descriptors.
@@ -387,7 +428,14 @@ impl Report {
             );
         }
         if self.connections.is_empty() {
-            out += "(no TCP connections)\n";
+            out += "(no TCP connections through a box)\n";
+        }
+        if self.loopback_connections > 0 {
+            let _ = writeln!(
+                out,
+                "not through a box: {} loopback connections, not judged (no box sits on loopback)",
+                self.loopback_connections
+            );
         }
         out
     }
@@ -452,6 +500,16 @@ mod tests {
             tcp_keepalive_probes: 8,
         };
         assert_eq!(judge_sysctl(&fixed, t).0, Risk::Safe);
+    }
+
+    #[test]
+    fn loopback_of_every_form_is_loopback_and_nothing_else_is() {
+        for a in ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_loopback(a.parse().unwrap()), "{a}");
+        }
+        for a in ["192.0.2.1", "fd00::1", "::ffff:192.0.2.1", "::", "0.0.0.0"] {
+            assert!(!is_loopback(a.parse().unwrap()), "{a}");
+        }
     }
 
     #[test]

@@ -369,10 +369,14 @@ impl<'r> Worker<'r> {
                     stats.connections.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => return, // still connecting
-                _ => {
+                failed => {
                     // Refused or unreachable: the application is told as a refused
                     // connection would tell it.
-                    tracing::info!("relay: connecting to {} failed", self.relay.connect);
+                    let why = match failed {
+                        Ok(Some(e)) | Err(e) => e.to_string(),
+                        Ok(None) => "the connection ended before it was made".to_string(),
+                    };
+                    tracing::info!("relay: connecting to {} failed: {why}", self.relay.connect);
                     let _ = socket::reset(&conn.client);
                     self.close(key);
                     return;

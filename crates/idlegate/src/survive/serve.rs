@@ -46,6 +46,15 @@ pub struct KeyFiles {
     pub exit_public_key: Option<String>,
 }
 
+/// Where the connection limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The default: nobody asked for that many.
+    Default,
+    /// Asked for (`--max-connections`, `--max-sessions`).
+    Asked,
+}
+
 /// Everything `idlegate relay` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -58,6 +67,10 @@ pub struct Options {
     pub settings: Settings,
     /// Keepalive relay: the most connections held at once.
     pub max_connections: usize,
+    /// Whether the limit that applies (`max_connections`, or a tunnel's `max_sessions`) was
+    /// asked for or is the default: a default the descriptor limit cannot hold is lowered to
+    /// what it holds, quietly; an asked-for one is lowered with a warning.
+    pub limit: Limit,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     pub metrics: Option<SocketAddr>,
 }
@@ -77,26 +90,72 @@ impl Options {
     }
 
     /// Before anything listens: room for two descriptors a connection (client and server, or
-    /// application and leg) on each of `listeners`.
-    fn fit(&self, listeners: usize) -> Result<()> {
+    /// application and leg) on each of `listeners`. Returns the most connections (sessions)
+    /// each listener holds: what was asked, or what the descriptor limit holds if less. Only
+    /// an asked-for limit that does not fit is warned about (with the numbers and the fix).
+    fn fit(&self, listeners: usize) -> Result<usize> {
         let (most, gate) = self.most();
         let want = (listeners as u64)
             .saturating_mul(2 * most as u64)
             .saturating_add(64 + gate);
         let soft = crate::sys::rlimit::raise_descriptor_limit(want)?;
-        if soft < want {
-            tracing::warn!(target: LOG,
-                "descriptors: at most {soft} (the hard limit), so about {} connections per listener fit, not {most} (raise it: ulimit -Hn, LimitNOFILE=)",
-                soft.saturating_sub(64) / 2 / listeners.max(1) as u64
-            );
+        if soft >= want {
+            return Ok(most);
         }
-        Ok(())
+        let fits = soft.saturating_sub(64 + gate) / 2 / listeners.max(1) as u64;
+        let fits = usize::try_from(fits).unwrap_or(usize::MAX).clamp(1, most);
+        let flag = match self.plan {
+            Plan::Config(_) | Plan::Relay { .. } => "--max-connections",
+            Plan::Entry { .. } | Plan::Exit { .. } => "--max-sessions",
+        };
+        match self.limit {
+            Limit::Default => tracing::info!(target: LOG,
+                "descriptors: the limit is {soft}, so each listener holds at most {fits} connections (for more: raise the hard limit, ulimit -Hn or LimitNOFILE=, and give {flag})"
+            ),
+            Limit::Asked => tracing::warn!(target: LOG,
+                "descriptors: {flag} {most} needs {want} descriptors but the limit is {soft} (the hard limit), so each listener holds at most {fits} connections (raise the hard limit: ulimit -Hn, or LimitNOFILE= in the systemd unit; or give a smaller {flag})"
+            ),
+        }
+        Ok(fits)
     }
 }
 
 /// `flag v` as an address: the first HOST:PORT resolves to.
 fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
-    crate::sys::resolve::host_port(v).with_context(|| format!("{flag} {v}"))
+    resolve_as(&format!("{flag} {v}"), v)
+}
+
+/// `v` (HOST:PORT) as the first address it resolves to, an error saying `what` it was. Text
+/// that is not HOST:PORT is a usage error; a name that does not resolve says so, with what to
+/// check. (`idlegate probe TARGET` resolves its target so too.)
+pub fn resolve_as(what: &str, v: &str) -> Result<SocketAddr> {
+    use crate::obs::report::{Report, Status};
+    use crate::sys::resolve::{host_port, Unresolved};
+    let e = match host_port(v) {
+        Ok(addr) => return Ok(addr),
+        Err(e) => e,
+    };
+    let (hint, status) = match &e {
+        Unresolved::NotHostPort(_) => (
+            "give HOST:PORT, e.g. db.example.com:5432, 192.0.2.10:5432 or [fd00::10]:5432"
+                .to_string(),
+            Status::Usage,
+        ),
+        Unresolved::Lookup { host, .. } => (
+            format!(
+                "check the name, and that this machine's resolver knows it: getent hosts {host}"
+            ),
+            Status::Runtime,
+        ),
+        Unresolved::NoAddress => (
+            "the name resolves to no address: give one it does, or an IP address".to_string(),
+            Status::Runtime,
+        ),
+    };
+    Err(e)
+        .with_context(|| what.to_string())
+        .hint(hint)
+        .status(status)
 }
 
 /// Binds every relay `options` asks for and runs them until `stop` is set; each one stops
@@ -115,23 +174,26 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let relays = parse_config(&text, &path.display().to_string())?;
-            options.fit(relays.len())?;
+            let most = options.fit(relays.len())?;
             for (listen, connect, keepalive) in relays {
                 let (local, relay_stats, run) =
-                    bind_relay(listen, connect, keepalive, options, &stop)?;
+                    bind_relay(listen, connect, keepalive, most, &stop)?;
                 stats.push((local, relay_stats));
                 runs.push(run);
             }
         }
         Plan::Entry { listen, tunnel } => {
-            let (keys, settings) = (&options.keys, &options.settings);
+            let keys = &options.keys;
             let keys = crate::survive::tunnel::key::entry_keys(
                 keys.key.as_deref(),
                 keys.private_key.as_deref(),
                 keys.exit_public_key.as_deref(),
             )?;
             let tunnel = resolve("--tunnel", tunnel)?;
-            options.fit(1)?;
+            let settings = &Settings {
+                max_sessions: options.fit(1)?,
+                ..options.settings.clone()
+            };
             if let EntryKeys::Peer { own, exit } = &keys {
                 tracing::info!(target: LOG,
                     "tunnel entry: per-peer keys, this entry's public key {}, the exit's {exit}",
@@ -151,14 +213,17 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
             runs.push(Box::new(move || entry.run()));
         }
         Plan::Exit { listen, connect } => {
-            let (keys, settings) = (&options.keys, &options.settings);
+            let keys = &options.keys;
             let keys = crate::survive::tunnel::key::exit_keys(
                 keys.key.as_deref(),
                 keys.private_key.as_deref(),
                 keys.peers.as_deref(),
             )?;
             let connect = resolve("--connect", connect)?;
-            options.fit(1)?;
+            let settings = &Settings {
+                max_sessions: options.fit(1)?,
+                ..options.settings.clone()
+            };
             if let ExitKeys::Peers { own, peers } = &keys {
                 if peers.list().is_empty() {
                     tracing::warn!(target: LOG,
@@ -186,9 +251,9 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
         }
         Plan::Relay { listen, connect } => {
             let connect = resolve("--connect", connect)?;
-            options.fit(1)?;
+            let most = options.fit(1)?;
             let (local, relay_stats, run) =
-                bind_relay(*listen, connect, options.keepalive, options, &stop)?;
+                bind_relay(*listen, connect, options.keepalive, most, &stop)?;
             stats.push((local, relay_stats));
             runs.push(run);
         }
@@ -215,18 +280,18 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
 /// A relay or tunnel end, bound, waiting to be run on a thread of its own.
 type Run = Box<dyn FnOnce() -> Result<()> + Send>;
 
-/// Binds one keepalive relay from `listen` to `connect` with `options`' connection limit and
-/// the stop flag, says so in the log, and gives its address, its counters and its run.
+/// Binds one keepalive relay from `listen` to `connect` holding at most `most` connections,
+/// with the stop flag, says so in the log, and gives its address, its counters and its run.
 fn bind_relay(
     listen: SocketAddr,
     connect: SocketAddr,
     keepalive: Keepalive,
-    options: &Options,
+    most: usize,
     stop: &Arc<AtomicBool>,
 ) -> Result<(SocketAddr, Arc<Stats>, Run)> {
     let mut relay = Relay::bind(listen, connect, keepalive)?;
     relay.set_stop_flag(stop.clone());
-    relay.set_max_connections(options.max_connections);
+    relay.set_max_connections(most);
     let local = relay.local_addr()?;
     log_relay(local, connect, &keepalive);
     Ok((local, relay.stats(), Box::new(move || relay.run())))

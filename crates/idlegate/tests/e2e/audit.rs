@@ -151,26 +151,71 @@ fn audit_gives_each_connection_its_verdict_owner_and_reason() {
     assert_eq!(report["sysctl_verdict"], "at-risk");
 }
 
+/// `idlegate audit ARGS…` as user nobody (a copy of the binary it may run), inside network
+/// namespace `ns` if given (entered as root by `ip netns exec`, then the user dropped with
+/// setpriv), else in this one.
+fn audit_as_nobody(ns: Option<&str>, args: &[&str]) -> std::process::Output {
+    let (_dir, idlegate) = common::runnable_by_anyone(IDLEGATE);
+    let mut command = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "setpriv"]);
+            c
+        }
+        None => Command::new("setpriv"),
+    };
+    command
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(idlegate)
+        .arg("audit")
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux) runs idlegate as nobody")
+}
+
+/// Two connections made in `ns` from the second of its two non-loopback addresses to a
+/// listener on the first: the first connection, its peer, the second, its peer.
+fn pair_in(ns: &str) -> [TcpStream; 4] {
+    let [server, client] = common::non_loopback_pair(ns);
+    let listener = netns::spawn_in(ns, move || TcpListener::bind((server, 7000)))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let connect = move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&std::net::SocketAddr::from((client, 0)).into())?;
+        socket.connect(&std::net::SocketAddr::from((server, 7000)).into())?;
+        Ok::<TcpStream, std::io::Error>(socket.into())
+    };
+    let first = netns::spawn_in(ns, connect)
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let (peer1, _) = listener.accept().unwrap();
+    let second = netns::spawn_in(ns, connect)
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let (peer2, _) = listener.accept().unwrap();
+    [first, peer1, second, peer2]
+}
+
 #[test]
 fn without_privilege_audit_still_judges_but_says_the_timers_are_unknown() {
     require_root();
-    use std::os::unix::process::CommandExt;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let with = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let _peer1 = listener.accept().unwrap();
+    // Two connections between non-loopback addresses (loopback ones are not judged), in a
+    // namespace of this test's own.
+    let ns = netns::Namespace::create(&unique("an")).expect("a network namespace");
+    let [with, _peer1, without, _peer2] = pair_in(ns.name());
     let params = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
     socket2::SockRef::from(&with)
         .set_tcp_keepalive(&params)
         .unwrap();
-    let without = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let _peer2 = listener.accept().unwrap();
-    let (_dir, idlegate) = common::runnable_by_anyone(IDLEGATE);
-    let out = Command::new(idlegate)
-        .args(["audit", "--idle-timeout", "4m", "--json"])
-        .uid(65534) // nobody: may list sockets, may not take them
-        .gid(65534)
-        .output()
-        .unwrap();
+    // nobody: may list sockets, may not take them.
+    let out = audit_as_nobody(Some(ns.name()), &["--idle-timeout", "4m", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -203,4 +248,99 @@ fn without_privilege_audit_still_judges_but_says_the_timers_are_unknown() {
     );
     assert_eq!(without["keepalive"], false);
     assert_eq!(without["verdict"], "at-risk");
+}
+
+#[test]
+fn an_idle_loopback_connection_is_counted_not_judged() {
+    require_root();
+    // Loopback in every form a socket shows: 127.0.0.0/8, ::1, and 127.0.0.1 as a
+    // dual-stack listener sees it (::ffff:127.0.0.1); all idle and without keepalive, which
+    // through a box would be at-risk.
+    let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let v6 = TcpListener::bind("[::1]:0").unwrap();
+    let dual = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+    dual.set_only_v6(false).unwrap();
+    dual.bind(&"[::]:0".parse::<std::net::SocketAddr>().unwrap().into())
+        .unwrap();
+    dual.listen(8).unwrap();
+    let dual: TcpListener = dual.into();
+    let dual_port = dual.local_addr().unwrap().port();
+    let mut ends = Vec::new();
+    for (listener, to) in [
+        (&v4, v4.local_addr().unwrap()),
+        (&v6, v6.local_addr().unwrap()),
+        (
+            &dual,
+            std::net::SocketAddr::from(([127, 0, 0, 1], dual_port)),
+        ),
+    ] {
+        let client = TcpStream::connect(to).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        ends.push(client);
+        ends.push(server);
+    }
+    let locals: Vec<String> = ends
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
+    assert!(
+        locals.iter().any(|l| l.starts_with("[::ffff:127.0.0.1]:")),
+        "a v4-mapped end: {locals:?}"
+    );
+    let out = Command::new(IDLEGATE)
+        .args(["audit", "--idle-timeout", "4m", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for c in report["connections"].as_array().unwrap() {
+        let local = c["local"].as_str().unwrap();
+        assert!(!locals.iter().any(|l| l == local), "{local} judged: {c:#}");
+    }
+    let counted = report["loopback_connections"].as_u64().expect("a count");
+    assert!(
+        counted >= 6,
+        "{counted} loopback connections counted, 6 made"
+    );
+    let text = Command::new(IDLEGATE)
+        .args(["audit", "--idle-timeout", "4m"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.starts_with("not through a box: ")
+            && l.ends_with(" loopback connections, not judged (no box sits on loopback)")),
+        "{text}"
+    );
+    for local in &locals {
+        assert!(!text.contains(local.as_str()), "{local} in\n{text}");
+    }
+}
+
+#[test]
+fn audit_of_another_namespace_as_an_ordinary_user_says_it_needs_root() {
+    require_root();
+    let ns = netns::Namespace::create(&unique("ap")).expect("a network namespace");
+    let out = audit_as_nobody(None, &["--netns", ns.name()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "idlegate: setns into network namespace {}: Operation not permitted (os error 1)",
+                ns.name()
+            ),
+            format!(
+                "hint: entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {}",
+                ns.name()
+            ),
+        ],
+        "{stderr}"
+    );
 }

@@ -160,15 +160,17 @@ pub(crate) fn firing(prometheus: SocketAddr, name: &str) -> Vec<Value> {
         .collect()
 }
 
-/// An idle connection without keepalive in `ns` (and its listener): both its ends are this
+/// An idle connection without keepalive in `ns` (and its listener), between two addresses
+/// that are not loopback (the audit leaves loopback connections out): both its ends are this
 /// process's, so both are at risk and owned by this process's command.
 fn idle_connection(ns: &Namespace) -> (TcpListener, TcpStream, TcpStream) {
-    let listener = netns::spawn_in(ns.name(), || TcpListener::bind("127.0.0.1:7000"))
+    let [server, _] = common::non_loopback_pair(ns.name());
+    let listener = netns::spawn_in(ns.name(), move || TcpListener::bind((server, 7000)))
         .unwrap()
         .join()
         .unwrap()
         .unwrap();
-    let client = netns::spawn_in(ns.name(), || TcpStream::connect("127.0.0.1:7000"))
+    let client = netns::spawn_in(ns.name(), move || TcpStream::connect((server, 7000)))
         .unwrap()
         .join()
         .unwrap()
@@ -301,5 +303,40 @@ fn when_scans_fail_the_metrics_keep_the_last_good_scan_and_count_the_failures() 
         audit.log().contains("audit scan failed"),
         "each failure is logged:\n{}",
         audit.log()
+    );
+}
+
+#[test]
+fn the_metrics_count_loopback_connections_apart_and_judge_only_the_others() {
+    require_root();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ns = Namespace::create(&unique("al")).expect("a network namespace");
+    let _connection = idle_connection(&ns);
+    // An idle loopback connection without keepalive in the same namespace: through a box it
+    // would be at risk; on loopback it is only counted.
+    let listener = netns::spawn_in(ns.name(), || TcpListener::bind("127.0.0.1:7001"))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let _loopback_client = netns::spawn_in(ns.name(), || TcpStream::connect("127.0.0.1:7001"))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let _loopback_server = listener.accept().unwrap();
+    let command = this_command();
+    let (audit, metrics) = start_audit(&ns, dir.path());
+    wait_for_at_risk(metrics, &command, &audit);
+    let text = scrape(metrics).expect("the metrics");
+    assert_eq!(
+        sample(&text, "idlegate_audit_loopback_connections"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "idlegate_audit_connections{verdict=\"at-risk\"}"),
+        Some(2.0),
+        "only the two ends of the non-loopback connection are judged:\n{text}"
     );
 }

@@ -39,6 +39,7 @@ fn probe_between(
         resolution: RESOLUTION,
         wait: Duration::from_secs(1),
         connections: None,
+        progress: probe::ProgressTo::Off,
     };
     let report = netns::spawn_in(client_ns, move || probe::run(&options))
         .expect("probe thread")
@@ -160,7 +161,7 @@ fn probe_finds_a_reset_on_the_next_packet_for_each_sender() {
 
 #[test]
 fn probe_finds_data_acknowledged_but_never_delivered() {
-    // Seed 004's symptom, the gateway's ack-and-discard.
+    // The gateway's ack-and-discard: data acknowledged at expiry and never delivered.
     let r = probe_lab("ack-and-discard");
     assert_bracket(&r, 7.3);
     assert_eq!(
@@ -260,6 +261,7 @@ idle_timeout = "438s"
             resolution: RESOLUTION,
             wait: Duration::from_secs(1),
             connections: None,
+            progress: probe::ProgressTo::Off,
         };
         netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?
             .join()
@@ -325,6 +327,7 @@ fn a_far_end_that_closes_idle_connections_is_reported_as_closed_not_reset() {
         resolution: RESOLUTION,
         wait: Duration::from_millis(500),
         connections: None,
+        progress: probe::ProgressTo::Off,
     })
     .unwrap();
     let high = r.idle_timeout_s.high.expect("a timeout found");

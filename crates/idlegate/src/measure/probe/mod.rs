@@ -24,7 +24,9 @@
 //! ([`MAX_BUFFERED`]), and frames are taken as they come, the idle period included.
 
 mod idle;
+mod progress;
 pub mod search;
+mod trust;
 
 #[cfg(doc)]
 use crate::measure::echo::frame::MAX_BUFFERED;
@@ -33,6 +35,8 @@ use crate::sys::errno::{self, errno_name};
 use crate::sys::evidence::{self, Acknowledgement};
 use crate::sys::socket::set_keepalive;
 use anyhow::{bail, Context, Result};
+pub use progress::ProgressTo;
+use progress::{Known, Progress, Round};
 use search::{Outcome, Phase, Search, Settings};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -42,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use trust::{Doubt, DoubtCode};
 
 /// What `idlegate probe` is asked.
 #[derive(Debug, Clone)]
@@ -55,6 +60,8 @@ pub struct Options {
     pub wait: Duration,
     /// At most this many connections open at once (`None`: as many as the search wants).
     pub connections: Option<usize>,
+    /// Where the progress goes.
+    pub progress: ProgressTo,
 }
 
 /// How much longer each coarse idle time is than the one before: the run takes about
@@ -187,6 +194,10 @@ pub struct Report {
     pub idle_timeout_s: Bracket,
     /// False when outcomes contradicted each other (flows meeting different timers).
     pub consistent: bool,
+    /// False when the result cannot be trusted: `doubts` says why.
+    pub trusted: bool,
+    /// Each reason the bracket may not be one box's idle timeout (empty when trusted).
+    pub doubts: Vec<Doubt>,
     pub client_to_server: Behaviour,
     /// `None` without echo: only echo can send after an idle period.
     pub server_to_client: Option<Behaviour>,
@@ -248,8 +259,16 @@ struct Probe {
     echo: bool,
     next_conn: u32,
     used: usize,
-    /// Where progress lines go: stderr when it is a terminal.
+    /// Where progress lines go.
     progress: Progress,
+    /// What each direction's timing tests showed so far (client to server, server to
+    /// client).
+    known: (Known, Known),
+    /// The shortest idle time the search tries.
+    shortest: Duration,
+    /// Behaviour tests past the bracket that survived in a direction that had failed
+    /// shorter: which way, how long idle.
+    beyond_survived: Vec<(&'static str, Duration)>,
     warnings: Vec<String>,
     /// Set once a connection broke echo's protocol: the probe ends without a report.
     broken: Option<String>,
@@ -257,44 +276,6 @@ struct Probe {
     icmp_errors: Option<bool>,
     /// Whether this system says what TCP acknowledged (TCP_INFO, SIO_TCP_INFO).
     acknowledgements: bool,
-}
-
-/// The progress line: the round, what is known of the timeout, and when the run should end.
-struct Progress {
-    enabled: bool,
-    started: Instant,
-}
-
-impl Progress {
-    /// Rewrites the line: `round`, the longest idle survived so far, the round's last test
-    /// due at `ends`.
-    fn show(&self, round: &str, survived: Duration, bracket_top: Option<Duration>, ends: Instant) {
-        if !self.enabled {
-            return;
-        }
-        let known = match bracket_top {
-            Some(top) => format!(
-                "timeout in ({:.0} s, {:.0} s]",
-                survived.as_secs_f64(),
-                top.as_secs_f64()
-            ),
-            None => format!("timeout > {:.0} s", survived.as_secs_f64()),
-        };
-        let left = ends.saturating_duration_since(Instant::now()).as_secs();
-        let mut err = io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[K[{round}] {known} · {:.0} s elapsed · this round ends in ≤ {left} s",
-            self.started.elapsed().as_secs_f64()
-        );
-        let _ = err.flush();
-    }
-
-    fn done(&self) {
-        if self.enabled {
-            let _ = writeln!(io::stderr(), "\r\x1b[K");
-        }
-    }
 }
 
 /// Runs a probe against `options.target` and returns what it found.
@@ -306,10 +287,10 @@ pub fn run(options: &Options) -> Result<Report> {
         echo: false,
         next_conn: 0,
         used: 0,
-        progress: Progress {
-            enabled: io::IsTerminal::is_terminal(&io::stderr()),
-            started,
-        },
+        progress: Progress::new(options.progress, started),
+        known: Default::default(),
+        shortest: Duration::ZERO,
+        beyond_survived: Vec::new(),
         warnings: Vec::new(),
         broken: None,
         icmp_errors: None,
@@ -336,6 +317,7 @@ pub fn run(options: &Options) -> Result<Report> {
             .connections
             .map_or(usize::MAX, |n| (n.saturating_sub(4) / per_idle).max(2)),
     };
+    probe.shortest = settings.first;
     let mut search = Search::new(settings);
     let client = |idle| Test {
         direction: Direction::ClientToServer,
@@ -359,7 +341,7 @@ pub fn run(options: &Options) -> Result<Report> {
     };
     // Round 1: coarse.
     let tests: Vec<Test> = search.round().into_iter().flat_map(both_ways).collect();
-    let coarse = probe.round(&tests, true, (Duration::ZERO, None))?;
+    let coarse = probe.round(&tests, Round::Coarse, None)?;
     record(&mut search, &coarse);
     search.end_round();
     let verdict = search.bracket();
@@ -394,7 +376,7 @@ pub fn run(options: &Options) -> Result<Report> {
     if search.phase() == Phase::Fine {
         tests.extend(search.round().into_iter().flat_map(both_ways));
     }
-    let second = match probe.round(&tests, false, (verdict.low, Some(high))) {
+    let second = match probe.round(&tests, Round::Fine, Some(high)) {
         Ok(second) => second,
         Err(e) if probe.broken.is_some() => return Err(e),
         Err(e) => {
@@ -426,16 +408,19 @@ pub fn run(options: &Options) -> Result<Report> {
         match (test.keepalive, test.direction) {
             (Some(_), _) => keepalive = Some(seen.alive()),
             (None, direction) => {
-                let side = match direction {
+                let (side, known) = match direction {
                     Direction::ClientToServer => {
                         c2s = seen.behaviour();
-                        "client to server"
+                        ("client to server", probe.known.0)
                     }
                     Direction::ServerToClient => {
                         s2c = Some(seen.behaviour());
-                        "server to client"
+                        ("server to client", probe.known.1)
                     }
                 };
+                if seen.alive() && known.failed.is_some_and(|f| f < test.idle) {
+                    probe.beyond_survived.push((side, test.idle));
+                }
                 details.push(format!("{side}: {}", seen.detail(direction)));
             }
         }
@@ -462,7 +447,16 @@ impl Probe {
     ) -> Report {
         self.progress.done();
         let v = search.bracket();
+        let doubts = trust::doubts(
+            v.low,
+            v.high,
+            v.consistent,
+            self.shortest,
+            &self.beyond_survived,
+        );
         Report {
+            trusted: doubts.is_empty(),
+            doubts,
             target: self.options.target.to_string(),
             echo: self.echo,
             idle_timeout_s: Bracket {
@@ -601,14 +595,16 @@ impl Probe {
     }
 
     /// Arms every test, runs them on their own threads, and returns what each saw, in the
-    /// order of `tests`. With `stop_at_first_dead`, tests not yet made when one fails are
-    /// abandoned (and left out).
+    /// order of `tests`. In the coarse round, tests not yet made when one fails are abandoned
+    /// (and left out). The progress counts the timing tests: no keepalive, and in the fine
+    /// round under `top` (the coarse round's first failure; the behaviour tests are beyond).
     fn round(
         &mut self,
         tests: &[Test],
-        stop_at_first_dead: bool,
-        known: (Duration, Option<Duration>),
+        round: Round,
+        top: Option<Duration>,
     ) -> Result<Vec<(Test, Observed)>> {
+        let stop_at_first_dead = round == Round::Coarse;
         let mut armed = Vec::new();
         for &test in tests {
             match self.arm(test) {
@@ -647,13 +643,11 @@ impl Probe {
         drop(tx);
         let mut seen: Vec<Option<Observed>> = vec![None; tests.len()];
         let mut broken = None;
-        let round_name = if stop_at_first_dead { "coarse" } else { "fine" };
         let ends = Instant::now()
             + tests.iter().map(|t| t.idle).max().unwrap_or_default()
             + self.options.wait;
-        // What the progress line shows: the bracket, narrowed by this round's timing tests.
-        let (mut survived, mut died) = known;
-        let timing = |t: &Test| t.keepalive.is_none() && known.1.is_none_or(|top| t.idle < top);
+        // What the progress shows: each direction's bracket, narrowed by the timing tests.
+        let timing = |t: &Test| t.keepalive.is_none() && top.is_none_or(|top| t.idle < top);
         loop {
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok((i, Some(Err(Broken(why))))) => {
@@ -677,10 +671,12 @@ impl Probe {
                         t.idle,
                         t.keepalive
                     );
-                    if observed.alive() && timing(t) {
-                        survived = survived.max(t.idle);
-                    } else if !observed.alive() && timing(t) {
-                        died = Some(died.map_or(t.idle, |d| d.min(t.idle)));
+                    if timing(t) {
+                        let known = match t.direction {
+                            Direction::ClientToServer => &mut self.known.0,
+                            Direction::ServerToClient => &mut self.known.1,
+                        };
+                        known.saw(t.idle, observed.alive());
                     }
                     if stop_at_first_dead && !observed.alive() {
                         stop.store(true, Ordering::Relaxed);
@@ -690,7 +686,8 @@ impl Probe {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            self.progress.show(round_name, survived, died, ends);
+            let s2c = self.echo.then_some(&self.known.1);
+            self.progress.show(round, &self.known.0, s2c, ends);
         }
         if let Some(why) = broken {
             self.progress.done();
@@ -857,12 +854,19 @@ pub fn summary(r: &Report) -> String {
     let mut out = format!(
         "{}: {timeout}{}\n",
         r.target,
-        if r.consistent {
+        if r.trusted {
             ""
         } else {
-            " (outcomes contradicted each other: flows may meet different timers)"
+            " (NOT TO BE TRUSTED: see below)"
         }
     );
+    for d in &r.doubts {
+        let code = serde_json::to_value(d.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        out += &format!("  not to be trusted ({code}): {}\n", d.message);
+    }
     let name = |b: Behaviour| {
         serde_json::to_value(b)
             .ok()

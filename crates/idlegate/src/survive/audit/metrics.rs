@@ -84,6 +84,8 @@ pub struct Summary {
     pub sysctl: Sysctl,
     pub sysctl_verdict: Risk,
     pub connections: ByVerdict<u64>,
+    /// Loopback connections, not judged (no box sits on loopback).
+    pub loopback: u64,
     /// The longest idle time by verdict, in seconds (0 without connections).
     pub max_idle: ByVerdict<f64>,
     /// Connections by command (cut to [`MAX_COMMAND_BYTES`]), at most [`MAX_COMMANDS`] of
@@ -133,6 +135,7 @@ impl Summary {
             sysctl: report.sysctl,
             sysctl_verdict: report.sysctl_verdict,
             connections,
+            loopback: u64::try_from(report.loopback_connections).unwrap_or(u64::MAX),
             max_idle,
             by_command: ranked,
             commands: found,
@@ -184,6 +187,12 @@ pub fn render(scans: &Scans) -> String {
             s.connections[slot(verdict)],
         );
     }
+    w.family(
+        "idlegate_audit_loopback_connections",
+        Kind::Gauge,
+        "TCP connections over loopback at the last scan (127.0.0.0/8, ::1, IPv4-mapped 127.x): not judged and in no other series, as no box sits on loopback.",
+    )
+    .sample(&[], s.loopback);
     let mut family = w.family(
         "idlegate_audit_command_connections",
         Kind::Gauge,
@@ -504,6 +513,7 @@ mod tests {
             sysctl_verdict: Risk::AtRisk,
             sysctl_reason: String::new(),
             connections,
+            loopback_connections: 4,
         }
     }
 

@@ -10,6 +10,7 @@ use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{EntryKeys, Leg, LegError};
 use super::session::{self, LegEnd, Session, Side};
 use super::{Open, Settings};
+use crate::obs::report::Report;
 use crate::survive::stats::Stats;
 use anyhow::Result;
 use std::io;
@@ -32,11 +33,17 @@ enum DialError {
     /// down), or the path is down. Another dial may reach another exit.
     #[error("connecting: {0}")]
     Connect(io::Error),
-    /// Connected, but the leg failed. Only [`DialError::is_final`] failures say the exit
-    /// will never take this entry; a reset or close may be the exit's gate dropping the
-    /// connection (crowded, or its first message or Hello late) as well as a wrong key.
+    /// Connected, but the leg failed (after the exit's answer, or in a way that is not the
+    /// exit dropping the handshake: that is [`DialError::Dropped`]). Only
+    /// [`DialError::is_final`] failures say the exit will never take this entry.
     #[error(transparent)]
     Leg(#[from] LegError),
+    /// The exit closed or reset the connection before its answer to the Hello: its gate
+    /// refused the handshake (the likely cause: a key it does not accept), or it was crowded
+    /// or the Hello late; the entry cannot tell which (the gate says nothing to a peer it does
+    /// not trust).
+    #[error("the exit dropped the connection during the handshake ({0}): it refused the handshake, most likely because this entry's key is not one the exit accepts")]
+    Dropped(String),
     /// The exit answered the Hello with something else than a Welcome or a refusal.
     #[error("the exit broke the protocol: {0}")]
     Protocol(String),
@@ -49,10 +56,29 @@ impl DialError {
     /// told apart from a refused key (the gate says nothing to a peer it does not trust).
     fn is_final(&self) -> bool {
         match self {
-            DialError::Connect(_) => false,
+            DialError::Connect(_) | DialError::Dropped(_) => false,
             DialError::Leg(LegError::Io(_) | LegError::Closed) => false,
             DialError::Leg(_) | DialError::Protocol(_) => true,
         }
+    }
+}
+
+/// A leg error before the exit's answer: a close or a reset is the exit dropping the
+/// handshake ([`DialError::Dropped`]); anything else is the leg's own failure.
+fn dropped(e: LegError) -> DialError {
+    let reset = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        )
+    };
+    match e {
+        LegError::Closed => DialError::Dropped("it closed the connection".to_string()),
+        LegError::Io(e) if reset(&e) => DialError::Dropped(e.to_string()),
+        other => DialError::Leg(other),
     }
 }
 
@@ -89,14 +115,15 @@ impl Dial {
         let timeout = self.settings.dial_timeout();
         let stream =
             TcpStream::connect_timeout(&self.tunnel, timeout).map_err(DialError::Connect)?;
-        let mut leg = Leg::initiate(stream, &*self.keys, timeout)?;
+        let mut leg = Leg::initiate(stream, &*self.keys, timeout).map_err(dropped)?;
         leg.send_now(&Frame::Hello {
             session,
             token,
             received,
-        })?;
+        })
+        .map_err(dropped)?;
         let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = leg.recv_now(&mut plain)?;
+        let n = leg.recv_now(&mut plain).map_err(dropped)?;
         let answer = match Frame::decode(&plain[..n]).map_err(LegError::from)? {
             Frame::Welcome {
                 session,
@@ -176,15 +203,15 @@ impl Dial {
         }
     }
 
-    /// What to tell the operator when dials that reached an exit all failed: in the per-peer
-    /// mode a refused key is the likely cause, and the exit does not say so to the entry.
-    fn key_hint(&self) -> Option<String> {
+    /// What to tell the operator when dials that reached an exit all failed: a refused key
+    /// is the likely cause, and the exit does not say so to the entry.
+    fn key_hint(&self) -> String {
         match &*self.keys {
-            EntryKeys::Peer { own, .. } => Some(format!(
-                "hint: if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
+            EntryKeys::Peer { own, .. } => format!(
+                "if the exit refused the handshake: this entry's public key {} must be on the exit's --peers list, and --exit-public-key must be the exit's",
                 own.public()
-            )),
-            EntryKeys::Psk(_) => None,
+            ),
+            EntryKeys::Psk(_) => "if the exit refused the handshake: both ends need the same --key file (made once with `idlegate keygen FILE`, then copied to the other end)".to_string(),
         }
     }
 
@@ -193,8 +220,9 @@ impl Dial {
     /// as it drops a wrong key: the entry cannot tell them apart), and an exit that is full
     /// or cannot reach its target are tried again until `resume_within` (behind a balancer
     /// the next dial may reach another exit). Only a failure that proves a wrong key or a
-    /// broken protocol ([`DialError::is_final`]) ends at once. The per-peer key hint comes
-    /// with the last error, when a dial had reached an exit.
+    /// broken protocol ([`DialError::is_final`]) ends at once. The key hint (which key to
+    /// check, in either mode) comes with the wait's warning and the last error, when a dial
+    /// had reached an exit.
     fn first_leg(&self) -> Result<(Leg, SessionId, Token)> {
         let started = Instant::now();
         let mut backoff = Backoff::new(self.settings.heartbeat);
@@ -232,7 +260,7 @@ impl Dial {
                     anyhow::bail!("opening the tunnel to {}: {why}", self.tunnel);
                 }
                 Err(e) => {
-                    reached |= matches!(e, DialError::Leg(_));
+                    reached |= matches!(e, DialError::Leg(_) | DialError::Dropped(_));
                     self.dial_failure(e)
                 }
             };
@@ -244,9 +272,10 @@ impl Dial {
                     self.tunnel,
                     self.settings.resume_within
                 );
-                return Err(match self.key_hint().filter(|_| reached) {
-                    Some(hint) => anyhow::anyhow!("{err:#}\n{hint}"),
-                    None => err,
+                return Err(if reached {
+                    Err::<(), _>(err).hint(self.key_hint()).unwrap_err()
+                } else {
+                    err
                 });
             }
             if !told && started.elapsed() >= self.settings.heartbeat {
@@ -255,10 +284,14 @@ impl Dial {
                 told = true;
                 tracing::warn!(
                     "tunnel: a new connection waits: {tries} dials to {} failed (the last: \
-                     {why}); trying again until {:?} have passed (if every dial fails so, \
-                     check that both ends have the same key)",
+                     {why}); trying again until {:?} have passed{}",
                     self.tunnel,
-                    self.settings.resume_within
+                    self.settings.resume_within,
+                    if reached {
+                        format!(" (hint: {})", self.key_hint())
+                    } else {
+                        String::new()
+                    }
                 );
             } else {
                 tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);

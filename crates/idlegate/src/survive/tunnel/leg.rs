@@ -51,7 +51,8 @@ const READ_CHUNK: usize = 1 << 18;
 /// Why a leg failed.
 #[derive(Debug, Error)]
 pub enum LegError {
-    #[error("{0}")]
+    /// The socket's error, said once: its text is the error's, its cause the error's cause.
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("the far end closed the leg")]
     Closed,
@@ -59,10 +60,17 @@ pub enum LegError {
     Handshake(snow::Error),
     #[error("a message failed authentication: {0}")]
     Decrypt(snow::Error),
+    /// The frame's fault is said here, and so is not also the cause (said once).
     #[error("a malformed message: {0}")]
-    Frame(#[from] FrameError),
+    Frame(FrameError),
     #[error("peer key {0} is not on the list of peers")]
     NotListed(PublicKey),
+}
+
+impl From<FrameError> for LegError {
+    fn from(e: FrameError) -> LegError {
+        LegError::Frame(e)
+    }
 }
 
 /// What an entry authenticates with.
@@ -561,6 +569,23 @@ fn read_exact_by(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_error_in_a_chain_is_said_once() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        let once = format!("opening the tunnel to 192.0.2.1:7000: {refused}");
+        let e = anyhow::Error::from(LegError::from(refused))
+            .context("opening the tunnel to 192.0.2.1:7000");
+        assert_eq!(format!("{e:#}"), once);
+    }
+
+    #[test]
+    fn a_malformed_message_in_a_chain_says_its_fault_once() {
+        let e = anyhow::Error::from(LegError::from(FrameError::Empty)).context("a leg");
+        let text = format!("{e:#}");
+        let fault = FrameError::Empty.to_string();
+        assert_eq!(text.matches(&fault).count(), 1, "{text}");
+    }
     use std::net::TcpListener;
 
     fn pair(client_key: &Key, server_key: &Key) -> (Result<Leg, LegError>, Result<Leg, LegError>) {

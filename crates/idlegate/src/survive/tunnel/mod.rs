@@ -181,7 +181,12 @@ impl Entry {
                     .spawn(move || {
                         let _place = place;
                         if let Err(e) = dial.carry(app, &stats) {
-                            tracing::info!("tunnel: {peer}: {e:#}");
+                            match crate::obs::report::hint_of(&e) {
+                                Some(hint) => {
+                                    tracing::info!("tunnel: {peer}: {e:#} (hint: {hint})")
+                                }
+                                None => tracing::info!("tunnel: {peer}: {e:#}"),
+                            }
                         }
                     })
                     .map(drop)

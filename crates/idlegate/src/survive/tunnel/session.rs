@@ -16,7 +16,7 @@
 //! window (bytes waiting for a slow application), and one leg's buffers. The loop waits on
 //! its sockets and never spins: once the application's socket reports a hangup (on Windows,
 //! as soon as the application's FIN arrives), bytes for it are tried again every
-//! [`WRITE_RETRY`] instead of waiting for it to be writable.
+//! `WRITE_RETRY` instead of waiting for it to be writable.
 
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};

@@ -17,6 +17,7 @@
 //! tunnel's key and `--heartbeat`), `generate` (`completions`, `man`), `no_ip` (the lab with
 //! no `ip` program to be found).
 
+mod advise;
 mod audit_lab;
 mod gateway_run;
 mod generate;

@@ -294,3 +294,23 @@ pub fn output_within(
         stderr: stderr.recv().expect("stderr reader"),
     }
 }
+
+/// The two addresses of a veth pair made inside namespace `ns`: 198.51.100.1 on one end,
+/// 198.51.100.2 on the other, neither loopback, so a connection between them is one `audit`
+/// judges (it leaves loopback connections out) while it stays inside the namespace.
+#[allow(dead_code)] // not every test file uses it
+pub fn non_loopback_pair(ns: &str) -> [std::net::Ipv4Addr; 2] {
+    let pair = [
+        std::net::Ipv4Addr::new(198, 51, 100, 1),
+        std::net::Ipv4Addr::new(198, 51, 100, 2),
+    ];
+    ip(&[
+        "-n", ns, "link", "add", "pair0", "type", "veth", "peer", "name", "pair1",
+    ])
+    .expect("a veth pair in the test namespace (ip link add … type veth)");
+    for (device, a) in ["pair0", "pair1"].into_iter().zip(pair) {
+        ip(&["-n", ns, "addr", "add", &format!("{a}/32"), "dev", device]).expect("an address");
+        ip(&["-n", ns, "link", "set", device, "up"]).expect("the veth end up");
+    }
+    pair
+}

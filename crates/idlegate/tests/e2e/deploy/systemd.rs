@@ -142,16 +142,22 @@ fn audit_unit_capabilities() -> Vec<String> {
         .collect()
 }
 
-/// Runs `audit --json` as a user of its own (not root) holding `capabilities` (as the unit's
-/// DynamicUser= would), and returns what it says of the connections to or from `port`.
-fn audit_as_unprivileged_user(capabilities: &[String], port: u16) -> Vec<serde_json::Value> {
+/// Runs `audit --json` in network namespace `ns` (entered as root by `ip netns exec`) as a
+/// user of its own (not root) holding `capabilities` (as the unit's DynamicUser= would), and
+/// returns what it says of the connections to or from `port`.
+fn audit_as_unprivileged_user(
+    ns: &str,
+    capabilities: &[String],
+    port: u16,
+) -> Vec<serde_json::Value> {
     require_tool(
         "setpriv",
         "it runs the audit as another user with given capabilities",
     );
     let caps: Vec<String> = capabilities.iter().map(|c| format!("+{c}")).collect();
     let caps = caps.join(",");
-    let mut command = Command::new("setpriv");
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, "setpriv"]);
     command.args(["--reuid=61477", "--regid=61477", "--clear-groups"]);
     if !caps.is_empty() {
         command.arg(format!("--inh-caps={caps}"));
@@ -189,13 +195,29 @@ fn audit_as_unprivileged_user(capabilities: &[String], port: u16) -> Vec<serde_j
 fn systemd_audit_unit_capabilities_are_enough_to_name_another_users_connection_and_read_its_keepalive(
 ) {
     // A connection of this (root) process, without keepalive: another user's, seen from the
-    // unit's made-up user.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // unit's made-up user. Between two addresses that are not loopback (the audit leaves
+    // loopback connections out), in a namespace of this test's own.
+    crate::common::require_root();
+    let ns = idlegate::sys::netns::Namespace::create(&crate::common::unique("sd"))
+        .expect("a network namespace");
+    let [server, _] = crate::common::non_loopback_pair(ns.name());
+    let listener =
+        idlegate::sys::netns::spawn_in(ns.name(), move || std::net::TcpListener::bind((server, 0)))
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
     let port = listener.local_addr().unwrap().port();
-    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _client = idlegate::sys::netns::spawn_in(ns.name(), move || {
+        std::net::TcpStream::connect((server, port))
+    })
+    .unwrap()
+    .join()
+    .unwrap()
+    .unwrap();
     let _server = listener.accept().unwrap();
 
-    let seen = audit_as_unprivileged_user(&audit_unit_capabilities(), port);
+    let seen = audit_as_unprivileged_user(ns.name(), &audit_unit_capabilities(), port);
     assert_eq!(seen.len(), 2, "both ends of the connection: {seen:#?}");
     for connection in &seen {
         assert!(
@@ -205,7 +227,7 @@ fn systemd_audit_unit_capabilities_are_enough_to_name_another_users_connection_a
         assert_eq!(connection["verdict"], "at-risk", "{connection:#}");
     }
     // And they are needed: without them the same user names no owner.
-    let seen = audit_as_unprivileged_user(&[], port);
+    let seen = audit_as_unprivileged_user(ns.name(), &[], port);
     assert!(
         seen.iter().all(|c| c["command"].is_null()),
         "without capabilities another user's process stays unnamed: {seen:#?}"

@@ -72,6 +72,7 @@ fn linux_probe_to_wine_echo(expiry: &str) -> Report {
             resolution: Duration::from_secs_f64(RESOLUTION),
             wait: Duration::from_secs(2),
             connections: None,
+            progress: probe::ProgressTo::Off,
         };
         let report: Report =
             netns::spawn_in(&lab.namespace_of(INTERNET)?, move || probe::run(&options))?

@@ -1,0 +1,111 @@
+//! When a probe's result cannot be trusted, and why.
+//!
+//! Contract: [`doubts`] looks at what the tests saw as a whole and names each reason the
+//! bracket may not be the idle timeout of one box: every connection opened but the shortest
+//! idle tried already failed (the path may drop everything after the handshake, or the
+//! timeout is below what the probe tries), or a connection survived a longer idle than one
+//! that failed. Each doubt has a stable kebab-case code (for scripts) and a sentence.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Why a result may not be the timeout of one box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DoubtCode {
+    /// Every connection opened, and the shortest idle time tried already failed.
+    FailedAtTheShortestIdle,
+    /// A connection survived a longer idle time than one that failed.
+    LongerIdleSurvived,
+}
+
+/// One reason not to trust the result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Doubt {
+    pub code: DoubtCode,
+    pub message: String,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// The doubts about a bracket (`survived`: the longest idle survived, zero if none;
+/// `failed`: the shortest that failed) found with `shortest` the shortest idle tried;
+/// `consistent`: no longer idle survived than one that failed; `beyond`: behaviour tests
+/// made past the bracket that survived nonetheless (which way, and how long idle).
+pub(super) fn doubts(
+    survived: Duration,
+    failed: Option<Duration>,
+    consistent: bool,
+    shortest: Duration,
+    beyond: &[(&str, Duration)],
+) -> Vec<Doubt> {
+    let mut out = Vec::new();
+    if let Some(failed) = failed {
+        if survived.is_zero() && failed <= shortest {
+            out.push(Doubt {
+                code: DoubtCode::FailedAtTheShortestIdle,
+                message: format!(
+                    "every connection opened, but the shortest idle time tried ({}) already failed: the path may drop everything after the handshake, or its idle timeout is below {} (the shortest the probe tries); check that data crosses the path at all right after connecting",
+                    secs(shortest),
+                    secs(shortest)
+                ),
+            });
+        }
+    }
+    if !consistent {
+        out.push(Doubt {
+            code: DoubtCode::LongerIdleSurvived,
+            message: "a connection survived a longer idle time than one that failed: the flows may meet different timers (several boxes, or a balancer spreading them), or something else ended the one that failed".to_string(),
+        });
+    }
+    for (way, idle) in beyond {
+        out.push(Doubt {
+            code: DoubtCode::LongerIdleSurvived,
+            message: format!(
+                "{way}: a connection idle {} survived, longer than the idle time that failed: the flows may meet different timers",
+                secs(*idle)
+            ),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn a_failure_at_the_shortest_idle_with_nothing_survived_is_doubted() {
+        let d = doubts(Duration::ZERO, Some(S(1)), true, S(1), &[]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].code, DoubtCode::FailedAtTheShortestIdle);
+        assert!(d[0].message.contains("below 1.0 s"), "{}", d[0].message);
+    }
+
+    #[test]
+    fn a_bracket_with_a_survivor_below_a_failure_is_trusted() {
+        assert!(doubts(S(3), Some(S(4)), true, S(1), &[]).is_empty());
+        assert!(doubts(S(20), None, true, S(1), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_longer_idle_surviving_after_a_shorter_failed_is_doubted() {
+        let d = doubts(S(8), Some(S(4)), false, S(1), &[]);
+        assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
+        let d = doubts(S(3), Some(S(4)), true, S(1), &[("client to server", S(5))]);
+        assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
+        assert!(d[0]
+            .message
+            .starts_with("client to server: a connection idle 5.0 s survived"));
+    }
+
+    #[test]
+    fn codes_are_kebab_case_in_json() {
+        let json = serde_json::to_string(&DoubtCode::FailedAtTheShortestIdle).unwrap();
+        assert_eq!(json, "\"failed-at-the-shortest-idle\"");
+    }
+}
