@@ -78,6 +78,40 @@ fn lookup_user(name: &str) -> Result<idlegate::sys::privilege::User> {
     })
 }
 
+/// What to do when the TUN devices could not be made for want of privilege. Opening
+/// `/dev/net/tun` is checked against its mode (EACCES, "Permission denied"), making a device
+/// against CAP_NET_ADMIN (EPERM, "Operation not permitted"); the gateway needs both, and
+/// after them write access to its control socket's directory (`/run/idlegate` by default).
+fn privilege_hint<T>(error: anyhow::Error) -> Result<T> {
+    let errno = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    let binary = std::env::current_exe()
+        .map_or_else(|_| "idlegate".to_string(), |p| p.display().to_string());
+    let hint = match errno {
+        Some(libc::EACCES) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(TUN_DEVICE)
+                .map(|m| format!(" (its mode is {:04o})", m.permissions().mode() & 0o7777))
+                .unwrap_or_default();
+            format!(
+                "run it as root: this user may not open {TUN_DEVICE}{mode}; the gateway needs \
+                 read-write access to it and CAP_NET_ADMIN"
+            )
+        }
+        Some(libc::EPERM) => format!(
+            "run it as root, or give the binary CAP_NET_ADMIN (sudo setcap cap_net_admin+ep \
+             {binary}) and a --control path this user can write"
+        ),
+        _ => return Err(error),
+    };
+    Err(error).hint(hint)
+}
+
+/// The device every TUN device is made through.
+const TUN_DEVICE: &str = "/dev/net/tun";
+
 /// `idlegate gateway`: runs until SIGINT or SIGTERM (or, with `--explain`, prints and exits).
 pub fn run(args: GatewayArgs) -> Result<()> {
     if args.explain {
@@ -93,7 +127,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         (&args.inside, Interface::Inside),
         (&args.outside, Interface::Outside),
     ] {
-        let queues = Tun::create_queues(name, workers)?;
+        let queues = Tun::create_queues(name, workers).or_else(privilege_hint)?;
         // No IPv6 link-local address: the kernel would send router solicitations into it.
         queues.first().context("tun-rs made no queue")?.bring_up()?;
         ports.push(Attachment {
