@@ -29,6 +29,10 @@ pub struct GatewayArgs {
     /// setting won, then exit without starting.
     #[arg(long)]
     pub explain: bool,
+    /// With --explain: print it as one JSON document (the profile's timers, and per rule the
+    /// TCP and UDP timeouts in seconds, the expiry, the setting that won and why).
+    #[arg(long, requires = "explain")]
+    pub json: bool,
     /// The control socket `idlegate flows` talks to.
     #[arg(long, default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
@@ -48,10 +52,19 @@ pub struct GatewayArgs {
     pub user: Option<String>,
 }
 
-/// `--explain`: what every rule's flows will get, and why.
-pub fn explain(path: &Path) -> Result<()> {
-    print!("{}", precedence::explain(&load_config(path)?));
-    Ok(())
+/// `--explain`: what every rule's flows will get, and why; as text or one JSON document.
+pub fn explain(path: &Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    let config = load_config(path)?;
+    let text = if json {
+        let explanation = precedence::explanation(&config);
+        serde_json::to_string_pretty(&explanation)? + "\n"
+    } else {
+        precedence::explain(&config)
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
 /// Reads and validates a config file; nothing starts on a bad one (a usage error, as is a
@@ -115,7 +128,7 @@ const TUN_DEVICE: &str = "/dev/net/tun";
 /// `idlegate gateway`: runs until SIGINT or SIGTERM (or, with `--explain`, prints and exits).
 pub fn run(args: GatewayArgs) -> Result<()> {
     if args.explain {
-        return explain(&args.config);
+        return explain(&args.config, args.json);
     }
     let config = load_config(&args.config)?;
     let user = args.user.as_deref().map(lookup_user).transpose()?;

@@ -255,7 +255,8 @@ pub fn run_keepalive(args: &KeepaliveArgs) -> Result<ExitCode> {
             sockets,
             exited: args.watch,
         };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let text = serde_json::to_string_pretty(&report)? + "\n";
+        std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())?;
     }
     Ok(if failed {
         ExitCode::FAILURE
