@@ -759,6 +759,61 @@ const PIPE_SIZE: usize = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::report;
+
+    const GOOD: &str = "[[relay]]\nlisten = \"127.0.0.1:15432\"\nconnect = \"127.0.0.1:5432\"\n\
+                        keepalive = \"60s,10s,3\"\n";
+
+    #[test]
+    fn a_relay_config_gives_each_relay_its_addresses_and_keepalive() {
+        let relays = parse_config(GOOD, "relays.toml").unwrap();
+        assert_eq!(relays.len(), 1);
+        assert_eq!(relays[0].2, Keepalive::parse("60s,10s,3").unwrap());
+    }
+
+    /// Each mistake in a relay config: its whole message (file:line:column, the key, why), its
+    /// hint, and exit status 2.
+    #[test]
+    fn a_relay_config_mistake_names_file_line_column_and_key() {
+        for (text, said, hint) in [
+            (
+                "",
+                "relays.toml: no [[relay]] table",
+                Some("write one [[relay]] table per relay"),
+            ),
+            (
+                &GOOD.replace("60s,10s,3", "2m,abc")[..],
+                "relays.toml:4:13: keepalive = \"2m,abc\": INTERVAL \"abc\" is not a duration (like 30s or 2m)",
+                None,
+            ),
+            (
+                &GOOD.replace("keepalive = \"60s,10s,3\"", "profile = \"aws-nat-gateway\"")[..],
+                "relays.toml:4:11: profile = \"aws-nat-gateway\": no such profile",
+                Some("did you mean aws-natgw? The profiles are azure-lb, "),
+            ),
+            (
+                &GOOD.replace("keepalive = \"60s,10s,3\"", "keepalive = 60")[..],
+                "relays.toml:4:13: keepalive: expected an IDLE,INTERVAL,COUNT string like \"120s,30s,8\", found integer 60",
+                None,
+            ),
+            (
+                &GOOD.replace("\"127.0.0.1:5432\"", "\"127.0.0.1\"")[..],
+                "relays.toml:3:11: connect = \"127.0.0.1\": not HOST:PORT",
+                None,
+            ),
+        ] {
+            let e = parse_config(text, "relays.toml").unwrap_err();
+            assert_eq!(format!("{e:#}"), said, "{text}");
+            match hint {
+                Some(hint) => {
+                    let got = report::hint_of(&e).unwrap_or_default();
+                    assert!(got.starts_with(hint), "{got}");
+                }
+                None => assert_eq!(report::hint_of(&e), None),
+            }
+            assert_eq!(report::status(&e), report::Status::Usage, "{said}");
+        }
+    }
 
     #[test]
     fn metrics_of_two_relays_are_unchanged() {
