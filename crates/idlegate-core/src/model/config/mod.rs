@@ -285,8 +285,8 @@ impl ConfigError {
         }
     }
 
-    /// A TOML syntax or type error in `file`, at the value it is about, said as
-    /// [`explain_toml_error`] says it.
+    /// A TOML syntax or type error in `file`, at the value it is about; a wrong type is said
+    /// as `key: expected <what the key takes, with an example>, found <what is there>`.
     pub fn of_toml(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
         let message = match e.span().and_then(|s| setting_at(text, s.start)) {
             Some(setting) => explain_toml_error(setting, e.message()),
