@@ -131,7 +131,12 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         return explain(&args.config, args.json);
     }
     let config = load_config(&args.config)?;
-    let user = args.user.as_deref().map(lookup_user).transpose()?;
+    let user = args
+        .user
+        .as_deref()
+        .map(lookup_user)
+        .transpose()
+        .status(Status::Usage)?;
     let workers = args
         .workers
         .unwrap_or_else(idlegate::gateway::default_workers);

@@ -152,6 +152,13 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
         )
         .hint(&natgw_hint),
         Case::new(
+            "lab demo --profile aws-nat-gateway",
+            &["lab", "demo", "--profile", "aws-nat-gateway"],
+            2,
+            "idlegate: --profile aws-nat-gateway: no such profile",
+        )
+        .hint(&natgw_hint),
+        Case::new(
             "keepalive --profile nope",
             &["keepalive", "--pid", &pid, "--profile", "nope"],
             2,
