@@ -89,7 +89,8 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
                 Ok(keepalive) => keepalive,
                 Err(e) => {
                     let message = format!("keepalive = {:?}: {e}", k.get_ref());
-                    return refused(at(k.span(), message));
+                    let hint = "write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\"";
+                    return refused(at(k.span(), message).with_hint(hint.to_string()));
                 }
             },
             (None, Some(p)) => match find_profile(p.get_ref()) {
@@ -784,7 +785,7 @@ mod tests {
             (
                 &GOOD.replace("60s,10s,3", "2m,abc")[..],
                 "relays.toml:4:13: keepalive = \"2m,abc\": INTERVAL \"abc\" is not a duration (like 30s or 2m)",
-                None,
+                Some("write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\""),
             ),
             (
                 &GOOD.replace("keepalive = \"60s,10s,3\"", "profile = \"aws-nat-gateway\"")[..],

@@ -203,7 +203,8 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
                 "idlegate: {relay_config}:4:13: keepalive = \"2m,abc\": INTERVAL \"abc\" is not \
                  a duration (like 30s or 2m)"
             ),
-        ),
+        )
+        .hint("write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\""),
         Case::new(
             "relay --config with an empty file",
             &["relay", "--config", &empty],
