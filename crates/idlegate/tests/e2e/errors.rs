@@ -67,7 +67,10 @@ impl Case {
             .args(&self.args)
             .env_remove("RUST_LOG")
             .output()
-            .unwrap_or_else(|e| panic!("{}: running {:?}: {e}", self.what, self.args));
+            .unwrap_or_else(|e| {
+                let program = self.wrap.first().map_or(self.binary.as_path(), Path::new);
+                panic!("{}: running {}: {e}", self.what, program.display())
+            });
         let stderr = String::from_utf8_lossy(&out.stderr);
         let mut lines = stderr.lines();
         assert_eq!(
