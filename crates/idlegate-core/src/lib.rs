@@ -42,8 +42,8 @@ pub use state::shard::Sharding;
 /// how its durations read.
 pub mod config {
     pub use crate::model::config::{
-        BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule, Member,
-        NatGateway, OutboundRule, Protocols, TimeoutFrom, LAB_ENV, TIME_SCALE_ENV,
+        find_profile, BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule,
+        Member, NatGateway, OutboundRule, Protocols, TimeoutFrom, UnknownProfile, LAB_ENV, TIME_SCALE_ENV,
     };
     pub use crate::model::profile::max_time_scale;
     pub use crate::model::units::{half_the_idle_timeout, human, whole_seconds};

@@ -26,7 +26,7 @@ use cli::profiles::ProfilesAction;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
-use idlegate::obs::report;
+use idlegate::obs::report::{self, Report, Status};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -178,7 +178,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Relay(args) => cli::relay::run(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Keepalive(args) => cli::keepalive::run_keepalive(&args),
-        Command::Advise(args) => cli::advise::run_advise(&args).map(done),
+        // advise and profiles only read their arguments and print: any failure is one of usage.
+        Command::Advise(args) => cli::advise::run_advise(&args)
+            .status(Status::Usage)
+            .map(done),
         #[cfg(target_os = "linux")]
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         #[cfg(target_os = "linux")]
@@ -186,7 +189,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Keygen { file, pair } => cli::keygen::keygen(&file, pair).map(done),
         #[cfg(windows)]
         Command::Service(command) => cli::service::run(command).map(done),
-        Command::Profiles { action } => cli::profiles::run(action).map(done),
+        Command::Profiles { action } => cli::profiles::run(action).status(Status::Usage).map(done),
         Command::Completions(args) => cli::generate::completions(&args).map(done),
         Command::Man(args) => cli::generate::man(&args).map(done),
     }

@@ -5,16 +5,19 @@
 //! the public IP's outbound idle timeout, which is locked at 4 minutes (a frontend's own
 //! `idle_timeout` does not reach outbound flows). [`lb_rule`] and [`outbound_rule`] resolve one
 //! rule and say which setting won and why; the engine runs exactly what they say, and
-//! [`explain`] prints it for `--explain`.
+//! [`explain`] prints it for `--explain` from [`explanation`], the same report as data (for
+//! `--explain --json`).
 
 use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
 use crate::model::expiry::Expiry;
 use crate::model::units::human;
+use serde::Serialize;
 use std::fmt::Write;
 use std::time::Duration;
 
 /// The setting that decided a rule's idle timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Winner {
     /// The rule's own `idle_timeout`.
     Rule,
@@ -164,80 +167,194 @@ pub fn nat_gateway(config: &Config, i: usize) -> Applied {
     }
 }
 
-/// For every rule, the timeout and expiry action its flows get and which setting won: the
-/// report of `--explain`.
-pub fn explain(config: &Config) -> String {
+/// What `--explain` says, as data: the profile's timers and, for every rule, what its flows
+/// get and why. [`explain`] renders it as text; `--explain --json` serializes it (durations in
+/// seconds, unscaled as configured and `runs_*` as the engine runs them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    pub profile: &'static str,
+    pub profile_title: &'static str,
+    pub time_scale: u32,
+    /// The per-state timers of TCP flows not established (handshake, FIN, RST), unscaled.
+    pub tcp_not_established: Vec<StateTimer>,
+    /// An ACK of a forgotten connection from its initiator's side opens a new flow.
+    pub loose_pickup: bool,
+    /// Only new data keeps a flow alive: ACKs and keepalive probes do not.
+    pub data_only_refresh: bool,
+    pub rules: Vec<RuleExplanation>,
+}
+
+/// One TCP state's timer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StateTimer {
+    /// `SYN_SENT`, `SYN_RECV`, `FIN_WAIT`, `CLOSE_WAIT`, `LAST_ACK`, `TIME_WAIT`, `CLOSE`.
+    pub state: &'static str,
+    #[serde(rename = "timeout_s", serialize_with = "seconds")]
+    pub timeout: Duration,
+}
+
+/// What one rule's flows get.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleExplanation {
+    /// `lb_rule`, `inbound_nat_rule`, `nat_gateway`, `outbound_rule`: the config's table.
+    pub kind: &'static str,
+    pub name: String,
+    /// `tcp`, `udp` or `all`.
+    pub protocol: &'static str,
+    /// TCP flows' idle timeout and expiry (absent for a UDP-only rule).
+    pub tcp: Option<TcpIdle>,
+    /// UDP flows' timeouts (absent for a TCP-only rule).
+    pub udp: Option<UdpIdle>,
+}
+
+/// The idle timeout and expiry a rule's TCP flows get, and the setting that won.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TcpIdle {
+    #[serde(rename = "idle_timeout_s", serialize_with = "seconds")]
+    pub idle_timeout: Duration,
+    #[serde(rename = "runs_s", serialize_with = "seconds")]
+    pub runs: Duration,
+    #[serde(serialize_with = "expiry_name")]
+    pub expiry: Expiry,
+    pub winner: Winner,
+    pub reason: String,
+}
+
+/// A rule's UDP flows: the profile's UDP timeouts; they end silently.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UdpIdle {
+    #[serde(rename = "replied_s", serialize_with = "seconds")]
+    pub replied: Duration,
+    #[serde(rename = "unreplied_s", serialize_with = "seconds")]
+    pub unreplied: Duration,
+    #[serde(rename = "runs_s", serialize_with = "seconds")]
+    pub runs: Duration,
+    #[serde(serialize_with = "expiry_name")]
+    pub expiry: Expiry,
+    pub reason: String,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn expiry_name<S: serde::Serializer>(e: &Expiry, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(e.as_str())
+}
+
+/// For every rule, the timeout and expiry action its flows get and which setting won.
+pub fn explanation(config: &Config) -> Explanation {
     let p = config.profile;
-    let mut out = format!(
-        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n\
-         TCP flows not established (handshake, FIN, RST): {}\n",
-        p.name,
-        p.title,
-        config.time_scale,
-        config.time_scale,
-        p.tcp.summary()
-    );
-    if config.pickup == crate::model::profile::Pickup::Loose {
-        out += "loose pickup: an ACK of a forgotten connection from its initiator's side opens a new flow (loose_pickup = false turns it off)\n";
-    }
-    if p.refresh == crate::model::profile::Refresh::DataOnly {
-        out += "only new data keeps a flow alive: ACKs and TCP keepalive probes do not\n";
-    }
-    let lines = (0..config.lb_rules.len())
+    let states = [
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "TIME_WAIT",
+        "CLOSE",
+    ];
+    let tcp_not_established = states
+        .iter()
+        .zip(p.tcp.all())
+        .map(|(&state, timeout)| StateTimer { state, timeout })
+        .collect();
+    let rules = (0..config.lb_rules.len())
         .map(|i| {
-            (
-                "lb_rule",
-                &config.lb_rules[i].name,
-                config.lb_rules[i].protocol,
-                lb_rule(config, i),
-            )
+            let rule = &config.lb_rules[i];
+            ("lb_rule", &rule.name, rule.protocol, lb_rule(config, i))
         })
         .chain((0..config.inbound_nat_rules.len()).map(|i| {
             let rule = &config.inbound_nat_rules[i];
-            (
-                "inbound_nat_rule",
-                &rule.name,
-                rule.protocol,
-                inbound_nat_rule(config, i),
-            )
+            let applied = inbound_nat_rule(config, i);
+            ("inbound_nat_rule", &rule.name, rule.protocol, applied)
         }))
         .chain((0..config.nat_gateways.len()).map(|i| {
-            (
-                "nat_gateway",
-                &config.nat_gateways[i].name,
-                Protocols::All,
-                nat_gateway(config, i),
-            )
+            let gateway = &config.nat_gateways[i];
+            let applied = nat_gateway(config, i);
+            ("nat_gateway", &gateway.name, Protocols::All, applied)
         }))
         .chain((0..config.outbound_rules.len()).map(|i| {
             let rule = &config.outbound_rules[i];
-            (
-                "outbound_rule",
-                &rule.name,
-                rule.protocol,
-                outbound_rule(config, i),
-            )
-        }));
-    let udp = &config.profile.udp;
-    for (kind, name, protocols, applied) in lines {
-        if protocols != Protocols::Udp {
+            let applied = outbound_rule(config, i);
+            ("outbound_rule", &rule.name, rule.protocol, applied)
+        }))
+        .map(|(kind, name, protocols, applied)| {
+            let udp = &p.udp;
+            RuleExplanation {
+                kind,
+                name: name.clone(),
+                protocol: protocols.as_str(),
+                tcp: (protocols != Protocols::Udp).then(|| TcpIdle {
+                    idle_timeout: applied.timeout,
+                    runs: config.scaled(applied.timeout),
+                    expiry: applied.expiry,
+                    winner: applied.winner,
+                    reason: applied.reason.clone(),
+                }),
+                udp: (protocols != Protocols::Tcp).then(|| UdpIdle {
+                    replied: udp.replied,
+                    unreplied: udp.unreplied,
+                    runs: config.scaled(udp.replied),
+                    expiry: Expiry::Silent,
+                    reason: format!(
+                        "{}'s UDP timeout; the rule's idle settings are for TCP",
+                        p.title
+                    ),
+                }),
+            }
+        })
+        .collect();
+    Explanation {
+        profile: p.name,
+        profile_title: p.title,
+        time_scale: config.time_scale,
+        tcp_not_established,
+        loose_pickup: config.pickup == crate::model::profile::Pickup::Loose,
+        data_only_refresh: p.refresh == crate::model::profile::Refresh::DataOnly,
+        rules,
+    }
+}
+
+/// For every rule, the timeout and expiry action its flows get and which setting won: the
+/// report of `--explain`, rendered from [`explanation`].
+pub fn explain(config: &Config) -> String {
+    let e = explanation(config);
+    let mut out = format!(
+        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n\
+         TCP flows not established (handshake, FIN, RST): {}\n",
+        e.profile,
+        e.profile_title,
+        e.time_scale,
+        e.time_scale,
+        config.profile.tcp.summary()
+    );
+    if e.loose_pickup {
+        out += "loose pickup: an ACK of a forgotten connection from its initiator's side opens a new flow (loose_pickup = false turns it off)\n";
+    }
+    if e.data_only_refresh {
+        out += "only new data keeps a flow alive: ACKs and TCP keepalive probes do not\n";
+    }
+    for rule in &e.rules {
+        let (kind, name) = (rule.kind, &rule.name);
+        if let Some(tcp) = &rule.tcp {
             let _ = writeln!(
                 out,
                 "{kind} {name}: idle timeout {} (runs {:?}), expiry {}\n    because: {}",
-                human(applied.timeout),
-                config.scaled(applied.timeout),
-                applied.expiry,
-                applied.reason
+                human(tcp.idle_timeout),
+                tcp.runs,
+                tcp.expiry,
+                tcp.reason
             );
         }
-        if protocols != Protocols::Tcp {
+        if let Some(udp) = &rule.udp {
             let _ = writeln!(
                 out,
-                "{kind} {name}: UDP flows live {} ({} while unanswered), runs {:?}, and end silently\n    because: {}'s UDP timeout; the rule's idle settings are for TCP",
+                "{kind} {name}: UDP flows live {} ({} while unanswered), runs {:?}, and end silently\n    because: {}",
                 human(udp.replied),
                 human(udp.unreplied),
-                config.scaled(udp.replied),
-                config.profile.title
+                udp.runs,
+                udp.reason
             );
         }
     }
@@ -347,6 +464,26 @@ mod tests {
             report.contains("takes precedence over outbound rules"),
             "{report}"
         );
+    }
+
+    #[test]
+    fn the_explanation_holds_what_the_text_says_per_rule() {
+        let c = config(Some("10m"), Some("20m"), Some("30m"));
+        let e = explanation(&c);
+        assert_eq!(e.profile, "azure-lb");
+        assert_eq!(e.tcp_not_established.len(), 7);
+        let app = e.rules.iter().find(|r| r.kind == "lb_rule").unwrap();
+        let tcp = app.tcp.as_ref().unwrap();
+        assert_eq!(tcp.idle_timeout, lb_rule(&c, 0).timeout);
+        assert_eq!(tcp.winner, lb_rule(&c, 0).winner);
+        assert_eq!(tcp.runs, c.scaled(tcp.idle_timeout));
+        let text = explain(&c);
+        for rule in &e.rules {
+            assert!(
+                text.contains(&format!("{} {}: ", rule.kind, rule.name)),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! check.
 
 use super::parse_duration;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use idlegate_core::profile;
 
@@ -40,14 +40,7 @@ pub(super) fn idle_timeout(
         return Ok((t, "--idle-timeout".to_string()));
     }
     let name = profile_name.unwrap_or(profile::default_profile().name);
-    let p = profile::find(name).with_context(|| {
-        let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
-        format!(
-            "--profile {name}: no such profile\nhint: the profiles are {} (`idlegate profiles` \
-             shows their timers)",
-            known.join(", ")
-        )
-    })?;
+    let p = super::profile_named(name)?;
     Ok((
         idlegate::survive::keepalive::profile_idle_timeout(p),
         format!("profile {name}"),
@@ -101,13 +94,14 @@ mod tests {
 
     #[test]
     fn an_unknown_profile_is_refused_with_every_real_name() {
-        let message = format!(
-            "{:#}",
-            idle_timeout(None, Some("aws-nat-gateway")).unwrap_err()
+        let message = idlegate::obs::report::render(
+            &idle_timeout(None, Some("aws-nat-gateway")).unwrap_err(),
         );
         assert!(
-            message
-                .starts_with("--profile aws-nat-gateway: no such profile\nhint: the profiles are "),
+            message.starts_with(
+                "idlegate: --profile aws-nat-gateway: no such profile\n\
+                 hint: did you mean aws-natgw? The profiles are "
+            ),
             "{message}"
         );
         for p in profile::ALL.iter() {

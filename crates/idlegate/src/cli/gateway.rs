@@ -7,6 +7,7 @@ use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::gateway::{Attachment, Gateway, Options};
+use idlegate::obs::report::{self, Report, Status};
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
 use idlegate_core::Interface;
@@ -28,6 +29,10 @@ pub struct GatewayArgs {
     /// setting won, then exit without starting.
     #[arg(long)]
     pub explain: bool,
+    /// With --explain: print it as one JSON document (the profile's timers, and per rule the
+    /// TCP and UDP timeouts in seconds, the expiry, the setting that won and why).
+    #[arg(long, requires = "explain")]
+    pub json: bool,
     /// The control socket `idlegate flows` talks to.
     #[arg(long, default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
@@ -49,17 +54,31 @@ pub struct GatewayArgs {
     pub user: Option<String>,
 }
 
-/// `--explain`: what every rule's flows will get, and why.
-pub fn explain(path: &Path) -> Result<()> {
-    print!("{}", precedence::explain(&load_config(path)?));
-    Ok(())
+/// `--explain`: what every rule's flows will get, and why; as text or one JSON document.
+pub fn explain(path: &Path, json: bool) -> Result<()> {
+    use std::io::Write;
+    let config = load_config(path)?;
+    let text = if json {
+        let explanation = precedence::explanation(&config);
+        serde_json::to_string_pretty(&explanation)? + "\n"
+    } else {
+        precedence::explain(&config)
+    };
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")
 }
 
-/// Reads and validates a config file; nothing starts on a bad one.
+/// Reads and validates a config file; nothing starts on a bad one (a usage error, as is a
+/// file that cannot be read).
 pub fn load_config(path: &Path) -> Result<Config> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Config::from_toml(&text, &path.display().to_string())?)
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .status(Status::Usage)?;
+    match Config::from_toml(&text, &path.display().to_string()) {
+        Ok(config) => Ok(config),
+        Err(mistake) => report::refused(mistake),
+    }
 }
 
 /// `--user NAME` looked up, its errors named after the flag.
@@ -74,13 +93,52 @@ fn lookup_user(name: &str) -> Result<idlegate::sys::privilege::User> {
     })
 }
 
+/// What to do when the TUN devices could not be made for want of privilege. Opening
+/// `/dev/net/tun` is checked against its mode (EACCES, "Permission denied"), making a device
+/// against CAP_NET_ADMIN (EPERM, "Operation not permitted"); the gateway needs both, and
+/// after them write access to its control socket's directory (`/run/idlegate` by default).
+fn privilege_hint<T>(error: anyhow::Error) -> Result<T> {
+    let errno = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error);
+    let binary = std::env::current_exe()
+        .map_or_else(|_| "idlegate".to_string(), |p| p.display().to_string());
+    let hint = match errno {
+        Some(libc::EACCES) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(TUN_DEVICE)
+                .map(|m| format!(" (its mode is {:04o})", m.permissions().mode() & 0o7777))
+                .unwrap_or_default();
+            format!(
+                "run it as root: this user may not open {TUN_DEVICE}{mode}; the gateway needs \
+                 read-write access to it and CAP_NET_ADMIN"
+            )
+        }
+        Some(libc::EPERM) => format!(
+            "run it as root, or give the binary CAP_NET_ADMIN (sudo setcap cap_net_admin+ep \
+             {binary}) and a --control path this user can write"
+        ),
+        _ => return Err(error),
+    };
+    Err(error).hint(hint)
+}
+
+/// The device every TUN device is made through.
+const TUN_DEVICE: &str = "/dev/net/tun";
+
 /// `idlegate gateway`: runs until SIGINT or SIGTERM (or, with `--explain`, prints and exits).
 pub fn run(args: GatewayArgs) -> Result<()> {
     if args.explain {
-        return explain(&args.config);
+        return explain(&args.config, args.json);
     }
     let config = load_config(&args.config)?;
-    let user = args.user.as_deref().map(lookup_user).transpose()?;
+    let user = args
+        .user
+        .as_deref()
+        .map(lookup_user)
+        .transpose()
+        .status(Status::Usage)?;
     let workers = args
         .workers
         .unwrap_or_else(idlegate::gateway::default_workers);
@@ -89,7 +147,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         (&args.inside, Interface::Inside),
         (&args.outside, Interface::Outside),
     ] {
-        let queues = Tun::create_queues(name, workers)?;
+        let queues = Tun::create_queues(name, workers).or_else(privilege_hint)?;
         // No IPv6 link-local address: the kernel would send router solicitations into it.
         queues.first().context("tun-rs made no queue")?.bring_up()?;
         ports.push(Attachment {

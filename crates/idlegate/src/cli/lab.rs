@@ -28,6 +28,9 @@ pub enum LabCommand {
         /// setting won, then exit without starting.
         #[arg(long)]
         explain: bool,
+        /// With --explain: print it as one JSON document.
+        #[arg(long, requires = "explain")]
+        json: bool,
         /// Lab name, so several labs can run at once.
         #[arg(long, default_value = "lab")]
         name: String,
@@ -170,8 +173,9 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
         LabCommand::Up {
             config,
             explain: true,
+            json,
             ..
-        } => explain(&config).map(|()| ExitCode::SUCCESS),
+        } => explain(&config, json).map(|()| ExitCode::SUCCESS),
         LabCommand::Up {
             config,
             name,

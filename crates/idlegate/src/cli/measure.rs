@@ -5,6 +5,7 @@ use super::parse_duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::measure::{echo, probe};
+use idlegate::obs::report::{Report, Status};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -52,7 +53,7 @@ impl EchoArgs {
 
 /// `idlegate echo`: serves until SIGINT or SIGTERM.
 pub fn run_echo(args: &EchoArgs) -> Result<()> {
-    args.check()?;
+    args.check().status(Status::Usage)?;
     // Each connection is a descriptor; a few dozen more for refusals and the rest.
     let want = u64::try_from(args.max_connections)
         .unwrap_or(u64::MAX)
@@ -98,7 +99,7 @@ impl ProbeArgs {
     /// The probe's options: the target resolved, then every limit checked.
     fn options(&self) -> Result<probe::Options> {
         let target = idlegate::survive::serve::resolve_as(&self.target, &self.target)?;
-        self.check()?;
+        self.check().status(Status::Usage)?;
         Ok(probe::Options {
             target,
             max: self.max,

@@ -68,21 +68,35 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-/// `--keepalive IDLE,INTERVAL,COUNT` if given, else `--profile`'s (azure-lb by default).
+/// `--keepalive IDLE,INTERVAL,COUNT` if given, else `--profile`'s (azure-lb by default). A
+/// bad one is a usage error.
 pub fn keepalive_choice(
     keepalive: Option<&str>,
     profile_name: Option<&str>,
 ) -> Result<idlegate::survive::keepalive::Keepalive> {
-    use anyhow::Context;
+    use idlegate::obs::report::{Report, Status};
     use idlegate::survive::keepalive::Keepalive;
     use idlegate_core::profile;
     Ok(match (keepalive, profile_name) {
-        (Some(k), _) => Keepalive::parse(k)?,
-        (None, Some(p)) => Keepalive::for_profile_here(
-            profile::find(p).with_context(|| format!("--profile {p}: no such profile"))?,
-        )?,
+        (Some(k), _) => Keepalive::parse(k)
+            .map_err(|e| anyhow::anyhow!("--keepalive {k:?}: {e}"))
+            .hint("give IDLE,INTERVAL,COUNT, e.g. --keepalive 120s,30s,8")
+            .status(Status::Usage)?,
+        (None, Some(p)) => Keepalive::for_profile_here(profile_named(p)?)?,
         (None, None) => Keepalive::for_profile_here(profile::default_profile())?,
     })
+}
+
+/// The profile `--profile NAME` names, or a usage error whose hint lists every profile (and
+/// the one meant, for a close name): the one way every command refuses an unknown profile.
+pub fn profile_named(name: &str) -> Result<&'static idlegate_core::profile::Profile> {
+    use idlegate::obs::report::{Report, Status};
+    match idlegate_core::config::find_profile(name) {
+        Ok(profile) => Ok(profile),
+        Err(unknown) => Err(anyhow::anyhow!("--profile {name}: {unknown}"))
+            .hint(unknown.hint())
+            .status(Status::Usage),
+    }
 }
 
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -8,6 +8,7 @@ use super::keepalive_choice;
 use super::{parse_duration, parse_size};
 use anyhow::{Context, Result};
 use clap::Args;
+use idlegate::obs::report::{Report, Status};
 use idlegate::survive::serve::KeyFiles;
 use idlegate::survive::serve::{self, Limit, Options, Plan};
 use idlegate::survive::tunnel::Settings;
@@ -150,7 +151,7 @@ impl RelayArgs {
 /// `idlegate relay`: runs every relay asked for until SIGINT or SIGTERM (Windows: a console
 /// control event).
 pub fn run(args: &RelayArgs) -> Result<()> {
-    let options = args.options()?;
+    let options = args.options().status(Status::Usage)?;
     let stop = Arc::new(AtomicBool::new(false));
     idlegate::sys::signal::stop_on_interrupt(&stop).context("installing signal handlers")?;
     serve::serve(&options, stop)

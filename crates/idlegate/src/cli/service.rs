@@ -12,6 +12,7 @@
 use super::relay::RelayArgs;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use idlegate::obs::report::{Report, Status};
 #[cfg(windows)]
 use idlegate::survive::serve;
 use idlegate::survive::serve::Options;
@@ -92,23 +93,33 @@ struct Relay {
 /// relative path (the service manager starts a service in C:\Windows\System32).
 pub fn relay_options(relay: &[OsString]) -> Result<Options> {
     let line = std::iter::once(OsString::from("idlegate relay")).chain(relay.iter().cloned());
-    let parsed = Relay::try_parse_from(line).map_err(|e| {
-        anyhow::anyhow!(
-            "the relay's arguments: {}",
-            e.render().to_string().trim_end()
-        )
-    })?;
-    let options = parsed.args.options().context("the relay's arguments")?;
+    let parsed = Relay::try_parse_from(line)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the relay's arguments: {}",
+                e.render().to_string().trim_end()
+            )
+        })
+        .status(Status::Usage)?;
+    let options = parsed
+        .args
+        .options()
+        .context("the relay's arguments")
+        .status(Status::Usage)?;
     if let Some((flag, path)) = relative_path(relay) {
-        anyhow::bail!(
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(anyhow::anyhow!(
             "the relay's arguments: {flag} {}: a relative path, which a service would read \
-             from C:\\Windows\\System32\nhint: give the full path, e.g. \
-             C:\\ProgramData\\idlegate\\{}",
-            path.display(),
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
+             from C:\\Windows\\System32",
+            path.display()
+        ))
+        .hint(format!(
+            "give the full path, e.g. C:\\ProgramData\\idlegate\\{name}"
+        ))
+        .status(Status::Usage);
     }
     Ok(options)
 }
@@ -235,9 +246,9 @@ fn install(args: &InstallArgs) -> Result<()> {
                 .join(", then ")
                 + " each time after that (failures forgotten after a day without one)"
         ),
-        service::Recovery::Refused(why) => eprintln!(
-            "idlegate: warning: {why:#}: the service is installed without all of its \
-             recovery settings (a restart after it fails)\nhint: set them with: sc.exe failure {name} reset= 86400 actions= \
+        service::Recovery::Refused(why) => tracing::warn!(target: idlegate::LOG_TARGET,
+            "{why:#}: the service is installed without all of its recovery settings (a restart \
+             after it fails); set them with: sc.exe failure {name} reset= 86400 actions= \
              restart/10000/restart/10000/restart/60000 and: sc.exe failureflag {name} 1"
         ),
     }
@@ -305,6 +316,9 @@ mod tests {
         ] {
             let refused = relay_options(&os(args)).unwrap_err();
             assert!(format!("{refused:#}").contains(said), "{refused:#}");
+            let hint = idlegate::obs::report::hint_of(&refused).unwrap_or_default();
+            assert!(hint.starts_with("give the full path, e.g. "), "{hint}");
+            assert_eq!(idlegate::obs::report::status(&refused).code(), 2);
         }
         // What is absolute depends on the system the build is for.
         let absolute = if cfg!(windows) {

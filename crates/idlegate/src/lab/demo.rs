@@ -13,8 +13,9 @@
 
 use crate::lab::scenario::{self, Outcome, Script};
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
+use crate::obs::report::{Report as _, Status};
 use anyhow::{bail, Result};
-use idlegate_core::profile::{self, Profile};
+use idlegate_core::profile::Profile;
 use idlegate_core::Counters;
 use idlegate_core::Expiry;
 use idlegate_core::{config, precedence, Config};
@@ -76,13 +77,13 @@ enum Direction {
 
 impl Plan {
     fn new(options: &Options) -> Result<Plan> {
-        let Some(profile) = profile::find(&options.profile) else {
-            let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
-            bail!(
-                "--profile {}: no such profile; known: {}",
-                options.profile,
-                known.join(", ")
-            );
+        let profile = match idlegate_core::config::find_profile(&options.profile) {
+            Ok(profile) => profile,
+            Err(unknown) => {
+                return Err(anyhow::anyhow!("--profile {}: {unknown}", options.profile))
+                    .hint(unknown.hint())
+                    .status(Status::Usage)
+            }
         };
         let direction = if profile.rules.inbound() {
             Direction::Inbound

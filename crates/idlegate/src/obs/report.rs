@@ -100,6 +100,17 @@ impl<T, E: Into<anyhow::Error>> Report<T> for Result<T, E> {
     }
 }
 
+/// A config file's mistake ([`idlegate_core::config::ConfigError`]: `file:line:column:
+/// message`) as a usage error, with its hint if it has one.
+pub fn refused<T>(mistake: idlegate_core::config::ConfigError) -> anyhow::Result<T> {
+    let hint = mistake.hint.clone();
+    let refused = Err(anyhow::Error::new(mistake)).status(Status::Usage);
+    match hint {
+        Some(hint) => refused.hint(hint),
+        None => refused,
+    }
+}
+
 /// The innermost hint in `error`'s chain, if any.
 pub fn hint_of(error: &anyhow::Error) -> Option<&str> {
     error

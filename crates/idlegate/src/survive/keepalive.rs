@@ -11,7 +11,7 @@
 //! is changed.
 
 use crate::sys::socket::{self, Handle};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use idlegate_core::config::{half_the_idle_timeout, LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::profile::Profile;
 use socket2::SockRef;
@@ -34,28 +34,44 @@ pub struct Keepalive {
 }
 
 impl Keepalive {
-    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8`.
+    /// Parses `IDLE,INTERVAL,COUNT`, e.g. `120s,30s,8`. The error names the part that is
+    /// wrong and why (`COUNT "abc" is not a number`), not where the text came from: the
+    /// caller says that (`--keepalive "…"`, or a file's line and key).
     pub fn parse(s: &str) -> Result<Keepalive> {
+        const PARTS: [&str; 3] = ["IDLE", "INTERVAL", "COUNT"];
         let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-        let [idle, interval, count] = parts[..] else {
-            bail!("--keepalive {s:?}: expected IDLE,INTERVAL,COUNT, e.g. 120s,30s,8");
+        if let Some(extra) = parts.get(PARTS.len()) {
+            bail!("{extra:?} is one part too many: expected IDLE,INTERVAL,COUNT");
+        }
+        let part = |i: usize| -> Result<&str> {
+            match parts.get(i) {
+                Some(p) if !p.is_empty() => Ok(p),
+                _ => bail!("{} is missing: expected IDLE,INTERVAL,COUNT", PARTS[i]),
+            }
         };
-        let duration = |what: &str, v: &str| -> Result<Duration> {
+        let duration = |i: usize| -> Result<Duration> {
+            let (what, v) = (PARTS[i], part(i)?);
             let d = humantime::parse_duration(v)
-                .with_context(|| format!("--keepalive {s:?}: {what} {v:?} is not a duration"))?;
+                .map_err(|_| anyhow::anyhow!("{what} {v:?} is not a duration (like 30s or 2m)"))?;
             if d < Duration::from_secs(1) || d > Duration::from_secs(32_767) {
-                bail!("--keepalive {s:?}: {what} must be 1 s to 32,767 s (whole seconds, as the kernel takes it)");
+                bail!(
+                    "{what} {v:?} must be 1 s to 32,767 s (whole seconds, as the kernel takes it)"
+                );
             }
             Ok(d)
         };
+        let idle = duration(0)?;
+        let interval = duration(1)?;
+        let count = part(2)?;
         let count: u32 = count
             .parse()
-            .ok()
-            .filter(|c| (1..=127).contains(c))
-            .with_context(|| format!("--keepalive {s:?}: COUNT {count:?} must be 1 to 127"))?;
+            .map_err(|_| anyhow::anyhow!("COUNT {count:?} is not a number"))?;
+        if !(1..=127).contains(&count) {
+            bail!("COUNT {count} must be 1 to 127");
+        }
         Ok(Keepalive {
-            idle: duration("IDLE", idle)?,
-            interval: duration("INTERVAL", interval)?,
+            idle,
+            interval,
             count,
         })
     }
@@ -279,6 +295,29 @@ mod tests {
             Keepalive::for_profile_scaled(&idlegate_core::profile::AZURE_LB, 1),
             Keepalive::for_profile(&idlegate_core::profile::AZURE_LB)
         );
+    }
+
+    #[test]
+    fn a_bad_keepalive_names_the_part_that_is_wrong_and_why() {
+        for (bad, why) in [
+            (
+                "2m,abc",
+                "INTERVAL \"abc\" is not a duration (like 30s or 2m)",
+            ),
+            ("2m,30s,abc", "COUNT \"abc\" is not a number"),
+            ("2m,30s", "COUNT is missing: expected IDLE,INTERVAL,COUNT"),
+            (
+                "2m,30s,8,9",
+                "\"9\" is one part too many: expected IDLE,INTERVAL,COUNT",
+            ),
+            (
+                "0s,30s,8",
+                "IDLE \"0s\" must be 1 s to 32,767 s (whole seconds, as the kernel takes it)",
+            ),
+            ("2m,30s,200", "COUNT 200 must be 1 to 127"),
+        ] {
+            assert_eq!(Keepalive::parse(bad).unwrap_err().to_string(), why, "{bad}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use crate::sys::pipe::Pipe;
 use crate::sys::poll::STOP_CHECK;
 use crate::sys::{errno, resolve, socket};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 use std::io::{self, Read, Write};
@@ -37,42 +37,73 @@ use crate::survive::endpoint::{endpoint_of, Endpoint};
 pub use crate::survive::keepalive::Keepalive;
 pub use crate::survive::stats::Stats;
 
+/// What a relay config looks like, for the hint of a file that has none.
+pub const CONFIG_SHAPE: &str = "write one [[relay]] table per relay, each with listen, connect and keepalive or profile, e.g. \
+     [[relay]] listen = \"127.0.0.1:15432\" connect = \"db.example.com:5432\" keepalive = \"120s,30s,8\" \
+     (each key on its own line)";
+
 /// The relays of a config file: `[[relay]]` tables with `listen`, `connect`, and `keepalive`
-/// (`"120s,30s,8"`) or `profile` (`"azure-lb"`).
+/// (`"120s,30s,8"`) or `profile` (`"azure-lb"`). A mistake is a usage error that names
+/// `file:line:column` and the key, as the gateway's config does
+/// ([`idlegate_core::config::ConfigError`]).
 pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAddr, Keepalive)>> {
+    use crate::obs::report::refused;
+    use idlegate_core::config::{find_profile, ConfigError};
+    use toml::Spanned;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
-        relay: Vec<Entry>,
+        #[serde(default)]
+        relay: Vec<Spanned<Entry>>,
     }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Entry {
-        listen: String,
-        connect: String,
-        keepalive: Option<String>,
-        profile: Option<String>,
+        listen: Spanned<String>,
+        connect: Spanned<String>,
+        keepalive: Option<Spanned<String>>,
+        profile: Option<Spanned<String>>,
     }
-    let parsed: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let at = |span: std::ops::Range<usize>, message: String| {
+        ConfigError::at(file, text, Some(span), message)
+    };
+    let parsed: File = match toml::from_str(text) {
+        Ok(parsed) => parsed,
+        Err(e) => return refused(ConfigError::of_toml(file, text, &e)),
+    };
     if parsed.relay.is_empty() {
-        bail!("{file}: no [[relay]]");
+        let mistake = ConfigError::at(file, text, None, "no [[relay]] table".to_string());
+        return refused(mistake.with_hint(CONFIG_SHAPE.to_string()));
     }
     let mut out = Vec::new();
-    for (i, r) in parsed.relay.iter().enumerate() {
-        let at = format!("{file}: relay {} ({})", i + 1, r.listen);
-        let addr = |what: &str, v: &str| -> Result<SocketAddr> {
-            resolve::host_port(v)
-                .ok()
-                .with_context(|| format!("{at}: {what} = {v:?} is not HOST:PORT"))
+    for r in &parsed.relay {
+        let r = r.get_ref();
+        let addr = |what: &str, v: &Spanned<String>| -> Result<SocketAddr> {
+            match resolve::host_port(v.get_ref()) {
+                Ok(addr) => Ok(addr),
+                Err(e) => refused(at(v.span(), format!("{what} = {:?}: {e}", v.get_ref()))),
+            }
         };
         let keepalive = match (&r.keepalive, &r.profile) {
-            (Some(k), None) => Keepalive::parse(k).with_context(|| at.clone())?,
-            (None, Some(p)) => match idlegate_core::profile::find(p) {
-                Some(profile) => Keepalive::for_profile_here(profile)?,
-                None => bail!("{at}: profile = {p:?} is not a known profile"),
+            (Some(k), None) => match Keepalive::parse(k.get_ref()) {
+                Ok(keepalive) => keepalive,
+                Err(e) => {
+                    let message = format!("keepalive = {:?}: {e}", k.get_ref());
+                    let hint = "write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\"";
+                    return refused(at(k.span(), message).with_hint(hint.to_string()));
+                }
+            },
+            (None, Some(p)) => match find_profile(p.get_ref()) {
+                Ok(profile) => Keepalive::for_profile_here(profile)?,
+                Err(unknown) => {
+                    let message = format!("profile = {:?}: {unknown}", p.get_ref());
+                    return refused(at(p.span(), message).with_hint(unknown.hint()));
+                }
             },
             (None, None) => Keepalive::for_profile_here(idlegate_core::profile::default_profile())?,
-            (Some(_), Some(_)) => bail!("{at}: keepalive and profile: give one"),
+            (Some(_), Some(p)) => {
+                return refused(at(p.span(), "keepalive and profile: give one".to_string()))
+            }
         };
         out.push((
             addr("listen", &r.listen)?,
@@ -733,6 +764,61 @@ const PIPE_SIZE: usize = 1 << 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::obs::report;
+
+    const GOOD: &str = "[[relay]]\nlisten = \"127.0.0.1:15432\"\nconnect = \"127.0.0.1:5432\"\n\
+                        keepalive = \"60s,10s,3\"\n";
+
+    #[test]
+    fn a_relay_config_gives_each_relay_its_addresses_and_keepalive() {
+        let relays = parse_config(GOOD, "relays.toml").unwrap();
+        assert_eq!(relays.len(), 1);
+        assert_eq!(relays[0].2, Keepalive::parse("60s,10s,3").unwrap());
+    }
+
+    /// Each mistake in a relay config: its whole message (file:line:column, the key, why), its
+    /// hint, and exit status 2.
+    #[test]
+    fn a_relay_config_mistake_names_file_line_column_and_key() {
+        for (text, said, hint) in [
+            (
+                "",
+                "relays.toml: no [[relay]] table",
+                Some("write one [[relay]] table per relay"),
+            ),
+            (
+                &GOOD.replace("60s,10s,3", "2m,abc")[..],
+                "relays.toml:4:13: keepalive = \"2m,abc\": INTERVAL \"abc\" is not a duration (like 30s or 2m)",
+                Some("write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\""),
+            ),
+            (
+                &GOOD.replace("keepalive = \"60s,10s,3\"", "profile = \"aws-nat-gateway\"")[..],
+                "relays.toml:4:11: profile = \"aws-nat-gateway\": no such profile",
+                Some("did you mean aws-natgw? The profiles are azure-lb, "),
+            ),
+            (
+                &GOOD.replace("keepalive = \"60s,10s,3\"", "keepalive = 60")[..],
+                "relays.toml:4:13: keepalive: expected an IDLE,INTERVAL,COUNT string like \"120s,30s,8\", found integer 60",
+                None,
+            ),
+            (
+                &GOOD.replace("\"127.0.0.1:5432\"", "\"127.0.0.1\"")[..],
+                "relays.toml:3:11: connect = \"127.0.0.1\": not HOST:PORT",
+                None,
+            ),
+        ] {
+            let e = parse_config(text, "relays.toml").unwrap_err();
+            assert_eq!(format!("{e:#}"), said, "{text}");
+            match hint {
+                Some(hint) => {
+                    let got = report::hint_of(&e).unwrap_or_default();
+                    assert!(got.starts_with(hint), "{got}");
+                }
+                None => assert_eq!(report::hint_of(&e), None),
+            }
+            assert_eq!(report::status(&e), report::Status::Usage, "{said}");
+        }
+    }
 
     #[test]
     fn metrics_of_two_relays_are_unchanged() {

@@ -31,6 +31,7 @@
 //! ```
 
 mod fields;
+mod lookup;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,7 @@ use crate::model::profile::{
 use crate::model::units::human;
 use crate::wire::packet::Protocol;
 use fields::*;
+pub use lookup::{find_profile, UnknownProfile};
 use raw::*;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -241,13 +243,14 @@ impl Config {
         let at = |span: Option<Range<usize>>, message: String| {
             ConfigError::at(file, text, span, message)
         };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = match e.span().and_then(|s| setting_at(text, s.start)) {
-                Some(setting) => format!("{setting}: {}", e.message()),
-                None => e.message().to_string(),
-            };
-            at(e.span(), message)
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::of_toml(file, text, &e))?;
+        if let Some(p) = &raw.profile {
+            if let Err(unknown) = find_profile(p.get_ref()) {
+                let message = format!("profile = \"{}\": {unknown}", p.get_ref());
+                return Err(at(Some(p.span()), message).with_hint(unknown.hint()));
+            }
+        }
         Validator::default()
             .validate(raw)
             .map_err(|(span, message)| at(span, message))
@@ -263,6 +266,8 @@ pub struct ConfigError {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// What to write instead, where the mistake suggests it (a close profile name).
+    pub hint: Option<String>,
 }
 
 impl ConfigError {
@@ -274,15 +279,81 @@ impl ConfigError {
         }
     }
 
-    fn at(file: &str, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
+    /// A mistake in `file` (whose text is `text`) at byte range `span` (None: the whole file).
+    /// Other TOML files (the relay's) report theirs the same way.
+    pub fn at(file: &str, text: &str, span: Option<Range<usize>>, message: String) -> ConfigError {
         let (line, column) = span.map_or((0, 0), |s| line_column(text, s.start));
         ConfigError {
             file: file.to_string(),
             line,
             column,
             message,
+            hint: None,
         }
     }
+
+    /// A TOML syntax or type error in `file`, at the value it is about; a wrong type is said
+    /// as `key: expected <what the key takes, with an example>, found <what is there>`.
+    pub fn of_toml(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+        let message = match e.span().and_then(|s| setting_at(text, s.start)) {
+            Some(setting) => explain_toml_error(setting, e.message()),
+            None => e.message().to_string(),
+        };
+        ConfigError::at(file, text, e.span(), message)
+    }
+
+    /// The same mistake with what to write instead.
+    pub fn with_hint(self, hint: String) -> ConfigError {
+        ConfigError {
+            hint: Some(hint),
+            ..self
+        }
+    }
+}
+
+/// A TOML or type error on the line `setting` (`key = value`) said the way the other
+/// mistakes are: `key: expected <what the key takes, with an example>, found <what is there>`.
+/// Errors that are not about a value's type (an unknown or missing key) keep toml's words.
+fn explain_toml_error(setting: &str, message: &str) -> String {
+    let key = setting.split('=').next().unwrap_or(setting).trim();
+    // An inline table (`members = [{ name = "vm1", address = 5 }]`) has several keys on
+    // its line: which one is wrong is not known here.
+    let one_key = setting.matches('=').count() == 1;
+    let found = ["invalid type: ", "invalid value: "]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split_once(", expected "));
+    match (found, expects(key)) {
+        (Some((found, _)), Some(expected)) if one_key => {
+            format!(
+                "{key}: expected {expected}, found {}",
+                found.replace('`', "")
+            )
+        }
+        _ => format!("{setting}: {message}"),
+    }
+}
+
+/// What a config key takes, said for a person; None for a key of no config.
+fn expects(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "idle_timeout" => "a duration string like \"240s\" or \"4m\"",
+        "frontend_port" | "backend_port" => "a port number from 1 to 65535",
+        "frontend_port_range" => "two port numbers from 1 to 65535, like [50000, 50099]",
+        "time_scale" => "a whole number from 1 to 4294967295 (every timer is divided by it)",
+        "max_flows" => "a whole number of flows, like 1048576",
+        "ports_per_member" => "a whole number of SNAT ports, like 1024",
+        "loose_pickup" => "true or false",
+        "expiry" => "a string: \"silent\", \"reset\" or \"reset-on-next\"",
+        "protocol" => "a string: \"tcp\", \"udp\" or \"all\"",
+        "address" => "an IP address string like \"203.0.113.10\"",
+        "profile" => "a profile name string like \"azure-lb\"",
+        "name" | "frontend" | "backend_pool" | "member" => "a name string in quotes",
+        "backend_pools" | "members" => "a list in brackets",
+        "listen" | "connect" => "a HOST:PORT string like \"127.0.0.1:5432\"",
+        "keepalive" => "an IDLE,INTERVAL,COUNT string like \"120s,30s,8\"",
+        _ => return None,
+    })
 }
 
 /// The `key = value` line around `offset`, to name the field in a TOML syntax or type error.

@@ -69,13 +69,13 @@ fn each_mistake_is_refused_with_file_line_and_field() {
         ("idle_timeout = \"4m\"", "idle_timeout = \"101m\"", 16, "idle_timeout = 101m is above Azure LB's maximum of 100 min"),
         ("idle_timeout = \"4m\"", "idle_timeout = \"4 parsecs\"", 16, "is not a duration"),
         ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
-        ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\" is not a known profile; known: azure-lb"),
+        ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\": no such profile"),
         ("time_scale = 60", "time_scale = 0", 2, "time_scale = 0: must be at least 1"),
         ("time_scale = 60", "time_scale = 60\nmax_flows = 0", 3, "max_flows = 0: from 1 to 2147483648"),
         ("time_scale = 60", "time_scale = 60\nmax_flows = 2147483649", 3, "max_flows = 2147483649: from 1 to 2147483648"),
         ("time_scale = 60", "time_scale = 60\nloose_pickup = true", 3, "loose_pickup: Azure LB (profile azure-lb) has no such setting; it is Linux conntrack's"),
-        ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup"),
-        ("time_scale = 60", "time_scale = -1", 2, "time_scale"),
+        ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup: expected true or false, found integer 1"),
+        ("time_scale = 60", "time_scale = -1", 2, "time_scale: expected a whole number from 1 to 4294967295 (every timer is divided by it), found integer -1"),
         ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
         ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 or IPv6 address"),
         ("address = \"192.0.2.12\"", "address = \"fd00::12\"", 14, "lb_rule \"app\": frontend \"public\" is IPv4 but member \"vm2\" (fd00::12) is IPv6; a rule's frontend and members must be of one address family"),
@@ -83,7 +83,9 @@ fn each_mistake_is_refused_with_file_line_and_field() {
         ("frontend = \"public\"\nprotocol", "frontend = \"pub\"\nprotocol", 11, "frontend = \"pub\" names no [[frontend]] (defined: public)"),
         ("backend_pool = \"vms\"\nbackend_port", "backend_pool = \"vm\"\nbackend_port", 14, "backend_pool = \"vm\" names no [[backend_pool]] (defined: vms)"),
         ("protocol = \"tcp\"", "protocol = \"sctp\"", 12, "protocol = \"sctp\": must be one of \"tcp\", \"udp\", \"all\""),
-        ("frontend_port = 7000", "frontend_port = 70000", 13, "frontend_port"),
+        ("frontend_port = 7000", "frontend_port = 70000", 13, "frontend_port: expected a port number from 1 to 65535, found integer 70000"),
+        ("frontend_port = 7000", "frontend_port = \"x\"", 13, "frontend_port: expected a port number from 1 to 65535, found string \"x\""),
+        ("idle_timeout = \"4m\"", "idle_timeout = 240", 16, "idle_timeout: expected a duration string like \"240s\" or \"4m\", found integer 240"),
         ("frontend_port = 7000", "frontend_port = 0", 13, "frontend_port = 0: must be 1–65535"),
         ("idle_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", "idel_timeout = \"4m\"\nexpiry = \"silent\"\n[[outbound", 16, "unknown field `idel_timeout`"),
         ("{ name = \"vm2\", address = \"192.0.2.12\" }", "{ name = \"vm1\", address = \"192.0.2.12\" }", 8, "member name \"vm1\" is used twice"),
@@ -241,4 +243,26 @@ fn every_profiles_example_config_is_accepted_and_holds_its_defaults() {
         assert_eq!(config.lb_rules.is_empty(), !profile.rules.inbound());
         assert_eq!(config.outbound_rules.is_empty(), !profile.rules.outbound());
     }
+}
+
+#[test]
+fn an_unknown_profile_is_refused_with_every_name_and_the_close_one_as_hint() {
+    let text = VALID.replacen("profile = \"azure-lb\"", "profile = \"aws-nat-gateway\"", 1);
+    let err = Config::from_toml(&text, "gw.toml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "gw.toml:1:11: profile = \"aws-nat-gateway\": no such profile"
+    );
+    let hint = err.hint.unwrap_or_default();
+    assert!(
+        hint.starts_with("did you mean aws-natgw? The profiles are azure-lb, "),
+        "{hint}"
+    );
+}
+
+#[test]
+fn a_value_in_an_inline_table_keeps_tomls_words() {
+    let text = VALID.replacen("address = \"192.0.2.12\"", "address = 12", 1);
+    let err = Config::from_toml(&text, "gw.toml").unwrap_err();
+    assert!(err.message.contains("expected a string"), "{err}");
 }

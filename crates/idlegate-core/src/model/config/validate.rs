@@ -51,16 +51,9 @@ impl Validator {
     pub(super) fn validate(mut self, raw: RawConfig) -> Result<Config, Invalid> {
         let profile = match &raw.profile {
             None => profile::default_profile(),
-            Some(p) => profile::find(p.get_ref()).ok_or_else(|| {
-                let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
-                (
-                    Some(p.span()),
-                    format!(
-                        "profile = \"{}\" is not a known profile; known: {}",
-                        p.get_ref(),
-                        known.join(", ")
-                    ),
-                )
+            Some(p) => find_profile(p.get_ref()).map_err(|unknown| {
+                let message = format!("profile = \"{}\": {unknown}", p.get_ref());
+                (Some(p.span()), message)
             })?,
         };
         let time_scale = match &raw.time_scale {

@@ -60,10 +60,7 @@ impl std::fmt::Display for SocketKeepalive {
 pub enum TakeError {
     #[error("no process {0}")]
     NoProcess(i32),
-    #[error(
-        "permission denied for process {0}: taking its sockets needs ptrace access (run as its \
-         user with kernel.yama.ptrace_scope = 0, or as root / with CAP_SYS_PTRACE)"
-    )]
+    #[error("permission denied for process {0}: taking its sockets needs ptrace access")]
     Permission(i32),
     #[error("this kernel has no pidfd_getfd (Linux 5.6 or later is needed)")]
     KernelTooOld,
@@ -312,10 +309,10 @@ pub fn run_program(
         .context("run: the program to start, after --")?;
     let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP])
         .context("run: installing signal handlers")?;
-    let mut child = std::process::Command::new(program)
-        .args(rest)
-        .spawn()
-        .with_context(|| format!("run: cannot start {program:?}"))?;
+    let mut child = match std::process::Command::new(program).args(rest).spawn() {
+        Ok(child) => child,
+        Err(e) => return cannot_start(program, e),
+    };
     let pid = child.id() as i32;
     if let Err(e) = signals.forward_to(pid, &[SIGTERM, SIGHUP]) {
         // The program runs already: it is waited for, only these signals do not reach it.
@@ -331,6 +328,30 @@ pub fn run_program(
     }
     let status = child.wait().context("run: waiting for the program")?;
     Ok(process::exit_code(status))
+}
+
+/// A program that could not be started, with the status a shell gives it: 127 when there is
+/// no such program, 126 when it is there but cannot be executed.
+fn cannot_start<T>(program: &str, e: io::Error) -> Result<T> {
+    use crate::obs::report::{Report, Status};
+    let (status, hint) = match e.kind() {
+        io::ErrorKind::NotFound => (
+            Status::NotFound,
+            "give the program's path, or a name found on $PATH".to_string(),
+        ),
+        io::ErrorKind::PermissionDenied => (
+            Status::CannotExecute,
+            format!("make it executable (chmod +x {program}) or run it through its interpreter"),
+        ),
+        _ => (
+            Status::CannotExecute,
+            format!("check that {program} is a program this system can run"),
+        ),
+    };
+    Err(anyhow::Error::new(e))
+        .with_context(|| format!("starting {program:?}"))
+        .hint(hint)
+        .status(status)
 }
 
 /// Whether `process` has exited (its pidfd is readable).

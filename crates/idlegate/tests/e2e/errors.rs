@@ -1,0 +1,343 @@
+//! One error style across commands: each command run with a typical bad input prints
+//! `idlegate: <what failed>: <why>` as its first stderr line, then `hint: <what to do>` where
+//! there is one, and exits with the documented status: 2 for a mistake in the arguments or a
+//! file they name (nothing started), 1 for a failure while running, 127/126 for a program that
+//! `run` cannot find or execute.
+//!
+//! Nothing here needs a network: every case fails before anything is bound or created, except
+//! the gateway's, which fails at its first TUN device (so no device is left behind).
+
+use crate::common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
+
+/// Every profile's name, as the hint of an unknown profile lists them.
+const ALL_PROFILES: &str = "azure-lb, azure-snat, azure-natgw, azure-firewall, aws-nlb, \
+                            aws-natgw, aws-alb, gcp-nat, gcp-firewall, linux-conntrack, \
+                            kube-proxy, ipvs, rfc5382 (`idlegate profiles` shows their timers)";
+
+/// A command with a bad input and what it must say.
+struct Case {
+    what: &'static str,
+    /// The command: `idlegate` with these arguments, or (with `wrap`) the wrapper first.
+    args: Vec<String>,
+    /// A program that runs idlegate (setpriv dropping privilege), with its arguments.
+    wrap: Vec<String>,
+    /// The binary to run (a copy anyone may run, for a case as another user).
+    binary: PathBuf,
+    /// The first stderr line, whole.
+    line: String,
+    /// The hint line, whole (`None`: there must be none).
+    hint: Option<String>,
+    status: i32,
+}
+
+impl Case {
+    fn new(what: &'static str, args: &[&str], status: i32, line: &str) -> Case {
+        Case {
+            what,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            wrap: Vec::new(),
+            binary: PathBuf::from(IDLEGATE),
+            line: line.to_string(),
+            hint: None,
+            status,
+        }
+    }
+
+    fn hint(mut self, hint: &str) -> Case {
+        self.hint = Some(hint.to_string());
+        self
+    }
+
+    fn check(&self) {
+        let mut command = match self.wrap.split_first() {
+            Some((wrapper, wrap_args)) => {
+                let mut c = Command::new(wrapper);
+                c.args(wrap_args).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let out = command
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap_or_else(|e| {
+                let program = self.wrap.first().map_or(self.binary.as_path(), Path::new);
+                panic!("{}: running {}: {e}", self.what, program.display())
+            });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let mut lines = stderr.lines();
+        assert_eq!(
+            lines.next(),
+            Some(self.line.as_str()),
+            "{}: {stderr}",
+            self.what
+        );
+        assert!(self.line.starts_with("idlegate: "), "{}", self.what);
+        let hint = lines.find_map(|l| l.strip_prefix("hint: "));
+        assert_eq!(hint, self.hint.as_deref(), "{}: {stderr}", self.what);
+        assert_eq!(
+            out.status.code(),
+            Some(self.status),
+            "{}: {stderr}",
+            self.what
+        );
+        assert!(out.stdout.is_empty(), "{}: nothing on stdout", self.what);
+    }
+}
+
+/// A directory anyone may read, holding `files` (name, text), each readable by anyone.
+fn files(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    dir
+}
+
+fn at(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+const GATEWAY_CONFIG: &str = "profile = \"azure-lb\"\n\
+                              [[frontend]]\n\
+                              name = \"public\"\n\
+                              address = \"203.0.113.10\"\n\
+                              idle_timeout = 240\n";
+
+const RELAY_CONFIG: &str = "[[relay]]\n\
+                            listen = \"127.0.0.1:15432\"\n\
+                            connect = \"127.0.0.1:5432\"\n\
+                            keepalive = \"2m,abc\"\n";
+
+#[test]
+fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
+    let dir = files(&[
+        ("gateway.toml", GATEWAY_CONFIG),
+        ("relays.toml", RELAY_CONFIG),
+        ("empty.toml", ""),
+    ]);
+    let relay = [
+        "relay",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        "127.0.0.1:9",
+    ];
+    let pid = std::process::id().to_string();
+    let profiles_hint = format!("the profiles are {ALL_PROFILES}");
+    let natgw_hint = format!("did you mean aws-natgw? The profiles are {ALL_PROFILES}");
+    let gateway_config = at(dir.path(), "gateway.toml");
+    let relay_config = at(dir.path(), "relays.toml");
+    let empty = at(dir.path(), "empty.toml");
+    let cases = [
+        Case::new(
+            "relay --profile nope",
+            &[&relay[..], &["--profile", "nope"]].concat(),
+            2,
+            "idlegate: --profile nope: no such profile",
+        )
+        .hint(&profiles_hint),
+        Case::new(
+            "advise --profile aws-nat-gateway",
+            &["advise", "--profile", "aws-nat-gateway", "--os", "windows"],
+            2,
+            "idlegate: --profile aws-nat-gateway: no such profile",
+        )
+        .hint(&natgw_hint),
+        Case::new(
+            "lab demo --profile aws-nat-gateway",
+            &["lab", "demo", "--profile", "aws-nat-gateway"],
+            2,
+            "idlegate: --profile aws-nat-gateway: no such profile",
+        )
+        .hint(&natgw_hint),
+        Case::new(
+            "keepalive --profile nope",
+            &["keepalive", "--pid", &pid, "--profile", "nope"],
+            2,
+            "idlegate: --profile nope: no such profile",
+        )
+        .hint(&profiles_hint),
+        Case::new(
+            "run --profile nope",
+            &["run", "--profile", "nope", "--", "true"],
+            2,
+            "idlegate: --profile nope: no such profile",
+        )
+        .hint(&profiles_hint),
+        Case::new(
+            "relay --keepalive 2m,abc",
+            &[&relay[..], &["--keepalive", "2m,abc"]].concat(),
+            2,
+            "idlegate: --keepalive \"2m,abc\": INTERVAL \"abc\" is not a duration (like 30s or 2m)",
+        )
+        .hint("give IDLE,INTERVAL,COUNT, e.g. --keepalive 120s,30s,8"),
+        Case::new(
+            "run --keepalive 2m,30s,abc",
+            &["run", "--keepalive", "2m,30s,abc", "--", "true"],
+            2,
+            "idlegate: --keepalive \"2m,30s,abc\": COUNT \"abc\" is not a number",
+        )
+        .hint("give IDLE,INTERVAL,COUNT, e.g. --keepalive 120s,30s,8"),
+        Case::new(
+            "gateway --explain with idle_timeout = 240",
+            &["gateway", "--explain", "--config", &gateway_config],
+            2,
+            &format!(
+                "idlegate: {gateway_config}:5:16: idle_timeout: expected a duration string like \
+                 \"240s\" or \"4m\", found integer 240"
+            ),
+        ),
+        Case::new(
+            "relay --config with keepalive = \"2m,abc\"",
+            &["relay", "--config", &relay_config],
+            2,
+            &format!(
+                "idlegate: {relay_config}:4:13: keepalive = \"2m,abc\": INTERVAL \"abc\" is not \
+                 a duration (like 30s or 2m)"
+            ),
+        )
+        .hint("write IDLE,INTERVAL,COUNT, e.g. keepalive = \"120s,30s,8\""),
+        Case::new(
+            "relay --config with an empty file",
+            &["relay", "--config", &empty],
+            2,
+            &format!("idlegate: {empty}: no [[relay]] table"),
+        )
+        .hint(
+            "write one [[relay]] table per relay, each with listen, connect and keepalive or \
+             profile, e.g. [[relay]] listen = \"127.0.0.1:15432\" connect = \
+             \"db.example.com:5432\" keepalive = \"120s,30s,8\" (each key on its own line)",
+        ),
+    ];
+    for case in &cases {
+        case.check();
+    }
+}
+
+#[test]
+fn run_exits_127_for_a_program_not_found_and_126_for_one_not_executable() {
+    let dir = files(&[("not-a-program", "plain text\n")]);
+    let text = at(dir.path(), "not-a-program");
+    Case::new(
+        "run -- /nonexistent",
+        &["run", "--", "/nonexistent"],
+        127,
+        "idlegate: starting \"/nonexistent\": No such file or directory (os error 2)",
+    )
+    .hint("give the program's path, or a name found on $PATH")
+    .check();
+    Case::new(
+        "run -- a file without x",
+        &["run", "--", &text],
+        126,
+        &format!("idlegate: starting \"{text}\": Permission denied (os error 13)"),
+    )
+    .hint(&format!(
+        "make it executable (chmod +x {text}) or run it through its interpreter"
+    ))
+    .check();
+}
+
+/// The gateway started without the privilege a TUN device needs says what it needs, exit 1.
+/// Opening /dev/net/tun is checked against its mode (EACCES), making the device against
+/// CAP_NET_ADMIN (EPERM): as user nobody the first refusal depends on the device's mode; as
+/// root without CAP_NET_ADMIN it is always EPERM.
+#[test]
+fn the_gateway_without_privilege_names_what_it_needs() {
+    common::require_root();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
+    let example = std::fs::read_to_string(&example).expect("examples/azure-lb.toml");
+    let dir = files(&[("gateway.toml", &example)]);
+    let config = at(dir.path(), "gateway.toml");
+    let (_bin_dir, binary) = common::runnable_by_anyone(IDLEGATE);
+    let inside = common::unique("igE");
+    let outside = common::unique("ogE");
+    let args = |wrap: &[&str]| Case {
+        what: "",
+        args: [
+            "gateway",
+            "--config",
+            &config,
+            "--inside",
+            &inside,
+            "--outside",
+            &outside,
+        ]
+        .map(String::from)
+        .to_vec(),
+        wrap: wrap.iter().map(|a| a.to_string()).collect(),
+        binary: binary.clone(),
+        line: String::new(),
+        hint: None,
+        status: 1,
+    };
+    let eperm = |what| Case {
+        what,
+        line: format!(
+            "idlegate: creating TUN device {inside}: Operation not permitted (os error 1)"
+        ),
+        hint: Some(format!(
+            "run it as root, or give the binary CAP_NET_ADMIN (sudo setcap cap_net_admin+ep {}) \
+             and a --control path this user can write",
+            binary.display()
+        )),
+        ..args(&[])
+    };
+    let others_may_open = std::fs::metadata("/dev/net/tun")
+        .expect("/dev/net/tun (the TUN device; modprobe tun)")
+        .permissions()
+        .mode()
+        & 0o006
+        == 0o006;
+    let nobody = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+    ];
+    let as_nobody = if others_may_open {
+        Case {
+            wrap: nobody.map(String::from).to_vec(),
+            ..eperm("gateway as nobody")
+        }
+    } else {
+        let mode = std::fs::metadata("/dev/net/tun")
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        Case {
+            what: "gateway as nobody",
+            line: format!(
+                "idlegate: creating TUN device {inside}: Permission denied (os error 13)"
+            ),
+            hint: Some(format!(
+                "run it as root: this user may not open /dev/net/tun (its mode is {mode:04o}); \
+                 the gateway needs read-write access to it and CAP_NET_ADMIN"
+            )),
+            ..args(&nobody)
+        }
+    };
+    as_nobody.check();
+    Case {
+        wrap: ["setpriv", "--bounding-set=-net_admin"]
+            .map(String::from)
+            .to_vec(),
+        ..eperm("gateway as root without CAP_NET_ADMIN")
+    }
+    .check();
+    let devices = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    let devices = String::from_utf8_lossy(&devices.stdout);
+    assert!(!devices.contains(&inside), "no device was left: {devices}");
+}

@@ -1,0 +1,133 @@
+//! The JSON documents scripts read: `keepalive --json` (what each socket of a process had and
+//! has) and `gateway --explain --json` / `lab up --explain --json` (what every rule's flows
+//! get and why). Each is one JSON document on stdout, parsed here, and checked field by field.
+
+use crate::common;
+
+use serde_json::Value;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
+
+/// A python process with a listener and one connection to it on loopback; killed when dropped.
+struct Holder(Child);
+
+impl Holder {
+    fn start() -> Holder {
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
+                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
+                 time.sleep(120)",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/setup installs it)");
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .expect("its stdout")
+            .read_exact(&mut ready)
+            .expect("python3 said ready");
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn json_of(args: &[&str]) -> Value {
+    let out = Command::new(IDLEGATE).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn keepalive_json_gives_each_socket_what_it_had_and_has() {
+    common::require_root();
+    let holder = Holder::start();
+    let pid = holder.0.id().to_string();
+    let report = json_of(&[
+        "keepalive",
+        "--pid",
+        &pid,
+        "--keepalive",
+        "7s,3s,4",
+        "--json",
+    ]);
+    assert_eq!(report["pid"], holder.0.id());
+    assert_eq!(report["command"], "python3");
+    assert_eq!(report["exited"], false);
+    let asked = &report["keepalive"];
+    assert_eq!(
+        (&asked["idle_s"], &asked["interval_s"], &asked["count"]),
+        (&Value::from(7), &Value::from(3), &Value::from(4))
+    );
+    assert_eq!(asked["user_timeout_s"], 19);
+    let sockets = report["sockets"].as_array().expect("a sockets array");
+    let states: Vec<&str> = sockets.iter().filter_map(|s| s["state"].as_str()).collect();
+    assert!(
+        states.contains(&"LISTEN") && states.contains(&"ESTABLISHED"),
+        "{report}"
+    );
+    for socket in sockets {
+        assert_eq!(socket["outcome"], "changed", "{socket}");
+        assert_eq!(socket["before"]["enabled"], false, "{socket}");
+        assert_eq!(
+            socket["before"]["idle_s"], 7200,
+            "Linux's default: {socket}"
+        );
+        assert_eq!(socket["after"]["enabled"], true, "{socket}");
+        assert_eq!(socket["after"], report["keepalive"], "read back: {socket}");
+        assert!(
+            socket["fd"].is_u64() && socket["local"].is_string(),
+            "{socket}"
+        );
+    }
+}
+
+#[test]
+fn explain_json_gives_every_rule_its_timeout_expiry_and_winner() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/azure-lb.toml")
+        .display()
+        .to_string();
+    let gateway = json_of(&["gateway", "--explain", "--json", "--config", &config]);
+    let lab = json_of(&["lab", "up", "--explain", "--json", "--config", &config]);
+    assert_eq!(gateway, lab, "the same document from both commands");
+    assert_eq!(gateway["profile"], "azure-lb");
+    assert_eq!(gateway["time_scale"], 60);
+    assert_eq!(gateway["tcp_not_established"][0]["state"], "SYN_SENT");
+    let rules = gateway["rules"].as_array().expect("a rules array");
+    let rule = |name: &str| {
+        rules
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no rule {name} in {gateway}"))
+    };
+    let app = &rule("app")["tcp"];
+    assert_eq!(rule("app")["kind"], "lb_rule");
+    assert_eq!(app["idle_timeout_s"], 240.0);
+    assert_eq!(app["runs_s"], 4.0);
+    assert_eq!(app["expiry"], "silent");
+    assert_eq!(app["winner"], "rule");
+    assert!(app["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert_eq!(rule("app-with-reset")["tcp"]["expiry"], "reset");
+    assert_eq!(rule("egress")["kind"], "outbound_rule");
+}
