@@ -537,8 +537,8 @@ pub static GCP_NAT: Profile = Profile {
 /// Azure default outbound access: a VM without an outbound rule or NAT gateway, SNATed by the
 /// platform (Azure "SNAT for outbound connections" and "Default outbound access").
 ///
-/// - Outbound only. Idle timeout 4 min, fixed: no setting changes it for default outbound
-///   access ("SNAT for outbound connections"). Silent.
+/// - Outbound only. Idle timeout 4 min, fixed: outbound SNAT's timeout "is set to 4
+///   minutes, and cannot be adjusted" (Azure "TCP settings for Azure VMs"). Silent.
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
 ///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).

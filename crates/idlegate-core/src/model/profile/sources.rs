@@ -40,6 +40,10 @@ const AZURE_DEFAULT_OUTBOUND: Source = src(
     "Azure: Default outbound access",
     "https://learn.microsoft.com/en-us/azure/virtual-network/ip-services/default-outbound-access",
 );
+const AZURE_VM_TCP_SETTINGS: Source = src(
+    "Azure: TCP settings for Azure VMs (Microsoft's azure-docs repository)",
+    "https://github.com/MicrosoftDocs/azure-docs/blob/86e7f67bc4419d5f5a5178e834dde3f0adaf7648/includes/guidance-tcp-session-timeout-include.md",
+);
 const AZURE_FIREWALL_FAQ: Source = src(
     "Azure Firewall FAQ (TCP idle timeout)",
     "https://learn.microsoft.com/en-us/azure/firewall/firewall-faq",
@@ -93,8 +97,12 @@ pub(super) const AZURE_LB_SOURCES: &[Source] = &[
     AZURE_LB_COMPONENTS,
     AZURE_NATGW_RESOURCE,
 ];
-pub(super) const AZURE_SNAT_SOURCES: &[Source] =
-    &[AZURE_SNAT, AZURE_DEFAULT_OUTBOUND, AZURE_TCP_RESET];
+pub(super) const AZURE_SNAT_SOURCES: &[Source] = &[
+    AZURE_SNAT,
+    AZURE_DEFAULT_OUTBOUND,
+    AZURE_VM_TCP_SETTINGS,
+    AZURE_TCP_RESET,
+];
 pub(super) const AZURE_NATGW_SOURCES: &[Source] = &[AZURE_NATGW_RESOURCE, AZURE_NATGW_SNAT];
 pub(super) const AZURE_FIREWALL_SOURCES: &[Source] = &[AZURE_FIREWALL_FAQ];
 pub(super) const AWS_NLB_SOURCES: &[Source] = &[AWS_NLB];
