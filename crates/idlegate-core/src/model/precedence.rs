@@ -1,7 +1,8 @@
 //! Which idle timeout a rule's flows get when several settings name one.
 //!
-//! Azure's "Order of precedence" (https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-tcp-reset): for inbound flows, a frontend IP's own idle timeout
-//! beats the load-balancing rule's; for outbound flows, the outbound rule's idle timeout beats
+//! Azure's "Order of precedence" ("Load Balancer TCP Reset and Idle Timeout",
+//! <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-tcp-reset>): for inbound
+//! flows, a frontend IP's own idle timeout beats the load-balancing rule's; for outbound flows, the outbound rule's idle timeout beats
 //! the public IP's outbound idle timeout, which is locked at 4 minutes (a frontend's own
 //! `idle_timeout` does not reach outbound flows). [`lb_rule`] and [`outbound_rule`] resolve one
 //! rule and say which setting won and why; the engine runs exactly what they say, and
