@@ -289,3 +289,49 @@ fn headings_are_slugged_as_mdbook_and_github_slug_them() {
     let found = anchors(text);
     assert!(found.contains("azure-lb") && found.contains("a") && found.contains("a-1"));
 }
+
+/// The README is the page a newcomer reads in five minutes (issue 20: about 200 lines); the
+/// rest is in the book.
+#[test]
+fn the_readme_fits_in_about_200_lines() {
+    let readme = repo().join("README.md");
+    let lines = std::fs::read_to_string(&readme).unwrap().lines().count();
+    assert!(
+        lines <= 220,
+        "README.md has {lines} lines: move detail into the book (docs/src) and link to it"
+    );
+}
+
+/// A reader cannot resolve private names ("seed 002", "the original write-up") or paths
+/// outside the repository: the docs cite public sources instead.
+#[test]
+fn the_docs_cite_no_private_seed_names_or_paths() {
+    let root = repo();
+    let mut found = Vec::new();
+    for file in documents(&root) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            let seed_number = lower.match_indices("seed").any(|(at, _)| {
+                let rest = lower[at + 4..].trim_start_matches('s').trim_start();
+                rest.len() >= 3 && rest.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+            });
+            if seed_number
+                || lower.contains("original write-up")
+                || lower.contains("shared/reference")
+                || lower.contains("/work/")
+            {
+                found.push(format!(
+                    "{}:{}: {line}",
+                    file.strip_prefix(&root).unwrap().display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "cite the public source instead:\n{}",
+        found.join("\n")
+    );
+}
