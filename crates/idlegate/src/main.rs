@@ -22,7 +22,7 @@ use cli::keepalive::{KeepaliveArgs, RunArgs};
 #[cfg(target_os = "linux")]
 use cli::lab::LabCommand;
 use cli::measure::{EchoArgs, ProbeArgs};
-use cli::profiles::ProfilesAction;
+use cli::profiles::ProfilesArgs;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
@@ -100,11 +100,8 @@ enum Command {
     #[command(subcommand)]
     Service(ServiceCommand),
     /// List the middlebox profiles with their timers and behaviour (`profiles show NAME`
-    /// prints one as a config).
-    Profiles {
-        #[command(subcommand)]
-        action: Option<ProfilesAction>,
-    },
+    /// prints one as a config; --json and --markdown print them all for scripts and the book).
+    Profiles(ProfilesArgs),
     /// Print the shell completions for SHELL (bash, zsh, fish, elvish, powershell), made from
     /// these very commands.
     Completions(CompletionsArgs),
@@ -189,7 +186,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Keygen { file, pair } => cli::keygen::keygen(&file, pair).map(done),
         #[cfg(windows)]
         Command::Service(command) => cli::service::run(command).map(done),
-        Command::Profiles { action } => cli::profiles::run(action).status(Status::Usage).map(done),
+        Command::Profiles(args) => cli::profiles::run(args).map(done),
         Command::Completions(args) => cli::generate::completions(&args).map(done),
         Command::Man(args) => cli::generate::man(&args).map(done),
     }

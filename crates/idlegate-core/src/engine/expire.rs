@@ -61,7 +61,8 @@ impl<E: Endpoint> Core<E> {
         // The deadline is the last packet plus the state's timeout (as `flows` shows it).
         let last_packet = flow.deadline.saturating_sub(rule.timeout(flow.state));
         let idle_for = Duration::from_millis(now.saturating_sub(last_packet));
-        // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002);
+        // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" ("Load
+        // Balancer TCP Reset and Idle Timeout", "Limitations");
         // idlegate holds ack-and-discard to the same.
         let action = match (rule.expiry, flow.state) {
             (_, FlowState::Discarding) => {

@@ -1,6 +1,6 @@
 //! What a middlebox does when it forgets an idle flow.
 //!
-//! The three behaviours real boxes show (see `shared/reference/middleboxes.md`): Azure's default
+//! The three behaviours real boxes show (their sources: `crate::model::profile`): Azure's default
 //! silent drop, Azure's optional "TCP reset" that resets both endpoints at the moment of expiry,
 //! and the AWS NAT gateway / NLB way of staying silent until the dead flow's next packet, which
 //! is answered with a RST; and, as a test double, acknowledging data it will never deliver.
@@ -20,7 +20,8 @@ pub enum Expiry {
     /// RST to its sender (AWS NAT gateway, AWS NLB).
     ResetOnNext,
     /// After expiry the gateway answers the sender's data with a valid ACK and never delivers
-    /// it: what seed 004's author first saw. No real box is known to do it on purpose; it is a
+    /// it: what a user once reported of an Azure path and later traced to their own router or
+    /// ISP. No real box is known to do it on purpose; it is a
     /// test double for probes and applications that must detect it. Only for ESTABLISHED flows.
     AckAndDiscard,
 }

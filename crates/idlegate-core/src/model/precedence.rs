@@ -1,7 +1,8 @@
 //! Which idle timeout a rule's flows get when several settings name one.
 //!
-//! Azure's "Order of precedence" (seed 002): for inbound flows, a frontend IP's own idle timeout
-//! beats the load-balancing rule's; for outbound flows, the outbound rule's idle timeout beats
+//! Azure's "Order of precedence" ("Load Balancer TCP Reset and Idle Timeout",
+//! <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-tcp-reset>): for inbound
+//! flows, a frontend IP's own idle timeout beats the load-balancing rule's; for outbound flows, the outbound rule's idle timeout beats
 //! the public IP's outbound idle timeout, which is locked at 4 minutes (a frontend's own
 //! `idle_timeout` does not reach outbound flows). [`lb_rule`] and [`outbound_rule`] resolve one
 //! rule and say which setting won and why; the engine runs exactly what they say, and
@@ -91,7 +92,8 @@ fn inbound(config: &Config, frontend: usize, idle: &Idle, kind: &str) -> Applied
 /// The idle timeout of outbound rule `i`'s flows.
 pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.outbound_rules[i];
-    // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+    // Azure, "Order of precedence": "a NAT gateway will always take precedence over load
+    // balancer outbound rules".
     if let Some(g) = config
         .nat_gateways
         .iter()
@@ -384,7 +386,7 @@ mod tests {
         Config::from_toml(&text, "test").unwrap()
     }
 
-    /// Seed 002, "Order of precedence", pair by pair.
+    /// Azure "Load Balancer TCP Reset and Idle Timeout", "Order of precedence", pair by pair.
     #[test]
     #[rustfmt::skip]
     fn every_precedence_pair_of_azures_list_resolves_as_documented() {
@@ -417,7 +419,7 @@ mod tests {
 
     #[test]
     fn a_frontends_idle_timeout_beats_an_inbound_nat_rules() {
-        // Seed 002: "If there's an inbound NAT rule with an idle timeout value set differently than
+        // Azure, "Order of precedence": "If there's an inbound NAT rule with an idle timeout value set differently than
         // the idle timeout of the frontend IP it references, the frontend IP idle timeout takes precedence."
         let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\nidle_timeout = \"10m\"\n\
                     [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
@@ -438,7 +440,8 @@ mod tests {
 
     #[test]
     fn a_nat_gateway_beats_the_outbound_rule_of_the_pools_it_serves() {
-        // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+        // Azure, "Order of precedence": "a NAT gateway will always take precedence over load
+        // balancer outbound rules".
         let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
                     [[frontend]]\nname = \"natgw-ip\"\naddress = \"203.0.113.20\"\n\
                     [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\

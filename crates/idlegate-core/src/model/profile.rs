@@ -2,11 +2,16 @@
 //!
 //! A profile supplies the defaults a config leaves out and the ranges a config must stay
 //! within, checked before `time_scale` divides them. Every figure cites the vendor document it
-//! comes from (collected in `shared/reference/middleboxes.md`); where a vendor documents no
+//! comes from (the profile's `sources`, printed by `idlegate profiles`); where a vendor documents no
 //! value, the doc comment says so and which figure idlegate uses instead.
 
 use crate::model::expiry::Expiry;
 use std::time::Duration;
+
+mod example;
+mod sources;
+
+pub use example::example_config;
 
 /// A configurable timeout: its default and the range the vendor accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,16 @@ pub struct Profile {
     pub snat: SnatPolicy,
     /// Idle timeouts of UDP flows, which have no connection state.
     pub udp: UdpTimeouts,
+    /// The public documents the figures come from.
+    pub sources: &'static [Source],
+}
+
+/// A public document a profile's figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    /// The document's title, as its publisher writes it (and the section that matters).
+    pub title: &'static str,
+    pub url: &'static str,
 }
 
 /// The rules a box offers.
@@ -287,12 +302,12 @@ const fn minutes(m: u64) -> Duration {
 ///
 /// - LB rules and inbound NAT rules: idle timeout 4 min by default, configurable 4–100 min
 ///   ("Configure load balancer TCP reset and idle timeout"; older API docs say 4–30 min, the
-///   newest page is taken, seed 002).
+///   newest page is taken: Azure "Load Balancer TCP Reset and Idle Timeout").
 /// - Outbound rules: 4 min default, 4–120 min ("Outbound rules" docs; some pages say 100).
 /// - Frontend (public IP address) idle timeout: 4 min default, 4–30 min (the public IP
 ///   address resource's `idleTimeoutInMinutes`); it beats the LB rule's for inbound flows
-///   (seed 002, "Order of precedence"). Its outbound idle timeout is locked at 4 min.
-/// - At expiry: silent drop by default; "TCP reset" per rule (seed 002).
+///   ("Load Balancer TCP Reset and Idle Timeout", "Order of precedence"). Its outbound idle timeout is locked at 4 min.
+/// - At expiry: silent drop by default; "TCP reset" per rule ("Load Balancer TCP Reset and Idle Timeout").
 /// - Transitory: Azure LB documents no timer for half-open or closing flows. idlegate uses
 ///   30 s, the half-open (SYN only) timer Azure documents for NAT Gateway ("NAT gateway timers").
 /// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
@@ -300,7 +315,8 @@ const fn minutes(m: u64) -> Duration {
 ///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
 ///   its idle timeout holds its port like a RST, counted from the expiry: Azure documents no
 ///   separate figure.
-/// - UDP: the configurable idle timeout does not apply to UDP rules (seed 002, "Limitations").
+/// - UDP: the configurable idle timeout does not apply to UDP rules ("Load Balancer TCP Reset and
+///   Idle Timeout", "Limitations").
 ///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
 ///   documents for NAT Gateway. At expiry UDP flows are always silent.
 /// - IPv4 fragments: dropped ("Azure Load Balancer components", Limitations: "Load-balancing
@@ -309,6 +325,7 @@ const fn minutes(m: u64) -> Duration {
 pub static AZURE_LB: Profile = Profile {
     name: "azure-lb",
     title: "Azure LB",
+    sources: sources::AZURE_LB_SOURCES,
     rules: Rules::InboundAndOutbound,
     lb_rule_idle: TimeoutRange {
         default: minutes(4),
@@ -354,11 +371,11 @@ const fn fixed(d: Duration) -> TimeoutRange {
     }
 }
 
-/// Azure NAT Gateway (shared/reference/middleboxes.md: Azure NAT Gateway "resource" and
-/// "timers" docs).
+/// Azure NAT Gateway (Azure NAT Gateway "resource" and "timers" docs).
 ///
 /// - Outbound only. TCP idle timeout 4 min by default, 4–120 min. It beats outbound rules and
-///   public IPs (seed 002), which a profile of its own makes moot here.
+///   public IPs (Azure "Load Balancer TCP Reset and Idle Timeout", "Order of precedence"),
+///   which a profile of its own makes moot here.
 /// - At expiry: silent, then a RST to the next sender.
 /// - Half-open (SYN only) 30 s, used for every transitory state: the docs give no other.
 /// - A port is reused 65 s after a FIN, 16 s after a RST; ports are allocated on demand from
@@ -369,6 +386,7 @@ const fn fixed(d: Duration) -> TimeoutRange {
 pub static AZURE_NATGW: Profile = Profile {
     name: "azure-natgw",
     title: "Azure NAT Gateway",
+    sources: sources::AZURE_NATGW_SOURCES,
     rules: Rules::OutboundOnly,
     lb_rule_idle: fixed(minutes(4)),
     outbound_rule_idle: TimeoutRange {
@@ -409,6 +427,7 @@ pub static AZURE_NATGW: Profile = Profile {
 pub static AWS_NLB: Profile = Profile {
     name: "aws-nlb",
     title: "AWS NLB",
+    sources: sources::AWS_NLB_SOURCES,
     rules: Rules::InboundOnly,
     lb_rule_idle: TimeoutRange {
         default: Duration::from_secs(350),
@@ -444,6 +463,7 @@ pub static AWS_NLB: Profile = Profile {
 pub static AWS_NATGW: Profile = Profile {
     name: "aws-natgw",
     title: "AWS NAT Gateway",
+    sources: sources::AWS_NATGW_SOURCES,
     rules: Rules::OutboundOnly,
     lb_rule_idle: fixed(Duration::from_secs(350)),
     outbound_rule_idle: fixed(Duration::from_secs(350)),
@@ -481,6 +501,7 @@ pub static AWS_NATGW: Profile = Profile {
 pub static GCP_NAT: Profile = Profile {
     name: "gcp-nat",
     title: "GCP Cloud NAT",
+    sources: sources::GCP_NAT_SOURCES,
     rules: Rules::OutboundOnly,
     lb_rule_idle: fixed(Duration::from_secs(1200)),
     outbound_rule_idle: TimeoutRange {
@@ -514,9 +535,10 @@ pub static GCP_NAT: Profile = Profile {
 };
 
 /// Azure default outbound access: a VM without an outbound rule or NAT gateway, SNATed by the
-/// platform (seeds 000 and 003; Azure "SNAT for outbound connections").
+/// platform (Azure "SNAT for outbound connections" and "Default outbound access").
 ///
-/// - Outbound only. Idle timeout 4 min, fixed ("cannot be adjusted", seed 003). Silent.
+/// - Outbound only. Idle timeout 4 min, fixed: outbound SNAT's timeout "is set to 4
+///   minutes, and cannot be adjusted" (Azure "TCP settings for Azure VMs"). Silent.
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
 ///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
@@ -524,6 +546,7 @@ pub static GCP_NAT: Profile = Profile {
 pub static AZURE_SNAT: Profile = Profile {
     name: "azure-snat",
     title: "Azure default outbound access",
+    sources: sources::AZURE_SNAT_SOURCES,
     rules: Rules::OutboundOnly,
     lb_rule_idle: fixed(minutes(4)),
     outbound_rule_idle: fixed(minutes(4)),
@@ -559,6 +582,7 @@ pub static AZURE_SNAT: Profile = Profile {
 pub static AZURE_FIREWALL: Profile = Profile {
     name: "azure-firewall",
     title: "Azure Firewall",
+    sources: sources::AZURE_FIREWALL_SOURCES,
     rules: Rules::InboundAndOutbound,
     lb_rule_idle: fixed(minutes(4)),
     outbound_rule_idle: fixed(minutes(4)),
@@ -596,6 +620,7 @@ pub static AZURE_FIREWALL: Profile = Profile {
 pub static RFC5382: Profile = Profile {
     name: "rfc5382",
     title: "an RFC 5382 NAT",
+    sources: sources::RFC5382_SOURCES,
     rules: Rules::OutboundOnly,
     lb_rule_idle: fixed(Duration::from_secs(7440)),
     outbound_rule_idle: TimeoutRange {
@@ -683,6 +708,7 @@ pub static LINUX_CONNTRACK: Profile = CONNTRACK;
 pub static KUBE_PROXY: Profile = Profile {
     name: "kube-proxy",
     title: "kube-proxy",
+    sources: sources::KUBE_PROXY_SOURCES,
     rules: Rules::InboundAndOutbound,
     lb_rule_idle: TimeoutRange {
         default: Duration::from_secs(86_400),
@@ -705,6 +731,7 @@ pub static KUBE_PROXY: Profile = Profile {
 const CONNTRACK: Profile = Profile {
     name: "linux-conntrack",
     title: "Linux conntrack",
+    sources: sources::LINUX_CONNTRACK_SOURCES,
     rules: Rules::InboundAndOutbound,
     lb_rule_idle: TimeoutRange {
         default: Duration::from_secs(432_000),
@@ -749,6 +776,7 @@ const CONNTRACK: Profile = Profile {
 pub static IPVS: Profile = Profile {
     name: "ipvs",
     title: "Linux IPVS",
+    sources: sources::IPVS_SOURCES,
     rules: Rules::InboundOnly,
     lb_rule_idle: TimeoutRange {
         default: Duration::from_secs(900),
@@ -783,6 +811,7 @@ pub static IPVS: Profile = Profile {
 pub static GCP_FIREWALL: Profile = Profile {
     name: "gcp-firewall",
     title: "GCP VPC firewall",
+    sources: sources::GCP_FIREWALL_SOURCES,
     rules: Rules::InboundAndOutbound,
     lb_rule_idle: fixed(minutes(10)),
     outbound_rule_idle: fixed(minutes(10)),
@@ -817,6 +846,7 @@ pub static GCP_FIREWALL: Profile = Profile {
 pub static AWS_ALB: Profile = Profile {
     name: "aws-alb",
     title: "AWS ALB",
+    sources: sources::AWS_ALB_SOURCES,
     rules: Rules::InboundOnly,
     lb_rule_idle: TimeoutRange {
         default: Duration::from_secs(60),
@@ -894,92 +924,4 @@ pub fn max_time_scale(profile: &Profile) -> u32 {
 /// The profile used when a config names none.
 pub fn default_profile() -> &'static Profile {
     &AZURE_LB
-}
-
-/// A complete config for `profile` with every default written out and every range in a
-/// comment: what `idlegate profiles show NAME` prints, and `--config` accepts as it is.
-pub fn example_config(profile: &Profile) -> String {
-    use crate::model::units::human;
-    let range = |r: &TimeoutRange| format!("{}–{}", human(r.min), human(r.max));
-    let minutes = |d: Duration| {
-        if d.as_secs().is_multiple_of(86_400) {
-            format!("{}d", d.as_secs() / 86_400)
-        } else if d.as_secs().is_multiple_of(3600) && d.as_secs() >= 3 * 3600 {
-            format!("{}h", d.as_secs() / 3600)
-        } else if d.as_secs().is_multiple_of(60) {
-            format!("{}m", d.as_secs() / 60)
-        } else {
-            format!("{}s", d.as_secs())
-        }
-    };
-    let frontend_idle = match &profile.frontend_idle {
-        Some(r) => format!(
-            "# idle_timeout = \"{}\"          # {}; beats the LB and inbound NAT rules' for inbound flows\n",
-            minutes(r.default),
-            range(r)
-        ),
-        None => String::new(),
-    };
-    let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
-    let expiries = expiries.join(" | ");
-    let expiry = profile.default_expiry;
-    let pickup = if profile.pickup.knob == PickupKnob::Sysctl {
-        format!(
-            "loose_pickup = {}              # an ACK of an unknown connection opens a flow (nf_conntrack_tcp_loose)\n",
-            profile.pickup.default == Pickup::Loose
-        )
-    } else {
-        String::new()
-    };
-    let mut text = format!(
-        "# {title} (profile {name}). Timers not set below take these defaults.\n\
-         # TCP flows not established (handshake, FIN, RST): {transitory}\n\
-         # UDP flows: {udp}\n\
-         profile = \"{name}\"\n\
-         time_scale = {scale}                  # every timer runs 1/{scale} as long\n{pickup}\n\
-         [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n{frontend_idle}\n\
-         [[backend_pool]]\nname = \"vms\"\n\
-         members = [{{ name = \"vm1\", address = \"192.0.2.11\" }}, {{ name = \"vm2\", address = \"192.0.2.12\" }}]\n",
-        title = profile.title,
-        name = profile.name,
-        transitory = profile.tcp.summary(),
-        udp = if profile.udp.unreplied == profile.udp.replied {
-            human(profile.udp.replied)
-        } else {
-            format!(
-                "{} unanswered, {} answered",
-                human(profile.udp.unreplied),
-                human(profile.udp.replied)
-            )
-        },
-        scale = max_time_scale(profile).min(60),
-    );
-    if profile.rules.inbound() {
-        text += &format!(
-            "\n[[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nprotocol = \"tcp\"\nfrontend_port = 7000\n\
-             backend_pool = \"vms\"\nbackend_port = 7000\n\
-             idle_timeout = \"{}\"              # {}\nexpiry = \"{expiry}\"              # {expiries}\n",
-            minutes(profile.lb_rule_idle.default),
-            range(&profile.lb_rule_idle),
-        );
-    }
-    if profile.rules.outbound() {
-        let ports = match profile.snat.allocation {
-            Allocation::PerMember => format!(
-                "ports_per_member = {}          # multiples of {}, at most {} per frontend address\n",
-                profile.snat.ports_per_member, profile.snat.ports_per_member_step, profile.snat.ports_per_frontend
-            ),
-            Allocation::Shared => "# ports are lent on demand from the frontend's range\n".to_string(),
-            Allocation::PreservePort => {
-                "# members keep their source ports where the tuple stays unique\n".to_string()
-            }
-        };
-        text += &format!(
-            "\n[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n{ports}\
-             idle_timeout = \"{}\"              # {}\nexpiry = \"{expiry}\"              # {expiries}\n",
-            minutes(profile.outbound_rule_idle.default),
-            range(&profile.outbound_rule_idle),
-        );
-    }
-    text
 }

@@ -158,7 +158,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     }
     tracing::info!(target: idlegate::LOG_TARGET,
         "TUN {} (inside) and {} (outside) are up: route every packet arriving from the backend pool into {} \
-         and every packet arriving from the internet into {} (policy routing by incoming interface; see the README)",
+         and every packet arriving from the internet into {} (policy routing by incoming interface; see docs/src/commands/gateway.md)",
         args.inside,
         args.outside,
         args.inside,

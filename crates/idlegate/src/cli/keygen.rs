@@ -1,6 +1,6 @@
 //! `idlegate keygen FILE`: the tunnel's keys, written to files only their owner may read (the
 //! file's mode on Unix; on Windows, the ACL the file's directory passes on, which keygen does
-//! not narrow: see [`WINDOWS_KEYS`] and the README's "Windows").
+//! not narrow: see [`WINDOWS_KEYS`] and the book's Windows page, docs/src/deploy/windows.md).
 
 use anyhow::Result;
 use idlegate::survive::tunnel::key::{Key, PrivateKey};

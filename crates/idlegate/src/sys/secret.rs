@@ -7,7 +7,7 @@
 //! 0644 made, any group or other bit refused (as ssh refuses a private key). Windows has no
 //! modes: a new file gets the access control list its directory passes on to new files (ACL
 //! inheritance), which this build neither narrows nor checks, so there [`exposed`] never
-//! finds anything and what protects a key is its directory's ACL (README, "Windows").
+//! finds anything and what protects a key is its directory's ACL (the book's Windows page, docs/src/deploy/windows.md).
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;

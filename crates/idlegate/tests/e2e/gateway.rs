@@ -57,7 +57,8 @@ fn demo_shows_silent_loss_survival_with_keepalive_and_reset_on_both_sides() {
     let report = demo(&[]);
     assert_eq!(report["idle_timeout_s"], 4.0);
 
-    // Azure's default: the flow is forgotten and "c" vanishes, nobody is told (seed 004).
+    // Azure's default: the flow is forgotten and "c" vanishes, nobody is told (Azure "Load Balancer TCP Reset
+    // and Idle Timeout": the default is to "silently drop flows").
     let plain = connection(&report, "no-keepalive");
     assert_eq!(strings(&plain["sent"]), ["a", "b", "c"]);
     assert_eq!(strings(&plain["delivered"]), ["a", "b"]);
@@ -66,7 +67,8 @@ fn demo_shows_silent_loss_survival_with_keepalive_and_reset_on_both_sides() {
         (&Value::Null, &Value::Null)
     );
 
-    // Keepalive probes refresh the flow (seeds 000, 003).
+    // Keepalive probes refresh the flow (Azure "Load Balancer TCP Reset and Idle Timeout": TCP
+    // keep-alive packets keep the idle timeout from being reached).
     let keepalive = connection(&report, "keepalive");
     assert_eq!(strings(&keepalive["delivered"]), ["a", "b", "c"]);
     assert_eq!(
@@ -74,7 +76,8 @@ fn demo_shows_silent_loss_survival_with_keepalive_and_reset_on_both_sides() {
         (&Value::Null, &Value::Null)
     );
 
-    // Azure "TCP reset on idle": both endpoints get a RST at expiry (seed 002).
+    // Azure "TCP reset on idle": both endpoints get a RST at expiry ("Load Balancer TCP Reset
+    // and Idle Timeout").
     let reset = connection(&report, "tcp-reset");
     assert_eq!(strings(&reset["delivered"]), ["a", "b"]);
     assert_eq!(reset["client_error"], "ECONNRESET");
@@ -364,7 +367,8 @@ fn snat_port_exhaustion_refuses_the_extra_connection_spares_the_others_and_the_p
 
 #[test]
 fn a_frontends_idle_timeout_beats_its_lb_rules() {
-    // Azure, seed 002: "the load balancer frontend IP idle timeout takes precedence".
+    // Azure "Load Balancer TCP Reset and Idle Timeout", "Order of precedence": "the load
+    // balancer frontend IP idle timeout takes precedence".
     require_root();
     let text = r#"
 profile = "azure-lb"
@@ -534,7 +538,7 @@ backend_port = 2222
 
 #[test]
 fn ack_and_discard_acknowledges_the_clients_data_and_the_server_never_gets_it() {
-    // Seed 004's first observation, as a test double: ACKed but never delivered.
+    // ACKed but never delivered (what a router or ISP box can do), as a test double.
     let report = demo(&["--expiry", "ack-and-discard"]);
     assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
     let plain = connection(&report, "no-keepalive");
@@ -696,7 +700,8 @@ fn aws_nlb_resets_the_client_that_sends_on_an_expired_inbound_flow() {
 
 #[test]
 fn a_nat_gateway_beats_the_outbound_rule_of_the_pool_it_serves() {
-    // Seed 002: "a NAT gateway will always take precedence over load balancer outbound rules".
+    // Azure, "Order of precedence": "a NAT gateway will always take precedence over load
+    // balancer outbound rules".
     require_root();
     let text = r#"
 profile = "azure-lb"
@@ -772,7 +777,7 @@ idle_timeout = "4m"
 
 #[test]
 fn azure_default_outbound_access_forgets_an_idle_flow_silently_after_4_min() {
-    // Seeds 000 and 003: outbound SNAT, 4 min fixed, no RST.
+    // Azure "SNAT for outbound connections": default outbound access, 4 min fixed, no RST.
     let report = profile_demo("azure-snat");
     assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }

@@ -16,6 +16,7 @@ mod audit_prometheus;
 mod cli;
 mod conntrack;
 mod deploy;
+mod docs;
 mod echo;
 mod errors;
 mod fragments;

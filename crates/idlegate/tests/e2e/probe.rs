@@ -161,7 +161,8 @@ fn probe_finds_a_reset_on_the_next_packet_for_each_sender() {
 
 #[test]
 fn probe_finds_data_acknowledged_but_never_delivered() {
-    // The gateway's ack-and-discard: data acknowledged at expiry and never delivered.
+    // Data ACKed and never delivered (a router or ISP box answering for a forgotten flow): the
+    // gateway's ack-and-discard.
     let r = probe_lab("ack-and-discard");
     assert_bracket(&r, 7.3);
     assert_eq!(

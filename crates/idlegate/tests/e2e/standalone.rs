@@ -1,5 +1,6 @@
 //! End-to-end tests of `idlegate gateway` run as a router in a network namespace of its own,
-//! wired the way README's "The gateway" and `examples/gateway-in-a-namespace.sh` describe:
+//! wired the way the book's gateway page (docs/src/commands/gateway.md) and
+//! `examples/gateway-in-a-namespace.sh` describe:
 //!
 //! ```text
 //! vm1 192.0.2.11 ── 192.0.2.1  gw  203.0.113.1 ── 203.0.113.100 internet

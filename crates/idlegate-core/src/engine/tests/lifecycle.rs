@@ -210,7 +210,7 @@ fn expiry_reset_sends_exactly_one_rst_to_each_endpoint_with_the_expected_sequenc
         assert!(seg.flags.rst() && seg.flags.ack() && !seg.flags.syn() && !seg.flags.fin());
         assert_eq!(seg.len, 0);
         match iface {
-            // Azure TCP reset (seed 002): to the client, from the frontend, at the client's RCV.NXT.
+            // Azure TCP reset ("Load Balancer TCP Reset and Idle Timeout"): to the client, from the frontend, at the client's RCV.NXT.
             Interface::Outside => {
                 assert_eq!((hd.src, hd.dst), (FRONTEND_7000, client.addr));
                 assert_eq!((seg.seq, seg.ack), (server.snd_nxt, client.snd_nxt));
@@ -305,7 +305,8 @@ fn expiry_reset_on_next_is_silent_then_resets_whoever_sends_next() {
 
 #[test]
 fn ack_and_discard_acknowledges_what_the_sender_sends_and_delivers_nothing() {
-    // Seed 004: after the timeout the data was ACKed, and never reached the server.
+    // After the timeout the data is ACKed, and never reaches the server: what a router or ISP
+    // box that keeps answering for a forgotten flow shows.
     let mut h = Harness::new("ack-and-discard");
     let (mut client, mut server) = h.connect_inbound(40_000);
     h.advance_to(IDLE_MS);
@@ -477,7 +478,8 @@ fn a_discarding_flow_ends_at_a_rst_and_gives_way_to_a_new_connection() {
 
 #[test]
 fn reset_is_sent_only_for_established_flows() {
-    // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" (seed 002).
+    // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" ("Load Balancer
+    // TCP Reset and Idle Timeout", "Limitations").
     let mut h = Harness::new("reset");
     let mut client = Peer {
         addr: ep(CLIENT, 40_000),

@@ -82,8 +82,8 @@ pub struct Config {
 }
 
 /// An Azure NAT gateway: the pools it serves leave through its own frontend, whatever their
-/// outbound rules say (seed 002: "a NAT gateway will always take precedence over load balancer
-/// outbound rules"). It runs with the `azure-natgw` profile's timers and SNAT policy.
+/// outbound rules say (Azure "Load Balancer TCP Reset and Idle Timeout", "Order of precedence":
+/// "a NAT gateway will always take precedence over load balancer outbound rules"). It runs with the `azure-natgw` profile's timers and SNAT policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatGateway {
     pub name: String,

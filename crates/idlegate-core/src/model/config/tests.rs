@@ -47,7 +47,7 @@ fn omitted_settings_take_the_profiles_defaults() {
         .replace("idle_timeout = \"4m\"\n", "")
         .replace("expiry = \"silent\"\n", "");
     let c = Config::from_toml(&text, "gw.toml").unwrap();
-    // Azure LB: 4 min, silent drop by default (seed 002).
+    // Azure LB: 4 min, silent drop by default (Azure "Load Balancer TCP Reset and Idle Timeout").
     assert_eq!(
         c.lb_rules[0].idle,
         Idle {

@@ -6,7 +6,7 @@
 //!
 //! Each test builds its own image under a unique tag and removes it, and the containers it
 //! starts, when it ends, even when it fails. podman runs the containers with runc and with
-//! explicit ulimits: some sandboxes' cgroups refuse podman's defaults (README "Install").
+//! explicit ulimits: some sandboxes' cgroups refuse podman's defaults (the book's Install page).
 
 use super::*;
 use crate::common;

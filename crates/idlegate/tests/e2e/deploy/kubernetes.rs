@@ -5,7 +5,7 @@
 use super::*;
 use serde_json::Value;
 
-/// The Kubernetes version the manifests are checked against (the oldest the README promises).
+/// The Kubernetes version the manifests are checked against (the oldest the book's Kubernetes page promises).
 const KUBERNETES: &str = "1.33.0";
 /// Where scripts/setup installs kubernetes-validate (a virtualenv: Debian's pip refuses to
 /// install into the system's Python).

@@ -4,8 +4,8 @@
 //! start` runs the relay so that bytes pass both ways, `sc stop` ends it, a "reboot" of the
 //! test's own Wine machine starts it again with nobody asking, `service uninstall` stops it and
 //! removes the entry; bad relay arguments install nothing; a relay that cannot bind ends the
-//! service STOPPED with its error code; the README's `sc.exe` lines run as written. What Wine
-//! cannot show: a real machine's shutdown (SERVICE_CONTROL_SHUTDOWN; `wineserver -k` kills
+//! service STOPPED with its error code; the book's `sc.exe` lines (docs/src/deploy/windows.md)
+//! run as written. What Wine cannot show: a real machine's shutdown (SERVICE_CONTROL_SHUTDOWN; `wineserver -k` kills
 //! instead), failure actions taking effect (Wine's services.exe stores none: the tests read
 //! what it was asked from its FIXME line), the Event Log.
 
@@ -289,14 +289,14 @@ fn windows_service_run_under_wine_by_hand_fails_saying_it_needs_the_service_mana
     );
 }
 
-/// The README's `sc.exe` lines (the block after "The same with Windows' own `sc.exe`"), as
-/// written there.
+/// The book's `sc.exe` lines (docs/src/deploy/windows.md, the block after "The same with
+/// Windows' own `sc.exe`"), as written there.
 fn readme_sc_lines() -> Vec<String> {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let text = std::fs::read_to_string(&readme).expect("README.md");
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/src/deploy/windows.md");
+    let text = std::fs::read_to_string(&page).expect("docs/src/deploy/windows.md");
     let after = text
         .split_once("The same with Windows' own `sc.exe`")
-        .expect("the README's sc.exe section")
+        .expect("the Windows page's sc.exe section")
         .1;
     let block = after
         .split_once("```bat\n")
@@ -313,8 +313,8 @@ fn readme_sc_lines() -> Vec<String> {
 #[test]
 fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine_whose_sc_has_no_failureflag(
 ) {
-    // The README's sc.exe lines, each run by cmd.exe from a batch file as written, with this
-    // test's name and ports; the executable where the README has it, under
+    // The book's sc.exe lines, each run by cmd.exe from a batch file as written, with this
+    // test's name and ports; the executable where the book has it, under
     // C:\Program Files\idlegate (a path with a space, which binPath's \" quoting is for).
     let machine = booted_machine();
     let name = common::unique("igsc");
@@ -393,7 +393,7 @@ fn windows_service_made_with_sc_create_as_the_readme_writes_it_relays_under_wine
 fn windows_service_under_wine_whose_port_is_taken_ends_stopped_with_its_error_code() {
     // The relay cannot bind (a Linux listener holds the port): the service never serves,
     // and the service manager is told so: STOPPED, WIN32_EXIT_CODE 1066
-    // (ERROR_SERVICE_SPECIFIC_ERROR) with SERVICE_EXIT_CODE 1, what the README says to read.
+    // (ERROR_SERVICE_SPECIFIC_ERROR) with SERVICE_EXIT_CODE 1, what the book says to read.
     let machine = booted_machine();
     let name = common::unique("igtaken");
     let holder = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");

@@ -35,7 +35,7 @@ fn windows_build_under_wine_tunnel_entry_resumes_to_a_linux_exit_after_cuts_with
     let text = std::fs::read_to_string(&key_path).unwrap();
     assert_eq!(text.trim().len(), 64, "64 hex digits: {text:?}");
     // Wine gives the file a Unix mode from the umask; a copy to Linux must be made 0600, as the
-    // README says, and then loads as a key made there would.
+    // book's Windows page says, and then loads as a key made there would.
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();

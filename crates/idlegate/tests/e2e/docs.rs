@@ -1,0 +1,337 @@
+//! The documentation: the book (`docs/`, mdBook) builds, and every relative link in README.md,
+//! SECURITY.md, ARCHITECTURE.md and the book's pages resolves to a file of the repository and,
+//! where it names one (`#…`), to a heading of that file, slugged as mdBook and GitHub slug
+//! them. Markdown is parsed with pulldown-cmark, so links in code are not links. External
+//! (https) links are not fetched.
+//!
+//! Needs `mdbook` (0.5.4, which `scripts/setup` installs) on PATH; without it the book test
+//! fails and says so.
+
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn repo() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize()
+        .unwrap_or_else(|e| panic!("the repository at {}: {e}", root.display()))
+}
+
+/// `{{#include PATH}}` lines (mdBook's) replaced by the file they name, as the book shows it.
+fn expand_includes(file: &Path, text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(target) = trimmed
+            .strip_prefix("{{#include ")
+            .and_then(|rest| rest.strip_suffix("}}"))
+        {
+            let path = file.parent().unwrap().join(target.trim());
+            let included = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {{{{#include {target}}}}}: {e}", file.display()));
+            out += &included;
+        } else {
+            out += line;
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn read_markdown(file: &Path) -> String {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    expand_includes(file, &text)
+}
+
+fn options() -> Options {
+    Options::ENABLE_TABLES | Options::ENABLE_STRIKETHROUGH | Options::ENABLE_FOOTNOTES
+}
+
+/// A heading's anchor as mdBook (`normalize_id`) and GitHub make it: lower case, letters,
+/// digits, `_` and `-` kept, spaces made `-`, everything else dropped.
+fn slug(text: &str) -> String {
+    text.trim()
+        .chars()
+        .filter_map(|c| {
+            if c.is_alphanumeric() || c == '_' || c == '-' {
+                Some(c.to_lowercase().collect::<String>())
+            } else if c.is_whitespace() {
+                Some("-".to_string())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every anchor a Markdown file offers: its headings' slugs (a repeated one gets `-1`, `-2`,
+/// as both renderers number them).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut out = BTreeSet::new();
+    let mut heading: Option<String> = None;
+    for event in Parser::new_ext(text, options()) {
+        match event {
+            Event::Start(Tag::Heading { .. }) => heading = Some(String::new()),
+            Event::Text(t) | Event::Code(t) => {
+                if let Some(h) = heading.as_mut() {
+                    h.push_str(&t);
+                }
+            }
+            Event::End(TagEnd::Heading(_)) => {
+                let base = slug(&heading.take().unwrap_or_default());
+                let n = seen.entry(base.clone()).or_insert(0);
+                let id = if *n == 0 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                };
+                *n += 1;
+                out.insert(id);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Every link and image destination of a Markdown text.
+fn links(text: &str) -> Vec<String> {
+    Parser::new_ext(text, options())
+        .filter_map(|event| match event {
+            Event::Start(Tag::Link { dest_url, .. })
+            | Event::Start(Tag::Image { dest_url, .. }) => Some(dest_url.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let entries =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            markdown_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "md") {
+            out.push(path);
+        }
+    }
+}
+
+/// The files whose links are checked: the three top-level documents and every book page.
+fn documents(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = ["README.md", "SECURITY.md", "ARCHITECTURE.md"]
+        .iter()
+        .map(|f| root.join(f))
+        .collect();
+    markdown_files(&root.join("docs/src"), &mut files);
+    files.sort();
+    files
+}
+
+/// What is wrong with one link of `file`, if anything.
+fn check_link(root: &Path, book: &Path, file: &Path, dest: &str) -> Option<String> {
+    if dest.contains("://") || dest.starts_with("mailto:") {
+        return None;
+    }
+    let (path, anchor) = match dest.split_once('#') {
+        Some((p, a)) => (p, Some(a)),
+        None => (dest, None),
+    };
+    let target = if path.is_empty() {
+        file.to_path_buf()
+    } else {
+        normalize(&file.parent().unwrap().join(path))
+    };
+    if !target.starts_with(root) {
+        return Some(format!("{dest}: leaves the repository"));
+    }
+    if file.starts_with(book) && !target.starts_with(book) {
+        return Some(format!(
+            "{dest}: leaves docs/src, so the built book cannot follow it (include the file in a \
+             page with {{{{#include …}}}} and link to that page)"
+        ));
+    }
+    if !target.exists() {
+        return Some(format!("{dest}: no such file {}", target.display()));
+    }
+    let anchor = anchor?;
+    if target.extension().is_none_or(|e| e != "md") {
+        return Some(format!(
+            "{dest}: an anchor into a file that is not Markdown"
+        ));
+    }
+    let offered = anchors(&read_markdown(&target));
+    (!offered.contains(anchor)).then(|| {
+        format!(
+            "{dest}: {} has no heading #{anchor} (its anchors: {})",
+            target.display(),
+            offered.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+#[test]
+fn every_relative_link_and_anchor_of_the_docs_resolves() {
+    let root = repo();
+    let book = root.join("docs/src");
+    let mut broken = Vec::new();
+    let mut checked = 0;
+    for file in documents(&root) {
+        for dest in links(&read_markdown(&file)) {
+            checked += 1;
+            if let Some(why) = check_link(&root, &book, &file, &dest) {
+                broken.push(format!(
+                    "{}: {why}",
+                    file.strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        checked > 50,
+        "only {checked} links found: is docs/src there?"
+    );
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// A page not in SUMMARY.md is never built: every page of docs/src is in it.
+#[test]
+fn every_page_of_the_book_is_in_its_summary() {
+    let root = repo();
+    let book = root.join("docs/src");
+    let summary = book.join("SUMMARY.md");
+    let listed: BTreeSet<PathBuf> = links(&read_markdown(&summary))
+        .into_iter()
+        .map(|l| normalize(&book.join(l.split('#').next().unwrap())))
+        .collect();
+    let mut pages = Vec::new();
+    markdown_files(&book, &mut pages);
+    let missing: Vec<String> = pages
+        .into_iter()
+        .filter(|p| *p != summary && !listed.contains(p))
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "pages not in docs/src/SUMMARY.md: {missing:?}"
+    );
+}
+
+#[test]
+fn the_book_builds_with_mdbook() {
+    let root = repo();
+    let out = tempfile::tempdir().unwrap();
+    let built = Command::new("mdbook")
+        .arg("build")
+        .arg(root.join("docs"))
+        .arg("--dest-dir")
+        .arg(out.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running `mdbook build docs`: {e}: mdbook (0.5.4) is needed; scripts/setup \
+                 installs it (cargo install mdbook --locked --version 0.5.4 \
+                 --no-default-features --features search)"
+            )
+        });
+    let stderr = String::from_utf8_lossy(&built.stderr);
+    assert!(
+        built.status.success(),
+        "mdbook build docs failed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR"),
+        "mdbook build docs warned:\n{stderr}"
+    );
+    for page in [
+        "index.html",
+        "errors.html",
+        "reference/profile-figures.html",
+    ] {
+        assert!(
+            out.path().join(page).is_file(),
+            "mdbook build docs wrote no {page}"
+        );
+    }
+}
+
+#[test]
+fn headings_are_slugged_as_mdbook_and_github_slug_them() {
+    assert_eq!(
+        slug("The lab: your own application against the box"),
+        "the-lab-your-own-application-against-the-box"
+    );
+    assert_eq!(
+        slug("The tunnel and `keygen` on Windows"),
+        "the-tunnel-and-keygen-on-windows"
+    );
+    let text = "# A\n## `azure-lb`\n## A\n";
+    let found = anchors(text);
+    assert!(found.contains("azure-lb") && found.contains("a") && found.contains("a-1"));
+}
+
+/// The README is the page a newcomer reads in five minutes (issue 20: about 200 lines); the
+/// rest is in the book.
+#[test]
+fn the_readme_fits_in_about_200_lines() {
+    let readme = repo().join("README.md");
+    let lines = std::fs::read_to_string(&readme).unwrap().lines().count();
+    assert!(
+        lines <= 220,
+        "README.md has {lines} lines: move detail into the book (docs/src) and link to it"
+    );
+}
+
+/// A reader cannot resolve private names ("seed 002", "the original write-up") or paths
+/// outside the repository: the docs cite public sources instead.
+#[test]
+fn the_docs_cite_no_private_seed_names_or_paths() {
+    let root = repo();
+    let mut found = Vec::new();
+    for file in documents(&root) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            let seed_number = lower.match_indices("seed").any(|(at, _)| {
+                let rest = lower[at + 4..].trim_start_matches('s').trim_start();
+                rest.len() >= 3 && rest.as_bytes()[..3].iter().all(u8::is_ascii_digit)
+            });
+            if seed_number
+                || lower.contains("original write-up")
+                || lower.contains("shared/reference")
+                || lower.contains("/work/")
+            {
+                found.push(format!(
+                    "{}:{}: {line}",
+                    file.strip_prefix(&root).unwrap().display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "cite the public source instead:\n{}",
+        found.join("\n")
+    );
+}
