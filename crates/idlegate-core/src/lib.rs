@@ -43,7 +43,8 @@ pub use state::shard::Sharding;
 pub mod config {
     pub use crate::model::config::{
         find_profile, BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule,
-        Member, NatGateway, OutboundRule, Protocols, TimeoutFrom, UnknownProfile, LAB_ENV, TIME_SCALE_ENV,
+        Member, NatGateway, OutboundRule, Protocols, TimeoutFrom, UnknownProfile, LAB_ENV,
+        TIME_SCALE_ENV,
     };
     pub use crate::model::profile::max_time_scale;
     pub use crate::model::units::{half_the_idle_timeout, human, whole_seconds};

@@ -362,14 +362,13 @@ pub fn run(args: ProfilesArgs) -> Result<()> {
         None if args.markdown => print!("{}", profiles_markdown()),
         None => print!("{}", profiles_table()),
         Some(ProfilesAction::Show { name }) => {
-            let Some(p) = profile::find(&name) else {
-                let known: Vec<&str> = profile::ALL.iter().map(|p| p.name).collect();
-                return Err(anyhow::anyhow!(
-                    "no profile {name:?}; known: {}",
-                    known.join(", ")
-                ))
-                .hint("`idlegate profiles` shows each one's timers")
-                .status(Status::Usage);
+            let p = match idlegate_core::config::find_profile(&name) {
+                Ok(p) => p,
+                Err(unknown) => {
+                    return Err(anyhow::anyhow!("profiles show {name}: {unknown}"))
+                        .hint(unknown.hint())
+                        .status(Status::Usage)
+                }
             };
             print!("{}", profile::example_config(p));
         }

@@ -39,7 +39,7 @@ fn profiles_lists_each_profile_and_show_prints_a_config_that_is_accepted() {
     assert!(
         unknown
             .stderr
-            .contains("no profile \"azure-lbb\"; known: azure-lb"),
+            .starts_with("idlegate: profiles show azure-lbb: no such profile\nhint: did you mean azure-lb? The profiles are azure-lb, "),
         "{}",
         unknown.stderr
     );
