@@ -108,8 +108,7 @@ struct Books {
 }
 
 impl Books {
-    /// Records `packet`, crossing a device on `side` `direction`, if there is a capture; a
-    /// failed write stops this worker's capture with one log line.
+    /// Records `packet`, crossing a device on `side` `direction`, if there is a capture.
     fn record(&mut self, side: Interface, direction: capture::Direction, packet: &[u8]) {
         let Some(capture) = &self.capture else {
             return;
@@ -118,9 +117,19 @@ impl Books {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .record(side, direction, packet);
-        if let Err(e) = recorded {
-            tracing::warn!("{e:#}; capture stopped");
-            self.capture = None;
+        self.stop_capture_if(recorded);
+    }
+
+    /// Lets go of the capture once it has stopped: a failed write stops it for every worker
+    /// (in [`Capture`], under its lock), and the worker that met the failure logs it, once.
+    fn stop_capture_if(&mut self, recorded: Result<capture::Recording>) {
+        match recorded {
+            Ok(capture::Recording::On) => {}
+            Ok(capture::Recording::Stopped) => self.capture = None,
+            Err(e) => {
+                tracing::warn!(target: crate::LOG_TARGET, "{e:#}; capture stopped");
+                self.capture = None;
+            }
         }
     }
 }
@@ -435,10 +444,7 @@ impl<D: PacketIo> Worker<D> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .flush();
-        if let Err(e) = flushed {
-            tracing::warn!("{e:#}; capture stopped");
-            self.books.capture = None;
-        }
+        self.books.stop_capture_if(flushed);
     }
 
     /// Sends the packets the shard generated and logs its events.

@@ -19,8 +19,11 @@
 //! stable release): that crate's Enhanced Packet Block carries its options in a `Vec`, one
 //! allocation per packet for the flags, and serialises every block twice to learn its length.
 //! Here a packet costs a few `write_all`s of stack arrays into a buffered file: no allocation.
-//! Writes are buffered and flushed after each batch of packets; a write error stops the capture
-//! with one log line and leaves the gateway running.
+//! Writes are buffered and flushed after each batch of packets. The workers share one
+//! [`Capture`] behind a mutex; the first write that fails stops it for all of them (what was
+//! still buffered is dropped, nothing more is appended), so the file ends where the failure
+//! met it instead of going on after a half-written block. The worker that met the failure
+//! logs it once; the gateway keeps running.
 
 use anyhow::{Context, Result};
 use idlegate_core::Interface;
@@ -56,10 +59,28 @@ pub struct Devices {
     pub outside: Vec<String>,
 }
 
-/// An open capture file.
-pub struct Capture {
-    out: BufWriter<File>,
+/// An open capture file (or, in tests, any writer).
+pub struct Capture<W: Write = File> {
+    out: Output<W>,
     path: PathBuf,
+}
+
+/// Where blocks go.
+enum Output<W: Write> {
+    /// To the file, through a buffer.
+    Open(BufWriter<W>),
+    /// Nowhere: a write failed, and whatever came after it would follow a half-written block.
+    Stopped,
+}
+
+/// What became of a packet, or a flush, handed to a capture that did not fail on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Written (or buffered to be).
+    On,
+    /// Not written: an earlier write failed and stopped the capture (the error went to
+    /// whoever met it).
+    Stopped,
 }
 
 const SECTION_HEADER: u32 = 0x0A0D_0D0A;
@@ -94,45 +115,52 @@ impl Capture {
     pub fn create(path: &Path, devices: &Devices) -> Result<Capture> {
         let file = File::create(path)
             .with_context(|| format!("creating the capture file {}", path.display()))?;
+        Capture::over(file, path, devices)
+    }
+}
+
+impl<W: Write> Capture<W> {
+    /// A capture written to `out`, named `path` in its messages, starting with the section
+    /// header and the two interfaces.
+    fn over(out: W, path: &Path, devices: &Devices) -> Result<Capture<W>> {
         let mut capture = Capture {
-            out: BufWriter::new(file),
+            out: Output::Open(BufWriter::new(out)),
             path: path.to_path_buf(),
         };
         capture
-            .write_head(devices)
+            .write(|out| write_head(out, devices))
             .with_context(|| format!("writing to the capture file {}", path.display()))?;
         Ok(capture)
     }
 
-    fn write_head(&mut self, devices: &Devices) -> std::io::Result<()> {
-        // The section header: no options, section length not given (-1).
-        let out = &mut self.out;
-        out.write_all(&SECTION_HEADER.to_le_bytes())?;
-        out.write_all(&28u32.to_le_bytes())?;
-        out.write_all(&BYTE_ORDER_MAGIC.to_le_bytes())?;
-        out.write_all(&1u16.to_le_bytes())?;
-        out.write_all(&0u16.to_le_bytes())?;
-        out.write_all(&(-1i64).to_le_bytes())?;
-        out.write_all(&28u32.to_le_bytes())?;
-        for (names, description) in [
-            (&devices.inside, "inside: the backend pool's side"),
-            (&devices.outside, "outside: the internet's side"),
-        ] {
-            let name = if names.is_empty() {
-                description
-                    .split_once(':')
-                    .map_or(description, |(side, _)| side)
-                    .to_string()
-            } else {
-                names.join(",")
-            };
-            write_interface(out, &name, description)?;
+    /// Runs `blocks` on the buffered writer unless the capture has stopped; the first error
+    /// stops it and drops what is still buffered (a part of a block, perhaps), unwritten.
+    fn write(
+        &mut self,
+        blocks: impl FnOnce(&mut BufWriter<W>) -> std::io::Result<()>,
+    ) -> std::io::Result<Recording> {
+        let Output::Open(out) = &mut self.out else {
+            return Ok(Recording::Stopped);
+        };
+        match blocks(out) {
+            Ok(()) => Ok(Recording::On),
+            Err(e) => {
+                if let Output::Open(out) = std::mem::replace(&mut self.out, Output::Stopped) {
+                    // Not `drop(out)`: a BufWriter writes its buffer out as it is dropped.
+                    let (_file, _unwritten) = out.into_parts();
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
     /// Records one IP packet on `side`'s interface, crossing it `direction`, stamped now.
-    pub fn record(&mut self, side: Interface, direction: Direction, packet: &[u8]) -> Result<()> {
+    pub fn record(
+        &mut self,
+        side: Interface,
+        direction: Direction,
+        packet: &[u8],
+    ) -> Result<Recording> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -147,34 +175,71 @@ impl Capture {
         side: Interface,
         direction: Direction,
         packet: &[u8],
-    ) -> std::io::Result<()> {
-        let len = u32::try_from(packet.len()).unwrap_or(u32::MAX);
-        let data = padded(packet.len());
-        // Type, length, interface, stamp (2), captured and original lengths, the data, the
-        // flags option (4 + 4), the end of options (4), the length again.
-        let total = u32::try_from(28 + data + 8 + 4 + 4).unwrap_or(u32::MAX);
-        let stamp = u64::try_from(nanos).unwrap_or(u64::MAX);
-        let out = &mut self.out;
-        out.write_all(&ENHANCED_PACKET.to_le_bytes())?;
-        out.write_all(&total.to_le_bytes())?;
-        out.write_all(&interface_id(side).to_le_bytes())?;
-        out.write_all(&((stamp >> 32) as u32).to_le_bytes())?;
-        out.write_all(&(stamp as u32).to_le_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(&len.to_le_bytes())?;
-        out.write_all(packet)?;
-        out.write_all(&[0; 3][..data - packet.len()])?;
-        write_option(out, EPB_FLAGS, &direction.flags().to_le_bytes())?;
-        write_option(out, OPT_ENDOFOPT, &[])?;
-        out.write_all(&total.to_le_bytes())
+    ) -> std::io::Result<Recording> {
+        self.write(|out| write_packet(out, nanos, side, direction, packet))
     }
 
     /// Pushes buffered packets to the file.
-    pub fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
+    pub fn flush(&mut self) -> Result<Recording> {
+        self.write(|out| out.flush())
             .with_context(|| format!("writing to the capture file {}", self.path.display()))
     }
+}
+
+/// The section header and the two interfaces.
+fn write_head(out: &mut impl Write, devices: &Devices) -> std::io::Result<()> {
+    // The section header: no options, section length not given (-1).
+    out.write_all(&SECTION_HEADER.to_le_bytes())?;
+    out.write_all(&28u32.to_le_bytes())?;
+    out.write_all(&BYTE_ORDER_MAGIC.to_le_bytes())?;
+    out.write_all(&1u16.to_le_bytes())?;
+    out.write_all(&0u16.to_le_bytes())?;
+    out.write_all(&(-1i64).to_le_bytes())?;
+    out.write_all(&28u32.to_le_bytes())?;
+    for (names, description) in [
+        (&devices.inside, "inside: the backend pool's side"),
+        (&devices.outside, "outside: the internet's side"),
+    ] {
+        let name = if names.is_empty() {
+            description
+                .split_once(':')
+                .map_or(description, |(side, _)| side)
+                .to_string()
+        } else {
+            names.join(",")
+        };
+        write_interface(out, &name, description)?;
+    }
+    Ok(())
+}
+
+/// One Enhanced Packet Block: `packet` on `side`'s interface, stamped `nanos` after the Unix
+/// epoch, with its direction in `epb_flags`.
+fn write_packet(
+    out: &mut impl Write,
+    nanos: u128,
+    side: Interface,
+    direction: Direction,
+    packet: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(packet.len()).unwrap_or(u32::MAX);
+    let data = padded(packet.len());
+    // Type, length, interface, stamp (2), captured and original lengths, the data, the
+    // flags option (4 + 4), the end of options (4), the length again.
+    let total = u32::try_from(28 + data + 8 + 4 + 4).unwrap_or(u32::MAX);
+    let stamp = u64::try_from(nanos).unwrap_or(u64::MAX);
+    out.write_all(&ENHANCED_PACKET.to_le_bytes())?;
+    out.write_all(&total.to_le_bytes())?;
+    out.write_all(&interface_id(side).to_le_bytes())?;
+    out.write_all(&((stamp >> 32) as u32).to_le_bytes())?;
+    out.write_all(&(stamp as u32).to_le_bytes())?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(packet)?;
+    out.write_all(&[0; 3][..data - packet.len()])?;
+    write_option(out, EPB_FLAGS, &direction.flags().to_le_bytes())?;
+    write_option(out, OPT_ENDOFOPT, &[])?;
+    out.write_all(&total.to_le_bytes())
 }
 
 /// One Interface Description Block: RAW, no snapshot limit, `name`, `description`, stamps in

@@ -1,7 +1,11 @@
+//! The capture file byte for byte against the pcapng draft's layouts, as a pcapng reader
+//! (the `pcap-file` crate) sees it, and what a failed write leaves in it.
+
 use super::*;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
 use pcap_file::pcapng::{Block, PcapNgReader};
+use std::sync::{Arc, Mutex};
 
 fn devices() -> Devices {
     Devices {
@@ -138,4 +142,93 @@ fn capture_holds_packets_until_flushed() {
     // The 28-byte section header, two interfaces of 80 and 76 bytes, and a 64-byte block for
     // the 20-byte packet.
     assert_eq!(len(&path), 28 + 80 + 76 + 64);
+}
+
+/// A file whose disk fills at `full_at` bytes: the write that reaches it is cut short, the next
+/// fails (no space), and then space is back and writes succeed again, as when another program
+/// frees some. It keeps what it took where the test can see it.
+#[derive(Clone)]
+struct FillingFile {
+    taken: Arc<Mutex<Vec<u8>>>,
+    full_at: usize,
+    failed: Arc<Mutex<bool>>,
+}
+
+impl Write for FillingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut taken = self.taken.lock().expect("lock");
+        let mut failed = self.failed.lock().expect("lock");
+        let room = if *failed {
+            buf.len()
+        } else {
+            self.full_at - taken.len()
+        };
+        if room == 0 {
+            *failed = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device",
+            ));
+        }
+        let n = buf.len().min(room);
+        taken.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_write_stops_the_capture_for_every_worker_and_nothing_is_appended_after_it() {
+    let file = FillingFile {
+        taken: Arc::new(Mutex::new(Vec::new())),
+        full_at: 10_000,
+        failed: Arc::new(Mutex::new(false)),
+    };
+    let capture = Capture::over(file.clone(), Path::new("full.pcapng"), &devices()).expect("head");
+    // Two workers share it, as the gateway's do.
+    let first = Arc::new(Mutex::new(capture));
+    let second = Arc::clone(&first);
+    let packet = [0x45; 1500];
+    // The first worker's packets fill the 8 KiB buffer, which goes to the file, and then the
+    // next: that write stops at 10,000 bytes, part-way through a block, and fails.
+    let mut error = None;
+    for _ in 0..20 {
+        let recorded =
+            first
+                .lock()
+                .expect("lock")
+                .record(Interface::Inside, Direction::Inbound, &packet);
+        match recorded {
+            Ok(r) => assert_eq!(r, Recording::On),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let error = error.expect("the disk filled within 20 packets of 1.5 KB");
+    assert_eq!(
+        format!("{error:#}"),
+        "writing to the capture file full.pcapng: no space left on device"
+    );
+    let at_failure = file.taken.lock().expect("lock").clone();
+    assert_eq!(at_failure.len(), 10_000);
+
+    // Space is back, but the capture has stopped: for the other worker too, for flushes, and
+    // when the capture is dropped (a BufWriter writes its buffer out as it is dropped).
+    for worker in [&second, &first] {
+        let mut capture = worker.lock().expect("lock");
+        let recorded = capture.record(Interface::Outside, Direction::Outbound, &packet);
+        assert_eq!(recorded.expect("no error"), Recording::Stopped);
+        assert_eq!(capture.flush().expect("no error"), Recording::Stopped);
+    }
+    drop(second);
+    drop(first);
+    assert!(
+        *file.taken.lock().expect("lock") == at_failure,
+        "bytes were appended after the failed write"
+    );
 }
