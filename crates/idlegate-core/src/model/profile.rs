@@ -489,13 +489,15 @@ pub static AWS_NATGW: Profile = Profile {
     },
 };
 
-/// GCP Cloud NAT ("NAT timeouts" docs).
+/// GCP Cloud NAT (Google Cloud "Tune NAT configuration", NAT timeouts).
 ///
 /// - Outbound only. TCP established idle timeout 1200 s (20 min) by default; GCP lets it be
 ///   set, idlegate accepts 30 s–24 h.
 /// - At expiry: silent.
 /// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies both to the flow
-///   after its last ACK and as the hold of its port after a FIN; UDP 30 s.
+///   after its last ACK and as the hold of its port after a FIN; UDP 30 s. (Cloud NAT's
+///   release notes of 31 March 2026 announce a 30 s TIME_WAIT default for gateways created
+///   from 30 September 2026; gateways made before keep 120 s, the figure used here.)
 /// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
 /// - IPv4 fragments: GCP documents nothing found; idlegate forwards them.
 pub static GCP_NAT: Profile = Profile {

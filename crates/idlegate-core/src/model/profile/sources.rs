@@ -49,20 +49,20 @@ const AZURE_FIREWALL_FAQ: Source = src(
     "https://learn.microsoft.com/en-us/azure/firewall/firewall-faq",
 );
 const AWS_NLB: Source = src(
-    "AWS: Network Load Balancers (Connection idle timeout)",
-    "https://docs.aws.amazon.com/elasticloadbalancing/latest/network/network-load-balancers.html#connection-idle-timeout",
+    "AWS: Update the TCP idle timeout for your Network Load Balancer listener",
+    "https://docs.aws.amazon.com/elasticloadbalancing/latest/network/update-idle-timeout.html",
 );
 const AWS_NATGW: Source = src(
     "AWS: Troubleshoot NAT gateways (Internet connection drops after 350 seconds)",
     "https://docs.aws.amazon.com/vpc/latest/userguide/nat-gateway-troubleshooting.html",
 );
 const AWS_ALB: Source = src(
-    "AWS: Application Load Balancers (Connection idle timeout)",
-    "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/application-load-balancers.html#connection-idle-timeout",
+    "AWS: Edit attributes for your Application Load Balancer (Connection idle timeout)",
+    "https://docs.aws.amazon.com/elasticloadbalancing/latest/application/edit-load-balancer-attributes.html#connection-idle-timeout",
 );
 const GCP_NAT: Source = src(
-    "Google Cloud: Cloud NAT overview (NAT timeouts)",
-    "https://cloud.google.com/nat/docs/overview",
+    "Google Cloud: Tune NAT configuration (NAT timeouts)",
+    "https://cloud.google.com/nat/docs/tune-nat-configuration#nat-timeouts",
 );
 const GCP_FIREWALL: Source = src(
     "Google Cloud: VPC firewall rules (connection tracking)",
