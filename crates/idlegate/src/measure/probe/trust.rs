@@ -4,7 +4,8 @@
 //! bracket may not be the idle timeout of one box: every connection opened but the shortest
 //! idle tried already failed (the path may drop everything after the handshake, or the
 //! timeout is below what the probe tries), or a connection survived a longer idle than one
-//! that failed. Each doubt has a stable kebab-case code (for scripts) and a sentence.
+//! that failed. Each doubt has a stable kebab-case code (for scripts) and a sentence; a code
+//! appears at most once, its sentence naming every observation behind it.
 
 use serde::Serialize;
 use std::time::Duration;
@@ -54,18 +55,22 @@ pub(super) fn doubts(
             });
         }
     }
-    if !consistent {
-        out.push(Doubt {
-            code: DoubtCode::LongerIdleSurvived,
-            message: "a connection survived a longer idle time than one that failed: the flows may meet different timers (several boxes, or a balancer spreading them), or something else ended the one that failed".to_string(),
-        });
-    }
-    for (way, idle) in beyond {
+    // The search's own contradiction and the behaviour tests past the bracket are one doubt:
+    // one code, once, with what each saw.
+    if !consistent || !beyond.is_empty() {
+        let seen: Vec<String> = beyond
+            .iter()
+            .map(|(way, idle)| format!("{way}: idle {} survived", secs(*idle)))
+            .collect();
+        let seen = if seen.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", seen.join("; "))
+        };
         out.push(Doubt {
             code: DoubtCode::LongerIdleSurvived,
             message: format!(
-                "{way}: a connection idle {} survived, longer than the idle time that failed: the flows may meet different timers",
-                secs(*idle)
+                "a connection survived a longer idle time than one that failed{seen}: the flows may meet different timers (several boxes, or a balancer spreading them), or something else ended the one that failed"
             ),
         });
     }
@@ -98,9 +103,36 @@ mod tests {
         assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
         let d = doubts(S(3), Some(S(4)), true, S(1), &[("client to server", S(5))]);
         assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
-        assert!(d[0]
-            .message
-            .starts_with("client to server: a connection idle 5.0 s survived"));
+        assert!(
+            d[0].message.starts_with(
+                "a connection survived a longer idle time than one that failed (client to server: idle 5.0 s survived): "
+            ),
+            "{}",
+            d[0].message
+        );
+    }
+
+    #[test]
+    fn a_contradicting_search_and_survivors_past_the_bracket_make_one_longer_idle_doubt() {
+        let d = doubts(
+            S(8),
+            Some(S(4)),
+            false,
+            S(1),
+            &[("client to server", S(5)), ("server to client", S(6))],
+        );
+        let longer: Vec<_> = d
+            .iter()
+            .filter(|d| d.code == DoubtCode::LongerIdleSurvived)
+            .collect();
+        assert_eq!(longer.len(), 1, "{d:?}");
+        assert!(
+            longer[0].message.contains(
+                "(client to server: idle 5.0 s survived; server to client: idle 6.0 s survived)"
+            ),
+            "{}",
+            longer[0].message
+        );
     }
 
     #[test]
