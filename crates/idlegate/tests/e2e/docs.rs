@@ -335,3 +335,107 @@ fn the_docs_cite_no_private_seed_names_or_paths() {
         found.join("\n")
     );
 }
+
+/// Every way the docs write a figure of `seconds`: "350 s", "6,000 s", and as idlegate's
+/// messages do ("4 min", "24 h", "5 days").
+fn written_durations(seconds: f64, out: &mut BTreeSet<String>) {
+    if seconds <= 0.0 || seconds.fract() != 0.0 {
+        return;
+    }
+    let whole = seconds as u64;
+    out.insert(format!("{whole} s"));
+    out.insert(format!("{} s", with_commas(whole)));
+    out.insert(idlegate_core::config::human(
+        std::time::Duration::from_secs(whole),
+    ));
+}
+
+fn with_commas(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The figures of `profiles --json`: each duration (fields ending in `_s`, and the numbers
+/// inside them) and each port count, as the docs would write them.
+fn profile_figures(value: &serde_json::Value, in_seconds: bool, out: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Number(n) if in_seconds => {
+            written_durations(n.as_f64().unwrap_or(0.0), out)
+        }
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key.starts_with("ports_per_") {
+                    if let Some(n) = v.as_u64().filter(|n| *n > 1) {
+                        out.insert(format!("{n} ports"));
+                        if n >= 1000 {
+                            out.insert(with_commas(n));
+                        }
+                    }
+                }
+                profile_figures(v, in_seconds || key.ends_with("_s"), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                profile_figures(v, in_seconds, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The profiles page gives no figure of the profile tables by hand (it would drift from them):
+/// each section links to the generated Profile figures page instead. Code (test names, config
+/// lines) is not prose and is not checked.
+#[test]
+fn the_profiles_page_states_no_figure_of_the_profile_tables() {
+    let json = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(["profiles", "--json"])
+        .output()
+        .expect("running idlegate profiles --json");
+    assert!(json.status.success(), "idlegate profiles --json failed");
+    let json: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("profiles --json prints JSON");
+    let mut figures = BTreeSet::new();
+    profile_figures(&json, false, &mut figures);
+    assert!(
+        figures.contains("350 s") && figures.contains("4 min"),
+        "{figures:?}"
+    );
+
+    let page = repo().join("docs/src/reference/profiles.md");
+    let text = read_markdown(&page);
+    let mut prose = String::new();
+    for event in Parser::new_ext(&text, options()) {
+        if let Event::Text(t) = event {
+            prose += &t;
+            prose.push('\n');
+        }
+    }
+    let mut found = Vec::new();
+    for figure in &figures {
+        for (at, _) in prose.match_indices(figure.as_str()) {
+            let before = prose[..at].chars().next_back();
+            let after = prose[at + figure.len()..].chars().next();
+            let digit_before = before.is_some_and(|c| c.is_ascii_digit() || c == ',' || c == '.');
+            let word_after = after.is_some_and(|c| c.is_alphanumeric());
+            if !digit_before && !word_after {
+                let line = prose[..at].rsplit('\n').next().unwrap_or_default();
+                found.push(format!("{figure:?} in \"{line}{figure}…\""));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "{} states figures of the profile tables; link to profile-figures.md instead:\n{}",
+        page.display(),
+        found.join("\n")
+    );
+}
