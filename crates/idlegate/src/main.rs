@@ -26,7 +26,7 @@ use cli::profiles::ProfilesArgs;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
-use idlegate::obs::report::{self, Report, Status};
+use idlegate::obs::report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
