@@ -349,9 +349,7 @@ pub fn not_up(lab: &str) -> anyhow::Error {
     } else {
         format!("{start} (labs up: {})", others.join(", "))
     };
-    Err::<(), _>(anyhow!("{} is not up", called(lab)))
-        .hint(hint)
-        .unwrap_err()
+    crate::obs::report::hinted(anyhow!("{} is not up", called(lab)), hint)
 }
 
 /// Fails with [`not_up`] unless lab `lab` is up or coming up.
