@@ -115,6 +115,28 @@ pub fn hinted(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyho
     wrap(error.into(), Some(hint.into()), None)
 }
 
+/// A program that could not be started, said and exited as a shell does, the same for `run`
+/// and `lab exec`: `reason` is the OS's (`No such file or directory`), the status 127 when
+/// there is no such program and 126 when it cannot be executed, with what to do. The caller
+/// adds what it was starting as context.
+pub fn cannot_start(program: &str, kind: std::io::ErrorKind, reason: String) -> anyhow::Error {
+    let (status, hint) = match kind {
+        std::io::ErrorKind::NotFound => (
+            Status::NotFound,
+            "give the program's path, or a name found on $PATH".to_string(),
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            Status::CannotExecute,
+            format!("make it executable (chmod +x {program}) or run it through its interpreter"),
+        ),
+        _ => (
+            Status::CannotExecute,
+            format!("check that {program} is a program this system can run"),
+        ),
+    };
+    wrap(anyhow::Error::msg(reason), Some(hint), Some(status))
+}
+
 /// A config file's mistake ([`idlegate_core::config::ConfigError`]: `file:line:column:
 /// message`) as a usage error, with its hint if it has one.
 pub fn refused<T>(mistake: idlegate_core::config::ConfigError) -> anyhow::Result<T> {
