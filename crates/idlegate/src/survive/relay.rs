@@ -416,7 +416,7 @@ impl<'r> Worker<'r> {
                     // Refused or unreachable: the application is told as a refused
                     // connection would tell it.
                     let why = match failed {
-                        Ok(Some(e)) | Err(e) => e.to_string(),
+                        Ok(Some(e)) | Err(e) => crate::sys::errno::reason(&e),
                         Ok(None) => "the connection ended before it was made".to_string(),
                     };
                     tracing::info!("relay: connecting to {} failed: {why}", self.relay.connect);
