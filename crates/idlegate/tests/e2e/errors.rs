@@ -241,7 +241,7 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
             "relay --config naming a file that is not there",
             &["relay", "--config", &missing],
             2,
-            &format!("idlegate: reading {missing}: No such file or directory"),
+            &format!("idlegate: reading {missing}: No such file or directory (os error 2)"),
         ),
         Case::new(
             "audit --idle-timeout 1s",
@@ -368,7 +368,9 @@ fn the_gateway_without_privilege_names_what_it_needs() {
             & 0o7777;
         Case {
             what: "gateway as nobody",
-            line: format!("idlegate: creating TUN device {inside}: Permission denied"),
+            line: format!(
+                "idlegate: creating TUN device {inside}: Permission denied (os error 13)"
+            ),
             hint: Some(format!(
                 "run it as root: this user may not open /dev/net/tun (its mode is {mode:04o}); \
                  the gateway needs read-write access to it and CAP_NET_ADMIN"
