@@ -26,7 +26,7 @@ use cli::profiles::ProfilesArgs;
 use cli::relay::RelayArgs;
 #[cfg(windows)]
 use cli::service::ServiceCommand;
-use idlegate::obs::report::{self, Report, Status};
+use idlegate::obs::report;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -175,10 +175,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Relay(args) => cli::relay::run(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Keepalive(args) => cli::keepalive::run_keepalive(&args),
-        // advise and profiles only read their arguments and print: any failure is one of usage.
-        Command::Advise(args) => cli::advise::run_advise(&args)
-            .status(Status::Usage)
-            .map(done),
+        Command::Advise(args) => cli::advise::run_advise(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         #[cfg(target_os = "linux")]

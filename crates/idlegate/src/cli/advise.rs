@@ -28,14 +28,18 @@ pub struct AdviseArgs {
 }
 
 /// The idle timeout asked for (at least 2 s), or the profile's (azure-lb by default), and
-/// where it came from.
+/// where it came from; either mistake is a usage error.
 pub(super) fn idle_timeout(
     given: Option<std::time::Duration>,
     profile_name: Option<&str>,
 ) -> Result<(std::time::Duration, String)> {
+    use idlegate::obs::report::{Report, Status};
     if let Some(t) = given {
         if t < std::time::Duration::from_secs(2) {
-            anyhow::bail!("--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)");
+            return Err(anyhow::anyhow!(
+                "--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)"
+            ))
+            .status(Status::Usage);
         }
         return Ok((t, "--idle-timeout".to_string()));
     }

@@ -44,10 +44,12 @@ impl AuditArgs {
         };
         let interval = self.interval.unwrap_or(metrics::DEFAULT_INTERVAL);
         if interval < metrics::MIN_INTERVAL {
-            anyhow::bail!(
+            use idlegate::obs::report::{Report, Status};
+            return Err(anyhow::anyhow!(
                 "--interval {interval:?}: at least {:?} (each scan reads every process's descriptors)",
                 metrics::MIN_INTERVAL
-            );
+            ))
+            .status(Status::Usage);
         }
         Ok(Some(Settings {
             listen,

@@ -7,7 +7,7 @@
 //! `idlegate-lab.1`, `idlegate-lab-up.1`, … (a command's page is named by its path); pages of
 //! those names are replaced, nothing else in the directory is touched.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Command, CommandFactory};
 use clap_complete::Shell;
 use std::io::Write;
@@ -49,11 +49,10 @@ pub fn man(args: &ManArgs) -> Result<()> {
         return print_all(&page, "the manual page");
     };
     if !dir.is_dir() {
-        bail!(
-            "--out {}: not a directory\nhint: create it first (mkdir -p {})",
-            dir.display(),
-            dir.display()
-        );
+        use idlegate::obs::report::{Report, Status};
+        return Err(anyhow::anyhow!("--out {}: not a directory", dir.display()))
+            .hint(format!("create it first: mkdir -p {}", dir.display()))
+            .status(Status::Usage);
     }
     let written = write_pages(command, dir)?;
     println!("wrote {written} manual pages to {}", dir.display());

@@ -306,7 +306,7 @@ fn connect(path: &Path) -> Result<UnixStream> {
                 .with_context(|| format!("connecting to the gateway's control socket {at}"))
                 .hint("start the gateway (`idlegate gateway --config FILE`), or give its socket with --control"),
             std::io::ErrorKind::ConnectionRefused => failed
-                .with_context(|| format!("connecting to the gateway's control socket {at}: nothing listens there"))
+                .with_context(|| format!("connecting to the gateway's control socket {at}"))
                 .hint("the gateway that made it has stopped: start it again, or give the running one's socket with --control"),
             std::io::ErrorKind::PermissionDenied => failed
                 .with_context(|| format!("the gateway's control socket {at} is there, but this user may not connect to it"))
@@ -335,6 +335,24 @@ mod tests {
             Request::Flows
         );
         assert!(serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).is_err());
+    }
+
+    /// A socket file left by a gateway that stopped: the OS's reason said once, then what to do.
+    #[test]
+    fn a_stale_control_socket_says_connection_refused_once_and_that_the_gateway_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let e = connect(&path).unwrap_err();
+        assert_eq!(
+            crate::obs::report::render(&e),
+            format!(
+                "idlegate: connecting to the gateway's control socket {}: Connection refused\n\
+                 hint: the gateway that made it has stopped: start it again, or give the running \
+                 one's socket with --control",
+                path.display()
+            )
+        );
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl Plan {
             Direction::Outbound => profile.outbound_rule_idle,
         };
         if options.time_scale == Some(0) {
-            bail!("--time-scale 0: must be at least 1");
+            return Err(anyhow::anyhow!("--time-scale 0: must be at least 1"))
+                .status(Status::Usage);
         }
         let auto = (range.default.as_secs_f64() / DEMO_IDLE.as_secs_f64()).round() as u32;
         let time_scale = options

@@ -349,9 +349,7 @@ pub fn not_up(lab: &str) -> anyhow::Error {
     } else {
         format!("{start} (labs up: {})", others.join(", "))
     };
-    Err::<(), _>(anyhow!("{} is not up", called(lab)))
-        .hint(hint)
-        .unwrap_err()
+    crate::obs::report::hinted(anyhow!("{} is not up", called(lab)), hint)
 }
 
 /// Fails with [`not_up`] unless lab `lab` is up or coming up.
@@ -609,13 +607,9 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
         Ok(child) => child,
         Err(netns::SpawnError::Entering(e)) => return Err(e).with_context(running),
         Err(netns::SpawnError::Exec(e)) => {
-            let status = match e.raw_os_error() {
-                Some(libc::ENOENT) => Status::NotFound,
-                _ => Status::CannotExecute,
-            };
-            return Err(anyhow!("{}", errno::reason(&e)))
-                .with_context(running)
-                .status(status);
+            let reason = errno::reason(&e);
+            return Err(crate::obs::report::cannot_start(program, e.kind(), reason))
+                .with_context(|| format!("starting {program:?} in {host}"));
         }
     };
     if let Err(e) = signals.to(child.id() as i32) {

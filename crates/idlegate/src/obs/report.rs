@@ -60,8 +60,17 @@ impl std::error::Error for Reported {
 }
 
 /// `error` with a hint or status; one already directly on it keeps its own (the inner one was
-/// written closer to the cause).
+/// written closer to the cause). Only the outermost error is looked at: anyhow's `downcast`
+/// would also find a `Reported` under a `context`, and merging into that would drop the context.
 fn wrap(error: anyhow::Error, hint: Option<String>, status: Option<Status>) -> anyhow::Error {
+    let direct = error.chain().next().is_some_and(|e| e.is::<Reported>());
+    if !direct {
+        return anyhow::Error::new(Reported {
+            error,
+            hint,
+            status,
+        });
+    }
     match error.downcast::<Reported>() {
         Ok(mut reported) => {
             reported.hint = reported.hint.take().or(hint);
@@ -98,6 +107,34 @@ impl<T, E: Into<anyhow::Error>> Report<T> for Result<T, E> {
     fn status(self, status: Status) -> anyhow::Result<T> {
         self.map_err(|e| wrap(e.into(), None, Some(status)))
     }
+}
+
+/// `error` with what to do about it: [`Report::hint`] for an error at hand rather than a
+/// `Result`.
+pub fn hinted(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
+    wrap(error.into(), Some(hint.into()), None)
+}
+
+/// A program that could not be started, said and exited as a shell does, the same for `run`
+/// and `lab exec`: `reason` is the OS's (`No such file or directory`), the status 127 when
+/// there is no such program and 126 when it cannot be executed, with what to do. The caller
+/// adds what it was starting as context.
+pub fn cannot_start(program: &str, kind: std::io::ErrorKind, reason: String) -> anyhow::Error {
+    let (status, hint) = match kind {
+        std::io::ErrorKind::NotFound => (
+            Status::NotFound,
+            "give the program's path, or a name found on $PATH".to_string(),
+        ),
+        std::io::ErrorKind::PermissionDenied => (
+            Status::CannotExecute,
+            format!("make it executable (chmod +x {program}) or run it through its interpreter"),
+        ),
+        _ => (
+            Status::CannotExecute,
+            format!("check that {program} is a program this system can run"),
+        ),
+    };
+    wrap(anyhow::Error::msg(reason), Some(hint), Some(status))
 }
 
 /// A config file's mistake ([`idlegate_core::config::ConfigError`]: `file:line:column:
@@ -192,6 +229,27 @@ mod tests {
         );
         assert_eq!(status(&e), Status::Usage);
         assert_eq!(status(&e).code(), 2);
+    }
+
+    #[test]
+    fn an_error_at_hand_is_hinted_as_a_result_is() {
+        let e = hinted(anyhow!("lab \"x\" is not up"), "start it");
+        assert_eq!(render(&e), "idlegate: lab \"x\" is not up\nhint: start it");
+        assert_eq!(status(&e), Status::Runtime);
+    }
+
+    #[test]
+    fn a_hint_on_a_context_around_a_hinted_error_keeps_the_context() {
+        let e = failing()
+            .hint("inner")
+            .context("--private-key")
+            .hint("outer")
+            .unwrap_err();
+        assert_eq!(
+            render(&e),
+            "idlegate: --private-key: creating TUN device igw-inside: permission denied\n\
+             hint: inner"
+        );
     }
 
     #[test]

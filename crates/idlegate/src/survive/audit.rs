@@ -262,7 +262,7 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
 /// A failure to enter namespace `ns` for want of privilege gets what to do (setns(2) into
 /// another network namespace needs CAP_SYS_ADMIN); any other failure is kept as it is.
 fn needs_privilege(e: anyhow::Error, ns: &str) -> anyhow::Error {
-    use crate::obs::report::Report;
+    use crate::obs::report::hinted;
     let denied = e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
@@ -270,13 +270,12 @@ fn needs_privilege(e: anyhow::Error, ns: &str) -> anyhow::Error {
     if !denied {
         return e;
     }
-    Err::<(), _>(e)
-        .with_hint(|| {
-            format!(
-                "entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {ns}"
-            )
-        })
-        .unwrap_err()
+    hinted(
+        e,
+        format!(
+            "entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {ns}"
+        ),
+    )
 }
 
 /// Socket inode → (pid, its descriptor, command), from every process's descriptors.

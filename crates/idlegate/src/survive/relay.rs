@@ -48,6 +48,7 @@ pub const CONFIG_SHAPE: &str = "write one [[relay]] table per relay, each with l
 /// ([`idlegate_core::config::ConfigError`]).
 pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAddr, Keepalive)>> {
     use crate::obs::report::refused;
+    use crate::survive::serve::{resolve_as, HOST_PORT_HINT};
     use idlegate_core::config::{find_profile, ConfigError};
     use toml::Spanned;
     #[derive(serde::Deserialize)]
@@ -81,7 +82,18 @@ pub fn parse_config(text: &str, file: &str) -> Result<Vec<(SocketAddr, SocketAdd
         let addr = |what: &str, v: &Spanned<String>| -> Result<SocketAddr> {
             match resolve::host_port(v.get_ref()) {
                 Ok(addr) => Ok(addr),
-                Err(e) => refused(at(v.span(), format!("{what} = {:?}: {e}", v.get_ref()))),
+                // Text that is not HOST:PORT is the file's mistake: said with what is wrong.
+                Err(e @ resolve::Unresolved::NotHostPort(_)) => {
+                    let why = format!("{:#}", anyhow::Error::from(e));
+                    let message = format!("{what} = {:?}: {why}", v.get_ref());
+                    refused(at(v.span(), message).with_hint(HOST_PORT_HINT.to_string()))
+                }
+                // HOST:PORT whose name does not resolve: a runtime failure, said and hinted as
+                // the command line's is, at the place in the file the name came from.
+                Err(_) => {
+                    let place = at(v.span(), format!("{what} = {:?}", v.get_ref()));
+                    resolve_as(&place.to_string(), v.get_ref())
+                }
             }
         };
         let keepalive = match (&r.keepalive, &r.profile) {
@@ -404,7 +416,7 @@ impl<'r> Worker<'r> {
                     // Refused or unreachable: the application is told as a refused
                     // connection would tell it.
                     let why = match failed {
-                        Ok(Some(e)) | Err(e) => e.to_string(),
+                        Ok(Some(e)) | Err(e) => crate::sys::errno::reason(&e),
                         Ok(None) => "the connection ended before it was made".to_string(),
                     };
                     tracing::info!("relay: connecting to {} failed: {why}", self.relay.connect);
@@ -803,8 +815,8 @@ mod tests {
             ),
             (
                 &GOOD.replace("\"127.0.0.1:5432\"", "\"127.0.0.1\"")[..],
-                "relays.toml:3:11: connect = \"127.0.0.1\": not HOST:PORT",
-                None,
+                "relays.toml:3:11: connect = \"127.0.0.1\": not HOST:PORT: no :PORT",
+                Some("give HOST:PORT, e.g. db.example.com:5432"),
             ),
         ] {
             let e = parse_config(text, "relays.toml").unwrap_err();
@@ -818,6 +830,29 @@ mod tests {
             }
             assert_eq!(report::status(&e), report::Status::Usage, "{said}");
         }
+    }
+
+    /// A name in the file that does not resolve is not the file's syntax: it fails as
+    /// `--connect` does (exit 1, the resolver's reason, what to check), at the name's place.
+    #[test]
+    fn a_relay_config_name_that_does_not_resolve_is_a_runtime_failure_with_the_lookup_hint() {
+        // .invalid never resolves (RFC 2606, section 2).
+        let text = GOOD.replace("127.0.0.1:5432", "db.example.invalid:5432");
+        let e = parse_config(&text, "relays.toml").unwrap_err();
+        let said = format!("{e:#}");
+        let start = "relays.toml:3:11: connect = \"db.example.invalid:5432\": looking up db.example.invalid: ";
+        assert!(said.starts_with(start), "{said}");
+        assert!(
+            said.len() > start.len(),
+            "the resolver's reason is missing: {said}"
+        );
+        assert!(!said.contains("not HOST:PORT"), "{said}");
+        assert_eq!(report::status(&e), report::Status::Runtime, "{said}");
+        let hint = report::hint_of(&e).unwrap_or_default();
+        assert_eq!(
+            hint,
+            "check the name, and that this machine's resolver knows it: getent hosts db.example.invalid"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Ctrl-C or the console closing on Windows; `idlegate service run`: the service's Stop control,
 //! and it reports Running once [`serve_then`] says everything is bound).
 
+use crate::obs::report::{Report, Status};
 use crate::survive::relay::{parse_config, Keepalive, Relay};
 use crate::survive::stats::Stats;
 use crate::survive::tunnel::leg::{EntryKeys, ExitKeys};
@@ -125,22 +126,21 @@ fn resolve(flag: &str, v: &str) -> Result<SocketAddr> {
     resolve_as(&format!("{flag} {v}"), v)
 }
 
+/// What to write where text is not HOST:PORT.
+pub const HOST_PORT_HINT: &str =
+    "give HOST:PORT, e.g. db.example.com:5432, 192.0.2.10:5432 or [fd00::10]:5432";
+
 /// `v` (HOST:PORT) as the first address it resolves to, an error saying `what` it was. Text
 /// that is not HOST:PORT is a usage error; a name that does not resolve says so, with what to
 /// check. (`idlegate probe TARGET` resolves its target so too.)
 pub fn resolve_as(what: &str, v: &str) -> Result<SocketAddr> {
-    use crate::obs::report::{Report, Status};
     use crate::sys::resolve::{host_port, Unresolved};
     let e = match host_port(v) {
         Ok(addr) => return Ok(addr),
         Err(e) => e,
     };
     let (hint, status) = match &e {
-        Unresolved::NotHostPort(_) => (
-            "give HOST:PORT, e.g. db.example.com:5432, 192.0.2.10:5432 or [fd00::10]:5432"
-                .to_string(),
-            Status::Usage,
-        ),
+        Unresolved::NotHostPort(_) => (HOST_PORT_HINT.to_string(), Status::Usage),
         Unresolved::Lookup { host, .. } => (
             format!(
                 "check the name, and that this machine's resolver knows it: getent hosts {host}"
@@ -171,8 +171,11 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
     let mut stats = Vec::new();
     match &options.plan {
         Plan::Config(path) => {
+            // A file the command line names that cannot be read is a usage error, as
+            // `gateway --config`'s.
             let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+                .with_context(|| format!("reading {}", path.display()))
+                .status(Status::Usage)?;
             let relays = parse_config(&text, &path.display().to_string())?;
             let most = options.fit(relays.len())?;
             for (listen, connect, keepalive) in relays {

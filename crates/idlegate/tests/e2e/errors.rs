@@ -125,6 +125,12 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
         ("gateway.toml", GATEWAY_CONFIG),
         ("relays.toml", RELAY_CONFIG),
         ("empty.toml", ""),
+        (
+            "no-port.toml",
+            &RELAY_CONFIG
+                .replace("\"127.0.0.1:5432\"", "\"db.example.com\"")
+                .replace("2m,abc", "2m,30s,8"),
+        ),
     ]);
     let relay = [
         "relay",
@@ -139,6 +145,9 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
     let gateway_config = at(dir.path(), "gateway.toml");
     let relay_config = at(dir.path(), "relays.toml");
     let empty = at(dir.path(), "empty.toml");
+    let no_port = at(dir.path(), "no-port.toml");
+    let missing = at(dir.path(), "missing.toml");
+    let not_a_dir = at(dir.path(), "empty.toml");
     let cases = [
         Case::new(
             "relay --profile nope",
@@ -219,6 +228,46 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
              profile, e.g. [[relay]] listen = \"127.0.0.1:15432\" connect = \
              \"db.example.com:5432\" keepalive = \"120s,30s,8\" (each key on its own line)",
         ),
+        Case::new(
+            "relay --config whose connect is not HOST:PORT",
+            &["relay", "--config", &no_port],
+            2,
+            &format!(
+                "idlegate: {no_port}:3:11: connect = \"db.example.com\": not HOST:PORT: no :PORT"
+            ),
+        )
+        .hint("give HOST:PORT, e.g. db.example.com:5432, 192.0.2.10:5432 or [fd00::10]:5432"),
+        Case::new(
+            "relay --config naming a file that is not there",
+            &["relay", "--config", &missing],
+            2,
+            &format!("idlegate: reading {missing}: No such file or directory (os error 2)"),
+        ),
+        Case::new(
+            "audit --idle-timeout 1s",
+            &["audit", "--idle-timeout", "1s"],
+            2,
+            "idlegate: --idle-timeout 1s: at least 2s (keepalive timers are whole seconds)",
+        ),
+        Case::new(
+            "audit --metrics with --interval 500ms",
+            &["audit", "--metrics", "127.0.0.1:0", "--interval", "500ms"],
+            2,
+            "idlegate: --interval 500ms: at least 1s (each scan reads every process's descriptors)",
+        ),
+        Case::new(
+            "lab demo --time-scale 0",
+            &["lab", "demo", "--time-scale", "0"],
+            2,
+            "idlegate: --time-scale 0: must be at least 1",
+        ),
+        Case::new(
+            "man --out naming a file",
+            &["man", "--out", &not_a_dir],
+            2,
+            &format!("idlegate: --out {not_a_dir}: not a directory"),
+        )
+        .hint(&format!("create it first: mkdir -p {not_a_dir}")),
     ];
     for case in &cases {
         case.check();
@@ -233,7 +282,7 @@ fn run_exits_127_for_a_program_not_found_and_126_for_one_not_executable() {
         "run -- /nonexistent",
         &["run", "--", "/nonexistent"],
         127,
-        "idlegate: starting \"/nonexistent\": No such file or directory (os error 2)",
+        "idlegate: starting \"/nonexistent\": No such file or directory",
     )
     .hint("give the program's path, or a name found on $PATH")
     .check();
@@ -241,7 +290,7 @@ fn run_exits_127_for_a_program_not_found_and_126_for_one_not_executable() {
         "run -- a file without x",
         &["run", "--", &text],
         126,
-        &format!("idlegate: starting \"{text}\": Permission denied (os error 13)"),
+        &format!("idlegate: starting \"{text}\": Permission denied"),
     )
     .hint(&format!(
         "make it executable (chmod +x {text}) or run it through its interpreter"

@@ -142,6 +142,38 @@ fn a_connect_name_that_does_not_resolve_is_a_failed_lookup_with_a_hint_not_bad_s
     );
 }
 
+/// A name in a relay config that does not resolve fails as `--connect` does (exit 1, the
+/// resolver's reason, the same hint), at the name's place in the file, not as a mistake of its
+/// syntax.
+#[test]
+fn a_relay_config_name_that_does_not_resolve_exits_1_with_the_lookup_hint_as_connect_does() {
+    crate::common::require_root();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let config = dir.path().join("relays.toml");
+    std::fs::write(
+        &config,
+        "[[relay]]\nlisten = \"127.0.0.1:0\"\nconnect = \"db.example.invalid:5432\"\n\
+         keepalive = \"2m,30s,8\"\n",
+    )
+    .expect("writing the relay config");
+    let config = config.display().to_string();
+    let (code, stderr) = run_isolated(&["relay", "--config", &config]);
+    assert_eq!(code, 1, "{stderr}");
+    let mut lines = stderr.lines();
+    let error = lines.next().unwrap_or_default();
+    let start = format!(
+        "idlegate: {config}:3:11: connect = \"db.example.invalid:5432\": looking up db.example.invalid: "
+    );
+    assert!(error.starts_with(&start), "{stderr}");
+    assert!(error.len() > start.len(), "the resolver's reason: {stderr}");
+    assert!(!stderr.contains("not HOST:PORT"), "{stderr}");
+    assert_eq!(
+        lines.next(),
+        Some("hint: check the name, and that this machine's resolver knows it: getent hosts db.example.invalid"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_connect_value_that_is_not_host_port_is_a_usage_error_saying_what_is_wrong() {
     crate::common::require_root();
@@ -181,7 +213,7 @@ fn a_relay_whose_server_refuses_logs_why_connecting_failed() {
     let line = relay.line_with("connecting to");
     assert!(
         line.ends_with(&format!(
-            "relay: connecting to {upstream} failed: Connection refused (os error 111)"
+            "relay: connecting to {upstream} failed: Connection refused"
         )),
         "{line}"
     );

@@ -295,8 +295,12 @@ impl ConfigError {
     /// A TOML syntax or type error in `file`, at the value it is about; a wrong type is said
     /// as `key: expected <what the key takes, with an example>, found <what is there>`.
     pub fn of_toml(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-        let message = match e.span().and_then(|s| setting_at(text, s.start)) {
-            Some(setting) => explain_toml_error(setting, e.message()),
+        let message = match e.span() {
+            Some(span) => explain_toml_error(
+                setting_at(text, span.start),
+                key_before(text, span.start),
+                e.message(),
+            ),
             None => e.message().to_string(),
         };
         ConfigError::at(file, text, e.span(), message)
@@ -311,26 +315,26 @@ impl ConfigError {
     }
 }
 
-/// A TOML or type error on the line `setting` (`key = value`) said the way the other
-/// mistakes are: `key: expected <what the key takes, with an example>, found <what is there>`.
-/// Errors that are not about a value's type (an unknown or missing key) keep toml's words.
-fn explain_toml_error(setting: &str, message: &str) -> String {
-    let key = setting.split('=').next().unwrap_or(setting).trim();
-    // An inline table (`members = [{ name = "vm1", address = 5 }]`) has several keys on
-    // its line: which one is wrong is not known here.
-    let one_key = setting.matches('=').count() == 1;
+/// A TOML or type error in the value of `key` (top-level or in an inline table) said the way
+/// the other mistakes are: `key: expected <what the key takes, with an example>, found <what
+/// is there>`. Errors that are not about a value's type (an unknown or missing key) keep
+/// toml's words, after the line `setting` (`key = value`) they are on when it is short.
+fn explain_toml_error(setting: Option<&str>, key: Option<&str>, message: &str) -> String {
     let found = ["invalid type: ", "invalid value: "]
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split_once(", expected "));
-    match (found, expects(key)) {
-        (Some((found, _)), Some(expected)) if one_key => {
+    match (found, key.and_then(|key| Some((key, expects(key)?)))) {
+        (Some((found, _)), Some((key, expected))) => {
             format!(
                 "{key}: expected {expected}, found {}",
                 found.replace('`', "")
             )
         }
-        _ => format!("{setting}: {message}"),
+        _ => match setting {
+            Some(setting) => format!("{setting}: {message}"),
+            None => message.to_string(),
+        },
     }
 }
 
@@ -340,7 +344,9 @@ fn expects(key: &str) -> Option<&'static str> {
         "idle_timeout" => "a duration string like \"240s\" or \"4m\"",
         "frontend_port" | "backend_port" => "a port number from 1 to 65535",
         "frontend_port_range" => "two port numbers from 1 to 65535, like [50000, 50099]",
-        "time_scale" => "a whole number from 1 to 4294967295 (every timer is divided by it)",
+        "time_scale" => {
+            "a whole number from 1 up to the profile's limit (every timer is divided by it; `idlegate profiles` shows the limit)"
+        }
         "max_flows" => "a whole number of flows, like 1048576",
         "ports_per_member" => "a whole number of SNAT ports, like 1024",
         "loose_pickup" => "true or false",
@@ -354,6 +360,20 @@ fn expects(key: &str) -> Option<&'static str> {
         "keepalive" => "an IDLE,INTERVAL,COUNT string like \"120s,30s,8\"",
         _ => return None,
     })
+}
+
+/// The key whose value starts at `offset`: the last `key =` before it on its line, so that a
+/// value in an inline table (`members = [{ name = "vm1", address = 5 }]`) is said by its own
+/// key. None when the text before `offset` does not end in `key =`.
+fn key_before(text: &str, offset: usize) -> Option<&str> {
+    let before = text.get(..offset)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let rest = line.trim_end().strip_suffix('=')?.trim_end();
+    let start = rest
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |i| i + 1);
+    let key = &rest[start..];
+    (!key.is_empty()).then_some(key)
 }
 
 /// The `key = value` line around `offset`, to name the field in a TOML syntax or type error.

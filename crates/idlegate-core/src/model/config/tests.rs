@@ -75,7 +75,7 @@ fn each_mistake_is_refused_with_file_line_and_field() {
         ("time_scale = 60", "time_scale = 60\nmax_flows = 2147483649", 3, "max_flows = 2147483649: from 1 to 2147483648"),
         ("time_scale = 60", "time_scale = 60\nloose_pickup = true", 3, "loose_pickup: Azure LB (profile azure-lb) has no such setting; it is Linux conntrack's"),
         ("time_scale = 60", "time_scale = 60\nloose_pickup = 1", 3, "loose_pickup: expected true or false, found integer 1"),
-        ("time_scale = 60", "time_scale = -1", 2, "time_scale: expected a whole number from 1 to 4294967295 (every timer is divided by it), found integer -1"),
+        ("time_scale = 60", "time_scale = -1", 2, "time_scale: expected a whole number from 1 up to the profile's limit (every timer is divided by it; `idlegate profiles` shows the limit), found integer -1"),
         ("time_scale = 60", "time_scale = 3001", 2, "time_scale = 3001: at most 3000 with profile azure-lb, so that no timer (the shortest is 30 s) runs under 10 ms"),
         ("address = \"203.0.113.10\"", "address = \"203.0.113.300\"", 5, "address = \"203.0.113.300\" is not an IPv4 or IPv6 address"),
         ("address = \"192.0.2.12\"", "address = \"fd00::12\"", 14, "lb_rule \"app\": frontend \"public\" is IPv4 but member \"vm2\" (fd00::12) is IPv6; a rule's frontend and members must be of one address family"),
@@ -260,9 +260,15 @@ fn an_unknown_profile_is_refused_with_every_name_and_the_close_one_as_hint() {
     );
 }
 
+/// A value in an inline table is explained by its own key, as a top-level key's is.
 #[test]
-fn a_value_in_an_inline_table_keeps_tomls_words() {
+fn a_value_in_an_inline_table_is_explained_by_its_key_as_a_top_level_value_is() {
     let text = VALID.replacen("address = \"192.0.2.12\"", "address = 12", 1);
     let err = Config::from_toml(&text, "gw.toml").unwrap_err();
-    assert!(err.message.contains("expected a string"), "{err}");
+    assert_eq!(
+        err.message,
+        "address: expected an IP address string like \"203.0.113.10\", found integer 12",
+        "{err}"
+    );
+    assert_eq!(err.line, 8, "{err}");
 }

@@ -31,6 +31,7 @@ mod trust;
 #[cfg(doc)]
 use crate::measure::echo::frame::MAX_BUFFERED;
 use crate::measure::echo::frame::{ConnId, Decoder, Frame, LaterOutcome, Report as EchoReport};
+use crate::obs::report::Report as _;
 use crate::sys::errno::{self, errno_name};
 use crate::sys::evidence::{self, Acknowledgement};
 use crate::sys::socket::set_keepalive;
@@ -300,10 +301,11 @@ pub fn run(options: &Options) -> Result<Report> {
         .detect_echo()
         .with_context(|| format!("reaching {}", options.target))?;
     if !probe.echo && !probe.acknowledgements {
-        bail!(
-            "cannot measure {}: it is not idlegate echo, and this system does not say what TCP acknowledged (no TCP_INFO or SIO_TCP_INFO), so a live connection cannot be told from a silent path\nhint: run `idlegate echo` at the far end, or probe from a system that has SIO_TCP_INFO (Windows 10 1703 or later) or from Linux",
+        return Err(anyhow::anyhow!(
+            "cannot measure {}: it is not idlegate echo, and this system does not say what TCP acknowledged (no TCP_INFO or SIO_TCP_INFO), so a live connection cannot be told from a silent path",
             options.target
-        );
+        ))
+        .hint("run `idlegate echo` at the far end, or probe from a system that has SIO_TCP_INFO (Windows 10 1703 or later) or from Linux");
     }
     // Each idle time takes two connections when echo answers, one otherwise; a few more go
     // to the behaviour and keepalive tests.
@@ -510,13 +512,16 @@ impl Probe {
         }
         stream.write_all(&Frame::Hello(id).encode())?;
         let mut decoder = Decoder::default();
-        match read_frame(&mut stream, &mut decoder, Instant::now() + self.options.wait) {
+        match read_frame(
+            &mut stream,
+            &mut decoder,
+            Instant::now() + self.options.wait,
+        ) {
             Ok(Some(Frame::Welcome(got))) if got == id => Ok(true),
             // Echo, refusing (full, or this probe's hello broke its protocol): nothing can be
             // measured, and the target is no plain server either.
-            Ok(Some(Frame::Error(why))) => bail!(
-                "echo refused the probe: {why}\nhint: nothing was measured; try again when echo has room (see its log)"
-            ),
+            Ok(Some(Frame::Error(why))) => Err(anyhow::anyhow!("echo refused the probe: {why}"))
+                .hint("nothing was measured; try again when echo has room (see its log)"),
             _ => Ok(false),
         }
     }
@@ -692,10 +697,11 @@ impl Probe {
         if let Some(why) = broken {
             self.progress.done();
             self.broken = Some(why.clone());
-            bail!(
-                "could not measure {}: {why}\nhint: nothing was measured; is the target a current idlegate echo, and the only thing answering at that address?",
+            return Err(anyhow::anyhow!(
+                "could not measure {}: {why}",
                 self.options.target
-            );
+            ))
+            .hint("nothing was measured; is the target a current idlegate echo, and the only thing answering at that address?");
         }
         let mut out = Vec::new();
         for (i, s) in seen.into_iter().enumerate() {

@@ -372,9 +372,10 @@ impl Exporter {
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
             });
             if in_use {
-                anyhow::anyhow!(
-                    "{e:#}\nhint: another process has port {}: pick another --metrics port",
-                    settings.listen.port()
+                let port = settings.listen.port();
+                crate::obs::report::hinted(
+                    e,
+                    format!("another process has port {port}: pick another --metrics port"),
                 )
             } else {
                 e
@@ -651,10 +652,11 @@ mod tests {
         let port = listen.port();
         assert_eq!(
             format!("{e:#}"),
-            format!(
-                "listening for metrics on {listen}: Address already in use (os error 98)\n\
-                 hint: another process has port {port}: pick another --metrics port"
-            )
+            format!("listening for metrics on {listen}: Address already in use (os error 98)")
+        );
+        assert_eq!(
+            crate::obs::report::hint_of(&e),
+            Some(format!("another process has port {port}: pick another --metrics port").as_str())
         );
     }
 

@@ -330,28 +330,12 @@ pub fn run_program(
     Ok(process::exit_code(status))
 }
 
-/// A program that could not be started, with the status a shell gives it: 127 when there is
-/// no such program, 126 when it is there but cannot be executed.
+/// A program that could not be started: 127 or 126, as a shell, said as `lab exec` says it
+/// ([`crate::obs::report::cannot_start`]).
 fn cannot_start<T>(program: &str, e: io::Error) -> Result<T> {
-    use crate::obs::report::{Report, Status};
-    let (status, hint) = match e.kind() {
-        io::ErrorKind::NotFound => (
-            Status::NotFound,
-            "give the program's path, or a name found on $PATH".to_string(),
-        ),
-        io::ErrorKind::PermissionDenied => (
-            Status::CannotExecute,
-            format!("make it executable (chmod +x {program}) or run it through its interpreter"),
-        ),
-        _ => (
-            Status::CannotExecute,
-            format!("check that {program} is a program this system can run"),
-        ),
-    };
-    Err(anyhow::Error::new(e))
+    let reason = errno::reason(&e);
+    Err(crate::obs::report::cannot_start(program, e.kind(), reason))
         .with_context(|| format!("starting {program:?}"))
-        .hint(hint)
-        .status(status)
 }
 
 /// Whether `process` has exited (its pidfd is readable).

@@ -10,7 +10,6 @@ use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
 use super::leg::{EntryKeys, Leg, LegError};
 use super::session::{self, LegEnd, Session, Side};
 use super::{Open, Settings};
-use crate::obs::report::Report;
 use crate::survive::stats::Stats;
 use anyhow::Result;
 use std::io;
@@ -273,7 +272,7 @@ impl Dial {
                     self.settings.resume_within
                 );
                 return Err(if reached {
-                    Err::<(), _>(err).hint(self.key_hint()).unwrap_err()
+                    crate::obs::report::hinted(err, self.key_hint())
                 } else {
                     err
                 });

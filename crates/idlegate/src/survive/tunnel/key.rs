@@ -17,7 +17,8 @@
 //! exactly one key of its kind. Who may read is the file's mode on Unix; on Windows it is the
 //! ACL the key's directory passes on, not set nor checked here ([`crate::sys::secret`]).
 
-use anyhow::{bail, Context, Result};
+use crate::obs::report::Report;
+use anyhow::{anyhow, bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use std::io::Write;
@@ -93,11 +94,7 @@ fn read_secret(path: &Path, what: &str) -> Result<String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).with_context(|| format!("{shown}: cannot read"))?;
     if let Some(exposed) = secret::exposed(path, &meta) {
-        bail!(
-            "{shown}: {} lets others read {what}\nhint: {}",
-            exposed.why,
-            exposed.fix
-        );
+        return Err(anyhow!("{shown}: {} lets others read {what}", exposed.why)).hint(exposed.fix);
     }
     std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read"))
 }
@@ -266,21 +263,16 @@ const MAKE_KEYS: &str =
     "make the pair's key with `idlegate keygen FILE` (the same file on both ends), \
      or each end's key pair with `idlegate keygen --pair FILE`";
 
-/// `message`, with `hint` unless it has one already.
-fn with_hint(message: String, hint: &str) -> anyhow::Error {
-    if message.contains("\nhint: ") {
-        anyhow::anyhow!(message)
-    } else {
-        anyhow::anyhow!("{message}\nhint: {hint}")
-    }
-}
-
+/// The key in `path`; a failure says `--key` and, unless it has a hint of its own (a file
+/// others may read), how to make one.
 fn load_psk(path: &Path) -> Result<Key> {
-    Key::load(path).map_err(|e| with_hint(format!("--key: {e:#}"), MAKE_KEYS))
+    Key::load(path).context("--key").hint(MAKE_KEYS)
 }
 
 fn load_private(path: &Path) -> Result<PrivateKey> {
-    PrivateKey::load(path).map_err(|e| with_hint(format!("--private-key: {e:#}"), MAKE_KEYS))
+    PrivateKey::load(path)
+        .context("--private-key")
+        .hint(MAKE_KEYS)
 }
 
 /// An entry's keys from its flags: `--key FILE`, or `--private-key FILE` with
@@ -296,14 +288,13 @@ pub fn entry_keys(
             own: load_private(path)?,
             exit: exit_public_key(exit)?,
         }),
-        (None, Some(_), None) => bail!(
-            "--private-key on a tunnel entry: --exit-public-key is missing\n\
-             hint: give the exit's public key (its FILE.pub from `idlegate keygen --pair FILE`)"
-        ),
-        (None, None, _) => bail!(
-            "--tunnel: no key given\n\
-             hint: give --key FILE, or --private-key FILE and --exit-public-key KEY; {MAKE_KEYS}"
-        ),
+        (None, Some(_), None) => Err(anyhow!(
+            "--private-key on a tunnel entry: --exit-public-key is missing"
+        ))
+        .hint("give the exit's public key (its FILE.pub from `idlegate keygen --pair FILE`)"),
+        (None, None, _) => Err(anyhow!("--tunnel: no key given")).hint(format!(
+            "give --key FILE, or --private-key FILE and --exit-public-key KEY; {MAKE_KEYS}"
+        )),
     }
 }
 
@@ -316,24 +307,21 @@ pub fn exit_keys(
     match (key, private, peers) {
         (Some(path), _, _) => Ok(ExitKeys::Psk(load_psk(path)?)),
         (None, Some(path), Some(list)) => {
-            let peers = Peers::load(list).map_err(|e| {
-                anyhow::anyhow!(
-                    "--peers: {e:#}\nhint: one entry a line: PUBLIC_KEY [NAME] (an entry's FILE.pub holds its line); # starts a comment"
-                )
-            })?;
+            let peers = Peers::load(list).context("--peers").hint(
+                "one entry a line: PUBLIC_KEY [NAME] (an entry's FILE.pub holds its line); # starts a comment",
+            )?;
             Ok(ExitKeys::Peers {
                 own: load_private(path)?,
                 peers: Arc::new(peers),
             })
         }
-        (None, Some(_), None) => bail!(
-            "--private-key on a tunnel exit: --peers is missing\n\
-             hint: give --peers FILE, the entries' public keys, one `PUBLIC_KEY [NAME]` a line"
-        ),
-        (None, None, _) => bail!(
-            "--tunnel-listen: no key given\n\
-             hint: give --key FILE, or --private-key FILE and --peers FILE; {MAKE_KEYS}"
-        ),
+        (None, Some(_), None) => Err(anyhow!(
+            "--private-key on a tunnel exit: --peers is missing"
+        ))
+        .hint("give --peers FILE, the entries' public keys, one `PUBLIC_KEY [NAME]` a line"),
+        (None, None, _) => Err(anyhow!("--tunnel-listen: no key given")).hint(format!(
+            "give --key FILE, or --private-key FILE and --peers FILE; {MAKE_KEYS}"
+        )),
     }
 }
 
@@ -344,12 +332,13 @@ fn exit_public_key(value: &str) -> Result<PublicKey> {
     let Err(why) = parsed else {
         return parsed;
     };
-    let text = std::fs::read_to_string(value).map_err(|e| {
-        anyhow::anyhow!(
-            "--exit-public-key {value}: not a public key ({why:#}), nor a file that holds one ({e})\n\
-             hint: give the exit's public key, 44 characters of base64, or its FILE.pub"
-        )
-    })?;
+    let text = std::fs::read_to_string(value)
+        .map_err(|e| {
+            anyhow!(
+                "--exit-public-key {value}: not a public key ({why:#}), nor a file that holds one ({e})"
+            )
+        })
+        .hint("give the exit's public key, 44 characters of base64, or its FILE.pub")?;
     let first = text
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
@@ -382,8 +371,9 @@ mod tests {
         let path = dir.path().join("tunnel.key");
         Key::generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Key::load(&path).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        let e = crate::obs::report::render(&Key::load(&path).unwrap_err());
+        assert!(e.contains("others read"), "{e}");
+        assert!(e.contains("\nhint: chmod 600"), "{e}");
     }
 
     #[test]
@@ -427,8 +417,9 @@ mod tests {
         let path = dir.path().join("exit.key");
         PrivateKey::generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let e = PrivateKey::load(&path).unwrap_err().to_string();
-        assert!(e.contains("chmod 600"), "{e}");
+        let e = crate::obs::report::render(&PrivateKey::load(&path).unwrap_err());
+        assert!(e.contains("others read"), "{e}");
+        assert!(e.contains("\nhint: chmod 600"), "{e}");
     }
 
     #[test]

@@ -124,7 +124,7 @@ fn man_into_a_directory_that_does_not_exist_is_refused_with_a_hint() {
     let missing = dir.path().join("man1");
     let missing = missing.to_str().unwrap();
     let refused = idlegate(&["man", "--out", missing], COMMAND_TIMEOUT);
-    assert_eq!(refused.status.code(), Some(1), "{}", refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
     assert!(
         refused
             .stderr
