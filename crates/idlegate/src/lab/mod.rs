@@ -25,6 +25,7 @@ use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
 use crate::sys::tun::Tun;
 use crate::sys::{errno, process, signal};
+use crate::LOG_TARGET;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use idlegate_core::config::{LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::Config;
@@ -373,7 +374,8 @@ pub fn info(lab: &str) -> Option<Info> {
     serde_json::from_str(&text).ok()
 }
 
-/// The names of the labs that are up (or coming up), sorted.
+/// The names of the labs that are up (or coming up), sorted. A lock file that cannot be read
+/// is said in a warning (its lab may be up), and left out.
 pub fn names_up() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
         return Vec::new();
@@ -386,7 +388,16 @@ pub fn names_up() -> Vec<String> {
                 .strip_prefix("lab-")?
                 .strip_suffix(".lock")?
                 .to_string();
-            is_up(&name).ok()?.then_some(name)
+            match is_up(&name) {
+                Ok(up) => up.then_some(name),
+                Err(e) => {
+                    tracing::warn!(target: LOG_TARGET,
+                        "{} may be up, but its lock file cannot be read: {e:#}",
+                        called(&name)
+                    );
+                    None
+                }
+            }
         })
         .collect();
     names.sort();
@@ -410,10 +421,15 @@ pub struct Listed {
 pub fn list() -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     for name in names_up() {
-        let ready = state(&name)? == State::Ready;
+        let state = match state(&name)? {
+            State::Ready => "ready",
+            State::Starting => "starting",
+            // Gone down since it was listed.
+            State::Down => continue,
+        };
         let info = info(&name);
         out.push(Listed {
-            state: if ready { "ready" } else { "starting" },
+            state,
             pid: info.as_ref().map(|i| i.pid).or_else(|| holder(&name)),
             config: info.as_ref().and_then(|i| i.config.clone()),
             time_scale: info.as_ref().map(|i| i.time_scale),
@@ -565,7 +581,10 @@ fn remove_stale(lab: &str) -> Result<()> {
     let prefix = format!("ig-{lab}-");
     for ns in netns::list()? {
         if ns.starts_with(&prefix) {
-            tracing::warn!("removing namespace {ns} left by an earlier run of lab {lab}");
+            tracing::warn!(target: LOG_TARGET,
+                "removing namespace {ns} left by an earlier run of {}",
+                called(lab)
+            );
             netns::stop_processes(&ns, STOP_GRACE)?;
             netns::delete(&ns)?;
         }
