@@ -328,7 +328,9 @@ fn flows_expire_without_a_selector_names_both_rule_and_all() {
     );
 }
 
-/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N.
+/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N. Showing
+/// that no second SIGINT comes needs some wait: a fixed one, which under load can only let a
+/// late duplicate pass unseen (a false pass), never count one that is not there (a false fail).
 const SIGINT_COUNTER: &str = r#"
 import signal, sys, time
 signal.alarm(30)
