@@ -380,28 +380,39 @@ pub fn names_up() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let name = file
-                .strip_prefix("lab-")?
+    let locks = entries.filter_map(|e| e.ok()).filter_map(|e| {
+        let file = e.file_name().to_string_lossy().into_owned();
+        Some(
+            file.strip_prefix("lab-")?
                 .strip_suffix(".lock")?
-                .to_string();
-            match is_up(&name) {
-                Ok(up) => up.then_some(name),
-                Err(e) => {
-                    tracing::warn!(target: LOG_TARGET,
-                        "{} may be up, but its lock file cannot be read: {e:#}",
-                        called(&name)
-                    );
-                    None
-                }
-            }
-        })
-        .collect();
-    names.sort();
+                .to_string(),
+        )
+    });
+    let (names, unreadable) = up_among(locks, is_up);
+    for (name, e) in unreadable {
+        tracing::warn!(target: LOG_TARGET,
+            "{} may be up, but its lock file cannot be read: {e:#}",
+            called(&name)
+        );
+    }
     names
+}
+
+/// The labs among `names` that `is_up` says are up, sorted, and those it could not tell.
+fn up_among(
+    names: impl Iterator<Item = String>,
+    is_up: impl Fn(&str) -> Result<bool>,
+) -> (Vec<String>, Vec<(String, anyhow::Error)>) {
+    let (mut up, mut unreadable) = (Vec::new(), Vec::new());
+    for name in names {
+        match is_up(&name) {
+            Ok(true) => up.push(name),
+            Ok(false) => {}
+            Err(e) => unreadable.push((name, e)),
+        }
+    }
+    up.sort();
+    (up, unreadable)
 }
 
 /// A lab that is up, as `lab list` shows it.
@@ -421,11 +432,8 @@ pub struct Listed {
 pub fn list() -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     for name in names_up() {
-        let state = match state(&name)? {
-            State::Ready => "ready",
-            State::Starting => "starting",
-            // Gone down since it was listed.
-            State::Down => continue,
+        let Some(state) = shown(state(&name)?) else {
+            continue;
         };
         let info = info(&name);
         out.push(Listed {
@@ -438,6 +446,15 @@ pub fn list() -> Result<Vec<Listed>> {
         });
     }
     Ok(out)
+}
+
+/// How `lab list` shows a lab in `state`; a lab down (gone since it was listed) is not shown.
+fn shown(state: State) -> Option<&'static str> {
+    match state {
+        State::Ready => Some("ready"),
+        State::Starting => Some("starting"),
+        State::Down => None,
+    }
 }
 
 /// The pid `lab up` wrote into lab `lab`'s lock file.
@@ -639,4 +656,35 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
     };
     signals.to(child.id() as i32);
     child.wait().with_context(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_list_leaves_out_a_lab_gone_down_since_it_was_listed() {
+        assert_eq!(shown(State::Ready), Some("ready"));
+        assert_eq!(shown(State::Starting), Some("starting"));
+        assert_eq!(shown(State::Down), None);
+    }
+
+    #[test]
+    fn a_lock_file_that_cannot_be_read_is_told_apart_from_a_lab_down() {
+        let names = ["b", "gone", "a", "unreadable"].map(String::from);
+        let (up, unreadable) = up_among(names.into_iter(), |name| match name {
+            "gone" => Ok(false),
+            "unreadable" => Err(anyhow!("opening /run/idlegate/lab-unreadable.lock: denied")),
+            _ => Ok(true),
+        });
+        assert_eq!(up, ["a", "b"]);
+        let unreadable: Vec<String> = unreadable
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
+        assert_eq!(
+            unreadable,
+            ["unreadable: opening /run/idlegate/lab-unreadable.lock: denied"]
+        );
+    }
 }
