@@ -24,7 +24,7 @@ use crate::obs::report::{Report, Status};
 use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
 use crate::sys::tun::Tun;
-use crate::sys::{errno, process, signal};
+use crate::sys::{errno, job, process, signal};
 use crate::LOG_TARGET;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use idlegate_core::config::{LAB_ENV, TIME_SCALE_ENV};
@@ -610,10 +610,11 @@ fn remove_stale(lab: &str) -> Result<()> {
 }
 
 /// Runs `program` in `host` of the running lab `lab`, in the foreground: its exit status
-/// passes through. Every signal a process sends to this one (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
-/// SIGUSR1/2, SIGALRM, SIGWINCH) is passed on to the program, and this one returns only once
-/// the program has ended; signals a terminal raises reach the program directly and are not
-/// passed on a second time ([`signal::PassOn`]). Killed with SIGKILL, this process takes the
+/// passes through. The program runs in a process group of its own, which takes the terminal
+/// when this process's group holds it; Ctrl-Z stops both, `fg` continues both ([`job`]).
+/// Every signal sent to this one (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM,
+/// SIGWINCH), alone or with its whole group, is passed on to the program once, and this one
+/// returns only once the program has ended ([`signal::PassOn`]). Killed with SIGKILL, this process takes the
 /// program with it (PR_SET_PDEATHSIG, [`netns::spawn`]). The program finds the lab's time
 /// scale in [`TIME_SCALE_ENV`] and the lab's name in [`LAB_ENV`].
 ///
@@ -641,7 +642,14 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
     }
     let signals = signal::PassOn::catch().context("lab exec: catching signals to pass on")?;
     let running = || format!("lab exec: running {program:?} in {host}");
-    let mut child = match netns::spawn(&ns, &mut command) {
+    let terminal = job::Terminal::controlling();
+    job::own_group(&mut command, terminal.as_ref());
+    let spawned = netns::spawn(&ns, &mut command);
+    if spawned.is_err() {
+        // The child may have taken the terminal before it failed.
+        job::take_back(terminal.as_ref());
+    }
+    let child = match spawned {
         Ok(child) => child,
         Err(netns::SpawnError::Entering(e)) => return Err(e).with_context(running),
         Err(netns::SpawnError::Exec(e)) => {
@@ -654,8 +662,9 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
                 .status(status);
         }
     };
-    signals.to(child.id() as i32);
-    child.wait().with_context(running)
+    let pid = child.id() as i32;
+    signals.to(pid);
+    job::wait(pid, terminal.as_ref()).with_context(running)
 }
 
 #[cfg(test)]

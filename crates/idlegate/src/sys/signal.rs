@@ -10,9 +10,8 @@
 //! polls (echo, relay, audit --watch), on both systems; Linux alone: [`Interrupt`] stops a
 //! gateway whose stopper exists only once setup ends, and exits at once on a second signal;
 //! [`ChildSignals`] passes signals on to a program idlegate started (`idlegate run`), and
-//! [`PassOn`] passes every signal a process sends on to a program run in the foreground
-//! (`lab exec`), but not those the kernel raised for a terminal, which reach the program
-//! too (a signal sent to the whole process group reaches it twice: see [`PassOn`]). SIGINT
+//! [`PassOn`] passes every signal on to a program run in the foreground in a process group
+//! of its own (`lab exec`). SIGINT
 //! and SIGTERM ([`INTERRUPTS`]) are the signals that ask idlegate itself to stop.
 
 use std::io;
@@ -91,9 +90,6 @@ mod linux {
     pub use signal_hook::consts::{
         SIGALRM, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
     };
-    use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-    use signal_hook::iterator::SignalsInfo;
-    use signal_hook::low_level::siginfo::Cause;
 
     /// The signals that ask idlegate to stop: Ctrl-C and `kill`'s default.
     pub const INTERRUPTS: [Signal; 2] = [SIGINT, SIGTERM];
@@ -216,57 +212,39 @@ mod linux {
     /// thread would leave idlegate deaf to SIGTERM). Signals that come before the program is
     /// named wait, as the kernel's pending signals do (one of each kind).
     ///
-    /// A signal another process sent (kill(2), sigqueue(3)) is passed on; one the kernel
-    /// raised is not: those are a terminal's (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, a hang-up's
-    /// SIGHUP, a resize's SIGWINCH), which the kernel sends to the terminal's whole foreground
-    /// process group, so the program, in idlegate's group, has it already; passing it on would
-    /// deliver it twice.
-    ///
-    /// Known edge: a signal a process sends to the whole process group (`kill -TERM -PGID`,
-    /// `kill 0`, a shell's SIGHUP to its jobs as it exits, systemd's KillMode=control-group)
-    /// is, by its origin, sent (SI_USER), like one sent to idlegate alone; nothing in siginfo
-    /// tells the two apart. The program, in the same group, gets it from the kernel and once
-    /// more from idlegate: twice. Running the program in a process group of its own, as sudo
-    /// does, would end that, but then idlegate must also do a shell's job control (hand the
-    /// terminal over with tcsetpgrp, take it back when Ctrl-Z stops the program, stop itself
-    /// and continue the program on `fg`), which it does not.
+    /// Every one is passed on, whoever raised it: the program runs in a process group of its
+    /// own ([`crate::sys::job`]), which holds the terminal when idlegate's group held it, so a
+    /// terminal's signals (Ctrl-C, Ctrl-\\, a resize) go to the program alone, and one sent to
+    /// idlegate's whole group (`kill -TERM -PGID`, `kill 0`) reaches the program once,
+    /// through idlegate. Two edges remain where it arrives twice: a terminal that hangs up
+    /// sends SIGHUP to the program's group, the foreground one, and the shell then sends its
+    /// jobs, idlegate among them, another; and systemd's KillMode=control-group signals every
+    /// process of the cgroup, the program too.
     pub struct PassOn(mpsc::Sender<i32>);
 
     impl PassOn {
         /// Catches [`PASSED_ON`] from now on and starts the thread that will pass them on.
         pub fn catch() -> io::Result<PassOn> {
-            let mut signals = SignalsInfo::with_exfiltrator(PASSED_ON, WithOrigin::default())?;
+            let signals = Signals::new(PASSED_ON)?;
             let (program, named) = mpsc::channel();
-            std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || {
-                    // No program (it could not be started): nobody to pass anything on to.
-                    let Ok(pid) = named.recv() else {
-                        return;
-                    };
-                    for origin in signals.forever() {
-                        if !from_a_process(&origin.cause) {
-                            continue;
-                        }
-                        // The program may have exited already: then nobody is left to tell.
-                        let _ = process::signal(pid, origin.signal);
-                    }
-                })?;
+            let mut pid = None;
+            on_signals(signals, "signals", move |signal| {
+                // No program (it could not be started): nobody to pass anything on to.
+                let Some(pid) = *pid.get_or_insert_with(|| named.recv().ok()) else {
+                    return;
+                };
+                // The program may have exited already: then nobody is left to tell.
+                let _ = process::signal(pid, signal);
+            })?;
             Ok(PassOn(program))
         }
 
-        /// From now on passes each signal a process sends (and those that came since
-        /// [`PassOn::catch`]) on to `pid`.
+        /// From now on passes each signal (and those that came since [`PassOn::catch`]) on
+        /// to `pid`.
         pub fn to(self, pid: i32) {
             // The thread ends only with the process (or, above, without a pid).
             let _ = self.0.send(pid);
         }
-    }
-
-    /// Whether a signal was sent by a process rather than raised by the kernel (a terminal's
-    /// keys, a hang-up). An unknown cause counts as sent: better twice than never.
-    fn from_a_process(cause: &Cause) -> bool {
-        !matches!(cause, Cause::Kernel)
     }
 }
 
