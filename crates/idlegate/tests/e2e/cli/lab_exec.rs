@@ -598,3 +598,74 @@ fn a_config_unfit_for_a_lab_is_a_usage_error_that_names_the_file() {
     );
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
 }
+
+/// Drives an interactive bash on a pseudo-terminal (argv[1]: idlegate, argv[2]: the lab):
+/// runs a program under `lab exec`, Ctrl-Z, `fg`, Ctrl-C, and checks what bash and the
+/// program say at each step, waiting (bounded) for each. Exits 0 if all came, else says what
+/// did not.
+const JOB_CONTROL: &str = r#"
+import os, pty, re, select, sys, time
+idlegate, lab = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+seen = b""
+def expect(pattern):
+    global seen
+    end = time.monotonic() + 20
+    while True:
+        m = re.search(pattern, seen)
+        if m:
+            seen = seen[m.end():]
+            return
+        left = end - time.monotonic()
+        if left <= 0:
+            sys.exit("no %r in %r" % (pattern, seen))
+        if select.select([fd], [], [], left)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                sys.exit("bash ended before %r: %r" % (pattern, seen))
+            seen += data
+def send(keys):
+    os.write(fd, keys)
+# The markers are split in what is typed, so that the terminal's echo never matches them.
+send(b"PS1='<''ready> '\n")
+expect(rb"<ready> ")
+program = ("import signal, time; signal.alarm(30); "
+    "signal.signal(signal.SIGINT, lambda *a: exit(42)); "
+    "signal.signal(signal.SIGCONT, lambda *a: print('contin' + 'ued', flush=True)); "
+    "print('run' + 'ning', flush=True); time.sleep(30)")
+send(("%s lab exec --name %s vm1 -- python3 -c \"%s\"\n" % (idlegate, lab, program)).encode())
+expect(rb"running")
+send(b"\x1a")
+expect(rb"Stopped")
+expect(rb"<ready> ")
+send(b"fg\n")
+expect(rb"continued")
+send(b"\x03")
+expect(rb"<ready> ")
+send(b"echo status=$?\n")
+expect(rb"status=42")
+send(b"exit\n")
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn ctrl_z_in_a_shell_stops_lab_exec_with_its_program_and_fg_continues_both() {
+    let lab = Lab::up(&lab_name());
+    let driven = run_bounded(
+        "python3",
+        &["-c", JOB_CONTROL, IDLEGATE, &lab.name],
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        driven.status.code(),
+        Some(0),
+        "{}{}",
+        driven.stdout,
+        driven.stderr
+    );
+}
