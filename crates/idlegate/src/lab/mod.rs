@@ -24,7 +24,8 @@ use crate::obs::report::{Report, Status};
 use crate::sys::file::{self, Lock};
 use crate::sys::netns::{self, Namespace};
 use crate::sys::tun::Tun;
-use crate::sys::{errno, process, signal};
+use crate::sys::{errno, job, process, signal};
+use crate::LOG_TARGET;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use idlegate_core::config::{LAB_ENV, TIME_SCALE_ENV};
 use idlegate_core::Config;
@@ -371,24 +372,45 @@ pub fn info(lab: &str) -> Option<Info> {
     serde_json::from_str(&text).ok()
 }
 
-/// The names of the labs that are up (or coming up), sorted.
+/// The names of the labs that are up (or coming up), sorted. A lock file that cannot be read
+/// is said in a warning (its lab may be up), and left out.
 pub fn names_up() -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let file = e.file_name().to_string_lossy().into_owned();
-            let name = file
-                .strip_prefix("lab-")?
+    let locks = entries.filter_map(|e| e.ok()).filter_map(|e| {
+        let file = e.file_name().to_string_lossy().into_owned();
+        Some(
+            file.strip_prefix("lab-")?
                 .strip_suffix(".lock")?
-                .to_string();
-            is_up(&name).ok()?.then_some(name)
-        })
-        .collect();
-    names.sort();
+                .to_string(),
+        )
+    });
+    let (names, unreadable) = up_among(locks, is_up);
+    for (name, e) in unreadable {
+        tracing::warn!(target: LOG_TARGET,
+            "{} may be up, but its lock file cannot be read: {e:#}",
+            called(&name)
+        );
+    }
     names
+}
+
+/// The labs among `names` that `is_up` says are up, sorted, and those it could not tell.
+fn up_among(
+    names: impl Iterator<Item = String>,
+    is_up: impl Fn(&str) -> Result<bool>,
+) -> (Vec<String>, Vec<(String, anyhow::Error)>) {
+    let (mut up, mut unreadable) = (Vec::new(), Vec::new());
+    for name in names {
+        match is_up(&name) {
+            Ok(true) => up.push(name),
+            Ok(false) => {}
+            Err(e) => unreadable.push((name, e)),
+        }
+    }
+    up.sort();
+    (up, unreadable)
 }
 
 /// A lab that is up, as `lab list` shows it.
@@ -408,10 +430,12 @@ pub struct Listed {
 pub fn list() -> Result<Vec<Listed>> {
     let mut out = Vec::new();
     for name in names_up() {
-        let ready = state(&name)? == State::Ready;
+        let Some(state) = shown(state(&name)?) else {
+            continue;
+        };
         let info = info(&name);
         out.push(Listed {
-            state: if ready { "ready" } else { "starting" },
+            state,
             pid: info.as_ref().map(|i| i.pid).or_else(|| holder(&name)),
             config: info.as_ref().and_then(|i| i.config.clone()),
             time_scale: info.as_ref().map(|i| i.time_scale),
@@ -420,6 +444,15 @@ pub fn list() -> Result<Vec<Listed>> {
         });
     }
     Ok(out)
+}
+
+/// How `lab list` shows a lab in `state`; a lab down (gone since it was listed) is not shown.
+fn shown(state: State) -> Option<&'static str> {
+    match state {
+        State::Ready => Some("ready"),
+        State::Starting => Some("starting"),
+        State::Down => None,
+    }
 }
 
 /// The pid `lab up` wrote into lab `lab`'s lock file.
@@ -563,7 +596,10 @@ fn remove_stale(lab: &str) -> Result<()> {
     let prefix = format!("ig-{lab}-");
     for ns in netns::list()? {
         if ns.starts_with(&prefix) {
-            tracing::warn!("removing namespace {ns} left by an earlier run of lab {lab}");
+            tracing::warn!(target: LOG_TARGET,
+                "removing namespace {ns} left by an earlier run of {}",
+                called(lab)
+            );
             netns::stop_processes(&ns, STOP_GRACE)?;
             netns::delete(&ns)?;
         }
@@ -572,10 +608,11 @@ fn remove_stale(lab: &str) -> Result<()> {
 }
 
 /// Runs `program` in `host` of the running lab `lab`, in the foreground: its exit status
-/// passes through. Every signal a process sends to this one (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
-/// SIGUSR1/2, SIGALRM, SIGWINCH) is passed on to the program, and this one returns only once
-/// the program has ended; signals a terminal raises reach the program directly and are not
-/// passed on a second time ([`signal::PassOn`]). Killed with SIGKILL, this process takes the
+/// passes through. The program runs in a process group of its own, which takes the terminal
+/// when this process's group holds it; Ctrl-Z stops both, `fg` continues both ([`job`]).
+/// Every signal sent to this one (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1/2, SIGALRM,
+/// SIGWINCH), alone or with its whole group, is passed on to the program once, and this one
+/// returns only once the program has ended ([`signal::PassOn`]). Killed with SIGKILL, this process takes the
 /// program with it (PR_SET_PDEATHSIG, [`netns::spawn`]). The program finds the lab's time
 /// scale in [`TIME_SCALE_ENV`] and the lab's name in [`LAB_ENV`].
 ///
@@ -603,7 +640,14 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
     }
     let signals = signal::PassOn::catch().context("lab exec: catching signals to pass on")?;
     let running = || format!("lab exec: running {program:?} in {host}");
-    let mut child = match netns::spawn(&ns, &mut command) {
+    let terminal = job::Terminal::controlling();
+    job::own_group(&mut command, terminal.as_ref());
+    let spawned = netns::spawn(&ns, &mut command);
+    if spawned.is_err() {
+        // The child may have taken the terminal before it failed.
+        job::take_back(terminal.as_ref());
+    }
+    let child = match spawned {
         Ok(child) => child,
         Err(netns::SpawnError::Entering(e)) => return Err(e).with_context(running),
         Err(netns::SpawnError::Exec(e)) => {
@@ -612,8 +656,38 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
                 .with_context(|| format!("starting {program:?} in {host}"));
         }
     };
-    if let Err(e) = signals.to(child.id() as i32) {
-        tracing::warn!("lab exec: signals sent to idlegate will not reach {program:?}: {e}");
+    let pid = child.id() as i32;
+    signals.to(pid);
+    job::wait(pid, terminal.as_ref()).with_context(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_list_leaves_out_a_lab_gone_down_since_it_was_listed() {
+        assert_eq!(shown(State::Ready), Some("ready"));
+        assert_eq!(shown(State::Starting), Some("starting"));
+        assert_eq!(shown(State::Down), None);
     }
-    child.wait().with_context(running)
+
+    #[test]
+    fn a_lock_file_that_cannot_be_read_is_told_apart_from_a_lab_down() {
+        let names = ["b", "gone", "a", "unreadable"].map(String::from);
+        let (up, unreadable) = up_among(names.into_iter(), |name| match name {
+            "gone" => Ok(false),
+            "unreadable" => Err(anyhow!("opening /run/idlegate/lab-unreadable.lock: denied")),
+            _ => Ok(true),
+        });
+        assert_eq!(up, ["a", "b"]);
+        let unreadable: Vec<String> = unreadable
+            .iter()
+            .map(|(name, e)| format!("{name}: {e}"))
+            .collect();
+        assert_eq!(
+            unreadable,
+            ["unreadable: opening /run/idlegate/lab-unreadable.lock: denied"]
+        );
+    }
 }

@@ -90,8 +90,8 @@ impl Keepalive {
     }
 
     /// [`Keepalive::for_profile`] for this process: scaled by the lab's time scale when it runs
-    /// in a lab host (`lab exec` sets [`TIME_SCALE_ENV`]), which it says once at info. A value
-    /// that is not a whole number ≥ 1 is refused.
+    /// in a lab host (`lab exec` sets [`TIME_SCALE_ENV`] and [`LAB_ENV`]), which it says once
+    /// at info ([`time_scale_from_env`]). A value that is not a whole number ≥ 1 is refused.
     pub fn for_profile_here(profile: &Profile) -> Result<Keepalive> {
         let Some(scale) = time_scale_from_env()? else {
             return Ok(Keepalive::for_profile(profile));
@@ -194,14 +194,50 @@ pub(crate) fn ended_in_order(socket: &impl Handle) {
     let _ = crate::sys::socket::orderly(socket);
 }
 
-/// The time scale this process runs under: [`TIME_SCALE_ENV`] if set (by `lab exec`), else
-/// none. Not a whole number ≥ 1: refused, naming the variable.
+/// The time scale this process runs under: [`TIME_SCALE_ENV`] when it runs in a lab host,
+/// that is with [`LAB_ENV`] set too (`lab exec` sets both), else none. Set outside a lab (by
+/// hand, inherited by a service, left in a shell), it is ignored with a warning said once, so
+/// that a production relay never probes at a lab's pace. In a lab, a value that is not a whole
+/// number ≥ 1 is refused, naming the variable.
 pub fn time_scale_from_env() -> Result<Option<u32>> {
-    let Ok(text) = std::env::var(TIME_SCALE_ENV) else {
-        return Ok(None);
+    let scale = std::env::var(TIME_SCALE_ENV).ok();
+    let lab = std::env::var(LAB_ENV).ok();
+    match time_scale_of(scale.as_deref(), lab.as_deref())? {
+        TimeScale::Lab(scale) => Ok(Some(scale)),
+        TimeScale::None => Ok(None),
+        TimeScale::IgnoredOutsideALab => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(target: crate::LOG_TARGET,
+                    "{TIME_SCALE_ENV} is set but {LAB_ENV} is not: not in a lab host, so profiles keep their real timeouts ({TIME_SCALE_ENV} ignored; said once)"
+                );
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// What the two variables say of the time scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeScale {
+    /// Not in a lab, and no scale asked.
+    None,
+    /// In a lab host, with the lab's scale.
+    Lab(u32),
+    /// A scale without a lab: ignored.
+    IgnoredOutsideALab,
+}
+
+/// [`time_scale_from_env`]'s decision from the values of [`TIME_SCALE_ENV`] and [`LAB_ENV`].
+fn time_scale_of(scale: Option<&str>, lab: Option<&str>) -> Result<TimeScale> {
+    let Some(text) = scale else {
+        return Ok(TimeScale::None);
     };
+    if lab.is_none() {
+        return Ok(TimeScale::IgnoredOutsideALab);
+    }
     match text.trim().parse::<u32>() {
-        Ok(scale) if scale >= 1 => Ok(Some(scale)),
+        Ok(scale) if scale >= 1 => Ok(TimeScale::Lab(scale)),
         _ => {
             use crate::obs::report::{Report, Status};
             Err(anyhow::anyhow!(
@@ -317,6 +353,34 @@ mod tests {
             ("2m,30s,200", "COUNT 200 must be 1 to 127"),
         ] {
             assert_eq!(Keepalive::parse(bad).unwrap_err().to_string(), why, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_time_scale_counts_only_in_a_lab_host() {
+        assert_eq!(time_scale_of(None, None).unwrap(), TimeScale::None);
+        assert_eq!(time_scale_of(None, Some("demo")).unwrap(), TimeScale::None);
+        assert_eq!(
+            time_scale_of(Some("60"), Some("demo")).unwrap(),
+            TimeScale::Lab(60)
+        );
+        // Left in a shell or inherited by a service outside any lab: ignored, whatever it says.
+        assert_eq!(
+            time_scale_of(Some("60"), None).unwrap(),
+            TimeScale::IgnoredOutsideALab
+        );
+        assert_eq!(
+            time_scale_of(Some("abc"), None).unwrap(),
+            TimeScale::IgnoredOutsideALab
+        );
+        for bad in ["abc", "0", ""] {
+            let e = time_scale_of(Some(bad), Some("demo")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "IDLEGATE_TIME_SCALE={bad:?}: not a time scale (a whole number, 1 or more)"
+                )
+            );
         }
     }
 

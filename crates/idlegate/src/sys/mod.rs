@@ -13,6 +13,7 @@
 //! | [`errno`] | the error numbers features tell apart, and their names |
 //! | [`evidence`] | what the system lets a program see of its TCP connections (acknowledgements, ICMP errors, a RST told from a FIN) |
 //! | [`file`](mod@file) | flock(2) locks, inodes |
+//! | [`job`] | job control: a program in its own process group, holding the terminal |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | a bounded buffer between two sockets: splice(2) on Linux, a copy on Windows |
 //! | [`notify`] | telling systemd the service is ready (sd_notify's `READY=1`) |
@@ -37,6 +38,8 @@ pub mod errno;
 pub mod evidence;
 #[cfg(target_os = "linux")]
 pub mod file;
+#[cfg(target_os = "linux")]
+pub mod job;
 #[cfg(target_os = "linux")]
 pub mod netns;
 #[cfg(target_os = "linux")]

@@ -10,9 +10,8 @@
 //! polls (echo, relay, audit --watch), on both systems; Linux alone: [`Interrupt`] stops a
 //! gateway whose stopper exists only once setup ends, and exits at once on a second signal;
 //! [`ChildSignals`] passes signals on to a program idlegate started (`idlegate run`), and
-//! [`PassOn`] passes every signal a process sends on to a program run in the foreground
-//! (`lab exec`), but not those the kernel raised for a terminal, which reach the program
-//! too. SIGINT
+//! [`PassOn`] passes every signal on to a program run in the foreground in a process group
+//! of its own (`lab exec`). SIGINT
 //! and SIGTERM ([`INTERRUPTS`]) are the signals that ask idlegate itself to stop.
 
 use std::io;
@@ -82,7 +81,7 @@ mod linux {
     use super::*;
     use crate::sys::process;
     use signal_hook::iterator::Signals;
-    use std::sync::{Mutex, MutexGuard, PoisonError};
+    use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
 
     /// These lines are the command's own: [`crate::LOG_TARGET`].
     use crate::LOG_TARGET as LOG;
@@ -91,9 +90,6 @@ mod linux {
     pub use signal_hook::consts::{
         SIGALRM, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
     };
-    use signal_hook::iterator::exfiltrator::origin::WithOrigin;
-    use signal_hook::iterator::SignalsInfo;
-    use signal_hook::low_level::siginfo::Cause;
 
     /// The signals that ask idlegate to stop: Ctrl-C and `kill`'s default.
     pub const INTERRUPTS: [Signal; 2] = [SIGINT, SIGTERM];
@@ -171,23 +167,34 @@ mod linux {
     }
 
     /// Signals caught for a child that is not started yet: caught before the start so none is
-    /// lost in between, then [`ChildSignals::forward_to`] the child once it runs.
-    pub struct ChildSignals(Signals);
+    /// lost in between, then passed on once [`ChildSignals::forward_to`] names the child. As
+    /// with [`PassOn`], the thread starts in [`ChildSignals::catch`], before the child.
+    pub struct ChildSignals(mpsc::Sender<i32>);
 
     impl ChildSignals {
-        /// Catches `signals` from now on: none of them ends idlegate any more.
-        pub fn catch(signals: &[Signal]) -> io::Result<ChildSignals> {
-            Ok(ChildSignals(Signals::new(signals)?))
-        }
-
-        /// Passes each caught signal that is in `forwarded` on to `pid`; the others are dropped.
-        pub fn forward_to(self, pid: i32, forwarded: &'static [Signal]) -> io::Result<()> {
-            on_signals(self.0, "signals", move |signal| {
+        /// Catches `signals` from now on (none of them ends idlegate any more); those in
+        /// `forwarded` will be passed on to the child, the others dropped.
+        pub fn catch(signals: &[Signal], forwarded: &'static [Signal]) -> io::Result<ChildSignals> {
+            let signals = Signals::new(signals)?;
+            let (child, named) = mpsc::channel();
+            let mut pid = None;
+            on_signals(signals, "signals", move |signal| {
+                // Signals that came before the child was named wait for it (or, with no child,
+                // are dropped).
+                let Some(pid) = *pid.get_or_insert_with(|| named.recv().ok()) else {
+                    return;
+                };
                 if forwarded.contains(&signal) {
                     // The child may have exited already; then there is nobody to tell.
                     let _ = process::signal(pid, signal);
                 }
-            })
+            })?;
+            Ok(ChildSignals(child))
+        }
+
+        /// From now on passes the caught signals on to `pid`.
+        pub fn forward_to(self, pid: i32) {
+            let _ = self.0.send(pid);
         }
     }
 
@@ -198,44 +205,46 @@ mod linux {
     ];
 
     /// [`PASSED_ON`], caught for a program that is not started yet (so none is lost in
-    /// between: none of them ends idlegate any more), then passed on to it with
-    /// [`PassOn::to`]. A signal another process sent (kill(2), sigqueue(3)) is passed on; one
-    /// the kernel raised is not: those are a terminal's (Ctrl-C's SIGINT, Ctrl-\'s SIGQUIT, a
-    /// hang-up's SIGHUP, a resize's SIGWINCH), which the kernel sends to the terminal's whole
-    /// foreground process group, so the program, in idlegate's group, has it already; passing
-    /// it on would deliver it twice.
-    pub struct PassOn(SignalsInfo<WithOrigin>);
+    /// between: none of them ends idlegate any more), then passed on to it once
+    /// [`PassOn::to`] names it. The thread that passes them on starts in [`PassOn::catch`],
+    /// before the program exists, so that failing to start it is an ordinary error before
+    /// anything runs (signal-hook keeps its handlers once installed: a catch without the
+    /// thread would leave idlegate deaf to SIGTERM). Signals that come before the program is
+    /// named wait, as the kernel's pending signals do (one of each kind).
+    ///
+    /// Every one is passed on, whoever raised it: the program runs in a process group of its
+    /// own ([`crate::sys::job`]), which holds the terminal when idlegate's group held it, so a
+    /// terminal's signals (Ctrl-C, Ctrl-\\, a resize) go to the program alone, and one sent to
+    /// idlegate's whole group (`kill -TERM -PGID`, `kill 0`) reaches the program once,
+    /// through idlegate. Two edges remain where it arrives twice: a terminal that hangs up
+    /// sends SIGHUP to the program's group, the foreground one, and the shell then sends its
+    /// jobs, idlegate among them, another; and systemd's KillMode=control-group signals every
+    /// process of the cgroup, the program too.
+    pub struct PassOn(mpsc::Sender<i32>);
 
     impl PassOn {
+        /// Catches [`PASSED_ON`] from now on and starts the thread that will pass them on.
         pub fn catch() -> io::Result<PassOn> {
-            Ok(PassOn(SignalsInfo::with_exfiltrator(
-                PASSED_ON,
-                WithOrigin::default(),
-            )?))
+            let signals = Signals::new(PASSED_ON)?;
+            let (program, named) = mpsc::channel();
+            let mut pid = None;
+            on_signals(signals, "signals", move |signal| {
+                // No program (it could not be started): nobody to pass anything on to.
+                let Some(pid) = *pid.get_or_insert_with(|| named.recv().ok()) else {
+                    return;
+                };
+                // The program may have exited already: then nobody is left to tell.
+                let _ = process::signal(pid, signal);
+            })?;
+            Ok(PassOn(program))
         }
 
-        /// From now on passes each signal a process sends on to `pid`, on a thread of its own.
-        pub fn to(self, pid: i32) -> io::Result<()> {
-            let mut signals = self.0;
-            std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || {
-                    for origin in signals.forever() {
-                        if !from_a_process(&origin.cause) {
-                            continue;
-                        }
-                        // The program may have exited already: then nobody is left to tell.
-                        let _ = process::signal(pid, origin.signal);
-                    }
-                })?;
-            Ok(())
+        /// From now on passes each signal (and those that came since [`PassOn::catch`]) on
+        /// to `pid`.
+        pub fn to(self, pid: i32) {
+            // The thread ends only with the process (or, above, without a pid).
+            let _ = self.0.send(pid);
         }
-    }
-
-    /// Whether a signal was sent by a process rather than raised by the kernel (a terminal's
-    /// keys, a hang-up). An unknown cause counts as sent: better twice than never.
-    fn from_a_process(cause: &Cause) -> bool {
-        !matches!(cause, Cause::Kernel)
     }
 }
 
@@ -255,5 +264,31 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(stop.load(Ordering::SeqCst), "SIGTERM did not set the flag");
+    }
+
+    #[test]
+    fn a_signal_caught_before_the_child_starts_reaches_it_once_it_is_named() {
+        use std::os::unix::process::ExitStatusExt;
+        // SIGUSR2 is caught for the rest of this test process: no other test here raises it.
+        let signals = ChildSignals::catch(&[SIGUSR2], &[SIGUSR2]).expect("catching");
+        signal_hook::low_level::raise(SIGUSR2).expect("raise");
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("starting sleep");
+        signals.forward_to(child.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the SIGUSR2 caught before the start did not reach the child");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(status.signal(), Some(SIGUSR2));
     }
 }

@@ -296,7 +296,7 @@ pub fn watch(
 /// returns the exit code that passes on its status ([`process::exit_code`]). SIGINT and
 /// SIGQUIT reach the program from the terminal, not us; SIGTERM and SIGHUP sent to us are
 /// passed on to it. `report` hears of each socket fixed; `warn` of what fails without stopping
-/// the program (signals that will not reach it, a watch that stopped): it runs on.
+/// the program (a watch that stopped): it runs on.
 pub fn run_program(
     command: &[String],
     keepalive: &Keepalive,
@@ -307,19 +307,14 @@ pub fn run_program(
     let (program, rest) = command
         .split_first()
         .context("run: the program to start, after --")?;
-    let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP])
+    let signals = ChildSignals::catch(&[SIGINT, SIGQUIT, SIGTERM, SIGHUP], &[SIGTERM, SIGHUP])
         .context("run: installing signal handlers")?;
     let mut child = match std::process::Command::new(program).args(rest).spawn() {
         Ok(child) => child,
         Err(e) => return cannot_start(program, e),
     };
     let pid = child.id() as i32;
-    if let Err(e) = signals.forward_to(pid, &[SIGTERM, SIGHUP]) {
-        // The program runs already: it is waited for, only these signals do not reach it.
-        warn(&format!(
-            "SIGTERM and SIGHUP will not reach the program: {e}"
-        ));
-    }
+    signals.forward_to(pid);
     let watched = Process::open(pid)
         .map_err(anyhow::Error::from)
         .and_then(|process| Ok(watch(&process, keepalive, None, true, &mut report)?));

@@ -1,5 +1,6 @@
-//! `lab exec` in the foreground: signals passed on to its program, which it outlives by
-//! nothing (SIGKILL of `lab exec` takes the program too); a program that cannot run exits 127
+//! `lab exec` in the foreground: its program in a process group of its own, holding the
+//! terminal, stopped and continued with lab exec; signals passed on to it once, which it
+//! outlives by nothing (SIGKILL of `lab exec` takes the program too); a program that cannot run exits 127
 //! or 126 as in a shell; what an ordinary user is told; and the one way every command says a
 //! lab is not up.
 
@@ -330,7 +331,9 @@ fn flows_expire_without_a_selector_names_both_rule_and_all() {
     );
 }
 
-/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N.
+/// Counts the SIGINTs it gets; 1.5 s after the first, prints `sigints N` and exits N. Showing
+/// that no second SIGINT comes needs some wait: a fixed one, which under load can only let a
+/// late duplicate pass unseen (a false pass), never count one that is not there (a false fail).
 const SIGINT_COUNTER: &str = r#"
 import signal, sys, time
 signal.alarm(30)
@@ -358,68 +361,213 @@ fn lab_exec_passes_on_a_sigint_a_process_sends() {
     assert_eq!(status.code(), Some(1), "{status}: {}", exec.stderr());
 }
 
+/// `idlegate lab exec --name LAB vm1 -- python3 -u SCRIPT` on a terminal: `script`
+/// (util-linux) runs it on a pseudo-terminal whose input is [`InATerminal::keys`], so what is
+/// written there is typed (a ^C makes the terminal send SIGINT to its foreground process
+/// group). Dropping it kills `script`'s group.
+struct InATerminal {
+    script: Child,
+    keys: std::process::ChildStdin,
+    lines: Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    /// Every line `script` printed so far.
+    seen: Vec<String>,
+    _file: tempfile::NamedTempFile,
+}
+
+impl InATerminal {
+    /// Then, in the same shell, runs the shell command `then`, if any.
+    fn start(lab: &str, python: &str, then: Option<&str>) -> InATerminal {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), python).unwrap();
+        let mut command = format!(
+            "{IDLEGATE} lab exec --name {lab} vm1 -- python3 -u {}",
+            file.path().display()
+        );
+        if let Some(then) = then {
+            command = format!("{command}; {then}");
+        }
+        let mut script = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("running `script` (util-linux), which this test needs for a terminal");
+        let keys = script.stdin.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        let out = BufReader::new(script.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (stderr, _) = collect(script.stderr.take().unwrap());
+        InATerminal {
+            script,
+            keys,
+            lines,
+            stderr,
+            seen: Vec::new(),
+            _file: file,
+        }
+    }
+
+    /// Waits (bounded) for a line that, trimmed, is `wanted`.
+    fn wait_for(&mut self, wanted: &str) {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while !self.seen.iter().any(|l| l.trim() == wanted) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(e) => panic!(
+                    "no {wanted:?} ({e}): {:?} {}",
+                    self.seen,
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn type_keys(&mut self, keys: &[u8]) {
+        std::io::Write::write_all(&mut self.keys, keys).unwrap();
+    }
+
+    /// Waits (bounded) for `script` to exit; its status and every line it printed.
+    fn finish(&mut self) -> (ExitStatus, Vec<String>) {
+        let status = wait_bounded(&mut self.script, COMMAND_TIMEOUT).expect("script exited");
+        // Everything `script` printed: its stdout ends with it.
+        while let Ok(line) = self.lines.recv_timeout(COMMAND_TIMEOUT) {
+            self.seen.push(line);
+        }
+        (status, self.seen.clone())
+    }
+}
+
+impl Drop for InATerminal {
+    fn drop(&mut self) {
+        signal(-(self.script.id() as i32), libc::SIGKILL);
+        let _ = self.script.wait();
+    }
+}
+
 #[test]
 fn ctrl_c_in_a_terminal_reaches_the_program_of_lab_exec_once() {
     let lab = Lab::up(&lab_name());
-    let script = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(script.path(), SIGINT_COUNTER).unwrap();
-    // `script` (util-linux) runs lab exec on a pseudo-terminal whose input is our pipe: the
-    // ^C written there makes the terminal send SIGINT to its foreground process group, lab
-    // exec and its program alike. The program must count one, and lab exec pass on its status.
-    let command = format!(
-        "{IDLEGATE} lab exec --name {} vm1 -- python3 -u {}",
-        lab.name,
-        script.path().display()
-    );
-    let mut terminal = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .expect("running `script` (util-linux), which this test needs for a terminal");
-    let mut keys = terminal.stdin.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    let out = BufReader::new(terminal.stdout.take().unwrap());
-    std::thread::spawn(move || {
-        for line in out.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (stderr, _) = collect(terminal.stderr.take().unwrap());
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            signal(-(self.0.id() as i32), libc::SIGKILL);
-            let _ = self.0.wait();
-        }
-    }
-    let mut terminal = Kill(terminal);
-    let deadline = Instant::now() + LISTEN_TIMEOUT;
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.trim() == "ready") {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("no ready ({e}): {seen:?} {}", stderr.lock().unwrap()),
-        }
-    }
-    std::io::Write::write_all(&mut keys, b"\x03").unwrap();
-    let status = wait_bounded(&mut terminal.0, COMMAND_TIMEOUT).expect("script exited");
-    // Everything `script` printed: its stdout ends with it.
-    let mut rest = Vec::new();
-    while let Ok(line) = lines.recv_timeout(COMMAND_TIMEOUT) {
-        rest.push(line);
-    }
+    let mut terminal = InATerminal::start(&lab.name, SIGINT_COUNTER, None);
+    terminal.wait_for("ready");
+    // The ^C makes the terminal send SIGINT to its foreground process group: the program's
+    // alone. It must count one, and lab exec pass on its status.
+    terminal.type_keys(b"\x03");
+    let (status, seen) = terminal.finish();
     assert!(
-        rest.iter().any(|l| l.ends_with("sigints 1")),
-        "{rest:?} {}",
-        stderr.lock().unwrap()
+        seen.iter().any(|l| l.ends_with("sigints 1")),
+        "{seen:?} {}",
+        terminal.stderr.lock().unwrap()
     );
-    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert_eq!(status.code(), Some(1), "{seen:?}");
+}
+
+/// Says whether its group is the terminal's foreground group, then reads a line from the
+/// terminal and prints it back.
+const READER: &str = r#"
+import os, signal, sys
+signal.alarm(30)
+print("foreground", os.tcgetpgrp(0) == os.getpgrp(), flush=True)
+print("ready", flush=True)
+print("read " + sys.stdin.readline().strip(), flush=True)
+"#;
+
+#[test]
+fn the_program_of_lab_exec_in_a_terminal_holds_the_terminal_and_reads_it_then_gives_it_back() {
+    let lab = Lab::up(&lab_name());
+    // Once lab exec has ended, the shell that ran it holds the terminal again.
+    let back = r#"python3 -c 'import os; print("back", os.tcgetpgrp(0) == os.getpgrp())'"#;
+    let mut terminal = InATerminal::start(&lab.name, READER, Some(back));
+    terminal.wait_for("ready");
+    // In a process group of its own, the program reads the terminal as its foreground group
+    // (otherwise SIGTTIN would stop it), given the terminal before it started.
+    assert!(
+        terminal.seen.iter().any(|l| l.trim() == "foreground True"),
+        "{:?}",
+        terminal.seen
+    );
+    terminal.type_keys(b"hello\n");
+    terminal.wait_for("read hello");
+    terminal.wait_for("back True");
+    let (status, seen) = terminal.finish();
+    assert_eq!(status.code(), Some(0), "{seen:?}");
+}
+
+#[test]
+fn lab_exec_passes_on_a_signal_sent_to_its_whole_process_group_once() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(&lab.name, "vm1", &["python3", "-u", "-c", SIGINT_COUNTER]);
+    let ready = exec.lines.recv_timeout(LISTEN_TIMEOUT);
+    assert_eq!(ready.as_deref(), Ok("ready"), "{}", exec.stderr());
+    // `kill -INT -PGID`: lab exec leads its group (Background starts it so).
+    signal(-(exec.child.id() as i32), libc::SIGINT);
+    let status = exec.exit();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "SIGINTs counted: {status}: {}",
+        exec.stderr()
+    );
+}
+
+/// Whether process `pid` is stopped (state T in /proc/PID/stat).
+fn stopped(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    state.is_some_and(|s| s.starts_with('T'))
+}
+
+/// Waits (bounded) until `pid` is stopped or, with `want` false, running.
+fn until_stopped(pid: i32, want: bool) -> bool {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while stopped(pid) != want {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+    true
+}
+
+/// Prints its pid, then waits; SIGUSR1 makes it exit 5.
+const WAITER: &str = r#"
+import os, signal, time
+signal.alarm(30)
+signal.signal(signal.SIGUSR1, lambda *a: os._exit(5))
+print(os.getpid(), flush=True)
+while True:
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn a_program_stopped_stops_lab_exec_and_continuing_lab_exec_continues_it() {
+    let lab = Lab::up(&lab_name());
+    let mut exec = Background::start(&lab.name, "vm1", &["python3", "-u", "-c", WAITER]);
+    let pid = exec.program_pid();
+    let lab_exec = exec.child.id() as i32;
+    // Ctrl-Z's signal, to the program alone: lab exec stops too, so its shell sees the job
+    // stopped.
+    signal(pid, libc::SIGTSTP);
+    assert!(
+        until_stopped(lab_exec, true),
+        "lab exec did not stop with its program"
+    );
+    assert!(stopped(pid));
+    // `fg`/`bg`: SIGCONT to lab exec's group, which continues the program.
+    signal(-lab_exec, libc::SIGCONT);
+    assert!(until_stopped(pid, false), "the program was not continued");
+    signal(lab_exec, libc::SIGUSR1);
+    let status = exec.exit();
+    assert_eq!(status.code(), Some(5), "{status}: {}", exec.stderr());
 }
 
 #[test]
@@ -451,4 +599,75 @@ fn a_config_unfit_for_a_lab_is_a_usage_error_that_names_the_file() {
         )
     );
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
+}
+
+/// Drives an interactive bash on a pseudo-terminal (argv[1]: idlegate, argv[2]: the lab):
+/// runs a program under `lab exec`, Ctrl-Z, `fg`, Ctrl-C, and checks what bash and the
+/// program say at each step, waiting (bounded) for each. Exits 0 if all came, else says what
+/// did not.
+const JOB_CONTROL: &str = r#"
+import os, pty, re, select, sys, time
+idlegate, lab = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i"])
+seen = b""
+def expect(pattern):
+    global seen
+    end = time.monotonic() + 20
+    while True:
+        m = re.search(pattern, seen)
+        if m:
+            seen = seen[m.end():]
+            return
+        left = end - time.monotonic()
+        if left <= 0:
+            sys.exit("no %r in %r" % (pattern, seen))
+        if select.select([fd], [], [], left)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                sys.exit("bash ended before %r: %r" % (pattern, seen))
+            seen += data
+def send(keys):
+    os.write(fd, keys)
+# The markers are split in what is typed, so that the terminal's echo never matches them.
+send(b"PS1='<''ready> '\n")
+expect(rb"<ready> ")
+program = ("import signal, time; signal.alarm(30); "
+    "signal.signal(signal.SIGINT, lambda *a: exit(42)); "
+    "signal.signal(signal.SIGCONT, lambda *a: print('contin' + 'ued', flush=True)); "
+    "print('run' + 'ning', flush=True); time.sleep(30)")
+send(("%s lab exec --name %s vm1 -- python3 -c \"%s\"\n" % (idlegate, lab, program)).encode())
+expect(rb"running")
+send(b"\x1a")
+expect(rb"Stopped")
+expect(rb"<ready> ")
+send(b"fg\n")
+expect(rb"continued")
+send(b"\x03")
+expect(rb"<ready> ")
+send(b"echo status=$?\n")
+expect(rb"status=42")
+send(b"exit\n")
+os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn ctrl_z_in_a_shell_stops_lab_exec_with_its_program_and_fg_continues_both() {
+    let lab = Lab::up(&lab_name());
+    let driven = run_bounded(
+        "python3",
+        &["-c", JOB_CONTROL, IDLEGATE, &lab.name],
+        Duration::from_secs(90),
+    );
+    assert_eq!(
+        driven.status.code(),
+        Some(0),
+        "{}{}",
+        driven.stdout,
+        driven.stderr
+    );
 }

@@ -1,5 +1,6 @@
 //! `lab list` and `lab down NAME`, `lab demo --json`'s verdicts and timeline, and a profile's
-//! keepalive in a lab host, scaled by the lab's time scale.
+//! keepalive in a lab host (`relay --profile`, `run --profile`), scaled by the lab's time
+//! scale.
 
 use super::*;
 
@@ -89,16 +90,15 @@ fn lab_demo_json_gives_each_connections_verdict_and_the_timeline_and_nothing_els
     assert_eq!(namespaces_of(&name), Vec::<String>::new());
 }
 
-/// Client: connects to 127.0.0.1:argv[1] (retrying for 10 s while the relay starts), sends
-/// "a", stays idle 6 s (past the lab's 4 s idle timeout: the scenario), sends "b", prints
-/// `sent b`.
-const IDLE_THROUGH_RELAY: &str = r#"
+/// Client: connects to argv[1]:argv[2] (retrying for 10 s while a relay starts), sends "a",
+/// stays idle 6 s (past the lab's 4 s idle timeout: the scenario), sends "b", prints `sent b`.
+const IDLE_CLIENT: &str = r#"
 import signal, socket, sys, time
 signal.alarm(30)
 deadline = time.monotonic() + 10
 while True:
     try:
-        c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
         break
     except OSError:
         if time.monotonic() > deadline:
@@ -115,11 +115,7 @@ time.sleep(1)
 #[test]
 fn relay_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_scale() {
     let lab = Lab::up(&lab_name());
-    let mut programs = Programs::new(&lab);
-    // The LB's hash picks either member: both serve. Rule `app` (port 7000) drops silently.
-    programs.python("vm1", "vm1", CHUNK_SERVER, &["7000"]);
-    programs.python("vm2", "vm2", CHUNK_SERVER, &["7000"]);
-    programs.wait_each(&["vm1", "vm2"], "listening", LISTEN_TIMEOUT);
+    let mut programs = serving_app(&lab);
     // No --keepalive: the profile's, which the lab's time scale (60) brings to 2 s, 1 s, 8.
     let mut relay = Command::new(IDLEGATE)
         .args(["lab", "exec", "--name", &lab.name, "internet", "--"])
@@ -145,16 +141,62 @@ fn relay_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_
         }
     }
     let _relay = Kill(relay);
-    programs.python("client", "internet", IDLE_THROUGH_RELAY, &["15000"]);
-    let (status, client) = programs.finish("client", Duration::from_secs(20));
-    let report = programs.report();
-    assert!(status.success(), "client failed: {status}\n{report}");
-    assert_eq!(client, ["sent a", "sent b"], "\n{report}");
-    // "b" crossed the box after 6 s idle, past its 4 s timeout: the keepalive kept the flow.
-    programs.wait_line(&["vm1", "vm2"], |l| l == "got b", Duration::from_secs(5));
+    programs.python("client", "internet", IDLE_CLIENT, &["127.0.0.1", "15000"]);
+    idle_flow_kept(&mut programs);
     let log = relay_log.lock().unwrap().clone();
     assert!(
         log.contains("time scale 1/60") && log.contains("keepalive 2s,1s,8"),
         "the relay must say how it scaled the profile: {log}"
+    );
+}
+
+/// Programs in vm1 and vm2 of `lab` serving rule `app` (port 7000, which the box drops
+/// silently once idle 4 s); the LB's hash picks either member, so both serve.
+fn serving_app(lab: &Lab) -> Programs {
+    let mut programs = Programs::new(lab);
+    programs.python("vm1", "vm1", CHUNK_SERVER, &["7000"]);
+    programs.python("vm2", "vm2", CHUNK_SERVER, &["7000"]);
+    programs.wait_each(&["vm1", "vm2"], "listening", LISTEN_TIMEOUT);
+    programs
+}
+
+/// Waits for [`IDLE_CLIENT`] (tag `client`) to end, and for "b", which it sent after 6 s
+/// idle, past the box's 4 s timeout, to reach a server: only a keepalive keeps the flow.
+fn idle_flow_kept(programs: &mut Programs) {
+    let (status, client) = programs.finish("client", Duration::from_secs(20));
+    let report = programs.report();
+    assert!(status.success(), "client failed: {status}\n{report}");
+    assert_eq!(client, ["sent a", "sent b"], "\n{report}");
+    programs.wait_line(&["vm1", "vm2"], |l| l == "got b", Duration::from_secs(5));
+}
+
+#[test]
+fn run_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_scale() {
+    let lab = Lab::up(&lab_name());
+    let mut programs = serving_app(&lab);
+    // No --keepalive: the profile's, which the lab's time scale (60) brings to 2 s, 1 s, 8,
+    // given by `run` to the client's socket; the client talks to the LB itself.
+    programs.start(
+        "client",
+        "internet",
+        &[
+            IDLEGATE,
+            "run",
+            "--profile",
+            "azure-lb",
+            "--",
+            "python3",
+            "-u",
+            "-c",
+            IDLE_CLIENT,
+            "203.0.113.10",
+            "7000",
+        ],
+    );
+    idle_flow_kept(&mut programs);
+    let log = programs.stderr_of("client");
+    assert!(
+        log.contains("time scale 1/60") && log.contains("keepalive 2s,1s,8"),
+        "run must say how it scaled the profile: {log}"
     );
 }

@@ -346,10 +346,16 @@ impl Programs {
 
     /// Starts `python3 -u -c SCRIPT ARGS…` in `host`, in its own process group.
     fn python(&mut self, tag: &str, host: &str, script: &str, args: &[&str]) {
+        let mut command = vec!["python3", "-u", "-c", script];
+        command.extend_from_slice(args);
+        self.start(tag, host, &command);
+    }
+
+    /// Starts `command` (a program, then its arguments) in `host`, in its own process group.
+    fn start(&mut self, tag: &str, host: &str, command: &[&str]) {
         let mut child = Command::new(IDLEGATE)
             .args(["lab", "exec", "--name", &self.lab, host, "--"])
-            .args(["python3", "-u", "-c", script])
-            .args(args)
+            .args(command)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -373,6 +379,14 @@ impl Programs {
             stdout_reader: Some(stdout_reader),
             stderr,
         });
+    }
+
+    /// What program `tag` wrote to stderr so far.
+    fn stderr_of(&self, tag: &str) -> String {
+        let program = self.running.iter().find(|p| p.tag == tag);
+        let program = program.unwrap_or_else(|| panic!("no program {tag}"));
+        let stderr = program.stderr.lock().unwrap();
+        stderr.clone()
     }
 
     /// Everything seen so far, for failure messages.
