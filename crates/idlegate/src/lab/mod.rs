@@ -609,12 +609,13 @@ pub fn exec(lab: &str, host: &str, program: &str, args: &[String]) -> Result<Exi
         Ok(child) => child,
         Err(netns::SpawnError::Entering(e)) => return Err(e).with_context(running),
         Err(netns::SpawnError::Exec(e)) => {
-            let status = match e.raw_os_error() {
-                Some(libc::ENOENT) => Status::NotFound,
-                _ => Status::CannotExecute,
+            let (status, hint) = match e.raw_os_error() {
+                Some(libc::ENOENT) => (Status::NotFound, "the program is looked up on $PATH inside the lab host: give its full path, or a name found there".to_string()),
+                _ => (Status::CannotExecute, format!("make it executable (chmod +x {program}) or run it through its interpreter")),
             };
             return Err(anyhow!("{}", errno::reason(&e)))
                 .with_context(running)
+                .hint(hint)
                 .status(status);
         }
     };

@@ -173,13 +173,16 @@ fn lab_exec_of_a_program_not_found_exits_127_and_of_one_not_executable_126() {
     assert_eq!(missing.status.code(), Some(127), "{}", missing.stderr);
     assert_eq!(
         missing.stderr,
-        "idlegate: lab exec: running \"/nonexistent\" in vm1: No such file or directory\n"
+        "idlegate: lab exec: running \"/nonexistent\" in vm1: No such file or directory\n\
+         hint: the program is looked up on $PATH inside the lab host: give its full path, or a \
+         name found there\n"
     );
     let dir = lab_exec(&lab.name, "vm1", &["/etc"]);
     assert_eq!(dir.status.code(), Some(126), "{}", dir.stderr);
     assert_eq!(
         dir.stderr,
-        "idlegate: lab exec: running \"/etc\" in vm1: Permission denied\n"
+        "idlegate: lab exec: running \"/etc\" in vm1: Permission denied\n\
+         hint: make it executable (chmod +x /etc) or run it through its interpreter\n"
     );
     let plain = tempfile::NamedTempFile::new().unwrap();
     let path = plain.path().to_str().unwrap();
