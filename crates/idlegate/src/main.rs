@@ -110,7 +110,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::CommandFactory;
+            let words: Vec<String> = args.iter().map(|a| a.to_string_lossy().into()).collect();
+            match cli::parse_error::render(&error, &Cli::command(), &words) {
+                Some(text) => {
+                    eprintln!("{text}");
+                    return ExitCode::from(report::Status::Usage.code());
+                }
+                // --help, --version: printed as clap prints them.
+                None => error.exit(),
+            }
+        }
+    };
     #[cfg(target_os = "linux")]
     let quiet = matches!(cli.command, Command::Lab(LabCommand::Demo(_)));
     #[cfg(not(target_os = "linux"))]

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use idlegate::gateway::control::{self, FlowRow, Request, Response};
 use idlegate::lab;
+use idlegate::obs::report::{Report, Status};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -53,6 +54,17 @@ pub fn run(args: FlowsArgs) -> Result<()> {
     };
     match control::ask(&path, &request)? {
         Response::Error { message } => anyhow::bail!("the gateway refused: {message}"),
+        // Checked by the gateway before anything is expired: a mistake in the arguments.
+        Response::NoRule { rule, rules } => {
+            return Err(anyhow::anyhow!(
+                "flows expire --rule {rule}: the gateway has no such rule"
+            ))
+            .hint(format!(
+                "its rules: {} (`idlegate flows` shows their flows)",
+                rules.join(", ")
+            ))
+            .status(Status::Usage)
+        }
         Response::Expired { count } if args.json => {
             println!("{}", serde_json::json!({ "expired": count }))
         }

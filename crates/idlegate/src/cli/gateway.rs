@@ -139,6 +139,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         .map(lookup_user)
         .transpose()
         .status(Status::Usage)?;
+    idlegate::gateway::control::check_directory(&args.control)?;
     let workers = args
         .workers
         .unwrap_or_else(idlegate::gateway::default_workers);

@@ -32,14 +32,14 @@ with: icacls C:\\ProgramData\\idlegate /inheritance:r /grant:r \"SYSTEM:(OI)(CI)
 /// (the public key printed on stdout, what to do with it on stderr).
 pub fn keygen(file: &Path, pair: bool) -> Result<()> {
     if !pair {
-        Key::generate(file)?;
+        never_over(Key::generate(file))?;
         println!(
             "wrote a new tunnel key to {} ({OWNER_ONLY}); copy it to the other end of the pair",
             file.display()
         );
         return Ok(());
     }
-    let key = PrivateKey::generate(file)?;
+    let key = never_over(PrivateKey::generate(file))?;
     println!("{}", key.public());
     eprintln!(
         "wrote a private key to {} ({OWNER_ONLY}; keep it there) and its public key, above, to {}: \
@@ -48,4 +48,22 @@ pub fn keygen(file: &Path, pair: bool) -> Result<()> {
         PrivateKey::public_path(file).display()
     );
     Ok(())
+}
+
+/// A key file that exists already is left alone: a usage error (nothing was written), with
+/// what to do.
+fn never_over<T>(made: Result<T>) -> Result<T> {
+    use idlegate::obs::report::{Report, Status};
+    let exists = |e: &anyhow::Error| {
+        e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+        })
+    };
+    match made {
+        Err(e) if exists(&e) => Err(e)
+            .hint("keygen never overwrites a file: remove it first, or choose another FILE")
+            .status(Status::Usage),
+        other => other,
+    }
 }

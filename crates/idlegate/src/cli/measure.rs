@@ -45,7 +45,7 @@ impl EchoArgs {
     /// Every limit of `idlegate echo`'s options.
     fn check(&self) -> Result<()> {
         if self.max_connections == 0 {
-            anyhow::bail!("--max-connections: at least 1");
+            anyhow::bail!("--max-connections 0: must be at least 1");
         }
         Ok(())
     }
@@ -65,7 +65,8 @@ pub fn run_echo(args: &EchoArgs) -> Result<()> {
             args.max_connections
         );
     }
-    let mut echo = echo::Echo::bind(args.listen)?;
+    let mut echo =
+        idlegate::obs::report::listening(echo::Echo::bind(args.listen), "--listen", args.listen)?;
     echo.set_max_connections(args.max_connections);
     idlegate::sys::signal::stop_on_interrupt(&echo.stop_flag())
         .context("installing signal handlers")?;
@@ -90,8 +91,11 @@ impl ProbeArgs {
         if self.wait < Duration::from_millis(10) || self.wait > Duration::from_secs(600) {
             anyhow::bail!("--wait {:?}: from 10 ms to 10 min", self.wait);
         }
-        if self.connections.is_some_and(|n| n < 16) {
-            anyhow::bail!("--connections: at least 16");
+        if let Some(n) = self.connections.filter(|n| *n < 16) {
+            return Err(anyhow::anyhow!("--connections {n}: must be at least 16")).hint(
+                "the probe takes 4 connections for its behaviour and keepalive tests and 2 for \
+                 each idle time it tries, and needs a few idle times per round: give 16 or more",
+            );
         }
         Ok(())
     }
@@ -171,7 +175,7 @@ mod tests {
         );
         assert_eq!(
             probe_check(&["--connections", "15"]),
-            Err("--connections: at least 16".into())
+            Err("--connections 15: must be at least 16".into())
         );
         assert_eq!(
             probe_check(&["--connections", "16", "--max", "24h"]),
@@ -187,7 +191,10 @@ mod tests {
                     .expect("arguments clap accepts");
             echo.args.check().map_err(|e| format!("{e:#}"))
         };
-        assert_eq!(check("0"), Err("--max-connections: at least 1".into()));
+        assert_eq!(
+            check("0"),
+            Err("--max-connections 0: must be at least 1".into())
+        );
         assert_eq!(check("1"), Ok(()));
     }
 }

@@ -16,6 +16,7 @@
 //! | [`profiles`] | `profiles`, `profiles show` |
 //! | [`service`] | `service install`, `service uninstall`, `service run` (the Windows build only) |
 //! | [`generate`] | `completions`, `man`: made from these definitions |
+//! | [`parse_error`] | what the command-line parser refuses, in the one error style |
 //!
 //! A command whose feature is Linux-only (gateway, lab, flows, audit, keepalive, run) is
 //! `#[cfg(target_os = "linux")]` here and in `main.rs`, and `service` is `#[cfg(windows)]`:
@@ -35,6 +36,7 @@ pub mod keygen;
 #[cfg(target_os = "linux")]
 pub mod lab;
 pub mod measure;
+pub mod parse_error;
 pub mod profiles;
 pub mod relay;
 #[cfg(any(windows, test))]
@@ -100,9 +102,11 @@ pub fn profile_named(name: &str) -> Result<&'static idlegate_core::profile::Prof
 }
 
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    // clap names the flag and the value; this says only what is wrong with it.
+    let d =
+        humantime::parse_duration(s).map_err(|_| "not a duration (like 30s or 2m)".to_string())?;
     if d.is_zero() {
-        return Err(format!("{s:?}: must be longer than zero"));
+        return Err("must be longer than zero".to_string());
     }
     Ok(d)
 }

@@ -26,6 +26,36 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long `idlegate flows` waits for the gateway (for each read of its answer).
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The directory of the default control socket and the labs' (`/run/idlegate`): the one
+/// directory the gateway makes for its socket. Any other must exist: a mistyped `--control`
+/// makes no directory.
+pub const RUN_DIR: &str = "/run/idlegate";
+
+/// Refuses a control socket `path` in a directory that is not there (other than
+/// [`RUN_DIR`]): a usage error, found before anything starts.
+pub fn check_directory(path: &Path) -> Result<()> {
+    use crate::obs::report::{Report, Status};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => return Ok(()),
+    };
+    if dir == Path::new(RUN_DIR) || dir.is_dir() {
+        return Ok(());
+    }
+    Err(anyhow::anyhow!(
+        "--control {}: no directory {}",
+        path.display(),
+        dir.display()
+    ))
+    .with_hint(|| {
+        format!(
+            "create it first (mkdir -p {}), or give a path in one that exists",
+            dir.display()
+        )
+    })
+    .status(Status::Usage)
+}
+
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
@@ -45,9 +75,20 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "kebab-case")]
 pub enum Response {
-    Flows { flows: Vec<FlowRow> },
-    Expired { count: usize },
-    Error { message: String },
+    Flows {
+        flows: Vec<FlowRow>,
+    },
+    Expired {
+        count: usize,
+    },
+    /// `expire` named a rule the gateway does not have (nothing was expired): its rules.
+    NoRule {
+        rule: String,
+        rules: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// One flow, as `idlegate flows --json` prints it.
@@ -100,9 +141,11 @@ pub struct Control {
 
 impl Control {
     /// Listens at `path` (mode 0600). A live socket there is refused; a stale one is replaced.
+    /// Its directory must exist, except [`RUN_DIR`], which is made (mode 0755) if missing.
     pub fn bind(path: &Path) -> Result<Control> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        check_directory(path)?;
+        if path.parent() == Some(Path::new(RUN_DIR)) {
+            std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
         }
         if UnixStream::connect(path).is_ok() {
             bail!(
@@ -229,11 +272,9 @@ fn respond(request: Request, shards: &mut dyn Shards) -> Response {
         },
         Request::Expire {
             rule: Some(rule), ..
-        } if !shards.rule_names().contains(&rule) => Response::Error {
-            message: format!(
-                "no rule {rule:?}; rules: {}",
-                shards.rule_names().join(", ")
-            ),
+        } if !shards.rule_names().contains(&rule) => Response::NoRule {
+            rule,
+            rules: shards.rule_names().to_vec(),
         },
         Request::Expire { rule, .. } => {
             let count = match shards.expire(rule.as_deref()) {

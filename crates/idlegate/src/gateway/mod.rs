@@ -184,7 +184,8 @@ impl Gateway {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let metrics = match options.metrics {
             Some(addr) => {
-                let metrics = scrape::Server::bind(addr)?;
+                let metrics =
+                    crate::obs::report::listening(scrape::Server::bind(addr), "--metrics", addr)?;
                 tracing::info!(
                     "metrics on http://{}/metrics",
                     metrics.local_addr().unwrap_or(addr)

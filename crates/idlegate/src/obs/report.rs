@@ -148,6 +148,32 @@ pub fn refused<T>(mistake: idlegate_core::config::ConfigError) -> anyhow::Result
     }
 }
 
+/// A listener that `setting` (a flag such as `--listen` or `--metrics`, or a config key)
+/// asked for at `addr` and that could not be bound: when the address is in use, the one hint
+/// every command gives for it. Other failures pass unchanged.
+pub fn listening<T>(
+    result: anyhow::Result<T>,
+    setting: &str,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<T> {
+    result.map_err(|error| {
+        let in_use = error.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        });
+        if in_use {
+            let hint = format!(
+                "another process has port {}: pick another {setting} port",
+                addr.port()
+            );
+            wrap(error, Some(hint), None)
+        } else {
+            error
+        }
+    })
+}
+
 /// The innermost hint in `error`'s chain, if any.
 pub fn hint_of(error: &anyhow::Error) -> Option<&str> {
     error
@@ -201,6 +227,25 @@ mod tests {
             "idlegate: creating TUN device igw-inside: permission denied"
         );
         assert_eq!(status(&e), Status::Runtime);
+    }
+
+    #[test]
+    fn a_port_in_use_gets_the_hint_naming_the_setting_and_other_failures_none() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let bound =
+            std::net::TcpListener::bind(addr).with_context(|| format!("listening on {addr}"));
+        let e = listening(bound, "--listen", addr).unwrap_err();
+        assert_eq!(
+            render(&e),
+            format!(
+                "idlegate: listening on {addr}: Address already in use (os error 98)\n\
+                 hint: another process has port {}: pick another --listen port",
+                addr.port()
+            )
+        );
+        let e = listening(failing(), "--listen", addr).unwrap_err();
+        assert_eq!(hint_of(&e), None);
     }
 
     #[test]

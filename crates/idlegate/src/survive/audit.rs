@@ -225,10 +225,12 @@ fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Risk, String) {
 /// Audits the connections of namespace `netns` (this process's if None).
 pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     let (sysctl, raw) = match netns {
-        Some(ns) => crate::sys::netns::spawn_in(ns, || -> Result<_> {
-            Ok((Sysctl::read()?, tcp_connections()?))
-        })
-        .map_err(|e| needs_privilege(e, ns))?
+        Some(ns) => cannot_enter(
+            crate::sys::netns::spawn_in(ns, || -> Result<_> {
+                Ok((Sysctl::read()?, tcp_connections()?))
+            }),
+            ns,
+        )?
         .join()
         .map_err(|_| anyhow::anyhow!("the audit thread panicked"))??,
         None => (Sysctl::read()?, tcp_connections()?),
@@ -259,23 +261,29 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
     })
 }
 
-/// A failure to enter namespace `ns` for want of privilege gets what to do (setns(2) into
-/// another network namespace needs CAP_SYS_ADMIN); any other failure is kept as it is.
-fn needs_privilege(e: anyhow::Error, ns: &str) -> anyhow::Error {
-    use crate::obs::report::hinted;
-    let denied = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
-    });
-    if !denied {
-        return e;
+/// A failure to enter namespace `ns` gets what to do: for want of privilege, root (setns(2)
+/// into another network namespace needs CAP_SYS_ADMIN); for a name that is not there, where
+/// the names are (a usage error: nothing was audited). Any other failure is kept as it is.
+fn cannot_enter<T>(entered: Result<T>, ns: &str) -> Result<T> {
+    use crate::obs::report::{Report, Status};
+    let kind = |e: &anyhow::Error| {
+        e.chain()
+            .find_map(|c| c.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+    };
+    match entered {
+        Err(e) if kind(&e) == Some(std::io::ErrorKind::PermissionDenied) => Err(e).with_hint(|| {
+            format!(
+                "entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {ns}"
+            )
+        }),
+        Err(e) if kind(&e) == Some(std::io::ErrorKind::NotFound) => Err(e)
+            .hint(
+                "`ip netns list` shows the names (a lab host's namespace is ig-LAB-HOST: \
+                 `idlegate lab list`)",
+            )
+            .status(Status::Usage),
+        other => other,
     }
-    hinted(
-        e,
-        format!(
-            "entering another network namespace needs CAP_SYS_ADMIN: run the audit as root: sudo idlegate audit --netns {ns}"
-        ),
-    )
 }
 
 /// Socket inode → (pid, its descriptor, command), from every process's descriptors.

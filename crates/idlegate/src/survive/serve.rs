@@ -167,8 +167,20 @@ pub fn serve(options: &Options, stop: Arc<AtomicBool>) -> Result<()> {
 /// [`serve`], calling `serving` once everything is bound (every listener, and the metrics')
 /// and before anything runs: a Windows service reports Running then, not before.
 pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce()) -> Result<()> {
+    use crate::obs::report::listening;
     let mut runs: Vec<Run> = Vec::new();
     let mut stats = Vec::new();
+    // Bound before any relay is, so that a port in use is refused before a relay says in
+    // the log that it runs.
+    let metrics = match options.metrics {
+        Some(addr) => Some(listening(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("listening for metrics on {addr}")),
+            "--metrics",
+            addr,
+        )?),
+        None => None,
+    };
     match &options.plan {
         Plan::Config(path) => {
             // A file the command line names that cannot be read is a usage error, as
@@ -179,8 +191,11 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
             let relays = parse_config(&text, &path.display().to_string())?;
             let most = options.fit(relays.len())?;
             for (listen, connect, keepalive) in relays {
-                let (local, relay_stats, run) =
-                    bind_relay(listen, connect, keepalive, most, &stop)?;
+                let (local, relay_stats, run) = listening(
+                    bind_relay(listen, connect, keepalive, most, &stop),
+                    "listen",
+                    listen,
+                )?;
                 stats.push((local, relay_stats));
                 runs.push(run);
             }
@@ -203,7 +218,11 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
                     own.public()
                 );
             }
-            let mut entry = Entry::bind(*listen, tunnel, keys, settings.clone())?;
+            let mut entry = listening(
+                Entry::bind(*listen, tunnel, keys, settings.clone()),
+                "--listen",
+                *listen,
+            )?;
             entry.set_stop_flag(stop.clone());
             stats.push((entry.local_addr()?, entry.stats()));
             tracing::info!(target: LOG,
@@ -241,7 +260,11 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
                     peers.path().display()
                 );
             }
-            let mut exit = Exit::bind(*listen, connect, keys, settings.clone())?;
+            let mut exit = listening(
+                Exit::bind(*listen, connect, keys, settings.clone()),
+                "--tunnel-listen",
+                *listen,
+            )?;
             exit.set_stop_flag(stop.clone());
             stats.push((exit.local_addr()?, exit.stats()));
             tracing::info!(target: LOG,
@@ -255,15 +278,16 @@ pub fn serve_then(options: &Options, stop: Arc<AtomicBool>, serving: impl FnOnce
         Plan::Relay { listen, connect } => {
             let connect = resolve("--connect", connect)?;
             let most = options.fit(1)?;
-            let (local, relay_stats, run) =
-                bind_relay(*listen, connect, options.keepalive, most, &stop)?;
+            let (local, relay_stats, run) = listening(
+                bind_relay(*listen, connect, options.keepalive, most, &stop),
+                "--listen",
+                *listen,
+            )?;
             stats.push((local, relay_stats));
             runs.push(run);
         }
     }
-    if let Some(addr) = options.metrics {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("--metrics {addr}: cannot listen"))?;
+    if let (Some(listener), Some(addr)) = (metrics, options.metrics) {
         tracing::info!(target: LOG, "metrics on http://{addr}/metrics");
         crate::survive::relay::serve_metrics(listener, move || {
             crate::survive::relay::render_metrics(&stats)

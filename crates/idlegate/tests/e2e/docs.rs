@@ -213,6 +213,95 @@ fn every_relative_link_and_anchor_of_the_docs_resolves() {
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
+/// Where a fenced code block of `text` is never closed, its first line (1-based): a block that
+/// runs on to the end of the document because its closing fence was not on a line of its own
+/// (CommonMark: a closing fence may be followed by spaces only).
+fn unclosed_fences(text: &str) -> Vec<usize> {
+    use pulldown_cmark::CodeBlockKind;
+    Parser::new_ext(text, options())
+        .into_offset_iter()
+        .filter_map(|(event, range)| match event {
+            Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(_))) => {
+                let block = text[range.clone()].trim_end();
+                let last = block.lines().last().unwrap_or("").trim();
+                let closed = block.lines().count() > 1
+                    && last.len() >= 3
+                    && ['`', '~'].iter().any(|&c| last.chars().all(|l| l == c));
+                (!closed).then(|| text[..range.start].lines().count() + 1)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_fence_closed_on_a_line_with_text_is_found_unclosed() {
+    assert_eq!(
+        unclosed_fences("a\n\n```sh\nx\n```\n\nb\n"),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        unclosed_fences("a\n\n```yaml\nx: 1\n``` If you change it\n"),
+        [3]
+    );
+}
+
+#[test]
+fn every_code_block_of_the_docs_is_closed() {
+    let root = repo();
+    let mut unclosed = Vec::new();
+    for file in documents(&root) {
+        for line in unclosed_fences(&read_markdown(&file)) {
+            unclosed.push(format!(
+                "{}:{line}",
+                file.strip_prefix(&root).unwrap().display()
+            ));
+        }
+    }
+    assert!(
+        unclosed.is_empty(),
+        "code blocks never closed (the closing ``` must be on a line of its own): {unclosed:?}"
+    );
+}
+
+/// The config reference's full example, pasted into a file as a reader would, is a config
+/// the gateway accepts (`gateway --explain` exits 0).
+#[test]
+fn the_config_references_full_example_runs_as_written() {
+    use pulldown_cmark::CodeBlockKind;
+    let page = repo().join("docs/src/reference/config.md");
+    let text = read_markdown(&page);
+    // The first ```toml block, whole (pulldown-cmark may give a block's text in pieces).
+    let (mut in_toml, mut done, mut example) = (false, false, String::new());
+    for event in Parser::new_ext(&text, options()) {
+        match event {
+            Event::Start(Tag::CodeBlock(CodeBlockKind::Fenced(info))) => {
+                in_toml = !done && &*info == "toml"
+            }
+            Event::Text(code) if in_toml => example += &code,
+            Event::End(TagEnd::CodeBlock) if in_toml => (in_toml, done) = (false, true),
+            _ => {}
+        }
+    }
+    assert!(
+        example.contains("[[nat_gateway]]"),
+        "the full example (a ```toml block) in docs/src/reference/config.md: {example}"
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("gw.toml");
+    std::fs::write(&file, &example).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(["gateway", "--explain", "--config"])
+        .arg(&file)
+        .output()
+        .expect("running idlegate gateway --explain");
+    assert!(
+        out.status.success(),
+        "reference/config.md's example is refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A page not in SUMMARY.md is never built: every page of docs/src is in it.
 #[test]
 fn every_page_of_the_book_is_in_its_summary() {

@@ -365,22 +365,11 @@ impl Exporter {
     /// Listens on `settings.listen` and takes the first scan. `settings.interval` is at
     /// least [`MIN_INTERVAL`] (the command line checks it).
     pub fn start(settings: Settings) -> Result<Exporter> {
-        let server = Server::bind(settings.listen).map_err(|e| {
-            let in_use = e.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-            });
-            if in_use {
-                let port = settings.listen.port();
-                crate::obs::report::hinted(
-                    e,
-                    format!("another process has port {port}: pick another --metrics port"),
-                )
-            } else {
-                e
-            }
-        })?;
+        let server = crate::obs::report::listening(
+            Server::bind(settings.listen),
+            "--metrics",
+            settings.listen,
+        )?;
         let (last, last_took) = scan(&settings).context("the first scan")?;
         let (stop_scan, stopped_scan) = mpsc::channel();
         Ok(Exporter {
@@ -651,12 +640,11 @@ mod tests {
         };
         let port = listen.port();
         assert_eq!(
-            format!("{e:#}"),
-            format!("listening for metrics on {listen}: Address already in use (os error 98)")
-        );
-        assert_eq!(
-            crate::obs::report::hint_of(&e),
-            Some(format!("another process has port {port}: pick another --metrics port").as_str())
+            crate::obs::report::render(&e),
+            format!(
+                "idlegate: listening for metrics on {listen}: Address already in use (os error 98)\n\
+                 hint: another process has port {port}: pick another --metrics port"
+            )
         );
     }
 

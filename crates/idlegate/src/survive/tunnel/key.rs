@@ -276,8 +276,18 @@ fn load_private(path: &Path) -> Result<PrivateKey> {
 }
 
 /// An entry's keys from its flags: `--key FILE`, or `--private-key FILE` with
-/// `--exit-public-key KEY`. Errors name the flag and carry a hint.
+/// `--exit-public-key KEY`. Errors name the flag, carry a hint, and are usage errors (a
+/// file the flags name is wrong: nothing was started).
 pub fn entry_keys(
+    key: Option<&Path>,
+    private: Option<&Path>,
+    exit_public: Option<&str>,
+) -> Result<EntryKeys> {
+    use crate::obs::report::{Report, Status};
+    entry_keys_of(key, private, exit_public).status(Status::Usage)
+}
+
+fn entry_keys_of(
     key: Option<&Path>,
     private: Option<&Path>,
     exit_public: Option<&str>,
@@ -299,7 +309,17 @@ pub fn entry_keys(
 }
 
 /// An exit's keys from its flags: `--key FILE`, or `--private-key FILE` with `--peers FILE`.
+/// Errors are usage errors, as [`entry_keys`]'.
 pub fn exit_keys(
+    key: Option<&Path>,
+    private: Option<&Path>,
+    peers: Option<&Path>,
+) -> Result<ExitKeys> {
+    use crate::obs::report::{Report, Status};
+    exit_keys_of(key, private, peers).status(Status::Usage)
+}
+
+fn exit_keys_of(
     key: Option<&Path>,
     private: Option<&Path>,
     peers: Option<&Path>,

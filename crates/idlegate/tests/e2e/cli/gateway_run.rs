@@ -82,6 +82,18 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_show
 
     let refused = idlegate(&["flows", "expire", "--lab", &lab.name], COMMAND_TIMEOUT);
     assert!(!refused.status.success(), "expire needs --rule or --all");
+    // A rule the gateway does not have is an argument's mistake (exit 2), checked before
+    // anything is expired, with the rules it has.
+    let no_rule = idlegate(
+        &["flows", "expire", "--lab", &lab.name, "--rule", "nosuch"],
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(no_rule.status.code(), Some(2), "{}", no_rule.stderr);
+    assert_eq!(
+        no_rule.stderr,
+        "idlegate: flows expire --rule nosuch: the gateway has no such rule\n\
+         hint: its rules: app, app-with-reset, egress (`idlegate flows` shows their flows)\n"
+    );
 
     // The capture holds both sides of the translation and the two RSTs the gateway made.
     assert!(lab.terminate().success());
