@@ -204,29 +204,58 @@ pub fn runnable_by_anyone(path: &str) -> (tempfile::TempDir, std::path::PathBuf)
     (dir, copy)
 }
 
-/// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
-/// 203.0.113.10, one member `vm1` at 192.0.2.11, and a TCP rule for each `(name, port)`
-/// (frontend and backend port the same) with `expiry`.
+/// A lab config: the top-level lines `head` (the profile, a time scale), frontend "public" at
+/// 203.0.113.10, pool "vms" with one member `vm1` at 192.0.2.11, then `rules` (the TOML of
+/// the rules from that frontend to that pool).
 #[allow(dead_code)] // not every test file uses it
-pub fn lab_config(expiry: &str, rules: &[(&str, u16)]) -> idlegate_core::Config {
-    let mut text = String::from(
-        r#"profile = "azure-lb"
-time_scale = 80
+pub fn one_member_lab(head: &str, rules: &str) -> idlegate_core::Config {
+    let text = format!(
+        r#"{head}
 [[frontend]]
 name = "public"
 address = "203.0.113.10"
 [[backend_pool]]
 name = "vms"
-members = [{ name = "vm1", address = "192.0.2.11" }]
-"#,
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+{rules}"#
     );
+    idlegate_core::Config::from_toml(&text, "lab test config").expect("a valid config")
+}
+
+/// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
+/// 203.0.113.10, one member `vm1` at 192.0.2.11, and a TCP rule for each `(name, port)`
+/// (frontend and backend port the same) with `expiry`.
+#[allow(dead_code)] // not every test file uses it
+pub fn lab_config(expiry: &str, rules: &[(&str, u16)]) -> idlegate_core::Config {
+    let mut text = String::new();
     for (name, port) in rules {
         text += &format!(
             "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
              backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
         );
     }
-    idlegate_core::Config::from_toml(&text, "lab test config").expect("a valid config")
+    one_member_lab("profile = \"azure-lb\"\ntime_scale = 80", &text)
+}
+
+/// The probe's lab config: `profile` scaled by `time_scale`, frontend 203.0.113.10, one member
+/// `vm1` at 192.0.2.11, and one TCP rule `echo` on port 9300 (frontend and backend) with idle
+/// timeout `idle` and `expiry`.
+#[allow(dead_code)] // not every test file uses it
+pub fn echo_lab(profile: &str, time_scale: u32, idle: &str, expiry: &str) -> idlegate_core::Config {
+    one_member_lab(
+        &format!("profile = \"{profile}\"\ntime_scale = {time_scale}"),
+        &format!(
+            r#"[[lb_rule]]
+name = "echo"
+frontend = "public"
+frontend_port = 9300
+backend_pool = "vms"
+backend_port = 9300
+idle_timeout = "{idle}"
+expiry = "{expiry}"
+"#
+        ),
+    )
 }
 
 /// [`lab_config`] with one rule `app` on port 7000.
