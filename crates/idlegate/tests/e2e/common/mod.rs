@@ -343,3 +343,78 @@ pub fn non_loopback_pair(ns: &str) -> [std::net::Ipv4Addr; 2] {
     }
     pair
 }
+
+/// A python3 process holding one idle TCP connection to its own listener on loopback; it
+/// exits when told ([`Holder::exit_now`]) and is killed when dropped.
+#[allow(dead_code)] // not every test file holds a connection
+pub struct Holder(std::process::Child);
+
+#[allow(dead_code)] // not every test file holds a connection
+impl Holder {
+    /// Starts the process and waits until its connection is up.
+    pub fn start() -> Holder {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
+                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
+                 time.sleep(float(input()))",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/setup installs it)");
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .expect("its stdout")
+            .read_exact(&mut ready)
+            .expect("python3 said ready");
+        Holder(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Tells the process to exit now (it does not wait for it).
+    pub fn exit_now(&mut self) {
+        use std::io::Write;
+        let mut stdin = self.0.stdin.take().expect("the holder's stdin, once");
+        stdin.write_all(b"0\n").expect("telling the holder to exit");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `idlegate ARGS…` to completion; fails the test, with the arguments and its stderr,
+/// unless it succeeds; gives its stdout.
+#[allow(dead_code)] // not every test file runs the binary
+pub fn idlegate_ok(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(args)
+        .output()
+        .expect("running idlegate");
+    assert_success(&out, args);
+    out.stdout
+}
+
+/// Fails the test, with `what` (the command's arguments) and the program's stderr, unless
+/// `out` is of a program that succeeded.
+#[allow(dead_code)] // not every test file runs programs
+pub fn assert_success(out: &std::process::Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "{what:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
