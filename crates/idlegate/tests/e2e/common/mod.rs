@@ -418,3 +418,60 @@ pub fn assert_success(out: &std::process::Output, what: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Where the relay tests' relay listens in the lab's `internet` host: it relays to the
+/// frontend's rule `relayed` ([`RELAYED_RULE`]).
+#[allow(dead_code)] // not every test file relays
+pub const RELAY_LISTEN: &str = "127.0.0.1:7101";
+/// The frontend's rule `relayed` of [`direct_and_relayed_lab`].
+#[allow(dead_code)] // not every test file relays
+pub const RELAYED_RULE: &str = "203.0.113.10:7001";
+
+/// [`lab_config`] with `expiry` and two rules to vm1: `direct` on port 7000 and `relayed` on
+/// port 7001. Its gateway forgets idle flows after 3 s (Azure's 4 min scaled 1/80).
+#[allow(dead_code)] // not every test file relays
+pub fn direct_and_relayed_lab(expiry: &str) -> idlegate_core::Config {
+    lab_config(expiry, &[("direct", 7000), ("relayed", 7001)])
+}
+
+/// What a client that idles longer than the gateway's timeout gets, directly and through a
+/// relay: in `lab` (of [`direct_and_relayed_lab`], with a relay at [`RELAY_LISTEN`] in its
+/// `internet` host, namespace `internet`), a client there without keepalive sends "a", idles
+/// 5 s, sends "b", both to the rule `direct` and through the relay, each to a server in vm1 on
+/// its rule's port. Gives what the server got and the client's error, direct then relayed.
+#[allow(dead_code)] // not every test file relays
+pub fn idle_direct_and_relayed(
+    lab: &idlegate::lab::Lab,
+    internet: &str,
+) -> anyhow::Result<[(Vec<String>, Option<String>); 2]> {
+    use idlegate::lab::scenario::{self, Script};
+    use std::time::Duration;
+    let server_ns = lab.namespace_of("vm1")?;
+    let script = |name: &str, connect: &str, port: u16| -> anyhow::Result<Script> {
+        Ok(Script {
+            name: name.to_string(),
+            client_ns: internet.to_string(),
+            server_ns: server_ns.clone(),
+            listen: format!("0.0.0.0:{port}").parse()?,
+            connect: connect.parse()?,
+            keepalive: None,
+            sends: vec![
+                (Duration::ZERO, "a".into()),
+                (Duration::from_secs(5), "b".into()),
+            ],
+            observe: Duration::from_secs(2),
+        })
+    };
+    let outcomes = scenario::run(vec![
+        script("direct", "203.0.113.10:7000", 7000)?,
+        script("relayed", RELAY_LISTEN, 7001)?,
+    ])?;
+    let seen = |name: &str| -> anyhow::Result<(Vec<String>, Option<String>)> {
+        let o = outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no outcome of the {name} client"))?;
+        Ok((o.delivered.clone(), o.client_error.clone()))
+    };
+    Ok([seen("direct")?, seen("relayed")?])
+}
