@@ -247,19 +247,10 @@ fn expiry_name<S: serde::Serializer>(e: &Expiry, s: S) -> Result<S::Ok, S::Error
 /// For every rule, the timeout and expiry action its flows get and which setting won.
 pub fn explanation(config: &Config) -> Explanation {
     let p = config.profile;
-    let states = [
-        "SYN_SENT",
-        "SYN_RECV",
-        "FIN_WAIT",
-        "CLOSE_WAIT",
-        "LAST_ACK",
-        "TIME_WAIT",
-        "CLOSE",
-    ];
-    let tcp_not_established = states
-        .iter()
-        .zip(p.tcp.all())
-        .map(|(&state, timeout)| StateTimer { state, timeout })
+    let tcp_not_established = p
+        .tcp
+        .named()
+        .map(|(state, timeout)| StateTimer { state, timeout })
         .collect();
     let rules = (0..config.lb_rules.len())
         .map(|i| {

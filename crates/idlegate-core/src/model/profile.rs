@@ -132,6 +132,22 @@ impl TcpTimers {
         }
     }
 
+    /// The conntrack names of the states, in the order of [`TcpTimers::all`].
+    pub const STATES: [&'static str; 7] = [
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "TIME_WAIT",
+        "CLOSE",
+    ];
+
+    /// Every state's conntrack name with its timer, in the order of [`TcpTimers::all`].
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        Self::STATES.into_iter().zip(self.all())
+    }
+
     /// Every timer, for finding the shortest.
     pub fn all(&self) -> [Duration; 7] {
         [
@@ -161,18 +177,8 @@ impl TcpTimers {
         if self.shortest() == self.longest() {
             return human(self.syn_sent);
         }
-        let names = [
-            "SYN_SENT",
-            "SYN_RECV",
-            "FIN_WAIT",
-            "CLOSE_WAIT",
-            "LAST_ACK",
-            "TIME_WAIT",
-            "CLOSE",
-        ];
-        let parts: Vec<String> = names
-            .iter()
-            .zip(self.all())
+        let parts: Vec<String> = self
+            .named()
             .map(|(name, d)| format!("{name} {}", human(d)))
             .collect();
         parts.join(", ")

@@ -80,23 +80,18 @@ fn audit_gives_each_connection_its_verdict_owner_and_reason() {
         std::thread::sleep(Duration::from_secs(4));
         stuck.write_all(b"lost")?;
         std::thread::sleep(Duration::from_millis(800));
-        let out = Command::new(IDLEGATE)
-            .args([
-                "audit",
-                "--netns",
-                &internet,
-                "--idle-timeout",
-                "3s",
-                "--json",
-            ])
-            .output()?;
+        let args = [
+            "audit",
+            "--netns",
+            internet.as_str(),
+            "--idle-timeout",
+            "3s",
+            "--json",
+        ];
+        let out = Command::new(IDLEGATE).args(args).output()?;
         stop.store(true, Ordering::Relaxed);
         chatter.join().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_success(&out, &args);
         let report: Value = serde_json::from_slice(&out.stdout)?;
         let ports =
             [&safe, &slow, &idle, &busy, &stuck].map(|c| c.local_addr().unwrap().to_string());
@@ -215,12 +210,9 @@ fn without_privilege_audit_still_judges_but_says_the_timers_are_unknown() {
         .set_tcp_keepalive(&params)
         .unwrap();
     // nobody: may list sockets, may not take them.
-    let out = audit_as_nobody(Some(ns.name()), &["--idle-timeout", "4m", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = ["--idle-timeout", "4m", "--json"];
+    let out = audit_as_nobody(Some(ns.name()), &args);
+    common::assert_success(&out, &args);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let find = |s: &TcpStream| {
         let local = s.local_addr().unwrap().to_string();
@@ -287,16 +279,8 @@ fn an_idle_loopback_connection_is_counted_not_judged() {
         locals.iter().any(|l| l.starts_with("[::ffff:127.0.0.1]:")),
         "a v4-mapped end: {locals:?}"
     );
-    let out = Command::new(IDLEGATE)
-        .args(["audit", "--idle-timeout", "4m", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = common::idlegate_ok(&["audit", "--idle-timeout", "4m", "--json"]);
+    let report: Value = serde_json::from_slice(&out).unwrap();
     for c in report["connections"].as_array().unwrap() {
         let local = c["local"].as_str().unwrap();
         assert!(!locals.iter().any(|l| l == local), "{local} judged: {c:#}");

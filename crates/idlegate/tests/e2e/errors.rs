@@ -107,6 +107,29 @@ fn at(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
+/// examples/azure-lb.toml copied to `gateway.toml` in a new temporary directory (removed
+/// when the first is dropped), and that copy's path.
+fn example_gateway_config() -> (tempfile::TempDir, String) {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
+    let example = std::fs::read_to_string(&example).expect("examples/azure-lb.toml");
+    let dir = files(&[("gateway.toml", &example)]);
+    let config = at(dir.path(), "gateway.toml");
+    (dir, config)
+}
+
+/// `gateway --config CONFIG --inside INSIDE --outside OUTSIDE`.
+fn gateway_args<'a>(config: &'a str, inside: &'a str, outside: &'a str) -> [&'a str; 7] {
+    [
+        "gateway",
+        "--config",
+        config,
+        "--inside",
+        inside,
+        "--outside",
+        outside,
+    ]
+}
+
 const GATEWAY_CONFIG: &str = "profile = \"azure-lb\"\n\
                               [[frontend]]\n\
                               name = \"public\"\n\
@@ -318,26 +341,15 @@ fn run_exits_127_for_a_program_not_found_and_126_for_one_not_executable() {
 #[test]
 fn the_gateway_without_privilege_names_what_it_needs() {
     common::require_root();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
-    let example = std::fs::read_to_string(&example).expect("examples/azure-lb.toml");
-    let dir = files(&[("gateway.toml", &example)]);
-    let config = at(dir.path(), "gateway.toml");
+    let (_dir, config) = example_gateway_config();
     let (_bin_dir, binary) = common::runnable_by_anyone(IDLEGATE);
     let inside = common::unique("igE");
     let outside = common::unique("ogE");
     let args = |wrap: &[&str]| Case {
         what: "",
-        args: [
-            "gateway",
-            "--config",
-            &config,
-            "--inside",
-            &inside,
-            "--outside",
-            &outside,
-        ]
-        .map(String::from)
-        .to_vec(),
+        args: gateway_args(&config, &inside, &outside)
+            .map(String::from)
+            .to_vec(),
         wrap: wrap.iter().map(|a| a.to_string()).collect(),
         binary: binary.clone(),
         line: String::new(),
@@ -464,10 +476,7 @@ fn a_port_in_use_is_refused_with_one_hint_naming_the_flag_that_set_it() {
 /// (exit 2), and the directory is not created: only the default's, /run/idlegate, is made.
 #[test]
 fn a_control_socket_in_a_missing_directory_is_refused_and_no_directory_made() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/azure-lb.toml");
-    let example = std::fs::read_to_string(&example).expect("examples/azure-lb.toml");
-    let dir = files(&[("gateway.toml", &example)]);
-    let config = at(dir.path(), "gateway.toml");
+    let (dir, config) = example_gateway_config();
     let missing = dir.path().join(common::unique("nodir"));
     let socket = missing.join("gw.sock");
     let inside = common::unique("igC");
@@ -475,16 +484,10 @@ fn a_control_socket_in_a_missing_directory_is_refused_and_no_directory_made() {
     Case::new(
         "gateway --control in a missing directory",
         &[
-            "gateway",
-            "--config",
-            &config,
-            "--inside",
-            &inside,
-            "--outside",
-            &outside,
-            "--control",
-            &socket.display().to_string(),
-        ],
+            &gateway_args(&config, &inside, &outside)[..],
+            &["--control", &socket.display().to_string()],
+        ]
+        .concat(),
         2,
         &format!(
             "idlegate: --control {}: no directory {}",

@@ -11,7 +11,7 @@ use crate::common;
 use common::{require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::sys::netns::spawn_in;
-use idlegate_core::{Config, DropReason};
+use idlegate_core::DropReason;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -25,24 +25,17 @@ const MARKER: &[u8] = b"end";
 /// datagram, which only a held fragment could make late.
 fn send_big_datagram(profile: &str) -> (Vec<usize>, idlegate_core::Counters) {
     require_root();
-    let text = format!(
-        r#"profile = "{profile}"
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
+    let config = common::one_member_lab(
+        &format!("profile = \"{profile}\""),
+        r#"[[lb_rule]]
 name = "udp"
 frontend = "public"
 protocol = "udp"
 frontend_port = 5300
 backend_pool = "vms"
 backend_port = 5300
-"#
+"#,
     );
-    let config = Config::from_toml(&text, "fragment test config").unwrap();
     Lab::with_gateway(&unique("fr"), &config, |lab| {
         let socket = spawn_in(&lab.namespace_of("vm1")?, || {
             UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5300))

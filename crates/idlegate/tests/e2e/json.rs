@@ -5,55 +5,13 @@
 use crate::common;
 
 use serde_json::Value;
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
-
-const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
-
-/// A python process with a listener and one connection to it on loopback; killed when dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start() -> Holder {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
-                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
-                 time.sleep(120)",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 (scripts/setup installs it)");
-        let mut ready = [0u8; 6];
-        child
-            .stdout
-            .as_mut()
-            .expect("its stdout")
-            .read_exact(&mut ready)
-            .expect("python3 said ready");
-        Holder(child)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn json_of(args: &[&str]) -> Value {
-    let out = Command::new(IDLEGATE).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+    let stdout = common::idlegate_ok(args);
+    serde_json::from_slice(&stdout).unwrap_or_else(|e| {
         panic!(
             "{args:?}: not one JSON document ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
+            String::from_utf8_lossy(&stdout)
         )
     })
 }
@@ -61,8 +19,8 @@ fn json_of(args: &[&str]) -> Value {
 #[test]
 fn keepalive_json_gives_each_socket_what_it_had_and_has() {
     common::require_root();
-    let holder = Holder::start();
-    let pid = holder.0.id().to_string();
+    let holder = common::Holder::start();
+    let pid = holder.pid().to_string();
     let report = json_of(&[
         "keepalive",
         "--pid",
@@ -71,7 +29,7 @@ fn keepalive_json_gives_each_socket_what_it_had_and_has() {
         "7s,3s,4",
         "--json",
     ]);
-    assert_eq!(report["pid"], holder.0.id());
+    assert_eq!(report["pid"], holder.pid());
     assert_eq!(report["command"], "python3");
     assert_eq!(report["exited"], false);
     let asked = &report["keepalive"];

@@ -145,22 +145,9 @@ fn an_idle_client_without_keepalive_loses_its_connection_silently() {
 fn the_same_client_given_keepalive_from_outside_keeps_its_connection() {
     let mut report = String::new();
     let (last, _) = idle_client(None, |pid| {
-        let out = Command::new(IDLEGATE)
-            .args([
-                "keepalive",
-                "--pid",
-                &pid.to_string(),
-                "--keepalive",
-                "1s,1s,3",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        report = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pid = pid.to_string();
+        let out = common::idlegate_ok(&["keepalive", "--pid", &pid, "--keepalive", "1s,1s,3"]);
+        report = String::from_utf8_lossy(&out).into_owned();
     });
     assert_eq!(last, "reply ok b", "the flow was kept alive");
     // Before → after, as read back from the socket.
@@ -193,16 +180,8 @@ fn the_same_client_started_under_run_keeps_its_connection() {
 fn the_linux_settings_advise_derives_for_the_gateways_timeout_keep_the_client_alive() {
     // The lab's box forgets flows after 3 s: ask advise for that timeout, apply its sysctl
     // values to the client's sockets, and the idle client keeps its connection.
-    let out = Command::new(IDLEGATE)
-        .args(["advise", "--idle-timeout", "3s", "--os", "linux"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let out = common::idlegate_ok(&["advise", "--idle-timeout", "3s", "--os", "linux"]);
+    let text = String::from_utf8_lossy(&out).into_owned();
     let value = |key: &str| -> String {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("net.ipv4.{key} = ")))
@@ -220,48 +199,10 @@ fn the_linux_settings_advise_derives_for_the_gateways_timeout_keep_the_client_al
     assert_eq!(last, "reply ok b");
 }
 
-/// A process with one idle TCP connection on loopback, as root; killed when dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn start() -> Holder {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
-                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
-                 time.sleep(float(input()))",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut ready = [0u8; 6];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut ready)
-            .unwrap();
-        Holder(child)
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn without_permission_the_error_says_what_is_needed_and_nothing_changes() {
     require_root();
-    let holder = Holder::start();
+    let holder = common::Holder::start();
     let (_dir, idlegate) = common::runnable_by_anyone(IDLEGATE);
     let out = Command::new(idlegate)
         .args(["keepalive", "--pid", &holder.pid().to_string()])
@@ -291,7 +232,7 @@ fn a_process_that_is_gone_or_exits_during_a_watch_is_reported_plainly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process 2147483647"));
-    let mut holder = Holder::start();
+    let mut holder = common::Holder::start();
     let mut watch = Command::new(IDLEGATE)
         .args(["keepalive", "--watch", "--pid", &holder.pid().to_string()])
         .stdout(Stdio::piped())
@@ -306,7 +247,7 @@ fn a_process_that_is_gone_or_exits_during_a_watch_is_reported_plainly() {
     };
     next_with("ESTABLISHED");
     // The holder exits now, while the watch runs.
-    holder.0.stdin.take().unwrap().write_all(b"0\n").unwrap();
+    holder.exit_now();
     assert!(next_with("exited").starts_with(&format!("pid {}", holder.pid())));
     assert!(watch.wait().unwrap().success());
 }

@@ -12,7 +12,6 @@ use idlegate::measure::echo::Echo;
 use idlegate::measure::probe::{self, Behaviour, Options, Report};
 use idlegate::sys::netns;
 use idlegate_core::profile::Pickup;
-use idlegate_core::Config;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,26 +58,7 @@ fn probe_lab(expiry: &str) -> Report {
 /// divided by `time_scale`.
 fn probe_profile(profile: &str, time_scale: u32, idle: &str, expiry: &str) -> Report {
     require_root();
-    let text = format!(
-        r#"profile = "{profile}"
-time_scale = {time_scale}
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "echo"
-frontend = "public"
-frontend_port = 9300
-backend_pool = "vms"
-backend_port = 9300
-idle_timeout = "{idle}"
-expiry = "{expiry}"
-"#
-    );
-    let config = Config::from_toml(&text, "probe test config").unwrap();
+    let config = common::echo_lab(profile, time_scale, idle, expiry);
     let (report, _) = Lab::with_gateway(&unique("pr"), &config, |lab| {
         Ok(probe_between(
             &lab.namespace_of(INTERNET)?,
@@ -224,23 +204,17 @@ fn against_a_server_that_is_not_echo_probe_checks_what_it_can_and_says_what_it_c
     // Any TCP server: here one that reads and never answers. The client-to-server checks
     // still work from TCP's acknowledgements; the server-to-client ones cannot be made.
     require_root();
-    let text = r#"profile = "azure-lb"
-time_scale = 60
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{ name = "vm1", address = "192.0.2.11" }]
-[[lb_rule]]
+    let config = common::one_member_lab(
+        "profile = \"azure-lb\"\ntime_scale = 60",
+        r#"[[lb_rule]]
 name = "plain"
 frontend = "public"
 frontend_port = 9400
 backend_pool = "vms"
 backend_port = 9400
 idle_timeout = "438s"
-"#;
-    let config = Config::from_toml(text, "plain server config").unwrap();
+"#,
+    );
     let (report, _) = Lab::with_gateway(&unique("pp"), &config, |lab| {
         let listener = netns::spawn_in(&lab.namespace_of("vm1")?, || {
             std::net::TcpListener::bind("0.0.0.0:9400")

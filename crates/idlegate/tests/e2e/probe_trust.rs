@@ -4,37 +4,12 @@
 //! shortest idle it tries: every connection opens, the first idle already fails) says so in
 //! the JSON and the text. Root only.
 
-use crate::common::{require_root, unique};
+use crate::common::{echo_lab, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::measure::echo::Echo;
 use idlegate::sys::netns;
 use idlegate_core::Config;
 use std::process::Command;
-
-/// A lab config: `profile` scaled by `time_scale`, one LB rule to vm1:9300 with `idle` and
-/// `expiry`.
-fn config(profile: &str, time_scale: u32, idle: &str, expiry: &str) -> Config {
-    let text = format!(
-        r#"profile = "{profile}"
-time_scale = {time_scale}
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "echo"
-frontend = "public"
-frontend_port = 9300
-backend_pool = "vms"
-backend_port = 9300
-idle_timeout = "{idle}"
-expiry = "{expiry}"
-"#
-    );
-    Config::from_toml(&text, "probe trust test config").expect("a valid test config")
-}
 
 /// Runs `idlegate probe 203.0.113.10:9300 --json extra…` from the lab's internet host, with
 /// echo on vm1; gives the JSON report and the stderr lines.
@@ -92,7 +67,7 @@ fn the_progress_names_each_direction_never_shows_an_empty_bracket_and_ends_where
     // direction never dies), the server's are dropped at 7.3 s. The two directions disagree,
     // which is what once made one line say `timeout in (4 s, 4 s]`.
     let (report, stderr) = probe_binary(
-        &config("linux-conntrack", 1, "7300ms", "silent"),
+        &echo_lab("linux-conntrack", 1, "7300ms", "silent"),
         &["--max", "20s"],
     );
     let lines = progress(&stderr);
@@ -136,8 +111,10 @@ fn the_progress_names_each_direction_never_shows_an_empty_bracket_and_ends_where
 fn a_timeout_below_the_shortest_idle_tried_is_reported_as_not_to_be_trusted() {
     // Azure LB's 4 minutes scaled 1/600: 0.4 s, below the probe's shortest idle (2 s at the default 1 s resolution): every
     // connection opens, and the first idle time already fails.
-    let (report, stderr) =
-        probe_binary(&config("azure-lb", 600, "240s", "silent"), &["--max", "8s"]);
+    let (report, stderr) = probe_binary(
+        &echo_lab("azure-lb", 600, "240s", "silent"),
+        &["--max", "8s"],
+    );
     assert_eq!(report["trusted"], false, "{report:#}");
     let doubts = report["doubts"].as_array().expect("doubts");
     let doubt = doubts

@@ -6,7 +6,6 @@
 use crate::common;
 
 use common::{raise_fd_limit, require_root, unique};
-use idlegate::lab::scenario::{self, Script};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::survive::relay::{Keepalive, Relay};
 use idlegate::sys::netns;
@@ -208,19 +207,17 @@ fn many_connections_are_relayed_at_once() {
     stop.store(true, Ordering::Relaxed);
 }
 
-/// A lab whose gateway forgets idle flows after 3 s (Azure's 4 min scaled 1/80), with
-/// `expiry`; a client in `internet` without keepalive sends "a", idles 5 s, sends "b", both
-/// directly to the frontend and through a relay running next to it. Returns what the server
-/// got and the client's error, direct then relayed.
-fn idle_client_direct_and_through_relay(expiry: &str) -> Vec<(Vec<String>, Option<String>)> {
+/// [`common::idle_direct_and_relayed`] with `expiry` at the gateway and an idlegate relay
+/// (keepalive every second) running in the `internet` host.
+fn idle_client_direct_and_through_relay(expiry: &str) -> [(Vec<String>, Option<String>); 2] {
     require_root();
-    let config = common::lab_config(expiry, &[("direct", 7000), ("relayed", 7001)]);
-    let (outcomes, _) = Lab::with_gateway(&unique("rl"), &config, |lab| {
+    let config = common::direct_and_relayed_lab(expiry);
+    let (seen, _) = Lab::with_gateway(&unique("rl"), &config, |lab| {
         let internet = lab.namespace_of(INTERNET)?;
         let relay = netns::spawn_in(&internet, || {
             Relay::bind(
-                "127.0.0.1:7101".parse().unwrap(),
-                "203.0.113.10:7001".parse().unwrap(),
+                common::RELAY_LISTEN.parse().unwrap(),
+                common::RELAYED_RULE.parse().unwrap(),
                 keepalive(),
             )
         })?
@@ -228,34 +225,12 @@ fn idle_client_direct_and_through_relay(expiry: &str) -> Vec<(Vec<String>, Optio
         .expect("relay bind")?;
         let stop = relay.stop_flag();
         netns::spawn_in(&internet, move || relay.run())?;
-        let script = |name: &str, connect: &str, port: u16| Script {
-            name: name.to_string(),
-            client_ns: internet.clone(),
-            server_ns: lab.namespace_of("vm1").unwrap(),
-            listen: format!("0.0.0.0:{port}").parse().unwrap(),
-            connect: connect.parse().unwrap(),
-            keepalive: None,
-            sends: vec![
-                (Duration::ZERO, "a".into()),
-                (Duration::from_secs(5), "b".into()),
-            ],
-            observe: Duration::from_secs(2),
-        };
-        let outcomes = scenario::run(vec![
-            script("direct", "203.0.113.10:7000", 7000),
-            script("relayed", "127.0.0.1:7101", 7001),
-        ]);
+        let seen = common::idle_direct_and_relayed(lab, &internet);
         stop.store(true, Ordering::Relaxed);
-        outcomes
+        seen
     })
     .expect("lab run");
-    ["direct", "relayed"]
-        .iter()
-        .map(|name| {
-            let o = outcomes.iter().find(|o| &o.name == name).unwrap();
-            (o.delivered.clone(), o.client_error.clone())
-        })
-        .collect()
+    seen
 }
 
 #[test]

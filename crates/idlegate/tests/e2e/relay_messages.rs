@@ -115,6 +115,22 @@ fn run_isolated(args: &[&str]) -> (i32, String) {
     )
 }
 
+/// A failed lookup of db.example.invalid as the relay reports it: exit 1; a first line that is
+/// `start` and then the resolver's reason; never "not HOST:PORT" (bad syntax); the hint next.
+fn assert_failed_lookup(code: i32, stderr: &str, start: &str) {
+    assert_eq!(code, 1, "{stderr}");
+    let mut lines = stderr.lines();
+    let error = lines.next().unwrap_or_default();
+    assert!(error.starts_with(start), "{stderr}");
+    assert!(error.len() > start.len(), "the resolver's reason: {stderr}");
+    assert!(!stderr.contains("not HOST:PORT"), "{stderr}");
+    assert_eq!(
+        lines.next(),
+        Some("hint: check the name, and that this machine's resolver knows it: getent hosts db.example.invalid"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_connect_name_that_does_not_resolve_is_a_failed_lookup_with_a_hint_not_bad_syntax() {
     crate::common::require_root();
@@ -125,20 +141,10 @@ fn a_connect_name_that_does_not_resolve_is_a_failed_lookup_with_a_hint_not_bad_s
         "--connect",
         "db.example.invalid:5432",
     ]);
-    assert_eq!(code, 1, "{stderr}");
-    let mut lines = stderr.lines();
-    let error = lines.next().unwrap_or_default();
-    assert!(
-        error.starts_with(
-            "idlegate: --connect db.example.invalid:5432: looking up db.example.invalid: "
-        ),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("not HOST:PORT"), "{stderr}");
-    assert_eq!(
-        lines.next(),
-        Some("hint: check the name, and that this machine's resolver knows it: getent hosts db.example.invalid"),
-        "{stderr}"
+    assert_failed_lookup(
+        code,
+        &stderr,
+        "idlegate: --connect db.example.invalid:5432: looking up db.example.invalid: ",
     );
 }
 
@@ -158,20 +164,10 @@ fn a_relay_config_name_that_does_not_resolve_exits_1_with_the_lookup_hint_as_con
     .expect("writing the relay config");
     let config = config.display().to_string();
     let (code, stderr) = run_isolated(&["relay", "--config", &config]);
-    assert_eq!(code, 1, "{stderr}");
-    let mut lines = stderr.lines();
-    let error = lines.next().unwrap_or_default();
     let start = format!(
         "idlegate: {config}:3:11: connect = \"db.example.invalid:5432\": looking up db.example.invalid: "
     );
-    assert!(error.starts_with(&start), "{stderr}");
-    assert!(error.len() > start.len(), "the resolver's reason: {stderr}");
-    assert!(!stderr.contains("not HOST:PORT"), "{stderr}");
-    assert_eq!(
-        lines.next(),
-        Some("hint: check the name, and that this machine's resolver knows it: getent hosts db.example.invalid"),
-        "{stderr}"
-    );
+    assert_failed_lookup(code, &stderr, &start);
 }
 
 #[test]

@@ -83,6 +83,16 @@ mod tests {
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
+    /// The message of the one longer-idle-survived doubt among `d` (there must be exactly one).
+    fn longer_idle_message(d: &[Doubt]) -> &str {
+        let longer: Vec<_> = d
+            .iter()
+            .filter(|d| d.code == DoubtCode::LongerIdleSurvived)
+            .collect();
+        assert_eq!(longer.len(), 1, "{d:?}");
+        &longer[0].message
+    }
+
     #[test]
     fn a_failure_at_the_shortest_idle_with_nothing_survived_is_doubted() {
         let d = doubts(Duration::ZERO, Some(S(1)), true, S(1), &[]);
@@ -103,12 +113,12 @@ mod tests {
         assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
         let d = doubts(S(3), Some(S(4)), true, S(1), &[("client to server", S(5))]);
         assert_eq!(d[0].code, DoubtCode::LongerIdleSurvived);
+        let message = longer_idle_message(&d);
         assert!(
-            d[0].message.starts_with(
+            message.starts_with(
                 "a connection survived a longer idle time than one that failed (client to server: idle 5.0 s survived): "
             ),
-            "{}",
-            d[0].message
+            "{message}"
         );
     }
 
@@ -121,17 +131,12 @@ mod tests {
             S(1),
             &[("client to server", S(5)), ("server to client", S(6))],
         );
-        let longer: Vec<_> = d
-            .iter()
-            .filter(|d| d.code == DoubtCode::LongerIdleSurvived)
-            .collect();
-        assert_eq!(longer.len(), 1, "{d:?}");
+        let message = longer_idle_message(&d);
         assert!(
-            longer[0].message.contains(
+            message.contains(
                 "(client to server: idle 5.0 s survived; server to client: idle 6.0 s survived)"
             ),
-            "{}",
-            longer[0].message
+            "{message}"
         );
     }
 

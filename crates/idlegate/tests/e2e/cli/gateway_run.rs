@@ -136,30 +136,6 @@ fn flows_lists_the_live_flow_and_flows_expire_resets_it_at_once_as_the_pcap_show
     );
 }
 
-/// Server: on argv[1]:argv[2], accepts one connection, echoes one line, then closes.
-const LINE_ECHO: &str = r#"
-import signal, socket, sys
-signal.alarm(20)
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen(1)
-print("listening")
-c, _ = s.accept()
-c.settimeout(5)
-c.sendall(c.makefile("rb").readline())
-c.close()
-"#;
-
-/// Client: connects to argv[1]:argv[2], sends argv[3] and a newline, prints the line it gets.
-const LINE_CLIENT: &str = r#"
-import signal, socket, sys
-signal.alarm(20)
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-c.sendall((sys.argv[3] + "\n").encode())
-print(c.makefile("rb").readline().decode().strip())
-"#;
-
 /// `tshark -r FILE -T fields` of every TCP packet with `fields`, one row of fields each;
 /// fails the test, naming it, if tshark is not installed.
 fn tshark_rows(file: &std::path::Path, fields: &[&str]) -> Vec<Vec<String>> {
@@ -190,7 +166,7 @@ fn the_pcap_file_is_pcapng_whose_interfaces_and_direction_flags_tshark_shows() {
     let mut lab = Lab::up_with_args(&lab_name(), &example_config(), &["--pcap", &pcap_path]);
     let mut programs = Programs::new(&lab);
     // vm1 (inside) connects out to the internet host (outside) through the outbound rule.
-    programs.python("server", "internet", LINE_ECHO, &[INTERNET, "8000"]);
+    programs.python("server", "internet", ECHO_SERVER, &[INTERNET, "8000"]);
     programs.wait_each(&["server"], "listening", LISTEN_TIMEOUT);
     programs.python("client", "vm1", LINE_CLIENT, &[INTERNET, "8000", "ping"]);
     let (status, client) = programs.finish("client", Duration::from_secs(10));

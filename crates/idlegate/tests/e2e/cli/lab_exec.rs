@@ -32,24 +32,13 @@ struct Background {
 
 impl Background {
     fn start(lab: &str, host: &str, command: &[&str]) -> Background {
-        let mut child = Command::new(IDLEGATE)
-            .args(["lab", "exec", "--name", lab, host, "--"])
-            .args(command)
-            .stdin(Stdio::null())
+        let mut child = lab_exec_in_background(lab, host, command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .spawn()
             .expect("starting idlegate lab exec");
         let (tx, lines) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(child.stdout.take().unwrap(), tx, |line| line);
         let (stderr, _) = collect(child.stderr.take().unwrap());
         Background {
             child,
@@ -264,18 +253,7 @@ fn an_ordinary_user_is_told_what_exec_flows_and_up_need_without_blaming_the_conf
 #[test]
 fn a_second_up_of_a_running_lab_names_the_lab_not_the_config_file() {
     let lab = Lab::up(&lab_name());
-    let config = example_config();
-    let second = idlegate(
-        &[
-            "lab",
-            "up",
-            "--config",
-            config.to_str().unwrap(),
-            "--name",
-            &lab.name,
-        ],
-        COMMAND_TIMEOUT,
-    );
+    let second = lab_up_once(&example_config(), &lab.name);
     assert_eq!(second.status.code(), Some(1), "{}", second.stderr);
     let lines: Vec<&str> = second.stderr.lines().collect();
     assert_eq!(
@@ -397,14 +375,7 @@ impl InATerminal {
             .expect("running `script` (util-linux), which this test needs for a terminal");
         let keys = script.stdin.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        let out = BufReader::new(script.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in out.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(script.stdout.take().unwrap(), tx, |line| line);
         let (stderr, _) = collect(script.stderr.take().unwrap());
         InATerminal {
             script,
@@ -576,20 +547,8 @@ fn a_config_unfit_for_a_lab_is_a_usage_error_that_names_the_file() {
     let text = std::fs::read_to_string(example_config()).unwrap();
     let bad = text.replacen("name = \"vm2\"", "name = \"internet\"", 1);
     assert_ne!(text, bad);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lab.toml");
-    std::fs::write(&path, bad).unwrap();
-    let refused = idlegate(
-        &[
-            "lab",
-            "up",
-            "--config",
-            path.to_str().unwrap(),
-            "--name",
-            &name,
-        ],
-        COMMAND_TIMEOUT,
-    );
+    let (_dir, path) = temp_file("lab.toml", &bad);
+    let refused = lab_up_once(&path, &name);
     assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
     assert_eq!(
         refused.stderr,

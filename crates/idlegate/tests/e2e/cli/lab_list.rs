@@ -117,19 +117,19 @@ fn relay_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_
     let lab = Lab::up(&lab_name());
     let mut programs = serving_app(&lab);
     // No --keepalive: the profile's, which the lab's time scale (60) brings to 2 s, 1 s, 8.
-    let mut relay = Command::new(IDLEGATE)
-        .args(["lab", "exec", "--name", &lab.name, "internet", "--"])
-        .args([IDLEGATE, "relay", "--profile", "azure-lb"])
-        .args([
-            "--listen",
-            "127.0.0.1:15000",
-            "--connect",
-            "203.0.113.10:7000",
-        ])
-        .stdin(Stdio::null())
+    let relay_command = [
+        IDLEGATE,
+        "relay",
+        "--profile",
+        "azure-lb",
+        "--listen",
+        "127.0.0.1:15000",
+        "--connect",
+        "203.0.113.10:7000",
+    ];
+    let mut relay = lab_exec_in_background(&lab.name, "internet", &relay_command)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .process_group(0)
         .spawn()
         .expect("starting the relay");
     let (relay_log, _) = collect(relay.stderr.take().unwrap());

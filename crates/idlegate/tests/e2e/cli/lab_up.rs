@@ -22,15 +22,6 @@ print("received " + line.strip())
 c.close()
 "#;
 
-/// Client: connects to argv[1]:argv[2], sends argv[3] + "\n", prints the line it gets back.
-const LINE_CLIENT: &str = r#"
-import signal, socket, sys
-signal.alarm(20)
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-c.sendall((sys.argv[3] + "\n").encode())
-print(c.makefile("rb").readline().decode().strip())
-"#;
-
 /// Client: connects to argv[1]:argv[2], sends "a", stays idle 5.5 s (longer than the lab's
 /// 4 s idle timeout: this is the scenario, not a wait), sends "b", waits up to 2 s for a reply,
 /// and prints `reply data`, `reply eof`, `reply timeout` or `error <exception>`.
@@ -236,18 +227,7 @@ fn a_lab_killed_with_sigkill_is_cleaned_up_by_the_next_up() {
 #[test]
 fn a_second_up_of_a_running_lab_is_refused() {
     let mut lab = Lab::up(&lab_name());
-    let config = example_config();
-    let second = idlegate(
-        &[
-            "lab",
-            "up",
-            "--config",
-            config.to_str().unwrap(),
-            "--name",
-            &lab.name,
-        ],
-        COMMAND_TIMEOUT,
-    );
+    let second = lab_up_once(&example_config(), &lab.name);
     assert!(!second.status.success());
     assert!(second.stderr.contains("already up"), "{}", second.stderr);
     assert!(!second.stdout.contains("ready"), "{}", second.stdout);
@@ -270,21 +250,9 @@ fn a_bad_config_is_refused_with_file_line_and_field_before_anything_starts() {
         .position(|l| l.contains("idle_timeout = \"2m\""))
         .unwrap()
         + 1;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gw.toml");
-    std::fs::write(&path, bad).unwrap();
+    let (_dir, path) = temp_file("gw.toml", &bad);
 
-    let refused = idlegate(
-        &[
-            "lab",
-            "up",
-            "--config",
-            path.to_str().unwrap(),
-            "--name",
-            &name,
-        ],
-        COMMAND_TIMEOUT,
-    );
+    let refused = lab_up_once(&path, &name);
     assert!(!refused.status.success());
     assert_eq!(refused.stdout, "");
     let lines: Vec<&str> = refused.stderr.lines().collect();

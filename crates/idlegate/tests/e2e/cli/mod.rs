@@ -166,6 +166,53 @@ fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Finished {
     }
 }
 
+/// `idlegate lab up --config CONFIG --name NAME`, run to completion: for a `lab up` that is
+/// refused (one that starts runs until stopped: [`Lab::up_with`]).
+fn lab_up_once(config: &Path, name: &str) -> Finished {
+    let config = config.to_str().expect("a UTF-8 path");
+    idlegate(
+        &["lab", "up", "--config", config, "--name", name],
+        COMMAND_TIMEOUT,
+    )
+}
+
+/// `text` written to `file_name` in a new temporary directory (removed when the first is
+/// dropped), and the file's path.
+fn temp_file(file_name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join(file_name);
+    std::fs::write(&path, text).expect("writing the file");
+    (dir, path)
+}
+
+/// `idlegate lab exec --name LAB HOST -- COMMAND…` to start in the background: stdin from
+/// /dev/null, in a process group of its own (the test kills the group: `lab exec` and what it
+/// runs).
+fn lab_exec_in_background(lab: &str, host: &str, command: &[&str]) -> Command {
+    let mut exec = Command::new(IDLEGATE);
+    exec.args(["lab", "exec", "--name", lab, host, "--"])
+        .args(command)
+        .stdin(Stdio::null())
+        .process_group(0);
+    exec
+}
+
+/// Reads `reader` line by line on a thread of its own, sending `wrap(line)` on `tx` until the
+/// reader ends, a line is not UTF-8, or the receiver is gone; the handle ends with the thread.
+fn forward_lines<T: Send + 'static>(
+    reader: impl Read + Send + 'static,
+    tx: Sender<T>,
+    wrap: impl Fn(String) -> T + Send + 'static,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(wrap(line)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// `idlegate lab exec --name LAB HOST -- COMMAND…`, run to completion.
 fn lab_exec(lab: &str, host: &str, command: &[&str]) -> Finished {
     let mut args = vec!["lab", "exec", "--name", lab, host, "--"];
@@ -211,15 +258,7 @@ impl Lab {
             .spawn()
             .expect("starting idlegate lab up");
         let (tx, stdout) = mpsc::channel();
-        let out = BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        forward_lines(child.stdout.take().unwrap(), tx, |line| line);
         let (stderr, stderr_reader) = collect(child.stderr.take().unwrap());
         let mut lab = Lab {
             name: name.to_string(),
@@ -353,25 +392,16 @@ impl Programs {
 
     /// Starts `command` (a program, then its arguments) in `host`, in its own process group.
     fn start(&mut self, tag: &str, host: &str, command: &[&str]) {
-        let mut child = Command::new(IDLEGATE)
-            .args(["lab", "exec", "--name", &self.lab, host, "--"])
-            .args(command)
-            .stdin(Stdio::null())
+        let mut child = lab_exec_in_background(&self.lab, host, command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
             .spawn()
             .expect("starting idlegate lab exec");
-        let out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, owner) = (self.tx.clone(), tag.to_string());
-        let stdout_reader = std::thread::spawn(move || {
-            for line in out.lines() {
-                let Ok(line) = line else { break };
-                if tx.send((owner.clone(), line)).is_err() {
-                    break;
-                }
-            }
-        });
+        let owner = tag.to_string();
+        let stdout_reader =
+            forward_lines(child.stdout.take().unwrap(), self.tx.clone(), move |line| {
+                (owner.clone(), line)
+            });
         let (stderr, _) = collect(child.stderr.take().unwrap());
         self.running.push(Program {
             tag: tag.to_string(),
@@ -503,6 +533,15 @@ line = c.makefile("rb").readline()
 c.sendall(line)
 print("echoed " + line.decode().strip())
 c.close()
+"#;
+
+/// Client: connects to argv[1]:argv[2], sends argv[3] + "\n", prints the line it gets back.
+const LINE_CLIENT: &str = r#"
+import signal, socket, sys
+signal.alarm(20)
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+c.sendall((sys.argv[3] + "\n").encode())
+print(c.makefile("rb").readline().decode().strip())
 "#;
 
 /// Server: accepts one connection on port argv[1] and prints every chunk it receives for 8 s,

@@ -204,29 +204,58 @@ pub fn runnable_by_anyone(path: &str) -> (tempfile::TempDir, std::path::PathBuf)
     (dir, copy)
 }
 
-/// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
-/// 203.0.113.10, one member `vm1` at 192.0.2.11, and a TCP rule for each `(name, port)`
-/// (frontend and backend port the same) with `expiry`.
+/// A lab config: the top-level lines `head` (the profile, a time scale), frontend "public" at
+/// 203.0.113.10, pool "vms" with one member `vm1` at 192.0.2.11, then `rules` (the TOML of
+/// the rules from that frontend to that pool).
 #[allow(dead_code)] // not every test file uses it
-pub fn lab_config(expiry: &str, rules: &[(&str, u16)]) -> idlegate_core::Config {
-    let mut text = String::from(
-        r#"profile = "azure-lb"
-time_scale = 80
+pub fn one_member_lab(head: &str, rules: &str) -> idlegate_core::Config {
+    let text = format!(
+        r#"{head}
 [[frontend]]
 name = "public"
 address = "203.0.113.10"
 [[backend_pool]]
 name = "vms"
-members = [{ name = "vm1", address = "192.0.2.11" }]
-"#,
+members = [{{ name = "vm1", address = "192.0.2.11" }}]
+{rules}"#
     );
+    idlegate_core::Config::from_toml(&text, "lab test config").expect("a valid config")
+}
+
+/// A lab config with Azure LB's timers scaled 1/80 (its 4 min become 3 s): frontend
+/// 203.0.113.10, one member `vm1` at 192.0.2.11, and a TCP rule for each `(name, port)`
+/// (frontend and backend port the same) with `expiry`.
+#[allow(dead_code)] // not every test file uses it
+pub fn lab_config(expiry: &str, rules: &[(&str, u16)]) -> idlegate_core::Config {
+    let mut text = String::new();
     for (name, port) in rules {
         text += &format!(
             "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
              backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n"
         );
     }
-    idlegate_core::Config::from_toml(&text, "lab test config").expect("a valid config")
+    one_member_lab("profile = \"azure-lb\"\ntime_scale = 80", &text)
+}
+
+/// The probe's lab config: `profile` scaled by `time_scale`, frontend 203.0.113.10, one member
+/// `vm1` at 192.0.2.11, and one TCP rule `echo` on port 9300 (frontend and backend) with idle
+/// timeout `idle` and `expiry`.
+#[allow(dead_code)] // not every test file uses it
+pub fn echo_lab(profile: &str, time_scale: u32, idle: &str, expiry: &str) -> idlegate_core::Config {
+    one_member_lab(
+        &format!("profile = \"{profile}\"\ntime_scale = {time_scale}"),
+        &format!(
+            r#"[[lb_rule]]
+name = "echo"
+frontend = "public"
+frontend_port = 9300
+backend_pool = "vms"
+backend_port = 9300
+idle_timeout = "{idle}"
+expiry = "{expiry}"
+"#
+        ),
+    )
 }
 
 /// [`lab_config`] with one rule `app` on port 7000.
@@ -313,4 +342,136 @@ pub fn non_loopback_pair(ns: &str) -> [std::net::Ipv4Addr; 2] {
         ip(&["-n", ns, "link", "set", device, "up"]).expect("the veth end up");
     }
     pair
+}
+
+/// A python3 process holding one idle TCP connection to its own listener on loopback; it
+/// exits when told ([`Holder::exit_now`]) and is killed when dropped.
+#[allow(dead_code)] // not every test file holds a connection
+pub struct Holder(std::process::Child);
+
+#[allow(dead_code)] // not every test file holds a connection
+impl Holder {
+    /// Starts the process and waits until its connection is up.
+    pub fn start() -> Holder {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .args([
+                "-c",
+                "import socket,time\nl=socket.socket(); l.bind(('127.0.0.1',0)); l.listen()\n\
+                 c=socket.create_connection(l.getsockname()); print('ready', flush=True)\n\
+                 time.sleep(float(input()))",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (scripts/setup installs it)");
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .expect("its stdout")
+            .read_exact(&mut ready)
+            .expect("python3 said ready");
+        Holder(child)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Tells the process to exit now (it does not wait for it).
+    pub fn exit_now(&mut self) {
+        use std::io::Write;
+        let mut stdin = self.0.stdin.take().expect("the holder's stdin, once");
+        stdin.write_all(b"0\n").expect("telling the holder to exit");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `idlegate ARGS…` to completion; fails the test, with the arguments and its stderr,
+/// unless it succeeds; gives its stdout.
+#[allow(dead_code)] // not every test file runs the binary
+pub fn idlegate_ok(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(args)
+        .output()
+        .expect("running idlegate");
+    assert_success(&out, args);
+    out.stdout
+}
+
+/// Fails the test, with `what` (the command's arguments) and the program's stderr, unless
+/// `out` is of a program that succeeded.
+#[allow(dead_code)] // not every test file runs programs
+pub fn assert_success(out: &std::process::Output, what: &[&str]) {
+    assert!(
+        out.status.success(),
+        "{what:?}: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where the relay tests' relay listens in the lab's `internet` host: it relays to the
+/// frontend's rule `relayed` ([`RELAYED_RULE`]).
+#[allow(dead_code)] // not every test file relays
+pub const RELAY_LISTEN: &str = "127.0.0.1:7101";
+/// The frontend's rule `relayed` of [`direct_and_relayed_lab`].
+#[allow(dead_code)] // not every test file relays
+pub const RELAYED_RULE: &str = "203.0.113.10:7001";
+
+/// [`lab_config`] with `expiry` and two rules to vm1: `direct` on port 7000 and `relayed` on
+/// port 7001. Its gateway forgets idle flows after 3 s (Azure's 4 min scaled 1/80).
+#[allow(dead_code)] // not every test file relays
+pub fn direct_and_relayed_lab(expiry: &str) -> idlegate_core::Config {
+    lab_config(expiry, &[("direct", 7000), ("relayed", 7001)])
+}
+
+/// What a client that idles longer than the gateway's timeout gets, directly and through a
+/// relay: in `lab` (of [`direct_and_relayed_lab`], with a relay at [`RELAY_LISTEN`] in its
+/// `internet` host, namespace `internet`), a client there without keepalive sends "a", idles
+/// 5 s, sends "b", both to the rule `direct` and through the relay, each to a server in vm1 on
+/// its rule's port. Gives what the server got and the client's error, direct then relayed.
+#[allow(dead_code)] // not every test file relays
+pub fn idle_direct_and_relayed(
+    lab: &idlegate::lab::Lab,
+    internet: &str,
+) -> anyhow::Result<[(Vec<String>, Option<String>); 2]> {
+    use idlegate::lab::scenario::{self, Script};
+    use std::time::Duration;
+    let server_ns = lab.namespace_of("vm1")?;
+    let script = |name: &str, connect: &str, port: u16| -> anyhow::Result<Script> {
+        Ok(Script {
+            name: name.to_string(),
+            client_ns: internet.to_string(),
+            server_ns: server_ns.clone(),
+            listen: format!("0.0.0.0:{port}").parse()?,
+            connect: connect.parse()?,
+            keepalive: None,
+            sends: vec![
+                (Duration::ZERO, "a".into()),
+                (Duration::from_secs(5), "b".into()),
+            ],
+            observe: Duration::from_secs(2),
+        })
+    };
+    let outcomes = scenario::run(vec![
+        script("direct", "203.0.113.10:7000", 7000)?,
+        script("relayed", RELAY_LISTEN, 7001)?,
+    ])?;
+    let seen = |name: &str| -> anyhow::Result<(Vec<String>, Option<String>)> {
+        let o = outcomes
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| anyhow::anyhow!("no outcome of the {name} client"))?;
+        Ok((o.delivered.clone(), o.client_error.clone()))
+    };
+    Ok([seen("direct")?, seen("relayed")?])
 }

@@ -21,26 +21,7 @@ const PROBE_RUN: Duration = Duration::from_secs(300);
 
 /// Azure LB in front of vm1's port 9300, with `expiry` at its idle timeout.
 fn config(expiry: &str) -> Config {
-    let text = format!(
-        r#"profile = "azure-lb"
-time_scale = 60
-[[frontend]]
-name = "public"
-address = "203.0.113.10"
-[[backend_pool]]
-name = "vms"
-members = [{{ name = "vm1", address = "192.0.2.11" }}]
-[[lb_rule]]
-name = "echo"
-frontend = "public"
-frontend_port = 9300
-backend_pool = "vms"
-backend_port = 9300
-idle_timeout = "438s"
-expiry = "{expiry}"
-"#
-    );
-    Config::from_toml(&text, "windows measure test config").expect("config")
+    common::echo_lab("azure-lb", 60, "438s", expiry)
 }
 
 /// The bracket `(low, high)` holds the truth and is no wider than the resolution.

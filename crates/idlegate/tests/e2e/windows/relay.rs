@@ -9,8 +9,7 @@
 
 use super::{ss, OwnPrefix, RunningExe};
 use crate::common::tunnel::{read_to_end_hashed, Noise};
-use crate::common::{free_port, require_root, unique};
-use idlegate::lab::scenario::{self, Script};
+use crate::common::{self, free_port, require_root, unique};
 use idlegate::lab::{Lab, INTERNET};
 use idlegate::survive::keepalive::{Process, SocketKeepalive};
 use sha2::{Digest, Sha256};
@@ -294,51 +293,31 @@ fn windows_relay_keepalive_idle_and_interval_are_on_both_sockets_and_wine_refuse
 #[test]
 fn windows_relay_in_a_lab_host_keeps_an_idle_connection_alive_where_the_direct_one_dies() {
     require_root();
-    let config = crate::common::lab_config("silent", &[("direct", 7000), ("relayed", 7001)]);
-    let (outcomes, _) = Lab::with_gateway(&unique("wr"), &config, |lab| {
+    let config = common::direct_and_relayed_lab("silent");
+    let ([direct, relayed], _) = Lab::with_gateway(&unique("wr"), &config, |lab| {
         let internet = lab.namespace_of(INTERNET)?;
         let own = OwnPrefix::new();
         let relay = spawn_relay(
             own.path(),
             Some(&internet),
-            "127.0.0.1:7101".parse()?,
-            "203.0.113.10:7001".parse()?,
+            common::RELAY_LISTEN.parse()?,
+            common::RELAYED_RULE.parse()?,
             "1s,1s,3",
             &[],
         );
-        let script = |name: &str, connect: &str, port: u16| Script {
-            name: name.to_string(),
-            client_ns: internet.clone(),
-            server_ns: lab.namespace_of("vm1").unwrap(),
-            listen: format!("0.0.0.0:{port}").parse().unwrap(),
-            connect: connect.parse().unwrap(),
-            keepalive: None,
-            sends: vec![
-                (Duration::ZERO, "a".into()),
-                (Duration::from_secs(5), "b".into()),
-            ],
-            observe: Duration::from_secs(2),
-        };
-        let outcomes = scenario::run(vec![
-            script("direct", "203.0.113.10:7000", 7000),
-            script("relayed", "127.0.0.1:7101", 7001),
-        ]);
+        let seen = common::idle_direct_and_relayed(lab, &internet);
         drop(relay);
         drop(own);
-        outcomes
+        seen
     })
     .expect("lab run");
-    let seen = |name: &str| {
-        let o = outcomes.iter().find(|o| o.name == name).unwrap();
-        (o.delivered.clone(), o.client_error.clone())
-    };
     assert_eq!(
-        seen("direct"),
+        direct,
         (vec!["a".to_string()], None),
         "direct: \"b\" lost silently"
     );
     assert_eq!(
-        seen("relayed"),
+        relayed,
         (vec!["a".to_string(), "b".to_string()], None),
         "through idlegate.exe"
     );
