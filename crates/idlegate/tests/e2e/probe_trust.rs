@@ -94,6 +94,20 @@ fn the_progress_names_each_direction_never_shows_an_empty_bracket_and_ends_where
     let low = report["idle_timeout_s"]["low"].as_f64().expect("low");
     let high = report["idle_timeout_s"]["high"].as_f64().expect("high");
     assert!(low < 7.3 && 7.3 <= high, "{report:#}");
+    if report["consistent"] == false {
+        // Seen once under CI load: a server-to-client idle past the timer survived (cause not
+        // yet found). The probe must then widen its result and say it cannot be trusted, which
+        // is what a user is shown; the progress, which keeps each direction's own bracket,
+        // cannot end where the widened result does.
+        assert_eq!(report["trusted"], false, "{report:#}");
+        assert!(
+            report["doubts"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["code"] == "longer-idle-survived")),
+            "{report:#}"
+        );
+        return;
+    }
     // The last line's server-to-client bracket is the result.
     let last = lines.last().unwrap();
     let s2c = last.split("server to client: ").nth(1).unwrap();
