@@ -98,10 +98,7 @@ fn lookup_user(name: &str) -> Result<idlegate::sys::privilege::User> {
 /// against CAP_NET_ADMIN (EPERM, "Operation not permitted"); the gateway needs both, and
 /// after them write access to its control socket's directory (`/run/idlegate` by default).
 fn privilege_hint<T>(error: anyhow::Error) -> Result<T> {
-    let errno = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .and_then(std::io::Error::raw_os_error);
+    let errno = idlegate::obs::report::io_cause(&error).and_then(std::io::Error::raw_os_error);
     let binary = std::env::current_exe()
         .map_or_else(|_| "idlegate".to_string(), |p| p.display().to_string());
     let hint = match errno {

@@ -53,13 +53,8 @@ pub fn keygen(file: &Path, pair: bool) -> Result<()> {
 /// A key file that exists already is left alone: a usage error (nothing was written), with
 /// what to do.
 fn never_over<T>(made: Result<T>) -> Result<T> {
-    use idlegate::obs::report::{Report, Status};
-    let exists = |e: &anyhow::Error| {
-        e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
-        })
-    };
+    use idlegate::obs::report::{self, Report, Status};
+    let exists = |e: &anyhow::Error| report::io_kind(e) == Some(std::io::ErrorKind::AlreadyExists);
     match made {
         Err(e) if exists(&e) => Err(e)
             .hint("keygen never overwrites a file: remove it first, or choose another FILE")

@@ -157,12 +157,7 @@ pub fn listening<T>(
     addr: std::net::SocketAddr,
 ) -> anyhow::Result<T> {
     result.map_err(|error| {
-        let in_use = error.chain().any(|cause| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
-        });
-        if in_use {
+        if io_kind(&error) == Some(std::io::ErrorKind::AddrInUse) {
             let hint = format!(
                 "another process has port {}: pick another {setting} port",
                 addr.port()
@@ -172,6 +167,19 @@ pub fn listening<T>(
             error
         }
     })
+}
+
+/// The kind of the first system error in `error`'s chain, if there is one: what a layer
+/// reads to choose its hint (a port in use, a file that exists, a missing privilege).
+pub fn io_kind(error: &anyhow::Error) -> Option<std::io::ErrorKind> {
+    io_cause(error).map(std::io::Error::kind)
+}
+
+/// The first system error in `error`'s chain, if there is one.
+pub fn io_cause(error: &anyhow::Error) -> Option<&std::io::Error> {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<std::io::Error>())
 }
 
 /// The innermost hint in `error`'s chain, if any.

@@ -265,11 +265,7 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
 /// into another network namespace needs CAP_SYS_ADMIN); for a name that is not there, where
 /// the names are (a usage error: nothing was audited). Any other failure is kept as it is.
 fn cannot_enter<T>(entered: Result<T>, ns: &str) -> Result<T> {
-    use crate::obs::report::{Report, Status};
-    let kind = |e: &anyhow::Error| {
-        e.chain()
-            .find_map(|c| c.downcast_ref::<std::io::Error>().map(|io| io.kind()))
-    };
+    use crate::obs::report::{io_kind as kind, Report, Status};
     match entered {
         Err(e) if kind(&e) == Some(std::io::ErrorKind::PermissionDenied) => Err(e).with_hint(|| {
             format!(
