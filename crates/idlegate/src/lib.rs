@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`gateway`] | feature: emulate | the engine driven by TUN devices and the clock; `idlegate flows` |
 //! | [`lab`] | feature: emulate | namespaces of real hosts wired to the gateway; the demo; scripted scenarios |
+//! | [`import`] | feature: emulate | `idlegate import`: a box's own configuration (ARM, `az`, Terraform, Kubernetes) as an idlegate config |
 //! | [`measure`] | feature: measure | `idlegate probe` and `idlegate echo` |
 //! | [`survive`] | feature: survive | `relay`, the resumable tunnel, `keepalive`, `audit`, `advise` |
 //! | [`obs`] | observability | the Prometheus text writer, the metrics' HTTP server, pcapng capture |
@@ -27,6 +28,7 @@ pub const LOG_TARGET: &str = "idlegate";
 
 #[cfg(target_os = "linux")]
 pub mod gateway;
+pub mod import;
 #[cfg(target_os = "linux")]
 pub mod lab;
 pub mod measure;

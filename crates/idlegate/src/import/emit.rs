@@ -1,0 +1,1 @@
+//! The writer: a draft rendered as the config's TOML (to be written).
