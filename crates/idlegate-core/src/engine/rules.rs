@@ -43,7 +43,17 @@ pub(super) struct Rule<E: Endpoint> {
     pub(super) expiry: Expiry,
 }
 
-/// A profile's timers of TCP states other than ESTABLISHED, in ticks.
+/// A profile's timers of TCP states other than ESTABLISHED, in ticks. Each races a timer of
+/// the endpoints' TCP, which `time_scale` does not shorten, so each is scaled with the floor
+/// ([`Config::scaled_racing_tcp`]):
+/// - SYN_SENT, SYN_RECV: a lost SYN, SYN-ACK or handshake ACK is recovered by a retransmission
+///   1 s later (RFC 6298 §2.1), which must find the flow.
+/// - FIN_WAIT, LAST_ACK: a lost FIN or its lost ACK is recovered by the FIN's retransmission.
+/// - CLOSE_WAIT: the half-closed side may still send data, retransmitted after its RTO.
+/// - TIME_WAIT: the last ACK may be lost; the peer's FIN comes again and must reach the host
+///   whose TIME_WAIT answers it.
+/// - CLOSE: a lost RST is answered when the peer retransmits and the host resets again; the
+///   flow must still carry that retransmission.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TcpTicks {
     pub(super) syn_sent: Tick,
@@ -56,6 +66,7 @@ pub(super) struct TcpTicks {
 }
 
 impl TcpTicks {
+    /// `ticks` must be the floored scaling ([`Config::scaled_racing_tcp`]).
     pub(super) fn new(t: &TcpTimers, ticks: &impl Fn(Duration) -> Tick) -> TcpTicks {
         TcpTicks {
             syn_sent: ticks(t.syn_sent),
@@ -102,7 +113,9 @@ impl<E: Endpoint> Rule<E> {
 }
 
 /// A NAT gateway's ports: its frontend's whole range, lent on demand to the members of the
-/// pools it serves, held as Azure NAT Gateway holds them.
+/// pools it serves, held as Azure NAT Gateway holds them. `ticks` must be the floored scaling
+/// ([`Config::scaled_racing_tcp`]): a hold keeps the port from a new connection while the old
+/// one's retransmissions may still arrive.
 pub(super) fn nat_gateway_ports<E: Endpoint>(
     config: &Config,
     g: &NatGateway,
@@ -128,7 +141,8 @@ pub(super) fn nat_gateway_ports<E: Endpoint>(
 }
 
 /// The SNAT ports of frontend `frontend`: a block per member of every pool whose outbound rule
-/// leaves from it, in rule order, from the ports its inbound rules do not claim.
+/// leaves from it, in rule order, from the ports its inbound rules do not claim. `ticks` must
+/// be the floored scaling, as for [`nat_gateway_ports`].
 pub(super) fn snat_ports<E: Endpoint>(
     config: &Config,
     frontend: usize,
@@ -187,8 +201,12 @@ impl<E: Endpoint> Core<E> {
         let mut snat_frontends: Vec<usize> = Vec::new();
         let mut snat = Vec::new();
         // Rounded up: a scaled timer never runs short.
-        let ticks = |d: Duration| config.scaled(d).as_nanos().div_ceil(1_000_000) as Tick;
-        let tcp = TcpTicks::new(&config.profile.tcp, &ticks);
+        let in_ticks = |d: Duration| d.as_nanos().div_ceil(1_000_000) as Tick;
+        // Idle timeouts and UDP timers: purely scaled.
+        let ticks = |d: Duration| in_ticks(config.scaled(d));
+        // Timers that race TCP's unscaled retransmissions: scaled with the floor.
+        let racing = |d: Duration| in_ticks(config.scaled_racing_tcp(d));
+        let tcp = TcpTicks::new(&config.profile.tcp, &racing);
         let udp = UdpTicks {
             unreplied: ticks(config.profile.udp.unreplied),
             replied: ticks(config.profile.udp.replied),
@@ -252,7 +270,7 @@ impl<E: Endpoint> Core<E> {
                 .flat_map(|&p| members_of::<E>(config, p));
             let pool = snat.len();
             snat_frontends.push(g.frontend);
-            snat.push(nat_gateway_ports::<E>(config, g, address, &ticks));
+            snat.push(nat_gateway_ports::<E>(config, g, address, &racing));
             rules.push(Rule {
                 id: id - 1,
                 translation: Translation::Outbound {
@@ -262,7 +280,7 @@ impl<E: Endpoint> Core<E> {
                 },
                 protocols: Protocols::All,
                 idle: ticks(g.idle.timeout),
-                tcp: TcpTicks::new(&natgw.tcp, &ticks),
+                tcp: TcpTicks::new(&natgw.tcp, &racing),
                 udp: UdpTicks {
                     unreplied: ticks(natgw.udp.unreplied),
                     replied: ticks(natgw.udp.replied),
@@ -279,7 +297,7 @@ impl<E: Endpoint> Core<E> {
                 Some(i) => i,
                 None => {
                     snat_frontends.push(r.frontend);
-                    snat.push(snat_ports::<E>(config, r.frontend, address, &ticks));
+                    snat.push(snat_ports::<E>(config, r.frontend, address, &racing));
                     snat.len() - 1
                 }
             };

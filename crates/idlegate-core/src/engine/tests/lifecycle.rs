@@ -659,3 +659,60 @@ fn poll_timeout_is_none_when_no_flow_exists() {
     h.advance_to(10 * IDLE_MS);
     assert_eq!(h.engine.poll_timeout(), None);
 }
+
+#[test]
+fn a_handshake_whose_last_ack_is_lost_recovers_at_the_syn_acks_retransmission_under_time_scale_60()
+{
+    // Azure's 30 s SYN_RECV timer scaled by 60 would run 500 ms; the server resends its SYN-ACK
+    // after TCP's initial retransmission timeout, 1 s (RFC 6298 §2.1), which no scale changes.
+    let mut h = Harness::new("silent");
+    let mut client = Peer {
+        addr: ep(CLIENT, 40_000),
+        iface: Interface::Outside,
+        snd_nxt: 1_000,
+    };
+    let (v, syn) = h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
+    assert_eq!(v.interface(), Some(Interface::Inside));
+    let member = Headers::<SocketAddrV4>::parse(&syn).unwrap().dst;
+    let mut server = Peer {
+        addr: member,
+        iface: Interface::Inside,
+        snd_nxt: 50_000,
+    };
+    let synack = TcpFlags::SYN | TcpFlags::ACK;
+    let (v, _) = h.send(&mut server, client.addr, synack, client.snd_nxt, b"");
+    assert_eq!(v.interface(), Some(Interface::Outside));
+    // The client's ACK is lost: nothing reaches the engine for 1 s.
+    h.advance_to(1_000);
+    assert!(
+        h.expired().is_empty(),
+        "the flow expired before the SYN-ACK's retransmission"
+    );
+    server.snd_nxt -= 1;
+    let (v, _) = h.send(&mut server, client.addr, synack, client.snd_nxt, b"");
+    assert_eq!(
+        v.interface(),
+        Some(Interface::Outside),
+        "the retransmitted SYN-ACK"
+    );
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    assert_eq!(v.interface(), Some(Interface::Inside), "the client's ACK");
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"hi",
+    );
+    assert_eq!(
+        v.interface(),
+        Some(Interface::Inside),
+        "data after the handshake"
+    );
+}

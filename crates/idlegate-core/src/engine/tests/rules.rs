@@ -80,11 +80,14 @@ fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry_and_hold() {
     assert_eq!(ports.len(), 1024);
     assert!(!unique.contains(&7000));
     // The half-open flows expire at the transitory timeout; their ports are then held like
-    // after a RST (15 s scaled to 250 ms) before they can be lent again.
+    // after a RST (15 s scaled to 250 ms, which races TCP's retransmissions and so runs at
+    // the 3 s floor) before they can be lent again.
     h.advance_to(TRANSITORY_MS);
     assert_eq!(h.engine.flow_count(), 0);
     assert!(lend_all(&mut h, 2_000).is_empty(), "still held");
-    h.advance_to(TRANSITORY_MS + 250);
+    h.advance_to(TRANSITORY_MS + 3_000 - 1);
+    assert!(lend_all(&mut h, 3_000).is_empty(), "still held at the floor");
+    h.advance_to(TRANSITORY_MS + 3_000);
     let again: std::collections::HashSet<u16> = lend_all(&mut h, 4_000).into_iter().collect();
     assert_eq!(again, unique, "every port came back");
 }

@@ -55,7 +55,7 @@ fn a_blind_fin_with_any_numbers_neither_closes_nor_refreshes_an_established_flow
     // receiver would not take it either.
     let mut h = Harness::new("reset");
     let (client, server) = talking(&mut h);
-    h.advance_to(1_000);
+    h.advance_to(500);
     let v = h.send_seq(
         &client,
         FRONTEND_7000,
@@ -68,7 +68,7 @@ fn a_blind_fin_with_any_numbers_neither_closes_nor_refreshes_an_established_flow
     assert_eq!(state(&h), FlowState::Established);
     assert_eq!(h.engine.counters().out_of_window, 1);
     // Not closing: the transitory timer does not cut it short.
-    h.advance_to(1_000 + TRANSITORY_MS + 1);
+    h.advance_to(500 + TRANSITORY_MS + 1);
     assert_eq!(h.engine.flow_count(), 1);
     // Not refreshed: it expires an idle timeout after the last real packet, and the rule's
     // `reset` reaches both ends at their exact sequence numbers.

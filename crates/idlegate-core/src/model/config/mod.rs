@@ -61,6 +61,20 @@ pub const TIME_SCALE_ENV: &str = "IDLEGATE_TIME_SCALE";
 /// The environment variable that names the lab a program runs in (`idlegate lab exec`).
 pub const LAB_ENV: &str = "IDLEGATE_LAB";
 
+/// The shortest a scaled timer that races TCP's own timers may run (unless the real timer is
+/// shorter still): 3 s.
+///
+/// `time_scale` divides idlegate's timers, not the endpoints' TCP. A SYN, SYN-ACK or FIN that is
+/// lost is sent again after the retransmission timeout, which starts at 1 s (RFC 6298 §2.1;
+/// Linux `TCP_TIMEOUT_INIT`, which also times the SYN-ACK's retransmissions) and doubles on
+/// each retry (RFC 6298 §5.5): the first retransmission leaves 1 s after the original, the
+/// second 3 s after it. Azure's 30 s handshake timer scaled by 60 runs 500 ms, so a handshake
+/// that lost one packet would outlive its flow. A 3 s floor lets one loss and the loss of its
+/// first retransmission be recovered, as they are in real time. A FIN's retransmission follows
+/// the connection's measured RTO (at least 200 ms on Linux, `TCP_RTO_MIN`), so the handshake's
+/// 1 s start is the longest first wait the floor has to cover.
+pub const TCP_RETRANSMISSION_FLOOR: Duration = Duration::from_secs(3);
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -208,9 +222,23 @@ pub struct OutboundRule {
 }
 
 impl Config {
-    /// The timer the engine runs for a configured duration: divided by `time_scale`.
+    /// The timer the engine runs for a configured duration: divided by `time_scale`. For the
+    /// idle timeouts of established TCP flows and for UDP flows, which race no timer of TCP's.
     pub fn scaled(&self, d: Duration) -> Duration {
         d / self.time_scale
+    }
+
+    /// The timer the engine runs for a timer that races TCP's own, unscaled retransmission
+    /// timers (the handshake and closing states, SNAT port holds): divided by `time_scale`, but
+    /// never below [`TCP_RETRANSMISSION_FLOOR`] and never above the real timer,
+    /// `max(d / time_scale, min(d, floor))`.
+    pub fn scaled_racing_tcp(&self, d: Duration) -> Duration {
+        self.scaled(d).max(d.min(TCP_RETRANSMISSION_FLOOR))
+    }
+
+    /// Whether the floor lifts this timer above its plain scaled value.
+    pub fn floored(&self, d: Duration) -> bool {
+        self.scaled_racing_tcp(d) > self.scaled(d)
     }
 
     /// The ports of `frontend` that inbound rules (LB and inbound NAT) claim.

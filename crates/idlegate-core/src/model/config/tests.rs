@@ -272,3 +272,56 @@ fn a_value_in_an_inline_table_is_explained_by_its_key_as_a_top_level_value_is() 
     );
     assert_eq!(err.line, 8, "{err}");
 }
+
+#[test]
+fn timers_racing_tcp_are_floored_at_3_s_and_never_run_longer_than_the_real_timer() {
+    // RFC 6298 §2.1: TCP's initial retransmission timeout is 1 s whatever the lab's scale.
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let c = Config::from_toml(VALID, "gw.toml").unwrap();
+    assert_eq!(c.time_scale, 60);
+    // Azure's 30 s handshake timer: 500 ms scaled, lifted to the floor.
+    assert_eq!(c.scaled(secs(30)), ms(500));
+    assert_eq!(c.scaled_racing_tcp(secs(30)), TCP_RETRANSMISSION_FLOOR);
+    assert!(c.floored(secs(30)));
+    // A long timer whose scaled value is above the floor stays purely scaled.
+    assert_eq!(c.scaled_racing_tcp(secs(240)), secs(4));
+    assert!(!c.floored(secs(240)));
+    // A real timer shorter than the floor runs as it really does, never longer.
+    assert_eq!(c.scaled_racing_tcp(secs(2)), secs(2));
+    assert_eq!(c.scaled_racing_tcp(ms(10)), ms(10));
+    for d in [
+        ms(1),
+        secs(1),
+        secs(3),
+        secs(10),
+        secs(30),
+        secs(120),
+        secs(7_200),
+    ] {
+        let runs = c.scaled_racing_tcp(d);
+        assert!(runs <= d, "{d:?} runs {runs:?}, longer than the real timer");
+        assert!(
+            runs >= c.scaled(d),
+            "{d:?} runs {runs:?}, under its scaled value"
+        );
+    }
+    // Unscaled, the floor changes nothing.
+    let real = Config::from_toml(
+        &VALID.replace("time_scale = 60", "time_scale = 1"),
+        "gw.toml",
+    )
+    .unwrap();
+    assert_eq!(real.scaled_racing_tcp(secs(30)), secs(30));
+    assert!(!real.floored(secs(30)));
+}
+
+#[test]
+fn established_idle_timeouts_and_udp_timers_stay_purely_scaled() {
+    let c = Config::from_toml(VALID, "gw.toml").unwrap();
+    assert_eq!(c.scaled(c.lb_rules[0].idle.timeout), Duration::from_secs(4));
+    assert_eq!(
+        c.scaled(c.profile.udp.unreplied),
+        c.profile.udp.unreplied / 60
+    );
+}
