@@ -177,8 +177,14 @@ pub struct Explanation {
     pub profile: &'static str,
     pub profile_title: &'static str,
     pub time_scale: u32,
-    /// The per-state timers of TCP flows not established (handshake, FIN, RST), unscaled.
+    /// The per-state timers of TCP flows not established (handshake, FIN, RST).
     pub tcp_not_established: Vec<StateTimer>,
+    /// How long a SNAT port is held after its flow ends, per way of ending.
+    pub snat_holds: Vec<SnatHold>,
+    /// `TCP_RETRANSMISSION_FLOOR`: the shortest the timers above may run (unless their real
+    /// timer is shorter), because TCP's retransmission timeout is not scaled.
+    #[serde(rename = "floor_s", serialize_with = "seconds")]
+    pub floor: Duration,
     /// An ACK of a forgotten connection from its initiator's side opens a new flow.
     pub loose_pickup: bool,
     /// Only new data keeps a flow alive: ACKs and keepalive probes do not.
@@ -191,8 +197,75 @@ pub struct Explanation {
 pub struct StateTimer {
     /// `SYN_SENT`, `SYN_RECV`, `FIN_WAIT`, `CLOSE_WAIT`, `LAST_ACK`, `TIME_WAIT`, `CLOSE`.
     pub state: &'static str,
+    #[serde(flatten)]
+    pub timer: RacingTimer,
+}
+
+/// How long a SNAT port is held after its flow ends one way.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SnatHold {
+    /// `fin` or `rst`: how the flow ended.
+    pub after: &'static str,
+    #[serde(flatten)]
+    pub timer: RacingTimer,
+}
+
+/// A timer that races TCP's own, unscaled retransmission timers: as configured, divided by
+/// `time_scale`, and as the engine runs it (the floor applied).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RacingTimer {
+    /// Unscaled.
     #[serde(rename = "timeout_s", serialize_with = "seconds")]
     pub timeout: Duration,
+    /// Divided by `time_scale`.
+    #[serde(rename = "scaled_s", serialize_with = "seconds")]
+    pub scaled: Duration,
+    /// What the engine runs: `scaled`, or the floor where that is longer.
+    #[serde(rename = "runs_s", serialize_with = "seconds")]
+    pub runs: Duration,
+    /// Whether the floor lifted it.
+    pub floored: bool,
+}
+
+impl RacingTimer {
+    pub fn new(config: &Config, timeout: Duration) -> RacingTimer {
+        RacingTimer {
+            timeout,
+            scaled: config.scaled(timeout),
+            runs: config.scaled_racing_tcp(timeout),
+            floored: config.floored(timeout),
+        }
+    }
+
+    /// "500 ms scaled, runs 3 s (floor: TCP's retransmission timeout is not scaled)".
+    pub fn floor_note(&self) -> String {
+        format!(
+            "{} scaled, runs {} (floor: TCP's retransmission timeout is not scaled)",
+            human(self.scaled),
+            human(self.runs)
+        )
+    }
+}
+
+/// The timers of `config` that run at the floor, each as "`name` `real`: `note`" (for the
+/// lab's log and `--explain`).
+pub fn floored_timers(config: &Config) -> Vec<String> {
+    let e = explanation(config);
+    let states = e
+        .tcp_not_established
+        .iter()
+        .map(|t| (t.state.to_string(), t.timer));
+    let holds = e.snat_holds.iter().map(|h| {
+        (
+            format!("SNAT hold after {}", h.after.to_uppercase()),
+            h.timer,
+        )
+    });
+    states
+        .chain(holds)
+        .filter(|(_, t)| t.floored)
+        .map(|(name, t)| format!("{name} {}: {}", human(t.timeout), t.floor_note()))
+        .collect()
 }
 
 /// What one rule's flows get.
@@ -250,8 +323,21 @@ pub fn explanation(config: &Config) -> Explanation {
     let tcp_not_established = p
         .tcp
         .named()
-        .map(|(state, timeout)| StateTimer { state, timeout })
+        .map(|(state, timeout)| StateTimer {
+            state,
+            timer: RacingTimer::new(config, timeout),
+        })
         .collect();
+    let snat_holds = [
+        ("fin", p.snat.hold_after_fin),
+        ("rst", p.snat.hold_after_rst),
+    ]
+    .into_iter()
+    .map(|(after, timeout)| SnatHold {
+        after,
+        timer: RacingTimer::new(config, timeout),
+    })
+    .collect();
     let rules = (0..config.lb_rules.len())
         .map(|i| {
             let rule = &config.lb_rules[i];
@@ -303,6 +389,8 @@ pub fn explanation(config: &Config) -> Explanation {
         profile_title: p.title,
         time_scale: config.time_scale,
         tcp_not_established,
+        snat_holds,
+        floor: crate::model::config::TCP_RETRANSMISSION_FLOOR,
         loose_pickup: config.pickup == crate::model::profile::Pickup::Loose,
         data_only_refresh: p.refresh == crate::model::profile::Refresh::DataOnly,
         rules,
@@ -314,14 +402,19 @@ pub fn explanation(config: &Config) -> Explanation {
 pub fn explain(config: &Config) -> String {
     let e = explanation(config);
     let mut out = format!(
-        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long\n\
+        "profile {} ({}), time_scale {}: every timer below runs 1/{} as long, except that \
+         the timers racing TCP's own (not-established states, SNAT holds) run at least {}\n\
          TCP flows not established (handshake, FIN, RST): {}\n",
         e.profile,
         e.profile_title,
         e.time_scale,
         e.time_scale,
+        human(e.floor),
         config.profile.tcp.summary()
     );
+    for floored in floored_timers(config) {
+        let _ = writeln!(out, "    {floored}");
+    }
     if e.loose_pickup {
         out += "loose pickup: an ACK of a forgotten connection from its initiator's side opens a new flow (loose_pickup = false turns it off)\n";
     }
@@ -542,5 +635,39 @@ mod tests {
             "{report}"
         );
         assert!(!report.contains("loose pickup"), "{report}");
+    }
+
+    #[test]
+    fn explain_says_which_timers_run_at_the_floor_and_why() {
+        // Azure LB at time_scale 60: the 30 s handshake timer would run 500 ms, under TCP's
+        // unscaled 1 s initial retransmission timeout (RFC 6298 §2.1).
+        let c = config(None, Some("4m"), None);
+        let c = Config {
+            time_scale: 60,
+            ..c
+        };
+        let report = explain(&c);
+        assert!(
+            report.contains(
+                "SYN_RECV 30 s: 500 ms scaled, runs 3 s (floor: TCP's retransmission timeout is not scaled)"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("SNAT hold after RST 15 s: 250 ms scaled, runs 3 s"),
+            "{report}"
+        );
+        let e = explanation(&c);
+        let syn_recv = &e.tcp_not_established[1];
+        assert_eq!(syn_recv.state, "SYN_RECV");
+        assert!(syn_recv.timer.floored);
+        assert_eq!(syn_recv.timer.runs, Duration::from_secs(3));
+        // The established idle timeout stays purely scaled.
+        assert_eq!(
+            e.rules[0].tcp.as_ref().unwrap().runs,
+            Duration::from_secs(4)
+        );
+        // Unscaled, nothing runs at the floor.
+        assert!(floored_timers(&Config { time_scale: 1, ..c }).is_empty());
     }
 }

@@ -180,6 +180,15 @@ impl Gateway {
             "IPv4 fragments: {} (IPv6 fragments: dropped)",
             config.profile.fragments.as_str()
         );
+        let floored = idlegate_core::precedence::floored_timers(config);
+        if !floored.is_empty() {
+            tracing::info!(
+                "time_scale {}: {} timer(s) race TCP's own and run at the floor: {}",
+                config.time_scale,
+                floored.len(),
+                floored.join("; ")
+            );
+        }
         let poll = Poll::new().context("creating the event loop")?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
         let metrics = match options.metrics {

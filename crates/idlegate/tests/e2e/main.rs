@@ -36,6 +36,7 @@ mod probe_trust;
 mod relay;
 mod relay_messages;
 mod rtnl;
+mod scaled_handshake;
 mod scenario;
 mod standalone;
 mod tunnel;

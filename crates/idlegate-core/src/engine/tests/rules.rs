@@ -86,7 +86,10 @@ fn snat_ports_are_unique_per_active_flow_and_come_back_after_expiry_and_hold() {
     assert_eq!(h.engine.flow_count(), 0);
     assert!(lend_all(&mut h, 2_000).is_empty(), "still held");
     h.advance_to(TRANSITORY_MS + 3_000 - 1);
-    assert!(lend_all(&mut h, 3_000).is_empty(), "still held at the floor");
+    assert!(
+        lend_all(&mut h, 3_000).is_empty(),
+        "still held at the floor"
+    );
     h.advance_to(TRANSITORY_MS + 3_000);
     let again: std::collections::HashSet<u16> = lend_all(&mut h, 4_000).into_iter().collect();
     assert_eq!(again, unique, "every port came back");
