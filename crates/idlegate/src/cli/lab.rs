@@ -76,7 +76,7 @@ pub enum LabCommand {
         name_flag: Option<String>,
     },
     /// Replay the idle-drop experiment in seconds (send, wait, send past the idle timeout):
-    /// three connections, three fates.
+    /// three connections, three fates; with --config, through one rule of your own config.
     Demo(demo::Options),
 }
 
@@ -209,7 +209,16 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
             tracing::info!(target: idlegate::LOG_TARGET, "{} is down", lab::called(&name));
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Demo(options) => demo::run(&options).map(|()| ExitCode::SUCCESS),
+        LabCommand::Demo(options) => match &options.config {
+            Some(path) => {
+                let config = load_config(path)?;
+                lab::check(&config)
+                    .with_context(|| path.display().to_string())
+                    .status(Status::Usage)?;
+                idlegate::lab::demo_rule::run(&options, config, path).map(|()| ExitCode::SUCCESS)
+            }
+            None => demo::run(&options).map(|()| ExitCode::SUCCESS),
+        },
     }
 }
 

@@ -38,9 +38,17 @@ pub struct Options {
     #[arg(long, value_parser = parse_expiry)]
     pub expiry: Option<Expiry>,
     /// Divide every timer by this (default: whatever brings the profile's idle timeout to
-    /// about 4 s; 60 for Azure's 4 minutes).
+    /// about 4 s; 60 for Azure's 4 minutes; with --config, the config's time_scale).
     #[arg(long)]
     pub time_scale: Option<u32>,
+    /// Run the demo's connections through one rule of this config (the TOML `lab up` takes,
+    /// e.g. from `idlegate import`): its profile, timeouts and expiry, not --profile's.
+    #[arg(long, conflicts_with_all = ["profile", "expiry"], value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// With --config: the rule (default: the first TCP LB rule, else the first outbound rule,
+    /// else the first NAT gateway).
+    #[arg(long, requires = "config", value_name = "NAME")]
+    pub rule: Option<String>,
     /// Lab name, so demos can run side by side.
     #[arg(long, default_value = "demo")]
     pub name: String,
@@ -133,6 +141,9 @@ pub struct Report {
     /// Every connection's moments, in time order.
     pub timeline: Vec<Event>,
     pub gateway: GatewayReport,
+    /// With --config: the config and the rule the connections went through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<super::demo_rule::RuleReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,23 +221,32 @@ pub fn run(options: &Options) -> Result<()> {
         scenario::run(scripts(&plan, lab, idle)?)
     })?;
     let report = report(&plan, idle, &outcomes, &counters);
-    if options.json {
+    print_report(options.json, &report, &outcomes)
+}
+
+/// Prints `report`: one JSON document on stdout with `json`, else the timeline, a verdict per
+/// connection and the gateway's counters.
+pub(super) fn print_report(json: bool, report: &Report, outcomes: &[Outcome]) -> Result<()> {
+    if json {
         // One document on stdout, nothing else.
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         println!("timeline");
-        print!("{}", scenario::render_timeline(&outcomes));
+        print!("{}", scenario::render_timeline(outcomes));
         println!("\nverdicts");
-        let width = CONNECTIONS.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        let width = report
+            .connections
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(0);
         for c in &report.connections {
             println!("  {:width$}  {}", c.name, c.explanation);
         }
+        let g = &report.gateway;
         println!(
             "\ngateway: {} flows created, {} expired, {} RSTs sent, {} packets dropped for want of a flow",
-            counters.flows_created,
-            counters.flows_expired,
-            counters.resets_sent,
-            counters.dropped(idlegate_core::DropReason::NoFlow)
+            g.flows_created, g.flows_expired, g.resets_sent, g.dropped_no_flow
         );
     }
     Ok(())
@@ -312,14 +332,26 @@ fn header(plan: &Plan, idle: Duration) -> String {
 
 /// Keepalive at half the idle timeout, in whole seconds as the kernel takes it (rounded to the
 /// nearest, below the timeout: [`config::half_the_idle_timeout`]).
-fn keepalive_interval(idle: Duration) -> Duration {
+pub(super) fn keepalive_interval(idle: Duration) -> Duration {
     config::half_the_idle_timeout(idle)
 }
 
-fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
+/// The demo's conversation for idle timeout `idle`: "a" at once, "b" after ¼ of the timeout,
+/// "c" 1⅛ of the timeout later (past the expiry); and how long both sides watch after "c".
+pub(super) fn conversation(idle: Duration) -> (Vec<(Duration, String)>, Duration) {
     let b = idle / 4;
     let c = b + idle * 9 / 8;
     let observe = (idle / 2).max(Duration::from_millis(1500));
+    let sends = vec![
+        (Duration::ZERO, "a".into()),
+        (b, "b".into()),
+        (c, "c".into()),
+    ];
+    (sends, observe)
+}
+
+fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
+    let (sends, observe) = conversation(idle);
     let mut scripts = Vec::new();
     for &(name, port) in &CONNECTIONS {
         let (client, server, connect, port) = match plan.direction {
@@ -336,11 +368,7 @@ fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
             listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into(),
             connect: SocketAddrV4::new(connect, port).into(),
             keepalive: (name == "keepalive").then(|| keepalive_interval(idle)),
-            sends: vec![
-                (Duration::ZERO, "a".into()),
-                (b, "b".into()),
-                (c, "c".into()),
-            ],
+            sends: sends.clone(),
             observe,
         });
     }
@@ -348,44 +376,64 @@ fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
 }
 
 fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters) -> Report {
-    let mut moments: Vec<&scenario::Moment> = outcomes.iter().flat_map(|o| &o.timeline).collect();
-    moments.sort_by_key(|m| m.at);
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    Report {
-        profile: plan.profile.name.to_string(),
-        expiry: plan.expiry.to_string(),
-        time_scale: plan.time_scale,
-        idle_timeout_s: idle.as_secs_f64(),
-        keepalive_s: keepalive_interval(idle).as_secs(),
-        timeline: moments
-            .into_iter()
-            .map(|m| Event {
-                at_ms: ms(m.at),
-                lab_at_ms: ms(m.at).saturating_mul(u64::from(plan.time_scale)),
-                connection: m.connection.clone(),
-                side: m.side.as_str().to_string(),
-                what: m.what.clone(),
-            })
-            .collect(),
-        connections: outcomes
-            .iter()
-            .map(|o| ConnectionReport {
-                name: o.name.clone(),
-                sent: o.sent.clone(),
-                delivered: o.delivered.clone(),
-                client_error: o.client_error.clone(),
-                server_error: o.server_error.clone(),
-                unacknowledged_at_end: o.unacked_at_end,
-                verdict: Verdict::of(o),
-                explanation: verdict(o),
-            })
-            .collect(),
-        gateway: GatewayReport {
-            flows_created: counters.flows_created,
-            flows_expired: counters.flows_expired,
-            resets_sent: counters.resets_sent,
-            dropped_no_flow: counters.dropped(idlegate_core::DropReason::NoFlow),
-        },
+    Report::new(
+        (plan.profile.name, plan.expiry, plan.time_scale),
+        idle,
+        outcomes,
+        counters,
+    )
+}
+
+impl Report {
+    /// The report of `outcomes` under `(profile, expiry, time_scale)` with scaled idle
+    /// timeout `idle`; `rule` left out.
+    pub(super) fn new(
+        (profile, expiry, time_scale): (&str, Expiry, u32),
+        idle: Duration,
+        outcomes: &[Outcome],
+        counters: &Counters,
+    ) -> Report {
+        let mut moments: Vec<&scenario::Moment> =
+            outcomes.iter().flat_map(|o| &o.timeline).collect();
+        moments.sort_by_key(|m| m.at);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Report {
+            profile: profile.to_string(),
+            expiry: expiry.to_string(),
+            time_scale,
+            idle_timeout_s: idle.as_secs_f64(),
+            keepalive_s: keepalive_interval(idle).as_secs(),
+            timeline: moments
+                .into_iter()
+                .map(|m| Event {
+                    at_ms: ms(m.at),
+                    lab_at_ms: ms(m.at).saturating_mul(u64::from(time_scale)),
+                    connection: m.connection.clone(),
+                    side: m.side.as_str().to_string(),
+                    what: m.what.clone(),
+                })
+                .collect(),
+            connections: outcomes
+                .iter()
+                .map(|o| ConnectionReport {
+                    name: o.name.clone(),
+                    sent: o.sent.clone(),
+                    delivered: o.delivered.clone(),
+                    client_error: o.client_error.clone(),
+                    server_error: o.server_error.clone(),
+                    unacknowledged_at_end: o.unacked_at_end,
+                    verdict: Verdict::of(o),
+                    explanation: verdict(o),
+                })
+                .collect(),
+            gateway: GatewayReport {
+                flows_created: counters.flows_created,
+                flows_expired: counters.flows_expired,
+                resets_sent: counters.resets_sent,
+                dropped_no_flow: counters.dropped(idlegate_core::DropReason::NoFlow),
+            },
+            rule: None,
+        }
     }
 }
 
