@@ -335,3 +335,52 @@ fn header(
         demo::keepalive_interval(idle).as_secs_f64(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rules: &str) -> Config {
+        let text = format!(
+            "profile = \"azure-lb\"\ntime_scale = 60\n\
+             [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+             [[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"192.0.2.11\" }}]\n{rules}"
+        );
+        Config::from_toml(&text, "t.toml").unwrap()
+    }
+
+    const DNS: &str = "[[lb_rule]]\nname = \"dns\"\nfrontend = \"public\"\nprotocol = \"udp\"\nfrontend_port = 53\nbackend_pool = \"vms\"\nbackend_port = 53\n";
+    const EGRESS: &str =
+        "[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n";
+
+    #[test]
+    fn the_default_rule_skips_udp_only_lb_rules_for_the_first_outbound_rule() {
+        let c = config(&format!("{DNS}{EGRESS}"));
+        assert_eq!(
+            choose(&c, "t.toml", None).unwrap(),
+            RuleRef::OutboundRule(0)
+        );
+    }
+
+    #[test]
+    fn a_udp_only_rule_is_refused_with_why_as_a_usage_error() {
+        let c = config(&format!("{DNS}{EGRESS}"));
+        let e = choose(&c, "t.toml", Some("dns")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--rule dns: lb_rule dns of t.toml is UDP only; the demo's connections are TCP (their verdicts rest on TCP's acknowledgements, keepalive and resets)"
+        );
+        assert_eq!(crate::obs::report::status(&e), Status::Usage);
+    }
+
+    #[test]
+    fn a_config_with_no_tcp_rule_names_its_rules_in_the_hint() {
+        let c = config(DNS);
+        let e = choose(&c, "t.toml", None).unwrap_err();
+        assert!(e.to_string().contains("t.toml has no TCP LB rule"), "{e}");
+        assert_eq!(
+            crate::obs::report::hint_of(&e),
+            Some("--rule NAME, one of the rules of t.toml: dns (lb_rule, UDP only)")
+        );
+    }
+}

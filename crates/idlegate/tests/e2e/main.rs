@@ -15,6 +15,7 @@ mod audit;
 mod audit_prometheus;
 mod cli;
 mod conntrack;
+mod demo_config;
 mod deploy;
 mod docs;
 mod echo;
