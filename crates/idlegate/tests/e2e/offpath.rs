@@ -4,7 +4,8 @@
 //! nor spoil the RSTs the gateway sends at expiry. Real Linux TCP stacks on both ends.
 //!
 //! Needs root; each test builds its own lab and removes it, even on failure. Azure LB's timers
-//! scaled by 80: idle 3 s, the transitory timer a FIN would start 375 ms.
+//! scaled by 80: idle 3 s (7.5 s for the blind FIN's test), the transitory timer a FIN would
+//! start 375 ms scaled, run at the 3 s floor (TCP's retransmission timeout is not scaled).
 
 use crate::common;
 
@@ -158,7 +159,13 @@ fn a_blind_fin_from_the_internet_does_not_cut_an_established_connection() {
     // Issue 16 item 4: FIN+ACK with seq 0x12345 and ack 0x54321 from the client's address and
     // port. Out of the windows (conntrack's tcp_in_window), it must not close the flow.
     require_root();
-    let config = one_rule_lab("reset");
+    // Idle 10 min scaled by 80 (7.5 s): room to wait out the transitory timer a FIN would
+    // start, which races TCP's retransmissions and so runs at the 3 s floor.
+    let config = common::one_member_lab(
+        "profile = \"azure-lb\"\ntime_scale = 80",
+        "[[lb_rule]]\nname = \"app\"\nfrontend = \"public\"\nfrontend_port = 7000\n\
+         backend_pool = \"vms\"\nbackend_port = 7000\nidle_timeout = \"10m\"\nexpiry = \"reset\"\n",
+    );
     let (answered, counters) = Lab::with_gateway(&unique("bf"), &config, |lab| {
         let server = echo_server(lab)?;
         let client = spawn_in(&lab.namespace_of(INTERNET)?, || -> io::Result<bool> {
@@ -166,9 +173,9 @@ fn a_blind_fin_from_the_internet_does_not_cut_an_established_connection() {
             conn.set_read_timeout(Some(Duration::from_secs(2)))?;
             let fin = forged_segment(local, FRONTEND, FIN | ACK, 0x12345, 0x54321, b"");
             send_raw(&fin, *FRONTEND.ip())?;
-            // Longer than the transitory timer a FIN would start (375 ms), well inside the
-            // idle timeout (3 s) that an established flow keeps.
-            std::thread::sleep(Duration::from_millis(1_200));
+            // Longer than the transitory timer a FIN would start (30 s scaled, floored to
+            // 3 s), well inside the idle timeout (7.5 s) that an established flow keeps.
+            std::thread::sleep(Duration::from_millis(4_500));
             Ok(round_trip(&mut conn).is_ok())
         })?;
         let answered = client
