@@ -156,8 +156,15 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
             config.frontends[rule.frontend].address
         );
     }
+    // The timers at the floor are said once, in one line, by the gateway as it starts.
+    let floored: Vec<String> = precedence::floored_timers(&config)
+        .iter()
+        .map(|f| format!("    {f}"))
+        .collect();
     for line in precedence::explain(&config).lines() {
-        tracing::info!(target: idlegate::LOG_TARGET, "{line}");
+        if !floored.iter().any(|f| f == line) {
+            tracing::info!(target: idlegate::LOG_TARGET, "{line}");
+        }
     }
     print_ready()?;
     gateway.run()?;
