@@ -113,6 +113,7 @@ pub(super) fn nat_gateway_ports<E: Endpoint>(
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
+        after_idle: ticks(policy.hold_after_idle),
     };
     let members: Vec<E::Ip> = g
         .backend_pools
@@ -148,6 +149,7 @@ pub(super) fn snat_ports<E: Endpoint>(
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
+        after_idle: ticks(policy.hold_after_idle),
     };
     match policy.allocation {
         Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),

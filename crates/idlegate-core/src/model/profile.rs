@@ -276,8 +276,10 @@ pub struct SnatPolicy {
     pub ports_per_frontend: u32,
     /// How long a port is held before reuse after its flow ended with a FIN...
     pub hold_after_fin: Duration,
-    /// ... and after a RST (or an idle expiry, which Azure does not document separately).
+    /// ... after a RST, or a handshake forgotten half-open ...
     pub hold_after_rst: Duration,
+    /// ... and after its open flow was forgotten at its idle timeout, counted from the expiry.
+    pub hold_after_idle: Duration,
 }
 
 /// How SNAT ports are shared among the members behind a frontend.
@@ -319,8 +321,10 @@ const fn minutes(m: u64) -> Duration {
 /// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
 ///   allocated per member in multiples of 8; 1,024 per member by default (pools of up to 50);
 ///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
-///   its idle timeout holds its port like a RST, counted from the expiry: Azure documents no
-///   separate figure.
+///   its idle timeout gives its port back at once: "When the idle timeout is reached, the port
+///   is released" (Azure "Source Network Address Translation (SNAT) for outbound connections",
+///   <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-outbound-connections>).
+///   A handshake forgotten half-open (idlegate's 30 s, below) holds its port like a RST.
 /// - UDP: the configurable idle timeout does not apply to UDP rules ("Load Balancer TCP Reset and
 ///   Idle Timeout", "Limitations").
 ///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
@@ -362,6 +366,7 @@ pub static AZURE_LB: Profile = Profile {
         ports_per_frontend: 64_000,
         hold_after_fin: Duration::from_secs(240),
         hold_after_rst: Duration::from_secs(15),
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -385,7 +390,9 @@ const fn fixed(d: Duration) -> TimeoutRange {
 /// - At expiry: silent, then a RST to the next sender.
 /// - Half-open (SYN only) 30 s, used for every transitory state: the docs give no other.
 /// - A port is reused 65 s after a FIN, 16 s after a RST; ports are allocated on demand from
-///   the public IP's range, not in fixed blocks per VM.
+///   the public IP's range, not in fixed blocks per VM. After an idle expiry: NAT Gateway's
+///   pages give no figure of their own; idlegate holds the port 16 s as after a RST, because
+///   its remote, which saw no close, may still hold the old connection.
 /// - UDP idle timeout 4 min, fixed.
 /// - IPv4 fragments: dropped ("Troubleshoot Azure NAT Gateway connectivity": "NAT gateway does
 ///   not support IP fragmentation").
@@ -415,6 +422,7 @@ pub static AZURE_NATGW: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::from_secs(65),
         hold_after_rst: Duration::from_secs(16),
+        hold_after_idle: Duration::from_secs(16),
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -488,6 +496,7 @@ pub static AWS_NATGW: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::ZERO,
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(350),
@@ -504,7 +513,9 @@ pub static AWS_NATGW: Profile = Profile {
 ///   after its last ACK and as the hold of its port after a FIN; UDP 30 s. (Cloud NAT's
 ///   release notes of 31 March 2026 announce a 30 s TIME_WAIT default for gateways created
 ///   from 30 September 2026; gateways made before keep 120 s, the figure used here.)
-/// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
+/// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`). After a RST
+///   or an idle expiry the port is free again at once: Google documents no hold but TIME_WAIT's,
+///   which follows a FIN.
 /// - IPv4 fragments: GCP documents nothing found; idlegate forwards them.
 pub static GCP_NAT: Profile = Profile {
     name: "gcp-nat",
@@ -535,6 +546,7 @@ pub static GCP_NAT: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::from_secs(120),
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(30),
@@ -548,7 +560,8 @@ pub static GCP_NAT: Profile = Profile {
 /// - Outbound only. Idle timeout 4 min, fixed: outbound SNAT's timeout "is set to 4
 ///   minutes, and cannot be adjusted" (Azure "TCP settings for Azure VMs"). Silent.
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
-///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
+///   after FIN, 15 s after RST, released at once at an idle expiry: the same SNAT page),
+///   multiples of 8 as Azure allocates them.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
 /// - IPv4 fragments: not documented for default outbound access; dropped as Azure LB drops them.
 pub static AZURE_SNAT: Profile = Profile {
@@ -573,6 +586,7 @@ pub static AZURE_SNAT: Profile = Profile {
         ports_per_frontend: 64_000,
         hold_after_fin: Duration::from_secs(240),
         hold_after_rst: Duration::from_secs(15),
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -609,6 +623,7 @@ pub static AZURE_FIREWALL: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::ZERO,
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -651,6 +666,7 @@ pub static RFC5382: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::ZERO,
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(2),
@@ -681,6 +697,7 @@ const MASQUERADE: SnatPolicy = SnatPolicy {
     ports_per_frontend: 64_512,
     hold_after_fin: Duration::ZERO,
     hold_after_rst: Duration::ZERO,
+    hold_after_idle: Duration::ZERO,
 };
 
 /// Linux netfilter connection tracking with NAT (nftables or iptables `dnat` and `masquerade`),
@@ -885,6 +902,7 @@ const NO_SNAT: SnatPolicy = SnatPolicy {
     ports_per_frontend: 0,
     hold_after_fin: Duration::ZERO,
     hold_after_rst: Duration::ZERO,
+    hold_after_idle: Duration::ZERO,
 };
 
 /// Every profile idlegate knows.

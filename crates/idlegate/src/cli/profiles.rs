@@ -118,7 +118,7 @@ fn facts(p: &Profile) -> Vec<(&'static str, String)> {
     out.push(("at expiry, by default", expiry(p)));
     if p.rules.outbound() {
         out.push(("SNAT ports", snat_ports(p)));
-        out.push(("SNAT port held after FIN / RST", holds(p)));
+        out.push(("SNAT port held after FIN / RST / idle expiry", holds(p)));
     }
     out
 }
@@ -135,9 +135,10 @@ fn expiry(p: &Profile) -> String {
 
 fn holds(p: &Profile) -> String {
     format!(
-        "{} / {}",
+        "{} / {} / {}",
         human(p.snat.hold_after_fin),
-        human(p.snat.hold_after_rst)
+        human(p.snat.hold_after_rst),
+        human(p.snat.hold_after_idle)
     )
 }
 
@@ -241,6 +242,7 @@ struct SnatJson {
     ports_per_frontend: u32,
     hold_after_fin_s: f64,
     hold_after_rst_s: f64,
+    hold_after_idle_s: f64,
 }
 
 #[derive(Serialize)]
@@ -335,6 +337,7 @@ fn profile_json(p: &Profile) -> ProfileJson {
             ports_per_frontend: p.snat.ports_per_frontend,
             hold_after_fin_s: secs(p.snat.hold_after_fin),
             hold_after_rst_s: secs(p.snat.hold_after_rst),
+            hold_after_idle_s: secs(p.snat.hold_after_idle),
         }),
         sources: p
             .sources
