@@ -8,9 +8,11 @@
 use crate::model::expiry::Expiry;
 use std::time::Duration;
 
+mod azure;
 mod example;
 mod sources;
 
+pub use azure::{AZURE_APPSERVICE, AZURE_FIREWALL, AZURE_FIREWALL_EAST_WEST};
 pub use example::example_config;
 
 /// A configurable timeout: its default and the range the vendor accepts.
@@ -594,43 +596,6 @@ pub static AZURE_SNAT: Profile = Profile {
     },
 };
 
-/// Azure Firewall (Azure Firewall FAQ).
-///
-/// - DNAT (inbound) and SNAT (outbound) rules. TCP idle timeout 4 min, not configurable.
-/// - At expiry: a RST to both endpoints.
-/// - Transitory and UDP: not documented here; idlegate uses 30 s and 4 min. SNAT port limits
-///   are not modelled: ports are lent on demand from the frontend's range.
-/// - IPv4 fragments: Azure documents nothing found; idlegate forwards them.
-pub static AZURE_FIREWALL: Profile = Profile {
-    name: "azure-firewall",
-    title: "Azure Firewall",
-    sources: sources::AZURE_FIREWALL_SOURCES,
-    rules: Rules::InboundAndOutbound,
-    lb_rule_idle: fixed(minutes(4)),
-    outbound_rule_idle: fixed(minutes(4)),
-    frontend_idle: None,
-    public_ip_outbound_idle: None,
-    reset_on_next: ResetTarget::Sender,
-    tcp: TcpTimers::transitory(Duration::from_secs(30)),
-    pickup: SYN_ONLY,
-    refresh: Refresh::AnyPacket,
-    fragments: Fragments::Forward,
-    default_expiry: Expiry::Reset,
-    snat: SnatPolicy {
-        allocation: Allocation::Shared,
-        ports_per_member: 0,
-        ports_per_member_step: 1,
-        ports_per_frontend: 64_512,
-        hold_after_fin: Duration::ZERO,
-        hold_after_rst: Duration::ZERO,
-        hold_after_idle: Duration::ZERO,
-    },
-    udp: UdpTimeouts {
-        unreplied: minutes(4),
-        replied: minutes(4),
-    },
-};
-
 /// The minimums the IETF requires of NATs: RFC 5382 (TCP) and RFC 4787 (UDP).
 ///
 /// - Outbound only. Established idle timeout at least 2 h 4 min (RFC 5382 REQ-5), so 2 h 4 min
@@ -906,11 +871,13 @@ const NO_SNAT: SnatPolicy = SnatPolicy {
 };
 
 /// Every profile idlegate knows.
-pub static ALL: [&Profile; 13] = [
+pub static ALL: [&Profile; 15] = [
     &AZURE_LB,
     &AZURE_SNAT,
     &AZURE_NATGW,
+    &AZURE_APPSERVICE,
     &AZURE_FIREWALL,
+    &AZURE_FIREWALL_EAST_WEST,
     &AWS_NLB,
     &AWS_NATGW,
     &AWS_ALB,
