@@ -118,7 +118,7 @@ fn facts(p: &Profile) -> Vec<(&'static str, String)> {
     out.push(("at expiry, by default", expiry(p)));
     if p.rules.outbound() {
         out.push(("SNAT ports", snat_ports(p)));
-        out.push(("SNAT port held after FIN / RST / idle expiry", holds(p)));
+        out.push(("SNAT port held after FIN / RST / idle", holds(p)));
     }
     out
 }
