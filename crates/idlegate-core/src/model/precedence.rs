@@ -11,6 +11,7 @@
 
 use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
 use crate::model::expiry::Expiry;
+use crate::model::profile;
 use crate::model::units::human;
 use serde::Serialize;
 use std::fmt::Write;
@@ -142,6 +143,11 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
             frontend.name,
             human(f)
         );
+    }
+    if config.profile.name == profile::AZURE_LB.name
+        && timeout > profile::AZURE_OUTBOUND_DISPUTED_ABOVE
+    {
+        let _ = write!(reason, "; note: {}", profile::AZURE_OUTBOUND_MAXIMUM);
     }
     Applied {
         timeout,
@@ -478,6 +484,44 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_azure_outbound_rule_above_100_min_is_explained_with_the_two_pages_ranges() {
+        // Azure "Outbound rules": 4–120 min; "Load Balancer TCP Reset and Idle Timeout": 4–100.
+        let c = config(None, None, Some("110m"));
+        let text = explain(&c);
+        let line = text
+            .lines()
+            .skip_while(|l| !l.starts_with("outbound_rule egress:"))
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            line.contains("\"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min"),
+            "{text}"
+        );
+        // `--explain --json` serialises this report: the same reason, with the timeout.
+        let e = explanation(&c);
+        let egress = e.rules.iter().find(|r| r.kind == "outbound_rule").unwrap();
+        let tcp = egress.tcp.as_ref().unwrap();
+        assert_eq!(tcp.idle_timeout, Duration::from_secs(6600));
+        assert!(tcp.reason.contains("idlegate enforces 120 min"), "{tcp:?}");
+        // At 100 min both pages agree: no note.
+        let agreed = explain(&config(None, None, Some("100m")));
+        assert!(!agreed.contains("enforces 120 min"), "{agreed}");
+    }
+
+    #[test]
+    fn an_azure_outbound_rule_above_120_min_is_refused_naming_both_pages() {
+        let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+             [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+             [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"121m\"\n";
+        let err = Config::from_toml(text, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("idle_timeout = 121m is above Azure LB's maximum of 120 min (Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -313,7 +313,10 @@ const fn minutes(m: u64) -> Duration {
 /// - LB rules and inbound NAT rules: idle timeout 4 min by default, configurable 4–100 min
 ///   ("Configure load balancer TCP reset and idle timeout"; older API docs say 4–30 min, the
 ///   newest page is taken: Azure "Load Balancer TCP Reset and Idle Timeout").
-/// - Outbound rules: 4 min default, 4–120 min ("Outbound rules" docs; some pages say 100).
+/// - Outbound rules: 4 min default, 4–120 min (Azure "Outbound rules",
+///   <https://learn.microsoft.com/en-us/azure/load-balancer/outbound-rules>). Azure's "Load
+///   Balancer TCP Reset and Idle Timeout" says 4–100 min: idlegate enforces 120, and says so in
+///   the error above 120 min and in `--explain` above 100 min ([`AZURE_OUTBOUND_MAXIMUM`]).
 /// - Frontend (public IP address) idle timeout: 4 min default, 4–30 min (the public IP
 ///   address resource's `idleTimeoutInMinutes`); it beats the LB rule's for inbound flows
 ///   ("Load Balancer TCP Reset and Idle Timeout", "Order of precedence"). Its outbound idle timeout is locked at 4 min.
@@ -323,8 +326,8 @@ const fn minutes(m: u64) -> Duration {
 /// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
 ///   allocated per member in multiples of 8; 1,024 per member by default (pools of up to 50);
 ///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
-///   its idle timeout gives its port back at once: "When the idle timeout is reached, the port
-///   is released" (Azure "Source Network Address Translation (SNAT) for outbound connections",
+///   its idle timeout gives its port back at once: the port is released when the idle timeout
+///   is reached (Azure "Source Network Address Translation (SNAT) for outbound connections",
 ///   <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-outbound-connections>).
 ///   A handshake forgotten half-open (idlegate's 30 s, below) holds its port like a RST.
 /// - UDP: the configurable idle timeout does not apply to UDP rules ("Load Balancer TCP Reset and
@@ -913,6 +916,14 @@ pub fn max_time_scale(profile: &Profile) -> u32 {
     u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
         .unwrap_or(u32::MAX)
 }
+
+/// Azure's two pages disagree on an outbound rule's maximum: what idlegate enforces, and why,
+/// for the config's error and `--explain`.
+pub const AZURE_OUTBOUND_MAXIMUM: &str = "Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's";
+
+/// Above this an Azure LB outbound rule is within one Azure page's range and outside the
+/// other's ([`AZURE_OUTBOUND_MAXIMUM`]).
+pub const AZURE_OUTBOUND_DISPUTED_ABOVE: Duration = minutes(100);
 
 /// The profile used when a config names none.
 pub fn default_profile() -> &'static Profile {

@@ -339,8 +339,8 @@ expiry = "reset-on-next"
 
 #[test]
 fn after_an_idle_expiry_under_azure_lb_the_members_next_connection_takes_the_port_at_once() {
-    // Azure "SNAT for outbound connections": "When the idle timeout is reached, the port is
-    // released": no hold, unlike after a RST (15 s) or a FIN (240 s).
+    // Azure "SNAT for outbound connections": the port is released when the idle timeout is
+    // reached; no hold, unlike after a RST (15 s) or a FIN (240 s).
     let mut config = config("silent", TWO_VMS);
     config.outbound_rules[0].ports_per_member = 8;
     let mut h = Harness::with(config);
