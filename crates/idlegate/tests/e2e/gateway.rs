@@ -234,7 +234,7 @@ ports_per_member = 8
 "#;
 
 /// An echo server on `port` in the current namespace, until `stop`.
-fn echo_server(
+pub(crate) fn echo_server(
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
@@ -282,7 +282,7 @@ fn echo_server(
     Ok(())
 }
 
-fn echoes(conn: &mut std::net::TcpStream) -> bool {
+pub(crate) fn echoes(conn: &mut std::net::TcpStream) -> bool {
     use std::io::{Read, Write};
     let mut buf = [0u8; 1];
     conn.set_read_timeout(Some(Duration::from_secs(3))).is_ok()
