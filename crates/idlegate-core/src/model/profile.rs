@@ -46,6 +46,10 @@ pub struct Profile {
     /// Timeouts of TCP flows that are not established: handshake, closing (FIN) and closed
     /// (RST).
     pub tcp: TcpTimers,
+    /// The range an outbound rule's `time_wait` may set TIME_WAIT to, where the vendor lets it
+    /// be set (`tcp.time_wait` is its default). Where it may, the port's hold after a FIN
+    /// follows it too.
+    pub time_wait_range: Option<TimeoutRange>,
     /// Which segments may open a flow.
     pub pickup: PickupPolicy,
     /// Which packets keep a flow alive.
@@ -360,6 +364,7 @@ pub static AZURE_LB: Profile = Profile {
     public_ip_outbound_idle: Some(minutes(4)),
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -416,6 +421,7 @@ pub static AZURE_NATGW: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -458,6 +464,7 @@ pub static AWS_NLB: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -490,6 +497,7 @@ pub static AWS_NATGW: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::InsideOnly,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::ForwardUdp,
@@ -514,10 +522,15 @@ pub static AWS_NATGW: Profile = Profile {
 /// - Outbound only. TCP established idle timeout 1200 s (20 min) by default; GCP lets it be
 ///   set, idlegate accepts 30 s–24 h.
 /// - At expiry: silent.
-/// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies both to the flow
-///   after its last ACK and as the hold of its port after a FIN; UDP 30 s. (Cloud NAT's
-///   release notes of 31 March 2026 announce a 30 s TIME_WAIT default for gateways created
-///   from 30 September 2026; gateways made before keep 120 s, the figure used here.)
+/// - Transitory (SYN, FIN) 30 s; UDP 30 s.
+/// - TIME_WAIT 30 s by default, which idlegate applies both to the flow after its last ACK and
+///   as the hold of its port after a FIN. Cloud NAT's release notes of 31 March 2026
+///   (<https://cloud.google.com/nat/docs/release-notes>) announce that gateways created on or
+///   after 30 September 2026 get a 30 s default (from 30 June, 30 or 120 s by region), while
+///   gateways created before keep 120 s and a custom value stays. The default here is what a
+///   gateway created today gets; an outbound rule's `time_wait` sets another (`"120s"` for a
+///   gateway made before), as `tcpTimeWaitTimeoutSec` (`--tcp-time-wait-timeout`) does. Google
+///   documents no range found: idlegate accepts 1 s–24 h, the established timeout's maximum.
 /// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`). After a RST
 ///   or an idle expiry the port is free again at once: Google documents no hold but TIME_WAIT's,
 ///   which follows a FIN.
@@ -536,10 +549,12 @@ pub static GCP_NAT: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    tcp: TcpTimers {
-        time_wait: Duration::from_secs(120),
-        ..TcpTimers::transitory(Duration::from_secs(30))
-    },
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: Some(TimeoutRange {
+        default: Duration::from_secs(30),
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(86_400),
+    }),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -549,7 +564,7 @@ pub static GCP_NAT: Profile = Profile {
         ports_per_member: 64,
         ports_per_member_step: 1,
         ports_per_frontend: 64_512,
-        hold_after_fin: Duration::from_secs(120),
+        hold_after_fin: Duration::from_secs(30),
         hold_after_rst: Duration::ZERO,
         hold_after_idle: Duration::ZERO,
     },
@@ -580,6 +595,7 @@ pub static AZURE_SNAT: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -623,6 +639,7 @@ pub static RFC5382: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(minutes(4)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -740,6 +757,7 @@ const CONNTRACK: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: CONNTRACK_TCP,
+    time_wait_range: None,
     pickup: PickupPolicy {
         default: Pickup::Loose,
         knob: PickupKnob::Sysctl,
@@ -781,6 +799,7 @@ pub static IPVS: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: CONNTRACK_TCP,
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -812,6 +831,7 @@ pub static GCP_FIREWALL: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -851,6 +871,7 @@ pub static AWS_ALB: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::DataOnly,
     fragments: Fragments::Forward,

@@ -469,6 +469,7 @@ impl Validator {
             }
         })?;
         let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
+        let time_wait = time_wait(r.time_wait.as_ref(), profile)?;
         Ok(OutboundRule {
             name,
             frontend,
@@ -476,6 +477,7 @@ impl Validator {
             protocol,
             ports_per_member,
             idle,
+            time_wait,
         })
     }
 
