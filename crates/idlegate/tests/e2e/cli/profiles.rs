@@ -117,6 +117,11 @@ fn profiles_json_holds_every_profile_with_its_figures_and_sources() {
     assert_eq!(east_west["outbound_rule_idle_s"]["min"], 300.0);
     assert_eq!(east_west["outbound_rule_idle_s"]["max"], 300.0);
     assert_eq!(east_west["default_expiry"], "silent");
+    // GCP Cloud NAT: TIME_WAIT 30 s for gateways created from 30 September 2026, settable.
+    let gcp = find("gcp-nat");
+    assert_eq!(gcp["time_wait_s"]["default"], 30.0);
+    assert_eq!(gcp["snat"]["hold_after_fin_s"], 30.0);
+    assert!(azure["time_wait_s"].is_null());
     // AWS ALB: only data refreshes a flow.
     assert_eq!(find("aws-alb")["refresh"], "data-only");
     for p in profiles {
