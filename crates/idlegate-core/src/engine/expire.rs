@@ -30,9 +30,10 @@ impl<E: Endpoint> Core<E> {
     }
 
     /// Gives an expired outbound flow's port back. A connection closed with FIN or RST holds it
-    /// from its last packet; one forgotten while open, which its remote may still believe in,
-    /// holds it like a RST from the moment of expiry.
-    pub(super) fn release_port(&mut self, flow: &Flow<E>, now: Tick) {
+    /// from its last packet; one forgotten while open (established, or a UDP flow) holds it
+    /// for the profile's `hold_after_idle` from the moment of expiry (Azure: released at
+    /// once); a handshake forgotten half-open holds it like a RST.
+    pub(super) fn release_port(&mut self, flow: &Flow<E>, now: Tick, cause: Forgotten) {
         let Some(snat) = self.snat_of(flow.rule) else {
             return;
         };
@@ -46,6 +47,8 @@ impl<E: Endpoint> Core<E> {
         let (ending, ended) = match flow.state {
             state if state.is_closing() => (Ending::Fin, last_packet),
             FlowState::Closed => (Ending::Rst, last_packet),
+            FlowState::SynSent | FlowState::SynReceived => (Ending::Rst, now),
+            _ if cause == Forgotten::IdleTimeout => (Ending::Idle, now),
             _ => (Ending::Rst, now),
         };
         self.snat_pools()[snat].release(flow.private.addr(), flow.public.port(), ending, ended);
@@ -67,7 +70,7 @@ impl<E: Endpoint> Core<E> {
         let action = match (rule.expiry, flow.state) {
             (_, FlowState::Discarding) => {
                 // A discarding flow quiet for an idle timeout: now it is forgotten for good.
-                self.forget(id, now);
+                self.forget_as(id, now, forgotten(cause));
                 return true;
             }
             // UDP flows end silently: there is no connection to reset or to acknowledge.
@@ -98,21 +101,26 @@ impl<E: Endpoint> Core<E> {
             }
             Expiry::Reset => {
                 self.reset_both(&flow);
-                self.forget(id, now);
+                self.forget_as(id, now, forgotten(cause));
                 true
             }
             Expiry::Silent | Expiry::ResetOnNext => {
-                self.forget(id, now);
+                self.forget_as(id, now, forgotten(cause));
                 true
             }
         }
     }
 
-    /// Removes a flow for good and gives its SNAT port back.
+    /// Removes a flow for good and gives its SNAT port back, as after a RST or its close.
     pub(super) fn forget(&mut self, id: FlowId, now: Tick) {
+        self.forget_as(id, now, Forgotten::Ended);
+    }
+
+    /// Removes a flow for good and gives its SNAT port back, held as `cause` says.
+    fn forget_as(&mut self, id: FlowId, now: Tick, cause: Forgotten) {
         let flow = self.flows.remove(id);
         self.limit.release();
-        self.release_port(&flow, now);
+        self.release_port(&flow, now, cause);
     }
 
     /// RSTs to both endpoints, each with the exact sequence number its stack expects next
@@ -134,5 +142,21 @@ impl<E: Endpoint> Core<E> {
         };
         self.queue(Interface::Outside, to_remote);
         self.queue(Interface::Inside, to_private);
+    }
+}
+
+/// Why a flow is forgotten, for how long its SNAT port is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Forgotten {
+    /// It ended (FIN, RST, a new SYN on its tuple) or the platform dropped it.
+    Ended,
+    /// Its idle timer ran out.
+    IdleTimeout,
+}
+
+fn forgotten(cause: ExpiryCause) -> Forgotten {
+    match cause {
+        ExpiryCause::Idle => Forgotten::IdleTimeout,
+        ExpiryCause::Forced => Forgotten::Ended,
     }
 }

@@ -126,6 +126,7 @@ pub(super) fn nat_gateway_ports<E: Endpoint>(
     let holds = Holds {
         after_fin: ticks(policy.hold_after_fin),
         after_rst: ticks(policy.hold_after_rst),
+        after_idle: ticks(policy.hold_after_idle),
     };
     let members: Vec<E::Ip> = g
         .backend_pools
@@ -159,9 +160,21 @@ pub(super) fn snat_ports<E: Endpoint>(
     let blocks: Vec<(E::Ip, usize)> = members.collect();
     let ports = config.snat_port_candidates(frontend);
     let policy = &config.profile.snat;
+    // Where TIME_WAIT can be set, the hold after a FIN follows it: the longest of the rules here.
+    let after_fin = match config.profile.time_wait_range {
+        Some(_) => config
+            .outbound_rules
+            .iter()
+            .filter(|r| r.frontend == frontend)
+            .map(|r| r.time_wait(config.profile))
+            .max()
+            .unwrap_or(policy.hold_after_fin),
+        None => policy.hold_after_fin,
+    };
     let holds = Holds {
-        after_fin: ticks(policy.hold_after_fin),
+        after_fin: ticks(after_fin),
         after_rst: ticks(policy.hold_after_rst),
+        after_idle: ticks(policy.hold_after_idle),
     };
     match policy.allocation {
         Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),
@@ -310,7 +323,11 @@ impl<E: Endpoint> Core<E> {
                 },
                 protocols: r.protocol,
                 idle: ticks(precedence::outbound_rule(config, i).timeout),
-                tcp,
+                // The rule's own TIME_WAIT, where the profile lets it be set (GCP Cloud NAT).
+                tcp: TcpTicks {
+                    time_wait: ticks(r.time_wait(config.profile)),
+                    ..tcp
+                },
                 udp,
                 expiry: r.idle.expiry,
             });

@@ -11,6 +11,7 @@
 
 use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
 use crate::model::expiry::Expiry;
+use crate::model::profile;
 use crate::model::units::human;
 use serde::Serialize;
 use std::fmt::Write;
@@ -142,6 +143,11 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
             frontend.name,
             human(f)
         );
+    }
+    if config.profile.name == profile::AZURE_LB.name
+        && timeout > profile::AZURE_OUTBOUND_DISPUTED_ABOVE
+    {
+        let _ = write!(reason, "; note: {}", profile::AZURE_OUTBOUND_MAXIMUM);
     }
     Applied {
         timeout,
@@ -293,6 +299,48 @@ pub struct TcpIdle {
     pub expiry: Expiry,
     pub winner: Winner,
     pub reason: String,
+    /// TIME_WAIT, for an outbound rule of a profile that lets a rule set it (GCP Cloud NAT).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_wait: Option<TimeWait>,
+}
+
+/// An outbound rule's TIME_WAIT, where the profile lets a rule set it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimeWait {
+    #[serde(rename = "time_wait_s", serialize_with = "seconds")]
+    pub time_wait: Duration,
+    #[serde(rename = "runs_s", serialize_with = "seconds")]
+    pub runs: Duration,
+    /// `rule` (its own `time_wait`) or `profile-default`.
+    pub winner: Winner,
+    pub reason: String,
+}
+
+/// Outbound rule `i`'s TIME_WAIT, if its profile lets a rule set it.
+fn time_wait(config: &Config, i: usize) -> Option<TimeWait> {
+    let p = config.profile;
+    p.time_wait_range?;
+    let rule = &config.outbound_rules[i];
+    let time_wait = rule.time_wait(p);
+    let (winner, reason) = match rule.time_wait {
+        Some(_) => (
+            Winner::Rule,
+            "the rule's own time_wait; it is also the port's hold after a FIN".to_string(),
+        ),
+        None => (
+            Winner::ProfileDefault,
+            format!(
+                "{}'s default, what a gateway created on or after 30 September 2026 gets (Cloud NAT release notes, 31 March 2026); one created before keeps 120 s: set time_wait = \"120s\" for it. It is also the port's hold after a FIN",
+                p.title
+            ),
+        ),
+    };
+    Some(TimeWait {
+        time_wait,
+        runs: config.scaled(time_wait),
+        winner,
+        reason,
+    })
 }
 
 /// A rule's UDP flows: the profile's UDP timeouts; they end silently.
@@ -341,24 +389,37 @@ pub fn explanation(config: &Config) -> Explanation {
     let rules = (0..config.lb_rules.len())
         .map(|i| {
             let rule = &config.lb_rules[i];
-            ("lb_rule", &rule.name, rule.protocol, lb_rule(config, i))
+            (
+                "lb_rule",
+                &rule.name,
+                rule.protocol,
+                lb_rule(config, i),
+                None,
+            )
         })
         .chain((0..config.inbound_nat_rules.len()).map(|i| {
             let rule = &config.inbound_nat_rules[i];
             let applied = inbound_nat_rule(config, i);
-            ("inbound_nat_rule", &rule.name, rule.protocol, applied)
+            ("inbound_nat_rule", &rule.name, rule.protocol, applied, None)
         }))
         .chain((0..config.nat_gateways.len()).map(|i| {
             let gateway = &config.nat_gateways[i];
             let applied = nat_gateway(config, i);
-            ("nat_gateway", &gateway.name, Protocols::All, applied)
+            ("nat_gateway", &gateway.name, Protocols::All, applied, None)
         }))
         .chain((0..config.outbound_rules.len()).map(|i| {
             let rule = &config.outbound_rules[i];
             let applied = outbound_rule(config, i);
-            ("outbound_rule", &rule.name, rule.protocol, applied)
+            let time_wait = time_wait(config, i);
+            (
+                "outbound_rule",
+                &rule.name,
+                rule.protocol,
+                applied,
+                time_wait,
+            )
         }))
-        .map(|(kind, name, protocols, applied)| {
+        .map(|(kind, name, protocols, applied, time_wait)| {
             let udp = &p.udp;
             RuleExplanation {
                 kind,
@@ -370,6 +431,7 @@ pub fn explanation(config: &Config) -> Explanation {
                     expiry: applied.expiry,
                     winner: applied.winner,
                     reason: applied.reason.clone(),
+                    time_wait,
                 }),
                 udp: (protocols != Protocols::Tcp).then(|| UdpIdle {
                     replied: udp.replied,
@@ -432,6 +494,15 @@ pub fn explain(config: &Config) -> String {
                 tcp.expiry,
                 tcp.reason
             );
+            if let Some(t) = &tcp.time_wait {
+                let _ = writeln!(
+                    out,
+                    "{kind} {name}: TIME_WAIT {} (runs {:?})\n    because: {}",
+                    human(t.time_wait),
+                    t.runs,
+                    t.reason
+                );
+            }
         }
         if let Some(udp) = &rule.udp {
             let _ = writeln!(
@@ -571,6 +642,81 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn an_azure_outbound_rule_above_100_min_is_explained_with_the_two_pages_ranges() {
+        // Azure "Outbound rules": 4–120 min; "Load Balancer TCP Reset and Idle Timeout": 4–100.
+        let c = config(None, None, Some("110m"));
+        let text = explain(&c);
+        let line = text
+            .lines()
+            .skip_while(|l| !l.starts_with("outbound_rule egress:"))
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            line.contains("\"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min"),
+            "{text}"
+        );
+        // `--explain --json` serialises this report: the same reason, with the timeout.
+        let e = explanation(&c);
+        let egress = e.rules.iter().find(|r| r.kind == "outbound_rule").unwrap();
+        let tcp = egress.tcp.as_ref().unwrap();
+        assert_eq!(tcp.idle_timeout, Duration::from_secs(6600));
+        assert!(tcp.reason.contains("idlegate enforces 120 min"), "{tcp:?}");
+        // At 100 min both pages agree: no note.
+        let agreed = explain(&config(None, None, Some("100m")));
+        assert!(!agreed.contains("enforces 120 min"), "{agreed}");
+    }
+
+    #[test]
+    fn explain_tells_gcp_nats_time_wait_its_default_and_the_rules_own() {
+        let gcp = |setting: &str| {
+            let text = format!(
+                "profile = \"gcp-nat\"\n[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+                 [[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"192.0.2.11\" }}]\n\
+                 [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n{setting}\n"
+            );
+            Config::from_toml(&text, "test").unwrap()
+        };
+        let c = gcp("");
+        let text = explain(&c);
+        assert!(
+            text.contains("outbound_rule egress: TIME_WAIT 30 s (runs 30s)\n    because: GCP Cloud NAT's default, what a gateway created on or after 30 September 2026 gets"),
+            "{text}"
+        );
+        assert!(text.contains("set time_wait = \"120s\" for it"), "{text}");
+        let e = explanation(&c);
+        let t = e.rules[0].tcp.as_ref().unwrap().time_wait.as_ref().unwrap();
+        assert_eq!(
+            (t.time_wait, t.winner),
+            (Duration::from_secs(30), Winner::ProfileDefault)
+        );
+        let e = explanation(&gcp("time_wait = \"120s\""));
+        let t = e.rules[0].tcp.as_ref().unwrap().time_wait.as_ref().unwrap();
+        assert_eq!(
+            (t.time_wait, t.winner),
+            (Duration::from_secs(120), Winner::Rule)
+        );
+        // Where TIME_WAIT cannot be set, the explanation has none.
+        let e = explanation(&config(None, None, None));
+        assert!(e
+            .rules
+            .iter()
+            .all(|r| r.tcp.as_ref().unwrap().time_wait.is_none()));
+    }
+
+    #[test]
+    fn an_azure_outbound_rule_above_120_min_is_refused_naming_both_pages() {
+        let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+             [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+             [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"121m\"\n";
+        let err = Config::from_toml(text, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("idle_timeout = 121m is above Azure LB's maximum of 120 min (Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,9 +8,11 @@
 use crate::model::expiry::Expiry;
 use std::time::Duration;
 
+mod azure;
 mod example;
 mod sources;
 
+pub use azure::{AZURE_APPSERVICE, AZURE_FIREWALL, AZURE_FIREWALL_EAST_WEST};
 pub use example::example_config;
 
 /// A configurable timeout: its default and the range the vendor accepts.
@@ -44,6 +46,10 @@ pub struct Profile {
     /// Timeouts of TCP flows that are not established: handshake, closing (FIN) and closed
     /// (RST).
     pub tcp: TcpTimers,
+    /// The range an outbound rule's `time_wait` may set TIME_WAIT to, where the vendor lets it
+    /// be set (`tcp.time_wait` is its default). Where it may, the port's hold after a FIN
+    /// follows it too.
+    pub time_wait_range: Option<TimeoutRange>,
     /// Which segments may open a flow.
     pub pickup: PickupPolicy,
     /// Which packets keep a flow alive.
@@ -276,8 +282,10 @@ pub struct SnatPolicy {
     pub ports_per_frontend: u32,
     /// How long a port is held before reuse after its flow ended with a FIN...
     pub hold_after_fin: Duration,
-    /// ... and after a RST (or an idle expiry, which Azure does not document separately).
+    /// ... after a RST, or a handshake forgotten half-open ...
     pub hold_after_rst: Duration,
+    /// ... and after its open flow was forgotten at its idle timeout, counted from the expiry.
+    pub hold_after_idle: Duration,
 }
 
 /// How SNAT ports are shared among the members behind a frontend.
@@ -309,7 +317,10 @@ const fn minutes(m: u64) -> Duration {
 /// - LB rules and inbound NAT rules: idle timeout 4 min by default, configurable 4–100 min
 ///   ("Configure load balancer TCP reset and idle timeout"; older API docs say 4–30 min, the
 ///   newest page is taken: Azure "Load Balancer TCP Reset and Idle Timeout").
-/// - Outbound rules: 4 min default, 4–120 min ("Outbound rules" docs; some pages say 100).
+/// - Outbound rules: 4 min default, 4–120 min (Azure "Outbound rules",
+///   <https://learn.microsoft.com/en-us/azure/load-balancer/outbound-rules>). Azure's "Load
+///   Balancer TCP Reset and Idle Timeout" says 4–100 min: idlegate enforces 120, and says so in
+///   the error above 120 min and in `--explain` above 100 min ([`AZURE_OUTBOUND_MAXIMUM`]).
 /// - Frontend (public IP address) idle timeout: 4 min default, 4–30 min (the public IP
 ///   address resource's `idleTimeoutInMinutes`); it beats the LB rule's for inbound flows
 ///   ("Load Balancer TCP Reset and Idle Timeout", "Order of precedence"). Its outbound idle timeout is locked at 4 min.
@@ -319,8 +330,10 @@ const fn minutes(m: u64) -> Duration {
 /// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
 ///   allocated per member in multiples of 8; 1,024 per member by default (pools of up to 50);
 ///   a port is held 240 s after a FIN and 15 s after a RST before reuse. A flow forgotten at
-///   its idle timeout holds its port like a RST, counted from the expiry: Azure documents no
-///   separate figure.
+///   its idle timeout gives its port back at once: the port is released when the idle timeout
+///   is reached (Azure "Source Network Address Translation (SNAT) for outbound connections",
+///   <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-outbound-connections>).
+///   A handshake forgotten half-open (idlegate's 30 s, below) holds its port like a RST.
 /// - UDP: the configurable idle timeout does not apply to UDP rules ("Load Balancer TCP Reset and
 ///   Idle Timeout", "Limitations").
 ///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
@@ -351,6 +364,7 @@ pub static AZURE_LB: Profile = Profile {
     public_ip_outbound_idle: Some(minutes(4)),
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -362,6 +376,7 @@ pub static AZURE_LB: Profile = Profile {
         ports_per_frontend: 64_000,
         hold_after_fin: Duration::from_secs(240),
         hold_after_rst: Duration::from_secs(15),
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -385,7 +400,9 @@ const fn fixed(d: Duration) -> TimeoutRange {
 /// - At expiry: silent, then a RST to the next sender.
 /// - Half-open (SYN only) 30 s, used for every transitory state: the docs give no other.
 /// - A port is reused 65 s after a FIN, 16 s after a RST; ports are allocated on demand from
-///   the public IP's range, not in fixed blocks per VM.
+///   the public IP's range, not in fixed blocks per VM. After an idle expiry: NAT Gateway's
+///   pages give no figure of their own; idlegate holds the port 16 s as after a RST, because
+///   its remote, which saw no close, may still hold the old connection.
 /// - UDP idle timeout 4 min, fixed.
 /// - IPv4 fragments: dropped ("Troubleshoot Azure NAT Gateway connectivity": "NAT gateway does
 ///   not support IP fragmentation").
@@ -404,6 +421,7 @@ pub static AZURE_NATGW: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -415,6 +433,7 @@ pub static AZURE_NATGW: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::from_secs(65),
         hold_after_rst: Duration::from_secs(16),
+        hold_after_idle: Duration::from_secs(16),
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -445,6 +464,7 @@ pub static AWS_NLB: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -477,6 +497,7 @@ pub static AWS_NATGW: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::InsideOnly,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::ForwardUdp,
@@ -488,6 +509,7 @@ pub static AWS_NATGW: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::ZERO,
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(350),
@@ -500,11 +522,18 @@ pub static AWS_NATGW: Profile = Profile {
 /// - Outbound only. TCP established idle timeout 1200 s (20 min) by default; GCP lets it be
 ///   set, idlegate accepts 30 s–24 h.
 /// - At expiry: silent.
-/// - Transitory (SYN, FIN) 30 s; TIME_WAIT 120 s, which idlegate applies both to the flow
-///   after its last ACK and as the hold of its port after a FIN; UDP 30 s. (Cloud NAT's
-///   release notes of 31 March 2026 announce a 30 s TIME_WAIT default for gateways created
-///   from 30 September 2026; gateways made before keep 120 s, the figure used here.)
-/// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`).
+/// - Transitory (SYN, FIN) 30 s; UDP 30 s.
+/// - TIME_WAIT 30 s by default, which idlegate applies both to the flow after its last ACK and
+///   as the hold of its port after a FIN. Cloud NAT's release notes of 31 March 2026
+///   (<https://cloud.google.com/nat/docs/release-notes>) announce that gateways created on or
+///   after 30 September 2026 get a 30 s default (from 30 June, 30 or 120 s by region), while
+///   gateways created before keep 120 s and a custom value stays. The default here is what a
+///   gateway created today gets; an outbound rule's `time_wait` sets another (`"120s"` for a
+///   gateway made before), as `tcpTimeWaitTimeoutSec` (`--tcp-time-wait-timeout`) does. Google
+///   documents no range found: idlegate accepts 1 s–24 h, the established timeout's maximum.
+/// - Ports: each VM gets a minimum of 64 (Cloud NAT's default `minPortsPerVm`). After a RST
+///   or an idle expiry the port is free again at once: Google documents no hold but TIME_WAIT's,
+///   which follows a FIN.
 /// - IPv4 fragments: GCP documents nothing found; idlegate forwards them.
 pub static GCP_NAT: Profile = Profile {
     name: "gcp-nat",
@@ -520,10 +549,12 @@ pub static GCP_NAT: Profile = Profile {
     frontend_idle: None,
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
-    tcp: TcpTimers {
-        time_wait: Duration::from_secs(120),
-        ..TcpTimers::transitory(Duration::from_secs(30))
-    },
+    tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: Some(TimeoutRange {
+        default: Duration::from_secs(30),
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(86_400),
+    }),
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -533,8 +564,9 @@ pub static GCP_NAT: Profile = Profile {
         ports_per_member: 64,
         ports_per_member_step: 1,
         ports_per_frontend: 64_512,
-        hold_after_fin: Duration::from_secs(120),
+        hold_after_fin: Duration::from_secs(30),
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(30),
@@ -548,7 +580,8 @@ pub static GCP_NAT: Profile = Profile {
 /// - Outbound only. Idle timeout 4 min, fixed: outbound SNAT's timeout "is set to 4
 ///   minutes, and cannot be adjusted" (Azure "TCP settings for Azure VMs"). Silent.
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
-///   after FIN, 15 s after RST), multiples of 8 as Azure allocates them.
+///   after FIN, 15 s after RST, released at once at an idle expiry: the same SNAT page),
+///   multiples of 8 as Azure allocates them.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
 /// - IPv4 fragments: not documented for default outbound access; dropped as Azure LB drops them.
 pub static AZURE_SNAT: Profile = Profile {
@@ -562,6 +595,7 @@ pub static AZURE_SNAT: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
@@ -573,42 +607,7 @@ pub static AZURE_SNAT: Profile = Profile {
         ports_per_frontend: 64_000,
         hold_after_fin: Duration::from_secs(240),
         hold_after_rst: Duration::from_secs(15),
-    },
-    udp: UdpTimeouts {
-        unreplied: minutes(4),
-        replied: minutes(4),
-    },
-};
-
-/// Azure Firewall (Azure Firewall FAQ).
-///
-/// - DNAT (inbound) and SNAT (outbound) rules. TCP idle timeout 4 min, not configurable.
-/// - At expiry: a RST to both endpoints.
-/// - Transitory and UDP: not documented here; idlegate uses 30 s and 4 min. SNAT port limits
-///   are not modelled: ports are lent on demand from the frontend's range.
-/// - IPv4 fragments: Azure documents nothing found; idlegate forwards them.
-pub static AZURE_FIREWALL: Profile = Profile {
-    name: "azure-firewall",
-    title: "Azure Firewall",
-    sources: sources::AZURE_FIREWALL_SOURCES,
-    rules: Rules::InboundAndOutbound,
-    lb_rule_idle: fixed(minutes(4)),
-    outbound_rule_idle: fixed(minutes(4)),
-    frontend_idle: None,
-    public_ip_outbound_idle: None,
-    reset_on_next: ResetTarget::Sender,
-    tcp: TcpTimers::transitory(Duration::from_secs(30)),
-    pickup: SYN_ONLY,
-    refresh: Refresh::AnyPacket,
-    fragments: Fragments::Forward,
-    default_expiry: Expiry::Reset,
-    snat: SnatPolicy {
-        allocation: Allocation::Shared,
-        ports_per_member: 0,
-        ports_per_member_step: 1,
-        ports_per_frontend: 64_512,
-        hold_after_fin: Duration::ZERO,
-        hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -640,6 +639,7 @@ pub static RFC5382: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(minutes(4)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -651,6 +651,7 @@ pub static RFC5382: Profile = Profile {
         ports_per_frontend: 64_512,
         hold_after_fin: Duration::ZERO,
         hold_after_rst: Duration::ZERO,
+        hold_after_idle: Duration::ZERO,
     },
     udp: UdpTimeouts {
         unreplied: minutes(2),
@@ -681,6 +682,7 @@ const MASQUERADE: SnatPolicy = SnatPolicy {
     ports_per_frontend: 64_512,
     hold_after_fin: Duration::ZERO,
     hold_after_rst: Duration::ZERO,
+    hold_after_idle: Duration::ZERO,
 };
 
 /// Linux netfilter connection tracking with NAT (nftables or iptables `dnat` and `masquerade`),
@@ -755,6 +757,7 @@ const CONNTRACK: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: CONNTRACK_TCP,
+    time_wait_range: None,
     pickup: PickupPolicy {
         default: Pickup::Loose,
         knob: PickupKnob::Sysctl,
@@ -796,6 +799,7 @@ pub static IPVS: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: CONNTRACK_TCP,
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -827,6 +831,7 @@ pub static GCP_FIREWALL: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
@@ -866,6 +871,7 @@ pub static AWS_ALB: Profile = Profile {
     public_ip_outbound_idle: None,
     reset_on_next: ResetTarget::Sender,
     tcp: TcpTimers::transitory(Duration::from_secs(30)),
+    time_wait_range: None,
     pickup: SYN_ONLY,
     refresh: Refresh::DataOnly,
     fragments: Fragments::Forward,
@@ -885,14 +891,17 @@ const NO_SNAT: SnatPolicy = SnatPolicy {
     ports_per_frontend: 0,
     hold_after_fin: Duration::ZERO,
     hold_after_rst: Duration::ZERO,
+    hold_after_idle: Duration::ZERO,
 };
 
 /// Every profile idlegate knows.
-pub static ALL: [&Profile; 13] = [
+pub static ALL: [&Profile; 15] = [
     &AZURE_LB,
     &AZURE_SNAT,
     &AZURE_NATGW,
+    &AZURE_APPSERVICE,
     &AZURE_FIREWALL,
+    &AZURE_FIREWALL_EAST_WEST,
     &AWS_NLB,
     &AWS_NATGW,
     &AWS_ALB,
@@ -934,6 +943,14 @@ pub fn max_time_scale(profile: &Profile) -> u32 {
     u32::try_from(shortest_timer(profile).as_millis() / MIN_SCALED_TIMER.as_millis())
         .unwrap_or(u32::MAX)
 }
+
+/// Azure's two pages disagree on an outbound rule's maximum: what idlegate enforces, and why,
+/// for the config's error and `--explain`.
+pub const AZURE_OUTBOUND_MAXIMUM: &str = "Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's";
+
+/// Above this an Azure LB outbound rule is within one Azure page's range and outside the
+/// other's ([`AZURE_OUTBOUND_MAXIMUM`]).
+pub const AZURE_OUTBOUND_DISPUTED_ABOVE: Duration = minutes(100);
 
 /// The profile used when a config names none.
 pub fn default_profile() -> &'static Profile {

@@ -3,7 +3,8 @@
 //! Each frontend address has one [`SnatPorts`]. As on Azure, every member owns a fixed block of
 //! `ports_per_member` ports of that frontend, so one busy member exhausts its own block and no
 //! other's. A port is lent to exactly one flow at a time. When the flow ends the port is *held*
-//! before it can be lent again (Azure LB: 240 s after a FIN, 15 s after a RST), so a remote that
+//! before it can be lent again (Azure LB: 240 s after a FIN, 15 s after a RST, none after an idle
+//! expiry), so a remote that
 //! still remembers the old connection never sees the port reused too soon; held ports return to
 //! the free list lazily, when their member next asks for one. Free ports are lent oldest first.
 //! All storage is allocated up front.
@@ -18,8 +19,10 @@ use std::net::Ipv4Addr;
 pub enum Ending {
     /// Closed with FIN.
     Fin,
-    /// Reset, or forgotten at its idle timeout.
+    /// Reset, or forgotten before it was established.
     Rst,
+    /// Forgotten at its idle timeout while open (established, or a UDP flow).
+    Idle,
 }
 
 /// How long a port is held after each kind of ending, in ticks.
@@ -27,6 +30,7 @@ pub enum Ending {
 pub struct Holds {
     pub after_fin: Tick,
     pub after_rst: Tick,
+    pub after_idle: Tick,
 }
 
 /// One member's block of ports.
@@ -178,6 +182,8 @@ impl<A: Copy + Eq + Hash> SnatPorts<A> {
         let (held, until) = match ending {
             Ending::Fin => (&mut block.held_fin, ended + self.holds.after_fin),
             Ending::Rst => (&mut block.held_rst, ended + self.holds.after_rst),
+            // Kept with the RST holds: the queue stays ordered by the tick each comes free.
+            Ending::Idle => (&mut block.held_rst, ended + self.holds.after_idle),
         };
         // Kept in order of release, so `allocate` need only look at the front: flows end at
         // their last packet or at their expiry, which are not always in order.
@@ -261,6 +267,7 @@ mod tests {
     const HOLDS: Holds = Holds {
         after_fin: 240,
         after_rst: 15,
+        after_idle: 0,
     };
 
     #[test]

@@ -93,6 +93,9 @@ fn facts(p: &Profile) -> Vec<(&'static str, String)> {
         ));
     }
     out.push(("TCP not established (SYN, FIN, RST)", p.tcp.summary()));
+    if let Some(r) = &p.time_wait_range {
+        out.push(("TIME_WAIT (outbound_rule time_wait)", range(r)));
+    }
     if p.pickup.default == profile::Pickup::Loose {
         let configurable = if p.pickup.knob == profile::PickupKnob::Sysctl {
             " (loose_pickup = false turns it off)"
@@ -118,7 +121,7 @@ fn facts(p: &Profile) -> Vec<(&'static str, String)> {
     out.push(("at expiry, by default", expiry(p)));
     if p.rules.outbound() {
         out.push(("SNAT ports", snat_ports(p)));
-        out.push(("SNAT port held after FIN / RST", holds(p)));
+        out.push(("SNAT port held after FIN / RST / idle", holds(p)));
     }
     out
 }
@@ -135,9 +138,10 @@ fn expiry(p: &Profile) -> String {
 
 fn holds(p: &Profile) -> String {
     format!(
-        "{} / {}",
+        "{} / {} / {}",
         human(p.snat.hold_after_fin),
-        human(p.snat.hold_after_rst)
+        human(p.snat.hold_after_rst),
+        human(p.snat.hold_after_idle)
     )
 }
 
@@ -241,6 +245,7 @@ struct SnatJson {
     ports_per_frontend: u32,
     hold_after_fin_s: f64,
     hold_after_rst_s: f64,
+    hold_after_idle_s: f64,
 }
 
 #[derive(Serialize)]
@@ -257,6 +262,8 @@ struct ProfileJson {
     lb_rule_idle_s: Option<RangeJson>,
     outbound_rule_idle_s: Option<RangeJson>,
     frontend_idle_s: Option<RangeJson>,
+    /// TIME_WAIT where an outbound rule's `time_wait` may set it.
+    time_wait_s: Option<RangeJson>,
     public_ip_outbound_idle_s: Option<f64>,
     tcp_not_established_s: TcpJson,
     udp_unreplied_s: f64,
@@ -293,6 +300,7 @@ fn profile_json(p: &Profile) -> ProfileJson {
             .outbound()
             .then(|| RangeJson::of(&p.outbound_rule_idle)),
         frontend_idle_s: p.frontend_idle.as_ref().map(RangeJson::of),
+        time_wait_s: p.time_wait_range.as_ref().map(RangeJson::of),
         public_ip_outbound_idle_s: p.public_ip_outbound_idle.map(secs),
         tcp_not_established_s: TcpJson {
             syn_sent: secs(t.syn_sent),
@@ -335,6 +343,7 @@ fn profile_json(p: &Profile) -> ProfileJson {
             ports_per_frontend: p.snat.ports_per_frontend,
             hold_after_fin_s: secs(p.snat.hold_after_fin),
             hold_after_rst_s: secs(p.snat.hold_after_rst),
+            hold_after_idle_s: secs(p.snat.hold_after_idle),
         }),
         sources: p
             .sources

@@ -20,9 +20,10 @@ const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
 const WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every profile's name, as the hint of an unknown profile lists them.
-const ALL_PROFILES: &str = "azure-lb, azure-snat, azure-natgw, azure-firewall, aws-nlb, \
-                            aws-natgw, aws-alb, gcp-nat, gcp-firewall, linux-conntrack, \
-                            kube-proxy, ipvs, rfc5382 (`idlegate profiles` shows their timers)";
+const ALL_PROFILES: &str = "azure-lb, azure-snat, azure-natgw, azure-appservice, \
+                            azure-firewall, azure-firewall-east-west, aws-nlb, aws-natgw, \
+                            aws-alb, gcp-nat, gcp-firewall, linux-conntrack, kube-proxy, ipvs, \
+                            rfc5382 (`idlegate profiles` shows their timers)";
 
 /// A command with a bad input and what it must say.
 struct Case {

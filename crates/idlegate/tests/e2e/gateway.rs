@@ -234,7 +234,7 @@ ports_per_member = 8
 "#;
 
 /// An echo server on `port` in the current namespace, until `stop`.
-fn echo_server(
+pub(crate) fn echo_server(
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
@@ -282,7 +282,7 @@ fn echo_server(
     Ok(())
 }
 
-fn echoes(conn: &mut std::net::TcpStream) -> bool {
+pub(crate) fn echoes(conn: &mut std::net::TcpStream) -> bool {
     use std::io::{Read, Write};
     let mut buf = [0u8; 1];
     conn.set_read_timeout(Some(Duration::from_secs(3))).is_ok()
@@ -784,12 +784,28 @@ fn azure_default_outbound_access_forgets_an_idle_flow_silently_after_4_min() {
 
 #[test]
 fn azure_firewall_resets_both_ends_of_an_idle_flow() {
-    // Azure Firewall FAQ: 4 min, then a RST to both endpoints.
+    // Azure "Understanding Azure Firewall TCP session management": north-south 4 min, then a
+    // RST to both endpoints.
     let report = profile_demo("azure-firewall");
     assert_eq!(
         plain_fate(&report),
         (vec!["a", "b"], Some("ECONNRESET"), Some("ECONNRESET"))
     );
+}
+
+#[test]
+fn azure_firewall_east_west_forgets_an_idle_flow_after_5_min_and_tells_no_one() {
+    // Same page: east-west 5 min fixed, and no RST: "c" is lost and neither end is told.
+    let report = profile_demo("azure-firewall-east-west");
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
+}
+
+#[test]
+fn azure_app_service_outbound_forgets_an_idle_flow_silently_after_4_min() {
+    // Azure "Troubleshooting intermittent outbound connection errors in Azure App Service":
+    // Azure's outbound SNAT, 4 min, silent.
+    let report = profile_demo("azure-appservice");
+    assert_eq!(plain_fate(&report), (vec!["a", "b"], None, None));
 }
 
 #[test]

@@ -89,3 +89,42 @@ fn explain_json_gives_every_rule_its_timeout_expiry_and_winner() {
     assert_eq!(rule("app-with-reset")["tcp"]["expiry"], "reset");
     assert_eq!(rule("egress")["kind"], "outbound_rule");
 }
+
+#[test]
+fn explain_json_gives_a_gcp_nat_rule_its_time_wait_and_an_azure_rule_above_100_min_a_note() {
+    let dir = std::env::temp_dir().join(common::unique("tw"));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("writing a config");
+        path.display().to_string()
+    };
+    let rule = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+                [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n";
+    let gcp = write(
+        "gcp.toml",
+        &format!("profile = \"gcp-nat\"\n{rule}time_wait = \"120s\"\n"),
+    );
+    let azure = write(
+        "azure.toml",
+        &format!("profile = \"azure-lb\"\n{rule}idle_timeout = \"110m\"\n"),
+    );
+    let gcp = json_of(&["gateway", "--explain", "--json", "--config", &gcp]);
+    let azure = json_of(&["gateway", "--explain", "--json", "--config", &azure]);
+    let _ = std::fs::remove_dir_all(&dir);
+    // Cloud NAT: the rule's own TIME_WAIT (a gateway created before 30 September 2026).
+    let time_wait = &gcp["rules"][0]["tcp"]["time_wait"];
+    assert_eq!(time_wait["time_wait_s"], 120.0, "{gcp}");
+    assert_eq!(time_wait["winner"], "rule");
+    // Azure: above 100 min an outbound rule is within one page's range and outside the other's.
+    let tcp = &azure["rules"][0]["tcp"];
+    assert_eq!(tcp["idle_timeout_s"], 6600.0, "{azure}");
+    assert!(
+        tcp["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("page says 4–100 min; idlegate enforces 120 min")),
+        "{azure}"
+    );
+    assert!(tcp.get("time_wait").is_none(), "{azure}");
+}

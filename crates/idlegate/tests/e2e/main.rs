@@ -11,6 +11,7 @@
 
 mod common;
 
+mod appservice;
 mod audit;
 mod audit_prometheus;
 mod cli;

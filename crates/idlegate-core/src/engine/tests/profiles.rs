@@ -256,3 +256,188 @@ fn a_syn_in_a_closing_state_other_than_time_wait_changes_nothing() {
     h.send(&mut client, FRONTEND_7000, TcpFlags::SYN, 0, b"");
     assert_eq!(only_state(&h), FlowState::CloseWait);
 }
+
+/// The RSTs the gateway sent, by the interface each left on.
+fn rsts_sent(h: &Harness) -> Vec<Interface> {
+    h.sent
+        .iter()
+        .filter(|(_, p)| {
+            Headers::<SocketAddrV4>::parse(p)
+                .ok()
+                .and_then(|hd| hd.tcp)
+                .is_some_and(|seg| seg.flags.rst())
+        })
+        .map(|(iface, _)| *iface)
+        .collect()
+}
+
+#[test]
+fn azure_firewall_north_south_resets_both_ends_of_an_idle_flow_at_4_min() {
+    // Azure "Understanding Azure Firewall TCP session management": north-south 4 min by
+    // default, a RST to both ends at expiry.
+    let mut h = Harness::with(profile_config("azure-firewall", "4m", ""));
+    h.connect_inbound(40_000);
+    h.connect_outbound(33_000);
+    h.advance_to(239_999);
+    assert_eq!(h.engine.flow_count(), 2);
+    h.advance_to(240_000);
+    assert_eq!(h.engine.flow_count(), 0);
+    assert_eq!(
+        h.expired(),
+        vec![(240_000, Expiry::Reset), (240_000, Expiry::Reset)]
+    );
+    let mut rsts = rsts_sent(&h);
+    rsts.sort_by_key(|i| *i == Interface::Inside);
+    assert_eq!(
+        rsts,
+        vec![
+            Interface::Outside,
+            Interface::Outside,
+            Interface::Inside,
+            Interface::Inside
+        ]
+    );
+}
+
+#[test]
+fn azure_firewall_east_west_forgets_an_idle_flow_at_5_min_without_a_rst() {
+    // Same page: east-west fixed at 5 min, and no RST: both ends keep the connection.
+    let mut h = Harness::with(profile_config("azure-firewall-east-west", "5m", ""));
+    let (mut client, server) = h.connect_inbound(40_000);
+    h.connect_outbound(33_000);
+    h.advance_to(299_999);
+    assert_eq!(h.engine.flow_count(), 2);
+    h.advance_to(300_000);
+    assert_eq!(h.engine.flow_count(), 0);
+    assert_eq!(
+        h.expired(),
+        vec![(300_000, Expiry::Silent), (300_000, Expiry::Silent)]
+    );
+    assert!(h.sent.is_empty(), "nothing sent: {:?}", h.sent);
+    // The client's next segment meets no flow and is dropped, unanswered.
+    let (v, _) = h.send(
+        &mut client,
+        FRONTEND_7000,
+        TcpFlags::ACK,
+        server.snd_nxt,
+        b"late",
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoFlow));
+    assert!(h.sent.is_empty());
+}
+
+#[test]
+fn azure_firewall_east_west_refuses_any_idle_timeout_but_5_min() {
+    let text = format!(
+        r#"profile = "azure-firewall-east-west"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ONE_VM}]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+idle_timeout = "15m"
+"#
+    );
+    let err = Config::from_toml(&text, "ew.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("Azure Firewall (east-west)'s idle timeout is fixed at 5 min"),
+        "{err}"
+    );
+}
+
+/// A gcp-nat config: one member, one outbound rule with `setting` (e.g. `time_wait = "120s"`).
+fn gcp_nat_config(setting: &str) -> Config {
+    let text = format!(
+        r#"profile = "gcp-nat"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ONE_VM}]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+{setting}
+"#
+    );
+    Config::from_toml(&text, "gcp.toml").unwrap()
+}
+
+/// Closes an outbound connection with FINs both ways; returns how long its flow then lives in
+/// TIME_WAIT.
+fn time_wait_of(h: &mut Harness) -> u64 {
+    let (mut vm, mut server, _, public) = h.connect_outbound(33_000);
+    h.send(
+        &mut vm,
+        server.addr,
+        TcpFlags::FIN | TcpFlags::ACK,
+        server.snd_nxt,
+        b"",
+    );
+    h.send(&mut server, public, TcpFlags::ACK, vm.snd_nxt, b"");
+    h.send(
+        &mut server,
+        public,
+        TcpFlags::FIN | TcpFlags::ACK,
+        vm.snd_nxt,
+        b"",
+    );
+    h.send(&mut vm, server.addr, TcpFlags::ACK, server.snd_nxt, b"");
+    assert_eq!(only_state(h), FlowState::TimeWait);
+    let start = h.now;
+    while h.engine.flow_count() > 0 {
+        h.advance_to(h.now + 1_000);
+    }
+    h.now - start
+}
+
+#[test]
+fn gcp_nat_time_wait_is_30_s_by_default_and_a_rules_time_wait_sets_it() {
+    // Cloud NAT release notes, 31 March 2026: gateways created from 30 September 2026 get a
+    // 30 s TIME_WAIT; those created before keep 120 s; `tcpTimeWaitTimeoutSec` sets it.
+    let mut h = Harness::with(gcp_nat_config(""));
+    assert_eq!(time_wait_of(&mut h), 30_000);
+    let mut h = Harness::with(gcp_nat_config(r#"time_wait = "120s""#));
+    assert_eq!(time_wait_of(&mut h), 120_000);
+}
+
+#[test]
+fn time_wait_is_refused_where_the_profile_cannot_set_it_and_outside_gcps_range() {
+    let text = format!(
+        r#"profile = "azure-lb"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[backend_pool]]
+name = "vms"
+members = [{ONE_VM}]
+[[outbound_rule]]
+name = "egress"
+frontend = "public"
+backend_pool = "vms"
+time_wait = "60s"
+"#
+    );
+    let err = Config::from_toml(&text, "lb.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("time_wait = \"60s\": Azure LB's TIME_WAIT is not configurable (it is 30 s); only gcp-nat lets a rule set it"),
+        "{err}"
+    );
+    let text = text
+        .replace("azure-lb", "gcp-nat")
+        .replace("\"60s\"", "\"2d\"");
+    let err = Config::from_toml(&text, "gcp.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("time_wait = 2d is outside GCP Cloud NAT's TIME_WAIT range of 1 s–24 h"),
+        "{err}"
+    );
+}

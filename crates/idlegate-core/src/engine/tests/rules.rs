@@ -342,3 +342,34 @@ expiry = "reset-on-next"
         (Interface::Outside, ep(FRONTEND, 50101), stray.addr)
     );
 }
+
+#[test]
+fn after_an_idle_expiry_under_azure_lb_the_members_next_connection_takes_the_port_at_once() {
+    // Azure "SNAT for outbound connections": the port is released when the idle timeout is
+    // reached; no hold, unlike after a RST (15 s) or a FIN (240 s).
+    let mut config = config("silent", TWO_VMS);
+    config.outbound_rules[0].ports_per_member = 8;
+    let mut h = Harness::with(config);
+    let mut ports = Vec::new();
+    for i in 0..8 {
+        let (_, _, v, public) = h.connect_outbound(31_000 + i);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        ports.push(public.port());
+    }
+    let mut ninth = Peer {
+        addr: ep(VM1, 31_100),
+        iface: Interface::Inside,
+        snd_nxt: 5,
+    };
+    let (v, _) = h.send(&mut ninth, ep(CLIENT, 8_000), TcpFlags::SYN, 0, b"");
+    assert_eq!(v, Verdict::Drop(DropReason::PortExhausted));
+    // Every established flow is forgotten at its idle timeout, and its port is free that instant.
+    h.advance_to(IDLE_MS);
+    assert_eq!(h.engine.flow_count(), 0);
+    let (_, _, v, public) = h.connect_outbound(31_200);
+    assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+    assert!(
+        ports.contains(&public.port()),
+        "{public} is one of {ports:?}"
+    );
+}

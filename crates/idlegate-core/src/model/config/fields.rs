@@ -314,3 +314,43 @@ pub(super) fn timeout(
     }
     Ok(d)
 }
+
+/// An outbound rule's `time_wait`: refused where the profile's TIME_WAIT cannot be set, else
+/// parsed and checked against its range.
+pub(super) fn time_wait(
+    t: Option<&S<String>>,
+    profile: &Profile,
+) -> Result<Option<Duration>, Invalid> {
+    let Some(t) = t else { return Ok(None) };
+    let text = t.get_ref();
+    let Some(range) = profile.time_wait_range else {
+        let settable: Vec<&str> = crate::model::profile::ALL
+            .iter()
+            .filter(|p| p.time_wait_range.is_some())
+            .map(|p| p.name)
+            .collect();
+        let message = format!(
+            "time_wait = \"{text}\": {}'s TIME_WAIT is not configurable (it is {}); only {} lets a rule set it",
+            profile.title,
+            human(profile.tcp.time_wait),
+            settable.join(", ")
+        );
+        return invalid(t.span(), message);
+    };
+    let d = humantime::parse_duration(text).or_else(|_| {
+        invalid(
+            t.span(),
+            format!("time_wait = \"{text}\" is not a duration (write e.g. \"30s\", \"2m\")"),
+        )
+    })?;
+    if d < range.min || d > range.max {
+        let message = format!(
+            "time_wait = {text} is outside {}'s TIME_WAIT range of {}–{}",
+            profile.title,
+            human(range.min),
+            human(range.max)
+        );
+        return invalid(t.span(), message);
+    }
+    Ok(Some(d))
+}

@@ -219,6 +219,16 @@ pub struct OutboundRule {
     /// SNAT ports each member of the pool owns on the frontend.
     pub ports_per_member: u16,
     pub idle: Idle,
+    /// The rule's own `time_wait`, where the profile lets TIME_WAIT be set; `None`: the
+    /// profile's.
+    pub time_wait: Option<Duration>,
+}
+
+impl OutboundRule {
+    /// The TIME_WAIT its TCP flows get: its own, or `profile`'s.
+    pub fn time_wait(&self, profile: &Profile) -> Duration {
+        self.time_wait.unwrap_or(profile.tcp.time_wait)
+    }
 }
 
 impl Config {

@@ -95,4 +95,5 @@ pub(super) struct RawOutboundRule {
     pub(super) ports_per_member: Option<S<u32>>,
     pub(super) idle_timeout: Option<S<String>>,
     pub(super) expiry: Option<S<String>>,
+    pub(super) time_wait: Option<S<String>>,
 }

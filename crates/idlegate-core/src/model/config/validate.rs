@@ -445,14 +445,31 @@ impl Validator {
             return invalid(r.backend_pool.span(), format!("backend_pool \"{}\" already has outbound_rule \"{}\"; a pool's outbound connections can follow only one", r.backend_pool.get_ref(), other.name));
         }
         let protocol = protocol(r.protocol.as_ref(), Protocols::All)?;
+        let range = &profile.outbound_rule_idle;
         let idle = idle(
             protocol,
             r.idle_timeout.as_ref(),
             r.expiry.as_ref(),
-            &profile.outbound_rule_idle,
+            range,
             profile,
-        )?;
+        )
+        .map_err(|(span, message)| {
+            // Azure LB: above the maximum, say which of Azure's two ranges is enforced.
+            let above = r
+                .idle_timeout
+                .as_ref()
+                .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
+                .is_some_and(|d| d > range.max);
+            match above && profile.name == profile::AZURE_LB.name {
+                true => (
+                    span,
+                    format!("{message} ({})", profile::AZURE_OUTBOUND_MAXIMUM),
+                ),
+                false => (span, message),
+            }
+        })?;
         let ports_per_member = ports_per_member(r.ports_per_member.as_ref(), profile)?;
+        let time_wait = time_wait(r.time_wait.as_ref(), profile)?;
         Ok(OutboundRule {
             name,
             frontend,
@@ -460,6 +477,7 @@ impl Validator {
             protocol,
             ports_per_member,
             idle,
+            time_wait,
         })
     }
 

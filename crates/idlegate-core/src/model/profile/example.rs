@@ -178,6 +178,12 @@ pub fn example_config(profile: &Profile) -> String {
             range(&profile.outbound_rule_idle),
         );
         t.commented(format!("expiry = \"{expiry}\""), expiries.as_str());
+        if let Some(tw) = &profile.time_wait_range {
+            t.commented(
+                format!("time_wait = \"{}\"", config_duration(tw.default)),
+                format!("{}; also the port's hold after a FIN", range(tw)),
+            );
+        }
     }
     t.render()
 }

@@ -44,9 +44,13 @@ const AZURE_VM_TCP_SETTINGS: Source = src(
     "Azure: TCP settings for Azure VMs (Microsoft's azure-docs repository)",
     "https://github.com/MicrosoftDocs/azure-docs/blob/86e7f67bc4419d5f5a5178e834dde3f0adaf7648/includes/guidance-tcp-session-timeout-include.md",
 );
-const AZURE_FIREWALL_FAQ: Source = src(
-    "Azure Firewall FAQ (TCP idle timeout)",
-    "https://learn.microsoft.com/en-us/azure/firewall/firewall-faq",
+const AZURE_FIREWALL_TCP: Source = src(
+    "Azure: Understanding Azure Firewall TCP session management and idle timeout behavior (north-south, east-west)",
+    "https://learn.microsoft.com/en-us/azure/firewall/tcp-session-behavior",
+);
+const AZURE_APPSERVICE_OUTBOUND: Source = src(
+    "Azure: Troubleshooting intermittent outbound connection errors in Azure App Service (SNAT ports)",
+    "https://learn.microsoft.com/en-us/azure/app-service/troubleshoot-intermittent-outbound-connection-errors",
 );
 const AWS_NLB: Source = src(
     "AWS: Update the TCP idle timeout for your Network Load Balancer listener",
@@ -104,7 +108,9 @@ pub(super) const AZURE_SNAT_SOURCES: &[Source] = &[
     AZURE_TCP_RESET,
 ];
 pub(super) const AZURE_NATGW_SOURCES: &[Source] = &[AZURE_NATGW_RESOURCE, AZURE_NATGW_SNAT];
-pub(super) const AZURE_FIREWALL_SOURCES: &[Source] = &[AZURE_FIREWALL_FAQ];
+pub(super) const AZURE_FIREWALL_SOURCES: &[Source] = &[AZURE_FIREWALL_TCP];
+pub(super) const AZURE_APPSERVICE_SOURCES: &[Source] =
+    &[AZURE_APPSERVICE_OUTBOUND, AZURE_SNAT, AZURE_VM_TCP_SETTINGS];
 pub(super) const AWS_NLB_SOURCES: &[Source] = &[AWS_NLB];
 pub(super) const AWS_NATGW_SOURCES: &[Source] = &[AWS_NATGW];
 pub(super) const AWS_ALB_SOURCES: &[Source] = &[AWS_ALB];

@@ -71,7 +71,7 @@ fn profiles_json_holds_every_profile_with_its_figures_and_sources() {
     let doc: serde_json::Value = serde_json::from_str(&listed.stdout)
         .unwrap_or_else(|e| panic!("not JSON: {e}\n{}", listed.stdout));
     let profiles = doc["profiles"].as_array().expect("a profiles array");
-    assert_eq!(profiles.len(), 13, "{}", listed.stdout);
+    assert_eq!(profiles.len(), 15, "{}", listed.stdout);
     let find = |name: &str| {
         profiles
             .iter()
@@ -99,6 +99,29 @@ fn profiles_json_holds_every_profile_with_its_figures_and_sources() {
     assert_eq!(natgw["outbound_rule_idle_s"]["max"], 350.0);
     assert_eq!(natgw["default_expiry"], "reset-on-next");
     assert_eq!(natgw["reset_on_next_to"], "inside-host-only");
+    // Azure "SNAT for outbound connections": when the idle timeout is reached the port is
+    // released; after a RST it is held.
+    assert_eq!(azure["snat"]["hold_after_rst_s"], 15.0);
+    assert_eq!(azure["snat"]["hold_after_idle_s"], 0.0);
+    // App Service: 128 preallocated SNAT ports per instance, 4 min hold after a close.
+    let app = find("azure-appservice");
+    assert_eq!(app["rules"], "outbound-only");
+    assert_eq!(app["snat"]["ports_per_member"], 128);
+    assert_eq!(app["snat"]["hold_after_fin_s"], 240.0);
+    // Azure Firewall: north-south raisable to 15 min with a RST to both; east-west 5 min fixed,
+    // silent.
+    let north_south = find("azure-firewall");
+    assert_eq!(north_south["outbound_rule_idle_s"]["max"], 900.0);
+    assert_eq!(north_south["default_expiry"], "reset");
+    let east_west = find("azure-firewall-east-west");
+    assert_eq!(east_west["outbound_rule_idle_s"]["min"], 300.0);
+    assert_eq!(east_west["outbound_rule_idle_s"]["max"], 300.0);
+    assert_eq!(east_west["default_expiry"], "silent");
+    // GCP Cloud NAT: TIME_WAIT 30 s for gateways created from 30 September 2026, settable.
+    let gcp = find("gcp-nat");
+    assert_eq!(gcp["time_wait_s"]["default"], 30.0);
+    assert_eq!(gcp["snat"]["hold_after_fin_s"], 30.0);
+    assert!(azure["time_wait_s"].is_null());
     // AWS ALB: only data refreshes a flow.
     assert_eq!(find("aws-alb")["refresh"], "data-only");
     for p in profiles {
