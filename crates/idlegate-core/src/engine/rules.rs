@@ -325,7 +325,7 @@ impl<E: Endpoint> Core<E> {
                 idle: ticks(precedence::outbound_rule(config, i).timeout),
                 // The rule's own TIME_WAIT, where the profile lets it be set (GCP Cloud NAT).
                 tcp: TcpTicks {
-                    time_wait: ticks(r.time_wait(config.profile)),
+                    time_wait: racing(r.time_wait(config.profile)),
                     ..tcp
                 },
                 udp,

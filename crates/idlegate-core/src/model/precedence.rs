@@ -337,7 +337,7 @@ fn time_wait(config: &Config, i: usize) -> Option<TimeWait> {
     };
     Some(TimeWait {
         time_wait,
-        runs: config.scaled(time_wait),
+        runs: config.scaled_racing_tcp(time_wait),
         winner,
         reason,
     })
