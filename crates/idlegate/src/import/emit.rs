@@ -44,6 +44,19 @@ impl Out {
         self.lines.push((text, Some(from.clone())));
     }
 
+    /// `key = name  # as <section> refers to it`: a reference to another section (a rule's
+    /// frontend, pool, member), said at the section of the input that makes it.
+    fn reference(&mut self, key: &str, rendered: String, owner: &Origin, _input: &Value) {
+        let text = match owner {
+            Origin::Input(path) => {
+                let section = path.strip_suffix(".name").unwrap_or(path);
+                format!("{key} = {rendered}  # as {section} refers to it")
+            }
+            Origin::Chosen(why) => format!("{key} = {rendered}  # not in the input: {why}"),
+        };
+        self.lines.push((text, Some(owner.clone())));
+    }
+
     fn text(&self) -> String {
         let mut s = String::new();
         for (l, _) in &self.lines {
@@ -361,7 +374,7 @@ pub(super) fn write(
         body.line("[[lb_rule]]");
         let name = rules.give(&r.name.value, "rule");
         body.value("name", quoted(&name), &r.name.from, input);
-        body.value(
+        body.reference(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
             &r.name.from,
@@ -379,7 +392,7 @@ pub(super) fn write(
             &r.frontend_port.from,
             input,
         );
-        body.value(
+        body.reference(
             "backend_pool",
             quoted(&pools.of(&r.backend_pool)),
             &r.name.from,
@@ -401,7 +414,7 @@ pub(super) fn write(
         body.line("[[inbound_nat_rule]]");
         let name = rules.give(&r.name.value, "nat-rule");
         body.value("name", quoted(&name), &r.name.from, input);
-        body.value(
+        body.reference(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
             &r.name.from,
@@ -424,7 +437,7 @@ pub(super) fn write(
                     &frontend_port.from,
                     input,
                 );
-                body.value("member", quoted(&members.of(member)), &r.name.from, input);
+                body.reference("member", quoted(&members.of(member)), &r.name.from, input);
             }
             NatTarget::Range {
                 first_port,
@@ -439,7 +452,7 @@ pub(super) fn write(
                     source(&last_port.from, input)
                 );
                 body.lines.push((text, Some(first_port.from.clone())));
-                body.value(
+                body.reference(
                     "backend_pool",
                     quoted(&pools.of(backend_pool)),
                     &r.name.from,
@@ -463,13 +476,13 @@ pub(super) fn write(
         body.line("[[outbound_rule]]");
         let name = rules.give(&r.name.value, "outbound");
         body.value("name", quoted(&name), &r.name.from, input);
-        body.value(
+        body.reference(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
             &r.name.from,
             input,
         );
-        body.value(
+        body.reference(
             "backend_pool",
             quoted(&pools.of(&r.backend_pool)),
             &r.name.from,
@@ -494,7 +507,7 @@ pub(super) fn write(
         body.line("[[nat_gateway]]");
         let name = rules.give(&g.name.value, "nat-gateway");
         body.value("name", quoted(&name), &g.name.from, input);
-        body.value(
+        body.reference(
             "frontend",
             quoted(&frontends.of(&g.frontend)),
             &g.name.from,
@@ -505,7 +518,7 @@ pub(super) fn write(
             .iter()
             .map(|p| quoted(&pools.of(p)))
             .collect();
-        body.value(
+        body.reference(
             "backend_pools",
             format!("[{}]", list.join(", ")),
             &g.name.from,

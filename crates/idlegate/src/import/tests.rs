@@ -69,8 +69,8 @@ fn the_arm_template_resolves_parameters_variables_and_resource_ids() {
         "name = \"app-frontend\"  # resources[1].properties.frontendIPConfigurations[0].name = \"[variables('frontendName')]\"",
         "idle_timeout = \"10m\"  # resources[0].properties.idleTimeoutInMinutes = 10",
         "idle_timeout = \"15m\"  # resources[1].properties.loadBalancingRules[0].properties.idleTimeoutInMinutes = \"[parameters('ruleIdleMinutes')]\"",
-        "frontend = \"app-frontend\"  # resources[1].properties.loadBalancingRules[0].name = \"app\"",
-        "backend_pool = \"app-pool\"  # resources[1].properties.loadBalancingRules[0].name = \"app\"",
+        "frontend = \"app-frontend\"  # as resources[1].properties.loadBalancingRules[0] refers to it",
+        "backend_pool = \"app-pool\"  # as resources[1].properties.loadBalancingRules[0] refers to it",
     ] {
         assert!(toml.lines().any(|l| l == line), "missing {line:?} in\n{toml}");
     }
@@ -337,7 +337,7 @@ fn the_rest_shape_reads_nic_members_single_nat_rules_and_notes_what_it_cannot_em
     let i = imported(REST_LB);
     let toml = &i.toml;
     for line in [
-        "member = \"vm7-nic\"  # properties.inboundNatRules[0].name = \"rdp\"",
+        "member = \"vm7-nic\"  # as properties.inboundNatRules[0] refers to it",
         "frontend_port = 50001  # properties.inboundNatRules[0].properties.frontendPort = 50001",
         "idle_timeout = \"5m\"  # properties.inboundNatRules[0].properties.idleTimeoutInMinutes = 5",
         "protocol = \"udp\"  # properties.loadBalancingRules[1].properties.protocol = \"Udp\"",
