@@ -25,6 +25,7 @@ mod fragments;
 mod gateway;
 mod hardening;
 mod icmp;
+mod import;
 mod ipv6;
 mod json;
 mod keepalive;
