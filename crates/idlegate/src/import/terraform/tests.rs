@@ -1,0 +1,1 @@
+//! Unit tests of the terraform reader (filled below).
