@@ -17,6 +17,7 @@ use cli::flows::FlowsArgs;
 #[cfg(target_os = "linux")]
 use cli::gateway::GatewayArgs;
 use cli::generate::{CompletionsArgs, ManArgs};
+use cli::import::ImportArgs;
 #[cfg(target_os = "linux")]
 use cli::keepalive::{KeepaliveArgs, RunArgs};
 #[cfg(target_os = "linux")]
@@ -82,6 +83,9 @@ enum Command {
     /// The keepalive settings that keep connections alive through a box: system settings and
     /// library code, each with its source.
     Advise(AdviseArgs),
+    /// Write an idlegate config from a box's own configuration: an ARM template or `az network
+    /// … show` JSON, `terraform show -json`, or Kubernetes Service manifests.
+    Import(ImportArgs),
     /// Write a new tunnel key to FILE (mode 0600) for both ends of a `relay` tunnel pair, or
     /// with --pair an end's own key pair for the per-peer mode.
     #[cfg_attr(windows, command(about = cli::keygen::WINDOWS_ABOUT, after_help = cli::keygen::WINDOWS_KEYS))]
@@ -195,6 +199,7 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Audit(args) => cli::audit::run_audit(&args).map(done),
         #[cfg(target_os = "linux")]
         Command::Run(args) => cli::keepalive::run_watched(&args),
+        Command::Import(args) => cli::import::run(&args).map(done),
         Command::Keygen { file, pair } => cli::keygen::keygen(&file, pair).map(done),
         #[cfg(windows)]
         Command::Service(command) => cli::service::run(command).map(done),

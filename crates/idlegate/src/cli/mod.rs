@@ -13,6 +13,7 @@
 //! | [`keepalive`] | `keepalive`, `run` |
 //! | [`audit`] | `audit` |
 //! | [`advise`] | `advise` |
+//! | [`import`] | `import` (a box's own configuration as a config) |
 //! | [`profiles`] | `profiles`, `profiles show` |
 //! | [`service`] | `service install`, `service uninstall`, `service run` (the Windows build only) |
 //! | [`generate`] | `completions`, `man`: made from these definitions |
@@ -30,6 +31,7 @@ pub mod flows;
 #[cfg(target_os = "linux")]
 pub mod gateway;
 pub mod generate;
+pub mod import;
 #[cfg(target_os = "linux")]
 pub mod keepalive;
 pub mod keygen;

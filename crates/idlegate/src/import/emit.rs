@@ -1,1 +1,585 @@
-//! The writer: a draft rendered as the config's TOML (to be written).
+//! The writer: a [`Draft`] rendered as the config's TOML, then validated.
+//!
+//! Every value is on its own line with a trailing comment naming its source: the path in the
+//! input (and the input's own value there, when the path leads to one), or `not in the input:
+//! <why>` for a value idlegate chose. A header says what was imported, from which file, the
+//! profile and why, and the address mapping (input address or name → lab address: frontends
+//! into 203.0.113.0/24 from .10, members into 192.0.2.0/24 from .11, IPv6 into fd00::/8; a lab
+//! never uses a real public address). Notes are written above their section, what was ignored
+//! at the end.
+//!
+//! The text is then read back with [`Config::from_toml`]; a refused value is said at its path
+//! in the input (the writer keeps which origin each line's value came from), with the
+//! config's own message, which states the allowed bound.
+
+use super::draft::*;
+use super::{Format, ImportError, Imported, Options};
+use idlegate_core::Config;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+/// The rendered lines, each with the origin of the value it carries (if any).
+#[derive(Default)]
+struct Out {
+    lines: Vec<(String, Option<Origin>)>,
+}
+
+impl Out {
+    fn line(&mut self, text: impl Into<String>) {
+        self.lines.push((text.into(), None));
+    }
+
+    fn comment(&mut self, text: &str) {
+        for l in text.lines() {
+            self.lines
+                .push((format!("# {l}").trim_end().to_string(), None));
+        }
+    }
+
+    /// `key = value  # source`.
+    fn value(&mut self, key: &str, rendered: String, from: &Origin, input: &Value) {
+        let text = format!("{key} = {rendered}  # {}", source(from, input));
+        self.lines.push((text, Some(from.clone())));
+    }
+
+    fn text(&self) -> String {
+        let mut s = String::new();
+        for (l, _) in &self.lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// The comment naming where a value came from.
+fn source(from: &Origin, input: &Value) -> String {
+    match from {
+        Origin::Input(path) => match lookup(input, path) {
+            Some(v) => format!("{path} = {}", short(v)),
+            None => path.clone(),
+        },
+        Origin::Chosen(why) => format!("not in the input: {why}"),
+    }
+}
+
+/// A JSON value as one short line.
+fn short(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 60 {
+        let cut: String = s.chars().take(57).collect();
+        format!("{cut}...")
+    } else {
+        s
+    }
+}
+
+/// The value at a JSON path such as `resources[2].properties.x[0]["a.b"]`, if the path is
+/// in that notation and leads somewhere.
+pub(super) fn lookup<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = input;
+    let mut rest = path;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("[\"") {
+            let end = r.find("\"]")?;
+            v = v.get(&r[..end])?;
+            rest = &r[end + 2..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            v = v.get(r[..end].parse::<usize>().ok()?)?;
+            rest = &r[end + 1..];
+        } else {
+            let r = rest.strip_prefix('.').unwrap_or(rest);
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end == 0 {
+                return None;
+            }
+            v = v.get(&r[..end])?;
+            rest = &r[end..];
+        }
+    }
+    Some(v)
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s % 60 == 0 && d.subsec_nanos() == 0 {
+        format!("\"{}m\"", s / 60)
+    } else if d.subsec_nanos() == 0 {
+        format!("\"{s}s\"")
+    } else {
+        format!("\"{}ms\"", d.as_millis())
+    }
+}
+
+fn protocol(p: Protocol) -> String {
+    match p {
+        Protocol::Tcp => "\"tcp\"",
+        Protocol::Udp => "\"udp\"",
+        Protocol::All => "\"all\"",
+    }
+    .to_string()
+}
+
+fn expiry(e: Expiry) -> String {
+    match e {
+        Expiry::Silent => "\"silent\"",
+        Expiry::Reset => "\"reset\"",
+        Expiry::ResetOnNext => "\"reset-on-next\"",
+    }
+    .to_string()
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}
+
+/// Which lab range an address goes to.
+#[derive(Clone, Copy)]
+enum Side {
+    Frontend,
+    Member,
+}
+
+/// Input addresses and names → lab addresses, each input address given one lab address.
+#[derive(Default)]
+struct Mapper {
+    given: HashMap<String, IpAddr>,
+    order: Vec<(String, String)>,
+    next_front: u32,
+    next_member: u32,
+}
+
+impl Mapper {
+    fn map(&mut self, address: &Address, side: Side, what: &str) -> Result<IpAddr, ImportError> {
+        let (key, family) = match address {
+            Address::Ip(ip) => (
+                ip.to_string(),
+                if ip.is_ipv4() { Family::V4 } else { Family::V6 },
+            ),
+            Address::Named { name, family } => (name.clone(), *family),
+        };
+        if let Some(ip) = self.given.get(&key) {
+            return Ok(*ip);
+        }
+        let (counter, base) = match side {
+            Side::Frontend => (&mut self.next_front, 10),
+            Side::Member => (&mut self.next_member, 11),
+        };
+        let n = base + *counter;
+        *counter += 1;
+        if n > 254 {
+            return Err(ImportError::at(
+                "",
+                "more addresses than the lab's documentation range holds (244 frontends or members)",
+            ));
+        }
+        let ip: IpAddr = match (side, family) {
+            (Side::Frontend, Family::V4) => Ipv4Addr::new(203, 0, 113, n as u8).into(),
+            (Side::Member, Family::V4) => Ipv4Addr::new(192, 0, 2, n as u8).into(),
+            (Side::Frontend, Family::V6) => {
+                Ipv6Addr::new(0xfd00, 0, 0x113, 0, 0, 0, 0, n as u16).into()
+            }
+            (Side::Member, Family::V6) => Ipv6Addr::new(0xfd00, 0, 2, 0, 0, 0, 0, n as u16).into(),
+        };
+        self.given.insert(key.clone(), ip);
+        self.order.push((format!("{key} ({what})"), ip.to_string()));
+        Ok(ip)
+    }
+}
+
+/// Names made valid (letters, digits, `-`, `_`, `.`) and unique within their kind; the
+/// references of rules follow the renames.
+#[derive(Default)]
+struct Names {
+    used: HashSet<String>,
+    renamed: HashMap<String, String>,
+}
+
+impl Names {
+    fn give(&mut self, input: &str, fallback: &str) -> String {
+        let mut base: String = input
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if base.is_empty() {
+            base = fallback.to_string();
+        }
+        let mut name = base.clone();
+        let mut n = 2;
+        while !self.used.insert(name.clone()) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        self.renamed
+            .entry(input.to_string())
+            .or_insert(name.clone());
+        name
+    }
+
+    fn of(&self, input: &str) -> String {
+        self.renamed
+            .get(input)
+            .cloned()
+            .unwrap_or_else(|| input.to_string())
+    }
+}
+
+/// Renders `draft`, read from `input` (the parsed file `file_name`), and validates it.
+pub(super) fn write(
+    draft: &Draft,
+    input: &Value,
+    format: Format,
+    file_name: &str,
+    options: &Options,
+) -> Result<Imported, ImportError> {
+    let mut mapper = Mapper::default();
+    let mut frontends = Names::default();
+    let mut pools = Names::default();
+    let mut members = Names::default();
+    let mut rules = Names::default();
+    let mut body = Out::default();
+    let notes_on = |name: &str, out: &mut Out| {
+        for n in draft.notes.iter().filter(|n| n.on.as_deref() == Some(name)) {
+            out.comment(&format!("note: {} ({})", n.text, source(&n.from, input)));
+        }
+    };
+    let mut placed: HashSet<String> = HashSet::new();
+
+    for f in &draft.frontends {
+        body.line("");
+        notes_on(&f.name.value, &mut body);
+        placed.insert(f.name.value.clone());
+        body.line("[[frontend]]");
+        let name = frontends.give(&f.name.value, "frontend");
+        body.value("name", quoted(&name), &f.name.from, input);
+        let ip = mapper.map(
+            &f.address.value,
+            Side::Frontend,
+            &format!("frontend {name}"),
+        )?;
+        body.value("address", quoted(&ip.to_string()), &f.address.from, input);
+        if let Some(t) = &f.idle_timeout {
+            body.value("idle_timeout", duration(t.value), &t.from, input);
+        }
+    }
+
+    let mut stand_ins = 0;
+    for p in &draft.backend_pools {
+        body.line("");
+        notes_on(&p.name.value, &mut body);
+        placed.insert(p.name.value.clone());
+        body.line("[[backend_pool]]");
+        let name = pools.give(&p.name.value, "pool");
+        body.value("name", quoted(&name), &p.name.from, input);
+        body.line("members = [");
+        let stand_in;
+        let list: &[Member] = if p.members.is_empty() {
+            stand_ins += 1;
+            let vm = format!("vm{stand_ins}");
+            body.comment(&format!(
+                "  the input names no member of pool {name}: {vm} stands in for one"
+            ));
+            stand_in = [Member {
+                name: Sourced::chosen(vm.clone(), "a stand-in member, the input names none"),
+                address: Sourced::chosen(
+                    Address::Named {
+                        name: format!("{vm} of pool {name}"),
+                        family: Family::V4,
+                    },
+                    "a stand-in member's lab address",
+                ),
+            }];
+            &stand_in
+        } else {
+            &p.members
+        };
+        for m in list {
+            let member = members.give(&m.name.value, "vm");
+            let ip = mapper.map(&m.address.value, Side::Member, &format!("member {member}"))?;
+            // One line per member: the address's source names it (the name's is the rest).
+            let text = format!(
+                "  {{ name = {}, address = {} }},  # name: {}; address: {}",
+                quoted(&member),
+                quoted(&ip.to_string()),
+                source(&m.name.from, input),
+                source(&m.address.from, input)
+            );
+            body.lines.push((text, Some(m.address.from.clone())));
+        }
+        body.line("]");
+    }
+
+    let idle = |out: &mut Out, i: &Idle| {
+        if let Some(t) = &i.timeout {
+            out.value("idle_timeout", duration(t.value), &t.from, input);
+        }
+        if let Some(e) = &i.expiry {
+            out.value("expiry", expiry(e.value), &e.from, input);
+        }
+    };
+
+    for r in &draft.lb_rules {
+        body.line("");
+        notes_on(&r.name.value, &mut body);
+        placed.insert(r.name.value.clone());
+        body.line("[[lb_rule]]");
+        let name = rules.give(&r.name.value, "rule");
+        body.value("name", quoted(&name), &r.name.from, input);
+        body.value(
+            "frontend",
+            quoted(&frontends.of(&r.frontend)),
+            &r.name.from,
+            input,
+        );
+        body.value(
+            "protocol",
+            protocol(r.protocol.value),
+            &r.protocol.from,
+            input,
+        );
+        body.value(
+            "frontend_port",
+            r.frontend_port.value.to_string(),
+            &r.frontend_port.from,
+            input,
+        );
+        body.value(
+            "backend_pool",
+            quoted(&pools.of(&r.backend_pool)),
+            &r.name.from,
+            input,
+        );
+        body.value(
+            "backend_port",
+            r.backend_port.value.to_string(),
+            &r.backend_port.from,
+            input,
+        );
+        idle(&mut body, &r.idle);
+    }
+
+    for r in &draft.inbound_nat_rules {
+        body.line("");
+        notes_on(&r.name.value, &mut body);
+        placed.insert(r.name.value.clone());
+        body.line("[[inbound_nat_rule]]");
+        let name = rules.give(&r.name.value, "nat-rule");
+        body.value("name", quoted(&name), &r.name.from, input);
+        body.value(
+            "frontend",
+            quoted(&frontends.of(&r.frontend)),
+            &r.name.from,
+            input,
+        );
+        body.value(
+            "protocol",
+            protocol(r.protocol.value),
+            &r.protocol.from,
+            input,
+        );
+        match &r.target {
+            NatTarget::Single {
+                frontend_port,
+                member,
+            } => {
+                body.value(
+                    "frontend_port",
+                    frontend_port.value.to_string(),
+                    &frontend_port.from,
+                    input,
+                );
+                body.value("member", quoted(&members.of(member)), &r.name.from, input);
+            }
+            NatTarget::Range {
+                first_port,
+                last_port,
+                backend_pool,
+            } => {
+                let text = format!(
+                    "frontend_port_range = [{}, {}]  # {}; {}",
+                    first_port.value,
+                    last_port.value,
+                    source(&first_port.from, input),
+                    source(&last_port.from, input)
+                );
+                body.lines.push((text, Some(first_port.from.clone())));
+                body.value(
+                    "backend_pool",
+                    quoted(&pools.of(backend_pool)),
+                    &r.name.from,
+                    input,
+                );
+            }
+        }
+        body.value(
+            "backend_port",
+            r.backend_port.value.to_string(),
+            &r.backend_port.from,
+            input,
+        );
+        idle(&mut body, &r.idle);
+    }
+
+    for r in &draft.outbound_rules {
+        body.line("");
+        notes_on(&r.name.value, &mut body);
+        placed.insert(r.name.value.clone());
+        body.line("[[outbound_rule]]");
+        let name = rules.give(&r.name.value, "outbound");
+        body.value("name", quoted(&name), &r.name.from, input);
+        body.value(
+            "frontend",
+            quoted(&frontends.of(&r.frontend)),
+            &r.name.from,
+            input,
+        );
+        body.value(
+            "backend_pool",
+            quoted(&pools.of(&r.backend_pool)),
+            &r.name.from,
+            input,
+        );
+        body.value(
+            "protocol",
+            protocol(r.protocol.value),
+            &r.protocol.from,
+            input,
+        );
+        if let Some(p) = &r.ports_per_member {
+            body.value("ports_per_member", p.value.to_string(), &p.from, input);
+        }
+        idle(&mut body, &r.idle);
+    }
+
+    for g in &draft.nat_gateways {
+        body.line("");
+        notes_on(&g.name.value, &mut body);
+        placed.insert(g.name.value.clone());
+        body.line("[[nat_gateway]]");
+        let name = rules.give(&g.name.value, "nat-gateway");
+        body.value("name", quoted(&name), &g.name.from, input);
+        body.value(
+            "frontend",
+            quoted(&frontends.of(&g.frontend)),
+            &g.name.from,
+            input,
+        );
+        let list: Vec<String> = g
+            .backend_pools
+            .iter()
+            .map(|p| quoted(&pools.of(p)))
+            .collect();
+        body.value(
+            "backend_pools",
+            format!("[{}]", list.join(", ")),
+            &g.name.from,
+            input,
+        );
+        idle(&mut body, &g.idle);
+    }
+
+    if !draft.ignored.is_empty() {
+        body.line("");
+        body.comment("Not imported:");
+        for i in &draft.ignored {
+            body.comment(&format!("ignored: {}: {}", i.path, i.why));
+        }
+    }
+
+    // The header, now that the mapping is known.
+    let profile = draft.profile.clone().unwrap_or_else(|| {
+        Sourced::chosen(
+            "azure-lb",
+            "the input says nothing that picks another profile",
+        )
+    });
+    let mut out = Out::default();
+    out.comment(&format!(
+        "Imported by `idlegate import` from {file_name} ({} input).",
+        format.as_str()
+    ));
+    out.comment(&format!(
+        "Profile {}: {}.",
+        profile.value,
+        match &profile.from {
+            Origin::Input(path) => format!("from {path}"),
+            Origin::Chosen(why) => why.clone(),
+        }
+    ));
+    out.comment(
+        "Every value names its source in the input; `not in the input` says why idlegate chose it.",
+    );
+    let general: Vec<&Note> = draft
+        .notes
+        .iter()
+        .filter(|n| n.on.as_ref().is_none_or(|on| !placed.contains(on)))
+        .collect();
+    for n in general {
+        let on = n.on.as_ref().map(|o| format!("{o}: ")).unwrap_or_default();
+        out.comment(&format!(
+            "note: {on}{} ({})",
+            n.text,
+            source(&n.from, input)
+        ));
+    }
+    if !mapper.order.is_empty() {
+        out.line("#");
+        out.comment("Address mapping (input → lab; a lab uses documentation addresses only):");
+        for (from, to) in &mapper.order {
+            out.comment(&format!("  {from} → {to}"));
+        }
+    }
+    out.line("#");
+    out.comment("  idlegate lab up --config THIS_FILE");
+    out.value("profile", quoted(profile.value), &profile.from, input);
+    if let Some(scale) = options.time_scale {
+        let why = format!("--time-scale {scale}: the lab divides every timer by {scale}");
+        out.value("time_scale", scale.to_string(), &Origin::Chosen(why), input);
+    }
+    out.lines.extend(body.lines);
+
+    let toml = out.text();
+    if let Err(e) = Config::from_toml(&toml, file_name) {
+        let origin = e
+            .line
+            .checked_sub(1)
+            .and_then(|i| out.lines.get(i))
+            .and_then(|(_, o)| o.clone());
+        let error = match origin {
+            Some(Origin::Input(path)) => {
+                let path = match lookup(input, &path) {
+                    Some(v) => format!("{path} = {}", short(v)),
+                    None => path,
+                };
+                ImportError::at(path, e.message.clone())
+            }
+            _ => ImportError::at(
+                "",
+                format!(
+                    "the config written from it is refused: line {}: {}",
+                    e.line, e.message
+                ),
+            ),
+        };
+        return Err(match e.hint {
+            Some(h) => error.with_hint(h),
+            None => error,
+        });
+    }
+    Ok(Imported {
+        toml,
+        format,
+        profile: profile.value,
+        mapping: mapper.order,
+        ignored: draft.ignored.clone(),
+    })
+}

@@ -82,3 +82,135 @@ impl ImportError {
 /// `platform` is the user's `--platform`, for inputs with boxes of several platforms (a reader
 /// that finds several without it refuses, with a hint naming `--platform`).
 pub type Reader = fn(&serde_json::Value, Option<Platform>) -> Result<Draft, ImportError>;
+
+/// What an import gives: the config's text and what the command prints beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Imported {
+    /// The config, as TOML with a comment on every value (already validated).
+    pub toml: String,
+    /// The format read.
+    pub format: Format,
+    /// The profile written.
+    pub profile: &'static str,
+    /// Input address or name → lab address, in the order written.
+    pub mapping: Vec<(String, String)>,
+    /// What was not imported, and why (also listed at the end of `toml`).
+    pub ignored: Vec<draft::Ignored>,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Azure => "azure",
+            Format::Terraform => "terraform",
+            Format::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+/// Reads `text` (the contents of `file_name`, named in the config's header), and writes it as
+/// a validated idlegate config.
+pub fn import(text: &str, file_name: &str, options: &Options) -> Result<Imported, ImportError> {
+    let json: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let format = match (options.format, &json) {
+        (Some(format), _) => format,
+        (None, Some(value)) => detect(value).ok_or_else(not_recognised)?,
+        (None, None) if looks_like_kubernetes_yaml(text) => Format::Kubernetes,
+        (None, None) => return Err(not_json(text)),
+    };
+    let value = match (format, json) {
+        (_, Some(value)) => value,
+        (Format::Kubernetes, None) => parse_kubernetes(text)?,
+        (_, None) => return Err(not_json(text)),
+    };
+    let reader: Reader = match format {
+        Format::Azure => azure::read,
+        Format::Terraform => terraform::read,
+        Format::Kubernetes => kubernetes::read,
+    };
+    let draft = reader(&value, options.platform)?;
+    emit::write(&draft, &value, format, file_name, options)
+}
+
+/// The format of a parsed input, from its shape; None when it is none of them.
+pub fn detect(value: &serde_json::Value) -> Option<Format> {
+    use serde_json::Value;
+    let is_azure_resource = |v: &Value| {
+        v.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("microsoft.network/"))
+            || [
+                "frontendIPConfigurations",
+                "loadBalancingRules",
+                "publicIpAddresses",
+            ]
+            .iter()
+            .any(|k| v.get(k).is_some() || v.pointer(&format!("/properties/{k}")).is_some())
+            || (v.get("idleTimeoutInMinutes").is_some() && v.get("ipAddress").is_some())
+            || (v.pointer("/properties/idleTimeoutInMinutes").is_some()
+                && v.pointer("/properties/ipAddress").is_some())
+    };
+    let is_kubernetes = |v: &Value| v.get("apiVersion").is_some() && v.get("kind").is_some();
+    match value {
+        Value::Object(o) => {
+            if o.contains_key("format_version") && o.contains_key("terraform_version") {
+                Some(Format::Terraform)
+            } else if o
+                .get("$schema")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.contains("deploymentTemplate"))
+                || o.get("resources").is_some_and(Value::is_array)
+                || is_azure_resource(value)
+            {
+                Some(Format::Azure)
+            } else if is_kubernetes(value) {
+                Some(Format::Kubernetes)
+            } else {
+                None
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            if items.iter().all(is_azure_resource) {
+                Some(Format::Azure)
+            } else if items.iter().all(is_kubernetes) {
+                Some(Format::Kubernetes)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+fn not_recognised() -> ImportError {
+    ImportError::at(
+        "",
+        "not a format idlegate imports (an ARM template or `az network … show` JSON, `terraform show -json`, Kubernetes manifests)",
+    )
+    .with_hint("name the format with --format azure|terraform|kubernetes")
+}
+
+fn not_json(text: &str) -> ImportError {
+    let why = match serde_json::from_str::<serde_json::Value>(text) {
+        Err(e) => format!("line {}, column {}: {e}", e.line(), e.column()),
+        Ok(_) => "not JSON".to_string(),
+    };
+    ImportError::at("", format!("not JSON ({why}), nor Kubernetes YAML"))
+        .with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
+}
+
+fn looks_like_kubernetes_yaml(text: &str) -> bool {
+    let has = |key: &str| text.lines().any(|l| l.trim_start().starts_with(key));
+    has("apiVersion:") && has("kind:")
+}
+
+/// Kubernetes manifests as a value (YAML documents read by the kubernetes reader's parser).
+fn parse_kubernetes(text: &str) -> Result<serde_json::Value, ImportError> {
+    serde_json::from_str(text).map_err(|_| {
+        ImportError::at(
+            "",
+            "Kubernetes YAML is not read yet: give the manifests as JSON",
+        )
+        .with_hint("kubectl get service NAME -o json")
+    })
+}
