@@ -117,6 +117,18 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
         Value::Array(a) => a.iter().collect(),
         other => vec![other],
     };
+    let docs: Vec<&Value> = docs
+        .into_iter()
+        .flat_map(|d| {
+            match (
+                d.get("kind").and_then(Value::as_str),
+                d.get("items").and_then(Value::as_array),
+            ) {
+                (Some("List"), Some(items)) => items.iter().collect(),
+                _ => vec![d],
+            }
+        })
+        .collect();
     let mut d = Draft::default();
     let mut services = Vec::new();
     for (i, doc) in docs.iter().enumerate() {

@@ -361,7 +361,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
     });
     for p in &pips {
         if p.get("idle_timeout_in_minutes").is_some() && !d.frontends.iter().any(|f| f.idle_timeout.as_ref().is_some_and(|t| matches!(&t.from, super::super::draft::Origin::Input(path) if path.starts_with(&p.address)))) {
-            d.ignored.push(Ignored { path: p.path("idle_timeout_in_minutes"), why: "a public IP no LB frontend uses: its idle timeout applies to the VM it is attached to, which idlegate does not model".into() });
+            d.ignored.push(Ignored { path: p.path("idle_timeout_in_minutes"), why: "no LB frontend in the input is known to use this public IP (a plan knows the ids only after apply, and there are several): its idle timeout is not applied".into() });
         }
     }
     Ok(d)
