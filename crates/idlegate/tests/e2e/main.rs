@@ -23,6 +23,8 @@ mod fragments;
 mod gateway;
 mod hardening;
 mod icmp;
+mod import_kubernetes;
+mod import_terraform;
 mod ipv6;
 mod json;
 mod keepalive;
