@@ -23,6 +23,7 @@ mod fragments;
 mod gateway;
 mod hardening;
 mod icmp;
+mod import;
 mod import_kubernetes;
 mod import_terraform;
 mod ipv6;

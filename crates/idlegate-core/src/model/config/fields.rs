@@ -296,9 +296,11 @@ pub(super) fn timeout(
         return invalid(
             t.span(),
             format!(
-                "idle_timeout = {text} is below {}'s minimum of {}",
+                "idle_timeout = {text} is below {}'s minimum of {} (allowed: {} to {})",
                 profile.title,
-                human(range.min)
+                human(range.min),
+                human(range.min),
+                human(range.max)
             ),
         );
     }
@@ -306,8 +308,10 @@ pub(super) fn timeout(
         return invalid(
             t.span(),
             format!(
-                "idle_timeout = {text} is above {}'s maximum of {}",
+                "idle_timeout = {text} is above {}'s maximum of {} (allowed: {} to {})",
                 profile.title,
+                human(range.max),
+                human(range.min),
                 human(range.max)
             ),
         );
