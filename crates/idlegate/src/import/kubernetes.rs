@@ -18,7 +18,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::draft::{
@@ -52,17 +51,14 @@ pub fn parse(text: &str) -> Result<Value, ImportError> {
             other => docs.push(other),
         }
     } else {
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            let v = Value::deserialize(doc).map_err(|e| {
-                let at = e.location().map_or(String::new(), |l| {
-                    format!("line {} column {}", l.line(), l.column())
-                });
-                ImportError::at(at, format!("not valid YAML: {e}"))
-            })?;
-            if !v.is_null() {
-                docs.push(v);
-            }
-        }
+        let yaml = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| {
+            let at = e.marker();
+            ImportError::at(
+                format!("line {} column {}", at.line(), at.col() + 1),
+                format!("not valid YAML: {}", e.info()),
+            )
+        })?;
+        docs.extend(yaml.iter().map(to_json).filter(|v| !v.is_null()));
     }
     let mut out = Vec::new();
     for d in docs {
@@ -78,6 +74,34 @@ pub fn parse(text: &str) -> Result<Value, ImportError> {
         }
     }
     Ok(Value::Array(out))
+}
+
+/// A YAML value as JSON (keys that are not strings are written as their text).
+fn to_json(y: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match y {
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => r
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::String(r.clone()), Value::Number),
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Array(a) => Value::Array(a.iter().map(to_json).collect()),
+        Yaml::Hash(h) => Value::Object(
+            h.iter()
+                .map(|(k, v)| {
+                    let key = match to_json(k) {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Alias(_) | Yaml::Null | Yaml::BadValue => Value::Null,
+    }
 }
 
 /// One Service of type LoadBalancer, with the platform its annotations say.
@@ -178,6 +202,20 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
             doc,
             platform: None,
         };
+        let annotations = doc
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object);
+        if let Some((k, v)) = annotations
+            .into_iter()
+            .flatten()
+            .find(|(_, v)| !v.is_string())
+        {
+            return Err(ImportError::at(
+                s.annotation_path(k),
+                format!("{v}: an annotation's value is a string (Kubernetes refuses others)"),
+            )
+            .with_hint(format!("quote it: \"{v}\"")));
+        }
         let aks = s
             .annotations()
             .any(|(k, _)| k.starts_with("service.beta.kubernetes.io/azure-"));

@@ -182,3 +182,13 @@ fn a_service_without_cloud_annotations_needs_platform_and_other_kinds_are_ignore
         .iter()
         .any(|i| i.path == "Service/default/y.spec.type"));
 }
+
+#[test]
+fn an_unquoted_annotation_value_is_refused_at_its_path_with_the_quoting_hint() {
+    let e = read(&parse(&AKS.replace("\"15\"", "15")).unwrap(), None).unwrap_err();
+    assert!(
+        e.path.ends_with("azure-load-balancer-tcp-idle-timeout\"]"),
+        "{e}"
+    );
+    assert_eq!(e.hint.as_deref(), Some("quote it: \"15\""));
+}
