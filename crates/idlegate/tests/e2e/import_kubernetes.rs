@@ -56,7 +56,7 @@ fn an_imported_aws_load_balancer_controller_service_resets_the_next_sender() {
 }
 
 #[test]
-fn an_aks_idle_timeout_annotation_above_100_min_is_refused_with_the_maximum_at_its_path() {
+fn an_aks_idle_timeout_annotation_above_100_min_is_refused_with_the_range_at_its_path() {
     let dir = TempDir(std::env::temp_dir().join(unique("imp")));
     std::fs::create_dir_all(&dir.0).unwrap();
     let example = std::fs::read_to_string(concat!(
@@ -81,7 +81,7 @@ fn an_aks_idle_timeout_annotation_above_100_min_is_refused_with_the_maximum_at_i
     assert_eq!(output.status.code(), Some(2), "a usage error");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("Service/shop/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]: idle_timeout = 120m is above Azure LB's maximum of 100 min"),
+        stderr.contains("Service/shop/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]: idle_timeout = 120m is above Azure LB's maximum of 100 min (allowed: 4 min to 100 min)"),
         "{stderr}"
     );
     assert!(!out.exists(), "nothing written");
