@@ -24,8 +24,10 @@ use crate::import::ImportError;
 /// Azure's default idle timeout (Azure "Load Balancer TCP Reset and Idle Timeout").
 const DEFAULT_IDLE: Duration = Duration::from_secs(4 * 60);
 
-/// The provider's note, said where an LB rule's timeout is read (see docs/src/commands/import.md).
-const PROVIDER_CAP_NOTE: &str = "azurerm has validated idle_timeout_in_minutes of LB rules against 4-30 in some releases while Azure accepts 4-100: a value the provider refused never reached Azure";
+/// Said on an LB rule at 30 min: older azurerm releases validated the rule's
+/// `idle_timeout_in_minutes` as 4-30 (`validation.IntBetween(4, 30)` in
+/// internal/services/loadbalancer/rule_resource.go), later ones as 4-100, Azure's own range.
+const PROVIDER_CAP_NOTE: &str = "30 min was the most older azurerm releases accepted for an LB rule (they validated idle_timeout_in_minutes as 4-30); Azure and later releases accept 4-100: if a longer timeout was meant, a newer provider can set it";
 
 pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
     let of = |k: &'static str| all.iter().filter(move |r| r.kind == k);
@@ -454,7 +456,9 @@ fn idle(r: &Res, d: &mut Draft, lb_rule: bool) -> Result<Idle, ImportError> {
     let timeout = minutes(r, "idle_timeout_in_minutes", d)?;
     if lb_rule {
         if let Some(t) = &timeout {
-            if matches!(t.from, super::super::draft::Origin::Input(_)) {
+            if matches!(t.from, super::super::draft::Origin::Input(_))
+                && t.value == Duration::from_secs(30 * 60)
+            {
                 d.notes.push(Note {
                     on: Some(r.name()),
                     text: PROVIDER_CAP_NOTE.into(),
@@ -468,7 +472,7 @@ fn idle(r: &Res, d: &mut Draft, lb_rule: bool) -> Result<Idle, ImportError> {
         Some((false, a)) => Some(Sourced::at(Expiry::Silent, r.path(a))),
         None => Some(Sourced::chosen(
             Expiry::Silent,
-            "TCP reset is not set: the azurerm provider's default is off (silent)",
+            "TCP reset is not set: Azure's default is off (silent)",
         )),
     };
     Ok(Idle { timeout, expiry })
