@@ -105,7 +105,7 @@ pub(super) fn lookup<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
 
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 60 == 0 && d.subsec_nanos() == 0 {
+    if s > 0 && s.is_multiple_of(60) && d.subsec_nanos() == 0 {
         format!("\"{}m\"", s / 60)
     } else if d.subsec_nanos() == 0 {
         format!("\"{s}s\"")
@@ -136,6 +136,14 @@ fn quoted(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
 }
 
+/// What identifies an input address: the address, or the name of what has none.
+fn address_key(address: &Address) -> String {
+    match address {
+        Address::Ip(ip) => ip.to_string(),
+        Address::Named { name, .. } => name.clone(),
+    }
+}
+
 /// Which lab range an address goes to.
 #[derive(Clone, Copy)]
 enum Side {
@@ -154,12 +162,11 @@ struct Mapper {
 
 impl Mapper {
     fn map(&mut self, address: &Address, side: Side, what: &str) -> Result<IpAddr, ImportError> {
-        let (key, family) = match address {
-            Address::Ip(ip) => (
-                ip.to_string(),
-                if ip.is_ipv4() { Family::V4 } else { Family::V6 },
-            ),
-            Address::Named { name, family } => (name.clone(), *family),
+        let key = address_key(address);
+        let family = match address {
+            Address::Ip(IpAddr::V4(_)) => Family::V4,
+            Address::Ip(IpAddr::V6(_)) => Family::V6,
+            Address::Named { family, .. } => *family,
         };
         if let Some(ip) = self.given.get(&key) {
             return Ok(*ip);
@@ -273,6 +280,7 @@ pub(super) fn write(
     }
 
     let mut stand_ins = 0;
+    let mut member_of: HashMap<String, String> = HashMap::new();
     for p in &draft.backend_pools {
         body.line("");
         notes_on(&p.name.value, &mut body);
@@ -280,7 +288,7 @@ pub(super) fn write(
         body.line("[[backend_pool]]");
         let name = pools.give(&p.name.value, "pool");
         body.value("name", quoted(&name), &p.name.from, input);
-        body.line("members = [");
+        body.line("members = [  # one line per member, with its sources");
         let stand_in;
         let list: &[Member] = if p.members.is_empty() {
             stand_ins += 1;
@@ -304,7 +312,26 @@ pub(super) fn write(
         };
         for m in list {
             let member = members.give(&m.name.value, "vm");
-            let ip = mapper.map(&m.address.value, Side::Member, &format!("member {member}"))?;
+            // A lab host is in one pool: a host the input puts in two pools (a VM in an
+            // inbound and an outbound pool) is two lab hosts.
+            let key = address_key(&m.address.value);
+            let address = match member_of.get(&key) {
+                Some(first) => {
+                    body.comment(&format!(
+                        "  {key} is also member {first}: a lab host is in one pool, so this pool has its own"
+                    ));
+                    Address::Named {
+                        name: format!("{key} again"),
+                        family: match m.address.value {
+                            Address::Ip(IpAddr::V6(_)) => Family::V6,
+                            _ => Family::V4,
+                        },
+                    }
+                }
+                None => m.address.value.clone(),
+            };
+            member_of.entry(key).or_insert(member.clone());
+            let ip = mapper.map(&address, Side::Member, &format!("member {member}"))?;
             // One line per member: the address's source names it (the name's is the rest).
             let text = format!(
                 "  {{ name = {}, address = {} }},  # name: {}; address: {}",
@@ -562,6 +589,10 @@ pub(super) fn write(
                 };
                 ImportError::at(path, e.message.clone())
             }
+            _ if e.line == 0 => ImportError::at(
+                "",
+                format!("the config written from it is refused: {}", e.message),
+            ),
             _ => ImportError::at(
                 "",
                 format!(

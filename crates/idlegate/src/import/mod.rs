@@ -23,6 +23,8 @@ pub mod draft;
 mod emit;
 pub mod kubernetes;
 pub mod terraform;
+#[cfg(test)]
+mod tests;
 
 use draft::{Draft, Platform};
 
