@@ -407,7 +407,7 @@ fn aks_service(s: &Service, d: &mut Draft) -> Result<bool, ImportError> {
     if s.annotation(AKS_DISABLE_RESET).is_some() {
         d.ignored.push(Ignored {
             path: s.annotation_path(AKS_DISABLE_RESET),
-            why: "deprecated since Kubernetes 1.18 and removed from cloud-provider-azure: AKS's Standard LB rules always have TCP reset enabled".into(),
+            why: "deprecated in Kubernetes 1.18 and removed as of 1.20: cloud-provider-azure always enables TCP reset on the Standard LB's TCP rules".into(),
         });
     }
     if let Some(v) = s.annotation(AKS_INTERNAL) {
@@ -427,7 +427,7 @@ fn aks_service(s: &Service, d: &mut Draft) -> Result<bool, ImportError> {
             backend_port: Sourced::chosen(port, "AKS's rules use floating IP, so the node receives the Service's port (kube-proxy forwards it to targetPort)"),
             idle: Idle {
                 timeout: timeout.clone(),
-                expiry: Some(Sourced::chosen(Expiry::Reset, "AKS creates its Standard LB rules with TCP reset enabled")),
+                expiry: (proto == Protocol::Tcp).then(|| Sourced::chosen(Expiry::Reset, "cloud-provider-azure makes the Standard LB's TCP rules with TCP reset enabled")),
             },
         });
     }

@@ -192,3 +192,10 @@ fn an_unquoted_annotation_value_is_refused_at_its_path_with_the_quoting_hint() {
     );
     assert_eq!(e.hint.as_deref(), Some("quote it: \"15\""));
 }
+
+#[test]
+fn an_aks_udp_port_gets_no_tcp_reset() {
+    let text = AKS.replace("    protocol: TCP\n", "    protocol: UDP\n");
+    let d = read(&parse(&text).unwrap(), None).unwrap();
+    assert_eq!(d.lb_rules[0].idle.expiry, None);
+}
