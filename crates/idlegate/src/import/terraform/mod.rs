@@ -6,8 +6,8 @@
 //! is the resource's address and the attribute (`module.net.azurerm_lb_rule.app.idle_timeout_in_minutes`),
 //! which names the value both in `terraform show` and in the `.tf` that sets it.
 //!
-//! The resources idlegate models belong to one platform each: `azurerm_*` ([`azurerm`]),
-//! `aws_*` ([`aws`]), `google_*` ([`google`]). An input with several platforms is refused
+//! The resources idlegate models belong to one platform each: `azurerm_*` (`azurerm.rs`),
+//! `aws_*` (`aws.rs`), `google_*` (`google.rs`). An input with several platforms is refused
 //! unless `--platform` picks one; the others are listed as ignored. A value Terraform knows
 //! only after apply (`after_unknown`) is the platform's default, chosen with that reason.
 
