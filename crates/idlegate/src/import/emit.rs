@@ -589,6 +589,9 @@ pub(super) fn write(
                 };
                 ImportError::at(path, e.message.clone())
             }
+            Some(Origin::Chosen(why)) if why.starts_with("--time-scale") => {
+                ImportError::at("", format!("--time-scale: {}", e.message))
+            }
             _ if e.line == 0 => ImportError::at(
                 "",
                 format!("the config written from it is refused: {}", e.message),

@@ -299,3 +299,96 @@ fn a_path_leads_to_its_value() {
     let arr: serde_json::Value = serde_json::from_str(r#"[{"x":1}]"#).unwrap();
     assert_eq!(emit::lookup(&arr, "[0].x"), Some(&serde_json::json!(1)));
 }
+
+/// An LB in the REST shape: NIC IP configurations as members, a single-port inbound NAT rule,
+/// an HA-ports rule, floating IP, an outbound rule with two frontends.
+const REST_LB: &str = r#"{
+  "name": "lb", "type": "Microsoft.Network/loadBalancers",
+  "properties": {
+    "frontendIPConfigurations": [
+      {"name": "fe1", "properties": {"privateIPAddress": "10.0.0.100"}},
+      {"name": "fe2", "properties": {"privateIPAddress": "10.0.0.101"}}
+    ],
+    "backendAddressPools": [{"name": "pool", "properties": {"backendIPConfigurations": [
+      {"id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkInterfaces/vm7-nic/ipConfigurations/ipconfig1"}
+    ]}}],
+    "loadBalancingRules": [
+      {"name": "ha", "properties": {"frontendIPConfiguration": {"id": "x/frontendIPConfigurations/fe1"},
+        "backendAddressPool": {"id": "x/backendAddressPools/pool"}, "protocol": "All", "frontendPort": 0, "backendPort": 0}},
+      {"name": "dsr", "properties": {"frontendIPConfiguration": {"id": "x/frontendIPConfigurations/fe1"},
+        "backendAddressPool": {"id": "x/backendAddressPools/pool"}, "protocol": "Udp", "frontendPort": 53, "backendPort": 53,
+        "enableFloatingIP": true}}
+    ],
+    "inboundNatRules": [
+      {"name": "rdp", "properties": {"frontendIPConfiguration": {"id": "x/frontendIPConfigurations/fe1"},
+        "backendIPConfiguration": {"id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Network/networkInterfaces/vm7-nic/ipConfigurations/ipconfig1"},
+        "protocol": "Tcp", "frontendPort": 50001, "backendPort": 3389, "idleTimeoutInMinutes": 5}}
+    ],
+    "outboundRules": [
+      {"name": "out", "properties": {"frontendIPConfigurations": [{"id": "x/frontendIPConfigurations/fe1"}, {"id": "x/frontendIPConfigurations/fe2"}],
+        "backendAddressPool": {"id": "x/backendAddressPools/pool"}, "protocol": "Tcp", "allocatedOutboundPorts": 8000}}
+    ],
+    "inboundNatPools": [{"name": "classic"}]
+  }
+}"#;
+
+#[test]
+fn the_rest_shape_reads_nic_members_single_nat_rules_and_notes_what_it_cannot_emulate() {
+    let i = imported(REST_LB);
+    let toml = &i.toml;
+    for line in [
+        "member = \"vm7-nic\"  # properties.inboundNatRules[0].name = \"rdp\"",
+        "frontend_port = 50001  # properties.inboundNatRules[0].properties.frontendPort = 50001",
+        "idle_timeout = \"5m\"  # properties.inboundNatRules[0].properties.idleTimeoutInMinutes = 5",
+        "protocol = \"udp\"  # properties.loadBalancingRules[1].properties.protocol = \"Udp\"",
+        "ports_per_member = 8000  # properties.outboundRules[0].properties.allocatedOutboundPorts = 8000",
+        "#   10.0.0.100 (frontend fe1) → 203.0.113.10",
+    ] {
+        assert!(toml.lines().any(|l| l == line), "missing {line:?} in\n{toml}");
+    }
+    assert!(
+        toml.contains("# note: floating IP (direct server return) is on"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("# note: the rule has 2 frontends; the lab gives it the first"),
+        "{toml}"
+    );
+    let paths: Vec<&str> = i.ignored.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "properties.loadBalancingRules[0].properties.frontendPort",
+            "properties.inboundNatPools[0]"
+        ]
+    );
+}
+
+#[test]
+fn a_time_scale_too_large_for_the_profile_is_said_as_the_flags() {
+    let options = Options {
+        time_scale: Some(5000),
+        ..Options::default()
+    };
+    let e = import(LB_SHOW, "in.json", &options).unwrap_err();
+    assert_eq!(e.path, "");
+    assert!(
+        e.message
+            .starts_with("--time-scale: time_scale = 5000: at most 3000 with profile azure-lb"),
+        "{e}"
+    );
+}
+
+#[test]
+fn another_platform_than_the_inputs_is_refused_with_a_hint() {
+    let options = Options {
+        platform: Some(Platform::Aws),
+        ..Options::default()
+    };
+    let e = import(LB_SHOW, "in.json", &options).unwrap_err();
+    assert_eq!(
+        e.message,
+        "--platform aws: this input holds Azure resources only"
+    );
+    assert!(e.hint.unwrap().contains("--platform azure"));
+}

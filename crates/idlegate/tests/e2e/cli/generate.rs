@@ -4,7 +4,7 @@
 use super::*;
 
 /// Every top-level command, as `idlegate --help` lists them.
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 15] = [
     "gateway",
     "lab",
     "flows",
@@ -15,6 +15,7 @@ const COMMANDS: [&str; 14] = [
     "run",
     "audit",
     "advise",
+    "import",
     "keygen",
     "profiles",
     "completions",

@@ -43,6 +43,7 @@ fn windows_build_under_wine_offers_no_linux_only_command() {
         "echo",
         "probe",
         "advise",
+        "import",
         "profiles",
         "service",
         "completions",
