@@ -208,11 +208,5 @@ fn looks_like_kubernetes_yaml(text: &str) -> bool {
 
 /// Kubernetes manifests as a value (YAML documents read by the kubernetes reader's parser).
 fn parse_kubernetes(text: &str) -> Result<serde_json::Value, ImportError> {
-    serde_json::from_str(text).map_err(|_| {
-        ImportError::at(
-            "",
-            "Kubernetes YAML is not read yet: give the manifests as JSON",
-        )
-        .with_hint("kubectl get service NAME -o json")
-    })
+    kubernetes::parse(text)
 }

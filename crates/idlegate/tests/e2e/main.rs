@@ -26,6 +26,8 @@ mod gateway;
 mod hardening;
 mod icmp;
 mod import;
+mod import_kubernetes;
+mod import_terraform;
 mod ipv6;
 mod json;
 mod keepalive;
