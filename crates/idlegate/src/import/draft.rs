@@ -196,6 +196,9 @@ pub struct OutboundRule {
     pub protocol: Sourced<Protocol>,
     /// Azure `allocatedOutboundPorts` (0 there means "the default allocation": leave None).
     pub ports_per_member: Option<Sourced<u32>>,
+    /// The rule's own TIME_WAIT, where the profile lets a rule set it (GCP Cloud NAT's
+    /// `tcp_time_wait_timeout_sec`); None: the profile's default.
+    pub time_wait: Option<Sourced<Duration>>,
     pub idle: Idle,
 }
 

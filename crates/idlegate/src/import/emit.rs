@@ -497,6 +497,9 @@ pub(super) fn write(
         if let Some(p) = &r.ports_per_member {
             body.value("ports_per_member", p.value.to_string(), &p.from, input);
         }
+        if let Some(t) = &r.time_wait {
+            body.value("time_wait", duration(t.value), &t.from, input);
+        }
         idle(&mut body, &r.idle);
     }
 

@@ -315,6 +315,7 @@ impl<'a> Azure<'a> {
             });
         self.draft.outbound_rules.push(OutboundRule {
             protocol: self.protocol(rule, path)?,
+            time_wait: None,
             idle: self.idle(rule, path)?,
             name,
             frontend,

@@ -125,6 +125,7 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
                         "a NAT gateway translates TCP and UDP",
                     ),
                     ports_per_member: None,
+                    time_wait: None,
                     idle: g.idle.clone(),
                 });
             }

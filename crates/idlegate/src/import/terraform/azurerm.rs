@@ -280,6 +280,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
                 r.path("protocol"),
             ),
             ports_per_member: ports,
+            time_wait: None,
             idle,
         });
     }
@@ -328,6 +329,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
                     "a NAT gateway translates TCP and UDP",
                 ),
                 ports_per_member: None,
+                time_wait: None,
                 idle,
             });
         } else {

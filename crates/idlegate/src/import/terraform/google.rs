@@ -3,8 +3,9 @@
 //! The NAT is an outbound rule: its established-TCP idle timeout (`tcp_established_idle_timeout_sec`)
 //! and `min_ports_per_vm` are the rule's; its first `nat_ips` entry (a `google_compute_address`)
 //! the frontend. The VMs it serves are set by subnetworks, which idlegate does not read: a
-//! stand-in pool is written. Cloud NAT's other timers have no key in idlegate's config: they
-//! are listed as ignored with the figure the gcp-nat profile runs instead.
+//! stand-in pool is written. `tcp_time_wait_timeout_sec` is the rule's `time_wait`. Cloud NAT's
+//! transitory and UDP timers have no key in idlegate's config: they are listed as ignored with
+//! the figure the gcp-nat profile runs instead.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -18,10 +19,9 @@ use crate::import::draft::{
 };
 use crate::import::ImportError;
 
-/// The timers the config cannot set yet, with the figure the gcp-nat profile runs.
-const FIXED: [(&str, &str); 3] = [
+/// The timers the config cannot set, with the figure the gcp-nat profile runs.
+const FIXED: [(&str, &str); 2] = [
     ("tcp_transitory_idle_timeout_sec", "30 s"),
-    ("tcp_time_wait_timeout_sec", "120 s"),
     ("udp_idle_timeout_sec", "30 s"),
 ];
 
@@ -118,6 +118,12 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
                 from: Origin::Input(n.path("enable_dynamic_port_allocation")),
             });
         }
+        let time_wait = if n.is_unknown("tcp_time_wait_timeout_sec") {
+            None
+        } else {
+            n.number("tcp_time_wait_timeout_sec")?
+                .map(|s| Sourced::at(Duration::from_secs(s), n.path("tcp_time_wait_timeout_sec")))
+        };
         for (attr, figure) in FIXED {
             if n.get(attr).is_some() {
                 d.ignored.push(Ignored {
@@ -134,6 +140,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
             backend_pool: pool,
             protocol: Sourced::chosen(Protocol::All, "Cloud NAT translates TCP and UDP"),
             ports_per_member: ports,
+            time_wait,
             idle: Idle {
                 timeout,
                 expiry: None,

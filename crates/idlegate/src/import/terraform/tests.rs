@@ -292,7 +292,8 @@ fn aws_tls_listener_keeps_350_s_whatever_it_says() {
 }
 
 #[test]
-fn google_router_nat_reads_the_established_timeout_in_seconds_and_lists_the_fixed_timers() {
+fn google_router_nat_reads_the_established_timeout_and_time_wait_in_seconds_and_lists_the_fixed_timers(
+) {
     let d = read(&state(&[
         ("google_compute_address", "ip", json!({"name": "ip", "address": "34.1.2.3", "self_link": "https://x/addresses/ip"})),
         ("google_compute_router_nat", "nat", json!({"name": "nat", "nat_ips": ["https://x/addresses/ip"], "tcp_established_idle_timeout_sec": 600, "tcp_transitory_idle_timeout_sec": 30, "tcp_time_wait_timeout_sec": 120, "udp_idle_timeout_sec": 30, "min_ports_per_vm": 256, "enable_dynamic_port_allocation": true, "max_ports_per_vm": 4096})),
@@ -308,15 +309,23 @@ fn google_router_nat_reads_the_established_timeout_in_seconds_and_lists_the_fixe
         )
     );
     assert_eq!(o.ports_per_member.as_ref().map(|p| p.value), Some(256));
+    let tw = o.time_wait.as_ref().unwrap();
+    assert_eq!(
+        (tw.value, at(tw)),
+        (
+            Duration::from_secs(120),
+            "google_compute_router_nat.nat.tcp_time_wait_timeout_sec"
+        )
+    );
     assert_eq!(
         d.frontends[0].address.value,
         Address::Ip("34.1.2.3".parse().unwrap())
     );
-    for attr in [
-        "tcp_transitory_idle_timeout_sec",
-        "tcp_time_wait_timeout_sec",
-        "udp_idle_timeout_sec",
-    ] {
+    assert!(!d
+        .ignored
+        .iter()
+        .any(|i| i.path.ends_with("tcp_time_wait_timeout_sec")));
+    for attr in ["tcp_transitory_idle_timeout_sec", "udp_idle_timeout_sec"] {
         let i = d
             .ignored
             .iter()
