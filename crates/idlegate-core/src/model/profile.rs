@@ -746,7 +746,9 @@ pub static LINUX_CONNTRACK: Profile = CONNTRACK;
 /// kube-proxy sets at start-up (kube-proxy reference: `--conntrack-tcp-timeout-established`
 /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h). Everything else is the kernel's, as in
 /// `linux-conntrack`. A Service is an `lb_rule` (DNAT to its endpoints), masquerade an
-/// `outbound_rule`. IPv4 fragments as in `linux-conntrack`.
+/// `outbound_rule`; what no Service rule claims is routed on untranslated, and its
+/// `KUBE-FORWARD` chain drops what conntrack calls invalid, as in `linux-conntrack`. IPv4
+/// fragments as in `linux-conntrack`.
 pub static KUBE_PROXY: Profile = Profile {
     name: "kube-proxy",
     title: "kube-proxy",
