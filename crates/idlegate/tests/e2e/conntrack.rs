@@ -257,7 +257,9 @@ fn server_first_through_the_kernel(pickup: Pickup) -> ServerFirst {
     server_speaks_first(&router.client, &router.server)
 }
 
-fn server_first_through_idlegate(pickup: Pickup) -> ServerFirst {
+/// The lab's counterpart of [`KernelRouter::dnat_only`]: an LB rule from the frontend's
+/// [`FORWARDED_PORT`] to the member's, and no outbound rule (no masquerade).
+fn port_forward_config(pickup: Pickup) -> Config {
     let loose = pickup == Pickup::Loose;
     let text = format!(
         r#"profile = "linux-conntrack"
@@ -277,7 +279,11 @@ backend_port = {FORWARDED_PORT}
 idle_timeout = "{ESTABLISHED_S}s"
 "#
     );
-    let config = Config::from_toml(&text, "conntrack port-forward config").unwrap();
+    Config::from_toml(&text, "conntrack port-forward config").unwrap()
+}
+
+fn server_first_through_idlegate(pickup: Pickup) -> ServerFirst {
+    let config = port_forward_config(pickup);
     let (fate, _) = Lab::with_gateway(&unique("ctf"), &config, |lab| {
         Ok(server_speaks_first(
             &lab.namespace_of("vm1")?,
@@ -331,5 +337,51 @@ fn without_loose_pickup_a_member_without_masquerade_speaking_first_after_expiry_
             member_error: None,
             member_unacked: true,
         }
+    );
+}
+
+/// A connection the member opens to `internet`, with a second message within the timeout.
+fn member_connects_out(member_ns: &str, internet_ns: &str) -> Outcome {
+    let script = Script {
+        name: "member-out".to_string(),
+        client_ns: member_ns.to_string(),
+        server_ns: internet_ns.to_string(),
+        listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 8120).into(),
+        connect: SocketAddrV4::new(INTERNET_ADDRESS, 8120).into(),
+        keepalive: None,
+        sends: vec![(Duration::ZERO, "a".into()), (ESTABLISHED / 2, "b".into())],
+        observe: Duration::from_secs(1),
+    };
+    let mut outcomes = scenario::run(vec![script]).expect("scenario run");
+    outcomes.remove(0)
+}
+
+#[test]
+fn a_member_without_masquerade_connects_out_untranslated_in_both() {
+    // A SYN makes a conntrack entry whatever the NAT rules; none binds it, so the connection
+    // goes out with the member's own address and its replies come back by the entry.
+    require_root();
+    let kernel = {
+        let router = KernelRouter::dnat_only(ESTABLISHED_S, Pickup::Loose, FORWARDED_PORT);
+        member_connects_out(&router.client, &router.server)
+    };
+    let config = port_forward_config(Pickup::Loose);
+    let (emulated, _) = Lab::with_gateway(&unique("cto"), &config, |lab| {
+        Ok(member_connects_out(
+            &lab.namespace_of("vm1")?,
+            &lab.namespace_of(INTERNET)?,
+        ))
+    })
+    .expect("lab run");
+    assert_eq!(
+        fate(&emulated),
+        fate(&kernel),
+        "idlegate (left) and the kernel (right) disagree\nkernel:\n{}\nidlegate:\n{}",
+        scenario::render_timeline(std::slice::from_ref(&kernel)),
+        scenario::render_timeline(std::slice::from_ref(&emulated)),
+    );
+    assert_eq!(
+        fate(&kernel),
+        (vec!["a".into(), "b".into()], None, None, false)
     );
 }
