@@ -27,7 +27,7 @@ mod wire;
 pub use engine::InvariantError;
 pub use engine::{
     Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, SnatUsage, Transmit,
-    Verdict,
+    Verdict, UNTRANSLATED,
 };
 pub use model::config::Config;
 pub use model::expiry::Expiry;

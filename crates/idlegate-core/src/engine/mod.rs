@@ -61,6 +61,10 @@ pub use checks::InvariantError;
 pub use counters::{Counters, DropReason};
 use rules::{rule_names, Rule, Translation};
 
+/// What `idlegate flows`, events and metrics call the flows no rule claims, which a Linux
+/// router routes on untranslated ([`crate::profile::Unmatched::Routed`]).
+pub const UNTRANSLATED: &str = "(untranslated)";
+
 /// A packet the engine sends on its own: one it makes (a RST, an ACK), or a fragment it held
 /// until its first fragment came ([`crate::state::fragment`]).
 #[derive(Debug)]
@@ -407,11 +411,14 @@ impl Engine {
         self.rule_names.iter().map(String::as_str)
     }
 
-    /// The name of rule `id` as written in the config.
+    /// The name of rule `id` as written in the config, or [`UNTRANSLATED`] for the flows a
+    /// Linux router routes on untranslated.
     pub fn rule_name(&self, id: RuleId) -> &str {
-        self.rule_names
-            .get(usize::from(id))
-            .map_or("?", String::as_str)
+        match self.rule_names.get(usize::from(id)) {
+            Some(name) => name,
+            None if usize::from(id) == self.rule_names.len() => UNTRANSLATED,
+            None => "?",
+        }
     }
 
     /// Every flow the gateway remembers, as it stands at `now`.

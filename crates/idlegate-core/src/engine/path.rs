@@ -128,13 +128,21 @@ impl<E: Endpoint> Core<E> {
         packet: &mut [u8],
     ) -> Verdict {
         let flow = self.flows.get(id);
+        let rewrites = !matches!(
+            self.rules[usize::from(flow.rule)].translation,
+            Translation::Untranslated
+        );
         let destination = match from {
             Interface::Outside => {
-                packet::rewrite_dst(packet, headers, flow.private);
+                if rewrites {
+                    packet::rewrite_dst(packet, headers, flow.private);
+                }
                 flow.private.addr()
             }
             Interface::Inside => {
-                packet::rewrite_src(packet, headers, flow.public);
+                if rewrites {
+                    packet::rewrite_src(packet, headers, flow.public);
+                }
                 headers.dst.addr()
             }
         };
@@ -282,7 +290,8 @@ impl<E: Endpoint> Core<E> {
 
     /// Whether loose pickup makes `segment`, of a connection the gateway does not know, open a
     /// flow: a plain ACK (conntrack's NONE + ACK → ESTABLISHED) that a rule would accept as a
-    /// new connection from `from`.
+    /// new connection from `from` (on a Linux router, from the inside, the untranslated rule
+    /// accepts what no other does: the kernel routes it on as it is).
     pub(super) fn picks_up(
         &self,
         from: Interface,
@@ -363,8 +372,8 @@ impl<E: Endpoint> Core<E> {
     /// the outside a packet belongs to the rule of its destination (an LB or inbound NAT
     /// frontend port, else an outbound rule's frontend address), on the inside to the rule of
     /// its source (a member at an inbound rule's backend port, else a member of a pool with an
-    /// outbound rule). A new connection (`connect`) from the outside is only ever inbound, from
-    /// the inside only outbound.
+    /// outbound rule, else, on a Linux router, the untranslated rule). A new connection
+    /// (`connect`) from the outside is only ever inbound, from the inside only outbound.
     pub(super) fn owner(
         &self,
         from: Interface,
@@ -415,6 +424,8 @@ impl<E: Endpoint> Core<E> {
                     (Translation::Outbound { members, .. }, Interface::Inside) => {
                         members.contains(&src.addr())
                     }
+                    (Translation::Untranslated, Interface::Inside) => true,
+                    (Translation::Untranslated, Interface::Outside) => false,
                 }
         });
         position.map(|i| i as RuleId)
@@ -447,6 +458,7 @@ impl<E: Endpoint> Core<E> {
                 Some((id, Some(headers.dst), E::at(member, *backend_port)))
             }
             Translation::Outbound { .. } => Some((id, None, headers.src)),
+            Translation::Untranslated => Some((id, Some(headers.src), headers.src)),
         }
     }
 
@@ -460,7 +472,9 @@ impl<E: Endpoint> Core<E> {
     pub(super) fn snat_of(&self, rule: RuleId) -> Option<usize> {
         match self.rules[usize::from(rule)].translation {
             Translation::Outbound { snat, .. } => Some(snat),
-            Translation::LoadBalance { .. } | Translation::InboundNat { .. } => None,
+            Translation::LoadBalance { .. }
+            | Translation::InboundNat { .. }
+            | Translation::Untranslated => None,
         }
     }
 

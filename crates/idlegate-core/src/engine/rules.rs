@@ -28,6 +28,9 @@ pub(super) enum Translation<E: Endpoint> {
         members: Vec<E::Ip>,
         snat: usize,
     },
+    /// What no other rule claims from the inside, routed on as it is (a Linux router:
+    /// [`profile::Unmatched::Routed`]); always the last rule, with no name in the config.
+    Untranslated,
 }
 
 /// A rule as the engine runs it: timers already scaled to ticks.
@@ -92,7 +95,7 @@ impl<E: Endpoint> Rule<E> {
     pub(super) fn origin(&self) -> Interface {
         match self.translation {
             Translation::LoadBalance { .. } | Translation::InboundNat { .. } => Interface::Outside,
-            Translation::Outbound { .. } => Interface::Inside,
+            Translation::Outbound { .. } | Translation::Untranslated => Interface::Inside,
         }
     }
 
@@ -199,7 +202,8 @@ pub(super) fn members_of<E: Endpoint>(
 
 /// The rules' names in the engine's order, which is their [`RuleId`]: LB rules, inbound NAT
 /// rules, NAT gateways (before outbound rules: for the pools they serve they take precedence),
-/// outbound rules. [`Core::new`] numbers the rules in the same order.
+/// outbound rules. [`Core::new`] numbers the rules in the same order; the untranslated rule of
+/// a Linux router, when there is one, comes after them all ([`UNTRANSLATED`]).
 pub(super) fn rule_names(config: &Config) -> Vec<String> {
     let lb = config.lb_rules.iter().map(|r| &r.name);
     let nat = config.inbound_nat_rules.iter().map(|r| &r.name);
@@ -330,6 +334,18 @@ impl<E: Endpoint> Core<E> {
                 },
                 udp,
                 expiry: r.idle.expiry,
+            });
+        }
+        if config.profile.unmatched() == profile::Unmatched::Routed {
+            // Kept as the namespace-wide sysctl keeps an entry no `ct timeout` names.
+            rules.push(Rule {
+                id,
+                translation: Translation::Untranslated,
+                protocols: Protocols::All,
+                idle: ticks(config.profile.lb_rule_idle.default),
+                tcp,
+                udp,
+                expiry: config.profile.default_expiry,
             });
         }
         Core {

@@ -224,6 +224,31 @@ const SYN_ONLY: PickupPolicy = PickupPolicy {
     knob: PickupKnob::Fixed,
 };
 
+/// What a box does with a packet from the inside that no rule of its claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// Dropped: the box forwards only what its rules translate (a cloud load balancer or NAT
+    /// gateway).
+    Dropped,
+    /// Routed on untranslated, as a Linux router does: conntrack makes an entry (a SYN, or a
+    /// mid-stream ACK under loose pickup), no NAT rule binds it, and the packet, and the
+    /// replies that match the entry, go on as they are.
+    Routed,
+}
+
+impl Profile {
+    /// What the box does with an inside packet no rule claims. The boxes whose pickup a sysctl
+    /// sets (`nf_conntrack_tcp_loose`) are Linux routers, and a Linux router routes it: NAT
+    /// rules only rewrite what they match (nft(8), "NAT STATEMENTS"; kube-proxy's iptables and
+    /// nftables rules match only Service addresses, and a node routes the rest).
+    pub fn unmatched(&self) -> Unmatched {
+        match self.pickup.knob {
+            PickupKnob::Sysctl => Unmatched::Routed,
+            PickupKnob::Fixed => Unmatched::Dropped,
+        }
+    }
+}
+
 /// Which packets keep a flow alive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refresh {
@@ -703,6 +728,15 @@ const MASQUERADE: SnatPolicy = SnatPolicy {
 ///   after the timeout carries on. A server on the outside that speaks first is dropped (a
 ///   router's input chain drops what is not its own); a member that speaks first is picked up
 ///   by its pool's outbound rule, if it has one, and leaves masqueraded.
+/// - What no rule claims from the inside is routed on untranslated, as the kernel does (no NAT
+///   rule binds the new entry): a member's SYN, and under loose pickup a member's mid-stream
+///   segment of a connection whose entry has expired, e.g. a server behind an `lb_rule` and
+///   without masquerade that speaks first after the timeout. The packet leaves with the
+///   member's own address, and replies matching the entry come back (the remote's stack
+///   answers a segment of no socket of its own with a RST, which reaches the member). Such a
+///   flow is kept for the profile's default established timeout (the sysctl's), and is
+///   called `(untranslated)` in `idlegate flows`. Packets from the outside that no rule
+///   claims are dropped (a router's input chain).
 /// - Masquerade keeps the member's source port when the tuple stays unique, and frees it as
 ///   soon as the entry is gone.
 /// - IPv4 fragments: reassembled before tracking (conntrack enables `nf_defrag_ipv4`, whose hook
@@ -714,7 +748,9 @@ pub static LINUX_CONNTRACK: Profile = CONNTRACK;
 /// kube-proxy sets at start-up (kube-proxy reference: `--conntrack-tcp-timeout-established`
 /// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h). Everything else is the kernel's, as in
 /// `linux-conntrack`. A Service is an `lb_rule` (DNAT to its endpoints), masquerade an
-/// `outbound_rule`. IPv4 fragments as in `linux-conntrack`.
+/// `outbound_rule`; what no Service rule claims is routed on untranslated, and its
+/// `KUBE-FORWARD` chain drops what conntrack calls invalid, as in `linux-conntrack`. IPv4
+/// fragments as in `linux-conntrack`.
 pub static KUBE_PROXY: Profile = Profile {
     name: "kube-proxy",
     title: "kube-proxy",

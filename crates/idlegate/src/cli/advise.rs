@@ -1,10 +1,11 @@
-//! `idlegate advise`: the box's idle timeout (given, or a profile's) checked, then the
-//! keepalive settings for it printed. On every platform; `audit` shares the idle timeout's
-//! check.
+//! `idlegate advise`: the box's idle timeout (given, a profile's, or each rule's of a config)
+//! checked, then the keepalive settings for it printed. On every platform; `audit` shares the
+//! idle timeout's check and the config's reading.
 
 use super::parse_duration;
 use anyhow::Result;
 use clap::Args;
+use idlegate::survive::timeouts::{RuleTimeout, Timeouts};
 use idlegate_core::profile;
 
 #[derive(Args)]
@@ -15,6 +16,10 @@ pub struct AdviseArgs {
     /// Take the idle timeout from this middlebox profile [default: azure-lb].
     #[arg(long)]
     profile: Option<String>,
+    /// Judge by this idlegate config's own rules (e.g. written by `idlegate import`): each
+    /// rule's timeout and keepalive, and the system-wide settings that fit them all.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["idle_timeout", "profile"])]
+    config: Option<std::path::PathBuf>,
     /// The operating system whose settings to write [default: this build's own].
     #[arg(long, value_enum, default_value_t = idlegate::survive::advise::Os::this_build())]
     os: idlegate::survive::advise::Os,
@@ -51,9 +56,47 @@ pub(super) fn idle_timeout(
     ))
 }
 
+/// The rules' timeouts of config `path` and the shortest, refused (a usage error) if it has
+/// no TCP rule or a timeout keepalive cannot beat (under 2 s).
+pub(super) fn config_timeouts(path: &std::path::Path) -> Result<(Timeouts, RuleTimeout)> {
+    use idlegate::obs::report::{Report, Status};
+    let config = super::load_config(path)?;
+    let timeouts = Timeouts::of(&config);
+    let Some(shortest) = timeouts.shortest().cloned() else {
+        return Err(anyhow::anyhow!(
+            "{}: no TCP rule (lb_rule, inbound_nat_rule, outbound_rule or nat_gateway): nothing to judge by",
+            path.display()
+        ))
+        .status(Status::Usage);
+    };
+    if shortest.idle_timeout < std::time::Duration::from_secs(2) {
+        return Err(anyhow::anyhow!(
+            "{}: {} has {:?}: keepalive timers are whole seconds, at least 2s",
+            path.display(),
+            shortest.name(),
+            shortest.idle_timeout
+        ))
+        .status(Status::Usage);
+    }
+    Ok((timeouts, shortest))
+}
+
 /// `idlegate advise`: prints the settings.
 pub fn run_advise(args: &AdviseArgs) -> Result<()> {
     use idlegate::survive::advise::Advice;
+    if let Some(path) = &args.config {
+        let (timeouts, shortest) = config_timeouts(path)?;
+        let shown = path.display().to_string();
+        let from = format!("{} of {shown}, the shortest", shortest.name());
+        let advice = Advice::new(shortest.idle_timeout, from, args.os, args.library);
+        if args.json {
+            let json = advice.json_rules(&shown, &timeouts);
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        } else {
+            print!("{}", advice.render_rules(&shown, &timeouts));
+        }
+        return Ok(());
+    }
     let (timeout, from) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
     let advice = Advice::new(timeout, from, args.os, args.library);
     if args.json {

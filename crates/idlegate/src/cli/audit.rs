@@ -1,7 +1,7 @@
-//! `idlegate audit`: the box's idle timeout (given, or a profile's) checked, then the host's
-//! connections judged against it. Linux only (sock_diag, procfs).
+//! `idlegate audit`: the box's idle timeout (given, a profile's, or each rule's of a config)
+//! checked, then the host's connections judged against it. Linux only (sock_diag, procfs).
 
-use super::advise::idle_timeout;
+use super::advise::{config_timeouts, idle_timeout};
 use super::parse_duration;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,6 +18,11 @@ pub struct AuditArgs {
     /// Take the idle timeout from this middlebox profile [default: azure-lb].
     #[arg(long)]
     profile: Option<String>,
+    /// Judge by this idlegate config's own rules (e.g. written by `idlegate import`): a
+    /// connection from a rule's backend port by that rule's timeout, any other by the outbound
+    /// path's.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["idle_timeout", "profile", "metrics"])]
+    config: Option<std::path::PathBuf>,
     /// The connections of this network namespace (a name `ip netns list` shows).
     #[arg(long)]
     netns: Option<String>,
@@ -62,27 +67,34 @@ impl AuditArgs {
 
 /// `idlegate audit`: the table (or JSON), once or refreshed.
 pub fn run_audit(args: &AuditArgs) -> Result<()> {
-    let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
-    if let Some(settings) = args.metrics(timeout)? {
-        return serve_metrics(settings);
-    }
+    use idlegate::survive::audit::{audit_by, Basis};
+    let basis = match &args.config {
+        Some(path) => Basis::Config {
+            path: path.display().to_string(),
+            timeouts: config_timeouts(path)?.0,
+        },
+        None => {
+            let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
+            if let Some(settings) = args.metrics(timeout)? {
+                return serve_metrics(settings);
+            }
+            Basis::One(timeout)
+        }
+    };
     let netns = args.netns.as_deref();
     if args.json {
-        let report = idlegate::survive::audit::audit(timeout, netns)?;
+        let report = audit_by(&basis, netns)?;
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     if !args.watch {
-        print!(
-            "{}",
-            idlegate::survive::audit::audit(timeout, netns)?.render()
-        );
+        print!("{}", audit_by(&basis, netns)?.render());
         return Ok(());
     }
     let stop = Arc::new(AtomicBool::new(false));
     idlegate::sys::signal::stop_on_interrupt(&stop).context("installing signal handlers")?;
     while !stop.load(Ordering::Relaxed) {
-        let text = idlegate::survive::audit::audit(timeout, netns)?.render();
+        let text = audit_by(&basis, netns)?.render();
         print!("\x1b[H\x1b[2J{text}");
         std::io::stdout().flush()?;
         let until = std::time::Instant::now() + std::time::Duration::from_secs(2);

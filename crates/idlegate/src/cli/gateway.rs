@@ -7,7 +7,7 @@ use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::gateway::{Attachment, Gateway, Options};
-use idlegate::obs::report::{self, Report, Status};
+use idlegate::obs::report::{Report, Status};
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
 use idlegate_core::Interface;
@@ -72,13 +72,7 @@ pub fn explain(path: &Path, json: bool) -> Result<()> {
 /// Reads and validates a config file; nothing starts on a bad one (a usage error, as is a
 /// file that cannot be read).
 pub fn load_config(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))
-        .status(Status::Usage)?;
-    match Config::from_toml(&text, &path.display().to_string()) {
-        Ok(config) => Ok(config),
-        Err(mistake) => report::refused(mistake),
-    }
+    super::load_config(path)
 }
 
 /// `--user NAME` looked up, its errors named after the flag.

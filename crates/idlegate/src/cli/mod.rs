@@ -91,6 +91,20 @@ pub fn keepalive_choice(
     })
 }
 
+/// Reads and validates a config file; nothing starts on a bad one (a usage error with the
+/// file:line:column of the mistake, as is a file that cannot be read).
+pub fn load_config(path: &std::path::Path) -> Result<idlegate_core::Config> {
+    use anyhow::Context;
+    use idlegate::obs::report::{self, Report, Status};
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))
+        .status(Status::Usage)?;
+    match idlegate_core::Config::from_toml(&text, &path.display().to_string()) {
+        Ok(config) => Ok(config),
+        Err(mistake) => report::refused(mistake),
+    }
+}
+
 /// The profile `--profile NAME` names, or a usage error whose hint lists every profile (and
 /// the one meant, for a close name): the one way every command refuses an unknown profile.
 pub fn profile_named(name: &str) -> Result<&'static idlegate_core::profile::Profile> {

@@ -15,6 +15,7 @@
 //! the kernel's `net.inet.tcp.always_keepalive`.
 
 use crate::survive::keepalive::Keepalive;
+use crate::survive::timeouts::{RuleTimeout, Timeouts};
 use std::fmt::Write;
 use std::time::Duration;
 
@@ -391,6 +392,53 @@ impl Advice {
         })
     }
 
+    /// With a config: each rule's timeout, where it comes from, and the keepalive that fits
+    /// it, then the one system-wide setting that fits them all (this advice's, for the
+    /// shortest) as text.
+    pub fn render_rules(&self, path: &str, timeouts: &Timeouts) -> String {
+        let mut out = format!("Idle timeouts of {path}, rule by rule:\n");
+        for (r, k) in per_rule(timeouts) {
+            let _ = writeln!(
+                out,
+                "  {} ({}): {} ({}); keepalive {}s,{}s,{}",
+                r.name(),
+                r.direction.as_str(),
+                humantime::format_duration(r.idle_timeout),
+                r.reason,
+                k.idle.as_secs(),
+                k.interval.as_secs(),
+                k.count,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "One system-wide setting fits them all: the shortest's, below.\n"
+        );
+        out + &self.render()
+    }
+
+    /// [`Advice::json`] with a config's rules: `config`, each rule's timeout and keepalive in
+    /// `rules`, and the rule whose (shortest) timeout the system-wide settings fit in
+    /// `system_wide_rule`.
+    pub fn json_rules(&self, path: &str, timeouts: &Timeouts) -> serde_json::Value {
+        let mut json = self.json(None);
+        let rules: Vec<serde_json::Value> = per_rule(timeouts)
+            .map(|(r, k)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["keepalive"] = serde_json::json!({
+                    "idle_s": k.idle.as_secs(),
+                    "interval_s": k.interval.as_secs(),
+                    "count": k.count,
+                });
+                v
+            })
+            .collect();
+        json["config"] = path.into();
+        json["rules"] = rules.into();
+        json["system_wide_rule"] = timeouts.shortest().map(|r| r.rule.clone()).into();
+        json
+    }
+
     fn library(&self, library: Library) -> String {
         let k = &self.keepalive;
         let (idle, intvl, count) = (k.idle.as_secs(), k.interval.as_secs(), k.count);
@@ -465,6 +513,14 @@ impl Advice {
             ),
         }
     }
+}
+
+/// Each rule with the keepalive that fits its timeout.
+fn per_rule(timeouts: &Timeouts) -> impl Iterator<Item = (&RuleTimeout, Keepalive)> {
+    timeouts
+        .rules
+        .iter()
+        .map(|r| (r, Keepalive::for_idle_timeout(r.idle_timeout)))
 }
 
 #[cfg(test)]

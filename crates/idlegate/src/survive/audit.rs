@@ -13,11 +13,14 @@
 //! timeout), `safe`. Loopback connections (127.0.0.0/8, ::1, and IPv4-mapped 127.x) never
 //! cross a box: they are not judged, only counted ([`Report::loopback_connections`]), in the
 //! text, the JSON and the metrics alike. [`metrics`] keeps the audit running and serves it to
-//! Prometheus.
+//! Prometheus. Judged by a config ([`Basis::Config`]), each connection meets the timeout of the
+//! rule its local port and direction name ([`crate::survive::timeouts`]), said in its
+//! `judged_by`; the sysctls are judged against the shortest.
 
 pub mod metrics;
 
 use crate::survive::keepalive::{Process, SocketKeepalive};
+use crate::survive::timeouts::{Among, Kind, RuleTimeout, Timeouts};
 use crate::sys::proc;
 use crate::sys::sock_diag::{tcp_connections, TcpConnection, Timer};
 use anyhow::Result;
@@ -86,12 +89,75 @@ pub struct Connection {
     pub retransmits: u32,
     pub verdict: Risk,
     pub reason: String,
+    /// The idle timeout it was judged against.
+    pub idle_timeout_s: u64,
+    /// With a config: the rule whose timeout that is (null: one timeout for all).
+    pub judged_by: Option<JudgedBy>,
+}
+
+/// The rule of a config a connection was judged by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JudgedBy {
+    pub rule: String,
+    pub kind: Kind,
+    /// How many rules could have carried it; it is judged by the shortest of them.
+    pub among: usize,
+    /// What those rules are.
+    pub of: Among,
+    /// `lb_rule "app" (240 s)`, as the text says it.
+    pub description: String,
+}
+
+/// What the connections are judged against.
+#[derive(Debug, Clone)]
+pub enum Basis {
+    /// One idle timeout for every connection (`--idle-timeout`, `--profile`).
+    One(Duration),
+    /// A config's rules (`--config`), each connection by the rule it meets.
+    Config { path: String, timeouts: Timeouts },
+}
+
+impl Basis {
+    /// The timeout the system's sysctls must beat: the only one, or the config's shortest.
+    fn shortest(&self) -> Duration {
+        match self {
+            Basis::One(t) => *t,
+            Basis::Config { timeouts, .. } => timeouts
+                .shortest()
+                .map_or(Duration::MAX, |r| r.idle_timeout),
+        }
+    }
+
+    /// The timeout a connection from `local` meets, and the rule it comes from.
+    fn for_connection(&self, local: SocketAddr) -> (Duration, Option<JudgedBy>) {
+        match self {
+            Basis::One(t) => (*t, None),
+            Basis::Config { timeouts, .. } => match timeouts.judging(local.port()) {
+                Some(m) => (
+                    m.rule.idle_timeout,
+                    Some(JudgedBy {
+                        rule: m.rule.rule.clone(),
+                        kind: m.rule.kind,
+                        among: m.among,
+                        of: m.of,
+                        description: m.describe(),
+                    }),
+                ),
+                None => (self.shortest(), None),
+            },
+        }
+    }
 }
 
 /// What `idlegate audit` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The timeout the sysctls are judged against: the only one, or a config's shortest.
     pub idle_timeout_s: u64,
+    /// With `--config`: its path, null otherwise.
+    pub config: Option<String>,
+    /// With `--config`: each TCP rule's effective timeout (empty otherwise).
+    pub rules: Vec<RuleTimeout>,
     pub sysctl: Sysctl,
     /// The sysctls against the timeout.
     pub sysctl_verdict: Risk,
@@ -222,8 +288,13 @@ fn judge_sysctl(sysctl: &Sysctl, timeout: Duration) -> (Risk, String) {
     }
 }
 
-/// Audits the connections of namespace `netns` (this process's if None).
+/// Audits the connections of namespace `netns` (this process's if None) against one timeout.
 pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
+    audit_by(&Basis::One(timeout), netns)
+}
+
+/// Audits the connections of namespace `netns` (this process's if None) against `basis`.
+pub fn audit_by(basis: &Basis, netns: Option<&str>) -> Result<Report> {
     let (sysctl, raw) = match netns {
         Some(ns) => cannot_enter(
             crate::sys::netns::spawn_in(ns, || -> Result<_> {
@@ -243,16 +314,23 @@ pub fn audit(timeout: Duration, netns: Option<&str>) -> Result<Report> {
         .partition(|r| is_loopback(r.remote.ip()));
     let mut connections: Vec<Connection> = through
         .into_iter()
-        .map(|r| connection(r, &owners, timeout))
+        .map(|r| connection(r, &owners, basis))
         .collect();
     connections.sort_by(|a, b| {
         (a.verdict, b.idle_s)
             .partial_cmp(&(b.verdict, a.idle_s))
             .unwrap_or(std::cmp::Ordering::Equal)
     });
+    let timeout = basis.shortest();
     let (sysctl_verdict, sysctl_reason) = judge_sysctl(&sysctl, timeout);
+    let (config, rules) = match basis {
+        Basis::One(_) => (None, Vec::new()),
+        Basis::Config { path, timeouts } => (Some(path.clone()), timeouts.rules.clone()),
+    };
     Ok(Report {
         idle_timeout_s: timeout.as_secs(),
+        config,
+        rules,
         sysctl,
         sysctl_verdict,
         sysctl_reason,
@@ -312,8 +390,9 @@ fn read_own(pid: i32, fd: i32, inode: u64) -> Option<SocketKeepalive> {
 fn connection(
     r: TcpConnection,
     owners: &HashMap<u64, (i32, i32, String)>,
-    timeout: Duration,
+    basis: &Basis,
 ) -> Connection {
+    let (timeout, judged_by) = basis.for_connection(r.local);
     let owner = owners.get(&r.inode);
     let own = owner.and_then(|&(pid, fd, _)| read_own(pid, fd, r.inode));
     let from_timer = match r.timer {
@@ -367,6 +446,8 @@ fn connection(
         retransmits: info.map_or(0, |i| i.total_retrans),
         verdict,
         reason,
+        idle_timeout_s: timeout.as_secs(),
+        judged_by,
     }
 }
 
@@ -375,8 +456,27 @@ impl Report {
     pub fn render(&self) -> String {
         use std::fmt::Write;
         let s = &self.sysctl;
-        let mut out = format!(
-            "idle timeout {} s; system keepalive {}/{}/{}: {} ({})\n\n",
+        let mut out = String::new();
+        if let Some(path) = &self.config {
+            let _ = writeln!(out, "idle timeouts of {path}:");
+            for r in &self.rules {
+                let _ = writeln!(
+                    out,
+                    "  {} {} s ({})",
+                    r.name(),
+                    r.idle_timeout.as_secs(),
+                    r.reason
+                );
+            }
+        }
+        let shortest = if self.config.is_some() {
+            ", the shortest"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "idle timeout {} s{shortest}; system keepalive {}/{}/{}: {} ({})\n\n",
             self.idle_timeout_s,
             s.tcp_keepalive_time,
             s.tcp_keepalive_intvl,
@@ -427,7 +527,10 @@ impl Report {
                 c.idle_s,
                 c.unacked,
                 c.retransmits,
-                c.reason
+                match &c.judged_by {
+                    Some(by) => format!("{}; judged by {}", c.reason, by.description),
+                    None => c.reason.clone(),
+                }
             );
         }
         if self.connections.is_empty() {

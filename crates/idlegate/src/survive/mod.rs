@@ -11,6 +11,7 @@
 //! | [`stats`] | what a relay or a tunnel end counts, for its metrics |
 //! | [`audit`] | `idlegate audit`: the host's TCP connections judged against an idle timeout |
 //! | [`advise`] | `idlegate advise`: the keepalive settings for a box, a system and a library |
+//! | [`timeouts`] | a config's rules' idle timeouts, and which one a connection meets |
 
 pub mod advise;
 #[cfg(target_os = "linux")]
@@ -20,4 +21,5 @@ pub mod keepalive;
 pub mod relay;
 pub mod serve;
 pub mod stats;
+pub mod timeouts;
 pub mod tunnel;

@@ -328,3 +328,119 @@ fn audit_of_another_namespace_as_an_ordinary_user_says_it_needs_root() {
         "{stderr}"
     );
 }
+
+/// The example config a user would import or write: an LB rule on port 7000 (and one on 7001)
+/// and an outbound rule.
+const AZURE_LB_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/azure-lb.toml");
+
+#[test]
+fn audit_by_a_config_judges_each_connection_by_the_rule_its_port_and_direction_name() {
+    require_root();
+    let text = std::fs::read_to_string(AZURE_LB_EXAMPLE).expect("examples/azure-lb.toml");
+    let config = Config::from_toml(&text, AZURE_LB_EXAMPLE).unwrap();
+    let ((json, table, inbound, outbound), _) = Lab::with_gateway(&unique("auc"), &config, |lab| {
+        let internet = lab.namespace_of(INTERNET)?;
+        // Both members serve the LB rule's backend port (the rule picks one by a hash);
+        // internet serves the outbound connection of the member that was picked.
+        let mut backends = Vec::new();
+        for vm in ["vm1", "vm2"] {
+            let ns = lab.namespace_of(vm)?;
+            let listener = netns::spawn_in(&ns, || TcpListener::bind("0.0.0.0:7000"))?
+                .join()
+                .unwrap()?;
+            listener.set_nonblocking(true)?;
+            backends.push((ns, listener));
+        }
+        let remote = netns::spawn_in(&internet, || TcpListener::bind("0.0.0.0:8000"))?
+            .join()
+            .unwrap()?;
+        let _from_outside = connect(&internet, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let (member, inbound) = loop {
+            if let Some(found) = backends
+                .iter()
+                .find_map(|(ns, l)| l.accept().ok().map(|(c, _)| (ns.clone(), c)))
+            {
+                break found;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no member accepted the connection from internet"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let outbound = netns::spawn_in(&member, || TcpStream::connect("203.0.113.100:8000"))?
+            .join()
+            .unwrap()?;
+        let (_outbound_peer, _) = remote.accept()?;
+        let run = |json: bool| {
+            let mut args = vec![
+                "audit",
+                "--netns",
+                member.as_str(),
+                "--config",
+                AZURE_LB_EXAMPLE,
+            ];
+            if json {
+                args.push("--json");
+            }
+            let out = Command::new(IDLEGATE).args(&args).output().unwrap();
+            common::assert_success(&out, &args);
+            out.stdout
+        };
+        let json: Value = serde_json::from_slice(&run(true))?;
+        let table = String::from_utf8(run(false))?;
+        Ok((
+            json,
+            table,
+            inbound.local_addr()?.to_string(),
+            outbound.local_addr()?.to_string(),
+        ))
+    })
+    .expect("lab run");
+    assert_eq!(json["config"], AZURE_LB_EXAMPLE);
+    let rules: Vec<&str> = json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["app", "app-with-reset", "egress"]);
+    let conns = json["connections"].as_array().unwrap();
+    let find = |local: &str| {
+        conns
+            .iter()
+            .find(|c| c["local"] == local)
+            .unwrap_or_else(|| panic!("{local} not in {json:#}"))
+    };
+    for (local, rule, kind) in [
+        (&inbound, "app", "lb-rule"),
+        (&outbound, "egress", "outbound-rule"),
+    ] {
+        let c = find(local);
+        assert_eq!(c["judged_by"]["rule"], rule, "{c:#}");
+        assert_eq!(c["judged_by"]["kind"], kind, "{c:#}");
+        // The box's own 4 minutes, not the lab's scaled 4 seconds.
+        assert_eq!(c["idle_timeout_s"], 240, "{c:#}");
+        assert_eq!(c["verdict"], "at-risk", "{c:#}");
+    }
+    let line = |local: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!(" {local} ")))
+            .unwrap_or_else(|| panic!("{local} not in\n{table}"))
+            .to_string()
+    };
+    assert!(
+        line(&inbound).ends_with("judged by lb_rule \"app\" (240 s)"),
+        "{table}"
+    );
+    assert!(
+        line(&outbound).ends_with("judged by outbound_rule \"egress\" (240 s)"),
+        "{table}"
+    );
+    assert!(
+        table.starts_with(&format!("idle timeouts of {AZURE_LB_EXAMPLE}:\n")),
+        "{table}"
+    );
+}

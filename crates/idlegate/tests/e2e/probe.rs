@@ -179,13 +179,38 @@ fn probe_finds_the_timeout_of_a_real_kernel_nat() {
 
 #[test]
 fn with_loose_pickup_only_the_server_to_client_direction_dies() {
-    // Linux conntrack with nf_conntrack_tcp_loose=1: the client's late packet opens a new
-    // entry and carries on; the server's is dropped.
+    // Linux conntrack with nf_conntrack_tcp_loose=1, a DNAT rule and no masquerade: the
+    // client's late packet opens a new entry and carries on; the server's opens one no NAT
+    // rule binds, leaves untranslated, and the client's stack answers it with a RST that
+    // resets the server (what a real router does: the next test).
     let r = probe_profile("linux-conntrack", 1, "7300ms", "silent");
     assert_bracket(&r, 7.3);
     assert_eq!(
         (r.client_to_server, r.server_to_client),
-        (Behaviour::Alive, Some(Behaviour::Silent)),
+        (Behaviour::Alive, Some(Behaviour::Reset)),
+        "{r:#?}"
+    );
+}
+
+#[test]
+fn through_a_real_kernel_port_forward_without_masquerade_the_server_to_client_direction_is_reset() {
+    // The reference for the test above: nft dnat of port 9300 to the server, no masquerade,
+    // nf_conntrack_tcp_timeout_established = 5 and loose pickup on.
+    require_root();
+    let router = KernelRouter::dnat_only(5, Pickup::Loose, 9300);
+    let r = probe_between(
+        &router.server,
+        &router.client,
+        "0.0.0.0:9300".parse().unwrap(),
+        "203.0.113.10:9300".parse().unwrap(),
+    );
+    // Within a resolution of 5 s (seen: (5, 6], the kernel's jiffies past the 5 s); what
+    // matters here is each direction's fate.
+    let b = &r.idle_timeout_s;
+    assert!(b.low >= 4.0 && b.high.is_some_and(|h| h <= 6.0), "{r:#?}");
+    assert_eq!(
+        (r.client_to_server, r.server_to_client),
+        (Behaviour::Alive, Some(Behaviour::Reset)),
         "{r:#?}"
     );
 }

@@ -64,7 +64,8 @@ fn brackets(line: &str) -> Vec<(f64, f64)> {
 #[test]
 fn the_progress_names_each_direction_never_shows_an_empty_bracket_and_ends_where_the_result_does() {
     // Linux conntrack with loose pickup: the client's late packets open a new entry (that
-    // direction never dies), the server's are dropped at 7.3 s. The two directions disagree,
+    // direction never dies), the server's leave untranslated after 7.3 s and are reset (no
+    // masquerade in this lab). The two directions disagree,
     // which is what once made one line say `timeout in (4 s, 4 s]`.
     let (report, stderr) = probe_binary(
         &echo_lab("linux-conntrack", 1, "7300ms", "silent"),

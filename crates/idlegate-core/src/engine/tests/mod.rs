@@ -393,4 +393,5 @@ mod profiles;
 mod rules;
 mod shards;
 mod udp;
+mod untranslated;
 mod window;

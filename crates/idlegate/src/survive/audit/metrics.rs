@@ -489,12 +489,16 @@ mod tests {
             retransmits: 0,
             verdict,
             reason: String::new(),
+            idle_timeout_s: 240,
+            judged_by: None,
         }
     }
 
     fn report(connections: Vec<Connection>) -> Report {
         Report {
             idle_timeout_s: 240,
+            config: None,
+            rules: Vec::new(),
             sysctl: Sysctl {
                 tcp_keepalive_time: 7200,
                 tcp_keepalive_intvl: 75,

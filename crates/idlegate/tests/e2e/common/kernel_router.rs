@@ -1,7 +1,8 @@
 //! A real Linux NAT router in namespaces: the independent reference the conntrack profile and
-//! the probe are checked against. The router masquerades the client's connections; its forward
-//! chain drops what conntrack calls invalid, its input chain takes only what belongs to its own
-//! connections. Root only.
+//! the probe are checked against. The router masquerades the client's connections (or, as
+//! [`KernelRouter::dnat_only`], forwards one port of its outside address to the client and
+//! masquerades nothing); its forward chain drops what conntrack calls invalid, its input chain
+//! takes only what belongs to its own connections. Root only.
 
 #![allow(dead_code)] // each test file uses what it needs
 
@@ -18,6 +19,18 @@ pub enum Invalid {
     Drop,
     /// Answer with ICMP "administratively prohibited", as many firewalls do.
     RejectWithIcmp,
+}
+
+/// What the router's NAT does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nat {
+    /// Masquerade whatever leaves on the outside.
+    Masquerade,
+    /// DNAT TCP `port` of the router's outside address to the client's same port; no
+    /// masquerade. The server's default route points at the router, as the lab's `internet`
+    /// host's points at the gateway, so what the server sends to the client's own address
+    /// goes back through the router.
+    DnatOnly { port: u16 },
 }
 
 pub struct KernelRouter {
@@ -61,6 +74,17 @@ impl KernelRouter {
 
     /// The same, with `invalid` deciding what the forward chain does with invalid packets.
     pub fn with(established_s: u64, pickup: Pickup, invalid: Invalid) -> KernelRouter {
+        KernelRouter::build(established_s, pickup, invalid, Nat::Masquerade)
+    }
+
+    /// A router that forwards TCP `port` of its outside address (203.0.113.10) to the
+    /// client's (192.0.2.11) same port and masquerades nothing: the client is a server behind a
+    /// port forward. Invalid packets are dropped.
+    pub fn dnat_only(established_s: u64, pickup: Pickup, port: u16) -> KernelRouter {
+        KernelRouter::build(established_s, pickup, Invalid::Drop, Nat::DnatOnly { port })
+    }
+
+    fn build(established_s: u64, pickup: Pickup, invalid: Invalid, nat: Nat) -> KernelRouter {
         let tag = unique("kr");
         let [c, r, s] = ["c", "r", "s"].map(|h| format!("ig-{tag}-{h}"));
         let namespaces = [&c, &r, &s].map(|n| Namespace::create(n).expect("namespace"));
@@ -82,6 +106,16 @@ impl KernelRouter {
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
         ip(&["-n", &c, "route", "add", "default", "via", "192.0.2.1"]);
+        let nat_chains = match nat {
+            Nat::Masquerade => {
+                "chain postrouting { type nat hook postrouting priority 100; oif \"out0\" masquerade; }"
+                    .to_string()
+            }
+            Nat::DnatOnly { port } => {
+                ip(&["-n", &s, "route", "add", "default", "via", "203.0.113.10"]);
+                format!("chain prerouting {{ type nat hook prerouting priority -100; iif \"out0\" ip daddr 203.0.113.10 tcp dport {port} dnat to 192.0.2.11:{port}; }}")
+            }
+        };
         let verdict = match invalid {
             Invalid::Drop => "drop",
             Invalid::RejectWithIcmp => "reject with icmp type admin-prohibited",
@@ -89,7 +123,7 @@ impl KernelRouter {
         let ruleset = format!("table ip idlegate_reference {{
   chain forward {{ type filter hook forward priority 0; policy accept; ct state invalid {verdict}; }}
   chain input {{ type filter hook input priority 0; policy drop; ct state established,related accept; iif \"lo\" accept; }}
-  chain postrouting {{ type nat hook postrouting priority 100; oif \"out0\" masquerade; }}
+  {nat_chains}
 }}
 ");
         run(
