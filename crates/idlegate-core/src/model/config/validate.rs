@@ -461,9 +461,13 @@ impl Validator {
                 .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
                 .is_some_and(|d| d > range.max);
             match above && profile.name == profile::AZURE_LB.name {
+                // Inside the range's own parentheses: "(allowed: 4 min to 120 min; Azure's …)".
                 true => (
                     span,
-                    format!("{message} ({})", profile::AZURE_OUTBOUND_MAXIMUM),
+                    match message.strip_suffix(')') {
+                        Some(open) => format!("{open}; {})", profile::AZURE_OUTBOUND_MAXIMUM),
+                        None => format!("{message} ({})", profile::AZURE_OUTBOUND_MAXIMUM),
+                    },
                 ),
                 false => (span, message),
             }
