@@ -5,7 +5,9 @@
 use super::parse_duration;
 use anyhow::Result;
 use clap::Args;
+use idlegate::obs::report::{Report, Status};
 use idlegate::survive::timeouts::{RuleTimeout, Timeouts};
+use idlegate_core::config::human;
 use idlegate_core::profile;
 
 #[derive(Args)]
@@ -20,6 +22,10 @@ pub struct AdviseArgs {
     /// rule's timeout and keepalive, and the system-wide settings that fit them all.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["idle_timeout", "profile"])]
     config: Option<std::path::PathBuf>,
+    /// With --config: the member of the config this host is (a VM's or NIC's name, as
+    /// `idlegate import` names members): only the rules that carry its connections count.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    member: Option<String>,
     /// The operating system whose settings to write [default: this build's own].
     #[arg(long, value_enum, default_value_t = idlegate::survive::advise::Os::this_build())]
     os: idlegate::survive::advise::Os,
@@ -38,12 +44,13 @@ pub(super) fn idle_timeout(
     given: Option<std::time::Duration>,
     profile_name: Option<&str>,
 ) -> Result<(std::time::Duration, String)> {
-    use idlegate::obs::report::{Report, Status};
     if let Some(t) = given {
         if t < std::time::Duration::from_secs(2) {
             return Err(anyhow::anyhow!(
-                "--idle-timeout {t:?}: at least 2s (keepalive timers are whole seconds)"
+                "--idle-timeout {}: at least 2 s (keepalive timers are whole seconds)",
+                human(t)
             ))
+            .hint("give --idle-timeout 2s or more")
             .status(Status::Usage);
         }
         return Ok((t, "--idle-timeout".to_string()));
@@ -56,26 +63,41 @@ pub(super) fn idle_timeout(
     ))
 }
 
-/// The rules' timeouts of config `path` and the shortest, refused (a usage error) if it has
-/// no TCP rule or a timeout keepalive cannot beat (under 2 s).
-pub(super) fn config_timeouts(path: &std::path::Path) -> Result<(Timeouts, RuleTimeout)> {
-    use idlegate::obs::report::{Report, Status};
+/// The rules' timeouts of config `path` (only those of `member` if given) and the shortest,
+/// refused (a usage error) for a member the config does not have, or if no TCP rule is left
+/// or one has a timeout keepalive cannot beat (under 2 s).
+pub(super) fn config_timeouts(
+    path: &std::path::Path,
+    member: Option<&str>,
+) -> Result<(Timeouts, RuleTimeout)> {
     let config = super::load_config(path)?;
-    let timeouts = Timeouts::of(&config);
+    let mut timeouts = Timeouts::of(&config);
+    let shown = path.display();
+    if let Some(name) = member {
+        let all = timeouts.members.join(", ");
+        timeouts = timeouts
+            .for_member(name)
+            .ok_or_else(|| anyhow::anyhow!("--member {name}: {shown} has no such member"))
+            .with_hint(|| format!("the members of {shown}: {all}"))
+            .status(Status::Usage)?;
+    }
     let Some(shortest) = timeouts.shortest().cloned() else {
+        let whose = member.map_or(String::new(), |m| {
+            format!(" carries member {m}'s connections")
+        });
         return Err(anyhow::anyhow!(
-            "{}: no TCP rule (lb_rule, inbound_nat_rule, outbound_rule or nat_gateway): nothing to judge by",
-            path.display()
+            "{shown}: no TCP rule (lb_rule, inbound_nat_rule, outbound_rule or nat_gateway){whose}: nothing to judge by"
         ))
+        .hint("give a config with a TCP rule, or --idle-timeout or --profile instead of --config")
         .status(Status::Usage);
     };
     if shortest.idle_timeout < std::time::Duration::from_secs(2) {
         return Err(anyhow::anyhow!(
-            "{}: {} has {:?}: keepalive timers are whole seconds, at least 2s",
-            path.display(),
+            "{shown}: {} has {}: keepalive timers are whole seconds, at least 2 s",
             shortest.name(),
-            shortest.idle_timeout
+            human(shortest.idle_timeout)
         ))
+        .with_hint(|| format!("raise {}'s idle_timeout to 2s or more", shortest.name()))
         .status(Status::Usage);
     }
     Ok((timeouts, shortest))
@@ -85,9 +107,13 @@ pub(super) fn config_timeouts(path: &std::path::Path) -> Result<(Timeouts, RuleT
 pub fn run_advise(args: &AdviseArgs) -> Result<()> {
     use idlegate::survive::advise::Advice;
     if let Some(path) = &args.config {
-        let (timeouts, shortest) = config_timeouts(path)?;
+        let (timeouts, shortest) = config_timeouts(path, args.member.as_deref())?;
         let shown = path.display().to_string();
-        let from = format!("{} of {shown}, the shortest", shortest.name());
+        let whose = args
+            .member
+            .as_deref()
+            .map_or(String::new(), |m| format!(" of member {m}'s rules"));
+        let from = format!("{} of {shown}, the shortest{whose}", shortest.name());
         let advice = Advice::new(shortest.idle_timeout, from, args.os, args.library);
         if args.json {
             let json = advice.json_rules(&shown, &timeouts);
@@ -128,7 +154,7 @@ mod tests {
                 "{:#}",
                 idle_timeout(Some(Duration::from_secs(1)), None).unwrap_err()
             ),
-            "--idle-timeout 1s: at least 2s (keepalive timers are whole seconds)"
+            "--idle-timeout 1 s: at least 2 s (keepalive timers are whole seconds)"
         );
         assert_eq!(
             idle_timeout(Some(Duration::from_secs(2)), None).unwrap(),

@@ -23,6 +23,11 @@ pub struct AuditArgs {
     /// path's.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["idle_timeout", "profile", "metrics"])]
     config: Option<std::path::PathBuf>,
+    /// With --config: the member of the config this host is (a VM's or NIC's name, as
+    /// `idlegate import` names members): its connections are judged by its own rules, an
+    /// outbound one by its pool's NAT gateway or outbound rule.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    member: Option<String>,
     /// The connections of this network namespace (a name `ip netns list` shows).
     #[arg(long)]
     netns: Option<String>,
@@ -50,10 +55,16 @@ impl AuditArgs {
         let interval = self.interval.unwrap_or(metrics::DEFAULT_INTERVAL);
         if interval < metrics::MIN_INTERVAL {
             use idlegate::obs::report::{Report, Status};
+            use idlegate_core::config::human;
             return Err(anyhow::anyhow!(
-                "--interval {interval:?}: at least {:?} (each scan reads every process's descriptors)",
-                metrics::MIN_INTERVAL
+                "--interval {}: at least {} (each scan reads every process's descriptors)",
+                human(interval),
+                human(metrics::MIN_INTERVAL)
             ))
+            .with_hint(|| {
+                let least = humantime::format_duration(metrics::MIN_INTERVAL);
+                format!("give --interval {least} or more")
+            })
             .status(Status::Usage);
         }
         Ok(Some(Settings {
@@ -71,7 +82,7 @@ pub fn run_audit(args: &AuditArgs) -> Result<()> {
     let basis = match &args.config {
         Some(path) => Basis::Config {
             path: path.display().to_string(),
-            timeouts: config_timeouts(path)?.0,
+            timeouts: config_timeouts(path, args.member.as_deref())?.0,
         },
         None => {
             let (timeout, _) = idle_timeout(args.idle_timeout, args.profile.as_deref())?;
@@ -168,7 +179,7 @@ mod tests {
                     .metrics(timeout)
                     .unwrap_err()
             ),
-            "--interval 500ms: at least 1s (each scan reads every process's descriptors)"
+            "--interval 500 ms: at least 1 s (each scan reads every process's descriptors)"
         );
         for refused in [
             &["--metrics", "localhost:9477"][..],

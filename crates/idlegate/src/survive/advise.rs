@@ -396,7 +396,11 @@ impl Advice {
     /// it, then the one system-wide setting that fits them all (this advice's, for the
     /// shortest) as text.
     pub fn render_rules(&self, path: &str, timeouts: &Timeouts) -> String {
-        let mut out = format!("Idle timeouts of {path}, rule by rule:\n");
+        let whose = timeouts
+            .member
+            .as_deref()
+            .map_or(String::new(), |m| format!(" for member {m}"));
+        let mut out = format!("Idle timeouts of {path}{whose}, rule by rule:\n");
         for (r, k) in per_rule(timeouts) {
             let _ = writeln!(
                 out,
@@ -410,6 +414,9 @@ impl Advice {
                 k.count,
             );
         }
+        if let Some(hint) = timeouts.member_hint() {
+            let _ = writeln!(out, "Note: {hint}.");
+        }
         let _ = writeln!(
             out,
             "One system-wide setting fits them all: the shortest's, below.\n"
@@ -417,8 +424,9 @@ impl Advice {
         out + &self.render()
     }
 
-    /// [`Advice::json`] with a config's rules: `config`, each rule's timeout and keepalive in
-    /// `rules`, and the rule whose (shortest) timeout the system-wide settings fit in
+    /// [`Advice::json`] with a config's rules: `config`, the `member` they were kept for (and
+    /// without one, `member_hint` when several outbound paths leave it open), each rule's
+    /// timeout and keepalive in `rules`, and the rule whose (shortest) timeout the system-wide settings fit in
     /// `system_wide_rule`.
     pub fn json_rules(&self, path: &str, timeouts: &Timeouts) -> serde_json::Value {
         let mut json = self.json(None);
@@ -434,6 +442,8 @@ impl Advice {
             })
             .collect();
         json["config"] = path.into();
+        json["member"] = timeouts.member.clone().into();
+        json["member_hint"] = timeouts.member_hint().into();
         json["rules"] = rules.into();
         json["system_wide_rule"] = timeouts.shortest().map(|r| r.rule.clone()).into();
         json

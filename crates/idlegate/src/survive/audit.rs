@@ -156,6 +156,11 @@ pub struct Report {
     pub idle_timeout_s: u64,
     /// With `--config`: its path, null otherwise.
     pub config: Option<String>,
+    /// With `--member`: the member of the config this host is, null otherwise.
+    pub member: Option<String>,
+    /// With `--config` and no `--member`, when the config has several outbound paths: that an
+    /// outbound connection is judged by the shortest, and how to say the member.
+    pub member_hint: Option<String>,
     /// With `--config`: each TCP rule's effective timeout (empty otherwise).
     pub rules: Vec<RuleTimeout>,
     pub sysctl: Sysctl,
@@ -323,13 +328,20 @@ pub fn audit_by(basis: &Basis, netns: Option<&str>) -> Result<Report> {
     });
     let timeout = basis.shortest();
     let (sysctl_verdict, sysctl_reason) = judge_sysctl(&sysctl, timeout);
-    let (config, rules) = match basis {
-        Basis::One(_) => (None, Vec::new()),
-        Basis::Config { path, timeouts } => (Some(path.clone()), timeouts.rules.clone()),
+    let (config, rules, member, member_hint) = match basis {
+        Basis::One(_) => (None, Vec::new(), None, None),
+        Basis::Config { path, timeouts } => (
+            Some(path.clone()),
+            timeouts.rules.clone(),
+            timeouts.member.clone(),
+            timeouts.member_hint(),
+        ),
     };
     Ok(Report {
         idle_timeout_s: timeout.as_secs(),
         config,
+        member,
+        member_hint,
         rules,
         sysctl,
         sysctl_verdict,
@@ -458,7 +470,11 @@ impl Report {
         let s = &self.sysctl;
         let mut out = String::new();
         if let Some(path) = &self.config {
-            let _ = writeln!(out, "idle timeouts of {path}:");
+            let whose = self
+                .member
+                .as_deref()
+                .map_or(String::new(), |m| format!(" for member {m}"));
+            let _ = writeln!(out, "idle timeouts of {path}{whose}:");
             for r in &self.rules {
                 let _ = writeln!(
                     out,
@@ -468,6 +484,9 @@ impl Report {
                     r.reason
                 );
             }
+        }
+        if let Some(hint) = &self.member_hint {
+            let _ = writeln!(out, "note: {hint}");
         }
         let shortest = if self.config.is_some() {
             ", the shortest"

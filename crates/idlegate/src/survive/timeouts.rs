@@ -8,7 +8,11 @@
 //! `idlegate import` has lab addresses, so a connection is matched by what survives the import,
 //! its ports and direction ([`Timeouts::for_connection`]): one whose local port is an inbound
 //! (LB or inbound NAT) rule's backend port is that rule's, the shortest of them if several;
-//! any other is on the outbound path, judged by the shortest outbound rule or NAT gateway.
+//! any other is on the outbound path. Which outbound path depends on the host's pool, which
+//! addresses cannot tell: [`Timeouts::for_member`] keeps only the rules that hold the member
+//! the user named (its pools' NAT gateway, which beats their outbound rules, or those rules);
+//! without a member, an outbound connection is judged by the shortest outbound path, and
+//! [`Timeouts::member_hint`] says so when there are several.
 
 use idlegate_core::config::Config;
 use idlegate_core::packet::Protocol;
@@ -71,6 +75,9 @@ pub struct RuleTimeout {
     pub winner: Winner,
     /// Why, in a sentence.
     pub reason: String,
+    /// The members whose connections the rule carries (its pool's, or its pools').
+    #[serde(skip)]
+    pub members: Vec<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -105,6 +112,8 @@ pub enum Among {
     OutboundPaths,
     /// Every rule: the config has no outbound path, so nothing says which one it meets.
     AllRules,
+    /// Every rule of the member: no outbound rule or NAT gateway serves its pools.
+    MemberRules,
 }
 
 /// Every TCP rule's effective idle timeout, in the config's order: LB rules, inbound NAT rules,
@@ -112,38 +121,69 @@ pub enum Among {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     pub rules: Vec<RuleTimeout>,
+    /// The member whose rules these are ([`Timeouts::for_member`]); None: every rule.
+    pub member: Option<String>,
+    /// Every member's name in the config, each once, in the config's order.
+    pub members: Vec<String>,
 }
 
 impl Timeouts {
     pub fn of(config: &Config) -> Timeouts {
         let tcp = |p: idlegate_core::config::Protocols| p.matches(Protocol::Tcp);
+        let names = |members: &[idlegate_core::config::Member]| {
+            members.iter().map(|m| m.name.clone()).collect::<Vec<_>>()
+        };
+        let pool = |i: usize| names(&config.backend_pools[i].members);
+        let mut members: Vec<String> = Vec::new();
+        let all = config
+            .backend_pools
+            .iter()
+            .flat_map(|p| &p.members)
+            .chain(config.inbound_nat_rules.iter().flat_map(|r| &r.members));
+        for m in all {
+            if !members.contains(&m.name) {
+                members.push(m.name.clone());
+            }
+        }
         let mut rules = Vec::new();
-        let mut push =
-            |rule: &str, kind, backend_port: Option<u16>, applied: precedence::Applied| {
-                rules.push(RuleTimeout {
-                    rule: rule.to_string(),
-                    kind,
-                    direction: if backend_port.is_some() {
-                        Direction::Inbound
-                    } else {
-                        Direction::Outbound
-                    },
-                    backend_port,
-                    idle_timeout: applied.timeout,
-                    winner: applied.winner,
-                    reason: applied.reason,
-                })
-            };
+        let mut push = |rule: &str,
+                        kind,
+                        backend_port: Option<u16>,
+                        applied: precedence::Applied,
+                        members: Vec<String>| {
+            rules.push(RuleTimeout {
+                rule: rule.to_string(),
+                kind,
+                direction: if backend_port.is_some() {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                },
+                backend_port,
+                idle_timeout: applied.timeout,
+                winner: applied.winner,
+                reason: applied.reason,
+                members,
+            })
+        };
         for (i, r) in config.lb_rules.iter().enumerate() {
             if tcp(r.protocol) {
                 let applied = precedence::lb_rule(config, i);
-                push(&r.name, Kind::LbRule, Some(r.backend_port), applied);
+                let members = pool(r.backend_pool);
+                push(
+                    &r.name,
+                    Kind::LbRule,
+                    Some(r.backend_port),
+                    applied,
+                    members,
+                );
             }
         }
         for (i, r) in config.inbound_nat_rules.iter().enumerate() {
             if tcp(r.protocol) {
                 let applied = precedence::inbound_nat_rule(config, i);
-                push(&r.name, Kind::InboundNatRule, Some(r.backend_port), applied);
+                let (port, members) = (Some(r.backend_port), names(&r.members));
+                push(&r.name, Kind::InboundNatRule, port, applied, members);
             }
         }
         for g in &config.nat_gateways {
@@ -153,15 +193,67 @@ impl Timeouts {
                 winner: Winner::NatGateway,
                 reason: "the NAT gateway's own".to_string(),
             };
-            push(&g.name, Kind::NatGateway, None, applied);
+            let members = g.backend_pools.iter().flat_map(|&i| pool(i)).collect();
+            push(&g.name, Kind::NatGateway, None, applied, members);
         }
         for (i, r) in config.outbound_rules.iter().enumerate() {
             if tcp(r.protocol) {
                 let applied = precedence::outbound_rule(config, i);
-                push(&r.name, Kind::OutboundRule, None, applied);
+                let members = pool(r.backend_pool);
+                push(&r.name, Kind::OutboundRule, None, applied, members);
             }
         }
-        Timeouts { rules }
+        Timeouts {
+            rules,
+            member: None,
+            members,
+        }
+    }
+
+    /// Only the rules that carry member `name`'s connections, an outbound rule left out where
+    /// a NAT gateway of the member's pool beats it (Azure: a NAT gateway takes precedence over
+    /// outbound rules); None when the config has no such member.
+    pub fn for_member(&self, name: &str) -> Option<Timeouts> {
+        if !self.members.iter().any(|m| m == name) {
+            return None;
+        }
+        let holds = |r: &&RuleTimeout| r.members.iter().any(|m| m == name);
+        let beaten =
+            |r: &&RuleTimeout| r.kind == Kind::OutboundRule && r.winner == Winner::NatGateway;
+        Some(Timeouts {
+            rules: self
+                .rules
+                .iter()
+                .filter(holds)
+                .filter(|r| !beaten(r))
+                .cloned()
+                .collect(),
+            member: Some(name.to_string()),
+            members: self.members.clone(),
+        })
+    }
+
+    /// The outbound rules and NAT gateways.
+    pub fn outbound_paths(&self) -> impl Iterator<Item = &RuleTimeout> {
+        self.rules
+            .iter()
+            .filter(|r| r.direction == Direction::Outbound)
+    }
+
+    /// Without a member, when the config has several outbound paths: that an outbound
+    /// connection is judged by the shortest, and how to name the host's member instead.
+    pub fn member_hint(&self) -> Option<String> {
+        let paths = self.outbound_paths().count();
+        if self.member.is_some() || paths < 2 {
+            return None;
+        }
+        let shortest = self.outbound_paths().min_by_key(|r| r.idle_timeout)?;
+        Some(format!(
+            "{paths} outbound paths: an outbound connection is judged by the shortest, {}; \
+             say which member this host is with --member NAME (the members: {})",
+            shortest.name(),
+            self.members.join(", ")
+        ))
     }
 
     /// The shortest timeout of all: the one system-wide keepalive setting that fits every rule.
@@ -194,7 +286,10 @@ impl Timeouts {
             self.shortest().map(|rule| Match {
                 rule,
                 among: self.rules.len(),
-                of: Among::AllRules,
+                of: match self.member {
+                    Some(_) => Among::MemberRules,
+                    None => Among::AllRules,
+                },
             })
         })
     }
@@ -219,8 +314,13 @@ impl Match<'_> {
             Among::InboundRules => "inbound rules on this backend port",
             Among::OutboundPaths => "outbound paths",
             Among::AllRules => "rules: the config has no outbound rule or NAT gateway",
+            Among::MemberRules => {
+                "rules of the member: no outbound rule or NAT gateway serves its pools"
+            }
         };
-        if self.among > 1 || self.of == Among::AllRules {
+        if self.of == Among::MemberRules && self.among == 1 {
+            text += ", the member's only rule: no outbound rule or NAT gateway serves its pools";
+        } else if self.among > 1 || matches!(self.of, Among::AllRules | Among::MemberRules) {
             text += &format!(", the shortest of {} {what}", self.among);
         }
         text + ")"
@@ -325,5 +425,133 @@ backend_port = 53
         let mut c = config("");
         c.outbound_rules.clear();
         assert_eq!(Timeouts::of(&c).for_connection(40000), None);
+    }
+
+    /// Two pools: "web" (vm1) leaves by outbound rule "web-out" at 30 min; "workers" (vm2) by
+    /// NAT gateway "natgw" at 4 min, which beats its outbound rule "workers-out" at 20 min.
+    /// Both pools serve an LB rule on backend port 8080.
+    fn two_pools() -> Config {
+        let text = r#"profile = "azure-lb"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[frontend]]
+name = "natgw-ip"
+address = "203.0.113.20"
+[[backend_pool]]
+name = "web"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[backend_pool]]
+name = "workers"
+members = [{ name = "vm2", address = "192.0.2.12" }]
+[[lb_rule]]
+name = "web-app"
+frontend = "public"
+frontend_port = 80
+backend_pool = "web"
+backend_port = 8080
+idle_timeout = "25m"
+[[lb_rule]]
+name = "workers-app"
+frontend = "public"
+frontend_port = 81
+backend_pool = "workers"
+backend_port = 8080
+idle_timeout = "5m"
+[[outbound_rule]]
+name = "web-out"
+frontend = "public"
+backend_pool = "web"
+idle_timeout = "30m"
+[[outbound_rule]]
+name = "workers-out"
+frontend = "public"
+backend_pool = "workers"
+idle_timeout = "20m"
+[[nat_gateway]]
+name = "natgw"
+frontend = "natgw-ip"
+backend_pools = ["workers"]
+idle_timeout = "4m"
+"#;
+        Config::from_toml(text, "two.toml").unwrap()
+    }
+
+    fn judged(t: &Timeouts, port: u16) -> (String, u64, usize, Among) {
+        let m = t.judging(port).unwrap();
+        (
+            m.rule.rule.clone(),
+            m.rule.idle_timeout.as_secs(),
+            m.among,
+            m.of,
+        )
+    }
+
+    #[test]
+    fn a_members_connections_meet_its_own_pools_rules_and_a_nat_gateway_beats_its_outbound_rule() {
+        let all = Timeouts::of(&two_pools());
+        assert_eq!(all.members, ["vm1", "vm2"]);
+        let vm1 = all.for_member("vm1").unwrap();
+        assert_eq!(vm1.member.as_deref(), Some("vm1"));
+        assert_eq!(
+            judged(&vm1, 40000),
+            ("web-out".into(), 1800, 1, Among::OutboundPaths),
+            "vm1 leaves by its pool's outbound rule, not by the other pool's NAT gateway"
+        );
+        assert_eq!(
+            judged(&vm1, 8080),
+            ("web-app".into(), 1500, 1, Among::InboundRules),
+            "the LB rule of vm1's pool, not the other pool's on the same port"
+        );
+        let vm2 = all.for_member("vm2").unwrap();
+        assert_eq!(
+            judged(&vm2, 40000),
+            ("natgw".into(), 240, 1, Among::OutboundPaths),
+            "the NAT gateway, its pool's outbound rule left out"
+        );
+        assert!(vm2.rules.iter().all(|r| r.rule != "workers-out"), "{vm2:?}");
+        assert_eq!(
+            judged(&vm2, 8080),
+            ("workers-app".into(), 300, 1, Among::InboundRules)
+        );
+        assert_eq!(vm1.member_hint(), None);
+        assert_eq!(all.for_member("vm9"), None);
+    }
+
+    #[test]
+    fn without_a_member_several_outbound_paths_are_judged_by_the_shortest_and_the_hint_names_the_members(
+    ) {
+        let all = Timeouts::of(&two_pools());
+        let (rule, secs, among, of) = judged(&all, 40000);
+        assert_eq!((secs, among, of), (240, 3, Among::OutboundPaths), "{rule}");
+        assert_eq!(
+            all.member_hint().as_deref(),
+            Some(
+                "3 outbound paths: an outbound connection is judged by the shortest, \
+                 nat_gateway \"natgw\"; say which member this host is with --member NAME \
+                 (the members: vm1, vm2)"
+            )
+        );
+        assert_eq!(
+            Timeouts::of(&config("")).member_hint(),
+            None,
+            "one path: no hint"
+        );
+    }
+
+    #[test]
+    fn a_member_without_an_outbound_path_is_judged_by_the_shortest_of_its_own_rules() {
+        let mut c = two_pools();
+        c.outbound_rules.retain(|r| r.name != "web-out");
+        let vm1 = Timeouts::of(&c).for_member("vm1").unwrap();
+        let m = vm1.judging(40000).unwrap();
+        assert_eq!(
+            (m.rule.rule.as_str(), m.of),
+            ("web-app", Among::MemberRules)
+        );
+        assert_eq!(
+            m.describe(),
+            "lb_rule \"web-app\" (1500 s, the member's only rule: no outbound rule or NAT gateway serves its pools)"
+        );
     }
 }

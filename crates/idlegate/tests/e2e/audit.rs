@@ -444,3 +444,75 @@ fn audit_by_a_config_judges_each_connection_by_the_rule_its_port_and_direction_n
         "{table}"
     );
 }
+
+#[test]
+fn audit_for_a_member_judges_its_outbound_connection_by_its_own_pools_path() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("two.toml");
+    std::fs::write(&config, common::TWO_POOLS).unwrap();
+    let config = config.to_str().unwrap();
+    // A connection to a listener on port 7000 (both pools' LB rules' backend port): the
+    // listener's end is inbound, the connecting end (an ephemeral port) outbound.
+    let ns = netns::Namespace::create(&unique("am")).expect("a network namespace");
+    let [client, server, _, _] = pair_in(ns.name());
+    let audit = |extra: &[&str], json: bool| {
+        let mut args = vec!["audit", "--netns", ns.name(), "--config", config];
+        args.extend_from_slice(extra);
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(IDLEGATE).args(&args).output().unwrap();
+        common::assert_success(&out, &args);
+        out.stdout
+    };
+    let judged = |report: &Value, end: &TcpStream| {
+        let local = end.local_addr().unwrap().to_string();
+        let c = report["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["local"] == local.as_str())
+            .unwrap_or_else(|| panic!("{local} not in {report:#}"));
+        (
+            c["judged_by"]["rule"].as_str().unwrap().to_string(),
+            c["judged_by"]["among"].as_u64().unwrap(),
+            c["idle_timeout_s"].as_u64().unwrap(),
+        )
+    };
+    let json = |extra: &[&str]| -> Value { serde_json::from_slice(&audit(extra, true)).unwrap() };
+    let vm1 = json(&["--member", "vm1"]);
+    assert_eq!(vm1["member"], "vm1");
+    assert_eq!(vm1["member_hint"], Value::Null);
+    assert_eq!(judged(&vm1, &client), ("web-out".into(), 1, 1800));
+    assert_eq!(judged(&vm1, &server), ("web-app".into(), 1, 1500));
+    let vm2 = json(&["--member", "vm2"]);
+    assert_eq!(judged(&vm2, &client), ("natgw".into(), 1, 240));
+    assert_eq!(judged(&vm2, &server), ("workers-app".into(), 1, 300));
+    // Without a member: the shortest of the three outbound paths, said so, with the hint.
+    let all = json(&[]);
+    assert_eq!(all["member"], Value::Null);
+    assert_eq!(judged(&all, &client), ("natgw".into(), 3, 240));
+    assert_eq!(judged(&all, &server), ("workers-app".into(), 2, 300));
+    let hint = all["member_hint"].as_str().expect("a hint");
+    assert!(
+        hint.ends_with("say which member this host is with --member NAME (the members: vm1, vm2)"),
+        "{hint}"
+    );
+    let table = String::from_utf8(audit(&["--member", "vm1"], false)).unwrap();
+    assert!(
+        table.starts_with(&format!("idle timeouts of {config} for member vm1:\n")),
+        "{table}"
+    );
+    let local = client.local_addr().unwrap().to_string();
+    let line = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(local.as_str()))
+        .unwrap_or_else(|| panic!("{local} not in\n{table}"));
+    assert!(
+        line.ends_with("judged by outbound_rule \"web-out\" (1800 s)"),
+        "{table}"
+    );
+    let table = String::from_utf8(audit(&[], false)).unwrap();
+    assert!(table.contains(&format!("\nnote: {hint}\n")), "{table}");
+}

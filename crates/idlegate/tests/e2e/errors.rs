@@ -137,6 +137,22 @@ const GATEWAY_CONFIG: &str = "profile = \"azure-lb\"\n\
                               address = \"203.0.113.10\"\n\
                               idle_timeout = 240\n";
 
+/// One member, vm1, and one LB rule whose timeout no whole-second keepalive beats.
+const ONE_SECOND_CONFIG: &str = "profile = \"linux-conntrack\"\n\
+                                 [[frontend]]\n\
+                                 name = \"public\"\n\
+                                 address = \"203.0.113.10\"\n\
+                                 [[backend_pool]]\n\
+                                 name = \"vms\"\n\
+                                 members = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                                 [[lb_rule]]\n\
+                                 name = \"app\"\n\
+                                 frontend = \"public\"\n\
+                                 frontend_port = 80\n\
+                                 backend_pool = \"vms\"\n\
+                                 backend_port = 8080\n\
+                                 idle_timeout = \"1s\"\n";
+
 const RELAY_CONFIG: &str = "[[relay]]\n\
                             listen = \"127.0.0.1:15432\"\n\
                             connect = \"127.0.0.1:5432\"\n\
@@ -148,6 +164,11 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
         ("gateway.toml", GATEWAY_CONFIG),
         ("relays.toml", RELAY_CONFIG),
         ("empty.toml", ""),
+        ("one-second.toml", ONE_SECOND_CONFIG),
+        (
+            "udp-only.toml",
+            &ONE_SECOND_CONFIG.replace("idle_timeout = \"1s\"", "protocol = \"udp\""),
+        ),
         (
             "no-port.toml",
             &RELAY_CONFIG
@@ -170,6 +191,8 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
     let empty = at(dir.path(), "empty.toml");
     let no_port = at(dir.path(), "no-port.toml");
     let missing = at(dir.path(), "missing.toml");
+    let one_second = at(dir.path(), "one-second.toml");
+    let udp_only = at(dir.path(), "udp-only.toml");
     let not_a_dir = at(dir.path(), "empty.toml");
     let cases = [
         Case::new(
@@ -270,14 +293,48 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
             "audit --idle-timeout 1s",
             &["audit", "--idle-timeout", "1s"],
             2,
-            "idlegate: --idle-timeout 1s: at least 2s (keepalive timers are whole seconds)",
-        ),
+            "idlegate: --idle-timeout 1 s: at least 2 s (keepalive timers are whole seconds)",
+        )
+        .hint("give --idle-timeout 2s or more"),
         Case::new(
             "audit --metrics with --interval 500ms",
             &["audit", "--metrics", "127.0.0.1:0", "--interval", "500ms"],
             2,
-            "idlegate: --interval 500ms: at least 1s (each scan reads every process's descriptors)",
-        ),
+            "idlegate: --interval 500 ms: at least 1 s (each scan reads every process's descriptors)",
+        )
+        .hint("give --interval 1s or more"),
+        Case::new(
+            "advise --config whose rule has 1s",
+            &["advise", "--config", &one_second],
+            2,
+            &format!(
+                "idlegate: {one_second}: lb_rule \"app\" has 1 s: keepalive timers are whole seconds, at least 2 s"
+            ),
+        )
+        .hint("raise lb_rule \"app\"'s idle_timeout to 2s or more"),
+        Case::new(
+            "audit --config with no TCP rule",
+            &["audit", "--config", &udp_only],
+            2,
+            &format!(
+                "idlegate: {udp_only}: no TCP rule (lb_rule, inbound_nat_rule, outbound_rule or nat_gateway): nothing to judge by"
+            ),
+        )
+        .hint("give a config with a TCP rule, or --idle-timeout or --profile instead of --config"),
+        Case::new(
+            "advise --config --member naming no member of it",
+            &["advise", "--config", &one_second, "--member", "vm9"],
+            2,
+            &format!("idlegate: --member vm9: {one_second} has no such member"),
+        )
+        .hint(&format!("the members of {one_second}: vm1")),
+        Case::new(
+            "audit --config --member naming no member of it",
+            &["audit", "--config", &one_second, "--member", "vm9"],
+            2,
+            &format!("idlegate: --member vm9: {one_second} has no such member"),
+        )
+        .hint(&format!("the members of {one_second}: vm1")),
         Case::new(
             "lab demo --time-scale 0",
             &["lab", "demo", "--time-scale", "0"],

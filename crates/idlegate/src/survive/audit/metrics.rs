@@ -498,6 +498,8 @@ mod tests {
         Report {
             idle_timeout_s: 240,
             config: None,
+            member: None,
+            member_hint: None,
             rules: Vec::new(),
             sysctl: Sysctl {
                 tcp_keepalive_time: 7200,

@@ -178,3 +178,66 @@ fn advise_and_audit_refuse_a_config_with_a_profile_or_a_timeout_and_a_bad_config
         );
     }
 }
+
+#[test]
+fn advise_for_a_member_takes_only_its_pools_rules_and_without_one_says_which_members_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two.toml");
+    std::fs::write(&path, crate::common::TWO_POOLS).unwrap();
+    let path = path.to_str().unwrap();
+    let advise = |extra: &[&str], json: bool| {
+        let mut args = vec!["advise", "--config", path, "--os", "linux"];
+        args.extend_from_slice(extra);
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+            .args(&args)
+            .output()
+            .expect("running idlegate advise");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        out.stdout
+    };
+    let json = |extra: &[&str]| -> serde_json::Value {
+        serde_json::from_slice(&advise(extra, true)).expect("stdout is one JSON document")
+    };
+    let rules = |report: &serde_json::Value| -> Vec<String> {
+        report["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // vm1 leaves by its own pool's outbound rule: its shortest is its LB rule's 25 min, not
+    // the other pool's NAT gateway's 4 min.
+    let vm1 = json(&["--member", "vm1"]);
+    assert_eq!(vm1["member"], "vm1");
+    assert_eq!(vm1["member_hint"], serde_json::Value::Null);
+    assert_eq!(rules(&vm1), ["web-app", "web-out"], "{vm1:#}");
+    assert_eq!(vm1["system_wide_rule"], "web-app");
+    assert_eq!(vm1["idle_timeout_s"], 1500.0);
+    // vm2 leaves by the NAT gateway, which beats its pool's outbound rule.
+    let vm2 = json(&["--member", "vm2"]);
+    assert_eq!(rules(&vm2), ["workers-app", "natgw"], "{vm2:#}");
+    assert_eq!(vm2["system_wide_rule"], "natgw");
+    assert_eq!(vm2["idle_timeout_s"], 240.0);
+    // Without a member: every rule, the shortest, and the hint naming --member and both.
+    let all = json(&[]);
+    assert_eq!(all["member"], serde_json::Value::Null);
+    assert_eq!(all["system_wide_rule"], "natgw");
+    let hint = "3 outbound paths: an outbound connection is judged by the shortest, \
+                nat_gateway \"natgw\"; say which member this host is with --member NAME \
+                (the members: vm1, vm2)";
+    assert_eq!(all["member_hint"], hint);
+    let text = String::from_utf8(advise(&[], false)).unwrap();
+    assert!(text.contains(&format!("\nNote: {hint}.\n")), "{text}");
+    let text = String::from_utf8(advise(&["--member", "vm1"], false)).unwrap();
+    assert!(
+        text.starts_with(&format!(
+            "Idle timeouts of {path} for member vm1, rule by rule:\n"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("Note:"), "{text}");
+}

@@ -475,3 +475,51 @@ pub fn idle_direct_and_relayed(
     };
     Ok([seen("direct")?, seen("relayed")?])
 }
+
+/// A config of two pools, for `--member`: "web" (vm1) has LB rule "web-app" (25 min) and
+/// leaves by outbound rule "web-out" (30 min); "workers" (vm2) has LB rule "workers-app"
+/// (5 min) and leaves by NAT gateway "natgw" (4 min), which beats its outbound rule
+/// "workers-out" (20 min). Both LB rules forward to backend port 7000.
+pub const TWO_POOLS: &str = r#"profile = "azure-lb"
+[[frontend]]
+name = "public"
+address = "203.0.113.10"
+[[frontend]]
+name = "natgw-ip"
+address = "203.0.113.20"
+[[backend_pool]]
+name = "web"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[backend_pool]]
+name = "workers"
+members = [{ name = "vm2", address = "192.0.2.12" }]
+[[lb_rule]]
+name = "web-app"
+frontend = "public"
+frontend_port = 80
+backend_pool = "web"
+backend_port = 7000
+idle_timeout = "25m"
+[[lb_rule]]
+name = "workers-app"
+frontend = "public"
+frontend_port = 81
+backend_pool = "workers"
+backend_port = 7000
+idle_timeout = "5m"
+[[outbound_rule]]
+name = "web-out"
+frontend = "public"
+backend_pool = "web"
+idle_timeout = "30m"
+[[outbound_rule]]
+name = "workers-out"
+frontend = "public"
+backend_pool = "workers"
+idle_timeout = "20m"
+[[nat_gateway]]
+name = "natgw"
+frontend = "natgw-ip"
+backend_pools = ["workers"]
+idle_timeout = "4m"
+"#;
