@@ -128,11 +128,15 @@ impl Basis {
         }
     }
 
-    /// The timeout a connection from `local` meets, and the rule it comes from.
-    fn for_connection(&self, local: SocketAddr) -> (Duration, Option<JudgedBy>) {
+    /// The timeout a connection from `local` to `remote` meets, and the rule it comes from.
+    fn for_connection(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> (Duration, Option<JudgedBy>) {
         match self {
             Basis::One(t) => (*t, None),
-            Basis::Config { timeouts, .. } => match timeouts.judging(local.port()) {
+            Basis::Config { timeouts, .. } => match timeouts.judging(local.port(), remote.port()) {
                 Some(m) => (
                     m.rule.idle_timeout,
                     Some(JudgedBy {
@@ -404,7 +408,7 @@ fn connection(
     owners: &HashMap<u64, (i32, i32, String)>,
     basis: &Basis,
 ) -> Connection {
-    let (timeout, judged_by) = basis.for_connection(r.local);
+    let (timeout, judged_by) = basis.for_connection(r.local, r.remote);
     let owner = owners.get(&r.inode);
     let own = owner.and_then(|&(pid, fd, _)| read_own(pid, fd, r.inode));
     let from_timer = match r.timer {

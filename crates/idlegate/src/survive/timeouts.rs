@@ -8,7 +8,9 @@
 //! `idlegate import` has lab addresses, so a connection is matched by what survives the import,
 //! its ports and direction ([`Timeouts::for_connection`]): one whose local port is an inbound
 //! (LB or inbound NAT) rule's backend port is that rule's, the shortest of them if several;
-//! any other is on the outbound path. Which outbound path depends on the host's pool, which
+//! on a host that is not a member (no `--member`), one whose remote port is an inbound rule's
+//! frontend port is a client's connection through that rule; any other is on the outbound
+//! path. Which outbound path depends on the host's pool, which
 //! addresses cannot tell: [`Timeouts::for_member`] keeps only the rules that hold the member
 //! the user named (its pools' NAT gateway, which beats their outbound rules, or those rules);
 //! without a member, an outbound connection is judged by the shortest outbound path, and
@@ -69,6 +71,9 @@ pub struct RuleTimeout {
     pub direction: Direction,
     /// The member port an inbound rule forwards to (what a member's listening socket has).
     pub backend_port: Option<u16>,
+    /// The frontend ports an inbound rule listens on (what a client's remote port is).
+    #[serde(skip)]
+    pub frontend_ports: Option<std::ops::RangeInclusive<u16>>,
     #[serde(rename = "idle_timeout_s", serialize_with = "secs")]
     pub idle_timeout: Duration,
     /// The setting that decided it.
@@ -108,6 +113,8 @@ pub struct Match<'a> {
 pub enum Among {
     /// Inbound rules forwarding to its local port.
     InboundRules,
+    /// Inbound rules listening on its remote port: a client's connection through the box.
+    FrontendRules,
     /// The config's outbound rules and NAT gateways.
     OutboundPaths,
     /// Every rule: the config has no outbound path, so nothing says which one it meets.
@@ -148,9 +155,10 @@ impl Timeouts {
         let mut rules = Vec::new();
         let mut push = |rule: &str,
                         kind,
-                        backend_port: Option<u16>,
+                        ports: Option<(u16, std::ops::RangeInclusive<u16>)>,
                         applied: precedence::Applied,
                         members: Vec<String>| {
+            let (backend_port, frontend_ports) = ports.unzip();
             rules.push(RuleTimeout {
                 rule: rule.to_string(),
                 kind,
@@ -160,6 +168,7 @@ impl Timeouts {
                     Direction::Outbound
                 },
                 backend_port,
+                frontend_ports,
                 idle_timeout: applied.timeout,
                 winner: applied.winner,
                 reason: applied.reason,
@@ -170,20 +179,16 @@ impl Timeouts {
             if tcp(r.protocol) {
                 let applied = precedence::lb_rule(config, i);
                 let members = pool(r.backend_pool);
-                push(
-                    &r.name,
-                    Kind::LbRule,
-                    Some(r.backend_port),
-                    applied,
-                    members,
-                );
+                let ports = (r.backend_port, r.frontend_port..=r.frontend_port);
+                push(&r.name, Kind::LbRule, Some(ports), applied, members);
             }
         }
         for (i, r) in config.inbound_nat_rules.iter().enumerate() {
             if tcp(r.protocol) {
                 let applied = precedence::inbound_nat_rule(config, i);
-                let (port, members) = (Some(r.backend_port), names(&r.members));
-                push(&r.name, Kind::InboundNatRule, port, applied, members);
+                let ports = (r.backend_port, r.first_port..=r.last_port);
+                let members = names(&r.members);
+                push(&r.name, Kind::InboundNatRule, Some(ports), applied, members);
             }
         }
         for g in &config.nat_gateways {
@@ -261,16 +266,30 @@ impl Timeouts {
         self.rules.iter().min_by_key(|r| r.idle_timeout)
     }
 
-    /// The rule whose timeout a connection from `local_port` to an outside remote meets: an
-    /// inbound rule whose backend port is `local_port`, else the outbound path. None when the
-    /// config has no rule for it (no outbound rule or NAT gateway).
-    pub fn for_connection(&self, local_port: u16) -> Option<Match<'_>> {
+    /// The rule whose timeout a connection from `local_port` to `remote_port` meets: an
+    /// inbound rule whose backend port is `local_port`; else, on a host that is not a member
+    /// (no `--member`), an inbound rule whose frontend port is `remote_port` (a client of the
+    /// box); else the outbound path. None when the config has no rule for it (no outbound rule
+    /// or NAT gateway).
+    pub fn for_connection(&self, local_port: u16, remote_port: u16) -> Option<Match<'_>> {
         let inbound = |r: &&RuleTimeout| r.backend_port == Some(local_port);
+        let through = |r: &&RuleTimeout| {
+            self.member.is_none()
+                && r.frontend_ports
+                    .as_ref()
+                    .is_some_and(|p| p.contains(&remote_port))
+        };
         let outbound = |r: &&RuleTimeout| r.direction == Direction::Outbound;
         shortest_of(
             self.rules.iter().filter(inbound).collect(),
             Among::InboundRules,
         )
+        .or_else(|| {
+            shortest_of(
+                self.rules.iter().filter(through).collect(),
+                Among::FrontendRules,
+            )
+        })
         .or_else(|| {
             shortest_of(
                 self.rules.iter().filter(outbound).collect(),
@@ -281,8 +300,8 @@ impl Timeouts {
 
     /// As [`Timeouts::for_connection`], and when the config has no outbound path, the shortest
     /// of all its rules (said so). None only for a config without a TCP rule.
-    pub fn judging(&self, local_port: u16) -> Option<Match<'_>> {
-        self.for_connection(local_port).or_else(|| {
+    pub fn judging(&self, local_port: u16, remote_port: u16) -> Option<Match<'_>> {
+        self.for_connection(local_port, remote_port).or_else(|| {
             self.shortest().map(|rule| Match {
                 rule,
                 among: self.rules.len(),
@@ -312,6 +331,7 @@ impl Match<'_> {
         let mut text = format!("{} ({} s", r.name(), r.idle_timeout.as_secs());
         let what = match self.of {
             Among::InboundRules => "inbound rules on this backend port",
+            Among::FrontendRules => "inbound rules on this frontend port",
             Among::OutboundPaths => "outbound paths",
             Among::AllRules => "rules: the config has no outbound rule or NAT gateway",
             Among::MemberRules => {
@@ -368,7 +388,7 @@ idle_timeout = "15m"
     fn each_connection_meets_the_timeout_of_the_rule_its_ports_and_direction_name() {
         let t = Timeouts::of(&config(""));
         let by = |port| {
-            t.for_connection(port)
+            t.for_connection(port, 1)
                 .map(|m| (m.rule.rule.clone(), m.among))
         };
         assert_eq!(by(8443), Some(("app".into(), 1)), "a backend port: inbound");
@@ -407,12 +427,12 @@ backend_port = 53
         let mut framed = config("");
         framed.frontends[0].idle_timeout = Some(Duration::from_secs(420));
         let t = Timeouts::of(&framed);
-        let app = &t.for_connection(8443).unwrap().rule;
+        let app = &t.for_connection(8443, 1).unwrap().rule;
         assert_eq!(
             (app.idle_timeout.as_secs(), app.winner),
             (420, Winner::Frontend)
         );
-        let egress = &t.for_connection(1).unwrap().rule;
+        let egress = &t.for_connection(1, 1).unwrap().rule;
         assert_eq!(
             egress.idle_timeout.as_secs(),
             900,
@@ -421,10 +441,31 @@ backend_port = 53
     }
 
     #[test]
+    fn a_clients_connection_to_an_inbound_rules_frontend_port_is_judged_by_that_rule() {
+        let t = Timeouts::of(&config(""));
+        let m = t.for_connection(40000, 443).unwrap();
+        assert_eq!((m.rule.rule.as_str(), m.of), ("app", Among::FrontendRules));
+        assert!(
+            m.describe().starts_with("lb_rule \"app\" (1800 s"),
+            "{}",
+            m.describe()
+        );
+        let ssh = t.for_connection(40000, 50000).unwrap();
+        assert_eq!(ssh.rule.rule, "ssh");
+        assert_eq!(t.for_connection(40000, 80).unwrap().rule.rule, "egress");
+        let vm1 = t.for_member("vm1").unwrap();
+        assert_eq!(
+            vm1.for_connection(40000, 443).unwrap().rule.rule,
+            "egress",
+            "a member's connection to port 443 leaves by its outbound path"
+        );
+    }
+
+    #[test]
     fn without_an_outbound_path_an_outbound_connection_meets_no_rule() {
         let mut c = config("");
         c.outbound_rules.clear();
-        assert_eq!(Timeouts::of(&c).for_connection(40000), None);
+        assert_eq!(Timeouts::of(&c).for_connection(40000, 1), None);
     }
 
     /// Two pools: "web" (vm1) leaves by outbound rule "web-out" at 30 min; "workers" (vm2) by
@@ -478,7 +519,7 @@ idle_timeout = "4m"
     }
 
     fn judged(t: &Timeouts, port: u16) -> (String, u64, usize, Among) {
-        let m = t.judging(port).unwrap();
+        let m = t.judging(port, 1).unwrap();
         (
             m.rule.rule.clone(),
             m.rule.idle_timeout.as_secs(),
@@ -544,7 +585,7 @@ idle_timeout = "4m"
         let mut c = two_pools();
         c.outbound_rules.retain(|r| r.name != "web-out");
         let vm1 = Timeouts::of(&c).for_member("vm1").unwrap();
-        let m = vm1.judging(40000).unwrap();
+        let m = vm1.judging(40000, 7000).unwrap();
         assert_eq!(
             (m.rule.rule.as_str(), m.of),
             ("web-app", Among::MemberRules)
