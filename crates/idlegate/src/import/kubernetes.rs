@@ -400,7 +400,7 @@ fn aks_service(s: &Service, d: &mut Draft) -> Result<bool, ImportError> {
                     format!("\"{v}\": expected a whole number of minutes"),
                 )
             })?;
-            Some(Sourced::at(Duration::from_secs(m * 60), path))
+            Some(Sourced::at(Duration::from_secs(m.saturating_mul(60)), path))
         }
         None => None,
     };

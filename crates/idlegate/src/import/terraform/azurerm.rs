@@ -450,7 +450,7 @@ fn minutes(r: &Res, attr: &str, _d: &mut Draft) -> Result<Option<Sourced<Duratio
         )));
     }
     Ok(r.number(attr)?
-        .map(|m| Sourced::at(Duration::from_secs(m * 60), r.path(attr))))
+        .map(|m| Sourced::at(Duration::from_secs(m.saturating_mul(60)), r.path(attr))))
 }
 
 /// A rule's idle timeout and TCP reset (`enable_tcp_reset`, `tcp_reset_enabled` in azurerm 4).

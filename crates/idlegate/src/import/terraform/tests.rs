@@ -412,3 +412,18 @@ fn the_examples_read() {
         assert_eq!(d.profile.unwrap().value, profile, "{file}");
     }
 }
+
+#[test]
+fn an_azurerm_idle_timeout_too_large_for_any_clock_is_refused_at_its_attribute_with_the_range() {
+    // 307445734561825861 min is more seconds than a u64 holds: it must not wrap to a valid value.
+    let mut resources = azure_lb();
+    resources[4].2["idle_timeout_in_minutes"] = json!(307445734561825861u64);
+    let text = state(&resources).to_string();
+    let e = crate::import::import(&text, "plan.json", &Default::default()).unwrap_err();
+    assert_eq!(e.path, "azurerm_lb_rule.r.idle_timeout_in_minutes");
+    assert!(
+        e.message
+            .ends_with("is outside Azure LB's range: 4 min to 100 min"),
+        "{e}"
+    );
+}
