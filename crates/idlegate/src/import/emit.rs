@@ -524,7 +524,7 @@ pub(super) fn write(
         body.reference(
             "backend_pools",
             format!("[{}]", list.join(", ")),
-            &g.name.from,
+            &g.pools_from,
             input,
         );
         idle(&mut body, &g.idle);
