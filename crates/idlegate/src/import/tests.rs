@@ -392,3 +392,12 @@ fn another_platform_than_the_inputs_is_refused_with_a_hint() {
     );
     assert!(e.hint.unwrap().contains("--platform azure"));
 }
+
+#[test]
+fn text_that_is_not_json_is_refused_with_the_position_said_once() {
+    let e = refused("{\n  \"a\": 1,\n  oops\n}");
+    assert_eq!(
+        e.message,
+        "not JSON (key must be a string at line 3 column 3), nor Kubernetes YAML"
+    );
+}
