@@ -714,7 +714,7 @@ mod tests {
              [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nidle_timeout = \"121m\"\n";
         let err = Config::from_toml(text, "test").unwrap_err().to_string();
         assert!(
-            err.contains("idle_timeout = 121m is above Azure LB's maximum of 120 min (allowed: 4 min to 120 min; Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)"),
+            err.contains("idle_timeout = 121m is outside Azure LB's range: 4 min to 120 min (Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)"),
             "{err}"
         );
     }
@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(err.line, 4);
         assert!(
             err.message
-                .contains("idle_timeout = 31m is above Azure LB's maximum of 30 min"),
+                .contains("idle_timeout = 31m is outside Azure LB's range: 4 min to 30 min"),
             "{err}"
         );
     }

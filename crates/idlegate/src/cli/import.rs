@@ -101,8 +101,10 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     match &args.out {
         None => {
             let mut stdout = std::io::stdout();
-            stdout.write_all(imported.toml.as_bytes())?;
-            stdout.flush()?;
+            stdout
+                .write_all(imported.toml.as_bytes())
+                .and_then(|()| stdout.flush())
+                .context("import: writing the config to stdout")?;
         }
         Some(out) => write_new(out, &imported.toml, args.force)?,
     }
@@ -122,7 +124,8 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `out` through a temporary file beside it, renamed into place.
+/// Writes `text` to `out` through a temporary file beside it, renamed into place. A failure
+/// names OUT (the temporary file is the tool's own business) and is removed with its leftovers.
 fn write_new(out: &std::path::Path, text: &str, force: bool) -> Result<()> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -133,18 +136,31 @@ fn write_new(out: &std::path::Path, text: &str, force: bool) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "config.toml".into());
     let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let written = std::fs::write(&temp, text)
-        .with_context(|| format!("import: writing {}", temp.display()))
-        .and_then(|()| {
-            if !force && out.exists() {
-                anyhow::bail!("import: {} appeared while importing", out.display());
-            }
-            std::fs::rename(&temp, out).with_context(|| {
-                format!("import: renaming {} to {}", temp.display(), out.display())
+    let written = std::fs::write(&temp, text).and_then(|()| {
+        if !force && out.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "it appeared while importing",
+            ));
+        }
+        std::fs::rename(&temp, out)
+    });
+    let Err(e) = written else { return Ok(()) };
+    let _ = std::fs::remove_file(&temp);
+    let kind = e.kind();
+    let failed = Err::<(), _>(e).with_context(|| format!("import: writing {}", out.display()));
+    match kind {
+        std::io::ErrorKind::NotFound => failed
+            .with_hint(|| {
+                format!(
+                    "the directory {} must exist: create it, or give another -o",
+                    dir.display()
+                )
             })
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
+            .status(Status::Usage),
+        std::io::ErrorKind::AlreadyExists => failed
+            .hint("give --force to overwrite it, or another -o")
+            .status(Status::Usage),
+        _ => failed,
     }
-    written
 }

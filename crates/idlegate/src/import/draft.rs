@@ -207,6 +207,8 @@ pub struct NatGateway {
     pub name: Sourced<String>,
     pub frontend: String,
     pub backend_pools: Vec<String>,
+    /// Where the pools come from: the input section naming the subnets, or why chosen.
+    pub pools_from: Origin,
     pub idle: Idle,
 }
 

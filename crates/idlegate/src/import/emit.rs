@@ -157,6 +157,9 @@ fn address_key(address: &Address) -> String {
     }
 }
 
+/// The last host number a lab address takes in its documentation range.
+const LAST_HOST: u32 = 254;
+
 /// Which lab range an address goes to.
 #[derive(Clone, Copy)]
 enum Side {
@@ -184,18 +187,22 @@ impl Mapper {
         if let Some(ip) = self.given.get(&key) {
             return Ok(*ip);
         }
-        let (counter, base) = match side {
-            Side::Frontend => (&mut self.next_front, 10),
-            Side::Member => (&mut self.next_member, 11),
+        // Frontends take .10 to .254 (245), members .11 to .254 (244).
+        let (counter, base, kind) = match side {
+            Side::Frontend => (&mut self.next_front, 10, "frontends"),
+            Side::Member => (&mut self.next_member, 11, "members"),
         };
         let n = base + *counter;
-        *counter += 1;
-        if n > 254 {
+        if n > LAST_HOST {
             return Err(ImportError::at(
                 "",
-                "more addresses than the lab's documentation range holds (244 frontends or members)",
+                format!(
+                    "more {kind} than the lab's documentation range holds ({})",
+                    LAST_HOST - base + 1
+                ),
             ));
         }
+        *counter += 1;
         let ip: IpAddr = match (side, family) {
             (Side::Frontend, Family::V4) => Ipv4Addr::new(203, 0, 113, n as u8).into(),
             (Side::Member, Family::V4) => Ipv4Addr::new(192, 0, 2, n as u8).into(),
@@ -524,7 +531,7 @@ pub(super) fn write(
         body.reference(
             "backend_pools",
             format!("[{}]", list.join(", ")),
-            &g.name.from,
+            &g.pools_from,
             input,
         );
         idle(&mut body, &g.idle);
@@ -632,4 +639,33 @@ pub(super) fn write(
         mapping: mapper.order,
         ignored: draft.ignored.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maps `n` distinct addresses to `side`; the error of the first one that does not fit.
+    fn fill(side: Side, n: u32) -> Result<(), ImportError> {
+        let mut m = Mapper::default();
+        for i in 0..n {
+            let a = Address::Ip(IpAddr::V4(Ipv4Addr::new(10, 0, (i / 256) as u8, i as u8)));
+            m.map(&a, side, "x")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_lab_holds_245_frontends_and_244_members_and_says_so_past_them() {
+        assert!(fill(Side::Frontend, 245).is_ok());
+        assert_eq!(
+            fill(Side::Frontend, 246).unwrap_err().message,
+            "more frontends than the lab's documentation range holds (245)"
+        );
+        assert!(fill(Side::Member, 244).is_ok());
+        assert_eq!(
+            fill(Side::Member, 245).unwrap_err().message,
+            "more members than the lab's documentation range holds (244)"
+        );
+    }
 }

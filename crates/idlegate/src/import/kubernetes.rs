@@ -337,7 +337,8 @@ fn frontend_and_pool(s: &Service, d: &mut Draft) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// The Service's ports: (path, port, targetPort as a number when it is one, protocol).
+/// The Service's ports: (path of the entry, `port`, its protocol, and `protocol` as written,
+/// TCP when absent). `targetPort` is not read here.
 fn ports(s: &Service) -> Result<Vec<(String, u16, Protocol, String)>, ImportError> {
     let mut out = Vec::new();
     let list = s
@@ -400,7 +401,7 @@ fn aks_service(s: &Service, d: &mut Draft) -> Result<bool, ImportError> {
                     format!("\"{v}\": expected a whole number of minutes"),
                 )
             })?;
-            Some(Sourced::at(Duration::from_secs(m * 60), path))
+            Some(Sourced::at(Duration::from_secs(m.saturating_mul(60)), path))
         }
         None => None,
     };

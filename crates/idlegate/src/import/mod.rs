@@ -113,17 +113,17 @@ impl Format {
 /// Reads `text` (the contents of `file_name`, named in the config's header), and writes it as
 /// a validated idlegate config.
 pub fn import(text: &str, file_name: &str, options: &Options) -> Result<Imported, ImportError> {
-    let json: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let json = serde_json::from_str::<serde_json::Value>(text);
     let format = match (options.format, &json) {
         (Some(format), _) => format,
-        (None, Some(value)) => detect(value).ok_or_else(not_recognised)?,
-        (None, None) if looks_like_kubernetes_yaml(text) => Format::Kubernetes,
-        (None, None) => return Err(not_json(text)),
+        (None, Ok(value)) => detect(value).ok_or_else(not_recognised)?,
+        (None, Err(_)) if looks_like_kubernetes_yaml(text) => Format::Kubernetes,
+        (None, Err(e)) => return Err(not_json(e)),
     };
     let value = match (format, json) {
-        (_, Some(value)) => value,
-        (Format::Kubernetes, None) => parse_kubernetes(text)?,
-        (_, None) => return Err(not_json(text)),
+        (_, Ok(value)) => value,
+        (Format::Kubernetes, Err(_)) => parse_kubernetes(text)?,
+        (_, Err(e)) => return Err(not_json(&e)),
     };
     let reader: Reader = match format {
         Format::Azure => azure::read,
@@ -192,12 +192,9 @@ fn not_recognised() -> ImportError {
     .with_hint("name the format with --format azure|terraform|kubernetes")
 }
 
-fn not_json(text: &str) -> ImportError {
-    let why = match serde_json::from_str::<serde_json::Value>(text) {
-        Err(e) => format!("line {}, column {}: {e}", e.line(), e.column()),
-        Ok(_) => "not JSON".to_string(),
-    };
-    ImportError::at("", format!("not JSON ({why}), nor Kubernetes YAML"))
+/// serde_json's reason ends with "at line L column C": said once.
+fn not_json(e: &serde_json::Error) -> ImportError {
+    ImportError::at("", format!("not JSON ({e}), nor Kubernetes YAML"))
         .with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
 }
 

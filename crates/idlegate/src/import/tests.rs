@@ -104,17 +104,17 @@ fn out_of_range_values_are_refused_at_their_input_path_with_the_range() {
         (
             changed(LB_SHOW, "\"idleTimeoutInMinutes\": 30", "\"idleTimeoutInMinutes\": 120"),
             "loadBalancingRules[0].idleTimeoutInMinutes = 120",
-            "idle_timeout = 120m is above Azure LB's maximum of 100 min (allowed: 4 min to 100 min)",
+            "idle_timeout = 120m is outside Azure LB's range: 4 min to 100 min",
         ),
         (
             changed(ARM, "\"idleTimeoutInMinutes\": 10", "\"idleTimeoutInMinutes\": 45"),
             "resources[0].properties.idleTimeoutInMinutes = 45",
-            "idle_timeout = 45m is above Azure LB's maximum of 30 min (allowed: 4 min to 30 min)",
+            "idle_timeout = 45m is outside Azure LB's range: 4 min to 30 min",
         ),
         (
             changed(LB_SHOW, "\"idleTimeoutInMinutes\": 15", "\"idleTimeoutInMinutes\": 130"),
             "outboundRules[0].idleTimeoutInMinutes = 130",
-            "idle_timeout = 130m is above Azure LB's maximum of 120 min (allowed: 4 min to 120 min; Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)",
+            "idle_timeout = 130m is outside Azure LB's range: 4 min to 120 min (Azure's \"Outbound rules\" page allows 4–120 min, its \"Load Balancer TCP Reset and Idle Timeout\" page says 4–100 min; idlegate enforces 120 min, the outbound rules page's)",
         ),
     ];
     for (text, path, message) in cases {
@@ -391,4 +391,13 @@ fn another_platform_than_the_inputs_is_refused_with_a_hint() {
         "--platform aws: this input holds Azure resources only"
     );
     assert!(e.hint.unwrap().contains("--platform azure"));
+}
+
+#[test]
+fn text_that_is_not_json_is_refused_with_the_position_said_once() {
+    let e = refused("{\n  \"a\": 1,\n  oops\n}");
+    assert_eq!(
+        e.message,
+        "not JSON (key must be a string at line 3 column 3), nor Kubernetes YAML"
+    );
 }

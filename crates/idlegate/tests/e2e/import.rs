@@ -289,7 +289,7 @@ fn an_lb_rule_at_120_minutes_is_refused_at_its_input_path_with_the_range_and_not
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let first = stderr.lines().next().unwrap_or_default();
     assert!(
-        first.contains(": loadBalancingRules[0].idleTimeoutInMinutes = 120: idle_timeout = 120m is above Azure LB's maximum of 100 min (allowed: 4 min to 100 min)"),
+        first.contains(": loadBalancingRules[0].idleTimeoutInMinutes = 120: idle_timeout = 120m is outside Azure LB's range: 4 min to 100 min"),
         "{stderr}"
     );
     assert!(first.starts_with("idlegate: import "), "{stderr}");
@@ -327,6 +327,62 @@ fn an_existing_output_is_kept_without_force_and_replaced_with_it() {
     common::assert_success(&output, &args);
     let text = std::fs::read_to_string(&out).unwrap();
     Config::from_toml(&text, "lb.toml").expect("the replaced file is the imported config");
+}
+
+#[test]
+fn an_output_in_a_missing_directory_is_refused_naming_out_with_a_hint() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let out = dir.path().join("missing").join("lb.toml");
+    let input = example("lb-show.json");
+    let args = [
+        "import",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let output = idlegate(&args, None);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "idlegate: import: writing {}: No such file or directory (os error 2)",
+                out.display()
+            ),
+            format!(
+                "hint: the directory {} must exist: create it, or give another -o",
+                dir.path().join("missing").display()
+            ),
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_failed_write_to_stdout_says_what_was_being_written() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full is needed: a device whose writes fail with ENOSPC");
+    let input = example("lb-show.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(["import", input.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("running idlegate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.lines().next(),
+        Some(
+            "idlegate: import: writing the config to stdout: No space left on device (os error 28)"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

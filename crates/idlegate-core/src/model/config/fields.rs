@@ -292,29 +292,14 @@ pub(super) fn timeout(
         );
         return invalid(t.span(), message);
     }
-    if d < range.min {
-        return invalid(
-            t.span(),
-            format!(
-                "idle_timeout = {text} is below {}'s minimum of {} (allowed: {} to {})",
-                profile.title,
-                human(range.min),
-                human(range.min),
-                human(range.max)
-            ),
+    if d < range.min || d > range.max {
+        let message = format!(
+            "idle_timeout = {text} is outside {}'s range: {} to {}",
+            profile.title,
+            human(range.min),
+            human(range.max)
         );
-    }
-    if d > range.max {
-        return invalid(
-            t.span(),
-            format!(
-                "idle_timeout = {text} is above {}'s maximum of {} (allowed: {} to {})",
-                profile.title,
-                human(range.max),
-                human(range.min),
-                human(range.max)
-            ),
-        );
+        return invalid(t.span(), message);
     }
     Ok(d)
 }

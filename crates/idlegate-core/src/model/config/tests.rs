@@ -65,8 +65,8 @@ fn omitted_settings_take_the_profiles_defaults() {
 #[rustfmt::skip]
 fn each_mistake_is_refused_with_file_line_and_field() {
     let cases: &[(&str, &str, usize, &str)] = &[
-        ("idle_timeout = \"4m\"", "idle_timeout = \"2m\"", 16, "idle_timeout = 2m is below Azure LB's minimum of 4 min"),
-        ("idle_timeout = \"4m\"", "idle_timeout = \"101m\"", 16, "idle_timeout = 101m is above Azure LB's maximum of 100 min"),
+        ("idle_timeout = \"4m\"", "idle_timeout = \"2m\"", 16, "idle_timeout = 2m is outside Azure LB's range: 4 min to 100 min"),
+        ("idle_timeout = \"4m\"", "idle_timeout = \"101m\"", 16, "idle_timeout = 101m is outside Azure LB's range: 4 min to 100 min"),
         ("idle_timeout = \"4m\"", "idle_timeout = \"4 parsecs\"", 16, "is not a duration"),
         ("expiry = \"silent\"", "expiry = \"rst\"", 17, "expiry = \"rst\": must be one of \"silent\", \"reset\", \"reset-on-next\""),
         ("profile = \"azure-lb\"", "profile = \"azure-lbb\"", 1, "profile = \"azure-lbb\": no such profile"),
@@ -211,7 +211,7 @@ fn inbound_rules_are_refused_for_their_ports_before_their_idle_settings() {
     let head = VALID.split("[[outbound_rule]]").next().unwrap();
     let port_taken =
         "frontend_port: port 7000 of frontend \"public\" already belongs to rule \"app\"";
-    let too_short = "idle_timeout = 2m is below Azure LB's minimum of 4 min";
+    let too_short = "idle_timeout = 2m is outside Azure LB's range: 4 min to 100 min";
     let cases = [
         ("[[lb_rule]]\nname = \"b\"\nfrontend = \"public\"\nfrontend_port = 7000\nbackend_pool = \"vms\"\nbackend_port = 7000\nidle_timeout = \"2m\"\n", 21, port_taken),
         ("[[lb_rule]]\nname = \"b\"\nfrontend = \"public\"\nfrontend_port = 7001\nbackend_pool = \"vms\"\nbackend_port = 7000\nidle_timeout = \"2m\"\n", 24, too_short),

@@ -461,13 +461,10 @@ impl Validator {
                 .and_then(|t| humantime::parse_duration(t.get_ref()).ok())
                 .is_some_and(|d| d > range.max);
             match above && profile.name == profile::AZURE_LB.name {
-                // Inside the range's own parentheses: "(allowed: 4 min to 120 min; Azure's …)".
+                // After the range: "… range: 4 min to 120 min (Azure's … page's)".
                 true => (
                     span,
-                    match message.strip_suffix(')') {
-                        Some(open) => format!("{open}; {})", profile::AZURE_OUTBOUND_MAXIMUM),
-                        None => format!("{message} ({})", profile::AZURE_OUTBOUND_MAXIMUM),
-                    },
+                    format!("{message} ({})", profile::AZURE_OUTBOUND_MAXIMUM),
                 ),
                 false => (span, message),
             }

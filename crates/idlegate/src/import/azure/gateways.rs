@@ -90,10 +90,12 @@ impl<'a> Azure<'a> {
             timeout: self.minutes(g, base)?,
             expiry: None,
         };
+        let pools_from = name.from.clone();
         self.draft.nat_gateways.push(NatGateway {
             name,
             frontend,
             backend_pools: pools,
+            pools_from,
             idle,
         });
         Ok(())

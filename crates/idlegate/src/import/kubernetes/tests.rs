@@ -199,3 +199,19 @@ fn an_aks_udp_port_gets_no_tcp_reset() {
     let d = read(&parse(&text).unwrap(), None).unwrap();
     assert_eq!(d.lb_rules[0].idle.expiry, None);
 }
+
+#[test]
+fn an_aks_idle_timeout_too_large_for_any_clock_is_refused_at_the_annotation_with_the_range() {
+    // 307445734561825861 min is more seconds than a u64 holds: it must not wrap to a valid value.
+    let text = AKS.replace("\"15\"", "\"307445734561825861\"");
+    let e = crate::import::import(&text, "svc.yaml", &Default::default()).unwrap_err();
+    assert_eq!(
+        e.path,
+        "Service/default/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]"
+    );
+    assert!(
+        e.message
+            .ends_with("is outside Azure LB's range: 4 min to 100 min"),
+        "{e}"
+    );
+}

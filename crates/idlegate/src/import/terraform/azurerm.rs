@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::{number_at, port_at, protocol, Res};
 use crate::import::draft::{
     Address, Draft, Expiry, Family, Frontend, Idle, Ignored, InboundNatRule, LbRule, Member,
-    NatGateway, NatTarget, Note, OutboundRule, Pool, Sourced,
+    NatGateway, NatTarget, Note, Origin, OutboundRule, Pool, Sourced,
 };
 use crate::import::ImportError;
 
@@ -285,10 +285,13 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
         });
     }
 
-    // NAT gateways: the public IP comes from an azurerm_nat_gateway_public_ip_association;
-    // the subnets it serves (azurerm_subnet_nat_gateway_association) are not read, so it
-    // serves the pools no outbound rule serves, or a stand-in pool.
+    // NAT gateways: the public IP comes from an azurerm_nat_gateway_public_ip_association.
+    // A NAT gateway serves subnets, not pools: beside a load balancer, each subnet an
+    // azurerm_subnet_nat_gateway_association gives it becomes a stand-in pool, as the Azure
+    // reader does (members are not known by subnet), or one stand-in pool without one.
     let assocs: Vec<&Res> = of("azurerm_nat_gateway_public_ip_association").collect();
+    let subnet_assocs: Vec<&Res> = of("azurerm_subnet_nat_gateway_association").collect();
+    let subnets: Vec<&Res> = of("azurerm_subnet").collect();
     for g in &natgws {
         let name = g.name();
         let fe_name = format!("{name}-ip");
@@ -333,23 +336,13 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
                 idle,
             });
         } else {
-            let served: Vec<String> = d
-                .backend_pools
-                .iter()
-                .map(|p| p.name.value.clone())
-                .filter(|p| !d.outbound_rules.iter().any(|o| &o.backend_pool == p))
-                .collect();
-            let pools = if served.is_empty() {
-                let pool = format!("{name}-subnet");
-                d.backend_pools.push(Pool { name: Sourced::chosen(pool.clone(), "the subnets a NAT gateway serves are set by azurerm_subnet_nat_gateway_association, which idlegate does not read"), members: Vec::new() });
-                vec![pool]
-            } else {
-                served
-            };
+            let (pools, pools_from) =
+                subnet_pools(g, &subnet_assocs, &subnets, natgws.len() == 1, &mut d);
             d.nat_gateways.push(NatGateway {
                 name: Sourced::at(name, g.path("name")),
                 frontend: fe_name,
                 backend_pools: pools,
+                pools_from,
                 idle,
             });
         }
@@ -430,6 +423,70 @@ fn pip_address(pip: Option<&Res>, name: &str) -> Sourced<Address> {
     }
 }
 
+/// The stand-in pools of NAT gateway `g`, one per subnet its
+/// `azurerm_subnet_nat_gateway_association`s name (the subnet's `name` where the
+/// `azurerm_subnet` is in the input, else the id's last segment), each with a note; one
+/// stand-in pool, with a note, when none names it (an id known only after apply is the
+/// input's only NAT gateway when it has one). With where the list comes from.
+fn subnet_pools(
+    g: &Res,
+    assocs: &[&Res],
+    subnets: &[&Res],
+    only: bool,
+    d: &mut Draft,
+) -> (Vec<String>, Origin) {
+    let gateway = g.name();
+    let mine: Vec<&&Res> = assocs
+        .iter()
+        .filter(|a| match a.str("nat_gateway_id") {
+            Some(id) => g.is(id),
+            // Known only after apply: the one NAT gateway of the input.
+            None => only && a.is_unknown("nat_gateway_id"),
+        })
+        .collect();
+    let mut pools = Vec::new();
+    for a in &mine {
+        let at = a.path("subnet_id");
+        let subnet = match a.str("subnet_id") {
+            Some(id) => subnets
+                .iter()
+                .find(|s| s.is(id))
+                .map(|s| s.name())
+                .unwrap_or_else(|| id.rsplit('/').next().unwrap_or(id).to_string()),
+            None => a.name(),
+        };
+        if pools.contains(&subnet) {
+            continue;
+        }
+        d.notes.push(Note {
+            on: Some(gateway.clone()),
+            text: format!("NAT gateways attach to subnets, not pools: pool {subnet} stands in for subnet {subnet}; give it the members of that subnet"),
+            from: Origin::Input(at.clone()),
+        });
+        d.backend_pools.push(Pool {
+            name: Sourced::at(subnet.clone(), at),
+            members: Vec::new(),
+        });
+        pools.push(subnet);
+    }
+    if !pools.is_empty() {
+        let names: Vec<&str> = mine.iter().map(|a| a.address.as_str()).collect();
+        return (pools, Origin::Input(names.join(", ")));
+    }
+    let pool = format!("{gateway}-subnet");
+    d.notes.push(Note {
+        on: Some(gateway.clone()),
+        text: format!("NAT gateways attach to subnets, not pools, and no azurerm_subnet_nat_gateway_association in the input names this one: pool {pool} stands in for its subnets; give it their members"),
+        from: Origin::Input(g.address.clone()),
+    });
+    let why = format!("a stand-in for the subnets NAT gateway {gateway} serves");
+    d.backend_pools.push(Pool {
+        name: Sourced::chosen(pool.clone(), why.clone()),
+        members: Vec::new(),
+    });
+    (vec![pool], Origin::Chosen(why))
+}
+
 fn family(p: &Res) -> Family {
     if p.str("ip_version") == Some("IPv6") {
         Family::V6
@@ -450,7 +507,7 @@ fn minutes(r: &Res, attr: &str, _d: &mut Draft) -> Result<Option<Sourced<Duratio
         )));
     }
     Ok(r.number(attr)?
-        .map(|m| Sourced::at(Duration::from_secs(m * 60), r.path(attr))))
+        .map(|m| Sourced::at(Duration::from_secs(m.saturating_mul(60)), r.path(attr))))
 }
 
 /// A rule's idle timeout and TCP reset (`enable_tcp_reset`, `tcp_reset_enabled` in azurerm 4).

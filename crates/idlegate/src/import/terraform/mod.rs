@@ -27,7 +27,7 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
     let mut ignored = Vec::new();
     let resources = resources(input, &mut ignored)?;
     let mut found: Vec<Platform> = Vec::new();
-    for r in &resources {
+    for r in resources.iter().filter(|r| !names_only(&r.kind)) {
         if let Some(p) = modelled(&r.kind) {
             if !found.contains(&p) {
                 found.push(p);
@@ -111,6 +111,8 @@ fn modelled(kind: &str) -> Option<Platform> {
         | "azurerm_lb_probe"
         | "azurerm_nat_gateway"
         | "azurerm_nat_gateway_public_ip_association"
+        | "azurerm_subnet_nat_gateway_association"
+        | "azurerm_subnet"
         | "azurerm_public_ip" => Some(Platform::Azure),
         "aws_lb" | "aws_lb_listener" | "aws_lb_target_group" | "aws_lb_target_group_attachment" => {
             Some(Platform::Aws)
@@ -118,6 +120,15 @@ fn modelled(kind: &str) -> Option<Platform> {
         "google_compute_router_nat" | "google_compute_address" => Some(Platform::Gcp),
         _ => None,
     }
+}
+
+/// A type read only to place or name what another resource makes (a NAT gateway's subnets):
+/// alone it does not make its platform one the input has.
+fn names_only(kind: &str) -> bool {
+    matches!(
+        kind,
+        "azurerm_subnet_nat_gateway_association" | "azurerm_subnet"
+    )
 }
 
 /// One managed resource: its address, type, values (planned, completed from the change's

@@ -412,3 +412,100 @@ fn the_examples_read() {
         assert_eq!(d.profile.unwrap().value, profile, "{file}");
     }
 }
+
+#[test]
+fn an_azurerm_idle_timeout_too_large_for_any_clock_is_refused_at_its_attribute_with_the_range() {
+    // 307445734561825861 min is more seconds than a u64 holds: it must not wrap to a valid value.
+    let mut resources = azure_lb();
+    resources[4].2["idle_timeout_in_minutes"] = json!(307445734561825861u64);
+    let text = state(&resources).to_string();
+    let e = crate::import::import(&text, "plan.json", &Default::default()).unwrap_err();
+    assert_eq!(e.path, "azurerm_lb_rule.r.idle_timeout_in_minutes");
+    assert!(
+        e.message
+            .ends_with("is outside Azure LB's range: 4 min to 100 min"),
+        "{e}"
+    );
+}
+
+/// The azurerm LB with a NAT gateway, and these extra resources.
+fn lb_with_nat_gateway(extra: &[(&'static str, &'static str, Value)]) -> String {
+    let mut resources = azure_lb();
+    resources.push((
+        "azurerm_nat_gateway",
+        "ng",
+        json!({"name": "ng", "id": "/ng", "idle_timeout_in_minutes": 10}),
+    ));
+    resources.extend(extra.iter().cloned());
+    state(&resources).to_string()
+}
+
+fn backend_pools_line(toml: &str) -> &str {
+    let gateway = &toml[toml.find("[[nat_gateway]]").expect("a [[nat_gateway]]")..];
+    gateway
+        .lines()
+        .find(|l| l.starts_with("backend_pools = "))
+        .expect("its backend_pools line")
+}
+
+#[test]
+fn an_azurerm_nat_gateway_beside_an_lb_serves_a_stand_in_pool_per_associated_subnet() {
+    let text = lb_with_nat_gateway(&[
+        (
+            "azurerm_subnet",
+            "web",
+            json!({"name": "web", "id": "/vnet/subnets/web"}),
+        ),
+        (
+            "azurerm_subnet_nat_gateway_association",
+            "a",
+            json!({"nat_gateway_id": "/ng", "subnet_id": "/vnet/subnets/web"}),
+        ),
+    ]);
+    let d = read(&serde_json::from_str(&text).unwrap(), None).unwrap();
+    assert_eq!(d.nat_gateways[0].backend_pools, ["web"]);
+    let pool = d
+        .backend_pools
+        .iter()
+        .find(|p| p.name.value == "web")
+        .unwrap();
+    assert_eq!(
+        at(&pool.name),
+        "azurerm_subnet_nat_gateway_association.a.subnet_id"
+    );
+    assert!(d.notes.iter().any(|n| n.on.as_deref() == Some("ng")
+        && n.text.starts_with(
+            "NAT gateways attach to subnets, not pools: pool web stands in for subnet web"
+        )));
+    let toml = crate::import::import(&text, "plan.json", &Default::default())
+        .unwrap()
+        .toml;
+    assert_eq!(
+        backend_pools_line(&toml),
+        "backend_pools = [\"web\"]  # as azurerm_subnet_nat_gateway_association.a refers to it"
+    );
+}
+
+#[test]
+fn an_azurerm_nat_gateway_without_a_subnet_association_gets_one_stand_in_pool_said_as_chosen() {
+    // Without the outbound rule, the LB's pool is served by none: still not guessed to be
+    // the NAT gateway's (a NAT gateway serves subnets, which the input does not say).
+    let mut value: Value = serde_json::from_str(&lb_with_nat_gateway(&[])).unwrap();
+    value["values"]["root_module"]["resources"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|r| r["type"] != "azurerm_lb_outbound_rule");
+    let text = value.to_string();
+    let d = read(&value, None).unwrap();
+    assert_eq!(d.nat_gateways[0].backend_pools, ["ng-subnet"]);
+    assert!(d.notes.iter().any(|n| n.on.as_deref() == Some("ng")
+        && n.text
+            .contains("no azurerm_subnet_nat_gateway_association in the input names this one")));
+    let toml = crate::import::import(&text, "plan.json", &Default::default())
+        .unwrap()
+        .toml;
+    assert_eq!(
+        backend_pools_line(&toml),
+        "backend_pools = [\"ng-subnet\"]  # not in the input: a stand-in for the subnets NAT gateway ng serves"
+    );
+}

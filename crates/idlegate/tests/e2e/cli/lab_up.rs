@@ -260,7 +260,7 @@ fn a_bad_config_is_refused_with_file_line_and_field_before_anything_starts() {
     let prefix = format!("{}:{line}:", path.display());
     assert!(lines[0].contains(&prefix), "want {prefix}: {}", lines[0]);
     assert!(
-        lines[0].contains("idle_timeout = 2m is below Azure LB's minimum of 4 min"),
+        lines[0].contains("idle_timeout = 2m is outside Azure LB's range: 4 min to 100 min"),
         "{}",
         lines[0]
     );
