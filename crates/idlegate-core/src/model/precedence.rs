@@ -185,7 +185,9 @@ pub struct Explanation {
     pub time_scale: u32,
     /// The per-state timers of TCP flows not established (handshake, FIN, RST).
     pub tcp_not_established: Vec<StateTimer>,
-    /// How long a SNAT port is held after its flow ends, per way of ending.
+    /// How long the profile holds a SNAT port after its flow ends, per way of ending. A rule
+    /// that lends ports says what its pool runs in its own `snat_holds` (a NAT gateway's are
+    /// Azure NAT Gateway's; a GCP rule's hold after a FIN follows its `time_wait`).
     pub snat_holds: Vec<SnatHold>,
     /// `TCP_RETRANSMISSION_FLOOR`: the shortest the timers above may run (unless their real
     /// timer is shorter), because TCP's retransmission timeout is not scaled.
@@ -210,7 +212,7 @@ pub struct StateTimer {
 /// How long a SNAT port is held after its flow ends one way.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SnatHold {
-    /// `fin` or `rst`: how the flow ended.
+    /// `fin`, `rst` or `idle` (an idle expiry): how the flow ended.
     pub after: &'static str,
     #[serde(flatten)]
     pub timer: RacingTimer,
@@ -254,24 +256,40 @@ impl RacingTimer {
 }
 
 /// The timers of `config` that run at the floor, each as "`name` `real`: `note`" (for the
-/// lab's log and `--explain`).
+/// lab's log and `--explain`): the profile's, then a rule's own where they differ from the
+/// profile's, as "`kind` `rule`: `name` `real`: `note`".
 pub fn floored_timers(config: &Config) -> Vec<String> {
     let e = explanation(config);
-    let states = e
-        .tcp_not_established
+    let named = |states: &[StateTimer], holds: &[SnatHold]| -> Vec<(String, RacingTimer)> {
+        let states = states.iter().map(|t| (t.state.to_string(), t.timer));
+        let holds = holds.iter().map(|h| {
+            let after = match h.after {
+                "idle" => "an idle expiry".to_string(),
+                other => other.to_uppercase(),
+            };
+            (format!("SNAT hold after {after}"), h.timer)
+        });
+        states.chain(holds).collect()
+    };
+    let line = |(name, t): &(String, RacingTimer)| {
+        format!("{name} {}: {}", human(t.timeout), t.floor_note())
+    };
+    let profile = named(&e.tcp_not_established, &e.snat_holds);
+    let mut lines: Vec<String> = profile
         .iter()
-        .map(|t| (t.state.to_string(), t.timer));
-    let holds = e.snat_holds.iter().map(|h| {
-        (
-            format!("SNAT hold after {}", h.after.to_uppercase()),
-            h.timer,
-        )
-    });
-    states
-        .chain(holds)
         .filter(|(_, t)| t.floored)
-        .map(|(name, t)| format!("{name} {}: {}", human(t.timeout), t.floor_note()))
-        .collect()
+        .map(line)
+        .collect();
+    for rule in &e.rules {
+        let own = named(
+            rule.tcp_not_established.as_deref().unwrap_or_default(),
+            rule.snat_holds.as_deref().unwrap_or_default(),
+        );
+        for timer in own.iter().filter(|n| n.1.floored && !profile.contains(n)) {
+            lines.push(format!("{} {}: {}", rule.kind, rule.name, line(timer)));
+        }
+    }
+    lines
 }
 
 /// What one rule's flows get.
@@ -284,6 +302,13 @@ pub struct RuleExplanation {
     pub protocol: &'static str,
     /// TCP flows' idle timeout and expiry (absent for a UDP-only rule).
     pub tcp: Option<TcpIdle>,
+    /// A NAT gateway's own timers for TCP flows not established (Azure NAT Gateway's, whatever
+    /// the profile); absent for the other kinds, whose flows get the profile's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_not_established: Option<Vec<StateTimer>>,
+    /// The holds of the SNAT ports this rule's flows take (outbound rules and NAT gateways).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snat_holds: Option<Vec<SnatHold>>,
     /// UDP flows' timeouts (absent for a TCP-only rule).
     pub udp: Option<UdpIdle>,
 }
@@ -325,12 +350,12 @@ fn time_wait(config: &Config, i: usize) -> Option<TimeWait> {
     let (winner, reason) = match rule.time_wait {
         Some(_) => (
             Winner::Rule,
-            "the rule's own time_wait; it is also the port's hold after a FIN".to_string(),
+            "the rule's own time_wait; it is also the port's hold after a FIN (the longest of the rules sharing its frontend)".to_string(),
         ),
         None => (
             Winner::ProfileDefault,
             format!(
-                "{}'s default, what a gateway created on or after 30 September 2026 gets (Cloud NAT release notes, 31 March 2026); one created before keeps 120 s: set time_wait = \"120s\" for it. It is also the port's hold after a FIN",
+                "{}'s default, what a gateway created on or after 30 September 2026 gets (Cloud NAT release notes, 31 March 2026); one created before keeps 120 s: set time_wait = \"120s\" for it. It is also the port's hold after a FIN (the longest of the rules sharing its frontend)",
                 p.title
             ),
         ),
@@ -365,86 +390,165 @@ fn expiry_name<S: serde::Serializer>(e: &Expiry, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(e.as_str())
 }
 
-/// For every rule, the timeout and expiry action its flows get and which setting won.
-pub fn explanation(config: &Config) -> Explanation {
+/// How long a pool of SNAT ports keeps a port after its flow ends, per way of ending
+/// (unscaled). The engine builds its pools' holds from these, so `--explain` says what it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTimes {
+    pub after_fin: Duration,
+    pub after_rst: Duration,
+    /// After an idle expiry: the flow ended without a close either end saw.
+    pub after_idle: Duration,
+}
+
+impl HoldTimes {
+    /// A profile's own holds.
+    pub fn of(policy: &profile::SnatPolicy) -> HoldTimes {
+        HoldTimes {
+            after_fin: policy.hold_after_fin,
+            after_rst: policy.hold_after_rst,
+            after_idle: policy.hold_after_idle,
+        }
+    }
+
+    /// Each hold with the JSON name of its way of ending: `fin`, `rst`, `idle`.
+    pub fn named(&self) -> [(&'static str, Duration); 3] {
+        [
+            ("fin", self.after_fin),
+            ("rst", self.after_rst),
+            ("idle", self.after_idle),
+        ]
+    }
+}
+
+/// The holds of the ports that outbound rules lend from frontend `frontend`: the profile's,
+/// except where a rule may set TIME_WAIT (GCP Cloud NAT): there the hold after a FIN follows it,
+/// the longest `time_wait` of the rules leaving from that frontend (they share its ports).
+pub fn outbound_holds(config: &Config, frontend: usize) -> HoldTimes {
     let p = config.profile;
-    let tcp_not_established = p
-        .tcp
+    let own = HoldTimes::of(&p.snat);
+    if p.time_wait_range.is_none() {
+        return own;
+    }
+    let after_fin = config
+        .outbound_rules
+        .iter()
+        .filter(|r| r.frontend == frontend)
+        .map(|r| r.time_wait(p))
+        .max()
+        .unwrap_or(own.after_fin);
+    HoldTimes { after_fin, ..own }
+}
+
+/// The holds of a `[[nat_gateway]]`'s ports: Azure NAT Gateway's, whatever the config's profile.
+pub fn nat_gateway_holds() -> HoldTimes {
+    HoldTimes::of(&profile::AZURE_NATGW.snat)
+}
+
+fn racing_holds(config: &Config, holds: HoldTimes) -> Vec<SnatHold> {
+    holds
         .named()
+        .into_iter()
+        .map(|(after, timeout)| SnatHold {
+            after,
+            timer: RacingTimer::new(config, timeout),
+        })
+        .collect()
+}
+
+fn racing_states(config: &Config, tcp: &profile::TcpTimers) -> Vec<StateTimer> {
+    tcp.named()
         .map(|(state, timeout)| StateTimer {
             state,
             timer: RacingTimer::new(config, timeout),
         })
-        .collect();
-    let snat_holds = [
-        ("fin", p.snat.hold_after_fin),
-        ("rst", p.snat.hold_after_rst),
-    ]
-    .into_iter()
-    .map(|(after, timeout)| SnatHold {
-        after,
-        timer: RacingTimer::new(config, timeout),
-    })
-    .collect();
+        .collect()
+}
+
+/// For every rule, the timeout and expiry action its flows get and which setting won.
+pub fn explanation(config: &Config) -> Explanation {
+    let p = config.profile;
+    let tcp_not_established = racing_states(config, &p.tcp);
+    let snat_holds = racing_holds(config, HoldTimes::of(&p.snat));
+    // Per rule: its kind, name, protocols, idle timeout, TIME_WAIT, and, where they are not the
+    // profile's, its own timers for flows not established; and the holds of its SNAT ports.
     let rules = (0..config.lb_rules.len())
         .map(|i| {
             let rule = &config.lb_rules[i];
+            let applied = lb_rule(config, i);
             (
                 "lb_rule",
                 &rule.name,
                 rule.protocol,
-                lb_rule(config, i),
+                applied,
+                None,
+                None,
                 None,
             )
         })
         .chain((0..config.inbound_nat_rules.len()).map(|i| {
             let rule = &config.inbound_nat_rules[i];
             let applied = inbound_nat_rule(config, i);
-            ("inbound_nat_rule", &rule.name, rule.protocol, applied, None)
+            let kind = "inbound_nat_rule";
+            (kind, &rule.name, rule.protocol, applied, None, None, None)
         }))
         .chain((0..config.nat_gateways.len()).map(|i| {
             let gateway = &config.nat_gateways[i];
             let applied = nat_gateway(config, i);
-            ("nat_gateway", &gateway.name, Protocols::All, applied, None)
+            (
+                "nat_gateway",
+                &gateway.name,
+                Protocols::All,
+                applied,
+                None,
+                Some(racing_states(config, &profile::AZURE_NATGW.tcp)),
+                Some(racing_holds(config, nat_gateway_holds())),
+            )
         }))
         .chain((0..config.outbound_rules.len()).map(|i| {
             let rule = &config.outbound_rules[i];
             let applied = outbound_rule(config, i);
             let time_wait = time_wait(config, i);
+            let holds = racing_holds(config, outbound_holds(config, rule.frontend));
             (
                 "outbound_rule",
                 &rule.name,
                 rule.protocol,
                 applied,
                 time_wait,
+                None,
+                Some(holds),
             )
         }))
-        .map(|(kind, name, protocols, applied, time_wait)| {
-            let udp = &p.udp;
-            RuleExplanation {
-                kind,
-                name: name.clone(),
-                protocol: protocols.as_str(),
-                tcp: (protocols != Protocols::Udp).then(|| TcpIdle {
-                    idle_timeout: applied.timeout,
-                    runs: config.scaled(applied.timeout),
-                    expiry: applied.expiry,
-                    winner: applied.winner,
-                    reason: applied.reason.clone(),
-                    time_wait,
-                }),
-                udp: (protocols != Protocols::Tcp).then(|| UdpIdle {
-                    replied: udp.replied,
-                    unreplied: udp.unreplied,
-                    runs: config.scaled(udp.replied),
-                    expiry: Expiry::Silent,
-                    reason: format!(
-                        "{}'s UDP timeout; the rule's idle settings are for TCP",
-                        p.title
-                    ),
-                }),
-            }
-        })
+        .map(
+            |(kind, name, protocols, applied, time_wait, states, holds)| {
+                let udp = &p.udp;
+                RuleExplanation {
+                    kind,
+                    name: name.clone(),
+                    protocol: protocols.as_str(),
+                    tcp_not_established: states,
+                    snat_holds: holds,
+                    tcp: (protocols != Protocols::Udp).then(|| TcpIdle {
+                        idle_timeout: applied.timeout,
+                        runs: config.scaled(applied.timeout),
+                        expiry: applied.expiry,
+                        winner: applied.winner,
+                        reason: applied.reason.clone(),
+                        time_wait,
+                    }),
+                    udp: (protocols != Protocols::Tcp).then(|| UdpIdle {
+                        replied: udp.replied,
+                        unreplied: udp.unreplied,
+                        runs: config.scaled(udp.replied),
+                        expiry: Expiry::Silent,
+                        reason: format!(
+                            "{}'s UDP timeout; the rule's idle settings are for TCP",
+                            p.title
+                        ),
+                    }),
+                }
+            },
+        )
         .collect();
     Explanation {
         profile: p.name,
@@ -485,6 +589,19 @@ pub fn explain(config: &Config) -> String {
     }
     for rule in &e.rules {
         let (kind, name) = (rule.kind, &rule.name);
+        if rule.kind == "nat_gateway" {
+            let natgw = &profile::AZURE_NATGW;
+            let holds = nat_gateway_holds();
+            let _ = writeln!(
+                out,
+                "{kind} {name}: TCP flows not established: {}; SNAT port held {} after a FIN, {} after a RST, {} after an idle expiry\n    because: a NAT gateway runs {}'s timers, whatever the profile",
+                natgw.tcp.summary(),
+                human(holds.after_fin),
+                human(holds.after_rst),
+                human(holds.after_idle),
+                natgw.title
+            );
+        }
         if let Some(tcp) = &rule.tcp {
             let _ = writeln!(
                 out,
@@ -815,5 +932,112 @@ mod tests {
         );
         // Unscaled, nothing runs at the floor.
         assert!(floored_timers(&Config { time_scale: 1, ..c }).is_empty());
+    }
+
+    fn at_scale_60(profile: &str, tables: &str) -> Config {
+        let text = format!(
+            "profile = \"{profile}\"\ntime_scale = 60\n\
+             [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+             [[frontend]]\nname = \"natgw-ip\"\naddress = \"203.0.113.20\"\n\
+             [[backend_pool]]\nname = \"vms\"\nmembers = [{{ name = \"vm1\", address = \"192.0.2.11\" }}]\n\
+             {tables}"
+        );
+        Config::from_toml(&text, "test").unwrap()
+    }
+
+    fn hold<'a>(holds: &'a [SnatHold], after: &str) -> &'a RacingTimer {
+        &holds
+            .iter()
+            .find(|h| h.after == after)
+            .unwrap_or_else(|| panic!("no hold after {after} in {holds:?}"))
+            .timer
+    }
+
+    #[test]
+    fn a_nat_gateways_own_timers_and_holds_are_explained_at_the_floor() {
+        let c = at_scale_60(
+            "azure-lb",
+            "[[nat_gateway]]\nname = \"natgw\"\nfrontend = \"natgw-ip\"\nbackend_pools = [\"vms\"]\n",
+        );
+        let e = explanation(&c);
+        let natgw = e.rules.iter().find(|r| r.kind == "nat_gateway").unwrap();
+        let holds = natgw
+            .snat_holds
+            .as_deref()
+            .expect("the NAT gateway's holds");
+        let fin = hold(holds, "fin");
+        assert_eq!(fin.timeout, Duration::from_secs(65), "not azure-lb's 240 s");
+        assert_eq!(fin.runs, Duration::from_secs(3));
+        assert!(fin.floored);
+        assert_eq!(hold(holds, "idle").timeout, Duration::from_secs(16));
+        assert_eq!(hold(holds, "idle").runs, Duration::from_secs(3));
+        let states = natgw
+            .tcp_not_established
+            .as_deref()
+            .expect("its TCP timers");
+        assert_eq!(states.len(), 7);
+        assert!(states.iter().all(|s| s.timer.floored));
+        let floored = floored_timers(&c);
+        assert!(
+            floored.iter().any(|f| f.starts_with(
+                "nat_gateway natgw: SNAT hold after FIN 65 s: 1083 ms scaled, runs 3 s"
+            )),
+            "{floored:?}"
+        );
+        let text = explain(&c);
+        assert!(
+            text.contains("nat_gateway natgw: TCP flows not established: 30 s; SNAT port held 65 s after a FIN, 16 s after a RST, 16 s after an idle expiry"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_hold_after_an_idle_expiry_is_explained_at_the_floor() {
+        let c = at_scale_60(
+            "azure-natgw",
+            "[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n",
+        );
+        let e = explanation(&c);
+        let idle = hold(&e.snat_holds, "idle");
+        assert_eq!(idle.timeout, Duration::from_secs(16));
+        assert_eq!(idle.runs, Duration::from_secs(3));
+        assert!(idle.floored);
+        let floored = floored_timers(&c);
+        assert!(
+            floored
+                .iter()
+                .any(|f| f
+                    .starts_with("SNAT hold after an idle expiry 16 s: 266 ms scaled, runs 3 s")),
+            "{floored:?}"
+        );
+    }
+
+    #[test]
+    fn a_gcp_rules_hold_after_a_fin_follows_its_time_wait() {
+        let c = at_scale_60(
+            "gcp-nat",
+            "[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\ntime_wait = \"120s\"\n",
+        );
+        let e = explanation(&c);
+        let egress = &e.rules[0];
+        let fin = hold(egress.snat_holds.as_deref().unwrap(), "fin");
+        assert_eq!(
+            fin.timeout,
+            Duration::from_secs(120),
+            "the rule's time_wait"
+        );
+        assert_eq!(fin.runs, Duration::from_secs(3));
+        assert_eq!(
+            outbound_holds(&c, 0).after_fin,
+            Duration::from_secs(120),
+            "what the engine holds"
+        );
+        let floored = floored_timers(&c);
+        assert!(
+            floored.iter().any(|f| f.starts_with(
+                "outbound_rule egress: SNAT hold after FIN 2 min: 2 s scaled, runs 3 s"
+            )),
+            "{floored:?}"
+        );
     }
 }
