@@ -256,8 +256,9 @@ impl RacingTimer {
 }
 
 /// The timers of `config` that run at the floor, each as "`name` `real`: `note`" (for the
-/// lab's log and `--explain`): the profile's, then a rule's own where they differ from the
-/// profile's, as "`kind` `rule`: `name` `real`: `note`".
+/// lab's log and `--explain`): the profile's (its SNAT holds where a rule's pool runs them),
+/// then a rule's own where they differ from the profile's, as "`kind` `rule`: `name` `real`:
+/// `note`".
 pub fn floored_timers(config: &Config) -> Vec<String> {
     let e = explanation(config);
     let named = |states: &[StateTimer], holds: &[SnatHold]| -> Vec<(String, RacingTimer)> {
@@ -274,22 +275,27 @@ pub fn floored_timers(config: &Config) -> Vec<String> {
     let line = |(name, t): &(String, RacingTimer)| {
         format!("{name} {}: {}", human(t.timeout), t.floor_note())
     };
-    let profile = named(&e.tcp_not_established, &e.snat_holds);
-    let mut lines: Vec<String> = profile
-        .iter()
-        .filter(|(_, t)| t.floored)
-        .map(line)
-        .collect();
+    // The profile's TCP timers run for every flow; its holds only where a rule's pool runs them.
+    let states = named(&e.tcp_not_established, &[]);
+    let holds = named(&[], &e.snat_holds);
+    let mut own_lines = Vec::new();
+    let mut holds_run = Vec::new();
     for rule in &e.rules {
         let own = named(
             rule.tcp_not_established.as_deref().unwrap_or_default(),
             rule.snat_holds.as_deref().unwrap_or_default(),
         );
-        for timer in own.iter().filter(|n| n.1.floored && !profile.contains(n)) {
-            lines.push(format!("{} {}: {}", rule.kind, rule.name, line(timer)));
+        for timer in own.iter().filter(|n| n.1.floored) {
+            if holds.contains(timer) {
+                holds_run.push(timer.clone());
+            } else if !states.contains(timer) {
+                own_lines.push(format!("{} {}: {}", rule.kind, rule.name, line(timer)));
+            }
         }
     }
-    lines
+    let profile = states.iter().filter(|(_, t)| t.floored);
+    let run = holds.iter().filter(|h| holds_run.contains(h));
+    profile.chain(run).map(line).chain(own_lines).collect()
 }
 
 /// What one rule's flows get.
@@ -982,6 +988,13 @@ mod tests {
             floored.iter().any(|f| f.starts_with(
                 "nat_gateway natgw: SNAT hold after FIN 65 s: 1083 ms scaled, runs 3 s"
             )),
+            "{floored:?}"
+        );
+        // No outbound rule: no pool runs azure-lb's own 15 s hold after a RST.
+        assert!(
+            !floored
+                .iter()
+                .any(|f| f.starts_with("SNAT hold after RST 15 s")),
             "{floored:?}"
         );
         let text = explain(&c);
