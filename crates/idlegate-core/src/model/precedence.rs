@@ -527,7 +527,13 @@ pub fn explanation(config: &Config) -> Explanation {
         }))
         .map(
             |(kind, name, protocols, applied, time_wait, states, holds)| {
-                let udp = &p.udp;
+                // A NAT gateway's UDP flows get Azure NAT Gateway's timeouts, as in the engine.
+                let box_of = if kind == "nat_gateway" {
+                    &profile::AZURE_NATGW
+                } else {
+                    p
+                };
+                let udp = &box_of.udp;
                 RuleExplanation {
                     kind,
                     name: name.clone(),
@@ -549,7 +555,7 @@ pub fn explanation(config: &Config) -> Explanation {
                         expiry: Expiry::Silent,
                         reason: format!(
                             "{}'s UDP timeout; the rule's idle settings are for TCP",
-                            p.title
+                            box_of.title
                         ),
                     }),
                 }
@@ -996,6 +1002,15 @@ mod tests {
                 .iter()
                 .any(|f| f.starts_with("SNAT hold after RST 15 s")),
             "{floored:?}"
+        );
+        assert!(
+            natgw
+                .udp
+                .as_ref()
+                .unwrap()
+                .reason
+                .starts_with("Azure NAT Gateway's UDP timeout"),
+            "{natgw:?}"
         );
         let text = explain(&c);
         assert!(
