@@ -115,6 +115,15 @@ impl<E: Endpoint> Rule<E> {
     }
 }
 
+/// `holds` as the engine runs them: `ticks` must be the floored scaling.
+fn held(holds: precedence::HoldTimes, ticks: &impl Fn(Duration) -> Tick) -> Holds {
+    Holds {
+        after_fin: ticks(holds.after_fin),
+        after_rst: ticks(holds.after_rst),
+        after_idle: ticks(holds.after_idle),
+    }
+}
+
 /// A NAT gateway's ports: its frontend's whole range, lent on demand to the members of the
 /// pools it serves, held as Azure NAT Gateway holds them. `ticks` must be the floored scaling
 /// ([`Config::scaled_racing_tcp`]): a hold keeps the port from a new connection while the old
@@ -125,12 +134,7 @@ pub(super) fn nat_gateway_ports<E: Endpoint>(
     frontend: E::Ip,
     ticks: &impl Fn(Duration) -> Tick,
 ) -> SnatPorts<E::Ip> {
-    let policy = &profile::AZURE_NATGW.snat;
-    let holds = Holds {
-        after_fin: ticks(policy.hold_after_fin),
-        after_rst: ticks(policy.hold_after_rst),
-        after_idle: ticks(policy.hold_after_idle),
-    };
+    let holds = held(precedence::nat_gateway_holds(), ticks);
     let members: Vec<E::Ip> = g
         .backend_pools
         .iter()
@@ -163,22 +167,8 @@ pub(super) fn snat_ports<E: Endpoint>(
     let blocks: Vec<(E::Ip, usize)> = members.collect();
     let ports = config.snat_port_candidates(frontend);
     let policy = &config.profile.snat;
-    // Where TIME_WAIT can be set, the hold after a FIN follows it: the longest of the rules here.
-    let after_fin = match config.profile.time_wait_range {
-        Some(_) => config
-            .outbound_rules
-            .iter()
-            .filter(|r| r.frontend == frontend)
-            .map(|r| r.time_wait(config.profile))
-            .max()
-            .unwrap_or(policy.hold_after_fin),
-        None => policy.hold_after_fin,
-    };
-    let holds = Holds {
-        after_fin: ticks(after_fin),
-        after_rst: ticks(policy.hold_after_rst),
-        after_idle: ticks(policy.hold_after_idle),
-    };
+    // Where TIME_WAIT can be set, the hold after a FIN follows it (`outbound_holds`).
+    let holds = held(precedence::outbound_holds(config, frontend), ticks);
     match policy.allocation {
         Allocation::PerMember => SnatPorts::new(address, &blocks, ports, holds),
         Allocation::Shared | Allocation::PreservePort => {

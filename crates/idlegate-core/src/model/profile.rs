@@ -358,7 +358,9 @@ const fn minutes(m: u64) -> Duration {
 ///   its idle timeout gives its port back at once: the port is released when the idle timeout
 ///   is reached (Azure "Source Network Address Translation (SNAT) for outbound connections",
 ///   <https://learn.microsoft.com/en-us/azure/load-balancer/load-balancer-outbound-connections>).
-///   A handshake forgotten half-open (idlegate's 30 s, below) holds its port like a RST.
+///   A handshake forgotten half-open (idlegate's 30 s, below) holds its port like a RST. One
+///   port per concurrent flow, whatever its destination: Azure's sharing of a port among flows
+///   to different destinations (the same page, "Port reuse") is not modelled.
 /// - UDP: the configurable idle timeout does not apply to UDP rules ("Load Balancer TCP Reset and
 ///   Idle Timeout", "Limitations").
 ///   Azure LB documents no UDP figure; idlegate uses 4 min, the fixed UDP idle timeout Azure
@@ -606,7 +608,7 @@ pub static GCP_NAT: Profile = Profile {
 ///   minutes, and cannot be adjusted" (Azure "TCP settings for Azure VMs"). Silent.
 /// - 1,024 SNAT ports per VM (pools of 1–50 VMs), held as for Azure LB outbound rules (240 s
 ///   after FIN, 15 s after RST, released at once at an idle expiry: the same SNAT page),
-///   multiples of 8 as Azure allocates them.
+///   multiples of 8 as Azure allocates them; one per concurrent flow, as in `azure-lb`.
 /// - Transitory and UDP: not documented; idlegate uses Azure LB's figures (30 s, 4 min).
 /// - IPv4 fragments: not documented for default outbound access; dropped as Azure LB drops them.
 pub static AZURE_SNAT: Profile = Profile {

@@ -128,3 +128,71 @@ fn explain_json_gives_a_gcp_nat_rule_its_time_wait_and_an_azure_rule_above_100_m
     );
     assert!(tcp.get("time_wait").is_none(), "{azure}");
 }
+
+#[test]
+fn explain_json_shows_the_floored_holds_of_a_nat_gateway_and_after_an_idle_expiry() {
+    let dir = crate::import_terraform::TempDir(std::env::temp_dir().join(common::unique("fl")));
+    std::fs::create_dir_all(&dir.0).expect("a temporary directory");
+    let write = |name: &str, text: &str| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).expect("writing a config");
+        path.display().to_string()
+    };
+    let pool = "time_scale = 60\n\
+                [[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+                [[frontend]]\nname = \"natgw-ip\"\naddress = \"203.0.113.20\"\n\
+                [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n";
+    let lb = write(
+        "lb.toml",
+        &format!(
+            "profile = \"azure-lb\"\n{pool}[[nat_gateway]]\nname = \"natgw\"\nfrontend = \"natgw-ip\"\nbackend_pools = [\"vms\"]\n"
+        ),
+    );
+    let natgw = write(
+        "natgw.toml",
+        &format!(
+            "profile = \"azure-natgw\"\n{pool}[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n"
+        ),
+    );
+    let hold = |holds: &Value, after: &str| -> Value {
+        holds
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["after"] == after))
+            .unwrap_or_else(|| panic!("no hold after {after} in {holds}"))
+            .clone()
+    };
+    // azure-lb with a NAT gateway: the gateway's pool holds 65 s after a FIN (Azure NAT
+    // Gateway's, not azure-lb's 240 s), which at 1/60 is 1083 ms and runs at the 3 s floor.
+    let e = json_of(&["gateway", "--explain", "--json", "--config", &lb]);
+    let rule = &e["rules"][0];
+    assert_eq!(rule["kind"], "nat_gateway", "{e}");
+    let fin = hold(&rule["snat_holds"], "fin");
+    assert_eq!(
+        (&fin["timeout_s"], &fin["runs_s"], &fin["floored"]),
+        (&65.0.into(), &3.0.into(), &true.into()),
+        "{e}"
+    );
+    assert_eq!(hold(&rule["snat_holds"], "idle")["timeout_s"], 16.0, "{e}");
+    assert_eq!(rule["tcp_not_established"][1]["state"], "SYN_RECV", "{e}");
+    assert_eq!(rule["tcp_not_established"][1]["runs_s"], 3.0, "{e}");
+    let text = String::from_utf8(common::idlegate_ok(&[
+        "gateway",
+        "--explain",
+        "--config",
+        &lb,
+    ]))
+    .expect("UTF-8");
+    assert!(
+        text.contains("    nat_gateway natgw: SNAT hold after FIN 65 s: 1083 ms scaled, runs 3 s"),
+        "{text}"
+    );
+    // azure-natgw: the 16 s hold after an idle expiry runs 3 s, not 266 ms.
+    let e = json_of(&["gateway", "--explain", "--json", "--config", &natgw]);
+    let idle = hold(&e["snat_holds"], "idle");
+    assert_eq!(
+        (&idle["timeout_s"], &idle["runs_s"], &idle["floored"]),
+        (&16.0.into(), &3.0.into(), &true.into()),
+        "{e}"
+    );
+    assert_eq!(hold(&e["rules"][0]["snat_holds"], "idle")["runs_s"], 3.0);
+}

@@ -95,13 +95,16 @@ const FIREWALL_SNAT: SnatPolicy = SnatPolicy {
 /// - Outbound only: App Service reaches public addresses through SNAT on load balancers that
 ///   are not exposed to the customer.
 /// - SNAT ports: each instance "is initially given a preallocated number of 128 SNAT ports".
-///   A port is needed per connection to the same destination address and port; connections to
-///   different destinations share one. When the 128 are lent, the instance's next connection to
-///   that destination fails (its SYN goes nowhere: the client sees a connect timeout, the
-///   page's "intermittent 5xx", "timeout error messages", "couldn't connect to external
-///   endpoints"). idlegate does not model the further ports App Service may lend beyond the
-///   preallocated ones, which it does not promise; a rule's `ports_per_member` may raise the
-///   block in multiples of 8 to stand for them.
+///   idlegate lends one port of the instance's block per concurrent flow, whatever its
+///   destination; when the 128 are lent, the instance's next connection fails (its SYN goes
+///   nowhere: the client sees a connect timeout, the page's "intermittent 5xx", "timeout error
+///   messages", "couldn't connect to external endpoints"). That is faithful for connections to
+///   one destination address and port, the page's case of a connection opened per request.
+///   Not modelled: Azure lets flows to different destinations share a port ("SNAT for outbound
+///   connections", "Port reuse"), so in idlegate 128 concurrent connections to 128 destinations
+///   exhaust an instance that Azure would serve. Nor are the further ports App Service may lend
+///   beyond the preallocated ones, which it does not promise; a rule's `ports_per_member` may
+///   raise the block in multiples of 8 to stand for them.
 /// - The load balancer "reclaims SNAT port from closed connections only after waiting for 4
 ///   minutes": a port is held 240 s after a FIN. After a RST, 15 s, and after an idle expiry
 ///   none, as Azure's SNAT page says of the load balancer App Service uses ("Source Network

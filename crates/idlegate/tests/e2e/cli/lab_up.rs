@@ -313,3 +313,47 @@ fn explain_prints_every_rules_timeout_and_why_without_starting_anything() {
     );
     assert!(stdout.contains("because:"), "{stdout}");
 }
+
+#[test]
+fn the_start_log_says_a_nat_gateways_own_holds_run_at_the_floor() {
+    let name = lab_name();
+    let (_dir, config) = temp_file(
+        "natgw.toml",
+        r#"profile = "azure-lb"
+time_scale = 60
+[[frontend]]
+name = "natgw-ip"
+address = "203.0.113.20"
+[[backend_pool]]
+name = "vms"
+members = [{ name = "vm1", address = "192.0.2.11" }]
+[[nat_gateway]]
+name = "natgw"
+frontend = "natgw-ip"
+backend_pools = ["vms"]
+"#,
+    );
+    let mut lab = Lab::up_with(&name, &config);
+    // Azure NAT Gateway's 65 s hold after a FIN (not azure-lb's 240 s) is 1083 ms at 1/60, and
+    // the engine runs it at the 3 s floor: the log says so once, in the gateway's start line.
+    let expected = "nat_gateway natgw: SNAT hold after FIN 65 s: 1083 ms scaled, runs 3 s";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !lab.stderr().contains(expected) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stderr = lab.stderr();
+    let start = stderr
+        .lines()
+        .find(|l| l.contains("race TCP's own and run at the floor"))
+        .unwrap_or_else(|| panic!("no line of floored timers in the log:\n{stderr}"));
+    assert!(start.contains(expected), "{start}");
+    assert!(
+        start.contains(
+            "nat_gateway natgw: SNAT hold after an idle expiry 16 s: 266 ms scaled, runs 3 s"
+        ),
+        "{start}"
+    );
+    // No outbound rule: no pool runs azure-lb's own 15 s hold after a RST.
+    assert!(!start.contains("SNAT hold after RST 15 s"), "{start}");
+    assert_eq!(lab.terminate().code(), Some(0), "{}", lab.stderr());
+}
