@@ -130,7 +130,8 @@ pub fn import(text: &str, file_name: &str, options: &Options) -> Result<Imported
         Format::Terraform => terraform::read,
         Format::Kubernetes => kubernetes::read,
     };
-    let draft = reader(&value, options.platform)?;
+    let mut draft = reader(&value, options.platform)?;
+    draft.udp_rules_take_no_idle_settings();
     emit::write(&draft, &value, format, file_name, options)
 }
 

@@ -392,3 +392,53 @@ fn another_platform_than_the_inputs_is_refused_with_a_hint() {
     );
     assert!(e.hint.unwrap().contains("--platform azure"));
 }
+
+#[test]
+fn an_azure_udp_rule_imports_without_its_idle_timeout_which_is_listed_as_ignored() {
+    // Azure returns idleTimeoutInMinutes (4 unless set) and enableTcpReset on every rule,
+    // UDP ones too; the config refuses both on a UDP rule.
+    let mut lb: serde_json::Value = serde_json::from_str(LB_SHOW).unwrap();
+    let mut dns = lb["loadBalancingRules"][0].clone();
+    dns["name"] = "dns".into();
+    dns["protocol"] = "Udp".into();
+    dns["frontendPort"] = 53.into();
+    dns["backendPort"] = 53.into();
+    dns["idleTimeoutInMinutes"] = 4.into();
+    dns["enableTcpReset"] = false.into();
+    lb["loadBalancingRules"].as_array_mut().unwrap().push(dns);
+    let got = imported(&lb.to_string());
+    let rule = got
+        .toml
+        .split("[[lb_rule]]")
+        .nth(2)
+        .expect("a second lb_rule");
+    let rule = rule.split("\n[").next().unwrap_or(rule);
+    assert!(rule.contains("protocol = \"udp\""), "{rule}");
+    assert!(
+        !rule.contains("idle_timeout =") && !rule.contains("expiry ="),
+        "{rule}"
+    );
+    // The TCP rule keeps its own.
+    assert!(got
+        .toml
+        .contains("idle_timeout = \"30m\"  # loadBalancingRules[0].idleTimeoutInMinutes = 30"));
+    for line in [
+        "# ignored: loadBalancingRules[1].idleTimeoutInMinutes: rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP",
+        "# ignored: loadBalancingRules[1].enableTcpReset: rule dns is UDP: a UDP rule's flows end silently; Azure's TCP reset applies to TCP",
+    ] {
+        assert!(got.toml.lines().any(|l| l == line), "missing {line:?} in\n{}", got.toml);
+    }
+}
+
+#[test]
+fn an_azure_rule_of_protocol_all_keeps_its_idle_timeout_for_its_tcp_flows() {
+    let toml = imported(LB_SHOW).toml;
+    assert!(toml
+        .lines()
+        .any(|l| l == "protocol = \"all\"  # outboundRules[0].protocol = \"All\""));
+    assert!(
+        toml.lines()
+            .any(|l| l == "idle_timeout = \"15m\"  # outboundRules[0].idleTimeoutInMinutes = 15"),
+        "{toml}"
+    );
+}

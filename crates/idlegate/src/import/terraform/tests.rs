@@ -412,3 +412,33 @@ fn the_examples_read() {
         assert_eq!(d.profile.unwrap().value, profile, "{file}");
     }
 }
+
+#[test]
+fn an_azurerm_udp_lb_rule_imports_without_its_idle_timeout_which_is_listed_as_ignored() {
+    // azurerm's idle_timeout_in_minutes defaults to 4 on every rule, UDP ones too.
+    let mut rs = azure_lb();
+    rs.push((
+        "azurerm_lb_rule",
+        "dns",
+        json!({"name": "dns", "frontend_ip_configuration_name": "fe", "protocol": "Udp", "frontend_port": 53, "backend_port": 53, "backend_address_pool_ids": ["/pool"], "idle_timeout_in_minutes": 4}),
+    ));
+    let got = crate::import::import(&state(&rs).to_string(), "plan.json", &Default::default())
+        .expect("imports");
+    let rule = got
+        .toml
+        .split("[[lb_rule]]")
+        .nth(2)
+        .expect("a second lb_rule");
+    let rule = rule.split("\n[").next().unwrap_or(rule);
+    assert!(rule.contains("protocol = \"udp\""), "{rule}");
+    assert!(
+        !rule.contains("idle_timeout =") && !rule.contains("expiry ="),
+        "{rule}"
+    );
+    let ignored = got
+        .ignored
+        .iter()
+        .find(|i| i.path == "azurerm_lb_rule.dns.idle_timeout_in_minutes")
+        .expect("the UDP rule's idle timeout listed as ignored");
+    assert_eq!(ignored.why, "rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP");
+}
