@@ -200,6 +200,8 @@ pub struct OutboundRule {
     /// `tcp_time_wait_timeout_sec`); None: the profile's default.
     pub time_wait: Option<Sourced<Duration>>,
     pub idle: Idle,
+    /// Where `frontend` and `backend_pool` come from, when not from the rule itself.
+    pub refs_from: RefsFrom,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +210,18 @@ pub struct NatGateway {
     pub frontend: String,
     pub backend_pools: Vec<String>,
     pub idle: Idle,
+    /// Where `frontend` and `backend_pools` come from (`publicIpAddresses[0].id`,
+    /// `subnets[0].id`), when the reader knows.
+    pub refs_from: RefsFrom,
+}
+
+/// The input paths a section's references to other sections are read at. Empty (the
+/// default): the section itself makes them, and its comment says "as <section> refers to it".
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RefsFrom {
+    pub frontend: Option<Origin>,
+    /// One per pool referred to, in order.
+    pub backend_pools: Vec<Origin>,
 }
 
 /// A setting kept as a comment, attached to the section it belongs to.

@@ -442,3 +442,42 @@ fn an_azure_rule_of_protocol_all_keeps_its_idle_timeout_for_its_tcp_flows() {
         "{toml}"
     );
 }
+
+#[test]
+fn a_long_id_in_a_source_comment_keeps_its_last_segments() {
+    let toml = imported(NATGW).toml;
+    let line = toml
+        .lines()
+        .find(|l| l.contains("# publicIpAddresses[0].id = "))
+        .unwrap_or_else(|| panic!("no public IP source in\n{toml}"));
+    assert!(
+        line.ends_with("/publicIPAddresses/egress-nat-ip\""),
+        "{line}"
+    );
+    assert!(line.contains("= \"…/"), "{line}");
+    assert!(!line.contains("..."), "{line}");
+}
+
+#[test]
+fn a_nat_gateways_references_name_the_public_ip_and_subnet_they_come_from() {
+    let toml = imported(NATGW).toml;
+    let line = |key: &str| {
+        toml.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{toml}"))
+            .to_string()
+    };
+    let frontend = line("frontend");
+    assert!(
+        frontend.starts_with("frontend = \"egress-nat-ip\"  # publicIpAddresses[0].id = \"…/")
+            && frontend.ends_with("/publicIPAddresses/egress-nat-ip\""),
+        "{frontend}"
+    );
+    let pool = line("backend_pool");
+    assert!(
+        pool.starts_with("backend_pool = \"app\"  # subnets[0].id = \"…/")
+            && pool.ends_with("/virtualNetworks/web-vnet/subnets/app\""),
+        "{pool}"
+    );
+    assert!(!toml.contains("as name refers to it"), "{toml}");
+}

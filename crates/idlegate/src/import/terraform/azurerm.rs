@@ -272,6 +272,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
         };
         let idle = idle(r, &mut d, false)?;
         d.outbound_rules.push(OutboundRule {
+            refs_from: Default::default(),
             name: Sourced::at(r.name(), r.path("name")),
             frontend,
             backend_pool: d.backend_pools[pool].name.value.clone(),
@@ -321,6 +322,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
             let pool = format!("{name}-subnet");
             d.backend_pools.push(Pool { name: Sourced::chosen(pool.clone(), "the subnets a NAT gateway serves are set by azurerm_subnet_nat_gateway_association, which idlegate does not read"), members: Vec::new() });
             d.outbound_rules.push(OutboundRule {
+                refs_from: Default::default(),
                 name: Sourced::at(name, g.path("name")),
                 frontend: fe_name,
                 backend_pool: pool,
@@ -347,6 +349,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
                 served
             };
             d.nat_gateways.push(NatGateway {
+                refs_from: Default::default(),
                 name: Sourced::at(name, g.path("name")),
                 frontend: fe_name,
                 backend_pools: pools,
