@@ -66,6 +66,24 @@ impl Platform {
             Platform::Gcp => "gcp",
         }
     }
+
+    /// The platform's name in a sentence (`Azure`); [`Platform::as_str`] is `--platform`'s.
+    pub fn title(self) -> &'static str {
+        match self {
+            Platform::Azure => "Azure",
+            Platform::Aws => "AWS",
+            Platform::Gcp => "Google Cloud",
+        }
+    }
+
+    /// [`Platform::title`] with its article: `an Azure`, `a Google Cloud`.
+    pub fn a_title(self) -> &'static str {
+        match self {
+            Platform::Azure => "an Azure",
+            Platform::Aws => "an AWS",
+            Platform::Gcp => "a Google Cloud",
+        }
+    }
 }
 
 /// An address as the input gives it.

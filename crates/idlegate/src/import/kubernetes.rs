@@ -264,10 +264,10 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
             d.ignored.push(Ignored {
                 path: s.at.clone(),
                 why: format!(
-                    "a {} Service; --platform {} keeps only {}'s",
-                    p.as_str(),
+                    "{} Service; --platform {} keeps only {}'s",
+                    p.a_title(),
                     chosen.as_str(),
-                    chosen.as_str()
+                    chosen.title()
                 ),
             });
             continue;

@@ -46,7 +46,7 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
         (Some(p), _) => {
             return Err(ImportError::at(
                 "",
-                format!("--platform {}: the input has no {} resource idlegate imports (found: {})", p.as_str(), p.as_str(), names(&found)),
+                format!("--platform {}: the input has no {} resource idlegate imports (found: {})", p.as_str(), p.title(), names(&found)),
             )
             .with_hint(format!("use --platform {}", found[0].as_str())))
         }
@@ -66,10 +66,10 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
             Some(p) => ignored.push(Ignored {
                 path: r.address.clone(),
                 why: format!(
-                    "a {} resource; --platform {} keeps only {}'s",
-                    p.as_str(),
+                    "{} resource; --platform {} keeps only {}'s",
+                    p.a_title(),
                     chosen.as_str(),
-                    chosen.as_str()
+                    chosen.title()
                 ),
             }),
             None => ignored.push(Ignored {

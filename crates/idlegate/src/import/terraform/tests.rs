@@ -373,6 +373,20 @@ fn with_platform_only_that_platforms_resources_are_kept_and_the_others_listed_as
 }
 
 #[test]
+fn a_resource_another_platform_keeps_out_is_said_with_the_platforms_proper_name() {
+    let d = read(&mixed(), Some(Platform::Gcp)).unwrap();
+    let i = d
+        .ignored
+        .iter()
+        .find(|i| i.path == "azurerm_nat_gateway.ng")
+        .expect("listed as ignored");
+    assert_eq!(
+        i.why,
+        "an Azure resource; --platform gcp keeps only Google Cloud's"
+    );
+}
+
+#[test]
 fn an_input_that_is_not_terraform_show_json_is_refused_with_the_command_to_run() {
     let e = read(&json!({"format_version": "1.0"}), None).unwrap_err();
     assert!(
