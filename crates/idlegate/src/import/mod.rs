@@ -198,8 +198,32 @@ fn not_json(text: &str) -> ImportError {
         Err(e) => format!("line {}, column {}: {e}", e.line(), e.column()),
         Ok(_) => "not JSON".to_string(),
     };
-    ImportError::at("", format!("not JSON ({why}), nor Kubernetes YAML"))
-        .with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
+    let error = ImportError::at("", format!("not JSON ({why}), nor Kubernetes YAML"));
+    if looks_like_yaml(text) {
+        error.with_hint("a Kubernetes input is a Service manifest, with apiVersion and kind (`kubectl get service NAME -o yaml`); for Azure or Terraform give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`)")
+    } else {
+        error.with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
+    }
+}
+
+/// Whether `text` reads as YAML: its first line that is not blank or a comment is a document
+/// marker, a list item or a `key:` mapping entry.
+fn looks_like_yaml(text: &str) -> bool {
+    let Some(first) = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+    else {
+        return false;
+    };
+    let key_entry = first.split_once(':').is_some_and(|(key, rest)| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-./".contains(c))
+            && (rest.is_empty() || rest.starts_with(' '))
+    });
+    first.starts_with("---") || first.starts_with("- ") || key_entry
 }
 
 fn looks_like_kubernetes_yaml(text: &str) -> bool {

@@ -481,3 +481,23 @@ fn a_nat_gateways_references_name_the_public_ip_and_subnet_they_come_from() {
     );
     assert!(!toml.contains("as name refers to it"), "{toml}");
 }
+
+#[test]
+fn a_yaml_input_that_is_not_a_manifest_gets_a_hint_naming_a_service_manifest() {
+    let e = refused("hello: world\n");
+    assert!(e.message.contains("nor Kubernetes YAML"), "{e}");
+    assert!(
+        e.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("kubectl get service NAME -o yaml")),
+        "{:?}",
+        e.hint
+    );
+    // Text that is neither keeps the JSON hint.
+    let e = refused("{ not json");
+    assert!(
+        e.hint.as_deref().is_some_and(|h| !h.contains("kubectl")),
+        "{:?}",
+        e.hint
+    );
+}
