@@ -88,7 +88,7 @@ impl Out {
 /// The comment naming where a value came from.
 fn source(from: &Origin, input: &Value) -> String {
     match from {
-        Origin::Input(path) => match lookup(input, path) {
+        Origin::Input(path) => match value_at(input, path) {
             Some(v) => format!("{path} = {}", short(v)),
             None => path.clone(),
         },
@@ -120,6 +120,14 @@ fn short(v: &Value) -> String {
             format!("{cut}...")
         }
     }
+}
+
+/// The input's value at a path in any reader's notation: a JSON path (Azure), a Terraform
+/// resource address and attribute, a Kubernetes `Kind/namespace/name.` path.
+fn value_at<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    lookup(input, path)
+        .or_else(|| super::terraform::value_at(input, path))
+        .or_else(|| super::kubernetes::value_at(input, path))
 }
 
 /// The value at a JSON path such as `resources[2].properties.x[0]["a.b"]`, if the path is
@@ -636,7 +644,7 @@ pub(super) fn write(
             .and_then(|(_, o)| o.clone());
         let error = match origin {
             Some(Origin::Input(path)) => {
-                let path = match lookup(input, &path) {
+                let path = match value_at(input, &path) {
                     Some(v) => format!("{path} = {}", short(v)),
                     None => path,
                 };

@@ -230,3 +230,14 @@ fn an_aks_service_with_a_udp_port_gives_the_tcp_idle_timeout_annotation_to_its_t
         "Service/shop/dns.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]"
     );
 }
+
+#[test]
+fn a_kubernetes_source_comment_gives_the_value_at_its_path() {
+    let got = crate::import::import(AKS, "web.yaml", &Default::default()).expect("imports");
+    for line in [
+        "idle_timeout = \"15m\"  # Service/default/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"] = \"15\"",
+        "frontend_port = 443  # Service/default/web.spec.ports[0].port = 443",
+    ] {
+        assert!(got.toml.lines().any(|l| l == line), "missing {line:?} in\n{}", got.toml);
+    }
+}

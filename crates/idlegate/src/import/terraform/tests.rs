@@ -456,3 +456,24 @@ fn an_azurerm_udp_lb_rule_imports_without_its_idle_timeout_which_is_listed_as_ig
         .expect("the UDP rule's idle timeout listed as ignored");
     assert_eq!(ignored.why, "rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP");
 }
+
+#[test]
+fn a_terraform_source_comment_gives_the_value_at_its_resource_address() {
+    let got = crate::import::import(
+        &state(&azure_lb()).to_string(),
+        "plan.json",
+        &Default::default(),
+    )
+    .expect("imports");
+    for line in [
+        "idle_timeout = \"30m\"  # azurerm_lb_rule.r.idle_timeout_in_minutes = 30",
+        "frontend_port = 443  # azurerm_lb_rule.r.frontend_port = 443",
+        "name = \"fe\"  # azurerm_lb.lb.frontend_ip_configuration[0].name = \"fe\"",
+    ] {
+        assert!(
+            got.toml.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            got.toml
+        );
+    }
+}
