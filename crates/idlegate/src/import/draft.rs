@@ -234,7 +234,7 @@ pub struct NatGateway {
 }
 
 /// The input paths a section's references to other sections are read at. Empty (the
-/// default): the section itself makes them, and its comment says "as <section> refers to it".
+/// default): the section itself makes them, and its comment says `as <section> refers to it`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RefsFrom {
     pub frontend: Option<Origin>,
