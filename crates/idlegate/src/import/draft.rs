@@ -66,6 +66,24 @@ impl Platform {
             Platform::Gcp => "gcp",
         }
     }
+
+    /// The platform's name in a sentence (`Azure`); [`Platform::as_str`] is `--platform`'s.
+    pub fn title(self) -> &'static str {
+        match self {
+            Platform::Azure => "Azure",
+            Platform::Aws => "AWS",
+            Platform::Gcp => "Google Cloud",
+        }
+    }
+
+    /// [`Platform::title`] with its article: `an Azure`, `a Google Cloud`.
+    pub fn a_title(self) -> &'static str {
+        match self {
+            Platform::Azure => "an Azure",
+            Platform::Aws => "an AWS",
+            Platform::Gcp => "a Google Cloud",
+        }
+    }
 }
 
 /// An address as the input gives it.
@@ -200,6 +218,8 @@ pub struct OutboundRule {
     /// `tcp_time_wait_timeout_sec`); None: the profile's default.
     pub time_wait: Option<Sourced<Duration>>,
     pub idle: Idle,
+    /// Where `frontend` and `backend_pool` come from, when not from the rule itself.
+    pub refs_from: RefsFrom,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +230,18 @@ pub struct NatGateway {
     /// Where the pools come from: the input section naming the subnets, or why chosen.
     pub pools_from: Origin,
     pub idle: Idle,
+    /// Where `frontend` and `backend_pools` come from (`publicIpAddresses[0].id`,
+    /// `subnets[0].id`), when the reader knows.
+    pub refs_from: RefsFrom,
+}
+
+/// The input paths a section's references to other sections are read at. Empty (the
+/// default): the section itself makes them, and its comment says `as <section> refers to it`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RefsFrom {
+    pub frontend: Option<Origin>,
+    /// One per pool referred to, in order.
+    pub backend_pools: Vec<Origin>,
 }
 
 /// A setting kept as a comment, attached to the section it belongs to.
@@ -228,4 +260,58 @@ pub struct Ignored {
     pub path: String,
     /// Why: "health probes do not change what an idle flow meets", "not a TCP/UDP rule", …
     pub why: String,
+}
+
+impl Idle {
+    /// The idle settings of a UDP-only rule, taken out: its flows live the profile's UDP
+    /// timeout and end silently, so the config takes neither. What the input said is listed
+    /// as ignored (a value idlegate chose goes without a word).
+    fn udp_takes_none(&mut self, rule: &str, vendor: &str, ignored: &mut Vec<Ignored>) {
+        if let Some(Origin::Input(path)) = self.timeout.take().map(|t| t.from) {
+            ignored.push(Ignored {
+                path,
+                why: format!("rule {rule} is UDP: a UDP rule's flows live the profile's UDP timeout; {vendor} idle timeout applies to TCP"),
+            });
+        }
+        if let Some(Origin::Input(path)) = self.expiry.take().map(|e| e.from) {
+            ignored.push(Ignored {
+                path,
+                why: format!(
+                    "rule {rule} is UDP: a UDP rule's flows end silently; {vendor} TCP reset applies to TCP"
+                ),
+            });
+        }
+    }
+}
+
+impl Draft {
+    /// Takes the idle settings off every UDP-only rule (see [`Idle`]): Azure gives every rule
+    /// an `idleTimeoutInMinutes` (4 unless set) and azurerm an `idle_timeout_in_minutes`, UDP
+    /// rules too, and AKS's `tcp-idle-timeout` annotation is on the Service, whose UDP ports
+    /// it does not concern. A protocol `All` rule keeps them: they apply to its TCP flows.
+    pub fn udp_rules_take_no_idle_settings(&mut self) {
+        let vendor = match self.profile.as_ref().map(|p| p.value) {
+            Some(p) if p.starts_with("azure") => "Azure's",
+            Some(p) if p.starts_with("aws") => "AWS's",
+            Some(p) if p.starts_with("gcp") => "Google Cloud's",
+            _ => "the input's",
+        };
+        let mut ignored = Vec::new();
+        for r in &mut self.lb_rules {
+            if r.protocol.value == Protocol::Udp {
+                r.idle.udp_takes_none(&r.name.value, vendor, &mut ignored);
+            }
+        }
+        for r in &mut self.inbound_nat_rules {
+            if r.protocol.value == Protocol::Udp {
+                r.idle.udp_takes_none(&r.name.value, vendor, &mut ignored);
+            }
+        }
+        for r in &mut self.outbound_rules {
+            if r.protocol.value == Protocol::Udp {
+                r.idle.udp_takes_none(&r.name.value, vendor, &mut ignored);
+            }
+        }
+        self.ignored.extend(ignored);
+    }
 }

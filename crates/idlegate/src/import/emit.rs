@@ -57,6 +57,24 @@ impl Out {
         self.lines.push((text, Some(owner.clone())));
     }
 
+    /// A reference whose input paths the reader knows (`from`, one per name referred to):
+    /// `key = name  # path = value; …`. None known: as [`Out::reference`].
+    fn reference_from(
+        &mut self,
+        key: &str,
+        rendered: String,
+        from: &[Origin],
+        owner: &Origin,
+        input: &Value,
+    ) {
+        let Some(first) = from.first() else {
+            return self.reference(key, rendered, owner, input);
+        };
+        let sources: Vec<String> = from.iter().map(|o| source(o, input)).collect();
+        let text = format!("{key} = {rendered}  # {}", sources.join("; "));
+        self.lines.push((text, Some(first.clone())));
+    }
+
     fn text(&self) -> String {
         let mut s = String::new();
         for (l, _) in &self.lines {
@@ -70,7 +88,7 @@ impl Out {
 /// The comment naming where a value came from.
 fn source(from: &Origin, input: &Value) -> String {
     match from {
-        Origin::Input(path) => match lookup(input, path) {
+        Origin::Input(path) => match value_at(input, path) {
             Some(v) => format!("{path} = {}", short(v)),
             None => path.clone(),
         },
@@ -78,15 +96,38 @@ fn source(from: &Origin, input: &Value) -> String {
     }
 }
 
-/// A JSON value as one short line.
+/// A JSON value as one short line. A long string keeps its end, from a `/` where it has one:
+/// an id's last segments name the resource (`"…/publicIPAddresses/web-lb-ip"`), its
+/// subscription prefix does not.
 fn short(v: &Value) -> String {
     let s = v.to_string();
-    if s.chars().count() > 60 {
-        let cut: String = s.chars().take(57).collect();
-        format!("{cut}...")
-    } else {
-        s
+    if s.chars().count() <= 60 {
+        return s;
     }
+    match v.as_str() {
+        Some(text) => {
+            let count = text.chars().count();
+            let tail: String = text.chars().skip(count.saturating_sub(55)).collect();
+            let tail = match tail.find('/') {
+                Some(i) if i > 0 => &tail[i..],
+                _ => &tail[..],
+            };
+            let quoted = serde_json::to_string(tail).unwrap_or_default();
+            format!("\"…{}", quoted.strip_prefix('"').unwrap_or(&quoted))
+        }
+        None => {
+            let cut: String = s.chars().take(57).collect();
+            format!("{cut}...")
+        }
+    }
+}
+
+/// The input's value at a path in any reader's notation: a JSON path (Azure), a Terraform
+/// resource address and attribute, a Kubernetes `Kind/namespace/name.` path.
+fn value_at<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    lookup(input, path)
+        .or_else(|| super::terraform::value_at(input, path))
+        .or_else(|| super::kubernetes::value_at(input, path))
 }
 
 /// The value at a JSON path such as `resources[2].properties.x[0]["a.b"]`, if the path is
@@ -483,15 +524,17 @@ pub(super) fn write(
         body.line("[[outbound_rule]]");
         let name = rules.give(&r.name.value, "outbound");
         body.value("name", quoted(&name), &r.name.from, input);
-        body.reference(
+        body.reference_from(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
+            r.refs_from.frontend.as_slice(),
             &r.name.from,
             input,
         );
-        body.reference(
+        body.reference_from(
             "backend_pool",
             quoted(&pools.of(&r.backend_pool)),
+            &r.refs_from.backend_pools,
             &r.name.from,
             input,
         );
@@ -517,9 +560,10 @@ pub(super) fn write(
         body.line("[[nat_gateway]]");
         let name = rules.give(&g.name.value, "nat-gateway");
         body.value("name", quoted(&name), &g.name.from, input);
-        body.reference(
+        body.reference_from(
             "frontend",
             quoted(&frontends.of(&g.frontend)),
+            g.refs_from.frontend.as_slice(),
             &g.name.from,
             input,
         );
@@ -528,9 +572,10 @@ pub(super) fn write(
             .iter()
             .map(|p| quoted(&pools.of(p)))
             .collect();
-        body.reference(
+        body.reference_from(
             "backend_pools",
             format!("[{}]", list.join(", ")),
+            &g.refs_from.backend_pools,
             &g.pools_from,
             input,
         );
@@ -606,7 +651,7 @@ pub(super) fn write(
             .and_then(|(_, o)| o.clone());
         let error = match origin {
             Some(Origin::Input(path)) => {
-                let path = match lookup(input, &path) {
+                let path = match value_at(input, &path) {
                     Some(v) => format!("{path} = {}", short(v)),
                     None => path,
                 };

@@ -264,10 +264,10 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
             d.ignored.push(Ignored {
                 path: s.at.clone(),
                 why: format!(
-                    "a {} Service; --platform {} keeps only {}'s",
-                    p.as_str(),
+                    "{} Service; --platform {} keeps only {}'s",
+                    p.a_title(),
                     chosen.as_str(),
-                    chosen.as_str()
+                    chosen.title()
                 ),
             });
             continue;
@@ -537,6 +537,40 @@ fn aws_service(s: &Service, d: &mut Draft) -> Result<bool, ImportError> {
         }
     }
     Ok(true)
+}
+
+/// The value at `path` (`Service/<namespace>/<name>.` and a JSON path in that document, or
+/// `[i].` for a document without a name, as the reader says them) in the documents [`parse`]
+/// made; None when there is no such document or value.
+pub(super) fn value_at<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    let docs: Vec<&'a Value> = match input {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let docs: Vec<&'a Value> = docs
+        .into_iter()
+        .flat_map(|d| match d.get("items").and_then(Value::as_array) {
+            Some(items) if d.get("kind").and_then(Value::as_str) == Some("List") => {
+                items.iter().collect()
+            }
+            _ => vec![d],
+        })
+        .collect();
+    if let Some(rest) = path.strip_prefix('[') {
+        let (i, rest) = rest.split_once(']')?;
+        return super::emit::lookup(docs.get(i.parse::<usize>().ok()?)?, rest);
+    }
+    let mut parts = path.splitn(3, '/');
+    let (kind, ns, rest) = (parts.next()?, parts.next()?, parts.next()?);
+    let end = rest.find(['.', '['])?;
+    let (name, rest) = rest.split_at(end);
+    let doc = docs.into_iter().find(|d| {
+        let text = |p: &str| d.pointer(p).and_then(Value::as_str);
+        text("/kind") == Some(kind)
+            && text("/metadata/name") == Some(name)
+            && text("/metadata/namespace").unwrap_or("default") == ns
+    })?;
+    super::emit::lookup(doc, rest)
 }
 
 #[cfg(test)]

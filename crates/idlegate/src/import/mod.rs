@@ -118,19 +118,20 @@ pub fn import(text: &str, file_name: &str, options: &Options) -> Result<Imported
         (Some(format), _) => format,
         (None, Ok(value)) => detect(value).ok_or_else(not_recognised)?,
         (None, Err(_)) if looks_like_kubernetes_yaml(text) => Format::Kubernetes,
-        (None, Err(e)) => return Err(not_json(e)),
+        (None, Err(e)) => return Err(not_json(text, e)),
     };
     let value = match (format, json) {
         (_, Ok(value)) => value,
         (Format::Kubernetes, Err(_)) => parse_kubernetes(text)?,
-        (_, Err(e)) => return Err(not_json(&e)),
+        (_, Err(e)) => return Err(not_json(text, &e)),
     };
     let reader: Reader = match format {
         Format::Azure => azure::read,
         Format::Terraform => terraform::read,
         Format::Kubernetes => kubernetes::read,
     };
-    let draft = reader(&value, options.platform)?;
+    let mut draft = reader(&value, options.platform)?;
+    draft.udp_rules_take_no_idle_settings();
     emit::write(&draft, &value, format, file_name, options)
 }
 
@@ -192,10 +193,35 @@ fn not_recognised() -> ImportError {
     .with_hint("name the format with --format azure|terraform|kubernetes")
 }
 
-/// serde_json's reason ends with "at line L column C": said once.
-fn not_json(e: &serde_json::Error) -> ImportError {
-    ImportError::at("", format!("not JSON ({e}), nor Kubernetes YAML"))
-        .with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
+/// serde_json's reason ends with "at line L column C": said once. The hint names a Service
+/// manifest when `text` reads as YAML.
+fn not_json(text: &str, e: &serde_json::Error) -> ImportError {
+    let error = ImportError::at("", format!("not JSON ({e}), nor Kubernetes YAML"));
+    if looks_like_yaml(text) {
+        error.with_hint("a Kubernetes input is a Service manifest, with apiVersion and kind (`kubectl get service NAME -o yaml`); for Azure or Terraform give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`)")
+    } else {
+        error.with_hint("give the JSON the tool prints (`az network lb show -o json`, `terraform show -json`), or --format")
+    }
+}
+
+/// Whether `text` reads as YAML: its first line that is not blank or a comment is a document
+/// marker, a list item or a `key:` mapping entry.
+fn looks_like_yaml(text: &str) -> bool {
+    let Some(first) = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+    else {
+        return false;
+    };
+    let key_entry = first.split_once(':').is_some_and(|(key, rest)| {
+        !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-./".contains(c))
+            && (rest.is_empty() || rest.starts_with(' '))
+    });
+    first.starts_with("---") || first.starts_with("- ") || key_entry
 }
 
 fn looks_like_kubernetes_yaml(text: &str) -> bool {

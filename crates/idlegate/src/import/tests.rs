@@ -401,3 +401,112 @@ fn text_that_is_not_json_is_refused_with_the_position_said_once() {
         "not JSON (key must be a string at line 3 column 3), nor Kubernetes YAML"
     );
 }
+
+#[test]
+fn an_azure_udp_rule_imports_without_its_idle_timeout_which_is_listed_as_ignored() {
+    // Azure returns idleTimeoutInMinutes (4 unless set) and enableTcpReset on every rule,
+    // UDP ones too; the config refuses both on a UDP rule.
+    let mut lb: serde_json::Value = serde_json::from_str(LB_SHOW).unwrap();
+    let mut dns = lb["loadBalancingRules"][0].clone();
+    dns["name"] = "dns".into();
+    dns["protocol"] = "Udp".into();
+    dns["frontendPort"] = 53.into();
+    dns["backendPort"] = 53.into();
+    dns["idleTimeoutInMinutes"] = 4.into();
+    dns["enableTcpReset"] = false.into();
+    lb["loadBalancingRules"].as_array_mut().unwrap().push(dns);
+    let got = imported(&lb.to_string());
+    let rule = got
+        .toml
+        .split("[[lb_rule]]")
+        .nth(2)
+        .expect("a second lb_rule");
+    let rule = rule.split("\n[").next().unwrap_or(rule);
+    assert!(rule.contains("protocol = \"udp\""), "{rule}");
+    assert!(
+        !rule.contains("idle_timeout =") && !rule.contains("expiry ="),
+        "{rule}"
+    );
+    // The TCP rule keeps its own.
+    assert!(got
+        .toml
+        .contains("idle_timeout = \"30m\"  # loadBalancingRules[0].idleTimeoutInMinutes = 30"));
+    for line in [
+        "# ignored: loadBalancingRules[1].idleTimeoutInMinutes: rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP",
+        "# ignored: loadBalancingRules[1].enableTcpReset: rule dns is UDP: a UDP rule's flows end silently; Azure's TCP reset applies to TCP",
+    ] {
+        assert!(got.toml.lines().any(|l| l == line), "missing {line:?} in\n{}", got.toml);
+    }
+}
+
+#[test]
+fn an_azure_rule_of_protocol_all_keeps_its_idle_timeout_for_its_tcp_flows() {
+    let toml = imported(LB_SHOW).toml;
+    assert!(toml
+        .lines()
+        .any(|l| l == "protocol = \"all\"  # outboundRules[0].protocol = \"All\""));
+    assert!(
+        toml.lines()
+            .any(|l| l == "idle_timeout = \"15m\"  # outboundRules[0].idleTimeoutInMinutes = 15"),
+        "{toml}"
+    );
+}
+
+#[test]
+fn a_long_id_in_a_source_comment_keeps_its_last_segments() {
+    let toml = imported(NATGW).toml;
+    let line = toml
+        .lines()
+        .find(|l| l.contains("# publicIpAddresses[0].id = "))
+        .unwrap_or_else(|| panic!("no public IP source in\n{toml}"));
+    assert!(
+        line.ends_with("/publicIPAddresses/egress-nat-ip\""),
+        "{line}"
+    );
+    assert!(line.contains("= \"…/"), "{line}");
+    assert!(!line.contains("..."), "{line}");
+}
+
+#[test]
+fn a_nat_gateways_references_name_the_public_ip_and_subnet_they_come_from() {
+    let toml = imported(NATGW).toml;
+    let line = |key: &str| {
+        toml.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no {key} in\n{toml}"))
+            .to_string()
+    };
+    let frontend = line("frontend");
+    assert!(
+        frontend.starts_with("frontend = \"egress-nat-ip\"  # publicIpAddresses[0].id = \"…/")
+            && frontend.ends_with("/publicIPAddresses/egress-nat-ip\""),
+        "{frontend}"
+    );
+    let pool = line("backend_pool");
+    assert!(
+        pool.starts_with("backend_pool = \"app\"  # subnets[0].id = \"…/")
+            && pool.ends_with("/virtualNetworks/web-vnet/subnets/app\""),
+        "{pool}"
+    );
+    assert!(!toml.contains("as name refers to it"), "{toml}");
+}
+
+#[test]
+fn a_yaml_input_that_is_not_a_manifest_gets_a_hint_naming_a_service_manifest() {
+    let e = refused("hello: world\n");
+    assert!(e.message.contains("nor Kubernetes YAML"), "{e}");
+    assert!(
+        e.hint
+            .as_deref()
+            .is_some_and(|h| h.contains("kubectl get service NAME -o yaml")),
+        "{:?}",
+        e.hint
+    );
+    // Text that is neither keeps the JSON hint.
+    let e = refused("{ not json");
+    assert!(
+        e.hint.as_deref().is_some_and(|h| !h.contains("kubectl")),
+        "{:?}",
+        e.hint
+    );
+}

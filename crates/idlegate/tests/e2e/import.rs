@@ -411,6 +411,38 @@ fn stdin_is_read_with_a_dash_and_the_ignored_items_go_to_stderr() {
 }
 
 #[test]
+fn an_lb_show_with_a_udp_rule_imports_and_lists_its_idle_timeout_as_ignored() {
+    // Azure gives every rule idleTimeoutInMinutes (4 unless set), UDP rules too.
+    let mut lb: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(example("lb-show.json")).unwrap()).unwrap();
+    let mut dns = lb["loadBalancingRules"][0].clone();
+    for (key, value) in [
+        ("name", serde_json::json!("dns")),
+        ("protocol", serde_json::json!("Udp")),
+        ("frontendPort", serde_json::json!(53)),
+        ("backendPort", serde_json::json!(53)),
+        ("idleTimeoutInMinutes", serde_json::json!(4)),
+        ("enableTcpReset", serde_json::json!(false)),
+    ] {
+        dns[key] = value;
+    }
+    lb["loadBalancingRules"].as_array_mut().unwrap().push(dns);
+    let input = lb.to_string();
+    let args = ["import", "-", "--time-scale", "60"];
+    let output = idlegate(&args, Some(input.as_bytes()));
+    common::assert_success(&output, &args);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let config = Config::from_toml(&text, "stdout").expect("stdout is the config");
+    let names: Vec<&str> = config.lb_rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["https", "dns"], "{text}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ignored: loadBalancingRules[1].idleTimeoutInMinutes: rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_manual_lists_the_import_command() {
     let output = idlegate(&["man"], None);
     common::assert_success(&output, &["man"]);

@@ -81,7 +81,7 @@ fn an_aks_idle_timeout_annotation_above_100_min_is_refused_with_the_range_at_its
     assert_eq!(output.status.code(), Some(2), "a usage error");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("Service/shop/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]: idle_timeout = 120m is outside Azure LB's range: 4 min to 100 min"),
+        stderr.contains("Service/shop/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"] = \"120\": idle_timeout = 120m is outside Azure LB's range: 4 min to 100 min"),
         "{stderr}"
     );
     assert!(!out.exists(), "nothing written");

@@ -18,9 +18,11 @@ impl<'a> Azure<'a> {
             }
         }
         let ips = self.items(g, base, "publicIpAddresses");
+        let mut refs_from = RefsFrom::default();
         let frontend = match ips.first() {
             Some((r, p)) => {
                 let id_path = join(p, "id");
+                refs_from.frontend = Some(Origin::Input(id_path.clone()));
                 let ip = self.arm.reference(&r["id"], &id_path)?;
                 if !self.draft.frontends.iter().any(|f| f.name.value == ip) {
                     let fe = self.frontend_of_ip(
@@ -38,6 +40,9 @@ impl<'a> Azure<'a> {
             }
             None => {
                 let fe = format!("{}-ip", name.value);
+                refs_from.frontend = Some(Origin::Chosen(
+                    "the input names no public IP of the NAT gateway: a stand-in".into(),
+                ));
                 self.draft.frontends.push(Frontend {
                     name: Sourced::chosen(
                         fe.clone(),
@@ -70,9 +75,10 @@ impl<'a> Azure<'a> {
             let subnet = self.arm.reference(&s["id"], &id_path)?;
             self.note(&name.value, format!("NAT gateways attach to subnets, not pools: pool {subnet} stands in for subnet {subnet}"), id_path.clone());
             self.draft.backend_pools.push(Pool {
-                name: Sourced::at(subnet.clone(), id_path),
+                name: Sourced::at(subnet.clone(), id_path.clone()),
                 members: Vec::new(),
             });
+            refs_from.backend_pools.push(Origin::Input(id_path.clone()));
             pools.push(subnet);
         }
         if pools.is_empty() {
@@ -84,6 +90,9 @@ impl<'a> Azure<'a> {
                 ),
                 members: Vec::new(),
             });
+            refs_from.backend_pools.push(Origin::Chosen(
+                "the input attaches the NAT gateway to no subnet: a stand-in".into(),
+            ));
             pools.push(pool);
         }
         let idle = Idle {
@@ -97,6 +106,7 @@ impl<'a> Azure<'a> {
             backend_pools: pools,
             pools_from,
             idle,
+            refs_from,
         });
         Ok(())
     }

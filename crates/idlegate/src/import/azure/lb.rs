@@ -314,6 +314,7 @@ impl<'a> Azure<'a> {
                 })
             });
         self.draft.outbound_rules.push(OutboundRule {
+            refs_from: RefsFrom::default(),
             protocol: self.protocol(rule, path)?,
             time_wait: None,
             idle: self.idle(rule, path)?,

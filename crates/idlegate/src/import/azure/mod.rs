@@ -103,7 +103,7 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
         // Profile azure-natgw models a NAT gateway as the outbound rule of each pool it serves.
         for g in std::mem::take(&mut reader.draft.nat_gateways) {
             let several = g.backend_pools.len() > 1;
-            for pool in &g.backend_pools {
+            for (i, pool) in g.backend_pools.iter().enumerate() {
                 let name = match several {
                     true => Sourced {
                         value: format!("{}-{pool}", g.name.value),
@@ -127,6 +127,16 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
                     ports_per_member: None,
                     time_wait: None,
                     idle: g.idle.clone(),
+                    refs_from: RefsFrom {
+                        frontend: g.refs_from.frontend.clone(),
+                        backend_pools: g
+                            .refs_from
+                            .backend_pools
+                            .get(i)
+                            .cloned()
+                            .into_iter()
+                            .collect(),
+                    },
                 });
             }
         }

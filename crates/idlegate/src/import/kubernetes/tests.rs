@@ -207,11 +207,53 @@ fn an_aks_idle_timeout_too_large_for_any_clock_is_refused_at_the_annotation_with
     let e = crate::import::import(&text, "svc.yaml", &Default::default()).unwrap_err();
     assert_eq!(
         e.path,
-        "Service/default/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]"
+        "Service/default/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"] = \"307445734561825861\""
     );
     assert!(
         e.message
             .ends_with("is outside Azure LB's range: 4 min to 100 min"),
         "{e}"
     );
+}
+
+#[test]
+fn an_aks_service_with_a_udp_port_gives_the_tcp_idle_timeout_annotation_to_its_tcp_rule_only() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  namespace: shop\n  annotations:\n    service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout: \"10\"\nspec:\n  type: LoadBalancer\n  ports:\n  - port: 53\n    protocol: UDP\n  - port: 53\n    protocol: TCP\n";
+    let got = crate::import::import(text, "dns.yaml", &Default::default()).expect("imports");
+    let rules: Vec<&str> = got
+        .toml
+        .split("[[lb_rule]]")
+        .skip(1)
+        .map(|r| r.split("\n[").next().unwrap_or(r))
+        .collect();
+    assert_eq!(rules.len(), 2, "{}", got.toml);
+    let (udp, tcp) = match rules[0].contains("protocol = \"udp\"") {
+        true => (rules[0], rules[1]),
+        false => (rules[1], rules[0]),
+    };
+    assert!(
+        !udp.contains("idle_timeout =") && !udp.contains("expiry ="),
+        "{udp}"
+    );
+    assert!(tcp.contains("idle_timeout = \"10m\""), "{tcp}");
+    let ignored = got
+        .ignored
+        .iter()
+        .find(|i| i.why.starts_with("rule dns-udp-53 is UDP"))
+        .expect("the annotation listed as ignored for the UDP rule");
+    assert_eq!(
+        ignored.path,
+        "Service/shop/dns.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"]"
+    );
+}
+
+#[test]
+fn a_kubernetes_source_comment_gives_the_value_at_its_path() {
+    let got = crate::import::import(AKS, "web.yaml", &Default::default()).expect("imports");
+    for line in [
+        "idle_timeout = \"15m\"  # Service/default/web.metadata.annotations[\"service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout\"] = \"15\"",
+        "frontend_port = 443  # Service/default/web.spec.ports[0].port = 443",
+    ] {
+        assert!(got.toml.lines().any(|l| l == line), "missing {line:?} in\n{}", got.toml);
+    }
 }

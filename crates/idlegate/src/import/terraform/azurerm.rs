@@ -272,6 +272,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
         };
         let idle = idle(r, &mut d, false)?;
         d.outbound_rules.push(OutboundRule {
+            refs_from: Default::default(),
             name: Sourced::at(r.name(), r.path("name")),
             frontend,
             backend_pool: d.backend_pools[pool].name.value.clone(),
@@ -324,6 +325,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
             let pool = format!("{name}-subnet");
             d.backend_pools.push(Pool { name: Sourced::chosen(pool.clone(), "the subnets a NAT gateway serves are set by azurerm_subnet_nat_gateway_association, which idlegate does not read"), members: Vec::new() });
             d.outbound_rules.push(OutboundRule {
+                refs_from: Default::default(),
                 name: Sourced::at(name, g.path("name")),
                 frontend: fe_name,
                 backend_pool: pool,
@@ -339,6 +341,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
             let (pools, pools_from) =
                 subnet_pools(g, &subnet_assocs, &subnets, natgws.len() == 1, &mut d);
             d.nat_gateways.push(NatGateway {
+                refs_from: Default::default(),
                 name: Sourced::at(name, g.path("name")),
                 frontend: fe_name,
                 backend_pools: pools,

@@ -135,6 +135,7 @@ pub(super) fn read(all: &[Res]) -> Result<Draft, ImportError> {
             }
         }
         d.outbound_rules.push(OutboundRule {
+            refs_from: Default::default(),
             name: Sourced::at(name, n.path("name")),
             frontend: fe,
             backend_pool: pool,

@@ -46,7 +46,7 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
         (Some(p), _) => {
             return Err(ImportError::at(
                 "",
-                format!("--platform {}: the input has no {} resource idlegate imports (found: {})", p.as_str(), p.as_str(), names(&found)),
+                format!("--platform {}: the input has no {} resource idlegate imports (found: {})", p.as_str(), p.title(), names(&found)),
             )
             .with_hint(format!("use --platform {}", found[0].as_str())))
         }
@@ -66,10 +66,10 @@ pub fn read(input: &Value, platform: Option<Platform>) -> Result<Draft, ImportEr
             Some(p) => ignored.push(Ignored {
                 path: r.address.clone(),
                 why: format!(
-                    "a {} resource; --platform {} keeps only {}'s",
-                    p.as_str(),
+                    "{} resource; --platform {} keeps only {}'s",
+                    p.a_title(),
                     chosen.as_str(),
-                    chosen.as_str()
+                    chosen.title()
                 ),
             }),
             None => ignored.push(Ignored {
@@ -342,6 +342,68 @@ fn walk(
     {
         walk(child, changes, ignored, out);
     }
+}
+
+/// The value at `path` (a resource's address and an attribute path, as the readers say it:
+/// `module.net.azurerm_lb_rule.app.idle_timeout_in_minutes`) in a plan's planned values or
+/// planned change, or in a state; None when the input has no such resource or attribute.
+pub(super) fn value_at<'a>(input: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut found: Option<(&str, &'a Value)> = None;
+    let mut consider = |address: &'a str, values: &'a Value| {
+        let longer = found.is_none_or(|(a, _)| address.len() > a.len());
+        if longer
+            && path
+                .strip_prefix(address)
+                .is_some_and(|r| r.starts_with('.'))
+        {
+            found = Some((address, values));
+        }
+    };
+    let mut modules: Vec<&'a Value> = ["/planned_values/root_module", "/values/root_module"]
+        .iter()
+        .filter_map(|p| input.pointer(p))
+        .collect();
+    let mut changes = Vec::new();
+    while let Some(m) = modules.pop() {
+        for r in m
+            .get("resources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(a), Some(v)) = (r.get("address").and_then(Value::as_str), r.get("values"))
+            {
+                consider(a, v);
+            }
+        }
+        modules.extend(
+            m.get("child_modules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        );
+    }
+    for c in input
+        .get("resource_changes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(a), Some(after)) = (
+            c.get("address").and_then(Value::as_str),
+            c.pointer("/change/after"),
+        ) {
+            changes.push((a, after));
+        }
+    }
+    let (address, values) = found?;
+    let attr = &path[address.len() + 1..];
+    super::emit::lookup(values, attr)
+        .filter(|v| !v.is_null())
+        .or_else(|| {
+            let (_, after) = changes.iter().find(|(a, _)| *a == address)?;
+            super::emit::lookup(after, attr)
+        })
 }
 
 #[cfg(test)]

@@ -373,6 +373,20 @@ fn with_platform_only_that_platforms_resources_are_kept_and_the_others_listed_as
 }
 
 #[test]
+fn a_resource_another_platform_keeps_out_is_said_with_the_platforms_proper_name() {
+    let d = read(&mixed(), Some(Platform::Gcp)).unwrap();
+    let i = d
+        .ignored
+        .iter()
+        .find(|i| i.path == "azurerm_nat_gateway.ng")
+        .expect("listed as ignored");
+    assert_eq!(
+        i.why,
+        "an Azure resource; --platform gcp keeps only Google Cloud's"
+    );
+}
+
+#[test]
 fn an_input_that_is_not_terraform_show_json_is_refused_with_the_command_to_run() {
     let e = read(&json!({"format_version": "1.0"}), None).unwrap_err();
     assert!(
@@ -420,7 +434,10 @@ fn an_azurerm_idle_timeout_too_large_for_any_clock_is_refused_at_its_attribute_w
     resources[4].2["idle_timeout_in_minutes"] = json!(307445734561825861u64);
     let text = state(&resources).to_string();
     let e = crate::import::import(&text, "plan.json", &Default::default()).unwrap_err();
-    assert_eq!(e.path, "azurerm_lb_rule.r.idle_timeout_in_minutes");
+    assert_eq!(
+        e.path,
+        "azurerm_lb_rule.r.idle_timeout_in_minutes = 307445734561825861"
+    );
     assert!(
         e.message
             .ends_with("is outside Azure LB's range: 4 min to 100 min"),
@@ -508,4 +525,55 @@ fn an_azurerm_nat_gateway_without_a_subnet_association_gets_one_stand_in_pool_sa
         backend_pools_line(&toml),
         "backend_pools = [\"ng-subnet\"]  # not in the input: a stand-in for the subnets NAT gateway ng serves"
     );
+}
+
+#[test]
+fn an_azurerm_udp_lb_rule_imports_without_its_idle_timeout_which_is_listed_as_ignored() {
+    // azurerm's idle_timeout_in_minutes defaults to 4 on every rule, UDP ones too.
+    let mut rs = azure_lb();
+    rs.push((
+        "azurerm_lb_rule",
+        "dns",
+        json!({"name": "dns", "frontend_ip_configuration_name": "fe", "protocol": "Udp", "frontend_port": 53, "backend_port": 53, "backend_address_pool_ids": ["/pool"], "idle_timeout_in_minutes": 4}),
+    ));
+    let got = crate::import::import(&state(&rs).to_string(), "plan.json", &Default::default())
+        .expect("imports");
+    let rule = got
+        .toml
+        .split("[[lb_rule]]")
+        .nth(2)
+        .expect("a second lb_rule");
+    let rule = rule.split("\n[").next().unwrap_or(rule);
+    assert!(rule.contains("protocol = \"udp\""), "{rule}");
+    assert!(
+        !rule.contains("idle_timeout =") && !rule.contains("expiry ="),
+        "{rule}"
+    );
+    let ignored = got
+        .ignored
+        .iter()
+        .find(|i| i.path == "azurerm_lb_rule.dns.idle_timeout_in_minutes")
+        .expect("the UDP rule's idle timeout listed as ignored");
+    assert_eq!(ignored.why, "rule dns is UDP: a UDP rule's flows live the profile's UDP timeout; Azure's idle timeout applies to TCP");
+}
+
+#[test]
+fn a_terraform_source_comment_gives_the_value_at_its_resource_address() {
+    let got = crate::import::import(
+        &state(&azure_lb()).to_string(),
+        "plan.json",
+        &Default::default(),
+    )
+    .expect("imports");
+    for line in [
+        "idle_timeout = \"30m\"  # azurerm_lb_rule.r.idle_timeout_in_minutes = 30",
+        "frontend_port = 443  # azurerm_lb_rule.r.frontend_port = 443",
+        "name = \"fe\"  # azurerm_lb.lb.frontend_ip_configuration[0].name = \"fe\"",
+    ] {
+        assert!(
+            got.toml.lines().any(|l| l == line),
+            "missing {line:?} in\n{}",
+            got.toml
+        );
+    }
 }
