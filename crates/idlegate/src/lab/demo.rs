@@ -49,7 +49,7 @@ pub struct Options {
     /// else the first NAT gateway).
     #[arg(long, requires = "config", value_name = "NAME")]
     pub rule: Option<String>,
-    /// Lab name, so demos can run side by side.
+    /// Lab name, so demos can run side by side: 1–32 letters, digits or '_' (no '-').
     #[arg(long, default_value = "demo")]
     pub name: String,
 }
