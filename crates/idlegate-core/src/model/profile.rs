@@ -10,10 +10,13 @@ use std::time::Duration;
 
 mod azure;
 mod example;
+mod linux;
 mod sources;
 
 pub use azure::{AZURE_APPSERVICE, AZURE_FIREWALL, AZURE_FIREWALL_EAST_WEST};
 pub use example::example_config;
+use linux::MASQUERADE;
+pub use linux::{IPVS, KUBE_PROXY, LINUX_CONNTRACK};
 
 /// A configurable timeout: its default and the range the vendor accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct Profile {
     pub fragments: Fragments,
     /// The expiry action of a rule that names none.
     pub default_expiry: Expiry,
+    /// Whether a rule may choose another.
+    pub expiry_knob: ExpiryKnob,
     /// Outbound SNAT ports.
     pub snat: SnatPolicy,
     /// Idle timeouts of UDP flows, which have no connection state.
@@ -224,6 +229,39 @@ const SYN_ONLY: PickupPolicy = PickupPolicy {
     knob: PickupKnob::Fixed,
 };
 
+/// Whether a rule may choose its expiry action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryKnob {
+    /// The vendor offers no choice: a rule's `expiry` may only repeat the profile's default.
+    Fixed,
+    /// A rule chooses (Azure LB's per-rule TCP reset; a Linux box's own firewall rules): every
+    /// action is accepted, `ack-and-discard` as the test double it is.
+    Rule,
+}
+
+impl Profile {
+    /// Whether a rule of this box may have `expiry`.
+    pub fn accepts_expiry(&self, expiry: Expiry) -> bool {
+        self.expiry_knob == ExpiryKnob::Rule || expiry == self.default_expiry
+    }
+
+    /// What the box does by default when it forgets an idle flow, as the end of a sentence
+    /// ("at expiry it …").
+    pub fn at_expiry(&self) -> &'static str {
+        match (self.default_expiry, self.reset_on_next) {
+            (Expiry::Silent, _) => "drops the flow silently, with no RST to either end",
+            (Expiry::Reset, _) => "sends a RST to both ends",
+            (Expiry::ResetOnNext, ResetTarget::Sender) => {
+                "drops the flow silently and answers its next packet, from either end, with a RST"
+            }
+            (Expiry::ResetOnNext, ResetTarget::InsideOnly) => {
+                "drops the flow silently and answers the inside host's next packet with a RST"
+            }
+            (Expiry::AckAndDiscard, _) => "acknowledges what either end sends and discards it",
+        }
+    }
+}
+
 /// What a box does with a packet from the inside that no rule of its claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unmatched {
@@ -350,6 +388,7 @@ const fn minutes(m: u64) -> Duration {
 ///   address resource's `idleTimeoutInMinutes`); it beats the LB rule's for inbound flows
 ///   ("Load Balancer TCP Reset and Idle Timeout", "Order of precedence"). Its outbound idle timeout is locked at 4 min.
 /// - At expiry: silent drop by default; "TCP reset" per rule ("Load Balancer TCP Reset and Idle Timeout").
+///   idlegate accepts every expiry action here, so that a lab can try each.
 /// - Transitory: Azure LB documents no timer for half-open or closing flows. idlegate uses
 ///   30 s, the half-open (SYN only) timer Azure documents for NAT Gateway ("NAT gateway timers").
 /// - SNAT ("Outbound rules", "SNAT for outbound connections"): 64,000 ports per frontend IP,
@@ -396,6 +435,7 @@ pub static AZURE_LB: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Rule,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
         ports_per_member: 1024,
@@ -453,6 +493,7 @@ pub static AZURE_NATGW: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
     default_expiry: Expiry::ResetOnNext,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
         ports_per_member: 0,
@@ -496,6 +537,7 @@ pub static AWS_NLB: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
     default_expiry: Expiry::ResetOnNext,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: NO_SNAT,
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(120),
@@ -529,6 +571,7 @@ pub static AWS_NATGW: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::ForwardUdp,
     default_expiry: Expiry::ResetOnNext,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
         ports_per_member: 0,
@@ -586,6 +629,7 @@ pub static GCP_NAT: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
         ports_per_member: 64,
@@ -627,6 +671,7 @@ pub static AZURE_SNAT: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
         ports_per_member: 1024,
@@ -647,7 +692,8 @@ pub static AZURE_SNAT: Profile = Profile {
 /// - Outbound only. Established idle timeout at least 2 h 4 min (RFC 5382 REQ-5), so 2 h 4 min
 ///   by default and up to 5 days; transitory at least 4 min (REQ-5); UDP mappings at least
 ///   2 min (RFC 4787 REQ-5; 5 min recommended).
-/// - At expiry: the RFCs prescribe nothing; idlegate drops silently.
+/// - At expiry: the RFCs prescribe nothing; idlegate drops silently, and a rule may choose any
+///   action.
 /// - Ports on demand, released without a hold.
 /// - IPv4 fragments: forwarded, out-of-order ones held (RFC 4787 REQ-14: "A NAT MUST support
 ///   receiving in-order and out-of-order fragments").
@@ -671,6 +717,7 @@ pub static RFC5382: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Rule,
     snat: SnatPolicy {
         allocation: Allocation::Shared,
         ports_per_member: 0,
@@ -683,169 +730,6 @@ pub static RFC5382: Profile = Profile {
     udp: UdpTimeouts {
         unreplied: minutes(2),
         replied: minutes(2),
-    },
-};
-
-/// The largest timeout a Linux conntrack or IPVS sysctl holds: INT_MAX jiffies at HZ=1000.
-const SYSCTL_MAX: Duration = Duration::from_secs(2_147_483);
-
-/// What the kernel's conntrack does, as `net.netfilter.nf_conntrack_*` sets it.
-const CONNTRACK_TCP: TcpTimers = TcpTimers {
-    syn_sent: Duration::from_secs(120),
-    syn_received: Duration::from_secs(60),
-    fin_wait: Duration::from_secs(120),
-    close_wait: Duration::from_secs(60),
-    last_ack: Duration::from_secs(30),
-    time_wait: Duration::from_secs(120),
-    close: Duration::from_secs(10),
-};
-
-/// Linux masquerade: a member keeps its source port unless the tuple would clash; the port is
-/// free again the moment its entry is gone.
-const MASQUERADE: SnatPolicy = SnatPolicy {
-    allocation: Allocation::PreservePort,
-    ports_per_member: 0,
-    ports_per_member_step: 1,
-    ports_per_frontend: 64_512,
-    hold_after_fin: Duration::ZERO,
-    hold_after_rst: Duration::ZERO,
-    hold_after_idle: Duration::ZERO,
-};
-
-/// Linux netfilter connection tracking with NAT (nftables or iptables `dnat` and `masquerade`),
-/// at the kernel's defaults (Documentation/networking/nf_conntrack-sysctl.rst).
-///
-/// - `nf_conntrack_tcp_timeout_established` 432,000 s (5 days). A sysctl sets it for the whole
-///   namespace; an nftables `ct timeout` object sets it per rule, which is what a rule's
-///   `idle_timeout` here stands for. Accepted: 1 s up to what the sysctl holds (2,147,483 s).
-/// - Other states: SYN_SENT 120 s, SYN_RECV 60 s, FIN_WAIT 120 s, CLOSE_WAIT 60 s (a
-///   half-closed connection dies after a minute), LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s.
-///   Not modelled: `timeout_unacknowledged` and `timeout_max_retrans` (300 s while data waits
-///   for an ACK), which shorten a dead connection's entry, not an idle one's.
-/// - UDP: `nf_conntrack_udp_timeout` 30 s, `nf_conntrack_udp_timeout_stream` 120 s once
-///   answered (the kernel waits 2 s of two-way traffic before granting it; idlegate at once).
-/// - At expiry: silent; the entry is simply gone. With `nf_conntrack_tcp_loose=1` (the
-///   default; `loose_pickup = false` turns it off) the next ACK segment from the side that
-///   opened the connection makes a new entry in ESTABLISHED, so a client that speaks first
-///   after the timeout carries on. A server on the outside that speaks first is dropped (a
-///   router's input chain drops what is not its own); a member that speaks first is picked up
-///   by its pool's outbound rule, if it has one, and leaves masqueraded.
-/// - What no rule claims from the inside is routed on untranslated, as the kernel does (no NAT
-///   rule binds the new entry): a member's SYN, and under loose pickup a member's mid-stream
-///   segment of a connection whose entry has expired, e.g. a server behind an `lb_rule` and
-///   without masquerade that speaks first after the timeout. The packet leaves with the
-///   member's own address, and replies matching the entry come back (the remote's stack
-///   answers a segment of no socket of its own with a RST, which reaches the member). Such a
-///   flow is kept for the profile's default established timeout (the sysctl's), and is
-///   called `(untranslated)` in `idlegate flows`. Packets from the outside that no rule
-///   claims are dropped (a router's input chain).
-/// - Masquerade keeps the member's source port when the tuple stays unique, and frees it as
-///   soon as the entry is gone.
-/// - IPv4 fragments: reassembled before tracking (conntrack enables `nf_defrag_ipv4`, whose hook
-///   at `NF_IP_PRI_CONNTRACK_DEFRAG` runs before conntrack and NAT) and fragmented again on
-///   output; idlegate forwards each fragment translated, which delivers the same datagram.
-pub static LINUX_CONNTRACK: Profile = CONNTRACK;
-
-/// Kubernetes kube-proxy in iptables or nftables mode: Linux conntrack, with the two timers
-/// kube-proxy sets at start-up (kube-proxy reference: `--conntrack-tcp-timeout-established`
-/// 24 h, `--conntrack-tcp-timeout-close-wait` 1 h). Everything else is the kernel's, as in
-/// `linux-conntrack`. A Service is an `lb_rule` (DNAT to its endpoints), masquerade an
-/// `outbound_rule`; what no Service rule claims is routed on untranslated, and its
-/// `KUBE-FORWARD` chain drops what conntrack calls invalid, as in `linux-conntrack`. IPv4
-/// fragments as in `linux-conntrack`.
-pub static KUBE_PROXY: Profile = Profile {
-    name: "kube-proxy",
-    title: "kube-proxy",
-    sources: sources::KUBE_PROXY_SOURCES,
-    rules: Rules::InboundAndOutbound,
-    lb_rule_idle: TimeoutRange {
-        default: Duration::from_secs(86_400),
-        min: Duration::from_secs(1),
-        max: SYSCTL_MAX,
-    },
-    outbound_rule_idle: TimeoutRange {
-        default: Duration::from_secs(86_400),
-        min: Duration::from_secs(1),
-        max: SYSCTL_MAX,
-    },
-    tcp: TcpTimers {
-        close_wait: Duration::from_secs(3600),
-        ..CONNTRACK_TCP
-    },
-    ..CONNTRACK
-};
-
-/// Plain conntrack, as a `const` so that kube-proxy can start from it.
-const CONNTRACK: Profile = Profile {
-    name: "linux-conntrack",
-    title: "Linux conntrack",
-    sources: sources::LINUX_CONNTRACK_SOURCES,
-    rules: Rules::InboundAndOutbound,
-    lb_rule_idle: TimeoutRange {
-        default: Duration::from_secs(432_000),
-        min: Duration::from_secs(1),
-        max: SYSCTL_MAX,
-    },
-    outbound_rule_idle: TimeoutRange {
-        default: Duration::from_secs(432_000),
-        min: Duration::from_secs(1),
-        max: SYSCTL_MAX,
-    },
-    frontend_idle: None,
-    public_ip_outbound_idle: None,
-    reset_on_next: ResetTarget::Sender,
-    tcp: CONNTRACK_TCP,
-    time_wait_range: None,
-    pickup: PickupPolicy {
-        default: Pickup::Loose,
-        knob: PickupKnob::Sysctl,
-    },
-    refresh: Refresh::AnyPacket,
-    fragments: Fragments::Forward,
-    default_expiry: Expiry::Silent,
-    snat: MASQUERADE,
-    udp: UdpTimeouts {
-        unreplied: Duration::from_secs(30),
-        replied: Duration::from_secs(120),
-    },
-};
-
-/// Linux IPVS, the kernel's L4 load balancer (ipvsadm(8), `--set tcp tcpfin udp`; the
-/// kernel's `ip_vs_proto_tcp.c` and `ip_vs_proto_udp.c` for the other states).
-///
-/// - Inbound only (virtual services). ESTABLISHED 900 s, set by `ipvsadm --set` to any number
-///   of seconds (idlegate: 1 s up to 2,147,483 s).
-/// - FIN_WAIT 120 s (`tcpfin`); the kernel's other states: SYN_SENT 120 s, SYN_RECV 60 s,
-///   CLOSE_WAIT 60 s, LAST_ACK 30 s, TIME_WAIT 120 s, CLOSE 10 s. UDP 300 s (`udp`).
-/// - At expiry: silent. Only a SYN schedules a new connection (`net.ipv4.vs.sloppy_tcp=0`).
-///   Note: a director whose firewall lets a dead flow's next packet reach its own stack
-///   answers it with a RST; `expiry = "reset-on-next"` models that director.
-/// - IPv4 fragments: reassembled (IPVS's hooks run after the kernel's defragmentation, and
-///   `ip_vs_core.c` gathers fragments itself: `ip_vs_gather_frags`); idlegate forwards them.
-pub static IPVS: Profile = Profile {
-    name: "ipvs",
-    title: "Linux IPVS",
-    sources: sources::IPVS_SOURCES,
-    rules: Rules::InboundOnly,
-    lb_rule_idle: TimeoutRange {
-        default: Duration::from_secs(900),
-        min: Duration::from_secs(1),
-        max: SYSCTL_MAX,
-    },
-    outbound_rule_idle: fixed(Duration::from_secs(900)),
-    frontend_idle: None,
-    public_ip_outbound_idle: None,
-    reset_on_next: ResetTarget::Sender,
-    tcp: CONNTRACK_TCP,
-    time_wait_range: None,
-    pickup: SYN_ONLY,
-    refresh: Refresh::AnyPacket,
-    fragments: Fragments::Forward,
-    default_expiry: Expiry::Silent,
-    snat: NO_SNAT,
-    udp: UdpTimeouts {
-        unreplied: Duration::from_secs(300),
-        replied: Duration::from_secs(300),
     },
 };
 
@@ -874,6 +758,7 @@ pub static GCP_FIREWALL: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: MASQUERADE,
     udp: UdpTimeouts {
         unreplied: minutes(10),
@@ -914,6 +799,7 @@ pub static AWS_ALB: Profile = Profile {
     refresh: Refresh::DataOnly,
     fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: NO_SNAT,
     udp: UdpTimeouts {
         unreplied: Duration::from_secs(60),

@@ -31,7 +31,7 @@ pub enum LabCommand {
         /// With --explain: print it as one JSON document.
         #[arg(long, requires = "explain")]
         json: bool,
-        /// Lab name, so several labs can run at once.
+        /// Lab name, so several labs can run at once: 1–32 letters, digits or '_' (no '-').
         #[arg(long, default_value = "lab")]
         name: String,
         /// Write every packet the gateway sees or makes to this file, as pcapng (whatever its

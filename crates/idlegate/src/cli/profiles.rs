@@ -133,7 +133,40 @@ fn expiry(p: &Profile) -> String {
         }
         _ => "",
     };
-    format!("{}{reset_next}", p.default_expiry)
+    let fixed = match p.expiry_knob {
+        profile::ExpiryKnob::Fixed => " (fixed)",
+        profile::ExpiryKnob::Rule => "",
+    };
+    format!("{}{reset_next}{fixed}", p.default_expiry)
+}
+
+/// What a line of figures cannot say of `p`: where the vendor's pages disagree, or a default
+/// depends on when the box was made.
+fn notes(p: &Profile) -> Vec<String> {
+    let mut out = Vec::new();
+    if p.name == profile::AZURE_LB.name {
+        out.push(format!(
+            "outbound_rule idle timeout: {}",
+            profile::AZURE_OUTBOUND_MAXIMUM
+        ));
+    }
+    if p.name == profile::GCP_NAT.name {
+        out.push(
+            "TIME_WAIT: 30 s for a gateway created on or after 30 September 2026, 120 s for one \
+             created before (set time_wait = \"120s\" for it)"
+                .to_string(),
+        );
+    }
+    out
+}
+
+/// Under a lab's `time_scale`, the timers racing TCP's own run at least this long.
+fn racing_tcp_floor() -> String {
+    format!(
+        "under a lab's time_scale, the timers that race TCP's own retransmissions (TCP not \
+         established, SNAT holds) run at least {}",
+        human(idlegate_core::config::TCP_RETRANSMISSION_FLOOR)
+    )
 }
 
 fn holds(p: &Profile) -> String {
@@ -153,7 +186,11 @@ fn profiles_table() -> String {
         for (what, value) in facts(p) {
             out += &format!("  {what:<43}{value}\n");
         }
+        for note in notes(p) {
+            out += &format!("  note: {note}\n");
+        }
     }
+    out += &format!("\nEvery profile: {}.\n", racing_tcp_floor());
     out
 }
 
@@ -166,12 +203,15 @@ pub fn profiles_markdown() -> String {
         "<!-- Generated from the profile tables (crates/idlegate-core/src/model/profile.rs) by \
          `idlegate profiles --markdown`; do not edit. Regenerate with:\n     {MARKDOWN_COMMAND} -->\n\n"
     );
-    out += "Every figure on this page is printed from the tables the gateway runs with, so the \
+    out += &format!(
+        "Every figure on this page is printed from the tables the gateway runs with, so the \
             page and the binary agree (a test compares this page with the command's output). \
             Ranges are what a config may set, checked before `time_scale` divides them; \
-            \"fixed\" accepts no other value. What each box does, the lab demo's outcome and \
+            \"fixed\" accepts no other value. {}. What each box does, the lab demo's outcome and \
             the tests that check it: [Profiles](profiles.md). The same data as JSON: \
-            `idlegate profiles --json`.\n\n";
+            `idlegate profiles --json`.\n\n",
+        capitalized(&racing_tcp_floor())
+    );
     out += "| profile | box | rules | TCP idle timeout (default) | at expiry (default) | UDP unanswered / answered |\n";
     out += "|---|---|---|---|---|---|\n";
     for p in profile::ALL {
@@ -197,12 +237,24 @@ pub fn profiles_markdown() -> String {
         for (what, value) in facts(p) {
             out += &format!("| {} | {} |\n", cell(what), cell(&value));
         }
+        for note in notes(p) {
+            out += &format!("\nNote: {}.\n", cell(&note));
+        }
         out += "\nSources:\n\n";
         for s in p.sources {
             out += &format!("- [{}]({})\n", s.title, s.url);
         }
     }
     out
+}
+
+/// `s` with its first letter in capitals, to open a sentence.
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn secs(d: Duration) -> f64 {
@@ -269,6 +321,10 @@ struct ProfileJson {
     udp_unreplied_s: f64,
     udp_replied_s: f64,
     default_expiry: &'static str,
+    /// Whether a rule's `expiry` may only repeat `default_expiry` (the vendor offers no choice).
+    expiry_fixed: bool,
+    /// What the box's pages do not say in one figure (disagreeing pages, defaults by age).
+    notes: Vec<String>,
     reset_on_next_to: &'static str,
     refresh: &'static str,
     pickup: &'static str,
@@ -281,6 +337,9 @@ struct ProfileJson {
 #[derive(Serialize)]
 struct ProfilesJson {
     profiles: Vec<ProfileJson>,
+    /// Under a lab's `time_scale`, the timers racing TCP's own retransmissions (TCP not
+    /// established, SNAT holds) run at least this long (`Config::scaled_racing_tcp`).
+    racing_tcp_floor_s: f64,
 }
 
 fn profile_json(p: &Profile) -> ProfileJson {
@@ -314,6 +373,8 @@ fn profile_json(p: &Profile) -> ProfileJson {
         udp_unreplied_s: secs(p.udp.unreplied),
         udp_replied_s: secs(p.udp.replied),
         default_expiry: p.default_expiry.as_str(),
+        expiry_fixed: p.expiry_knob == profile::ExpiryKnob::Fixed,
+        notes: notes(p),
         reset_on_next_to: match p.reset_on_next {
             profile::ResetTarget::Sender => "sender",
             profile::ResetTarget::InsideOnly => "inside-host-only",
@@ -360,6 +421,7 @@ fn profile_json(p: &Profile) -> ProfileJson {
 fn profiles_json() -> Result<String> {
     let doc = ProfilesJson {
         profiles: profile::ALL.iter().map(|p| profile_json(p)).collect(),
+        racing_tcp_floor_s: secs(idlegate_core::config::TCP_RETRANSMISSION_FLOOR),
     };
     Ok(serde_json::to_string_pretty(&doc)? + "\n")
 }
@@ -403,6 +465,45 @@ mod tests {
             table.contains("1024 per member (in multiples of 8; at most 64000 per frontend)"),
             "{table}"
         );
+    }
+
+    /// `profiles` said neither Azure's other page (4–100 min), nor Cloud NAT's 120 s for older
+    /// gateways, nor the 3 s floor under a time_scale (issue 21); the text, the JSON and the
+    /// book's page now do.
+    #[test]
+    fn profiles_say_the_disputed_range_the_older_time_wait_and_the_floor() {
+        let table = profiles_table();
+        let page = profiles_markdown();
+        let json: serde_json::Value = serde_json::from_str(&profiles_json().unwrap()).unwrap();
+        let profiles = json["profiles"].as_array().unwrap();
+        let find = |name: &str| profiles.iter().find(|p| p["name"] == name).unwrap();
+        for text in [&table, &page] {
+            assert!(
+                text.contains("page says 4–100 min; idlegate enforces 120 min"),
+                "{text}"
+            );
+            assert!(
+                text.contains("120 s for one created before (set time_wait = \"120s\" for it)"),
+                "{text}"
+            );
+            assert!(
+                text.contains("racing TCP's own") || text.contains("race TCP's own"),
+                "{text}"
+            );
+            assert!(text.contains("run at least 3 s"), "{text}");
+        }
+        assert_eq!(json["racing_tcp_floor_s"], 3.0);
+        let azure_notes = find("azure-lb")["notes"].as_array().unwrap();
+        assert!(
+            azure_notes[0].as_str().unwrap().contains("4–100 min"),
+            "{json}"
+        );
+        let gcp_notes = find("gcp-nat")["notes"].as_array().unwrap();
+        assert!(gcp_notes[0].as_str().unwrap().contains("120 s"), "{json}");
+        assert_eq!(find("aws-nlb")["notes"], serde_json::json!([]));
+        assert_eq!(find("azure-firewall-east-west")["expiry_fixed"], true);
+        assert_eq!(find("azure-lb")["expiry_fixed"], false);
+        assert!(table.contains("silent (fixed)"), "{table}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct Options {
     /// else the first NAT gateway).
     #[arg(long, requires = "config", value_name = "NAME")]
     pub rule: Option<String>,
-    /// Lab name, so demos can run side by side.
+    /// Lab name, so demos can run side by side: 1–32 letters, digits or '_' (no '-').
     #[arg(long, default_value = "demo")]
     pub name: String,
 }
@@ -113,6 +113,20 @@ impl Plan {
         let too_long = range.default / time_scale > DEMO_IDLE * 2;
         let idle_timeout = (options.time_scale.is_none() && too_long)
             .then(|| (DEMO_IDLE * time_scale).clamp(range.min, range.max));
+        if let Some(expiry) = options.expiry.filter(|&e| !profile.accepts_expiry(e)) {
+            return Err(anyhow::anyhow!(
+                "--expiry {expiry}: {} cannot do that; at expiry it {}",
+                profile.title,
+                profile.at_expiry()
+            ))
+            .with_hint(|| {
+                format!(
+                    "leave --expiry out, or give --expiry {}",
+                    profile.default_expiry
+                )
+            })
+            .status(Status::Usage);
+        }
         Ok(Plan {
             profile,
             expiry: options.expiry.unwrap_or(profile.default_expiry),
@@ -203,7 +217,8 @@ pub struct GatewayReport {
 pub fn run(options: &Options) -> Result<()> {
     crate::lab::ensure_root()?;
     let plan = Plan::new(options)?;
-    let config = Config::from_toml(&config_text(&plan), "demo config")?;
+    let mut config = Config::from_toml(&config_text(&plan), "demo config")?;
+    reset_for_comparison(&mut config, plan.direction);
     let idle = config.scaled(match plan.direction {
         Direction::Inbound => precedence::lb_rule(&config, 0).timeout,
         Direction::Outbound => precedence::outbound_rule(&config, 0).timeout,
@@ -274,7 +289,8 @@ fn config_text(plan: &Plan) -> String {
                 };
                 text += &format!(
                     "[[lb_rule]]\nname = \"{name}\"\nfrontend = \"public\"\nfrontend_port = {port}\n\
-                     backend_pool = \"vms\"\nbackend_port = {port}\nexpiry = \"{expiry}\"\n{idle}"
+                     backend_pool = \"vms\"\nbackend_port = {port}\n{}{idle}",
+                    expiry_line(plan.profile, expiry)
                 );
             }
         }
@@ -285,12 +301,42 @@ fn config_text(plan: &Plan) -> String {
             ] {
                 text += &format!(
                     "[[backend_pool]]\nname = \"{pool}\"\nmembers = [{{ name = \"{member}\", address = \"{address}\" }}]\n\
-                     [[outbound_rule]]\nname = \"{pool}-out\"\nfrontend = \"public\"\nbackend_pool = \"{pool}\"\nexpiry = \"{expiry}\"\n{idle}"
+                     [[outbound_rule]]\nname = \"{pool}-out\"\nfrontend = \"public\"\nbackend_pool = \"{pool}\"\n{}{idle}",
+                    expiry_line(plan.profile, expiry)
                 );
             }
         }
     }
     text
+}
+
+/// The `tcp-reset` connection's rule resets at expiry even on a box that cannot (its config
+/// refuses the setting, so the demo's config leaves it out and it is set here): it shows what
+/// the reset would change, beside the box's own action.
+fn reset_for_comparison(config: &mut Config, direction: Direction) {
+    let idle = match direction {
+        Direction::Inbound => config
+            .lb_rules
+            .iter_mut()
+            .find(|r| r.name == "tcp-reset")
+            .map(|r| &mut r.idle),
+        Direction::Outbound => config
+            .outbound_rules
+            .iter_mut()
+            .find(|r| r.name == "reset-vms-out")
+            .map(|r| &mut r.idle),
+    };
+    if let Some(idle) = idle {
+        idle.expiry = Expiry::Reset;
+    }
+}
+
+/// The `expiry` line of a demo rule, left out where the profile refuses it.
+fn expiry_line(profile: &Profile, expiry: Expiry) -> String {
+    match profile.accepts_expiry(expiry) {
+        true => format!("expiry = \"{expiry}\"\n"),
+        false => String::new(),
+    }
 }
 
 fn header(plan: &Plan, idle: Duration) -> String {
@@ -319,7 +365,7 @@ fn header(plan: &Plan, idle: Duration) -> String {
     format!(
         "idlegate lab demo: {} (profile {}), {timeout} scaled 1/{} to {t:.1}s, expiry {}\n{path}\n\
          each connection sends \"a\", idles {:.1}s (¼ of the timeout), sends \"b\", idles {:.1}s (1⅛), sends \"c\"\n\
-         no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s · tcp-reset: rule with expiry = \"reset\"\n",
+         no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s · tcp-reset: rule with expiry = \"reset\"{}\n",
         plan.profile.title,
         plan.profile.name,
         plan.time_scale,
@@ -327,6 +373,13 @@ fn header(plan: &Plan, idle: Duration) -> String {
         t / 4.0,
         t * 9.0 / 8.0,
         keepalive_interval(idle).as_secs_f64(),
+        match plan.profile.accepts_expiry(Expiry::Reset) {
+            true => String::new(),
+            false => format!(
+                ", for comparison ({} cannot: a config refuses it)",
+                plan.profile.name
+            ),
+        },
     )
 }
 

@@ -253,8 +253,13 @@ pub fn run(options: &Options, mut config: Config, file: &Path) -> Result<()> {
             header(&config, &shown, rule, &name, &applied, idle, &path)
         );
     }
-    let (outcomes, counters) = Lab::with_gateway(&options.name, &config, |lab| {
-        one_after_the_other(lab, &path, idle)
+    // `lab list` shows the file the demo's lab was built from.
+    let extras = crate::lab::Extras {
+        config_path: Some(std::path::absolute(file).unwrap_or(file.to_path_buf())),
+        ..Default::default()
+    };
+    let (outcomes, counters) = Lab::with_gateway_and(&options.name, &config, extras, |lab| {
+        one_after_the_other(lab, &path, idle, !options.json)
     })?;
     let mut report = Report::new(
         (config.profile.name, applied.expiry, config.time_scale),
@@ -273,16 +278,44 @@ pub fn run(options: &Options, mut config: Config, file: &Path) -> Result<()> {
     demo::print_report(options.json, &report, &outcomes)
 }
 
-/// The two connections, one after the other, on one timeline.
-fn one_after_the_other(lab: &Lab, path: &Route, idle: Duration) -> Result<Vec<Outcome>> {
+/// The demo's two connections: each with its keepalive interval.
+fn connections(idle: Duration) -> [(&'static str, Option<Duration>); 2] {
+    [
+        ("no-keepalive", None),
+        ("keepalive", Some(demo::keepalive_interval(idle))),
+    ]
+}
+
+/// How long one connection of the conversation for `idle` runs: its last send, then the
+/// watch after it.
+fn one_connection(idle: Duration) -> Duration {
+    let (sends, observe) = demo::conversation(idle);
+    sends.last().map_or(Duration::ZERO, |(at, _)| *at) + observe
+}
+
+/// The two connections, one after the other, on one timeline; with `progress`, a line on
+/// stdout as each starts.
+fn one_after_the_other(
+    lab: &Lab,
+    path: &Route,
+    idle: Duration,
+    progress: bool,
+) -> Result<Vec<Outcome>> {
     let (sends, observe) = demo::conversation(idle);
     let start = Instant::now();
     let mut outcomes = Vec::new();
-    for (name, keepalive) in [
-        ("no-keepalive", None),
-        ("keepalive", Some(demo::keepalive_interval(idle))),
-    ] {
+    let all = connections(idle);
+    for (n, (name, keepalive)) in all.into_iter().enumerate() {
         let offset = start.elapsed();
+        if progress {
+            println!(
+                "{:.1}s: connection {name} starts ({} of {}), {:.0}s to run",
+                offset.as_secs_f64(),
+                n + 1,
+                all.len(),
+                one_connection(idle).as_secs_f64()
+            );
+        }
         let script = Script {
             name: name.to_string(),
             client_ns: lab.namespace_of(&path.client)?,
@@ -318,7 +351,8 @@ fn header(
          idle timeout {} ({}) scaled 1/{} to {t:.1}s, expiry {}\n\
          client in `{}` → {} → server in `{}` on {}\n\
          each connection sends \"a\", idles {:.1}s (¼ of the timeout), sends \"b\", idles {:.1}s (1⅛), sends \"c\"; one after the other\n\
-         no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s\n",
+         no-keepalive: plain socket · keepalive: SO_KEEPALIVE every {:.0}s\n\
+         the run takes about {:.0}s: {} connections of {:.0}s each, one after the other, because both need the rule's one server port\n",
         rule.kind(),
         config.profile.name,
         config.profile.title,
@@ -333,6 +367,9 @@ fn header(
         t / 4.0,
         t * 9.0 / 8.0,
         demo::keepalive_interval(idle).as_secs_f64(),
+        one_connection(idle).as_secs_f64() * connections(idle).len() as f64,
+        connections(idle).len(),
+        one_connection(idle).as_secs_f64(),
     )
 }
 

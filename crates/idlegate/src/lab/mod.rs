@@ -235,8 +235,18 @@ impl Lab {
         config: &Config,
         work: impl FnOnce(&Lab) -> Result<T>,
     ) -> Result<(T, Counters)> {
+        Lab::with_gateway_and(name, config, Extras::default(), work)
+    }
+
+    /// [`Lab::with_gateway`] with `extras` (e.g. the config file, for `lab list`).
+    pub fn with_gateway_and<T>(
+        name: &str,
+        config: &Config,
+        extras: Extras,
+        work: impl FnOnce(&Lab) -> Result<T>,
+    ) -> Result<(T, Counters)> {
         let mut lab = Lab::up(name, config)?;
-        let mut gateway = lab.gateway(config, Extras::default())?;
+        let mut gateway = lab.gateway(config, extras)?;
         let stopper = gateway.stopper();
         let thread = std::thread::Builder::new()
             .name("gateway".into())

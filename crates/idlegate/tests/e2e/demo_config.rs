@@ -128,3 +128,86 @@ fn demo_with_config_and_profile_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// The child process, killed if the test fails before it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `lab demo --config` ran for about 100 s with nothing printed between its header and its
+/// timeline, and `lab list` showed no config for its lab (issue 21): the header now says how
+/// long the run takes and why the connections go one after the other, a line says when each
+/// starts, and `lab list` names the file.
+#[test]
+fn demo_with_config_says_how_long_it_runs_and_lab_list_names_its_config() {
+    use std::io::BufRead;
+    require_root();
+    let name = unique("dl");
+    let child = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .args(["lab", "demo", "--name", &name, "--config", &example()])
+        .args(["--rule", "app"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running idlegate lab demo --config");
+    let mut running = Running(child);
+    let stdout = running.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The idle timeout runs 4 s: each connection 11/8 of it and 2 s of watching.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut lines = Vec::new();
+    let mut listed = None;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        if line.contains("connection no-keepalive starts") && listed.is_none() {
+            let out = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+                .args(["lab", "list", "--json"])
+                .output()
+                .expect("lab list");
+            let labs: Value = serde_json::from_slice(&out.stdout).expect("one JSON array");
+            listed = labs
+                .as_array()
+                .and_then(|a| a.iter().find(|l| l["name"] == name.as_str()).cloned());
+        }
+        lines.push(line);
+    }
+    let status = running.0.wait().expect("lab demo exited");
+    let text = lines.join("\n");
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains(
+            "the run takes about 15s: 2 connections of 8s each, one after the other, because both need the rule's one server port"
+        ),
+        "{text}"
+    );
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in\n{text}"))
+    };
+    assert!(at("the run takes about") < at("connection no-keepalive starts (1 of 2)"));
+    assert!(at("connection no-keepalive starts") < at("connection keepalive starts (2 of 2)"));
+    assert!(at("connection keepalive starts") < at("timeline"), "{text}");
+    let lab = listed.unwrap_or_else(|| panic!("{name} not in lab list while it ran"));
+    let config = lab["config"].as_str().unwrap_or_default();
+    assert!(config.ends_with("examples/azure-lb.toml"), "{lab}");
+}

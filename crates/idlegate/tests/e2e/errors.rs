@@ -217,6 +217,21 @@ fn bad_arguments_and_files_are_refused_in_one_style_with_exit_status_2() {
         )
         .hint(&natgw_hint),
         Case::new(
+            "lab demo --profile azure-firewall-east-west --expiry reset",
+            &[
+                "lab",
+                "demo",
+                "--profile",
+                "azure-firewall-east-west",
+                "--expiry",
+                "reset",
+            ],
+            2,
+            "idlegate: --expiry reset: Azure Firewall (east-west) cannot do that; at expiry it \
+             drops the flow silently, with no RST to either end",
+        )
+        .hint("leave --expiry out, or give --expiry silent"),
+        Case::new(
             "keepalive --profile nope",
             &["keepalive", "--pid", &pid, "--profile", "nope"],
             2,

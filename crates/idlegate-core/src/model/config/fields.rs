@@ -262,16 +262,32 @@ pub(super) fn idle(
     };
     let expiry = match expiry {
         None => profile.default_expiry,
-        Some(e) => e
-            .get_ref()
-            .parse()
-            .or_else(|err| invalid(e.span(), format!("expiry = \"{}\": {err}", e.get_ref())))?,
+        Some(e) => {
+            let expiry: Expiry = e
+                .get_ref()
+                .parse()
+                .or_else(|err| invalid(e.span(), format!("expiry = \"{}\": {err}", e.get_ref())))?;
+            if !profile.accepts_expiry(expiry) {
+                return invalid(e.span(), expiry_refused(expiry, profile));
+            }
+            expiry
+        }
     };
     Ok(Idle {
         timeout,
         timeout_from,
         expiry,
     })
+}
+
+/// Why `expiry` is refused on `profile`, whose expiry is fixed: what its box does instead.
+fn expiry_refused(expiry: Expiry, profile: &Profile) -> String {
+    let default = profile.default_expiry;
+    format!(
+        "expiry = \"{expiry}\": {} cannot do that; at expiry it {}, and no setting changes it (leave expiry out, or write \"{default}\")",
+        profile.title,
+        profile.at_expiry()
+    )
 }
 
 /// An `idle_timeout` setting, parsed and checked against the profile's range.

@@ -325,3 +325,92 @@ fn established_idle_timeouts_and_udp_timers_stay_purely_scaled() {
         c.profile.udp.unreplied / 60
     );
 }
+
+/// Azure Firewall's east-west path sends no RST, and its north-south path always resets
+/// both ends: no setting changes either, so a rule's `expiry` may only repeat it, as a fixed
+/// idle timeout is refused (issue 21).
+#[test]
+fn an_expiry_the_box_cannot_do_is_refused_with_what_it_does_instead() {
+    let east_west = VALID
+        .replacen(
+            "profile = \"azure-lb\"",
+            "profile = \"azure-firewall-east-west\"",
+            1,
+        )
+        .replace("idle_timeout = \"4m\"", "idle_timeout = \"5m\"")
+        .replacen("expiry = \"silent\"", "expiry = \"reset\"", 1);
+    let err = Config::from_toml(&east_west, "ew.toml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ew.toml:17:10: expiry = \"reset\": Azure Firewall (east-west) cannot do that; at expiry it drops the flow silently, with no RST to either end, and no setting changes it (leave expiry out, or write \"silent\")"
+    );
+    let north_south = VALID
+        .replacen("profile = \"azure-lb\"", "profile = \"azure-firewall\"", 1)
+        .replacen("expiry = \"silent\"", "expiry = \"reset\"", 1);
+    let err = Config::from_toml(&north_south, "ns.toml").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ns.toml:23:10: expiry = \"silent\": Azure Firewall (north-south) cannot do that; at expiry it sends a RST to both ends, and no setting changes it (leave expiry out, or write \"reset\")"
+    );
+    // Repeating the box's own action is accepted.
+    let ok = east_west.replace("expiry = \"reset\"", "expiry = \"silent\"");
+    assert!(Config::from_toml(&ok, "ew.toml").is_ok());
+}
+
+/// Every profile with a fixed expiry refuses each other action; Azure LB, whose rules choose,
+/// and the Linux and RFC profiles, where the box's own rules may, accept every action.
+#[test]
+fn only_the_profiles_whose_rules_choose_their_expiry_accept_every_action() {
+    for profile in crate::model::profile::ALL {
+        for expiry in Expiry::ALL {
+            let accepted = profile.accepts_expiry(expiry);
+            let choosable = matches!(
+                profile.name,
+                "azure-lb" | "linux-conntrack" | "kube-proxy" | "ipvs" | "rfc5382"
+            );
+            assert_eq!(
+                accepted,
+                choosable || expiry == profile.default_expiry,
+                "{} {expiry}",
+                profile.name
+            );
+        }
+    }
+    // AWS NAT gateway answers only the inside host's next packet.
+    let aws = crate::model::profile::find("aws-natgw").unwrap();
+    let text = VALID
+        .replacen("profile = \"azure-lb\"", "profile = \"aws-natgw\"", 1)
+        .replacen("[[lb_rule]]", "[[unused]]", 1);
+    let text = text
+        .split("[[unused]]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "[[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\nexpiry = \"reset\"\n";
+    let err = Config::from_toml(&text, "aws.toml").unwrap_err();
+    assert!(
+        err.message.ends_with(&format!(
+            "at expiry it {}, and no setting changes it (leave expiry out, or write \"reset-on-next\")",
+            aws.at_expiry()
+        )),
+        "{}",
+        err.message
+    );
+    assert!(aws.at_expiry().contains("inside host's next packet"));
+}
+
+/// A NAT gateway in an Azure LB config is Azure NAT Gateway, whose expiry is fixed.
+#[test]
+fn a_nat_gateway_refuses_an_expiry_azure_nat_gateway_cannot_do() {
+    let text = VALID.to_string()
+        + "[[frontend]]\nname = \"nat\"\naddress = \"203.0.113.20\"\n\
+           [[backend_pool]]\nname = \"other\"\nmembers = [{ name = \"vm3\", address = \"192.0.2.13\" }]\n\
+           [[nat_gateway]]\nname = \"natgw\"\nfrontend = \"nat\"\nbackend_pools = [\"other\"]\nexpiry = \"reset\"\n";
+    let err = Config::from_toml(&text, "gw.toml").unwrap_err();
+    assert!(
+        err.message
+            .starts_with("expiry = \"reset\": Azure NAT Gateway cannot do that"),
+        "{}",
+        err.message
+    );
+}

@@ -3,8 +3,8 @@
 //! connections. Each doc comment names the page its figures were read from.
 
 use super::{
-    fixed, minutes, sources, Allocation, Fragments, Profile, Refresh, ResetTarget, Rules,
-    SnatPolicy, TcpTimers, TimeoutRange, UdpTimeouts, SYN_ONLY,
+    fixed, minutes, sources, Allocation, ExpiryKnob, Fragments, Profile, Refresh, ResetTarget,
+    Rules, SnatPolicy, TcpTimers, TimeoutRange, UdpTimeouts, SYN_ONLY,
 };
 use crate::model::expiry::Expiry;
 use std::time::Duration;
@@ -48,6 +48,7 @@ const FIREWALL_NORTH_SOUTH: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Forward,
     default_expiry: Expiry::Reset,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: FIREWALL_SNAT,
     udp: UdpTimeouts {
         unreplied: minutes(4),
@@ -74,6 +75,7 @@ pub static AZURE_FIREWALL_EAST_WEST: Profile = Profile {
     lb_rule_idle: fixed(minutes(5)),
     outbound_rule_idle: fixed(minutes(5)),
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Fixed,
     ..FIREWALL_NORTH_SOUTH
 };
 
@@ -129,6 +131,7 @@ pub static AZURE_APPSERVICE: Profile = Profile {
     refresh: Refresh::AnyPacket,
     fragments: Fragments::Drop,
     default_expiry: Expiry::Silent,
+    expiry_knob: ExpiryKnob::Fixed,
     snat: SnatPolicy {
         allocation: Allocation::PerMember,
         ports_per_member: 128,

@@ -2,7 +2,7 @@
 //! range in a comment, the comments of a section starting in one column. What `idlegate
 //! profiles show NAME` prints; `--config` accepts it as it is.
 
-use super::{max_time_scale, Allocation, Pickup, PickupKnob, Profile, TimeoutRange};
+use super::{max_time_scale, Allocation, ExpiryKnob, Pickup, PickupKnob, Profile, TimeoutRange};
 use crate::model::expiry::Expiry;
 use crate::model::units::human;
 use std::time::Duration;
@@ -60,15 +60,29 @@ fn config_duration(d: Duration) -> String {
     }
 }
 
+/// "4 min–100 min", or "fixed" where the vendor lets no one change it.
 fn range(r: &TimeoutRange) -> String {
+    if r.min == r.max {
+        return "fixed".to_string();
+    }
     format!("{}–{}", human(r.min), human(r.max))
+}
+
+/// The choices a rule's `expiry` has, or, where the vendor offers none, what the box does.
+fn expiries(profile: &Profile) -> String {
+    match profile.expiry_knob {
+        ExpiryKnob::Rule => {
+            let all: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
+            all.join(" | ")
+        }
+        ExpiryKnob::Fixed => format!("fixed: at expiry the box {}", profile.at_expiry()),
+    }
 }
 
 /// A complete config for `profile` with every default written out and every range in a
 /// comment: what `idlegate profiles show NAME` prints, and `--config` accepts as it is.
 pub fn example_config(profile: &Profile) -> String {
-    let expiries: Vec<&str> = Expiry::ALL.iter().map(|e| e.as_str()).collect();
-    let expiries = expiries.join(" | ");
+    let expiries = expiries(profile);
     let expiry = profile.default_expiry;
     let udp = if profile.udp.unreplied == profile.udp.replied {
         human(profile.udp.replied)
@@ -214,6 +228,32 @@ mod tests {
                 profile.name
             );
         }
+    }
+
+    /// `profiles show azure-firewall-east-west` offered `reset` and the other actions, which
+    /// the box cannot do, and called its fixed 5 min "5 min–5 min" (issue 21).
+    #[test]
+    fn a_fixed_expiry_and_a_fixed_timeout_are_shown_as_fixed() {
+        let text = example_config(&crate::model::profile::AZURE_FIREWALL_EAST_WEST);
+        // Each line's comment, by the line's code.
+        let comment = |code: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(code))
+                .filter_map(|l| l.split_once("# ").map(|(_, c)| c.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            comment("expiry = \"silent\""),
+            ["fixed: at expiry the box drops the flow silently, with no RST to either end"; 2],
+            "{text}"
+        );
+        assert_eq!(comment("idle_timeout = \"5m\""), ["fixed"; 2], "{text}");
+        assert!(!text.contains("reset-on-next"), "{text}");
+        let azure = example_config(&crate::model::profile::AZURE_LB);
+        assert!(
+            azure.contains("# silent | reset | reset-on-next | ack-and-discard"),
+            "{azure}"
+        );
     }
 
     /// A step of 1 is no constraint: "multiples of 1" is not said.

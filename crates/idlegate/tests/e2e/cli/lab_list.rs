@@ -200,3 +200,18 @@ fn run_with_a_profile_in_a_lab_host_keeps_an_idle_flow_alive_in_the_labs_time_sc
         "run must say how it scaled the profile: {log}"
     );
 }
+
+/// A lab name with a '-' is refused; `--help` did not say the rule (issue 21).
+#[test]
+fn lab_demo_and_lab_up_help_state_the_lab_name_rule() {
+    for command in [["lab", "demo", "--help"], ["lab", "up", "--help"]] {
+        let help = idlegate(&command, COMMAND_TIMEOUT);
+        assert_eq!(help.status.code(), Some(0), "{}", help.stderr);
+        let flat = help.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            flat.contains("1–32 letters, digits or '_' (no '-')"),
+            "{command:?}: {}",
+            help.stdout
+        );
+    }
+}
