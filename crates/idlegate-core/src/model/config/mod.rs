@@ -407,9 +407,13 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     let before = text.get(..offset)?;
     let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
     let rest = line.trim_end().strip_suffix('=')?.trim_end();
+    // After the last character that cannot be in a key (any width: a comment may hold
+    // anything, and the slice must start on a character's boundary).
     let start = rest
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .map_or(0, |i| i + 1);
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     let key = &rest[start..];
     (!key.is_empty()).then_some(key)
 }

@@ -414,3 +414,17 @@ fn a_nat_gateway_refuses_an_expiry_azure_nat_gateway_cannot_do() {
         err.message
     );
 }
+
+/// Found by the config fuzz target: a TOML error after a line whose last non-key character
+/// before `=` is wider than a byte used to panic (a slice inside the character).
+#[test]
+fn a_toml_error_after_a_wide_character_before_the_equals_sign_is_an_error_not_a_panic() {
+    for text in [
+        "# aӝb =\u{18}1\n",
+        "ӝ =\u{18}\n",
+        "[[lb_rule]]\nnameӝ = 5x\n",
+    ] {
+        let e = Config::from_toml(text, "t.toml").unwrap_err();
+        assert!(e.line >= 1, "{text:?}: {e}");
+    }
+}
