@@ -315,20 +315,28 @@ pub(super) fn write(
     let mut members = Names::default();
     let mut rules = Names::default();
     let mut body = Out::default();
-    let notes_on = |name: &str, out: &mut Out| {
-        for n in draft.notes.iter().filter(|n| n.on.as_deref() == Some(name)) {
-            out.comment(&format!("note: {} ({})", n.text, source(&n.from, input)));
-        }
-    };
     let mut placed: HashSet<String> = HashSet::new();
+    // A section: a blank line, the notes on it, `[[table]]`, and its name made unique among
+    // `names` (`fallback` for a name that is not valid), which it returns.
+    let mut open =
+        |out: &mut Out, table: &str, name: &Sourced<String>, names: &mut Names, fallback: &str| {
+            out.line("");
+            for n in draft
+                .notes
+                .iter()
+                .filter(|n| n.on.as_deref() == Some(name.value.as_str()))
+            {
+                out.comment(&format!("note: {} ({})", n.text, source(&n.from, input)));
+            }
+            placed.insert(name.value.clone());
+            out.line(format!("[[{table}]]"));
+            let given = names.give(&name.value, fallback);
+            out.value("name", quoted(&given), &name.from, input);
+            given
+        };
 
     for f in &draft.frontends {
-        body.line("");
-        notes_on(&f.name.value, &mut body);
-        placed.insert(f.name.value.clone());
-        body.line("[[frontend]]");
-        let name = frontends.give(&f.name.value, "frontend");
-        body.value("name", quoted(&name), &f.name.from, input);
+        let name = open(&mut body, "frontend", &f.name, &mut frontends, "frontend");
         let ip = mapper.map(
             &f.address.value,
             Side::Frontend,
@@ -343,12 +351,7 @@ pub(super) fn write(
     let mut stand_ins = 0;
     let mut member_of: HashMap<String, String> = HashMap::new();
     for p in &draft.backend_pools {
-        body.line("");
-        notes_on(&p.name.value, &mut body);
-        placed.insert(p.name.value.clone());
-        body.line("[[backend_pool]]");
-        let name = pools.give(&p.name.value, "pool");
-        body.value("name", quoted(&name), &p.name.from, input);
+        let name = open(&mut body, "backend_pool", &p.name, &mut pools, "pool");
         body.line("members = [  # one line per member, with its sources");
         let stand_in;
         let list: &[Member] = if p.members.is_empty() {
@@ -416,12 +419,7 @@ pub(super) fn write(
     };
 
     for r in &draft.lb_rules {
-        body.line("");
-        notes_on(&r.name.value, &mut body);
-        placed.insert(r.name.value.clone());
-        body.line("[[lb_rule]]");
-        let name = rules.give(&r.name.value, "rule");
-        body.value("name", quoted(&name), &r.name.from, input);
+        open(&mut body, "lb_rule", &r.name, &mut rules, "rule");
         body.reference(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
@@ -456,12 +454,13 @@ pub(super) fn write(
     }
 
     for r in &draft.inbound_nat_rules {
-        body.line("");
-        notes_on(&r.name.value, &mut body);
-        placed.insert(r.name.value.clone());
-        body.line("[[inbound_nat_rule]]");
-        let name = rules.give(&r.name.value, "nat-rule");
-        body.value("name", quoted(&name), &r.name.from, input);
+        open(
+            &mut body,
+            "inbound_nat_rule",
+            &r.name,
+            &mut rules,
+            "nat-rule",
+        );
         body.reference(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
@@ -518,12 +517,7 @@ pub(super) fn write(
     }
 
     for r in &draft.outbound_rules {
-        body.line("");
-        notes_on(&r.name.value, &mut body);
-        placed.insert(r.name.value.clone());
-        body.line("[[outbound_rule]]");
-        let name = rules.give(&r.name.value, "outbound");
-        body.value("name", quoted(&name), &r.name.from, input);
+        open(&mut body, "outbound_rule", &r.name, &mut rules, "outbound");
         body.reference_from(
             "frontend",
             quoted(&frontends.of(&r.frontend)),
@@ -554,12 +548,7 @@ pub(super) fn write(
     }
 
     for g in &draft.nat_gateways {
-        body.line("");
-        notes_on(&g.name.value, &mut body);
-        placed.insert(g.name.value.clone());
-        body.line("[[nat_gateway]]");
-        let name = rules.give(&g.name.value, "nat-gateway");
-        body.value("name", quoted(&name), &g.name.from, input);
+        open(&mut body, "nat_gateway", &g.name, &mut rules, "nat-gateway");
         body.reference_from(
             "frontend",
             quoted(&frontends.of(&g.frontend)),
