@@ -6,6 +6,7 @@
 //! `idlegate: …` line, its hint and its exit status).
 
 pub mod capture;
+pub mod http;
 pub mod prometheus;
 pub mod report;
 pub mod scrape;
