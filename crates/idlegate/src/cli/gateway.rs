@@ -160,6 +160,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         control: Some(args.control.clone()),
         pcap: args.pcap,
         metrics: args.metrics,
+        api: None,
     };
     let mut gateway = Gateway::new(&config, ports, &options)?;
     // Connected while still privileged; told only once the devices are up and the gateway is

@@ -196,6 +196,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
                 pcap,
                 metrics,
                 config_path: Some(std::path::absolute(&config).unwrap_or(config.clone())),
+                api: None,
             };
             lab_up(&config, &name, workers, extras).map(|()| ExitCode::SUCCESS)
         }

@@ -68,6 +68,16 @@ pub struct Options {
     pub pcap: Option<PathBuf>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Where to serve the HTTP API and the live page (`--api`).
+    pub api: Option<ApiOptions>,
+}
+
+/// The HTTP API and live page (`--api ADDR`, `--api-token-file FILE`): where, and the token
+/// every request must carry (required by the command line for an address not on loopback).
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    pub addr: std::net::SocketAddr,
+    pub token: Option<String>,
 }
 
 /// Most workers a gateway runs.

@@ -47,6 +47,8 @@ pub struct Extras {
     pub metrics: Option<std::net::SocketAddr>,
     /// The file the config was read from, for `lab list`.
     pub config_path: Option<PathBuf>,
+    /// Where to serve the HTTP API and the live page.
+    pub api: Option<crate::gateway::ApiOptions>,
 }
 
 /// What a lab that is up says of itself (`/run/idlegate/lab-LAB.json`, `lab list --json`).
@@ -204,6 +206,7 @@ impl Lab {
             control: Some(control_path(&self.name)),
             pcap: extras.pcap,
             metrics: extras.metrics,
+            api: extras.api,
         };
         let gateway = Gateway::new(config, std::mem::take(&mut self.ports), &options)?;
         let info = Info {
