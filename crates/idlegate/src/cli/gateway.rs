@@ -6,7 +6,7 @@
 use super::{print_ready, workers_in_range, DEFAULT_CONTROL};
 use anyhow::{Context, Result};
 use clap::Args;
-use idlegate::gateway::{Attachment, Gateway, Options};
+use idlegate::gateway::{ApiOptions, Attachment, Gateway, Options};
 use idlegate::obs::report::{Report, Status};
 use idlegate::sys::signal::Interrupt;
 use idlegate::sys::tun::Tun;
@@ -52,6 +52,108 @@ pub struct GatewayArgs {
     /// is handed to it). Without it the gateway stays root but drops every capability.
     #[arg(long)]
     pub user: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Where `--api` alone serves.
+pub const DEFAULT_API: &str = "127.0.0.1:9466";
+/// The shortest token `--api-token-file` may hold.
+pub const MIN_TOKEN: usize = 16;
+
+/// `--api [ADDR]` and `--api-token-file FILE`, for `gateway` and `lab up`.
+#[derive(Args, Debug, Default)]
+pub struct ApiArgs {
+    /// Serve the HTTP API and the live page at http://ADDR/: HOST:PORT, or PORT alone for
+    /// 127.0.0.1:PORT; --api alone serves on 127.0.0.1:9466; port 0 takes any free port. An
+    /// address not on loopback needs --api-token-file.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_API,
+        value_parser = api_addr
+    )]
+    pub api: Option<std::net::SocketAddr>,
+    /// A file holding the token every API request must then carry (Authorization: Bearer
+    /// TOKEN, or the cookie a browser gets from /?token=TOKEN): the file's content without its
+    /// trailing newline, at least 16 bytes of visible ASCII.
+    #[arg(long, value_name = "FILE", requires = "api")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// `--api`'s ADDR: `PORT`, `HOST:PORT` with an IP address or `localhost`, `[IPv6]:PORT`.
+pub fn api_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{Ipv4Addr, SocketAddr};
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    if let Some(port) = text
+        .strip_prefix("localhost:")
+        .and_then(|p| p.parse::<u16>().ok())
+    {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    text.parse().map_err(|_| {
+        format!("{text:?} is not HOST:PORT or PORT (e.g. 127.0.0.1:9466, [::1]:9466 or 9466)")
+    })
+}
+
+impl ApiArgs {
+    /// The API's address and token, or `None` without `--api`. Refused as usage errors before
+    /// anything starts: a token file that cannot be read, a token too short or with
+    /// characters a header or cookie cannot carry, and an address not on loopback without a
+    /// token.
+    pub fn options(&self) -> Result<Option<ApiOptions>> {
+        let Some(addr) = self.api else {
+            return Ok(None);
+        };
+        let token = self
+            .api_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()
+            .status(Status::Usage)?;
+        if token.is_none() && !addr.ip().is_loopback() {
+            return Err(anyhow::anyhow!(
+                "--api {addr}: not a loopback address, and no token"
+            ))
+            .hint(
+                "give --api-token-file FILE (every request then carries it), or serve on 127.0.0.1",
+            )
+            .status(Status::Usage);
+        }
+        Ok(Some(ApiOptions { addr, token }))
+    }
+}
+
+/// The token in `path`: its content, the trailing newline trimmed.
+fn read_token(path: &Path) -> Result<String> {
+    let named = || format!("--api-token-file {}", path.display());
+    let bytes = std::fs::read(path).with_context(named)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{}: the token is not text", named()))?;
+    let token = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if token.len() < MIN_TOKEN {
+        return Err(anyhow::anyhow!(
+            "{}: the token is {} bytes long; at least {MIN_TOKEN} are needed",
+            named(),
+            token.len()
+        ))
+        .hint("write a longer one, e.g. head -c 24 /dev/urandom | base64 > FILE");
+    }
+    if !idlegate::obs::scrape::token_is_sendable(token) {
+        return Err(anyhow::anyhow!(
+            "{}: the token has a space, a control character, or one of \" , ; \\ or non-ASCII: \
+             a header or a cookie cannot carry it as it is",
+            named()
+        ))
+        .hint("use letters, digits and -._~+/=, e.g. head -c 24 /dev/urandom | base64 > FILE");
+    }
+    Ok(token.to_string())
 }
 
 /// `--explain`: what every rule's flows will get, and why; as text or one JSON document.
@@ -124,6 +226,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         return explain(&args.config, args.json);
     }
     let config = load_config(&args.config)?;
+    let api = args.api.options()?;
     let user = args
         .user
         .as_deref()
@@ -160,7 +263,7 @@ pub fn run(args: GatewayArgs) -> Result<()> {
         control: Some(args.control.clone()),
         pcap: args.pcap,
         metrics: args.metrics,
-        api: None,
+        api,
     };
     let mut gateway = Gateway::new(&config, ports, &options)?;
     // Connected while still privileged; told only once the devices are up and the gateway is
@@ -193,4 +296,118 @@ pub fn run(args: GatewayArgs) -> Result<()> {
     }
     print_ready()?;
     gateway.run()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use idlegate::obs::report::{render, status as status_of};
+
+    #[derive(Parser)]
+    struct Api {
+        #[command(flatten)]
+        args: ApiArgs,
+    }
+
+    fn parsed(args: &[&str]) -> ApiArgs {
+        let line = std::iter::once("gateway").chain(args.iter().copied());
+        Api::try_parse_from(line)
+            .expect("arguments clap accepts")
+            .args
+    }
+
+    /// A token file holding `content`.
+    fn token_file(content: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, content.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn api_alone_is_127_0_0_1_9466_a_port_alone_is_on_127_0_0_1() {
+        let addr = |args: &[&str]| parsed(args).api.map(|a| a.to_string());
+        assert_eq!(addr(&[]), None);
+        assert_eq!(addr(&["--api"]).as_deref(), Some("127.0.0.1:9466"));
+        assert_eq!(addr(&["--api", "8080"]).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(addr(&["--api", "0"]).as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            addr(&["--api", "localhost:9000"]).as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert_eq!(
+            addr(&["--api", "[::1]:9466"]).as_deref(),
+            Some("[::1]:9466")
+        );
+        assert_eq!(
+            addr(&["--api", "192.0.2.1:9466"]).as_deref(),
+            Some("192.0.2.1:9466")
+        );
+        for bad in ["host.example:9466", "70000", "127.0.0.1", ":9466"] {
+            let line = ["gateway", "--api", bad];
+            assert!(Api::try_parse_from(line).is_err(), "{bad}");
+        }
+        // The token file needs --api.
+        assert!(Api::try_parse_from(["gateway", "--api-token-file", "/x"]).is_err());
+    }
+
+    #[test]
+    fn an_address_not_on_loopback_without_a_token_is_a_usage_error_with_its_hint() {
+        let error = parsed(&["--api", "0.0.0.0:9466"]).options().unwrap_err();
+        assert_eq!(
+            render(&error),
+            "idlegate: --api 0.0.0.0:9466: not a loopback address, and no token\n\
+             hint: give --api-token-file FILE (every request then carries it), or serve on 127.0.0.1"
+        );
+        assert_eq!(status_of(&error), Status::Usage);
+        // Loopback needs none.
+        let api = parsed(&["--api", "[::1]:0"]).options().unwrap().unwrap();
+        assert_eq!(api.token, None);
+    }
+
+    #[test]
+    fn the_token_is_the_files_content_without_its_trailing_newline() {
+        let file = token_file("0123456789abcdef\n");
+        let path = file.path().to_str().unwrap();
+        let api = parsed(&["--api", "0.0.0.0:9466", "--api-token-file", path])
+            .options()
+            .unwrap()
+            .unwrap();
+        assert_eq!(api.token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(api.addr.to_string(), "0.0.0.0:9466");
+        let file = token_file("0123456789abcdef\r\n");
+        let path = file.path().to_str().unwrap();
+        let api = parsed(&["--api", "--api-token-file", path])
+            .options()
+            .unwrap()
+            .unwrap();
+        assert_eq!(api.token.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn a_token_file_missing_short_or_unsendable_is_a_usage_error_naming_the_file() {
+        let short = token_file("0123456789abcde\n");
+        let spaced = token_file("0123456789 abcdef");
+        let missing = short.path().with_extension("missing");
+        for (path, why) in [
+            (
+                short.path(),
+                "the token is 15 bytes long; at least 16 are needed",
+            ),
+            (spaced.path(), "the token has a space"),
+            (&missing, "No such file or directory"),
+        ] {
+            let path = path.to_str().unwrap();
+            let error = parsed(&["--api", "--api-token-file", path])
+                .options()
+                .unwrap_err();
+            let text = format!("{error:#}");
+            assert!(
+                text.starts_with(&format!("--api-token-file {path}: ")),
+                "{text}"
+            );
+            assert!(text.contains(why), "{text}");
+            assert_eq!(status_of(&error), Status::Usage, "{text}");
+        }
+    }
 }

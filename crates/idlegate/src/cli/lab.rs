@@ -3,7 +3,7 @@
 //! hosts and exits with the program's status, `list` shows the labs that are up, `down` takes
 //! one down, `demo` replays the idle-drop experiment.
 
-use super::gateway::{explain, load_config};
+use super::gateway::{explain, load_config, ApiArgs};
 use super::{print_ready, workers_in_range};
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -45,6 +45,8 @@ pub enum LabCommand {
         /// Gateway worker threads [default: IDLEGATE_WORKERS, else one per core].
         #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Run a program in a host of a running lab (a member's name, or `internet`); exits with
     /// the program's status, passes signals on to it, and gives it the lab's time scale in
@@ -189,6 +191,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
             pcap,
             metrics,
             workers,
+            api,
             ..
         } => {
             let workers = workers.unwrap_or_else(idlegate::gateway::default_workers);
@@ -196,7 +199,7 @@ pub fn run(command: LabCommand) -> Result<ExitCode> {
                 pcap,
                 metrics,
                 config_path: Some(std::path::absolute(&config).unwrap_or(config.clone())),
-                api: None,
+                api: api.options()?,
             };
             lab_up(&config, &name, workers, extras).map(|()| ExitCode::SUCCESS)
         }

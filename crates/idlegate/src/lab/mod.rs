@@ -62,6 +62,9 @@ pub struct Info {
     pub hosts: Vec<HostInfo>,
     /// Every timer of the lab runs 1/time_scale as long.
     pub time_scale: u32,
+    /// Where the lab's API and live page are served (`http://ADDR/`), if `--api` was given.
+    #[serde(default)]
+    pub api: Option<String>,
 }
 
 /// A host, as [`Info`] lists it.
@@ -223,6 +226,10 @@ impl Lab {
                 })
                 .collect(),
             time_scale: config.time_scale,
+            api: options
+                .api
+                .as_ref()
+                .map(|api| format!("http://{}/", api.addr)),
         };
         let path = info_path(&self.name);
         std::fs::write(&path, serde_json::to_string_pretty(&info)?)
@@ -438,6 +445,8 @@ pub struct Listed {
     pub config: Option<PathBuf>,
     pub time_scale: Option<u32>,
     pub hosts: Vec<HostInfo>,
+    /// `http://ADDR/` where its API and live page are served, or null.
+    pub api: Option<String>,
 }
 
 /// The labs that are up or coming up.
@@ -453,6 +462,7 @@ pub fn list() -> Result<Vec<Listed>> {
             pid: info.as_ref().map(|i| i.pid).or_else(|| holder(&name)),
             config: info.as_ref().and_then(|i| i.config.clone()),
             time_scale: info.as_ref().map(|i| i.time_scale),
+            api: info.as_ref().and_then(|i| i.api.clone()),
             hosts: info.map(|i| i.hosts).unwrap_or_default(),
             name,
         });
