@@ -28,6 +28,7 @@ fn lab_list_shows_a_running_lab_and_lab_down_name_takes_it_down() {
     assert_eq!(hosts, ["vm1", "vm2", "internet"]);
     let config = this["config"].as_str().unwrap();
     assert!(config.ends_with("examples/azure-lb.toml"), "{config}");
+    assert_eq!(this["api"], serde_json::Value::Null, "no --api");
 
     let down = idlegate(&["lab", "down", &lab.name], COMMAND_TIMEOUT);
     assert_eq!(down.status.code(), Some(0), "{}", down.stderr);
@@ -46,6 +47,24 @@ fn lab_list_shows_a_running_lab_and_lab_down_name_takes_it_down() {
         "{}",
         listed.stdout
     );
+}
+
+#[test]
+fn lab_list_json_says_where_a_labs_api_is_served() {
+    let addr = common::free_port();
+    let name = lab_name();
+    // Dropped at the end (or on a failed assertion): the lab is taken down.
+    let _lab = Lab::up_with_args(&name, &example_config(), &["--api", &addr.to_string()]);
+    let listed = idlegate(&["lab", "list", "--json"], COMMAND_TIMEOUT);
+    assert_eq!(listed.status.code(), Some(0), "{}", listed.stderr);
+    let labs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("one JSON array");
+    let this = labs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} not listed: {}", listed.stdout));
+    assert_eq!(this["api"], format!("http://{addr}/"));
 }
 
 #[test]
