@@ -218,9 +218,15 @@ enum Turn {
 }
 
 impl Server {
-    /// Listens on `addr`.
+    /// Listens on `addr` for the metrics (a failure says `listening for metrics on ADDR`).
     pub fn bind(addr: SocketAddr) -> Result<Server> {
-        let listener = TcpListener::bind(addr).with_context(|| format!("listening on {addr}"))?;
+        Server::bind_for(addr, "metrics")
+    }
+
+    /// Listens on `addr` for `what` (`the API`): a failure says `listening for WHAT on ADDR`.
+    pub fn bind_for(addr: SocketAddr, what: &str) -> Result<Server> {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("listening for {what} on {addr}"))?;
         Server::with(listener)
     }
 
