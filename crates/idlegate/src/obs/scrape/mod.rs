@@ -14,9 +14,9 @@
 //! `Allow: GET, HEAD`. [`Server::serve`]: GET, HEAD (as GET, without the body) and POST (a
 //! body of at most [`MAX_BODY`] bytes, by Content-Length: 413 beyond, 411 for a
 //! Transfer-Encoding) go to the service once the [`Guard`] let them through
-//! ([`guard`]: 403, 401, 303, 415); another method 405 with `Allow: GET, HEAD, POST`; the
+//! (`guard.rs`: 403, 401, 303, 415); another method 405 with `Allow: GET, HEAD, POST`; the
 //! server's own refusals have a JSON body `{"error": …}`. An [`Answer::Events`] turns the
-//! connection into a `text/event-stream` ([`events`]: ids, `Last-Event-ID`, `lagged`, a
+//! connection into a `text/event-stream` (`events.rs`: ids, `Last-Event-ID`, `lagged`, a
 //! `: keepalive` comment after [`KEEPALIVE`] of quiet); a stream whose socket takes no byte
 //! for [`STREAM_STALL`] while it has some to send is closed.
 //!
@@ -37,7 +37,7 @@
 //! stream). A client has [`REQUEST_TIMEOUT`] from its accept to send its request (head and
 //! body) and [`ANSWER_TIMEOUT`] to read a whole answer; at most [`READS_PER_TURN`] reads per
 //! client before the others get their turn. Writes never block: a stream copies from the
-//! event ring into its own buffer ([`events::STREAM_BUFFER`]) and falls behind in the ring
+//! event ring into its own buffer ([`STREAM_BUFFER`]) and falls behind in the ring
 //! when its client reads slowly.
 
 mod events;
