@@ -715,3 +715,16 @@ fn a_post_over_the_socket_is_answered_with_what_the_service_made_of_its_body() {
     let body: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["body"], "{\"idle_timeout\": \"10m\"}");
 }
+
+#[test]
+fn past_48_streams_another_is_503_and_a_plain_request_still_finds_room() {
+    let serving = Serving::start(Limits::DEFAULT);
+    let _streams: Vec<Sse> = (0..MAX_STREAMS).map(|_| serving.stream(None)).collect();
+    let answer = exchange(&serving, "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    let answer = exchange(&serving, "GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}
