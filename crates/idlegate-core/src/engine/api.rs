@@ -60,6 +60,24 @@ pub struct FlowInfo {
     pub idle_for: Duration,
     /// Until it expires, unless a packet comes.
     pub expires_in: Duration,
+    /// The timeout of its state (scaled) that runs now: `expires_in` counts down from it.
+    pub timeout: Duration,
+}
+
+/// A segment the engine made ([`Event::Sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeSegment {
+    Rst,
+    Ack,
+}
+
+impl MadeSegment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MadeSegment::Rst => "rst",
+            MadeSegment::Ack => "ack",
+        }
+    }
 }
 
 /// Why a flow expired.
@@ -89,6 +107,25 @@ pub enum Event {
         cause: ExpiryCause,
         /// What was done: `Reset` only when RSTs were actually sent.
         action: Expiry,
+    },
+    /// A packet refreshed a flow that had been idle at least the threshold the driver set
+    /// ([`Engine::report_refreshes`]; off unless set).
+    Refreshed {
+        flow: FlowSummary,
+        /// How long the flow had been idle before this packet.
+        idle_for: Duration,
+        /// The timeout (scaled) that runs from this packet.
+        timeout: Duration,
+    },
+    /// The engine made a segment (a RST at expiry or answering a packet of a forgotten flow,
+    /// an ACK under `ack-and-discard`) and sends it out of `interface`. For a RST answering a
+    /// packet of no flow, `flow` names the packet's own endpoints: the side the gateway cannot
+    /// know (the member behind the public address, or the public address of a member) is
+    /// given as the packet's address on that side.
+    Sent {
+        flow: FlowSummary,
+        segment: MadeSegment,
+        interface: Interface,
     },
     /// A member's new outbound connection found no free SNAT port; its SYN was dropped.
     PortExhausted {

@@ -539,6 +539,25 @@ impl Shard {
                     "SNAT port exhaustion on frontend {frontend} for member {name} ({member}): its new connection's SYN was dropped"
                 );
             }
+            Event::Refreshed { flow, idle_for, .. } => tracing::debug!(
+                rule = self.engine.rule_name(flow.rule),
+                "flow refreshed after {idle_for:?} idle: {} → {} → {}",
+                flow.remote,
+                flow.public,
+                flow.private
+            ),
+            Event::Sent {
+                flow,
+                segment,
+                interface,
+            } => tracing::debug!(
+                rule = self.engine.rule_name(flow.rule),
+                "{} sent {interface:?}: {} ↔ {} ↔ {}",
+                segment.as_str(),
+                flow.remote,
+                flow.public,
+                flow.private
+            ),
             Event::TableFull { max_flows } => tracing::warn!(
                 worker = self.index,
                 "flow table full: max_flows ({max_flows}) flows held by all workers together; new flows are refused until some end, established ones are unaffected"
