@@ -26,8 +26,8 @@ mod wire;
 #[cfg(any(test, fuzzing))]
 pub use engine::InvariantError;
 pub use engine::{
-    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, SnatUsage, Transmit,
-    Verdict, UNTRANSLATED,
+    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment,
+    SnatUsage, Transmit, Verdict, UNTRANSLATED,
 };
 pub use model::config::Config;
 pub use model::expiry::Expiry;

@@ -94,6 +94,8 @@ pub enum ExpiryCause {
 pub enum Event {
     Created {
         flow: FlowSummary,
+        /// The timeout (scaled) of the state it was created in.
+        timeout: Duration,
     },
     Expired {
         flow: FlowSummary,
@@ -135,9 +137,7 @@ pub enum Event {
     },
     /// The gateway holds `max_flows` flows (all shards together): new ones are refused until
     /// some end. Said once, and again only after the table has drained below nine tenths.
-    TableFull {
-        max_flows: usize,
-    },
+    TableFull { max_flows: usize },
 }
 
 /// A packet the engine generated, written into the driver's buffer.

@@ -408,6 +408,7 @@ impl<E: Endpoint> Core<E> {
         }
         self.events.push_back(Event::Created {
             flow: self.summary(&flow),
+            timeout: Duration::from_millis(flow.deadline - since),
         });
         self.translate(id, from, headers, packet)
     }
