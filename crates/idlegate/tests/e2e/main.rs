@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api;
 mod appservice;
 mod audit;
 mod audit_prometheus;
