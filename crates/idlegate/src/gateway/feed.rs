@@ -4,7 +4,7 @@
 //!
 //! Contract: a worker never blocks nor allocates for an event ([`Feed::offer`] is a
 //! `try_send` into a channel whose buffer was allocated when it was made); when the API
-//! thread falls behind, an event that does not fit is dropped and counted ([`Feed::lost`]),
+//! thread falls behind, an event that does not fit is dropped and counted ([`Intake::lost`]),
 //! and the API says so to its streams (`lagged`).
 
 use idlegate_core::Event;
@@ -43,7 +43,12 @@ pub(super) struct Intake {
 
 /// A feed for the workers (clone one per worker) and its intake, waking `waker`.
 pub(super) fn feed(waker: Arc<Waker>) -> (Feed, Intake) {
-    let (events, received) = mpsc::sync_channel(FEED_CAPACITY);
+    feed_of(waker, FEED_CAPACITY)
+}
+
+/// [`feed`] holding at most `capacity` events in flight.
+pub(super) fn feed_of(waker: Arc<Waker>, capacity: usize) -> (Feed, Intake) {
+    let (events, received) = mpsc::sync_channel(capacity);
     let lost = Arc::new(AtomicU64::new(0));
     let feed = Feed {
         events,

@@ -22,9 +22,14 @@ struct Served {
 
 impl Served {
     fn new(expiry: &str) -> Served {
+        Served::with_feed_of(expiry, feed::FEED_CAPACITY)
+    }
+
+    /// A rig whose feed holds at most `capacity` events in flight.
+    fn with_feed_of(expiry: &str, capacity: usize) -> Served {
         let poll = Poll::new().unwrap();
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let (feed, intake) = feed::feed(waker);
+        let (feed, intake) = feed::feed_of(waker, capacity);
         let rig = Rig::fed(expiry, 1, false, 1024, Some(feed));
         let asker = Asker {
             contacts: rig.contacts.clone(),
@@ -313,4 +318,25 @@ fn api_expire_resets_a_reset_rules_flows_and_streams_created_expired_and_sent() 
     assert_eq!(sent, vec![("rst", "inside"), ("rst", "outside")]);
     let (status, body) = s.json(Method::Post, "/api/expire", r#"{"all": true}"#);
     assert_eq!((status, &body["expired"]), (200, &serde_json::json!(0)));
+}
+
+#[test]
+fn events_the_api_thread_cannot_take_are_dropped_and_said_as_lagged_never_waited_for() {
+    // Room for one event: the handshake makes one (created), the expiry three (expired and
+    // two RSTs sent); the worker goes on regardless.
+    let mut s = Served::with_feed_of("reset", 1);
+    handshake(&mut s.rig, 0);
+    s.at(IDLE_MS);
+    assert_eq!(
+        s.rig.workers[0].tally().counters.resets_sent,
+        2,
+        "the worker did not wait"
+    );
+    let events = s.events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["created", "lagged"]);
+    assert_eq!(events[1].1["missed"], 3);
+    let (_, counters) = s.json(Method::Get, "/api/counters", "");
+    assert_eq!(counters["events_dropped"], 3);
+    assert!(s.events().is_empty(), "said once");
 }
