@@ -283,3 +283,67 @@ fn a_reset_answering_a_forgotten_flow_is_said_too() {
         )]
     );
 }
+
+/// One step of a random schedule: a packet from the client after `gap` ms, or the rule's idle
+/// timeout changed to `minutes` (running as many seconds at time scale 60).
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Packet { gap: u64 },
+    Retime { minutes: u64 },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1..6_000u64).prop_map(|gap| Step::Packet { gap }),
+        (4..=100u64).prop_map(|minutes| Step::Retime { minutes }),
+    ]
+}
+
+proptest::proptest! {
+    /// Whatever the changes and the gaps: a flow's deadline is its last packet plus the idle
+    /// timeout in force at that packet, never another; `flows` says that timeout and that
+    /// deadline, and the expiry happens at it to the millisecond.
+    #[test]
+    fn a_flows_deadline_is_its_last_packet_plus_the_timeout_in_force_then(
+        steps in proptest::collection::vec(step(), 1..24),
+    ) {
+        let config = config("silent", ONE_VM);
+        let mut h = Harness::with(config.clone());
+        let (mut client, server) = h.connect_inbound(40_000);
+        h.send(&mut client, FRONTEND_7000, TcpFlags::ACK, server.snd_nxt, b"a");
+        let (mut last, mut running, mut in_force) = (0u64, IDLE_MS, IDLE_MS);
+        let mut current = config;
+        for step in steps {
+            match step {
+                Step::Retime { minutes } => {
+                    let idle = RuleChange { idle_timeout: Some(format!("{minutes}m")), expiry: None };
+                    current = current.with_rule_change("app", &idle).unwrap();
+                    h.engine.retime(&current);
+                    in_force = minutes * 1_000;
+                }
+                Step::Packet { gap } => {
+                    let t = h.now + gap;
+                    if t >= last + running {
+                        break;
+                    }
+                    h.advance_to(t);
+                    h.send(&mut client, FRONTEND_7000, TcpFlags::ACK, server.snd_nxt, b"x");
+                    (last, running) = (t, in_force);
+                }
+            }
+            let info = h.engine.flows(h.at(h.now)).next().unwrap();
+            proptest::prop_assert_eq!(info.timeout, Duration::from_millis(running));
+            proptest::prop_assert_eq!(info.expires_in, Duration::from_millis(last + running - h.now));
+        }
+        h.advance_to(last + running - 1);
+        proptest::prop_assert_eq!(h.engine.flow_count(), 1);
+        h.advance_to(last + running);
+        proptest::prop_assert_eq!(h.engine.flow_count(), 0);
+        let timeout = h.events.iter().find_map(|(_, e)| match e {
+            Event::Expired { timeout, .. } => Some(*timeout),
+            _ => None,
+        });
+        proptest::prop_assert_eq!(timeout, Some(Duration::from_millis(running)));
+    }
+}
