@@ -26,8 +26,8 @@ mod wire;
 #[cfg(any(test, fuzzing))]
 pub use engine::InvariantError;
 pub use engine::{
-    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, SnatUsage, Transmit,
-    Verdict, UNTRANSLATED,
+    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment,
+    SnatUsage, Transmit, Verdict, UNTRANSLATED,
 };
 pub use model::config::Config;
 pub use model::expiry::Expiry;
@@ -42,9 +42,9 @@ pub use state::shard::Sharding;
 /// how its durations read.
 pub mod config {
     pub use crate::model::config::{
-        find_profile, BackendPool, Config, ConfigError, Frontend, Idle, InboundNatRule, LbRule,
-        Member, NatGateway, OutboundRule, Protocols, TimeoutFrom, UnknownProfile, LAB_ENV,
-        TCP_RETRANSMISSION_FLOOR, TIME_SCALE_ENV,
+        find_profile, BackendPool, Config, ConfigError, ExpiryFrom, Frontend, Idle, InboundNatRule,
+        LbRule, Member, NatGateway, OutboundRule, Protocols, RuleChange, RuleChangeError, Source,
+        TimeoutFrom, UnknownProfile, LAB_ENV, TCP_RETRANSMISSION_FLOOR, TIME_SCALE_ENV,
     };
     pub use crate::model::profile::max_time_scale;
     pub use crate::model::units::{half_the_idle_timeout, human, whole_seconds};

@@ -60,6 +60,24 @@ pub struct FlowInfo {
     pub idle_for: Duration,
     /// Until it expires, unless a packet comes.
     pub expires_in: Duration,
+    /// The timeout of its state (scaled) that runs now: `expires_in` counts down from it.
+    pub timeout: Duration,
+}
+
+/// A segment the engine made ([`Event::Sent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeSegment {
+    Rst,
+    Ack,
+}
+
+impl MadeSegment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MadeSegment::Rst => "rst",
+            MadeSegment::Ack => "ack",
+        }
+    }
 }
 
 /// Why a flow expired.
@@ -76,6 +94,8 @@ pub enum ExpiryCause {
 pub enum Event {
     Created {
         flow: FlowSummary,
+        /// The timeout (scaled) of the state it was created in.
+        timeout: Duration,
     },
     Expired {
         flow: FlowSummary,
@@ -90,6 +110,25 @@ pub enum Event {
         /// What was done: `Reset` only when RSTs were actually sent.
         action: Expiry,
     },
+    /// A packet refreshed a flow that had been idle at least the threshold the driver set
+    /// ([`Engine::report_refreshes`]; off unless set).
+    Refreshed {
+        flow: FlowSummary,
+        /// How long the flow had been idle before this packet.
+        idle_for: Duration,
+        /// The timeout (scaled) that runs from this packet.
+        timeout: Duration,
+    },
+    /// The engine made a segment (a RST at expiry or answering a packet of a forgotten flow,
+    /// an ACK under `ack-and-discard`) and sends it out of `interface`. For a RST answering a
+    /// packet of no flow, `flow` names the packet's own endpoints: the side the gateway cannot
+    /// know (the member behind the public address, or the public address of a member) is
+    /// given as the packet's address on that side.
+    Sent {
+        flow: FlowSummary,
+        segment: MadeSegment,
+        interface: Interface,
+    },
     /// A member's new outbound connection found no free SNAT port; its SYN was dropped.
     PortExhausted {
         rule: RuleId,
@@ -98,9 +137,7 @@ pub enum Event {
     },
     /// The gateway holds `max_flows` flows (all shards together): new ones are refused until
     /// some end. Said once, and again only after the table has drained below nine tenths.
-    TableFull {
-        max_flows: usize,
-    },
+    TableFull { max_flows: usize },
 }
 
 /// A packet the engine generated, written into the driver's buffer.

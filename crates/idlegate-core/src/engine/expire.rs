@@ -59,10 +59,11 @@ impl<E: Endpoint> Core<E> {
     pub(super) fn expire(&mut self, id: FlowId, now: Tick, cause: ExpiryCause) -> bool {
         self.wheel.remove(&mut self.flows, id);
         let flow = *self.flows.get(id);
+        let running = self.running_timeout(id, &flow);
         let rule = &self.rules[usize::from(flow.rule)];
-        let (idle, timeout) = (rule.idle, Duration::from_millis(rule.timeout(flow.state)));
+        let (idle, timeout) = (rule.idle, Duration::from_millis(running));
         // The deadline is the last packet plus the state's timeout (as `flows` shows it).
-        let last_packet = flow.deadline.saturating_sub(rule.timeout(flow.state));
+        let last_packet = flow.deadline.saturating_sub(running);
         let idle_for = Duration::from_millis(now.saturating_sub(last_packet));
         // Azure: "TCP reset only sent during TCP connection in ESTABLISHED state" ("Load
         // Balancer TCP Reset and Idle Timeout", "Limitations");
@@ -119,6 +120,9 @@ impl<E: Endpoint> Core<E> {
     /// Removes a flow for good and gives its SNAT port back, held as `cause` says.
     fn forget_as(&mut self, id: FlowId, now: Tick, cause: Forgotten) {
         let flow = self.flows.remove(id);
+        if !self.retimed.is_empty() {
+            self.retimed.remove(&id);
+        }
         self.limit.release();
         self.release_port(&flow, now, cause);
     }
@@ -140,8 +144,9 @@ impl<E: Endpoint> Core<E> {
             seq: flow.remote_next_seq,
             ack: Some(flow.private_next_seq),
         };
-        self.queue(Interface::Outside, to_remote);
-        self.queue(Interface::Inside, to_private);
+        let summary = self.summary(flow);
+        self.queue(Interface::Outside, to_remote, summary);
+        self.queue(Interface::Inside, to_private, summary);
     }
 }
 

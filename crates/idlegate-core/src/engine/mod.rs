@@ -36,7 +36,7 @@ use crate::wire::icmp::{self, IcmpError, QuotedSide};
 use crate::wire::packet::{
     self, ControlKind, ControlSegment, Headers, Parsed, Protocol, TcpSegment, TransportChecksum,
 };
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -55,7 +55,9 @@ mod rules;
 mod tests;
 
 pub use crate::state::flow::Interface;
-pub use api::{Event, ExpiryCause, FlowInfo, FlowSummary, SnatUsage, Transmit, Verdict};
+pub use api::{
+    Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, SnatUsage, Transmit, Verdict,
+};
 #[cfg(any(test, fuzzing))]
 pub use checks::InvariantError;
 pub use counters::{Counters, DropReason};
@@ -100,6 +102,12 @@ struct Core<E: Endpoint> {
     counters: Counters,
     /// How many flows all cores (both families, every shard) may hold, and hold now.
     limit: Arc<FlowLimit>,
+    /// [`Event::Refreshed`] for a packet on a flow idle at least this long; `None`: none.
+    refreshed_after: Option<Tick>,
+    /// Flows whose deadline was set under an idle timeout changed since
+    /// ([`Engine::retime`]): the deadline it was, and the timeout that set it. An entry holds
+    /// while the flow's deadline is still that one (its next packet makes it stale).
+    retimed: HashMap<FlowId, (Tick, Tick)>,
 }
 
 /// The flows an engine (or all the shards of one) may hold: `max_flows`, counted across both
@@ -216,16 +224,50 @@ impl<E: Endpoint> Core<E> {
     /// Every flow the gateway remembers, as it stands at `now`.
     fn flows(&self, now: Instant) -> impl Iterator<Item = FlowInfo> + '_ {
         let now = self.tick(now);
-        self.flows.iter().map(move |(_, f)| {
-            let timeout = self.rules[usize::from(f.rule)].timeout(f.state);
+        self.flows.iter().map(move |(id, f)| {
+            let timeout = self.running_timeout(id, f);
             let last_packet = f.deadline.saturating_sub(timeout);
             FlowInfo {
                 flow: self.summary(f),
                 state: f.state,
                 idle_for: Duration::from_millis(now.saturating_sub(last_packet)),
                 expires_in: Duration::from_millis(f.deadline.saturating_sub(now)),
+                timeout: Duration::from_millis(timeout),
             }
         })
+    }
+
+    /// The timeout that set flow `id`'s current deadline: its rule's for its state, unless the
+    /// rule's idle timeout changed since its last packet ([`Engine::retime`]).
+    fn running_timeout(&self, id: FlowId, f: &Flow<E>) -> Tick {
+        match self.retimed.get(&id) {
+            Some(&(deadline, timeout)) if deadline == f.deadline => timeout,
+            _ => self.rules[usize::from(f.rule)].timeout(f.state),
+        }
+    }
+
+    /// Runs `settings` (idle timeout in ticks and expiry action, by [`RuleId`]) from now on.
+    /// A flow's current deadline stands; the timeout it ran under is kept for what it reports.
+    fn retime(&mut self, settings: &[(Tick, Expiry)]) {
+        for (index, rule) in self.rules.iter_mut().enumerate() {
+            let Some(&(idle, expiry)) = settings.get(usize::from(rule.id)) else {
+                continue;
+            };
+            if idle != rule.idle {
+                for (id, f) in self.flows.iter() {
+                    let under_idle =
+                        matches!(f.state, FlowState::Established | FlowState::Discarding);
+                    if usize::from(f.rule) == index && under_idle {
+                        let stale = self.retimed.get(&id).is_none_or(|&(d, _)| d != f.deadline);
+                        if stale {
+                            self.retimed.insert(id, (f.deadline, rule.idle));
+                        }
+                    }
+                }
+            }
+            rule.idle = idle;
+            rule.expiry = expiry;
+        }
     }
 
     /// SNAT ports per frontend address with outbound rules.
@@ -443,5 +485,32 @@ impl Engine {
     /// Bytes held by the flow tables (slab and index), for the memory benchmark.
     pub fn flow_memory_bytes(&self) -> usize {
         self.v4.flow_memory_bytes() + self.v6.flow_memory_bytes()
+    }
+
+    /// Runs `config`'s idle timeouts and expiry actions from now on: `config` is the one the
+    /// engine was made from with rules' idle settings changed ([`Config::with_rule_change`]),
+    /// the same rules in the same order. How a change applies, as Linux conntrack applies a
+    /// changed timeout sysctl (a timeout is read when a packet sets a deadline; the vendors
+    /// do not document what their boxes do):
+    /// - a new expiry action applies to every flow of the rule at its expiry from now on;
+    /// - a new idle timeout applies to new flows, and to each existing flow from its next
+    ///   packet: its current deadline stands.
+    pub fn retime(&mut self, config: &Config) {
+        let in_ticks = |d: Duration| d.as_nanos().div_ceil(1_000_000) as Tick;
+        let settings: Vec<(Tick, Expiry)> = rules::idle_settings(config)
+            .into_iter()
+            .map(|(timeout, expiry)| (in_ticks(config.scaled(timeout)), expiry))
+            .collect();
+        self.v4.retime(&settings);
+        self.v6.retime(&settings);
+    }
+
+    /// Says [`Event::Refreshed`] for every packet that refreshes a flow idle at least `after`
+    /// (in the engine's time, scaled timers and all); `None` (the default): never, and the
+    /// per-packet cost is one branch.
+    pub fn report_refreshes(&mut self, after: Option<Duration>) {
+        let ticks = after.map(|d| d.as_millis() as Tick);
+        self.v4.refreshed_after = ticks;
+        self.v6.refreshed_after = ticks;
     }
 }

@@ -111,12 +111,40 @@ impl<E: Endpoint> Core<E> {
         // without refreshing the flow; a change of state always restarts its timer.
         if in_window && (new_data || flow.state != before) {
             let deadline = since + rule.timeout(flow.state);
+            if let Some(after) = self.refreshed_after {
+                self.note_refresh(id, before, since, after, deadline);
+            }
             self.set_deadline(id, deadline);
         }
         if !in_window {
             self.counters.out_of_window += 1;
         }
         self.translate(id, from, headers, packet)
+    }
+
+    /// [`Event::Refreshed`] for a packet at `since` on flow `id` (in state `before` until
+    /// now), about to get `deadline`, if the flow had been idle at least `after`.
+    fn note_refresh(
+        &mut self,
+        id: FlowId,
+        before: FlowState,
+        since: Tick,
+        after: Tick,
+        deadline: Tick,
+    ) {
+        let f = self.flows.get(id);
+        let timeout = match self.retimed.get(&id) {
+            Some(&(d, t)) if d == f.deadline => t,
+            _ => self.rules[usize::from(f.rule)].timeout(before),
+        };
+        let idle = since.saturating_sub(f.deadline.saturating_sub(timeout));
+        if idle >= after {
+            self.events.push_back(Event::Refreshed {
+                flow: self.summary(f),
+                idle_for: Duration::from_millis(idle),
+                timeout: Duration::from_millis(deadline - since),
+            });
+        }
     }
 
     /// Rewrites a packet of flow `id` for the other side: DNAT inbound, SNAT outbound.
@@ -201,7 +229,9 @@ impl<E: Endpoint> Core<E> {
                     ack: Some(sender_next),
                     ..ControlSegment::ack_of(headers, &segment, own_next)
                 };
-                self.queue(from, ack);
+                let copy = *flow;
+                let summary = self.summary(&copy);
+                self.queue(from, ack, summary);
             }
             if !in_window {
                 self.counters.out_of_window += 1;
@@ -282,8 +312,22 @@ impl<E: Endpoint> Core<E> {
         if segment.flags.is_connect() || self.picks_up(from, headers, &segment) {
             return self.connect(from, headers, Some(&segment), packet, since);
         }
-        if !segment.flags.rst() && self.resets_unknown(from, headers) {
-            self.queue(from, ControlSegment::reset_answering(headers, &segment));
+        if !segment.flags.rst() {
+            if let Some(rule) = self.resets_unknown(from, headers) {
+                let (remote, public, private) = match from {
+                    Interface::Outside => (headers.src, headers.dst, headers.dst),
+                    Interface::Inside => (headers.dst, headers.src, headers.src),
+                };
+                let summary = FlowSummary {
+                    rule: self.rules[usize::from(rule)].id,
+                    protocol: headers.protocol,
+                    remote: remote.into(),
+                    public: public.into(),
+                    private: private.into(),
+                };
+                let reset = ControlSegment::reset_answering(headers, &segment);
+                self.queue(from, reset, summary);
+            }
         }
         self.drop(DropReason::NoFlow)
     }
@@ -364,6 +408,7 @@ impl<E: Endpoint> Core<E> {
         }
         self.events.push_back(Event::Created {
             flow: self.summary(&flow),
+            timeout: Duration::from_millis(flow.deadline - since),
         });
         self.translate(id, from, headers, packet)
     }
@@ -551,20 +596,39 @@ impl<E: Endpoint> Core<E> {
         self.drop(DropReason::PortExhausted)
     }
 
-    /// Whether an unknown segment arriving on `from` falls under a `reset-on-next` rule.
-    pub(super) fn resets_unknown(&self, from: Interface, headers: &Headers<E>) -> bool {
+    /// The `reset-on-next` rule (its index) an unknown segment arriving on `from` falls
+    /// under, if any.
+    pub(super) fn resets_unknown(&self, from: Interface, headers: &Headers<E>) -> Option<RuleId> {
         if self.reset_target == ResetTarget::InsideOnly && from == Interface::Outside {
-            return false;
+            return None;
         }
         self.owner(from, headers, false)
-            .is_some_and(|id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
+            .filter(|&id| self.rules[usize::from(id)].expiry == Expiry::ResetOnNext)
     }
 
-    pub(super) fn queue(&mut self, interface: Interface, control: ControlSegment<E>) {
-        match control.kind {
-            ControlKind::Reset => self.counters.resets_sent += 1,
-            ControlKind::Ack => self.counters.acks_sent += 1,
-        }
+    /// Sends `control`, made for `flow`, out of `interface`: counted and said
+    /// ([`Event::Sent`]).
+    pub(super) fn queue(
+        &mut self,
+        interface: Interface,
+        control: ControlSegment<E>,
+        flow: FlowSummary,
+    ) {
+        let segment = match control.kind {
+            ControlKind::Reset => {
+                self.counters.resets_sent += 1;
+                MadeSegment::Rst
+            }
+            ControlKind::Ack => {
+                self.counters.acks_sent += 1;
+                MadeSegment::Ack
+            }
+        };
+        self.events.push_back(Event::Sent {
+            flow,
+            segment,
+            interface,
+        });
         self.transmits
             .push_back((interface, Outgoing::ControlSegment(control)));
     }

@@ -202,6 +202,30 @@ pub(super) fn rule_names(config: &Config) -> Vec<String> {
     lb.chain(nat).chain(gw).chain(out).cloned().collect()
 }
 
+/// Every rule's idle timeout (unscaled, as [`precedence`] resolves it) and expiry action, by
+/// [`RuleId`], as [`Core::new`] gives them to its rules.
+pub(super) fn idle_settings(config: &Config) -> Vec<(Duration, Expiry)> {
+    let lb = (0..config.lb_rules.len()).map(|i| {
+        (
+            precedence::lb_rule(config, i).timeout,
+            config.lb_rules[i].idle.expiry,
+        )
+    });
+    let nat = (0..config.inbound_nat_rules.len()).map(|i| {
+        let timeout = precedence::inbound_nat_rule(config, i).timeout;
+        (timeout, config.inbound_nat_rules[i].idle.expiry)
+    });
+    let gw = config
+        .nat_gateways
+        .iter()
+        .map(|g| (g.idle.timeout, g.idle.expiry));
+    let out = (0..config.outbound_rules.len()).map(|i| {
+        let timeout = precedence::outbound_rule(config, i).timeout;
+        (timeout, config.outbound_rules[i].idle.expiry)
+    });
+    lb.chain(nat).chain(gw).chain(out).collect()
+}
+
 impl<E: Endpoint> Core<E> {
     /// The engine of family `E`: the rules of `config` whose frontend is of that family.
     pub(super) fn new(config: &Config, now: Instant, seed: u64) -> Core<E> {
@@ -358,6 +382,8 @@ impl<E: Endpoint> Core<E> {
             events: VecDeque::new(),
             counters: Counters::default(),
             limit: Arc::new(FlowLimit::new(config.max_flows)),
+            refreshed_after: None,
+            retimed: HashMap::new(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! [`explain`] prints it for `--explain` from [`explanation`], the same report as data (for
 //! `--explain --json`).
 
-use crate::model::config::{Config, Idle, Protocols, TimeoutFrom};
+use crate::model::config::{Config, ExpiryFrom, Idle, Protocols, TimeoutFrom};
 use crate::model::expiry::Expiry;
 use crate::model::profile;
 use crate::model::units::human;
@@ -29,6 +29,25 @@ pub enum Winner {
     ProfileDefault,
     /// A NAT gateway serves the rule's pool: its timeout applies, not the rule's.
     NatGateway,
+    /// Changed while the gateway runs, through the HTTP API: it beats every setting of the
+    /// file.
+    Api,
+}
+
+/// What `--explain` says of a timeout changed through the API.
+pub const CHANGED_THROUGH_THE_API: &str = "changed through the API while the gateway runs";
+
+/// `applied` with its reason saying that its expiry action was changed through the API, if
+/// `idle` says so.
+fn noting_expiry(mut applied: Applied, idle: &Idle) -> Applied {
+    if idle.expiry_from == ExpiryFrom::Api {
+        let _ = write!(
+            applied.reason,
+            "; expiry {} {CHANGED_THROUGH_THE_API}",
+            applied.expiry
+        );
+    }
+    applied
 }
 
 /// The idle timeout and expiry action a rule's flows get.
@@ -45,13 +64,19 @@ pub struct Applied {
 /// The idle timeout of load-balancing rule `i`'s flows.
 pub fn lb_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.lb_rules[i];
-    inbound(config, rule.frontend, &rule.idle, "LB rule")
+    noting_expiry(
+        inbound(config, rule.frontend, &rule.idle, "LB rule"),
+        &rule.idle,
+    )
 }
 
 /// The idle timeout of inbound NAT rule `i`'s flows.
 pub fn inbound_nat_rule(config: &Config, i: usize) -> Applied {
     let rule = &config.inbound_nat_rules[i];
-    inbound(config, rule.frontend, &rule.idle, "inbound NAT rule")
+    noting_expiry(
+        inbound(config, rule.frontend, &rule.idle, "inbound NAT rule"),
+        &rule.idle,
+    )
 }
 
 /// An inbound rule's own idle timeout against its frontend's.
@@ -59,6 +84,7 @@ fn inbound(config: &Config, frontend: usize, idle: &Idle, kind: &str) -> Applied
     let frontend = &config.frontends[frontend];
     let own = idle.timeout;
     let (timeout, winner, reason) = match (frontend.idle_timeout, idle.timeout_from) {
+        (_, TimeoutFrom::Api) => (own, Winner::Api, CHANGED_THROUGH_THE_API.to_string()),
         (Some(f), TimeoutFrom::Rule) if f != own => (
             f,
             Winner::Frontend,
@@ -118,6 +144,7 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     let timeout = rule.idle.timeout;
     let title = config.profile.title;
     let (winner, mut reason) = match (rule.idle.timeout_from, config.profile.public_ip_outbound_idle) {
+        (TimeoutFrom::Api, _) => (Winner::Api, CHANGED_THROUGH_THE_API.to_string()),
         (TimeoutFrom::Rule, Some(locked)) if timeout != locked => (
             Winner::Rule,
             format!(
@@ -149,12 +176,15 @@ pub fn outbound_rule(config: &Config, i: usize) -> Applied {
     {
         let _ = write!(reason, "; note: {}", profile::AZURE_OUTBOUND_MAXIMUM);
     }
-    Applied {
-        timeout,
-        expiry: rule.idle.expiry,
-        winner,
-        reason,
-    }
+    noting_expiry(
+        Applied {
+            timeout,
+            expiry: rule.idle.expiry,
+            winner,
+            reason,
+        },
+        &rule.idle,
+    )
 }
 
 /// The idle timeout of NAT gateway `i`'s flows.
@@ -162,17 +192,21 @@ pub fn nat_gateway(config: &Config, i: usize) -> Applied {
     let g = &config.nat_gateways[i];
     let (winner, reason) = match g.idle.timeout_from {
         TimeoutFrom::Rule => (Winner::Rule, "the NAT gateway's own".to_string()),
+        TimeoutFrom::Api => (Winner::Api, CHANGED_THROUGH_THE_API.to_string()),
         TimeoutFrom::ProfileDefault => (
             Winner::ProfileDefault,
             "Azure NAT Gateway's default".to_string(),
         ),
     };
-    Applied {
-        timeout: g.idle.timeout,
-        expiry: g.idle.expiry,
-        winner,
-        reason,
-    }
+    noting_expiry(
+        Applied {
+            timeout: g.idle.timeout,
+            expiry: g.idle.expiry,
+            winner,
+            reason,
+        },
+        &g.idle,
+    )
 }
 
 /// What `--explain` says, as data: the profile's timers and, for every rule, what its flows

@@ -60,6 +60,15 @@ impl Ask<'_> {
         Ok(got)
     }
 
+    /// Makes every worker run `config`'s idle settings from now on.
+    pub(super) fn retime(
+        &self,
+        config: &std::sync::Arc<idlegate_core::Config>,
+    ) -> Result<(), String> {
+        self.ask(|| Query::Retime(std::sync::Arc::clone(config)))
+            .map(|_| ())
+    }
+
     /// Every shard's snapshot, added up; `None` if a worker did not answer.
     pub(super) fn snapshot(&self) -> Option<Snapshot> {
         let answers = match self.ask(|| Query::Snapshot) {

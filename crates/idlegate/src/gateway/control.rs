@@ -105,6 +105,9 @@ pub struct FlowRow {
     pub state: String,
     pub idle_for_s: f64,
     pub expires_in_s: f64,
+    /// The timeout of its state that runs now (scaled): `expires_in_s` counts down from it.
+    #[serde(default)]
+    pub timeout_s: f64,
 }
 
 impl FlowRow {
@@ -118,6 +121,7 @@ impl FlowRow {
             state: f.state.as_str().to_string(),
             idle_for_s: f.idle_for.as_secs_f64(),
             expires_in_s: f.expires_in.as_secs_f64(),
+            timeout_s: f.timeout.as_secs_f64(),
         }
     }
 }

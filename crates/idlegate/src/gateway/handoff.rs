@@ -9,7 +9,8 @@
 //! worker: past it a packet read by the wrong worker is dropped and counted, so a flood of new
 //! flows cannot grow the pools. The channels hold as many entries as can ever be in flight,
 //! so sending never blocks nor fails while the owner runs, and nothing is allocated per
-//! message once the pool is warm. The serving threads' questions ([`Query`]) come the same way.
+//! message once the pool is warm. The serving threads' questions ([`Query`]) come the same way (the API's too: flows, counters,
+//! expiry, a rule's idle settings changed).
 
 use crate::gateway::control::FlowRow;
 use crate::gateway::metrics::{DeviceCounters, Snapshot};
@@ -37,11 +38,13 @@ pub(super) struct Handover {
     pub(super) from: usize,
 }
 
-/// A question from the control socket or the metrics to one worker.
+/// A question from the control socket, the metrics or the API to one worker.
 pub(super) enum Query {
     Flows,
     Expire(Option<String>),
     Snapshot,
+    /// Run this config's idle settings from now on ([`idlegate_core::Engine::retime`]).
+    Retime(Arc<idlegate_core::Config>),
 }
 
 /// A worker's answer to a [`Query`].
@@ -49,6 +52,7 @@ pub(super) enum Answer {
     Flows(Vec<FlowRow>),
     Expired(usize),
     Snapshot(Box<Snapshot>),
+    Retimed,
 }
 
 /// How to reach one worker. The bounded channels hold as many entries as can ever be in flight

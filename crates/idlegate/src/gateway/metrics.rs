@@ -117,6 +117,26 @@ impl Snapshot {
         }
     }
 
+    /// The engine's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Flows remembered, all rules and states.
+    pub fn flow_count(&self) -> u64 {
+        self.flows.values().sum()
+    }
+
+    /// SNAT ports per frontend.
+    pub fn snat(&self) -> &[SnatUsage] {
+        &self.snat
+    }
+
+    /// The devices' own counts.
+    pub fn device(&self) -> &DeviceCounters {
+        &self.device
+    }
+
     /// Adds another shard's snapshot to this one.
     pub fn merge(&mut self, other: Snapshot) {
         for (key, n) in other.flows {

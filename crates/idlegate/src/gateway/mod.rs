@@ -18,12 +18,15 @@
 //! workers share), and no allocation once the pools are warm.
 //!
 //! The thread that calls [`Gateway::run`] serves the control socket; the metrics (`--metrics`)
-//! have a thread of their own ([`crate::obs::scrape`]), so that no one who can reach the metrics
+//! and the HTTP API (`--api`, `api/`, fed the workers' events by `feed.rs`) each have a thread
+//! of their own ([`crate::obs::scrape`]), so that no one who can reach the metrics
 //! address can hold up `idlegate flows`. Both ask every worker through its contact and add up
 //! the answers.
 
+mod api;
 mod ask;
 pub mod control;
+mod feed;
 mod handoff;
 pub mod io;
 pub mod metrics;
@@ -155,6 +158,9 @@ pub struct Gateway {
     control: Option<Control>,
     /// Where `--metrics` serves Prometheus, on its own thread while the gateway runs.
     metrics: Option<scrape::Server>,
+    /// Where `--api` serves the HTTP API and the live page, on its own thread while the
+    /// gateway runs, with what it serves.
+    api: Option<(scrape::Server, api::Api, crate::obs::http::Guard)>,
     rule_names: Vec<String>,
     /// The workers' counters, added up once they have stopped.
     tally: Tally,
@@ -213,6 +219,28 @@ impl Gateway {
             }
             None => None,
         };
+        let api_server = match &options.api {
+            Some(api) => {
+                let server = crate::obs::report::listening(
+                    scrape::Server::bind_for(api.addr, "the API"),
+                    "--api",
+                    api.addr,
+                )?;
+                tracing::info!(
+                    "api and live view on http://{}/",
+                    server.local_addr().unwrap_or(api.addr)
+                );
+                Some(server)
+            }
+            None => None,
+        };
+        let (feed, intake) = match &api_server {
+            Some(server) => {
+                let (feed, intake) = feed::feed(server.waker());
+                (Some(feed), Some(intake))
+            }
+            None => (None, None),
+        };
         let control = match &options.control {
             Some(path) => {
                 let mut control = Control::bind(path)?;
@@ -239,8 +267,15 @@ impl Gateway {
             None => None,
         };
 
-        let engines = Engine::sharded(config, Instant::now(), random_seed(), workers);
-        let rule_names = engines[0].rule_names().map(str::to_string).collect();
+        let started = Instant::now();
+        let mut engines = Engine::sharded(config, started, random_seed(), workers);
+        if api_server.is_some() {
+            // The live view draws a flow's bar anew after a gap, not at every packet.
+            for engine in &mut engines {
+                engine.report_refreshes(Some(api::REFRESHED_AFTER));
+            }
+        }
+        let rule_names: Vec<String> = engines[0].rule_names().map(str::to_string).collect();
         let sharding = Sharding::new(workers, random_seed());
         let (polls, (contacts, mailboxes)): (Vec<_>, (Vec<_>, Vec<_>)) = handoff::wire(workers)?
             .into_iter()
@@ -250,6 +285,7 @@ impl Gateway {
             flag: Arc::new(AtomicBool::new(false)),
             wakers: std::iter::once(waker)
                 .chain(metrics.as_ref().map(scrape::Server::waker))
+                .chain(api_server.as_ref().map(scrape::Server::waker))
                 .chain(contacts.iter().map(|c| Arc::clone(&c.waker)))
                 .collect(),
         };
@@ -293,9 +329,28 @@ impl Gateway {
                 capture: capture.clone(),
                 member_names: member_names.clone(),
                 stopper: stopper.clone(),
+                feed: feed.clone(),
             }));
         }
+        let api = match (api_server, intake, &options.api) {
+            (Some(server), Some(intake), Some(options)) => {
+                let asker = Asker {
+                    contacts: contacts.clone(),
+                    rule_names: rule_names.clone(),
+                };
+                let guard = crate::obs::http::Guard {
+                    token: options.token.clone(),
+                };
+                Some((
+                    server,
+                    api::Api::new(asker, config.clone(), started, intake),
+                    guard,
+                ))
+            }
+            _ => None,
+        };
         Ok(Gateway {
+            api,
             workers: built,
             contacts,
             poll,
@@ -305,6 +360,14 @@ impl Gateway {
             rule_names,
             tally: Tally::default(),
         })
+    }
+
+    /// Where the API and live page are served (the port bound, for `--api HOST:0`), until
+    /// [`Gateway::run`] takes the server to its thread.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api
+            .as_ref()
+            .and_then(|(server, _, _)| server.local_addr().ok())
     }
 
     /// A handle that stops [`Gateway::run`].
@@ -367,6 +430,22 @@ impl Gateway {
                         })
                     })
             });
+            let api = self.api.take().map(|(mut server, mut service, guard)| {
+                let stopper = self.stopper.clone();
+                std::thread::Builder::new()
+                    .name("gateway-api".into())
+                    .spawn_scoped(scope, move || {
+                        server.serve(&|| stopper.stopped(), &mut service, &guard)
+                    })
+            });
+            let api = match api.transpose() {
+                Ok(thread) => thread,
+                Err(e) => {
+                    failure = Some(anyhow!(e).context("starting the API thread"));
+                    self.stopper.stop();
+                    None
+                }
+            };
             let metrics = match metrics.transpose() {
                 Ok(thread) => thread,
                 Err(e) => {
@@ -383,6 +462,12 @@ impl Gateway {
             match metrics.map(|t| t.join()) {
                 Some(Ok(Err(e))) => tracing::error!("metrics stopped: {e:#}"),
                 Some(Err(_)) => tracing::error!("the metrics thread panicked"),
+                _ => {}
+            }
+            // So does an API that failed.
+            match api.map(|t| t.join()) {
+                Some(Ok(Err(e))) => tracing::error!("the API stopped: {e:#}"),
+                Some(Err(_)) => tracing::error!("the API thread panicked"),
                 _ => {}
             }
             for thread in threads {

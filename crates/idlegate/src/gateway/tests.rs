@@ -131,6 +131,8 @@ fn checksums_valid(p: &[u8]) -> bool {
 /// side), wired to each other as the gateway wires them.
 struct Rig {
     workers: Vec<Worker<MemoryIo>>,
+    /// How to reach each worker.
+    contacts: Vec<Contact>,
     /// Per worker: its queue of the inside device, of the outside device.
     inside: Vec<MemoryIo>,
     outside: Vec<MemoryIo>,
@@ -140,9 +142,26 @@ struct Rig {
 
 impl Rig {
     fn new(expiry: &str, workers: usize, offload: bool, capacity: usize) -> Rig {
+        Rig::fed(expiry, workers, offload, capacity, None)
+    }
+
+    /// A rig whose workers offer their events to `feed` (as with `--api`), refreshes past
+    /// [`super::api::REFRESHED_AFTER`] among them.
+    fn fed(
+        expiry: &str,
+        workers: usize,
+        offload: bool,
+        capacity: usize,
+        feed: Option<super::feed::Feed>,
+    ) -> Rig {
         let config = config(expiry);
         let t0 = Instant::now();
-        let engines = Engine::sharded(&config, t0, SEED, workers);
+        let mut engines = Engine::sharded(&config, t0, SEED, workers);
+        if feed.is_some() {
+            for engine in &mut engines {
+                engine.report_refreshes(Some(super::api::REFRESHED_AFTER));
+            }
+        }
         let sharding = Sharding::new(workers, SEED);
         let wired = handoff::wire(workers).unwrap();
         let contacts: Vec<Contact> = wired.iter().map(|(_, c, _)| c.clone()).collect();
@@ -152,6 +171,7 @@ impl Rig {
         };
         let mut rig = Rig {
             workers: Vec::new(),
+            contacts: contacts.clone(),
             inside: Vec::new(),
             outside: Vec::new(),
             sharding: sharding.clone(),
@@ -182,6 +202,7 @@ impl Rig {
                 capture: None,
                 member_names: Vec::new(),
                 stopper: stopper.clone(),
+                feed: feed.clone(),
             }));
             rig.inside.push(inside);
             rig.outside.push(outside);
@@ -601,3 +622,6 @@ fn a_read_error_other_than_would_block_stops_the_worker_with_the_device_named() 
         "{err:#}"
     );
 }
+
+#[cfg(test)]
+mod api;

@@ -11,6 +11,7 @@
 //! the time from its caller, so tests drive [`Worker::turn`] over in-memory devices in virtual
 //! time.
 
+use super::feed::Feed;
 use super::handoff::{Answer, Contact, Handoff, Mailbox, Query};
 use super::io::PacketIo;
 use super::{Stopper, Tally};
@@ -62,6 +63,8 @@ pub(super) struct WorkerSetup<D> {
     /// Member addresses and names, for log lines.
     pub(super) member_names: Vec<(IpAddr, String)>,
     pub(super) stopper: Stopper,
+    /// Where its events go to the API thread (`--api`), if it runs.
+    pub(super) feed: Option<Feed>,
 }
 
 /// A worker's devices: its queues, the frame it reads into, and what waits to be written.
@@ -97,6 +100,8 @@ struct Shard {
     tx_buf: Vec<u8>,
     /// Member addresses and names, for log lines.
     member_names: Vec<(IpAddr, String)>,
+    /// Where its events go to the API thread, if it runs.
+    feed: Option<Feed>,
 }
 
 /// What a worker counts and records.
@@ -169,6 +174,7 @@ impl<D: PacketIo> Worker<D> {
                 now: Instant::now(),
                 tx_buf: vec![0; packet::CONTROL_LEN.max(packet::HELD_LEN)],
                 member_names: setup.member_names,
+                feed: setup.feed,
             },
             books: Books {
                 traffic: Traffic::default(),
@@ -236,6 +242,9 @@ impl<D: PacketIo> Worker<D> {
         self.flush();
         self.handoff.wake_peers();
         self.flush_capture();
+        if let Some(feed) = &mut self.shard.feed {
+            feed.wake();
+        }
         Ok(())
     }
 
@@ -333,6 +342,10 @@ impl<D: PacketIo> Worker<D> {
                     .expire_now(now, |name| rule.as_deref().is_none_or(|r| r == name));
                 self.flush();
                 Answer::Expired(count)
+            }
+            Query::Retime(config) => {
+                self.shard.engine.retime(&config);
+                Answer::Retimed
             }
             Query::Snapshot => Answer::Snapshot(Box::new(Snapshot::of(
                 &self.shard.engine,
@@ -453,6 +466,9 @@ impl<D: PacketIo> Worker<D> {
             self.send_generated(tx.interface, tx.destination, tx.len);
         }
         while let Some(event) = self.shard.engine.poll_event() {
+            if let Some(feed) = &mut self.shard.feed {
+                feed.offer(self.shard.now, event);
+            }
             self.shard.log(event);
         }
     }
@@ -501,7 +517,7 @@ impl<D: PacketIo> Worker<D> {
 impl Shard {
     fn log(&self, event: Event) {
         match event {
-            Event::Created { flow } => tracing::info!(
+            Event::Created { flow, .. } => tracing::info!(
                 rule = self.engine.rule_name(flow.rule),
                 "flow created: {} → {} → {}",
                 flow.remote,
@@ -539,6 +555,25 @@ impl Shard {
                     "SNAT port exhaustion on frontend {frontend} for member {name} ({member}): its new connection's SYN was dropped"
                 );
             }
+            Event::Refreshed { flow, idle_for, .. } => tracing::debug!(
+                rule = self.engine.rule_name(flow.rule),
+                "flow refreshed after {idle_for:?} idle: {} → {} → {}",
+                flow.remote,
+                flow.public,
+                flow.private
+            ),
+            Event::Sent {
+                flow,
+                segment,
+                interface,
+            } => tracing::debug!(
+                rule = self.engine.rule_name(flow.rule),
+                "{} sent {interface:?}: {} ↔ {} ↔ {}",
+                segment.as_str(),
+                flow.remote,
+                flow.public,
+                flow.private
+            ),
             Event::TableFull { max_flows } => tracing::warn!(
                 worker = self.index,
                 "flow table full: max_flows ({max_flows}) flows held by all workers together; new flows are refused until some end, established ones are unaffected"

@@ -226,10 +226,7 @@ impl Lab {
                 })
                 .collect(),
             time_scale: config.time_scale,
-            api: options
-                .api
-                .as_ref()
-                .map(|api| format!("http://{}/", api.addr)),
+            api: gateway.api_addr().map(|addr| format!("http://{addr}/")),
         };
         let path = info_path(&self.name);
         std::fs::write(&path, serde_json::to_string_pretty(&info)?)

@@ -108,7 +108,7 @@ pub trait Service: Send {
 /// How often the server asks a service for events even when not woken.
 pub const POLL_EVENTS: std::time::Duration = std::time::Duration::from_millis(100);
 
-// The server side (`obs/scrape.rs`): `Server::bind(addr)` as today, then
+// The server side (`obs/scrape/`): `Server::bind(addr)` as today, then
 // `Server::serve(&mut self, stopped: &dyn Fn() -> bool, service: &mut dyn Service,
 // guard: &Guard) -> Result<()>` serves a service until stopped; `Server::run` (metrics only)
 // stays as it is for the relay and `audit --metrics`, served through the same code.

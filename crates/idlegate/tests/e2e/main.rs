@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api;
 mod api_flags;
 mod appservice;
 mod audit;

@@ -390,6 +390,7 @@ mod icmp_ipv6;
 mod lifecycle;
 mod malformed;
 mod profiles;
+mod retime;
 mod rules;
 mod shards;
 mod udp;

@@ -277,6 +277,7 @@ pub(super) fn idle(
         timeout,
         timeout_from,
         expiry,
+        expiry_from: ExpiryFrom::Config,
     })
 }
 

@@ -30,6 +30,7 @@
 //! backend_pool = "vms"
 //! ```
 
+mod change;
 mod fields;
 mod lookup;
 mod raw;
@@ -43,6 +44,7 @@ use crate::model::profile::{
 };
 use crate::model::units::human;
 use crate::wire::packet::Protocol;
+pub use change::{RuleChange, RuleChangeError};
 use fields::*;
 pub use lookup::{find_profile, UnknownProfile};
 use raw::*;
@@ -93,6 +95,16 @@ pub struct Config {
     pub inbound_nat_rules: Vec<InboundNatRule>,
     pub outbound_rules: Vec<OutboundRule>,
     pub nat_gateways: Vec<NatGateway>,
+    /// The TOML it was read from, and the file's name, with the changes made since
+    /// ([`Config::with_rule_change`] validates a change by reading it again).
+    pub source: Source,
+}
+
+/// The text a [`Config`] was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    pub text: std::sync::Arc<str>,
+    pub file: std::sync::Arc<str>,
 }
 
 /// An Azure NAT gateway: the pools it serves leave through its own frontend, whatever their
@@ -138,6 +150,8 @@ pub struct Idle {
     /// Whether the rule sets `timeout` or takes the profile's default.
     pub timeout_from: TimeoutFrom,
     pub expiry: Expiry,
+    /// Whether `expiry` is the config's (or the profile's default) or was changed since.
+    pub expiry_from: ExpiryFrom,
 }
 
 /// Where a rule's own idle timeout comes from.
@@ -145,6 +159,18 @@ pub struct Idle {
 pub enum TimeoutFrom {
     Rule,
     ProfileDefault,
+    /// Changed while the gateway runs (the HTTP API, [`Config::with_rule_change`]): it beats
+    /// every setting of the file.
+    Api,
+}
+
+/// Where a rule's expiry action comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryFrom {
+    /// The rule's `expiry`, or the profile's default.
+    Config,
+    /// Changed while the gateway runs ([`Config::with_rule_change`]).
+    Api,
 }
 
 /// The transport protocols a rule applies to.
@@ -289,9 +315,14 @@ impl Config {
                 return Err(at(Some(p.span()), message).with_hint(unknown.hint()));
             }
         }
-        Validator::default()
+        let mut config = Validator::default()
             .validate(raw)
-            .map_err(|(span, message)| at(span, message))
+            .map_err(|(span, message)| at(span, message))?;
+        config.source = Source {
+            text: text.into(),
+            file: file.into(),
+        };
+        Ok(config)
     }
 }
 

@@ -53,7 +53,8 @@ fn omitted_settings_take_the_profiles_defaults() {
         Idle {
             timeout: Duration::from_secs(240),
             timeout_from: TimeoutFrom::ProfileDefault,
-            expiry: Expiry::Silent
+            expiry: Expiry::Silent,
+            expiry_from: ExpiryFrom::Config,
         }
     );
     // Azure's default: 1,024 SNAT ports per member.

@@ -149,6 +149,7 @@ impl Validator {
             inbound_nat_rules,
             outbound_rules,
             nat_gateways,
+            source: Source::default(),
         };
         check_families(&raw, &config)?;
         check_snat_totals(&raw.outbound_rule, &config)?;
