@@ -11,6 +11,7 @@
 
 mod common;
 
+mod api_example;
 mod appservice;
 mod audit;
 mod audit_prometheus;
