@@ -286,8 +286,9 @@
       if (d && typeof d === 'object') handle(d);
     });
   }
+  let connects = 0;
   function connect() {
-    status('reconnecting');
+    status(connects++ ? 'reconnecting' : 'connecting');
     stream = new EventSource('/api/events', { withCredentials: true });
     stream.onopen = () => { status('connected'); pollFlows(); };
     stream.onerror = () => {
