@@ -12,7 +12,8 @@
   const timelineEl = $('timeline');
 
   // key -> flow: {key, rule, protocol, remote, public, private, state, timeout, deadline
-  // (performance.now() ms), idleAt (ms when it was last idle 0), seq (arrival order), row}
+  // (performance.now() ms), idleAt (ms when it was last idle 0), touched (ms of the last news
+  // of it), seq (arrival order), row, leaving (expired, fading out)}
   const flows = new Map();
   let arrival = 0;
   // key -> when its `expired` event came: a poll sent before that may still list it.
@@ -84,6 +85,7 @@
     // A deadline moved later by more than a frame's worth is a refresh: flash the bar.
     if (flow.row && (refreshed || (flow.deadline !== undefined && deadline - flow.deadline > 400))) flash(flow);
     flow.deadline = deadline;
+    flow.touched = now;
     if (isFinite(f.idle_for_s)) flow.idleAt = now - f.idle_for_s * 1000;
     return flow;
   }
@@ -108,7 +110,9 @@
         }
         for (const [key, at] of expiredAt) if (at < asked) expiredAt.delete(key);
         if (!r.data.truncated) {
-          for (const [key, flow] of flows) if (!seen.has(key) && !flow.leaving) forget(flow, false);
+          // Gone from the box without an event this page saw (an event missed, a reconnect);
+          // a flow an event told of after the question was asked stays.
+          for (const [key, flow] of flows) if (!seen.has(key) && !flow.leaving && flow.touched < asked) forget(flow, false);
         }
         const scale = Number(r.data.time_scale);
         $('scale').textContent = scale > 1 ? `time scale ${scale}: 1 min runs as ${secs(60 / scale)}` : '';
@@ -139,7 +143,7 @@
   function flash(flow) {
     const fill = flow.row && flow.row.fill;
     if (fill && fill.animate) {
-      fill.animate([{ filter: 'brightness(2.2)', boxShadow: '0 0 12px 2px var(--flash)' }, { filter: 'none', boxShadow: 'none' }], { duration: 700, easing: 'ease-out' });
+      fill.animate([{ filter: 'brightness(2.2)', boxShadow: '0 0 12px 2px #eaffff' }, { filter: 'none', boxShadow: 'none' }], { duration: 700, easing: 'ease-out' });
     }
   }
 
@@ -290,7 +294,7 @@
   function connect() {
     status(connects++ ? 'reconnecting' : 'connecting');
     stream = new EventSource('/api/events', { withCredentials: true });
-    stream.onopen = () => { status('connected'); pollFlows(); };
+    stream.onopen = () => { status('connected'); pollFlows(); if (connects > 1) loadRules(); };
     stream.onerror = () => {
       if (stream.readyState === EventSource.CLOSED) {
         // Refused (401, not a stream): EventSource gives up; we do not.
@@ -315,8 +319,12 @@
     on('expired', (d) => {
       const f = flows.get(keyOf(d));
       expiredAt.set(keyOf(d), performance.now());
-      if (f) { f.state = d.state || f.state; forget(f, true); }
-      const action = d.action === 'silent' ? 'dropped silently' : d.action;
+      if (f) {
+        f.state = d.state || f.state;
+        f.deadline = Math.min(f.deadline, performance.now()); // a forced expiry empties the bar
+        forget(f, true);
+      }
+      const action = { silent: 'dropped silently', reset: 'RST to both ends', 'reset-on-next': 'RST at its next packet', 'ack-and-discard': 'data acknowledged and discarded' }[d.action] || d.action;
       addEvent('expired', `${d.cause === 'forced' ? 'forced' : 'after ' + secs(Number(d.idle_for_s)) + ' idle'}, ${action} (was ${d.state})`, flowText(d), d.at_ms);
     });
     on('sent', (d) => {
@@ -357,7 +365,7 @@
     }
     const text = String(value);
     if (t.valueEl.textContent !== text) {
-      if (t.valueEl.textContent && t.animate) t.animate([{ background: 'var(--flash-bg)' }, { background: 'transparent' }], 600);
+      if (t.valueEl.textContent && t.animate) t.animate([{ background: '#2b3b52' }, { background: 'transparent' }], 600);
       t.valueEl.textContent = text;
     }
     t.title = title || '';
