@@ -33,6 +33,7 @@ mod ipv6;
 mod json;
 mod keepalive;
 mod killed;
+mod live_page;
 mod netns_tun;
 mod offpath;
 mod operator;
