@@ -44,11 +44,13 @@ impl Drop for Group {
     }
 }
 
-/// Lines from many children, tagged, on one channel; every line kept for failure messages.
+/// Lines from many children, tagged, kept in arrival order: a wait looks at every line so far,
+/// then at the lines still to come.
 struct Lines {
-    tx: Sender<(String, String)>,
-    rx: Receiver<(String, String)>,
-    all: Arc<Mutex<Vec<String>>>,
+    /// Told of each new line.
+    tx: Sender<()>,
+    rx: Receiver<()>,
+    all: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Lines {
@@ -61,37 +63,49 @@ impl Lines {
         }
     }
 
-    /// Forwards `pipe`'s lines as (`tag`, line).
+    /// Keeps `pipe`'s lines as (`tag`, line).
     fn follow(&self, tag: &str, pipe: impl Read + Send + 'static) {
         let (tx, all, tag) = (self.tx.clone(), Arc::clone(&self.all), tag.to_string());
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                all.lock().unwrap().push(format!("{tag}: {line}"));
-                if tx.send((tag.clone(), line)).is_err() {
+                all.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((tag.clone(), line));
+                if tx.send(()).is_err() {
                     break;
                 }
             }
         });
     }
 
-    /// Waits for a line of `tag` that `wanted` accepts.
+    /// The first line of `tag` that `wanted` accepts, among those so far or within `limit`.
     fn wait(&self, tag: &str, wanted: impl Fn(&str) -> bool, limit: Duration) -> String {
         let until = Instant::now() + limit;
         loop {
+            let found = self
+                .all
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(t, line)| t == tag && wanted(line))
+                .map(|(_, line)| line.clone());
+            if let Some(line) = found {
+                return line;
+            }
             let left = until.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok((t, line)) if t == tag && wanted(&line) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no such line from {tag} within {limit:?}; everything so far:\n{}",
-                    self.all.lock().unwrap().join("\n")
-                ),
+            if self.rx.recv_timeout(left).is_err() {
+                let so_far = self.everything();
+                panic!("no such line from {tag} within {limit:?}; everything so far:\n{so_far}");
             }
         }
     }
 
     fn everything(&self) -> String {
-        self.all.lock().unwrap().join("\n")
+        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|(tag, line)| format!("{tag}: {line}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
