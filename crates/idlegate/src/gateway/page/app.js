@@ -382,7 +382,9 @@
         tile('created', total(c.flows_created));
         tile('expired', total(c.flows_expired));
         tile('RSTs sent', total(c.resets_sent));
-        tile('dropped', total(c.drops), listing(c.drops) || 'nothing dropped');
+        if (c.acks_sent !== undefined) tile('ACKs sent', total(c.acks_sent));
+        tile('dropped', total(c.drops) + total(c.device_drops), [listing(c.drops), listing(c.device_drops)].filter(Boolean).join('\n') || 'nothing dropped');
+        if (c.events_dropped) tile('events lost', total(c.events_dropped), 'events the gateway could not hand the API in time');
         for (const s of Array.isArray(c.snat) ? c.snat : []) {
           const free = s.free;
           const used = s.in_use ?? s.lent;
