@@ -12,6 +12,7 @@
 mod common;
 
 mod api;
+mod api_example;
 mod api_flags;
 mod appservice;
 mod audit;
@@ -34,6 +35,7 @@ mod ipv6;
 mod json;
 mod keepalive;
 mod killed;
+mod live_page;
 mod netns_tun;
 mod offpath;
 mod operator;
