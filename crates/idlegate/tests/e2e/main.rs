@@ -14,6 +14,7 @@ mod common;
 mod appservice;
 mod audit;
 mod audit_prometheus;
+mod browser_harness;
 mod cli;
 mod conntrack;
 mod demo_config;
