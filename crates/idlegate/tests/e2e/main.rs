@@ -41,6 +41,7 @@ mod probe_hostile;
 mod probe_trust;
 mod relay;
 mod relay_messages;
+mod reports_html;
 mod rtnl;
 mod scaled_handshake;
 mod scenario;

@@ -259,13 +259,13 @@ impl Page {
         Ok(())
     }
 
-    /// The rendered text (`innerText`) of the first element matching `css_selector`. Fails
-    /// when no element matches.
+    /// The rendered text (`innerText`; an SVG element's `textContent`) of the first element
+    /// matching `css_selector`. Fails when no element matches.
     pub fn text(&self, css_selector: &str) -> Result<String> {
         let selector = serde_json::to_string(css_selector)?;
         match self.eval(&format!(
             "(() => {{ const e = document.querySelector({selector}); \
-             return e === null ? null : e.innerText; }})()"
+             return e === null ? null : (e.innerText ?? e.textContent); }})()"
         ))? {
             serde_json::Value::String(text) => Ok(text),
             _ => bail!("no element matches `{css_selector}` in {}", self.url),
