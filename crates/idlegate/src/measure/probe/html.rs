@@ -84,23 +84,9 @@ pub fn render(report: &Report) -> String {
 
 /// The rows of marks on the idle-time axis, with the bracket.
 fn marks(report: &Report) -> String {
-    let rows: Vec<(&str, Box<dyn Fn(&Tried) -> bool>)> = vec![
-        (
-            "client → server",
-            Box::new(|t: &Tried| t.direction == Way::ClientToServer && t.part != Part::Keepalive),
-        ),
-        (
-            "server → client",
-            Box::new(|t: &Tried| t.direction == Way::ServerToClient),
-        ),
-        (
-            "with TCP keepalive",
-            Box::new(|t: &Tried| t.part == Part::Keepalive),
-        ),
-    ];
-    let rows: Vec<_> = rows
+    let rows: Vec<Row> = [Row::ClientToServer, Row::ServerToClient, Row::Keepalive]
         .into_iter()
-        .filter(|(_, keep)| report.tried.iter().any(keep))
+        .filter(|row| report.tried.iter().any(|t| row.holds(t)))
         .collect();
     let bracket = &report.idle_timeout_s;
     let longest = report
@@ -152,11 +138,11 @@ fn marks(report: &Report) -> String {
         "small muted",
         "idle time before the test (● still worked, ✕ did not; small marks: the fine and behaviour tests)",
     );
-    for (i, (name, keep)) in rows.iter().enumerate() {
+    for (i, row) in rows.iter().enumerate() {
         let y = TOP + ROW * i as f64 + ROW / 2.0;
         svg.line((LEFT, y), (RIGHT, y), "guide");
-        svg.text((LEFT - 12.0, y + 4.0), Anchor::End, "", name);
-        for t in report.tried.iter().filter(|t| keep(t)) {
+        svg.text((LEFT - 12.0, y + 4.0), Anchor::End, "", row.name());
+        for t in report.tried.iter().filter(|t| row.holds(t)) {
             svg.open_group(&format!(
                 " class=\"mark\"{}{}{}{}{}{}",
                 data("direction", kebab(&t.direction)),
@@ -181,6 +167,35 @@ fn marks(report: &Report) -> String {
         }
     }
     svg.finish()
+}
+
+/// A row of marks.
+#[derive(Clone, Copy)]
+enum Row {
+    /// The client-to-server tests without keepalive.
+    ClientToServer,
+    ServerToClient,
+    /// The keepalive test.
+    Keepalive,
+}
+
+impl Row {
+    fn name(self) -> &'static str {
+        match self {
+            Row::ClientToServer => "client → server",
+            Row::ServerToClient => "server → client",
+            Row::Keepalive => "with TCP keepalive",
+        }
+    }
+
+    /// Whether test `t` is drawn on this row.
+    fn holds(self, t: &Tried) -> bool {
+        match self {
+            Row::ClientToServer => t.direction == Way::ClientToServer && t.part != Part::Keepalive,
+            Row::ServerToClient => t.direction == Way::ServerToClient,
+            Row::Keepalive => t.part == Part::Keepalive,
+        }
+    }
 }
 
 /// What else the report says, as a list of facts.
