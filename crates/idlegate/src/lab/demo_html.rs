@@ -32,8 +32,9 @@ pub fn render(report: &Report) -> String {
     let mut page = Page::new(&format!("idlegate lab demo: {}", report.profile));
     let idle_ms = report.idle_timeout_s * 1000.0;
     page.push(&format!(
-        "<main class=\"report demo\"{}{}{}{}{}{}>",
+        "<main class=\"report demo\"{}{}{}{}{}{}{}>",
         data("report", "lab-demo"),
+        data("rule", report.rule.as_ref().map_or("", |r| r.name.as_str())),
         data("profile", &report.profile),
         data("expiry", &report.expiry),
         data("time-scale", report.time_scale),

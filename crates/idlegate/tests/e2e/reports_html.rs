@@ -60,14 +60,18 @@ fn json_of(out: &Output) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}); stderr:\n{stderr}"))
 }
 
-#[test]
-fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json() {
+/// Runs `idlegate lab demo --json --html FILE extra…`, opens the page and checks it against
+/// the JSON: the settings on the page's root, each connection's section (name, verdict,
+/// expiry, messages, errors, one diagram, the heading). Keeps a screenshot `shot` and checks
+/// that it is not blank. Returns the JSON.
+fn demo_page_is_its_json(extra: &[&str], shot: &str) -> Value {
     require_root();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let file = dir.path().join("demo.html");
     let out = Command::new(env!("CARGO_BIN_EXE_idlegate"))
         .args(["lab", "demo", "--json", "--name", &unique("dh"), "--html"])
         .arg(&file)
+        .args(extra)
         .output()
         .expect("running idlegate lab demo");
     let report = json_of(&out);
@@ -77,7 +81,7 @@ fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json(
     let root = page
         .eval(
             "(() => { const m = document.querySelector('main.report'); \
-             return {report: m.dataset.report, profile: m.dataset.profile, \
+             return {report: m.dataset.report, rule: m.dataset.rule, profile: m.dataset.profile, \
              expiry: m.dataset.expiry, time_scale: Number(m.dataset.timeScale), \
              idle_timeout_ms: Number(m.dataset.idleTimeoutMs)}; })()",
         )
@@ -86,7 +90,8 @@ fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json(
     assert_eq!(
         floats(root),
         floats(
-            json!({"report": "lab-demo", "profile": report["profile"], "expiry": report["expiry"],
+            json!({"report": "lab-demo", "rule": report["rule"]["name"].as_str().unwrap_or(""),
+               "profile": report["profile"], "expiry": report["expiry"],
                "time_scale": report["time_scale"], "idle_timeout_ms": idle_ms})
         )
     );
@@ -127,7 +132,7 @@ fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json(
             })
         })
         .collect();
-    // innerText of "<h2>name<span>verdict</span></h2>" joins the two without a space.
+    // innerText of "<h2>name<span>verdict</span></h2>": the two, spacing aside.
     let shown: Vec<Value> = shown
         .as_array()
         .expect("an array")
@@ -140,15 +145,41 @@ fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json(
         })
         .collect();
     assert_eq!(shown, expected);
-    // The three fates of the default demo, as the page shows them.
-    let verdicts: Vec<&str> = expected
+    let shot = page.screenshot(shot).expect("a screenshot");
+    non_blank(&shot).expect("the demo's screenshot shows something");
+    report
+}
+
+/// The connections' verdicts in the JSON.
+fn verdicts(report: &Value) -> Vec<&str> {
+    report["connections"]
+        .as_array()
+        .expect("connections")
         .iter()
         .filter_map(|c| c["verdict"].as_str())
-        .collect();
-    assert_eq!(verdicts, ["lost-silently", "survived", "reset"]);
+        .collect()
+}
 
-    let shot = page.screenshot("lab-demo.png").expect("a screenshot");
-    non_blank(&shot).expect("the demo's screenshot shows something");
+#[test]
+fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json() {
+    let report = demo_page_is_its_json(&[], "lab-demo.png");
+    // The three fates of the default demo, which the page was just found to show.
+    assert_eq!(verdicts(&report), ["lost-silently", "survived", "reset"]);
+}
+
+#[test]
+fn lab_demo_html_with_config_draws_the_rules_connections_as_its_json_says() {
+    // examples/azure-lb.toml's rule app-with-reset: Azure's TCP reset on idle.
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/azure-lb.toml")
+        .display()
+        .to_string();
+    let report = demo_page_is_its_json(
+        &["--config", &config, "--rule", "app-with-reset"],
+        "lab-demo-config.png",
+    );
+    assert_eq!(verdicts(&report), ["reset", "survived"]);
+    assert_eq!(report["rule"]["name"], "app-with-reset");
 }
 
 #[test]
