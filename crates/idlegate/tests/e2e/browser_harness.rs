@@ -124,3 +124,42 @@ fn dropping_the_browser_ends_its_processes_and_removes_its_profile() {
         "chromium (pid {pid}) still runs: {status}"
     );
 }
+
+#[test]
+fn a_browser_that_is_not_installed_fails_naming_it_and_scripts_setup() {
+    let missing = std::path::Path::new("/nonexistent/chromium");
+    let error = Browser::start_at(missing)
+        .err()
+        .expect("no browser starts from a missing file");
+    assert_eq!(
+        error.to_string(),
+        "chromium not found at /nonexistent/chromium: run scripts/setup (it installs Debian's \
+         packages chromium and chromium-driver)"
+    );
+}
+
+#[test]
+fn a_test_that_fails_holding_the_browser_still_ends_it_and_removes_its_profile() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = std::sync::Arc::clone(&seen);
+    // A test body that fails (panics) while its browser and page are open.
+    let failed = std::thread::spawn(move || {
+        let browser = Browser::start().expect("starting chromium");
+        let _page = browser.open("about:blank").expect("opening a blank page");
+        *record.lock().expect("the record") =
+            Some((browser.pid(), browser.profile_dir().to_path_buf()));
+        panic!("the test fails here, on purpose");
+    })
+    .join();
+    assert!(failed.is_err(), "the thread was meant to panic");
+    let (pid, profile) = seen
+        .lock()
+        .expect("the record")
+        .clone()
+        .expect("the browser had started");
+    assert!(!profile.exists(), "{} is still there", profile.display());
+    assert_eq!(profile_processes(&profile), Vec::<i32>::new());
+    let pid = pid.expect("the browser's pid");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(stat.is_empty(), "chromium (pid {pid}) still runs: {stat}");
+}

@@ -77,10 +77,16 @@ impl Browser {
     /// Fails with what is missing ("chromium not found at /usr/bin/chromium: run
     /// scripts/setup") or why the browser did not come up.
     pub fn start() -> Result<Browser> {
-        if !Path::new(CHROMIUM).exists() {
+        Browser::start_at(Path::new(CHROMIUM))
+    }
+
+    /// [`Browser::start`] with the browser at `chromium`.
+    pub fn start_at(chromium: &Path) -> Result<Browser> {
+        if !chromium.exists() {
             bail!(
-                "chromium not found at {CHROMIUM}: run scripts/setup (it installs Debian's \
-                 packages chromium and chromium-driver)"
+                "chromium not found at {}: run scripts/setup (it installs Debian's packages \
+                 chromium and chromium-driver)",
+                chromium.display()
             );
         }
         let profile = tempfile::Builder::new()
@@ -88,7 +94,7 @@ impl Browser {
             .tempdir()
             .context("creating a temporary profile directory for chromium")?;
         let options = LaunchOptions::default_builder()
-            .path(Some(PathBuf::from(CHROMIUM)))
+            .path(Some(chromium.to_path_buf()))
             .headless(true)
             .sandbox(false)
             .enable_gpu(false)
@@ -99,7 +105,7 @@ impl Browser {
             .build()
             .map_err(|e| anyhow!("chromium's launch options: {e}"))?;
         let inner = headless_chrome::Browser::new(options)
-            .map_err(|e| anyhow!("starting {CHROMIUM}: {e:#}"))?;
+            .map_err(|e| anyhow!("starting {}: {e:#}", chromium.display()))?;
         Ok(Browser {
             inner: Some(inner),
             profile: Some(profile),
