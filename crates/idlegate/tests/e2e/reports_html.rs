@@ -165,6 +165,21 @@ fn lab_demo_html_draws_each_connection_with_the_verdict_and_figures_of_its_json(
     let report = demo_page_is_its_json(&[], "lab-demo.png");
     // The three fates of the default demo, which the page was just found to show.
     assert_eq!(verdicts(&report), ["lost-silently", "survived", "reset"]);
+    // Each connection's expiry (tcp-reset's rule resets) and keepalive (half of 4 s).
+    let settings: Vec<Value> = report["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .map(|c| json!([c["name"], c["expiry"], c["keepalive_s"]]))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            json!(["no-keepalive", "silent", null]),
+            json!(["keepalive", "silent", 2]),
+            json!(["tcp-reset", "reset", null])
+        ]
+    );
 }
 
 #[test]
@@ -277,6 +292,34 @@ fn probe_html_marks_each_idle_time_tried_and_the_bracket_of_its_json() {
     assert!(
         tried.iter().any(|t| t[3] == false) && tried.iter().any(|t| t[3] == true),
         "alive and dead tests: {report:#}"
+    );
+    // The JSON's own fields: the coarse round both ways, a silent death client to server, and
+    // the keepalive test (Azure: keepalive refreshes the flow) with its interval.
+    let list = report["tried"].as_array().expect("tried");
+    for direction in ["client-to-server", "server-to-client"] {
+        assert!(
+            list.iter()
+                .any(|t| t["direction"] == direction && t["part"] == "coarse"),
+            "{direction}: {report:#}"
+        );
+    }
+    assert!(
+        list.iter().any(|t| t["direction"] == "client-to-server"
+            && t["alive"] == false
+            && t["seen"] == "silent"),
+        "{report:#}"
+    );
+    let keepalive: Vec<&Value> = list.iter().filter(|t| t["part"] == "keepalive").collect();
+    assert_eq!(keepalive.len(), 1, "{report:#}");
+    assert!(
+        keepalive[0]["keepalive_s"]
+            .as_f64()
+            .is_some_and(|k| k >= 1.0),
+        "{report:#}"
+    );
+    assert_eq!(
+        keepalive[0]["alive"], report["keepalive_refreshes"],
+        "{report:#}"
     );
     // The bracket is drawn with its bounds.
     let text = page.text("svg").expect("the drawing's text");
