@@ -5,6 +5,7 @@ use super::parse_duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use idlegate::measure::{echo, probe};
+use idlegate::obs::html::Output;
 use idlegate::obs::report::{Report, Status};
 use std::time::Duration;
 
@@ -39,6 +40,14 @@ pub struct ProbeArgs {
     /// NAT: 64 per VM by default); the bracket may then be wider than --resolution.
     #[arg(long)]
     connections: Option<usize>,
+    /// Also write the report as one self-contained HTML page: each idle time tried, per
+    /// direction, alive or dead on a time axis, with the bracket found. Refused if FILE
+    /// exists, unless --force.
+    #[arg(long, value_name = "FILE")]
+    html: Option<std::path::PathBuf>,
+    /// With --html: overwrite FILE if it exists.
+    #[arg(long, requires = "html")]
+    force: bool,
 }
 
 impl EchoArgs {
@@ -117,7 +126,16 @@ impl ProbeArgs {
 
 /// `idlegate probe`: runs the search and prints the report.
 pub fn run_probe(args: &ProbeArgs) -> Result<()> {
+    // Checked before anything runs, as every other argument.
+    let html = args
+        .html
+        .as_deref()
+        .map(|path| Output::check(path, args.force, "--html"))
+        .transpose()?;
     let report = probe::run(&args.options()?)?;
+    if let Some(html) = html {
+        html.write(&probe::html::render(&report))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -13,6 +13,7 @@
 
 use crate::lab::scenario::{self, Outcome, Script};
 use crate::lab::{Lab, INTERNET, INTERNET_ADDRESS};
+use crate::obs::html::Output;
 use crate::obs::report::{Report as _, Status};
 use anyhow::{bail, Result};
 use idlegate_core::profile::Profile;
@@ -52,6 +53,25 @@ pub struct Options {
     /// Lab name, so demos can run side by side: 1–32 letters, digits or '_' (no '-').
     #[arg(long, default_value = "demo")]
     pub name: String,
+    /// Also write the report as one self-contained HTML page: a sequence diagram per
+    /// connection (client, box, server; the messages, the idle gaps, the expiry, what was lost
+    /// or reset). Refused if FILE exists, unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    /// With --html: overwrite FILE if it exists.
+    #[arg(long, requires = "html")]
+    pub force: bool,
+}
+
+impl Options {
+    /// The `--html` file, checked before anything runs (its directory exists; it does not,
+    /// unless `--force`).
+    pub fn html_output(&self) -> Result<Option<Output>> {
+        self.html
+            .as_deref()
+            .map(|path| Output::check(path, self.force, "--html"))
+            .transpose()
+    }
 }
 
 fn parse_expiry(s: &str) -> Result<Expiry, String> {
@@ -172,6 +192,12 @@ pub struct ConnectionReport {
     pub verdict: Verdict,
     /// The verdict as a sentence.
     pub explanation: String,
+    /// What the box does when this connection's flow expires (`tcp-reset`'s rule resets
+    /// whatever the others do).
+    pub expiry: String,
+    /// The connection's TCP keepalive (first probe and interval) in whole seconds; `null`
+    /// without.
+    pub keepalive_s: Option<u64>,
 }
 
 /// What became of a connection.
@@ -215,6 +241,7 @@ pub struct GatewayReport {
 
 /// Runs the demo and prints its report.
 pub fn run(options: &Options) -> Result<()> {
+    let html = options.html_output()?;
     crate::lab::ensure_root()?;
     let plan = Plan::new(options)?;
     let mut config = Config::from_toml(&config_text(&plan), "demo config")?;
@@ -236,12 +263,21 @@ pub fn run(options: &Options) -> Result<()> {
         scenario::run(scripts(&plan, lab, idle)?)
     })?;
     let report = report(&plan, idle, &outcomes, &counters);
-    print_report(options.json, &report, &outcomes)
+    print_report(options.json, html.as_ref(), &report, &outcomes)
 }
 
 /// Prints `report`: one JSON document on stdout with `json`, else the timeline, a verdict per
-/// connection and the gateway's counters.
-pub(super) fn print_report(json: bool, report: &Report, outcomes: &[Outcome]) -> Result<()> {
+/// connection and the gateway's counters; and with `html`, writes it there as a page
+/// ([`super::demo_html`]).
+pub(super) fn print_report(
+    json: bool,
+    html: Option<&Output>,
+    report: &Report,
+    outcomes: &[Outcome],
+) -> Result<()> {
+    if let Some(html) = html {
+        html.write(&super::demo_html::render(report))?;
+    }
     if json {
         // One document on stdout, nothing else.
         println!("{}", serde_json::to_string_pretty(report)?);
@@ -429,12 +465,21 @@ fn scripts(plan: &Plan, lab: &Lab, idle: Duration) -> Result<Vec<Script>> {
 }
 
 fn report(plan: &Plan, idle: Duration, outcomes: &[Outcome], counters: &Counters) -> Report {
-    Report::new(
+    let mut report = Report::new(
         (plan.profile.name, plan.expiry, plan.time_scale),
         idle,
         outcomes,
         counters,
-    )
+    );
+    // Its rule resets at expiry, whatever the others do (`config_text`, `reset_for_comparison`).
+    for c in report
+        .connections
+        .iter_mut()
+        .filter(|c| c.name == "tcp-reset")
+    {
+        c.expiry = Expiry::Reset.to_string();
+    }
+    report
 }
 
 impl Report {
@@ -477,6 +522,10 @@ impl Report {
                     unacknowledged_at_end: o.unacked_at_end,
                     verdict: Verdict::of(o),
                     explanation: verdict(o),
+                    expiry: expiry.to_string(),
+                    // Both demos give the connection named so keepalive at half the timeout.
+                    keepalive_s: (o.name == "keepalive")
+                        .then(|| keepalive_interval(idle).as_secs()),
                 })
                 .collect(),
             gateway: GatewayReport {

@@ -216,6 +216,7 @@ fn resolve(config: &mut Config, rule: RuleRef) -> Result<(Applied, Route)> {
 
 /// Runs the demo through one rule of `config` (read from `file`) and prints its report.
 pub fn run(options: &Options, mut config: Config, file: &Path) -> Result<()> {
+    let html = options.html_output()?;
     crate::lab::ensure_root()?;
     let shown = file.display().to_string();
     let rule = choose(&config, &shown, options.rule.as_deref())?;
@@ -275,7 +276,7 @@ pub fn run(options: &Options, mut config: Config, file: &Path) -> Result<()> {
         timeout_from: applied.winner,
         reason: applied.reason,
     });
-    demo::print_report(options.json, &report, &outcomes)
+    demo::print_report(options.json, html.as_ref(), &report, &outcomes)
 }
 
 /// The demo's two connections: each with its keepalive interval.

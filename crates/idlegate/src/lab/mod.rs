@@ -17,6 +17,7 @@
 //! [`not_up`], by every command that needs one.
 
 pub mod demo;
+pub mod demo_html;
 pub mod demo_rule;
 pub mod scenario;
 

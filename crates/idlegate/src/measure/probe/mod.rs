@@ -23,9 +23,11 @@
 //! reporting a timeout. What a connection holds of echo's frames is bounded by the decoder
 //! ([`MAX_BUFFERED`]), and frames are taken as they come, the idle period included.
 
+pub mod html;
 mod idle;
 mod progress;
 pub mod search;
+pub mod tried;
 mod trust;
 
 #[cfg(doc)]
@@ -47,6 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use tried::{Part, Tried, Way};
 pub use trust::{Doubt, DoubtCode};
 
 /// What `idlegate probe` is asked.
@@ -120,6 +123,21 @@ enum Observed {
 impl Observed {
     fn alive(self) -> bool {
         self == Observed::Alive
+    }
+
+    /// Its name in the report's `tried` list.
+    fn name(self) -> &'static str {
+        match self {
+            Observed::Alive => "alive",
+            Observed::ResetAtExpiry => "reset-at-expiry",
+            Observed::ResetOnNext => "reset-on-next",
+            Observed::Silent => "silent",
+            Observed::AckedNotDelivered => "acked-not-delivered",
+            Observed::ServerReset => "server-reset",
+            Observed::Icmp(_) => "icmp",
+            Observed::Closed => "closed",
+            Observed::ConfirmationLost => "confirmation-lost",
+        }
     }
 
     fn behaviour(self) -> Behaviour {
@@ -216,6 +234,8 @@ pub struct Report {
     /// Behaviours this system cannot tell apart, and why (empty on Linux): evidence the probe's
     /// own system does not give (Windows has no IP_RECVERR for TCP; Wine no SIO_TCP_INFO).
     pub cannot_tell_apart: Vec<String>,
+    /// Every test that ended, in the order of the search: each idle time tried, per direction.
+    pub tried: Vec<Tried>,
 }
 
 /// Which way a test sends after the idle period.
@@ -277,6 +297,8 @@ struct Probe {
     icmp_errors: Option<bool>,
     /// Whether this system says what TCP acknowledged (TCP_INFO, SIO_TCP_INFO).
     acknowledgements: bool,
+    /// Every test that ended so far.
+    tried: Vec<Tried>,
 }
 
 /// Runs a probe against `options.target` and returns what it found.
@@ -296,6 +318,7 @@ pub fn run(options: &Options) -> Result<Report> {
         broken: None,
         icmp_errors: None,
         acknowledgements: true,
+        tried: Vec::new(),
     };
     probe.echo = probe
         .detect_echo()
@@ -344,6 +367,7 @@ pub fn run(options: &Options) -> Result<Report> {
     // Round 1: coarse.
     let tests: Vec<Test> = search.round().into_iter().flat_map(both_ways).collect();
     let coarse = probe.round(&tests, Round::Coarse, None)?;
+    probe.note(&coarse, |_| Part::Coarse);
     record(&mut search, &coarse);
     search.end_round();
     let verdict = search.bracket();
@@ -388,6 +412,11 @@ pub fn run(options: &Options) -> Result<Report> {
             Vec::new()
         }
     };
+    probe.note(&second, |t| match (t.keepalive, t.idle < beyond) {
+        (Some(_), _) => Part::Keepalive,
+        (None, true) => Part::Fine,
+        (None, false) => Part::Behaviour,
+    });
     let (fine, behaviour): (Vec<_>, Vec<_>) =
         second.into_iter().partition(|(t, _)| t.idle < beyond);
     record(&mut search, &fine);
@@ -438,6 +467,21 @@ pub fn run(options: &Options) -> Result<Report> {
 }
 
 impl Probe {
+    /// Adds what a round's tests saw to the report's `tried` list, each in its `part`.
+    fn note(&mut self, seen: &[(Test, Observed)], part: impl Fn(&Test) -> Part) {
+        self.tried.extend(seen.iter().map(|(t, s)| Tried {
+            direction: match t.direction {
+                Direction::ClientToServer => Way::ClientToServer,
+                Direction::ServerToClient => Way::ServerToClient,
+            },
+            idle_s: t.idle.as_secs_f64(),
+            keepalive_s: t.keepalive.map(|k| k.as_secs_f64()),
+            part: part(t),
+            alive: s.alive(),
+            seen: s.name(),
+        }));
+    }
+
     fn report(
         &self,
         search: &Search,
@@ -475,6 +519,7 @@ impl Probe {
             not_checked,
             warnings: self.warnings.clone(),
             cannot_tell_apart: self.cannot_tell_apart(),
+            tried: self.tried.clone(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Helpers every end-to-end test file shares (each includes this module with `mod common;`).
 
+pub mod browser;
 pub mod kernel_router;
 pub mod tunnel;
 
