@@ -345,7 +345,7 @@ fn the_live_page_in_chromium_shows_flows_drain_expire_reset_and_rules_change() {
     // the new timeout: a RST (the reset action) after 8 s and 6 s, not 4 s.
     let long_go = dir.path().join("long-go");
     let form_go = dir.path().join("form-go");
-    let (_long, _) = client(
+    let (_long, long_remote) = client(
         &name,
         "long",
         7001,
@@ -359,6 +359,20 @@ fn the_live_page_in_chromium_shows_flows_drain_expire_reset_and_rules_change() {
         form_go.to_str().expect("a UTF-8 path"),
         &lines,
     );
+    // The page's poll of /api/flows held (its fetch never answers until released): what
+    // follows is drawn from the event stream alone.
+    page.eval(
+        "(() => { const fetch = window.fetch; window.__fetch = fetch; \
+         window.fetch = (path, init) => String(path).startsWith('/api/flows') \
+           ? new Promise(done => { window.__held = () => done(fetch(path, init)); }) \
+           : fetch(path, init); return true; })()",
+    )
+    .expect("holding the page's poll");
+    page.wait_until("window.__held", SHOWN)
+        .expect("the page polls again");
+    let long_row = row_js(&long_remote, 7001);
+    page.wait_until(&long_row, SHOWN)
+        .expect("the long flow shows");
     let (status, body) = call(
         api,
         "POST",
@@ -369,6 +383,19 @@ fn the_live_page_in_chromium_shows_flows_drain_expire_reset_and_rules_change() {
     assert_eq!(status, 200, "POST /api/rules/app-with-reset: {body}");
     let changed: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(changed["idle_timeout_s"].as_f64(), Some(8.0), "{changed}");
+    // The long client's next byte (every 0.5 s) runs the flow under 8 s: its `refreshed`
+    // event draws more than the old 4 s left, and the row's "of" says the new timeout.
+    page.wait_until(
+        &format!("(r => r && Number(r.dataset.expiresIn) > 4.5)({long_row})"),
+        SHOWN,
+    )
+    .expect("the long flow's refresh under the new timeout is drawn");
+    let of = page
+        .eval(&format!("{long_row}.querySelector('.of').textContent"))
+        .expect("the row's timeout");
+    assert_eq!(of, "of 8.0 s", "the row says the timeout that runs");
+    page.eval("(window.fetch = window.__fetch, window.__held(), true)")
+        .expect("releasing the page's poll");
     page.eval(
         "(f => { f.elements.idle_timeout.value = '6m'; f.elements.expiry.value = 'reset'; \
          return true; })(document.querySelector('[data-rule-form=\"app\"]'))",
