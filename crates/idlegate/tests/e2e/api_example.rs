@@ -16,23 +16,23 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
+pub(crate) const IDLEGATE: &str = env!("CARGO_BIN_EXE_idlegate");
 /// How long `lab up` may take to print `ready`, or a program its first line.
-const READY: Duration = Duration::from_secs(30);
+pub(crate) const READY: Duration = Duration::from_secs(30);
 /// How long the scenario waits for its expiry (a 5 s timeout, on a loaded machine).
 const SCENARIO_WAIT_S: &str = "30";
 /// How long the scenario may run in all.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(60);
 const TOKEN: &str = "an-api-token-of-32-bytes-for-tests";
 
-fn repo(path: &str) -> PathBuf {
+pub(crate) fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(path)
 }
 
 /// A child killed with its whole process group when dropped (`lab exec` and what it runs).
-struct Group(Child);
+pub(crate) struct Group(pub(crate) Child);
 
 impl Drop for Group {
     fn drop(&mut self) {
@@ -46,7 +46,7 @@ impl Drop for Group {
 
 /// Lines from many children, tagged, kept in arrival order: a wait looks at every line so far,
 /// then at the lines still to come.
-struct Lines {
+pub(crate) struct Lines {
     /// Told of each new line.
     tx: Sender<()>,
     rx: Receiver<()>,
@@ -54,7 +54,7 @@ struct Lines {
 }
 
 impl Lines {
-    fn new() -> Lines {
+    pub(crate) fn new() -> Lines {
         let (tx, rx) = mpsc::channel();
         Lines {
             tx,
@@ -64,7 +64,7 @@ impl Lines {
     }
 
     /// Keeps `pipe`'s lines as (`tag`, line).
-    fn follow(&self, tag: &str, pipe: impl Read + Send + 'static) {
+    pub(crate) fn follow(&self, tag: &str, pipe: impl Read + Send + 'static) {
         let (tx, all, tag) = (self.tx.clone(), Arc::clone(&self.all), tag.to_string());
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -79,7 +79,7 @@ impl Lines {
     }
 
     /// The first line of `tag` that `wanted` accepts, among those so far or within `limit`.
-    fn wait(&self, tag: &str, wanted: impl Fn(&str) -> bool, limit: Duration) -> String {
+    pub(crate) fn wait(&self, tag: &str, wanted: impl Fn(&str) -> bool, limit: Duration) -> String {
         let until = Instant::now() + limit;
         loop {
             let found = self
@@ -100,7 +100,7 @@ impl Lines {
         }
     }
 
-    fn everything(&self) -> String {
+    pub(crate) fn everything(&self) -> String {
         let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
         all.iter()
             .map(|(tag, line)| format!("{tag}: {line}"))
@@ -110,9 +110,9 @@ impl Lines {
 }
 
 /// A running `lab up`; dropping it stops the lab and deletes whatever namespaces are left.
-struct LabUp {
-    name: String,
-    child: Group,
+pub(crate) struct LabUp {
+    pub(crate) name: String,
+    pub(crate) child: Group,
 }
 
 impl Drop for LabUp {
@@ -135,7 +135,7 @@ impl Drop for LabUp {
 }
 
 /// `idlegate lab exec --name LAB HOST -- python3 -u -c SCRIPT ARGS…`, its lines to `lines`.
-fn python_in(
+pub(crate) fn python_in(
     lab: &str,
     host: &str,
     tag: &str,

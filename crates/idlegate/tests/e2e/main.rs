@@ -36,6 +36,7 @@ mod ipv6;
 mod json;
 mod keepalive;
 mod killed;
+mod live_browser;
 mod live_page;
 mod netns_tun;
 mod offpath;

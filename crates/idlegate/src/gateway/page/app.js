@@ -80,7 +80,12 @@
     flow.public = f.public;
     flow.private = f.private;
     if (f.state) flow.state = f.state;
-    if (isFinite(f.timeout_s)) flow.timeout = f.timeout_s;
+    if (isFinite(f.timeout_s) && f.timeout_s !== flow.timeout) {
+      // A rule changed while the flow lives: its next packet runs it under the new timeout,
+      // told by a `refreshed` event as much as by the poll.
+      flow.timeout = f.timeout_s;
+      if (flow.row) flow.row.ofEl.textContent = 'of ' + secs(flow.timeout);
+    }
     const deadline = now + expiresIn * 1000;
     // A deadline moved later by more than a frame's worth is a refresh: flash the bar.
     if (flow.row && (refreshed || (flow.deadline !== undefined && deadline - flow.deadline > 400))) flash(flow);
