@@ -175,9 +175,20 @@ impl Drop for Browser {
             // process does, but not at once: kill those still running with this profile, by
             // pid, before removing it.
             kill_profile_processes(profile.path());
-            let path = profile.path().to_path_buf();
-            if let Err(e) = profile.close() {
-                eprintln!("removing chromium's profile {}: {e}", path.display());
+            // A helper killed a moment ago may still have had a file open for writing when
+            // the removal began ("Directory not empty"): try again, a few times, briefly.
+            let path = profile.keep();
+            let mut tries = 0;
+            while let Err(e) = std::fs::remove_dir_all(&path) {
+                tries += 1;
+                if tries == 20 || e.kind() == std::io::ErrorKind::NotFound {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        eprintln!("removing chromium's profile {}: {e}", path.display());
+                    }
+                    break;
+                }
+                kill_profile_processes(&path);
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
@@ -496,10 +507,11 @@ fn kill_profile_processes(profile: &Path) {
     }
 }
 
-/// The pids of the live (not zombie) processes whose command line names `profile` as their
-/// `--user-data-dir`: a browser's main process and its helpers.
+/// The pids of the live (not zombie) processes whose command line names `profile` (as their
+/// `--user-data-dir`, or a path inside it, as the crash handler's `--database` does): a
+/// browser's main process and its helpers.
 pub fn profile_processes(profile: &Path) -> Vec<i32> {
-    let flag = format!("--user-data-dir={}", profile.display());
+    let needle = profile.as_os_str().as_encoded_bytes().to_vec();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -516,7 +528,10 @@ pub fn profile_processes(profile: &Path) -> Vec<i32> {
                         .starts_with('Z')
                 })
                 .unwrap_or(true);
-            !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == flag.as_bytes())
+            !zombie
+                && cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg.windows(needle.len()).any(|w| w == needle.as_slice()))
         })
         .collect()
 }
