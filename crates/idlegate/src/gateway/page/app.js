@@ -315,7 +315,13 @@
       if (old && old.leaving) { flows.delete(old.key); layoutDue = true; }
       expiredAt.delete(keyOf(d));
       upsert(d, Number(d.timeout_s), performance.now(), false).state ||= 'new';
-      addEvent('created', `${d.protocol}, ${secs(Number(d.timeout_s))} idle allowed`, flowText(d), d.at_ms);
+      // A new flow's first timer is its opening state's (a TCP handshake's, a UDP flow's
+      // unanswered one), not yet the rule's idle timeout.
+      const first = secs(Number(d.timeout_s));
+      const what = d.protocol === 'tcp' ? `tcp, opening: ${first} to finish the handshake`
+        : d.protocol === 'udp' ? `udp: ${first} until forgotten unless answered`
+        : `${d.protocol}: ${first} on its first timer`;
+      addEvent('created', what, flowText(d), d.at_ms);
     });
     on('refreshed', (d) => {
       const f = upsert(d, Number(d.timeout_s), performance.now(), true);
