@@ -523,8 +523,9 @@ impl Engine {
 impl Retiming {
     /// What differs between the idle settings `before` runs and those `after` runs, rule by
     /// rule (by [`RuleId`]; `after` is `before` with rules' idle settings changed, the same
-    /// rules in the same order), scaled as [`Core::new`] scales them. A change to a NAT
-    /// gateway names the outbound rules whose pools it serves too, whose timeout is its.
+    /// rules in the same order), scaled as the engine scales its rules when it is made. A
+    /// change to a NAT gateway names the outbound rules whose pools it serves too, whose
+    /// timeout is its.
     pub fn between(before: &Config, after: &Config) -> Vec<Retiming> {
         let old = rules::idle_settings(before);
         rules::idle_settings(after)
