@@ -144,9 +144,12 @@ def main():
     # 3. The rule's idle timeout, changed while the box runs.
     status, answer = api.call("POST", f"/api/rules/{urllib.parse.quote(args.rule, safe='')}",
                               {"idle_timeout": args.idle_timeout})
-    if status != 200:
+    if status not in (200, 202):
         known = f" (rules: {', '.join(answer['rules'])})" if "rules" in answer else ""
         return fail(f"changing rule {args.rule}: HTTP {status}: {answer.get('error')}{known}")
+    if status == 202:
+        # Sent to every worker, not yet confirmed by all: it runs all the same.
+        print(f"rule {answer['rule']}: {answer['message']}")
     print(f"rule {answer['rule']}: idle timeout {args.idle_timeout}, runs "
           f"{answer['idle_timeout_s']:g} s; expiry {answer['expiry']}; {answer.get('applies', '')}")
 

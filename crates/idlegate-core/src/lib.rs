@@ -26,7 +26,7 @@ mod wire;
 #[cfg(any(test, fuzzing))]
 pub use engine::InvariantError;
 pub use engine::{
-    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment,
+    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, Retiming,
     SnatUsage, Transmit, Verdict, UNTRANSLATED,
 };
 pub use model::config::Config;

@@ -64,6 +64,18 @@ pub struct FlowInfo {
     pub timeout: Duration,
 }
 
+/// One rule's idle settings as the engine is to run them from now ([`Engine::retime`]): the
+/// change alone, so that changes sent one after another each leave the others in place.
+///
+/// [`Engine::retime`]: crate::Engine::retime
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retiming {
+    pub rule: RuleId,
+    /// Its idle timeout, scaled (as the engine runs it).
+    pub idle_timeout: Duration,
+    pub expiry: Expiry,
+}
+
 /// A segment the engine made ([`Event::Sent`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MadeSegment {

@@ -56,7 +56,7 @@ mod tests;
 
 pub use crate::state::flow::Interface;
 pub use api::{
-    Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, SnatUsage, Transmit, Verdict,
+    Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, Retiming, SnatUsage, Transmit, Verdict,
 };
 #[cfg(any(test, fuzzing))]
 pub use checks::InvariantError;
@@ -246,25 +246,31 @@ impl<E: Endpoint> Core<E> {
         }
     }
 
-    /// Runs `settings` (idle timeout in ticks and expiry action, by [`RuleId`]) from now on.
-    /// A flow's current deadline stands; the timeout it ran under is kept for what it reports.
-    fn retime(&mut self, settings: &[(Tick, Expiry)]) {
-        for (index, rule) in self.rules.iter_mut().enumerate() {
-            let Some(&(idle, expiry)) = settings.get(usize::from(rule.id)) else {
+    /// Runs `changes` (a rule's idle timeout in ticks and expiry action) from now on; the
+    /// rules they do not name keep theirs. A flow's current deadline stands; the timeout it
+    /// ran under is kept for what it reports.
+    fn retime(&mut self, changes: &[(RuleId, Tick, Expiry)]) {
+        for &(id, idle, expiry) in changes {
+            let Some(index) = self.rules.iter().position(|r| r.id == id) else {
                 continue;
             };
-            if idle != rule.idle {
-                for (id, f) in self.flows.iter() {
+            let old = self.rules[index].idle;
+            if idle != old {
+                for (flow_id, f) in self.flows.iter() {
                     let under_idle =
                         matches!(f.state, FlowState::Established | FlowState::Discarding);
                     if usize::from(f.rule) == index && under_idle {
-                        let stale = self.retimed.get(&id).is_none_or(|&(d, _)| d != f.deadline);
+                        let stale = self
+                            .retimed
+                            .get(&flow_id)
+                            .is_none_or(|&(d, _)| d != f.deadline);
                         if stale {
-                            self.retimed.insert(id, (f.deadline, rule.idle));
+                            self.retimed.insert(flow_id, (f.deadline, old));
                         }
                     }
                 }
             }
+            let rule = &mut self.rules[index];
             rule.idle = idle;
             rule.expiry = expiry;
         }
@@ -487,22 +493,21 @@ impl Engine {
         self.v4.flow_memory_bytes() + self.v6.flow_memory_bytes()
     }
 
-    /// Runs `config`'s idle timeouts and expiry actions from now on: `config` is the one the
-    /// engine was made from with rules' idle settings changed ([`Config::with_rule_change`]),
-    /// the same rules in the same order. How a change applies, as Linux conntrack applies a
-    /// changed timeout sysctl (a timeout is read when a packet sets a deadline; the vendors
-    /// do not document what their boxes do):
+    /// Runs `changes` from now on ([`Retiming::between`] the config the engine runs and the
+    /// one with a rule's idle settings changed, [`Config::with_rule_change`]); every rule they
+    /// do not name keeps what it runs, so changes made one after another each hold. How a
+    /// change applies, as Linux conntrack applies a changed timeout sysctl (a timeout is read
+    /// when a packet sets a deadline; the vendors do not document what their boxes do):
     /// - a new expiry action applies to every flow of the rule at its expiry from now on;
     /// - a new idle timeout applies to new flows, and to each existing flow from its next
     ///   packet: its current deadline stands.
-    pub fn retime(&mut self, config: &Config) {
+    pub fn retime(&mut self, changes: &[Retiming]) {
         let in_ticks = |d: Duration| d.as_nanos().div_ceil(1_000_000) as Tick;
-        let settings: Vec<(Tick, Expiry)> = rules::idle_settings(config)
-            .into_iter()
-            .map(|(timeout, expiry)| (in_ticks(config.scaled(timeout)), expiry))
-            .collect();
-        self.v4.retime(&settings);
-        self.v6.retime(&settings);
+        for r in changes {
+            let change = [(r.rule, in_ticks(r.idle_timeout), r.expiry)];
+            self.v4.retime(&change);
+            self.v6.retime(&change);
+        }
     }
 
     /// Says [`Event::Refreshed`] for every packet that refreshes a flow idle at least `after`
@@ -512,5 +517,26 @@ impl Engine {
         let ticks = after.map(|d| d.as_millis() as Tick);
         self.v4.refreshed_after = ticks;
         self.v6.refreshed_after = ticks;
+    }
+}
+
+impl Retiming {
+    /// What differs between the idle settings `before` runs and those `after` runs, rule by
+    /// rule (by [`RuleId`]; `after` is `before` with rules' idle settings changed, the same
+    /// rules in the same order), scaled as the engine scales its rules when it is made. A
+    /// change to a NAT gateway names the outbound rules whose pools it serves too, whose
+    /// timeout is its.
+    pub fn between(before: &Config, after: &Config) -> Vec<Retiming> {
+        let old = rules::idle_settings(before);
+        rules::idle_settings(after)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, setting)| old.get(*i) != Some(setting))
+            .map(|(i, (timeout, expiry))| Retiming {
+                rule: i as RuleId,
+                idle_timeout: after.scaled(timeout),
+                expiry,
+            })
+            .collect()
     }
 }

@@ -40,16 +40,25 @@ pub(super) struct Handover {
 
 /// A question from the control socket, the metrics or the API to one worker.
 pub(super) enum Query {
-    Flows,
+    /// Its flows: all of them, or with a limit at most that many, the soonest to expire.
+    Flows {
+        limit: Option<usize>,
+    },
     Expire(Option<String>),
     Snapshot,
-    /// Run this config's idle settings from now on ([`idlegate_core::Engine::retime`]).
-    Retime(Arc<idlegate_core::Config>),
+    /// Run these rules' idle settings from now on, the change alone
+    /// ([`idlegate_core::Engine::retime`]).
+    Retime(Arc<[idlegate_core::Retiming]>),
 }
 
 /// A worker's answer to a [`Query`].
 pub(super) enum Answer {
-    Flows(Vec<FlowRow>),
+    /// The rows asked for, sorted by how soon they expire when a limit was given, and how
+    /// many flows the shard holds.
+    Flows {
+        rows: Vec<FlowRow>,
+        count: usize,
+    },
     Expired(usize),
     Snapshot(Box<Snapshot>),
     Retimed,

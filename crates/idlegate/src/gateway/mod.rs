@@ -38,7 +38,7 @@ use crate::obs::capture::{self, Capture};
 use crate::obs::scrape;
 use crate::sys::tun::Tun;
 use anyhow::{anyhow, bail, Context, Result};
-use ask::{Ask, Asker};
+use ask::{Ask, Asker, Recent};
 use handoff::{Contact, WAKER};
 use idlegate_core::Config;
 use idlegate_core::Sharding;
@@ -128,7 +128,8 @@ impl Stopper {
 }
 
 const CONTROL: Token = Token(usize::MAX - 1);
-/// How long one snapshot of the workers answers scrapes: at most one a second is taken.
+/// How long one snapshot of the workers answers scrapes (`--metrics`, and the API's
+/// `/metrics` and `/api/counters`): at most one a second is taken for each.
 const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 /// How long the serving thread waits for a worker's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -334,10 +335,7 @@ impl Gateway {
         }
         let api = match (api_server, intake, &options.api) {
             (Some(server), Some(intake), Some(options)) => {
-                let asker = Asker {
-                    contacts: contacts.clone(),
-                    rule_names: rule_names.clone(),
-                };
+                let asker = Asker::new(contacts.clone(), rule_names.clone());
                 let guard = crate::obs::http::Guard {
                     token: options.token.clone(),
                 };
@@ -406,10 +404,7 @@ impl Gateway {
                 }
             }
             let metrics = self.metrics.take().map(|mut server| {
-                let ask = Asker {
-                    contacts: self.contacts.clone(),
-                    rule_names: self.rule_names.clone(),
-                };
+                let ask = Asker::new(self.contacts.clone(), self.rule_names.clone());
                 let stopper = self.stopper.clone();
                 std::thread::Builder::new()
                     .name("gateway-metrics".into())
@@ -417,16 +412,13 @@ impl Gateway {
                         let shards = ask.view();
                         // Scrapes close together share one snapshot: whoever reaches the
                         // metrics address makes the workers take at most one a second.
-                        let mut last: Option<(Instant, String)> = None;
+                        let mut last: Recent<(), String> = Recent::new(SNAPSHOT_REUSE);
                         server.run(&|| stopper.stopped(), &mut || {
-                            if let Some((at, text)) = &last {
-                                if at.elapsed() < SNAPSHOT_REUSE {
-                                    return Some(text.clone());
-                                }
-                            }
-                            let text = crate::gateway::metrics::render(&shards.snapshot()?);
-                            last = Some((Instant::now(), text.clone()));
-                            Some(text)
+                            last.get((), || {
+                                let s = shards.snapshot().ok_or(())?;
+                                Ok::<_, ()>(crate::gateway::metrics::render(&s))
+                            })
+                            .ok()
                         })
                     })
             });
@@ -499,6 +491,7 @@ impl Gateway {
                 let mut shards = Ask {
                     contacts: &self.contacts,
                     rule_names: &self.rule_names,
+                    timeout: ANSWER_TIMEOUT,
                 };
                 if let Some(control) = &mut self.control {
                     control.serve(&mut shards);

@@ -154,9 +154,19 @@ impl Rig {
         capacity: usize,
         feed: Option<super::feed::Feed>,
     ) -> Rig {
-        let config = config(expiry);
+        Rig::of(&config(expiry), workers, offload, capacity, feed)
+    }
+
+    /// A rig of `config`'s rules, fed as [`Rig::fed`].
+    fn of(
+        config: &Config,
+        workers: usize,
+        offload: bool,
+        capacity: usize,
+        feed: Option<super::feed::Feed>,
+    ) -> Rig {
         let t0 = Instant::now();
-        let mut engines = Engine::sharded(&config, t0, SEED, workers);
+        let mut engines = Engine::sharded(config, t0, SEED, workers);
         if feed.is_some() {
             for engine in &mut engines {
                 engine.report_refreshes(Some(super::api::REFRESHED_AFTER));

@@ -23,8 +23,9 @@ use anyhow::{Context, Result};
 use idlegate_core::packet::{self, Parsed};
 use idlegate_core::Expiry;
 use idlegate_core::Sharding;
-use idlegate_core::{Engine, Event, ExpiryCause, Interface, Verdict};
+use idlegate_core::{Engine, Event, ExpiryCause, FlowInfo, Interface, Verdict};
 use mio::{Events, Poll, Token};
+use std::collections::BinaryHeap;
 use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -326,14 +327,13 @@ impl<D: PacketIo> Worker<D> {
     fn answer(&mut self, query: Query) -> Answer {
         let now = self.shard.now;
         match query {
-            Query::Flows => {
+            Query::Flows { limit } => {
                 let engine = &self.shard.engine;
-                Answer::Flows(
-                    engine
-                        .flows(now)
-                        .map(|f| FlowRow::new(engine, &f))
-                        .collect(),
-                )
+                let (kept, count) = soonest(engine.flows(now), limit);
+                Answer::Flows {
+                    rows: kept.iter().map(|f| FlowRow::new(engine, f)).collect(),
+                    count,
+                }
             }
             Query::Expire(rule) => {
                 let count = self
@@ -343,8 +343,8 @@ impl<D: PacketIo> Worker<D> {
                 self.flush();
                 Answer::Expired(count)
             }
-            Query::Retime(config) => {
-                self.shard.engine.retime(&config);
+            Query::Retime(changes) => {
+                self.shard.engine.retime(&changes);
                 Answer::Retimed
             }
             Query::Snapshot => Answer::Snapshot(Box::new(Snapshot::of(
@@ -602,6 +602,53 @@ fn expiry_action(action: Expiry) -> &'static str {
         Expiry::ResetOnNext => "silent: the next packet will be answered with a RST",
         Expiry::AckAndDiscard => "what either end sends now is acknowledged and discarded",
     }
+}
+
+/// `flows` (all of them without a `limit`; with one, at most that many, the soonest to
+/// expire, sorted soonest first) and how many there were. With a limit only `limit` of the
+/// Copy [`FlowInfo`]s are held at a time (a bounded heap), so what a client asks for bounds
+/// what the worker keeps and formats, whatever the table holds.
+pub(super) fn soonest(
+    flows: impl Iterator<Item = FlowInfo>,
+    limit: Option<usize>,
+) -> (Vec<FlowInfo>, usize) {
+    let Some(limit) = limit else {
+        let all: Vec<FlowInfo> = flows.collect();
+        let count = all.len();
+        return (all, count);
+    };
+    /// A flow ordered by how soon it expires: the heap's top is the latest of those kept.
+    struct BySoonest(FlowInfo);
+    impl PartialEq for BySoonest {
+        fn eq(&self, other: &Self) -> bool {
+            self.0.expires_in == other.0.expires_in
+        }
+    }
+    impl Eq for BySoonest {}
+    impl PartialOrd for BySoonest {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for BySoonest {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.expires_in.cmp(&other.0.expires_in)
+        }
+    }
+    let mut kept: BinaryHeap<BySoonest> = BinaryHeap::new();
+    let mut count = 0;
+    for f in flows {
+        count += 1;
+        if kept.len() < limit {
+            kept.push(BySoonest(f));
+        } else if let Some(mut latest) = kept.peek_mut() {
+            if f.expires_in < latest.0.expires_in {
+                *latest = BySoonest(f);
+            }
+        }
+    }
+    let sorted = kept.into_sorted_vec().into_iter().map(|b| b.0).collect();
+    (sorted, count)
 }
 
 /// The queue of `queues` that leads to `dst` on side `out`: the device of that host, else

@@ -24,7 +24,7 @@ fn a_new_idle_timeout_leaves_an_existing_flows_deadline_and_runs_from_its_next_p
     let changed = config
         .with_rule_change("app", &change(Some("10m"), None))
         .unwrap();
-    h.engine.retime(&changed);
+    h.engine.retime(&Retiming::between(&config, &changed));
     let info = h.engine.flows(h.at(1_000)).next().unwrap();
     assert_eq!(info.expires_in, Duration::from_millis(IDLE_MS - 1_000));
     assert_eq!(
@@ -64,7 +64,7 @@ fn an_existing_flow_not_refreshed_expires_at_its_old_deadline_reporting_the_old_
     let changed = config
         .with_rule_change("app", &change(Some("10m"), None))
         .unwrap();
-    h.engine.retime(&changed);
+    h.engine.retime(&Retiming::between(&config, &changed));
     h.advance_to(IDLE_MS);
     assert_eq!(h.engine.flow_count(), 0);
     let expired = h.events.iter().find_map(|(_, e)| match e {
@@ -84,7 +84,7 @@ fn a_new_flow_gets_the_new_idle_timeout() {
     let changed = config
         .with_rule_change("app", &change(Some("5m"), None))
         .unwrap();
-    h.engine.retime(&changed);
+    h.engine.retime(&Retiming::between(&config, &changed));
     h.connect_inbound(40_000);
     h.advance_to(IDLE_MS);
     assert_eq!(h.engine.flow_count(), 1);
@@ -100,10 +100,74 @@ fn a_new_expiry_action_applies_to_existing_flows_at_their_expiry() {
     let changed = config
         .with_rule_change("app", &change(None, Some("reset")))
         .unwrap();
-    h.engine.retime(&changed);
+    h.engine.retime(&Retiming::between(&config, &changed));
     h.advance_to(IDLE_MS);
     assert_eq!(h.expired(), vec![(IDLE_MS, Expiry::Reset)]);
     assert_eq!(h.sent.len(), 2, "a RST to each end");
+}
+
+#[test]
+fn a_change_sent_alone_leaves_an_earlier_change_to_another_rule_in_place() {
+    let config = config("silent", ONE_VM);
+    let mut h = Harness::with(config.clone());
+    let app = config
+        .with_rule_change("app", &change(Some("10m"), None))
+        .unwrap();
+    h.engine.retime(&Retiming::between(&config, &app));
+    // A change to another rule, worked out from a config that never saw the first: it names
+    // that rule alone, so the first change holds.
+    let egress = config
+        .with_rule_change("egress", &change(None, Some("reset")))
+        .unwrap();
+    let sent = Retiming::between(&config, &egress);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].rule, sent[0].expiry), (1, Expiry::Reset));
+    h.engine.retime(&sent);
+    h.connect_inbound(40_000);
+    h.advance_to(IDLE_MS + 1_000);
+    assert_eq!(h.engine.flow_count(), 1, "app runs 10 s, not its old 4 s");
+    h.advance_to(10_000);
+    assert_eq!(h.engine.flow_count(), 0);
+}
+
+#[test]
+fn a_change_that_cannot_alter_what_the_flows_run_is_refused_naming_the_cause() {
+    let text = "[[frontend]]\nname = \"public\"\naddress = \"203.0.113.10\"\n\
+                [[frontend]]\nname = \"natgw-ip\"\naddress = \"203.0.113.20\"\n\
+                [[backend_pool]]\nname = \"vms\"\nmembers = [{ name = \"vm1\", address = \"192.0.2.11\" }]\n\
+                [[lb_rule]]\nname = \"dns\"\nprotocol = \"udp\"\nfrontend = \"public\"\nfrontend_port = 53\nbackend_pool = \"vms\"\nbackend_port = 53\n\
+                [[outbound_rule]]\nname = \"egress\"\nfrontend = \"public\"\nbackend_pool = \"vms\"\n\
+                [[nat_gateway]]\nname = \"natgw\"\nfrontend = \"natgw-ip\"\nbackend_pools = [\"vms\"]\n";
+    let c = Config::from_toml(text, "test").unwrap();
+    let refused = |name: &str, change: RuleChange| match c.with_rule_change(name, &change) {
+        Err(RuleChangeError::NoEffect(why)) => why,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(
+        refused("dns", change(Some("10m"), None)),
+        "rule dns is udp: its flows run the profile's UDP timeouts, not idle_timeout"
+    );
+    assert_eq!(
+        refused("dns", change(None, Some("reset"))),
+        "rule dns is udp: its flows end silently, whatever its expiry"
+    );
+    let why = refused("egress", change(Some("10m"), None));
+    assert!(
+        why.starts_with("outbound rule egress's pool vms leaves through NAT gateway natgw")
+            && why.ends_with("change natgw instead (POST /api/rules/natgw)"),
+        "{why}"
+    );
+    // The gateway itself can be changed, and with it what the pool's flows run.
+    let changed = c
+        .with_rule_change("natgw", &change(Some("10m"), None))
+        .unwrap();
+    let sent = Retiming::between(&c, &changed);
+    let names: Vec<RuleId> = sent.iter().map(|r| r.rule).collect();
+    assert_eq!(
+        names,
+        [1, 2],
+        "the gateway and the outbound rule it overrides"
+    );
 }
 
 #[test]
@@ -120,7 +184,13 @@ fn a_change_is_refused_with_the_words_the_config_file_gets() {
         "test.toml",
     )
     .unwrap_err();
-    assert_eq!(err, RuleChangeError::Invalid(in_file.message.clone()));
+    assert_eq!(
+        err,
+        RuleChangeError::Invalid {
+            message: in_file.message.clone(),
+            hint: None
+        }
+    );
     assert_eq!(
         in_file.message,
         "idle_timeout = 120m is outside Azure LB's range: 4 min to 100 min"
@@ -129,7 +199,7 @@ fn a_change_is_refused_with_the_words_the_config_file_gets() {
         .with_rule_change("app", &change(None, Some("explode")))
         .unwrap_err();
     assert!(
-        matches!(&err, RuleChangeError::Invalid(m) if m.starts_with("expiry = \"explode\"")),
+        matches!(&err, RuleChangeError::Invalid { message: m, .. } if m.starts_with("expiry = \"explode\"")),
         "{err}"
     );
     let err = config
@@ -318,8 +388,9 @@ proptest::proptest! {
             match step {
                 Step::Retime { minutes } => {
                     let idle = RuleChange { idle_timeout: Some(format!("{minutes}m")), expiry: None };
-                    current = current.with_rule_change("app", &idle).unwrap();
-                    h.engine.retime(&current);
+                    let next = current.with_rule_change("app", &idle).unwrap();
+                    h.engine.retime(&Retiming::between(&current, &next));
+                    current = next;
                     in_force = minutes * 1_000;
                 }
                 Step::Packet { gap } => {

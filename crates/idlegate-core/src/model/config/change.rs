@@ -21,9 +21,17 @@ pub enum RuleChangeError {
     /// No rule has that name.
     #[error("no rule is named \"{name}\" ({})", names_list(known.iter()))]
     UnknownRule { name: String, known: Vec<String> },
-    /// The file would refuse the value: what it would say.
+    /// The file would refuse the value: what it would say, and what to write instead where
+    /// the mistake suggests it.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The change could not alter what the rule's flows run (a UDP rule's `idle_timeout`, an
+    /// outbound rule a NAT gateway overrides): why, and what to change instead.
     #[error("{0}")]
-    Invalid(String),
+    NoEffect(String),
 }
 
 /// The tables of the config that are rules with idle settings.
@@ -50,9 +58,20 @@ impl Config {
         if !self.rule_names().any(|n| n == name) {
             return Err(unknown());
         }
-        let mut table: toml::Table = self.source.text.parse().map_err(|e: toml::de::Error| {
-            RuleChangeError::Invalid(format!("the config's text cannot be read again: {e}"))
-        })?;
+        if let Some(why) = self.no_effect(name, change) {
+            return Err(RuleChangeError::NoEffect(why));
+        }
+        let mut table: toml::Table =
+            self.source
+                .text
+                .parse()
+                .map_err(|e: toml::de::Error| RuleChangeError::Invalid {
+                    message: format!("the config's text cannot be read again: {e}"),
+                    hint: None,
+                })?;
+        // The first rule of that name in the tables' (alphabetical) order: rule names are
+        // unique across every kind of rule (the config refuses a name used twice, in
+        // `validate.rs`), so it is the one `idle_of` finds in the engine's order.
         let rule = table
             .iter_mut()
             .filter(|(key, _)| RULE_TABLES.contains(&key.as_str()))
@@ -68,8 +87,13 @@ impl Config {
             rule.insert("expiry".into(), toml::Value::String(e.clone()));
         }
         let text = table.to_string();
-        let read = Config::from_toml(&text, &self.source.file)
-            .map_err(|e| RuleChangeError::Invalid(e.message))?;
+        // Positions in the error would point into the re-serialised text, not the file: only
+        // its words and its hint are kept.
+        let read =
+            Config::from_toml(&text, &self.source.file).map_err(|e| RuleChangeError::Invalid {
+                message: e.message,
+                hint: e.hint,
+            })?;
         let mut next = self.clone();
         let (Some(new), Some(idle)) = (read.idle_of(name), next.idle_of_mut(name)) else {
             return Err(unknown());
@@ -90,6 +114,39 @@ impl Config {
             file: self.source.file.clone(),
         };
         Ok(next)
+    }
+
+    /// Why `change` to rule `name` could not alter what its flows run, if it could not: a
+    /// UDP rule's flows run the profile's UDP timeouts and end silently; an outbound rule whose
+    /// pool a NAT gateway serves runs the gateway's settings (Azure: the NAT gateway takes
+    /// precedence), which are changed on the gateway.
+    fn no_effect(&self, name: &str, change: &RuleChange) -> Option<String> {
+        let lb = self.lb_rules.iter().map(|r| (&r.name, r.protocol));
+        let nat = self.inbound_nat_rules.iter().map(|r| (&r.name, r.protocol));
+        let out = self.outbound_rules.iter().map(|r| (&r.name, r.protocol));
+        let udp = lb
+            .chain(nat)
+            .chain(out)
+            .any(|(n, p)| n == name && p == Protocols::Udp);
+        if udp && change.idle_timeout.is_some() {
+            return Some(format!(
+                "rule {name} is udp: its flows run the profile's UDP timeouts, not idle_timeout"
+            ));
+        }
+        if udp {
+            return Some(format!(
+                "rule {name} is udp: its flows end silently, whatever its expiry"
+            ));
+        }
+        let rule = self.outbound_rules.iter().find(|r| r.name == name)?;
+        let gateway = self
+            .nat_gateways
+            .iter()
+            .find(|g| g.backend_pools.contains(&rule.backend_pool))?;
+        Some(format!(
+            "outbound rule {name}'s pool {} leaves through NAT gateway {}, whose idle settings its flows run (Azure: a NAT gateway takes precedence over outbound rules): change {} instead (POST /api/rules/{})",
+            self.backend_pools[rule.backend_pool].name, gateway.name, gateway.name, gateway.name
+        ))
     }
 
     /// Every rule's name, in the engine's order.

@@ -100,7 +100,9 @@ pub struct Config {
     pub source: Source,
 }
 
-/// The text a [`Config`] was read from.
+/// The text a [`Config`] was read from. After a rule's change ([`Config::with_rule_change`])
+/// `text` is the config re-serialised with the change (comments dropped, keys re-ordered), not
+/// the file as written: `file` still names the file, which was not read again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Source {
     pub text: std::sync::Arc<str>,

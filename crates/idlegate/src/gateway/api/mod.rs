@@ -5,21 +5,27 @@
 //! (snake_case keys, durations as `*_s` seconds or `at_ms` milliseconds, enums kebab-case).
 //! What the gateway holds is asked of every worker through its contact, as `idlegate flows`
 //! and the metrics ask (all answer within their timeout, or the request fails with 503); a
-//! rule's idle settings are changed by [`Config::with_rule_change`], which validates them as
-//! the config file is validated, and each worker runs them from its next turn
-//! ([`idlegate_core::Engine::retime`]). Events come from the workers through the feed
+//! flows answer asks each worker for at most `limit` flows, the soonest to expire, and a
+//! snapshot (`/api/counters`, `/metrics`) or a flows answer is reused for a while
+//! ([`SNAPSHOT_REUSE`](super::SNAPSHOT_REUSE), [`FLOWS_REUSE`]), so that no client makes the
+//! workers do more than that however often it asks. A rule's idle settings are changed by
+//! [`Config::with_rule_change`], which validates them as the config file is validated and
+//! refuses a change that cannot alter what the flows run; the change alone
+//! ([`idlegate_core::Retiming`]) is queued to every worker, which runs it from its next turn
+//! ([`idlegate_core::Engine::retime`]), and once queued it is the API's config whatever the
+//! wait for the workers' confirmations gives. Events come from the workers through the feed
 //! (`feed.rs`) and are handed to the server, which numbers and streams them. The page and its
 //! assets are embedded in the binary.
 
 mod events;
 
-use super::ask::Asker;
+use super::ask::{Asker, Recent};
 use super::control::{FlowRow, Shards};
 use super::feed::Intake;
 use crate::gateway::metrics::{self, Snapshot};
 use crate::obs::http::{Answer, Method, Request, Response, Service, StreamEvent};
-use idlegate_core::config::{RuleChange, RuleChangeError};
-use idlegate_core::{precedence, Config, DropReason};
+use idlegate_core::config::{human, RuleChange, RuleChangeError, TimeoutFrom};
+use idlegate_core::{precedence, Config, DropReason, Retiming};
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
@@ -39,6 +45,8 @@ pub const REFRESHED_AFTER: std::time::Duration = std::time::Duration::from_milli
 pub const FLOWS_LIMIT: usize = 10_000;
 /// The most `limit` may ask.
 pub const FLOWS_LIMIT_MAX: usize = 100_000;
+/// How long a flows answer is given again to whoever asks the same `limit`.
+pub const FLOWS_REUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Every endpoint: method, path, what it does (`GET /api`).
 const ENDPOINTS: [(&str, &str, &str); 11] = [
@@ -88,6 +96,10 @@ pub(super) struct Api {
     lost_said: u64,
     /// Events the API makes itself (`rule-changed`), for the next [`Service::poll_events`].
     pending: VecDeque<StreamEvent>,
+    /// The last snapshot of the workers (`/api/counters`, `/metrics`).
+    snapshots: Recent<(), Arc<Snapshot>>,
+    /// The last flows answer's body, by `limit`.
+    flows_answers: Recent<usize, Arc<[u8]>>,
 }
 
 impl Api {
@@ -99,10 +111,21 @@ impl Api {
             intake,
             lost_said: 0,
             pending: VecDeque::new(),
+            snapshots: Recent::new(super::SNAPSHOT_REUSE),
+            flows_answers: Recent::new(FLOWS_REUSE),
         }
     }
 
-    fn flows(&self, query: &str) -> Response {
+    /// The API with every answer asked of the workers anew (the tests' virtual time moves
+    /// faster than the reuse's real one).
+    #[cfg(test)]
+    pub(super) fn without_reuse(mut self) -> Api {
+        self.snapshots = Recent::new(std::time::Duration::ZERO);
+        self.flows_answers = Recent::new(std::time::Duration::ZERO);
+        self
+    }
+
+    fn flows(&mut self, query: &str) -> Response {
         let limit = match param(query, "limit") {
             None => FLOWS_LIMIT,
             Some(n) => match n.parse::<usize>() {
@@ -115,31 +138,36 @@ impl Api {
                 }
             },
         };
-        let mut rows: Vec<FlowRow> = match self.asker.view().flows() {
-            Ok(rows) => rows,
-            Err(e) => return Response::error(503, &e),
-        };
-        let count = rows.len();
-        rows.truncate(limit);
-        Response::json(
-            200,
-            &json!({
+        let (asker, time_scale) = (&self.asker, self.config.time_scale);
+        let body = self.flows_answers.get(limit, || {
+            let (rows, count) = asker.view().soonest_flows(limit)?;
+            let body = json!({
                 "flows": rows.iter().map(flow_json).collect::<Vec<_>>(),
                 "count": count,
-                "truncated": count > limit,
-                "time_scale": self.config.time_scale,
-            }),
-        )
+                "truncated": count > rows.len(),
+                "time_scale": time_scale,
+            });
+            Ok::<_, String>(Arc::from(body.to_string().into_bytes()))
+        });
+        match body {
+            Ok(body) => Response {
+                status: 200,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: Cow::Owned(body.to_vec()),
+            },
+            Err(e) => Response::error(503, &e),
+        }
     }
 
-    fn snapshot(&self) -> Result<Snapshot, Response> {
-        self.asker
-            .view()
-            .snapshot()
-            .ok_or_else(|| Response::error(503, "a gateway worker did not answer"))
+    fn snapshot(&mut self) -> Result<Arc<Snapshot>, Response> {
+        let asker = &self.asker;
+        self.snapshots
+            .get((), || asker.view().snapshot().map(Arc::new).ok_or(()))
+            .map_err(|()| Response::error(503, "a gateway worker did not answer"))
     }
 
-    fn counters(&self) -> Response {
+    fn counters(&mut self) -> Response {
         let s = match self.snapshot() {
             Ok(s) => s,
             Err(r) => return r,
@@ -178,7 +206,7 @@ impl Api {
         )
     }
 
-    fn metrics(&self) -> Response {
+    fn metrics(&mut self) -> Response {
         match self.snapshot() {
             Ok(s) => Response {
                 status: 200,
@@ -221,19 +249,34 @@ impl Api {
             expiry: body.expiry,
         };
         let next = match self.config.with_rule_change(name, &change) {
-            Ok(next) => Arc::new(next),
+            Ok(next) => next,
             Err(RuleChangeError::UnknownRule { known, .. }) => {
                 return Response::json(
                     404,
                     &json!({ "error": format!("no rule is named \"{name}\""), "rules": known }),
                 )
             }
-            Err(e @ RuleChangeError::Invalid(_)) => return Response::error(400, &e.to_string()),
+            Err(RuleChangeError::Invalid { message, hint }) => {
+                let mut body = json!({ "error": message });
+                if let Some(hint) = hint {
+                    body["hint"] = hint.into();
+                }
+                return Response::json(400, &body);
+            }
+            Err(e @ RuleChangeError::NoEffect(_)) => return Response::error(409, &e.to_string()),
         };
-        if let Err(e) = self.asker.view().retime(&next) {
-            return Response::error(503, &e);
-        }
-        self.config = next;
+        let changes: Arc<[Retiming]> = Retiming::between(&self.config, &next).into();
+        let view = self.asker.view();
+        let asked = match view.retime(&changes) {
+            Ok(asked) => asked,
+            Err(e) => return Response::error(503, &e),
+        };
+        // Queued to every worker: each runs it from its queue, in order, however late; so it
+        // is the config from now, and a later change is worked out from it.
+        self.config = Arc::new(next);
+        self.snapshots.forget();
+        self.flows_answers.forget();
+        let confirmed = view.confirmed(&asked);
         let (idle_timeout_s, expiry) = self.rule_now(name);
         let at_ms = self.started.elapsed().as_millis() as u64;
         self.pending.push_back(StreamEvent {
@@ -246,27 +289,71 @@ impl Api {
             })
             .to_string(),
         });
-        Response::json(
-            200,
-            &json!({
-                "rule": name,
-                "idle_timeout_s": idle_timeout_s,
-                "expiry": expiry,
-                "applies": APPLIES,
-            }),
-        )
+        let mut body = json!({
+            "rule": name,
+            "idle_timeout_s": idle_timeout_s,
+            "expiry": expiry,
+            "applies": self.applies(name),
+            "confirmed_by": confirmed,
+            "workers": asked.workers,
+        });
+        if confirmed < asked.workers {
+            body["message"] = format!(
+                "sent to every worker; {confirmed} of {} confirmed within {:?}, the others run it when they next take their questions",
+                asked.workers, self.asker.timeout
+            )
+            .into();
+            return Response::json(202, &body);
+        }
+        Response::json(200, &body)
     }
 
-    /// Rule `name`'s idle timeout as it runs (scaled, seconds) and expiry action.
-    fn rule_now(&self, name: &str) -> (Option<f64>, Option<&'static str>) {
+    /// Rule `name`'s idle timeout as it runs (scaled, seconds) and expiry action: its TCP
+    /// flows' (every rule a change is accepted for has them).
+    fn rule_now(&self, name: &str) -> (f64, &'static str) {
         let e = precedence::explanation(&self.config);
-        e.rules
+        let tcp = e
+            .rules
             .iter()
             .find(|r| r.name == name)
-            .and_then(|r| r.tcp.as_ref())
-            .map_or((None, None), |t| {
-                (Some(t.runs.as_secs_f64()), Some(t.expiry.as_str()))
-            })
+            .and_then(|r| r.tcp.as_ref());
+        match tcp {
+            Some(t) => (t.runs.as_secs_f64(), t.expiry.as_str()),
+            // A rule with no TCP flows: what it is set to (a change to it is refused, so this
+            // is only said of a rule named that the config has).
+            None => self.config.idle_of(name).map_or((0.0, "silent"), |idle| {
+                (
+                    self.config.scaled(idle.timeout).as_secs_f64(),
+                    idle.expiry.as_str(),
+                )
+            }),
+        }
+    }
+
+    /// How the change to rule `name` applies: [`APPLIES`], and, for an inbound rule whose
+    /// frontend sets its own idle timeout, that the API's beats it (on the platform the
+    /// frontend's wins over the rule's).
+    fn applies(&self, name: &str) -> String {
+        let c = &self.config;
+        let lb = c.lb_rules.iter().map(|r| (&r.name, r.frontend, &r.idle));
+        let nat = c
+            .inbound_nat_rules
+            .iter()
+            .map(|r| (&r.name, r.frontend, &r.idle));
+        let beaten = lb
+            .chain(nat)
+            .find(|(n, _, idle)| *n == name && idle.timeout_from == TimeoutFrom::Api)
+            .and_then(|(_, f, _)| {
+                let frontend = &c.frontends[f];
+                frontend.idle_timeout.map(|t| (&frontend.name, t))
+            });
+        match beaten {
+            Some((frontend, t)) => format!(
+                "{APPLIES}. This idle timeout beats frontend {frontend}'s own idle_timeout of {}, which on the platform would win over the rule's",
+                human(t)
+            ),
+            None => APPLIES.to_string(),
+        }
     }
 
     fn expire(&mut self, body: &[u8]) -> Response {
@@ -302,6 +389,8 @@ impl Api {
                 );
             }
         }
+        self.snapshots.forget();
+        self.flows_answers.forget();
         match self.asker.view().expire(rule.as_deref()) {
             Ok(n) => Response::json(200, &json!({ "expired": n })),
             Err(e) => Response::error(503, &e),
@@ -364,9 +453,12 @@ impl Service for Api {
         let lost = self.intake.lost();
         if lost > self.lost_said {
             let at_ms = self.started.elapsed().as_millis() as u64;
+            // `cause: feed`: the workers' feed was full, whatever this client did (the server's
+            // own `lagged` says `cause: ring`: this client fell behind).
             out(StreamEvent {
                 name: "lagged",
-                data: json!({ "missed": lost - self.lost_said, "at_ms": at_ms }).to_string(),
+                data: json!({ "missed": lost - self.lost_said, "cause": "feed", "at_ms": at_ms })
+                    .to_string(),
             });
             self.lost_said = lost;
         }

@@ -489,7 +489,8 @@
       if (!Object.keys(body).length) { err.textContent = 'give an idle timeout (as in the config: 10m, 30s) or an expiry'; return; }
       const r = await api('POST', '/api/rules/' + encodeURIComponent(rule.name), body).catch((e) => ({ ok: false, data: { error: String(e) } }));
       if (r.ok) {
-        said(`${rule.name}: idle timeout runs ${secs(Number(r.data.idle_timeout_s))}, expiry ${r.data.expiry}. ${r.data.applies || ''}`);
+        // 202: sent to every worker, not confirmed by all in time; the message says so.
+        said(`${rule.name}: idle timeout runs ${secs(Number(r.data.idle_timeout_s))}, expiry ${r.data.expiry}. ${r.data.applies || ''}${r.data.message ? ' ' + r.data.message : ''}`);
         idle.value = '';
         exp.value = '';
         loadRules();

@@ -6,9 +6,9 @@
 //! stream starts after the newest event, or with `Last-Event-ID: N` after event N; each stream
 //! copies from the ring into its own buffer of at most [`STREAM_BUFFER`] bytes and writes from
 //! there, so a stream whose client reads slowly only falls behind in the ring. One that falls
-//! out of the ring (its next event dropped from it) is sent `lagged` with `{"missed": n}` and
-//! goes on from the oldest event held; that event has the id of the last one missed, so that a
-//! reconnect from it does not hear of the same loss twice.
+//! out of the ring (its next event dropped from it) is sent `lagged` with `{"missed": n,
+//! "cause": "ring"}` and goes on from the oldest event held; that event has the id of the last
+//! one missed, so that a reconnect from it does not hear of the same loss twice.
 
 use crate::obs::http::StreamEvent;
 use std::collections::VecDeque;
@@ -127,7 +127,7 @@ impl Stream {
         if self.next < ring.first && self.out.len() < STREAM_BUFFER {
             let missed = ring.first - self.next;
             let at_ms = now.saturating_duration_since(epoch).as_millis();
-            let data = format!("{{\"missed\":{missed},\"at_ms\":{at_ms}}}");
+            let data = format!("{{\"missed\":{missed},\"cause\":\"ring\",\"at_ms\":{at_ms}}}");
             self.out
                 .extend_from_slice(&frame(Some(ring.first - 1), "lagged", &data));
             self.next = ring.first;
@@ -238,7 +238,7 @@ mod tests {
         stream.fill(&ring, now, now);
         let text = sent(&mut stream);
         assert!(
-            text.starts_with("id: 6\nevent: lagged\ndata: {\"missed\":6,\"at_ms\":0}\n\nid: 7\n"),
+            text.starts_with("id: 6\nevent: lagged\ndata: {\"missed\":6,\"cause\":\"ring\",\"at_ms\":0}\n\nid: 7\n"),
             "{text}"
         );
         assert!(text.ends_with("id: 10\nevent: created\ndata: {\"n\":10}\n\n"));

@@ -629,7 +629,7 @@ fn a_client_resuming_from_before_the_ring_is_told_lagged_with_how_many_it_missed
     resumed.until("id: 7\n");
     let text = resumed.body();
     assert!(
-        text.starts_with("id: 6\nevent: lagged\ndata: {\"missed\":5,\"at_ms\":"),
+        text.starts_with("id: 6\nevent: lagged\ndata: {\"missed\":5,\"cause\":\"ring\",\"at_ms\":"),
         "{text}"
     );
 }
