@@ -3,21 +3,49 @@
 //! Contract, in this order: on a loopback address the `Host` field must name a loopback host
 //! (`localhost`, or an IP literal in 127.0.0.0/8 or `[::1]`, any port), else 403: a page of
 //! another site that made its own name resolve to 127.0.0.1 (DNS rebinding) sends its own
-//! name. With a token, `GET /?token=TOKEN` is answered 303 to `/` with the token as an
-//! `HttpOnly; SameSite=Strict` cookie (a wrong one 401), and every other request carries the
-//! token as `Authorization: Bearer TOKEN` or the cookie `idlegate_token`, else 401 with
-//! `WWW-Authenticate: Bearer`. Tokens are compared with `subtle`'s constant-time equality (the
-//! time taken does not tell how many leading bytes were right; the length may show). A POST
-//! must say `Content-Type: application/json`, else 415: a page of another origin cannot send
-//! that without a CORS preflight, which this server never allows.
+//! name. With a token, `GET /?token=TOKEN` is answered 303 to `/` with this server's
+//! session cookie (a wrong token 401), and every other request carries the token as
+//! `Authorization: Bearer TOKEN` or the session cookie, else 401 with
+//! `WWW-Authenticate: Bearer`. The session cookie ([`Access`]) is named after the port the
+//! server listens on (`idlegate_PORT`: cookies are shared by every port of a host, RFC 6265,
+//! section 8.5, so two servers on one host must not overwrite each other's) and holds a
+//! random secret made when the server started, not the token: a cookie another server of the
+//! host receives is not the token scripts use, and it opens no other server and no later run.
+//! Secrets are compared with `subtle`'s constant-time equality (the time taken does not tell
+//! how many leading bytes were right; the length may show). A POST must say
+//! `Content-Type: application/json`, else 415: a page of another origin cannot send that
+//! without a CORS preflight, which this server never allows.
 
 use super::request::{is_json, Fields, Head, Verb};
-use crate::obs::http::{Guard, Response};
+use crate::obs::http::Response;
+use anyhow::{anyhow, Result};
 use std::borrow::Cow;
 use subtle::ConstantTimeEq;
 
-/// The cookie the token travels in once `/?token=` set it.
-pub const COOKIE: &str = "idlegate_token";
+/// What a service's server with a token lets in: the token, and the session cookie it gives
+/// a browser for it.
+#[derive(Clone)]
+pub(super) struct Access {
+    pub(super) token: String,
+    /// The cookie's name: `idlegate_PORT`.
+    pub(super) cookie: String,
+    /// The cookie's value: 32 random bytes in hex, made when the server started.
+    pub(super) secret: String,
+}
+
+impl Access {
+    /// The access of a server with `token` listening on `port`, with a new session secret.
+    pub(super) fn new(token: &str, port: u16) -> Result<Access> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| anyhow!("making the API's session cookie: no random bytes: {e}"))?;
+        Ok(Access {
+            token: token.to_string(),
+            cookie: format!("idlegate_{port}"),
+            secret: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
 
 /// What the guard makes of a request.
 #[derive(Debug)]
@@ -29,7 +57,12 @@ pub(super) enum Verdict {
 }
 
 /// Checks a whole request head for a server listening on a loopback address or not.
-pub(super) fn check(guard: &Guard, loopback: bool, head: &Head, fields: &Fields) -> Verdict {
+pub(super) fn check(
+    access: Option<&Access>,
+    loopback: bool,
+    head: &Head,
+    fields: &Fields,
+) -> Verdict {
     if loopback {
         match fields.host.as_deref() {
             Some(host) if is_loopback_host(host) => {}
@@ -51,11 +84,11 @@ pub(super) fn check(guard: &Guard, loopback: bool, head: &Head, fields: &Fields)
             }
         }
     }
-    if let Some(token) = &guard.token {
+    if let Some(access) = access {
         let read = matches!(head.verb, Verb::Get | Verb::Head);
         if read && head.path() == "/" {
             if let Some(given) = query_token(head.query()) {
-                if !equal(given.as_bytes(), token.as_bytes()) {
+                if !equal(given.as_bytes(), access.token.as_bytes()) {
                     return Verdict::Answer(unauthorized(
                         "the token in ?token= is not this server's",
                     ));
@@ -67,7 +100,10 @@ pub(super) fn check(guard: &Guard, loopback: bool, head: &Head, fields: &Fields)
                         ("Location", "/".to_string()),
                         (
                             "Set-Cookie",
-                            format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+                            format!(
+                                "{}={}; HttpOnly; SameSite=Strict; Path=/",
+                                access.cookie, access.secret
+                            ),
                         ),
                         ("Cache-Control", "no-store".to_string()),
                     ],
@@ -75,14 +111,23 @@ pub(super) fn check(guard: &Guard, loopback: bool, head: &Head, fields: &Fields)
                 });
             }
         }
+        // The bearer token against the token, each cookie of this server's name against the
+        // session secret (never the other way round).
         let carried = bearer(fields.authorization.as_deref())
+            .map(|t| (t, access.token.as_str()))
             .into_iter()
-            .chain(fields.cookies.iter().flat_map(|c| cookie_tokens(c)))
-            .collect::<Vec<&str>>();
+            .chain(
+                fields
+                    .cookies
+                    .iter()
+                    .flat_map(|c| cookie_values(c, &access.cookie))
+                    .map(|v| (v, access.secret.as_str())),
+            )
+            .collect::<Vec<(&str, &str)>>();
         // Every candidate compared, so that the time does not tell which one was right.
-        let right = carried
-            .iter()
-            .fold(false, |ok, c| ok | equal(c.as_bytes(), token.as_bytes()));
+        let right = carried.iter().fold(false, |ok, (c, want)| {
+            ok | equal(c.as_bytes(), want.as_bytes())
+        });
         if !right {
             return Verdict::Answer(unauthorized(if carried.is_empty() {
                 "this server needs its token: send Authorization: Bearer TOKEN, or open /?token=TOKEN once in a browser"
@@ -152,11 +197,11 @@ fn bearer(authorization: Option<&str>) -> Option<&str> {
         .then_some(token.trim())
 }
 
-/// Every `idlegate_token` value of one `Cookie` field (`a=b; idlegate_token=…`).
-fn cookie_tokens(cookie: &str) -> impl Iterator<Item = &str> {
-    cookie.split(';').filter_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        (name == COOKIE).then_some(value)
+/// Every value of the cookie `name` in one `Cookie` field (`a=b; idlegate_9466=…`).
+fn cookie_values<'a>(cookie: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> {
+    cookie.split(';').filter_map(move |pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        (key == name).then_some(value)
     })
 }
 
@@ -235,12 +280,16 @@ mod tests {
     }
 
     #[test]
-    fn the_token_is_read_from_bearer_any_case_from_a_cookie_and_from_the_query() {
+    fn the_token_is_read_from_bearer_any_case_and_the_query_a_cookie_by_its_name() {
         assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
         assert_eq!(bearer(Some("bearer abc")), Some("abc"));
         assert_eq!(bearer(Some("Basic abc")), None);
-        let tokens: Vec<&str> = cookie_tokens("a=1; idlegate_token=xyz;b=2").collect();
-        assert_eq!(tokens, ["xyz"]);
+        let values: Vec<&str> = cookie_values(
+            "a=1; idlegate_9466=xyz;b=2; idlegate_9467=w",
+            "idlegate_9466",
+        )
+        .collect();
+        assert_eq!(values, ["xyz"]);
         assert_eq!(query_token("x=1&token=a%2Bb+c").as_deref(), Some("a+b c"));
         assert_eq!(query_token("tokens=1"), None);
         assert_eq!(query_token("token=%zz"), None);

@@ -35,8 +35,10 @@
 //! answered and lingering, else the one that has waited longest for its request (never one
 //! whose answer is being written, never a stream: an unauthenticated flood cannot end a
 //! stream). A client has [`REQUEST_TIMEOUT`] from its accept to send its request (head and
-//! body) and [`ANSWER_TIMEOUT`] to read a whole answer; at most [`READS_PER_TURN`] reads per
-//! client before the others get their turn. Writes never block: a stream copies from the
+//! body; the head is judged once, when whole, and the body only counted until whole) and
+//! [`ANSWER_TIMEOUT`] to read a whole answer (a client out of time before its answer is
+//! written is reset); at most [`READS_PER_TURN`] reads per client before the others get
+//! their turn. Writes never block: a stream copies from the
 //! event ring into its own buffer ([`STREAM_BUFFER`]) and falls behind in the ring
 //! when its client reads slowly.
 
@@ -47,7 +49,7 @@ mod request;
 mod tests;
 
 pub use events::STREAM_BUFFER;
-pub use guard::{token_is_sendable, COOKIE};
+pub use guard::token_is_sendable;
 pub use request::MAX_REQUEST;
 
 use crate::obs::http::{
@@ -55,6 +57,7 @@ use crate::obs::http::{
 };
 use anyhow::{Context, Result};
 use events::{Ring, Stream};
+use guard::Access;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use request::{Parse, Refusal, Verb};
@@ -94,6 +97,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// The timers and sizes a server runs with: the constants above (tests shorten them).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// From the accept to the whole request, head and body ([`REQUEST_TIMEOUT`]).
+    request: Duration,
+    /// To write a whole answer ([`ANSWER_TIMEOUT`]).
+    answer: Duration,
     stall: Duration,
     keepalive: Duration,
     ring: usize,
@@ -101,6 +108,8 @@ struct Limits {
 
 impl Limits {
     const DEFAULT: Limits = Limits {
+        request: REQUEST_TIMEOUT,
+        answer: ANSWER_TIMEOUT,
         stall: STREAM_STALL,
         keepalive: KEEPALIVE,
         ring: EVENT_RING,
@@ -129,8 +138,15 @@ struct Client {
 
 /// Where a connection is.
 enum Phase {
-    /// Reading the request: `data` so far, at most `want` bytes in all.
+    /// Reading the request's head: `data` so far, at most `want` bytes in all.
     Reading { data: Vec<u8>, want: usize },
+    /// The head read and let through, reading its body: `data` so far, `end` bytes in all
+    /// (nothing is parsed again until the body is whole).
+    Body {
+        data: Vec<u8>,
+        end: usize,
+        pending: Pending,
+    },
     /// Writing the answer, from `at`.
     Writing { answer: Vec<u8>, at: usize },
     /// Writing events as they come.
@@ -189,11 +205,25 @@ fn metrics(path: &str, render: &mut dyn FnMut() -> Option<String>) -> Response {
 /// What a serving loop holds besides its clients.
 struct State<'a> {
     target: Target<'a>,
-    guard: &'a Guard,
+    /// The token and this server's session cookie (a service's server with a token).
+    access: Option<Access>,
     mode: Mode,
     ring: Ring,
     epoch: Instant,
     limits: Limits,
+}
+
+/// A request whose head was read and let through by the guard, waiting for its body.
+#[derive(Debug)]
+struct Pending {
+    method: Method,
+    /// HEAD: the answer without its body.
+    head_only: bool,
+    /// The request target as sent.
+    target: String,
+    /// Where the body starts in the bytes read.
+    head_len: usize,
+    last_event_id: Option<String>,
 }
 
 /// What to do with the bytes a client sent so far.
@@ -201,6 +231,8 @@ struct State<'a> {
 enum Decision {
     /// Read more, up to this many bytes in all.
     More(usize),
+    /// Read the body: `end` bytes in all, then answer `pending`.
+    Body { end: usize, pending: Pending },
     /// Write this whole answer.
     Answer(Vec<u8>),
     /// Stream events: this head first, then from event `start`.
@@ -267,10 +299,9 @@ impl Server {
         stopped: &dyn Fn() -> bool,
         render: &mut dyn FnMut() -> Option<String>,
     ) -> Result<()> {
-        let guard = Guard::default();
         let context = State {
             target: Target::Metrics(render),
-            guard: &guard,
+            access: None,
             mode: Mode::Metrics,
             ring: Ring::new(1),
             epoch: self.bound,
@@ -286,10 +317,15 @@ impl Server {
         service: &mut dyn Service,
         guard: &Guard,
     ) -> Result<()> {
-        let loopback = self.local_addr()?.ip().is_loopback();
+        let local = self.local_addr()?;
+        let access = match &guard.token {
+            Some(token) => Some(Access::new(token, local.port())?),
+            None => None,
+        };
+        let loopback = local.ip().is_loopback();
         let context = State {
             target: Target::Service(service),
-            guard,
+            access,
             mode: Mode::Service { loopback },
             ring: Ring::new(self.limits.ring),
             epoch: self.bound,
@@ -339,7 +375,7 @@ impl Server {
                 poll_at = Instant::now() + POLL_EVENTS;
             }
             if accept_at.is_some_and(|at| at <= Instant::now()) {
-                accept_at = self.accept(cx.mode);
+                accept_at = self.accept(cx.mode, &cx.limits);
             }
             ready.extend(self.expire(Instant::now(), &cx.limits));
             ready.sort_unstable();
@@ -376,7 +412,7 @@ impl Server {
     }
 
     /// Accepts every waiting connection. Returns when to try again if accepting failed.
-    fn accept(&mut self, mode: Mode) -> Option<Instant> {
+    fn accept(&mut self, mode: Mode, limits: &Limits) -> Option<Instant> {
         let most = match mode {
             Mode::Metrics => MAX_CLIENTS,
             Mode::Service { .. } => MAX_API_CLIENTS,
@@ -421,7 +457,7 @@ impl Server {
                     want: MAX_REQUEST + 1,
                 },
                 accepted: now,
-                deadline: now + REQUEST_TIMEOUT,
+                deadline: now + limits.request,
             });
         }
     }
@@ -437,7 +473,7 @@ impl Server {
         let victim = lingering.or_else(|| {
             self.clients
                 .iter()
-                .filter(|(_, c)| matches!(c.phase, Phase::Reading { .. }))
+                .filter(|(_, c)| matches!(c.phase, Phase::Reading { .. } | Phase::Body { .. }))
                 .min_by_key(|(_, c)| c.accepted)
                 .map(|(k, _)| k)
         });
@@ -458,6 +494,11 @@ impl Server {
 
     /// Closes every client whose phase ran out of time, and every stream stalled; gives a
     /// quiet stream its keepalive. Returns the streams that now have something to write.
+    ///
+    /// A client given up on before its answer was written (its request, its answer or its
+    /// stream too slow) is reset (`SO_LINGER` 0): a plain close would leave the kernel
+    /// holding what the client does not read, in a socket of nobody's, for minutes of
+    /// zero-window probes. A lingering client, whose answer is written, is closed plainly.
     fn expire(&mut self, now: Instant, limits: &Limits) -> Vec<usize> {
         let mut late = Vec::new();
         let mut write = Vec::new();
@@ -480,6 +521,11 @@ impl Server {
             }
         }
         for key in late {
+            if let Some(client) = self.clients.get(key) {
+                if !matches!(client.phase, Phase::Lingering) {
+                    let _ = socket2::SockRef::from(&client.stream).set_linger(Some(Duration::ZERO));
+                }
+            }
             self.close(key);
         }
         write
@@ -499,12 +545,15 @@ impl Server {
         let mut reads = 0;
         loop {
             match &mut client.phase {
-                Phase::Reading { data, want } => {
+                Phase::Reading { data, want: wanted }
+                | Phase::Body {
+                    data, end: wanted, ..
+                } => {
                     if reads == READS_PER_TURN {
                         return Turn::More;
                     }
                     reads += 1;
-                    let room = buf.len().min(want.saturating_sub(data.len()));
+                    let room = buf.len().min(wanted.saturating_sub(data.len()));
                     match client.stream.read(&mut buf[..room]) {
                         // Closed before a whole request: nothing to answer.
                         Ok(0) => return Turn::Close,
@@ -513,11 +562,11 @@ impl Server {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => return Turn::Close,
                     }
-                    match decide(cx, data, streams) {
-                        Decision::More(more) => *want = more,
+                    match received(cx, &mut client.phase, streams) {
+                        Decision::More(_) | Decision::Body { .. } => {}
                         Decision::Answer(answer) => {
                             client.phase = Phase::Writing { answer, at: 0 };
-                            client.deadline = Instant::now() + ANSWER_TIMEOUT;
+                            client.deadline = Instant::now() + cx.limits.answer;
                         }
                         Decision::Stream { head, start } => {
                             client.phase =
@@ -604,7 +653,35 @@ fn stream_turn(socket: &mut TcpStream, stream: &mut Stream, cx: &State<'_>) -> T
     Turn::More
 }
 
-/// What to do with `data`, all a client sent so far, while `streams` streams are served.
+/// What a client still sending its request makes of the bytes it sent so far (in `phase`,
+/// [`Phase::Reading`] or [`Phase::Body`]), while `streams` streams are served: a head let
+/// through whose body is still to come turns `phase` into [`Phase::Body`], which then only
+/// counts bytes until the body is whole and the service is asked, once. `More` and `Body`:
+/// keep reading.
+fn received(cx: &mut State<'_>, phase: &mut Phase, streams: usize) -> Decision {
+    match phase {
+        Phase::Reading { data, want } => match decide(cx, data, streams) {
+            Decision::More(more) => {
+                *want = more;
+                Decision::More(more)
+            }
+            Decision::Body { end, pending } => {
+                let data = std::mem::take(data);
+                *phase = Phase::Body { data, end, pending };
+                Decision::More(end)
+            }
+            decided => decided,
+        },
+        Phase::Body { data, end, pending } if data.len() >= *end => {
+            respond(cx, pending, &data[pending.head_len..*end], streams)
+        }
+        Phase::Body { end, .. } => Decision::More(*end),
+        _ => Decision::More(0),
+    }
+}
+
+/// What to do with `data`, all a client sent so far, while `streams` streams are served:
+/// the head judged (and the guard's checks made) once, when it is whole.
 fn decide(cx: &mut State<'_>, data: &[u8], streams: usize) -> Decision {
     let head = match request::parse(data) {
         Parse::Incomplete => return Decision::More(MAX_REQUEST + 1),
@@ -620,33 +697,54 @@ fn decide(cx: &mut State<'_>, data: &[u8], streams: usize) -> Decision {
         (Verb::Post, Mode::Service { .. }) => Method::Post,
         _ => return answer(refused(cx.mode, Refusal::MethodNotAllowed)),
     };
-    let mut body: &[u8] = &[];
-    let mut last_event_id = None;
+    let mut pending = Pending {
+        method,
+        head_only,
+        target: head.target.clone(),
+        head_len: head.len,
+        last_event_id: None,
+    };
     if let Mode::Service { loopback } = cx.mode {
         let fields = match request::fields(&data[head.fields.clone()]) {
             Ok(fields) => fields,
             Err(refusal) => return answer(refused(cx.mode, refusal)),
         };
-        if let guard::Verdict::Answer(response) = guard::check(cx.guard, loopback, &head, &fields) {
+        if let guard::Verdict::Answer(response) =
+            guard::check(cx.access.as_ref(), loopback, &head, &fields)
+        {
             return answer(response);
         }
-        if method == Method::Post {
-            let length = match request::body_length(&fields, MAX_BODY) {
-                Ok(length) => length,
+        let length = match method {
+            Method::Post => match request::body_length(&fields, MAX_BODY) {
+                Ok(length) => Some(length),
                 Err(refusal) => return answer(refused(cx.mode, refusal)),
-            };
+            },
+            Method::Get => None,
+        };
+        pending.last_event_id = fields.last_event_id;
+        if let Some(length) = length {
             let end = head.len + length;
             if data.len() < end {
-                return Decision::More(end);
+                return Decision::Body { end, pending };
             }
-            body = &data[head.len..end];
+            return respond(cx, &pending, &data[head.len..end], streams);
         }
-        last_event_id = fields.last_event_id;
     }
+    respond(cx, &pending, &[], streams)
+}
+
+/// The service's (or the metrics') answer to a request let through, with its whole `body`.
+fn respond(cx: &mut State<'_>, pending: &Pending, body: &[u8], streams: usize) -> Decision {
+    let head_only = pending.head_only;
+    let answer = |response: Response| Decision::Answer(encode(&response, head_only));
+    let (path, query) = pending
+        .target
+        .split_once('?')
+        .unwrap_or((&pending.target, ""));
     let request = Request {
-        method,
-        path: head.path(),
-        query: head.query(),
+        method: pending.method,
+        path,
+        query,
         body,
     };
     match cx.target.answer(&request) {
@@ -658,7 +756,7 @@ fn decide(cx: &mut State<'_>, data: &[u8], streams: usize) -> Decision {
         )),
         Answer::Events => Decision::Stream {
             head: stream_head(),
-            start: cx.ring.start(last_event_id.as_deref()),
+            start: cx.ring.start(pending.last_event_id.as_deref()),
         },
     }
 }

@@ -79,8 +79,16 @@ pub(super) enum Parse {
     Whole(Head),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// How many times [`parse`] ran on this thread (the tests count them).
+    pub(super) static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// What the bytes `data` read from a client are, once that is known.
 pub(super) fn parse(data: &[u8]) -> Parse {
+    #[cfg(test)]
+    PARSES.with(|p| p.set(p.get() + 1));
     // Empty lines before the request line are ignored (RFC 9112, section 2.2).
     let start = data
         .iter()

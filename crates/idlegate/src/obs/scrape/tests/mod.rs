@@ -1,14 +1,15 @@
-//! The server's tests: what it answers to a request's bytes ([`decide`]), for the metrics and
-//! for a service behind its guard, and over a real loopback socket (streams, their ids,
-//! resumption, keepalives, stalls, and a stream that does not hold up a plain request).
+//! The server's tests: what it answers to a request's bytes ([`decide`], [`received`]), for
+//! the metrics and for a service behind its guard; over a real loopback socket in `socket.rs`.
 
 use super::*;
 use crate::obs::http::{Guard, StreamEvent};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
-/// A service for the tests: `/events` streams, a POST echoes its body, a GET its path and
-/// query; events come from a channel.
+/// How much `/big` is: more than the kernel buffers of both ends hold.
+const BIG: usize = 8 * 1024 * 1024;
+
+/// A service for the tests: `/events` streams, `/big` is 8 MiB, a POST echoes its body, a GET
+/// its path and query; events come from a channel.
 struct Echo {
     events: mpsc::Receiver<StreamEvent>,
 }
@@ -17,6 +18,12 @@ impl Service for Echo {
     fn answer(&mut self, request: &Request<'_>) -> Answer {
         match (request.method, request.path) {
             (_, "/events") => Answer::Events,
+            (_, "/big") => Answer::Full(Response {
+                status: 200,
+                content_type: "text/plain",
+                headers: Vec::new(),
+                body: Cow::Owned(vec![b'x'; BIG]),
+            }),
             (Method::Post, path) => Answer::Full(Response::json(
                 200,
                 &serde_json::json!({
@@ -50,18 +57,17 @@ fn split(answer: &[u8]) -> (String, String, String) {
 
 /// What the metrics server answers to `data`: `None` while it waits for more.
 fn scrape(data: &[u8]) -> Option<(String, String, String)> {
-    let guard = Guard::default();
     let mut render = || Some("idlegate_up 1\n".to_string());
     let mut cx = State {
         target: Target::Metrics(&mut render),
-        guard: &guard,
+        access: None,
         mode: Mode::Metrics,
         ring: Ring::new(1),
         epoch: Instant::now(),
         limits: Limits::DEFAULT,
     };
     match decide(&mut cx, data, 0) {
-        Decision::More(_) => None,
+        Decision::More(_) | Decision::Body { .. } => None,
         Decision::Answer(answer) => Some(split(&answer)),
         Decision::Stream { .. } => panic!("the metrics never stream"),
     }
@@ -196,16 +202,23 @@ fn a_head_longer_than_the_limit_is_too_large_whether_or_not_its_line_ended() {
 
 const TOKEN: &str = "0123456789abcdef-token";
 
+/// The access of a server with [`TOKEN`] on port 9466 (a new session secret each time).
+fn access() -> Access {
+    Access::new(TOKEN, 9466).expect("random bytes")
+}
+
 /// What a service's server, on loopback or not, with or without [`TOKEN`], makes of `data`.
 fn served(token: bool, loopback: bool, data: &[u8], streams: usize) -> Decision {
+    served_by(token.then(access), loopback, data, streams)
+}
+
+/// What a service's server with `access` makes of `data`.
+fn served_by(access: Option<Access>, loopback: bool, data: &[u8], streams: usize) -> Decision {
     let (_events, rx) = mpsc::channel();
     let mut echo = Echo { events: rx };
-    let guard = Guard {
-        token: token.then(|| TOKEN.to_string()),
-    };
     let mut cx = State {
         target: Target::Service(&mut echo),
-        guard: &guard,
+        access,
         mode: Mode::Service { loopback },
         ring: Ring::new(16),
         epoch: Instant::now(),
@@ -229,7 +242,7 @@ fn a_post_body_is_read_by_content_length_and_given_to_the_service() {
     // Waits for the whole body, then answers.
     assert!(matches!(
         served(false, true, format!("{head}{{\"all\"").as_bytes(), 0),
-        Decision::More(n) if n == head.len() + 12
+        Decision::Body { end, .. } if end == head.len() + 12
     ));
     let (status, headers, body) = answer(false, &format!("{head}{{\"all\":true}}"));
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -271,7 +284,7 @@ fn a_chunked_body_is_411_one_over_64_kib_413_and_both_lengths_400() {
             format!("{post}Content-Length: {MAX_BODY}\r\n\r\n").as_bytes(),
             0
         ),
-        Decision::More(_)
+        Decision::Body { .. }
     ));
 }
 
@@ -334,6 +347,9 @@ fn without_the_token_a_request_is_401_with_www_authenticate_bearer() {
         "Authorization: Basic MDEyMzQ1Njc4OWFiY2RlZg==\r\n",
         "Cookie: idlegate_token=wrong\r\n",
         "Cookie: other=0123456789abcdef-token\r\n",
+        // The token is not the session cookie's value, under any name.
+        "Cookie: idlegate_9466=0123456789abcdef-token\r\n",
+        "Cookie: idlegate_token=0123456789abcdef-token\r\n",
     ] {
         let (status, headers, body) = answer(
             true,
@@ -351,36 +367,84 @@ fn without_the_token_a_request_is_401_with_www_authenticate_bearer() {
     }
 }
 
-#[test]
-fn the_token_is_taken_as_a_bearer_token_or_a_cookie() {
-    for auth in [
-        format!("Authorization: Bearer {TOKEN}\r\n"),
-        format!("Authorization: bearer {TOKEN}\r\n"),
-        format!("Cookie: idlegate_token={TOKEN}\r\n"),
-        format!("Cookie: theme=dark; idlegate_token={TOKEN}\r\n"),
-    ] {
-        let (status, _, _) = answer(
-            true,
-            &format!("GET /api/flows HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"),
-        );
-        assert_eq!(status, "HTTP/1.1 200 OK", "{auth}");
+/// The status line a service's server with `access` gives `data`.
+fn status_by(access: &Access, data: &str) -> String {
+    match served_by(Some(access.clone()), true, data.as_bytes(), 0) {
+        Decision::Answer(answer) => split(&answer).0,
+        other => panic!("{data:?}: {other:?}"),
     }
 }
 
 #[test]
-fn slash_with_the_right_token_is_303_to_slash_with_an_httponly_strict_cookie() {
-    let (status, headers, _) = answer(
-        true,
-        &format!("GET /?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:9466\r\n\r\n"),
+fn the_token_is_taken_as_a_bearer_token_and_the_session_secret_as_the_port_s_cookie() {
+    let access = access();
+    let secret = &access.secret;
+    for auth in [
+        format!("Authorization: Bearer {TOKEN}\r\n"),
+        format!("Authorization: bearer {TOKEN}\r\n"),
+        format!("Cookie: idlegate_9466={secret}\r\n"),
+        format!("Cookie: theme=dark; idlegate_9467=x; idlegate_9466={secret}\r\n"),
+    ] {
+        let status = status_by(
+            &access,
+            &format!("GET /api/flows HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"),
+        );
+        assert_eq!(status, "HTTP/1.1 200 OK", "{auth}");
+    }
+    // The secret is no bearer token, and is read only under this port's name.
+    for auth in [
+        format!("Authorization: Bearer {secret}\r\n"),
+        format!("Cookie: idlegate_token={secret}\r\n"),
+        format!("Cookie: idlegate_9467={secret}\r\n"),
+    ] {
+        let status = status_by(
+            &access,
+            &format!("GET /api/flows HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n"),
+        );
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{auth}");
+    }
+}
+
+#[test]
+fn a_session_cookie_of_an_earlier_run_on_the_same_port_is_401() {
+    let (earlier, now) = (access(), access());
+    assert_eq!(earlier.cookie, now.cookie);
+    assert_ne!(earlier.secret, now.secret);
+    let status = status_by(
+        &now,
+        &format!(
+            "GET /api/flows HTTP/1.1\r\nHost: localhost\r\nCookie: idlegate_9466={}\r\n\r\n",
+            earlier.secret
+        ),
     );
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+}
+
+#[test]
+fn slash_with_the_right_token_is_303_to_slash_with_the_port_s_httponly_strict_session_cookie() {
+    let access = access();
+    let Decision::Answer(whole) = served_by(
+        Some(access.clone()),
+        true,
+        format!("GET /?token={TOKEN} HTTP/1.1\r\nHost: 127.0.0.1:9466\r\n\r\n").as_bytes(),
+        0,
+    ) else {
+        panic!("an answer")
+    };
+    let (status, headers, _) = split(&whole);
     assert_eq!(status, "HTTP/1.1 303 See Other");
     assert!(headers.contains("Location: /\r\n"), "{headers}");
     assert!(
         headers.contains(&format!(
-            "Set-Cookie: idlegate_token={TOKEN}; HttpOnly; SameSite=Strict; Path=/\r\n"
+            "Set-Cookie: idlegate_9466={}; HttpOnly; SameSite=Strict; Path=/\r\n",
+            access.secret
         )),
         "{headers}"
     );
+    // The value is 32 random bytes in hex, not the token.
+    assert_eq!(access.secret.len(), 64);
+    assert!(access.secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(!headers.contains(TOKEN), "{headers}");
     let (status, headers, _) = answer(
         true,
         "GET /?token=wrong-0123456789 HTTP/1.1\r\nHost: 127.0.0.1:9466\r\n\r\n",
@@ -447,284 +511,71 @@ fn an_event_stream_beyond_the_bound_is_503_and_head_of_a_stream_is_its_head_alon
     assert_eq!(body, "");
 }
 
-// ---- Over a real loopback socket. ----
+/// A service that counts the requests it answers and echoes their bodies.
+struct Counting(usize);
 
-/// A server serving [`Echo`] on its own thread; stopped and joined when dropped.
-struct Serving {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    events: mpsc::Sender<StreamEvent>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
-}
-
-impl Serving {
-    fn start(limits: Limits) -> Serving {
-        let mut server = Server::bind("127.0.0.1:0".parse().unwrap()).expect("binding");
-        server.limits = limits;
-        let addr = server.local_addr().unwrap();
-        let waker = server.waker();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (events, rx) = mpsc::channel();
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut echo = Echo { events: rx };
-            server.serve(
-                &|| stopped.load(Ordering::SeqCst),
-                &mut echo,
-                &Guard::default(),
-            )
-        });
-        Serving {
-            addr,
-            stop,
-            waker,
-            events,
-            thread: Some(thread),
-        }
+impl Service for Counting {
+    fn answer(&mut self, request: &Request<'_>) -> Answer {
+        self.0 += 1;
+        Answer::Full(Response::json(
+            200,
+            &serde_json::json!({ "body": String::from_utf8_lossy(request.body) }),
+        ))
     }
 
-    /// Hands the server `n` events named `name` with `data`, and wakes it.
-    fn send(&self, name: &'static str, data: &str, n: usize) {
-        for _ in 0..n {
-            self.events
-                .send(StreamEvent {
-                    name,
-                    data: data.to_string(),
-                })
-                .unwrap();
-        }
-        self.waker.wake().unwrap();
-    }
-
-    fn connect(&self) -> std::net::TcpStream {
-        let stream = std::net::TcpStream::connect(self.addr).expect("connecting");
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream
-    }
-
-    /// Opens `GET /events` (with `Last-Event-ID`) and reads its head.
-    fn stream(&self, last_event_id: Option<u64>) -> Sse {
-        let mut stream = self.connect();
-        let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
-        write!(
-            stream,
-            "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n{resume}\r\n"
-        )
-        .unwrap();
-        let mut sse = Sse {
-            stream,
-            text: String::new(),
-        };
-        sse.until("\r\n\r\n");
-        sse
-    }
-}
-
-/// An event stream as read so far.
-struct Sse {
-    stream: std::net::TcpStream,
-    /// Everything read, the head included.
-    text: String,
-}
-
-impl Sse {
-    /// Reads until the text after the head holds `needle` (or fails the test after [`WAIT`]).
-    fn until(&mut self, needle: &str) -> &str {
-        let mut buf = [0u8; 4096];
-        while !self.text.contains(needle) {
-            match self.stream.read(&mut buf) {
-                Ok(0) => panic!("closed before {needle:?}; got {:?}", self.text),
-                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(e) => panic!("{e} before {needle:?}; got {:?}", self.text),
-            }
-        }
-        &self.text
-    }
-
-    fn head(&self) -> &str {
-        self.text.split_once("\r\n\r\n").map_or("", |(h, _)| h)
-    }
-
-    fn body(&self) -> &str {
-        self.text.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
-        if let Some(thread) = self.thread.take() {
-            let served = thread.join();
-            if !std::thread::panicking() {
-                served.expect("the server thread").expect("serving");
-            }
-        }
-    }
-}
-
-/// How long a socket test waits for anything.
-const WAIT: Duration = Duration::from_secs(10);
-
-/// Sends `request` and reads the whole answer, to the server's FIN.
-fn exchange(serving: &Serving, request: &str) -> String {
-    let mut stream = serving.connect();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .expect("the whole answer");
-    answer
+    fn poll_events(&mut self, _out: &mut dyn FnMut(StreamEvent)) {}
 }
 
 #[test]
-fn an_event_stream_is_text_event_stream_no_cache_with_numbered_events() {
-    let serving = Serving::start(Limits::DEFAULT);
-    let mut stream = serving.stream(None);
-    let head = stream.head().to_string();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(
-        head.contains("Content-Type: text/event-stream\r\n"),
-        "{head}"
-    );
-    assert!(head.contains("Cache-Control: no-cache\r\n"), "{head}");
-    assert!(!head.contains("Content-Length"), "{head}");
-    serving.send("created", "{\"rule\":\"web\"}", 2);
-    stream.until("id: 2\nevent: created\ndata: {\"rule\":\"web\"}\n\n");
-    assert_eq!(
-        stream.body(),
-        "id: 1\nevent: created\ndata: {\"rule\":\"web\"}\n\n\
-         id: 2\nevent: created\ndata: {\"rule\":\"web\"}\n\n"
-    );
-}
-
-#[test]
-fn last_event_id_resumes_a_stream_from_the_ring_whatwg_html_9_2_4() {
-    let serving = Serving::start(Limits::DEFAULT);
-    // A stream, to know when the server holds the events.
-    let mut first = serving.stream(None);
-    serving.send("expired", "{}", 3);
-    first.until("id: 3\n");
-    let mut resumed = serving.stream(Some(1));
-    resumed.until("id: 3\n");
-    let text = resumed.body();
-    assert!(
-        text.starts_with("id: 2\nevent: expired\ndata: {}\n\nid: 3\n"),
-        "{text}"
-    );
-}
-
-#[test]
-fn a_client_resuming_from_before_the_ring_is_told_lagged_with_how_many_it_missed() {
-    let serving = Serving::start(Limits {
-        ring: 4,
-        ..Limits::DEFAULT
-    });
-    let mut first = serving.stream(None);
-    serving.send("created", "{}", 10);
-    first.until("id: 10\n");
-    // Held: 7 to 10. After 1, events 2 to 6 are gone: five missed.
-    let mut resumed = serving.stream(Some(1));
-    resumed.until("id: 7\n");
-    let text = resumed.body();
-    assert!(
-        text.starts_with("id: 6\nevent: lagged\ndata: {\"missed\":5,\"cause\":\"ring\",\"at_ms\":"),
-        "{text}"
-    );
-}
-
-#[test]
-fn a_quiet_stream_is_sent_a_keepalive_comment() {
-    let serving = Serving::start(Limits {
-        keepalive: Duration::from_millis(200),
-        ..Limits::DEFAULT
-    });
-    let mut stream = serving.stream(None);
-    stream.until(": keepalive\n\n");
-    assert_eq!(stream.body(), ": keepalive\n\n");
-}
-
-/// A stream whose client never reads: the socket's receive buffer made small, and 8 MiB of
-/// events handed to the server, more than the kernel buffers of both ends hold.
-fn stuck_stream(serving: &Serving) -> Sse {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.connect(&serving.addr.into()).unwrap();
-    let mut stream: std::net::TcpStream = socket.into();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream
-        .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut sse = Sse {
-        stream,
-        text: String::new(),
+fn a_body_sent_byte_by_byte_is_judged_once_counted_and_answered_once() {
+    let mut counting = Counting(0);
+    let mut cx = State {
+        target: Target::Service(&mut counting),
+        access: Some(access()),
+        mode: Mode::Service { loopback: true },
+        ring: Ring::new(16),
+        epoch: Instant::now(),
+        limits: Limits::DEFAULT,
     };
-    sse.until("\r\n\r\n");
-    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(4096));
-    serving.send("created", &data, 2048);
-    sse
+    let body = "{\"idle_timeout\": \"10m\"}".repeat(40);
+    let head = format!(
+        "POST /api/rules/web HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let parses = || request::PARSES.with(|p| p.get());
+    let before = parses();
+    let mut phase = Phase::Reading {
+        data: head.clone().into_bytes(),
+        want: MAX_REQUEST + 1,
+    };
+    assert!(matches!(
+        received(&mut cx, &mut phase, 0),
+        Decision::More(n) if n == head.len() + body.len()
+    ));
+    let mut answered = None;
+    for (i, byte) in body.bytes().enumerate() {
+        let (Phase::Reading { data, .. } | Phase::Body { data, .. }) = &mut phase else {
+            panic!("still reading")
+        };
+        data.push(byte);
+        match received(&mut cx, &mut phase, 0) {
+            Decision::More(_) => assert!(i + 1 < body.len(), "not answered"),
+            Decision::Answer(answer) => {
+                assert_eq!(i + 1, body.len(), "answered early");
+                answered = Some(answer);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The head parsed (and the guard run) once, not once per byte of the body.
+    assert_eq!(parses() - before, 1);
+    drop(cx);
+    assert_eq!(counting.0, 1);
+    let (status, _, answer) = split(&answered.expect("an answer"));
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let json: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(json["body"], body.as_str());
 }
 
-#[test]
-fn a_stream_its_client_does_not_read_does_not_hold_up_a_plain_request() {
-    let serving = Serving::start(Limits::DEFAULT);
-    let _stuck = stuck_stream(&serving);
-    let answer = exchange(
-        &serving,
-        "GET /hello?x=1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    );
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    assert!(
-        answer.ends_with("{\"path\":\"/hello\",\"query\":\"x=1\"}"),
-        "{answer}"
-    );
-}
-
-#[test]
-fn a_stream_whose_socket_takes_nothing_for_the_stall_time_is_closed() {
-    let stall = Duration::from_millis(300);
-    let serving = Serving::start(Limits {
-        stall,
-        ..Limits::DEFAULT
-    });
-    let mut stuck = stuck_stream(&serving);
-    // Not read for many stall times: the server gives up on it. (There is nothing to wait
-    // on from outside: the client must not read meanwhile.)
-    std::thread::sleep(stall * 8);
-    // Then what the kernel held is read to the server's FIN; a stream still served would
-    // never end (the read times out after WAIT and fails the test).
-    let mut sink = Vec::new();
-    stuck
-        .stream
-        .read_to_end(&mut sink)
-        .expect("the stream closed by the server");
-    assert!(sink.len() < 8 * 1024 * 1024, "{} bytes", sink.len());
-}
-
-#[test]
-fn a_post_over_the_socket_is_answered_with_what_the_service_made_of_its_body() {
-    let serving = Serving::start(Limits::DEFAULT);
-    let answer = exchange(
-        &serving,
-        "POST /api/rules/web HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: 23\r\n\r\n{\"idle_timeout\": \"10m\"}",
-    );
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-    let body = answer.split_once("\r\n\r\n").unwrap().1;
-    let body: serde_json::Value = serde_json::from_str(body).unwrap();
-    assert_eq!(body["body"], "{\"idle_timeout\": \"10m\"}");
-}
-
-#[test]
-fn past_48_streams_another_is_503_and_a_plain_request_still_finds_room() {
-    let serving = Serving::start(Limits::DEFAULT);
-    let _streams: Vec<Sse> = (0..MAX_STREAMS).map(|_| serving.stream(None)).collect();
-    let answer = exchange(&serving, "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    assert!(
-        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-        "{answer}"
-    );
-    let answer = exchange(&serving, "GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-}
+mod socket;
