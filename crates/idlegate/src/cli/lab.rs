@@ -61,8 +61,8 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// List the labs that are up: name, state, pid of their `lab up`, config, time scale and
-    /// hosts.
+    /// List the labs that are up: name, state, pid of their `lab up`, time scale, hosts, where
+    /// their API is served (with --api) and config.
     List {
         /// Print one JSON array instead of a table.
         #[arg(long)]
