@@ -2,13 +2,14 @@
 """Drive a test scenario through idlegate's HTTP API, with the standard library alone.
 
     idlegate lab up --config examples/azure-lb.toml --api &     # api and live view on http://127.0.0.1:9466/
-    # ... open a connection through rule "app" and leave it idle ...
+    # ... servers in vm1 and vm2, a connection through rule "app" left idle (examples/api/README.md) ...
     python3 examples/api/scenario.py http://127.0.0.1:9466/ app [TOKEN_FILE]
 
 The scenario: read the flows; change the rule's idle timeout while the box runs; wait (bounded)
 on the event stream for a flow of the rule to expire; then "the load balancer is redeployed":
-expire every flow that is left. It prints what happened and exits 0, or 1 when a step fails
-or nothing expired in time (2 for bad arguments).
+expire every flow that is left; at the end, whatever happened, give the rule back the idle
+timeout it had. It prints what happened and exits 0, or 1 when a step fails, the API cannot be
+reached or nothing expired in time (the reason on stderr, in one line), 2 for bad arguments.
 
 The API is described in docs/src/reference/api.md.
 """
@@ -23,13 +24,15 @@ import urllib.parse
 import urllib.request
 
 
+class Unreachable(Exception):
+    """The API did not answer at all: nothing listens there, or the connection failed."""
+
+
 class Api:
     """The few calls the scenario makes: JSON over HTTP, and the Server-Sent Events stream."""
 
     def __init__(self, url, token):
         parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise SystemExit(f"scenario: {url}: not an http:// URL (the API serves plain HTTP)")
         self.base = f"http://{parts.netloc}"
         self.host = parts.hostname
         self.port = parts.port or 80
@@ -51,6 +54,10 @@ class Api:
                 return e.code, json.load(e)
             except ValueError:
                 return e.code, {"error": e.reason}
+        except urllib.error.URLError as e:
+            raise Unreachable(reason(e.reason)) from e
+        except OSError as e:
+            raise Unreachable(reason(e)) from e
 
     def events(self, deadline):
         """Yields (name, data) for every event of GET /api/events until `deadline`
@@ -100,6 +107,20 @@ class Api:
             answer.close()
 
 
+def reason(error):
+    """An OS error said once, as the OS says it ("Connection refused"), else as it prints."""
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def checked_url(parser, url):
+    """`url` if it is an http:// URL with a host, else a usage error (exit 2)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "http" and parts.hostname:
+        return url
+    guess = f" (did you mean http://{url.rstrip('/')}/?)" if "://" not in url else ""
+    parser.error(f"{url}: not an http:// URL, the API serves plain HTTP{guess}")
+
+
 def flow_text(f):
     return f"{f['protocol']} {f['remote']} -> {f['public']} -> {f['private']}"
 
@@ -114,16 +135,22 @@ def main():
     parser.add_argument("--wait", type=float, default=60,
                         help="seconds to wait for a flow of the rule to expire (default 60)")
     args = parser.parse_args()
+    url = checked_url(parser, args.url)
     token = None
     if args.token_file:
         try:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().rstrip("\r\n")
         except OSError as e:
-            print(f"scenario: reading the token: {args.token_file}: {e.strerror}", file=sys.stderr)
-            return 2
-    api = Api(args.url, token)
+            parser.error(f"reading the token: {args.token_file}: {e.strerror}")
+    api = Api(url, token)
+    try:
+        return scenario(api, args)
+    except Unreachable as e:
+        return fail(f"cannot reach {url}: {e} (is the lab up with --api?)")
 
+
+def scenario(api, args):
     # 1. What the box holds now.
     status, answer = api.call("GET", "/api/flows")
     if status != 200:
@@ -141,9 +168,10 @@ def main():
     except (OSError, RuntimeError) as e:
         return fail(f"the event stream: {e}")
 
-    # 3. The rule's idle timeout, changed while the box runs.
-    status, answer = api.call("POST", f"/api/rules/{urllib.parse.quote(args.rule, safe='')}",
-                              {"idle_timeout": args.idle_timeout})
+    # 3. The rule's idle timeout, changed while the box runs (and given back at the end).
+    before = idle_timeout_s(api, args.rule)
+    path = f"/api/rules/{urllib.parse.quote(args.rule, safe='')}"
+    status, answer = api.call("POST", path, {"idle_timeout": args.idle_timeout})
     if status not in (200, 202):
         known = f" (rules: {', '.join(answer['rules'])})" if "rules" in answer else ""
         return fail(f"changing rule {args.rule}: HTTP {status}: {answer.get('error')}{known}")
@@ -152,7 +180,44 @@ def main():
         print(f"rule {answer['rule']}: {answer['message']}")
     print(f"rule {answer['rule']}: idle timeout {args.idle_timeout}, runs "
           f"{answer['idle_timeout_s']:g} s; expiry {answer['expiry']}; {answer.get('applies', '')}")
+    try:
+        result = wait_and_redeploy(api, args, stream)
+    finally:
+        restore(api, args.rule, path, before)
+    if result == 0:
+        print("ok")
+    return result
 
+
+def idle_timeout_s(api, rule):
+    """The rule's TCP idle timeout now, in seconds as in the config (unscaled), or None."""
+    status, answer = api.call("GET", "/api/rules")
+    if status != 200:
+        return None
+    for r in answer.get("rules", []):
+        if r.get("name") == rule and r.get("tcp"):
+            return r["tcp"]["idle_timeout_s"]
+    return None
+
+
+def restore(api, rule, path, before):
+    """Gives the rule back the idle timeout it had before the scenario."""
+    if before is None:
+        print(f"rule {rule}: keeps the scenario's idle timeout (its old one was not known)")
+        return
+    try:
+        status, answer = api.call("POST", path, {"idle_timeout": f"{before:g}s"})
+    except Unreachable as e:
+        print(f"rule {rule}: idle timeout not given back ({e})", file=sys.stderr)
+        return
+    if status == 200:
+        print(f"rule {rule}: idle timeout back to {before:g}s, as before the scenario")
+    else:
+        print(f"rule {rule}: idle timeout not given back: HTTP {status}: {answer.get('error')}",
+              file=sys.stderr)
+
+
+def wait_and_redeploy(api, args, stream):
     # 4. A flow of the rule expires.
     print(f"waiting up to {args.wait:g} s for a flow of rule {args.rule} to expire")
     expired = None
@@ -175,7 +240,6 @@ def main():
     if status != 200:
         return fail(f"POST /api/expire: HTTP {status}: {answer.get('error')}")
     print(f"the load balancer is redeployed: expired {answer['expired']} more flow(s)")
-    print("ok")
     return 0
 
 

@@ -77,26 +77,56 @@ pub struct ApiArgs {
     pub api: Option<std::net::SocketAddr>,
     /// A file holding the token every API request must then carry (Authorization: Bearer
     /// TOKEN, or the cookie a browser gets from /?token=TOKEN): the file's content without its
-    /// trailing newline, at least 16 bytes of visible ASCII.
+    /// trailing newline (one: a blank line after it is refused), at least 16 bytes of visible
+    /// ASCII.
     #[arg(long, value_name = "FILE", requires = "api")]
     pub api_token_file: Option<PathBuf>,
 }
 
 /// `--api`'s ADDR: `PORT`, `HOST:PORT` with an IP address or `localhost`, `[IPv6]:PORT`.
+/// A refusal says what is wrong with the value (clap prints the value itself before it).
 pub fn api_addr(text: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    const FORMS: &str = "e.g. 127.0.0.1:9466, [::1]:9466 or 9466";
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
-    if let Some(port) = text
-        .strip_prefix("localhost:")
-        .and_then(|p| p.parse::<u16>().ok())
-    {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    // Refused from here on: say why.
+    if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+        return Err("a port is at most 65535".to_string());
+    }
+    let bare = text.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() || bare.eq_ignore_ascii_case("localhost") {
+        let example = match bare.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("[{ip}]:9466"),
+            _ => format!("{bare}:9466"),
+        };
+        return Err(format!("no port: add one, e.g. {example}"));
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("not HOST:PORT or PORT ({FORMS})"));
+    };
+    if host.is_empty() {
+        return Err(format!("no host before the port: {FORMS}"));
+    }
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("{port:?} is not a port (0 to 65535): {FORMS}"));
+    };
+    if host.eq_ignore_ascii_case("localhost") {
         return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
     }
-    text.parse().map_err(|_| {
-        format!("{text:?} is not HOST:PORT or PORT (e.g. 127.0.0.1:9466, [::1]:9466 or 9466)")
-    })
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(format!(
+            "an IPv6 address takes brackets before its port, e.g. [::1]:{port}"
+        ));
+    }
+    Err(format!(
+        "the host must be an IP address or localhost (a name is not looked up), \
+         e.g. 127.0.0.1:{port} or 0.0.0.0:{port}"
+    ))
 }
 
 impl ApiArgs {
@@ -123,11 +153,20 @@ impl ApiArgs {
             )
             .status(Status::Usage);
         }
+        if !addr.ip().is_loopback() {
+            // Said once, as the command starts: the token is no secret from the network.
+            tracing::warn!(target: idlegate::LOG_TARGET,
+                "--api {addr}: not on loopback, and the API is plain HTTP: the token and \
+                 everything the API serves travel in clear; serve it only on a network you \
+                 trust, or behind a TLS proxy"
+            );
+        }
         Ok(Some(ApiOptions { addr, token }))
     }
 }
 
-/// The token in `path`: its content, the trailing newline trimmed.
+/// The token in `path`: its content, the trailing newline trimmed (one: more is refused, so
+/// that a blank line an editor left is not read as part of the token nor silently dropped).
 fn read_token(path: &Path) -> Result<String> {
     let named = || format!("--api-token-file {}", path.display());
     let bytes = std::fs::read(path).with_context(named)?;
@@ -137,6 +176,22 @@ fn read_token(path: &Path) -> Result<String> {
         .strip_suffix('\n')
         .map(|t| t.strip_suffix('\r').unwrap_or(t))
         .unwrap_or(&text);
+    let trailing = &token[token.trim_end().len()..];
+    if !trailing.is_empty() && trailing.len() < token.len() {
+        let what = if trailing.contains('\n') {
+            "a blank line"
+        } else {
+            "white space"
+        };
+        return Err(anyhow::anyhow!(
+            "{}: a trailing newline is dropped, but this file has more: {what} after the token",
+            named()
+        ))
+        .hint(format!(
+            "remove the {what} at the end of {}",
+            path.display()
+        ));
+    }
     if token.len() < MIN_TOKEN {
         return Err(anyhow::anyhow!(
             "{}: the token is {} bytes long; at least {MIN_TOKEN} are needed",
@@ -343,12 +398,99 @@ mod tests {
             addr(&["--api", "192.0.2.1:9466"]).as_deref(),
             Some("192.0.2.1:9466")
         );
+        assert_eq!(
+            addr(&["--api", "LocalHost:9000"]).as_deref(),
+            Some("127.0.0.1:9000")
+        );
         for bad in ["host.example:9466", "70000", "127.0.0.1", ":9466"] {
             let line = ["gateway", "--api", bad];
             assert!(Api::try_parse_from(line).is_err(), "{bad}");
         }
         // The token file needs --api.
         assert!(Api::try_parse_from(["gateway", "--api-token-file", "/x"]).is_err());
+    }
+
+    #[test]
+    fn a_refused_api_address_says_what_is_wrong_with_it() {
+        for (bad, why) in [
+            (
+                "www.example.com:9470",
+                "the host must be an IP address or localhost (a name is not looked up), \
+                 e.g. 127.0.0.1:9470 or 0.0.0.0:9470",
+            ),
+            ("127.0.0.1", "no port: add one, e.g. 127.0.0.1:9466"),
+            ("localhost", "no port: add one, e.g. localhost:9466"),
+            ("::1", "no port: add one, e.g. [::1]:9466"),
+            ("[::1]", "no port: add one, e.g. [::1]:9466"),
+            ("70000", "a port is at most 65535"),
+            (
+                "127.0.0.1:99999",
+                "\"99999\" is not a port (0 to 65535): e.g. 127.0.0.1:9466, [::1]:9466 or 9466",
+            ),
+            (
+                ":9466",
+                "no host before the port: e.g. 127.0.0.1:9466, [::1]:9466 or 9466",
+            ),
+            (
+                "fd00::1:x",
+                "\"x\" is not a port (0 to 65535): e.g. 127.0.0.1:9466, [::1]:9466 or 9466",
+            ),
+            (
+                "fd00::1%eth0:9466",
+                "an IPv6 address takes brackets before its port, e.g. [::1]:9466",
+            ),
+            (
+                "nowhere",
+                "not HOST:PORT or PORT (e.g. 127.0.0.1:9466, [::1]:9466 or 9466)",
+            ),
+        ] {
+            assert_eq!(api_addr(bad), Err(why.to_string()), "{bad}");
+        }
+        // clap names the flag and the value, then says why.
+        let error = Api::try_parse_from(["gateway", "--api", "www.example.com:9470"])
+            .err()
+            .expect("refused");
+        let text = error.to_string();
+        assert!(
+            text.contains("'www.example.com:9470' for '--api [<ADDR>]': the host must be an IP"),
+            "{text}"
+        );
+        assert_eq!(error.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_token_file_with_more_than_one_trailing_newline_says_to_remove_the_blank_line() {
+        for (content, what) in [
+            ("0123456789abcdef\n\n", "a blank line"),
+            ("0123456789abcdef\r\n\r\n", "a blank line"),
+            ("0123456789abcdef \n", "white space"),
+        ] {
+            let file = token_file(content);
+            let path = file.path().to_str().unwrap();
+            let error = parsed(&["--api", "--api-token-file", path])
+                .options()
+                .unwrap_err();
+            assert_eq!(
+                render(&error),
+                format!(
+                    "idlegate: --api-token-file {path}: a trailing newline is dropped, but this \
+                     file has more: {what} after the token\n\
+                     hint: remove the {what} at the end of {path}"
+                ),
+                "{content:?}"
+            );
+            assert_eq!(status_of(&error), Status::Usage);
+        }
+        // Nothing but newlines: too short, as an empty file is.
+        let file = token_file("\n\n");
+        let path = file.path().to_str().unwrap();
+        let error = parsed(&["--api", "--api-token-file", path])
+            .options()
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("the token is 1 bytes long"),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -61,8 +61,8 @@ pub enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// List the labs that are up: name, state, pid of their `lab up`, config, time scale and
-    /// hosts.
+    /// List the labs that are up: name, state, pid of their `lab up`, time scale, hosts, where
+    /// their API is served (with --api) and config.
     List {
         /// Print one JSON array instead of a table.
         #[arg(long)]
@@ -169,10 +169,42 @@ fn lab_up(config_path: &Path, name: &str, workers: usize, extras: Extras) -> Res
         }
     }
     print_ready()?;
+    if let Some(addr) = gateway.api_addr() {
+        // After `ready`, which scripts wait for as the first line: where to open the API.
+        print_line(&api_line(addr))?;
+    }
     gateway.run()?;
     drop(gateway);
     drop(lab);
     tracing::info!(target: idlegate::LOG_TARGET, "{} removed", lab::called(name));
+    Ok(())
+}
+
+/// The line `lab up --api` prints on stdout after `ready`: the API's and the live page's URL,
+/// with the bound port. A wildcard address is no place to open: the URL from this host is given.
+fn api_line(addr: std::net::SocketAddr) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    if !addr.ip().is_unspecified() {
+        return format!("api and live view on http://{addr}/");
+    }
+    let here = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    };
+    format!(
+        "api and live view on every address ({}), port {}: from this host http://{}/",
+        addr.ip(),
+        addr.port(),
+        SocketAddr::new(here, addr.port())
+    )
+}
+
+/// `line` and a newline on stdout, flushed (a script reads it as it comes).
+fn print_line(line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
     Ok(())
 }
 
@@ -241,13 +273,13 @@ fn list(json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:>8} {:>10}  {:<24} CONFIG",
-        "NAME", "STATE", "PID", "TIME SCALE", "HOSTS"
+        "{:<20} {:<8} {:>8} {:>10}  {:<24} {:<24} CONFIG",
+        "NAME", "STATE", "PID", "TIME SCALE", "HOSTS", "API"
     );
     for l in &labs {
         let hosts: Vec<&str> = l.hosts.iter().map(|h| h.name.as_str()).collect();
         println!(
-            "{:<20} {:<8} {:>8} {:>10}  {:<24} {}",
+            "{:<20} {:<8} {:>8} {:>10}  {:<24} {:<24} {}",
             l.name,
             l.state,
             l.pid.map_or("-".to_string(), |p| p.to_string()),
@@ -257,6 +289,7 @@ fn list(json: bool) -> Result<()> {
             } else {
                 hosts.join(",")
             },
+            l.api.as_deref().unwrap_or("-"),
             l.config
                 .as_ref()
                 .map_or("-".to_string(), |c| c.display().to_string())
@@ -264,4 +297,35 @@ fn list(json: bool) -> Result<()> {
     }
     println!("{} lab(s) up", labs.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_line;
+
+    #[test]
+    fn the_api_line_gives_the_url_to_open_and_for_a_wildcard_the_one_from_this_host() {
+        let line = |addr: &str| api_line(addr.parse().unwrap());
+        assert_eq!(
+            line("127.0.0.1:41234"),
+            "api and live view on http://127.0.0.1:41234/"
+        );
+        assert_eq!(
+            line("[::1]:9466"),
+            "api and live view on http://[::1]:9466/"
+        );
+        assert_eq!(
+            line("192.0.2.1:9466"),
+            "api and live view on http://192.0.2.1:9466/"
+        );
+        assert_eq!(
+            line("0.0.0.0:9467"),
+            "api and live view on every address (0.0.0.0), port 9467: \
+             from this host http://127.0.0.1:9467/"
+        );
+        assert_eq!(
+            line("[::]:9467"),
+            "api and live view on every address (::), port 9467: from this host http://[::1]:9467/"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! Needs root (namespaces, TUN devices) and `python3`; fails loudly without them. The lab has
 //! its own name and API port; the guards stop `lab up`, delete its namespaces and kill the
-//! programs even when an assertion fails.
+//! programs even when an assertion fails. The script's refusals (no API there, a URL that is
+//! not http://) need no lab.
 
 use crate::common;
 
@@ -312,6 +313,12 @@ fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
         |l| l == "the load balancer is redeployed: expired 1 more flow(s)",
         READY,
     );
+    // The rule gets back the 4 min it had (examples/azure-lb.toml), before `ok`.
+    lines.wait(
+        "scenario",
+        |l| l == "rule app: idle timeout back to 240s, as before the scenario",
+        READY,
+    );
     lines.wait("scenario", |l| l == "ok", READY);
     assert!(
         status.success(),
@@ -322,4 +329,72 @@ fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
     lines.wait("busy", |l| l == "end ConnectionResetError", READY);
     drop(programs);
     drop(lab);
+}
+
+/// `python3 examples/api/scenario.py ARGS…`, run to its end (bounded).
+fn scenario_alone(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new("python3")
+        .arg(repo("examples/api/scenario.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("starting python3 examples/api/scenario.py (is python3 installed?)");
+    let until = Instant::now() + SCENARIO_LIMIT;
+    while child
+        .try_wait()
+        .expect("waiting for the scenario")
+        .is_none()
+    {
+        if Instant::now() >= until {
+            // SAFETY: kill has no memory-safety preconditions; the group is our unreaped child's.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("the scenario still runs after {SCENARIO_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("the scenario's output")
+}
+
+#[test]
+fn the_python_example_says_in_one_line_that_the_api_cannot_be_reached_and_exits_1() {
+    // Nothing listens there: the connection is refused, as without --api or on a wrong port.
+    let url = format!("http://{}/", common::free_port());
+    let out = scenario_alone(&[&url, "app"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "scenario failed: cannot reach {url}: Connection refused (is the lab up with --api?)\n"
+        ),
+        "one line, no traceback"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
+
+#[test]
+fn the_python_example_refuses_a_url_that_is_not_http_as_a_usage_error() {
+    for (url, said) in [
+        (
+            "127.0.0.1:9466",
+            "127.0.0.1:9466: not an http:// URL, the API serves plain HTTP \
+             (did you mean http://127.0.0.1:9466/?)",
+        ),
+        (
+            "ftp://127.0.0.1:9466/",
+            "ftp://127.0.0.1:9466/: not an http:// URL, the API serves plain HTTP",
+        ),
+    ] {
+        let out = scenario_alone(&[url, "app"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.ends_with(&format!("scenario.py: error: {said}\n")),
+            "{url}: {stderr}"
+        );
+    }
 }

@@ -54,7 +54,15 @@ fn lab_list_json_says_where_a_labs_api_is_served() {
     let addr = common::free_port();
     let name = lab_name();
     // Dropped at the end (or on a failed assertion): the lab is taken down.
-    let _lab = Lab::up_with_args(&name, &example_config(), &["--api", &addr.to_string()]);
+    let lab = Lab::up_with_args(&name, &example_config(), &["--api", &addr.to_string()]);
+    // `lab up` says it on stdout too, right after `ready`.
+    let said = lab.stdout.recv_timeout(COMMAND_TIMEOUT);
+    assert_eq!(
+        said.as_deref(),
+        Ok(format!("api and live view on http://{addr}/").as_str()),
+        "{}",
+        lab.stderr()
+    );
     let listed = idlegate(&["lab", "list", "--json"], COMMAND_TIMEOUT);
     assert_eq!(listed.status.code(), Some(0), "{}", listed.stderr);
     let labs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("one JSON array");
@@ -65,6 +73,75 @@ fn lab_list_json_says_where_a_labs_api_is_served() {
         .find(|l| l["name"] == name.as_str())
         .unwrap_or_else(|| panic!("{name} not listed: {}", listed.stdout));
     assert_eq!(this["api"], format!("http://{addr}/"));
+    // And the table, in its API column.
+    let table = idlegate(&["lab", "list"], COMMAND_TIMEOUT);
+    assert_eq!(table.status.code(), Some(0), "{}", table.stderr);
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "STATE", "PID", "TIME", "SCALE", "HOSTS", "API", "CONFIG"]
+    );
+    let row: Vec<&str> = table
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .unwrap_or_else(|| panic!("{name} not in the table: {}", table.stdout))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[5], format!("http://{addr}/"), "{}", table.stdout);
+}
+
+#[test]
+fn lab_up_api_on_every_address_prints_the_url_from_this_host_and_warns_the_token_is_in_clear() {
+    let name = lab_name();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "a-token-of-more-than-16-bytes\n").expect("writing the token");
+    let token = token.to_str().unwrap();
+    let lab = Lab::up_with_args(
+        &name,
+        &example_config(),
+        &["--api", "0.0.0.0:0", "--api-token-file", token],
+    );
+    let listed = idlegate(&["lab", "list", "--json"], COMMAND_TIMEOUT);
+    let labs: serde_json::Value = serde_json::from_str(&listed.stdout).expect("one JSON array");
+    let api = labs
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|l| l["name"] == name.as_str())
+        .and_then(|l| l["api"].as_str())
+        .unwrap_or_else(|| panic!("{name} not listed with its api: {}", listed.stdout))
+        .to_string();
+    let port = api
+        .strip_prefix("http://0.0.0.0:")
+        .and_then(|p| p.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("{api}"));
+    let said = lab.stdout.recv_timeout(COMMAND_TIMEOUT);
+    assert_eq!(
+        said.as_deref(),
+        Ok(format!(
+            "api and live view on every address (0.0.0.0), port {port}: \
+             from this host http://127.0.0.1:{port}/"
+        )
+        .as_str()),
+        "{}",
+        lab.stderr()
+    );
+    // The reminder, once, on stderr (logged before `ready`; read by a thread of its own).
+    let warning = "--api 0.0.0.0:0: not on loopback, and the API is plain HTTP: the token and \
+                   everything the API serves travel in clear";
+    let until = std::time::Instant::now() + COMMAND_TIMEOUT;
+    while !lab.stderr().contains(warning) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(lab.stderr().matches(warning).count(), 1, "{}", lab.stderr());
 }
 
 #[test]
