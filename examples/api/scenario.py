@@ -210,7 +210,7 @@ def restore(api, rule, path, before):
     except Unreachable as e:
         print(f"rule {rule}: idle timeout not given back ({e})", file=sys.stderr)
         return
-    if status == 200:
+    if status in (200, 202):
         print(f"rule {rule}: idle timeout back to {before:g}s, as before the scenario")
     else:
         print(f"rule {rule}: idle timeout not given back: HTTP {status}: {answer.get('error')}",
