@@ -37,15 +37,28 @@ pub enum Winner {
 /// What `--explain` says of a timeout changed through the API.
 pub const CHANGED_THROUGH_THE_API: &str = "changed through the API while the gateway runs";
 
-/// `applied` with its reason saying that its expiry action was changed through the API, if
-/// `idle` says so.
+/// `applied` with its reason saying what was changed through the API, once: the idle timeout
+/// (its reason is then only that), the expiry action (added to the reason the timeout has), or
+/// both in one clause.
 fn noting_expiry(mut applied: Applied, idle: &Idle) -> Applied {
-    if idle.expiry_from == ExpiryFrom::Api {
-        let _ = write!(
-            applied.reason,
-            "; expiry {} {CHANGED_THROUGH_THE_API}",
-            applied.expiry
-        );
+    let timeout = applied.winner == Winner::Api;
+    let expiry = idle.expiry_from == ExpiryFrom::Api;
+    match (timeout, expiry) {
+        (true, true) => {
+            applied.reason = format!(
+                "idle timeout and expiry {} {CHANGED_THROUGH_THE_API}",
+                applied.expiry
+            )
+        }
+        (true, false) => applied.reason = format!("idle timeout {CHANGED_THROUGH_THE_API}"),
+        (false, true) => {
+            let _ = write!(
+                applied.reason,
+                "; expiry {} {CHANGED_THROUGH_THE_API}",
+                applied.expiry
+            );
+        }
+        (false, false) => {}
     }
     applied
 }

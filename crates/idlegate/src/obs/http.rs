@@ -63,10 +63,31 @@ impl Response {
         }
     }
 
-    /// `status` with `{"error": message}`.
+    /// `status` with `{"error": message}`; a message longer than [`MAX_ERROR`] bytes (one that
+    /// quotes a huge value back) is cut there, saying how much was left out.
     pub fn error(status: u16, message: &str) -> Response {
-        Response::json(status, &serde_json::json!({ "error": message }))
+        Response::json(status, &serde_json::json!({ "error": clipped(message) }))
     }
+}
+
+/// The longest error message an answer quotes whole.
+pub const MAX_ERROR: usize = 512;
+
+/// `message`, or its first [`MAX_ERROR`] bytes (to a character boundary) and how many more
+/// there were.
+pub fn clipped(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_ERROR {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let mut end = MAX_ERROR;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… ({} more bytes left out)",
+        &message[..end],
+        message.len() - end
+    ))
 }
 
 /// How a service answers a request.
@@ -112,3 +133,25 @@ pub const POLL_EVENTS: std::time::Duration = std::time::Duration::from_millis(10
 // `Server::serve(&mut self, stopped: &dyn Fn() -> bool, service: &mut dyn Service,
 // guard: &Guard) -> Result<()>` serves a service until stopped; `Server::run` (metrics only)
 // stays as it is for the relay and `audit --metrics`, served through the same code.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_quoting_a_huge_value_is_cut_saying_how_much_was_left_out() {
+        let message = format!(
+            "idle_timeout = \"{}é\" is not a duration",
+            "x".repeat(60_000)
+        );
+        let r = Response::error(400, &message);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+        let text = v["error"].as_str().expect("error");
+        assert!(text.len() < MAX_ERROR + 64, "{} bytes", text.len());
+        assert!(text.ends_with(" more bytes left out)"), "{text}");
+        assert_eq!(
+            Response::error(400, "short").body.as_ref(),
+            br#"{"error":"short"}"#
+        );
+    }
+}

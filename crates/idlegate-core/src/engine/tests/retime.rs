@@ -418,3 +418,38 @@ proptest::proptest! {
         proptest::prop_assert_eq!(timeout, Some(Duration::from_millis(running)));
     }
 }
+
+#[test]
+fn the_explanation_says_what_the_api_changed_once_however_many_changes() {
+    let config = config("silent", ONE_VM);
+    let reason = |c: &Config| {
+        let e = precedence::explanation(c);
+        e.rules[0].tcp.as_ref().unwrap().reason.clone()
+    };
+    let expiry_only = config
+        .with_rule_change("app", &change(None, Some("reset")))
+        .unwrap();
+    let r = reason(&expiry_only);
+    assert!(
+        r.ends_with("; expiry reset changed through the API while the gateway runs"),
+        "{r}"
+    );
+    let both = expiry_only
+        .with_rule_change("app", &change(Some("10m"), None))
+        .unwrap()
+        .with_rule_change("app", &change(None, Some("silent")))
+        .unwrap()
+        .with_rule_change("app", &change(Some("12m"), None))
+        .unwrap();
+    assert_eq!(
+        reason(&both),
+        "idle timeout and expiry silent changed through the API while the gateway runs"
+    );
+    let timeout_only = config
+        .with_rule_change("app", &change(Some("10m"), None))
+        .unwrap();
+    assert_eq!(
+        reason(&timeout_only),
+        "idle timeout changed through the API while the gateway runs"
+    );
+}

@@ -23,7 +23,7 @@ use super::ask::{Asker, Recent};
 use super::control::{FlowRow, Shards};
 use super::feed::Intake;
 use crate::gateway::metrics::{self, Snapshot};
-use crate::obs::http::{Answer, Method, Request, Response, Service, StreamEvent};
+use crate::obs::http::{clipped, Answer, Method, Request, Response, Service, StreamEvent};
 use idlegate_core::config::{human, RuleChange, RuleChangeError, TimeoutFrom};
 use idlegate_core::{precedence, Config, DropReason, Retiming};
 use serde::Deserialize;
@@ -253,11 +253,14 @@ impl Api {
             Err(RuleChangeError::UnknownRule { known, .. }) => {
                 return Response::json(
                     404,
-                    &json!({ "error": format!("no rule is named \"{name}\""), "rules": known }),
+                    &json!({
+                        "error": clipped(&format!("no rule is named \"{name}\"")),
+                        "rules": known,
+                    }),
                 )
             }
             Err(RuleChangeError::Invalid { message, hint }) => {
-                let mut body = json!({ "error": message });
+                let mut body = json!({ "error": clipped(&message) });
                 if let Some(hint) = hint {
                     body["hint"] = hint.into();
                 }
@@ -418,6 +421,13 @@ impl Service for Api {
             (Method::Get, "/api/rules") => self.rules(),
             (Method::Get, "/metrics") => self.metrics(),
             (Method::Post, "/api/expire") => self.expire(request.body),
+            (Method::Post, "/api/rules/") => Response::json(
+                404,
+                &json!({
+                    "error": "give a rule name: POST /api/rules/NAME",
+                    "rules": self.asker.rule_names,
+                }),
+            ),
             (Method::Post, _) if rule.is_some() => {
                 let name = percent_decoded(rule.unwrap_or_default());
                 self.change_rule(&name, request.body)

@@ -595,3 +595,21 @@ fn a_change_that_cannot_alter_the_flows_is_refused_and_one_beating_the_frontend_
         "{applies}"
     );
 }
+
+#[test]
+fn a_rule_change_without_a_rule_name_is_404_naming_the_rules_and_a_huge_value_is_quoted_cut() {
+    let mut s = Served::new("silent");
+    let (status, body) = s.json(Method::Post, "/api/rules/", r#"{"expiry":"silent"}"#);
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "give a rule name: POST /api/rules/NAME");
+    assert!(
+        body["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    let huge = format!(r#"{{"idle_timeout":"{}"}}"#, "x".repeat(60_000));
+    let (status, body) = s.json(Method::Post, "/api/rules/app", &huge);
+    assert_eq!(status, 400, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.len() < 1_000, "{} bytes", error.len());
+    assert!(error.ends_with("more bytes left out)"), "{error}");
+}

@@ -213,7 +213,10 @@ fn query_token(query: &str) -> Option<String> {
     })
 }
 
-/// `%XX` and `+` decoded; `None` for a bad escape or bytes that are not UTF-8.
+/// `%XX` decoded; `None` for a bad escape or bytes that are not UTF-8. A `+` stays a `+`:
+/// a token never holds a space ([`token_is_sendable`]), and base64 tokens hold `+`, which a
+/// user pastes into `/?token=` as it is (the form encoding's `+` for a space would refuse
+/// two tokens in five).
 fn percent_decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -224,10 +227,6 @@ fn percent_decode(value: &str) -> Option<String> {
                 let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
             }
             b => {
                 out.push(b);
@@ -290,7 +289,7 @@ mod tests {
         )
         .collect();
         assert_eq!(values, ["xyz"]);
-        assert_eq!(query_token("x=1&token=a%2Bb+c").as_deref(), Some("a+b c"));
+        assert_eq!(query_token("x=1&token=a%2Bb+c").as_deref(), Some("a+b+c"));
         assert_eq!(query_token("tokens=1"), None);
         assert_eq!(query_token("token=%zz"), None);
     }
