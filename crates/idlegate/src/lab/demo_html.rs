@@ -442,27 +442,27 @@ impl Diagram {
         // TCP keepalive, where the kernel sends it: after each keepalive_s of idleness.
         if let Some(every) = c.keepalive_s.filter(|&k| k > 0) {
             let every = every as f64 * 1000.0;
-            let mut first = true;
+            let mut first: Option<f64> = None;
             for pair in sends.windows(2) {
                 let (t0, t1) = (pair[0].0, pair[1].0);
                 let mut t = t0 + every;
                 while t < t1 {
                     svg.arrow((CLIENT_X, y(t)), (SERVER_X - 2.0, y(t)), "ok dashed");
-                    if first {
+                    if first.is_none() {
                         svg.text(
                             ((CLIENT_X + BOX_X) / 2.0, y(t) - 5.0),
                             Anchor::Middle,
                             "small ok",
                             &format!("TCP keepalive after {} s idle", every / 1000.0),
                         );
-                        first = false;
+                        first = Some(t);
                     }
                     t += every;
                 }
             }
             if !dead {
                 // Under the first probe, where there is room (not against the caption).
-                if let Some(t) = sends.first().map(|s| s.0 + every).filter(|&t| t < end) {
+                if let Some(t) = first {
                     svg.text(
                         ((CLIENT_X + BOX_X) / 2.0, y(t) + 16.0),
                         Anchor::Middle,
@@ -514,8 +514,14 @@ impl Diagram {
                     _ => t,
                 };
                 svg.arrow((BOX_X, y(sent_at)), (lane.x(), y(t)), "bad");
+                // The client's above its arrow (below, a write that failed next may be drawn);
+                // the server's below the expiry's two lines.
+                let below = match lane {
+                    Lane::Client => -6.0,
+                    _ => 30.0,
+                };
                 svg.text(
-                    ((BOX_X + lane.x()) / 2.0, y(t) + 30.0),
+                    ((BOX_X + lane.x()) / 2.0, y(t) + below),
                     Anchor::Middle,
                     "small bad",
                     &format!("RST from the box to the {}", m.side),
@@ -808,9 +814,30 @@ mod tests {
         }
         // The "c" not acknowledged mark at 7.00 s has its time on the axis.
         assert!(svg.contains(">7.00 s</text>"), "{svg}");
-        // The keepalive caption sits under the first probe, not against the bottom caption.
+        // The keepalive caption sits under the first probe (3.00 s), not against the bottom caption.
         let kept = &html[html.find("data-name=\"kept\"").expect("kept")..];
-        assert!(kept.contains("each probe refreshes the flow: it never expires"));
+        let caption = kept
+            .split("<text")
+            .find(|t| t.contains(">each probe refreshes the flow: it never expires<"))
+            .expect("the keepalive caption");
+        let y: f64 = caption
+            .split("y=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|y| y.parse().ok())
+            .expect("its y");
+        assert!(y < TOP + HEIGHT - 100.0, "the caption at y {y}: {caption}");
+        // The RST's label on the client's side is above its arrow, clear of a failed write.
+        let reset = &html[html.find("data-name=\"reset\"").expect("reset")..];
+        let label = reset
+            .split("<text")
+            .find(|t| t.contains(">RST from the box to the client<"))
+            .expect("the client's RST label");
+        let arrow_y = TOP + 5002.0 * HEIGHT / 5501.0;
+        assert!(
+            label.contains(&format!("y=\"{:.1}\"", arrow_y - 6.0)),
+            "{label} (arrow at {arrow_y})"
+        );
     }
 
     #[test]
