@@ -135,6 +135,8 @@ pub fn run_probe(args: &ProbeArgs) -> Result<()> {
     let report = probe::run(&args.options()?)?;
     if let Some(html) = html {
         html.write(&probe::html::render(&report))?;
+        // One line on stderr (stdout is the report, or one JSON document).
+        eprintln!("wrote {}", html.path().display());
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

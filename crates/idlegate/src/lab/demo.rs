@@ -277,6 +277,8 @@ pub(super) fn print_report(
 ) -> Result<()> {
     if let Some(html) = html {
         html.write(&super::demo_html::render(report))?;
+        // One line on stderr (stdout is the timeline, or one JSON document).
+        eprintln!("wrote {}", html.path().display());
     }
     if json {
         // One document on stdout, nothing else.

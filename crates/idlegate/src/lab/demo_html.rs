@@ -3,14 +3,17 @@
 //!
 //! Contract: three lifelines (client, box, server) and time flowing down, to scale within each
 //! connection. Each message is an arrow from the side that sent it to the side that received
-//! it; a message that never arrived ends at the box with an ✕. The idle gaps between the
+//! it; a message that never arrived ends at the box with an ✕, one whose write failed (the
+//! socket already reset: `EPIPE`) stops just past the client with an ✕. The idle gaps between the
 //! client's sends are shaded with their length; the box's expiry is marked where the flow was
 //! forgotten (its last packet plus the idle timeout: inferred, the gateway's timer fires within
 //! its tick) with what the box does then (forget silently, RSTs to both ends, a RST to the next
 //! packet's sender, ACK and discard); a RST an end saw is an arrow from the box to it, with the
 //! error. TCP keepalive probes are drawn where the kernel sends them (every `keepalive_s` of
 //! idleness), not observed. The verdict heads each connection; every figure a test compares
-//! with the JSON is a `data-*` attribute (module [`crate::obs::html`]).
+//! with the JSON is a `data-*` attribute (module [`crate::obs::html`]). Times are the lab's
+//! ("in the lab": scaled, as the demo ran); "on the real box" is the same time unscaled
+//! (`lab_at_ms`, × the time scale), the one word for it throughout the page.
 
 use crate::lab::demo::{ConnectionReport, Event, Report, Verdict};
 use crate::obs::html::{data, element, escape, Anchor, Page, Svg};
@@ -46,7 +49,8 @@ pub fn render(report: &Report) -> String {
         "p",
         " class=\"muted\"",
         "Each connection sends \"a\", idles ¼ of the idle timeout, sends \"b\", idles 1⅛ of \
-         it (past the expiry), and sends \"c\". Time flows down, to scale within each diagram.",
+         it (past the expiry), and sends \"c\". Time flows down, to scale within each diagram. \
+         Times are in the lab (scaled); \"on the real box\" is the same moment unscaled.",
     ));
     page.push(&facts(report));
     for connection in &report.connections {
@@ -65,13 +69,18 @@ fn facts(report: &Report) -> String {
         (
             "idle timeout",
             format!(
-                "{} s in the lab ({} real, scaled 1/{})",
+                "{} s in the lab, {} on the real box",
                 secs(report.idle_timeout_s),
                 human_secs(real),
+            ),
+        ),
+        (
+            "time scale",
+            format!(
+                "1/{0}: the lab runs {0} × faster than the real box",
                 report.time_scale
             ),
         ),
-        ("time scale", format!("1/{}", report.time_scale)),
         (
             "keepalive",
             format!("every {} s on the keepalive connection", report.keepalive_s),
@@ -100,6 +109,16 @@ fn facts(report: &Report) -> String {
     out
 }
 
+/// `y1`, or `y0` when they are less than 2 px apart: a line sloping by a fraction of a pixel
+/// renders thicker on part of its length, so a message that took under 2 px is drawn flat.
+fn flat(y0: f64, y1: f64) -> f64 {
+    if (y1 - y0).abs() < 2.0 {
+        y0
+    } else {
+        y1
+    }
+}
+
 /// One connection: its verdict, its explanation, its diagram and its moments.
 fn section(report: &Report, c: &ConnectionReport) -> String {
     let moments: Vec<&Event> = report
@@ -109,7 +128,7 @@ fn section(report: &Report, c: &ConnectionReport) -> String {
         .collect();
     let diagram = Diagram::of(report, c, &moments);
     let mut out = format!(
-        "<section class=\"connection\"{}{}{}{}{}{}{}{}{}{}{}>",
+        "<section class=\"connection\"{}{}{}{}{}{}{}{}{}{}{}{}>",
         data("name", &c.name),
         data("verdict", kebab(&c.verdict)),
         data("expiry", &c.expiry),
@@ -129,6 +148,7 @@ fn section(report: &Report, c: &ConnectionReport) -> String {
                 .expiry_ms
                 .map_or(String::new(), |t| format!("{t:.0}"))
         ),
+        data("never-sent", diagram.never_sent.join(" ")),
     );
     let _ = write!(
         out,
@@ -139,7 +159,7 @@ fn section(report: &Report, c: &ConnectionReport) -> String {
     );
     out.push_str(&element("p", "", &c.explanation));
     out.push_str(&diagram.svg);
-    out.push_str("<details><summary>every moment</summary><table><tr><th>at</th><th>lab time</th><th>side</th><th>what</th></tr>");
+    out.push_str("<details><summary>every moment</summary><table><tr><th>in the lab</th><th>on the real box</th><th>side</th><th>what</th></tr>");
     for m in &moments {
         let _ = write!(
             out,
@@ -160,6 +180,8 @@ struct Diagram {
     longest_gap_ms: u64,
     /// When the box forgot the flow, since the demo started (real ms), if it did.
     expiry_ms: Option<f64>,
+    /// The messages in `sent` that never left the client: their write failed (`EPIPE`).
+    never_sent: Vec<String>,
 }
 
 /// Which lifeline.
@@ -296,9 +318,8 @@ impl Diagram {
             Anchor::Middle,
             "small muted",
             &format!(
-                "idle timeout {} s (1/{} of {}) · time flows down",
+                "idle timeout {} s in the lab ({} on the real box) · time flows down",
                 secs(report.idle_timeout_s),
-                report.time_scale,
                 human_secs(report.idle_timeout_s * f64::from(report.time_scale))
             ),
         );
@@ -311,12 +332,16 @@ impl Diagram {
             longest_gap_ms = longest_gap_ms.max(gap.round() as u64);
             let x = GAP_X;
             svg.rect((x, y(*t0)), (14.0, y(*t1) - y(*t0)), "gap");
-            let ratio = gap / idle_ms;
+            // The share of the timeout from the gap as shown (to 10 ms), rounded half up: two
+            // gaps that read the same length read the same share (4502 and 4499 ms: 4.50 s,
+            // 1.13 ×).
+            let shown = (gap / 10.0).round() * 10.0;
+            let ratio = (shown / idle_ms * 100.0).round() / 100.0;
             svg.text(
                 (x + 20.0, (y(*t0) + y(*t1)) / 2.0),
                 Anchor::Start,
                 "small",
-                &format!("idle {} s", secs(gap / 1000.0)),
+                &format!("idle {} s", secs(shown / 1000.0)),
             );
             svg.text(
                 (x + 20.0, (y(*t0) + y(*t1)) / 2.0 + 14.0),
@@ -337,7 +362,11 @@ impl Diagram {
             .map(|m| m.at_ms as f64);
         if let Some(t) = connected {
             let to = accepted.unwrap_or(t);
-            svg.arrow((CLIENT_X, y(t)), (SERVER_X - 2.0, y(to)), "muted");
+            svg.arrow(
+                (CLIENT_X, y(t)),
+                (SERVER_X - 2.0, flat(y(t), y(to))),
+                "muted",
+            );
             svg.text(
                 ((BOX_X + SERVER_X) / 2.0, y(t) - 5.0),
                 Anchor::Middle,
@@ -351,7 +380,7 @@ impl Diagram {
             let to = from.other();
             match received(to, message, *t) {
                 Some(t_in) => {
-                    svg.arrow((from.x(), y(*t)), (to.x(), y(t_in)), "message");
+                    svg.arrow((from.x(), y(*t)), (to.x(), flat(y(*t), y(t_in))), "message");
                     svg.text(
                         ((from.x() + BOX_X) / 2.0, y(*t) - 5.0),
                         Anchor::Middle,
@@ -378,34 +407,70 @@ impl Diagram {
             }
         }
 
+        // The messages whose write failed (the socket already reset): each stops just past
+        // the client, at its failed write, with the error.
+        let failed_writes = moments.iter().filter(|m| {
+            Lane::of_side(&m.side) == Lane::Client && m.what.starts_with("write failed")
+        });
+        let unsent: Vec<(&String, &&Event)> = c
+            .sent
+            .iter()
+            .filter(|message| {
+                !sends
+                    .iter()
+                    .any(|(_, lane, m)| *lane == Lane::Client && m == *message)
+            })
+            .zip(failed_writes)
+            .collect();
+        let never_sent: Vec<String> = unsent
+            .iter()
+            .map(|(message, _)| (*message).clone())
+            .collect();
+        for (message, m) in unsent {
+            let at = y(m.at_ms as f64);
+            let error = m.what.strip_prefix("write failed: ").unwrap_or(&m.what);
+            svg.arrow((CLIENT_X, at), (CLIENT_X + 50.0, at), "bad");
+            svg.cross((CLIENT_X + 58.0, at), 7.0, "bad");
+            svg.text(
+                (CLIENT_X + 72.0, at + 4.0),
+                Anchor::Start,
+                "bad",
+                &format!("\"{message}\" never sent: {error}"),
+            );
+        }
+
         // TCP keepalive, where the kernel sends it: after each keepalive_s of idleness.
         if let Some(every) = c.keepalive_s.filter(|&k| k > 0) {
             let every = every as f64 * 1000.0;
-            let mut first = true;
+            let mut first: Option<f64> = None;
             for pair in sends.windows(2) {
                 let (t0, t1) = (pair[0].0, pair[1].0);
                 let mut t = t0 + every;
                 while t < t1 {
                     svg.arrow((CLIENT_X, y(t)), (SERVER_X - 2.0, y(t)), "ok dashed");
-                    if first {
+                    if first.is_none() {
                         svg.text(
                             ((CLIENT_X + BOX_X) / 2.0, y(t) - 5.0),
                             Anchor::Middle,
                             "small ok",
                             &format!("TCP keepalive after {} s idle", every / 1000.0),
                         );
-                        first = false;
+                        first = Some(t);
                     }
                     t += every;
                 }
             }
             if !dead {
-                svg.text(
-                    (BOX_X + 12.0, y(end) + 16.0),
-                    Anchor::Start,
-                    "small ok",
-                    "each probe refreshes the flow: it never expires",
-                );
+                // Under the first probe, where there is room (not against the caption), short
+                // enough to stay between the client's and the box's lifelines.
+                if let Some(t) = first {
+                    svg.text(
+                        ((CLIENT_X + BOX_X) / 2.0, y(t) + 16.0),
+                        Anchor::Middle,
+                        "small ok",
+                        "each probe refreshes the flow",
+                    );
+                }
             }
         }
 
@@ -419,17 +484,16 @@ impl Diagram {
                 Anchor::Start,
                 "small bad",
                 &format!(
-                    "flow expires ≈ {} s after its last packet",
+                    "expiry ≈ {} s after the last packet",
                     secs(report.idle_timeout_s)
                 ),
             );
+            // Each short enough to end before the server's lifeline.
             let action = match c.expiry.as_str() {
                 "silent" => "forgotten silently: nobody is told".to_string(),
-                "reset" => "the box sends a RST to the client and to the server".to_string(),
-                "reset-on-next" => {
-                    "forgotten silently; the next packet is answered with a RST".to_string()
-                }
-                "ack-and-discard" => "later data is ACKed by the box and discarded".to_string(),
+                "reset" => "it sends a RST to both ends".to_string(),
+                "reset-on-next" => "forgotten; the next packet gets a RST".to_string(),
+                "ack-and-discard" => "later data: ACKed by the box, discarded".to_string(),
                 other => format!("expiry action {other}"),
             };
             svg.text(
@@ -451,8 +515,14 @@ impl Diagram {
                     _ => t,
                 };
                 svg.arrow((BOX_X, y(sent_at)), (lane.x(), y(t)), "bad");
+                // The client's above its arrow (below, a write that failed next may be drawn);
+                // the server's below the expiry's two lines.
+                let below = match lane {
+                    Lane::Client => -6.0,
+                    _ => 30.0,
+                };
                 svg.text(
-                    ((BOX_X + lane.x()) / 2.0, y(t) + 30.0),
+                    ((BOX_X + lane.x()) / 2.0, y(t) + below),
                     Anchor::Middle,
                     "small bad",
                     &format!("RST from the box to the {}", m.side),
@@ -473,10 +543,27 @@ impl Diagram {
             );
         }
 
-        // The time axis: each send's time since the connection opened.
-        for (t, _, _) in &sends {
+        // The time axis: each send's and each trouble's time since the connection opened, a
+        // label at least a line below the one before.
+        let mut marked: Vec<f64> = sends
+            .iter()
+            .map(|s| s.0)
+            .chain(
+                moments
+                    .iter()
+                    .filter(|m| trouble(&m.what))
+                    .map(|m| m.at_ms as f64),
+            )
+            .collect();
+        marked.sort_by(f64::total_cmp);
+        let mut last_label: Option<f64> = None;
+        for t in marked {
+            if last_label.is_some_and(|l| y(t) - l < 12.0) {
+                continue;
+            }
+            last_label = Some(y(t));
             svg.text(
-                (8.0, y(*t) + 4.0),
+                (8.0, y(t) + 4.0),
                 Anchor::Start,
                 "small muted",
                 &format!("{} s", secs((t - start) / 1000.0)),
@@ -486,6 +573,7 @@ impl Diagram {
             svg: svg.finish(),
             longest_gap_ms,
             expiry_ms,
+            never_sent,
         }
     }
 }
@@ -583,6 +671,7 @@ mod tests {
         }
         timeline.push(event(5002, "reset", "client", "socket error ECONNRESET"));
         timeline.push(event(5002, "reset", "server", "socket error ECONNRESET"));
+        timeline.push(event(5501, "reset", "client", "write failed: EPIPE"));
         for name in ["quiet", "kept"] {
             timeline.push(event(5502, name, "client", "sent \"c\""));
         }
@@ -623,7 +712,8 @@ mod tests {
                 "<section class=\"connection\" data-name=\"quiet\" data-verdict=\"lost-silently\" \
              data-expiry=\"silent\" data-idle-timeout-ms=\"4000\" data-longest-gap-ms=\"4500\" \
              data-sent=\"a b c\" data-delivered=\"a b\" data-client-error=\"\" \
-             data-server-error=\"\" data-unacknowledged=\"1\" data-expired-at-ms=\"5003\">"
+             data-server-error=\"\" data-unacknowledged=\"1\" data-expired-at-ms=\"5003\" \
+             data-never-sent=\"\">"
             ),
             "{html}"
         );
@@ -639,12 +729,116 @@ mod tests {
         assert!(html.contains(">&quot;c&quot; lost</text>"), "{html}");
         assert!(html.contains("dropped: the box has no flow"));
         assert!(html.contains("forgotten silently: nobody is told"));
-        assert!(html.contains("the box sends a RST to the client and to the server"));
+        assert!(html.contains("it sends a RST to both ends"));
         assert!(html.contains("RST from the box to the client"));
         assert!(html.contains("RST from the box to the server"));
         assert!(html.contains("TCP keepalive after 2 s idle"));
         assert!(html.contains(">idle 4.50 s</text>"));
-        assert!(html.contains(">1.12 × the timeout</text>"));
+        assert!(html.contains(">1.13 × the timeout</text>"));
+    }
+
+    #[test]
+    fn a_message_whose_write_failed_stops_at_the_client_with_the_error() {
+        let html = render(&report());
+        assert!(
+            html.contains("data-name=\"reset\" data-verdict=\"reset\""),
+            "{html}"
+        );
+        let reset = &html[html.find("data-name=\"reset\"").expect("the reset section")..];
+        assert!(reset.contains("data-never-sent=\"c\">"), "{reset}");
+        assert!(
+            reset.contains(">&quot;c&quot; never sent: EPIPE</text>"),
+            "{reset}"
+        );
+        // The other connections sent every message.
+        assert_eq!(html.matches("never sent:").count(), 1, "{html}");
+    }
+
+    #[test]
+    fn the_same_gap_reads_the_same_share_of_the_timeout() {
+        // 4499 and 4502 ms both read 4.50 s, and so both 1.13 × a 4 s timeout.
+        let mut r = report();
+        for e in &mut r.timeline {
+            if e.connection == "quiet" && e.what == "sent \"c\"" {
+                e.at_ms = 1002 + 4502;
+            }
+            if e.connection == "kept" && e.what.contains("\"c\"") {
+                e.at_ms = 1002 + 4499;
+            }
+        }
+        let html = render(&r);
+        assert_eq!(html.matches(">idle 4.50 s</text>").count(), 3, "{html}");
+        assert_eq!(
+            html.matches(">1.13 × the timeout</text>").count(),
+            3,
+            "{html}"
+        );
+        assert!(!html.contains("1.12 ×"), "{html}");
+    }
+
+    #[test]
+    fn scaled_and_unscaled_times_have_one_name_each() {
+        let html = render(&report());
+        assert!(
+            html.contains("<th>in the lab</th><th>on the real box</th>"),
+            "{html}"
+        );
+        assert!(
+            html.contains("4.00 s in the lab, 4 min on the real box"),
+            "{html}"
+        );
+        assert!(html.contains("idle timeout 4.00 s in the lab (4 min on the real box)"));
+        assert!(!html.contains("lab time"), "{html}");
+        assert!(!html.contains(" real,"), "{html}");
+        // A moment at 5.50 s in the lab is 330 s on the real box.
+        assert!(html.contains("<td>5.50 s</td><td>330.1 s</td>"), "{html}");
+    }
+
+    #[test]
+    fn arrows_are_flat_when_the_message_took_under_two_pixels_and_troubles_have_a_time() {
+        // "a", sent at 2 ms and received at 23 ms (about 1.3 px lower): one horizontal line.
+        let mut r = report();
+        for e in &mut r.timeline {
+            if e.connection == "quiet" && e.what == "received \"a\"" {
+                e.at_ms = 23;
+            }
+        }
+        let html = render(&r);
+        let svg = &html[html.find("data-name=\"quiet\"").expect("quiet")..];
+        let svg = &svg[..svg.find("</svg>").expect("its svg")];
+        for line in svg.split("<line").skip(1) {
+            if line.contains("class=\"message\"") {
+                let y1 = line.split("y1=\"").nth(1).and_then(|r| r.split('"').next());
+                let y2 = line.split("y2=\"").nth(1).and_then(|r| r.split('"').next());
+                assert_eq!(y1, y2, "a sloping message line: {line}");
+            }
+        }
+        // The "c" not acknowledged mark at 7.00 s has its time on the axis.
+        assert!(svg.contains(">7.00 s</text>"), "{svg}");
+        // The keepalive caption sits under the first probe (3.00 s), not against the bottom caption.
+        let kept = &html[html.find("data-name=\"kept\"").expect("kept")..];
+        let caption = kept
+            .split("<text")
+            .find(|t| t.contains(">each probe refreshes the flow<"))
+            .expect("the keepalive caption");
+        let y: f64 = caption
+            .split("y=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|y| y.parse().ok())
+            .expect("its y");
+        assert!(y < TOP + HEIGHT - 100.0, "the caption at y {y}: {caption}");
+        // The RST's label on the client's side is above its arrow, clear of a failed write.
+        let reset = &html[html.find("data-name=\"reset\"").expect("reset")..];
+        let label = reset
+            .split("<text")
+            .find(|t| t.contains(">RST from the box to the client<"))
+            .expect("the client's RST label");
+        let arrow_y = TOP + 5002.0 * HEIGHT / 5501.0;
+        assert!(
+            label.contains(&format!("y=\"{:.1}\"", arrow_y - 6.0)),
+            "{label} (arrow at {arrow_y})"
+        );
     }
 
     #[test]

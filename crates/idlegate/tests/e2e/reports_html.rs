@@ -43,6 +43,17 @@ fn assert_self_contained(file: &Path) {
     assert!(!rest.contains("<link"), "the report links a resource");
 }
 
+/// Checks that the command said on stderr, in one line of its own, that it wrote `file`.
+fn assert_wrote(out: &Output, file: &Path) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = format!("wrote {}", file.display());
+    assert_eq!(
+        stderr.lines().filter(|l| *l == line).count(),
+        1,
+        "no line {line:?} on stderr:\n{stderr}"
+    );
+}
+
 /// `value` with every number as a float: JavaScript's 7 and the JSON's 7.0 compare equal.
 fn floats(value: Value) -> Value {
     match value {
@@ -75,6 +86,7 @@ fn demo_page_is_its_json(extra: &[&str], shot: &str) -> Value {
         .output()
         .expect("running idlegate lab demo");
     let report = json_of(&out);
+    assert_wrote(&out, &file);
     assert_self_contained(&file);
     let (_browser, page) = open_report(&file);
 
@@ -224,6 +236,7 @@ fn probe_html_marks_each_idle_time_tried_and_the_bracket_of_its_json() {
     })
     .expect("lab run");
     let report = json_of(&out);
+    assert_wrote(&out, &file);
     assert_self_contained(&file);
     let (_browser, page) = open_report(&file);
 

@@ -4,11 +4,13 @@
 //! Contract: one row of marks per direction on an axis of idle time (and one for the
 //! keepalive test): each test a mark at the idle time it tried, a green ● where the connection
 //! still worked and a red ✕ where it did not; the bracket found is a shaded band with its
-//! bounds; above it, the result in words, whether it is to be trusted and each doubt. Each
+//! bounds; above it, the result in words, whether it is to be trusted, each doubt, and why a
+//! direction survived an idle time the bracket says is past the timeout ([`directions_differ`]). Each
 //! mark is a group carrying the test's figures as `data-*` attributes (direction, idle time,
 //! part of the search, alive, what it saw), the page's root the result's, so a test compares
 //! the page with the JSON (module [`crate::obs::html`]).
 
+use super::tried::directions_differ;
 use super::{Behaviour, Part, Report, Tried, Way};
 use crate::obs::html::{data, element, escape, Anchor, Page, Svg};
 use std::fmt::Write as _;
@@ -75,6 +77,13 @@ pub fn render(report: &Report) -> String {
         }
         list.push_str("</ul>");
         page.push(&list);
+    }
+    for line in directions_differ(&report.tried, bracket.high, report.consistent) {
+        page.push(&element(
+            "p",
+            " class=\"note warn\" data-note=\"directions-differ\"",
+            &line,
+        ));
     }
     page.push(&marks(report));
     page.push(&facts(report));
@@ -227,7 +236,10 @@ fn facts(report: &Report) -> String {
         (
             "consistent",
             match report.consistent {
-                true => "yes".to_string(),
+                true => {
+                    "yes: no idle time survived both ways is longer than one that failed either way"
+                        .to_string()
+                }
                 false => "no: outcomes contradicted each other".to_string(),
             },
         ),
@@ -353,6 +365,47 @@ mod tests {
         assert!(html.contains("timeout in (7.0 s, 8.0 s]"));
         assert!(html.contains("not to be trusted"));
         assert!(html.contains("a &lt;longer&gt; idle survived"));
+    }
+
+    #[test]
+    fn a_direction_that_survived_the_brackets_edge_is_explained_on_the_page() {
+        // A box with a 4 s timer: client to server (3, 4], server to client (4, 5]; the
+        // report's bracket (3, 4], consistent, trusted.
+        let mut r = report();
+        r.idle_timeout_s = Bracket {
+            low: 3.0,
+            high: Some(4.0),
+        };
+        r.trusted = true;
+        r.doubts.clear();
+        r.tried = vec![
+            tried(Way::ClientToServer, 3.0, Part::Coarse, true),
+            tried(Way::ServerToClient, 3.0, Part::Coarse, true),
+            tried(Way::ClientToServer, 4.0, Part::Coarse, false),
+            tried(Way::ServerToClient, 4.0, Part::Coarse, true),
+            tried(Way::ServerToClient, 5.0, Part::Coarse, false),
+        ];
+        let html = render(&r);
+        assert!(
+            html.contains(
+                "<p class=\"note warn\" data-note=\"directions-differ\">server to client survived \
+                 4.0 s (its own bracket (4.0 s, 5.0 s]), at the bracket&#39;s upper edge: the tests \
+                 at that idle time raced the box&#39;s timer; the bracket counts an idle time as \
+                 survived only when client to server survived it too</p>"
+            ),
+            "{html}"
+        );
+        assert_eq!(html.matches("data-note=\"directions-differ\"").count(), 1);
+        // The text report says it too.
+        assert!(
+            super::super::summary(&r).contains(
+                "\n  server to client survived 4.0 s (its own bracket (4.0 s, 5.0 s]), at the bracket's upper edge"
+            ),
+            "{}",
+            super::super::summary(&r)
+        );
+        // Directions that agree: no note.
+        assert!(!render(&report()).contains("directions-differ"));
     }
 
     #[test]

@@ -918,6 +918,9 @@ pub fn summary(r: &Report) -> String {
             .unwrap_or_default();
         out += &format!("  not to be trusted ({code}): {}\n", d.message);
     }
+    for line in tried::directions_differ(&r.tried, r.idle_timeout_s.high, r.consistent) {
+        out += &format!("  {line}\n");
+    }
     let name = |b: Behaviour| {
         serde_json::to_value(b)
             .ok()
