@@ -24,6 +24,7 @@ impl Shards for Fake {
             state: "ESTABLISHED".into(),
             idle_for_s: 1.0,
             expires_in_s: 3.0,
+            timeout_s: 4.0,
         }])
     }
     fn expire(&mut self, _rule: Option<&str>) -> Result<usize, String> {
