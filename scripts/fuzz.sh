@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fuzzes everything idlegate reads from outside (fuzz/fuzz_targets: the engine, the config
-# parser, the importer's inputs, the echo/probe protocol, the tunnel's frames and handshake, the control socket's
-# requests) with cargo-fuzz and libFuzzer, each target for SECONDS, one after another. Each run
-# starts from the committed seeds in fuzz/corpus/TARGET and keeps what it finds in a scratch
-# corpus, so the checkout stays clean. Prints a table: target, executions, result. A crash
-# leaves its input in fuzz/artifacts/TARGET/ and makes the script fail.
+# parser, the importer's inputs, the echo/probe protocol, the tunnel's frames and handshake, the
+# HTTP server's requests, the control socket's requests) with cargo-fuzz and libFuzzer, each
+# target for SECONDS, one after another. Each run starts from the committed seeds in
+# fuzz/corpus/TARGET and keeps what it finds in a scratch corpus, so the checkout stays clean.
+# Prints a table: target, executions, result. A crash leaves its input in
+# fuzz/artifacts/TARGET/ and makes the script fail.
 #
 #   scripts/fuzz.sh SECONDS [TARGET...]
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 secs=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(engine config import echo_protocol tunnel_frame tunnel_handshake control)
+[ ${#targets[@]} -gt 0 ] || targets=(engine config import echo_protocol tunnel_frame tunnel_handshake control http_request)
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "scripts/fuzz.sh: no nightly toolchain here (rustup toolchain install nightly); nothing fuzzed" >&2
     exit 3

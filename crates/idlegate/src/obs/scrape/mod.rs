@@ -872,3 +872,76 @@ fn reason(status: u16) -> &'static str {
         _ => "",
     }
 }
+
+/// The fuzzer's way in (`fuzz/fuzz_targets/http_request.rs`): `data`, what a client sends,
+/// given to a service's server in pieces of `piece` bytes (never more than the server asked to
+/// read), as the event loop gives it, until the server answers, streams or asks for nothing
+/// more. The server behind `/api/events` streams; any other request it lets through is
+/// answered 200. `token`: the server has one; `loopback`: it listens on loopback.
+///
+/// Panics when the server breaks its contract: asking to read past the request head's and
+/// body's bounds, asking for nothing while wanting more, or answering with anything but an
+/// HTTP/1.1 status line.
+pub fn fuzz_client(data: &[u8], piece: usize, token: bool, loopback: bool) {
+    struct Answering;
+    impl Service for Answering {
+        fn answer(&mut self, request: &Request<'_>) -> Answer {
+            if request.path == "/api/events" {
+                return Answer::Events;
+            }
+            Answer::Full(Response::json(200, &request.body.len()))
+        }
+        fn poll_events(&mut self, _: &mut dyn FnMut(StreamEvent)) {}
+    }
+    let mut service = Answering;
+    let access = if token {
+        Access::new("0123456789abcdef", 9466).ok()
+    } else {
+        None
+    };
+    let mut cx = State {
+        target: Target::Service(&mut service),
+        access,
+        mode: Mode::Service { loopback },
+        ring: Ring::new(16),
+        epoch: Instant::now(),
+        limits: Limits::DEFAULT,
+    };
+    let mut phase = Phase::Reading {
+        data: Vec::new(),
+        want: MAX_REQUEST + 1,
+    };
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (Phase::Reading { data, want }
+        | Phase::Body {
+            data, end: want, ..
+        }) = &mut phase
+        else {
+            return;
+        };
+        let room = want.saturating_sub(data.len());
+        assert!(
+            room > 0,
+            "the server wants {want} bytes and has them, but decided nothing"
+        );
+        let (taken, left) = rest.split_at(rest.len().min(piece.max(1)).min(room));
+        data.extend_from_slice(taken);
+        rest = left;
+        match received(&mut cx, &mut phase, 0) {
+            Decision::More(want) => assert!(
+                want <= MAX_REQUEST + 1 + MAX_BODY,
+                "the server asked to read {want} bytes"
+            ),
+            Decision::Answer(answer) => {
+                assert!(answer.starts_with(b"HTTP/1.1 "), "{answer:?}");
+                return;
+            }
+            Decision::Stream { head, .. } => {
+                assert!(head.starts_with(b"HTTP/1.1 200 "), "{head:?}");
+                return;
+            }
+            Decision::Body { .. } => panic!("received() turns a body to read into More"),
+        }
+    }
+}
