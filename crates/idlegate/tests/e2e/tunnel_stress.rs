@@ -240,9 +240,13 @@ fn two_hundred_mb_each_way_cross_one_percent_loss_and_a_cut_leg_exactly() {
     let run = netns::spawn_in(ns.name(), move || {
         let key = Key::random().unwrap();
         let (server_addr, server) = exchange_server(BYTES, Duration::ZERO);
-        let (exit, _) = start_exit(server_addr, &key, settings(300, WAIT));
+        // Heartbeats every 1 s: a leg is declared lost after 3 s without a byte from its
+        // peer. At 300 ms (lost after 0.9 s), 1 % loss over 200 MB (some 140,000 segments each
+        // way) loses the same segment three times in a row (TCP backs off 0.2 + 0.4 + 0.8 s)
+        // about once in seven runs: a second, legitimate resume that is not the cut's.
+        let (exit, _) = start_exit(server_addr, &key, settings(1000, WAIT));
         let path = CutPath::new(exit.addr);
-        let entry = start_entry(path.addr, &key, settings(300, WAIT));
+        let entry = start_entry(path.addr, &key, settings(1000, WAIT));
         let (p, e) = (path.addr.port(), exit.addr.port());
         let rules = format!(
             "table inet loss {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n  \
@@ -273,12 +277,17 @@ fn two_hundred_mb_each_way_cross_one_percent_loss_and_a_cut_leg_exactly() {
     let (client, server, entry, exit, dropped) = run.join().unwrap();
     assert_whole(&client, &server, BYTES);
     assert!(dropped > 0, "nftables dropped {dropped} packets");
-    assert_eq!(
-        entry.reconnects.load(Ordering::Relaxed),
-        1,
-        "the cut resumed"
-    );
-    assert_eq!(exit.reconnects.load(Ordering::Relaxed), 1);
+    // The cut resumed once; any other resume is a leg the loss silenced for three heartbeats,
+    // which one end counted as missed.
+    let misses = entry.heartbeat_misses.load(Ordering::Relaxed)
+        + exit.heartbeat_misses.load(Ordering::Relaxed);
+    for (end, stats) in [("entry", &entry), ("exit", &exit)] {
+        let resumes = stats.reconnects.load(Ordering::Relaxed);
+        assert!(
+            resumes >= 1 && resumes - 1 <= misses,
+            "the {end} resumed {resumes} time(s) for one cut and {misses} missed heartbeat(s)"
+        );
+    }
     eprintln!("nftables dropped {dropped} packets");
 }
 

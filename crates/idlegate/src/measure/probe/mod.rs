@@ -368,7 +368,7 @@ pub fn run(options: &Options) -> Result<Report> {
     let tests: Vec<Test> = search.round().into_iter().flat_map(both_ways).collect();
     let coarse = probe.round(&tests, Round::Coarse, None)?;
     probe.note(&coarse, |_| Part::Coarse);
-    record(&mut search, &coarse);
+    record(&mut search, &coarse, per_idle);
     search.end_round();
     let verdict = search.bracket();
     let mut details = Vec::new();
@@ -419,7 +419,7 @@ pub fn run(options: &Options) -> Result<Report> {
     });
     let (fine, behaviour): (Vec<_>, Vec<_>) =
         second.into_iter().partition(|(t, _)| t.idle < beyond);
-    record(&mut search, &fine);
+    record(&mut search, &fine, per_idle);
     search.end_round();
     // Until the behaviour tests say otherwise: what the coarse round's first failures saw.
     let first_dead = |direction| {
@@ -805,14 +805,22 @@ impl Probe {
 }
 
 /// Records a round's outcomes: an idle time is survived only if every test of it (one per
-/// direction) survived.
-fn record(search: &mut Search, seen: &[(Test, Observed)]) {
+/// direction: `per_idle`) survived. An idle time the round ended before testing both ways
+/// (the coarse round stops at its first dead connection, and a test due at a longer idle time
+/// may already have run in one direction) is not recorded as survived: one direction alive
+/// says nothing of the other, which may already have died at a shorter idle time. A dead test
+/// is recorded whatever the rest did.
+fn record(search: &mut Search, seen: &[(Test, Observed)], per_idle: usize) {
     let mut i = 0;
     while i < seen.len() {
         let idle = seen[i].0.idle;
         let same = seen[i..].iter().take_while(|(t, _)| t.idle == idle);
+        let tested = same.clone().count();
         let alive = same.clone().all(|(_, s)| s.alive());
-        i += same.count();
+        i += tested;
+        if alive && tested < per_idle {
+            continue;
+        }
         search.record(Outcome { idle, alive });
     }
 }
@@ -958,4 +966,49 @@ pub fn summary(r: &Report) -> String {
         r.connections_used, r.duration_s
     );
     out
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+
+    fn seen(direction: Direction, secs: u64, observed: Observed) -> (Test, Observed) {
+        let test = Test {
+            direction,
+            idle: Duration::from_secs(secs),
+            keepalive: None,
+        };
+        (test, observed)
+    }
+
+    #[test]
+    fn an_idle_time_tested_one_way_only_after_the_round_ended_is_not_survived() {
+        // Loose pickup (Linux conntrack): the server's direction dies at 8 s; the client's
+        // test at 9 s had already run when the coarse round stopped, its server's had not.
+        let mut search = Search::new(Settings {
+            first: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+            ratio: 1.07,
+            resolution: Duration::from_secs(1),
+            budget: usize::MAX,
+        });
+        let (c, s) = (Direction::ClientToServer, Direction::ServerToClient);
+        let round = [
+            seen(c, 7, Observed::Alive),
+            seen(s, 7, Observed::Alive),
+            seen(c, 8, Observed::Alive),
+            seen(s, 8, Observed::ServerReset),
+            seen(c, 9, Observed::Alive),
+        ];
+        record(&mut search, &round, 2);
+        let b = search.bracket();
+        assert!(b.consistent, "{b:?}");
+        assert_eq!(
+            (b.low, b.high),
+            (Duration::from_secs(7), Some(Duration::from_secs(8)))
+        );
+        // One way only, and dead: recorded.
+        record(&mut search, &[seen(s, 10, Observed::ServerReset)], 2);
+        assert_eq!(search.outcomes().len(), 3);
+    }
 }

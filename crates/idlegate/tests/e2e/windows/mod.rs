@@ -238,10 +238,24 @@ impl OwnPrefix {
             std::process::id(),
             common::unique("a")
         ));
-        let copied = common::output_within(
-            Command::new("cp").arg("-al").arg(shared).arg(&dir),
-            Duration::from_secs(120),
-        );
+        // The shared prefix's wineserver, serving other tests, saves the registry through a
+        // temporary file (`regNNNN.tmp`) renamed into place: one that vanishes between cp's
+        // reading of the directory and its link fails the copy ("cannot stat … No such file").
+        // Such a file is transient: the copy, started over, is whole.
+        let mut copied;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            copied = common::output_within(
+                Command::new("cp").arg("-al").arg(shared).arg(&dir),
+                Duration::from_secs(120),
+            );
+            let vanished = String::from_utf8_lossy(&copied.stderr).contains("No such file");
+            if copied.status.success() || !vanished || attempts == 5 {
+                break;
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         assert!(
             copied.status.success(),
             "cp -al {} {}: {}",
