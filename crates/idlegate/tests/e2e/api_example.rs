@@ -195,16 +195,26 @@ except OSError as e:
     print("end " + type(e).__name__)
 "#;
 
-#[test]
-fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
-    common::require_root();
-    let name = common::unique("api");
+/// A lab of `examples/azure-lb.toml` up with `--api` on a free port and `token` in a file,
+/// its output followed in `lines` ("lab", "lab stderr") until `ready`, and `server` (a Python
+/// script taking the port) listening on each rule's port, 7000 and 7001, in both members
+/// (tags "vm1:7000", …). Fields drop in order: the servers, the lab, the token's directory.
+pub(crate) struct ApiLab {
+    pub(crate) servers: Vec<Group>,
+    pub(crate) lab: LabUp,
+    pub(crate) name: String,
+    pub(crate) api: std::net::SocketAddr,
+    pub(crate) token_file: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+/// Brings an [`ApiLab`] up, named after `prefix`.
+pub(crate) fn api_lab(prefix: &str, token: &str, server: &str, lines: &Lines) -> ApiLab {
+    let name = common::unique(prefix);
     let api = common::free_port();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("writing the token");
-
-    let lines = Lines::new();
+    std::fs::write(&token_file, format!("{token}\n")).expect("writing the token");
     let mut up = Command::new(IDLEGATE);
     up.args(["lab", "up", "--config"])
         .arg(repo("examples/azure-lb.toml"))
@@ -221,16 +231,14 @@ fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
         .stderr(Stdio::piped())
         .process_group(0);
     let mut child = up.spawn().expect("starting idlegate lab up");
-    lines.follow("lab", child.stdout.take().unwrap());
-    lines.follow("lab stderr", child.stderr.take().unwrap());
+    lines.follow("lab", child.stdout.take().expect("stdout"));
+    lines.follow("lab stderr", child.stderr.take().expect("stderr"));
     let lab = LabUp {
         name: name.clone(),
         child: Group(child),
     };
     lines.wait("lab", |l| l == "ready", READY);
-
-    // A server for each rule's port in both members (the balancer picks one).
-    let mut programs = Vec::new();
+    let mut servers = Vec::new();
     for (vm, port) in [
         ("vm1", "7000"),
         ("vm2", "7000"),
@@ -238,9 +246,31 @@ fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
         ("vm2", "7001"),
     ] {
         let tag = format!("{vm}:{port}");
-        programs.push(python_in(&name, vm, &tag, SERVER, &[port], &lines));
+        servers.push(python_in(&name, vm, &tag, server, &[port], lines));
         lines.wait(&tag, |l| l == "listening", READY);
     }
+    ApiLab {
+        servers,
+        lab,
+        name,
+        api,
+        token_file,
+        dir,
+    }
+}
+
+#[test]
+fn the_python_example_changes_a_rule_sees_a_flow_expire_and_expires_the_rest() {
+    common::require_root();
+    let lines = Lines::new();
+    let ApiLab {
+        name: _,
+        api,
+        token_file,
+        dir: _dir,
+        lab,
+        servers: mut programs,
+    } = api_lab("api", TOKEN, SERVER, &lines);
     // A busy flow under the reset rule: it never idles out, so only the redeploy ends it.
     programs.push(python_in(
         &lab.name,

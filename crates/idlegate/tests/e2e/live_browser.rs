@@ -13,14 +13,12 @@
 //!
 //! Needs root (namespaces, TUN devices), `python3` and Chromium; fails saying which is missing.
 
-use crate::api_example::{python_in, repo, Group, LabUp, Lines, IDLEGATE, READY};
+use crate::api_example::{api_lab, python_in, ApiLab, Group, Lines, READY};
 use crate::common::browser::{non_blank, Browser, Page};
-use crate::common::{free_port, require_root, unique};
+use crate::common::require_root;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const TOKEN: &str = "a-token-for-the-live-page-browser-test";
@@ -184,47 +182,15 @@ fn reset_after(line: &str) -> f64 {
 #[test]
 fn the_live_page_in_chromium_shows_flows_drain_expire_reset_and_rules_change() {
     require_root();
-    let name = unique("lp");
-    let api = free_port();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("writing the token");
-
     let lines = Lines::new();
-    let mut up = Command::new(IDLEGATE);
-    up.args(["lab", "up", "--config"])
-        .arg(repo("examples/azure-lb.toml"))
-        .args([
-            "--name",
-            &name,
-            "--api",
-            &api.to_string(),
-            "--api-token-file",
-        ])
-        .arg(&token_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = up.spawn().expect("starting idlegate lab up");
-    lines.follow("lab", child.stdout.take().expect("stdout"));
-    lines.follow("lab stderr", child.stderr.take().expect("stderr"));
-    let lab = LabUp {
-        name: name.clone(),
-        child: Group(child),
-    };
-    lines.wait("lab", |l| l == "ready", READY);
-    let mut programs = Vec::new();
-    for (vm, port) in [
-        ("vm1", "7000"),
-        ("vm2", "7000"),
-        ("vm1", "7001"),
-        ("vm2", "7001"),
-    ] {
-        let tag = format!("{vm}:{port}");
-        programs.push(python_in(&name, vm, &tag, SERVER, &[port], &lines));
-        lines.wait(&tag, |l| l == "listening", READY);
-    }
+    let ApiLab {
+        name,
+        api,
+        token_file: _,
+        dir,
+        lab,
+        servers: programs,
+    } = api_lab("lp", TOKEN, SERVER, &lines);
 
     // 7. The API refuses a request without the token; the page opened once with it works.
     let (status, body) = call(api, "GET", "/api/flows", false, "");

@@ -142,8 +142,38 @@ pub fn prefix() -> &'static Path {
                 String::from_utf8_lossy(&built.stderr)
             );
         }
+        // A still copy for the prefixes of their own ([`OwnPrefix`]): taken once the boot's
+        // wineserver has ended (`wineserver -w`), before any test runs a program here. A copy
+        // of the shared prefix itself, while another test's program runs in it, can catch
+        // Wine rewriting a file of system32 or the registry between cp's reading of a
+        // directory and its link, and miss it (`sc.exe` not found in the copy).
+        let mut wait = Command::new(wineserver());
+        wait.arg("-w")
+            .env("WINEPREFIX", &dir)
+            .env("WINEDEBUG", "-all");
+        let _ = common::output_within(&mut wait, Duration::from_secs(60));
+        let still = pristine_of(&dir);
+        let _ = std::fs::remove_dir_all(&still);
+        let copied = common::output_within(
+            Command::new("cp").arg("-al").arg(&dir).arg(&still),
+            Duration::from_secs(120),
+        );
+        assert!(
+            copied.status.success(),
+            "cp -al {} {}: {}",
+            dir.display(),
+            still.display(),
+            String::from_utf8_lossy(&copied.stderr)
+        );
         dir
     })
+}
+
+/// Where the still copy of the shared prefix `dir` is kept (see [`prefix`]).
+fn pristine_of(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push("-pristine");
+    PathBuf::from(name)
 }
 
 /// Prefixes named after processes that no longer run.
@@ -156,7 +186,7 @@ fn remove_stale_prefixes(parent: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("wine-prefix-"))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(|p| p.trim_end_matches("-pristine").parse::<u32>().ok())
         else {
             continue;
         };
@@ -222,7 +252,7 @@ pub fn in_shared_prefix(program: &str, args: &[&str]) -> Ran {
 /// the prefix's wineserver was started in, not in the one of the process that ran `wine`
 /// (measured: `ip netns exec NS wine64 idlegate.exe relay` with [`prefix`]'s wineserver
 /// already running listens in the root namespace). A new prefix gets a new wineserver,
-/// started by its first program wherever that runs. It is a hard-linked copy of [`prefix`]
+/// started by its first program wherever that runs. It is a hard-linked copy of [`prefix`]'s still copy
 /// (`cp -al`: instant, no disk; Wine replaces the registry files it saves rather than writing
 /// into them). On drop its wineserver is killed (`wineserver -k`, for this prefix alone) and
 /// the copy removed.
@@ -232,7 +262,7 @@ pub struct OwnPrefix {
 
 impl OwnPrefix {
     pub fn new() -> OwnPrefix {
-        let shared = prefix();
+        let shared = &pristine_of(prefix());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
             "wine-prefix-{}-own-{}",
             std::process::id(),
