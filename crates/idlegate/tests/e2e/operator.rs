@@ -295,20 +295,7 @@ impl LabUp {
 
 impl Drop for LabUp {
     fn drop(&mut self) {
-        // SIGTERM first: the lab takes its namespaces down itself.
-        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.child.0.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.0.try_wait(), Ok(None)) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let prefix = format!("ig-{}-", self.name);
-        for ns in idlegate::sys::netns::list().unwrap_or_default() {
-            if ns.starts_with(&prefix) {
-                let _ = idlegate::sys::netns::delete(&ns);
-            }
-        }
-        let _ = std::fs::remove_file(format!("/run/idlegate/lab-{}.lock", self.name));
+        crate::common::take_lab_down(&mut self.child.0, &self.name);
     }
 }
 

@@ -524,3 +524,22 @@ frontend = "natgw-ip"
 backend_pools = ["workers"]
 idle_timeout = "4m"
 "#;
+
+/// Takes down the lab `name` that `child` (its `idlegate lab up`) runs: SIGTERM first, so the
+/// lab removes its namespaces itself, up to 10 s; then whatever namespaces and lock file it
+/// left are removed, so a failed test leaves nothing behind.
+pub fn take_lab_down(child: &mut std::process::Child, name: &str) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is the caller's unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let prefix = format!("ig-{name}-");
+    for ns in idlegate::sys::netns::list().unwrap_or_default() {
+        if ns.starts_with(&prefix) {
+            let _ = idlegate::sys::netns::delete(&ns);
+        }
+    }
+    let _ = std::fs::remove_file(format!("/run/idlegate/lab-{name}.lock"));
+}
