@@ -16,7 +16,9 @@
 //! | `model/` | the TOML config (raw, validated), profiles, precedence, expiry actions, units | `wire` (protocols) |
 //! | `wire/` | typed views of IPv4/IPv6, TCP, UDP, ICMP; checksums | nothing |
 
-#![forbid(unsafe_code)]
+// No unsafe code, but for one prefetch hint (`state/flow/index.rs`, `prefetch`), which
+// allows it where it stands with its SAFETY comment.
+#![deny(unsafe_code)]
 
 mod engine;
 mod model;
@@ -26,8 +28,8 @@ mod wire;
 #[cfg(any(test, fuzzing))]
 pub use engine::InvariantError;
 pub use engine::{
-    Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, Retiming,
-    SnatUsage, Transmit, Verdict, UNTRANSLATED,
+    Batch, BatchPacket, Counters, DropReason, Engine, Event, ExpiryCause, FlowInfo, FlowSummary,
+    MadeSegment, Retiming, SnatUsage, Transmit, Verdict, BATCH, UNTRANSLATED,
 };
 pub use model::config::Config;
 pub use model::expiry::Expiry;

@@ -37,7 +37,7 @@ impl<E: Endpoint> Core<E> {
             Ok(h) => h,
             Err(e) => return self.drop(e.into()),
         };
-        let verdict = self.handle_headers(now, from, &headers, packet);
+        let verdict = self.handle_headers(now, from, &headers, packet, None);
         let Verdict::Forward { interface: out, .. } = verdict else {
             return verdict;
         };

@@ -17,6 +17,7 @@
 //! | `api.rs` | what comes out: [`Verdict`], [`Transmit`], [`Event`], flow reports |
 //! | `rules.rs` | rule compilation: the config's rules as the packet path runs them |
 //! | `path.rs` | the packet path: flow lookup or creation, TCP tracking, translation |
+//! | `batch.rs` | batches of packets whose flow lookups overlap ([`Engine::handle_batch`]) |
 //! | `fragments.rs` | IPv4 fragments on the packet path |
 //! | `expire.rs` | expiry: forgetting flows, with their rules' expiry actions |
 //! | `checks.rs` | invariant checks for tests and fuzzing |
@@ -44,6 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 mod api;
+mod batch;
 #[cfg(any(test, fuzzing))]
 mod checks;
 pub mod counters;
@@ -58,6 +60,7 @@ pub use crate::state::flow::Interface;
 pub use api::{
     Event, ExpiryCause, FlowInfo, FlowSummary, MadeSegment, Retiming, SnatUsage, Transmit, Verdict,
 };
+pub use batch::{Batch, BatchPacket, BATCH};
 #[cfg(any(test, fuzzing))]
 pub use checks::InvariantError;
 pub use counters::{Counters, DropReason};
@@ -385,12 +388,14 @@ impl Engine {
         match packet.first().map(|b| b >> 4) {
             Some(6) => {
                 let headers = Headers::parse(packet);
-                self.v6.handle_packet(now, from, packet, headers, checksum)
+                self.v6
+                    .handle_packet(now, from, packet, headers, checksum, None)
             }
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
             _ => {
                 let headers = Headers::parse(packet);
-                self.v4.handle_packet(now, from, packet, headers, checksum)
+                self.v4
+                    .handle_packet(now, from, packet, headers, checksum, None)
             }
         }
     }
@@ -408,9 +413,13 @@ impl Engine {
         checksum: TransportChecksum,
     ) -> Verdict {
         match *parsed {
-            Parsed::V6(headers) => self.v6.handle_packet(now, from, packet, headers, checksum),
+            Parsed::V6(headers) => self
+                .v6
+                .handle_packet(now, from, packet, headers, checksum, None),
             // IPv4, or nothing the IPv4 core will take: it counts the drop.
-            Parsed::V4(headers) => self.v4.handle_packet(now, from, packet, headers, checksum),
+            Parsed::V4(headers) => self
+                .v4
+                .handle_packet(now, from, packet, headers, checksum, None),
         }
     }
 

@@ -9,7 +9,9 @@ use super::*;
 const MASQUERADE_TRIES: usize = 64;
 
 impl<E: Endpoint> Core<E> {
-    /// Processes one packet that arrived on `from` at `now`, rewriting it in place.
+    /// Processes one packet that arrived on `from` at `now`, rewriting it in place. `hash`
+    /// is its key's [`FlowTable::hash`] if the caller took it already (a batch), else `None`.
+    #[inline]
     pub(super) fn handle_packet(
         &mut self,
         now: Instant,
@@ -17,6 +19,7 @@ impl<E: Endpoint> Core<E> {
         packet: &mut [u8],
         parsed: Result<Headers<E>, ParseError>,
         checksum: TransportChecksum,
+        hash: Option<u64>,
     ) -> Verdict {
         let headers = match parsed {
             Ok(mut h) => {
@@ -29,7 +32,7 @@ impl<E: Endpoint> Core<E> {
             Err(ParseError::Fragment) => return self.fragment(now, from, packet),
             Err(e) => return self.drop(e.into()),
         };
-        self.handle_headers(now, from, &headers, packet)
+        self.handle_headers(now, from, &headers, packet, hash)
     }
 
     /// A packet whose headers are read: the flow it belongs to, or a new one, or a drop.
@@ -40,6 +43,7 @@ impl<E: Endpoint> Core<E> {
         from: Interface,
         headers: &Headers<E>,
         packet: &mut [u8],
+        hash: Option<u64>,
     ) -> Verdict {
         if headers.tcp.is_some_and(|s| !s.flags.is_valid()) {
             return self.drop(DropReason::InvalidFlags);
@@ -47,10 +51,9 @@ impl<E: Endpoint> Core<E> {
         // Expired means deadline <= now (rounded down); timeouts run from now rounded up, so
         // neither ever cuts a flow short.
         let (now, since) = self.ticks(now);
-        match self
-            .flows
-            .find(from, headers.src, headers.dst, headers.protocol)
-        {
+        let (src, dst, protocol) = (headers.src, headers.dst, headers.protocol);
+        let hash = hash.unwrap_or_else(|| self.flows.hash(from, src, dst, protocol));
+        match self.flows.find_hashed(hash, from, src, dst, protocol) {
             Some(id) if self.flows.get(id).deadline > now => {
                 self.forward(id, from, headers, packet, since)
             }

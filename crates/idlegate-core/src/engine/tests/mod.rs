@@ -384,6 +384,7 @@ fn ip_destination(packet: &[u8]) -> IpAddr {
     }
 }
 
+mod batch;
 mod driver;
 mod fragment;
 mod icmp_ipv6;

@@ -7,17 +7,21 @@
 //! port. Packets from the outside are `remote → public`, packets from the inside are
 //! `private → remote`: those are the flow's two keys.
 //!
-//! [`FlowTable`] keeps flows in a slab and indexes both keys in one hash table whose buckets
-//! hold only a 32-bit reference (slab index and key side); the key itself is read from the flow,
-//! so a flow costs its 64 bytes plus two 4-byte buckets and their control bytes, with the hash
-//! table's spare capacity. No flow allocates on its own.
+//! [`FlowTable`] keeps flows in a slab, each flow in a cache line of its own, and indexes both
+//! keys in one [`index::Index`] whose entries hold a 32-bit tag of the key's hash and a 32-bit
+//! reference (slab index and key side); the key itself is read from the flow. A flow costs its
+//! 64 bytes plus two 8-byte entries with the index's spare room (16 to 32 bytes a flow). No
+//! flow allocates on its own. A lookup is two cache lines, the index's and the flow's, and
+//! [`FlowTable::prefetch_index`] and [`FlowTable::prefetch_flow`] ask for them ahead, so a
+//! batch of packets can overlap its misses ([`crate::Engine::handle_batch`]).
 
 use crate::state::timer::{Link, SlotId, Tick, Timers};
+pub mod index;
 pub mod window;
 
 use crate::wire::family::Endpoint;
 use crate::wire::packet::{Protocol, TcpFlags};
-use hashbrown::HashTable;
+use index::{prefetch, Index};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddrV4;
 use window::{OpenEnds, SynSpan, Windows};
@@ -216,15 +220,23 @@ impl<E: Endpoint> Flow<E> {
 /// Reference to a flow in the table.
 pub type FlowId = u32;
 
-/// Index entries keep the key side in the low bit, so ids must fit in 31 bits.
-const MAX_FLOWS: usize = 1 << 31;
+/// Index entries keep the key side in the low bit, so ids must fit in 31 bits, and the index
+/// takes the two highest references for its own marks.
+const MAX_FLOWS: usize = (1 << 31) - 1;
+const _: () = assert!(((MAX_FLOWS - 1) << 1 | 1) < index::MAX_REF as usize);
+
+/// A flow in a cache line of its own (two for an IPv6 flow): a 64-byte flow that straddled two
+/// lines would cost a lookup a second miss.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line<T>(T);
 
 /// All flows, found by either key.
 pub struct FlowTable<E: Endpoint = SocketAddrV4> {
-    flows: Vec<Flow<E>>,
+    flows: Vec<Line<Flow<E>>>,
     free: Vec<FlowId>,
     /// Entries are `id << 1 | side`, side 1 for the outside key.
-    index: HashTable<u32>,
+    index: Index,
     hasher: foldhash::fast::FixedState,
 }
 
@@ -234,7 +246,7 @@ impl<E: Endpoint> FlowTable<E> {
         FlowTable {
             flows: Vec::new(),
             free: Vec::new(),
-            index: HashTable::new(),
+            index: Index::new(),
             hasher: foldhash::fast::FixedState::with_seed(seed),
         }
     }
@@ -252,17 +264,54 @@ impl<E: Endpoint> FlowTable<E> {
     /// The flow whose `side` key is `src → dst`.
     #[inline]
     pub fn find(&self, side: Interface, src: E, dst: E, protocol: Protocol) -> Option<FlowId> {
-        let hash = self.hash(side, src, dst, protocol);
+        self.find_hashed(
+            self.hash(side, src, dst, protocol),
+            side,
+            src,
+            dst,
+            protocol,
+        )
+    }
+
+    /// [`FlowTable::find`] with the key's hash already taken ([`FlowTable::hash`]).
+    #[inline]
+    pub fn find_hashed(
+        &self,
+        hash: u64,
+        side: Interface,
+        src: E,
+        dst: E,
+        protocol: Protocol,
+    ) -> Option<FlowId> {
         let flows = &self.flows;
         self.index
-            .find(hash, |&entry| {
+            .find(hash, |entry| {
                 let (id, entry_side) = decode(entry);
                 entry_side == side && {
-                    let f = &flows[id as usize];
+                    let f = &flows[id as usize].0;
                     f.protocol == protocol && f.key(side) == (src, dst)
                 }
             })
-            .map(|&entry| decode(entry).0)
+            .map(|entry| decode(entry).0)
+    }
+
+    /// Asks for the index line a lookup of `hash` reads first (a hint: changes nothing).
+    #[inline]
+    pub fn prefetch_index(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
+    /// Asks for the line of the flow a lookup of `hash` will most likely find (a hint: changes
+    /// nothing). Reads the index line, so it comes after [`FlowTable::prefetch_index`].
+    #[inline]
+    pub fn prefetch_flow(&self, hash: u64) {
+        if let Some(f) = self
+            .index
+            .first_candidate(hash)
+            .and_then(|entry| self.flows.get(decode(entry).0 as usize))
+        {
+            prefetch(f);
+        }
     }
 
     /// Whether another flow already has one of `flow`'s keys.
@@ -285,11 +334,11 @@ impl<E: Endpoint> FlowTable<E> {
     pub fn insert(&mut self, flow: Flow<E>) -> FlowId {
         let id = match self.free.pop() {
             Some(id) => {
-                self.flows[id as usize] = flow;
+                self.flows[id as usize] = Line(flow);
                 id
             }
             None => {
-                self.flows.push(flow);
+                self.flows.push(Line(flow));
                 (self.flows.len() - 1) as FlowId
             }
         };
@@ -298,41 +347,39 @@ impl<E: Endpoint> FlowTable<E> {
             let hash = self.hash(side, src, dst, flow.protocol);
             let (flows, hasher) = (&self.flows, &self.hasher);
             self.index
-                .insert_unique(hash, encode(id, side), |&e| rehash(hasher, flows, e));
+                .insert(hash, encode(id, side), |e| rehash(hasher, flows, e));
         }
         id
     }
 
     /// Removes the flow and returns it. It must already be out of the timer wheel.
     pub fn remove(&mut self, id: FlowId) -> Flow<E> {
-        let flow = self.flows[id as usize];
+        let flow = self.flows[id as usize].0;
         for side in [Interface::Inside, Interface::Outside] {
             let (src, dst) = flow.key(side);
             let hash = self.hash(side, src, dst, flow.protocol);
-            if let Ok(entry) = self.index.find_entry(hash, |&e| e == encode(id, side)) {
-                entry.remove();
-            }
+            self.index.remove(hash, encode(id, side));
         }
         self.free.push(id);
         flow
     }
 
     pub fn get(&self, id: FlowId) -> &Flow<E> {
-        &self.flows[id as usize]
+        &self.flows[id as usize].0
     }
 
     pub fn get_mut(&mut self, id: FlowId) -> &mut Flow<E> {
-        &mut self.flows[id as usize]
+        &mut self.flows[id as usize].0
     }
 
     /// Every flow, with its id.
     pub fn iter(&self) -> impl Iterator<Item = (FlowId, &Flow<E>)> {
         self.index
             .iter()
-            .filter(|&&e| decode(e).1 == Interface::Outside)
-            .map(|&e| {
+            .filter(|&e| decode(e).1 == Interface::Outside)
+            .map(|e| {
                 let id = decode(e).0;
-                (id, &self.flows[id as usize])
+                (id, &self.flows[id as usize].0)
             })
     }
 
@@ -345,7 +392,7 @@ impl<E: Endpoint> FlowTable<E> {
             return Err("a flow id is free twice".into());
         }
         for id in (0..self.flows.len() as FlowId).filter(|id| !free.contains(id)) {
-            let flow = &self.flows[id as usize];
+            let flow = &self.flows[id as usize].0;
             for side in [Interface::Inside, Interface::Outside] {
                 let (src, dst) = flow.key(side);
                 if self.find(side, src, dst, flow.protocol) != Some(id) {
@@ -353,6 +400,7 @@ impl<E: Endpoint> FlowTable<E> {
                 }
             }
         }
+        self.index.check()?;
         if self.index.len() != 2 * self.len() {
             return Err(format!(
                 "the index holds {} keys for {} flows",
@@ -365,13 +413,14 @@ impl<E: Endpoint> FlowTable<E> {
 
     /// Bytes the table holds: slab, free list and index (for the memory benchmark).
     pub fn memory_bytes(&self) -> usize {
-        self.flows.capacity() * std::mem::size_of::<Flow<E>>()
+        self.flows.capacity() * std::mem::size_of::<Line<Flow<E>>>()
             + self.free.capacity() * std::mem::size_of::<FlowId>()
             + self.index.allocation_size()
     }
 
+    /// The hash of a key, which [`FlowTable::find_hashed`] and the prefetches take.
     #[inline]
-    fn hash(&self, side: Interface, src: E, dst: E, protocol: Protocol) -> u64 {
+    pub fn hash(&self, side: Interface, src: E, dst: E, protocol: Protocol) -> u64 {
         key_hash(&self.hasher, side, src, dst, protocol)
     }
 }
@@ -395,9 +444,13 @@ fn key_hash<E: Endpoint>(
     h.finish()
 }
 
-fn rehash<E: Endpoint>(hasher: &foldhash::fast::FixedState, flows: &[Flow<E>], entry: u32) -> u64 {
+fn rehash<E: Endpoint>(
+    hasher: &foldhash::fast::FixedState,
+    flows: &[Line<Flow<E>>],
+    entry: u32,
+) -> u64 {
     let (id, side) = decode(entry);
-    let f = &flows[id as usize];
+    let f = &flows[id as usize].0;
     let (src, dst) = f.key(side);
     key_hash(hasher, side, src, dst, f.protocol)
 }
@@ -418,7 +471,7 @@ fn decode(entry: u32) -> (FlowId, Interface) {
 impl<E: Endpoint> Timers for FlowTable<E> {
     #[inline]
     fn link(&self, id: u32) -> Link {
-        let f = &self.flows[id as usize];
+        let f = &self.flows[id as usize].0;
         Link {
             prev: f.wheel_prev,
             next: f.wheel_next,
@@ -427,11 +480,11 @@ impl<E: Endpoint> Timers for FlowTable<E> {
     }
     #[inline]
     fn set_link(&mut self, id: u32, link: Link) {
-        let f = &mut self.flows[id as usize];
+        let f = &mut self.flows[id as usize].0;
         (f.wheel_prev, f.wheel_next, f.wheel_slot) = (link.prev, link.next, link.slot);
     }
     fn deadline(&self, id: u32) -> Tick {
-        self.flows[id as usize].deadline
+        self.flows[id as usize].0.deadline
     }
 }
 
