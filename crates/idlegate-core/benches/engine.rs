@@ -8,6 +8,11 @@
 //! engine cost per packet = `handle_packet` − `aim only`. `reference/…` measures one load that
 //! misses every cache, the floor for a lookup in a table that does not fit in them.
 //!
+//! `aim + handle_batch` is the same work with the packets handed in batches of [`BATCH`]
+//! ([`Engine::handle_batch`], which overlaps the flow lookups' cache misses), each packet
+//! parsed by the caller as the gateway's worker does; its figure is per packet (the time of
+//! one batch over [`BATCH`]), so it compares with `aim + handle_packet` directly.
+//!
 //! The sharded path (one engine per worker, [`Engine::sharded`]): `sharding/owner` is what a
 //! worker adds per packet to find the shard that owns it, and `… 2 shards/…` is one packet of
 //! an established flow through the owner found that way (`aim + owner + handle_packet`: two
@@ -20,7 +25,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use idlegate_core::packet::{self, Headers, Parsed, TransportChecksum};
 use idlegate_core::Config;
 use idlegate_core::Sharding;
-use idlegate_core::{Engine, Interface, Verdict};
+use idlegate_core::{Batch, Engine, Interface, Verdict, BATCH};
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -155,6 +160,55 @@ fn aim(buf: &mut [u8], i: u32) {
     packet::rewrite_dst(buf, &h, FRONTEND);
 }
 
+/// [`BATCH`] packet buffers, each with its parse and verdict: a batch as a driver holds it.
+struct Packets {
+    bufs: Vec<Vec<u8>>,
+    parsed: Vec<Parsed>,
+    verdicts: Vec<Verdict>,
+}
+
+impl Packets {
+    fn new() -> Packets {
+        let buf = segment(remote(0), FRONTEND, ACK, 2, 101);
+        Packets {
+            parsed: vec![Parsed::new(&buf); BATCH],
+            bufs: vec![buf; BATCH],
+            verdicts: vec![Verdict::Held; BATCH],
+        }
+    }
+
+    /// Aims the batch at the next [`BATCH`] flows of `order` from `k`, and parses it.
+    #[inline]
+    fn aim(&mut self, order: &[u32], k: &mut usize) {
+        for (buf, parsed) in self.bufs.iter_mut().zip(self.parsed.iter_mut()) {
+            *k = (*k + 1) % order.len();
+            aim(buf, order[*k]);
+            *parsed = Parsed::new(buf);
+        }
+    }
+}
+
+impl Batch for Packets {
+    fn len(&self) -> usize {
+        self.bufs.len()
+    }
+    fn headers(&self, i: usize) -> (Interface, &Parsed) {
+        (Interface::Outside, &self.parsed[i])
+    }
+    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum) {
+        let parsed = self.parsed[i];
+        (
+            Interface::Outside,
+            &mut self.bufs[i],
+            parsed,
+            TransportChecksum::Complete,
+        )
+    }
+    fn verdict(&mut self, i: usize, verdict: Verdict) {
+        self.verdicts[i] = verdict;
+    }
+}
+
 fn bench(c: &mut Criterion) {
     for n in [10_000u32, 1_000_000] {
         let (mut engine, t0) = engine_with(n);
@@ -183,6 +237,27 @@ fn bench(c: &mut Criterion) {
                 black_box(engine.handle_packet(now, Interface::Outside, &mut buf))
             })
         });
+        let mut packets = Packets::new();
+        packets.aim(&order, &mut k);
+        engine.handle_batch(now, &mut packets);
+        assert!(packets
+            .verdicts
+            .iter()
+            .all(|v| matches!(v, Verdict::Forward { .. })));
+        group.bench_function(
+            format!("aim + handle_batch (per packet, batches of {BATCH})"),
+            |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        packets.aim(&order, &mut k);
+                        engine.handle_batch(now, &mut packets);
+                        black_box(&packets.verdicts);
+                    }
+                    start.elapsed() / BATCH as u32
+                })
+            },
+        );
         if n == 10_000 {
             // The flow's next segment as one 60 KB super-segment with a partial checksum.
             let mut big = segment(remote(0), FRONTEND, ACK, 2, 101);

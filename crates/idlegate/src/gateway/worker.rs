@@ -4,7 +4,9 @@
 //! deadline comes or its waker rings, reads the clock once, and takes one [`Worker::turn`] at
 //! that instant: it reads packets (at most [`BUDGET`] per device), parses each once
 //! ([`Parsed`]), hands it to its shard or, if another worker owns its flow, over to that worker
-//! ([`super::handoff`]), writes what is forwarded to its queue of the device that leads to the
+//! ([`super::handoff`]); the packets its own shard owns go to it in batches of up to
+//! [`BATCH`] ([`Engine::handle_batch`], whose flow lookups overlap), each batch read into
+//! frames of its own; then it writes what is forwarded to its queue of the device that leads to the
 //! destination the verdict names (single packets in
 //! batches with offloads), runs the timers, sends the RSTs the shard made and logs flow creation
 //! and expiry with `tracing`. The worker is generic over its devices ([`PacketIo`]) and gets
@@ -20,10 +22,10 @@ use crate::gateway::metrics::{Direction, Snapshot, Traffic};
 use crate::obs::capture::{self, Capture};
 use crate::sys::tun::{Received, Shape};
 use anyhow::{Context, Result};
-use idlegate_core::packet::{self, Parsed};
+use idlegate_core::packet::{self, Parsed, TransportChecksum};
 use idlegate_core::Expiry;
 use idlegate_core::Sharding;
-use idlegate_core::{Engine, Event, ExpiryCause, FlowInfo, Interface, Verdict};
+use idlegate_core::{Batch, Engine, Event, ExpiryCause, FlowInfo, Interface, Verdict, BATCH};
 use mio::{Events, Poll, Token};
 use std::collections::BinaryHeap;
 use std::io;
@@ -68,15 +70,19 @@ pub(super) struct WorkerSetup<D> {
     pub(super) feed: Option<Feed>,
 }
 
-/// A worker's devices: its queues, the frame it reads into, and what waits to be written.
+/// A worker's devices: its queues, the frames it reads into, and what waits to be written.
 struct Devices<D> {
     queues: Vec<DeviceQueue<D>>,
     /// Which devices may still hold packets.
     readable: Vec<bool>,
     /// The bytes before each packet in a frame: the virtio-net header with offloads, else none.
     header: usize,
-    /// What one read brings: a frame, its packet at `header`.
-    frame: Vec<u8>,
+    /// What one read brings: a frame, its packet at `header`; [`BATCH`] of them, a batch for
+    /// the shard (a handed-over packet comes into the first). Zeroed by the allocator, so a
+    /// frame's pages cost memory only once a packet that long has been read into it.
+    frames: Vec<Vec<u8>>,
+    /// The packets of the batch being read for the shard: the first `held.len()` frames.
+    held: Vec<Arrival>,
     /// Offloads: single packets waiting to be written in a batch, each a header and the
     /// packet; the first `pending` hold packets.
     singles: Vec<Vec<u8>>,
@@ -87,6 +93,45 @@ struct Devices<D> {
     batch: Vec<Vec<u8>>,
     /// Offloads: tun-rs's coalescing state.
     gro: tun_rs::GROTable,
+}
+
+/// A packet read for the worker's own shard, in the frame of the same index.
+#[derive(Clone, Copy)]
+struct Arrival {
+    interface: Interface,
+    received: Received,
+    parsed: Parsed,
+    /// What the shard made of it (set by [`Engine::handle_batch`]).
+    verdict: Verdict,
+}
+
+/// The held packets and their frames, as [`Engine::handle_batch`] takes them.
+struct HeldBatch<'a> {
+    frames: &'a mut [Vec<u8>],
+    held: &'a mut [Arrival],
+    header: usize,
+}
+
+impl Batch for HeldBatch<'_> {
+    fn len(&self) -> usize {
+        self.held.len()
+    }
+    fn headers(&self, i: usize) -> (Interface, &Parsed) {
+        (self.held[i].interface, &self.held[i].parsed)
+    }
+    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum) {
+        let a = self.held[i];
+        let h = self.header;
+        (
+            a.interface,
+            &mut self.frames[i][h..h + a.received.len],
+            a.parsed,
+            a.received.shape.checksum(),
+        )
+    }
+    fn verdict(&mut self, i: usize, verdict: Verdict) {
+        self.held[i].verdict = verdict;
+    }
 }
 
 /// A worker's shard of the engine, and the instant of its current turn.
@@ -159,7 +204,8 @@ impl<D: PacketIo> Worker<D> {
                 queues: setup.queues,
                 readable: vec![false; count],
                 header,
-                frame: vec![0; header + BUF_LEN],
+                frames: (0..BATCH).map(|_| vec![0; header + BUF_LEN]).collect(),
+                held: Vec::with_capacity(BATCH),
                 singles: (0..tun_rs::IDEAL_BATCH_SIZE)
                     .map(|_| Vec::with_capacity(SINGLE_LEN))
                     .collect(),
@@ -263,7 +309,8 @@ impl<D: PacketIo> Worker<D> {
         let mut more = true;
         for _ in 0..BUDGET {
             let queue = &mut self.devices.queues[i];
-            let received = match queue.io.recv_frame(&mut self.devices.frame) {
+            let slot = self.devices.held.len();
+            let received = match queue.io.recv_frame(&mut self.devices.frames[slot]) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     more = false;
@@ -286,7 +333,7 @@ impl<D: PacketIo> Worker<D> {
             };
             let interface = queue.interface;
             let h = self.devices.header;
-            let packet = &self.devices.frame[h..h + received.len];
+            let packet = &self.devices.frames[slot][h..h + received.len];
             // The one parse of this packet: it finds the owner and serves the engine.
             let parsed = Parsed::new(packet);
             match self.shard.sharding.owner_of(packet, &parsed, interface) {
@@ -294,12 +341,23 @@ impl<D: PacketIo> Worker<D> {
                     owner,
                     interface,
                     received,
-                    &self.devices.frame[..h + received.len],
+                    &self.devices.frames[slot][..h + received.len],
                     &mut self.books.tally.device,
                 ),
-                _ => self.forward(interface, received, &parsed),
+                _ => {
+                    self.devices.held.push(Arrival {
+                        interface,
+                        received,
+                        parsed,
+                        verdict: Verdict::Held,
+                    });
+                    if self.devices.held.len() == BATCH {
+                        self.forward_held();
+                    }
+                }
             }
         }
+        self.forward_held();
         self.send_batches();
         self.flush();
         Ok(more)
@@ -309,12 +367,12 @@ impl<D: PacketIo> Worker<D> {
     fn serve_inbox(&mut self) {
         self.handoff.take_spares();
         while let Some(mut handover) = self.handoff.next_packet() {
-            std::mem::swap(&mut self.devices.frame, &mut handover.frame);
+            std::mem::swap(&mut self.devices.frames[0], &mut handover.frame);
             // Parsed again by its owner: the lender's parse stayed with the lender.
             let h = self.devices.header;
-            let parsed = Parsed::new(&self.devices.frame[h..h + handover.received.len]);
+            let parsed = Parsed::new(&self.devices.frames[0][h..h + handover.received.len]);
             self.forward(handover.interface, handover.received, &parsed);
-            std::mem::swap(&mut self.devices.frame, &mut handover.frame);
+            std::mem::swap(&mut self.devices.frames[0], &mut handover.frame);
             self.handoff.give_back(handover);
         }
         while let Some((query, reply)) = self.handoff.next_query() {
@@ -356,13 +414,13 @@ impl<D: PacketIo> Worker<D> {
         }
     }
 
-    /// Hands the packet in the frame, `parsed`, to the shard and sends or queues what it
-    /// forwards.
+    /// Hands the packet in the first frame, `parsed`, to the shard and sends or queues what
+    /// it forwards.
     fn forward(&mut self, interface: Interface, received: Received, parsed: &Parsed) {
         let (h, len) = (self.devices.header, received.len);
         self.books.traffic.count(interface, Direction::In, len);
-        self.record(interface, capture::Direction::Inbound, h, len);
-        let packet = &mut self.devices.frame[h..h + len];
+        self.record(interface, capture::Direction::Inbound, 0, h, len);
+        let packet = &mut self.devices.frames[0][h..h + len];
         let verdict = self.shard.engine.handle_parsed(
             self.shard.now,
             interface,
@@ -370,6 +428,44 @@ impl<D: PacketIo> Worker<D> {
             parsed,
             received.shape.checksum(),
         );
+        self.deliver(0, interface, received, verdict);
+    }
+
+    /// Hands the batch held in the first frames to the shard in one [`Engine::handle_batch`]
+    /// and sends or queues what it forwards, in the order the packets came.
+    fn forward_held(&mut self) {
+        let h = self.devices.header;
+        for k in 0..self.devices.held.len() {
+            let Arrival {
+                interface,
+                received,
+                ..
+            } = self.devices.held[k];
+            self.books.traffic.count(interface, Direction::In, received.len);
+            self.record(interface, capture::Direction::Inbound, k, h, received.len);
+        }
+        let mut batch = HeldBatch {
+            frames: &mut self.devices.frames,
+            held: &mut self.devices.held,
+            header: h,
+        };
+        self.shard.engine.handle_batch(self.shard.now, &mut batch);
+        for k in 0..self.devices.held.len() {
+            let Arrival {
+                interface,
+                received,
+                verdict,
+                ..
+            } = self.devices.held[k];
+            self.deliver(k, interface, received, verdict);
+        }
+        self.devices.held.clear();
+    }
+
+    /// Sends or queues the packet in frame `k`, which came in on `interface`, as `verdict`
+    /// says.
+    fn deliver(&mut self, k: usize, interface: Interface, received: Received, verdict: Verdict) {
+        let (h, len) = (self.devices.header, received.len);
         let (out, dst) = match verdict {
             Verdict::Forward {
                 interface,
@@ -387,14 +483,14 @@ impl<D: PacketIo> Worker<D> {
             tracing::debug!(%dst, "no device leads to this destination; packet dropped");
             return;
         };
-        self.record(out, capture::Direction::Outbound, h, len);
+        self.record(out, capture::Direction::Outbound, k, h, len);
         self.books.traffic.count(out, Direction::Out, len);
         // With offloads (a header), single packets wait to be coalesced.
         if h > 0 && received.shape == Shape::Single && h + len <= SINGLE_LEN {
             let devices = &mut self.devices;
             let single = &mut devices.singles[devices.pending];
             single.clear();
-            single.extend_from_slice(&devices.frame[..h + len]);
+            single.extend_from_slice(&devices.frames[k][..h + len]);
             devices.outgoing[j].push(devices.pending);
             devices.pending += 1;
             if devices.pending == devices.singles.len() {
@@ -405,7 +501,7 @@ impl<D: PacketIo> Worker<D> {
             self.send_batch(j);
             let devices = &mut self.devices;
             let queue = &mut devices.queues[j];
-            if let Err(e) = queue.io.send_frame(&devices.frame[..h + len]) {
+            if let Err(e) = queue.io.send_frame(&devices.frames[k][..h + len]) {
                 self.books.tally.device.tx_errors += 1;
                 tracing::debug!(device = queue.io.name(), "write failed: {e}");
             }
@@ -442,11 +538,18 @@ impl<D: PacketIo> Worker<D> {
         devices.outgoing[j].clear();
     }
 
-    /// Records the packet in the frame, crossing a device on `side` `direction`, if there is
+    /// Records the packet in frame `k`, crossing a device on `side` `direction`, if there is
     /// a capture.
-    fn record(&mut self, side: Interface, direction: capture::Direction, h: usize, len: usize) {
+    fn record(
+        &mut self,
+        side: Interface,
+        direction: capture::Direction,
+        k: usize,
+        h: usize,
+        len: usize,
+    ) {
         self.books
-            .record(side, direction, &self.devices.frame[h..h + len]);
+            .record(side, direction, &self.devices.frames[k][h..h + len]);
     }
 
     fn flush_capture(&mut self) {
