@@ -3,7 +3,7 @@
 
 use idlegate_core::packet::{self, Headers};
 use idlegate_core::Config;
-use idlegate_core::{Engine, Interface, Verdict};
+use idlegate_core::{BatchPacket, Engine, Interface, Verdict};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,21 +113,28 @@ fn forwarding_packets_of_established_flows_allocates_nothing() {
         packet::rewrite_src(&mut inbound, &h, client(i));
         let h = Headers::parse(&inbound).unwrap();
         packet::rewrite_dst(&mut inbound, &h, FRONTEND);
-        assert_eq!(
-            engine
-                .handle_packet(now, Interface::Outside, &mut inbound)
-                .interface(),
-            Some(Interface::Inside)
-        );
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_dst(&mut outbound, &h, client(i));
         let h = Headers::parse(&outbound).unwrap();
         packet::rewrite_src(&mut outbound, &h, VM1);
+        // One at a time, and every other round as a batch on the stack.
+        let interfaces = if round % 2 == 0 {
+            [
+                engine.handle_packet(now, Interface::Outside, &mut inbound),
+                engine.handle_packet(now, Interface::Inside, &mut outbound),
+            ]
+            .map(|v| v.interface())
+        } else {
+            let mut batch = [
+                BatchPacket::new(Interface::Outside, &mut inbound),
+                BatchPacket::new(Interface::Inside, &mut outbound),
+            ];
+            engine.handle_batch(now, &mut batch[..]);
+            batch.map(|p| p.verdict.and_then(|v| v.interface()))
+        };
         assert_eq!(
-            engine
-                .handle_packet(now, Interface::Inside, &mut outbound)
-                .interface(),
-            Some(Interface::Outside)
+            interfaces,
+            [Some(Interface::Inside), Some(Interface::Outside)]
         );
     }
     let after = ALLOCATIONS.load(Ordering::SeqCst);

@@ -441,7 +441,9 @@ impl<D: PacketIo> Worker<D> {
                 received,
                 ..
             } = self.devices.held[k];
-            self.books.traffic.count(interface, Direction::In, received.len);
+            self.books
+                .traffic
+                .count(interface, Direction::In, received.len);
             self.record(interface, capture::Direction::Inbound, k, h, received.len);
         }
         let mut batch = HeldBatch {
