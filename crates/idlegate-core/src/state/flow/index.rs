@@ -49,6 +49,17 @@ impl Group {
     fn has_empty(&self) -> bool {
         self.refs.contains(&EMPTY)
     }
+
+    /// The slots whose tag is `tag`, a bit each (written so the compiler compares the eight
+    /// tags at once).
+    #[inline]
+    fn matches(&self, tag: u32) -> u32 {
+        let mut bits = 0;
+        for (i, &t) in self.tags.iter().enumerate() {
+            bits |= u32::from(t == tag) << i;
+        }
+        bits
+    }
 }
 
 /// The index of the flow table: see the module documentation.
@@ -101,10 +112,15 @@ impl Index {
             return None;
         }
         let g = &self.groups[self.home(hash)];
-        let t = tag(hash);
-        (0..SLOTS)
-            .find(|&i| g.tags[i] == t && g.refs[i] < DELETED)
-            .map(|i| g.refs[i])
+        let mut bits = g.matches(tag(hash));
+        while bits != 0 {
+            let r = g.refs[bits.trailing_zeros() as usize];
+            if r < DELETED {
+                return Some(r);
+            }
+            bits &= bits - 1;
+        }
+        None
     }
 
     /// The first live reference with `hash`'s tag along its probe sequence that `eq` accepts.
@@ -118,10 +134,13 @@ impl Index {
         // The load bound leaves never-used slots, so this ends; the count is a safety net.
         for _ in 0..self.groups.len() {
             let g = &self.groups[at];
-            for i in 0..SLOTS {
-                if g.tags[i] == t && g.refs[i] < DELETED && eq(g.refs[i]) {
-                    return Some(g.refs[i]);
+            let mut bits = g.matches(t);
+            while bits != 0 {
+                let r = g.refs[bits.trailing_zeros() as usize];
+                if r < DELETED && eq(r) {
+                    return Some(r);
                 }
+                bits &= bits - 1;
             }
             if g.has_empty() {
                 return None;
