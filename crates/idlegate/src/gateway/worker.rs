@@ -78,8 +78,8 @@ struct Devices<D> {
     /// The bytes before each packet in a frame: the virtio-net header with offloads, else none.
     header: usize,
     /// What one read brings: a frame, its packet at `header`; [`BATCH`] of them, a batch for
-    /// the shard (a handed-over packet comes into the first). Zeroed by the allocator, so a
-    /// frame's pages cost memory only once a packet that long has been read into it.
+    /// the shard (a handed-over packet comes into the first): 2 MiB a worker at most, of
+    /// which pages no packet reached may stay unbacked (zeroed by the allocator).
     frames: Vec<Vec<u8>>,
     /// The packets of the batch being read for the shard: the first `held.len()` frames.
     held: Vec<Arrival>,
