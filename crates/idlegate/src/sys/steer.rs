@@ -149,9 +149,17 @@ impl Program {
     }
 }
 
-/// An errno's name and text: "EPERM (Operation not permitted)".
+/// An errno's name and text: "EPERM (permission denied)", with what it most likely means here.
 fn describe(e: &io::Error) -> String {
-    format!("{} ({})", errno_name(e), e.kind())
+    let (name, meaning) = match e.raw_os_error() {
+        Some(libc::EPERM) => ("EPERM", "no CAP_BPF or CAP_SYS_ADMIN, or a seccomp filter"),
+        Some(libc::EACCES) => ("EACCES", "the verifier refused the program"),
+        Some(libc::EINVAL) => ("EINVAL", "this kernel does not take it"),
+        Some(libc::ENOSYS) => ("ENOSYS", "no bpf system call in this kernel"),
+        Some(libc::ENOTTY) => ("ENOTTY", "not a TUN device, or a kernel before 4.16"),
+        _ => return format!("{} ({e})", errno_name(e)),
+    };
+    format!("{name} ({meaning})")
 }
 
 /// The verifier log's last non-empty lines, as ": the verifier said: …", or nothing.
