@@ -40,6 +40,11 @@ pub use model::profile;
 pub use state::flow::{FlowState, Interface, RuleId};
 pub use state::shard::Sharding;
 
+/// The hash [`Sharding`] spreads packets with, for a steering program that computes the same.
+pub mod shard {
+    pub use crate::state::shard::{endpoint_hash, FINAL_MULTIPLIER, FINAL_SHIFT, ROUND_MULTIPLIER};
+}
+
 /// The TOML config: [`Config`] and what it is made of, the largest time scale a profile allows, and
 /// how its durations read.
 pub mod config {

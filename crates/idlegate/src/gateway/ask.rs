@@ -10,6 +10,7 @@ use super::handoff::{Answer, Contact, Query};
 use super::ANSWER_TIMEOUT;
 use crate::gateway::control::{FlowRow, Shards};
 use crate::gateway::metrics::Snapshot;
+use crate::gateway::steering::Steering;
 use idlegate_core::Retiming;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -20,14 +21,21 @@ pub(super) struct Asker {
     pub(super) rule_names: Vec<String>,
     /// How long it waits for the workers' answers.
     pub(super) timeout: Duration,
+    /// How packets reach their owner's queue, which snapshots tell.
+    pub(super) steering: Steering,
 }
 
 impl Asker {
-    pub(super) fn new(contacts: Vec<Contact>, rule_names: Vec<String>) -> Asker {
+    pub(super) fn new(
+        contacts: Vec<Contact>,
+        rule_names: Vec<String>,
+        steering: Steering,
+    ) -> Asker {
         Asker {
             contacts,
             rule_names,
             timeout: ANSWER_TIMEOUT,
+            steering,
         }
     }
 
@@ -36,6 +44,7 @@ impl Asker {
             contacts: &self.contacts,
             rule_names: &self.rule_names,
             timeout: self.timeout,
+            steering: self.steering,
         }
     }
 }
@@ -45,6 +54,7 @@ pub(super) struct Ask<'a> {
     pub(super) contacts: &'a [Contact],
     pub(super) rule_names: &'a [String],
     pub(super) timeout: Duration,
+    pub(super) steering: Steering,
 }
 
 /// The answers to a question queued to every worker, as they come.
@@ -142,7 +152,7 @@ impl Ask<'_> {
                 return None;
             }
         };
-        let mut total = Snapshot::default();
+        let mut total = Snapshot::steered(self.steering);
         for answer in answers {
             if let Answer::Snapshot(s) = answer {
                 total.merge(*s);

@@ -8,6 +8,7 @@
 //! direction. The listener binds only where it is told.
 //! The exposition is written by [`crate::obs::prometheus`].
 
+use crate::gateway::steering::Steering;
 use crate::obs::prometheus::{Kind, Writer};
 use idlegate_core::Expiry;
 use idlegate_core::{Counters, DropReason, Engine, Interface, SnatUsage};
@@ -88,6 +89,9 @@ pub struct Snapshot {
     snat: Vec<SnatUsage>,
     traffic: Traffic,
     device: DeviceCounters,
+    /// How packets reach their owner's queue: the gateway's, not a shard's (set by whoever
+    /// asks the workers).
+    pub(super) steering: Option<Steering>,
 }
 
 impl Snapshot {
@@ -114,6 +118,16 @@ impl Snapshot {
             snat: engine.snat_usage().collect(),
             traffic: traffic.clone(),
             device: device.clone(),
+            steering: None,
+        }
+    }
+
+    /// An empty snapshot of a gateway whose packets reach their owner's queue by `steering`,
+    /// for the workers' snapshots to [`Snapshot::merge`] into.
+    pub(super) fn steered(steering: Steering) -> Snapshot {
+        Snapshot {
+            steering: Some(steering),
+            ..Snapshot::default()
         }
     }
 
@@ -148,6 +162,7 @@ impl Snapshot {
         }
         self.traffic.add(&other.traffic);
         self.device.add(&other.device);
+        self.steering = self.steering.or(other.steering);
     }
 }
 
@@ -259,6 +274,16 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Packets one worker read for the worker that owns their flow, and handed over.",
     )
     .sample(&[], d.handed_over);
+    if let Some(mode) = snapshot.steering {
+        let mut steering = w.family(
+            "idlegate_gateway_steering",
+            Kind::Gauge,
+            "How packets reach the worker that owns their flow, 1 for the mode in force: ebpf (a steering program on the devices), handover (the kernel's own choice of queue, then a handover), one-queue (one worker).",
+        );
+        for m in Steering::ALL {
+            steering.sample(&[("mode", m.as_str())], u64::from(m == mode));
+        }
+    }
     let mut device_drops = w.family(
         "idlegate_device_drops_total",
         Kind::Counter,
@@ -324,6 +349,7 @@ mod tests {
                 handed_over: 4,
                 handover_dropped: 5,
             },
+            steering: Some(Steering::Ebpf),
         };
         snapshot.merge(Snapshot {
             flows: BTreeMap::from([(("web".to_string(), "established"), 2)]),

@@ -10,11 +10,15 @@
 //! virtual time.
 //!
 //! A packet belongs to the shard [`Sharding::owner`] names: a hash of the flow's remote
-//! endpoint, the same both ways. The kernel picks the queue by its own hash of the flow and
-//! then by the queue the flow was last written from, so once a flow's first packets have
-//! passed nearly every packet is read by its owner. One that is not is copied into a buffer
-//! from a bounded pool and handed over to the owner (`handoff.rs`); the buffer comes back the
-//! same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
+//! endpoint, the same both ways. A steering eBPF program on every device (`steering.rs`,
+//! [`crate::sys::steer`]) computes the same hash in the kernel and puts each packet on its
+//! owner's queue: queue `w` of every device is worker `w`'s. Where the kernel refuses the
+//! program (or `IDLEGATE_TUN_STEERING=off`), it picks the queue by its own hash of the flow and
+//! then by the queue the flow was last written from, for at most 4,096 flows a device for 3 s.
+//! A packet read by another worker than its owner (any, without steering; with it, only what
+//! the program cannot place: ICMP errors, later fragments, IPv6 extension headers) is copied
+//! into a buffer from a bounded pool and handed over to the owner (`handoff.rs`); the buffer
+//! comes back the same way. There is no lock on the per-packet path (except with `--pcap`, whose one file the
 //! workers share), and no allocation once the pools are warm.
 //!
 //! The thread that calls [`Gateway::run`] serves the control socket; the metrics (`--metrics`)
@@ -30,6 +34,7 @@ mod feed;
 mod handoff;
 pub mod io;
 pub mod metrics;
+pub mod steering;
 mod worker;
 
 use crate::gateway::control::Control;
@@ -50,6 +55,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use steering::Steering;
 use worker::{DeviceQueue, Worker, WorkerSetup};
 
 /// A TUN device attached to one side of the gateway.
@@ -163,6 +169,8 @@ pub struct Gateway {
     /// gateway runs, with what it serves.
     api: Option<(scrape::Server, api::Api, crate::obs::http::Guard)>,
     rule_names: Vec<String>,
+    /// How packets reach their owner's queue.
+    steering: Steering,
     /// The workers' counters, added up once they have stopped.
     tally: Tally,
 }
@@ -278,6 +286,7 @@ impl Gateway {
         }
         let rule_names: Vec<String> = engines[0].rule_names().map(str::to_string).collect();
         let sharding = Sharding::new(workers, random_seed());
+        let steering = steering::steer(&attachments, &sharding);
         let (polls, (contacts, mailboxes)): (Vec<_>, (Vec<_>, Vec<_>)) = handoff::wire(workers)?
             .into_iter()
             .map(|(poll, contact, mailbox)| (poll, (contact, mailbox)))
@@ -335,7 +344,7 @@ impl Gateway {
         }
         let api = match (api_server, intake, &options.api) {
             (Some(server), Some(intake), Some(options)) => {
-                let asker = Asker::new(contacts.clone(), rule_names.clone());
+                let asker = Asker::new(contacts.clone(), rule_names.clone(), steering);
                 let guard = crate::obs::http::Guard {
                     token: options.token.clone(),
                 };
@@ -356,8 +365,20 @@ impl Gateway {
             control,
             metrics,
             rule_names,
+            steering,
             tally: Tally::default(),
         })
+    }
+
+    /// How packets reach their owner's queue: steered by eBPF, or handed over.
+    pub fn steering(&self) -> Steering {
+        self.steering
+    }
+
+    /// Packets one worker read and handed to their owner; complete once [`Gateway::run`] has
+    /// returned.
+    pub fn handovers(&self) -> u64 {
+        self.tally.device.handed_over
     }
 
     /// Where the API and live page are served (the port bound, for `--api HOST:0`), until
@@ -404,7 +425,11 @@ impl Gateway {
                 }
             }
             let metrics = self.metrics.take().map(|mut server| {
-                let ask = Asker::new(self.contacts.clone(), self.rule_names.clone());
+                let ask = Asker::new(
+                    self.contacts.clone(),
+                    self.rule_names.clone(),
+                    self.steering,
+                );
                 let stopper = self.stopper.clone();
                 std::thread::Builder::new()
                     .name("gateway-metrics".into())
@@ -492,6 +517,7 @@ impl Gateway {
                     contacts: &self.contacts,
                     rule_names: &self.rule_names,
                     timeout: ANSWER_TIMEOUT,
+                    steering: self.steering,
                 };
                 if let Some(control) = &mut self.control {
                     control.serve(&mut shards);
@@ -511,6 +537,7 @@ impl Gateway {
             .collect();
         tracing::info!(
             workers,
+            steering = self.steering.as_str(),
             forwarded = c.forwarded,
             flows_created = c.flows_created,
             flows_expired = c.flows_expired,

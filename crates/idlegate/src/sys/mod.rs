@@ -28,6 +28,7 @@
 //! | [`secret`] | files that hold secrets: readable by their owner alone (Unix modes; Windows: the directory's ACL) |
 //! | [`signal`] | SIGINT/SIGTERM (Windows: console control events): stop flags, the gateway's interrupt, signals passed on to a child |
 //! | [`sock_diag`] | every TCP connection of a namespace, with tcp_info (sock_diag netlink) |
+//! | [`steer`] | steering eBPF on TUN devices: each packet to the queue of the worker that owns it (bpf(2), TUNSETSTEERINGEBPF) |
 //! | [`socket`] | raw socket handles, the listener, SO_LINGER 0 resets, keepalive, IP_RECVERR, non-blocking reads, SIOCOUTQ |
 //! | [`tcp_info`] | TCP_INFO: state, unacknowledged segments, retransmissions |
 //! | [`timeout`] | timeouts named as timeouts |
@@ -64,6 +65,8 @@ pub mod signal;
 #[cfg(target_os = "linux")]
 pub mod sock_diag;
 pub mod socket;
+#[cfg(target_os = "linux")]
+pub mod steer;
 #[cfg(target_os = "linux")]
 pub mod tcp_info;
 pub mod timeout;

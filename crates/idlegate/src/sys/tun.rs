@@ -108,7 +108,11 @@ impl Tun {
 
     /// Creates TUN device `name` with `count` queues (`IFF_MULTI_QUEUE` when more than one),
     /// one for each worker. The kernel spreads the packets it sends over the queues by a
-    /// symmetric hash of their flow, and then by the queue the flow was last written from.
+    /// symmetric hash of their flow, and then by the queue the flow was last written from,
+    /// unless a steering program ([`crate::sys::steer`]) names the queue. Element `i` of the
+    /// result is the device's queue `i`, the index such a program names: the kernel numbers
+    /// queues in the order they are attached, which is this order, and renumbers only when one
+    /// is closed (the last takes its place).
     /// Every queue must be made here, before the device moves: a queue is attached by name,
     /// in the caller's namespace.
     pub fn create_queues(name: &str, count: usize) -> Result<Vec<Tun>> {

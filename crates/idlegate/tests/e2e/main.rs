@@ -51,6 +51,7 @@ mod rtnl;
 mod scaled_handshake;
 mod scenario;
 mod standalone;
+mod steering;
 mod tunnel;
 mod tunnel_exit;
 mod tunnel_stress;

@@ -6,6 +6,7 @@ use super::*;
 use crate::gateway::api::{Api, APPLIES};
 use crate::gateway::ask::Asker;
 use crate::gateway::feed;
+use crate::gateway::steering::Steering;
 use crate::gateway::ANSWER_TIMEOUT;
 use crate::obs::http::{Answer, Method, Request, Service, StreamEvent};
 use mio::{Poll, Waker};
@@ -81,7 +82,7 @@ impl Served {
         let (feed, intake) = feed::feed_of(waker, capacity);
         let rig = Rig::of(config, workers, false, 1024, Some(feed));
         let names = config.rule_names().map(str::to_string).collect();
-        let mut asker = Asker::new(rig.contacts.clone(), names);
+        let mut asker = Asker::new(rig.contacts.clone(), names, Steering::Ebpf);
         asker.timeout = timeout;
         let api = Api::new(asker, config.clone(), rig.t0, intake);
         Served {
