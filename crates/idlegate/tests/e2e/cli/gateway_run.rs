@@ -427,10 +427,16 @@ print("bulk ok" if same else "bulk mismatch %d" % n)
 
 #[test]
 fn a_gateway_of_four_workers_carries_every_flow_and_answers_for_all_its_shards() {
-    // Flows are spread over the workers by their remote endpoint; the kernel's queue choice
-    // does not follow it, so packets read by another worker are handed over. The control
-    // socket must see every shard.
-    let lab = Lab::up_with_args(&lab_name(), &example_config(), &["--workers", "4"]);
+    // Flows are spread over the workers by their remote endpoint. Without the steering
+    // program the kernel's queue choice does not follow it, so packets read by another worker
+    // are handed over: this test runs the handover path on purpose (steering off), and the
+    // control socket must see every shard.
+    let lab = Lab::up_in(
+        &lab_name(),
+        &example_config(),
+        &["--workers", "4"],
+        Command::new(IDLEGATE).env("IDLEGATE_TUN_STEERING", "off"),
+    );
     let mut programs = Programs::new(&lab);
     for (tag, host) in [("vm1", "vm1"), ("vm2", "vm2"), ("internet", "internet")] {
         let port = if host == "internet" { "8000" } else { "7000" };
