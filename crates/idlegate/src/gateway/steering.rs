@@ -66,7 +66,9 @@ pub(super) fn steer(attachments: &[Attachment], sharding: &Sharding) -> Steering
             }
             tracing::warn!(
                 "queues: no steering ({e:#}); the kernel picks each device's queue by its own \
-                 flow hash and packets read by another worker are handed over"
+                 flow hash and packets read by another worker are handed over; hint: to steer, \
+                 give the gateway CAP_BPF and the bpf system call (systemd: \
+                 AmbientCapabilities=CAP_NET_ADMIN CAP_BPF, SystemCallFilter=bpf)"
             );
             Steering::Handover
         }

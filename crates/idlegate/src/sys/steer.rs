@@ -9,8 +9,11 @@
 //! `TUNSETSTEERINGEBPF`; the device then takes `(u16) result % numqueues` as the queue, instead
 //! of its own flow hash and the queue a flow was last written from. A packet the program cannot
 //! place cheaply (not TCP or UDP, an IPv4 fragment after the first, IPv6 with an extension
-//! header, an ICMP error, anything it cannot read) goes to queue 0, and whoever reads it
-//! finds its owner with [`Sharding::owner_of`] and hands it over, as without the program.
+//! header, an ICMP error) goes to the queue the same keyed hash gives its two addresses
+//! (source then destination, [`unplaced_queue`]), spread as the kernel's own flow hash would
+//! spread it, so that no one can aim a flood of such packets at one worker's queue; whoever
+//! reads it finds its owner with [`Sharding::owner_of`] and hands it over, as without the
+//! program. What it cannot read at all (too short, not IPv4 or IPv6) goes to queue 0.
 //! [`Program::test_run`] runs it on a frame (`BPF_PROG_TEST_RUN`), for tests.
 //!
 //! The result is a queue *index*, so queue `w` of every device must be worker `w`'s: a TUN
@@ -33,7 +36,7 @@
 use crate::sys::errno::errno_name;
 use crate::sys::tun::Tun;
 use anyhow::{anyhow, Result};
-use idlegate_core::shard::{FINAL_MULTIPLIER, FINAL_SHIFT, ROUND_MULTIPLIER};
+use idlegate_core::shard::{endpoint_hash, FINAL_MULTIPLIER, FINAL_SHIFT, ROUND_MULTIPLIER};
 use idlegate_core::{Interface, Sharding};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -65,8 +68,12 @@ impl Program {
                     Ok(_) => String::new(),
                     Err(_) => verifier_words(&log),
                 };
+                let side = match side {
+                    Interface::Outside => "outside",
+                    Interface::Inside => "inside",
+                };
                 Err(anyhow!(
-                    "loading the {side:?} steering program (bpf BPF_PROG_LOAD): {}{why}",
+                    "loading the {side} steering program (bpf BPF_PROG_LOAD): {}{why}",
                     describe(&e)
                 ))
             }
@@ -390,6 +397,10 @@ impl Asm {
         for &(at, label) in &self.jumps {
             // Every label is placed by `instructions`, and the program is far shorter than
             // i16::MAX: an unplaced label would be a bug here, caught by the tests' loads.
+            debug_assert!(
+                self.places[label.0].is_some(),
+                "a jump to an unplaced label"
+            );
             let target = self.places[label.0].unwrap_or(at + 1);
             self.code[at].off = (target as i64 - at as i64 - 1) as i16;
         }
@@ -431,6 +442,7 @@ pub fn instructions(sharding: &Sharding, side: Interface) -> Vec<Insn> {
         a.label(),
         a.label(),
     );
+    let (v4_pair, v6_pair) = (a.label(), a.label());
     a.alu_reg(MOV, Reg::R6, Reg::R1);
     a.load_abs(B, 0);
     a.alu_reg(MOV, IHL, Reg::R0);
@@ -447,10 +459,10 @@ pub fn instructions(sharding: &Sharding, side: Interface) -> Vec<Insn> {
     // A fragment after the first has no ports.
     a.load_abs(H, 6);
     a.alu(AND, Reg::R0, 0x1fff);
-    a.jump_if(JNE, Reg::R0, 0, fixed);
+    a.jump_if(JNE, Reg::R0, 0, v4_pair);
     a.load_abs(B, 9);
     a.jump_if(JEQ, Reg::R0, 6, v4_transport);
-    a.jump_if(JNE, Reg::R0, 17, fixed);
+    a.jump_if(JNE, Reg::R0, 17, v4_pair);
     a.place(v4_transport);
     a.load_u64(MULTIPLIER, ROUND_MULTIPLIER);
     a.load_u64(HASH, sharding.seed());
@@ -464,7 +476,7 @@ pub fn instructions(sharding: &Sharding, side: Interface) -> Vec<Insn> {
     a.place(v6);
     a.load_abs(B, 6);
     a.jump_if(JEQ, Reg::R0, 6, v6_transport);
-    a.jump_if(JNE, Reg::R0, 17, fixed);
+    a.jump_if(JNE, Reg::R0, 17, v6_pair);
     a.place(v6_transport);
     a.load_u64(MULTIPLIER, ROUND_MULTIPLIER);
     a.load_u64(HASH, sharding.seed());
@@ -474,6 +486,24 @@ pub fn instructions(sharding: &Sharding, side: Interface) -> Vec<Insn> {
     }
     a.load_abs(H, 40 + port);
     round(&mut a);
+    a.jump(finish);
+
+    // No ports to read: both addresses, source then destination ([`unplaced_queue`]).
+    a.place(v4_pair);
+    a.load_u64(MULTIPLIER, ROUND_MULTIPLIER);
+    a.load_u64(HASH, sharding.seed());
+    for word in 0..2 {
+        a.load_abs(W, 12 + 4 * word);
+        round(&mut a);
+    }
+    a.jump(finish);
+    a.place(v6_pair);
+    a.load_u64(MULTIPLIER, ROUND_MULTIPLIER);
+    a.load_u64(HASH, sharding.seed());
+    for word in 0..8 {
+        a.load_abs(W, 8 + 4 * word);
+        round(&mut a);
+    }
 
     a.place(finish);
     a.alu_reg(MOV, Reg::R0, HASH);
@@ -492,6 +522,24 @@ pub fn instructions(sharding: &Sharding, side: Interface) -> Vec<Insn> {
     a.alu(MOV, Reg::R0, 0);
     a.exit();
     a.finish()
+}
+
+/// The queue the program gives an IP packet it cannot place (see the module's text): the
+/// sharding's keyed [`endpoint_hash`] over its source and destination addresses as big-endian
+/// words, `% count`; `None` if `packet` is too short to hold them or not IPv4 or IPv6.
+pub fn unplaced_queue(sharding: &Sharding, packet: &[u8]) -> Option<usize> {
+    let addresses = match packet.first()? >> 4 {
+        4 => packet.get(12..20)?,
+        6 => packet.get(8..40)?,
+        _ => return None,
+    };
+    let mut words = [0u32; 8];
+    let n = addresses.len() / 4;
+    for (word, bytes) in words.iter_mut().zip(addresses.chunks_exact(4)) {
+        *word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    }
+    let hash = endpoint_hash(sharding.seed(), &words[..n]);
+    Some((hash % sharding.count() as u64) as usize)
 }
 
 #[cfg(test)]
@@ -632,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn what_the_program_cannot_place_goes_to_queue_0() {
+    fn what_the_program_cannot_place_is_spread_by_its_addresses_not_aimed_at_queue_0() {
         let sharding = Sharding::new(4, 99);
         let udp = tcp_or_udp(17, [1, 2, 3, 4]);
         let mut hop_by_hop = vec![17, 0, 1, 4, 0, 0, 0, 0];
@@ -648,12 +696,25 @@ mod tests {
                 ),
                 ipv4(17, [192, 0, 2, 1, 203, 0, 113, 9], 0x0010, &udp),
                 ipv6(0, [0xfd; 32], &hop_by_hop),
+            ] {
+                let queue = unplaced_queue(&sharding, &packet).expect("addresses");
+                assert_eq!(run(&code, &packet), queue as u64, "{side:?} {packet:02x?}");
+            }
+            // What it cannot read goes to queue 0.
+            for packet in [
                 ipv4(17, [192, 0, 2, 1, 203, 0, 113, 9], 0, &udp[..1]),
                 vec![0x45, 0, 0],
                 vec![0x10; 40],
             ] {
                 assert_eq!(run(&code, &packet), 0, "{side:?} {packet:02x?}");
             }
+            // A flood of pings from many sources lands on every queue, not on one.
+            let mut seen = [0usize; 4];
+            for source in 0..=255u8 {
+                let ping = ipv4(1, [198, 51, 100, source, 203, 0, 113, 9], 0, &[8; 8]);
+                seen[run(&code, &ping) as usize] += 1;
+            }
+            assert!(seen.iter().all(|&n| n > 20), "{side:?}: {seen:?}");
         }
     }
 }

@@ -467,5 +467,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Flows a gateway holds unless the config says `max_flows`: 1 Mi, about 40 to 100 MB.
 pub const DEFAULT_MAX_FLOWS: usize = 1 << 20;
-/// The most `max_flows` may be: the flow table numbers its flows in 31 bits.
-pub const MAX_MAX_FLOWS: usize = 1 << 31;
+/// The most `max_flows` may be: the flow table numbers its flows in 31 bits (2^31 − 1 of them:
+/// its index keeps two references of its own).
+pub const MAX_MAX_FLOWS: usize = (1 << 31) - 1;

@@ -15,7 +15,7 @@
 //! next line is the adjacent one). Removal leaves a tombstone only in a group that has no
 //! never-used slot (a probe may have gone past it); anywhere else the slot becomes never-used
 //! again (hashbrown's rule). The load, tombstones included, stays at most 7/8: at one flow's
-//! two keys per 8-byte entry, 16 bytes per flow at full load and 32 just after a doubling.
+//! two keys per 8-byte entry, 18 bytes per flow at 7/8 load and about 37 just after a doubling.
 //!
 //! Why hand-written: `hashbrown` 0.15+ has no raw API (removed) and no way to learn where a
 //! key's bucket or control bytes are without reading them, so nothing can be prefetched; and

@@ -358,7 +358,11 @@ impl<E: Endpoint> FlowTable<E> {
         for side in [Interface::Inside, Interface::Outside] {
             let (src, dst) = flow.key(side);
             let hash = self.hash(side, src, dst, flow.protocol);
-            self.index.remove(hash, encode(id, side));
+            let removed = self.index.remove(hash, encode(id, side));
+            debug_assert!(
+                removed,
+                "flow {id} was not in the index under its {side:?} key"
+            );
         }
         self.free.push(id);
         flow
