@@ -195,14 +195,8 @@ impl Batch for Packets {
     fn headers(&self, i: usize) -> (Interface, &Parsed) {
         (Interface::Outside, &self.parsed[i])
     }
-    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum) {
-        let parsed = self.parsed[i];
-        (
-            Interface::Outside,
-            &mut self.bufs[i],
-            parsed,
-            TransportChecksum::Complete,
-        )
+    fn packet(&mut self, i: usize) -> (&mut [u8], TransportChecksum) {
+        (&mut self.bufs[i], TransportChecksum::Complete)
     }
     fn verdict(&mut self, i: usize, verdict: Verdict) {
         self.verdicts[i] = verdict;

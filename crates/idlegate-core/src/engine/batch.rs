@@ -28,11 +28,11 @@ pub trait Batch {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Packet `i`'s side and parse, as [`Engine::handle_parsed`] takes them.
+    /// Packet `i`'s side and parse ([`Parsed::new`] of its bytes), as
+    /// [`Engine::handle_parsed`] takes them; the one parse the engine reads of it.
     fn headers(&self, i: usize) -> (Interface, &Parsed);
-    /// Packet `i` to rewrite in place, with its side, its parse ([`Parsed::new`] of these
-    /// very bytes) and what its transport checksum field holds.
-    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum);
+    /// Packet `i`'s bytes to rewrite in place, and what its transport checksum field holds.
+    fn packet(&mut self, i: usize) -> (&mut [u8], TransportChecksum);
     /// What became of packet `i`: what [`Engine::handle_parsed`] would have returned.
     fn verdict(&mut self, i: usize, verdict: Verdict);
 }
@@ -79,7 +79,9 @@ impl Engine {
                 }
             }
             for (i, hint) in (start..end).zip(hints) {
-                let (from, packet, parsed, checksum) = batch.packet(i);
+                let (from, parsed) = batch.headers(i);
+                let parsed = *parsed;
+                let (packet, checksum) = batch.packet(i);
                 let verdict = match (parsed, hint) {
                     (Parsed::V4(h), Hint::V4(hash)) => {
                         self.v4
@@ -136,9 +138,9 @@ impl Batch for [BatchPacket<'_>] {
     fn headers(&self, i: usize) -> (Interface, &Parsed) {
         (self[i].from, &self[i].parsed)
     }
-    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum) {
+    fn packet(&mut self, i: usize) -> (&mut [u8], TransportChecksum) {
         let p = &mut self[i];
-        (p.from, &mut *p.packet, p.parsed, p.checksum)
+        (&mut *p.packet, p.checksum)
     }
     fn verdict(&mut self, i: usize, verdict: Verdict) {
         self[i].verdict = Some(verdict);

@@ -119,13 +119,11 @@ impl Batch for HeldBatch<'_> {
     fn headers(&self, i: usize) -> (Interface, &Parsed) {
         (self.held[i].interface, &self.held[i].parsed)
     }
-    fn packet(&mut self, i: usize) -> (Interface, &mut [u8], Parsed, TransportChecksum) {
-        let a = self.held[i];
+    fn packet(&mut self, i: usize) -> (&mut [u8], TransportChecksum) {
+        let a = &self.held[i];
         let h = self.header;
         (
-            a.interface,
             &mut self.frames[i][h..h + a.received.len],
-            a.parsed,
             a.received.shape.checksum(),
         )
     }
