@@ -191,9 +191,9 @@ enum Dialing {
     /// The connect: writable once made.
     Connecting(TcpStream),
     /// The handshake's two messages.
-    Handshake(Initiator),
+    Handshake(Box<Initiator>),
     /// The Hello sealed (and being written); the exit's answer awaited.
-    Answer(Leg),
+    Answer(Box<Leg>),
     /// Between two states (never seen outside [`Dialing::step`]).
     Gone,
 }
@@ -222,11 +222,13 @@ impl Dialing {
         keys: &EntryKeys,
         hello: &Frame,
         plain: &mut [u8],
-    ) -> Result<Option<(Leg, Frame<'static>)>, DialError> {
+    ) -> Result<Option<(Box<Leg>, Frame<'static>)>, DialError> {
         loop {
             match std::mem::replace(self, Dialing::Gone) {
                 Dialing::Connecting(stream) => match socket::connected(&stream) {
-                    Ok(true) => *self = Dialing::Handshake(Initiator::start(stream, keys)?),
+                    Ok(true) => {
+                        *self = Dialing::Handshake(Box::new(Initiator::start(stream, keys)?))
+                    }
                     Ok(false) => {
                         *self = Dialing::Connecting(stream);
                         return Ok(None);
@@ -238,7 +240,7 @@ impl Dialing {
                         *self = Dialing::Handshake(hs);
                         return Ok(None);
                     }
-                    let mut leg = hs.finish().map_err(dropped)?;
+                    let mut leg = Box::new((*hs).finish().map_err(dropped)?);
                     leg.send(hello).map_err(dropped)?;
                     *self = Dialing::Answer(leg);
                 }
@@ -357,7 +359,7 @@ impl EntryCarried {
     }
 
     /// The exit answered a dial.
-    fn answered(&mut self, s: &mut Session, leg: Leg, answer: Frame) -> Woken {
+    fn answered(&mut self, s: &mut Session, leg: Box<Leg>, answer: Frame) -> Woken {
         let took_tries = self.tries;
         match (&mut self.purpose, answer) {
             (Purpose::First { started, .. }, Frame::Welcome { session, token, .. }) => {

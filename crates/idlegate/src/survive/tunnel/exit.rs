@@ -156,7 +156,10 @@ impl ExitLeg {
             peer,
             from,
             connect: self.connect,
-            phase: Phase::Connecting(leg, Instant::now() + self.settings.target_connect_timeout()),
+            phase: Phase::Connecting(
+                Box::new(leg),
+                Instant::now() + self.settings.target_connect_timeout(),
+            ),
         };
         let job = Job {
             session,
@@ -174,7 +177,7 @@ impl ExitLeg {
 enum Phase {
     /// Its connection to the target being made, until then at the latest; its first leg
     /// waits for the Welcome.
-    Connecting(Leg, Instant),
+    Connecting(Box<Leg>, Instant),
     /// On a leg (the worker holds it).
     Live,
     /// Without a leg since then, for a new one until `resume_within`.
@@ -206,7 +209,7 @@ impl ExitCarried {
     fn connected(
         &mut self,
         s: &mut Session,
-        mut leg: Leg,
+        mut leg: Box<Leg>,
         outcome: io::Result<()>,
         closer: &mut Closer,
     ) -> Woken {
@@ -226,7 +229,7 @@ impl ExitCarried {
         };
         if let Err(e) = said {
             let _ = leg.send(&Frame::Refuse(Refusal::TargetUnreachable));
-            closer.close(leg, Instant::now() + self.settings.leg_timeout());
+            closer.close(*leg, Instant::now() + self.settings.leg_timeout());
             tracing::info!("tunnel: leg from {}: {e:#}", self.from);
             self.phase = Phase::Gone;
             return Woken::Over(None);
@@ -316,7 +319,7 @@ impl ExitCarried {
         }
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         self.phase = Phase::Live;
-        Woken::Leg(new_leg)
+        Woken::Leg(Box::new(new_leg))
     }
 }
 

@@ -13,7 +13,10 @@
 //! pre-shared key or with per-peer key pairs (the exit then knows which listed entry each
 //! session belongs to, and a session is resumed only by the peer that opened it); a resume
 //! needs the session's id and its secret token, given only inside an encrypted leg. The
-//! exit's [`gate`] holds connections without a thread each until they have said Hello.
+//! exit's [`gate`] holds connections without a thread each until they have said Hello. No
+//! session has a thread: each end runs its sessions, their dials, handshakes and
+//! cryptography on a few event-loop workers (`worker`, one per core, as the relay's), so a
+//! session costs its sockets and buffers.
 //!
 //! Several exits may share a key behind a load balancer; each holds its own sessions. The
 //! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit resets
@@ -30,8 +33,10 @@
 //! | [`peers`] | the exit's list of entries' public keys |
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
 //! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
-//! | [`session`] | one application connection on whichever leg is alive |
-//! | `dial` | the entry's legs: a new session's, and each resume's |
+//! | [`session`] | one application connection on whichever leg is alive (a state machine) |
+//! | `worker` | the event-loop workers that carry an end's sessions, and close legs in order |
+//! | `dial` | the entry's legs, dialed without blocking: a new session's, and each resume's |
+//! | `exit` | the exit's greeted legs: a new session (its target's connect on the worker), a resume |
 //! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
 
 mod dial;

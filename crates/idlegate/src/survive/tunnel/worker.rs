@@ -55,7 +55,7 @@ pub(super) trait Carried: Send {
 pub(super) enum Woken {
     Nothing,
     /// A leg: the session moves to it (any old one is dropped).
-    Leg(Leg),
+    Leg(Box<Leg>),
     /// The session's streams were rewound for a new leg that then failed: it goes on without
     /// a leg (its old one, if any, is dropped).
     Wait,
@@ -436,7 +436,7 @@ impl Worker {
                 }
             }
             Woken::Leg(leg) => {
-                held.leg = Some(leg);
+                held.leg = Some(*leg);
                 self.attach(key);
             }
             Woken::Wait => {
