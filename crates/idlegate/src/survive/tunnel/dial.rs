@@ -151,6 +151,7 @@ impl Dial {
         let job = Job {
             session: s,
             leg: None,
+            place: None,
             carried: Box::new(carried),
         };
         let Some(to) = workers.next() else {
@@ -527,13 +528,7 @@ impl EntryCarried {
 }
 
 impl Carried for EntryCarried {
-    fn leg_ended(
-        &mut self,
-        s: Session,
-        end: LegEnd,
-        leg: Leg,
-        closer: &mut Closer,
-    ) -> Option<Session> {
+    fn leg_ended(&mut self, s: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
         let settings = &self.dial.settings;
         match end {
             LegEnd::Done => closer.close(leg, Instant::now() + settings.leg_timeout()),
@@ -558,10 +553,10 @@ impl Carried for EntryCarried {
                     lost_at: Instant::now(),
                     unknown: 0,
                 });
-                return Some(s);
+                return true;
             }
         }
-        None
+        false
     }
 
     fn step(&mut self, s: &mut Session, live: bool, _: &mut Closer) -> Woken {

@@ -7,7 +7,8 @@
 //! refuses, the target unreachable), waits, when its leg is lost, for a new one until
 //! `resume_within` (the offer wakes the worker), and ends when its peer is taken off the list.
 //! A resume is checked (token, peer, still listed) and offered to the session's slot, or
-//! refused (ended here lately, or unknown).
+//! refused (ended here lately, or unknown). A refusal is sealed in the leg, which a worker then
+//! closes in order, never blocking the gate's thread nor lost to a RST.
 
 use super::ended::Ended;
 use super::frame::{Frame, Refusal, SessionId, Token};
@@ -43,7 +44,7 @@ impl ExitLeg {
     /// (if that session is its peer's).
     pub(super) fn serve(self, greeted: gate::Greeted) -> Result<()> {
         let gate::Greeted {
-            mut leg,
+            leg,
             from,
             session,
             token,
@@ -64,7 +65,7 @@ impl ExitLeg {
                 // The gate answered under the list in force then; the peer may have been
                 // taken off it since. (If it was, the reread marks the session revoked too.)
                 if !still_listed(&self.keys, &slot.peer) {
-                    let _ = leg.send_at_once(&Frame::Refuse(Refusal::Ended));
+                    self.refuse(leg, Refusal::Ended);
                     anyhow::bail!(
                         "resume of session {session} refused: {} was taken off the peers list",
                         slot.peer
@@ -82,23 +83,31 @@ impl ExitLeg {
                 let refusal = self.ended.lock().map_or(Refusal::UnknownSession, |e| {
                     e.refusal(session, &token, Instant::now())
                 });
-                let _ = leg.send_at_once(&Frame::Refuse(refusal));
+                self.refuse(leg, refusal);
                 anyhow::bail!("resume of session {session} refused: {refusal}");
             }
         }
     }
 
+    /// Answers a leg with a refusal, then closes it in order on a worker: the refusal arrives
+    /// before the FIN, and is never lost to a RST (a socket closed with unread bytes resets).
+    fn refuse(&self, mut leg: Leg, refusal: Refusal) {
+        if leg.send(&Frame::Refuse(refusal)).is_ok() {
+            self.workers.close(leg, self.settings.leg_timeout());
+        }
+    }
+
     /// A new session: connect to the target, welcome the entry, and hand the session to a
     /// worker.
-    fn start(self, mut leg: Leg, from: SocketAddr) -> Result<()> {
+    fn start(self, leg: Leg, from: SocketAddr) -> Result<()> {
         let (id, token) = (SessionId(random()?), Token(random()?));
         let peer = leg.peer().clone();
         let tag = peer.tag();
-        let waker = self
+        let bell = self
             .workers
             .next()
             .context("the tunnel exit has no worker")?;
-        let slot = Arc::new(Slot::new(token, peer.clone(), waker.clone()));
+        let slot = Arc::new(Slot::new(token, peer.clone(), bell.clone()));
         {
             let mut sessions = self
                 .sessions
@@ -115,7 +124,7 @@ impl ExitLeg {
             }
             if sessions.len() >= self.settings.max_sessions {
                 drop(sessions);
-                let _ = leg.send_at_once(&Frame::Refuse(Refusal::Full));
+                self.refuse(leg, Refusal::Full);
                 anyhow::bail!("refused a new session: {} held", self.settings.max_sessions);
             }
             sessions.insert(id, slot.clone());
@@ -131,7 +140,7 @@ impl ExitLeg {
         let app = match socket::connect_started(self.connect) {
             Ok(app) => app,
             Err(e) => {
-                let _ = leg.send_at_once(&Frame::Refuse(Refusal::TargetUnreachable));
+                self.refuse(leg, Refusal::TargetUnreachable);
                 return Err(e).with_context(|| format!("connecting to {}", self.connect));
             }
         };
@@ -161,12 +170,14 @@ impl ExitLeg {
                 Instant::now() + self.settings.target_connect_timeout(),
             ),
         };
+        let place = carried.slot.place.clone();
         let job = Job {
             session,
             leg: None,
+            place: Some(place),
             carried: Box::new(carried),
         };
-        if self.workers.give(&waker, job).is_err() {
+        if self.workers.give(&bell, job).is_err() {
             anyhow::bail!("session {id}: the tunnel exit's workers have stopped");
         }
         Ok(())
@@ -248,7 +259,7 @@ impl ExitCarried {
     }
 
     /// A new leg offered, or the session revoked or expired.
-    fn offered(&mut self, s: &mut Session, waiting: Option<Instant>) -> Woken {
+    fn offered(&mut self, s: &mut Session, waiting: Option<Instant>, closer: &mut Closer) -> Woken {
         let id = self.id;
         let expired =
             waiting.is_some_and(|since| Instant::now() >= since + self.settings.resume_within);
@@ -260,7 +271,9 @@ impl ExitCarried {
             s.reset_app();
             if let Some((mut new_leg, _)) = offer {
                 // Offered before the reread: told the session is over.
-                let _ = new_leg.send_at_once(&Frame::Refuse(Refusal::Ended));
+                if new_leg.send(&Frame::Refuse(Refusal::Ended)).is_ok() {
+                    closer.close(new_leg, Instant::now() + self.settings.leg_timeout());
+                }
             }
             self.stats.resets.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
@@ -324,13 +337,7 @@ impl ExitCarried {
 }
 
 impl Carried for ExitCarried {
-    fn leg_ended(
-        &mut self,
-        s: Session,
-        end: LegEnd,
-        leg: Leg,
-        closer: &mut Closer,
-    ) -> Option<Session> {
+    fn leg_ended(&mut self, _: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
         let id = self.id;
         match end {
             LegEnd::Done => {
@@ -352,16 +359,30 @@ impl Carried for ExitCarried {
                     self.tag
                 );
                 self.phase = Phase::Waiting(Instant::now());
-                return Some(s);
+                return true;
             }
         }
         self.phase = Phase::Gone;
-        None
+        false
     }
 
     fn step(&mut self, s: &mut Session, _live: bool, closer: &mut Closer) -> Woken {
         match std::mem::replace(&mut self.phase, Phase::Gone) {
             Phase::Connecting(leg, until) => {
+                // Stepped when it came to the worker: a wake before then (its peer revoked;
+                // no leg can be offered before the Welcome) is seen here.
+                self.slot.woken.store(false, Ordering::Release);
+                if self.slot.revoked.load(Ordering::Relaxed) {
+                    // Closed unanswered, as the gate refuses a key it does not know.
+                    drop(leg);
+                    tracing::info!(
+                        "tunnel: leg from {}: refused a new session: {} was taken off the peers \
+                         list",
+                        self.from,
+                        self.peer
+                    );
+                    return Woken::Over(None);
+                }
                 let outcome = match socket::connected(s.app()) {
                     Ok(true) => Ok(()),
                     Ok(false) if Instant::now() < until => {
@@ -375,11 +396,11 @@ impl Carried for ExitCarried {
             }
             Phase::Live => {
                 self.phase = Phase::Live;
-                self.offered(s, None)
+                self.offered(s, None, closer)
             }
             Phase::Waiting(since) => {
                 self.phase = Phase::Waiting(since);
-                self.offered(s, Some(since))
+                self.offered(s, Some(since), closer)
             }
             Phase::Gone => Woken::Nothing,
         }

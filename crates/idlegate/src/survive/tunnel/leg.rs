@@ -554,14 +554,6 @@ impl Leg {
         Ok(Some(n))
     }
 
-    /// Seals one frame and writes what the socket takes at once, without blocking: for a
-    /// refusal on a leg about to be dropped (a fresh connection's send buffer takes it).
-    pub fn send_at_once(&mut self, frame: &Frame) -> Result<(), LegError> {
-        self.send(frame)?;
-        self.flush()?;
-        Ok(())
-    }
-
     /// Blocking: sends one frame now (during Hello and Welcome), by the handshake's deadline.
     pub fn send_now(&mut self, frame: &Frame) -> Result<(), LegError> {
         self.send(frame)?;

@@ -34,7 +34,7 @@
 //! | [`leg`] | one authenticated, encrypted connection (Noise) |
 //! | [`gate`] | the exit's accept: bounded, per source, until a Hello |
 //! | [`session`] | one application connection on whichever leg is alive (a state machine) |
-//! | `worker` | the event-loop workers that carry an end's sessions, and close legs in order |
+//! | `worker` | the event-loop workers that carry an end's sessions (a token per socket, ordered deadlines), and close legs in order |
 //! | `dial` | the entry's legs, dialed without blocking: a new session's, and each resume's |
 //! | `exit` | the exit's greeted legs: a new session (its target's connect on the worker), a resume |
 //! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
@@ -55,7 +55,6 @@ use crate::survive::endpoint::{endpoint_of, Endpoint};
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
 use crate::sys::socket::accept_until_stopped;
-use crate::sys::wake::Waker;
 use anyhow::{Context, Result};
 use ended::Ended;
 use frame::{SessionId, Token};
@@ -66,7 +65,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use worker::Workers;
+use worker::{Bell, Workers};
 
 /// The shortest heartbeat a tunnel takes (`--heartbeat`'s minimum): shorter ones would spend
 /// the path on Ack frames and lose legs to a scheduling delay of three heartbeats.
@@ -220,36 +219,41 @@ struct Slot {
     token: Token,
     /// Who opened the session: only they may resume it.
     peer: Peer,
-    /// Set when the peer was taken off the list: the session ends at its next wake.
+    /// Set when the peer was taken off the list: the session ends at its next step.
     revoked: AtomicBool,
     /// A new leg and the `received` of its Hello, waiting for the session to take it.
     offer: Mutex<Option<(Leg, u64)>>,
     /// Set by [`Slot::wake`]: something for this session; cleared when its worker looks.
     woken: AtomicBool,
-    /// The worker that carries the session. Never blocks: see [`Slot::wake`].
-    waker: Arc<Waker>,
+    /// The bell of the worker that carries the session, and its place there. Never blocks:
+    /// see [`Slot::wake`].
+    bell: Arc<Bell>,
+    place: Arc<AtomicUsize>,
 }
 
 impl Slot {
-    /// A session's slot, woken through the waker of the worker that carries it.
-    fn new(token: Token, peer: Peer, waker: Arc<Waker>) -> Slot {
+    /// A session's slot, woken through the bell of the worker that will carry it.
+    fn new(token: Token, peer: Peer, bell: Arc<Bell>) -> Slot {
         Slot {
             token,
             peer,
             revoked: AtomicBool::new(false),
             offer: Mutex::new(None),
             woken: AtomicBool::new(false),
-            waker,
+            bell,
+            place: Arc::new(AtomicUsize::new(worker::NOWHERE)),
         }
     }
 
-    /// Wakes the session's worker. Never blocks (the gate's thread and the legs' threads call
-    /// it): when wakes pile up unread one is pending already, and one is enough, since at
-    /// each wake the worker has every session whose flag is set look at its offer and its
-    /// revoked flag.
+    /// Has the session's worker step it (the worker alone, not its other sessions). Never
+    /// blocks (the gate's thread calls it): a wake already pending for the session (its flag
+    /// set) is enough, and the worker's wake socket, when full, has a wake pending too. A
+    /// session not yet on its worker is stepped when it arrives, and looks at its flags then.
     fn wake(&self) -> io::Result<()> {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake()
+        if self.woken.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.bell.ring(self.place.load(Ordering::Acquire))
     }
 }
 
@@ -411,7 +415,7 @@ mod tests {
         // The gate's thread wakes sessions (a revoked peer); a worker busy elsewhere reads
         // none of them meanwhile. The socket's buffer fills after some 100,000 wakes.
         let (waker, wake_rx) = crate::sys::wake::pair().unwrap();
-        let slot = Slot::new(Token([1; 32]), Peer::Psk, Arc::new(waker));
+        let slot = Slot::new(Token([1; 32]), Peer::Psk, Arc::new(Bell::new(waker)));
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for _ in 0..1_000_000 {

@@ -4,8 +4,10 @@
 //! the application's socket and one leg until the session is over or the leg is lost, and
 //! says which ([`LegEnd`]): [`Session::attach`] puts it on a new leg, [`Session::turn`] moves
 //! what can move without waiting and says what to wait for and until when ([`Wants`]),
-//! [`Session::on_ready`] takes what the sockets reported ([`Ready`]). Nothing blocks but
-//! the last writes of a session whose leg was lost after both streams ended whole. The session
+//! [`Session::on_ready`] takes what the sockets reported ([`Ready`]). Nothing blocks: a
+//! session whose leg was lost after both streams ended whole, with bytes still for its
+//! application, ends all the same and hands them on ([`Session::write_last`], which its worker
+//! calls again until they are written or [`LAST_WRITE`] has passed). The session
 //! outlives its legs: its [`Outbox`] keeps what the peer has not acknowledged (bounded by the
 //! replay buffer: a full outbox stops reading the application), its [`Inbox`] knows where the
 //! peer must resume and holds what waits for the application here, and [`Session::resume`]
@@ -41,7 +43,7 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// session is reported stalled.
 pub const STALL_HEARTBEATS: u32 = 12;
 /// How long a finished session may take to hand its last bytes to a slow application.
-const LAST_WRITE: Duration = Duration::from_secs(120);
+pub const LAST_WRITE: Duration = Duration::from_secs(120);
 /// How often bytes for the application are tried again once its socket reported a hangup
 /// (see [`Session::turn`]): writability can no longer be waited for there.
 const WRITE_RETRY: Duration = Duration::from_millis(10);
@@ -130,6 +132,9 @@ pub struct Session {
     /// The application's socket reported a hangup (its FIN, on Windows): it is no longer
     /// watched for writing.
     app_hung_up: bool,
+    /// Both streams ended whole without a leg: what is left for the application is written,
+    /// then its FIN ([`Session::write_last`]).
+    finishing: bool,
     /// The last `received` told to the peer.
     acked_to_peer: u64,
     /// The last window limit told to the peer.
@@ -192,6 +197,7 @@ impl Session {
             app_eof: false,
             app_shut: false,
             app_hung_up: false,
+            finishing: false,
             acked_to_peer: 0,
             told_limit: 0,
             heartbeat,
@@ -500,20 +506,38 @@ impl Session {
     }
 
     /// Both directions are whole: what is left for the application here is written, and it
-    /// gets its FIN.
+    /// gets its FIN; what its socket does not take at once is written by
+    /// [`Session::write_last`] later ([`Session::finishing`]). Ends in order, unless the
+    /// application's socket failed.
     fn end_whole(&mut self) -> LegEnd {
-        let _ = self.app.set_nonblocking(false);
-        let _ = self.app.set_write_timeout(Some(LAST_WRITE));
+        self.finishing = true;
+        match self.write_last() {
+            Ok(_) => LegEnd::Done,
+            Err(_) => LegEnd::AppReset { told: false },
+        }
+    }
+
+    /// Ended whole without a leg, with bytes still for the application: its worker calls
+    /// [`Session::write_last`] until they are written, or resets it after [`LAST_WRITE`].
+    pub fn finishing(&self) -> bool {
+        self.finishing && !self.done
+    }
+
+    /// Writes what is left for the application without blocking, then its FIN; says whether
+    /// all was written (the session then ended in order). An error: the application is gone
+    /// (the session resets it when dropped).
+    pub fn write_last(&mut self) -> io::Result<bool> {
         while self.inbox.pending() > 0 {
-            let front = self.inbox.pending_front();
-            let n = front.len();
-            if (&self.app).write_all(front).is_err() {
-                return LegEnd::AppReset { told: false };
+            match (&self.app).write(self.inbox.pending_front()) {
+                Ok(n) => self.inbox.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            self.inbox.consume(n);
         }
         let _ = self.app.shutdown(Shutdown::Write);
-        self.end_in_order()
+        self.end_in_order();
+        Ok(true)
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
@@ -598,4 +622,75 @@ impl Session {
 pub fn reset_app(app: &TcpStream) {
     let _ = socket::reset(app);
     let _ = app.shutdown(Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::poll::{poll, Watch};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {
+        // More bytes left for the application than its socket's buffers hold (a receive buffer
+        // grows only as its reader reads): a blocking write would wait for it to read (up to
+        // LAST_WRITE), holding every session of the worker.
+        const LEFT: usize = 8 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut reader, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&app)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut s = Session::new(
+            SessionId([1; 16]),
+            Token([2; 32]),
+            app,
+            Side::Entry,
+            16 << 20,
+            Duration::from_secs(1),
+            Arc::default(),
+        )
+        .unwrap();
+        // Both streams whole: the peer's bytes and FIN here, this end's FIN acknowledged.
+        s.inbox.accept(0, &vec![7u8; LEFT]).unwrap();
+        s.inbox.accept_fin(LEFT as u64).unwrap();
+        s.outbox.finish();
+        assert!(matches!(
+            s.outbox.next(MAX_DATA),
+            Some(Next::Fin { offset: 0 })
+        ));
+        s.outbox.ack(1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let whole = s.finish_without_leg();
+            let _ = tx.send((whole, s));
+        });
+        let (whole, mut s) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the session ended without waiting for its application");
+        assert!(whole);
+        assert!(s.finishing(), "its last bytes wait for the application");
+        // The application reads: the rest is written without blocking, then its FIN.
+        let read = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        let until = Instant::now() + Duration::from_secs(60);
+        while !s.write_last().unwrap() {
+            assert!(
+                Instant::now() < until,
+                "the application read nothing for a minute"
+            );
+            let mut writable = [Watch::new(s.app_raw(), false, true)];
+            poll(&mut writable, Some(Duration::from_secs(1))).unwrap();
+        }
+        assert!(!s.finishing());
+        drop(s);
+        let all = read.join().unwrap();
+        assert_eq!(all.len(), LEFT);
+        assert!(all.iter().all(|&b| b == 7));
+    }
 }

@@ -2,45 +2,91 @@
 //! relay's), each running many sessions as state machines; no thread per session.
 //!
 //! Contract: [`Workers::start`] starts the threads; [`Workers::give`] hands one a session
-//! (the one holding the fewest), never blocking. A worker waits on every socket of its
-//! sessions at once (`sys::poll`: poll(2), WSAPoll on Windows; level-triggered, so a session
-//! that reads one chunk per wake never misses bytes) and on its wake descriptor. A session on
-//! a leg is turned ([`Session::turn`]) when one of its sockets reported or its own deadline
-//! (a heartbeat, a silent leg, the stall watch) has come. What a session does without a leg
-//! is its end's ([`Carried`]): the exit's connects to its target, then waits for a new leg
-//! until `resume_within`; the entry's dials (connect, handshake, Hello, the exit's answer,
-//! none of it blocking) with waits between dials: each is stepped when the socket it watches
-//! reports, at its deadline, and at every wake of the worker (an exit's session offered a
-//! new leg, or its peer revoked; cheap for the others). Sealing and opening frames, the
-//! handshake's cryptography too, happen on the worker that owns the session. A leg that
-//! ended in order (or after a Reset) is closed on the worker without blocking ([`Closer`]).
-//! A worker ends once its end is stopped and it holds nothing.
+//! (the one holding the fewest), never blocking. A worker waits on its sessions' sockets
+//! with `sys::interest` (mio, epoll, on Linux; WSAPoll on Windows): each socket has its own
+//! token (a session's application, its leg, the socket it watches without a leg; a closing
+//! leg's), and is watched only for what its session waits for, set again only when that
+//! changes or it reported (which re-arms it, so a session that reads one chunk per wake never
+//! misses bytes); deadlines are in an ordered set of timers. A wake-up so costs what became
+//! ready or due, not every session. A session on a leg is turned ([`Session::turn`]) when one
+//! of its sockets reported or its own deadline (a heartbeat, a silent leg, the stall watch) has
+//! come. What a session does without a leg is its end's ([`Carried`]): the exit's connects to
+//! its target, then waits for a new leg until `resume_within`; the entry's dials (connect,
+//! handshake, Hello, the exit's answer, none of it blocking) with waits between dials: each is
+//! stepped when the socket it watches reports, at its deadline, and when its [`Bell`] is rung
+//! for it (an exit's session offered a new leg, or its peer revoked). Sealing and opening
+//! frames, the handshake's cryptography too, happen on the worker that owns the session. A
+//! leg that ended in order (or after a Reset, or carrying an exit's refusal) is closed on the
+//! worker without blocking, and a session that ended whole without a leg hands its last bytes
+//! to its application there ([`Closer`]): nothing blocks a worker. A worker ends once its end
+//! is stopped and it holds nothing.
 
 use super::frame::Frame;
 use super::leg::Leg;
-use super::session::{LegEnd, Ready, Session, Wants};
-use crate::sys::poll::{poll, Watch, STOP_CHECK};
+use super::session::{LegEnd, Ready, Session, Wants, LAST_WRITE};
+use crate::sys::interest::{Interests, Seen};
+use crate::sys::poll::STOP_CHECK;
 use crate::sys::socket::Raw;
 use crate::sys::wake::{self, Wakeable, Waker};
 use slab::Slab;
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A session's place on its worker before it has one (and after it left).
+pub(super) const NOWHERE: usize = usize::MAX;
+/// The token of a worker's wake socket.
+const WAKE: usize = usize::MAX;
+/// What a token's low bits say its socket is: a session's application, its leg, the socket it
+/// watches without a leg; a closing leg (the rest of the token is then the closer's number for
+/// it, else the session's key).
+const APP: usize = 0;
+const LEG: usize = 1;
+const OWN: usize = 2;
+const CLOSING: usize = 3;
+const KINDS: usize = 2;
+/// How often a finishing session's last bytes are tried again (see [`Closer`]).
+const WRITE_AGAIN: Duration = Duration::from_millis(10);
+/// How many socket events a worker takes per wait.
+const EVENTS: usize = 1024;
+
+/// Wakes a worker for one of its sessions (or for new jobs), from any thread, never waiting
+/// for the worker: the session's place goes on a list the worker reads at its next wake.
+pub(super) struct Bell {
+    waker: Waker,
+    rung: Mutex<Vec<usize>>,
+}
+
+impl Bell {
+    pub(super) fn new(waker: Waker) -> Bell {
+        Bell {
+            waker,
+            rung: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Wakes the worker, which steps the session at `place` ([`NOWHERE`]: none; a session not
+    /// yet on the worker is stepped when it arrives).
+    pub(super) fn ring(&self, place: usize) -> io::Result<()> {
+        if place != NOWHERE {
+            if let Ok(mut rung) = self.rung.lock() {
+                rung.push(place);
+            }
+        }
+        self.waker.wake()
+    }
+}
 
 /// What an end does with its session around its legs.
 pub(super) trait Carried: Send {
-    /// The leg ended; a leg that may be closed in order goes to `closer`. Returns the
-    /// session if it stays on the worker without a leg (for a new one); None when it is over
-    /// (dropped: the application reset unless it ended in order).
-    fn leg_ended(
-        &mut self,
-        s: Session,
-        end: LegEnd,
-        leg: Leg,
-        closer: &mut Closer,
-    ) -> Option<Session>;
+    /// The leg ended; a leg that may be closed in order goes to `closer`. Says whether the
+    /// session stays on the worker without a leg (for a new one); if not, it is over (dropped:
+    /// the application reset unless it ended in order, or handed to the closer while it
+    /// finishes, see [`Session::finishing`]).
+    fn leg_ended(&mut self, s: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool;
     /// Moves on what the session does without a leg (a connect, a dial, a wait), or looks
     /// whether a live one (`live`) was offered a newer leg or must end. Called at every wake
     /// of the worker (so it must be cheap when nothing is for this session), when the socket
@@ -64,53 +110,130 @@ pub(super) enum Woken {
     Over(Option<Duration>),
 }
 
+/// Legs being closed in order on a worker, without blocking: what is sealed is written, then
+/// a FIN, then whatever the peer still sends is read until its FIN or the leg's deadline. And
+/// sessions that ended whole without a leg, handing their last bytes to their application
+/// ([`Session::write_last`]), tried again every [`WRITE_AGAIN`] (not watched: WSAPoll would
+/// report the application's FIN, which has come, at every wait) until [`LAST_WRITE`], then
+/// reset.
+#[derive(Default)]
+pub(super) struct Closer {
+    legs: Vec<Closing>,
+    finishing: Vec<(Session, Instant)>,
+    /// When the finishing sessions are tried again.
+    write_again: Option<Instant>,
+    /// The number the next closing leg's token carries.
+    next: usize,
+    /// Legs or sessions were added since the last turn.
+    added: bool,
+}
+
+struct Closing {
+    leg: Leg,
+    until: Instant,
+    shut: bool,
+    token: usize,
+}
+
+impl Closer {
+    /// Closes `leg` in order by `until`.
+    pub(super) fn close(&mut self, leg: Leg, until: Instant) {
+        let token = (self.next << KINDS) | CLOSING;
+        // Never WAKE: the numbers wrap below it.
+        self.next = (self.next + 1) % (NOWHERE >> (KINDS + 1));
+        self.legs.push(Closing {
+            leg,
+            until,
+            shut: false,
+            token,
+        });
+        self.added = true;
+    }
+
+    /// Hands the application of a session that ended whole its last bytes by `until`.
+    pub(super) fn finish(&mut self, s: Session, until: Instant) {
+        self.finishing.push((s, until));
+        self.added = true;
+    }
+
+    /// Nothing is being closed.
+    fn is_empty(&self) -> bool {
+        self.legs.is_empty() && self.finishing.is_empty()
+    }
+
+    /// The earliest deadline of a closing leg, or when the finishing sessions write again.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .map(|c| c.until)
+            .chain(self.write_again)
+            .min()
+    }
+
+    /// Moves every closing leg on and watches it for what it waits for; drops those done or
+    /// past their deadline. Tries the finishing sessions' writes again.
+    fn turn(&mut self, now: Instant, interests: &mut Interests) {
+        self.added = false;
+        // Dropped unless still writing: one not ended in order resets its application.
+        self.finishing
+            .retain_mut(|(s, until)| now < *until && matches!(s.write_last(), Ok(false)));
+        self.write_again = (!self.finishing.is_empty()).then(|| now + WRITE_AGAIN);
+        self.legs.retain_mut(|c| {
+            let keep = c.step(now);
+            if keep {
+                if let Err(e) = interests.set(c.token, c.leg.raw(), true, c.leg.pending() > 0) {
+                    tracing::debug!("tunnel worker: watching a closing leg: {e}");
+                    interests.forget(c.token);
+                    return false;
+                }
+            } else {
+                interests.forget(c.token);
+            }
+            keep
+        });
+    }
+}
+
+impl Closing {
+    /// Says whether the leg is still closing.
+    fn step(&mut self, now: Instant) -> bool {
+        let leg = &mut self.leg;
+        if now >= self.until || leg.flush().is_err() {
+            return false;
+        }
+        if leg.pending() > 0 {
+            return true;
+        }
+        if !self.shut {
+            self.shut = true;
+            let _ = leg.shutdown_write();
+        }
+        let mut sink = [0u8; 4096];
+        loop {
+            match leg.socket_read(&mut sink) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
 /// A session and its end, as handed to a worker.
 pub(super) struct Job {
     pub(super) session: Session,
     /// Its leg, if it has one yet.
     pub(super) leg: Option<Leg>,
     pub(super) carried: Box<dyn Carried>,
+    /// Where the worker puts the session's place (its key), for its [`Bell`]; [`NOWHERE`]
+    /// again once it is gone.
+    pub(super) place: Option<Arc<AtomicUsize>>,
 }
 
-/// Legs being closed in order on a worker, without blocking: what is sealed is written, then
-/// a FIN, then whatever the peer still sends is read until its FIN or the leg's deadline.
-#[derive(Default)]
-pub(super) struct Closer {
-    legs: Vec<(Leg, Instant, bool)>,
-}
-
-impl Closer {
-    /// Closes `leg` in order by `until`.
-    pub(super) fn close(&mut self, leg: Leg, until: Instant) {
-        self.legs.push((leg, until, false));
-    }
-
-    /// Moves every closing leg on; drops those done or past their deadline.
-    fn turn(&mut self, now: Instant) {
-        self.legs.retain_mut(|(leg, until, shut)| {
-            if now >= *until || leg.flush().is_err() {
-                return false;
-            }
-            if leg.pending() > 0 {
-                return true;
-            }
-            if !*shut {
-                *shut = true;
-                let _ = leg.shutdown_write();
-            }
-            let mut sink = [0u8; 4096];
-            loop {
-                match leg.socket_read(&mut sink) {
-                    Ok(0) => return false,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return false,
-                }
-            }
-        });
-    }
-}
+/// What one of a session's tokens watches: its socket, for reading, for writing.
+type Watching = Option<(Raw, bool, bool)>;
 
 /// One session on a worker.
 struct OnWorker {
@@ -120,6 +243,17 @@ struct OnWorker {
     carried: Box<dyn Carried>,
     /// What the last turn or step asked for; None: turn it at the next round.
     wants: Option<Wants>,
+    /// Its deadline in the worker's timers.
+    timer: Option<Instant>,
+    /// What its application, leg and own tokens watch now.
+    watching: [Watching; 3],
+    /// Which of its tokens reported since they were last set (a bit per kind).
+    fresh: u8,
+    /// What its sockets reported, for the next turn.
+    ready: Ready,
+    /// In the worker's list of sessions to turn.
+    queued: bool,
+    place: Option<Arc<AtomicUsize>>,
 }
 
 /// The workers of one tunnel end.
@@ -127,9 +261,16 @@ pub(super) struct Workers {
     each: Vec<Handle>,
 }
 
+/// What a worker is handed.
+enum Given {
+    Job(Box<Job>),
+    /// A leg to close in order within the duration (a refusal sealed in it).
+    Close(Box<Leg>, Duration),
+}
+
 struct Handle {
-    jobs: Sender<Job>,
-    waker: Arc<Waker>,
+    jobs: Sender<Given>,
+    bell: Arc<Bell>,
     held: Arc<AtomicUsize>,
 }
 
@@ -141,248 +282,332 @@ impl Workers {
         for i in 0..n {
             let (tx, rx) = mpsc::channel();
             let (waker, wakeable) = wake::pair()?;
+            let bell = Arc::new(Bell::new(waker));
             let held = Arc::new(AtomicUsize::new(0));
+            let mut interests = Interests::new(EVENTS)?;
+            interests.set(WAKE, wakeable.raw(), true, false)?;
             let worker = Worker {
                 jobs: rx,
                 wakeable,
+                bell: bell.clone(),
                 stop: stop.clone(),
                 held: held.clone(),
                 sessions: Slab::new(),
                 closer: Closer::default(),
-                watches: Vec::new(),
-                keys: Vec::new(),
-                ready: Vec::new(),
+                interests,
+                events: Vec::with_capacity(EVENTS),
+                timers: BTreeSet::new(),
                 due: Vec::new(),
+                turning: Vec::new(),
+                rung: Vec::new(),
             };
             std::thread::Builder::new()
                 .name(format!("{name} worker {i}"))
                 .spawn(move || worker.run())?;
             each.push(Handle {
                 jobs: tx,
-                waker: Arc::new(waker),
+                bell,
                 held,
             });
         }
         Ok(Workers { each })
     }
 
-    /// The waker of the worker that holds the fewest sessions: an exit's session is woken
+    /// The bell of the worker that holds the fewest sessions: an exit's session is woken
     /// through it, so it is known before the session is handed on ([`Workers::give`]).
-    pub(super) fn next(&self) -> Option<Arc<Waker>> {
+    pub(super) fn next(&self) -> Option<Arc<Bell>> {
         self.each
             .iter()
             .min_by_key(|h| h.held.load(Ordering::Relaxed))
-            .map(|h| h.waker.clone())
+            .map(|h| h.bell.clone())
     }
 
-    /// Hands `job` to the worker whose waker is `to` (from [`Workers::next`]); the job back
-    /// if that worker has ended.
-    pub(super) fn give(&self, to: &Arc<Waker>, job: Job) -> Result<(), Box<Job>> {
-        let Some(h) = self.each.iter().find(|h| Arc::ptr_eq(&h.waker, to)) else {
+    /// Hands `job` to the worker whose bell is `to` (from [`Workers::next`]); the job back if
+    /// that worker has ended.
+    pub(super) fn give(&self, to: &Arc<Bell>, job: Job) -> Result<(), Box<Job>> {
+        let Some(h) = self.each.iter().find(|h| Arc::ptr_eq(&h.bell, to)) else {
             return Err(Box::new(job));
         };
         h.held.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(job)) = h.jobs.send(job) {
+        if let Err(mpsc::SendError(given)) = h.jobs.send(Given::Job(Box::new(job))) {
             h.held.fetch_sub(1, Ordering::Relaxed);
-            return Err(Box::new(job));
+            return match given {
+                Given::Job(job) => Err(job),
+                Given::Close(..) => Ok(()),
+            };
         }
-        let _ = h.waker.wake();
+        let _ = h.bell.ring(NOWHERE);
         Ok(())
+    }
+
+    /// Has a worker close `leg` in order within `within`, so that what is sealed in it (a
+    /// refusal) arrives whole and before the FIN, never lost to a RST; never blocks. Dropped
+    /// (reset) if every worker has ended.
+    pub(super) fn close(&self, leg: Leg, within: Duration) {
+        let Some(h) = self
+            .each
+            .iter()
+            .min_by_key(|h| h.held.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        if h.jobs.send(Given::Close(Box::new(leg), within)).is_ok() {
+            let _ = h.bell.ring(NOWHERE);
+        }
     }
 }
 
-/// What a watch in a worker's poll set belongs to.
-#[derive(Clone, Copy)]
-enum Key {
-    Wake,
-    App(usize),
-    Leg(usize),
-    /// The socket a session without a leg watches (its end's: a dial, a connect).
-    Own(usize),
-    Closing,
-}
-
 struct Worker {
-    jobs: Receiver<Job>,
+    jobs: Receiver<Given>,
     wakeable: Wakeable,
+    bell: Arc<Bell>,
     stop: Arc<AtomicBool>,
     held: Arc<AtomicUsize>,
     sessions: Slab<OnWorker>,
     closer: Closer,
-    /// Reused each round: the poll set and whose each watch is, the sessions whose sockets
-    /// reported, the sessions to turn.
-    watches: Vec<Watch>,
-    keys: Vec<Key>,
-    ready: Vec<(usize, Ready)>,
+    interests: Interests,
+    /// Reused each round: what the wait reported.
+    events: Vec<(usize, Seen)>,
+    /// Each session's deadline, earliest first.
+    timers: BTreeSet<(Instant, usize)>,
+    /// The sessions to turn, and (swapped with it) those being turned; the places rung.
     due: Vec<usize>,
+    turning: Vec<usize>,
+    rung: Vec<usize>,
 }
 
 impl Worker {
     fn run(mut self) {
         let mut woken = true;
+        let mut closing_reported = false;
         loop {
             if woken {
                 self.take_jobs();
             }
-            // Turned: those whose sockets reported or that are new (no wants), those whose
-            // deadline has come; then those the first turns put on a new leg, so that their
-            // sockets are watched in the wait.
-            for _ in 0..2 {
-                let now = Instant::now();
-                self.due.extend(
-                    self.sessions
-                        .iter()
-                        .filter(|(_, h)| h.wants.is_none_or(|w| w.until <= now))
-                        .map(|(key, _)| key),
-                );
-                let mut due = std::mem::take(&mut self.due);
-                for key in due.drain(..) {
-                    self.turn(key);
+            let now = Instant::now();
+            while let Some(&(at, key)) = self.timers.first() {
+                if at > now {
+                    break;
                 }
-                self.due = due;
+                self.timers.pop_first();
+                if let Some(held) = self.sessions.get_mut(key) {
+                    held.timer = None;
+                }
+                self.queue(key);
             }
-            self.closer.turn(Instant::now());
+            // Turned: those whose sockets reported, whose deadline has come, that are new;
+            // then those the first turns put on a new leg, so that their sockets are watched
+            // in the wait (any left are turned after a wait that does not wait).
+            for _ in 0..2 {
+                self.turn_due();
+            }
+            let now = Instant::now();
+            if closing_reported
+                || self.closer.added
+                || self.closer.next_deadline().is_some_and(|d| d <= now)
+            {
+                self.closer.turn(now, &mut self.interests);
+            }
             if self.stop.load(Ordering::Relaxed)
                 && self.sessions.is_empty()
-                && self.closer.legs.is_empty()
+                && self.closer.is_empty()
             {
                 // Jobs given since are dropped with the receiver: their applications reset.
                 return;
             }
-            let timeout = self
-                .sessions
-                .iter()
-                .filter_map(|(_, h)| h.wants.map(|w| w.until))
-                .min()
-                .map_or(STOP_CHECK, |u| u.saturating_duration_since(Instant::now()))
-                .min(STOP_CHECK);
-            self.fill_watches();
-            if let Err(e) = poll(&mut self.watches, Some(timeout)) {
-                tracing::warn!("tunnel worker: poll: {e}");
+            let timeout = if self.due.is_empty() {
+                self.timers
+                    .first()
+                    .map(|&(at, _)| at)
+                    .into_iter()
+                    .chain(self.closer.next_deadline())
+                    .min()
+                    .map_or(STOP_CHECK, |at| at.saturating_duration_since(now))
+                    .min(STOP_CHECK)
+            } else {
+                Duration::ZERO
+            };
+            let mut events = std::mem::take(&mut self.events);
+            if let Err(e) = self.interests.wait(timeout, &mut events) {
+                tracing::warn!("tunnel worker: waiting on sockets: {e}");
                 std::thread::sleep(STOP_CHECK);
             }
-            woken = self.take_ready();
+            woken = false;
+            closing_reported = false;
+            for &(token, seen) in &events {
+                if token == WAKE {
+                    woken = true;
+                    continue;
+                }
+                let (key, kind) = (token >> KINDS, token & ((1 << KINDS) - 1));
+                if kind == CLOSING {
+                    closing_reported = true;
+                    continue;
+                }
+                let Some(held) = self.sessions.get_mut(key) else {
+                    continue;
+                };
+                held.fresh |= 1 << kind;
+                match kind {
+                    APP => {
+                        held.ready.app = true;
+                        held.ready.app_hangup |= seen.hangup;
+                    }
+                    // Only bytes that arrive count as the peer alive (not the leg being
+                    // writable).
+                    LEG => held.ready.leg |= seen.readable,
+                    _ => {}
+                }
+                self.queue(key);
+            }
+            self.events = events;
         }
     }
 
-    /// Takes the jobs handed on, then steps every session: a wake may be for any of them.
+    /// Puts a session on the list to turn (once).
+    fn queue(&mut self, key: usize) {
+        if let Some(held) = self.sessions.get_mut(key) {
+            if !held.queued {
+                held.queued = true;
+                self.due.push(key);
+            }
+        }
+    }
+
+    /// Takes the jobs handed on, and steps the sessions whose bell was rung.
     fn take_jobs(&mut self) {
         self.wakeable.drain();
-        while let Ok(job) = self.jobs.try_recv() {
+        while let Ok(given) = self.jobs.try_recv() {
+            let job = match given {
+                Given::Job(job) => *job,
+                Given::Close(leg, within) => {
+                    self.closer.close(*leg, Instant::now() + within);
+                    continue;
+                }
+            };
             let has_leg = job.leg.is_some();
             let key = self.sessions.insert(OnWorker {
                 session: Some(job.session),
                 leg: job.leg,
                 carried: job.carried,
                 wants: None,
+                timer: None,
+                watching: [None; 3],
+                fresh: 0,
+                ready: Ready::default(),
+                queued: false,
+                place: job.place,
             });
+            if let Some(place) = self.sessions.get(key).and_then(|h| h.place.as_ref()) {
+                place.store(key, Ordering::Release);
+            }
             if has_leg {
                 self.attach(key);
             }
+            self.queue(key);
         }
-        let mut due = std::mem::take(&mut self.due);
-        due.clear();
-        due.extend(self.sessions.iter().map(|(key, _)| key));
-        for key in due.drain(..) {
+        let mut rung = std::mem::take(&mut self.rung);
+        if let Ok(mut list) = self.bell.rung.lock() {
+            std::mem::swap(&mut *list, &mut rung);
+        }
+        for key in rung.drain(..) {
             self.step(key);
+            self.settle(key);
         }
-        self.due = due;
+        self.rung = rung;
     }
 
-    /// Puts every socket to watch in the poll set.
-    fn fill_watches(&mut self) {
-        self.watches.clear();
-        self.keys.clear();
-        self.watches
-            .push(Watch::new(self.wakeable.raw(), true, false));
-        self.keys.push(Key::Wake);
-        for (key, held) in self.sessions.iter() {
-            let (Some(s), Some(w)) = (&held.session, held.wants) else {
-                continue;
-            };
-            let Some(leg) = &held.leg else {
-                if let (Some((socket, read, write)), _) = held.carried.watch(s) {
-                    self.watches.push(Watch::new(socket, read, write));
-                    self.keys.push(Key::Own(key));
-                }
-                continue;
-            };
-            if w.app_read || w.app_write {
-                self.watches
-                    .push(Watch::new(s.app_raw(), w.app_read, w.app_write));
-                self.keys.push(Key::App(key));
-            }
-            self.watches.push(Watch::new(leg.raw(), true, w.leg_write));
-            self.keys.push(Key::Leg(key));
-        }
-        for (leg, _, _) in &self.closer.legs {
-            self.watches
-                .push(Watch::new(leg.raw(), true, leg.pending() > 0));
-            self.keys.push(Key::Closing);
-        }
-    }
-
-    /// Reads what the poll reported: the sessions' sockets. Says whether the worker was
-    /// woken.
-    fn take_ready(&mut self) -> bool {
-        let mut woken = false;
-        let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        for (watch, key) in self.watches.iter().zip(&self.keys) {
-            let r = watch.ready();
-            if !r.any() {
-                continue;
-            }
-            let (key, at) = match *key {
-                Key::Wake => {
-                    woken = true;
-                    continue;
-                }
-                Key::Closing => continue,
-                Key::App(key) => (
-                    key,
-                    Ready {
-                        app: true,
-                        app_hangup: r.hangup(),
-                        leg: false,
-                    },
-                ),
-                // Only bytes that arrive count as the peer alive (not the leg being writable).
-                Key::Leg(key) => (
-                    key,
-                    Ready {
-                        app: false,
-                        app_hangup: false,
-                        leg: r.beyond_writable(),
-                    },
-                ),
-                Key::Own(key) => (key, Ready::default()),
-            };
-            // A session's watches are next to each other: one entry for all of them.
-            match ready.last_mut().filter(|(k, _)| *k == key) {
-                Some((_, r)) => {
-                    r.app |= at.app;
-                    r.app_hangup |= at.app_hangup;
-                    r.leg |= at.leg;
-                }
-                None => ready.push((key, at)),
-            }
-        }
-        for &(key, r) in &ready {
+    /// Turns the sessions due, each with what its sockets reported; watches each for what
+    /// it then waits for.
+    fn turn_due(&mut self) {
+        let mut turning = std::mem::take(&mut self.turning);
+        std::mem::swap(&mut turning, &mut self.due);
+        for key in turning.drain(..) {
             let Some(held) = self.sessions.get_mut(key) else {
                 continue;
             };
-            // Turned (or stepped) at the next round.
-            held.wants = None;
-            let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) else {
-                continue;
-            };
-            if let Some(end) = s.on_ready(leg, r) {
-                self.ended(key, end);
+            held.queued = false;
+            let r = std::mem::take(&mut held.ready);
+            if r.app || r.leg {
+                // Turned now, whatever it waited for.
+                held.wants = None;
+                if let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) {
+                    if let Some(end) = s.on_ready(leg, r) {
+                        self.ended(key, end);
+                    }
+                }
+            }
+            self.turn(key);
+            self.settle(key);
+        }
+        self.turning = turning;
+    }
+
+    /// After a session was turned or stepped: watches its sockets for what it waits for
+    /// (setting again those that reported, which re-arms them) and sets its deadline; one
+    /// that asked for nothing yet (on a new leg) is turned again. One still to be turned
+    /// (what its sockets reported not yet taken) is settled after that turn.
+    fn settle(&mut self, key: usize) {
+        let Some(held) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if held.queued {
+            return;
+        }
+        let Some(w) = held.wants else {
+            held.queued = true;
+            self.due.push(key);
+            return;
+        };
+        let want: [Watching; 3] = match (&held.leg, &held.session) {
+            (Some(leg), Some(s)) => [
+                (w.app_read || w.app_write).then(|| (s.app_raw(), w.app_read, w.app_write)),
+                // The leg is always read.
+                Some((leg.raw(), true, w.leg_write)),
+                None,
+            ],
+            (None, Some(s)) => [None, None, held.carried.watch(s).0],
+            _ => [None; 3],
+        };
+        let app_raw = held.session.as_ref().map(|s| s.app_raw());
+        for kind in [APP, LEG, OWN] {
+            let token = (key << KINDS) | kind;
+            let (was, now) = (held.watching[kind], want[kind]);
+            let fresh = held.fresh & (1 << kind) != 0;
+            match (was, now) {
+                (_, Some((raw, read, write))) if was != now || fresh => {
+                    if let Err(e) = self.interests.set(token, raw, read, write) {
+                        tracing::warn!("tunnel worker: watching a socket: {e}");
+                    }
+                }
+                (Some((raw, _, _)), None) => {
+                    // The application's socket (the exit's connect, too) stays open: it is
+                    // no longer watched unless another token watches it now. A leg's or a
+                    // dial's socket was dropped or handed on (to a closer, to the leg).
+                    let elsewhere = want.iter().flatten().any(|&(r, _, _)| r == raw);
+                    if Some(raw) == app_raw && !elsewhere {
+                        let _ = self.interests.set(token, raw, false, false);
+                    }
+                    self.interests.forget(token);
+                }
+                _ => {}
             }
         }
-        self.ready = ready;
-        woken
+        held.watching = want;
+        held.fresh = 0;
+        // A deadline only moves earlier: one that comes before it is needed costs a turn
+        // that finds nothing due and asks again, and most turns (a frame that left, bytes
+        // that arrived) only push the deadline later, which then costs nothing here.
+        match held.timer {
+            Some(at) if at <= w.until => {}
+            old => {
+                if let Some(at) = old {
+                    self.timers.remove(&(at, key));
+                }
+                self.timers.insert((w.until, key));
+                held.timer = Some(w.until);
+            }
+        }
     }
 
     /// Puts a session on its (new) leg.
@@ -459,20 +684,43 @@ impl Worker {
         let Some(held) = self.sessions.get_mut(key) else {
             return;
         };
-        let (Some(leg), Some(s)) = (held.leg.take(), held.session.take()) else {
+        let (Some(leg), Some(s)) = (held.leg.take(), held.session.as_mut()) else {
             return;
         };
         held.wants = None;
-        match held.carried.leg_ended(s, end, leg, &mut self.closer) {
-            // Stepped at the next round.
-            Some(s) => held.session = Some(s),
-            None => self.drop_session(key),
+        // If it stays, it is stepped at the next round.
+        if !held.carried.leg_ended(s, end, leg, &mut self.closer) {
+            self.drop_session(key);
         }
     }
 
     fn drop_session(&mut self, key: usize) {
-        if self.sessions.try_remove(key).is_some() {
-            self.held.fetch_sub(1, Ordering::Relaxed);
+        let Some(mut held) = self.sessions.try_remove(key) else {
+            return;
+        };
+        self.held.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = held.session.take().filter(|s| s.finishing()) {
+            // No longer watched under its key, which a new session may take.
+            if let Some((raw, _, _)) = held.watching[APP] {
+                let _ = self.interests.set((key << KINDS) | APP, raw, false, false);
+            }
+            self.closer.finish(s, Instant::now() + LAST_WRITE);
+        }
+        if let Some(at) = held.timer {
+            self.timers.remove(&(at, key));
+        }
+        for kind in [APP, LEG, OWN] {
+            if held.watching[kind].is_some() {
+                self.interests.forget((key << KINDS) | kind);
+            }
+        }
+        if let Some(place) = &held.place {
+            place.store(NOWHERE, Ordering::Release);
+        }
+        // A key queued to turn or rung may be taken by a new session meanwhile: it is then
+        // turned once more than it needed, which costs a look.
+        if held.queued {
+            self.due.retain(|&k| k != key);
         }
     }
 }
