@@ -4,7 +4,7 @@
 //! `libc` or `windows-sys` themselves; a port to another operating system adds its side of
 //! these files here, and nowhere else. Two-sided (a Linux side and a Windows side behind the
 //! same functions, `#[cfg]` inside the file): `errno`, `evidence`, `pipe`, `poll`, `resolve`,
-//! `rlimit`, `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `secret`, `wake`;
+//! `rlimit`, `signal` (`stop_on_interrupt`), `socket`, `timeout`, `readiness`, `interest`, `secret`, `wake`;
 //! a function with no Windows side says so. `service` is Windows only. The rest is Linux-only, and `lib.rs`, `survive/mod.rs` and the command line leave
 //! out the features that need it (ARCHITECTURE.md, "The platform seam").
 //!
@@ -13,6 +13,7 @@
 //! | [`errno`] | the error numbers features tell apart, and their names |
 //! | [`evidence`] | what the system lets a program see of its TCP connections (acknowledgements, ICMP errors, a RST told from a FIN) |
 //! | [`file`](mod@file) | flock(2) locks, inodes |
+//! | [`interest`] | many sockets, each watched by a token for reading and/or writing: mio (epoll) on Linux, WSAPoll on Windows (the tunnel's workers) |
 //! | [`job`] | job control: a program in its own process group, holding the terminal |
 //! | [`netns`] | network namespaces |
 //! | [`pipe`] | a bounded buffer between two sockets: splice(2) on Linux, a copy on Windows |
@@ -39,6 +40,7 @@ pub mod errno;
 pub mod evidence;
 #[cfg(target_os = "linux")]
 pub mod file;
+pub mod interest;
 #[cfg(target_os = "linux")]
 pub mod job;
 #[cfg(target_os = "linux")]

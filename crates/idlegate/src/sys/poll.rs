@@ -167,6 +167,11 @@ impl Ready {
         self.0 & !os::WRITE != 0
     }
 
+    /// Room to write.
+    pub fn writable(self) -> bool {
+        self.0 & os::WRITE != 0
+    }
+
     /// POLLERR: the socket has an error pending.
     pub fn error(self) -> bool {
         self.0 & os::ERROR != 0

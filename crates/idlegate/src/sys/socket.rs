@@ -13,7 +13,8 @@
 //! (ECONNRESET/WSAECONNRESET), but Wine 8.0's `recv` returns 0 for it, as for a FIN, and leaves
 //! SO_ERROR 0, while WSAPoll still reports POLLERR. [`accept_until_stopped`] is the one accept
 //! loop: it hands each connection to its caller until a stop flag is set, looking at the flag
-//! at least every [`STOP_CHECK`]. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
+//! at least every [`STOP_CHECK`]. [`connect_started`] and [`connected`] are a connect that
+//! does not wait, and its outcome. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
 //! (IP_RECVERR); [`recv_nowait`], [`send_all`] and [`unsent_bytes`] are the non-blocking read,
 //! the write that raises no SIGPIPE, and SIOCOUTQ.
 
@@ -111,7 +112,7 @@ pub fn accept_until_stopped(
             .set_nonblocking(false)
             .and_then(|()| take(stream, peer))
         {
-            tracing::warn!("{what}: no thread for {peer}: {e}");
+            tracing::warn!("{what}: {peer} not taken: {e}");
         }
     }
     Ok(())
@@ -120,6 +121,35 @@ pub fn accept_until_stopped(
 /// Arms `socket` to end with a RST when it is closed (SO_LINGER 0), with no FIN before it.
 pub fn reset(socket: &impl Handle) -> io::Result<()> {
     SockRef::from(socket).set_linger(Some(Duration::ZERO))
+}
+
+/// Starts a TCP connection to `to` without waiting for it: the socket is non-blocking and
+/// reports writable (or an error, or a hangup) once the connection is made or has failed;
+/// [`connected`] then says which. For an event loop that must not block on a connect.
+pub fn connect_started(to: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&to.into()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
+}
+
+/// Whether a connection [`connect_started`] began is made: `Ok(true)` connected, `Ok(false)`
+/// still under way, an error if it failed (refused, unreachable).
+pub fn connected(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Takes [`reset`] back: `socket` closes with a FIN, delivering what it still holds.

@@ -1,17 +1,22 @@
-//! The entry's dials: one leg to an exit, for a new session or to resume one.
+//! The entry's dials: one leg to an exit, for a new session or to resume one, on the worker
+//! that carries the session, without blocking.
 //!
-//! Contract: [`Dial::carry`] takes an application connection, dials until an exit takes a
-//! new session ([`Dial::first_leg`]), carries the session, and dials again each time its leg
-//! is lost ([`Dial::resume`]), until `resume_within`. Dials wait between tries ([`Backoff`]).
-//! What is tried again and what is final is said at each; the application's connection is
-//! reset (never closed with a FIN) whenever the session cannot go on.
+//! Contract: [`Dial::carry`] takes an application connection and hands it to a worker as a
+//! session with no leg yet; its [`EntryCarried`] dials until an exit takes the new session
+//! (`First`), and again each time its leg is lost (`Resume`), until `resume_within`. A dial
+//! ([`Dialing`]) is a non-blocking connect, the Noise handshake ([`Initiator`]), the Hello
+//! and the exit's answer, each stepped when its socket reports, within the dial's timeout;
+//! dials wait between tries ([`Backoff`]) as deadlines of the worker, not sleeps. What is
+//! tried again and what is final is said at each; the application's connection is reset
+//! (never closed with a FIN) whenever the session cannot go on.
 
 use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
-use super::leg::{EntryKeys, Leg, LegError};
-use super::session::{self, LegEnd, Session, Side};
-use super::{Open, Settings};
+use super::leg::{EntryKeys, Filled, Initiator, Leg, LegError};
+use super::session::{LegEnd, Session, Side};
+use super::worker::{Carried, Closer, Job, Woken, Workers};
+use super::{Held, Open, Settings};
 use crate::survive::stats::Stats;
-use anyhow::Result;
+use crate::sys::socket::{self, Raw};
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
@@ -104,91 +109,58 @@ impl Backoff {
 }
 
 impl Dial {
-    /// One leg: connect, handshake, Hello; the exit's answer.
-    fn open(
-        &self,
-        session: SessionId,
-        token: Token,
-        received: u64,
-    ) -> Result<(Leg, Frame<'static>), DialError> {
-        let timeout = self.settings.dial_timeout();
-        let stream =
-            TcpStream::connect_timeout(&self.tunnel, timeout).map_err(DialError::Connect)?;
-        let mut leg = Leg::initiate(stream, &*self.keys, timeout).map_err(dropped)?;
-        leg.send_now(&Frame::Hello {
-            session,
-            token,
-            received,
-        })
-        .map_err(dropped)?;
-        let mut plain = vec![0u8; MAX_PLAINTEXT];
-        let n = leg.recv_now(&mut plain).map_err(dropped)?;
-        let answer = match Frame::decode(&plain[..n]).map_err(LegError::from)? {
-            Frame::Welcome {
-                session,
-                token,
-                received,
-            } => Frame::Welcome {
-                session,
-                token,
-                received,
-            },
-            Frame::Refuse(reason) => Frame::Refuse(reason),
-            other => {
-                return Err(DialError::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                )))
-            }
-        };
-        leg.go_nonblocking().map_err(LegError::from)?;
-        Ok((leg, answer))
-    }
-
-    /// Carries one application connection until it ends.
-    pub(super) fn carry(&self, app: TcpStream, stats: &Arc<Stats>) -> Result<()> {
+    /// Takes an application connection: a session with no leg yet, handed to a worker that
+    /// dials for it. `place` is the session's place in the entry's limit, given back when the
+    /// session ends. Returns the application's connection's failure to become a session.
+    pub(super) fn carry(
+        self: &Arc<Self>,
+        app: TcpStream,
+        from: SocketAddr,
+        stats: &Arc<Stats>,
+        workers: &Workers,
+        place: Held,
+    ) -> io::Result<()> {
         let _ = self.settings.keepalive.apply_relayed(&app);
-        let (mut leg, session, token) = match self.first_leg() {
-            Ok(opened) => opened,
-            Err(e) => {
-                // Dropped here: a RST, no FIN.
-                session::reset_app(&app);
-                return Err(e);
-            }
-        };
-        stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        let _open = Open(stats);
-        let mut s = Session::new(
-            session,
-            token,
+        // Its id and token come with the exit's Welcome.
+        let s = Session::new(
+            SessionId::NEW,
+            Token::default(),
             app,
             Side::Entry,
             self.settings.replay_buffer,
             self.settings.heartbeat,
             stats.clone(),
         )?;
-        loop {
-            match s.run_leg(&mut leg, None) {
-                LegEnd::Done => {
-                    leg.close_in_order(self.settings.leg_timeout());
-                    return Ok(());
-                }
-                LegEnd::AppReset | LegEnd::PeerReset => return Ok(()),
-                LegEnd::Violation(why) => {
-                    s.reset_app();
-                    anyhow::bail!("session {}: the exit broke the protocol: {why}", s.id);
-                }
-                // Only the exit's sessions are given a wake descriptor.
-                LegEnd::Replaced => {}
-                LegEnd::Lost(why) => {
-                    tracing::info!("tunnel: session {}: leg lost ({why}); resuming", s.id);
-                    match self.resume(&mut s, stats)? {
-                        Some(new) => leg = new,
-                        None => return Ok(()),
-                    }
-                }
-            }
-        }
+        let now = Instant::now();
+        let carried = EntryCarried {
+            dial: self.clone(),
+            stats: stats.clone(),
+            _place: place,
+            open: None,
+            from,
+            purpose: Purpose::First {
+                started: now,
+                reached: false,
+                told: false,
+            },
+            tries: 0,
+            backoff: Backoff::new(self.settings.heartbeat),
+            phase: Phase::Wait(now),
+            plain: Vec::new(),
+        };
+        let job = Job {
+            session: s,
+            leg: None,
+            place: None,
+            carried: Box::new(carried),
+        };
+        let Some(to) = workers.next() else {
+            return Err(io::Error::other("the tunnel entry has no worker"));
+        };
+        // A job given back is dropped: its application's connection is reset.
+        workers
+            .give(&to, job)
+            .map_err(|_| io::Error::other("the tunnel entry's workers have stopped"))
     }
 
     /// A dial's failure, in words: one that ran out of time says `timed out after …`, not
@@ -213,154 +185,436 @@ impl Dial {
             EntryKeys::Psk(_) => "if the exit refused the handshake: both ends need the same --key file (made once with `idlegate keygen FILE`, then copied to the other end)".to_string(),
         }
     }
+}
 
-    /// Dials until an exit takes a new session. A dial that reaches no exit, one that an exit
-    /// resets or closes before its Welcome (its gate drops connections when crowded or late,
-    /// as it drops a wrong key: the entry cannot tell them apart), and an exit that is full
-    /// or cannot reach its target are tried again until `resume_within` (behind a balancer
-    /// the next dial may reach another exit). Only a failure that proves a wrong key or a
-    /// broken protocol ([`DialError::is_final`]) ends at once. The key hint (which key to
-    /// check, in either mode) comes with the wait's warning and the last error, when a dial
-    /// had reached an exit.
-    fn first_leg(&self) -> Result<(Leg, SessionId, Token)> {
-        let started = Instant::now();
-        let mut backoff = Backoff::new(self.settings.heartbeat);
-        let mut tries = 0u32;
-        // A dial connected to an exit and was then dropped.
-        let mut reached = false;
-        // The wait was logged.
-        let mut told = false;
-        loop {
-            tries += 1;
-            let why = match self.open(SessionId::NEW, Token::default(), 0) {
-                Ok((leg, Frame::Welcome { session, token, .. })) => {
-                    // A dial or two that a balancer sent to an exit that is down is routine
-                    // (one line per connection would flood the log); a wait is not.
-                    let took = started.elapsed();
-                    if took >= self.settings.heartbeat {
-                        tracing::info!(
-                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
-                        );
-                    } else if tries > 1 {
-                        tracing::debug!(
-                            "tunnel: session {session} opened after {tries} tries ({took:.1?})"
-                        );
-                    }
-                    return Ok((leg, session, token));
-                }
-                Ok((_, answer @ Frame::Refuse(Refusal::Full | Refusal::TargetUnreachable))) => {
-                    refusal(&answer)
-                }
-                Ok((_, answer)) => {
-                    anyhow::bail!("the tunnel refused a new session: {}", refusal(&answer))
-                }
-                Err(e) if e.is_final() => {
-                    let why = self.dial_failure(e);
-                    anyhow::bail!("opening the tunnel to {}: {why}", self.tunnel);
-                }
-                Err(e) => {
-                    reached |= matches!(e, DialError::Leg(_) | DialError::Dropped(_));
-                    self.dial_failure(e)
-                }
-            };
-            let wait = backoff.take();
-            if started.elapsed() + wait > self.settings.resume_within {
-                let err = anyhow::anyhow!(
-                    "no exit at {} took the connection within {:?} ({tries} tries, the last: \
-                     {why}); the application's connection was reset",
-                    self.tunnel,
-                    self.settings.resume_within
-                );
-                return Err(if reached {
-                    crate::obs::report::hinted(err, self.key_hint())
-                } else {
-                    err
-                });
-            }
-            if !told && started.elapsed() >= self.settings.heartbeat {
-                // Once per connection, when its wait stops being routine: a wrong key looks
-                // like this too, and would otherwise be silent until `resume_within`.
-                told = true;
-                tracing::warn!(
-                    "tunnel: a new connection waits: {tries} dials to {} failed (the last: \
-                     {why}); trying again until {:?} have passed{}",
-                    self.tunnel,
-                    self.settings.resume_within,
-                    if reached {
-                        format!(" (hint: {})", self.key_hint())
-                    } else {
-                        String::new()
-                    }
-                );
-            } else {
-                tracing::debug!("tunnel: {}: try {tries}: {why}", self.tunnel);
-            }
-            std::thread::sleep(wait);
+/// One dial under way.
+enum Dialing {
+    /// The connect: writable once made.
+    Connecting(TcpStream),
+    /// The handshake's two messages.
+    Handshake(Box<Initiator>),
+    /// The Hello sealed (and being written); the exit's answer awaited.
+    Answer(Box<Leg>),
+    /// Between two states (never seen outside [`Dialing::step`]).
+    Gone,
+}
+
+impl Dialing {
+    fn start(tunnel: SocketAddr) -> Result<Dialing, DialError> {
+        socket::connect_started(tunnel)
+            .map(Dialing::Connecting)
+            .map_err(DialError::Connect)
+    }
+
+    /// The socket to watch, for reading and for writing.
+    fn watch(&self) -> Option<(Raw, bool, bool)> {
+        match self {
+            Dialing::Connecting(stream) => Some((socket::raw(stream), false, true)),
+            Dialing::Handshake(hs) => Some((hs.raw(), !hs.writing(), hs.writing())),
+            Dialing::Answer(leg) => Some((leg.raw(), true, leg.pending() > 0)),
+            Dialing::Gone => None,
         }
     }
 
-    /// Opens legs until one resumes `s`, or `resume_within` has passed. An exit that does
-    /// not know the session is not the last word (another exit may hold it); one that ended
-    /// it is. None: the exit finished the session in order, and so did this end.
-    fn resume(&self, s: &mut Session, stats: &Stats) -> Result<Option<Leg>> {
-        let lost_at = Instant::now();
-        let mut backoff = Backoff::new(self.settings.heartbeat);
-        let mut tries = 0u32;
-        let mut unknown = 0u32;
+    /// Moves the dial on as far as its socket allows: the leg and the exit's answer once it
+    /// has come. `hello` is said once the handshake is done; `plain` holds a message opened.
+    fn step(
+        &mut self,
+        keys: &EntryKeys,
+        hello: &Frame,
+        plain: &mut [u8],
+    ) -> Result<Option<(Box<Leg>, Frame<'static>)>, DialError> {
         loop {
-            tries += 1;
-            match self.open(s.id, s.token, s.received()) {
-                Ok((leg, Frame::Welcome { received, .. })) => {
-                    let replayed = s.resume(received).map_err(|e| {
-                        s.reset_app();
-                        anyhow::anyhow!("session {}: cannot resume: {e}", s.id)
-                    })?;
-                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        "tunnel: session {} resumed after {:.1?} ({tries} tries, {unknown} at \
-                         an exit that does not hold it); {replayed} bytes sent again",
-                        s.id,
-                        lost_at.elapsed()
-                    );
-                    return Ok(Some(leg));
-                }
-                Ok((_, Frame::Refuse(Refusal::UnknownSession))) => {
-                    if unknown == 0 {
-                        tracing::info!(
-                            "tunnel: session {}: an exit does not hold it; trying again (another \
-                             may) until {:?} have passed",
-                            s.id,
-                            self.settings.resume_within
-                        );
+            match std::mem::replace(self, Dialing::Gone) {
+                Dialing::Connecting(stream) => match socket::connected(&stream) {
+                    Ok(true) => {
+                        *self = Dialing::Handshake(Box::new(Initiator::start(stream, keys)?))
                     }
-                    unknown += 1;
+                    Ok(false) => {
+                        *self = Dialing::Connecting(stream);
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(DialError::Connect(e)),
+                },
+                Dialing::Handshake(mut hs) => {
+                    if !hs.step().map_err(dropped)? {
+                        *self = Dialing::Handshake(hs);
+                        return Ok(None);
+                    }
+                    let mut leg = Box::new((*hs).finish().map_err(dropped)?);
+                    leg.send(hello).map_err(dropped)?;
+                    *self = Dialing::Answer(leg);
                 }
-                Ok((_, Frame::Refuse(Refusal::Finished))) if s.finish_without_leg() => {
-                    tracing::info!(
-                        "tunnel: session {}: the exit had finished it in order; so has this end",
-                        s.id
-                    );
-                    return Ok(None);
+                Dialing::Answer(mut leg) => {
+                    leg.flush().map_err(|e| dropped(e.into()))?;
+                    loop {
+                        if let Some(n) = leg.next_frame(plain).map_err(dropped)? {
+                            return Ok(Some((leg, answer_in(&plain[..n])?)));
+                        }
+                        match leg.fill().map_err(|e| dropped(e.into()))? {
+                            Filled::Eof => return Err(dropped(LegError::Closed)),
+                            Filled::Bytes(_) => {}
+                            Filled::WouldBlock => {
+                                *self = Dialing::Answer(leg);
+                                return Ok(None);
+                            }
+                        }
+                    }
                 }
-                Ok((_, answer)) => {
-                    s.reset_app();
-                    stats.expired.fetch_add(1, Ordering::Relaxed);
-                    anyhow::bail!("session {}: resume refused: {}", s.id, refusal(&answer));
-                }
-                Err(e) => tracing::debug!("tunnel: session {}: try {tries}: {e}", s.id),
+                Dialing::Gone => return Ok(None),
             }
-            let wait = backoff.take();
-            if lost_at.elapsed() + wait > self.settings.resume_within {
+        }
+    }
+
+    /// The dial ran out of time: as the connect's failure if it was still connecting.
+    fn timed_out(&self) -> DialError {
+        let e = io::Error::from(io::ErrorKind::TimedOut);
+        match self {
+            Dialing::Connecting(_) => DialError::Connect(e),
+            _ => DialError::Leg(LegError::Io(e)),
+        }
+    }
+}
+
+/// The exit's answer to a Hello: a Welcome or a refusal.
+fn answer_in(plain: &[u8]) -> Result<Frame<'static>, DialError> {
+    match Frame::decode(plain).map_err(LegError::from)? {
+        Frame::Welcome {
+            session,
+            token,
+            received,
+        } => Ok(Frame::Welcome {
+            session,
+            token,
+            received,
+        }),
+        Frame::Refuse(reason) => Ok(Frame::Refuse(reason)),
+        other => Err(DialError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
+/// What the entry's dials are for.
+enum Purpose {
+    /// A new session: until an exit takes it.
+    First {
+        started: Instant,
+        /// A dial connected to an exit and was then dropped.
+        reached: bool,
+        /// The wait was logged.
+        told: bool,
+    },
+    /// A lost leg: until a new one resumes the session.
+    Resume {
+        lost_at: Instant,
+        /// Answers from an exit that does not hold the session.
+        unknown: u32,
+    },
+}
+
+/// Where an entry's session stands.
+enum Phase {
+    /// On a leg (the worker holds it).
+    Live,
+    /// A dial under way, until its timeout.
+    Dial(Dialing, Instant),
+    /// Between dials: the next one starts then.
+    Wait(Instant),
+}
+
+/// An entry's session on its worker: its dials, and what it keeps until it ends.
+struct EntryCarried {
+    dial: Arc<Dial>,
+    stats: Arc<Stats>,
+    /// The session's place in the entry's limit.
+    _place: Held,
+    /// Counted as open from its Welcome.
+    open: Option<Open>,
+    /// The application's address, for the log.
+    from: SocketAddr,
+    purpose: Purpose,
+    tries: u32,
+    backoff: Backoff,
+    phase: Phase,
+    /// A message opened during a dial (allocated at the first dial).
+    plain: Vec<u8>,
+}
+
+impl EntryCarried {
+    /// Starts dialing for `purpose`.
+    fn dial_for(&mut self, purpose: Purpose) {
+        self.purpose = purpose;
+        self.tries = 0;
+        self.backoff = Backoff::new(self.dial.settings.heartbeat);
+        self.phase = Phase::Wait(Instant::now());
+    }
+
+    /// The session is over: said in the log as the entry always said it.
+    fn over(&self, e: anyhow::Error) -> Woken {
+        match crate::obs::report::hint_of(&e) {
+            Some(hint) => tracing::info!("tunnel: {}: {e:#} (hint: {hint})", self.from),
+            None => tracing::info!("tunnel: {}: {e:#}", self.from),
+        }
+        Woken::Over(None)
+    }
+
+    /// The exit answered a dial.
+    fn answered(&mut self, s: &mut Session, leg: Box<Leg>, answer: Frame) -> Woken {
+        let took_tries = self.tries;
+        match (&mut self.purpose, answer) {
+            (Purpose::First { started, .. }, Frame::Welcome { session, token, .. }) => {
+                // A dial or two that a balancer sent to an exit that is down is routine
+                // (one line per connection would flood the log); a wait is not.
+                let took = started.elapsed();
+                if took >= self.dial.settings.heartbeat {
+                    tracing::info!(
+                        "tunnel: session {session} opened after {took_tries} tries ({took:.1?})"
+                    );
+                } else if took_tries > 1 {
+                    tracing::debug!(
+                        "tunnel: session {session} opened after {took_tries} tries ({took:.1?})"
+                    );
+                }
+                s.id = session;
+                s.token = token;
+                self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                self.open = Some(Open(self.stats.clone()));
+                self.phase = Phase::Live;
+                Woken::Leg(leg)
+            }
+            (
+                Purpose::First { .. },
+                answer @ Frame::Refuse(Refusal::Full | Refusal::TargetUnreachable),
+            ) => self.failed(s, refusal(&answer), false),
+            (Purpose::First { .. }, answer) => {
                 s.reset_app();
-                stats.expired.fetch_add(1, Ordering::Relaxed);
-                anyhow::bail!(
-                    "session {}: no new leg within {:?} ({tries} tries, {unknown} at an exit \
-                     that does not hold it); the application's connection was reset",
+                let why = refusal(&answer);
+                self.over(anyhow::anyhow!("the tunnel refused a new session: {why}"))
+            }
+            (Purpose::Resume { lost_at, unknown }, Frame::Welcome { received, .. }) => {
+                let (lost_at, unknown) = (*lost_at, *unknown);
+                let replayed = match s.resume(received) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        s.reset_app();
+                        return self.over(anyhow::anyhow!("session {}: cannot resume: {e}", s.id));
+                    }
+                };
+                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "tunnel: session {} resumed after {:.1?} ({took_tries} tries, {unknown} at \
+                     an exit that does not hold it); {replayed} bytes sent again",
                     s.id,
-                    self.settings.resume_within
+                    lost_at.elapsed()
+                );
+                self.phase = Phase::Live;
+                Woken::Leg(leg)
+            }
+            (Purpose::Resume { unknown, .. }, Frame::Refuse(Refusal::UnknownSession)) => {
+                if *unknown == 0 {
+                    tracing::info!(
+                        "tunnel: session {}: an exit does not hold it; trying again (another \
+                         may) until {:?} have passed",
+                        s.id,
+                        self.dial.settings.resume_within
+                    );
+                }
+                *unknown += 1;
+                self.failed(s, "unknown session".to_string(), false)
+            }
+            (Purpose::Resume { .. }, Frame::Refuse(Refusal::Finished))
+                if s.finish_without_leg() =>
+            {
+                tracing::info!(
+                    "tunnel: session {}: the exit had finished it in order; so has this end",
+                    s.id
+                );
+                Woken::Over(None)
+            }
+            (Purpose::Resume { .. }, answer) => {
+                s.reset_app();
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                let why = refusal(&answer);
+                self.over(anyhow::anyhow!("session {}: resume refused: {why}", s.id))
+            }
+        }
+    }
+
+    /// A dial failed (`why`; `reached`: it had reached an exit that then dropped it): the
+    /// next one after a wait, or the end if `resume_within` would pass first.
+    fn failed(&mut self, s: &mut Session, why: String, reached_now: bool) -> Woken {
+        let settings = &self.dial.settings;
+        let wait = self.backoff.take();
+        let tries = self.tries;
+        let tunnel = self.dial.tunnel;
+        match &mut self.purpose {
+            Purpose::First {
+                started,
+                reached,
+                told,
+            } => {
+                *reached |= reached_now;
+                if started.elapsed() + wait > settings.resume_within {
+                    let err = anyhow::anyhow!(
+                        "no exit at {tunnel} took the connection within {:?} ({tries} tries, \
+                         the last: {why}); the application's connection was reset",
+                        settings.resume_within
+                    );
+                    let err = if *reached {
+                        crate::obs::report::hinted(err, self.dial.key_hint())
+                    } else {
+                        err
+                    };
+                    s.reset_app();
+                    return self.over(err);
+                }
+                if !*told && started.elapsed() >= settings.heartbeat {
+                    // Once per connection, when its wait stops being routine: a wrong key
+                    // looks like this too, and would otherwise be silent until
+                    // `resume_within`.
+                    *told = true;
+                    tracing::warn!(
+                        "tunnel: a new connection waits: {tries} dials to {tunnel} failed (the \
+                         last: {why}); trying again until {:?} have passed{}",
+                        settings.resume_within,
+                        if *reached {
+                            format!(" (hint: {})", self.dial.key_hint())
+                        } else {
+                            String::new()
+                        }
+                    );
+                } else {
+                    tracing::debug!("tunnel: {tunnel}: try {tries}: {why}");
+                }
+            }
+            Purpose::Resume { lost_at, unknown } => {
+                tracing::debug!("tunnel: session {}: try {tries}: {why}", s.id);
+                if lost_at.elapsed() + wait > settings.resume_within {
+                    s.reset_app();
+                    self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                    let err = anyhow::anyhow!(
+                        "session {}: no new leg within {:?} ({tries} tries, {unknown} at an exit \
+                         that does not hold it); the application's connection was reset",
+                        s.id,
+                        settings.resume_within
+                    );
+                    return self.over(err);
+                }
+            }
+        }
+        self.phase = Phase::Wait(Instant::now() + wait);
+        Woken::Nothing
+    }
+
+    /// A dial's error: final (a wrong key, a broken protocol) or tried again.
+    fn dial_failed(&mut self, s: &mut Session, e: DialError) -> Woken {
+        if e.is_final() {
+            if let Purpose::First { .. } = self.purpose {
+                let why = self.dial.dial_failure(e);
+                s.reset_app();
+                let tunnel = self.dial.tunnel;
+                return self.over(anyhow::anyhow!("opening the tunnel to {tunnel}: {why}"));
+            }
+        }
+        let reached = matches!(e, DialError::Leg(_) | DialError::Dropped(_));
+        let why = match &self.purpose {
+            Purpose::First { .. } => self.dial.dial_failure(e),
+            Purpose::Resume { .. } => e.to_string(),
+        };
+        self.failed(s, why, reached)
+    }
+}
+
+impl Carried for EntryCarried {
+    fn leg_ended(&mut self, s: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
+        let settings = &self.dial.settings;
+        match end {
+            LegEnd::Done => closer.close(leg, Instant::now() + settings.leg_timeout()),
+            LegEnd::AppReset { told } => {
+                if told {
+                    closer.close(leg, Instant::now() + settings.heartbeat);
+                }
+            }
+            LegEnd::PeerReset => {}
+            LegEnd::Violation(why) => {
+                s.reset_app();
+                tracing::info!(
+                    "tunnel: {}: session {}: the exit broke the protocol: {why}",
+                    self.from,
+                    s.id
                 );
             }
-            std::thread::sleep(wait);
+            LegEnd::Lost(why) => {
+                tracing::info!("tunnel: session {}: leg lost ({why}); resuming", s.id);
+                drop(leg);
+                self.dial_for(Purpose::Resume {
+                    lost_at: Instant::now(),
+                    unknown: 0,
+                });
+                return true;
+            }
+        }
+        false
+    }
+
+    fn step(&mut self, s: &mut Session, live: bool, _: &mut Closer) -> Woken {
+        if live {
+            return Woken::Nothing;
+        }
+        let now = Instant::now();
+        match &mut self.phase {
+            Phase::Live => Woken::Nothing,
+            Phase::Wait(until) => {
+                if now < *until {
+                    return Woken::Nothing;
+                }
+                self.tries += 1;
+                match Dialing::start(self.dial.tunnel) {
+                    Ok(dialing) => {
+                        // The connect has the dial's timeout; the handshake, the Hello and
+                        // the answer as long again from then (as a blocking dial had).
+                        self.phase = Phase::Dial(dialing, now + self.dial.settings.dial_timeout());
+                        self.step(s, false, &mut Closer::default())
+                    }
+                    Err(e) => self.dial_failed(s, e),
+                }
+            }
+            Phase::Dial(dialing, until) => {
+                if now >= *until {
+                    let e = dialing.timed_out();
+                    return self.dial_failed(s, e);
+                }
+                if self.plain.is_empty() {
+                    self.plain = vec![0; MAX_PLAINTEXT];
+                }
+                let hello = Frame::Hello {
+                    session: s.id,
+                    token: s.token,
+                    received: s.received(),
+                };
+                let was_connecting = matches!(dialing, Dialing::Connecting(_));
+                match dialing.step(&self.dial.keys, &hello, &mut self.plain) {
+                    Ok(Some((leg, answer))) => self.answered(s, leg, answer),
+                    Ok(None) => {
+                        if was_connecting && !matches!(dialing, Dialing::Connecting(_)) {
+                            *until = now + self.dial.settings.dial_timeout();
+                        }
+                        Woken::Nothing
+                    }
+                    Err(e) => self.dial_failed(s, e),
+                }
+            }
+        }
+    }
+
+    fn watch(&self, _: &Session) -> (Option<(Raw, bool, bool)>, Instant) {
+        match &self.phase {
+            Phase::Dial(dialing, until) => (dialing.watch(), *until),
+            Phase::Wait(until) => (None, *until),
+            // Not asked while live.
+            Phase::Live => (None, Instant::now() + self.dial.settings.heartbeat),
         }
     }
 }

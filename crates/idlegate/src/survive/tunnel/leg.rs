@@ -240,6 +240,121 @@ fn params(pattern: &str) -> Result<snow::params::NoiseParams, LegError> {
     pattern.parse().map_err(LegError::Handshake)
 }
 
+/// The initiator's handshake state for `keys`.
+fn initiator(keys: Initiating) -> Result<snow::HandshakeState, LegError> {
+    match keys {
+        Initiating::Psk(key) => snow::Builder::new(params(PSK_PATTERN)?)
+            .prologue(PROLOGUE)
+            .and_then(|b| b.psk(0, &key.0))
+            .and_then(|b| b.build_initiator()),
+        Initiating::Peer { own, exit } => snow::Builder::new(params(PEER_PATTERN)?)
+            .prologue(PROLOGUE)
+            .and_then(|b| b.local_private_key(&own.secret))
+            .and_then(|b| b.remote_public_key(&exit.0))
+            .and_then(|b| b.build_initiator()),
+    }
+    .map_err(LegError::Handshake)
+}
+
+/// The longest answer to a first message, with its length: the responder's ephemeral key
+/// and an empty payload's tag, in both modes.
+const ANSWER_MAX: usize = 2 + 32 + 16;
+
+/// The initiator's handshake without blocking, for an event loop: [`Initiator::step`] writes
+/// the first message as the socket takes it and reads the answer as it arrives; once it is
+/// whole, [`Initiator::finish`] checks it and gives the leg. The caller bounds it in time.
+pub struct Initiator {
+    stream: TcpStream,
+    hs: snow::HandshakeState,
+    /// The first message with its length; `out[sent..]` is still to be written.
+    out: [u8; 2 + PEER_FIRST_LEN],
+    out_len: usize,
+    sent: usize,
+    /// The answer with its length, as it arrives: `answer[..got]`.
+    answer: [u8; ANSWER_MAX],
+    got: usize,
+}
+
+impl Initiator {
+    /// Starts the handshake on a connected, non-blocking stream: the first message is made
+    /// (and written by [`Initiator::step`]).
+    pub fn start<'a>(
+        stream: TcpStream,
+        keys: impl Into<Initiating<'a>>,
+    ) -> Result<Initiator, LegError> {
+        let mut hs = initiator(keys.into())?;
+        let mut out = [0u8; 2 + PEER_FIRST_LEN];
+        let n = hs
+            .write_message(&[], &mut out[2..])
+            .map_err(LegError::Handshake)?;
+        // n ≤ PEER_FIRST_LEN: the buffer would have been too small otherwise.
+        out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+        Ok(Initiator {
+            stream,
+            hs,
+            out,
+            out_len: 2 + n,
+            sent: 0,
+            answer: [0; ANSWER_MAX],
+            got: 0,
+        })
+    }
+
+    /// The socket, to watch it: for writing while the first message is not all written,
+    /// then for reading.
+    pub fn raw(&self) -> Raw {
+        socket::raw(&self.stream)
+    }
+
+    /// Whether the first message is still being written.
+    pub fn writing(&self) -> bool {
+        self.sent < self.out_len
+    }
+
+    /// Writes and reads what the socket takes and has; says whether the answer is whole.
+    pub fn step(&mut self) -> Result<bool, LegError> {
+        while self.writing() {
+            match (&self.stream).write(&self.out[self.sent..self.out_len]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        loop {
+            let want = match self.got {
+                0 | 1 => 2,
+                _ => 2 + u16::from_be_bytes([self.answer[0], self.answer[1]]) as usize,
+            };
+            if want > ANSWER_MAX {
+                return Err(LegError::Handshake(snow::Error::Input));
+            }
+            if self.got == want {
+                return Ok(true);
+            }
+            match (&self.stream).read(&mut self.answer[self.got..want]) {
+                Ok(0) => return Err(LegError::Closed),
+                Ok(n) => self.got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The answer (whole: [`Initiator::step`] said so) checked: the leg, non-blocking.
+    pub fn finish(mut self) -> Result<Leg, LegError> {
+        let mut buf = [0u8; ANSWER_MAX];
+        self.hs
+            .read_message(&self.answer[2..self.got], &mut buf)
+            .map_err(LegError::Handshake)?;
+        let noise = self.hs.into_transport_mode().map_err(LegError::Handshake)?;
+        socket2::SockRef::from(&self.stream).set_tcp_nodelay(true)?;
+        Ok(Leg::new(self.stream, noise, Instant::now(), Peer::Psk))
+    }
+}
+
 impl Leg {
     /// Runs the initiator's handshake on a connected stream. The handshake and the first
     /// message each way ([`Leg::send_now`], [`Leg::recv_now`]) must be done within `timeout`
@@ -250,18 +365,7 @@ impl Leg {
         timeout: Duration,
     ) -> Result<Leg, LegError> {
         let deadline = Instant::now() + timeout;
-        let mut hs = match keys.into() {
-            Initiating::Psk(key) => snow::Builder::new(params(PSK_PATTERN)?)
-                .prologue(PROLOGUE)
-                .and_then(|b| b.psk(0, &key.0))
-                .and_then(|b| b.build_initiator()),
-            Initiating::Peer { own, exit } => snow::Builder::new(params(PEER_PATTERN)?)
-                .prologue(PROLOGUE)
-                .and_then(|b| b.local_private_key(&own.secret))
-                .and_then(|b| b.remote_public_key(&exit.0))
-                .and_then(|b| b.build_initiator()),
-        }
-        .map_err(LegError::Handshake)?;
+        let mut hs = initiator(keys.into())?;
         let mut buf = vec![0u8; MAX_RECORD];
         let n = hs
             .write_message(&[], &mut buf)
@@ -514,6 +618,17 @@ impl Leg {
 }
 
 impl Leg {
+    /// Reads the socket itself, past the records (a leg being closed: what arrives is thrown
+    /// away).
+    pub fn socket_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.stream).read(buf)
+    }
+
+    /// Sends the FIN (a leg being closed, once what is sealed is written).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown(Shutdown::Write)
+    }
+
     /// The leg's socket, to watch it with [`crate::sys::poll`].
     pub fn raw(&self) -> Raw {
         socket::raw(&self.stream)

@@ -1,7 +1,13 @@
 //! A session: one application connection carried by the tunnel, on whichever leg is alive.
 //!
-//! Contract: [`Session::run_leg`] moves bytes between the application's socket and one leg
-//! until the session is over or the leg is lost, and says which ([`LegEnd`]). The session
+//! Contract: a state machine, driven by its worker (see `worker`), that moves bytes between
+//! the application's socket and one leg until the session is over or the leg is lost, and
+//! says which ([`LegEnd`]): [`Session::attach`] puts it on a new leg, [`Session::turn`] moves
+//! what can move without waiting and says what to wait for and until when ([`Wants`]),
+//! [`Session::on_ready`] takes what the sockets reported ([`Ready`]). Nothing blocks: a
+//! session whose leg was lost after both streams ended whole, with bytes still for its
+//! application, ends all the same and hands them on ([`Session::write_last`], which its worker
+//! calls again until they are written or [`LAST_WRITE`] has passed). The session
 //! outlives its legs: its [`Outbox`] keeps what the peer has not acknowledged (bounded by the
 //! replay buffer: a full outbox stops reading the application), its [`Inbox`] knows where the
 //! peer must resume and holds what waits for the application here, and [`Session::resume`]
@@ -13,18 +19,16 @@
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
 //! `stalled` gauge) until bytes move again. Memory per session is bounded: the outbox, the
-//! window (bytes waiting for a slow application), and one leg's buffers. The loop waits on
-//! its sockets and never spins: once the application's socket reports a hangup (on Windows,
-//! as soon as the application's FIN arrives), bytes for it are tried again every
-//! `WRITE_RETRY` instead of waiting for it to be writable.
+//! window (bytes waiting for a slow application), and one leg's buffers. Its worker never
+//! spins on it: once the application's socket reports a hangup (on Windows, as soon as the
+//! application's FIN arrives), bytes for it are tried again every `WRITE_RETRY` instead of
+//! waiting for it to be writable.
 
 use super::frame::{Frame, SessionId, Token, MAX_DATA, MAX_PLAINTEXT};
 use super::leg::{Filled, Leg, LegError};
 use super::stream::{Inbox, Next, Outbox, StreamError, INITIAL_WINDOW};
 use crate::survive::stats::Stats;
-use crate::sys::poll::{poll, Watch};
 use crate::sys::socket::{self, Raw};
-use crate::sys::wake::Wakeable;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,26 +43,46 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// session is reported stalled.
 pub const STALL_HEARTBEATS: u32 = 12;
 /// How long a finished session may take to hand its last bytes to a slow application.
-const LAST_WRITE: Duration = Duration::from_secs(120);
+pub const LAST_WRITE: Duration = Duration::from_secs(120);
 /// How often bytes for the application are tried again once its socket reported a hangup
-/// (see [`Session::run_leg`]): writability can no longer be waited for there.
+/// (see [`Session::turn`]): writability can no longer be waited for there.
 const WRITE_RETRY: Duration = Duration::from_millis(10);
 
-/// Why [`Session::run_leg`] returned.
+/// Why a session left its leg.
 #[derive(Debug)]
 pub enum LegEnd {
     /// Both applications finished writing and every byte was acknowledged.
     Done,
-    /// The application here reset its connection; the peer was told.
-    AppReset,
+    /// The application here reset its connection; the peer was told (`told`: a Reset frame
+    /// is sealed on the leg, which should now be closed in order so that it arrives).
+    AppReset { told: bool },
     /// The peer's application reset its connection; the one here was reset too.
     PeerReset,
     /// The leg is gone: the session waits for a new one.
     Lost(Lost),
-    /// A new leg arrived for this session (the responder's side).
-    Replaced,
     /// The peer broke the protocol: the session cannot go on.
     Violation(String),
+}
+
+/// What a session waits for after a [`Session::turn`]; its leg is always read.
+#[derive(Debug, Clone, Copy)]
+pub struct Wants {
+    pub app_read: bool,
+    pub app_write: bool,
+    pub leg_write: bool,
+    /// When to turn again, whatever the sockets say.
+    pub until: Instant,
+}
+
+/// What the sockets reported, for [`Session::on_ready`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ready {
+    /// The application's socket: anything (readable, a hangup, an error).
+    pub app: bool,
+    /// The application's socket reported a hangup.
+    pub app_hangup: bool,
+    /// Bytes (or an EOF, an error) arrived on the leg: not merely writable.
+    pub leg: bool,
 }
 
 /// How a leg was lost.
@@ -108,11 +132,17 @@ pub struct Session {
     /// The application's socket reported a hangup (its FIN, on Windows): it is no longer
     /// watched for writing.
     app_hung_up: bool,
+    /// Both streams ended whole without a leg: what is left for the application is written,
+    /// then its FIN ([`Session::write_last`]).
+    finishing: bool,
     /// The last `received` told to the peer.
     acked_to_peer: u64,
     /// The last window limit told to the peer.
     told_limit: u64,
     heartbeat: Duration,
+    /// On the current leg: when bytes last arrived, and when a frame last left.
+    last_rx: Instant,
+    last_tx: Instant,
     stall: StallWatch,
     read_buf: Vec<u8>,
     plain: Vec<u8>,
@@ -167,9 +197,12 @@ impl Session {
             app_eof: false,
             app_shut: false,
             app_hung_up: false,
+            finishing: false,
             acked_to_peer: 0,
             told_limit: 0,
             heartbeat,
+            last_rx: Instant::now(),
+            last_tx: Instant::now(),
             stall: StallWatch {
                 position: 0,
                 since: Instant::now(),
@@ -216,96 +249,93 @@ impl Session {
         LegEnd::Done
     }
 
-    /// Runs the session on `leg` until it ends or the leg is lost. `wake` (the responder's)
-    /// is woken when a newer leg arrives for this session.
-    pub fn run_leg(&mut self, leg: &mut Leg, wake: Option<&Wakeable>) -> LegEnd {
-        let mut last_rx = Instant::now();
-        let mut last_tx = Instant::now();
+    /// Starts the session on a new leg (its clocks start now) and handles the frames that
+    /// arrived with the Welcome or Hello.
+    pub fn attach(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+        let now = Instant::now();
+        self.last_rx = now;
+        self.last_tx = now;
         if self.stall.stalled.is_none() {
             // A new leg: the time spent waiting for it was a lost leg, not a stall.
-            self.stall.since = last_rx;
+            self.stall.since = now;
         }
-        // Frames that arrived with the Welcome or Hello are already in the leg's buffer.
-        if let Some(end) = self.open_frames(leg) {
-            return end;
+        self.open_frames(leg)
+    }
+
+    /// Moves what can move without waiting: seals frames into the leg, writes the leg and
+    /// the application; finds the session done or its leg silent too long. Returns what to
+    /// wait for and until when (a heartbeat, the leg's deadline, the stall watch).
+    pub fn turn(&mut self, leg: &mut Leg) -> Result<Wants, LegEnd> {
+        if let Err(e) = self.fill_leg(leg) {
+            return Err(LegEnd::Violation(e.to_string()));
         }
-        loop {
-            if let Err(e) = self.fill_leg(leg, &mut last_tx) {
-                return LegEnd::Violation(e.to_string());
-            }
-            if let Err(e) = leg.flush() {
-                return self.lost(Lost::Error(e));
-            }
-            if let Err(end) = self.write_app(leg) {
-                return end;
-            }
-            if self.is_done(leg) {
-                return self.end_in_order();
-            }
-            let now = Instant::now();
-            let dead_at = last_rx + self.heartbeat * MISSED_HEARTBEATS;
-            if now >= dead_at {
-                self.stats.heartbeat_misses.fetch_add(1, Ordering::Relaxed);
-                return LegEnd::Lost(Lost::HeartbeatMissed(now - last_rx));
-            }
-            let look_again_at = self.watch_stall(now);
-            // A heartbeat waits behind unsent bytes: they will tell the peer as much.
-            let beat_at = if leg.pending() == 0 {
-                last_tx + self.heartbeat
-            } else {
-                dead_at
-            };
-            let timeout = dead_at
-                .min(beat_at)
-                .min(look_again_at)
-                .saturating_duration_since(now);
-            // The leg is always read: the window bounds what the peer may send. The application
-            // is not watched for writing once its socket reported a hangup: WSAPoll (Windows)
-            // reports POLLHUP as soon as the application's FIN arrives, and then at every wait,
-            // at once, whatever was asked (Linux only once both directions are closed, or on a
-            // reset, when the next write fails), which would spin this loop while a slow
-            // application reads; its writes are then tried again every WRITE_RETRY.
-            let app_write = self.inbox.pending() > 0;
-            let timeout = if app_write && self.app_hung_up {
-                timeout.min(WRITE_RETRY)
-            } else {
-                timeout
-            };
-            let mut fds = [
-                watch(
-                    socket::raw(&self.app),
-                    (
-                        self.outbox.room() > 0 && !self.app_eof,
-                        app_write && !self.app_hung_up,
-                    ),
-                ),
-                watch(leg.raw(), (true, leg.pending() > 0)),
-                wake.map_or_else(Watch::nothing, |w| Watch::new(w.raw(), true, false)),
-            ];
-            if let Err(e) = poll(&mut fds, Some(timeout)) {
-                return self.lost(Lost::Error(e));
-            }
-            if fds[2].ready().any() {
-                return LegEnd::Replaced;
-            }
-            let app = fds[0].ready();
-            if app.hangup() {
-                self.app_hung_up = true;
-            }
-            if app.any() {
-                if let Err(end) = self.read_app(leg) {
-                    return end;
-                }
-            }
-            // Only bytes that arrive count as the peer alive (not the leg being writable).
-            if fds[1].ready().beyond_writable() {
-                match self.read_leg(leg) {
-                    Ok(true) => last_rx = Instant::now(),
-                    Ok(false) => {}
-                    Err(end) => return end,
-                }
+        if let Err(e) = leg.flush() {
+            return Err(self.lost(Lost::Error(e)));
+        }
+        self.write_app(leg)?;
+        if self.is_done(leg) {
+            return Err(self.end_in_order());
+        }
+        let now = Instant::now();
+        let dead_at = self.last_rx + self.heartbeat * MISSED_HEARTBEATS;
+        if now >= dead_at {
+            self.stats.heartbeat_misses.fetch_add(1, Ordering::Relaxed);
+            return Err(LegEnd::Lost(Lost::HeartbeatMissed(now - self.last_rx)));
+        }
+        let look_again_at = self.watch_stall(now);
+        // A heartbeat waits behind unsent bytes: they will tell the peer as much.
+        let beat_at = if leg.pending() == 0 {
+            self.last_tx + self.heartbeat
+        } else {
+            dead_at
+        };
+        let mut until = dead_at.min(beat_at).min(look_again_at);
+        // The leg is always read: the window bounds what the peer may send. The application
+        // is not watched for writing once its socket reported a hangup: WSAPoll (Windows)
+        // reports POLLHUP as soon as the application's FIN arrives, and then at every wait,
+        // at once, whatever was asked (Linux only once both directions are closed, or on a
+        // reset, when the next write fails), which would spin the loop while a slow
+        // application reads; its writes are then tried again every WRITE_RETRY.
+        let app_write = self.inbox.pending() > 0;
+        if app_write && self.app_hung_up {
+            until = until.min(now + WRITE_RETRY);
+        }
+        Ok(Wants {
+            app_read: self.outbox.room() > 0 && !self.app_eof,
+            app_write: app_write && !self.app_hung_up,
+            leg_write: leg.pending() > 0,
+            until,
+        })
+    }
+
+    /// Takes what the sockets reported: reads the application and the leg.
+    pub fn on_ready(&mut self, leg: &mut Leg, ready: Ready) -> Option<LegEnd> {
+        if ready.app_hangup {
+            self.app_hung_up = true;
+        }
+        if ready.app {
+            if let Err(end) = self.read_app(leg) {
+                return Some(end);
             }
         }
+        if ready.leg {
+            match self.read_leg(leg) {
+                Ok(true) => self.last_rx = Instant::now(),
+                Ok(false) => {}
+                Err(end) => return Some(end),
+            }
+        }
+        None
+    }
+
+    /// The application's connection (one being made, for its outcome).
+    pub fn app(&self) -> &TcpStream {
+        &self.app
+    }
+
+    /// The application's socket, to watch it.
+    pub fn app_raw(&self) -> Raw {
+        socket::raw(&self.app)
     }
 
     /// The sum of every offset that grows as bytes move: read from the application here,
@@ -365,7 +395,7 @@ impl Session {
 
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
     /// if the peer's data has not been acknowledged, or a heartbeat if the leg is quiet.
-    fn fill_leg(&mut self, leg: &mut Leg, last_tx: &mut Instant) -> Result<(), LegError> {
+    fn fill_leg(&mut self, leg: &mut Leg) -> Result<(), LegError> {
         let before = leg.pending();
         while leg.pending() < TX_HIGH {
             match self.outbox.next(MAX_DATA) {
@@ -390,14 +420,14 @@ impl Session {
         // The window is told again once the application here has read a quarter of it (the
         // peer may be waiting for it), not after every read.
         let opened = limit >= self.told_limit + (self.inbox.window() / 4) as u64;
-        let quiet = last_tx.elapsed() >= self.heartbeat && leg.pending() == 0;
+        let quiet = self.last_tx.elapsed() >= self.heartbeat && leg.pending() == 0;
         if received != self.acked_to_peer || opened || quiet {
             leg.send(&Frame::Ack { received, limit })?;
             self.acked_to_peer = received;
             self.told_limit = limit;
         }
         if leg.pending() > before {
-            *last_tx = Instant::now();
+            self.last_tx = Instant::now();
         }
         Ok(())
     }
@@ -450,14 +480,12 @@ impl Session {
     }
 
     /// The application here failed: tell the peer (best effort; if the leg is gone, the peer
-    /// learns when its resume is refused) and reset.
+    /// learns when its resume is refused) and reset. The caller closes the leg in order.
     fn app_was_reset(&mut self, leg: &mut Leg) -> LegEnd {
         self.reset_app();
-        if leg.send(&Frame::Reset).is_ok() {
-            leg.close_in_order(self.heartbeat);
-        }
+        let told = leg.send(&Frame::Reset).is_ok();
         self.stats.resets.fetch_add(1, Ordering::Relaxed);
-        LegEnd::AppReset
+        LegEnd::AppReset { told }
     }
 
     /// The leg is gone. If both applications had finished and the peer has everything, the
@@ -478,20 +506,38 @@ impl Session {
     }
 
     /// Both directions are whole: what is left for the application here is written, and it
-    /// gets its FIN.
+    /// gets its FIN; what its socket does not take at once is written by
+    /// [`Session::write_last`] later ([`Session::finishing`]). Ends in order, unless the
+    /// application's socket failed.
     fn end_whole(&mut self) -> LegEnd {
-        let _ = self.app.set_nonblocking(false);
-        let _ = self.app.set_write_timeout(Some(LAST_WRITE));
+        self.finishing = true;
+        match self.write_last() {
+            Ok(_) => LegEnd::Done,
+            Err(_) => LegEnd::AppReset { told: false },
+        }
+    }
+
+    /// Ended whole without a leg, with bytes still for the application: its worker calls
+    /// [`Session::write_last`] until they are written, or resets it after [`LAST_WRITE`].
+    pub fn finishing(&self) -> bool {
+        self.finishing && !self.done
+    }
+
+    /// Writes what is left for the application without blocking, then its FIN; says whether
+    /// all was written (the session then ended in order). An error: the application is gone
+    /// (the session resets it when dropped).
+    pub fn write_last(&mut self) -> io::Result<bool> {
         while self.inbox.pending() > 0 {
-            let front = self.inbox.pending_front();
-            let n = front.len();
-            if (&self.app).write_all(front).is_err() {
-                return LegEnd::AppReset;
+            match (&self.app).write(self.inbox.pending_front()) {
+                Ok(n) => self.inbox.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            self.inbox.consume(n);
         }
         let _ = self.app.shutdown(Shutdown::Write);
-        self.end_in_order()
+        self.end_in_order();
+        Ok(true)
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
@@ -571,18 +617,80 @@ impl Session {
     }
 }
 
-/// A watch on `socket` for reading and writing as asked; none at all if neither is.
-fn watch(socket: Raw, (read, write): (bool, bool)) -> Watch {
-    if read || write {
-        Watch::new(socket, read, write)
-    } else {
-        Watch::nothing()
-    }
-}
-
 /// Arms `app` to end with a RST when dropped (SO_LINGER 0), with no FIN before it, which
 /// would claim the stream ended whole. For an application connection with no session yet too.
 pub fn reset_app(app: &TcpStream) {
     let _ = socket::reset(app);
     let _ = app.shutdown(Shutdown::Read);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::poll::{poll, Watch};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {
+        // More bytes left for the application than its socket's buffers hold (a receive buffer
+        // grows only as its reader reads): a blocking write would wait for it to read (up to
+        // LAST_WRITE), holding every session of the worker.
+        const LEFT: usize = 8 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let app = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut reader, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&app)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut s = Session::new(
+            SessionId([1; 16]),
+            Token([2; 32]),
+            app,
+            Side::Entry,
+            16 << 20,
+            Duration::from_secs(1),
+            Arc::default(),
+        )
+        .unwrap();
+        // Both streams whole: the peer's bytes and FIN here, this end's FIN acknowledged.
+        s.inbox.accept(0, &vec![7u8; LEFT]).unwrap();
+        s.inbox.accept_fin(LEFT as u64).unwrap();
+        s.outbox.finish();
+        assert!(matches!(
+            s.outbox.next(MAX_DATA),
+            Some(Next::Fin { offset: 0 })
+        ));
+        s.outbox.ack(1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let whole = s.finish_without_leg();
+            let _ = tx.send((whole, s));
+        });
+        let (whole, mut s) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the session ended without waiting for its application");
+        assert!(whole);
+        assert!(s.finishing(), "its last bytes wait for the application");
+        // The application reads: the rest is written without blocking, then its FIN.
+        let read = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        let until = Instant::now() + Duration::from_secs(60);
+        while !s.write_last().unwrap() {
+            assert!(
+                Instant::now() < until,
+                "the application read nothing for a minute"
+            );
+            let mut writable = [Watch::new(s.app_raw(), false, true)];
+            poll(&mut writable, Some(Duration::from_secs(1))).unwrap();
+        }
+        assert!(!s.finishing());
+        drop(s);
+        let all = read.join().unwrap();
+        assert_eq!(all.len(), LEFT);
+        assert!(all.iter().all(|&b| b == 7));
+    }
 }

@@ -1,0 +1,214 @@
+//! Many sockets, each watched by a token for reading, writing or both, and which of them
+//! reported: what the tunnel's workers wait on.
+//!
+//! Contract: [`Interests::set`] watches a socket (which the caller keeps open while it is
+//! watched) under a token for what is asked, [`Interests::forget`] stops, [`Interests::wait`]
+//! gives the tokens of the sockets that reported ([`Seen`]) within a timeout (a signal ends it
+//! early, reporting nothing). A socket that is ready when it is set is reported at the next
+//! wait, on both systems, and so is one that becomes ready later; one that was reported and not
+//! set again is reported again only when something new arrives (Linux) or at every wait while
+//! it stays ready (Windows): a caller sets again every socket it was given (and any whose
+//! interest changed) before it waits, and so sees the same on both. On Linux it is `mio` (epoll,
+//! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`), so a wait costs what
+//! reported, not what is watched; a socket closed is forgotten by the system, and
+//! [`Interests::forget`] costs nothing. On Windows, where `mio` registers only its own socket
+//! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
+//! each wait (a wait costs what is watched there); a socket must be forgotten before it is
+//! closed, before the next wait.
+
+use super::socket::Raw;
+use std::io;
+use std::time::Duration;
+
+/// What a socket reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Something a read will tell: data, an end of stream, an error.
+    pub readable: bool,
+    /// Room to write (or an error a write will tell).
+    pub writable: bool,
+    /// Hung up: both directions are closed (Linux), or the peer's FIN arrived (Windows).
+    pub hangup: bool,
+}
+
+/// Sockets watched by token.
+pub struct Interests {
+    #[cfg(unix)]
+    poll: mio::Poll,
+    #[cfg(unix)]
+    events: mio::Events,
+    #[cfg(windows)]
+    watched: std::collections::HashMap<usize, (Raw, bool, bool)>,
+    #[cfg(windows)]
+    tokens: Vec<usize>,
+    #[cfg(windows)]
+    watches: Vec<super::poll::Watch>,
+}
+
+#[cfg(unix)]
+impl Interests {
+    /// An empty set, reporting up to `capacity` sockets per wait.
+    pub fn new(capacity: usize) -> io::Result<Interests> {
+        Ok(Interests {
+            poll: mio::Poll::new()?,
+            events: mio::Events::with_capacity(capacity),
+        })
+    }
+
+    /// Watches `socket` as `token` for reading (`read`) and writing (`write`); neither stops
+    /// watching it (its errors then go unreported until it is set again). Re-arms it: what is
+    /// ready now is reported at the next wait.
+    pub fn set(&mut self, token: usize, socket: Raw, read: bool, write: bool) -> io::Result<()> {
+        let registry = self.poll.registry();
+        let mut source = mio::unix::SourceFd(&socket);
+        let interest = match (read, write) {
+            (true, true) => mio::Interest::READABLE | mio::Interest::WRITABLE,
+            (true, false) => mio::Interest::READABLE,
+            (false, true) => mio::Interest::WRITABLE,
+            (false, false) => {
+                return match registry.deregister(&mut source) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                };
+            }
+        };
+        match registry.reregister(&mut source, mio::Token(token), interest) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                registry.register(&mut source, mio::Token(token), interest)
+            }
+            other => other,
+        }
+    }
+
+    /// Stops watching what `token` watched, as its socket is closed or handed on: nothing to
+    /// do on Linux (a closed socket leaves the set; one handed on is set under its new token).
+    pub fn forget(&mut self, _token: usize) {}
+
+    /// Waits up to `timeout` and puts the tokens of the sockets that reported, and what, in
+    /// `out` (emptied first).
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(usize, Seen)>) -> io::Result<()> {
+        out.clear();
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            other => other?,
+        }
+        out.extend(self.events.iter().map(|e| {
+            (
+                e.token().0,
+                Seen {
+                    readable: e.is_readable() || e.is_read_closed() || e.is_error(),
+                    writable: e.is_writable() || e.is_write_closed(),
+                    hangup: e.is_read_closed() && e.is_write_closed(),
+                },
+            )
+        }));
+        Ok(())
+    }
+}
+
+#[cfg(windows)]
+impl Interests {
+    /// An empty set, with room for `capacity` sockets before it grows.
+    pub fn new(capacity: usize) -> io::Result<Interests> {
+        Ok(Interests {
+            watched: std::collections::HashMap::with_capacity(capacity),
+            tokens: Vec::with_capacity(capacity),
+            watches: Vec::with_capacity(capacity),
+        })
+    }
+
+    /// Watches `socket` as `token` for reading (`read`) and writing (`write`); neither stops
+    /// watching it.
+    pub fn set(&mut self, token: usize, socket: Raw, read: bool, write: bool) -> io::Result<()> {
+        if read || write {
+            self.watched.insert(token, (socket, read, write));
+        } else {
+            self.watched.remove(&token);
+        }
+        Ok(())
+    }
+
+    /// Stops watching what `token` watched (before its socket is closed).
+    pub fn forget(&mut self, token: usize) {
+        self.watched.remove(&token);
+    }
+
+    /// Waits up to `timeout` and puts the tokens of the sockets that reported, and what, in
+    /// `out` (emptied first).
+    pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(usize, Seen)>) -> io::Result<()> {
+        use super::poll::{poll, Watch};
+        out.clear();
+        self.watches.clear();
+        self.tokens.clear();
+        for (&token, &(socket, read, write)) in &self.watched {
+            self.tokens.push(token);
+            self.watches.push(Watch::new(socket, read, write));
+        }
+        if poll(&mut self.watches, Some(timeout))? == 0 {
+            return Ok(());
+        }
+        for (&token, watch) in self.tokens.iter().zip(&self.watches) {
+            let r = watch.ready();
+            if r.any() {
+                out.push((
+                    token,
+                    Seen {
+                        readable: r.beyond_writable(),
+                        writable: r.writable() || r.error(),
+                        hangup: r.hangup(),
+                    },
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::socket::raw;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn a_socket_left_readable_is_reported_again_once_set_again() {
+        let (mut a, mut b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(7, raw(&b), true, false).unwrap();
+        set.wait(Duration::from_millis(10), &mut out).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        a.write_all(b"0123456789").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, 7);
+        assert!(out[0].1.readable);
+        // Read a part only: set again, it is reported again at once.
+        let mut buf = [0u8; 4];
+        let _ = b.read(&mut buf).unwrap();
+        set.set(7, raw(&b), true, false).unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [7]);
+        // Under another token, and for writing too.
+        set.set(9, raw(&b), true, true).unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, 9);
+        assert!(out[0].1.writable);
+        // Watching nothing: not reported.
+        set.set(9, raw(&b), false, false).unwrap();
+        set.forget(9);
+        set.wait(Duration::from_millis(10), &mut out).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+    }
+}
