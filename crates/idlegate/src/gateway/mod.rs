@@ -98,9 +98,7 @@ pub fn default_workers() -> usize {
     std::env::var("IDLEGATE_WORKERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            workers_for(std::thread::available_parallelism().map_or(1, usize::from))
-        })
+        .unwrap_or_else(|| workers_for(std::thread::available_parallelism().map_or(1, usize::from)))
         .clamp(1, MAX_WORKERS)
 }
 
