@@ -45,7 +45,7 @@ pub struct GatewayArgs {
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Worker threads, each with a shard of the flows and a queue of every device
-    /// [default: IDLEGATE_WORKERS, else one per core].
+    /// [default: IDLEGATE_WORKERS, else one fewer than the cores, at least one].
     #[arg(long, value_parser = workers_in_range)]
     pub workers: Option<usize>,
     /// Run as this user once the devices are open and the sockets bound (the control socket

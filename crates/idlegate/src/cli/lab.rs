@@ -42,7 +42,8 @@ pub enum LabCommand {
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
         #[arg(long)]
         metrics: Option<std::net::SocketAddr>,
-        /// Gateway worker threads [default: IDLEGATE_WORKERS, else one per core].
+        /// Gateway worker threads [default: IDLEGATE_WORKERS, else one fewer than the cores,
+        /// at least one].
         #[arg(long, value_parser = workers_in_range)]
         workers: Option<usize>,
         #[command(flatten)]

@@ -639,5 +639,14 @@ fn a_read_error_other_than_would_block_stops_the_worker_with_the_device_named() 
     );
 }
 
+#[test]
+fn a_two_core_machine_runs_one_worker_and_a_bigger_one_leaves_one_core_to_the_kernel() {
+    assert_eq!(super::workers_for(0), 1);
+    assert_eq!(super::workers_for(1), 1);
+    assert_eq!(super::workers_for(2), 1);
+    assert_eq!(super::workers_for(4), 3);
+    assert_eq!(super::workers_for(64), 63);
+}
+
 #[cfg(test)]
 mod api;
