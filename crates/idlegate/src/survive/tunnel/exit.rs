@@ -8,12 +8,15 @@
 //! `resume_within` (the offer wakes the worker), and ends when its peer is taken off the list.
 //! A resume is checked (token, peer, still listed) and offered to the session's slot, or
 //! refused (ended here lately, or unknown). A refusal is sealed in the leg, which a worker then
-//! closes in order, never blocking the gate's thread nor lost to a RST.
+//! closes in order, never blocking the gate's thread nor lost to a RST. A session that ends
+//! whole on its leg says Done there and leaves the leg idle in its worker's [`super::pool`],
+//! whose next Hello is served here as the gate's are ([`Greeter`]), on that worker.
 
 use super::ended::Ended;
 use super::frame::{Frame, Refusal, SessionId, Token};
 use super::leg::{ExitKeys, Leg, Peer};
-use super::session::{LegEnd, Session, Side};
+use super::pool::Greeter;
+use super::session::{LegEnd, Session, Side, Whole};
 use super::stream::StreamError;
 use super::worker::{Carried, Closer, Job, Woken, Workers};
 use super::{gate, random, still_listed, Open, Settings, Slot};
@@ -40,9 +43,16 @@ pub(super) struct ExitLeg {
 }
 
 impl ExitLeg {
-    /// Starts the session a greeted leg asks for, or hands the leg to the session it resumes
-    /// (if that session is its peer's).
-    pub(super) fn serve(self, greeted: gate::Greeted) -> Result<()> {
+    /// Starts the session a leg greeted in the gate asks for, or hands the leg to the session
+    /// it resumes (if that session is its peer's).
+    pub(super) fn serve(self: &Arc<Self>, greeted: gate::Greeted) -> Result<()> {
+        greeted.leg.go_nonblocking()?;
+        self.stats.legs_dialed.fetch_add(1, Ordering::Relaxed);
+        self.hello(greeted)
+    }
+
+    /// Serves a Hello on a non-blocking leg (greeted in the gate, or idle after a session).
+    fn hello(self: &Arc<Self>, greeted: gate::Greeted) -> Result<()> {
         let gate::Greeted {
             leg,
             from,
@@ -50,7 +60,6 @@ impl ExitLeg {
             token,
             received,
         } = greeted;
-        leg.go_nonblocking()?;
         if session == SessionId::NEW {
             return self.start(leg, from);
         }
@@ -99,7 +108,7 @@ impl ExitLeg {
 
     /// A new session: connect to the target, welcome the entry, and hand the session to a
     /// worker.
-    fn start(self, leg: Leg, from: SocketAddr) -> Result<()> {
+    fn start(self: &Arc<Self>, leg: Leg, from: SocketAddr) -> Result<()> {
         let (id, token) = (SessionId(random()?), Token(random()?));
         let peer = leg.peer().clone();
         let tag = peer.tag();
@@ -155,6 +164,7 @@ impl ExitLeg {
             self.stats.clone(),
         )?;
         let carried = ExitCarried {
+            serving: self.clone(),
             slot,
             forget,
             open: None,
@@ -197,8 +207,24 @@ enum Phase {
     Gone,
 }
 
+impl Greeter for ExitLeg {
+    fn greeted(self: Arc<Self>, greeted: gate::Greeted) {
+        let from = greeted.from;
+        // Never blocks: a new session's connect is the worker's.
+        if let Err(e) = self.hello(greeted) {
+            tracing::info!("tunnel: leg from {from}: {e:#}");
+        }
+    }
+
+    fn keeps(&self, peer: &Peer) -> bool {
+        still_listed(&self.keys, peer)
+    }
+}
+
 /// An exit's session on its worker.
 struct ExitCarried {
+    /// What serves the next Hello on its leg once it ended whole there.
+    serving: Arc<ExitLeg>,
     slot: Arc<Slot>,
     forget: Forget,
     /// Counted as open from its Welcome.
@@ -340,7 +366,23 @@ impl Carried for ExitCarried {
     fn leg_ended(&mut self, _: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
         let id = self.id;
         match end {
-            LegEnd::Done => {
+            LegEnd::Done(Whole::OnLeg) => {
+                self.forget.whole = true;
+                // Nothing of this session follows Done on the leg: the entry may send its
+                // next Hello there.
+                let mut leg = leg;
+                let kept = match leg.send(&Frame::Done) {
+                    Ok(()) => {
+                        let serving: Arc<dyn Greeter> = self.serving.clone();
+                        closer.pool.idle(leg, serving, self.from, &self.stats)
+                    }
+                    Err(_) => Err(leg),
+                };
+                if let Err(leg) = kept {
+                    closer.close(leg, Instant::now() + self.settings.leg_timeout());
+                }
+            }
+            LegEnd::Done(Whole::Freed | Whole::WithoutLeg) => {
                 self.forget.whole = true;
                 closer.close(leg, Instant::now() + self.settings.leg_timeout());
             }
