@@ -559,18 +559,11 @@ impl Carried for EntryCarried {
             // may another session take it.
             LegEnd::Done(Whole::OnLeg) => {
                 let within = settings.leg_timeout();
-                if let Err(leg) = closer
+                closer
                     .pool
-                    .await_done(leg, self.leg_born, within, &self.stats)
-                {
-                    closer.close(leg, Instant::now() + within);
-                }
+                    .await_done(leg, self.leg_born, within, &self.stats);
             }
-            LegEnd::Done(Whole::Freed) => {
-                if let Err(leg) = closer.pool.free(leg, self.leg_born, &self.stats) {
-                    closer.close(leg, Instant::now() + settings.leg_timeout());
-                }
-            }
+            LegEnd::Done(Whole::Freed) => closer.pool.free(leg, self.leg_born, &self.stats),
             LegEnd::Done(Whole::WithoutLeg) => {
                 closer.close(leg, Instant::now() + settings.leg_timeout())
             }

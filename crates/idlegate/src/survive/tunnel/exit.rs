@@ -371,15 +371,13 @@ impl Carried for ExitCarried {
                 // Nothing of this session follows Done on the leg: the entry may send its
                 // next Hello there.
                 let mut leg = leg;
-                let kept = match leg.send(&Frame::Done) {
-                    Ok(()) => {
-                        let serving: Arc<dyn Greeter> = self.serving.clone();
-                        closer.pool.idle(leg, serving, self.from, &self.stats)
-                    }
-                    Err(_) => Err(leg),
-                };
-                if let Err(leg) = kept {
-                    closer.close(leg, Instant::now() + self.settings.leg_timeout());
+                let within = self.settings.leg_timeout();
+                if leg.send(&Frame::Done).is_ok() {
+                    let serving: Arc<dyn Greeter> = self.serving.clone();
+                    let from = self.from;
+                    closer.pool.idle(leg, serving, from, &self.stats, within);
+                } else {
+                    closer.close(leg, Instant::now() + within);
                 }
             }
             LegEnd::Done(Whole::Freed | Whole::WithoutLeg) => {

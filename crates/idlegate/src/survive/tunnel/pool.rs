@@ -104,6 +104,8 @@ pub(super) struct Pool {
     earliest: Option<Instant>,
     /// A message opened (allocated at the first).
     plain: Vec<u8>,
+    /// Legs not kept (the pool full, or too old): closed at the next turn.
+    refused: Vec<Out>,
 }
 
 /// What a turn of the pool leaves to its caller.
@@ -114,7 +116,7 @@ pub(super) enum Out {
 
 impl Pool {
     /// Entry: a leg whose session ended whole here, handshaken at `born`; the exit's Done is
-    /// awaited for `within`. The leg back (to be closed in order) if it is too old to carry
+    /// awaited for `within`. Closed in order within that instead if it is too old to carry
     /// another session or the pool is full.
     pub(super) fn await_done(
         &mut self,
@@ -122,29 +124,33 @@ impl Pool {
         born: Instant,
         within: Duration,
         stats: &Arc<Stats>,
-    ) -> Result<(), Leg> {
+    ) {
         let now = Instant::now();
-        self.add(leg, born, now + within, Between::AwaitingDone, stats)
+        let until = now + within;
+        self.add(leg, born, until, Between::AwaitingDone, stats, within);
     }
 
-    /// Entry: a leg on which the exit said Done: free now.
-    pub(super) fn free(&mut self, leg: Leg, born: Instant, stats: &Arc<Stats>) -> Result<(), Leg> {
+    /// Entry: a leg on which the exit said Done: free now (closed in order if too old, or
+    /// the pool is full).
+    pub(super) fn free(&mut self, leg: Leg, born: Instant, stats: &Arc<Stats>) {
         let now = Instant::now();
         let until = (now + KEEP_FREE).min(born + MAX_AGE);
-        self.add(leg, born, until, Between::Free, stats)
+        self.add(leg, born, until, Between::Free, stats, CLOSE_WITHIN);
     }
 
-    /// Exit: a leg on which Done is sealed; its next Hello goes to `greeter`.
+    /// Exit: a leg on which Done is sealed; its next Hello goes to `greeter` (closed in order
+    /// within `within` instead if the pool is full).
     pub(super) fn idle(
         &mut self,
         leg: Leg,
         greeter: Arc<dyn Greeter>,
         from: SocketAddr,
         stats: &Arc<Stats>,
-    ) -> Result<(), Leg> {
+        within: Duration,
+    ) {
         let now = Instant::now();
         let between = Between::Idle { greeter, from };
-        self.add(leg, now, now + IDLE_AT_EXIT, between, stats)
+        self.add(leg, now, now + IDLE_AT_EXIT, between, stats, within);
     }
 
     fn add(
@@ -154,13 +160,15 @@ impl Pool {
         until: Instant,
         between: Between,
         stats: &Arc<Stats>,
-    ) -> Result<(), Leg> {
+        or_close_within: Duration,
+    ) {
         let bound = match between {
             Between::Idle { .. } => AT_EXIT,
             _ => AT_ENTRY,
         };
         if self.legs.len() >= bound || Instant::now() >= born + MAX_AGE {
-            return Err(leg);
+            self.refused.push(Out::Close(leg, or_close_within));
+            return;
         }
         let pooled = Pooled {
             leg,
@@ -183,7 +191,6 @@ impl Pool {
         }
         // Its buffer may hold frames already: looked at in the next turn.
         self.due.push(key);
-        Ok(())
     }
 
     /// Entry: the most recently freed leg still free, and when its handshake was done.
@@ -212,6 +219,7 @@ impl Pool {
     pub(super) fn wants_turn(&self, now: Instant) -> bool {
         !self.due.is_empty()
             || !self.gone.is_empty()
+            || !self.refused.is_empty()
             || self.next_deadline().is_some_and(|d| d <= now)
     }
 
@@ -245,6 +253,7 @@ impl Pool {
         for key in self.gone.drain(..) {
             interests.forget(token(key));
         }
+        out.append(&mut self.refused);
         let mut due = std::mem::take(&mut self.due);
         if self.earliest.is_some_and(|at| now >= at) {
             for (key, p) in &self.legs {
