@@ -14,7 +14,7 @@
 //! what is final is said at each; the application's connection is reset (never closed with a
 //! FIN) whenever the session cannot go on.
 
-use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
+use super::frame::{Frame, Refusal, SessionId, Token};
 use super::leg::{EntryKeys, Filled, Initiator, Leg, LegError};
 use super::session::Whole;
 use super::session::{LegEnd, Session, Side};
@@ -151,7 +151,6 @@ impl Dial {
             tries: 0,
             backoff: Backoff::new(self.settings.heartbeat),
             phase: Phase::Wait(now),
-            plain: Vec::new(),
             leg_born: now,
         };
         let job = Job {
@@ -351,8 +350,6 @@ struct EntryCarried {
     tries: u32,
     backoff: Backoff,
     phase: Phase,
-    /// A message opened during a dial (allocated at the first dial).
-    plain: Vec<u8>,
     /// When the handshake of the leg it is on (or last was on) was done.
     leg_born: Instant,
 }
@@ -636,11 +633,10 @@ impl Carried for EntryCarried {
                 let stepped = if now >= *until {
                     Err(dialing.timed_out())
                 } else {
-                    if self.plain.is_empty() {
-                        self.plain = vec![0; MAX_PLAINTEXT];
-                    }
                     let was_connecting = matches!(dialing, Dialing::Connecting(_));
-                    let stepped = dialing.step(&self.dial.keys, &hello, &mut self.plain);
+                    // The worker's buffer: none allocated per session.
+                    let plain = closer.pool.scratch();
+                    let stepped = dialing.step(&self.dial.keys, &hello, plain);
                     if was_connecting && !matches!(dialing, Dialing::Connecting(_)) {
                         *until = now + self.dial.settings.dial_timeout();
                     }

@@ -18,7 +18,7 @@ use super::leg::{ExitKeys, Leg, Peer};
 use super::pool::Greeter;
 use super::session::{LegEnd, Session, Side, Whole};
 use super::stream::StreamError;
-use super::worker::{Carried, Closer, Job, Woken, Workers};
+use super::worker::{Bell, Carried, Closer, Job, Woken, Workers};
 use super::{gate, random, still_listed, Open, Settings, Slot};
 use crate::survive::stats::Stats;
 use crate::sys::socket;
@@ -48,11 +48,12 @@ impl ExitLeg {
     pub(super) fn serve(self: &Arc<Self>, greeted: gate::Greeted) -> Result<()> {
         greeted.leg.go_nonblocking()?;
         self.stats.legs_dialed.fetch_add(1, Ordering::Relaxed);
-        self.hello(greeted)
+        self.hello(greeted, None)
     }
 
-    /// Serves a Hello on a non-blocking leg (greeted in the gate, or idle after a session).
-    fn hello(self: &Arc<Self>, greeted: gate::Greeted) -> Result<()> {
+    /// Serves a Hello on a non-blocking leg (greeted in the gate, or idle after a session on
+    /// the worker whose bell is `here`: a new session stays there).
+    fn hello(self: &Arc<Self>, greeted: gate::Greeted, here: Option<&Arc<Bell>>) -> Result<()> {
         let gate::Greeted {
             leg,
             from,
@@ -61,7 +62,7 @@ impl ExitLeg {
             received,
         } = greeted;
         if session == SessionId::NEW {
-            return self.start(leg, from);
+            return self.start(leg, from, here);
         }
         let slot = self
             .sessions
@@ -107,15 +108,22 @@ impl ExitLeg {
     }
 
     /// A new session: connect to the target, welcome the entry, and hand the session to a
-    /// worker.
-    fn start(self: &Arc<Self>, leg: Leg, from: SocketAddr) -> Result<()> {
-        let (id, token) = (SessionId(random()?), Token(random()?));
+    /// worker (`here` if given, else the one that holds the fewest).
+    fn start(self: &Arc<Self>, leg: Leg, from: SocketAddr, here: Option<&Arc<Bell>>) -> Result<()> {
+        // One call for both.
+        let drawn: [u8; 48] = random()?;
+        let (mut id, mut token) = (SessionId::default(), Token::default());
+        id.0.copy_from_slice(&drawn[..16]);
+        token.0.copy_from_slice(&drawn[16..]);
         let peer = leg.peer().clone();
         let tag = peer.tag();
-        let bell = self
-            .workers
-            .next()
-            .context("the tunnel exit has no worker")?;
+        let bell = match here {
+            Some(here) => here.clone(),
+            None => self
+                .workers
+                .next()
+                .context("the tunnel exit has no worker")?,
+        };
         let slot = Arc::new(Slot::new(token, peer.clone(), bell.clone()));
         {
             let mut sessions = self
@@ -208,10 +216,10 @@ enum Phase {
 }
 
 impl Greeter for ExitLeg {
-    fn greeted(self: Arc<Self>, greeted: gate::Greeted) {
+    fn greeted(self: Arc<Self>, greeted: gate::Greeted, here: &Arc<Bell>) {
         let from = greeted.from;
         // Never blocks: a new session's connect is the worker's.
-        if let Err(e) = self.hello(greeted) {
+        if let Err(e) = self.hello(greeted, Some(here)) {
             tracing::info!("tunnel: leg from {from}: {e:#}");
         }
     }

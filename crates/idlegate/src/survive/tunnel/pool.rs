@@ -24,6 +24,7 @@
 use super::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
 use super::gate::Greeted;
 use super::leg::{Filled, Leg, LegError, Peer};
+use super::worker::Bell;
 use crate::survive::stats::Stats;
 use crate::sys::interest::Interests;
 use slab::Slab;
@@ -51,8 +52,9 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// The exit's side of an idle leg: who serves its next Hello.
 pub(super) trait Greeter: Send + Sync {
-    /// A Hello on an idle leg: served as the gate's are.
-    fn greeted(self: Arc<Self>, greeted: Greeted);
+    /// A Hello on an idle leg: served as the gate's are, a new session on the worker `here`
+    /// (the leg's).
+    fn greeted(self: Arc<Self>, greeted: Greeted, here: &Arc<Bell>);
     /// Whether `peer` may still open sessions (on the peers list in force).
     fn keeps(&self, peer: &Peer) -> bool;
 }
@@ -102,7 +104,8 @@ pub(super) struct Pool {
     look_at: Option<Instant>,
     /// The earliest of the legs' deadlines (none earlier; perhaps one of a leg gone).
     earliest: Option<Instant>,
-    /// A message opened (allocated at the first).
+    /// A message opened (allocated at the first); also the worker's entry sessions' while
+    /// they dial ([`Pool::scratch`]).
     plain: Vec<u8>,
     /// Legs not kept (the pool full, or too old): closed at the next turn.
     refused: Vec<Out>,
@@ -209,6 +212,14 @@ impl Pool {
         None
     }
 
+    /// A buffer for one opened message, the worker's (allocated once).
+    pub(super) fn scratch(&mut self) -> &mut [u8] {
+        if self.plain.is_empty() {
+            self.plain = vec![0; MAX_PLAINTEXT];
+        }
+        &mut self.plain
+    }
+
     /// A leg's socket reported.
     pub(super) fn reported(&mut self, key: usize) {
         self.due.push(key);
@@ -242,12 +253,14 @@ impl Pool {
     }
 
     /// Looks at the legs that reported, arrived, or whose time has come; watches those kept.
-    /// `token` makes a key's token. Legs to close are handed back in `out`.
+    /// `token` makes a key's token; `here` is the worker's bell. Legs to close are handed back
+    /// in `out`.
     pub(super) fn turn(
         &mut self,
         now: Instant,
         interests: &mut Interests,
         token: impl Fn(usize) -> usize,
+        here: &Arc<Bell>,
         out: &mut Vec<Out>,
     ) {
         for key in self.gone.drain(..) {
@@ -298,18 +311,19 @@ impl Pool {
                 }
                 Keep::Greeted(hello) => {
                     let p = self.remove(key);
-                    // Its session may be carried by another worker, which watches it then:
-                    // this one no longer does.
+                    // Its session may be carried by another worker (a resume's), which watches
+                    // it then: this one no longer does.
                     let _ = interests.set(token(key), p.leg.raw(), false, false);
                     if let Between::Idle { greeter, from } = p.between {
                         p.stats.legs_reused.fetch_add(1, Ordering::Relaxed);
-                        greeter.greeted(Greeted {
+                        let greeted = Greeted {
                             leg: p.leg,
                             from,
                             session: hello.0,
                             token: hello.1,
                             received: hello.2,
-                        });
+                        };
+                        greeter.greeted(greeted, here);
                     }
                 }
             }
@@ -344,9 +358,7 @@ impl Pool {
 
     /// Moves one leg on: writes what is sealed, reads what came.
     fn look(&mut self, key: usize, now: Instant) -> Keep {
-        if self.plain.is_empty() {
-            self.plain = vec![0; MAX_PLAINTEXT];
-        }
+        self.scratch();
         let p = &mut self.legs[key];
         if let Between::Idle { greeter, .. } = &p.between {
             if !greeter.keeps(p.leg.peer()) {

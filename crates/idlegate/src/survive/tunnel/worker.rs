@@ -175,13 +175,19 @@ impl Closer {
 
     /// Moves the legs kept between sessions on (see [`Pool::turn`]), or closes them all if
     /// the end is stopping.
-    fn turn_pool(&mut self, now: Instant, stopping: bool, interests: &mut Interests) {
+    fn turn_pool(
+        &mut self,
+        now: Instant,
+        stopping: bool,
+        interests: &mut Interests,
+        here: &Arc<Bell>,
+    ) {
         let mut out = Vec::new();
         if stopping {
             self.pool.drain(&mut out);
         }
-        self.pool
-            .turn(now, interests, |key| (key << KINDS) | POOLED, &mut out);
+        let token = |key| (key << KINDS) | POOLED;
+        self.pool.turn(now, interests, token, here, &mut out);
         for pool::Out::Close(leg, within) in out {
             self.close(leg, now + within);
         }
@@ -421,7 +427,8 @@ impl Worker {
             let now = Instant::now();
             let stopping = self.stop.load(Ordering::Relaxed);
             if self.closer.pool.wants_turn(now) || (stopping && !self.closer.pool.is_empty()) {
-                self.closer.turn_pool(now, stopping, &mut self.interests);
+                self.closer
+                    .turn_pool(now, stopping, &mut self.interests, &self.bell);
             }
             if closing_reported
                 || self.closer.added
