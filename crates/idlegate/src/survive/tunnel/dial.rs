@@ -16,8 +16,7 @@
 
 use super::frame::{Frame, Refusal, SessionId, Token};
 use super::leg::{EntryKeys, Filled, Initiator, Leg, LegError};
-use super::session::Whole;
-use super::session::{LegEnd, Session, Side};
+use super::session::{LegEnd, Session, Side, Whole};
 use super::worker::{Carried, Closer, Job, Woken, Workers};
 use super::{Held, Open, Settings};
 use crate::survive::stats::Stats;
