@@ -751,6 +751,32 @@ pub fn render_metrics(relays: &[(SocketAddr, Arc<Stats>)]) -> String {
             ),
         ],
     );
+    let mut legs = w.family(
+        "idlegate_relay_legs_total",
+        Kind::Counter,
+        "Tunnel sessions started or resumed, by their leg: dialed for them, or reused after a session that ended whole.",
+    );
+    for (listen, stats) in &relays {
+        for (how, n) in [
+            ("dialed", &stats.legs_dialed),
+            ("reused", &stats.legs_reused),
+        ] {
+            legs.sample(
+                &[("listen", listen), ("how", how)],
+                n.load(Ordering::Relaxed),
+            );
+        }
+    }
+    per_relay(
+        &mut w,
+        &relays,
+        &[(
+            Kind::Gauge,
+            "idlegate_relay_legs_free",
+            "Tunnel legs kept between sessions now (the entry's free ones, the exit's idle ones).",
+            |s| &s.legs_free,
+        )],
+    );
     w.finish()
 }
 
@@ -871,6 +897,9 @@ mod tests {
             &a.expired,
             &a.stalled,
             &a.stalls,
+            &a.legs_dialed,
+            &a.legs_reused,
+            &a.legs_free,
         ]
         .into_iter()
         .enumerate()
@@ -882,7 +911,8 @@ mod tests {
             ("127.0.0.1:9000".parse().unwrap(), a),
             ("[fd00::1]:443".parse().unwrap(), b),
         ];
-        // What `render_metrics` wrote before it used `crate::obs::prometheus`.
+        // What `render_metrics` wrote before it used `crate::obs::prometheus`, and the tunnel's
+        // legs since.
         assert_eq!(
             render_metrics(&relays),
             include_str!("testdata/relay-metrics.prom")

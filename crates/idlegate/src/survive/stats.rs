@@ -27,4 +27,11 @@ pub struct Stats {
     pub stalled: AtomicU64,
     /// Tunnel: times a session was reported stalled.
     pub stalls: AtomicU64,
+    /// Tunnel: sessions started or resumed on a leg dialed for them (a new connection and
+    /// handshake; at the exit, a leg through its gate).
+    pub legs_dialed: AtomicU64,
+    /// Tunnel: sessions started or resumed on a leg another session had ended on whole.
+    pub legs_reused: AtomicU64,
+    /// Tunnel: legs kept between sessions now (the entry's free ones, the exit's idle ones).
+    pub legs_free: AtomicU64,
 }

@@ -54,5 +54,6 @@ mod standalone;
 mod steering;
 mod tunnel;
 mod tunnel_exit;
+mod tunnel_reuse;
 mod tunnel_stress;
 mod windows;

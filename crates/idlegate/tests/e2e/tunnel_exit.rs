@@ -352,7 +352,7 @@ fn hundreds_of_idle_connections_do_not_stop_the_exit_serving_keyed_clients_and_r
 }
 
 /// An initiator of the pre-shared-key mode built from its documented format alone
-/// (Noise_NNpsk0_25519_AESGCM_BLAKE2s, prologue "idlegate tunnel 2", the key file's 32 bytes,
+/// (Noise_NNpsk0_25519_AESGCM_BLAKE2s, prologue "idlegate tunnel 3", the key file's 32 bytes,
 /// in hex, as the PSK), not from idlegate's own code.
 fn psk_initiator(key_path: &Path) -> snow::HandshakeState {
     let hex = std::fs::read_to_string(key_path).unwrap();
@@ -362,7 +362,7 @@ fn psk_initiator(key_path: &Path) -> snow::HandshakeState {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
     }
     snow::Builder::new("Noise_NNpsk0_25519_AESGCM_BLAKE2s".parse().unwrap())
-        .prologue(b"idlegate tunnel 2")
+        .prologue(b"idlegate tunnel 3")
         .unwrap()
         .psk(0, &psk)
         .unwrap()
@@ -632,8 +632,9 @@ fn write_record(stream: &mut TcpStream, record: &[u8]) {
 #[test]
 fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
     // An initiator written from the documented format alone (Noise_NNpsk0_25519_AESGCM_BLAKE2s,
-    // prologue "idlegate tunnel 2", the key file's 32 bytes as the PSK, 2-byte lengths) opens
-    // a session on today's exit: the per-peer mode left the pre-shared-key mode as it was.
+    // prologue "idlegate tunnel 3", the key file's 32 bytes as the PSK, 2-byte lengths) opens
+    // a session on today's exit (the per-peer mode left the pre-shared-key mode as it was),
+    // ends it whole, and opens the next one on the same leg after the exit's Done.
     let dir = tempfile::tempdir().unwrap();
     let (_, key_path) = write_key(dir.path());
     let (echo, accepted) = echo_server();
@@ -668,6 +669,64 @@ fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
         Frame::decode(&plain[..n])
     );
     assert!(wait_until(WAIT, || accepted.load(Ordering::Relaxed) == 1));
+    // The session, whole: "ping" and a FIN each way, each acknowledged (a FIN takes the offset
+    // after the last byte); then the exit's Done frees the leg for a new Hello.
+    let mut stream_w = stream.try_clone().unwrap();
+    let mut send = |noise: &mut snow::TransportState, frame: Frame| {
+        let mut plain = Vec::new();
+        frame.encode(&mut plain);
+        let n = noise.write_message(&plain, &mut buf).unwrap();
+        write_record(&mut stream_w, &buf[..n]);
+    };
+    send(
+        &mut noise,
+        Frame::Data {
+            offset: 0,
+            bytes: b"ping",
+        },
+    );
+    send(&mut noise, Frame::Fin { offset: 4 });
+    let (mut echoed, mut done) = (Vec::new(), false);
+    while !done {
+        let sealed = read_record(&mut stream);
+        let n = noise.read_message(&sealed, &mut plain).unwrap();
+        match Frame::decode(&plain[..n]).unwrap() {
+            Frame::Data { bytes, .. } => echoed.extend_from_slice(bytes),
+            Frame::Fin { offset } => {
+                assert_eq!(offset, 4);
+                send(
+                    &mut noise,
+                    Frame::Ack {
+                        received: 5,
+                        limit: 1 << 22,
+                    },
+                );
+            }
+            Frame::Ack { .. } => {}
+            Frame::Done => done = true,
+            other => panic!("{other:?} before Done"),
+        }
+    }
+    assert_eq!(echoed, b"ping");
+    send(
+        &mut noise,
+        Frame::Hello {
+            session: SessionId::NEW,
+            token: Token::default(),
+            received: 0,
+        },
+    );
+    let sealed = read_record(&mut stream);
+    let n = noise.read_message(&sealed, &mut plain).unwrap();
+    assert!(
+        matches!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Welcome { received: 0, .. })
+        ),
+        "{:?}",
+        Frame::decode(&plain[..n])
+    );
+    assert!(wait_until(WAIT, || accepted.load(Ordering::Relaxed) == 2));
 }
 
 #[test]

@@ -6,13 +6,17 @@
 //! (`First`), and again each time its leg is lost (`Resume`), until `resume_within`. A dial
 //! ([`Dialing`]) is a non-blocking connect, the Noise handshake ([`Initiator`]), the Hello
 //! and the exit's answer, each stepped when its socket reports, within the dial's timeout;
-//! dials wait between tries ([`Backoff`]) as deadlines of the worker, not sleeps. What is
-//! tried again and what is final is said at each; the application's connection is reset
-//! (never closed with a FIN) whenever the session cannot go on.
+//! dials wait between tries ([`Backoff`]) as deadlines of the worker, not sleeps. Before each
+//! dial, a free leg of the worker's [`super::pool`] is taken if there is one: the Hello is
+//! sealed on it and the exit's answer awaited as a dial's; one that fails (the exit closed or
+//! reset it, or did not answer in time) is no try: the next free leg is taken, or a dial made,
+//! at once. A leg on which a session ended whole goes back to the pool. What is tried again and
+//! what is final is said at each; the application's connection is reset (never closed with a
+//! FIN) whenever the session cannot go on.
 
-use super::frame::{Frame, Refusal, SessionId, Token, MAX_PLAINTEXT};
+use super::frame::{Frame, Refusal, SessionId, Token};
 use super::leg::{EntryKeys, Filled, Initiator, Leg, LegError};
-use super::session::{LegEnd, Session, Side};
+use super::session::{LegEnd, Session, Side, Whole};
 use super::worker::{Carried, Closer, Job, Woken, Workers};
 use super::{Held, Open, Settings};
 use crate::survive::stats::Stats;
@@ -146,7 +150,7 @@ impl Dial {
             tries: 0,
             backoff: Backoff::new(self.settings.heartbeat),
             phase: Phase::Wait(now),
-            plain: Vec::new(),
+            leg_born: now,
         };
         let job = Job {
             session: s,
@@ -313,12 +317,20 @@ enum Purpose {
     },
 }
 
+/// Where a leg came from, and when its handshake was done.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Dialed,
+    /// A free leg of the worker's pool.
+    Pooled(Instant),
+}
+
 /// Where an entry's session stands.
 enum Phase {
     /// On a leg (the worker holds it).
     Live,
-    /// A dial under way, until its timeout.
-    Dial(Dialing, Instant),
+    /// A dial under way (or a Hello on a pooled leg), until its timeout.
+    Dial(Dialing, Instant, Origin),
     /// Between dials: the next one starts then.
     Wait(Instant),
 }
@@ -337,8 +349,8 @@ struct EntryCarried {
     tries: u32,
     backoff: Backoff,
     phase: Phase,
-    /// A message opened during a dial (allocated at the first dial).
-    plain: Vec<u8>,
+    /// When the handshake of the leg it is on (or last was on) was done.
+    leg_born: Instant,
 }
 
 impl EntryCarried {
@@ -360,8 +372,16 @@ impl EntryCarried {
     }
 
     /// The exit answered a dial.
-    fn answered(&mut self, s: &mut Session, leg: Box<Leg>, answer: Frame) -> Woken {
+    fn answered(&mut self, s: &mut Session, leg: Box<Leg>, answer: Frame, origin: Origin) -> Woken {
         let took_tries = self.tries;
+        if let Frame::Welcome { .. } = answer {
+            let (counter, born) = match origin {
+                Origin::Dialed => (&self.stats.legs_dialed, Instant::now()),
+                Origin::Pooled(born) => (&self.stats.legs_reused, born),
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.leg_born = born;
+        }
         match (&mut self.purpose, answer) {
             (Purpose::First { started, .. }, Frame::Welcome { session, token, .. }) => {
                 // A dial or two that a balancer sent to an exit that is down is routine
@@ -531,7 +551,18 @@ impl Carried for EntryCarried {
     fn leg_ended(&mut self, s: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
         let settings = &self.dial.settings;
         match end {
-            LegEnd::Done => closer.close(leg, Instant::now() + settings.leg_timeout()),
+            // The exit says Done when it has finished with the session on the leg: only then
+            // may another session take it.
+            LegEnd::Done(Whole::OnLeg) => {
+                let within = settings.leg_timeout();
+                closer
+                    .pool
+                    .await_done(leg, self.leg_born, within, &self.stats);
+            }
+            LegEnd::Done(Whole::Freed) => closer.pool.free(leg, self.leg_born, &self.stats),
+            LegEnd::Done(Whole::WithoutLeg) => {
+                closer.close(leg, Instant::now() + settings.leg_timeout())
+            }
             LegEnd::AppReset { told } => {
                 if told {
                     closer.close(leg, Instant::now() + settings.heartbeat);
@@ -559,51 +590,68 @@ impl Carried for EntryCarried {
         false
     }
 
-    fn step(&mut self, s: &mut Session, live: bool, _: &mut Closer) -> Woken {
+    fn step(&mut self, s: &mut Session, live: bool, closer: &mut Closer) -> Woken {
         if live {
             return Woken::Nothing;
         }
         let now = Instant::now();
+        let hello = Frame::Hello {
+            session: s.id,
+            token: s.token,
+            received: s.received(),
+        };
         match &mut self.phase {
             Phase::Live => Woken::Nothing,
             Phase::Wait(until) => {
                 if now < *until {
                     return Woken::Nothing;
                 }
+                // A free leg first: the Hello goes out on it at once.
+                while let Some((mut leg, born)) = closer.pool.take() {
+                    if leg.send(&hello).is_ok() {
+                        let until = now + self.dial.settings.dial_timeout();
+                        let answer = Dialing::Answer(Box::new(leg));
+                        self.phase = Phase::Dial(answer, until, Origin::Pooled(born));
+                        return self.step(s, false, closer);
+                    }
+                }
                 self.tries += 1;
                 match Dialing::start(self.dial.tunnel) {
                     Ok(dialing) => {
                         // The connect has the dial's timeout; the handshake, the Hello and
                         // the answer as long again from then (as a blocking dial had).
-                        self.phase = Phase::Dial(dialing, now + self.dial.settings.dial_timeout());
-                        self.step(s, false, &mut Closer::default())
+                        let until = now + self.dial.settings.dial_timeout();
+                        self.phase = Phase::Dial(dialing, until, Origin::Dialed);
+                        self.step(s, false, closer)
                     }
                     Err(e) => self.dial_failed(s, e),
                 }
             }
-            Phase::Dial(dialing, until) => {
-                if now >= *until {
-                    let e = dialing.timed_out();
-                    return self.dial_failed(s, e);
-                }
-                if self.plain.is_empty() {
-                    self.plain = vec![0; MAX_PLAINTEXT];
-                }
-                let hello = Frame::Hello {
-                    session: s.id,
-                    token: s.token,
-                    received: s.received(),
-                };
-                let was_connecting = matches!(dialing, Dialing::Connecting(_));
-                match dialing.step(&self.dial.keys, &hello, &mut self.plain) {
-                    Ok(Some((leg, answer))) => self.answered(s, leg, answer),
-                    Ok(None) => {
-                        if was_connecting && !matches!(dialing, Dialing::Connecting(_)) {
-                            *until = now + self.dial.settings.dial_timeout();
-                        }
-                        Woken::Nothing
+            Phase::Dial(dialing, until, origin) => {
+                let origin = *origin;
+                let stepped = if now >= *until {
+                    Err(dialing.timed_out())
+                } else {
+                    let was_connecting = matches!(dialing, Dialing::Connecting(_));
+                    // The worker's buffer: none allocated per session.
+                    let plain = closer.pool.scratch();
+                    let stepped = dialing.step(&self.dial.keys, &hello, plain);
+                    if was_connecting && !matches!(dialing, Dialing::Connecting(_)) {
+                        *until = now + self.dial.settings.dial_timeout();
                     }
-                    Err(e) => self.dial_failed(s, e),
+                    stepped
+                };
+                match (stepped, origin) {
+                    (Ok(Some((leg, answer))), _) => self.answered(s, leg, answer, origin),
+                    (Ok(None), _) => Woken::Nothing,
+                    // A pooled leg the exit closed, reset or left unanswered: no try; the
+                    // next free leg, or a dial, at once.
+                    (Err(e), Origin::Pooled(_)) => {
+                        tracing::debug!("tunnel: {}: a free leg failed: {e}", self.from);
+                        self.phase = Phase::Wait(now);
+                        self.step(s, false, closer)
+                    }
+                    (Err(e), Origin::Dialed) => self.dial_failed(s, e),
                 }
             }
         }
@@ -611,7 +659,7 @@ impl Carried for EntryCarried {
 
     fn watch(&self, _: &Session) -> (Option<(Raw, bool, bool)>, Instant) {
         match &self.phase {
-            Phase::Dial(dialing, until) => (dialing.watch(), *until),
+            Phase::Dial(dialing, until, _) => (dialing.watch(), *until),
             Phase::Wait(until) => (None, *until),
             // Not asked while live.
             Phase::Live => (None, Instant::now() + self.dial.settings.heartbeat),

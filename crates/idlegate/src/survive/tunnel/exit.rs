@@ -8,14 +8,17 @@
 //! `resume_within` (the offer wakes the worker), and ends when its peer is taken off the list.
 //! A resume is checked (token, peer, still listed) and offered to the session's slot, or
 //! refused (ended here lately, or unknown). A refusal is sealed in the leg, which a worker then
-//! closes in order, never blocking the gate's thread nor lost to a RST.
+//! closes in order, never blocking the gate's thread nor lost to a RST. A session that ends
+//! whole on its leg says Done there and leaves the leg idle in its worker's [`super::pool`],
+//! whose next Hello is served here as the gate's are ([`Greeter`]), on that worker.
 
 use super::ended::Ended;
 use super::frame::{Frame, Refusal, SessionId, Token};
 use super::leg::{ExitKeys, Leg, Peer};
-use super::session::{LegEnd, Session, Side};
+use super::pool::Greeter;
+use super::session::{LegEnd, Session, Side, Whole};
 use super::stream::StreamError;
-use super::worker::{Carried, Closer, Job, Woken, Workers};
+use super::worker::{Bell, Carried, Closer, Job, Woken, Workers};
 use super::{gate, random, still_listed, Open, Settings, Slot};
 use crate::survive::stats::Stats;
 use crate::sys::socket;
@@ -40,9 +43,17 @@ pub(super) struct ExitLeg {
 }
 
 impl ExitLeg {
-    /// Starts the session a greeted leg asks for, or hands the leg to the session it resumes
-    /// (if that session is its peer's).
-    pub(super) fn serve(self, greeted: gate::Greeted) -> Result<()> {
+    /// Starts the session a leg greeted in the gate asks for, or hands the leg to the session
+    /// it resumes (if that session is its peer's).
+    pub(super) fn serve(self: &Arc<Self>, greeted: gate::Greeted) -> Result<()> {
+        greeted.leg.go_nonblocking()?;
+        self.stats.legs_dialed.fetch_add(1, Ordering::Relaxed);
+        self.hello(greeted, None)
+    }
+
+    /// Serves a Hello on a non-blocking leg (greeted in the gate, or idle after a session on
+    /// the worker whose bell is `here`: a new session stays there).
+    fn hello(self: &Arc<Self>, greeted: gate::Greeted, here: Option<&Arc<Bell>>) -> Result<()> {
         let gate::Greeted {
             leg,
             from,
@@ -50,9 +61,8 @@ impl ExitLeg {
             token,
             received,
         } = greeted;
-        leg.go_nonblocking()?;
         if session == SessionId::NEW {
-            return self.start(leg, from);
+            return self.start(leg, from, here);
         }
         let slot = self
             .sessions
@@ -98,15 +108,22 @@ impl ExitLeg {
     }
 
     /// A new session: connect to the target, welcome the entry, and hand the session to a
-    /// worker.
-    fn start(self, leg: Leg, from: SocketAddr) -> Result<()> {
-        let (id, token) = (SessionId(random()?), Token(random()?));
+    /// worker (`here` if given, else the one that holds the fewest).
+    fn start(self: &Arc<Self>, leg: Leg, from: SocketAddr, here: Option<&Arc<Bell>>) -> Result<()> {
+        // One call for both.
+        let drawn: [u8; 48] = random()?;
+        let (mut id, mut token) = (SessionId::default(), Token::default());
+        id.0.copy_from_slice(&drawn[..16]);
+        token.0.copy_from_slice(&drawn[16..]);
         let peer = leg.peer().clone();
         let tag = peer.tag();
-        let bell = self
-            .workers
-            .next()
-            .context("the tunnel exit has no worker")?;
+        let bell = match here {
+            Some(here) => here.clone(),
+            None => self
+                .workers
+                .next()
+                .context("the tunnel exit has no worker")?,
+        };
         let slot = Arc::new(Slot::new(token, peer.clone(), bell.clone()));
         {
             let mut sessions = self
@@ -155,6 +172,7 @@ impl ExitLeg {
             self.stats.clone(),
         )?;
         let carried = ExitCarried {
+            serving: self.clone(),
             slot,
             forget,
             open: None,
@@ -197,8 +215,24 @@ enum Phase {
     Gone,
 }
 
+impl Greeter for ExitLeg {
+    fn greeted(self: Arc<Self>, greeted: gate::Greeted, here: &Arc<Bell>) {
+        let from = greeted.from;
+        // Never blocks: a new session's connect is the worker's.
+        if let Err(e) = self.hello(greeted, Some(here)) {
+            tracing::info!("tunnel: leg from {from}: {e:#}");
+        }
+    }
+
+    fn keeps(&self, peer: &Peer) -> bool {
+        still_listed(&self.keys, peer)
+    }
+}
+
 /// An exit's session on its worker.
 struct ExitCarried {
+    /// What serves the next Hello on its leg once it ended whole there.
+    serving: Arc<ExitLeg>,
     slot: Arc<Slot>,
     forget: Forget,
     /// Counted as open from its Welcome.
@@ -340,7 +374,21 @@ impl Carried for ExitCarried {
     fn leg_ended(&mut self, _: &mut Session, end: LegEnd, leg: Leg, closer: &mut Closer) -> bool {
         let id = self.id;
         match end {
-            LegEnd::Done => {
+            LegEnd::Done(Whole::OnLeg) => {
+                self.forget.whole = true;
+                // Nothing of this session follows Done on the leg: the entry may send its
+                // next Hello there.
+                let mut leg = leg;
+                let within = self.settings.leg_timeout();
+                if leg.send(&Frame::Done).is_ok() {
+                    let serving: Arc<dyn Greeter> = self.serving.clone();
+                    let from = self.from;
+                    closer.pool.idle(leg, serving, from, &self.stats, within);
+                } else {
+                    closer.close(leg, Instant::now() + within);
+                }
+            }
+            LegEnd::Done(Whole::Freed | Whole::WithoutLeg) => {
                 self.forget.whole = true;
                 closer.close(leg, Instant::now() + self.settings.leg_timeout());
             }

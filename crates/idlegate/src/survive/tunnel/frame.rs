@@ -15,6 +15,7 @@
 //! | 5 Ack | received (8), limit (8) — the offset before which every byte arrived, and the one before which the sender may send (its window; see [`super::stream`]); also the heartbeat |
 //! | 6 Fin | offset (8) — the sender's application finished writing |
 //! | 7 Reset | — the sender's application reset its connection; the session is over |
+//! | 8 Done | — (the exit only) the session on this leg ended whole here and none of its frames will follow: the leg is free, and the entry's next frame on it is a Hello (see `super::pool`) |
 
 use thiserror::Error;
 
@@ -123,6 +124,7 @@ pub enum Frame<'a> {
         offset: u64,
     },
     Reset,
+    Done,
 }
 
 /// A message that is not one.
@@ -172,6 +174,7 @@ impl<'a> Frame<'a> {
                 out.extend_from_slice(&offset.to_be_bytes());
             }
             Frame::Reset => out.push(7),
+            Frame::Done => out.push(8),
         }
     }
 
@@ -251,6 +254,10 @@ impl<'a> Frame<'a> {
                 exact(0)?;
                 Frame::Reset
             }
+            8 => {
+                exact(0)?;
+                Frame::Done
+            }
             other => return Err(FrameError::UnknownType(other)),
         })
     }
@@ -301,6 +308,7 @@ mod tests {
             },
             Frame::Fin { offset: 12 },
             Frame::Reset,
+            Frame::Done,
         ] {
             let mut buf = Vec::new();
             frame.encode(&mut buf);
@@ -328,6 +336,10 @@ mod tests {
         assert!(matches!(
             Frame::decode(&[7, 0]),
             Err(FrameError::BadLength { kind: 7, .. })
+        ));
+        assert!(matches!(
+            Frame::decode(&[8, 0]),
+            Err(FrameError::BadLength { kind: 8, .. })
         ));
     }
 

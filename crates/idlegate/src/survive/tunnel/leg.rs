@@ -43,7 +43,7 @@ const PEER_PATTERN: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 /// the per-peer mode its static key, encrypted, with its tag.
 const PSK_FIRST_LEN: usize = 32 + 16;
 const PEER_FIRST_LEN: usize = 32 + (32 + 16) + 16;
-const PROLOGUE: &[u8] = b"idlegate tunnel 2";
+const PROLOGUE: &[u8] = b"idlegate tunnel 3";
 const MAX_RECORD: usize = 65_535;
 /// How much a leg reads per call.
 const READ_CHUNK: usize = 1 << 18;

@@ -16,7 +16,9 @@
 //! exit's [`gate`] holds connections without a thread each until they have said Hello. No
 //! session has a thread: each end runs its sessions, their dials, handshakes and
 //! cryptography on a few event-loop workers (`worker`, one per core, as the relay's), so a
-//! session costs its sockets and buffers.
+//! session costs its sockets and buffers. A leg whose session ended whole carries the entry's
+//! next session (the exit says Done on it first; see [`pool`]), so a short connection costs
+//! no handshake when one ended lately.
 //!
 //! Several exits may share a key behind a load balancer; each holds its own sessions. The
 //! entry dials again, until `resume_within`, when a dial reaches no exit, when an exit resets
@@ -37,6 +39,7 @@
 //! | `worker` | the event-loop workers that carry an end's sessions (a token per socket, ordered deadlines), and close legs in order |
 //! | `dial` | the entry's legs, dialed without blocking: a new session's, and each resume's |
 //! | `exit` | the exit's greeted legs: a new session (its target's connect on the worker), a resume |
+//! | [`pool`] | the legs between two sessions: Done, the entry's free legs, the exit's idle ones |
 //! | [`ended`] | the sessions an exit ended lately, for the entries that come back |
 
 mod dial;
@@ -47,6 +50,7 @@ pub mod gate;
 pub mod key;
 pub mod leg;
 pub mod peers;
+pub mod pool;
 pub mod session;
 pub mod stream;
 mod worker;
@@ -280,8 +284,8 @@ pub struct Exit {
     settings: Settings,
     sessions: Arc<Mutex<HashMap<SessionId, Arc<Slot>>>>,
     ended: Arc<Mutex<Ended>>,
-    /// Started by [`Exit::run`].
-    workers: OnceLock<Arc<Workers>>,
+    /// Started by [`Exit::run`], with what serves the legs greeted.
+    serving: OnceLock<Arc<exit::ExitLeg>>,
 }
 
 impl Exit {
@@ -307,7 +311,7 @@ impl Exit {
             settings,
             sessions: Arc::default(),
             ended: Arc::new(Mutex::new(ended)),
-            workers: OnceLock::new(),
+            serving: OnceLock::new(),
         })
     }
 
@@ -328,7 +332,15 @@ impl Exit {
     pub fn run(&self) -> Result<()> {
         let workers = Workers::start("tunnel exit", self.endpoint.stop.clone())
             .context("starting the tunnel exit's workers")?;
-        let _ = self.workers.set(Arc::new(workers));
+        let _ = self.serving.set(Arc::new(exit::ExitLeg {
+            workers: Arc::new(workers),
+            connect: self.connect,
+            keys: self.keys.clone(),
+            settings: self.settings.clone(),
+            stats: self.endpoint.stats.clone(),
+            sessions: self.sessions.clone(),
+            ended: self.ended.clone(),
+        }));
         gate::run(&self.endpoint.listener, &self.endpoint.stop, self)?;
         Ok(())
     }
@@ -376,17 +388,8 @@ impl gate::Responder for Exit {
     }
 
     fn greeted(&self, greeted: gate::Greeted) {
-        let Some(workers) = self.workers.get().cloned() else {
+        let Some(this) = self.serving.get() else {
             return;
-        };
-        let this = exit::ExitLeg {
-            workers,
-            connect: self.connect,
-            keys: self.keys.clone(),
-            settings: self.settings.clone(),
-            stats: self.endpoint.stats.clone(),
-            sessions: self.sessions.clone(),
-            ended: self.ended.clone(),
         };
         let from = greeted.from;
         // Never blocks: a new session's connect is the worker's.

@@ -51,8 +51,9 @@ const WRITE_RETRY: Duration = Duration::from_millis(10);
 /// Why a session left its leg.
 #[derive(Debug)]
 pub enum LegEnd {
-    /// Both applications finished writing and every byte was acknowledged.
-    Done,
+    /// Both applications finished writing and every byte was acknowledged; what follows for
+    /// the leg.
+    Done(Whole),
     /// The application here reset its connection; the peer was told (`told`: a Reset frame
     /// is sealed on the leg, which should now be closed in order so that it arrives).
     AppReset { told: bool },
@@ -62,6 +63,18 @@ pub enum LegEnd {
     Lost(Lost),
     /// The peer broke the protocol: the session cannot go on.
     Violation(String),
+}
+
+/// Where a session that ended whole leaves its leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whole {
+    /// Sound, and every whole frame on it read: it may carry another session once both ends
+    /// agree it is free (the exit says Done, see `super::pool`).
+    OnLeg,
+    /// The peer said Done on it: it is free now (the entry's side).
+    Freed,
+    /// The leg failed (closed, reset) after both streams were whole: it is closed.
+    WithoutLeg,
 }
 
 /// What a session waits for after a [`Session::turn`]; its leg is always read.
@@ -246,7 +259,7 @@ impl Session {
     fn end_in_order(&mut self) -> LegEnd {
         self.done = true;
         crate::survive::keepalive::ended_in_order(&self.app);
-        LegEnd::Done
+        LegEnd::Done(Whole::OnLeg)
     }
 
     /// Starts the session on a new leg (its clocks start now) and handles the frames that
@@ -495,24 +508,24 @@ impl Session {
         if !(self.outbox.fin_acked() && self.inbox.finished()) {
             return LegEnd::Lost(why);
         }
-        self.end_whole()
+        self.end_whole(Whole::WithoutLeg)
     }
 
     /// The peer finished the session in order while it had no leg: it had every byte and the
     /// FIN from here (its acknowledgement was lost with the leg). If this end has the peer's
     /// FIN too, the session ends in order here as well; says whether it did.
     pub fn finish_without_leg(&mut self) -> bool {
-        self.inbox.finished() && matches!(self.end_whole(), LegEnd::Done)
+        self.inbox.finished() && matches!(self.end_whole(Whole::WithoutLeg), LegEnd::Done(_))
     }
 
     /// Both directions are whole: what is left for the application here is written, and it
     /// gets its FIN; what its socket does not take at once is written by
-    /// [`Session::write_last`] later ([`Session::finishing`]). Ends in order, unless the
-    /// application's socket failed.
-    fn end_whole(&mut self) -> LegEnd {
+    /// [`Session::write_last`] later ([`Session::finishing`]). Ends in order (`how`: what
+    /// follows for the leg), unless the application's socket failed.
+    fn end_whole(&mut self, how: Whole) -> LegEnd {
         self.finishing = true;
         match self.write_last() {
-            Ok(_) => LegEnd::Done,
+            Ok(_) => LegEnd::Done(how),
             Err(_) => LegEnd::AppReset { told: false },
         }
     }
@@ -597,7 +610,17 @@ impl Session {
                 self.stats.resets.fetch_add(1, Ordering::Relaxed);
                 return Err(LegEnd::PeerReset);
             }
-            other @ (Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Refuse(_)) => {
+            // The exit ended the session whole: this end has every byte and the exit's FIN,
+            // and the exit has this end's. What is left for the application is written here.
+            Frame::Done
+                if self.side == Side::Entry && self.outbox.fin_acked() && self.inbox.finished() =>
+            {
+                return Err(self.end_whole(Whole::Freed));
+            }
+            other @ (Frame::Hello { .. }
+            | Frame::Welcome { .. }
+            | Frame::Refuse(_)
+            | Frame::Done) => {
                 return Err(LegEnd::Violation(format!(
                     "{other:?} in the middle of a session"
                 )));

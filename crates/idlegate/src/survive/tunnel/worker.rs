@@ -23,6 +23,7 @@
 
 use super::frame::Frame;
 use super::leg::Leg;
+use super::pool::{self, Pool};
 use super::session::{LegEnd, Ready, Session, Wants, LAST_WRITE};
 use crate::sys::interest::{Interests, Seen};
 use crate::sys::poll::STOP_CHECK;
@@ -42,12 +43,13 @@ pub(super) const NOWHERE: usize = usize::MAX;
 const WAKE: usize = usize::MAX;
 /// What a token's low bits say its socket is: a session's application, its leg, the socket it
 /// watches without a leg; a closing leg (the rest of the token is then the closer's number for
-/// it, else the session's key).
+/// it); a leg between sessions (its key in the [`Pool`]); else the session's key.
 const APP: usize = 0;
 const LEG: usize = 1;
 const OWN: usize = 2;
 const CLOSING: usize = 3;
-const KINDS: usize = 2;
+const POOLED: usize = 4;
+const KINDS: usize = 3;
 /// How often a finishing session's last bytes are tried again (see [`Closer`]).
 const WRITE_AGAIN: Duration = Duration::from_millis(10);
 /// How many socket events a worker takes per wait.
@@ -115,9 +117,10 @@ pub(super) enum Woken {
 /// sessions that ended whole without a leg, handing their last bytes to their application
 /// ([`Session::write_last`]), tried again every [`WRITE_AGAIN`] (not watched: WSAPoll would
 /// report the application's FIN, which has come, at every wait) until [`LAST_WRITE`], then
-/// reset.
+/// reset. And the legs kept between sessions ([`Pool`]), which a session may take.
 #[derive(Default)]
 pub(super) struct Closer {
+    pub(super) pool: Pool,
     legs: Vec<Closing>,
     finishing: Vec<(Session, Instant)>,
     /// When the finishing sessions are tried again.
@@ -156,9 +159,9 @@ impl Closer {
         self.added = true;
     }
 
-    /// Nothing is being closed.
+    /// Nothing is being closed or kept.
     fn is_empty(&self) -> bool {
-        self.legs.is_empty() && self.finishing.is_empty()
+        self.legs.is_empty() && self.finishing.is_empty() && self.pool.is_empty()
     }
 
     /// The earliest deadline of a closing leg, or when the finishing sessions write again.
@@ -168,6 +171,26 @@ impl Closer {
             .map(|c| c.until)
             .chain(self.write_again)
             .min()
+    }
+
+    /// Moves the legs kept between sessions on (see [`Pool::turn`]), or closes them all if
+    /// the end is stopping.
+    fn turn_pool(
+        &mut self,
+        now: Instant,
+        stopping: bool,
+        interests: &mut Interests,
+        here: &Arc<Bell>,
+    ) {
+        let mut out = Vec::new();
+        if stopping {
+            self.pool.drain(&mut out);
+        }
+        let token = |key| (key << KINDS) | POOLED;
+        self.pool.turn(now, interests, token, here, &mut out);
+        for pool::Out::Close(leg, within) in out {
+            self.close(leg, now + within);
+        }
     }
 
     /// Moves every closing leg on and watches it for what it waits for; drops those done or
@@ -402,16 +425,18 @@ impl Worker {
                 self.turn_due();
             }
             let now = Instant::now();
+            let stopping = self.stop.load(Ordering::Relaxed);
+            if self.closer.pool.wants_turn(now) || (stopping && !self.closer.pool.is_empty()) {
+                self.closer
+                    .turn_pool(now, stopping, &mut self.interests, &self.bell);
+            }
             if closing_reported
                 || self.closer.added
                 || self.closer.next_deadline().is_some_and(|d| d <= now)
             {
                 self.closer.turn(now, &mut self.interests);
             }
-            if self.stop.load(Ordering::Relaxed)
-                && self.sessions.is_empty()
-                && self.closer.is_empty()
-            {
+            if stopping && self.sessions.is_empty() && self.closer.is_empty() {
                 // Jobs given since are dropped with the receiver: their applications reset.
                 return;
             }
@@ -421,6 +446,7 @@ impl Worker {
                     .map(|&(at, _)| at)
                     .into_iter()
                     .chain(self.closer.next_deadline())
+                    .chain(self.closer.pool.next_deadline())
                     .min()
                     .map_or(STOP_CHECK, |at| at.saturating_duration_since(now))
                     .min(STOP_CHECK)
@@ -442,6 +468,10 @@ impl Worker {
                 let (key, kind) = (token >> KINDS, token & ((1 << KINDS) - 1));
                 if kind == CLOSING {
                     closing_reported = true;
+                    continue;
+                }
+                if kind == POOLED {
+                    self.closer.pool.reported(key);
                     continue;
                 }
                 let Some(held) = self.sessions.get_mut(key) else {

@@ -209,7 +209,9 @@ pub fn assert_whole(client: &Seen, server: &Seen, bytes: u64) {
 }
 
 /// A TCP path between entry and exit that the test can cut: each connection is forwarded by
-/// two threads; `cut` closes every connection on it, `blocked` resets new ones once accepted
+/// two threads; `cut` closes every connection on it, `swallow` has every connection on it
+/// acknowledge and discard what it carries from then on (new ones still forward), `blocked`
+/// resets new ones once accepted
 /// (as an exit's gate drops a connection: the dial connects, then sees a RST), counted in
 /// `refused`. It
 /// records what the first connection carried from the entry. Built with several targets, it
@@ -221,6 +223,8 @@ pub struct CutPath {
     pub refused: Arc<AtomicU64>,
     pub recorded: Arc<Mutex<Vec<u8>>>,
     pub accepted: Arc<AtomicU64>,
+    /// Each connection's flag: it discards what it carries.
+    pub swallowing: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
 impl CutPath {
@@ -237,7 +241,9 @@ impl CutPath {
             refused: Arc::default(),
             recorded: Arc::default(),
             accepted: Arc::default(),
+            swallowing: Arc::default(),
         };
+        let swallowing = path.swallowing.clone();
         let (conns, blocked, refused, recorded, accepted) = (
             path.conns.clone(),
             path.blocked.clone(),
@@ -263,8 +269,11 @@ impl CutPath {
                     .extend([near.try_clone().unwrap(), far.try_clone().unwrap()]);
                 let (n2, f2) = (near.try_clone().unwrap(), far.try_clone().unwrap());
                 let rec = first.then(|| recorded.clone());
-                std::thread::spawn(move || forward(near, far, rec));
-                std::thread::spawn(move || forward(f2, n2, None));
+                let swallow = Arc::new(AtomicBool::new(false));
+                swallowing.lock().unwrap().push(swallow.clone());
+                let swallow2 = swallow.clone();
+                std::thread::spawn(move || forward_unless(near, far, rec, &swallow));
+                std::thread::spawn(move || forward_unless(f2, n2, None, &swallow2));
             }
         });
         path
@@ -275,13 +284,32 @@ impl CutPath {
             let _ = c.shutdown(Shutdown::Both);
         }
     }
+
+    /// Every connection on the path now acknowledges and discards what it carries, both ways,
+    /// and stays open (a box that forgot the flows and answers them still).
+    pub fn swallow(&self) {
+        for s in self.swallowing.lock().unwrap().drain(..) {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
-pub fn forward(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
+pub fn forward(from: TcpStream, to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
+    forward_unless(from, to, record, &AtomicBool::new(false))
+}
+
+/// Forwards until `from` ends; once `swallow` is set, discards what it reads instead.
+fn forward_unless(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    record: Option<Arc<Mutex<Vec<u8>>>>,
+    swallow: &AtomicBool,
+) {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
+            Ok(_) if swallow.load(Ordering::Relaxed) => {}
             Ok(n) => {
                 if let Some(r) = &record {
                     r.lock().unwrap().extend_from_slice(&buf[..n]);
