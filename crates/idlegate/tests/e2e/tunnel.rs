@@ -138,6 +138,77 @@ fn a_leg_cut_again_and_again_is_resumed_without_losing_a_byte() {
 }
 
 #[test]
+fn the_window_reopens_as_the_applications_read_not_at_the_next_heartbeat() {
+    // One way at a time (the other way then carries only acknowledgements, so nothing else
+    // turns a session that waits for a grant), a window of 1 MiB so that the sender waits
+    // for a grant hundreds of times, and a heartbeat longer than the bound: a grant that
+    // leaves only when the leg has been quiet for a heartbeat costs 30 s each time.
+    const BYTES: usize = 256 << 20;
+    const BOUND: Duration = Duration::from_secs(20);
+    let key = Key::random().unwrap();
+    let mut s = settings(30_000, WAIT);
+    s.replay_buffer = 1 << 20;
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, s.clone());
+    let entry = start_entry(exit.addr, &key, s);
+    let mut data = vec![0u8; 1 << 20];
+    Noise(13).fill(&mut data);
+    let data = Arc::new(data);
+    let send = |mut to: TcpStream, data: &[u8]| {
+        for _ in 0..BYTES / data.len() {
+            to.write_all(data).unwrap();
+        }
+        to.shutdown(Shutdown::Write).unwrap();
+        to
+    };
+    let expected = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for _ in 0..BYTES / data.len() {
+            hash.update(&data[..]);
+        }
+        <[u8; 32]>::from(hash.finalize())
+    };
+    // The server reads all the client sends, then sends as much back.
+    let up = data.clone();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(WAIT)).unwrap();
+        let got = read_to_end_hashed(conn.try_clone().unwrap());
+        send(conn, &up);
+        got
+    });
+    let started = Instant::now();
+    let client = TcpStream::connect(entry.addr).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let client = std::thread::spawn(move || read_to_end_hashed(send(client, &data)));
+    let done = wait_until(BOUND, || client.is_finished());
+    let moved = |s: &Running| {
+        (
+            s.stats.bytes_to_server.load(Ordering::Relaxed),
+            s.stats.bytes_to_client.load(Ordering::Relaxed),
+        )
+    };
+    assert!(
+        done,
+        "256 MiB one way then back not through within {BOUND:?}: the entry moved {:?} \
+         bytes (to the server, to the client), the exit {:?}",
+        moved(&entry),
+        moved(&exit)
+    );
+    let took = started.elapsed();
+    for (what, (hash, len, error)) in [
+        ("at the server", server.join().unwrap()),
+        ("at the client", client.join().unwrap()),
+    ] {
+        assert_eq!((len, error), (BYTES as u64, None), "{what}");
+        assert!(hash == expected, "{what}: SHA-256 differs");
+    }
+    assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), 0);
+    eprintln!("256 MiB each way in {took:.2?}");
+}
+
+#[test]
 fn a_new_session_opens_when_the_exits_side_resets_the_entrys_first_dials() {
     // An exit's gate drops a connection with a RST when its source is crowded or its first
     // message or Hello comes late, as it drops a wrong key: the entry dials again.

@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 
 /// Sealed bytes a leg may hold before the session stops taking from the outbox.
 const TX_HIGH: usize = 1 << 18;
+/// The most bytes a session reads from its application per wake: bounded, so that one busy
+/// session cannot keep its worker's others waiting; more than one read, so that a wake is not
+/// spent on one chunk.
+const APP_READ_BUDGET: usize = 1 << 20;
 /// How many heartbeat intervals of silence lose a leg.
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// How many heartbeat intervals a live leg may move no byte, while bytes wait, before the
@@ -266,13 +270,12 @@ impl Session {
     /// the application; finds the session done or its leg silent too long. Returns what to
     /// wait for and until when (a heartbeat, the leg's deadline, the stall watch).
     pub fn turn(&mut self, leg: &mut Leg) -> Result<Wants, LegEnd> {
-        if let Err(e) = self.fill_leg(leg) {
-            return Err(LegEnd::Violation(e.to_string()));
-        }
-        if let Err(e) = leg.flush() {
-            return Err(self.lost(Lost::Error(e)));
-        }
+        // The application here first: what it takes opens the window, and the Ack sealed
+        // next tells the peer so. (Sealed before it, the grant of the last bytes the
+        // application took waited for whatever turned the session next: with the peer
+        // waiting for that very grant, only the heartbeat did.)
         self.write_app(leg)?;
+        self.send_leg(leg)?;
         if self.is_done(leg) {
             return Err(self.end_in_order());
         }
@@ -393,6 +396,23 @@ impl Session {
         }
     }
 
+    /// Seals and writes to the leg until its socket takes no more or nothing is left to send
+    /// (the window, the outbox): a leg whose socket took everything sealed is not watched for
+    /// writing, so what stayed in the outbox must not wait for the next event.
+    fn send_leg(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+        loop {
+            if let Err(e) = self.fill_leg(leg) {
+                return Err(LegEnd::Violation(e.to_string()));
+            }
+            if let Err(e) = leg.flush() {
+                return Err(self.lost(Lost::Error(e)));
+            }
+            if leg.pending() > 0 || !self.outbox.sendable() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
     /// if the peer's data has not been acknowledged, or a heartbeat if the leg is quiet.
     fn fill_leg(&mut self, leg: &mut Leg) -> Result<(), LegError> {
@@ -449,24 +469,30 @@ impl Session {
         Ok(())
     }
 
+    /// Reads the application until it has nothing more, the outbox is full or
+    /// [`APP_READ_BUDGET`] bytes were read (its socket, set again after it reported, is
+    /// then reported again at the next wait).
     fn read_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
-        let room = self.outbox.room().min(self.read_buf.len());
-        if room == 0 || self.app_eof {
-            return Ok(());
-        }
-        match (&self.app).read(&mut self.read_buf[..room]) {
-            Ok(0) => {
-                self.app_eof = true;
-                self.outbox.finish();
+        let mut budget = APP_READ_BUDGET;
+        while budget > 0 && !self.app_eof {
+            let room = self.outbox.room().min(self.read_buf.len());
+            if room == 0 {
+                break;
             }
-            Ok(n) => {
-                self.outbox.push(&self.read_buf[..n]);
-                self.count_from_app(n);
+            match (&self.app).read(&mut self.read_buf[..room]) {
+                Ok(0) => {
+                    self.app_eof = true;
+                    self.outbox.finish();
+                }
+                Ok(n) => {
+                    self.outbox.push(&self.read_buf[..n]);
+                    self.count_from_app(n);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(self.app_was_reset(leg)),
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(self.app_was_reset(leg)),
         }
         Ok(())
     }
