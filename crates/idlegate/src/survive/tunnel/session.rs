@@ -41,6 +41,8 @@ const TX_HIGH: usize = 1 << 18;
 /// session cannot keep its worker's others waiting; more than one read, so that a wake is not
 /// spent on one chunk.
 const APP_READ_BUDGET: usize = 1 << 20;
+/// The most bytes a session reads from its leg per wake (as [`APP_READ_BUDGET`]).
+const LEG_READ_BUDGET: usize = 1 << 20;
 /// How many heartbeat intervals of silence lose a leg.
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// How many heartbeat intervals a live leg may move no byte, while bytes wait, before the
@@ -567,19 +569,29 @@ impl Session {
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
+    /// Reads until the socket has nothing more or [`LEG_READ_BUDGET`] bytes were read (the
+    /// leg, set again after it reported, is then reported again at the next wait); what the
+    /// peer may send is bounded by the window.
     fn read_leg(&mut self, leg: &mut Leg) -> Result<bool, LegEnd> {
-        let filled = match leg.fill() {
-            Ok(filled) => filled,
-            Err(e) => return Err(self.lost(Lost::Error(e))),
-        };
-        if let Some(end) = self.open_frames(leg) {
-            return Err(end);
+        let (mut arrived, mut budget) = (false, LEG_READ_BUDGET);
+        while budget > 0 {
+            let filled = match leg.fill() {
+                Ok(filled) => filled,
+                Err(e) => return Err(self.lost(Lost::Error(e))),
+            };
+            if let Some(end) = self.open_frames(leg) {
+                return Err(end);
+            }
+            match filled {
+                Filled::Eof => return Err(self.lost(Lost::Closed)),
+                Filled::Bytes(n) => {
+                    arrived = true;
+                    budget = budget.saturating_sub(n);
+                }
+                Filled::WouldBlock => break,
+            }
         }
-        match filled {
-            Filled::Eof => Err(self.lost(Lost::Closed)),
-            Filled::Bytes(_) => Ok(true),
-            Filled::WouldBlock => Ok(false),
-        }
+        Ok(arrived)
     }
 
     /// Handles every whole message the leg holds.
