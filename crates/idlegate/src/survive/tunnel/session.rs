@@ -14,7 +14,10 @@
 //! rewinds the outbox on a new leg. The leg is always read, whatever the applications do:
 //! what the peer may send is bounded by the window this end grants in its Ack frames (the
 //! replay buffer's size, from what the application here has read), so acknowledgements and
-//! heartbeats behind the data are never held up by a slow application. Heartbeats (Ack
+//! heartbeats behind the data are never held up by a slow application. A turn writes to the
+//! application before it seals, so the Ack that grants what the application just took leaves
+//! in the same turn, and it seals and writes until the leg's socket is full or nothing may be
+//! sent: no grant and no byte waits for a heartbeat. Heartbeats (Ack
 //! frames) leave whenever the leg has been quiet for a heartbeat interval; a leg on which
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
