@@ -138,6 +138,107 @@ fn a_leg_cut_again_and_again_is_resumed_without_losing_a_byte() {
 }
 
 #[test]
+fn the_window_reopens_as_the_applications_read_not_at_the_next_heartbeat() {
+    // Applications that read in bursts: each pause lets the window fill (1 MiB, so the sender
+    // waits for a grant), then the reader takes all at once. One way at a time, so the other
+    // way carries only acknowledgements and nothing else turns a session that waits for a
+    // grant; a heartbeat longer than the bound. A grant sealed before the application took
+    // the bytes that opened it, and so told only when the leg had been quiet for a
+    // heartbeat, cost 30 s at such a pause.
+    const BYTES: usize = 256 << 20;
+    const BOUND: Duration = Duration::from_secs(25);
+    let key = Key::random().unwrap();
+    let mut s = settings(30_000, WAIT);
+    s.replay_buffer = 1 << 20;
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, s.clone());
+    let entry = start_entry(exit.addr, &key, s);
+    let mut data = vec![0u8; 1 << 20];
+    Noise(13).fill(&mut data);
+    let data = Arc::new(data);
+    let send = |mut to: TcpStream, data: &[u8]| {
+        for _ in 0..BYTES / data.len() {
+            to.write_all(data).unwrap();
+        }
+        to.shutdown(Shutdown::Write).unwrap();
+        to
+    };
+    let expected = {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        for _ in 0..BYTES / data.len() {
+            hash.update(&data[..]);
+        }
+        <[u8; 32]>::from(hash.finalize())
+    };
+    // The server reads all the client sends, then sends as much back.
+    let up = data.clone();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let got = read_in_bursts(conn.try_clone().unwrap());
+        send(conn, &up);
+        got
+    });
+    let started = Instant::now();
+    let client = TcpStream::connect(entry.addr).unwrap();
+    let client = std::thread::spawn(move || read_in_bursts(send(client, &data)));
+    let done = wait_until(BOUND, || client.is_finished());
+    let moved = |s: &Running| {
+        (
+            s.stats.bytes_to_server.load(Ordering::Relaxed),
+            s.stats.bytes_to_client.load(Ordering::Relaxed),
+        )
+    };
+    assert!(
+        done,
+        "256 MiB one way then back not through within {BOUND:?}: the entry moved {:?} \
+         bytes (to the server, to the client), the exit {:?}",
+        moved(&entry),
+        moved(&exit)
+    );
+    let took = started.elapsed();
+    for (what, (hash, len, error)) in [
+        ("at the server", server.join().unwrap()),
+        ("at the client", client.join().unwrap()),
+    ] {
+        assert_eq!((len, error), (BYTES as u64, None), "{what}");
+        assert!(hash == expected, "{what}: SHA-256 differs");
+    }
+    assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), 0);
+    eprintln!("256 MiB each way, one way at a time, in {took:.2?}");
+}
+
+/// Reads `conn` to its end in bursts of 8 MiB, with a pause of 50 ms after each (an
+/// application busy with what it read): the SHA-256 of what came, how many bytes, the error
+/// that ended it early.
+fn read_in_bursts(mut conn: TcpStream) -> ([u8; 32], u64, Option<String>) {
+    use sha2::Digest;
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut received, mut burst) = (0u64, 0usize);
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return (hash.finalize().into(), received, None),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                received += n as u64;
+                burst += n;
+                if burst >= 8 << 20 {
+                    burst = 0;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                let error = format!("read after {received} bytes: {e}");
+                return (hash.finalize().into(), received, Some(error));
+            }
+        }
+    }
+}
+
+#[test]
 fn a_new_session_opens_when_the_exits_side_resets_the_entrys_first_dials() {
     // An exit's gate drops a connection with a RST when its source is crowded or its first
     // message or Hello comes late, as it drops a wrong key: the entry dials again.

@@ -14,7 +14,10 @@
 //! rewinds the outbox on a new leg. The leg is always read, whatever the applications do:
 //! what the peer may send is bounded by the window this end grants in its Ack frames (the
 //! replay buffer's size, from what the application here has read), so acknowledgements and
-//! heartbeats behind the data are never held up by a slow application. Heartbeats (Ack
+//! heartbeats behind the data are never held up by a slow application. A turn writes to the
+//! application before it seals, so the Ack that grants what the application just took leaves
+//! in the same turn, and it seals and writes until the leg's socket is full or nothing may be
+//! sent: no grant and no byte waits for a heartbeat. Heartbeats (Ack
 //! frames) leave whenever the leg has been quiet for a heartbeat interval; a leg on which
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
@@ -37,6 +40,12 @@ use std::time::{Duration, Instant};
 
 /// Sealed bytes a leg may hold before the session stops taking from the outbox.
 const TX_HIGH: usize = 1 << 18;
+/// The most bytes a session reads from its application per wake: bounded, so that one busy
+/// session cannot keep its worker's others waiting; more than one read, so that a wake is not
+/// spent on one chunk.
+const APP_READ_BUDGET: usize = 1 << 20;
+/// The most bytes a session reads from its leg per wake (as [`APP_READ_BUDGET`]).
+const LEG_READ_BUDGET: usize = 1 << 20;
 /// How many heartbeat intervals of silence lose a leg.
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// How many heartbeat intervals a live leg may move no byte, while bytes wait, before the
@@ -279,13 +288,12 @@ impl Session {
     /// the application; finds the session done or its leg silent too long. Returns what to
     /// wait for and until when (a heartbeat, the leg's deadline, the stall watch).
     pub fn turn(&mut self, leg: &mut Leg) -> Result<Wants, LegEnd> {
-        if let Err(e) = self.fill_leg(leg) {
-            return Err(LegEnd::Violation(e.to_string()));
-        }
-        if let Err(e) = leg.flush() {
-            return Err(self.lost(Lost::Error(e)));
-        }
+        // The application here first: what it takes opens the window, and the Ack sealed
+        // next tells the peer so. (Sealed before it, the grant of the last bytes the
+        // application took waited for whatever turned the session next: with the peer
+        // waiting for that very grant, only the heartbeat did.)
         self.write_app(leg)?;
+        self.send_leg(leg)?;
         if self.is_done(leg) {
             return Err(self.end_in_order());
         }
@@ -406,6 +414,23 @@ impl Session {
         }
     }
 
+    /// Seals and writes to the leg until its socket takes no more or nothing is left to send
+    /// (the window, the outbox): a leg whose socket took everything sealed is not watched for
+    /// writing, so what stayed in the outbox must not wait for the next event.
+    fn send_leg(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+        loop {
+            if let Err(e) = self.fill_leg(leg) {
+                return Err(LegEnd::Violation(e.to_string()));
+            }
+            if let Err(e) = leg.flush() {
+                return Err(self.lost(Lost::Error(e)));
+            }
+            if leg.pending() > 0 || !self.outbox.sendable() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
     /// if the peer's data has not been acknowledged, or a heartbeat if the leg is quiet.
     fn fill_leg(&mut self, leg: &mut Leg) -> Result<(), LegError> {
@@ -462,24 +487,30 @@ impl Session {
         Ok(())
     }
 
+    /// Reads the application until it has nothing more, the outbox is full or
+    /// [`APP_READ_BUDGET`] bytes were read (its socket, set again after it reported, is
+    /// then reported again at the next wait).
     fn read_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
-        let room = self.outbox.room().min(self.read_buf.len());
-        if room == 0 || self.app_eof {
-            return Ok(());
-        }
-        match (&self.app).read(&mut self.read_buf[..room]) {
-            Ok(0) => {
-                self.app_eof = true;
-                self.outbox.finish();
+        let mut budget = APP_READ_BUDGET;
+        while budget > 0 && !self.app_eof {
+            let room = self.outbox.room().min(self.read_buf.len());
+            if room == 0 {
+                break;
             }
-            Ok(n) => {
-                self.outbox.push(&self.read_buf[..n]);
-                self.count_from_app(n);
+            match (&self.app).read(&mut self.read_buf[..room]) {
+                Ok(0) => {
+                    self.app_eof = true;
+                    self.outbox.finish();
+                }
+                Ok(n) => {
+                    self.outbox.push(&self.read_buf[..n]);
+                    self.count_from_app(n);
+                    budget = budget.saturating_sub(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(self.app_was_reset(leg)),
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(self.app_was_reset(leg)),
         }
         Ok(())
     }
@@ -554,19 +585,29 @@ impl Session {
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
+    /// Reads until the socket has nothing more or [`LEG_READ_BUDGET`] bytes were read (the
+    /// leg, set again after it reported, is then reported again at the next wait); what the
+    /// peer may send is bounded by the window.
     fn read_leg(&mut self, leg: &mut Leg) -> Result<bool, LegEnd> {
-        let filled = match leg.fill() {
-            Ok(filled) => filled,
-            Err(e) => return Err(self.lost(Lost::Error(e))),
-        };
-        if let Some(end) = self.open_frames(leg) {
-            return Err(end);
+        let (mut arrived, mut budget) = (false, LEG_READ_BUDGET);
+        while budget > 0 {
+            let filled = match leg.fill() {
+                Ok(filled) => filled,
+                Err(e) => return Err(self.lost(Lost::Error(e))),
+            };
+            if let Some(end) = self.open_frames(leg) {
+                return Err(end);
+            }
+            match filled {
+                Filled::Eof => return Err(self.lost(Lost::Closed)),
+                Filled::Bytes(n) => {
+                    arrived = true;
+                    budget = budget.saturating_sub(n);
+                }
+                Filled::WouldBlock => break,
+            }
         }
-        match filled {
-            Filled::Eof => Err(self.lost(Lost::Closed)),
-            Filled::Bytes(_) => Ok(true),
-            Filled::WouldBlock => Ok(false),
-        }
+        Ok(arrived)
     }
 
     /// Handles every whole message the leg holds.

@@ -146,6 +146,12 @@ impl Outbox {
         self.granted = self.granted.max(limit);
     }
 
+    /// Whether something may be sent now: bytes within the receiver's window, or the FIN.
+    pub fn sendable(&self) -> bool {
+        let unsent = self.acked + self.buf.len() as u64;
+        self.fin_at == Some(self.sent) || self.sent < unsent.min(self.granted)
+    }
+
     /// Whether bytes wait that the receiver's window does not let out: its application is
     /// not reading.
     pub fn window_closed(&self) -> bool {
