@@ -34,6 +34,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = r#"
+max_flows = 2000000
 [[frontend]]
 name = "public"
 address = "203.0.113.10"
