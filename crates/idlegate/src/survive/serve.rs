@@ -78,14 +78,19 @@ pub struct Options {
 
 impl Options {
     /// The most connections (or sessions) each listener holds, and how many more descriptors
-    /// it may hold besides (a tunnel exit's connections that have not said Hello yet).
+    /// it may hold besides (a tunnel entry's free legs; a tunnel exit's connections that have
+    /// not said Hello yet and its idle legs).
     fn most(&self) -> (usize, u64) {
+        use crate::survive::tunnel;
         match self.plan {
             Plan::Config(_) | Plan::Relay { .. } => (self.max_connections, 0),
-            Plan::Entry { .. } => (self.settings.max_sessions, 0),
+            Plan::Entry { .. } => (
+                self.settings.max_sessions,
+                tunnel::entry_descriptors_besides_sessions() as u64,
+            ),
             Plan::Exit { .. } => (
                 self.settings.max_sessions,
-                crate::survive::tunnel::MAX_PENDING as u64,
+                tunnel::exit_descriptors_besides_sessions() as u64,
             ),
         }
     }

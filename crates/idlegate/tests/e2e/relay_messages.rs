@@ -358,6 +358,51 @@ fn a_relay_asked_for_more_connections_than_its_descriptors_hold_warns_with_the_n
 }
 
 #[test]
+fn a_tunnel_exit_keeps_descriptors_aside_for_its_gate_and_its_idle_legs() {
+    // 4,096 descriptors: 64 kept aside, 1,024 for connections owing their Hello, 256 a core
+    // (a worker each) for the legs kept idle between sessions, two a session.
+    let dir = std::env::temp_dir().join(crate::common::unique("exitfd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    /// Removes the key however the test ends.
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Gone(dir);
+    let key = dir.0.join("pair.key");
+    let made = Command::new(env!("CARGO_BIN_EXE_idlegate"))
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (tunnel, target) = (closed_port(), closed_port());
+    let args = [
+        "relay",
+        "--tunnel-listen",
+        &tunnel.to_string(),
+        "--connect",
+        &target.to_string(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let mut exit = Running::start(&args, Some(4096));
+    exit.line_with(&format!("tunnel exit {tunnel}"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let fits = (4096 - 64 - 1024 - 256 * cores) / 2;
+    let expected = format!(
+        "descriptors: the limit is 4096, so each listener holds at most {fits} connections"
+    );
+    assert!(
+        exit.seen.iter().any(|l| l.contains(&expected)),
+        "no {expected:?} in:\n{}",
+        exit.seen.join("\n")
+    );
+}
+
+#[test]
 fn a_probe_target_is_resolved_as_the_relay_resolves_its_addresses() {
     crate::common::require_root();
     let (code, stderr) = run_isolated(&["probe", "db.example.invalid"]);

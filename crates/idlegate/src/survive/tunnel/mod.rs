@@ -136,6 +136,24 @@ impl Settings {
 
 pub use gate::MAX_PENDING;
 
+/// The event-loop workers an end runs: one per core this process may run on, at least one.
+pub(crate) fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Descriptors an entry holds besides its sessions' two each (the application's socket and
+/// its leg): the free legs its workers keep between sessions ([`pool::AT_ENTRY`] each).
+pub fn entry_descriptors_besides_sessions() -> usize {
+    pool::AT_ENTRY * workers()
+}
+
+/// Descriptors an exit holds besides its sessions' two each (the leg and the target's
+/// socket): the connections its gate holds until their Hello ([`MAX_PENDING`]) and the idle
+/// legs its workers keep between sessions ([`pool::AT_EXIT`] each).
+pub fn exit_descriptors_besides_sessions() -> usize {
+    MAX_PENDING + pool::AT_EXIT * workers()
+}
+
 /// The end next to the client application.
 pub struct Entry {
     endpoint: Endpoint,
