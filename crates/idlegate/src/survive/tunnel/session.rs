@@ -301,7 +301,12 @@ impl Session {
         let dead_at = self.last_rx + self.heartbeat * MISSED_HEARTBEATS;
         if now >= dead_at {
             self.stats.heartbeat_misses.fetch_add(1, Ordering::Relaxed);
-            return Err(LegEnd::Lost(Lost::HeartbeatMissed(now - self.last_rx)));
+            // Whole both ways, with bytes left only for the application here (a server slow
+            // to read them): the peer, done, has stopped speaking on this leg (it waits for
+            // Done, or has let the leg go), and nothing more is needed from it, so the
+            // session ends whole and hands the bytes on without the leg, as for a leg lost
+            // any other way.
+            return Err(self.lost(Lost::HeartbeatMissed(now - self.last_rx)));
         }
         let look_again_at = self.watch_stall(now);
         // A heartbeat waits behind unsent bytes: they will tell the peer as much.
