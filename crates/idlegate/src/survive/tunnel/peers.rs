@@ -96,12 +96,15 @@ pub fn valid_name(name: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Peers {
     path: PathBuf,
+    /// The list in force: what the workers read, never held across a read of the file.
+    list: Mutex<Arc<PeerList>>,
+    /// The rereads' own state, held across a read of the file (by the one thread that
+    /// rereads it), so a slow file system delays no worker that only asks for the list.
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    list: Arc<PeerList>,
     /// The file's bytes at the last read (None: it could not be read), to see a change and
     /// whether it has settled.
     last_read: Option<Vec<u8>>,
@@ -129,8 +132,8 @@ impl Peers {
         let list = parse_bytes(&bytes, path)?;
         Ok(Peers {
             path: path.to_owned(),
+            list: Mutex::new(Arc::new(list)),
             state: Mutex::new(State {
-                list: Arc::new(list),
                 last_read: Some(bytes.clone()),
                 acted_on: Some(bytes),
                 read_at: Instant::now(),
@@ -140,9 +143,9 @@ impl Peers {
 
     /// The list in force.
     pub fn list(&self) -> Arc<PeerList> {
-        match self.state.lock() {
-            Ok(state) => state.list.clone(),
-            Err(poisoned) => poisoned.into_inner().list.clone(),
+        match self.list.lock() {
+            Ok(list) => list.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -179,14 +182,17 @@ impl Peers {
         };
         match parse_bytes(&bytes, &self.path) {
             Ok(list) => {
-                let revoked = state
-                    .list
+                let revoked = self
+                    .list()
                     .names
                     .iter()
                     .filter(|(key, _)| !list.names.contains_key(*key))
                     .map(|(key, name)| (*key, name.clone()))
                     .collect();
-                state.list = Arc::new(list);
+                match self.list.lock() {
+                    Ok(mut in_force) => *in_force = Arc::new(list),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(list),
+                }
                 Change::Replaced { revoked }
             }
             Err(e) => Change::Refused(format!("{e:#}; the list read before stays in force")),

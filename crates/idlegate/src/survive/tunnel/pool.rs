@@ -79,8 +79,16 @@ struct Pooled {
     /// When it is closed if nothing came.
     until: Instant,
     between: Between,
+    /// Acknowledgements of the session before read since it came here.
+    late_acks: u32,
     stats: Arc<Stats>,
 }
+
+/// The most acknowledgements of the session before a leg takes between sessions; past them
+/// it is closed. A few cross a Done legitimately (a heartbeat, a grant as the far application
+/// reads its last bytes); a peer that keeps sending them would otherwise keep its worker
+/// reading for as long as it likes.
+const LATE_ACKS: u32 = 16;
 
 impl Pooled {
     fn counts_free(&self) -> bool {
@@ -178,6 +186,7 @@ impl Pool {
             born,
             until,
             between,
+            late_acks: 0,
             stats: stats.clone(),
         };
         if pooled.counts_free() {
@@ -384,7 +393,12 @@ impl Pool {
                 };
                 match (&p.between, frame) {
                     // A late acknowledgement or heartbeat of the session that ended.
-                    (Between::AwaitingDone | Between::Idle { .. }, Frame::Ack { .. }) => {}
+                    (Between::AwaitingDone | Between::Idle { .. }, Frame::Ack { .. }) => {
+                        p.late_acks += 1;
+                        if p.late_acks > LATE_ACKS {
+                            return Keep::Close(CLOSE_WITHIN);
+                        }
+                    }
                     (Between::AwaitingDone, Frame::Done) => {
                         if now >= p.born + MAX_AGE {
                             return Keep::Close(CLOSE_WITHIN);
