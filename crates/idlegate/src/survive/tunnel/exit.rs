@@ -377,10 +377,11 @@ impl Carried for ExitCarried {
             LegEnd::Done(Whole::OnLeg) => {
                 self.forget.whole = true;
                 // Nothing of this session follows Done on the leg: the entry may send its
-                // next Hello there.
+                // next Hello there. Said only if the leg will wait for it (else the entry
+                // would send a Hello into a leg closing: without Done it sees the close).
                 let mut leg = leg;
                 let within = self.settings.leg_timeout();
-                if leg.send(&Frame::Done).is_ok() {
+                if closer.pool.has_room_to_idle() && leg.send(&Frame::Done).is_ok() {
                     let serving: Arc<dyn Greeter> = self.serving.clone();
                     let from = self.from;
                     closer.pool.idle(leg, serving, from, &self.stats, within);

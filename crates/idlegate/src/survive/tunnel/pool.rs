@@ -205,6 +205,12 @@ impl Pool {
         self.due.push(key);
     }
 
+    /// Exit: whether a leg given to [`Pool::idle`] now would be kept (so that Done is said
+    /// only on a leg that will wait for the next Hello).
+    pub(super) fn has_room_to_idle(&self) -> bool {
+        self.legs.len() < AT_EXIT
+    }
+
     /// Entry: the most recently freed leg still free, and when its handshake was done.
     pub(super) fn take(&mut self) -> Option<(Leg, Instant)> {
         let now = Instant::now();
