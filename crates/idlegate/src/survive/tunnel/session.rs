@@ -141,6 +141,33 @@ pub enum Side {
     Exit,
 }
 
+/// What a session uses only within one turn: its worker's, lent to each session it turns
+/// (one at a time), so that a session holds no buffer for it.
+pub struct Scratch {
+    /// Bytes read from the application, on their way to the outbox.
+    read: Box<[u8]>,
+    /// A message opened from the leg.
+    opened: Box<[u8]>,
+    /// A frame's plaintext while it is being sealed.
+    sealing: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            read: vec![0; MAX_DATA].into_boxed_slice(),
+            opened: vec![0; MAX_PLAINTEXT].into_boxed_slice(),
+            sealing: Vec::with_capacity(MAX_PLAINTEXT),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch::new()
+    }
+}
+
 /// One application connection and its stream state.
 pub struct Session {
     pub id: SessionId,
@@ -166,8 +193,6 @@ pub struct Session {
     last_rx: Instant,
     last_tx: Instant,
     stall: StallWatch,
-    read_buf: Vec<u8>,
-    plain: Vec<u8>,
     stats: Arc<Stats>,
     /// Ended in order; any other end resets the application when the session is dropped. The
     /// application's socket comes armed to reset (`Keepalive::apply_relayed`), so a killed
@@ -230,8 +255,6 @@ impl Session {
                 since: Instant::now(),
                 stalled: None,
             },
-            read_buf: vec![0; MAX_DATA],
-            plain: vec![0; MAX_PLAINTEXT],
             stats,
             done: false,
         })
@@ -273,7 +296,7 @@ impl Session {
 
     /// Starts the session on a new leg (its clocks start now) and handles the frames that
     /// arrived with the Welcome or Hello.
-    pub fn attach(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+    pub fn attach(&mut self, leg: &mut Leg, scratch: &mut Scratch) -> Option<LegEnd> {
         let now = Instant::now();
         self.last_rx = now;
         self.last_tx = now;
@@ -281,19 +304,19 @@ impl Session {
             // A new leg: the time spent waiting for it was a lost leg, not a stall.
             self.stall.since = now;
         }
-        self.open_frames(leg)
+        self.open_frames(leg, &mut scratch.opened)
     }
 
     /// Moves what can move without waiting: seals frames into the leg, writes the leg and
     /// the application; finds the session done or its leg silent too long. Returns what to
     /// wait for and until when (a heartbeat, the leg's deadline, the stall watch).
-    pub fn turn(&mut self, leg: &mut Leg) -> Result<Wants, LegEnd> {
+    pub fn turn(&mut self, leg: &mut Leg, scratch: &mut Scratch) -> Result<Wants, LegEnd> {
         // The application here first: what it takes opens the window, and the Ack sealed
         // next tells the peer so. (Sealed before it, the grant of the last bytes the
         // application took waited for whatever turned the session next: with the peer
         // waiting for that very grant, only the heartbeat did.)
         self.write_app(leg)?;
-        self.send_leg(leg)?;
+        self.send_leg(leg, &mut scratch.sealing)?;
         if self.is_done(leg) {
             return Err(self.end_in_order());
         }
@@ -330,17 +353,22 @@ impl Session {
     }
 
     /// Takes what the sockets reported: reads the application and the leg.
-    pub fn on_ready(&mut self, leg: &mut Leg, ready: Ready) -> Option<LegEnd> {
+    pub fn on_ready(
+        &mut self,
+        leg: &mut Leg,
+        ready: Ready,
+        scratch: &mut Scratch,
+    ) -> Option<LegEnd> {
         if ready.app_hangup {
             self.app_hung_up = true;
         }
         if ready.app {
-            if let Err(end) = self.read_app(leg) {
+            if let Err(end) = self.read_app(leg, &mut scratch.read) {
                 return Some(end);
             }
         }
         if ready.leg {
-            match self.read_leg(leg) {
+            match self.read_leg(leg, &mut scratch.opened) {
                 Ok(true) => self.last_rx = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return Some(end),
@@ -417,9 +445,9 @@ impl Session {
     /// Seals and writes to the leg until its socket takes no more or nothing is left to send
     /// (the window, the outbox): a leg whose socket took everything sealed is not watched for
     /// writing, so what stayed in the outbox must not wait for the next event.
-    fn send_leg(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+    fn send_leg(&mut self, leg: &mut Leg, plain: &mut Vec<u8>) -> Result<(), LegEnd> {
         loop {
-            if let Err(e) = self.fill_leg(leg) {
+            if let Err(e) = self.fill_leg(leg, plain) {
                 return Err(LegEnd::Violation(e.to_string()));
             }
             if let Err(e) = leg.flush() {
@@ -433,23 +461,29 @@ impl Session {
 
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
     /// if the peer's data has not been acknowledged, or a heartbeat if the leg is quiet.
-    fn fill_leg(&mut self, leg: &mut Leg) -> Result<(), LegError> {
+    fn fill_leg(&mut self, leg: &mut Leg, plain: &mut Vec<u8>) -> Result<(), LegError> {
         let before = leg.pending();
         while leg.pending() < TX_HIGH {
             match self.outbox.next(MAX_DATA) {
                 Some(Next::Data { offset, bytes }) => {
-                    leg.send(&Frame::Data {
-                        offset,
-                        bytes: bytes.0,
-                    })?;
+                    leg.seal(
+                        &Frame::Data {
+                            offset,
+                            bytes: bytes.0,
+                        },
+                        plain,
+                    )?;
                     if !bytes.1.is_empty() {
-                        leg.send(&Frame::Data {
-                            offset: offset + bytes.0.len() as u64,
-                            bytes: bytes.1,
-                        })?;
+                        leg.seal(
+                            &Frame::Data {
+                                offset: offset + bytes.0.len() as u64,
+                                bytes: bytes.1,
+                            },
+                            plain,
+                        )?;
                     }
                 }
-                Some(Next::Fin { offset }) => leg.send(&Frame::Fin { offset })?,
+                Some(Next::Fin { offset }) => leg.seal(&Frame::Fin { offset }, plain)?,
                 None => break,
             }
         }
@@ -459,8 +493,12 @@ impl Session {
         // peer may be waiting for it), not after every read.
         let opened = limit >= self.told_limit + (self.inbox.window() / 4) as u64;
         let quiet = self.last_tx.elapsed() >= self.heartbeat && leg.pending() == 0;
+        if quiet {
+            // Idle for a heartbeat interval: empty buffers give their room back.
+            self.trim(leg);
+        }
         if received != self.acked_to_peer || opened || quiet {
-            leg.send(&Frame::Ack { received, limit })?;
+            leg.seal(&Frame::Ack { received, limit }, plain)?;
             self.acked_to_peer = received;
             self.told_limit = limit;
         }
@@ -490,20 +528,20 @@ impl Session {
     /// Reads the application until it has nothing more, the outbox is full or
     /// [`APP_READ_BUDGET`] bytes were read (its socket, set again after it reported, is
     /// then reported again at the next wait).
-    fn read_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+    fn read_app(&mut self, leg: &mut Leg, read_buf: &mut [u8]) -> Result<(), LegEnd> {
         let mut budget = APP_READ_BUDGET;
         while budget > 0 && !self.app_eof {
-            let room = self.outbox.room().min(self.read_buf.len());
+            let room = self.outbox.room().min(read_buf.len());
             if room == 0 {
                 break;
             }
-            match (&self.app).read(&mut self.read_buf[..room]) {
+            match (&self.app).read(&mut read_buf[..room]) {
                 Ok(0) => {
                     self.app_eof = true;
                     self.outbox.finish();
                 }
                 Ok(n) => {
-                    self.outbox.push(&self.read_buf[..n]);
+                    self.outbox.push(&read_buf[..n]);
                     self.count_from_app(n);
                     budget = budget.saturating_sub(n);
                 }
@@ -588,14 +626,14 @@ impl Session {
     /// Reads until the socket has nothing more or [`LEG_READ_BUDGET`] bytes were read (the
     /// leg, set again after it reported, is then reported again at the next wait); what the
     /// peer may send is bounded by the window.
-    fn read_leg(&mut self, leg: &mut Leg) -> Result<bool, LegEnd> {
+    fn read_leg(&mut self, leg: &mut Leg, plain: &mut [u8]) -> Result<bool, LegEnd> {
         let (mut arrived, mut budget) = (false, LEG_READ_BUDGET);
         while budget > 0 {
             let filled = match leg.fill() {
                 Ok(filled) => filled,
                 Err(e) => return Err(self.lost(Lost::Error(e))),
             };
-            if let Some(end) = self.open_frames(leg) {
+            if let Some(end) = self.open_frames(leg, plain) {
                 return Err(end);
             }
             match filled {
@@ -611,24 +649,23 @@ impl Session {
     }
 
     /// Handles every whole message the leg holds.
-    fn open_frames(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+    fn open_frames(&mut self, leg: &mut Leg, plain: &mut [u8]) -> Option<LegEnd> {
         loop {
-            let n = match leg.next_frame(&mut self.plain) {
+            let n = match leg.next_frame(plain) {
                 Ok(Some(n)) => n,
                 Ok(None) => return None,
                 Err(LegError::Decrypt(_)) => return Some(self.lost(Lost::Unauthenticated)),
                 Err(e) => return Some(LegEnd::Violation(e.to_string())),
             };
-            if let Err(end) = self.handle(n) {
+            if let Err(end) = self.handle(&plain[..n]) {
                 return Some(end);
             }
         }
     }
 
-    /// Handles the message in `self.plain[..n]`.
-    fn handle(&mut self, n: usize) -> Result<(), LegEnd> {
-        let frame =
-            Frame::decode(&self.plain[..n]).map_err(|e| LegEnd::Violation(e.to_string()))?;
+    /// Handles one opened message.
+    fn handle(&mut self, msg: &[u8]) -> Result<(), LegEnd> {
+        let frame = Frame::decode(msg).map_err(|e| LegEnd::Violation(e.to_string()))?;
         let violation = |e: StreamError| LegEnd::Violation(e.to_string());
         match frame {
             Frame::Data { offset, bytes } => {
@@ -668,6 +705,21 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Gives back the room of the session's empty buffers (the outbox, the inbox, the leg's):
+    /// called when the leg has been quiet for a heartbeat interval, so a burst's buffers are
+    /// reused for the next burst, not allocated again.
+    fn trim(&mut self, leg: &mut Leg) {
+        self.outbox.trim();
+        self.inbox.trim();
+        leg.trim();
+    }
+
+    /// The bytes the session's buffers hold allocated, with its leg's (for tests and the
+    /// debug view).
+    pub fn buffered(&self, leg: Option<&Leg>) -> usize {
+        self.outbox.buffered() + self.inbox.buffered() + leg.map_or(0, Leg::buffered)
     }
 
     /// Both applications finished writing, the peer has every byte and its FIN, and this end

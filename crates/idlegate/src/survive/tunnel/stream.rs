@@ -62,6 +62,16 @@ pub enum Next<'a> {
     Fin { offset: u64 },
 }
 
+/// Makes room in `ring` for `more` bytes: its capacity doubles, up to `bound` (or what is
+/// needed, if more).
+fn grow(ring: &mut VecDeque<u8>, more: usize, bound: usize) {
+    let needed = ring.len() + more;
+    if needed > ring.capacity() {
+        let grown = (ring.capacity() * 2).clamp(needed, bound.max(needed));
+        ring.reserve_exact(grown - ring.len());
+    }
+}
+
 /// Bytes written by the application, kept until the other end acknowledges them.
 #[derive(Debug)]
 pub struct Outbox {
@@ -81,7 +91,7 @@ impl Outbox {
     /// An outbox that holds at most `limit` unacknowledged bytes.
     pub fn new(limit: usize) -> Outbox {
         Outbox {
-            buf: VecDeque::with_capacity(limit.min(1 << 20)),
+            buf: VecDeque::new(),
             acked: 0,
             sent: 0,
             fin_at: None,
@@ -98,11 +108,25 @@ impl Outbox {
         self.limit - self.buf.len()
     }
 
-    /// Takes as much of `bytes` as there is room for; returns how much.
+    /// Takes as much of `bytes` as there is room for; returns how much. The ring grows (by
+    /// doubling) to the limit at most, as it is needed.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.room());
+        grow(&mut self.buf, n, self.limit);
         self.buf.extend(&bytes[..n]);
         n
+    }
+
+    /// Gives back the ring's room if it is empty (every byte acknowledged).
+    pub fn trim(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = VecDeque::new();
+        }
+    }
+
+    /// The bytes the ring holds allocated.
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The application finished writing: a FIN follows its last byte.
@@ -267,11 +291,7 @@ impl Inbox {
                 limit: self.limit(),
             });
         }
-        let needed = self.held.len() + new.len();
-        if needed > self.held.capacity() {
-            let grown = (self.held.capacity() * 2).clamp(needed, self.window.max(needed));
-            self.held.reserve_exact(grown - self.held.len());
-        }
+        grow(&mut self.held, new.len(), self.window);
         self.held.extend(new);
         self.next = end;
         Ok(new.len())
@@ -290,6 +310,18 @@ impl Inbox {
                 expected: self.next,
             }),
         }
+    }
+
+    /// Gives back the ring's room if it is empty (the application took every byte).
+    pub fn trim(&mut self) {
+        if self.held.is_empty() {
+            self.held = VecDeque::new();
+        }
+    }
+
+    /// The bytes the ring holds allocated.
+    pub fn buffered(&self) -> usize {
+        self.held.capacity()
     }
 
     /// How many bytes wait for the application.
