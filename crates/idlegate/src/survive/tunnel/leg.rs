@@ -822,6 +822,56 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_leg_holds_no_buffer_until_bytes_need_one_and_gives_the_room_back_once_idle() {
+        const FRAMES: usize = 70;
+        const EACH: usize = 60_000;
+        let key = Key::random().unwrap();
+        let (client, server) = pair(&key, &key);
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        assert_eq!(client.buffered(), 0, "a new leg holds no buffer");
+        assert_eq!(server.buffered(), 0, "a new leg holds no buffer");
+        // 4 MiB across, sealed into a send buffer reused for each frame.
+        let sender = std::thread::spawn(move || {
+            let mut plain = Vec::new();
+            let bytes = vec![9u8; EACH];
+            for i in 0..FRAMES {
+                let offset = (i * EACH) as u64;
+                client
+                    .seal(
+                        &Frame::Data {
+                            offset,
+                            bytes: &bytes,
+                        },
+                        &mut plain,
+                    )
+                    .unwrap();
+                client.stream.set_nonblocking(false).unwrap();
+                client.flush().unwrap();
+            }
+            client
+        });
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        for i in 0..FRAMES {
+            let n = server.recv_now(&mut plain).unwrap();
+            assert!(matches!(
+                Frame::decode(&plain[..n]),
+                Ok(Frame::Data { offset, bytes }) if offset == (i * EACH) as u64 && bytes.len() == EACH
+            ));
+        }
+        let mut client = sender.join().unwrap();
+        assert!(client.buffered() >= EACH, "the send buffer grew to a frame");
+        assert!(client.buffered() < 2 * (EACH + 64), "and no further");
+        assert!(
+            server.buffered() >= EACH,
+            "the receive buffer grew to a record"
+        );
+        client.trim();
+        server.trim();
+        assert!(client.buffered() <= TX_MIN, "{}", client.buffered());
+        assert!(server.buffered() <= RX_MIN, "{}", server.buffered());
+    }
+
     /// A per-peer handshake: `entry` dials an exit that holds `exit` and lists `listed`.
     fn peer_pair(
         entry: &PrivateKey,

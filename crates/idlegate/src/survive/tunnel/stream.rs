@@ -377,6 +377,46 @@ mod tests {
         Fin(u64),
     }
 
+    #[test]
+    fn an_outbox_holds_no_room_until_bytes_need_it_and_gives_it_back_once_acknowledged() {
+        let mut out = Outbox::new(16 << 20);
+        assert_eq!(out.buffered(), 0, "a new session's outbox holds nothing");
+        out.grant(u64::MAX);
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..64 {
+            assert_eq!(out.push(&chunk), chunk.len());
+            while out.next(usize::MAX).is_some() {}
+        }
+        assert!(out.buffered() >= 4 << 20);
+        assert!(out.buffered() <= 8 << 20, "it doubles, no further");
+        out.ack(4 << 20).unwrap();
+        out.trim();
+        assert_eq!(out.buffered(), 0, "an empty outbox gives its room back");
+        // It takes bytes again, from nothing.
+        assert_eq!(out.push(b"again"), 5);
+        assert!(out.buffered() < 1 << 10);
+    }
+
+    #[test]
+    fn an_outbox_grows_no_further_than_its_limit() {
+        let mut out = Outbox::new(100_000);
+        let chunk = vec![1u8; 60_000];
+        assert_eq!(out.push(&chunk), 60_000);
+        assert_eq!(out.push(&chunk), 40_000);
+        assert!(out.buffered() <= 100_000 + 16, "{}", out.buffered());
+    }
+
+    #[test]
+    fn an_inbox_gives_its_room_back_once_the_application_took_every_byte() {
+        let mut inbox = Inbox::new(8 << 20);
+        inbox.accept(0, &vec![3u8; 4 << 20]).unwrap();
+        inbox.trim();
+        assert!(inbox.buffered() >= 4 << 20, "bytes waiting keep their room");
+        inbox.consume(4 << 20);
+        inbox.trim();
+        assert_eq!(inbox.buffered(), 0);
+    }
+
     fn take(out: &mut Outbox, max: usize) -> Option<Frame> {
         Some(match out.next(max)? {
             Next::Data { offset, bytes } => Frame::Data(offset, [bytes.0, bytes.1].concat()),
