@@ -22,7 +22,10 @@
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
 //! `stalled` gauge) until bytes move again. Memory per session is bounded: the outbox, the
-//! window (bytes waiting for a slow application), and one leg's buffers. Its worker never
+//! window (bytes waiting for a slow application), and one leg's buffers; each starts empty,
+//! grows only as bytes need it, and gives its room back once empty and the leg has been quiet
+//! for a heartbeat interval (see `trim`). What a session uses only within a turn (a read from
+//! the application, a message opened or sealed) is its worker's [`Scratch`]. Its worker never
 //! spins on it: once the application's socket reports a hangup (on Windows, as soon as the
 //! application's FIN arrives), bytes for it are tried again every `WRITE_RETRY` instead of
 //! waiting for it to be writable.
