@@ -750,6 +750,86 @@ mod tests {
     use std::net::TcpListener;
     use std::sync::mpsc;
 
+    /// A connected pair of sockets on loopback.
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (near, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
+        const MOVED: usize = 4 << 20;
+        // Enough for an idle session's leg (RX_MIN, TX_MIN) and a heartbeat's frames; before,
+        // an idle session held an outbox of 1 MiB and a leg's 320 KiB and 256 KiB.
+        const IDLE_MOST: usize = 8 << 10;
+        let key = super::super::key::Key::random().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let exit_key = key.clone();
+        let exit_leg = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+        });
+        let mut entry_leg = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &key,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut exit_leg = exit_leg.join().unwrap();
+        entry_leg.go_nonblocking().unwrap();
+        exit_leg.go_nonblocking().unwrap();
+        // The client writes 4 MiB into the entry; the server reads them from the exit.
+        let (mut client, entry_app) = socket_pair();
+        let (exit_app, mut server) = socket_pair();
+        let heartbeat = Duration::from_millis(200);
+        let session = |app, side| {
+            let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+            Session::new(id, token, app, side, 4 << 20, heartbeat, Arc::default()).unwrap()
+        };
+        let mut entry = session(entry_app, Side::Entry);
+        let mut exit = session(exit_app, Side::Exit);
+        let writer = std::thread::spawn(move || {
+            client.write_all(&vec![5u8; MOVED]).unwrap();
+            client
+        });
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; MOVED];
+            server.read_exact(&mut all).unwrap();
+            assert!(all.iter().all(|&b| b == 5));
+            server
+        });
+        let mut scratch = Scratch::new();
+        let ready = Ready {
+            app: true,
+            app_hangup: false,
+            leg: true,
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut grew = 0;
+        loop {
+            for (s, leg) in [(&mut entry, &mut entry_leg), (&mut exit, &mut exit_leg)] {
+                assert!(s.on_ready(leg, ready, &mut scratch).is_none());
+                s.turn(leg, &mut scratch).unwrap();
+            }
+            let held = entry.buffered(Some(&entry_leg)) + exit.buffered(Some(&exit_leg));
+            grew = grew.max(held);
+            if reader.is_finished() && held <= 2 * IDLE_MOST {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "an idle session still holds {held} bytes of buffers"
+            );
+            std::thread::yield_now();
+        }
+        assert!(grew > MOVED / 8, "the buffers grew with the bytes: {grew}");
+        assert!(entry.buffered(Some(&entry_leg)) <= IDLE_MOST);
+        assert!(exit.buffered(Some(&exit_leg)) <= IDLE_MOST);
+        let (_client, _server) = (writer.join().unwrap(), reader.join().unwrap());
+    }
+
     #[test]
     fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {
         // More bytes left for the application than its socket's buffers hold (a receive buffer
