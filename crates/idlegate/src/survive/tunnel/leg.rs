@@ -23,9 +23,14 @@
 //! read; [`Leg::respond`] reads it and answers, blocking.
 //!
 //! After the handshake a leg is non-blocking: [`Leg::fill`] reads what the socket has,
-//! [`Leg::next_frame`] opens one message at a time, [`Leg::send`] seals a frame into the
-//! outgoing buffer and [`Leg::flush`] writes what the socket takes. Buffers are reused: no
-//! allocation per frame.
+//! [`Leg::next_frame`] opens one message at a time, [`Leg::seal`] seals a frame into the
+//! outgoing buffer and [`Leg::flush`] writes what the socket takes. A leg's buffers hold only
+//! what is in flight: they start small, grow (by doubling, up to a read of [`READ_CHUNK`] and
+//! one whole record) only when the bytes need the room, are reused with no allocation per
+//! frame, and [`Leg::trim`] gives the room back once they are empty. The plaintext of a frame
+//! is the caller's scratch (its worker's), not the leg's; [`Leg::send`], for the few frames
+//! outside a session's data path (Hello, Welcome, Done, Reset, Refuse), encodes into a small
+//! buffer of its own.
 
 use super::frame::{Frame, FrameError, MAX_PLAINTEXT};
 use super::key::{Key, PrivateKey, PublicKey};
@@ -45,8 +50,17 @@ const PSK_FIRST_LEN: usize = 32 + 16;
 const PEER_FIRST_LEN: usize = 32 + (32 + 16) + 16;
 const PROLOGUE: &[u8] = b"idlegate tunnel 3";
 const MAX_RECORD: usize = 65_535;
-/// How much a leg reads per call.
-const READ_CHUNK: usize = 1 << 18;
+/// How much a leg reads per call, at most.
+pub const READ_CHUNK: usize = 1 << 18;
+/// The receive buffer at its largest: a read's worth after a partial record.
+const RX_MAX: usize = READ_CHUNK + 2 + MAX_RECORD;
+/// The receive buffer at its smallest (a leg's first read, and after [`Leg::trim`]): a few
+/// heartbeats' or a short exchange's records.
+pub const RX_MIN: usize = 1 << 11;
+/// What [`Leg::trim`] leaves of the send buffer: room for a heartbeat or a short frame.
+pub const TX_MIN: usize = 1 << 8;
+/// A frame outside the data path, encoded: the longest is a Hello or Welcome.
+const CONTROL_MAX: usize = 96;
 
 /// Why a leg failed.
 #[derive(Debug, Error)]
@@ -207,15 +221,18 @@ impl std::fmt::Display for Peer {
 pub struct Leg {
     stream: TcpStream,
     noise: snow::TransportState,
-    /// Received bytes not yet opened: `rx[rx_start..rx_end]`.
-    rx: Box<[u8]>,
+    /// Received bytes not yet opened: `rx[rx_start..rx_end]`. Its length (all initialized)
+    /// grows from [`RX_MIN`] to [`RX_MAX`] as reads fill it (`rx_full`).
+    rx: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
-    /// Sealed bytes not yet written: `tx[tx_start..]`.
+    /// The last read filled the buffer: the next one gets twice the room.
+    rx_full: bool,
+    /// Sealed bytes not yet written: `tx[tx_start..tx_end]`. Its length is the most it ever
+    /// held (initialized once, so sealing never zero-fills).
     tx: Vec<u8>,
     tx_start: usize,
-    /// A frame's plaintext while it is being sealed.
-    plain: Vec<u8>,
+    tx_end: usize,
     /// Until the leg goes non-blocking: when the handshake, Hello and Welcome must be done.
     deadline: Instant,
     /// Who is at the far end (the initiator knows its responder already: `Peer::Psk`).
@@ -453,44 +470,57 @@ impl Leg {
         Leg {
             stream,
             noise,
-            // Zeroed by the allocator's fresh pages: an idle leg touches little of it.
-            rx: vec![0; READ_CHUNK + 2 + MAX_RECORD].into_boxed_slice(),
+            // Both allocated by the first bytes that need them.
+            rx: Vec::new(),
             rx_start: 0,
             rx_end: 0,
-            tx: Vec::with_capacity(READ_CHUNK),
+            rx_full: false,
+            tx: Vec::new(),
             tx_start: 0,
-            plain: Vec::with_capacity(MAX_PLAINTEXT),
+            tx_end: 0,
             deadline,
             peer,
         }
     }
 
-    /// Seals `frame` into the outgoing buffer.
-    pub fn send(&mut self, frame: &Frame) -> Result<(), LegError> {
-        self.plain.clear();
-        frame.encode(&mut self.plain);
-        debug_assert!(self.plain.len() <= MAX_PLAINTEXT);
-        let at = self.tx.len();
-        self.tx.resize(at + 2 + self.plain.len() + 16, 0);
+    /// Seals `frame` into the outgoing buffer, encoding it in `plain` (a scratch buffer, the
+    /// caller's: reused, it costs no allocation once it has held a whole frame).
+    pub fn seal(&mut self, frame: &Frame, plain: &mut Vec<u8>) -> Result<(), LegError> {
+        plain.clear();
+        frame.encode(plain);
+        debug_assert!(plain.len() <= MAX_PLAINTEXT);
+        let at = self.tx_end;
+        let end = at + 2 + plain.len() + 16;
+        if self.tx.len() < end {
+            // Only past the most it ever held: what was initialized once is sealed over.
+            self.tx.resize(end, 0);
+        }
         let n = self
             .noise
-            .write_message(&self.plain, &mut self.tx[at + 2..])
+            .write_message(plain, &mut self.tx[at + 2..end])
             .map_err(LegError::Decrypt)?;
         // n ≤ 65,535: the plaintext is bounded by MAX_PLAINTEXT.
         self.tx[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
-        self.tx.truncate(at + 2 + n);
+        self.tx_end = at + 2 + n;
         Ok(())
+    }
+
+    /// Seals a frame outside a session's data path (Hello, Welcome, Done, Reset, Refuse: a
+    /// few per session), encoded in a small buffer of its own.
+    pub fn send(&mut self, frame: &Frame) -> Result<(), LegError> {
+        let mut plain = Vec::with_capacity(CONTROL_MAX);
+        self.seal(frame, &mut plain)
     }
 
     /// Bytes sealed and not yet written to the socket.
     pub fn pending(&self) -> usize {
-        self.tx.len() - self.tx_start
+        self.tx_end - self.tx_start
     }
 
     /// Writes what the socket takes without blocking.
     pub fn flush(&mut self) -> io::Result<()> {
-        while self.tx_start < self.tx.len() {
-            match (&self.stream).write(&self.tx[self.tx_start..]) {
+        while self.tx_start < self.tx_end {
+            match (&self.stream).write(&self.tx[self.tx_start..self.tx_end]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.tx_start += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -498,11 +528,31 @@ impl Leg {
                 Err(e) => return Err(e),
             }
         }
-        if self.tx_start == self.tx.len() {
-            self.tx.clear();
-            self.tx_start = 0;
+        if self.tx_start == self.tx_end {
+            (self.tx_start, self.tx_end) = (0, 0);
         }
         Ok(())
+    }
+
+    /// Gives back the room of empty buffers, down to [`RX_MIN`] and [`TX_MIN`]: for a leg
+    /// gone idle (its session calls it when it sends a heartbeat), not after every frame,
+    /// which would allocate again at the next burst.
+    pub fn trim(&mut self) {
+        if self.rx_start == self.rx_end && self.rx.len() > RX_MIN {
+            (self.rx_start, self.rx_end, self.rx_full) = (0, 0, false);
+            self.rx.truncate(RX_MIN);
+            self.rx.shrink_to_fit();
+        }
+        if self.tx_start == self.tx_end && self.tx.len() > TX_MIN {
+            (self.tx_start, self.tx_end) = (0, 0);
+            self.tx.truncate(TX_MIN);
+            self.tx.shrink_to_fit();
+        }
+    }
+
+    /// The bytes the leg's buffers hold allocated (for tests and the debug view).
+    pub fn buffered(&self) -> usize {
+        self.rx.capacity() + self.tx.capacity()
     }
 
     /// Reads what the socket has (one call).
@@ -513,6 +563,7 @@ impl Leg {
             Ok(0) => Ok(Filled::Eof),
             Ok(n) => {
                 self.rx_end += n;
+                self.rx_full = self.rx_end == self.rx.len();
                 Ok(Filled::Bytes(n))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
@@ -521,20 +572,41 @@ impl Leg {
         }
     }
 
-    /// Opens the next whole message received, into `plain`; returns its length, or None
-    /// until more bytes arrive.
-    /// Moves what is held to the front of the buffer when a whole record might not fit after
-    /// it. Whole records are always opened before the next read, so what is held is less than
-    /// one record and a read always has room.
+    /// Makes room for the next read: the whole record begun must fit, and a read that filled
+    /// the buffer gets twice the room next time (up to [`RX_MAX`]). What is held moves to the
+    /// front of the buffer when the rest of its record would not fit after it. Whole records
+    /// are always opened before the next read, so what is held is less than one record and a
+    /// read always has room.
     fn make_room(&mut self) {
         if self.rx_start == self.rx_end {
             (self.rx_start, self.rx_end) = (0, 0);
-        } else if self.rx.len() - self.rx_end < 2 + MAX_RECORD {
+        }
+        let held = self.rx_end - self.rx_start;
+        let record = match self.rx.get(self.rx_start..self.rx_start + 2) {
+            Some(b) if held >= 2 => 2 + u16::from_be_bytes([b[0], b[1]]) as usize,
+            _ => 2,
+        };
+        let mut len = self.rx.len().max(RX_MIN).max(record);
+        if self.rx_full {
+            self.rx_full = false;
+            len = len.max((self.rx.len() * 2).min(RX_MAX));
+        }
+        let rest = record.saturating_sub(held).max(1);
+        if self.rx_start > 0 && (self.rx.len() - self.rx_end < rest || len > self.rx.len()) {
             self.rx.copy_within(self.rx_start..self.rx_end, 0);
-            (self.rx_start, self.rx_end) = (0, self.rx_end - self.rx_start);
+            (self.rx_start, self.rx_end) = (0, held);
+        }
+        if len > self.rx.len() {
+            self.rx.resize(len, 0);
+        }
+        if self.rx_end == self.rx.len() {
+            // Only if a whole record was left unopened: a read must have room all the same.
+            self.rx.resize(self.rx.len() + RX_MIN, 0);
         }
     }
 
+    /// Opens the next whole message received, into `plain`; returns its length, or None
+    /// until more bytes arrive.
     pub fn next_frame(&mut self, plain: &mut [u8]) -> Result<Option<usize>, LegError> {
         let held = &self.rx[self.rx_start..self.rx_end];
         let Some(len) = held
@@ -558,9 +630,8 @@ impl Leg {
     pub fn send_now(&mut self, frame: &Frame) -> Result<(), LegError> {
         self.send(frame)?;
         self.stream.set_write_timeout(Some(left(self.deadline)?))?;
-        let result = (&self.stream).write_all(&self.tx[self.tx_start..]);
-        self.tx.clear();
-        self.tx_start = 0;
+        let result = (&self.stream).write_all(&self.tx[self.tx_start..self.tx_end]);
+        (self.tx_start, self.tx_end) = (0, 0);
         Ok(result?)
     }
 
@@ -604,7 +675,7 @@ impl Leg {
         let deadline = Instant::now() + timeout;
         let _ = self.stream.set_nonblocking(false);
         let _ = self.stream.set_write_timeout(Some(timeout));
-        let _ = (&self.stream).write_all(&self.tx[self.tx_start..]);
+        let _ = (&self.stream).write_all(&self.tx[self.tx_start..self.tx_end]);
         let _ = self.stream.shutdown(Shutdown::Write);
         let mut sink = [0u8; 4096];
         while let Ok(wait) = left(deadline) {
@@ -749,6 +820,56 @@ mod tests {
         assert!(
             matches!(Frame::decode(&plain[..n]), Ok(Frame::Data { offset: 0, bytes }) if bytes.len() == 60_000)
         );
+    }
+
+    #[test]
+    fn a_leg_holds_no_buffer_until_bytes_need_one_and_gives_the_room_back_once_idle() {
+        const FRAMES: usize = 70;
+        const EACH: usize = 60_000;
+        let key = Key::random().unwrap();
+        let (client, server) = pair(&key, &key);
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        assert_eq!(client.buffered(), 0, "a new leg holds no buffer");
+        assert_eq!(server.buffered(), 0, "a new leg holds no buffer");
+        // 4 MiB across, sealed into a send buffer reused for each frame.
+        let sender = std::thread::spawn(move || {
+            let mut plain = Vec::new();
+            let bytes = vec![9u8; EACH];
+            for i in 0..FRAMES {
+                let offset = (i * EACH) as u64;
+                client
+                    .seal(
+                        &Frame::Data {
+                            offset,
+                            bytes: &bytes,
+                        },
+                        &mut plain,
+                    )
+                    .unwrap();
+                client.stream.set_nonblocking(false).unwrap();
+                client.flush().unwrap();
+            }
+            client
+        });
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        for i in 0..FRAMES {
+            let n = server.recv_now(&mut plain).unwrap();
+            assert!(matches!(
+                Frame::decode(&plain[..n]),
+                Ok(Frame::Data { offset, bytes }) if offset == (i * EACH) as u64 && bytes.len() == EACH
+            ));
+        }
+        let mut client = sender.join().unwrap();
+        assert!(client.buffered() >= EACH, "the send buffer grew to a frame");
+        assert!(client.buffered() < 2 * (EACH + 64), "and no further");
+        assert!(
+            server.buffered() >= EACH,
+            "the receive buffer grew to a record"
+        );
+        client.trim();
+        server.trim();
+        assert!(client.buffered() <= TX_MIN, "{}", client.buffered());
+        assert!(server.buffered() <= RX_MIN, "{}", server.buffered());
     }
 
     /// A per-peer handshake: `entry` dials an exit that holds `exit` and lists `listed`.

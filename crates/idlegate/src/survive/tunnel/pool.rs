@@ -181,6 +181,9 @@ impl Pool {
             self.refused.push(Out::Close(leg, or_close_within));
             return;
         }
+        // Between sessions: what its last session grew is given back (what it holds stays).
+        let mut leg = leg;
+        leg.trim();
         let pooled = Pooled {
             leg,
             born,

@@ -22,7 +22,10 @@
 //! nothing arrives for three intervals is lost. A live leg on which no byte moves for
 //! [`STALL_HEARTBEATS`] intervals while bytes wait is reported stalled (a warning, and the
 //! `stalled` gauge) until bytes move again. Memory per session is bounded: the outbox, the
-//! window (bytes waiting for a slow application), and one leg's buffers. Its worker never
+//! window (bytes waiting for a slow application), and one leg's buffers; each starts empty,
+//! grows only as bytes need it, and gives its room back once empty and the leg has been quiet
+//! for a heartbeat interval (see `trim`). What a session uses only within a turn (a read from
+//! the application, a message opened or sealed) is its worker's [`Scratch`]. Its worker never
 //! spins on it: once the application's socket reports a hangup (on Windows, as soon as the
 //! application's FIN arrives), bytes for it are tried again every `WRITE_RETRY` instead of
 //! waiting for it to be writable.
@@ -141,6 +144,33 @@ pub enum Side {
     Exit,
 }
 
+/// What a session uses only within one turn: its worker's, lent to each session it turns
+/// (one at a time), so that a session holds no buffer for it.
+pub struct Scratch {
+    /// Bytes read from the application, on their way to the outbox.
+    read: Box<[u8]>,
+    /// A message opened from the leg.
+    opened: Box<[u8]>,
+    /// A frame's plaintext while it is being sealed.
+    sealing: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch {
+            read: vec![0; MAX_DATA].into_boxed_slice(),
+            opened: vec![0; MAX_PLAINTEXT].into_boxed_slice(),
+            sealing: Vec::with_capacity(MAX_PLAINTEXT),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch::new()
+    }
+}
+
 /// One application connection and its stream state.
 pub struct Session {
     pub id: SessionId,
@@ -166,8 +196,6 @@ pub struct Session {
     last_rx: Instant,
     last_tx: Instant,
     stall: StallWatch,
-    read_buf: Vec<u8>,
-    plain: Vec<u8>,
     stats: Arc<Stats>,
     /// Ended in order; any other end resets the application when the session is dropped. The
     /// application's socket comes armed to reset (`Keepalive::apply_relayed`), so a killed
@@ -230,8 +258,6 @@ impl Session {
                 since: Instant::now(),
                 stalled: None,
             },
-            read_buf: vec![0; MAX_DATA],
-            plain: vec![0; MAX_PLAINTEXT],
             stats,
             done: false,
         })
@@ -273,7 +299,7 @@ impl Session {
 
     /// Starts the session on a new leg (its clocks start now) and handles the frames that
     /// arrived with the Welcome or Hello.
-    pub fn attach(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+    pub fn attach(&mut self, leg: &mut Leg, scratch: &mut Scratch) -> Option<LegEnd> {
         let now = Instant::now();
         self.last_rx = now;
         self.last_tx = now;
@@ -281,19 +307,19 @@ impl Session {
             // A new leg: the time spent waiting for it was a lost leg, not a stall.
             self.stall.since = now;
         }
-        self.open_frames(leg)
+        self.open_frames(leg, &mut scratch.opened)
     }
 
     /// Moves what can move without waiting: seals frames into the leg, writes the leg and
     /// the application; finds the session done or its leg silent too long. Returns what to
     /// wait for and until when (a heartbeat, the leg's deadline, the stall watch).
-    pub fn turn(&mut self, leg: &mut Leg) -> Result<Wants, LegEnd> {
+    pub fn turn(&mut self, leg: &mut Leg, scratch: &mut Scratch) -> Result<Wants, LegEnd> {
         // The application here first: what it takes opens the window, and the Ack sealed
         // next tells the peer so. (Sealed before it, the grant of the last bytes the
         // application took waited for whatever turned the session next: with the peer
         // waiting for that very grant, only the heartbeat did.)
         self.write_app(leg)?;
-        self.send_leg(leg)?;
+        self.send_leg(leg, &mut scratch.sealing)?;
         if self.is_done(leg) {
             return Err(self.end_in_order());
         }
@@ -335,17 +361,22 @@ impl Session {
     }
 
     /// Takes what the sockets reported: reads the application and the leg.
-    pub fn on_ready(&mut self, leg: &mut Leg, ready: Ready) -> Option<LegEnd> {
+    pub fn on_ready(
+        &mut self,
+        leg: &mut Leg,
+        ready: Ready,
+        scratch: &mut Scratch,
+    ) -> Option<LegEnd> {
         if ready.app_hangup {
             self.app_hung_up = true;
         }
         if ready.app {
-            if let Err(end) = self.read_app(leg) {
+            if let Err(end) = self.read_app(leg, &mut scratch.read) {
                 return Some(end);
             }
         }
         if ready.leg {
-            match self.read_leg(leg) {
+            match self.read_leg(leg, &mut scratch.opened) {
                 Ok(true) => self.last_rx = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return Some(end),
@@ -422,9 +453,9 @@ impl Session {
     /// Seals and writes to the leg until its socket takes no more or nothing is left to send
     /// (the window, the outbox): a leg whose socket took everything sealed is not watched for
     /// writing, so what stayed in the outbox must not wait for the next event.
-    fn send_leg(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+    fn send_leg(&mut self, leg: &mut Leg, plain: &mut Vec<u8>) -> Result<(), LegEnd> {
         loop {
-            if let Err(e) = self.fill_leg(leg) {
+            if let Err(e) = self.fill_leg(leg, plain) {
                 return Err(LegEnd::Violation(e.to_string()));
             }
             if let Err(e) = leg.flush() {
@@ -438,23 +469,29 @@ impl Session {
 
     /// Seals what the outbox has to send (up to the leg's high mark), then an acknowledgement
     /// if the peer's data has not been acknowledged, or a heartbeat if the leg is quiet.
-    fn fill_leg(&mut self, leg: &mut Leg) -> Result<(), LegError> {
+    fn fill_leg(&mut self, leg: &mut Leg, plain: &mut Vec<u8>) -> Result<(), LegError> {
         let before = leg.pending();
         while leg.pending() < TX_HIGH {
             match self.outbox.next(MAX_DATA) {
                 Some(Next::Data { offset, bytes }) => {
-                    leg.send(&Frame::Data {
-                        offset,
-                        bytes: bytes.0,
-                    })?;
+                    leg.seal(
+                        &Frame::Data {
+                            offset,
+                            bytes: bytes.0,
+                        },
+                        plain,
+                    )?;
                     if !bytes.1.is_empty() {
-                        leg.send(&Frame::Data {
-                            offset: offset + bytes.0.len() as u64,
-                            bytes: bytes.1,
-                        })?;
+                        leg.seal(
+                            &Frame::Data {
+                                offset: offset + bytes.0.len() as u64,
+                                bytes: bytes.1,
+                            },
+                            plain,
+                        )?;
                     }
                 }
-                Some(Next::Fin { offset }) => leg.send(&Frame::Fin { offset })?,
+                Some(Next::Fin { offset }) => leg.seal(&Frame::Fin { offset }, plain)?,
                 None => break,
             }
         }
@@ -464,8 +501,12 @@ impl Session {
         // peer may be waiting for it), not after every read.
         let opened = limit >= self.told_limit + (self.inbox.window() / 4) as u64;
         let quiet = self.last_tx.elapsed() >= self.heartbeat && leg.pending() == 0;
+        if quiet {
+            // Idle for a heartbeat interval: empty buffers give their room back.
+            self.trim(leg);
+        }
         if received != self.acked_to_peer || opened || quiet {
-            leg.send(&Frame::Ack { received, limit })?;
+            leg.seal(&Frame::Ack { received, limit }, plain)?;
             self.acked_to_peer = received;
             self.told_limit = limit;
         }
@@ -495,20 +536,20 @@ impl Session {
     /// Reads the application until it has nothing more, the outbox is full or
     /// [`APP_READ_BUDGET`] bytes were read (its socket, set again after it reported, is
     /// then reported again at the next wait).
-    fn read_app(&mut self, leg: &mut Leg) -> Result<(), LegEnd> {
+    fn read_app(&mut self, leg: &mut Leg, read_buf: &mut [u8]) -> Result<(), LegEnd> {
         let mut budget = APP_READ_BUDGET;
         while budget > 0 && !self.app_eof {
-            let room = self.outbox.room().min(self.read_buf.len());
+            let room = self.outbox.room().min(read_buf.len());
             if room == 0 {
                 break;
             }
-            match (&self.app).read(&mut self.read_buf[..room]) {
+            match (&self.app).read(&mut read_buf[..room]) {
                 Ok(0) => {
                     self.app_eof = true;
                     self.outbox.finish();
                 }
                 Ok(n) => {
-                    self.outbox.push(&self.read_buf[..n]);
+                    self.outbox.push(&read_buf[..n]);
                     self.count_from_app(n);
                     budget = budget.saturating_sub(n);
                 }
@@ -593,14 +634,14 @@ impl Session {
     /// Reads until the socket has nothing more or [`LEG_READ_BUDGET`] bytes were read (the
     /// leg, set again after it reported, is then reported again at the next wait); what the
     /// peer may send is bounded by the window.
-    fn read_leg(&mut self, leg: &mut Leg) -> Result<bool, LegEnd> {
+    fn read_leg(&mut self, leg: &mut Leg, plain: &mut [u8]) -> Result<bool, LegEnd> {
         let (mut arrived, mut budget) = (false, LEG_READ_BUDGET);
         while budget > 0 {
             let filled = match leg.fill() {
                 Ok(filled) => filled,
                 Err(e) => return Err(self.lost(Lost::Error(e))),
             };
-            if let Some(end) = self.open_frames(leg) {
+            if let Some(end) = self.open_frames(leg, plain) {
                 return Err(end);
             }
             match filled {
@@ -616,24 +657,23 @@ impl Session {
     }
 
     /// Handles every whole message the leg holds.
-    fn open_frames(&mut self, leg: &mut Leg) -> Option<LegEnd> {
+    fn open_frames(&mut self, leg: &mut Leg, plain: &mut [u8]) -> Option<LegEnd> {
         loop {
-            let n = match leg.next_frame(&mut self.plain) {
+            let n = match leg.next_frame(plain) {
                 Ok(Some(n)) => n,
                 Ok(None) => return None,
                 Err(LegError::Decrypt(_)) => return Some(self.lost(Lost::Unauthenticated)),
                 Err(e) => return Some(LegEnd::Violation(e.to_string())),
             };
-            if let Err(end) = self.handle(n) {
+            if let Err(end) = self.handle(&plain[..n]) {
                 return Some(end);
             }
         }
     }
 
-    /// Handles the message in `self.plain[..n]`.
-    fn handle(&mut self, n: usize) -> Result<(), LegEnd> {
-        let frame =
-            Frame::decode(&self.plain[..n]).map_err(|e| LegEnd::Violation(e.to_string()))?;
+    /// Handles one opened message.
+    fn handle(&mut self, msg: &[u8]) -> Result<(), LegEnd> {
+        let frame = Frame::decode(msg).map_err(|e| LegEnd::Violation(e.to_string()))?;
         let violation = |e: StreamError| LegEnd::Violation(e.to_string());
         match frame {
             Frame::Data { offset, bytes } => {
@@ -675,6 +715,21 @@ impl Session {
         Ok(())
     }
 
+    /// Gives back the room of the session's empty buffers (the outbox, the inbox, the leg's):
+    /// called when the leg has been quiet for a heartbeat interval, so a burst's buffers are
+    /// reused for the next burst, not allocated again.
+    fn trim(&mut self, leg: &mut Leg) {
+        self.outbox.trim();
+        self.inbox.trim();
+        leg.trim();
+    }
+
+    /// The bytes the session's buffers hold allocated, with its leg's (for tests and the
+    /// debug view).
+    pub fn buffered(&self, leg: Option<&Leg>) -> usize {
+        self.outbox.buffered() + self.inbox.buffered() + leg.map_or(0, Leg::buffered)
+    }
+
     /// Both applications finished writing, the peer has every byte and its FIN, and this end
     /// has told it so.
     fn is_done(&self, leg: &Leg) -> bool {
@@ -699,6 +754,86 @@ mod tests {
     use crate::sys::poll::{poll, Watch};
     use std::net::TcpListener;
     use std::sync::mpsc;
+
+    /// A connected pair of sockets on loopback.
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (near, listener.accept().unwrap().0)
+    }
+
+    #[test]
+    fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
+        const MOVED: usize = 4 << 20;
+        // Enough for an idle session's leg (RX_MIN, TX_MIN) and a heartbeat's frames; before,
+        // an idle session held an outbox of 1 MiB and a leg's 320 KiB and 256 KiB.
+        const IDLE_MOST: usize = 8 << 10;
+        let key = super::super::key::Key::random().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let exit_key = key.clone();
+        let exit_leg = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+        });
+        let mut entry_leg = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &key,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut exit_leg = exit_leg.join().unwrap();
+        entry_leg.go_nonblocking().unwrap();
+        exit_leg.go_nonblocking().unwrap();
+        // The client writes 4 MiB into the entry; the server reads them from the exit.
+        let (mut client, entry_app) = socket_pair();
+        let (exit_app, mut server) = socket_pair();
+        let heartbeat = Duration::from_millis(200);
+        let session = |app, side| {
+            let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+            Session::new(id, token, app, side, 4 << 20, heartbeat, Arc::default()).unwrap()
+        };
+        let mut entry = session(entry_app, Side::Entry);
+        let mut exit = session(exit_app, Side::Exit);
+        let writer = std::thread::spawn(move || {
+            client.write_all(&vec![5u8; MOVED]).unwrap();
+            client
+        });
+        let reader = std::thread::spawn(move || {
+            let mut all = vec![0u8; MOVED];
+            server.read_exact(&mut all).unwrap();
+            assert!(all.iter().all(|&b| b == 5));
+            server
+        });
+        let mut scratch = Scratch::new();
+        let ready = Ready {
+            app: true,
+            app_hangup: false,
+            leg: true,
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut grew = 0;
+        loop {
+            for (s, leg) in [(&mut entry, &mut entry_leg), (&mut exit, &mut exit_leg)] {
+                assert!(s.on_ready(leg, ready, &mut scratch).is_none());
+                s.turn(leg, &mut scratch).unwrap();
+            }
+            let held = entry.buffered(Some(&entry_leg)) + exit.buffered(Some(&exit_leg));
+            grew = grew.max(held);
+            if reader.is_finished() && held <= 2 * IDLE_MOST {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "an idle session still holds {held} bytes of buffers"
+            );
+            std::thread::yield_now();
+        }
+        assert!(grew > MOVED / 8, "the buffers grew with the bytes: {grew}");
+        assert!(entry.buffered(Some(&entry_leg)) <= IDLE_MOST);
+        assert!(exit.buffered(Some(&exit_leg)) <= IDLE_MOST);
+        let (_client, _server) = (writer.join().unwrap(), reader.join().unwrap());
+    }
 
     #[test]
     fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {

@@ -62,6 +62,16 @@ pub enum Next<'a> {
     Fin { offset: u64 },
 }
 
+/// Makes room in `ring` for `more` bytes: its capacity doubles, up to `bound` (or what is
+/// needed, if more).
+fn grow(ring: &mut VecDeque<u8>, more: usize, bound: usize) {
+    let needed = ring.len() + more;
+    if needed > ring.capacity() {
+        let grown = (ring.capacity() * 2).clamp(needed, bound.max(needed));
+        ring.reserve_exact(grown - ring.len());
+    }
+}
+
 /// Bytes written by the application, kept until the other end acknowledges them.
 #[derive(Debug)]
 pub struct Outbox {
@@ -81,7 +91,7 @@ impl Outbox {
     /// An outbox that holds at most `limit` unacknowledged bytes.
     pub fn new(limit: usize) -> Outbox {
         Outbox {
-            buf: VecDeque::with_capacity(limit.min(1 << 20)),
+            buf: VecDeque::new(),
             acked: 0,
             sent: 0,
             fin_at: None,
@@ -98,11 +108,25 @@ impl Outbox {
         self.limit - self.buf.len()
     }
 
-    /// Takes as much of `bytes` as there is room for; returns how much.
+    /// Takes as much of `bytes` as there is room for; returns how much. The ring grows (by
+    /// doubling) to the limit at most, as it is needed.
     pub fn push(&mut self, bytes: &[u8]) -> usize {
         let n = bytes.len().min(self.room());
+        grow(&mut self.buf, n, self.limit);
         self.buf.extend(&bytes[..n]);
         n
+    }
+
+    /// Gives back the ring's room if it is empty (every byte acknowledged).
+    pub fn trim(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = VecDeque::new();
+        }
+    }
+
+    /// The bytes the ring holds allocated.
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The application finished writing: a FIN follows its last byte.
@@ -267,11 +291,7 @@ impl Inbox {
                 limit: self.limit(),
             });
         }
-        let needed = self.held.len() + new.len();
-        if needed > self.held.capacity() {
-            let grown = (self.held.capacity() * 2).clamp(needed, self.window.max(needed));
-            self.held.reserve_exact(grown - self.held.len());
-        }
+        grow(&mut self.held, new.len(), self.window);
         self.held.extend(new);
         self.next = end;
         Ok(new.len())
@@ -290,6 +310,18 @@ impl Inbox {
                 expected: self.next,
             }),
         }
+    }
+
+    /// Gives back the ring's room if it is empty (the application took every byte).
+    pub fn trim(&mut self) {
+        if self.held.is_empty() {
+            self.held = VecDeque::new();
+        }
+    }
+
+    /// The bytes the ring holds allocated.
+    pub fn buffered(&self) -> usize {
+        self.held.capacity()
     }
 
     /// How many bytes wait for the application.
@@ -343,6 +375,46 @@ mod tests {
     enum Frame {
         Data(u64, Vec<u8>),
         Fin(u64),
+    }
+
+    #[test]
+    fn an_outbox_holds_no_room_until_bytes_need_it_and_gives_it_back_once_acknowledged() {
+        let mut out = Outbox::new(16 << 20);
+        assert_eq!(out.buffered(), 0, "a new session's outbox holds nothing");
+        out.grant(u64::MAX);
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..64 {
+            assert_eq!(out.push(&chunk), chunk.len());
+            while out.next(usize::MAX).is_some() {}
+        }
+        assert!(out.buffered() >= 4 << 20);
+        assert!(out.buffered() <= 8 << 20, "it doubles, no further");
+        out.ack(4 << 20).unwrap();
+        out.trim();
+        assert_eq!(out.buffered(), 0, "an empty outbox gives its room back");
+        // It takes bytes again, from nothing.
+        assert_eq!(out.push(b"again"), 5);
+        assert!(out.buffered() < 1 << 10);
+    }
+
+    #[test]
+    fn an_outbox_grows_no_further_than_its_limit() {
+        let mut out = Outbox::new(100_000);
+        let chunk = vec![1u8; 60_000];
+        assert_eq!(out.push(&chunk), 60_000);
+        assert_eq!(out.push(&chunk), 40_000);
+        assert!(out.buffered() <= 100_000 + 16, "{}", out.buffered());
+    }
+
+    #[test]
+    fn an_inbox_gives_its_room_back_once_the_application_took_every_byte() {
+        let mut inbox = Inbox::new(8 << 20);
+        inbox.accept(0, &vec![3u8; 4 << 20]).unwrap();
+        inbox.trim();
+        assert!(inbox.buffered() >= 4 << 20, "bytes waiting keep their room");
+        inbox.consume(4 << 20);
+        inbox.trim();
+        assert_eq!(inbox.buffered(), 0);
     }
 
     fn take(out: &mut Outbox, max: usize) -> Option<Frame> {

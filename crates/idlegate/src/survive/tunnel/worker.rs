@@ -24,7 +24,7 @@
 use super::frame::Frame;
 use super::leg::Leg;
 use super::pool::{self, Pool};
-use super::session::{LegEnd, Ready, Session, Wants, LAST_WRITE};
+use super::session::{LegEnd, Ready, Scratch, Session, Wants, LAST_WRITE};
 use crate::sys::interest::{Interests, Seen};
 use crate::sys::poll::STOP_CHECK;
 use crate::sys::socket::Raw;
@@ -323,6 +323,7 @@ impl Workers {
                 due: Vec::new(),
                 turning: Vec::new(),
                 rung: Vec::new(),
+                scratch: Scratch::new(),
             };
             std::thread::Builder::new()
                 .name(format!("{name} worker {i}"))
@@ -397,6 +398,8 @@ struct Worker {
     due: Vec<usize>,
     turning: Vec<usize>,
     rung: Vec<usize>,
+    /// What the session being turned uses only within its turn (sessions hold none).
+    scratch: Scratch,
 }
 
 impl Worker {
@@ -562,7 +565,7 @@ impl Worker {
                 // Turned now, whatever it waited for.
                 held.wants = None;
                 if let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) {
-                    if let Some(end) = s.on_ready(leg, r) {
+                    if let Some(end) = s.on_ready(leg, r, &mut self.scratch) {
                         self.ended(key, end);
                     }
                 }
@@ -649,7 +652,7 @@ impl Worker {
         let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) else {
             return;
         };
-        if let Some(end) = s.attach(leg) {
+        if let Some(end) = s.attach(leg, &mut self.scratch) {
             self.ended(key, end);
         }
     }
@@ -663,7 +666,7 @@ impl Worker {
             self.step(key);
             return;
         };
-        match s.turn(leg) {
+        match s.turn(leg, &mut self.scratch) {
             Ok(wants) => held.wants = Some(wants),
             Err(end) => self.ended(key, end),
         }
