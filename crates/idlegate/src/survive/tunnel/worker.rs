@@ -298,9 +298,10 @@ struct Handle {
 }
 
 impl Workers {
-    /// One worker per core (at least one); each ends once `stop` is set and it holds nothing.
+    /// [`super::workers`] of them (one per core); each ends once `stop` is set and it holds
+    /// nothing.
     pub(super) fn start(name: &str, stop: Arc<AtomicBool>) -> io::Result<Workers> {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = super::workers();
         let mut each = Vec::with_capacity(n);
         for i in 0..n {
             let (tx, rx) = mpsc::channel();
