@@ -215,20 +215,12 @@ fn a_relay_whose_server_refuses_logs_why_connecting_failed() {
     );
 }
 
-#[test]
-fn a_tunnel_entry_with_the_wrong_key_says_the_exit_refused_its_handshake_and_what_to_check() {
-    let dir = std::env::temp_dir().join(crate::common::unique("keys"));
-    std::fs::create_dir_all(&dir).unwrap();
-    /// Removes the keys however the test ends.
-    struct Gone(std::path::PathBuf);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = Gone(dir);
-    let (entry_key, exit_key) = (dir.0.join("entry.key"), dir.0.join("exit.key"));
-    for key in [&entry_key, &exit_key] {
+/// A directory removed however the test ends, holding a key made by `idlegate keygen` under
+/// each of `names`; their paths, in order.
+fn keys(names: &[&str]) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let paths: Vec<_> = names.iter().map(|n| dir.path().join(n)).collect();
+    for key in &paths {
         let made = Command::new(env!("CARGO_BIN_EXE_idlegate"))
             .arg("keygen")
             .arg(key)
@@ -236,6 +228,13 @@ fn a_tunnel_entry_with_the_wrong_key_says_the_exit_refused_its_handshake_and_wha
             .unwrap();
         assert!(made.status.success(), "{made:?}");
     }
+    (dir, paths)
+}
+
+#[test]
+fn a_tunnel_entry_with_the_wrong_key_says_the_exit_refused_its_handshake_and_what_to_check() {
+    let (_dir, keys) = keys(&["entry.key", "exit.key"]);
+    let (entry_key, exit_key) = (&keys[0], &keys[1]);
     let (tunnel, listen, target) = (closed_port(), closed_port(), closed_port());
     let mut exit = Running::start(
         &[
@@ -361,23 +360,8 @@ fn a_relay_asked_for_more_connections_than_its_descriptors_hold_warns_with_the_n
 fn a_tunnel_exit_keeps_descriptors_aside_for_its_gate_and_its_idle_legs() {
     // 4,096 descriptors: 64 kept aside, 1,024 for connections owing their Hello, 256 a core
     // (a worker each) for the legs kept idle between sessions, two a session.
-    let dir = std::env::temp_dir().join(crate::common::unique("exitfd"));
-    std::fs::create_dir_all(&dir).unwrap();
-    /// Removes the key however the test ends.
-    struct Gone(std::path::PathBuf);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = Gone(dir);
-    let key = dir.0.join("pair.key");
-    let made = Command::new(env!("CARGO_BIN_EXE_idlegate"))
-        .arg("keygen")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    let (_dir, keys) = keys(&["pair.key"]);
+    let key = &keys[0];
     let (tunnel, target) = (closed_port(), closed_port());
     let args = [
         "relay",
