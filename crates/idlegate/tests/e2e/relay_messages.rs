@@ -231,24 +231,30 @@ fn keys(names: &[&str]) -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
     (dir, paths)
 }
 
+/// A tunnel exit at `tunnel` (to a closed port) with the pair's key file `key`, under a
+/// descriptor limit of `nofile` if given, once it has said its start line.
+fn keyed_exit(tunnel: SocketAddr, key: &std::path::Path, nofile: Option<u64>) -> Running {
+    let target = closed_port();
+    let args = [
+        "relay",
+        "--tunnel-listen",
+        &tunnel.to_string(),
+        "--connect",
+        &target.to_string(),
+        "--key",
+        key.to_str().unwrap(),
+    ];
+    let mut exit = Running::start(&args, nofile);
+    exit.line_with(&format!("tunnel exit {tunnel}"));
+    exit
+}
+
 #[test]
 fn a_tunnel_entry_with_the_wrong_key_says_the_exit_refused_its_handshake_and_what_to_check() {
     let (_dir, keys) = keys(&["entry.key", "exit.key"]);
     let (entry_key, exit_key) = (&keys[0], &keys[1]);
-    let (tunnel, listen, target) = (closed_port(), closed_port(), closed_port());
-    let mut exit = Running::start(
-        &[
-            "relay",
-            "--tunnel-listen",
-            &tunnel.to_string(),
-            "--connect",
-            &target.to_string(),
-            "--key",
-            exit_key.to_str().unwrap(),
-        ],
-        None,
-    );
-    exit.line_with(&format!("tunnel exit {tunnel}"));
+    let (tunnel, listen) = (closed_port(), closed_port());
+    let _exit = keyed_exit(tunnel, exit_key, None);
     let mut entry = Running::start(
         &[
             "relay",
@@ -362,18 +368,7 @@ fn a_tunnel_exit_keeps_descriptors_aside_for_its_gate_and_its_idle_legs() {
     // (a worker each) for the legs kept idle between sessions, two a session.
     let (_dir, keys) = keys(&["pair.key"]);
     let key = &keys[0];
-    let (tunnel, target) = (closed_port(), closed_port());
-    let args = [
-        "relay",
-        "--tunnel-listen",
-        &tunnel.to_string(),
-        "--connect",
-        &target.to_string(),
-        "--key",
-        key.to_str().unwrap(),
-    ];
-    let mut exit = Running::start(&args, Some(4096));
-    exit.line_with(&format!("tunnel exit {tunnel}"));
+    let exit = keyed_exit(closed_port(), key, Some(4096));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let fits = (4096 - 64 - 1024 - 256 * cores) / 2;
     let expected = format!(

@@ -629,6 +629,20 @@ fn write_record(stream: &mut TcpStream, record: &[u8]) {
     stream.write_all(&out).unwrap();
 }
 
+/// Reads the exit's next message on `stream` and checks it is a Welcome to a new session.
+fn welcomed(stream: &mut TcpStream, noise: &mut snow::TransportState, plain: &mut [u8]) {
+    let sealed = read_record(stream);
+    let n = noise.read_message(&sealed, plain).unwrap();
+    assert!(
+        matches!(
+            Frame::decode(&plain[..n]),
+            Ok(Frame::Welcome { received: 0, .. })
+        ),
+        "{:?}",
+        Frame::decode(&plain[..n])
+    );
+}
+
 #[test]
 fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
     // An initiator written from the documented format alone (Noise_NNpsk0_25519_AESGCM_BLAKE2s,
@@ -657,17 +671,8 @@ fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
     .encode(&mut hello);
     let n = noise.write_message(&hello, &mut buf).unwrap();
     write_record(&mut stream, &buf[..n]);
-    let sealed = read_record(&mut stream);
     let mut plain = vec![0u8; MAX_PLAINTEXT];
-    let n = noise.read_message(&sealed, &mut plain).unwrap();
-    assert!(
-        matches!(
-            Frame::decode(&plain[..n]),
-            Ok(Frame::Welcome { received: 0, .. })
-        ),
-        "{:?}",
-        Frame::decode(&plain[..n])
-    );
+    welcomed(&mut stream, &mut noise, &mut plain);
     assert!(wait_until(WAIT, || accepted.load(Ordering::Relaxed) == 1));
     // The session, whole: "ping" and a FIN each way, each acknowledged (a FIN takes the offset
     // after the last byte); then the exit's Done frees the leg for a new Hello.
@@ -716,16 +721,7 @@ fn the_pre_shared_key_mode_keeps_its_documented_wire_format() {
             received: 0,
         },
     );
-    let sealed = read_record(&mut stream);
-    let n = noise.read_message(&sealed, &mut plain).unwrap();
-    assert!(
-        matches!(
-            Frame::decode(&plain[..n]),
-            Ok(Frame::Welcome { received: 0, .. })
-        ),
-        "{:?}",
-        Frame::decode(&plain[..n])
-    );
+    welcomed(&mut stream, &mut noise, &mut plain);
     assert!(wait_until(WAIT, || accepted.load(Ordering::Relaxed) == 2));
 }
 
