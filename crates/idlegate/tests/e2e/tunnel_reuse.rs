@@ -1,18 +1,25 @@
 //! The tunnel's legs reused: a leg whose session ended whole carries the next session (the
 //! exit says Done first), so sessions one after another cost one handshake; a free leg that
 //! the exit closed, or that no longer answers, costs the next session nothing but a dial; a
-//! leg whose session ended with a reset is never given back. Over loopback.
+//! leg whose session ended with a reset is never given back. In the per-peer mode a leg kept
+//! idle at the exit is closed once its peer is taken off the list, and a reused leg serves only
+//! its own peer's sessions. Over loopback.
 
 use crate::common;
 
 use common::tunnel::*;
 use idlegate::survive::relay::Stats;
-use idlegate::survive::tunnel::key::Key;
+use idlegate::survive::tunnel::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
+use idlegate::survive::tunnel::key::{Key, PrivateKey};
+use idlegate::survive::tunnel::leg::{EntryKeys, ExitKeys, Leg, LegError};
+use idlegate::survive::tunnel::peers::Peers;
+use idlegate::survive::tunnel::pool::IDLE_AT_EXIT;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 /// A server that echoes each connection's bytes until its FIN, then closes, one connection
 /// after another.
@@ -151,4 +158,176 @@ fn a_leg_whose_session_ended_with_a_reset_is_not_given_back() {
         (2, 0),
         "the reset session's leg was closed, not given to the next one"
     );
+}
+
+/// An exit in the per-peer mode serving the sites `sites` (each a key pair written in `dir`
+/// under its name), with its peers list at `dir/peers`; the keys of each site's entry.
+fn exit_for_sites(dir: &Path, sites: &[&str]) -> (Running, Vec<EntryKeys>) {
+    let exit_key = PrivateKey::generate(&dir.join("exit.key")).unwrap();
+    let mut list = String::new();
+    let mut entries = Vec::new();
+    for site in sites {
+        let own = PrivateKey::generate(&dir.join(format!("{site}.key"))).unwrap();
+        list.push_str(&format!("{} {site}\n", own.public()));
+        entries.push(EntryKeys::Peer {
+            own,
+            exit: exit_key.public(),
+        });
+    }
+    std::fs::write(dir.join("peers"), list).unwrap();
+    let peers = Arc::new(Peers::load(&dir.join("peers")).unwrap());
+    let keys = ExitKeys::Peers {
+        own: exit_key,
+        peers,
+    };
+    let (exit, _) = start_exit_with(echo_each(), keys, settings(1000, WAIT));
+    (exit, entries)
+}
+
+/// A leg to the exit at `exit` as the entry with `keys` would dial it, the test playing the
+/// entry's part by hand (blocking, up to [`WAIT`] in all).
+fn dial(exit: SocketAddr, keys: &EntryKeys) -> Leg {
+    let stream = TcpStream::connect(exit).unwrap();
+    Leg::initiate(stream, keys, WAIT).unwrap()
+}
+
+fn send(leg: &mut Leg, frame: Frame) {
+    leg.send_now(&frame).unwrap();
+}
+
+/// Opens a new session on `leg` (or resumes `session`): the exit's answer, decoded into
+/// `plain`.
+fn greet<'p>(
+    leg: &mut Leg,
+    session: SessionId,
+    token: Token,
+    plain: &'p mut [u8],
+) -> Result<Frame<'p>, LegError> {
+    let hello = Frame::Hello {
+        session,
+        token,
+        received: 0,
+    };
+    leg.send_now(&hello)?;
+    let n = leg.recv_now(plain)?;
+    Ok(Frame::decode(&plain[..n]).unwrap())
+}
+
+/// One session on `leg`, opened, echoed and ended whole by hand (`msg` and a FIN each way,
+/// each acknowledged), up to the exit's Done: the leg is then idle at the exit.
+fn whole_session(leg: &mut Leg, msg: &[u8]) {
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let answer = greet(leg, SessionId::NEW, Token::default(), &mut plain).unwrap();
+    assert!(matches!(answer, Frame::Welcome { .. }), "{answer:?}");
+    send(
+        leg,
+        Frame::Data {
+            offset: 0,
+            bytes: msg,
+        },
+    );
+    let end = msg.len() as u64;
+    send(leg, Frame::Fin { offset: end });
+    let mut echoed = Vec::new();
+    loop {
+        let n = leg.recv_now(&mut plain).unwrap();
+        match Frame::decode(&plain[..n]).unwrap() {
+            Frame::Data { bytes, .. } => echoed.extend_from_slice(bytes),
+            Frame::Fin { offset } => {
+                assert_eq!(offset, end);
+                // A FIN takes the offset after the last byte.
+                let received = end + 1;
+                send(
+                    leg,
+                    Frame::Ack {
+                        received,
+                        limit: 1 << 22,
+                    },
+                );
+            }
+            Frame::Ack { .. } => {}
+            Frame::Done => break,
+            other => panic!("{other:?} before Done"),
+        }
+    }
+    assert_eq!(echoed, msg);
+}
+
+#[test]
+fn an_idle_leg_of_a_peer_taken_off_the_peers_list_is_closed_at_once_not_when_its_idle_time_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exit, keys) = exit_for_sites(dir.path(), &["site-r", "site-s"]);
+    let mut leg = dial(exit.addr, &keys[0]);
+    whole_session(&mut leg, b"ping");
+    assert!(
+        wait_until(WAIT, || free(&exit.stats) == 1),
+        "the leg is idle at the exit"
+    );
+    // Site r is taken off the list. The exit acts on a change once two reads a second apart
+    // agree, and looks at its idle legs' peers every second: about three seconds, against
+    // the ten an idle leg is otherwise kept.
+    let listed = std::fs::read_to_string(dir.path().join("peers")).unwrap();
+    let rest: String = listed.lines().filter(|l| !l.ends_with("site-r")).collect();
+    std::fs::write(dir.path().join("peers"), format!("{rest}\n")).unwrap();
+    let revoked = Instant::now();
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let answer = leg.recv_now(&mut plain);
+    let took = revoked.elapsed();
+    assert!(
+        matches!(answer, Err(LegError::Closed) | Err(LegError::Io(_))),
+        "the exit closed the leg: {:?}",
+        answer.map(|n| format!("{:?}", Frame::decode(&plain[..n])))
+    );
+    assert!(
+        took < IDLE_AT_EXIT - Duration::from_secs(2),
+        "closed {took:?} after the peer was taken off the list: at the end of its idle time \
+         ({IDLE_AT_EXIT:?}), not because of it"
+    );
+    assert!(wait_until(WAIT, || free(&exit.stats) == 0));
+    // Site s, still listed, is served.
+    let mut other = dial(exit.addr, &keys[1]);
+    whole_session(&mut other, b"still listed");
+}
+
+#[test]
+fn a_leg_reused_by_one_peer_cannot_resume_another_peers_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exit, keys) = exit_for_sites(dir.path(), &["site-a", "site-b"]);
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    // Site b's session, open, its id and token known (as if they had leaked).
+    let mut leg_b = dial(exit.addr, &keys[1]);
+    let (session, token) =
+        match greet(&mut leg_b, SessionId::NEW, Token::default(), &mut plain).unwrap() {
+            Frame::Welcome { session, token, .. } => (session, token),
+            other => panic!("{other:?}"),
+        };
+    // Site a's leg, idle at the exit after a whole session, then asked to resume b's.
+    let mut leg_a = dial(exit.addr, &keys[0]);
+    whole_session(&mut leg_a, b"ping");
+    assert!(wait_until(WAIT, || free(&exit.stats) == 1));
+    let answer = greet(&mut leg_a, session, token, &mut plain).map(|f| format!("{f:?}"));
+    assert!(
+        !matches!(&answer, Ok(a) if a.contains("Welcome")),
+        "site a resumed site b's session: {answer:?}"
+    );
+    // Site b's session carries on, on its own leg.
+    send(
+        &mut leg_b,
+        Frame::Data {
+            offset: 0,
+            bytes: b"mine",
+        },
+    );
+    send(&mut leg_b, Frame::Fin { offset: 4 });
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        let n = leg_b.recv_now(&mut plain).unwrap();
+        match Frame::decode(&plain[..n]).unwrap() {
+            Frame::Data { bytes, .. } => echoed.extend_from_slice(bytes),
+            Frame::Ack { .. } => {}
+            other => panic!("site b's session: {other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"mine");
+    assert_eq!(exit.stats.reconnects.load(Ordering::Relaxed), 0);
 }

@@ -8,7 +8,7 @@ use idlegate::gateway::control::{self, Request, Response};
 use idlegate::survive::relay::{Keepalive, Stats};
 use idlegate::survive::tunnel::frame::SessionId;
 use idlegate::survive::tunnel::key::Key;
-use idlegate::survive::tunnel::leg::EntryKeys;
+use idlegate::survive::tunnel::leg::{EntryKeys, ExitKeys};
 use idlegate::survive::tunnel::{Entry, Exit, Settings};
 use idlegate::sys::netns;
 use sha2::{Digest, Sha256};
@@ -48,7 +48,16 @@ pub fn start_exit(
     key: &Key,
     s: Settings,
 ) -> (Running, impl Fn() -> Vec<SessionId>) {
-    let exit = Exit::bind("127.0.0.1:0".parse().unwrap(), connect, key.clone(), s).unwrap();
+    start_exit_with(connect, key.clone(), s)
+}
+
+/// An exit with any keys (the pair's key, or its own key pair and the peers it serves).
+pub fn start_exit_with(
+    connect: SocketAddr,
+    keys: impl Into<ExitKeys>,
+    s: Settings,
+) -> (Running, impl Fn() -> Vec<SessionId>) {
+    let exit = Exit::bind("127.0.0.1:0".parse().unwrap(), connect, keys, s).unwrap();
     let running = Running {
         addr: exit.local_addr().unwrap(),
         stats: exit.stats(),
