@@ -381,7 +381,7 @@ impl Carried for ExitCarried {
                 // would send a Hello into a leg closing: without Done it sees the close).
                 let mut leg = leg;
                 let within = self.settings.leg_timeout();
-                if closer.pool.has_room_to_idle() && leg.send(&Frame::Done).is_ok() {
+                if closer.pool.would_idle(&leg) && leg.send(&Frame::Done).is_ok() {
                     let serving: Arc<dyn Greeter> = self.serving.clone();
                     let from = self.from;
                     closer.pool.idle(leg, serving, from, &self.stats, within);

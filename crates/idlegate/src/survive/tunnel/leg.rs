@@ -237,6 +237,9 @@ pub struct Leg {
     deadline: Instant,
     /// Who is at the far end (the initiator knows its responder already: `Peer::Psk`).
     peer: Peer,
+    /// When its handshake was done: sessions opened on a leg share its keys, so its age
+    /// bounds how long it is reused (`super::pool`).
+    handshaken: Instant,
 }
 
 impl std::fmt::Debug for Leg {
@@ -461,6 +464,21 @@ impl Leg {
         &self.peer
     }
 
+    /// When its handshake was done.
+    pub fn handshaken(&self) -> Instant {
+        self.handshaken
+    }
+
+    /// A leg made to look `age` older, for the pool's tests.
+    #[cfg(test)]
+    pub(super) fn aged(mut self, age: Duration) -> Leg {
+        self.handshaken = self
+            .handshaken
+            .checked_sub(age)
+            .expect("an instant that old");
+        self
+    }
+
     /// The leg's socket, for its options.
     pub fn socket(&self) -> socket2::SockRef<'_> {
         socket2::SockRef::from(&self.stream)
@@ -478,6 +496,7 @@ impl Leg {
             tx: Vec::new(),
             tx_start: 0,
             tx_end: 0,
+            handshaken: Instant::now(),
             deadline,
             peer,
         }
@@ -753,7 +772,7 @@ fn read_exact_by(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -774,7 +793,10 @@ mod tests {
     }
     use std::net::TcpListener;
 
-    fn pair(client_key: &Key, server_key: &Key) -> (Result<Leg, LegError>, Result<Leg, LegError>) {
+    pub(in crate::survive::tunnel) fn pair(
+        client_key: &Key,
+        server_key: &Key,
+    ) -> (Result<Leg, LegError>, Result<Leg, LegError>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let server_key = server_key.clone();

@@ -16,8 +16,9 @@
 //! no heartbeat is needed) and never past [`MAX_AGE`] from its handshake (so keys still
 //! change: sessions opened on one leg share its keys); it waits a leg timeout for a Done. The
 //! exit keeps at most [`AT_EXIT`] idle legs per worker, each for [`IDLE_AT_EXIT`] (longer than
-//! the entry keeps one, so the entry closes first), and closes those of a peer taken off its
-//! list within [`LOOK_EVERY`]. A leg past its time is closed in order; one full pool closes the
+//! the entry keeps one, so the entry closes first) and none past [`MAX_AGE_AT_EXIT`] from its
+//! handshake (so an entry that ignores the age limit does not keep one leg's keys forever),
+//! and closes those of a peer taken off its list within [`LOOK_EVERY`]. A leg past its time is closed in order; one full pool closes the
 //! newcomer in order. Nothing blocks: each leg is read when its socket reports, at its
 //! deadline, and when it arrives (its buffer may hold frames already).
 
@@ -41,6 +42,10 @@ pub const MAX_AGE: Duration = Duration::from_secs(120);
 /// and the round trips before it, so that the entry, which knows when it is done with a leg,
 /// closes first.
 pub const IDLE_AT_EXIT: Duration = Duration::from_secs(10);
+/// How long after its handshake the exit still keeps a leg for a next session: the entry's
+/// [`MAX_AGE`] and a margin, so that the entry, whose clock started first and which stops
+/// using a leg at its own limit, never finds one closed under its Hello for being too old.
+pub const MAX_AGE_AT_EXIT: Duration = Duration::from_secs(120 + 10);
 /// The most legs an entry's worker keeps between sessions (free, or waiting for a Done).
 pub const AT_ENTRY: usize = 32;
 /// The most idle legs an exit's worker keeps.
@@ -160,8 +165,10 @@ impl Pool {
         within: Duration,
     ) {
         let now = Instant::now();
+        let born = leg.handshaken();
+        let until = (now + IDLE_AT_EXIT).min(born + MAX_AGE_AT_EXIT);
         let between = Between::Idle { greeter, from };
-        self.add(leg, now, now + IDLE_AT_EXIT, between, stats, within);
+        self.add(leg, born, until, between, stats, within);
     }
 
     fn add(
@@ -173,11 +180,11 @@ impl Pool {
         stats: &Arc<Stats>,
         or_close_within: Duration,
     ) {
-        let bound = match between {
-            Between::Idle { .. } => AT_EXIT,
-            _ => AT_ENTRY,
+        let (bound, max_age) = match between {
+            Between::Idle { .. } => (AT_EXIT, MAX_AGE_AT_EXIT),
+            _ => (AT_ENTRY, MAX_AGE),
         };
-        if self.legs.len() >= bound || Instant::now() >= born + MAX_AGE {
+        if self.legs.len() >= bound || Instant::now() >= born + max_age {
             self.refused.push(Out::Close(leg, or_close_within));
             return;
         }
@@ -208,10 +215,10 @@ impl Pool {
         self.due.push(key);
     }
 
-    /// Exit: whether a leg given to [`Pool::idle`] now would be kept (so that Done is said
+    /// Exit: whether `leg`, given to [`Pool::idle`] now, would be kept (so that Done is said
     /// only on a leg that will wait for the next Hello).
-    pub(super) fn has_room_to_idle(&self) -> bool {
-        self.legs.len() < AT_EXIT
+    pub(super) fn would_idle(&self, leg: &Leg) -> bool {
+        self.legs.len() < AT_EXIT && leg.handshaken().elapsed() < MAX_AGE_AT_EXIT
     }
 
     /// Entry: the most recently freed leg still free, and when its handshake was done.
@@ -451,4 +458,202 @@ enum Keep {
     Drop(String),
     /// A Hello on an idle leg: its session, token and `received`.
     Greeted((SessionId, Token, u64)),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::key::Key;
+    use super::super::leg::tests::pair;
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Legs over loopback: the initiator's end (as the entry holds it) and the responder's
+    /// (as the exit does).
+    fn legs(key: &Key) -> (Leg, Leg) {
+        let (entry, exit) = pair(key, key);
+        let (entry, exit) = (entry.unwrap(), exit.unwrap());
+        // As a worker holds them.
+        entry.socket().set_nonblocking(true).unwrap();
+        exit.socket().set_nonblocking(true).unwrap();
+        (entry, exit)
+    }
+
+    /// An exit's greeter that takes every peer and keeps the Hellos it is given.
+    #[derive(Default)]
+    struct Greets(Mutex<Vec<SessionId>>);
+
+    impl Greeter for Greets {
+        fn greeted(self: Arc<Self>, greeted: Greeted, _: &Arc<Bell>) {
+            self.0.lock().unwrap().push(greeted.session);
+        }
+        fn keeps(&self, _: &Peer) -> bool {
+            true
+        }
+    }
+
+    struct Turns {
+        interests: Interests,
+        bell: Arc<Bell>,
+        _woken: crate::sys::wake::Wakeable,
+        closed: usize,
+    }
+
+    impl Turns {
+        fn new() -> Turns {
+            let (waker, woken) = crate::sys::wake::pair().unwrap();
+            Turns {
+                interests: Interests::new(16).unwrap(),
+                bell: Arc::new(Bell::new(waker)),
+                _woken: woken,
+                closed: 0,
+            }
+        }
+
+        /// Turns the pool, its legs' sockets waited on between turns, until `done` or 5 s.
+        fn until(&mut self, pool: &mut Pool, mut done: impl FnMut(&Pool, usize) -> bool) {
+            let give_up = Instant::now() + Duration::from_secs(5);
+            let mut out = Vec::new();
+            let mut seen = Vec::new();
+            loop {
+                pool.turn(
+                    Instant::now(),
+                    &mut self.interests,
+                    |k| k,
+                    &self.bell,
+                    &mut out,
+                );
+                self.closed += out.drain(..).count();
+                if done(pool, self.closed) {
+                    return;
+                }
+                assert!(Instant::now() < give_up, "the pool did not get there");
+                self.interests
+                    .wait(Duration::from_millis(50), &mut seen)
+                    .unwrap();
+                for (token, _) in seen.drain(..) {
+                    pool.reported(token);
+                }
+            }
+        }
+    }
+
+    fn local_port(leg: &Leg) -> u16 {
+        leg.socket()
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn the_entry_takes_the_leg_freed_last_first_and_none_past_the_age_limit() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let (a, _far_a) = legs(&key);
+        let (b, _far_b) = legs(&key);
+        let (old, _far_old) = legs(&key);
+        let b_port = local_port(&b);
+        let now = Instant::now();
+        pool.free(a, now, &stats);
+        pool.free(b, now, &stats);
+        let born_too_early = now.checked_sub(MAX_AGE + Duration::from_secs(1)).unwrap();
+        pool.free(old, born_too_early, &stats);
+        turns.until(&mut pool, |_, closed| closed == 1);
+        assert_eq!(
+            stats.legs_free.load(Ordering::Relaxed),
+            2,
+            "the old leg is not kept"
+        );
+        let (taken, _) = pool.take().unwrap();
+        assert_eq!(
+            local_port(&taken),
+            b_port,
+            "the leg freed last is taken first"
+        );
+        assert_eq!(stats.legs_free.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_entry_worker_keeps_at_most_its_bound_of_free_legs_and_closes_the_rest_in_order() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let mut far = Vec::new();
+        for _ in 0..AT_ENTRY + 2 {
+            let (leg, far_end) = legs(&key);
+            far.push(far_end);
+            pool.free(leg, Instant::now(), &stats);
+        }
+        turns.until(&mut pool, |_, closed| closed == 2);
+        assert_eq!(stats.legs_free.load(Ordering::Relaxed), AT_ENTRY as u64);
+    }
+
+    #[test]
+    fn an_exit_keeps_no_idle_leg_older_than_its_age_limit() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let greets = Arc::new(Greets::default());
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let (_far_young, young) = legs(&key);
+        let (_far_old, old) = legs(&key);
+        let old = old.aged(MAX_AGE_AT_EXIT);
+        assert!(pool.would_idle(&young));
+        assert!(
+            !pool.would_idle(&old),
+            "Done is not said on a leg too old to keep"
+        );
+        let within = Duration::from_secs(1);
+        pool.idle(young, greets.clone(), from, &stats, within);
+        pool.idle(old, greets.clone(), from, &stats, within);
+        turns.until(&mut pool, |_, closed| closed == 1);
+        assert_eq!(
+            stats.legs_free.load(Ordering::Relaxed),
+            1,
+            "the young leg is kept"
+        );
+    }
+
+    #[test]
+    fn a_hello_on_an_idle_leg_goes_to_the_greeter_and_a_stream_of_late_acks_closes_one() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let greets = Arc::new(Greets::default());
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let (mut entry_1, exit_1) = legs(&key);
+        let (mut entry_2, exit_2) = legs(&key);
+        let within = Duration::from_secs(1);
+        pool.idle(exit_1, greets.clone(), from, &stats, within);
+        pool.idle(exit_2, greets.clone(), from, &stats, within);
+        // A few late acknowledgements cross a Done legitimately; then the next Hello.
+        let ack = Frame::Ack {
+            received: 1,
+            limit: 1 << 20,
+        };
+        for _ in 0..3 {
+            entry_1.send_now(&ack).unwrap();
+        }
+        let session = SessionId([7; 16]);
+        let hello = Frame::Hello {
+            session,
+            token: Token::default(),
+            received: 0,
+        };
+        entry_1.send_now(&hello).unwrap();
+        // A peer that keeps sending them holds no worker reading.
+        for _ in 0..=LATE_ACKS {
+            entry_2.send_now(&ack).unwrap();
+        }
+        turns.until(&mut pool, |pool, closed| closed == 1 && pool.is_empty());
+        assert_eq!(*greets.0.lock().unwrap(), vec![session]);
+        assert_eq!(stats.legs_reused.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.legs_free.load(Ordering::Relaxed), 0);
+    }
 }
