@@ -59,6 +59,14 @@ pub const LAST_WRITE: Duration = Duration::from_secs(120);
 /// How often bytes for the application are tried again once its socket reported a hangup
 /// (see [`Session::turn`]): writability can no longer be waited for there.
 const WRITE_RETRY: Duration = Duration::from_millis(10);
+/// How long an acknowledgement with nothing else to go with it waits for something to ride
+/// with (the application's answer, its FIN): a pure Ack is a segment, and a wake-up at the
+/// peer, of its own. Much shorter than a heartbeat interval; an Ack that grants window, that
+/// acknowledges [`ACK_AT`] bytes or more, or that is the last thing the session waits for
+/// leaves at once.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+/// How many bytes received unacknowledged make an acknowledgement leave at once.
+const ACK_AT: u64 = MAX_DATA as u64;
 
 /// Why a session left its leg.
 #[derive(Debug)]
@@ -191,6 +199,9 @@ pub struct Session {
     acked_to_peer: u64,
     /// The last window limit told to the peer.
     told_limit: u64,
+    /// Since when bytes received are owed an acknowledgement that has not left (see
+    /// [`ACK_DELAY`]).
+    ack_owed_since: Option<Instant>,
     heartbeat: Duration,
     /// On the current leg: when bytes last arrived, and when a frame last left.
     last_rx: Instant,
@@ -250,6 +261,7 @@ impl Session {
             finishing: false,
             acked_to_peer: 0,
             told_limit: 0,
+            ack_owed_since: None,
             heartbeat,
             last_rx: Instant::now(),
             last_tx: Instant::now(),
@@ -276,6 +288,7 @@ impl Session {
         // The new leg's first Ack tells the peer where this end stands and its window.
         self.acked_to_peer = 0;
         self.told_limit = 0;
+        self.ack_owed_since = None;
         self.stats
             .replayed_bytes
             .fetch_add(replayed, Ordering::Relaxed);
@@ -351,6 +364,9 @@ impl Session {
         let app_write = self.inbox.pending() > 0;
         if app_write && self.app_hung_up {
             until = until.min(now + WRITE_RETRY);
+        }
+        if let Some(since) = self.ack_owed_since {
+            until = until.min(since + ACK_DELAY);
         }
         Ok(Wants {
             app_read: self.outbox.room() > 0 && !self.app_eof,
@@ -505,10 +521,24 @@ impl Session {
             // Idle for a heartbeat interval: empty buffers give their room back.
             self.trim(leg);
         }
-        if received != self.acked_to_peer || opened || quiet {
-            leg.seal(&Frame::Ack { received, limit }, plain)?;
-            self.acked_to_peer = received;
-            self.told_limit = limit;
+        let owed = received != self.acked_to_peer;
+        if owed || opened || quiet {
+            // An acknowledgement alone waits (up to ACK_DELAY) for something to ride with,
+            // unless it grants window, acknowledges much, or is all the session waits for.
+            let now = Instant::now();
+            let since = *self.ack_owed_since.get_or_insert(now);
+            let now_or_never = leg.pending() > before
+                || opened
+                || quiet
+                || received - self.acked_to_peer >= ACK_AT
+                || now >= since + ACK_DELAY
+                || (self.outbox.fin_acked() && self.inbox.finished());
+            if now_or_never {
+                leg.seal(&Frame::Ack { received, limit }, plain)?;
+                self.acked_to_peer = received;
+                self.told_limit = limit;
+                self.ack_owed_since = None;
+            }
         }
         if leg.pending() > before {
             self.last_tx = Instant::now();
