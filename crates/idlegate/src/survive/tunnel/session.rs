@@ -865,6 +865,98 @@ mod tests {
         let (_client, _server) = (writer.join().unwrap(), reader.join().unwrap());
     }
 
+    /// What `leg` has received, handed to `s` frame by frame: the frames' types, in order.
+    fn frames_arrived(s: &mut Session, leg: &mut Leg) -> Vec<u8> {
+        assert!(matches!(
+            leg.fill().unwrap(),
+            Filled::Bytes(_) | Filled::WouldBlock
+        ));
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let mut kinds = Vec::new();
+        while let Some(n) = leg.next_frame(&mut plain).unwrap() {
+            kinds.push(plain[0]);
+            s.handle(&plain[..n]).unwrap();
+        }
+        kinds
+    }
+
+    #[test]
+    fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
+        const DATA: u8 = 4;
+        const ACK: u8 = 5;
+        let key = super::super::key::Key::random().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let exit_key = key.clone();
+        let exit_leg = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+        });
+        let mut entry_leg = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &key,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut exit_leg = exit_leg.join().unwrap();
+        entry_leg.go_nonblocking().unwrap();
+        exit_leg.go_nonblocking().unwrap();
+        let (mut client, entry_app) = socket_pair();
+        let (exit_app, mut server) = socket_pair();
+        let session = |app, side| {
+            let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+            let heartbeat = Duration::from_secs(10);
+            Session::new(id, token, app, side, 1 << 20, heartbeat, Arc::default()).unwrap()
+        };
+        let mut entry = session(entry_app, Side::Entry);
+        let mut exit = session(exit_app, Side::Exit);
+        let mut scratch = Scratch::new();
+        let (app, leg) = (
+            Ready {
+                app: true,
+                app_hangup: false,
+                leg: false,
+            },
+            Ready {
+                app: false,
+                app_hangup: false,
+                leg: true,
+            },
+        );
+        // Each end grants its window at its first turn; the client's request goes with the
+        // entry's grant, in one write.
+        client.write_all(b"?").unwrap();
+        assert!(exit.attach(&mut exit_leg, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert!(entry.attach(&mut entry_leg, &mut scratch).is_none());
+        assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert!(exit.on_ready(&mut exit_leg, leg, &mut scratch).is_none());
+        // The exit hands the request to its server; its acknowledgement waits for the answer
+        // (loopback: what a write sent is there to read when it returns).
+        let wants = exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        let mut got = [0u8; 1];
+        server.read_exact(&mut got).unwrap();
+        assert!(wants.until <= Instant::now() + ACK_DELAY);
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [ACK]);
+        // The answer and the acknowledgement leave in one write.
+        server.write_all(b"!").unwrap();
+        assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [DATA, ACK]);
+        // With nothing to ride with, the entry's acknowledgement leaves once ACK_DELAY passed.
+        let wants = entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert!(frames_arrived(&mut exit, &mut exit_leg).is_empty());
+        let until = wants.until;
+        while Instant::now() < until {
+            std::thread::sleep(until - Instant::now());
+        }
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [ACK]);
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"!");
+    }
+
     #[test]
     fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {
         // More bytes left for the application than its socket's buffers hold (a receive buffer
