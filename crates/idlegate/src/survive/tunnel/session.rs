@@ -474,6 +474,11 @@ impl Session {
             if let Err(e) = self.fill_leg(leg, plain) {
                 return Err(LegEnd::Violation(e.to_string()));
             }
+            if self.side == Side::Exit && self.whole_and_told() {
+                // Its last acknowledgement leaves with the Done its end seals next, in one
+                // write (the leg's next owner writes it: the pool, or the closer).
+                return Ok(());
+            }
             if let Err(e) = leg.flush() {
                 return Err(self.lost(Lost::Error(e)));
             }
@@ -761,13 +766,18 @@ impl Session {
     }
 
     /// Both applications finished writing, the peer has every byte and its FIN, and this end
-    /// has told it so.
+    /// has told it so (the exit: sealed it, to leave with its Done).
     fn is_done(&self, leg: &Leg) -> bool {
+        self.whole_and_told() && (self.side == Side::Exit || leg.pending() == 0)
+    }
+
+    /// Both applications finished writing, the peer has every byte and its FIN, and this end
+    /// has sealed its acknowledgement of the peer's (written or not).
+    fn whole_and_told(&self) -> bool {
         self.outbox.fin_acked()
             && self.inbox.finished()
             && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
-            && leg.pending() == 0
     }
 }
 
@@ -884,6 +894,7 @@ mod tests {
     fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
         const DATA: u8 = 4;
         const ACK: u8 = 5;
+        const FIN: u8 = 6;
         let key = super::super::key::Key::random().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
@@ -955,6 +966,21 @@ mod tests {
         assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [ACK]);
         client.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"!");
+        // The server, then the client, finish: each FIN carries the acknowledgement owed, and
+        // the exit's last one stays sealed for the Done its end seals next (one write).
+        server.shutdown(Shutdown::Write).unwrap();
+        assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [FIN]);
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(client.read(&mut got).unwrap(), 0);
+        client.shutdown(Shutdown::Write).unwrap();
+        assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [FIN, ACK]);
+        let end = exit.turn(&mut exit_leg, &mut scratch).unwrap_err();
+        assert!(matches!(end, LegEnd::Done(Whole::OnLeg)), "{end:?}");
+        assert!(exit_leg.pending() > 0, "the last Ack waits for the Done");
     }
 
     #[test]
