@@ -660,7 +660,10 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        let _ = self.app.shutdown(Shutdown::Write);
+        if !self.app_shut {
+            self.app_shut = true;
+            let _ = self.app.shutdown(Shutdown::Write);
+        }
         self.end_in_order();
         Ok(true)
     }
