@@ -59,6 +59,14 @@ pub const LAST_WRITE: Duration = Duration::from_secs(120);
 /// How often bytes for the application are tried again once its socket reported a hangup
 /// (see [`Session::turn`]): writability can no longer be waited for there.
 const WRITE_RETRY: Duration = Duration::from_millis(10);
+/// How long an acknowledgement with nothing else to go with it waits for something to ride
+/// with (the application's answer, its FIN): a pure Ack is a segment, and a wake-up at the
+/// peer, of its own. Much shorter than a heartbeat interval; an Ack that grants window, that
+/// acknowledges [`ACK_AT`] bytes or more, or that is the last thing the session waits for
+/// leaves at once.
+const ACK_DELAY: Duration = Duration::from_millis(5);
+/// How many bytes received unacknowledged make an acknowledgement leave at once.
+const ACK_AT: u64 = MAX_DATA as u64;
 
 /// Why a session left its leg.
 #[derive(Debug)]
@@ -191,6 +199,9 @@ pub struct Session {
     acked_to_peer: u64,
     /// The last window limit told to the peer.
     told_limit: u64,
+    /// Since when bytes received are owed an acknowledgement that has not left (see
+    /// [`ACK_DELAY`]).
+    ack_owed_since: Option<Instant>,
     heartbeat: Duration,
     /// On the current leg: when bytes last arrived, and when a frame last left.
     last_rx: Instant,
@@ -250,6 +261,7 @@ impl Session {
             finishing: false,
             acked_to_peer: 0,
             told_limit: 0,
+            ack_owed_since: None,
             heartbeat,
             last_rx: Instant::now(),
             last_tx: Instant::now(),
@@ -276,6 +288,7 @@ impl Session {
         // The new leg's first Ack tells the peer where this end stands and its window.
         self.acked_to_peer = 0;
         self.told_limit = 0;
+        self.ack_owed_since = None;
         self.stats
             .replayed_bytes
             .fetch_add(replayed, Ordering::Relaxed);
@@ -351,6 +364,9 @@ impl Session {
         let app_write = self.inbox.pending() > 0;
         if app_write && self.app_hung_up {
             until = until.min(now + WRITE_RETRY);
+        }
+        if let Some(since) = self.ack_owed_since {
+            until = until.min(since + ACK_DELAY);
         }
         Ok(Wants {
             app_read: self.outbox.room() > 0 && !self.app_eof,
@@ -458,6 +474,11 @@ impl Session {
             if let Err(e) = self.fill_leg(leg, plain) {
                 return Err(LegEnd::Violation(e.to_string()));
             }
+            if self.side == Side::Exit && self.whole_and_told() {
+                // Its last acknowledgement leaves with the Done its end seals next, in one
+                // write (the leg's next owner writes it: the pool, or the closer).
+                return Ok(());
+            }
             if let Err(e) = leg.flush() {
                 return Err(self.lost(Lost::Error(e)));
             }
@@ -505,10 +526,24 @@ impl Session {
             // Idle for a heartbeat interval: empty buffers give their room back.
             self.trim(leg);
         }
-        if received != self.acked_to_peer || opened || quiet {
-            leg.seal(&Frame::Ack { received, limit }, plain)?;
-            self.acked_to_peer = received;
-            self.told_limit = limit;
+        let owed = received != self.acked_to_peer;
+        if owed || opened || quiet {
+            // An acknowledgement alone waits (up to ACK_DELAY) for something to ride with,
+            // unless it grants window, acknowledges much, or is all the session waits for.
+            let now = Instant::now();
+            let since = *self.ack_owed_since.get_or_insert(now);
+            let now_or_never = leg.pending() > before
+                || opened
+                || quiet
+                || received - self.acked_to_peer >= ACK_AT
+                || now >= since + ACK_DELAY
+                || (self.outbox.fin_acked() && self.inbox.finished());
+            if now_or_never {
+                leg.seal(&Frame::Ack { received, limit }, plain)?;
+                self.acked_to_peer = received;
+                self.told_limit = limit;
+                self.ack_owed_since = None;
+            }
         }
         if leg.pending() > before {
             self.last_tx = Instant::now();
@@ -625,7 +660,10 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        let _ = self.app.shutdown(Shutdown::Write);
+        if !self.app_shut {
+            self.app_shut = true;
+            let _ = self.app.shutdown(Shutdown::Write);
+        }
         self.end_in_order();
         Ok(true)
     }
@@ -731,13 +769,18 @@ impl Session {
     }
 
     /// Both applications finished writing, the peer has every byte and its FIN, and this end
-    /// has told it so.
+    /// has told it so (the exit: sealed it, to leave with its Done).
     fn is_done(&self, leg: &Leg) -> bool {
+        self.whole_and_told() && (self.side == Side::Exit || leg.pending() == 0)
+    }
+
+    /// Both applications finished writing, the peer has every byte and its FIN, and this end
+    /// has sealed its acknowledgement of the peer's (written or not).
+    fn whole_and_told(&self) -> bool {
         self.outbox.fin_acked()
             && self.inbox.finished()
             && self.inbox.pending() == 0
             && self.acked_to_peer == self.inbox.received()
-            && leg.pending() == 0
     }
 }
 
@@ -833,6 +876,114 @@ mod tests {
         assert!(entry.buffered(Some(&entry_leg)) <= IDLE_MOST);
         assert!(exit.buffered(Some(&exit_leg)) <= IDLE_MOST);
         let (_client, _server) = (writer.join().unwrap(), reader.join().unwrap());
+    }
+
+    /// What `leg` has received, handed to `s` frame by frame: the frames' types, in order.
+    fn frames_arrived(s: &mut Session, leg: &mut Leg) -> Vec<u8> {
+        assert!(matches!(
+            leg.fill().unwrap(),
+            Filled::Bytes(_) | Filled::WouldBlock
+        ));
+        let mut plain = vec![0u8; MAX_PLAINTEXT];
+        let mut kinds = Vec::new();
+        while let Some(n) = leg.next_frame(&mut plain).unwrap() {
+            kinds.push(plain[0]);
+            s.handle(&plain[..n]).unwrap();
+        }
+        kinds
+    }
+
+    #[test]
+    fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
+        const DATA: u8 = 4;
+        const ACK: u8 = 5;
+        const FIN: u8 = 6;
+        let key = super::super::key::Key::random().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let exit_key = key.clone();
+        let exit_leg = std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+        });
+        let mut entry_leg = Leg::initiate(
+            TcpStream::connect(addr).unwrap(),
+            &key,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut exit_leg = exit_leg.join().unwrap();
+        entry_leg.go_nonblocking().unwrap();
+        exit_leg.go_nonblocking().unwrap();
+        let (mut client, entry_app) = socket_pair();
+        let (exit_app, mut server) = socket_pair();
+        let session = |app, side| {
+            let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+            let heartbeat = Duration::from_secs(10);
+            Session::new(id, token, app, side, 1 << 20, heartbeat, Arc::default()).unwrap()
+        };
+        let mut entry = session(entry_app, Side::Entry);
+        let mut exit = session(exit_app, Side::Exit);
+        let mut scratch = Scratch::new();
+        let (app, leg) = (
+            Ready {
+                app: true,
+                app_hangup: false,
+                leg: false,
+            },
+            Ready {
+                app: false,
+                app_hangup: false,
+                leg: true,
+            },
+        );
+        // Each end grants its window at its first turn; the client's request goes with the
+        // entry's grant, in one write.
+        client.write_all(b"?").unwrap();
+        assert!(exit.attach(&mut exit_leg, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert!(entry.attach(&mut entry_leg, &mut scratch).is_none());
+        assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert!(exit.on_ready(&mut exit_leg, leg, &mut scratch).is_none());
+        // The exit hands the request to its server; its acknowledgement waits for the answer
+        // (loopback: what a write sent is there to read when it returns).
+        let wants = exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        let mut got = [0u8; 1];
+        server.read_exact(&mut got).unwrap();
+        assert!(wants.until <= Instant::now() + ACK_DELAY);
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [ACK]);
+        // The answer and the acknowledgement leave in one write.
+        server.write_all(b"!").unwrap();
+        assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [DATA, ACK]);
+        // With nothing to ride with, the entry's acknowledgement leaves once ACK_DELAY passed.
+        let wants = entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert!(frames_arrived(&mut exit, &mut exit_leg).is_empty());
+        let until = wants.until;
+        while Instant::now() < until {
+            std::thread::sleep(until - Instant::now());
+        }
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [ACK]);
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"!");
+        // The server, then the client, finish: each FIN carries the acknowledgement owed, and
+        // the exit's last one stays sealed for the Done its end seals next (one write).
+        server.shutdown(Shutdown::Write).unwrap();
+        assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+        exit.turn(&mut exit_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [FIN]);
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(client.read(&mut got).unwrap(), 0);
+        client.shutdown(Shutdown::Write).unwrap();
+        assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+        entry.turn(&mut entry_leg, &mut scratch).unwrap();
+        assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [FIN, ACK]);
+        let end = exit.turn(&mut exit_leg, &mut scratch).unwrap_err();
+        assert!(matches!(end, LegEnd::Done(Whole::OnLeg)), "{end:?}");
+        assert!(exit_leg.pending() > 0, "the last Ack waits for the Done");
     }
 
     #[test]

@@ -650,6 +650,9 @@ impl Worker {
             return;
         };
         held.wants = None;
+        // Its application is read at its first turn on the leg: bytes that came while it
+        // had none (a client's first request) leave with the first frames, not a wait later.
+        held.ready.app = true;
         let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) else {
             return;
         };
