@@ -37,6 +37,12 @@ pub struct Interests {
     poll: mio::Poll,
     #[cfg(unix)]
     events: mio::Events,
+    /// By descriptor: whether it was last registered here (a descriptor closed and reused
+    /// reads as registered: the first `set` then costs the failed re-arm it would cost
+    /// anyway). So that a socket new to the set costs one `epoll_ctl`, not a failed re-arm
+    /// and an add.
+    #[cfg(unix)]
+    registered: Vec<bool>,
     #[cfg(windows)]
     watched: std::collections::HashMap<usize, (Raw, bool, bool)>,
     #[cfg(windows)]
@@ -52,6 +58,7 @@ impl Interests {
         Ok(Interests {
             poll: mio::Poll::new()?,
             events: mio::Events::with_capacity(capacity),
+            registered: Vec::new(),
         })
     }
 
@@ -66,18 +73,41 @@ impl Interests {
             (true, false) => mio::Interest::READABLE,
             (false, true) => mio::Interest::WRITABLE,
             (false, false) => {
+                if let Some(known) = usize::try_from(socket)
+                    .ok()
+                    .and_then(|fd| self.registered.get_mut(fd))
+                {
+                    *known = false;
+                }
                 return match registry.deregister(&mut source) {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                     other => other,
                 };
             }
         };
-        match registry.reregister(&mut source, mio::Token(token), interest) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                registry.register(&mut source, mio::Token(token), interest)
-            }
-            other => other,
+        let token = mio::Token(token);
+        let fd =
+            usize::try_from(socket).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if fd >= self.registered.len() {
+            self.registered.resize(fd + 1, false);
         }
+        let done = if self.registered[fd] {
+            match registry.reregister(&mut source, token, interest) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    registry.register(&mut source, token, interest)
+                }
+                other => other,
+            }
+        } else {
+            match registry.register(&mut source, token, interest) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    registry.reregister(&mut source, token, interest)
+                }
+                other => other,
+            }
+        };
+        self.registered[fd] = done.is_ok();
+        done
     }
 
     /// Stops watching what `token` watched, as its socket is closed or handed on: nothing to
@@ -210,5 +240,30 @@ mod tests {
         set.forget(9);
         set.wait(Duration::from_millis(10), &mut out).unwrap();
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        let (a, b) = pair();
+        let fd = raw(&b);
+        set.set(3, fd, true, false).unwrap();
+        // Closed without being set to nothing: the set does not know it left.
+        drop((a, b));
+        // New sockets until one takes the same descriptor.
+        let mut kept = Vec::new();
+        let (mut c, d) = loop {
+            let (c, d) = pair();
+            if raw(&d) == fd {
+                break (c, d);
+            }
+            assert!(kept.len() < 64, "the descriptor {fd} was not reused");
+            kept.push((c, d));
+        };
+        set.set(4, raw(&d), true, false).unwrap();
+        c.write_all(b"x").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [4]);
     }
 }

@@ -108,10 +108,17 @@ pub fn accept_until_stopped(
                 continue;
             }
         };
-        if let Err(e) = stream
-            .set_nonblocking(false)
-            .and_then(|()| take(stream, peer))
-        {
+        // Blocking again: on Windows an accepted socket inherits the listener's mode; on Linux
+        // `accept4` without SOCK_NONBLOCK gives a blocking one (no system call spent on it).
+        #[cfg(windows)]
+        let stream = match stream.set_nonblocking(false) {
+            Ok(()) => stream,
+            Err(e) => {
+                tracing::warn!("{what}: {peer} not taken: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = take(stream, peer) {
             tracing::warn!("{what}: {peer} not taken: {e}");
         }
     }
