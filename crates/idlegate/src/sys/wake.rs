@@ -73,10 +73,14 @@ impl Waker {
 }
 
 impl Wakeable {
-    /// Reads every wake pending.
+    /// Reads every wake pending (a read that does not fill the buffer took them all: a wake
+    /// after it is a new one, reported anew).
     pub fn drain(&self) {
         let mut drained = [0u8; 64];
-        while (&self.0).read(&mut drained).is_ok_and(|n| n > 0) {}
+        while (&self.0)
+            .read(&mut drained)
+            .is_ok_and(|n| n == drained.len())
+        {}
     }
 
     /// Whether a wake is pending, or comes within `timeout`.

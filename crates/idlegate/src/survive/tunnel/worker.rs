@@ -34,7 +34,8 @@ use std::collections::BTreeSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// A session's place on its worker before it has one (and after it left).
@@ -60,6 +61,11 @@ const EVENTS: usize = 1024;
 pub(super) struct Bell {
     waker: Waker,
     rung: Mutex<Vec<usize>>,
+    /// The worker's thread, once it runs: a ring from there (its pool greeting a Hello on an
+    /// idle leg, say) needs no wake, only a look before the worker next waits.
+    owner: OnceLock<ThreadId>,
+    /// Rung from the worker's own thread since it last looked.
+    rung_within: AtomicBool,
 }
 
 impl Bell {
@@ -67,6 +73,8 @@ impl Bell {
         Bell {
             waker,
             rung: Mutex::new(Vec::new()),
+            owner: OnceLock::new(),
+            rung_within: AtomicBool::new(false),
         }
     }
 
@@ -78,7 +86,17 @@ impl Bell {
                 rung.push(place);
             }
         }
+        if self.owner.get() == Some(&std::thread::current().id()) {
+            // The worker is running (it rang): it looks before it waits.
+            self.rung_within.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
         self.waker.wake()
+    }
+
+    /// Whether the worker rang itself since it last looked (called on its thread).
+    fn take_rung_within(&self) -> bool {
+        self.rung_within.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -405,10 +423,15 @@ struct Worker {
 
 impl Worker {
     fn run(mut self) {
-        let mut woken = true;
+        let _ = self.bell.owner.set(std::thread::current().id());
+        // Jobs or rings to take; and whether the wake pair reported (then it is drained).
+        let (mut woken, mut wake_reported) = (true, true);
         let mut closing_reported = false;
         loop {
             if woken {
+                if wake_reported {
+                    self.wakeable.drain();
+                }
                 self.take_jobs();
             }
             let now = Instant::now();
@@ -457,16 +480,22 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
+            if self.bell.take_rung_within() {
+                // Jobs this thread gave itself, or sessions it rang: taken without a wait.
+                (woken, wake_reported) = (true, false);
+                closing_reported = false;
+                continue;
+            }
             let mut events = std::mem::take(&mut self.events);
             if let Err(e) = self.interests.wait(timeout, &mut events) {
                 tracing::warn!("tunnel worker: waiting on sockets: {e}");
                 std::thread::sleep(STOP_CHECK);
             }
-            woken = false;
+            (woken, wake_reported) = (false, false);
             closing_reported = false;
             for &(token, seen) in &events {
                 if token == WAKE {
-                    woken = true;
+                    (woken, wake_reported) = (true, true);
                     continue;
                 }
                 let (key, kind) = (token >> KINDS, token & ((1 << KINDS) - 1));
@@ -510,7 +539,6 @@ impl Worker {
 
     /// Takes the jobs handed on, and steps the sessions whose bell was rung.
     fn take_jobs(&mut self) {
-        self.wakeable.drain();
         while let Ok(given) = self.jobs.try_recv() {
             let job = match given {
                 Given::Job(job) => *job,
@@ -759,5 +787,33 @@ impl Worker {
         if held.queued {
             self.due.retain(|&k| k != key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_rings_its_own_bell_is_not_woken_through_the_pair_and_another_thread_wakes_it()
+    {
+        let (waker, wakeable) = wake::pair().unwrap();
+        let bell = Arc::new(Bell::new(waker));
+        bell.owner.set(std::thread::current().id()).unwrap();
+        // From the worker's own thread: noted for its next look, nothing through the pair.
+        bell.ring(5).unwrap();
+        assert!(!wakeable.wait(Some(Duration::ZERO)).unwrap());
+        assert!(bell.take_rung_within());
+        assert!(!bell.take_rung_within(), "taken once");
+        // From another thread: woken.
+        let other = bell.clone();
+        std::thread::spawn(move || other.ring(6).unwrap())
+            .join()
+            .unwrap();
+        assert!(wakeable.wait(Some(Duration::from_secs(5))).unwrap());
+        assert!(!bell.take_rung_within());
+        wakeable.drain();
+        assert!(!wakeable.wait(Some(Duration::ZERO)).unwrap(), "drained");
+        assert_eq!(*bell.rung.lock().unwrap(), [5, 6]);
     }
 }
