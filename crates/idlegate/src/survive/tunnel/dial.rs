@@ -150,7 +150,6 @@ impl Dial {
             tries: 0,
             backoff: Backoff::new(self.settings.heartbeat),
             phase: Phase::Wait(now),
-            leg_born: now,
         };
         let job = Job {
             session: s,
@@ -322,7 +321,7 @@ enum Purpose {
 enum Origin {
     Dialed,
     /// A free leg of the worker's pool.
-    Pooled(Instant),
+    Pooled,
 }
 
 /// Where an entry's session stands.
@@ -349,8 +348,6 @@ struct EntryCarried {
     tries: u32,
     backoff: Backoff,
     phase: Phase,
-    /// When the handshake of the leg it is on (or last was on) was done.
-    leg_born: Instant,
 }
 
 impl EntryCarried {
@@ -375,12 +372,11 @@ impl EntryCarried {
     fn answered(&mut self, s: &mut Session, leg: Box<Leg>, answer: Frame, origin: Origin) -> Woken {
         let took_tries = self.tries;
         if let Frame::Welcome { .. } = answer {
-            let (counter, born) = match origin {
-                Origin::Dialed => (&self.stats.legs_dialed, Instant::now()),
-                Origin::Pooled(born) => (&self.stats.legs_reused, born),
+            let counter = match origin {
+                Origin::Dialed => &self.stats.legs_dialed,
+                Origin::Pooled => &self.stats.legs_reused,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            self.leg_born = born;
         }
         match (&mut self.purpose, answer) {
             (Purpose::First { started, .. }, Frame::Welcome { session, token, .. }) => {
@@ -555,11 +551,9 @@ impl Carried for EntryCarried {
             // may another session take it.
             LegEnd::Done(Whole::OnLeg) => {
                 let within = settings.leg_timeout();
-                closer
-                    .pool
-                    .await_done(leg, self.leg_born, within, &self.stats);
+                closer.pool.await_done(leg, within, &self.stats);
             }
-            LegEnd::Done(Whole::Freed) => closer.pool.free(leg, self.leg_born, &self.stats),
+            LegEnd::Done(Whole::Freed) => closer.pool.free(leg, &self.stats),
             LegEnd::Done(Whole::WithoutLeg) => {
                 closer.close(leg, Instant::now() + settings.leg_timeout())
             }
@@ -607,11 +601,11 @@ impl Carried for EntryCarried {
                     return Woken::Nothing;
                 }
                 // A free leg first: the Hello goes out on it at once.
-                while let Some((mut leg, born)) = closer.pool.take() {
+                while let Some(mut leg) = closer.pool.take() {
                     if leg.send(&hello).is_ok() {
                         let until = now + self.dial.settings.dial_timeout();
                         let answer = Dialing::Answer(Box::new(leg));
-                        self.phase = Phase::Dial(answer, until, Origin::Pooled(born));
+                        self.phase = Phase::Dial(answer, until, Origin::Pooled);
                         return self.step(s, false, closer);
                     }
                 }
@@ -646,7 +640,7 @@ impl Carried for EntryCarried {
                     (Ok(None), _) => Woken::Nothing,
                     // A pooled leg the exit closed, reset or left unanswered: no try; the
                     // next free leg, or a dial, at once.
-                    (Err(e), Origin::Pooled(_)) => {
+                    (Err(e), Origin::Pooled) => {
                         tracing::debug!("tunnel: {}: a free leg failed: {e}", self.from);
                         self.phase = Phase::Wait(now);
                         self.step(s, false, closer)

@@ -18,8 +18,9 @@
 //! exit keeps at most [`AT_EXIT`] idle legs per worker, each for [`IDLE_AT_EXIT`] (longer than
 //! the entry keeps one, so the entry closes first) and none past [`MAX_AGE_AT_EXIT`] from its
 //! handshake (so an entry that ignores the age limit does not keep one leg's keys forever),
-//! and closes those of a peer taken off its list within [`LOOK_EVERY`]. A leg past its time is closed in order; one full pool closes the
-//! newcomer in order. Nothing blocks: each leg is read when its socket reports, at its
+//! and closes those of a peer taken off its list within [`LOOK_EVERY`]. Both ends count a
+//! leg's age from the end of its handshake (the leg's, [`Leg::handshaken`]). A leg past its
+//! time is closed in order; one full pool closes the newcomer in order. Nothing blocks: each leg is read when its socket reports, at its
 //! deadline, and when it arrives (its buffer may hold frames already).
 
 use super::frame::{Frame, SessionId, Token, MAX_PLAINTEXT};
@@ -43,8 +44,9 @@ pub const MAX_AGE: Duration = Duration::from_secs(120);
 /// closes first.
 pub const IDLE_AT_EXIT: Duration = Duration::from_secs(10);
 /// How long after its handshake the exit still keeps a leg for a next session: the entry's
-/// [`MAX_AGE`] and a margin, so that the entry, whose clock started first and which stops
-/// using a leg at its own limit, never finds one closed under its Hello for being too old.
+/// [`MAX_AGE`] and a margin. The exit's handshake ends half a round trip before the entry's,
+/// and the entry's last Hello takes another half to arrive: the margin covers both, so an
+/// entry that stops using a leg at its own limit never finds it closed under that Hello.
 pub const MAX_AGE_AT_EXIT: Duration = Duration::from_secs(120 + 10);
 /// The most legs an entry's worker keeps between sessions (free, or waiting for a Done).
 pub const AT_ENTRY: usize = 32;
@@ -131,25 +133,21 @@ pub(super) enum Out {
 }
 
 impl Pool {
-    /// Entry: a leg whose session ended whole here, handshaken at `born`; the exit's Done is
-    /// awaited for `within`. Closed in order within that instead if it is too old to carry
-    /// another session or the pool is full.
-    pub(super) fn await_done(
-        &mut self,
-        leg: Leg,
-        born: Instant,
-        within: Duration,
-        stats: &Arc<Stats>,
-    ) {
+    /// Entry: a leg whose session ended whole here; the exit's Done is awaited for `within`.
+    /// Closed in order within that instead if it is too old to carry another session or the
+    /// pool is full.
+    pub(super) fn await_done(&mut self, leg: Leg, within: Duration, stats: &Arc<Stats>) {
         let now = Instant::now();
         let until = now + within;
+        let born = leg.handshaken();
         self.add(leg, born, until, Between::AwaitingDone, stats, within);
     }
 
     /// Entry: a leg on which the exit said Done: free now (closed in order if too old, or
     /// the pool is full).
-    pub(super) fn free(&mut self, leg: Leg, born: Instant, stats: &Arc<Stats>) {
+    pub(super) fn free(&mut self, leg: Leg, stats: &Arc<Stats>) {
         let now = Instant::now();
+        let born = leg.handshaken();
         let until = (now + KEEP_FREE).min(born + MAX_AGE);
         self.add(leg, born, until, Between::Free, stats, CLOSE_WITHIN);
     }
@@ -221,8 +219,8 @@ impl Pool {
         self.legs.len() < AT_EXIT && leg.handshaken().elapsed() < MAX_AGE_AT_EXIT
     }
 
-    /// Entry: the most recently freed leg still free, and when its handshake was done.
-    pub(super) fn take(&mut self) -> Option<(Leg, Instant)> {
+    /// Entry: the most recently freed leg still free.
+    pub(super) fn take(&mut self) -> Option<Leg> {
         let now = Instant::now();
         while let Some(key) = self.free.pop() {
             let ok = self
@@ -230,8 +228,7 @@ impl Pool {
                 .get(key)
                 .is_some_and(|p| matches!(p.between, Between::Free) && now < p.until);
             if ok {
-                let p = self.remove(key);
-                return Some((p.leg, p.born));
+                return Some(self.remove(key).leg);
             }
         }
         None
@@ -556,18 +553,16 @@ mod tests {
         let (b, _far_b) = legs(&key);
         let (old, _far_old) = legs(&key);
         let b_port = local_port(&b);
-        let now = Instant::now();
-        pool.free(a, now, &stats);
-        pool.free(b, now, &stats);
-        let born_too_early = now.checked_sub(MAX_AGE + Duration::from_secs(1)).unwrap();
-        pool.free(old, born_too_early, &stats);
+        pool.free(a, &stats);
+        pool.free(b, &stats);
+        pool.free(old.aged(MAX_AGE + Duration::from_secs(1)), &stats);
         turns.until(&mut pool, |_, closed| closed == 1);
         assert_eq!(
             stats.legs_free.load(Ordering::Relaxed),
             2,
             "the old leg is not kept"
         );
-        let (taken, _) = pool.take().unwrap();
+        let taken = pool.take().unwrap();
         assert_eq!(
             local_port(&taken),
             b_port,
@@ -586,7 +581,7 @@ mod tests {
         for _ in 0..AT_ENTRY + 2 {
             let (leg, far_end) = legs(&key);
             far.push(far_end);
-            pool.free(leg, Instant::now(), &stats);
+            pool.free(leg, &stats);
         }
         turns.until(&mut pool, |_, closed| closed == 2);
         assert_eq!(stats.legs_free.load(Ordering::Relaxed), AT_ENTRY as u64);
