@@ -1,0 +1,257 @@
+//! The session's unit tests: its turns, frames and buffers, over loopback sockets.
+
+use super::*;
+use crate::sys::poll::{poll, Watch};
+use std::net::TcpListener;
+use std::sync::mpsc;
+
+/// A connected pair of sockets on loopback.
+fn socket_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    (near, listener.accept().unwrap().0)
+}
+
+#[test]
+fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
+    const MOVED: usize = 4 << 20;
+    // Enough for an idle session's leg (RX_MIN, TX_MIN) and a heartbeat's frames; before,
+    // an idle session held an outbox of 1 MiB and a leg's 320 KiB and 256 KiB.
+    const IDLE_MOST: usize = 8 << 10;
+    let key = super::super::key::Key::random().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exit_key = key.clone();
+    let exit_leg = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+    });
+    let mut entry_leg = Leg::initiate(
+        TcpStream::connect(addr).unwrap(),
+        &key,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut exit_leg = exit_leg.join().unwrap();
+    entry_leg.go_nonblocking().unwrap();
+    exit_leg.go_nonblocking().unwrap();
+    // The client writes 4 MiB into the entry; the server reads them from the exit.
+    let (mut client, entry_app) = socket_pair();
+    let (exit_app, mut server) = socket_pair();
+    let heartbeat = Duration::from_millis(200);
+    let session = |app, side| {
+        let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+        Session::new(id, token, app, side, 4 << 20, heartbeat, Arc::default()).unwrap()
+    };
+    let mut entry = session(entry_app, Side::Entry);
+    let mut exit = session(exit_app, Side::Exit);
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![5u8; MOVED]).unwrap();
+        client
+    });
+    let reader = std::thread::spawn(move || {
+        let mut all = vec![0u8; MOVED];
+        server.read_exact(&mut all).unwrap();
+        assert!(all.iter().all(|&b| b == 5));
+        server
+    });
+    let mut scratch = Scratch::new();
+    let ready = Ready {
+        app: true,
+        app_hangup: false,
+        leg: true,
+    };
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut grew = 0;
+    loop {
+        for (s, leg) in [(&mut entry, &mut entry_leg), (&mut exit, &mut exit_leg)] {
+            assert!(s.on_ready(leg, ready, &mut scratch).is_none());
+            s.turn(leg, &mut scratch).unwrap();
+        }
+        let held = entry.buffered(Some(&entry_leg)) + exit.buffered(Some(&exit_leg));
+        grew = grew.max(held);
+        if reader.is_finished() && held <= 2 * IDLE_MOST {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "an idle session still holds {held} bytes of buffers"
+        );
+        std::thread::yield_now();
+    }
+    assert!(grew > MOVED / 8, "the buffers grew with the bytes: {grew}");
+    assert!(entry.buffered(Some(&entry_leg)) <= IDLE_MOST);
+    assert!(exit.buffered(Some(&exit_leg)) <= IDLE_MOST);
+    let (_client, _server) = (writer.join().unwrap(), reader.join().unwrap());
+}
+
+/// What `leg` has received, handed to `s` frame by frame: the frames' types, in order.
+fn frames_arrived(s: &mut Session, leg: &mut Leg) -> Vec<u8> {
+    assert!(matches!(
+        leg.fill().unwrap(),
+        Filled::Bytes(_) | Filled::WouldBlock
+    ));
+    let mut plain = vec![0u8; MAX_PLAINTEXT];
+    let mut kinds = Vec::new();
+    while let Some(n) = leg.next_frame(&mut plain).unwrap() {
+        kinds.push(plain[0]);
+        s.handle(&plain[..n]).unwrap();
+    }
+    kinds
+}
+
+#[test]
+fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
+    const DATA: u8 = 4;
+    const ACK: u8 = 5;
+    const FIN: u8 = 6;
+    let key = super::super::key::Key::random().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let exit_key = key.clone();
+    let exit_leg = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
+    });
+    let mut entry_leg = Leg::initiate(
+        TcpStream::connect(addr).unwrap(),
+        &key,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut exit_leg = exit_leg.join().unwrap();
+    entry_leg.go_nonblocking().unwrap();
+    exit_leg.go_nonblocking().unwrap();
+    let (mut client, entry_app) = socket_pair();
+    let (exit_app, mut server) = socket_pair();
+    let session = |app, side| {
+        let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+        let heartbeat = Duration::from_secs(10);
+        Session::new(id, token, app, side, 1 << 20, heartbeat, Arc::default()).unwrap()
+    };
+    let mut entry = session(entry_app, Side::Entry);
+    let mut exit = session(exit_app, Side::Exit);
+    let mut scratch = Scratch::new();
+    let (app, leg) = (
+        Ready {
+            app: true,
+            app_hangup: false,
+            leg: false,
+        },
+        Ready {
+            app: false,
+            app_hangup: false,
+            leg: true,
+        },
+    );
+    // Each end grants its window at its first turn; the client's request goes with the
+    // entry's grant, in one write.
+    client.write_all(b"?").unwrap();
+    assert!(exit.attach(&mut exit_leg, &mut scratch).is_none());
+    exit.turn(&mut exit_leg, &mut scratch).unwrap();
+    assert!(entry.attach(&mut entry_leg, &mut scratch).is_none());
+    assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+    entry.turn(&mut entry_leg, &mut scratch).unwrap();
+    assert!(exit.on_ready(&mut exit_leg, leg, &mut scratch).is_none());
+    // The exit hands the request to its server; its acknowledgement waits for the answer
+    // (loopback: what a write sent is there to read when it returns).
+    let wants = exit.turn(&mut exit_leg, &mut scratch).unwrap();
+    let mut got = [0u8; 1];
+    server.read_exact(&mut got).unwrap();
+    assert!(wants.until <= Instant::now() + ACK_DELAY);
+    assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [ACK]);
+    // The answer and the acknowledgement leave in one write.
+    server.write_all(b"!").unwrap();
+    assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+    exit.turn(&mut exit_leg, &mut scratch).unwrap();
+    assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [DATA, ACK]);
+    // With nothing to ride with, the entry's acknowledgement leaves once ACK_DELAY passed.
+    let wants = entry.turn(&mut entry_leg, &mut scratch).unwrap();
+    assert!(frames_arrived(&mut exit, &mut exit_leg).is_empty());
+    let until = wants.until;
+    while Instant::now() < until {
+        std::thread::sleep(until - Instant::now());
+    }
+    entry.turn(&mut entry_leg, &mut scratch).unwrap();
+    assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [ACK]);
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"!");
+    // The server, then the client, finish: each FIN carries the acknowledgement owed, and
+    // the exit's last one stays sealed for the Done its end seals next (one write).
+    server.shutdown(Shutdown::Write).unwrap();
+    assert!(exit.on_ready(&mut exit_leg, app, &mut scratch).is_none());
+    exit.turn(&mut exit_leg, &mut scratch).unwrap();
+    assert_eq!(frames_arrived(&mut entry, &mut entry_leg), [FIN]);
+    entry.turn(&mut entry_leg, &mut scratch).unwrap();
+    assert_eq!(client.read(&mut got).unwrap(), 0);
+    client.shutdown(Shutdown::Write).unwrap();
+    assert!(entry.on_ready(&mut entry_leg, app, &mut scratch).is_none());
+    entry.turn(&mut entry_leg, &mut scratch).unwrap();
+    assert_eq!(frames_arrived(&mut exit, &mut exit_leg), [FIN, ACK]);
+    let end = exit.turn(&mut exit_leg, &mut scratch).unwrap_err();
+    assert!(matches!(end, LegEnd::Done(Whole::OnLeg)), "{end:?}");
+    assert!(exit_leg.pending() > 0, "the last Ack waits for the Done");
+}
+
+#[test]
+fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() {
+    // More bytes left for the application than its socket's buffers hold (a receive buffer
+    // grows only as its reader reads): a blocking write would wait for it to read (up to
+    // LAST_WRITE), holding every session of the worker.
+    const LEFT: usize = 8 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut reader, _) = listener.accept().unwrap();
+    socket2::SockRef::from(&app)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let mut s = Session::new(
+        SessionId([1; 16]),
+        Token([2; 32]),
+        app,
+        Side::Entry,
+        16 << 20,
+        Duration::from_secs(1),
+        Arc::default(),
+    )
+    .unwrap();
+    // Both streams whole: the peer's bytes and FIN here, this end's FIN acknowledged.
+    s.inbox.accept(0, &vec![7u8; LEFT]).unwrap();
+    s.inbox.accept_fin(LEFT as u64).unwrap();
+    s.outbox.finish();
+    assert!(matches!(
+        s.outbox.next(MAX_DATA),
+        Some(Next::Fin { offset: 0 })
+    ));
+    s.outbox.ack(1).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let whole = s.finish_without_leg();
+        let _ = tx.send((whole, s));
+    });
+    let (whole, mut s) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the session ended without waiting for its application");
+    assert!(whole);
+    assert!(s.finishing(), "its last bytes wait for the application");
+    // The application reads: the rest is written without blocking, then its FIN.
+    let read = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        all
+    });
+    let until = Instant::now() + Duration::from_secs(60);
+    while !s.write_last().unwrap() {
+        assert!(
+            Instant::now() < until,
+            "the application read nothing for a minute"
+        );
+        let mut writable = [Watch::new(s.app_raw(), false, true)];
+        poll(&mut writable, Some(Duration::from_secs(1))).unwrap();
+    }
+    assert!(!s.finishing());
+    drop(s);
+    let all = read.join().unwrap();
+    assert_eq!(all.len(), LEFT);
+    assert!(all.iter().all(|&b| b == 7));
+}
