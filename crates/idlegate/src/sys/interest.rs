@@ -9,7 +9,8 @@
 //! set again is reported again only when something new arrives (Linux) or at every wait while
 //! it stays ready (Windows): a caller sets again every socket it was given (and any whose
 //! interest changed) before it waits, and so sees the same on both. On Linux it is `mio` (epoll,
-//! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`), so a wait costs what
+//! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by
+//! descriptor what it registered, so a socket new to it costs one too), so a wait costs what
 //! reported, not what is watched; a socket closed is forgotten by the system, and
 //! [`Interests::forget`] costs nothing. On Windows, where `mio` registers only its own socket
 //! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
@@ -86,8 +87,8 @@ impl Interests {
             }
         };
         let token = mio::Token(token);
-        let fd =
-            usize::try_from(socket).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = usize::try_from(socket)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a negative descriptor"))?;
         if fd >= self.registered.len() {
             self.registered.resize(fd + 1, false);
         }
@@ -246,24 +247,22 @@ mod tests {
     fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
         let mut set = Interests::new(16).unwrap();
         let mut out = Vec::new();
-        let (a, b) = pair();
+        let (_a, b) = pair();
         let fd = raw(&b);
         set.set(3, fd, true, false).unwrap();
-        // Closed without being set to nothing: the set does not know it left.
-        drop((a, b));
-        // New sockets until one takes the same descriptor.
-        let mut kept = Vec::new();
-        let (mut c, d) = loop {
-            let (c, d) = pair();
-            if raw(&d) == fd {
-                break (c, d);
-            }
-            assert!(kept.len() < 64, "the descriptor {fd} was not reused");
-            kept.push((c, d));
-        };
-        set.set(4, raw(&d), true, false).unwrap();
+        // A new socket takes the descriptor of the one watched (closed by `dup2` without being
+        // set to nothing: the set still counts it as registered).
+        let (mut c, d) = pair();
+        // SAFETY: both descriptors are open and ours; `fd` is replaced atomically by a copy of
+        // `d`'s, and `b`, which owned it, is forgotten rather than closed.
+        assert_eq!(unsafe { libc::dup2(raw(&d), fd) }, fd);
+        std::mem::forget(b);
+        drop(d);
+        set.set(4, fd, true, false).unwrap();
         c.write_all(b"x").unwrap();
         set.wait(Duration::from_secs(5), &mut out).unwrap();
         assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [4]);
+        // SAFETY: `fd` is open (the copy of `d`'s) and owned by nothing else.
+        unsafe { libc::close(fd) };
     }
 }

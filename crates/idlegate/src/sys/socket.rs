@@ -108,9 +108,10 @@ pub fn accept_until_stopped(
                 continue;
             }
         };
-        // Blocking again: on Windows an accepted socket inherits the listener's mode; on Linux
-        // `accept4` without SOCK_NONBLOCK gives a blocking one (no system call spent on it).
-        #[cfg(windows)]
+        // Blocking again: elsewhere an accepted socket may inherit the listener's mode
+        // (Windows, the BSDs and macOS, whose `accept` std calls); on Linux `accept4` without
+        // SOCK_NONBLOCK gives a blocking one (no system call spent on it).
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
         let stream = match stream.set_nonblocking(false) {
             Ok(()) => stream,
             Err(e) => {

@@ -305,9 +305,9 @@ fn a_leg_reused_by_one_peer_cannot_resume_another_peers_session() {
     let mut leg_a = dial(exit.addr, &keys[0]);
     whole_session(&mut leg_a, b"ping");
     assert!(wait_until(WAIT, || free(&exit.stats) == 1));
-    let answer = greet(&mut leg_a, session, token, &mut plain).map(|f| format!("{f:?}"));
+    let answer = greet(&mut leg_a, session, token, &mut plain);
     assert!(
-        !matches!(&answer, Ok(a) if a.contains("Welcome")),
+        !matches!(answer, Ok(Frame::Welcome { .. })),
         "site a resumed site b's session: {answer:?}"
     );
     // Site b's session carries on, on its own leg.
