@@ -5,6 +5,17 @@ use crate::sys::poll::{poll, Watch};
 use std::net::TcpListener;
 use std::sync::mpsc;
 
+/// A leg over loopback, handshaken, both ends non-blocking as a worker holds them: the
+/// entry's and the exit's.
+fn legs() -> (Leg, Leg) {
+    let key = super::super::key::Key::random().unwrap();
+    let (entry, exit) = super::super::leg::tests::pair(&key, &key);
+    let (entry, exit) = (entry.unwrap(), exit.unwrap());
+    entry.go_nonblocking().unwrap();
+    exit.go_nonblocking().unwrap();
+    (entry, exit)
+}
+
 /// A connected pair of sockets on loopback.
 fn socket_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -18,23 +29,7 @@ fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     // Enough for an idle session's leg (RX_MIN, TX_MIN) and a heartbeat's frames; before,
     // an idle session held an outbox of 1 MiB and a leg's 320 KiB and 256 KiB.
     const IDLE_MOST: usize = 8 << 10;
-    let key = super::super::key::Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let exit_key = key.clone();
-    let exit_leg = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
-    });
-    let mut entry_leg = Leg::initiate(
-        TcpStream::connect(addr).unwrap(),
-        &key,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let mut exit_leg = exit_leg.join().unwrap();
-    entry_leg.go_nonblocking().unwrap();
-    exit_leg.go_nonblocking().unwrap();
+    let (mut entry_leg, mut exit_leg) = legs();
     // The client writes 4 MiB into the entry; the server reads them from the exit.
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
@@ -105,23 +100,7 @@ fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
     const DATA: u8 = 4;
     const ACK: u8 = 5;
     const FIN: u8 = 6;
-    let key = super::super::key::Key::random().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let exit_key = key.clone();
-    let exit_leg = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        Leg::respond(s, &exit_key, Duration::from_secs(5)).unwrap()
-    });
-    let mut entry_leg = Leg::initiate(
-        TcpStream::connect(addr).unwrap(),
-        &key,
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    let mut exit_leg = exit_leg.join().unwrap();
-    entry_leg.go_nonblocking().unwrap();
-    exit_leg.go_nonblocking().unwrap();
+    let (mut entry_leg, mut exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
     let session = |app, side| {
