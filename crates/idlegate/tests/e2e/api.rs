@@ -41,18 +41,38 @@ fn call(api: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, 
     (status, json)
 }
 
-/// The events of `GET /api/events`, (name, data), as they come, on a channel.
+/// The events of `GET /api/events`, (name, data), as they come, on a channel. Returns once
+/// the stream's head has been read: the server fixes where a stream starts in its ring when it
+/// answers, so an event that happens after this returns is on the channel (one that happened
+/// before the answer would not be, and a test that connected first would wait for nothing).
 fn events(api: SocketAddr) -> mpsc::Receiver<(String, Value)> {
     let mut s = TcpStream::connect(api).expect("connecting to the API's event stream");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
         "GET /api/events HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\n\r\n"
     )
     .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader
+        .read_line(&mut status)
+        .expect("the event stream's status line within 10 s");
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status:?}");
+    loop {
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .expect("the event stream's head within 10 s");
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    reader.get_ref().set_read_timeout(None).unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut name = String::new();
-        for line in BufReader::new(s).lines() {
+        for line in reader.lines() {
             let Ok(line) = line else { return };
             if let Some(n) = line.strip_prefix("event: ") {
                 name = n.to_string();
