@@ -38,14 +38,25 @@
 //! a fault did not end as described; after the last `lab up` stops, no namespace of the soak's
 //! lab may be left.
 
+// Linux only (network namespaces, `lab up`): built for another target it says so and exits 2.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
+
+#[cfg(target_os = "linux")]
 mod client;
+#[cfg(target_os = "linux")]
 mod echo;
+#[cfg(target_os = "linux")]
 mod faults;
+#[cfg(target_os = "linux")]
 mod processes;
+#[cfg(target_os = "linux")]
 mod traffic;
 
+#[cfg(target_os = "linux")]
 use client::Load;
+#[cfg(target_os = "linux")]
 use echo::echo_server;
+#[cfg(target_os = "linux")]
 use processes::{namespaces_of, stop, Soak};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -92,6 +103,13 @@ pub const FRONTEND: &str = "203.0.113.10:7000";
 pub const RELAY_AT: &str = "127.0.0.1:9000";
 pub const SERVER: &str = "192.0.2.11:7000";
 
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("idlegate: soak: runs on Linux only (it needs network namespaces)");
+    std::process::exit(2);
+}
+
+#[cfg(target_os = "linux")]
 fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("echo") {

@@ -244,6 +244,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
     fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
         let mut set = Interests::new(16).unwrap();
         let mut out = Vec::new();

@@ -8,6 +8,10 @@
 //! changes, the descriptor limit, is only ever raised, under a lock
 //! ([`common::raise_fd_limit`]). Privilege drops and signals happen in the `idlegate`
 //! processes the tests start, never in this one.
+//!
+//! Linux only: every test needs network namespaces, and the Windows build is tested from here
+//! under Wine (`windows`). Built for another target, this binary holds no test.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! the metrics and for a service behind its guard; over a real loopback socket in `socket.rs`.
 
 use super::*;
-use crate::obs::http::{Guard, StreamEvent};
+use crate::obs::http::StreamEvent;
 use std::sync::mpsc;
 
 /// How much `/big` is: more than the kernel buffers of both ends hold.
@@ -578,4 +578,7 @@ fn a_body_sent_byte_by_byte_is_judged_once_counted_and_answered_once() {
     assert_eq!(json["body"], body.as_str());
 }
 
+// Unix only: its hangup check watches a socket through mio's `SourceFd` (epoll); the
+// server's Windows build is exercised end to end under Wine (tests/e2e/windows).
+#[cfg(unix)]
 mod socket;

@@ -3,6 +3,7 @@
 //! answer timeouts, a body sent in pieces, the session cookies of two servers on one host.
 
 use super::*;
+use crate::obs::http::Guard;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A server serving [`Echo`] on its own thread; stopped and joined when dropped.
