@@ -91,6 +91,15 @@ impl RelayArgs {
     /// the keepalive read first, as every plan uses it.
     pub(super) fn options(&self) -> Result<Options> {
         let keepalive = keepalive_choice(self.keepalive.as_deref(), self.profile.as_deref())?;
+        let settings = Settings {
+            heartbeat: self.heartbeat,
+            resume_within: self.resume_within,
+            replay_buffer: self.replay_buffer,
+            keepalive,
+            max_sessions: self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
+        };
+        // A usage error, here: before anything is logged or listens.
+        settings.check()?;
         Ok(Options {
             plan: self.plan()?,
             keepalive,
@@ -100,13 +109,7 @@ impl RelayArgs {
                 peers: self.peers.clone(),
                 exit_public_key: self.exit_public_key.clone(),
             },
-            settings: Settings {
-                heartbeat: self.heartbeat,
-                resume_within: self.resume_within,
-                replay_buffer: self.replay_buffer,
-                keepalive,
-                max_sessions: self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
-            },
+            settings,
             max_connections: self
                 .max_connections
                 .unwrap_or(idlegate::survive::relay::DEFAULT_MAX_CONNECTIONS),
@@ -235,6 +238,22 @@ mod tests {
         assert_eq!(
             format!("{:#}", unknown.expect_err("refused")),
             "--profile nope: no such profile"
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_the_tunnel_cannot_run_with_is_refused_with_the_arguments() {
+        let short = options(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "192.0.2.1:7000",
+            "--heartbeat",
+            "50ms",
+        ]);
+        assert_eq!(
+            format!("{:#}", short.expect_err("refused")),
+            "--heartbeat 50ms: at least 100ms"
         );
     }
 
