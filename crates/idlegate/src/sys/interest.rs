@@ -12,7 +12,9 @@
 //! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by
 //! descriptor what it registered, so a socket new to it costs one too), so a wait costs what
 //! reported, not what is watched; a socket closed is forgotten by the system, and
-//! [`Interests::forget`] costs nothing. On Windows, where `mio` registers only its own socket
+//! [`Interests::forget`] costs nothing. Linux alone: [`Interests::share`] watches a listener
+//! several sets share, EPOLLEXCLUSIVE, so one new connection wakes one of their threads
+//! ([`Interests::unshare`] stops). On Windows, where `mio` registers only its own socket
 //! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
 //! each wait (a wait costs what is watched there); a socket must be forgotten before it is
 //! closed, before the next wait.

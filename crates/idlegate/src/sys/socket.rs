@@ -12,9 +12,13 @@
 //! connection's end of stream: Linux and Windows hand a RST to the read itself
 //! (ECONNRESET/WSAECONNRESET), but Wine 8.0's `recv` returns 0 for it, as for a FIN, and leaves
 //! SO_ERROR 0, while WSAPoll still reports POLLERR. [`accept_until_stopped`] is the one accept
-//! loop: it hands each connection to its caller until a stop flag is set, looking at the flag
-//! at least every [`STOP_CHECK`]. [`connect_started`] and [`connected`] are a connect that
-//! does not wait, and its outcome. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
+//! loop of a thread that accepts: it hands each connection to its caller until a stop flag is
+//! set, looking at the flag at least every [`STOP_CHECK`]. [`connect_started`] and
+//! [`connected`] are a connect that does not wait (its socket made non-blocking as it is
+//! created on Linux), and its outcome (a peer address, one call, once made). Linux alone:
+//! [`accept_nonblocking`] takes one connection for an event loop (`accept4`, SOCK_NONBLOCK:
+//! no call after it; an accepted socket inherits its listener's linger, TCP_NODELAY, keepalive
+//! and user timeout, which the tests here read back); [`set_recv_err`] asks for ICMP errors as socket errors
 //! (IP_RECVERR); [`recv_nowait`], [`send_all`] and [`unsent_bytes`] are the non-blocking read,
 //! the write that raises no SIGPIPE, and SIOCOUTQ.
 

@@ -16,7 +16,9 @@
 //! exit's [`gate`] holds connections without a thread each until they have said Hello. No
 //! session has a thread: each end runs its sessions, their dials, handshakes and
 //! cryptography on a few event-loop workers (`worker`, one per core, as the relay's), so a
-//! session costs its sockets and buffers. A leg whose session ended whole carries the entry's
+//! session costs its sockets and buffers; on Linux the entry's workers also accept its
+//! application connections, from its listener (which holds the options its accepted sockets
+//! inherit), with no accept thread. A leg whose session ended whole carries the entry's
 //! next session (the exit says Done on it first; see [`pool`]), so a short connection costs
 //! no handshake when one ended lately.
 //!
