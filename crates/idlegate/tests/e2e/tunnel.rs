@@ -62,6 +62,36 @@ fn the_entrys_application_socket_has_keepalive_its_user_timeout_nodelay_and_a_re
 }
 
 #[test]
+fn a_stopped_entry_refuses_connections_once_its_run_has_returned() {
+    // Its workers accept from a listener of their own (a duplicate): they let it go before
+    // the run returns, so the port closes with the entry, not a worker's round later.
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
+    for _ in 0..5 {
+        let entry = idlegate::survive::tunnel::Entry::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            exit.addr,
+            key.clone(),
+            settings(500, WAIT),
+        )
+        .unwrap();
+        let (addr, stop) = (entry.local_addr().unwrap(), entry.stop_flag());
+        let run = std::thread::spawn(move || entry.run());
+        // A session carried: the workers have run, and wait (on the listener too).
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.write_all(b"x").unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        run.join().unwrap().unwrap();
+        let e = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    }
+}
+
+#[test]
 fn bytes_and_a_half_close_cross_the_tunnel_exactly() {
     let key = Key::random().unwrap();
     let (listener, server_addr) = loopback_server();

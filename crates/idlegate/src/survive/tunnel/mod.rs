@@ -217,11 +217,18 @@ impl Entry {
             let _workers = Workers::start_accepting(
                 "tunnel entry",
                 self.endpoint.stop.clone(),
-                Some(accepting),
+                Some(accepting.clone()),
             )
             .context("starting the tunnel entry's workers")?;
+            let check = crate::sys::poll::STOP_CHECK;
             while !self.endpoint.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(crate::sys::poll::STOP_CHECK);
+                std::thread::sleep(check);
+            }
+            // Each worker lets the listener go at its next round (within STOP_CHECK): once
+            // they have, the port closes with the entry, as it did when a thread accepted.
+            let since = std::time::Instant::now();
+            while Arc::strong_count(&accepting) > 1 && since.elapsed() < check * 5 {
+                std::thread::sleep(Duration::from_millis(5));
             }
             Ok(())
         }
