@@ -162,6 +162,36 @@ impl Keepalive {
         SockRef::from(socket).set_tcp_nodelay(true)?;
         self.apply(socket)
     }
+
+    /// [`Keepalive::apply_relayed`] on a listener, once, for the sockets it will accept: on
+    /// Linux an accepted socket inherits these options from its listener (the kernel clones
+    /// the listener's socket; `sys::socket`'s tests read them back), so it needs no system
+    /// call for them ([`Keepalive::apply_relayed_accepted`]). Nothing elsewhere.
+    pub(crate) fn apply_relayed_listener(&self, listener: &impl Handle) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            self.apply_relayed(listener)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = listener;
+            Ok(())
+        }
+    }
+
+    /// [`Keepalive::apply_relayed`] on a socket accepted from a listener given
+    /// [`Keepalive::apply_relayed_listener`]: nothing on Linux, where it inherited them.
+    pub(crate) fn apply_relayed_accepted(&self, socket: &impl Handle) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            let _ = socket;
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.apply_relayed(socket)
+        }
+    }
 }
 
 /// Logs, the first time only, that the system did not take `option`.

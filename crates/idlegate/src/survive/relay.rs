@@ -147,6 +147,10 @@ impl Relay {
     pub fn bind(listen: SocketAddr, connect: SocketAddr, keepalive: Keepalive) -> Result<Relay> {
         let endpoint = Endpoint::bind(listen)?;
         endpoint.listener.set_nonblocking(true)?;
+        // Its clients' sockets take their options from it where they inherit them (Linux).
+        keepalive
+            .apply_relayed_listener(&endpoint.listener)
+            .context("setting keepalive on the relay's listener")?;
         Ok(Relay {
             endpoint,
             connect,
@@ -370,7 +374,7 @@ impl<'r> Worker<'r> {
     /// [`Worker::reserve`] took.
     fn open(&mut self, mut client: mio::net::TcpStream) -> Result<()> {
         let keepalive = self.relay.keepalive;
-        keepalive.apply_relayed(&client)?;
+        keepalive.apply_relayed_accepted(&client)?;
         let mut server = match mio::net::TcpStream::connect(self.relay.connect) {
             Ok(server) => server,
             Err(e) => {

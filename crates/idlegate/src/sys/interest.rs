@@ -12,7 +12,9 @@
 //! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by
 //! descriptor what it registered, so a socket new to it costs one too), so a wait costs what
 //! reported, not what is watched; a socket closed is forgotten by the system, and
-//! [`Interests::forget`] costs nothing. On Windows, where `mio` registers only its own socket
+//! [`Interests::forget`] costs nothing. Linux alone: [`Interests::share`] watches a listener
+//! several sets share, EPOLLEXCLUSIVE, so one new connection wakes one of their threads
+//! ([`Interests::unshare`] stops). On Windows, where `mio` registers only its own socket
 //! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
 //! each wait (a wait costs what is watched there); a socket must be forgotten before it is
 //! closed, before the next wait.
@@ -114,6 +116,37 @@ impl Interests {
     /// Stops watching what `token` watched, as its socket is closed or handed on: nothing to
     /// do on Linux (a closed socket leaves the set; one handed on is set under its new token).
     pub fn forget(&mut self, _token: usize) {}
+
+    /// Watches `listener`, which several sets share (each of a tunnel entry's workers has
+    /// one), as `token` for new connections: edge-triggered and EPOLLEXCLUSIVE, so that a
+    /// connection wakes one of the sets' waiting threads, not each of them (a set nobody waits
+    /// on is told too, so a connection is never left unreported). Never set again: it stays
+    /// watched until [`Interests::unshare`]. Outside mio's registry (mio has no
+    /// EPOLLEXCLUSIVE); its events come through the same wait.
+    pub fn share(&mut self, token: usize, listener: Raw) -> io::Result<()> {
+        self.shared(libc::EPOLL_CTL_ADD, token, listener)
+    }
+
+    /// Stops watching a listener [`Interests::share`] watches (it stays open elsewhere).
+    pub fn unshare(&mut self, listener: Raw) -> io::Result<()> {
+        self.shared(libc::EPOLL_CTL_DEL, 0, listener)
+    }
+
+    fn shared(&mut self, op: libc::c_int, token: usize, listener: Raw) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let flags = libc::EPOLLIN | libc::EPOLLEXCLUSIVE | libc::EPOLLET;
+        let mut event = libc::epoll_event {
+            events: flags as u32,
+            u64: token as u64,
+        };
+        // SAFETY: `event` is one valid epoll_event for the call; the descriptors are the
+        // set's own epoll instance and a listener the caller holds open.
+        let rc = unsafe { libc::epoll_ctl(self.poll.as_raw_fd(), op, listener, &mut event) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 
     /// Waits up to `timeout` and puts the tokens of the sockets that reported, and what, in
     /// `out` (emptied first).

@@ -12,9 +12,13 @@
 //! connection's end of stream: Linux and Windows hand a RST to the read itself
 //! (ECONNRESET/WSAECONNRESET), but Wine 8.0's `recv` returns 0 for it, as for a FIN, and leaves
 //! SO_ERROR 0, while WSAPoll still reports POLLERR. [`accept_until_stopped`] is the one accept
-//! loop: it hands each connection to its caller until a stop flag is set, looking at the flag
-//! at least every [`STOP_CHECK`]. [`connect_started`] and [`connected`] are a connect that
-//! does not wait, and its outcome. Linux alone: [`set_recv_err`] asks for ICMP errors as socket errors
+//! loop of a thread that accepts: it hands each connection to its caller until a stop flag is
+//! set, looking at the flag at least every [`STOP_CHECK`]. [`connect_started`] and
+//! [`connected`] are a connect that does not wait (its socket made non-blocking as it is
+//! created on Linux), and its outcome (a peer address, one call, once made). Linux alone:
+//! [`accept_nonblocking`] takes one connection for an event loop (`accept4`, SOCK_NONBLOCK:
+//! no call after it; an accepted socket inherits its listener's linger, TCP_NODELAY, keepalive
+//! and user timeout, which the tests here read back); [`set_recv_err`] asks for ICMP errors as socket errors
 //! (IP_RECVERR); [`recv_nowait`], [`send_all`] and [`unsent_bytes`] are the non-blocking read,
 //! the write that raises no SIGPIPE, and SIOCOUTQ.
 
@@ -135,8 +139,20 @@ pub fn reset(socket: &impl Handle) -> io::Result<()> {
 /// reports writable (or an error, or a hangup) once the connection is made or has failed;
 /// [`connected`] then says which. For an event loop that must not block on a connect.
 pub fn connect_started(to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_nonblocking(true)?;
+    // Made non-blocking with the socket itself on Linux (SOCK_NONBLOCK; one system call, not
+    // three); elsewhere after it.
+    #[cfg(target_os = "linux")]
+    let socket = Socket::new(
+        Domain::for_address(to),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    #[cfg(not(target_os = "linux"))]
+    let socket = {
+        let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        socket
+    };
     match socket.connect(&to.into()) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -149,15 +165,30 @@ pub fn connect_started(to: SocketAddr) -> io::Result<TcpStream> {
 
 /// Whether a connection [`connect_started`] began is made: `Ok(true)` connected, `Ok(false)`
 /// still under way, an error if it failed (refused, unreachable).
+/// A connection made is known by its peer's address (one system call); only one not (yet)
+/// made costs its pending error too, which tells a failed connect from one under way.
 pub fn connected(stream: &TcpStream) -> io::Result<bool> {
-    if let Some(e) = stream.take_error()? {
-        return Err(e);
-    }
     match stream.peer_addr() {
         Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => match stream.take_error()? {
+            Some(e) => Err(e),
+            None => Ok(false),
+        },
         Err(e) => Err(e),
     }
+}
+
+/// One connection from `listener` if one waits (`WouldBlock` if none), non-blocking: on
+/// Linux accepted so (`accept4` with SOCK_NONBLOCK and SOCK_CLOEXEC, no call after it), so
+/// that an event loop takes connections with one system call each.
+#[cfg(target_os = "linux")]
+pub fn accept_nonblocking(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (socket, peer) =
+        SockRef::from(listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::other("an accepted connection without an IP address"))?;
+    Ok((socket.into(), peer))
 }
 
 /// Takes [`reset`] back: `socket` closes with a FIN, delivering what it still holds.
@@ -475,6 +506,77 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
         stop.store(true, Ordering::Relaxed);
         looping.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn an_accepted_socket_inherits_its_listeners_linger_nodelay_keepalive_and_user_timeout() {
+        // What lets the tunnel entry and the relay set these once, on the listener.
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        reset(&listener).unwrap();
+        SockRef::from(&listener).set_tcp_nodelay(true).unwrap();
+        let (idle, interval, user) = (
+            Duration::from_secs(7),
+            Duration::from_secs(3),
+            Duration::from_secs(19),
+        );
+        assert!(set_keepalive(&listener, idle, interval, 4, user)
+            .unwrap()
+            .is_empty());
+        listener.set_nonblocking(true).unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert!(wait_readable(raw(&listener), Some(Duration::from_secs(10))).unwrap());
+        let (accepted, _) = accept_nonblocking(&listener).unwrap();
+        let s = SockRef::from(&accepted);
+        assert_eq!(s.linger().unwrap(), Some(Duration::ZERO));
+        assert!(s.tcp_nodelay().unwrap());
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), idle);
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), interval);
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(user));
+        // Accepted non-blocking, with no call after the accept.
+        let mut buf = [0u8; 1];
+        let e = (&accepted).read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // And a plain listener's sockets have none of it.
+        let plain = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = TcpStream::connect(plain.local_addr().unwrap()).unwrap();
+        let (accepted, _) = plain.accept().unwrap();
+        let s = SockRef::from(&accepted);
+        assert_eq!(s.linger().unwrap(), None);
+        assert!(!s.keepalive().unwrap());
+        assert_eq!(s.tcp_user_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn a_connect_started_is_non_blocking_and_known_connected_once_made_or_failed_once_refused() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let stream = connect_started(listener.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 1];
+        let e = (&stream).read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !connected(&stream).unwrap() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A port nobody listens on: refused, told by the pending error.
+        let closed = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = closed.local_addr().unwrap();
+        drop(closed);
+        let stream = connect_started(to).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let e = loop {
+            match connected(&stream) {
+                Ok(false) => {
+                    assert!(std::time::Instant::now() < deadline);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Ok(true) => panic!("connected to a closed port"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
     }
 
     #[test]

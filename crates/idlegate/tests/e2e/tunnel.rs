@@ -23,6 +23,75 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[test]
+fn the_entrys_application_socket_has_keepalive_its_user_timeout_nodelay_and_a_reset_linger() {
+    // On Linux the entry sets them once, on its listener, and the socket it accepts inherits
+    // them: read here on the accepted socket itself, as this process holds it.
+    require_root(); // pidfd_getfd on this process's own socket
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
+    let entry = start_entry(exit.addr, &key, settings(500, WAIT));
+    let mut client = TcpStream::connect(entry.addr).unwrap();
+    client.write_all(b"x").unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte).unwrap();
+    let here = idlegate::survive::keepalive::Process::open(std::process::id() as i32).unwrap();
+    let accepted = here
+        .tcp_sockets(None)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.local == Some(entry.addr) && s.peer == Some(client.local_addr().unwrap()))
+        .expect("the entry's socket for the client");
+    let k = idlegate::survive::keepalive::SocketKeepalive::read(&accepted).unwrap();
+    // settings(): keepalive 1s,1s,3, so a user timeout of 1 + 3 × 1 s.
+    assert!(k.enabled, "{k}");
+    assert_eq!(
+        (k.idle, k.interval, k.count, k.user_timeout),
+        (
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            3,
+            Duration::from_secs(4)
+        ),
+        "{k}"
+    );
+    let s = socket2::SockRef::from(&accepted);
+    assert!(s.tcp_nodelay().unwrap());
+    assert_eq!(s.linger().unwrap(), Some(Duration::ZERO), "armed to reset");
+}
+
+#[test]
+fn a_stopped_entry_refuses_connections_once_its_run_has_returned() {
+    // Its workers accept from a listener of their own (a duplicate): they let it go before
+    // the run returns, so the port closes with the entry, not a worker's round later.
+    let key = Key::random().unwrap();
+    let (listener, server_addr) = loopback_server();
+    let (exit, _) = start_exit(server_addr, &key, settings(500, WAIT));
+    for _ in 0..5 {
+        let entry = idlegate::survive::tunnel::Entry::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            exit.addr,
+            key.clone(),
+            settings(500, WAIT),
+        )
+        .unwrap();
+        let (addr, stop) = (entry.local_addr().unwrap(), entry.stop_flag());
+        let run = std::thread::spawn(move || entry.run());
+        // A session carried: the workers have run, and wait (on the listener too).
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.write_all(b"x").unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        server.read_exact(&mut byte).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        run.join().unwrap().unwrap();
+        let e = TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    }
+}
+
+#[test]
 fn bytes_and_a_half_close_cross_the_tunnel_exactly() {
     let key = Key::random().unwrap();
     let (listener, server_addr) = loopback_server();

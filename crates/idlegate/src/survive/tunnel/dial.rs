@@ -115,7 +115,9 @@ impl Backoff {
 impl Dial {
     /// Takes an application connection: a session with no leg yet, handed to a worker that
     /// dials for it. `place` is the session's place in the entry's limit, given back when the
-    /// session ends. Returns the application's connection's failure to become a session.
+    /// session ends. Returns the application's connection's failure to become a session. For
+    /// an entry that accepts on a thread of its own (not Linux, where its workers accept).
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
     pub(super) fn carry(
         self: &Arc<Self>,
         app: TcpStream,
@@ -124,7 +126,31 @@ impl Dial {
         workers: &Workers,
         place: Held,
     ) -> io::Result<()> {
-        let _ = self.settings.keepalive.apply_relayed(&app);
+        let job = self.job(app, from, stats, place)?;
+        let Some(to) = workers.next() else {
+            return Err(io::Error::other("the tunnel entry has no worker"));
+        };
+        // A job given back is dropped: its application's connection is reset.
+        workers
+            .give(&to, job)
+            .map_err(|_| io::Error::other("the tunnel entry's workers have stopped"))
+    }
+
+    /// An application connection as a session with no leg yet, for the worker that will dial
+    /// for it (see [`Dial::carry`]). On Linux `app` comes accepted non-blocking from the
+    /// entry's listener, with the options an application's socket takes (the abortive
+    /// linger, TCP_NODELAY, keepalive and its user timeout) inherited from it; elsewhere they
+    /// are set here.
+    pub(super) fn job(
+        self: &Arc<Self>,
+        app: TcpStream,
+        from: SocketAddr,
+        stats: &Arc<Stats>,
+        place: Held,
+    ) -> io::Result<Job> {
+        let _ = self.settings.keepalive.apply_relayed_accepted(&app);
+        #[cfg(not(target_os = "linux"))]
+        app.set_nonblocking(true)?;
         // Its id and token come with the exit's Welcome.
         let s = Session::new(
             SessionId::NEW,
@@ -151,19 +177,12 @@ impl Dial {
             backoff: Backoff::new(self.settings.heartbeat),
             phase: Phase::Wait(now),
         };
-        let job = Job {
+        Ok(Job {
             session: s,
             leg: None,
             place: None,
             carried: Box::new(carried),
-        };
-        let Some(to) = workers.next() else {
-            return Err(io::Error::other("the tunnel entry has no worker"));
-        };
-        // A job given back is dropped: its application's connection is reset.
-        workers
-            .give(&to, job)
-            .map_err(|_| io::Error::other("the tunnel entry's workers have stopped"))
+        })
     }
 
     /// A dial's failure, in words: one that ran out of time says `timed out after …`, not

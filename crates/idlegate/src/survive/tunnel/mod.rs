@@ -16,7 +16,9 @@
 //! exit's [`gate`] holds connections without a thread each until they have said Hello. No
 //! session has a thread: each end runs its sessions, their dials, handshakes and
 //! cryptography on a few event-loop workers (`worker`, one per core, as the relay's), so a
-//! session costs its sockets and buffers. A leg whose session ended whole carries the entry's
+//! session costs its sockets and buffers; on Linux the entry's workers also accept its
+//! application connections, from its listener (which holds the options its accepted sockets
+//! inherit), with no accept thread. A leg whose session ended whole carries the entry's
 //! next session (the exit says Done on it first; see [`pool`]), so a short connection costs
 //! no handshake when one ended lately.
 //!
@@ -58,6 +60,7 @@ mod worker;
 use crate::survive::endpoint::{endpoint_of, Endpoint};
 use crate::survive::keepalive::Keepalive;
 use crate::survive::stats::Stats;
+#[cfg(not(target_os = "linux"))]
 use crate::sys::socket::accept_until_stopped;
 use anyhow::{Context, Result};
 use ended::Ended;
@@ -173,8 +176,14 @@ impl Entry {
         settings: Settings,
     ) -> Result<Entry> {
         settings.check()?;
+        let endpoint = Endpoint::bind(listen)?;
+        // The application's sockets take their options from it where they inherit them.
+        settings
+            .keepalive
+            .apply_relayed_listener(&endpoint.listener)
+            .context("setting keepalive on the tunnel entry's listener")?;
         Ok(Entry {
-            endpoint: Endpoint::bind(listen)?,
+            endpoint,
             tunnel,
             keys: Arc::new(keys.into()),
             settings,
@@ -182,31 +191,96 @@ impl Entry {
     }
 
     /// Accepts the application's connections and carries each through the tunnel, until
-    /// stopped: each is a session on a `worker`, which dials for it.
+    /// stopped: each is a session on a `worker`, which dials for it. On Linux the workers
+    /// accept, each from the shared listener ([`worker::Accepting`]), and this thread only
+    /// waits for the stop flag; elsewhere this thread accepts and hands each connection to the
+    /// worker holding the fewest sessions.
     pub fn run(&self) -> Result<()> {
         // Application connections taken and not yet ended, counted from the accept (a burst,
         // or an exit that cannot be reached, must not outrun the limit while legs dial).
         let held = Arc::new(AtomicUsize::new(0));
-        let workers = Workers::start("tunnel entry", self.endpoint.stop.clone())
-            .context("starting the tunnel entry's workers")?;
         let dial = Arc::new(dial::Dial {
             tunnel: self.tunnel,
             keys: self.keys.clone(),
             settings: self.settings.clone(),
         });
-        Ok(accept_until_stopped(
-            &self.endpoint.listener,
-            &self.endpoint.stop,
-            "tunnel entry",
-            // At the session limit, new application connections wait in the listen queue.
-            || held.load(Ordering::Relaxed) < self.settings.max_sessions,
-            |app, peer| {
-                // Given back when the session ends, however it ends, or when it could not
-                // start.
-                let place = Held::take(&held);
-                dial.carry(app, peer, &self.endpoint.stats, &workers, place)
-            },
-        )?)
+        #[cfg(target_os = "linux")]
+        {
+            self.endpoint.listener.set_nonblocking(true)?;
+            let accepting = Arc::new(EntryAccept {
+                listener: self.endpoint.listener.try_clone()?,
+                held,
+                max: self.settings.max_sessions,
+                dial,
+                stats: self.endpoint.stats.clone(),
+            });
+            let _workers = Workers::start_accepting(
+                "tunnel entry",
+                self.endpoint.stop.clone(),
+                Some(accepting.clone()),
+            )
+            .context("starting the tunnel entry's workers")?;
+            let check = crate::sys::poll::STOP_CHECK;
+            while !self.endpoint.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(check);
+            }
+            // Each worker lets the listener go at its next round (within STOP_CHECK): once
+            // they have, the port closes with the entry, as it did when a thread accepted.
+            let since = std::time::Instant::now();
+            while Arc::strong_count(&accepting) > 1 && since.elapsed() < check * 5 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let workers = Workers::start("tunnel entry", self.endpoint.stop.clone())
+                .context("starting the tunnel entry's workers")?;
+            Ok(accept_until_stopped(
+                &self.endpoint.listener,
+                &self.endpoint.stop,
+                "tunnel entry",
+                // At the session limit, new application connections wait in the listen queue.
+                || held.load(Ordering::Relaxed) < self.settings.max_sessions,
+                |app, peer| {
+                    // Given back when the session ends, however it ends, or when it could not
+                    // start.
+                    let place = Held::take(&held);
+                    dial.carry(app, peer, &self.endpoint.stats, &workers, place)
+                },
+            )?)
+        }
+    }
+}
+
+/// What a tunnel entry's workers accept with (Linux): its listener, its session limit, and
+/// the dial each connection's session starts with.
+#[cfg(target_os = "linux")]
+struct EntryAccept {
+    listener: std::net::TcpListener,
+    held: Arc<AtomicUsize>,
+    max: usize,
+    dial: Arc<dial::Dial>,
+    stats: Arc<Stats>,
+}
+
+#[cfg(target_os = "linux")]
+impl worker::Accepting for EntryAccept {
+    fn listener(&self) -> &std::net::TcpListener {
+        &self.listener
+    }
+
+    fn reserve(&self) -> Option<Held> {
+        Held::reserve(&self.held, self.max)
+    }
+
+    fn job(
+        &self,
+        app: std::net::TcpStream,
+        peer: SocketAddr,
+        place: Held,
+    ) -> io::Result<worker::Job> {
+        self.dial.job(app, peer, &self.stats, place)
     }
 }
 
@@ -215,9 +289,21 @@ impl Entry {
 struct Held(Arc<AtomicUsize>);
 
 impl Held {
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
     fn take(count: &Arc<AtomicUsize>) -> Held {
         count.fetch_add(1, Ordering::Relaxed);
         Held(count.clone())
+    }
+
+    /// A place unless `count` is at `max` already: exact however many workers take at once.
+    #[cfg(target_os = "linux")]
+    fn reserve(count: &Arc<AtomicUsize>, max: usize) -> Option<Held> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Held(count.clone()))
     }
 }
 

@@ -265,6 +265,11 @@ impl Pool {
         self.legs.is_empty()
     }
 
+    /// Entry: how many legs are free (perhaps a few past their time, not yet taken off).
+    pub(super) fn free_legs(&self) -> usize {
+        self.free.len()
+    }
+
     fn remove(&mut self, key: usize) -> Pooled {
         let p = self.legs.remove(key);
         if p.counts_free() {

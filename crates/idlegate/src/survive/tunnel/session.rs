@@ -236,6 +236,8 @@ struct StallWatch {
 }
 
 impl Session {
+    /// A session of `app`, which comes non-blocking (accepted or connected so on Linux: no
+    /// system call here).
     pub fn new(
         id: SessionId,
         token: Token,
@@ -245,7 +247,6 @@ impl Session {
         heartbeat: Duration,
         stats: Arc<Stats>,
     ) -> io::Result<Session> {
-        app.set_nonblocking(true)?;
         Ok(Session {
             id,
             token,

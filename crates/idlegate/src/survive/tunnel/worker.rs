@@ -29,6 +29,8 @@ use crate::sys::interest::{Interests, Seen};
 use crate::sys::poll::STOP_CHECK;
 use crate::sys::socket::Raw;
 use crate::sys::wake::{self, Wakeable, Waker};
+#[cfg(target_os = "linux")]
+use accept::{Accept, LISTEN};
 use slab::Slab;
 use std::collections::BTreeSet;
 use std::io;
@@ -37,6 +39,11 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
+
+#[cfg(target_os = "linux")]
+mod accept;
+#[cfg(target_os = "linux")]
+pub(super) use accept::Accepting;
 
 /// A session's place on its worker before it has one (and after it left).
 pub(super) const NOWHERE: usize = usize::MAX;
@@ -309,25 +316,79 @@ enum Given {
     Close(Box<Leg>, Duration),
 }
 
+#[derive(Clone)]
 struct Handle {
     jobs: Sender<Given>,
     bell: Arc<Bell>,
     held: Arc<AtomicUsize>,
+    /// Its free legs, as it last said (only workers that accept say: see `accept`).
+    #[cfg(target_os = "linux")]
+    free: Arc<AtomicUsize>,
+}
+
+impl Handle {
+    /// Hands `job` to this worker; the job back if it has ended.
+    fn give(&self, job: Job) -> Result<(), Box<Job>> {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::SendError(given)) = self.jobs.send(Given::Job(Box::new(job))) {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            return match given {
+                Given::Job(job) => Err(job),
+                Given::Close(..) => Ok(()),
+            };
+        }
+        let _ = self.bell.ring(NOWHERE);
+        Ok(())
+    }
 }
 
 impl Workers {
     /// [`super::workers`] of them (one per core); each ends once `stop` is set and it holds
     /// nothing.
     pub(super) fn start(name: &str, stop: Arc<AtomicBool>) -> io::Result<Workers> {
+        Workers::start_accepting(name, stop, None)
+    }
+
+    /// [`Workers::start`], each also accepting the end's connections from `accepting`'s
+    /// listener (Linux): registered in each worker's interest set, each connection taken by
+    /// whichever worker the kernel wakes, with one `accept4` (and an `accept4` that finds
+    /// none at the end of a burst), no thread between.
+    pub(super) fn start_accepting(
+        name: &str,
+        stop: Arc<AtomicBool>,
+        #[cfg(target_os = "linux")] accepting: Option<Arc<dyn Accepting>>,
+        #[cfg(not(target_os = "linux"))] accepting: Option<std::convert::Infallible>,
+    ) -> io::Result<Workers> {
         let n = super::workers();
         let mut each = Vec::with_capacity(n);
+        // Each accepting worker's view of the others (set once they have all started).
+        #[cfg(target_os = "linux")]
+        let all: Arc<OnceLock<Vec<Handle>>> = Arc::default();
         for i in 0..n {
             let (tx, rx) = mpsc::channel();
             let (waker, wakeable) = wake::pair()?;
             let bell = Arc::new(Bell::new(waker));
             let held = Arc::new(AtomicUsize::new(0));
+            #[cfg(target_os = "linux")]
+            let free = Arc::new(AtomicUsize::new(0));
             let mut interests = Interests::new(EVENTS)?;
             interests.set(WAKE, wakeable.raw(), true, false)?;
+            #[cfg(target_os = "linux")]
+            let accept = match &accepting {
+                Some(with) => {
+                    interests.share(LISTEN, crate::sys::socket::raw(with.listener()))?;
+                    Some(Accept {
+                        with: with.clone(),
+                        again: Some(Instant::now()),
+                        at_limit: false,
+                        free: free.clone(),
+                        all: all.clone(),
+                    })
+                }
+                None => None,
+            };
+            #[cfg(not(target_os = "linux"))]
+            let _ = &accepting;
             let worker = Worker {
                 jobs: rx,
                 wakeable,
@@ -343,6 +404,8 @@ impl Workers {
                 turning: Vec::new(),
                 rung: Vec::new(),
                 scratch: Scratch::new(),
+                #[cfg(target_os = "linux")]
+                accept,
             };
             std::thread::Builder::new()
                 .name(format!("{name} worker {i}"))
@@ -351,7 +414,13 @@ impl Workers {
                 jobs: tx,
                 bell,
                 held,
+                #[cfg(target_os = "linux")]
+                free,
             });
+        }
+        #[cfg(target_os = "linux")]
+        if accepting.is_some() {
+            let _ = all.set(each.clone());
         }
         Ok(Workers { each })
     }
@@ -371,16 +440,7 @@ impl Workers {
         let Some(h) = self.each.iter().find(|h| Arc::ptr_eq(&h.bell, to)) else {
             return Err(Box::new(job));
         };
-        h.held.fetch_add(1, Ordering::Relaxed);
-        if let Err(mpsc::SendError(given)) = h.jobs.send(Given::Job(Box::new(job))) {
-            h.held.fetch_sub(1, Ordering::Relaxed);
-            return match given {
-                Given::Job(job) => Err(job),
-                Given::Close(..) => Ok(()),
-            };
-        }
-        let _ = h.bell.ring(NOWHERE);
-        Ok(())
+        h.give(job)
     }
 
     /// Has a worker close `leg` in order within `within`, so that what is sealed in it (a
@@ -419,6 +479,9 @@ struct Worker {
     rung: Vec<usize>,
     /// What the session being turned uses only within its turn (sessions hold none).
     scratch: Scratch,
+    /// Its share of its end's accepting, if its end's workers accept.
+    #[cfg(target_os = "linux")]
+    accept: Option<Accept>,
 }
 
 impl Worker {
@@ -427,6 +490,9 @@ impl Worker {
         // Jobs or rings to take; and whether the wake pair reported (then it is drained).
         let (mut woken, mut wake_reported) = (true, true);
         let mut closing_reported = false;
+        // The shared listener reported (Linux).
+        #[cfg(target_os = "linux")]
+        let mut listen_reported = false;
         loop {
             if woken {
                 if wake_reported {
@@ -435,6 +501,16 @@ impl Worker {
                 self.take_jobs();
             }
             let now = Instant::now();
+            #[cfg(target_os = "linux")]
+            if listen_reported
+                || self
+                    .accept
+                    .as_ref()
+                    .and_then(|a| a.again)
+                    .is_some_and(|at| at <= now)
+            {
+                self.accept(now);
+            }
             while let Some(&(at, key)) = self.timers.first() {
                 if at > now {
                     break;
@@ -453,6 +529,10 @@ impl Worker {
             }
             let now = Instant::now();
             let stopping = self.stop.load(Ordering::Relaxed);
+            #[cfg(target_os = "linux")]
+            if stopping {
+                self.stop_accepting();
+            }
             if self.closer.pool.wants_turn(now) || (stopping && !self.closer.pool.is_empty()) {
                 self.closer
                     .turn_pool(now, stopping, &mut self.interests, &self.bell);
@@ -474,16 +554,23 @@ impl Worker {
                     .into_iter()
                     .chain(self.closer.next_deadline())
                     .chain(self.closer.pool.next_deadline())
+                    .chain(self.accept_again())
                     .min()
                     .map_or(STOP_CHECK, |at| at.saturating_duration_since(now))
                     .min(STOP_CHECK)
             } else {
                 Duration::ZERO
             };
+            #[cfg(target_os = "linux")]
+            self.say_free();
             if self.bell.take_rung_within() {
                 // Jobs this thread gave itself, or sessions it rang: taken without a wait.
                 (woken, wake_reported) = (true, false);
                 closing_reported = false;
+                #[cfg(target_os = "linux")]
+                {
+                    listen_reported = false;
+                }
                 continue;
             }
             let mut events = std::mem::take(&mut self.events);
@@ -493,9 +580,18 @@ impl Worker {
             }
             (woken, wake_reported) = (false, false);
             closing_reported = false;
+            #[cfg(target_os = "linux")]
+            {
+                listen_reported = false;
+            }
             for &(token, seen) in &events {
                 if token == WAKE {
                     (woken, wake_reported) = (true, true);
+                    continue;
+                }
+                #[cfg(target_os = "linux")]
+                if token == LISTEN {
+                    listen_reported = true;
                     continue;
                 }
                 let (key, kind) = (token >> KINDS, token & ((1 << KINDS) - 1));
@@ -527,6 +623,13 @@ impl Worker {
         }
     }
 
+    /// When this worker accepts again without the listener reporting: never where its
+    /// workers do not accept.
+    #[cfg(not(target_os = "linux"))]
+    fn accept_again(&self) -> Option<Instant> {
+        None
+    }
+
     /// Puts a session on the list to turn (once).
     fn queue(&mut self, key: usize) {
         if let Some(held) = self.sessions.get_mut(key) {
@@ -547,6 +650,22 @@ impl Worker {
                     continue;
                 }
             };
+            self.take(job);
+        }
+        let mut rung = std::mem::take(&mut self.rung);
+        if let Ok(mut list) = self.bell.rung.lock() {
+            std::mem::swap(&mut *list, &mut rung);
+        }
+        for key in rung.drain(..) {
+            self.step(key);
+            self.settle(key);
+        }
+        self.rung = rung;
+    }
+
+    /// Puts a session handed on (or accepted here) on this worker, to be turned this round.
+    fn take(&mut self, job: Job) {
+        {
             let has_leg = job.leg.is_some();
             let key = self.sessions.insert(OnWorker {
                 session: Some(job.session),
@@ -568,15 +687,6 @@ impl Worker {
             }
             self.queue(key);
         }
-        let mut rung = std::mem::take(&mut self.rung);
-        if let Ok(mut list) = self.bell.rung.lock() {
-            std::mem::swap(&mut *list, &mut rung);
-        }
-        for key in rung.drain(..) {
-            self.step(key);
-            self.settle(key);
-        }
-        self.rung = rung;
     }
 
     /// Turns the sessions due, each with what its sockets reported; watches each for what

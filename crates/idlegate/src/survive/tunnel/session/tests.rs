@@ -34,7 +34,8 @@ fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
     let heartbeat = Duration::from_millis(200);
-    let session = |app, side| {
+    let session = |app: TcpStream, side| {
+        app.set_nonblocking(true).unwrap();
         let (id, token) = (SessionId([1; 16]), Token([2; 32]));
         Session::new(id, token, app, side, 4 << 20, heartbeat, Arc::default()).unwrap()
     };
@@ -103,7 +104,8 @@ fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
     let (mut entry_leg, mut exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
-    let session = |app, side| {
+    let session = |app: TcpStream, side| {
+        app.set_nonblocking(true).unwrap();
         let (id, token) = (SessionId([1; 16]), Token([2; 32]));
         let heartbeat = Duration::from_secs(10);
         Session::new(id, token, app, side, 1 << 20, heartbeat, Arc::default()).unwrap()
@@ -184,6 +186,7 @@ fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() 
     socket2::SockRef::from(&app)
         .set_send_buffer_size(4096)
         .unwrap();
+    app.set_nonblocking(true).unwrap();
     let mut s = Session::new(
         SessionId([1; 16]),
         Token([2; 32]),
