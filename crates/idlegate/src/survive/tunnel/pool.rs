@@ -265,7 +265,9 @@ impl Pool {
         self.legs.is_empty()
     }
 
-    /// Entry: how many legs are free (perhaps a few past their time, not yet taken off).
+    /// Entry: how many legs are free (perhaps a few past their time, not yet taken off), for
+    /// the workers that accept (Linux: `worker/accept.rs`).
+    #[cfg(target_os = "linux")]
     pub(super) fn free_legs(&self) -> usize {
         self.free.len()
     }
