@@ -228,6 +228,9 @@ pub struct Leg {
     rx_end: usize,
     /// The last read filled the buffer: the next one gets twice the room.
     rx_full: bool,
+    /// The last read found the socket empty (it was short, or would have blocked) and its
+    /// socket has not reported since ([`Leg::reported`]): a read now would find nothing.
+    drained: bool,
     /// Sealed bytes not yet written: `tx[tx_start..tx_end]`. Its length is the most it ever
     /// held (initialized once, so sealing never zero-fills).
     tx: Vec<u8>,
@@ -493,6 +496,7 @@ impl Leg {
             rx_start: 0,
             rx_end: 0,
             rx_full: false,
+            drained: false,
             tx: Vec::new(),
             tx_start: 0,
             tx_end: 0,
@@ -574,21 +578,44 @@ impl Leg {
         self.rx.capacity() + self.tx.capacity()
     }
 
-    /// Reads what the socket has (one call).
+    /// Reads what the socket has (one call; another only if a signal interrupted it, which
+    /// says nothing of what the socket holds). A read that did not fill the room it was given
+    /// took everything the socket had: the leg is then [`Leg::drained`].
     pub fn fill(&mut self) -> io::Result<Filled> {
         self.make_room();
-        let result = (&self.stream).read(&mut self.rx[self.rx_end..]);
-        match result {
-            Ok(0) => Ok(Filled::Eof),
-            Ok(n) => {
-                self.rx_end += n;
-                self.rx_full = self.rx_end == self.rx.len();
-                Ok(Filled::Bytes(n))
+        loop {
+            let room = self.rx.len() - self.rx_end;
+            match (&self.stream).read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => return Ok(Filled::Eof),
+                Ok(n) => {
+                    self.rx_end += n;
+                    self.rx_full = self.rx_end == self.rx.len();
+                    self.drained = n < room;
+                    return Ok(Filled::Bytes(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(Filled::WouldBlock);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Filled::WouldBlock),
-            Err(e) => Err(e),
         }
+    }
+
+    /// Whether the last read took everything the socket had and it has not reported since:
+    /// a stream socket's read that returns less than it was given room for emptied the
+    /// receive queue (a non-blocking read is not cut short by a signal: it never sleeps),
+    /// so bytes that came after are a new edge its event loop reports (epoll,
+    /// edge-triggered) or sees at its next wait (WSAPoll); until then a read finds nothing.
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Its socket reported something to read (whoever watches it says so): the next read
+    /// may find bytes.
+    pub fn reported(&mut self) {
+        self.drained = false;
     }
 
     /// Makes room for the next read: the whole record begun must fit, and a read that filled

@@ -244,6 +244,9 @@ impl Pool {
 
     /// A leg's socket reported.
     pub(super) fn reported(&mut self, key: usize) {
+        if let Some(p) = self.legs.get_mut(key) {
+            p.leg.reported();
+        }
         self.due.push(key);
     }
 
@@ -393,6 +396,11 @@ impl Pool {
         if let Err(e) = p.leg.flush() {
             return Keep::Drop(e.to_string());
         }
+        // A leg whose last read (its session's, most often) emptied its socket, and which has
+        // not reported since, is not read: nothing is there (see `Leg::drained`); what comes
+        // is reported (the leg is set under its token here before the worker waits, which
+        // re-arms it). One that reported is read until its socket is empty.
+        let read = !p.leg.drained();
         loop {
             loop {
                 let n = match p.leg.next_frame(&mut self.plain) {
@@ -436,6 +444,9 @@ impl Pool {
                         return Keep::Close(CLOSE_WITHIN);
                     }
                 }
+            }
+            if !read {
+                return Keep::Yes;
             }
             match p.leg.fill() {
                 Ok(Filled::Bytes(_)) => {}

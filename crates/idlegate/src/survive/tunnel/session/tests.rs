@@ -54,6 +54,8 @@ fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     let ready = Ready {
         app: true,
         app_hangup: false,
+        app_fin: false,
+        leg_fin: false,
         leg: true,
     };
     let until = Instant::now() + Duration::from_secs(60);
@@ -115,11 +117,15 @@ fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
         Ready {
             app: true,
             app_hangup: false,
+            app_fin: false,
+            leg_fin: false,
             leg: false,
         },
         Ready {
             app: false,
             app_hangup: false,
+            app_fin: false,
+            leg_fin: false,
             leg: true,
         },
     );
