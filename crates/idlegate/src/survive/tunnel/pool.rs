@@ -662,4 +662,34 @@ mod tests {
         assert_eq!(stats.legs_reused.load(Ordering::Relaxed), 1);
         assert_eq!(stats.legs_free.load(Ordering::Relaxed), 0);
     }
+    #[test]
+    fn a_leg_its_last_read_emptied_is_not_read_again_until_its_socket_reports() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let (mut entry, mut exit) = legs(&key);
+        // Its session's last read found the socket empty; the exit's Done comes after it.
+        assert!(matches!(entry.fill().unwrap(), Filled::WouldBlock));
+        exit.send_now(&Frame::Done).unwrap();
+        pool.await_done(entry, Duration::from_secs(5), &stats);
+        let mut out = Vec::new();
+        pool.turn(
+            Instant::now(),
+            &mut turns.interests,
+            |k| k,
+            &turns.bell,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            stats.legs_free.load(Ordering::Relaxed),
+            0,
+            "no read before its socket reported"
+        );
+        // It is watched: the Done is reported, read, and the leg is free.
+        turns.until(&mut pool, |_, _| {
+            stats.legs_free.load(Ordering::Relaxed) == 1
+        });
+    }
 }
