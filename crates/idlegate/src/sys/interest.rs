@@ -266,6 +266,7 @@ mod tests {
         assert!(out.is_empty(), "{out:?}");
     }
 
+    #[cfg(unix)]
     #[test]
     fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
         let mut set = Interests::new(16).unwrap();
