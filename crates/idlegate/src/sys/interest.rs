@@ -7,12 +7,15 @@
 //! early, reporting nothing). A socket that is ready when it is set is reported at the next
 //! wait, on both systems, and so is one that becomes ready later; one that was reported and not
 //! set again is reported again only when something new arrives (Linux) or at every wait while
-//! it stays ready (Windows): a caller sets again every socket it was given (and any whose
-//! interest changed) before it waits, and so sees the same on both. On Linux it is `mio` (epoll,
-//! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by
-//! descriptor what it registered, so a socket new to it costs one too), so a wait costs what
-//! reported, not what is watched; a socket closed is forgotten by the system, and
-//! [`Interests::forget`] costs nothing. On Windows, where `mio` registers only its own socket
+//! it stays ready (Windows): a caller that reads a socket until it is empty (a read that comes
+//! short, or would block; or to the end of the stream once [`Seen::fin`] said the FIN had
+//! come) needs to set nothing again and sees the same on both; one that stopped before (a
+//! budget) sets it again, which re-arms it. On Linux it is `mio` (epoll, edge-triggered;
+//! setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by descriptor
+//! what it registered, so a socket new to it costs one too), so a wait costs what reported,
+//! not what is watched; a socket closed is forgotten by the system, and
+//! [`Interests::forget`] costs nothing ([`Interests::closing`] has the set forget its
+//! descriptor too). On Windows, where `mio` registers only its own socket
 //! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
 //! each wait (a wait costs what is watched there); a socket must be forgotten before it is
 //! closed, before the next wait.

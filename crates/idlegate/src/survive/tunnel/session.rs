@@ -410,8 +410,8 @@ impl Session {
         None
     }
 
-    /// Which reads stopped at their budget with bytes perhaps left (the application's, the
-    /// leg's) since the last call: their sockets will not report those bytes again (their
+    /// Which reads stopped at their budget, or (the application's) at a full outbox, with
+    /// bytes perhaps left (the application's, the leg's) since the last call: their sockets will not report those bytes again (their
     /// watch is edge-triggered), so the worker has them reported again (it sets them anew).
     pub fn take_unread(&mut self) -> (bool, bool) {
         std::mem::take(&mut self.unread)
@@ -599,7 +599,7 @@ impl Session {
     }
 
     /// Reads the application until it has nothing more, the outbox is full or
-    /// [`APP_READ_BUDGET`] bytes were read (then noted, see [`Session::take_unread`]). A
+    /// [`APP_READ_BUDGET`] bytes were read (either noted, see [`Session::take_unread`]). A
     /// read shorter than its room emptied the socket (see [`Leg::drained`]): what comes
     /// after it is a new report, so no read is spent to find nothing, unless the socket's
     /// report said its FIN had come (`fin`), which no new report follows: it is read.
@@ -612,6 +612,9 @@ impl Session {
             }
             let room = self.outbox.room().min(read_buf.len());
             if room == 0 {
+                // Full with bytes perhaps left: an acknowledgement read next in this same
+                // turn may make room, and then no new report would say they are there.
+                self.unread.0 = true;
                 break;
             }
             match (&self.app).read(&mut read_buf[..room]) {

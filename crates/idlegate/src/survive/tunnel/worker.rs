@@ -6,8 +6,12 @@
 //! with `sys::interest` (mio, epoll, on Linux; WSAPoll on Windows): each socket has its own
 //! token (a session's application, its leg, the socket it watches without a leg; a closing
 //! leg's), and is watched only for what its session waits for, set again only when that
-//! changes or it reported (which re-arms it, so a session that reads one chunk per wake never
-//! misses bytes); deadlines are in an ordered set of timers. A wake-up so costs what became
+//! changes, when its session's read of it stopped at its budget (which re-arms it, so bytes
+//! left are reported again), or, for what a session watches without a leg, when it reported.
+//! The watch is edge-triggered on Linux: a session reads its application and its leg until a
+//! read comes short (the socket is then empty: what comes after is a new report) or to the FIN
+//! the report said had come, so a socket that reported needs no re-arm, and no read is spent
+//! to find nothing; deadlines are in an ordered set of timers. A wake-up so costs what became
 //! ready or due, not every session. A session on a leg is turned ([`Session::turn`]) when one
 //! of its sockets reported or its own deadline (a heartbeat, a silent leg, the stall watch) has
 //! come. What a session does without a leg is its end's ([`Carried`]): the exit's connects to

@@ -343,3 +343,46 @@ fn a_read_stopped_at_its_budget_is_noted_so_that_its_socket_is_reported_again() 
     assert_eq!(entry.take_unread(), (false, false), "taken once");
     drop(writer);
 }
+
+#[test]
+fn a_read_stopped_at_a_full_outbox_is_noted_so_that_its_socket_is_reported_again() {
+    // An acknowledgement read in the same turn may make room: no new report would say that
+    // bytes are still there.
+    const REPLAY: usize = 64 << 10;
+    let (mut entry_leg, _exit_leg) = legs();
+    let (mut client, entry_app) = socket_pair();
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+    let heartbeat = Duration::from_secs(10);
+    let mut entry = Session::new(
+        id,
+        token,
+        entry_app,
+        Side::Entry,
+        REPLAY,
+        heartbeat,
+        Arc::default(),
+    )
+    .unwrap();
+    // Written by another thread: the socket's buffers may not hold it all.
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![1u8; 2 * REPLAY]).unwrap();
+        client
+    });
+    let mut scratch = Scratch::new();
+    let ready = Ready {
+        app: true,
+        ..Ready::default()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while entry.outbox.room() > 0 {
+        assert!(Instant::now() < until, "the outbox never filled");
+        assert!(entry
+            .on_ready(&mut entry_leg, ready, &mut scratch)
+            .is_none());
+    }
+    assert!(entry
+        .on_ready(&mut entry_leg, ready, &mut scratch)
+        .is_none());
+    assert_eq!(entry.take_unread(), (true, false));
+    drop(writer);
+}
