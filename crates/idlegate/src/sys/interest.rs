@@ -122,6 +122,11 @@ impl Interests {
     /// do on Linux (a closed socket leaves the set; one handed on is set under its new token).
     pub fn forget(&mut self, _token: usize) {}
 
+    /// The socket watched under `from` is the one `to` watches from now, for the same: it
+    /// stays in the set as it is, no system call, and what it reports still comes under
+    /// `from` (the caller takes it as `to`'s, until it sets it under `to`).
+    pub fn hand_over(&mut self, _from: usize, _to: usize) {}
+
     /// `socket`, watched until now, is about to be closed without being set to nothing: the
     /// system drops it from the set as it closes, and the set forgets it too, so that a new
     /// socket given its descriptor costs one `epoll_ctl` (an add), not a failed re-arm
@@ -183,6 +188,13 @@ impl Interests {
     /// Stops watching what `token` watched (before its socket is closed).
     pub fn forget(&mut self, token: usize) {
         self.watched.remove(&token);
+    }
+
+    /// The socket watched under `from` is watched under `to` from now, for the same.
+    pub fn hand_over(&mut self, from: usize, to: usize) {
+        if let Some(watched) = self.watched.remove(&from) {
+            self.watched.insert(to, watched);
+        }
     }
 
     /// `socket` is about to be closed: its token is forgotten by [`Interests::forget`], which

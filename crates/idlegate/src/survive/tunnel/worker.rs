@@ -514,6 +514,14 @@ impl Worker {
                 let Some(held) = self.sessions.get_mut(key) else {
                     continue;
                 };
+                // A session on a leg watches nothing under its own token but the leg its dial
+                // handed on (see `settle`); a report there from what the dial watched before
+                // the session was settled on its leg costs a look at the leg.
+                let kind = if kind == OWN && held.leg.is_some() {
+                    LEG
+                } else {
+                    kind
+                };
                 // The application's and the leg's sockets are read until a read finds them
                 // empty (or comes short) by their session, which says when it stopped before
                 // (`Session::take_unread`): they need no re-arm. What the session's end
@@ -647,6 +655,22 @@ impl Worker {
             (None, Some(s)) => [None, None, held.carried.watch(s).0],
             _ => [None; 3],
         };
+        // The socket the session's dial watched became its leg, watched for the same and
+        // emptied by its last read: it stays in the set as it is, no `epoll_ctl`; its reports
+        // still come under the dial's token and are the leg's (see `run`). (A leg its dial
+        // did not empty is set under its own token, which re-arms it.)
+        let drained = held.leg.as_ref().is_some_and(Leg::drained);
+        if drained
+            && want[LEG].is_some()
+            && want[OWN].is_none()
+            && held.watching[LEG].is_none()
+            && held.watching[OWN] == want[LEG]
+        {
+            self.interests
+                .hand_over((key << KINDS) | OWN, (key << KINDS) | LEG);
+            held.watching[LEG] = want[LEG];
+            held.watching[OWN] = None;
+        }
         let app_raw = held.session.as_ref().map(|s| s.app_raw());
         // An application that finished writing, on a leg, stays in the set (it reports
         // nothing more but an error) until it is closed: no `epoll_ctl` to take it out.
