@@ -281,6 +281,43 @@ mod tests {
         assert!(out.is_empty(), "{out:?}");
     }
 
+    #[test]
+    fn a_socket_read_until_a_short_read_reports_what_comes_next_without_being_set_again() {
+        // What the tunnel's sessions rely on: no re-arm after a report they read empty.
+        let (mut a, mut b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(7, raw(&b), true, false).unwrap();
+        a.write_all(b"first").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [7]);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.read(&mut buf).unwrap(), 5, "short: the socket is empty");
+        a.write_all(b"next").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [7]);
+        assert_eq!(b.read(&mut buf).unwrap(), 4);
+        // The FIN after it: reported as such.
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.fin);
+    }
+
+    #[test]
+    fn a_socket_handed_over_keeps_reporting_for_its_new_holder() {
+        let (mut a, b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(3, raw(&b), true, false).unwrap();
+        set.hand_over(3, 5);
+        a.write_all(b"x").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        // Under the old token on Linux (no system call), the new one on Windows.
+        let expected = if cfg!(unix) { 3 } else { 5 };
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [expected]);
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
