@@ -228,8 +228,7 @@ pub struct Leg {
     rx_end: usize,
     /// The last read filled the buffer: the next one gets twice the room.
     rx_full: bool,
-    /// The last read found the socket empty (it was short, or would have blocked) and its
-    /// socket has not reported since ([`Leg::reported`]): a read now would find nothing.
+    /// See [`Leg::drained`].
     drained: bool,
     /// Sealed bytes not yet written: `tx[tx_start..tx_end]`. Its length is the most it ever
     /// held (initialized once, so sealing never zero-fills).
@@ -578,9 +577,8 @@ impl Leg {
         self.rx.capacity() + self.tx.capacity()
     }
 
-    /// Reads what the socket has (one call; another only if a signal interrupted it, which
-    /// says nothing of what the socket holds). A read that did not fill the room it was given
-    /// took everything the socket had: the leg is then [`Leg::drained`].
+    /// Reads what the socket has (one call; again if a signal interrupted it). A read short
+    /// of its room took everything the socket had: the leg is then [`Leg::drained`].
     pub fn fill(&mut self) -> io::Result<Filled> {
         self.make_room();
         loop {
@@ -603,17 +601,14 @@ impl Leg {
         }
     }
 
-    /// Whether the last read took everything the socket had and it has not reported since:
-    /// a stream socket's read that returns less than it was given room for emptied the
-    /// receive queue (a non-blocking read is not cut short by a signal: it never sleeps),
-    /// so bytes that came after are a new edge its event loop reports (epoll,
-    /// edge-triggered) or sees at its next wait (WSAPoll); until then a read finds nothing.
+    /// Whether the last read emptied the socket (it came short: a non-blocking read is not
+    /// cut short by a signal, it never sleeps; or would block) and it has not reported since:
+    /// bytes after it are a new report (epoll, edge-triggered; WSAPoll's next wait).
     pub fn drained(&self) -> bool {
         self.drained
     }
 
-    /// Its socket reported something to read (whoever watches it says so): the next read
-    /// may find bytes.
+    /// Its socket reported something to read (its watcher says so).
     pub fn reported(&mut self) {
         self.drained = false;
     }
