@@ -7,14 +7,17 @@
 //! early, reporting nothing). A socket that is ready when it is set is reported at the next
 //! wait, on both systems, and so is one that becomes ready later; one that was reported and not
 //! set again is reported again only when something new arrives (Linux) or at every wait while
-//! it stays ready (Windows): a caller sets again every socket it was given (and any whose
-//! interest changed) before it waits, and so sees the same on both. On Linux it is `mio` (epoll,
-//! edge-triggered; setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by
-//! descriptor what it registered, so a socket new to it costs one too), so a wait costs what
-//! reported, not what is watched; a socket closed is forgotten by the system, and
-//! [`Interests::forget`] costs nothing. Linux alone: [`Interests::share`] watches a listener
-//! several sets share, EPOLLEXCLUSIVE, so one new connection wakes one of their threads
-//! ([`Interests::unshare`] stops). On Windows, where `mio` registers only its own socket
+//! it stays ready (Windows): a caller that reads a socket until it is empty (a read that comes
+//! short, or would block; or to the end of the stream once [`Seen::fin`] said the FIN had
+//! come) needs to set nothing again and sees the same on both; one that stopped before (a
+//! budget) sets it again, which re-arms it. On Linux it is `mio` (epoll, edge-triggered;
+//! setting a socket again re-arms it, one `epoll_ctl`, and the set remembers by descriptor
+//! what it registered, so a socket new to it costs one too), so a wait costs what reported,
+//! not what is watched; a socket closed is forgotten by the system, and
+//! [`Interests::forget`] costs nothing ([`Interests::closing`] has the set forget its
+//! descriptor too). Linux alone: [`Interests::share`] watches a listener several sets share,
+//! EPOLLEXCLUSIVE, so one new connection wakes one of their threads ([`Interests::unshare`]
+//! stops). On Windows, where `mio` registers only its own socket
 //! types, it is [`super::poll`] (WSAPoll, level-triggered) over every socket set, rebuilt at
 //! each wait (a wait costs what is watched there); a socket must be forgotten before it is
 //! closed, before the next wait.
@@ -32,6 +35,10 @@ pub struct Seen {
     pub writable: bool,
     /// Hung up: both directions are closed (Linux), or the peer's FIN arrived (Windows).
     pub hangup: bool,
+    /// The peer's FIN had arrived (or the socket failed): a read, once the bytes before it
+    /// are taken, ends the stream. On Linux no new report follows for it, so a reader that
+    /// stops at a short read reads on when it sees this.
+    pub fin: bool,
 }
 
 /// Sockets watched by token.
@@ -148,6 +155,24 @@ impl Interests {
         Ok(())
     }
 
+    /// The socket watched under `from` is the one `to` watches from now, for the same: it
+    /// stays in the set as it is, no system call, and what it reports still comes under
+    /// `from` (the caller takes it as `to`'s, until it sets it under `to`).
+    pub fn hand_over(&mut self, _from: usize, _to: usize) {}
+
+    /// `socket`, watched until now, is about to be closed without being set to nothing: the
+    /// system drops it from the set as it closes, and the set forgets it too, so that a new
+    /// socket given its descriptor costs one `epoll_ctl` (an add), not a failed re-arm
+    /// first. Costs no system call.
+    pub fn closing(&mut self, socket: Raw) {
+        if let Some(known) = usize::try_from(socket)
+            .ok()
+            .and_then(|fd| self.registered.get_mut(fd))
+        {
+            *known = false;
+        }
+    }
+
     /// Waits up to `timeout` and puts the tokens of the sockets that reported, and what, in
     /// `out` (emptied first).
     pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(usize, Seen)>) -> io::Result<()> {
@@ -163,6 +188,7 @@ impl Interests {
                     readable: e.is_readable() || e.is_read_closed() || e.is_error(),
                     writable: e.is_writable() || e.is_write_closed(),
                     hangup: e.is_read_closed() && e.is_write_closed(),
+                    fin: e.is_read_closed() || e.is_error(),
                 },
             )
         }));
@@ -197,6 +223,17 @@ impl Interests {
         self.watched.remove(&token);
     }
 
+    /// The socket watched under `from` is watched under `to` from now, for the same.
+    pub fn hand_over(&mut self, from: usize, to: usize) {
+        if let Some(watched) = self.watched.remove(&from) {
+            self.watched.insert(to, watched);
+        }
+    }
+
+    /// `socket` is about to be closed: its token is forgotten by [`Interests::forget`], which
+    /// every caller calls too (nothing else to do here).
+    pub fn closing(&mut self, _socket: Raw) {}
+
     /// Waits up to `timeout` and puts the tokens of the sockets that reported, and what, in
     /// `out` (emptied first).
     pub fn wait(&mut self, timeout: Duration, out: &mut Vec<(usize, Seen)>) -> io::Result<()> {
@@ -220,6 +257,7 @@ impl Interests {
                         readable: r.beyond_writable(),
                         writable: r.writable() || r.error(),
                         hangup: r.hangup(),
+                        fin: r.hangup() || r.error(),
                     },
                 ));
             }
@@ -277,7 +315,44 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_read_until_a_short_read_reports_what_comes_next_without_being_set_again() {
+        // What the tunnel's sessions rely on: no re-arm after a report they read empty.
+        let (mut a, mut b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(7, raw(&b), true, false).unwrap();
+        a.write_all(b"first").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [7]);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.read(&mut buf).unwrap(), 5, "short: the socket is empty");
+        a.write_all(b"next").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [7]);
+        assert_eq!(b.read(&mut buf).unwrap(), 4);
+        // The FIN after it: reported as such.
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].1.fin);
+    }
+
+    #[test]
+    fn a_socket_handed_over_keeps_reporting_for_its_new_holder() {
+        let (mut a, b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(3, raw(&b), true, false).unwrap();
+        set.hand_over(3, 5);
+        a.write_all(b"x").unwrap();
+        set.wait(Duration::from_secs(5), &mut out).unwrap();
+        // Under the old token on Linux (no system call), the new one on Windows.
+        let expected = if cfg!(unix) { 3 } else { 5 };
+        assert_eq!(out.iter().map(|e| e.0).collect::<Vec<_>>(), [expected]);
+    }
+
     #[cfg(unix)]
+    #[test]
     fn a_socket_closed_and_its_descriptor_reused_by_a_new_one_is_watched_anew() {
         let mut set = Interests::new(16).unwrap();
         let mut out = Vec::new();

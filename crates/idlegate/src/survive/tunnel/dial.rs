@@ -623,8 +623,16 @@ impl Carried for EntryCarried {
                 while let Some(mut leg) = closer.pool.take() {
                     if leg.send(&hello).is_ok() {
                         let until = now + self.dial.settings.dial_timeout();
+                        // Its socket was emptied by the last read and has not reported since
+                        // (`Leg::drained`): its Hello is written now, and the answer read once
+                        // its socket reports (watched under its new token, which re-arms it),
+                        // not looked for at once by a read that would find nothing.
+                        let drained = leg.drained() && leg.flush().is_ok() && leg.pending() == 0;
                         let answer = Dialing::Answer(Box::new(leg));
                         self.phase = Phase::Dial(answer, until, Origin::Pooled);
+                        if drained {
+                            return Woken::Nothing;
+                        }
                         return self.step(s, false, closer);
                     }
                 }

@@ -228,6 +228,8 @@ pub struct Leg {
     rx_end: usize,
     /// The last read filled the buffer: the next one gets twice the room.
     rx_full: bool,
+    /// See [`Leg::drained`].
+    drained: bool,
     /// Sealed bytes not yet written: `tx[tx_start..tx_end]`. Its length is the most it ever
     /// held (initialized once, so sealing never zero-fills).
     tx: Vec<u8>,
@@ -493,6 +495,7 @@ impl Leg {
             rx_start: 0,
             rx_end: 0,
             rx_full: false,
+            drained: false,
             tx: Vec::new(),
             tx_start: 0,
             tx_end: 0,
@@ -574,21 +577,40 @@ impl Leg {
         self.rx.capacity() + self.tx.capacity()
     }
 
-    /// Reads what the socket has (one call).
+    /// Reads what the socket has (one call; again if a signal interrupted it). A read short
+    /// of its room took everything the socket had: the leg is then [`Leg::drained`].
     pub fn fill(&mut self) -> io::Result<Filled> {
         self.make_room();
-        let result = (&self.stream).read(&mut self.rx[self.rx_end..]);
-        match result {
-            Ok(0) => Ok(Filled::Eof),
-            Ok(n) => {
-                self.rx_end += n;
-                self.rx_full = self.rx_end == self.rx.len();
-                Ok(Filled::Bytes(n))
+        loop {
+            let room = self.rx.len() - self.rx_end;
+            match (&self.stream).read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => return Ok(Filled::Eof),
+                Ok(n) => {
+                    self.rx_end += n;
+                    self.rx_full = self.rx_end == self.rx.len();
+                    self.drained = n < room;
+                    return Ok(Filled::Bytes(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = true;
+                    return Ok(Filled::WouldBlock);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Filled::WouldBlock),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Filled::WouldBlock),
-            Err(e) => Err(e),
         }
+    }
+
+    /// Whether the last read emptied the socket (it came short: a non-blocking read is not
+    /// cut short by a signal, it never sleeps; or would block) and it has not reported since:
+    /// bytes after it are a new report (epoll, edge-triggered; WSAPoll's next wait).
+    pub fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Its socket reported something to read (its watcher says so).
+    pub fn reported(&mut self) {
+        self.drained = false;
     }
 
     /// Makes room for the next read: the whole record begun must fit, and a read that filled

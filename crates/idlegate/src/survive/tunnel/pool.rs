@@ -244,6 +244,9 @@ impl Pool {
 
     /// A leg's socket reported.
     pub(super) fn reported(&mut self, key: usize) {
+        if let Some(p) = self.legs.get_mut(key) {
+            p.leg.reported();
+        }
         self.due.push(key);
     }
 
@@ -400,6 +403,11 @@ impl Pool {
         if let Err(e) = p.leg.flush() {
             return Keep::Drop(e.to_string());
         }
+        // A leg whose last read (its session's, most often) emptied its socket, and which has
+        // not reported since, is not read: nothing is there (see `Leg::drained`); what comes
+        // is reported (the leg is set under its token here before the worker waits, which
+        // re-arms it). One that reported is read until its socket is empty.
+        let read = !p.leg.drained();
         loop {
             loop {
                 let n = match p.leg.next_frame(&mut self.plain) {
@@ -443,6 +451,9 @@ impl Pool {
                         return Keep::Close(CLOSE_WITHIN);
                     }
                 }
+            }
+            if !read {
+                return Keep::Yes;
             }
             match p.leg.fill() {
                 Ok(Filled::Bytes(_)) => {}
@@ -657,5 +668,35 @@ mod tests {
         assert_eq!(*greets.0.lock().unwrap(), vec![session]);
         assert_eq!(stats.legs_reused.load(Ordering::Relaxed), 1);
         assert_eq!(stats.legs_free.load(Ordering::Relaxed), 0);
+    }
+    #[test]
+    fn a_leg_its_last_read_emptied_is_not_read_again_until_its_socket_reports() {
+        let key = Key::random().unwrap();
+        let stats = Arc::new(Stats::default());
+        let mut pool = Pool::default();
+        let mut turns = Turns::new();
+        let (mut entry, mut exit) = legs(&key);
+        // Its session's last read found the socket empty; the exit's Done comes after it.
+        assert!(matches!(entry.fill().unwrap(), Filled::WouldBlock));
+        exit.send_now(&Frame::Done).unwrap();
+        pool.await_done(entry, Duration::from_secs(5), &stats);
+        let mut out = Vec::new();
+        pool.turn(
+            Instant::now(),
+            &mut turns.interests,
+            |k| k,
+            &turns.bell,
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert_eq!(
+            stats.legs_free.load(Ordering::Relaxed),
+            0,
+            "no read before its socket reported"
+        );
+        // It is watched: the Done is reported, read, and the leg is free.
+        turns.until(&mut pool, |_, _| {
+            stats.legs_free.load(Ordering::Relaxed) == 1
+        });
     }
 }

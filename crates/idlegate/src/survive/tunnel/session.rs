@@ -116,6 +116,10 @@ pub struct Ready {
     pub app_hangup: bool,
     /// Bytes (or an EOF, an error) arrived on the leg: not merely writable.
     pub leg: bool,
+    /// The application's FIN had come when its socket reported (no new report follows it).
+    pub app_fin: bool,
+    /// The peer's FIN had come when the leg reported.
+    pub leg_fin: bool,
 }
 
 /// How a leg was lost.
@@ -208,6 +212,9 @@ pub struct Session {
     last_tx: Instant,
     stall: StallWatch,
     stats: Arc<Stats>,
+    /// A read stopped at its budget with bytes perhaps left: the application's socket, the
+    /// leg's (see [`Session::take_unread`]).
+    unread: (bool, bool),
     /// Ended in order; any other end resets the application when the session is dropped. The
     /// application's socket comes armed to reset (`Keepalive::apply_relayed`), so a killed
     /// process resets it too.
@@ -272,6 +279,7 @@ impl Session {
                 stalled: None,
             },
             stats,
+            unread: (false, false),
             done: false,
         })
     }
@@ -388,18 +396,40 @@ impl Session {
             self.app_hung_up = true;
         }
         if ready.app {
-            if let Err(end) = self.read_app(leg, &mut scratch.read) {
+            if let Err(end) = self.read_app(leg, &mut scratch.read, ready.app_fin) {
                 return Some(end);
             }
         }
         if ready.leg {
-            match self.read_leg(leg, &mut scratch.opened) {
+            leg.reported();
+            match self.read_leg(leg, &mut scratch.opened, ready.leg_fin) {
                 Ok(true) => self.last_rx = Instant::now(),
                 Ok(false) => {}
                 Err(end) => return Some(end),
             }
         }
         None
+    }
+
+    /// Which reads stopped at their budget, or (the application's) at a full outbox, with
+    /// bytes perhaps left (the application's, the leg's) since the last call: their sockets will not report those bytes again (their
+    /// watch is edge-triggered), so the worker has them reported again (it sets them anew).
+    pub fn take_unread(&mut self) -> (bool, bool) {
+        std::mem::take(&mut self.unread)
+    }
+
+    /// The application finished writing (its FIN was read): its socket has nothing more to
+    /// report but an error.
+    pub fn app_finished(&self) -> bool {
+        self.app_eof
+    }
+
+    /// Whether a session put on a new leg reads its application at once, before its socket
+    /// reports: the entry's client has most often sent its request already; the exit's
+    /// target was connected a moment ago (or, on a resume, its socket is watched anew), and
+    /// what it says first is reported when its socket is watched.
+    pub fn reads_app_at_attach(&self) -> bool {
+        self.side == Side::Entry
     }
 
     /// The application's connection (one being made, for its outcome).
@@ -570,13 +600,22 @@ impl Session {
     }
 
     /// Reads the application until it has nothing more, the outbox is full or
-    /// [`APP_READ_BUDGET`] bytes were read (its socket, set again after it reported, is
-    /// then reported again at the next wait).
-    fn read_app(&mut self, leg: &mut Leg, read_buf: &mut [u8]) -> Result<(), LegEnd> {
+    /// [`APP_READ_BUDGET`] bytes were read (either noted, see [`Session::take_unread`]). A
+    /// read shorter than its room emptied the socket (see [`Leg::drained`]): what comes
+    /// after it is a new report, so no read is spent to find nothing, unless the socket's
+    /// report said its FIN had come (`fin`), which no new report follows: it is read.
+    fn read_app(&mut self, leg: &mut Leg, read_buf: &mut [u8], fin: bool) -> Result<(), LegEnd> {
         let mut budget = APP_READ_BUDGET;
-        while budget > 0 && !self.app_eof {
+        while !self.app_eof {
+            if budget == 0 {
+                self.unread.0 = true;
+                break;
+            }
             let room = self.outbox.room().min(read_buf.len());
             if room == 0 {
+                // Full with bytes perhaps left: an acknowledgement read next in this same
+                // turn may make room, and then no new report would say they are there.
+                self.unread.0 = true;
                 break;
             }
             match (&self.app).read(&mut read_buf[..room]) {
@@ -588,6 +627,9 @@ impl Session {
                     self.outbox.push(&read_buf[..n]);
                     self.count_from_app(n);
                     budget = budget.saturating_sub(n);
+                    if n < room && !fin {
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -670,12 +712,18 @@ impl Session {
     }
 
     /// Reads the leg and handles every whole message in it; says whether bytes arrived.
-    /// Reads until the socket has nothing more or [`LEG_READ_BUDGET`] bytes were read (the
-    /// leg, set again after it reported, is then reported again at the next wait); what the
-    /// peer may send is bounded by the window.
-    fn read_leg(&mut self, leg: &mut Leg, plain: &mut [u8]) -> Result<bool, LegEnd> {
+    /// Reads until the socket has nothing more ([`Leg::drained`]: a short read; the rest of
+    /// a frame cut short comes as a new report) or [`LEG_READ_BUDGET`] bytes were read (then
+    /// noted, see [`Session::take_unread`]); what the peer may send is bounded by the
+    /// window. With the peer's FIN reported (`fin`), it reads on to it: no new report would
+    /// say it.
+    fn read_leg(&mut self, leg: &mut Leg, plain: &mut [u8], fin: bool) -> Result<bool, LegEnd> {
         let (mut arrived, mut budget) = (false, LEG_READ_BUDGET);
-        while budget > 0 {
+        loop {
+            if budget == 0 {
+                self.unread.1 = true;
+                break;
+            }
             let filled = match leg.fill() {
                 Ok(filled) => filled,
                 Err(e) => return Err(self.lost(Lost::Error(e))),
@@ -688,6 +736,9 @@ impl Session {
                 Filled::Bytes(n) => {
                     arrived = true;
                     budget = budget.saturating_sub(n);
+                    if leg.drained() && !fin {
+                        break;
+                    }
                 }
                 Filled::WouldBlock => break,
             }

@@ -6,8 +6,12 @@
 //! with `sys::interest` (mio, epoll, on Linux; WSAPoll on Windows): each socket has its own
 //! token (a session's application, its leg, the socket it watches without a leg; a closing
 //! leg's), and is watched only for what its session waits for, set again only when that
-//! changes or it reported (which re-arms it, so a session that reads one chunk per wake never
-//! misses bytes); deadlines are in an ordered set of timers. A wake-up so costs what became
+//! changes, when its session's read of it stopped at its budget (which re-arms it, so bytes
+//! left are reported again), or, for what a session watches without a leg, when it reported.
+//! The watch is edge-triggered on Linux: a session reads its application and its leg until a
+//! read comes short (the socket is then empty: what comes after is a new report) or to the FIN
+//! the report said had come, so a socket that reported needs no re-arm, and no read is spent
+//! to find nothing; deadlines are in an ordered set of timers. A wake-up so costs what became
 //! ready or due, not every session. A session on a leg is turned ([`Session::turn`]) when one
 //! of its sockets reported or its own deadline (a heartbeat, a silent leg, the stall watch) has
 //! come. What a session does without a leg is its end's ([`Carried`]): the exit's connects to
@@ -606,16 +610,31 @@ impl Worker {
                 let Some(held) = self.sessions.get_mut(key) else {
                     continue;
                 };
-                held.fresh |= 1 << kind;
+                // A session on a leg watches nothing under its own token but the leg its dial
+                // handed on (see `settle`); a report there from what the dial watched before
+                // the session was settled on its leg costs a look at the leg.
+                let kind = if kind == OWN && held.leg.is_some() {
+                    LEG
+                } else {
+                    kind
+                };
+                // The application's and the leg's sockets are read until a read finds them
+                // empty (or comes short) by their session, which says when it stopped before
+                // (`Session::take_unread`): they need no re-arm. What the session's end
+                // watches without a leg (a connect, a handshake) is set again.
                 match kind {
                     APP => {
                         held.ready.app = true;
                         held.ready.app_hangup |= seen.hangup;
+                        held.ready.app_fin |= seen.fin;
                     }
                     // Only bytes that arrive count as the peer alive (not the leg being
                     // writable).
-                    LEG => held.ready.leg |= seen.readable,
-                    _ => {}
+                    LEG => {
+                        held.ready.leg |= seen.readable;
+                        held.ready.leg_fin |= seen.fin;
+                    }
+                    _ => held.fresh |= 1 << kind,
                 }
                 self.queue(key);
             }
@@ -704,7 +723,12 @@ impl Worker {
                 // Turned now, whatever it waited for.
                 held.wants = None;
                 if let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) {
-                    if let Some(end) = s.on_ready(leg, r, &mut self.scratch) {
+                    let end = s.on_ready(leg, r, &mut self.scratch);
+                    // A read stopped at its budget: its socket is set again (re-armed), so
+                    // that what is left is reported at the next wait.
+                    let (app, leg) = s.take_unread();
+                    held.fresh |= (u8::from(app) << APP) | (u8::from(leg) << LEG);
+                    if let Some(end) = end {
                         self.ended(key, end);
                     }
                 }
@@ -741,7 +765,27 @@ impl Worker {
             (None, Some(s)) => [None, None, held.carried.watch(s).0],
             _ => [None; 3],
         };
+        // The socket the session's dial watched became its leg, watched for the same and
+        // emptied by its last read: it stays in the set as it is, no `epoll_ctl`; its reports
+        // still come under the dial's token and are the leg's (see `run`). (A leg its dial
+        // did not empty is set under its own token, which re-arms it.)
+        let drained = held.leg.as_ref().is_some_and(Leg::drained);
+        if drained
+            && want[LEG].is_some()
+            && want[OWN].is_none()
+            && held.watching[LEG].is_none()
+            && held.watching[OWN] == want[LEG]
+        {
+            self.interests
+                .hand_over((key << KINDS) | OWN, (key << KINDS) | LEG);
+            held.watching[LEG] = want[LEG];
+            held.watching[OWN] = None;
+        }
         let app_raw = held.session.as_ref().map(|s| s.app_raw());
+        // An application that finished writing, on a leg, stays in the set (it reports
+        // nothing more but an error) until it is closed: no `epoll_ctl` to take it out.
+        let app_stays =
+            held.leg.is_some() && held.session.as_ref().is_some_and(|s| s.app_finished());
         for kind in [APP, LEG, OWN] {
             let token = (key << KINDS) | kind;
             let (was, now) = (held.watching[kind], want[kind]);
@@ -757,7 +801,7 @@ impl Worker {
                     // no longer watched unless another token watches it now. A leg's or a
                     // dial's socket was dropped or handed on (to a closer, to the leg).
                     let elsewhere = want.iter().flatten().any(|&(r, _, _)| r == raw);
-                    if Some(raw) == app_raw && !elsewhere {
+                    if Some(raw) == app_raw && !elsewhere && !(kind == APP && app_stays) {
                         let _ = self.interests.set(token, raw, false, false);
                     }
                     self.interests.forget(token);
@@ -788,12 +832,14 @@ impl Worker {
             return;
         };
         held.wants = None;
-        // Its application is read at its first turn on the leg: bytes that came while it
-        // had none (a client's first request) leave with the first frames, not a wait later.
-        held.ready.app = true;
         let (Some(leg), Some(s)) = (held.leg.as_mut(), held.session.as_mut()) else {
             return;
         };
+        // The entry's application is read at its first turn on the leg: bytes that came
+        // while it had none (a client's first request) leave with the first frames, not a
+        // wait later. The exit's is reported when it is watched (see
+        // `Session::reads_app_at_attach`).
+        held.ready.app = s.reads_app_at_attach();
         if let Some(end) = s.attach(leg, &mut self.scratch) {
             self.ended(key, end);
         }
@@ -874,12 +920,20 @@ impl Worker {
             return;
         };
         self.held.fetch_sub(1, Ordering::Relaxed);
-        if let Some(s) = held.session.take().filter(|s| s.finishing()) {
-            // No longer watched under its key, which a new session may take.
-            if let Some((raw, _, _)) = held.watching[APP] {
-                let _ = self.interests.set((key << KINDS) | APP, raw, false, false);
+        if let Some(leg) = &held.leg {
+            self.interests.closing(leg.raw());
+        }
+        match held.session.take() {
+            Some(s) if s.finishing() => {
+                // No longer watched under its key, which a new session may take.
+                let _ = self
+                    .interests
+                    .set((key << KINDS) | APP, s.app_raw(), false, false);
+                self.closer.finish(s, Instant::now() + LAST_WRITE);
             }
-            self.closer.finish(s, Instant::now() + LAST_WRITE);
+            // Closed as it is dropped: watched or not (see `settle`), it leaves the set then.
+            Some(s) => self.interests.closing(s.app_raw()),
+            None => {}
         }
         if let Some(at) = held.timer {
             self.timers.remove(&(at, key));

@@ -55,6 +55,8 @@ fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     let ready = Ready {
         app: true,
         app_hangup: false,
+        app_fin: false,
+        leg_fin: false,
         leg: true,
     };
     let until = Instant::now() + Duration::from_secs(60);
@@ -117,11 +119,15 @@ fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
         Ready {
             app: true,
             app_hangup: false,
+            app_fin: false,
+            leg_fin: false,
             leg: false,
         },
         Ready {
             app: false,
             app_hangup: false,
+            app_fin: false,
+            leg_fin: false,
             leg: true,
         },
     );
@@ -236,4 +242,150 @@ fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() 
     let all = read.join().unwrap();
     assert_eq!(all.len(), LEFT);
     assert!(all.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn a_short_read_is_the_last_until_the_socket_reports_again_unless_its_fin_was_reported() {
+    // Edge-triggered: a read shorter than its room emptied the socket, and what comes after
+    // it is a new report; the FIN that had come when the socket reported is not.
+    let (mut entry_leg, mut exit_leg) = legs();
+    let (mut client, entry_app) = socket_pair();
+    let heartbeat = Duration::from_secs(10);
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+    let mut entry = Session::new(
+        id,
+        token,
+        entry_app,
+        Side::Entry,
+        1 << 20,
+        heartbeat,
+        Arc::default(),
+    )
+    .unwrap();
+    let mut scratch = Scratch::new();
+    let reported = |app, leg, fin| Ready {
+        app,
+        app_hangup: false,
+        app_fin: app && fin,
+        leg,
+        leg_fin: leg && fin,
+    };
+    // The client's byte and its FIN are both there (loopback: a write is there to read when
+    // it returns); a report without the FIN: the byte is read, and no read follows it.
+    client.write_all(b"x").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let app_only = reported(true, false, false);
+    assert!(entry
+        .on_ready(&mut entry_leg, app_only, &mut scratch)
+        .is_none());
+    assert!(entry.turn(&mut entry_leg, &mut scratch).unwrap().app_read);
+    // The report said the FIN had come: read on to it.
+    let app_fin = reported(true, false, true);
+    assert!(entry
+        .on_ready(&mut entry_leg, app_fin, &mut scratch)
+        .is_none());
+    assert!(!entry.turn(&mut entry_leg, &mut scratch).unwrap().app_read);
+    // The same on the leg: a frame then the peer's FIN.
+    exit_leg
+        .send_now(&Frame::Ack {
+            received: 0,
+            limit: 1 << 20,
+        })
+        .unwrap();
+    exit_leg.shutdown_write().unwrap();
+    let leg_only = reported(false, true, false);
+    assert!(entry
+        .on_ready(&mut entry_leg, leg_only, &mut scratch)
+        .is_none());
+    assert!(entry_leg.drained());
+    let leg_fin = reported(false, true, true);
+    let end = entry.on_ready(&mut entry_leg, leg_fin, &mut scratch);
+    assert!(matches!(end, Some(LegEnd::Lost(Lost::Closed))), "{end:?}");
+}
+
+#[test]
+fn a_read_stopped_at_its_budget_is_noted_so_that_its_socket_is_reported_again() {
+    let (mut entry_leg, _exit_leg) = legs();
+    let (mut client, entry_app) = socket_pair();
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+    let heartbeat = Duration::from_secs(10);
+    let mut entry = Session::new(
+        id,
+        token,
+        entry_app,
+        Side::Entry,
+        8 << 20,
+        heartbeat,
+        Arc::default(),
+    )
+    .unwrap();
+    entry.outbox.grant(u64::MAX);
+    let mut scratch = Scratch::new();
+    // More than the budget, written by another thread as the session reads.
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![1u8; 3 * APP_READ_BUDGET]).unwrap();
+        client
+    });
+    let ready = Ready {
+        app: true,
+        ..Ready::default()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut stopped = false;
+    while !stopped {
+        assert!(Instant::now() < until, "no read reached its budget");
+        assert!(entry
+            .on_ready(&mut entry_leg, ready, &mut scratch)
+            .is_none());
+        stopped = entry.take_unread().0;
+        // What was read leaves the outbox as if acknowledged, so room never runs out.
+        let sent = entry.outbox.acked() + entry.outbox.unacked() as u64;
+        while entry.outbox.next(usize::MAX).is_some() {}
+        entry.outbox.ack(sent).unwrap();
+    }
+    assert_eq!(entry.take_unread(), (false, false), "taken once");
+    drop(writer);
+}
+
+#[test]
+fn a_read_stopped_at_a_full_outbox_is_noted_so_that_its_socket_is_reported_again() {
+    // An acknowledgement read in the same turn may make room: no new report would say that
+    // bytes are still there.
+    const REPLAY: usize = 64 << 10;
+    let (mut entry_leg, _exit_leg) = legs();
+    let (mut client, entry_app) = socket_pair();
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+    let heartbeat = Duration::from_secs(10);
+    let mut entry = Session::new(
+        id,
+        token,
+        entry_app,
+        Side::Entry,
+        REPLAY,
+        heartbeat,
+        Arc::default(),
+    )
+    .unwrap();
+    // Written by another thread: the socket's buffers may not hold it all.
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![1u8; 2 * REPLAY]).unwrap();
+        client
+    });
+    let mut scratch = Scratch::new();
+    let ready = Ready {
+        app: true,
+        ..Ready::default()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while entry.outbox.room() > 0 {
+        assert!(Instant::now() < until, "the outbox never filled");
+        assert!(entry
+            .on_ready(&mut entry_leg, ready, &mut scratch)
+            .is_none());
+    }
+    assert!(entry
+        .on_ready(&mut entry_leg, ready, &mut scratch)
+        .is_none());
+    assert_eq!(entry.take_unread(), (true, false));
+    drop(writer);
 }
