@@ -188,31 +188,6 @@ fn a_connect_value_that_is_not_host_port_is_a_usage_error_saying_what_is_wrong()
     );
 }
 
-/// A tunnel setting it cannot run with is a usage error (exit 2) said before anything else: no
-/// line about descriptors or listening comes first.
-#[test]
-fn a_tunnel_heartbeat_under_100ms_is_a_usage_error_said_before_anything_starts() {
-    crate::common::require_root();
-    let (_dir, key) = keys(&["pair.key"]);
-    let (code, stderr) = run_isolated(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--tunnel",
-        "192.0.2.1:7000",
-        "--key",
-        key[0].to_str().unwrap(),
-        "--heartbeat",
-        "50ms",
-    ]);
-    assert_eq!(code, 2, "{stderr}");
-    assert_eq!(
-        stderr.lines().next(),
-        Some("idlegate: --heartbeat 50ms: at least 100ms"),
-        "{stderr}"
-    );
-}
-
 #[test]
 fn a_relay_whose_server_refuses_logs_why_connecting_failed() {
     let upstream = closed_port();

@@ -98,7 +98,7 @@ fn a_tunnel_with_a_missing_or_unprotected_key_is_refused_before_it_listens() {
 }
 
 /// `--heartbeat`'s minimum is the tunnel's own (`tunnel::MIN_HEARTBEAT`, 100 ms), checked in
-/// that one place: a shorter heartbeat is refused before the entry listens, and a 100 ms one
+/// that one place: a shorter heartbeat is a usage error, refused before the entry listens, and a 100 ms one
 /// starts the entry, which a SIGTERM then stops with status 0.
 #[test]
 fn the_heartbeat_minimum_is_the_tunnel_settings_one_and_checked_before_listening() {
@@ -122,9 +122,11 @@ fn the_heartbeat_minimum_is_the_tunnel_settings_one_and_checked_before_listening
         ]
     };
     let short = idlegate(&entry("50ms"), COMMAND_TIMEOUT);
-    assert_eq!(short.status.code(), Some(1), "stderr: {}", short.stderr);
-    assert!(
-        short.stderr.contains("--heartbeat 50ms: at least 100ms"),
+    // A usage error (exit 2), said first: nothing (not even the descriptors line) before it.
+    assert_eq!(short.status.code(), Some(2), "stderr: {}", short.stderr);
+    assert_eq!(
+        short.stderr.lines().next(),
+        Some("idlegate: --heartbeat 50ms: at least 100ms"),
         "{}",
         short.stderr
     );
