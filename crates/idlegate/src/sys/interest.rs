@@ -37,7 +37,9 @@ pub struct Seen {
     pub hangup: bool,
     /// The peer's FIN had arrived (or the socket failed): a read, once the bytes before it
     /// are taken, ends the stream. On Linux no new report follows for it, so a reader that
-    /// stops at a short read reads on when it sees this.
+    /// stops at a short read reads on when it sees this. Also set on Linux when urgent data
+    /// (`MSG_OOB`) is there: a read stops short at its mark with bytes still queued after it,
+    /// and no new report follows for those either.
     pub fin: bool,
 }
 
@@ -78,9 +80,14 @@ impl Interests {
     pub fn set(&mut self, token: usize, socket: Raw, read: bool, write: bool) -> io::Result<()> {
         let registry = self.poll.registry();
         let mut source = mio::unix::SourceFd(&socket);
+        // Urgent data is watched with the bytes (EPOLLPRI): see `Seen::fin`.
+        #[cfg(target_os = "linux")]
+        let readable = mio::Interest::READABLE | mio::Interest::PRIORITY;
+        #[cfg(not(target_os = "linux"))]
+        let readable = mio::Interest::READABLE;
         let interest = match (read, write) {
-            (true, true) => mio::Interest::READABLE | mio::Interest::WRITABLE,
-            (true, false) => mio::Interest::READABLE,
+            (true, true) => readable | mio::Interest::WRITABLE,
+            (true, false) => readable,
             (false, true) => mio::Interest::WRITABLE,
             (false, false) => {
                 if let Some(known) = usize::try_from(socket)
@@ -188,7 +195,7 @@ impl Interests {
                     readable: e.is_readable() || e.is_read_closed() || e.is_error(),
                     writable: e.is_writable() || e.is_write_closed(),
                     hangup: e.is_read_closed() && e.is_write_closed(),
-                    fin: e.is_read_closed() || e.is_error(),
+                    fin: e.is_read_closed() || e.is_error() || e.is_priority(),
                 },
             )
         }));
@@ -335,6 +342,33 @@ mod tests {
         set.wait(Duration::from_secs(5), &mut out).unwrap();
         assert_eq!(out.len(), 1);
         assert!(out[0].1.fin);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn urgent_data_says_read_on_for_a_read_stops_short_at_its_mark_with_bytes_after_it() {
+        // TCP urgent data (RFC 9293, 3.8.5; Linux keeps the urgent byte out of the stream):
+        // a read stops at the urgent mark, short, while bytes sent after it are queued.
+        let (a, mut b) = pair();
+        let mut set = Interests::new(16).unwrap();
+        let mut out = Vec::new();
+        set.set(7, raw(&b), true, false).unwrap();
+        let a = socket2::SockRef::from(&a);
+        assert_eq!(a.send(b"abc").unwrap(), 3);
+        assert_eq!(a.send_out_of_band(b"X").unwrap(), 1);
+        assert_eq!(a.send(b"def").unwrap(), 3);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut read_on = false;
+        while !read_on && std::time::Instant::now() < deadline {
+            set.wait(Duration::from_millis(100), &mut out).unwrap();
+            read_on = out.iter().any(|(_, s)| s.fin);
+        }
+        assert!(read_on, "urgent data not reported as a reason to read on");
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(b.read(&mut buf).unwrap(), 3, "short, at the mark");
+        assert_eq!(b.read(&mut buf).unwrap(), 3, "and bytes after it");
+        assert_eq!(&buf[..3], b"def");
     }
 
     #[test]
