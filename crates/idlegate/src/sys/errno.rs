@@ -78,6 +78,29 @@ pub fn out_of_resources(code: i32) -> bool {
     codes.contains(&code)
 }
 
+/// Whether an `accept` that failed with `code` is one connection's trouble, so the next
+/// accept may be tried at once: the connection was aborted before it was taken, or (Linux)
+/// a network error already pending on it (accept(2): "treat them like EAGAIN by retrying").
+/// Anything else (EPERM from a security module, EINVAL) may fail the same way again: wait.
+pub fn accept_retry_at_once(code: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    let codes = [
+        ECONNABORTED,
+        EPROTO,
+        ENETDOWN,
+        libc::ENOPROTOOPT,
+        EHOSTDOWN,
+        libc::ENONET,
+        EHOSTUNREACH,
+        libc::EOPNOTSUPP,
+        ENETUNREACH,
+        libc::EINTR,
+    ];
+    #[cfg(windows)]
+    let codes = [ECONNABORTED, ECONNRESET, ENETDOWN];
+    codes.contains(&code)
+}
+
 fn errno_const(code: i32) -> Option<&'static str> {
     #[cfg(target_os = "linux")]
     const NAMES: &[(i32, &str)] = &[

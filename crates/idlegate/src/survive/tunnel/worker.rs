@@ -301,6 +301,9 @@ struct OnWorker {
     watching: [Watching; 3],
     /// Which of its tokens reported since they were last set (a bit per kind).
     fresh: u8,
+    /// Its own token (a dial's socket) reported a FIN or an error since it was last set: a
+    /// leg made of it is set anew (a re-arm reports it again), not handed over as it is.
+    own_fin: bool,
     /// What its sockets reported, for the next turn.
     ready: Ready,
     /// In the worker's list of sessions to turn.
@@ -385,6 +388,7 @@ impl Workers {
                         with: with.clone(),
                         again: Some(Instant::now()),
                         at_limit: false,
+                        limit_said: None,
                         free: free.clone(),
                         all: all.clone(),
                     })
@@ -634,7 +638,10 @@ impl Worker {
                         held.ready.leg |= seen.readable;
                         held.ready.leg_fin |= seen.fin;
                     }
-                    _ => held.fresh |= 1 << kind,
+                    _ => {
+                        held.fresh |= 1 << kind;
+                        held.own_fin |= kind == OWN && seen.fin;
+                    }
                 }
                 self.queue(key);
             }
@@ -694,6 +701,7 @@ impl Worker {
                 timer: None,
                 watching: [None; 3],
                 fresh: 0,
+                own_fin: false,
                 ready: Ready::default(),
                 queued: false,
                 place: job.place,
@@ -768,9 +776,12 @@ impl Worker {
         // The socket the session's dial watched became its leg, watched for the same and
         // emptied by its last read: it stays in the set as it is, no `epoll_ctl`; its reports
         // still come under the dial's token and are the leg's (see `run`). (A leg its dial
-        // did not empty is set under its own token, which re-arms it.)
+        // did not empty, or whose FIN or error was reported to the dial (its reader stopped at
+        // the frame it waited for, and no new report follows), is set under its own token,
+        // which re-arms it.)
         let drained = held.leg.as_ref().is_some_and(Leg::drained);
         if drained
+            && !held.own_fin
             && want[LEG].is_some()
             && want[OWN].is_none()
             && held.watching[LEG].is_none()
@@ -811,6 +822,7 @@ impl Worker {
         }
         held.watching = want;
         held.fresh = 0;
+        held.own_fin = false;
         // A deadline only moves earlier: one that comes before it is needed costs a turn
         // that finds nothing due and asks again, and most turns (a frame that left, bytes
         // that arrived) only push the deadline later, which then costs nothing here.

@@ -25,6 +25,12 @@ pub(super) const LISTEN: usize = usize::MAX - 1;
 const ACCEPTS_PER_ROUND: usize = 64;
 /// How soon a worker that stopped accepting at its end's session limit looks again.
 const LIMIT_CHECK: Duration = Duration::from_millis(10);
+/// A worker hands a new session to the one holding the fewest when that one holds fewer than
+/// half as many as it, less this (see [`Worker::keep_or_hand_on`]): the workers' loads kept
+/// within a factor of two without a wake per session while the counts are small.
+const BALANCE_SLACK: usize = 8;
+/// How often a worker at most says that its end reached its session limit.
+const LIMIT_SAID_EVERY: Duration = Duration::from_secs(60);
 
 /// What an end whose workers accept its connections gives them (Linux; the tunnel entry):
 /// its listener, shared, and what makes each connection a session there.
@@ -49,8 +55,12 @@ pub(super) struct Accept {
     /// When to accept even without the listener reporting (it reports only new connections):
     /// now after a round's worth, soon at the session limit or out of descriptors.
     pub(super) again: Option<Instant>,
-    /// At the session limit, and said so.
+    /// At the session limit.
     pub(super) at_limit: bool,
+    /// When this worker last said it reached the limit (once a [`LIMIT_SAID_EVERY`] at
+    /// most: an end near its limit with sessions ending and starting reaches it again and
+    /// again).
+    pub(super) limit_said: Option<Instant>,
     /// This worker's free legs, as it says them to the others before each wait.
     pub(super) free: Arc<AtomicUsize>,
     /// Every worker of its end (set once all have started).
@@ -76,10 +86,14 @@ impl Worker {
         };
         let (again, at_limit) = self.accept_round(&*with, now);
         if let Some(accept) = self.accept.as_mut() {
-            if at_limit && !accept.at_limit {
+            let said_lately = accept
+                .limit_said
+                .is_some_and(|at| now.saturating_duration_since(at) < LIMIT_SAID_EVERY);
+            if at_limit && !accept.at_limit && !said_lately {
                 tracing::warn!(
                     "tunnel entry: at its most sessions; new connections wait in the listen queue"
                 );
+                accept.limit_said = Some(now);
             }
             (accept.again, accept.at_limit) = (again, at_limit);
         }
@@ -105,7 +119,14 @@ impl Worker {
                         return (Some(now + STOP_CHECK), false);
                     }
                     // One connection's trouble (aborted before accept): the next may be fine.
-                    _ => tracing::debug!("tunnel entry: accept: {e}"),
+                    Some(code) if crate::sys::errno::accept_retry_at_once(code) => {
+                        tracing::debug!("tunnel entry: accept: {e}");
+                    }
+                    // What may fail the same way again (a security module's EPERM): no spin.
+                    _ => {
+                        tracing::warn!("tunnel entry: accept failed: {e}; retrying");
+                        return (Some(now + STOP_CHECK), false);
+                    }
                 },
             }
         }
@@ -113,26 +134,37 @@ impl Worker {
         (Some(now), false)
     }
 
-    /// Keeps a session accepted here, unless this worker has no free leg and another has
-    /// one: then that worker carries it (one wake, through its bell), so that a session
-    /// costs no handshake while a leg is free on another worker (sessions one after another
-    /// find the one leg whichever worker the kernel woke for each).
+    /// Keeps a session accepted here, unless another worker should carry it (one wake,
+    /// through its bell): one with a free leg when this one has none, so that a session costs
+    /// no handshake while a leg is free on another worker (sessions one after another find
+    /// the one leg whichever worker the kernel woke for each); or the one holding the fewest
+    /// when this one holds many more ([`BALANCE_SLACK`]), because the kernel wakes the
+    /// workers of a shared listener in the order they joined, so a worker often waiting
+    /// would otherwise take nearly every session.
     fn keep_or_hand_on(&mut self, job: Job) {
-        if self.closer.pool.free_legs() == 0 {
-            let elsewhere = self.accept.as_ref().and_then(|a| {
-                a.all.get().and_then(|all| {
-                    all.iter()
-                        .filter(|h| !Arc::ptr_eq(&h.bell, &self.bell))
-                        .find(|h| h.free.load(Ordering::Relaxed) > 0)
-                        .cloned()
-                })
+        let here = self.held.load(Ordering::Relaxed);
+        let free_here = self.closer.pool.free_legs();
+        let elsewhere = self.accept.as_ref().and_then(|a| {
+            let others = || {
+                a.all
+                    .get()
+                    .into_iter()
+                    .flatten()
+                    .filter(|h| !Arc::ptr_eq(&h.bell, &self.bell))
+            };
+            let loads = others().map(|h| {
+                (
+                    h.held.load(Ordering::Relaxed),
+                    h.free.load(Ordering::Relaxed),
+                )
             });
-            if let Some(other) = elsewhere {
-                match other.give(job) {
-                    Ok(()) => return,
-                    // That worker has ended: carried here.
-                    Err(job) => return self.keep(*job),
-                }
+            carrier(here, free_here, loads).and_then(|i| others().nth(i).cloned())
+        });
+        if let Some(other) = elsewhere {
+            match other.give(job) {
+                Ok(()) => return,
+                // That worker has ended: carried here.
+                Err(job) => return self.keep(*job),
             }
         }
         self.keep(job);
@@ -160,6 +192,29 @@ impl Worker {
                 tracing::debug!("tunnel worker: no longer watching the listener: {e}");
             }
         }
+    }
+}
+
+/// Which of the other workers (each as (sessions held, legs free), in order) should carry a
+/// session accepted by one holding `here` sessions with `free_here` free legs, if any: the one
+/// holding the fewest when it holds fewer than half as many, less [`BALANCE_SLACK`]; else, when
+/// none is free here, the first with a free leg; else none (kept here).
+fn carrier(
+    here: usize,
+    free_here: usize,
+    others: impl Iterator<Item = (usize, usize)> + Clone,
+) -> Option<usize> {
+    let fewest = others
+        .clone()
+        .enumerate()
+        .min_by_key(|&(_, (held, _))| held);
+    match fewest {
+        Some((i, (held, _))) if held + BALANCE_SLACK < here / 2 => Some(i),
+        _ if free_here == 0 => others
+            .enumerate()
+            .find(|&(_, (_, free))| free > 0)
+            .map(|(i, _)| i),
+        _ => None,
     }
 }
 
@@ -286,5 +341,21 @@ mod tests {
         assert!(wait_for(Duration::from_secs(10), || Arc::strong_count(
             &with
         ) == 1));
+    }
+
+    #[test]
+    fn a_session_goes_to_a_free_leg_elsewhere_or_to_a_worker_holding_under_half_as_many() {
+        // Kept: a free leg here, loads close.
+        assert_eq!(carrier(10, 1, [(9, 0), (4, 3)].into_iter()), None);
+        // No free leg here: the first worker with one.
+        assert_eq!(carrier(10, 0, [(9, 0), (8, 2)].into_iter()), Some(1));
+        assert_eq!(carrier(10, 0, [(9, 0)].into_iter()), None);
+        // Far more here than the fewest (the kernel woke this one for nearly every
+        // connection): the fewest, free leg or not.
+        assert_eq!(carrier(100, 3, [(60, 1), (20, 0)].into_iter()), Some(1));
+        assert_eq!(carrier(100, 3, [(60, 1), (42, 0)].into_iter()), None);
+        // Few sessions: no hand-on for balance alone.
+        assert_eq!(carrier(17, 1, [(0, 0)].into_iter()), None);
+        assert_eq!(carrier(18, 1, [(0, 0)].into_iter()), Some(0));
     }
 }
