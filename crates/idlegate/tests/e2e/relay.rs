@@ -35,6 +35,56 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// What the relay promises of both its sockets: keepalive with a matching user timeout,
+/// TCP_NODELAY, and SO_LINGER 0 (a RST if it is killed mid-stream). On Linux the client's
+/// socket takes them from the listener: read here on the sockets themselves, as this process
+/// holds them.
+#[test]
+fn both_relayed_sockets_have_keepalive_its_user_timeout_nodelay_and_a_reset_linger() {
+    require_root(); // pidfd_getfd on this process's own sockets
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_addr = listener.local_addr().unwrap();
+    let (relay, stop) = start_relay(server_addr);
+    let mut client = TcpStream::connect(relay).unwrap();
+    client.write_all(b"x").unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let mut byte = [0u8; 1];
+    server.read_exact(&mut byte).unwrap();
+    let here = idlegate::survive::keepalive::Process::open(std::process::id() as i32).unwrap();
+    let sockets = here.tcp_sockets(None).unwrap();
+    let client_side = sockets
+        .iter()
+        .find(|s| s.local == Some(relay) && s.peer == Some(client.local_addr().unwrap()))
+        .expect("the relay's socket for the client");
+    let server_side = sockets
+        .iter()
+        .find(|s| s.peer == Some(server_addr) && s.local == Some(server.peer_addr().unwrap()))
+        .expect("the relay's socket to the server");
+    for (side, socket) in [("client", client_side), ("server", server_side)] {
+        let k = idlegate::survive::keepalive::SocketKeepalive::read(socket).unwrap();
+        // keepalive(): 1s,1s,3, so a user timeout of 1 + 3 × 1 s.
+        assert!(k.enabled, "{side}: {k}");
+        assert_eq!(
+            (k.idle, k.interval, k.count, k.user_timeout),
+            (
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                3,
+                Duration::from_secs(4)
+            ),
+            "{side}: {k}"
+        );
+        let s = socket2::SockRef::from(socket);
+        assert!(s.tcp_nodelay().unwrap(), "{side}");
+        assert_eq!(
+            s.linger().unwrap(),
+            Some(Duration::ZERO),
+            "{side}: armed to reset"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+}
+
 #[test]
 fn bytes_cross_exactly_both_ways_and_a_fin_one_way_leaves_the_other_flowing() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
