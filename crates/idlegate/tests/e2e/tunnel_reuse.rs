@@ -3,7 +3,8 @@
 //! the exit closed, or that no longer answers, costs the next session nothing but a dial; a
 //! leg whose session ended with a reset is never given back. In the per-peer mode a leg kept
 //! idle at the exit is closed once its peer is taken off the list, and a reused leg serves only
-//! its own peer's sessions. Over loopback.
+//! its own peer's sessions. A leg whose FIN came with its Welcome is found lost at once, not
+//! when its heartbeats are missed. Over loopback.
 
 use crate::common;
 
@@ -330,4 +331,86 @@ fn a_leg_reused_by_one_peer_cannot_resume_another_peers_session() {
     }
     assert_eq!(echoed, b"mine");
     assert_eq!(exit.stats.reconnects.load(Ordering::Relaxed), 0);
+}
+
+/// One length-prefixed record of a leg (a handshake message or a sealed frame), whole.
+fn read_leg_record(stream: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).unwrap();
+    let mut record = len.to_vec();
+    record.resize(2 + u16::from_be_bytes(len) as usize, 0);
+    stream.read_exact(&mut record[2..]).unwrap();
+    record
+}
+
+/// A proxy from an entry to the exit at `exit`. Its first connection passes the entry's bytes
+/// on, but of the exit's only the first two records (its handshake answer, then its Welcome
+/// with a FIN in the same segment: TCP_CORK), so that the entry's dial reads the Welcome and
+/// the end of the leg in one report; then it closes the exit's side and swallows
+/// what the entry still sends. Later connections are passed on whole, both ways.
+fn cut_after_the_welcome(exit: SocketAddr) -> SocketAddr {
+    let (listener, addr) = loopback_server();
+    std::thread::spawn(move || {
+        for (n, entry_side) in listener.incoming().flatten().enumerate() {
+            let Ok(mut exit_side) = TcpStream::connect(exit) else {
+                return;
+            };
+            let (mut from_entry, mut to_exit) = (
+                entry_side.try_clone().unwrap(),
+                exit_side.try_clone().unwrap(),
+            );
+            // The entry's bytes: on to the exit while it is there, then thrown away.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(k @ 1..) = from_entry.read(&mut buf) {
+                    let _ = to_exit.write_all(&buf[..k]);
+                }
+                let _ = to_exit.shutdown(Shutdown::Write);
+            });
+            let mut entry_side = entry_side;
+            if n > 0 {
+                let _ = std::io::copy(&mut exit_side, &mut entry_side);
+                let _ = entry_side.shutdown(Shutdown::Write);
+                continue;
+            }
+            let answer = read_leg_record(&mut exit_side);
+            entry_side.write_all(&answer).unwrap();
+            let welcome = read_leg_record(&mut exit_side);
+            let corked = socket2::SockRef::from(&entry_side);
+            corked.set_tcp_cork(true).unwrap();
+            entry_side.write_all(&welcome).unwrap();
+            entry_side.shutdown(Shutdown::Write).unwrap();
+            drop(exit_side);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_leg_whose_fin_came_with_its_welcome_is_found_lost_at_once_not_when_its_heartbeats_are_missed()
+{
+    // The entry's dial read the Welcome and stopped there, short; the FIN behind it was in
+    // the same report, and no new report follows a FIN: the leg the session took must be
+    // looked at again, not taken over from the dial as it was.
+    let key = Key::random().unwrap();
+    let server = echo_each();
+    let heartbeat = Duration::from_secs(2);
+    let s = || settings(heartbeat.as_millis() as u64, WAIT);
+    let (exit, _) = start_exit(server, &key, s());
+    let entry = start_entry(cut_after_the_welcome(exit.addr), &key, s());
+    let start = Instant::now();
+    let mut client = TcpStream::connect(entry.addr).unwrap();
+    client.write_all(b"ping").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).unwrap();
+    assert_eq!(echoed, b"ping");
+    assert_eq!(entry.stats.reconnects.load(Ordering::Relaxed), 1);
+    // Found at its heartbeats, the loss would have taken three intervals (6 s).
+    assert!(
+        start.elapsed() < heartbeat + heartbeat / 2,
+        "resumed after {:?}",
+        start.elapsed()
+    );
 }
