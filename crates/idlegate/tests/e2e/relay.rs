@@ -61,26 +61,7 @@ fn both_relayed_sockets_have_keepalive_its_user_timeout_nodelay_and_a_reset_ling
         .find(|s| s.peer == Some(server_addr) && s.local == Some(server.peer_addr().unwrap()))
         .expect("the relay's socket to the server");
     for (side, socket) in [("client", client_side), ("server", server_side)] {
-        let k = idlegate::survive::keepalive::SocketKeepalive::read(socket).unwrap();
-        // keepalive(): 1s,1s,3, so a user timeout of 1 + 3 × 1 s.
-        assert!(k.enabled, "{side}: {k}");
-        assert_eq!(
-            (k.idle, k.interval, k.count, k.user_timeout),
-            (
-                Duration::from_secs(1),
-                Duration::from_secs(1),
-                3,
-                Duration::from_secs(4)
-            ),
-            "{side}: {k}"
-        );
-        let s = socket2::SockRef::from(socket);
-        assert!(s.tcp_nodelay().unwrap(), "{side}");
-        assert_eq!(
-            s.linger().unwrap(),
-            Some(Duration::ZERO),
-            "{side}: armed to reset"
-        );
+        common::assert_relayed_socket_options(socket, side);
     }
     stop.store(true, Ordering::Relaxed);
 }

@@ -43,22 +43,7 @@ fn the_entrys_application_socket_has_keepalive_its_user_timeout_nodelay_and_a_re
         .into_iter()
         .find(|s| s.local == Some(entry.addr) && s.peer == Some(client.local_addr().unwrap()))
         .expect("the entry's socket for the client");
-    let k = idlegate::survive::keepalive::SocketKeepalive::read(&accepted).unwrap();
-    // settings(): keepalive 1s,1s,3, so a user timeout of 1 + 3 × 1 s.
-    assert!(k.enabled, "{k}");
-    assert_eq!(
-        (k.idle, k.interval, k.count, k.user_timeout),
-        (
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            3,
-            Duration::from_secs(4)
-        ),
-        "{k}"
-    );
-    let s = socket2::SockRef::from(&accepted);
-    assert!(s.tcp_nodelay().unwrap());
-    assert_eq!(s.linger().unwrap(), Some(Duration::ZERO), "armed to reset");
+    common::assert_relayed_socket_options(&accepted, "the client's");
 }
 
 #[test]

@@ -543,3 +543,31 @@ pub fn take_lab_down(child: &mut std::process::Child, name: &str) {
     }
     let _ = std::fs::remove_file(format!("/run/idlegate/lab-{name}.lock"));
 }
+
+/// Asserts what the relay and the tunnel promise of an application's socket, as `socket` (a
+/// copy of one this process holds) has it: keepalive `1s,1s,3` (the tests' setting) with a
+/// user timeout of 1 + 3 × 1 s, TCP_NODELAY, and SO_LINGER 0 (a RST if the process is killed).
+pub fn assert_relayed_socket_options(
+    socket: &idlegate::survive::keepalive::ForeignSocket,
+    side: &str,
+) {
+    let k = idlegate::survive::keepalive::SocketKeepalive::read(socket).unwrap();
+    assert!(k.enabled, "{side}: {k}");
+    assert_eq!(
+        (k.idle, k.interval, k.count, k.user_timeout),
+        (
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+            3,
+            std::time::Duration::from_secs(4)
+        ),
+        "{side}: {k}"
+    );
+    let s = socket2::SockRef::from(socket);
+    assert!(s.tcp_nodelay().unwrap(), "{side}");
+    assert_eq!(
+        s.linger().unwrap(),
+        Some(std::time::Duration::ZERO),
+        "{side}: armed to reset"
+    );
+}

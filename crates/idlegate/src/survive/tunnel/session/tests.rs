@@ -23,6 +23,14 @@ fn socket_pair() -> (TcpStream, TcpStream) {
     (near, listener.accept().unwrap().0)
 }
 
+/// A session of `side` on `app` (made non-blocking), with a replay buffer of `replay` bytes and
+/// heartbeats every `heartbeat`; its id and token are the tests' own.
+fn session(app: TcpStream, side: Side, replay: usize, heartbeat: Duration) -> Session {
+    app.set_nonblocking(true).unwrap();
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
+    Session::new(id, token, app, side, replay, heartbeat, Arc::default()).unwrap()
+}
+
 #[test]
 fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     const MOVED: usize = 4 << 20;
@@ -34,13 +42,8 @@ fn a_session_that_moved_4_mib_and_went_idle_gives_its_buffers_back() {
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
     let heartbeat = Duration::from_millis(200);
-    let session = |app: TcpStream, side| {
-        app.set_nonblocking(true).unwrap();
-        let (id, token) = (SessionId([1; 16]), Token([2; 32]));
-        Session::new(id, token, app, side, 4 << 20, heartbeat, Arc::default()).unwrap()
-    };
-    let mut entry = session(entry_app, Side::Entry);
-    let mut exit = session(exit_app, Side::Exit);
+    let mut entry = session(entry_app, Side::Entry, 4 << 20, heartbeat);
+    let mut exit = session(exit_app, Side::Exit, 4 << 20, heartbeat);
     let writer = std::thread::spawn(move || {
         client.write_all(&vec![5u8; MOVED]).unwrap();
         client
@@ -106,14 +109,9 @@ fn an_acknowledgement_waits_for_the_answer_and_rides_with_it() {
     let (mut entry_leg, mut exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
     let (exit_app, mut server) = socket_pair();
-    let session = |app: TcpStream, side| {
-        app.set_nonblocking(true).unwrap();
-        let (id, token) = (SessionId([1; 16]), Token([2; 32]));
-        let heartbeat = Duration::from_secs(10);
-        Session::new(id, token, app, side, 1 << 20, heartbeat, Arc::default()).unwrap()
-    };
-    let mut entry = session(entry_app, Side::Entry);
-    let mut exit = session(exit_app, Side::Exit);
+    let heartbeat = Duration::from_secs(10);
+    let mut entry = session(entry_app, Side::Entry, 1 << 20, heartbeat);
+    let mut exit = session(exit_app, Side::Exit, 1 << 20, heartbeat);
     let mut scratch = Scratch::new();
     let (app, leg) = (
         Ready {
@@ -192,17 +190,7 @@ fn a_session_that_ends_whole_without_a_leg_never_waits_for_a_slow_application() 
     socket2::SockRef::from(&app)
         .set_send_buffer_size(4096)
         .unwrap();
-    app.set_nonblocking(true).unwrap();
-    let mut s = Session::new(
-        SessionId([1; 16]),
-        Token([2; 32]),
-        app,
-        Side::Entry,
-        16 << 20,
-        Duration::from_secs(1),
-        Arc::default(),
-    )
-    .unwrap();
+    let mut s = session(app, Side::Entry, 16 << 20, Duration::from_secs(1));
     // Both streams whole: the peer's bytes and FIN here, this end's FIN acknowledged.
     s.inbox.accept(0, &vec![7u8; LEFT]).unwrap();
     s.inbox.accept_fin(LEFT as u64).unwrap();
@@ -251,17 +239,7 @@ fn a_short_read_is_the_last_until_the_socket_reports_again_unless_its_fin_was_re
     let (mut entry_leg, mut exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
     let heartbeat = Duration::from_secs(10);
-    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
-    let mut entry = Session::new(
-        id,
-        token,
-        entry_app,
-        Side::Entry,
-        1 << 20,
-        heartbeat,
-        Arc::default(),
-    )
-    .unwrap();
+    let mut entry = session(entry_app, Side::Entry, 1 << 20, heartbeat);
     let mut scratch = Scratch::new();
     let reported = |app, leg, fin| Ready {
         app,
@@ -307,18 +285,8 @@ fn a_short_read_is_the_last_until_the_socket_reports_again_unless_its_fin_was_re
 fn a_read_stopped_at_its_budget_is_noted_so_that_its_socket_is_reported_again() {
     let (mut entry_leg, _exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
-    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
     let heartbeat = Duration::from_secs(10);
-    let mut entry = Session::new(
-        id,
-        token,
-        entry_app,
-        Side::Entry,
-        8 << 20,
-        heartbeat,
-        Arc::default(),
-    )
-    .unwrap();
+    let mut entry = session(entry_app, Side::Entry, 8 << 20, heartbeat);
     entry.outbox.grant(u64::MAX);
     let mut scratch = Scratch::new();
     // More than the budget, written by another thread as the session reads.
@@ -354,18 +322,8 @@ fn a_read_stopped_at_a_full_outbox_is_noted_so_that_its_socket_is_reported_again
     const REPLAY: usize = 64 << 10;
     let (mut entry_leg, _exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
-    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
     let heartbeat = Duration::from_secs(10);
-    let mut entry = Session::new(
-        id,
-        token,
-        entry_app,
-        Side::Entry,
-        REPLAY,
-        heartbeat,
-        Arc::default(),
-    )
-    .unwrap();
+    let mut entry = session(entry_app, Side::Entry, REPLAY, heartbeat);
     // Written by another thread: the socket's buffers may not hold it all.
     let writer = std::thread::spawn(move || {
         client.write_all(&vec![1u8; 2 * REPLAY]).unwrap();
