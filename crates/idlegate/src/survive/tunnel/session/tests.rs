@@ -285,8 +285,20 @@ fn a_short_read_is_the_last_until_the_socket_reports_again_unless_its_fin_was_re
 fn a_read_stopped_at_its_budget_is_noted_so_that_its_socket_is_reported_again() {
     let (mut entry_leg, _exit_leg) = legs();
     let (mut client, entry_app) = socket_pair();
+    // Blocking, unlike a worker's: each read waits for bytes rather than finding none while
+    // the writer is behind, so that reads come back full until the budget is spent.
+    let (id, token) = (SessionId([1; 16]), Token([2; 32]));
     let heartbeat = Duration::from_secs(10);
-    let mut entry = session(entry_app, Side::Entry, 8 << 20, heartbeat);
+    let mut entry = Session::new(
+        id,
+        token,
+        entry_app,
+        Side::Entry,
+        8 << 20,
+        heartbeat,
+        Arc::default(),
+    )
+    .unwrap();
     entry.outbox.grant(u64::MAX);
     let mut scratch = Scratch::new();
     // More than the budget, written by another thread as the session reads.
@@ -294,6 +306,12 @@ fn a_read_stopped_at_its_budget_is_noted_so_that_its_socket_is_reported_again() 
         client.write_all(&vec![1u8; 3 * APP_READ_BUDGET]).unwrap();
         client
     });
+    // A head start: the session reads once the writer has filled what the socket queues.
+    let mut peeked = vec![0u8; 1 << 20];
+    let head_start = Instant::now() + Duration::from_secs(10);
+    while entry.app().peek(&mut peeked).unwrap() < 64 << 10 && Instant::now() < head_start {
+        std::thread::yield_now();
+    }
     let ready = Ready {
         app: true,
         ..Ready::default()
